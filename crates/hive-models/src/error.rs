@@ -1,0 +1,62 @@
+//! The one error type of hive-models: everything a pure rule can reject.
+
+/// A rule of the models was broken. Every variant names the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A status name that is not one of the enum's snake_case names.
+    #[error("unknown {kind} status `{value}`; expected one of: {expected}")]
+    UnknownStatus {
+        kind: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// A status change the transition table forbids.
+    #[error("illegal {kind} status transition from `{from}` to `{to}`")]
+    IllegalTransition {
+        kind: &'static str,
+        from: String,
+        to: String,
+    },
+    /// A field of an input failed validation.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField { field: String, reason: String },
+    /// A payload larger than the configured limit.
+    #[error("`payload` is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+    /// An execution plan whose subtasks do not form a valid DAG.
+    #[error("invalid plan: {0}")]
+    InvalidPlan(PlanError),
+    /// A string that is not a valid identifier.
+    #[error("invalid {kind} id `{value}`")]
+    InvalidId { kind: &'static str, value: String },
+}
+
+/// Why a plan's subtasks were rejected, naming the subtask ids involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error("a plan needs at least one subtask")]
+    Empty,
+    #[error("subtask id must not be empty")]
+    EmptyId,
+    #[error("duplicate subtask id `{0}`")]
+    DuplicateId(String),
+    #[error("subtask `{0}` depends on itself")]
+    SelfDependency(String),
+    #[error("subtask `{subtask}` depends on unknown subtask `{dependency}`")]
+    UnknownDependency { subtask: String, dependency: String },
+    #[error("dependency cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    #[error("subtask `{subtask}`: {reason}")]
+    InvalidSubtask { subtask: String, reason: String },
+}
+
+impl From<PlanError> for Error {
+    fn from(e: PlanError) -> Self {
+        Error::InvalidPlan(e)
+    }
+}
+
+/// Result alias for model rules.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

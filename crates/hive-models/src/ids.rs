@@ -1,0 +1,111 @@
+//! Newtype identifiers, so a task id can never be passed where a plan id is expected.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Error;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered (UUIDv7) id, so new rows land at the end of indexes.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                Uuid::parse_str(s.trim()).map(Self).map_err(|_| Error::InvalidId {
+                    kind: $kind,
+                    value: s.to_owned(),
+                })
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies a [`crate::Task`].
+    TaskId,
+    "task"
+);
+uuid_id!(
+    /// Identifies a [`crate::Run`], one execution attempt of a task; it doubles as the lease token.
+    RunId,
+    "run"
+);
+uuid_id!(
+    /// Identifies an [`crate::ExecutionPlan`].
+    PlanId,
+    "plan"
+);
+
+/// Identifies a [`crate::Worker`]. Workers choose their own names (`deployer-1`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(pub String);
+
+impl WorkerId {
+    /// Validates and wraps a worker name: not empty, at most 200 characters, no control characters.
+    pub fn parse(s: impl Into<String>) -> Result<Self, Error> {
+        let s = s.into();
+        if s.trim().is_empty() {
+            return Err(Error::InvalidField {
+                field: "worker_id".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        if s.chars().count() > 200 || s.chars().any(char::is_control) {
+            return Err(Error::InvalidId {
+                kind: "worker",
+                value: s,
+            });
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for WorkerId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s)
+    }
+}

@@ -1,0 +1,31 @@
+//! Hive's models: plain data and pure rules, with no IO, no async and no database.
+//!
+//! The nine models of the original package live here — [`Task`], [`TaskStatus`],
+//! [`Worker`], [`WorkerStatus`], [`Run`], [`RunStatus`], [`ExecutionPlan`],
+//! [`PlanStatus`] and [`SubTask`] — together with the rules every backend and
+//! operation share: the task transition table ([`TaskStatus::can_transition_to`]),
+//! plan validation ([`validate_subtasks`]), input validation ([`NewTask::validate`])
+//! and the retry backoff ([`RetryPolicy`]).
+
+mod error;
+mod ids;
+mod plan;
+mod retry;
+mod run;
+mod status;
+mod task;
+mod worker;
+
+pub use error::{Error, PlanError, Result};
+pub use ids::{PlanId, RunId, TaskId, WorkerId};
+pub use plan::{ExecutionPlan, NewPlan, PlanStatus, SubTask, unique_dependencies, validate_subtasks};
+pub use retry::RetryPolicy;
+pub use run::{Run, RunStatus};
+pub use task::{DEFAULT_MAX_PAYLOAD_BYTES, NewTask, Task, TaskStatus};
+pub use worker::{Worker, WorkerStatus};
+
+/// JSON values carried by tasks, runs and workers (payloads, results, metadata).
+pub type Json = serde_json::Value;
+
+/// Timestamps are always UTC; backends store them with microsecond precision.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

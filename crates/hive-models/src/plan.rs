@@ -1,0 +1,357 @@
+//! [`ExecutionPlan`], a DAG of [`SubTask`]s, its statuses and its validation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PlanError;
+use crate::status::status_enum;
+use crate::task::{check_payload_size, non_blank};
+use crate::{Error, Json, PlanId, Result, TaskId, Timestamp};
+
+status_enum!(
+    /// Where a plan is in its life.
+    PlanStatus, "plan" {
+        Pending => "pending",
+        InProgress => "in_progress",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl PlanStatus {
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// One node of a plan: a task definition plus the ids of the subtasks it waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubTask {
+    /// Unique within the plan; dependencies refer to it.
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub task_type: String,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    #[serde(default = "empty_object")]
+    pub payload: Json,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// Expected running time in seconds, for planning displays.
+    #[serde(default)]
+    pub estimated_duration: Option<u64>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+fn default_priority() -> i32 {
+    1
+}
+
+fn empty_object() -> Json {
+    Json::Object(Default::default())
+}
+
+impl SubTask {
+    pub fn new(id: impl Into<String>, title: impl Into<String>, task_type: impl Into<String>) -> Self {
+        SubTask {
+            id: id.into(),
+            title: title.into(),
+            description: String::new(),
+            task_type: task_type.into(),
+            priority: 1,
+            payload: empty_object(),
+            dependencies: Vec::new(),
+            estimated_duration: None,
+            max_retries: None,
+        }
+    }
+
+    pub fn depends_on<I: IntoIterator<Item = S>, S: Into<String>>(mut self, deps: I) -> Self {
+        self.dependencies = deps.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn has_dependencies(&self) -> bool {
+        !self.dependencies.is_empty()
+    }
+}
+
+/// What a caller supplies to create a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewPlan {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub parent_task_id: Option<TaskId>,
+    pub subtasks: Vec<SubTask>,
+}
+
+impl NewPlan {
+    /// Validates the title and the DAG; see [`validate_subtasks`].
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        non_blank("title", &self.title)?;
+        validate_subtasks(&self.subtasks, max_payload_bytes)
+    }
+}
+
+/// A plan: subtasks with dependencies, their progress counters and the plan's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionPlan {
+    pub id: PlanId,
+    pub title: String,
+    pub description: String,
+    pub parent_task_id: Option<TaskId>,
+    pub status: PlanStatus,
+    pub total_subtasks: u32,
+    pub completed_subtasks: u32,
+    pub failed_subtasks: u32,
+    /// Subtask ids in the order they were given.
+    pub subtask_ids: Vec<String>,
+    /// Subtask id → the subtask ids it depends on.
+    pub dependency_graph: BTreeMap<String, Vec<String>>,
+    pub subtasks: Vec<SubTask>,
+    /// Whether `create_planned_subtasks_from_plan` has turned the subtasks into tasks.
+    pub materialized: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl ExecutionPlan {
+    /// Builds a pending plan from validated input, as a backend does on insert.
+    pub fn from_new(id: PlanId, new: NewPlan, now: Timestamp) -> ExecutionPlan {
+        let subtask_ids = new.subtasks.iter().map(|s| s.id.clone()).collect();
+        let dependency_graph = new
+            .subtasks
+            .iter()
+            .map(|s| (s.id.clone(), s.dependencies.clone()))
+            .collect();
+        ExecutionPlan {
+            id,
+            title: new.title,
+            description: new.description,
+            parent_task_id: new.parent_task_id,
+            status: PlanStatus::Pending,
+            total_subtasks: u32::try_from(new.subtasks.len()).unwrap_or(u32::MAX),
+            completed_subtasks: 0,
+            failed_subtasks: 0,
+            subtask_ids,
+            dependency_graph,
+            subtasks: new.subtasks,
+            materialized: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.status == PlanStatus::Completed
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.status == PlanStatus::Failed
+    }
+
+    pub fn is_in_progress(&self) -> bool {
+        self.status == PlanStatus::InProgress
+    }
+
+    /// Completed subtasks as a percentage of all subtasks (100 for an empty plan).
+    pub fn get_progress_percentage(&self) -> f64 {
+        if self.total_subtasks == 0 {
+            return 100.0;
+        }
+        f64::from(self.completed_subtasks) * 100.0 / f64::from(self.total_subtasks)
+    }
+
+    pub fn increment_completed(&mut self) {
+        self.completed_subtasks = self.completed_subtasks.saturating_add(1);
+    }
+
+    pub fn increment_failed(&mut self) {
+        self.failed_subtasks = self.failed_subtasks.saturating_add(1);
+    }
+
+    /// pending → in_progress; false from any other status.
+    pub fn start_execution(&mut self) -> bool {
+        self.set_if(PlanStatus::Pending, PlanStatus::InProgress)
+    }
+
+    pub fn complete(&mut self) -> bool {
+        self.finish(PlanStatus::Completed)
+    }
+
+    pub fn fail(&mut self) -> bool {
+        self.finish(PlanStatus::Failed)
+    }
+
+    pub fn cancel(&mut self) -> bool {
+        self.finish(PlanStatus::Cancelled)
+    }
+
+    fn finish(&mut self, to: PlanStatus) -> bool {
+        if self.status.is_terminal() {
+            return false;
+        }
+        self.status = to;
+        true
+    }
+
+    fn set_if(&mut self, from: PlanStatus, to: PlanStatus) -> bool {
+        if self.status != from {
+            return false;
+        }
+        self.status = to;
+        true
+    }
+
+    pub fn get_dependencies(&self, subtask_id: &str) -> &[String] {
+        self.dependency_graph
+            .get(subtask_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Records that `subtask_id` waits for `depends_on`, refusing anything that would break the DAG.
+    pub fn add_dependency(&mut self, subtask_id: &str, depends_on: &str) -> Result<()> {
+        let mut subtasks = self.subtasks.clone();
+        let node = subtasks
+            .iter_mut()
+            .find(|s| s.id == subtask_id)
+            .ok_or_else(|| PlanError::InvalidSubtask {
+                subtask: subtask_id.into(),
+                reason: "no such subtask in this plan".into(),
+            })?;
+        if !node.dependencies.iter().any(|d| d == depends_on) {
+            node.dependencies.push(depends_on.into());
+        }
+        validate_graph(&subtasks)?;
+        self.subtasks = subtasks;
+        self.dependency_graph
+            .insert(subtask_id.into(), self.get_dependencies_of(subtask_id));
+        Ok(())
+    }
+
+    fn get_dependencies_of(&self, subtask_id: &str) -> Vec<String> {
+        self.subtasks
+            .iter()
+            .find(|s| s.id == subtask_id)
+            .map(|s| s.dependencies.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Checks that subtasks form a valid DAG: at least one, non-empty unique ids, non-empty
+/// titles and types, payloads within the limit, dependencies only on subtasks of the same
+/// plan, no self-dependency and no cycle. The error names the offending ids.
+pub fn validate_subtasks(subtasks: &[SubTask], max_payload_bytes: usize) -> Result<()> {
+    if subtasks.is_empty() {
+        return Err(PlanError::Empty.into());
+    }
+    for s in subtasks {
+        if s.id.trim().is_empty() {
+            return Err(PlanError::EmptyId.into());
+        }
+        let invalid = |e: Error| PlanError::InvalidSubtask {
+            subtask: s.id.clone(),
+            reason: e.to_string(),
+        };
+        non_blank("title", &s.title).map_err(invalid)?;
+        non_blank("task_type", &s.task_type).map_err(invalid)?;
+        check_payload_size(&s.payload, max_payload_bytes).map_err(invalid)?;
+    }
+    validate_graph(subtasks)
+}
+
+fn validate_graph(subtasks: &[SubTask]) -> Result<()> {
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(subtasks.len());
+    for (i, s) in subtasks.iter().enumerate() {
+        if index.insert(s.id.as_str(), i).is_some() {
+            return Err(PlanError::DuplicateId(s.id.clone()).into());
+        }
+    }
+    for s in subtasks {
+        for d in &s.dependencies {
+            if d == &s.id {
+                return Err(PlanError::SelfDependency(s.id.clone()).into());
+            }
+            if !index.contains_key(d.as_str()) {
+                return Err(PlanError::UnknownDependency {
+                    subtask: s.id.clone(),
+                    dependency: d.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(subtasks, &index) {
+        return Err(PlanError::Cycle(cycle).into());
+    }
+    Ok(())
+}
+
+/// Iterative three-colour DFS, so deep chains cannot overflow the stack. Returns the
+/// cycle as subtask ids, its first id repeated at the end.
+fn find_cycle(subtasks: &[SubTask], index: &HashMap<&str, usize>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Colour {
+        White,
+        Grey,
+        Black,
+    }
+    let mut colour = vec![Colour::White; subtasks.len()];
+    for start in 0..subtasks.len() {
+        if colour[start] != Colour::White {
+            continue;
+        }
+        // Each frame: node and the position of the next dependency to visit.
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        colour[start] = Colour::Grey;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let deps = &subtasks[node].dependencies;
+            if *next < deps.len() {
+                let dep = index[deps[*next].as_str()];
+                *next += 1;
+                match colour[dep] {
+                    Colour::White => {
+                        colour[dep] = Colour::Grey;
+                        stack.push((dep, 0));
+                    }
+                    Colour::Grey => {
+                        let from = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
+                        let mut cycle: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|&(n, _)| subtasks[n].id.clone())
+                            .collect();
+                        cycle.push(subtasks[dep].id.clone());
+                        return Some(cycle);
+                    }
+                    Colour::Black => {}
+                }
+            } else {
+                colour[node] = Colour::Black;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+/// Dependencies per subtask id, deduplicated, for backends that store dependency rows.
+pub fn unique_dependencies(subtask: &SubTask) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    subtask
+        .dependencies
+        .iter()
+        .map(String::as_str)
+        .filter(|d| seen.insert(*d))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+//! [`Run`], one execution attempt of a task, and its six statuses.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::status_enum;
+use crate::{Json, RunId, TaskId, Timestamp, WorkerId};
+
+status_enum!(
+    /// The outcome of one attempt.
+    RunStatus, "run" {
+        Pending => "pending",
+        Running => "running",
+        Success => "success",
+        Failure => "failure",
+        /// The lease expired or the worker stopped heartbeating; the reaper closed the run.
+        Timeout => "timeout",
+        Cancelled => "cancelled",
+    }
+);
+
+impl RunStatus {
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Success | Self::Failure | Self::Timeout | Self::Cancelled
+        )
+    }
+}
+
+/// One execution attempt of a task by a worker. Its id is the lease token the worker
+/// must present to finish the task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub task_id: TaskId,
+    pub worker_id: WorkerId,
+    /// 1 for the first attempt, then 2, 3, …
+    pub run_number: u32,
+    pub status: RunStatus,
+    pub phase: String,
+    pub started_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+    /// While running: the time after which the reaper may take the task back.
+    pub lease_expires_at: Option<Timestamp>,
+    pub result_data: Option<Json>,
+    pub error_message: Option<String>,
+    pub output_log: Option<String>,
+    pub transcript: Option<String>,
+}
+
+impl Run {
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.status == RunStatus::Running
+    }
+
+    pub fn start(&mut self, now: Timestamp) {
+        self.status = RunStatus::Running;
+        self.started_at = now;
+    }
+
+    fn finish(&mut self, status: RunStatus, now: Timestamp) {
+        self.status = status;
+        self.completed_at = Some(now);
+        self.lease_expires_at = None;
+    }
+
+    pub fn succeed(&mut self, result: Option<Json>, now: Timestamp) {
+        self.result_data = result;
+        self.finish(RunStatus::Success, now);
+    }
+
+    pub fn fail(&mut self, error: impl Into<String>, now: Timestamp) {
+        self.error_message = Some(error.into());
+        self.finish(RunStatus::Failure, now);
+    }
+
+    pub fn timeout(&mut self, now: Timestamp) {
+        self.error_message = Some("lease expired".into());
+        self.finish(RunStatus::Timeout, now);
+    }
+
+    pub fn cancel(&mut self, now: Timestamp) {
+        self.finish(RunStatus::Cancelled, now);
+    }
+
+    /// How long the run took, once it has finished.
+    pub fn duration(&self) -> Option<chrono::Duration> {
+        self.completed_at.map(|end| end - self.started_at)
+    }
+}

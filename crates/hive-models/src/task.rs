@@ -1,0 +1,369 @@
+//! [`Task`], its eleven statuses, the transition table, and [`NewTask`] input validation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::status_enum;
+use crate::{Error, Json, PlanId, Result, RunId, TaskId, Timestamp, WorkerId};
+
+/// Payloads larger than this are rejected unless the caller configures another limit.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+status_enum!(
+    /// Where a task is in its life. See [`TaskStatus::can_transition_to`] for the legal moves.
+    TaskStatus, "task" {
+        /// Waiting to be claimed (possibly not before `run_at`, or until its dependencies complete).
+        Queued => "queued",
+        /// Handed to a worker that has not started it yet.
+        Assigned => "assigned",
+        /// A worker is running it under a lease.
+        InProgress => "in_progress",
+        /// Done by the worker, waiting for a review.
+        ReviewPending => "review_pending",
+        /// The review accepted it.
+        Approved => "approved",
+        /// The review turned it down.
+        Rejected => "rejected",
+        /// It must be worked on again.
+        ReworkNeeded => "rework_needed",
+        /// A human must look at it.
+        Escalated => "escalated",
+        /// Finished successfully. Terminal.
+        Completed => "completed",
+        /// Failed for good, retries exhausted. Terminal.
+        Failed => "failed",
+        /// Cancelled. Terminal.
+        Cancelled => "cancelled",
+    }
+);
+
+impl TaskStatus {
+    /// Completed, failed and cancelled tasks never change again except by an explicit requeue.
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// A worker holds the task.
+    pub const fn is_active(self) -> bool {
+        matches!(self, Self::Assigned | Self::InProgress)
+    }
+
+    /// The transition table. Staying in the same status is always allowed (a no-op).
+    ///
+    /// | from | to |
+    /// |---|---|
+    /// | queued | assigned, in_progress, failed, cancelled |
+    /// | assigned | queued, in_progress, completed, failed, cancelled |
+    /// | in_progress | queued, review_pending, rework_needed, escalated, completed, failed, cancelled |
+    /// | review_pending | in_progress, approved, rejected, escalated, cancelled |
+    /// | approved | in_progress, completed, cancelled |
+    /// | rejected | rework_needed, escalated, failed, cancelled |
+    /// | rework_needed | queued, in_progress, cancelled |
+    /// | escalated | queued, in_progress, review_pending, completed, failed, cancelled |
+    /// | completed, failed, cancelled | nothing (only [`TaskStatus::can_requeue`]) |
+    pub fn can_transition_to(self, to: TaskStatus) -> bool {
+        use TaskStatus::*;
+        if self == to {
+            return true;
+        }
+        match self {
+            Queued => matches!(to, Assigned | InProgress | Failed | Cancelled),
+            Assigned => matches!(to, Queued | InProgress | Completed | Failed | Cancelled),
+            InProgress => matches!(
+                to,
+                Queued | ReviewPending | ReworkNeeded | Escalated | Completed | Failed | Cancelled
+            ),
+            ReviewPending => matches!(to, InProgress | Approved | Rejected | Escalated | Cancelled),
+            Approved => matches!(to, InProgress | Completed | Cancelled),
+            Rejected => matches!(to, ReworkNeeded | Escalated | Failed | Cancelled),
+            ReworkNeeded => matches!(to, Queued | InProgress | Cancelled),
+            Escalated => matches!(
+                to,
+                Queued | InProgress | ReviewPending | Completed | Failed | Cancelled
+            ),
+            Completed | Failed | Cancelled => false,
+        }
+    }
+
+    /// Checks a transition, naming both ends when it is illegal.
+    pub fn check_transition(self, to: TaskStatus) -> Result<()> {
+        if self.can_transition_to(to) {
+            Ok(())
+        } else {
+            Err(Error::IllegalTransition {
+                kind: "task",
+                from: self.as_str().into(),
+                to: to.as_str().into(),
+            })
+        }
+    }
+
+    /// An explicit requeue may bring back any task that no worker holds.
+    pub const fn can_requeue(self) -> bool {
+        !self.is_active()
+    }
+}
+
+/// A unit of work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub title: String,
+    pub description: String,
+    pub task_type: String,
+    /// Higher runs first.
+    pub priority: i32,
+    pub status: TaskStatus,
+    pub current_phase: String,
+    pub workflow: Option<Json>,
+    pub payload: Json,
+    pub assigned_worker: Option<WorkerId>,
+    pub due_date: Option<Timestamp>,
+    /// Failed runs retried at most this many times: a task runs at most `max_retries + 1` times.
+    pub max_retries: u32,
+    pub parent_task_id: Option<TaskId>,
+    pub plan_id: Option<PlanId>,
+    /// The subtask id this task was created from, when it belongs to a plan.
+    pub plan_subtask_id: Option<String>,
+    /// Tasks that must complete before this one may be claimed.
+    pub dependencies: Vec<TaskId>,
+    /// How many of `dependencies` have not completed yet.
+    pub pending_dependencies: u32,
+    pub tags: Vec<String>,
+    pub metadata: Json,
+    /// Not claimable before this time (delayed tasks and retry backoff).
+    pub run_at: Option<Timestamp>,
+    /// Runs counted against `max_retries` (released runs do not count).
+    pub attempts: u32,
+    /// The run currently allowed to finish this task; any other run is stale.
+    pub current_run_id: Option<RunId>,
+    pub idempotency_key: Option<String>,
+    pub result: Option<Json>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Task {
+    /// Builds a queued task from validated input, as a backend does on insert.
+    pub fn from_new(id: TaskId, new: NewTask, now: Timestamp) -> Task {
+        Task {
+            id,
+            title: new.title,
+            description: new.description,
+            task_type: new.task_type,
+            priority: new.priority,
+            status: TaskStatus::Queued,
+            current_phase: new.current_phase,
+            workflow: new.workflow,
+            payload: new.payload,
+            assigned_worker: None,
+            due_date: new.due_date,
+            max_retries: new.max_retries,
+            parent_task_id: new.parent_task_id,
+            plan_id: None,
+            plan_subtask_id: None,
+            dependencies: Vec::new(),
+            pending_dependencies: 0,
+            tags: new.tags,
+            metadata: new.metadata,
+            run_at: new.run_at,
+            attempts: 0,
+            current_run_id: None,
+            idempotency_key: new.idempotency_key,
+            result: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Queued, with every dependency completed and `run_at` (if any) reached at `now`.
+    pub fn is_ready_at(&self, now: Timestamp) -> bool {
+        self.status == TaskStatus::Queued
+            && self.pending_dependencies == 0
+            && self.run_at.is_none_or(|t| t <= now)
+    }
+
+    /// [`Task::is_ready_at`] with the local clock (stores use the database clock instead).
+    pub fn is_ready(&self) -> bool {
+        self.is_ready_at(chrono::Utc::now())
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status.is_active()
+    }
+
+    fn transition(&mut self, to: TaskStatus, now: Timestamp) -> Result<()> {
+        self.status.check_transition(to)?;
+        self.status = to;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    pub fn assign_to_worker(&mut self, worker: WorkerId, now: Timestamp) -> Result<()> {
+        self.transition(TaskStatus::Assigned, now)?;
+        self.assigned_worker = Some(worker);
+        Ok(())
+    }
+
+    pub fn start_execution(&mut self, now: Timestamp) -> Result<()> {
+        self.transition(TaskStatus::InProgress, now)
+    }
+
+    pub fn complete(&mut self, result: Option<Json>, now: Timestamp) -> Result<()> {
+        self.transition(TaskStatus::Completed, now)?;
+        self.result = result;
+        Ok(())
+    }
+
+    pub fn fail(&mut self, error: impl Into<String>, now: Timestamp) -> Result<()> {
+        self.transition(TaskStatus::Failed, now)?;
+        self.last_error = Some(error.into());
+        Ok(())
+    }
+
+    pub fn cancel(&mut self, now: Timestamp) -> Result<()> {
+        self.transition(TaskStatus::Cancelled, now)
+    }
+}
+
+/// What a caller supplies to create a task; everything else has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NewTask {
+    pub title: String,
+    pub task_type: String,
+    pub description: String,
+    pub priority: i32,
+    pub payload: Json,
+    pub max_retries: u32,
+    pub current_phase: String,
+    pub workflow: Option<Json>,
+    pub due_date: Option<Timestamp>,
+    pub parent_task_id: Option<TaskId>,
+    pub tags: Vec<String>,
+    pub metadata: Json,
+    /// Not claimable before this time.
+    pub run_at: Option<Timestamp>,
+    /// A repeated create with the same key returns the first task's id instead of a new task.
+    pub idempotency_key: Option<String>,
+}
+
+impl Default for NewTask {
+    fn default() -> Self {
+        NewTask {
+            title: String::new(),
+            task_type: String::new(),
+            description: String::new(),
+            priority: 1,
+            payload: Json::Object(Default::default()),
+            max_retries: 3,
+            current_phase: "start".into(),
+            workflow: None,
+            due_date: None,
+            parent_task_id: None,
+            tags: Vec::new(),
+            metadata: Json::Object(Default::default()),
+            run_at: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+impl NewTask {
+    pub fn new(title: impl Into<String>, task_type: impl Into<String>) -> Self {
+        NewTask {
+            title: title.into(),
+            task_type: task_type.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    pub fn payload(mut self, p: Json) -> Self {
+        self.payload = p;
+        self
+    }
+
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = p;
+        self
+    }
+
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    pub fn run_at(mut self, t: Timestamp) -> Self {
+        self.run_at = Some(t);
+        self
+    }
+
+    pub fn idempotency_key(mut self, k: impl Into<String>) -> Self {
+        self.idempotency_key = Some(k.into());
+        self
+    }
+
+    pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn metadata(mut self, m: Json) -> Self {
+        self.metadata = m;
+        self
+    }
+
+    /// Rejects input no backend should store, before any database call.
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        non_blank("title", &self.title)?;
+        non_blank("task_type", &self.task_type)?;
+        if self.max_retries > 1000 {
+            return Err(Error::InvalidField {
+                field: "max_retries".into(),
+                reason: format!("{} is over the maximum of 1000", self.max_retries),
+            });
+        }
+        if let Some(key) = &self.idempotency_key {
+            non_blank("idempotency_key", key)?;
+        }
+        check_payload_size(&self.payload, max_payload_bytes)
+    }
+}
+
+pub(crate) fn non_blank(field: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::InvalidField {
+            field: field.into(),
+            reason: "must not be empty".into(),
+        });
+    }
+    if value.contains('\0') {
+        return Err(Error::InvalidField {
+            field: field.into(),
+            reason: "must not contain a NUL character".into(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_payload_size(payload: &Json, limit: usize) -> Result<()> {
+    // Serialising is the only exact measure of what the backend will store.
+    let size = serde_json::to_vec(payload).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,52 @@
+//! The one error type of hive-ops.
+
+use hive_models::RunId;
+
+/// What an operation can fail with. Input errors come before any database call and
+/// change nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input breaks a model rule (empty title, oversized payload, cyclic plan, …).
+    #[error(transparent)]
+    Invalid(hive_models::Error),
+    /// The named row does not exist.
+    #[error("{entity} `{id}` not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The run is no longer its task's current run; the late worker must drop its result.
+    #[error("stale run `{run_id}`: it is no longer the task's current run")]
+    StaleRun { run_id: RunId },
+    /// The store failed.
+    #[error(transparent)]
+    Store(hive_store::Error),
+}
+
+impl Error {
+    pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Error::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl From<hive_models::Error> for Error {
+    fn from(e: hive_models::Error) -> Self {
+        Error::Invalid(e)
+    }
+}
+
+impl From<hive_store::Error> for Error {
+    fn from(e: hive_store::Error) -> Self {
+        // Lift the store's portable variants so callers match on one enum.
+        match e {
+            hive_store::Error::Invalid(m) => Error::Invalid(m),
+            hive_store::Error::NotFound { entity, id } => Error::NotFound { entity, id },
+            hive_store::Error::StaleRun { run_id } => Error::StaleRun { run_id },
+            other => Error::Store(other),
+        }
+    }
+}
+
+/// Result alias for operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

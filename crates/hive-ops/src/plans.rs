@@ -1,0 +1,170 @@
+//! Execution plan operations: create (validated DAG), materialize into tasks, dependency
+//! checks, next subtask, start, cancel, and the cached status read.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hive_models::{ExecutionPlan, NewPlan, PlanId, PlanStatus, Task, TaskId};
+use hive_store::{StatusCounts, Store, TaskFilter};
+use serde::Serialize;
+
+use crate::{Error, Event, Ops, Result};
+
+/// A TTL cache of plan statuses. Every event about a plan invalidates its entry, so this
+/// process never reads its own stale status.
+#[derive(Debug)]
+pub(crate) struct StatusCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<PlanId, (PlanStatus, Instant)>>,
+}
+
+impl StatusCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        StatusCache { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanId, (PlanStatus, Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: PlanId) -> Option<PlanStatus> {
+        let entries = self.lock();
+        entries.get(&id).filter(|(_, at)| at.elapsed() < self.ttl).map(|(s, _)| *s)
+    }
+
+    fn put(&self, id: PlanId, status: PlanStatus) {
+        let mut entries = self.lock();
+        // Bound the cache: drop expired entries before it grows large.
+        if entries.len() >= 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        entries.insert(id, (status, Instant::now()));
+    }
+
+    pub(crate) fn invalidate(&self, id: PlanId) {
+        self.lock().remove(&id);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// A plan with its task counts per status, for status displays.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanSummary {
+    pub plan: ExecutionPlan,
+    pub progress_percent: f64,
+    pub task_counts: StatusCounts,
+}
+
+impl<S: Store + ?Sized> Ops<S> {
+    /// Validates and stores a plan (`pending`, subtasks not yet tasks). The error names the
+    /// offending subtask ids: duplicates, self-dependencies, unknown dependencies or a cycle.
+    pub async fn create_execution_plan(&self, plan: NewPlan) -> Result<PlanId> {
+        plan.validate(self.config.max_payload_bytes)?;
+        Ok(self.store.insert_plan(plan).await?)
+    }
+
+    /// Turns a plan's subtasks into tasks with dependency rows; returns how many were
+    /// created, 0 when already done. [`Error::NotFound`] for an unknown plan.
+    pub async fn create_planned_subtasks_from_plan(&self, plan_id: PlanId) -> Result<u64> {
+        let created = self.store.materialize_plan(plan_id).await?.ok_or_else(|| Error::not_found("plan", plan_id))?;
+        if created > 0 {
+            self.bus.publish([Event::TaskCreated { task_id: None, count: created as usize }]);
+        }
+        Ok(created)
+    }
+
+    /// Creates a plan and its tasks: [`Ops::create_execution_plan`] then
+    /// [`Ops::create_planned_subtasks_from_plan`].
+    pub async fn submit_plan(&self, plan: NewPlan) -> Result<PlanId> {
+        let id = self.create_execution_plan(plan).await?;
+        self.create_planned_subtasks_from_plan(id).await?;
+        Ok(id)
+    }
+
+    pub async fn get_execution_plan_status(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {
+        let status = self.store.get_plan(plan_id).await?.map(|p| p.status);
+        if let Some(s) = status {
+            self.plan_cache.put(plan_id, s);
+        }
+        Ok(status)
+    }
+
+    /// [`Ops::get_execution_plan_status`] served from a TTL cache; this process's own
+    /// changes (and, with Postgres, other processes') invalidate it through the event bus.
+    pub async fn get_execution_plan_status_cached(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {
+        if let Some(s) = self.plan_cache.get(plan_id) {
+            return Ok(Some(s));
+        }
+        self.get_execution_plan_status(plan_id).await
+    }
+
+    pub async fn get_plan(&self, plan_id: PlanId) -> Result<Option<ExecutionPlan>> {
+        Ok(self.store.get_plan(plan_id).await?)
+    }
+
+    /// A plan with its progress and task counts per status.
+    pub async fn plan_summary(&self, plan_id: PlanId) -> Result<Option<PlanSummary>> {
+        let Some(plan) = self.store.get_plan(plan_id).await? else {
+            return Ok(None);
+        };
+        let task_counts = self.store.count_tasks(Some(plan_id)).await?;
+        Ok(Some(PlanSummary { progress_percent: plan.get_progress_percentage(), plan, task_counts }))
+    }
+
+    /// Plans, newest first.
+    pub async fn list_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> Result<Vec<ExecutionPlan>> {
+        Ok(self.store.list_plans(status, limit).await?)
+    }
+
+    /// Whether every dependency of a task is completed. [`Error::NotFound`] for an unknown task.
+    pub async fn check_subtask_dependencies(&self, task_id: TaskId) -> Result<bool> {
+        let met = self.store.dependencies_met(&[task_id]).await?;
+        met.get(&task_id).copied().ok_or_else(|| Error::not_found("task", task_id))
+    }
+
+    /// [`Ops::check_subtask_dependencies`] for many tasks in one store round trip; unknown
+    /// ids are absent from the map.
+    pub async fn check_subtask_dependencies_batch(&self, task_ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
+        Ok(self.store.dependencies_met(task_ids).await?)
+    }
+
+    /// The plan's best ready subtask (queue order), without claiming it.
+    pub async fn get_next_planned_subtask(&self, plan_id: PlanId) -> Result<Option<Task>> {
+        let filter = TaskFilter { plan_id: Some(plan_id), ready_only: true, limit: Some(1), ..Default::default() };
+        Ok(self.store.list_tasks(&filter).await?.into_iter().next())
+    }
+
+    /// Moves a plan from pending to in_progress; false from any other status or for an unknown plan.
+    pub async fn mark_plan_execution_started(&self, plan_id: PlanId) -> Result<bool> {
+        let started = self.store.transition_plan(plan_id, PlanStatus::Pending, PlanStatus::InProgress).await?;
+        if started {
+            self.bus.publish([Event::PlanStarted { plan_id }]);
+        }
+        Ok(started)
+    }
+
+    /// Cancels a plan and its open subtasks (workers holding them get stale-run errors).
+    /// False for an unknown or already finished plan.
+    pub async fn cancel_plan(&self, plan_id: PlanId) -> Result<bool> {
+        // The store cancels only a non-terminal plan; reading first tells "already
+        // finished" apart from "cancelled now" for the caller.
+        match self.store.get_plan(plan_id).await? {
+            Some(p) if !p.status.is_terminal() => {}
+            _ => return Ok(false),
+        }
+        let Some(cancelled) = self.store.cancel_plan(plan_id).await? else {
+            return Ok(false);
+        };
+        let mut events: Vec<Event> = cancelled
+            .into_iter()
+            .map(|task_id| Event::TaskStatusChanged { task_id, status: hive_models::TaskStatus::Cancelled })
+            .collect();
+        events.push(Event::PlanCancelled { plan_id });
+        self.bus.publish(events);
+        Ok(true)
+    }
+}

@@ -1,0 +1,150 @@
+//! Running tasks: atomic claims with leases, fenced completion and failure, retries,
+//! lease extension, release, and the reaper.
+
+use std::time::Duration;
+
+use hive_models::{Json, RunId, TaskStatus, Timestamp, WorkerId};
+use hive_store::{ClaimParams, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome, Store};
+
+use crate::{Error, Event, Ops, Result};
+
+/// A claimed task and the run opened for it; the run id is the lease token.
+pub use hive_store::Claim as Claimed;
+
+/// Events for finished runs that committed.
+fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (r, o) in reports.iter().zip(outcomes) {
+        let Some(task_id) = r.task_id else { continue };
+        match &r.finished {
+            Finished::Stale => continue,
+            Finished::Completed => {
+                events.push(Event::TaskCompleted { task_id, run_id: Some(r.run_id) });
+                if let Some(plan_id) = r.plan_id {
+                    events.push(Event::PlanProgressed { plan_id, task_id });
+                }
+            }
+            Finished::Retrying { run_at } => events.push(Event::TaskRetried { task_id, run_at: *run_at }),
+            Finished::Failed => {
+                let error = match &o.outcome {
+                    Outcome::Failure { error, .. } => Some(error.clone()),
+                    Outcome::Success { .. } => None,
+                };
+                events.push(Event::TaskFailed { task_id, error });
+            }
+        }
+        events.extend(
+            r.cancelled_dependents
+                .iter()
+                .map(|id| Event::TaskStatusChanged { task_id: *id, status: TaskStatus::Cancelled }),
+        );
+        if let (Some(plan_id), Some(status)) = (r.plan_id, r.plan_transition) {
+            events.extend(Event::plan_status(plan_id, status));
+        }
+    }
+    events
+}
+
+impl<S: Store + ?Sized> Ops<S> {
+    /// Atomically claims the best ready task of the given types (any type when empty) for
+    /// a worker, opening a run whose lease expires after `lease` unless extended.
+    pub async fn claim_next_task(&self, worker_id: &WorkerId, task_types: &[String], lease: Duration) -> Result<Option<Claimed>> {
+        Ok(self.claim_tasks(worker_id, task_types, 1, lease).await?.into_iter().next())
+    }
+
+    /// Claims up to `limit` ready tasks in one atomic step.
+    pub async fn claim_tasks(&self, worker_id: &WorkerId, task_types: &[String], limit: u32, lease: Duration) -> Result<Vec<Claimed>> {
+        if lease.is_zero() {
+            return Err(hive_models::Error::InvalidField { field: "lease".into(), reason: "must be longer than zero".into() }.into());
+        }
+        let params = ClaimParams { worker_id: worker_id.clone(), task_types: task_types.to_vec(), limit, lease };
+        let claims = self.store.claim_tasks(&params).await?;
+        self.bus.publish(claims.iter().map(|c| Event::TaskClaimed {
+            task_id: c.task.id,
+            run_id: c.run.id,
+            worker_id: c.run.worker_id.clone(),
+        }));
+        Ok(claims)
+    }
+
+    /// Completes the task of a run. [`Error::StaleRun`] when the run is no longer the
+    /// task's current run (its lease expired and the task was taken back).
+    pub async fn complete_task(&self, run_id: RunId, result: Option<Json>) -> Result<()> {
+        let outcome = RunOutcome { run_id, outcome: Outcome::Success { result }, output_log: None };
+        self.finish_one(outcome).await.map(|_| ())
+    }
+
+    /// Records a failed attempt: the task is retried after the configured backoff while it
+    /// has retries left, else it fails for good (cancelling its dependents).
+    pub async fn fail_task(&self, run_id: RunId, error: impl Into<String>) -> Result<Finished> {
+        let outcome = RunOutcome {
+            run_id,
+            outcome: Outcome::Failure { error: error.into(), retry: Some(self.config.retry) },
+            output_log: None,
+        };
+        self.finish_one(outcome).await
+    }
+
+    async fn finish_one(&self, outcome: RunOutcome) -> Result<Finished> {
+        let run_id = outcome.run_id;
+        let report = self.finish_runs(vec![outcome]).await?.into_iter().next();
+        match report.map(|r| r.finished) {
+            Some(Finished::Stale) | None => Err(Error::StaleRun { run_id }),
+            Some(f) => Ok(f),
+        }
+    }
+
+    /// Finishes many runs in one transaction (what the worker runtime's batching completer
+    /// uses). Stale runs are reported, not raised, so one late worker cannot fail a batch.
+    pub async fn finish_runs(&self, outcomes: Vec<RunOutcome>) -> Result<Vec<FinishReport>> {
+        let reports = self.store.finish_runs(&outcomes).await?;
+        self.bus.publish(finish_events(&reports, &outcomes));
+        Ok(reports)
+    }
+
+    /// Extends a run's lease; [`Error::StaleRun`] when the task was taken back.
+    pub async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
+        Ok(self.store.extend_lease(run_id, lease).await?)
+    }
+
+    /// Gives held tasks back to the queue without using up a retry (graceful shutdown).
+    pub async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<hive_models::TaskId>> {
+        let released = self.store.release_runs(run_ids).await?;
+        self.bus.publish(
+            released.iter().map(|id| Event::TaskStatusChanged { task_id: *id, status: TaskStatus::Queued }),
+        );
+        Ok(released)
+    }
+
+    /// Takes back every task whose lease expired (the run is marked `timeout`; the task is
+    /// requeued with backoff, or failed when out of retries) and marks workers with stale
+    /// heartbeats offline. Safe to call from many workers at once.
+    pub async fn reap(&self) -> Result<ReapReport> {
+        let params = ReapParams {
+            heartbeat_timeout: self.config.heartbeat_timeout,
+            retry: self.config.retry,
+            limit: self.config.reap_batch.max(1),
+        };
+        let mut total = ReapReport::default();
+        loop {
+            let report = self.store.reap(&params).await?;
+            let mut events: Vec<Event> = report
+                .requeued
+                .iter()
+                .map(|(task_id, _)| Event::TaskStatusChanged { task_id: *task_id, status: TaskStatus::Queued })
+                .collect();
+            events.extend(report.failed.iter().map(|id| Event::TaskFailed { task_id: *id, error: Some("lease expired".into()) }));
+            events.extend(report.offline_workers.iter().map(|w| Event::WorkerOffline { worker_id: w.clone() }));
+            events.extend(report.plan_transitions.iter().filter_map(|(p, s)| Event::plan_status(*p, *s)));
+            self.bus.publish(events);
+            let full = report.requeued.len() + report.failed.len() >= params.limit as usize;
+            total.requeued.extend(report.requeued);
+            total.failed.extend(report.failed);
+            total.offline_workers.extend(report.offline_workers);
+            total.plan_transitions.extend(report.plan_transitions);
+            if !full {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Task operations: create, read, update status, delete, cancel, requeue, prune.
+
+use std::time::Duration;
+
+use hive_models::{Json, NewTask, Run, RunId, Task, TaskId, TaskStatus};
+use hive_store::{PruneParams, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter};
+
+use crate::{Error, Event, Ops, Result};
+
+/// Events for a status change that committed.
+pub(crate) fn status_events(changed: &StatusChanged) -> Vec<Event> {
+    let task = &changed.task;
+    if changed.previous == task.status {
+        return Vec::new();
+    }
+    let mut events = vec![match task.status {
+        TaskStatus::Completed => Event::TaskCompleted { task_id: task.id, run_id: task.current_run_id },
+        TaskStatus::Failed => Event::TaskFailed { task_id: task.id, error: task.last_error.clone() },
+        status => Event::TaskStatusChanged { task_id: task.id, status },
+    }];
+    events.extend(changed.cancelled_dependents.iter().map(|id| Event::TaskStatusChanged {
+        task_id: *id,
+        status: TaskStatus::Cancelled,
+    }));
+    if let (Some(plan_id), TaskStatus::Completed) = (task.plan_id, task.status) {
+        events.push(Event::PlanProgressed { plan_id, task_id: task.id });
+    }
+    events.extend(changed.plan_transition.and_then(|(p, s)| Event::plan_status(p, s)));
+    events
+}
+
+impl<S: Store + ?Sized> Ops<S> {
+    /// Creates a task and returns its id (the first task's id when its idempotency key was
+    /// seen before). Rejects an empty title or type and an oversized payload, naming the field.
+    pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
+        let ids = self.create_tasks(vec![task]).await?;
+        ids.into_iter().next().ok_or_else(|| Error::not_found("task", "created"))
+    }
+
+    /// Creates many tasks in one transaction. Nothing is created if any task is invalid;
+    /// the error names the task's position.
+    pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+        for (i, t) in tasks.iter().enumerate() {
+            t.validate(self.config.max_payload_bytes).map_err(|e| {
+                if tasks.len() == 1 {
+                    Error::Invalid(e)
+                } else {
+                    Error::Invalid(hive_models::Error::InvalidField {
+                        field: format!("tasks[{i}]"),
+                        reason: e.to_string(),
+                    })
+                }
+            })?;
+        }
+        let count = tasks.len();
+        let ids = self.store.insert_tasks(tasks).await?;
+        let task_id = (count == 1).then(|| ids.first().copied()).flatten();
+        if count > 0 {
+            self.bus.publish([Event::TaskCreated { task_id, count }]);
+        }
+        Ok(ids)
+    }
+
+    pub async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        Ok(self.store.get_task(id).await?)
+    }
+
+    /// Sets a task's status: `Ok(false)` for an unknown task, `Err(Invalid)` for a change
+    /// the transition table forbids. `metadata` is merged into the task's metadata.
+    pub async fn update_task_status(&self, id: TaskId, status: TaskStatus, metadata: Option<Json>) -> Result<bool> {
+        let change = StatusChange { status, metadata, requeue: false };
+        self.apply_status(id, change).await.map(|c| c.is_some())
+    }
+
+    /// Puts a task that no worker holds (failed, completed, cancelled, …) back in the queue.
+    pub async fn requeue_task(&self, id: TaskId) -> Result<bool> {
+        let change = StatusChange { requeue: true, ..StatusChange::to(TaskStatus::Queued) };
+        self.apply_status(id, change).await.map(|c| c.is_some())
+    }
+
+    /// Cancels a task (and, transitively, the tasks that depend on it). A worker holding it
+    /// gets a stale-run error when it tries to finish. `Ok(false)` for an unknown task.
+    pub async fn cancel_task(&self, id: TaskId) -> Result<bool> {
+        self.apply_status(id, StatusChange::to(TaskStatus::Cancelled)).await.map(|c| c.is_some())
+    }
+
+    async fn apply_status(&self, id: TaskId, change: StatusChange) -> Result<Option<StatusChanged>> {
+        let changed = self.store.set_task_status(id, change).await?;
+        if let Some(c) = &changed {
+            self.bus.publish(status_events(c));
+        }
+        Ok(changed)
+    }
+
+    /// Every task in a status, in queue order.
+    pub async fn get_tasks_by_status(&self, status: TaskStatus) -> Result<Vec<Task>> {
+        Ok(self.store.list_tasks(&TaskFilter { status: Some(status), ..Default::default() }).await?)
+    }
+
+    /// Up to `limit` queued tasks, optionally of one type: priority descending, then oldest first.
+    pub async fn get_queued_tasks(&self, limit: u32, task_type: Option<&str>) -> Result<Vec<Task>> {
+        let filter = TaskFilter {
+            status: Some(TaskStatus::Queued),
+            task_type: task_type.map(str::to_owned),
+            limit: Some(limit),
+            ..Default::default()
+        };
+        Ok(self.store.list_tasks(&filter).await?)
+    }
+
+    /// Tasks matching any filter, in queue order.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        Ok(self.store.list_tasks(filter).await?)
+    }
+
+    /// Task counts per status, for the store or one plan.
+    pub async fn count_tasks(&self, plan_id: Option<hive_models::PlanId>) -> Result<StatusCounts> {
+        Ok(self.store.count_tasks(plan_id).await?)
+    }
+
+    /// Deletes a task and its runs; false for an unknown task.
+    pub async fn delete_task(&self, id: TaskId) -> Result<bool> {
+        Ok(self.store.delete_task(id).await?)
+    }
+
+    /// Deletes finished tasks older than `older_than` in the given terminal statuses, in
+    /// bounded batches so no statement holds locks for long. Returns how many were deleted.
+    pub async fn prune_tasks(&self, older_than: Duration, statuses: &[TaskStatus]) -> Result<u64> {
+        let params = PruneParams { older_than, statuses: statuses.to_vec(), limit: self.config.prune_batch.max(1) };
+        let mut total = 0;
+        loop {
+            let n = self.store.prune_tasks(&params).await?;
+            total += n;
+            if n < u64::from(params.limit) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// A task's runs, first attempt first.
+    pub async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
+        Ok(self.store.list_runs(task_id).await?)
+    }
+
+    pub async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        Ok(self.store.get_run(id).await?)
+    }
+}

@@ -1,0 +1,74 @@
+//! Worker operations: register, heartbeat, list the active ones, unregister.
+
+use hive_models::{Json, Worker, WorkerId, WorkerStatus};
+use hive_store::{Store, WorkerFilter, WorkerRegistration};
+
+use crate::{Event, Ops, Result};
+
+impl<S: Store + ?Sized> Ops<S> {
+    /// Registers a worker (re-registering updates its role and capabilities). Always true
+    /// once stored, as in the original API; see [`Ops::register_worker_with`] for the row.
+    pub async fn register_worker(&self, worker_id: &str, role: &str, capabilities: Vec<String>) -> Result<bool> {
+        let registration = WorkerRegistration {
+            id: WorkerId::parse(worker_id)?,
+            role: role.to_owned(),
+            capabilities,
+            metadata: Json::Object(Default::default()),
+        };
+        self.register_worker_with(&registration).await.map(|_| true)
+    }
+
+    /// Registers a worker with metadata and returns the stored row.
+    pub async fn register_worker_with(&self, registration: &WorkerRegistration) -> Result<Worker> {
+        if registration.role.trim().is_empty() {
+            return Err(hive_models::Error::InvalidField { field: "role".into(), reason: "must not be empty".into() }.into());
+        }
+        let worker = self.store.register_worker(registration).await?;
+        self.bus.publish([Event::WorkerRegistered { worker_id: worker.id.clone() }]);
+        Ok(worker)
+    }
+
+    /// Records a heartbeat (and optionally a new status), extending the leases of the
+    /// worker's running tasks. False for an unknown worker.
+    pub async fn update_worker_heartbeat(&self, worker_id: &str, status: Option<WorkerStatus>) -> Result<bool> {
+        let id = WorkerId::parse(worker_id)?;
+        let beat = self.store.heartbeat(&id, status).await?;
+        if beat.is_some() && status == Some(WorkerStatus::Offline) {
+            self.bus.publish([Event::WorkerOffline { worker_id: id }]);
+        }
+        Ok(beat.is_some())
+    }
+
+    /// Workers that are active or idle with a heartbeat within the configured timeout
+    /// (on the database clock), optionally of one role.
+    pub async fn get_active_workers(&self, role: Option<&str>) -> Result<Vec<Worker>> {
+        let filter = WorkerFilter { role: role.map(str::to_owned), alive_within: Some(self.config.heartbeat_timeout) };
+        Ok(self.store.list_workers(&filter).await?)
+    }
+
+    /// Every registered worker, optionally of one role, whatever its liveness.
+    pub async fn list_workers(&self, role: Option<&str>) -> Result<Vec<Worker>> {
+        let filter = WorkerFilter { role: role.map(str::to_owned), alive_within: None };
+        Ok(self.store.list_workers(&filter).await?)
+    }
+
+    pub async fn get_worker(&self, worker_id: &str) -> Result<Option<Worker>> {
+        Ok(self.store.get_worker(&WorkerId::parse(worker_id)?).await?)
+    }
+
+    /// Removes a worker; the tasks it was running go back to the queue without using up a
+    /// retry. False for an unknown worker.
+    pub async fn unregister_worker(&self, worker_id: &str) -> Result<bool> {
+        let id = WorkerId::parse(worker_id)?;
+        let Some(released) = self.store.unregister_worker(&id).await? else {
+            return Ok(false);
+        };
+        let mut events: Vec<Event> = released
+            .into_iter()
+            .map(|task_id| Event::TaskStatusChanged { task_id, status: hive_models::TaskStatus::Queued })
+            .collect();
+        events.push(Event::WorkerOffline { worker_id: id });
+        self.bus.publish(events);
+        Ok(true)
+    }
+}

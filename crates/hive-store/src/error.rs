@@ -1,0 +1,54 @@
+//! The one error type of hive-store, with portable variants: callers never see SQLSTATEs.
+
+use hive_models::RunId;
+
+/// What a store operation can fail with. Backends map their driver errors onto these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The named row does not exist.
+    #[error("{entity} `{id}` not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The change conflicts with the current state (a unique key, a concurrent change).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The input breaks a model rule; nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] hive_models::Error),
+    /// The run is no longer its task's current run (reaped, released or cancelled and
+    /// possibly re-claimed): its worker must not finish or extend the task.
+    #[error("stale run `{run_id}`: it is no longer the task's current run")]
+    StaleRun { run_id: RunId },
+    /// The database cannot be reached. `target` names host and port, never credentials.
+    #[error("database unavailable at {target}: {reason}")]
+    Unavailable { target: String, reason: String },
+    /// A URL this build cannot open.
+    #[error("unsupported database url `{0}`: expected memory:, sqlite:PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// Applying the schema migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Stored data that the models cannot represent (a corrupt row, an unknown status).
+    #[error("corrupt data in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+    /// Any other database error, with the driver's message.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl Error {
+    pub fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Error::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed (connection loss, lock timeouts).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Conflict(_))
+    }
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

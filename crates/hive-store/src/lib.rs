@@ -1,0 +1,46 @@
+//! Hive's persistence: the [`Store`] trait and its backends.
+//!
+//! Every operation that must stay correct under concurrent workers — claiming tasks and
+//! opening their runs, finishing runs and updating tasks, plan counters and dependents,
+//! reaping expired leases — is one trait method that each backend implements as one
+//! transaction. Backends:
+//!
+//! - [`MemoryStore`]: one mutex over plain maps; for tests and single-process use.
+//! - `SqliteStore` (feature `sqlite`, default): WAL, `BEGIN IMMEDIATE` for every write.
+//! - `PostgresStore` (feature `postgres`): one-statement claims with `FOR UPDATE SKIP LOCKED`,
+//!   LISTEN/NOTIFY for cross-process wake-ups.
+//!
+//! [`connect`] picks the backend from a URL (`memory:`, `sqlite:PATH`, `postgres://…`).
+
+mod connect;
+mod error;
+mod memory;
+mod notify;
+mod store;
+mod types;
+mod url;
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "postgres")]
+mod postgres;
+
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use connect::{ConnectOptions, connect, connect_with};
+pub use error::{Error, Result};
+pub use memory::MemoryStore;
+pub use notify::{ChangeKind, Notification, Notifier};
+pub use store::Store;
+pub use types::*;
+pub use url::DatabaseUrl;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// Re-exported so callers name one crate for the models the store persists.
+pub use hive_models as models;

@@ -1,0 +1,598 @@
+//! The consequences of task status changes, worked out in Rust and written in one statement.
+//!
+//! A batch (finishing runs, reaping leases) must behave exactly as if its items were applied
+//! one after another: an earlier failure may cancel a task whose run a later outcome
+//! finishes, plan counters move in order. So the transaction first locks and reads the rows
+//! the batch can touch (its tasks and runs, the dependents a failure could cancel, the
+//! plans), replays the batch against that snapshot here, and then writes every resulting
+//! change — runs, tasks, dependents' counters, plans, notifications — with one
+//! [`APPLY`] statement. Cost stays proportional to the rows touched: dependents are found
+//! through the `depends_on` index, never by scanning a plan.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use chrono::DurationRound;
+use hive_models::{
+    Json, PlanId, PlanStatus, RetryPolicy, RunId, RunStatus, TaskId, TaskStatus, Timestamp,
+};
+use sqlx::postgres::{PgConnection, PgRow};
+use uuid::Uuid;
+
+use super::{Fail, rows};
+use crate::{Finished, Notification, Notifier};
+
+/// What the batch knows about one locked task.
+#[derive(Debug, Clone)]
+pub(super) struct Node {
+    pub status: TaskStatus,
+    pub seq: i64,
+    pub current_run: Option<RunId>,
+    /// Whether `current_run` is still running.
+    pub run_running: bool,
+    pub plan_id: Option<PlanId>,
+    pub attempts: u32,
+    pub max_retries: u32,
+}
+
+impl Node {
+    /// Reads the columns every locking query of this module selects.
+    pub fn from_row(row: &PgRow) -> Result<(TaskId, Node), Fail> {
+        const T: &str = "tasks";
+        let id = TaskId(rows::get(row, "task_id", T)?);
+        let node = Node {
+            status: rows::task_status(row, "task_status")?,
+            seq: rows::get(row, "seq", T)?,
+            current_run: rows::get::<Option<Uuid>>(row, "current_run_id", T)?.map(RunId),
+            run_running: false,
+            plan_id: rows::get::<Option<Uuid>>(row, "plan_id", T)?.map(PlanId),
+            attempts: rows::count(row, "attempts", T)?,
+            max_retries: rows::big_count(row, "max_retries", T)?,
+        };
+        Ok((id, node))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PlanState {
+    status: PlanStatus,
+    total: i64,
+    completed: i64,
+    failed: i64,
+    /// A task of the plan reached a terminal status: write the plan back (and stamp it).
+    touched: bool,
+}
+
+/// A change to one task; every batch change sets the status.
+#[derive(Debug)]
+struct TaskPatch {
+    id: TaskId,
+    status: TaskStatus,
+    result: Option<Option<Json>>,
+    error: Option<String>,
+    /// Back to the queue: the worker is cleared and `run_at` set to this.
+    requeue: Option<Option<Timestamp>>,
+    attempts_delta: i32,
+}
+
+/// Closing a running run.
+#[derive(Debug)]
+pub(super) struct RunPatch {
+    pub id: RunId,
+    pub status: RunStatus,
+    pub result: Option<Option<Json>>,
+    pub error: Option<Option<String>>,
+    pub log: Option<Option<String>>,
+}
+
+impl RunPatch {
+    pub fn close(id: RunId, status: RunStatus) -> Self {
+        RunPatch { id, status, result: None, error: None, log: None }
+    }
+}
+
+/// What a terminal change did beyond the task itself.
+#[derive(Debug, Default)]
+pub(super) struct Effects {
+    pub cancelled: Vec<TaskId>,
+    pub plan_transition: Option<(PlanId, PlanStatus)>,
+}
+
+/// The batch being replayed: the locked state, and the changes to write.
+#[derive(Debug)]
+pub(super) struct Changes<'n> {
+    notifier: &'n Notifier,
+    /// The transaction's `now()`; every timestamp the batch writes derives from it.
+    pub at: Timestamp,
+    nodes: HashMap<TaskId, Node>,
+    /// Dependents of the tasks a failure may cancel, in insertion order.
+    children: HashMap<TaskId, Vec<TaskId>>,
+    plans: HashMap<PlanId, PlanState>,
+    /// For a plan whose task may be cancelled: its tasks that were not terminal.
+    plan_open: HashMap<PlanId, Vec<TaskId>>,
+    tasks: Vec<TaskPatch>,
+    task_index: HashMap<TaskId, usize>,
+    runs: Vec<RunPatch>,
+    completed: Vec<TaskId>,
+    pub notes: Vec<Notification>,
+}
+
+/// Locks and reads the dependents a failure of `$1` can cancel: the transitive dependents
+/// reachable through non-terminal tasks.
+const CASCADE: &str = concat!(
+    "WITH RECURSIVE walk(parent, child) AS ( \
+         SELECT d.depends_on, d.task_id FROM task_dependencies d WHERE d.depends_on = ANY($1) \
+         UNION \
+         SELECT d.depends_on, d.task_id FROM walk w \
+         JOIN tasks x ON x.id = w.child AND x.status NOT IN ('completed', 'failed', 'cancelled') \
+         JOIN task_dependencies d ON d.depends_on = w.child \
+     ) \
+     SELECT w.parent, t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, \
+            t.plan_id, t.attempts, t.max_retries, \
+            coalesce((SELECT r.status = 'running' FROM runs r WHERE r.id = t.current_run_id), false) \
+                AS run_running \
+     FROM walk w JOIN tasks t ON t.id = w.child \
+     ORDER BY t.id \
+     FOR UPDATE OF t"
+);
+
+const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks \
+     FROM plans WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
+/// plans, and sends the notifications, which Postgres delivers on commit.
+const APPLY: &str = "\
+WITH run_in AS ( \
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::bool[], \
+                         $6::text[], $7::bool[], $8::text[]) \
+        AS x(id, status, set_result, result, set_error, error, set_log, log) \
+), run_upd AS ( \
+    UPDATE runs r SET status = x.status, completed_at = now(), lease_expires_at = NULL, \
+        result_data = CASE WHEN x.set_result THEN x.result ELSE r.result_data END, \
+        error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
+        output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \
+    FROM run_in x WHERE r.id = x.id AND r.status = 'running' \
+    RETURNING r.id \
+), dec AS ( \
+    SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
+    WHERE d.depends_on = ANY($18::uuid[]) GROUP BY d.task_id \
+), task_in AS ( \
+    SELECT * FROM unnest($9::uuid[], $10::text[], $11::bool[], $12::jsonb[], $13::bool[], \
+                         $14::text[], $15::bool[], $16::timestamptz[], $17::int[]) \
+        AS x(id, status, set_result, result, set_error, error, requeue, run_at, attempts_delta) \
+), task_upd AS ( \
+    UPDATE tasks t SET status = x.status, updated_at = now(), \
+        result = CASE WHEN x.set_result THEN x.result ELSE t.result END, \
+        last_error = CASE WHEN x.set_error THEN x.error ELSE t.last_error END, \
+        assigned_worker = CASE WHEN x.requeue THEN NULL ELSE t.assigned_worker END, \
+        run_at = CASE WHEN x.requeue THEN x.run_at ELSE t.run_at END, \
+        attempts = greatest(t.attempts + x.attempts_delta, 0), \
+        pending_deps = greatest(t.pending_deps - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
+    FROM task_in x WHERE t.id = x.id \
+    RETURNING t.id \
+), dep_upd AS ( \
+    UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
+    FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY($9::uuid[])) \
+    RETURNING t.id \
+), plan_in AS ( \
+    SELECT * FROM unnest($19::uuid[], $20::text[], $21::bigint[], $22::bigint[]) \
+        AS x(id, status, completed, failed) \
+), plan_upd AS ( \
+    UPDATE plans p SET status = x.status, completed_subtasks = x.completed, \
+        failed_subtasks = x.failed, updated_at = now() \
+    FROM plan_in x WHERE p.id = x.id \
+    RETURNING p.id \
+) \
+SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
+       (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
+       (SELECT count(pg_notify('hive_events', n)) FROM unnest($23::text[]) AS n) AS notified";
+
+/// `at + d`, kept within the range Postgres timestamps hold and at microsecond precision
+/// (what the database stores, so reports equal the rows).
+pub(super) fn after(at: Timestamp, d: std::time::Duration) -> Timestamp {
+    let d = chrono::Duration::from_std(d)
+        .unwrap_or(chrono::Duration::MAX)
+        .min(chrono::Duration::days(super::MAX_DAYS));
+    let t = at.checked_add_signed(d).unwrap_or(at);
+    t.duration_trunc(chrono::Duration::microseconds(1)).unwrap_or(t)
+}
+
+impl<'n> Changes<'n> {
+    pub fn new(notifier: &'n Notifier, at: Timestamp) -> Self {
+        Changes {
+            notifier,
+            at,
+            nodes: HashMap::new(),
+            children: HashMap::new(),
+            plans: HashMap::new(),
+            plan_open: HashMap::new(),
+            tasks: Vec::new(),
+            task_index: HashMap::new(),
+            runs: Vec::new(),
+            completed: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn add_node(&mut self, id: TaskId, node: Node) {
+        self.nodes.entry(id).or_insert(node);
+    }
+
+    pub fn node(&self, id: TaskId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// Whether `run_id` is the task's current running run (the fence of every finish).
+    pub fn is_live(&self, task_id: TaskId, run_id: RunId) -> bool {
+        self.nodes
+            .get(&task_id)
+            .is_some_and(|n| n.current_run == Some(run_id) && n.run_running)
+    }
+
+    /// Marks a task's current run as running, from a row that read the run.
+    pub fn set_running(&mut self, task_id: TaskId, run_id: RunId, running: bool) {
+        if let Some(n) = self.nodes.get_mut(&task_id) {
+            if n.current_run == Some(run_id) {
+                n.run_running = running;
+            }
+        }
+    }
+
+    /// Loads (and locks) the dependents that failures of `roots` may cancel.
+    pub async fn load_cascade(&mut self, conn: &mut PgConnection, roots: &[TaskId]) -> Result<(), Fail> {
+        if roots.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = roots.iter().map(|t| t.0).collect();
+        let found = sqlx::query(CASCADE).bind(&ids).fetch_all(conn).await?;
+        let mut edges = Vec::with_capacity(found.len());
+        for row in &found {
+            let parent = TaskId(rows::get(row, "parent", "task_dependencies")?);
+            let (id, mut node) = Node::from_row(row)?;
+            node.run_running = rows::get(row, "run_running", "runs")?;
+            edges.push((parent, id, node.seq));
+            self.add_node(id, node);
+        }
+        // Dependents in insertion order, as the cancellation walk visits them.
+        edges.sort_by_key(|(parent, _, seq)| (*parent, *seq));
+        edges.dedup();
+        for (parent, child, _) in edges {
+            self.children.entry(parent).or_default().push(child);
+        }
+        Ok(())
+    }
+
+    /// Loads (and locks) the plans of the given tasks.
+    pub async fn load_plans(&mut self, conn: &mut PgConnection, tasks: &[TaskId]) -> Result<(), Fail> {
+        let plans: Vec<PlanId> =
+            tasks.iter().filter_map(|t| self.nodes.get(t).and_then(|n| n.plan_id)).collect();
+        self.load_plan_ids(conn, &plans).await
+    }
+
+    /// Loads (and locks, in id order) plans not loaded yet.
+    pub async fn load_plan_ids(&mut self, conn: &mut PgConnection, plans: &[PlanId]) -> Result<(), Fail> {
+        let mut ids: Vec<Uuid> =
+            plans.iter().filter(|p| !self.plans.contains_key(p)).map(|p| p.0).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let found = sqlx::query(LOCK_PLANS).bind(&ids).fetch_all(conn).await?;
+        for row in &found {
+            const P: &str = "plans";
+            let id = PlanId(rows::get(row, "id", P)?);
+            let state = PlanState {
+                status: rows::plan_status(row, "status")?,
+                total: rows::get(row, "total_subtasks", P)?,
+                completed: rows::get(row, "completed_subtasks", P)?,
+                failed: rows::get(row, "failed_subtasks", P)?,
+                touched: false,
+            };
+            self.plans.insert(id, state);
+        }
+        Ok(())
+    }
+
+    /// Sets a loaded plan's status (written back with its counters).
+    pub fn set_plan_status(&mut self, id: PlanId, status: PlanStatus) {
+        if let Some(p) = self.plans.get_mut(&id) {
+            p.status = status;
+            p.touched = true;
+        }
+    }
+
+    /// Remembers which of a plan's tasks are not terminal, for the "every task of the plan
+    /// is terminal" rule a cancellation applies.
+    pub async fn load_plan_open(&mut self, conn: &mut PgConnection, plan: PlanId) -> Result<(), Fail> {
+        let open: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "SELECT id FROM tasks WHERE plan_id = $1 AND status NOT IN ",
+            "('completed', 'failed', 'cancelled')"
+        ))
+        .bind(plan.0)
+        .fetch_all(conn)
+        .await?;
+        self.plan_open.insert(plan, open.into_iter().map(TaskId).collect());
+        Ok(())
+    }
+
+    fn patch(&mut self, id: TaskId) -> &mut TaskPatch {
+        let status = self.nodes.get(&id).map_or(TaskStatus::Queued, |n| n.status);
+        let i = *self.task_index.entry(id).or_insert_with(|| {
+            self.tasks.push(TaskPatch {
+                id,
+                status,
+                result: None,
+                error: None,
+                requeue: None,
+                attempts_delta: 0,
+            });
+            self.tasks.len() - 1
+        });
+        &mut self.tasks[i]
+    }
+
+    /// Sets a task's status, in the batch's view and in what will be written.
+    pub fn set_status(&mut self, id: TaskId, status: TaskStatus) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.status = status;
+        }
+        self.patch(id).status = status;
+    }
+
+    /// Records a status the caller writes itself (the task `set_task_status` updates).
+    pub fn note_status(&mut self, id: TaskId, status: TaskStatus) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.status = status;
+            n.run_running = false;
+        }
+    }
+
+    pub fn set_result(&mut self, id: TaskId, result: Option<Json>) {
+        self.patch(id).result = Some(result);
+    }
+
+    /// Back to the queue, no worker, claimable from `run_at`.
+    pub fn requeue(&mut self, id: TaskId, run_at: Option<Timestamp>) {
+        self.set_status(id, TaskStatus::Queued);
+        self.patch(id).requeue = Some(run_at);
+    }
+
+    pub fn add_attempts(&mut self, id: TaskId, delta: i32) {
+        self.patch(id).attempts_delta += delta;
+    }
+
+    /// Closes the task's current run if it is running.
+    pub fn close_run(&mut self, task_id: TaskId, patch: impl FnOnce(RunId) -> RunPatch) {
+        let Some(node) = self.nodes.get_mut(&task_id) else { return };
+        let Some(run_id) = node.current_run.filter(|_| node.run_running) else { return };
+        node.run_running = false;
+        self.runs.push(patch(run_id));
+    }
+
+    /// Closes a run the caller knows is running, whether or not the batch read it.
+    pub fn close_known_run(&mut self, patch: RunPatch) {
+        self.runs.push(patch);
+    }
+
+    pub fn note(&mut self, n: Notification) {
+        self.notes.push(n);
+    }
+
+    /// Applies the dependency and plan rules after `id` reached a terminal status.
+    pub fn on_terminal(&mut self, id: TaskId) -> Effects {
+        let mut fx = Effects::default();
+        let Some(node) = self.nodes.get(&id) else { return fx };
+        let status = node.status;
+        let plan_id = node.plan_id;
+        if status == TaskStatus::Completed {
+            // Dependents' counters drop in the write statement, through the depends_on index.
+            self.completed.push(id);
+        } else {
+            let mut queue: VecDeque<TaskId> =
+                self.children.get(&id).cloned().unwrap_or_default().into();
+            let mut seen = HashSet::new();
+            while let Some(d) = queue.pop_front() {
+                if !seen.insert(d) {
+                    continue;
+                }
+                let Some(n) = self.nodes.get(&d) else { continue };
+                if n.status.is_terminal() {
+                    continue;
+                }
+                self.close_run(d, |r| RunPatch::close(r, RunStatus::Cancelled));
+                self.set_status(d, TaskStatus::Cancelled);
+                self.notes.push(self.notifier.task_status(d, TaskStatus::Cancelled));
+                fx.cancelled.push(d);
+                queue.extend(self.children.get(&d).cloned().unwrap_or_default());
+            }
+        }
+        if let Some(pid) = plan_id {
+            fx.plan_transition = self.update_plan(pid, status);
+            if let Some((p, s)) = fx.plan_transition {
+                self.notes.push(self.notifier.plan_status(p, s));
+            }
+        }
+        fx
+    }
+
+    /// Plan counters and status after one of its tasks reached `status`.
+    fn update_plan(&mut self, pid: PlanId, status: TaskStatus) -> Option<(PlanId, PlanStatus)> {
+        let all_terminal = status == TaskStatus::Cancelled
+            && self.plan_open.get(&pid).is_some_and(|open| {
+                open.iter()
+                    .all(|t| self.nodes.get(t).is_some_and(|n| n.status.is_terminal()))
+            });
+        let plan = self.plans.get_mut(&pid)?;
+        plan.touched = true;
+        match status {
+            TaskStatus::Completed => plan.completed = plan.completed.saturating_add(1),
+            TaskStatus::Failed => plan.failed = plan.failed.saturating_add(1),
+            _ => {}
+        }
+        if plan.status.is_terminal() {
+            return None;
+        }
+        let to = if status == TaskStatus::Failed {
+            PlanStatus::Failed
+        } else if plan.completed >= plan.total {
+            PlanStatus::Completed
+        } else if all_terminal {
+            if plan.failed > 0 { PlanStatus::Failed } else { PlanStatus::Cancelled }
+        } else {
+            return None;
+        };
+        plan.status = to;
+        Some((pid, to))
+    }
+
+    /// Fails or requeues a task after its run failed or timed out.
+    pub fn fail_attempt(
+        &mut self,
+        id: TaskId,
+        error: &str,
+        retry: Option<RetryPolicy>,
+    ) -> (Finished, Effects) {
+        let Some(node) = self.nodes.get(&id) else {
+            return (Finished::Stale, Effects::default());
+        };
+        let (attempts, max_retries) = (node.attempts, node.max_retries);
+        self.patch(id).error = Some(error.to_owned());
+        match retry {
+            Some(policy) if attempts <= max_retries => {
+                let run_at = after(self.at, policy.backoff(attempts));
+                self.requeue(id, Some(run_at));
+                self.notes.push(self.notifier.task_status(id, TaskStatus::Queued));
+                (Finished::Retrying { run_at }, Effects::default())
+            }
+            _ => {
+                self.set_status(id, TaskStatus::Failed);
+                self.notes.push(self.notifier.task_status(id, TaskStatus::Failed));
+                let fx = self.on_terminal(id);
+                (Finished::Failed, fx)
+            }
+        }
+    }
+
+    /// Whether a failure of this task now would fail it for good (and so may cancel
+    /// dependents): no retry, or no retries left.
+    pub fn fails_for_good(&self, id: TaskId, retry: Option<RetryPolicy>) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| retry.is_none() || n.attempts > n.max_retries)
+    }
+
+    /// Writes every change in one statement. Nothing to write costs no round trip.
+    pub async fn apply(self, conn: &mut PgConnection) -> Result<(), Fail> {
+        // Only plans a change counted against are written; locking alone changes nothing.
+        let mut touched_plans: Vec<(PlanId, PlanState)> =
+            self.plans.into_iter().filter(|(_, p)| p.touched).collect();
+        touched_plans.sort_by_key(|(id, _)| *id);
+        if self.runs.is_empty()
+            && self.tasks.is_empty()
+            && touched_plans.is_empty()
+            && self.completed.is_empty()
+            && self.notes.is_empty()
+        {
+            return Ok(());
+        }
+        let payloads: Vec<String> =
+            self.notes.iter().filter_map(|n| serde_json::to_string(n).ok()).collect();
+
+        let mut r_id = Vec::with_capacity(self.runs.len());
+        let mut r_status = Vec::with_capacity(self.runs.len());
+        let mut r_set_result = Vec::with_capacity(self.runs.len());
+        let mut r_result: Vec<Option<Json>> = Vec::with_capacity(self.runs.len());
+        let mut r_set_error = Vec::with_capacity(self.runs.len());
+        let mut r_error: Vec<Option<String>> = Vec::with_capacity(self.runs.len());
+        let mut r_set_log = Vec::with_capacity(self.runs.len());
+        let mut r_log: Vec<Option<String>> = Vec::with_capacity(self.runs.len());
+        for r in self.runs {
+            r_id.push(r.id.0);
+            r_status.push(r.status.as_str());
+            r_set_result.push(r.result.is_some());
+            r_result.push(r.result.flatten());
+            r_set_error.push(r.error.is_some());
+            r_error.push(r.error.flatten());
+            r_set_log.push(r.log.is_some());
+            r_log.push(r.log.flatten());
+        }
+
+        let n = self.tasks.len();
+        let mut t_id = Vec::with_capacity(n);
+        let mut t_status = Vec::with_capacity(n);
+        let mut t_set_result = Vec::with_capacity(n);
+        let mut t_result: Vec<Option<Json>> = Vec::with_capacity(n);
+        let mut t_set_error = Vec::with_capacity(n);
+        let mut t_error: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut t_requeue = Vec::with_capacity(n);
+        let mut t_run_at: Vec<Option<Timestamp>> = Vec::with_capacity(n);
+        let mut t_attempts = Vec::with_capacity(n);
+        for t in self.tasks {
+            t_id.push(t.id.0);
+            t_status.push(t.status.as_str());
+            t_set_result.push(t.result.is_some());
+            t_result.push(t.result.flatten());
+            t_set_error.push(t.error.is_some());
+            t_error.push(t.error);
+            t_requeue.push(t.requeue.is_some());
+            t_run_at.push(t.requeue.flatten());
+            t_attempts.push(t.attempts_delta);
+        }
+        let completed: Vec<Uuid> = self.completed.iter().map(|t| t.0).collect();
+
+        let mut p_id = Vec::new();
+        let mut p_status = Vec::new();
+        let mut p_completed = Vec::new();
+        let mut p_failed = Vec::new();
+        for (id, p) in touched_plans {
+            p_id.push(id.0);
+            p_status.push(p.status.as_str());
+            p_completed.push(p.completed);
+            p_failed.push(p.failed);
+        }
+
+        sqlx::query(APPLY)
+            .bind(r_id)
+            .bind(r_status)
+            .bind(r_set_result)
+            .bind(r_result)
+            .bind(r_set_error)
+            .bind(r_error)
+            .bind(r_set_log)
+            .bind(r_log)
+            .bind(t_id)
+            .bind(t_status)
+            .bind(t_set_result)
+            .bind(t_result)
+            .bind(t_set_error)
+            .bind(t_error)
+            .bind(t_requeue)
+            .bind(t_run_at)
+            .bind(t_attempts)
+            .bind(completed)
+            .bind(p_id)
+            .bind(p_status)
+            .bind(p_completed)
+            .bind(p_failed)
+            .bind(payloads)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_truncates_and_caps() {
+        let at = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default();
+        let t = after(at, std::time::Duration::from_nanos(1_500));
+        assert_eq!((t - at).num_microseconds(), Some(1));
+        let far = after(at, std::time::Duration::MAX);
+        assert!(far > at && far.timestamp() < 300_000 * 365 * 86_400);
+    }
+}

@@ -1,0 +1,356 @@
+//! Shared plumbing of the SQLite backend: error mapping, the database clock, row decoding.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hive_models::{
+    ExecutionPlan, Json, PlanId, PlanStatus, Run, RunId, SubTask, Task, TaskId, Timestamp, Worker,
+    WorkerId,
+};
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use crate::Error;
+
+/// The connection a write runs on: the writer's open `BEGIN IMMEDIATE` transaction.
+pub(super) type Conn = SqliteConnection;
+
+/// A failure inside the backend, before it is mapped to a portable [`Error`] with the
+/// database's name (only the store knows it).
+#[derive(Debug)]
+pub(super) enum Fail {
+    Sql(sqlx::Error),
+    Store(Error),
+}
+
+impl From<sqlx::Error> for Fail {
+    fn from(e: sqlx::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl From<hive_models::Error> for Fail {
+    fn from(e: hive_models::Error) -> Self {
+        Fail::Store(Error::Invalid(e))
+    }
+}
+
+pub(super) type R<T> = std::result::Result<T, Fail>;
+
+impl Fail {
+    pub(super) fn into_error(self, target: &str) -> Error {
+        match self {
+            Fail::Store(e) => e,
+            Fail::Sql(e) => map_sqlx(target, e),
+        }
+    }
+}
+
+/// SQLite primary result codes this module tells apart (the low byte of extended codes).
+mod code {
+    pub const BUSY: i64 = 5;
+    pub const LOCKED: i64 = 6;
+    pub const IOERR: i64 = 10;
+    pub const CORRUPT: i64 = 11;
+    pub const FULL: i64 = 13;
+    pub const CANTOPEN: i64 = 14;
+    pub const NOTADB: i64 = 26;
+}
+
+/// Maps a driver error to a portable variant. `target` is the database path, which carries
+/// no credentials.
+pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
+    let unavailable = |reason: String| Error::Unavailable {
+        target: target.to_owned(),
+        reason,
+    };
+    match e {
+        sqlx::Error::PoolTimedOut => {
+            unavailable("timed out waiting for a pooled connection".into())
+        }
+        sqlx::Error::PoolClosed => unavailable("the connection pool is closed".into()),
+        sqlx::Error::WorkerCrashed => unavailable("the connection's worker thread stopped".into()),
+        sqlx::Error::Io(e) => unavailable(e.to_string()),
+        sqlx::Error::Database(db) => {
+            let primary = db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .map_or(0, |c| c & 0xff);
+            let message = db.message().to_owned();
+            match primary {
+                code::BUSY | code::LOCKED => {
+                    unavailable(format!("database is locked by another writer: {message}"))
+                }
+                code::IOERR | code::FULL | code::CANTOPEN => unavailable(message),
+                code::CORRUPT | code::NOTADB => Error::Corrupt {
+                    table: "database",
+                    reason: message,
+                },
+                _ if db.is_unique_violation() => Error::Conflict(message),
+                _ => Error::Database(message),
+            }
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => Error::Corrupt {
+            table: "row",
+            reason: e.to_string(),
+        },
+        other => Error::Database(other.to_string()),
+    }
+}
+
+pub(super) async fn db_now(c: &mut Conn) -> R<i64> {
+    let sql = concat!("SELECT ", now_us!());
+    Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(c).await?)
+}
+
+/// The latest instant chrono represents, so sums of timestamps and long leases saturate
+/// instead of overflowing.
+fn max_us() -> i64 {
+    DateTime::<Utc>::MAX_UTC.timestamp_micros()
+}
+
+fn min_us() -> i64 {
+    DateTime::<Utc>::MIN_UTC.timestamp_micros()
+}
+
+pub(super) fn dur_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn add_us(at: i64, d: Duration) -> i64 {
+    at.saturating_add(dur_us(d)).min(max_us())
+}
+
+pub(super) fn sub_us(at: i64, d: Duration) -> i64 {
+    at.saturating_sub(dur_us(d)).max(min_us())
+}
+
+/// A lease in whole milliseconds, the unit heartbeats reapply it in.
+pub(super) fn lease_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn us(t: Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(super) fn ts(table: &'static str, v: i64) -> R<Timestamp> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(table, format!("timestamp {v} out of range")))
+}
+
+pub(super) fn corrupt(table: &'static str, reason: impl Into<String>) -> Fail {
+    Fail::Store(Error::Corrupt {
+        table,
+        reason: reason.into(),
+    })
+}
+
+pub(super) fn to_json<T: serde::Serialize + ?Sized>(field: &str, v: &T) -> R<String> {
+    serde_json::to_string(v).map_err(|e| {
+        Fail::from(hive_models::Error::InvalidField {
+            field: field.into(),
+            reason: format!("cannot be stored as JSON: {e}"),
+        })
+    })
+}
+
+/// A JSON array of ids (or any strings), bound as one parameter and read with `json_each`,
+/// so a list of any length is one statement with one bind.
+pub(super) fn json_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    // Serialising a list of strings cannot fail.
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+/// Typed column access that reports failures as corrupt rows of a named table.
+pub(super) struct Cols<'r> {
+    pub row: &'r SqliteRow,
+    pub table: &'static str,
+}
+
+impl<'r> Cols<'r> {
+    pub fn new(row: &'r SqliteRow, table: &'static str) -> Self {
+        Cols { row, table }
+    }
+
+    pub fn get<T>(&self, col: &str) -> R<T>
+    where
+        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        self.row
+            .try_get::<T, _>(col)
+            .map_err(|e| corrupt(self.table, format!("column `{col}`: {e}")))
+    }
+
+    pub fn u32(&self, col: &str) -> R<u32> {
+        let v: i64 = self.get(col)?;
+        u32::try_from(v).map_err(|_| corrupt(self.table, format!("column `{col}`: {v} is not a u32")))
+    }
+
+    pub fn ts(&self, col: &str) -> R<Timestamp> {
+        ts(self.table, self.get(col)?)
+    }
+
+    pub fn ts_opt(&self, col: &str) -> R<Option<Timestamp>> {
+        self.get::<Option<i64>>(col)?.map(|v| ts(self.table, v)).transpose()
+    }
+
+    pub fn parse<T: FromStr>(&self, col: &str) -> R<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let s: String = self.get(col)?;
+        s.parse::<T>()
+            .map_err(|e| corrupt(self.table, format!("column `{col}`: {e}")))
+    }
+
+    pub fn parse_opt<T: FromStr>(&self, col: &str) -> R<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get::<Option<String>>(col)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| corrupt(self.table, format!("column `{col}`: {e}"))),
+        }
+    }
+
+    pub fn json<T: DeserializeOwned>(&self, col: &str) -> R<T> {
+        let s: String = self.get(col)?;
+        serde_json::from_str(&s).map_err(|e| corrupt(self.table, format!("column `{col}`: {e}")))
+    }
+
+    pub fn json_opt<T: DeserializeOwned>(&self, col: &str) -> R<Option<T>> {
+        match self.get::<Option<String>>(col)? {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| corrupt(self.table, format!("column `{col}`: {e}"))),
+        }
+    }
+}
+
+pub(super) fn task_from_row(row: &SqliteRow) -> R<Task> {
+    let c = Cols::new(row, "tasks");
+    let deps: Vec<String> = c.json("deps")?;
+    let dependencies = deps
+        .iter()
+        .map(|d| d.parse::<TaskId>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt("task_dependencies", e.to_string()))?;
+    Ok(Task {
+        id: c.parse("id")?,
+        title: c.get("title")?,
+        description: c.get("description")?,
+        task_type: c.get("task_type")?,
+        priority: c.get("priority")?,
+        status: c.parse("status")?,
+        current_phase: c.get("current_phase")?,
+        workflow: c.json_opt::<Json>("workflow")?,
+        payload: c.json("payload")?,
+        assigned_worker: c.get::<Option<String>>("assigned_worker")?.map(WorkerId),
+        due_date: c.ts_opt("due_date")?,
+        max_retries: c.u32("max_retries")?,
+        parent_task_id: c.parse_opt("parent_task_id")?,
+        plan_id: c.parse_opt("plan_id")?,
+        plan_subtask_id: c.get("plan_subtask_id")?,
+        dependencies,
+        pending_dependencies: c.u32("pending_deps")?,
+        tags: c.json("tags")?,
+        metadata: c.json("metadata")?,
+        run_at: c.ts_opt("run_at")?,
+        attempts: c.u32("attempts")?,
+        current_run_id: c.parse_opt("current_run_id")?,
+        idempotency_key: c.get("idempotency_key")?,
+        result: c.json_opt::<Json>("result")?,
+        last_error: c.get("last_error")?,
+        created_at: c.ts("created_at")?,
+        updated_at: c.ts("updated_at")?,
+    })
+}
+
+pub(super) async fn fetch_task(c: &mut Conn, id: TaskId) -> R<Option<Task>> {
+    let sql = concat!("SELECT ", task_columns!(), " FROM tasks t WHERE t.id = ?1");
+    let row = sqlx::query(sql)
+        .bind(id.to_string())
+        .fetch_optional(c)
+        .await?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+
+pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {
+    let c = Cols::new(row, "runs");
+    Ok(Run {
+        id: c.parse::<RunId>("id")?,
+        task_id: c.parse("task_id")?,
+        worker_id: WorkerId(c.get("worker_id")?),
+        run_number: c.u32("run_number")?,
+        status: c.parse("status")?,
+        phase: c.get("phase")?,
+        started_at: c.ts("started_at")?,
+        completed_at: c.ts_opt("completed_at")?,
+        lease_expires_at: c.ts_opt("lease_expires_at")?,
+        result_data: c.json_opt::<Json>("result_data")?,
+        error_message: c.get("error_message")?,
+        output_log: c.get("output_log")?,
+        transcript: c.get("transcript")?,
+    })
+}
+
+
+pub(super) fn worker_from_row(row: &SqliteRow) -> R<Worker> {
+    let c = Cols::new(row, "workers");
+    Ok(Worker {
+        id: WorkerId(c.get("id")?),
+        role: c.get("role")?,
+        status: c.parse("status")?,
+        last_heartbeat: c.ts("last_heartbeat")?,
+        capabilities: c.json("capabilities")?,
+        current_task_id: c.parse_opt("current_task_id")?,
+        registered_at: c.ts("registered_at")?,
+        metadata: c.json("metadata")?,
+    })
+}
+
+
+pub(super) fn plan_from_row(row: &SqliteRow) -> R<ExecutionPlan> {
+    let c = Cols::new(row, "plans");
+    let subtasks: Vec<SubTask> = c.json("subtasks")?;
+    // Derived exactly as `ExecutionPlan::from_new` derives them, so nothing is stored twice.
+    let subtask_ids = subtasks.iter().map(|s| s.id.clone()).collect();
+    let dependency_graph: BTreeMap<String, Vec<String>> = subtasks
+        .iter()
+        .map(|s| (s.id.clone(), s.dependencies.clone()))
+        .collect();
+    Ok(ExecutionPlan {
+        id: c.parse::<PlanId>("id")?,
+        title: c.get("title")?,
+        description: c.get("description")?,
+        parent_task_id: c.parse_opt("parent_task_id")?,
+        status: c.parse::<PlanStatus>("status")?,
+        total_subtasks: c.u32("total_subtasks")?,
+        completed_subtasks: c.u32("completed_subtasks")?,
+        failed_subtasks: c.u32("failed_subtasks")?,
+        subtask_ids,
+        dependency_graph,
+        subtasks,
+        materialized: c.get::<i64>("materialized")? != 0,
+        created_at: c.ts("created_at")?,
+        updated_at: c.ts("updated_at")?,
+    })
+}

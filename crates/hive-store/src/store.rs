@@ -1,0 +1,174 @@
+//! The [`Store`] trait: every persistence operation Hive needs, each one atomic.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use hive_models::{
+    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId, Timestamp,
+    Worker, WorkerId, WorkerStatus,
+};
+use tokio::sync::broadcast;
+
+use crate::{
+    Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PruneParams,
+    ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged, StatusCounts,
+    TaskFilter, WorkerFilter, WorkerRegistration,
+};
+
+/// Persistence of tasks, runs, workers, plans and plan dependencies.
+///
+/// Every method is atomic: a backend implements each as one transaction (or under one
+/// lock), so concurrent callers in any number of processes never see or leave a partial
+/// change. All time comparisons use the store's clock ([`Store::now`]), never the caller's.
+///
+/// Callers validate input with the hive-models rules before calling (hive-ops does); a
+/// store trusts validated input but never panics on any input.
+///
+/// Shared semantics every backend follows (the conformance suite in [`crate::testing`]
+/// checks each one):
+/// - Queue order is priority descending, then insertion order.
+/// - A task is *ready* when it is `queued`, its `pending_dependencies` is 0 and its
+///   `run_at` is absent or not after now.
+/// - When a task reaches `completed`, each dependent's `pending_dependencies` drops by one.
+///   When a task reaches `failed` or `cancelled`, every transitive dependent that is not
+///   terminal is cancelled (its running run, if any, is cancelled too).
+/// - For a task of a plan: completing increments the plan's `completed_subtasks`, failing
+///   for good increments `failed_subtasks`. The first failure moves a non-terminal plan to
+///   `failed`; when every subtask is completed the plan becomes `completed`. A plan in
+///   `pending` moves to `in_progress` when one of its tasks is claimed.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Identifies this store instance in its [`Notification`]s, so a process can tell its
+    /// own changes from other processes'.
+    fn origin(&self) -> uuid::Uuid;
+
+    /// The store's clock: the database server's `now()` for SQL backends.
+    async fn now(&self) -> Result<Timestamp>;
+
+    /// Change notifications: task created, task status changed, plan status changed,
+    /// worker changed. Delivered after commit; best-effort (a lagging receiver skips), so
+    /// consumers treat them as wake-ups and re-read state. Postgres also delivers other
+    /// processes' changes (LISTEN/NOTIFY, reconnecting on loss).
+    async fn subscribe(&self) -> Result<broadcast::Receiver<Notification>>;
+
+    // ---- tasks ----
+
+    /// Inserts tasks in one transaction and returns their ids in input order. A task whose
+    /// `idempotency_key` already exists is not inserted; its id is the existing task's.
+    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>>;
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
+
+    /// Tasks matching the filter, in queue order.
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
+
+    /// Task counts per status, for the whole store or one plan.
+    async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts>;
+
+    /// Moves a task to a new status if the transition table allows it (or, with
+    /// `requeue`, from a status no worker holds back to `queued`). Returns `None` for an
+    /// unknown task, [`crate::Error::Invalid`] for an illegal transition. Leaving an active
+    /// status closes the current run (`cancelled`, or `success`/`failure` for
+    /// completed/failed), so its worker's late finish is rejected as stale. Reaching
+    /// completed, failed or cancelled applies the dependency and plan rules above.
+    async fn set_task_status(
+        &self,
+        id: TaskId,
+        change: StatusChange,
+    ) -> Result<Option<StatusChanged>>;
+
+    /// Deletes a task with its runs and dependency rows. Dependents that were still waiting
+    /// for it stop waiting. Returns false for an unknown task.
+    async fn delete_task(&self, id: TaskId) -> Result<bool>;
+
+    /// Deletes up to `limit` terminal tasks (and their runs) older than `older_than`, oldest
+    /// first, and returns how many. Non-terminal statuses are refused with `Invalid`.
+    async fn prune_tasks(&self, params: &PruneParams) -> Result<u64>;
+
+    // ---- running tasks ----
+
+    /// Atomically takes up to `limit` ready tasks in queue order that no other caller can
+    /// take: each becomes `in_progress`, assigned to the worker, `attempts + 1`, with a new
+    /// `running` run (next run_number, lease expiring at now + lease) as its current run.
+    async fn claim_tasks(&self, params: &ClaimParams) -> Result<Vec<Claim>>;
+
+    /// Finishes runs in one transaction, returning one report per outcome in input order.
+    /// A run that is not its task's current `running` run gets [`crate::Finished::Stale`]
+    /// and changes nothing. Success completes the task (result stored on task and run);
+    /// failure requeues with backoff or fails for good (see [`crate::Outcome`]).
+    async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>>;
+
+    /// Pushes a running run's lease to now + `lease`, returning the new expiry;
+    /// [`crate::Error::StaleRun`] when the run is not its task's current running run.
+    async fn extend_lease(&self, run_id: RunId, lease: std::time::Duration) -> Result<Timestamp>;
+
+    /// Gives runs back without counting an attempt: each current running run is closed as
+    /// `cancelled`, its task returns to `queued` with `attempts - 1`. Stale runs are skipped.
+    /// Returns the tasks requeued.
+    async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>>;
+
+    /// Closes as `timeout` up to `limit` running runs whose lease expired; each task is
+    /// requeued with backoff while `attempts <= max_retries`, else failed (with the
+    /// dependency and plan rules). Also marks active/idle workers whose heartbeat is older
+    /// than the timeout `offline`.
+    async fn reap(&self, params: &ReapParams) -> Result<ReapReport>;
+
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
+
+    /// A task's runs by run_number.
+    async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>>;
+
+    // ---- workers ----
+
+    /// Inserts or updates a worker: role, capabilities and metadata replaced, status
+    /// `active`, heartbeat now. Returns the stored worker.
+    async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker>;
+
+    /// Records a heartbeat (and a new status if given), and extends the lease of every
+    /// running run of this worker by that run's lease duration. `None` for an unknown worker.
+    async fn heartbeat(
+        &self,
+        id: &WorkerId,
+        status: Option<WorkerStatus>,
+    ) -> Result<Option<HeartbeatReport>>;
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<Worker>>;
+
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>>;
+
+    /// Deletes a worker; its running runs are released as by [`Store::release_runs`].
+    /// Returns the requeued tasks, or `None` for an unknown worker.
+    async fn unregister_worker(&self, id: &WorkerId) -> Result<Option<Vec<TaskId>>>;
+
+    // ---- plans ----
+
+    /// Stores a validated plan as `pending`, not yet materialized.
+    async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId>;
+
+    async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>>;
+
+    /// Plans, newest first, optionally of one status.
+    async fn list_plans(&self, status: Option<PlanStatus>, limit: Option<u32>)
+    -> Result<Vec<ExecutionPlan>>;
+
+    /// Creates one task per subtask (plan id, subtask id, dependency rows and
+    /// `pending_dependencies` set) in one transaction and marks the plan materialized.
+    /// Returns the number created: 0 when already materialized; `None` for an unknown plan.
+    async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>>;
+
+    /// Compare-and-set of a plan's status: true when it was `from` and is now `to`.
+    async fn transition_plan(&self, id: PlanId, from: PlanStatus, to: PlanStatus)
+    -> Result<bool>;
+
+    /// Cancels a non-terminal plan and all its non-terminal tasks (closing their runs).
+    /// Returns the cancelled task ids; `None` for an unknown plan; `Some(empty)` when the
+    /// plan was already terminal.
+    async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>>;
+
+    /// For each known task: whether all its dependencies are completed. Unknown ids are
+    /// absent from the map. One round trip for the whole list.
+    async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>>;
+}

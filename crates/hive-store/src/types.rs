@@ -1,0 +1,217 @@
+//! Parameter and report types of the [`crate::Store`] methods.
+
+use std::time::Duration;
+
+use hive_models::{
+    Json, PlanId, PlanStatus, RetryPolicy, Run, RunId, Task, TaskId, TaskStatus, Timestamp,
+    WorkerId,
+};
+use serde::{Deserialize, Serialize};
+
+/// Which backend a store is; tests branch on it for real differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which tasks [`crate::Store::list_tasks`] returns. Results are always in queue order:
+/// priority descending, then oldest first (insertion order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub task_type: Option<String>,
+    pub plan_id: Option<PlanId>,
+    /// Only tasks claimable now: queued, all dependencies completed, `run_at` reached
+    /// (on the database clock).
+    pub ready_only: bool,
+    /// At most this many rows (`None`: all).
+    pub limit: Option<u32>,
+}
+
+/// A status change requested through [`crate::Store::set_task_status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub status: TaskStatus,
+    /// Merged into the task's metadata object (top-level keys replace existing ones).
+    pub metadata: Option<Json>,
+    /// Allow leaving a terminal status for `queued` (an explicit requeue).
+    pub requeue: bool,
+}
+
+impl StatusChange {
+    pub fn to(status: TaskStatus) -> Self {
+        StatusChange {
+            status,
+            metadata: None,
+            requeue: false,
+        }
+    }
+}
+
+/// What [`crate::Store::set_task_status`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChanged {
+    pub previous: TaskStatus,
+    pub task: Task,
+    /// Dependents cancelled transitively because this task failed or was cancelled.
+    pub cancelled_dependents: Vec<TaskId>,
+    /// The task's plan, when this change moved it to a new status.
+    pub plan_transition: Option<(PlanId, PlanStatus)>,
+}
+
+/// Claim up to `limit` ready tasks for one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimParams {
+    pub worker_id: WorkerId,
+    /// Only these task types; empty means any type.
+    pub task_types: Vec<String>,
+    pub limit: u32,
+    /// The run's lease: the reaper may take the task back once it expires un-extended.
+    pub lease: Duration,
+}
+
+/// A claimed task (now `in_progress`, assigned to the worker) and the run opened for it.
+/// The run id is the lease token for [`crate::Store::finish_runs`] and
+/// [`crate::Store::extend_lease`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub task: Task,
+    pub run: Run,
+}
+
+/// How a run ended, as reported by its worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Success {
+        result: Option<Json>,
+    },
+    /// With `retry: Some(policy)`, the task is requeued (not claimable before the backoff
+    /// for this attempt ends) while `attempts <= max_retries`; otherwise it fails for good.
+    Failure {
+        error: String,
+        retry: Option<RetryPolicy>,
+    },
+}
+
+/// One run to finish in [`crate::Store::finish_runs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub run_id: RunId,
+    pub outcome: Outcome,
+    pub output_log: Option<String>,
+}
+
+/// What became of one [`RunOutcome`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    Completed,
+    /// Requeued; claimable again from `run_at`.
+    Retrying {
+        run_at: Timestamp,
+    },
+    /// Failed for good (out of retries, or a failure without retry).
+    Failed,
+    /// The run was not the task's current running run; nothing was changed.
+    Stale,
+}
+
+/// The report for one finished run, in the order the outcomes were given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishReport {
+    pub run_id: RunId,
+    /// `None` only for a stale run whose task no longer exists.
+    pub task_id: Option<TaskId>,
+    pub finished: Finished,
+    pub plan_id: Option<PlanId>,
+    /// Dependents cancelled transitively because the task failed for good.
+    pub cancelled_dependents: Vec<TaskId>,
+    /// Set when this finish moved the task's plan to a terminal status.
+    pub plan_transition: Option<PlanStatus>,
+}
+
+/// What [`crate::Store::reap`] took back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReapReport {
+    /// Tasks whose run timed out and that went back to the queue.
+    pub requeued: Vec<(TaskId, RunId)>,
+    /// Tasks whose run timed out with no retries left.
+    pub failed: Vec<TaskId>,
+    /// Workers newly marked offline because their heartbeat is older than the timeout.
+    pub offline_workers: Vec<WorkerId>,
+    /// Plans moved to a terminal status by the failures above.
+    pub plan_transitions: Vec<(PlanId, PlanStatus)>,
+}
+
+impl ReapReport {
+    pub fn is_empty(&self) -> bool {
+        self.requeued.is_empty() && self.failed.is_empty() && self.offline_workers.is_empty()
+    }
+}
+
+/// Parameters of [`crate::Store::reap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReapParams {
+    /// Workers whose last heartbeat is older than this are marked offline.
+    pub heartbeat_timeout: Duration,
+    /// Backoff for requeued tasks (a timeout counts as a failed attempt).
+    pub retry: RetryPolicy,
+    /// At most this many expired runs per call.
+    pub limit: u32,
+}
+
+/// A worker announcing itself; re-registering updates role, capabilities and metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRegistration {
+    pub id: WorkerId,
+    pub role: String,
+    pub capabilities: Vec<String>,
+    pub metadata: Json,
+}
+
+/// Which workers [`crate::Store::list_workers`] returns, ordered by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerFilter {
+    pub role: Option<String>,
+    /// Only active or idle workers whose heartbeat is within this age (database clock).
+    pub alive_within: Option<Duration>,
+}
+
+/// Parameters of [`crate::Store::prune_tasks`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneParams {
+    /// Only tasks last updated longer ago than this (database clock).
+    pub older_than: Duration,
+    /// Only tasks in these statuses; the store refuses non-terminal ones.
+    pub statuses: Vec<TaskStatus>,
+    /// At most this many tasks per call, so one call never holds locks for long.
+    pub limit: u32,
+}
+
+/// Per-status task counts, for status displays.
+pub type StatusCounts = std::collections::BTreeMap<TaskStatus, u64>;
+
+/// A heartbeat's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatReport {
+    /// Leases extended on the worker's running runs.
+    pub extended: u64,
+}
