@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS plans (
     total_subtasks     INTEGER NOT NULL CHECK (total_subtasks >= 0),
     completed_subtasks INTEGER NOT NULL DEFAULT 0 CHECK (completed_subtasks >= 0),
     failed_subtasks    INTEGER NOT NULL DEFAULT 0 CHECK (failed_subtasks >= 0),
+    cancelled_subtasks INTEGER NOT NULL DEFAULT 0 CHECK (cancelled_subtasks >= 0),
     -- The validated subtasks as a JSON array; subtask ids and the dependency graph derive from it.
     subtasks           TEXT    NOT NULL,
     materialized       INTEGER NOT NULL DEFAULT 0 CHECK (materialized IN (0, 1)),

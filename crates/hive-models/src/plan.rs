@@ -111,6 +111,9 @@ pub struct ExecutionPlan {
     pub total_subtasks: u32,
     pub completed_subtasks: u32,
     pub failed_subtasks: u32,
+    /// Subtasks cancelled (directly, with the plan, or because a dependency failed).
+    #[serde(default)]
+    pub cancelled_subtasks: u32,
     /// Subtask ids in the order they were given.
     pub subtask_ids: Vec<String>,
     /// Subtask id → the subtask ids it depends on.
@@ -140,6 +143,7 @@ impl ExecutionPlan {
             total_subtasks: u32::try_from(new.subtasks.len()).unwrap_or(u32::MAX),
             completed_subtasks: 0,
             failed_subtasks: 0,
+            cancelled_subtasks: 0,
             subtask_ids,
             dependency_graph,
             subtasks: new.subtasks,
@@ -175,6 +179,30 @@ impl ExecutionPlan {
 
     pub fn increment_failed(&mut self) {
         self.failed_subtasks = self.failed_subtasks.saturating_add(1);
+    }
+
+    pub fn increment_cancelled(&mut self) {
+        self.cancelled_subtasks = self.cancelled_subtasks.saturating_add(1);
+    }
+
+    /// The status a non-terminal plan moves to after one of its subtasks reached
+    /// `subtask_status` and the counters were updated: failed at the first failure,
+    /// completed when every subtask completed, cancelled when every subtask is finished
+    /// and some were cancelled; `None` while work remains (or the plan already finished).
+    pub fn status_after(&self, subtask_status: crate::TaskStatus) -> Option<PlanStatus> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        let finished = self.completed_subtasks + self.failed_subtasks + self.cancelled_subtasks;
+        if subtask_status == crate::TaskStatus::Failed || (finished >= self.total_subtasks && self.failed_subtasks > 0) {
+            Some(PlanStatus::Failed)
+        } else if self.completed_subtasks >= self.total_subtasks {
+            Some(PlanStatus::Completed)
+        } else if finished >= self.total_subtasks {
+            Some(PlanStatus::Cancelled)
+        } else {
+            None
+        }
     }
 
     /// pending → in_progress; false from any other status.

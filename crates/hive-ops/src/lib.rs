@@ -83,3 +83,6 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(self.bus.subscribe())
     }
 }
+
+#[cfg(test)]
+mod mock_tests;

@@ -33,6 +33,8 @@ pub use connect::{ConnectOptions, connect, connect_with};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use notify::{ChangeKind, Notification, Notifier};
+#[cfg(feature = "mock")]
+pub use store::MockStore;
 pub use store::Store;
 pub use types::*;
 pub use url::DatabaseUrl;

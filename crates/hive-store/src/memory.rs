@@ -150,6 +150,14 @@ impl State {
         };
         let status = task.status;
         let plan_id = task.plan_id;
+        if let Some(pid) = plan_id {
+            // The task's own plan update comes first in counting, so a failure's
+            // cancelled descendants find the plan failed already.
+            if let Some((p, s)) = self.update_plan(pid, status, at) {
+                notes.push(n.plan_status(p, s));
+                fx.plan_transition = Some((p, s));
+            }
+        }
         if status == TaskStatus::Completed {
             for d in self.dependents.get(&id).cloned().unwrap_or_default() {
                 if let Some(t) = self.task_mut(d) {
@@ -176,13 +184,13 @@ impl State {
                 self.sync_ready(d);
                 notes.push(n.task_status(d, TaskStatus::Cancelled));
                 fx.cancelled.push(d);
+                if let Some(pid) = self.task(d).and_then(|t| t.plan_id) {
+                    if let Some((p, s)) = self.update_plan(pid, TaskStatus::Cancelled, at) {
+                        notes.push(n.plan_status(p, s));
+                        fx.plan_transition = Some((p, s));
+                    }
+                }
                 queue.extend(self.dependents.get(&d).cloned().unwrap_or_default());
-            }
-        }
-        if let Some(pid) = plan_id {
-            fx.plan_transition = self.update_plan(pid, status, at);
-            if let Some((p, s)) = fx.plan_transition {
-                notes.push(n.plan_status(p, s));
             }
         }
         fx
@@ -190,30 +198,15 @@ impl State {
 
     /// Plan counters and status after one of its tasks reached `status`.
     fn update_plan(&mut self, pid: PlanId, status: TaskStatus, at: Timestamp) -> Option<(PlanId, PlanStatus)> {
-        let all_terminal = status == TaskStatus::Cancelled
-            && self
-                .plan_tasks
-                .get(&pid)
-                .is_some_and(|ids| ids.iter().all(|i| self.task(*i).is_none_or(|t| t.status.is_terminal())));
         let plan = self.plans.get_mut(&pid)?;
         match status {
             TaskStatus::Completed => plan.increment_completed(),
             TaskStatus::Failed => plan.increment_failed(),
+            TaskStatus::Cancelled => plan.increment_cancelled(),
             _ => {}
         }
         plan.updated_at = at;
-        if plan.status.is_terminal() {
-            return None;
-        }
-        let to = if status == TaskStatus::Failed {
-            PlanStatus::Failed
-        } else if plan.completed_subtasks >= plan.total_subtasks {
-            PlanStatus::Completed
-        } else if all_terminal {
-            if plan.failed_subtasks > 0 { PlanStatus::Failed } else { PlanStatus::Cancelled }
-        } else {
-            return None;
-        };
+        let to = plan.status_after(status)?;
         plan.status = to;
         Some((pid, to))
     }
@@ -901,6 +894,9 @@ impl Store for MemoryStore {
                 s.sync_ready(tid);
                 notes.push(self.notifier.task_status(tid, TaskStatus::Cancelled));
                 cancelled.push(tid);
+            }
+            if let Some(plan) = s.plans.get_mut(&id) {
+                plan.cancelled_subtasks = plan.cancelled_subtasks.saturating_add(cancelled.len() as u32);
             }
             cancelled
         };

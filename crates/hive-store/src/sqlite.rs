@@ -45,7 +45,7 @@ macro_rules! worker_columns {
 macro_rules! plan_columns {
     () => {
         "id, title, description, parent_task_id, status, total_subtasks, completed_subtasks, \
-         failed_subtasks, subtasks, materialized, created_at, updated_at"
+         failed_subtasks, cancelled_subtasks, subtasks, materialized, created_at, updated_at"
     };
 }
 

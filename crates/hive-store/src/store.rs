@@ -36,6 +36,7 @@ use crate::{
 ///   for good increments `failed_subtasks`. The first failure moves a non-terminal plan to
 ///   `failed`; when every subtask is completed the plan becomes `completed`. A plan in
 ///   `pending` moves to `in_progress` when one of its tasks is claimed.
+#[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Which backend this is.

@@ -346,6 +346,7 @@ pub(super) fn plan_from_row(row: &SqliteRow) -> R<ExecutionPlan> {
         total_subtasks: c.u32("total_subtasks")?,
         completed_subtasks: c.u32("completed_subtasks")?,
         failed_subtasks: c.u32("failed_subtasks")?,
+        cancelled_subtasks: c.u32("cancelled_subtasks")?,
         subtask_ids,
         dependency_graph,
         subtasks,

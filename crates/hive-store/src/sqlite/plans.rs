@@ -182,11 +182,6 @@ pub(super) async fn cancel(
         return Ok(Some(Vec::new()));
     }
     let at = db::db_now(c).await?;
-    sqlx::query("UPDATE plans SET status = 'cancelled', updated_at = ?1 WHERE id = ?2")
-        .bind(at)
-        .bind(id.to_string())
-        .execute(&mut *c)
-        .await?;
     notes.push(n.plan_status(id, PlanStatus::Cancelled));
     sqlx::query(
         "UPDATE runs SET status = 'cancelled', completed_at = ?1, lease_expires_at = NULL \
@@ -217,6 +212,15 @@ pub(super) async fn cancel(
     // RETURNING has no defined order; the plan's tasks are reported in creation order.
     cancelled.sort_unstable_by_key(|(seq, _)| *seq);
     let cancelled: Vec<TaskId> = cancelled.into_iter().map(|(_, t)| t).collect();
+    sqlx::query(
+        "UPDATE plans SET status = 'cancelled', updated_at = ?1, \
+             cancelled_subtasks = cancelled_subtasks + ?2 WHERE id = ?3",
+    )
+    .bind(at)
+    .bind(i64::try_from(cancelled.len()).unwrap_or(i64::MAX))
+    .bind(id.to_string())
+    .execute(&mut *c)
+    .await?;
     notes.extend(cancelled.iter().map(|t| n.task_status(*t, TaskStatus::Cancelled)));
     Ok(Some(cancelled))
 }

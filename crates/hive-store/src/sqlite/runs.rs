@@ -10,7 +10,7 @@ use hive_models::{
 use serde_json::json;
 
 use super::db::{self, Cols, Conn, R, add_us, json_list, to_json};
-use super::tasks::{self, Effects, PlanState, plan_state_sql};
+use super::tasks::{self, Effects, PlanBook};
 use crate::{
     Claim, ClaimParams, Error, FinishReport, Finished, Notification, Notifier, Outcome,
     ReapParams, ReapReport, RunOutcome,
@@ -217,8 +217,8 @@ async fn load_runs(c: &mut Conn, ids: &[RunId]) -> R<HashMap<RunId, RunInfo>> {
 
 /// Finishes a batch of runs the way the memory store does one at a time, but writes the
 /// runs, the tasks and the dependents' counters in one statement each. Only a task failing
-/// for good writes at once (it must see earlier finishes to cancel the right dependents),
-/// and plans are loaded once, updated in memory and written back at the end.
+/// for good writes at once (its cascade must see earlier finishes to cancel the right
+/// dependents); plans are read once and written back at the end.
 struct Finisher {
     at: i64,
     /// `[run id, status, result JSON, error, output log]`
@@ -226,8 +226,7 @@ struct Finisher {
     /// `[task id, status, result JSON, run_at, last error]`
     tasks: Vec<Json>,
     completed: Vec<TaskId>,
-    plans: HashMap<PlanId, PlanState>,
-    touched_plans: HashSet<PlanId>,
+    plans: PlanBook,
     /// Runs closed in this batch: a second outcome for one of them is stale.
     closed: HashSet<RunId>,
     /// Tasks a failure cancelled in this batch: their runs are no longer live.
@@ -236,27 +235,14 @@ struct Finisher {
 
 impl Finisher {
     async fn new(c: &mut Conn, at: i64, plan_ids: HashSet<PlanId>) -> R<Finisher> {
-        let mut plans = HashMap::new();
-        if !plan_ids.is_empty() {
-            let rows = sqlx::query(concat!(
-                plan_state_sql!(),
-                " WHERE id IN (SELECT value FROM json_each(?1))"
-            ))
-            .bind(json_list(&plan_ids))
-            .fetch_all(&mut *c)
-            .await?;
-            for row in &rows {
-                let id: PlanId = Cols::new(row, "plans").parse("id")?;
-                plans.insert(id, PlanState::from_row(row)?);
-            }
-        }
+        let mut plans = PlanBook::default();
+        plans.load(c, plan_ids).await?;
         Ok(Finisher {
             at,
             runs: Vec::new(),
             tasks: Vec::new(),
             completed: Vec::new(),
             plans,
-            touched_plans: HashSet::new(),
             closed: HashSet::new(),
             cancelled: HashSet::new(),
         })
@@ -280,15 +266,9 @@ impl Finisher {
         Ok(())
     }
 
-    fn plan_step(&mut self, pid: Option<PlanId>, status: TaskStatus) -> Option<(PlanId, PlanStatus)> {
-        let pid = pid?;
-        let plan = self.plans.get_mut(&pid)?;
-        self.touched_plans.insert(pid);
-        plan.step(status, false).map(|s| (pid, s))
-    }
-
-    fn complete(
+    async fn complete(
         &mut self,
+        c: &mut Conn,
         n: &Notifier,
         notes: &mut Vec<Notification>,
         info: &RunInfo,
@@ -296,16 +276,17 @@ impl Finisher {
     ) -> R<Effects> {
         let result = result.map(|r| to_json("result", r)).transpose()?;
         self.tasks.push(json!([info.task_id.to_string(), "completed", result, null, null]));
+        // Dependents are counted down in `flush`, for the whole batch in one statement.
         self.completed.push(info.task_id);
         notes.push(n.task_status(info.task_id, TaskStatus::Completed));
-        let plan_transition = self.plan_step(info.plan_id, TaskStatus::Completed);
-        if let Some((p, s)) = plan_transition {
-            notes.push(n.plan_status(p, s));
+        let mut fx = Effects::default();
+        if let Some(pid) = info.plan_id {
+            if let Some(to) = self.plans.step(c, pid, TaskStatus::Completed).await? {
+                notes.push(n.plan_status(pid, to));
+                fx.plan_transition = Some((pid, to));
+            }
         }
-        Ok(Effects {
-            cancelled: Vec::new(),
-            plan_transition,
-        })
+        Ok(fx)
     }
 
     /// Requeues with backoff while retries remain, else fails the task for good.
@@ -332,21 +313,18 @@ impl Finisher {
                 notes.push(n.task_status(task, TaskStatus::Failed));
                 // The cascade reads dependents' statuses: earlier finishes must be visible.
                 self.flush(c).await?;
-                let cancelled = tasks::cascade_cancel(c, n, notes, task, self.at).await?;
-                for (t, r) in &cancelled {
-                    self.cancelled.insert(*t);
-                    if let Some(r) = r {
-                        self.closed.insert(*r);
-                    }
-                }
-                let plan_transition = self.plan_step(info.plan_id, TaskStatus::Failed);
-                if let Some((p, s)) = plan_transition {
-                    notes.push(n.plan_status(p, s));
-                }
-                let fx = Effects {
-                    cancelled: cancelled.into_iter().map(|(t, _)| t).collect(),
-                    plan_transition,
-                };
+                let fx = tasks::on_terminal(
+                    c,
+                    n,
+                    notes,
+                    &mut self.plans,
+                    task,
+                    TaskStatus::Failed,
+                    info.plan_id,
+                    self.at,
+                )
+                .await?;
+                self.cancelled.extend(fx.cancelled.iter().copied());
                 Ok((Finished::Failed, fx))
             }
         }
@@ -397,28 +375,10 @@ impl Finisher {
         Ok(())
     }
 
-    /// Writes what is left, then the plans' final counters and statuses.
+    /// Writes what is left, then the plans.
     async fn done(mut self, c: &mut Conn) -> R<()> {
         self.flush(c).await?;
-        if self.touched_plans.is_empty() {
-            return Ok(());
-        }
-        let plans: Vec<Json> = self
-            .touched_plans
-            .iter()
-            .filter_map(|id| self.plans.get(id).map(|p| (id, p)))
-            .map(|(id, p)| json!([id.to_string(), p.status.as_str(), p.completed, p.failed]))
-            .collect();
-        sqlx::query(
-            "UPDATE plans SET status = j.value ->> 1, completed_subtasks = j.value ->> 2, \
-                 failed_subtasks = j.value ->> 3, updated_at = ?1 \
-             FROM json_each(?2) AS j WHERE plans.id = j.value ->> 0",
-        )
-        .bind(self.at)
-        .bind(to_json("plans", &plans)?)
-        .execute(&mut *c)
-        .await?;
-        Ok(())
+        self.plans.save(c, self.at).await
     }
 }
 
@@ -451,7 +411,7 @@ pub(super) async fn finish(
         let (finished, fx) = match &o.outcome {
             Outcome::Success { result } => {
                 f.close_run(o.run_id, RunStatus::Success, result.as_ref(), None, log)?;
-                let fx = f.complete(n, notes, info, result.as_ref())?;
+                let fx = f.complete(c, n, notes, info, result.as_ref()).await?;
                 (Finished::Completed, fx)
             }
             Outcome::Failure { error, retry } => {

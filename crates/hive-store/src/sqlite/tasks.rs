@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use hive_models::{
-    NewTask, PlanId, PlanStatus, RunId, RunStatus, TaskId, TaskStatus,
+    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RunId, RunStatus, TaskId, TaskStatus,
 };
 use sqlx::{QueryBuilder, Sqlite};
 
@@ -285,7 +285,9 @@ pub(super) async fn set_status(
             .await?;
         notes.push(n.task_status(id, to));
         if to.is_terminal() {
-            fx = on_terminal(c, n, notes, id, to, task.plan_id, at).await?;
+            let mut plans = PlanBook::default();
+            fx = on_terminal(c, n, notes, &mut plans, id, to, task.plan_id, at).await?;
+            plans.save(c, at).await?;
         }
     }
     if let Some(patch) = &change.metadata {
@@ -389,33 +391,43 @@ pub(super) async fn dependencies_met(c: &mut Conn, ids: &[TaskId]) -> R<HashMap<
 #[derive(Debug, Default)]
 pub(super) struct Effects {
     pub cancelled: Vec<TaskId>,
+    /// The last plan transition it caused.
     pub plan_transition: Option<(PlanId, PlanStatus)>,
 }
 
-/// Applies the dependency and plan rules after `id` reached the terminal `status`.
+/// Applies the dependency and plan rules after `id` reached the terminal `status`, in the
+/// memory store's order: the task's own plan first, then its dependents (each cancelled
+/// dependent counting for its plan). Plan changes stay in `plans` until it is saved.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn on_terminal(
     c: &mut Conn,
     n: &Notifier,
     notes: &mut Vec<Notification>,
+    plans: &mut PlanBook,
     id: TaskId,
     status: TaskStatus,
     plan_id: Option<PlanId>,
     at: i64,
 ) -> R<Effects> {
     let mut fx = Effects::default();
+    if let Some(pid) = plan_id {
+        if let Some(to) = plans.step(c, pid, status).await? {
+            notes.push(n.plan_status(pid, to));
+            fx.plan_transition = Some((pid, to));
+        }
+    }
     if status == TaskStatus::Completed {
         decrement_dependents(c, &[id]).await?;
-    } else {
-        fx.cancelled = cascade_cancel(c, n, notes, id, at)
-            .await?
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
+        return Ok(fx);
     }
-    if let Some(pid) = plan_id {
-        fx.plan_transition = update_plan(c, pid, status, at).await?.map(|s| (pid, s));
-        if let Some((p, s)) = fx.plan_transition {
-            notes.push(n.plan_status(p, s));
+    for d in cascade_cancel(c, id, at).await? {
+        notes.push(n.task_status(d.task, TaskStatus::Cancelled));
+        fx.cancelled.push(d.task);
+        if let Some(pid) = d.plan {
+            if let Some(to) = plans.step(c, pid, TaskStatus::Cancelled).await? {
+                notes.push(n.plan_status(pid, to));
+                fx.plan_transition = Some((pid, to));
+            }
         }
     }
     Ok(fx)
@@ -440,47 +452,52 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<()>
     Ok(())
 }
 
+/// A dependent a failure or cancellation cancelled.
+#[derive(Debug)]
+pub(super) struct Cancelled {
+    pub task: TaskId,
+    /// The run it held, closed as cancelled if it was running.
+    pub run: Option<RunId>,
+    pub plan: Option<PlanId>,
+}
+
 /// Cancels every transitive dependent of `root` that is not terminal (closing its running
-/// run), walking breadth-first one level per query in the order the memory store does:
-/// each task's dependents in insertion order, never through a terminal task. Returns the
-/// cancelled tasks with the runs they held.
-pub(super) async fn cascade_cancel(
-    c: &mut Conn,
-    n: &Notifier,
-    notes: &mut Vec<Notification>,
-    root: TaskId,
-    at: i64,
-) -> R<Vec<(TaskId, Option<RunId>)>> {
+/// run), walking breadth-first one level per query in the memory store's order: each
+/// task's dependents in insertion order, never through a terminal task. Returns them in
+/// that order.
+pub(super) async fn cascade_cancel(c: &mut Conn, root: TaskId, at: i64) -> R<Vec<Cancelled>> {
     let mut seen: HashSet<TaskId> = HashSet::new();
-    let mut cancelled: Vec<(TaskId, Option<RunId>)> = Vec::new();
+    let mut cancelled: Vec<Cancelled> = Vec::new();
     let mut level = vec![root];
     while !level.is_empty() {
         let rows = sqlx::query(
-            "SELECT d.depends_on AS parent, t.id, t.status, t.current_run_id \
+            "SELECT d.depends_on AS parent, t.id, t.status, t.current_run_id, t.plan_id \
              FROM task_dependencies d JOIN tasks t ON t.id = d.task_id \
              WHERE d.depends_on IN (SELECT value FROM json_each(?1)) ORDER BY t.seq",
         )
         .bind(json_list(&level))
         .fetch_all(&mut *c)
         .await?;
-        let mut children: HashMap<TaskId, Vec<(TaskId, TaskStatus, Option<RunId>)>> = HashMap::new();
+        let mut children: HashMap<TaskId, Vec<(TaskStatus, Cancelled)>> = HashMap::new();
         for row in &rows {
             let cols = Cols::new(row, "tasks");
             children.entry(cols.parse("parent")?).or_default().push((
-                cols.parse("id")?,
                 cols.parse("status")?,
-                cols.parse_opt("current_run_id")?,
+                Cancelled {
+                    task: cols.parse("id")?,
+                    run: cols.parse_opt("current_run_id")?,
+                    plan: cols.parse_opt("plan_id")?,
+                },
             ));
         }
         let mut next = Vec::new();
         for parent in &level {
-            for (child, status, run) in children.remove(parent).unwrap_or_default() {
-                if !seen.insert(child) || status.is_terminal() {
+            for (status, child) in children.remove(parent).unwrap_or_default() {
+                if !seen.insert(child.task) || status.is_terminal() {
                     continue;
                 }
-                notes.push(n.task_status(child, TaskStatus::Cancelled));
-                cancelled.push((child, run));
-                next.push(child);
+                next.push(child.task);
+                cancelled.push(child);
             }
         }
         level = next;
@@ -488,13 +505,12 @@ pub(super) async fn cascade_cancel(
     if cancelled.is_empty() {
         return Ok(cancelled);
     }
-    let runs = json_list(cancelled.iter().filter_map(|(_, r)| *r));
     sqlx::query(
         "UPDATE runs SET status = 'cancelled', completed_at = ?1, lease_expires_at = NULL \
          WHERE status = 'running' AND id IN (SELECT value FROM json_each(?2))",
     )
     .bind(at)
-    .bind(runs)
+    .bind(json_list(cancelled.iter().filter_map(|d| d.run)))
     .execute(&mut *c)
     .await?;
     sqlx::query(
@@ -502,104 +518,120 @@ pub(super) async fn cascade_cancel(
          WHERE id IN (SELECT value FROM json_each(?2))",
     )
     .bind(at)
-    .bind(json_list(cancelled.iter().map(|(t, _)| *t)))
+    .bind(json_list(cancelled.iter().map(|d| d.task)))
     .execute(&mut *c)
     .await?;
     Ok(cancelled)
 }
 
-/// A plan's status and counters, as the plan rules read and change them.
-#[derive(Debug, Clone)]
-pub(super) struct PlanState {
-    pub status: PlanStatus,
-    pub completed: u32,
-    pub failed: u32,
-    pub total: u32,
-}
-
-impl PlanState {
-    pub fn from_row(row: &sqlx::sqlite::SqliteRow) -> R<PlanState> {
-        let cols = Cols::new(row, "plans");
-        Ok(PlanState {
-            status: cols.parse("status")?,
-            completed: cols.u32("completed_subtasks")?,
-            failed: cols.u32("failed_subtasks")?,
-            total: cols.u32("total_subtasks")?,
-        })
-    }
-
-    /// The plan rules after one of the plan's tasks reached `status` (as the memory store's
-    /// `update_plan`): counters, then the new status if the plan moves. `all_terminal` says
-    /// whether every task of the plan is now terminal (only consulted for `cancelled`).
-    pub fn step(&mut self, status: TaskStatus, all_terminal: bool) -> Option<PlanStatus> {
-        match status {
-            TaskStatus::Completed => self.completed = self.completed.saturating_add(1),
-            TaskStatus::Failed => self.failed = self.failed.saturating_add(1),
-            _ => {}
-        }
-        if self.status.is_terminal() {
-            return None;
-        }
-        let to = if status == TaskStatus::Failed {
-            PlanStatus::Failed
-        } else if self.completed >= self.total {
-            PlanStatus::Completed
-        } else if all_terminal {
-            if self.failed > 0 {
-                PlanStatus::Failed
-            } else {
-                PlanStatus::Cancelled
-            }
-        } else {
-            return None;
-        };
-        self.status = to;
-        Some(to)
-    }
-}
-
-/// The columns [`PlanState::from_row`] reads.
+/// The columns [`PlanBook`] reads.
 macro_rules! plan_state_sql {
     () => {
-        "SELECT id, status, completed_subtasks, failed_subtasks, total_subtasks FROM plans"
+        "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
+         cancelled_subtasks FROM plans"
     };
 }
-pub(super) use plan_state_sql;
 
-/// Plan counters and status after one of its tasks reached `status`.
-pub(super) async fn update_plan(
-    c: &mut Conn,
-    pid: PlanId,
-    status: TaskStatus,
-    at: i64,
-) -> R<Option<PlanStatus>> {
-    let all_terminal = status == TaskStatus::Cancelled && {
-        let open: i64 = sqlx::query_scalar(concat!(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE plan_id = ?1 AND status NOT IN ",
-            "('completed', 'failed', 'cancelled'))"
+/// Plans a transaction changes, read once, changed in memory by the models' own plan rules
+/// and written back in one statement by [`PlanBook::save`]. Only status and counters are
+/// loaded: a plan's subtasks can be large and the rules never need them.
+#[derive(Debug, Default)]
+pub(super) struct PlanBook {
+    plans: HashMap<PlanId, ExecutionPlan>,
+    touched: HashSet<PlanId>,
+}
+
+impl PlanBook {
+    /// Reads the plans not read yet, in one query.
+    pub async fn load(&mut self, c: &mut Conn, ids: impl IntoIterator<Item = PlanId>) -> R<()> {
+        let missing: HashSet<PlanId> = ids
+            .into_iter()
+            .filter(|id| !self.plans.contains_key(id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows = sqlx::query(concat!(
+            plan_state_sql!(),
+            " WHERE id IN (SELECT value FROM json_each(?1))"
         ))
-        .bind(pid.to_string())
-        .fetch_one(&mut *c)
+        .bind(json_list(&missing))
+        .fetch_all(&mut *c)
         .await?;
-        open == 0
-    };
-    let row = sqlx::query(concat!(plan_state_sql!(), " WHERE id = ?1"))
-    .bind(pid.to_string())
-    .fetch_optional(&mut *c)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut plan = PlanState::from_row(&row)?;
-    let to = plan.step(status, all_terminal);
-    sqlx::query(
-        "UPDATE plans SET status = ?1, completed_subtasks = ?2, failed_subtasks = ?3, \
-         updated_at = ?4 WHERE id = ?5",
-    )
-    .bind(plan.status.as_str())
-    .bind(i64::from(plan.completed))
-    .bind(i64::from(plan.failed))
-    .bind(at)
-    .bind(pid.to_string())
-    .execute(&mut *c)
-    .await?;
-    Ok(to)
+        for row in &rows {
+            let cols = Cols::new(row, "plans");
+            let id: PlanId = cols.parse("id")?;
+            let mut plan = ExecutionPlan::from_new(
+                id,
+                NewPlan {
+                    title: String::new(),
+                    description: String::new(),
+                    parent_task_id: None,
+                    subtasks: Vec::new(),
+                },
+                chrono::DateTime::UNIX_EPOCH,
+            );
+            plan.status = cols.parse("status")?;
+            plan.total_subtasks = cols.u32("total_subtasks")?;
+            plan.completed_subtasks = cols.u32("completed_subtasks")?;
+            plan.failed_subtasks = cols.u32("failed_subtasks")?;
+            plan.cancelled_subtasks = cols.u32("cancelled_subtasks")?;
+            self.plans.insert(id, plan);
+        }
+        Ok(())
+    }
+
+    /// The plan rules after one of the plan's tasks reached `status`, as the memory store's
+    /// `update_plan`: count it, then move the plan if the models say so. `None` for an
+    /// unknown plan or no move.
+    pub async fn step(&mut self, c: &mut Conn, pid: PlanId, status: TaskStatus) -> R<Option<PlanStatus>> {
+        self.load(c, [pid]).await?;
+        let Some(plan) = self.plans.get_mut(&pid) else {
+            return Ok(None);
+        };
+        self.touched.insert(pid);
+        match status {
+            TaskStatus::Completed => plan.increment_completed(),
+            TaskStatus::Failed => plan.increment_failed(),
+            TaskStatus::Cancelled => plan.increment_cancelled(),
+            _ => {}
+        }
+        let Some(to) = plan.status_after(status) else {
+            return Ok(None);
+        };
+        plan.status = to;
+        Ok(Some(to))
+    }
+
+    /// Writes every plan a step touched (its `updated_at` too, as a step always sets it).
+    pub async fn save(&mut self, c: &mut Conn, at: i64) -> R<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = self
+            .touched
+            .drain()
+            .filter_map(|id| self.plans.get(&id))
+            .map(|p| {
+                serde_json::json!([
+                    p.id.to_string(),
+                    p.status.as_str(),
+                    p.completed_subtasks,
+                    p.failed_subtasks,
+                    p.cancelled_subtasks
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "UPDATE plans SET status = j.value ->> 1, completed_subtasks = j.value ->> 2, \
+                 failed_subtasks = j.value ->> 3, cancelled_subtasks = j.value ->> 4, \
+                 updated_at = ?1 \
+             FROM json_each(?2) AS j WHERE plans.id = j.value ->> 0",
+        )
+        .bind(at)
+        .bind(to_json("plans", &rows)?)
+        .execute(&mut *c)
+        .await?;
+        Ok(())
+    }
 }

@@ -121,7 +121,8 @@ macro_rules! conformance_suite {
             workers_register_list_unregister, plan_materialize_idempotent,
             plan_dependencies_gate_claims, plan_failure_cancels_descendants, plan_cancel,
             plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
-            concurrent_claims_exactly_once, not_found_paths);
+            concurrent_claims_exactly_once, not_found_paths,
+            plan_finishes_cancelled_when_all_subtasks_finish);
     };
     (@cases $backend:ident, $factory:path, $($case:ident),+ $(,)?) => {
         mod $backend {

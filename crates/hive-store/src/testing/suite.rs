@@ -729,6 +729,7 @@ pub async fn plan_failure_cancels_descendants(s: S) {
     let p = s.get_plan(pid).await.unwrap().unwrap();
     assert_eq!(p.status, PlanStatus::Failed);
     assert_eq!(p.failed_subtasks, 1);
+    assert_eq!(p.cancelled_subtasks, 3);
     // The independent branch still runs; the plan stays failed.
     let (e, run) = claim_one(&s, "w").await;
     assert_eq!(e, ids["e"]);
@@ -747,7 +748,8 @@ pub async fn plan_cancel(s: S) {
     let mut want = vec![ids["a"], ids["b"], ids["c"]];
     want.sort();
     assert_eq!(cancelled, want);
-    assert_eq!(s.get_plan(pid).await.unwrap().unwrap().status, PlanStatus::Cancelled);
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.cancelled_subtasks), (PlanStatus::Cancelled, 3));
     assert_eq!(s.get_run(run).await.unwrap().unwrap().status, RunStatus::Cancelled);
     assert_eq!(s.finish_runs(&[success(run)]).await.unwrap()[0].finished, Finished::Stale);
     assert_eq!(status(&s, first).await, TaskStatus::Cancelled);
@@ -857,4 +859,20 @@ pub async fn not_found_paths(s: S) {
     assert!(s.claim_tasks(&claim_params("w", 5)).await.unwrap().is_empty());
     assert!(s.finish_runs(&[]).await.unwrap().is_empty());
     assert_eq!(s.count_tasks(None).await.unwrap().len(), 0);
+}
+
+pub async fn plan_finishes_cancelled_when_all_subtasks_finish(s: S) {
+    let (pid, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])])).await;
+    let ch = s.set_task_status(ids["a"], StatusChange::to(TaskStatus::Cancelled)).await.unwrap().unwrap();
+    assert_eq!(ch.cancelled_dependents, vec![ids["b"]]);
+    assert_eq!(ch.plan_transition, None, "c is still open");
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(p.cancelled_subtasks, 2);
+    assert_eq!(p.status, PlanStatus::Pending);
+    let (c, run) = claim_one(&s, "w").await;
+    assert_eq!(c, ids["c"]);
+    let rep = s.finish_runs(&[success(run)]).await.unwrap();
+    assert_eq!(rep[0].plan_transition, Some(PlanStatus::Cancelled));
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks, p.failed_subtasks, p.cancelled_subtasks), (PlanStatus::Cancelled, 1, 0, 2));
 }
