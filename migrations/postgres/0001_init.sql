@@ -15,6 +15,7 @@ CREATE TABLE plans (
     total_subtasks     bigint      NOT NULL CHECK (total_subtasks >= 0),
     completed_subtasks bigint      NOT NULL DEFAULT 0 CHECK (completed_subtasks >= 0),
     failed_subtasks    bigint      NOT NULL DEFAULT 0 CHECK (failed_subtasks >= 0),
+    cancelled_subtasks bigint      NOT NULL DEFAULT 0 CHECK (cancelled_subtasks >= 0),
     -- The validated subtasks as a JSON array; subtask ids and the dependency graph derive from it.
     subtasks           jsonb       NOT NULL CHECK (jsonb_typeof(subtasks) = 'array'),
     materialized       boolean     NOT NULL DEFAULT false,

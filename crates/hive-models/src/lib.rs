@@ -18,7 +18,9 @@ mod worker;
 
 pub use error::{Error, PlanError, Result};
 pub use ids::{PlanId, RunId, TaskId, WorkerId};
-pub use plan::{ExecutionPlan, NewPlan, PlanStatus, SubTask, unique_dependencies, validate_subtasks};
+pub use plan::{
+    ExecutionPlan, NewPlan, PlanStatus, SubTask, unique_dependencies, validate_subtasks,
+};
 pub use retry::RetryPolicy;
 pub use run::{Run, RunStatus};
 pub use task::{DEFAULT_MAX_PAYLOAD_BYTES, NewTask, Task, TaskStatus};

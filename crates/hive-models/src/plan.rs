@@ -57,7 +57,11 @@ fn empty_object() -> Json {
 }
 
 impl SubTask {
-    pub fn new(id: impl Into<String>, title: impl Into<String>, task_type: impl Into<String>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        title: impl Into<String>,
+        task_type: impl Into<String>,
+    ) -> Self {
         SubTask {
             id: id.into(),
             title: title.into(),
@@ -194,7 +198,9 @@ impl ExecutionPlan {
             return None;
         }
         let finished = self.completed_subtasks + self.failed_subtasks + self.cancelled_subtasks;
-        if subtask_status == crate::TaskStatus::Failed || (finished >= self.total_subtasks && self.failed_subtasks > 0) {
+        if subtask_status == crate::TaskStatus::Failed
+            || (finished >= self.total_subtasks && self.failed_subtasks > 0)
+        {
             Some(PlanStatus::Failed)
         } else if self.completed_subtasks >= self.total_subtasks {
             Some(PlanStatus::Completed)

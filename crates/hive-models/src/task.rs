@@ -358,7 +358,9 @@ pub(crate) fn non_blank(field: &str, value: &str) -> Result<()> {
 
 pub(crate) fn check_payload_size(payload: &Json, limit: usize) -> Result<()> {
     // Serialising is the only exact measure of what the backend will store.
-    let size = serde_json::to_vec(payload).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > limit {
         return Err(Error::PayloadTooLarge { size, limit });
     }

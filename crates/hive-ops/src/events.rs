@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use hive_models::{PlanId, PlanStatus, RunId, TaskId, TaskStatus, Timestamp, WorkerId, WorkerStatus};
+use hive_models::{
+    PlanId, PlanStatus, RunId, TaskId, TaskStatus, Timestamp, WorkerId, WorkerStatus,
+};
 use hive_store::{ChangeKind, Notification, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast};
@@ -17,23 +19,57 @@ use crate::plans::StatusCache;
 #[non_exhaustive]
 pub enum Event {
     /// Tasks were created: one (`task_id` set) or a batch of `count`.
-    TaskCreated { task_id: Option<TaskId>, count: usize },
-    TaskClaimed { task_id: TaskId, run_id: RunId, worker_id: WorkerId },
+    TaskCreated {
+        task_id: Option<TaskId>,
+        count: usize,
+    },
+    TaskClaimed {
+        task_id: TaskId,
+        run_id: RunId,
+        worker_id: WorkerId,
+    },
     /// Any other status change (manual updates, cancellations, requeues).
-    TaskStatusChanged { task_id: TaskId, status: TaskStatus },
-    TaskCompleted { task_id: TaskId, run_id: Option<RunId> },
+    TaskStatusChanged {
+        task_id: TaskId,
+        status: TaskStatus,
+    },
+    TaskCompleted {
+        task_id: TaskId,
+        run_id: Option<RunId>,
+    },
     /// Failed for good.
-    TaskFailed { task_id: TaskId, error: Option<String> },
+    TaskFailed {
+        task_id: TaskId,
+        error: Option<String>,
+    },
     /// Failed, and back in the queue from `run_at`.
-    TaskRetried { task_id: TaskId, run_at: Timestamp },
-    WorkerRegistered { worker_id: WorkerId },
-    WorkerOffline { worker_id: WorkerId },
-    PlanStarted { plan_id: PlanId },
+    TaskRetried {
+        task_id: TaskId,
+        run_at: Timestamp,
+    },
+    WorkerRegistered {
+        worker_id: WorkerId,
+    },
+    WorkerOffline {
+        worker_id: WorkerId,
+    },
+    PlanStarted {
+        plan_id: PlanId,
+    },
     /// One of the plan's tasks completed.
-    PlanProgressed { plan_id: PlanId, task_id: TaskId },
-    PlanCompleted { plan_id: PlanId },
-    PlanFailed { plan_id: PlanId },
-    PlanCancelled { plan_id: PlanId },
+    PlanProgressed {
+        plan_id: PlanId,
+        task_id: TaskId,
+    },
+    PlanCompleted {
+        plan_id: PlanId,
+    },
+    PlanFailed {
+        plan_id: PlanId,
+    },
+    PlanCancelled {
+        plan_id: PlanId,
+    },
 }
 
 impl Event {
@@ -64,13 +100,22 @@ impl Event {
     fn from_notification(n: &Notification) -> Option<Event> {
         let status = n.status.as_deref();
         match n.kind {
-            ChangeKind::TaskCreated => Some(Event::TaskCreated { task_id: n.task_id, count: usize::from(n.task_id.is_some()) }),
+            ChangeKind::TaskCreated => Some(Event::TaskCreated {
+                task_id: n.task_id,
+                count: usize::from(n.task_id.is_some()),
+            }),
             ChangeKind::TaskStatus => {
                 let task_id = n.task_id?;
                 let status: TaskStatus = status?.parse().ok()?;
                 Some(match status {
-                    TaskStatus::Completed => Event::TaskCompleted { task_id, run_id: None },
-                    TaskStatus::Failed => Event::TaskFailed { task_id, error: None },
+                    TaskStatus::Completed => Event::TaskCompleted {
+                        task_id,
+                        run_id: None,
+                    },
+                    TaskStatus::Failed => Event::TaskFailed {
+                        task_id,
+                        error: None,
+                    },
                     _ => Event::TaskStatusChanged { task_id, status },
                 })
             }
@@ -115,7 +160,11 @@ impl EventBus {
 
     pub(crate) fn new(cache: Arc<StatusCache>) -> Self {
         let (sender, _) = broadcast::channel(Self::CAPACITY);
-        EventBus { sender, cache, forwarding: Arc::new(Mutex::new(false)) }
+        EventBus {
+            sender,
+            cache,
+            forwarding: Arc::new(Mutex::new(false)),
+        }
     }
 
     /// Publishes this process's events; callers call it only after the change committed.
@@ -137,11 +186,17 @@ impl EventBus {
     }
 
     pub fn subscribe(&self) -> Subscription {
-        Subscription { rx: self.sender.subscribe(), skipped: 0 }
+        Subscription {
+            rx: self.sender.subscribe(),
+            skipped: 0,
+        }
     }
 
     /// Starts (once) the task that turns other processes' notifications into events.
-    pub(crate) async fn ensure_remote_forwarder<S: Store + ?Sized>(&self, store: Arc<S>) -> Result<()> {
+    pub(crate) async fn ensure_remote_forwarder<S: Store + ?Sized>(
+        &self,
+        store: Arc<S>,
+    ) -> Result<()> {
         let mut started = self.forwarding.lock().await;
         if *started {
             return Ok(());
@@ -194,6 +249,8 @@ impl Subscription {
 
     /// The subscription as a `Stream`.
     pub fn into_stream(self) -> impl futures::Stream<Item = Published> + Send + Unpin {
-        Box::pin(futures::stream::unfold(self, |mut s| async move { s.recv().await.map(|p| (p, s)) }))
+        Box::pin(futures::stream::unfold(self, |mut s| async move {
+            s.recv().await.map(|p| (p, s))
+        }))
     }
 }

@@ -21,7 +21,10 @@ pub(crate) struct StatusCache {
 
 impl StatusCache {
     pub(crate) fn new(ttl: Duration) -> Self {
-        StatusCache { ttl, entries: Mutex::new(HashMap::new()) }
+        StatusCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanId, (PlanStatus, Instant)>> {
@@ -30,7 +33,10 @@ impl StatusCache {
 
     fn get(&self, id: PlanId) -> Option<PlanStatus> {
         let entries = self.lock();
-        entries.get(&id).filter(|(_, at)| at.elapsed() < self.ttl).map(|(s, _)| *s)
+        entries
+            .get(&id)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(s, _)| *s)
     }
 
     fn put(&self, id: PlanId, status: PlanStatus) {
@@ -70,9 +76,16 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Turns a plan's subtasks into tasks with dependency rows; returns how many were
     /// created, 0 when already done. [`Error::NotFound`] for an unknown plan.
     pub async fn create_planned_subtasks_from_plan(&self, plan_id: PlanId) -> Result<u64> {
-        let created = self.store.materialize_plan(plan_id).await?.ok_or_else(|| Error::not_found("plan", plan_id))?;
+        let created = self
+            .store
+            .materialize_plan(plan_id)
+            .await?
+            .ok_or_else(|| Error::not_found("plan", plan_id))?;
         if created > 0 {
-            self.bus.publish([Event::TaskCreated { task_id: None, count: created as usize }]);
+            self.bus.publish([Event::TaskCreated {
+                task_id: None,
+                count: created as usize,
+            }]);
         }
         Ok(created)
     }
@@ -95,7 +108,10 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// [`Ops::get_execution_plan_status`] served from a TTL cache; this process's own
     /// changes (and, with Postgres, other processes') invalidate it through the event bus.
-    pub async fn get_execution_plan_status_cached(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {
+    pub async fn get_execution_plan_status_cached(
+        &self,
+        plan_id: PlanId,
+    ) -> Result<Option<PlanStatus>> {
         if let Some(s) = self.plan_cache.get(plan_id) {
             return Ok(Some(s));
         }
@@ -112,35 +128,56 @@ impl<S: Store + ?Sized> Ops<S> {
             return Ok(None);
         };
         let task_counts = self.store.count_tasks(Some(plan_id)).await?;
-        Ok(Some(PlanSummary { progress_percent: plan.get_progress_percentage(), plan, task_counts }))
+        Ok(Some(PlanSummary {
+            progress_percent: plan.get_progress_percentage(),
+            plan,
+            task_counts,
+        }))
     }
 
     /// Plans, newest first.
-    pub async fn list_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> Result<Vec<ExecutionPlan>> {
+    pub async fn list_plans(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<ExecutionPlan>> {
         Ok(self.store.list_plans(status, limit).await?)
     }
 
     /// Whether every dependency of a task is completed. [`Error::NotFound`] for an unknown task.
     pub async fn check_subtask_dependencies(&self, task_id: TaskId) -> Result<bool> {
         let met = self.store.dependencies_met(&[task_id]).await?;
-        met.get(&task_id).copied().ok_or_else(|| Error::not_found("task", task_id))
+        met.get(&task_id)
+            .copied()
+            .ok_or_else(|| Error::not_found("task", task_id))
     }
 
     /// [`Ops::check_subtask_dependencies`] for many tasks in one store round trip; unknown
     /// ids are absent from the map.
-    pub async fn check_subtask_dependencies_batch(&self, task_ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
+    pub async fn check_subtask_dependencies_batch(
+        &self,
+        task_ids: &[TaskId],
+    ) -> Result<HashMap<TaskId, bool>> {
         Ok(self.store.dependencies_met(task_ids).await?)
     }
 
     /// The plan's best ready subtask (queue order), without claiming it.
     pub async fn get_next_planned_subtask(&self, plan_id: PlanId) -> Result<Option<Task>> {
-        let filter = TaskFilter { plan_id: Some(plan_id), ready_only: true, limit: Some(1), ..Default::default() };
+        let filter = TaskFilter {
+            plan_id: Some(plan_id),
+            ready_only: true,
+            limit: Some(1),
+            ..Default::default()
+        };
         Ok(self.store.list_tasks(&filter).await?.into_iter().next())
     }
 
     /// Moves a plan from pending to in_progress; false from any other status or for an unknown plan.
     pub async fn mark_plan_execution_started(&self, plan_id: PlanId) -> Result<bool> {
-        let started = self.store.transition_plan(plan_id, PlanStatus::Pending, PlanStatus::InProgress).await?;
+        let started = self
+            .store
+            .transition_plan(plan_id, PlanStatus::Pending, PlanStatus::InProgress)
+            .await?;
         if started {
             self.bus.publish([Event::PlanStarted { plan_id }]);
         }
@@ -161,7 +198,10 @@ impl<S: Store + ?Sized> Ops<S> {
         };
         let mut events: Vec<Event> = cancelled
             .into_iter()
-            .map(|task_id| Event::TaskStatusChanged { task_id, status: hive_models::TaskStatus::Cancelled })
+            .map(|task_id| Event::TaskStatusChanged {
+                task_id,
+                status: hive_models::TaskStatus::Cancelled,
+            })
             .collect();
         events.push(Event::PlanCancelled { plan_id });
         self.bus.publish(events);

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use hive_models::{Json, RunId, TaskStatus, Timestamp, WorkerId};
-use hive_store::{ClaimParams, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome, Store};
+use hive_store::{
+    ClaimParams, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome, Store,
+};
 
 use crate::{Error, Event, Ops, Result};
 
@@ -19,12 +21,18 @@ fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event
         match &r.finished {
             Finished::Stale => continue,
             Finished::Completed => {
-                events.push(Event::TaskCompleted { task_id, run_id: Some(r.run_id) });
+                events.push(Event::TaskCompleted {
+                    task_id,
+                    run_id: Some(r.run_id),
+                });
                 if let Some(plan_id) = r.plan_id {
                     events.push(Event::PlanProgressed { plan_id, task_id });
                 }
             }
-            Finished::Retrying { run_at } => events.push(Event::TaskRetried { task_id, run_at: *run_at }),
+            Finished::Retrying { run_at } => events.push(Event::TaskRetried {
+                task_id,
+                run_at: *run_at,
+            }),
             Finished::Failed => {
                 let error = match &o.outcome {
                     Outcome::Failure { error, .. } => Some(error.clone()),
@@ -36,7 +44,10 @@ fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event
         events.extend(
             r.cancelled_dependents
                 .iter()
-                .map(|id| Event::TaskStatusChanged { task_id: *id, status: TaskStatus::Cancelled }),
+                .map(|id| Event::TaskStatusChanged {
+                    task_id: *id,
+                    status: TaskStatus::Cancelled,
+                }),
         );
         if let (Some(plan_id), Some(status)) = (r.plan_id, r.plan_transition) {
             events.extend(Event::plan_status(plan_id, status));
@@ -48,16 +59,40 @@ fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event
 impl<S: Store + ?Sized> Ops<S> {
     /// Atomically claims the best ready task of the given types (any type when empty) for
     /// a worker, opening a run whose lease expires after `lease` unless extended.
-    pub async fn claim_next_task(&self, worker_id: &WorkerId, task_types: &[String], lease: Duration) -> Result<Option<Claimed>> {
-        Ok(self.claim_tasks(worker_id, task_types, 1, lease).await?.into_iter().next())
+    pub async fn claim_next_task(
+        &self,
+        worker_id: &WorkerId,
+        task_types: &[String],
+        lease: Duration,
+    ) -> Result<Option<Claimed>> {
+        Ok(self
+            .claim_tasks(worker_id, task_types, 1, lease)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// Claims up to `limit` ready tasks in one atomic step.
-    pub async fn claim_tasks(&self, worker_id: &WorkerId, task_types: &[String], limit: u32, lease: Duration) -> Result<Vec<Claimed>> {
+    pub async fn claim_tasks(
+        &self,
+        worker_id: &WorkerId,
+        task_types: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
         if lease.is_zero() {
-            return Err(hive_models::Error::InvalidField { field: "lease".into(), reason: "must be longer than zero".into() }.into());
+            return Err(hive_models::Error::InvalidField {
+                field: "lease".into(),
+                reason: "must be longer than zero".into(),
+            }
+            .into());
         }
-        let params = ClaimParams { worker_id: worker_id.clone(), task_types: task_types.to_vec(), limit, lease };
+        let params = ClaimParams {
+            worker_id: worker_id.clone(),
+            task_types: task_types.to_vec(),
+            limit,
+            lease,
+        };
         let claims = self.store.claim_tasks(&params).await?;
         self.bus.publish(claims.iter().map(|c| Event::TaskClaimed {
             task_id: c.task.id,
@@ -70,7 +105,11 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Completes the task of a run. [`Error::StaleRun`] when the run is no longer the
     /// task's current run (its lease expired and the task was taken back).
     pub async fn complete_task(&self, run_id: RunId, result: Option<Json>) -> Result<()> {
-        let outcome = RunOutcome { run_id, outcome: Outcome::Success { result }, output_log: None };
+        let outcome = RunOutcome {
+            run_id,
+            outcome: Outcome::Success { result },
+            output_log: None,
+        };
         self.finish_one(outcome).await.map(|_| ())
     }
 
@@ -79,7 +118,10 @@ impl<S: Store + ?Sized> Ops<S> {
     pub async fn fail_task(&self, run_id: RunId, error: impl Into<String>) -> Result<Finished> {
         let outcome = RunOutcome {
             run_id,
-            outcome: Outcome::Failure { error: error.into(), retry: Some(self.config.retry) },
+            outcome: Outcome::Failure {
+                error: error.into(),
+                retry: Some(self.config.retry),
+            },
             output_log: None,
         };
         self.finish_one(outcome).await
@@ -110,9 +152,11 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Gives held tasks back to the queue without using up a retry (graceful shutdown).
     pub async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<hive_models::TaskId>> {
         let released = self.store.release_runs(run_ids).await?;
-        self.bus.publish(
-            released.iter().map(|id| Event::TaskStatusChanged { task_id: *id, status: TaskStatus::Queued }),
-        );
+        self.bus
+            .publish(released.iter().map(|id| Event::TaskStatusChanged {
+                task_id: *id,
+                status: TaskStatus::Queued,
+            }));
         Ok(released)
     }
 
@@ -131,11 +175,24 @@ impl<S: Store + ?Sized> Ops<S> {
             let mut events: Vec<Event> = report
                 .requeued
                 .iter()
-                .map(|(task_id, _)| Event::TaskStatusChanged { task_id: *task_id, status: TaskStatus::Queued })
+                .map(|(task_id, _)| Event::TaskStatusChanged {
+                    task_id: *task_id,
+                    status: TaskStatus::Queued,
+                })
                 .collect();
-            events.extend(report.failed.iter().map(|id| Event::TaskFailed { task_id: *id, error: Some("lease expired".into()) }));
-            events.extend(report.offline_workers.iter().map(|w| Event::WorkerOffline { worker_id: w.clone() }));
-            events.extend(report.plan_transitions.iter().filter_map(|(p, s)| Event::plan_status(*p, *s)));
+            events.extend(report.failed.iter().map(|id| Event::TaskFailed {
+                task_id: *id,
+                error: Some("lease expired".into()),
+            }));
+            events.extend(report.offline_workers.iter().map(|w| Event::WorkerOffline {
+                worker_id: w.clone(),
+            }));
+            events.extend(
+                report
+                    .plan_transitions
+                    .iter()
+                    .filter_map(|(p, s)| Event::plan_status(*p, *s)),
+            );
             self.bus.publish(events);
             let full = report.requeued.len() + report.failed.len() >= params.limit as usize;
             total.requeued.extend(report.requeued);

@@ -14,18 +14,39 @@ pub(crate) fn status_events(changed: &StatusChanged) -> Vec<Event> {
         return Vec::new();
     }
     let mut events = vec![match task.status {
-        TaskStatus::Completed => Event::TaskCompleted { task_id: task.id, run_id: task.current_run_id },
-        TaskStatus::Failed => Event::TaskFailed { task_id: task.id, error: task.last_error.clone() },
-        status => Event::TaskStatusChanged { task_id: task.id, status },
+        TaskStatus::Completed => Event::TaskCompleted {
+            task_id: task.id,
+            run_id: task.current_run_id,
+        },
+        TaskStatus::Failed => Event::TaskFailed {
+            task_id: task.id,
+            error: task.last_error.clone(),
+        },
+        status => Event::TaskStatusChanged {
+            task_id: task.id,
+            status,
+        },
     }];
-    events.extend(changed.cancelled_dependents.iter().map(|id| Event::TaskStatusChanged {
-        task_id: *id,
-        status: TaskStatus::Cancelled,
-    }));
+    events.extend(
+        changed
+            .cancelled_dependents
+            .iter()
+            .map(|id| Event::TaskStatusChanged {
+                task_id: *id,
+                status: TaskStatus::Cancelled,
+            }),
+    );
     if let (Some(plan_id), TaskStatus::Completed) = (task.plan_id, task.status) {
-        events.push(Event::PlanProgressed { plan_id, task_id: task.id });
+        events.push(Event::PlanProgressed {
+            plan_id,
+            task_id: task.id,
+        });
     }
-    events.extend(changed.plan_transition.and_then(|(p, s)| Event::plan_status(p, s)));
+    events.extend(
+        changed
+            .plan_transition
+            .and_then(|(p, s)| Event::plan_status(p, s)),
+    );
     events
 }
 
@@ -34,7 +55,9 @@ impl<S: Store + ?Sized> Ops<S> {
     /// seen before). Rejects an empty title or type and an oversized payload, naming the field.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
         let ids = self.create_tasks(vec![task]).await?;
-        ids.into_iter().next().ok_or_else(|| Error::not_found("task", "created"))
+        ids.into_iter()
+            .next()
+            .ok_or_else(|| Error::not_found("task", "created"))
     }
 
     /// Creates many tasks in one transaction. Nothing is created if any task is invalid;
@@ -67,24 +90,42 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Sets a task's status: `Ok(false)` for an unknown task, `Err(Invalid)` for a change
     /// the transition table forbids. `metadata` is merged into the task's metadata.
-    pub async fn update_task_status(&self, id: TaskId, status: TaskStatus, metadata: Option<Json>) -> Result<bool> {
-        let change = StatusChange { status, metadata, requeue: false };
+    pub async fn update_task_status(
+        &self,
+        id: TaskId,
+        status: TaskStatus,
+        metadata: Option<Json>,
+    ) -> Result<bool> {
+        let change = StatusChange {
+            status,
+            metadata,
+            requeue: false,
+        };
         self.apply_status(id, change).await.map(|c| c.is_some())
     }
 
     /// Puts a task that no worker holds (failed, completed, cancelled, …) back in the queue.
     pub async fn requeue_task(&self, id: TaskId) -> Result<bool> {
-        let change = StatusChange { requeue: true, ..StatusChange::to(TaskStatus::Queued) };
+        let change = StatusChange {
+            requeue: true,
+            ..StatusChange::to(TaskStatus::Queued)
+        };
         self.apply_status(id, change).await.map(|c| c.is_some())
     }
 
     /// Cancels a task (and, transitively, the tasks that depend on it). A worker holding it
     /// gets a stale-run error when it tries to finish. `Ok(false)` for an unknown task.
     pub async fn cancel_task(&self, id: TaskId) -> Result<bool> {
-        self.apply_status(id, StatusChange::to(TaskStatus::Cancelled)).await.map(|c| c.is_some())
+        self.apply_status(id, StatusChange::to(TaskStatus::Cancelled))
+            .await
+            .map(|c| c.is_some())
     }
 
-    async fn apply_status(&self, id: TaskId, change: StatusChange) -> Result<Option<StatusChanged>> {
+    async fn apply_status(
+        &self,
+        id: TaskId,
+        change: StatusChange,
+    ) -> Result<Option<StatusChanged>> {
         let changed = self.store.set_task_status(id, change).await?;
         if let Some(c) = &changed {
             self.bus.publish(status_events(c));
@@ -94,7 +135,13 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Every task in a status, in queue order.
     pub async fn get_tasks_by_status(&self, status: TaskStatus) -> Result<Vec<Task>> {
-        Ok(self.store.list_tasks(&TaskFilter { status: Some(status), ..Default::default() }).await?)
+        Ok(self
+            .store
+            .list_tasks(&TaskFilter {
+                status: Some(status),
+                ..Default::default()
+            })
+            .await?)
     }
 
     /// Up to `limit` queued tasks, optionally of one type: priority descending, then oldest first.
@@ -126,7 +173,11 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Deletes finished tasks older than `older_than` in the given terminal statuses, in
     /// bounded batches so no statement holds locks for long. Returns how many were deleted.
     pub async fn prune_tasks(&self, older_than: Duration, statuses: &[TaskStatus]) -> Result<u64> {
-        let params = PruneParams { older_than, statuses: statuses.to_vec(), limit: self.config.prune_batch.max(1) };
+        let params = PruneParams {
+            older_than,
+            statuses: statuses.to_vec(),
+            limit: self.config.prune_batch.max(1),
+        };
         let mut total = 0;
         loop {
             let n = self.store.prune_tasks(&params).await?;

@@ -8,7 +8,12 @@ use crate::{Event, Ops, Result};
 impl<S: Store + ?Sized> Ops<S> {
     /// Registers a worker (re-registering updates its role and capabilities). Always true
     /// once stored, as in the original API; see [`Ops::register_worker_with`] for the row.
-    pub async fn register_worker(&self, worker_id: &str, role: &str, capabilities: Vec<String>) -> Result<bool> {
+    pub async fn register_worker(
+        &self,
+        worker_id: &str,
+        role: &str,
+        capabilities: Vec<String>,
+    ) -> Result<bool> {
         let registration = WorkerRegistration {
             id: WorkerId::parse(worker_id)?,
             role: role.to_owned(),
@@ -21,16 +26,26 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Registers a worker with metadata and returns the stored row.
     pub async fn register_worker_with(&self, registration: &WorkerRegistration) -> Result<Worker> {
         if registration.role.trim().is_empty() {
-            return Err(hive_models::Error::InvalidField { field: "role".into(), reason: "must not be empty".into() }.into());
+            return Err(hive_models::Error::InvalidField {
+                field: "role".into(),
+                reason: "must not be empty".into(),
+            }
+            .into());
         }
         let worker = self.store.register_worker(registration).await?;
-        self.bus.publish([Event::WorkerRegistered { worker_id: worker.id.clone() }]);
+        self.bus.publish([Event::WorkerRegistered {
+            worker_id: worker.id.clone(),
+        }]);
         Ok(worker)
     }
 
     /// Records a heartbeat (and optionally a new status), extending the leases of the
     /// worker's running tasks. False for an unknown worker.
-    pub async fn update_worker_heartbeat(&self, worker_id: &str, status: Option<WorkerStatus>) -> Result<bool> {
+    pub async fn update_worker_heartbeat(
+        &self,
+        worker_id: &str,
+        status: Option<WorkerStatus>,
+    ) -> Result<bool> {
         let id = WorkerId::parse(worker_id)?;
         let beat = self.store.heartbeat(&id, status).await?;
         if beat.is_some() && status == Some(WorkerStatus::Offline) {
@@ -42,13 +57,19 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Workers that are active or idle with a heartbeat within the configured timeout
     /// (on the database clock), optionally of one role.
     pub async fn get_active_workers(&self, role: Option<&str>) -> Result<Vec<Worker>> {
-        let filter = WorkerFilter { role: role.map(str::to_owned), alive_within: Some(self.config.heartbeat_timeout) };
+        let filter = WorkerFilter {
+            role: role.map(str::to_owned),
+            alive_within: Some(self.config.heartbeat_timeout),
+        };
         Ok(self.store.list_workers(&filter).await?)
     }
 
     /// Every registered worker, optionally of one role, whatever its liveness.
     pub async fn list_workers(&self, role: Option<&str>) -> Result<Vec<Worker>> {
-        let filter = WorkerFilter { role: role.map(str::to_owned), alive_within: None };
+        let filter = WorkerFilter {
+            role: role.map(str::to_owned),
+            alive_within: None,
+        };
         Ok(self.store.list_workers(&filter).await?)
     }
 
@@ -65,7 +86,10 @@ impl<S: Store + ?Sized> Ops<S> {
         };
         let mut events: Vec<Event> = released
             .into_iter()
-            .map(|task_id| Event::TaskStatusChanged { task_id, status: hive_models::TaskStatus::Queued })
+            .map(|task_id| Event::TaskStatusChanged {
+                task_id,
+                status: hive_models::TaskStatus::Queued,
+            })
             .collect();
         events.push(Event::WorkerOffline { worker_id: id });
         self.bus.publish(events);

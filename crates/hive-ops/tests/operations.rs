@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hive_models::{NewPlan, NewTask, PlanStatus, RetryPolicy, RunStatus, SubTask, TaskStatus, WorkerId};
+use hive_models::{
+    NewPlan, NewTask, PlanStatus, RetryPolicy, RunStatus, SubTask, TaskStatus, WorkerId,
+};
 use hive_ops::{Error, Event, EventOrigin, Ops, OpsConfig};
 use hive_store::{Finished, Store};
 use serde_json::json;
@@ -15,7 +17,10 @@ type O = Ops<dyn Store>;
 
 fn ops(store: Arc<dyn Store>) -> O {
     let config = OpsConfig {
-        retry: RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(1) },
+        retry: RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        },
         max_payload_bytes: 1024,
         prune_batch: 3,
         ..OpsConfig::default()
@@ -34,7 +39,12 @@ fn node(id: &str, deps: &[&str]) -> SubTask {
 }
 
 fn plan(subtasks: Vec<SubTask>) -> NewPlan {
-    NewPlan { title: "release".into(), description: String::new(), parent_task_id: None, subtasks }
+    NewPlan {
+        title: "release".into(),
+        description: String::new(),
+        parent_task_id: None,
+        subtasks,
+    }
 }
 
 macro_rules! backends {
@@ -52,11 +62,22 @@ macro_rules! backends {
 }
 
 backends!(
-    create_task_rejects_bad_input, create_tasks_is_all_or_nothing, update_task_status_semantics,
-    queued_tasks_in_order, delete_and_prune, worker_lifecycle, plan_validation_names_ids,
-    plan_operations, diamond_plan_runs_in_order, large_plan_drains, retries_with_backoff,
-    reaper_takes_back_expired_lease, stale_completion_is_rejected, events_arrive_in_order,
-    cached_plan_status_invalidated_by_own_changes, cancel_task_cancels_dependents,
+    create_task_rejects_bad_input,
+    create_tasks_is_all_or_nothing,
+    update_task_status_semantics,
+    queued_tasks_in_order,
+    delete_and_prune,
+    worker_lifecycle,
+    plan_validation_names_ids,
+    plan_operations,
+    diamond_plan_runs_in_order,
+    large_plan_drains,
+    retries_with_backoff,
+    reaper_takes_back_expired_lease,
+    stale_completion_is_rejected,
+    events_arrive_in_order,
+    cached_plan_status_invalidated_by_own_changes,
+    cancel_task_cancels_dependents,
 );
 
 async fn count_all(o: &O) -> u64 {
@@ -70,19 +91,44 @@ async fn create_task_rejects_bad_input(o: O) {
     assert!(e.to_string().contains("`task_type`"), "{e}");
     let big = NewTask::new("t", "x").payload(json!("y".repeat(2000)));
     let e = o.create_task(big).await.unwrap_err();
-    assert!(matches!(e, Error::Invalid(hive_models::Error::PayloadTooLarge { limit: 1024, .. })), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Invalid(hive_models::Error::PayloadTooLarge { limit: 1024, .. })
+        ),
+        "{e}"
+    );
     assert_eq!(count_all(&o).await, 0, "bad input changes nothing");
-    let id = o.create_task(NewTask::new("ok", "x").idempotency_key("once")).await.unwrap();
-    assert_eq!(o.create_task(NewTask::new("ok again", "x").idempotency_key("once")).await.unwrap(), id);
+    let id = o
+        .create_task(NewTask::new("ok", "x").idempotency_key("once"))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.create_task(NewTask::new("ok again", "x").idempotency_key("once"))
+            .await
+            .unwrap(),
+        id
+    );
     assert_eq!(count_all(&o).await, 1);
 }
 
 async fn create_tasks_is_all_or_nothing(o: O) {
-    let batch = vec![NewTask::new("a", "x"), NewTask::new("", "x"), NewTask::new("c", "x")];
+    let batch = vec![
+        NewTask::new("a", "x"),
+        NewTask::new("", "x"),
+        NewTask::new("c", "x"),
+    ];
     let e = o.create_tasks(batch).await.unwrap_err();
     assert!(e.to_string().contains("tasks[1]"), "{e}");
     assert_eq!(count_all(&o).await, 0);
-    let ids = o.create_tasks((0..1500).map(|i| NewTask::new(format!("t{i}"), "x")).collect()).await.unwrap();
+    let ids = o
+        .create_tasks(
+            (0..1500)
+                .map(|i| NewTask::new(format!("t{i}"), "x"))
+                .collect(),
+        )
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 1500);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 1500);
     assert_eq!(count_all(&o).await, 1500);
@@ -90,74 +136,175 @@ async fn create_tasks_is_all_or_nothing(o: O) {
 
 async fn update_task_status_semantics(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    assert!(!o.update_task_status(hive_models::TaskId::new(), TaskStatus::Completed, None).await.unwrap());
-    assert!(o.update_task_status(id, TaskStatus::InProgress, Some(json!({"by": "ops"}))).await.unwrap());
-    assert!(o.update_task_status(id, TaskStatus::Completed, None).await.unwrap());
-    let e = o.update_task_status(id, TaskStatus::Queued, None).await.unwrap_err();
-    assert!(matches!(e, Error::Invalid(hive_models::Error::IllegalTransition { .. })), "{e}");
+    assert!(
+        !o.update_task_status(hive_models::TaskId::new(), TaskStatus::Completed, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        o.update_task_status(id, TaskStatus::InProgress, Some(json!({"by": "ops"})))
+            .await
+            .unwrap()
+    );
+    assert!(
+        o.update_task_status(id, TaskStatus::Completed, None)
+            .await
+            .unwrap()
+    );
+    let e = o
+        .update_task_status(id, TaskStatus::Queued, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Invalid(hive_models::Error::IllegalTransition { .. })
+        ),
+        "{e}"
+    );
     let t = o.get_task(id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(t.metadata["by"], "ops");
     assert!(o.requeue_task(id).await.unwrap());
-    assert_eq!(o.get_tasks_by_status(TaskStatus::Queued).await.unwrap().len(), 1);
+    assert_eq!(
+        o.get_tasks_by_status(TaskStatus::Queued)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn queued_tasks_in_order(o: O) {
-    let low = o.create_task(NewTask::new("low", "a").priority(1)).await.unwrap();
-    let high = o.create_task(NewTask::new("high", "b").priority(9)).await.unwrap();
-    let low2 = o.create_task(NewTask::new("low2", "a").priority(1)).await.unwrap();
+    let low = o
+        .create_task(NewTask::new("low", "a").priority(1))
+        .await
+        .unwrap();
+    let high = o
+        .create_task(NewTask::new("high", "b").priority(9))
+        .await
+        .unwrap();
+    let low2 = o
+        .create_task(NewTask::new("low2", "a").priority(1))
+        .await
+        .unwrap();
     let ids = |v: Vec<hive_models::Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
-    assert_eq!(ids(o.get_queued_tasks(10, None).await.unwrap()), vec![high, low, low2]);
-    assert_eq!(ids(o.get_queued_tasks(1, Some("a")).await.unwrap()), vec![low]);
-    assert_eq!(ids(o.get_queued_tasks(10, Some("zzz")).await.unwrap()), vec![]);
+    assert_eq!(
+        ids(o.get_queued_tasks(10, None).await.unwrap()),
+        vec![high, low, low2]
+    );
+    assert_eq!(
+        ids(o.get_queued_tasks(1, Some("a")).await.unwrap()),
+        vec![low]
+    );
+    assert_eq!(
+        ids(o.get_queued_tasks(10, Some("zzz")).await.unwrap()),
+        vec![]
+    );
 }
 
 async fn delete_and_prune(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    let c = o.claim_next_task(&w("w"), &[], LEASE).await.unwrap().unwrap();
+    let c = o
+        .claim_next_task(&w("w"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(o.delete_task(id).await.unwrap());
     assert!(o.get_run(c.run.id).await.unwrap().is_none());
     assert!(!o.delete_task(id).await.unwrap());
-    o.create_tasks((0..7).map(|i| NewTask::new(format!("t{i}"), "x")).collect()).await.unwrap();
+    o.create_tasks((0..7).map(|i| NewTask::new(format!("t{i}"), "x")).collect())
+        .await
+        .unwrap();
     let claims = o.claim_tasks(&w("w"), &[], 10, LEASE).await.unwrap();
     for c in &claims {
         o.complete_task(c.run.id, None).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let e = o.prune_tasks(Duration::ZERO, &[TaskStatus::Queued]).await.unwrap_err();
+    let e = o
+        .prune_tasks(Duration::ZERO, &[TaskStatus::Queued])
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Invalid(_)));
     // Seven tasks in batches of three: the loop goes round until a short batch.
-    assert_eq!(o.prune_tasks(Duration::from_millis(1), &[TaskStatus::Completed]).await.unwrap(), 7);
+    assert_eq!(
+        o.prune_tasks(Duration::from_millis(1), &[TaskStatus::Completed])
+            .await
+            .unwrap(),
+        7
+    );
     assert_eq!(count_all(&o).await, 0);
 }
 
 async fn worker_lifecycle(o: O) {
-    assert!(o.register_worker("deployer-1", "deployer", vec!["k8s".into()]).await.unwrap());
-    assert!(o.register_worker("planner-1", "planner", vec![]).await.unwrap());
-    assert!(o.register_worker("deployer-1", "deployer", vec!["k8s".into(), "helm".into()]).await.unwrap());
-    assert_eq!(o.get_worker("deployer-1").await.unwrap().unwrap().capabilities, vec!["k8s", "helm"]);
+    assert!(
+        o.register_worker("deployer-1", "deployer", vec!["k8s".into()])
+            .await
+            .unwrap()
+    );
+    assert!(
+        o.register_worker("planner-1", "planner", vec![])
+            .await
+            .unwrap()
+    );
+    assert!(
+        o.register_worker("deployer-1", "deployer", vec!["k8s".into(), "helm".into()])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        o.get_worker("deployer-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .capabilities,
+        vec!["k8s", "helm"]
+    );
     assert!(o.get_worker("nobody").await.unwrap().is_none());
     assert!(matches!(o.get_worker("").await, Err(Error::Invalid(_))));
-    assert!(matches!(o.register_worker("x", " ", vec![]).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        o.register_worker("x", " ", vec![]).await,
+        Err(Error::Invalid(_))
+    ));
     assert_eq!(o.get_active_workers(None).await.unwrap().len(), 2);
-    assert_eq!(o.get_active_workers(Some("deployer")).await.unwrap().len(), 1);
-    assert!(o.update_worker_heartbeat("planner-1", Some(hive_models::WorkerStatus::Offline)).await.unwrap());
+    assert_eq!(
+        o.get_active_workers(Some("deployer")).await.unwrap().len(),
+        1
+    );
+    assert!(
+        o.update_worker_heartbeat("planner-1", Some(hive_models::WorkerStatus::Offline))
+            .await
+            .unwrap()
+    );
     assert!(!o.update_worker_heartbeat("ghost", None).await.unwrap());
     assert_eq!(o.get_active_workers(None).await.unwrap().len(), 1);
     let t = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    o.claim_next_task(&w("deployer-1"), &[], LEASE).await.unwrap().unwrap();
+    o.claim_next_task(&w("deployer-1"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(o.unregister_worker("deployer-1").await.unwrap());
     assert!(!o.unregister_worker("deployer-1").await.unwrap());
     let task = o.get_task(t).await.unwrap().unwrap();
-    assert_eq!(task.status, TaskStatus::Queued, "in-flight task back in the queue");
+    assert_eq!(
+        task.status,
+        TaskStatus::Queued,
+        "in-flight task back in the queue"
+    );
     assert_eq!(task.attempts, 0);
 }
 
 async fn plan_validation_names_ids(o: O) {
     let cases: Vec<(Vec<SubTask>, &str)> = vec![
-        (vec![node("a", &["b"]), node("b", &["a"])], "dependency cycle: "),
+        (
+            vec![node("a", &["b"]), node("b", &["a"])],
+            "dependency cycle: ",
+        ),
         (vec![node("a", &["a"])], "`a` depends on itself"),
-        (vec![node("a", &[]), node("a", &[])], "duplicate subtask id `a`"),
+        (
+            vec![node("a", &[]), node("a", &[])],
+            "duplicate subtask id `a`",
+        ),
         (vec![node("a", &["nope"])], "unknown subtask `nope`"),
         (vec![], "at least one subtask"),
     ];
@@ -165,35 +312,77 @@ async fn plan_validation_names_ids(o: O) {
         let e = o.create_execution_plan(plan(subtasks)).await.unwrap_err();
         assert!(e.to_string().contains(want), "{e} should contain {want}");
     }
-    assert!(o.list_plans(None, None).await.unwrap().is_empty(), "nothing stored");
+    assert!(
+        o.list_plans(None, None).await.unwrap().is_empty(),
+        "nothing stored"
+    );
 }
 
 async fn plan_operations(o: O) {
-    let pid = o.create_execution_plan(plan(vec![node("a", &[]), node("b", &["a"])])).await.unwrap();
-    assert_eq!(o.get_execution_plan_status(pid).await.unwrap(), Some(PlanStatus::Pending));
-    assert!(o.get_next_planned_subtask(pid).await.unwrap().is_none(), "not materialized yet");
+    let pid = o
+        .create_execution_plan(plan(vec![node("a", &[]), node("b", &["a"])]))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.get_execution_plan_status(pid).await.unwrap(),
+        Some(PlanStatus::Pending)
+    );
+    assert!(
+        o.get_next_planned_subtask(pid).await.unwrap().is_none(),
+        "not materialized yet"
+    );
     assert_eq!(o.create_planned_subtasks_from_plan(pid).await.unwrap(), 2);
     assert_eq!(o.create_planned_subtasks_from_plan(pid).await.unwrap(), 0);
-    assert!(matches!(o.create_planned_subtasks_from_plan(hive_models::PlanId::new()).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        o.create_planned_subtasks_from_plan(hive_models::PlanId::new())
+            .await,
+        Err(Error::NotFound { .. })
+    ));
     let next = o.get_next_planned_subtask(pid).await.unwrap().unwrap();
     assert_eq!(next.plan_subtask_id.as_deref(), Some("a"));
     assert!(o.check_subtask_dependencies(next.id).await.unwrap());
-    let tasks = o.list_tasks(&hive_store::TaskFilter { plan_id: Some(pid), ..Default::default() }).await.unwrap();
-    let b = tasks.iter().find(|t| t.plan_subtask_id.as_deref() == Some("b")).unwrap();
+    let tasks = o
+        .list_tasks(&hive_store::TaskFilter {
+            plan_id: Some(pid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let b = tasks
+        .iter()
+        .find(|t| t.plan_subtask_id.as_deref() == Some("b"))
+        .unwrap();
     assert!(!o.check_subtask_dependencies(b.id).await.unwrap());
-    assert!(matches!(o.check_subtask_dependencies(hive_models::TaskId::new()).await, Err(Error::NotFound { .. })));
-    let batch = o.check_subtask_dependencies_batch(&[next.id, b.id]).await.unwrap();
+    assert!(matches!(
+        o.check_subtask_dependencies(hive_models::TaskId::new())
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    let batch = o
+        .check_subtask_dependencies_batch(&[next.id, b.id])
+        .await
+        .unwrap();
     assert_eq!(batch.len(), 2);
     assert!(batch[&next.id] && !batch[&b.id]);
     assert!(o.mark_plan_execution_started(pid).await.unwrap());
     assert!(!o.mark_plan_execution_started(pid).await.unwrap());
-    assert!(!o.mark_plan_execution_started(hive_models::PlanId::new()).await.unwrap());
+    assert!(
+        !o.mark_plan_execution_started(hive_models::PlanId::new())
+            .await
+            .unwrap()
+    );
     let summary = o.plan_summary(pid).await.unwrap().unwrap();
     assert_eq!(summary.task_counts[&TaskStatus::Queued], 2);
     assert!(o.cancel_plan(pid).await.unwrap());
     assert!(!o.cancel_plan(pid).await.unwrap());
-    assert_eq!(o.get_execution_plan_status(pid).await.unwrap(), Some(PlanStatus::Cancelled));
-    assert_eq!(o.count_tasks(Some(pid)).await.unwrap()[&TaskStatus::Cancelled], 2);
+    assert_eq!(
+        o.get_execution_plan_status(pid).await.unwrap(),
+        Some(PlanStatus::Cancelled)
+    );
+    assert_eq!(
+        o.count_tasks(Some(pid)).await.unwrap()[&TaskStatus::Cancelled],
+        2
+    );
 }
 
 /// Claims and completes everything claimable, in rounds, recording the order of starts.
@@ -206,7 +395,11 @@ async fn drain(o: &O, batch: u32) -> Vec<hive_models::Task> {
         }
         let outcomes = claims
             .iter()
-            .map(|c| hive_store::RunOutcome { run_id: c.run.id, outcome: hive_store::Outcome::Success { result: None }, output_log: None })
+            .map(|c| hive_store::RunOutcome {
+                run_id: c.run.id,
+                outcome: hive_store::Outcome::Success { result: None },
+                output_log: None,
+            })
             .collect();
         for r in o.finish_runs(outcomes).await.unwrap() {
             assert_eq!(r.finished, Finished::Completed);
@@ -216,12 +409,27 @@ async fn drain(o: &O, batch: u32) -> Vec<hive_models::Task> {
 }
 
 async fn diamond_plan_runs_in_order(o: O) {
-    let pid = o.submit_plan(plan(vec![node("a", &[]), node("b", &["a"]), node("c", &["a"]), node("d", &["b", "c"])])).await.unwrap();
-    let order: Vec<String> = drain(&o, 10).await.into_iter().map(|t| t.plan_subtask_id.unwrap()).collect();
+    let pid = o
+        .submit_plan(plan(vec![
+            node("a", &[]),
+            node("b", &["a"]),
+            node("c", &["a"]),
+            node("d", &["b", "c"]),
+        ]))
+        .await
+        .unwrap();
+    let order: Vec<String> = drain(&o, 10)
+        .await
+        .into_iter()
+        .map(|t| t.plan_subtask_id.unwrap())
+        .collect();
     assert_eq!(order.len(), 4);
     assert_eq!(order[0], "a");
     assert_eq!(order[3], "d");
-    assert_eq!(o.get_execution_plan_status(pid).await.unwrap(), Some(PlanStatus::Completed));
+    assert_eq!(
+        o.get_execution_plan_status(pid).await.unwrap(),
+        Some(PlanStatus::Completed)
+    );
 }
 
 async fn large_plan_drains(o: O) {
@@ -229,7 +437,11 @@ async fn large_plan_drains(o: O) {
     let mut subtasks = Vec::with_capacity(10_000);
     for c in 0..100 {
         for i in 0..100 {
-            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("c{c}-{}", i - 1)] };
+            let deps: Vec<String> = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("c{c}-{}", i - 1)]
+            };
             subtasks.push(SubTask::new(format!("c{c}-{i}"), "step", "test").depends_on(deps));
         }
     }
@@ -242,7 +454,10 @@ async fn large_plan_drains(o: O) {
         let (chain, i) = id.split_once('-').unwrap();
         let i: u32 = i.parse().unwrap();
         if i > 0 {
-            assert!(seen.contains(&format!("{chain}-{}", i - 1)), "{id} started before its parent");
+            assert!(
+                seen.contains(&format!("{chain}-{}", i - 1)),
+                "{id} started before its parent"
+            );
         }
         seen.insert(id);
     }
@@ -252,7 +467,10 @@ async fn large_plan_drains(o: O) {
 }
 
 async fn retries_with_backoff(o: O) {
-    let id = o.create_task(NewTask::new("flaky", "x").max_retries(2)).await.unwrap();
+    let id = o
+        .create_task(NewTask::new("flaky", "x").max_retries(2))
+        .await
+        .unwrap();
     let mut claimed_at = Vec::new();
     loop {
         let Some(c) = o.claim_next_task(&w("w"), &[], LEASE).await.unwrap() else {
@@ -272,36 +490,75 @@ async fn retries_with_backoff(o: O) {
     assert!(claimed_at[2] - claimed_at[1] >= Duration::from_millis(190));
     let runs = o.list_runs(id).await.unwrap();
     assert_eq!(runs.len(), 3);
-    assert!(runs.iter().all(|r| r.status == RunStatus::Failure && r.error_message.as_deref() == Some("always fails")));
+    assert!(
+        runs.iter().all(|r| r.status == RunStatus::Failure
+            && r.error_message.as_deref() == Some("always fails"))
+    );
 }
 
 async fn reaper_takes_back_expired_lease(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    let c = o.claim_next_task(&w("dead"), &[], Duration::from_millis(50)).await.unwrap().unwrap();
+    let c = o
+        .claim_next_task(&w("dead"), &[], Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
     let report = o.reap().await.unwrap();
     assert_eq!(report.requeued, vec![(id, c.run.id)]);
-    assert_eq!(o.get_run(c.run.id).await.unwrap().unwrap().status, RunStatus::Timeout);
+    assert_eq!(
+        o.get_run(c.run.id).await.unwrap().unwrap().status,
+        RunStatus::Timeout
+    );
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let again = o.claim_next_task(&w("alive"), &[], LEASE).await.unwrap().unwrap();
+    let again = o
+        .claim_next_task(&w("alive"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.task.id, id);
     assert_eq!(again.run.run_number, 2);
     o.complete_task(again.run.id, Some(json!(1))).await.unwrap();
-    assert_eq!(o.get_task(id).await.unwrap().unwrap().status, TaskStatus::Completed);
+    assert_eq!(
+        o.get_task(id).await.unwrap().unwrap().status,
+        TaskStatus::Completed
+    );
 }
 
 async fn stale_completion_is_rejected(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    let first = o.claim_next_task(&w("slow"), &[], Duration::from_millis(50)).await.unwrap().unwrap();
+    let first = o
+        .claim_next_task(&w("slow"), &[], Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     o.reap().await.unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let second = o.claim_next_task(&w("fast"), &[], LEASE).await.unwrap().unwrap();
-    o.complete_task(second.run.id, Some(json!("second"))).await.unwrap();
-    let e = o.complete_task(first.run.id, Some(json!("first"))).await.unwrap_err();
-    assert!(matches!(e, Error::StaleRun { run_id } if run_id == first.run.id), "{e}");
-    assert!(matches!(o.extend_lease(first.run.id, LEASE).await, Err(Error::StaleRun { .. })));
-    assert!(matches!(o.fail_task(first.run.id, "late").await, Err(Error::StaleRun { .. })));
+    let second = o
+        .claim_next_task(&w("fast"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    o.complete_task(second.run.id, Some(json!("second")))
+        .await
+        .unwrap();
+    let e = o
+        .complete_task(first.run.id, Some(json!("first")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::StaleRun { run_id } if run_id == first.run.id),
+        "{e}"
+    );
+    assert!(matches!(
+        o.extend_lease(first.run.id, LEASE).await,
+        Err(Error::StaleRun { .. })
+    ));
+    assert!(matches!(
+        o.fail_task(first.run.id, "late").await,
+        Err(Error::StaleRun { .. })
+    ));
     let t = o.get_task(id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(t.result, Some(json!("second")));
@@ -310,19 +567,39 @@ async fn stale_completion_is_rejected(o: O) {
 async fn events_arrive_in_order(o: O) {
     let mut sub = o.subscribe().await.unwrap();
     let pid = o.submit_plan(plan(vec![node("a", &[])])).await.unwrap();
-    let c = o.claim_next_task(&w("w"), &[], LEASE).await.unwrap().unwrap();
+    let c = o
+        .claim_next_task(&w("w"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     o.complete_task(c.run.id, None).await.unwrap();
     let task_id = c.task.id;
     let want = vec![
-        Event::TaskCreated { task_id: None, count: 1 },
-        Event::TaskClaimed { task_id, run_id: c.run.id, worker_id: w("w") },
-        Event::TaskCompleted { task_id, run_id: Some(c.run.id) },
-        Event::PlanProgressed { plan_id: pid, task_id },
+        Event::TaskCreated {
+            task_id: None,
+            count: 1,
+        },
+        Event::TaskClaimed {
+            task_id,
+            run_id: c.run.id,
+            worker_id: w("w"),
+        },
+        Event::TaskCompleted {
+            task_id,
+            run_id: Some(c.run.id),
+        },
+        Event::PlanProgressed {
+            plan_id: pid,
+            task_id,
+        },
         Event::PlanCompleted { plan_id: pid },
     ];
     let mut got = Vec::new();
     while got.len() < want.len() {
-        let p = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.unwrap().unwrap();
+        let p = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(p.origin, EventOrigin::Local, "{p:?}");
         got.push(p.event);
     }
@@ -331,16 +608,38 @@ async fn events_arrive_in_order(o: O) {
 
 async fn cached_plan_status_invalidated_by_own_changes(o: O) {
     let pid = o.submit_plan(plan(vec![node("a", &[])])).await.unwrap();
-    assert_eq!(o.get_execution_plan_status_cached(pid).await.unwrap(), Some(PlanStatus::Pending));
-    let c = o.claim_next_task(&w("w"), &[], LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        o.get_execution_plan_status_cached(pid).await.unwrap(),
+        Some(PlanStatus::Pending)
+    );
+    let c = o
+        .claim_next_task(&w("w"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     o.complete_task(c.run.id, None).await.unwrap();
     // The TTL is 5 s; only invalidation can make this fresh.
-    assert_eq!(o.get_execution_plan_status_cached(pid).await.unwrap(), Some(PlanStatus::Completed));
-    assert_eq!(o.get_execution_plan_status_cached(hive_models::PlanId::new()).await.unwrap(), None);
+    assert_eq!(
+        o.get_execution_plan_status_cached(pid).await.unwrap(),
+        Some(PlanStatus::Completed)
+    );
+    assert_eq!(
+        o.get_execution_plan_status_cached(hive_models::PlanId::new())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn cancel_task_cancels_dependents(o: O) {
-    let pid = o.submit_plan(plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])])).await.unwrap();
+    let pid = o
+        .submit_plan(plan(vec![
+            node("a", &[]),
+            node("b", &["a"]),
+            node("c", &[]),
+        ]))
+        .await
+        .unwrap();
     let a = o.get_next_planned_subtask(pid).await.unwrap().unwrap();
     assert_eq!(a.plan_subtask_id.as_deref(), Some("a"));
     assert!(o.cancel_task(a.id).await.unwrap());
@@ -348,7 +647,15 @@ async fn cancel_task_cancels_dependents(o: O) {
     let counts = o.count_tasks(Some(pid)).await.unwrap();
     assert_eq!(counts[&TaskStatus::Cancelled], 2);
     assert_eq!(counts[&TaskStatus::Queued], 1);
-    let c = o.claim_next_task(&w("w"), &[], LEASE).await.unwrap().unwrap();
+    let c = o
+        .claim_next_task(&w("w"), &[], LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     o.complete_task(c.run.id, None).await.unwrap();
-    assert_eq!(o.get_execution_plan_status(pid).await.unwrap(), Some(PlanStatus::Cancelled), "all subtasks finished, some cancelled");
+    assert_eq!(
+        o.get_execution_plan_status(pid).await.unwrap(),
+        Some(PlanStatus::Cancelled),
+        "all subtasks finished, some cancelled"
+    );
 }

@@ -46,7 +46,9 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Arc<dyn
     }
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         #[cfg(feature = "postgres")]
-        return Ok(Arc::new(crate::PostgresStore::connect(&url, options).await?));
+        return Ok(Arc::new(
+            crate::PostgresStore::connect(&url, options).await?,
+        ));
     }
     let _ = options;
     Err(Error::UnsupportedUrl(url.redacted()))

@@ -20,11 +20,10 @@ mod store;
 mod types;
 mod url;
 
-#[cfg(feature = "sqlite")]
-mod sqlite;
 #[cfg(feature = "postgres")]
 mod postgres;
-
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DurationRound, Utc};
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, RunStatus, Task,
-    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, RunStatus, Task, TaskId,
+    TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
@@ -143,7 +143,13 @@ impl State {
     }
 
     /// Applies the dependency and plan rules after `id` reached a terminal status.
-    fn on_terminal(&mut self, id: TaskId, at: Timestamp, notes: &mut Vec<Notification>, n: &Notifier) -> Effects {
+    fn on_terminal(
+        &mut self,
+        id: TaskId,
+        at: Timestamp,
+        notes: &mut Vec<Notification>,
+        n: &Notifier,
+    ) -> Effects {
         let mut fx = Effects::default();
         let Some(task) = self.task(id) else {
             return fx;
@@ -166,7 +172,8 @@ impl State {
                 self.sync_ready(d);
             }
         } else {
-            let mut queue: VecDeque<TaskId> = self.dependents.get(&id).cloned().unwrap_or_default().into();
+            let mut queue: VecDeque<TaskId> =
+                self.dependents.get(&id).cloned().unwrap_or_default().into();
             let mut seen = HashSet::new();
             while let Some(d) = queue.pop_front() {
                 if !seen.insert(d) {
@@ -197,7 +204,12 @@ impl State {
     }
 
     /// Plan counters and status after one of its tasks reached `status`.
-    fn update_plan(&mut self, pid: PlanId, status: TaskStatus, at: Timestamp) -> Option<(PlanId, PlanStatus)> {
+    fn update_plan(
+        &mut self,
+        pid: PlanId,
+        status: TaskStatus,
+        at: Timestamp,
+    ) -> Option<(PlanId, PlanStatus)> {
         let plan = self.plans.get_mut(&pid)?;
         match status {
             TaskStatus::Completed => plan.increment_completed(),
@@ -352,7 +364,10 @@ impl Store for MemoryStore {
         let single = tasks.len() == 1;
         let ids: Vec<TaskId> = {
             let mut s = self.lock();
-            tasks.into_iter().map(|t| s.insert_task(TaskId::new(), t, at)).collect()
+            tasks
+                .into_iter()
+                .map(|t| s.insert_task(TaskId::new(), t, at))
+                .collect()
         };
         let first = ids.first().copied().filter(|_| single);
         if !ids.is_empty() {
@@ -410,7 +425,11 @@ impl Store for MemoryStore {
         Ok(counts)
     }
 
-    async fn set_task_status(&self, id: TaskId, change: StatusChange) -> Result<Option<StatusChanged>> {
+    async fn set_task_status(
+        &self,
+        id: TaskId,
+        change: StatusChange,
+    ) -> Result<Option<StatusChanged>> {
         let at = now();
         let mut notes = Vec::new();
         let out = {
@@ -433,7 +452,10 @@ impl Store for MemoryStore {
                 }
                 let pending = if requeue && previous.is_terminal() {
                     deps.iter()
-                        .filter(|d| s.task(**d).is_some_and(|t| t.status != TaskStatus::Completed))
+                        .filter(|d| {
+                            s.task(**d)
+                                .is_some_and(|t| t.status != TaskStatus::Completed)
+                        })
                         .count() as u32
                 } else {
                     old_pending
@@ -457,8 +479,16 @@ impl Store for MemoryStore {
                 merge_metadata(&mut t.metadata, patch);
                 t.updated_at = at;
             }
-            let task = s.task(id).cloned().ok_or_else(|| Error::not_found("task", id))?;
-            StatusChanged { previous, task, cancelled_dependents: fx.cancelled, plan_transition: fx.plan_transition }
+            let task = s
+                .task(id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("task", id))?;
+            StatusChanged {
+                previous,
+                task,
+                cancelled_dependents: fx.cancelled,
+                plan_transition: fx.plan_transition,
+            }
         };
         self.send(notes);
         Ok(Some(out))
@@ -510,7 +540,10 @@ impl Store for MemoryStore {
             let mut claims = Vec::with_capacity(picked.len());
             for id in picked {
                 let run_number = s.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
-                let phase = s.task(id).map(|t| t.current_phase.clone()).unwrap_or_default();
+                let phase = s
+                    .task(id)
+                    .map(|t| t.current_phase.clone())
+                    .unwrap_or_default();
                 let run = Run {
                     id: RunId::new(),
                     task_id: id,
@@ -591,7 +624,10 @@ impl Store for MemoryStore {
                             t.updated_at = at;
                         }
                         notes.push(self.notifier.task_status(task_id, TaskStatus::Completed));
-                        (Finished::Completed, s.on_terminal(task_id, at, &mut notes, &self.notifier))
+                        (
+                            Finished::Completed,
+                            s.on_terminal(task_id, at, &mut notes, &self.notifier),
+                        )
                     }
                     Outcome::Failure { error, retry } => {
                         s.fail_attempt(task_id, error, *retry, at, &mut notes, &self.notifier)
@@ -631,7 +667,12 @@ impl Store for MemoryStore {
             let mut s = self.lock();
             run_ids.iter().filter_map(|r| s.release(*r, at)).collect()
         };
-        self.send(released.iter().map(|id| self.notifier.task_status(*id, TaskStatus::Queued)).collect());
+        self.send(
+            released
+                .iter()
+                .map(|id| self.notifier.task_status(*id, TaskStatus::Queued))
+                .collect(),
+        );
         Ok(released)
     }
 
@@ -650,13 +691,21 @@ impl Store for MemoryStore {
             expired.sort();
             expired.truncate(p.limit as usize);
             for (_, run_id) in expired {
-                let Some(task_id) = s.current_running(run_id) else { continue };
+                let Some(task_id) = s.current_running(run_id) else {
+                    continue;
+                };
                 s.running.remove(&run_id);
                 if let Some(run) = s.runs.get_mut(&run_id) {
                     run.timeout(at);
                 }
-                let (finished, fx) =
-                    s.fail_attempt(task_id, "lease expired", Some(p.retry), at, &mut notes, &self.notifier);
+                let (finished, fx) = s.fail_attempt(
+                    task_id,
+                    "lease expired",
+                    Some(p.retry),
+                    at,
+                    &mut notes,
+                    &self.notifier,
+                );
                 match finished {
                     Finished::Retrying { .. } => report.requeued.push((task_id, run_id)),
                     _ => report.failed.push(task_id),
@@ -709,11 +758,17 @@ impl Store for MemoryStore {
             w.last_heartbeat = at;
             w.clone()
         };
-        self.send(vec![self.notifier.worker(r.id.clone(), WorkerStatus::Active)]);
+        self.send(vec![
+            self.notifier.worker(r.id.clone(), WorkerStatus::Active),
+        ]);
         Ok(worker)
     }
 
-    async fn heartbeat(&self, id: &WorkerId, status: Option<WorkerStatus>) -> Result<Option<HeartbeatReport>> {
+    async fn heartbeat(
+        &self,
+        id: &WorkerId,
+        status: Option<WorkerStatus>,
+    ) -> Result<Option<HeartbeatReport>> {
         let at = now();
         let mut s = self.lock();
         let Some(w) = s.workers.get_mut(id) else {
@@ -746,7 +801,10 @@ impl Store for MemoryStore {
         Ok(s.workers
             .values()
             .filter(|w| f.role.as_ref().is_none_or(|r| &w.role == r))
-            .filter(|w| f.alive_within.is_none_or(|d| w.is_active() && w.last_heartbeat >= sub(at, d)))
+            .filter(|w| {
+                f.alive_within
+                    .is_none_or(|d| w.is_active() && w.last_heartbeat >= sub(at, d))
+            })
             .cloned()
             .collect())
     }
@@ -764,10 +822,14 @@ impl Store for MemoryStore {
                 .filter(|r| s.runs.get(r).is_some_and(|run| &run.worker_id == id))
                 .copied()
                 .collect();
-            mine.into_iter().filter_map(|r| s.release(r, at)).collect::<Vec<_>>()
+            mine.into_iter()
+                .filter_map(|r| s.release(r, at))
+                .collect::<Vec<_>>()
         };
-        let mut notes: Vec<Notification> =
-            released.iter().map(|t| self.notifier.task_status(*t, TaskStatus::Queued)).collect();
+        let mut notes: Vec<Notification> = released
+            .iter()
+            .map(|t| self.notifier.task_status(*t, TaskStatus::Queued))
+            .collect();
         notes.push(self.notifier.worker(id.clone(), WorkerStatus::Offline));
         self.send(notes);
         Ok(Some(released))
@@ -784,10 +846,18 @@ impl Store for MemoryStore {
         Ok(self.lock().plans.get(&id).cloned())
     }
 
-    async fn list_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> Result<Vec<ExecutionPlan>> {
+    async fn list_plans(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<ExecutionPlan>> {
         let s = self.lock();
-        let mut plans: Vec<ExecutionPlan> =
-            s.plans.values().filter(|p| status.is_none_or(|st| p.status == st)).cloned().collect();
+        let mut plans: Vec<ExecutionPlan> = s
+            .plans
+            .values()
+            .filter(|p| status.is_none_or(|st| p.status == st))
+            .cloned()
+            .collect();
         plans.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
         plans.truncate(limit.map_or(usize::MAX, |l| l as usize));
         Ok(plans)
@@ -807,7 +877,10 @@ impl Store for MemoryStore {
             plan.updated_at = at;
             let subtasks = plan.subtasks.clone();
             let parent = plan.parent_task_id;
-            let ids: HashMap<&str, TaskId> = subtasks.iter().map(|st| (st.id.as_str(), TaskId::new())).collect();
+            let ids: HashMap<&str, TaskId> = subtasks
+                .iter()
+                .map(|st| (st.id.as_str(), TaskId::new()))
+                .collect();
             let mut order = Vec::with_capacity(subtasks.len());
             for st in &subtasks {
                 let tid = ids[st.id.as_str()];
@@ -896,7 +969,9 @@ impl Store for MemoryStore {
                 cancelled.push(tid);
             }
             if let Some(plan) = s.plans.get_mut(&id) {
-                plan.cancelled_subtasks = plan.cancelled_subtasks.saturating_add(cancelled.len() as u32);
+                plan.cancelled_subtasks = plan
+                    .cancelled_subtasks
+                    .saturating_add(cancelled.len() as u32);
             }
             cancelled
         };

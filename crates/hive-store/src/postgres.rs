@@ -51,9 +51,9 @@ use hive_models::{
     ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask,
     Task, TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
+use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -61,9 +61,9 @@ use self::effects::{Changes, Effects, Node, RunPatch};
 use crate::memory::run_status_on_leave;
 use crate::{
     Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport, Finished,
-    HeartbeatReport, Notification, Notifier, Outcome, PruneParams, ReapParams, ReapReport,
-    Result, RunOutcome, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter,
-    WorkerFilter, WorkerRegistration,
+    HeartbeatReport, Notification, Notifier, Outcome, PruneParams, ReapParams, ReapReport, Result,
+    RunOutcome, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter,
+    WorkerRegistration,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -123,7 +123,10 @@ type R<T> = std::result::Result<T, Fail>;
 /// can carry the URL or its password (sqlx's messages never include them).
 fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
     use sqlx::Error as E;
-    let unavailable = |reason: String| Error::Unavailable { target: target.to_owned(), reason };
+    let unavailable = |reason: String| Error::Unavailable {
+        target: target.to_owned(),
+        reason,
+    };
     match e {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
             unavailable(e.to_string())
@@ -145,7 +148,10 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
         | E::Decode(_)
         | E::ColumnNotFound(_)
         | E::ColumnIndexOutOfBounds { .. }
-        | E::TypeNotFound { .. } => Error::Corrupt { table: "query result", reason: e.to_string() },
+        | E::TypeNotFound { .. } => Error::Corrupt {
+            table: "query result",
+            reason: e.to_string(),
+        },
         E::Migrate(m) => Error::Migration(m.to_string()),
         other => Error::Database(other.to_string()),
     }
@@ -153,7 +159,9 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
 
 /// Microseconds of a duration, capped (see [`MAX_DAYS`]).
 fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX).min(MAX_MICROS)
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
 }
 
 fn payload(n: &Notification) -> R<String> {
@@ -171,7 +179,10 @@ struct UrlSettings {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
-    Error::Invalid(hive_models::Error::InvalidField { field: field.into(), reason: reason.into() })
+    Error::Invalid(hive_models::Error::InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    })
 }
 
 fn split_url(url: &DatabaseUrl) -> Result<UrlSettings> {
@@ -181,24 +192,22 @@ fn split_url(url: &DatabaseUrl) -> Result<UrlSettings> {
         url: String::new(),
         max_connections: None,
         acquire_timeout: None,
-        password: parsed
-            .password()
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                url::form_urlencoded::parse(format!("p={p}").as_bytes())
-                    .next()
-                    .map_or_else(|| p.to_owned(), |(_, v)| v.into_owned())
-            }),
+        password: parsed.password().filter(|p| !p.is_empty()).map(|p| {
+            url::form_urlencoded::parse(format!("p={p}").as_bytes())
+                .next()
+                .map_or_else(|| p.to_owned(), |(_, v)| v.into_owned())
+        }),
     };
     let mut kept = Vec::new();
     for (key, value) in parsed.query_pairs() {
         match key.as_ref() {
             "max_connections" => {
-                let n: u32 = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| invalid("max_connections", format!("`{value}` is not a positive integer")))?;
+                let n: u32 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(
+                        "max_connections",
+                        format!("`{value}` is not a positive integer"),
+                    )
+                })?;
                 settings.max_connections = Some(n);
             }
             "acquire_timeout_secs" => {
@@ -206,7 +215,12 @@ fn split_url(url: &DatabaseUrl) -> Result<UrlSettings> {
                     .parse::<f64>()
                     .ok()
                     .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .ok_or_else(|| invalid("acquire_timeout_secs", format!("`{value}` is not a number of seconds")))?;
+                    .ok_or_else(|| {
+                        invalid(
+                            "acquire_timeout_secs",
+                            format!("`{value}` is not a number of seconds"),
+                        )
+                    })?;
                 settings.acquire_timeout = Some(secs);
             }
             _ => kept.push((key.into_owned(), value.into_owned())),
@@ -280,7 +294,10 @@ impl PostgresStore {
     }
 
     /// [`PostgresStore::connect`] from driver options (for callers that build them).
-    pub async fn connect_with_options(pg: PgConnectOptions, options: &ConnectOptions) -> Result<PostgresStore> {
+    pub async fn connect_with_options(
+        pg: PgConnectOptions,
+        options: &ConnectOptions,
+    ) -> Result<PostgresStore> {
         let target = format!("{}:{}", pg.get_host(), pg.get_port());
         Self::open(pg, target, options, None).await
     }
@@ -307,13 +324,19 @@ impl PostgresStore {
         options: &ConnectOptions,
         password: Option<&str>,
     ) -> Result<PostgresStore> {
-        let pg = if pg.get_application_name().is_none() { pg.application_name("hive") } else { pg };
+        let pg = if pg.get_application_name().is_none() {
+            pg.application_name("hive")
+        } else {
+            pg
+        };
         // A dedicated connection: proves the server is reachable, and if a migration fails,
         // closing it releases the migrator's advisory lock (a pooled one would keep it).
-        let mut conn = PgConnection::connect_with(&pg).await.map_err(|e| Error::Unavailable {
-            target: target.clone(),
-            reason: scrub(e.to_string(), password),
-        })?;
+        let mut conn = PgConnection::connect_with(&pg)
+            .await
+            .map_err(|e| Error::Unavailable {
+                target: target.clone(),
+                reason: scrub(e.to_string(), password),
+            })?;
         if options.migrate {
             Self::run_migrations(&mut conn).await?;
         }
@@ -329,7 +352,13 @@ impl PostgresStore {
     /// Runs the migrator; it takes an advisory lock, so processes that connect to a new
     /// database at the same time migrate one after another.
     async fn run_migrations(conn: &mut PgConnection) -> Result<()> {
-        MIGRATOR.run(&mut *conn).await.map_err(|e| Error::Migration(e.to_string()))
+        // `run_direct` rather than `run`: `run`'s `Acquire` bound makes the future of every
+        // caller non-`Send` (sqlx's "not general enough" limitation), and `connect` must be
+        // spawnable.
+        MIGRATOR
+            .run_direct(None, conn, false)
+            .await
+            .map_err(|e| Error::Migration(e.to_string()))
     }
 
     fn assemble(pool: PgPool, pg: PgConnectOptions, target: String) -> PostgresStore {
@@ -377,7 +406,8 @@ impl PostgresStore {
                     attempt += 1;
                     // Jitter, so the transactions that collided do not collide again.
                     let jitter = (Uuid::new_v4().as_u128() % 8) as u64;
-                    tokio::time::sleep(Duration::from_millis(4 * u64::from(attempt) + jitter)).await;
+                    tokio::time::sleep(Duration::from_millis(4 * u64::from(attempt) + jitter))
+                        .await;
                 }
                 Err(f) => return Err(self.map(f)),
             }
@@ -627,21 +657,29 @@ impl PostgresStore {
             }
         }
         if keyed.is_empty() {
-            let note = payload(&self.notifier.task_created(ids.first().copied().filter(|_| single)))?;
+            let note = payload(
+                &self
+                    .notifier
+                    .task_created(ids.first().copied().filter(|_| single)),
+            )?;
             let mut conn = self.pool.acquire().await?;
             batch.insert(&mut conn, Some(note)).await?;
             return Ok(ids);
         }
         let mut tx = self.pool.begin().await?;
         let inserted: HashSet<Uuid> = batch.insert(&mut tx, None).await?.into_iter().collect();
-        let lost: Vec<(String, TaskId)> =
-            keyed.into_iter().filter(|(_, id)| !inserted.contains(&id.0)).collect();
+        let lost: Vec<(String, TaskId)> = keyed
+            .into_iter()
+            .filter(|(_, id)| !inserted.contains(&id.0))
+            .collect();
         if !lost.is_empty() {
             let keys: Vec<&str> = lost.iter().map(|(k, _)| k.as_str()).collect();
-            let found = sqlx::query("SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)")
-                .bind(&keys)
-                .fetch_all(&mut *tx)
-                .await?;
+            let found = sqlx::query(
+                "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
             let mut existing = HashMap::with_capacity(found.len());
             for row in &found {
                 let key: String = rows::get(row, "idempotency_key", "tasks")?;
@@ -650,20 +688,35 @@ impl PostgresStore {
             for (key, generated) in lost {
                 // The conflicting task was deleted after it blocked ours: try again.
                 let Some(id) = existing.get(&key) else {
-                    return Err(Error::Conflict(format!("idempotency key `{key}` changed concurrently")).into());
+                    return Err(Error::Conflict(format!(
+                        "idempotency key `{key}` changed concurrently"
+                    ))
+                    .into());
                 };
                 for slot in ids.iter_mut().filter(|i| **i == generated) {
                     *slot = *id;
                 }
             }
         }
-        let note = payload(&self.notifier.task_created(ids.first().copied().filter(|_| single)))?;
-        sqlx::query("SELECT pg_notify('hive_events', $1)").bind(note).execute(&mut *tx).await?;
+        let note = payload(
+            &self
+                .notifier
+                .task_created(ids.first().copied().filter(|_| single)),
+        )?;
+        sqlx::query("SELECT pg_notify('hive_events', $1)")
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(ids)
     }
 
-    async fn claim_chunk(&self, conn: &mut PgConnection, p: &ClaimParams, limit: u32) -> R<Vec<Claim>> {
+    async fn claim_chunk(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        limit: u32,
+    ) -> R<Vec<Claim>> {
         let run_ids: Vec<Uuid> = (0..limit).map(|_| RunId::new().0).collect();
         let found = sqlx::query(CLAIM)
             .bind(p.worker_id.as_str())
@@ -726,7 +779,10 @@ impl PostgresStore {
     async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
         let ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id.0).collect();
         let mut tx = self.pool.begin().await?;
-        let locked = sqlx::query(LOCK_RUNS).bind(&ids).fetch_all(&mut *tx).await?;
+        let locked = sqlx::query(LOCK_RUNS)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
         let stale = |run_id: RunId, task_id: Option<TaskId>| FinishReport {
             run_id,
             task_id,
@@ -741,22 +797,20 @@ impl PostgresStore {
         let mut ch = Changes::new(&self.notifier, server_now(first)?);
         let run_task = load_locked(&mut ch, &locked)?;
 
-        let mut live = Vec::new();
-        let mut roots = Vec::new();
-        for o in outcomes {
-            let Some(&task_id) = run_task.get(&o.run_id) else { continue };
-            if !ch.is_live(task_id, o.run_id) {
-                continue;
-            }
-            live.push(task_id);
-            if let Outcome::Failure { retry, .. } = &o.outcome {
-                if ch.fails_for_good(task_id, *retry) {
-                    roots.push(task_id);
+        // Failures that would fail their task for good may cancel dependents: load those.
+        let roots: Vec<TaskId> = outcomes
+            .iter()
+            .filter_map(|o| match &o.outcome {
+                Outcome::Failure { retry, .. } => {
+                    let task_id = *run_task.get(&o.run_id)?;
+                    (ch.is_live(task_id, o.run_id) && ch.fails_for_good(task_id, *retry))
+                        .then_some(task_id)
                 }
-            }
-        }
+                Outcome::Success { .. } => None,
+            })
+            .collect();
         ch.load_cascade(&mut tx, &roots).await?;
-        ch.load_plans(&mut tx, &live).await?;
+        ch.load_plans(&mut tx).await?;
 
         let mut reports = Vec::with_capacity(outcomes.len());
         for o in outcomes {
@@ -821,8 +875,13 @@ impl PostgresStore {
     async fn release_once(&self, run_ids: &[RunId]) -> R<Vec<TaskId>> {
         let ids: Vec<Uuid> = run_ids.iter().map(|r| r.0).collect();
         let mut tx = self.pool.begin().await?;
-        let locked = sqlx::query(LOCK_RUNS).bind(&ids).fetch_all(&mut *tx).await?;
-        let Some(first) = locked.first() else { return Ok(Vec::new()) };
+        let locked = sqlx::query(LOCK_RUNS)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(first) = locked.first() else {
+            return Ok(Vec::new());
+        };
         let mut ch = Changes::new(&self.notifier, server_now(first)?);
         let run_task = load_locked(&mut ch, &locked)?;
         let order: Vec<(RunId, TaskId)> = run_ids
@@ -861,12 +920,18 @@ impl PostgresStore {
                 order.push((run_id, task_id));
             }
         }
-        let live: Vec<TaskId> =
-            order.iter().filter(|(r, t)| ch.is_live(*t, *r)).map(|(_, t)| *t).collect();
-        let roots: Vec<TaskId> =
-            live.iter().copied().filter(|t| ch.fails_for_good(*t, Some(p.retry))).collect();
+        let live: Vec<TaskId> = order
+            .iter()
+            .filter(|(r, t)| ch.is_live(*t, *r))
+            .map(|(_, t)| *t)
+            .collect();
+        let roots: Vec<TaskId> = live
+            .iter()
+            .copied()
+            .filter(|t| ch.fails_for_good(*t, Some(p.retry)))
+            .collect();
         ch.load_cascade(&mut tx, &roots).await?;
-        ch.load_plans(&mut tx, &roots).await?;
+        ch.load_plans(&mut tx).await?;
 
         let mut report = ReapReport::default();
         for (run_id, task_id) in order {
@@ -897,7 +962,11 @@ impl PostgresStore {
 
     async fn set_status_once(&self, id: TaskId, change: &StatusChange) -> R<Option<StatusChanged>> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(LOCK_TASK).bind(id.0).fetch_optional(&mut *tx).await? else {
+        let Some(row) = sqlx::query(LOCK_TASK)
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
             return Ok(None);
         };
         let (_, node) = Node::from_row(&row)?;
@@ -909,7 +978,7 @@ impl PostgresStore {
             previous.check_transition(to)?;
         }
         let changed = previous != to;
-        let (plan_id, current_run) = (node.plan_id, node.current_run);
+        let current_run = node.current_run;
         ch.add_node(id, node);
         let task_row = if changed || change.metadata.is_some() {
             sqlx::query(UPDATE_STATUS)
@@ -939,12 +1008,7 @@ impl PostgresStore {
                 if to != TaskStatus::Completed {
                     ch.load_cascade(&mut tx, &[id]).await?;
                 }
-                if let Some(pid) = plan_id {
-                    if to == TaskStatus::Cancelled {
-                        ch.load_plan_open(&mut tx, pid).await?;
-                    }
-                    ch.load_plans(&mut tx, &[id]).await?;
-                }
+                ch.load_plans(&mut tx).await?;
                 fx = ch.on_terminal(id);
             }
         }
@@ -968,7 +1032,10 @@ impl PostgresStore {
             return Ok(None);
         };
         let mut ch = Changes::new(&self.notifier, server_now(&row)?);
-        let locked = sqlx::query(WORKER_RUNS).bind(id.as_str()).fetch_all(&mut *tx).await?;
+        let locked = sqlx::query(WORKER_RUNS)
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
         let run_task = load_locked(&mut ch, &locked)?;
         let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
         order.sort_by_key(|(r, t)| (*t, *r));
@@ -997,12 +1064,16 @@ impl PostgresStore {
         let subtasks: Vec<SubTask> = serde_json::from_value(subtasks)
             .map_err(|e| rows::corrupt("plans", format!("column `subtasks`: {e}")))?;
         let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
-        let ids: HashMap<&str, TaskId> =
-            subtasks.iter().map(|st| (st.id.as_str(), TaskId::new())).collect();
+        let ids: HashMap<&str, TaskId> = subtasks
+            .iter()
+            .map(|st| (st.id.as_str(), TaskId::new()))
+            .collect();
         let mut batch = TaskRows::default();
         let (mut child, mut parent_of, mut position) = (Vec::new(), Vec::new(), Vec::new());
         for st in &subtasks {
-            let Some(&tid) = ids.get(st.id.as_str()) else { continue };
+            let Some(&tid) = ids.get(st.id.as_str()) else {
+                continue;
+            };
             let deps: Vec<TaskId> = hive_models::unique_dependencies(st)
                 .into_iter()
                 .filter_map(|d| ids.get(d).copied())
@@ -1046,11 +1117,15 @@ impl PostgresStore {
     async fn cancel_plan_once(&self, id: PlanId) -> R<Option<Vec<TaskId>>> {
         let mut tx = self.pool.begin().await?;
         // Tasks before the plan: the order every other writer locks them in.
-        sqlx::query(LOCK_PLAN_TASKS).bind(id.0).execute(&mut *tx).await?;
-        let Some(plan) = sqlx::query("SELECT status, now() AS now FROM plans WHERE id = $1 FOR UPDATE")
+        sqlx::query(LOCK_PLAN_TASKS)
             .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await?
+            .execute(&mut *tx)
+            .await?;
+        let Some(plan) =
+            sqlx::query("SELECT status, now() AS now FROM plans WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
         else {
             return Ok(None);
         };
@@ -1059,9 +1134,11 @@ impl PostgresStore {
         }
         let mut ch = Changes::new(&self.notifier, server_now(&plan)?);
         ch.load_plan_ids(&mut tx, &[id]).await?;
-        ch.set_plan_status(id, PlanStatus::Cancelled);
         // Again, now that the plan is locked: tasks materialized meanwhile are included.
-        let open = sqlx::query(LOCK_PLAN_TASKS).bind(id.0).fetch_all(&mut *tx).await?;
+        let open = sqlx::query(LOCK_PLAN_TASKS)
+            .bind(id.0)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut tasks = Vec::with_capacity(open.len());
         for row in &open {
             let (tid, node) = Node::from_row(row)?;
@@ -1079,6 +1156,7 @@ impl PostgresStore {
             ch.note(self.notifier.task_status(tid, TaskStatus::Cancelled));
             cancelled.push(tid);
         }
+        ch.cancel_plan(id, cancelled.len());
         ch.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(cancelled))
@@ -1096,8 +1174,12 @@ impl Store for PostgresStore {
     }
 
     async fn now(&self) -> Result<Timestamp> {
-        self.run(async { Ok(sqlx::query_scalar("SELECT now()").fetch_one(&self.pool).await?) })
-            .await
+        self.run(async {
+            Ok(sqlx::query_scalar("SELECT now()")
+                .fetch_one(&self.pool)
+                .await?)
+        })
+        .await
     }
 
     async fn subscribe(&self) -> Result<broadcast::Receiver<Notification>> {
@@ -1173,7 +1255,11 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn set_task_status(&self, id: TaskId, change: StatusChange) -> Result<Option<StatusChanged>> {
+    async fn set_task_status(
+        &self,
+        id: TaskId,
+        change: StatusChange,
+    ) -> Result<Option<StatusChanged>> {
         self.retrying(|| self.set_status_once(id, &change)).await
     }
 
@@ -1197,7 +1283,10 @@ impl Store for PostgresStore {
 
     async fn prune_tasks(&self, p: &PruneParams) -> Result<u64> {
         if let Some(bad) = p.statuses.iter().find(|s| !s.is_terminal()) {
-            return Err(invalid("statuses", format!("only terminal tasks can be pruned, not `{bad}`")));
+            return Err(invalid(
+                "statuses",
+                format!("only terminal tasks can be pruned, not `{bad}`"),
+            ));
         }
         let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
         self.retrying(|| {
@@ -1329,7 +1418,11 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn heartbeat(&self, id: &WorkerId, status: Option<WorkerStatus>) -> Result<Option<HeartbeatReport>> {
+    async fn heartbeat(
+        &self,
+        id: &WorkerId,
+        status: Option<WorkerStatus>,
+    ) -> Result<Option<HeartbeatReport>> {
         self.run(async {
             let row = sqlx::query(
                 "WITH w AS ( \
@@ -1423,7 +1516,11 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn list_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> Result<Vec<ExecutionPlan>> {
+    async fn list_plans(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<ExecutionPlan>> {
         self.run(async {
             let found = sqlx::query(
                 "SELECT * FROM plans WHERE ($1::text IS NULL OR status = $1::text) \
@@ -1483,7 +1580,10 @@ impl Store for PostgresStore {
             .await?;
             let mut met = HashMap::with_capacity(found.len());
             for row in &found {
-                met.insert(TaskId(rows::get(row, "id", "tasks")?), rows::get(row, "met", "tasks")?);
+                met.insert(
+                    TaskId(rows::get(row, "id", "tasks")?),
+                    rows::get(row, "met", "tasks")?,
+                );
             }
             Ok(met)
         })
@@ -1505,9 +1605,14 @@ mod tests {
         assert_eq!(s.acquire_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(s.url, "postgres://u:p%40ss@db:6543/hive?sslmode=disable");
         assert_eq!(s.password.as_deref(), Some("p@ss"));
-        let bare = split_url(&DatabaseUrl::new("postgres://db/hive?max_connections=4")).unwrap_or_else(|e| panic!("{e}"));
+        let bare = split_url(&DatabaseUrl::new("postgres://db/hive?max_connections=4"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(bare.url, "postgres://db/hive");
-        for bad in ["max_connections=0", "max_connections=x", "acquire_timeout_secs=-1"] {
+        for bad in [
+            "max_connections=0",
+            "max_connections=x",
+            "acquire_timeout_secs=-1",
+        ] {
             let url = DatabaseUrl::new(format!("postgres://db/hive?{bad}"));
             assert!(matches!(split_url(&url), Err(Error::Invalid(_))), "{bad}");
         }
@@ -1515,7 +1620,10 @@ mod tests {
 
     #[test]
     fn scrub_hides_the_password() {
-        assert_eq!(scrub("auth failed for s3cret".into(), Some("s3cret")), "auth failed for ***");
+        assert_eq!(
+            scrub("auth failed for s3cret".into(), Some("s3cret")),
+            "auth failed for ***"
+        );
         assert_eq!(scrub("fine".into(), None), "fine");
     }
 
@@ -1528,7 +1636,11 @@ mod tests {
     #[test]
     fn terminal_list_matches_the_model() {
         for s in TaskStatus::ALL {
-            assert_eq!(terminal_statuses!().contains(&format!("'{s}'")), s.is_terminal(), "{s}");
+            assert_eq!(
+                terminal_statuses!().contains(&format!("'{s}'")),
+                s.is_terminal(),
+                "{s}"
+            );
         }
     }
 }

@@ -71,10 +71,9 @@ use sqlx::{Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use crate::{
-    Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport,
-    HeartbeatReport, Notification, Notifier, PruneParams, ReapParams, ReapReport, Result,
-    RunOutcome, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter,
-    WorkerRegistration,
+    Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport, HeartbeatReport,
+    Notification, Notifier, PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
+    StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
 };
 use db::{Fail, R};
 
@@ -146,7 +145,11 @@ impl ParsedUrl {
         };
         Ok(ParsedUrl {
             sqlx_url,
-            path: if path.is_empty() { ":memory:".into() } else { path.into() },
+            path: if path.is_empty() {
+                ":memory:".into()
+            } else {
+                path.into()
+            },
             in_memory,
             max_connections,
             acquire_timeout,
@@ -205,10 +208,7 @@ impl SqliteStore {
                 // possibly the last commits when the machine loses power.
                 .synchronous(SqliteSynchronous::Normal);
             // The writer connects first: it creates the file and switches it to WAL.
-            let writer = pool(1)
-                .connect_with(opts.clone())
-                .await
-                .map_err(sql_err)?;
+            let writer = pool(1).connect_with(opts.clone()).await.map_err(sql_err)?;
             let reader = pool(readers).connect_with(opts).await.map_err(sql_err)?;
             (reader, writer)
         };
@@ -502,12 +502,7 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn transition_plan(
-        &self,
-        id: PlanId,
-        from: PlanStatus,
-        to: PlanStatus,
-    ) -> Result<bool> {
+    async fn transition_plan(&self, id: PlanId, from: PlanStatus, to: PlanStatus) -> Result<bool> {
         let mut tx = self.begin().await?;
         let out = plans::transition(&mut tx, id, from, to).await;
         let notes = match &out {

@@ -152,8 +152,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>>;
 
     /// Plans, newest first, optionally of one status.
-    async fn list_plans(&self, status: Option<PlanStatus>, limit: Option<u32>)
-    -> Result<Vec<ExecutionPlan>>;
+    async fn list_plans(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<ExecutionPlan>>;
 
     /// Creates one task per subtask (plan id, subtask id, dependency rows and
     /// `pending_dependencies` set) in one transaction and marks the plan materialized.
@@ -161,8 +164,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>>;
 
     /// Compare-and-set of a plan's status: true when it was `from` and is now `to`.
-    async fn transition_plan(&self, id: PlanId, from: PlanStatus, to: PlanStatus)
-    -> Result<bool>;
+    async fn transition_plan(&self, id: PlanId, from: PlanStatus, to: PlanStatus) -> Result<bool>;
 
     /// Cancels a non-terminal plan and all its non-terminal tasks (closing their runs).
     /// Returns the cancelled task ids; `None` for an unknown plan; `Some(empty)` when the

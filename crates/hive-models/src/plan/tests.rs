@@ -18,21 +18,42 @@ fn plan_err(subtasks: &[SubTask]) -> PlanError {
 
 #[test]
 fn diamond_is_valid() {
-    let diamond = [st("a", &[]), st("b", &["a"]), st("c", &["a"]), st("d", &["b", "c"])];
+    let diamond = [
+        st("a", &[]),
+        st("b", &["a"]),
+        st("c", &["a"]),
+        st("d", &["b", "c"]),
+    ];
     assert!(validate_subtasks(&diamond, LIMIT).is_ok());
 }
 
 #[test]
 fn each_malformation_is_named() {
     assert_eq!(plan_err(&[]), PlanError::Empty);
-    assert_eq!(plan_err(&[st("a", &[]), st("a", &[])]), PlanError::DuplicateId("a".into()));
-    assert_eq!(plan_err(&[st("a", &["a"])]), PlanError::SelfDependency("a".into()));
+    assert_eq!(
+        plan_err(&[st("a", &[]), st("a", &[])]),
+        PlanError::DuplicateId("a".into())
+    );
+    assert_eq!(
+        plan_err(&[st("a", &["a"])]),
+        PlanError::SelfDependency("a".into())
+    );
     assert_eq!(
         plan_err(&[st("a", &["zz"])]),
-        PlanError::UnknownDependency { subtask: "a".into(), dependency: "zz".into() }
+        PlanError::UnknownDependency {
+            subtask: "a".into(),
+            dependency: "zz".into()
+        }
     );
-    let e = plan_err(&[st("a", &["c"]), st("b", &["a"]), st("c", &["b"]), st("d", &[])]);
-    let PlanError::Cycle(ids) = &e else { panic!("{e:?}") };
+    let e = plan_err(&[
+        st("a", &["c"]),
+        st("b", &["a"]),
+        st("c", &["b"]),
+        st("d", &[]),
+    ]);
+    let PlanError::Cycle(ids) = &e else {
+        panic!("{e:?}")
+    };
     assert_eq!(ids.first(), ids.last());
     for id in ["a", "b", "c"] {
         assert!(ids.iter().any(|x| x == id), "{e}");
@@ -40,14 +61,20 @@ fn each_malformation_is_named() {
     assert!(e.to_string().starts_with("dependency cycle: "));
     let mut blank = st("x", &[]);
     blank.title = " ".into();
-    assert!(matches!(plan_err(&[blank]), PlanError::InvalidSubtask { subtask, .. } if subtask == "x"));
+    assert!(
+        matches!(plan_err(&[blank]), PlanError::InvalidSubtask { subtask, .. } if subtask == "x")
+    );
 }
 
 #[test]
 fn long_chain_does_not_overflow() {
     let chain: Vec<SubTask> = (0..100_000)
         .map(|i| {
-            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("n{}", i - 1)] };
+            let deps: Vec<String> = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("n{}", i - 1)]
+            };
             SubTask::new(format!("n{i}"), "t", "x").depends_on(deps)
         })
         .collect();
@@ -56,15 +83,22 @@ fn long_chain_does_not_overflow() {
 
 #[test]
 fn plan_counters_and_status() {
-    let new = NewPlan { title: "p".into(), description: String::new(), parent_task_id: None,
-        subtasks: vec![st("a", &[]), st("b", &["a"])] };
+    let new = NewPlan {
+        title: "p".into(),
+        description: String::new(),
+        parent_task_id: None,
+        subtasks: vec![st("a", &[]), st("b", &["a"])],
+    };
     let mut plan = ExecutionPlan::from_new(PlanId::new(), new, chrono::Utc::now());
     assert_eq!(plan.get_dependencies("b"), ["a".to_string()]);
     assert!(plan.start_execution());
     assert!(!plan.start_execution());
     plan.increment_completed();
     assert_eq!(plan.get_progress_percentage(), 50.0);
-    assert!(plan.add_dependency("a", "b").is_err(), "a cycle must be refused");
+    assert!(
+        plan.add_dependency("a", "b").is_err(),
+        "a cycle must be refused"
+    );
     assert_eq!(plan.get_dependencies("a"), [] as [String; 0]);
     assert!(plan.complete());
     assert!(!plan.fail());
@@ -74,19 +108,24 @@ fn plan_counters_and_status() {
 /// A random DAG: node i depends only on nodes with a smaller index.
 fn dag() -> impl Strategy<Value = Vec<SubTask>> {
     (2usize..20).prop_flat_map(|n| {
-        proptest::collection::vec(proptest::collection::vec(any::<prop::sample::Index>(), 0..3), n)
-            .prop_map(move |deps| {
-                deps.iter()
-                    .enumerate()
-                    .map(|(i, ds)| {
-                        let mut d: Vec<String> = if i == 0 { vec![] } else {
-                            ds.iter().map(|x| format!("s{}", x.index(i))).collect()
-                        };
-                        d.dedup();
-                        SubTask::new(format!("s{i}"), "t", "x").depends_on(d)
-                    })
-                    .collect()
-            })
+        proptest::collection::vec(
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+            n,
+        )
+        .prop_map(move |deps| {
+            deps.iter()
+                .enumerate()
+                .map(|(i, ds)| {
+                    let mut d: Vec<String> = if i == 0 {
+                        vec![]
+                    } else {
+                        ds.iter().map(|x| format!("s{}", x.index(i))).collect()
+                    };
+                    d.dedup();
+                    SubTask::new(format!("s{i}"), "t", "x").depends_on(d)
+                })
+                .collect()
+        })
     })
 }
 

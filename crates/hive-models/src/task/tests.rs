@@ -27,7 +27,11 @@ fn unknown_status_lists_valid_names() {
 
 #[test]
 fn terminal_statuses_only_leave_by_requeue() {
-    for from in [TaskStatus::Completed, TaskStatus::Cancelled, TaskStatus::Failed] {
+    for from in [
+        TaskStatus::Completed,
+        TaskStatus::Cancelled,
+        TaskStatus::Failed,
+    ] {
         for to in TaskStatus::ALL {
             assert_eq!(from.can_transition_to(*to), from == *to, "{from} -> {to}");
         }
@@ -42,7 +46,10 @@ fn illegal_transition_names_both_ends() {
         .check_transition(TaskStatus::InProgress)
         .unwrap_err()
         .to_string();
-    assert_eq!(err, "illegal task status transition from `completed` to `in_progress`");
+    assert_eq!(
+        err,
+        "illegal task status transition from `completed` to `in_progress`"
+    );
 }
 
 #[test]
@@ -50,10 +57,12 @@ fn task_methods_follow_the_table() {
     let now = chrono::Utc::now();
     let mut t = Task::from_new(TaskId::new(), NewTask::new("t", "x"), now);
     assert!(t.is_ready_at(now));
-    t.assign_to_worker(WorkerId::parse("w").unwrap(), now).unwrap();
+    t.assign_to_worker(WorkerId::parse("w").unwrap(), now)
+        .unwrap();
     assert!(t.is_active() && !t.is_ready_at(now));
     t.start_execution(now).unwrap();
-    t.complete(Some(serde_json::json!({"ok": true})), now).unwrap();
+    t.complete(Some(serde_json::json!({"ok": true})), now)
+        .unwrap();
     assert!(t.is_terminal());
     assert!(t.cancel(now).is_err());
     assert_eq!(t.status, TaskStatus::Completed);
@@ -78,7 +87,10 @@ fn new_task_validation_names_the_field() {
     let e = NewTask::new("t", "  ").validate(10).unwrap_err();
     assert!(e.to_string().contains("`task_type`"));
     let big = NewTask::new("t", "x").payload(serde_json::json!("x".repeat(100)));
-    assert!(matches!(big.validate(50), Err(Error::PayloadTooLarge { limit: 50, .. })));
+    assert!(matches!(
+        big.validate(50),
+        Err(Error::PayloadTooLarge { limit: 50, .. })
+    ));
     assert!(big.validate(DEFAULT_MAX_PAYLOAD_BYTES).is_ok());
     assert!(NewTask::new("t\0", "x").validate(100).is_err());
 }

@@ -13,7 +13,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::DurationRound;
 use hive_models::{
-    Json, PlanId, PlanStatus, RetryPolicy, RunId, RunStatus, TaskId, TaskStatus, Timestamp,
+    ExecutionPlan, Json, NewPlan, PlanId, PlanStatus, RetryPolicy, RunId, RunStatus, TaskId,
+    TaskStatus, Timestamp,
 };
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
@@ -52,12 +53,11 @@ impl Node {
     }
 }
 
+/// A locked plan's status and counters, as a model without its subtasks (reading those
+/// would make every completion cost the size of its plan), so the model's own rules apply.
 #[derive(Debug, Clone)]
 struct PlanState {
-    status: PlanStatus,
-    total: i64,
-    completed: i64,
-    failed: i64,
+    plan: ExecutionPlan,
     /// A task of the plan reached a terminal status: write the plan back (and stamp it).
     touched: bool,
 }
@@ -86,7 +86,13 @@ pub(super) struct RunPatch {
 
 impl RunPatch {
     pub fn close(id: RunId, status: RunStatus) -> Self {
-        RunPatch { id, status, result: None, error: None, log: None }
+        RunPatch {
+            id,
+            status,
+            result: None,
+            error: None,
+            log: None,
+        }
     }
 }
 
@@ -107,8 +113,6 @@ pub(super) struct Changes<'n> {
     /// Dependents of the tasks a failure may cancel, in insertion order.
     children: HashMap<TaskId, Vec<TaskId>>,
     plans: HashMap<PlanId, PlanState>,
-    /// For a plan whose task may be cancelled: its tasks that were not terminal.
-    plan_open: HashMap<PlanId, Vec<TaskId>>,
     tasks: Vec<TaskPatch>,
     task_index: HashMap<TaskId, usize>,
     runs: Vec<RunPatch>,
@@ -135,7 +139,8 @@ const CASCADE: &str = concat!(
      FOR UPDATE OF t"
 );
 
-const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks \
+const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
+     cancelled_subtasks \
      FROM plans WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
@@ -174,17 +179,18 @@ WITH run_in AS ( \
     FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY($9::uuid[])) \
     RETURNING t.id \
 ), plan_in AS ( \
-    SELECT * FROM unnest($19::uuid[], $20::text[], $21::bigint[], $22::bigint[]) \
-        AS x(id, status, completed, failed) \
+    SELECT * FROM unnest($19::uuid[], $20::text[], $21::bigint[], $22::bigint[], \
+                         $23::bigint[]) \
+        AS x(id, status, completed, failed, cancelled) \
 ), plan_upd AS ( \
     UPDATE plans p SET status = x.status, completed_subtasks = x.completed, \
-        failed_subtasks = x.failed, updated_at = now() \
+        failed_subtasks = x.failed, cancelled_subtasks = x.cancelled, updated_at = now() \
     FROM plan_in x WHERE p.id = x.id \
     RETURNING p.id \
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
        (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
-       (SELECT count(pg_notify('hive_events', n)) FROM unnest($23::text[]) AS n) AS notified";
+       (SELECT count(pg_notify('hive_events', n)) FROM unnest($24::text[]) AS n) AS notified";
 
 /// `at + d`, kept within the range Postgres timestamps hold and at microsecond precision
 /// (what the database stores, so reports equal the rows).
@@ -193,7 +199,8 @@ pub(super) fn after(at: Timestamp, d: std::time::Duration) -> Timestamp {
         .unwrap_or(chrono::Duration::MAX)
         .min(chrono::Duration::days(super::MAX_DAYS));
     let t = at.checked_add_signed(d).unwrap_or(at);
-    t.duration_trunc(chrono::Duration::microseconds(1)).unwrap_or(t)
+    t.duration_trunc(chrono::Duration::microseconds(1))
+        .unwrap_or(t)
 }
 
 impl<'n> Changes<'n> {
@@ -204,7 +211,6 @@ impl<'n> Changes<'n> {
             nodes: HashMap::new(),
             children: HashMap::new(),
             plans: HashMap::new(),
-            plan_open: HashMap::new(),
             tasks: Vec::new(),
             task_index: HashMap::new(),
             runs: Vec::new(),
@@ -238,7 +244,11 @@ impl<'n> Changes<'n> {
     }
 
     /// Loads (and locks) the dependents that failures of `roots` may cancel.
-    pub async fn load_cascade(&mut self, conn: &mut PgConnection, roots: &[TaskId]) -> Result<(), Fail> {
+    pub async fn load_cascade(
+        &mut self,
+        conn: &mut PgConnection,
+        roots: &[TaskId],
+    ) -> Result<(), Fail> {
         if roots.is_empty() {
             return Ok(());
         }
@@ -261,17 +271,24 @@ impl<'n> Changes<'n> {
         Ok(())
     }
 
-    /// Loads (and locks) the plans of the given tasks.
-    pub async fn load_plans(&mut self, conn: &mut PgConnection, tasks: &[TaskId]) -> Result<(), Fail> {
-        let plans: Vec<PlanId> =
-            tasks.iter().filter_map(|t| self.nodes.get(t).and_then(|n| n.plan_id)).collect();
+    /// Loads (and locks) the plans of every task loaded so far: the tasks a batch may
+    /// finish or cancel.
+    pub async fn load_plans(&mut self, conn: &mut PgConnection) -> Result<(), Fail> {
+        let plans: Vec<PlanId> = self.nodes.values().filter_map(|n| n.plan_id).collect();
         self.load_plan_ids(conn, &plans).await
     }
 
     /// Loads (and locks, in id order) plans not loaded yet.
-    pub async fn load_plan_ids(&mut self, conn: &mut PgConnection, plans: &[PlanId]) -> Result<(), Fail> {
-        let mut ids: Vec<Uuid> =
-            plans.iter().filter(|p| !self.plans.contains_key(p)).map(|p| p.0).collect();
+    pub async fn load_plan_ids(
+        &mut self,
+        conn: &mut PgConnection,
+        plans: &[PlanId],
+    ) -> Result<(), Fail> {
+        let mut ids: Vec<Uuid> = plans
+            .iter()
+            .filter(|p| !self.plans.contains_key(p))
+            .map(|p| p.0)
+            .collect();
         ids.sort();
         ids.dedup();
         if ids.is_empty() {
@@ -281,38 +298,35 @@ impl<'n> Changes<'n> {
         for row in &found {
             const P: &str = "plans";
             let id = PlanId(rows::get(row, "id", P)?);
-            let state = PlanState {
-                status: rows::plan_status(row, "status")?,
-                total: rows::get(row, "total_subtasks", P)?,
-                completed: rows::get(row, "completed_subtasks", P)?,
-                failed: rows::get(row, "failed_subtasks", P)?,
-                touched: false,
-            };
+            let mut plan = ExecutionPlan::from_new(
+                id,
+                NewPlan {
+                    title: String::new(),
+                    description: String::new(),
+                    parent_task_id: None,
+                    subtasks: Vec::new(),
+                },
+                self.at,
+            );
+            plan.status = rows::plan_status(row, "status")?;
+            plan.total_subtasks = rows::big_count(row, "total_subtasks", P)?;
+            plan.completed_subtasks = rows::big_count(row, "completed_subtasks", P)?;
+            plan.failed_subtasks = rows::big_count(row, "failed_subtasks", P)?;
+            plan.cancelled_subtasks = rows::big_count(row, "cancelled_subtasks", P)?;
+            let state = PlanState { plan, touched: false };
             self.plans.insert(id, state);
         }
         Ok(())
     }
 
-    /// Sets a loaded plan's status (written back with its counters).
-    pub fn set_plan_status(&mut self, id: PlanId, status: PlanStatus) {
+    /// Cancels a loaded plan, counting `cancelled` more cancelled subtasks.
+    pub fn cancel_plan(&mut self, id: PlanId, cancelled: usize) {
         if let Some(p) = self.plans.get_mut(&id) {
-            p.status = status;
+            p.plan.status = PlanStatus::Cancelled;
+            let n = u32::try_from(cancelled).unwrap_or(u32::MAX);
+            p.plan.cancelled_subtasks = p.plan.cancelled_subtasks.saturating_add(n);
             p.touched = true;
         }
-    }
-
-    /// Remembers which of a plan's tasks are not terminal, for the "every task of the plan
-    /// is terminal" rule a cancellation applies.
-    pub async fn load_plan_open(&mut self, conn: &mut PgConnection, plan: PlanId) -> Result<(), Fail> {
-        let open: Vec<Uuid> = sqlx::query_scalar(concat!(
-            "SELECT id FROM tasks WHERE plan_id = $1 AND status NOT IN ",
-            "('completed', 'failed', 'cancelled')"
-        ))
-        .bind(plan.0)
-        .fetch_all(conn)
-        .await?;
-        self.plan_open.insert(plan, open.into_iter().map(TaskId).collect());
-        Ok(())
     }
 
     fn patch(&mut self, id: TaskId) -> &mut TaskPatch {
@@ -363,8 +377,12 @@ impl<'n> Changes<'n> {
 
     /// Closes the task's current run if it is running.
     pub fn close_run(&mut self, task_id: TaskId, patch: impl FnOnce(RunId) -> RunPatch) {
-        let Some(node) = self.nodes.get_mut(&task_id) else { return };
-        let Some(run_id) = node.current_run.filter(|_| node.run_running) else { return };
+        let Some(node) = self.nodes.get_mut(&task_id) else {
+            return;
+        };
+        let Some(run_id) = node.current_run.filter(|_| node.run_running) else {
+            return;
+        };
         node.run_running = false;
         self.runs.push(patch(run_id));
     }
@@ -381,68 +399,66 @@ impl<'n> Changes<'n> {
     /// Applies the dependency and plan rules after `id` reached a terminal status.
     pub fn on_terminal(&mut self, id: TaskId) -> Effects {
         let mut fx = Effects::default();
-        let Some(node) = self.nodes.get(&id) else { return fx };
+        let Some(node) = self.nodes.get(&id) else {
+            return fx;
+        };
         let status = node.status;
-        let plan_id = node.plan_id;
+        if let Some(pid) = node.plan_id {
+            // The task's own plan update counts first, so a failure's cancelled
+            // descendants find the plan failed already.
+            self.update_plan(pid, status, &mut fx);
+        }
         if status == TaskStatus::Completed {
             // Dependents' counters drop in the write statement, through the depends_on index.
             self.completed.push(id);
-        } else {
-            let mut queue: VecDeque<TaskId> =
-                self.children.get(&id).cloned().unwrap_or_default().into();
-            let mut seen = HashSet::new();
-            while let Some(d) = queue.pop_front() {
-                if !seen.insert(d) {
-                    continue;
-                }
-                let Some(n) = self.nodes.get(&d) else { continue };
-                if n.status.is_terminal() {
-                    continue;
-                }
-                self.close_run(d, |r| RunPatch::close(r, RunStatus::Cancelled));
-                self.set_status(d, TaskStatus::Cancelled);
-                self.notes.push(self.notifier.task_status(d, TaskStatus::Cancelled));
-                fx.cancelled.push(d);
-                queue.extend(self.children.get(&d).cloned().unwrap_or_default());
-            }
+            return fx;
         }
-        if let Some(pid) = plan_id {
-            fx.plan_transition = self.update_plan(pid, status);
-            if let Some((p, s)) = fx.plan_transition {
-                self.notes.push(self.notifier.plan_status(p, s));
+        let mut queue: VecDeque<TaskId> =
+            self.children.get(&id).cloned().unwrap_or_default().into();
+        let mut seen = HashSet::new();
+        while let Some(d) = queue.pop_front() {
+            if !seen.insert(d) {
+                continue;
             }
+            let Some(n) = self.nodes.get(&d) else {
+                continue;
+            };
+            if n.status.is_terminal() {
+                continue;
+            }
+            let plan_id = n.plan_id;
+            self.close_run(d, |r| RunPatch::close(r, RunStatus::Cancelled));
+            self.set_status(d, TaskStatus::Cancelled);
+            self.notes
+                .push(self.notifier.task_status(d, TaskStatus::Cancelled));
+            fx.cancelled.push(d);
+            if let Some(pid) = plan_id {
+                self.update_plan(pid, TaskStatus::Cancelled, &mut fx);
+            }
+            queue.extend(self.children.get(&d).cloned().unwrap_or_default());
         }
         fx
     }
 
-    /// Plan counters and status after one of its tasks reached `status`.
-    fn update_plan(&mut self, pid: PlanId, status: TaskStatus) -> Option<(PlanId, PlanStatus)> {
-        let all_terminal = status == TaskStatus::Cancelled
-            && self.plan_open.get(&pid).is_some_and(|open| {
-                open.iter()
-                    .all(|t| self.nodes.get(t).is_some_and(|n| n.status.is_terminal()))
-            });
-        let plan = self.plans.get_mut(&pid)?;
-        plan.touched = true;
+    /// Plan counters and status after one of its tasks reached `status`; a transition is
+    /// announced and recorded in `fx` (the last one wins, as in the memory store).
+    fn update_plan(&mut self, pid: PlanId, status: TaskStatus, fx: &mut Effects) {
+        let Some(state) = self.plans.get_mut(&pid) else {
+            return;
+        };
+        state.touched = true;
+        let plan = &mut state.plan;
         match status {
-            TaskStatus::Completed => plan.completed = plan.completed.saturating_add(1),
-            TaskStatus::Failed => plan.failed = plan.failed.saturating_add(1),
+            TaskStatus::Completed => plan.increment_completed(),
+            TaskStatus::Failed => plan.increment_failed(),
+            TaskStatus::Cancelled => plan.increment_cancelled(),
             _ => {}
         }
-        if plan.status.is_terminal() {
-            return None;
+        if let Some(to) = plan.status_after(status) {
+            plan.status = to;
+            self.notes.push(self.notifier.plan_status(pid, to));
+            fx.plan_transition = Some((pid, to));
         }
-        let to = if status == TaskStatus::Failed {
-            PlanStatus::Failed
-        } else if plan.completed >= plan.total {
-            PlanStatus::Completed
-        } else if all_terminal {
-            if plan.failed > 0 { PlanStatus::Failed } else { PlanStatus::Cancelled }
-        } else {
-            return None;
-        };
-        plan.status = to;
-        Some((pid, to))
     }
 
     /// Fails or requeues a task after its run failed or timed out.
@@ -461,12 +477,14 @@ impl<'n> Changes<'n> {
             Some(policy) if attempts <= max_retries => {
                 let run_at = after(self.at, policy.backoff(attempts));
                 self.requeue(id, Some(run_at));
-                self.notes.push(self.notifier.task_status(id, TaskStatus::Queued));
+                self.notes
+                    .push(self.notifier.task_status(id, TaskStatus::Queued));
                 (Finished::Retrying { run_at }, Effects::default())
             }
             _ => {
                 self.set_status(id, TaskStatus::Failed);
-                self.notes.push(self.notifier.task_status(id, TaskStatus::Failed));
+                self.notes
+                    .push(self.notifier.task_status(id, TaskStatus::Failed));
                 let fx = self.on_terminal(id);
                 (Finished::Failed, fx)
             }
@@ -495,8 +513,11 @@ impl<'n> Changes<'n> {
         {
             return Ok(());
         }
-        let payloads: Vec<String> =
-            self.notes.iter().filter_map(|n| serde_json::to_string(n).ok()).collect();
+        let payloads: Vec<String> = self
+            .notes
+            .iter()
+            .filter_map(|n| serde_json::to_string(n).ok())
+            .collect();
 
         let mut r_id = Vec::with_capacity(self.runs.len());
         let mut r_status = Vec::with_capacity(self.runs.len());
@@ -544,11 +565,13 @@ impl<'n> Changes<'n> {
         let mut p_status = Vec::new();
         let mut p_completed = Vec::new();
         let mut p_failed = Vec::new();
+        let mut p_cancelled = Vec::new();
         for (id, p) in touched_plans {
             p_id.push(id.0);
-            p_status.push(p.status.as_str());
-            p_completed.push(p.completed);
-            p_failed.push(p.failed);
+            p_status.push(p.plan.status.as_str());
+            p_completed.push(i64::from(p.plan.completed_subtasks));
+            p_failed.push(i64::from(p.plan.failed_subtasks));
+            p_cancelled.push(i64::from(p.plan.cancelled_subtasks));
         }
 
         sqlx::query(APPLY)
@@ -574,6 +597,7 @@ impl<'n> Changes<'n> {
             .bind(p_status)
             .bind(p_completed)
             .bind(p_failed)
+            .bind(p_cancelled)
             .bind(payloads)
             .execute(conn)
             .await?;

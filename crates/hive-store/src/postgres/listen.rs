@@ -30,7 +30,10 @@ impl Handle {
 
 /// Connects and LISTENs before returning, so that every notification committed after
 /// `subscribe()` returns reaches the subscriber; then forwards in the background.
-pub(super) async fn start(options: PgConnectOptions, notifier: Notifier) -> Result<Handle, sqlx::Error> {
+pub(super) async fn start(
+    options: PgConnectOptions,
+    notifier: Notifier,
+) -> Result<Handle, sqlx::Error> {
     let listener = open(&options).await?;
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(run(listener, options, notifier, stopped));

@@ -1,11 +1,11 @@
 //! Turning Postgres rows into the models, refusing anything the models cannot represent.
 
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask, Task,
-    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, Json, NewPlan, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask, Task, TaskId,
+    TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
-use sqlx::postgres::{PgRow, Postgres};
 use sqlx::Row;
+use sqlx::postgres::{PgRow, Postgres};
 use uuid::Uuid;
 
 use super::Fail;
@@ -16,11 +16,15 @@ pub(super) fn get<'r, T>(row: &'r PgRow, column: &str, table: &'static str) -> R
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
-    row.try_get(column).map_err(|e| corrupt(table, format!("column `{column}`: {e}")))
+    row.try_get(column)
+        .map_err(|e| corrupt(table, format!("column `{column}`: {e}")))
 }
 
 pub(super) fn corrupt(table: &'static str, reason: impl Into<String>) -> Fail {
-    Fail::Store(Error::Corrupt { table, reason: reason.into() })
+    Fail::Store(Error::Corrupt {
+        table,
+        reason: reason.into(),
+    })
 }
 
 fn parse<T>(row: &PgRow, column: &str, table: &'static str) -> Result<T, Fail>
@@ -28,16 +32,25 @@ where
     T: std::str::FromStr<Err = hive_models::Error>,
 {
     let text: String = get(row, column, table)?;
-    text.parse().map_err(|e: hive_models::Error| corrupt(table, e.to_string()))
+    text.parse()
+        .map_err(|e: hive_models::Error| corrupt(table, e.to_string()))
 }
 
 fn unsigned<S>(row: &PgRow, column: &str, table: &'static str) -> Result<u32, Fail>
 where
-    S: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + TryInto<u32> + Copy + std::fmt::Display,
+    S: for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+        + TryInto<u32>
+        + Copy
+        + std::fmt::Display,
 {
     let n: S = get(row, column, table)?;
-    n.try_into()
-        .map_err(|_| corrupt(table, format!("column `{column}`: {n} is not a valid count")))
+    n.try_into().map_err(|_| {
+        corrupt(
+            table,
+            format!("column `{column}`: {n} is not a valid count"),
+        )
+    })
 }
 
 pub(super) fn task_status(row: &PgRow, column: &str) -> Result<TaskStatus, Fail> {
@@ -147,6 +160,7 @@ pub(super) fn plan(row: &PgRow) -> Result<ExecutionPlan, Fail> {
     plan.total_subtasks = big_count(row, "total_subtasks", T)?;
     plan.completed_subtasks = big_count(row, "completed_subtasks", T)?;
     plan.failed_subtasks = big_count(row, "failed_subtasks", T)?;
+    plan.cancelled_subtasks = big_count(row, "cancelled_subtasks", T)?;
     plan.materialized = get(row, "materialized", T)?;
     plan.updated_at = get(row, "updated_at", T)?;
     Ok(plan)

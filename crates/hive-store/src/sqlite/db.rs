@@ -147,7 +147,8 @@ pub(super) fn us(t: Timestamp) -> i64 {
 }
 
 pub(super) fn ts(table: &'static str, v: i64) -> R<Timestamp> {
-    DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(table, format!("timestamp {v} out of range")))
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| corrupt(table, format!("timestamp {v} out of range")))
 }
 
 pub(super) fn corrupt(table: &'static str, reason: impl Into<String>) -> Fail {
@@ -196,7 +197,8 @@ impl<'r> Cols<'r> {
 
     pub fn u32(&self, col: &str) -> R<u32> {
         let v: i64 = self.get(col)?;
-        u32::try_from(v).map_err(|_| corrupt(self.table, format!("column `{col}`: {v} is not a u32")))
+        u32::try_from(v)
+            .map_err(|_| corrupt(self.table, format!("column `{col}`: {v} is not a u32")))
     }
 
     pub fn ts(&self, col: &str) -> R<Timestamp> {
@@ -204,7 +206,9 @@ impl<'r> Cols<'r> {
     }
 
     pub fn ts_opt(&self, col: &str) -> R<Option<Timestamp>> {
-        self.get::<Option<i64>>(col)?.map(|v| ts(self.table, v)).transpose()
+        self.get::<Option<i64>>(col)?
+            .map(|v| ts(self.table, v))
+            .transpose()
     }
 
     pub fn parse<T: FromStr>(&self, col: &str) -> R<T>
@@ -292,7 +296,6 @@ pub(super) async fn fetch_task(c: &mut Conn, id: TaskId) -> R<Option<Task>> {
     row.as_ref().map(task_from_row).transpose()
 }
 
-
 pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {
     let c = Cols::new(row, "runs");
     Ok(Run {
@@ -312,7 +315,6 @@ pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {
     })
 }
 
-
 pub(super) fn worker_from_row(row: &SqliteRow) -> R<Worker> {
     let c = Cols::new(row, "workers");
     Ok(Worker {
@@ -326,7 +328,6 @@ pub(super) fn worker_from_row(row: &SqliteRow) -> R<Worker> {
         metadata: c.json("metadata")?,
     })
 }
-
 
 pub(super) fn plan_from_row(row: &SqliteRow) -> R<ExecutionPlan> {
     let c = Cols::new(row, "plans");

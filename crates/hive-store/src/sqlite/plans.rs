@@ -34,10 +34,14 @@ pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
 }
 
 pub(super) async fn get(c: &mut Conn, id: PlanId) -> R<Option<ExecutionPlan>> {
-    let row = sqlx::query(concat!("SELECT ", plan_columns!(), " FROM plans WHERE id = ?1"))
-        .bind(id.to_string())
-        .fetch_optional(&mut *c)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        plan_columns!(),
+        " FROM plans WHERE id = ?1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(&mut *c)
+    .await?;
     row.as_ref().map(db::plan_from_row).transpose()
 }
 
@@ -152,13 +156,14 @@ pub(super) async fn transition(
     to: PlanStatus,
 ) -> R<bool> {
     let at = db::db_now(c).await?;
-    let done = sqlx::query("UPDATE plans SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4")
-        .bind(to.as_str())
-        .bind(at)
-        .bind(id.to_string())
-        .bind(from.as_str())
-        .execute(&mut *c)
-        .await?;
+    let done =
+        sqlx::query("UPDATE plans SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4")
+            .bind(to.as_str())
+            .bind(at)
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .execute(&mut *c)
+            .await?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -214,13 +219,17 @@ pub(super) async fn cancel(
     let cancelled: Vec<TaskId> = cancelled.into_iter().map(|(_, t)| t).collect();
     sqlx::query(
         "UPDATE plans SET status = 'cancelled', updated_at = ?1, \
-             cancelled_subtasks = cancelled_subtasks + ?2 WHERE id = ?3",
+             cancelled_subtasks = MIN(cancelled_subtasks + ?2, 4294967295) WHERE id = ?3",
     )
     .bind(at)
     .bind(i64::try_from(cancelled.len()).unwrap_or(i64::MAX))
     .bind(id.to_string())
     .execute(&mut *c)
     .await?;
-    notes.extend(cancelled.iter().map(|t| n.task_status(*t, TaskStatus::Cancelled)));
+    notes.extend(
+        cancelled
+            .iter()
+            .map(|t| n.task_status(*t, TaskStatus::Cancelled)),
+    );
     Ok(Some(cancelled))
 }

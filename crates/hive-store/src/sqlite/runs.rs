@@ -12,15 +12,19 @@ use serde_json::json;
 use super::db::{self, Cols, Conn, R, add_us, json_list, to_json};
 use super::tasks::{self, Effects, PlanBook};
 use crate::{
-    Claim, ClaimParams, Error, FinishReport, Finished, Notification, Notifier, Outcome,
-    ReapParams, ReapReport, RunOutcome,
+    Claim, ClaimParams, Error, FinishReport, Finished, Notification, Notifier, Outcome, ReapParams,
+    ReapReport, RunOutcome,
 };
 
 pub(super) async fn get(c: &mut Conn, id: RunId) -> R<Option<Run>> {
-    let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"))
-        .bind(id.to_string())
-        .fetch_optional(&mut *c)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE id = ?1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(&mut *c)
+    .await?;
     row.as_ref().map(db::run_from_row).transpose()
 }
 
@@ -45,7 +49,9 @@ macro_rules! claim_select {
             ", (SELECT COALESCE(MAX(r.run_number), 0) FROM runs r WHERE r.task_id = t.id) + 1 \
                AS next_run, ",
             now_us!(),
-            " AS now_us FROM tasks t \
+            // Without statistics the planner prefers the status index and sorts every
+            // queued task; the partial ready index yields them in queue order instead.
+            " AS now_us FROM tasks t INDEXED BY tasks_ready \
              WHERE t.status = 'queued' AND t.pending_deps = 0 \
                AND (t.run_at IS NULL OR t.run_at <= ",
             now_us!(),
@@ -167,10 +173,10 @@ pub(super) async fn claim(
         }
     }
     for cl in &claims {
-        if let Some(pid) = cl.task.plan_id {
-            if started_plans.remove(&pid) {
-                notes.push(n.plan_status(pid, PlanStatus::InProgress));
-            }
+        if let Some(pid) = cl.task.plan_id
+            && started_plans.remove(&pid)
+        {
+            notes.push(n.plan_status(pid, PlanStatus::InProgress));
         }
         notes.push(n.task_status(cl.task.id, TaskStatus::InProgress));
     }
@@ -187,18 +193,26 @@ struct RunInfo {
     max_retries: u32,
 }
 
-async fn load_runs(c: &mut Conn, ids: &[RunId]) -> R<HashMap<RunId, RunInfo>> {
-    let rows = sqlx::query(
+/// The named runs that exist, and the database clock when any does (read by the same
+/// statement, saving a round trip; with no known run there is nothing to write).
+async fn load_runs(c: &mut Conn, ids: &[RunId]) -> R<(Option<i64>, HashMap<RunId, RunInfo>)> {
+    let rows = sqlx::query(concat!(
         "SELECT r.id, r.task_id, \
                 COALESCE(r.status = 'running' AND t.current_run_id = r.id, 0) AS live, \
-                t.plan_id, t.attempts, t.max_retries \
-         FROM runs r JOIN tasks t ON t.id = r.task_id \
-         WHERE r.id IN (SELECT value FROM json_each(?1))",
-    )
+                t.plan_id, t.attempts, t.max_retries, ",
+        now_us!(),
+        " AS now_us FROM runs r JOIN tasks t ON t.id = r.task_id \
+         WHERE r.id IN (SELECT value FROM json_each(?1))"
+    ))
     .bind(json_list(ids))
     .fetch_all(&mut *c)
     .await?;
-    rows.iter()
+    let at = match rows.first() {
+        Some(row) => Some(Cols::new(row, "runs").get::<i64>("now_us")?),
+        None => None,
+    };
+    let infos = rows
+        .iter()
         .map(|row| {
             let cols = Cols::new(row, "runs");
             Ok((
@@ -212,7 +226,8 @@ async fn load_runs(c: &mut Conn, ids: &[RunId]) -> R<HashMap<RunId, RunInfo>> {
                 },
             ))
         })
-        .collect()
+        .collect::<R<HashMap<_, _>>>()?;
+    Ok((at, infos))
 }
 
 /// Finishes a batch of runs the way the memory store does one at a time, but writes the
@@ -261,7 +276,13 @@ impl Finisher {
         output_log: Option<&str>,
     ) -> R<()> {
         let result = result.map(|r| to_json("result", r)).transpose()?;
-        self.runs.push(json!([run_id.to_string(), status.as_str(), result, error, output_log]));
+        self.runs.push(json!([
+            run_id.to_string(),
+            status.as_str(),
+            result,
+            error,
+            output_log
+        ]));
         self.closed.insert(run_id);
         Ok(())
     }
@@ -275,16 +296,22 @@ impl Finisher {
         result: Option<&Json>,
     ) -> R<Effects> {
         let result = result.map(|r| to_json("result", r)).transpose()?;
-        self.tasks.push(json!([info.task_id.to_string(), "completed", result, null, null]));
+        self.tasks.push(json!([
+            info.task_id.to_string(),
+            "completed",
+            result,
+            null,
+            null
+        ]));
         // Dependents are counted down in `flush`, for the whole batch in one statement.
         self.completed.push(info.task_id);
         notes.push(n.task_status(info.task_id, TaskStatus::Completed));
         let mut fx = Effects::default();
-        if let Some(pid) = info.plan_id {
-            if let Some(to) = self.plans.step(c, pid, TaskStatus::Completed).await? {
-                notes.push(n.plan_status(pid, to));
-                fx.plan_transition = Some((pid, to));
-            }
+        if let Some(pid) = info.plan_id
+            && let Some(to) = self.plans.step(c, pid, TaskStatus::Completed).await?
+        {
+            notes.push(n.plan_status(pid, to));
+            fx.plan_transition = Some((pid, to));
         }
         Ok(fx)
     }
@@ -303,13 +330,15 @@ impl Finisher {
         match retry {
             Some(policy) if info.attempts <= info.max_retries => {
                 let run_at = add_us(self.at, policy.backoff(info.attempts));
-                self.tasks.push(json!([task.to_string(), "queued", null, run_at, error]));
+                self.tasks
+                    .push(json!([task.to_string(), "queued", null, run_at, error]));
                 notes.push(n.task_status(task, TaskStatus::Queued));
                 let run_at = db::ts("tasks", run_at)?;
                 Ok((Finished::Retrying { run_at }, Effects::default()))
             }
             _ => {
-                self.tasks.push(json!([task.to_string(), "failed", null, null, error]));
+                self.tasks
+                    .push(json!([task.to_string(), "failed", null, null, error]));
                 notes.push(n.task_status(task, TaskStatus::Failed));
                 // The cascade reads dependents' statuses: earlier finishes must be visible.
                 self.flush(c).await?;
@@ -388,9 +417,10 @@ pub(super) async fn finish(
     notes: &mut Vec<Notification>,
     outcomes: &[RunOutcome],
 ) -> R<Vec<FinishReport>> {
-    let at = db::db_now(c).await?;
     let ids: Vec<RunId> = outcomes.iter().map(|o| o.run_id).collect();
-    let infos = load_runs(c, &ids).await?;
+    let (at, infos) = load_runs(c, &ids).await?;
+    // With no known run every outcome is stale and `at` is never used.
+    let at = at.unwrap_or_default();
     let plan_ids = infos.values().filter_map(|i| i.plan_id).collect();
     let mut f = Finisher::new(c, at, plan_ids).await?;
     let mut reports = Vec::with_capacity(outcomes.len());
@@ -432,7 +462,11 @@ pub(super) async fn finish(
     Ok(reports)
 }
 
-pub(super) async fn extend_lease(c: &mut Conn, run_id: RunId, lease: Duration) -> R<hive_models::Timestamp> {
+pub(super) async fn extend_lease(
+    c: &mut Conn,
+    run_id: RunId,
+    lease: Duration,
+) -> R<hive_models::Timestamp> {
     let at = db::db_now(c).await?;
     let until = add_us(at, lease);
     let done = sqlx::query(
@@ -490,8 +524,10 @@ pub(super) async fn release(
     notes: &mut Vec<Notification>,
     run_ids: &[RunId],
 ) -> R<Vec<TaskId>> {
-    let at = db::db_now(c).await?;
-    let infos = load_runs(c, run_ids).await?;
+    let (at, infos) = load_runs(c, run_ids).await?;
+    let Some(at) = at else {
+        return Ok(Vec::new());
+    };
     let mut seen = HashSet::new();
     let live: Vec<(RunId, TaskId)> = run_ids
         .iter()
@@ -563,7 +599,11 @@ pub(super) async fn reap(
     .await?;
     let mut offline = rows
         .iter()
-        .map(|row| Cols::new(row, "workers").get::<String>("id").map(hive_models::WorkerId))
+        .map(|row| {
+            Cols::new(row, "workers")
+                .get::<String>("id")
+                .map(hive_models::WorkerId)
+        })
         .collect::<R<Vec<_>>>()?;
     offline.sort();
     for w in &offline {

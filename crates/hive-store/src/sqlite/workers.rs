@@ -64,10 +64,14 @@ pub(super) async fn heartbeat(
 }
 
 pub(super) async fn get(c: &mut Conn, id: &WorkerId) -> R<Option<Worker>> {
-    let row = sqlx::query(concat!("SELECT ", worker_columns!(), " FROM workers WHERE id = ?1"))
-        .bind(id.as_str())
-        .fetch_optional(&mut *c)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        worker_columns!(),
+        " FROM workers WHERE id = ?1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut *c)
+    .await?;
     row.as_ref().map(db::worker_from_row).transpose()
 }
 

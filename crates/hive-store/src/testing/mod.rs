@@ -31,13 +31,20 @@ pub struct TestStore {
 
 impl std::fmt::Debug for TestStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestStore").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("TestStore")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
 impl TestStore {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        TestStore { store, cleanup: None, _dir: None, url: None }
+        TestStore {
+            store,
+            cleanup: None,
+            _dir: None,
+            url: None,
+        }
     }
 
     pub fn with_cleanup(mut self, cleanup: impl Future<Output = ()> + Send + 'static) -> Self {

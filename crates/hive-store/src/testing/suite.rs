@@ -162,7 +162,10 @@ pub async fn strings_stored_verbatim(s: S) {
             .unwrap();
         assert_eq!(by_type.len(), 1, "filter by {text:?}");
     }
-    assert_eq!(s.count_tasks(None).await.unwrap()[&TaskStatus::Queued], nasty.len() as u64);
+    assert_eq!(
+        s.count_tasks(None).await.unwrap()[&TaskStatus::Queued],
+        nasty.len() as u64
+    );
 }
 
 pub async fn queue_order_priority_then_age(s: S) {
@@ -188,10 +191,15 @@ pub async fn queue_order_priority_then_age(s: S) {
     }
     assert_eq!(claimed, order, "claims follow queue order");
     // A batch insert keeps its input order as the age order.
-    let batch: Vec<NewTask> = (0..5).map(|i| NewTask::new(format!("b{i}"), "test")).collect();
+    let batch: Vec<NewTask> = (0..5)
+        .map(|i| NewTask::new(format!("b{i}"), "test"))
+        .collect();
     let ids = s.insert_tasks(batch).await.unwrap();
     let listed: Vec<TaskId> = s
-        .list_tasks(&TaskFilter { ready_only: true, ..Default::default() })
+        .list_tasks(&TaskFilter {
+            ready_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .iter()
@@ -227,29 +235,57 @@ pub async fn idempotency_key_returns_first_id(s: S) {
 }
 
 pub async fn list_filters(s: S) {
-    let a = s.insert_tasks(vec![NewTask::new("a", "alpha")]).await.unwrap()[0];
-    let _b = s.insert_tasks(vec![NewTask::new("b", "beta")]).await.unwrap()[0];
-    let c = s.insert_tasks(vec![NewTask::new("c", "alpha")]).await.unwrap()[0];
+    let a = s
+        .insert_tasks(vec![NewTask::new("a", "alpha")])
+        .await
+        .unwrap()[0];
+    let _b = s
+        .insert_tasks(vec![NewTask::new("b", "beta")])
+        .await
+        .unwrap()[0];
+    let c = s
+        .insert_tasks(vec![NewTask::new("c", "alpha")])
+        .await
+        .unwrap()[0];
     let later = s.now().await.unwrap() + chrono::Duration::hours(1);
     let delayed = s
         .insert_tasks(vec![NewTask::new("d", "alpha").run_at(later)])
         .await
         .unwrap()[0];
     let alpha = s
-        .list_tasks(&TaskFilter { task_type: Some("alpha".into()), ..Default::default() })
+        .list_tasks(&TaskFilter {
+            task_type: Some("alpha".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(alpha.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a, c, delayed]);
+    assert_eq!(
+        alpha.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![a, c, delayed]
+    );
     let ready = s
-        .list_tasks(&TaskFilter { task_type: Some("alpha".into()), ready_only: true, ..Default::default() })
+        .list_tasks(&TaskFilter {
+            task_type: Some("alpha".into()),
+            ready_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(ready.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a, c]);
-    let limited = s.list_tasks(&TaskFilter { limit: Some(2), ..Default::default() }).await.unwrap();
+    let limited = s
+        .list_tasks(&TaskFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 2);
     claim_one(&s, "w").await;
     let running = s
-        .list_tasks(&TaskFilter { status: Some(TaskStatus::InProgress), ..Default::default() })
+        .list_tasks(&TaskFilter {
+            status: Some(TaskStatus::InProgress),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(running.len(), 1);
@@ -275,41 +311,94 @@ pub async fn count_tasks_per_status(s: S) {
 
 pub async fn set_status_follows_transition_table(s: S) {
     let id = create(&s, "t", 1).await;
-    let ch = s.set_task_status(id, StatusChange::to(TaskStatus::Assigned)).await.unwrap().unwrap();
+    let ch = s
+        .set_task_status(id, StatusChange::to(TaskStatus::Assigned))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ch.previous, TaskStatus::Queued);
     assert_eq!(ch.task.status, TaskStatus::Assigned);
-    s.set_task_status(id, StatusChange::to(TaskStatus::InProgress)).await.unwrap().unwrap();
-    s.set_task_status(id, StatusChange::to(TaskStatus::ReviewPending)).await.unwrap().unwrap();
-    s.set_task_status(id, StatusChange::to(TaskStatus::Approved)).await.unwrap().unwrap();
-    s.set_task_status(id, StatusChange::to(TaskStatus::Completed)).await.unwrap().unwrap();
-    let err = s.set_task_status(id, StatusChange::to(TaskStatus::InProgress)).await.unwrap_err();
-    assert!(matches!(err, Error::Invalid(hive_models::Error::IllegalTransition { .. })), "{err}");
+    s.set_task_status(id, StatusChange::to(TaskStatus::InProgress))
+        .await
+        .unwrap()
+        .unwrap();
+    s.set_task_status(id, StatusChange::to(TaskStatus::ReviewPending))
+        .await
+        .unwrap()
+        .unwrap();
+    s.set_task_status(id, StatusChange::to(TaskStatus::Approved))
+        .await
+        .unwrap()
+        .unwrap();
+    s.set_task_status(id, StatusChange::to(TaskStatus::Completed))
+        .await
+        .unwrap()
+        .unwrap();
+    let err = s
+        .set_task_status(id, StatusChange::to(TaskStatus::InProgress))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Invalid(hive_models::Error::IllegalTransition { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("`completed`"), "{err}");
     assert_eq!(status(&s, id).await, TaskStatus::Completed);
     // Same status is a no-op, not an error.
-    let same = s.set_task_status(id, StatusChange::to(TaskStatus::Completed)).await.unwrap().unwrap();
+    let same = s
+        .set_task_status(id, StatusChange::to(TaskStatus::Completed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(same.previous, TaskStatus::Completed);
     // Moving a claimed task away closes its run, so the worker's late finish is stale.
     let id2 = create(&s, "t2", 1).await;
     let (got, run) = claim_one(&s, "w").await;
     assert_eq!(got, id2);
-    s.set_task_status(id2, StatusChange::to(TaskStatus::Cancelled)).await.unwrap().unwrap();
-    assert_eq!(s.get_run(run).await.unwrap().unwrap().status, RunStatus::Cancelled);
+    s.set_task_status(id2, StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.get_run(run).await.unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
     let rep = s.finish_runs(&[success(run)]).await.unwrap();
     assert_eq!(rep[0].finished, Finished::Stale);
     assert_eq!(status(&s, id2).await, TaskStatus::Cancelled);
 }
 
 pub async fn set_status_unknown_task_is_none(s: S) {
-    assert!(s.set_task_status(TaskId::new(), StatusChange::to(TaskStatus::Completed)).await.unwrap().is_none());
+    assert!(
+        s.set_task_status(TaskId::new(), StatusChange::to(TaskStatus::Completed))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn requeue_from_terminal(s: S) {
     let id = create(&s, "t", 1).await;
-    s.set_task_status(id, StatusChange::to(TaskStatus::Failed)).await.unwrap().unwrap();
-    assert!(s.set_task_status(id, StatusChange::to(TaskStatus::Queued)).await.is_err());
+    s.set_task_status(id, StatusChange::to(TaskStatus::Failed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.set_task_status(id, StatusChange::to(TaskStatus::Queued))
+            .await
+            .is_err()
+    );
     let ch = s
-        .set_task_status(id, StatusChange { requeue: true, ..StatusChange::to(TaskStatus::Queued) })
+        .set_task_status(
+            id,
+            StatusChange {
+                requeue: true,
+                ..StatusChange::to(TaskStatus::Queued)
+            },
+        )
         .await
         .unwrap()
         .unwrap();
@@ -317,30 +406,46 @@ pub async fn requeue_from_terminal(s: S) {
     assert_eq!(claim_one(&s, "w").await.0, id);
     // A held task cannot be requeued behind its worker's back.
     let err = s
-        .set_task_status(id, StatusChange { requeue: true, ..StatusChange::to(TaskStatus::Assigned) })
+        .set_task_status(
+            id,
+            StatusChange {
+                requeue: true,
+                ..StatusChange::to(TaskStatus::Assigned)
+            },
+        )
         .await;
     assert!(err.is_err());
 }
 
 pub async fn metadata_merges(s: S) {
     let id = s
-        .insert_tasks(vec![NewTask::new("t", "test").metadata(json!({"a": 1, "b": 2}))])
+        .insert_tasks(vec![
+            NewTask::new("t", "test").metadata(json!({"a": 1, "b": 2})),
+        ])
         .await
         .unwrap()[0];
     s.set_task_status(
         id,
-        StatusChange { metadata: Some(json!({"b": 3, "c": "x"})), ..StatusChange::to(TaskStatus::Queued) },
+        StatusChange {
+            metadata: Some(json!({"b": 3, "c": "x"})),
+            ..StatusChange::to(TaskStatus::Queued)
+        },
     )
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(s.get_task(id).await.unwrap().unwrap().metadata, json!({"a": 1, "b": 3, "c": "x"}));
+    assert_eq!(
+        s.get_task(id).await.unwrap().unwrap().metadata,
+        json!({"a": 1, "b": 3, "c": "x"})
+    );
 }
 
 pub async fn delete_cascades_runs(s: S) {
     let id = create(&s, "t", 1).await;
     let (_, run) = claim_one(&s, "w").await;
-    s.finish_runs(&[failure(run, Some(RetryPolicy::IMMEDIATE))]).await.unwrap();
+    s.finish_runs(&[failure(run, Some(RetryPolicy::IMMEDIATE))])
+        .await
+        .unwrap();
     let (_, run2) = claim_one(&s, "w").await;
     assert_eq!(s.list_runs(id).await.unwrap().len(), 2);
     assert!(s.delete_task(id).await.unwrap());
@@ -368,16 +473,28 @@ pub async fn prune_in_batches(s: S) {
     }
     let open = create(&s, "open", 1).await;
     let bad = s
-        .prune_tasks(&PruneParams { older_than: Duration::ZERO, statuses: vec![TaskStatus::Queued], limit: 10 })
+        .prune_tasks(&PruneParams {
+            older_than: Duration::ZERO,
+            statuses: vec![TaskStatus::Queued],
+            limit: 10,
+        })
         .await;
     assert!(matches!(bad, Err(Error::Invalid(_))));
     let recent = s
-        .prune_tasks(&PruneParams { older_than: Duration::from_secs(3600), statuses: vec![TaskStatus::Completed], limit: 10 })
+        .prune_tasks(&PruneParams {
+            older_than: Duration::from_secs(3600),
+            statuses: vec![TaskStatus::Completed],
+            limit: 10,
+        })
         .await
         .unwrap();
     assert_eq!(recent, 0, "nothing is an hour old yet");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let p = PruneParams { older_than: Duration::from_millis(1), statuses: vec![TaskStatus::Completed], limit: 2 };
+    let p = PruneParams {
+        older_than: Duration::from_millis(1),
+        statuses: vec![TaskStatus::Completed],
+        limit: 2,
+    };
     assert_eq!(s.prune_tasks(&p).await.unwrap(), 2);
     assert_eq!(s.prune_tasks(&p).await.unwrap(), 2);
     assert_eq!(s.prune_tasks(&p).await.unwrap(), 1);
@@ -389,9 +506,18 @@ pub async fn prune_in_batches(s: S) {
 }
 
 pub async fn claim_opens_run_and_respects_types(s: S) {
-    let a = s.insert_tasks(vec![NewTask::new("a", "alpha").priority(1)]).await.unwrap()[0];
-    let b = s.insert_tasks(vec![NewTask::new("b", "beta").priority(9)]).await.unwrap()[0];
-    let only_alpha = ClaimParams { task_types: vec!["alpha".into(), "gamma".into()], ..claim_params("w1", 10) };
+    let a = s
+        .insert_tasks(vec![NewTask::new("a", "alpha").priority(1)])
+        .await
+        .unwrap()[0];
+    let b = s
+        .insert_tasks(vec![NewTask::new("b", "beta").priority(9)])
+        .await
+        .unwrap()[0];
+    let only_alpha = ClaimParams {
+        task_types: vec!["alpha".into(), "gamma".into()],
+        ..claim_params("w1", 10)
+    };
     let claims = s.claim_tasks(&only_alpha).await.unwrap();
     assert_eq!(claims.len(), 1);
     let c = &claims[0];
@@ -413,13 +539,26 @@ pub async fn claim_opens_run_and_respects_types(s: S) {
     let rest = s.claim_tasks(&claim_params("w2", 10)).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].task.id, b);
-    assert!(s.claim_tasks(&claim_params("w2", 10)).await.unwrap().is_empty());
+    assert!(
+        s.claim_tasks(&claim_params("w2", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn delayed_task_not_claimable_early(s: S) {
     let soon = s.now().await.unwrap() + chrono::Duration::milliseconds(300);
-    let id = s.insert_tasks(vec![NewTask::new("later", "test").run_at(soon)]).await.unwrap()[0];
-    assert!(s.claim_tasks(&claim_params("w", 1)).await.unwrap().is_empty());
+    let id = s
+        .insert_tasks(vec![NewTask::new("later", "test").run_at(soon)])
+        .await
+        .unwrap()[0];
+    assert!(
+        s.claim_tasks(&claim_params("w", 1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(claim_one(&s, "w").await.0, id);
 }
@@ -447,7 +586,10 @@ pub async fn finish_success_and_stale_run_rejected(s: S) {
     let id2 = create(&s, "t2", 1).await;
     let (_, run2) = claim_one(&s, "w").await;
     let unknown = hive_models::RunId::new();
-    let rep = s.finish_runs(&[success(unknown), success(run2)]).await.unwrap();
+    let rep = s
+        .finish_runs(&[success(unknown), success(run2)])
+        .await
+        .unwrap();
     assert_eq!(rep[0].finished, Finished::Stale);
     assert_eq!(rep[0].task_id, None);
     assert_eq!(rep[1].finished, Finished::Completed);
@@ -455,24 +597,49 @@ pub async fn finish_success_and_stale_run_rejected(s: S) {
 }
 
 pub async fn failure_retries_with_backoff_then_fails(s: S) {
-    let id = s.insert_tasks(vec![NewTask::new("flaky", "test").max_retries(2)]).await.unwrap()[0];
-    let policy = RetryPolicy { base: Duration::from_millis(200), max: Duration::from_secs(10) };
+    let id = s
+        .insert_tasks(vec![NewTask::new("flaky", "test").max_retries(2)])
+        .await
+        .unwrap()[0];
+    let policy = RetryPolicy {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+    };
     let (_, r1) = claim_one(&s, "w").await;
     let rep = s.finish_runs(&[failure(r1, Some(policy))]).await.unwrap();
-    let Finished::Retrying { run_at } = rep[0].finished else { panic!("{:?}", rep[0]) };
+    let Finished::Retrying { run_at } = rep[0].finished else {
+        panic!("{:?}", rep[0])
+    };
     let t = s.get_task(id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Queued);
     assert_eq!(t.last_error.as_deref(), Some("boom"));
     assert!(t.assigned_worker.is_none());
     let wait = run_at - s.now().await.unwrap();
-    assert!(wait > chrono::Duration::milliseconds(100), "backoff respected: {wait}");
-    assert!(s.claim_tasks(&claim_params("w", 1)).await.unwrap().is_empty(), "not claimable during backoff");
-    assert_eq!(s.get_run(r1).await.unwrap().unwrap().status, RunStatus::Failure);
+    assert!(
+        wait > chrono::Duration::milliseconds(100),
+        "backoff respected: {wait}"
+    );
+    assert!(
+        s.claim_tasks(&claim_params("w", 1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not claimable during backoff"
+    );
+    assert_eq!(
+        s.get_run(r1).await.unwrap().unwrap().status,
+        RunStatus::Failure
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
     let (_, r2) = claim_one(&s, "w").await;
     let rep = s.finish_runs(&[failure(r2, Some(policy))]).await.unwrap();
-    let Finished::Retrying { run_at: second } = rep[0].finished else { panic!("{:?}", rep[0]) };
-    assert!(second - s.now().await.unwrap() > chrono::Duration::milliseconds(250), "backoff doubles");
+    let Finished::Retrying { run_at: second } = rep[0].finished else {
+        panic!("{:?}", rep[0])
+    };
+    assert!(
+        second - s.now().await.unwrap() > chrono::Duration::milliseconds(250),
+        "backoff doubles"
+    );
     tokio::time::sleep(Duration::from_millis(450)).await;
     let (_, r3) = claim_one(&s, "w").await;
     let rep = s.finish_runs(&[failure(r3, Some(policy))]).await.unwrap();
@@ -481,7 +648,10 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
     assert_eq!(t.status, TaskStatus::Failed);
     assert_eq!(t.attempts, 3);
     let runs = s.list_runs(id).await.unwrap();
-    assert_eq!(runs.iter().map(|r| r.run_number).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        runs.iter().map(|r| r.run_number).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(runs.iter().all(|r| r.status == RunStatus::Failure));
 }
 
@@ -496,19 +666,32 @@ pub async fn failure_without_retry_fails_at_once(s: S) {
 pub async fn extend_lease_and_fencing(s: S) {
     create(&s, "t", 1).await;
     let claims = s
-        .claim_tasks(&ClaimParams { lease: Duration::from_secs(5), ..claim_params("w", 1) })
+        .claim_tasks(&ClaimParams {
+            lease: Duration::from_secs(5),
+            ..claim_params("w", 1)
+        })
         .await
         .unwrap();
     let run = claims[0].run.id;
     let before = claims[0].run.lease_expires_at.unwrap();
     let after = s.extend_lease(run, Duration::from_secs(120)).await.unwrap();
     assert!(after > before + chrono::Duration::seconds(100));
-    assert_eq!(s.get_run(run).await.unwrap().unwrap().lease_expires_at, Some(after));
+    assert_eq!(
+        s.get_run(run).await.unwrap().unwrap().lease_expires_at,
+        Some(after)
+    );
     s.finish_runs(&[success(run)]).await.unwrap();
-    let err = s.extend_lease(run, Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(err, Error::StaleRun { run_id } if run_id == run), "{err}");
+    let err = s
+        .extend_lease(run, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleRun { run_id } if run_id == run),
+        "{err}"
+    );
     assert!(matches!(
-        s.extend_lease(hive_models::RunId::new(), Duration::from_secs(5)).await,
+        s.extend_lease(hive_models::RunId::new(), Duration::from_secs(5))
+            .await,
         Err(Error::StaleRun { .. })
     ));
 }
@@ -516,20 +699,34 @@ pub async fn extend_lease_and_fencing(s: S) {
 pub async fn release_runs_does_not_count_attempt(s: S) {
     let id = create(&s, "t", 1).await;
     let (_, run) = claim_one(&s, "w").await;
-    assert_eq!(s.release_runs(&[run, hive_models::RunId::new()]).await.unwrap(), vec![id]);
+    assert_eq!(
+        s.release_runs(&[run, hive_models::RunId::new()])
+            .await
+            .unwrap(),
+        vec![id]
+    );
     let t = s.get_task(id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Queued);
     assert_eq!(t.attempts, 0);
     assert!(t.assigned_worker.is_none());
-    assert_eq!(s.get_run(run).await.unwrap().unwrap().status, RunStatus::Cancelled);
-    assert!(s.release_runs(&[run]).await.unwrap().is_empty(), "a released run is stale");
+    assert_eq!(
+        s.get_run(run).await.unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
+    assert!(
+        s.release_runs(&[run]).await.unwrap().is_empty(),
+        "a released run is stale"
+    );
     let claims = s.claim_tasks(&claim_params("w2", 1)).await.unwrap();
     assert_eq!(claims[0].run.run_number, 2);
     assert_eq!(claims[0].task.attempts, 1);
 }
 
 pub async fn reap_expired_lease(s: S) {
-    let id = s.insert_tasks(vec![NewTask::new("t", "test").max_retries(1)]).await.unwrap()[0];
+    let id = s
+        .insert_tasks(vec![NewTask::new("t", "test").max_retries(1)])
+        .await
+        .unwrap()[0];
     s.register_worker(&WorkerRegistration {
         id: worker("dead"),
         role: "r".into(),
@@ -538,10 +735,20 @@ pub async fn reap_expired_lease(s: S) {
     })
     .await
     .unwrap();
-    let short = ClaimParams { lease: Duration::from_millis(100), ..claim_params("dead", 1) };
+    let short = ClaimParams {
+        lease: Duration::from_millis(100),
+        ..claim_params("dead", 1)
+    };
     let run = s.claim_tasks(&short).await.unwrap()[0].run.id;
-    let params = ReapParams { heartbeat_timeout: Duration::from_secs(3600), retry: RetryPolicy::IMMEDIATE, limit: 100 };
-    assert!(s.reap(&params).await.unwrap().requeued.is_empty(), "lease still valid");
+    let params = ReapParams {
+        heartbeat_timeout: Duration::from_secs(3600),
+        retry: RetryPolicy::IMMEDIATE,
+        limit: 100,
+    };
+    assert!(
+        s.reap(&params).await.unwrap().requeued.is_empty(),
+        "lease still valid"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rep = s.reap(&params).await.unwrap();
     assert_eq!(rep.requeued, vec![(id, run)]);
@@ -549,48 +756,88 @@ pub async fn reap_expired_lease(s: S) {
     assert_eq!(r.status, RunStatus::Timeout);
     assert_eq!(status(&s, id).await, TaskStatus::Queued);
     // The dead worker's late completion is rejected.
-    assert_eq!(s.finish_runs(&[success(run)]).await.unwrap()[0].finished, Finished::Stale);
+    assert_eq!(
+        s.finish_runs(&[success(run)]).await.unwrap()[0].finished,
+        Finished::Stale
+    );
     // Second timeout: out of retries, so failed.
     let run2 = s.claim_tasks(&short).await.unwrap()[0].run.id;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rep = s.reap(&params).await.unwrap();
     assert_eq!(rep.failed, vec![id]);
     assert_eq!(status(&s, id).await, TaskStatus::Failed);
-    assert_eq!(s.get_run(run2).await.unwrap().unwrap().status, RunStatus::Timeout);
+    assert_eq!(
+        s.get_run(run2).await.unwrap().unwrap().status,
+        RunStatus::Timeout
+    );
     // Stale heartbeats mark workers offline.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let rep = s
-        .reap(&ReapParams { heartbeat_timeout: Duration::from_millis(10), ..params })
+        .reap(&ReapParams {
+            heartbeat_timeout: Duration::from_millis(10),
+            ..params
+        })
         .await
         .unwrap();
     assert_eq!(rep.offline_workers, vec![worker("dead")]);
-    assert_eq!(s.get_worker(&worker("dead")).await.unwrap().unwrap().status, WorkerStatus::Offline);
+    assert_eq!(
+        s.get_worker(&worker("dead")).await.unwrap().unwrap().status,
+        WorkerStatus::Offline
+    );
 }
 
 pub async fn heartbeat_extends_leases(s: S) {
-    let reg = WorkerRegistration { id: worker("w"), role: "r".into(), capabilities: vec![], metadata: json!({}) };
+    let reg = WorkerRegistration {
+        id: worker("w"),
+        role: "r".into(),
+        capabilities: vec![],
+        metadata: json!({}),
+    };
     s.register_worker(&reg).await.unwrap();
     create(&s, "a", 1).await;
     create(&s, "b", 1).await;
     let claims = s
-        .claim_tasks(&ClaimParams { lease: Duration::from_millis(300), ..claim_params("w", 2) })
+        .claim_tasks(&ClaimParams {
+            lease: Duration::from_millis(300),
+            ..claim_params("w", 2)
+        })
         .await
         .unwrap();
     assert_eq!(claims.len(), 2);
-    let params = ReapParams { heartbeat_timeout: Duration::from_secs(3600), retry: RetryPolicy::IMMEDIATE, limit: 100 };
+    let params = ReapParams {
+        heartbeat_timeout: Duration::from_secs(3600),
+        retry: RetryPolicy::IMMEDIATE,
+        limit: 100,
+    };
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let rep = s.heartbeat(&worker("w"), Some(WorkerStatus::Active)).await.unwrap().unwrap();
+        let rep = s
+            .heartbeat(&worker("w"), Some(WorkerStatus::Active))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rep.extended, 2);
     }
-    assert!(s.reap(&params).await.unwrap().requeued.is_empty(), "heartbeats kept the leases alive");
+    assert!(
+        s.reap(&params).await.unwrap().requeued.is_empty(),
+        "heartbeats kept the leases alive"
+    );
     for c in &claims {
-        assert_eq!(s.get_run(c.run.id).await.unwrap().unwrap().status, RunStatus::Running);
+        assert_eq!(
+            s.get_run(c.run.id).await.unwrap().unwrap().status,
+            RunStatus::Running
+        );
     }
     assert!(s.heartbeat(&worker("ghost"), None).await.unwrap().is_none());
-    let hb = s.heartbeat(&worker("w"), Some(WorkerStatus::Idle)).await.unwrap();
+    let hb = s
+        .heartbeat(&worker("w"), Some(WorkerStatus::Idle))
+        .await
+        .unwrap();
     assert!(hb.is_some());
-    assert_eq!(s.get_worker(&worker("w")).await.unwrap().unwrap().status, WorkerStatus::Idle);
+    assert_eq!(
+        s.get_worker(&worker("w")).await.unwrap().unwrap().status,
+        WorkerStatus::Idle
+    );
 }
 
 pub async fn workers_register_list_unregister(s: S) {
@@ -604,34 +851,67 @@ pub async fn workers_register_list_unregister(s: S) {
     assert_eq!(w.status, WorkerStatus::Active);
     assert!(w.has_capability("python"));
     s.register_worker(&reg("w2", "deployer")).await.unwrap();
-    let updated = WorkerRegistration { capabilities: vec!["rust".into()], ..reg("w1", "planner") };
+    let updated = WorkerRegistration {
+        capabilities: vec!["rust".into()],
+        ..reg("w1", "planner")
+    };
     let w1 = s.register_worker(&updated).await.unwrap();
     assert_eq!(w1.role, "planner");
     assert_eq!(w1.capabilities, vec!["rust".to_string()]);
-    assert_eq!(w1.registered_at, w.registered_at, "re-registering keeps the registration time");
+    assert_eq!(
+        w1.registered_at, w.registered_at,
+        "re-registering keeps the registration time"
+    );
     let all = s.list_workers(&WorkerFilter::default()).await.unwrap();
-    assert_eq!(all.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), vec!["w1", "w2"]);
-    let planners = s.list_workers(&WorkerFilter { role: Some("planner".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        all.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        vec!["w1", "w2"]
+    );
+    let planners = s
+        .list_workers(&WorkerFilter {
+            role: Some("planner".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(planners.len(), 1);
-    let alive = WorkerFilter { alive_within: Some(Duration::from_secs(60)), ..Default::default() };
+    let alive = WorkerFilter {
+        alive_within: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
     assert_eq!(s.list_workers(&alive).await.unwrap().len(), 2);
-    s.heartbeat(&worker("w2"), Some(WorkerStatus::Offline)).await.unwrap();
+    s.heartbeat(&worker("w2"), Some(WorkerStatus::Offline))
+        .await
+        .unwrap();
     assert_eq!(s.list_workers(&alive).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(60)).await;
-    let recent = WorkerFilter { alive_within: Some(Duration::from_millis(30)), ..Default::default() };
+    let recent = WorkerFilter {
+        alive_within: Some(Duration::from_millis(30)),
+        ..Default::default()
+    };
     assert!(s.list_workers(&recent).await.unwrap().is_empty());
     // Unregistering sends the worker's in-flight tasks back to the queue.
     let t = create(&s, "t", 1).await;
     let (_, run) = claim_one(&s, "w1").await;
-    assert_eq!(s.unregister_worker(&worker("w1")).await.unwrap(), Some(vec![t]));
+    assert_eq!(
+        s.unregister_worker(&worker("w1")).await.unwrap(),
+        Some(vec![t])
+    );
     assert_eq!(status(&s, t).await, TaskStatus::Queued);
-    assert_eq!(s.get_run(run).await.unwrap().unwrap().status, RunStatus::Cancelled);
+    assert_eq!(
+        s.get_run(run).await.unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
     assert!(s.get_worker(&worker("w1")).await.unwrap().is_none());
     assert_eq!(s.unregister_worker(&worker("w1")).await.unwrap(), None);
 }
 
 pub async fn plan_materialize_idempotent(s: S) {
-    let mut p = plan(vec![node("build", &[]), node("test", &["build"]), node("ship", &["build", "test"])]);
+    let mut p = plan(vec![
+        node("build", &[]),
+        node("test", &["build"]),
+        node("ship", &["build", "test"]),
+    ]);
     p.subtasks[0].priority = 5;
     p.subtasks[0].payload = json!({"command": "make"});
     p.subtasks[2].max_retries = Some(0);
@@ -640,17 +920,33 @@ pub async fn plan_materialize_idempotent(s: S) {
     assert_eq!(stored.status, PlanStatus::Pending);
     assert_eq!(stored.total_subtasks, 3);
     assert_eq!(stored.subtask_ids, vec!["build", "test", "ship"]);
-    assert_eq!(stored.get_dependencies("ship"), ["build".to_string(), "test".to_string()]);
+    assert_eq!(
+        stored.get_dependencies("ship"),
+        ["build".to_string(), "test".to_string()]
+    );
     assert_eq!(stored.subtasks, p.subtasks);
     assert!(!stored.materialized);
     assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(3));
     assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(0));
     assert!(s.get_plan(pid).await.unwrap().unwrap().materialized);
-    assert_eq!(s.materialize_plan(hive_models::PlanId::new()).await.unwrap(), None);
-    let tasks = s.list_tasks(&TaskFilter { plan_id: Some(pid), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        s.materialize_plan(hive_models::PlanId::new())
+            .await
+            .unwrap(),
+        None
+    );
+    let tasks = s
+        .list_tasks(&TaskFilter {
+            plan_id: Some(pid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(tasks.len(), 3);
-    let by: HashMap<&str, &hive_models::Task> =
-        tasks.iter().map(|t| (t.plan_subtask_id.as_deref().unwrap(), t)).collect();
+    let by: HashMap<&str, &hive_models::Task> = tasks
+        .iter()
+        .map(|t| (t.plan_subtask_id.as_deref().unwrap(), t))
+        .collect();
     assert_eq!(by["build"].priority, 5);
     assert_eq!(by["build"].payload, json!({"command": "make"}));
     assert_eq!(by["ship"].max_retries, 0);
@@ -664,32 +960,68 @@ pub async fn plan_materialize_idempotent(s: S) {
     assert_eq!(listed.len(), 1);
     let pid2 = s.insert_plan(plan(vec![node("x", &[])])).await.unwrap();
     let listed = s.list_plans(None, Some(10)).await.unwrap();
-    assert_eq!(listed.iter().map(|p| p.id).collect::<Vec<_>>(), vec![pid2, pid], "newest first");
-    assert_eq!(s.list_plans(Some(PlanStatus::Completed), None).await.unwrap().len(), 0);
+    assert_eq!(
+        listed.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![pid2, pid],
+        "newest first"
+    );
+    assert_eq!(
+        s.list_plans(Some(PlanStatus::Completed), None)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 pub async fn plan_dependencies_gate_claims(s: S) {
     // Diamond: a -> (b, c) -> d.
-    let (pid, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"]), node("c", &["a"]), node("d", &["b", "c"])])).await;
+    let (pid, ids) = materialize(
+        &s,
+        plan(vec![
+            node("a", &[]),
+            node("b", &["a"]),
+            node("c", &["a"]),
+            node("d", &["b", "c"]),
+        ]),
+    )
+    .await;
     let ready = |s: S| async move {
-        s.list_tasks(&TaskFilter { plan_id: Some(pid), ready_only: true, ..Default::default() })
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.plan_subtask_id.clone().unwrap())
-            .collect::<HashSet<_>>()
+        s.list_tasks(&TaskFilter {
+            plan_id: Some(pid),
+            ready_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.plan_subtask_id.clone().unwrap())
+        .collect::<HashSet<_>>()
     };
     assert_eq!(ready(s.clone()).await, HashSet::from(["a".to_string()]));
     let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
     assert_eq!(claims.len(), 1, "only the root is claimable");
-    assert_eq!(s.get_plan(pid).await.unwrap().unwrap().status, PlanStatus::InProgress);
+    assert_eq!(
+        s.get_plan(pid).await.unwrap().unwrap().status,
+        PlanStatus::InProgress
+    );
     s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
-    assert_eq!(ready(s.clone()).await, HashSet::from(["b".to_string(), "c".to_string()]));
+    assert_eq!(
+        ready(s.clone()).await,
+        HashSet::from(["b".to_string(), "c".to_string()])
+    );
     let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
     assert_eq!(claims.len(), 2);
     s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
     assert!(ready(s.clone()).await.is_empty(), "d waits for both");
-    assert_eq!(s.get_task(ids["d"]).await.unwrap().unwrap().pending_dependencies, 1);
+    assert_eq!(
+        s.get_task(ids["d"])
+            .await
+            .unwrap()
+            .unwrap()
+            .pending_dependencies,
+        1
+    );
     s.finish_runs(&[success(claims[1].run.id)]).await.unwrap();
     let p = s.get_plan(pid).await.unwrap().unwrap();
     assert_eq!(p.completed_subtasks, 3);
@@ -707,7 +1039,13 @@ pub async fn plan_dependencies_gate_claims(s: S) {
 
 pub async fn plan_failure_cancels_descendants(s: S) {
     // a -> b -> c, a -> d; e independent.
-    let mut p = plan(vec![node("a", &[]), node("b", &["a"]), node("c", &["b"]), node("d", &["a"]), node("e", &[])]);
+    let mut p = plan(vec![
+        node("a", &[]),
+        node("b", &["a"]),
+        node("c", &["b"]),
+        node("d", &["a"]),
+        node("e", &[]),
+    ]);
     for st in &mut p.subtasks {
         st.max_retries = Some(0);
     }
@@ -715,7 +1053,10 @@ pub async fn plan_failure_cancels_descendants(s: S) {
     let (pid, ids) = materialize(&s, p).await;
     let (a, run) = claim_one(&s, "w").await;
     assert_eq!(a, ids["a"]);
-    let rep = s.finish_runs(&[failure(run, Some(RetryPolicy::IMMEDIATE))]).await.unwrap();
+    let rep = s
+        .finish_runs(&[failure(run, Some(RetryPolicy::IMMEDIATE))])
+        .await
+        .unwrap();
     assert_eq!(rep[0].finished, Finished::Failed);
     assert_eq!(rep[0].plan_transition, Some(PlanStatus::Failed));
     let mut cancelled = rep[0].cancelled_dependents.clone();
@@ -741,7 +1082,11 @@ pub async fn plan_failure_cancels_descendants(s: S) {
 }
 
 pub async fn plan_cancel(s: S) {
-    let (pid, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])])).await;
+    let (pid, ids) = materialize(
+        &s,
+        plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])]),
+    )
+    .await;
     let (first, run) = claim_one(&s, "w").await;
     let mut cancelled = s.cancel_plan(pid).await.unwrap().unwrap();
     cancelled.sort();
@@ -750,26 +1095,66 @@ pub async fn plan_cancel(s: S) {
     assert_eq!(cancelled, want);
     let p = s.get_plan(pid).await.unwrap().unwrap();
     assert_eq!((p.status, p.cancelled_subtasks), (PlanStatus::Cancelled, 3));
-    assert_eq!(s.get_run(run).await.unwrap().unwrap().status, RunStatus::Cancelled);
-    assert_eq!(s.finish_runs(&[success(run)]).await.unwrap()[0].finished, Finished::Stale);
+    assert_eq!(
+        s.get_run(run).await.unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(
+        s.finish_runs(&[success(run)]).await.unwrap()[0].finished,
+        Finished::Stale
+    );
     assert_eq!(status(&s, first).await, TaskStatus::Cancelled);
-    assert!(s.claim_tasks(&claim_params("w", 10)).await.unwrap().is_empty());
+    assert!(
+        s.claim_tasks(&claim_params("w", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.cancel_plan(pid).await.unwrap(), Some(vec![]));
-    assert_eq!(s.cancel_plan(hive_models::PlanId::new()).await.unwrap(), None);
+    assert_eq!(
+        s.cancel_plan(hive_models::PlanId::new()).await.unwrap(),
+        None
+    );
 }
 
 pub async fn plan_transition_compare_and_set(s: S) {
     let pid = s.insert_plan(plan(vec![node("a", &[])])).await.unwrap();
-    assert!(s.transition_plan(pid, PlanStatus::Pending, PlanStatus::InProgress).await.unwrap());
-    assert!(!s.transition_plan(pid, PlanStatus::Pending, PlanStatus::InProgress).await.unwrap());
-    assert_eq!(s.get_plan(pid).await.unwrap().unwrap().status, PlanStatus::InProgress);
-    assert!(!s.transition_plan(hive_models::PlanId::new(), PlanStatus::Pending, PlanStatus::InProgress).await.unwrap());
+    assert!(
+        s.transition_plan(pid, PlanStatus::Pending, PlanStatus::InProgress)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.transition_plan(pid, PlanStatus::Pending, PlanStatus::InProgress)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_plan(pid).await.unwrap().unwrap().status,
+        PlanStatus::InProgress
+    );
+    assert!(
+        !s.transition_plan(
+            hive_models::PlanId::new(),
+            PlanStatus::Pending,
+            PlanStatus::InProgress
+        )
+        .await
+        .unwrap()
+    );
 }
 
 pub async fn dependencies_met_batch(s: S) {
-    let (_, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])])).await;
+    let (_, ids) = materialize(
+        &s,
+        plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])]),
+    )
+    .await;
     let ghost = TaskId::new();
-    let met = s.dependencies_met(&[ids["a"], ids["b"], ids["c"], ghost]).await.unwrap();
+    let met = s
+        .dependencies_met(&[ids["a"], ids["b"], ids["c"], ghost])
+        .await
+        .unwrap();
     assert_eq!(met.len(), 3);
     assert!(met[&ids["a"]] && !met[&ids["b"]] && met[&ids["c"]]);
     let (a, run) = claim_one(&s, "w").await;
@@ -797,7 +1182,9 @@ async fn wait_for(
 pub async fn notifications_after_commit(s: S) {
     let mut rx = s.subscribe().await.unwrap();
     let id = create(&s, "t", 1).await;
-    let n = wait_for(&mut rx, ChangeKind::TaskCreated).await.expect("task created notification");
+    let n = wait_for(&mut rx, ChangeKind::TaskCreated)
+        .await
+        .expect("task created notification");
     assert_eq!(n.task_id, Some(id));
     assert_eq!(n.origin, s.origin());
     // The notification follows the commit: the row is visible to a reader.
@@ -805,7 +1192,9 @@ pub async fn notifications_after_commit(s: S) {
     let (_, run) = claim_one(&s, "w").await;
     s.finish_runs(&[success(run)]).await.unwrap();
     let n = loop {
-        let n = wait_for(&mut rx, ChangeKind::TaskStatus).await.expect("status notification");
+        let n = wait_for(&mut rx, ChangeKind::TaskStatus)
+            .await
+            .expect("status notification");
         if n.status.as_deref() == Some("completed") {
             break n;
         }
@@ -816,7 +1205,9 @@ pub async fn notifications_after_commit(s: S) {
 pub async fn concurrent_claims_exactly_once(s: S) {
     const TASKS: usize = 500;
     const CLAIMERS: usize = 8;
-    let batch: Vec<NewTask> = (0..TASKS).map(|i| NewTask::new(format!("t{i}"), "test")).collect();
+    let batch: Vec<NewTask> = (0..TASKS)
+        .map(|i| NewTask::new(format!("t{i}"), "test"))
+        .collect();
     let ids: HashSet<TaskId> = s.insert_tasks(batch).await.unwrap().into_iter().collect();
     let mut handles = Vec::new();
     for c in 0..CLAIMERS {
@@ -824,7 +1215,10 @@ pub async fn concurrent_claims_exactly_once(s: S) {
         handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claims = s.claim_tasks(&claim_params(&format!("c{c}"), 1 + (c as u32 % 3))).await.unwrap();
+                let claims = s
+                    .claim_tasks(&claim_params(&format!("c{c}"), 1 + (c as u32 % 3)))
+                    .await
+                    .unwrap();
                 if claims.is_empty() {
                     return mine;
                 }
@@ -852,18 +1246,46 @@ pub async fn not_found_paths(s: S) {
     assert!(s.get_task(ghost).await.unwrap().is_none());
     assert!(!s.delete_task(ghost).await.unwrap());
     assert!(s.list_runs(ghost).await.unwrap().is_empty());
-    assert!(s.get_run(hive_models::RunId::new()).await.unwrap().is_none());
+    assert!(
+        s.get_run(hive_models::RunId::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(s.get_worker(&worker("nobody")).await.unwrap().is_none());
-    assert!(s.get_plan(hive_models::PlanId::new()).await.unwrap().is_none());
-    assert!(s.release_runs(&[hive_models::RunId::new()]).await.unwrap().is_empty());
-    assert!(s.claim_tasks(&claim_params("w", 5)).await.unwrap().is_empty());
+    assert!(
+        s.get_plan(hive_models::PlanId::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.release_runs(&[hive_models::RunId::new()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.claim_tasks(&claim_params("w", 5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(s.finish_runs(&[]).await.unwrap().is_empty());
     assert_eq!(s.count_tasks(None).await.unwrap().len(), 0);
 }
 
 pub async fn plan_finishes_cancelled_when_all_subtasks_finish(s: S) {
-    let (pid, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])])).await;
-    let ch = s.set_task_status(ids["a"], StatusChange::to(TaskStatus::Cancelled)).await.unwrap().unwrap();
+    let (pid, ids) = materialize(
+        &s,
+        plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])]),
+    )
+    .await;
+    let ch = s
+        .set_task_status(ids["a"], StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ch.cancelled_dependents, vec![ids["b"]]);
     assert_eq!(ch.plan_transition, None, "c is still open");
     let p = s.get_plan(pid).await.unwrap().unwrap();
@@ -874,5 +1296,13 @@ pub async fn plan_finishes_cancelled_when_all_subtasks_finish(s: S) {
     let rep = s.finish_runs(&[success(run)]).await.unwrap();
     assert_eq!(rep[0].plan_transition, Some(PlanStatus::Cancelled));
     let p = s.get_plan(pid).await.unwrap().unwrap();
-    assert_eq!((p.status, p.completed_subtasks, p.failed_subtasks, p.cancelled_subtasks), (PlanStatus::Cancelled, 1, 0, 2));
+    assert_eq!(
+        (
+            p.status,
+            p.completed_subtasks,
+            p.failed_subtasks,
+            p.cancelled_subtasks
+        ),
+        (PlanStatus::Cancelled, 1, 0, 2)
+    );
 }

@@ -1,0 +1,25 @@
+//! The one error type of hive-client.
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operation failed (bad input, not found, stale run, store failure).
+    #[error(transparent)]
+    Ops(#[from] hive_ops::Error),
+}
+
+impl From<hive_store::Error> for Error {
+    fn from(e: hive_store::Error) -> Self {
+        Error::Ops(e.into())
+    }
+}
+
+impl From<hive_models::Error> for Error {
+    fn from(e: hive_models::Error) -> Self {
+        Error::Ops(e.into())
+    }
+}
+
+/// Result alias for client calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,33 @@
+//! Hive's SDK: one [`Client`] (alias [`OrchestrationClient`]) that apps use to create and
+//! inspect tasks, workers and execution plans on any backend.
+//!
+//! ```no_run
+//! use hive_client::{Client, NewTask};
+//!
+//! # async fn demo() -> Result<(), hive_client::Error> {
+//! // `sqlite:hive.db` unless HIVE_DATABASE_URL says otherwise; created and migrated on first use.
+//! let client = Client::from_env().await?;
+//! let id = client
+//!     .create_task(NewTask::new("Deploy", "deployment").payload(serde_json::json!({"env": "prod"})))
+//!     .await?;
+//! let pending = client.get_pending_tasks(Some("deployment")).await?;
+//! assert!(pending.iter().any(|t| t.id == id));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every operation of [`hive_ops::Ops`] is available on the client (it dereferences to
+//! its `Ops`), plus the original SDK's convenience names.
+
+mod client;
+mod error;
+
+pub use client::{Client, DATABASE_URL_ENV, DEFAULT_DATABASE_URL, OrchestrationClient, get_client};
+pub use error::{Error, Result};
+pub use hive_models::{
+    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, Run, RunId, RunStatus,
+    SubTask, Task, TaskId, TaskStatus, Worker, WorkerId, WorkerStatus,
+};
+pub use hive_ops::{Event, EventOrigin, Ops, OpsConfig, Published};
+pub use hive_store::{ConnectOptions, Store};
+pub use {hive_models as models, hive_ops as ops, hive_store as store};

@@ -1,0 +1,245 @@
+//! Postgres-only checks beyond the conformance suite: many claimers on many connections,
+//! cross-store notifications, listener reconnection, migrations, and credential-free errors.
+//!
+//! They run against `HIVE_TEST_POSTGRES_URL` (each in a fresh schema) and report a skip
+//! when it is unset; the unreachable-server check needs no server and always runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hive_store::models::{NewTask, TaskId, TaskStatus, WorkerId};
+use hive_store::testing::{self, POSTGRES_URL_ENV, TestStore};
+use hive_store::{
+    ChangeKind, ClaimParams, ConnectOptions, DatabaseUrl, Error, Notification, Outcome,
+    PostgresStore, RunOutcome, Store,
+};
+use sqlx::{AssertSqlSafe, Connection, Executor, Row};
+use tokio::sync::broadcast;
+
+async fn fresh(test: &str) -> Option<TestStore> {
+    let ts = testing::postgres().await;
+    if ts.is_none() {
+        testing::report_skip(test);
+    }
+    ts
+}
+
+/// A second, independent store (its own pool) on the same schema as `ts`.
+async fn second_store(ts: &TestStore, extra_query: &str) -> PostgresStore {
+    let url = format!("{}{extra_query}", ts.url.clone().expect("postgres test stores have a url"));
+    PostgresStore::connect(&DatabaseUrl::new(url), &ConnectOptions::default())
+        .await
+        .expect("open a second store")
+}
+
+async fn next_matching(
+    rx: &mut broadcast::Receiver<Notification>,
+    within: Duration,
+    want: impl Fn(&Notification) -> bool,
+) -> Option<Notification> {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(n) if want(&n) => return Some(n),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(within, wait).await.ok().flatten()
+}
+
+fn env_url() -> String {
+    std::env::var(POSTGRES_URL_ENV).expect("set when a test store exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_claimers_take_every_task_exactly_once() {
+    const TASKS: usize = 5_000;
+    const CLAIMERS: usize = 16;
+    let Some(ts) = fresh("postgres_extra::sixteen_claimers_take_every_task_exactly_once").await else {
+        return;
+    };
+    // Its own pool, large enough that every claimer holds a connection of its own.
+    let store: Arc<PostgresStore> = Arc::new(second_store(&ts, "&max_connections=20").await);
+    ts.run(|_| async move {
+        let batch: Vec<NewTask> = (0..TASKS).map(|i| NewTask::new(format!("t{i}"), "load")).collect();
+        let ids: HashSet<TaskId> = store.insert_tasks(batch).await.unwrap().into_iter().collect();
+        assert_eq!(ids.len(), TASKS);
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for c in 0..CLAIMERS {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let params = ClaimParams {
+                    worker_id: WorkerId::parse(format!("claimer-{c}")).unwrap(),
+                    task_types: vec![],
+                    limit: 32,
+                    lease: Duration::from_secs(60),
+                };
+                let mut mine = Vec::new();
+                loop {
+                    let claims = store.claim_tasks(&params).await.unwrap();
+                    if claims.is_empty() {
+                        return mine;
+                    }
+                    let outcomes: Vec<RunOutcome> = claims
+                        .iter()
+                        .map(|c| RunOutcome {
+                            run_id: c.run.id,
+                            outcome: Outcome::Success { result: None },
+                            output_log: None,
+                        })
+                        .collect();
+                    for r in store.finish_runs(&outcomes).await.unwrap() {
+                        assert_eq!(r.finished, hive_store::Finished::Completed);
+                    }
+                    mine.extend(claims.into_iter().map(|c| c.task.id));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{TASKS} tasks claimed and finished by {CLAIMERS} claimers in {elapsed:?} ({:.0} tasks/s)",
+            TASKS as f64 / elapsed.as_secs_f64()
+        );
+        assert_eq!(all.len(), TASKS, "no task claimed twice");
+        assert_eq!(all.into_iter().collect::<HashSet<_>>(), ids, "every task claimed");
+        let counts = store.count_tasks(None).await.unwrap();
+        assert_eq!(counts.get(&TaskStatus::Completed), Some(&(TASKS as u64)));
+        assert_eq!(counts.len(), 1, "none left: {counts:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listener_sees_another_stores_changes() {
+    let Some(ts) = fresh("postgres_extra::a_listener_sees_another_stores_changes").await else {
+        return;
+    };
+    let other = second_store(&ts, "").await;
+    ts.run(|a| async move {
+        let mut rx = a.subscribe().await.unwrap();
+        let started = Instant::now();
+        let id = other.insert_tasks(vec![NewTask::new("from b", "test")]).await.unwrap()[0];
+        let n = next_matching(&mut rx, Duration::from_secs(1), |n| {
+            n.kind == ChangeKind::TaskCreated && n.task_id == Some(id)
+        })
+        .await
+        .expect("store A hears store B's insert within a second");
+        eprintln!("cross-store notification after {:?}", started.elapsed());
+        assert_eq!(n.origin, other.origin());
+        assert_ne!(n.origin, a.origin());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_without_the_password() {
+    let url = "postgres://u:sentinel-pw@127.0.0.1:1/x";
+    let err = PostgresStore::connect(&DatabaseUrl::new(url), &ConnectOptions::default())
+        .await
+        .expect_err("nothing listens on port 1");
+    let via_connect = hive_store::connect(url).await.expect_err("nothing listens on port 1");
+    for e in [&err, &via_connect] {
+        assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+        assert!(e.is_transient());
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(shown.contains("127.0.0.1:1"), "{shown}");
+            assert!(!shown.contains("sentinel-pw"), "{shown}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_are_harmless_twice_and_concurrently() {
+    let Some(ts) = fresh("postgres_extra::migrations_are_harmless_twice_and_concurrently").await else {
+        return;
+    };
+    // Again on a migrated schema, through connect and explicitly.
+    let again = second_store(&ts, "").await;
+    again.migrate().await.unwrap();
+    again.migrate().await.unwrap();
+    let id = again.insert_tasks(vec![NewTask::new("t", "test")]).await.unwrap()[0];
+
+    // Several processes' first connects to an empty schema at once.
+    let schema = format!("hive_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&env_url()).await.unwrap();
+    admin.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
+    let mut url = url::Url::parse(&env_url()).unwrap();
+    url.query_pairs_mut().append_pair("options", &format!("-c search_path={schema}"));
+    let url = url.to_string();
+    let opens = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            PostgresStore::connect(&DatabaseUrl::new(url), &ConnectOptions::default()).await
+        })
+    });
+    let stores: Vec<_> = futures::future::join_all(opens).await;
+    let mut opened = Vec::new();
+    for s in stores {
+        opened.push(s.unwrap().expect("a concurrent first connect migrates or waits"));
+    }
+    let applied: i64 = sqlx::query(AssertSqlSafe(format!(
+        "SELECT count(*) AS n FROM {schema}._sqlx_migrations WHERE success"
+    )))
+    .fetch_one(&mut admin)
+    .await
+    .unwrap()
+    .get("n");
+    assert!(applied >= 1);
+    assert!(opened[0].insert_tasks(vec![NewTask::new("t", "test")]).await.is_ok());
+    drop(opened);
+    admin.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await.unwrap();
+
+    ts.run(|s| async move {
+        assert!(s.get_task(id).await.unwrap().is_some(), "data survives a re-migration");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listener_reconnects_after_its_connection_is_killed() {
+    let Some(ts) = fresh("postgres_extra::listener_reconnects_after_its_connection_is_killed").await else {
+        return;
+    };
+    ts.run(|s| async move {
+        let mut rx = s.subscribe().await.unwrap();
+        let app = format!("hive-listen-{}", s.origin().simple());
+        let mut admin = sqlx::PgConnection::connect(&env_url()).await.unwrap();
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(killed, vec![true], "exactly one listener connection, named {app}");
+        let started = Instant::now();
+        // The listener announces its reconnection with a catch-up wake-up.
+        next_matching(&mut rx, Duration::from_secs(10), |n| {
+            n.kind == ChangeKind::TaskCreated && n.task_id.is_none() && n.origin.is_nil()
+        })
+        .await
+        .expect("a catch-up notification after reconnecting");
+        eprintln!("listener reconnected after {:?}", started.elapsed());
+        let pids: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&app)
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(pids.len(), 1, "one new listener connection");
+        let id = s.insert_tasks(vec![NewTask::new("after", "test")]).await.unwrap()[0];
+        next_matching(&mut rx, Duration::from_secs(5), |n| n.task_id == Some(id))
+            .await
+            .expect("notifications flow again after the reconnect");
+    })
+    .await;
+}

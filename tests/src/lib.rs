@@ -1,0 +1,1 @@
+//! Hive's cross-crate integration tests live in `integration/`; this library is empty.

@@ -1,0 +1,60 @@
+//! `cargo xtask`: Hive's automation, in Rust rather than shell scripts.
+
+mod arch;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Hive's automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the schema migrations to a database (harmless when already applied).
+    Migrate {
+        /// Defaults to HIVE_DATABASE_URL, else sqlite:hive.db.
+        #[arg(long, env = "HIVE_DATABASE_URL", default_value = "sqlite:hive.db")]
+        database_url: String,
+    },
+    /// Fail when a crate depends on a crate above it in the layering.
+    CheckArch,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Migrate { database_url } => migrate(&database_url),
+        Command::CheckArch => {
+            let metadata = cargo_metadata::MetadataCommand::new()
+                .exec()
+                .context("running cargo metadata")?;
+            let violations = arch::check(&metadata);
+            if violations.is_empty() {
+                println!(
+                    "check-arch: layering holds (models <- store <- ops <- client <- cli/apps)"
+                );
+                return Ok(());
+            }
+            for v in &violations {
+                eprintln!("check-arch: {v}");
+            }
+            bail!("{} layering violation(s)", violations.len())
+        }
+    }
+}
+
+fn migrate(url: &str) -> Result<()> {
+    let shown = hive_store::DatabaseUrl::new(url).redacted();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let options = hive_store::ConnectOptions::default();
+        hive_store::connect_with(url, &options)
+            .await
+            .with_context(|| format!("migrating {shown}"))
+    })?;
+    println!("migrations applied to {shown}");
+    Ok(())
+}
