@@ -21,9 +21,11 @@
 
 mod client;
 mod error;
+mod worker;
 
 pub use client::{Client, DATABASE_URL_ENV, DEFAULT_DATABASE_URL, OrchestrationClient, get_client};
 pub use error::{Error, Result};
+pub use worker::{Handler, ShutdownHandle, TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerReport};
 pub use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, Run, RunId, RunStatus,
     SubTask, Task, TaskId, TaskStatus, Worker, WorkerId, WorkerStatus,

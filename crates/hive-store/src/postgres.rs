@@ -75,6 +75,8 @@ const MAX_DAYS: i64 = 365_250;
 const MAX_MICROS: i64 = MAX_DAYS * 86_400 * 1_000_000;
 /// Run ids travel with the claim statement; larger limits claim in chunks of this size.
 const CLAIM_CHUNK: u32 = 1000;
+/// A pooled connection idle longer than this is pinged before use.
+const IDLE_PING_AFTER: Duration = Duration::from_secs(30);
 /// How often a transaction that lost a deadlock or serialization race is retried.
 const RETRIES: u32 = 4;
 
@@ -345,6 +347,17 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS))
             .acquire_timeout(options.acquire_timeout.unwrap_or(DEFAULT_ACQUIRE_TIMEOUT))
+            // sqlx pings every connection it hands out by default: a round trip per
+            // operation. Only a connection idle for a while is worth checking.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_PING_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(pg.clone());
         Ok(Self::assemble(pool, pg, target))
     }

@@ -242,7 +242,7 @@ impl SqliteStore {
 
     /// Commits when the operation succeeded (then sends its notifications), rolls back
     /// when it failed.
-    async fn finish<T>(
+    async fn end<T>(
         &self,
         tx: Transaction<'static, Sqlite>,
         outcome: R<T>,
@@ -255,15 +255,15 @@ impl SqliteStore {
                 Ok(v)
             }
             Err(f) => {
-                // The operation's own error is the one to report; a failed rollback also
-                // ends the transaction (sqlx discards the connection's state).
+                // The operation's error is the one to report. Should the rollback fail too,
+                // sqlx rolls back again when the dropped transaction's connection is reused.
                 let _ = tx.rollback().await;
                 Err(self.error(f))
             }
         }
     }
 
-    async fn read<T>(&self, outcome: R<T>) -> Result<T> {
+    fn read<T>(&self, outcome: R<T>) -> Result<T> {
         outcome.map_err(|f| self.error(f))
     }
 }
@@ -297,7 +297,7 @@ impl Store for SqliteStore {
             Ok(v) => db::ts("clock", v),
             Err(e) => Err(e),
         };
-        self.read(out).await
+        self.read(out)
     }
 
     async fn subscribe(&self) -> Result<broadcast::Receiver<Notification>> {
@@ -317,25 +317,25 @@ impl Store for SqliteStore {
             }
             Err(_) => Vec::new(),
         };
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = db::fetch_task(&mut c, id).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = tasks::list(&mut c, filter).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = tasks::count(&mut c, plan_id).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn set_task_status(
@@ -346,13 +346,13 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = tasks::set_status(&mut tx, &self.notifier, &mut notes, id, change).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn delete_task(&self, id: TaskId) -> Result<bool> {
         let mut tx = self.begin().await?;
         let out = tasks::delete(&mut tx, id).await;
-        self.finish(tx, out, Vec::new()).await
+        self.end(tx, out, Vec::new()).await
     }
 
     async fn prune_tasks(&self, params: &PruneParams) -> Result<u64> {
@@ -368,7 +368,7 @@ impl Store for SqliteStore {
         }
         let mut tx = self.begin().await?;
         let out = tasks::prune(&mut tx, params).await;
-        self.finish(tx, out, Vec::new()).await
+        self.end(tx, out, Vec::new()).await
     }
 
     async fn claim_tasks(&self, params: &ClaimParams) -> Result<Vec<Claim>> {
@@ -378,7 +378,7 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = runs::claim(&mut tx, &self.notifier, &mut notes, params).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>> {
@@ -388,13 +388,13 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = runs::finish(&mut tx, &self.notifier, &mut notes, outcomes).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
         let mut tx = self.begin().await?;
         let out = runs::extend_lease(&mut tx, run_id, lease).await;
-        self.finish(tx, out, Vec::new()).await
+        self.end(tx, out, Vec::new()).await
     }
 
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
@@ -404,26 +404,26 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = runs::release(&mut tx, &self.notifier, &mut notes, run_ids).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn reap(&self, params: &ReapParams) -> Result<ReapReport> {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = runs::reap(&mut tx, &self.notifier, &mut notes, params).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = runs::get(&mut c, id).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = runs::list(&mut c, task_id).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {
@@ -433,7 +433,7 @@ impl Store for SqliteStore {
             self.notifier
                 .worker(registration.id.clone(), WorkerStatus::Active),
         ];
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn heartbeat(
@@ -443,38 +443,38 @@ impl Store for SqliteStore {
     ) -> Result<Option<HeartbeatReport>> {
         let mut tx = self.begin().await?;
         let out = workers::heartbeat(&mut tx, id, status).await;
-        self.finish(tx, out, Vec::new()).await
+        self.end(tx, out, Vec::new()).await
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<Worker>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = workers::get(&mut c, id).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = workers::list(&mut c, filter).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn unregister_worker(&self, id: &WorkerId) -> Result<Option<Vec<TaskId>>> {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = workers::unregister(&mut tx, &self.notifier, &mut notes, id).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
         let mut tx = self.begin().await?;
         let out = plans::insert(&mut tx, plan).await;
-        self.finish(tx, out, Vec::new()).await
+        self.end(tx, out, Vec::new()).await
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = plans::get(&mut c, id).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn list_plans(
@@ -484,7 +484,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ExecutionPlan>> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = plans::list(&mut c, status, limit).await;
-        self.read(out).await
+        self.read(out)
     }
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
@@ -494,7 +494,7 @@ impl Store for SqliteStore {
             Ok(plans::Materialized::Created(_)) => vec![self.notifier.task_created(None)],
             _ => Vec::new(),
         };
-        let created = self.finish(tx, out, notes).await?;
+        let created = self.end(tx, out, notes).await?;
         Ok(match created {
             plans::Materialized::Unknown => None,
             plans::Materialized::Already => Some(0),
@@ -509,14 +509,14 @@ impl Store for SqliteStore {
             Ok(true) => vec![self.notifier.plan_status(id, to)],
             _ => Vec::new(),
         };
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
         let mut tx = self.begin().await?;
         let mut notes = Vec::new();
         let out = plans::cancel(&mut tx, &self.notifier, &mut notes, id).await;
-        self.finish(tx, out, notes).await
+        self.end(tx, out, notes).await
     }
 
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
@@ -525,6 +525,6 @@ impl Store for SqliteStore {
         }
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = tasks::dependencies_met(&mut c, ids).await;
-        self.read(out).await
+        self.read(out)
     }
 }

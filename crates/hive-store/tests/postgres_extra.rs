@@ -28,7 +28,10 @@ async fn fresh(test: &str) -> Option<TestStore> {
 
 /// A second, independent store (its own pool) on the same schema as `ts`.
 async fn second_store(ts: &TestStore, extra_query: &str) -> PostgresStore {
-    let url = format!("{}{extra_query}", ts.url.clone().expect("postgres test stores have a url"));
+    let url = format!(
+        "{}{extra_query}",
+        ts.url.clone().expect("postgres test stores have a url")
+    );
     PostgresStore::connect(&DatabaseUrl::new(url), &ConnectOptions::default())
         .await
         .expect("open a second store")
@@ -59,7 +62,8 @@ fn env_url() -> String {
 async fn sixteen_claimers_take_every_task_exactly_once() {
     const TASKS: usize = 5_000;
     const CLAIMERS: usize = 16;
-    let Some(ts) = fresh("postgres_extra::sixteen_claimers_take_every_task_exactly_once").await else {
+    let Some(ts) = fresh("postgres_extra::sixteen_claimers_take_every_task_exactly_once").await
+    else {
         return;
     };
     // Its own pool, large enough that every claimer holds a connection of its own.
@@ -127,7 +131,10 @@ async fn a_listener_sees_another_stores_changes() {
     ts.run(|a| async move {
         let mut rx = a.subscribe().await.unwrap();
         let started = Instant::now();
-        let id = other.insert_tasks(vec![NewTask::new("from b", "test")]).await.unwrap()[0];
+        let id = other
+            .insert_tasks(vec![NewTask::new("from b", "test")])
+            .await
+            .unwrap()[0];
         let n = next_matching(&mut rx, Duration::from_secs(1), |n| {
             n.kind == ChangeKind::TaskCreated && n.task_id == Some(id)
         })
@@ -146,7 +153,9 @@ async fn unreachable_server_is_unavailable_without_the_password() {
     let err = PostgresStore::connect(&DatabaseUrl::new(url), &ConnectOptions::default())
         .await
         .expect_err("nothing listens on port 1");
-    let via_connect = hive_store::connect(url).await.expect_err("nothing listens on port 1");
+    let via_connect = hive_store::connect(url)
+        .await
+        .expect_err("nothing listens on port 1");
     for e in [&err, &via_connect] {
         assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
         assert!(e.is_transient());
@@ -159,21 +168,29 @@ async fn unreachable_server_is_unavailable_without_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_are_harmless_twice_and_concurrently() {
-    let Some(ts) = fresh("postgres_extra::migrations_are_harmless_twice_and_concurrently").await else {
+    let Some(ts) = fresh("postgres_extra::migrations_are_harmless_twice_and_concurrently").await
+    else {
         return;
     };
     // Again on a migrated schema, through connect and explicitly.
     let again = second_store(&ts, "").await;
     again.migrate().await.unwrap();
     again.migrate().await.unwrap();
-    let id = again.insert_tasks(vec![NewTask::new("t", "test")]).await.unwrap()[0];
+    let id = again
+        .insert_tasks(vec![NewTask::new("t", "test")])
+        .await
+        .unwrap()[0];
 
     // Several processes' first connects to an empty schema at once.
     let schema = format!("hive_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&env_url()).await.unwrap();
-    admin.execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
+    admin
+        .execute(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .await
+        .unwrap();
     let mut url = url::Url::parse(&env_url()).unwrap();
-    url.query_pairs_mut().append_pair("options", &format!("-c search_path={schema}"));
+    url.query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={schema}"));
     let url = url.to_string();
     let opens = (0..4).map(|_| {
         let url = url.clone();
@@ -184,7 +201,10 @@ async fn migrations_are_harmless_twice_and_concurrently() {
     let stores: Vec<_> = futures::future::join_all(opens).await;
     let mut opened = Vec::new();
     for s in stores {
-        opened.push(s.unwrap().expect("a concurrent first connect migrates or waits"));
+        opened.push(
+            s.unwrap()
+                .expect("a concurrent first connect migrates or waits"),
+        );
     }
     let applied: i64 = sqlx::query(AssertSqlSafe(format!(
         "SELECT count(*) AS n FROM {schema}._sqlx_migrations WHERE success"
@@ -194,19 +214,32 @@ async fn migrations_are_harmless_twice_and_concurrently() {
     .unwrap()
     .get("n");
     assert!(applied >= 1);
-    assert!(opened[0].insert_tasks(vec![NewTask::new("t", "test")]).await.is_ok());
+    assert!(
+        opened[0]
+            .insert_tasks(vec![NewTask::new("t", "test")])
+            .await
+            .is_ok()
+    );
     drop(opened);
-    admin.execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await.unwrap();
+    admin
+        .execute(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
 
     ts.run(|s| async move {
-        assert!(s.get_task(id).await.unwrap().is_some(), "data survives a re-migration");
+        assert!(
+            s.get_task(id).await.unwrap().is_some(),
+            "data survives a re-migration"
+        );
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn listener_reconnects_after_its_connection_is_killed() {
-    let Some(ts) = fresh("postgres_extra::listener_reconnects_after_its_connection_is_killed").await else {
+    let Some(ts) =
+        fresh("postgres_extra::listener_reconnects_after_its_connection_is_killed").await
+    else {
         return;
     };
     ts.run(|s| async move {
@@ -220,7 +253,11 @@ async fn listener_reconnects_after_its_connection_is_killed() {
         .fetch_all(&mut admin)
         .await
         .unwrap();
-        assert_eq!(killed, vec![true], "exactly one listener connection, named {app}");
+        assert_eq!(
+            killed,
+            vec![true],
+            "exactly one listener connection, named {app}"
+        );
         let started = Instant::now();
         // The listener announces its reconnection with a catch-up wake-up.
         next_matching(&mut rx, Duration::from_secs(10), |n| {
@@ -236,7 +273,10 @@ async fn listener_reconnects_after_its_connection_is_killed() {
                 .await
                 .unwrap();
         assert_eq!(pids.len(), 1, "one new listener connection");
-        let id = s.insert_tasks(vec![NewTask::new("after", "test")]).await.unwrap()[0];
+        let id = s
+            .insert_tasks(vec![NewTask::new("after", "test")])
+            .await
+            .unwrap()[0];
         next_matching(&mut rx, Duration::from_secs(5), |n| n.task_id == Some(id))
             .await
             .expect("notifications flow again after the reconnect");

@@ -127,13 +127,14 @@ const CASCADE: &str = concat!(
          SELECT d.depends_on, d.task_id FROM task_dependencies d WHERE d.depends_on = ANY($1) \
          UNION \
          SELECT d.depends_on, d.task_id FROM walk w \
-         JOIN tasks x ON x.id = w.child AND x.status NOT IN ('completed', 'failed', 'cancelled') \
-         JOIN task_dependencies d ON d.depends_on = w.child \
+         JOIN tasks x ON x.id = w.child AND x.status NOT IN ",
+    terminal_statuses!(),
+    " JOIN task_dependencies d ON d.depends_on = w.child \
      ) \
      SELECT w.parent, t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, \
             t.plan_id, t.attempts, t.max_retries, \
-            coalesce((SELECT r.status = 'running' FROM runs r WHERE r.id = t.current_run_id), false) \
-                AS run_running \
+            coalesce((SELECT r.status = 'running' FROM runs r WHERE r.id = t.current_run_id), \
+                     false) AS run_running \
      FROM walk w JOIN tasks t ON t.id = w.child \
      ORDER BY t.id \
      FOR UPDATE OF t"
@@ -236,10 +237,10 @@ impl<'n> Changes<'n> {
 
     /// Marks a task's current run as running, from a row that read the run.
     pub fn set_running(&mut self, task_id: TaskId, run_id: RunId, running: bool) {
-        if let Some(n) = self.nodes.get_mut(&task_id) {
-            if n.current_run == Some(run_id) {
-                n.run_running = running;
-            }
+        if let Some(n) = self.nodes.get_mut(&task_id)
+            && n.current_run == Some(run_id)
+        {
+            n.run_running = running;
         }
     }
 
@@ -313,7 +314,10 @@ impl<'n> Changes<'n> {
             plan.completed_subtasks = rows::big_count(row, "completed_subtasks", P)?;
             plan.failed_subtasks = rows::big_count(row, "failed_subtasks", P)?;
             plan.cancelled_subtasks = rows::big_count(row, "cancelled_subtasks", P)?;
-            let state = PlanState { plan, touched: false };
+            let state = PlanState {
+                plan,
+                touched: false,
+            };
             self.plans.insert(id, state);
         }
         Ok(())

@@ -110,6 +110,7 @@ pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
     }
 }
 
+/// The database clock, read once per transaction so all its changes share one instant.
 pub(super) async fn db_now(c: &mut Conn) -> R<i64> {
     let sql = concat!("SELECT ", now_us!());
     Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(c).await?)
