@@ -9,7 +9,10 @@ use hive_client::{Client, NewTask, OpsConfig, RetryPolicy, TaskContext, TaskErro
 use hive_store::Store;
 
 fn client(store: Arc<dyn Store>) -> Client {
-    let config = OpsConfig { retry: RetryPolicy::IMMEDIATE, ..OpsConfig::default() };
+    let config = OpsConfig {
+        retry: RetryPolicy::IMMEDIATE,
+        ..OpsConfig::default()
+    };
     Client::from_store(store, config)
 }
 
@@ -27,13 +30,21 @@ macro_rules! on_backends {
     };
 }
 
-on_backends!(four_workers_complete_each_task_once, shutdown_releases_held_tasks, panicking_handler_fails_only_its_task);
+on_backends!(
+    four_workers_complete_each_task_once,
+    shutdown_releases_held_tasks,
+    panicking_handler_fails_only_its_task
+);
 
 async fn four_workers_complete_each_task_once(c: Client) {
     const PER_WORKER: usize = 1000;
     const WORKERS: usize = 4;
     let ids = c
-        .create_tasks((0..PER_WORKER * WORKERS).map(|i| NewTask::new(format!("t{i}"), "noop")).collect())
+        .create_tasks(
+            (0..PER_WORKER * WORKERS)
+                .map(|i| NewTask::new(format!("t{i}"), "noop"))
+                .collect(),
+        )
         .await
         .unwrap();
     let seen: Arc<Mutex<HashMap<hive_client::TaskId, u32>>> = Arc::default();
@@ -57,7 +68,11 @@ async fn four_workers_complete_each_task_once(c: Client) {
     }
     let mut completed = 0;
     for w in workers {
-        let report = tokio::time::timeout(Duration::from_secs(120), w).await.unwrap().unwrap().unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(report.stale, 0);
         completed += report.completed;
     }
@@ -66,12 +81,25 @@ async fn four_workers_complete_each_task_once(c: Client) {
     assert_eq!(seen.len(), ids.len());
     assert!(seen.values().all(|n| *n == 1), "a task ran twice");
     let counts = c.count_tasks(None).await.unwrap();
-    assert_eq!(counts.get(&TaskStatus::Completed), Some(&(ids.len() as u64)));
-    assert!(c.get_active_workers(None).await.unwrap().is_empty(), "workers unregister on exit");
+    assert_eq!(
+        counts.get(&TaskStatus::Completed),
+        Some(&(ids.len() as u64))
+    );
+    assert!(
+        c.get_active_workers(None).await.unwrap().is_empty(),
+        "workers unregister on exit"
+    );
 }
 
 async fn shutdown_releases_held_tasks(c: Client) {
-    let ids = c.create_tasks((0..3).map(|i| NewTask::new(format!("slow{i}"), "slow")).collect()).await.unwrap();
+    let ids = c
+        .create_tasks(
+            (0..3)
+                .map(|i| NewTask::new(format!("slow{i}"), "slow"))
+                .collect(),
+        )
+        .await
+        .unwrap();
     let worker = c
         .worker("sleepy")
         .concurrency(3)
@@ -88,23 +116,47 @@ async fn shutdown_releases_held_tasks(c: Client) {
         }
     }));
     for _ in 0..3 {
-        tokio::time::timeout(Duration::from_secs(10), started_rx.recv()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .unwrap();
     }
     stop.shutdown();
-    let report = tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(report.released, 3);
     for id in ids {
         let t = c.get_task(id).await.unwrap().unwrap();
         assert_eq!(t.status, TaskStatus::Queued);
         assert_eq!(t.attempts, 0, "a released task keeps its retries");
     }
-    assert!(c.get_worker("sleepy").await.unwrap().is_none(), "unregistered");
+    assert!(
+        c.get_worker("sleepy").await.unwrap().is_none(),
+        "unregistered"
+    );
 }
 
 async fn panicking_handler_fails_only_its_task(c: Client) {
-    let bad = c.create_task(NewTask::new("bad", "x").max_retries(1)).await.unwrap();
-    let good = c.create_tasks((0..5).map(|i| NewTask::new(format!("good{i}"), "x")).collect()).await.unwrap();
-    let worker = c.worker("p").concurrency(2).exit_when_idle(true).handle_signals(false).poll_interval(Duration::from_millis(20));
+    let bad = c
+        .create_task(NewTask::new("bad", "x").max_retries(1))
+        .await
+        .unwrap();
+    let good = c
+        .create_tasks(
+            (0..5)
+                .map(|i| NewTask::new(format!("good{i}"), "x"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let worker = c
+        .worker("p")
+        .concurrency(2)
+        .exit_when_idle(true)
+        .handle_signals(false)
+        .poll_interval(Duration::from_millis(20));
     let report = tokio::time::timeout(
         Duration::from_secs(60),
         worker.run(move |ctx: TaskContext| async move {
@@ -121,9 +173,22 @@ async fn panicking_handler_fails_only_its_task(c: Client) {
     assert_eq!(report.failed, 1);
     let t = c.get_task(bad).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Failed);
-    assert!(t.last_error.as_deref().unwrap_or_default().contains("handler panicked: handler bug"), "{t:?}");
-    assert_eq!(c.list_runs(bad).await.unwrap().len(), 2, "retried once, then failed");
+    assert!(
+        t.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("handler panicked: handler bug"),
+        "{t:?}"
+    );
+    assert_eq!(
+        c.list_runs(bad).await.unwrap().len(),
+        2,
+        "retried once, then failed"
+    );
     for id in good {
-        assert_eq!(c.get_task(id).await.unwrap().unwrap().status, TaskStatus::Completed);
+        assert_eq!(
+            c.get_task(id).await.unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
     }
 }

@@ -25,11 +25,13 @@ mod worker;
 
 pub use client::{Client, DATABASE_URL_ENV, DEFAULT_DATABASE_URL, OrchestrationClient, get_client};
 pub use error::{Error, Result};
-pub use worker::{Handler, ShutdownHandle, TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerReport};
 pub use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, Run, RunId, RunStatus,
     SubTask, Task, TaskId, TaskStatus, Worker, WorkerId, WorkerStatus,
 };
 pub use hive_ops::{Event, EventOrigin, Ops, OpsConfig, Published};
 pub use hive_store::{ConnectOptions, Store};
+pub use worker::{
+    Handler, ShutdownHandle, TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerReport,
+};
 pub use {hive_models as models, hive_ops as ops, hive_store as store};

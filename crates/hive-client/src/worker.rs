@@ -51,7 +51,10 @@ impl From<()> for TaskOutput {
 
 impl From<Json> for TaskOutput {
     fn from(result: Json) -> Self {
-        TaskOutput { result: Some(result), log: None }
+        TaskOutput {
+            result: Some(result),
+            log: None,
+        }
     }
 }
 
@@ -72,12 +75,19 @@ pub struct TaskError {
 
 impl TaskError {
     pub fn new(message: impl Into<String>) -> Self {
-        TaskError { message: message.into(), retryable: true, log: None }
+        TaskError {
+            message: message.into(),
+            retryable: true,
+            log: None,
+        }
     }
 
     /// A failure that retrying cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
-        TaskError { retryable: false, ..Self::new(message) }
+        TaskError {
+            retryable: false,
+            ..Self::new(message)
+        }
     }
 
     pub fn with_log(mut self, log: impl Into<String>) -> Self {
@@ -293,7 +303,14 @@ struct Runtime {
 impl Runtime {
     async fn start(cfg: WorkerBuilder, id: WorkerId, handler: Arc<dyn Handler>) -> Result<Runtime> {
         let stop = cfg.shutdown.subscribe();
-        Ok(Runtime { cfg, id, handler, counters: Arc::default(), wake: Arc::new(Notify::new()), stop })
+        Ok(Runtime {
+            cfg,
+            id,
+            handler,
+            counters: Arc::default(),
+            wake: Arc::new(Notify::new()),
+            stop,
+        })
     }
 
     fn registration(&self) -> WorkerRegistration {
@@ -317,7 +334,12 @@ impl Runtime {
     async fn register(&mut self) -> Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.cfg.client.register_worker_with(&self.registration()).await {
+            match self
+                .cfg
+                .client
+                .register_worker_with(&self.registration())
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e @ hive_ops::Error::Store(_)) => {
                     tracing::warn!(worker = %self.id, error = %e, retry_in = ?delay, "cannot register; retrying");
@@ -346,7 +368,12 @@ impl Runtime {
             });
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-        let completer = tokio::spawn(complete_batches(self.cfg.client.clone(), done_rx, self.counters.clone(), self.wake.clone()));
+        let completer = tokio::spawn(complete_batches(
+            self.cfg.client.clone(),
+            done_rx,
+            self.counters.clone(),
+            self.wake.clone(),
+        ));
         let result = self.claim_loop(done_tx).await;
         // The completer drains every outcome before exiting, so nothing finished is lost.
         let _ = completer.await;
@@ -367,7 +394,9 @@ impl Runtime {
                 match rx.recv().await {
                     // New tasks, requeues and completions (which unblock dependents) may
                     // all make something claimable.
-                    Ok(n) if matches!(n.kind, ChangeKind::TaskCreated | ChangeKind::TaskStatus) => wake.notify_one(),
+                    Ok(n) if matches!(n.kind, ChangeKind::TaskCreated | ChangeKind::TaskStatus) => {
+                        wake.notify_one()
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => wake.notify_one(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -380,13 +409,20 @@ impl Runtime {
         let client = self.cfg.client.clone();
         let id = self.id.clone();
         let registration = self.registration();
-        let every = self.cfg.heartbeat_interval.unwrap_or(self.cfg.lease / 3).max(Duration::from_millis(10));
+        let every = self
+            .cfg
+            .heartbeat_interval
+            .unwrap_or(self.cfg.lease / 3)
+            .max(Duration::from_millis(10));
         set.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match client.update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active)).await {
+                match client
+                    .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
+                    .await
+                {
                     Ok(true) => {}
                     // Someone unregistered or pruned this worker: register again.
                     Ok(false) => {
@@ -407,7 +443,12 @@ impl Runtime {
             loop {
                 tick.tick().await;
                 match client.reap().await {
-                    Ok(r) if !r.is_empty() => tracing::info!(requeued = r.requeued.len(), failed = r.failed.len(), offline = r.offline_workers.len(), "reaped"),
+                    Ok(r) if !r.is_empty() => tracing::info!(
+                        requeued = r.requeued.len(),
+                        failed = r.failed.len(),
+                        offline = r.offline_workers.len(),
+                        "reaped"
+                    ),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reaper failed"),
                 }
@@ -417,7 +458,8 @@ impl Runtime {
 
     async fn claim_loop(&mut self, done_tx: mpsc::UnboundedSender<Done>) -> Result<()> {
         let mut running: JoinSet<()> = JoinSet::new();
-        let mut held: std::collections::HashMap<tokio::task::Id, hive_models::RunId> = Default::default();
+        let mut held: std::collections::HashMap<tokio::task::Id, hive_models::RunId> =
+            Default::default();
         let mut error_delay = Duration::from_millis(50);
         while !self.stopping() {
             while let Some(joined) = running.try_join_next_with_id() {
@@ -426,13 +468,23 @@ impl Runtime {
             let free = self.cfg.concurrency.saturating_sub(running.len() as u32);
             let mut claimed = 0;
             if free > 0 {
-                match self.cfg.client.claim_tasks(&self.id, &self.cfg.task_types, free, self.cfg.lease).await {
+                match self
+                    .cfg
+                    .client
+                    .claim_tasks(&self.id, &self.cfg.task_types, free, self.cfg.lease)
+                    .await
+                {
                     Ok(claims) => {
                         error_delay = Duration::from_millis(50);
                         claimed = claims.len();
                         for c in claims {
                             let run_id = c.run.id;
-                            let handle = running.spawn(run_one(self.cfg.client.clone(), self.handler.clone(), c, done_tx.clone()));
+                            let handle = running.spawn(run_one(
+                                self.cfg.client.clone(),
+                                self.handler.clone(),
+                                c,
+                                done_tx.clone(),
+                            ));
                             held.insert(handle.id(), run_id);
                         }
                     }
@@ -474,7 +526,11 @@ impl Runtime {
     }
 
     /// After shutdown: let in-flight tasks finish within the grace period, release the rest.
-    async fn drain(&self, mut running: JoinSet<()>, mut held: std::collections::HashMap<tokio::task::Id, hive_models::RunId>) {
+    async fn drain(
+        &self,
+        mut running: JoinSet<()>,
+        mut held: std::collections::HashMap<tokio::task::Id, hive_models::RunId>,
+    ) {
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
         while !running.is_empty() {
             match tokio::time::timeout_at(deadline, running.join_next_with_id()).await {
@@ -494,20 +550,36 @@ impl Runtime {
         }
         match self.cfg.client.release_runs(&runs).await {
             Ok(released) => {
-                self.counters.released.fetch_add(released.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .released
+                    .fetch_add(released.len() as u64, Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire"),
+            Err(e) => {
+                tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire")
+            }
         }
     }
 
     /// Whether nothing of this worker's types is queued (ready, delayed or waiting on
     /// dependencies), assigned or in progress anywhere.
     async fn nothing_left(&self) -> Result<bool> {
-        let types: Vec<Option<String>> =
-            if self.cfg.task_types.is_empty() { vec![None] } else { self.cfg.task_types.iter().cloned().map(Some).collect() };
+        let types: Vec<Option<String>> = if self.cfg.task_types.is_empty() {
+            vec![None]
+        } else {
+            self.cfg.task_types.iter().cloned().map(Some).collect()
+        };
         for task_type in types {
-            for status in [TaskStatus::Queued, TaskStatus::Assigned, TaskStatus::InProgress] {
-                let filter = TaskFilter { status: Some(status), task_type: task_type.clone(), limit: Some(1), ..Default::default() };
+            for status in [
+                TaskStatus::Queued,
+                TaskStatus::Assigned,
+                TaskStatus::InProgress,
+            ] {
+                let filter = TaskFilter {
+                    status: Some(status),
+                    task_type: task_type.clone(),
+                    limit: Some(1),
+                    ..Default::default()
+                };
                 if !self.cfg.client.list_tasks(&filter).await?.is_empty() {
                     return Ok(false);
                 }
@@ -517,7 +589,9 @@ impl Runtime {
     }
 }
 
-fn joined_id(j: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+fn joined_id(
+    j: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) -> tokio::task::Id {
     match j {
         Ok((id, ())) => id,
         Err(e) => e.id(),
@@ -525,23 +599,46 @@ fn joined_id(j: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinErro
 }
 
 /// Runs one claimed task; a panicking handler fails its task, not the worker.
-async fn run_one(client: Client, handler: Arc<dyn Handler>, claim: hive_ops::Claimed, done: mpsc::UnboundedSender<Done>) {
+async fn run_one(
+    client: Client,
+    handler: Arc<dyn Handler>,
+    claim: hive_ops::Claimed,
+    done: mpsc::UnboundedSender<Done>,
+) {
     let retry = client.config().retry;
     let run_id = claim.run.id;
-    let ctx = TaskContext { task: claim.task, run: claim.run, client };
+    let ctx = TaskContext {
+        task: claim.task,
+        run: claim.run,
+        client,
+    };
     let fut = handler.call(ctx);
     let outcome = match tokio::spawn(fut).await {
-        Ok(Ok(out)) => RunOutcome { run_id, outcome: Outcome::Success { result: out.result }, output_log: out.log },
+        Ok(Ok(out)) => RunOutcome {
+            run_id,
+            outcome: Outcome::Success { result: out.result },
+            output_log: out.log,
+        },
         Ok(Err(e)) => RunOutcome {
             run_id,
-            outcome: Outcome::Failure { error: e.message, retry: e.retryable.then_some(retry) },
+            outcome: Outcome::Failure {
+                error: e.message,
+                retry: e.retryable.then_some(retry),
+            },
             output_log: e.log,
         },
         Err(join) => {
-            let message = if join.is_panic() { panic_message(join.into_panic()) } else { "handler was cancelled".into() };
+            let message = if join.is_panic() {
+                panic_message(join.into_panic())
+            } else {
+                "handler was cancelled".into()
+            };
             RunOutcome {
                 run_id,
-                outcome: Outcome::Failure { error: format!("handler panicked: {message}"), retry: Some(retry) },
+                outcome: Outcome::Failure {
+                    error: format!("handler panicked: {message}"),
+                    retry: Some(retry),
+                },
                 output_log: None,
             }
         }
@@ -559,7 +656,12 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 /// Sends finished runs to the store in batches: whatever has arrived while the previous
 /// batch was committing goes in the next transaction. A failed commit is retried, so an
 /// outcome is never dropped while the worker lives.
-async fn complete_batches(client: Client, mut rx: mpsc::UnboundedReceiver<Done>, counters: Arc<Counters>, wake: Arc<Notify>) {
+async fn complete_batches(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Done>,
+    counters: Arc<Counters>,
+    wake: Arc<Notify>,
+) {
     const MAX_BATCH: usize = 256;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first.outcome];

@@ -28,6 +28,7 @@ impl PlanStatus {
 
 /// One node of a plan: a task definition plus the ids of the subtasks it waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubTask {
     /// Unique within the plan; dependencies refer to it.
     pub id: String,
@@ -87,6 +88,7 @@ impl SubTask {
 
 /// What a caller supplies to create a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewPlan {
     pub title: String,
     #[serde(default)]

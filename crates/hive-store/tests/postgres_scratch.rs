@@ -4,11 +4,15 @@
 use std::time::{Duration, Instant};
 
 use hive_store::models::{NewTask, WorkerId};
-use hive_store::{ClaimParams, ConnectOptions, DatabaseUrl, Outcome, PostgresStore, RunOutcome, Store};
+use hive_store::{
+    ClaimParams, ConnectOptions, DatabaseUrl, Outcome, PostgresStore, RunOutcome, Store,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_vs_raw_sql() {
-    let Some(ts) = hive_store::testing::postgres().await else { return };
+    let Some(ts) = hive_store::testing::postgres().await else {
+        return;
+    };
     let url = ts.url.clone().unwrap();
     const N: usize = 5_000;
     let store = PostgresStore::connect(&DatabaseUrl::new(url.clone()), &ConnectOptions::default())

@@ -1,0 +1,109 @@
+//! `hive plan …`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use clap::Subcommand;
+use hive_client::PlanId;
+
+use crate::{Context, output, planfile};
+
+#[derive(Subcommand)]
+pub enum PlanCommand {
+    /// Create a plan and its subtasks from a JSON or TOML file; prints the plan id.
+    Submit { file: PathBuf },
+    /// Status, progress and task counts of a plan.
+    Status { id: String },
+    /// List plans, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a plan and its open subtasks.
+    Cancel { id: String },
+}
+
+fn plan_id(s: &str) -> anyhow::Result<PlanId> {
+    s.parse()
+        .map_err(|e: hive_client::models::Error| anyhow!(e))
+}
+
+pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PlanCommand::Submit { file } => {
+            let plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+            let id = ctx.client().await?.submit_plan(plan).await?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "id": id }))?;
+            } else {
+                println!("{id}");
+            }
+        }
+        PlanCommand::Status { id } => {
+            let id = plan_id(&id)?;
+            let summary = ctx
+                .client()
+                .await?
+                .plan_summary(id)
+                .await?
+                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            if ctx.json {
+                output::json(&summary)?;
+            } else {
+                let p = &summary.plan;
+                println!(
+                    "plan {} — {}\nstatus: {}\nprogress: {:.1}% ({} of {} completed, {} failed, {} cancelled)\n",
+                    p.id,
+                    p.title,
+                    p.status,
+                    summary.progress_percent,
+                    p.completed_subtasks,
+                    p.total_subtasks,
+                    p.failed_subtasks,
+                    p.cancelled_subtasks
+                );
+                output::table(
+                    ["TASK STATUS", "COUNT"],
+                    summary
+                        .task_counts
+                        .iter()
+                        .map(|(s, n)| [s.to_string(), n.to_string()]),
+                );
+            }
+        }
+        PlanCommand::List { limit } => {
+            let plans = ctx.client().await?.list_plans(None, Some(limit)).await?;
+            if ctx.json {
+                output::json(&plans)?;
+            } else {
+                output::table(
+                    ["ID", "STATUS", "PROGRESS", "SUBTASKS", "CREATED", "TITLE"],
+                    plans.iter().map(|p| {
+                        [
+                            p.id.to_string(),
+                            p.status.to_string(),
+                            format!("{:.0}%", p.get_progress_percentage()),
+                            p.total_subtasks.to_string(),
+                            p.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            output::clip(&p.title, 50),
+                        ]
+                    }),
+                );
+            }
+        }
+        PlanCommand::Cancel { id } => {
+            let id = plan_id(&id)?;
+            let client = ctx.client().await?;
+            let plan = client
+                .get_plan(id)
+                .await?
+                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            if !client.cancel_plan(id).await? {
+                anyhow::bail!("plan `{id}` is already {}", plan.status);
+            }
+            println!("plan {id} cancelled");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

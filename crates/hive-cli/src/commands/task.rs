@@ -1,0 +1,215 @@
+//! `hive task …`
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow};
+use clap::Subcommand;
+use hive_client::store::TaskFilter;
+use hive_client::{NewTask, Task, TaskId, TaskStatus};
+
+use crate::{Context, output};
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// Create a task and print its id.
+    Create {
+        #[arg(long)]
+        title: String,
+        #[arg(long = "type")]
+        task_type: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// JSON payload, e.g. '{"command": "make"}'.
+        #[arg(long)]
+        payload: Option<String>,
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        priority: i32,
+        #[arg(long, default_value_t = 3)]
+        max_retries: u32,
+    },
+    /// Show one task.
+    Get { id: String },
+    /// List tasks in queue order.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long = "type")]
+        task_type: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Set a task's status (the transition table applies).
+    Update { id: String, status: String },
+    /// Cancel a task and the tasks depending on it.
+    Cancel { id: String },
+    /// Delete a task and its runs.
+    Delete { id: String },
+    /// Show a task's runs.
+    Runs { id: String },
+}
+
+fn task_id(s: &str) -> anyhow::Result<TaskId> {
+    s.parse()
+        .map_err(|e: hive_client::models::Error| anyhow!(e))
+}
+
+fn status(s: &str) -> anyhow::Result<TaskStatus> {
+    s.parse()
+        .map_err(|e: hive_client::models::Error| anyhow!(e))
+}
+
+fn not_found(id: TaskId) -> anyhow::Error {
+    anyhow!("task `{id}` not found")
+}
+
+pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
+    // Input is parsed before connecting, so bad input never touches the database.
+    match cmd {
+        TaskCommand::Create {
+            title,
+            task_type,
+            description,
+            payload,
+            priority,
+            max_retries,
+        } => {
+            let mut new = NewTask::new(title, task_type)
+                .description(description)
+                .priority(priority)
+                .max_retries(max_retries);
+            if let Some(p) = payload {
+                new = new.payload(serde_json::from_str(&p).context("--payload is not valid JSON")?);
+            }
+            new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+            let id = ctx.client().await?.create_task(new).await?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "id": id }))?;
+            } else {
+                println!("{id}");
+            }
+        }
+        TaskCommand::Get { id } => {
+            let id = task_id(&id)?;
+            let task = ctx
+                .client()
+                .await?
+                .get_task(id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            if ctx.json {
+                output::json(&task)?;
+            } else {
+                print_task(&task)?;
+            }
+        }
+        TaskCommand::List {
+            status: st,
+            task_type,
+            limit,
+        } => {
+            let filter = TaskFilter {
+                status: st.as_deref().map(status).transpose()?,
+                task_type,
+                limit: Some(limit),
+                ..Default::default()
+            };
+            let tasks = ctx.client().await?.list_tasks(&filter).await?;
+            if ctx.json {
+                output::json(&tasks)?;
+            } else {
+                output::table(
+                    ["ID", "STATUS", "TYPE", "PRIORITY", "ATTEMPTS", "TITLE"],
+                    tasks.iter().map(|t| {
+                        [
+                            t.id.to_string(),
+                            t.status.to_string(),
+                            t.task_type.clone(),
+                            t.priority.to_string(),
+                            t.attempts.to_string(),
+                            output::clip(&t.title, 50),
+                        ]
+                    }),
+                );
+            }
+        }
+        TaskCommand::Update { id, status: st } => {
+            let (id, st) = (task_id(&id)?, status(&st)?);
+            if !ctx.client().await?.update_task_status(id, st, None).await? {
+                return Err(not_found(id));
+            }
+            println!("task {id} is now {st}");
+        }
+        TaskCommand::Cancel { id } => {
+            let id = task_id(&id)?;
+            if !ctx.client().await?.cancel_task(id).await? {
+                return Err(not_found(id));
+            }
+            println!("task {id} cancelled");
+        }
+        TaskCommand::Delete { id } => {
+            let id = task_id(&id)?;
+            if !ctx.client().await?.delete_task(id).await? {
+                return Err(not_found(id));
+            }
+            println!("task {id} deleted");
+        }
+        TaskCommand::Runs { id } => {
+            let id = task_id(&id)?;
+            let client = ctx.client().await?;
+            client.get_task(id).await?.ok_or_else(|| not_found(id))?;
+            let runs = client.list_runs(id).await?;
+            if ctx.json {
+                output::json(&runs)?;
+            } else {
+                output::table(
+                    [
+                        "RUN", "#", "WORKER", "STATUS", "STARTED", "DURATION", "ERROR",
+                    ],
+                    runs.iter().map(|r| {
+                        [
+                            r.id.to_string(),
+                            r.run_number.to_string(),
+                            r.worker_id.to_string(),
+                            r.status.to_string(),
+                            r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            output::opt(
+                                r.duration().map(|d| {
+                                    format!("{:.3}s", d.num_milliseconds() as f64 / 1000.0)
+                                }),
+                            ),
+                            output::clip(r.error_message.as_deref().unwrap_or("-"), 40),
+                        ]
+                    }),
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_task(t: &Task) -> anyhow::Result<()> {
+    let rows: [(&str, String); 14] = [
+        ("id", t.id.to_string()),
+        ("title", t.title.clone()),
+        ("type", t.task_type.clone()),
+        ("status", t.status.to_string()),
+        ("priority", t.priority.to_string()),
+        (
+            "attempts",
+            format!("{} (max retries {})", t.attempts, t.max_retries),
+        ),
+        ("worker", output::opt(t.assigned_worker.as_ref())),
+        ("plan", output::opt(t.plan_id)),
+        ("run at", output::opt(t.run_at)),
+        ("created", t.created_at.to_string()),
+        ("updated", t.updated_at.to_string()),
+        ("payload", serde_json::to_string(&t.payload)?),
+        ("result", output::opt(t.result.as_ref())),
+        ("last error", output::opt(t.last_error.as_ref())),
+    ];
+    output::table(
+        ["FIELD", "VALUE"],
+        rows.into_iter().map(|(k, v)| [k.to_owned(), v]),
+    );
+    Ok(())
+}

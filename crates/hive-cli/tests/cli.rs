@@ -1,0 +1,280 @@
+//! The real `hive` binary against temporary SQLite files.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+struct Db {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Db {
+    fn new() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("hive.db").display());
+        Db { dir, url }
+    }
+
+    fn hive(&self) -> Command {
+        let mut c = Command::cargo_bin("hive").unwrap();
+        c.env("HIVE_DATABASE_URL", &self.url)
+            .current_dir(self.dir.path());
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.hive().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hive {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Everything that could change: tasks per status, plans, and every task's status.
+    fn snapshot(&self) -> (Value, Value, Value) {
+        (
+            self.json(&["status"]),
+            self.json(&["plan", "list"]),
+            self.json(&["task", "list", "--limit", "1000"]),
+        )
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+const PLAN: &str = r#"{"title": "Release 1.2", "description": "optional",
+ "subtasks": [
+   {"id": "build", "title": "Build", "task_type": "shell", "priority": 5, "payload": {"command": "echo built > build.out"}},
+   {"id": "test",  "title": "Test",  "task_type": "shell", "payload": {"command": "test -f build.out && echo tested"}, "dependencies": ["build"]}
+ ]}"#;
+
+#[test]
+fn plan_runs_to_completion_with_a_worker_process() {
+    let db = Db::new();
+    let file = db.write("plan.json", PLAN);
+    let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    assert_eq!(
+        db.json(&["plan", "status", &plan_id])["plan"]["status"],
+        "pending"
+    );
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "builder",
+        "--concurrency",
+        "2",
+        "--exit-when-idle",
+    ]);
+    let status = db.json(&["plan", "status", &plan_id]);
+    assert_eq!(status["plan"]["status"], "completed", "{status}");
+    assert_eq!(status["progress_percent"], 100.0);
+    let tasks = db.json(&["task", "list"]);
+    let test = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["title"] == "Test")
+        .unwrap();
+    let runs = db.json(&["task", "runs", test["id"].as_str().unwrap()]);
+    assert_eq!(runs[0]["status"], "success");
+    assert_eq!(
+        runs[0]["output_log"], "tested\n",
+        "stdout goes to the run's output log"
+    );
+    let table = db.ok(&["plan", "status", &plan_id]);
+    assert!(table.contains("status: completed"), "{table}");
+}
+
+#[test]
+fn toml_plans_and_failing_commands() {
+    let db = Db::new();
+    let file = db.write(
+        "plan.toml",
+        r#"title = "toml plan"
+[[subtasks]]
+id = "fails"
+title = "Fails"
+task_type = "shell"
+max_retries = 0
+payload = { command = "echo oops >&2; exit 3" }
+[[subtasks]]
+id = "after"
+title = "After"
+task_type = "shell"
+dependencies = ["fails"]
+payload = { command = "true" }
+"#,
+    );
+    let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    let status = db.json(&["plan", "status", &plan_id]);
+    assert_eq!(status["plan"]["status"], "failed");
+    assert_eq!(status["task_counts"]["failed"], 1);
+    assert_eq!(
+        status["task_counts"]["cancelled"], 1,
+        "the dependent is cancelled"
+    );
+    let failed = db.json(&["task", "list", "--status", "failed"]);
+    let runs = db.json(&["task", "runs", failed[0]["id"].as_str().unwrap()]);
+    assert_eq!(runs[0]["error_message"], "command exited with status 3");
+    assert_eq!(runs[0]["output_log"], "oops\n");
+}
+
+#[test]
+fn task_commands() {
+    let db = Db::new();
+    let id = db.ok(&[
+        "task",
+        "create",
+        "--title",
+        "T",
+        "--type",
+        "shell",
+        "--payload",
+        r#"{"command":"true"}"#,
+        "--priority",
+        "7",
+    ]);
+    let id = id.trim();
+    let task = db.json(&["task", "get", id]);
+    assert_eq!(
+        (task["priority"].as_i64(), task["status"].as_str()),
+        (Some(7), Some("queued"))
+    );
+    db.ok(&["task", "update", id, "in_progress"]);
+    db.ok(&["task", "update", id, "review_pending"]);
+    assert_eq!(db.json(&["task", "get", id])["status"], "review_pending");
+    db.ok(&["task", "cancel", id]);
+    assert_eq!(
+        db.json(&["task", "list", "--status", "cancelled"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    db.ok(&["task", "delete", id]);
+    assert!(db.json(&["task", "list"]).as_array().unwrap().is_empty());
+    assert!(db.ok(&["worker", "list"]).contains("ID"));
+    assert!(
+        db.json(&["worker", "list", "--role", "x"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_nonzero_and_changes_nothing() {
+    let db = Db::new();
+    let file = db.write("plan.json", PLAN);
+    db.ok(&["plan", "submit", &file]);
+    let known = db.json(&["task", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cyclic = db.write(
+        "cyclic.json",
+        r#"{"title": "c", "subtasks": [
+            {"id": "a", "title": "A", "task_type": "shell", "dependencies": ["b"]},
+            {"id": "b", "title": "B", "task_type": "shell", "dependencies": ["a"]}]}"#,
+    );
+    let malformed = db.write("bad.json", r#"{"title": "x", "subtasks": [ {"id": "a""#);
+    let before = db.snapshot();
+    let ghost = "01a20c17-0000-7000-8000-000000000000";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "task",
+                "create",
+                "--title",
+                "t",
+                "--type",
+                "x",
+                "--payload",
+                "{nope",
+            ],
+            "not valid JSON",
+        ),
+        (
+            vec!["task", "create", "--title", "", "--type", "x"],
+            "`title`",
+        ),
+        (
+            vec!["task", "update", &known, "runing"],
+            "unknown task status `runing`",
+        ),
+        (
+            vec!["task", "update", &known, "approved"],
+            "illegal task status transition",
+        ),
+        (vec!["task", "update", ghost, "completed"], "not found"),
+        (vec!["task", "get", ghost], "not found"),
+        (vec!["task", "get", "not-a-uuid"], "invalid task id"),
+        (vec!["task", "cancel", ghost], "not found"),
+        (vec!["task", "delete", ghost], "not found"),
+        (vec!["task", "runs", ghost], "not found"),
+        (
+            vec!["task", "list", "--status", "bogus"],
+            "unknown task status",
+        ),
+        (vec!["plan", "status", ghost], "not found"),
+        (vec!["plan", "cancel", ghost], "not found"),
+        (vec!["plan", "submit", &cyclic], "dependency cycle"),
+        (vec!["plan", "submit", &malformed], "not a valid JSON plan"),
+        (
+            vec!["plan", "submit", "missing.json"],
+            "cannot read plan file `missing.json`",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = db.hive().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "hive {args:?} should fail");
+        assert_eq!(stderr.lines().count(), 1, "one line for {args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(want),
+            "hive {args:?}: {stderr}"
+        );
+        assert_eq!(db.snapshot(), before, "hive {args:?} changed the database");
+    }
+}
+
+#[test]
+fn demo_completes_on_a_fresh_file() {
+    let db = Db::new();
+    let out = Command::cargo_bin("hive")
+        .unwrap()
+        .env_remove("HIVE_DATABASE_URL")
+        .current_dir(db.dir.path())
+        .args(["demo", "--subtasks", "60", "--workers", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("60 tasks in"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("completed"), "{stdout}");
+    assert!(
+        !Path::new(&db.dir.path().join("hive.db")).exists(),
+        "the demo uses its own temporary file"
+    );
+}
