@@ -29,8 +29,9 @@ CREATE INDEX plans_status_created ON plans (status, created_at DESC, id DESC);
 
 CREATE TABLE tasks (
     id              uuid        PRIMARY KEY,
-    -- Insertion order, the tie-break of queue order.
-    seq             bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- Insertion order, the tie-break of queue order. Not unique-indexed: every status change
+    -- rewrites the row, and each index costs an insert then; the queue indexes carry it.
+    seq             bigint      GENERATED ALWAYS AS IDENTITY,
     title           text        NOT NULL,
     description     text        NOT NULL DEFAULT '',
     task_type       text        NOT NULL,

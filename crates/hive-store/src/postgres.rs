@@ -573,6 +573,49 @@ const CLAIM: &str = concat!(
      ORDER BY c.priority DESC, c.seq"
 );
 
+/// Finishes a batch of successful runs in one statement when none of their tasks belongs to a
+/// plan (plans need the ordered replay of [`effects`]); otherwise changes nothing and
+/// reports `fast = false`. A run id given twice finishes once: the first occurrence wins.
+const FINISH_SUCCESSES: &str = concat!(
+    "WITH input AS ( \
+         SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
+             AS x(run_id, result, log, ord) \
+     ), locked AS ( \
+         SELECT r.id AS run_id, t.id AS task_id, t.plan_id, \
+             (r.status = 'running' AND t.current_run_id = r.id) AS live \
+         FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = ANY($1::uuid[]) \
+         ORDER BY t.id, r.id FOR UPDATE OF t, r \
+     ), fast AS ( \
+         SELECT NOT EXISTS (SELECT 1 FROM locked WHERE live AND plan_id IS NOT NULL) AS ok \
+     ), go AS ( \
+         SELECT l.run_id, l.task_id, f.result, f.log FROM locked l \
+         JOIN (SELECT DISTINCT ON (run_id) run_id, result, log FROM input \
+               ORDER BY run_id, ord) f ON f.run_id = l.run_id \
+         WHERE l.live AND (SELECT ok FROM fast) \
+     ), run_upd AS ( \
+         UPDATE runs r SET status = 'success', completed_at = now(), lease_expires_at = NULL, \
+             result_data = g.result, output_log = g.log \
+         FROM go g WHERE r.id = g.run_id AND r.id = ANY($1::uuid[]) \
+     ), dec AS ( \
+         SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
+         WHERE d.depends_on = ANY(ARRAY(SELECT task_id FROM go)) GROUP BY d.task_id \
+     ), task_upd AS ( \
+         UPDATE tasks t SET status = 'completed', result = g.result, updated_at = now(), \
+             pending_deps = greatest(t.pending_deps \
+                 - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
+         FROM go g WHERE t.id = g.task_id \
+     ), dep_upd AS ( \
+         UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
+         FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
+     ), notes AS ( \
+         SELECT count(pg_notify('hive_events', json_build_object('origin', $4::uuid, \
+             'kind', 'task_status', 'task_id', g.task_id, 'status', 'completed')::text)) AS n \
+         FROM go g \
+     ) \
+     SELECT l.run_id, l.task_id, l.live, f.ok AS fast, n.n AS notified \
+     FROM fast f CROSS JOIN notes n LEFT JOIN locked l ON true"
+);
+
 const LOCK_RUNS: &str = concat!(
     "SELECT ",
     locked_run_columns!(),
@@ -787,6 +830,62 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok(claims)
+    }
+
+    /// The one-statement finish of a batch of successes; `None` when a task of the batch
+    /// belongs to a plan (nothing was changed then).
+    async fn finish_successes(&self, outcomes: &[RunOutcome]) -> R<Option<Vec<FinishReport>>> {
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut results: Vec<Option<Json>> = Vec::with_capacity(n);
+        let mut logs: Vec<Option<&str>> = Vec::with_capacity(n);
+        for o in outcomes {
+            ids.push(o.run_id.0);
+            results.push(match &o.outcome {
+                Outcome::Success { result } => result.clone(),
+                Outcome::Failure { .. } => None,
+            });
+            logs.push(o.output_log.as_deref());
+        }
+        let found = sqlx::query(FINISH_SUCCESSES)
+            .bind(&ids)
+            .bind(results)
+            .bind(logs)
+            .bind(self.notifier.origin())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut run_task = HashMap::with_capacity(found.len());
+        let mut live = HashSet::with_capacity(found.len());
+        for row in &found {
+            if !rows::get::<bool>(row, "fast", "tasks")? {
+                return Ok(None);
+            }
+            let Some(run_id) = rows::get::<Option<Uuid>>(row, "run_id", "runs")? else {
+                continue;
+            };
+            let task_id: Uuid = rows::get(row, "task_id", "tasks")?;
+            run_task.insert(RunId(run_id), TaskId(task_id));
+            if rows::get::<bool>(row, "live", "runs")? {
+                live.insert(RunId(run_id));
+            }
+        }
+        let reports = outcomes
+            .iter()
+            .map(|o| {
+                let task_id = run_task.get(&o.run_id).copied();
+                // `remove`: a run given twice finished once; the repeat is stale.
+                let finished = if live.remove(&o.run_id) { Finished::Completed } else { Finished::Stale };
+                FinishReport {
+                    run_id: o.run_id,
+                    task_id,
+                    finished,
+                    plan_id: None,
+                    cancelled_dependents: Vec::new(),
+                    plan_transition: None,
+                }
+            })
+            .collect();
+        Ok(Some(reports))
     }
 
     async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
@@ -1348,6 +1447,13 @@ impl Store for PostgresStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
+        let all_successes = outcomes.iter().all(|o| matches!(o.outcome, Outcome::Success { .. }));
+        if all_successes {
+            let fast = self.retrying(|| self.finish_successes(outcomes)).await?;
+            if let Some(reports) = fast {
+                return Ok(reports);
+            }
+        }
         self.retrying(|| self.finish_once(outcomes)).await
     }
 
@@ -1654,6 +1760,24 @@ mod tests {
                 s.is_terminal(),
                 "{s}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod print_sql_tmp {
+    #[test]
+    #[ignore]
+    fn print_sql() {
+        for (name, sql) in [
+            ("CLAIM", super::CLAIM),
+            ("LOCK_RUNS", super::LOCK_RUNS),
+            ("EXPIRED_RUNS", super::EXPIRED_RUNS),
+            ("APPLY", super::effects::APPLY),
+            ("CASCADE", super::effects::CASCADE),
+            ("INSERT_TASKS", super::INSERT_TASKS),
+        ] {
+            std::fs::write(format!("/tmp/sql_{name}.sql"), sql).unwrap();
         }
     }
 }

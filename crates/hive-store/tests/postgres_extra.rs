@@ -283,3 +283,33 @@ async fn listener_reconnects_after_its_connection_is_killed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_the_store_closes_its_connections_and_listener() {
+    let Some(ts) = fresh("postgres_extra::dropping_the_store_closes_its_connections_and_listener").await
+    else {
+        return;
+    };
+    let app = format!("hive-drop-{}", uuid::Uuid::new_v4().simple());
+    let store = second_store(&ts, &format!("&application_name={app}")).await;
+    store.get_task(TaskId::new()).await.unwrap();
+    let _rx = store.subscribe().await.unwrap();
+    let listener = format!("hive-listen-{}", store.origin().simple());
+    let mut admin = sqlx::PgConnection::connect(&env_url()).await.unwrap();
+    let names = vec![app.clone(), listener.clone()];
+    let count = async |admin: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)")
+            .bind(&names)
+            .fetch_one(admin)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count(&mut admin).await, 2, "one pooled connection and the listener's");
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&mut admin).await > 0 {
+        assert!(Instant::now() < deadline, "the dropped store's connections stay open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ts.run(|_| async {}).await;
+}

@@ -13,13 +13,25 @@ async fn throughput_vs_raw_sql() {
     let Some(ts) = hive_store::testing::postgres().await else {
         return;
     };
-    let url = ts.url.clone().unwrap();
+    let url = format!("{}{}", ts.url.clone().unwrap(), std::env::var("BENCH_EXTRA").unwrap_or_default());
     const N: usize = 5_000;
     let store = PostgresStore::connect(&DatabaseUrl::new(url.clone()), &ConnectOptions::default())
         .await
         .unwrap();
     let pool = store.pool().clone();
     ts.run(|_| async move {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await.unwrap();
+        }
+        eprintln!("round trip: {:?}", t.elapsed() / 1000);
+        let t = Instant::now();
+        for _ in 0..200 {
+            let mut tx = pool.begin().await.unwrap();
+            let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        eprintln!("begin+select+commit: {:?}", t.elapsed() / 200);
         // Raw loop: claim 32 with SKIP LOCKED, mark them completed.
         let batch: Vec<NewTask> = (0..N).map(|i| NewTask::new(format!("r{i}"), "raw")).collect();
         store.insert_tasks(batch).await.unwrap();
@@ -53,8 +65,11 @@ async fn throughput_vs_raw_sql() {
             lease: Duration::from_secs(60),
         };
         let t = Instant::now();
+        let (mut tc, mut tf) = (Duration::ZERO, Duration::ZERO);
         loop {
+            let c0 = Instant::now();
             let claims = store.claim_tasks(&params).await.unwrap();
+            tc += c0.elapsed();
             if claims.is_empty() {
                 break;
             }
@@ -62,9 +77,12 @@ async fn throughput_vs_raw_sql() {
                 .iter()
                 .map(|c| RunOutcome { run_id: c.run.id, outcome: Outcome::Success { result: None }, output_log: None })
                 .collect();
+            let f0 = Instant::now();
             store.finish_runs(&outcomes).await.unwrap();
+            tf += f0.elapsed();
         }
         let ours = t.elapsed();
+        eprintln!("claims {tc:?}, finishes {tf:?}");
         eprintln!(
             "raw: {raw:?} ({:.0}/s); store: {ours:?} ({:.0}/s); ratio {:.2}",
             N as f64 / raw.as_secs_f64(),

@@ -122,7 +122,7 @@ pub(super) struct Changes<'n> {
 
 /// Locks and reads the dependents a failure of `$1` can cancel: the transitive dependents
 /// reachable through non-terminal tasks.
-const CASCADE: &str = concat!(
+pub(super) const CASCADE: &str = concat!(
     "WITH RECURSIVE walk(parent, child) AS ( \
          SELECT d.depends_on, d.task_id FROM task_dependencies d WHERE d.depends_on = ANY($1) \
          UNION \
@@ -146,7 +146,7 @@ const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks,
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
 /// plans, and sends the notifications, which Postgres delivers on commit.
-const APPLY: &str = "\
+pub(super) const APPLY: &str = "\
 WITH run_in AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::bool[], \
                          $6::text[], $7::bool[], $8::text[]) \
@@ -156,7 +156,7 @@ WITH run_in AS ( \
         result_data = CASE WHEN x.set_result THEN x.result ELSE r.result_data END, \
         error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
         output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \
-    FROM run_in x WHERE r.id = x.id AND r.status = 'running' \
+    FROM run_in x WHERE r.id = x.id AND r.id = ANY($1::uuid[]) AND r.status = 'running' \
     RETURNING r.id \
 ), dec AS ( \
     SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
@@ -173,7 +173,7 @@ WITH run_in AS ( \
         run_at = CASE WHEN x.requeue THEN x.run_at ELSE t.run_at END, \
         attempts = greatest(t.attempts + x.attempts_delta, 0), \
         pending_deps = greatest(t.pending_deps - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
-    FROM task_in x WHERE t.id = x.id \
+    FROM task_in x WHERE t.id = x.id AND t.id = ANY($9::uuid[]) \
     RETURNING t.id \
 ), dep_upd AS ( \
     UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
@@ -186,7 +186,7 @@ WITH run_in AS ( \
 ), plan_upd AS ( \
     UPDATE plans p SET status = x.status, completed_subtasks = x.completed, \
         failed_subtasks = x.failed, cancelled_subtasks = x.cancelled, updated_at = now() \
-    FROM plan_in x WHERE p.id = x.id \
+    FROM plan_in x WHERE p.id = x.id AND p.id = ANY($19::uuid[]) \
     RETURNING p.id \
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \

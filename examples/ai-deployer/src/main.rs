@@ -1,0 +1,91 @@
+//! `ai-deployer [--exit-when-idle]`: a worker (role `deployer`) that runs `deployment`
+//! tasks from Hive (`HIVE_DATABASE_URL`, else `sqlite:hive.db`) until Ctrl-C.
+//!
+//! A deployment's payload is `{"service": "...", "environment": "staging"|"production",
+//! "version": "..."}`; the deployment itself is simulated (checks, rollout steps), so the
+//! example runs anywhere.
+
+use std::time::Duration;
+
+use hive_client::{Client, TaskContext, TaskError};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deployment {
+    service: String,
+    environment: String,
+    #[serde(default = "latest")]
+    version: String,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+/// The rollout steps for a deployment, or a permanent error for a payload no retry can fix.
+fn rollout(payload: &serde_json::Value) -> Result<(Deployment, Vec<String>), TaskError> {
+    let d: Deployment = serde_json::from_value(payload.clone())
+        .map_err(|e| TaskError::permanent(format!("invalid deployment payload: {e}")))?;
+    if d.service.trim().is_empty() {
+        return Err(TaskError::permanent("`service` must not be empty"));
+    }
+    let steps = match d.environment.as_str() {
+        "staging" => vec!["build image", "push image", "roll out", "smoke test"],
+        "production" => vec!["build image", "push image", "canary 5%", "canary 50%", "roll out", "smoke test"],
+        other => return Err(TaskError::permanent(format!("unknown environment `{other}`; expected staging or production"))),
+    };
+    let steps = steps.into_iter().map(|s| format!("{s}: {} {}", d.service, d.version)).collect();
+    Ok((d, steps))
+}
+
+async fn deploy(ctx: TaskContext) -> Result<serde_json::Value, TaskError> {
+    let (d, steps) = rollout(&ctx.task.payload)?;
+    for _ in &steps {
+        // Stands in for real rollout work.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(serde_json::json!({ "service": d.service, "environment": d.environment, "version": d.version, "steps": steps }))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let exit_when_idle = std::env::args().any(|a| a == "--exit-when-idle");
+    let result = async {
+        let client = Client::from_env().await?;
+        client
+            .worker(format!("deployer-{}", std::process::id()))
+            .role("deployer")
+            .capabilities(["deployment"])
+            .task_types(["deployment"])
+            .concurrency(2)
+            .exit_when_idle(exit_when_idle)
+            .run(deploy)
+            .await
+    }
+    .await;
+    match result {
+        Ok(report) => {
+            eprintln!("deployer stopped: {} deployed, {} failed", report.completed, report.failed);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_checked() {
+        let (_, steps) = rollout(&serde_json::json!({"service": "api", "environment": "production", "version": "2"})).unwrap();
+        assert_eq!(steps.len(), 6);
+        let e = rollout(&serde_json::json!({"service": "api", "environment": "moon"})).unwrap_err();
+        assert!(!e.retryable && e.message.contains("unknown environment `moon`"));
+        assert!(rollout(&serde_json::json!({"environment": "staging"})).is_err());
+    }
+}
