@@ -19,6 +19,10 @@
 //! Every operation of [`hive_ops::Ops`] is available on the client (it dereferences to
 //! its `Ops`), plus the original SDK's convenience names.
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "blocking")]
+pub mod blocking;
 mod client;
 mod error;
 mod worker;

@@ -18,7 +18,9 @@ use crate::{Client, Error, Result};
 /// What a handler gets: the claimed task and the run it executes as.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
+    /// The task as claimed (status `in_progress`).
     pub task: Task,
+    /// The run this attempt executes as; its id is the lease token.
     pub run: Run,
     client: Client,
 }
@@ -39,7 +41,9 @@ impl TaskContext {
 /// A handler's success: an optional result stored on the task and run, and an output log.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskOutput {
+    /// Stored as the task's and the run's result.
     pub result: Option<Json>,
+    /// Stored as the run's output log.
     pub log: Option<String>,
 }
 
@@ -68,12 +72,16 @@ impl From<Option<Json>> for TaskOutput {
 /// `max_retries`; permanent ones fail the task at once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskError {
+    /// Stored as the run's error message and the task's last error.
     pub message: String,
+    /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// Stored as the run's output log.
     pub log: Option<String>,
 }
 
 impl TaskError {
+    /// A retryable failure.
     pub fn new(message: impl Into<String>) -> Self {
         TaskError {
             message: message.into(),
@@ -90,6 +98,7 @@ impl TaskError {
         }
     }
 
+    /// Attaches the output produced before the failure.
     pub fn with_log(mut self, log: impl Into<String>) -> Self {
         self.log = Some(log.into());
         self
@@ -107,6 +116,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Something that runs tasks. Implemented for every
 /// `Fn(TaskContext) -> impl Future<Output = Result<impl Into<TaskOutput>, TaskError>>`.
 pub trait Handler: Send + Sync + 'static {
+    /// Runs one task.
     fn call(&self, ctx: TaskContext) -> BoxFuture<std::result::Result<TaskOutput, TaskError>>;
 }
 
@@ -125,8 +135,11 @@ where
 /// Counts of what a worker did, returned when it stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
+    /// Tasks completed.
     pub completed: u64,
+    /// Tasks failed for good.
     pub failed: u64,
+    /// Failed attempts that were requeued with backoff.
     pub retried: u64,
     /// Outcomes rejected because the task was taken back (lease expired) or cancelled.
     pub stale: u64,
@@ -161,6 +174,7 @@ impl Counters {
 pub struct ShutdownHandle(watch::Sender<bool>);
 
 impl ShutdownHandle {
+    /// Asks the worker to stop.
     pub fn shutdown(&self) {
         let _ = self.0.send(true);
     }
@@ -208,11 +222,13 @@ impl Client {
 }
 
 impl WorkerBuilder {
+    /// The worker's role, shown in the registry (default `worker`).
     pub fn role(mut self, role: impl Into<String>) -> Self {
         self.role = role.into();
         self
     }
 
+    /// Capabilities recorded in the registry.
     pub fn capabilities<I: IntoIterator<Item = S>, S: Into<String>>(mut self, caps: I) -> Self {
         self.capabilities = caps.into_iter().map(Into::into).collect();
         self

@@ -191,11 +191,11 @@ impl State {
                 self.sync_ready(d);
                 notes.push(n.task_status(d, TaskStatus::Cancelled));
                 fx.cancelled.push(d);
-                if let Some(pid) = self.task(d).and_then(|t| t.plan_id) {
-                    if let Some((p, s)) = self.update_plan(pid, TaskStatus::Cancelled, at) {
-                        notes.push(n.plan_status(p, s));
-                        fx.plan_transition = Some((p, s));
-                    }
+                if let Some(pid) = self.task(d).and_then(|t| t.plan_id)
+                    && let Some((p, s)) = self.update_plan(pid, TaskStatus::Cancelled, at)
+                {
+                    notes.push(n.plan_status(p, s));
+                    fx.plan_transition = Some((p, s));
                 }
                 queue.extend(self.dependents.get(&d).cloned().unwrap_or_default());
             }
@@ -311,10 +311,10 @@ impl State {
             }
             self.sync_ready(d);
         }
-        if let Some(pid) = task.plan_id {
-            if let Some(list) = self.plan_tasks.get_mut(&pid) {
-                list.retain(|x| *x != id);
-            }
+        if let Some(pid) = task.plan_id
+            && let Some(list) = self.plan_tasks.get_mut(&pid)
+        {
+            list.retain(|x| *x != id);
         }
         true
     }
@@ -570,13 +570,12 @@ impl Store for MemoryStore {
                 s.task_runs.entry(id).or_default().push(run.id);
                 s.running.insert(run.id, p.lease);
                 s.runs.insert(run.id, run.clone());
-                if let Some(pid) = task.plan_id {
-                    if let Some(plan) = s.plans.get_mut(&pid) {
-                        if plan.start_execution() {
-                            plan.updated_at = at;
-                            notes.push(self.notifier.plan_status(pid, PlanStatus::InProgress));
-                        }
-                    }
+                if let Some(pid) = task.plan_id
+                    && let Some(plan) = s.plans.get_mut(&pid)
+                    && plan.start_execution()
+                {
+                    plan.updated_at = at;
+                    notes.push(self.notifier.plan_status(pid, PlanStatus::InProgress));
                 }
                 notes.push(self.notifier.task_status(id, TaskStatus::InProgress));
                 claims.push(Claim { task, run });
@@ -781,11 +780,11 @@ impl Store for MemoryStore {
         let State { running, runs, .. } = &mut *s;
         let mut extended = 0;
         for (run_id, lease) in running.iter() {
-            if let Some(run) = runs.get_mut(run_id) {
-                if &run.worker_id == id {
-                    run.lease_expires_at = Some(add(at, *lease));
-                    extended += 1;
-                }
+            if let Some(run) = runs.get_mut(run_id)
+                && &run.worker_id == id
+            {
+                run.lease_expires_at = Some(add(at, *lease));
+                extended += 1;
             }
         }
         Ok(Some(HeartbeatReport { extended }))
@@ -858,7 +857,7 @@ impl Store for MemoryStore {
             .filter(|p| status.is_none_or(|st| p.status == st))
             .cloned()
             .collect();
-        plans.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        plans.sort_by_key(|p| Reverse((p.created_at, p.id)));
         plans.truncate(limit.map_or(usize::MAX, |l| l as usize));
         Ok(plans)
     }

@@ -874,7 +874,11 @@ impl PostgresStore {
             .map(|o| {
                 let task_id = run_task.get(&o.run_id).copied();
                 // `remove`: a run given twice finished once; the repeat is stale.
-                let finished = if live.remove(&o.run_id) { Finished::Completed } else { Finished::Stale };
+                let finished = if live.remove(&o.run_id) {
+                    Finished::Completed
+                } else {
+                    Finished::Stale
+                };
                 FinishReport {
                     run_id: o.run_id,
                     task_id,
@@ -1447,7 +1451,9 @@ impl Store for PostgresStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let all_successes = outcomes.iter().all(|o| matches!(o.outcome, Outcome::Success { .. }));
+        let all_successes = outcomes
+            .iter()
+            .all(|o| matches!(o.outcome, Outcome::Success { .. }));
         if all_successes {
             let fast = self.retrying(|| self.finish_successes(outcomes)).await?;
             if let Some(reports) = fast {
@@ -1760,24 +1766,6 @@ mod tests {
                 s.is_terminal(),
                 "{s}"
             );
-        }
-    }
-}
-
-#[cfg(test)]
-mod print_sql_tmp {
-    #[test]
-    #[ignore]
-    fn print_sql() {
-        for (name, sql) in [
-            ("CLAIM", super::CLAIM),
-            ("LOCK_RUNS", super::LOCK_RUNS),
-            ("EXPIRED_RUNS", super::EXPIRED_RUNS),
-            ("APPLY", super::effects::APPLY),
-            ("CASCADE", super::effects::CASCADE),
-            ("INSERT_TASKS", super::INSERT_TASKS),
-        ] {
-            std::fs::write(format!("/tmp/sql_{name}.sql"), sql).unwrap();
         }
     }
 }

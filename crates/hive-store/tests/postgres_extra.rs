@@ -286,7 +286,8 @@ async fn listener_reconnects_after_its_connection_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropping_the_store_closes_its_connections_and_listener() {
-    let Some(ts) = fresh("postgres_extra::dropping_the_store_closes_its_connections_and_listener").await
+    let Some(ts) =
+        fresh("postgres_extra::dropping_the_store_closes_its_connections_and_listener").await
     else {
         return;
     };
@@ -304,11 +305,18 @@ async fn dropping_the_store_closes_its_connections_and_listener() {
             .await
             .unwrap()
     };
-    assert_eq!(count(&mut admin).await, 2, "one pooled connection and the listener's");
+    assert_eq!(
+        count(&mut admin).await,
+        2,
+        "one pooled connection and the listener's"
+    );
     drop(store);
     let deadline = Instant::now() + Duration::from_secs(5);
     while count(&mut admin).await > 0 {
-        assert!(Instant::now() < deadline, "the dropped store's connections stay open");
+        assert!(
+            Instant::now() < deadline,
+            "the dropped store's connections stay open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ts.run(|_| async {}).await;

@@ -32,10 +32,24 @@ fn rollout(payload: &serde_json::Value) -> Result<(Deployment, Vec<String>), Tas
     }
     let steps = match d.environment.as_str() {
         "staging" => vec!["build image", "push image", "roll out", "smoke test"],
-        "production" => vec!["build image", "push image", "canary 5%", "canary 50%", "roll out", "smoke test"],
-        other => return Err(TaskError::permanent(format!("unknown environment `{other}`; expected staging or production"))),
+        "production" => vec![
+            "build image",
+            "push image",
+            "canary 5%",
+            "canary 50%",
+            "roll out",
+            "smoke test",
+        ],
+        other => {
+            return Err(TaskError::permanent(format!(
+                "unknown environment `{other}`; expected staging or production"
+            )));
+        }
     };
-    let steps = steps.into_iter().map(|s| format!("{s}: {} {}", d.service, d.version)).collect();
+    let steps = steps
+        .into_iter()
+        .map(|s| format!("{s}: {} {}", d.service, d.version))
+        .collect();
     Ok((d, steps))
 }
 
@@ -45,7 +59,9 @@ async fn deploy(ctx: TaskContext) -> Result<serde_json::Value, TaskError> {
         // Stands in for real rollout work.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(serde_json::json!({ "service": d.service, "environment": d.environment, "version": d.version, "steps": steps }))
+    Ok(
+        serde_json::json!({ "service": d.service, "environment": d.environment, "version": d.version, "steps": steps }),
+    )
 }
 
 #[tokio::main]
@@ -66,7 +82,10 @@ async fn main() -> std::process::ExitCode {
     .await;
     match result {
         Ok(report) => {
-            eprintln!("deployer stopped: {} deployed, {} failed", report.completed, report.failed);
+            eprintln!(
+                "deployer stopped: {} deployed, {} failed",
+                report.completed, report.failed
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -82,7 +101,10 @@ mod tests {
 
     #[test]
     fn payloads_are_checked() {
-        let (_, steps) = rollout(&serde_json::json!({"service": "api", "environment": "production", "version": "2"})).unwrap();
+        let (_, steps) = rollout(
+            &serde_json::json!({"service": "api", "environment": "production", "version": "2"}),
+        )
+        .unwrap();
         assert_eq!(steps.len(), 6);
         let e = rollout(&serde_json::json!({"service": "api", "environment": "moon"})).unwrap_err();
         assert!(!e.retryable && e.message.contains("unknown environment `moon`"));

@@ -14,7 +14,11 @@ fn slug(s: &str) -> String {
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
-    if words.is_empty() { "feature".into() } else { words.join("-") }
+    if words.is_empty() {
+        "feature".into()
+    } else {
+        words.join("-")
+    }
 }
 
 /// The plan for a goal; `None` when the goal is blank.
@@ -33,19 +37,36 @@ pub fn plan_for(goal: &str) -> Option<NewPlan> {
     let mut tested = Vec::new();
     for (i, feature) in features.iter().enumerate() {
         let id = format!("{}-{i}", slug(feature));
-        let design = SubTask::new(format!("{id}.design"), format!("Design {feature}"), "design");
-        let implement = SubTask::new(format!("{id}.implement"), format!("Implement {feature}"), "implementation")
-            .depends_on([design.id.clone()]);
-        let test = SubTask::new(format!("{id}.test"), format!("Test {feature}"), "testing").depends_on([implement.id.clone()]);
+        let design = SubTask::new(
+            format!("{id}.design"),
+            format!("Design {feature}"),
+            "design",
+        );
+        let implement = SubTask::new(
+            format!("{id}.implement"),
+            format!("Implement {feature}"),
+            "implementation",
+        )
+        .depends_on([design.id.clone()]);
+        let test = SubTask::new(format!("{id}.test"), format!("Test {feature}"), "testing")
+            .depends_on([implement.id.clone()]);
         tested.push(test.id.clone());
         subtasks.extend([design, implement, test]);
     }
-    let integrate = SubTask::new("integrate", "Integrate all features", "integration").depends_on(tested);
-    let mut deploy = SubTask::new("deploy", format!("Deploy: {goal}"), "deployment").depends_on(["integrate"]);
-    deploy.payload = serde_json::json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" });
+    let integrate =
+        SubTask::new("integrate", "Integrate all features", "integration").depends_on(tested);
+    let mut deploy =
+        SubTask::new("deploy", format!("Deploy: {goal}"), "deployment").depends_on(["integrate"]);
+    deploy.payload =
+        serde_json::json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" });
     deploy.priority = 10;
     subtasks.extend([integrate, deploy]);
-    Some(NewPlan { title: goal.to_owned(), description: format!("{} features, planned by ai-planner", features.len()), parent_task_id: None, subtasks })
+    Some(NewPlan {
+        title: goal.to_owned(),
+        description: format!("{} features, planned by ai-planner", features.len()),
+        parent_task_id: None,
+        subtasks,
+    })
 }
 
 #[tokio::main]
@@ -57,7 +78,10 @@ async fn main() -> std::process::ExitCode {
     };
     let result = async {
         let client = Client::from_env().await?;
-        client.submit_plan(plan).await.map_err(hive_client::Error::from)
+        client
+            .submit_plan(plan)
+            .await
+            .map_err(hive_client::Error::from)
     }
     .await;
     match result {
@@ -85,7 +109,10 @@ mod tests {
         assert_eq!(deploy.task_type, "deployment");
         assert_eq!(deploy.dependencies, ["integrate"]);
         let integrate = plan.subtasks.iter().find(|s| s.id == "integrate").unwrap();
-        assert_eq!(integrate.dependencies, ["user-login-0.test", "billing-1.test", "audit-log-2.test"]);
+        assert_eq!(
+            integrate.dependencies,
+            ["user-login-0.test", "billing-1.test", "audit-log-2.test"]
+        );
         assert!(plan_for("   ").is_none());
     }
 }

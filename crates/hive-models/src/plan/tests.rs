@@ -140,9 +140,9 @@ proptest! {
         // Make the first node depend on the last along a path that exists: chain everything.
         let mut nodes = nodes;
         let n = nodes.len();
-        for i in 1..n {
+        for (i, node) in nodes.iter_mut().enumerate().skip(1) {
             let prev = format!("s{}", i - 1);
-            if !nodes[i].dependencies.contains(&prev) { nodes[i].dependencies.push(prev); }
+            if !node.dependencies.contains(&prev) { node.dependencies.push(prev); }
         }
         let j = a.index(n - 1) + 1;
         nodes[0].dependencies.push(format!("s{j}"));

@@ -120,9 +120,9 @@ pub(super) struct Changes<'n> {
     pub notes: Vec<Notification>,
 }
 
-/// Locks and reads the dependents a failure of `$1` can cancel: the transitive dependents
-/// reachable through non-terminal tasks.
-pub(super) const CASCADE: &str = concat!(
+/// The dependency edges below the tasks in `$1` through which a failure cancels: the
+/// transitive dependents, not continuing past terminal ones.
+const CASCADE: &str = concat!(
     "WITH RECURSIVE walk(parent, child) AS ( \
          SELECT d.depends_on, d.task_id FROM task_dependencies d WHERE d.depends_on = ANY($1) \
          UNION \
@@ -131,14 +131,14 @@ pub(super) const CASCADE: &str = concat!(
     terminal_statuses!(),
     " JOIN task_dependencies d ON d.depends_on = w.child \
      ) \
-     SELECT w.parent, t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, \
-            t.plan_id, t.attempts, t.max_retries, \
-            coalesce((SELECT r.status = 'running' FROM runs r WHERE r.id = t.current_run_id), \
-                     false) AS run_running \
-     FROM walk w JOIN tasks t ON t.id = w.child \
-     ORDER BY t.id \
-     FOR UPDATE OF t"
+     SELECT parent, child FROM walk"
 );
+
+/// Locks and reads tasks by id. A statement of its own rather than a join with the walk
+/// above: the walk's size is unknown to the planner, which may then scan all tasks.
+const LOCK_TASKS: &str = "SELECT t.id AS task_id, t.status AS task_status, t.seq, \
+     t.current_run_id, t.plan_id, t.attempts, t.max_retries \
+     FROM tasks t WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE";
 
 const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
      cancelled_subtasks \
@@ -146,7 +146,7 @@ const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks,
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
 /// plans, and sends the notifications, which Postgres delivers on commit.
-pub(super) const APPLY: &str = "\
+const APPLY: &str = "\
 WITH run_in AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::bool[], \
                          $6::text[], $7::bool[], $8::text[]) \
@@ -254,15 +254,37 @@ impl<'n> Changes<'n> {
             return Ok(());
         }
         let ids: Vec<Uuid> = roots.iter().map(|t| t.0).collect();
-        let found = sqlx::query(CASCADE).bind(&ids).fetch_all(conn).await?;
-        let mut edges = Vec::with_capacity(found.len());
-        for row in &found {
+        let walked = sqlx::query(CASCADE)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        if walked.is_empty() {
+            return Ok(());
+        }
+        let mut pairs = Vec::with_capacity(walked.len());
+        for row in &walked {
             let parent = TaskId(rows::get(row, "parent", "task_dependencies")?);
+            let child = TaskId(rows::get(row, "child", "task_dependencies")?);
+            pairs.push((parent, child));
+        }
+        let mut children: Vec<Uuid> = pairs.iter().map(|(_, c)| c.0).collect();
+        children.sort();
+        children.dedup();
+        let locked = sqlx::query(LOCK_TASKS)
+            .bind(&children)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &locked {
             let (id, mut node) = Node::from_row(row)?;
-            node.run_running = rows::get(row, "run_running", "runs")?;
-            edges.push((parent, id, node.seq));
+            // Whether its run still runs is decided when writing (only a running run is
+            // closed): reading it here could see a run older than the locked row.
+            node.run_running = node.current_run.is_some();
             self.add_node(id, node);
         }
+        let mut edges: Vec<(TaskId, TaskId, i64)> = pairs
+            .into_iter()
+            .filter_map(|(p, c)| self.nodes.get(&c).map(|n| (p, c, n.seq)))
+            .collect();
         // Dependents in insertion order, as the cancellation walk visits them.
         edges.sort_by_key(|(parent, _, seq)| (*parent, *seq));
         edges.dedup();
