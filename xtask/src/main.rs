@@ -24,8 +24,18 @@ enum Command {
     CheckArch,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Migrate { database_url } => migrate(&database_url),
         Command::CheckArch => {
             let metadata = cargo_metadata::MetadataCommand::new()

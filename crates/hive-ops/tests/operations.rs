@@ -659,3 +659,33 @@ async fn cancel_task_cancels_dependents(o: O) {
         "all subtasks finished, some cancelled"
     );
 }
+
+/// Another process's changes arrive as `Remote` events through LISTEN/NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_events_from_other_processes() {
+    let Some(ts) = hive_store::testing::postgres().await else {
+        hive_store::testing::report_skip("postgres_events_from_other_processes");
+        return;
+    };
+    let url = ts.url.clone().expect("postgres test stores carry their URL");
+    ts.run(|a| async move {
+        let other = hive_store::connect(&url).await.unwrap();
+        let (here, there) = (ops(a), ops(other));
+        let mut sub = here.subscribe().await.unwrap();
+        let pid = there.submit_plan(plan(vec![node("a", &[])])).await.unwrap();
+        let want = Event::PlanCancelled { plan_id: pid };
+        assert!(there.cancel_plan(pid).await.unwrap());
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let p = sub.recv().await.unwrap();
+                if p.event == want {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("the other process's plan cancellation arrives within 5 s");
+        assert_eq!(got.origin, EventOrigin::Remote);
+    })
+    .await;
+}

@@ -537,14 +537,14 @@ impl TaskRows {
 
 const CLAIM: &str = concat!(
     "WITH picked AS ( \
-         SELECT id FROM tasks \
+         SELECT id, priority, seq FROM tasks \
          WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= now()) \
            AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
          ORDER BY priority DESC, seq \
          LIMIT $3::bigint \
          FOR UPDATE SKIP LOCKED \
      ), numbered AS ( \
-         SELECT id, (row_number() OVER ())::int AS n FROM picked \
+         SELECT id, (row_number() OVER (ORDER BY priority DESC, seq))::int AS n FROM picked \
      ), claimed AS ( \
          UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
              attempts = t.attempts + 1, run_count = t.run_count + 1, \
