@@ -84,6 +84,21 @@ impl SubTask {
     pub fn has_dependencies(&self) -> bool {
         !self.dependencies.is_empty()
     }
+
+    /// The task this subtask becomes when its plan is materialized (dependencies and the
+    /// plan link are the backend's to record).
+    pub fn to_new_task(&self, parent_task_id: Option<TaskId>) -> crate::NewTask {
+        crate::NewTask {
+            title: self.title.clone(),
+            task_type: self.task_type.clone(),
+            description: self.description.clone(),
+            priority: self.priority,
+            payload: self.payload.clone(),
+            max_retries: self.max_retries.unwrap_or(crate::NewTask::default().max_retries),
+            parent_task_id,
+            ..crate::NewTask::default()
+        }
+    }
 }
 
 /// What a caller supplies to create a plan.

@@ -887,16 +887,7 @@ impl Store for MemoryStore {
                     .into_iter()
                     .filter_map(|d| ids.get(d).copied())
                     .collect();
-                let new = NewTask {
-                    title: st.title.clone(),
-                    task_type: st.task_type.clone(),
-                    description: st.description.clone(),
-                    priority: st.priority,
-                    payload: st.payload.clone(),
-                    max_retries: st.max_retries.unwrap_or(3),
-                    parent_task_id: parent,
-                    ..NewTask::default()
-                };
+                let new = st.to_new_task(parent);
                 s.insert_task(tid, new, at);
                 for d in &deps {
                     s.dependents.entry(*d).or_default().push(tid);

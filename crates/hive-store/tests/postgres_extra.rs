@@ -640,7 +640,10 @@ async fn populate(store: Arc<dyn Store>) -> Side {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn behaves_like_the_memory_store() {
-    for seed in [7_u64, 42, 1234, 99991, 31337, 2024, 5, 77] {
+    // More seeds on demand: HIVE_DIFF_SEEDS=200 runs seeds 1..=200 as well.
+    let extra: u64 = std::env::var("HIVE_DIFF_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let seeds: Vec<u64> = [7_u64, 42, 1234, 99991, 31337, 2024, 5, 77].into_iter().chain(1..=extra).collect();
+    for seed in seeds {
         let Some(ts) = fresh("postgres_extra::behaves_like_the_memory_store").await else {
             return;
         };

@@ -28,7 +28,9 @@ pub(super) struct Node {
     pub status: TaskStatus,
     pub seq: i64,
     pub current_run: Option<RunId>,
-    /// Whether `current_run` is still running.
+    /// Whether `current_run` may still be running. Exact once a locking read saw that run
+    /// ([`Changes::set_running`]); otherwise assumed while there is a current run, which is
+    /// safe: closing a run only changes it if it is still running when written.
     pub run_running: bool,
     pub plan_id: Option<PlanId>,
     pub attempts: u32,
@@ -40,11 +42,12 @@ impl Node {
     pub fn from_row(row: &PgRow) -> Result<(TaskId, Node), Fail> {
         const T: &str = "tasks";
         let id = TaskId(rows::get(row, "task_id", T)?);
+        let current_run = rows::get::<Option<Uuid>>(row, "current_run_id", T)?.map(RunId);
         let node = Node {
             status: rows::task_status(row, "task_status")?,
             seq: rows::get(row, "seq", T)?,
-            current_run: rows::get::<Option<Uuid>>(row, "current_run_id", T)?.map(RunId),
-            run_running: false,
+            current_run,
+            run_running: current_run.is_some(),
             plan_id: rows::get::<Option<Uuid>>(row, "plan_id", T)?.map(PlanId),
             attempts: rows::count(row, "attempts", T)?,
             max_retries: rows::big_count(row, "max_retries", T)?,
@@ -275,10 +278,9 @@ impl<'n> Changes<'n> {
             .fetch_all(&mut *conn)
             .await?;
         for row in &locked {
-            let (id, mut node) = Node::from_row(row)?;
-            // Whether its run still runs is decided when writing (only a running run is
-            // closed): reading it here could see a run older than the locked row.
-            node.run_running = node.current_run.is_some();
+            // Whether its run still runs is left to the write (see `Node::run_running`):
+            // reading the run here could see a version older than the locked task row.
+            let (id, node) = Node::from_row(row)?;
             self.add_node(id, node);
         }
         let mut edges: Vec<(TaskId, TaskId, i64)> = pairs

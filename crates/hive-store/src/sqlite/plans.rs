@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, SubTask, TaskId, TaskStatus,
+    ExecutionPlan, NewPlan, PlanId, PlanStatus, SubTask, TaskId, TaskStatus,
 };
 
 use super::db::{self, Cols, Conn, R, to_json};
@@ -127,16 +127,7 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
         }
         rows.push(TaskRow {
             id: tid,
-            new: NewTask {
-                title: st.title.clone(),
-                task_type: st.task_type.clone(),
-                description: st.description.clone(),
-                priority: st.priority,
-                payload: st.payload.clone(),
-                max_retries: st.max_retries.unwrap_or(3),
-                parent_task_id: parent,
-                ..NewTask::default()
-            },
+            new: st.to_new_task(parent),
             plan: Some(PlanLink {
                 plan_id: id,
                 subtask_id: st.id.clone(),
