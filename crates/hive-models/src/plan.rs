@@ -94,7 +94,9 @@ impl SubTask {
             description: self.description.clone(),
             priority: self.priority,
             payload: self.payload.clone(),
-            max_retries: self.max_retries.unwrap_or(crate::NewTask::default().max_retries),
+            max_retries: self
+                .max_retries
+                .unwrap_or(crate::NewTask::default().max_retries),
             parent_task_id,
             ..crate::NewTask::default()
         }

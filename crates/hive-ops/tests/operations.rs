@@ -667,7 +667,10 @@ async fn postgres_events_from_other_processes() {
         hive_store::testing::report_skip("postgres_events_from_other_processes");
         return;
     };
-    let url = ts.url.clone().expect("postgres test stores carry their URL");
+    let url = ts
+        .url
+        .clone()
+        .expect("postgres test stores carry their URL");
     ts.run(|a| async move {
         let other = hive_store::connect(&url).await.unwrap();
         let (here, there) = (ops(a), ops(other));

@@ -22,6 +22,8 @@ mod url;
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_fail;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

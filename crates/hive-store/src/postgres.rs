@@ -2,9 +2,10 @@
 //!
 //! Every timestamp written and every time comparison uses the server's `now()` (the
 //! transaction's start), never the caller's clock. Hot paths are few round trips: a claim is
-//! one statement; finishing a batch of runs is lock-and-read, replay in Rust
-//! ([`effects`]), one write statement. Change notifications go out with `pg_notify` inside
-//! the writing transaction, so Postgres delivers them on commit, to every process.
+//! one statement, and so is finishing a batch of successful runs outside plans; any other
+//! batch locks and reads what it can touch, replays itself in Rust ([`effects`]) and writes
+//! with one statement. Change notifications go out with `pg_notify` inside the writing
+//! transaction, so Postgres delivers them on commit, to every process.
 
 /// The terminal task statuses, as an SQL list.
 macro_rules! terminal_statuses {
@@ -59,6 +60,7 @@ use uuid::Uuid;
 
 use self::effects::{Changes, Effects, Node, RunPatch};
 use crate::memory::run_status_on_leave;
+use crate::sql_fail::{Fail, R};
 use crate::{
     Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport, Finished,
     HeartbeatReport, Notification, Notifier, Outcome, PruneParams, ReapParams, ReapReport, Result,
@@ -80,32 +82,6 @@ const IDLE_PING_AFTER: Duration = Duration::from_secs(30);
 /// How often a transaction that lost a deadlock or serialization race is retried.
 const RETRIES: u32 = 4;
 
-/// Why an internal step failed: a driver error (mapped to a portable [`Error`] only at the
-/// trait boundary, where the target is known) or an error that already is portable.
-#[derive(Debug)]
-enum Fail {
-    Sql(sqlx::Error),
-    Store(Error),
-}
-
-impl From<sqlx::Error> for Fail {
-    fn from(e: sqlx::Error) -> Self {
-        Fail::Sql(e)
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Self {
-        Fail::Store(e)
-    }
-}
-
-impl From<hive_models::Error> for Fail {
-    fn from(e: hive_models::Error) -> Self {
-        Fail::Store(Error::Invalid(e))
-    }
-}
-
 impl Fail {
     /// A deadlock or serialization failure: the transaction was rolled back and running it
     /// again may well succeed.
@@ -118,8 +94,6 @@ impl Fail {
         }
     }
 }
-
-type R<T> = std::result::Result<T, Fail>;
 
 /// Maps a driver error onto the portable variants. `target` is `host:port`; nothing here
 /// can carry the URL or its password (sqlx's messages never include them).
@@ -576,8 +550,7 @@ const CLAIM: &str = concat!(
 /// Finishes a batch of successful runs in one statement when none of their tasks belongs to a
 /// plan (plans need the ordered replay of [`effects`]); otherwise changes nothing and
 /// reports `fast = false`. A run id given twice finishes once: the first occurrence wins.
-const FINISH_SUCCESSES: &str = concat!(
-    "WITH input AS ( \
+const FINISH_SUCCESSES: &str = "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
              AS x(run_id, result, log, ord) \
      ), locked AS ( \
@@ -613,8 +586,7 @@ const FINISH_SUCCESSES: &str = concat!(
          FROM go g \
      ) \
      SELECT l.run_id, l.task_id, l.live, f.ok AS fast, n.n AS notified \
-     FROM fast f CROSS JOIN notes n LEFT JOIN locked l ON true"
-);
+     FROM fast f CROSS JOIN notes n LEFT JOIN locked l ON true";
 
 const LOCK_RUNS: &str = concat!(
     "SELECT ",
@@ -1199,16 +1171,7 @@ impl PostgresStore {
                 parent_of.push(d.0);
                 position.push(i32::try_from(i).unwrap_or(i32::MAX));
             }
-            let new = NewTask {
-                title: st.title.clone(),
-                task_type: st.task_type.clone(),
-                description: st.description.clone(),
-                priority: st.priority,
-                payload: st.payload.clone(),
-                max_retries: st.max_retries.unwrap_or(3),
-                parent_task_id: parent,
-                ..NewTask::default()
-            };
+            let new = st.to_new_task(parent);
             batch.push(tid, new, Some((id, st.id.clone(), deps.len())));
         }
         let created = batch.id.len() as u64;

@@ -371,7 +371,9 @@ impl Side {
     async fn run_id(&self, name: &str) -> Option<hive_store::models::RunId> {
         let (task, number) = name.rsplit_once('#')?;
         let runs = self.store.list_runs(*self.tasks.get(task)?).await.unwrap();
-        runs.into_iter().find(|r| r.run_number.to_string() == number).map(|r| r.id)
+        runs.into_iter()
+            .find(|r| r.run_number.to_string() == number)
+            .map(|r| r.id)
     }
 
     /// Everything observable, by name.
@@ -411,10 +413,17 @@ impl Side {
             let p = self.store.get_plan(*id).await.unwrap().unwrap();
             out.push(format!(
                 "plan {name}: {} done={} failed={} cancelled={} materialized={}",
-                p.status, p.completed_subtasks, p.failed_subtasks, p.cancelled_subtasks, p.materialized
+                p.status,
+                p.completed_subtasks,
+                p.failed_subtasks,
+                p.cancelled_subtasks,
+                p.materialized
             ));
         }
-        out.push(format!("counts {:?}", self.store.count_tasks(None).await.unwrap()));
+        out.push(format!(
+            "counts {:?}",
+            self.store.count_tasks(None).await.unwrap()
+        ));
         out
     }
 }
@@ -425,13 +434,24 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
     let s = side.store.clone();
     let pick_task = |i: usize| seed_names[picks[i] % seed_names.len()].clone();
     // Cancelling a plan ends its story early: keep it rare.
-    let op = if op == 9 && picks[6] % 6 != 0 { 0 } else { op };
+    let op = if op == 9 && !picks[6].is_multiple_of(6) {
+        0
+    } else {
+        op
+    };
     // Deleting is rare too; requeueing keeps tasks coming back instead.
-    let op = if op == 10 && picks[7] % 6 != 0 { 12 } else { op };
+    let op = if op == 10 && !picks[7].is_multiple_of(6) {
+        12
+    } else {
+        op
+    };
     // Mostly finish runs that are running; sometimes any run, which may be stale.
     let mut running: Vec<String> = Vec::new();
     for t in s
-        .list_tasks(&hive_store::TaskFilter { status: Some(S::InProgress), ..Default::default() })
+        .list_tasks(&hive_store::TaskFilter {
+            status: Some(S::InProgress),
+            ..Default::default()
+        })
         .await
         .unwrap()
     {
@@ -439,45 +459,79 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
     }
     running.sort();
     let pick_busy = |i: usize| {
-        if running.is_empty() || picks[i] % 5 == 0 {
+        if running.is_empty() || picks[i].is_multiple_of(5) {
             pick_task(i)
         } else {
             running[picks[i] % running.len()].clone()
         }
     };
     match op {
-        0 | 1 | 2 => {
+        0..=2 => {
             let params = ClaimParams {
                 worker_id: WorkerId::parse(format!("w{}", picks[0] % 3)).unwrap(),
-                task_types: if picks[1] % 4 == 0 { vec!["odd".into()] } else { vec![] },
+                task_types: if picks[1].is_multiple_of(4) {
+                    vec!["odd".into()]
+                } else {
+                    vec![]
+                },
                 limit: 1 + (picks[2] % 5) as u32,
                 // Some runs expire at once, for the reaper.
-                lease: if picks[3] % 4 == 0 { Duration::ZERO } else { Duration::from_secs(600) },
+                lease: if picks[3].is_multiple_of(4) {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(600)
+                },
             };
             let claims = s.claim_tasks(&params).await.unwrap();
             let mut out = Vec::new();
             for c in claims {
-                out.push(format!("{}#{}", side.task_name(c.task.id), c.run.run_number));
+                out.push(format!(
+                    "{}#{}",
+                    side.task_name(c.task.id),
+                    c.run.run_number
+                ));
             }
             format!("claim {out:?}")
         }
-        3 | 4 | 5 => {
+        3..=5 => {
             // Finish a few runs (some repeated, some stale) with mixed outcomes.
             let mut outcomes = Vec::new();
             for k in 0..(1 + picks[0] % 6) {
                 let task = pick_busy(k + 1);
-                let Some(tid) = side.tasks.get(&task) else { continue };
+                let Some(tid) = side.tasks.get(&task) else {
+                    continue;
+                };
                 let runs = s.list_runs(*tid).await.unwrap();
-                let run = if picks[k + 2] % 4 == 0 { runs.first() } else { runs.last() };
+                let run = if picks[k + 2].is_multiple_of(4) {
+                    runs.first()
+                } else {
+                    runs.last()
+                };
                 let Some(run) = run else { continue };
                 let outcome = match picks[k + 3] % 4 {
-                    0 | 1 => Outcome::Success { result: Some(serde_json::json!({ "by": task })) },
-                    2 => Outcome::Failure { error: format!("e{k}"), retry: Some(RetryPolicy::IMMEDIATE) },
-                    _ => Outcome::Failure { error: format!("e{k}"), retry: None },
+                    0..=1 => Outcome::Success {
+                        result: Some(serde_json::json!({ "by": task })),
+                    },
+                    2 => Outcome::Failure {
+                        error: format!("e{k}"),
+                        retry: Some(RetryPolicy::IMMEDIATE),
+                    },
+                    _ => Outcome::Failure {
+                        error: format!("e{k}"),
+                        retry: None,
+                    },
                 };
-                outcomes.push(RunOutcome { run_id: run.id, outcome, output_log: Some(format!("log{k}")) });
-                if picks[k + 4] % 5 == 0 {
-                    outcomes.push(RunOutcome { run_id: run.id, outcome: Outcome::Success { result: None }, output_log: None });
+                outcomes.push(RunOutcome {
+                    run_id: run.id,
+                    outcome,
+                    output_log: Some(format!("log{k}")),
+                });
+                if picks[k + 4].is_multiple_of(5) {
+                    outcomes.push(RunOutcome {
+                        run_id: run.id,
+                        outcome: Outcome::Success { result: None },
+                        output_log: None,
+                    });
                 }
             }
             let reports = s.finish_runs(&outcomes).await.unwrap();
@@ -492,7 +546,10 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
                     side.run_name(r.run_id).await,
                     r.task_id.map(|t| side.task_name(t)),
                     r.plan_id.map(|p| side.plan_name(p)),
-                    r.cancelled_dependents.iter().map(|t| side.task_name(*t)).collect::<Vec<_>>(),
+                    r.cancelled_dependents
+                        .iter()
+                        .map(|t| side.task_name(*t))
+                        .collect::<Vec<_>>(),
                     r.plan_transition,
                 ));
             }
@@ -502,28 +559,40 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
             let mut ids = Vec::new();
             for k in 0..(1 + picks[0] % 3) {
                 let task = pick_busy(k + 1);
-                let Some(tid) = side.tasks.get(&task) else { continue };
+                let Some(tid) = side.tasks.get(&task) else {
+                    continue;
+                };
                 if let Some(r) = s.list_runs(*tid).await.unwrap().last() {
                     ids.push(r.id);
                 }
             }
             let released = s.release_runs(&ids).await.unwrap();
-            format!("release {:?}", released.iter().map(|t| side.task_name(*t)).collect::<Vec<_>>())
+            format!(
+                "release {:?}",
+                released
+                    .iter()
+                    .map(|t| side.task_name(*t))
+                    .collect::<Vec<_>>()
+            )
         }
         7 | 8 => {
             let task = pick_busy(1);
             let status = S::ALL[picks[2] % S::ALL.len()];
             let change = hive_store::StatusChange {
                 status,
-                metadata: (picks[3] % 3 == 0).then(|| serde_json::json!({ "k": picks[4] % 7 })),
-                requeue: picks[5] % 2 == 0,
+                metadata: (picks[3].is_multiple_of(3))
+                    .then(|| serde_json::json!({ "k": picks[4] % 7 })),
+                requeue: picks[5].is_multiple_of(2),
             };
             match s.set_task_status(side.tasks[&task], change).await {
                 Ok(Some(ch)) => format!(
                     "set {task} {status}: prev={} now={} cancelled={:?} transition={:?}",
                     ch.previous,
                     ch.task.status,
-                    ch.cancelled_dependents.iter().map(|t| side.task_name(*t)).collect::<Vec<_>>(),
+                    ch.cancelled_dependents
+                        .iter()
+                        .map(|t| side.task_name(*t))
+                        .collect::<Vec<_>>(),
                     ch.plan_transition.map(|(p, st)| (side.plan_name(p), st)),
                 ),
                 Ok(None) => format!("set {task}: unknown"),
@@ -531,32 +600,57 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
             }
         }
         9 => {
-            let name = if picks[1] % 2 == 0 { "planA" } else { "planB" };
+            let name = if picks[1].is_multiple_of(2) {
+                "planA"
+            } else {
+                "planB"
+            };
             let out = s.cancel_plan(side.plans[name]).await.unwrap();
-            format!("cancel {name} {:?}", out.map(|v| v.iter().map(|t| side.task_name(*t)).collect::<Vec<_>>()))
+            format!(
+                "cancel {name} {:?}",
+                out.map(|v| v.iter().map(|t| side.task_name(*t)).collect::<Vec<_>>())
+            )
         }
         10 => {
             let task = pick_task(1);
-            format!("delete {task} {}", s.delete_task(side.tasks[&task]).await.unwrap())
+            format!(
+                "delete {task} {}",
+                s.delete_task(side.tasks[&task]).await.unwrap()
+            )
         }
         12 | 13 => {
             let task = pick_task(1);
-            let change = hive_store::StatusChange { requeue: true, ..hive_store::StatusChange::to(S::Queued) };
+            let change = hive_store::StatusChange {
+                requeue: true,
+                ..hive_store::StatusChange::to(S::Queued)
+            };
             match s.set_task_status(side.tasks[&task], change).await {
-                Ok(Some(ch)) => format!("requeue {task}: prev={} pending={}", ch.previous, ch.task.pending_dependencies),
+                Ok(Some(ch)) => format!(
+                    "requeue {task}: prev={} pending={}",
+                    ch.previous, ch.task.pending_dependencies
+                ),
                 Ok(None) => format!("requeue {task}: unknown"),
                 Err(e) => format!("requeue {task}: error {e}"),
             }
         }
         16 => {
             // Brings a whole plan back, so failures can cascade through it again.
-            let plan = if picks[1] % 2 == 0 { "planA" } else { "planB" };
+            let plan = if picks[1].is_multiple_of(2) {
+                "planA"
+            } else {
+                "planB"
+            };
             let mut out = Vec::new();
             for name in seed_names.iter().filter(|n| n.starts_with(plan)) {
-                let change = hive_store::StatusChange { requeue: true, ..hive_store::StatusChange::to(S::Queued) };
+                let change = hive_store::StatusChange {
+                    requeue: true,
+                    ..hive_store::StatusChange::to(S::Queued)
+                };
                 let r = s.set_task_status(side.tasks[name], change).await;
                 out.push(match r {
-                    Ok(Some(ch)) => format!("{name}:{}>{}", ch.previous, ch.task.pending_dependencies),
+                    Ok(Some(ch)) => {
+                        format!("{name}:{}>{}", ch.previous, ch.task.pending_dependencies)
+                    }
                     Ok(None) => format!("{name}:unknown"),
                     Err(_) => format!("{name}:refused"),
                 });
@@ -572,26 +666,45 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
             let rep = s.reap(&params).await.unwrap();
             let mut requeued = Vec::new();
             for (t, r) in &rep.requeued {
-                requeued.push(format!("{} {}", side.task_name(*t), side.run_name(*r).await));
+                requeued.push(format!(
+                    "{} {}",
+                    side.task_name(*t),
+                    side.run_name(*r).await
+                ));
             }
             format!(
                 "reap requeued={requeued:?} failed={:?} plans={:?}",
-                rep.failed.iter().map(|t| side.task_name(*t)).collect::<Vec<_>>(),
-                rep.plan_transitions.iter().map(|(p, st)| (side.plan_name(*p), *st)).collect::<Vec<_>>(),
+                rep.failed
+                    .iter()
+                    .map(|t| side.task_name(*t))
+                    .collect::<Vec<_>>(),
+                rep.plan_transitions
+                    .iter()
+                    .map(|(p, st)| (side.plan_name(*p), *st))
+                    .collect::<Vec<_>>(),
             )
         }
         _ => {
             let ids: Vec<TaskId> = (1..4).map(|k| side.tasks[&pick_task(k)]).collect();
             let met = s.dependencies_met(&ids).await.unwrap();
-            let mut named: Vec<(String, bool)> = met.into_iter().map(|(t, m)| (side.task_name(t), m)).collect();
+            let mut named: Vec<(String, bool)> = met
+                .into_iter()
+                .map(|(t, m)| (side.task_name(t), m))
+                .collect();
             named.sort();
             let unblocked = s
-                .list_tasks(&hive_store::TaskFilter { ready_only: true, ..Default::default() })
+                .list_tasks(&hive_store::TaskFilter {
+                    ready_only: true,
+                    ..Default::default()
+                })
                 .await
                 .unwrap();
             format!(
                 "deps {named:?} ready {:?}",
-                unblocked.iter().map(|t| side.task_name(t.id)).collect::<Vec<_>>()
+                unblocked
+                    .iter()
+                    .map(|t| side.task_name(t.id))
+                    .collect::<Vec<_>>()
             )
         }
     }
@@ -599,11 +712,15 @@ async fn step(side: &mut Side, op: usize, picks: &[usize], seed_names: &[String]
 
 async fn populate(store: Arc<dyn Store>) -> Side {
     use hive_store::models::{NewPlan, SubTask};
-    let mut side = Side { store: store.clone(), tasks: Default::default(), plans: Default::default() };
+    let mut side = Side {
+        store: store.clone(),
+        tasks: Default::default(),
+        plans: Default::default(),
+    };
     let tasks: Vec<NewTask> = (0..8)
         .map(|i| {
             NewTask::new(format!("t{i}"), if i % 2 == 1 { "odd" } else { "even" })
-                .priority((i % 3) as i32)
+                .priority(i % 3)
                 .max_retries((i % 3) as u32)
         })
         .collect();
@@ -612,23 +729,49 @@ async fn populate(store: Arc<dyn Store>) -> Side {
         side.tasks.insert(format!("t{i}"), id);
     }
     for (name, shape) in [
-        ("planA", vec![("a", vec![]), ("b", vec!["a"]), ("c", vec!["b"]), ("d", vec!["a"]), ("e", vec![])]),
-        ("planB", vec![("r", vec![]), ("s", vec!["r"]), ("u", vec!["r"]), ("v", vec!["s", "u"])]),
+        (
+            "planA",
+            vec![
+                ("a", vec![]),
+                ("b", vec!["a"]),
+                ("c", vec!["b"]),
+                ("d", vec!["a"]),
+                ("e", vec![]),
+            ],
+        ),
+        (
+            "planB",
+            vec![
+                ("r", vec![]),
+                ("s", vec!["r"]),
+                ("u", vec!["r"]),
+                ("v", vec!["s", "u"]),
+            ],
+        ),
     ] {
         let subtasks = shape
             .iter()
             .map(|(id, deps)| {
-                let mut st = SubTask::new(*id, format!("{name}-{id}"), "even").depends_on(deps.iter().copied());
+                let mut st = SubTask::new(*id, format!("{name}-{id}"), "even")
+                    .depends_on(deps.iter().copied());
                 st.max_retries = Some(if *id == "a" || *id == "r" { 0 } else { 1 });
                 st
             })
             .collect();
-        let plan = NewPlan { title: name.into(), description: String::new(), parent_task_id: None, subtasks };
+        let plan = NewPlan {
+            title: name.into(),
+            description: String::new(),
+            parent_task_id: None,
+            subtasks,
+        };
         let pid = store.insert_plan(plan).await.unwrap();
         store.materialize_plan(pid).await.unwrap();
         side.plans.insert(name.into(), pid);
         for t in store
-            .list_tasks(&hive_store::TaskFilter { plan_id: Some(pid), ..Default::default() })
+            .list_tasks(&hive_store::TaskFilter {
+                plan_id: Some(pid),
+                ..Default::default()
+            })
             .await
             .unwrap()
         {
@@ -641,8 +784,14 @@ async fn populate(store: Arc<dyn Store>) -> Side {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn behaves_like_the_memory_store() {
     // More seeds on demand: HIVE_DIFF_SEEDS=200 runs seeds 1..=200 as well.
-    let extra: u64 = std::env::var("HIVE_DIFF_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
-    let seeds: Vec<u64> = [7_u64, 42, 1234, 99991, 31337, 2024, 5, 77].into_iter().chain(1..=extra).collect();
+    let extra: u64 = std::env::var("HIVE_DIFF_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let seeds: Vec<u64> = [7_u64, 42, 1234, 99991, 31337, 2024, 5, 77]
+        .into_iter()
+        .chain(1..=extra)
+        .collect();
     for seed in seeds {
         let Some(ts) = fresh("postgres_extra::behaves_like_the_memory_store").await else {
             return;
@@ -651,7 +800,11 @@ async fn behaves_like_the_memory_store() {
             let mut memory = populate(Arc::new(hive_store::MemoryStore::new())).await;
             let mut postgres = populate(pg).await;
             let names: Vec<String> = memory.tasks.keys().cloned().collect();
-            assert_eq!(memory.snapshot().await, postgres.snapshot().await, "seed {seed}: after setup");
+            assert_eq!(
+                memory.snapshot().await,
+                postgres.snapshot().await,
+                "seed {seed}: after setup"
+            );
             let mut rng = Rng(seed);
             for i in 0..150 {
                 let op = rng.below(17);
@@ -659,7 +812,10 @@ async fn behaves_like_the_memory_store() {
                 let m = step(&mut memory, op, &picks, &names).await;
                 let p = step(&mut postgres, op, &picks, &names).await;
                 assert_eq!(m, p, "seed {seed}, step {i}: results differ");
-                if std::env::var("DIFF_TRACE").is_ok() { eprintln!("{seed} {i}: {m}"); }
+                // HIVE_DIFF_TRACE shows the workload, to see what a seed exercises.
+                if std::env::var("HIVE_DIFF_TRACE").is_ok() {
+                    eprintln!("{seed} {i}: {m}");
+                }
                 assert_eq!(
                     memory.snapshot().await,
                     postgres.snapshot().await,
@@ -668,7 +824,10 @@ async fn behaves_like_the_memory_store() {
             }
             // Keep the name lookups honest: every run name maps back to a run.
             for name in ["t0#1", "planA-a#1"] {
-                assert_eq!(memory.run_id(name).await.is_some(), postgres.run_id(name).await.is_some());
+                assert_eq!(
+                    memory.run_id(name).await.is_some(),
+                    postgres.run_id(name).await.is_some()
+                );
             }
         })
         .await;

@@ -18,33 +18,7 @@ use crate::Error;
 /// The connection a write runs on: the writer's open `BEGIN IMMEDIATE` transaction.
 pub(super) type Conn = SqliteConnection;
 
-/// A failure inside the backend, before it is mapped to a portable [`Error`] with the
-/// database's name (only the store knows it).
-#[derive(Debug)]
-pub(super) enum Fail {
-    Sql(sqlx::Error),
-    Store(Error),
-}
-
-impl From<sqlx::Error> for Fail {
-    fn from(e: sqlx::Error) -> Self {
-        Fail::Sql(e)
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Self {
-        Fail::Store(e)
-    }
-}
-
-impl From<hive_models::Error> for Fail {
-    fn from(e: hive_models::Error) -> Self {
-        Fail::Store(Error::Invalid(e))
-    }
-}
-
-pub(super) type R<T> = std::result::Result<T, Fail>;
+pub(super) use crate::sql_fail::{Fail, R};
 
 impl Fail {
     pub(super) fn into_error(self, target: &str) -> Error {

@@ -2,9 +2,7 @@
 
 use std::collections::HashMap;
 
-use hive_models::{
-    ExecutionPlan, NewPlan, PlanId, PlanStatus, SubTask, TaskId, TaskStatus,
-};
+use hive_models::{ExecutionPlan, NewPlan, PlanId, PlanStatus, SubTask, TaskId, TaskStatus};
 
 use super::db::{self, Cols, Conn, R, to_json};
 use super::tasks::{self, PlanLink, TaskRow};

@@ -601,11 +601,14 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
         .insert_tasks(vec![NewTask::new("flaky", "test").max_retries(2)])
         .await
         .unwrap()[0];
+    // Generous delays: the checks must hold on a loaded machine, where a few hundred
+    // milliseconds can pass between two calls.
     let policy = RetryPolicy {
-        base: Duration::from_millis(200),
+        base: Duration::from_millis(400),
         max: Duration::from_secs(10),
     };
     let (_, r1) = claim_one(&s, "w").await;
+    let before = s.now().await.unwrap();
     let rep = s.finish_runs(&[failure(r1, Some(policy))]).await.unwrap();
     let Finished::Retrying { run_at } = rep[0].finished else {
         panic!("{:?}", rep[0])
@@ -614,10 +617,9 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
     assert_eq!(t.status, TaskStatus::Queued);
     assert_eq!(t.last_error.as_deref(), Some("boom"));
     assert!(t.assigned_worker.is_none());
-    let wait = run_at - s.now().await.unwrap();
     assert!(
-        wait > chrono::Duration::milliseconds(100),
-        "backoff respected: {wait}"
+        run_at - before >= chrono::Duration::milliseconds(400),
+        "first backoff is the base"
     );
     assert!(
         s.claim_tasks(&claim_params("w", 1))
@@ -630,17 +632,18 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
         s.get_run(r1).await.unwrap().unwrap().status,
         RunStatus::Failure
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
     let (_, r2) = claim_one(&s, "w").await;
+    let before = s.now().await.unwrap();
     let rep = s.finish_runs(&[failure(r2, Some(policy))]).await.unwrap();
     let Finished::Retrying { run_at: second } = rep[0].finished else {
         panic!("{:?}", rep[0])
     };
     assert!(
-        second - s.now().await.unwrap() > chrono::Duration::milliseconds(250),
+        second - before >= chrono::Duration::milliseconds(800),
         "backoff doubles"
     );
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(850)).await;
     let (_, r3) = claim_one(&s, "w").await;
     let rep = s.finish_runs(&[failure(r3, Some(policy))]).await.unwrap();
     assert_eq!(rep[0].finished, Finished::Failed);
