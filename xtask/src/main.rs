@@ -1,6 +1,7 @@
 //! `cargo xtask`: Hive's automation, in Rust rather than shell scripts.
 
 mod arch;
+mod bench;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     },
     /// Fail when a crate depends on a crate above it in the layering.
     CheckArch,
+    /// Measure throughput and pickup latency per backend against raw-SQL baselines.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Migrate { database_url } => migrate(&database_url),
+        Command::Bench(args) => bench::run(args),
         Command::CheckArch => {
             let metadata = cargo_metadata::MetadataCommand::new()
                 .exec()

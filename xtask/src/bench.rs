@@ -1,0 +1,435 @@
+//! `cargo xtask bench`: throughput and latency of Hive on each backend, next to raw-SQL
+//! baselines on the same database kind (see `docs/BENCHMARKS.md` for how to read them).
+//!
+//! Every scenario runs on a fresh database (a new SQLite file or Postgres schema) so no
+//! scenario sees another's rows, and prints one `RESULT` line as soon as it finishes.
+
+mod db;
+mod hive;
+mod raw;
+mod report;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use hive_client::Client;
+
+use db::{Backend, FreshDb, RawPool};
+use hive::Until;
+use report::{BenchResult, quantile, rate};
+
+/// Handler slots of the flat drains: 2 workers × 32.
+const DRAIN_WORKERS: u32 = 2;
+const DRAIN_CONCURRENCY: u32 = 32;
+/// The plan drain: 8 workers × 8.
+const PLAN_WORKERS: u32 = 8;
+const PLAN_CONCURRENCY: u32 = 8;
+const CHAIN_LENGTH: u64 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Memory,
+    Sqlite,
+    Postgres,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    EnqueueSingle,
+    EnqueueBatch,
+    Drain,
+    Latency,
+    Plan,
+    Backlog,
+}
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which backend(s) to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    backend: BackendArg,
+    /// A tenth of the work (2,000 tasks), for a run under a minute per backend.
+    #[arg(long)]
+    quick: bool,
+    /// Print the results as a JSON array instead of RESULT lines and a table.
+    #[arg(long)]
+    json: bool,
+    /// Only these scenarios (repeatable; all when absent).
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Scenario>,
+    /// The Postgres server; each scenario gets a schema of its own there, dropped afterwards.
+    #[arg(
+        long,
+        env = "HIVE_BENCH_POSTGRES_URL",
+        default_value = "postgres://root@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+}
+
+/// How much work each scenario does.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    tasks: u64,
+    backlog_queued: u64,
+    backlog_finished: u64,
+    chains: u64,
+    latency_samples: u64,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                tasks: 2_000,
+                backlog_queued: 20_000,
+                backlog_finished: 10_000,
+                chains: 20,
+                latency_samples: 200,
+            }
+        } else {
+            Sizes {
+                tasks: 20_000,
+                backlog_queued: 200_000,
+                backlog_finished: 100_000,
+                chains: 100,
+                latency_samples: 1_000,
+            }
+        }
+    }
+}
+
+struct Bench {
+    args: BenchArgs,
+    sizes: Sizes,
+    results: Vec<BenchResult>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let sizes = Sizes::new(args.quick);
+    let mut bench = Bench {
+        args,
+        sizes,
+        results: Vec::new(),
+    };
+    runtime.block_on(bench.all())?;
+    bench.print();
+    Ok(())
+}
+
+impl Bench {
+    fn wants(&self, s: Scenario) -> bool {
+        self.args.scenarios.is_empty() || self.args.scenarios.contains(&s)
+    }
+
+    fn record(&mut self, r: BenchResult) {
+        if !self.args.json {
+            println!("{}", r.line());
+        }
+        self.results.push(r);
+    }
+
+    fn print(&self) {
+        if self.args.json {
+            match serde_json::to_string_pretty(&self.results) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("error: cannot encode results: {e}"),
+            }
+            return;
+        }
+        println!();
+        print!("{}", report::table(&self.results));
+        let targets = report::targets(&self.results);
+        if !targets.is_empty() {
+            println!();
+            println!("Targets (informational):");
+            for t in targets {
+                println!("  {t}");
+            }
+        }
+    }
+
+    async fn all(&mut self) -> Result<()> {
+        let backends = match self.args.backend {
+            BackendArg::Memory => vec![Backend::Memory],
+            BackendArg::Sqlite => vec![Backend::Sqlite],
+            BackendArg::Postgres => vec![Backend::Postgres],
+            BackendArg::All => vec![Backend::Memory, Backend::Sqlite, Backend::Postgres],
+        };
+        for b in backends {
+            self.backend(b)
+                .await
+                .with_context(|| format!("benchmarking {}", b.name()))?;
+        }
+        Ok(())
+    }
+
+    async fn fresh(&self, b: Backend) -> Result<(FreshDb, Client)> {
+        let db = FreshDb::new(b, &self.args.postgres_url).await?;
+        let client = Client::connect(&db.url)
+            .await
+            .with_context(|| format!("opening a {} store", b.name()))?;
+        Ok((db, client))
+    }
+
+    /// A fresh database holding only the baselines' `raw_tasks` table; `None` for memory.
+    async fn fresh_raw(&self, b: Backend) -> Result<Option<(FreshDb, RawPool)>> {
+        if b == Backend::Memory {
+            return Ok(None);
+        }
+        let db = FreshDb::new(b, &self.args.postgres_url).await?;
+        let pool = db
+            .raw_pool(raw::CONNECTIONS)
+            .await?
+            .context("a SQL backend has a raw pool")?;
+        raw::create_table(&pool).await?;
+        Ok(Some((db, pool)))
+    }
+
+    async fn backend(&mut self, b: Backend) -> Result<()> {
+        let n = self.sizes.tasks;
+        if self.wants(Scenario::EnqueueSingle) {
+            self.enqueue(b, false, n).await?;
+        }
+        if self.wants(Scenario::EnqueueBatch) {
+            self.enqueue(b, true, n).await?;
+        }
+        if self.wants(Scenario::Drain) {
+            self.drain(b, n).await?;
+        }
+        if self.wants(Scenario::Latency) {
+            self.latency(b).await?;
+        }
+        if self.wants(Scenario::Plan) {
+            self.plan(b).await?;
+        }
+        if self.wants(Scenario::Backlog) {
+            self.backlog(b).await?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&mut self, b: Backend, batched: bool, n: u64) -> Result<()> {
+        let name = if batched {
+            "enqueue-batch"
+        } else {
+            "enqueue-single"
+        };
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(n, format!("{name} {}", b.name()));
+        let secs = if batched {
+            hive::enqueue_batch(&client, n, &pb).await?
+        } else {
+            hive::enqueue_single(&client, n, &pb).await?
+        };
+        pb.finish_and_clear();
+        drop(client);
+        db.cleanup().await?;
+        // Like for like: one at a time against single autocommit INSERTs (batched: 100
+        // rows per statement); batches of 1,000 against 1,000 single-row INSERTs in one
+        // transaction (batched: one 1,000-row INSERT).
+        let (raw, raw_batch) = if batched {
+            (
+                self.raw_insert(b, n, RawInsert::Transactions(1_000))
+                    .await?,
+                self.raw_insert(b, n, RawInsert::MultiRow(1_000)).await?,
+            )
+        } else {
+            (
+                self.raw_insert(b, n, RawInsert::Single).await?,
+                self.raw_insert(b, n, RawInsert::MultiRow(raw::CLAIM_BATCH as u64))
+                    .await?,
+            )
+        };
+        self.record(
+            BenchResult::throughput(name, b.name(), n, secs).with_baselines(raw, raw_batch),
+        );
+        Ok(())
+    }
+
+    async fn raw_insert(&self, b: Backend, n: u64, how: RawInsert) -> Result<Option<f64>> {
+        let Some((db, pool)) = self.fresh_raw(b).await? else {
+            return Ok(None);
+        };
+        let secs = match how {
+            RawInsert::Single => raw::insert_single(&pool, n).await?,
+            RawInsert::Transactions(k) => raw::insert_in_transactions(&pool, n, k).await?,
+            RawInsert::MultiRow(k) => raw::insert_multi_row(&pool, n, k).await?,
+        };
+        pool.close().await;
+        db.cleanup().await?;
+        Ok(Some(rate(n, secs)))
+    }
+
+    /// The two claim baselines on `n` queued rows: one at a time, and 100 at a time.
+    async fn raw_drains(&self, b: Backend, n: u64) -> Result<(Option<f64>, Option<f64>)> {
+        let mut out = [None, None];
+        for (slot, batched) in out.iter_mut().zip([false, true]) {
+            let Some((db, pool)) = self.fresh_raw(b).await? else {
+                return Ok((None, None));
+            };
+            raw::insert_multi_row(&pool, n, 1_000).await?;
+            let (secs, done) = if batched {
+                raw::drain_batched(&pool).await?
+            } else {
+                raw::drain_one_by_one(&pool).await?
+            };
+            raw::expect_drained("raw drain", done, n)?;
+            pool.close().await;
+            db.cleanup().await?;
+            *slot = Some(rate(n, secs));
+        }
+        Ok((out[0], out[1]))
+    }
+
+    async fn drain(&mut self, b: Backend, n: u64) -> Result<()> {
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(n, format!("drain {} (loading)", b.name()));
+        hive::load(&client, n, &pb).await?;
+        pb.set_position(0);
+        pb.set_message(format!("drain {}", b.name()));
+        let d = hive::drain(&client, DRAIN_WORKERS, DRAIN_CONCURRENCY, Until::Idle, &pb).await?;
+        pb.finish_and_clear();
+        if d.handled != n {
+            bail!("drain: handled {} tasks, expected {n}", d.handled);
+        }
+        drop(client);
+        db.cleanup().await?;
+        let (raw, raw_batch) = self.raw_drains(b, n).await?;
+        self.record(
+            BenchResult::throughput("drain", b.name(), n, d.secs).with_baselines(raw, raw_batch),
+        );
+        Ok(())
+    }
+
+    async fn latency(&mut self, b: Backend) -> Result<()> {
+        let samples = self.sizes.latency_samples;
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(samples, format!("latency {}", b.name()));
+        let start = std::time::Instant::now();
+        let mut ms =
+            hive::pickup_latency(&client, samples, DRAIN_WORKERS, DRAIN_CONCURRENCY, &pb).await?;
+        let secs = start.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        drop(client);
+        db.cleanup().await?;
+        ms.sort_by(f64::total_cmp);
+        let mut r = BenchResult::new("latency", b.name(), samples, secs);
+        r.p50_ms = Some(quantile(&ms, 0.50));
+        r.p99_ms = Some(quantile(&ms, 0.99));
+        self.record(r);
+        Ok(())
+    }
+
+    async fn plan(&mut self, b: Backend) -> Result<()> {
+        let chains = self.sizes.chains;
+        let n = chains * CHAIN_LENGTH;
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(n, format!("plan {}", b.name()));
+        let (submit, d) = hive::plan(
+            &client,
+            hive::chains_plan(chains, CHAIN_LENGTH),
+            PLAN_WORKERS,
+            PLAN_CONCURRENCY,
+            &pb,
+        )
+        .await?;
+        pb.finish_and_clear();
+        drop(client);
+        db.cleanup().await?;
+        if !self.args.json {
+            eprintln!(
+                "  plan {}: submit + materialize {submit:.2}s of {:.2}s",
+                b.name(),
+                d.secs
+            );
+        }
+        // A hand-written queue has no dependencies; its flat drain of the same number of
+        // rows is the baseline the DAG's bookkeeping is measured against.
+        let (raw, raw_batch) = self.raw_drains(b, n).await?;
+        self.record(
+            BenchResult::throughput("plan", b.name(), n, d.secs).with_baselines(raw, raw_batch),
+        );
+        Ok(())
+    }
+
+    async fn backlog(&mut self, b: Backend) -> Result<()> {
+        let s = self.sizes;
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(
+            s.backlog_finished + s.backlog_queued,
+            format!("backlog {} (loading)", b.name()),
+        );
+        hive::load(&client, s.backlog_finished, &pb).await?;
+        match db.raw_pool(1).await? {
+            // Real rows in the real schema, finished by one UPDATE instead of 100,000
+            // claim/finish round trips; the claim path's queries see them exactly as
+            // they would see tasks finished by workers (minus their runs rows).
+            Some(pool) => {
+                let done = pool
+                    .execute("UPDATE tasks SET status = 'completed', attempts = 1 WHERE status = 'queued'")
+                    .await?;
+                if done != s.backlog_finished {
+                    bail!(
+                        "backlog: finished {done} rows, expected {}",
+                        s.backlog_finished
+                    );
+                }
+                hive::load(&client, s.backlog_queued, &pb).await?;
+                if b == Backend::Postgres {
+                    // What autovacuum would have done by the time such a backlog exists:
+                    // no dead index entries from the fixture's mass update, fresh stats.
+                    pool.execute("VACUUM ANALYZE tasks").await?;
+                }
+                pool.close().await;
+            }
+            // Memory has no SQL: finish them through the workers, untimed.
+            None => {
+                let d = hive::drain(
+                    &client,
+                    DRAIN_WORKERS,
+                    DRAIN_CONCURRENCY,
+                    Until::Idle,
+                    &hive::bar(0, String::new()),
+                )
+                .await?;
+                if d.handled != s.backlog_finished {
+                    bail!(
+                        "backlog: finished {}, expected {}",
+                        d.handled,
+                        s.backlog_finished
+                    );
+                }
+                hive::load(&client, s.backlog_queued, &pb).await?;
+            }
+        }
+        pb.finish_and_clear();
+        let pb = hive::bar(s.tasks, format!("backlog {}", b.name()));
+        let d = hive::drain(
+            &client,
+            DRAIN_WORKERS,
+            DRAIN_CONCURRENCY,
+            Until::Handled(s.tasks),
+            &pb,
+        )
+        .await?;
+        pb.finish_and_clear();
+        drop(client);
+        db.cleanup().await?;
+        self.record(BenchResult::throughput(
+            "backlog",
+            b.name(),
+            s.tasks,
+            d.secs,
+        ));
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RawInsert {
+    Single,
+    Transactions(u64),
+    MultiRow(u64),
+}
