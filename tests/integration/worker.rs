@@ -77,9 +77,11 @@ async fn four_workers_complete_each_task_once(c: Client) {
         completed += report.completed;
     }
     assert_eq!(completed as usize, ids.len());
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), ids.len());
-    assert!(seen.values().all(|n| *n == 1), "a task ran twice");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), ids.len());
+        assert!(seen.values().all(|n| *n == 1), "a task ran twice");
+    }
     let counts = c.count_tasks(None).await.unwrap();
     assert_eq!(
         counts.get(&TaskStatus::Completed),
