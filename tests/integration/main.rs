@@ -1,5 +1,11 @@
 //! Cross-crate scenarios, driven through hive-client as an app would.
 #![allow(clippy::unwrap_used)]
 
+mod db_faults;
+mod log_capture;
+mod plans_under_failure;
+mod proxy;
+mod retries;
 mod sdk;
+mod secrets;
 mod worker;

@@ -1,12 +1,19 @@
-//! The worker runtime: many workers complete every task exactly once; graceful shutdown
-//! gives held tasks back; a panicking handler fails only its own task.
+//! The worker runtime: many workers under load complete every task exactly once; graceful
+//! shutdown gives held tasks back; a panicking handler fails only its own task. Also the
+//! helpers the other worker-driven files share (spawning workers, summing their reports).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hive_client::{Client, NewTask, OpsConfig, RetryPolicy, TaskContext, TaskError, TaskStatus};
+use hive_client::store::TaskFilter;
+use hive_client::{
+    Client, Event, EventOrigin, Handler, NewTask, OpsConfig, Published, RetryPolicy, RunStatus,
+    TaskContext, TaskError, TaskId, TaskStatus, WorkerReport,
+};
 use hive_store::Store;
+use hive_store::testing::size;
+use tokio::task::JoinSet;
 
 fn client(store: Arc<dyn Store>) -> Client {
     let config = OpsConfig {
@@ -16,81 +23,229 @@ fn client(store: Arc<dyn Store>) -> Client {
     Client::from_store(store, config)
 }
 
-macro_rules! on_backends {
-    ($($case:ident),+ $(,)?) => {
-        mod memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $case() {
-            hive_store::testing::memory().await.unwrap().run(|s| super::$case(super::client(s))).await } )+ }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $case() {
-            hive_store::testing::sqlite().await.unwrap().run(|s| super::$case(super::client(s))).await } )+ }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $case() {
-            match hive_store::testing::postgres().await {
-                Some(ts) => ts.run(|s| super::$case(super::client(s))).await,
-                None => hive_store::testing::report_skip(concat!("postgres::", stringify!($case))),
-            } } )+ }
-    };
-}
-
-on_backends!(
-    four_workers_complete_each_task_once,
+hive_tests::on_backends!(client =>
+    eight_workers_complete_each_task_once,
     shutdown_releases_held_tasks,
-    panicking_handler_fails_only_its_task
+    panicking_handler_fails_only_its_task,
 );
 
-async fn four_workers_complete_each_task_once(c: Client) {
-    const PER_WORKER: usize = 1000;
-    const WORKERS: usize = 4;
-    let ids = c
-        .create_tasks(
-            (0..PER_WORKER * WORKERS)
-                .map(|i| NewTask::new(format!("t{i}"), "noop"))
-                .collect(),
-        )
-        .await
-        .unwrap();
-    let seen: Arc<Mutex<HashMap<hive_client::TaskId, u32>>> = Arc::default();
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let seen = seen.clone();
+/// Starts `n` in-process workers (`{prefix}0`, `{prefix}1`, …) on one client, each running
+/// `concurrency` handler calls at once and exiting once nothing is left to do.
+pub(crate) fn spawn_workers<H: Handler + Clone>(
+    c: &Client,
+    prefix: &str,
+    n: usize,
+    concurrency: u32,
+    handler: H,
+) -> JoinSet<hive_client::Result<WorkerReport>> {
+    let mut set = JoinSet::new();
+    for i in 0..n {
         let worker = c
-            .worker(format!("w{w}"))
-            .role("noop")
-            .concurrency(8)
+            .worker(format!("{prefix}{i}"))
+            .concurrency(concurrency)
             .exit_when_idle(true)
             .handle_signals(false)
             .poll_interval(Duration::from_millis(50));
-        workers.push(tokio::spawn(worker.run(move |ctx: TaskContext| {
-            let seen = seen.clone();
+        set.spawn(worker.run(handler.clone()));
+    }
+    set
+}
+
+/// Adds one worker's report to a running total.
+pub(crate) fn add_report(total: &mut WorkerReport, r: &WorkerReport) {
+    total.completed += r.completed;
+    total.failed += r.failed;
+    total.retried += r.retried;
+    total.stale += r.stale;
+    total.released += r.released;
+}
+
+/// Waits for every worker (failing the test after `limit`) and sums their reports.
+pub(crate) async fn join_workers(
+    mut set: JoinSet<hive_client::Result<WorkerReport>>,
+    limit: Duration,
+) -> WorkerReport {
+    let mut total = WorkerReport::default();
+    let joined = tokio::time::timeout(limit, async {
+        while let Some(r) = set.join_next().await {
+            add_report(&mut total, &r.expect("worker task").expect("worker run"));
+        }
+    })
+    .await;
+    assert!(joined.is_ok(), "workers did not drain within {limit:?}");
+    total
+}
+
+/// Asserts that no task is left queued, assigned or in progress.
+pub(crate) async fn assert_nothing_open(c: &Client) {
+    for status in [
+        TaskStatus::Queued,
+        TaskStatus::Assigned,
+        TaskStatus::InProgress,
+    ] {
+        let filter = TaskFilter {
+            status: Some(status),
+            limit: Some(5),
+            ..Default::default()
+        };
+        let left = c.list_tasks(&filter).await.unwrap();
+        assert!(left.is_empty(), "tasks left {status}: {left:?}");
+    }
+}
+
+/// Handler calls per task: the run number each call executed as.
+type Calls = Arc<Mutex<HashMap<TaskId, Vec<u32>>>>;
+
+/// Exactly once under load (issue 7, item 1): 8 workers × concurrency 8 drain the queue;
+/// every task has one success run, the handler ran it once (a re-run is legitimate only
+/// after its lease expired, which a 30 s lease never should), the completed-event stream
+/// and the workers' reports count each task once, and nothing is left open.
+async fn eight_workers_complete_each_task_once(c: Client) {
+    const WORKERS: usize = 8;
+    const CONCURRENCY: u32 = 8;
+    let total = size(4_000, 160_000);
+    let mut ids = Vec::with_capacity(total);
+    for start in (0..total).step_by(5_000) {
+        let batch = (start..total.min(start + 5_000))
+            .map(|i| NewTask::new(format!("t{i}"), "noop"))
+            .collect();
+        ids.extend(c.create_tasks(batch).await.unwrap());
+    }
+    let calls: Calls = Arc::default();
+    let handler = {
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            let calls = calls.clone();
             async move {
-                *seen.lock().unwrap().entry(ctx.task.id).or_default() += 1;
+                calls
+                    .lock()
+                    .unwrap()
+                    .entry(ctx.task.id)
+                    .or_default()
+                    .push(ctx.run.run_number);
                 Ok::<_, TaskError>(())
             }
-        })));
+        }
+    };
+    let mut events = c.subscribe().await.unwrap();
+    let started = Instant::now();
+    let mut workers = spawn_workers(&c, "w", WORKERS, CONCURRENCY, handler);
+    let mut report = WorkerReport::default();
+    let mut completions: HashMap<TaskId, u32> = HashMap::with_capacity(total);
+    // Only this client's own events: other tests' schemas on the same Postgres database
+    // share the notification channel, so remote events may name tasks of theirs.
+    let mut record = |p: Published| {
+        if let (EventOrigin::Local, Event::TaskCompleted { task_id, .. }) = (p.origin, p.event) {
+            *completions.entry(task_id).or_default() += 1;
+        }
+    };
+    let limit = Duration::from_secs(if hive_store::testing::soak() {
+        1800
+    } else {
+        120
+    });
+    let drained = tokio::time::timeout(limit, async {
+        loop {
+            tokio::select! {
+                Some(p) = events.recv() => record(p),
+                joined = workers.join_next() => match joined {
+                    Some(r) => add_report(&mut report, &r.unwrap().unwrap()),
+                    None => break,
+                },
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "workers did not drain within {limit:?}");
+    let elapsed = started.elapsed();
+    // Every event was published before its worker returned; take what is still buffered.
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        record(p);
     }
-    let mut completed = 0;
-    for w in workers {
-        let report = tokio::time::timeout(Duration::from_secs(120), w)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(report.stale, 0);
-        completed += report.completed;
-    }
-    assert_eq!(completed as usize, ids.len());
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), ids.len());
-        assert!(seen.values().all(|n| *n == 1), "a task ran twice");
-    }
+    eprintln!(
+        "{}: {WORKERS} workers × concurrency {CONCURRENCY} drained {total} tasks in {elapsed:.2?} ({:.0} tasks/s)",
+        c.store().backend(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+
+    assert_eq!(
+        report,
+        WorkerReport {
+            completed: total as u64,
+            ..Default::default()
+        },
+        "the workers' reports count each task completed once and nothing else"
+    );
+    assert_eq!(events.skipped(), 0, "the event check saw every event");
+    assert_eq!(completions.len(), total, "a completed event for every task");
+    assert!(
+        completions.values().all(|n| *n == 1),
+        "a task completed twice: {:?}",
+        completions.iter().find(|(_, n)| **n > 1)
+    );
+    let calls = std::mem::take(&mut *calls.lock().unwrap());
+    assert_eq!(calls.len(), total, "the handler saw every task");
+    assert_each_task_completed_by_one_run(&c, &ids, &calls).await;
     let counts = c.count_tasks(None).await.unwrap();
     assert_eq!(
-        counts.get(&TaskStatus::Completed),
-        Some(&(ids.len() as u64))
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>(),
+        vec![(TaskStatus::Completed, total as u64)]
     );
+    assert_nothing_open(&c).await;
     assert!(
         c.get_active_workers(None).await.unwrap().is_empty(),
         "workers unregister on exit"
     );
+}
+
+/// Per task, from the store: completed, attempts 1, one success run which is the current
+/// run, any other run a lease timeout, and one handler call per run. Reads runs from 16
+/// tasks at once so the full-size soak does not crawl.
+async fn assert_each_task_completed_by_one_run(
+    c: &Client,
+    ids: &[TaskId],
+    calls: &HashMap<TaskId, Vec<u32>>,
+) {
+    let calls = Arc::new(calls.clone());
+    let mut checks = JoinSet::new();
+    for chunk in ids.chunks(ids.len().div_ceil(16).max(1)) {
+        let (c, chunk, calls) = (c.clone(), chunk.to_vec(), calls.clone());
+        checks.spawn(async move {
+            let mut timeouts = 0;
+            for id in chunk {
+                let task = c.get_task(id).await.unwrap().unwrap();
+                let runs = c.list_runs(id).await.unwrap();
+                let successes: Vec<_> = runs
+                    .iter()
+                    .filter(|r| r.status == RunStatus::Success)
+                    .collect();
+                assert_eq!(successes.len(), 1, "one success run for {id}: {runs:?}");
+                assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+                assert_eq!(task.current_run_id, Some(successes[0].id), "{task:?}");
+                assert!(
+                    runs.iter()
+                        .all(|r| r.status == RunStatus::Success || r.status == RunStatus::Timeout),
+                    "a run of {id} ended otherwise than by success or lease expiry: {runs:?}"
+                );
+                timeouts += runs.len() - 1;
+                let ran: Vec<u32> = runs.iter().map(|r| r.run_number).collect();
+                assert_eq!(
+                    calls.get(&id),
+                    Some(&ran),
+                    "one handler call per run of {id}"
+                );
+            }
+            timeouts
+        });
+    }
+    let mut timeouts = 0;
+    while let Some(n) = checks.join_next().await {
+        timeouts += n.unwrap();
+    }
+    assert_eq!(timeouts, 0, "no lease of 30 s should expire in this test");
 }
 
 async fn shutdown_releases_held_tasks(c: Client) {

@@ -2,6 +2,7 @@
 
 mod arch;
 mod bench;
+mod soak;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     CheckArch,
     /// Measure throughput and pickup latency per backend against raw-SQL baselines.
     Bench(bench::BenchArgs),
+    /// Run the reliability tests at full size (HIVE_SOAK=1, release), backend by backend.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Migrate { database_url } => migrate(&database_url),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::CheckArch => {
             let metadata = cargo_metadata::MetadataCommand::new()
                 .exec()

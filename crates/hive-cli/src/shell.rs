@@ -1,5 +1,14 @@
 //! The built-in handler for `shell` tasks: `{"command": "...", "timeout_secs": N}` runs
 //! through `sh -c`; exit 0 completes the task, anything else fails it.
+//!
+//! The command sees which attempt it is in its environment, so a script can log it,
+//! make itself idempotent, or behave differently on a retry:
+//!
+//! - `HIVE_TASK_ID`: the task's id.
+//! - `HIVE_RUN_ID`: this attempt's run id (the lease token; a later attempt has another).
+//! - `HIVE_ATTEMPT`: the task's attempt count including this one (1 on the first run;
+//!   runs given back at shutdown do not count).
+//! - `HIVE_WORKER_ID`: the worker running it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -34,6 +43,10 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&payload.command)
+        .env("HIVE_TASK_ID", ctx.task.id.to_string())
+        .env("HIVE_RUN_ID", ctx.run.id.to_string())
+        .env("HIVE_ATTEMPT", ctx.task.attempts.to_string())
+        .env("HIVE_WORKER_ID", ctx.run.worker_id.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

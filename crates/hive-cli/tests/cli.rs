@@ -41,13 +41,45 @@ impl Db {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// Everything that could change: tasks per status, plans, and every task's status.
-    fn snapshot(&self) -> (Value, Value, Value) {
+    /// Everything that could change: tasks per status, plans, every task's status, and
+    /// the row count of every table in the file.
+    fn snapshot(&self) -> (Value, Value, Value, Vec<(String, i64)>) {
         (
             self.json(&["status"]),
             self.json(&["plan", "list"]),
             self.json(&["task", "list", "--limit", "1000"]),
+            self.row_counts(),
         )
+    }
+
+    /// Rows per table, read straight from the SQLite file (every table, whatever the
+    /// schema holds).
+    fn row_counts(&self) -> Vec<(String, i64)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            let mut counts = Vec::new();
+            for t in tables {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM \"{t}\""
+                )))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                counts.push((t, n));
+            }
+            counts
+        })
     }
 
     fn write(&self, name: &str, text: &str) -> String {
@@ -195,6 +227,25 @@ fn bad_input_is_one_line_nonzero_and_changes_nothing() {
             {"id": "b", "title": "B", "task_type": "shell", "dependencies": ["a"]}]}"#,
     );
     let malformed = db.write("bad.json", r#"{"title": "x", "subtasks": [ {"id": "a""#);
+    // An argument cannot carry a payload over the limit (Linux caps one at 128 KiB), a plan
+    // file can.
+    let oversized = db.write(
+        "big.json",
+        &serde_json::json!({"title": "big", "subtasks": [
+            {"id": "a", "title": "A", "task_type": "shell", "payload": {"blob": "x".repeat(1024 * 1024 + 1)}}
+        ]})
+        .to_string(),
+    );
+    let unknown_dependency = db.write(
+        "ghost.json",
+        r#"{"title": "g", "subtasks": [
+            {"id": "a", "title": "A", "task_type": "shell", "dependencies": ["ghost"]}]}"#,
+    );
+    let self_dependency = db.write(
+        "self.json",
+        r#"{"title": "s", "subtasks": [
+            {"id": "a", "title": "A", "task_type": "shell", "dependencies": ["a"]}]}"#,
+    );
     let before = db.snapshot();
     let ghost = "01a20c17-0000-7000-8000-000000000000";
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -241,17 +292,98 @@ fn bad_input_is_one_line_nonzero_and_changes_nothing() {
             vec!["plan", "submit", "missing.json"],
             "cannot read plan file `missing.json`",
         ),
+        (
+            vec![
+                "task",
+                "create",
+                "--title",
+                "t",
+                "--type",
+                "x",
+                "--payload",
+                r#"{"a": "\u0000"}"#,
+            ],
+            "`payload`: must not contain a NUL character",
+        ),
+        (
+            vec!["plan", "submit", &oversized],
+            "over the limit of 1048576 bytes",
+        ),
+        (vec!["plan", "submit", &unknown_dependency], "`ghost`"),
+        (
+            vec!["plan", "submit", &self_dependency],
+            "`a` depends on itself",
+        ),
+        (
+            vec!["task", "list", "--status", "in_progres"],
+            "unknown task status `in_progres`",
+        ),
+        (vec!["task", "runs", "not-a-uuid"], "invalid task id"),
     ];
     for (args, want) in cases {
-        let out = db.hive().args(&args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "hive {args:?} should fail");
-        assert_eq!(stderr.lines().count(), 1, "one line for {args:?}: {stderr}");
+        db.refused(db.hive().args(&args), &format!("{args:?}"), want, &before);
+    }
+    let counts = &before.3;
+    for table in ["plans", "runs", "task_dependencies", "tasks", "workers"] {
+        assert!(
+            counts.iter().any(|(t, _)| t == table),
+            "{table} in {counts:?}"
+        );
+    }
+    assert!(
+        counts
+            .iter()
+            .any(|(t, n)| t == "task_dependencies" && *n == 1)
+    );
+
+    // Unusable database URLs, on a command that would write: one line, no password.
+    for (url, want) in [
+        (
+            "mysql://u:sentinel-pw@db.example/x",
+            "unsupported database url",
+        ),
+        ("sqlite:", "unsupported database url"),
+        (
+            "sqlite:/nonexistent-hive-dir/sub/hive.db",
+            "database unavailable at /nonexistent-hive-dir/sub/hive.db",
+        ),
+        (
+            "postgres://u:sentinel-pw@127.0.0.1:1/x",
+            "database unavailable at 127.0.0.1:1",
+        ),
+    ] {
+        let mut cmd = db.hive();
+        cmd.env("HIVE_DATABASE_URL", url)
+            .args(["task", "create", "--title", "t", "--type", "x"]);
+        let stderr = db.refused(&mut cmd, url, want, &before);
+        assert!(!stderr.contains("sentinel-pw"), "{stderr}");
+    }
+}
+
+impl Db {
+    /// Runs a command that must fail: non-zero exit, one `error: ` line on stderr holding
+    /// `want`, and the database exactly as `before`. Returns stderr.
+    fn refused(
+        &self,
+        cmd: &mut Command,
+        what: &str,
+        want: &str,
+        before: &(Value, Value, Value, Vec<(String, i64)>),
+    ) -> String {
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "hive {what} should fail");
+        assert_eq!(stderr.lines().count(), 1, "one line for {what}: {stderr}");
         assert!(
             stderr.starts_with("error: ") && stderr.contains(want),
-            "hive {args:?}: {stderr}"
+            "hive {what}: {stderr}"
         );
-        assert_eq!(db.snapshot(), before, "hive {args:?} changed the database");
+        assert!(
+            !stderr.trim_end().chars().any(char::is_control),
+            "hive {what}: control characters in {stderr:?}"
+        );
+        assert_eq!(&self.snapshot(), before, "hive {what} changed the database");
+        stderr
     }
 }
 

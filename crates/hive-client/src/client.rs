@@ -2,6 +2,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hive_models::{PlanId, Task, WorkerStatus};
 use hive_ops::{Ops, OpsConfig};
@@ -53,6 +54,31 @@ impl Client {
         Ok(Self::from_store(store, config))
     }
 
+    /// [`Client::connect`] that waits for a database that cannot be reached yet: while
+    /// connecting fails with [`hive_store::Error::Unavailable`] (server down, port closed,
+    /// host not resolving), it logs a warning naming `host:port` (never the password) and
+    /// tries again under `retry`'s capped exponential backoff. Any other error (a bad URL,
+    /// a failed migration, a rejected login) returns at once. Pool settings ride on the
+    /// URL (`?max_connections=N&acquire_timeout_secs=S`); for explicit options use
+    /// [`ConnectRetry::connect_with`]. `hive worker run` connects this way.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use hive_client::{Client, ConnectRetry};
+    ///
+    /// # async fn demo() -> Result<(), hive_client::Error> {
+    /// // Wait up to a minute for Postgres to come up, then give the last error back.
+    /// let retry = ConnectRetry::default().give_up_after(Duration::from_secs(60));
+    /// let client = Client::connect_with_retry("postgres://hive@db:5432/hive", &retry).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with_retry(url: &str, retry: &ConnectRetry) -> Result<Client> {
+        retry
+            .connect_with(url, &ConnectOptions::default(), OpsConfig::default())
+            .await
+    }
+
     /// `HIVE_DATABASE_URL`, else `sqlite:hive.db` (created and migrated on first use).
     pub async fn from_env() -> Result<Client> {
         let url =
@@ -91,4 +117,87 @@ impl Client {
     pub async fn get_next_subtask(&self, plan_id: PlanId) -> Result<Option<Task>> {
         Ok(self.ops.get_next_planned_subtask(plan_id).await?)
     }
+}
+
+/// How [`Client::connect_with_retry`] waits for a database that cannot be reached: the
+/// first retry after `first_delay`, each next wait doubled up to `max_delay`, until it
+/// connects or `give_up_after` has passed since the first attempt.
+///
+/// The default (100 ms doubling to 5 s, never giving up) suits a worker process: started
+/// before its database, or during an outage, it starts working once the server is back,
+/// just as a running worker rides out an outage by retrying its claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRetry {
+    /// The wait after the first failed attempt.
+    pub first_delay: Duration,
+    /// The longest wait between two attempts.
+    pub max_delay: Duration,
+    /// Stop retrying, returning the last error, once this much time has passed since the
+    /// first attempt; `None` retries until the database answers.
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for ConnectRetry {
+    fn default() -> Self {
+        ConnectRetry {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            give_up_after: None,
+        }
+    }
+}
+
+impl ConnectRetry {
+    /// This policy, giving up once `limit` has passed since the first attempt.
+    pub fn give_up_after(mut self, limit: Duration) -> Self {
+        self.give_up_after = Some(limit);
+        self
+    }
+
+    /// [`Client::connect_with`] under this policy.
+    pub async fn connect_with(
+        &self,
+        url: &str,
+        options: &ConnectOptions,
+        config: OpsConfig,
+    ) -> Result<Client> {
+        let started = tokio::time::Instant::now();
+        let mut delay = self.first_delay;
+        let mut attempt: u32 = 1;
+        loop {
+            let error = match Client::connect_with(url, options, config.clone()).await {
+                Ok(client) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, "hive: connected to the database");
+                    }
+                    return Ok(client);
+                }
+                Err(e) if is_unreachable(&e) => e,
+                Err(e) => return Err(e),
+            };
+            let out_of_time = self
+                .give_up_after
+                .is_some_and(|limit| started.elapsed() + delay > limit);
+            if out_of_time {
+                tracing::warn!(attempt, error = %error, "hive: cannot connect to the database; giving up");
+                return Err(error);
+            }
+            // The error names `host:port` and the driver's reason, never the password.
+            tracing::warn!(attempt, error = %error, retry_in = ?delay, "hive: cannot connect to the database; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.max_delay.max(self.first_delay));
+            attempt = attempt.saturating_add(1);
+        }
+    }
+}
+
+/// Whether connecting failed because the server could not be reached (worth retrying),
+/// rather than because of what was asked of it.
+fn is_unreachable(e: &crate::Error) -> bool {
+    matches!(
+        e,
+        crate::Error::Ops(hive_ops::Error::Store(
+            hive_store::Error::Unavailable { .. }
+        ))
+    )
 }

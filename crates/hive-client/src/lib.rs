@@ -27,7 +27,9 @@ mod client;
 mod error;
 mod worker;
 
-pub use client::{Client, DATABASE_URL_ENV, DEFAULT_DATABASE_URL, OrchestrationClient, get_client};
+pub use client::{
+    Client, ConnectRetry, DATABASE_URL_ENV, DEFAULT_DATABASE_URL, OrchestrationClient, get_client,
+};
 pub use error::{Error, Result};
 pub use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, Run, RunId, RunStatus,

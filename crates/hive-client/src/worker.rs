@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hive_models::{Json, Run, Task, TaskStatus, WorkerId, WorkerStatus};
+use std::collections::HashMap;
+
+use hive_models::{Json, Run, RunId, Task, TaskStatus, WorkerId, WorkerStatus};
+use hive_ops::Claimed;
 use hive_ops::store::{ChangeKind, Finished, Outcome, RunOutcome, TaskFilter, WorkerRegistration};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::{Client, Error, Result};
@@ -302,9 +305,18 @@ impl WorkerBuilder {
     }
 }
 
-/// One handler's outcome, on its way to the batching completer.
+/// A finished handler's outcome, on its way to the batching completer. Its slot stays taken
+/// until the outcome is committed: a worker never holds more than `concurrency` leases.
 struct Done {
     outcome: RunOutcome,
+}
+
+/// What a worker claims with: its id, task types and lease.
+#[derive(Clone)]
+struct ClaimSpec {
+    worker: WorkerId,
+    task_types: Vec<String>,
+    lease: Duration,
 }
 
 struct Runtime {
@@ -313,19 +325,28 @@ struct Runtime {
     handler: Arc<dyn Handler>,
     counters: Arc<Counters>,
     wake: Arc<Notify>,
+    /// Some task changed status: an idle worker waiting to exit checks again.
+    settled: Arc<Notify>,
     stop: watch::Receiver<bool>,
+    /// One permit per free slot. Claims take permits; a slot comes back when its task's
+    /// outcome is committed, unless the completer reuses it for a task claimed in the same
+    /// transaction.
+    slots: Arc<Semaphore>,
 }
 
 impl Runtime {
     async fn start(cfg: WorkerBuilder, id: WorkerId, handler: Arc<dyn Handler>) -> Result<Runtime> {
         let stop = cfg.shutdown.subscribe();
+        let slots = Arc::new(Semaphore::new(cfg.concurrency as usize));
         Ok(Runtime {
             cfg,
             id,
             handler,
             counters: Arc::default(),
             wake: Arc::new(Notify::new()),
+            settled: Arc::new(Notify::new()),
             stop,
+            slots,
         })
     }
 
@@ -339,6 +360,14 @@ impl Runtime {
                 "concurrency": self.cfg.concurrency,
                 "task_types": self.cfg.task_types,
             }),
+        }
+    }
+
+    fn claim_spec(&self) -> ClaimSpec {
+        ClaimSpec {
+            worker: self.id.clone(),
+            task_types: self.cfg.task_types.clone(),
+            lease: self.cfg.lease,
         }
     }
 
@@ -384,15 +413,19 @@ impl Runtime {
             });
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-        let completer = tokio::spawn(complete_batches(
-            self.cfg.client.clone(),
-            done_rx,
-            self.counters.clone(),
-            self.wake.clone(),
-        ));
-        let result = self.claim_loop(done_tx).await;
-        // The completer drains every outcome before exiting, so nothing finished is lost.
-        let _ = completer.await;
+        let (claimed_tx, claimed_rx) = mpsc::unbounded_channel::<Vec<Claimed>>();
+        let completer = tokio::spawn(
+            Completer {
+                client: self.cfg.client.clone(),
+                counters: self.counters.clone(),
+                slots: self.slots.clone(),
+                spec: self.claim_spec(),
+                stop: self.stop.clone(),
+                claimed: claimed_tx,
+            }
+            .run(done_rx),
+        );
+        let result = self.claim_loop(done_tx, claimed_rx, completer).await;
         background.abort_all();
         if let Err(e) = self.cfg.client.unregister_worker(self.id.as_str()).await {
             tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline");
@@ -405,14 +438,14 @@ impl Runtime {
             return;
         };
         let wake = self.wake.clone();
+        let settled = self.settled.clone();
         set.spawn(async move {
             loop {
                 match rx.recv().await {
-                    // New tasks, requeues and completions (which unblock dependents) may
-                    // all make something claimable.
-                    Ok(n) if matches!(n.kind, ChangeKind::TaskCreated | ChangeKind::TaskStatus) => {
-                        wake.notify_one()
-                    }
+                    Ok(n) if n.may_be_claimable() => wake.notify_one(),
+                    // Work finishing elsewhere may leave nothing for an idle worker to wait
+                    // for (`exit_when_idle`).
+                    Ok(n) if n.kind == ChangeKind::TaskStatus => settled.notify_one(),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => wake.notify_one(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -472,95 +505,117 @@ impl Runtime {
         });
     }
 
-    async fn claim_loop(&mut self, done_tx: mpsc::UnboundedSender<Done>) -> Result<()> {
-        let mut running: JoinSet<()> = JoinSet::new();
-        let mut held: std::collections::HashMap<tokio::task::Id, hive_models::RunId> =
-            Default::default();
+    /// Claims when there may be work (at start, on a wake-up, on the poll tick) and starts
+    /// handlers for its own claims and the completer's. The completer refills slots as it
+    /// commits outcomes, so while the queue is busy this loop mostly just starts handlers.
+    async fn claim_loop(
+        &mut self,
+        done_tx: mpsc::UnboundedSender<Done>,
+        mut claimed_rx: mpsc::UnboundedReceiver<Vec<Claimed>>,
+        completer: tokio::task::JoinHandle<()>,
+    ) -> Result<()> {
+        let mut running = Running::default();
         let mut error_delay = Duration::from_millis(50);
+        let mut look = true;
+        let concurrency = self.cfg.concurrency as usize;
         while !self.stopping() {
-            while let Some(joined) = running.try_join_next_with_id() {
-                held.remove(&joined_id(joined));
+            while let Ok(claims) = claimed_rx.try_recv() {
+                running.start(claims, self, &done_tx);
             }
-            let free = self.cfg.concurrency.saturating_sub(running.len() as u32);
-            let mut claimed = 0;
-            if free > 0 {
+            running.reap_finished();
+            let free = self.slots.available_permits();
+            if look && free > 0 {
+                let Ok(permits) = self.slots.try_acquire_many(free as u32) else {
+                    continue;
+                };
+                permits.forget();
                 match self
                     .cfg
                     .client
-                    .claim_tasks(&self.id, &self.cfg.task_types, free, self.cfg.lease)
+                    .claim_tasks(&self.id, &self.cfg.task_types, free as u32, self.cfg.lease)
                     .await
                 {
                     Ok(claims) => {
                         error_delay = Duration::from_millis(50);
-                        claimed = claims.len();
-                        for c in claims {
-                            let run_id = c.run.id;
-                            let handle = running.spawn(run_one(
-                                self.cfg.client.clone(),
-                                self.handler.clone(),
-                                c,
-                                done_tx.clone(),
-                            ));
-                            held.insert(handle.id(), run_id);
-                        }
+                        self.slots.add_permits(free - claims.len());
+                        // A full claim may leave more behind: look again once a slot frees.
+                        look = claims.len() == free;
+                        running.start(claims, self, &done_tx);
                     }
                     Err(e) => {
+                        self.slots.add_permits(free);
                         tracing::warn!(worker = %self.id, error = %e, "claim failed; backing off");
-                        tokio::time::sleep(error_delay).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(error_delay) => {}
+                            _ = self.stop.changed() => {}
+                        }
                         error_delay = (error_delay * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 }
             }
-            if claimed > 0 && claimed == free as usize {
-                // Full: wait for a slot.
-                tokio::select! {
-                    Some(j) = running.join_next_with_id() => {
-                        held.remove(&joined_id(j));
-                    }
-                    _ = self.stop.changed() => {}
-                }
-                continue;
-            }
-            if claimed > 0 {
-                continue;
-            }
-            if running.is_empty() && self.cfg.exit_when_idle && self.nothing_left().await? {
+            let idle = !look
+                && self.cfg.exit_when_idle
+                && running.is_empty()
+                && self.slots.available_permits() == concurrency;
+            if idle && self.nothing_left().await? {
                 break;
             }
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-                Some(j) = running.join_next_with_id(), if !running.is_empty() => {
-                    held.remove(&joined_id(j));
+                _ = self.wake.notified() => look = true,
+                // Debounced: many tasks may settle at once.
+                _ = self.settled.notified(), if idle => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                _ = tokio::time::sleep(self.cfg.poll_interval) => look = true,
+                Some(claims) = claimed_rx.recv() => running.start(claims, self, &done_tx),
+                Some(j) = running.set.join_next_with_id(), if !running.is_empty() => running.finished(j),
+                // Work may be waiting for a slot: wait for one.
+                Ok(p) = self.slots.acquire(), if look && free == 0 => drop(p),
                 _ = self.stop.changed() => {}
             }
         }
-        self.drain(running, held).await;
+        self.drain(running, done_tx, claimed_rx, completer).await;
         Ok(())
     }
 
-    /// After shutdown: let in-flight tasks finish within the grace period, release the rest.
+    /// After shutdown: let in-flight tasks finish within the grace period, commit their
+    /// outcomes, and release whatever is still held (running past the grace period, or
+    /// claimed by the completer as shutdown began).
     async fn drain(
         &self,
-        mut running: JoinSet<()>,
-        mut held: std::collections::HashMap<tokio::task::Id, hive_models::RunId>,
+        mut running: Running,
+        done_tx: mpsc::UnboundedSender<Done>,
+        mut claimed_rx: mpsc::UnboundedReceiver<Vec<Claimed>>,
+        completer: tokio::task::JoinHandle<()>,
     ) {
+        let mut unstarted: Vec<RunId> = Vec::new();
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
         while !running.is_empty() {
-            match tokio::time::timeout_at(deadline, running.join_next_with_id()).await {
-                Ok(Some(j)) => {
-                    held.remove(&joined_id(j));
+            tokio::select! {
+                j = running.set.join_next_with_id() => match j {
+                    Some(j) => running.finished(j),
+                    None => break,
+                },
+                Some(claims) = claimed_rx.recv() => {
+                    unstarted.extend(claims.iter().map(|c| c.run.id));
                 }
-                Ok(None) => break,
-                Err(_) => {
-                    running.abort_all();
+                _ = tokio::time::sleep_until(deadline) => {
+                    running.set.abort_all();
+                    while let Some(j) = running.set.join_next_with_id().await {
+                        running.finished_or_aborted(j);
+                    }
                     break;
                 }
             }
         }
-        let runs: Vec<_> = held.into_values().collect();
+        // Every outcome sent is committed before the completer exits: nothing finished is lost.
+        drop(done_tx);
+        let _ = completer.await;
+        while let Ok(claims) = claimed_rx.try_recv() {
+            unstarted.extend(claims.iter().map(|c| c.run.id));
+        }
+        let runs: Vec<RunId> = running.held.into_values().chain(unstarted).collect();
         if runs.is_empty() {
             return;
         }
@@ -585,10 +640,15 @@ impl Runtime {
             self.cfg.task_types.iter().cloned().map(Some).collect()
         };
         for task_type in types {
+            // One read per status, so a task can move between reads. Held statuses are read
+            // first: a task a reaper or retry puts back in the queue after its status was
+            // read is still seen by the last read (read queued first, and the last worker
+            // could exit while a reaped task waits with nobody to run it). The other way,
+            // a task claimed between the reads is missed, but a live worker then holds it.
             for status in [
-                TaskStatus::Queued,
-                TaskStatus::Assigned,
                 TaskStatus::InProgress,
+                TaskStatus::Assigned,
+                TaskStatus::Queued,
             ] {
                 let filter = TaskFilter {
                     status: Some(status),
@@ -605,12 +665,55 @@ impl Runtime {
     }
 }
 
-fn joined_id(
-    j: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-) -> tokio::task::Id {
-    match j {
-        Ok((id, ())) => id,
-        Err(e) => e.id(),
+/// The handlers in flight, and the run each holds (released if it must be abandoned).
+#[derive(Default)]
+struct Running {
+    set: JoinSet<()>,
+    held: HashMap<tokio::task::Id, RunId>,
+}
+
+impl Running {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn start(&mut self, claims: Vec<Claimed>, rt: &Runtime, done: &mpsc::UnboundedSender<Done>) {
+        for c in claims {
+            let run_id = c.run.id;
+            let handle = self.set.spawn(run_one(
+                rt.cfg.client.clone(),
+                rt.handler.clone(),
+                c,
+                done.clone(),
+            ));
+            self.held.insert(handle.id(), run_id);
+        }
+    }
+
+    fn reap_finished(&mut self) {
+        while let Some(j) = self.set.try_join_next_with_id() {
+            self.finished(j);
+        }
+    }
+
+    /// A handler task ended having sent its outcome: its run is no longer ours to release.
+    fn finished(&mut self, j: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match j {
+            Ok((id, ())) => id,
+            Err(e) => e.id(),
+        };
+        self.held.remove(&id);
+    }
+
+    /// Like [`Running::finished`], but an aborted handler sent nothing: keep its run held.
+    fn finished_or_aborted(
+        &mut self,
+        j: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        match j {
+            Err(e) if e.is_cancelled() => {}
+            other => self.finished(other),
+        }
     }
 }
 
@@ -618,9 +721,10 @@ fn joined_id(
 async fn run_one(
     client: Client,
     handler: Arc<dyn Handler>,
-    claim: hive_ops::Claimed,
+    claim: Claimed,
     done: mpsc::UnboundedSender<Done>,
 ) {
+    use futures::FutureExt;
     let retry = client.config().retry;
     let run_id = claim.run.id;
     let ctx = TaskContext {
@@ -628,8 +732,8 @@ async fn run_one(
         run: claim.run,
         client,
     };
-    let fut = handler.call(ctx);
-    let outcome = match tokio::spawn(fut).await {
+    let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
+    let outcome = match fut.await {
         Ok(Ok(out)) => RunOutcome {
             run_id,
             outcome: Outcome::Success { result: out.result },
@@ -643,21 +747,14 @@ async fn run_one(
             },
             output_log: e.log,
         },
-        Err(join) => {
-            let message = if join.is_panic() {
-                panic_message(join.into_panic())
-            } else {
-                "handler was cancelled".into()
-            };
-            RunOutcome {
-                run_id,
-                outcome: Outcome::Failure {
-                    error: format!("handler panicked: {message}"),
-                    retry: Some(retry),
-                },
-                output_log: None,
-            }
-        }
+        Err(panic) => RunOutcome {
+            run_id,
+            outcome: Outcome::Failure {
+                error: format!("handler panicked: {}", panic_message(panic)),
+                retry: Some(retry),
+            },
+            output_log: None,
+        },
     };
     let _ = done.send(Done { outcome });
 }
@@ -669,46 +766,98 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-string panic payload".into())
 }
 
-/// Sends finished runs to the store in batches: whatever has arrived while the previous
-/// batch was committing goes in the next transaction. A failed commit is retried, so an
+/// Commits finished runs in batches — whatever arrived while the previous batch was
+/// committing goes in the next transaction — and in the same transaction claims as many
+/// tasks as the batch frees slots (plus any idle ones). A failed commit is retried, so an
 /// outcome is never dropped while the worker lives.
-async fn complete_batches(
+struct Completer {
     client: Client,
-    mut rx: mpsc::UnboundedReceiver<Done>,
     counters: Arc<Counters>,
-    wake: Arc<Notify>,
-) {
-    const MAX_BATCH: usize = 256;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first.outcome];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(d) => batch.push(d.outcome),
-                Err(_) => break,
+    slots: Arc<Semaphore>,
+    spec: ClaimSpec,
+    stop: watch::Receiver<bool>,
+    claimed: mpsc::UnboundedSender<Vec<Claimed>>,
+}
+
+impl Completer {
+    const MAX_BATCH: usize = 512;
+
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Done>) {
+        let mut batch: Vec<RunOutcome> = Vec::new();
+
+        while let Some(first) = rx.recv().await {
+            // Handlers finishing at the same moment report in this batch, not the next.
+            tokio::task::yield_now().await;
+            batch.clear();
+            batch.push(first.outcome);
+            while batch.len() < Self::MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(d) => batch.push(d.outcome),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&batch).await;
+        }
+    }
+
+    async fn commit(&self, batch: &[RunOutcome]) {
+        // The batch's own slots, plus idle ones: reuse them for what is ready now.
+        let mut slots = batch.len();
+        if !*self.stop.borrow() {
+            let idle = self.slots.available_permits();
+            if idle > 0
+                && let Ok(p) = self.slots.try_acquire_many(idle as u32)
+            {
+                p.forget();
+                slots += idle;
             }
         }
         let mut delay = Duration::from_millis(50);
-        let reports = loop {
-            match client.finish_runs(batch.clone()).await {
-                Ok(r) => break r,
+        loop {
+            // No new work once shutting down; the outcomes must still be committed.
+            let want = if *self.stop.borrow() { 0 } else { slots };
+            match self
+                .client
+                .finish_and_claim(
+                    batch,
+                    &self.spec.worker,
+                    &self.spec.task_types,
+                    want as u32,
+                    self.spec.lease,
+                )
+                .await
+            {
+                Ok((reports, claims)) => {
+                    tracing::debug!(
+                        finished = batch.len(),
+                        claimed = claims.len(),
+                        "committed a batch"
+                    );
+                    self.count(&reports);
+                    self.slots.add_permits(slots - claims.len());
+                    // Sent even when empty: the claim loop checks for idleness after commits.
+                    let _ = self.claimed.send(claims);
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, batch = batch.len(), "completing runs failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
-        };
+        }
+    }
+
+    fn count(&self, reports: &[hive_ops::store::FinishReport]) {
         for r in reports {
             let c = match r.finished {
-                Finished::Completed => &counters.completed,
-                Finished::Failed => &counters.failed,
-                Finished::Retrying { .. } => &counters.retried,
-                Finished::Stale => &counters.stale,
+                Finished::Completed => &self.counters.completed,
+                Finished::Failed => &self.counters.failed,
+                Finished::Retrying { .. } => &self.counters.retried,
+                Finished::Stale => &self.counters.stale,
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
-        // Retries and unblocked dependents may be claimable now.
-        wake.notify_one();
     }
 }
 

@@ -23,7 +23,9 @@ pub use plan::{
 };
 pub use retry::RetryPolicy;
 pub use run::{Run, RunStatus};
-pub use task::{DEFAULT_MAX_PAYLOAD_BYTES, NewTask, Task, TaskStatus};
+pub use task::{
+    DEFAULT_MAX_PAYLOAD_BYTES, NewTask, Task, TaskStatus, check_json_no_nul, check_no_nul,
+};
 pub use worker::{Worker, WorkerStatus};
 
 /// JSON values carried by tasks, runs and workers (payloads, results, metadata).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
 use crate::status::status_enum;
-use crate::task::{check_payload_size, non_blank};
+use crate::task::{check_json_no_nul, check_no_nul, check_payload_size, non_blank};
 use crate::{Error, Json, PlanId, Result, TaskId, Timestamp};
 
 status_enum!(
@@ -119,6 +119,7 @@ impl NewPlan {
     /// Validates the title and the DAG; see [`validate_subtasks`].
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         non_blank("title", &self.title)?;
+        check_no_nul("description", &self.description)?;
         validate_subtasks(&self.subtasks, max_payload_bytes)
     }
 }
@@ -311,11 +312,18 @@ pub fn validate_subtasks(subtasks: &[SubTask], max_payload_bytes: usize) -> Resu
             return Err(PlanError::EmptyId.into());
         }
         let invalid = |e: Error| PlanError::InvalidSubtask {
-            subtask: s.id.clone(),
+            // Escaped, so an id holding a NUL or a newline still prints on one line.
+            subtask: s.id.escape_debug().to_string(),
             reason: e.to_string(),
         };
+        check_no_nul("id", &s.id).map_err(invalid)?;
         non_blank("title", &s.title).map_err(invalid)?;
         non_blank("task_type", &s.task_type).map_err(invalid)?;
+        check_no_nul("description", &s.description).map_err(invalid)?;
+        for (i, d) in s.dependencies.iter().enumerate() {
+            check_no_nul(&format!("dependencies[{i}]"), d).map_err(invalid)?;
+        }
+        check_json_no_nul("payload", &s.payload).map_err(invalid)?;
         check_payload_size(&s.payload, max_payload_bytes).map_err(invalid)?;
     }
     validate_graph(subtasks)

@@ -49,6 +49,32 @@ pub struct Run {
 }
 
 impl Run {
+    /// The run a claim opens for `task`: `running` from `started_at`, under a lease.
+    pub fn claimed(
+        id: RunId,
+        task: &crate::Task,
+        worker_id: WorkerId,
+        run_number: u32,
+        started_at: Timestamp,
+        lease_expires_at: Option<Timestamp>,
+    ) -> Run {
+        Run {
+            id,
+            task_id: task.id,
+            worker_id,
+            run_number,
+            status: RunStatus::Running,
+            phase: task.current_phase.clone(),
+            started_at,
+            completed_at: None,
+            lease_expires_at,
+            result_data: None,
+            error_message: None,
+            output_log: None,
+            transcript: None,
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
     }

@@ -336,8 +336,76 @@ impl NewTask {
         if let Some(key) = &self.idempotency_key {
             non_blank("idempotency_key", key)?;
         }
+        check_no_nul("description", &self.description)?;
+        check_no_nul("current_phase", &self.current_phase)?;
+        for (i, tag) in self.tags.iter().enumerate() {
+            check_no_nul(&format!("tags[{i}]"), tag)?;
+        }
+        check_json_no_nul("payload", &self.payload)?;
+        check_json_no_nul("metadata", &self.metadata)?;
+        if let Some(workflow) = &self.workflow {
+            check_json_no_nul("workflow", workflow)?;
+        }
         check_payload_size(&self.payload, max_payload_bytes)
     }
+}
+
+/// Rejects a NUL character (U+0000). Postgres can hold it neither in `text` nor in `jsonb`,
+/// so Hive refuses it on every backend alike, before any database call, instead of letting
+/// one backend store what another cannot.
+pub fn check_no_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::InvalidField {
+            field: field.into(),
+            reason: "must not contain a NUL character (U+0000)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// [`check_no_nul`] for every key and string inside a JSON value; the error gives the
+/// JSON pointer of the offending key or string.
+pub fn check_json_no_nul(field: &str, value: &Json) -> Result<()> {
+    fn find(v: &Json, path: &mut String) -> bool {
+        match v {
+            Json::String(s) => s.contains('\0'),
+            Json::Array(items) => items.iter().enumerate().any(|(i, x)| {
+                let len = path.len();
+                path.push_str(&format!("/{i}"));
+                let found = find(x, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Json::Object(map) => map.iter().any(|(k, x)| {
+                let len = path.len();
+                // JSON pointer escaping, so the path names the key unambiguously.
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                let found = k.contains('\0') || find(x, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    if find(value, &mut path) {
+        // Escaped, so the message stays one line whatever the keys hold.
+        let at = if path.is_empty() {
+            "the top level".to_owned()
+        } else {
+            format!("`{}`", path.escape_debug())
+        };
+        return Err(Error::InvalidField {
+            field: field.into(),
+            reason: format!("must not contain a NUL character (U+0000), found at {at}"),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn non_blank(field: &str, value: &str) -> Result<()> {
@@ -347,13 +415,7 @@ pub(crate) fn non_blank(field: &str, value: &str) -> Result<()> {
             reason: "must not be empty".into(),
         });
     }
-    if value.contains('\0') {
-        return Err(Error::InvalidField {
-            field: field.into(),
-            reason: "must not contain a NUL character".into(),
-        });
-    }
-    Ok(())
+    check_no_nul(field, value)
 }
 
 pub(crate) fn check_payload_size(payload: &Json, limit: usize) -> Result<()> {

@@ -119,6 +119,8 @@ impl Event {
                     _ => Event::TaskStatusChanged { task_id, status },
                 })
             }
+            // A wake-up for workers; the completion that freed the task is its own event.
+            ChangeKind::TaskReady => None,
             ChangeKind::PlanStatus => Event::plan_status(n.plan_id?, status?.parse().ok()?),
             ChangeKind::Worker => {
                 let worker_id = n.worker_id.clone()?;

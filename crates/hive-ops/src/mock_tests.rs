@@ -1,11 +1,12 @@
-//! Store failures surface as typed errors, never panics (a mockall `MockStore`).
+//! Store failures surface as typed errors, never panics, and bad input (oversized payloads,
+//! NUL characters) never reaches the store (a mockall `MockStore`).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hive_models::{NewTask, PlanId, RunId, TaskId, TaskStatus, WorkerId};
-use hive_store::{MockStore, Store};
+use hive_store::{FinishReport, Finished, MockStore, Outcome, RunOutcome, Store};
 
 use crate::{Error, Ops};
 
@@ -114,4 +115,228 @@ async fn invalid_input_never_reaches_the_store() {
         o.register_worker("", "role", vec![]).await,
         Err(Error::Invalid(_))
     ));
+}
+
+/// A limit small enough that oversized payloads cost nothing to build.
+const LIMIT: usize = 1024;
+
+fn ops_with_limit(mock: MockStore) -> Ops<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(mock);
+    Ops::with_config(
+        store,
+        crate::OpsConfig {
+            max_payload_bytes: LIMIT,
+            ..Default::default()
+        },
+    )
+}
+
+/// A JSON payload whose serialized size is exactly `bytes`.
+fn payload_of(bytes: usize) -> serde_json::Value {
+    // `{"p":"…"}` is 8 bytes around the string.
+    serde_json::json!({ "p": "x".repeat(bytes - 8) })
+}
+
+/// Asserts an error is the payload limit, naming the field and the limit.
+fn assert_too_large(e: &Error, context: &str) {
+    let shown = e.to_string();
+    assert!(
+        shown.contains("`payload`") && shown.contains(&format!("limit of {LIMIT} bytes")),
+        "{context}: {shown}"
+    );
+    assert!(matches!(e, Error::Invalid(_)), "{context}: {e:?}");
+}
+
+#[tokio::test]
+async fn oversized_payloads_are_rejected_before_any_store_call() {
+    assert_eq!(serde_json::to_vec(&payload_of(LIMIT)).unwrap().len(), LIMIT);
+    // Only a payload of exactly the limit may reach the store, once.
+    let mut m = MockStore::new();
+    m.expect_insert_tasks()
+        .times(1)
+        .returning(|tasks| Ok(tasks.iter().map(|_| TaskId::new()).collect()));
+    m.expect_insert_plan().never();
+    m.expect_materialize_plan().never();
+    let o = ops_with_limit(m);
+    o.create_task(NewTask::new("fits", "x").payload(payload_of(LIMIT)))
+        .await
+        .unwrap();
+
+    let e = o
+        .create_task(NewTask::new("big", "x").payload(payload_of(LIMIT + 1)))
+        .await
+        .unwrap_err();
+    assert_too_large(&e, "create_task");
+    assert!(matches!(
+        e,
+        Error::Invalid(hive_models::Error::PayloadTooLarge { size, limit: LIMIT }) if size == LIMIT + 1
+    ));
+
+    // One oversized task among many: the whole batch is refused, naming its position.
+    let mut batch: Vec<NewTask> = (0..50)
+        .map(|i| NewTask::new(format!("t{i}"), "x").payload(payload_of(LIMIT)))
+        .collect();
+    batch[37].payload = payload_of(LIMIT + 100);
+    let e = o.create_tasks(batch).await.unwrap_err();
+    assert_too_large(&e, "create_tasks");
+    assert!(e.to_string().contains("`tasks[37]`"), "{e}");
+
+    // A plan with one oversized subtask payload, through both ways of submitting one.
+    let mut big = hive_models::SubTask::new("big-node", "big", "x").depends_on(["a"]);
+    big.payload = payload_of(LIMIT * 4);
+    let plan = hive_models::NewPlan {
+        title: "p".into(),
+        description: String::new(),
+        parent_task_id: None,
+        subtasks: vec![hive_models::SubTask::new("a", "a", "x"), big],
+    };
+    for e in [
+        o.create_execution_plan(plan.clone()).await.unwrap_err(),
+        o.submit_plan(plan).await.unwrap_err(),
+    ] {
+        assert_too_large(&e, "plan");
+        assert!(
+            e.to_string().contains("`big-node`"),
+            "names the subtask: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nul_is_refused_before_any_store_call() {
+    // No expectations: any store call would panic inside the mock and fail the test.
+    let o = ops(MockStore::new());
+    let nul = "a\0b";
+    let refused = |e: Error, field: &str| {
+        let shown = e.to_string();
+        assert!(
+            matches!(e, Error::Invalid(_))
+                && shown.contains(&format!("`{field}"))
+                && shown.contains("NUL"),
+            "{field}: {shown}"
+        );
+    };
+    let task = || NewTask::new("t", "x");
+    for (t, field) in [
+        (NewTask::new(nul, "x"), "title"),
+        (NewTask::new("t", nul), "task_type"),
+        (task().description(nul), "description"),
+        (task().tags(["ok", nul]), "tags[1]"),
+        (task().idempotency_key(nul), "idempotency_key"),
+        (task().payload(serde_json::json!({ "k": [nul] })), "payload"),
+        (task().payload(serde_json::json!({ nul: 1 })), "payload"),
+        (task().metadata(serde_json::json!({ "m": nul })), "metadata"),
+    ] {
+        refused(o.create_task(t.clone()).await.unwrap_err(), field);
+        refused(
+            o.create_tasks(vec![task(), t]).await.unwrap_err(),
+            "tasks[1]",
+        );
+    }
+    let plan = |subtask: hive_models::SubTask| hive_models::NewPlan {
+        title: "p".into(),
+        description: String::new(),
+        parent_task_id: None,
+        subtasks: vec![subtask],
+    };
+    let mut described = hive_models::SubTask::new("s", "t", "x");
+    described.description = nul.into();
+    refused(
+        o.submit_plan(plan(hive_models::SubTask::new(nul, "t", "x")))
+            .await
+            .unwrap_err(),
+        "id",
+    );
+    refused(
+        o.submit_plan(plan(described)).await.unwrap_err(),
+        "description",
+    );
+    refused(
+        o.register_worker("w", nul, vec![]).await.unwrap_err(),
+        "role",
+    );
+    refused(
+        o.register_worker("w", "r", vec![nul.into()])
+            .await
+            .unwrap_err(),
+        "capabilities[0]",
+    );
+    // Worker ids refuse every control character, NUL included.
+    assert!(matches!(
+        o.register_worker(nul, "r", vec![]).await,
+        Err(Error::Invalid(hive_models::Error::InvalidId {
+            kind: "worker",
+            ..
+        }))
+    ));
+    refused(
+        o.update_task_status(
+            TaskId::new(),
+            TaskStatus::Cancelled,
+            Some(serde_json::json!({ "why": nul })),
+        )
+        .await
+        .unwrap_err(),
+        "metadata",
+    );
+}
+
+/// A worker's report is never refused for its text: NULs reach the store as U+FFFD, on
+/// both ways of finishing runs, so no backend is asked to store what Postgres cannot.
+#[tokio::test]
+async fn nul_in_worker_reports_is_replaced_not_refused() {
+    fn clean(outcomes: &[RunOutcome]) -> bool {
+        let text = format!("{outcomes:?}");
+        !text.contains("\\0") && text.matches('\u{FFFD}').count() == 4
+    }
+    let reports = |outcomes: &[RunOutcome]| -> Vec<FinishReport> {
+        outcomes
+            .iter()
+            .map(|o| FinishReport {
+                run_id: o.run_id,
+                task_id: Some(TaskId::new()),
+                finished: Finished::Completed,
+                plan_id: None,
+                cancelled_dependents: vec![],
+                plan_transition: None,
+            })
+            .collect()
+    };
+    let mut m = MockStore::new();
+    m.expect_finish_runs()
+        .withf(clean)
+        .times(1)
+        .returning(move |o| Ok(reports(o)));
+    m.expect_finish_and_claim()
+        .withf(|o, _| clean(o))
+        .times(1)
+        .returning(move |o, _| Ok((reports(o), vec![])));
+    let o = ops(m);
+    let outcomes = vec![
+        RunOutcome {
+            run_id: RunId::new(),
+            outcome: Outcome::Success {
+                result: Some(serde_json::json!({ "k\0": ["v\0"] })),
+            },
+            output_log: Some("out\0put".into()),
+        },
+        RunOutcome {
+            run_id: RunId::new(),
+            outcome: Outcome::Failure {
+                error: "bad\0byte".into(),
+                retry: None,
+            },
+            output_log: None,
+        },
+    ];
+    o.finish_runs(outcomes.clone()).await.unwrap();
+    o.finish_and_claim(
+        &outcomes,
+        &WorkerId::parse("w").unwrap(),
+        &[],
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
 }

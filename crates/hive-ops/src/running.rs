@@ -13,6 +13,60 @@ use crate::{Error, Event, Ops, Result};
 /// A claimed task and the run opened for it; the run id is the lease token.
 pub use hive_store::Claim as Claimed;
 
+/// The outcomes with every NUL character in their error, log and result replaced by U+FFFD.
+/// Postgres cannot store NUL, and refusing a worker's report would leave its task running
+/// until the lease expired (and a worker that retries a failed commit stuck on it), so a
+/// report is stored on every backend alike with its NULs visibly replaced, as invalid
+/// UTF-8 in a command's output already is.
+fn storable(outcomes: &[RunOutcome]) -> std::borrow::Cow<'_, [RunOutcome]> {
+    fn text(s: &mut String) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
+    fn json(v: &mut Json) {
+        match v {
+            Json::String(s) => text(s),
+            Json::Array(items) => items.iter_mut().for_each(json),
+            Json::Object(map) => {
+                let fixed: serde_json::Map<String, Json> = std::mem::take(map)
+                    .into_iter()
+                    .map(|(mut k, mut x)| {
+                        text(&mut k);
+                        json(&mut x);
+                        (k, x)
+                    })
+                    .collect();
+                *map = fixed;
+            }
+            _ => {}
+        }
+    }
+    let has_nul = |o: &RunOutcome| {
+        let in_result = match &o.outcome {
+            Outcome::Success { result: Some(r) } => hive_models::check_json_no_nul("", r).is_err(),
+            Outcome::Success { result: None } => false,
+            Outcome::Failure { error, .. } => error.contains('\0'),
+        };
+        in_result || o.output_log.as_deref().is_some_and(|l| l.contains('\0'))
+    };
+    if !outcomes.iter().any(has_nul) {
+        return std::borrow::Cow::Borrowed(outcomes);
+    }
+    let mut fixed = outcomes.to_vec();
+    for o in &mut fixed {
+        if let Some(log) = &mut o.output_log {
+            text(log);
+        }
+        match &mut o.outcome {
+            Outcome::Success { result: Some(r) } => json(r),
+            Outcome::Success { result: None } => {}
+            Outcome::Failure { error, .. } => text(error),
+        }
+    }
+    std::borrow::Cow::Owned(fixed)
+}
+
 /// Events for finished runs that committed.
 fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event> {
     let mut events = Vec::new();
@@ -56,6 +110,38 @@ fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event
     events
 }
 
+fn claim_events(claims: &[Claimed]) -> Vec<Event> {
+    claims
+        .iter()
+        .map(|c| Event::TaskClaimed {
+            task_id: c.task.id,
+            run_id: c.run.id,
+            worker_id: c.run.worker_id.clone(),
+        })
+        .collect()
+}
+
+fn claim_params(
+    worker_id: &WorkerId,
+    task_types: &[String],
+    limit: u32,
+    lease: Duration,
+) -> Result<ClaimParams> {
+    if lease.is_zero() {
+        return Err(hive_models::Error::InvalidField {
+            field: "lease".into(),
+            reason: "must be longer than zero".into(),
+        }
+        .into());
+    }
+    Ok(ClaimParams {
+        worker_id: worker_id.clone(),
+        task_types: task_types.to_vec(),
+        limit,
+        lease,
+    })
+}
+
 impl<S: Store + ?Sized> Ops<S> {
     /// Atomically claims the best ready task of the given types (any type when empty) for
     /// a worker, opening a run whose lease expires after `lease` unless extended.
@@ -80,26 +166,28 @@ impl<S: Store + ?Sized> Ops<S> {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        if lease.is_zero() {
-            return Err(hive_models::Error::InvalidField {
-                field: "lease".into(),
-                reason: "must be longer than zero".into(),
-            }
-            .into());
-        }
-        let params = ClaimParams {
-            worker_id: worker_id.clone(),
-            task_types: task_types.to_vec(),
-            limit,
-            lease,
-        };
+        let params = claim_params(worker_id, task_types, limit, lease)?;
         let claims = self.store.claim_tasks(&params).await?;
-        self.bus.publish(claims.iter().map(|c| Event::TaskClaimed {
-            task_id: c.task.id,
-            run_id: c.run.id,
-            worker_id: c.run.worker_id.clone(),
-        }));
+        self.bus.publish(claim_events(&claims));
         Ok(claims)
+    }
+
+    /// Finishes runs and claims up to `limit` ready tasks in one transaction: how a worker
+    /// refills the slots its finished tasks freed without a second round trip.
+    pub async fn finish_and_claim(
+        &self,
+        outcomes: &[RunOutcome],
+        worker_id: &WorkerId,
+        task_types: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<(Vec<FinishReport>, Vec<Claimed>)> {
+        let params = claim_params(worker_id, task_types, limit, lease)?;
+        let outcomes = &storable(outcomes);
+        let (reports, claims) = self.store.finish_and_claim(outcomes, &params).await?;
+        self.bus.publish(finish_events(&reports, outcomes));
+        self.bus.publish(claim_events(&claims));
+        Ok((reports, claims))
     }
 
     /// Completes the task of a run. [`Error::StaleRun`] when the run is no longer the
@@ -138,7 +226,9 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Finishes many runs in one transaction (what the worker runtime's batching completer
     /// uses). Stale runs are reported, not raised, so one late worker cannot fail a batch.
+    /// NUL characters in errors, logs and results are stored as U+FFFD (see `storable`).
     pub async fn finish_runs(&self, outcomes: Vec<RunOutcome>) -> Result<Vec<FinishReport>> {
+        let outcomes = storable(&outcomes);
         let reports = self.store.finish_runs(&outcomes).await?;
         self.bus.publish(finish_events(&reports, &outcomes));
         Ok(reports)

@@ -126,6 +126,9 @@ impl<S: Store + ?Sized> Ops<S> {
         id: TaskId,
         change: StatusChange,
     ) -> Result<Option<StatusChanged>> {
+        if let Some(metadata) = &change.metadata {
+            hive_models::check_json_no_nul("metadata", metadata)?;
+        }
         let changed = self.store.set_task_status(id, change).await?;
         if let Some(c) = &changed {
             self.bus.publish(status_events(c));

@@ -32,6 +32,11 @@ impl<S: Store + ?Sized> Ops<S> {
             }
             .into());
         }
+        hive_models::check_no_nul("role", &registration.role)?;
+        for (i, c) in registration.capabilities.iter().enumerate() {
+            hive_models::check_no_nul(&format!("capabilities[{i}]"), c)?;
+        }
+        hive_models::check_json_no_nul("metadata", &registration.metadata)?;
         let worker = self.store.register_worker(registration).await?;
         self.bus.publish([Event::WorkerRegistered {
             worker_id: worker.id.clone(),

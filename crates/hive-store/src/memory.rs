@@ -113,6 +113,118 @@ impl State {
         }
     }
 
+    /// Claims up to `p.limit` ready tasks (see [`Store::claim_tasks`]).
+    fn claim(
+        &mut self,
+        p: &ClaimParams,
+        at: Timestamp,
+        notes: &mut Vec<Notification>,
+        n: &Notifier,
+    ) -> Vec<Claim> {
+        let lease_until = add(at, p.lease);
+        let picked: Vec<TaskId> = self
+            .ready
+            .iter()
+            .filter_map(|(_, _, id)| self.task(*id))
+            .filter(|t| t.run_at.is_none_or(|r| r <= at))
+            .filter(|t| p.task_types.is_empty() || p.task_types.contains(&t.task_type))
+            .take(p.limit as usize)
+            .map(|t| t.id)
+            .collect();
+        let mut claims = Vec::with_capacity(picked.len());
+        for id in picked {
+            let run_number = self.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
+            let Some(task) = self.task(id) else { continue };
+            let run = Run::claimed(
+                RunId::new(),
+                task,
+                p.worker_id.clone(),
+                run_number,
+                at,
+                Some(lease_until),
+            );
+            let Some(t) = self.task_mut(id) else { continue };
+            t.status = TaskStatus::InProgress;
+            t.assigned_worker = Some(p.worker_id.clone());
+            t.attempts += 1;
+            t.current_run_id = Some(run.id);
+            t.updated_at = at;
+            let task = t.clone();
+            self.sync_ready(id);
+            self.task_runs.entry(id).or_default().push(run.id);
+            self.running.insert(run.id, p.lease);
+            self.runs.insert(run.id, run.clone());
+            if let Some(pid) = task.plan_id
+                && let Some(plan) = self.plans.get_mut(&pid)
+                && plan.start_execution()
+            {
+                plan.updated_at = at;
+                notes.push(n.plan_status(pid, PlanStatus::InProgress));
+            }
+            notes.push(n.task_status(id, TaskStatus::InProgress));
+            claims.push(Claim { task, run });
+        }
+        claims
+    }
+
+    /// Finishes runs in order (see [`Store::finish_runs`]).
+    fn finish(
+        &mut self,
+        outcomes: &[RunOutcome],
+        at: Timestamp,
+        notes: &mut Vec<Notification>,
+        n: &Notifier,
+    ) -> Vec<FinishReport> {
+        let mut reports = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            let task_id = self.runs.get(&o.run_id).map(|r| r.task_id);
+            let stale = FinishReport {
+                run_id: o.run_id,
+                task_id,
+                finished: Finished::Stale,
+                plan_id: None,
+                cancelled_dependents: Vec::new(),
+                plan_transition: None,
+            };
+            let Some(task_id) = self.current_running(o.run_id) else {
+                reports.push(stale);
+                continue;
+            };
+            self.running.remove(&o.run_id);
+            if let Some(run) = self.runs.get_mut(&o.run_id) {
+                run.output_log.clone_from(&o.output_log);
+                match &o.outcome {
+                    Outcome::Success { result } => run.succeed(result.clone(), at),
+                    Outcome::Failure { error, .. } => run.fail(error.clone(), at),
+                }
+            }
+            let plan_id = self.task(task_id).and_then(|t| t.plan_id);
+            let (finished, fx) = match &o.outcome {
+                Outcome::Success { result } => {
+                    if let Some(t) = self.task_mut(task_id) {
+                        t.status = TaskStatus::Completed;
+                        t.result.clone_from(result);
+                        t.updated_at = at;
+                    }
+                    notes.push(n.task_status(task_id, TaskStatus::Completed));
+                    (Finished::Completed, self.on_terminal(task_id, at, notes, n))
+                }
+                Outcome::Failure { error, retry } => {
+                    self.fail_attempt(task_id, error, *retry, at, notes, n)
+                }
+            };
+            reports.push(FinishReport {
+                run_id: o.run_id,
+                task_id: Some(task_id),
+                finished,
+                plan_id,
+                cancelled_dependents: fx.cancelled,
+                plan_transition: fx.plan_transition.map(|(_, st)| st),
+            });
+        }
+        reports
+    }
+
     fn insert_task(&mut self, id: TaskId, new: NewTask, at: Timestamp) -> TaskId {
         if let Some(key) = &new.idempotency_key {
             if let Some(existing) = self.idempotency.get(key) {
@@ -168,6 +280,9 @@ impl State {
             for d in self.dependents.get(&id).cloned().unwrap_or_default() {
                 if let Some(t) = self.task_mut(d) {
                     t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
+                    if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
+                        notes.push(n.task_ready(d));
+                    }
                 }
                 self.sync_ready(d);
             }
@@ -523,128 +638,40 @@ impl Store for MemoryStore {
     }
 
     async fn claim_tasks(&self, p: &ClaimParams) -> Result<Vec<Claim>> {
-        let at = now();
-        let lease_until = add(at, p.lease);
         let mut notes = Vec::new();
-        let claims = {
-            let mut s = self.lock();
-            let picked: Vec<TaskId> = s
-                .ready
-                .iter()
-                .filter_map(|(_, _, id)| s.task(*id))
-                .filter(|t| t.run_at.is_none_or(|r| r <= at))
-                .filter(|t| p.task_types.is_empty() || p.task_types.contains(&t.task_type))
-                .take(p.limit as usize)
-                .map(|t| t.id)
-                .collect();
-            let mut claims = Vec::with_capacity(picked.len());
-            for id in picked {
-                let run_number = s.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
-                let phase = s
-                    .task(id)
-                    .map(|t| t.current_phase.clone())
-                    .unwrap_or_default();
-                let run = Run {
-                    id: RunId::new(),
-                    task_id: id,
-                    worker_id: p.worker_id.clone(),
-                    run_number,
-                    status: RunStatus::Running,
-                    phase,
-                    started_at: at,
-                    completed_at: None,
-                    lease_expires_at: Some(lease_until),
-                    result_data: None,
-                    error_message: None,
-                    output_log: None,
-                    transcript: None,
-                };
-                let Some(t) = s.task_mut(id) else { continue };
-                t.status = TaskStatus::InProgress;
-                t.assigned_worker = Some(p.worker_id.clone());
-                t.attempts += 1;
-                t.current_run_id = Some(run.id);
-                t.updated_at = at;
-                let task = t.clone();
-                s.sync_ready(id);
-                s.task_runs.entry(id).or_default().push(run.id);
-                s.running.insert(run.id, p.lease);
-                s.runs.insert(run.id, run.clone());
-                if let Some(pid) = task.plan_id
-                    && let Some(plan) = s.plans.get_mut(&pid)
-                    && plan.start_execution()
-                {
-                    plan.updated_at = at;
-                    notes.push(self.notifier.plan_status(pid, PlanStatus::InProgress));
-                }
-                notes.push(self.notifier.task_status(id, TaskStatus::InProgress));
-                claims.push(Claim { task, run });
-            }
-            claims
-        };
+        let claims = self.lock().claim(p, now(), &mut notes, &self.notifier);
         self.send(notes);
         Ok(claims)
     }
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>> {
-        let at = now();
         let mut notes = Vec::new();
-        let reports = {
-            let mut s = self.lock();
-            let mut reports = Vec::with_capacity(outcomes.len());
-            for o in outcomes {
-                let task_id = s.runs.get(&o.run_id).map(|r| r.task_id);
-                let stale = FinishReport {
-                    run_id: o.run_id,
-                    task_id,
-                    finished: Finished::Stale,
-                    plan_id: None,
-                    cancelled_dependents: Vec::new(),
-                    plan_transition: None,
-                };
-                let Some(task_id) = s.current_running(o.run_id) else {
-                    reports.push(stale);
-                    continue;
-                };
-                s.running.remove(&o.run_id);
-                if let Some(run) = s.runs.get_mut(&o.run_id) {
-                    run.output_log.clone_from(&o.output_log);
-                    match &o.outcome {
-                        Outcome::Success { result } => run.succeed(result.clone(), at),
-                        Outcome::Failure { error, .. } => run.fail(error.clone(), at),
-                    }
-                }
-                let plan_id = s.task(task_id).and_then(|t| t.plan_id);
-                let (finished, fx) = match &o.outcome {
-                    Outcome::Success { result } => {
-                        if let Some(t) = s.task_mut(task_id) {
-                            t.status = TaskStatus::Completed;
-                            t.result.clone_from(result);
-                            t.updated_at = at;
-                        }
-                        notes.push(self.notifier.task_status(task_id, TaskStatus::Completed));
-                        (
-                            Finished::Completed,
-                            s.on_terminal(task_id, at, &mut notes, &self.notifier),
-                        )
-                    }
-                    Outcome::Failure { error, retry } => {
-                        s.fail_attempt(task_id, error, *retry, at, &mut notes, &self.notifier)
-                    }
-                };
-                reports.push(FinishReport {
-                    run_id: o.run_id,
-                    task_id: Some(task_id),
-                    finished,
-                    plan_id,
-                    cancelled_dependents: fx.cancelled,
-                    plan_transition: fx.plan_transition.map(|(_, st)| st),
-                });
-            }
-            reports
-        };
+        let reports = self
+            .lock()
+            .finish(outcomes, now(), &mut notes, &self.notifier);
         self.send(notes);
         Ok(reports)
+    }
+
+    async fn finish_and_claim(
+        &self,
+        outcomes: &[RunOutcome],
+        claim: &ClaimParams,
+    ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
+        let mut notes = Vec::new();
+        let (reports, claims) = {
+            let mut s = self.lock();
+            // Read the clock under the lock: a time read before waiting for it could
+            // predate a change committed meanwhile (a claimed child would seem to start
+            // before its parent completed).
+            let at = now();
+            let reports = s.finish(outcomes, at, &mut notes, &self.notifier);
+            let claims = s.claim(claim, at, &mut notes, &self.notifier);
+            (reports, claims)
+        };
+        Notifier::drop_claimed_ready(&mut notes, &claims);
+        self.send(notes);
+        Ok((reports, claims))
     }
 
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {

@@ -12,6 +12,9 @@ pub enum ChangeKind {
     TaskCreated,
     /// A task changed status (`status` holds the new one).
     TaskStatus,
+    /// A task that waited on dependencies became claimable, and the transaction that freed
+    /// it did not claim it itself ([`crate::Store::finish_and_claim`]).
+    TaskReady,
     /// A plan changed status.
     PlanStatus,
     /// A worker registered, went offline or unregistered.
@@ -33,6 +36,19 @@ pub struct Notification {
     pub worker_id: Option<WorkerId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+}
+
+impl Notification {
+    /// Whether this notification may mean a task is claimable now: new tasks, tasks back in the
+    /// queue, dependents freed. Workers wake on these only; a completion alone frees no slot
+    /// elsewhere, so waking every worker on it would only cost empty claims.
+    pub fn may_be_claimable(&self) -> bool {
+        match self.kind {
+            ChangeKind::TaskCreated | ChangeKind::TaskReady => true,
+            ChangeKind::TaskStatus => self.status.as_deref() == Some("queued"),
+            ChangeKind::PlanStatus | ChangeKind::Worker => false,
+        }
+    }
 }
 
 /// The in-process side of notifications: a broadcast channel plus this store's origin.
@@ -101,6 +117,13 @@ impl Notifier {
         }
     }
 
+    pub fn task_ready(&self, task_id: TaskId) -> Notification {
+        Notification {
+            task_id: Some(task_id),
+            ..self.make(ChangeKind::TaskReady)
+        }
+    }
+
     pub fn plan_status(&self, plan_id: PlanId, status: impl ToString) -> Notification {
         Notification {
             plan_id: Some(plan_id),
@@ -115,6 +138,18 @@ impl Notifier {
             status: Some(status.to_string()),
             ..self.make(ChangeKind::Worker)
         }
+    }
+
+    /// Drops the ready notes of tasks the same transaction went on to claim.
+    pub fn drop_claimed_ready(notes: &mut Vec<Notification>, claimed: &[crate::Claim]) {
+        if claimed.is_empty() {
+            return;
+        }
+        let claimed: std::collections::HashSet<TaskId> =
+            claimed.iter().map(|c| c.task.id).collect();
+        notes.retain(|n| {
+            !(n.kind == ChangeKind::TaskReady && n.task_id.is_some_and(|t| claimed.contains(&t)))
+        });
     }
 
     /// Sends this store's own notifications in-process.

@@ -1,7 +1,10 @@
 //! [`PostgresStore`]: Hive on PostgreSQL, for many workers in many processes.
 //!
-//! Every timestamp written and every time comparison uses the server's `now()` (the
-//! transaction's start), never the caller's clock. Hot paths are few round trips: a claim is
+//! Every timestamp written and every time comparison uses the server's clock, never the
+//! caller's: `now()` (the transaction's start), except that a claim uses
+//! `statement_timestamp()`, because a claim that follows a finish in one transaction
+//! ([`Store::finish_and_claim`]) may run long after that transaction began, and a run must
+//! not seem to start before the dependency it waited for completed. Hot paths are few round trips: a claim is
 //! one statement, and so is finishing a batch of successful runs outside plans; any other
 //! batch locks and reads what it can touch, replays itself in Rust ([`effects`]) and writes
 //! with one statement. Change notifications go out with `pg_notify` inside the writing
@@ -27,6 +30,23 @@ macro_rules! task_dependencies {
 macro_rules! select_tasks {
     () => {
         concat!("SELECT t.*, ", task_dependencies!(), " FROM tasks t ")
+    };
+}
+
+/// Sends one notification per row of `$rows` (an SQL query) as JSON arrays of up to 40
+/// (each under Postgres's 8000-byte payload limit): one NOTIFY per 40 changes rather than
+/// per change, which keeps commits of large batches cheap. `$object` builds one
+/// notification from the row's columns (alias `x`). Yields one row, `n`, the payloads sent.
+macro_rules! notify_rows {
+    ($rows:expr, $object:expr) => {
+        concat!(
+            "SELECT count(pg_notify('hive_events:' || left(current_schema(), 50), c.p)) AS n FROM ( \
+                 SELECT json_agg(",
+            $object,
+            ")::text AS p FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
+            $rows,
+            ") s) x GROUP BY (x.rn - 1) / 40) c"
+        )
     };
 }
 
@@ -226,7 +246,7 @@ fn scrub(text: String, password: Option<&str>) -> String {
 /// so concurrent workers in any number of processes never double-claim a task or finish a
 /// stale run; a transaction that loses a deadlock or serialization race is retried.
 ///
-/// [`Store::subscribe`] starts one background listener (`LISTEN hive_events` on its own
+/// [`Store::subscribe`] starts one background listener (`LISTEN "hive_events:<schema>"` on its own
 /// connection, `application_name` `hive-listen-<origin as simple uuid>`) that forwards every
 /// notification, this store's own included, and reconnects with backoff after a connection
 /// loss, then sends a catch-up wake-up. It stops when the store is dropped.
@@ -307,12 +327,19 @@ impl PostgresStore {
         };
         // A dedicated connection: proves the server is reachable, and if a migration fails,
         // closing it releases the migrator's advisory lock (a pooled one would keep it).
-        let mut conn = PgConnection::connect_with(&pg)
-            .await
-            .map_err(|e| Error::Unavailable {
-                target: target.clone(),
-                reason: scrub(e.to_string(), password),
-            })?;
+        let mut conn =
+            PgConnection::connect_with(&pg)
+                .await
+                .map_err(|e| match map_sqlx(e, &target) {
+                    // A server that answered and refused (no such database, a rejected login)
+                    // is not unavailable: retrying the same connect cannot succeed.
+                    Error::Database(reason) => Error::Database(scrub(reason, password)),
+                    Error::Unavailable { target, reason } => Error::Unavailable {
+                        target,
+                        reason: scrub(reason, password),
+                    },
+                    other => other,
+                })?;
         if options.migrate {
             Self::run_migrations(&mut conn).await?;
         }
@@ -430,7 +457,7 @@ WITH input AS ( \
     RETURNING id \
 ) \
 SELECT ARRAY(SELECT id FROM ins) AS inserted, \
-    (SELECT count(pg_notify('hive_events', $19::text)) WHERE $19::text IS NOT NULL) AS notified";
+    (SELECT count(pg_notify('hive_events:' || left(current_schema(), 50), $19::text)) WHERE $19::text IS NOT NULL) AS notified";
 
 /// One task row to insert, in [`INSERT_TASKS`]'s column order.
 #[derive(Debug, Default)]
@@ -512,7 +539,7 @@ impl TaskRows {
 const CLAIM: &str = concat!(
     "WITH picked AS ( \
          SELECT id, priority, seq FROM tasks \
-         WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= now()) \
+         WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= statement_timestamp()) \
            AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
          ORDER BY priority DESC, seq \
          LIMIT $3::bigint \
@@ -522,27 +549,27 @@ const CLAIM: &str = concat!(
      ), claimed AS ( \
          UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
              attempts = t.attempts + 1, run_count = t.run_count + 1, \
-             current_run_id = ($4::uuid[])[k.n], updated_at = now() \
+             current_run_id = ($4::uuid[])[k.n], updated_at = statement_timestamp() \
          FROM numbered k WHERE t.id = k.id \
          RETURNING t.*, ",
     task_dependencies!(),
     " ), opened AS ( \
          INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
              lease_us, lease_expires_at) \
-         SELECT c.current_run_id, c.id, $1::text, c.run_count, 'running', c.current_phase, now(), \
-             $5::bigint, now() + $5::bigint * interval '1 microsecond' \
+         SELECT c.current_run_id, c.id, $1::text, c.run_count, 'running', c.current_phase, statement_timestamp(), \
+             $5::bigint, statement_timestamp() + $5::bigint * interval '1 microsecond' \
          FROM claimed c \
      ), started AS ( \
-         UPDATE plans p SET status = 'in_progress', updated_at = now() \
+         UPDATE plans p SET status = 'in_progress', updated_at = statement_timestamp() \
          WHERE p.status = 'pending' \
            AND p.id IN (SELECT c.plan_id FROM claimed c WHERE c.plan_id IS NOT NULL) \
          RETURNING p.id \
      ), announced AS ( \
-         SELECT count(pg_notify('hive_events', json_build_object('origin', $6::uuid, \
+         SELECT count(pg_notify('hive_events:' || left(current_schema(), 50), json_build_object('origin', $6::uuid, \
              'kind', 'plan_status', 'plan_id', s.id, 'status', 'in_progress')::text)) AS n \
          FROM started s \
      ) \
-     SELECT c.*, now() AS started_at, now() + $5::bigint * interval '1 microsecond' AS lease_until \
+     SELECT c.*, statement_timestamp() AS started_at, statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
      FROM claimed c CROSS JOIN announced \
      ORDER BY c.priority DESC, c.seq"
 );
@@ -550,7 +577,9 @@ const CLAIM: &str = concat!(
 /// Finishes a batch of successful runs in one statement when none of their tasks belongs to a
 /// plan (plans need the ordered replay of [`effects`]); otherwise changes nothing and
 /// reports `fast = false`. A run id given twice finishes once: the first occurrence wins.
-const FINISH_SUCCESSES: &str = "WITH input AS ( \
+/// Returns the dependents made ready, announced as `task_ready` when `$5` is true.
+const FINISH_SUCCESSES: &str = concat!(
+    "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
              AS x(run_id, result, log, ord) \
      ), locked AS ( \
@@ -580,13 +609,39 @@ const FINISH_SUCCESSES: &str = "WITH input AS ( \
      ), dep_upd AS ( \
          UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
          FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
-     ), notes AS ( \
-         SELECT count(pg_notify('hive_events', json_build_object('origin', $4::uuid, \
-             'kind', 'task_status', 'task_id', g.task_id, 'status', 'completed')::text)) AS n \
-         FROM go g \
-     ) \
-     SELECT l.run_id, l.task_id, l.live, f.ok AS fast, n.n AS notified \
-     FROM fast f CROSS JOIN notes n LEFT JOIN locked l ON true";
+         RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
+     ), notes AS (",
+    notify_rows!(
+        "SELECT task_id FROM go",
+        "json_build_object('origin', $4::uuid, 'kind', 'task_status', 'task_id', x.task_id, \
+             'status', 'completed')"
+    ),
+    "), freed AS ( \
+         SELECT array_agg(id) AS ids FROM dep_upd WHERE ready \
+     ), ready_notes AS (",
+    notify_rows!(
+        "SELECT id FROM dep_upd WHERE ready AND $5::bool",
+        "json_build_object('origin', $4::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+    ),
+    ") \
+     SELECT l.run_id, l.task_id, l.live, f.ok AS fast, n.n AS notified, rn.n AS ready_notified, \
+         coalesce(r.ids, '{}') AS ready \
+     FROM fast f CROSS JOIN notes n CROSS JOIN freed r CROSS JOIN ready_notes rn \
+     LEFT JOIN locked l ON true"
+);
+
+/// Announces dependents a finish freed that the same transaction did not claim.
+const ANNOUNCE_READY: &str = notify_rows!(
+    "SELECT id FROM unnest($1::uuid[]) AS r(id)",
+    "json_build_object('origin', $2::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+);
+
+/// What finishing a batch did: one report per outcome, and the dependents made ready.
+#[derive(Debug, Default)]
+struct Finish {
+    reports: Vec<FinishReport>,
+    ready: Vec<TaskId>,
+}
 
 const LOCK_RUNS: &str = concat!(
     "SELECT ",
@@ -731,7 +786,7 @@ impl PostgresStore {
                 .notifier
                 .task_created(ids.first().copied().filter(|_| single)),
         )?;
-        sqlx::query("SELECT pg_notify('hive_events', $1)")
+        sqlx::query("SELECT pg_notify('hive_events:' || left(current_schema(), 50), $1)")
             .bind(note)
             .execute(&mut *tx)
             .await?;
@@ -761,21 +816,14 @@ impl PostgresStore {
             let run_id = task
                 .current_run_id
                 .ok_or_else(|| rows::corrupt("tasks", "claimed task without a run"))?;
-            let run = Run {
-                id: run_id,
-                task_id: task.id,
-                worker_id: p.worker_id.clone(),
-                run_number: rows::count(row, "run_count", "tasks")?,
-                status: RunStatus::Running,
-                phase: task.current_phase.clone(),
-                started_at: rows::get(row, "started_at", "runs")?,
-                completed_at: None,
-                lease_expires_at: rows::get(row, "lease_until", "runs")?,
-                result_data: None,
-                error_message: None,
-                output_log: None,
-                transcript: None,
-            };
+            let run = Run::claimed(
+                run_id,
+                &task,
+                p.worker_id.clone(),
+                rows::count(row, "run_count", "tasks")?,
+                rows::get(row, "started_at", "runs")?,
+                rows::get(row, "lease_until", "runs")?,
+            );
             claims.push(Claim { task, run });
         }
         Ok(claims)
@@ -786,13 +834,20 @@ impl PostgresStore {
             let mut conn = self.pool.acquire().await?;
             return self.claim_chunk(&mut conn, p, p.limit).await;
         }
-        // More run ids than one statement should carry: chunks, in one transaction.
         let mut tx = self.pool.begin().await?;
+        let claims = self.claim_in(&mut tx, p).await?;
+        tx.commit().await?;
+        Ok(claims)
+    }
+
+    /// Claims on a connection the caller holds (in a transaction when the limit needs more
+    /// than one statement's worth of run ids, which go in chunks).
+    async fn claim_in(&self, conn: &mut PgConnection, p: &ClaimParams) -> R<Vec<Claim>> {
         let mut claims = Vec::new();
         let mut left = p.limit;
         while left > 0 {
             let n = left.min(CLAIM_CHUNK);
-            let got = self.claim_chunk(&mut tx, p, n).await?;
+            let got = self.claim_chunk(conn, p, n).await?;
             let done = got.len() < n as usize;
             left -= n;
             claims.extend(got);
@@ -800,13 +855,18 @@ impl PostgresStore {
                 break;
             }
         }
-        tx.commit().await?;
         Ok(claims)
     }
 
     /// The one-statement finish of a batch of successes; `None` when a task of the batch
-    /// belongs to a plan (nothing was changed then).
-    async fn finish_successes(&self, outcomes: &[RunOutcome]) -> R<Option<Vec<FinishReport>>> {
+    /// belongs to a plan (nothing was changed then). Also returns the dependents made ready
+    /// (announced when `announce`).
+    async fn finish_successes(
+        &self,
+        conn: &mut PgConnection,
+        outcomes: &[RunOutcome],
+        announce: bool,
+    ) -> R<Option<Finish>> {
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
         let mut results: Vec<Option<Json>> = Vec::with_capacity(n);
@@ -824,13 +884,19 @@ impl PostgresStore {
             .bind(results)
             .bind(logs)
             .bind(self.notifier.origin())
-            .fetch_all(&self.pool)
+            .bind(announce)
+            .fetch_all(conn)
             .await?;
         let mut run_task = HashMap::with_capacity(found.len());
         let mut live = HashSet::with_capacity(found.len());
+        let mut ready = Vec::new();
         for row in &found {
             if !rows::get::<bool>(row, "fast", "tasks")? {
                 return Ok(None);
+            }
+            if ready.is_empty() {
+                let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
+                ready = ids.into_iter().map(TaskId).collect();
             }
             let Some(run_id) = rows::get::<Option<Uuid>>(row, "run_id", "runs")? else {
                 continue;
@@ -861,12 +927,18 @@ impl PostgresStore {
                 }
             })
             .collect();
-        Ok(Some(reports))
+        Ok(Some(Finish { reports, ready }))
     }
 
-    async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
+    /// Finishes a batch of any outcomes through the ordered replay of [`effects`]; the caller
+    /// holds the transaction.
+    async fn finish_replayed(
+        &self,
+        tx: &mut PgConnection,
+        outcomes: &[RunOutcome],
+        announce: bool,
+    ) -> R<Finish> {
         let ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id.0).collect();
-        let mut tx = self.pool.begin().await?;
         let locked = sqlx::query(LOCK_RUNS)
             .bind(&ids)
             .fetch_all(&mut *tx)
@@ -880,7 +952,10 @@ impl PostgresStore {
             plan_transition: None,
         };
         let Some(first) = locked.first() else {
-            return Ok(outcomes.iter().map(|o| stale(o.run_id, None)).collect());
+            return Ok(Finish {
+                reports: outcomes.iter().map(|o| stale(o.run_id, None)).collect(),
+                ready: Vec::new(),
+            });
         };
         let mut ch = Changes::new(&self.notifier, server_now(first)?);
         let run_task = load_locked(&mut ch, &locked)?;
@@ -897,8 +972,8 @@ impl PostgresStore {
                 Outcome::Success { .. } => None,
             })
             .collect();
-        ch.load_cascade(&mut tx, &roots).await?;
-        ch.load_plans(&mut tx).await?;
+        ch.load_cascade(&mut *tx, &roots).await?;
+        ch.load_plans(&mut *tx).await?;
 
         let mut reports = Vec::with_capacity(outcomes.len());
         for o in outcomes {
@@ -939,9 +1014,73 @@ impl PostgresStore {
                 plan_transition: fx.plan_transition.map(|(_, s)| s),
             });
         }
-        ch.apply(&mut tx).await?;
+        let ready = ch.apply_announcing(tx, announce).await?;
+        Ok(Finish { reports, ready })
+    }
+
+    /// Finishes runs, by one statement when the batch is all successes outside plans.
+    async fn finish_in(
+        &self,
+        tx: &mut PgConnection,
+        outcomes: &[RunOutcome],
+        announce: bool,
+    ) -> R<Finish> {
+        if outcomes.is_empty() {
+            return Ok(Finish::default());
+        }
+        if outcomes
+            .iter()
+            .all(|o| matches!(o.outcome, Outcome::Success { .. }))
+            && let Some(done) = self.finish_successes(tx, outcomes, announce).await?
+        {
+            return Ok(done);
+        }
+        self.finish_replayed(tx, outcomes, announce).await
+    }
+
+    async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
+        if outcomes
+            .iter()
+            .all(|o| matches!(o.outcome, Outcome::Success { .. }))
+        {
+            // One statement needs no explicit transaction: saves BEGIN and COMMIT trips.
+            let mut conn = self.pool.acquire().await?;
+            if let Some(done) = self.finish_successes(&mut conn, outcomes, true).await? {
+                return Ok(done.reports);
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = self.finish_replayed(&mut tx, outcomes, true).await?;
         tx.commit().await?;
-        Ok(reports)
+        Ok(done.reports)
+    }
+
+    /// Finishes, then claims in the same transaction; announces the freed dependents it did
+    /// not take.
+    async fn finish_and_claim_once(
+        &self,
+        outcomes: &[RunOutcome],
+        p: &ClaimParams,
+    ) -> R<(Vec<FinishReport>, Vec<Claim>)> {
+        let mut tx = self.pool.begin().await?;
+        let done = self.finish_in(&mut tx, outcomes, false).await?;
+        let claims = self.claim_in(&mut tx, p).await?;
+        let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
+        let unclaimed: Vec<Uuid> = done
+            .ready
+            .iter()
+            .filter(|t| !claimed.contains(t))
+            .map(|t| t.0)
+            .collect();
+        if !unclaimed.is_empty() {
+            sqlx::query(ANNOUNCE_READY)
+                .bind(unclaimed)
+                .bind(self.notifier.origin())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((done.reports, claims))
     }
 
     /// Releases the locked runs that are live, in the given order; returns their tasks.
@@ -1414,16 +1553,16 @@ impl Store for PostgresStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let all_successes = outcomes
-            .iter()
-            .all(|o| matches!(o.outcome, Outcome::Success { .. }));
-        if all_successes {
-            let fast = self.retrying(|| self.finish_successes(outcomes)).await?;
-            if let Some(reports) = fast {
-                return Ok(reports);
-            }
-        }
         self.retrying(|| self.finish_once(outcomes)).await
+    }
+
+    async fn finish_and_claim(
+        &self,
+        outcomes: &[RunOutcome],
+        claim: &ClaimParams,
+    ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
+        self.retrying(|| self.finish_and_claim_once(outcomes, claim))
+            .await
     }
 
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
@@ -1491,7 +1630,7 @@ impl Store for PostgresStore {
                          capabilities = excluded.capabilities, metadata = excluded.metadata, \
                          status = 'active', last_heartbeat = excluded.last_heartbeat \
                      RETURNING *) \
-                 SELECT up.*, (SELECT count(pg_notify('hive_events', $5::text))) AS notified \
+                 SELECT up.*, (SELECT count(pg_notify('hive_events:' || left(current_schema(), 50), $5::text))) AS notified \
                  FROM up",
             )
             .bind(r.id.as_str())
@@ -1634,7 +1773,7 @@ impl Store for PostgresStore {
                 "WITH moved AS ( \
                      UPDATE plans SET status = $3, updated_at = now() \
                      WHERE id = $1 AND status = $2 RETURNING id) \
-                 SELECT count(pg_notify('hive_events', $4::text)) FROM moved",
+                 SELECT count(pg_notify('hive_events:' || left(current_schema(), 50), $4::text)) FROM moved",
             )
             .bind(id.0)
             .bind(from.as_str())

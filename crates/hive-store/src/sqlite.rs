@@ -391,6 +391,36 @@ impl Store for SqliteStore {
         self.end(tx, out, notes).await
     }
 
+    async fn finish_and_claim(
+        &self,
+        outcomes: &[RunOutcome],
+        claim: &ClaimParams,
+    ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
+        if outcomes.is_empty() && claim.limit == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut tx = self.begin().await?;
+        let mut notes = Vec::new();
+        let out = async {
+            let reports = if outcomes.is_empty() {
+                Vec::new()
+            } else {
+                runs::finish(&mut tx, &self.notifier, &mut notes, outcomes).await?
+            };
+            let claims = if claim.limit == 0 {
+                Vec::new()
+            } else {
+                runs::claim(&mut tx, &self.notifier, &mut notes, claim).await?
+            };
+            Ok((reports, claims))
+        }
+        .await;
+        if let Ok((_, claims)) = &out {
+            Notifier::drop_claimed_ready(&mut notes, claims);
+        }
+        self.end(tx, out, notes).await
+    }
+
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
         let mut tx = self.begin().await?;
         let out = runs::extend_lease(&mut tx, run_id, lease).await;

@@ -29,7 +29,8 @@ use crate::{
 /// - Queue order is priority descending, then insertion order.
 /// - A task is *ready* when it is `queued`, its `pending_dependencies` is 0 and its
 ///   `run_at` is absent or not after now.
-/// - When a task reaches `completed`, each dependent's `pending_dependencies` drops by one.
+/// - When a task reaches `completed`, each dependent's `pending_dependencies` drops by one;
+///   a queued dependent reaching 0 is announced with a `TaskReady` notification.
 ///   When a task reaches `failed` or `cancelled`, every transitive dependent that is not
 ///   terminal is cancelled (its running run, if any, is cancelled too).
 /// - For a task of a plan: completing increments the plan's `completed_subtasks`, failing
@@ -101,6 +102,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// and changes nothing. Success completes the task (result stored on task and run);
     /// failure requeues with backoff or fails for good (see [`crate::Outcome`]).
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>>;
+
+    /// [`Store::finish_runs`] then [`Store::claim_tasks`], in one transaction where the
+    /// backend allows: a worker hands back finished runs and refills the slots they freed in
+    /// one round trip, and takes the dependents its completions just unblocked before any
+    /// other worker is woken for them (their [`crate::ChangeKind::TaskReady`] notifications
+    /// are sent only for those it did not claim). Outcomes are durable when this returns,
+    /// exactly as with `finish_runs`.
+    async fn finish_and_claim(
+        &self,
+        outcomes: &[RunOutcome],
+        claim: &ClaimParams,
+    ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
+        let reports = self.finish_runs(outcomes).await?;
+        let claims = if claim.limit == 0 {
+            Vec::new()
+        } else {
+            self.claim_tasks(claim).await?
+        };
+        Ok((reports, claims))
+    }
 
     /// Pushes a running run's lease to now + `lease`, returning the new expiry;
     /// [`crate::Error::StaleRun`] when the run is not its task's current running run.

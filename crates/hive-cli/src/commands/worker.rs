@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use hive_client::WorkerBuilder;
 
 use crate::{Context, output, shell};
 
@@ -31,7 +32,38 @@ pub enum WorkerCommand {
         /// Exit 0 once nothing is ready, running or waiting to retry.
         #[arg(long)]
         exit_when_idle: bool,
+        #[command(flatten)]
+        intervals: Intervals,
     },
+}
+
+/// The worker's background intervals; each defaults to the runtime's default.
+#[derive(clap::Args)]
+pub struct Intervals {
+    /// How often to heartbeat, extending held leases (default: a third of the lease).
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+    /// How often to take back expired leases (default 5000).
+    #[arg(long, value_name = "MS")]
+    reap_interval_ms: Option<u64>,
+    /// Longest wait between claims when no wake-up arrives (default 1000).
+    #[arg(long, value_name = "MS")]
+    poll_ms: Option<u64>,
+}
+
+impl Intervals {
+    fn apply(&self, mut worker: WorkerBuilder) -> WorkerBuilder {
+        if let Some(ms) = self.heartbeat_ms {
+            worker = worker.heartbeat_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.reap_interval_ms {
+            worker = worker.reap_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.poll_ms {
+            worker = worker.poll_interval(Duration::from_millis(ms));
+        }
+        worker
+    }
 }
 
 pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> {
@@ -63,6 +95,7 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
             concurrency,
             lease_secs,
             exit_when_idle,
+            intervals,
         } => {
             if lease_secs == 0 {
                 anyhow::bail!("--lease-secs must be at least 1");
@@ -73,17 +106,19 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
                 types
             };
             let id = id.unwrap_or_else(|| format!("{role}-{}-{}", hostname(), std::process::id()));
-            let client = ctx.client().await?;
-            let report = client
+            // A worker started before its database (or during an outage) waits for it.
+            let client =
+                hive_client::Client::connect_with_retry(&ctx.database_url, &Default::default())
+                    .await?;
+            let worker = client
                 .worker(id.clone())
                 .role(role)
                 .capabilities(types.clone())
                 .task_types(types)
                 .concurrency(concurrency)
                 .lease(Duration::from_secs(lease_secs))
-                .exit_when_idle(exit_when_idle)
-                .run(shell::handle)
-                .await?;
+                .exit_when_idle(exit_when_idle);
+            let report = intervals.apply(worker).run(shell::handle).await?;
             eprintln!(
                 "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
                 report.completed, report.failed, report.retried, report.stale, report.released

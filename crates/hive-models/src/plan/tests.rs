@@ -166,3 +166,159 @@ proptest! {
         prop_assert_eq!(plan_err(&nodes), expected);
     }
 }
+
+/// Whether `cycle` is a real cycle of `nodes`: it closes on itself and each id depends on
+/// the next.
+fn is_real_cycle(nodes: &[SubTask], cycle: &[String]) -> bool {
+    let deps = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.dependencies.clone())
+            .unwrap_or_default()
+    };
+    cycle.len() >= 2
+        && cycle.first() == cycle.last()
+        && cycle.windows(2).all(|w| deps(&w[0]).contains(&w[1]))
+}
+
+/// What may be injected into a valid DAG.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// A dependency closing a cycle through these node positions (in DAG order).
+    Cycle(Vec<prop::sample::Index>),
+    SelfDependency(prop::sample::Index),
+    UnknownDependency(prop::sample::Index, String),
+    Duplicate(prop::sample::Index),
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        prop::collection::vec(any::<prop::sample::Index>(), 2..5).prop_map(Fault::Cycle),
+        any::<prop::sample::Index>().prop_map(Fault::SelfDependency),
+        (any::<prop::sample::Index>(), "[a-z]{1,6}|\\PC{1,6}")
+            .prop_map(|(i, ghost)| Fault::UnknownDependency(i, format!("ghost-{ghost}"))),
+        any::<prop::sample::Index>().prop_map(Fault::Duplicate),
+    ]
+}
+
+/// Injects a fault and returns the ids any error about it must name (one of them).
+fn inject(nodes: &mut Vec<SubTask>, fault: &Fault) -> Vec<String> {
+    let n = nodes.len();
+    match fault {
+        Fault::Cycle(picks) => {
+            // Chain the picked nodes forwards (later depends on earlier, as in a DAG), then
+            // close the loop with the first depending on the last.
+            let mut at: Vec<usize> = picks.iter().map(|p| p.index(n)).collect();
+            at.sort_unstable();
+            at.dedup();
+            if at.len() < 2 {
+                at = vec![0, n - 1];
+            }
+            for w in at.windows(2) {
+                let (earlier, later) = (nodes[w[0]].id.clone(), w[1]);
+                if !nodes[later].dependencies.contains(&earlier) {
+                    nodes[later].dependencies.push(earlier);
+                }
+            }
+            let last = nodes[*at.last().unwrap()].id.clone();
+            nodes[at[0]].dependencies.push(last);
+            at.iter().map(|i| nodes[*i].id.clone()).collect()
+        }
+        Fault::SelfDependency(i) => {
+            let i = i.index(n);
+            let id = nodes[i].id.clone();
+            nodes[i].dependencies.push(id.clone());
+            vec![id]
+        }
+        Fault::UnknownDependency(i, ghost) => {
+            let i = i.index(n);
+            nodes[i].dependencies.push(ghost.clone());
+            vec![nodes[i].id.clone(), ghost.clone()]
+        }
+        Fault::Duplicate(i) => {
+            let mut dup = nodes[i.index(n)].clone();
+            dup.dependencies.clear();
+            let id = dup.id.clone();
+            nodes.push(dup);
+            vec![id]
+        }
+    }
+}
+
+proptest! {
+    /// Any mix of injected faults is rejected, and the error names ids that really are at
+    /// fault: a reported cycle is a real cycle, a self-dependency depends on itself, an
+    /// unknown dependency is unknown, a duplicate is duplicated.
+    #[test]
+    fn any_injected_faults_are_rejected_naming_real_offenders(
+        nodes in dag(),
+        faults in prop::collection::vec(fault(), 1..4),
+        shuffle in any::<prop::sample::Index>(),
+    ) {
+        let mut nodes = nodes;
+        let mut offenders = Vec::new();
+        for f in &faults {
+            offenders.extend(inject(&mut nodes, f));
+        }
+        // The order subtasks are listed in must not matter.
+        let k = shuffle.index(nodes.len());
+        nodes.rotate_left(k);
+        let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+        let e = plan_err(&nodes);
+        match &e {
+            PlanError::Cycle(cycle) => prop_assert!(is_real_cycle(&nodes, cycle), "{}", e),
+            PlanError::SelfDependency(id) => {
+                let node = nodes.iter().find(|n| &n.id == id);
+                prop_assert!(node.is_some_and(|n| n.dependencies.contains(id)), "{}", e);
+            }
+            PlanError::UnknownDependency { subtask, dependency } => {
+                prop_assert!(!ids.contains(dependency), "{}", e);
+                let node = nodes.iter().find(|n| &n.id == subtask);
+                prop_assert!(node.is_some_and(|n| n.dependencies.contains(dependency)), "{}", e);
+            }
+            PlanError::DuplicateId(id) => {
+                prop_assert!(ids.iter().filter(|x| *x == id).count() > 1, "{}", e);
+            }
+            other => prop_assert!(false, "unexpected error {:?}", other),
+        }
+        let named = e.to_string();
+        prop_assert!(offenders.iter().any(|id| named.contains(id.as_str())), "{} names none of {:?}", named, offenders);
+    }
+
+    /// Validation does not depend on the order subtasks are listed in.
+    #[test]
+    fn valid_dags_stay_valid_in_any_order(nodes in dag(), shuffle in any::<prop::sample::Index>()) {
+        let mut nodes = nodes;
+        let k = shuffle.index(nodes.len());
+        nodes.rotate_left(k);
+        nodes.reverse();
+        prop_assert!(validate_subtasks(&nodes, LIMIT).is_ok());
+    }
+
+    /// A NUL in any string of a subtask, or in the plan's own title or description, is
+    /// refused naming the subtask and the field.
+    #[test]
+    fn nul_in_a_plan_is_refused_naming_where(nodes in dag(), which in 0usize..6, at in any::<prop::sample::Index>()) {
+        let i = at.index(nodes.len());
+        let id = nodes[i].id.clone();
+        let mut plan = NewPlan { title: "p".into(), description: String::new(), parent_task_id: None, subtasks: nodes };
+        prop_assert!(plan.validate(LIMIT).is_ok());
+        let node = &mut plan.subtasks[i];
+        let field = match which {
+            0 => { node.title.push('\0'); "title" }
+            1 => { node.description.push('\0'); "description" }
+            2 => { node.payload = serde_json::json!({"k": "v\0"}); "payload" }
+            3 => { node.dependencies.push("a\0b".into()); "dependencies" }
+            4 => { plan.description.push('\0'); "description" }
+            _ => { plan.title.push('\0'); "title" }
+        };
+        let e = plan.validate(LIMIT).unwrap_err();
+        let shown = e.to_string();
+        prop_assert!(shown.contains("NUL") && shown.contains(&format!("`{field}")), "{}", shown);
+        if which < 4 {
+            let names_subtask = matches!(&e, Error::InvalidPlan(PlanError::InvalidSubtask { subtask, .. }) if *subtask == id);
+            prop_assert!(names_subtask, "{}", shown);
+        }
+    }
+}

@@ -129,3 +129,191 @@ proptest! {
         prop_assert_eq!(back, task);
     }
 }
+
+/// Every status enum's names print, parse and serialize alike, and junk is refused by both
+/// `FromStr` and serde with the valid names listed.
+fn check_status_enum<T>(all: &[T], kind: &str, junk: &str)
+where
+    T: Copy
+        + std::fmt::Debug
+        + std::fmt::Display
+        + PartialEq
+        + FromStr<Err = crate::Error>
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+    for (s, name) in all.iter().zip(&names) {
+        assert_eq!(T::from_str(name).as_ref(), Ok(s), "{kind} {name}");
+        let json = serde_json::to_string(s).unwrap();
+        assert_eq!(
+            json,
+            format!("\"{name}\""),
+            "serde name is the display name"
+        );
+        assert_eq!(serde_json::from_str::<T>(&json).unwrap(), *s);
+        assert!(
+            name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{name} is snake_case"
+        );
+    }
+    if !names.iter().any(|n| n == junk) {
+        match T::from_str(junk) {
+            Err(crate::Error::UnknownStatus {
+                kind: k,
+                value,
+                expected,
+            }) => {
+                assert_eq!(k, kind);
+                assert_eq!(value, junk);
+                assert_eq!(expected, names.join(", "));
+            }
+            other => panic!("{kind} status {junk:?} parsed as {other:?}"),
+        }
+        let quoted = serde_json::to_string(junk).unwrap();
+        assert!(
+            serde_json::from_str::<T>(&quoted).is_err(),
+            "serde refuses {junk:?}"
+        );
+    }
+}
+
+/// The table in `can_transition_to`'s documentation, row by row: a change to the code
+/// that the documentation does not describe fails here.
+const DOCUMENTED_TABLE: &[(TaskStatus, &[TaskStatus])] = {
+    use TaskStatus::*;
+    &[
+        (Queued, &[Assigned, InProgress, Failed, Cancelled]),
+        (
+            Assigned,
+            &[Queued, InProgress, Completed, Failed, Cancelled],
+        ),
+        (
+            InProgress,
+            &[
+                Queued,
+                ReviewPending,
+                ReworkNeeded,
+                Escalated,
+                Completed,
+                Failed,
+                Cancelled,
+            ],
+        ),
+        (
+            ReviewPending,
+            &[InProgress, Approved, Rejected, Escalated, Cancelled],
+        ),
+        (Approved, &[InProgress, Completed, Cancelled]),
+        (Rejected, &[ReworkNeeded, Escalated, Failed, Cancelled]),
+        (ReworkNeeded, &[Queued, InProgress, Cancelled]),
+        (
+            Escalated,
+            &[
+                Queued,
+                InProgress,
+                ReviewPending,
+                Completed,
+                Failed,
+                Cancelled,
+            ],
+        ),
+        (Completed, &[]),
+        (Failed, &[]),
+        (Cancelled, &[]),
+    ]
+};
+
+#[test]
+fn transition_table_is_the_documented_one() {
+    assert_eq!(DOCUMENTED_TABLE.len(), TaskStatus::ALL.len());
+    for (from, allowed) in DOCUMENTED_TABLE {
+        for to in TaskStatus::ALL {
+            let expected = from == to || allowed.contains(to);
+            assert_eq!(from.can_transition_to(*to), expected, "{from} -> {to}");
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn every_status_enum_round_trips(junk in "\\PC{0,20}|[a-z_]{1,14}") {
+        check_status_enum(TaskStatus::ALL, "task", &junk);
+        check_status_enum(WorkerStatus::ALL, "worker", &junk);
+        check_status_enum(RunStatus::ALL, "run", &junk);
+        check_status_enum(crate::PlanStatus::ALL, "plan", &junk);
+    }
+
+    /// Any walk through the task methods stays inside the table: a method succeeds exactly
+    /// when the table allows its move, and a refused move changes nothing.
+    #[test]
+    fn task_methods_never_leave_the_table(moves in prop::collection::vec(0u8..5, 1..30)) {
+        let now = chrono::Utc::now();
+        let mut t = Task::from_new(TaskId::new(), NewTask::new("t", "x"), now);
+        for m in moves {
+            let before = t.clone();
+            let (to, result) = match m {
+                0 => (TaskStatus::Assigned, t.assign_to_worker(WorkerId::parse("w").unwrap(), now)),
+                1 => (TaskStatus::InProgress, t.start_execution(now)),
+                2 => (TaskStatus::Completed, t.complete(None, now)),
+                3 => (TaskStatus::Failed, t.fail("e", now)),
+                _ => (TaskStatus::Cancelled, t.cancel(now)),
+            };
+            prop_assert_eq!(result.is_ok(), before.status.can_transition_to(to));
+            if result.is_ok() {
+                prop_assert_eq!(t.status, to);
+            } else {
+                prop_assert_eq!(&t, &before);
+            }
+        }
+    }
+
+    /// A NUL anywhere in any string a task carries is refused, naming the field; the same
+    /// task without it passes.
+    #[test]
+    fn nul_is_refused_in_every_task_string(field in 0usize..11, text in "\\PC{0,8}", at in any::<prop::sample::Index>()) {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.insert(at.index(chars.len() + 1), '\0');
+        let with_nul: String = chars.into_iter().collect();
+        let clean = NewTask::new("t", "x");
+        prop_assert!(clean.validate(DEFAULT_MAX_PAYLOAD_BYTES).is_ok());
+        let mut t = clean;
+        let name = match field {
+            0 => { t.title = format!("x{with_nul}"); "title" }
+            1 => { t.task_type = format!("x{with_nul}"); "task_type" }
+            2 => { t.description = with_nul; "description" }
+            3 => { t.current_phase = with_nul; "current_phase" }
+            4 => { t.tags = vec!["ok".into(), with_nul]; "tags[1]" }
+            5 => { t.idempotency_key = Some(format!("k{with_nul}")); "idempotency_key" }
+            6 => { t.payload = serde_json::json!({ "a": [1, with_nul] }); "payload" }
+            7 => { t.payload = serde_json::json!({ with_nul: 1 }); "payload" }
+            8 => { t.metadata = serde_json::json!({ "m": { "n": with_nul } }); "metadata" }
+            9 => { t.workflow = Some(serde_json::json!([with_nul])); "workflow" }
+            _ => { t.payload = serde_json::Value::String(with_nul); "payload" }
+        };
+        match t.validate(DEFAULT_MAX_PAYLOAD_BYTES) {
+            Err(Error::InvalidField { field, reason }) => {
+                prop_assert_eq!(field, name);
+                prop_assert!(reason.contains("NUL"), "{}", reason);
+                prop_assert!(!reason.contains('\0') && !reason.contains('\n'), "one printable line: {:?}", reason);
+            }
+            other => prop_assert!(false, "field {} with a NUL: {:?}", name, other),
+        }
+    }
+}
+
+#[test]
+fn nul_location_is_a_json_pointer() {
+    let t = NewTask::new("t", "x").payload(serde_json::json!({"a": {"b/c": ["ok", "x\0"]}}));
+    let e = t
+        .validate(DEFAULT_MAX_PAYLOAD_BYTES)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "invalid `payload`: must not contain a NUL character (U+0000), found at `/a/b~1c/1`"
+    );
+    // The literal text `\u0000` is six harmless characters, not a NUL.
+    let t = NewTask::new("t", "x").payload(serde_json::json!({"s": "\\u0000"}));
+    assert!(t.validate(DEFAULT_MAX_PAYLOAD_BYTES).is_ok());
+}

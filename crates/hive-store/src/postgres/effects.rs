@@ -148,9 +148,10 @@ const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks,
      FROM plans WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
-/// plans, and sends the notifications, which Postgres delivers on commit.
-const APPLY: &str = "\
-WITH run_in AS ( \
+/// plans, and sends the notifications, which Postgres delivers on commit. Returns the
+/// dependents left waiting for nothing, announced as `task_ready` when `$26` is true.
+const APPLY: &str = concat!(
+    "WITH run_in AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::bool[], \
                          $6::text[], $7::bool[], $8::text[]) \
         AS x(id, status, set_result, result, set_error, error, set_log, log) \
@@ -181,7 +182,9 @@ WITH run_in AS ( \
 ), dep_upd AS ( \
     UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
     FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY($9::uuid[])) \
-    RETURNING t.id \
+    RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
+), freed AS ( \
+    SELECT id FROM dep_upd WHERE ready \
 ), plan_in AS ( \
     SELECT * FROM unnest($19::uuid[], $20::text[], $21::bigint[], $22::bigint[], \
                          $23::bigint[]) \
@@ -194,7 +197,15 @@ WITH run_in AS ( \
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
        (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
-       (SELECT count(pg_notify('hive_events', n)) FROM unnest($24::text[]) AS n) AS notified";
+       (SELECT count(pg_notify('hive_events:' || left(current_schema(), 50), n)) FROM unnest($24::text[]) AS n) AS notified, \
+       (",
+    notify_rows!(
+        "SELECT id FROM freed WHERE $26::bool",
+        "json_build_object('origin', $25::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+    ),
+    ") AS ready_notified, \
+       ARRAY(SELECT id FROM freed) AS ready"
+);
 
 /// `at + d`, kept within the range Postgres timestamps hold and at microsecond precision
 /// (what the database stores, so reports equal the rows).
@@ -529,6 +540,17 @@ impl<'n> Changes<'n> {
 
     /// Writes every change in one statement. Nothing to write costs no round trip.
     pub async fn apply(self, conn: &mut PgConnection) -> Result<(), Fail> {
+        self.apply_announcing(conn, true).await.map(drop)
+    }
+
+    /// [`Changes::apply`], returning the dependents made ready; they are announced with
+    /// `task_ready` notifications only when `announce` (a caller that goes on to claim in
+    /// the same transaction announces those it did not take).
+    pub async fn apply_announcing(
+        self,
+        conn: &mut PgConnection,
+        announce: bool,
+    ) -> Result<Vec<TaskId>, Fail> {
         // Only plans a change counted against are written; locking alone changes nothing.
         let mut touched_plans: Vec<(PlanId, PlanState)> =
             self.plans.into_iter().filter(|(_, p)| p.touched).collect();
@@ -539,13 +561,10 @@ impl<'n> Changes<'n> {
             && self.completed.is_empty()
             && self.notes.is_empty()
         {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let payloads: Vec<String> = self
-            .notes
-            .iter()
-            .filter_map(|n| serde_json::to_string(n).ok())
-            .collect();
+        let origin = self.notifier.origin();
+        let payloads = super::listen::encode(&self.notes);
 
         let mut r_id = Vec::with_capacity(self.runs.len());
         let mut r_status = Vec::with_capacity(self.runs.len());
@@ -602,7 +621,7 @@ impl<'n> Changes<'n> {
             p_cancelled.push(i64::from(p.plan.cancelled_subtasks));
         }
 
-        sqlx::query(APPLY)
+        let row = sqlx::query(APPLY)
             .bind(r_id)
             .bind(r_status)
             .bind(r_set_result)
@@ -627,9 +646,12 @@ impl<'n> Changes<'n> {
             .bind(p_failed)
             .bind(p_cancelled)
             .bind(payloads)
-            .execute(conn)
+            .bind(origin)
+            .bind(announce)
+            .fetch_one(conn)
             .await?;
-        Ok(())
+        let ready: Vec<Uuid> = rows::get(&row, "ready", "tasks")?;
+        Ok(ready.into_iter().map(TaskId).collect())
     }
 }
 

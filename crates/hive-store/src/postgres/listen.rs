@@ -1,5 +1,5 @@
 //! The LISTEN side of notifications: one background task per store that forwards every
-//! `hive_events` notification (this store's own included) into the store's [`Notifier`].
+//! notification on its schema's channel (this store's own included) into the store's [`Notifier`].
 
 use std::time::Duration;
 
@@ -8,8 +8,15 @@ use tokio::sync::oneshot;
 
 use crate::{ChangeKind, Notification, Notifier};
 
-/// The channel every store NOTIFYs and LISTENs on.
-pub(super) const CHANNEL: &str = "hive_events";
+// The channel a store NOTIFYs and LISTENs on, as an SQL expression: one per schema, so
+// Hive deployments sharing a database in different schemas never wake each other. Every
+// `pg_notify` of this module's parent names its channel with exactly this text (a test
+// checks), and the listener asks its own connection for the value.
+macro_rules! channel_sql {
+    () => {
+        "'hive_events:' || left(current_schema(), 50)"
+    };
+}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -54,7 +61,10 @@ async fn open(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
     listener.ignore_pool_close_event(true);
     // Reconnecting is ours to do (with backoff and a catch-up wake-up), not the driver's.
     listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
+    let channel: String = sqlx::query_scalar(concat!("SELECT ", channel_sql!()))
+        .fetch_one(&mut listener)
+        .await?;
+    listener.listen(&channel).await?;
     Ok(listener)
 }
 
@@ -111,10 +121,94 @@ pub(super) fn catch_up() -> Notification {
     }
 }
 
+/// A NOTIFY payload: one change, or a batch of a transaction's changes.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Payload {
+    One(Notification),
+    Many(Vec<Notification>),
+}
+
+/// Postgres refuses payloads of 8000 bytes or more; stay clear of it.
+const MAX_PAYLOAD: usize = 7000;
+
+/// A transaction's notifications as few payloads as fit: JSON arrays under [`MAX_PAYLOAD`].
+pub(super) fn encode(notes: &[Notification]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::new();
+    for n in notes {
+        let Ok(one) = serde_json::to_string(n) else {
+            continue;
+        };
+        if !current.is_empty() && current.len() + one.len() + 2 > MAX_PAYLOAD {
+            current.push(']');
+            payloads.push(std::mem::take(&mut current));
+        }
+        current.push(if current.is_empty() { '[' } else { ',' });
+        current.push_str(&one);
+    }
+    if !current.is_empty() {
+        current.push(']');
+        payloads.push(current);
+    }
+    payloads
+}
+
 fn forward(notifier: &Notifier, payload: &str) {
-    match serde_json::from_str::<Notification>(payload) {
-        Ok(n) => notifier.forward(n),
+    match serde_json::from_str::<Payload>(payload) {
+        Ok(Payload::One(n)) => notifier.forward(n),
+        Ok(Payload::Many(notes)) => notes.into_iter().for_each(|n| notifier.forward(n)),
         // Someone else's message on our channel; not ours to interpret.
         Err(e) => tracing::debug!(error = %e, "hive: ignoring a foreign notification payload"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_under_the_limit_and_decode() {
+        let notifier = Notifier::new();
+        let notes: Vec<Notification> = (0..500)
+            .map(|_| notifier.task_status(hive_models::TaskId::new(), "completed"))
+            .collect();
+        let payloads = encode(&notes);
+        assert!(payloads.len() > 1 && payloads.len() < 20);
+        let mut decoded = Vec::new();
+        for p in &payloads {
+            assert!(p.len() < MAX_PAYLOAD, "{} bytes", p.len());
+            match serde_json::from_str::<Payload>(p).unwrap() {
+                Payload::Many(n) => decoded.extend(n),
+                Payload::One(_) => panic!("expected a batch"),
+            }
+        }
+        assert_eq!(decoded, notes);
+        assert!(encode(&[]).is_empty());
+        // Single notifications from older writers still decode.
+        let one = serde_json::to_string(&notes[0]).unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Payload>(&one).unwrap(),
+            Payload::One(_)
+        ));
+    }
+
+    #[test]
+    fn every_notify_uses_the_schema_channel() {
+        let sources = [include_str!("../postgres.rs"), include_str!("effects.rs")];
+        let expected = concat!("pg_notify(", channel_sql!(), ",");
+        let mut sites = 0;
+        for src in sources {
+            for (i, _) in src.match_indices("pg_notify(") {
+                let site = &src[i..];
+                assert!(
+                    site.starts_with(expected),
+                    "{}",
+                    &site[..80.min(site.len())]
+                );
+                sites += 1;
+            }
+        }
+        assert!(sites >= 7, "found {sites} notify sites");
     }
 }

@@ -95,21 +95,14 @@ pub(super) async fn claim(
     let mut claims = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut task = db::task_from_row(row)?;
-        let run = Run {
-            id: RunId::new(),
-            task_id: task.id,
-            worker_id: p.worker_id.clone(),
-            run_number: Cols::new(row, "runs").u32("next_run")?,
-            status: RunStatus::Running,
-            phase: task.current_phase.clone(),
-            started_at: started,
-            completed_at: None,
-            lease_expires_at: Some(lease_until),
-            result_data: None,
-            error_message: None,
-            output_log: None,
-            transcript: None,
-        };
+        let run = Run::claimed(
+            RunId::new(),
+            &task,
+            p.worker_id.clone(),
+            Cols::new(row, "runs").u32("next_run")?,
+            started,
+            Some(lease_until),
+        );
         task.status = TaskStatus::InProgress;
         task.assigned_worker = Some(p.worker_id.clone());
         task.attempts = task.attempts.saturating_add(1);
@@ -246,6 +239,8 @@ struct Finisher {
     closed: HashSet<RunId>,
     /// Tasks a failure cancelled in this batch: their runs are no longer live.
     cancelled: HashSet<TaskId>,
+    /// Dependents the batch's completions left waiting for nothing.
+    ready: Vec<TaskId>,
 }
 
 impl Finisher {
@@ -260,6 +255,7 @@ impl Finisher {
             plans,
             closed: HashSet::new(),
             cancelled: HashSet::new(),
+            ready: Vec::new(),
         })
     }
 
@@ -398,16 +394,18 @@ impl Finisher {
             self.tasks.clear();
         }
         if !self.completed.is_empty() {
-            tasks::decrement_dependents(c, &self.completed).await?;
+            let ready = tasks::decrement_dependents(c, &self.completed).await?;
+            self.ready.extend(ready);
             self.completed.clear();
         }
         Ok(())
     }
 
-    /// Writes what is left, then the plans.
-    async fn done(mut self, c: &mut Conn) -> R<()> {
+    /// Writes what is left, then the plans; returns the dependents made ready.
+    async fn done(mut self, c: &mut Conn) -> R<Vec<TaskId>> {
         self.flush(c).await?;
-        self.plans.save(c, self.at).await
+        self.plans.save(c, self.at).await?;
+        Ok(self.ready)
     }
 }
 
@@ -458,7 +456,9 @@ pub(super) async fn finish(
             plan_transition: fx.plan_transition.map(|(_, s)| s),
         });
     }
-    f.done(c).await?;
+    for task in f.done(c).await? {
+        notes.push(n.task_ready(task));
+    }
     Ok(reports)
 }
 

@@ -437,7 +437,9 @@ pub(super) async fn on_terminal(
         fx.plan_transition = Some((pid, to));
     }
     if status == TaskStatus::Completed {
-        decrement_dependents(c, &[id]).await?;
+        for d in decrement_dependents(c, &[id]).await? {
+            notes.push(n.task_ready(d));
+        }
         return Ok(fx);
     }
     for d in cascade_cancel(c, id, at).await? {
@@ -453,23 +455,32 @@ pub(super) async fn on_terminal(
     Ok(fx)
 }
 
-/// Each dependent of the given tasks waits for one dependency fewer per task listed. One
+/// Each dependent of the given tasks waits for one dependency fewer per task listed, and
+/// the queued ones left waiting for none are returned (now claimable unless delayed). One
 /// statement; the `depends_on` index finds the dependents, so the cost follows their number.
-pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<()> {
+pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec<TaskId>> {
     if done.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query(
+    let rows = sqlx::query(
         "UPDATE tasks SET pending_deps = MAX(pending_deps - (\
              SELECT COUNT(*) FROM task_dependencies d \
              WHERE d.task_id = tasks.id AND d.depends_on IN (SELECT value FROM json_each(?1))), 0) \
          WHERE id IN (SELECT d.task_id FROM task_dependencies d \
-                      WHERE d.depends_on IN (SELECT value FROM json_each(?1)))",
+                      WHERE d.depends_on IN (SELECT value FROM json_each(?1))) \
+         RETURNING id, pending_deps = 0 AND status = 'queued' AS ready",
     )
     .bind(json_list(done))
-    .execute(&mut *c)
+    .fetch_all(&mut *c)
     .await?;
-    Ok(())
+    let mut ready = Vec::new();
+    for row in &rows {
+        let cols = Cols::new(row, "tasks");
+        if cols.get::<i64>("ready")? != 0 {
+            ready.push(cols.parse("id")?);
+        }
+    }
+    Ok(ready)
 }
 
 /// A dependent a failure or cancellation cancelled.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::Store;
 
+pub mod differential;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod suite;
@@ -106,6 +107,20 @@ pub async fn postgres() -> Option<TestStore> {
     postgres::fresh().await
 }
 
+/// The environment variable `cargo xtask soak` sets to run the reliability tests at full
+/// size.
+pub const SOAK_ENV: &str = "HIVE_SOAK";
+
+/// Whether this is a soak run (`cargo xtask soak`) rather than the default `cargo test`.
+pub fn soak() -> bool {
+    std::env::var_os(SOAK_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test size: `reduced` in the default `cargo test` run, `full` under `cargo xtask soak`.
+pub fn size(reduced: usize, full: usize) -> usize {
+    if soak() { full } else { reduced }
+}
+
 /// Says plainly that a Postgres test did not run.
 pub fn report_skip(test: &str) {
     eprintln!("SKIPPED {test}: {POSTGRES_URL_ENV} is not set, so the Postgres tests did not run");
@@ -129,7 +144,9 @@ macro_rules! conformance_suite {
             plan_dependencies_gate_claims, plan_failure_cancels_descendants, plan_cancel,
             plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
             concurrent_claims_exactly_once, not_found_paths,
-            plan_finishes_cancelled_when_all_subtasks_finish);
+            plan_finishes_cancelled_when_all_subtasks_finish,
+            finish_and_claim_refills_in_one_step,
+            freed_dependents_are_announced_unless_claimed);
     };
     (@cases $backend:ident, $factory:path, $($case:ident),+ $(,)?) => {
         mod $backend {

@@ -1309,3 +1309,97 @@ pub async fn plan_finishes_cancelled_when_all_subtasks_finish(s: S) {
         (PlanStatus::Cancelled, 1, 0, 2)
     );
 }
+
+/// The store's own `TaskReady` notifications that already arrived (after a short settle for
+/// Postgres NOTIFY, whose channel other tests' stores share).
+async fn ready_notes(
+    s: &S,
+    rx: &mut tokio::sync::broadcast::Receiver<crate::Notification>,
+) -> Vec<TaskId> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ready = Vec::new();
+    while let Ok(n) = rx.try_recv() {
+        if n.kind == ChangeKind::TaskReady && n.origin == s.origin() {
+            ready.extend(n.task_id);
+        }
+    }
+    ready
+}
+
+pub async fn finish_and_claim_refills_in_one_step(s: S) {
+    // a -> b, and an unrelated queued task x of lower priority.
+    let (_, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"])])).await;
+    let mut x = NewTask::new("x", "test");
+    x.priority = -1;
+    let x = s.insert_tasks(vec![x]).await.unwrap()[0];
+    let (a, run) = claim_one(&s, "w").await;
+    assert_eq!(a, ids["a"]);
+    let mut rx = s.subscribe().await.unwrap();
+    let (reports, claims) = s
+        .finish_and_claim(&[success(run)], &claim_params("w", 1))
+        .await
+        .unwrap();
+    assert_eq!(reports[0].finished, Finished::Completed);
+    assert_eq!(status(&s, ids["a"]).await, TaskStatus::Completed);
+    // The dependent freed by the completion is claimable in the same step, ahead of x
+    // (queue order), and nobody else is told about it.
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].task.id, ids["b"]);
+    assert_eq!(claims[0].task.status, TaskStatus::InProgress);
+    assert!(
+        ready_notes(&s, &mut rx).await.is_empty(),
+        "b was claimed, not announced"
+    );
+    // A stale outcome in the batch changes nothing; an empty claim claims nothing.
+    let (reports, claims) = s
+        .finish_and_claim(&[success(run)], &claim_params("w", 0))
+        .await
+        .unwrap();
+    assert_eq!(reports[0].finished, Finished::Stale);
+    assert!(claims.is_empty());
+    assert_eq!(status(&s, x).await, TaskStatus::Queued);
+    // Finishing b claims x: any ready task fills the freed slot.
+    let (_, claims) = s
+        .finish_and_claim(
+            &[success(claims_run(&s, ids["b"]).await)],
+            &claim_params("w", 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        vec![x]
+    );
+}
+
+async fn claims_run(s: &S, task: TaskId) -> hive_models::RunId {
+    s.get_task(task)
+        .await
+        .unwrap()
+        .unwrap()
+        .current_run_id
+        .unwrap()
+}
+
+pub async fn freed_dependents_are_announced_unless_claimed(s: S) {
+    // a -> (b, c): finishing a frees two; a claim of one takes b, c is announced.
+    let (_, ids) = materialize(
+        &s,
+        plan(vec![node("a", &[]), node("b", &["a"]), node("c", &["a"])]),
+    )
+    .await;
+    let (_, run) = claim_one(&s, "w").await;
+    let mut rx = s.subscribe().await.unwrap();
+    let (_, claims) = s
+        .finish_and_claim(&[success(run)], &claim_params("w", 1))
+        .await
+        .unwrap();
+    assert_eq!(claims[0].task.id, ids["b"]);
+    assert_eq!(ready_notes(&s, &mut rx).await, vec![ids["c"]]);
+    // A plain finish announces what it frees.
+    assert_eq!(claim_one(&s, "w").await.0, ids["c"]);
+    let (_, ids) = materialize(&s, plan(vec![node("p", &[]), node("q", &["p"])])).await;
+    let (_, run) = claim_one(&s, "w").await;
+    s.finish_runs(&[success(run)]).await.unwrap();
+    assert_eq!(ready_notes(&s, &mut rx).await, vec![ids["q"]]);
+}

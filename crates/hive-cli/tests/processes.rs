@@ -1,0 +1,545 @@
+//! Real `hive worker run` processes sharing one database: several processes drain a queue
+//! completing each task exactly once; a SIGKILLed worker's task comes back after its lease
+//! and completes once elsewhere; a frozen (SIGSTOPped) worker that resumes after its lease
+//! is fenced out; and (Postgres) workers whose clocks are minutes off neither reclaim a
+//! live task early nor hold their own leases too short or too long.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hive_client::{RunStatus, TaskStatus};
+use hive_store::testing::size;
+use support::{Harness, eventually, logging_command, poll_until, read_log};
+use tokio::time::Instant;
+
+/// One test per case and backend, in modules named after the backends (so `sqlite::` and
+/// `postgres::` select them); Postgres cases report a skip when no server is configured.
+macro_rules! process_tests {
+    (all: [$($case:ident),+ $(,)?], postgres_only: [$($pg_case:ident),* $(,)?]) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let ts = hive_store::testing::sqlite().await.expect("an SQLite store");
+                    crate::support::run_case("sqlite", ts, super::$case).await;
+                }
+            )+
+        }
+        mod postgres {
+            $( process_tests!(@postgres $case); )+
+            $( process_tests!(@postgres $pg_case); )*
+        }
+    };
+    (@postgres $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            match hive_store::testing::postgres().await {
+                Some(ts) => crate::support::run_case("postgres", ts, super::$case).await,
+                None => hive_store::testing::report_skip(concat!("postgres::", stringify!($case))),
+            }
+        }
+    };
+}
+
+process_tests!(
+    all: [
+        four_processes_complete_each_task_once,
+        killed_worker_task_completes_once_elsewhere,
+        frozen_worker_is_fenced_out_after_resuming,
+    ],
+    postgres_only: [skewed_clocks_neither_reclaim_early_nor_stretch_leases]
+);
+
+/// Lease of the workers in the fault tests: short, so a fault shows within seconds.
+const LEASE: Duration = Duration::from_secs(2);
+const LEASE_SECS: &str = "2";
+/// Reaper interval of the rescuing workers.
+const REAP: Duration = Duration::from_millis(200);
+const REAP_MS: &str = "200";
+/// The backoff before a timed-out task may be claimed again: the first retry's delay under
+/// the default retry policy.
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Room for process start-up and a loaded 2-core machine; it bounds a wait, not a speed.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// Battery item 1 across processes: four `hive worker run` processes drain one database;
+/// each task's command runs once and completes once, nothing stays queued or held, and no
+/// process sees "database is locked".
+async fn four_processes_complete_each_task_once(h: Harness) {
+    const PROCESSES: usize = 4;
+    let n = size(400, 20_000);
+    let log = h.path("executions.log");
+    let ids = h
+        .shell_tasks((0..n).map(|_| logging_command("", &log)))
+        .await;
+    let started = Instant::now();
+    let mut workers: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            h.worker(
+                &format!("drain-{i}"),
+                &["--role", "drain", "--concurrency", "4", "--exit-when-idle"],
+            )
+        })
+        .collect();
+    let within = Duration::from_secs(60) + Duration::from_millis(20) * n as u32;
+    let mut completed = 0;
+    for w in &mut workers {
+        let report = w.exit(within).await.assert_clean();
+        assert_eq!(report.stale, 0, "{} had stale completions", w.name);
+        assert_eq!(report.released, 0, "{} released tasks", w.name);
+        completed += report.completed;
+    }
+    eprintln!(
+        "DRAIN {}: {n} shell tasks by {PROCESSES} processes in {:?}",
+        h.backend,
+        started.elapsed()
+    );
+    assert_eq!(completed, n as u64, "the processes' completion counts");
+
+    let mut executions: HashMap<_, Vec<_>> = HashMap::new();
+    for e in read_log(&log) {
+        executions.entry(e.task).or_default().push(e);
+    }
+    for id in &ids {
+        let ran = executions.remove(id).unwrap_or_default();
+        assert_eq!(ran.len(), 1, "task {id} ran {} times: {ran:?}", ran.len());
+        let task = h.task(*id).await;
+        assert_eq!(task.status, TaskStatus::Completed, "task {id}");
+        assert_eq!(task.attempts, 1, "task {id}");
+        assert_eq!(task.current_run_id, Some(ran[0].run), "task {id}");
+        let runs = h.runs(*id).await;
+        assert_eq!(runs.len(), 1, "task {id} has runs {runs:?}");
+        assert_eq!(runs[0].status, RunStatus::Success, "task {id}");
+        assert_eq!(runs[0].id, ran[0].run, "task {id}");
+    }
+    assert!(executions.is_empty(), "unknown tasks ran: {executions:?}");
+    let counts = h.client.count_tasks(None).await.unwrap();
+    for status in [
+        TaskStatus::Queued,
+        TaskStatus::Assigned,
+        TaskStatus::InProgress,
+    ] {
+        assert_eq!(
+            counts.get(&status).copied().unwrap_or(0),
+            0,
+            "{status} tasks left"
+        );
+    }
+}
+
+/// A command whose first attempt runs `wait` before logging; later attempts log at once.
+fn first_attempt_waits(wait: &str, log: &str) -> String {
+    logging_command(
+        &format!(r#"if [ "$HIVE_ATTEMPT" = 1 ]; then {wait}; fi; "#),
+        log,
+    )
+}
+
+/// Battery item 2: a worker process is SIGKILLed while it runs a task. The reaper of
+/// another process closes that run as `timeout` once the lease expires, and the other
+/// process completes the task once; recovery takes about lease + reaper interval + the
+/// first retry's backoff.
+async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
+    let log = h.path("executions.log");
+    let [id] = h.shell_tasks([first_attempt_waits("sleep 60", &log)]).await[..] else {
+        unreachable!()
+    };
+    let mut doomed = h.worker(
+        "doomed",
+        &[
+            "--role",
+            "crash",
+            "--concurrency",
+            "1",
+            "--lease-secs",
+            LEASE_SECS,
+        ],
+    );
+    let first = h.wait_in_progress(id, "doomed", SLACK * 4).await;
+    let mut rescuer = h.worker(
+        "rescuer",
+        &[
+            "--role",
+            "crash",
+            "--concurrency",
+            "1",
+            "--lease-secs",
+            LEASE_SECS,
+            "--reap-interval-ms",
+            REAP_MS,
+            "--poll-ms",
+            REAP_MS,
+            "--exit-when-idle",
+        ],
+    );
+    h.wait_registered("rescuer", SLACK * 4).await;
+
+    doomed.crash().await;
+    let killed_at = Instant::now();
+    // Read before the reaper can close the run: the lease as the dead worker left it.
+    let at_kill = h.client.store().now().await.unwrap();
+    let lease_left = h
+        .client
+        .get_run(first.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_expires_at;
+    let bound = LEASE + REAP + RETRY_BACKOFF + SLACK;
+    let completed = poll_until(bound * 2, || async {
+        (h.task(id).await.status == TaskStatus::Completed).then_some(())
+    })
+    .await;
+    if completed.is_none() {
+        panic!(
+            "the task did not complete within {:?} of the crash; {}\nrescuer's stderr:\n{}",
+            bound * 2,
+            h.describe(id).await,
+            rescuer.stderr()
+        );
+    }
+    let recovery = killed_at.elapsed();
+    eprintln!(
+        "RECOVERY {}: SIGKILL to completed in {recovery:?} (lease {LEASE:?}, reaper {REAP:?}, \
+         retry backoff {RETRY_BACKOFF:?})",
+        h.backend
+    );
+    assert!(
+        recovery < bound,
+        "recovery took {recovery:?}, more than lease + reaper + backoff + slack = {bound:?}"
+    );
+
+    let report = rescuer.exit(SLACK * 2).await.assert_clean();
+    assert_eq!(report.completed, 1);
+    let runs = h.runs(id).await;
+    let statuses: Vec<_> = runs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [RunStatus::Timeout, RunStatus::Success],
+        "{runs:?}"
+    );
+    let expires = lease_left.expect("the run was still leased when its worker died");
+    let (reaped, claimed) = (runs[0].completed_at.unwrap(), runs[1].started_at);
+    eprintln!(
+        "RECOVERY {} breakdown (database clock): lease left at kill {} ms, reaped {} ms after \
+         expiry, claimed {} ms after reaping, completed {} ms after claiming",
+        h.backend,
+        (expires - at_kill).num_milliseconds(),
+        (reaped - expires).num_milliseconds(),
+        (claimed - reaped).num_milliseconds(),
+        (runs[1].completed_at.unwrap() - claimed).num_milliseconds(),
+    );
+    assert_eq!(runs[0].id, first.id);
+    assert_eq!(runs[0].worker_id.as_str(), "doomed");
+    assert_eq!(runs[1].worker_id.as_str(), "rescuer");
+    let task = h.task(id).await;
+    assert_eq!(task.current_run_id, Some(runs[1].id));
+    let executions = read_log(&log);
+    assert_eq!(executions.len(), 1, "{executions:?}");
+    assert_eq!((executions[0].attempt, executions[0].run), (2, runs[1].id));
+}
+
+/// Battery item 3: worker A is frozen (SIGSTOP) past its lease; worker B reaps the task,
+/// claims it and completes it. When A resumes (SIGCONT), its heartbeat revives nothing and
+/// its late completion is rejected as stale: the task stays completed with B's run.
+async fn frozen_worker_is_fenced_out_after_resuming(h: Harness) {
+    let log = h.path("executions.log");
+    let gate = h.path("release-a");
+    let wait_for_gate = format!("while [ ! -e '{gate}' ]; do sleep 0.05; done");
+    let [id] = h
+        .shell_tasks([first_attempt_waits(&wait_for_gate, &log)])
+        .await[..]
+    else {
+        unreachable!()
+    };
+    let mut a = h.worker(
+        "frozen",
+        &[
+            "--role",
+            "stale",
+            "--concurrency",
+            "1",
+            "--lease-secs",
+            LEASE_SECS,
+            // A's own reaper stays out of the way: only its heartbeats touch the store.
+            "--reap-interval-ms",
+            "600000",
+            "--exit-when-idle",
+        ],
+    );
+    let first = h.wait_in_progress(id, "frozen", SLACK * 4).await;
+    freeze_outside_transactions(&h, &a, first.id).await;
+    let frozen_at = Instant::now();
+
+    let mut b = h.worker(
+        "rescuer",
+        &[
+            "--role",
+            "stale",
+            "--concurrency",
+            "1",
+            "--lease-secs",
+            LEASE_SECS,
+            "--reap-interval-ms",
+            REAP_MS,
+            "--poll-ms",
+            REAP_MS,
+            "--exit-when-idle",
+        ],
+    );
+    let report = b
+        .exit(LEASE + REAP + RETRY_BACKOFF + SLACK * 4)
+        .await
+        .assert_clean();
+    assert_eq!(report.completed, 1, "B completes the task");
+    assert!(
+        frozen_at.elapsed() > LEASE,
+        "A stayed frozen past its lease"
+    );
+    let runs = h.runs(id).await;
+    let statuses: Vec<_> = runs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [RunStatus::Timeout, RunStatus::Success],
+        "{runs:?}"
+    );
+    let (timed_out, second) = (runs[0].clone(), runs[1].clone());
+    assert_eq!(timed_out.id, first.id);
+    assert_eq!(
+        timed_out.lease_expires_at, None,
+        "a closed run holds no lease"
+    );
+    assert_eq!(second.worker_id.as_str(), "rescuer");
+    let before_resume = h
+        .registered_worker("frozen")
+        .await
+        .expect("A is registered");
+
+    a.signal("CONT");
+    // A's heartbeat runs again (it is overdue), and must not extend or reopen run 1.
+    eventually("A heartbeats after resuming", SLACK * 2, || async {
+        let now = h.registered_worker("frozen").await?;
+        (now.last_heartbeat > before_resume.last_heartbeat).then_some(())
+    })
+    .await;
+    let after_heartbeat = h.client.get_run(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        after_heartbeat, timed_out,
+        "A's heartbeat changed its timed-out run"
+    );
+
+    // Now A's command finishes and A reports a success for run 1.
+    std::fs::write(&gate, "").unwrap();
+    let report = a.exit(SLACK * 4).await.assert_clean();
+    assert_eq!(
+        (report.completed, report.stale),
+        (0, 1),
+        "A's late completion is rejected as stale"
+    );
+    let task = h.task(id).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.current_run_id, Some(second.id), "run 2 stays current");
+    let runs = h.runs(id).await;
+    assert_eq!(
+        runs,
+        [timed_out, second.clone()],
+        "A's completion changed a run"
+    );
+    // Both executions ran to their end (at-least-once), and only B's counted.
+    let mut executions: Vec<_> = read_log(&log)
+        .into_iter()
+        .map(|e| (e.attempt, e.run))
+        .collect();
+    executions.sort_by_key(|(attempt, _)| *attempt);
+    assert_eq!(executions, [(1, first.id), (2, second.id)]);
+}
+
+/// SIGSTOPs `worker` between two of its heartbeats, never inside a transaction: an SQLite
+/// writer frozen while holding the write lock blocks every other process, which no lease
+/// can fix. It stops the worker right after a heartbeat committed (run `run`'s lease moved),
+/// then proves the write lock is free with a write of its own; if that write waits, the
+/// worker was caught mid-write, so it is resumed and the freeze tried again.
+async fn freeze_outside_transactions(
+    h: &Harness,
+    worker: &support::WorkerProcess,
+    run: hive_client::RunId,
+) {
+    let lease_of = || async {
+        let run = h.client.get_run(run).await.unwrap().unwrap();
+        run.lease_expires_at
+    };
+    for _ in 0..5 {
+        let seen = lease_of().await;
+        eventually("a heartbeat extending the lease", SLACK * 2, || async {
+            (lease_of().await != seen).then_some(())
+        })
+        .await;
+        worker.signal("STOP");
+        // A heartbeat of an unknown worker: a write transaction that changes nothing.
+        let probe = h.client.update_worker_heartbeat("lock-probe", None);
+        tokio::pin!(probe);
+        tokio::select! {
+            written = &mut probe => {
+                written.unwrap();
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        worker.signal("CONT");
+        probe.await.unwrap();
+    }
+    panic!(
+        "{} was inside a write transaction at every freeze",
+        worker.name
+    );
+}
+
+/// Battery item 5 (Postgres only: an SQLite database's clock is each process's own): a
+/// normal worker holds a long task while a worker 10 minutes ahead and one 10 minutes
+/// behind, each holding a long task of its own, reap every 200 ms. No task is reclaimed,
+/// and each live lease always ends between now and now + lease on the database clock.
+async fn skewed_clocks_neither_reclaim_early_nor_stretch_leases(h: Harness) {
+    const HOLD: &str = "sleep 6"; // three leases
+    let log = h.path("executions.log");
+    let worker_args = [
+        "--role",
+        "clock",
+        "--concurrency",
+        "1",
+        "--lease-secs",
+        LEASE_SECS,
+        "--heartbeat-ms",
+        "300",
+        "--reap-interval-ms",
+        REAP_MS,
+        "--poll-ms",
+        REAP_MS,
+        "--exit-when-idle",
+    ];
+    let mut held = Vec::new();
+    let mut workers = Vec::new();
+    for (name, skew) in [
+        ("on-time", None),
+        ("ahead", Some("+10m")),
+        ("behind", Some("-10m")),
+    ] {
+        // Each worker is started with exactly one ready task, which it takes.
+        let [id] = h
+            .shell_tasks([logging_command(&format!("{HOLD}; "), &log)])
+            .await[..]
+        else {
+            unreachable!()
+        };
+        workers.push(match skew {
+            Some(offset) => h.skewed_worker(name, offset, &worker_args),
+            None => h.worker(name, &worker_args),
+        });
+        let first = h.wait_in_progress(id, name, SLACK * 4).await;
+        held.push(Held {
+            id,
+            name,
+            skew,
+            first,
+        });
+        check_held_leases(&h, &held).await;
+    }
+    // While all three hold their tasks, the skewed reapers run 5 times a second.
+    let mut samples_with_all_held = 0;
+    loop {
+        let held_now = check_held_leases(&h, &held).await;
+        if held_now == 0 {
+            break;
+        }
+        if held_now == held.len() {
+            samples_with_all_held += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        samples_with_all_held >= 5,
+        "the three tasks were seen held together only {samples_with_all_held} times"
+    );
+
+    for w in &mut workers {
+        let report = w.exit(SLACK * 6).await.assert_clean();
+        assert_eq!((report.completed, report.stale), (1, 0), "{}", w.name);
+    }
+    for Held {
+        id,
+        name,
+        skew,
+        first,
+    } in &held
+    {
+        let runs = h.runs(*id).await;
+        assert_eq!(runs.len(), 1, "{name}'s task ran more than once: {runs:?}");
+        assert_eq!(runs[0].status, RunStatus::Success, "{name}");
+        // The run id is a UUIDv7 stamped with the claiming process's own clock: proof that
+        // the process really ran skewed.
+        let process_clock_ms = uuid_v7_millis(&first.id.to_string());
+        let skew_ms = process_clock_ms - first.started_at.timestamp_millis();
+        let expected_ms = match skew {
+            Some(s) if s.starts_with('+') => 600_000,
+            Some(_) => -600_000,
+            None => 0,
+        };
+        assert!(
+            (skew_ms - expected_ms).abs() < 60_000,
+            "{name}'s clock was {skew_ms} ms off the database's; expected about {expected_ms} ms \
+             (is libfaketime working?)"
+        );
+    }
+    let executions = read_log(&log);
+    assert_eq!(executions.len(), 3, "{executions:?}");
+}
+
+/// A task a worker of the clock test took, and the run it took it with.
+struct Held {
+    id: hive_client::TaskId,
+    name: &'static str,
+    skew: Option<&'static str>,
+    first: hive_client::Run,
+}
+
+/// Fails when a held task was taken back (a reaper reclaimed it early) or a live lease ends
+/// later than one lease from the database's now; returns how many are still held.
+async fn check_held_leases(h: &Harness, held: &[Held]) -> usize {
+    let mut still_held = 0;
+    for Held {
+        id, name, first, ..
+    } in held
+    {
+        let task = h.task(*id).await;
+        if task.status == TaskStatus::Completed {
+            continue;
+        }
+        assert!(
+            task.status == TaskStatus::InProgress && task.current_run_id == Some(first.id),
+            "{name}'s task was taken back: status {}, runs {:?}",
+            task.status,
+            h.runs(*id).await
+        );
+        let run = h.client.get_run(first.id).await.unwrap().unwrap();
+        let Some(until) = run.lease_expires_at else {
+            continue; // finished between the two reads
+        };
+        still_held += 1;
+        // Read after the run, so no heartbeat falls between the two reads.
+        let now = h.client.store().now().await.unwrap();
+        let left_ms = (until - now).num_milliseconds();
+        assert!(
+            left_ms > 0 && left_ms <= LEASE.as_millis() as i64,
+            "{name}'s lease ends {left_ms} ms from the database's now; expected within {LEASE:?}"
+        );
+    }
+    still_held
+}
+
+/// The Unix time in milliseconds a UUIDv7 was stamped with (its first 48 bits).
+fn uuid_v7_millis(uuid: &str) -> i64 {
+    let hex: String = uuid.chars().filter(|c| *c != '-').take(12).collect();
+    i64::from_str_radix(&hex, 16).expect("a UUID's hex digits")
+}

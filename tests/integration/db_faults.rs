@@ -1,0 +1,525 @@
+//! Database faults: every connection of the workers killed mid-drain, the LISTEN ones
+//! included; a server unreachable when a worker starts; a pool far smaller than a worker's
+//! concurrency. Nothing is lost or done twice, and work proceeds once the database answers.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hive_client::{
+    Client, ConnectOptions, ConnectRetry, NewTask, OpsConfig, RunStatus, TaskContext, TaskError,
+    TaskId, TaskStatus, WorkerReport,
+};
+use hive_store::Store;
+use hive_store::testing::size;
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::log_capture::Logs;
+use crate::proxy::Proxy;
+
+mod postgres {
+    use hive_store::testing::{postgres, report_skip};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn killed_connections_mid_drain_lose_and_double_nothing() {
+        let Some(ts) = postgres().await else {
+            return report_skip(
+                "db_faults::postgres::killed_connections_mid_drain_lose_and_double_nothing",
+            );
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|store| super::killed_connections_mid_drain(store, url))
+            .await;
+    }
+
+    // Current-thread: the log capture sees only its own thread, and every task runs here.
+    #[tokio::test]
+    async fn unreachable_at_start_then_work_proceeds() {
+        let Some(ts) = postgres().await else {
+            return report_skip("db_faults::postgres::unreachable_at_start_then_work_proceeds");
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|_| super::unreachable_at_start(url)).await;
+    }
+
+    #[tokio::test]
+    async fn refused_connect_fails_at_once() {
+        let Some(ts) = postgres().await else {
+            return report_skip("db_faults::postgres::refused_connect_fails_at_once");
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|_| super::refused_connect(url)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pool_of_two_serves_concurrency_sixteen() {
+        let Some(ts) = postgres().await else {
+            return report_skip("db_faults::postgres::pool_of_two_serves_concurrency_sixteen");
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|_| super::pool_of_two(url)).await;
+    }
+}
+
+mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pool_of_two_serves_concurrency_sixteen() {
+        let ts = hive_store::testing::sqlite().await.unwrap();
+        let url = ts.url.clone().unwrap();
+        ts.run(|_| super::pool_of_two(url)).await;
+    }
+}
+
+/// Each handler call as (task, run number): the same pair twice would be one run executed
+/// twice.
+type Calls = Arc<Mutex<Vec<(TaskId, u32)>>>;
+
+fn with_query(url: &str, key: &str, value: &str) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.query_pairs_mut().append_pair(key, value);
+    u.into()
+}
+
+/// The test's own connection for inspecting and killing; its pid is never killed.
+async fn admin(url: &str) -> PgConnection {
+    PgConnection::connect(&with_query(url, "application_name", "hive-fault-admin"))
+        .await
+        .unwrap()
+}
+
+/// Terminates every backend whose application name is in `names`, all at once; returns
+/// the pid and name of each connection killed.
+async fn kill(db: &mut PgConnection, names: &[String]) -> Vec<(i32, String)> {
+    let rows = sqlx::query(
+        "SELECT pid, application_name, pg_terminate_backend(pid) AS signalled \
+         FROM pg_stat_activity WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
+    )
+    .bind(names)
+    .fetch_all(&mut *db)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| {
+            assert!(
+                r.get::<bool, _>("signalled"),
+                "could not terminate a backend"
+            );
+            (r.get("pid"), r.get("application_name"))
+        })
+        .collect()
+}
+
+/// Waits until a backend other than the `dead` ones is connected under each of `names`;
+/// returns how long that took.
+async fn wait_connected(
+    db: &mut PgConnection,
+    names: &[String],
+    dead: &[i32],
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let up: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity \
+             WHERE application_name = ANY($1) AND NOT pid = ANY($2)",
+        )
+        .bind(names)
+        .bind(dead)
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+        if up as usize == names.len() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "only {up} of {names:?} connected after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn completed(db: &mut PgConnection) -> usize {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'completed'")
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+    n as usize
+}
+
+async fn wait_completed(db: &mut PgConnection, at_least: usize, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let done = completed(db).await;
+        if done >= at_least {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{done} of {at_least} tasks completed after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Four workers (each with its own pool and listener) drain the queue while every one of
+/// their connections is terminated by the server, twice.
+async fn killed_connections_mid_drain(store: Arc<dyn Store>, url: String) {
+    const WORKERS: usize = 4;
+    let n = size(3000, 20_000);
+    // Pool connections carry this name; each store's listener is `hive-listen-<origin>`.
+    let tag = format!("hive-fault-{}", uuid::Uuid::new_v4().simple());
+    let worker_url = with_query(&url, "application_name", &tag);
+    let mut db = admin(&url).await;
+    let app = Client::from_store(store, OpsConfig::default());
+    app.create_tasks(
+        (0..n)
+            .map(|i| NewTask::new(format!("t{i}"), "drain"))
+            .collect(),
+    )
+    .await
+    .unwrap();
+
+    let calls: Calls = Arc::default();
+    let mut listeners = Vec::new();
+    let mut stops = Vec::new();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let options = ConnectOptions {
+            max_connections: Some(4),
+            ..ConnectOptions::default()
+        };
+        let store = hive_store::connect_with(&worker_url, &options)
+            .await
+            .unwrap();
+        listeners.push(format!("hive-listen-{}", store.origin().simple()));
+        let worker = Client::from_store(store, OpsConfig::default())
+            .worker(format!("drain-{w}"))
+            .concurrency(16)
+            .lease(Duration::from_secs(5))
+            .reap_interval(Duration::from_millis(500))
+            // Long enough that only a notification explains a prompt pickup.
+            .poll_interval(Duration::from_secs(30))
+            .shutdown_grace(Duration::from_secs(5))
+            .handle_signals(false);
+        stops.push(worker.shutdown_handle());
+        let calls = calls.clone();
+        workers.push(tokio::spawn(worker.run(move |ctx: TaskContext| {
+            let calls = calls.clone();
+            async move {
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((ctx.task.id, ctx.run.run_number));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, TaskError>(())
+            }
+        })));
+    }
+    let mut victims = listeners.clone();
+    victims.push(tag);
+    wait_connected(&mut db, &listeners, &[], Duration::from_secs(30)).await;
+
+    let drain_started = Instant::now();
+    let mut last_kill = Instant::now();
+    for round in 1..=2 {
+        wait_completed(&mut db, n * round / 3, Duration::from_secs(60)).await;
+        let killed = kill(&mut db, &victims).await;
+        last_kill = Instant::now();
+        let at = completed(&mut db).await;
+        assert!(
+            at < n,
+            "kill {round} came after the drain ended: make the drain longer"
+        );
+        let listens = killed
+            .iter()
+            .filter(|(_, a)| a.starts_with("hive-listen-"))
+            .count();
+        assert_eq!(listens, WORKERS, "every listener was connected and killed");
+        assert!(killed.len() > WORKERS, "pool connections were killed too");
+        let dead: Vec<i32> = killed.iter().map(|(pid, _)| *pid).collect();
+        let back = wait_connected(&mut db, &listeners, &dead, Duration::from_secs(30)).await;
+        eprintln!(
+            "kill {round}: {} connections ({listens} LISTEN) at {at}/{n} completed; \
+             every listener back after {back:?}",
+            killed.len(),
+        );
+    }
+    wait_completed(&mut db, n, Duration::from_secs(60)).await;
+    eprintln!(
+        "drained {n} tasks in {:?}, {:?} after the last kill",
+        drain_started.elapsed(),
+        last_kill.elapsed()
+    );
+
+    // Idle workers poll every 30 s: a prompt pickup proves the listeners are back.
+    let created = Instant::now();
+    let late = app
+        .create_task(NewTask::new("late", "drain"))
+        .await
+        .unwrap();
+    loop {
+        let t = app.get_task(late).await.unwrap().unwrap();
+        if t.status == TaskStatus::Completed {
+            break;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(10),
+            "a task created after the kills waited {:?} (status {}): no notification woke a worker",
+            created.elapsed(),
+            t.status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "task created after the kills completed in {:?}",
+        created.elapsed()
+    );
+
+    for stop in &stops {
+        stop.shutdown();
+    }
+    let mut total = WorkerReport::default();
+    for w in workers {
+        let r = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        total.completed += r.completed;
+        total.failed += r.failed;
+        total.stale += r.stale;
+        total.retried += r.retried;
+    }
+    let all = n as u64 + 1;
+    let row = sqlx::query(
+        "SELECT \
+           (SELECT count(*) FROM tasks) AS tasks, \
+           (SELECT count(*) FROM tasks WHERE status = 'completed') AS completed, \
+           (SELECT count(*) FROM runs WHERE status = 'success') AS successes, \
+           (SELECT count(*) FROM (SELECT task_id FROM runs WHERE status = 'success' \
+              GROUP BY task_id HAVING count(*) > 1) d) AS doubled, \
+           (SELECT count(*) FROM runs WHERE status = 'timeout') AS timeouts, \
+           (SELECT count(*) FROM runs WHERE status NOT IN ('success', 'timeout')) AS other",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let get = |c: &str| row.get::<i64, _>(c) as u64;
+    eprintln!(
+        "runs: {} success, {} timeout; workers: {total:?}",
+        get("successes"),
+        get("timeouts")
+    );
+    assert_eq!(get("tasks"), all);
+    assert_eq!(get("completed"), all, "a task was left unfinished");
+    assert_eq!(get("doubled"), 0, "a task completed twice");
+    assert_eq!(get("successes"), all);
+    assert_eq!(get("other"), 0, "a run was left running or failed");
+
+    // Every run a handler executed succeeded, and no other run did: an outcome lost with a
+    // connection would leave its run to time out and the task to run again. A timed-out
+    // run may only be a claim whose reply was lost, which no handler ever saw.
+    let succeeded: HashSet<(uuid::Uuid, i32)> =
+        sqlx::query_as("SELECT task_id, run_number FROM runs WHERE status = 'success'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let calls = calls.lock().unwrap();
+    let executed: HashSet<(uuid::Uuid, i32)> = calls
+        .iter()
+        .map(|(task, run)| (task.0, *run as i32))
+        .collect();
+    assert_eq!(executed.len(), calls.len(), "one run was executed twice");
+    let lost: Vec<_> = executed.difference(&succeeded).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "{} executed runs did not succeed (their outcomes were lost), e.g. {lost:?}",
+        executed.difference(&succeeded).count()
+    );
+    assert_eq!(
+        executed, succeeded,
+        "a run succeeded that no handler executed"
+    );
+
+    // A completion whose commit succeeded but whose reply was lost is retried and then
+    // reported stale: never counted twice, never lost.
+    assert_eq!(total.failed, 0);
+    assert!(
+        total.completed <= all,
+        "completions counted twice: {total:?}"
+    );
+    assert!(total.completed + total.stale >= all, "{total:?}");
+}
+
+/// A worker whose database is down when it starts: a plain connect fails at once with a
+/// clear error; a retrying connect logs each failure and succeeds once the port opens.
+async fn unreachable_at_start(url: String) {
+    let (logs, _capture) = Logs::capture();
+    let parsed = url::Url::parse(&url).unwrap();
+    let upstream =
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let mut proxy = Proxy::closed(upstream);
+    let target = proxy.addr().to_string();
+    let mut proxied = parsed.clone();
+    proxied.set_host(Some("127.0.0.1")).unwrap();
+    proxied.set_port(Some(proxy.addr().port())).unwrap();
+    let proxied = proxied.to_string();
+
+    let err = Client::connect(&proxied)
+        .await
+        .expect_err("nothing listens yet");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("database unavailable at {target}: ")),
+        "{shown}"
+    );
+    if let Some(password) = parsed.password() {
+        assert!(!shown.contains(password), "{shown}");
+    }
+
+    let retry = ConnectRetry {
+        first_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(400),
+        give_up_after: Some(Duration::from_secs(30)),
+    };
+    let connecting = tokio::spawn({
+        let proxied = proxied.clone();
+        async move { Client::connect_with_retry(&proxied, &retry).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !connecting.is_finished(),
+        "connect_with_retry returned while the port was closed"
+    );
+    let failures = logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("cannot connect to the database; retrying") && l.contains(&target))
+        .count();
+    assert!(failures >= 3, "each failure is logged:\n{}", logs.text());
+
+    proxy.listen().await;
+    let opened = Instant::now();
+    let client = tokio::time::timeout(Duration::from_secs(20), connecting)
+        .await
+        .expect("connected within 20 s of the server answering")
+        .unwrap()
+        .expect("connects once the server answers");
+    eprintln!(
+        "{failures} failed attempts logged in the first second; connected {:?} after the port opened",
+        opened.elapsed()
+    );
+
+    let n = 50;
+    client
+        .create_tasks(
+            (0..n)
+                .map(|i| NewTask::new(format!("t{i}"), "late-start"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        client
+            .worker("late-start")
+            .concurrency(4)
+            .exit_when_idle(true)
+            .handle_signals(false)
+            .poll_interval(Duration::from_millis(50))
+            .run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.completed, n as u64);
+    let counts = client.count_tasks(None).await.unwrap();
+    assert_eq!(counts.get(&TaskStatus::Completed), Some(&(n as u64)));
+}
+
+/// A server that answers but refuses the connection (here: no such database) gives a
+/// clear error at once; retrying would only hang a misconfigured worker.
+async fn refused_connect(url: String) {
+    let mut wrong = url::Url::parse(&url).unwrap();
+    let database = format!("hive_no_such_db_{}", uuid::Uuid::new_v4().simple());
+    wrong.set_path(&database);
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        Client::connect_with_retry(wrong.as_str(), &ConnectRetry::default()),
+    )
+    .await
+    .expect("a refused connect is not retried")
+    .expect_err("the database does not exist");
+    let shown = err.to_string();
+    assert!(
+        !shown.starts_with("database unavailable"),
+        "the server answered: {shown}"
+    );
+    assert!(shown.contains(&database), "{shown}");
+}
+
+/// A pool of two connections feeding sixteen concurrent handlers: claims, completions,
+/// heartbeats and the reaper queue for connections, yet no lease runs out waiting.
+async fn pool_of_two(url: String) {
+    let options = ConnectOptions {
+        max_connections: Some(2),
+        ..ConnectOptions::default()
+    };
+    let store = hive_store::connect_with(&url, &options).await.unwrap();
+    let c = Client::from_store(store, OpsConfig::default());
+    let n = size(500, 5000);
+    let ids = c
+        .create_tasks(
+            (0..n)
+                .map(|i| NewTask::new(format!("t{i}"), "slow"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let report = tokio::time::timeout(
+        Duration::from_secs(600),
+        c.worker("small-pool")
+            .concurrency(16)
+            .lease(Duration::from_secs(3))
+            // Reap often, so a lease that ran out would be taken back during the drain.
+            .reap_interval(Duration::from_millis(250))
+            .exit_when_idle(true)
+            .handle_signals(false)
+            .poll_interval(Duration::from_millis(50))
+            .run(|_ctx: TaskContext| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, TaskError>(())
+            }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    eprintln!(
+        "{n} tasks of 100 ms through 2 connections at concurrency 16 in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        report,
+        WorkerReport {
+            completed: n as u64,
+            ..WorkerReport::default()
+        }
+    );
+    for id in ids {
+        let runs = c.list_runs(id).await.unwrap();
+        let statuses: Vec<RunStatus> = runs.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [RunStatus::Success],
+            "task {id}: a lease ran out while waiting for a connection"
+        );
+    }
+}
