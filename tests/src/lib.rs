@@ -6,7 +6,7 @@
 /// filter `sqlite::`). Each case is `async fn case(c: C)`, where `C` is what the calling
 /// file's `$setup(Arc<dyn Store>) -> C` builds from the fresh store:
 ///
-/// ```ignore
+/// ```text
 /// hive_tests::on_backends!(client => drains_the_queue, retries_then_fails);
 /// ```
 ///
