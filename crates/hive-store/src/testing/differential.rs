@@ -4,10 +4,14 @@
 //!
 //! Each store mints its own ids (UUIDv7) and timestamps, so both are taken out before
 //! comparing: ids become names given in creation order (`t3` for the fourth plain task,
-//! `p1.b` for subtask `b` of the second plan, `t3#2` for its second run), timestamps
-//! become "set" or null. Lists whose order the [`Store`] contract leaves open (cancelled
-//! dependents, reaped tasks, released tasks) are sorted; ordered ones (queue order, finish
-//! reports) are compared as they come.
+//! `p1.n2` for subtask `n2` of the second plan, `t3#2` for its second run), timestamps
+//! become "set" or "unset". Lists whose order the [`Store`] contract leaves open (cancelled
+//! dependents, reaped, released and unregistered tasks) are sorted; ordered ones (queue
+//! order, claims, finish reports, plans newest first) are compared as they come. With
+//! SQLite the in-process notifications of each step are compared too.
+//!
+//! Each case gets fresh stores (a new SQLite file, a new Postgres schema), so a shrunk
+//! sequence replays from nothing. `HIVE_DIFF_TRACE=1` prints every step and its result.
 //!
 //! [`agrees_with_memory`] drives it with proptest, so a failure shrinks to a minimal
 //! sequence of [`Op`]s, printed with the first divergence; [`compare`] replays a given
