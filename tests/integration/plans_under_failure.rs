@@ -22,7 +22,7 @@ use hive_store::testing::size;
 use hive_tests::{Rng, mix_all};
 use serde_json::json;
 
-use crate::worker::{add_report, assert_nothing_open, spawn_workers};
+use crate::worker::{assert_nothing_open, join_recording, spawn_workers};
 
 const NODES: usize = 20;
 const MAX_RETRIES: u32 = 2;
@@ -201,30 +201,23 @@ async fn random_plans_under_failure(c: Client) {
         final_events.entry(plan_id).or_default().push(status);
     };
     let mut workers = spawn_workers(&c, "dag", WORKERS, 4, handler);
-    let mut report = WorkerReport::default();
     let limit = Duration::from_secs(if hive_store::testing::soak() {
         900
     } else {
         120
     });
-    let drained = tokio::time::timeout(limit, async {
-        loop {
-            tokio::select! {
-                Some(p) = events.recv() => record(p),
-                joined = workers.join_next() => match joined {
-                    Some(r) => add_report(&mut report, &r.unwrap().unwrap()),
-                    None => break,
-                },
-            }
+    let drained = join_recording(&mut workers, &mut events, limit, &mut record).await;
+    let finished = drained.is_some();
+    let report = match drained {
+        Some(report) => report,
+        None => {
+            // Stuck work (say, a descendant left waiting on a failed parent) is named more
+            // precisely by the checks below than by the timeout; the test fails either way.
+            workers.abort_all();
+            eprintln!("seed {seed}: workers did not finish the plans within {limit:?}");
+            WorkerReport::default()
         }
-    })
-    .await;
-    if drained.is_err() {
-        // Stuck work (say, a descendant left waiting on a failed parent) is named more
-        // precisely by the checks below than by the timeout; the test fails either way.
-        workers.abort_all();
-        eprintln!("seed {seed}: workers did not finish the plans within {limit:?}");
-    }
+    };
     while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
         record(p);
     }
@@ -268,7 +261,7 @@ async fn random_plans_under_failure(c: Client) {
     assert!(plans_by_status.contains_key(&PlanStatus::Failed));
     assert!(plans_by_status.contains_key(&PlanStatus::Completed));
     assert!(
-        drained.is_ok(),
+        finished,
         "seed {seed}: workers did not finish within {limit:?}"
     );
     eprintln!(

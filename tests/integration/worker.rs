@@ -76,6 +76,30 @@ pub(crate) async fn join_workers(
     total
 }
 
+/// Joins the workers, feeding every event that arrives meanwhile to `record`. Returns the
+/// summed reports, or `None` when they did not all stop within `limit`.
+pub(crate) async fn join_recording(
+    workers: &mut JoinSet<hive_client::Result<WorkerReport>>,
+    events: &mut hive_client::Subscription,
+    limit: Duration,
+    mut record: impl FnMut(hive_client::Published),
+) -> Option<WorkerReport> {
+    let mut report = WorkerReport::default();
+    let drained = tokio::time::timeout(limit, async {
+        loop {
+            tokio::select! {
+                Some(p) = events.recv() => record(p),
+                joined = workers.join_next() => match joined {
+                    Some(r) => add_report(&mut report, &r.expect("worker task").expect("worker run")),
+                    None => break,
+                },
+            }
+        }
+    })
+    .await;
+    drained.ok().map(|()| report)
+}
+
 /// Asserts that no task is left queued, assigned or in progress.
 pub(crate) async fn assert_nothing_open(c: &Client) {
     for status in [
@@ -130,7 +154,6 @@ async fn eight_workers_complete_each_task_once(c: Client) {
     let mut events = c.subscribe().await.unwrap();
     let started = Instant::now();
     let mut workers = spawn_workers(&c, "w", WORKERS, CONCURRENCY, handler);
-    let mut report = WorkerReport::default();
     let mut completions: HashMap<TaskId, u32> = HashMap::with_capacity(total);
     // Only this client's own events: other tests' schemas on the same Postgres database
     // share the notification channel, so remote events may name tasks of theirs.
@@ -144,19 +167,9 @@ async fn eight_workers_complete_each_task_once(c: Client) {
     } else {
         120
     });
-    let drained = tokio::time::timeout(limit, async {
-        loop {
-            tokio::select! {
-                Some(p) = events.recv() => record(p),
-                joined = workers.join_next() => match joined {
-                    Some(r) => add_report(&mut report, &r.unwrap().unwrap()),
-                    None => break,
-                },
-            }
-        }
-    })
-    .await;
-    assert!(drained.is_ok(), "workers did not drain within {limit:?}");
+    let report = join_recording(&mut workers, &mut events, limit, &mut record)
+        .await
+        .unwrap_or_else(|| panic!("workers did not drain within {limit:?}"));
     let elapsed = started.elapsed();
     // Every event was published before its worker returned; take what is still buffered.
     while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {

@@ -35,7 +35,7 @@ pub use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, Run, RunId, RunStatus,
     SubTask, Task, TaskId, TaskStatus, Worker, WorkerId, WorkerStatus,
 };
-pub use hive_ops::{Event, EventOrigin, Ops, OpsConfig, Published};
+pub use hive_ops::{Event, EventOrigin, Ops, OpsConfig, Published, Subscription};
 pub use hive_store::{ConnectOptions, Store};
 pub use worker::{
     Handler, ShutdownHandle, TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerReport,

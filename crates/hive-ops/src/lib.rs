@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use config::OpsConfig;
 pub use error::{Error, Result};
-pub use events::{Event, EventBus, EventOrigin, Published};
+pub use events::{Event, EventBus, EventOrigin, Published, Subscription};
 pub use hive_models as models;
 pub use hive_store as store;
 pub use plans::PlanSummary;
