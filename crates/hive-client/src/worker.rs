@@ -558,8 +558,13 @@ impl Runtime {
                 && self.cfg.exit_when_idle
                 && running.is_empty()
                 && self.slots.available_permits() == concurrency;
-            if idle && self.nothing_left().await? {
-                break;
+            if idle {
+                match self.nothing_left().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    // A blip must not end a worker; the next wake-up or tick checks again.
+                    Err(e) => tracing::warn!(worker = %self.id, error = %e, "idle check failed"),
+                }
             }
             tokio::select! {
                 _ = self.wake.notified() => look = true,
