@@ -14,9 +14,6 @@ use clap::{Args, ValueEnum};
 /// The Postgres server used when neither `--postgres-url` nor `HIVE_TEST_POSTGRES_URL` names one.
 const DEFAULT_POSTGRES_URL: &str = "postgres://root@127.0.0.1:5432/test";
 
-/// Lines tests print to report a measurement; the soak collects them into its summary.
-const FIGURE_PREFIX: &str = "FIGURE ";
-
 #[derive(Args)]
 pub struct SoakArgs {
     /// Which backend's tests to run.
@@ -137,9 +134,9 @@ fn run_pass(backend: &'static str, postgres_url: &str) -> Result<Pass> {
     }
     let mut child = cmd.spawn().context("running cargo test")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    let echo_err = std::thread::spawn(move || scan(BufReader::new(stderr), true));
+    let echo_err = std::thread::spawn(move || scan(BufReader::new(stderr), true, backend));
     let stdout = child.stdout.take().context("no stdout pipe")?;
-    let (mut figures, tests) = scan(BufReader::new(stdout), false);
+    let (mut figures, tests) = scan(BufReader::new(stdout), false, backend);
     let (err_figures, _) = echo_err.join().unwrap_or_default();
     figures.extend(err_figures);
     let status = child.wait()?;
@@ -153,7 +150,7 @@ fn run_pass(backend: &'static str, postgres_url: &str) -> Result<Pass> {
 }
 
 /// Echoes a test run's output, returning its figure lines and how many tests passed.
-fn scan(reader: impl BufRead, to_stderr: bool) -> (Vec<String>, usize) {
+fn scan(reader: impl BufRead, to_stderr: bool, backend: &str) -> (Vec<String>, usize) {
     let mut figures = Vec::new();
     let mut passed = 0;
     for line in reader.lines().map_while(|l| l.ok()) {
@@ -162,8 +159,8 @@ fn scan(reader: impl BufRead, to_stderr: bool) -> (Vec<String>, usize) {
         } else {
             println!("{line}");
         }
-        if let Some(f) = line.strip_prefix(FIGURE_PREFIX) {
-            figures.push(f.to_owned());
+        if is_figure(&line, backend) {
+            figures.push(line.clone());
         }
         if let Some(n) = passed_count(&line) {
             passed += n;
@@ -171,6 +168,17 @@ fn scan(reader: impl BufRead, to_stderr: bool) -> (Vec<String>, usize) {
     }
     let _ = std::io::stdout().flush();
     (figures, passed)
+}
+
+/// A measurement a test reported: `sqlite: 8 workers … in 26.39s` or
+/// `RECOVERY sqlite: SIGKILL to completed in 3.03s …` (a capitalized tag, then the backend).
+fn is_figure(line: &str, backend: &str) -> bool {
+    let rest = match line.split_once(' ') {
+        Some((tag, rest)) if !tag.is_empty() && tag.chars().all(|c| c.is_ascii_uppercase()) => rest,
+        _ => line,
+    };
+    rest.strip_prefix(backend)
+        .is_some_and(|r| r.starts_with(": ") || r.starts_with(' '))
 }
 
 /// `test result: ok. 3 passed; 0 failed; …` → 3.
@@ -186,7 +194,23 @@ fn passed_count(line: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::passed_count;
+    use super::{is_figure, passed_count};
+
+    #[test]
+    fn recognises_figures() {
+        assert!(is_figure(
+            "sqlite: 8 workers × 8 drained 160000 tasks in 26.39s",
+            "sqlite"
+        ));
+        assert!(is_figure(
+            "RECOVERY sqlite: SIGKILL to completed in 3.03s",
+            "sqlite"
+        ));
+        assert!(is_figure("DRAIN postgres: 20000 shell tasks", "postgres"));
+        assert!(!is_figure("test sqlite::x ... ok", "sqlite"));
+        assert!(!is_figure("sqlite::random_plans: seed 5", "sqlite"));
+        assert!(!is_figure("memory: 3 tasks", "sqlite"));
+    }
 
     #[test]
     fn reads_the_passed_count() {
