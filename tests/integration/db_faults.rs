@@ -426,19 +426,7 @@ async fn unreachable_at_start(url: String) {
         )
         .await
         .unwrap();
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        client
-            .worker("late-start")
-            .concurrency(4)
-            .exit_when_idle(true)
-            .handle_signals(false)
-            .poll_interval(Duration::from_millis(50))
-            .run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let report = crate::worker::drain_with_noop_worker(&client, "late-start").await;
     assert_eq!(report.completed, n as u64);
     let counts = client.count_tasks(None).await.unwrap();
     assert_eq!(counts.get(&TaskStatus::Completed), Some(&(n as u64)));

@@ -7,9 +7,7 @@
 
 use std::time::Duration;
 
-use hive_client::{
-    Client, ConnectOptions, ConnectRetry, NewTask, OpsConfig, TaskContext, TaskError,
-};
+use hive_client::{Client, ConnectOptions, ConnectRetry, NewTask, OpsConfig};
 use hive_store::{DatabaseUrl, PostgresStore};
 use sqlx::Connection;
 
@@ -202,19 +200,7 @@ async fn dropped_connections(url: String) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(recovered, "the pool reconnected");
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        client
-            .worker("secret-keeper")
-            .concurrency(4)
-            .exit_when_idle(true)
-            .handle_signals(false)
-            .poll_interval(Duration::from_millis(50))
-            .run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let report = crate::worker::drain_with_noop_worker(&client, "secret-keeper").await;
     assert_eq!(report.completed, 20);
     for _ in 0..200 {
         if logs.text().contains("notification listener reconnected") {

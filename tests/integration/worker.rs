@@ -51,6 +51,22 @@ pub(crate) fn spawn_workers<H: Handler + Clone>(
     set
 }
 
+/// Runs one no-op worker of concurrency 4 until nothing is left, within 30 s.
+pub(crate) async fn drain_with_noop_worker(c: &Client, name: &str) -> WorkerReport {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        c.worker(name)
+            .concurrency(4)
+            .exit_when_idle(true)
+            .handle_signals(false)
+            .poll_interval(Duration::from_millis(50))
+            .run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }),
+    )
+    .await
+    .expect("the worker drained within 30 s")
+    .expect("the worker ran")
+}
+
 /// Adds one worker's report to a running total.
 pub(crate) fn add_report(total: &mut WorkerReport, r: &WorkerReport) {
     total.completed += r.completed;
