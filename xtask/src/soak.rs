@@ -103,14 +103,15 @@ fn cargo() -> String {
 fn check_postgres(url: &str) -> Result<()> {
     let shown = hive_store::DatabaseUrl::new(url).redacted();
     let runtime = tokio::runtime::Runtime::new()?;
+    // A bare connection: checking the server must not create anything in it.
     runtime
-        .block_on(hive_store::connect_with(
-            url,
-            &hive_store::ConnectOptions {
-                migrate: false,
-                ..Default::default()
-            },
-        ))
+        .block_on(async {
+            use sqlx::Connection;
+            sqlx::postgres::PgConnection::connect(url)
+                .await?
+                .close()
+                .await
+        })
         .with_context(|| format!("the Postgres soak needs a server; {shown} is unreachable"))?;
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! `hive`: the operators' command line over any Hive database.
 
 mod commands;
+mod logging;
 mod output;
 mod planfile;
 mod shell;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use hive_client::ConnectOptions;
+use hive_client::store::SchemaPolicy;
 
 /// Hive: tasks, workers and execution plans on SQLite or Postgres.
 #[derive(Parser)]
@@ -44,7 +48,9 @@ enum Command {
     Plan(commands::plan::PlanCommand),
     /// Tasks per status, active workers, plans in progress.
     Status,
-    /// Run a generated plan end to end on a fresh SQLite file, with in-process workers.
+    /// Run a generated plan end to end with in-process workers, on a fresh SQLite file in a
+    /// temporary directory (HIVE_DATABASE_URL is ignored; give --database-url on the command
+    /// line to use another database).
     Demo(commands::demo::DemoArgs),
 }
 
@@ -52,27 +58,50 @@ enum Command {
 #[derive(Debug)]
 pub struct Context {
     pub database_url: String,
+    /// Whether `--database-url` was given on the command line (not from the environment
+    /// or the default): `hive demo` uses a temporary database unless it was.
+    pub database_url_given: bool,
     pub json: bool,
 }
 
 impl Context {
+    /// A client on a database that must already hold Hive's schema: reading and changing
+    /// existing work never creates a database or tables (a typo in a path is an error, not
+    /// an empty database).
     pub async fn client(&self) -> anyhow::Result<hive_client::Client> {
-        Ok(hive_client::Client::connect(&self.database_url).await?)
+        self.client_with(SchemaPolicy::Existing).await
+    }
+
+    /// A client that may create the schema in an empty (or new SQLite) database, for
+    /// commands that create work; a database holding other tables and no Hive schema is
+    /// refused.
+    pub async fn client_creating(&self) -> anyhow::Result<hive_client::Client> {
+        self.client_with(SchemaPolicy::MigrateIfOwned).await
+    }
+
+    pub async fn client_with(&self, schema: SchemaPolicy) -> anyhow::Result<hive_client::Client> {
+        let options = ConnectOptions {
+            schema,
+            ..Default::default()
+        };
+        Ok(
+            hive_client::Client::connect_with(&self.database_url, &options, Default::default())
+                .await?,
+        )
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HIVE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let _log = logging::init("warn");
     let ctx = Context {
         database_url: cli.database_url,
+        database_url_given: given_on_command_line(&matches, "database_url"),
         json: cli.json,
     };
     let result = match cli.command {
@@ -88,8 +117,21 @@ async fn main() -> ExitCode {
         Err(e) => {
             // One line naming the problem; the chain is joined so nothing is hidden.
             let message = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            logging::eprint_line(&format!("error: {message}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether a (global) argument was given on the command line, at the top or on the
+/// subcommand that was run.
+fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
+    let mut m = Some(matches);
+    while let Some(level) = m {
+        if level.value_source(id) == Some(ValueSource::CommandLine) {
+            return true;
+        }
+        m = level.subcommand().map(|(_, sub)| sub);
+    }
+    false
 }

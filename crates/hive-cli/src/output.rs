@@ -1,11 +1,39 @@
-//! Output: aligned tables for people, JSON for scripts.
+//! Output: aligned tables for people, JSON for scripts. Every line goes through
+//! [`write_line`], so a closed stdout (`hive … | head -1`) ends the command quietly instead
+//! of panicking the way `println!` does.
+
+use std::io::{self, Write};
 
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
+/// Prints a formatted line on stdout (see [`write_line`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Writes one line on stdout. When stdout is closed (the reader went away) the process
+/// exits at once with status 0: whoever stopped reading has what they wanted, as with
+/// standard Unix tools.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // Any other failure to print (a full disk behind a redirect) is the command's
+        // failure, reported on stderr without a panic.
+        crate::logging::eprint_line(&format!("error: cannot write to stdout: {e}"));
+        std::process::exit(1);
+    }
+}
+
 /// Prints `value` as pretty JSON.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -17,7 +45,7 @@ pub fn table<const N: usize>(header: [&str; N], rows: impl IntoIterator<Item = [
     for row in rows {
         t.add_row(row);
     }
-    println!("{t}");
+    outln!("{t}");
 }
 
 /// Formats an optional value, `-` when absent.

@@ -5,19 +5,35 @@
 //! make itself idempotent, or behave differently on a retry:
 //!
 //! - `HIVE_TASK_ID`: the task's id.
-//! - `HIVE_RUN_ID`: this attempt's run id (the lease token; a later attempt has another).
-//! - `HIVE_ATTEMPT`: the task's attempt count including this one (1 on the first run;
-//!   runs given back at shutdown do not count).
+//! - `HIVE_RUN_ID`: this run's id (the lease token; every run has another).
+//! - `HIVE_RUN_NUMBER`: 1 for the task's first run, then 2, 3, … for every later run,
+//!   including a run that follows one given back at shutdown or taken back from a dead
+//!   worker. It only grows, so it is the fencing token to hand to an external system
+//!   ("ignore writes from a run number lower than one already seen").
+//! - `HIVE_ATTEMPT`: the attempts counted against `max_retries`, this one included (1 on the
+//!   first run). A run given back at shutdown does not count, so its successor sees the
+//!   same attempt number again; use `HIVE_RUN_NUMBER` to tell runs apart.
 //! - `HIVE_WORKER_ID`: the worker running it.
+//!
+//! Every command runs in a process group of its own, and the whole group is killed when
+//! the task stops: on `timeout_secs`, when the handler is dropped (the worker's shutdown
+//! grace ran out, or the run was cancelled), and after `sh` exits, so a background child
+//! never outlives its task.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use hive_client::{TaskContext, TaskError, TaskOutput};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The task type this handler runs.
 pub const SHELL: &str = "shell";
+
+/// At most this much of a command's stdout and stderr each is kept as the run's log.
+const MAX_LOG_BYTES: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +41,62 @@ struct ShellPayload {
     command: String,
     #[serde(default)]
     timeout_secs: Option<u64>,
+}
+
+/// Checks a `shell` payload as the handler will read it, so a task it would refuse is
+/// refused when it is created rather than failing when it runs.
+pub fn validate_payload(payload: &serde_json::Value) -> Result<(), String> {
+    parse(payload).map(drop)
+}
+
+fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
+    let p: ShellPayload = serde_json::from_value(payload.clone()).map_err(|e| {
+        format!(
+            "invalid shell payload: {e}; expected {{\"command\": \"...\", \"timeout_secs\": N}}"
+        )
+    })?;
+    if p.command.trim().is_empty() {
+        return Err("invalid shell payload: `command` is empty".into());
+    }
+    if p.timeout_secs == Some(0) {
+        return Err("invalid shell payload: `timeout_secs` must be at least 1".into());
+    }
+    Ok(p)
+}
+
+/// A child's process group, killed (SIGKILL) when this guard is dropped: on every way out of
+/// the handler, including the handler's future being dropped mid-run.
+struct ProcessGroup(Pid);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // ESRCH (the group is gone already) is the normal case after a clean exit.
+        let _ = killpg(self.0, Signal::SIGKILL);
+    }
+}
+
+/// Reads a pipe to its end, keeping the first [`MAX_LOG_BYTES`] bytes.
+async fn collect(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut dropped = 0usize;
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_LOG_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                dropped += n.saturating_sub(room);
+            }
+        }
+    }
+    if dropped > 0 {
+        kept.extend_from_slice(format!("\n[{dropped} more bytes not kept]\n").as_bytes());
+    }
+    kept
 }
 
 /// Runs one shell task; stdout and stderr become the run's output log.
@@ -35,39 +107,51 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             ctx.task.task_type
         )));
     }
-    let payload: ShellPayload = serde_json::from_value(ctx.task.payload.clone()).map_err(|e| {
-        TaskError::permanent(format!(
-            "invalid shell payload: {e}; expected {{\"command\": \"...\", \"timeout_secs\": N}}"
-        ))
-    })?;
-    let child = tokio::process::Command::new("sh")
+    let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&payload.command)
         .env("HIVE_TASK_ID", ctx.task.id.to_string())
         .env("HIVE_RUN_ID", ctx.run.id.to_string())
+        .env("HIVE_RUN_NUMBER", ctx.run.run_number.to_string())
         .env("HIVE_ATTEMPT", ctx.task.attempts.to_string())
         .env("HIVE_WORKER_ID", ctx.run.worker_id.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| TaskError::new(format!("cannot start sh: {e}")))?;
-    let waited = child.wait_with_output();
-    let output = match payload.timeout_secs {
-        Some(secs) => match tokio::time::timeout(Duration::from_secs(secs), waited).await {
-            Ok(out) => out,
-            Err(_) => return Err(TaskError::new(format!("command timed out after {secs}s"))),
-        },
-        None => waited.await,
-    }
-    .map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?;
+    let group = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(|pid| ProcessGroup(Pid::from_raw(pid)));
+    let stdout = tokio::spawn(collect(child.stdout.take()));
+    let stderr = tokio::spawn(collect(child.stderr.take()));
+    let exited = match payload.timeout_secs {
+        Some(secs) => tokio::time::timeout(Duration::from_secs(secs), child.wait())
+            .await
+            .map_err(|_| secs),
+        None => Ok(child.wait().await),
+    };
+    // Whatever `sh` left running in its group goes with it; then the pipes reach their end.
+    drop(group);
     let log = format!(
         "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&stdout.await.unwrap_or_default()),
+        String::from_utf8_lossy(&stderr.await.unwrap_or_default())
     );
-    match output.status.code() {
+    let status = match exited {
+        Ok(status) => status.map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?,
+        Err(secs) => {
+            return Err(
+                TaskError::new(format!("command timed out after {secs}s and was killed"))
+                    .with_log(log),
+            );
+        }
+    };
+    match status.code() {
         Some(0) => Ok(TaskOutput {
             result: Some(serde_json::json!({"exit_code": 0})),
             log: Some(log),

@@ -5,6 +5,7 @@
 //! live task early nor hold their own leases too short or too long.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod support;
 
 use std::collections::HashMap;
@@ -14,35 +15,6 @@ use hive_client::{RunStatus, TaskStatus};
 use hive_store::testing::size;
 use support::{Harness, eventually, logging_command, poll_until, read_log};
 use tokio::time::Instant;
-
-/// One test per case and backend, in modules named after the backends (so `sqlite::` and
-/// `postgres::` select them); Postgres cases report a skip when no server is configured.
-macro_rules! process_tests {
-    (all: [$($case:ident),+ $(,)?], postgres_only: [$($pg_case:ident),* $(,)?]) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let ts = hive_store::testing::sqlite().await.expect("an SQLite store");
-                    crate::support::run_case("sqlite", ts, super::$case).await;
-                }
-            )+
-        }
-        mod postgres {
-            $( process_tests!(@postgres $case); )+
-            $( process_tests!(@postgres $pg_case); )*
-        }
-    };
-    (@postgres $case:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            match hive_store::testing::postgres().await {
-                Some(ts) => crate::support::run_case("postgres", ts, super::$case).await,
-                None => hive_store::testing::report_skip(concat!("postgres::", stringify!($case))),
-            }
-        }
-    };
-}
 
 process_tests!(
     all: [

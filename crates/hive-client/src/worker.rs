@@ -291,6 +291,41 @@ impl WorkerBuilder {
         self
     }
 
+    /// The heartbeat interval in effect: the one set, else a third of the lease.
+    fn heartbeat_every(&self) -> Duration {
+        self.heartbeat_interval
+            .unwrap_or(self.lease / 3)
+            .max(Duration::from_millis(10))
+    }
+
+    /// Refuses timings that contradict each other, before anything is claimed: a lease
+    /// that heartbeats cannot keep alive would let a healthy worker's tasks be taken back
+    /// and run twice.
+    fn validate(&self) -> Result<()> {
+        let invalid = |field: &str, reason: String| -> Result<()> {
+            Err(hive_models::Error::InvalidField {
+                field: field.into(),
+                reason,
+            }
+            .into())
+        };
+        if self.lease.is_zero() {
+            return invalid("lease", "must be longer than zero".into());
+        }
+        let beat = self.heartbeat_every();
+        if beat.saturating_mul(2) > self.lease {
+            return invalid(
+                "heartbeat_interval",
+                format!(
+                    "{beat:?} is not well under the lease of {:?}: a heartbeat must come at \
+                     least twice per lease, or a healthy worker's tasks expire and run twice",
+                    self.lease
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// A handle that stops this worker when it runs.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.clone())
@@ -299,6 +334,7 @@ impl WorkerBuilder {
     /// Runs until shutdown (signal, handle, or idle with `exit_when_idle`), then releases
     /// what it still holds and unregisters.
     pub async fn run<H: Handler>(self, handler: H) -> Result<WorkerReport> {
+        self.validate()?;
         let id = WorkerId::parse(&self.id)?;
         let runtime = Runtime::start(self, id, Arc::new(handler)).await?;
         runtime.run().await
@@ -458,11 +494,7 @@ impl Runtime {
         let client = self.cfg.client.clone();
         let id = self.id.clone();
         let registration = self.registration();
-        let every = self
-            .cfg
-            .heartbeat_interval
-            .unwrap_or(self.cfg.lease / 3)
-            .max(Duration::from_millis(10));
+        let every = self.cfg.heartbeat_every();
         set.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

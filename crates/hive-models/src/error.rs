@@ -30,6 +30,14 @@ pub enum Error {
     /// A string that is not a valid identifier.
     #[error("invalid {kind} id `{value}`")]
     InvalidId { kind: &'static str, value: String },
+    /// A change refused because other work still needs the row (deleting a task of a
+    /// running plan, or one that unfinished tasks wait for).
+    #[error("{kind} `{id}` is in use: {reason}")]
+    InUse {
+        kind: &'static str,
+        id: String,
+        reason: String,
+    },
 }
 
 /// Why a plan's subtasks were rejected, naming the subtask ids involved.

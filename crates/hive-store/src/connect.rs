@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{DatabaseUrl, Error, MemoryStore, Result, Store};
+use crate::{DatabaseUrl, Error, MemoryStore, Result, SchemaPolicy, Store};
 
 /// How to open a store. Pool settings may also come from the URL
 /// (`?max_connections=N&acquire_timeout_secs=S` on Postgres and SQLite URLs).
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// Apply the embedded migrations on connect (default true).
-    pub migrate: bool,
+    /// What connecting may do to the schema (default: create or upgrade it).
+    pub schema: SchemaPolicy,
     /// Pool size; the backend's default when `None`.
     pub max_connections: Option<u32>,
     /// How long to wait for a pooled connection before `Unavailable`.
@@ -20,7 +20,7 @@ pub struct ConnectOptions {
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
-            migrate: true,
+            schema: SchemaPolicy::Migrate,
             max_connections: None,
             acquire_timeout: None,
         }
@@ -28,7 +28,7 @@ impl Default for ConnectOptions {
 }
 
 /// Opens `memory:`, `sqlite:PATH` (created if missing), `sqlite::memory:` or
-/// `postgres://…`, applying migrations.
+/// `postgres://…`, applying migrations (see [`ConnectOptions::schema`] for the others).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     connect_with(url, &ConnectOptions::default()).await
 }

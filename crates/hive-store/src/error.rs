@@ -22,6 +22,15 @@ pub enum Error {
     /// The database cannot be reached. `target` names host and port, never credentials.
     #[error("database unavailable at {target}: {reason}")]
     Unavailable { target: String, reason: String },
+    /// The disk or the database is full (`SQLITE_FULL`, Postgres `disk_full`). Nothing was
+    /// written; the same call succeeds once room is made, so it is transient.
+    #[error("storage full at {target}: {reason}")]
+    StorageFull { target: String, reason: String },
+    /// The database as configured cannot be used, and retrying will not change that: a
+    /// missing file or directory, a read-only file asked to write, a refused login, an
+    /// unknown database, a database that is not Hive's.
+    #[error("cannot use the database at {target}: {reason}")]
+    Misconfigured { target: String, reason: String },
     /// A URL this build cannot open.
     #[error("unsupported database url `{0}`: expected memory:, sqlite:PATH or postgres://…")]
     UnsupportedUrl(String),
@@ -44,9 +53,13 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same call later may succeed (connection loss, lock timeouts).
+    /// Whether retrying the same call later may succeed (connection loss, lock timeouts,
+    /// a full disk).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Conflict(_))
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Conflict(_) | Error::StorageFull { .. }
+        )
     }
 }
 

@@ -16,6 +16,7 @@ mod connect;
 mod error;
 mod memory;
 mod notify;
+mod schema;
 mod store;
 mod types;
 mod url;
@@ -34,6 +35,7 @@ pub use connect::{ConnectOptions, connect, connect_with};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
 pub use notify::{ChangeKind, Notification, Notifier};
+pub use schema::{MIGRATIONS_TABLE, SchemaPolicy};
 #[cfg(feature = "mock")]
 pub use store::MockStore;
 pub use store::Store;
@@ -44,6 +46,8 @@ pub use url::DatabaseUrl;
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(all(feature = "sqlite", feature = "testing"))]
+pub use sqlite::TxFault;
 
 /// Re-exported so callers name one crate for the models the store persists.
 pub use hive_models as models;

@@ -610,7 +610,18 @@ impl Store for MemoryStore {
     }
 
     async fn delete_task(&self, id: TaskId) -> Result<bool> {
-        Ok(self.lock().remove_task(id))
+        let mut s = self.lock();
+        let Some(task) = s.task(id) else {
+            return Ok(false);
+        };
+        let plan_status = task.plan_id.and_then(|p| s.plans.get(&p)).map(|p| p.status);
+        let open_dependents = s.dependents.get(&id).map_or(0, |ds| {
+            ds.iter()
+                .filter(|d| s.task(**d).is_some_and(|t| !t.status.is_terminal()))
+                .count()
+        });
+        task.check_deletable(plan_status, open_dependents)?;
+        Ok(s.remove_task(id))
     }
 
     async fn prune_tasks(&self, p: &PruneParams) -> Result<u64> {

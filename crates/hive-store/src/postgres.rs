@@ -88,7 +88,14 @@ use crate::{
     WorkerRegistration,
 };
 
-static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+fn migrator() -> Migrator {
+    let mut m = sqlx::migrate!("../../migrations/postgres");
+    m.dangerous_set_table_name(crate::MIGRATIONS_TABLE);
+    m
+}
+
+/// The tables Hive's schema creates, to tell them from an app's own.
+const HIVE_TABLES: &[&str] = &["plans", "tasks", "task_dependencies", "runs", "workers"];
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,6 +144,15 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
                 c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
                     unavailable(message)
                 }
+                "53100" => Error::StorageFull {
+                    target: target.to_owned(),
+                    reason: message,
+                },
+                // a refused login, an unknown database or role: asking again cannot help
+                c if c.starts_with("28") || c == "3D000" => Error::Misconfigured {
+                    target: target.to_owned(),
+                    reason: message,
+                },
                 _ => Error::Database(message),
             }
         }
@@ -282,7 +298,7 @@ impl PostgresStore {
             Error::UnsupportedUrl(url.redacted())
         })?;
         let options = ConnectOptions {
-            migrate: options.migrate,
+            schema: options.schema,
             max_connections: options.max_connections.or(settings.max_connections),
             acquire_timeout: options.acquire_timeout.or(settings.acquire_timeout),
         };
@@ -332,15 +348,33 @@ impl PostgresStore {
                 .await
                 .map_err(|e| match map_sqlx(e, &target) {
                     // A server that answered and refused (no such database, a rejected login)
-                    // is not unavailable: retrying the same connect cannot succeed.
+                    // is misconfigured, not unavailable: retrying the same connect cannot
+                    // succeed.
                     Error::Database(reason) => Error::Database(scrub(reason, password)),
+                    Error::Misconfigured { target, reason } => Error::Misconfigured {
+                        target,
+                        reason: scrub(reason, password),
+                    },
                     Error::Unavailable { target, reason } => Error::Unavailable {
                         target,
                         reason: scrub(reason, password),
                     },
                     other => other,
                 })?;
-        if options.migrate {
+        let action = crate::schema::resolve(
+            &mut crate::schema::SqlCatalog {
+                conn: &mut conn,
+                tables_sql: "SELECT table_name::text FROM information_schema.tables \
+                             WHERE table_schema = current_schema() ORDER BY 1",
+            },
+            options.schema,
+            &migrator(),
+            HIVE_TABLES,
+            &target,
+            |e| map_sqlx(e, &target),
+        )
+        .await?;
+        if action == crate::schema::Action::Migrate {
             Self::run_migrations(&mut conn).await?;
         }
         // Closing politely is a courtesy; the connection is dropped either way.
@@ -369,7 +403,7 @@ impl PostgresStore {
         // `run_direct` rather than `run`: `run`'s `Acquire` bound makes the future of every
         // caller non-`Send` (sqlx's "not general enough" limitation), and `connect` must be
         // spawnable.
-        MIGRATOR
+        migrator()
             .run_direct(None, conn, false)
             .await
             .map_err(|e| Error::Migration(e.to_string()))
@@ -1483,6 +1517,32 @@ impl Store for PostgresStore {
 
     async fn delete_task(&self, id: TaskId) -> Result<bool> {
         self.retrying(|| async move {
+            let mut tx = self.pool.begin().await?;
+            let Some(row) = sqlx::query(concat!(select_tasks!(), "WHERE t.id = $1 FOR UPDATE"))
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(false);
+            };
+            let task = rows::task(&row)?;
+            let check = sqlx::query(concat!(
+                "SELECT (SELECT p.status FROM plans p WHERE p.id = $2) AS plan_status, \
+                        (SELECT count(*) FROM task_dependencies d JOIN tasks x ON x.id = d.task_id \
+                         WHERE d.depends_on = $1 AND x.status NOT IN ",
+                terminal_statuses!(),
+                ") AS open_dependents"
+            ))
+            .bind(id.0)
+            .bind(task.plan_id.map(|p| p.0))
+            .fetch_one(&mut *tx)
+            .await?;
+            let plan_status = rows::get::<Option<String>>(&check, "plan_status", "plans")?
+                .map(|s| s.parse::<PlanStatus>())
+                .transpose()
+                .map_err(|e| rows::corrupt("plans", e.to_string()))?;
+            let open: i64 = rows::get(&check, "open_dependents", "tasks")?;
+            task.check_deletable(plan_status, usize::try_from(open).unwrap_or(usize::MAX))?;
             let n: i64 = sqlx::query_scalar(
                 "WITH gone AS (DELETE FROM tasks WHERE id = $1 RETURNING id, status), \
                  unblocked AS ( \
@@ -1492,8 +1552,9 @@ impl Store for PostgresStore {
                  SELECT count(*) FROM gone",
             )
             .bind(id.0)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(n > 0)
         })
         .await

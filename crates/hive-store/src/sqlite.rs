@@ -49,14 +49,15 @@ macro_rules! plan_columns {
     };
 }
 
+mod connect;
 mod db;
 mod plans;
 mod runs;
 mod tasks;
+mod tx;
 mod workers;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,10 +65,7 @@ use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId, Timestamp,
     Worker, WorkerId, WorkerStatus,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
+use sqlx::SqlitePool;
 use tokio::sync::broadcast;
 
 use crate::{
@@ -76,6 +74,7 @@ use crate::{
     StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
 };
 use db::{Fail, R};
+use tx::{Faults, WriteTx};
 
 /// WAL; every write in `BEGIN IMMEDIATE` on a single writer connection.
 #[derive(Debug)]
@@ -87,140 +86,44 @@ pub struct SqliteStore {
     notifier: Notifier,
     /// The database path, for `Unavailable` errors.
     target: String,
+    faults: Faults,
 }
 
-/// Readers when neither the URL nor the options say.
-const DEFAULT_READERS: u32 = 4;
-/// How long a write waits for another process's write lock before `Unavailable`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A `sqlite:` URL split into what sqlx understands and the pool settings it does not.
-#[derive(Debug)]
-struct ParsedUrl {
-    /// `sqlite://PATH[?params sqlx knows]`.
-    sqlx_url: String,
-    path: String,
-    in_memory: bool,
-    max_connections: Option<u32>,
-    acquire_timeout: Option<Duration>,
-}
-
-impl ParsedUrl {
-    fn parse(url: &DatabaseUrl) -> Result<ParsedUrl> {
-        let unsupported = || Error::UnsupportedUrl(url.redacted());
-        let text = url.expose();
-        let rest = text.strip_prefix("sqlite:").ok_or_else(unsupported)?;
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut max_connections = None;
-        let mut acquire_timeout = None;
-        let mut kept = url::form_urlencoded::Serializer::new(String::new());
-        let mut in_memory = path == ":memory:";
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            match &*k {
-                "max_connections" => {
-                    max_connections = Some(v.parse::<u32>().map_err(|_| unsupported())?);
-                }
-                "acquire_timeout_secs" => {
-                    let secs = v.parse::<f64>().map_err(|_| unsupported())?;
-                    let d = Duration::try_from_secs_f64(secs).map_err(|_| unsupported())?;
-                    acquire_timeout = Some(d);
-                }
-                _ => {
-                    in_memory |= k == "mode" && v == "memory";
-                    kept.append_pair(&k, &v);
-                }
-            }
-        }
-        if path.is_empty() && !in_memory {
-            return Err(unsupported());
-        }
-        let kept = kept.finish();
-        // `sqlite://` + the path keeps an absolute path absolute when sqlx strips the scheme.
-        let sqlx_url = if kept.is_empty() {
-            format!("sqlite://{path}")
-        } else {
-            format!("sqlite://{path}?{kept}")
-        };
-        Ok(ParsedUrl {
-            sqlx_url,
-            path: if path.is_empty() {
-                ":memory:".into()
-            } else {
-                path.into()
-            },
-            in_memory,
-            max_connections,
-            acquire_timeout,
-        })
-    }
+/// A fault a test injects into the next write transaction (see
+/// [`SqliteStore::inject_fault`]).
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxFault {
+    /// The next `COMMIT` fails without committing.
+    Commit,
+    /// The next `ROLLBACK` fails without rolling back, leaving the transaction open.
+    Rollback,
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database a `sqlite:PATH`, `sqlite://PATH` or
-    /// `sqlite::memory:` URL names, applying migrations when `options.migrate`.
+    /// Opens the database a `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` URL names,
+    /// creating, migrating, using or refusing it as `options.schema` says.
     /// `max_connections` sizes the reader pool; writes always use one connection.
     pub async fn connect(url: &DatabaseUrl, options: &ConnectOptions) -> Result<SqliteStore> {
-        let parsed = ParsedUrl::parse(url)?;
-        let target = parsed.path.clone();
-        let sql_err = |e: sqlx::Error| match e {
-            sqlx::Error::Configuration(_) => Error::UnsupportedUrl(url.redacted()),
-            e => db::map_sqlx(&target, e),
-        };
-        let acquire = parsed
-            .acquire_timeout
-            .or(options.acquire_timeout)
-            .unwrap_or(DEFAULT_ACQUIRE_TIMEOUT);
-        let readers = parsed
-            .max_connections
-            .or(options.max_connections)
-            .unwrap_or(DEFAULT_READERS)
-            .max(1);
-        let base = SqliteConnectOptions::from_str(&parsed.sqlx_url)
-            .map_err(sql_err)?
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = |size: u32| {
-            SqlitePoolOptions::new()
-                .max_connections(size)
-                .acquire_timeout(acquire)
-                // A local file needs no liveness ping before each use.
-                .test_before_acquire(false)
-        };
-        let (reader, writer) = if parsed.in_memory {
-            // Every connection to `:memory:` is its own database, so there is exactly one,
-            // and it must never be closed for idleness or age: that would drop the data.
-            let opts = base.shared_cache(false);
-            let only = pool(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(opts)
-                .await
-                .map_err(sql_err)?;
-            (only.clone(), only)
-        } else {
-            let opts = base
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                // In WAL mode NORMAL loses nothing when the application crashes, only
-                // possibly the last commits when the machine loses power.
-                .synchronous(SqliteSynchronous::Normal);
-            // The writer connects first: it creates the file and switches it to WAL.
-            let writer = pool(1).connect_with(opts.clone()).await.map_err(sql_err)?;
-            let reader = pool(readers).connect_with(opts).await.map_err(sql_err)?;
-            (reader, writer)
-        };
-        if options.migrate {
-            migrate(&writer).await?;
-        }
+        let opened = connect::open(url, options).await?;
         Ok(SqliteStore {
-            reader,
-            writer,
+            reader: opened.reader,
+            writer: opened.writer,
             notifier: Notifier::new(),
-            target,
+            target: opened.target,
+            faults: Faults::default(),
         })
+    }
+
+    /// Makes the next write transaction's `COMMIT` or `ROLLBACK` fail, for tests of how the
+    /// store recovers.
+    #[cfg(feature = "testing")]
+    pub fn inject_fault(&self, fault: TxFault) {
+        use std::sync::atomic::Ordering;
+        match fault {
+            TxFault::Commit => self.faults.commit.store(true, Ordering::SeqCst),
+            TxFault::Rollback => self.faults.rollback.store(true, Ordering::SeqCst),
+        }
     }
 
     fn error(&self, f: Fail) -> Error {
@@ -233,31 +136,26 @@ impl SqliteStore {
 
     /// Opens a write transaction holding the write lock from the start, so it can never
     /// fail half-way with "database is locked" when it upgrades from reading to writing.
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
+    async fn begin(&self) -> Result<WriteTx> {
+        WriteTx::begin(&self.writer)
             .await
             .map_err(|e| self.sql_error(e))
     }
 
     /// Commits when the operation succeeded (then sends its notifications), rolls back
-    /// when it failed.
-    async fn end<T>(
-        &self,
-        tx: Transaction<'static, Sqlite>,
-        outcome: R<T>,
-        notes: Vec<Notification>,
-    ) -> Result<T> {
+    /// when it failed. Either way the writer connection is left idle or replaced.
+    async fn end<T>(&self, tx: WriteTx, outcome: R<T>, notes: Vec<Notification>) -> Result<T> {
         match outcome {
             Ok(v) => {
-                tx.commit().await.map_err(|e| self.sql_error(e))?;
+                tx.commit(&self.faults)
+                    .await
+                    .map_err(|e| self.sql_error(e))?;
                 self.notifier.send_all(notes);
                 Ok(v)
             }
             Err(f) => {
-                // The operation's error is the one to report. Should the rollback fail too,
-                // sqlx rolls back again when the dropped transaction's connection is reused.
-                let _ = tx.rollback().await;
+                // The operation's error is the one to report.
+                tx.rollback(&self.faults).await;
                 Err(self.error(f))
             }
         }
@@ -265,19 +163,6 @@ impl SqliteStore {
 
     fn read<T>(&self, outcome: R<T>) -> Result<T> {
         outcome.map_err(|f| self.error(f))
-    }
-}
-
-/// Applies the embedded migrations. Two processes opening a new file at once may race; the
-/// loser's attempt fails on the migration record and a second attempt finds it applied.
-async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let migrator = sqlx::migrate!("../../migrations/sqlite");
-    match migrator.run(pool).await {
-        Ok(()) => Ok(()),
-        Err(_) => migrator
-            .run(pool)
-            .await
-            .map_err(|e| Error::Migration(e.to_string())),
     }
 }
 

@@ -209,7 +209,8 @@ async fn migrations_are_harmless_twice_and_concurrently() {
         );
     }
     let applied: i64 = sqlx::query(AssertSqlSafe(format!(
-        "SELECT count(*) AS n FROM {schema}._sqlx_migrations WHERE success"
+        "SELECT count(*) AS n FROM {schema}.{} WHERE success",
+        hive_store::MIGRATIONS_TABLE
     )))
     .fetch_one(&mut admin)
     .await

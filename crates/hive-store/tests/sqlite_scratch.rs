@@ -10,7 +10,10 @@ use std::time::Duration;
 use hive_store::models::{
     NewPlan, NewTask, PlanStatus, RunId, SubTask, TaskId, TaskStatus, WorkerId,
 };
-use hive_store::{ClaimParams, Error, Finished, Outcome, RunOutcome, Store, TaskFilter};
+use hive_store::{
+    ClaimParams, ConnectOptions, Error, Finished, Outcome, RunOutcome, SchemaPolicy, Store,
+    TaskFilter,
+};
 
 fn file_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite:{}", dir.path().join("hive.db").display())
@@ -123,11 +126,13 @@ async fn file_url_forms_wal_and_table_names() {
 
 #[tokio::test]
 async fn errors_are_portable() {
+    // A path that cannot exist is a configuration error (not worth retrying), not an outage.
     match hive_store::connect("sqlite:/nonexistent-hive-dir/sub/hive.db").await {
-        Err(Error::Unavailable { target, .. }) => {
-            assert_eq!(target, "/nonexistent-hive-dir/sub/hive.db")
+        Err(Error::Misconfigured { target, reason }) => {
+            assert_eq!(target, "/nonexistent-hive-dir/sub/hive.db");
+            assert!(reason.contains("does not exist"), "{reason}");
         }
-        other => panic!("expected unavailable, got {other:?}"),
+        other => panic!("expected misconfigured, got {other:?}"),
     }
     for bad in [
         "sqlite:",
@@ -287,4 +292,101 @@ fn cp(worker: &str, limit: u32) -> ClaimParams {
         limit,
         lease: Duration::from_secs(60),
     }
+}
+
+async fn open(url: &str, schema: SchemaPolicy) -> Result<Arc<dyn Store>, Error> {
+    let options = ConnectOptions {
+        schema,
+        ..Default::default()
+    };
+    hive_store::connect_with(url, &options).await
+}
+
+fn refusal(r: Result<Arc<dyn Store>, Error>) -> String {
+    match r {
+        Err(Error::Misconfigured { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn schema_policies_never_turn_a_foreign_or_missing_database_into_hives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.db");
+    let url = format!("sqlite:{}", path.display());
+    // Reading a file that does not exist says so, and creates nothing.
+    let r = refusal(open(&url, SchemaPolicy::Existing).await);
+    assert!(r.contains("does not exist"), "{r}");
+    assert!(!path.exists());
+
+    // An app's own database: refused for reading and for creating work, untouched.
+    let foreign = dir.path().join("app.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", foreign.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE customers (id INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let foreign_url = format!("sqlite:{}", foreign.display());
+    let r = refusal(open(&foreign_url, SchemaPolicy::Existing).await);
+    assert!(
+        r.contains("not a Hive database") && r.contains("customers"),
+        "{r}"
+    );
+    let r = refusal(open(&foreign_url, SchemaPolicy::MigrateIfOwned).await);
+    assert!(r.contains("hive migrate"), "{r}");
+    let tables = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(tables(pool.clone()).await, vec!["customers".to_owned()]);
+    // `hive migrate` (the Migrate policy) adds Hive's tables when asked to.
+    open(&foreign_url, SchemaPolicy::Migrate).await.unwrap();
+    assert!(tables(pool.clone()).await.contains(&"tasks".to_owned()));
+
+    // An empty database is created for work, and then readable.
+    let fresh = format!("sqlite:{}", dir.path().join("fresh.db").display());
+    let s = open(&fresh, SchemaPolicy::MigrateIfOwned).await.unwrap();
+    s.insert_tasks(vec![NewTask::new("a", "x")]).await.unwrap();
+    let read = open(&fresh, SchemaPolicy::Existing).await.unwrap();
+    assert_eq!(
+        read.list_tasks(&TaskFilter::default()).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_an_earlier_build_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = file_url(&dir);
+    let s = open(&url, SchemaPolicy::Migrate).await.unwrap();
+    s.insert_tasks(vec![NewTask::new("a", "x")]).await.unwrap();
+    drop(s);
+    // Earlier builds kept Hive's migrations in sqlx's default table.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {} RENAME TO _sqlx_migrations",
+        hive_store::MIGRATIONS_TABLE
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Read as it is, then adopted by the first connect that may write.
+    let read = open(&url, SchemaPolicy::Existing).await.unwrap();
+    assert_eq!(
+        read.list_tasks(&TaskFilter::default()).await.unwrap().len(),
+        1
+    );
+    open(&url, SchemaPolicy::MigrateIfOwned).await.unwrap();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name LIKE '%migrations'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(names, vec![hive_store::MIGRATIONS_TABLE.to_owned()]);
 }

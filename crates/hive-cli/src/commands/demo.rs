@@ -8,7 +8,7 @@ use clap::Args;
 use hive_client::{Client, NewPlan, PlanStatus, SubTask, TaskContext, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::Context;
+use crate::{Context, output};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -64,20 +64,23 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.subtasks == 0 || args.workers == 0 {
         anyhow::bail!("--subtasks and --workers must be at least 1");
     }
-    // Without an explicit --database-url, a fresh file in a temporary directory.
-    let explicit = std::env::args().any(|a| a.starts_with("--database-url"))
-        || std::env::var_os("HIVE_DATABASE_URL").is_some();
+    // A fresh file in a temporary directory unless --database-url is given on this command
+    // line: HIVE_DATABASE_URL names the operator's real database, which a demo must not fill.
     let dir = tempfile::tempdir()?;
-    let url = if explicit {
+    let url = if ctx.database_url_given {
         ctx.database_url.clone()
     } else {
         format!("sqlite:{}", dir.path().join("demo.db").display())
     };
-    let client = Client::connect(&url).await?;
+    let options = hive_client::ConnectOptions {
+        schema: hive_client::store::SchemaPolicy::MigrateIfOwned,
+        ..Default::default()
+    };
+    let client = Client::connect_with(&url, &options, Default::default()).await?;
     let plan = generate(args.subtasks);
     let started = Instant::now();
     let plan_id = client.submit_plan(plan).await?;
-    println!(
+    output::outln!(
         "submitted plan {plan_id} ({} subtasks) on {}",
         args.subtasks,
         hive_client::store::DatabaseUrl::new(&url)
@@ -115,13 +118,13 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     bar.set_position(u64::from(plan.completed_subtasks));
     bar.finish_and_clear();
     let secs = elapsed.as_secs_f64();
-    println!(
+    output::outln!(
         "{} tasks in {secs:.2}s ({:.1} tasks/s) with {} workers",
         plan.completed_subtasks,
         f64::from(plan.completed_subtasks) / secs.max(1e-9),
         args.workers
     );
-    println!("plan {plan_id}: {}", plan.status);
+    output::outln!("plan {plan_id}: {}", plan.status);
     Ok(if plan.status == PlanStatus::Completed {
         ExitCode::SUCCESS
     } else {

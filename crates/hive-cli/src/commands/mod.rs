@@ -13,8 +13,9 @@ use serde::Serialize;
 use crate::{Context, output};
 
 pub async fn migrate(ctx: &Context) -> anyhow::Result<ExitCode> {
-    ctx.client().await?;
-    println!(
+    ctx.client_with(hive_client::store::SchemaPolicy::Migrate)
+        .await?;
+    output::outln!(
         "migrated {}",
         hive_client::store::DatabaseUrl::new(&ctx.database_url)
     );
@@ -49,9 +50,10 @@ pub async fn status(ctx: &Context) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(s, n)| [s.to_string(), n.to_string()]),
     );
-    println!(
+    output::outln!(
         "\nactive workers: {}\nplans in progress: {}",
-        status.active_workers, status.plans_in_progress
+        status.active_workers,
+        status.plans_in_progress
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use hive_client::PlanId;
 
-use crate::{Context, output, planfile};
+use crate::{Context, output, planfile, shell};
 
 #[derive(Subcommand)]
 pub enum PlanCommand {
@@ -33,11 +33,15 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PlanCommand::Submit { file } => {
             let plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
-            let id = ctx.client().await?.submit_plan(plan).await?;
+            for st in plan.subtasks.iter().filter(|s| s.task_type == shell::SHELL) {
+                shell::validate_payload(&st.payload)
+                    .map_err(|e| anyhow!("subtask `{}`: {e}", st.id.escape_debug()))?;
+            }
+            let id = ctx.client_creating().await?.submit_plan(plan).await?;
             if ctx.json {
                 output::json(&serde_json::json!({ "id": id }))?;
             } else {
-                println!("{id}");
+                output::outln!("{id}");
             }
         }
         PlanCommand::Status { id } => {
@@ -52,7 +56,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 output::json(&summary)?;
             } else {
                 let p = &summary.plan;
-                println!(
+                output::outln!(
                     "plan {} — {}\nstatus: {}\nprogress: {:.1}% ({} of {} completed, {} failed, {} cancelled)\n",
                     p.id,
                     p.title,
@@ -102,7 +106,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             if !client.cancel_plan(id).await? {
                 anyhow::bail!("plan `{id}` is already {}", plan.status);
             }
-            println!("plan {id} cancelled");
+            output::outln!("plan {id} cancelled");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use hive_client::store::TaskFilter;
 use hive_client::{NewTask, Task, TaskId, TaskStatus};
 
-use crate::{Context, output};
+use crate::{Context, output, shell};
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
@@ -81,11 +81,14 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 new = new.payload(serde_json::from_str(&p).context("--payload is not valid JSON")?);
             }
             new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
-            let id = ctx.client().await?.create_task(new).await?;
+            if new.task_type == shell::SHELL {
+                shell::validate_payload(&new.payload).map_err(|e| anyhow!(e))?;
+            }
+            let id = ctx.client_creating().await?.create_task(new).await?;
             if ctx.json {
                 output::json(&serde_json::json!({ "id": id }))?;
             } else {
-                println!("{id}");
+                output::outln!("{id}");
             }
         }
         TaskCommand::Get { id } => {
@@ -137,21 +140,21 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             if !ctx.client().await?.update_task_status(id, st, None).await? {
                 return Err(not_found(id));
             }
-            println!("task {id} is now {st}");
+            output::outln!("task {id} is now {st}");
         }
         TaskCommand::Cancel { id } => {
             let id = task_id(&id)?;
             if !ctx.client().await?.cancel_task(id).await? {
                 return Err(not_found(id));
             }
-            println!("task {id} cancelled");
+            output::outln!("task {id} cancelled");
         }
         TaskCommand::Delete { id } => {
             let id = task_id(&id)?;
             if !ctx.client().await?.delete_task(id).await? {
                 return Err(not_found(id));
             }
-            println!("task {id} deleted");
+            output::outln!("task {id} deleted");
         }
         TaskCommand::Runs { id } => {
             let id = task_id(&id)?;

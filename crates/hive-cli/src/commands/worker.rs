@@ -49,6 +49,17 @@ pub struct Intervals {
     /// Longest wait between claims when no wake-up arrives (default 1000).
     #[arg(long, value_name = "MS")]
     poll_ms: Option<u64>,
+    /// After Ctrl-C or SIGTERM, how long running tasks may finish before they are stopped
+    /// (their commands killed) and given back to the queue (default 10).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    shutdown_grace: Option<Duration>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("`{s}` is not a number of seconds"))
 }
 
 impl Intervals {
@@ -61,6 +72,9 @@ impl Intervals {
         }
         if let Some(ms) = self.poll_ms {
             worker = worker.poll_interval(Duration::from_millis(ms));
+        }
+        if let Some(grace) = self.shutdown_grace {
+            worker = worker.shutdown_grace(grace);
         }
         worker
     }
@@ -100,16 +114,38 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
             if lease_secs == 0 {
                 anyhow::bail!("--lease-secs must be at least 1");
             }
+            if let Some(ms) = intervals.heartbeat_ms
+                && ms.saturating_mul(2) > lease_secs.saturating_mul(1000)
+            {
+                anyhow::bail!(
+                    "--heartbeat-ms {ms} is not well under --lease-secs {lease_secs}: a heartbeat \
+                     must come at least twice per lease, or this worker's tasks expire while it \
+                     runs them and start again elsewhere"
+                );
+            }
             let types = if types.is_empty() {
                 vec![shell::SHELL.to_owned()]
             } else {
                 types
             };
+            if let Some(t) = types.iter().find(|t| t.as_str() != shell::SHELL) {
+                anyhow::bail!(
+                    "`hive worker run` has no handler for task type `{t}`; it runs `{}` tasks \
+                     (write a worker with the SDK for other types)",
+                    shell::SHELL
+                );
+            }
             let id = id.unwrap_or_else(|| format!("{role}-{}-{}", hostname(), std::process::id()));
             // A worker started before its database (or during an outage) waits for it.
-            let client =
-                hive_client::Client::connect_with_retry(&ctx.database_url, &Default::default())
-                    .await?;
+            // A worker serves a database that exists: it creates neither the file nor the
+            // schema, so a wrong path fails at once instead of waiting on an empty database.
+            let options = hive_client::ConnectOptions {
+                schema: hive_client::store::SchemaPolicy::Existing,
+                ..Default::default()
+            };
+            let client = hive_client::ConnectRetry::default()
+                .connect_with(&ctx.database_url, &options, Default::default())
+                .await?;
             let worker = client
                 .worker(id.clone())
                 .role(role)
@@ -119,10 +155,10 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
                 .lease(Duration::from_secs(lease_secs))
                 .exit_when_idle(exit_when_idle);
             let report = intervals.apply(worker).run(shell::handle).await?;
-            eprintln!(
+            crate::logging::eprint_line(&format!(
                 "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
                 report.completed, report.failed, report.retried, report.stale, report.released
-            );
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)

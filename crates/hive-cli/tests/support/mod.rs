@@ -1,6 +1,11 @@
 //! Driving real `hive worker run` processes from a test: one database per test (SQLite file
 //! or fresh Postgres schema), process groups that can be frozen, resumed or killed as a
 //! whole, and polling of the store until a condition holds.
+//!
+//! Each test binary uses part of it.
+#![allow(dead_code, unused_macros)]
+
+pub mod db;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,38 +69,68 @@ impl Harness {
 
     fn spawn(&self, name: &str, clock_offset: Option<&str>, args: &[&str]) -> WorkerProcess {
         let hive = env!("CARGO_BIN_EXE_hive");
-        let mut cmd = match clock_offset {
+        // Each worker starts a session of its own (`setsid`, which keeps the pid), and the
+        // shell commands it runs stay in that session whatever process groups they get, so
+        // a signal to the session freezes, resumes or kills the whole "machine" at once.
+        let mut cmd = tokio::process::Command::new("setsid");
+        match clock_offset {
             Some(offset) => {
-                let mut c = tokio::process::Command::new(faketime());
-                c.args(["-f", offset, hive])
+                cmd.arg(faketime())
+                    .args(["-f", offset, hive])
                     // Only the wall clock is shifted: timers and intervals stay real.
                     .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                c
             }
-            None => tokio::process::Command::new(hive),
-        };
+            None => {
+                cmd.arg(hive);
+            }
+        }
         let stderr_path = self.dir.path().join(format!("{name}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("create a stderr file");
+        self.configure(&mut cmd, name, args);
+        cmd.stderr(stderr);
+        let child = cmd.spawn().expect("start `hive worker run`");
+        let sid = child.id().expect("a running child has a pid");
+        WorkerProcess {
+            name: name.to_owned(),
+            child,
+            sid,
+            stderr_path,
+        }
+    }
+
+    /// Starts `hive worker run ARGS` with its stderr a pipe the test controls, for tests of
+    /// a stderr that closes or stops draining.
+    pub fn worker_with_stderr_pipe(
+        &self,
+        name: &str,
+        args: &[&str],
+    ) -> (WorkerProcess, tokio::process::ChildStderr) {
+        let hive = env!("CARGO_BIN_EXE_hive");
+        let mut cmd = tokio::process::Command::new("setsid");
+        cmd.arg(hive);
+        self.configure(&mut cmd, name, args);
+        // Every statement logged: the most a closed or stalled stderr can be asked to take.
+        cmd.env("HIVE_LOG", "debug").stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start `hive worker run`");
+        let stderr = child.stderr.take().expect("a piped stderr");
+        let sid = child.id().expect("a running child has a pid");
+        let process = WorkerProcess {
+            name: name.to_owned(),
+            child,
+            sid,
+            stderr_path: self.dir.path().join(format!("{name}.stderr")),
+        };
+        (process, stderr)
+    }
+
+    fn configure(&self, cmd: &mut tokio::process::Command, name: &str, args: &[&str]) {
         cmd.args(["worker", "run", "--id", name])
             .args(args)
             .env("HIVE_DATABASE_URL", &self.url)
             .env_remove("HIVE_LOG")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // The worker and the shell commands it starts share one group, so a signal
-            // freezes, resumes or kills the whole "machine" at once.
-            .process_group(0);
-        let child = cmd.spawn().expect("start `hive worker run`");
-        let pgid = child.id().expect("a running child has a pid");
-        WorkerProcess {
-            name: name.to_owned(),
-            child,
-            pgid,
-            stderr_path,
-            exited: false,
-        }
+            .stdout(Stdio::null());
     }
 
     /// Creates shell tasks in one batch, each retried up to 3 times.
@@ -183,21 +218,40 @@ fn faketime() -> PathBuf {
     })
 }
 
-/// One `hive worker run` process and its process group. Dropping it kills the group unless
-/// it has already exited, so a failing test leaves no process behind.
+/// One `hive worker run` process and its session (every command it started). Dropping it
+/// kills the session, so a failing test leaves no process behind.
 pub struct WorkerProcess {
     pub name: String,
     child: tokio::process::Child,
-    pgid: u32,
+    /// The worker's pid, which is its session's id.
+    sid: u32,
     stderr_path: PathBuf,
-    exited: bool,
+}
+
+/// Sends `signal` to every process of a session.
+fn signal_session(sid: u32, signal: &str) -> bool {
+    std::process::Command::new("pkill")
+        .args([&format!("-{signal}"), "-s", &sid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl WorkerProcess {
-    /// Sends `signal` (a name `kill -s` accepts: STOP, CONT, KILL, TERM) to the whole group.
+    /// Sends `signal` (STOP, CONT, KILL, TERM …) to the whole session: the worker and every
+    /// command it runs.
     pub fn signal(&self, signal: &str) {
+        assert!(
+            signal_session(self.sid, signal),
+            "pkill -{signal} -s {} ({}) failed",
+            self.sid,
+            self.name
+        );
+    }
+
+    /// Sends `signal` to the worker process alone, as a supervisor stopping it would.
+    pub fn signal_worker(&self, signal: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-s", signal, "--", &format!("-{}", self.pgid)])
+            .args(["-s", signal, &self.sid.to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -s {signal} {} failed", self.name);
@@ -207,7 +261,6 @@ impl WorkerProcess {
     pub async fn crash(&mut self) {
         self.signal("KILL");
         self.child.wait().await.expect("reap the killed worker");
-        self.exited = true;
     }
 
     /// Waits for the process to exit by itself.
@@ -220,7 +273,6 @@ impl WorkerProcess {
                 self.stderr()
             ),
         };
-        self.exited = true;
         Exited {
             name: self.name.clone(),
             status,
@@ -235,11 +287,8 @@ impl WorkerProcess {
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
-        if !self.exited {
-            let _ = std::process::Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{}", self.pgid)])
-                .status();
-        }
+        // Commands outlive a worker only by a bug, but a failing test must not leak them.
+        signal_session(self.sid, "KILL");
     }
 }
 
@@ -374,4 +423,33 @@ pub fn read_log(log: &str) -> Vec<Execution> {
             }
         })
         .collect()
+}
+
+/// One test per case and backend, in modules named after the backends (so `sqlite::` and
+/// `postgres::` select them); Postgres cases report a skip when no server is configured.
+macro_rules! process_tests {
+    (all: [$($case:ident),+ $(,)?], postgres_only: [$($pg_case:ident),* $(,)?]) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let ts = hive_store::testing::sqlite().await.expect("an SQLite store");
+                    crate::support::run_case("sqlite", ts, super::$case).await;
+                }
+            )+
+        }
+        mod postgres {
+            $( process_tests!(@postgres $case); )+
+            $( process_tests!(@postgres $pg_case); )*
+        }
+    };
+    (@postgres $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            match hive_store::testing::postgres().await {
+                Some(ts) => crate::support::run_case("postgres", ts, super::$case).await,
+                None => hive_store::testing::report_skip(concat!("postgres::", stringify!($case))),
+            }
+        }
+    };
 }

@@ -33,6 +33,7 @@ impl Fail {
 mod code {
     pub const BUSY: i64 = 5;
     pub const LOCKED: i64 = 6;
+    pub const READONLY: i64 = 8;
     pub const IOERR: i64 = 10;
     pub const CORRUPT: i64 = 11;
     pub const FULL: i64 = 13;
@@ -54,17 +55,28 @@ pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
         sqlx::Error::PoolClosed => unavailable("the connection pool is closed".into()),
         sqlx::Error::WorkerCrashed => unavailable("the connection's worker thread stopped".into()),
         sqlx::Error::Io(e) => unavailable(e.to_string()),
-        sqlx::Error::Database(db) => {
-            let primary = db
-                .code()
-                .and_then(|c| c.parse::<i64>().ok())
-                .map_or(0, |c| c & 0xff);
+        sqlx::Error::Database(ref db) => {
+            let primary = primary_code(&e);
             let message = db.message().to_owned();
             match primary {
                 code::BUSY | code::LOCKED => {
                     unavailable(format!("database is locked by another writer: {message}"))
                 }
-                code::IOERR | code::FULL | code::CANTOPEN => unavailable(message),
+                code::FULL => Error::StorageFull {
+                    target: target.to_owned(),
+                    reason: message,
+                },
+                code::IOERR => unavailable(message),
+                code::CANTOPEN => Error::Misconfigured {
+                    target: target.to_owned(),
+                    reason: format!(
+                        "{message} (does the file's directory exist, and may this user open it?)"
+                    ),
+                },
+                code::READONLY => Error::Misconfigured {
+                    target: target.to_owned(),
+                    reason: format!("{message} (the file or its directory is read-only)"),
+                },
                 code::CORRUPT | code::NOTADB => Error::Corrupt {
                     table: "database",
                     reason: message,
@@ -82,6 +94,27 @@ pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
         },
         other => Error::Database(other.to_string()),
     }
+}
+
+/// The primary result code of a SQLite error, 0 for other errors.
+fn primary_code(e: &sqlx::Error) -> i64 {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map_or(0, |c| c & 0xff),
+        _ => 0,
+    }
+}
+
+/// Another connection holds the lock (past the busy timeout).
+pub(super) fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(primary_code(e), code::BUSY | code::LOCKED)
+}
+
+/// The file (or the directory its shared-memory file needs) cannot be written.
+pub(super) fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(primary_code(e), code::READONLY | code::CANTOPEN)
 }
 
 /// The database clock, read once per transaction so all its changes share one instant.

@@ -332,15 +332,25 @@ pub(super) async fn set_status(
 }
 
 pub(super) async fn delete(c: &mut Conn, id: TaskId) -> R<bool> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = ?1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *c)
-        .await?;
-    let Some(status) = status else {
+    let Some(task) = db::fetch_task(c, id).await? else {
         return Ok(false);
     };
+    let row = sqlx::query(
+        "SELECT (SELECT p.status FROM plans p WHERE p.id = ?2) AS plan_status, \
+                (SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.task_id \
+                 WHERE d.depends_on = ?1 \
+                   AND x.status NOT IN ('completed', 'failed', 'cancelled')) AS open_dependents",
+    )
+    .bind(id.to_string())
+    .bind(task.plan_id.map(|p| p.to_string()))
+    .fetch_one(&mut *c)
+    .await?;
+    let cols = Cols::new(&row, "tasks");
+    let plan_status: Option<PlanStatus> = cols.parse_opt("plan_status")?;
+    let open: i64 = cols.get("open_dependents")?;
+    task.check_deletable(plan_status, usize::try_from(open).unwrap_or(usize::MAX))?;
     // A completed dependency was already counted off its dependents.
-    if status != TaskStatus::Completed.as_str() {
+    if task.status != TaskStatus::Completed {
         decrement_dependents(c, &[id]).await?;
     }
     // Runs and dependency rows go with the task (ON DELETE CASCADE).

@@ -1,0 +1,314 @@
+//! Opening an SQLite database: the URL, the two pools, read-only files, the schema policy,
+//! and the guard that keeps a panicking connection thread from holding the write lock.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, SqliteConnection};
+
+use super::db;
+use crate::schema::{self, Action, MIGRATIONS_TABLE};
+use crate::{ConnectOptions, DatabaseUrl, Error, Result, SchemaPolicy};
+
+/// Readers when neither the URL nor the options say.
+const DEFAULT_READERS: u32 = 4;
+/// How long a write waits for another process's write lock before `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The name prefix of every SQLite connection thread Hive opens (see [`abort_on_panic`]).
+const THREAD_PREFIX: &str = "hive-sqlite-";
+/// The tables Hive's schema creates, to tell them from an app's own.
+const HIVE_TABLES: &[&str] = &["plans", "tasks", "task_dependencies", "runs", "workers"];
+
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("../../migrations/sqlite");
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+}
+
+/// A `sqlite:` URL split into what sqlx understands and the pool settings it does not.
+#[derive(Debug)]
+struct ParsedUrl {
+    /// `sqlite://PATH[?params sqlx knows]`.
+    sqlx_url: String,
+    path: String,
+    in_memory: bool,
+    max_connections: Option<u32>,
+    acquire_timeout: Option<Duration>,
+}
+
+impl ParsedUrl {
+    fn parse(url: &DatabaseUrl) -> Result<ParsedUrl> {
+        let unsupported = || Error::UnsupportedUrl(url.redacted());
+        let text = url.expose();
+        let rest = text.strip_prefix("sqlite:").ok_or_else(unsupported)?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut max_connections = None;
+        let mut acquire_timeout = None;
+        let mut kept = url::form_urlencoded::Serializer::new(String::new());
+        let mut in_memory = path == ":memory:";
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "max_connections" => {
+                    max_connections = Some(v.parse::<u32>().map_err(|_| unsupported())?);
+                }
+                "acquire_timeout_secs" => {
+                    let secs = v.parse::<f64>().map_err(|_| unsupported())?;
+                    let d = Duration::try_from_secs_f64(secs).map_err(|_| unsupported())?;
+                    acquire_timeout = Some(d);
+                }
+                _ => {
+                    in_memory |= k == "mode" && v == "memory";
+                    kept.append_pair(&k, &v);
+                }
+            }
+        }
+        if path.is_empty() && !in_memory {
+            return Err(unsupported());
+        }
+        let kept = kept.finish();
+        // `sqlite://` + the path keeps an absolute path absolute when sqlx strips the scheme.
+        let sqlx_url = if kept.is_empty() {
+            format!("sqlite://{path}")
+        } else {
+            format!("sqlite://{path}?{kept}")
+        };
+        Ok(ParsedUrl {
+            sqlx_url,
+            path: if path.is_empty() {
+                ":memory:".into()
+            } else {
+                path.into()
+            },
+            in_memory,
+            max_connections,
+            acquire_timeout,
+        })
+    }
+}
+
+/// The pools an opened database is used through.
+#[derive(Debug)]
+pub(super) struct Opened {
+    pub reader: SqlitePool,
+    pub writer: SqlitePool,
+    /// The database path, for errors.
+    pub target: String,
+}
+
+/// Opens the database a URL names under the schema policy: creating the file only when the
+/// policy may create the schema, falling back to reading only when the file cannot be
+/// written, then migrating, using or refusing it as [`schema::decide`] says.
+pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<Opened> {
+    let parsed = ParsedUrl::parse(url)?;
+    let target = parsed.path.clone();
+    let creates = options.schema != SchemaPolicy::Existing;
+    let misconfigured = |reason: &str| Error::Misconfigured {
+        target: target.clone(),
+        reason: reason.to_owned(),
+    };
+    if !parsed.in_memory && !creates && !Path::new(&parsed.path).exists() {
+        return Err(misconfigured(
+            "the database file does not exist (is the path right? `hive migrate`, \
+             `hive task create` or `hive plan submit` create it)",
+        ));
+    }
+    if !parsed.in_memory
+        && let Some(dir) = Path::new(&parsed.path).parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(misconfigured(&format!(
+            "the directory {} does not exist",
+            dir.display()
+        )));
+    }
+    abort_on_panic();
+    let sql_err = |e: sqlx::Error| match e {
+        sqlx::Error::Configuration(_) => Error::UnsupportedUrl(url.redacted()),
+        e => db::map_sqlx(&target, e),
+    };
+    let acquire = parsed
+        .acquire_timeout
+        .or(options.acquire_timeout)
+        .unwrap_or(DEFAULT_ACQUIRE_TIMEOUT);
+    let readers = parsed
+        .max_connections
+        .or(options.max_connections)
+        .unwrap_or(DEFAULT_READERS)
+        .max(1);
+    let base = SqliteConnectOptions::from_str(&parsed.sqlx_url)
+        .map_err(sql_err)?
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        .thread_name(|id| format!("{THREAD_PREFIX}{id}"));
+    let pool = |size: u32| {
+        SqlitePoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(acquire)
+            // A local file needs no liveness ping before each use.
+            .test_before_acquire(false)
+    };
+    let (reader, writer) = if parsed.in_memory {
+        // Every connection to `:memory:` is its own database, so there is exactly one,
+        // and it must never be closed for idleness or age: that would drop the data.
+        let opts = base.shared_cache(false);
+        let only = pool(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await
+            .map_err(sql_err)?;
+        (only.clone(), only)
+    } else {
+        // In WAL mode NORMAL loses nothing when the application crashes, only possibly the
+        // last commits when the machine loses power.
+        let mut opts = base
+            .create_if_missing(creates)
+            .synchronous(SqliteSynchronous::Normal);
+        if creates {
+            // Switching to WAL writes the file: only where the schema may be created. WAL
+            // is a property of the file, so a database Hive created is in WAL already.
+            opts = opts.journal_mode(SqliteJournalMode::Wal);
+        }
+        let opts = if creates {
+            opts
+        } else {
+            readable(opts, &parsed.path).await?
+        };
+        // The writer connects first: it creates the file and switches it to WAL.
+        let writer = pool(1).connect_with(opts.clone()).await.map_err(sql_err)?;
+        let reader = pool(readers).connect_with(opts).await.map_err(sql_err)?;
+        (reader, writer)
+    };
+    apply_policy(&writer, options.schema, &target).await?;
+    Ok(Opened {
+        reader,
+        writer,
+        target,
+    })
+}
+
+/// The options that can read the file: as given when it opens for writing or (a file this
+/// user cannot write) for reading. A file in a directory this user cannot write either has
+/// no shared-memory file SQLite could create; it is read as an immutable snapshot, without
+/// locks, but only when its write-ahead log is empty: otherwise the snapshot would miss the
+/// latest commits, and the error says what to do.
+async fn readable(opts: SqliteConnectOptions, path: &str) -> Result<SqliteConnectOptions> {
+    let target = path.to_owned();
+    let works = |o: SqliteConnectOptions| async move {
+        let mut c = SqliteConnection::connect_with(&o).await?;
+        let r = sqlx::query("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&mut c)
+            .await;
+        let _ = c.close().await;
+        r.map(drop)
+    };
+    match works(opts.clone()).await {
+        Ok(()) => Ok(opts),
+        Err(e) if db::is_read_only(&e) => {
+            let wal = std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+            if wal > 0 {
+                return Err(Error::Misconfigured {
+                    target,
+                    reason: "the file is read-only and its directory too, and its write-ahead \
+                             log holds commits that cannot be read without a shared-memory \
+                             file there: let a writer checkpoint it (or make the directory \
+                             writable)"
+                        .into(),
+                });
+            }
+            let immutable = opts.read_only(true).immutable(true);
+            works(immutable.clone())
+                .await
+                .map_err(|e| db::map_sqlx(&target, e))?;
+            tracing::info!(
+                "the SQLite database and its directory are read-only: reading it as an \
+                 immutable snapshot"
+            );
+            Ok(immutable)
+        }
+        Err(e) => Err(db::map_sqlx(&target, e)),
+    }
+}
+
+/// Inspects the schema and migrates, uses or refuses the database as the policy says.
+async fn apply_policy(pool: &SqlitePool, policy: SchemaPolicy, target: &str) -> Result<()> {
+    let err = |e: sqlx::Error| db::map_sqlx(target, e);
+    let migrator = migrator();
+    let mut conn = pool.acquire().await.map_err(err)?;
+    let action = schema::resolve(
+        &mut schema::SqlCatalog {
+            conn: &mut *conn,
+            tables_sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+        },
+        policy,
+        &migrator,
+        HIVE_TABLES,
+        target,
+        err,
+    )
+    .await?;
+    drop(conn);
+    match action {
+        Action::Use => Ok(()),
+        Action::Migrate => migrate(pool, &migrator).await,
+    }
+}
+
+/// Applies the embedded migrations. Two processes opening a new file at once may race; the
+/// loser's attempt fails on the migration record and a second attempt finds it applied.
+async fn migrate(pool: &SqlitePool, migrator: &sqlx::migrate::Migrator) -> Result<()> {
+    match migrator.run(pool).await {
+        Ok(()) => Ok(()),
+        Err(_) => migrator
+            .run(pool)
+            .await
+            .map_err(|e| Error::Migration(e.to_string())),
+    }
+}
+
+/// Makes a panic on one of Hive's SQLite connection threads abort the process.
+///
+/// Such a thread owns its connection; a panic there (a logger writing to a closed stderr,
+/// say) can leave that connection open inside a transaction, holding the database's write
+/// lock while every other writer, in this process and others, waits for it forever. Ending
+/// the process releases the lock at once (the operating system closes the file), and a
+/// worker's leases bring its tasks back. Panics on any other thread keep the hook that was
+/// installed before.
+fn abort_on_panic() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let on_connection = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(THREAD_PREFIX));
+            if !on_connection {
+                previous(info);
+                return;
+            }
+            let message = format!(
+                "hive: an SQLite connection thread panicked ({info}); aborting so that its \
+                 write lock is released\n"
+            );
+            // Printed from another thread, and not waited for long: stderr may be a pipe
+            // nobody drains, and the abort must not wait on it.
+            let (done, wait) = std::sync::mpsc::channel();
+            let _ = std::thread::Builder::new().spawn(move || {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(message.as_bytes());
+                let _ = done.send(());
+            });
+            let _ = wait.recv_timeout(Duration::from_millis(200));
+            std::process::abort();
+        }));
+    });
+}
