@@ -8,4 +8,5 @@ mod proxy;
 mod retries;
 mod sdk;
 mod secrets;
+mod storage_faults;
 mod worker;

@@ -1,10 +1,27 @@
 //! A TCP proxy for fault tests: it owns a local port that refuses connections until the
-//! test starts it, then forwards every connection to the real server.
+//! test starts it, then forwards every connection to the real server, and can cut a
+//! connection at the moment its client sends `COMMIT`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// Where to cut a connection whose client sends `COMMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The server never sees the COMMIT: the transaction is rolled back.
+    BeforeCommit,
+    /// The server gets the COMMIT but the reply never reaches the client.
+    AfterCommit,
+}
+
+const NO_CUT: u8 = 0;
+const CUT_BEFORE: u8 = 1;
+const CUT_AFTER: u8 = 2;
 
 /// A proxy in front of `upstream`. Until [`Proxy::listen`], its port is closed, so a client
 /// sees exactly what it sees when the database server is down.
@@ -13,6 +30,8 @@ pub struct Proxy {
     addr: SocketAddr,
     upstream: SocketAddr,
     forwarding: Option<JoinHandle<()>>,
+    /// The armed cut (one of the constants above), taken by the first COMMIT seen.
+    cut: Arc<AtomicU8>,
 }
 
 impl Proxy {
@@ -25,6 +44,7 @@ impl Proxy {
             addr,
             upstream,
             forwarding: None,
+            cut: Arc::new(AtomicU8::new(NO_CUT)),
         }
     }
 
@@ -33,23 +53,69 @@ impl Proxy {
         self.addr
     }
 
+    /// Cuts the next connection that sends `COMMIT`, as `cut` says.
+    pub fn cut_next_commit(&self, cut: Cut) {
+        let v = match cut {
+            Cut::BeforeCommit => CUT_BEFORE,
+            Cut::AfterCommit => CUT_AFTER,
+        };
+        self.cut.store(v, Ordering::SeqCst);
+    }
+
     /// Opens the port and forwards each accepted connection to the upstream server.
     pub async fn listen(&mut self) {
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("re-bind the reserved proxy port");
         let upstream = self.upstream;
+        let cut = self.cut.clone();
         self.forwarding = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let cut = cut.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
                         // Either side closing ends the pair; errors just mean a closed peer.
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        let _ = forward(client, server, cut).await;
                     }
                 });
             }
         }));
     }
+}
+
+/// Copies both ways; the client's bytes are watched for an armed cut.
+async fn forward(client: TcpStream, server: TcpStream, cut: Arc<AtomicU8>) -> std::io::Result<()> {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let down = tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from_client.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let commit = chunk.windows(6).any(|w| w == b"COMMIT");
+        let armed = if commit {
+            cut.swap(NO_CUT, Ordering::SeqCst)
+        } else {
+            NO_CUT
+        };
+        match armed {
+            CUT_BEFORE => break,
+            CUT_AFTER => {
+                // Stop relaying replies first, so the COMMIT's never arrives.
+                down.abort();
+                to_server.write_all(chunk).await?;
+                // Long enough for the server to run it; its reply is dropped with the pair.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                break;
+            }
+            _ => to_server.write_all(chunk).await?,
+        }
+    }
+    down.abort();
+    Ok(())
 }
 
 impl Drop for Proxy {

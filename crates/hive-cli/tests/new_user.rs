@@ -322,9 +322,10 @@ fn a_read_only_database_can_be_read() {
         } else {
             std::process::Command::new(hive)
         };
-        let out = cmd
-            .env("HIVE_DATABASE_URL", &url)
-            .args(args)
+        cmd.env("HIVE_DATABASE_URL", &url).args(args);
+        // A worker that cannot write must say so and stop, not wait.
+        let out = Command::from_std(cmd)
+            .timeout(Duration::from_secs(30))
             .output()
             .unwrap();
         (
@@ -345,6 +346,7 @@ fn a_read_only_database_can_be_read() {
         r#"{"command":"true"}"#,
     ]);
     let (ok3, status, _) = as_user(&["--json", "status"]);
+    let (ok5, _, stderr5) = as_user(&["worker", "run", "--role", "r"]);
     // Checkpointed, with no log or shared-memory file left beside it to use.
     chmod(&dir, 0o755).unwrap();
     chmod(&file, 0o644).unwrap();
@@ -366,6 +368,9 @@ fn a_read_only_database_can_be_read() {
     chmod(&dir, 0o755).unwrap();
     chmod(&file, 0o644).unwrap();
     assert!(ok4 && stdout4.contains("kept"), "{stdout4}{stderr4}");
+    assert!(!ok5, "a worker on a read-only database stops");
+    assert_eq!(stderr5.lines().count(), 1, "one clear line: {stderr5}");
+    assert!(stderr5.contains("read-only"), "{stderr5}");
     assert!(ok && stdout.contains("kept"), "{stdout}{stderr}");
     assert!(
         !ok2 && stderr2.contains("read-only"),

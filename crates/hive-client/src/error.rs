@@ -9,6 +9,15 @@ pub enum Error {
     Ops(#[from] hive_ops::Error),
 }
 
+impl Error {
+    /// Whether retrying the same call later may succeed (see [`hive_ops::Error::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Ops(e) => e.is_transient(),
+        }
+    }
+}
+
 impl From<hive_store::Error> for Error {
     fn from(e: hive_store::Error) -> Self {
         Error::Ops(e.into())

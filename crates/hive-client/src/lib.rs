@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 #[cfg(feature = "blocking")]
 pub mod blocking;
 mod client;

@@ -16,6 +16,7 @@ use hive_ops::store::{ChangeKind, Finished, Outcome, RunOutcome, TaskFilter, Wor
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::backoff::{Backoff, Fatal};
 use crate::{Client, Error, Result};
 
 /// What a handler gets: the claimed task and the run it executes as.
@@ -368,6 +369,8 @@ struct Runtime {
     /// outcome is committed, unless the completer reuses it for a task claimed in the same
     /// transaction.
     slots: Arc<Semaphore>,
+    /// The error that stops the worker, if one of its loops met one retrying cannot fix.
+    fatal: Fatal,
 }
 
 impl Runtime {
@@ -383,6 +386,7 @@ impl Runtime {
             settled: Arc::new(Notify::new()),
             stop,
             slots,
+            fatal: Fatal::default(),
         })
     }
 
@@ -411,9 +415,10 @@ impl Runtime {
         *self.stop.borrow()
     }
 
-    /// Registers, retrying with capped backoff while the store is unreachable.
+    /// Registers, retrying with capped backoff while the store's fault is transient; any
+    /// other error (a read-only or removed database, say) ends the worker at once.
     async fn register(&mut self) -> Result<()> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new("registering");
         loop {
             match self
                 .cfg
@@ -422,13 +427,12 @@ impl Runtime {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e @ hive_ops::Error::Store(_)) => {
-                    tracing::warn!(worker = %self.id, error = %e, retry_in = ?delay, "cannot register; retrying");
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.failed(self.id.as_str(), &e);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.stop.changed() => return Err(Error::Ops(e)),
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -457,6 +461,8 @@ impl Runtime {
                 slots: self.slots.clone(),
                 spec: self.claim_spec(),
                 stop: self.stop.clone(),
+                shutdown: self.cfg.shutdown.clone(),
+                fatal: self.fatal.clone(),
                 claimed: claimed_tx,
             }
             .run(done_rx),
@@ -465,6 +471,10 @@ impl Runtime {
         background.abort_all();
         if let Err(e) = self.cfg.client.unregister_worker(self.id.as_str()).await {
             tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline");
+        }
+        if let Some(fatal) = self.fatal.take() {
+            tracing::error!(worker = %self.id, error = %fatal, "the worker stopped on an error that retrying cannot fix; tasks it held return when their leases expire");
+            return Err(fatal);
         }
         result.map(|()| self.counters.report())
     }
@@ -498,18 +508,22 @@ impl Runtime {
         set.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The interval stays fixed; the backoff only throttles the warnings.
+            let mut backoff = Backoff::new("heartbeat");
             loop {
                 tick.tick().await;
                 match client
                     .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
                     .await
                 {
-                    Ok(true) => {}
+                    Ok(true) => backoff.succeeded(id.as_str()),
                     // Someone unregistered or pruned this worker: register again.
                     Ok(false) => {
                         let _ = client.register_worker_with(&registration).await;
                     }
-                    Err(e) => tracing::warn!(worker = %id, error = %e, "heartbeat failed"),
+                    Err(e) => {
+                        backoff.failed(id.as_str(), &e);
+                    }
                 }
             }
         });
@@ -517,21 +531,29 @@ impl Runtime {
 
     fn spawn_reaper(&self, set: &mut JoinSet<()>) {
         let client = self.cfg.client.clone();
+        let id = self.id.clone();
         let every = self.cfg.reap_interval.max(Duration::from_millis(10));
         set.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut backoff = Backoff::new("reaping");
             loop {
                 tick.tick().await;
                 match client.reap().await {
-                    Ok(r) if !r.is_empty() => tracing::info!(
-                        requeued = r.requeued.len(),
-                        failed = r.failed.len(),
-                        offline = r.offline_workers.len(),
-                        "reaped"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "reaper failed"),
+                    Ok(r) => {
+                        backoff.succeeded(id.as_str());
+                        if !r.is_empty() {
+                            tracing::info!(
+                                requeued = r.requeued.len(),
+                                failed = r.failed.len(),
+                                offline = r.offline_workers.len(),
+                                "reaped"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        backoff.failed(id.as_str(), &e);
+                    }
                 }
             }
         });
@@ -547,7 +569,7 @@ impl Runtime {
         completer: tokio::task::JoinHandle<()>,
     ) -> Result<()> {
         let mut running = Running::default();
-        let mut error_delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new("claiming");
         let mut look = true;
         let concurrency = self.cfg.concurrency as usize;
         while !self.stopping() {
@@ -568,21 +590,26 @@ impl Runtime {
                     .await
                 {
                     Ok(claims) => {
-                        error_delay = Duration::from_millis(50);
+                        backoff.succeeded(self.id.as_str());
                         self.slots.add_permits(free - claims.len());
                         // A full claim may leave more behind: look again once a slot frees.
                         look = claims.len() == free;
                         running.start(claims, self, &done_tx);
                     }
-                    Err(e) => {
+                    Err(e) if e.is_transient() => {
                         self.slots.add_permits(free);
-                        tracing::warn!(worker = %self.id, error = %e, "claim failed; backing off");
+                        let delay = backoff.failed(self.id.as_str(), &e);
                         tokio::select! {
-                            _ = tokio::time::sleep(error_delay) => {}
+                            _ = tokio::time::sleep(delay) => {}
                             _ = self.stop.changed() => {}
                         }
-                        error_delay = (error_delay * 2).min(Duration::from_secs(5));
                         continue;
+                    }
+                    Err(e) => {
+                        self.slots.add_permits(free);
+                        self.fatal.set(e.into());
+                        let _ = self.cfg.shutdown.send(true);
+                        break;
                     }
                 }
             }
@@ -813,6 +840,9 @@ struct Completer {
     slots: Arc<Semaphore>,
     spec: ClaimSpec,
     stop: watch::Receiver<bool>,
+    /// Stops the worker when a commit fails in a way retrying cannot fix.
+    shutdown: watch::Sender<bool>,
+    fatal: Fatal,
     claimed: mpsc::UnboundedSender<Vec<Claimed>>,
 }
 
@@ -833,11 +863,16 @@ impl Completer {
                     Err(_) => break,
                 }
             }
-            self.commit(&batch).await;
+            if !self.commit(&batch).await {
+                return;
+            }
         }
     }
 
-    async fn commit(&self, batch: &[RunOutcome]) {
+    /// Commits one batch, retrying transient failures until it succeeds; false when a
+    /// failure retrying cannot fix stopped the worker (the batch's tasks then come back when
+    /// their leases expire).
+    async fn commit(&self, batch: &[RunOutcome]) -> bool {
         // The batch's own slots, plus idle ones: reuse them for what is ready now.
         let mut slots = batch.len();
         if !*self.stop.borrow() {
@@ -849,7 +884,7 @@ impl Completer {
                 slots += idle;
             }
         }
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new("committing finished runs");
         loop {
             // No new work once shutting down; the outcomes must still be committed.
             let want = if *self.stop.borrow() { 0 } else { slots };
@@ -874,12 +909,19 @@ impl Completer {
                     self.slots.add_permits(slots - claims.len());
                     // Sent even when empty: the claim loop checks for idleness after commits.
                     let _ = self.claimed.send(claims);
-                    return;
+                    backoff.succeeded(self.spec.worker.as_str());
+                    return true;
+                }
+                Err(e) if e.is_transient() => {
+                    // Kept and committed when the store can take them: nothing is lost
+                    // while, say, the disk is full.
+                    let delay = backoff.failed(self.spec.worker.as_str(), &e);
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, batch = batch.len(), "completing runs failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    self.fatal.set(e.into());
+                    let _ = self.shutdown.send(true);
+                    return false;
                 }
             }
         }

@@ -22,6 +22,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the same call may succeed later without anything changing: the store could
+    /// not be reached, a lock or serialization race was lost, the disk was full.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_transient())
+    }
+
     pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
         Error::NotFound {
             entity,

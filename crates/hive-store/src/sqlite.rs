@@ -86,6 +86,8 @@ pub struct SqliteStore {
     notifier: Notifier,
     /// The database path, for `Unavailable` errors.
     target: String,
+    /// The file opened (checked before every write; see [`connect::FileId::check`]).
+    file: Option<connect::FileId>,
     faults: Faults,
 }
 
@@ -111,6 +113,7 @@ impl SqliteStore {
             writer: opened.writer,
             notifier: Notifier::new(),
             target: opened.target,
+            file: opened.file,
             faults: Faults::default(),
         })
     }
@@ -137,6 +140,9 @@ impl SqliteStore {
     /// Opens a write transaction holding the write lock from the start, so it can never
     /// fail half-way with "database is locked" when it upgrades from reading to writing.
     async fn begin(&self) -> Result<WriteTx> {
+        if let Some(file) = self.file {
+            file.check(&self.target)?;
+        }
         WriteTx::begin(&self.writer)
             .await
             .map_err(|e| self.sql_error(e))

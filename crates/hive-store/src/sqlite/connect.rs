@@ -100,6 +100,47 @@ pub(super) struct Opened {
     pub writer: SqlitePool,
     /// The database path, for errors.
     pub target: String,
+    /// The file opened, to notice it being removed or replaced (`None` in memory).
+    pub file: Option<FileId>,
+}
+
+/// Which file a path named when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    fn of(path: &str) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_path: &str) -> Option<FileId> {
+        None
+    }
+
+    /// Fails when `path` no longer names this file. An open connection keeps working on a
+    /// removed (or replaced) file, so without this check a worker would go on writing
+    /// where no other process can see it.
+    pub fn check(self, path: &str) -> Result<()> {
+        let reason = match FileId::of(path) {
+            Some(now) if now == self => return Ok(()),
+            Some(_) => "the database file was replaced while this process had it open",
+            None => "the database file was removed while this process had it open",
+        };
+        Err(Error::Misconfigured {
+            target: path.to_owned(),
+            reason: reason.into(),
+        })
+    }
 }
 
 /// Opens the database a URL names under the schema policy: creating the file only when the
@@ -189,10 +230,16 @@ pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<
         (reader, writer)
     };
     apply_policy(&writer, options.schema, &target).await?;
+    let file = if parsed.in_memory {
+        None
+    } else {
+        FileId::of(&parsed.path)
+    };
     Ok(Opened {
         reader,
         writer,
         target,
+        file,
     })
 }
 

@@ -91,8 +91,10 @@ impl WriteTx {
         };
         match result {
             Ok(()) => self.ended = true,
+            // Expected after a full disk (SQLite rolled back already); the caller reports
+            // the error that started it, so this is only worth a debug line.
             Err(e) => {
-                tracing::warn!(error = %e, "rollback failed; replacing the SQLite writer connection");
+                tracing::debug!(error = %e, "rollback failed; replacing the SQLite writer connection");
             }
         }
     }

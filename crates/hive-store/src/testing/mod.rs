@@ -162,3 +162,53 @@ macro_rules! conformance_suite {
         }
     };
 }
+
+/// A small tmpfs mounted for one test, for filling a disk for real; unmounted (lazily, so a
+/// file still open cannot keep it) when dropped, also when the test fails. Mounting needs
+/// root, which CI has: elsewhere [`Tmpfs::mount`] says the test did not run and returns
+/// `None`.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `kib` KiB on a fresh temporary directory.
+    pub fn mount(test: &str, kib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("create a mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs { dir }),
+            _ => {
+                eprintln!("SKIPPED {test}: mounting a tmpfs needs root (CI runs as root)");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Grows (or shrinks) the filesystem in place; files on it stay.
+    pub fn resize(&self, kib: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remounting the tmpfs failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

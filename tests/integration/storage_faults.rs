@@ -1,0 +1,435 @@
+//! Storage faults stay transient: a disk that fills during a drain is ridden out by the
+//! same worker process (every task exactly once, the fault logged as transient and not per
+//! attempt); a failed COMMIT or ROLLBACK never leaves SQLite's writer connection inside a
+//! transaction; a statement timeout, a connection killed during COMMIT and serialization
+//! failures never leave a pooled Postgres connection inside one; and a database file
+//! removed under a worker stops it with one clear error.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hive_client::{Client, NewTask, TaskContext, TaskError, TaskId, TaskStatus};
+use hive_store::models::NewTask as StoreTask;
+use hive_store::testing::Tmpfs;
+use hive_store::{ConnectOptions, DatabaseUrl, SqliteStore, StatusChange, Store, TxFault};
+use sqlx::{Connection, PgConnection};
+
+use crate::log_capture::Logs;
+use crate::proxy::{Cut, Proxy};
+
+/// Bounds a wait on a loaded 2-core machine; it measures nothing.
+const WITHIN: Duration = Duration::from_secs(60);
+
+mod sqlite {
+    // Current-thread: the log capture sees only its own thread, and every task runs here.
+    #[tokio::test]
+    async fn a_full_disk_during_a_drain_is_ridden_out() {
+        super::full_disk_during_a_drain().await;
+    }
+
+    #[tokio::test]
+    async fn failed_commit_and_rollback_leave_the_writer_clean() {
+        super::commit_and_rollback_faults().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_database_file_stops_a_worker_with_one_error() {
+        super::removed_file().await;
+    }
+}
+
+mod postgres {
+    use hive_store::testing::{postgres, report_skip};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_statement_timeout_mid_transaction_leaves_the_pool_clean() {
+        let Some(ts) = postgres().await else {
+            return report_skip("storage_faults::postgres::a_statement_timeout_mid_transaction");
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|store| super::statement_timeout(store, url)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_connection_killed_during_commit_leaves_the_pool_clean() {
+        let Some(ts) = postgres().await else {
+            return report_skip("storage_faults::postgres::a_connection_killed_during_commit");
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|_| super::killed_during_commit(url)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn serialization_failures_leave_the_pool_clean() {
+        let Some(ts) = postgres().await else {
+            return report_skip("storage_faults::postgres::serialization_failures");
+        };
+        let url = ts.url.clone().unwrap();
+        ts.run(|store| super::serialization_failures(store, url))
+            .await;
+    }
+}
+
+/// Fills the disk under a draining worker, waits until it has met the fault, makes room:
+/// the same worker finishes every task, each handler call exactly once.
+async fn full_disk_during_a_drain() {
+    let Some(disk) = Tmpfs::mount(
+        "storage_faults::sqlite::a_full_disk_during_a_drain",
+        16 * 1024,
+    ) else {
+        return;
+    };
+    let (logs, _capture) = Logs::capture();
+    let url = format!("sqlite:{}", disk.path().join("hive.db").display());
+    let client = Client::connect(&url).await.unwrap();
+    let n = 300;
+    let ids: HashSet<TaskId> = client
+        .create_tasks(
+            (0..n)
+                .map(|i| NewTask::new(format!("t{i}"), "fill"))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    // Leave a little room, which the runs' results will use up.
+    let ballast = disk.path().join("ballast");
+    fill_but(&ballast, disk.path(), 192 * 1024);
+
+    let calls: Arc<Mutex<Vec<(TaskId, u32)>>> = Arc::default();
+    let worker = client
+        .worker("filler")
+        .concurrency(8)
+        .lease(Duration::from_secs(120))
+        .poll_interval(Duration::from_millis(100))
+        .exit_when_idle(true)
+        .handle_signals(false);
+    let running = tokio::spawn({
+        let calls = calls.clone();
+        worker.run(move |ctx: TaskContext| {
+            let calls = calls.clone();
+            async move {
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((ctx.task.id, ctx.run.run_number));
+                // Big enough that the batches' commits soon need more room than is left.
+                Ok::<_, TaskError>(serde_json::json!({ "blob": "x".repeat(1024) }))
+            }
+        })
+    });
+    let started = Instant::now();
+    while !logs.text().contains("storage full") {
+        assert!(
+            started.elapsed() < WITHIN,
+            "the disk never filled; logs:\n{}",
+            logs.text()
+        );
+        assert!(
+            !running.is_finished(),
+            "the worker stopped: {}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Full for a while, then room again: the worker must resume by itself.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::remove_file(&ballast).unwrap();
+    let report = match tokio::time::timeout(WITHIN, running).await {
+        Ok(r) => r.unwrap().unwrap(),
+        Err(_) => panic!(
+            "the worker did not resume and finish once there was room; logs:\n{}",
+            logs.text()
+        ),
+    };
+    let text = logs.text();
+    assert_eq!(report.completed, n as u64, "{report:?}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), n, "each handler ran exactly once");
+    let called: HashSet<TaskId> = calls.iter().map(|(t, _)| *t).collect();
+    assert_eq!(called, ids);
+    for id in &ids {
+        assert_eq!(
+            client.get_task(*id).await.unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
+    }
+    assert!(!text.contains("transaction depth"), "{text}");
+    let warnings = text.matches("failed (transient)").count();
+    assert!(warnings >= 1, "the fault is logged as transient:\n{text}");
+    assert!(
+        warnings <= 8,
+        "{warnings} warnings: each loop logs once per interval, not per attempt:\n{text}"
+    );
+}
+
+/// Writes a file that leaves only `keep` bytes free on the filesystem of `dir`.
+fn fill_but(file: &std::path::Path, dir: &std::path::Path, keep: u64) {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let avail: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes");
+    let size = avail.saturating_sub(keep);
+    std::fs::write(file, vec![0u8; usize::try_from(size).unwrap()]).unwrap();
+}
+
+async fn commit_and_rollback_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::new(format!("sqlite:{}", dir.path().join("hive.db").display()));
+    let store = SqliteStore::connect(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let insert = |title: &'static str| {
+        let store = &store;
+        async move { store.insert_tasks(vec![StoreTask::new(title, "x")]).await }
+    };
+    let a = insert("a").await.unwrap()[0];
+    // COMMIT fails: nothing of the transaction stays, and the next write works.
+    store.inject_fault(TxFault::Commit);
+    insert("lost to commit").await.unwrap_err();
+    insert("c").await.unwrap();
+    // ROLLBACK fails after a refused change: the connection is replaced, not reused open.
+    store.inject_fault(TxFault::Rollback);
+    let refused = store
+        .set_task_status(a, StatusChange::to(TaskStatus::Completed))
+        .await;
+    assert!(refused.is_err(), "queued → completed is illegal");
+    insert("d").await.unwrap();
+    // Both at once: the COMMIT fails and so does the ROLLBACK that follows.
+    store.inject_fault(TxFault::Commit);
+    store.inject_fault(TxFault::Rollback);
+    insert("lost to both").await.unwrap_err();
+    insert("f").await.unwrap();
+    let titles: Vec<String> = store
+        .list_tasks(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.title)
+        .collect();
+    assert_eq!(titles, ["a", "c", "d", "f"]);
+    assert_eq!(
+        store.get_task(a).await.unwrap().unwrap().status,
+        TaskStatus::Queued
+    );
+}
+
+async fn removed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hive.db");
+    let client = Client::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    client.create_task(NewTask::new("one", "x")).await.unwrap();
+    let worker = client
+        .worker("orphaned")
+        .poll_interval(Duration::from_millis(50))
+        .handle_signals(false);
+    let running = tokio::spawn(
+        worker.run(|_ctx: TaskContext| async { Ok::<_, TaskError>(serde_json::Value::Null) }),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for f in ["hive.db", "hive.db-wal", "hive.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    client
+        .create_task(NewTask::new("never seen", "x"))
+        .await
+        .expect_err("the writer notices the file is gone");
+    let err = tokio::time::timeout(WITHIN, running)
+        .await
+        .expect("the worker stops instead of hanging")
+        .unwrap()
+        .expect_err("the worker ends with the error");
+    let shown = err.to_string();
+    assert!(shown.contains("removed"), "{shown}");
+    assert!(!err.is_transient());
+}
+
+/// `url` with one more query parameter.
+fn with_query(url: &str, key: &str, value: &str) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.query_pairs_mut().append_pair(key, value);
+    u.into()
+}
+
+/// A store on its own one-connection pool, named so its backends can be found.
+async fn tagged_store(url: &str, tag: &str, options: &str) -> Arc<dyn Store> {
+    let mut u = with_query(url, "application_name", tag);
+    u = with_query(&u, "max_connections", "1");
+    if !options.is_empty() {
+        // The schema option is already there; server settings join it.
+        let mut parsed = url::Url::parse(&u).unwrap();
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "options" {
+                    format!("{v} {options}")
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+        u = parsed.into();
+    }
+    let options = ConnectOptions {
+        schema: hive_store::SchemaPolicy::Existing,
+        ..Default::default()
+    };
+    hive_store::connect_with(&u, &options).await.unwrap()
+}
+
+/// Asserts that no backend under `tag` sits inside a transaction.
+async fn no_open_transaction(url: &str, tag: &str) {
+    let mut admin = PgConnection::connect(url).await.unwrap();
+    let states: Vec<String> = sqlx::query_scalar(
+        "SELECT coalesce(state, '') FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(tag)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        states.iter().all(|s| !s.contains("transaction")),
+        "connections of {tag}: {states:?}"
+    );
+}
+
+fn tag() -> String {
+    format!("hive-tx-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A row lock held elsewhere makes the store's transaction time out half-way.
+async fn statement_timeout(store: Arc<dyn Store>, url: String) {
+    let id = store
+        .insert_tasks(vec![StoreTask::new("locked", "x")])
+        .await
+        .unwrap()[0];
+    let tag = tag();
+    let timed = tagged_store(&url, &tag, "-c statement_timeout=300").await;
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE")
+        .bind(id.0)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let err = timed
+        .set_task_status(id, StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .expect_err("the lock outlasts the statement timeout");
+    assert!(err.to_string().contains("57014"), "{err}");
+    held.rollback().await.unwrap();
+    no_open_transaction(&url, &tag).await;
+    // The same one-connection pool works at once.
+    timed
+        .set_task_status(id, StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timed.get_task(id).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+}
+
+/// The connection dies with the COMMIT on the wire: before the server sees it, and after
+/// (the reply lost). Either way the pool opens a fresh connection for the next operation.
+async fn killed_during_commit(url: String) {
+    let parsed = url::Url::parse(&url).unwrap();
+    let upstream =
+        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let mut proxy = Proxy::closed(upstream);
+    proxy.listen().await;
+    let mut proxied = parsed.clone();
+    proxied.set_host(Some("127.0.0.1")).unwrap();
+    proxied.set_port(Some(proxy.addr().port())).unwrap();
+    let tag = tag();
+    let store = tagged_store(proxied.as_str(), &tag, "").await;
+    let key = |k: &str| StoreTask::new(k, "x").idempotency_key(k);
+    for (cut, title) in [(Cut::BeforeCommit, "before"), (Cut::AfterCommit, "after")] {
+        proxy.cut_next_commit(cut);
+        // With an idempotency key, the insert runs in a transaction.
+        let err = store
+            .insert_tasks(vec![key(title)])
+            .await
+            .expect_err("the connection is cut during COMMIT");
+        assert!(err.is_transient(), "{err}");
+        no_open_transaction(&url, &tag).await;
+        // Retrying is safe: the key makes the insert happen once, whichever way it went.
+        let ids = store.insert_tasks(vec![key(title)]).await.unwrap();
+        let again = store.insert_tasks(vec![key(title)]).await.unwrap();
+        assert_eq!(ids, again);
+    }
+    let titles: Vec<String> = store
+        .list_tasks(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.title)
+        .collect();
+    assert_eq!(titles.len(), 2, "{titles:?}");
+}
+
+/// Under SERIALIZABLE, concurrent changes of one task make transactions fail with
+/// serialization errors; the store retries them, and no connection is left open.
+async fn serialization_failures(store: Arc<dyn Store>, url: String) {
+    let id = store
+        .insert_tasks(vec![StoreTask::new("contended", "x")])
+        .await
+        .unwrap()[0];
+    let tag = tag();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores
+            .push(tagged_store(&url, &tag, "-c default_transaction_isolation=serializable").await);
+    }
+    let mut changes = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        for j in 0..10 {
+            let s = s.clone();
+            changes.push(tokio::spawn(async move {
+                let change = StatusChange {
+                    metadata: Some(serde_json::json!({ format!("k{i}"): j })),
+                    ..StatusChange::to(TaskStatus::Queued)
+                };
+                s.set_task_status(id, change).await
+            }));
+        }
+    }
+    let mut conflicts = 0;
+    for c in changes {
+        match c.await.unwrap() {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => conflicts += 1,
+            Err(e) => panic!("not a serialization failure: {e}"),
+        }
+    }
+    eprintln!(
+        "SERIALIZATION postgres: {conflicts} of 40 contended changes still conflicting after retries"
+    );
+    no_open_transaction(&url, &tag).await;
+    for s in &stores {
+        let change = StatusChange {
+            metadata: Some(serde_json::json!({ "after": true })),
+            ..StatusChange::to(TaskStatus::Queued)
+        };
+        s.set_task_status(id, change).await.unwrap().unwrap();
+    }
+    let metadata = store.get_task(id).await.unwrap().unwrap().metadata;
+    assert_eq!(metadata["after"], true);
+}
