@@ -37,7 +37,7 @@ fn client(store: Arc<dyn Store>) -> Client {
     Client::from_store(store, config)
 }
 
-hive_tests::on_backends!(client => random_plans_under_failure);
+hive_store::per_backend!(hive_store::testing::TestStore::run, client => random_plans_under_failure);
 
 /// One generated plan: each node's parents (always earlier nodes, so index order is a
 /// topological order) and the node whose handler always fails, if any.

@@ -27,7 +27,7 @@ fn client(store: Arc<dyn Store>) -> Client {
     Client::from_store(store, config)
 }
 
-hive_tests::on_backends!(client =>
+hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     always_failing_task_fails_after_max_retries_plus_one_runs,
     permanent_failure_fails_at_once,
     task_completes_on_the_attempt_that_succeeds,

@@ -39,37 +39,11 @@ mod sqlite {
     }
 }
 
-mod postgres {
-    use hive_store::testing::{postgres, report_skip};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_statement_timeout_mid_transaction_leaves_the_pool_clean() {
-        let Some(ts) = postgres().await else {
-            return report_skip("storage_faults::postgres::a_statement_timeout_mid_transaction");
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|store| super::statement_timeout(store, url)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_connection_killed_during_commit_leaves_the_pool_clean() {
-        let Some(ts) = postgres().await else {
-            return report_skip("storage_faults::postgres::a_connection_killed_during_commit");
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|_| super::killed_during_commit(url)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn serialization_failures_leave_the_pool_clean() {
-        let Some(ts) = postgres().await else {
-            return report_skip("storage_faults::postgres::serialization_failures");
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|store| super::serialization_failures(store, url))
-            .await;
-    }
-}
+hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_url =>
+    a_statement_timeout_mid_transaction_leaves_the_pool_clean,
+    a_connection_killed_during_commit_leaves_the_pool_clean,
+    serialization_failures_leave_the_pool_clean,
+);
 
 /// Fills the disk under a draining worker, waits until it has met the fault, makes room:
 /// the same worker finishes every task, each handler call exactly once.
@@ -289,20 +263,28 @@ async fn tagged_store(url: &str, tag: &str, options: &str) -> Arc<dyn Store> {
     hive_store::connect_with(&u, &options).await.unwrap()
 }
 
-/// Asserts that no backend under `tag` sits inside a transaction.
+/// Asserts that no backend under `tag` sits inside a transaction. A connection the client
+/// dropped may take the server a moment to notice, so this waits (briefly) for that.
 async fn no_open_transaction(url: &str, tag: &str) {
     let mut admin = PgConnection::connect(url).await.unwrap();
-    let states: Vec<String> = sqlx::query_scalar(
-        "SELECT coalesce(state, '') FROM pg_stat_activity WHERE application_name = $1",
-    )
-    .bind(tag)
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
-    assert!(
-        states.iter().all(|s| !s.contains("transaction")),
-        "connections of {tag}: {states:?}"
-    );
+    let started = Instant::now();
+    loop {
+        let states: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(state, '') FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(tag)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        if states.iter().all(|s| !s.contains("transaction")) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "connections of {tag}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn tag() -> String {
@@ -310,7 +292,10 @@ fn tag() -> String {
 }
 
 /// A row lock held elsewhere makes the store's transaction time out half-way.
-async fn statement_timeout(store: Arc<dyn Store>, url: String) {
+async fn a_statement_timeout_mid_transaction_leaves_the_pool_clean(
+    store: Arc<dyn Store>,
+    url: String,
+) {
     let id = store
         .insert_tasks(vec![StoreTask::new("locked", "x")])
         .await
@@ -345,7 +330,7 @@ async fn statement_timeout(store: Arc<dyn Store>, url: String) {
 
 /// The connection dies with the COMMIT on the wire: before the server sees it, and after
 /// (the reply lost). Either way the pool opens a fresh connection for the next operation.
-async fn killed_during_commit(url: String) {
+async fn a_connection_killed_during_commit_leaves_the_pool_clean(_: Arc<dyn Store>, url: String) {
     let parsed = url::Url::parse(&url).unwrap();
     let upstream =
         tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
@@ -387,7 +372,7 @@ async fn killed_during_commit(url: String) {
 
 /// Under SERIALIZABLE, concurrent changes of one task make transactions fail with
 /// serialization errors; the store retries them, and no connection is left open.
-async fn serialization_failures(store: Arc<dyn Store>, url: String) {
+async fn serialization_failures_leave_the_pool_clean(store: Arc<dyn Store>, url: String) {
     let id = store
         .insert_tasks(vec![StoreTask::new("contended", "x")])
         .await

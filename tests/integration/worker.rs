@@ -23,7 +23,7 @@ fn client(store: Arc<dyn Store>) -> Client {
     Client::from_store(store, config)
 }
 
-hive_tests::on_backends!(client =>
+hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     eight_workers_complete_each_task_once,
     shutdown_releases_held_tasks,
     panicking_handler_fails_only_its_task,

@@ -1,46 +1,6 @@
-//! Helpers shared by the integration tests in `integration/`: the per-backend test macro
-//! and a small seeded random generator whose seed a failing run prints.
-
-/// Generates, for each case, one `#[tokio::test]` per backend, in modules named `memory`,
-/// `sqlite` and `postgres` (so `cargo xtask soak --backend sqlite` selects them with the
-/// filter `sqlite::`). Each case is `async fn case(c: C)`, where `C` is what the calling
-/// file's `$setup(Arc<dyn Store>) -> C` builds from the fresh store:
-///
-/// ```text
-/// hive_tests::on_backends!(client => drains_the_queue, retries_then_fails);
-/// ```
-///
-/// Without `HIVE_TEST_POSTGRES_URL` the Postgres tests print a `SKIPPED` line and pass.
-#[macro_export]
-macro_rules! on_backends {
-    ($setup:ident => $($case:ident),+ $(,)?) => {
-        mod memory { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                ::hive_store::testing::memory().await.unwrap()
-                    .run(|s| super::$case(super::$setup(s))).await
-            }
-        )+ }
-        mod sqlite { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                ::hive_store::testing::sqlite().await.unwrap()
-                    .run(|s| super::$case(super::$setup(s))).await
-            }
-        )+ }
-        mod postgres { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                match ::hive_store::testing::postgres().await {
-                    Some(ts) => ts.run(|s| super::$case(super::$setup(s))).await,
-                    None => ::hive_store::testing::report_skip(
-                        concat!(module_path!(), "::", stringify!($case)),
-                    ),
-                }
-            }
-        )+ }
-    };
-}
+//! Helpers shared by the integration tests in `integration/`: a small seeded random
+//! generator whose seed a failing run prints. (Per-backend tests use
+//! `hive_store::per_backend!`.)
 
 /// The environment variable that replays a randomized test with a given seed.
 pub const SEED_ENV: &str = "HIVE_TEST_SEED";

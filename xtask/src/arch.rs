@@ -1,4 +1,6 @@
-//! The layering check: models ← store ← ops ← client ← cli/apps, read from `cargo metadata`.
+//! The layering check: models ← store ← ops ← client ← cli/apps, read from `cargo metadata`;
+//! and, read from the sources, that hive-store's backends never reach into each other (the
+//! rules live in `rules/`, shared, not in a backend another one borrows from).
 
 use std::collections::{HashMap, HashSet};
 
@@ -73,6 +75,45 @@ pub fn check(metadata: &Metadata) -> Vec<String> {
     violations
 }
 
+/// hive-store's backends: each is `<name>.rs` plus the files under `<name>/`.
+const BACKENDS: &[&str] = &["memory", "sqlite", "postgres"];
+
+/// Every place a backend's source names another backend (`crate::<other>`), as sentences.
+pub fn check_backends(store_src: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut violations = Vec::new();
+    for backend in BACKENDS {
+        let mut files = vec![store_src.join(format!("{backend}.rs"))];
+        let dir = store_src.join(backend);
+        if dir.is_dir() {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for entry in std::fs::read_dir(&d)? {
+                    let path = entry?.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|e| e == "rs") {
+                        files.push(path);
+                    }
+                }
+            }
+        }
+        for file in files.iter().filter(|f| f.exists()) {
+            let text = std::fs::read_to_string(file)?;
+            for other in BACKENDS.iter().filter(|o| *o != backend) {
+                if text.contains(&format!("crate::{other}")) {
+                    violations.push(format!(
+                        "{} (the {backend} backend) imports from the {other} backend; shared \
+                         rules and helpers belong in rules/, sql.rs or schema.rs",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    violations.sort();
+    Ok(violations)
+}
+
 /// Names of every package `root` reaches through normal dependencies.
 fn reachable(metadata: &Metadata, root: &PackageId) -> HashSet<String> {
     let Some(resolve) = &metadata.resolve else {
@@ -121,6 +162,24 @@ mod tests {
     #[test]
     fn the_workspace_passes() {
         assert_eq!(check(&metadata()), Vec::<String>::new());
+        let store =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/hive-store/src");
+        assert_eq!(check_backends(&store).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_backend_borrowing_from_another_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sqlite")).unwrap();
+        std::fs::write(dir.path().join("memory.rs"), "//! memory\n").unwrap();
+        std::fs::write(
+            dir.path().join("sqlite/tasks.rs"),
+            "use crate::memory::merge_metadata;\n",
+        )
+        .unwrap();
+        let v = check_backends(dir.path()).unwrap();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("imports from the memory backend"), "{v:?}");
     }
 
     /// Rewrites the real metadata to add forbidden edges, and sees each one caught.

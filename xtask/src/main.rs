@@ -49,10 +49,16 @@ fn run(cli: Cli) -> Result<()> {
             let metadata = cargo_metadata::MetadataCommand::new()
                 .exec()
                 .context("running cargo metadata")?;
-            let violations = arch::check(&metadata);
+            let mut violations = arch::check(&metadata);
+            let store_src = metadata
+                .workspace_root
+                .as_std_path()
+                .join("crates/hive-store/src");
+            violations.extend(arch::check_backends(&store_src).context("reading hive-store")?);
             if violations.is_empty() {
                 println!(
-                    "check-arch: layering holds (models <- store <- ops <- client <- cli/apps)"
+                    "check-arch: layering holds (models <- store <- ops <- client <- cli/apps), \
+                     and no hive-store backend imports from another"
                 );
                 return Ok(());
             }

@@ -5,7 +5,6 @@
 //! run sees a higher `HIVE_RUN_NUMBER`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
 mod support;
 
 use std::path::Path;
@@ -15,12 +14,9 @@ use hive_client::{NewTask, TaskStatus};
 use support::{Harness, eventually};
 use tokio::io::AsyncReadExt;
 
-process_tests!(
-    all: [
-        closed_stderr_never_wedges_a_worker,
-        shell_commands_die_with_their_task,
-    ],
-    postgres_only: []
+hive_store::per_backend!([sqlite, postgres], support::run_case =>
+    closed_stderr_never_wedges_a_worker,
+    shell_commands_die_with_their_task,
 );
 
 /// Generous bounds for a loaded 2-core machine; they bound waits, they measure nothing.

@@ -19,12 +19,14 @@ mod worker;
 pub use error::{Error, PlanError, Result};
 pub use ids::{PlanId, RunId, TaskId, WorkerId};
 pub use plan::{
-    ExecutionPlan, NewPlan, PlanStatus, SubTask, unique_dependencies, validate_subtasks,
+    ExecutionPlan, NewPlan, PlanCounters, PlanStatus, SubTask, unique_dependencies,
+    validate_subtasks,
 };
-pub use retry::RetryPolicy;
+pub use retry::{AfterFailure, RetryPolicy, after_failure};
 pub use run::{Run, RunStatus};
 pub use task::{
     DEFAULT_MAX_PAYLOAD_BYTES, NewTask, Task, TaskStatus, check_json_no_nul, check_no_nul,
+    merge_metadata,
 };
 pub use worker::{Worker, WorkerStatus};
 

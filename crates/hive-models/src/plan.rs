@@ -26,6 +26,58 @@ impl PlanStatus {
     }
 }
 
+/// A plan's status and progress counters: everything the plan rules read and write when
+/// one of its subtasks finishes (the rest of a plan, its subtasks above all, can be large
+/// and is never needed for that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanCounters {
+    pub status: PlanStatus,
+    pub total: u32,
+    pub completed: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+}
+
+impl PlanCounters {
+    /// The plan rule, for one subtask reaching `subtask_status`: counts it, then moves the
+    /// plan if it must — failed at the first failure, completed when every subtask
+    /// completed, cancelled when every subtask finished and some were cancelled. Returns the
+    /// new status when it changed; a finished plan counts but never moves again.
+    pub fn step(&mut self, subtask_status: crate::TaskStatus) -> Option<PlanStatus> {
+        use crate::TaskStatus;
+        match subtask_status {
+            TaskStatus::Completed => self.completed = self.completed.saturating_add(1),
+            TaskStatus::Failed => self.failed = self.failed.saturating_add(1),
+            TaskStatus::Cancelled => self.cancelled = self.cancelled.saturating_add(1),
+            _ => {}
+        }
+        let to = self.status_after(subtask_status)?;
+        self.status = to;
+        Some(to)
+    }
+
+    /// The status a non-terminal plan moves to after one of its subtasks reached
+    /// `subtask_status` and the counters were updated; `None` while work remains (or the
+    /// plan already finished).
+    pub fn status_after(&self, subtask_status: crate::TaskStatus) -> Option<PlanStatus> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        let finished = self.completed + self.failed + self.cancelled;
+        if subtask_status == crate::TaskStatus::Failed
+            || (finished >= self.total && self.failed > 0)
+        {
+            Some(PlanStatus::Failed)
+        } else if self.completed >= self.total {
+            Some(PlanStatus::Completed)
+        } else if finished >= self.total {
+            Some(PlanStatus::Cancelled)
+        } else {
+            None
+        }
+    }
+}
+
 /// One node of a plan: a task definition plus the ids of the subtasks it waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,26 +261,29 @@ impl ExecutionPlan {
         self.cancelled_subtasks = self.cancelled_subtasks.saturating_add(1);
     }
 
-    /// The status a non-terminal plan moves to after one of its subtasks reached
-    /// `subtask_status` and the counters were updated: failed at the first failure,
-    /// completed when every subtask completed, cancelled when every subtask is finished
-    /// and some were cancelled; `None` while work remains (or the plan already finished).
+    /// The plan's status and counters, to which the plan rules apply.
+    pub fn counters(&self) -> PlanCounters {
+        PlanCounters {
+            status: self.status,
+            total: self.total_subtasks,
+            completed: self.completed_subtasks,
+            failed: self.failed_subtasks,
+            cancelled: self.cancelled_subtasks,
+        }
+    }
+
+    /// Takes back counters the plan rules changed.
+    pub fn set_counters(&mut self, c: PlanCounters) {
+        self.status = c.status;
+        self.total_subtasks = c.total;
+        self.completed_subtasks = c.completed;
+        self.failed_subtasks = c.failed;
+        self.cancelled_subtasks = c.cancelled;
+    }
+
+    /// See [`PlanCounters::status_after`].
     pub fn status_after(&self, subtask_status: crate::TaskStatus) -> Option<PlanStatus> {
-        if self.status.is_terminal() {
-            return None;
-        }
-        let finished = self.completed_subtasks + self.failed_subtasks + self.cancelled_subtasks;
-        if subtask_status == crate::TaskStatus::Failed
-            || (finished >= self.total_subtasks && self.failed_subtasks > 0)
-        {
-            Some(PlanStatus::Failed)
-        } else if self.completed_subtasks >= self.total_subtasks {
-            Some(PlanStatus::Completed)
-        } else if finished >= self.total_subtasks {
-            Some(PlanStatus::Cancelled)
-        } else {
-            None
-        }
+        self.counters().status_after(subtask_status)
     }
 
     /// pending → in_progress; false from any other status.

@@ -37,6 +37,27 @@ impl RetryPolicy {
     }
 }
 
+/// What becomes of a task whose attempt failed (or whose lease expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Back to the queue, claimable again after `delay`.
+    Retry { delay: Duration },
+    /// Failed for good.
+    Fail,
+}
+
+/// The retry rule: with a policy, a task whose `attempts` (this one included) have not
+/// used up `max_retries` retries is retried after the policy's backoff for this attempt;
+/// without a policy (a permanent failure) or out of retries, it fails.
+pub fn after_failure(retry: Option<RetryPolicy>, attempts: u32, max_retries: u32) -> AfterFailure {
+    match retry {
+        Some(policy) if attempts <= max_retries => AfterFailure::Retry {
+            delay: policy.backoff(attempts),
+        },
+        _ => AfterFailure::Fail,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +73,19 @@ mod tests {
         assert_eq!(p.backoff(4), Duration::from_millis(800));
         assert_eq!(p.backoff(5), Duration::from_secs(1));
         assert_eq!(p.backoff(64), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn retries_until_max_retries_then_fails() {
+        let p = Some(RetryPolicy::default());
+        assert_eq!(
+            after_failure(p, 1, 2),
+            AfterFailure::Retry {
+                delay: Duration::from_secs(1)
+            }
+        );
+        assert!(matches!(after_failure(p, 2, 2), AfterFailure::Retry { .. }));
+        assert_eq!(after_failure(p, 3, 2), AfterFailure::Fail);
+        assert_eq!(after_failure(None, 1, 5), AfterFailure::Fail);
     }
 }

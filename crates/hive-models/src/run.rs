@@ -19,6 +19,21 @@ status_enum!(
 );
 
 impl RunStatus {
+    /// The status a running run closes with when its task leaves an active status for
+    /// `to` without the worker finishing it: success when the task completed (or went on
+    /// to review), failure when it failed, cancelled otherwise. Its worker's late finish
+    /// is then stale.
+    pub const fn on_task_leaving_for(to: crate::TaskStatus) -> RunStatus {
+        use crate::TaskStatus;
+        match to {
+            TaskStatus::Completed | TaskStatus::ReviewPending | TaskStatus::Approved => {
+                RunStatus::Success
+            }
+            TaskStatus::Failed => RunStatus::Failure,
+            _ => RunStatus::Cancelled,
+        }
+    }
+
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,

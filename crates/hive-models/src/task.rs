@@ -262,6 +262,20 @@ impl Task {
     }
 }
 
+/// Merges a JSON object's top-level keys into `target`, replacing the keys it has; a
+/// target or patch that is not an object is replaced by the patch. How a status change's
+/// metadata joins a task's.
+pub fn merge_metadata(target: &mut Json, patch: &Json) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
 /// What a caller supplies to create a task; everything else has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -1,12 +1,13 @@
-//! The event bus: typed events published after each change commits, and the forwarder
-//! that turns other processes' store notifications into events.
+//! The event bus: typed events derived, in one place ([`Event::from_change`]), from the
+//! store's change notifications — this process's changes and (on Postgres) other
+//! processes' alike — and published to every subscriber in this process.
 
 use std::sync::Arc;
 
 use hive_models::{
     PlanId, PlanStatus, RunId, TaskId, TaskStatus, Timestamp, WorkerId, WorkerStatus,
 };
-use hive_store::{ChangeKind, Notification, Store};
+use hive_store::{Change, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast};
 
@@ -46,6 +47,11 @@ pub enum Event {
     TaskRetried {
         task_id: TaskId,
         run_at: Timestamp,
+    },
+    /// A task that waited on dependencies became claimable (its last dependency
+    /// completed, and the transaction that freed it did not claim it).
+    TaskReady {
+        task_id: TaskId,
     },
     WorkerRegistered {
         worker_id: WorkerId,
@@ -96,39 +102,88 @@ impl Event {
         })
     }
 
-    /// The event another process's change notification stands for.
-    fn from_notification(n: &Notification) -> Option<Event> {
-        let status = n.status.as_deref();
-        match n.kind {
-            ChangeKind::TaskCreated => Some(Event::TaskCreated {
-                task_id: n.task_id,
-                count: usize::from(n.task_id.is_some()),
-            }),
-            ChangeKind::TaskStatus => {
-                let task_id = n.task_id?;
-                let status: TaskStatus = status?.parse().ok()?;
-                Some(match status {
-                    TaskStatus::Completed => Event::TaskCompleted {
-                        task_id,
-                        run_id: None,
-                    },
-                    TaskStatus::Failed => Event::TaskFailed {
-                        task_id,
-                        error: None,
-                    },
-                    _ => Event::TaskStatusChanged { task_id, status },
-                })
-            }
-            // A wake-up for workers; the completion that freed the task is its own event.
-            ChangeKind::TaskReady => None,
-            ChangeKind::PlanStatus => Event::plan_status(n.plan_id?, status?.parse().ok()?),
-            ChangeKind::Worker => {
-                let worker_id = n.worker_id.clone()?;
-                match status?.parse().ok()? {
-                    WorkerStatus::Offline => Some(Event::WorkerOffline { worker_id }),
-                    _ => Some(Event::WorkerRegistered { worker_id }),
+    /// The task this event concerns, if any.
+    pub fn task_id(&self) -> Option<TaskId> {
+        match self {
+            Event::TaskCreated { task_id, .. } => *task_id,
+            Event::TaskClaimed { task_id, .. }
+            | Event::TaskStatusChanged { task_id, .. }
+            | Event::TaskCompleted { task_id, .. }
+            | Event::TaskFailed { task_id, .. }
+            | Event::TaskRetried { task_id, .. }
+            | Event::TaskReady { task_id }
+            | Event::PlanProgressed { task_id, .. } => Some(*task_id),
+            _ => None,
+        }
+    }
+
+    /// Whether this event may mean a task is claimable now: new tasks, tasks back in the
+    /// queue, dependents freed. Workers wake on these only.
+    pub fn may_be_claimable(&self) -> bool {
+        match self {
+            Event::TaskCreated { .. } | Event::TaskReady { .. } | Event::TaskRetried { .. } => true,
+            Event::TaskStatusChanged { status, .. } => *status == TaskStatus::Queued,
+            _ => false,
+        }
+    }
+
+    /// The events a committed change stands for: the one place a store change becomes an
+    /// event, for this process's changes and other processes' alike.
+    pub fn from_change(change: &Change) -> Vec<Event> {
+        match change {
+            Change::TaskCreated { task_id, count } => vec![Event::TaskCreated {
+                task_id: *task_id,
+                count: usize::try_from(*count).unwrap_or(usize::MAX),
+            }],
+            Change::TaskClaimed {
+                task_id,
+                run_id,
+                worker_id,
+                ..
+            } => vec![Event::TaskClaimed {
+                task_id: *task_id,
+                run_id: *run_id,
+                worker_id: worker_id.clone(),
+            }],
+            Change::TaskStatus(c) => match c.status {
+                TaskStatus::Completed => {
+                    let mut events = vec![Event::TaskCompleted {
+                        task_id: c.task_id,
+                        run_id: c.run_id,
+                    }];
+                    if let Some(plan_id) = c.plan_id {
+                        events.push(Event::PlanProgressed {
+                            plan_id,
+                            task_id: c.task_id,
+                        });
+                    }
+                    events
                 }
+                TaskStatus::Failed => vec![Event::TaskFailed {
+                    task_id: c.task_id,
+                    error: c.error.clone(),
+                }],
+                TaskStatus::Queued if c.run_at.is_some() => vec![Event::TaskRetried {
+                    task_id: c.task_id,
+                    run_at: c.run_at.unwrap_or_default(),
+                }],
+                status => vec![Event::TaskStatusChanged {
+                    task_id: c.task_id,
+                    status,
+                }],
+            },
+            Change::TaskReady { task_id } => vec![Event::TaskReady { task_id: *task_id }],
+            Change::PlanStatus { plan_id, status } => {
+                Event::plan_status(*plan_id, *status).into_iter().collect()
             }
+            Change::Worker { worker_id, status } => vec![match status {
+                WorkerStatus::Offline => Event::WorkerOffline {
+                    worker_id: worker_id.clone(),
+                },
+                _ => Event::WorkerRegistered {
+                    worker_id: worker_id.clone(),
+                },
+            }],
         }
     }
 }
@@ -169,12 +224,7 @@ impl EventBus {
         }
     }
 
-    /// Publishes this process's events; callers call it only after the change committed.
-    pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
-        self.publish_as(events, EventOrigin::Local);
-    }
-
-    fn publish_as(&self, events: impl IntoIterator<Item = Event>, origin: EventOrigin) {
+    fn publish(&self, events: Vec<Event>, origin: EventOrigin) {
         let listening = self.sender.receiver_count() > 0;
         for event in events {
             // Cached plan statuses must never outlive a change this process has seen.
@@ -194,11 +244,8 @@ impl EventBus {
         }
     }
 
-    /// Starts (once) the task that turns other processes' notifications into events.
-    pub(crate) async fn ensure_remote_forwarder<S: Store + ?Sized>(
-        &self,
-        store: Arc<S>,
-    ) -> Result<()> {
+    /// Starts (once) the task that turns the store's notifications into events.
+    pub(crate) async fn ensure_forwarder<S: Store + ?Sized>(&self, store: Arc<S>) -> Result<()> {
         let mut started = self.forwarding.lock().await;
         if *started {
             return Ok(());
@@ -210,12 +257,26 @@ impl EventBus {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(n) if n.origin != origin => {
-                        bus.publish_as(Event::from_notification(&n), EventOrigin::Remote);
+                    Ok(n) => {
+                        let from = if n.origin == origin {
+                            EventOrigin::Local
+                        } else {
+                            EventOrigin::Remote
+                        };
+                        bus.publish(Event::from_change(&n.change), from);
                     }
-                    Ok(_) => {}
-                    // Skipped notifications: cached plan statuses may be stale now.
-                    Err(broadcast::error::RecvError::Lagged(_)) => bus.cache.clear(),
+                    // Skipped notifications: cached plan statuses may be stale now, and a
+                    // worker may have missed work; a catch-up event wakes it.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        bus.cache.clear();
+                        bus.publish(
+                            vec![Event::TaskCreated {
+                                task_id: None,
+                                count: 0,
+                            }],
+                            EventOrigin::Remote,
+                        );
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }

@@ -77,10 +77,19 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// A stream of events: this process's changes, and (with Postgres) other processes'
-    /// changes arriving through LISTEN/NOTIFY.
+    /// changes arriving through LISTEN/NOTIFY, each derived from the store's notification
+    /// ([`Event::from_change`]) after it committed.
     pub async fn subscribe(&self) -> Result<events::Subscription> {
-        self.bus.ensure_remote_forwarder(self.store.clone()).await?;
+        self.bus.ensure_forwarder(self.store.clone()).await?;
         Ok(self.bus.subscribe())
+    }
+
+    /// Forgets cached statuses of plans a change may have moved, before the change's
+    /// notification arrives: this process never reads its own stale plan status.
+    pub(crate) fn plans_changed(&self, plans: impl IntoIterator<Item = hive_models::PlanId>) {
+        for p in plans {
+            self.plan_cache.invalidate(p);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use hive_models::{ExecutionPlan, NewPlan, PlanId, PlanStatus, Task, TaskId};
 use hive_store::{StatusCounts, Store, TaskFilter};
 use serde::Serialize;
 
-use crate::{Error, Event, Ops, Result};
+use crate::{Error, Ops, Result};
 
 /// A TTL cache of plan statuses. Every event about a plan invalidates its entry, so this
 /// process never reads its own stale status.
@@ -76,18 +76,10 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Turns a plan's subtasks into tasks with dependency rows; returns how many were
     /// created, 0 when already done. [`Error::NotFound`] for an unknown plan.
     pub async fn create_planned_subtasks_from_plan(&self, plan_id: PlanId) -> Result<u64> {
-        let created = self
-            .store
+        self.store
             .materialize_plan(plan_id)
             .await?
-            .ok_or_else(|| Error::not_found("plan", plan_id))?;
-        if created > 0 {
-            self.bus.publish([Event::TaskCreated {
-                task_id: None,
-                count: created as usize,
-            }]);
-        }
-        Ok(created)
+            .ok_or_else(|| Error::not_found("plan", plan_id))
     }
 
     /// Creates a plan and its tasks: [`Ops::create_execution_plan`] then
@@ -178,9 +170,7 @@ impl<S: Store + ?Sized> Ops<S> {
             .store
             .transition_plan(plan_id, PlanStatus::Pending, PlanStatus::InProgress)
             .await?;
-        if started {
-            self.bus.publish([Event::PlanStarted { plan_id }]);
-        }
+        self.plans_changed([plan_id]);
         Ok(started)
     }
 
@@ -193,18 +183,11 @@ impl<S: Store + ?Sized> Ops<S> {
             Some(p) if !p.status.is_terminal() => {}
             _ => return Ok(false),
         }
-        let Some(cancelled) = self.store.cancel_plan(plan_id).await? else {
+        let cancelled = self.store.cancel_plan(plan_id).await?;
+        self.plans_changed([plan_id]);
+        if cancelled.is_none() {
             return Ok(false);
-        };
-        let mut events: Vec<Event> = cancelled
-            .into_iter()
-            .map(|task_id| Event::TaskStatusChanged {
-                task_id,
-                status: hive_models::TaskStatus::Cancelled,
-            })
-            .collect();
-        events.push(Event::PlanCancelled { plan_id });
-        self.bus.publish(events);
+        }
         Ok(true)
     }
 }

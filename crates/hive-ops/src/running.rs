@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use hive_models::{Json, RunId, TaskStatus, Timestamp, WorkerId};
+use hive_models::{Json, RunId, Timestamp, WorkerId};
 use hive_store::{
     ClaimParams, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome, Store,
 };
 
-use crate::{Error, Event, Ops, Result};
+use crate::{Error, Ops, Result};
 
 /// A claimed task and the run opened for it; the run id is the lease token.
 pub use hive_store::Claim as Claimed;
@@ -67,60 +67,6 @@ fn storable(outcomes: &[RunOutcome]) -> std::borrow::Cow<'_, [RunOutcome]> {
     std::borrow::Cow::Owned(fixed)
 }
 
-/// Events for finished runs that committed.
-fn finish_events(reports: &[FinishReport], outcomes: &[RunOutcome]) -> Vec<Event> {
-    let mut events = Vec::new();
-    for (r, o) in reports.iter().zip(outcomes) {
-        let Some(task_id) = r.task_id else { continue };
-        match &r.finished {
-            Finished::Stale => continue,
-            Finished::Completed => {
-                events.push(Event::TaskCompleted {
-                    task_id,
-                    run_id: Some(r.run_id),
-                });
-                if let Some(plan_id) = r.plan_id {
-                    events.push(Event::PlanProgressed { plan_id, task_id });
-                }
-            }
-            Finished::Retrying { run_at } => events.push(Event::TaskRetried {
-                task_id,
-                run_at: *run_at,
-            }),
-            Finished::Failed => {
-                let error = match &o.outcome {
-                    Outcome::Failure { error, .. } => Some(error.clone()),
-                    Outcome::Success { .. } => None,
-                };
-                events.push(Event::TaskFailed { task_id, error });
-            }
-        }
-        events.extend(
-            r.cancelled_dependents
-                .iter()
-                .map(|id| Event::TaskStatusChanged {
-                    task_id: *id,
-                    status: TaskStatus::Cancelled,
-                }),
-        );
-        if let (Some(plan_id), Some(status)) = (r.plan_id, r.plan_transition) {
-            events.extend(Event::plan_status(plan_id, status));
-        }
-    }
-    events
-}
-
-fn claim_events(claims: &[Claimed]) -> Vec<Event> {
-    claims
-        .iter()
-        .map(|c| Event::TaskClaimed {
-            task_id: c.task.id,
-            run_id: c.run.id,
-            worker_id: c.run.worker_id.clone(),
-        })
-        .collect()
-}
-
 fn claim_params(
     worker_id: &WorkerId,
     task_types: &[String],
@@ -168,7 +114,7 @@ impl<S: Store + ?Sized> Ops<S> {
     ) -> Result<Vec<Claimed>> {
         let params = claim_params(worker_id, task_types, limit, lease)?;
         let claims = self.store.claim_tasks(&params).await?;
-        self.bus.publish(claim_events(&claims));
+        self.plans_changed(claims.iter().filter_map(|c| c.task.plan_id));
         Ok(claims)
     }
 
@@ -185,8 +131,8 @@ impl<S: Store + ?Sized> Ops<S> {
         let params = claim_params(worker_id, task_types, limit, lease)?;
         let outcomes = &storable(outcomes);
         let (reports, claims) = self.store.finish_and_claim(outcomes, &params).await?;
-        self.bus.publish(finish_events(&reports, outcomes));
-        self.bus.publish(claim_events(&claims));
+        self.plans_changed(reports.iter().filter_map(|r| r.plan_id));
+        self.plans_changed(claims.iter().filter_map(|c| c.task.plan_id));
         Ok((reports, claims))
     }
 
@@ -230,7 +176,7 @@ impl<S: Store + ?Sized> Ops<S> {
     pub async fn finish_runs(&self, outcomes: Vec<RunOutcome>) -> Result<Vec<FinishReport>> {
         let outcomes = storable(&outcomes);
         let reports = self.store.finish_runs(&outcomes).await?;
-        self.bus.publish(finish_events(&reports, &outcomes));
+        self.plans_changed(reports.iter().filter_map(|r| r.plan_id));
         Ok(reports)
     }
 
@@ -241,13 +187,7 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Gives held tasks back to the queue without using up a retry (graceful shutdown).
     pub async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<hive_models::TaskId>> {
-        let released = self.store.release_runs(run_ids).await?;
-        self.bus
-            .publish(released.iter().map(|id| Event::TaskStatusChanged {
-                task_id: *id,
-                status: TaskStatus::Queued,
-            }));
-        Ok(released)
+        Ok(self.store.release_runs(run_ids).await?)
     }
 
     /// Takes back every task whose lease expired (the run is marked `timeout`; the task is
@@ -262,28 +202,7 @@ impl<S: Store + ?Sized> Ops<S> {
         let mut total = ReapReport::default();
         loop {
             let report = self.store.reap(&params).await?;
-            let mut events: Vec<Event> = report
-                .requeued
-                .iter()
-                .map(|(task_id, _)| Event::TaskStatusChanged {
-                    task_id: *task_id,
-                    status: TaskStatus::Queued,
-                })
-                .collect();
-            events.extend(report.failed.iter().map(|id| Event::TaskFailed {
-                task_id: *id,
-                error: Some("lease expired".into()),
-            }));
-            events.extend(report.offline_workers.iter().map(|w| Event::WorkerOffline {
-                worker_id: w.clone(),
-            }));
-            events.extend(
-                report
-                    .plan_transitions
-                    .iter()
-                    .filter_map(|(p, s)| Event::plan_status(*p, *s)),
-            );
-            self.bus.publish(events);
+            self.plans_changed(report.plan_transitions.iter().map(|(p, _)| *p));
             let full = report.requeued.len() + report.failed.len() >= params.limit as usize;
             total.requeued.extend(report.requeued);
             total.failed.extend(report.failed);

@@ -5,50 +5,7 @@ use std::time::Duration;
 use hive_models::{Json, NewTask, Run, RunId, Task, TaskId, TaskStatus};
 use hive_store::{PruneParams, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter};
 
-use crate::{Error, Event, Ops, Result};
-
-/// Events for a status change that committed.
-pub(crate) fn status_events(changed: &StatusChanged) -> Vec<Event> {
-    let task = &changed.task;
-    if changed.previous == task.status {
-        return Vec::new();
-    }
-    let mut events = vec![match task.status {
-        TaskStatus::Completed => Event::TaskCompleted {
-            task_id: task.id,
-            run_id: task.current_run_id,
-        },
-        TaskStatus::Failed => Event::TaskFailed {
-            task_id: task.id,
-            error: task.last_error.clone(),
-        },
-        status => Event::TaskStatusChanged {
-            task_id: task.id,
-            status,
-        },
-    }];
-    events.extend(
-        changed
-            .cancelled_dependents
-            .iter()
-            .map(|id| Event::TaskStatusChanged {
-                task_id: *id,
-                status: TaskStatus::Cancelled,
-            }),
-    );
-    if let (Some(plan_id), TaskStatus::Completed) = (task.plan_id, task.status) {
-        events.push(Event::PlanProgressed {
-            plan_id,
-            task_id: task.id,
-        });
-    }
-    events.extend(
-        changed
-            .plan_transition
-            .and_then(|(p, s)| Event::plan_status(p, s)),
-    );
-    events
-}
+use crate::{Error, Ops, Result};
 
 impl<S: Store + ?Sized> Ops<S> {
     /// Creates a task and returns its id (the first task's id when its idempotency key was
@@ -75,13 +32,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 }
             })?;
         }
-        let count = tasks.len();
-        let ids = self.store.insert_tasks(tasks).await?;
-        let task_id = (count == 1).then(|| ids.first().copied()).flatten();
-        if count > 0 {
-            self.bus.publish([Event::TaskCreated { task_id, count }]);
-        }
-        Ok(ids)
+        Ok(self.store.insert_tasks(tasks).await?)
     }
 
     pub async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
@@ -131,7 +82,7 @@ impl<S: Store + ?Sized> Ops<S> {
         }
         let changed = self.store.set_task_status(id, change).await?;
         if let Some(c) = &changed {
-            self.bus.publish(status_events(c));
+            self.plans_changed(c.task.plan_id);
         }
         Ok(changed)
     }

@@ -3,7 +3,7 @@
 use hive_models::{Json, Worker, WorkerId, WorkerStatus};
 use hive_store::{Store, WorkerFilter, WorkerRegistration};
 
-use crate::{Event, Ops, Result};
+use crate::{Ops, Result};
 
 impl<S: Store + ?Sized> Ops<S> {
     /// Registers a worker (re-registering updates its role and capabilities). Always true
@@ -37,11 +37,7 @@ impl<S: Store + ?Sized> Ops<S> {
             hive_models::check_no_nul(&format!("capabilities[{i}]"), c)?;
         }
         hive_models::check_json_no_nul("metadata", &registration.metadata)?;
-        let worker = self.store.register_worker(registration).await?;
-        self.bus.publish([Event::WorkerRegistered {
-            worker_id: worker.id.clone(),
-        }]);
-        Ok(worker)
+        Ok(self.store.register_worker(registration).await?)
     }
 
     /// Records a heartbeat (and optionally a new status), extending the leases of the
@@ -52,11 +48,7 @@ impl<S: Store + ?Sized> Ops<S> {
         status: Option<WorkerStatus>,
     ) -> Result<bool> {
         let id = WorkerId::parse(worker_id)?;
-        let beat = self.store.heartbeat(&id, status).await?;
-        if beat.is_some() && status == Some(WorkerStatus::Offline) {
-            self.bus.publish([Event::WorkerOffline { worker_id: id }]);
-        }
-        Ok(beat.is_some())
+        Ok(self.store.heartbeat(&id, status).await?.is_some())
     }
 
     /// Workers that are active or idle with a heartbeat within the configured timeout
@@ -86,18 +78,6 @@ impl<S: Store + ?Sized> Ops<S> {
     /// retry. False for an unknown worker.
     pub async fn unregister_worker(&self, worker_id: &str) -> Result<bool> {
         let id = WorkerId::parse(worker_id)?;
-        let Some(released) = self.store.unregister_worker(&id).await? else {
-            return Ok(false);
-        };
-        let mut events: Vec<Event> = released
-            .into_iter()
-            .map(|task_id| Event::TaskStatusChanged {
-                task_id,
-                status: hive_models::TaskStatus::Queued,
-            })
-            .collect();
-        events.push(Event::WorkerOffline { worker_id: id });
-        self.bus.publish(events);
-        Ok(true)
+        Ok(self.store.unregister_worker(&id).await?.is_some())
     }
 }

@@ -47,21 +47,7 @@ fn plan(subtasks: Vec<SubTask>) -> NewPlan {
     }
 }
 
-macro_rules! backends {
-    ($($case:ident),+ $(,)?) => {
-        mod memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() {
-            hive_store::testing::memory().await.unwrap().run(|s| super::$case(super::ops(s))).await } )+ }
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() {
-            hive_store::testing::sqlite().await.unwrap().run(|s| super::$case(super::ops(s))).await } )+ }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() {
-            match hive_store::testing::postgres().await {
-                Some(ts) => ts.run(|s| super::$case(super::ops(s))).await,
-                None => hive_store::testing::report_skip(concat!("postgres::", stringify!($case))),
-            } } )+ }
-    };
-}
-
-backends!(
+hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     create_task_rejects_bad_input,
     create_tasks_is_all_or_nothing,
     update_task_status_semantics,
@@ -579,6 +565,8 @@ async fn events_arrive_in_order(o: O) {
             task_id: None,
             count: 1,
         },
+        // Claiming a plan's first subtask starts the plan.
+        Event::PlanStarted { plan_id: pid },
         Event::TaskClaimed {
             task_id,
             run_id: c.run.id,

@@ -16,6 +16,7 @@ mod connect;
 mod error;
 mod memory;
 mod notify;
+mod rules;
 mod schema;
 mod store;
 mod types;
@@ -24,7 +25,7 @@ mod url;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod sql_fail;
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -34,7 +35,7 @@ pub mod testing;
 pub use connect::{ConnectOptions, connect, connect_with};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
-pub use notify::{ChangeKind, Notification, Notifier};
+pub use notify::{Change, NOTE_ERROR_LIMIT, Notification, Notifier, TaskStatusChange, note_error};
 pub use schema::{MIGRATIONS_TABLE, SchemaPolicy};
 #[cfg(feature = "mock")]
 pub use store::MockStore;

@@ -1,443 +1,34 @@
 //! [`MemoryStore`]: every table in plain maps behind one mutex, so each method is atomic.
+//! The rules ([`crate::rules`]) read the maps directly and their patches are applied to
+//! them: this is the reference semantics every other backend is compared with.
+
+mod state;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DurationRound, Utc};
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, RunStatus, Task, TaskId,
+    ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId,
     TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
+use crate::rules::{Changes, Patches};
 use crate::{
-    Backend, Claim, ClaimParams, Error, FinishReport, Finished, HeartbeatReport, Notification,
-    Notifier, Outcome, PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
-    StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
+    Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
+    PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged,
+    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
 };
+use state::{State, now, sub};
 
 /// An in-process store: one mutex over plain maps; no persistence.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
     notifier: Notifier,
-}
-
-/// Ready-queue key: priority descending, then insertion order.
-type ReadyKey = (Reverse<i32>, u64, TaskId);
-
-#[derive(Debug, Default)]
-struct State {
-    next_seq: u64,
-    tasks: HashMap<TaskId, (Task, u64)>,
-    /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
-    ready: BTreeSet<ReadyKey>,
-    idempotency: HashMap<String, TaskId>,
-    dependents: HashMap<TaskId, Vec<TaskId>>,
-    runs: HashMap<RunId, Run>,
-    task_runs: HashMap<TaskId, Vec<RunId>>,
-    /// Running runs and their lease durations.
-    running: HashMap<RunId, Duration>,
-    workers: BTreeMap<WorkerId, Worker>,
-    plans: HashMap<PlanId, ExecutionPlan>,
-    plan_tasks: HashMap<PlanId, Vec<TaskId>>,
-}
-
-/// The database backends keep microseconds; so does this one, to behave the same.
-fn now() -> Timestamp {
-    let t = Utc::now();
-    t.duration_trunc(chrono::Duration::microseconds(1))
-        .unwrap_or(t)
-}
-
-fn add(t: Timestamp, d: Duration) -> Timestamp {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-fn sub(t: Timestamp, d: Duration) -> Timestamp {
-    t - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-/// Merges a JSON object's top-level keys into `target` (replacing a non-object target).
-pub(crate) fn merge_metadata(target: &mut Json, patch: &Json) {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
-            for (k, v) in p {
-                t.insert(k.clone(), v.clone());
-            }
-        }
-        _ => *target = patch.clone(),
-    }
-}
-
-/// The run status a run closes with when its task leaves an active status for `to`.
-pub(crate) fn run_status_on_leave(to: TaskStatus) -> RunStatus {
-    match to {
-        TaskStatus::Completed | TaskStatus::ReviewPending | TaskStatus::Approved => {
-            RunStatus::Success
-        }
-        TaskStatus::Failed => RunStatus::Failure,
-        _ => RunStatus::Cancelled,
-    }
-}
-
-/// What a terminal change did beyond the task itself.
-#[derive(Default)]
-struct Effects {
-    cancelled: Vec<TaskId>,
-    plan_transition: Option<(PlanId, PlanStatus)>,
-}
-
-impl State {
-    fn task(&self, id: TaskId) -> Option<&Task> {
-        self.tasks.get(&id).map(|(t, _)| t)
-    }
-
-    fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
-        self.tasks.get_mut(&id).map(|(t, _)| t)
-    }
-
-    /// Puts the task in or out of the ready index to match its state.
-    fn sync_ready(&mut self, id: TaskId) {
-        let Some((t, seq)) = self.tasks.get(&id) else {
-            return;
-        };
-        let key = (Reverse(t.priority), *seq, id);
-        if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
-            self.ready.insert(key);
-        } else {
-            self.ready.remove(&key);
-        }
-    }
-
-    /// Claims up to `p.limit` ready tasks (see [`Store::claim_tasks`]).
-    fn claim(
-        &mut self,
-        p: &ClaimParams,
-        at: Timestamp,
-        notes: &mut Vec<Notification>,
-        n: &Notifier,
-    ) -> Vec<Claim> {
-        let lease_until = add(at, p.lease);
-        let picked: Vec<TaskId> = self
-            .ready
-            .iter()
-            .filter_map(|(_, _, id)| self.task(*id))
-            .filter(|t| t.run_at.is_none_or(|r| r <= at))
-            .filter(|t| p.task_types.is_empty() || p.task_types.contains(&t.task_type))
-            .take(p.limit as usize)
-            .map(|t| t.id)
-            .collect();
-        let mut claims = Vec::with_capacity(picked.len());
-        for id in picked {
-            let run_number = self.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
-            let Some(task) = self.task(id) else { continue };
-            let run = Run::claimed(
-                RunId::new(),
-                task,
-                p.worker_id.clone(),
-                run_number,
-                at,
-                Some(lease_until),
-            );
-            let Some(t) = self.task_mut(id) else { continue };
-            t.status = TaskStatus::InProgress;
-            t.assigned_worker = Some(p.worker_id.clone());
-            t.attempts += 1;
-            t.current_run_id = Some(run.id);
-            t.updated_at = at;
-            let task = t.clone();
-            self.sync_ready(id);
-            self.task_runs.entry(id).or_default().push(run.id);
-            self.running.insert(run.id, p.lease);
-            self.runs.insert(run.id, run.clone());
-            if let Some(pid) = task.plan_id
-                && let Some(plan) = self.plans.get_mut(&pid)
-                && plan.start_execution()
-            {
-                plan.updated_at = at;
-                notes.push(n.plan_status(pid, PlanStatus::InProgress));
-            }
-            notes.push(n.task_status(id, TaskStatus::InProgress));
-            claims.push(Claim { task, run });
-        }
-        claims
-    }
-
-    /// Finishes runs in order (see [`Store::finish_runs`]).
-    fn finish(
-        &mut self,
-        outcomes: &[RunOutcome],
-        at: Timestamp,
-        notes: &mut Vec<Notification>,
-        n: &Notifier,
-    ) -> Vec<FinishReport> {
-        let mut reports = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-            let task_id = self.runs.get(&o.run_id).map(|r| r.task_id);
-            let stale = FinishReport {
-                run_id: o.run_id,
-                task_id,
-                finished: Finished::Stale,
-                plan_id: None,
-                cancelled_dependents: Vec::new(),
-                plan_transition: None,
-            };
-            let Some(task_id) = self.current_running(o.run_id) else {
-                reports.push(stale);
-                continue;
-            };
-            self.running.remove(&o.run_id);
-            if let Some(run) = self.runs.get_mut(&o.run_id) {
-                run.output_log.clone_from(&o.output_log);
-                match &o.outcome {
-                    Outcome::Success { result } => run.succeed(result.clone(), at),
-                    Outcome::Failure { error, .. } => run.fail(error.clone(), at),
-                }
-            }
-            let plan_id = self.task(task_id).and_then(|t| t.plan_id);
-            let (finished, fx) = match &o.outcome {
-                Outcome::Success { result } => {
-                    if let Some(t) = self.task_mut(task_id) {
-                        t.status = TaskStatus::Completed;
-                        t.result.clone_from(result);
-                        t.updated_at = at;
-                    }
-                    notes.push(n.task_status(task_id, TaskStatus::Completed));
-                    (Finished::Completed, self.on_terminal(task_id, at, notes, n))
-                }
-                Outcome::Failure { error, retry } => {
-                    self.fail_attempt(task_id, error, *retry, at, notes, n)
-                }
-            };
-            reports.push(FinishReport {
-                run_id: o.run_id,
-                task_id: Some(task_id),
-                finished,
-                plan_id,
-                cancelled_dependents: fx.cancelled,
-                plan_transition: fx.plan_transition.map(|(_, st)| st),
-            });
-        }
-        reports
-    }
-
-    fn insert_task(&mut self, id: TaskId, new: NewTask, at: Timestamp) -> TaskId {
-        if let Some(key) = &new.idempotency_key {
-            if let Some(existing) = self.idempotency.get(key) {
-                return *existing;
-            }
-            self.idempotency.insert(key.clone(), id);
-        }
-        let task = Task::from_new(id, new, at);
-        self.next_seq += 1;
-        self.tasks.insert(id, (task, self.next_seq));
-        self.sync_ready(id);
-        id
-    }
-
-    /// Closes the task's current run if it is running.
-    fn close_current_run(&mut self, task_id: TaskId, status: RunStatus, at: Timestamp) {
-        let Some(run_id) = self.task(task_id).and_then(|t| t.current_run_id) else {
-            return;
-        };
-        if self.running.remove(&run_id).is_none() {
-            return;
-        }
-        if let Some(run) = self.runs.get_mut(&run_id) {
-            run.status = status;
-            run.completed_at = Some(at);
-            run.lease_expires_at = None;
-        }
-    }
-
-    /// Applies the dependency and plan rules after `id` reached a terminal status.
-    fn on_terminal(
-        &mut self,
-        id: TaskId,
-        at: Timestamp,
-        notes: &mut Vec<Notification>,
-        n: &Notifier,
-    ) -> Effects {
-        let mut fx = Effects::default();
-        let Some(task) = self.task(id) else {
-            return fx;
-        };
-        let status = task.status;
-        let plan_id = task.plan_id;
-        if let Some(pid) = plan_id {
-            // The task's own plan update comes first in counting, so a failure's
-            // cancelled descendants find the plan failed already.
-            if let Some((p, s)) = self.update_plan(pid, status, at) {
-                notes.push(n.plan_status(p, s));
-                fx.plan_transition = Some((p, s));
-            }
-        }
-        if status == TaskStatus::Completed {
-            for d in self.dependents.get(&id).cloned().unwrap_or_default() {
-                if let Some(t) = self.task_mut(d) {
-                    t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
-                    if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
-                        notes.push(n.task_ready(d));
-                    }
-                }
-                self.sync_ready(d);
-            }
-        } else {
-            let mut queue: VecDeque<TaskId> =
-                self.dependents.get(&id).cloned().unwrap_or_default().into();
-            let mut seen = HashSet::new();
-            while let Some(d) = queue.pop_front() {
-                if !seen.insert(d) {
-                    continue;
-                }
-                let Some(t) = self.task(d) else { continue };
-                if t.status.is_terminal() {
-                    continue;
-                }
-                self.close_current_run(d, RunStatus::Cancelled, at);
-                if let Some(t) = self.task_mut(d) {
-                    t.status = TaskStatus::Cancelled;
-                    t.updated_at = at;
-                }
-                self.sync_ready(d);
-                notes.push(n.task_status(d, TaskStatus::Cancelled));
-                fx.cancelled.push(d);
-                if let Some(pid) = self.task(d).and_then(|t| t.plan_id)
-                    && let Some((p, s)) = self.update_plan(pid, TaskStatus::Cancelled, at)
-                {
-                    notes.push(n.plan_status(p, s));
-                    fx.plan_transition = Some((p, s));
-                }
-                queue.extend(self.dependents.get(&d).cloned().unwrap_or_default());
-            }
-        }
-        fx
-    }
-
-    /// Plan counters and status after one of its tasks reached `status`.
-    fn update_plan(
-        &mut self,
-        pid: PlanId,
-        status: TaskStatus,
-        at: Timestamp,
-    ) -> Option<(PlanId, PlanStatus)> {
-        let plan = self.plans.get_mut(&pid)?;
-        match status {
-            TaskStatus::Completed => plan.increment_completed(),
-            TaskStatus::Failed => plan.increment_failed(),
-            TaskStatus::Cancelled => plan.increment_cancelled(),
-            _ => {}
-        }
-        plan.updated_at = at;
-        let to = plan.status_after(status)?;
-        plan.status = to;
-        Some((pid, to))
-    }
-
-    fn requeue_after(&mut self, id: TaskId, run_at: Option<Timestamp>, at: Timestamp) {
-        if let Some(t) = self.task_mut(id) {
-            t.status = TaskStatus::Queued;
-            t.assigned_worker = None;
-            t.run_at = run_at;
-            t.updated_at = at;
-        }
-        self.sync_ready(id);
-    }
-
-    /// Fails or requeues a task after its run failed or timed out.
-    fn fail_attempt(
-        &mut self,
-        id: TaskId,
-        error: &str,
-        retry: Option<hive_models::RetryPolicy>,
-        at: Timestamp,
-        notes: &mut Vec<Notification>,
-        n: &Notifier,
-    ) -> (Finished, Effects) {
-        let Some(t) = self.task_mut(id) else {
-            return (Finished::Stale, Effects::default());
-        };
-        t.last_error = Some(error.to_owned());
-        let attempts = t.attempts;
-        match retry {
-            Some(policy) if attempts <= t.max_retries => {
-                let run_at = add(at, policy.backoff(attempts));
-                self.requeue_after(id, Some(run_at), at);
-                notes.push(n.task_status(id, TaskStatus::Queued));
-                (Finished::Retrying { run_at }, Effects::default())
-            }
-            _ => {
-                t.status = TaskStatus::Failed;
-                t.updated_at = at;
-                self.sync_ready(id);
-                notes.push(n.task_status(id, TaskStatus::Failed));
-                let fx = self.on_terminal(id, at, notes, n);
-                (Finished::Failed, fx)
-            }
-        }
-    }
-
-    fn release(&mut self, run_id: RunId, at: Timestamp) -> Option<TaskId> {
-        let task_id = self.current_running(run_id)?;
-        self.close_current_run(task_id, RunStatus::Cancelled, at);
-        if let Some(t) = self.task_mut(task_id) {
-            t.attempts = t.attempts.saturating_sub(1);
-        }
-        self.requeue_after(task_id, None, at);
-        Some(task_id)
-    }
-
-    /// The task whose current running run this is, if the run is not stale.
-    fn current_running(&self, run_id: RunId) -> Option<TaskId> {
-        if !self.running.contains_key(&run_id) {
-            return None;
-        }
-        let task_id = self.runs.get(&run_id)?.task_id;
-        (self.task(task_id)?.current_run_id == Some(run_id)).then_some(task_id)
-    }
-
-    fn remove_task(&mut self, id: TaskId) -> bool {
-        let Some((task, seq)) = self.tasks.remove(&id) else {
-            return false;
-        };
-        self.ready.remove(&(Reverse(task.priority), seq, id));
-        if let Some(k) = &task.idempotency_key {
-            self.idempotency.remove(k);
-        }
-        for r in self.task_runs.remove(&id).unwrap_or_default() {
-            self.runs.remove(&r);
-            self.running.remove(&r);
-        }
-        for dep in &task.dependencies {
-            if let Some(list) = self.dependents.get_mut(dep) {
-                list.retain(|x| *x != id);
-            }
-        }
-        for d in self.dependents.remove(&id).unwrap_or_default() {
-            if let Some(t) = self.task_mut(d) {
-                t.dependencies.retain(|x| *x != id);
-                if task.status != TaskStatus::Completed {
-                    t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
-                }
-            }
-            self.sync_ready(d);
-        }
-        if let Some(pid) = task.plan_id
-            && let Some(list) = self.plan_tasks.get_mut(&pid)
-        {
-            list.retain(|x| *x != id);
-        }
-        true
-    }
-
-    fn sorted(&self, mut tasks: Vec<&(Task, u64)>) -> Vec<Task> {
-        tasks.sort_by_key(|(t, seq)| (Reverse(t.priority), *seq));
-        tasks.into_iter().map(|(t, _)| t.clone()).collect()
-    }
 }
 
 impl MemoryStore {
@@ -453,6 +44,25 @@ impl MemoryStore {
 
     fn send(&self, notes: Vec<Notification>) {
         self.notifier.send_all(notes);
+    }
+
+    /// Replays `f` against the maps and applies its patches, under the lock already held.
+    /// The clock is read under the lock: a time read before waiting for it could predate a
+    /// change committed meanwhile (a claimed child would seem to start before its parent
+    /// completed).
+    fn replay<T>(
+        &self,
+        s: &mut State,
+        f: impl FnOnce(&mut Changes<'_, State>) -> T,
+    ) -> (T, Vec<Notification>) {
+        let at = now();
+        let (out, patches): (T, Patches) = {
+            let mut ch = Changes::new(&*s, &self.notifier, at);
+            let out = f(&mut ch);
+            (out, ch.into_patches())
+        };
+        let notes = s.apply(patches, at, &self.notifier);
+        (out, notes)
     }
 }
 
@@ -486,7 +96,8 @@ impl Store for MemoryStore {
         };
         let first = ids.first().copied().filter(|_| single);
         if !ids.is_empty() {
-            self.send(vec![self.notifier.task_created(first)]);
+            let count = ids.len() as u64;
+            self.send(vec![self.notifier.task_created(first, count)]);
         }
         Ok(ids)
     }
@@ -545,65 +156,24 @@ impl Store for MemoryStore {
         id: TaskId,
         change: StatusChange,
     ) -> Result<Option<StatusChanged>> {
-        let at = now();
-        let mut notes = Vec::new();
-        let out = {
+        let (out, notes) = {
             let mut s = self.lock();
-            let Some(task) = s.task(id) else {
+            let Some(task) = s.task(id).cloned() else {
                 return Ok(None);
             };
-            let previous = task.status;
-            let deps = task.dependencies.clone();
-            let old_pending = task.pending_dependencies;
-            let to = change.status;
-            let requeue = change.requeue && to == TaskStatus::Queued && previous.can_requeue();
-            if !requeue {
-                previous.check_transition(to)?;
-            }
-            let mut fx = Effects::default();
-            if previous != to {
-                if previous.is_active() {
-                    s.close_current_run(id, run_status_on_leave(to), at);
-                }
-                let pending = if requeue && previous.is_terminal() {
-                    deps.iter()
-                        .filter(|d| {
-                            s.task(**d)
-                                .is_some_and(|t| t.status != TaskStatus::Completed)
-                        })
-                        .count() as u32
-                } else {
-                    old_pending
-                };
-                if let Some(t) = s.task_mut(id) {
-                    t.status = to;
-                    t.updated_at = at;
-                    t.pending_dependencies = pending;
-                    if to == TaskStatus::Queued {
-                        t.assigned_worker = None;
-                        t.run_at = None;
-                    }
-                }
-                s.sync_ready(id);
-                notes.push(self.notifier.task_status(id, to));
-                if to.is_terminal() {
-                    fx = s.on_terminal(id, at, &mut notes, &self.notifier);
-                }
-            }
-            if let (Some(patch), Some(t)) = (&change.metadata, s.task_mut(id)) {
-                merge_metadata(&mut t.metadata, patch);
-                t.updated_at = at;
-            }
+            let (outcome, notes) = self.replay(&mut s, |ch| ch.change_status(&task, &change));
+            let outcome = outcome?;
             let task = s
                 .task(id)
                 .cloned()
                 .ok_or_else(|| Error::not_found("task", id))?;
-            StatusChanged {
-                previous,
+            let changed = StatusChanged {
+                previous: outcome.previous,
                 task,
-                cancelled_dependents: fx.cancelled,
-                plan_transition: fx.plan_transition,
-            }
+                cancelled_dependents: outcome.effects.cancelled,
+                plan_transition: outcome.effects.plan_transition,
+            };
+            (changed, notes)
         };
         self.send(notes);
         Ok(Some(out))
@@ -625,13 +195,7 @@ impl Store for MemoryStore {
     }
 
     async fn prune_tasks(&self, p: &PruneParams) -> Result<u64> {
-        if let Some(bad) = p.statuses.iter().find(|s| !s.is_terminal()) {
-            return Err(hive_models::Error::InvalidField {
-                field: "statuses".into(),
-                reason: format!("only terminal tasks can be pruned, not `{bad}`"),
-            }
-            .into());
-        }
+        p.check()?;
         let cutoff = sub(now(), p.older_than);
         let mut s = self.lock();
         let mut old: Vec<(Timestamp, TaskId)> = s
@@ -650,16 +214,27 @@ impl Store for MemoryStore {
 
     async fn claim_tasks(&self, p: &ClaimParams) -> Result<Vec<Claim>> {
         let mut notes = Vec::new();
-        let claims = self.lock().claim(p, now(), &mut notes, &self.notifier);
+        let claims = {
+            let mut s = self.lock();
+            let at = now();
+            s.claim(p, at, &mut notes, &self.notifier)
+        };
         self.send(notes);
         Ok(claims)
     }
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>> {
-        let mut notes = Vec::new();
-        let reports = self
-            .lock()
-            .finish(outcomes, now(), &mut notes, &self.notifier);
+        let (reports, notes) = {
+            let mut s = self.lock();
+            let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
+            self.replay(&mut s, |ch| {
+                outcomes
+                    .iter()
+                    .zip(tasks)
+                    .map(|(o, t)| ch.finish(o, t))
+                    .collect::<Vec<_>>()
+            })
+        };
         self.send(notes);
         Ok(reports)
     }
@@ -669,16 +244,19 @@ impl Store for MemoryStore {
         outcomes: &[RunOutcome],
         claim: &ClaimParams,
     ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
-        let mut notes = Vec::new();
-        let (reports, claims) = {
+        let (reports, claims, mut notes) = {
             let mut s = self.lock();
-            // Read the clock under the lock: a time read before waiting for it could
-            // predate a change committed meanwhile (a claimed child would seem to start
-            // before its parent completed).
+            let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
+            let (reports, mut notes) = self.replay(&mut s, |ch| {
+                outcomes
+                    .iter()
+                    .zip(tasks)
+                    .map(|(o, t)| ch.finish(o, t))
+                    .collect::<Vec<_>>()
+            });
             let at = now();
-            let reports = s.finish(outcomes, at, &mut notes, &self.notifier);
             let claims = s.claim(claim, at, &mut notes, &self.notifier);
-            (reports, claims)
+            (reports, claims, notes)
         };
         Notifier::drop_claimed_ready(&mut notes, &claims);
         self.send(notes);
@@ -686,9 +264,13 @@ impl Store for MemoryStore {
     }
 
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
-        let until = add(now(), lease);
         let mut s = self.lock();
-        if s.current_running(run_id).is_none() {
+        let until = crate::rules::after(now(), lease);
+        let live = s.task_of(run_id).is_some_and(|t| {
+            crate::rules::View::task(&*s, t)
+                .is_some_and(|t| t.current_run == Some(run_id) && t.run_running)
+        });
+        if !live {
             return Err(Error::StaleRun { run_id });
         }
         s.running.insert(run_id, lease);
@@ -699,56 +281,55 @@ impl Store for MemoryStore {
     }
 
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
-        let at = now();
-        let released: Vec<TaskId> = {
+        let (released, notes) = {
             let mut s = self.lock();
-            run_ids.iter().filter_map(|r| s.release(*r, at)).collect()
-        };
-        self.send(
-            released
+            let runs: Vec<(RunId, TaskId)> = run_ids
                 .iter()
-                .map(|id| self.notifier.task_status(*id, TaskStatus::Queued))
-                .collect(),
-        );
+                .filter_map(|r| s.task_of(*r).map(|t| (*r, t)))
+                .collect();
+            self.replay(&mut s, |ch| {
+                runs.iter()
+                    .filter(|(r, t)| ch.release(*r, *t))
+                    .map(|(_, t)| *t)
+                    .collect::<Vec<_>>()
+            })
+        };
+        self.send(notes);
         Ok(released)
     }
 
     async fn reap(&self, p: &ReapParams) -> Result<ReapReport> {
-        let at = now();
-        let mut notes = Vec::new();
-        let mut report = ReapReport::default();
-        {
+        let (report, notes) = {
             let mut s = self.lock();
-            let mut expired: Vec<(Timestamp, RunId)> = s
+            let at = now();
+            let mut expired: Vec<(Timestamp, RunId, TaskId)> = s
                 .running
                 .keys()
                 .filter_map(|r| s.runs.get(r))
-                .filter_map(|r| r.lease_expires_at.filter(|l| *l < at).map(|l| (l, r.id)))
+                .filter_map(|r| {
+                    r.lease_expires_at
+                        .filter(|l| *l < at)
+                        .map(|l| (l, r.id, r.task_id))
+                })
                 .collect();
             expired.sort();
             expired.truncate(p.limit as usize);
-            for (_, run_id) in expired {
-                let Some(task_id) = s.current_running(run_id) else {
-                    continue;
-                };
-                s.running.remove(&run_id);
-                if let Some(run) = s.runs.get_mut(&run_id) {
-                    run.timeout(at);
+            let (mut report, mut notes) = self.replay(&mut s, |ch| {
+                let mut report = ReapReport::default();
+                for (_, run, task) in expired {
+                    match ch.expire(run, task, p.retry) {
+                        Some((crate::Finished::Retrying { .. }, _)) => {
+                            report.requeued.push((task, run));
+                        }
+                        Some((_, fx)) => {
+                            report.failed.push(task);
+                            report.plan_transitions.extend(fx.plan_transition);
+                        }
+                        None => {}
+                    }
                 }
-                let (finished, fx) = s.fail_attempt(
-                    task_id,
-                    "lease expired",
-                    Some(p.retry),
-                    at,
-                    &mut notes,
-                    &self.notifier,
-                );
-                match finished {
-                    Finished::Retrying { .. } => report.requeued.push((task_id, run_id)),
-                    _ => report.failed.push(task_id),
-                }
-                report.plan_transitions.extend(fx.plan_transition);
-            }
+                report
+            });
             let stale_before = sub(at, p.heartbeat_timeout);
             for w in s.workers.values_mut() {
                 if w.is_active() && w.last_heartbeat < stale_before {
@@ -757,7 +338,8 @@ impl Store for MemoryStore {
                     report.offline_workers.push(w.id.clone());
                 }
             }
-        }
+            (report, notes)
+        };
         self.send(notes);
         Ok(report)
     }
@@ -821,9 +403,15 @@ impl Store for MemoryStore {
             if let Some(run) = runs.get_mut(run_id)
                 && &run.worker_id == id
             {
-                run.lease_expires_at = Some(add(at, *lease));
+                run.lease_expires_at = Some(crate::rules::after(at, *lease));
                 extended += 1;
             }
+        }
+        drop(s);
+        if status == Some(WorkerStatus::Offline) {
+            self.send(vec![
+                self.notifier.worker(id.clone(), WorkerStatus::Offline),
+            ]);
         }
         Ok(Some(HeartbeatReport { extended }))
     }
@@ -847,26 +435,19 @@ impl Store for MemoryStore {
     }
 
     async fn unregister_worker(&self, id: &WorkerId) -> Result<Option<Vec<TaskId>>> {
-        let at = now();
-        let released = {
+        let (released, mut notes) = {
             let mut s = self.lock();
             if s.workers.remove(id).is_none() {
                 return Ok(None);
             }
-            let mine: Vec<RunId> = s
-                .running
-                .keys()
-                .filter(|r| s.runs.get(r).is_some_and(|run| &run.worker_id == id))
-                .copied()
-                .collect();
-            mine.into_iter()
-                .filter_map(|r| s.release(r, at))
-                .collect::<Vec<_>>()
+            let mine = s.runs_of(id);
+            self.replay(&mut s, |ch| {
+                mine.iter()
+                    .filter(|(r, t)| ch.release(*r, *t))
+                    .map(|(_, t)| *t)
+                    .collect::<Vec<_>>()
+            })
         };
-        let mut notes: Vec<Notification> = released
-            .iter()
-            .map(|t| self.notifier.task_status(*t, TaskStatus::Queued))
-            .collect();
         notes.push(self.notifier.worker(id.clone(), WorkerStatus::Offline));
         self.send(notes);
         Ok(Some(released))
@@ -943,7 +524,7 @@ impl Store for MemoryStore {
             s.plan_tasks.insert(id, order);
             n
         };
-        self.send(vec![self.notifier.task_created(None)]);
+        self.send(vec![self.notifier.task_created(None, created)]);
         Ok(Some(created))
     }
 
@@ -966,42 +547,16 @@ impl Store for MemoryStore {
     }
 
     async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
-        let at = now();
-        let mut notes = Vec::new();
-        let cancelled = {
+        let (cancelled, notes) = {
             let mut s = self.lock();
-            let Some(plan) = s.plans.get_mut(&id) else {
+            let Some(plan) = s.plans.get(&id) else {
                 return Ok(None);
             };
-            if !plan.cancel() {
+            if plan.status.is_terminal() {
                 return Ok(Some(Vec::new()));
             }
-            plan.updated_at = at;
-            notes.push(self.notifier.plan_status(id, PlanStatus::Cancelled));
-            let ids = s.plan_tasks.get(&id).cloned().unwrap_or_default();
-            let mut cancelled = Vec::new();
-            for tid in ids {
-                let Some(t) = s.task(tid) else { continue };
-                if t.status.is_terminal() {
-                    continue;
-                }
-                if t.status.is_active() {
-                    s.close_current_run(tid, RunStatus::Cancelled, at);
-                }
-                if let Some(t) = s.task_mut(tid) {
-                    t.status = TaskStatus::Cancelled;
-                    t.updated_at = at;
-                }
-                s.sync_ready(tid);
-                notes.push(self.notifier.task_status(tid, TaskStatus::Cancelled));
-                cancelled.push(tid);
-            }
-            if let Some(plan) = s.plans.get_mut(&id) {
-                plan.cancelled_subtasks = plan
-                    .cancelled_subtasks
-                    .saturating_add(cancelled.len() as u32);
-            }
-            cancelled
+            let open = s.plan_tasks.get(&id).cloned().unwrap_or_default();
+            self.replay(&mut s, |ch| ch.cancel_plan(id, &open))
         };
         self.send(notes);
         Ok(Some(cancelled))

@@ -1,54 +1,114 @@
-//! Change notifications: small, id-only messages that wake workers and feed the event bus.
+//! Change notifications: small typed messages, sent after commit, that wake workers and
+//! feed hive-ops' event bus — this process's changes and (on Postgres) other processes'.
 
-use hive_models::{PlanId, TaskId, WorkerId};
+use hive_models::{
+    PlanId, PlanStatus, RunId, TaskId, TaskStatus, Timestamp, WorkerId, WorkerStatus,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-/// What kind of change a [`Notification`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
-    /// Tasks were inserted (`task_id` set for a single insert, absent for a batch).
-    TaskCreated,
-    /// A task changed status (`status` holds the new one).
-    TaskStatus,
+/// A failed task's error is carried at most this long (in bytes) in a notification, so a
+/// batch of them fits Postgres's NOTIFY payload; the full text is on the task and its run.
+pub const NOTE_ERROR_LIMIT: usize = 1000;
+
+/// One committed change. Statuses are the model enums; each change names what a consumer
+/// needs without reading rows (the run that moved a task, the plan it belongs to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// Tasks were inserted: one (`task_id` set) or a batch of `count`.
+    TaskCreated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<TaskId>,
+        #[serde(default)]
+        count: u64,
+    },
+    /// A worker claimed a task, opening the run `run_id`.
+    TaskClaimed {
+        task_id: TaskId,
+        run_id: RunId,
+        worker_id: WorkerId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan_id: Option<PlanId>,
+    },
+    /// A task moved to a status (in progress is [`Change::TaskClaimed`]).
+    TaskStatus(TaskStatusChange),
     /// A task that waited on dependencies became claimable, and the transaction that freed
     /// it did not claim it itself ([`crate::Store::finish_and_claim`]).
-    TaskReady,
+    TaskReady { task_id: TaskId },
     /// A plan changed status.
-    PlanStatus,
-    /// A worker registered, went offline or unregistered.
-    Worker,
+    PlanStatus { plan_id: PlanId, status: PlanStatus },
+    /// A worker registered (active) or went offline.
+    Worker {
+        worker_id: WorkerId,
+        status: WorkerStatus,
+    },
 }
 
-/// One change, carrying ids only (Postgres NOTIFY payloads are capped at 8000 bytes);
-/// readers fetch rows they need.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A task's move to `status`, with what a consumer needs to know about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusChange {
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    /// The run whose outcome moved it, when a worker's did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<RunId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<PlanId>,
+    /// The error of a failed attempt (at most [`NOTE_ERROR_LIMIT`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a task requeued after a failure may be claimed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<Timestamp>,
+}
+
+impl TaskStatusChange {
+    /// A move with nothing else to say.
+    pub fn new(task_id: TaskId, status: TaskStatus) -> TaskStatusChange {
+        TaskStatusChange {
+            task_id,
+            status,
+            run_id: None,
+            plan_id: None,
+            error: None,
+            run_at: None,
+        }
+    }
+}
+
+/// A change and the store instance that made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// The [`crate::Store::origin`] of the store instance that made the change.
     pub origin: uuid::Uuid,
-    pub kind: ChangeKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<TaskId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_id: Option<PlanId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_id: Option<WorkerId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    #[serde(flatten)]
+    pub change: Change,
 }
 
 impl Notification {
-    /// Whether this notification may mean a task is claimable now: new tasks, tasks back in the
-    /// queue, dependents freed. Workers wake on these only; a completion alone frees no slot
-    /// elsewhere, so waking every worker on it would only cost empty claims.
+    /// Whether this notification may mean a task is claimable now: new tasks, tasks back in
+    /// the queue, dependents freed. Workers wake on these only; a completion alone frees no
+    /// slot elsewhere, so waking every worker on it would only cost empty claims.
     pub fn may_be_claimable(&self) -> bool {
-        match self.kind {
-            ChangeKind::TaskCreated | ChangeKind::TaskReady => true,
-            ChangeKind::TaskStatus => self.status.as_deref() == Some("queued"),
-            ChangeKind::PlanStatus | ChangeKind::Worker => false,
+        match &self.change {
+            Change::TaskCreated { .. } | Change::TaskReady { .. } => true,
+            Change::TaskStatus(c) => c.status == TaskStatus::Queued,
+            Change::TaskClaimed { .. } | Change::PlanStatus { .. } | Change::Worker { .. } => false,
         }
     }
+}
+
+/// `error`, cut to at most [`NOTE_ERROR_LIMIT`] bytes at a character boundary.
+pub fn note_error(error: &str) -> String {
+    if error.len() <= NOTE_ERROR_LIMIT {
+        return error.to_owned();
+    }
+    let mut end = NOTE_ERROR_LIMIT - '…'.len_utf8();
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
 }
 
 /// The in-process side of notifications: a broadcast channel plus this store's origin.
@@ -90,54 +150,42 @@ impl Notifier {
         let _ = self.sender.send(n);
     }
 
-    /// A notification of this store's own, stamped with its origin.
-    pub fn make(&self, kind: ChangeKind) -> Notification {
+    /// A change of this store's own, stamped with its origin.
+    pub fn note(&self, change: Change) -> Notification {
         Notification {
             origin: self.origin,
-            kind,
-            task_id: None,
-            plan_id: None,
-            worker_id: None,
-            status: None,
+            change,
         }
     }
 
-    pub fn task_created(&self, task_id: Option<TaskId>) -> Notification {
-        Notification {
-            task_id,
-            ..self.make(ChangeKind::TaskCreated)
-        }
+    pub fn task_created(&self, task_id: Option<TaskId>, count: u64) -> Notification {
+        self.note(Change::TaskCreated { task_id, count })
     }
 
-    pub fn task_status(&self, task_id: TaskId, status: impl ToString) -> Notification {
-        Notification {
-            task_id: Some(task_id),
-            status: Some(status.to_string()),
-            ..self.make(ChangeKind::TaskStatus)
-        }
+    pub fn task_status(&self, task_id: TaskId, status: TaskStatus) -> Notification {
+        self.note(Change::TaskStatus(TaskStatusChange::new(task_id, status)))
     }
 
     pub fn task_ready(&self, task_id: TaskId) -> Notification {
-        Notification {
-            task_id: Some(task_id),
-            ..self.make(ChangeKind::TaskReady)
-        }
+        self.note(Change::TaskReady { task_id })
     }
 
-    pub fn plan_status(&self, plan_id: PlanId, status: impl ToString) -> Notification {
-        Notification {
-            plan_id: Some(plan_id),
-            status: Some(status.to_string()),
-            ..self.make(ChangeKind::PlanStatus)
-        }
+    pub fn plan_status(&self, plan_id: PlanId, status: PlanStatus) -> Notification {
+        self.note(Change::PlanStatus { plan_id, status })
     }
 
-    pub fn worker(&self, worker_id: WorkerId, status: impl ToString) -> Notification {
-        Notification {
-            worker_id: Some(worker_id),
-            status: Some(status.to_string()),
-            ..self.make(ChangeKind::Worker)
-        }
+    pub fn worker(&self, worker_id: WorkerId, status: WorkerStatus) -> Notification {
+        self.note(Change::Worker { worker_id, status })
+    }
+
+    /// One claim's notification.
+    pub fn task_claimed(&self, claim: &crate::Claim) -> Notification {
+        self.note(Change::TaskClaimed {
+            task_id: claim.task.id,
+            run_id: claim.run.id,
+            worker_id: claim.run.worker_id.clone(),
+            plan_id: claim.task.plan_id,
+        })
     }
 
     /// Drops the ready notes of tasks the same transaction went on to claim.
@@ -147,9 +195,9 @@ impl Notifier {
         }
         let claimed: std::collections::HashSet<TaskId> =
             claimed.iter().map(|c| c.task.id).collect();
-        notes.retain(|n| {
-            !(n.kind == ChangeKind::TaskReady && n.task_id.is_some_and(|t| claimed.contains(&t)))
-        });
+        notes.retain(
+            |n| !matches!(&n.change, Change::TaskReady { task_id } if claimed.contains(task_id)),
+        );
     }
 
     /// Sends this store's own notifications in-process.
@@ -160,5 +208,44 @@ impl Notifier {
         for n in notes {
             let _ = self.sender.send(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_typed_statuses() {
+        let n = Notifier::new();
+        let notes = [
+            n.task_created(Some(TaskId::new()), 1),
+            n.note(Change::TaskStatus(TaskStatusChange {
+                run_id: Some(RunId::new()),
+                plan_id: Some(PlanId::new()),
+                error: Some(note_error("boom")),
+                ..TaskStatusChange::new(TaskId::new(), TaskStatus::Failed)
+            })),
+            n.plan_status(PlanId::new(), PlanStatus::Completed),
+            n.worker(WorkerId("w".into()), WorkerStatus::Offline),
+        ];
+        for note in notes {
+            let text = serde_json::to_string(&note).unwrap_or_default();
+            let back: Notification =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(back, note);
+        }
+    }
+
+    #[test]
+    fn long_errors_are_cut_at_a_character() {
+        let long = "é".repeat(NOTE_ERROR_LIMIT);
+        let cut = note_error(&long);
+        assert!(
+            cut.len() <= NOTE_ERROR_LIMIT && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(note_error("short"), "short");
     }
 }

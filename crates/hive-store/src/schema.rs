@@ -7,6 +7,9 @@
 //! the other way round). A database migrated before that table existed recorded Hive's
 //! migrations in sqlx's default table; [`Found::legacy_is_hive`] lets a backend adopt it.
 
+// Only the SQL backends inspect a schema; memory has none.
+#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+
 use crate::{Error, Result};
 
 /// Hive's migration bookkeeping table.

@@ -52,6 +52,7 @@ macro_rules! plan_columns {
 mod connect;
 mod db;
 mod plans;
+mod replay;
 mod runs;
 mod tasks;
 mod tx;
@@ -204,7 +205,7 @@ impl Store for SqliteStore {
         let notes = match &out {
             Ok(ids) => {
                 let single = ids.first().copied().filter(|_| ids.len() == 1);
-                vec![self.notifier.task_created(single)]
+                vec![self.notifier.task_created(single, ids.len() as u64)]
             }
             Err(_) => Vec::new(),
         };
@@ -247,13 +248,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_tasks(&self, params: &PruneParams) -> Result<u64> {
-        if let Some(bad) = params.statuses.iter().find(|s| !s.is_terminal()) {
-            return Err(hive_models::Error::InvalidField {
-                field: "statuses".into(),
-                reason: format!("only terminal tasks can be pruned, not `{bad}`"),
-            }
-            .into());
-        }
+        params.check()?;
         if params.statuses.is_empty() || params.limit == 0 {
             return Ok(0);
         }
@@ -364,7 +359,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<HeartbeatReport>> {
         let mut tx = self.begin().await?;
         let out = workers::heartbeat(&mut tx, id, status).await;
-        self.end(tx, out, Vec::new()).await
+        let notes = match &out {
+            Ok(Some(_)) if status == Some(WorkerStatus::Offline) => {
+                vec![self.notifier.worker(id.clone(), WorkerStatus::Offline)]
+            }
+            _ => Vec::new(),
+        };
+        self.end(tx, out, notes).await
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<Worker>> {
@@ -412,7 +413,7 @@ impl Store for SqliteStore {
         let mut tx = self.begin().await?;
         let out = plans::materialize(&mut tx, id).await;
         let notes = match &out {
-            Ok(plans::Materialized::Created(_)) => vec![self.notifier.task_created(None)],
+            Ok(plans::Materialized::Created(n)) => vec![self.notifier.task_created(None, *n)],
             _ => Vec::new(),
         };
         let created = self.end(tx, out, notes).await?;

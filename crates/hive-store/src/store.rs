@@ -50,10 +50,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The store's clock: the database server's `now()` for SQL backends.
     async fn now(&self) -> Result<Timestamp>;
 
-    /// Change notifications: task created, task status changed, plan status changed,
-    /// worker changed. Delivered after commit; best-effort (a lagging receiver skips), so
-    /// consumers treat them as wake-ups and re-read state. Postgres also delivers other
-    /// processes' changes (LISTEN/NOTIFY, reconnecting on loss).
+    /// Change notifications ([`crate::Change`], typed): tasks created, claimed, moved to a
+    /// status (with the run that moved them and a failure's error), freed dependents, plan
+    /// and worker status. Delivered after commit; best-effort (a lagging receiver skips), so
+    /// consumers treat them as wake-ups and re-read what they must be sure of. Postgres also
+    /// delivers other processes' changes (LISTEN/NOTIFY, reconnecting on loss).
     async fn subscribe(&self) -> Result<broadcast::Receiver<Notification>>;
 
     // ---- tasks ----
@@ -149,8 +150,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `active`, heartbeat now. Returns the stored worker.
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker>;
 
-    /// Records a heartbeat (and a new status if given), and extends the lease of every
-    /// running run of this worker by that run's lease duration. `None` for an unknown worker.
+    /// Records a heartbeat (and a new status if given; `offline` is announced), and extends
+    /// the lease of every running run of this worker by that run's lease duration. `None`
+    /// for an unknown worker.
     async fn heartbeat(
         &self,
         id: &WorkerId,

@@ -134,6 +134,16 @@ pub enum Finished {
     Stale,
 }
 
+/// What a task reaching a terminal status did beyond the task itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// Unfinished dependents cancelled, transitively, because the task failed or was
+    /// cancelled.
+    pub cancelled: Vec<TaskId>,
+    /// The last plan transition it caused.
+    pub plan_transition: Option<(PlanId, PlanStatus)>,
+}
+
 /// The report for one finished run, in the order the outcomes were given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FinishReport {
@@ -146,6 +156,20 @@ pub struct FinishReport {
     pub cancelled_dependents: Vec<TaskId>,
     /// Set when this finish moved the task's plan to a terminal status.
     pub plan_transition: Option<PlanStatus>,
+}
+
+impl FinishReport {
+    /// The report for a run that was not its task's current running run.
+    pub fn stale(run_id: RunId, task_id: Option<TaskId>) -> FinishReport {
+        FinishReport {
+            run_id,
+            task_id,
+            finished: Finished::Stale,
+            plan_id: None,
+            cancelled_dependents: Vec::new(),
+            plan_transition: None,
+        }
+    }
 }
 
 /// What [`crate::Store::reap`] took back.
@@ -204,6 +228,19 @@ pub struct PruneParams {
     pub statuses: Vec<TaskStatus>,
     /// At most this many tasks per call, so one call never holds locks for long.
     pub limit: u32,
+}
+
+impl PruneParams {
+    /// Refuses statuses a prune may not delete: only finished tasks go.
+    pub fn check(&self) -> Result<(), hive_models::Error> {
+        match self.statuses.iter().find(|s| !s.is_terminal()) {
+            Some(bad) => Err(hive_models::Error::InvalidField {
+                field: "statuses".into(),
+                reason: format!("only terminal tasks can be pruned, not `{bad}`"),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Per-status task counts, for status displays.

@@ -3,7 +3,7 @@
 //! whole, and polling of the store until a condition holds.
 //!
 //! Each test binary uses part of it.
-#![allow(dead_code, unused_macros)]
+#![allow(dead_code)]
 
 pub mod db;
 
@@ -29,11 +29,12 @@ pub struct Harness {
 }
 
 /// Runs `case` against a fresh store, cleaning it up afterwards even when the case panics.
-pub async fn run_case<F, Fut>(backend: &'static str, ts: TestStore, case: F)
+pub async fn run_case<F, Fut>(ts: TestStore, case: F)
 where
     F: FnOnce(Harness) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let backend = ts.store.backend().as_str();
     let url = ts
         .url
         .clone()
@@ -423,33 +424,4 @@ pub fn read_log(log: &str) -> Vec<Execution> {
             }
         })
         .collect()
-}
-
-/// One test per case and backend, in modules named after the backends (so `sqlite::` and
-/// `postgres::` select them); Postgres cases report a skip when no server is configured.
-macro_rules! process_tests {
-    (all: [$($case:ident),+ $(,)?], postgres_only: [$($pg_case:ident),* $(,)?]) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let ts = hive_store::testing::sqlite().await.expect("an SQLite store");
-                    crate::support::run_case("sqlite", ts, super::$case).await;
-                }
-            )+
-        }
-        mod postgres {
-            $( process_tests!(@postgres $case); )+
-            $( process_tests!(@postgres $pg_case); )*
-        }
-    };
-    (@postgres $case:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $case() {
-            match hive_store::testing::postgres().await {
-                Some(ts) => crate::support::run_case("postgres", ts, super::$case).await,
-                None => hive_store::testing::report_skip(concat!("postgres::", stringify!($case))),
-            }
-        }
-    };
 }

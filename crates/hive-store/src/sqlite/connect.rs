@@ -26,7 +26,7 @@ const THREAD_PREFIX: &str = "hive-sqlite-";
 const HIVE_TABLES: &[&str] = &["plans", "tasks", "task_dependencies", "runs", "workers"];
 
 fn migrator() -> sqlx::migrate::Migrator {
-    let mut m = sqlx::migrate!("../../migrations/sqlite");
+    let mut m = sqlx::migrate!("migrations/sqlite");
     m.dangerous_set_table_name(MIGRATIONS_TABLE);
     m
 }

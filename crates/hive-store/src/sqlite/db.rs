@@ -18,7 +18,7 @@ use crate::Error;
 /// The connection a write runs on: the writer's open `BEGIN IMMEDIATE` transaction.
 pub(super) type Conn = SqliteConnection;
 
-pub(super) use crate::sql_fail::{Fail, R};
+pub(super) use crate::sql::{Fail, R};
 
 impl Fail {
     pub(super) fn into_error(self, target: &str) -> Error {
@@ -44,65 +44,53 @@ mod code {
 /// Maps a driver error to a portable variant. `target` is the database path, which carries
 /// no credentials.
 pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
-    let unavailable = |reason: String| Error::Unavailable {
-        target: target.to_owned(),
-        reason,
-    };
-    match e {
-        sqlx::Error::PoolTimedOut => {
-            unavailable("timed out waiting for a pooled connection".into())
+    let target = target.to_owned();
+    crate::sql::map_driver(e, &target.clone(), move |db| {
+        let message = db.message().to_owned();
+        match primary(&*db) {
+            code::BUSY | code::LOCKED => Error::Unavailable {
+                target,
+                reason: format!("database is locked by another writer: {message}"),
+            },
+            code::FULL => Error::StorageFull {
+                target,
+                reason: message,
+            },
+            code::IOERR => Error::Unavailable {
+                target,
+                reason: message,
+            },
+            code::CANTOPEN => Error::Misconfigured {
+                target,
+                reason: format!(
+                    "{message} (does the file's directory exist, and may this user open it?)"
+                ),
+            },
+            code::READONLY => Error::Misconfigured {
+                target,
+                reason: format!("{message} (the file or its directory is read-only)"),
+            },
+            code::CORRUPT | code::NOTADB => Error::Corrupt {
+                table: "database",
+                reason: message,
+            },
+            _ if db.is_unique_violation() => Error::Conflict(message),
+            _ => Error::Database(message),
         }
-        sqlx::Error::PoolClosed => unavailable("the connection pool is closed".into()),
-        sqlx::Error::WorkerCrashed => unavailable("the connection's worker thread stopped".into()),
-        sqlx::Error::Io(e) => unavailable(e.to_string()),
-        sqlx::Error::Database(ref db) => {
-            let primary = primary_code(&e);
-            let message = db.message().to_owned();
-            match primary {
-                code::BUSY | code::LOCKED => {
-                    unavailable(format!("database is locked by another writer: {message}"))
-                }
-                code::FULL => Error::StorageFull {
-                    target: target.to_owned(),
-                    reason: message,
-                },
-                code::IOERR => unavailable(message),
-                code::CANTOPEN => Error::Misconfigured {
-                    target: target.to_owned(),
-                    reason: format!(
-                        "{message} (does the file's directory exist, and may this user open it?)"
-                    ),
-                },
-                code::READONLY => Error::Misconfigured {
-                    target: target.to_owned(),
-                    reason: format!("{message} (the file or its directory is read-only)"),
-                },
-                code::CORRUPT | code::NOTADB => Error::Corrupt {
-                    table: "database",
-                    reason: message,
-                },
-                _ if db.is_unique_violation() => Error::Conflict(message),
-                _ => Error::Database(message),
-            }
-        }
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. } => Error::Corrupt {
-            table: "row",
-            reason: e.to_string(),
-        },
-        other => Error::Database(other.to_string()),
-    }
+    })
+}
+
+/// The primary result code of an error SQLite returned (the low byte of extended codes).
+fn primary(db: &dyn sqlx::error::DatabaseError) -> i64 {
+    db.code()
+        .and_then(|c| c.parse::<i64>().ok())
+        .map_or(0, |c| c & 0xff)
 }
 
 /// The primary result code of a SQLite error, 0 for other errors.
 fn primary_code(e: &sqlx::Error) -> i64 {
     match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .map_or(0, |c| c & 0xff),
+        sqlx::Error::Database(db) => primary(&**db),
         _ => 0,
     }
 }
@@ -143,11 +131,6 @@ pub(super) fn add_us(at: i64, d: Duration) -> i64 {
 
 pub(super) fn sub_us(at: i64, d: Duration) -> i64 {
     at.saturating_sub(dur_us(d)).max(min_us())
-}
-
-/// A lease in whole milliseconds, the unit heartbeats reapply it in.
-pub(super) fn lease_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(super) fn us(t: Timestamp) -> i64 {

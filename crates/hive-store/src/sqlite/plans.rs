@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
-use hive_models::{ExecutionPlan, NewPlan, PlanId, PlanStatus, SubTask, TaskId, TaskStatus};
+use hive_models::{ExecutionPlan, NewPlan, PlanCounters, PlanId, PlanStatus, SubTask, TaskId};
 
 use super::db::{self, Cols, Conn, R, to_json};
+use super::replay::{self, state_columns};
 use super::tasks::{self, PlanLink, TaskRow};
+use crate::rules::Loaded;
 use crate::{Notification, Notifier};
 
 pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
@@ -162,63 +164,50 @@ pub(super) async fn cancel(
     notes: &mut Vec<Notification>,
     id: PlanId,
 ) -> R<Option<Vec<TaskId>>> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM plans WHERE id = ?1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *c)
-        .await?;
-    let Some(status) = status else {
+    let Some(row) = sqlx::query(
+        "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
+                cancelled_subtasks FROM plans WHERE id = ?1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&mut *c)
+    .await?
+    else {
         return Ok(None);
     };
-    let status: PlanStatus = status
-        .parse()
-        .map_err(|e: hive_models::Error| db::corrupt("plans", e.to_string()))?;
+    let cols = Cols::new(&row, "plans");
+    let status: PlanStatus = cols.parse("status")?;
     if status.is_terminal() {
         return Ok(Some(Vec::new()));
     }
     let at = db::db_now(c).await?;
-    notes.push(n.plan_status(id, PlanStatus::Cancelled));
-    sqlx::query(
-        "UPDATE runs SET status = 'cancelled', completed_at = ?1, lease_expires_at = NULL \
-         WHERE status = 'running' AND id IN (\
-             SELECT current_run_id FROM tasks \
-             WHERE plan_id = ?2 AND status IN ('assigned', 'in_progress'))",
-    )
-    .bind(at)
-    .bind(id.to_string())
-    .execute(&mut *c)
-    .await?;
-    let rows = sqlx::query(
-        "UPDATE tasks SET status = 'cancelled', updated_at = ?1 \
-         WHERE plan_id = ?2 AND status NOT IN ('completed', 'failed', 'cancelled') \
-         RETURNING seq, id",
-    )
-    .bind(at)
+    let mut view = Loaded::default();
+    view.plans.insert(
+        id,
+        PlanCounters {
+            status,
+            total: cols.u32("total_subtasks")?,
+            completed: cols.u32("completed_subtasks")?,
+            failed: cols.u32("failed_subtasks")?,
+            cancelled: cols.u32("cancelled_subtasks")?,
+        },
+    );
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        state_columns!(),
+        " FROM tasks t WHERE t.plan_id = ?1 AND t.status NOT IN ('completed', 'failed', 'cancelled') \
+         ORDER BY t.seq"
+    ))
     .bind(id.to_string())
     .fetch_all(&mut *c)
     .await?;
-    let mut cancelled = rows
-        .iter()
-        .map(|row| {
-            let cols = Cols::new(row, "tasks");
-            Ok((cols.get::<i64>("seq")?, cols.parse::<TaskId>("id")?))
-        })
-        .collect::<R<Vec<_>>>()?;
-    // RETURNING has no defined order; the plan's tasks are reported in creation order.
-    cancelled.sort_unstable_by_key(|(seq, _)| *seq);
-    let cancelled: Vec<TaskId> = cancelled.into_iter().map(|(_, t)| t).collect();
-    sqlx::query(
-        "UPDATE plans SET status = 'cancelled', updated_at = ?1, \
-             cancelled_subtasks = MIN(cancelled_subtasks + ?2, 4294967295) WHERE id = ?3",
-    )
-    .bind(at)
-    .bind(i64::try_from(cancelled.len()).unwrap_or(i64::MAX))
-    .bind(id.to_string())
-    .execute(&mut *c)
-    .await?;
-    notes.extend(
-        cancelled
-            .iter()
-            .map(|t| n.task_status(*t, TaskStatus::Cancelled)),
-    );
+    let mut open = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (task, state) = replay::state_from_row(row)?;
+        view.add_task(task, state);
+        open.push(task);
+    }
+    let (cancelled, batch_notes) =
+        replay::replay(c, n, &view, at, |ch| ch.cancel_plan(id, &open)).await?;
+    notes.extend(batch_notes);
     Ok(Some(cancelled))
 }

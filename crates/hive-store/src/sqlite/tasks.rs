@@ -1,15 +1,14 @@
-//! Tasks: inserts, reads, status changes, deletes, and the dependency and plan rules a task
-//! reaching a terminal status applies.
+//! Tasks: inserts, reads, status changes (by the rules), deletes, pruning, and the
+//! dependents' countdown a completion writes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RunId, RunStatus, TaskId, TaskStatus,
-};
+use hive_models::{NewTask, PlanId, PlanStatus, TaskId, TaskStatus};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::db::{self, Cols, Conn, R, json_list, to_json, us};
-use crate::memory::{merge_metadata, run_status_on_leave};
+use super::replay::{self, state_columns};
+use crate::rules::Loaded;
 use crate::{
     Error, Notification, Notifier, PruneParams, StatusChange, StatusChanged, StatusCounts,
     TaskFilter,
@@ -236,26 +235,6 @@ pub(super) async fn count(c: &mut Conn, plan_id: Option<PlanId>) -> R<StatusCoun
     Ok(counts)
 }
 
-/// Closes a task's current run if it is still running.
-pub(super) async fn close_run(
-    c: &mut Conn,
-    run: Option<RunId>,
-    status: RunStatus,
-    at: i64,
-) -> R<()> {
-    let Some(run) = run else { return Ok(()) };
-    sqlx::query(
-        "UPDATE runs SET status = ?1, completed_at = ?2, lease_expires_at = NULL \
-         WHERE id = ?3 AND status = 'running'",
-    )
-    .bind(status.as_str())
-    .bind(at)
-    .bind(run.to_string())
-    .execute(&mut *c)
-    .await?;
-    Ok(())
-}
-
 pub(super) async fn set_status(
     c: &mut Conn,
     n: &Notifier,
@@ -267,67 +246,33 @@ pub(super) async fn set_status(
         return Ok(None);
     };
     let at = db::db_now(c).await?;
-    let previous = task.status;
-    let to = change.status;
-    let requeue = change.requeue && to == TaskStatus::Queued && previous.can_requeue();
-    if !requeue {
-        previous.check_transition(to)?;
+    let mut view = Loaded::default();
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        state_columns!(),
+        " FROM tasks t WHERE t.id = ?1"
+    ))
+    .bind(id.to_string())
+    .fetch_one(&mut *c)
+    .await?;
+    let (_, state) = replay::state_from_row(&row)?;
+    view.add_task(id, state);
+    if change.status.is_terminal() && change.status != TaskStatus::Completed {
+        replay::load_cascade(c, &mut view, &[id]).await?;
     }
-    let mut fx = Effects::default();
-    if previous != to {
-        if previous.is_active() {
-            close_run(c, task.current_run_id, run_status_on_leave(to), at).await?;
-        }
-        let pending: i64 = if requeue && previous.is_terminal() {
-            // Back in the queue it waits again for every dependency not completed now.
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
-                 WHERE d.task_id = ?1 AND x.status <> 'completed'",
-            )
-            .bind(id.to_string())
-            .fetch_one(&mut *c)
-            .await?
-        } else {
-            i64::from(task.pending_dependencies)
-        };
-        let sql = if to == TaskStatus::Queued {
-            "UPDATE tasks SET status = ?1, updated_at = ?2, pending_deps = ?3, \
-             assigned_worker = NULL, run_at = NULL WHERE id = ?4"
-        } else {
-            "UPDATE tasks SET status = ?1, updated_at = ?2, pending_deps = ?3 WHERE id = ?4"
-        };
-        sqlx::query(sql)
-            .bind(to.as_str())
-            .bind(at)
-            .bind(pending)
-            .bind(id.to_string())
-            .execute(&mut *c)
-            .await?;
-        notes.push(n.task_status(id, to));
-        if to.is_terminal() {
-            let mut plans = PlanBook::default();
-            fx = on_terminal(c, n, notes, &mut plans, id, to, task.plan_id, at).await?;
-            plans.save(c, at).await?;
-        }
-    }
-    if let Some(patch) = &change.metadata {
-        let mut metadata = task.metadata.clone();
-        merge_metadata(&mut metadata, patch);
-        sqlx::query("UPDATE tasks SET metadata = ?1, updated_at = ?2 WHERE id = ?3")
-            .bind(to_json("metadata", &metadata)?)
-            .bind(at)
-            .bind(id.to_string())
-            .execute(&mut *c)
-            .await?;
-    }
+    replay::load_plans(c, &mut view).await?;
+    let (outcome, batch_notes) =
+        replay::replay(c, n, &view, at, |ch| ch.change_status(&task, &change)).await?;
+    let outcome = outcome?;
+    notes.extend(batch_notes);
     let task = db::fetch_task(c, id)
         .await?
         .ok_or_else(|| Error::not_found("task", id))?;
     Ok(Some(StatusChanged {
-        previous,
+        previous: outcome.previous,
         task,
-        cancelled_dependents: fx.cancelled,
-        plan_transition: fx.plan_transition,
+        cancelled_dependents: outcome.effects.cancelled,
+        plan_transition: outcome.effects.plan_transition,
     }))
 }
 
@@ -417,54 +362,6 @@ pub(super) async fn dependencies_met(c: &mut Conn, ids: &[TaskId]) -> R<HashMap<
         .collect()
 }
 
-/// What a task reaching a terminal status did beyond the task itself.
-#[derive(Debug, Default)]
-pub(super) struct Effects {
-    pub cancelled: Vec<TaskId>,
-    /// The last plan transition it caused.
-    pub plan_transition: Option<(PlanId, PlanStatus)>,
-}
-
-/// Applies the dependency and plan rules after `id` reached the terminal `status`, in the
-/// memory store's order: the task's own plan first, then its dependents (each cancelled
-/// dependent counting for its plan). Plan changes stay in `plans` until it is saved.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn on_terminal(
-    c: &mut Conn,
-    n: &Notifier,
-    notes: &mut Vec<Notification>,
-    plans: &mut PlanBook,
-    id: TaskId,
-    status: TaskStatus,
-    plan_id: Option<PlanId>,
-    at: i64,
-) -> R<Effects> {
-    let mut fx = Effects::default();
-    if let Some(pid) = plan_id
-        && let Some(to) = plans.step(c, pid, status).await?
-    {
-        notes.push(n.plan_status(pid, to));
-        fx.plan_transition = Some((pid, to));
-    }
-    if status == TaskStatus::Completed {
-        for d in decrement_dependents(c, &[id]).await? {
-            notes.push(n.task_ready(d));
-        }
-        return Ok(fx);
-    }
-    for d in cascade_cancel(c, id, at).await? {
-        notes.push(n.task_status(d.task, TaskStatus::Cancelled));
-        fx.cancelled.push(d.task);
-        if let Some(pid) = d.plan
-            && let Some(to) = plans.step(c, pid, TaskStatus::Cancelled).await?
-        {
-            notes.push(n.plan_status(pid, to));
-            fx.plan_transition = Some((pid, to));
-        }
-    }
-    Ok(fx)
-}
-
 /// Each dependent of the given tasks waits for one dependency fewer per task listed, and
 /// the queued ones left waiting for none are returned (now claimable unless delayed). One
 /// statement; the `depends_on` index finds the dependents, so the cost follows their number.
@@ -491,193 +388,4 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
         }
     }
     Ok(ready)
-}
-
-/// A dependent a failure or cancellation cancelled.
-#[derive(Debug)]
-pub(super) struct Cancelled {
-    pub task: TaskId,
-    /// The run it held, closed as cancelled if it was running.
-    pub run: Option<RunId>,
-    pub plan: Option<PlanId>,
-}
-
-/// Cancels every transitive dependent of `root` that is not terminal (closing its running
-/// run), walking breadth-first one level per query in the memory store's order: each
-/// task's dependents in insertion order, never through a terminal task. Returns them in
-/// that order.
-pub(super) async fn cascade_cancel(c: &mut Conn, root: TaskId, at: i64) -> R<Vec<Cancelled>> {
-    let mut seen: HashSet<TaskId> = HashSet::new();
-    let mut cancelled: Vec<Cancelled> = Vec::new();
-    let mut level = vec![root];
-    while !level.is_empty() {
-        let rows = sqlx::query(
-            "SELECT d.depends_on AS parent, t.id, t.status, t.current_run_id, t.plan_id \
-             FROM task_dependencies d JOIN tasks t ON t.id = d.task_id \
-             WHERE d.depends_on IN (SELECT value FROM json_each(?1)) ORDER BY t.seq",
-        )
-        .bind(json_list(&level))
-        .fetch_all(&mut *c)
-        .await?;
-        let mut children: HashMap<TaskId, Vec<(TaskStatus, Cancelled)>> = HashMap::new();
-        for row in &rows {
-            let cols = Cols::new(row, "tasks");
-            children.entry(cols.parse("parent")?).or_default().push((
-                cols.parse("status")?,
-                Cancelled {
-                    task: cols.parse("id")?,
-                    run: cols.parse_opt("current_run_id")?,
-                    plan: cols.parse_opt("plan_id")?,
-                },
-            ));
-        }
-        let mut next = Vec::new();
-        for parent in &level {
-            for (status, child) in children.remove(parent).unwrap_or_default() {
-                if !seen.insert(child.task) || status.is_terminal() {
-                    continue;
-                }
-                next.push(child.task);
-                cancelled.push(child);
-            }
-        }
-        level = next;
-    }
-    if cancelled.is_empty() {
-        return Ok(cancelled);
-    }
-    sqlx::query(
-        "UPDATE runs SET status = 'cancelled', completed_at = ?1, lease_expires_at = NULL \
-         WHERE status = 'running' AND id IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(at)
-    .bind(json_list(cancelled.iter().filter_map(|d| d.run)))
-    .execute(&mut *c)
-    .await?;
-    sqlx::query(
-        "UPDATE tasks SET status = 'cancelled', updated_at = ?1 \
-         WHERE id IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(at)
-    .bind(json_list(cancelled.iter().map(|d| d.task)))
-    .execute(&mut *c)
-    .await?;
-    Ok(cancelled)
-}
-
-/// The columns [`PlanBook`] reads.
-macro_rules! plan_state_sql {
-    () => {
-        "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
-         cancelled_subtasks FROM plans"
-    };
-}
-
-/// Plans a transaction changes, read once, changed in memory by the models' own plan rules
-/// and written back in one statement by [`PlanBook::save`]. Only status and counters are
-/// loaded: a plan's subtasks can be large and the rules never need them.
-#[derive(Debug, Default)]
-pub(super) struct PlanBook {
-    plans: HashMap<PlanId, ExecutionPlan>,
-    touched: HashSet<PlanId>,
-}
-
-impl PlanBook {
-    /// Reads the plans not read yet, in one query.
-    pub async fn load(&mut self, c: &mut Conn, ids: impl IntoIterator<Item = PlanId>) -> R<()> {
-        let missing: HashSet<PlanId> = ids
-            .into_iter()
-            .filter(|id| !self.plans.contains_key(id))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let rows = sqlx::query(concat!(
-            plan_state_sql!(),
-            " WHERE id IN (SELECT value FROM json_each(?1))"
-        ))
-        .bind(json_list(&missing))
-        .fetch_all(&mut *c)
-        .await?;
-        for row in &rows {
-            let cols = Cols::new(row, "plans");
-            let id: PlanId = cols.parse("id")?;
-            let mut plan = ExecutionPlan::from_new(
-                id,
-                NewPlan {
-                    title: String::new(),
-                    description: String::new(),
-                    parent_task_id: None,
-                    subtasks: Vec::new(),
-                },
-                chrono::DateTime::UNIX_EPOCH,
-            );
-            plan.status = cols.parse("status")?;
-            plan.total_subtasks = cols.u32("total_subtasks")?;
-            plan.completed_subtasks = cols.u32("completed_subtasks")?;
-            plan.failed_subtasks = cols.u32("failed_subtasks")?;
-            plan.cancelled_subtasks = cols.u32("cancelled_subtasks")?;
-            self.plans.insert(id, plan);
-        }
-        Ok(())
-    }
-
-    /// The plan rules after one of the plan's tasks reached `status`, as the memory store's
-    /// `update_plan`: count it, then move the plan if the models say so. `None` for an
-    /// unknown plan or no move.
-    pub async fn step(
-        &mut self,
-        c: &mut Conn,
-        pid: PlanId,
-        status: TaskStatus,
-    ) -> R<Option<PlanStatus>> {
-        self.load(c, [pid]).await?;
-        let Some(plan) = self.plans.get_mut(&pid) else {
-            return Ok(None);
-        };
-        self.touched.insert(pid);
-        match status {
-            TaskStatus::Completed => plan.increment_completed(),
-            TaskStatus::Failed => plan.increment_failed(),
-            TaskStatus::Cancelled => plan.increment_cancelled(),
-            _ => {}
-        }
-        let Some(to) = plan.status_after(status) else {
-            return Ok(None);
-        };
-        plan.status = to;
-        Ok(Some(to))
-    }
-
-    /// Writes every plan a step touched (its `updated_at` too, as a step always sets it).
-    pub async fn save(&mut self, c: &mut Conn, at: i64) -> R<()> {
-        if self.touched.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<serde_json::Value> = self
-            .touched
-            .drain()
-            .filter_map(|id| self.plans.get(&id))
-            .map(|p| {
-                serde_json::json!([
-                    p.id.to_string(),
-                    p.status.as_str(),
-                    p.completed_subtasks,
-                    p.failed_subtasks,
-                    p.cancelled_subtasks
-                ])
-            })
-            .collect();
-        sqlx::query(
-            "UPDATE plans SET status = j.value ->> 1, completed_subtasks = j.value ->> 2, \
-                 failed_subtasks = j.value ->> 3, cancelled_subtasks = j.value ->> 4, \
-                 updated_at = ?1 \
-             FROM json_each(?2) AS j WHERE plans.id = j.value ->> 0",
-        )
-        .bind(at)
-        .bind(to_json("plans", &rows)?)
-        .execute(&mut *c)
-        .await?;
-        Ok(())
-    }
 }

@@ -3,7 +3,7 @@
 use hive_models::{RunId, TaskId, Worker, WorkerId, WorkerStatus};
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::db::{self, Cols, Conn, R, to_json};
+use super::db::{self, Conn, R, to_json};
 use super::runs;
 use crate::{HeartbeatReport, Notification, Notifier, WorkerFilter, WorkerRegistration};
 
@@ -50,7 +50,7 @@ pub(super) async fn heartbeat(
     }
     // The lease is capped so that now + lease stays a representable timestamp.
     let extended = sqlx::query(
-        "UPDATE runs SET lease_expires_at = ?1 + MIN(lease_ms, (?2 - ?1) / 1000) * 1000 \
+        "UPDATE runs SET lease_expires_at = ?1 + MIN(lease_us, ?2 - ?1) \
          WHERE worker_id = ?3 AND status = 'running'",
     )
     .bind(at)
@@ -107,7 +107,6 @@ pub(super) async fn unregister(
     notes: &mut Vec<Notification>,
     id: &WorkerId,
 ) -> R<Option<Vec<TaskId>>> {
-    let at = db::db_now(c).await?;
     let gone = sqlx::query("DELETE FROM workers WHERE id = ?1")
         .bind(id.as_str())
         .execute(&mut *c)
@@ -115,22 +114,22 @@ pub(super) async fn unregister(
     if gone.rows_affected() == 0 {
         return Ok(None);
     }
-    let rows = sqlx::query(
-        "SELECT r.id, r.task_id FROM runs r \
-         JOIN tasks t ON t.id = r.task_id AND t.current_run_id = r.id \
-         WHERE r.worker_id = ?1 AND r.status = 'running' ORDER BY r.started_at, r.id",
+    // Its running runs, in (task, run) order as every backend releases them.
+    let runs: Vec<String> = sqlx::query_scalar(
+        "SELECT r.id FROM runs r WHERE r.worker_id = ?1 AND r.status = 'running' \
+         ORDER BY r.task_id, r.id",
     )
     .bind(id.as_str())
     .fetch_all(&mut *c)
     .await?;
-    let live = rows
+    let runs = runs
         .iter()
-        .map(|row| {
-            let cols = Cols::new(row, "runs");
-            Ok((cols.parse::<RunId>("id")?, cols.parse::<TaskId>("task_id")?))
+        .map(|r| {
+            r.parse::<RunId>()
+                .map_err(|e| db::corrupt("runs", e.to_string()))
         })
         .collect::<R<Vec<_>>>()?;
-    let released = runs::release_live(c, n, notes, at, &live).await?;
+    let released = runs::release(c, n, notes, &runs).await?;
     notes.push(n.worker(id.clone(), WorkerStatus::Offline));
     Ok(Some(released))
 }

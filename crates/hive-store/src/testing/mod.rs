@@ -1,8 +1,9 @@
-//! The conformance suite every backend runs, and fresh test stores for each backend.
+//! The conformance suite every backend runs, fresh test stores for each backend, and the
+//! one macro every crate writes its per-backend tests with.
 //!
-//! [`conformance_suite!`](crate::conformance_suite) generates one `#[tokio::test]` per suite
-//! case for a backend; each test gets its own store (a fresh SQLite file, a fresh Postgres
-//! schema dropped afterwards), so tests run in parallel and leave nothing behind.
+//! [`per_backend!`](crate::per_backend) generates one `#[tokio::test]` per case and
+//! backend; each test gets its own store (a fresh SQLite file, a fresh Postgres schema
+//! dropped afterwards), so tests run in parallel and leave nothing behind.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +62,17 @@ impl TestStore {
     pub fn with_url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
+    }
+
+    /// Runs a test body against the store and the URL another connection (a second pool,
+    /// a worker process) reaches it by; cleans up even when the body panics.
+    pub async fn run_with_url<F, Fut>(self, body: F)
+    where
+        F: FnOnce(Arc<dyn Store>, String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let url = self.url.clone().unwrap_or_else(|| "memory:".to_owned());
+        self.run(|store| body(store, url)).await
     }
 
     /// Runs a test body against the store, then cleans up even when the body panics.
@@ -126,40 +138,61 @@ pub fn report_skip(test: &str) {
     eprintln!("SKIPPED {test}: {POSTGRES_URL_ENV} is not set, so the Postgres tests did not run");
 }
 
-/// Generates one `#[tokio::test]` per conformance case for a backend:
-/// `conformance_suite!(sqlite, hive_store::testing::sqlite);`
+/// Generates, for each case, one `#[tokio::test]` per backend, in modules named `memory`,
+/// `sqlite` and `postgres` (so a filter like `sqlite::` selects one backend; `cargo xtask
+/// soak --backend sqlite` relies on it). Every per-backend test in every crate is written
+/// with it. Each test opens a fresh store ([`memory`], [`sqlite`], [`postgres`]) and hands
+/// it, with the case, to `$run`: [`TestStore::run`] gives the case the `Arc<dyn Store>`,
+/// [`TestStore::run_with_url`] adds the URL another connection reaches it by, and a crate
+/// may write its own runner (a process harness). With `, $setup` the case receives
+/// `$setup(store)` instead (a client built on the store). Cases and setup are named as in
+/// the calling module. Without `HIVE_TEST_POSTGRES_URL` the Postgres tests print a
+/// `SKIPPED` line.
+///
+/// ```text
+/// hive_store::per_backend!(hive_store::testing::TestStore::run => case_a, case_b);
+/// hive_store::per_backend!(TestStore::run, client => case_on_a_client);
+/// hive_store::per_backend!([sqlite, postgres], TestStore::run_with_url => case_with_url);
+/// ```
 #[macro_export]
-macro_rules! conformance_suite {
-    ($backend:ident, $factory:path) => {
-        $crate::conformance_suite!(@cases $backend, $factory,
-            insert_and_get_round_trip, strings_stored_verbatim, queue_order_priority_then_age,
-            idempotency_key_returns_first_id, list_filters, count_tasks_per_status,
-            set_status_follows_transition_table, set_status_unknown_task_is_none,
-            requeue_from_terminal, metadata_merges, delete_cascades_runs, prune_in_batches,
-            claim_opens_run_and_respects_types, delayed_task_not_claimable_early,
-            finish_success_and_stale_run_rejected, failure_retries_with_backoff_then_fails,
-            failure_without_retry_fails_at_once, extend_lease_and_fencing,
-            release_runs_does_not_count_attempt, reap_expired_lease, heartbeat_extends_leases,
-            workers_register_list_unregister, plan_materialize_idempotent,
-            plan_dependencies_gate_claims, plan_failure_cancels_descendants, plan_cancel,
-            plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
-            concurrent_claims_exactly_once, not_found_paths,
-            plan_finishes_cancelled_when_all_subtasks_finish,
-            finish_and_claim_refills_in_one_step,
-            freed_dependents_are_announced_unless_claimed);
+macro_rules! per_backend {
+    ([$($backend:ident),+ $(,)?], $run:path, $setup:path => $($case:ident),+ $(,)?) => {
+        $crate::per_backend!(@each [$($backend),+], $run, [$setup], [$($case),+]);
     };
-    (@cases $backend:ident, $factory:path, $($case:ident),+ $(,)?) => {
+    ([$($backend:ident),+ $(,)?], $run:path => $($case:ident),+ $(,)?) => {
+        $crate::per_backend!(@each [$($backend),+], $run, [], [$($case),+]);
+    };
+    ($run:path, $setup:path => $($case:ident),+ $(,)?) => {
+        $crate::per_backend!(@each [memory, sqlite, postgres], $run, [$setup], [$($case),+]);
+    };
+    ($run:path => $($case:ident),+ $(,)?) => {
+        $crate::per_backend!(@each [memory, sqlite, postgres], $run, [], [$($case),+]);
+    };
+    (@each [$($backend:ident),+], $run:path, $setup:tt, $cases:tt) => {
+        $( $crate::per_backend!(@one $backend, $run, $setup, $cases); )+
+    };
+    (@one $backend:ident, $run:path, $setup:tt, [$($case:ident),+]) => {
         mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    match $factory().await {
-                        Some(ts) => ts.run($crate::testing::suite::$case).await,
-                        None => $crate::testing::report_skip(concat!(stringify!($backend), "::", stringify!($case))),
+                    match $crate::testing::$backend().await {
+                        Some(ts) => $crate::per_backend!(@call $run, ts, $case, $setup),
+                        None => $crate::testing::report_skip(
+                            concat!(module_path!(), "::", stringify!($case)),
+                        ),
                     }
                 }
             )+
         }
+    };
+    (@call $run:path, $ts:ident, $case:ident, [$setup:path]) => {
+        $run($ts, |s| super::$case($setup(s))).await
+    };
+    (@call $run:path, $ts:ident, $case:ident, []) => {
+        $run($ts, super::$case).await
     };
 }
 

@@ -1,5 +1,5 @@
 //! The conformance cases: one async function per rule of the [`Store`] contract, run by
-//! every backend through [`crate::conformance_suite!`].
+//! every backend (`tests/conformance.rs`, through [`crate::per_backend!`]).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use hive_models::{
 use serde_json::json;
 
 use crate::{
-    ChangeKind, ClaimParams, Error, Finished, Outcome, PruneParams, ReapParams, RunOutcome,
+    Change, ClaimParams, Error, Finished, Outcome, PruneParams, ReapParams, RunOutcome,
     StatusChange, Store, TaskFilter, WorkerFilter, WorkerRegistration,
 };
 
@@ -1197,15 +1197,16 @@ pub async fn dependencies_met_batch(s: S) {
     assert!(s.dependencies_met(&[]).await.unwrap().is_empty());
 }
 
-async fn wait_for(
+/// The first notification `pick` accepts, within five seconds.
+async fn wait_for<T>(
     rx: &mut tokio::sync::broadcast::Receiver<crate::Notification>,
-    kind: ChangeKind,
-) -> Result<crate::Notification, tokio::time::error::Elapsed> {
+    mut pick: impl FnMut(&crate::Notification) -> Option<T>,
+) -> Result<(crate::Notification, T), tokio::time::error::Elapsed> {
     let fut = async move {
         loop {
             let n = rx.recv().await.unwrap();
-            if n.kind == kind {
-                return n;
+            if let Some(v) = pick(&n) {
+                return (n, v);
             }
         }
     };
@@ -1215,24 +1216,48 @@ async fn wait_for(
 pub async fn notifications_after_commit(s: S) {
     let mut rx = s.subscribe().await.unwrap();
     let id = create(&s, "t", 1).await;
-    let n = wait_for(&mut rx, ChangeKind::TaskCreated)
-        .await
-        .expect("task created notification");
-    assert_eq!(n.task_id, Some(id));
+    let (n, created) = wait_for(&mut rx, |n| match &n.change {
+        Change::TaskCreated { task_id, count } => Some((*task_id, *count)),
+        _ => None,
+    })
+    .await
+    .expect("task created notification");
+    assert_eq!(created, (Some(id), 1));
     assert_eq!(n.origin, s.origin());
     // The notification follows the commit: the row is visible to a reader.
     assert!(s.get_task(id).await.unwrap().is_some());
     let (_, run) = claim_one(&s, "w").await;
+    let (_, claimed) = wait_for(&mut rx, |n| match &n.change {
+        Change::TaskClaimed {
+            task_id, run_id, ..
+        } => Some((*task_id, *run_id)),
+        _ => None,
+    })
+    .await
+    .expect("claim notification");
+    assert_eq!(claimed, (id, run));
     s.finish_runs(&[success(run)]).await.unwrap();
-    let n = loop {
-        let n = wait_for(&mut rx, ChangeKind::TaskStatus)
-            .await
-            .expect("status notification");
-        if n.status.as_deref() == Some("completed") {
-            break n;
-        }
-    };
-    assert_eq!(n.task_id, Some(id));
+    // Typed, with the run that finished it.
+    let (_, done) = wait_for(&mut rx, |n| match &n.change {
+        Change::TaskStatus(c) if c.status == TaskStatus::Completed => Some(c.clone()),
+        _ => None,
+    })
+    .await
+    .expect("status notification");
+    assert_eq!((done.task_id, done.run_id), (id, Some(run)));
+    // A failure carries its error.
+    let failing = create(&s, "f", 1).await;
+    let (_, run) = claim_one(&s, "w").await;
+    s.finish_runs(&[failure(run, None)]).await.unwrap();
+    let (_, failed) = wait_for(&mut rx, |n| match &n.change {
+        Change::TaskStatus(c) if c.status == TaskStatus::Failed => Some(c.clone()),
+        _ => None,
+    })
+    .await
+    .expect("failure notification");
+    assert_eq!(failed.task_id, failing);
+    assert_eq!(failed.run_id, Some(run));
+    assert_eq!(failed.error.as_deref(), Some("boom"));
 }
 
 pub async fn concurrent_claims_exactly_once(s: S) {
@@ -1349,8 +1374,10 @@ async fn ready_notes(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut ready = Vec::new();
     while let Ok(n) = rx.try_recv() {
-        if n.kind == ChangeKind::TaskReady && n.origin == s.origin() {
-            ready.extend(n.task_id);
+        if let Change::TaskReady { task_id } = n.change
+            && n.origin == s.origin()
+        {
+            ready.push(task_id);
         }
     }
     ready

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use hive_store::models::{NewTask, TaskId, TaskStatus, WorkerId};
 use hive_store::testing::{self, POSTGRES_URL_ENV, TestStore};
 use hive_store::{
-    ChangeKind, ClaimParams, ConnectOptions, DatabaseUrl, Error, Notification, Outcome,
-    PostgresStore, RunOutcome, Store,
+    Change, ClaimParams, ConnectOptions, DatabaseUrl, Error, Notification, Outcome, PostgresStore,
+    RunOutcome, Store,
 };
 use sqlx::{AssertSqlSafe, Connection, Executor, Row};
 use tokio::sync::broadcast;
@@ -64,7 +64,8 @@ fn env_url() -> String {
 async fn sixteen_claimers_take_every_task_exactly_once() {
     const TASKS: usize = 5_000;
     const CLAIMERS: usize = 16;
-    let Some(ts) = fresh("postgres_extra::sixteen_claimers_take_every_task_exactly_once").await
+    let Some(ts) =
+        fresh("postgres_connections::sixteen_claimers_take_every_task_exactly_once").await
     else {
         return;
     };
@@ -126,7 +127,8 @@ async fn sixteen_claimers_take_every_task_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_listener_sees_another_stores_changes() {
-    let Some(ts) = fresh("postgres_extra::a_listener_sees_another_stores_changes").await else {
+    let Some(ts) = fresh("postgres_connections::a_listener_sees_another_stores_changes").await
+    else {
         return;
     };
     let other = second_store(&ts, "").await;
@@ -137,9 +139,11 @@ async fn a_listener_sees_another_stores_changes() {
             .insert_tasks(vec![NewTask::new("from b", "test")])
             .await
             .unwrap()[0];
-        let n = next_matching(&mut rx, Duration::from_secs(1), |n| {
-            n.kind == ChangeKind::TaskCreated && n.task_id == Some(id)
-        })
+        let n = next_matching(
+            &mut rx,
+            Duration::from_secs(1),
+            |n| matches!(n.change, Change::TaskCreated { task_id, .. } if task_id == Some(id)),
+        )
         .await
         .expect("store A hears store B's insert within a second");
         eprintln!("cross-store notification after {:?}", started.elapsed());
@@ -170,7 +174,8 @@ async fn unreachable_server_is_unavailable_without_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrations_are_harmless_twice_and_concurrently() {
-    let Some(ts) = fresh("postgres_extra::migrations_are_harmless_twice_and_concurrently").await
+    let Some(ts) =
+        fresh("postgres_connections::migrations_are_harmless_twice_and_concurrently").await
     else {
         return;
     };
@@ -241,7 +246,7 @@ async fn migrations_are_harmless_twice_and_concurrently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn listener_reconnects_after_its_connection_is_killed() {
     let Some(ts) =
-        fresh("postgres_extra::listener_reconnects_after_its_connection_is_killed").await
+        fresh("postgres_connections::listener_reconnects_after_its_connection_is_killed").await
     else {
         return;
     };
@@ -264,7 +269,7 @@ async fn listener_reconnects_after_its_connection_is_killed() {
         let started = Instant::now();
         // The listener announces its reconnection with a catch-up wake-up.
         next_matching(&mut rx, Duration::from_secs(10), |n| {
-            n.kind == ChangeKind::TaskCreated && n.task_id.is_none() && n.origin.is_nil()
+            matches!(n.change, Change::TaskCreated { task_id: None, .. }) && n.origin.is_nil()
         })
         .await
         .expect("a catch-up notification after reconnecting");
@@ -280,9 +285,13 @@ async fn listener_reconnects_after_its_connection_is_killed() {
             .insert_tasks(vec![NewTask::new("after", "test")])
             .await
             .unwrap()[0];
-        next_matching(&mut rx, Duration::from_secs(5), |n| n.task_id == Some(id))
-            .await
-            .expect("notifications flow again after the reconnect");
+        next_matching(
+            &mut rx,
+            Duration::from_secs(5),
+            |n| matches!(n.change, Change::TaskCreated { task_id, .. } if task_id == Some(id)),
+        )
+        .await
+        .expect("notifications flow again after the reconnect");
     })
     .await;
 }
@@ -290,7 +299,7 @@ async fn listener_reconnects_after_its_connection_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropping_the_store_closes_its_connections_and_listener() {
     let Some(ts) =
-        fresh("postgres_extra::dropping_the_store_closes_its_connections_and_listener").await
+        fresh("postgres_connections::dropping_the_store_closes_its_connections_and_listener").await
     else {
         return;
     };

@@ -1,0 +1,183 @@
+//! Configuring a worker: [`WorkerBuilder`] (from [`Client::worker`]), its options and
+//! their validation, and the [`ShutdownHandle`] that stops it from elsewhere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::WorkerId;
+use tokio::sync::watch;
+
+use super::handler::Handler;
+use super::report::WorkerReport;
+use super::runtime::Runtime;
+use crate::{Client, Result};
+
+/// Stops a running worker from another task: claiming stops at once; in-flight tasks get
+/// the grace period to finish, then are released.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Asks the worker to stop.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Configures and runs a worker; from [`Client::worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    pub(super) client: Client,
+    id: String,
+    pub(super) role: String,
+    pub(super) capabilities: Vec<String>,
+    pub(super) task_types: Vec<String>,
+    pub(super) concurrency: u32,
+    pub(super) lease: Duration,
+    heartbeat_interval: Option<Duration>,
+    pub(super) reap_interval: Duration,
+    pub(super) poll_interval: Duration,
+    pub(super) shutdown_grace: Duration,
+    pub(super) exit_when_idle: bool,
+    pub(super) handle_signals: bool,
+    pub(super) shutdown: watch::Sender<bool>,
+}
+
+impl Client {
+    /// A worker named `id` on this client's store; configure it, then [`WorkerBuilder::run`].
+    pub fn worker(&self, id: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder {
+            client: self.clone(),
+            id: id.into(),
+            role: "worker".into(),
+            capabilities: Vec::new(),
+            task_types: Vec::new(),
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            heartbeat_interval: None,
+            reap_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            exit_when_idle: false,
+            handle_signals: true,
+            shutdown: watch::channel(false).0,
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// The worker's role, shown in the registry (default `worker`).
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.role = role.into();
+        self
+    }
+
+    /// Capabilities recorded in the registry.
+    pub fn capabilities<I: IntoIterator<Item = S>, S: Into<String>>(mut self, caps: I) -> Self {
+        self.capabilities = caps.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Only claim tasks of these types (any type when empty).
+    pub fn task_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
+        self.task_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Handler calls running at once (at least 1).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Each claimed task's lease; heartbeats extend it while the worker lives.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often to heartbeat (default: a third of the lease, so two beats can be missed).
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = Some(d);
+        self
+    }
+
+    /// How often this worker runs the reaper.
+    pub fn reap_interval(mut self, d: Duration) -> Self {
+        self.reap_interval = d;
+        self
+    }
+
+    /// Longest wait between claims when no wake-up arrives (the polling fallback).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// How long in-flight tasks may run after shutdown before they are released.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+
+    /// Stop once nothing of this worker's types is queued, running or waiting to retry.
+    pub fn exit_when_idle(mut self, yes: bool) -> Self {
+        self.exit_when_idle = yes;
+        self
+    }
+
+    /// Whether Ctrl-C and SIGTERM stop the worker gracefully (default true).
+    pub fn handle_signals(mut self, yes: bool) -> Self {
+        self.handle_signals = yes;
+        self
+    }
+
+    /// The heartbeat interval in effect: the one set, else a third of the lease.
+    pub(super) fn heartbeat_every(&self) -> Duration {
+        self.heartbeat_interval
+            .unwrap_or(self.lease / 3)
+            .max(Duration::from_millis(10))
+    }
+
+    /// Refuses timings that contradict each other, before anything is claimed: a lease
+    /// that heartbeats cannot keep alive would let a healthy worker's tasks be taken back
+    /// and run twice.
+    fn validate(&self) -> Result<()> {
+        let invalid = |field: &str, reason: String| -> Result<()> {
+            Err(hive_models::Error::InvalidField {
+                field: field.into(),
+                reason,
+            }
+            .into())
+        };
+        if self.lease.is_zero() {
+            return invalid("lease", "must be longer than zero".into());
+        }
+        let beat = self.heartbeat_every();
+        if beat.saturating_mul(2) > self.lease {
+            return invalid(
+                "heartbeat_interval",
+                format!(
+                    "{beat:?} is not well under the lease of {:?}: a heartbeat must come at \
+                     least twice per lease, or a healthy worker's tasks expire and run twice",
+                    self.lease
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A handle that stops this worker when it runs.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Runs until shutdown (signal, handle, or idle with `exit_when_idle`), then releases
+    /// what it still holds and unregisters.
+    pub async fn run<H: Handler>(self, handler: H) -> Result<WorkerReport> {
+        self.validate()?;
+        let id = WorkerId::parse(&self.id)?;
+        let runtime = Runtime::start(self, id, Arc::new(handler)).await?;
+        runtime.run().await
+    }
+}

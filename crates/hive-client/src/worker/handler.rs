@@ -1,0 +1,181 @@
+//! Handler execution: what a handler receives ([`TaskContext`]) and returns ([`TaskOutput`],
+//! [`TaskError`]), the [`Handler`] trait, and running one claimed task to an outcome.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::{Json, Run, Task};
+use hive_ops::Claimed;
+use hive_ops::store::{Outcome, RunOutcome};
+use tokio::sync::mpsc;
+
+use super::completer::Done;
+use crate::{Client, Result};
+
+/// What a handler gets: the claimed task and the run it executes as.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The task as claimed (status `in_progress`).
+    pub task: Task,
+    /// The run this attempt executes as; its id is the lease token.
+    pub run: Run,
+    client: Client,
+}
+
+impl TaskContext {
+    /// The client the worker runs on, for handlers that create follow-up tasks.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Extends this run's lease now (heartbeats already do it periodically).
+    pub async fn extend_lease(&self, lease: Duration) -> Result<()> {
+        self.client.extend_lease(self.run.id, lease).await?;
+        Ok(())
+    }
+}
+
+/// A handler's success: an optional result stored on the task and run, and an output log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskOutput {
+    /// Stored as the task's and the run's result.
+    pub result: Option<Json>,
+    /// Stored as the run's output log.
+    pub log: Option<String>,
+}
+
+impl From<()> for TaskOutput {
+    fn from(_: ()) -> Self {
+        TaskOutput::default()
+    }
+}
+
+impl From<Json> for TaskOutput {
+    fn from(result: Json) -> Self {
+        TaskOutput {
+            result: Some(result),
+            log: None,
+        }
+    }
+}
+
+impl From<Option<Json>> for TaskOutput {
+    fn from(result: Option<Json>) -> Self {
+        TaskOutput { result, log: None }
+    }
+}
+
+/// A handler's failure. Retryable failures are retried with backoff until the task's
+/// `max_retries`; permanent ones fail the task at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskError {
+    /// Stored as the run's error message and the task's last error.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// Stored as the run's output log.
+    pub log: Option<String>,
+}
+
+impl TaskError {
+    /// A retryable failure.
+    pub fn new(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            retryable: true,
+            log: None,
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        TaskError {
+            retryable: false,
+            ..Self::new(message)
+        }
+    }
+
+    /// Attaches the output produced before the failure.
+    pub fn with_log(mut self, log: impl Into<String>) -> Self {
+        self.log = Some(log.into());
+        self
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        TaskError::new(e.to_string())
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Something that runs tasks. Implemented for every
+/// `Fn(TaskContext) -> impl Future<Output = Result<impl Into<TaskOutput>, TaskError>>`.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one task.
+    fn call(&self, ctx: TaskContext) -> BoxFuture<std::result::Result<TaskOutput, TaskError>>;
+}
+
+impl<F, Fut, R> Handler for F
+where
+    F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+    R: Into<TaskOutput>,
+{
+    fn call(&self, ctx: TaskContext) -> BoxFuture<std::result::Result<TaskOutput, TaskError>> {
+        let fut = self(ctx);
+        Box::pin(async move { fut.await.map(Into::into) })
+    }
+}
+
+/// Runs one claimed task; a panicking handler fails its task, not the worker.
+pub(super) async fn run_one(
+    client: Client,
+    handler: Arc<dyn Handler>,
+    claim: Claimed,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    use futures::FutureExt;
+    let retry = client.config().retry;
+    let run_id = claim.run.id;
+    let ctx = TaskContext {
+        task: claim.task,
+        run: claim.run,
+        client,
+    };
+    let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
+    let outcome = match fut.await {
+        Ok(Ok(out)) => RunOutcome {
+            run_id,
+            outcome: Outcome::Success { result: out.result },
+            output_log: out.log,
+        },
+        Ok(Err(e)) => RunOutcome {
+            run_id,
+            outcome: Outcome::Failure {
+                error: e.message,
+                retry: e.retryable.then_some(retry),
+            },
+            output_log: e.log,
+        },
+        Err(panic) => RunOutcome {
+            run_id,
+            outcome: Outcome::Failure {
+                error: format!("handler panicked: {}", panic_message(panic)),
+                retry: Some(retry),
+            },
+            output_log: None,
+        },
+    };
+    let _ = done.send(Done { outcome });
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}

@@ -1,0 +1,329 @@
+//! The worker's lifecycle: registration, heartbeat, reaper and wake-ups in the background,
+//! the run sequence around the claim loop, and the shutdown that drains in-flight tasks
+//! and releases what is still held.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::{RunId, TaskStatus, WorkerId, WorkerStatus};
+use hive_ops::Claimed;
+use hive_ops::store::{TaskFilter, WorkerRegistration};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::builder::WorkerBuilder;
+use super::completer::{ClaimSpec, Completer, Done};
+use super::handler::Handler;
+use super::report::{Counters, WorkerReport};
+use super::slots::{Running, Slots};
+use crate::backoff::{Backoff, Fatal};
+use crate::{Error, Result};
+
+/// A started worker: its configuration, and the state its loops share.
+pub(super) struct Runtime {
+    pub(super) cfg: WorkerBuilder,
+    pub(super) id: WorkerId,
+    pub(super) handler: Arc<dyn Handler>,
+    counters: Arc<Counters>,
+    pub(super) wake: Arc<Notify>,
+    /// Some task changed status: an idle worker waiting to exit checks again.
+    pub(super) settled: Arc<Notify>,
+    pub(super) stop: watch::Receiver<bool>,
+    /// The free slots; see [`Slots`].
+    pub(super) slots: Slots,
+    /// The error that stops the worker, if one of its loops met one retrying cannot fix.
+    pub(super) fatal: Fatal,
+}
+
+impl Runtime {
+    pub(super) async fn start(
+        cfg: WorkerBuilder,
+        id: WorkerId,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Runtime> {
+        let stop = cfg.shutdown.subscribe();
+        let slots = Slots::new(cfg.concurrency);
+        Ok(Runtime {
+            cfg,
+            id,
+            handler,
+            counters: Arc::default(),
+            wake: Arc::new(Notify::new()),
+            settled: Arc::new(Notify::new()),
+            stop,
+            slots,
+            fatal: Fatal::default(),
+        })
+    }
+
+    fn registration(&self) -> WorkerRegistration {
+        WorkerRegistration {
+            id: self.id.clone(),
+            role: self.cfg.role.clone(),
+            capabilities: self.cfg.capabilities.clone(),
+            metadata: serde_json::json!({
+                "pid": std::process::id(),
+                "concurrency": self.cfg.concurrency,
+                "task_types": self.cfg.task_types,
+            }),
+        }
+    }
+
+    fn claim_spec(&self) -> ClaimSpec {
+        ClaimSpec {
+            worker: self.id.clone(),
+            task_types: self.cfg.task_types.clone(),
+            lease: self.cfg.lease,
+        }
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Registers, retrying with capped backoff while the store's fault is transient; any
+    /// other error (a read-only or removed database, say) ends the worker at once.
+    async fn register(&mut self) -> Result<()> {
+        let mut backoff = Backoff::new("registering");
+        loop {
+            match self
+                .cfg
+                .client
+                .register_worker_with(&self.registration())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.failed(self.id.as_str(), &e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => return Err(Error::Ops(e)),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub(super) async fn run(mut self) -> Result<WorkerReport> {
+        self.register().await?;
+        let mut background = JoinSet::new();
+        self.spawn_wakeups(&mut background).await;
+        self.spawn_heartbeat(&mut background);
+        self.spawn_reaper(&mut background);
+        if self.cfg.handle_signals {
+            let stop = self.cfg.shutdown.clone();
+            background.spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+        }
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+        let (claimed_tx, claimed_rx) = mpsc::unbounded_channel::<Vec<Claimed>>();
+        let completer = tokio::spawn(
+            Completer {
+                client: self.cfg.client.clone(),
+                counters: self.counters.clone(),
+                slots: self.slots.clone(),
+                spec: self.claim_spec(),
+                stop: self.stop.clone(),
+                shutdown: self.cfg.shutdown.clone(),
+                fatal: self.fatal.clone(),
+                claimed: claimed_tx,
+            }
+            .run(done_rx),
+        );
+        let result = self.claim_loop(done_tx, claimed_rx, completer).await;
+        background.abort_all();
+        if let Err(e) = self.cfg.client.unregister_worker(self.id.as_str()).await {
+            tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline");
+        }
+        if let Some(fatal) = self.fatal.take() {
+            tracing::error!(worker = %self.id, error = %fatal, "the worker stopped on an error that retrying cannot fix; tasks it held return when their leases expire");
+            return Err(fatal);
+        }
+        result.map(|()| self.counters.report())
+    }
+
+    /// Wakes the claim loop on events that may mean claimable work (and after skipped
+    /// events, which may have been such), and an idle worker waiting to exit on tasks
+    /// changing elsewhere: both from hive-ops' event bus, never from the store directly.
+    async fn spawn_wakeups(&self, set: &mut JoinSet<()>) {
+        let Ok(mut events) = self.cfg.client.subscribe().await else {
+            return;
+        };
+        let wake = self.wake.clone();
+        let settled = self.settled.clone();
+        set.spawn(async move {
+            let mut skipped = 0;
+            while let Some(p) = events.recv().await {
+                if p.event.may_be_claimable() || events.skipped() > skipped {
+                    skipped = events.skipped();
+                    wake.notify_one();
+                } else if p.event.task_id().is_some() {
+                    // Work finishing elsewhere may leave nothing for an idle worker to wait
+                    // for (`exit_when_idle`).
+                    settled.notify_one();
+                }
+            }
+        });
+    }
+
+    fn spawn_heartbeat(&self, set: &mut JoinSet<()>) {
+        let client = self.cfg.client.clone();
+        let id = self.id.clone();
+        let registration = self.registration();
+        let every = self.cfg.heartbeat_every();
+        set.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The interval stays fixed; the backoff only throttles the warnings.
+            let mut backoff = Backoff::new("heartbeat");
+            loop {
+                tick.tick().await;
+                match client
+                    .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
+                    .await
+                {
+                    Ok(true) => backoff.succeeded(id.as_str()),
+                    // Someone unregistered or pruned this worker: register again.
+                    Ok(false) => {
+                        let _ = client.register_worker_with(&registration).await;
+                    }
+                    Err(e) => {
+                        backoff.failed(id.as_str(), &e);
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_reaper(&self, set: &mut JoinSet<()>) {
+        let client = self.cfg.client.clone();
+        let id = self.id.clone();
+        let every = self.cfg.reap_interval.max(Duration::from_millis(10));
+        set.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut backoff = Backoff::new("reaping");
+            loop {
+                tick.tick().await;
+                match client.reap().await {
+                    Ok(r) => {
+                        backoff.succeeded(id.as_str());
+                        if !r.is_empty() {
+                            tracing::info!(
+                                requeued = r.requeued.len(),
+                                failed = r.failed.len(),
+                                offline = r.offline_workers.len(),
+                                "reaped"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        backoff.failed(id.as_str(), &e);
+                    }
+                }
+            }
+        });
+    }
+
+    /// After shutdown: let in-flight tasks finish within the grace period, commit their
+    /// outcomes, and release whatever is still held (running past the grace period, or
+    /// claimed by the completer as shutdown began).
+    pub(super) async fn drain(
+        &self,
+        mut running: Running,
+        done_tx: mpsc::UnboundedSender<Done>,
+        mut claimed_rx: mpsc::UnboundedReceiver<Vec<Claimed>>,
+        completer: tokio::task::JoinHandle<()>,
+    ) {
+        let mut unstarted: Vec<RunId> = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
+        while !running.is_empty() {
+            tokio::select! {
+                joined = running.join_one() => if !joined {
+                    break;
+                },
+                Some(claims) = claimed_rx.recv() => {
+                    unstarted.extend(claims.iter().map(|c| c.run.id));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    running.abort().await;
+                    break;
+                }
+            }
+        }
+        // Every outcome sent is committed before the completer exits: nothing finished is lost.
+        drop(done_tx);
+        let _ = completer.await;
+        while let Ok(claims) = claimed_rx.try_recv() {
+            unstarted.extend(claims.iter().map(|c| c.run.id));
+        }
+        let runs: Vec<RunId> = running.into_held().chain(unstarted).collect();
+        if runs.is_empty() {
+            return;
+        }
+        match self.cfg.client.release_runs(&runs).await {
+            Ok(released) => self.counters.add_released(released.len()),
+            Err(e) => {
+                tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire")
+            }
+        }
+    }
+
+    /// Whether nothing of this worker's types is queued (ready, delayed or waiting on
+    /// dependencies), assigned or in progress anywhere.
+    pub(super) async fn nothing_left(&self) -> Result<bool> {
+        let types: Vec<Option<String>> = if self.cfg.task_types.is_empty() {
+            vec![None]
+        } else {
+            self.cfg.task_types.iter().cloned().map(Some).collect()
+        };
+        for task_type in types {
+            // One read per status, so a task can move between reads. Held statuses are read
+            // first: a task a reaper or retry puts back in the queue after its status was
+            // read is still seen by the last read (read queued first, and the last worker
+            // could exit while a reaped task waits with nobody to run it). The other way,
+            // a task claimed between the reads is missed, but a live worker then holds it.
+            for status in [
+                TaskStatus::InProgress,
+                TaskStatus::Assigned,
+                TaskStatus::Queued,
+            ] {
+                let filter = TaskFilter {
+                    status: Some(status),
+                    task_type: task_type.clone(),
+                    limit: Some(1),
+                    ..Default::default()
+                };
+                if !self.cfg.client.list_tasks(&filter).await?.is_empty() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

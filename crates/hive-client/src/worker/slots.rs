@@ -1,0 +1,237 @@
+//! The one owner of slots and claims: [`Slots`] (the only code that takes or gives back a
+//! slot), [`Running`] (the handlers in flight and the runs they hold), and the claim loop
+//! that fills free slots and starts handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::RunId;
+use hive_ops::Claimed;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::completer::Done;
+use super::handler::run_one;
+use super::runtime::Runtime;
+use crate::Result;
+use crate::backoff::Backoff;
+
+/// One permit per free slot. Claims take permits; a slot comes back when its task's
+/// outcome is committed, unless the completer reuses it for a task claimed in the same
+/// transaction.
+///
+/// Shared by the claim loop and the completer; every take and give-back goes through
+/// here, so the two cannot disagree on what a slot is.
+#[derive(Clone)]
+pub(super) struct Slots {
+    free: Arc<Semaphore>,
+    concurrency: usize,
+}
+
+impl Slots {
+    pub(super) fn new(concurrency: u32) -> Slots {
+        Slots {
+            free: Arc::new(Semaphore::new(concurrency as usize)),
+            concurrency: concurrency as usize,
+        }
+    }
+
+    /// Slots free now.
+    pub(super) fn free(&self) -> usize {
+        self.free.available_permits()
+    }
+
+    /// Whether every slot is free: nothing runs and no outcome waits to be committed.
+    pub(super) fn all_free(&self) -> bool {
+        self.free() == self.concurrency
+    }
+
+    /// Takes `n` slots; false when fewer are free (the completer took some meanwhile).
+    pub(super) fn take(&self, n: usize) -> bool {
+        match self.free.try_acquire_many(n as u32) {
+            Ok(permits) => {
+                // A slot outlives any one scope (it travels with a task to the completer),
+                // so it is given back by count, not by dropping a guard.
+                permits.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes every free slot; how many it took.
+    pub(super) fn take_idle(&self) -> usize {
+        let idle = self.free();
+        if idle > 0 && self.take(idle) { idle } else { 0 }
+    }
+
+    /// Gives back `n` slots taken with [`Slots::take`] or [`Slots::take_idle`].
+    pub(super) fn give_back(&self, n: usize) {
+        self.free.add_permits(n);
+    }
+
+    /// Waits until a slot is free, without taking it; false only if the semaphore closed.
+    async fn freed(&self) -> bool {
+        self.free.acquire().await.is_ok()
+    }
+}
+
+type Joined = std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>;
+
+/// The handlers in flight, and the run each holds (released if it must be abandoned).
+#[derive(Default)]
+pub(super) struct Running {
+    set: JoinSet<()>,
+    held: HashMap<tokio::task::Id, RunId>,
+}
+
+impl Running {
+    pub(super) fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn start(&mut self, claims: Vec<Claimed>, rt: &Runtime, done: &mpsc::UnboundedSender<Done>) {
+        for c in claims {
+            let run_id = c.run.id;
+            let handle = self.set.spawn(run_one(
+                rt.cfg.client.clone(),
+                rt.handler.clone(),
+                c,
+                done.clone(),
+            ));
+            self.held.insert(handle.id(), run_id);
+        }
+    }
+
+    fn reap_finished(&mut self) {
+        while let Some(j) = self.set.try_join_next_with_id() {
+            self.finished(j);
+        }
+    }
+
+    /// Waits for one handler to end; false when none is left. Cancel-safe: nothing is
+    /// awaited after a handler is joined.
+    pub(super) async fn join_one(&mut self) -> bool {
+        match self.set.join_next_with_id().await {
+            Some(j) => {
+                self.finished(j);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Aborts every handler still running and waits for them; the runs of those aborted
+    /// stay held.
+    pub(super) async fn abort(&mut self) {
+        self.set.abort_all();
+        while let Some(j) = self.set.join_next_with_id().await {
+            self.finished_or_aborted(j);
+        }
+    }
+
+    /// The runs still held: claimed, but no outcome sent for them.
+    pub(super) fn into_held(self) -> impl Iterator<Item = RunId> {
+        self.held.into_values()
+    }
+
+    /// A handler task ended having sent its outcome: its run is no longer ours to release.
+    fn finished(&mut self, j: Joined) {
+        let id = match j {
+            Ok((id, ())) => id,
+            Err(e) => e.id(),
+        };
+        self.held.remove(&id);
+    }
+
+    /// Like [`Running::finished`], but an aborted handler sent nothing: keep its run held.
+    fn finished_or_aborted(&mut self, j: Joined) {
+        match j {
+            Err(e) if e.is_cancelled() => {}
+            other => self.finished(other),
+        }
+    }
+}
+
+impl Runtime {
+    /// Claims when there may be work (at start, on a wake-up, on the poll tick) and starts
+    /// handlers for its own claims and the completer's. The completer refills slots as it
+    /// commits outcomes, so while the queue is busy this loop mostly just starts handlers.
+    pub(super) async fn claim_loop(
+        &mut self,
+        done_tx: mpsc::UnboundedSender<Done>,
+        mut claimed_rx: mpsc::UnboundedReceiver<Vec<Claimed>>,
+        completer: tokio::task::JoinHandle<()>,
+    ) -> Result<()> {
+        let mut running = Running::default();
+        let mut backoff = Backoff::new("claiming");
+        let mut look = true;
+        while !self.stopping() {
+            while let Ok(claims) = claimed_rx.try_recv() {
+                running.start(claims, self, &done_tx);
+            }
+            running.reap_finished();
+            let free = self.slots.free();
+            if look && free > 0 {
+                if !self.slots.take(free) {
+                    continue;
+                }
+                match self
+                    .cfg
+                    .client
+                    .claim_tasks(&self.id, &self.cfg.task_types, free as u32, self.cfg.lease)
+                    .await
+                {
+                    Ok(claims) => {
+                        backoff.succeeded(self.id.as_str());
+                        self.slots.give_back(free - claims.len());
+                        // A full claim may leave more behind: look again once a slot frees.
+                        look = claims.len() == free;
+                        running.start(claims, self, &done_tx);
+                    }
+                    Err(e) if e.is_transient() => {
+                        self.slots.give_back(free);
+                        let delay = backoff.failed(self.id.as_str(), &e);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.stop.changed() => {}
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.slots.give_back(free);
+                        self.fatal.set(e.into());
+                        let _ = self.cfg.shutdown.send(true);
+                        break;
+                    }
+                }
+            }
+            let idle =
+                !look && self.cfg.exit_when_idle && running.is_empty() && self.slots.all_free();
+            if idle {
+                match self.nothing_left().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    // A blip must not end a worker; the next wake-up or tick checks again.
+                    Err(e) => tracing::warn!(worker = %self.id, error = %e, "idle check failed"),
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => look = true,
+                // Debounced: many tasks may settle at once.
+                _ = self.settled.notified(), if idle => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ = tokio::time::sleep(self.cfg.poll_interval) => look = true,
+                Some(claims) = claimed_rx.recv() => running.start(claims, self, &done_tx),
+                true = running.join_one(), if !running.is_empty() => {}
+                // Work may be waiting for a slot: wait for one.
+                true = self.slots.freed(), if look && free == 0 => {}
+                _ = self.stop.changed() => {}
+            }
+        }
+        self.drain(running, done_tx, claimed_rx, completer).await;
+        Ok(())
+    }
+}

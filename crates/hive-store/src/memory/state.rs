@@ -1,0 +1,306 @@
+//! The memory store's tables as plain maps, read by the rules as a [`View`] and changed by
+//! applying their [`Patches`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DurationRound, Utc};
+use hive_models::{
+    ExecutionPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId, TaskStatus,
+    Timestamp, Worker, WorkerId,
+};
+
+use crate::rules::{Patches, TaskState, View};
+use crate::{Claim, ClaimParams, Notification, Notifier};
+
+/// Ready-queue key: priority descending, then insertion order.
+type ReadyKey = (Reverse<i32>, u64, TaskId);
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    next_seq: u64,
+    pub tasks: HashMap<TaskId, (Task, u64)>,
+    /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
+    pub ready: BTreeSet<ReadyKey>,
+    idempotency: HashMap<String, TaskId>,
+    pub dependents: HashMap<TaskId, Vec<TaskId>>,
+    pub runs: HashMap<RunId, Run>,
+    pub task_runs: HashMap<TaskId, Vec<RunId>>,
+    /// Running runs and their lease durations.
+    pub running: HashMap<RunId, Duration>,
+    pub workers: BTreeMap<WorkerId, Worker>,
+    pub plans: HashMap<PlanId, ExecutionPlan>,
+    pub plan_tasks: HashMap<PlanId, Vec<TaskId>>,
+}
+
+/// The database backends keep microseconds; so does this one, to behave the same.
+pub(super) fn now() -> Timestamp {
+    let t = Utc::now();
+    t.duration_trunc(chrono::Duration::microseconds(1))
+        .unwrap_or(t)
+}
+
+pub(super) fn sub(t: Timestamp, d: Duration) -> Timestamp {
+    t - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl View for State {
+    fn task(&self, id: TaskId) -> Option<TaskState> {
+        let (t, seq) = self.tasks.get(&id)?;
+        let running = t
+            .current_run_id
+            .is_some_and(|r| self.running.contains_key(&r));
+        Some(TaskState::of(
+            t,
+            i64::try_from(*seq).unwrap_or(i64::MAX),
+            running,
+        ))
+    }
+
+    fn dependents(&self, id: TaskId) -> Vec<TaskId> {
+        self.dependents.get(&id).cloned().unwrap_or_default()
+    }
+
+    fn plan(&self, id: PlanId) -> Option<PlanCounters> {
+        self.plans.get(&id).map(ExecutionPlan::counters)
+    }
+}
+
+impl State {
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.tasks.get(&id).map(|(t, _)| t)
+    }
+
+    pub fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
+        self.tasks.get_mut(&id).map(|(t, _)| t)
+    }
+
+    /// Puts the task in or out of the ready index to match its state.
+    pub fn sync_ready(&mut self, id: TaskId) {
+        let Some((t, seq)) = self.tasks.get(&id) else {
+            return;
+        };
+        let key = (Reverse(t.priority), *seq, id);
+        if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
+            self.ready.insert(key);
+        } else {
+            self.ready.remove(&key);
+        }
+    }
+
+    /// The task of a run, when the run exists.
+    pub fn task_of(&self, run: RunId) -> Option<TaskId> {
+        self.runs.get(&run).map(|r| r.task_id)
+    }
+
+    /// Writes what the rules decided; returns the notifications to send, the dependents a
+    /// completion freed announced as `TaskReady`.
+    pub fn apply(&mut self, p: Patches, at: Timestamp, n: &Notifier) -> Vec<Notification> {
+        let Patches {
+            runs,
+            tasks,
+            completed,
+            plans,
+            mut notes,
+        } = p;
+        for r in runs {
+            if self.running.remove(&r.id).is_none() {
+                continue;
+            }
+            if let Some(run) = self.runs.get_mut(&r.id) {
+                run.status = r.status;
+                run.completed_at = Some(at);
+                run.lease_expires_at = None;
+                if let Some(result) = r.result {
+                    run.result_data = result;
+                }
+                if let Some(error) = r.error {
+                    run.error_message = error;
+                }
+                if let Some(log) = r.log {
+                    run.output_log = log;
+                }
+            }
+        }
+        for t in tasks {
+            let recount = t.recount_pending.then(|| self.pending_now(t.id));
+            let Some(task) = self.task_mut(t.id) else {
+                continue;
+            };
+            task.status = t.status;
+            task.updated_at = at;
+            if let Some(result) = t.result {
+                task.result = result;
+            }
+            if let Some(error) = t.error {
+                task.last_error = Some(error);
+            }
+            if let Some(run_at) = t.requeue {
+                task.assigned_worker = None;
+                task.run_at = run_at;
+            }
+            task.attempts = task.attempts.saturating_add_signed(t.attempts_delta);
+            if let Some(pending) = recount {
+                task.pending_dependencies = pending;
+            }
+            if let Some(metadata) = t.metadata {
+                task.metadata = metadata;
+            }
+            self.sync_ready(t.id);
+        }
+        for done in completed {
+            for d in self.dependents.get(&done).cloned().unwrap_or_default() {
+                if let Some(t) = self.task_mut(d) {
+                    t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
+                    if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
+                        notes.push(n.task_ready(d));
+                    }
+                }
+                self.sync_ready(d);
+            }
+        }
+        for (id, counters) in plans {
+            if let Some(plan) = self.plans.get_mut(&id) {
+                plan.set_counters(counters);
+                plan.updated_at = at;
+            }
+        }
+        notes
+    }
+
+    /// How many of a task's dependencies are not completed.
+    fn pending_now(&self, id: TaskId) -> u32 {
+        let Some(t) = self.task(id) else { return 0 };
+        let open = t
+            .dependencies
+            .iter()
+            .filter(|d| {
+                self.task(**d)
+                    .is_some_and(|x| x.status != TaskStatus::Completed)
+            })
+            .count();
+        u32::try_from(open).unwrap_or(u32::MAX)
+    }
+
+    /// Claims up to `p.limit` ready tasks (see [`crate::Store::claim_tasks`]).
+    pub fn claim(
+        &mut self,
+        p: &ClaimParams,
+        at: Timestamp,
+        notes: &mut Vec<Notification>,
+        n: &Notifier,
+    ) -> Vec<Claim> {
+        let lease_until = crate::rules::after(at, p.lease);
+        let picked: Vec<TaskId> = self
+            .ready
+            .iter()
+            .filter_map(|(_, _, id)| self.task(*id))
+            .filter(|t| t.run_at.is_none_or(|r| r <= at))
+            .filter(|t| p.task_types.is_empty() || p.task_types.contains(&t.task_type))
+            .take(p.limit as usize)
+            .map(|t| t.id)
+            .collect();
+        let mut claims = Vec::with_capacity(picked.len());
+        for id in picked {
+            let run_number = self.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
+            let Some(task) = self.task(id) else { continue };
+            let run = Run::claimed(
+                RunId::new(),
+                task,
+                p.worker_id.clone(),
+                run_number,
+                at,
+                Some(lease_until),
+            );
+            let Some(t) = self.task_mut(id) else { continue };
+            t.status = TaskStatus::InProgress;
+            t.assigned_worker = Some(p.worker_id.clone());
+            t.attempts += 1;
+            t.current_run_id = Some(run.id);
+            t.updated_at = at;
+            let task = t.clone();
+            self.sync_ready(id);
+            self.task_runs.entry(id).or_default().push(run.id);
+            self.running.insert(run.id, p.lease);
+            self.runs.insert(run.id, run.clone());
+            if let Some(pid) = task.plan_id
+                && let Some(plan) = self.plans.get_mut(&pid)
+                && plan.start_execution()
+            {
+                plan.updated_at = at;
+                notes.push(n.plan_status(pid, PlanStatus::InProgress));
+            }
+            let claim = Claim { task, run };
+            notes.push(n.task_claimed(&claim));
+            claims.push(claim);
+        }
+        claims
+    }
+
+    pub fn insert_task(&mut self, id: TaskId, new: NewTask, at: Timestamp) -> TaskId {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = self.idempotency.get(key) {
+                return *existing;
+            }
+            self.idempotency.insert(key.clone(), id);
+        }
+        let task = Task::from_new(id, new, at);
+        self.next_seq += 1;
+        self.tasks.insert(id, (task, self.next_seq));
+        self.sync_ready(id);
+        id
+    }
+
+    /// Runs of `worker` still running, in (task, run) order.
+    pub fn runs_of(&self, worker: &WorkerId) -> Vec<(RunId, TaskId)> {
+        let mut mine: Vec<(RunId, TaskId)> = self
+            .running
+            .keys()
+            .filter_map(|r| self.runs.get(r))
+            .filter(|run| &run.worker_id == worker)
+            .map(|run| (run.id, run.task_id))
+            .collect();
+        mine.sort_by_key(|(r, t)| (*t, *r));
+        mine
+    }
+
+    pub fn remove_task(&mut self, id: TaskId) -> bool {
+        let Some((task, seq)) = self.tasks.remove(&id) else {
+            return false;
+        };
+        self.ready.remove(&(Reverse(task.priority), seq, id));
+        if let Some(k) = &task.idempotency_key {
+            self.idempotency.remove(k);
+        }
+        for r in self.task_runs.remove(&id).unwrap_or_default() {
+            self.runs.remove(&r);
+            self.running.remove(&r);
+        }
+        for dep in &task.dependencies {
+            if let Some(list) = self.dependents.get_mut(dep) {
+                list.retain(|x| *x != id);
+            }
+        }
+        for d in self.dependents.remove(&id).unwrap_or_default() {
+            if let Some(t) = self.task_mut(d) {
+                t.dependencies.retain(|x| *x != id);
+                if task.status != TaskStatus::Completed {
+                    t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
+                }
+            }
+            self.sync_ready(d);
+        }
+        if let Some(pid) = task.plan_id
+            && let Some(list) = self.plan_tasks.get_mut(&pid)
+        {
+            list.retain(|x| *x != id);
+        }
+        true
+    }
+
+    pub fn sorted(&self, mut tasks: Vec<&(Task, u64)>) -> Vec<Task> {
+        tasks.sort_by_key(|(t, seq)| (Reverse(t.priority), *seq));
+        tasks.into_iter().map(|(t, _)| t.clone()).collect()
+    }
+}

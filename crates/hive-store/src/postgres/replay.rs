@@ -1,0 +1,345 @@
+//! The Postgres adapter of the rules: lock and read the rows a batch can touch into a
+//! [`Loaded`] view — its tasks and runs, the dependents a failure could cancel, the plans —
+//! replay the batch with [`Changes`], and write every resulting change (runs, tasks,
+//! dependents' counters, plans, notifications) with one [`APPLY`] statement. Cost stays
+//! proportional to the rows touched: dependents are found through the `depends_on` index,
+//! never by scanning a plan.
+
+use std::collections::HashMap;
+
+use hive_models::{Json, PlanCounters, PlanId, RunId, RunStatus, TaskId, Timestamp};
+use sqlx::postgres::{PgConnection, PgRow};
+use uuid::Uuid;
+
+use super::rows;
+use crate::Notifier;
+use crate::rules::{Changes, Loaded, Patches, TaskState};
+use crate::sql::R;
+
+/// The dependency edges below the tasks in `$1` through which a failure cancels: the
+/// transitive dependents, not continuing past terminal ones.
+const CASCADE: &str = concat!(
+    "WITH RECURSIVE walk(parent, child) AS ( \
+         SELECT d.depends_on, d.task_id FROM task_dependencies d WHERE d.depends_on = ANY($1) \
+         UNION \
+         SELECT d.depends_on, d.task_id FROM walk w \
+         JOIN tasks x ON x.id = w.child AND x.status NOT IN ",
+    terminal_statuses!(),
+    " JOIN task_dependencies d ON d.depends_on = w.child \
+     ) \
+     SELECT parent, child FROM walk"
+);
+
+/// Locks and reads tasks by id. A statement of its own rather than a join with the walk
+/// above: the walk's size is unknown to the planner, which may then scan all tasks.
+const LOCK_TASKS: &str = concat!(
+    "SELECT ",
+    state_columns!(),
+    " FROM tasks t WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE"
+);
+
+const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
+     cancelled_subtasks \
+     FROM plans WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
+/// plans, and sends the notifications, which Postgres delivers on commit. Returns the
+/// dependents left waiting for nothing, announced as `task_ready` when `$26` is true.
+const APPLY: &str = concat!(
+    "WITH run_in AS ( \
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::bool[], \
+                         $6::text[], $7::bool[], $8::text[]) \
+        AS x(id, status, set_result, result, set_error, error, set_log, log) \
+), run_upd AS ( \
+    UPDATE runs r SET status = x.status, completed_at = now(), lease_expires_at = NULL, \
+        result_data = CASE WHEN x.set_result THEN x.result ELSE r.result_data END, \
+        error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
+        output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \
+    FROM run_in x WHERE r.id = x.id AND r.id = ANY($1::uuid[]) AND r.status = 'running' \
+    RETURNING r.id \
+), dec AS ( \
+    SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
+    WHERE d.depends_on = ANY($18::uuid[]) GROUP BY d.task_id \
+), task_in AS ( \
+    SELECT * FROM unnest($9::uuid[], $10::text[], $11::bool[], $12::jsonb[], $13::bool[], \
+                         $14::text[], $15::bool[], $16::timestamptz[], $17::int[], \
+                         $27::bool[], $28::jsonb[]) \
+        AS x(id, status, set_result, result, set_error, error, requeue, run_at, \
+             attempts_delta, recount, metadata) \
+), task_upd AS ( \
+    UPDATE tasks t SET status = x.status, updated_at = now(), \
+        result = CASE WHEN x.set_result THEN x.result ELSE t.result END, \
+        last_error = CASE WHEN x.set_error THEN x.error ELSE t.last_error END, \
+        assigned_worker = CASE WHEN x.requeue THEN NULL ELSE t.assigned_worker END, \
+        run_at = CASE WHEN x.requeue THEN x.run_at ELSE t.run_at END, \
+        attempts = greatest(t.attempts + x.attempts_delta, 0), \
+        pending_deps = CASE WHEN x.recount THEN (SELECT count(*) FROM task_dependencies d \
+                JOIN tasks y ON y.id = d.depends_on \
+                WHERE d.task_id = t.id AND y.status <> 'completed')::int \
+            ELSE greatest(t.pending_deps - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
+            END, \
+        metadata = coalesce(x.metadata, t.metadata) \
+    FROM task_in x WHERE t.id = x.id AND t.id = ANY($9::uuid[]) \
+    RETURNING t.id \
+), dep_upd AS ( \
+    UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
+    FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY($9::uuid[])) \
+    RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
+), freed AS ( \
+    SELECT id FROM dep_upd WHERE ready \
+), plan_in AS ( \
+    SELECT * FROM unnest($19::uuid[], $20::text[], $21::bigint[], $22::bigint[], \
+                         $23::bigint[]) \
+        AS x(id, status, completed, failed, cancelled) \
+), plan_upd AS ( \
+    UPDATE plans p SET status = x.status, completed_subtasks = x.completed, \
+        failed_subtasks = x.failed, cancelled_subtasks = x.cancelled, updated_at = now() \
+    FROM plan_in x WHERE p.id = x.id AND p.id = ANY($19::uuid[]) \
+    RETURNING p.id \
+) \
+SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
+       (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
+       (SELECT count(pg_notify(",
+    channel_sql!(),
+    ", n)) FROM unnest($24::text[]) AS n) AS notified, \
+       (",
+    notify_rows!(
+        "SELECT id FROM freed WHERE $26::bool",
+        "json_build_object('origin', $25::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+    ),
+    ") AS ready_notified, \
+       ARRAY(SELECT id FROM freed) AS ready"
+);
+
+/// A task's [`TaskState`] from the [`state_columns`] of a row; whether its run runs is
+/// assumed (see [`TaskState::run_running`]) until a read of the run says.
+pub(super) fn state_from_row(row: &PgRow) -> R<(TaskId, TaskState)> {
+    const T: &str = "tasks";
+    let current_run = rows::get::<Option<Uuid>>(row, "current_run_id", T)?.map(RunId);
+    Ok((
+        TaskId(rows::get(row, "task_id", T)?),
+        TaskState {
+            status: rows::task_status(row, "task_status")?,
+            seq: rows::get(row, "seq", T)?,
+            plan_id: rows::get::<Option<Uuid>>(row, "plan_id", T)?.map(PlanId),
+            attempts: rows::count(row, "attempts", T)?,
+            max_retries: rows::big_count(row, "max_retries", T)?,
+            current_run,
+            run_running: current_run.is_some(),
+        },
+    ))
+}
+
+/// Locked `runs r JOIN tasks t` rows ([`locked_run_columns`]) into `view`, each run's
+/// liveness exact; returns each run's task.
+pub(super) fn load_locked(view: &mut Loaded, locked: &[PgRow]) -> R<HashMap<RunId, TaskId>> {
+    let mut run_task = HashMap::with_capacity(locked.len());
+    for row in locked {
+        let (task, state) = state_from_row(row)?;
+        let run = RunId(rows::get(row, "run_id", "runs")?);
+        let running = rows::run_status(row, "run_status")? == RunStatus::Running;
+        view.add_task(task, state);
+        view.set_running(task, run, running);
+        run_task.insert(run, task);
+    }
+    Ok(run_task)
+}
+
+/// Loads (and locks) the dependents that failures of `roots` may cancel.
+pub(super) async fn load_cascade(
+    conn: &mut PgConnection,
+    view: &mut Loaded,
+    roots: &[TaskId],
+) -> R<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = roots.iter().map(|t| t.0).collect();
+    let walked = sqlx::query(CASCADE)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    if walked.is_empty() {
+        return Ok(());
+    }
+    let mut pairs = Vec::with_capacity(walked.len());
+    for row in &walked {
+        let parent = TaskId(rows::get(row, "parent", "task_dependencies")?);
+        let child = TaskId(rows::get(row, "child", "task_dependencies")?);
+        pairs.push((parent, child));
+    }
+    let mut children: Vec<Uuid> = pairs.iter().map(|(_, c)| c.0).collect();
+    children.sort();
+    children.dedup();
+    let locked = sqlx::query(LOCK_TASKS)
+        .bind(&children)
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in &locked {
+        // Whether its run still runs is left to the write (see `TaskState::run_running`):
+        // reading the run here could see a version older than the locked task row.
+        let (id, state) = state_from_row(row)?;
+        view.add_task(id, state);
+    }
+    view.add_edges(pairs);
+    Ok(())
+}
+
+/// Loads (and locks, in id order) the plans of every task in `view` and of `more`.
+pub(super) async fn load_plans(
+    conn: &mut PgConnection,
+    view: &mut Loaded,
+    more: &[PlanId],
+) -> R<()> {
+    let mut ids: Vec<Uuid> = view
+        .plan_ids()
+        .into_iter()
+        .chain(more.iter().copied())
+        .filter(|p| !view.plans.contains_key(p))
+        .map(|p| p.0)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found = sqlx::query(LOCK_PLANS).bind(&ids).fetch_all(conn).await?;
+    for row in &found {
+        const P: &str = "plans";
+        view.plans.insert(
+            PlanId(rows::get(row, "id", P)?),
+            PlanCounters {
+                status: rows::plan_status(row, "status")?,
+                total: rows::big_count(row, "total_subtasks", P)?,
+                completed: rows::big_count(row, "completed_subtasks", P)?,
+                failed: rows::big_count(row, "failed_subtasks", P)?,
+                cancelled: rows::big_count(row, "cancelled_subtasks", P)?,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Replays `f` on `view` at the transaction's clock `at` and writes the result; returns
+/// `f`'s value and the dependents a completion freed (announced when `announce`; a caller
+/// that goes on to claim in the same transaction announces those it did not take).
+pub(super) async fn replay<T>(
+    conn: &mut PgConnection,
+    notifier: &Notifier,
+    view: &Loaded,
+    at: Timestamp,
+    announce: bool,
+    f: impl FnOnce(&mut Changes<'_, Loaded>) -> T,
+) -> R<(T, Vec<TaskId>)> {
+    let mut ch = Changes::new(view, notifier, at);
+    let out = f(&mut ch);
+    let ready = apply(conn, notifier, ch.into_patches(), announce).await?;
+    Ok((out, ready))
+}
+
+/// Writes a batch's patches in one statement; nothing to write costs no round trip.
+async fn apply(
+    conn: &mut PgConnection,
+    notifier: &Notifier,
+    p: Patches,
+    announce: bool,
+) -> R<Vec<TaskId>> {
+    if p.is_empty() {
+        return Ok(Vec::new());
+    }
+    let payloads = super::listen::encode(&p.notes);
+
+    let n = p.runs.len();
+    let mut r_id = Vec::with_capacity(n);
+    let mut r_status = Vec::with_capacity(n);
+    let mut r_set_result = Vec::with_capacity(n);
+    let mut r_result: Vec<Option<Json>> = Vec::with_capacity(n);
+    let mut r_set_error = Vec::with_capacity(n);
+    let mut r_error: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut r_set_log = Vec::with_capacity(n);
+    let mut r_log: Vec<Option<String>> = Vec::with_capacity(n);
+    for r in p.runs {
+        r_id.push(r.id.0);
+        r_status.push(r.status.as_str());
+        r_set_result.push(r.result.is_some());
+        r_result.push(r.result.flatten());
+        r_set_error.push(r.error.is_some());
+        r_error.push(r.error.flatten());
+        r_set_log.push(r.log.is_some());
+        r_log.push(r.log.flatten());
+    }
+
+    let n = p.tasks.len();
+    let mut t_id = Vec::with_capacity(n);
+    let mut t_status = Vec::with_capacity(n);
+    let mut t_set_result = Vec::with_capacity(n);
+    let mut t_result: Vec<Option<Json>> = Vec::with_capacity(n);
+    let mut t_set_error = Vec::with_capacity(n);
+    let mut t_error: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut t_requeue = Vec::with_capacity(n);
+    let mut t_run_at: Vec<Option<Timestamp>> = Vec::with_capacity(n);
+    let mut t_attempts = Vec::with_capacity(n);
+    let mut t_recount = Vec::with_capacity(n);
+    let mut t_metadata: Vec<Option<Json>> = Vec::with_capacity(n);
+    for t in p.tasks {
+        t_id.push(t.id.0);
+        t_status.push(t.status.as_str());
+        t_set_result.push(t.result.is_some());
+        t_result.push(t.result.flatten());
+        t_set_error.push(t.error.is_some());
+        t_error.push(t.error);
+        t_requeue.push(t.requeue.is_some());
+        t_run_at.push(t.requeue.flatten());
+        t_attempts.push(t.attempts_delta);
+        t_recount.push(t.recount_pending);
+        t_metadata.push(t.metadata);
+    }
+    let completed: Vec<Uuid> = p.completed.iter().map(|t| t.0).collect();
+
+    let mut p_id = Vec::with_capacity(p.plans.len());
+    let mut p_status = Vec::with_capacity(p.plans.len());
+    let mut p_completed = Vec::with_capacity(p.plans.len());
+    let mut p_failed = Vec::with_capacity(p.plans.len());
+    let mut p_cancelled = Vec::with_capacity(p.plans.len());
+    for (id, c) in p.plans {
+        p_id.push(id.0);
+        p_status.push(c.status.as_str());
+        p_completed.push(i64::from(c.completed));
+        p_failed.push(i64::from(c.failed));
+        p_cancelled.push(i64::from(c.cancelled));
+    }
+
+    let row = sqlx::query(APPLY)
+        .bind(r_id)
+        .bind(r_status)
+        .bind(r_set_result)
+        .bind(r_result)
+        .bind(r_set_error)
+        .bind(r_error)
+        .bind(r_set_log)
+        .bind(r_log)
+        .bind(t_id)
+        .bind(t_status)
+        .bind(t_set_result)
+        .bind(t_result)
+        .bind(t_set_error)
+        .bind(t_error)
+        .bind(t_requeue)
+        .bind(t_run_at)
+        .bind(t_attempts)
+        .bind(completed)
+        .bind(p_id)
+        .bind(p_status)
+        .bind(p_completed)
+        .bind(p_failed)
+        .bind(p_cancelled)
+        .bind(payloads)
+        .bind(notifier.origin())
+        .bind(announce)
+        .bind(t_recount)
+        .bind(t_metadata)
+        .fetch_one(conn)
+        .await?;
+    let ready: Vec<Uuid> = rows::get(&row, "ready", "tasks")?;
+    Ok(ready.into_iter().map(TaskId).collect())
+}

@@ -1,0 +1,519 @@
+//! Runs on Postgres: claims (one statement with `FOR UPDATE SKIP LOCKED`), finishing
+//! (one statement for a batch of successes outside plans, the rules' replay otherwise),
+//! releasing, reaping expired leases, and extending leases.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use hive_models::{Json, Run, RunId, TaskId, Timestamp, WorkerId, WorkerStatus};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use super::replay::{self, load_locked};
+use super::sql::{micros, server_now};
+use super::{PostgresStore, rows};
+use crate::rules::Loaded;
+use crate::sql::R;
+use crate::{
+    Claim, ClaimParams, Error, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome,
+};
+
+/// Run ids travel with the claim statement; larger limits claim in chunks of this size.
+const CLAIM_CHUNK: u32 = 1000;
+
+const CLAIM: &str = concat!(
+    "WITH picked AS ( \
+         SELECT id, priority, seq FROM tasks \
+         WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= statement_timestamp()) \
+           AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
+         ORDER BY priority DESC, seq \
+         LIMIT $3::bigint \
+         FOR UPDATE SKIP LOCKED \
+     ), numbered AS ( \
+         SELECT id, (row_number() OVER (ORDER BY priority DESC, seq))::int AS n FROM picked \
+     ), claimed AS ( \
+         UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
+             attempts = t.attempts + 1, run_count = t.run_count + 1, \
+             current_run_id = ($4::uuid[])[k.n], updated_at = statement_timestamp() \
+         FROM numbered k WHERE t.id = k.id \
+         RETURNING t.*, ",
+    task_dependencies!(),
+    " ), opened AS ( \
+         INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
+             lease_us, lease_expires_at) \
+         SELECT c.current_run_id, c.id, $1::text, c.run_count, 'running', c.current_phase, statement_timestamp(), \
+             $5::bigint, statement_timestamp() + $5::bigint * interval '1 microsecond' \
+         FROM claimed c \
+     ), started AS ( \
+         UPDATE plans p SET status = 'in_progress', updated_at = statement_timestamp() \
+         WHERE p.status = 'pending' \
+           AND p.id IN (SELECT c.plan_id FROM claimed c WHERE c.plan_id IS NOT NULL) \
+         RETURNING p.id \
+     ), announced AS (",
+    notify_rows!(
+        "SELECT 'plan_status' AS kind, s.id AS plan_id, NULL::uuid AS task_id, \
+                NULL::uuid AS run_id FROM started s \
+         UNION ALL SELECT 'task_claimed', c.plan_id, c.id, c.current_run_id FROM claimed c",
+        "CASE WHEN x.kind = 'plan_status' \
+             THEN json_build_object('origin', $6::uuid, 'kind', 'plan_status', \
+                 'plan_id', x.plan_id, 'status', 'in_progress') \
+             ELSE json_build_object('origin', $6::uuid, 'kind', 'task_claimed', \
+                 'task_id', x.task_id, 'run_id', x.run_id, 'worker_id', $1::text, \
+                 'plan_id', x.plan_id) END"
+    ),
+    ") \
+     SELECT c.*, statement_timestamp() AS started_at, \
+         statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
+     FROM claimed c CROSS JOIN announced \
+     ORDER BY c.priority DESC, c.seq"
+);
+
+/// Finishes a batch of successful runs in one statement when none of their tasks belongs to a
+/// plan (plans need the rules' ordered replay); otherwise changes nothing and
+/// reports `fast = false`. A run id given twice finishes once: the first occurrence wins.
+/// Returns the dependents made ready, announced as `task_ready` when `$5` is true.
+const FINISH_SUCCESSES: &str = concat!(
+    "WITH input AS ( \
+         SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
+             AS x(run_id, result, log, ord) \
+     ), locked AS ( \
+         SELECT r.id AS run_id, t.id AS task_id, t.plan_id, \
+             (r.status = 'running' AND t.current_run_id = r.id) AS live \
+         FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = ANY($1::uuid[]) \
+         ORDER BY t.id, r.id FOR UPDATE OF t, r \
+     ), fast AS ( \
+         SELECT NOT EXISTS (SELECT 1 FROM locked WHERE live AND plan_id IS NOT NULL) AS ok \
+     ), go AS ( \
+         SELECT l.run_id, l.task_id, f.result, f.log FROM locked l \
+         JOIN (SELECT DISTINCT ON (run_id) run_id, result, log FROM input \
+               ORDER BY run_id, ord) f ON f.run_id = l.run_id \
+         WHERE l.live AND (SELECT ok FROM fast) \
+     ), run_upd AS ( \
+         UPDATE runs r SET status = 'success', completed_at = now(), lease_expires_at = NULL, \
+             result_data = g.result, output_log = g.log \
+         FROM go g WHERE r.id = g.run_id AND r.id = ANY($1::uuid[]) \
+     ), dec AS ( \
+         SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
+         WHERE d.depends_on = ANY(ARRAY(SELECT task_id FROM go)) GROUP BY d.task_id \
+     ), task_upd AS ( \
+         UPDATE tasks t SET status = 'completed', result = g.result, updated_at = now(), \
+             pending_deps = greatest(t.pending_deps \
+                 - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
+         FROM go g WHERE t.id = g.task_id \
+     ), dep_upd AS ( \
+         UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
+         FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
+         RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
+     ), notes AS (",
+    notify_rows!(
+        "SELECT task_id, run_id FROM go",
+        "json_build_object('origin', $4::uuid, 'kind', 'task_status', 'task_id', x.task_id, \
+             'status', 'completed', 'run_id', x.run_id)"
+    ),
+    "), freed AS ( \
+         SELECT array_agg(id) AS ids FROM dep_upd WHERE ready \
+     ), ready_notes AS (",
+    notify_rows!(
+        "SELECT id FROM dep_upd WHERE ready AND $5::bool",
+        "json_build_object('origin', $4::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+    ),
+    ") \
+     SELECT l.run_id, l.task_id, l.live, f.ok AS fast, n.n AS notified, rn.n AS ready_notified, \
+         coalesce(r.ids, '{}') AS ready \
+     FROM fast f CROSS JOIN notes n CROSS JOIN freed r CROSS JOIN ready_notes rn \
+     LEFT JOIN locked l ON true"
+);
+
+/// Announces dependents a finish freed that the same transaction did not claim.
+const ANNOUNCE_READY: &str = notify_rows!(
+    "SELECT id FROM unnest($1::uuid[]) AS r(id)",
+    "json_build_object('origin', $2::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+);
+
+/// What finishing a batch did: one report per outcome, and the dependents made ready.
+#[derive(Debug, Default)]
+struct Finish {
+    reports: Vec<FinishReport>,
+    ready: Vec<TaskId>,
+}
+
+const LOCK_RUNS: &str = concat!(
+    "SELECT ",
+    locked_run_columns!(),
+    " FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = ANY($1) \
+     ORDER BY t.id, r.id FOR UPDATE OF t, r"
+);
+
+const EXPIRED_RUNS: &str = concat!(
+    "SELECT ",
+    locked_run_columns!(),
+    " FROM runs r JOIN tasks t ON t.id = r.task_id \
+     WHERE r.status = 'running' AND r.lease_expires_at < now() \
+     ORDER BY r.lease_expires_at, r.id LIMIT $1 FOR UPDATE OF t, r SKIP LOCKED"
+);
+
+impl PostgresStore {
+    async fn claim_chunk(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        limit: u32,
+    ) -> R<Vec<Claim>> {
+        let run_ids: Vec<Uuid> = (0..limit).map(|_| RunId::new().0).collect();
+        let found = sqlx::query(CLAIM)
+            .bind(p.worker_id.as_str())
+            .bind(&p.task_types)
+            .bind(i64::from(limit))
+            .bind(run_ids)
+            .bind(micros(p.lease))
+            .bind(self.notifier.origin())
+            .fetch_all(conn)
+            .await?;
+        let mut claims = Vec::with_capacity(found.len());
+        for row in &found {
+            let task = rows::task(row)?;
+            let run_id = task
+                .current_run_id
+                .ok_or_else(|| rows::corrupt("tasks", "claimed task without a run"))?;
+            let run = Run::claimed(
+                run_id,
+                &task,
+                p.worker_id.clone(),
+                rows::count(row, "run_count", "tasks")?,
+                rows::get(row, "started_at", "runs")?,
+                rows::get(row, "lease_until", "runs")?,
+            );
+            claims.push(Claim { task, run });
+        }
+        Ok(claims)
+    }
+
+    pub(super) async fn claim_once(&self, p: &ClaimParams) -> R<Vec<Claim>> {
+        if p.limit <= CLAIM_CHUNK {
+            let mut conn = self.pool.acquire().await?;
+            return self.claim_chunk(&mut conn, p, p.limit).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let claims = self.claim_in(&mut tx, p).await?;
+        tx.commit().await?;
+        Ok(claims)
+    }
+
+    /// Claims on a connection the caller holds (in a transaction when the limit needs more
+    /// than one statement's worth of run ids, which go in chunks).
+    async fn claim_in(&self, conn: &mut PgConnection, p: &ClaimParams) -> R<Vec<Claim>> {
+        let mut claims = Vec::new();
+        let mut left = p.limit;
+        while left > 0 {
+            let n = left.min(CLAIM_CHUNK);
+            let got = self.claim_chunk(conn, p, n).await?;
+            let done = got.len() < n as usize;
+            left -= n;
+            claims.extend(got);
+            if done {
+                break;
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The one-statement finish of a batch of successes; `None` when a task of the batch
+    /// belongs to a plan (nothing was changed then). Also returns the dependents made ready
+    /// (announced when `announce`).
+    async fn finish_successes(
+        &self,
+        conn: &mut PgConnection,
+        outcomes: &[RunOutcome],
+        announce: bool,
+    ) -> R<Option<Finish>> {
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut results: Vec<Option<Json>> = Vec::with_capacity(n);
+        let mut logs: Vec<Option<&str>> = Vec::with_capacity(n);
+        for o in outcomes {
+            ids.push(o.run_id.0);
+            results.push(match &o.outcome {
+                Outcome::Success { result } => result.clone(),
+                Outcome::Failure { .. } => None,
+            });
+            logs.push(o.output_log.as_deref());
+        }
+        let found = sqlx::query(FINISH_SUCCESSES)
+            .bind(&ids)
+            .bind(results)
+            .bind(logs)
+            .bind(self.notifier.origin())
+            .bind(announce)
+            .fetch_all(conn)
+            .await?;
+        let mut run_task = HashMap::with_capacity(found.len());
+        let mut live = HashSet::with_capacity(found.len());
+        let mut ready = Vec::new();
+        for row in &found {
+            if !rows::get::<bool>(row, "fast", "tasks")? {
+                return Ok(None);
+            }
+            if ready.is_empty() {
+                let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
+                ready = ids.into_iter().map(TaskId).collect();
+            }
+            let Some(run_id) = rows::get::<Option<Uuid>>(row, "run_id", "runs")? else {
+                continue;
+            };
+            let task_id: Uuid = rows::get(row, "task_id", "tasks")?;
+            run_task.insert(RunId(run_id), TaskId(task_id));
+            if rows::get::<bool>(row, "live", "runs")? {
+                live.insert(RunId(run_id));
+            }
+        }
+        let reports = outcomes
+            .iter()
+            .map(|o| {
+                let task_id = run_task.get(&o.run_id).copied();
+                // `remove`: a run given twice finished once; the repeat is stale.
+                let finished = if live.remove(&o.run_id) {
+                    Finished::Completed
+                } else {
+                    Finished::Stale
+                };
+                FinishReport {
+                    run_id: o.run_id,
+                    task_id,
+                    finished,
+                    plan_id: None,
+                    cancelled_dependents: Vec::new(),
+                    plan_transition: None,
+                }
+            })
+            .collect();
+        Ok(Some(Finish { reports, ready }))
+    }
+
+    /// Finishes a batch of any outcomes by the rules; the caller holds the transaction.
+    async fn finish_replayed(
+        &self,
+        tx: &mut PgConnection,
+        outcomes: &[RunOutcome],
+        announce: bool,
+    ) -> R<Finish> {
+        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id.0).collect();
+        let locked = sqlx::query(LOCK_RUNS)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(first) = locked.first() else {
+            return Ok(Finish {
+                reports: outcomes
+                    .iter()
+                    .map(|o| FinishReport::stale(o.run_id, None))
+                    .collect(),
+                ready: Vec::new(),
+            });
+        };
+        let at = server_now(first)?;
+        let mut view = Loaded::default();
+        let run_task = load_locked(&mut view, &locked)?;
+        let roots = view.failing_roots(outcomes, &run_task);
+        replay::load_cascade(&mut *tx, &mut view, &roots).await?;
+        replay::load_plans(&mut *tx, &mut view, &[]).await?;
+        let (reports, ready) = replay::replay(tx, &self.notifier, &view, at, announce, |ch| {
+            outcomes
+                .iter()
+                .map(|o| ch.finish(o, run_task.get(&o.run_id).copied()))
+                .collect()
+        })
+        .await?;
+        Ok(Finish { reports, ready })
+    }
+
+    /// Finishes runs, by one statement when the batch is all successes outside plans.
+    async fn finish_in(
+        &self,
+        tx: &mut PgConnection,
+        outcomes: &[RunOutcome],
+        announce: bool,
+    ) -> R<Finish> {
+        if outcomes.is_empty() {
+            return Ok(Finish::default());
+        }
+        if outcomes
+            .iter()
+            .all(|o| matches!(o.outcome, Outcome::Success { .. }))
+            && let Some(done) = self.finish_successes(tx, outcomes, announce).await?
+        {
+            return Ok(done);
+        }
+        self.finish_replayed(tx, outcomes, announce).await
+    }
+
+    pub(super) async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
+        if outcomes
+            .iter()
+            .all(|o| matches!(o.outcome, Outcome::Success { .. }))
+        {
+            // One statement needs no explicit transaction: saves BEGIN and COMMIT trips.
+            let mut conn = self.pool.acquire().await?;
+            if let Some(done) = self.finish_successes(&mut conn, outcomes, true).await? {
+                return Ok(done.reports);
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = self.finish_replayed(&mut tx, outcomes, true).await?;
+        tx.commit().await?;
+        Ok(done.reports)
+    }
+
+    /// Finishes, then claims in the same transaction; announces the freed dependents it did
+    /// not take.
+    pub(super) async fn finish_and_claim_once(
+        &self,
+        outcomes: &[RunOutcome],
+        p: &ClaimParams,
+    ) -> R<(Vec<FinishReport>, Vec<Claim>)> {
+        let mut tx = self.pool.begin().await?;
+        let done = self.finish_in(&mut tx, outcomes, false).await?;
+        let claims = self.claim_in(&mut tx, p).await?;
+        let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
+        let unclaimed: Vec<Uuid> = done
+            .ready
+            .iter()
+            .filter(|t| !claimed.contains(t))
+            .map(|t| t.0)
+            .collect();
+        if !unclaimed.is_empty() {
+            sqlx::query(ANNOUNCE_READY)
+                .bind(unclaimed)
+                .bind(self.notifier.origin())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((done.reports, claims))
+    }
+
+    /// Releases live runs in the given order; returns their tasks.
+    pub(super) async fn release_once(&self, run_ids: &[RunId]) -> R<Vec<TaskId>> {
+        let ids: Vec<Uuid> = run_ids.iter().map(|r| r.0).collect();
+        let mut tx = self.pool.begin().await?;
+        let locked = sqlx::query(LOCK_RUNS)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(first) = locked.first() else {
+            return Ok(Vec::new());
+        };
+        let at = server_now(first)?;
+        let mut view = Loaded::default();
+        let run_task = load_locked(&mut view, &locked)?;
+        let order: Vec<(RunId, TaskId)> = run_ids
+            .iter()
+            .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
+            .collect();
+        let (released, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            order
+                .iter()
+                .filter(|(r, t)| ch.release(*r, *t))
+                .map(|(_, t)| *t)
+                .collect()
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    pub(super) async fn reap_once(&self, p: &ReapParams) -> R<ReapReport> {
+        let mut tx = self.pool.begin().await?;
+        let offline = sqlx::query(
+            "WITH off AS ( \
+                 UPDATE workers SET status = 'offline', current_task_id = NULL \
+                 WHERE status IN ('active', 'idle') \
+                   AND last_heartbeat < now() - $1::bigint * interval '1 microsecond' \
+                 RETURNING id) \
+             SELECT now() AS now, ARRAY(SELECT id FROM off ORDER BY id COLLATE \"C\") AS ids",
+        )
+        .bind(micros(p.heartbeat_timeout))
+        .fetch_one(&mut *tx)
+        .await?;
+        let at = server_now(&offline)?;
+        let expired = sqlx::query(EXPIRED_RUNS)
+            .bind(i64::from(p.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut view = Loaded::default();
+        let run_task = load_locked(&mut view, &expired)?;
+        let mut order = Vec::with_capacity(expired.len());
+        for row in &expired {
+            let run_id = RunId(rows::get(row, "run_id", "runs")?);
+            if let Some(&task_id) = run_task.get(&run_id) {
+                order.push((run_id, task_id));
+            }
+        }
+        // A timeout with no retry left fails its task: its dependents may be cancelled.
+        let roots: Vec<TaskId> = order
+            .iter()
+            .filter(|(r, t)| {
+                view.tasks
+                    .get(t)
+                    .is_some_and(|s| s.is_live(*r) && s.fails_for_good(Some(p.retry)))
+            })
+            .map(|(_, t)| *t)
+            .collect();
+        replay::load_cascade(&mut tx, &mut view, &roots).await?;
+        replay::load_plans(&mut tx, &mut view, &[]).await?;
+        let ids: Vec<String> = rows::get(&offline, "ids", "workers")?;
+        let (report, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            let mut report = ReapReport::default();
+            for (run_id, task_id) in order {
+                match ch.expire(run_id, task_id, p.retry) {
+                    Some((Finished::Retrying { .. }, _)) => report.requeued.push((task_id, run_id)),
+                    Some((_, fx)) => {
+                        report.failed.push(task_id);
+                        report.plan_transitions.extend(fx.plan_transition);
+                    }
+                    None => {}
+                }
+            }
+            for id in ids {
+                let id = WorkerId(id);
+                ch.note(self.notifier.worker(id.clone(), WorkerStatus::Offline));
+                report.offline_workers.push(id);
+            }
+            report
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    pub(super) async fn extend_once(&self, run_id: RunId, lease: Duration) -> R<Timestamp> {
+        let until: Option<Timestamp> = sqlx::query_scalar(
+            "UPDATE runs r SET lease_us = $2::bigint, \
+                 lease_expires_at = now() + $2::bigint * interval '1 microsecond' \
+             FROM tasks t \
+             WHERE r.id = $1 AND r.status = 'running' AND t.id = r.task_id \
+               AND t.current_run_id = r.id \
+             RETURNING r.lease_expires_at",
+        )
+        .bind(run_id.0)
+        .bind(micros(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        until.ok_or_else(|| Error::StaleRun { run_id }.into())
+    }
+
+    pub(super) async fn read_run(&self, id: RunId) -> R<Option<Run>> {
+        let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::run).transpose()
+    }
+
+    pub(super) async fn read_runs(&self, task_id: TaskId) -> R<Vec<Run>> {
+        let found = sqlx::query("SELECT * FROM runs WHERE task_id = $1 ORDER BY run_number")
+            .bind(task_id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        found.iter().map(rows::run).collect()
+    }
+}

@@ -1,0 +1,125 @@
+//! The SQL pieces the Postgres modules share: column lists, the notification channel, and
+//! the conversions every statement needs.
+
+/// The channel a store NOTIFYs and LISTENs on, as an SQL expression: one per schema, so
+/// Hive deployments sharing a database in different schemas never wake each other. Every
+/// `pg_notify` names its channel with exactly this text (a test checks), and the listener
+/// asks its own connection for the value.
+macro_rules! channel_sql {
+    () => {
+        "'hive_events:' || left(current_schema(), 50)"
+    };
+}
+
+/// The terminal task statuses, as an SQL list.
+macro_rules! terminal_statuses {
+    () => {
+        "('completed', 'failed', 'cancelled')"
+    };
+}
+
+/// Every task query selects `t.*` plus this, so the row carries the task's dependency list
+/// in the order the dependencies were declared.
+macro_rules! task_dependencies {
+    () => {
+        "ARRAY(SELECT d.depends_on FROM task_dependencies d WHERE d.task_id = t.id \
+         ORDER BY d.position) AS dependencies"
+    };
+}
+
+/// The `SELECT` of full task rows (alias `t`); callers append `WHERE` and `ORDER BY`.
+macro_rules! select_tasks {
+    () => {
+        concat!("SELECT t.*, ", task_dependencies!(), " FROM tasks t ")
+    };
+}
+
+/// Sends one notification per row of `$rows` (an SQL query) as JSON arrays of up to 20
+/// (each well under Postgres's 8000-byte payload limit): one NOTIFY per 20 changes rather
+/// than per change, which keeps commits of large batches cheap. `$object` builds one
+/// notification from the row's columns (alias `x`). Yields one row, `n`, the payloads sent.
+macro_rules! notify_rows {
+    ($rows:expr, $object:expr) => {
+        concat!(
+            "SELECT count(pg_notify(",
+            channel_sql!(),
+            ", c.p)) AS n FROM ( \
+                 SELECT json_agg(",
+            $object,
+            ")::text AS p FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
+            $rows,
+            ") s) x GROUP BY (x.rn - 1) / 20) c"
+        )
+    };
+}
+
+/// The columns [`super::replay::state_from_row`] reads, from `tasks t`.
+macro_rules! state_columns {
+    () => {
+        "t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, t.plan_id, \
+         t.attempts, t.max_retries"
+    };
+}
+
+/// [`state_columns`] plus the run's id and status and the clock, from `runs r JOIN tasks t`.
+macro_rules! locked_run_columns {
+    () => {
+        concat!(
+            "r.id AS run_id, r.status AS run_status, ",
+            state_columns!(),
+            ", now() AS now"
+        )
+    };
+}
+
+use std::time::Duration;
+
+use hive_models::Timestamp;
+use sqlx::postgres::PgRow;
+
+use super::rows;
+use crate::sql::{Fail, R};
+use crate::{Error, Notification};
+
+/// Durations are capped at about 1000 years, so `now() ± d` stays a valid timestamp.
+const MAX_DAYS: i64 = 365_250;
+pub(super) const MAX_MICROS: i64 = MAX_DAYS * 86_400 * 1_000_000;
+
+/// Microseconds of a duration, capped (see [`MAX_DAYS`]).
+pub(super) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
+}
+
+/// One notification as a NOTIFY payload.
+pub(super) fn payload(n: &Notification) -> R<String> {
+    serde_json::to_string(n).map_err(|e| Fail::Store(Error::Database(format!("notification: {e}"))))
+}
+
+/// The transaction's clock, as a row selected it (`now() AS now`).
+pub(super) fn server_now(row: &PgRow) -> R<Timestamp> {
+    rows::get(row, "now", "now()")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_caps() {
+        assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
+        assert_eq!(micros(Duration::MAX), MAX_MICROS);
+    }
+
+    #[test]
+    fn terminal_list_matches_the_model() {
+        for s in hive_models::TaskStatus::ALL {
+            assert_eq!(
+                terminal_statuses!().contains(&format!("'{s}'")),
+                s.is_terminal(),
+                "{s}"
+            );
+        }
+    }
+}

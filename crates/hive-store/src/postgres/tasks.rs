@@ -1,0 +1,400 @@
+//! Tasks on Postgres: inserts (one statement, or a short transaction with idempotency
+//! keys), reads, status changes by the rules, deletes, pruning and dependency checks.
+
+use std::collections::{HashMap, HashSet};
+
+use hive_models::{Json, NewTask, PlanId, Task, TaskId, TaskStatus, Timestamp};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use super::replay::{self, state_from_row};
+use super::sql::{micros, payload, server_now};
+use super::{PostgresStore, rows};
+use crate::rules::Loaded;
+use crate::sql::R;
+use crate::{Error, PruneParams, StatusChange, StatusChanged, StatusCounts, TaskFilter};
+
+/// Inserts rows given as parallel arrays; conflicting idempotency keys insert nothing.
+/// Returns the ids inserted. `$19` is the notification payload, sent when not null.
+const INSERT_TASKS: &str = concat!(
+    "\
+WITH input AS ( \
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], \
+        $6::jsonb[], $7::bigint[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::uuid[], \
+        $12::jsonb[], $13::jsonb[], $14::timestamptz[], $15::text[], $16::uuid[], $17::text[], \
+        $18::int[]) WITH ORDINALITY \
+    AS x(id, title, description, task_type, priority, payload, max_retries, current_phase, \
+        workflow, due_date, parent_task_id, tags, metadata, run_at, idempotency_key, plan_id, \
+        plan_subtask_id, pending_deps, ord) \
+), ins AS ( \
+    INSERT INTO tasks (id, title, description, task_type, priority, payload, max_retries, \
+        current_phase, workflow, due_date, parent_task_id, tags, metadata, run_at, \
+        idempotency_key, plan_id, plan_subtask_id, pending_deps, created_at, updated_at) \
+    SELECT x.id, x.title, x.description, x.task_type, x.priority, x.payload, x.max_retries, \
+        x.current_phase, x.workflow, x.due_date, x.parent_task_id, \
+        ARRAY(SELECT e.v FROM jsonb_array_elements_text(x.tags) WITH ORDINALITY AS e(v, i) \
+              ORDER BY e.i), \
+        x.metadata, x.run_at, x.idempotency_key, x.plan_id, x.plan_subtask_id, x.pending_deps, \
+        now(), now() \
+    FROM input x ORDER BY x.ord \
+    ON CONFLICT (idempotency_key) DO NOTHING \
+    RETURNING id \
+) \
+SELECT ARRAY(SELECT id FROM ins) AS inserted, \
+    (SELECT count(pg_notify(",
+    channel_sql!(),
+    ", $19::text)) WHERE $19::text IS NOT NULL) AS notified"
+);
+
+/// One task row to insert, in [`INSERT_TASKS`]'s column order.
+#[derive(Debug, Default)]
+pub(super) struct TaskRows {
+    id: Vec<Uuid>,
+    title: Vec<String>,
+    description: Vec<String>,
+    task_type: Vec<String>,
+    priority: Vec<i32>,
+    payload: Vec<Json>,
+    max_retries: Vec<i64>,
+    current_phase: Vec<String>,
+    workflow: Vec<Option<Json>>,
+    due_date: Vec<Option<Timestamp>>,
+    parent_task_id: Vec<Option<Uuid>>,
+    tags: Vec<Json>,
+    metadata: Vec<Json>,
+    run_at: Vec<Option<Timestamp>>,
+    idempotency_key: Vec<Option<String>>,
+    plan_id: Vec<Option<Uuid>>,
+    plan_subtask_id: Vec<Option<String>>,
+    pending_deps: Vec<i32>,
+}
+
+impl TaskRows {
+    pub fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    pub fn push(&mut self, id: TaskId, t: NewTask, plan: Option<(PlanId, String, usize)>) {
+        self.id.push(id.0);
+        self.title.push(t.title);
+        self.description.push(t.description);
+        self.task_type.push(t.task_type);
+        self.priority.push(t.priority);
+        self.payload.push(t.payload);
+        self.max_retries.push(i64::from(t.max_retries));
+        self.current_phase.push(t.current_phase);
+        self.workflow.push(t.workflow);
+        self.due_date.push(t.due_date);
+        self.parent_task_id.push(t.parent_task_id.map(|p| p.0));
+        self.tags.push(Json::from(t.tags));
+        self.metadata.push(t.metadata);
+        self.run_at.push(t.run_at);
+        self.idempotency_key.push(t.idempotency_key);
+        let (plan_id, subtask, pending) = match plan {
+            Some((p, s, n)) => (Some(p.0), Some(s), i32::try_from(n).unwrap_or(i32::MAX)),
+            None => (None, None, 0),
+        };
+        self.plan_id.push(plan_id);
+        self.plan_subtask_id.push(subtask);
+        self.pending_deps.push(pending);
+    }
+
+    /// Inserts the rows and returns the ids actually inserted.
+    pub async fn insert(self, conn: &mut PgConnection, note: Option<String>) -> R<Vec<Uuid>> {
+        let row = sqlx::query(INSERT_TASKS)
+            .bind(self.id)
+            .bind(self.title)
+            .bind(self.description)
+            .bind(self.task_type)
+            .bind(self.priority)
+            .bind(self.payload)
+            .bind(self.max_retries)
+            .bind(self.current_phase)
+            .bind(self.workflow)
+            .bind(self.due_date)
+            .bind(self.parent_task_id)
+            .bind(self.tags)
+            .bind(self.metadata)
+            .bind(self.run_at)
+            .bind(self.idempotency_key)
+            .bind(self.plan_id)
+            .bind(self.plan_subtask_id)
+            .bind(self.pending_deps)
+            .bind(note)
+            .fetch_one(conn)
+            .await?;
+        rows::get(&row, "inserted", "tasks")
+    }
+}
+
+impl PostgresStore {
+    pub(super) async fn insert_tasks_once(&self, tasks: Vec<NewTask>) -> R<Vec<TaskId>> {
+        let single = tasks.len() == 1;
+        let mut ids = Vec::with_capacity(tasks.len());
+        let mut first_of_key: HashMap<String, TaskId> = HashMap::new();
+        let mut keyed = Vec::new();
+        let mut batch = TaskRows::default();
+        for t in tasks {
+            if let Some(key) = &t.idempotency_key {
+                // A key repeated within the batch names the batch's first task with it.
+                if let Some(id) = first_of_key.get(key) {
+                    ids.push(*id);
+                    continue;
+                }
+                let id = TaskId::new();
+                first_of_key.insert(key.clone(), id);
+                keyed.push((key.clone(), id));
+                ids.push(id);
+                batch.push(id, t, None);
+            } else {
+                let id = TaskId::new();
+                ids.push(id);
+                batch.push(id, t, None);
+            }
+        }
+        if keyed.is_empty() {
+            let note = payload(
+                &self
+                    .notifier
+                    .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
+            )?;
+            let mut conn = self.pool.acquire().await?;
+            batch.insert(&mut conn, Some(note)).await?;
+            return Ok(ids);
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted: HashSet<Uuid> = batch.insert(&mut tx, None).await?.into_iter().collect();
+        let lost: Vec<(String, TaskId)> = keyed
+            .into_iter()
+            .filter(|(_, id)| !inserted.contains(&id.0))
+            .collect();
+        if !lost.is_empty() {
+            let keys: Vec<&str> = lost.iter().map(|(k, _)| k.as_str()).collect();
+            let found = sqlx::query(
+                "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut existing = HashMap::with_capacity(found.len());
+            for row in &found {
+                let key: String = rows::get(row, "idempotency_key", "tasks")?;
+                existing.insert(key, TaskId(rows::get(row, "id", "tasks")?));
+            }
+            for (key, generated) in lost {
+                // The conflicting task was deleted after it blocked ours: try again.
+                let Some(id) = existing.get(&key) else {
+                    return Err(Error::Conflict(format!(
+                        "idempotency key `{key}` changed concurrently"
+                    ))
+                    .into());
+                };
+                for slot in ids.iter_mut().filter(|i| **i == generated) {
+                    *slot = *id;
+                }
+            }
+        }
+        let note = payload(
+            &self
+                .notifier
+                .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
+        )?;
+        sqlx::query(concat!("SELECT pg_notify(", channel_sql!(), ", $1)"))
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub(super) async fn read_task(&self, id: TaskId) -> R<Option<Task>> {
+        let row = sqlx::query(concat!(select_tasks!(), "WHERE t.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::task).transpose()
+    }
+
+    pub(super) async fn read_tasks(&self, f: &TaskFilter) -> R<Vec<Task>> {
+        let found = sqlx::query(concat!(
+            select_tasks!(),
+            "WHERE ($1::text IS NULL OR t.status = $1::text) \
+               AND ($2::text IS NULL OR t.task_type = $2::text) \
+               AND ($3::uuid IS NULL OR t.plan_id = $3::uuid) \
+               AND (NOT $4::bool OR (t.status = 'queued' AND t.pending_deps = 0 \
+                    AND (t.run_at IS NULL OR t.run_at <= now()))) \
+             ORDER BY t.priority DESC, t.seq LIMIT $5::bigint"
+        ))
+        .bind(f.status.map(TaskStatus::as_str))
+        .bind(f.task_type.as_deref())
+        .bind(f.plan_id.map(|p| p.0))
+        .bind(f.ready_only)
+        .bind(f.limit.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::task).collect()
+    }
+
+    pub(super) async fn count(&self, plan_id: Option<PlanId>) -> R<StatusCounts> {
+        let found = sqlx::query(
+            "SELECT status, count(*) AS n FROM tasks \
+             WHERE ($1::uuid IS NULL OR plan_id = $1::uuid) GROUP BY status",
+        )
+        .bind(plan_id.map(|p| p.0))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = StatusCounts::new();
+        for row in &found {
+            let n: i64 = rows::get(row, "n", "tasks")?;
+            counts.insert(rows::task_status(row, "status")?, n.unsigned_abs());
+        }
+        Ok(counts)
+    }
+
+    /// A status change by the rules: locks the task, the dependents a failure or
+    /// cancellation may cancel and the plans involved, replays, writes.
+    pub(super) async fn set_status_once(
+        &self,
+        id: TaskId,
+        change: &StatusChange,
+    ) -> R<Option<StatusChanged>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(concat!(
+            "SELECT t.*, ",
+            task_dependencies!(),
+            ", t.id AS task_id, t.status AS task_status, now() AS now \
+             FROM tasks t WHERE t.id = $1 FOR UPDATE"
+        ))
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let task = rows::task(&row)?;
+        let at = server_now(&row)?;
+        let mut view = Loaded::default();
+        view.add_task(id, state_from_row(&row)?.1);
+        if change.status.is_terminal() && change.status != TaskStatus::Completed {
+            replay::load_cascade(&mut tx, &mut view, &[id]).await?;
+        }
+        replay::load_plans(&mut tx, &mut view, &[]).await?;
+        let (outcome, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            ch.change_status(&task, change)
+        })
+        .await?;
+        let outcome = outcome?;
+        let task = self
+            .read_task_in(&mut tx, id)
+            .await?
+            .ok_or_else(|| Error::not_found("task", id))?;
+        tx.commit().await?;
+        Ok(Some(StatusChanged {
+            previous: outcome.previous,
+            task,
+            cancelled_dependents: outcome.effects.cancelled,
+            plan_transition: outcome.effects.plan_transition,
+        }))
+    }
+
+    async fn read_task_in(&self, conn: &mut PgConnection, id: TaskId) -> R<Option<Task>> {
+        let row = sqlx::query(concat!(select_tasks!(), "WHERE t.id = $1"))
+            .bind(id.0)
+            .fetch_optional(conn)
+            .await?;
+        row.as_ref().map(rows::task).transpose()
+    }
+
+    pub(super) async fn delete_once(&self, id: TaskId) -> R<bool> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(concat!(select_tasks!(), "WHERE t.id = $1 FOR UPDATE"))
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let task = rows::task(&row)?;
+        let check = sqlx::query(concat!(
+            "SELECT (SELECT p.status FROM plans p WHERE p.id = $2) AS plan_status, \
+                    (SELECT count(*) FROM task_dependencies d JOIN tasks x ON x.id = d.task_id \
+                     WHERE d.depends_on = $1 AND x.status NOT IN ",
+            terminal_statuses!(),
+            ") AS open_dependents"
+        ))
+        .bind(id.0)
+        .bind(task.plan_id.map(|p| p.0))
+        .fetch_one(&mut *tx)
+        .await?;
+        let plan_status = rows::get::<Option<String>>(&check, "plan_status", "plans")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e: hive_models::Error| rows::corrupt("plans", e.to_string()))?;
+        let open: i64 = rows::get(&check, "open_dependents", "tasks")?;
+        task.check_deletable(plan_status, usize::try_from(open).unwrap_or(usize::MAX))?;
+        let n: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM tasks WHERE id = $1 RETURNING id, status), \
+             unblocked AS ( \
+                 UPDATE tasks t SET pending_deps = greatest(t.pending_deps - 1, 0) \
+                 FROM task_dependencies d, gone g \
+                 WHERE d.depends_on = g.id AND t.id = d.task_id AND g.status <> 'completed') \
+             SELECT count(*) FROM gone",
+        )
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    pub(super) async fn prune_once(&self, p: &PruneParams, statuses: &[&str]) -> R<u64> {
+        let n: i64 = sqlx::query_scalar(concat!(
+            "WITH old AS ( \
+                 SELECT id, status FROM tasks \
+                 WHERE status = ANY($1::text[]) AND status IN ",
+            terminal_statuses!(),
+            "      AND updated_at < now() - $2::bigint * interval '1 microsecond' \
+                 ORDER BY updated_at, id LIMIT $3::bigint \
+                 FOR UPDATE SKIP LOCKED \
+             ), waiting AS ( \
+                 SELECT d.task_id, count(*)::int AS n FROM task_dependencies d \
+                 JOIN old o ON o.id = d.depends_on WHERE o.status <> 'completed' \
+                 GROUP BY d.task_id \
+             ), unblocked AS ( \
+                 UPDATE tasks t SET pending_deps = greatest(t.pending_deps - w.n, 0) \
+                 FROM waiting w \
+                 WHERE t.id = w.task_id AND t.id NOT IN (SELECT id FROM old) \
+             ), gone AS ( \
+                 DELETE FROM tasks WHERE id IN (SELECT id FROM old) RETURNING 1 \
+             ) \
+             SELECT count(*) FROM gone"
+        ))
+        .bind(statuses)
+        .bind(micros(p.older_than))
+        .bind(i64::from(p.limit))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    pub(super) async fn deps_met(&self, ids: &[TaskId]) -> R<HashMap<TaskId, bool>> {
+        let ids: Vec<Uuid> = ids.iter().map(|t| t.0).collect();
+        let found = sqlx::query(
+            "SELECT t.id, NOT EXISTS ( \
+                 SELECT 1 FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
+                 WHERE d.task_id = t.id AND x.status <> 'completed') AS met \
+             FROM tasks t WHERE t.id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut met = HashMap::with_capacity(found.len());
+        for row in &found {
+            met.insert(
+                TaskId(rows::get(row, "id", "tasks")?),
+                rows::get(row, "met", "tasks")?,
+            );
+        }
+        Ok(met)
+    }
+}

@@ -1,0 +1,141 @@
+//! Workers on Postgres: registering, heartbeats (extending the worker's leases), reads, and
+//! unregistering (releasing its runs by the rules).
+
+use hive_models::{RunId, TaskId, Worker, WorkerId, WorkerStatus};
+
+use super::replay::{self, load_locked};
+use super::sql::{micros, payload, server_now};
+use super::{PostgresStore, rows};
+use crate::rules::Loaded;
+use crate::sql::R;
+use crate::{HeartbeatReport, WorkerFilter, WorkerRegistration};
+
+const WORKER_RUNS: &str = concat!(
+    "SELECT ",
+    locked_run_columns!(),
+    " FROM runs r JOIN tasks t ON t.id = r.task_id \
+     WHERE r.worker_id = $1 AND r.status = 'running' ORDER BY t.id, r.id FOR UPDATE OF t, r"
+);
+
+impl PostgresStore {
+    pub(super) async fn register_once(&self, r: &WorkerRegistration) -> R<Worker> {
+        let note = payload(&self.notifier.worker(r.id.clone(), WorkerStatus::Active))?;
+        let row = sqlx::query(concat!(
+            "WITH up AS ( \
+                 INSERT INTO workers (id, role, status, last_heartbeat, capabilities, \
+                     current_task_id, registered_at, metadata) \
+                 VALUES ($1, $2, 'active', now(), $3, NULL, now(), $4) \
+                 ON CONFLICT (id) DO UPDATE SET role = excluded.role, \
+                     capabilities = excluded.capabilities, metadata = excluded.metadata, \
+                     status = 'active', last_heartbeat = excluded.last_heartbeat \
+                 RETURNING *) \
+             SELECT up.*, (SELECT count(pg_notify(",
+            channel_sql!(),
+            ", $5::text))) AS notified FROM up"
+        ))
+        .bind(r.id.as_str())
+        .bind(&r.role)
+        .bind(&r.capabilities)
+        .bind(&r.metadata)
+        .bind(note)
+        .fetch_one(&self.pool)
+        .await?;
+        rows::worker(&row)
+    }
+
+    pub(super) async fn heartbeat_once(
+        &self,
+        id: &WorkerId,
+        status: Option<WorkerStatus>,
+    ) -> R<Option<HeartbeatReport>> {
+        // A heartbeat that marks its worker offline announces it.
+        let note = match status {
+            Some(WorkerStatus::Offline) => Some(payload(
+                &self.notifier.worker(id.clone(), WorkerStatus::Offline),
+            )?),
+            _ => None,
+        };
+        let row = sqlx::query(concat!(
+            "WITH w AS ( \
+                 UPDATE workers SET last_heartbeat = now(), \
+                     status = coalesce($2::text, status) \
+                 WHERE id = $1 RETURNING id \
+             ), r AS ( \
+                 UPDATE runs SET lease_expires_at = now() + lease_us * interval '1 microsecond' \
+                 WHERE worker_id = $1 AND status = 'running' AND lease_us IS NOT NULL \
+                   AND EXISTS (SELECT 1 FROM w) \
+                 RETURNING 1 \
+             ) \
+             SELECT (SELECT count(*) FROM w) AS known, (SELECT count(*) FROM r) AS extended, \
+                 (SELECT count(pg_notify(",
+            channel_sql!(),
+            ", $3::text)) FROM w WHERE $3::text IS NOT NULL) AS notified"
+        ))
+        .bind(id.as_str())
+        .bind(status.map(WorkerStatus::as_str))
+        .bind(note)
+        .fetch_one(&self.pool)
+        .await?;
+        let known: i64 = rows::get(&row, "known", "workers")?;
+        let extended: i64 = rows::get(&row, "extended", "runs")?;
+        Ok((known > 0).then(|| HeartbeatReport {
+            extended: extended.unsigned_abs(),
+        }))
+    }
+
+    pub(super) async fn read_worker(&self, id: &WorkerId) -> R<Option<Worker>> {
+        let row = sqlx::query("SELECT * FROM workers WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::worker).transpose()
+    }
+
+    pub(super) async fn read_workers(&self, f: &WorkerFilter) -> R<Vec<Worker>> {
+        let found = sqlx::query(
+            "SELECT * FROM workers \
+             WHERE ($1::text IS NULL OR role = $1::text) \
+               AND ($2::bigint IS NULL OR (status IN ('active', 'idle') \
+                    AND last_heartbeat >= now() - $2::bigint * interval '1 microsecond')) \
+             ORDER BY id COLLATE \"C\"",
+        )
+        .bind(f.role.as_deref())
+        .bind(f.alive_within.map(micros))
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::worker).collect()
+    }
+
+    /// Deletes the worker and releases its live runs, in (task, run) order, by the rules.
+    pub(super) async fn unregister_once(&self, id: &WorkerId) -> R<Option<Vec<TaskId>>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query("DELETE FROM workers WHERE id = $1 RETURNING now() AS now")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let at = server_now(&row)?;
+        let locked = sqlx::query(WORKER_RUNS)
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut view = Loaded::default();
+        let run_task = load_locked(&mut view, &locked)?;
+        let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
+        order.sort_by_key(|(r, t)| (*t, *r));
+        let (released, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            let released: Vec<TaskId> = order
+                .iter()
+                .filter(|(r, t)| ch.release(*r, *t))
+                .map(|(_, t)| *t)
+                .collect();
+            ch.note(self.notifier.worker(id.clone(), WorkerStatus::Offline));
+            released
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Some(released))
+    }
+}

@@ -1,0 +1,478 @@
+//! [`Changes`]: a batch of operations replayed against a [`View`], producing the
+//! [`Patches`] a backend writes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use hive_models::{
+    AfterFailure, Json, PlanCounters, PlanId, PlanStatus, RetryPolicy, RunId, RunStatus, Task,
+    TaskId, TaskStatus, Timestamp, after_failure,
+};
+
+use super::{TaskState, View, after};
+use crate::notify::{Change, TaskStatusChange, note_error};
+use crate::{
+    Effects, FinishReport, Finished, Notification, Notifier, Outcome, RunOutcome, StatusChange,
+};
+
+/// A change to one task row. Every patch sets the status and stamps `updated_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPatch {
+    pub id: TaskId,
+    pub status: TaskStatus,
+    /// `Some`: store this result.
+    pub result: Option<Option<Json>>,
+    /// `Some`: store this as the last error.
+    pub error: Option<String>,
+    /// `Some`: back to the queue — no worker, claimable from this time (`None`: at once).
+    pub requeue: Option<Option<Timestamp>>,
+    /// Added to the attempts (a released run gives its attempt back).
+    pub attempts_delta: i32,
+    /// Count the dependencies not completed again (a finished task requeued waits anew).
+    pub recount_pending: bool,
+    /// `Some`: the task's metadata after merging a status change's.
+    pub metadata: Option<Json>,
+}
+
+impl TaskPatch {
+    fn new(id: TaskId, status: TaskStatus) -> TaskPatch {
+        TaskPatch {
+            id,
+            status,
+            result: None,
+            error: None,
+            requeue: None,
+            attempts_delta: 0,
+            recount_pending: false,
+            metadata: None,
+        }
+    }
+}
+
+/// Closing one running run; fields left `None` keep the run's value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPatch {
+    pub id: RunId,
+    pub status: RunStatus,
+    pub result: Option<Option<Json>>,
+    pub error: Option<Option<String>>,
+    pub log: Option<Option<String>>,
+}
+
+impl RunPatch {
+    fn close(id: RunId, status: RunStatus) -> RunPatch {
+        RunPatch {
+            id,
+            status,
+            result: None,
+            error: None,
+            log: None,
+        }
+    }
+}
+
+/// Everything a replayed batch changes, for the backend to write in one transaction, then
+/// send `notes` after commit.
+#[derive(Debug, Default)]
+pub struct Patches {
+    /// Runs to close, each only if it is still running when written.
+    pub runs: Vec<RunPatch>,
+    pub tasks: Vec<TaskPatch>,
+    /// Tasks that completed: each of their dependents waits for one dependency fewer, and a
+    /// queued one left waiting for none is announced `TaskReady` by the writer.
+    pub completed: Vec<TaskId>,
+    /// Plans a finish counted against, with their new counters and status.
+    pub plans: Vec<(PlanId, PlanCounters)>,
+    pub notes: Vec<Notification>,
+}
+
+impl Patches {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+            && self.tasks.is_empty()
+            && self.completed.is_empty()
+            && self.plans.is_empty()
+            && self.notes.is_empty()
+    }
+}
+
+/// What a status change did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusOutcome {
+    pub previous: TaskStatus,
+    pub effects: Effects,
+}
+
+/// The batch being replayed: the view, what the batch changed so far (read before the
+/// view), and the patches to write.
+#[derive(Debug)]
+pub struct Changes<'v, V: View + ?Sized> {
+    view: &'v V,
+    notifier: &'v Notifier,
+    /// The transaction's clock; every time the batch writes derives from it.
+    pub at: Timestamp,
+    tasks: HashMap<TaskId, TaskState>,
+    plans: HashMap<PlanId, PlanCounters>,
+    /// Plans counted against, in the order first touched.
+    touched: Vec<PlanId>,
+    task_patches: Vec<TaskPatch>,
+    task_index: HashMap<TaskId, usize>,
+    runs: Vec<RunPatch>,
+    completed: Vec<TaskId>,
+    notes: Vec<Notification>,
+}
+
+impl<'v, V: View + ?Sized> Changes<'v, V> {
+    pub fn new(view: &'v V, notifier: &'v Notifier, at: Timestamp) -> Self {
+        Changes {
+            view,
+            notifier,
+            at,
+            tasks: HashMap::new(),
+            plans: HashMap::new(),
+            touched: Vec::new(),
+            task_patches: Vec::new(),
+            task_index: HashMap::new(),
+            runs: Vec::new(),
+            completed: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// A task as the batch sees it: its own changes first, then the view.
+    pub fn state(&self, id: TaskId) -> Option<TaskState> {
+        self.tasks.get(&id).cloned().or_else(|| self.view.task(id))
+    }
+
+    fn state_mut(&mut self, id: TaskId) -> Option<&mut TaskState> {
+        if !self.tasks.contains_key(&id) {
+            let s = self.view.task(id)?;
+            self.tasks.insert(id, s);
+        }
+        self.tasks.get_mut(&id)
+    }
+
+    /// Whether `run` is still `task`'s current running run, as the batch sees it.
+    pub fn is_live(&self, task: TaskId, run: RunId) -> bool {
+        self.state(task).is_some_and(|t| t.is_live(run))
+    }
+
+    /// A notification to send with the batch's own (a worker going offline, say).
+    pub fn note(&mut self, n: Notification) {
+        self.notes.push(n);
+    }
+
+    fn patch(&mut self, id: TaskId) -> &mut TaskPatch {
+        let status = self.state(id).map_or(TaskStatus::Queued, |t| t.status);
+        let i = *self.task_index.entry(id).or_insert_with(|| {
+            self.task_patches.push(TaskPatch::new(id, status));
+            self.task_patches.len() - 1
+        });
+        &mut self.task_patches[i]
+    }
+
+    fn set_status(&mut self, id: TaskId, status: TaskStatus) {
+        if let Some(t) = self.state_mut(id) {
+            t.status = status;
+        }
+        self.patch(id).status = status;
+    }
+
+    fn requeue(&mut self, id: TaskId, run_at: Option<Timestamp>) {
+        self.set_status(id, TaskStatus::Queued);
+        self.patch(id).requeue = Some(run_at);
+    }
+
+    /// Closes the task's current run if it is running, with `patch` filling in the rest.
+    fn close_run(&mut self, task: TaskId, close: impl FnOnce(RunId) -> RunPatch) {
+        let Some(t) = self.state_mut(task) else {
+            return;
+        };
+        let Some(run) = t.current_run.filter(|_| t.run_running) else {
+            return;
+        };
+        t.run_running = false;
+        self.runs.push(close(run));
+    }
+
+    fn task_note(&mut self, change: Change) {
+        let n = self.notifier.note(change);
+        self.notes.push(n);
+    }
+
+    /// Finishes one run as its worker reported; `task` is the run's task when the run
+    /// exists. A run that is not its task's current running run is stale: nothing changes.
+    pub fn finish(&mut self, o: &RunOutcome, task: Option<TaskId>) -> FinishReport {
+        let Some(task_id) = task.filter(|t| self.is_live(*t, o.run_id)) else {
+            return FinishReport::stale(o.run_id, task);
+        };
+        let plan_id = self.state(task_id).and_then(|t| t.plan_id);
+        let log = Some(o.output_log.clone());
+        let (finished, fx) = match &o.outcome {
+            Outcome::Success { result } => {
+                self.close_run(task_id, |r| RunPatch {
+                    result: Some(result.clone()),
+                    log,
+                    ..RunPatch::close(r, RunStatus::Success)
+                });
+                self.set_status(task_id, TaskStatus::Completed);
+                self.patch(task_id).result = Some(result.clone());
+                self.task_note(Change::TaskStatus(TaskStatusChange {
+                    run_id: Some(o.run_id),
+                    plan_id,
+                    ..TaskStatusChange::new(task_id, TaskStatus::Completed)
+                }));
+                (Finished::Completed, self.on_terminal(task_id))
+            }
+            Outcome::Failure { error, retry } => {
+                self.close_run(task_id, |r| RunPatch {
+                    error: Some(Some(error.clone())),
+                    log,
+                    ..RunPatch::close(r, RunStatus::Failure)
+                });
+                self.fail_attempt(task_id, o.run_id, error, *retry)
+            }
+        };
+        FinishReport {
+            run_id: o.run_id,
+            task_id: Some(task_id),
+            finished,
+            plan_id,
+            cancelled_dependents: fx.cancelled,
+            plan_transition: fx.plan_transition.map(|(_, s)| s),
+        }
+    }
+
+    /// Closes an expired run as `timeout` and retries or fails its task (the reaper).
+    /// `None` when the run is no longer live (an earlier expiry's cascade cancelled it).
+    pub fn expire(
+        &mut self,
+        run: RunId,
+        task: TaskId,
+        retry: RetryPolicy,
+    ) -> Option<(Finished, Effects)> {
+        const LEASE_EXPIRED: &str = "lease expired";
+        if !self.is_live(task, run) {
+            return None;
+        }
+        self.close_run(task, |r| RunPatch {
+            error: Some(Some(LEASE_EXPIRED.into())),
+            ..RunPatch::close(r, RunStatus::Timeout)
+        });
+        Some(self.fail_attempt(task, run, LEASE_EXPIRED, Some(retry)))
+    }
+
+    /// Gives a live run back without counting its attempt; false for a stale one.
+    pub fn release(&mut self, run: RunId, task: TaskId) -> bool {
+        if !self.is_live(task, run) {
+            return false;
+        }
+        self.close_run(task, |r| RunPatch::close(r, RunStatus::Cancelled));
+        if let Some(t) = self.state_mut(task) {
+            t.attempts = t.attempts.saturating_sub(1);
+        }
+        self.patch(task).attempts_delta -= 1;
+        self.requeue(task, None);
+        self.task_note(Change::TaskStatus(TaskStatusChange {
+            run_id: Some(run),
+            ..TaskStatusChange::new(task, TaskStatus::Queued)
+        }));
+        true
+    }
+
+    /// Requeues with backoff while retries remain, else fails the task for good.
+    fn fail_attempt(
+        &mut self,
+        id: TaskId,
+        run: RunId,
+        error: &str,
+        retry: Option<RetryPolicy>,
+    ) -> (Finished, Effects) {
+        let Some(t) = self.state(id) else {
+            return (Finished::Stale, Effects::default());
+        };
+        self.patch(id).error = Some(error.to_owned());
+        let note = |status, run_at| {
+            Change::TaskStatus(TaskStatusChange {
+                run_id: Some(run),
+                plan_id: t.plan_id,
+                error: Some(note_error(error)),
+                run_at,
+                ..TaskStatusChange::new(id, status)
+            })
+        };
+        match after_failure(retry, t.attempts, t.max_retries) {
+            AfterFailure::Retry { delay } => {
+                let run_at = after(self.at, delay);
+                self.requeue(id, Some(run_at));
+                self.task_note(note(TaskStatus::Queued, Some(run_at)));
+                (Finished::Retrying { run_at }, Effects::default())
+            }
+            AfterFailure::Fail => {
+                self.set_status(id, TaskStatus::Failed);
+                self.task_note(note(TaskStatus::Failed, None));
+                let fx = self.on_terminal(id);
+                (Finished::Failed, fx)
+            }
+        }
+    }
+
+    /// A status change asked for by a caller (`set_task_status`); `task` is the task's row.
+    /// An illegal transition is refused and changes nothing.
+    pub fn change_status(
+        &mut self,
+        task: &Task,
+        change: &StatusChange,
+    ) -> Result<StatusOutcome, hive_models::Error> {
+        let id = task.id;
+        let previous = task.status;
+        let to = change.status;
+        let requeue = change.requeue && to == TaskStatus::Queued && previous.can_requeue();
+        if !requeue {
+            previous.check_transition(to)?;
+        }
+        let mut effects = Effects::default();
+        if previous != to {
+            if previous.is_active() {
+                self.close_run(id, |r| {
+                    RunPatch::close(r, RunStatus::on_task_leaving_for(to))
+                });
+            }
+            if to == TaskStatus::Queued {
+                self.requeue(id, None);
+                // Back in the queue it waits again for every dependency not completed now.
+                self.patch(id).recount_pending = previous.is_terminal();
+            } else {
+                self.set_status(id, to);
+            }
+            self.task_note(Change::TaskStatus(TaskStatusChange {
+                plan_id: task.plan_id,
+                ..TaskStatusChange::new(id, to)
+            }));
+            if to.is_terminal() {
+                effects = self.on_terminal(id);
+            }
+        }
+        if let Some(patch) = &change.metadata {
+            let mut metadata = task.metadata.clone();
+            hive_models::merge_metadata(&mut metadata, patch);
+            self.patch(id).metadata = Some(metadata);
+        }
+        Ok(StatusOutcome { previous, effects })
+    }
+
+    /// Cancels a plan that is not finished and its open tasks (`open`, in insertion order),
+    /// closing their running runs. Returns the tasks cancelled; none when the plan is
+    /// finished already (or unknown).
+    pub fn cancel_plan(&mut self, plan: PlanId, open: &[TaskId]) -> Vec<TaskId> {
+        let Some(mut counters) = self.plan_counters(plan) else {
+            return Vec::new();
+        };
+        if counters.status.is_terminal() {
+            return Vec::new();
+        }
+        let note = self.notifier.plan_status(plan, PlanStatus::Cancelled);
+        self.notes.push(note);
+        let mut cancelled = Vec::with_capacity(open.len());
+        for &id in open {
+            let Some(t) = self.state(id) else { continue };
+            if t.status.is_terminal() {
+                continue;
+            }
+            self.close_run(id, |r| RunPatch::close(r, RunStatus::Cancelled));
+            self.set_status(id, TaskStatus::Cancelled);
+            self.task_note(Change::TaskStatus(TaskStatusChange {
+                plan_id: Some(plan),
+                ..TaskStatusChange::new(id, TaskStatus::Cancelled)
+            }));
+            cancelled.push(id);
+        }
+        counters.status = PlanStatus::Cancelled;
+        let n = u32::try_from(cancelled.len()).unwrap_or(u32::MAX);
+        counters.cancelled = counters.cancelled.saturating_add(n);
+        self.set_plan(plan, counters);
+        cancelled
+    }
+
+    fn plan_counters(&self, id: PlanId) -> Option<PlanCounters> {
+        self.plans.get(&id).copied().or_else(|| self.view.plan(id))
+    }
+
+    fn set_plan(&mut self, id: PlanId, counters: PlanCounters) {
+        if self.plans.insert(id, counters).is_none() {
+            self.touched.push(id);
+        }
+    }
+
+    /// Applies the dependency and plan rules after `id` reached a terminal status: the
+    /// task's own plan counts it first (so a failure's cancelled descendants find the plan
+    /// failed already), then a completion counts down its dependents, and a failure or
+    /// cancellation cancels every unfinished transitive dependent, breadth-first, never
+    /// through a finished task.
+    fn on_terminal(&mut self, id: TaskId) -> Effects {
+        let mut fx = Effects::default();
+        let Some(task) = self.state(id) else {
+            return fx;
+        };
+        if let Some(pid) = task.plan_id {
+            self.count_for_plan(pid, task.status, &mut fx);
+        }
+        if task.status == TaskStatus::Completed {
+            self.completed.push(id);
+            return fx;
+        }
+        let mut queue: VecDeque<TaskId> = self.view.dependents(id).into();
+        let mut seen = HashSet::new();
+        while let Some(d) = queue.pop_front() {
+            if !seen.insert(d) {
+                continue;
+            }
+            let Some(t) = self.state(d) else { continue };
+            if t.status.is_terminal() {
+                continue;
+            }
+            self.close_run(d, |r| RunPatch::close(r, RunStatus::Cancelled));
+            self.set_status(d, TaskStatus::Cancelled);
+            self.task_note(Change::TaskStatus(TaskStatusChange {
+                plan_id: t.plan_id,
+                ..TaskStatusChange::new(d, TaskStatus::Cancelled)
+            }));
+            fx.cancelled.push(d);
+            if let Some(pid) = t.plan_id {
+                self.count_for_plan(pid, TaskStatus::Cancelled, &mut fx);
+            }
+            queue.extend(self.view.dependents(d));
+        }
+        fx
+    }
+
+    /// The plan rule for one of its tasks reaching `status`; a move is announced and
+    /// recorded in `fx` (the last one wins).
+    fn count_for_plan(&mut self, pid: PlanId, status: TaskStatus, fx: &mut Effects) {
+        let Some(mut counters) = self.plan_counters(pid) else {
+            return;
+        };
+        let moved = counters.step(status);
+        self.set_plan(pid, counters);
+        if let Some(to) = moved {
+            let note = self.notifier.plan_status(pid, to);
+            self.notes.push(note);
+            fx.plan_transition = Some((pid, to));
+        }
+    }
+
+    /// The batch's changes, for the backend to write.
+    pub fn into_patches(self) -> Patches {
+        let plans = self
+            .touched
+            .iter()
+            .filter_map(|id| self.plans.get(id).map(|c| (*id, *c)))
+            .collect();
+        Patches {
+            runs: self.runs,
+            tasks: self.task_patches,
+            completed: self.completed,
+            plans,
+            notes: self.notes,
+        }
+    }
+}

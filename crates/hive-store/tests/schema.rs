@@ -1,0 +1,62 @@
+//! The SQLite and Postgres migrations declare the same tables with the same columns, so a
+//! column added to one backend cannot be forgotten in the other.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use hive_store::testing::{POSTGRES_URL_ENV, report_skip};
+
+type Schema = BTreeMap<String, Vec<String>>;
+
+async fn sqlite_schema() -> Schema {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hive.db").display());
+    hive_store::connect(&url).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, p.name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    group(rows)
+}
+
+fn group(rows: Vec<(String, String)>) -> Schema {
+    let mut schema = Schema::new();
+    for (table, column) in rows {
+        schema.entry(table).or_default().push(column);
+    }
+    schema
+}
+
+#[tokio::test]
+async fn sqlite_and_postgres_declare_the_same_tables_and_columns() {
+    let sqlite = sqlite_schema().await;
+    assert!(sqlite.contains_key("tasks") && sqlite.contains_key(hive_store::MIGRATIONS_TABLE));
+    let Some(ts) = hive_store::testing::postgres().await else {
+        return report_skip("schema::sqlite_and_postgres_declare_the_same_tables_and_columns");
+    };
+    let url = ts.url.clone().unwrap();
+    ts.run(|_| async move {
+        let server = std::env::var(POSTGRES_URL_ENV).unwrap();
+        let schema_name = url::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "options")
+            .map(|(_, v)| v.trim_start_matches("-c search_path=").to_owned())
+            .unwrap();
+        let pool = sqlx::PgPool::connect(&server).await.unwrap();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = $1 ORDER BY 1, 2",
+        )
+        .bind(&schema_name)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(group(rows), sqlite);
+    })
+    .await;
+}
