@@ -2,77 +2,53 @@
 //! included; a server unreachable when a worker starts; a pool far smaller than a worker's
 //! concurrency. Nothing is lost or done twice, and work proceeds once the database answers.
 
+use hive_store::testing::fixtures::tasks;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hive_client::{
     Client, ConnectOptions, ConnectRetry, NewTask, OpsConfig, RunStatus, TaskContext, TaskError,
-    TaskId, TaskStatus, WorkerReport,
+    TaskStatus, WorkerReport,
 };
 use hive_store::Store;
 use hive_store::testing::size;
 use sqlx::{Connection, PgConnection, Row};
 
+use crate::calls::Calls;
 use crate::log_capture::Logs;
 use crate::proxy::Proxy;
 
-mod postgres {
-    use hive_store::testing::{postgres, report_skip};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn killed_connections_mid_drain_lose_and_double_nothing() {
-        let Some(ts) = postgres().await else {
-            return report_skip(
-                "db_faults::postgres::killed_connections_mid_drain_lose_and_double_nothing",
-            );
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|store| super::killed_connections_mid_drain(store, url))
-            .await;
-    }
-
-    // Current-thread: the log capture sees only its own thread, and every task runs here.
-    #[tokio::test]
-    async fn unreachable_at_start_then_work_proceeds() {
-        let Some(ts) = postgres().await else {
-            return report_skip("db_faults::postgres::unreachable_at_start_then_work_proceeds");
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|_| super::unreachable_at_start(url)).await;
-    }
-
-    #[tokio::test]
-    async fn refused_connect_fails_at_once() {
-        let Some(ts) = postgres().await else {
-            return report_skip("db_faults::postgres::refused_connect_fails_at_once");
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|_| super::refused_connect(url)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn pool_of_two_serves_concurrency_sixteen() {
-        let Some(ts) = postgres().await else {
-            return report_skip("db_faults::postgres::pool_of_two_serves_concurrency_sixteen");
-        };
-        let url = ts.url.clone().unwrap();
-        ts.run(|_| super::pool_of_two(url)).await;
-    }
-}
+hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_url =>
+    killed_connections_mid_drain_lose_and_double_nothing,
+    refused_connect_fails_at_once,
+    pool_of_two_serves_concurrency_sixteen,
+);
 
 mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn pool_of_two_serves_concurrency_sixteen() {
         let ts = hive_store::testing::sqlite().await.unwrap();
-        let url = ts.url.clone().unwrap();
-        ts.run(|_| super::pool_of_two(url)).await;
+        hive_store::testing::TestStore::run_with_url(
+            ts,
+            super::pool_of_two_serves_concurrency_sixteen,
+        )
+        .await;
     }
 }
 
-/// Each handler call as (task, run number): the same pair twice would be one run executed
-/// twice.
-type Calls = Arc<Mutex<Vec<(TaskId, u32)>>>;
+mod startup {
+    use hive_store::testing::{TestStore, postgres, report_skip};
+
+    // Current-thread: the log capture sees only its own thread, and every task runs here.
+    #[tokio::test]
+    async fn unreachable_at_start_then_work_proceeds() {
+        let Some(ts) = postgres().await else {
+            return report_skip("db_faults::startup::unreachable_at_start_then_work_proceeds");
+        };
+        TestStore::run_with_url(ts, super::unreachable_at_start_then_work_proceeds).await;
+    }
+}
 
 fn with_query(url: &str, key: &str, value: &str) -> String {
     let mut u = url::Url::parse(url).unwrap();
@@ -164,7 +140,7 @@ async fn wait_completed(db: &mut PgConnection, at_least: usize, within: Duration
 
 /// Four workers (each with its own pool and listener) drain the queue while every one of
 /// their connections is terminated by the server, twice.
-async fn killed_connections_mid_drain(store: Arc<dyn Store>, url: String) {
+async fn killed_connections_mid_drain_lose_and_double_nothing(store: Arc<dyn Store>, url: String) {
     const WORKERS: usize = 4;
     let n = size(3000, 20_000);
     // Pool connections carry this name; each store's listener is `hive-listen-<origin>`.
@@ -172,15 +148,9 @@ async fn killed_connections_mid_drain(store: Arc<dyn Store>, url: String) {
     let worker_url = with_query(&url, "application_name", &tag);
     let mut db = admin(&url).await;
     let app = Client::from_store(store, OpsConfig::default());
-    app.create_tasks(
-        (0..n)
-            .map(|i| NewTask::new(format!("t{i}"), "drain"))
-            .collect(),
-    )
-    .await
-    .unwrap();
+    app.create_tasks(tasks("t", "drain", n)).await.unwrap();
 
-    let calls: Calls = Arc::default();
+    let calls = Calls::default();
     let mut listeners = Vec::new();
     let mut stops = Vec::new();
     let mut workers = Vec::new();
@@ -207,10 +177,7 @@ async fn killed_connections_mid_drain(store: Arc<dyn Store>, url: String) {
         workers.push(tokio::spawn(worker.run(move |ctx: TaskContext| {
             let calls = calls.clone();
             async move {
-                calls
-                    .lock()
-                    .unwrap()
-                    .push((ctx.task.id, ctx.run.run_number));
+                calls.record(&ctx);
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok::<_, TaskError>(())
             }
@@ -327,7 +294,7 @@ async fn killed_connections_mid_drain(store: Arc<dyn Store>, url: String) {
             .unwrap()
             .into_iter()
             .collect();
-    let calls = calls.lock().unwrap();
+    let calls = calls.all();
     let executed: HashSet<(uuid::Uuid, i32)> = calls
         .iter()
         .map(|(task, run)| (task.0, *run as i32))
@@ -356,21 +323,10 @@ async fn killed_connections_mid_drain(store: Arc<dyn Store>, url: String) {
 
 /// A worker whose database is down when it starts: a plain connect fails at once with a
 /// clear error; a retrying connect logs each failure and succeeds once the port opens.
-async fn unreachable_at_start(url: String) {
+async fn unreachable_at_start_then_work_proceeds(_: Arc<dyn Store>, url: String) {
     let (logs, _capture) = Logs::capture();
-    let parsed = url::Url::parse(&url).unwrap();
-    let upstream =
-        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-    let mut proxy = Proxy::closed(upstream);
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
     let target = proxy.addr().to_string();
-    let mut proxied = parsed.clone();
-    proxied.set_host(Some("127.0.0.1")).unwrap();
-    proxied.set_port(Some(proxy.addr().port())).unwrap();
-    let proxied = proxied.to_string();
 
     let err = Client::connect(&proxied)
         .await
@@ -380,7 +336,7 @@ async fn unreachable_at_start(url: String) {
         shown.starts_with(&format!("database unavailable at {target}: ")),
         "{shown}"
     );
-    if let Some(password) = parsed.password() {
+    if let Some(password) = url::Url::parse(&url).unwrap().password() {
         assert!(!shown.contains(password), "{shown}");
     }
 
@@ -434,7 +390,7 @@ async fn unreachable_at_start(url: String) {
 
 /// A server that answers but refuses the connection (here: no such database) gives a
 /// clear error at once; retrying would only hang a misconfigured worker.
-async fn refused_connect(url: String) {
+async fn refused_connect_fails_at_once(_: Arc<dyn Store>, url: String) {
     let mut wrong = url::Url::parse(&url).unwrap();
     let database = format!("hive_no_such_db_{}", uuid::Uuid::new_v4().simple());
     wrong.set_path(&database);
@@ -455,7 +411,7 @@ async fn refused_connect(url: String) {
 
 /// A pool of two connections feeding sixteen concurrent handlers: claims, completions,
 /// heartbeats and the reaper queue for connections, yet no lease runs out waiting.
-async fn pool_of_two(url: String) {
+async fn pool_of_two_serves_concurrency_sixteen(_: Arc<dyn Store>, url: String) {
     let options = ConnectOptions {
         max_connections: Some(2),
         ..ConnectOptions::default()
@@ -463,14 +419,7 @@ async fn pool_of_two(url: String) {
     let store = hive_store::connect_with(&url, &options).await.unwrap();
     let c = Client::from_store(store, OpsConfig::default());
     let n = size(500, 5000);
-    let ids = c
-        .create_tasks(
-            (0..n)
-                .map(|i| NewTask::new(format!("t{i}"), "slow"))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    let ids = c.create_tasks(tasks("t", "slow", n)).await.unwrap();
     let started = Instant::now();
     let report = tokio::time::timeout(
         Duration::from_secs(600),

@@ -1,6 +1,7 @@
 //! Cross-crate scenarios, driven through hive-client as an app would.
 #![allow(clippy::unwrap_used)]
 
+mod calls;
 mod db_faults;
 mod log_capture;
 mod plans_under_failure;

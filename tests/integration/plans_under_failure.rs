@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use hive_client::store::TaskFilter;
 use hive_client::{
-    Client, Event, EventOrigin, NewPlan, OpsConfig, PlanId, PlanStatus, Published, RetryPolicy,
-    RunStatus, SubTask, Task, TaskContext, TaskError, TaskStatus, WorkerReport,
+    Client, Event, EventOrigin, NewPlan, PlanId, PlanStatus, Published, RunStatus, SubTask, Task,
+    TaskContext, TaskError, TaskStatus, WorkerReport,
 };
-use hive_store::Store;
 use hive_store::testing::size;
 use hive_tests::{Rng, mix_all};
 use serde_json::json;
@@ -29,15 +28,8 @@ const MAX_RETRIES: u32 = 2;
 const FAIL_PERCENT: u64 = 5;
 const WORKERS: usize = 8;
 
-fn client(store: Arc<dyn Store>) -> Client {
-    let config = OpsConfig {
-        retry: RetryPolicy::IMMEDIATE,
-        ..OpsConfig::default()
-    };
-    Client::from_store(store, config)
-}
-
-hive_store::per_backend!(hive_store::testing::TestStore::run, client => random_plans_under_failure);
+hive_store::per_backend!(hive_store::testing::TestStore::run, crate::worker::client =>
+    random_plans_under_failure);
 
 /// One generated plan: each node's parents (always earlier nodes, so index order is a
 /// topological order) and the node whose handler always fails, if any.
@@ -281,10 +273,7 @@ async fn check_plan(
     seed: u64,
 ) -> PlanStatus {
     let ctx = format!("seed {seed}, plan {p} ({spec:?})");
-    let filter = TaskFilter {
-        plan_id: Some(plan_id),
-        ..Default::default()
-    };
+    let filter = TaskFilter::in_plan(plan_id);
     let tasks: HashMap<String, Task> = c
         .list_tasks(&filter)
         .await

@@ -48,6 +48,23 @@ impl Proxy {
         }
     }
 
+    /// A closed proxy in front of the server of a Postgres `url`, and the same url with the
+    /// proxy in the server's place.
+    pub async fn for_url(url: &str) -> (Proxy, String) {
+        let parsed = url::Url::parse(url).expect("a test database url");
+        let host = parsed.host_str().expect("the url names a host");
+        let upstream = tokio::net::lookup_host((host, parsed.port().unwrap_or(5432)))
+            .await
+            .expect("the test database host resolves")
+            .next()
+            .expect("the test database host has an address");
+        let proxy = Proxy::closed(upstream);
+        let mut proxied = parsed.clone();
+        proxied.set_host(Some("127.0.0.1")).expect("an ip host");
+        proxied.set_port(Some(proxy.addr().port())).expect("a port");
+        (proxy, proxied.to_string())
+    }
+
     /// The local `host:port` clients should connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hive_client::{
-    Client, NewTask, OpsConfig, RetryPolicy, Run, RunStatus, Task, TaskContext, TaskError,
-    TaskStatus, WorkerReport,
+    Client, NewTask, RetryPolicy, Run, RunStatus, Task, TaskContext, TaskError, TaskStatus,
+    WorkerReport,
 };
 use hive_store::Store;
 
@@ -20,11 +20,7 @@ const POLICY: RetryPolicy = RetryPolicy {
 };
 
 fn client(store: Arc<dyn Store>) -> Client {
-    let config = OpsConfig {
-        retry: POLICY,
-        ..OpsConfig::default()
-    };
-    Client::from_store(store, config)
+    crate::worker::client_retrying(store, POLICY)
 }
 
 hive_store::per_backend!(hive_store::testing::TestStore::run, client =>

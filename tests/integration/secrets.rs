@@ -5,9 +5,10 @@
 //! own error; these tests add the client, the retrying connect, `Debug` of every type that
 //! holds or wraps the URL, and everything logged down to TRACE.
 
+use hive_store::testing::fixtures::tasks;
 use std::time::Duration;
 
-use hive_client::{Client, ConnectOptions, ConnectRetry, NewTask, OpsConfig};
+use hive_client::{Client, ConnectOptions, ConnectRetry, OpsConfig};
 use hive_store::{DatabaseUrl, PostgresStore};
 use sqlx::Connection;
 
@@ -161,14 +162,7 @@ async fn dropped_connections(url: String) {
     let listener = format!("hive-listen-{}", client.store().origin().simple());
     // Starts the store's listener, the connection a reconnect log line would be about.
     let _wakeups = client.store().subscribe().await.unwrap();
-    client
-        .create_tasks(
-            (0..20)
-                .map(|i| NewTask::new(format!("t{i}"), "s"))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    client.create_tasks(tasks("t", "s", 20)).await.unwrap();
 
     // Kill every connection of this client, the listener's included, from outside.
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();

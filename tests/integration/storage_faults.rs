@@ -5,8 +5,9 @@
 //! failures never leave a pooled Postgres connection inside one; and a database file
 //! removed under a worker stops it with one clear error.
 
+use hive_store::testing::fixtures::{set_status, tasks};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hive_client::{Client, NewTask, TaskContext, TaskError, TaskId, TaskStatus};
@@ -15,6 +16,7 @@ use hive_store::testing::Tmpfs;
 use hive_store::{ConnectOptions, DatabaseUrl, SqliteStore, StatusChange, Store, TxFault};
 use sqlx::{Connection, PgConnection};
 
+use crate::calls::Calls;
 use crate::log_capture::Logs;
 use crate::proxy::{Cut, Proxy};
 
@@ -59,11 +61,7 @@ async fn full_disk_during_a_drain() {
     let client = Client::connect(&url).await.unwrap();
     let n = 300;
     let ids: HashSet<TaskId> = client
-        .create_tasks(
-            (0..n)
-                .map(|i| NewTask::new(format!("t{i}"), "fill"))
-                .collect(),
-        )
+        .create_tasks(tasks("t", "fill", n))
         .await
         .unwrap()
         .into_iter()
@@ -72,7 +70,7 @@ async fn full_disk_during_a_drain() {
     let ballast = disk.path().join("ballast");
     fill_but(&ballast, disk.path(), 192 * 1024);
 
-    let calls: Arc<Mutex<Vec<(TaskId, u32)>>> = Arc::default();
+    let calls = Calls::default();
     let worker = client
         .worker("filler")
         .concurrency(8)
@@ -85,10 +83,7 @@ async fn full_disk_during_a_drain() {
         worker.run(move |ctx: TaskContext| {
             let calls = calls.clone();
             async move {
-                calls
-                    .lock()
-                    .unwrap()
-                    .push((ctx.task.id, ctx.run.run_number));
+                calls.record(&ctx);
                 // Big enough that the batches' commits soon need more room than is left.
                 Ok::<_, TaskError>(serde_json::json!({ "blob": "x".repeat(1024) }))
             }
@@ -120,7 +115,7 @@ async fn full_disk_during_a_drain() {
     };
     let text = logs.text();
     assert_eq!(report.completed, n as u64, "{report:?}");
-    let calls = calls.lock().unwrap().clone();
+    let calls = calls.all();
     assert_eq!(calls.len(), n, "each handler ran exactly once");
     let called: HashSet<TaskId> = calls.iter().map(|(t, _)| *t).collect();
     assert_eq!(called, ids);
@@ -182,13 +177,7 @@ async fn commit_and_rollback_faults() {
     store.inject_fault(TxFault::Rollback);
     insert("lost to both").await.unwrap_err();
     insert("f").await.unwrap();
-    let titles: Vec<String> = store
-        .list_tasks(&Default::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.title)
-        .collect();
+    let titles = titles(&store).await;
     assert_eq!(titles, ["a", "c", "d", "f"]);
     assert_eq!(
         store.get_task(a).await.unwrap().unwrap().status,
@@ -317,11 +306,7 @@ async fn a_statement_timeout_mid_transaction_leaves_the_pool_clean(
     held.rollback().await.unwrap();
     no_open_transaction(&url, &tag).await;
     // The same one-connection pool works at once.
-    timed
-        .set_task_status(id, StatusChange::to(TaskStatus::Cancelled))
-        .await
-        .unwrap()
-        .unwrap();
+    set_status(&*timed, id, TaskStatus::Cancelled).await;
     assert_eq!(
         timed.get_task(id).await.unwrap().unwrap().status,
         TaskStatus::Cancelled
@@ -331,20 +316,10 @@ async fn a_statement_timeout_mid_transaction_leaves_the_pool_clean(
 /// The connection dies with the COMMIT on the wire: before the server sees it, and after
 /// (the reply lost). Either way the pool opens a fresh connection for the next operation.
 async fn a_connection_killed_during_commit_leaves_the_pool_clean(_: Arc<dyn Store>, url: String) {
-    let parsed = url::Url::parse(&url).unwrap();
-    let upstream =
-        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-    let mut proxy = Proxy::closed(upstream);
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
     proxy.listen().await;
-    let mut proxied = parsed.clone();
-    proxied.set_host(Some("127.0.0.1")).unwrap();
-    proxied.set_port(Some(proxy.addr().port())).unwrap();
     let tag = tag();
-    let store = tagged_store(proxied.as_str(), &tag, "").await;
+    let store = tagged_store(&proxied, &tag, "").await;
     let key = |k: &str| StoreTask::new(k, "x").idempotency_key(k);
     for (cut, title) in [(Cut::BeforeCommit, "before"), (Cut::AfterCommit, "after")] {
         proxy.cut_next_commit(cut);
@@ -360,13 +335,7 @@ async fn a_connection_killed_during_commit_leaves_the_pool_clean(_: Arc<dyn Stor
         let again = store.insert_tasks(vec![key(title)]).await.unwrap();
         assert_eq!(ids, again);
     }
-    let titles: Vec<String> = store
-        .list_tasks(&Default::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.title)
-        .collect();
+    let titles = titles(&*store).await;
     assert_eq!(titles.len(), 2, "{titles:?}");
 }
 
@@ -417,4 +386,10 @@ async fn serialization_failures_leave_the_pool_clean(store: Arc<dyn Store>, url:
     }
     let metadata = store.get_task(id).await.unwrap().unwrap().metadata;
     assert_eq!(metadata["after"], true);
+}
+
+/// The titles of every task, in queue order.
+async fn titles(store: &dyn Store) -> Vec<String> {
+    let tasks = store.list_tasks(&Default::default()).await.unwrap();
+    tasks.into_iter().map(|t| t.title).collect()
 }

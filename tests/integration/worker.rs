@@ -2,6 +2,7 @@
 //! shutdown gives held tasks back; a panicking handler fails only its own task. Also the
 //! helpers the other worker-driven files share (spawning workers, summing their reports).
 
+use hive_store::testing::fixtures::tasks;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,9 +16,15 @@ use hive_store::Store;
 use hive_store::testing::size;
 use tokio::task::JoinSet;
 
-fn client(store: Arc<dyn Store>) -> Client {
+/// A client on `store` that retries failed tasks at once.
+pub(crate) fn client(store: Arc<dyn Store>) -> Client {
+    client_retrying(store, RetryPolicy::IMMEDIATE)
+}
+
+/// A client on `store` that retries failed tasks under `retry`.
+pub(crate) fn client_retrying(store: Arc<dyn Store>, retry: RetryPolicy) -> Client {
     let config = OpsConfig {
-        retry: RetryPolicy::IMMEDIATE,
+        retry,
         ..OpsConfig::default()
     };
     Client::from_store(store, config)
@@ -278,14 +285,7 @@ async fn assert_each_task_completed_by_one_run(
 }
 
 async fn shutdown_releases_held_tasks(c: Client) {
-    let ids = c
-        .create_tasks(
-            (0..3)
-                .map(|i| NewTask::new(format!("slow{i}"), "slow"))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    let ids = c.create_tasks(tasks("slow", "slow", 3)).await.unwrap();
     let worker = c
         .worker("sleepy")
         .concurrency(3)
@@ -329,14 +329,7 @@ async fn panicking_handler_fails_only_its_task(c: Client) {
         .create_task(NewTask::new("bad", "x").max_retries(1))
         .await
         .unwrap();
-    let good = c
-        .create_tasks(
-            (0..5)
-                .map(|i| NewTask::new(format!("good{i}"), "x"))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    let good = c.create_tasks(tasks("good", "x", 5)).await.unwrap();
     let worker = c
         .worker("p")
         .concurrency(2)

@@ -167,20 +167,20 @@ fn bad_input_is_one_line_nonzero_and_changes_nothing() {
     );
     let before = db.snapshot();
     let ghost = "01a20c17-0000-7000-8000-000000000000";
+    let with_payload = |p: &'static str| {
+        vec![
+            "task",
+            "create",
+            "--title",
+            "t",
+            "--type",
+            "x",
+            "--payload",
+            p,
+        ]
+    };
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec![
-                "task",
-                "create",
-                "--title",
-                "t",
-                "--type",
-                "x",
-                "--payload",
-                "{nope",
-            ],
-            "not valid JSON",
-        ),
+        (with_payload("{nope"), "not valid JSON"),
         (
             vec!["task", "create", "--title", "", "--type", "x"],
             "`title`",
@@ -212,16 +212,7 @@ fn bad_input_is_one_line_nonzero_and_changes_nothing() {
             "cannot read plan file `missing.json`",
         ),
         (
-            vec![
-                "task",
-                "create",
-                "--title",
-                "t",
-                "--type",
-                "x",
-                "--payload",
-                r#"{"a": "\u0000"}"#,
-            ],
+            with_payload(r#"{"a": "\u0000"}"#),
             "`payload`: must not contain a NUL character",
         ),
         (

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use support::db::Db;
+use support::db::{Db, create_shell};
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -64,28 +64,15 @@ fn read_commands_never_create_or_adopt_a_database() {
 
     // An app's own SQLite file: refused by reads and by commands that create work.
     let app = db.dir.path().join("app.db");
-    block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", app.display()))
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE customers (id INTEGER)")
-            .execute(&pool)
-            .await
-            .unwrap();
-    });
+    block_on(hive_store::testing::fixtures::foreign_sqlite(&app));
     let app_url = format!("sqlite:{}", app.display());
     let (ok, stderr) = stderr_of(db.hive().env("HIVE_DATABASE_URL", &app_url).arg("status"));
     assert!(!ok && stderr.contains("not a Hive database"), "{stderr}");
-    let (ok, stderr) = stderr_of(db.hive().env("HIVE_DATABASE_URL", &app_url).args([
-        "task",
-        "create",
-        "--title",
-        "t",
-        "--type",
-        "shell",
-        "--payload",
-        r#"{"command":"true"}"#,
-    ]));
+    let (ok, stderr) = stderr_of(
+        db.hive()
+            .env("HIVE_DATABASE_URL", &app_url)
+            .args(create_shell(r#"{"command":"true"}"#)),
+    );
     assert!(!ok && stderr.contains("hive migrate"), "{stderr}");
     assert_eq!(sqlite_tables(&app), vec!["customers".to_owned()]);
 
@@ -159,16 +146,7 @@ fn the_demo_never_writes_into_the_configured_database() {
     let db = Db::new();
     db.ok(&["migrate"]);
     let before = db.snapshot();
-    let out = db
-        .hive()
-        .args(["demo", "--subtasks", "5", "--workers", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    db.ok(&["demo", "--subtasks", "5", "--workers", "1"]);
     assert_eq!(
         db.snapshot(),
         before,
@@ -177,24 +155,16 @@ fn the_demo_never_writes_into_the_configured_database() {
     // Given explicitly on the command line, the database is used.
     let own = db.dir.path().join("demo-here.db");
     let own_url = format!("sqlite:{}", own.display());
-    let out = db
-        .hive()
-        .args([
-            "demo",
-            "--subtasks",
-            "5",
-            "--workers",
-            "1",
-            "--database-url",
-            &own_url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let demo_here = [
+        "demo",
+        "--subtasks",
+        "5",
+        "--workers",
+        "1",
+        "--database-url",
+        &own_url,
+    ];
+    db.ok(&demo_here);
     assert!(sqlite_tables(&own).contains(&"tasks".to_owned()));
 }
 
@@ -335,16 +305,7 @@ fn a_read_only_database_can_be_read() {
         )
     };
     let (ok, stdout, stderr) = as_user(&["task", "list"]);
-    let (ok2, _, stderr2) = as_user(&[
-        "task",
-        "create",
-        "--title",
-        "no",
-        "--type",
-        "shell",
-        "--payload",
-        r#"{"command":"true"}"#,
-    ]);
+    let (ok2, _, stderr2) = as_user(&create_shell(r#"{"command":"true"}"#));
     let (ok3, status, _) = as_user(&["--json", "status"]);
     let (ok5, _, stderr5) = as_user(&["worker", "run", "--role", "r"]);
     // Checkpointed, with no log or shared-memory file left beside it to use.
@@ -390,16 +351,7 @@ fn shell_payloads_the_handler_refuses_are_refused_at_creation() {
     );
     let before = db.snapshot();
     db.refused(
-        db.hive().args([
-            "task",
-            "create",
-            "--title",
-            "t",
-            "--type",
-            "shell",
-            "--payload",
-            r#"{"cmd": "true"}"#,
-        ]),
+        db.hive().args(create_shell(r#"{"cmd": "true"}"#)),
         "an unknown field",
         "unknown field `cmd`",
         &before,

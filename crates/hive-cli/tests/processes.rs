@@ -10,7 +10,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hive_client::{RunStatus, TaskStatus};
+use hive_client::{Run, RunStatus, TaskId, TaskStatus};
 use hive_store::testing::size;
 use support::{Harness, eventually, logging_command, poll_until, read_log};
 use tokio::time::Instant;
@@ -40,6 +40,34 @@ const REAP_MS: &str = "200";
 /// The backoff before a timed-out task may be claimed again: the first retry's delay under
 /// the default retry policy.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// A worker of the fault tests: one task at a time under the short lease, plus `extra`.
+fn fault_args<'a>(role: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--role",
+        role,
+        "--concurrency",
+        "1",
+        "--lease-secs",
+        LEASE_SECS,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A rescuing worker: reaps and polls every [`REAP`], exits once idle.
+fn rescuer_args(role: &str) -> Vec<&str> {
+    fault_args(
+        role,
+        &[
+            "--reap-interval-ms",
+            REAP_MS,
+            "--poll-ms",
+            REAP_MS,
+            "--exit-when-idle",
+        ],
+    )
+}
+
 /// Room for process start-up and a loaded 2-core machine; it bounds a wait, not a speed.
 const SLACK: Duration = Duration::from_secs(5);
 
@@ -125,34 +153,9 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
     let [id] = h.shell_tasks([first_attempt_waits("sleep 60", &log)]).await[..] else {
         unreachable!()
     };
-    let mut doomed = h.worker(
-        "doomed",
-        &[
-            "--role",
-            "crash",
-            "--concurrency",
-            "1",
-            "--lease-secs",
-            LEASE_SECS,
-        ],
-    );
+    let mut doomed = h.worker("doomed", &fault_args("crash", &[]));
     let first = h.wait_in_progress(id, "doomed", SLACK * 4).await;
-    let mut rescuer = h.worker(
-        "rescuer",
-        &[
-            "--role",
-            "crash",
-            "--concurrency",
-            "1",
-            "--lease-secs",
-            LEASE_SECS,
-            "--reap-interval-ms",
-            REAP_MS,
-            "--poll-ms",
-            REAP_MS,
-            "--exit-when-idle",
-        ],
-    );
+    let mut rescuer = h.worker("rescuer", &rescuer_args("crash"));
     h.wait_registered("rescuer", SLACK * 4).await;
 
     doomed.crash().await;
@@ -192,13 +195,7 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
 
     let report = rescuer.exit(SLACK * 2).await.assert_clean();
     assert_eq!(report.completed, 1);
-    let runs = h.runs(id).await;
-    let statuses: Vec<_> = runs.iter().map(|r| r.status).collect();
-    assert_eq!(
-        statuses,
-        [RunStatus::Timeout, RunStatus::Success],
-        "{runs:?}"
-    );
+    let runs = timed_out_then_succeeded(&h, id).await;
     let expires = lease_left.expect("the run was still leased when its worker died");
     let (reaped, claimed) = (runs[0].completed_at.unwrap(), runs[1].started_at);
     eprintln!(
@@ -233,41 +230,19 @@ async fn frozen_worker_is_fenced_out_after_resuming(h: Harness) {
     else {
         unreachable!()
     };
+    // A's own reaper stays out of the way: only its heartbeats touch the store.
     let mut a = h.worker(
         "frozen",
-        &[
-            "--role",
+        &fault_args(
             "stale",
-            "--concurrency",
-            "1",
-            "--lease-secs",
-            LEASE_SECS,
-            // A's own reaper stays out of the way: only its heartbeats touch the store.
-            "--reap-interval-ms",
-            "600000",
-            "--exit-when-idle",
-        ],
+            &["--reap-interval-ms", "600000", "--exit-when-idle"],
+        ),
     );
     let first = h.wait_in_progress(id, "frozen", SLACK * 4).await;
     freeze_outside_transactions(&h, &a, first.id).await;
     let frozen_at = Instant::now();
 
-    let mut b = h.worker(
-        "rescuer",
-        &[
-            "--role",
-            "stale",
-            "--concurrency",
-            "1",
-            "--lease-secs",
-            LEASE_SECS,
-            "--reap-interval-ms",
-            REAP_MS,
-            "--poll-ms",
-            REAP_MS,
-            "--exit-when-idle",
-        ],
-    );
+    let mut b = h.worker("rescuer", &rescuer_args("stale"));
     let report = b
         .exit(LEASE + REAP + RETRY_BACKOFF + SLACK * 4)
         .await
@@ -277,13 +252,7 @@ async fn frozen_worker_is_fenced_out_after_resuming(h: Harness) {
         frozen_at.elapsed() > LEASE,
         "A stayed frozen past its lease"
     );
-    let runs = h.runs(id).await;
-    let statuses: Vec<_> = runs.iter().map(|r| r.status).collect();
-    assert_eq!(
-        statuses,
-        [RunStatus::Timeout, RunStatus::Success],
-        "{runs:?}"
-    );
+    let runs = timed_out_then_succeeded(&h, id).await;
     let (timed_out, second) = (runs[0].clone(), runs[1].clone());
     assert_eq!(timed_out.id, first.id);
     assert_eq!(
@@ -382,21 +351,8 @@ async fn freeze_outside_transactions(
 async fn skewed_clocks_neither_reclaim_early_nor_stretch_leases(h: Harness) {
     const HOLD: &str = "sleep 6"; // three leases
     let log = h.path("executions.log");
-    let worker_args = [
-        "--role",
-        "clock",
-        "--concurrency",
-        "1",
-        "--lease-secs",
-        LEASE_SECS,
-        "--heartbeat-ms",
-        "300",
-        "--reap-interval-ms",
-        REAP_MS,
-        "--poll-ms",
-        REAP_MS,
-        "--exit-when-idle",
-    ];
+    let mut worker_args = rescuer_args("clock");
+    worker_args.extend(["--heartbeat-ms", "300"]);
     let mut held = Vec::new();
     let mut workers = Vec::new();
     for (name, skew) in [
@@ -520,4 +476,16 @@ async fn check_held_leases(h: &Harness, held: &[Held]) -> usize {
 fn uuid_v7_millis(uuid: &str) -> i64 {
     let hex: String = uuid.chars().filter(|c| *c != '-').take(12).collect();
     i64::from_str_radix(&hex, 16).expect("a UUID's hex digits")
+}
+
+/// The task's two runs: the dead worker's, timed out, then the rescuer's success.
+async fn timed_out_then_succeeded(h: &Harness, id: TaskId) -> Vec<Run> {
+    let runs = h.runs(id).await;
+    let statuses: Vec<_> = runs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [RunStatus::Timeout, RunStatus::Success],
+        "{runs:?}"
+    );
+    runs
 }

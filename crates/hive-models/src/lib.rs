@@ -35,3 +35,25 @@ pub type Json = serde_json::Value;
 
 /// Timestamps are always UTC; backends store them with microsecond precision.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// Builder setters: `setters! { /// doc
+/// field: Type, other: Type => Some, name: impl Into<String> => into }` writes
+/// `pub fn field(mut self, value: Type) -> Self` assigning the field (wrapped in `Some`,
+/// or converted with `into`, as asked). For the builders of this crate and hive-client.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! setters {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty $(=> $wrap:ident)? ),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.$name = $crate::setters!(@wrap value $(, $wrap)?);
+                self
+            }
+        )*
+    };
+    (@wrap $v:ident) => { $v };
+    (@wrap $v:ident, Some) => { Some($v) };
+    (@wrap $v:ident, into) => { $v.into() };
+    (@wrap $v:ident, some_into) => { Some($v.into()) };
+}

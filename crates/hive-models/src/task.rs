@@ -328,43 +328,20 @@ impl NewTask {
         }
     }
 
-    pub fn description(mut self, d: impl Into<String>) -> Self {
-        self.description = d.into();
-        self
-    }
-
-    pub fn payload(mut self, p: Json) -> Self {
-        self.payload = p;
-        self
-    }
-
-    pub fn priority(mut self, p: i32) -> Self {
-        self.priority = p;
-        self
-    }
-
-    pub fn max_retries(mut self, n: u32) -> Self {
-        self.max_retries = n;
-        self
-    }
-
-    pub fn run_at(mut self, t: Timestamp) -> Self {
-        self.run_at = Some(t);
-        self
-    }
-
-    pub fn idempotency_key(mut self, k: impl Into<String>) -> Self {
-        self.idempotency_key = Some(k.into());
-        self
+    crate::setters! {
+        description: impl Into<String> => into,
+        payload: Json,
+        priority: i32,
+        max_retries: u32,
+        /// Not claimable before this time.
+        run_at: Timestamp => Some,
+        /// Creating a task with a key that exists returns the existing task's id.
+        idempotency_key: impl Into<String> => some_into,
+        metadata: Json,
     }
 
     pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
         self.tags = tags.into_iter().map(Into::into).collect();
-        self
-    }
-
-    pub fn metadata(mut self, m: Json) -> Self {
-        self.metadata = m;
         self
     }
 

@@ -57,10 +57,7 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Puts a task that no worker holds (failed, completed, cancelled, …) back in the queue.
     pub async fn requeue_task(&self, id: TaskId) -> Result<bool> {
-        let change = StatusChange {
-            requeue: true,
-            ..StatusChange::to(TaskStatus::Queued)
-        };
+        let change = StatusChange::requeue();
         self.apply_status(id, change).await.map(|c| c.is_some())
     }
 

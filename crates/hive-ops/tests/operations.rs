@@ -6,10 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hive_models::{
-    NewPlan, NewTask, PlanStatus, RetryPolicy, RunStatus, SubTask, TaskStatus, WorkerId,
-};
+use hive_models::{NewTask, PlanStatus, RetryPolicy, RunStatus, SubTask, TaskStatus};
 use hive_ops::{Error, Event, EventOrigin, Ops, OpsConfig};
+use hive_store::testing::fixtures::{node, plan, tasks, worker};
 use hive_store::{Finished, Store};
 use serde_json::json;
 
@@ -28,24 +27,20 @@ fn ops(store: Arc<dyn Store>) -> O {
     Ops::with_config(store, config)
 }
 
-fn w(name: &str) -> WorkerId {
-    WorkerId::parse(name).unwrap()
+/// Claims the next task as worker `w` and completes it.
+async fn claim_and_complete(o: &O) -> hive_ops::Claimed {
+    let c = claim(o, "w", LEASE).await;
+    o.complete_task(c.run.id, None).await.unwrap();
+    c
+}
+
+/// Claims the next task (there must be one) as `worker_name`.
+async fn claim(o: &O, worker_name: &str, lease: Duration) -> hive_ops::Claimed {
+    let claimed = o.claim_next_task(&worker(worker_name), &[], lease).await;
+    claimed.unwrap().expect("a claimable task")
 }
 
 const LEASE: Duration = Duration::from_secs(30);
-
-fn node(id: &str, deps: &[&str]) -> SubTask {
-    SubTask::new(id, format!("step {id}"), "test").depends_on(deps.iter().copied())
-}
-
-fn plan(subtasks: Vec<SubTask>) -> NewPlan {
-    NewPlan {
-        title: "release".into(),
-        description: String::new(),
-        parent_task_id: None,
-        subtasks,
-    }
-}
 
 hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     create_task_rejects_bad_input,
@@ -107,14 +102,7 @@ async fn create_tasks_is_all_or_nothing(o: O) {
     let e = o.create_tasks(batch).await.unwrap_err();
     assert!(e.to_string().contains("tasks[1]"), "{e}");
     assert_eq!(count_all(&o).await, 0);
-    let ids = o
-        .create_tasks(
-            (0..1500)
-                .map(|i| NewTask::new(format!("t{i}"), "x"))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    let ids = o.create_tasks(tasks("t", "x", 1500)).await.unwrap();
     assert_eq!(ids.len(), 1500);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 1500);
     assert_eq!(count_all(&o).await, 1500);
@@ -191,18 +179,12 @@ async fn queued_tasks_in_order(o: O) {
 
 async fn delete_and_prune(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    let c = o
-        .claim_next_task(&w("w"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
+    let c = claim(&o, "w", LEASE).await;
     assert!(o.delete_task(id).await.unwrap());
     assert!(o.get_run(c.run.id).await.unwrap().is_none());
     assert!(!o.delete_task(id).await.unwrap());
-    o.create_tasks((0..7).map(|i| NewTask::new(format!("t{i}"), "x")).collect())
-        .await
-        .unwrap();
-    let claims = o.claim_tasks(&w("w"), &[], 10, LEASE).await.unwrap();
+    o.create_tasks(tasks("t", "x", 7)).await.unwrap();
+    let claims = o.claim_tasks(&worker("w"), &[], 10, LEASE).await.unwrap();
     for c in &claims {
         o.complete_task(c.run.id, None).await.unwrap();
     }
@@ -265,10 +247,7 @@ async fn worker_lifecycle(o: O) {
     assert!(!o.update_worker_heartbeat("ghost", None).await.unwrap());
     assert_eq!(o.get_active_workers(None).await.unwrap().len(), 1);
     let t = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    o.claim_next_task(&w("deployer-1"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
+    claim(&o, "deployer-1", LEASE).await;
     assert!(o.unregister_worker("deployer-1").await.unwrap());
     assert!(!o.unregister_worker("deployer-1").await.unwrap());
     let task = o.get_task(t).await.unwrap().unwrap();
@@ -328,10 +307,7 @@ async fn plan_operations(o: O) {
     assert_eq!(next.plan_subtask_id.as_deref(), Some("a"));
     assert!(o.check_subtask_dependencies(next.id).await.unwrap());
     let tasks = o
-        .list_tasks(&hive_store::TaskFilter {
-            plan_id: Some(pid),
-            ..Default::default()
-        })
+        .list_tasks(&hive_store::TaskFilter::in_plan(pid))
         .await
         .unwrap();
     let b = tasks
@@ -375,7 +351,10 @@ async fn plan_operations(o: O) {
 async fn drain(o: &O, batch: u32) -> Vec<hive_models::Task> {
     let mut started = Vec::new();
     loop {
-        let claims = o.claim_tasks(&w("w"), &[], batch, LEASE).await.unwrap();
+        let claims = o
+            .claim_tasks(&worker("w"), &[], batch, LEASE)
+            .await
+            .unwrap();
         if claims.is_empty() {
             return started;
         }
@@ -459,7 +438,7 @@ async fn retries_with_backoff(o: O) {
         .unwrap();
     let mut claimed_at = Vec::new();
     loop {
-        let Some(c) = o.claim_next_task(&w("w"), &[], LEASE).await.unwrap() else {
+        let Some(c) = o.claim_next_task(&worker("w"), &[], LEASE).await.unwrap() else {
             if o.get_task(id).await.unwrap().unwrap().status == TaskStatus::Failed {
                 break;
             }
@@ -484,11 +463,7 @@ async fn retries_with_backoff(o: O) {
 
 async fn reaper_takes_back_expired_lease(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    let c = o
-        .claim_next_task(&w("dead"), &[], Duration::from_millis(50))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = claim(&o, "dead", Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_millis(120)).await;
     let report = o.reap().await.unwrap();
     assert_eq!(report.requeued, vec![(id, c.run.id)]);
@@ -497,11 +472,7 @@ async fn reaper_takes_back_expired_lease(o: O) {
         RunStatus::Timeout
     );
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let again = o
-        .claim_next_task(&w("alive"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
+    let again = claim(&o, "alive", LEASE).await;
     assert_eq!(again.task.id, id);
     assert_eq!(again.run.run_number, 2);
     o.complete_task(again.run.id, Some(json!(1))).await.unwrap();
@@ -513,19 +484,11 @@ async fn reaper_takes_back_expired_lease(o: O) {
 
 async fn stale_completion_is_rejected(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
-    let first = o
-        .claim_next_task(&w("slow"), &[], Duration::from_millis(50))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = claim(&o, "slow", Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     o.reap().await.unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let second = o
-        .claim_next_task(&w("fast"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
+    let second = claim(&o, "fast", LEASE).await;
     o.complete_task(second.run.id, Some(json!("second")))
         .await
         .unwrap();
@@ -553,12 +516,7 @@ async fn stale_completion_is_rejected(o: O) {
 async fn events_arrive_in_order(o: O) {
     let mut sub = o.subscribe().await.unwrap();
     let pid = o.submit_plan(plan(vec![node("a", &[])])).await.unwrap();
-    let c = o
-        .claim_next_task(&w("w"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
-    o.complete_task(c.run.id, None).await.unwrap();
+    let c = claim_and_complete(&o).await;
     let task_id = c.task.id;
     let want = vec![
         Event::TaskCreated {
@@ -570,7 +528,7 @@ async fn events_arrive_in_order(o: O) {
         Event::TaskClaimed {
             task_id,
             run_id: c.run.id,
-            worker_id: w("w"),
+            worker_id: worker("w"),
         },
         Event::TaskCompleted {
             task_id,
@@ -600,12 +558,7 @@ async fn cached_plan_status_invalidated_by_own_changes(o: O) {
         o.get_execution_plan_status_cached(pid).await.unwrap(),
         Some(PlanStatus::Pending)
     );
-    let c = o
-        .claim_next_task(&w("w"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
-    o.complete_task(c.run.id, None).await.unwrap();
+    claim_and_complete(&o).await;
     // The TTL is 5 s; only invalidation can make this fresh.
     assert_eq!(
         o.get_execution_plan_status_cached(pid).await.unwrap(),
@@ -635,12 +588,7 @@ async fn cancel_task_cancels_dependents(o: O) {
     let counts = o.count_tasks(Some(pid)).await.unwrap();
     assert_eq!(counts[&TaskStatus::Cancelled], 2);
     assert_eq!(counts[&TaskStatus::Queued], 1);
-    let c = o
-        .claim_next_task(&w("w"), &[], LEASE)
-        .await
-        .unwrap()
-        .unwrap();
-    o.complete_task(c.run.id, None).await.unwrap();
+    claim_and_complete(&o).await;
     assert_eq!(
         o.get_execution_plan_status(pid).await.unwrap(),
         Some(PlanStatus::Cancelled),

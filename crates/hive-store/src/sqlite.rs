@@ -49,6 +49,33 @@ macro_rules! plan_columns {
     };
 }
 
+/// A read on a connection of the reader pool: `read!(self, module::function, args…)`, the
+/// function taking the connection first.
+macro_rules! read {
+    ($self:ident, $f:path $(, $arg:expr)* $(,)?) => {{
+        let mut c = $self.reader.acquire().await.map_err(|e| $self.sql_error(e))?;
+        let out = $f(&mut c $(, $arg)*).await;
+        $self.read(out)
+    }};
+}
+
+/// A write in one transaction of the writer: `write!(self, module::function, args…)`, the
+/// function taking the connection, the notifier and the notifications to send after commit;
+/// `write!(self, quiet …)` for one that sends none.
+macro_rules! write {
+    ($self:ident, quiet $f:path $(, $arg:expr)* $(,)?) => {{
+        let mut tx = $self.begin().await?;
+        let out = $f(&mut tx $(, $arg)*).await;
+        $self.end(tx, out, Vec::new()).await
+    }};
+    ($self:ident, $f:path $(, $arg:expr)* $(,)?) => {{
+        let mut tx = $self.begin().await?;
+        let mut notes = Vec::new();
+        let out = $f(&mut tx, &$self.notifier, &mut notes $(, $arg)*).await;
+        $self.end(tx, out, notes).await
+    }};
+}
+
 mod connect;
 mod db;
 mod plans;
@@ -213,21 +240,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = db::fetch_task(&mut c, id).await;
-        self.read(out)
+        read!(self, db::fetch_task, id)
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = tasks::list(&mut c, filter).await;
-        self.read(out)
+        read!(self, tasks::list, filter)
     }
 
     async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = tasks::count(&mut c, plan_id).await;
-        self.read(out)
+        read!(self, tasks::count, plan_id)
     }
 
     async fn set_task_status(
@@ -235,16 +256,11 @@ impl Store for SqliteStore {
         id: TaskId,
         change: StatusChange,
     ) -> Result<Option<StatusChanged>> {
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = tasks::set_status(&mut tx, &self.notifier, &mut notes, id, change).await;
-        self.end(tx, out, notes).await
+        write!(self, tasks::set_status, id, change)
     }
 
     async fn delete_task(&self, id: TaskId) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let out = tasks::delete(&mut tx, id).await;
-        self.end(tx, out, Vec::new()).await
+        write!(self, quiet tasks::delete, id)
     }
 
     async fn prune_tasks(&self, params: &PruneParams) -> Result<u64> {
@@ -252,29 +268,21 @@ impl Store for SqliteStore {
         if params.statuses.is_empty() || params.limit == 0 {
             return Ok(0);
         }
-        let mut tx = self.begin().await?;
-        let out = tasks::prune(&mut tx, params).await;
-        self.end(tx, out, Vec::new()).await
+        write!(self, quiet tasks::prune, params)
     }
 
     async fn claim_tasks(&self, params: &ClaimParams) -> Result<Vec<Claim>> {
         if params.limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = runs::claim(&mut tx, &self.notifier, &mut notes, params).await;
-        self.end(tx, out, notes).await
+        write!(self, runs::claim, params)
     }
 
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = runs::finish(&mut tx, &self.notifier, &mut notes, outcomes).await;
-        self.end(tx, out, notes).await
+        write!(self, runs::finish, outcomes)
     }
 
     async fn finish_and_claim(
@@ -308,38 +316,26 @@ impl Store for SqliteStore {
     }
 
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
-        let mut tx = self.begin().await?;
-        let out = runs::extend_lease(&mut tx, run_id, lease).await;
-        self.end(tx, out, Vec::new()).await
+        write!(self, quiet runs::extend_lease, run_id, lease)
     }
 
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
         if run_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = runs::release(&mut tx, &self.notifier, &mut notes, run_ids).await;
-        self.end(tx, out, notes).await
+        write!(self, runs::release, run_ids)
     }
 
     async fn reap(&self, params: &ReapParams) -> Result<ReapReport> {
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = runs::reap(&mut tx, &self.notifier, &mut notes, params).await;
-        self.end(tx, out, notes).await
+        write!(self, runs::reap, params)
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = runs::get(&mut c, id).await;
-        self.read(out)
+        read!(self, runs::get, id)
     }
 
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = runs::list(&mut c, task_id).await;
-        self.read(out)
+        read!(self, runs::list, task_id)
     }
 
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {
@@ -369,34 +365,23 @@ impl Store for SqliteStore {
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<Worker>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = workers::get(&mut c, id).await;
-        self.read(out)
+        read!(self, workers::get, id)
     }
 
     async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = workers::list(&mut c, filter).await;
-        self.read(out)
+        read!(self, workers::list, filter)
     }
 
     async fn unregister_worker(&self, id: &WorkerId) -> Result<Option<Vec<TaskId>>> {
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = workers::unregister(&mut tx, &self.notifier, &mut notes, id).await;
-        self.end(tx, out, notes).await
+        write!(self, workers::unregister, id)
     }
 
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
-        let mut tx = self.begin().await?;
-        let out = plans::insert(&mut tx, plan).await;
-        self.end(tx, out, Vec::new()).await
+        write!(self, quiet plans::insert, plan)
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = plans::get(&mut c, id).await;
-        self.read(out)
+        read!(self, plans::get, id)
     }
 
     async fn list_plans(
@@ -404,9 +389,7 @@ impl Store for SqliteStore {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>> {
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = plans::list(&mut c, status, limit).await;
-        self.read(out)
+        read!(self, plans::list, status, limit)
     }
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
@@ -435,18 +418,13 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
-        let mut tx = self.begin().await?;
-        let mut notes = Vec::new();
-        let out = plans::cancel(&mut tx, &self.notifier, &mut notes, id).await;
-        self.end(tx, out, notes).await
+        write!(self, plans::cancel, id)
     }
 
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
-        let out = tasks::dependencies_met(&mut c, ids).await;
-        self.read(out)
+        read!(self, tasks::dependencies_met, ids)
     }
 }

@@ -47,6 +47,16 @@ pub struct TaskFilter {
     pub limit: Option<u32>,
 }
 
+impl TaskFilter {
+    /// Every task of one plan.
+    pub fn in_plan(plan_id: PlanId) -> TaskFilter {
+        TaskFilter {
+            plan_id: Some(plan_id),
+            ..TaskFilter::default()
+        }
+    }
+}
+
 /// A status change requested through [`crate::Store::set_task_status`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusChange {
@@ -63,6 +73,14 @@ impl StatusChange {
             status,
             metadata: None,
             requeue: false,
+        }
+    }
+
+    /// Back to `queued` from wherever the task stopped, terminal statuses included.
+    pub fn requeue() -> Self {
+        StatusChange {
+            requeue: true,
+            ..StatusChange::to(TaskStatus::Queued)
         }
     }
 }

@@ -7,6 +7,7 @@
 //! when it is unset; the unreachable-server check needs no server and always runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use hive_store::testing::fixtures::tasks;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +73,7 @@ async fn sixteen_claimers_take_every_task_exactly_once() {
     // Its own pool, large enough that every claimer holds a connection of its own.
     let store: Arc<PostgresStore> = Arc::new(second_store(&ts, "&max_connections=20").await);
     ts.run(|_| async move {
-        let batch: Vec<NewTask> = (0..TASKS).map(|i| NewTask::new(format!("t{i}"), "load")).collect();
+        let batch: Vec<NewTask> = tasks("t", "load", TASKS);
         let ids: HashSet<TaskId> = store.insert_tasks(batch).await.unwrap().into_iter().collect();
         assert_eq!(ids.len(), TASKS);
         let started = Instant::now();
@@ -274,12 +275,7 @@ async fn listener_reconnects_after_its_connection_is_killed() {
         .await
         .expect("a catch-up notification after reconnecting");
         eprintln!("listener reconnected after {:?}", started.elapsed());
-        let pids: Vec<i32> =
-            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
-                .bind(&app)
-                .fetch_all(&mut admin)
-                .await
-                .unwrap();
+        let pids = backends(&mut admin, std::slice::from_ref(&app)).await;
         assert_eq!(pids.len(), 1, "one new listener connection");
         let id = s
             .insert_tasks(vec![NewTask::new("after", "test")])
@@ -310,13 +306,7 @@ async fn dropping_the_store_closes_its_connections_and_listener() {
     let listener = format!("hive-listen-{}", store.origin().simple());
     let mut admin = sqlx::PgConnection::connect(&env_url()).await.unwrap();
     let names = vec![app.clone(), listener.clone()];
-    let count = async |admin: &mut sqlx::PgConnection| -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY($1)")
-            .bind(&names)
-            .fetch_one(admin)
-            .await
-            .unwrap()
-    };
+    let count = async |admin: &mut sqlx::PgConnection| backends(admin, &names).await.len();
     assert_eq!(
         count(&mut admin).await,
         2,
@@ -332,4 +322,13 @@ async fn dropping_the_store_closes_its_connections_and_listener() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ts.run(|_| async {}).await;
+}
+
+/// The pids of the server's connections named (`application_name`) in `names`.
+async fn backends(admin: &mut sqlx::PgConnection, names: &[String]) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1)")
+        .bind(names)
+        .fetch_all(admin)
+        .await
+        .unwrap()
 }

@@ -5,58 +5,24 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hive_store::models::{
-    NewPlan, NewTask, PlanStatus, RunId, SubTask, TaskId, TaskStatus, WorkerId,
-};
+use hive_store::models::{NewPlan, NewTask, PlanStatus, SubTask, TaskId, TaskStatus};
+use hive_store::testing::fixtures::{claim_params, drain, listed, tasks};
 use hive_store::{
-    ClaimParams, ConnectOptions, Error, Finished, Outcome, RunOutcome, SchemaPolicy, Store,
-    TaskFilter,
+    ClaimParams, ConnectOptions, Error, Outcome, RunOutcome, SchemaPolicy, Store, TaskFilter,
 };
 
 fn file_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite:{}", dir.path().join("hive.db").display())
 }
 
-fn success(run_id: RunId) -> RunOutcome {
-    RunOutcome {
-        run_id,
-        outcome: Outcome::Success { result: None },
-        output_log: None,
-    }
-}
-
-/// Claims and finishes until the queue is empty; returns the tasks this worker took.
-async fn drain_queue(s: Arc<dyn Store>, worker: String, batch: u32) -> Vec<TaskId> {
-    let mut mine = Vec::new();
-    loop {
-        let claims = s.claim_tasks(&cp(&worker, batch)).await.unwrap();
-        if claims.is_empty() {
-            return mine;
-        }
-        let outcomes: Vec<RunOutcome> = claims.iter().map(|c| success(c.run.id)).collect();
-        for r in s.finish_runs(&outcomes).await.unwrap() {
-            assert_eq!(r.finished, Finished::Completed);
-        }
-        mine.extend(claims.into_iter().map(|c| c.task.id));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_memory_url_is_one_private_database() {
     let s = hive_store::connect("sqlite::memory:").await.unwrap();
-    let ids = s
-        .insert_tasks(
-            (0..50)
-                .map(|i| NewTask::new(format!("t{i}"), "x"))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    let ids = s.insert_tasks(tasks("t", "x", 50)).await.unwrap();
     // Readers and writers share the one connection; none may see another database.
     let workers: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(drain_queue(s.clone(), format!("w{i}"), 3)))
+        .map(|i| tokio::spawn(drain(s.clone(), format!("w{i}"), 3)))
         .collect();
     let mut done = Vec::new();
     for w in workers {
@@ -162,11 +128,7 @@ async fn two_stores_on_one_file_claim_each_task_once() {
     let a = hive_store::connect(&file_url(&dir)).await.unwrap();
     let b = hive_store::connect(&file_url(&dir)).await.unwrap();
     let ids: HashSet<TaskId> = a
-        .insert_tasks(
-            (0..400)
-                .map(|i| NewTask::new(format!("t{i}"), "x"))
-                .collect(),
-        )
+        .insert_tasks(tasks("t", "x", 400))
         .await
         .unwrap()
         .into_iter()
@@ -174,7 +136,7 @@ async fn two_stores_on_one_file_claim_each_task_once() {
     let workers: Vec<_> = (0..8)
         .map(|i| {
             let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(drain_queue(s, format!("w{i}"), 1 + i % 4))
+            tokio::spawn(drain(s, format!("w{i}"), 1 + i % 4))
         })
         .collect();
     let mut done = Vec::new();
@@ -244,22 +206,14 @@ async fn batches_past_the_bind_limit() {
         .await
         .unwrap();
     assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(4000));
-    let chain: Vec<TaskId> = s
-        .list_tasks(&TaskFilter {
-            plan_id: Some(pid),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let in_plan = TaskFilter::in_plan(pid);
+    let chain = listed(&*s, in_plan).await;
     let met = s.dependencies_met(&chain).await.unwrap();
     assert_eq!(met.values().filter(|m| **m).count(), 1);
     let claims = s
         .claim_tasks(&ClaimParams {
             task_types: vec!["chain".into()],
-            ..cp("w", 5)
+            ..claim_params("w", 5)
         })
         .await
         .unwrap();
@@ -279,19 +233,6 @@ async fn batches_past_the_bind_limit() {
         (p.status, p.failed_subtasks, p.cancelled_subtasks),
         (PlanStatus::Failed, 1, 3999)
     );
-}
-
-fn w(n: &str) -> WorkerId {
-    WorkerId::parse(n).unwrap()
-}
-
-fn cp(worker: &str, limit: u32) -> ClaimParams {
-    ClaimParams {
-        worker_id: w(worker),
-        task_types: vec![],
-        limit,
-        lease: Duration::from_secs(60),
-    }
 }
 
 async fn open(url: &str, schema: SchemaPolicy) -> Result<Arc<dyn Store>, Error> {
@@ -321,13 +262,7 @@ async fn schema_policies_never_turn_a_foreign_or_missing_database_into_hives() {
 
     // An app's own database: refused for reading and for creating work, untouched.
     let foreign = dir.path().join("app.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", foreign.display()))
-        .await
-        .unwrap();
-    sqlx::query("CREATE TABLE customers (id INTEGER)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = hive_store::testing::fixtures::foreign_sqlite(&foreign).await;
     let foreign_url = format!("sqlite:{}", foreign.display());
     let r = refusal(open(&foreign_url, SchemaPolicy::Existing).await);
     assert!(

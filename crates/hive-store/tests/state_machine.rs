@@ -23,43 +23,35 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestError, TestRunner};
 use serde_json::json;
 
-mod sqlite {
-    use hive_store::Backend;
-    use hive_store::testing::{self, differential};
+/// The tests of a database backend: random operations compared with memory, and strings
+/// stored and read back.
+macro_rules! database_backend {
+    ($($backend:ident => $kind:ident),+ $(,)?) => {$(
+        mod $backend {
+            use hive_store::Backend;
+            use hive_store::testing::{self, differential};
 
-    #[test]
-    fn random_operations_agree_with_memory() {
-        differential::agrees_with_memory(
-            "sqlite::random_operations_agree_with_memory",
-            testing::sqlite,
-            differential::Budget::for_backend(Backend::Sqlite),
-        );
-    }
+            #[test]
+            fn random_operations_agree_with_memory() {
+                differential::agrees_with_memory(
+                    concat!(stringify!($backend), "::random_operations_agree_with_memory"),
+                    testing::$backend,
+                    differential::Budget::for_backend(Backend::$kind),
+                );
+            }
 
-    #[test]
-    fn strings_round_trip_verbatim() {
-        super::strings_round_trip("sqlite::strings_round_trip_verbatim", testing::sqlite);
-    }
+            #[test]
+            fn strings_round_trip_verbatim() {
+                super::strings_round_trip(
+                    concat!(stringify!($backend), "::strings_round_trip_verbatim"),
+                    testing::$backend,
+                );
+            }
+        }
+    )+};
 }
 
-mod postgres {
-    use hive_store::Backend;
-    use hive_store::testing::{self, differential};
-
-    #[test]
-    fn random_operations_agree_with_memory() {
-        differential::agrees_with_memory(
-            "postgres::random_operations_agree_with_memory",
-            testing::postgres,
-            differential::Budget::for_backend(Backend::Postgres),
-        );
-    }
-
-    #[test]
-    fn strings_round_trip_verbatim() {
-        super::strings_round_trip("postgres::strings_round_trip_verbatim", testing::postgres);
-    }
-}
+database_backend!(sqlite => Sqlite, postgres => Postgres);
 
 mod memory {
     use hive_store::testing;
@@ -279,13 +271,11 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
     let again = store.insert_tasks(vec![new]).await.unwrap()[0];
     assert_eq!(again, id, "the idempotency key matches itself exactly");
 
-    let by_type = store
-        .list_tasks(&TaskFilter {
-            task_type: Some(s.task_type.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let of_type = TaskFilter {
+        task_type: Some(s.task_type.clone()),
+        ..Default::default()
+    };
+    let by_type = store.list_tasks(&of_type).await.unwrap();
     assert!(
         by_type.iter().any(|x| x.id == id),
         "filter by type finds it"
@@ -390,13 +380,7 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
         Some(&vec![s.first_subtask.clone()])
     );
     assert_eq!(store.materialize_plan(pid).await.unwrap(), Some(2));
-    let tasks = store
-        .list_tasks(&TaskFilter {
-            plan_id: Some(pid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let tasks = store.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
     let by_subtask = |sub: &str| {
         tasks
             .iter()

@@ -76,24 +76,20 @@ async fn main() -> std::process::ExitCode {
         eprintln!("usage: ai-planner \"GOAL\" (e.g. \"user login and billing, audit log\")");
         return std::process::ExitCode::from(2);
     };
-    let result = async {
-        let client = Client::from_env().await?;
-        client
-            .submit_plan(plan)
-            .await
-            .map_err(hive_client::Error::from)
-    }
-    .await;
-    match result {
-        Ok(id) => {
-            println!("{id}");
-            std::process::ExitCode::SUCCESS
-        }
+    match submit(plan).await {
+        Ok(id) => println!("{id}"),
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            return std::process::ExitCode::FAILURE;
         }
     }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Submits the plan to the database `HIVE_DATABASE_URL` names.
+async fn submit(plan: NewPlan) -> Result<hive_client::PlanId, hive_client::Error> {
+    let client = Client::from_env().await?;
+    Ok(client.submit_plan(plan).await?)
 }
 
 #[cfg(test)]

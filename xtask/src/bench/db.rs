@@ -1,7 +1,6 @@
 //! Fresh databases per scenario: a new SQLite file in a temp dir, or a new Postgres schema
 //! (dropped afterwards), plus direct sqlx pools on the same database for raw SQL.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -116,14 +115,9 @@ impl FreshDb {
                 Ok(Some(RawPool::Sqlite(pool)))
             }
             Kind::Postgres { .. } => {
-                let options = sqlx::postgres::PgConnectOptions::from_str(&self.url)
-                    .context("parsing the Postgres URL")?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(connections)
-                    .connect_with(options)
-                    .await
-                    .context("opening Postgres directly")?;
-                Ok(Some(RawPool::Postgres(pool)))
+                let pool = PgPoolOptions::new().max_connections(connections);
+                let pool = pool.connect(&self.url).await;
+                Ok(Some(RawPool::Postgres(pool.context("opening Postgres directly")?)))
             }
         }
     }

@@ -112,3 +112,17 @@ impl Db {
         stderr
     }
 }
+
+/// `hive task create` of a shell task titled `t` with this payload.
+pub fn create_shell(payload: &str) -> [&str; 8] {
+    [
+        "task",
+        "create",
+        "--title",
+        "t",
+        "--type",
+        "shell",
+        "--payload",
+        payload,
+    ]
+}

@@ -66,12 +66,6 @@ impl Client {
 }
 
 impl WorkerBuilder {
-    /// The worker's role, shown in the registry (default `worker`).
-    pub fn role(mut self, role: impl Into<String>) -> Self {
-        self.role = role.into();
-        self
-    }
-
     /// Capabilities recorded in the registry.
     pub fn capabilities<I: IntoIterator<Item = S>, S: Into<String>>(mut self, caps: I) -> Self {
         self.capabilities = caps.into_iter().map(Into::into).collect();
@@ -90,46 +84,24 @@ impl WorkerBuilder {
         self
     }
 
-    /// Each claimed task's lease; heartbeats extend it while the worker lives.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// How often to heartbeat (default: a third of the lease, so two beats can be missed).
-    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
-        self.heartbeat_interval = Some(d);
-        self
-    }
-
-    /// How often this worker runs the reaper.
-    pub fn reap_interval(mut self, d: Duration) -> Self {
-        self.reap_interval = d;
-        self
-    }
-
-    /// Longest wait between claims when no wake-up arrives (the polling fallback).
-    pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d;
-        self
-    }
-
-    /// How long in-flight tasks may run after shutdown before they are released.
-    pub fn shutdown_grace(mut self, d: Duration) -> Self {
-        self.shutdown_grace = d;
-        self
-    }
-
-    /// Stop once nothing of this worker's types is queued, running or waiting to retry.
-    pub fn exit_when_idle(mut self, yes: bool) -> Self {
-        self.exit_when_idle = yes;
-        self
-    }
-
-    /// Whether Ctrl-C and SIGTERM stop the worker gracefully (default true).
-    pub fn handle_signals(mut self, yes: bool) -> Self {
-        self.handle_signals = yes;
-        self
+    hive_models::setters! {
+        /// The worker's role, shown in the registry (default `worker`).
+        role: impl Into<String> => into,
+        /// Each claimed task's lease; heartbeats extend it while the worker lives.
+        lease: Duration,
+        /// How often to heartbeat (default: a third of the lease, so two beats can be
+        /// missed).
+        heartbeat_interval: Duration => Some,
+        /// How often this worker runs the reaper.
+        reap_interval: Duration,
+        /// Longest wait between claims when no wake-up arrives (the polling fallback).
+        poll_interval: Duration,
+        /// How long in-flight tasks may run after shutdown before they are released.
+        shutdown_grace: Duration,
+        /// Stop once nothing of this worker's types is queued, running or waiting to retry.
+        exit_when_idle: bool,
+        /// Whether Ctrl-C and SIGTERM stop the worker gracefully (default true).
+        handle_signals: bool,
     }
 
     /// The heartbeat interval in effect: the one set, else a third of the lease.

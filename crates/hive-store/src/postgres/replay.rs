@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 
-use hive_models::{Json, PlanCounters, PlanId, RunId, RunStatus, TaskId, Timestamp};
+use hive_models::{PlanCounters, PlanId, RunId, RunStatus, TaskId, Timestamp};
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::rows;
 use crate::Notifier;
-use crate::rules::{Changes, Loaded, Patches, TaskState};
+use crate::rules::{self, Changes, Loaded, Patches, TaskState};
 use crate::sql::R;
 
 /// The dependency edges below the tasks in `$1` through which a failure cancels: the
@@ -43,32 +43,30 @@ const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks,
      FROM plans WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
-/// plans, and sends the notifications, which Postgres delivers on commit. Returns the
-/// dependents left waiting for nothing, announced as `task_ready` when `$26` is true.
+/// plans, and sends the notifications, which Postgres delivers on commit. The patches come
+/// as JSON rows ([`crate::rules::runs_json`] and its siblings). Returns the dependents left
+/// waiting for nothing, announced as `task_ready` when `$7` is true.
 const APPLY: &str = concat!(
     "WITH run_in AS ( \
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::bool[], \
-                         $6::text[], $7::bool[], $8::text[]) \
-        AS x(id, status, set_result, result, set_error, error, set_log, log) \
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text, set_result bool, \
+        result text, set_error bool, error text, set_log bool, log text) \
 ), run_upd AS ( \
     UPDATE runs r SET status = x.status, completed_at = now(), lease_expires_at = NULL, \
-        result_data = CASE WHEN x.set_result THEN x.result ELSE r.result_data END, \
+        result_data = CASE WHEN x.set_result THEN x.result::jsonb ELSE r.result_data END, \
         error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
         output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \
-    FROM run_in x WHERE r.id = x.id AND r.id = ANY($1::uuid[]) AND r.status = 'running' \
+    FROM run_in x WHERE r.id = x.id AND r.status = 'running' \
     RETURNING r.id \
 ), dec AS ( \
     SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
-    WHERE d.depends_on = ANY($18::uuid[]) GROUP BY d.task_id \
+    WHERE d.depends_on = ANY($3::uuid[]) GROUP BY d.task_id \
 ), task_in AS ( \
-    SELECT * FROM unnest($9::uuid[], $10::text[], $11::bool[], $12::jsonb[], $13::bool[], \
-                         $14::text[], $15::bool[], $16::timestamptz[], $17::int[], \
-                         $27::bool[], $28::jsonb[]) \
-        AS x(id, status, set_result, result, set_error, error, requeue, run_at, \
-             attempts_delta, recount, metadata) \
+    SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, status text, set_result bool, \
+        result text, set_error bool, error text, requeue bool, run_at timestamptz, \
+        attempts_delta int, recount bool, set_metadata bool, metadata text) \
 ), task_upd AS ( \
     UPDATE tasks t SET status = x.status, updated_at = now(), \
-        result = CASE WHEN x.set_result THEN x.result ELSE t.result END, \
+        result = CASE WHEN x.set_result THEN x.result::jsonb ELSE t.result END, \
         last_error = CASE WHEN x.set_error THEN x.error ELSE t.last_error END, \
         assigned_worker = CASE WHEN x.requeue THEN NULL ELSE t.assigned_worker END, \
         run_at = CASE WHEN x.requeue THEN x.run_at ELSE t.run_at END, \
@@ -78,34 +76,33 @@ const APPLY: &str = concat!(
                 WHERE d.task_id = t.id AND y.status <> 'completed')::int \
             ELSE greatest(t.pending_deps - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
             END, \
-        metadata = coalesce(x.metadata, t.metadata) \
-    FROM task_in x WHERE t.id = x.id AND t.id = ANY($9::uuid[]) \
+        metadata = CASE WHEN x.set_metadata THEN x.metadata::jsonb ELSE t.metadata END \
+    FROM task_in x WHERE t.id = x.id \
     RETURNING t.id \
 ), dep_upd AS ( \
     UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
-    FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY($9::uuid[])) \
+    FROM dec WHERE t.id = dec.id AND t.id NOT IN (SELECT id FROM task_in) \
     RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
 ), freed AS ( \
     SELECT id FROM dep_upd WHERE ready \
 ), plan_in AS ( \
-    SELECT * FROM unnest($19::uuid[], $20::text[], $21::bigint[], $22::bigint[], \
-                         $23::bigint[]) \
-        AS x(id, status, completed, failed, cancelled) \
+    SELECT * FROM jsonb_to_recordset($4::jsonb) AS x(id uuid, status text, completed bigint, \
+        failed bigint, cancelled bigint) \
 ), plan_upd AS ( \
     UPDATE plans p SET status = x.status, completed_subtasks = x.completed, \
         failed_subtasks = x.failed, cancelled_subtasks = x.cancelled, updated_at = now() \
-    FROM plan_in x WHERE p.id = x.id AND p.id = ANY($19::uuid[]) \
+    FROM plan_in x WHERE p.id = x.id \
     RETURNING p.id \
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
        (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
        (SELECT count(pg_notify(",
     channel_sql!(),
-    ", n)) FROM unnest($24::text[]) AS n) AS notified, \
+    ", n)) FROM unnest($5::text[]) AS n) AS notified, \
        (",
     notify_rows!(
-        "SELECT id FROM freed WHERE $26::bool",
-        "json_build_object('origin', $25::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+        "SELECT id FROM freed WHERE $7::bool",
+        "json_build_object('origin', $6::uuid, 'kind', 'task_ready', 'task_id', x.id)"
     ),
     ") AS ready_notified, \
        ARRAY(SELECT id FROM freed) AS ready"
@@ -247,97 +244,18 @@ async fn apply(
     if p.is_empty() {
         return Ok(Vec::new());
     }
-    let payloads = super::listen::encode(&p.notes);
-
-    let n = p.runs.len();
-    let mut r_id = Vec::with_capacity(n);
-    let mut r_status = Vec::with_capacity(n);
-    let mut r_set_result = Vec::with_capacity(n);
-    let mut r_result: Vec<Option<Json>> = Vec::with_capacity(n);
-    let mut r_set_error = Vec::with_capacity(n);
-    let mut r_error: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut r_set_log = Vec::with_capacity(n);
-    let mut r_log: Vec<Option<String>> = Vec::with_capacity(n);
-    for r in p.runs {
-        r_id.push(r.id.0);
-        r_status.push(r.status.as_str());
-        r_set_result.push(r.result.is_some());
-        r_result.push(r.result.flatten());
-        r_set_error.push(r.error.is_some());
-        r_error.push(r.error.flatten());
-        r_set_log.push(r.log.is_some());
-        r_log.push(r.log.flatten());
-    }
-
-    let n = p.tasks.len();
-    let mut t_id = Vec::with_capacity(n);
-    let mut t_status = Vec::with_capacity(n);
-    let mut t_set_result = Vec::with_capacity(n);
-    let mut t_result: Vec<Option<Json>> = Vec::with_capacity(n);
-    let mut t_set_error = Vec::with_capacity(n);
-    let mut t_error: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut t_requeue = Vec::with_capacity(n);
-    let mut t_run_at: Vec<Option<Timestamp>> = Vec::with_capacity(n);
-    let mut t_attempts = Vec::with_capacity(n);
-    let mut t_recount = Vec::with_capacity(n);
-    let mut t_metadata: Vec<Option<Json>> = Vec::with_capacity(n);
-    for t in p.tasks {
-        t_id.push(t.id.0);
-        t_status.push(t.status.as_str());
-        t_set_result.push(t.result.is_some());
-        t_result.push(t.result.flatten());
-        t_set_error.push(t.error.is_some());
-        t_error.push(t.error);
-        t_requeue.push(t.requeue.is_some());
-        t_run_at.push(t.requeue.flatten());
-        t_attempts.push(t.attempts_delta);
-        t_recount.push(t.recount_pending);
-        t_metadata.push(t.metadata);
-    }
+    let json = |what: &str, r: Result<String, serde_json::Error>| {
+        r.map_err(|e| rows::corrupt("patches", format!("{what}: {e}")))
+    };
     let completed: Vec<Uuid> = p.completed.iter().map(|t| t.0).collect();
-
-    let mut p_id = Vec::with_capacity(p.plans.len());
-    let mut p_status = Vec::with_capacity(p.plans.len());
-    let mut p_completed = Vec::with_capacity(p.plans.len());
-    let mut p_failed = Vec::with_capacity(p.plans.len());
-    let mut p_cancelled = Vec::with_capacity(p.plans.len());
-    for (id, c) in p.plans {
-        p_id.push(id.0);
-        p_status.push(c.status.as_str());
-        p_completed.push(i64::from(c.completed));
-        p_failed.push(i64::from(c.failed));
-        p_cancelled.push(i64::from(c.cancelled));
-    }
-
     let row = sqlx::query(APPLY)
-        .bind(r_id)
-        .bind(r_status)
-        .bind(r_set_result)
-        .bind(r_result)
-        .bind(r_set_error)
-        .bind(r_error)
-        .bind(r_set_log)
-        .bind(r_log)
-        .bind(t_id)
-        .bind(t_status)
-        .bind(t_set_result)
-        .bind(t_result)
-        .bind(t_set_error)
-        .bind(t_error)
-        .bind(t_requeue)
-        .bind(t_run_at)
-        .bind(t_attempts)
+        .bind(json("runs", rules::runs_json(&p.runs))?)
+        .bind(json("tasks", rules::tasks_json(&p.tasks))?)
         .bind(completed)
-        .bind(p_id)
-        .bind(p_status)
-        .bind(p_completed)
-        .bind(p_failed)
-        .bind(p_cancelled)
-        .bind(payloads)
+        .bind(json("plans", rules::plans_json(&p.plans))?)
+        .bind(super::listen::encode(&p.notes))
         .bind(notifier.origin())
         .bind(announce)
-        .bind(t_recount)
-        .bind(t_metadata)
         .fetch_one(conn)
         .await?;
     let ready: Vec<Uuid> = rows::get(&row, "ready", "tasks")?;

@@ -157,6 +157,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     }
 
     /// A notification to send with the batch's own (a worker going offline, say).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn note(&mut self, n: Notification) {
         self.notes.push(n);
     }

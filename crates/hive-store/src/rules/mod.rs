@@ -27,9 +27,11 @@
 )]
 
 mod changes;
+mod rows;
 mod state;
 
 pub use changes::{Changes, Patches};
+pub use rows::{plans_json, runs_json, tasks_json};
 pub use state::{Loaded, TaskState, View};
 
 /// `at + d` at the microsecond precision the databases store, saturating instead of

@@ -168,8 +168,7 @@ fn status_changes_check_the_table_merge_metadata_and_recount_on_requeue() {
     assert!(illegal.is_err(), "failed → in_progress is not in the table");
     let requeue = StatusChange {
         metadata: Some(json!({"b": 2})),
-        requeue: true,
-        ..StatusChange::to(TaskStatus::Queued)
+        ..StatusChange::requeue()
     };
     let out = ch
         .change_status(&task, &requeue)

@@ -278,13 +278,34 @@ pub(super) fn task_from_row(row: &SqliteRow) -> R<Task> {
     })
 }
 
-pub(super) async fn fetch_task(c: &mut Conn, id: TaskId) -> R<Option<Task>> {
-    let sql = concat!("SELECT ", task_columns!(), " FROM tasks t WHERE t.id = ?1");
+/// The row a statement with one parameter (`?1`, an id) selects, decoded.
+pub(super) async fn one<T>(
+    c: &mut Conn,
+    sql: &'static str,
+    id: impl ToString,
+    decode: fn(&SqliteRow) -> R<T>,
+) -> R<Option<T>> {
     let row = sqlx::query(sql)
         .bind(id.to_string())
         .fetch_optional(c)
         .await?;
-    row.as_ref().map(task_from_row).transpose()
+    row.as_ref().map(decode).transpose()
+}
+
+/// Every row a statement with one parameter (`?1`, an id) selects, decoded.
+pub(super) async fn all<T>(
+    c: &mut Conn,
+    sql: &'static str,
+    id: impl ToString,
+    decode: fn(&SqliteRow) -> R<T>,
+) -> R<Vec<T>> {
+    let rows = sqlx::query(sql).bind(id.to_string()).fetch_all(c).await?;
+    rows.iter().map(decode).collect()
+}
+
+pub(super) async fn fetch_task(c: &mut Conn, id: TaskId) -> R<Option<Task>> {
+    let sql = concat!("SELECT ", task_columns!(), " FROM tasks t WHERE t.id = ?1");
+    one(c, sql, id, task_from_row).await
 }
 
 pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {

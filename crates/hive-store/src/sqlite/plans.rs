@@ -34,15 +34,8 @@ pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
 }
 
 pub(super) async fn get(c: &mut Conn, id: PlanId) -> R<Option<ExecutionPlan>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        plan_columns!(),
-        " FROM plans WHERE id = ?1"
-    ))
-    .bind(id.to_string())
-    .fetch_optional(&mut *c)
-    .await?;
-    row.as_ref().map(db::plan_from_row).transpose()
+    let sql = concat!("SELECT ", plan_columns!(), " FROM plans WHERE id = ?1");
+    db::one(c, sql, id, db::plan_from_row).await
 }
 
 pub(super) async fn list(
@@ -50,29 +43,29 @@ pub(super) async fn list(
     status: Option<PlanStatus>,
     limit: Option<u32>,
 ) -> R<Vec<ExecutionPlan>> {
-    // LIMIT -1 is SQLite's "no limit", so one statement serves both cases.
+    // LIMIT -1 is SQLite's "no limit". Two statements rather than `?1 IS NULL OR …`, which
+    // would keep SQLite from the status index.
     let limit = limit.map_or(-1, i64::from);
     let rows = match status {
         Some(s) => {
-            sqlx::query(concat!(
+            let sql = concat!(
                 "SELECT ",
                 plan_columns!(),
                 " FROM plans WHERE status = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2"
-            ))
-            .bind(s.as_str())
-            .bind(limit)
-            .fetch_all(&mut *c)
-            .await?
+            );
+            sqlx::query(sql)
+                .bind(s.as_str())
+                .bind(limit)
+                .fetch_all(&mut *c)
+                .await?
         }
         None => {
-            sqlx::query(concat!(
+            let sql = concat!(
                 "SELECT ",
                 plan_columns!(),
                 " FROM plans ORDER BY created_at DESC, id DESC LIMIT ?1"
-            ))
-            .bind(limit)
-            .fetch_all(&mut *c)
-            .await?
+            );
+            sqlx::query(sql).bind(limit).fetch_all(&mut *c).await?
         }
     };
     rows.iter().map(db::plan_from_row).collect()

@@ -5,11 +5,10 @@
 use std::collections::HashMap;
 
 use hive_models::{PlanCounters, PlanId, RunId, RunStatus, TaskId};
-use serde_json::json;
 use sqlx::sqlite::SqliteRow;
 
-use super::db::{self, Cols, Conn, R, json_list, to_json};
-use crate::rules::{Changes, Loaded, Patches, TaskState};
+use super::db::{self, Cols, Conn, R, json_list};
+use crate::rules::{self, Changes, Loaded, Patches, TaskState};
 use crate::{Notification, Notifier};
 
 /// The columns [`state_from_row`] reads, from `tasks t`.
@@ -164,117 +163,69 @@ pub(super) async fn replay<T>(
 
 /// Writes a batch's patches, each table in one statement.
 pub(super) async fn write(c: &mut Conn, n: &Notifier, p: Patches, at: i64) -> R<Vec<Notification>> {
-    let Patches {
-        runs,
-        tasks,
-        completed,
-        plans,
-        mut notes,
-    } = p;
-    if !runs.is_empty() {
-        let rows = runs
-            .iter()
-            .map(|r| {
-                let result = match &r.result {
-                    Some(Some(v)) => Some(to_json("result", v)?),
-                    _ => None,
-                };
-                Ok(json!([
-                    r.id.to_string(),
-                    r.status.as_str(),
-                    r.result.is_some(),
-                    result,
-                    r.error.is_some(),
-                    r.error.clone().flatten(),
-                    r.log.is_some(),
-                    r.log.clone().flatten()
-                ]))
-            })
-            .collect::<R<Vec<_>>>()?;
+    if p.is_empty() {
+        return Ok(Vec::new());
+    }
+    let json = |what: &str, r: Result<String, serde_json::Error>| {
+        r.map_err(|e| db::corrupt("patches", format!("{what}: {e}")))
+    };
+    if !p.runs.is_empty() {
         sqlx::query(
-            "UPDATE runs SET status = j.value ->> 1, completed_at = ?1, lease_expires_at = NULL, \
-                 result_data = CASE WHEN j.value ->> 2 THEN j.value ->> 3 ELSE result_data END, \
-                 error_message = CASE WHEN j.value ->> 4 THEN j.value ->> 5 ELSE error_message END, \
-                 output_log = CASE WHEN j.value ->> 6 THEN j.value ->> 7 ELSE output_log END \
-             FROM json_each(?2) AS j WHERE runs.id = j.value ->> 0 AND runs.status = 'running'",
+            "UPDATE runs SET status = j.value ->> 'status', completed_at = ?1, \
+                 lease_expires_at = NULL, \
+                 result_data = CASE WHEN j.value ->> 'set_result' \
+                     THEN j.value ->> 'result' ELSE result_data END, \
+                 error_message = CASE WHEN j.value ->> 'set_error' \
+                     THEN j.value ->> 'error' ELSE error_message END, \
+                 output_log = CASE WHEN j.value ->> 'set_log' \
+                     THEN j.value ->> 'log' ELSE output_log END \
+             FROM json_each(?2) AS j \
+             WHERE runs.id = j.value ->> 'id' AND runs.status = 'running'",
         )
         .bind(at)
-        .bind(to_json("runs", &rows)?)
+        .bind(json("runs", rules::runs_json(&p.runs))?)
         .execute(&mut *c)
         .await?;
     }
-    if !tasks.is_empty() {
-        let rows = tasks
-            .iter()
-            .map(|t| {
-                let result = match &t.result {
-                    Some(Some(v)) => Some(to_json("result", v)?),
-                    _ => None,
-                };
-                let metadata = t
-                    .metadata
-                    .as_ref()
-                    .map(|m| to_json("metadata", m))
-                    .transpose()?;
-                Ok(json!([
-                    t.id.to_string(),
-                    t.status.as_str(),
-                    t.result.is_some(),
-                    result,
-                    t.error.is_some(),
-                    t.error,
-                    t.requeue.is_some(),
-                    t.requeue.flatten().map(db::us),
-                    t.attempts_delta,
-                    t.recount_pending,
-                    metadata.is_some(),
-                    metadata
-                ]))
-            })
-            .collect::<R<Vec<_>>>()?;
+    if !p.tasks.is_empty() {
         sqlx::query(
-            "UPDATE tasks SET status = j.value ->> 1, updated_at = ?1, \
-                 result = CASE WHEN j.value ->> 2 THEN j.value ->> 3 ELSE result END, \
-                 last_error = CASE WHEN j.value ->> 4 THEN j.value ->> 5 ELSE last_error END, \
-                 assigned_worker = CASE WHEN j.value ->> 6 THEN NULL ELSE assigned_worker END, \
-                 run_at = CASE WHEN j.value ->> 6 THEN j.value ->> 7 ELSE run_at END, \
-                 attempts = MAX(attempts + (j.value ->> 8), 0), \
-                 pending_deps = CASE WHEN j.value ->> 9 THEN ( \
+            "UPDATE tasks SET status = j.value ->> 'status', updated_at = ?1, \
+                 result = CASE WHEN j.value ->> 'set_result' THEN j.value ->> 'result' \
+                     ELSE result END, \
+                 last_error = CASE WHEN j.value ->> 'set_error' THEN j.value ->> 'error' \
+                     ELSE last_error END, \
+                 assigned_worker = CASE WHEN j.value ->> 'requeue' THEN NULL \
+                     ELSE assigned_worker END, \
+                 run_at = CASE WHEN j.value ->> 'requeue' THEN j.value ->> 'run_at_us' \
+                     ELSE run_at END, \
+                 attempts = MAX(attempts + (j.value ->> 'attempts_delta'), 0), \
+                 pending_deps = CASE WHEN j.value ->> 'recount' THEN ( \
                      SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
                      WHERE d.task_id = tasks.id AND x.status <> 'completed') \
                      ELSE pending_deps END, \
-                 metadata = CASE WHEN j.value ->> 10 THEN j.value ->> 11 ELSE metadata END \
-             FROM json_each(?2) AS j WHERE tasks.id = j.value ->> 0",
+                 metadata = CASE WHEN j.value ->> 'set_metadata' THEN j.value ->> 'metadata' \
+                     ELSE metadata END \
+             FROM json_each(?2) AS j WHERE tasks.id = j.value ->> 'id'",
         )
         .bind(at)
-        .bind(to_json("tasks", &rows)?)
+        .bind(json("tasks", rules::tasks_json(&p.tasks))?)
         .execute(&mut *c)
         .await?;
     }
-    for task in super::tasks::decrement_dependents(c, &completed).await? {
+    let mut notes = p.notes;
+    for task in super::tasks::decrement_dependents(c, &p.completed).await? {
         notes.push(n.task_ready(task));
     }
-    if !plans.is_empty() {
-        let rows: Vec<serde_json::Value> = plans
-            .iter()
-            .map(|(id, p)| {
-                json!([
-                    id.to_string(),
-                    p.status.as_str(),
-                    p.completed,
-                    p.failed,
-                    p.cancelled
-                ])
-            })
-            .collect();
+    if !p.plans.is_empty() {
         sqlx::query(
-            "UPDATE plans SET status = j.value ->> 1, completed_subtasks = j.value ->> 2, \
-                 failed_subtasks = j.value ->> 3, cancelled_subtasks = j.value ->> 4, \
-                 updated_at = ?1 \
-             FROM json_each(?2) AS j WHERE plans.id = j.value ->> 0",
+            "UPDATE plans SET status = j.value ->> 'status', \
+                 completed_subtasks = j.value ->> 'completed', \
+                 failed_subtasks = j.value ->> 'failed', \
+                 cancelled_subtasks = j.value ->> 'cancelled', updated_at = ?1 \
+             FROM json_each(?2) AS j WHERE plans.id = j.value ->> 'id'",
         )
         .bind(at)
-        .bind(to_json("plans", &rows)?)
+        .bind(json("plans", rules::plans_json(&p.plans))?)
         .execute(&mut *c)
         .await?;
     }

@@ -16,27 +16,17 @@ use crate::{
 };
 
 pub(super) async fn get(c: &mut Conn, id: RunId) -> R<Option<Run>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM runs WHERE id = ?1"
-    ))
-    .bind(id.to_string())
-    .fetch_optional(&mut *c)
-    .await?;
-    row.as_ref().map(db::run_from_row).transpose()
+    let sql = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1");
+    db::one(c, sql, id, db::run_from_row).await
 }
 
 pub(super) async fn list(c: &mut Conn, task_id: TaskId) -> R<Vec<Run>> {
-    let rows = sqlx::query(concat!(
+    let sql = concat!(
         "SELECT ",
         run_columns!(),
         " FROM runs WHERE task_id = ?1 ORDER BY run_number"
-    ))
-    .bind(task_id.to_string())
-    .fetch_all(&mut *c)
-    .await?;
-    rows.iter().map(db::run_from_row).collect()
+    );
+    db::all(c, sql, task_id, db::run_from_row).await
 }
 
 /// Ready tasks in queue order, each with its next run number and the statement's clock.

@@ -64,15 +64,8 @@ pub(super) async fn heartbeat(
 }
 
 pub(super) async fn get(c: &mut Conn, id: &WorkerId) -> R<Option<Worker>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        worker_columns!(),
-        " FROM workers WHERE id = ?1"
-    ))
-    .bind(id.as_str())
-    .fetch_optional(&mut *c)
-    .await?;
-    row.as_ref().map(db::worker_from_row).transpose()
+    let sql = concat!("SELECT ", worker_columns!(), " FROM workers WHERE id = ?1");
+    db::one(c, sql, id.as_str(), db::worker_from_row).await
 }
 
 /// The widest age filter passed to SQL: now minus this stays far from integer overflow.

@@ -569,6 +569,11 @@ impl Side {
     }
 
     /// Text with every known id replaced by its name.
+    /// [`Self::text`] of each id.
+    fn texts<I: ToString>(&self, ids: impl Iterator<Item = I>) -> Vec<String> {
+        ids.map(|id| self.text(&id.to_string())).collect()
+    }
+
     fn text(&self, s: &str) -> String {
         let mut out = s.to_owned();
         if out.contains('-') {
@@ -918,10 +923,7 @@ impl Side {
                 tasks.sort();
                 let mut out = Vec::new();
                 for (name, task) in tasks {
-                    let change = StatusChange {
-                        requeue: true,
-                        ..StatusChange::to(TaskStatus::Queued)
-                    };
+                    let change = StatusChange::requeue();
                     out.push(match s.set_task_status(task, change).await {
                         Ok(Some(ch)) => format!(
                             "{name}: {} -> queued, pending {}",
@@ -957,13 +959,7 @@ impl Side {
                     limit: *limit,
                 };
                 match s.list_tasks(&filter).await {
-                    Ok(tasks) => format!(
-                        "listed {:?}",
-                        tasks
-                            .iter()
-                            .map(|t| self.text(&t.id.to_string()))
-                            .collect::<Vec<_>>()
-                    ),
+                    Ok(tasks) => format!("listed {:?}", self.texts(tasks.iter().map(|t| t.id))),
                     Err(e) => self.error(&e),
                 }
             }
@@ -981,13 +977,7 @@ impl Side {
                 }
             }
             Op::ListPlans { status, limit } => match s.list_plans(*status, *limit).await {
-                Ok(plans) => format!(
-                    "plans {:?}",
-                    plans
-                        .iter()
-                        .map(|p| self.text(&p.id.to_string()))
-                        .collect::<Vec<_>>()
-                ),
+                Ok(plans) => format!("plans {:?}", self.texts(plans.iter().map(|p| p.id))),
                 Err(e) => self.error(&e),
             },
             Op::ListWorkers { role, alive } => {
@@ -1099,10 +1089,7 @@ impl Side {
             Ok(c) => c,
             Err(e) => return self.error(&e),
         };
-        let filter = TaskFilter {
-            plan_id: Some(id),
-            ..TaskFilter::default()
-        };
+        let filter = TaskFilter::in_plan(id);
         let tasks = match self.store.list_tasks(&filter).await {
             Ok(t) => t,
             Err(e) => return self.error(&e),

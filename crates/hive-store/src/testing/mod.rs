@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::Store;
 
 pub mod differential;
+pub mod fixtures;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod suite;

@@ -7,30 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hive_models::{
-    NewPlan, NewTask, PlanStatus, RetryPolicy, RunStatus, SubTask, TaskId, TaskStatus, WorkerId,
-    WorkerStatus,
+    NewPlan, NewTask, PlanStatus, RetryPolicy, RunStatus, TaskId, TaskStatus, WorkerStatus,
 };
 use serde_json::json;
 
 use crate::{
-    Change, ClaimParams, Error, Finished, Outcome, PruneParams, ReapParams, RunOutcome,
-    StatusChange, Store, TaskFilter, WorkerFilter, WorkerRegistration,
+    Change, ClaimParams, Error, Finished, PruneParams, ReapParams, StatusChange, Store, TaskFilter,
+    WorkerFilter, WorkerRegistration,
+};
+
+pub use super::fixtures::{
+    claim_params, failure, leased, listed, node, plan, reap_params, registration, set_status,
+    success, tasks, worker,
 };
 
 type S = Arc<dyn Store>;
-
-fn worker(name: &str) -> WorkerId {
-    WorkerId::parse(name).unwrap()
-}
-
-fn claim_params(w: &str, limit: u32) -> ClaimParams {
-    ClaimParams {
-        worker_id: worker(w),
-        task_types: vec![],
-        limit,
-        lease: Duration::from_secs(60),
-    }
-}
 
 async fn create(s: &S, title: &str, prio: i32) -> TaskId {
     s.insert_tasks(vec![NewTask::new(title, "test").priority(prio)])
@@ -39,28 +30,17 @@ async fn create(s: &S, title: &str, prio: i32) -> TaskId {
 }
 
 async fn status(s: &S, id: TaskId) -> TaskStatus {
-    s.get_task(id).await.unwrap().unwrap().status
+    load(s, id).await.status
 }
 
-fn success(run_id: hive_models::RunId) -> RunOutcome {
-    RunOutcome {
-        run_id,
-        outcome: Outcome::Success {
-            result: Some(json!({"ok": true})),
-        },
-        output_log: Some("done".into()),
-    }
+/// The plan, which must exist.
+async fn plan_row(s: &S, id: hive_models::PlanId) -> hive_models::ExecutionPlan {
+    s.get_plan(id).await.unwrap().expect("the plan exists")
 }
 
-fn failure(run_id: hive_models::RunId, retry: Option<RetryPolicy>) -> RunOutcome {
-    RunOutcome {
-        run_id,
-        outcome: Outcome::Failure {
-            error: "boom".into(),
-            retry,
-        },
-        output_log: None,
-    }
+/// The task, which must exist.
+async fn load(s: &S, id: TaskId) -> hive_models::Task {
+    s.get_task(id).await.unwrap().expect("the task exists")
 }
 
 /// Claims exactly one task and returns its run id.
@@ -70,30 +50,11 @@ async fn claim_one(s: &S, w: &str) -> (TaskId, hive_models::RunId) {
     (claims[0].task.id, claims[0].run.id)
 }
 
-fn plan(subtasks: Vec<SubTask>) -> NewPlan {
-    NewPlan {
-        title: "plan".into(),
-        description: "a plan".into(),
-        parent_task_id: None,
-        subtasks,
-    }
-}
-
-fn node(id: &str, deps: &[&str]) -> SubTask {
-    SubTask::new(id, format!("node {id}"), "test").depends_on(deps.iter().copied())
-}
-
 /// Materializes a plan and returns subtask id → task id.
 async fn materialize(s: &S, p: NewPlan) -> (hive_models::PlanId, HashMap<String, TaskId>) {
     let pid = s.insert_plan(p).await.unwrap();
     s.materialize_plan(pid).await.unwrap().unwrap();
-    let tasks = s
-        .list_tasks(&TaskFilter {
-            plan_id: Some(pid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let tasks = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
     let map = tasks
         .into_iter()
         .map(|t| (t.plan_subtask_id.clone().unwrap(), t.id))
@@ -111,7 +72,7 @@ pub async fn insert_and_get_round_trip(s: S) {
         .tags(["a", "b"])
         .metadata(json!({"owner": "ops"}));
     let id = s.insert_tasks(vec![new]).await.unwrap()[0];
-    let t = s.get_task(id).await.unwrap().unwrap();
+    let t = load(&s, id).await;
     assert_eq!(t.id, id);
     assert_eq!(t.title, "Deploy");
     assert_eq!(t.description, "ship it");
@@ -147,7 +108,7 @@ pub async fn strings_stored_verbatim(s: S) {
             .payload(json!({ text: text }))
             .tags([text]);
         let id = s.insert_tasks(vec![new]).await.unwrap()[0];
-        let t = s.get_task(id).await.unwrap().unwrap();
+        let t = load(&s, id).await;
         assert_eq!(t.title, text);
         assert_eq!(t.task_type, text);
         assert_eq!(t.description, text);
@@ -174,16 +135,11 @@ pub async fn queue_order_priority_then_age(s: S) {
     let mid = create(&s, "mid", 5).await;
     let high2 = create(&s, "high2", 10).await;
     let neg = create(&s, "neg", -3).await;
-    let order: Vec<TaskId> = s
-        .list_tasks(&TaskFilter {
-            status: Some(TaskStatus::Queued),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let queued = TaskFilter {
+        status: Some(TaskStatus::Queued),
+        ..Default::default()
+    };
+    let order = listed(&*s, queued).await;
     assert_eq!(order, vec![high1, high2, mid, low, neg]);
     let mut claimed = Vec::new();
     for _ in 0..5 {
@@ -191,20 +147,13 @@ pub async fn queue_order_priority_then_age(s: S) {
     }
     assert_eq!(claimed, order, "claims follow queue order");
     // A batch insert keeps its input order as the age order.
-    let batch: Vec<NewTask> = (0..5)
-        .map(|i| NewTask::new(format!("b{i}"), "test"))
-        .collect();
+    let batch: Vec<NewTask> = tasks("b", "test", 5);
     let ids = s.insert_tasks(batch).await.unwrap();
-    let listed: Vec<TaskId> = s
-        .list_tasks(&TaskFilter {
-            ready_only: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let ready = TaskFilter {
+        ready_only: true,
+        ..Default::default()
+    };
+    let listed = listed(&*s, ready).await;
     assert_eq!(listed, ids);
 }
 
@@ -218,7 +167,7 @@ pub async fn idempotency_key_returns_first_id(s: S) {
         .await
         .unwrap()[0];
     assert_eq!(first, again);
-    assert_eq!(s.get_task(first).await.unwrap().unwrap().title, "a");
+    assert_eq!(load(&s, first).await.title, "a");
     let batch = s
         .insert_tasks(vec![
             NewTask::new("c", "test").idempotency_key("k2"),
@@ -252,26 +201,16 @@ pub async fn list_filters(s: S) {
         .insert_tasks(vec![NewTask::new("d", "alpha").run_at(later)])
         .await
         .unwrap()[0];
-    let alpha = s
-        .list_tasks(&TaskFilter {
-            task_type: Some("alpha".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        alpha.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![a, c, delayed]
-    );
-    let ready = s
-        .list_tasks(&TaskFilter {
-            task_type: Some("alpha".into()),
-            ready_only: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(ready.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a, c]);
+    let alpha = TaskFilter {
+        task_type: Some("alpha".into()),
+        ..Default::default()
+    };
+    assert_eq!(listed(&*s, alpha.clone()).await, vec![a, c, delayed]);
+    let ready = TaskFilter {
+        ready_only: true,
+        ..alpha
+    };
+    assert_eq!(listed(&*s, ready).await, vec![a, c]);
     let limited = s
         .list_tasks(&TaskFilter {
             limit: Some(2),
@@ -311,29 +250,17 @@ pub async fn count_tasks_per_status(s: S) {
 
 pub async fn set_status_follows_transition_table(s: S) {
     let id = create(&s, "t", 1).await;
-    let ch = s
-        .set_task_status(id, StatusChange::to(TaskStatus::Assigned))
-        .await
-        .unwrap()
-        .unwrap();
+    let ch = set_status(&*s, id, TaskStatus::Assigned).await;
     assert_eq!(ch.previous, TaskStatus::Queued);
     assert_eq!(ch.task.status, TaskStatus::Assigned);
-    s.set_task_status(id, StatusChange::to(TaskStatus::InProgress))
-        .await
-        .unwrap()
-        .unwrap();
-    s.set_task_status(id, StatusChange::to(TaskStatus::ReviewPending))
-        .await
-        .unwrap()
-        .unwrap();
-    s.set_task_status(id, StatusChange::to(TaskStatus::Approved))
-        .await
-        .unwrap()
-        .unwrap();
-    s.set_task_status(id, StatusChange::to(TaskStatus::Completed))
-        .await
-        .unwrap()
-        .unwrap();
+    for to in [
+        TaskStatus::InProgress,
+        TaskStatus::ReviewPending,
+        TaskStatus::Approved,
+        TaskStatus::Completed,
+    ] {
+        set_status(&*s, id, to).await;
+    }
     let err = s
         .set_task_status(id, StatusChange::to(TaskStatus::InProgress))
         .await
@@ -348,20 +275,13 @@ pub async fn set_status_follows_transition_table(s: S) {
     assert!(err.to_string().contains("`completed`"), "{err}");
     assert_eq!(status(&s, id).await, TaskStatus::Completed);
     // Same status is a no-op, not an error.
-    let same = s
-        .set_task_status(id, StatusChange::to(TaskStatus::Completed))
-        .await
-        .unwrap()
-        .unwrap();
+    let same = set_status(&*s, id, TaskStatus::Completed).await;
     assert_eq!(same.previous, TaskStatus::Completed);
     // Moving a claimed task away closes its run, so the worker's late finish is stale.
     let id2 = create(&s, "t2", 1).await;
     let (got, run) = claim_one(&s, "w").await;
     assert_eq!(got, id2);
-    s.set_task_status(id2, StatusChange::to(TaskStatus::Cancelled))
-        .await
-        .unwrap()
-        .unwrap();
+    set_status(&*s, id2, TaskStatus::Cancelled).await;
     assert_eq!(
         s.get_run(run).await.unwrap().unwrap().status,
         RunStatus::Cancelled
@@ -382,23 +302,14 @@ pub async fn set_status_unknown_task_is_none(s: S) {
 
 pub async fn requeue_from_terminal(s: S) {
     let id = create(&s, "t", 1).await;
-    s.set_task_status(id, StatusChange::to(TaskStatus::Failed))
-        .await
-        .unwrap()
-        .unwrap();
+    set_status(&*s, id, TaskStatus::Failed).await;
     assert!(
         s.set_task_status(id, StatusChange::to(TaskStatus::Queued))
             .await
             .is_err()
     );
     let ch = s
-        .set_task_status(
-            id,
-            StatusChange {
-                requeue: true,
-                ..StatusChange::to(TaskStatus::Queued)
-            },
-        )
+        .set_task_status(id, StatusChange::requeue())
         .await
         .unwrap()
         .unwrap();
@@ -409,8 +320,8 @@ pub async fn requeue_from_terminal(s: S) {
         .set_task_status(
             id,
             StatusChange {
-                requeue: true,
-                ..StatusChange::to(TaskStatus::Assigned)
+                status: TaskStatus::Assigned,
+                ..StatusChange::requeue()
             },
         )
         .await;
@@ -435,7 +346,7 @@ pub async fn metadata_merges(s: S) {
     .unwrap()
     .unwrap();
     assert_eq!(
-        s.get_task(id).await.unwrap().unwrap().metadata,
+        load(&s, id).await.metadata,
         json!({"a": 1, "b": 3, "c": "x"})
     );
 }
@@ -465,31 +376,18 @@ pub async fn delete_cascades_runs(s: S) {
     assert!(s.get_task(ids["a"]).await.unwrap().is_some());
     // So is one that an unfinished task waits for, plan or not.
     s.cancel_plan(pid).await.unwrap().unwrap();
-    let requeue = StatusChange {
-        requeue: true,
-        ..StatusChange::to(TaskStatus::Queued)
-    };
+    let requeue = StatusChange::requeue();
     s.set_task_status(ids["b"], requeue).await.unwrap().unwrap();
     let refused = s.delete_task(ids["a"]).await.unwrap_err();
     assert!(
         refused.to_string().contains("1 unfinished task"),
         "{refused}"
     );
-    assert_eq!(
-        s.get_task(ids["b"])
-            .await
-            .unwrap()
-            .unwrap()
-            .pending_dependencies,
-        1
-    );
+    assert_eq!(load(&s, ids["b"]).await.pending_dependencies, 1);
     // Once nothing waits for it, it goes, and its finished dependents forget it.
-    s.set_task_status(ids["b"], StatusChange::to(TaskStatus::Cancelled))
-        .await
-        .unwrap()
-        .unwrap();
+    set_status(&*s, ids["b"], TaskStatus::Cancelled).await;
     assert!(s.delete_task(ids["a"]).await.unwrap());
-    let b = s.get_task(ids["b"]).await.unwrap().unwrap();
+    let b = load(&s, ids["b"]).await;
     assert!(b.dependencies.is_empty());
 }
 
@@ -564,7 +462,7 @@ pub async fn claim_opens_run_and_respects_types(s: S) {
     let secs = (lease - c.run.started_at).num_seconds();
     assert!((59..=61).contains(&secs), "lease of 60s, got {secs}");
     assert_eq!(s.get_run(c.run.id).await.unwrap().unwrap(), c.run);
-    assert_eq!(s.get_task(a).await.unwrap().unwrap(), c.task);
+    assert_eq!(load(&s, a).await, c.task);
     assert!(s.claim_tasks(&only_alpha).await.unwrap().is_empty());
     let rest = s.claim_tasks(&claim_params("w2", 10)).await.unwrap();
     assert_eq!(rest.len(), 1);
@@ -600,7 +498,7 @@ pub async fn finish_success_and_stale_run_rejected(s: S) {
     assert_eq!(rep.len(), 1);
     assert_eq!(rep[0].finished, Finished::Completed);
     assert_eq!(rep[0].task_id, Some(id));
-    let t = s.get_task(id).await.unwrap().unwrap();
+    let t = load(&s, id).await;
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(t.result, Some(json!({"ok": true})));
     let r = s.get_run(run).await.unwrap().unwrap();
@@ -643,7 +541,7 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
     let Finished::Retrying { run_at } = rep[0].finished else {
         panic!("{:?}", rep[0])
     };
-    let t = s.get_task(id).await.unwrap().unwrap();
+    let t = load(&s, id).await;
     assert_eq!(t.status, TaskStatus::Queued);
     assert_eq!(t.last_error.as_deref(), Some("boom"));
     assert!(t.assigned_worker.is_none());
@@ -677,7 +575,7 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
     let (_, r3) = claim_one(&s, "w").await;
     let rep = s.finish_runs(&[failure(r3, Some(policy))]).await.unwrap();
     assert_eq!(rep[0].finished, Finished::Failed);
-    let t = s.get_task(id).await.unwrap().unwrap();
+    let t = load(&s, id).await;
     assert_eq!(t.status, TaskStatus::Failed);
     assert_eq!(t.attempts, 3);
     let runs = s.list_runs(id).await.unwrap();
@@ -699,10 +597,7 @@ pub async fn failure_without_retry_fails_at_once(s: S) {
 pub async fn extend_lease_and_fencing(s: S) {
     create(&s, "t", 1).await;
     let claims = s
-        .claim_tasks(&ClaimParams {
-            lease: Duration::from_secs(5),
-            ..claim_params("w", 1)
-        })
+        .claim_tasks(&leased("w", 1, Duration::from_secs(5)))
         .await
         .unwrap();
     let run = claims[0].run.id;
@@ -738,7 +633,7 @@ pub async fn release_runs_does_not_count_attempt(s: S) {
             .unwrap(),
         vec![id]
     );
-    let t = s.get_task(id).await.unwrap().unwrap();
+    let t = load(&s, id).await;
     assert_eq!(t.status, TaskStatus::Queued);
     assert_eq!(t.attempts, 0);
     assert!(t.assigned_worker.is_none());
@@ -760,24 +655,10 @@ pub async fn reap_expired_lease(s: S) {
         .insert_tasks(vec![NewTask::new("t", "test").max_retries(1)])
         .await
         .unwrap()[0];
-    s.register_worker(&WorkerRegistration {
-        id: worker("dead"),
-        role: "r".into(),
-        capabilities: vec![],
-        metadata: json!({}),
-    })
-    .await
-    .unwrap();
-    let short = ClaimParams {
-        lease: Duration::from_millis(100),
-        ..claim_params("dead", 1)
-    };
+    s.register_worker(&registration("dead")).await.unwrap();
+    let short = leased("dead", 1, Duration::from_millis(100));
     let run = s.claim_tasks(&short).await.unwrap()[0].run.id;
-    let params = ReapParams {
-        heartbeat_timeout: Duration::from_secs(3600),
-        retry: RetryPolicy::IMMEDIATE,
-        limit: 100,
-    };
+    let params = reap_params();
     assert!(
         s.reap(&params).await.unwrap().requeued.is_empty(),
         "lease still valid"
@@ -820,28 +701,15 @@ pub async fn reap_expired_lease(s: S) {
 }
 
 pub async fn heartbeat_extends_leases(s: S) {
-    let reg = WorkerRegistration {
-        id: worker("w"),
-        role: "r".into(),
-        capabilities: vec![],
-        metadata: json!({}),
-    };
-    s.register_worker(&reg).await.unwrap();
+    s.register_worker(&registration("w")).await.unwrap();
     create(&s, "a", 1).await;
     create(&s, "b", 1).await;
     let claims = s
-        .claim_tasks(&ClaimParams {
-            lease: Duration::from_millis(300),
-            ..claim_params("w", 2)
-        })
+        .claim_tasks(&leased("w", 2, Duration::from_millis(300)))
         .await
         .unwrap();
     assert_eq!(claims.len(), 2);
-    let params = ReapParams {
-        heartbeat_timeout: Duration::from_secs(3600),
-        retry: RetryPolicy::IMMEDIATE,
-        limit: 100,
-    };
+    let params = reap_params();
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let rep = s
@@ -949,7 +817,7 @@ pub async fn plan_materialize_idempotent(s: S) {
     p.subtasks[0].payload = json!({"command": "make"});
     p.subtasks[2].max_retries = Some(0);
     let pid = s.insert_plan(p.clone()).await.unwrap();
-    let stored = s.get_plan(pid).await.unwrap().unwrap();
+    let stored = plan_row(&s, pid).await;
     assert_eq!(stored.status, PlanStatus::Pending);
     assert_eq!(stored.total_subtasks, 3);
     assert_eq!(stored.subtask_ids, vec!["build", "test", "ship"]);
@@ -961,20 +829,14 @@ pub async fn plan_materialize_idempotent(s: S) {
     assert!(!stored.materialized);
     assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(3));
     assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(0));
-    assert!(s.get_plan(pid).await.unwrap().unwrap().materialized);
+    assert!(plan_row(&s, pid).await.materialized);
     assert_eq!(
         s.materialize_plan(hive_models::PlanId::new())
             .await
             .unwrap(),
         None
     );
-    let tasks = s
-        .list_tasks(&TaskFilter {
-            plan_id: Some(pid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let tasks = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
     assert_eq!(tasks.len(), 3);
     let by: HashMap<&str, &hive_models::Task> = tasks
         .iter()
@@ -1034,10 +896,7 @@ pub async fn plan_dependencies_gate_claims(s: S) {
     assert_eq!(ready(s.clone()).await, HashSet::from(["a".to_string()]));
     let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
     assert_eq!(claims.len(), 1, "only the root is claimable");
-    assert_eq!(
-        s.get_plan(pid).await.unwrap().unwrap().status,
-        PlanStatus::InProgress
-    );
+    assert_eq!(plan_row(&s, pid).await.status, PlanStatus::InProgress);
     s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
     assert_eq!(
         ready(s.clone()).await,
@@ -1047,16 +906,9 @@ pub async fn plan_dependencies_gate_claims(s: S) {
     assert_eq!(claims.len(), 2);
     s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
     assert!(ready(s.clone()).await.is_empty(), "d waits for both");
-    assert_eq!(
-        s.get_task(ids["d"])
-            .await
-            .unwrap()
-            .unwrap()
-            .pending_dependencies,
-        1
-    );
+    assert_eq!(load(&s, ids["d"]).await.pending_dependencies, 1);
     s.finish_runs(&[success(claims[1].run.id)]).await.unwrap();
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!(p.completed_subtasks, 3);
     assert_eq!(p.status, PlanStatus::InProgress);
     let (d, run) = claim_one(&s, "w").await;
@@ -1064,7 +916,7 @@ pub async fn plan_dependencies_gate_claims(s: S) {
     let rep = s.finish_runs(&[success(run)]).await.unwrap();
     assert_eq!(rep[0].plan_id, Some(pid));
     assert_eq!(rep[0].plan_transition, Some(PlanStatus::Completed));
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!(p.status, PlanStatus::Completed);
     assert_eq!(p.completed_subtasks, 4);
     assert_eq!(p.get_progress_percentage(), 100.0);
@@ -1100,7 +952,7 @@ pub async fn plan_failure_cancels_descendants(s: S) {
     for k in ["b", "c", "d"] {
         assert_eq!(status(&s, ids[k]).await, TaskStatus::Cancelled, "{k}");
     }
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!(p.status, PlanStatus::Failed);
     assert_eq!(p.failed_subtasks, 1);
     assert_eq!(p.cancelled_subtasks, 3);
@@ -1109,7 +961,7 @@ pub async fn plan_failure_cancels_descendants(s: S) {
     assert_eq!(e, ids["e"]);
     let rep = s.finish_runs(&[success(run)]).await.unwrap();
     assert_eq!(rep[0].plan_transition, None);
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!(p.status, PlanStatus::Failed);
     assert_eq!(p.completed_subtasks, 1);
 }
@@ -1126,7 +978,7 @@ pub async fn plan_cancel(s: S) {
     let mut want = vec![ids["a"], ids["b"], ids["c"]];
     want.sort();
     assert_eq!(cancelled, want);
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!((p.status, p.cancelled_subtasks), (PlanStatus::Cancelled, 3));
     assert_eq!(
         s.get_run(run).await.unwrap().unwrap().status,
@@ -1162,10 +1014,7 @@ pub async fn plan_transition_compare_and_set(s: S) {
             .await
             .unwrap()
     );
-    assert_eq!(
-        s.get_plan(pid).await.unwrap().unwrap().status,
-        PlanStatus::InProgress
-    );
+    assert_eq!(plan_row(&s, pid).await.status, PlanStatus::InProgress);
     assert!(
         !s.transition_plan(
             hive_models::PlanId::new(),
@@ -1263,30 +1112,16 @@ pub async fn notifications_after_commit(s: S) {
 pub async fn concurrent_claims_exactly_once(s: S) {
     const TASKS: usize = 500;
     const CLAIMERS: usize = 8;
-    let batch: Vec<NewTask> = (0..TASKS)
-        .map(|i| NewTask::new(format!("t{i}"), "test"))
-        .collect();
+    let batch: Vec<NewTask> = tasks("t", "test", TASKS);
     let ids: HashSet<TaskId> = s.insert_tasks(batch).await.unwrap().into_iter().collect();
     let mut handles = Vec::new();
     for c in 0..CLAIMERS {
         let s = s.clone();
-        handles.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let claims = s
-                    .claim_tasks(&claim_params(&format!("c{c}"), 1 + (c as u32 % 3)))
-                    .await
-                    .unwrap();
-                if claims.is_empty() {
-                    return mine;
-                }
-                let outcomes: Vec<RunOutcome> = claims.iter().map(|c| success(c.run.id)).collect();
-                for r in s.finish_runs(&outcomes).await.unwrap() {
-                    assert_eq!(r.finished, Finished::Completed);
-                }
-                mine.extend(claims.into_iter().map(|c| c.task.id));
-            }
-        }));
+        handles.push(tokio::spawn(super::fixtures::drain(
+            s,
+            format!("c{c}"),
+            1 + (c as u32 % 3),
+        )));
     }
     let mut all = Vec::new();
     for h in handles {
@@ -1339,21 +1174,17 @@ pub async fn plan_finishes_cancelled_when_all_subtasks_finish(s: S) {
         plan(vec![node("a", &[]), node("b", &["a"]), node("c", &[])]),
     )
     .await;
-    let ch = s
-        .set_task_status(ids["a"], StatusChange::to(TaskStatus::Cancelled))
-        .await
-        .unwrap()
-        .unwrap();
+    let ch = set_status(&*s, ids["a"], TaskStatus::Cancelled).await;
     assert_eq!(ch.cancelled_dependents, vec![ids["b"]]);
     assert_eq!(ch.plan_transition, None, "c is still open");
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!(p.cancelled_subtasks, 2);
     assert_eq!(p.status, PlanStatus::Pending);
     let (c, run) = claim_one(&s, "w").await;
     assert_eq!(c, ids["c"]);
     let rep = s.finish_runs(&[success(run)]).await.unwrap();
     assert_eq!(rep[0].plan_transition, Some(PlanStatus::Cancelled));
-    let p = s.get_plan(pid).await.unwrap().unwrap();
+    let p = plan_row(&s, pid).await;
     assert_eq!(
         (
             p.status,
@@ -1430,12 +1261,7 @@ pub async fn finish_and_claim_refills_in_one_step(s: S) {
 }
 
 async fn claims_run(s: &S, task: TaskId) -> hive_models::RunId {
-    s.get_task(task)
-        .await
-        .unwrap()
-        .unwrap()
-        .current_run_id
-        .unwrap()
+    load(s, task).await.current_run_id.unwrap()
 }
 
 pub async fn freed_dependents_are_announced_unless_claimed(s: S) {

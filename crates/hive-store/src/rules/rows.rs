@@ -1,0 +1,115 @@
+//! Patches as flat rows, one JSON document per table: how both SQL adapters hand a batch to
+//! their write statements (SQLite reads it with `json_each`, Postgres with
+//! `jsonb_to_recordset`), so the encoding is written once. A `set_*` flag says whether a
+//! field is written at all; JSON values travel as JSON text, so a stored `null` and "no
+//! value" stay apart.
+
+use hive_models::{
+    PlanCounters, PlanId, PlanStatus, RunId, RunStatus, TaskId, TaskStatus, Timestamp,
+};
+use serde::Serialize;
+
+use super::changes::{RunPatch, TaskPatch};
+
+#[derive(Serialize)]
+struct RunRow<'a> {
+    id: RunId,
+    status: RunStatus,
+    set_result: bool,
+    result: Option<String>,
+    set_error: bool,
+    error: Option<&'a str>,
+    set_log: bool,
+    log: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TaskRow<'a> {
+    id: TaskId,
+    status: TaskStatus,
+    set_result: bool,
+    result: Option<String>,
+    set_error: bool,
+    error: Option<&'a str>,
+    requeue: bool,
+    /// When a requeued task may run again, for Postgres…
+    run_at: Option<Timestamp>,
+    /// …and as SQLite stores it (microseconds since the epoch).
+    run_at_us: Option<i64>,
+    attempts_delta: i32,
+    recount: bool,
+    set_metadata: bool,
+    metadata: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PlanRow {
+    id: PlanId,
+    status: PlanStatus,
+    completed: u32,
+    failed: u32,
+    cancelled: u32,
+}
+
+/// JSON text of a value a patch stores (`None`: the patch stores SQL NULL).
+fn text(v: Option<&serde_json::Value>) -> Result<Option<String>, serde_json::Error> {
+    v.map(serde_json::to_string).transpose()
+}
+
+pub fn runs_json(runs: &[RunPatch]) -> Result<String, serde_json::Error> {
+    let rows = runs
+        .iter()
+        .map(|r| {
+            Ok(RunRow {
+                id: r.id,
+                status: r.status,
+                set_result: r.result.is_some(),
+                result: text(r.result.as_ref().and_then(Option::as_ref))?,
+                set_error: r.error.is_some(),
+                error: r.error.as_ref().and_then(|e| e.as_deref()),
+                set_log: r.log.is_some(),
+                log: r.log.as_ref().and_then(|l| l.as_deref()),
+            })
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    serde_json::to_string(&rows)
+}
+
+pub fn tasks_json(tasks: &[TaskPatch]) -> Result<String, serde_json::Error> {
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            let run_at = t.requeue.flatten();
+            Ok(TaskRow {
+                id: t.id,
+                status: t.status,
+                set_result: t.result.is_some(),
+                result: text(t.result.as_ref().and_then(Option::as_ref))?,
+                set_error: t.error.is_some(),
+                error: t.error.as_deref(),
+                requeue: t.requeue.is_some(),
+                run_at,
+                run_at_us: run_at.map(|r| r.timestamp_micros()),
+                attempts_delta: t.attempts_delta,
+                recount: t.recount_pending,
+                set_metadata: t.metadata.is_some(),
+                metadata: text(t.metadata.as_ref())?,
+            })
+        })
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    serde_json::to_string(&rows)
+}
+
+pub fn plans_json(plans: &[(PlanId, PlanCounters)]) -> Result<String, serde_json::Error> {
+    let rows: Vec<PlanRow> = plans
+        .iter()
+        .map(|(id, c)| PlanRow {
+            id: *id,
+            status: c.status,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        })
+        .collect();
+    serde_json::to_string(&rows)
+}
