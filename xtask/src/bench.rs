@@ -6,12 +6,13 @@
 
 mod db;
 mod hive;
+mod plans;
 mod raw;
 mod report;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use hive_client::Client;
+use hive_client::{Client, NewPlan};
 
 use db::{Backend, FreshDb, RawPool};
 use hive::Until;
@@ -20,10 +21,13 @@ use report::{BenchResult, quantile, rate};
 /// Handler slots of the flat drains: 2 workers × 32.
 const DRAIN_WORKERS: u32 = 2;
 const DRAIN_CONCURRENCY: u32 = 32;
-/// The plan drain: 8 workers × 8.
-const PLAN_WORKERS: u32 = 8;
-const PLAN_CONCURRENCY: u32 = 8;
-const CHAIN_LENGTH: u64 = 100;
+/// `plan-wide`: each plan is 1 root → this many parallel subtasks → 1 join.
+const WIDE_WIDTH: u64 = 500;
+/// `plan-large`: the small plan its per-task rate is compared with, and the layer width.
+const LARGE_SMALL: u64 = 1_000;
+const LARGE_WIDTH: u64 = 100;
+/// `plan-submit`: one plan of this many subtasks, submitted and materialized.
+const SUBMIT_SUBTASKS: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -39,8 +43,24 @@ pub enum Scenario {
     EnqueueBatch,
     Drain,
     Latency,
-    Plan,
+    /// 100 chains of 100 subtasks (20 with --quick).
+    PlanChains,
+    /// 20 plans of 1 → 500 → 1 (4 with --quick).
+    PlanWide,
+    /// A 100,000-subtask plan's rate against a 1,000-subtask one's (10,000 with --quick).
+    PlanLarge,
+    /// Submitting and materializing one plan of 10,000 subtasks.
+    PlanSubmit,
     Backlog,
+}
+
+impl Scenario {
+    fn is_plan_drain(self) -> bool {
+        matches!(
+            self,
+            Scenario::PlanChains | Scenario::PlanWide | Scenario::PlanLarge
+        )
+    }
 }
 
 /// Options of `cargo xtask bench`.
@@ -73,7 +93,9 @@ struct Sizes {
     tasks: u64,
     backlog_queued: u64,
     backlog_finished: u64,
-    chains: u64,
+    chain_length: u64,
+    wide_plans: u64,
+    large: u64,
     latency_samples: u64,
 }
 
@@ -84,7 +106,9 @@ impl Sizes {
                 tasks: 2_000,
                 backlog_queued: 20_000,
                 backlog_finished: 10_000,
-                chains: 20,
+                chain_length: 20,
+                wide_plans: 4,
+                large: 10_000,
                 latency_samples: 200,
             }
         } else {
@@ -92,7 +116,9 @@ impl Sizes {
                 tasks: 20_000,
                 backlog_queued: 200_000,
                 backlog_finished: 100_000,
-                chains: 100,
+                chain_length: 100,
+                wide_plans: 20,
+                large: 100_000,
                 latency_samples: 1_000,
             }
         }
@@ -123,7 +149,15 @@ impl Bench {
         self.args.scenarios.is_empty() || self.args.scenarios.contains(&s)
     }
 
-    fn record(&mut self, r: BenchResult) {
+    fn record(&mut self, mut r: BenchResult) {
+        if r.scenario.starts_with("plan-") {
+            let flat = self
+                .results
+                .iter()
+                .find(|d| d.scenario == "drain" && d.backend == r.backend)
+                .and_then(|d| d.per_s);
+            r.ratio_to_drain = report::ratio(r.per_s, flat);
+        }
         if !self.args.json {
             println!("{}", r.line());
         }
@@ -195,14 +229,29 @@ impl Bench {
         if self.wants(Scenario::EnqueueBatch) {
             self.enqueue(b, true, n).await?;
         }
-        if self.wants(Scenario::Drain) {
+        // The plan drains are reported against the flat drain of the same run.
+        let plan_drains = self.args.scenarios.iter().any(|s| s.is_plan_drain());
+        if self.wants(Scenario::Drain) || plan_drains {
             self.drain(b, n).await?;
         }
         if self.wants(Scenario::Latency) {
             self.latency(b).await?;
         }
-        if self.wants(Scenario::Plan) {
-            self.plan(b).await?;
+        if self.wants(Scenario::PlanChains) {
+            let plan = plans::chains(100, self.sizes.chain_length);
+            self.plan_drain("plan-chains", b, vec![plan]).await?;
+        }
+        if self.wants(Scenario::PlanWide) {
+            let plans = (0..self.sizes.wide_plans)
+                .map(|_| plans::wide(WIDE_WIDTH))
+                .collect();
+            self.plan_drain("plan-wide", b, plans).await?;
+        }
+        if self.wants(Scenario::PlanLarge) {
+            self.plan_large(b).await?;
+        }
+        if self.wants(Scenario::PlanSubmit) {
+            self.plan_submit(b).await?;
         }
         if self.wants(Scenario::Backlog) {
             self.backlog(b).await?;
@@ -322,35 +371,44 @@ impl Bench {
         Ok(())
     }
 
-    async fn plan(&mut self, b: Backend) -> Result<()> {
-        let chains = self.sizes.chains;
-        let n = chains * CHAIN_LENGTH;
+    /// Drains plans on a fresh database; returns the rate.
+    async fn drained(&self, what: &str, b: Backend, plans: Vec<NewPlan>) -> Result<(u64, f64)> {
+        let n: u64 = plans.iter().map(|p| p.subtasks.len() as u64).sum();
         let (db, client) = self.fresh(b).await?;
-        let pb = hive::bar(n, format!("plan {}", b.name()));
-        let (submit, d) = hive::plan(
-            &client,
-            hive::chains_plan(chains, CHAIN_LENGTH),
-            PLAN_WORKERS,
-            PLAN_CONCURRENCY,
-            &pb,
-        )
-        .await?;
+        let pb = hive::bar(n, format!("{what} {}", b.name()));
+        let d = plans::drain(&client, plans, DRAIN_WORKERS, DRAIN_CONCURRENCY, &pb).await?;
         pb.finish_and_clear();
         drop(client);
         db.cleanup().await?;
-        if !self.args.json {
-            eprintln!(
-                "  plan {}: submit + materialize {submit:.2}s of {:.2}s",
-                b.name(),
-                d.secs
-            );
-        }
-        // A hand-written queue has no dependencies; its flat drain of the same number of
-        // rows is the baseline the DAG's bookkeeping is measured against.
-        let (raw, raw_batch) = self.raw_drains(b, n).await?;
-        self.record(
-            BenchResult::throughput("plan", b.name(), n, d.secs).with_baselines(raw, raw_batch),
-        );
+        Ok((n, d.secs))
+    }
+
+    async fn plan_drain(&mut self, name: &str, b: Backend, plans: Vec<NewPlan>) -> Result<()> {
+        let (n, secs) = self.drained(name, b, plans).await?;
+        self.record(BenchResult::throughput(name, b.name(), n, secs));
+        Ok(())
+    }
+
+    /// The per-task rate of a large plan against a small one of the same shape.
+    async fn plan_large(&mut self, b: Backend) -> Result<()> {
+        let small = plans::layered(LARGE_SMALL, LARGE_WIDTH);
+        let (ns, small_secs) = self.drained("plan-large (small)", b, vec![small]).await?;
+        let large = plans::layered(self.sizes.large, LARGE_WIDTH);
+        let (n, secs) = self.drained("plan-large", b, vec![large]).await?;
+        let mut r = BenchResult::throughput("plan-large", b.name(), n, secs);
+        r.ratio_to_small = report::ratio(r.per_s, Some(rate(ns, small_secs)));
+        self.record(r);
+        Ok(())
+    }
+
+    async fn plan_submit(&mut self, b: Backend) -> Result<()> {
+        let (db, client) = self.fresh(b).await?;
+        let secs = plans::submit(&client, plans::layered(SUBMIT_SUBTASKS, LARGE_WIDTH)).await?;
+        drop(client);
+        db.cleanup().await?;
+        let mut r = BenchResult::new("plan-submit", b.name(), SUBMIT_SUBTASKS, secs);
+        r.submit_per_s = Some(rate(SUBMIT_SUBTASKS, secs));
+        self.record(r);
         Ok(())
     }
 

@@ -27,6 +27,13 @@ pub enum Error {
     /// An execution plan whose subtasks do not form a valid DAG.
     #[error("invalid plan: {0}")]
     InvalidPlan(PlanError),
+    /// A handler's output over the size limit; `owner` names the subtask or task.
+    #[error("the output of {owner} is {size} bytes, over the limit of {limit} bytes")]
+    OutputTooLarge {
+        owner: String,
+        size: usize,
+        limit: usize,
+    },
     /// A string that is not a valid identifier.
     #[error("invalid {kind} id `{value}`")]
     InvalidId { kind: &'static str, value: String },

@@ -19,14 +19,14 @@ mod worker;
 pub use error::{Error, PlanError, Result};
 pub use ids::{PlanId, RunId, TaskId, WorkerId};
 pub use plan::{
-    ExecutionPlan, NewPlan, PlanCounters, PlanStatus, SubTask, unique_dependencies,
-    validate_subtasks,
+    ExecutionPlan, Growth, NewPlan, PlanCounters, PlanStatus, SubTask, grow, in_layers,
+    unique_dependencies, validate_subtask_fields, validate_subtasks,
 };
 pub use retry::{AfterFailure, RetryPolicy, after_failure};
 pub use run::{Run, RunStatus};
 pub use task::{
-    DEFAULT_MAX_PAYLOAD_BYTES, NewTask, Task, TaskStatus, check_json_no_nul, check_no_nul,
-    merge_metadata,
+    DEFAULT_MAX_PAYLOAD_BYTES, MAX_DELAY_SECS, NewTask, Task, TaskStatus, check_json_no_nul,
+    check_no_nul, check_output_size, delayed_until, merge_metadata,
 };
 pub use worker::{Worker, WorkerStatus};
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
 use crate::status::status_enum;
-use crate::task::{check_json_no_nul, check_no_nul, check_payload_size, non_blank};
+use crate::task::{check_json_no_nul, check_no_nul, check_payload_size, check_timing, non_blank};
 use crate::{Error, Json, PlanId, Result, TaskId, Timestamp};
 
 status_enum!(
@@ -56,6 +56,12 @@ impl PlanCounters {
         Some(to)
     }
 
+    /// The status the counts alone call for (`None` while work remains or once finished):
+    /// what a backend that counts without locking the plan checks after committing.
+    pub fn settled(&self) -> Option<PlanStatus> {
+        self.status_after(crate::TaskStatus::Completed)
+    }
+
     /// The status a non-terminal plan moves to after one of its subtasks reached
     /// `subtask_status` and the counters were updated; `None` while work remains (or the
     /// plan already finished).
@@ -99,6 +105,13 @@ pub struct SubTask {
     pub estimated_duration: Option<u64>,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// A run may last this long before the worker stops it.
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+    /// Once its dependencies completed (at submission for a subtask without any), wait
+    /// this long before the subtask can be claimed.
+    #[serde(default)]
+    pub delay_secs: Option<u64>,
 }
 
 fn default_priority() -> i32 {
@@ -125,6 +138,8 @@ impl SubTask {
             dependencies: Vec::new(),
             estimated_duration: None,
             max_retries: None,
+            timeout_secs: None,
+            delay_secs: None,
         }
     }
 
@@ -150,6 +165,8 @@ impl SubTask {
                 .max_retries
                 .unwrap_or(crate::NewTask::default().max_retries),
             parent_task_id,
+            timeout_secs: self.timeout_secs,
+            delay_secs: self.delay_secs.unwrap_or(0),
             ..crate::NewTask::default()
         }
     }
@@ -272,6 +289,25 @@ impl ExecutionPlan {
         }
     }
 
+    /// Takes in subtasks a running subtask added (see [`grow`]).
+    pub fn grow(&mut self, g: &Growth) {
+        for s in &mut self.subtasks {
+            if g.rewired.contains(&s.id) {
+                s.dependencies.extend(g.sinks.iter().cloned());
+                self.dependency_graph
+                    .insert(s.id.clone(), s.dependencies.clone());
+            }
+        }
+        for s in &g.added {
+            self.subtask_ids.push(s.id.clone());
+            self.dependency_graph
+                .insert(s.id.clone(), s.dependencies.clone());
+        }
+        self.subtasks.extend(g.added.iter().cloned());
+        let added = u32::try_from(g.added.len()).unwrap_or(u32::MAX);
+        self.total_subtasks = self.total_subtasks.saturating_add(added);
+    }
+
     /// Takes back counters the plan rules changed.
     pub fn set_counters(&mut self, c: PlanCounters) {
         self.status = c.status;
@@ -363,25 +399,40 @@ pub fn validate_subtasks(subtasks: &[SubTask], max_payload_bytes: usize) -> Resu
         return Err(PlanError::Empty.into());
     }
     for s in subtasks {
-        if s.id.trim().is_empty() {
-            return Err(PlanError::EmptyId.into());
-        }
-        let invalid = |e: Error| PlanError::InvalidSubtask {
-            // Escaped, so an id holding a NUL or a newline still prints on one line.
-            subtask: s.id.escape_debug().to_string(),
-            reason: e.to_string(),
-        };
-        check_no_nul("id", &s.id).map_err(invalid)?;
-        non_blank("title", &s.title).map_err(invalid)?;
-        non_blank("task_type", &s.task_type).map_err(invalid)?;
-        check_no_nul("description", &s.description).map_err(invalid)?;
-        for (i, d) in s.dependencies.iter().enumerate() {
-            check_no_nul(&format!("dependencies[{i}]"), d).map_err(invalid)?;
-        }
-        check_json_no_nul("payload", &s.payload).map_err(invalid)?;
-        check_payload_size(&s.payload, max_payload_bytes).map_err(invalid)?;
+        validate_subtask_fields(s, max_payload_bytes)?;
     }
     validate_graph(subtasks)
+}
+
+/// Checks one subtask's own fields (not its place in the graph): id, title, type, text
+/// without NUL, timing, retries and payload size. The error names the subtask.
+pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<()> {
+    if s.id.trim().is_empty() {
+        return Err(PlanError::EmptyId.into());
+    }
+    let invalid = |e: Error| PlanError::InvalidSubtask {
+        // Escaped, so an id holding a NUL or a newline still prints on one line.
+        subtask: s.id.escape_debug().to_string(),
+        reason: e.to_string(),
+    };
+    check_no_nul("id", &s.id).map_err(invalid)?;
+    non_blank("title", &s.title).map_err(invalid)?;
+    non_blank("task_type", &s.task_type).map_err(invalid)?;
+    check_no_nul("description", &s.description).map_err(invalid)?;
+    for (i, d) in s.dependencies.iter().enumerate() {
+        check_no_nul(&format!("dependencies[{i}]"), d).map_err(invalid)?;
+    }
+    check_json_no_nul("payload", &s.payload).map_err(invalid)?;
+    check_timing(s.timeout_secs, s.delay_secs.unwrap_or(0)).map_err(invalid)?;
+    if s.max_retries.is_some_and(|m| m > 1000) {
+        let e = Error::InvalidField {
+            field: "max_retries".into(),
+            reason: "over the maximum of 1000".into(),
+        };
+        return Err(invalid(e).into());
+    }
+    check_payload_size(&s.payload, max_payload_bytes).map_err(invalid)?;
+    Ok(())
 }
 
 fn validate_graph(subtasks: &[SubTask]) -> Result<()> {
@@ -458,6 +509,55 @@ fn find_cycle(subtasks: &[SubTask], index: &HashMap<&str, usize>) -> Option<Vec<
     None
 }
 
+/// The order a plan's tasks are created in, as indices into `subtasks`: by depth (a
+/// subtask without dependencies has depth 0, any other one more than its deepest
+/// dependency), in the given order within a depth. Queue order breaks ties by creation, so
+/// ready subtasks of equal priority are claimed a layer at a time: 100 chains advance side
+/// by side instead of the first chains running to their end while the others wait.
+/// `subtasks` must form a DAG (see [`validate_subtasks`]); a dependency outside it counts
+/// as done.
+pub fn in_layers(subtasks: &[SubTask]) -> Vec<usize> {
+    let index: HashMap<&str, usize> = subtasks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut depth: Vec<Option<usize>> = vec![None; subtasks.len()];
+    // Entered but not finished: a dependency found here would be a cycle, counted as done.
+    let mut entered = vec![false; subtasks.len()];
+    for start in 0..subtasks.len() {
+        // Iterative, so a chain of 100,000 cannot overflow the stack.
+        let mut stack = vec![start];
+        while let Some(&node) = stack.last() {
+            if depth[node].is_some() {
+                stack.pop();
+                continue;
+            }
+            entered[node] = true;
+            let deps = subtasks[node]
+                .dependencies
+                .iter()
+                .filter_map(|d| index.get(d.as_str()).copied());
+            let before = stack.len();
+            let mut deepest = None;
+            for d in deps {
+                match depth[d] {
+                    Some(x) => deepest = deepest.max(Some(x)),
+                    None if !entered[d] => stack.push(d),
+                    None => {}
+                }
+            }
+            if stack.len() == before {
+                depth[node] = Some(deepest.map_or(0, |d| d + 1));
+                stack.pop();
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..subtasks.len()).collect();
+    order.sort_by_key(|&i| depth[i].unwrap_or(0));
+    order
+}
+
 /// Dependencies per subtask id, deduplicated, for backends that store dependency rows.
 pub fn unique_dependencies(subtask: &SubTask) -> Vec<&str> {
     let mut seen = HashSet::new();
@@ -468,6 +568,9 @@ pub fn unique_dependencies(subtask: &SubTask) -> Vec<&str> {
         .filter(|d| seen.insert(*d))
         .collect()
 }
+
+mod growth;
+pub use growth::{Growth, grow};
 
 #[cfg(test)]
 mod tests;

@@ -132,6 +132,13 @@ pub struct Task {
     pub metadata: Json,
     /// Not claimable before this time (delayed tasks and retry backoff).
     pub run_at: Option<Timestamp>,
+    /// A run may last this long before the worker stops it (`None`: the worker's default).
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+    /// Once its dependencies completed (at creation for a task without any), the task waits
+    /// this long before it can be claimed.
+    #[serde(default)]
+    pub delay_secs: u64,
     /// Runs counted against `max_retries` (released runs do not count).
     pub attempts: u32,
     /// The run currently allowed to finish this task; any other run is stale.
@@ -144,6 +151,14 @@ pub struct Task {
 }
 
 impl Task {
+    /// The key this task's output has among a dependent's inputs: its plan subtask id, or
+    /// its task id when it belongs to no plan.
+    pub fn output_key(&self) -> String {
+        self.plan_subtask_id
+            .clone()
+            .unwrap_or_else(|| self.id.to_string())
+    }
+
     /// Builds a queued task from validated input, as a backend does on insert.
     pub fn from_new(id: TaskId, new: NewTask, now: Timestamp) -> Task {
         Task {
@@ -167,6 +182,8 @@ impl Task {
             tags: new.tags,
             metadata: new.metadata,
             run_at: new.run_at,
+            timeout_secs: new.timeout_secs,
+            delay_secs: new.delay_secs,
             attempts: 0,
             current_run_id: None,
             idempotency_key: new.idempotency_key,
@@ -296,6 +313,11 @@ pub struct NewTask {
     pub run_at: Option<Timestamp>,
     /// A repeated create with the same key returns the first task's id instead of a new task.
     pub idempotency_key: Option<String>,
+    /// A run may last this long before the worker stops it (`None`: the worker's default).
+    pub timeout_secs: Option<u32>,
+    /// Once its dependencies completed (at creation for a task without any), the task waits
+    /// this long before it can be claimed.
+    pub delay_secs: u64,
 }
 
 impl Default for NewTask {
@@ -315,6 +337,8 @@ impl Default for NewTask {
             metadata: Json::Object(Default::default()),
             run_at: None,
             idempotency_key: None,
+            timeout_secs: None,
+            delay_secs: 0,
         }
     }
 }
@@ -338,11 +362,27 @@ impl NewTask {
         /// Creating a task with a key that exists returns the existing task's id.
         idempotency_key: impl Into<String> => some_into,
         metadata: Json,
+        /// A run may last this long before the worker stops it.
+        timeout_secs: u32 => Some,
+        /// Once its dependencies completed (at creation for a task without any), wait this
+        /// long before the task can be claimed.
+        delay_secs: u64,
     }
 
     pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
         self.tags = tags.into_iter().map(Into::into).collect();
         self
+    }
+
+    /// When the task, created at `now`, may first be claimed: its `run_at`, pushed back by its
+    /// start delay unless it `waits` for dependencies (the delay then runs from when they
+    /// complete, see [`delayed_until`]).
+    pub fn claimable_from(&self, now: Timestamp, waits: bool) -> Option<Timestamp> {
+        if waits || self.delay_secs == 0 {
+            return self.run_at;
+        }
+        let delayed = delayed_until(now, self.delay_secs);
+        Some(self.run_at.map_or(delayed, |at| at.max(delayed)))
     }
 
     /// Rejects input no backend should store, before any database call.
@@ -358,6 +398,7 @@ impl NewTask {
         if let Some(key) = &self.idempotency_key {
             non_blank("idempotency_key", key)?;
         }
+        check_timing(self.timeout_secs, self.delay_secs)?;
         check_no_nul("description", &self.description)?;
         check_no_nul("current_phase", &self.current_phase)?;
         for (i, tag) in self.tags.iter().enumerate() {
@@ -438,6 +479,55 @@ pub(crate) fn non_blank(field: &str, value: &str) -> Result<()> {
         });
     }
     check_no_nul(field, value)
+}
+
+/// The end of a start delay of `delay_secs` that begins at `from`.
+pub fn delayed_until(from: Timestamp, delay_secs: u64) -> Timestamp {
+    let secs = i64::try_from(delay_secs.min(MAX_DELAY_SECS)).unwrap_or(i64::MAX);
+    from + chrono::Duration::seconds(secs)
+}
+
+/// The longest start delay a task may ask for: a year.
+pub const MAX_DELAY_SECS: u64 = 366 * 24 * 3600;
+
+/// A timeout of at least a second, a start delay of at most [`MAX_DELAY_SECS`].
+pub(crate) fn check_timing(timeout_secs: Option<u32>, delay_secs: u64) -> Result<()> {
+    if timeout_secs == Some(0) {
+        return Err(Error::InvalidField {
+            field: "timeout_secs".into(),
+            reason: "must be at least 1 second".into(),
+        });
+    }
+    if delay_secs > MAX_DELAY_SECS {
+        return Err(Error::InvalidField {
+            field: "delay_secs".into(),
+            reason: format!("{delay_secs} is over the maximum of {MAX_DELAY_SECS} (a year)"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a handler's output against the size limit; the error names `owner` (a subtask
+/// or task), so an operator knows which step produced too much.
+pub fn check_output_size(owner: &str, output: &Json, limit: usize) -> Result<()> {
+    match check_payload_size(output, limit) {
+        Err(Error::PayloadTooLarge { size, limit }) => Err(Error::OutputTooLarge {
+            owner: owner.to_owned(),
+            size,
+            limit,
+        }),
+        other => other,
+    }
+}
+
+impl Task {
+    /// How errors name this task: `subtask `x` of plan P`, or `task T`.
+    pub fn describe(&self) -> String {
+        match (&self.plan_subtask_id, self.plan_id) {
+            (Some(s), Some(p)) => format!("subtask `{}` of plan {p}", s.escape_debug()),
+            _ => format!("task {}", self.id),
+        }
+    }
 }
 
 pub(crate) fn check_payload_size(payload: &Json, limit: usize) -> Result<()> {

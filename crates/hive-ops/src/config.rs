@@ -9,6 +9,9 @@ use hive_models::{DEFAULT_MAX_PAYLOAD_BYTES, RetryPolicy};
 pub struct OpsConfig {
     /// Payloads larger than this are rejected before any database call.
     pub max_payload_bytes: usize,
+    /// A handler's output (a task's result) larger than this fails the task for good,
+    /// naming it; dependents receive outputs whole, so they are bounded like payloads.
+    pub max_output_bytes: usize,
     /// A worker whose heartbeat is older than this is not active, and the reaper marks it offline.
     pub heartbeat_timeout: Duration,
     /// Backoff between retries of a failed task.
@@ -25,6 +28,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         OpsConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             heartbeat_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             plan_cache_ttl: Duration::from_secs(5),

@@ -315,9 +315,7 @@ async fn nul_in_worker_reports_is_replaced_not_refused() {
     let outcomes = vec![
         RunOutcome {
             run_id: RunId::new(),
-            outcome: Outcome::Success {
-                result: Some(serde_json::json!({ "k\0": ["v\0"] })),
-            },
+            outcome: Outcome::success(Some(serde_json::json!({ "k\0": ["v\0"] }))),
             output_log: Some("out\0put".into()),
         },
         RunOutcome {

@@ -8,17 +8,22 @@ use hive_store::{
     ClaimParams, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome, Store,
 };
 
-use crate::{Error, Ops, Result};
+use crate::{Error, Ops, OpsConfig, Result};
 
 /// A claimed task and the run opened for it; the run id is the lease token.
 pub use hive_store::Claim as Claimed;
 
-/// The outcomes with every NUL character in their error, log and result replaced by U+FFFD.
-/// Postgres cannot store NUL, and refusing a worker's report would leave its task running
-/// until the lease expired (and a worker that retries a failed commit stuck on it), so a
-/// report is stored on every backend alike with its NULs visibly replaced, as invalid
-/// UTF-8 in a command's output already is.
-fn storable(outcomes: &[RunOutcome]) -> std::borrow::Cow<'_, [RunOutcome]> {
+/// The outcomes as they may be stored. NUL characters in errors, logs and results are
+/// replaced by U+FFFD: Postgres cannot store NUL, and refusing a worker's report would
+/// leave its task running until the lease expired (and a worker that retries a failed
+/// commit stuck on it), so a report is stored on every backend alike with its NULs
+/// visibly replaced, as invalid UTF-8 in a command's output already is. A success whose
+/// output or spawned subtasks exceed the size limits becomes a permanent failure naming
+/// the problem: retrying would produce the same output.
+fn storable<'a>(
+    outcomes: &'a [RunOutcome],
+    limits: &OpsConfig,
+) -> std::borrow::Cow<'a, [RunOutcome]> {
     fn text(s: &mut String) {
         if s.contains('\0') {
             *s = s.replace('\0', "\u{FFFD}");
@@ -42,25 +47,50 @@ fn storable(outcomes: &[RunOutcome]) -> std::borrow::Cow<'_, [RunOutcome]> {
             _ => {}
         }
     }
+    let oversized = |o: &RunOutcome| -> Option<String> {
+        let Outcome::Success { result, spawn } = &o.outcome else {
+            return None;
+        };
+        if let Some(r) = result {
+            let owner = format!("run {}", o.run_id);
+            if let Err(e) = hive_models::check_output_size(&owner, r, limits.max_output_bytes) {
+                return Some(e.to_string());
+            }
+        }
+        spawn
+            .iter()
+            .find_map(|s| hive_models::validate_subtask_fields(s, limits.max_payload_bytes).err())
+            .map(|e| format!("cannot spawn: {e}"))
+    };
     let has_nul = |o: &RunOutcome| {
         let in_result = match &o.outcome {
-            Outcome::Success { result: Some(r) } => hive_models::check_json_no_nul("", r).is_err(),
-            Outcome::Success { result: None } => false,
+            Outcome::Success {
+                result: Some(r), ..
+            } => hive_models::check_json_no_nul("", r).is_err(),
+            Outcome::Success { result: None, .. } => false,
             Outcome::Failure { error, .. } => error.contains('\0'),
         };
         in_result || o.output_log.as_deref().is_some_and(|l| l.contains('\0'))
     };
-    if !outcomes.iter().any(has_nul) {
+    if !outcomes
+        .iter()
+        .any(|o| has_nul(o) || oversized(o).is_some())
+    {
         return std::borrow::Cow::Borrowed(outcomes);
     }
     let mut fixed = outcomes.to_vec();
     for o in &mut fixed {
+        if let Some(error) = oversized(o) {
+            o.outcome = Outcome::Failure { error, retry: None };
+        }
         if let Some(log) = &mut o.output_log {
             text(log);
         }
         match &mut o.outcome {
-            Outcome::Success { result: Some(r) } => json(r),
-            Outcome::Success { result: None } => {}
+            Outcome::Success {
+                result: Some(r), ..
+            } => json(r),
+            Outcome::Success { result: None, .. } => {}
             Outcome::Failure { error, .. } => text(error),
         }
     }
@@ -129,7 +159,7 @@ impl<S: Store + ?Sized> Ops<S> {
         lease: Duration,
     ) -> Result<(Vec<FinishReport>, Vec<Claimed>)> {
         let params = claim_params(worker_id, task_types, limit, lease)?;
-        let outcomes = &storable(outcomes);
+        let outcomes = &storable(outcomes, &self.config);
         let (reports, claims) = self.store.finish_and_claim(outcomes, &params).await?;
         self.plans_changed(reports.iter().filter_map(|r| r.plan_id));
         self.plans_changed(claims.iter().filter_map(|c| c.task.plan_id));
@@ -138,10 +168,15 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Completes the task of a run. [`Error::StaleRun`] when the run is no longer the
     /// task's current run (its lease expired and the task was taken back).
+    /// An output over [`OpsConfig::max_output_bytes`] is refused, changing nothing.
     pub async fn complete_task(&self, run_id: RunId, result: Option<Json>) -> Result<()> {
+        if let Some(r) = &result {
+            let owner = format!("run {run_id}");
+            hive_models::check_output_size(&owner, r, self.config.max_output_bytes)?;
+        }
         let outcome = RunOutcome {
             run_id,
-            outcome: Outcome::Success { result },
+            outcome: Outcome::success(result),
             output_log: None,
         };
         self.finish_one(outcome).await.map(|_| ())
@@ -174,7 +209,7 @@ impl<S: Store + ?Sized> Ops<S> {
     /// uses). Stale runs are reported, not raised, so one late worker cannot fail a batch.
     /// NUL characters in errors, logs and results are stored as U+FFFD (see `storable`).
     pub async fn finish_runs(&self, outcomes: Vec<RunOutcome>) -> Result<Vec<FinishReport>> {
-        let outcomes = storable(&outcomes);
+        let outcomes = storable(&outcomes, &self.config);
         let reports = self.store.finish_runs(&outcomes).await?;
         self.plans_changed(reports.iter().filter_map(|r| r.plan_id));
         Ok(reports)

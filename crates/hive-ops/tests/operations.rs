@@ -362,7 +362,7 @@ async fn drain(o: &O, batch: u32) -> Vec<hive_models::Task> {
             .iter()
             .map(|c| hive_store::RunOutcome {
                 run_id: c.run.id,
-                outcome: hive_store::Outcome::Success { result: None },
+                outcome: hive_store::Outcome::success(None),
                 output_log: None,
             })
             .collect();

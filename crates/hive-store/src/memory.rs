@@ -3,6 +3,7 @@
 //! them: this is the reference semantics every other backend is compared with.
 
 mod state;
+mod subtasks;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId,
-    TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task,
+    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
@@ -66,6 +67,25 @@ impl MemoryStore {
     }
 }
 
+/// Adds a batch's spawns to their plans, before the batch finishes; a spawn its plan cannot
+/// take turns its outcome into a permanent failure. Stale runs spawn nothing.
+fn grow<'a>(s: &mut State, outcomes: &'a [RunOutcome]) -> std::borrow::Cow<'a, [RunOutcome]> {
+    use crate::rules::{View, growth};
+    let at = now();
+    let mut out = std::borrow::Cow::Borrowed(outcomes);
+    for (i, spawn) in growth::spawning(outcomes) {
+        let run = outcomes[i].run_id;
+        let Some(task) = s.task_of(run) else { continue };
+        if !View::task(&*s, task).is_some_and(|t| t.is_live(run)) {
+            continue;
+        }
+        if let Err(e) = s.grow_plan(task, spawn, at) {
+            growth::refuse(&mut out, i, &e);
+        }
+    }
+    out
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn backend(&self) -> Backend {
@@ -91,7 +111,7 @@ impl Store for MemoryStore {
             let mut s = self.lock();
             tasks
                 .into_iter()
-                .map(|t| s.insert_task(TaskId::new(), t, at))
+                .map(|t| s.insert_task(TaskId::new(), t, at, false))
                 .collect()
         };
         let first = ids.first().copied().filter(|_| single);
@@ -191,12 +211,13 @@ impl Store for MemoryStore {
                 .count()
         });
         task.check_deletable(plan_status, open_dependents)?;
-        Ok(s.remove_task(id))
+        Ok(s.remove_task(id, now()))
     }
 
     async fn prune_tasks(&self, p: &PruneParams) -> Result<u64> {
         p.check()?;
-        let cutoff = sub(now(), p.older_than);
+        let at = now();
+        let cutoff = sub(at, p.older_than);
         let mut s = self.lock();
         let mut old: Vec<(Timestamp, TaskId)> = s
             .tasks
@@ -207,7 +228,7 @@ impl Store for MemoryStore {
         old.sort();
         old.truncate(p.limit as usize);
         for (_, id) in &old {
-            s.remove_task(*id);
+            s.remove_task(*id, at);
         }
         Ok(old.len() as u64)
     }
@@ -226,6 +247,7 @@ impl Store for MemoryStore {
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>> {
         let (reports, notes) = {
             let mut s = self.lock();
+            let outcomes = &*grow(&mut s, outcomes);
             let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
             self.replay(&mut s, |ch| {
                 outcomes
@@ -246,6 +268,7 @@ impl Store for MemoryStore {
     ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
         let (reports, claims, mut notes) = {
             let mut s = self.lock();
+            let outcomes = &*grow(&mut s, outcomes);
             let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
             let (reports, mut notes) = self.replay(&mut s, |ch| {
                 outcomes
@@ -464,6 +487,10 @@ impl Store for MemoryStore {
         Ok(self.lock().plans.get(&id).cloned())
     }
 
+    async fn get_plan_counters(&self, id: PlanId) -> Result<Option<PlanCounters>> {
+        Ok(self.lock().plans.get(&id).map(ExecutionPlan::counters))
+    }
+
     async fn list_plans(
         &self,
         status: Option<PlanStatus>,
@@ -495,34 +522,17 @@ impl Store for MemoryStore {
             plan.updated_at = at;
             let subtasks = plan.subtasks.clone();
             let parent = plan.parent_task_id;
-            let ids: HashMap<&str, TaskId> = subtasks
+            let ids: HashMap<String, TaskId> = subtasks
                 .iter()
-                .map(|st| (st.id.as_str(), TaskId::new()))
+                .map(|st| (st.id.clone(), TaskId::new()))
                 .collect();
-            let mut order = Vec::with_capacity(subtasks.len());
-            for st in &subtasks {
-                let tid = ids[st.id.as_str()];
-                let deps: Vec<TaskId> = hive_models::unique_dependencies(st)
-                    .into_iter()
-                    .filter_map(|d| ids.get(d).copied())
-                    .collect();
-                let new = st.to_new_task(parent);
-                s.insert_task(tid, new, at);
-                for d in &deps {
-                    s.dependents.entry(*d).or_default().push(tid);
-                }
-                if let Some(t) = s.task_mut(tid) {
-                    t.plan_id = Some(id);
-                    t.plan_subtask_id = Some(st.id.clone());
-                    t.pending_dependencies = deps.len() as u32;
-                    t.dependencies = deps;
-                }
-                s.sync_ready(tid);
-                order.push(tid);
-            }
-            let n = order.len() as u64;
-            s.plan_tasks.insert(id, order);
-            n
+            let in_order: Vec<hive_models::SubTask> = hive_models::in_layers(&subtasks)
+                .into_iter()
+                .map(|i| subtasks[i].clone())
+                .collect();
+            s.add_subtasks(id, parent, &in_order, &ids, at);
+            let order = s.plan_tasks.get(&id).map_or(0, Vec::len);
+            order as u64
         };
         self.send(vec![self.notifier.task_created(None, created)]);
         Ok(Some(created))

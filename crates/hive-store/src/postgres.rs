@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId, Timestamp,
-    Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
+    Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::broadcast;
@@ -309,6 +309,10 @@ impl Store for PostgresStore {
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {
         self.run(self.read_plan(id)).await
+    }
+
+    async fn get_plan_counters(&self, id: PlanId) -> Result<Option<PlanCounters>> {
+        self.run(self.read_plan_counters(id)).await
     }
 
     async fn list_plans(

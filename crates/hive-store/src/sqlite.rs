@@ -24,6 +24,7 @@ macro_rules! task_columns {
          t.workflow, t.payload, t.assigned_worker, t.due_date, t.max_retries, t.parent_task_id, \
          t.plan_id, t.plan_subtask_id, t.pending_deps, t.tags, t.metadata, t.run_at, t.attempts, \
          t.current_run_id, t.idempotency_key, t.result, t.last_error, t.created_at, t.updated_at, \
+         t.timeout_secs, t.delay_secs, \
          (SELECT json_group_array(d.depends_on ORDER BY d.position) \
             FROM task_dependencies d WHERE d.task_id = t.id) AS deps"
     };
@@ -45,7 +46,7 @@ macro_rules! worker_columns {
 macro_rules! plan_columns {
     () => {
         "id, title, description, parent_task_id, status, total_subtasks, completed_subtasks, \
-         failed_subtasks, cancelled_subtasks, subtasks, materialized, created_at, updated_at"
+         failed_subtasks, cancelled_subtasks, materialized, created_at, updated_at"
     };
 }
 
@@ -90,8 +91,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId, Timestamp,
-    Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
+    Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use sqlx::SqlitePool;
 use tokio::sync::broadcast;
@@ -382,6 +383,10 @@ impl Store for SqliteStore {
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {
         read!(self, plans::get, id)
+    }
+
+    async fn get_plan_counters(&self, id: PlanId) -> Result<Option<PlanCounters>> {
+        read!(self, plans::counters, id)
     }
 
     async fn list_plans(

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, Run, RunId, Task, TaskId, Timestamp,
-    Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
+    Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
@@ -173,6 +173,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId>;
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>>;
+
+    /// A plan's status and progress counters, without reading its subtasks: what progress
+    /// displays poll, at a cost that does not grow with the plan.
+    async fn get_plan_counters(&self, id: PlanId) -> Result<Option<PlanCounters>>;
 
     /// Plans, newest first, optionally of one status.
     async fn list_plans(

@@ -114,13 +114,23 @@ pub struct ClaimParams {
 pub struct Claim {
     pub task: Task,
     pub run: Run,
+    /// The outputs of the task's dependencies, keyed by their plan subtask id (by task id for
+    /// a dependency outside any plan), read in the claim's own statement.
+    pub inputs: Inputs,
 }
+
+/// Dependency outputs by subtask id; a dependency that returned nothing maps to `null`.
+pub type Inputs = serde_json::Map<String, Json>;
 
 /// How a run ended, as reported by its worker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
+    /// `spawn`: subtasks the run adds to its plan, committed with the completion (see
+    /// [`hive_models::grow`] for the rule); a spawn the plan cannot take fails the run for
+    /// good instead, naming why.
     Success {
         result: Option<Json>,
+        spawn: Vec<hive_models::SubTask>,
     },
     /// With `retry: Some(policy)`, the task is requeued (not claimable before the backoff
     /// for this attempt ends) while `attempts <= max_retries`; otherwise it fails for good.
@@ -128,6 +138,16 @@ pub enum Outcome {
         error: String,
         retry: Option<RetryPolicy>,
     },
+}
+
+impl Outcome {
+    /// A success that adds nothing to its plan.
+    pub fn success(result: Option<Json>) -> Outcome {
+        Outcome::Success {
+            result,
+            spawn: Vec::new(),
+        }
+    }
 }
 
 /// One run to finish in [`crate::Store::finish_runs`].

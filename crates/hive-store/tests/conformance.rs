@@ -1,6 +1,7 @@
 //! Runs the conformance suite against every backend: `memory::*`, `sqlite::*`, `postgres::*`.
 
 use hive_store::testing::suite::*;
+use hive_store::testing::workflows::*;
 
 hive_store::per_backend!(hive_store::testing::TestStore::run =>
     insert_and_get_round_trip, strings_stored_verbatim, queue_order_priority_then_age,
@@ -16,14 +17,19 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
     concurrent_claims_exactly_once, not_found_paths,
     plan_finishes_cancelled_when_all_subtasks_finish, finish_and_claim_refills_in_one_step,
-    freed_dependents_are_announced_unless_claimed,
+    freed_dependents_are_announced_unless_claimed, outputs_reach_dependents_exactly,
+    spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
+    a_stale_run_spawns_nothing, last_two_subtasks_finishing_at_once_complete_the_plan_once,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here
 /// would never run.
 #[test]
 fn every_suite_case_runs() {
-    let suite = include_str!("../src/testing/suite.rs");
+    let suite = concat!(
+        include_str!("../src/testing/suite.rs"),
+        include_str!("../src/testing/workflows.rs")
+    );
     let this = include_str!("conformance.rs");
     for line in suite.lines() {
         if let Some(rest) = line.strip_prefix("pub async fn ") {

@@ -97,7 +97,7 @@ async fn sixteen_claimers_take_every_task_exactly_once() {
                         .iter()
                         .map(|c| RunOutcome {
                             run_id: c.run.id,
-                            outcome: Outcome::Success { result: None },
+                            outcome: Outcome::success(None),
                             output_log: None,
                         })
                         .collect();

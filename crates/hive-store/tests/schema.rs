@@ -1,5 +1,6 @@
 //! The SQLite and Postgres migrations declare the same tables with the same columns, so a
-//! column added to one backend cannot be forgotten in the other.
+//! column added to one backend cannot be forgotten in the other (Postgres adds the plan
+//! tallies only it needs).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -56,7 +57,14 @@ async fn sqlite_and_postgres_declare_the_same_tables_and_columns() {
         .fetch_all(&pool)
         .await
         .unwrap();
-        assert_eq!(group(rows), sqlite);
+        let mut postgres = group(rows);
+        // Postgres counts a plan's finished subtasks in per-connection shards, so that
+        // workers finishing one plan's subtasks do not queue on its row; SQLite has one
+        // writer at a time and keeps the counts in the plan's row alone.
+        for only_postgres in ["plan_tallies", "plans_counted"] {
+            assert!(postgres.remove(only_postgres).is_some(), "{only_postgres}");
+        }
+        assert_eq!(postgres, sqlite);
     })
     .await;
 }

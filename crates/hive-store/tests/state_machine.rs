@@ -340,9 +340,7 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
     let result = json!({ s.value.clone(): [s.key, s.error], "log": s.log });
     let done = RunOutcome {
         run_id: run,
-        outcome: Outcome::Success {
-            result: Some(result.clone()),
-        },
+        outcome: Outcome::success(Some(result.clone())),
         output_log: Some(s.value.clone()),
     };
     store.finish_runs(&[done]).await.unwrap();
@@ -418,7 +416,7 @@ async fn claim(
         } else {
             others.push(RunOutcome {
                 run_id: c.run.id,
-                outcome: Outcome::Success { result: None },
+                outcome: Outcome::success(None),
                 output_log: None,
             });
         }

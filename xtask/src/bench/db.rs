@@ -117,7 +117,9 @@ impl FreshDb {
             Kind::Postgres { .. } => {
                 let pool = PgPoolOptions::new().max_connections(connections);
                 let pool = pool.connect(&self.url).await;
-                Ok(Some(RawPool::Postgres(pool.context("opening Postgres directly")?)))
+                Ok(Some(RawPool::Postgres(
+                    pool.context("opening Postgres directly")?,
+                )))
             }
         }
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hive_client::{Client, NewPlan, NewTask, SubTask, TaskContext, TaskError, TaskId};
+use hive_client::{Client, NewTask, TaskContext, TaskError, TaskId};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Notify, mpsc};
 
@@ -224,51 +224,4 @@ async fn one_pickup(
             return Ok(started.saturating_duration_since(created).as_secs_f64() * 1e3);
         }
     }
-}
-
-/// A plan of `chains` independent chains of `length` subtasks each.
-pub fn chains_plan(chains: u64, length: u64) -> NewPlan {
-    let mut subtasks = Vec::with_capacity((chains * length) as usize);
-    for c in 0..chains {
-        for i in 0..length {
-            let mut st = SubTask::new(format!("c{c}-{i}"), format!("chain {c} step {i}"), "bench");
-            if i > 0 {
-                st = st.depends_on([format!("c{c}-{}", i - 1)]);
-            }
-            subtasks.push(st);
-        }
-    }
-    NewPlan {
-        title: "bench plan".into(),
-        description: String::new(),
-        parent_task_id: None,
-        subtasks,
-    }
-}
-
-/// Submits (validates, stores, materializes) the plan, then drains it. Returns the seconds
-/// for submission and for the whole thing.
-pub async fn plan(
-    client: &Client,
-    plan: NewPlan,
-    workers: u32,
-    concurrency: u32,
-    pb: &ProgressBar,
-) -> Result<(f64, Drained)> {
-    let n = plan.subtasks.len() as u64;
-    let start = Instant::now();
-    client.submit_plan(plan).await?;
-    let submit = start.elapsed().as_secs_f64();
-    let drained = drain(client, workers, concurrency, Until::Idle, pb).await?;
-    if drained.handled != n {
-        bail!("plan: handled {} subtasks, expected {n}", drained.handled);
-    }
-    let total = start.elapsed().as_secs_f64();
-    Ok((
-        submit,
-        Drained {
-            secs: total,
-            handled: n,
-        },
-    ))
 }

@@ -22,6 +22,15 @@ pub struct BenchResult {
     pub raw_batch_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_ratio: Option<f64>,
+    /// A plan drain's rate ÷ the flat drain's rate in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_drain: Option<f64>,
+    /// `plan-large`: the large plan's rate ÷ the small plan's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_small: Option<f64>,
+    /// `plan-submit`: subtasks submitted and materialized per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submit_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,6 +77,9 @@ impl BenchResult {
             ("ratio", self.ratio, 2),
             ("raw_batch_per_s", self.raw_batch_per_s, 0),
             ("batch_ratio", self.batch_ratio, 2),
+            ("ratio_to_drain", self.ratio_to_drain, 2),
+            ("ratio_to_small", self.ratio_to_small, 2),
+            ("submit_per_s", self.submit_per_s, 0),
             ("p50_ms", self.p50_ms, 3),
             ("p99_ms", self.p99_ms, 3),
         ];
@@ -84,7 +96,7 @@ pub fn rate(tasks: u64, secs: f64) -> f64 {
     if secs > 0.0 { tasks as f64 / secs } else { 0.0 }
 }
 
-fn ratio(x: Option<f64>, y: Option<f64>) -> Option<f64> {
+pub fn ratio(x: Option<f64>, y: Option<f64>) -> Option<f64> {
     match (x, y) {
         (Some(x), Some(y)) if y > 0.0 => Some(x / y),
         _ => None,
@@ -104,40 +116,41 @@ fn cell(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-/// The human-readable table printed after all scenarios.
+/// The human-readable table printed after all scenarios: the columns some result has.
 pub fn table(results: &[BenchResult]) -> String {
-    let header = [
-        "scenario",
-        "backend",
-        "tasks",
-        "secs",
-        "per_s",
-        "raw_per_s",
-        "ratio",
-        "raw_batch_per_s",
-        "batch_ratio",
-        "p50_ms",
-        "p99_ms",
+    type Column = (&'static str, usize, fn(&BenchResult) -> Option<f64>);
+    let columns: [Column; 11] = [
+        ("secs", 2, |r| Some(r.secs)),
+        ("per_s", 0, |r| r.per_s),
+        ("raw_per_s", 0, |r| r.raw_per_s),
+        ("ratio", 2, |r| r.ratio),
+        ("raw_batch_per_s", 0, |r| r.raw_batch_per_s),
+        ("batch_ratio", 2, |r| r.batch_ratio),
+        ("ratio_to_drain", 2, |r| r.ratio_to_drain),
+        ("ratio_to_small", 2, |r| r.ratio_to_small),
+        ("submit_per_s", 0, |r| r.submit_per_s),
+        ("p50_ms", 3, |r| r.p50_ms),
+        ("p99_ms", 3, |r| r.p99_ms),
     ];
-    let rows: Vec<[String; 11]> = results
+    let shown: Vec<&Column> = columns
+        .iter()
+        .filter(|(_, _, get)| results.iter().any(|r| get(r).is_some()))
+        .collect();
+    let mut header = vec!["scenario".to_owned(), "backend".into(), "tasks".into()];
+    header.extend(shown.iter().map(|(name, _, _)| (*name).to_owned()));
+    let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
-            [
-                r.scenario.clone(),
-                r.backend.clone(),
-                r.tasks.to_string(),
-                format!("{:.2}", r.secs),
-                cell(r.per_s, 0),
-                cell(r.raw_per_s, 0),
-                cell(r.ratio, 2),
-                cell(r.raw_batch_per_s, 0),
-                cell(r.batch_ratio, 2),
-                cell(r.p50_ms, 3),
-                cell(r.p99_ms, 3),
-            ]
+            let mut row = vec![r.scenario.clone(), r.backend.clone(), r.tasks.to_string()];
+            row.extend(
+                shown
+                    .iter()
+                    .map(|(_, decimals, get)| cell(get(r), *decimals)),
+            );
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.len());
@@ -147,13 +160,13 @@ pub fn table(results: &[BenchResult]) -> String {
     let mut push_row = |cells: &[String]| {
         let line: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:>w$}"))
             .collect();
         let _ = writeln!(out, "| {} |", line.join(" | "));
     };
-    push_row(&header.map(str::to_owned));
-    push_row(&widths.map(|w| "-".repeat(w)));
+    push_row(&header);
+    push_row(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
     for row in &rows {
         push_row(row);
     }
@@ -191,10 +204,31 @@ pub fn targets(results: &[BenchResult]) -> Vec<String> {
     for b in ["memory", "sqlite", "postgres"] {
         let flat = find("drain", b).and_then(|d| d.per_s);
         if let Some(flat) = flat.filter(|f| *f > 0.0) {
-            let plan = find("plan", b).and_then(|p| p.per_s).map(|p| p / flat);
-            check(format!("{b} plan / flat drain"), plan, 0.8, true);
             let backlog = find("backlog", b).and_then(|p| p.per_s).map(|p| p / flat);
             check(format!("{b} backlog / flat drain"), backlog, 0.9, true);
+        }
+    }
+    for b in ["memory", "sqlite", "postgres"] {
+        for shape in ["plan-chains", "plan-wide"] {
+            if let Some(p) = find(shape, b) {
+                check(
+                    format!("{b} {shape} ratio_to_drain"),
+                    p.ratio_to_drain,
+                    0.8,
+                    true,
+                );
+            }
+        }
+        if let Some(p) = find("plan-large", b) {
+            check(
+                format!("{b} plan-large ratio_to_small"),
+                p.ratio_to_small,
+                0.9,
+                true,
+            );
+        }
+        if let Some(p) = find("plan-submit", b) {
+            check(format!("{b} plan-submit secs"), Some(p.secs), 1.0, false);
         }
     }
     if let Some(d) = find("drain", "memory") {

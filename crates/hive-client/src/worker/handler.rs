@@ -6,25 +6,63 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hive_models::{Json, Run, Task};
+use std::sync::Mutex;
+
+use hive_models::{Json, Run, SubTask, Task};
 use hive_ops::Claimed;
-use hive_ops::store::{Outcome, RunOutcome};
+use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::mpsc;
 
 use super::completer::Done;
 use crate::{Client, Result};
 
-/// What a handler gets: the claimed task and the run it executes as.
+/// What a handler gets: the claimed task, the run it executes as, and its dependencies'
+/// outputs.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     /// The task as claimed (status `in_progress`).
     pub task: Task,
     /// The run this attempt executes as; its id is the lease token.
     pub run: Run,
+    /// Each dependency's output (its handler's returned JSON, `null` when it returned
+    /// none), keyed by subtask id (task id for a dependency outside any plan).
+    pub inputs: Inputs,
     client: Client,
+    spawned: Arc<Mutex<Vec<SubTask>>>,
 }
 
 impl TaskContext {
+    /// The outputs of this task's dependencies, keyed by subtask id.
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
+
+    /// One dependency's output.
+    pub fn input(&self, subtask_id: &str) -> Option<&Json> {
+        self.inputs.get(subtask_id)
+    }
+
+    /// Adds a subtask to this task's plan, committed together with this run's success (a
+    /// failed or stale run adds nothing). It may depend on this subtask, on other spawned
+    /// ones and on any subtask of the plan; subtasks that depended on this one also wait
+    /// for the spawned subtasks no other spawned one depends on. The grown plan is
+    /// validated as a submission is: a spawn it cannot take fails this task for good,
+    /// naming the problem. Errors at once when this task belongs to no plan.
+    pub fn spawn(&self, subtask: SubTask) -> std::result::Result<(), TaskError> {
+        if self.task.plan_id.is_none() {
+            return Err(TaskError::permanent(format!(
+                "cannot spawn `{}`: {} belongs to no plan",
+                subtask.id,
+                self.task.describe()
+            )));
+        }
+        self.spawned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(subtask);
+        Ok(())
+    }
+
     /// The client the worker runs on, for handlers that create follow-up tasks.
     pub fn client(&self) -> &Client {
         &self.client
@@ -140,19 +178,41 @@ pub(super) async fn run_one(
 ) {
     use futures::FutureExt;
     let retry = client.config().retry;
+    let max_output = client.config().max_output_bytes;
     let run_id = claim.run.id;
     let ctx = TaskContext {
         task: claim.task,
         run: claim.run,
+        inputs: claim.inputs,
         client,
+        spawned: Arc::default(),
     };
+    let spawned = ctx.spawned.clone();
+    let owner = ctx.task.describe();
     let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
     let outcome = match fut.await {
-        Ok(Ok(out)) => RunOutcome {
-            run_id,
-            outcome: Outcome::Success { result: out.result },
-            output_log: out.log,
-        },
+        Ok(Ok(out)) => {
+            let too_large = out
+                .result
+                .as_ref()
+                .and_then(|r| hive_models::check_output_size(&owner, r, max_output).err());
+            let spawn = std::mem::take(&mut *spawned.lock().unwrap_or_else(|e| e.into_inner()));
+            RunOutcome {
+                run_id,
+                outcome: match too_large {
+                    // Retrying would produce the same output.
+                    Some(e) => Outcome::Failure {
+                        error: e.to_string(),
+                        retry: None,
+                    },
+                    None => Outcome::Success {
+                        result: out.result,
+                        spawn,
+                    },
+                },
+                output_log: out.log,
+            }
+        }
         Ok(Err(e)) => RunOutcome {
             run_id,
             outcome: Outcome::Failure {

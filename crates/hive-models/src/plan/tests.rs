@@ -322,3 +322,105 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tasks_are_created_a_layer_at_a_time() {
+    // Two chains listed one after the other are created side by side.
+    let chains = [
+        st("a0", &[]),
+        st("a1", &["a0"]),
+        st("a2", &["a1"]),
+        st("b0", &[]),
+        st("b1", &["b0"]),
+    ];
+    let ids: Vec<&str> = in_layers(&chains)
+        .into_iter()
+        .map(|i| chains[i].id.as_str())
+        .collect();
+    assert_eq!(ids, ["a0", "b0", "a1", "b1", "a2"]);
+    // A join waits for its deepest dependency; listed order holds within a layer.
+    let diamond = [
+        st("join", &["left", "deep"]),
+        st("deep", &["left"]),
+        st("left", &[]),
+    ];
+    assert_eq!(in_layers(&diamond), [2, 1, 0]);
+    // Invalid input (a cycle) still yields every index once instead of looping.
+    let cycle = [st("x", &["y"]), st("y", &["x"])];
+    let mut order = in_layers(&cycle);
+    order.sort();
+    assert_eq!(order, [0, 1]);
+}
+
+#[test]
+fn a_chain_of_100_000_is_layered_without_deep_recursion() {
+    let chain: Vec<SubTask> = (0..100_000)
+        .map(|i| {
+            let deps = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("s{}", i - 1)]
+            };
+            SubTask::new(format!("s{i}"), "t", "x").depends_on(deps)
+        })
+        .collect();
+    let reversed: Vec<SubTask> = chain.iter().rev().cloned().collect();
+    let order = in_layers(&reversed);
+    assert_eq!(order[0], 99_999);
+    assert_eq!(order[99_999], 0);
+}
+
+fn grow_err(existing: &[SubTask], spawner: &str, added: Vec<SubTask>) -> PlanError {
+    match grow(existing, spawner, added, LIMIT) {
+        Err(Error::InvalidPlan(e)) => e,
+        other => panic!("expected a plan error, got {other:?}"),
+    }
+}
+
+#[test]
+fn growth_rewires_the_spawners_dependents_to_the_new_sinks() {
+    let plan = [
+        st("split", &[]),
+        st("summary", &["split"]),
+        st("other", &[]),
+    ];
+    let added = vec![
+        st("c2", &["c1"]),
+        st("c1", &["split"]),
+        st("c3", &["split", "other"]),
+    ];
+    let g = grow(&plan, "split", added, LIMIT).unwrap();
+    let order: Vec<&str> = g.added.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(order, ["c1", "c3", "c2"], "created a layer at a time");
+    assert_eq!(g.sinks, ["c2", "c3"]);
+    assert_eq!(g.rewired, ["summary"]);
+}
+
+#[test]
+fn growth_is_rejected_naming_the_problem() {
+    let plan = [st("split", &[]), st("summary", &["split"])];
+    assert_eq!(
+        grow_err(&plan, "split", vec![st("summary", &[])]),
+        PlanError::DuplicateId("summary".into())
+    );
+    assert_eq!(
+        grow_err(&plan, "split", vec![st("x", &[]), st("x", &[])]),
+        PlanError::DuplicateId("x".into())
+    );
+    assert_eq!(
+        grow_err(&plan, "split", vec![st("x", &["nope"])]),
+        PlanError::UnknownDependency {
+            subtask: "x".into(),
+            dependency: "nope".into()
+        }
+    );
+    // Depending on the spawner's dependent would make that dependent wait for itself.
+    assert!(matches!(
+        grow_err(&plan, "split", vec![st("x", &["summary"])]),
+        PlanError::Cycle(_)
+    ));
+    assert!(matches!(
+        grow_err(&plan, "ghost", vec![st("x", &[])]),
+        PlanError::InvalidSubtask { .. }
+    ));
+}

@@ -72,6 +72,20 @@ impl State {
         self.tasks.get(&id).map(|(t, _)| t)
     }
 
+    /// The outputs of `task`'s dependencies, as a claim carries them.
+    fn inputs(&self, task: &Task) -> crate::Inputs {
+        task.dependencies
+            .iter()
+            .filter_map(|d| self.task(*d))
+            .map(|d| {
+                (
+                    d.output_key(),
+                    d.result.clone().unwrap_or(hive_models::Json::Null),
+                )
+            })
+            .collect()
+    }
+
     pub fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
         self.tasks.get_mut(&id).map(|(t, _)| t)
     }
@@ -151,13 +165,9 @@ impl State {
         }
         for done in completed {
             for d in self.dependents.get(&done).cloned().unwrap_or_default() {
-                if let Some(t) = self.task_mut(d) {
-                    t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
-                    if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
-                        notes.push(n.task_ready(d));
-                    }
+                if self.count_down(d, at) {
+                    notes.push(n.task_ready(d));
                 }
-                self.sync_ready(d);
             }
         }
         for (id, counters) in plans {
@@ -170,6 +180,22 @@ impl State {
     }
 
     /// How many of a task's dependencies are not completed.
+    /// One dependency of `id` done: a task left waiting for nothing starts its delay now.
+    /// True when the task is claimable at once.
+    fn count_down(&mut self, id: TaskId, at: Timestamp) -> bool {
+        let Some(t) = self.task_mut(id) else {
+            return false;
+        };
+        let was = t.pending_dependencies;
+        t.pending_dependencies = was.saturating_sub(1);
+        if was == 1 && t.delay_secs > 0 {
+            t.run_at = Some(hive_models::delayed_until(at, t.delay_secs));
+        }
+        let ready = t.status == TaskStatus::Queued && was == 1 && t.delay_secs == 0;
+        self.sync_ready(id);
+        ready
+    }
+
     fn pending_now(&self, id: TaskId) -> u32 {
         let Some(t) = self.task(id) else { return 0 };
         let open = t
@@ -231,21 +257,26 @@ impl State {
                 plan.updated_at = at;
                 notes.push(n.plan_status(pid, PlanStatus::InProgress));
             }
-            let claim = Claim { task, run };
+            let inputs = self.inputs(&task);
+            let claim = Claim { task, run, inputs };
             notes.push(n.task_claimed(&claim));
             claims.push(claim);
         }
         claims
     }
 
-    pub fn insert_task(&mut self, id: TaskId, new: NewTask, at: Timestamp) -> TaskId {
+    /// Inserts a task that `waits` for dependencies or not (its start delay begins now
+    /// when it does not).
+    pub fn insert_task(&mut self, id: TaskId, new: NewTask, at: Timestamp, waits: bool) -> TaskId {
         if let Some(key) = &new.idempotency_key {
             if let Some(existing) = self.idempotency.get(key) {
                 return *existing;
             }
             self.idempotency.insert(key.clone(), id);
         }
-        let task = Task::from_new(id, new, at);
+        let run_at = new.claimable_from(at, waits);
+        let mut task = Task::from_new(id, new, at);
+        task.run_at = run_at;
         self.next_seq += 1;
         self.tasks.insert(id, (task, self.next_seq));
         self.sync_ready(id);
@@ -265,7 +296,7 @@ impl State {
         mine
     }
 
-    pub fn remove_task(&mut self, id: TaskId) -> bool {
+    pub fn remove_task(&mut self, id: TaskId, at: Timestamp) -> bool {
         let Some((task, seq)) = self.tasks.remove(&id) else {
             return false;
         };
@@ -285,9 +316,9 @@ impl State {
         for d in self.dependents.remove(&id).unwrap_or_default() {
             if let Some(t) = self.task_mut(d) {
                 t.dependencies.retain(|x| *x != id);
-                if task.status != TaskStatus::Completed {
-                    t.pending_dependencies = t.pending_dependencies.saturating_sub(1);
-                }
+            }
+            if task.status != TaskStatus::Completed {
+                self.count_down(d, at);
             }
             self.sync_ready(d);
         }

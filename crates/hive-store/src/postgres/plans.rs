@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use hive_models::{ExecutionPlan, Json, NewPlan, PlanId, PlanStatus, SubTask, TaskId};
+use hive_models::{
+    ExecutionPlan, Json, NewPlan, PlanCounters, PlanId, PlanStatus, SubTask, TaskId,
+};
+use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::replay::{self, state_from_row};
@@ -26,31 +29,39 @@ const LOCK_PLAN_TASKS: &str = concat!(
 impl PostgresStore {
     pub(super) async fn insert_plan_row(&self, plan: &NewPlan) -> R<PlanId> {
         let id = PlanId::new();
-        let subtasks = serde_json::to_value(&plan.subtasks)
-            .map_err(|e| Fail::Store(Error::Database(format!("subtasks: {e}"))))?;
         let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO plans (id, title, description, parent_task_id, status, \
-                 total_subtasks, subtasks, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6, now(), now())",
+                 total_subtasks, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, now(), now())",
         )
         .bind(id.0)
         .bind(&plan.title)
         .bind(&plan.description)
         .bind(plan.parent_task_id.map(|p| p.0))
         .bind(total)
-        .bind(subtasks)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        insert_specs(&mut tx, id, &plan.subtasks, 0).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
     pub(super) async fn read_plan(&self, id: PlanId) -> R<Option<ExecutionPlan>> {
-        let row = sqlx::query("SELECT * FROM plans WHERE id = $1")
+        let found = sqlx::query("SELECT * FROM plans_counted WHERE id = $1")
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(self.with_specs(&found).await?.pop())
+    }
+
+    pub(super) async fn read_plan_counters(&self, id: PlanId) -> R<Option<PlanCounters>> {
+        let row = sqlx::query("SELECT * FROM plans_counted WHERE id = $1")
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(rows::plan).transpose()
+        row.as_ref().map(rows::plan_counters).transpose()
     }
 
     pub(super) async fn read_plans(
@@ -59,33 +70,45 @@ impl PostgresStore {
         limit: Option<u32>,
     ) -> R<Vec<ExecutionPlan>> {
         let found = sqlx::query(
-            "SELECT * FROM plans WHERE ($1::text IS NULL OR status = $1::text) \
+            "SELECT * FROM plans_counted WHERE ($1::text IS NULL OR status = $1::text) \
              ORDER BY created_at DESC, id DESC LIMIT $2::bigint",
         )
         .bind(status.map(PlanStatus::as_str))
         .bind(limit.map(i64::from))
         .fetch_all(&self.pool)
         .await?;
-        found.iter().map(rows::plan).collect()
+        self.with_specs(&found).await
+    }
+
+    /// Plan rows with their subtasks (read after the rows: a plan only ever gains subtasks).
+    async fn with_specs(&self, found: &[PgRow]) -> R<Vec<ExecutionPlan>> {
+        let ids = found
+            .iter()
+            .map(|r| rows::get::<Uuid>(r, "id", "plans").map(PlanId))
+            .collect::<R<Vec<_>>>()?;
+        let mut conn = self.pool.acquire().await?;
+        let mut specs = specs(&mut conn, &ids).await?;
+        found
+            .iter()
+            .zip(&ids)
+            .map(|(row, id)| rows::plan(row, specs.remove(id).unwrap_or_default()))
+            .collect()
     }
 
     pub(super) async fn materialize_once(&self, id: PlanId) -> R<Option<u64>> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(
-            "SELECT materialized, subtasks, parent_task_id FROM plans WHERE id = $1 FOR UPDATE",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?
+        let Some(row) =
+            sqlx::query("SELECT materialized, parent_task_id FROM plans WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
         else {
             return Ok(None);
         };
         if rows::get::<bool>(&row, "materialized", "plans")? {
             return Ok(Some(0));
         }
-        let subtasks: Json = rows::get(&row, "subtasks", "plans")?;
-        let subtasks: Vec<SubTask> = serde_json::from_value(subtasks)
-            .map_err(|e| rows::corrupt("plans", format!("column `subtasks`: {e}")))?;
+        let subtasks = specs(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
         let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
         let ids: HashMap<&str, TaskId> = subtasks
             .iter()
@@ -93,7 +116,10 @@ impl PostgresStore {
             .collect();
         let mut batch = TaskRows::default();
         let (mut child, mut parent_of, mut position) = (Vec::new(), Vec::new(), Vec::new());
-        for st in &subtasks {
+        for st in hive_models::in_layers(&subtasks)
+            .into_iter()
+            .map(|i| &subtasks[i])
+        {
             let Some(&tid) = ids.get(st.id.as_str()) else {
                 continue;
             };
@@ -187,11 +213,171 @@ impl PostgresStore {
         }
         tasks.sort();
         let order: Vec<TaskId> = tasks.into_iter().map(|(_, t)| t).collect();
-        let (cancelled, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+        let (cancelled, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
             ch.cancel_plan(id, &order)
         })
         .await?;
         tx.commit().await?;
+        self.settle(&written).await?;
         Ok(Some(cancelled))
     }
+}
+
+/// Stores subtask definitions, numbered from `first` in the plan's order.
+pub(super) async fn insert_specs(
+    conn: &mut PgConnection,
+    plan: PlanId,
+    subtasks: &[SubTask],
+    first: i32,
+) -> R<()> {
+    let specs = serde_json::to_value(subtasks)
+        .map_err(|e| Fail::Store(Error::Database(format!("subtasks: {e}"))))?;
+    sqlx::query(
+        "INSERT INTO plan_subtasks (plan_id, subtask_id, position, spec) \
+         SELECT $1, e.value ->> 'id', $3 + (e.ordinality - 1)::int, e.value \
+         FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(value, ordinality)",
+    )
+    .bind(plan.0)
+    .bind(specs)
+    .bind(first)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The subtasks of each plan in `ids`, in the plans' order.
+pub(super) async fn specs(
+    conn: &mut PgConnection,
+    ids: &[PlanId],
+) -> R<HashMap<PlanId, Vec<SubTask>>> {
+    let uuids: Vec<Uuid> = ids.iter().map(|p| p.0).collect();
+    let found = sqlx::query(
+        "SELECT plan_id, spec FROM plan_subtasks WHERE plan_id = ANY($1) \
+         ORDER BY plan_id, position",
+    )
+    .bind(uuids)
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<PlanId, Vec<SubTask>> = HashMap::with_capacity(ids.len());
+    for row in &found {
+        let plan = PlanId(rows::get(row, "plan_id", "plan_subtasks")?);
+        let spec: Json = rows::get(row, "spec", "plan_subtasks")?;
+        let subtask = serde_json::from_value(spec)
+            .map_err(|e| rows::corrupt("plan_subtasks", format!("column `spec`: {e}")))?;
+        out.entry(plan).or_default().push(subtask);
+    }
+    Ok(out)
+}
+
+/// Adds what the running task `spawner` spawned to its plan (see
+/// [`crate::rules::growth`]), in the transaction that then finishes it. `Ok(Err(_))`: the
+/// plan cannot take the spawn, and nothing was written. A finished plan takes nothing.
+pub(super) async fn grow(
+    conn: &mut PgConnection,
+    notifier: &crate::Notifier,
+    spawner: TaskId,
+    spawn: &[SubTask],
+) -> R<Result<(), hive_models::Error>> {
+    const T: &str = "tasks";
+    let Some(row) = sqlx::query(
+        "SELECT t.plan_id, t.plan_subtask_id, p.status AS plan_status, p.parent_task_id \
+         FROM tasks t LEFT JOIN plans p ON p.id = t.plan_id WHERE t.id = $1",
+    )
+    .bind(spawner.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(Ok(()));
+    };
+    let plan = rows::get::<Option<Uuid>>(&row, "plan_id", T)?.map(PlanId);
+    let subtask: Option<String> = rows::get(&row, "plan_subtask_id", T)?;
+    let (Some(plan), Some(subtask)) = (plan, subtask) else {
+        return Ok(Err(hive_models::Error::InvalidField {
+            field: "spawn".into(),
+            reason: format!("task {spawner} belongs to no plan"),
+        }));
+    };
+    if rows::plan_status(&row, "plan_status")?.is_terminal() {
+        return Ok(Ok(()));
+    }
+    let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", T)?.map(TaskId);
+    let existing = specs(&mut *conn, &[plan])
+        .await?
+        .remove(&plan)
+        .unwrap_or_default();
+    let growth = match hive_models::grow(&existing, &subtask, spawn.to_vec(), usize::MAX) {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
+    let found = sqlx::query("SELECT id, plan_subtask_id, status FROM tasks WHERE plan_id = $1")
+        .bind(plan.0)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut tasks_by_subtask = HashMap::with_capacity(found.len());
+    for row in &found {
+        if let Some(s) = rows::get::<Option<String>>(row, "plan_subtask_id", T)? {
+            let done = rows::task_status(row, "status")? == hive_models::TaskStatus::Completed;
+            tasks_by_subtask.insert(s, (TaskId(rows::get(row, "id", T)?), done));
+        }
+    }
+    let placed = crate::rules::growth::place(&growth, &existing, &tasks_by_subtask);
+    let first = i32::try_from(existing.len()).unwrap_or(i32::MAX);
+    insert_specs(&mut *conn, plan, &growth.added, first).await?;
+    let mut batch = TaskRows::default();
+    for (id, st, pending) in &placed.tasks {
+        let link = (plan, st.id.clone(), *pending as usize);
+        batch.push(*id, st.to_new_task(parent), Some(link));
+    }
+    let created = batch.len() as u64;
+    batch
+        .insert(
+            &mut *conn,
+            Some(payload(&notifier.task_created(None, created))?),
+        )
+        .await?;
+    let mut specs_out: Vec<(String, Json)> = Vec::with_capacity(placed.rewired.len());
+    for (_, grown) in &placed.rewired {
+        let spec = serde_json::to_value(grown)
+            .map_err(|e| Fail::Store(Error::Database(format!("subtask: {e}"))))?;
+        specs_out.push((grown.id.clone(), spec));
+    }
+    let (child, parent_of, position): (Vec<Uuid>, Vec<Uuid>, Vec<i32>) = placed
+        .deps
+        .iter()
+        .map(|(t, d, p)| (t.0, d.0, i32::try_from(*p).unwrap_or(i32::MAX)))
+        .fold((vec![], vec![], vec![]), |mut acc, (a, b, c)| {
+            acc.0.push(a);
+            acc.1.push(b);
+            acc.2.push(c);
+            acc
+        });
+    let rewired: Vec<Uuid> = placed.rewired.iter().map(|(t, _)| t.0).collect();
+    let (spec_ids, spec_values): (Vec<String>, Vec<Json>) = specs_out.into_iter().unzip();
+    sqlx::query(
+        "WITH deps AS ( \
+             INSERT INTO task_dependencies (task_id, depends_on, position) \
+             SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::int[]) \
+         ), waits AS ( \
+             UPDATE tasks SET pending_deps = pending_deps + $6::int, updated_at = now() \
+             WHERE id = ANY($5::uuid[]) \
+         ), specs AS ( \
+             UPDATE plan_subtasks s SET spec = x.spec \
+             FROM unnest($7::text[], $8::jsonb[]) AS x(id, spec) \
+             WHERE s.plan_id = $1 AND s.subtask_id = x.id \
+         ) \
+         UPDATE plans SET total_subtasks = total_subtasks + $9::bigint, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(plan.0)
+    .bind(child)
+    .bind(parent_of)
+    .bind(position)
+    .bind(rewired)
+    .bind(i32::try_from(placed.sinks.len()).unwrap_or(i32::MAX))
+    .bind(spec_ids)
+    .bind(spec_values)
+    .bind(i64::try_from(created).unwrap_or(i64::MAX))
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(()))
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanCounters, PlanId, RunId, RunStatus, TaskId, Timestamp};
+use hive_models::{PlanId, RunId, RunStatus, TaskId, Timestamp};
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
@@ -38,12 +38,37 @@ const LOCK_TASKS: &str = concat!(
     " FROM tasks t WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE"
 );
 
-const LOCK_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
+/// Reads plans' counts without locking them: concurrent finishes add to separate shards
+/// (see the `plan_tallies` migration), and the status is written compare-and-set. Counts
+/// read here may miss concurrent finishes, so a plan that may be done is settled after
+/// commit ([`settle`]).
+const READ_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
      cancelled_subtasks \
-     FROM plans WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+     FROM plans_counted WHERE id = ANY($1)";
+
+/// Moves plans whose committed counts call for it, once: the status write is
+/// compare-and-set, so of two settles racing only one moves the plan and announces it.
+const SETTLE: &str = concat!(
+    "WITH upd AS ( \
+         UPDATE plans p SET status = x.status, updated_at = now() \
+         FROM unnest($1::uuid[], $2::text[]) AS x(id, status) \
+         WHERE p.id = x.id AND p.status NOT IN ",
+    terminal_statuses!(),
+    " RETURNING p.id, p.status \
+     ) SELECT (",
+    notify_rows!(
+        "SELECT id, status FROM upd",
+        "json_build_object('origin', $3::uuid, 'kind', 'plan_status', 'plan_id', x.id, \
+             'status', x.status)"
+    ),
+    ") AS notified"
+);
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
-/// plans, and sends the notifications, which Postgres delivers on commit. The patches come
+/// plans, and sends the notifications, which Postgres delivers on commit. Each update also
+/// names its rows by `= ANY(ARRAY(…))`: the planner cannot see how few rows a
+/// `jsonb_to_recordset` yields, and would otherwise hash-join it against a full scan of the
+/// table, a cost that grows with every task ever stored. The patches come
 /// as JSON rows ([`crate::rules::runs_json`] and its siblings). Returns the dependents left
 /// waiting for nothing, announced as `task_ready` when `$7` is true.
 const APPLY: &str = concat!(
@@ -56,6 +81,7 @@ const APPLY: &str = concat!(
         error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
         output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \
     FROM run_in x WHERE r.id = x.id AND r.status = 'running' \
+        AND r.id = ANY(ARRAY(SELECT id FROM run_in)) \
     RETURNING r.id \
 ), dec AS ( \
     SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
@@ -72,33 +98,54 @@ const APPLY: &str = concat!(
         run_at = CASE WHEN x.requeue THEN x.run_at ELSE t.run_at END, \
         attempts = greatest(t.attempts + x.attempts_delta, 0), \
         pending_deps = CASE WHEN x.recount THEN (SELECT count(*) FROM task_dependencies d \
-                JOIN tasks y ON y.id = d.depends_on \
-                WHERE d.task_id = t.id AND y.status <> 'completed')::int \
+                WHERE d.task_id = t.id AND EXISTS (SELECT 1 FROM tasks y \
+                    WHERE y.id = d.depends_on AND y.status <> 'completed'))::int \
             ELSE greatest(t.pending_deps - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
             END, \
         metadata = CASE WHEN x.set_metadata THEN x.metadata::jsonb ELSE t.metadata END \
-    FROM task_in x WHERE t.id = x.id \
+    FROM task_in x WHERE t.id = x.id AND t.id = ANY(ARRAY(SELECT id FROM task_in)) \
     RETURNING t.id \
 ), dep_upd AS ( \
-    UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
-    FROM dec WHERE t.id = dec.id AND t.id NOT IN (SELECT id FROM task_in) \
-    RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
+    UPDATE tasks t SET ",
+    count_down!("dec.n"),
+    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
+        AND t.id NOT IN (SELECT id FROM task_in) \
+    RETURNING t.id, ",
+    freed!(),
+    " AS ready \
 ), freed AS ( \
     SELECT id FROM dep_upd WHERE ready \
 ), plan_in AS ( \
-    SELECT * FROM jsonb_to_recordset($4::jsonb) AS x(id uuid, status text, completed bigint, \
-        failed bigint, cancelled bigint) \
+    SELECT * FROM jsonb_to_recordset($4::jsonb) AS x(id uuid, status text, changed bool, \
+        completed bigint, failed bigint, cancelled bigint) \
+), tally_upd AS ( \
+    INSERT INTO plan_tallies AS s (plan_id, shard, completed, failed, cancelled) \
+    SELECT x.id, (pg_backend_pid() % 64)::smallint, x.completed, x.failed, x.cancelled \
+    FROM plan_in x WHERE x.completed + x.failed + x.cancelled > 0 \
+    ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed, \
+        failed = s.failed + excluded.failed, cancelled = s.cancelled + excluded.cancelled \
+    RETURNING s.plan_id \
 ), plan_upd AS ( \
-    UPDATE plans p SET status = x.status, completed_subtasks = x.completed, \
-        failed_subtasks = x.failed, cancelled_subtasks = x.cancelled, updated_at = now() \
-    FROM plan_in x WHERE p.id = x.id \
-    RETURNING p.id \
+    UPDATE plans p SET status = x.status, updated_at = now() \
+    FROM plan_in x WHERE p.id = x.id AND x.changed AND p.status NOT IN ",
+    terminal_statuses!(),
+    " AND p.id = ANY(ARRAY(SELECT id FROM plan_in WHERE changed)) \
+    RETURNING p.id, p.status \
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
        (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
+       (SELECT count(*) FROM tally_upd) AS tallies, \
        (SELECT count(pg_notify(",
     channel_sql!(),
     ", n)) FROM unnest($5::text[]) AS n) AS notified, \
+       (",
+    // After the task's own notes: a plan moves because one of its subtasks did.
+    notify_rows!(
+        "SELECT id, status FROM plan_upd",
+        "json_build_object('origin', $6::uuid, 'kind', 'plan_status', 'plan_id', x.id, \
+             'status', x.status)"
+    ),
+    ") AS plans_notified, \
        (",
     notify_rows!(
         "SELECT id FROM freed WHERE $7::bool",
@@ -182,7 +229,7 @@ pub(super) async fn load_cascade(
     Ok(())
 }
 
-/// Loads (and locks, in id order) the plans of every task in `view` and of `more`.
+/// Loads the counts of the plans of every task in `view` and of `more`.
 pub(super) async fn load_plans(
     conn: &mut PgConnection,
     view: &mut Loaded,
@@ -200,26 +247,25 @@ pub(super) async fn load_plans(
     if ids.is_empty() {
         return Ok(());
     }
-    let found = sqlx::query(LOCK_PLANS).bind(&ids).fetch_all(conn).await?;
+    let found = sqlx::query(READ_PLANS).bind(&ids).fetch_all(conn).await?;
     for row in &found {
-        const P: &str = "plans";
-        view.plans.insert(
-            PlanId(rows::get(row, "id", P)?),
-            PlanCounters {
-                status: rows::plan_status(row, "status")?,
-                total: rows::big_count(row, "total_subtasks", P)?,
-                completed: rows::big_count(row, "completed_subtasks", P)?,
-                failed: rows::big_count(row, "failed_subtasks", P)?,
-                cancelled: rows::big_count(row, "cancelled_subtasks", P)?,
-            },
-        );
+        let id = PlanId(rows::get(row, "id", "plans")?);
+        view.plans.insert(id, rows::plan_counters(row)?);
     }
     Ok(())
 }
 
+/// What writing a batch did: the dependents a completion freed, and the plans that counted
+/// finished subtasks without moving, which the caller settles after commit.
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    pub(super) ready: Vec<TaskId>,
+    pub(super) unsettled: Vec<PlanId>,
+}
+
 /// Replays `f` on `view` at the transaction's clock `at` and writes the result; returns
-/// `f`'s value and the dependents a completion freed (announced when `announce`; a caller
-/// that goes on to claim in the same transaction announces those it did not take).
+/// `f`'s value and what was written (freed dependents are announced when `announce`; a
+/// caller that goes on to claim in the same transaction announces those it did not take).
 pub(super) async fn replay<T>(
     conn: &mut PgConnection,
     notifier: &Notifier,
@@ -227,37 +273,106 @@ pub(super) async fn replay<T>(
     at: Timestamp,
     announce: bool,
     f: impl FnOnce(&mut Changes<'_, Loaded>) -> T,
-) -> R<(T, Vec<TaskId>)> {
+) -> R<(T, Written)> {
     let mut ch = Changes::new(view, notifier, at);
     let out = f(&mut ch);
-    let ready = apply(conn, notifier, ch.into_patches(), announce).await?;
-    Ok((out, ready))
+    let written = apply(conn, notifier, view, ch.into_patches(), announce).await?;
+    Ok((out, written))
 }
 
 /// Writes a batch's patches in one statement; nothing to write costs no round trip.
 async fn apply(
     conn: &mut PgConnection,
     notifier: &Notifier,
-    p: Patches,
+    view: &Loaded,
+    mut p: Patches,
     announce: bool,
-) -> R<Vec<TaskId>> {
+) -> R<Written> {
     if p.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Written::default());
     }
     let json = |what: &str, r: Result<String, serde_json::Error>| {
         r.map_err(|e| rows::corrupt("patches", format!("{what}: {e}")))
     };
+    let unsettled = p
+        .plans
+        .iter()
+        .filter(|(id, c)| !c.status.is_terminal() && view.plans.get(id) != Some(c))
+        .map(|(id, _)| *id)
+        .collect();
+    // Announced by the statement, for the plans whose compare-and-set took.
+    p.notes
+        .retain(|n| !matches!(n.change, crate::Change::PlanStatus { .. }));
     let completed: Vec<Uuid> = p.completed.iter().map(|t| t.0).collect();
     let row = sqlx::query(APPLY)
         .bind(json("runs", rules::runs_json(&p.runs))?)
         .bind(json("tasks", rules::tasks_json(&p.tasks))?)
         .bind(completed)
-        .bind(json("plans", rules::plans_json(&p.plans))?)
+        .bind(json("plans", rules::plan_deltas_json(&p.plans, view))?)
         .bind(super::listen::encode(&p.notes))
         .bind(notifier.origin())
         .bind(announce)
         .fetch_one(conn)
         .await?;
     let ready: Vec<Uuid> = rows::get(&row, "ready", "tasks")?;
-    Ok(ready.into_iter().map(TaskId).collect())
+    Ok(Written {
+        ready: ready.into_iter().map(TaskId).collect(),
+        unsettled,
+    })
+}
+
+/// After commit: moves those of `plans` whose committed counts say they are done. Two
+/// transactions finishing a plan's last two subtasks at once each read counts without the
+/// other's; whichever settles last sees both. A crash before this step is caught by the
+/// reaper ([`settle_stalled`]).
+pub(super) async fn settle(
+    conn: &mut PgConnection,
+    notifier: &Notifier,
+    plans: &[PlanId],
+) -> R<()> {
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = plans.iter().map(|p| p.0).collect();
+    let found = sqlx::query(READ_PLANS)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut moved: Vec<Uuid> = Vec::new();
+    let mut to: Vec<&'static str> = Vec::new();
+    for row in &found {
+        if let Some(status) = rows::plan_counters(row)?.settled() {
+            moved.push(rows::get(row, "id", "plans")?);
+            to.push(status.as_str());
+        }
+    }
+    if moved.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(SETTLE)
+        .bind(&moved)
+        .bind(&to)
+        .bind(notifier.origin())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Plans left unsettled by a crash between a commit and its [`settle`]: open plans whose
+/// counts say they are done. Settles up to `limit` of them.
+pub(super) async fn settle_stalled(
+    conn: &mut PgConnection,
+    notifier: &Notifier,
+    limit: u32,
+) -> R<()> {
+    let stalled: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM plans_counted WHERE status IN ('pending', 'in_progress') \
+           AND completed_subtasks + failed_subtasks + cancelled_subtasks >= total_subtasks \
+         LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let plans: Vec<PlanId> = stalled.into_iter().map(PlanId).collect();
+    settle(conn, notifier, &plans).await
 }

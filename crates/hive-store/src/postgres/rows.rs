@@ -1,8 +1,8 @@
 //! Turning Postgres rows into the models, refusing anything the models cannot represent.
 
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask, Task, TaskId,
-    TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, NewPlan, PlanCounters, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask, Task,
+    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgRow, Postgres};
@@ -99,6 +99,8 @@ pub(super) fn task(row: &PgRow) -> Result<Task, Fail> {
         tags: get(row, "tags", T)?,
         metadata: get(row, "metadata", T)?,
         run_at: get(row, "run_at", T)?,
+        timeout_secs: get::<Option<i32>>(row, "timeout_secs", T)?.map(|t| t.max(1).unsigned_abs()),
+        delay_secs: get::<i64>(row, "delay_secs", T)?.max(0).unsigned_abs(),
         attempts: count(row, "attempts", T)?,
         current_run_id: get::<Option<Uuid>>(row, "current_run_id", T)?.map(RunId),
         idempotency_key: get(row, "idempotency_key", T)?,
@@ -142,11 +144,9 @@ pub(super) fn worker(row: &PgRow) -> Result<Worker, Fail> {
     })
 }
 
-pub(super) fn plan(row: &PgRow) -> Result<ExecutionPlan, Fail> {
+/// A plan row and its subtasks as one [`ExecutionPlan`].
+pub(super) fn plan(row: &PgRow, subtasks: Vec<SubTask>) -> Result<ExecutionPlan, Fail> {
     const T: &str = "plans";
-    let subtasks: Json = get(row, "subtasks", T)?;
-    let subtasks: Vec<SubTask> = serde_json::from_value(subtasks)
-        .map_err(|e| corrupt(T, format!("column `subtasks`: {e}")))?;
     let created_at: Timestamp = get(row, "created_at", T)?;
     // Subtask ids and the dependency graph derive from the subtasks, as on insert.
     let new = NewPlan {
@@ -156,12 +156,20 @@ pub(super) fn plan(row: &PgRow) -> Result<ExecutionPlan, Fail> {
         subtasks,
     };
     let mut plan = ExecutionPlan::from_new(PlanId(get(row, "id", T)?), new, created_at);
-    plan.status = plan_status(row, "status")?;
-    plan.total_subtasks = big_count(row, "total_subtasks", T)?;
-    plan.completed_subtasks = big_count(row, "completed_subtasks", T)?;
-    plan.failed_subtasks = big_count(row, "failed_subtasks", T)?;
-    plan.cancelled_subtasks = big_count(row, "cancelled_subtasks", T)?;
+    plan.set_counters(plan_counters(row)?);
     plan.materialized = get(row, "materialized", T)?;
     plan.updated_at = get(row, "updated_at", T)?;
     Ok(plan)
+}
+
+/// A plan row's status and counters.
+pub(super) fn plan_counters(row: &PgRow) -> Result<PlanCounters, Fail> {
+    const T: &str = "plans";
+    Ok(PlanCounters {
+        status: plan_status(row, "status")?,
+        total: big_count(row, "total_subtasks", T)?,
+        completed: big_count(row, "completed_subtasks", T)?,
+        failed: big_count(row, "failed_subtasks", T)?,
+        cancelled: big_count(row, "cancelled_subtasks", T)?,
+    })
 }

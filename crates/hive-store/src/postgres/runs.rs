@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hive_models::{Json, Run, RunId, TaskId, Timestamp, WorkerId, WorkerStatus};
+use hive_models::{Json, PlanId, Run, RunId, TaskId, Timestamp, WorkerId, WorkerStatus};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -63,6 +63,10 @@ const CLAIM: &str = concat!(
     ),
     ") \
      SELECT c.*, statement_timestamp() AS started_at, \
+         (SELECT jsonb_object_agg(coalesce(d.plan_subtask_id, d.id::text), \
+              coalesce(d.result, 'null'::jsonb)) \
+          FROM task_dependencies td JOIN tasks d ON d.id = td.depends_on \
+          WHERE td.task_id = c.id) AS inputs, \
          statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
      FROM claimed c CROSS JOIN announced \
      ORDER BY c.priority DESC, c.seq"
@@ -99,11 +103,15 @@ const FINISH_SUCCESSES: &str = concat!(
          UPDATE tasks t SET status = 'completed', result = g.result, updated_at = now(), \
              pending_deps = greatest(t.pending_deps \
                  - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
-         FROM go g WHERE t.id = g.task_id \
+         FROM go g WHERE t.id = g.task_id AND t.id = ANY(ARRAY(SELECT task_id FROM go)) \
      ), dep_upd AS ( \
-         UPDATE tasks t SET pending_deps = greatest(t.pending_deps - dec.n, 0) \
-         FROM dec WHERE t.id = dec.id AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
-         RETURNING t.id, t.pending_deps = 0 AND t.status = 'queued' AS ready \
+         UPDATE tasks t SET ",
+    count_down!("dec.n"),
+    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
+             AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
+         RETURNING t.id, ",
+    freed!(),
+    " AS ready \
      ), notes AS (",
     notify_rows!(
         "SELECT task_id, run_id FROM go",
@@ -135,6 +143,8 @@ const ANNOUNCE_READY: &str = notify_rows!(
 struct Finish {
     reports: Vec<FinishReport>,
     ready: Vec<TaskId>,
+    /// Plans to settle after commit (see [`replay::settle`]).
+    unsettled: Vec<PlanId>,
 }
 
 const LOCK_RUNS: &str = concat!(
@@ -153,6 +163,47 @@ const EXPIRED_RUNS: &str = concat!(
 );
 
 impl PostgresStore {
+    /// Adds the spawns of live runs to their plans before the batch finishes; a spawn its
+    /// plan cannot take turns its outcome into a permanent failure.
+    async fn grow_spawns<'a>(
+        &self,
+        tx: &mut PgConnection,
+        view: &Loaded,
+        run_task: &HashMap<RunId, TaskId>,
+        outcomes: &'a [RunOutcome],
+    ) -> R<std::borrow::Cow<'a, [RunOutcome]>> {
+        use crate::rules::growth;
+        let mut out = std::borrow::Cow::Borrowed(outcomes);
+        for (i, task, spawn) in growth::live_spawns(outcomes, view, run_task) {
+            if let Err(e) = super::plans::grow(&mut *tx, &self.notifier, task, spawn).await? {
+                growth::refuse(&mut out, i, &e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Settles, after commit, the plans a write counted in without moving them.
+    pub(super) async fn settle(&self, written: &replay::Written) -> R<()> {
+        self.settle_plans(&written.unsettled).await
+    }
+
+    /// Best effort: the change it follows is committed, and failing the call now would make
+    /// its caller retry a done change. A plan left unsettled is the reaper's
+    /// ([`replay::settle_stalled`]).
+    async fn settle_plans(&self, plans: &[PlanId]) -> R<()> {
+        if plans.is_empty() {
+            return Ok(());
+        }
+        let settled = async {
+            let mut conn = self.pool.acquire().await?;
+            replay::settle(&mut conn, &self.notifier, plans).await
+        };
+        if let Err(e) = settled.await {
+            tracing::warn!(error = ?e, "settling plans after commit failed; the reaper will");
+        }
+        Ok(())
+    }
+
     async fn claim_chunk(
         &self,
         conn: &mut PgConnection,
@@ -183,7 +234,10 @@ impl PostgresStore {
                 rows::get(row, "started_at", "runs")?,
                 rows::get(row, "lease_until", "runs")?,
             );
-            claims.push(Claim { task, run });
+            let inputs: Option<sqlx::types::Json<crate::Inputs>> =
+                rows::get(row, "inputs", "tasks")?;
+            let inputs = inputs.map(|j| j.0).unwrap_or_default();
+            claims.push(Claim { task, run, inputs });
         }
         Ok(claims)
     }
@@ -233,7 +287,7 @@ impl PostgresStore {
         for o in outcomes {
             ids.push(o.run_id.0);
             results.push(match &o.outcome {
-                Outcome::Success { result } => result.clone(),
+                Outcome::Success { result, .. } => result.clone(),
                 Outcome::Failure { .. } => None,
             });
             logs.push(o.output_log.as_deref());
@@ -286,7 +340,11 @@ impl PostgresStore {
                 }
             })
             .collect();
-        Ok(Some(Finish { reports, ready }))
+        Ok(Some(Finish {
+            reports,
+            ready,
+            unsettled: Vec::new(),
+        }))
     }
 
     /// Finishes a batch of any outcomes by the rules; the caller holds the transaction.
@@ -308,22 +366,28 @@ impl PostgresStore {
                     .map(|o| FinishReport::stale(o.run_id, None))
                     .collect(),
                 ready: Vec::new(),
+                unsettled: Vec::new(),
             });
         };
         let at = server_now(first)?;
         let mut view = Loaded::default();
         let run_task = load_locked(&mut view, &locked)?;
+        let outcomes = &*self.grow_spawns(tx, &view, &run_task, outcomes).await?;
         let roots = view.failing_roots(outcomes, &run_task);
         replay::load_cascade(&mut *tx, &mut view, &roots).await?;
         replay::load_plans(&mut *tx, &mut view, &[]).await?;
-        let (reports, ready) = replay::replay(tx, &self.notifier, &view, at, announce, |ch| {
+        let (reports, written) = replay::replay(tx, &self.notifier, &view, at, announce, |ch| {
             outcomes
                 .iter()
                 .map(|o| ch.finish(o, run_task.get(&o.run_id).copied()))
                 .collect()
         })
         .await?;
-        Ok(Finish { reports, ready })
+        Ok(Finish {
+            reports,
+            ready: written.ready,
+            unsettled: written.unsettled,
+        })
     }
 
     /// Finishes runs, by one statement when the batch is all successes outside plans.
@@ -338,7 +402,7 @@ impl PostgresStore {
         }
         if outcomes
             .iter()
-            .all(|o| matches!(o.outcome, Outcome::Success { .. }))
+            .all(|o| matches!(&o.outcome, Outcome::Success { spawn, .. } if spawn.is_empty()))
             && let Some(done) = self.finish_successes(tx, outcomes, announce).await?
         {
             return Ok(done);
@@ -349,7 +413,7 @@ impl PostgresStore {
     pub(super) async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
         if outcomes
             .iter()
-            .all(|o| matches!(o.outcome, Outcome::Success { .. }))
+            .all(|o| matches!(&o.outcome, Outcome::Success { spawn, .. } if spawn.is_empty()))
         {
             // One statement needs no explicit transaction: saves BEGIN and COMMIT trips.
             let mut conn = self.pool.acquire().await?;
@@ -360,6 +424,7 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let done = self.finish_replayed(&mut tx, outcomes, true).await?;
         tx.commit().await?;
+        self.settle_plans(&done.unsettled).await?;
         Ok(done.reports)
     }
 
@@ -388,6 +453,7 @@ impl PostgresStore {
                 .await?;
         }
         tx.commit().await?;
+        self.settle_plans(&done.unsettled).await?;
         Ok((done.reports, claims))
     }
 
@@ -409,7 +475,7 @@ impl PostgresStore {
             .iter()
             .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
             .collect();
-        let (released, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+        let (released, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
             order
                 .iter()
                 .filter(|(r, t)| ch.release(*r, *t))
@@ -418,6 +484,7 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
+        self.settle(&written).await?;
         Ok(released)
     }
 
@@ -461,7 +528,7 @@ impl PostgresStore {
         replay::load_cascade(&mut tx, &mut view, &roots).await?;
         replay::load_plans(&mut tx, &mut view, &[]).await?;
         let ids: Vec<String> = rows::get(&offline, "ids", "workers")?;
-        let (report, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+        let (report, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
             let mut report = ReapReport::default();
             for (run_id, task_id) in order {
                 match ch.expire(run_id, task_id, p.retry) {
@@ -482,6 +549,10 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
+        self.settle(&written).await?;
+        // Plans a crash left unsettled between a commit and its settle.
+        let mut conn = self.pool.acquire().await?;
+        replay::settle_stalled(&mut conn, &self.notifier, p.limit).await?;
         Ok(report)
     }
 

@@ -18,6 +18,29 @@ macro_rules! terminal_statuses {
     };
 }
 
+/// The `SET` clause that counts `$n` (an SQL expression) dependencies of the task `t` done:
+/// one left waiting for nothing starts its start delay now.
+macro_rules! count_down {
+    ($n:expr) => {
+        concat!(
+            "pending_deps = greatest(t.pending_deps - (",
+            $n,
+            "), 0), run_at = CASE WHEN t.delay_secs > 0 AND t.pending_deps > 0 \
+                 AND t.pending_deps <= (",
+            $n,
+            ") THEN now() + t.delay_secs * interval '1 second' ELSE t.run_at END"
+        )
+    };
+}
+
+/// After a [`count_down`], whether the task `t` is claimable at once (a delayed one is not
+/// announced: workers find it when its delay is over).
+macro_rules! freed {
+    () => {
+        "t.pending_deps = 0 AND t.status = 'queued' AND t.delay_secs = 0"
+    };
+}
+
 /// Every task query selects `t.*` plus this, so the row carries the task's dependency list
 /// in the order the dependencies were declared.
 macro_rules! task_dependencies {

@@ -15,27 +15,33 @@ use crate::sql::R;
 use crate::{Error, PruneParams, StatusChange, StatusChanged, StatusCounts, TaskFilter};
 
 /// Inserts rows given as parallel arrays; conflicting idempotency keys insert nothing.
-/// Returns the ids inserted. `$19` is the notification payload, sent when not null.
+/// Returns the ids inserted. `$21` is the notification payload, sent when not null. A task
+/// waiting for no dependency starts its delay now (see `NewTask::claimable_from`).
 const INSERT_TASKS: &str = concat!(
     "\
 WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], \
         $6::jsonb[], $7::bigint[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::uuid[], \
         $12::jsonb[], $13::jsonb[], $14::timestamptz[], $15::text[], $16::uuid[], $17::text[], \
-        $18::int[]) WITH ORDINALITY \
+        $18::int[], $19::int[], $20::bigint[]) WITH ORDINALITY \
     AS x(id, title, description, task_type, priority, payload, max_retries, current_phase, \
         workflow, due_date, parent_task_id, tags, metadata, run_at, idempotency_key, plan_id, \
-        plan_subtask_id, pending_deps, ord) \
+        plan_subtask_id, pending_deps, timeout_secs, delay_secs, ord) \
 ), ins AS ( \
     INSERT INTO tasks (id, title, description, task_type, priority, payload, max_retries, \
         current_phase, workflow, due_date, parent_task_id, tags, metadata, run_at, \
-        idempotency_key, plan_id, plan_subtask_id, pending_deps, created_at, updated_at) \
+        idempotency_key, plan_id, plan_subtask_id, pending_deps, timeout_secs, delay_secs, \
+        created_at, updated_at) \
     SELECT x.id, x.title, x.description, x.task_type, x.priority, x.payload, x.max_retries, \
         x.current_phase, x.workflow, x.due_date, x.parent_task_id, \
         ARRAY(SELECT e.v FROM jsonb_array_elements_text(x.tags) WITH ORDINALITY AS e(v, i) \
               ORDER BY e.i), \
-        x.metadata, x.run_at, x.idempotency_key, x.plan_id, x.plan_subtask_id, x.pending_deps, \
-        now(), now() \
+        x.metadata, \
+        CASE WHEN x.pending_deps = 0 AND x.delay_secs > 0 \
+            THEN greatest(x.run_at, now() + x.delay_secs * interval '1 second') \
+            ELSE x.run_at END, \
+        x.idempotency_key, x.plan_id, x.plan_subtask_id, x.pending_deps, x.timeout_secs, \
+        x.delay_secs, now(), now() \
     FROM input x ORDER BY x.ord \
     ON CONFLICT (idempotency_key) DO NOTHING \
     RETURNING id \
@@ -43,7 +49,7 @@ WITH input AS ( \
 SELECT ARRAY(SELECT id FROM ins) AS inserted, \
     (SELECT count(pg_notify(",
     channel_sql!(),
-    ", $19::text)) WHERE $19::text IS NOT NULL) AS notified"
+    ", $21::text)) WHERE $21::text IS NOT NULL) AS notified"
 );
 
 /// One task row to insert, in [`INSERT_TASKS`]'s column order.
@@ -67,6 +73,8 @@ pub(super) struct TaskRows {
     plan_id: Vec<Option<Uuid>>,
     plan_subtask_id: Vec<Option<String>>,
     pending_deps: Vec<i32>,
+    timeout_secs: Vec<Option<i32>>,
+    delay_secs: Vec<i64>,
 }
 
 impl TaskRows {
@@ -90,6 +98,10 @@ impl TaskRows {
         self.metadata.push(t.metadata);
         self.run_at.push(t.run_at);
         self.idempotency_key.push(t.idempotency_key);
+        self.timeout_secs
+            .push(t.timeout_secs.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
+        self.delay_secs
+            .push(i64::try_from(t.delay_secs).unwrap_or(i64::MAX));
         let (plan_id, subtask, pending) = match plan {
             Some((p, s, n)) => (Some(p.0), Some(s), i32::try_from(n).unwrap_or(i32::MAX)),
             None => (None, None, 0),
@@ -120,6 +132,8 @@ impl TaskRows {
             .bind(self.plan_id)
             .bind(self.plan_subtask_id)
             .bind(self.pending_deps)
+            .bind(self.timeout_secs)
+            .bind(self.delay_secs)
             .bind(note)
             .fetch_one(conn)
             .await?;
@@ -279,7 +293,7 @@ impl PostgresStore {
             replay::load_cascade(&mut tx, &mut view, &[id]).await?;
         }
         replay::load_plans(&mut tx, &mut view, &[]).await?;
-        let (outcome, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+        let (outcome, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
             ch.change_status(&task, change)
         })
         .await?;
@@ -289,6 +303,7 @@ impl PostgresStore {
             .await?
             .ok_or_else(|| Error::not_found("task", id))?;
         tx.commit().await?;
+        self.settle(&written).await?;
         Ok(Some(StatusChanged {
             previous: outcome.previous,
             task,
@@ -332,14 +347,15 @@ impl PostgresStore {
             .map_err(|e: hive_models::Error| rows::corrupt("plans", e.to_string()))?;
         let open: i64 = rows::get(&check, "open_dependents", "tasks")?;
         task.check_deletable(plan_status, usize::try_from(open).unwrap_or(usize::MAX))?;
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = sqlx::query_scalar(concat!(
             "WITH gone AS (DELETE FROM tasks WHERE id = $1 RETURNING id, status), \
              unblocked AS ( \
-                 UPDATE tasks t SET pending_deps = greatest(t.pending_deps - 1, 0) \
-                 FROM task_dependencies d, gone g \
+                 UPDATE tasks t SET ",
+            count_down!("1"),
+            " FROM task_dependencies d, gone g \
                  WHERE d.depends_on = g.id AND t.id = d.task_id AND g.status <> 'completed') \
-             SELECT count(*) FROM gone",
-        )
+             SELECT count(*) FROM gone"
+        ))
         .bind(id.0)
         .fetch_one(&mut *tx)
         .await?;
@@ -361,8 +377,9 @@ impl PostgresStore {
                  JOIN old o ON o.id = d.depends_on WHERE o.status <> 'completed' \
                  GROUP BY d.task_id \
              ), unblocked AS ( \
-                 UPDATE tasks t SET pending_deps = greatest(t.pending_deps - w.n, 0) \
-                 FROM waiting w \
+                 UPDATE tasks t SET ",
+            count_down!("w.n"),
+            " FROM waiting w \
                  WHERE t.id = w.task_id AND t.id NOT IN (SELECT id FROM old) \
              ), gone AS ( \
                  DELETE FROM tasks WHERE id IN (SELECT id FROM old) RETURNING 1 \

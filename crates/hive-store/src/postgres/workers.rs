@@ -125,7 +125,7 @@ impl PostgresStore {
         let run_task = load_locked(&mut view, &locked)?;
         let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
         order.sort_by_key(|(r, t)| (*t, *r));
-        let (released, _) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+        let (released, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
             let released: Vec<TaskId> = order
                 .iter()
                 .filter(|(r, t)| ch.release(*r, *t))
@@ -136,6 +136,7 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
+        self.settle(&written).await?;
         Ok(Some(released))
     }
 }

@@ -209,7 +209,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         let plan_id = self.state(task_id).and_then(|t| t.plan_id);
         let log = Some(o.output_log.clone());
         let (finished, fx) = match &o.outcome {
-            Outcome::Success { result } => {
+            Outcome::Success { result, .. } => {
                 self.close_run(task_id, |r| RunPatch {
                     result: Some(result.clone()),
                     log,

@@ -27,10 +27,13 @@
 )]
 
 mod changes;
+pub mod growth;
 mod rows;
 mod state;
 
 pub use changes::{Changes, Patches};
+#[cfg(feature = "postgres")]
+pub use rows::plan_deltas_json;
 pub use rows::{plans_json, runs_json, tasks_json};
 pub use state::{Loaded, TaskState, View};
 

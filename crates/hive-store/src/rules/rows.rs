@@ -113,3 +113,38 @@ pub fn plans_json(plans: &[(PlanId, PlanCounters)]) -> Result<String, serde_json
         .collect();
     serde_json::to_string(&rows)
 }
+
+/// A plan patch as what changed since the rows were read: the counts to add, and the new
+/// status when it moved. For a backend that counts without locking the plan's row.
+#[cfg(feature = "postgres")]
+#[derive(Serialize)]
+struct PlanDelta {
+    id: PlanId,
+    status: hive_models::PlanStatus,
+    changed: bool,
+    completed: u32,
+    failed: u32,
+    cancelled: u32,
+}
+
+#[cfg(feature = "postgres")]
+pub fn plan_deltas_json(
+    plans: &[(PlanId, PlanCounters)],
+    view: &impl super::View,
+) -> Result<String, serde_json::Error> {
+    let rows: Vec<PlanDelta> = plans
+        .iter()
+        .filter_map(|(id, c)| {
+            let before = view.plan(*id)?;
+            Some(PlanDelta {
+                id: *id,
+                status: c.status,
+                changed: c.status != before.status,
+                completed: c.completed.saturating_sub(before.completed),
+                failed: c.failed.saturating_sub(before.failed),
+                cancelled: c.cancelled.saturating_sub(before.cancelled),
+            })
+        })
+        .collect();
+    serde_json::to_string(&rows)
+}

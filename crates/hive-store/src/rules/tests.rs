@@ -129,9 +129,7 @@ fn completing_every_task_completes_the_plan_and_counts_down() {
     let mut ch = Changes::new(&view, &n, at());
     let ok = RunOutcome {
         run_id: run,
-        outcome: Outcome::Success {
-            result: Some(json!({"n": 1})),
-        },
+        outcome: Outcome::success(Some(json!({"n": 1}))),
         output_log: None,
     };
     let report = ch.finish(&ok, Some(ids[0]));

@@ -213,7 +213,8 @@ pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<
         // last commits when the machine loses power.
         let mut opts = base
             .create_if_missing(creates)
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            .pragma("wal_autocheckpoint", "16384");
         if creates {
             // Switching to WAL writes the file: only where the schema may be created. WAL
             // is a property of the file, so a database Hive created is in WAL already.

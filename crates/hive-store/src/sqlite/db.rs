@@ -1,13 +1,12 @@
 //! Shared plumbing of the SQLite backend: error mapping, the database clock, row decoding.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hive_models::{
-    ExecutionPlan, Json, PlanId, PlanStatus, Run, RunId, SubTask, Task, TaskId, Timestamp, Worker,
-    WorkerId,
+    ExecutionPlan, Json, PlanCounters, PlanId, PlanStatus, Run, RunId, SubTask, Task, TaskId,
+    Timestamp, Worker, WorkerId,
 };
 use serde::de::DeserializeOwned;
 use sqlx::sqlite::SqliteRow;
@@ -268,6 +267,10 @@ pub(super) fn task_from_row(row: &SqliteRow) -> R<Task> {
         tags: c.json("tags")?,
         metadata: c.json("metadata")?,
         run_at: c.ts_opt("run_at")?,
+        timeout_secs: c
+            .get::<Option<i64>>("timeout_secs")?
+            .map(|t| t.clamp(1, u32::MAX.into()) as u32),
+        delay_secs: c.get::<i64>("delay_secs")?.max(0) as u64,
         attempts: c.u32("attempts")?,
         current_run_id: c.parse_opt("current_run_id")?,
         idempotency_key: c.get("idempotency_key")?,
@@ -341,30 +344,30 @@ pub(super) fn worker_from_row(row: &SqliteRow) -> R<Worker> {
     })
 }
 
-pub(super) fn plan_from_row(row: &SqliteRow) -> R<ExecutionPlan> {
+/// A plan row and its subtasks (see [`super::plans::specs`]) as one [`ExecutionPlan`].
+pub(super) fn plan_from_row(row: &SqliteRow, subtasks: Vec<SubTask>) -> R<ExecutionPlan> {
     let c = Cols::new(row, "plans");
-    let subtasks: Vec<SubTask> = c.json("subtasks")?;
-    // Derived exactly as `ExecutionPlan::from_new` derives them, so nothing is stored twice.
-    let subtask_ids = subtasks.iter().map(|s| s.id.clone()).collect();
-    let dependency_graph: BTreeMap<String, Vec<String>> = subtasks
-        .iter()
-        .map(|s| (s.id.clone(), s.dependencies.clone()))
-        .collect();
-    Ok(ExecutionPlan {
-        id: c.parse::<PlanId>("id")?,
+    let new = hive_models::NewPlan {
         title: c.get("title")?,
         description: c.get("description")?,
         parent_task_id: c.parse_opt("parent_task_id")?,
-        status: c.parse::<PlanStatus>("status")?,
-        total_subtasks: c.u32("total_subtasks")?,
-        completed_subtasks: c.u32("completed_subtasks")?,
-        failed_subtasks: c.u32("failed_subtasks")?,
-        cancelled_subtasks: c.u32("cancelled_subtasks")?,
-        subtask_ids,
-        dependency_graph,
         subtasks,
-        materialized: c.get::<i64>("materialized")? != 0,
-        created_at: c.ts("created_at")?,
-        updated_at: c.ts("updated_at")?,
+    };
+    // Subtask ids and the dependency graph derive from the subtasks, as on insert.
+    let mut plan = ExecutionPlan::from_new(c.parse::<PlanId>("id")?, new, c.ts("created_at")?);
+    plan.set_counters(plan_counters(&c)?);
+    plan.materialized = c.get::<i64>("materialized")? != 0;
+    plan.updated_at = c.ts("updated_at")?;
+    Ok(plan)
+}
+
+/// A plan row's status and counters.
+pub(super) fn plan_counters(c: &Cols<'_>) -> R<PlanCounters> {
+    Ok(PlanCounters {
+        status: c.parse::<PlanStatus>("status")?,
+        total: c.u32("total_subtasks")?,
+        completed: c.u32("completed_subtasks")?,
+        failed: c.u32("failed_subtasks")?,
+        cancelled: c.u32("cancelled_subtasks")?,
     })
 }

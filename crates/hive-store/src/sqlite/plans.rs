@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use hive_models::{ExecutionPlan, NewPlan, PlanCounters, PlanId, PlanStatus, SubTask, TaskId};
+use sqlx::sqlite::SqliteRow;
 
-use super::db::{self, Cols, Conn, R, to_json};
+use super::db::{self, Cols, Conn, R, json_list, to_json};
 use super::replay::{self, state_columns};
 use super::tasks::{self, PlanLink, TaskRow};
 use crate::rules::Loaded;
@@ -13,29 +14,92 @@ use crate::{Notification, Notifier};
 pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
     let at = db::db_now(c).await?;
     let id = PlanId::new();
-    let p = ExecutionPlan::from_new(id, plan, db::ts("plans", at)?);
+    let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
     sqlx::query(
         "INSERT INTO plans (id, title, description, parent_task_id, status, total_subtasks, \
-                            completed_subtasks, failed_subtasks, subtasks, materialized, \
+                            completed_subtasks, failed_subtasks, materialized, \
                             created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, ?7, 0, ?8, ?8)",
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 0, 0, ?6, ?6)",
     )
     .bind(id.to_string())
-    .bind(p.title)
-    .bind(p.description)
-    .bind(p.parent_task_id.map(|t| t.to_string()))
-    .bind(p.status.as_str())
-    .bind(i64::from(p.total_subtasks))
-    .bind(to_json("subtasks", &p.subtasks)?)
+    .bind(&plan.title)
+    .bind(&plan.description)
+    .bind(plan.parent_task_id.map(|t| t.to_string()))
+    .bind(total)
     .bind(at)
     .execute(&mut *c)
     .await?;
+    insert_specs(c, id, &plan.subtasks, 0).await?;
     Ok(id)
+}
+
+/// Stores subtask definitions, numbered from `first` in the plan's order.
+pub(super) async fn insert_specs(
+    c: &mut Conn,
+    plan: PlanId,
+    subtasks: &[SubTask],
+    first: i64,
+) -> R<()> {
+    sqlx::query(
+        "INSERT INTO plan_subtasks (plan_id, subtask_id, position, spec) \
+         SELECT ?1, j.value ->> 'id', ?3 + j.key, j.value FROM json_each(?2) AS j",
+    )
+    .bind(plan.to_string())
+    .bind(to_json("subtasks", subtasks)?)
+    .bind(first)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// The subtasks of each plan in `ids`, in the plans' order.
+pub(super) async fn specs(c: &mut Conn, ids: &[PlanId]) -> R<HashMap<PlanId, Vec<SubTask>>> {
+    let rows = sqlx::query(
+        "SELECT plan_id, spec FROM plan_subtasks \
+         WHERE plan_id IN (SELECT value FROM json_each(?1)) ORDER BY plan_id, position",
+    )
+    .bind(json_list(ids))
+    .fetch_all(&mut *c)
+    .await?;
+    let mut out: HashMap<PlanId, Vec<SubTask>> = HashMap::with_capacity(ids.len());
+    for row in &rows {
+        let cols = Cols::new(row, "plan_subtasks");
+        out.entry(cols.parse("plan_id")?)
+            .or_default()
+            .push(cols.json("spec")?);
+    }
+    Ok(out)
+}
+
+/// Plan rows with their subtasks.
+async fn assemble(c: &mut Conn, rows: &[SqliteRow]) -> R<Vec<ExecutionPlan>> {
+    let ids = rows
+        .iter()
+        .map(|r| Cols::new(r, "plans").parse::<PlanId>("id"))
+        .collect::<R<Vec<_>>>()?;
+    let mut specs = specs(c, &ids).await?;
+    rows.iter()
+        .zip(&ids)
+        .map(|(row, id)| db::plan_from_row(row, specs.remove(id).unwrap_or_default()))
+        .collect()
 }
 
 pub(super) async fn get(c: &mut Conn, id: PlanId) -> R<Option<ExecutionPlan>> {
     let sql = concat!("SELECT ", plan_columns!(), " FROM plans WHERE id = ?1");
-    db::one(c, sql, id, db::plan_from_row).await
+    let rows = sqlx::query(sql)
+        .bind(id.to_string())
+        .fetch_all(&mut *c)
+        .await?;
+    Ok(assemble(c, &rows).await?.pop())
+}
+
+/// A plan's status and counters, without its subtasks.
+pub(super) async fn counters(c: &mut Conn, id: PlanId) -> R<Option<PlanCounters>> {
+    let sql = concat!("SELECT ", plan_columns!(), " FROM plans WHERE id = ?1");
+    db::one(c, sql, id, |row| {
+        db::plan_counters(&Cols::new(row, "plans"))
+    })
+    .await
 }
 
 pub(super) async fn list(
@@ -68,7 +132,7 @@ pub(super) async fn list(
             sqlx::query(sql).bind(limit).fetch_all(&mut *c).await?
         }
     };
-    rows.iter().map(db::plan_from_row).collect()
+    assemble(c, &rows).await
 }
 
 /// What [`materialize`] found.
@@ -82,7 +146,7 @@ pub(super) enum Materialized {
 /// One multi-row insert of the tasks and one of their dependency rows (each chunked under
 /// the bind limit), in the transaction that marks the plan materialized.
 pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
-    let row = sqlx::query("SELECT materialized, subtasks, parent_task_id FROM plans WHERE id = ?1")
+    let row = sqlx::query("SELECT materialized, parent_task_id FROM plans WHERE id = ?1")
         .bind(id.to_string())
         .fetch_optional(&mut *c)
         .await?;
@@ -93,8 +157,8 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
     if cols.get::<i64>("materialized")? != 0 {
         return Ok(Materialized::Already);
     }
-    let subtasks: Vec<SubTask> = cols.json("subtasks")?;
     let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
+    let subtasks = specs(c, &[id]).await?.remove(&id).unwrap_or_default();
     let at = db::db_now(c).await?;
     sqlx::query("UPDATE plans SET materialized = 1, updated_at = ?1 WHERE id = ?2")
         .bind(at)
@@ -107,7 +171,10 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
         .collect();
     let mut rows = Vec::with_capacity(subtasks.len());
     let mut deps = Vec::new();
-    for st in &subtasks {
+    for st in hive_models::in_layers(&subtasks)
+        .into_iter()
+        .map(|i| &subtasks[i])
+    {
         let Some(tid) = ids.get(st.id.as_str()).copied() else {
             continue;
         };
@@ -203,4 +270,98 @@ pub(super) async fn cancel(
         replay::replay(c, n, &view, at, |ch| ch.cancel_plan(id, &open)).await?;
     notes.extend(batch_notes);
     Ok(Some(cancelled))
+}
+
+/// Adds what the running task `spawner` spawned to its plan (see
+/// [`crate::rules::growth`]), in the transaction that then finishes it. `Ok(Err(_))`: the
+/// plan cannot take the spawn, and nothing was written. A finished plan takes nothing.
+pub(super) async fn grow(
+    c: &mut Conn,
+    spawner: TaskId,
+    spawn: &[SubTask],
+    at: i64,
+) -> R<Result<(), hive_models::Error>> {
+    let row = sqlx::query(
+        "SELECT t.plan_id, t.plan_subtask_id, p.status AS plan_status, p.parent_task_id \
+         FROM tasks t LEFT JOIN plans p ON p.id = t.plan_id WHERE t.id = ?1",
+    )
+    .bind(spawner.to_string())
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(row) = row else { return Ok(Ok(())) };
+    let cols = Cols::new(&row, "tasks");
+    let plan: Option<PlanId> = cols.parse_opt("plan_id")?;
+    let subtask: Option<String> = cols.get("plan_subtask_id")?;
+    let (Some(plan), Some(subtask)) = (plan, subtask) else {
+        return Ok(Err(hive_models::Error::InvalidField {
+            field: "spawn".into(),
+            reason: format!("task {spawner} belongs to no plan"),
+        }));
+    };
+    let status: PlanStatus = cols.parse("plan_status")?;
+    if status.is_terminal() {
+        return Ok(Ok(()));
+    }
+    let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
+    let existing = specs(c, &[plan]).await?.remove(&plan).unwrap_or_default();
+    let growth = match hive_models::grow(&existing, &subtask, spawn.to_vec(), usize::MAX) {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
+    let rows = sqlx::query("SELECT id, plan_subtask_id, status FROM tasks WHERE plan_id = ?1")
+        .bind(plan.to_string())
+        .fetch_all(&mut *c)
+        .await?;
+    let mut tasks_by_subtask = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let cols = Cols::new(row, "tasks");
+        if let Some(s) = cols.get::<Option<String>>("plan_subtask_id")? {
+            let done = cols.get::<String>("status")? == "completed";
+            tasks_by_subtask.insert(s, (cols.parse::<TaskId>("id")?, done));
+        }
+    }
+    let placed = crate::rules::growth::place(&growth, &existing, &tasks_by_subtask);
+    let first = i64::try_from(existing.len()).unwrap_or(i64::MAX);
+    insert_specs(c, plan, &growth.added, first).await?;
+    let new_rows: Vec<TaskRow> = placed
+        .tasks
+        .iter()
+        .map(|(id, st, pending)| TaskRow {
+            id: *id,
+            new: st.to_new_task(parent),
+            plan: Some(PlanLink {
+                plan_id: plan,
+                subtask_id: st.id.clone(),
+                pending: *pending,
+            }),
+        })
+        .collect();
+    tasks::insert_rows(c, &new_rows, at).await?;
+    for (_, grown) in &placed.rewired {
+        sqlx::query("UPDATE plan_subtasks SET spec = ?1 WHERE plan_id = ?2 AND subtask_id = ?3")
+            .bind(to_json("subtask", grown)?)
+            .bind(plan.to_string())
+            .bind(&grown.id)
+            .execute(&mut *c)
+            .await?;
+    }
+    tasks::insert_dependencies(c, &placed.deps).await?;
+    sqlx::query(
+        "UPDATE tasks SET pending_deps = pending_deps + ?1, updated_at = ?2 \
+         WHERE id IN (SELECT value FROM json_each(?3))",
+    )
+    .bind(i64::try_from(placed.sinks.len()).unwrap_or(i64::MAX))
+    .bind(at)
+    .bind(json_list(placed.rewired.iter().map(|(t, _)| t)))
+    .execute(&mut *c)
+    .await?;
+    sqlx::query(
+        "UPDATE plans SET total_subtasks = total_subtasks + ?1, updated_at = ?2 WHERE id = ?3",
+    )
+    .bind(i64::try_from(new_rows.len()).unwrap_or(i64::MAX))
+    .bind(at)
+    .bind(plan.to_string())
+    .execute(&mut *c)
+    .await?;
+    Ok(Ok(()))
 }

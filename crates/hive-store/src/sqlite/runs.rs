@@ -36,6 +36,11 @@ macro_rules! claim_select {
             "SELECT ",
             task_columns!(),
             ", t.run_count + 1 AS next_run, ",
+            // The dependencies' outputs, so a claim needs no second query for its inputs.
+            "(SELECT json_group_object(coalesce(d.plan_subtask_id, d.id), \
+                 json(coalesce(d.result, 'null'))) \
+              FROM task_dependencies td JOIN tasks d ON d.id = td.depends_on \
+              WHERE td.task_id = t.id) AS inputs, ",
             now_us!(),
             // Without statistics the planner prefers the status index and sorts every
             // queued task; the partial ready index yields them in queue order instead.
@@ -83,6 +88,7 @@ pub(super) async fn claim(
     let mut claims = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut task = db::task_from_row(row)?;
+        let inputs = Cols::new(row, "tasks").json("inputs")?;
         let run = Run::claimed(
             RunId::new(),
             &task,
@@ -96,7 +102,7 @@ pub(super) async fn claim(
         task.attempts = task.attempts.saturating_add(1);
         task.current_run_id = Some(run.id);
         task.updated_at = started;
-        claims.push(Claim { task, run });
+        claims.push(Claim { task, run, inputs });
     }
     let pairs: Vec<Json> = claims
         .iter()
@@ -182,6 +188,7 @@ pub(super) async fn finish(
             .map(|o| FinishReport::stale(o.run_id, None))
             .collect());
     };
+    let outcomes = &*grow_spawns(c, &view, &run_task, outcomes, at).await?;
     let roots = view.failing_roots(outcomes, &run_task);
     replay::load_cascade(c, &mut view, &roots).await?;
     replay::load_plans(c, &mut view).await?;
@@ -194,6 +201,25 @@ pub(super) async fn finish(
     .await?;
     notes.extend(batch_notes);
     Ok(reports)
+}
+
+/// Adds the spawns of live runs to their plans before the batch finishes; a spawn its plan
+/// cannot take turns its outcome into a permanent failure.
+async fn grow_spawns<'a>(
+    c: &mut Conn,
+    view: &Loaded,
+    run_task: &std::collections::HashMap<RunId, TaskId>,
+    outcomes: &'a [RunOutcome],
+    at: i64,
+) -> R<std::borrow::Cow<'a, [RunOutcome]>> {
+    use crate::rules::growth;
+    let mut out = std::borrow::Cow::Borrowed(outcomes);
+    for (i, task, spawn) in growth::live_spawns(outcomes, view, run_task) {
+        if let Err(e) = super::plans::grow(c, task, spawn, at).await? {
+            growth::refuse(&mut out, i, &e);
+        }
+    }
+    Ok(out)
 }
 
 pub(super) async fn extend_lease(

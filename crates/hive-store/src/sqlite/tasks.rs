@@ -17,7 +17,7 @@ use crate::{
 /// SQLite refuses statements with more than 32766 bound parameters.
 const MAX_BINDS: usize = 32766;
 /// Bound parameters per row of [`insert_rows`].
-const TASK_BINDS: usize = 20;
+const TASK_BINDS: usize = 22;
 const TASK_ROWS_PER_INSERT: usize = MAX_BINDS / TASK_BINDS;
 const DEP_ROWS_PER_INSERT: usize = MAX_BINDS / 3;
 
@@ -47,6 +47,7 @@ struct Encoded {
 /// Multi-row inserts, chunked under the bind limit. Rows whose idempotency key exists are
 /// skipped; the caller resolves their ids.
 pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()> {
+    let now = db::ts("tasks", at)?;
     for chunk in rows.chunks(TASK_ROWS_PER_INSERT) {
         let encoded = chunk
             .iter()
@@ -67,10 +68,13 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
         let mut b = QueryBuilder::<Sqlite>::new(
             "INSERT INTO tasks (id, title, description, task_type, priority, current_phase, \
              workflow, payload, due_date, max_retries, parent_task_id, tags, metadata, run_at, \
-             idempotency_key, plan_id, plan_subtask_id, pending_deps, created_at, updated_at) ",
+             idempotency_key, timeout_secs, delay_secs, plan_id, plan_subtask_id, pending_deps, \
+             created_at, updated_at) ",
         );
         b.push_values(chunk.iter().zip(encoded), |mut s, (r, e)| {
             let n = &r.new;
+            let waits = r.plan.as_ref().is_some_and(|l| l.pending > 0);
+            let run_at = n.claimable_from(now, waits);
             s.push_bind(r.id.to_string())
                 .push_bind(n.title.clone())
                 .push_bind(n.description.clone())
@@ -84,8 +88,10 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
                 .push_bind(n.parent_task_id.map(|p| p.to_string()))
                 .push_bind(e.tags)
                 .push_bind(e.metadata)
-                .push_bind(n.run_at.map(us))
-                .push_bind(n.idempotency_key.clone());
+                .push_bind(run_at.map(us))
+                .push_bind(n.idempotency_key.clone())
+                .push_bind(n.timeout_secs.map(i64::from))
+                .push_bind(i64::try_from(n.delay_secs).unwrap_or(i64::MAX));
             match &r.plan {
                 Some(l) => s
                     .push_bind(l.plan_id.to_string())
@@ -369,14 +375,22 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
     if done.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    // A dependent left waiting for nothing starts its delay now; only one without a delay is
+    // ready at once.
+    let rows = sqlx::query(concat!(
         "UPDATE tasks SET pending_deps = MAX(pending_deps - (\
              SELECT COUNT(*) FROM task_dependencies d \
-             WHERE d.task_id = tasks.id AND d.depends_on IN (SELECT value FROM json_each(?1))), 0) \
+             WHERE d.task_id = tasks.id AND d.depends_on IN (SELECT value FROM json_each(?1))), 0), \
+             run_at = CASE WHEN delay_secs > 0 AND pending_deps <= (\
+                 SELECT COUNT(*) FROM task_dependencies d WHERE d.task_id = tasks.id \
+                   AND d.depends_on IN (SELECT value FROM json_each(?1))) \
+               THEN ",
+        now_us!(),
+        " + delay_secs * 1000000 ELSE run_at END \
          WHERE id IN (SELECT d.task_id FROM task_dependencies d \
                       WHERE d.depends_on IN (SELECT value FROM json_each(?1))) \
-         RETURNING id, pending_deps = 0 AND status = 'queued' AS ready",
-    )
+         RETURNING id, pending_deps = 0 AND status = 'queued' AND delay_secs = 0 AS ready"
+    ))
     .bind(json_list(done))
     .fetch_all(&mut *c)
     .await?;

@@ -1004,9 +1004,7 @@ impl Side {
                 continue;
             };
             let outcome = match end {
-                End::Success => Outcome::Success {
-                    result: Some(json!({ "step": k, "ok": true })),
-                },
+                End::Success => Outcome::success(Some(json!({ "step": k, "ok": true }))),
                 End::FailureRetry => Outcome::Failure {
                     error: format!("error {k}"),
                     retry: Some(RetryPolicy::IMMEDIATE),

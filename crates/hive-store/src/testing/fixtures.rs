@@ -74,9 +74,7 @@ pub async fn set_status(s: &dyn Store, id: TaskId, to: TaskStatus) -> StatusChan
 pub fn success(run_id: RunId) -> RunOutcome {
     RunOutcome {
         run_id,
-        outcome: Outcome::Success {
-            result: Some(json!({"ok": true})),
-        },
+        outcome: Outcome::success(Some(json!({"ok": true}))),
         output_log: Some("done".into()),
     }
 }

@@ -16,6 +16,7 @@ pub mod fixtures;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod suite;
+pub mod workflows;
 
 /// The environment variable naming the Postgres server tests run against.
 pub const POSTGRES_URL_ENV: &str = "HIVE_TEST_POSTGRES_URL";

@@ -1,0 +1,101 @@
+//! Spawns: subtasks a run adds to its plan, committed with its success. Which outcomes
+//! spawn, and what a spawn the plan cannot take turns into, decided once for every backend;
+//! the backends validate the grown plan with [`hive_models::grow`] and write it before
+//! finishing the batch, in the same transaction.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use hive_models::{Growth, SubTask, TaskId};
+
+use crate::{Outcome, RunOutcome};
+
+/// The outcomes that add subtasks, with their index in the batch.
+pub fn spawning(outcomes: &[RunOutcome]) -> impl Iterator<Item = (usize, &[SubTask])> {
+    outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match &o.outcome {
+            Outcome::Success { spawn, .. } if !spawn.is_empty() => Some((i, spawn.as_slice())),
+            _ => None,
+        })
+}
+
+/// Replaces the outcome at `index` with a permanent failure saying why its spawn was
+/// refused: the same handler would spawn the same again, so a retry cannot help.
+pub fn refuse(outcomes: &mut Cow<'_, [RunOutcome]>, index: usize, why: &hive_models::Error) {
+    let o = &mut outcomes.to_mut()[index];
+    o.outcome = Outcome::Failure {
+        error: format!("cannot spawn: {why}"),
+        retry: None,
+    };
+}
+
+/// The spawns of the batch's live runs, as (index in the batch, spawner task, spawn).
+/// Stale runs spawn nothing: their finish is refused anyway.
+pub fn live_spawns<'a>(
+    outcomes: &'a [RunOutcome],
+    view: &impl super::View,
+    run_task: &HashMap<hive_models::RunId, TaskId>,
+) -> Vec<(usize, TaskId, &'a [SubTask])> {
+    spawning(outcomes)
+        .filter_map(|(i, spawn)| {
+            let run = outcomes[i].run_id;
+            let task = *run_task.get(&run)?;
+            view.task(task)?.is_live(run).then_some((i, task, spawn))
+        })
+        .collect()
+}
+
+/// A growth laid out as rows: what an SQL backend inserts and updates.
+#[derive(Debug, Default)]
+pub struct Placed {
+    /// New tasks in creation order, with their subtask and pending dependency count.
+    pub tasks: Vec<(TaskId, SubTask, u32)>,
+    /// New dependency rows: (task, depends on, position), the re-wired ones included.
+    pub deps: Vec<(TaskId, TaskId, i64)>,
+    /// Existing tasks that now also wait for every sink, with their grown definitions.
+    pub rewired: Vec<(TaskId, SubTask)>,
+    pub sinks: Vec<TaskId>,
+}
+
+/// Lays out `g`, grown from the plan's `existing` subtasks, given their tasks by subtask id,
+/// each with whether it completed (a completed dependency is not pending).
+pub fn place(g: &Growth, existing: &[SubTask], tasks: &HashMap<String, (TaskId, bool)>) -> Placed {
+    let mut ids: HashMap<&str, (TaskId, bool)> =
+        tasks.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    for s in &g.added {
+        ids.insert(s.id.as_str(), (TaskId::new(), false));
+    }
+    let position = |i: usize| i64::try_from(i).unwrap_or(i64::MAX);
+    let mut placed = Placed::default();
+    for s in &g.added {
+        let Some(&(tid, _)) = ids.get(s.id.as_str()) else {
+            continue;
+        };
+        let mut pending = 0u32;
+        for (pos, d) in hive_models::unique_dependencies(s).into_iter().enumerate() {
+            let Some(&(dep, done)) = ids.get(d) else {
+                continue;
+            };
+            pending += u32::from(!done);
+            placed.deps.push((tid, dep, position(pos)));
+        }
+        placed.tasks.push((tid, s.clone(), pending));
+    }
+    let task_of = |id: &String| ids.get(id.as_str()).map(|x| x.0);
+    placed.sinks = g.sinks.iter().filter_map(task_of).collect();
+    for spec in existing.iter().filter(|s| g.rewired.contains(&s.id)) {
+        let Some(dependent) = task_of(&spec.id) else {
+            continue;
+        };
+        let base = spec.dependencies.len();
+        for (k, sink) in placed.sinks.iter().enumerate() {
+            placed.deps.push((dependent, *sink, position(base + k)));
+        }
+        let mut grown = spec.clone();
+        grown.dependencies.extend(g.sinks.iter().cloned());
+        placed.rewired.push((dependent, grown));
+    }
+    placed
+}

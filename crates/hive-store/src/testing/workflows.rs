@@ -1,0 +1,206 @@
+//! Conformance cases for plans as workflows: outputs reaching dependents, plans growing
+//! while they run, and a plan's last two subtasks finishing at once. Run by every backend
+//! (`tests/conformance.rs`).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hive_models::{PlanId, PlanStatus, RunId, SubTask, TaskId, TaskStatus};
+use serde_json::json;
+
+use super::fixtures::{claim_params, node, plan, success};
+use crate::{Claim, Outcome, RunOutcome, Store, TaskFilter};
+
+type S = Arc<dyn Store>;
+
+async fn materialized(s: &S, subtasks: Vec<SubTask>) -> (PlanId, HashMap<String, TaskId>) {
+    let pid = s.insert_plan(plan(subtasks)).await.unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let ids = s
+        .list_tasks(&TaskFilter::in_plan(pid))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.plan_subtask_id.clone().unwrap(), t.id))
+        .collect();
+    (pid, ids)
+}
+
+async fn claim_all(s: &S) -> Vec<Claim> {
+    s.claim_tasks(&claim_params("w", 100)).await.unwrap()
+}
+
+fn subtask_of(c: &Claim) -> &str {
+    c.task.plan_subtask_id.as_deref().unwrap()
+}
+
+fn done(run_id: RunId, result: Option<serde_json::Value>, spawn: Vec<SubTask>) -> RunOutcome {
+    RunOutcome {
+        run_id,
+        outcome: Outcome::Success { result, spawn },
+        output_log: None,
+    }
+}
+
+pub async fn outputs_reach_dependents_exactly(s: S) {
+    let (_, ids) = materialized(
+        &s,
+        vec![node("a", &[]), node("b", &[]), node("join", &["a", "b"])],
+    )
+    .await;
+    let output = json!({
+        "text": "héllo → 世界 🐝 \"quoted\" \\ back",
+        "nested": {"list": [1, 2.5, -3, null, true, {"deep": ["x"]}], "empty": {}},
+        "big": 9007199254740993u64,
+    });
+    let claims = claim_all(&s).await;
+    assert_eq!(claims.len(), 2);
+    assert!(
+        claims.iter().all(|c| c.inputs.is_empty()),
+        "roots get no inputs"
+    );
+    let outcomes: Vec<RunOutcome> = claims
+        .iter()
+        .map(|c| match subtask_of(c) {
+            "a" => done(c.run.id, Some(output.clone()), vec![]),
+            _ => done(c.run.id, None, vec![]),
+        })
+        .collect();
+    s.finish_runs(&outcomes).await.unwrap();
+    let claims = claim_all(&s).await;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].task.id, ids["join"]);
+    let inputs = &claims[0].inputs;
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(inputs["a"], output, "an output arrives exactly as returned");
+    assert_eq!(
+        inputs["b"],
+        serde_json::Value::Null,
+        "no output reads as null"
+    );
+}
+
+pub async fn spawned_subtasks_join_before_the_dependents(s: S) {
+    let (pid, ids) = materialized(&s, vec![node("split", &[]), node("summary", &["split"])]).await;
+    let split = claim_all(&s).await.pop().unwrap();
+    let spawn = vec![
+        node("chunk-1", &["split"]),
+        node("chunk-2", &["split"]),
+        node("check", &["chunk-1"]),
+    ];
+    let rep = s
+        .finish_runs(&[done(split.run.id, Some(json!({"chunks": 2})), spawn)])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].finished, crate::Finished::Completed);
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(p.total_subtasks, 5);
+    assert_eq!(p.dependency_graph["summary"], ["split", "chunk-2", "check"]);
+    let summary = s.get_task(ids["summary"]).await.unwrap().unwrap();
+    assert_eq!(summary.pending_dependencies, 2, "waits for the new sinks");
+    let first = claim_all(&s).await;
+    let mut got: Vec<&str> = first.iter().map(subtask_of).collect();
+    got.sort();
+    assert_eq!(got, ["chunk-1", "chunk-2"]);
+    assert_eq!(first[0].inputs["split"], json!({"chunks": 2}));
+    let outs: Vec<RunOutcome> = first
+        .iter()
+        .map(|c| done(c.run.id, Some(json!(subtask_of(c))), vec![]))
+        .collect();
+    s.finish_runs(&outs).await.unwrap();
+    let check = claim_all(&s).await;
+    assert_eq!(check.len(), 1, "only the check is ready, not the summary");
+    assert_eq!(subtask_of(&check[0]), "check");
+    s.finish_runs(&[success(check[0].run.id)]).await.unwrap();
+    let last = claim_all(&s).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].task.id, ids["summary"]);
+    let mut keys: Vec<&String> = last[0].inputs.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["check", "chunk-2", "split"]);
+    s.finish_runs(&[success(last[0].run.id)]).await.unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 5));
+}
+
+pub async fn a_spawn_the_plan_cannot_take_adds_nothing(s: S) {
+    let (pid, ids) = materialized(&s, vec![node("split", &[]), node("summary", &["split"])]).await;
+    let split = claim_all(&s).await.pop().unwrap();
+    // A cycle through the re-wiring: the summary waits for `x`, which waits for it.
+    let spawn = vec![node("ok", &["split"]), node("x", &["summary"])];
+    s.finish_runs(&[done(split.run.id, None, spawn)])
+        .await
+        .unwrap();
+    let t = s.get_task(ids["split"]).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Failed, "refused for good");
+    assert!(
+        t.last_error.as_deref().unwrap().contains("cycle"),
+        "{:?}",
+        t.last_error
+    );
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(p.total_subtasks, 2);
+    assert_eq!(p.status, PlanStatus::Failed);
+    let all = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
+    assert_eq!(all.len(), 2, "nothing half-added");
+}
+
+pub async fn a_stale_run_spawns_nothing(s: S) {
+    let (pid, _) = materialized(&s, vec![node("split", &[])]).await;
+    let split = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[success(split.run.id)]).await.unwrap();
+    let late = done(split.run.id, None, vec![node("late", &["split"])]);
+    let rep = s.finish_runs(&[late]).await.unwrap();
+    assert_eq!(rep[0].finished, crate::Finished::Stale);
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.total_subtasks, p.status), (1, PlanStatus::Completed));
+}
+
+pub async fn last_two_subtasks_finishing_at_once_complete_the_plan_once(s: S) {
+    for _ in 0..15 {
+        let (pid, _) = materialized(&s, vec![node("a", &[]), node("b", &[])]).await;
+        let mut notes = s.subscribe().await.unwrap();
+        let claims = claim_all(&s).await;
+        assert_eq!(claims.len(), 2);
+        let (one, two) = (success(claims[0].run.id), success(claims[1].run.id));
+        let (s1, s2) = (s.clone(), s.clone());
+        let (r1, r2) = tokio::join!(
+            tokio::spawn(async move { s1.finish_runs(&[one]).await }),
+            tokio::spawn(async move { s2.finish_runs(&[two]).await }),
+        );
+        r1.unwrap().unwrap();
+        r2.unwrap().unwrap();
+        let p = s.get_plan(pid).await.unwrap().unwrap();
+        assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 2));
+        let completed = plan_notes(&mut notes, pid, PlanStatus::Completed).await;
+        assert_eq!(completed, 1, "the plan completes once");
+    }
+}
+
+/// How many notifications say plan `pid` moved to `status`: waits for the first (up to 10 s;
+/// Postgres delivers after commit), then counts what else arrives within half a second.
+async fn plan_notes(
+    rx: &mut tokio::sync::broadcast::Receiver<crate::Notification>,
+    pid: PlanId,
+    status: PlanStatus,
+) -> usize {
+    let is_it = |n: &crate::Notification| {
+        matches!(&n.change, crate::Change::PlanStatus { plan_id, status: to }
+            if *plan_id == pid && *to == status)
+    };
+    let mut seen = 0;
+    let mut deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(n)) if is_it(&n) => {
+                if seen == 0 {
+                    deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+                }
+                seen += 1;
+            }
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(_)) | Err(_) => return seen,
+        }
+    }
+}
