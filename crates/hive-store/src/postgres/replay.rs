@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanId, RunId, RunStatus, TaskId, Timestamp};
+use hive_models::{PlanId, PlanStatus, RunId, RunStatus, TaskId, Timestamp};
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
@@ -55,13 +55,13 @@ const SETTLE: &str = concat!(
          WHERE p.id = x.id AND p.status NOT IN ",
     terminal_statuses!(),
     " RETURNING p.id, p.status \
-     ) SELECT (",
+     ), sent AS (",
     notify_rows!(
         "SELECT id, status FROM upd",
         "json_build_object('origin', $3::uuid, 'kind', 'plan_status', 'plan_id', x.id, \
              'status', x.status)"
     ),
-    ") AS notified"
+    ") SELECT u.id, u.status, s.n AS notified FROM sent s LEFT JOIN upd u ON true"
 );
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
@@ -329,33 +329,39 @@ pub(super) async fn settle(
     conn: &mut PgConnection,
     notifier: &Notifier,
     plans: &[PlanId],
-) -> R<()> {
+) -> R<Vec<(PlanId, PlanStatus)>> {
     if plans.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = plans.iter().map(|p| p.0).collect();
     let found = sqlx::query(READ_PLANS)
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
-    let mut moved: Vec<Uuid> = Vec::new();
+    let mut due: Vec<Uuid> = Vec::new();
     let mut to: Vec<&'static str> = Vec::new();
     for row in &found {
         if let Some(status) = rows::plan_counters(row)?.settled() {
-            moved.push(rows::get(row, "id", "plans")?);
+            due.push(rows::get(row, "id", "plans")?);
             to.push(status.as_str());
         }
     }
-    if moved.is_empty() {
-        return Ok(());
+    if due.is_empty() {
+        return Ok(Vec::new());
     }
-    sqlx::query(SETTLE)
-        .bind(&moved)
+    let moved = sqlx::query(SETTLE)
+        .bind(&due)
         .bind(&to)
         .bind(notifier.origin())
-        .execute(conn)
+        .fetch_all(conn)
         .await?;
-    Ok(())
+    let mut out = Vec::with_capacity(moved.len());
+    for row in &moved {
+        if let Some(id) = rows::get::<Option<Uuid>>(row, "id", "plans")? {
+            out.push((PlanId(id), rows::plan_status(row, "status")?));
+        }
+    }
+    Ok(out)
 }
 
 /// Plans left unsettled by a crash between a commit and its [`settle`]: open plans whose
@@ -374,5 +380,5 @@ pub(super) async fn settle_stalled(
     .fetch_all(&mut *conn)
     .await?;
     let plans: Vec<PlanId> = stalled.into_iter().map(PlanId).collect();
-    settle(conn, notifier, &plans).await
+    settle(conn, notifier, &plans).await.map(|_| ())
 }

@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hive_models::{Json, PlanId, Run, RunId, TaskId, Timestamp, WorkerId, WorkerStatus};
+use hive_models::{
+    Json, PlanId, PlanStatus, Run, RunId, TaskId, Timestamp, WorkerId, WorkerStatus,
+};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -63,19 +65,24 @@ const CLAIM: &str = concat!(
     ),
     ") \
      SELECT c.*, statement_timestamp() AS started_at, \
+         /* `= ANY(ARRAY(…))`: with a join the planner, seeing a wide fan-in in the \
+            statistics, hashes the dependencies against a scan of every task. */ \
          (SELECT jsonb_object_agg(coalesce(d.plan_subtask_id, d.id::text), \
               coalesce(d.result, 'null'::jsonb)) \
-          FROM task_dependencies td JOIN tasks d ON d.id = td.depends_on \
-          WHERE td.task_id = c.id) AS inputs, \
+          FROM tasks d WHERE d.id = ANY(ARRAY( \
+              SELECT td.depends_on FROM task_dependencies td WHERE td.task_id = c.id))) \
+             AS inputs, \
          statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
      FROM claimed c CROSS JOIN announced \
      ORDER BY c.priority DESC, c.seq"
 );
 
-/// Finishes a batch of successful runs in one statement when none of their tasks belongs to a
-/// plan (plans need the rules' ordered replay); otherwise changes nothing and
-/// reports `fast = false`. A run id given twice finishes once: the first occurrence wins.
-/// Returns the dependents made ready, announced as `task_ready` when `$5` is true.
+/// Finishes a batch of successful runs (none spawning) in one statement: the success rule
+/// of [`crate::rules`] in SQL — runs closed, tasks completed, dependents counted down and
+/// announced — with a plan's completions added to its tally; whether that finishes the plan
+/// is settled after commit ([`replay::settle`]), as for every Postgres write. A run id given
+/// twice finishes once: the first occurrence wins. Returns the dependents made ready,
+/// announced as `task_ready` when `$5` is true.
 const FINISH_SUCCESSES: &str = concat!(
     "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
@@ -85,13 +92,16 @@ const FINISH_SUCCESSES: &str = concat!(
              (r.status = 'running' AND t.current_run_id = r.id) AS live \
          FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = ANY($1::uuid[]) \
          ORDER BY t.id, r.id FOR UPDATE OF t, r \
-     ), fast AS ( \
-         SELECT NOT EXISTS (SELECT 1 FROM locked WHERE live AND plan_id IS NOT NULL) AS ok \
      ), go AS ( \
-         SELECT l.run_id, l.task_id, f.result, f.log FROM locked l \
+         SELECT l.run_id, l.task_id, l.plan_id, f.result, f.log FROM locked l \
          JOIN (SELECT DISTINCT ON (run_id) run_id, result, log FROM input \
                ORDER BY run_id, ord) f ON f.run_id = l.run_id \
-         WHERE l.live AND (SELECT ok FROM fast) \
+         WHERE l.live \
+     ), tally AS ( \
+         INSERT INTO plan_tallies AS s (plan_id, shard, completed) \
+         SELECT g.plan_id, (pg_backend_pid() % 64)::smallint, count(*) FROM go g \
+         WHERE g.plan_id IS NOT NULL GROUP BY g.plan_id \
+         ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed \
      ), run_upd AS ( \
          UPDATE runs r SET status = 'success', completed_at = now(), lease_expires_at = NULL, \
              result_data = g.result, output_log = g.log \
@@ -114,9 +124,9 @@ const FINISH_SUCCESSES: &str = concat!(
     " AS ready \
      ), notes AS (",
     notify_rows!(
-        "SELECT task_id, run_id FROM go",
+        "SELECT task_id, run_id, plan_id FROM go",
         "json_build_object('origin', $4::uuid, 'kind', 'task_status', 'task_id', x.task_id, \
-             'status', 'completed', 'run_id', x.run_id)"
+             'status', 'completed', 'run_id', x.run_id, 'plan_id', x.plan_id)"
     ),
     "), freed AS ( \
          SELECT array_agg(id) AS ids FROM dep_upd WHERE ready \
@@ -126,9 +136,9 @@ const FINISH_SUCCESSES: &str = concat!(
         "json_build_object('origin', $4::uuid, 'kind', 'task_ready', 'task_id', x.id)"
     ),
     ") \
-     SELECT l.run_id, l.task_id, l.live, f.ok AS fast, n.n AS notified, rn.n AS ready_notified, \
+     SELECT l.run_id, l.task_id, l.plan_id, l.live, n.n AS notified, rn.n AS ready_notified, \
          coalesce(r.ids, '{}') AS ready \
-     FROM fast f CROSS JOIN notes n CROSS JOIN freed r CROSS JOIN ready_notes rn \
+     FROM notes n CROSS JOIN freed r CROSS JOIN ready_notes rn \
      LEFT JOIN locked l ON true"
 );
 
@@ -162,6 +172,13 @@ const EXPIRED_RUNS: &str = concat!(
      ORDER BY r.lease_expires_at, r.id LIMIT $1 FOR UPDATE OF t, r SKIP LOCKED"
 );
 
+/// Whether a batch is all successes that spawn nothing: those finish in one statement.
+fn plain_successes(outcomes: &[RunOutcome]) -> bool {
+    outcomes
+        .iter()
+        .all(|o| matches!(&o.outcome, Outcome::Success { spawn, .. } if spawn.is_empty()))
+}
+
 impl PostgresStore {
     /// Adds the spawns of live runs to their plans before the batch finishes; a spawn its
     /// plan cannot take turns its outcome into a permanent failure.
@@ -184,24 +201,38 @@ impl PostgresStore {
 
     /// Settles, after commit, the plans a write counted in without moving them.
     pub(super) async fn settle(&self, written: &replay::Written) -> R<()> {
-        self.settle_plans(&written.unsettled).await
+        self.settle_plans(&written.unsettled).await;
+        Ok(())
+    }
+
+    /// Settles a finish's plans and reports each move on the first report of its plan.
+    async fn settle_reported(&self, done: &mut Finish) {
+        for (plan, to) in self.settle_plans(&done.unsettled).await {
+            if let Some(r) = done
+                .reports
+                .iter_mut()
+                .find(|r| r.plan_id == Some(plan) && r.finished != Finished::Stale)
+            {
+                r.plan_transition.get_or_insert(to);
+            }
+        }
     }
 
     /// Best effort: the change it follows is committed, and failing the call now would make
     /// its caller retry a done change. A plan left unsettled is the reaper's
-    /// ([`replay::settle_stalled`]).
-    async fn settle_plans(&self, plans: &[PlanId]) -> R<()> {
+    /// ([`replay::settle_stalled`]). Returns the plans this call moved.
+    async fn settle_plans(&self, plans: &[PlanId]) -> Vec<(PlanId, PlanStatus)> {
         if plans.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         let settled = async {
             let mut conn = self.pool.acquire().await?;
             replay::settle(&mut conn, &self.notifier, plans).await
         };
-        if let Err(e) = settled.await {
+        settled.await.unwrap_or_else(|e| {
             tracing::warn!(error = ?e, "settling plans after commit failed; the reaper will");
-        }
-        Ok(())
+            Vec::new()
+        })
     }
 
     async fn claim_chunk(
@@ -271,15 +302,14 @@ impl PostgresStore {
         Ok(claims)
     }
 
-    /// The one-statement finish of a batch of successes; `None` when a task of the batch
-    /// belongs to a plan (nothing was changed then). Also returns the dependents made ready
-    /// (announced when `announce`).
+    /// The one-statement finish of a batch of successes that spawn nothing. Also returns the
+    /// dependents made ready (announced when `announce`) and the plans to settle.
     async fn finish_successes(
         &self,
         conn: &mut PgConnection,
         outcomes: &[RunOutcome],
         announce: bool,
-    ) -> R<Option<Finish>> {
+    ) -> R<Finish> {
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
         let mut results: Vec<Option<Json>> = Vec::with_capacity(n);
@@ -301,12 +331,9 @@ impl PostgresStore {
             .fetch_all(conn)
             .await?;
         let mut run_task = HashMap::with_capacity(found.len());
-        let mut live = HashSet::with_capacity(found.len());
+        let mut live = HashMap::with_capacity(found.len());
         let mut ready = Vec::new();
         for row in &found {
-            if !rows::get::<bool>(row, "fast", "tasks")? {
-                return Ok(None);
-            }
             if ready.is_empty() {
                 let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
                 ready = ids.into_iter().map(TaskId).collect();
@@ -317,34 +344,36 @@ impl PostgresStore {
             let task_id: Uuid = rows::get(row, "task_id", "tasks")?;
             run_task.insert(RunId(run_id), TaskId(task_id));
             if rows::get::<bool>(row, "live", "runs")? {
-                live.insert(RunId(run_id));
+                let plan = rows::get::<Option<Uuid>>(row, "plan_id", "tasks")?.map(PlanId);
+                live.insert(RunId(run_id), plan);
             }
         }
+        let mut unsettled: Vec<PlanId> = live.values().flatten().copied().collect();
+        unsettled.sort();
+        unsettled.dedup();
         let reports = outcomes
             .iter()
             .map(|o| {
                 let task_id = run_task.get(&o.run_id).copied();
                 // `remove`: a run given twice finished once; the repeat is stale.
-                let finished = if live.remove(&o.run_id) {
-                    Finished::Completed
-                } else {
-                    Finished::Stale
-                };
-                FinishReport {
-                    run_id: o.run_id,
-                    task_id,
-                    finished,
-                    plan_id: None,
-                    cancelled_dependents: Vec::new(),
-                    plan_transition: None,
+                match live.remove(&o.run_id) {
+                    Some(plan_id) => FinishReport {
+                        run_id: o.run_id,
+                        task_id,
+                        finished: Finished::Completed,
+                        plan_id,
+                        cancelled_dependents: Vec::new(),
+                        plan_transition: None,
+                    },
+                    None => FinishReport::stale(o.run_id, task_id),
                 }
             })
             .collect();
-        Ok(Some(Finish {
+        Ok(Finish {
             reports,
             ready,
-            unsettled: Vec::new(),
-        }))
+            unsettled,
+        })
     }
 
     /// Finishes a batch of any outcomes by the rules; the caller holds the transaction.
@@ -390,7 +419,7 @@ impl PostgresStore {
         })
     }
 
-    /// Finishes runs, by one statement when the batch is all successes outside plans.
+    /// Finishes runs, by one statement when the batch is all successes spawning nothing.
     async fn finish_in(
         &self,
         tx: &mut PgConnection,
@@ -400,31 +429,24 @@ impl PostgresStore {
         if outcomes.is_empty() {
             return Ok(Finish::default());
         }
-        if outcomes
-            .iter()
-            .all(|o| matches!(&o.outcome, Outcome::Success { spawn, .. } if spawn.is_empty()))
-            && let Some(done) = self.finish_successes(tx, outcomes, announce).await?
-        {
-            return Ok(done);
+        if plain_successes(outcomes) {
+            return self.finish_successes(tx, outcomes, announce).await;
         }
         self.finish_replayed(tx, outcomes, announce).await
     }
 
     pub(super) async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
-        if outcomes
-            .iter()
-            .all(|o| matches!(&o.outcome, Outcome::Success { spawn, .. } if spawn.is_empty()))
-        {
+        let mut done = if plain_successes(outcomes) {
             // One statement needs no explicit transaction: saves BEGIN and COMMIT trips.
             let mut conn = self.pool.acquire().await?;
-            if let Some(done) = self.finish_successes(&mut conn, outcomes, true).await? {
-                return Ok(done.reports);
-            }
-        }
-        let mut tx = self.pool.begin().await?;
-        let done = self.finish_replayed(&mut tx, outcomes, true).await?;
-        tx.commit().await?;
-        self.settle_plans(&done.unsettled).await?;
+            self.finish_successes(&mut conn, outcomes, true).await?
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let done = self.finish_replayed(&mut tx, outcomes, true).await?;
+            tx.commit().await?;
+            done
+        };
+        self.settle_reported(&mut done).await;
         Ok(done.reports)
     }
 
@@ -453,7 +475,8 @@ impl PostgresStore {
                 .await?;
         }
         tx.commit().await?;
-        self.settle_plans(&done.unsettled).await?;
+        let mut done = done;
+        self.settle_reported(&mut done).await;
         Ok((done.reports, claims))
     }
 
