@@ -14,6 +14,14 @@
 //!   first run). A run given back at shutdown does not count, so its successor sees the
 //!   same attempt number again; use `HIVE_RUN_NUMBER` to tell runs apart.
 //! - `HIVE_WORKER_ID`: the worker running it.
+//! - `HIVE_INPUTS`: a file holding the outputs of the task's dependencies as one JSON object
+//!   keyed by subtask id (`{}` without dependencies); the same JSON is written to the
+//!   command's stdin, which is then closed.
+//! - `HIVE_OUTPUT`: a path the command may write its output to, as JSON.
+//!
+//! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
+//! when the command wrote one, else the last line of its stdout that is a JSON value, else
+//! nothing (`null` to dependents). A `HIVE_OUTPUT` file that is not JSON fails the task.
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
 //! the task stops: on `timeout_secs`, when the handler is dropped (the worker's shutdown
@@ -22,6 +30,8 @@
 
 use std::process::Stdio;
 use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
 
 use hive_client::{TaskContext, TaskError, TaskOutput};
 use nix::sys::signal::{Signal, killpg};
@@ -108,6 +118,16 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         )));
     }
     let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
+    let io = tempfile::Builder::new()
+        .prefix("hive-run-")
+        .tempdir()
+        .map_err(|e| TaskError::new(format!("cannot create the run's directory: {e}")))?;
+    let inputs_path = io.path().join("inputs.json");
+    let output_path = io.path().join("output.json");
+    let inputs = serde_json::to_vec(ctx.inputs())
+        .map_err(|e| TaskError::new(format!("cannot encode the inputs: {e}")))?;
+    std::fs::write(&inputs_path, &inputs)
+        .map_err(|e| TaskError::new(format!("cannot write the inputs file: {e}")))?;
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&payload.command)
@@ -116,7 +136,9 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .env("HIVE_RUN_NUMBER", ctx.run.run_number.to_string())
         .env("HIVE_ATTEMPT", ctx.task.attempts.to_string())
         .env("HIVE_WORKER_ID", ctx.run.worker_id.as_str())
-        .stdin(Stdio::null())
+        .env("HIVE_INPUTS", &inputs_path)
+        .env("HIVE_OUTPUT", &output_path)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -127,6 +149,13 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
         .map(|pid| ProcessGroup(Pid::from_raw(pid)));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that never reads its stdin must not block on it: written from a task
+        // of its own, and a closed pipe is no error.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&inputs).await;
+        });
+    }
     let stdout = tokio::spawn(collect(child.stdout.take()));
     let stderr = tokio::spawn(collect(child.stderr.take()));
     let exited = match payload.timeout_secs {
@@ -137,9 +166,9 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     };
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end.
     drop(group);
+    let out = String::from_utf8_lossy(&stdout.await.unwrap_or_default()).into_owned();
     let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&stdout.await.unwrap_or_default()),
+        "{out}{}",
         String::from_utf8_lossy(&stderr.await.unwrap_or_default())
     );
     let status = match exited {
@@ -152,13 +181,60 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         }
     };
     match status.code() {
-        Some(0) => Ok(TaskOutput {
-            result: Some(serde_json::json!({"exit_code": 0})),
-            log: Some(log),
-        }),
+        Some(0) => match output(&output_path, &out) {
+            Ok(result) => Ok(TaskOutput {
+                result,
+                log: Some(log),
+            }),
+            Err(e) => Err(TaskError::permanent(e).with_log(log)),
+        },
         Some(code) => {
             Err(TaskError::new(format!("command exited with status {code}")).with_log(log))
         }
         None => Err(TaskError::new("command was killed by a signal").with_log(log)),
+    }
+}
+
+/// The command's output: the `HIVE_OUTPUT` file's JSON, else the last stdout line that is
+/// JSON, else none.
+fn output(file: &std::path::Path, stdout: &str) -> Result<Option<serde_json::Value>, String> {
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("the HIVE_OUTPUT file is not JSON: {e}"));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read the HIVE_OUTPUT file: {e}")),
+    }
+    Ok(stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .find_map(|l| serde_json::from_str(l).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output;
+
+    #[test]
+    fn output_is_the_file_else_the_last_json_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.json");
+        let stdout = "building\n{\"a\": 1}\nnot json\n[2, \"ü\"]\ndone\n";
+        assert_eq!(
+            output(&file, stdout).unwrap(),
+            Some(serde_json::json!([2, "ü"]))
+        );
+        assert_eq!(output(&file, "no json here\n").unwrap(), None);
+        std::fs::write(&file, br#"{"from": "file"}"#).unwrap();
+        assert_eq!(
+            output(&file, stdout).unwrap(),
+            Some(serde_json::json!({"from": "file"}))
+        );
+        std::fs::write(&file, b"{broken").unwrap();
+        assert!(output(&file, stdout).unwrap_err().contains("not JSON"));
     }
 }

@@ -53,6 +53,111 @@ fn plan_runs_to_completion_with_a_worker_process() {
 }
 
 #[test]
+fn shell_outputs_flow_to_dependents_and_plan_results_show_them() {
+    let db = Db::new();
+    let file = db.write(
+        "flow.json",
+        r#"{"title": "flow", "subtasks": [
+   {"id": "produce", "title": "Produce", "task_type": "shell",
+    "payload": {"command": "echo starting; echo '{\"n\": 2, \"word\": \"héllo\"}'; echo done"}},
+   {"id": "file", "title": "File", "task_type": "shell",
+    "payload": {"command": "printf '[1, {\"deep\": null}]' > \"$HIVE_OUTPUT\""}},
+   {"id": "consume", "title": "Consume", "task_type": "shell", "dependencies": ["produce", "file"],
+    "payload": {"command": "cp \"$HIVE_INPUTS\" inputs.json && cat > stdin.json && echo 'no json'"}}
+ ]}"#,
+    );
+    let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    let want =
+        serde_json::json!({"produce": {"n": 2, "word": "héllo"}, "file": [1, {"deep": null}]});
+    for name in ["inputs.json", "stdin.json"] {
+        let got: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(db.dir.path().join(name)).unwrap())
+                .unwrap();
+        assert_eq!(got, want, "{name}");
+    }
+    let results = db.json(&["plan", "results", &plan_id]);
+    assert_eq!(results["status"], "completed", "{results}");
+    assert_eq!(
+        results["result"],
+        serde_json::json!({"consume": null}),
+        "the plan's result is its final subtask's output"
+    );
+    let produce = results["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subtask_id"] == "produce")
+        .unwrap();
+    assert_eq!(produce["output"], want["produce"]);
+    assert_eq!(produce["attempts"], 1);
+    let table = db.ok(&["plan", "results", &plan_id]);
+    assert!(table.contains("héllo"), "{table}");
+    let status = db.ok(&["plan", "status", &plan_id]);
+    for column in [
+        "SUBTASK",
+        "ATTEMPTS",
+        "DURATION",
+        "WORKER",
+        "DEPS",
+        "produce,file",
+    ] {
+        assert!(status.contains(column), "`{column}` in\n{status}");
+    }
+}
+
+#[test]
+fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
+    let db = Db::new();
+    let slow = db.ok(&[
+        "task",
+        "create",
+        "--title",
+        "slow",
+        "--type",
+        "shell",
+        "--payload",
+        r#"{"command": "sleep 30"}"#,
+        "--timeout",
+        "1",
+        "--max-retries",
+        "0",
+    ]);
+    let later = db.ok(&[
+        "task", "create", "--title", "later", "--type", "other", "--delay", "3600",
+    ]);
+    let started = std::time::Instant::now();
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--type",
+        "shell",
+        "--exit-when-idle",
+    ]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "the sleep was cut short"
+    );
+    let task = db.json(&["task", "get", slow.trim()]);
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(
+        task["last_error"],
+        "timed out after 1s; the handler was stopped"
+    );
+    let later = db.json(&["task", "get", later.trim()]);
+    assert_eq!(later["delay_secs"], 3600);
+    assert!(later["run_at"].is_string(), "{later}");
+    for bad in [["--timeout", "0"], ["--delay", "99999999999"]] {
+        let mut args = vec!["task", "create", "--title", "x", "--type", "other"];
+        args.extend(bad);
+        let out = db.hive().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} is refused");
+    }
+}
+
+#[test]
 fn toml_plans_and_failing_commands() {
     let db = Db::new();
     let file = db.write(

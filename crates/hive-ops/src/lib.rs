@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod events;
 mod plans;
+mod results;
 mod running;
 mod tasks;
 mod workers;
@@ -22,6 +23,7 @@ pub use events::{Event, EventBus, EventOrigin, Published, Subscription};
 pub use hive_models as models;
 pub use hive_store as store;
 pub use plans::PlanSummary;
+pub use results::{PlanResults, SubtaskResult};
 pub use running::Claimed;
 
 use hive_store::Store;

@@ -379,6 +379,18 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>> {
+        let s = self.lock();
+        let mut tasks: Vec<TaskId> = s.plan_tasks.get(&plan_id).cloned().unwrap_or_default();
+        tasks.sort();
+        Ok(tasks
+            .iter()
+            .filter_map(|t| s.task_runs.get(t))
+            .flatten()
+            .filter_map(|r| s.runs.get(r).cloned())
+            .collect())
+    }
+
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {
         let at = now();
         let worker = {

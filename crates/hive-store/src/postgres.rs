@@ -279,6 +279,10 @@ impl Store for PostgresStore {
         self.run(self.read_runs(task_id)).await
     }
 
+    async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>> {
+        self.run(self.read_plan_runs(plan_id)).await
+    }
+
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {
         self.run(self.register_once(r)).await
     }

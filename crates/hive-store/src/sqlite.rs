@@ -339,6 +339,10 @@ impl Store for SqliteStore {
         read!(self, runs::list, task_id)
     }
 
+    async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>> {
+        read!(self, runs::in_plan, plan_id)
+    }
+
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {
         let mut tx = self.begin().await?;
         let out = workers::register(&mut tx, registration).await;

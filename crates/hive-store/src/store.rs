@@ -144,6 +144,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A task's runs by run_number.
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>>;
 
+    /// The runs of every task of a plan, by task then run_number: what a plan's status
+    /// and results show, in one read however many subtasks it has.
+    async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>>;
+
     // ---- workers ----
 
     /// Inserts or updates a worker: role, capabilities and metadata replaced, status

@@ -1,11 +1,26 @@
-//! `ai-planner "GOAL"`: turns a goal into a plan and submits it to Hive
-//! (`HIVE_DATABASE_URL`, else `sqlite:hive.db`), printing the plan id.
+//! `ai-planner "GOAL"`: turns a goal into a plan, submits it to Hive
+//! (`HIVE_DATABASE_URL`, else `sqlite:hive.db`) and prints the plan id.
+//! `ai-planner --run "GOAL"` also works the plan in this process and prints its result.
 //!
-//! The planning is deterministic rules, not an AI service: the goal is split into
-//! features on "and" and commas; each feature is designed, implemented and tested; the
-//! tested features are integrated, and the integration is deployed.
+//! The plan learns its work while it runs. It is submitted as three subtasks: `plan` reads
+//! the goal, `integrate` depends on `plan`, `deploy` on `integrate`. When `plan` runs, it
+//! splits the goal into features (on "and" and commas) and spawns one design → implement →
+//! test chain per feature into the running plan; Hive re-wires `integrate` to wait for every
+//! feature's test (the spawned sinks), and `integrate` reads every parent's output through
+//! `ctx.inputs()`. The planning is deterministic rules, not an AI service.
 
-use hive_client::{Client, NewPlan, SubTask};
+use hive_client::{Client, NewPlan, PlanId, SubTask, TaskContext, TaskError};
+use serde_json::{Value, json};
+
+/// The task types this app's worker runs.
+pub const TASK_TYPES: [&str; 6] = [
+    "planning",
+    "design",
+    "implementation",
+    "testing",
+    "integration",
+    "deployment",
+];
 
 /// Lower-case, dash-separated id for a feature name.
 fn slug(s: &str) -> String {
@@ -21,75 +36,151 @@ fn slug(s: &str) -> String {
     }
 }
 
-/// The plan for a goal; `None` when the goal is blank.
+/// The plan submitted for a goal; `None` when the goal is blank.
 pub fn plan_for(goal: &str) -> Option<NewPlan> {
     let goal = goal.trim();
     if goal.is_empty() {
         return None;
     }
-    let features: Vec<&str> = goal
-        .split([',', ';'])
+    let mut plan = SubTask::new("plan", format!("Plan: {goal}"), "planning");
+    plan.payload = json!({ "goal": goal });
+    let integrate =
+        SubTask::new("integrate", "Integrate all features", "integration").depends_on(["plan"]);
+    let mut deploy =
+        SubTask::new("deploy", format!("Deploy: {goal}"), "deployment").depends_on(["integrate"]);
+    deploy.payload = json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" });
+    deploy.priority = 10;
+    Some(NewPlan {
+        title: goal.to_owned(),
+        description: "planned at run time by ai-planner".into(),
+        parent_task_id: None,
+        subtasks: vec![plan, integrate, deploy],
+    })
+}
+
+/// The features of a goal, in order.
+pub fn features(goal: &str) -> Vec<String> {
+    goal.split([',', ';'])
         .flat_map(|part| part.split(" and "))
         .map(str::trim)
         .filter(|f| !f.is_empty())
-        .collect();
-    let mut subtasks = Vec::new();
-    let mut tested = Vec::new();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The subtasks `plan` spawns: design → implement → test per feature, after `plan`.
+pub fn feature_subtasks(features: &[String]) -> Vec<SubTask> {
+    let mut out = Vec::new();
     for (i, feature) in features.iter().enumerate() {
         let id = format!("{}-{i}", slug(feature));
-        let design = SubTask::new(
-            format!("{id}.design"),
-            format!("Design {feature}"),
-            "design",
-        );
-        let implement = SubTask::new(
-            format!("{id}.implement"),
+        let step = |suffix: &str, title: String, task_type: &str, after: &str| {
+            let mut s =
+                SubTask::new(format!("{id}.{suffix}"), title, task_type).depends_on([after]);
+            s.payload = json!({ "feature": feature, "index": i });
+            s
+        };
+        let design = step("design", format!("Design {feature}"), "design", "plan");
+        let implement = step(
+            "implement",
             format!("Implement {feature}"),
             "implementation",
-        )
-        .depends_on([design.id.clone()]);
-        let test = SubTask::new(format!("{id}.test"), format!("Test {feature}"), "testing")
-            .depends_on([implement.id.clone()]);
-        tested.push(test.id.clone());
-        subtasks.extend([design, implement, test]);
+            &design.id,
+        );
+        let test = step("test", format!("Test {feature}"), "testing", &implement.id);
+        out.extend([design, implement, test]);
     }
-    let integrate =
-        SubTask::new("integrate", "Integrate all features", "integration").depends_on(tested);
-    let mut deploy =
-        SubTask::new("deploy", format!("Deploy: {goal}"), "deployment").depends_on(["integrate"]);
-    deploy.payload =
-        serde_json::json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" });
-    deploy.priority = 10;
-    subtasks.extend([integrate, deploy]);
-    Some(NewPlan {
-        title: goal.to_owned(),
-        description: format!("{} features, planned by ai-planner", features.len()),
-        parent_task_id: None,
-        subtasks,
-    })
+    out
+}
+
+/// Runs one subtask of a plan from [`plan_for`]; its return value is its output.
+pub async fn handle(ctx: TaskContext) -> Result<Value, TaskError> {
+    let payload = &ctx.task.payload;
+    match ctx.task.task_type.as_str() {
+        "planning" => {
+            let goal = payload["goal"].as_str().unwrap_or_default();
+            let features = features(goal);
+            for subtask in feature_subtasks(&features) {
+                ctx.spawn(subtask)?;
+            }
+            Ok(json!({ "features": features }))
+        }
+        step @ ("design" | "implementation" | "testing") => Ok(json!({
+            "feature": payload["feature"],
+            "index": payload["index"],
+            "step": step,
+            "after": ctx.inputs().keys().collect::<Vec<_>>(),
+        })),
+        "integration" => {
+            // Every parent's output: one tested feature each, besides the plan's own.
+            let mut tested: Vec<&Value> = ctx
+                .inputs()
+                .values()
+                .filter(|o| o["step"] == "testing")
+                .collect();
+            tested.sort_by_key(|o| o["index"].as_u64());
+            let features: Vec<&Value> = tested.iter().map(|o| &o["feature"]).collect();
+            Ok(json!({ "integrated": features }))
+        }
+        "deployment" => Ok(json!({
+            "deployed": payload["service"],
+            "environment": payload["environment"],
+            "features": ctx.input("integrate").map(|i| i["integrated"].clone()),
+        })),
+        other => Err(TaskError::permanent(format!("no handler for `{other}`"))),
+    }
+}
+
+/// Works until nothing of this app's types is left, then returns the plan's result.
+pub async fn work(client: &Client, plan: PlanId) -> Result<Value, hive_client::Error> {
+    client
+        .worker("ai-planner")
+        .task_types(TASK_TYPES)
+        .concurrency(4)
+        .exit_when_idle(true)
+        .handle_signals(false)
+        .run(handle)
+        .await?;
+    let results = client.plan_results(plan).await?;
+    Ok(results.map_or(
+        Value::Null,
+        |r| json!({ "status": r.status, "result": r.result }),
+    ))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let goal = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let Some(plan) = plan_for(&goal) else {
-        eprintln!("usage: ai-planner \"GOAL\" (e.g. \"user login and billing, audit log\")");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let run = args.first().is_some_and(|a| a == "--run");
+    if run {
+        args.remove(0);
+    }
+    let Some(plan) = plan_for(&args.join(" ")) else {
+        eprintln!(
+            "usage: ai-planner [--run] \"GOAL\" (e.g. \"user login and billing, audit log\")"
+        );
         return std::process::ExitCode::from(2);
     };
-    match submit(plan).await {
-        Ok(id) => println!("{id}"),
+    match submit(plan, run).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            return std::process::ExitCode::FAILURE;
+            std::process::ExitCode::FAILURE
         }
     }
-    std::process::ExitCode::SUCCESS
 }
 
-/// Submits the plan to the database `HIVE_DATABASE_URL` names.
-async fn submit(plan: NewPlan) -> Result<hive_client::PlanId, hive_client::Error> {
+async fn submit(plan: NewPlan, run: bool) -> Result<(), hive_client::Error> {
     let client = Client::from_env().await?;
-    Ok(client.submit_plan(plan).await?)
+    let id = client.submit_plan(plan).await?;
+    println!("{id}");
+    if run {
+        let result = work(&client, id).await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,18 +188,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn goal_becomes_a_valid_dag() {
+    fn goal_becomes_a_valid_dag_that_grows_valid() {
         let plan = plan_for("user login and billing, audit log").unwrap();
         assert!(plan.validate(1 << 20).is_ok());
-        assert_eq!(plan.subtasks.len(), 3 * 3 + 2);
-        let deploy = plan.subtasks.iter().find(|s| s.id == "deploy").unwrap();
-        assert_eq!(deploy.task_type, "deployment");
-        assert_eq!(deploy.dependencies, ["integrate"]);
-        let integrate = plan.subtasks.iter().find(|s| s.id == "integrate").unwrap();
+        let spawned = feature_subtasks(&features("user login and billing, audit log"));
+        assert_eq!(spawned.len(), 3 * 3);
+        let growth = hive_client::models::grow(&plan.subtasks, "plan", spawned, 1 << 20).unwrap();
         assert_eq!(
-            integrate.dependencies,
+            growth.sinks,
             ["user-login-0.test", "billing-1.test", "audit-log-2.test"]
         );
+        assert_eq!(growth.rewired, ["integrate"]);
         assert!(plan_for("   ").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_plan_fans_out_at_run_time_and_joins() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("hive.db").display());
+        let client = Client::connect(&url).await.unwrap();
+        let plan = plan_for("login and billing").unwrap();
+        let id = client.submit_plan(plan).await.unwrap();
+        let out = work(&client, id).await.unwrap();
+        assert_eq!(out["status"], "completed");
+        assert_eq!(
+            out["result"]["deploy"]["features"],
+            json!(["login", "billing"]),
+            "the join read every feature's test output: {out}"
+        );
+        let p = client.get_plan(id).await.unwrap().unwrap();
+        assert_eq!(p.total_subtasks, 3 + 2 * 3);
     }
 }

@@ -13,8 +13,12 @@ use crate::{Context, output, planfile, shell};
 pub enum PlanCommand {
     /// Create a plan and its subtasks from a JSON or TOML file; prints the plan id.
     Submit { file: PathBuf },
-    /// Status, progress and task counts of a plan.
+    /// Status and progress of a plan, and each subtask: status, attempts, duration, worker,
+    /// dependencies and the first line of its error.
     Status { id: String },
+    /// Every subtask's status and output, and the plan's result (its final subtasks'
+    /// outputs); `--json` for the whole record.
+    Results { id: String },
     /// List plans, newest first.
     List {
         #[arg(long, default_value_t = 50)]
@@ -46,14 +50,22 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         }
         PlanCommand::Status { id } => {
             let id = plan_id(&id)?;
-            let summary = ctx
-                .client()
-                .await?
+            let client = ctx.client().await?;
+            let summary = client
                 .plan_summary(id)
                 .await?
                 .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            let results = client
+                .plan_results(id)
+                .await?
+                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
             if ctx.json {
-                output::json(&summary)?;
+                output::json(&serde_json::json!({
+                    "plan": summary.plan,
+                    "progress_percent": summary.progress_percent,
+                    "task_counts": summary.task_counts,
+                    "subtasks": results.subtasks,
+                }))?;
             } else {
                 let p = &summary.plan;
                 output::outln!(
@@ -67,12 +79,41 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                     p.failed_subtasks,
                     p.cancelled_subtasks
                 );
+                subtask_table(&results.subtasks);
+            }
+        }
+        PlanCommand::Results { id } => {
+            let id = plan_id(&id)?;
+            let results = ctx
+                .client()
+                .await?
+                .plan_results(id)
+                .await?
+                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            if ctx.json {
+                output::json(&results)?;
+            } else {
+                output::outln!(
+                    "plan {} — {}\nstatus: {}\n",
+                    results.plan_id,
+                    results.title,
+                    results.status
+                );
                 output::table(
-                    ["TASK STATUS", "COUNT"],
-                    summary
-                        .task_counts
-                        .iter()
-                        .map(|(s, n)| [s.to_string(), n.to_string()]),
+                    ["SUBTASK", "STATUS", "OUTPUT"],
+                    results.subtasks.iter().map(|s| {
+                        [
+                            s.subtask_id.clone(),
+                            s.status.to_string(),
+                            s.output
+                                .as_ref()
+                                .map_or_else(|| "-".into(), |o| output::clip(&o.to_string(), 80)),
+                        ]
+                    }),
+                );
+                output::outln!(
+                    "\nresult (outputs of the final subtasks):\n{}",
+                    serde_json::to_string_pretty(&results.result)?
                 );
             }
         }
@@ -110,4 +151,32 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One row per subtask; dependencies in a `DEPS` column, errors cut to their first line.
+fn subtask_table(subtasks: &[hive_client::ops::SubtaskResult]) {
+    output::table(
+        [
+            "SUBTASK", "STATUS", "ATTEMPTS", "DURATION", "WORKER", "DEPS", "ERROR",
+        ],
+        subtasks.iter().map(|s| {
+            [
+                s.subtask_id.clone(),
+                s.status.to_string(),
+                s.attempts.to_string(),
+                s.duration_secs
+                    .map_or_else(|| "-".into(), |d| format!("{d:.2}s")),
+                output::opt(s.worker.as_ref()),
+                if s.dependencies.is_empty() {
+                    "-".into()
+                } else {
+                    output::clip(&s.dependencies.join(","), 40)
+                },
+                s.error.as_deref().map_or_else(
+                    || "-".into(),
+                    |e| output::clip(e.lines().next().unwrap_or_default(), 60),
+                ),
+            ]
+        }),
+    );
 }

@@ -26,6 +26,12 @@ pub enum TaskCommand {
         priority: i32,
         #[arg(long, default_value_t = 3)]
         max_retries: u32,
+        /// Seconds a run may last before the worker stops it (default: the worker's).
+        #[arg(long = "timeout")]
+        timeout_secs: Option<u32>,
+        /// Seconds to wait before the task can first be claimed.
+        #[arg(long = "delay", default_value_t = 0)]
+        delay_secs: u64,
     },
     /// Show one task.
     Get { id: String },
@@ -72,11 +78,17 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             payload,
             priority,
             max_retries,
+            timeout_secs,
+            delay_secs,
         } => {
             let mut new = NewTask::new(title, task_type)
                 .description(description)
                 .priority(priority)
-                .max_retries(max_retries);
+                .max_retries(max_retries)
+                .delay_secs(delay_secs);
+            if let Some(t) = timeout_secs {
+                new = new.timeout_secs(t);
+            }
             if let Some(p) = payload {
                 new = new.payload(serde_json::from_str(&p).context("--payload is not valid JSON")?);
             }

@@ -189,8 +189,32 @@ pub(super) async fn run_one(
     };
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
+    let timeout = ctx.task.timeout_secs;
     let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
-    let outcome = match fut.await {
+    // Past its timeout the handler is dropped: a `shell` command's process group dies with
+    // it. The attempt counts as failed and is retried per the task's policy.
+    let finished = match timeout {
+        Some(secs) => tokio::time::timeout(Duration::from_secs(u64::from(secs)), fut)
+            .await
+            .map_err(|_| secs),
+        None => Ok(fut.await),
+    };
+    let finished = match finished {
+        Ok(f) => f,
+        Err(secs) => {
+            let outcome = RunOutcome {
+                run_id,
+                outcome: Outcome::Failure {
+                    error: format!("timed out after {secs}s; the handler was stopped"),
+                    retry: Some(retry),
+                },
+                output_log: None,
+            };
+            let _ = done.send(Done { outcome });
+            return;
+        }
+    };
+    let outcome = match finished {
         Ok(Ok(out)) => {
             let too_large = out
                 .result

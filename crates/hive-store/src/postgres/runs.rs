@@ -610,4 +610,15 @@ impl PostgresStore {
             .await?;
         found.iter().map(rows::run).collect()
     }
+
+    pub(super) async fn read_plan_runs(&self, plan_id: PlanId) -> R<Vec<Run>> {
+        let found = sqlx::query(
+            "SELECT r.* FROM runs r JOIN tasks t ON t.id = r.task_id WHERE t.plan_id = $1 \
+             ORDER BY r.task_id, r.run_number",
+        )
+        .bind(plan_id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::run).collect()
+    }
 }

@@ -29,6 +29,16 @@ pub(super) async fn list(c: &mut Conn, task_id: TaskId) -> R<Vec<Run>> {
     db::all(c, sql, task_id, db::run_from_row).await
 }
 
+pub(super) async fn in_plan(c: &mut Conn, plan_id: PlanId) -> R<Vec<Run>> {
+    let sql = concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE task_id IN (SELECT id FROM tasks WHERE plan_id = ?1) \
+         ORDER BY task_id, run_number"
+    );
+    db::all(c, sql, plan_id, db::run_from_row).await
+}
+
 /// Ready tasks in queue order, each with its next run number and the statement's clock.
 macro_rules! claim_select {
     ($types:literal) => {
