@@ -322,7 +322,10 @@ impl PostgresStore {
             });
             logs.push(o.output_log.as_deref());
         }
+        // Planned for each call (an unnamed statement): a plan cached while `runs` was
+        // small scans it whole, and keeps scanning as it grows, until the next ANALYZE.
         let found = sqlx::query(FINISH_SUCCESSES)
+            .persistent(false)
             .bind(&ids)
             .bind(results)
             .bind(logs)
@@ -385,6 +388,7 @@ impl PostgresStore {
     ) -> R<Finish> {
         let ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id.0).collect();
         let locked = sqlx::query(LOCK_RUNS)
+            .persistent(false)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
@@ -485,6 +489,7 @@ impl PostgresStore {
         let ids: Vec<Uuid> = run_ids.iter().map(|r| r.0).collect();
         let mut tx = self.pool.begin().await?;
         let locked = sqlx::query(LOCK_RUNS)
+            .persistent(false)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
