@@ -45,6 +45,8 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     a_statement_timeout_mid_transaction_leaves_the_pool_clean,
     a_connection_killed_during_commit_leaves_the_pool_clean,
     serialization_failures_leave_the_pool_clean,
+    a_spawn_cut_at_commit_is_all_or_nothing,
+    a_plan_left_unsettled_by_a_crash_is_settled_by_the_reaper,
 );
 
 /// Fills the disk under a draining worker, waits until it has met the fault, makes room:
@@ -392,4 +394,115 @@ async fn serialization_failures_leave_the_pool_clean(store: Arc<dyn Store>, url:
 async fn titles(store: &dyn Store) -> Vec<String> {
     let tasks = store.list_tasks(&Default::default()).await.unwrap();
     tasks.into_iter().map(|t| t.title).collect()
+}
+
+/// A spawn commits with its spawner's success or not at all. The connection dies with the
+/// COMMIT on the wire (a worker killed between its handler's return and the commit, as
+/// the database sees it): before the server sees it, and after. Either way the plan holds
+/// the whole fan-out once or none of it, and the worker's retry never adds it twice.
+async fn a_spawn_cut_at_commit_is_all_or_nothing(_: Arc<dyn Store>, url: String) {
+    use hive_store::testing::fixtures::{claim_params, node, plan};
+    use hive_store::{Finished, Outcome, RunOutcome, TaskFilter};
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let store = tagged_store(&proxied, &tag(), "").await;
+    for (cut, after_retry) in [
+        (Cut::BeforeCommit, Finished::Completed),
+        (Cut::AfterCommit, Finished::Stale),
+    ] {
+        let pid = store
+            .insert_plan(plan(vec![node("split", &[]), node("join", &["split"])]))
+            .await
+            .unwrap();
+        store.materialize_plan(pid).await.unwrap();
+        let claim = store.claim_tasks(&claim_params("w", 1)).await.unwrap();
+        let spawn: Vec<_> = (0..3)
+            .map(|i| node(&format!("chunk-{i}"), &["split"]))
+            .collect();
+        let outcome = RunOutcome {
+            run_id: claim[0].run.id,
+            outcome: Outcome::Success {
+                result: None,
+                spawn,
+            },
+            output_log: None,
+        };
+        proxy.cut_next_commit(cut);
+        let err = store
+            .finish_runs(std::slice::from_ref(&outcome))
+            .await
+            .expect_err("the connection is cut during COMMIT");
+        assert!(err.is_transient(), "{err}");
+        let report = store.finish_runs(&[outcome]).await.unwrap();
+        assert_eq!(report[0].finished, after_retry, "{cut:?}");
+        let tasks = store.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
+        let mut ids: Vec<_> = tasks
+            .iter()
+            .map(|t| t.plan_subtask_id.clone().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["chunk-0", "chunk-1", "chunk-2", "join", "split"],
+            "{cut:?}: the fan-out once"
+        );
+        let join = tasks
+            .iter()
+            .find(|t| t.plan_subtask_id.as_deref() == Some("join"))
+            .unwrap();
+        assert_eq!(join.pending_dependencies, 3, "{cut:?}");
+        assert_eq!(
+            store.get_plan(pid).await.unwrap().unwrap().total_subtasks,
+            5
+        );
+        // Out of the next round's way.
+        store.cancel_plan(pid).await.unwrap();
+    }
+}
+
+/// A process that dies between committing a plan's last finish and settling the plan
+/// (re-reading its counts to move it) leaves it open with every subtask done; the next
+/// reap, from any worker, settles it, once.
+async fn a_plan_left_unsettled_by_a_crash_is_settled_by_the_reaper(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    use hive_store::models::PlanStatus;
+    use hive_store::testing::fixtures::{claim_params, node, plan, reap_params, success};
+    let pid = store
+        .insert_plan(plan(vec![node("a", &[]), node("b", &[])]))
+        .await
+        .unwrap();
+    store.materialize_plan(pid).await.unwrap();
+    let claims = store.claim_tasks(&claim_params("w", 2)).await.unwrap();
+    let outcomes: Vec<_> = claims.iter().map(|c| success(c.run.id)).collect();
+    store.finish_runs(&outcomes).await.unwrap();
+    assert_eq!(
+        store.get_plan(pid).await.unwrap().unwrap().status,
+        PlanStatus::Completed
+    );
+    // The state a crash before the settle leaves: counts done, status still open.
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE plans SET status = 'in_progress' WHERE id = $1")
+        .bind(pid.0)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut notes = store.subscribe().await.unwrap();
+    store.reap(&reap_params()).await.unwrap();
+    store.reap(&reap_params()).await.unwrap();
+    let p = store.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 2));
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(n) = notes.recv().await
+                && matches!(n.change, hive_store::Change::PlanStatus { plan_id, status }
+                    if plan_id == pid && status == PlanStatus::Completed)
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "the settle is announced");
 }

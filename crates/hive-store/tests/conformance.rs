@@ -20,6 +20,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     freed_dependents_are_announced_unless_claimed, outputs_reach_dependents_exactly,
     spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
     a_stale_run_spawns_nothing, last_two_subtasks_finishing_at_once_complete_the_plan_once,
+    ten_thousand_subtasks_submitted_and_drained,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here

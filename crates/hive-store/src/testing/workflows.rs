@@ -178,6 +178,25 @@ pub async fn last_two_subtasks_finishing_at_once_complete_the_plan_once(s: S) {
     }
 }
 
+pub async fn ten_thousand_subtasks_submitted_and_drained(s: S) {
+    // 100 chains of 100 would take 100 rounds; a wide plan drains in a few batches.
+    let n = 10_000;
+    let mut subtasks = vec![node("root", &[])];
+    subtasks.extend((1..n - 1).map(|i| node(&format!("n{i}"), &["root"])));
+    let middle: Vec<String> = (1..n - 1).map(|i| format!("n{i}")).collect();
+    let middle: Vec<&str> = middle.iter().map(String::as_str).collect();
+    subtasks.push(node("join", &middle));
+    let (pid, ids) = materialized(&s, subtasks).await;
+    assert_eq!(ids.len(), n);
+    let done = super::fixtures::drain(s.clone(), "w".into(), 500).await;
+    assert_eq!(done.len(), n);
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(
+        (p.status, p.completed_subtasks as usize),
+        (PlanStatus::Completed, n)
+    );
+}
+
 /// How many notifications say plan `pid` moved to `status`: waits for the first (up to 10 s;
 /// Postgres delivers after commit), then counts what else arrives within half a second.
 async fn plan_notes(
