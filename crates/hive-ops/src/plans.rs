@@ -127,6 +127,15 @@ impl<S: Store + ?Sized> Ops<S> {
         }))
     }
 
+    /// A plan's status and counters without its subtasks: cheap to poll whatever the
+    /// plan's size. `None` for an unknown plan.
+    pub async fn plan_progress(
+        &self,
+        plan_id: PlanId,
+    ) -> Result<Option<hive_models::PlanCounters>> {
+        Ok(self.store.get_plan_counters(plan_id).await?)
+    }
+
     /// Plans, newest first.
     pub async fn list_plans(
         &self,
