@@ -37,6 +37,16 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the id of what a command created: alone on its line, or as `{"id": …}`.
+pub fn created(as_json: bool, id: impl std::fmt::Display + Serialize) -> anyhow::Result<()> {
+    if as_json {
+        json(&serde_json::json!({ "id": id }))
+    } else {
+        outln!("{id}");
+        Ok(())
+    }
+}
+
 /// Prints rows under a header, columns aligned, no borders.
 pub fn table<const N: usize>(header: [&str; N], rows: impl IntoIterator<Item = [String; N]>) {
     let mut t = Table::new();

@@ -109,23 +109,18 @@ fn shell_outputs_flow_to_dependents_and_plan_results_show_them() {
 #[test]
 fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
     let db = Db::new();
-    let slow = db.ok(&[
-        "task",
-        "create",
-        "--title",
+    let create = |title: &str, task_type: &str, more: &[&str]| {
+        let mut args = vec!["task", "create", "--title", title, "--type", task_type];
+        args.extend_from_slice(more);
+        db.ok(&args)
+    };
+    let sleep = r#"{"command": "sleep 30"}"#;
+    let slow = create(
         "slow",
-        "--type",
         "shell",
-        "--payload",
-        r#"{"command": "sleep 30"}"#,
-        "--timeout",
-        "1",
-        "--max-retries",
-        "0",
-    ]);
-    let later = db.ok(&[
-        "task", "create", "--title", "later", "--type", "other", "--delay", "3600",
-    ]);
+        &["--payload", sleep, "--timeout", "1", "--max-retries", "0"],
+    );
+    let later = create("later", "other", &["--delay", "3600"]);
     let started = std::time::Instant::now();
     db.ok(&[
         "worker",

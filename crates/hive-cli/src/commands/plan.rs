@@ -28,6 +28,11 @@ pub enum PlanCommand {
     Cancel { id: String },
 }
 
+/// `x`, or the error an unknown plan gets.
+fn found<T>(x: Option<T>, id: PlanId) -> anyhow::Result<T> {
+    x.ok_or_else(|| anyhow!("plan `{id}` not found"))
+}
+
 fn plan_id(s: &str) -> anyhow::Result<PlanId> {
     s.parse()
         .map_err(|e: hive_client::models::Error| anyhow!(e))
@@ -42,23 +47,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                     .map_err(|e| anyhow!("subtask `{}`: {e}", st.id.escape_debug()))?;
             }
             let id = ctx.client_creating().await?.submit_plan(plan).await?;
-            if ctx.json {
-                output::json(&serde_json::json!({ "id": id }))?;
-            } else {
-                output::outln!("{id}");
-            }
+            output::created(ctx.json, id)?;
         }
         PlanCommand::Status { id } => {
             let id = plan_id(&id)?;
             let client = ctx.client().await?;
-            let summary = client
-                .plan_summary(id)
-                .await?
-                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
-            let results = client
-                .plan_results(id)
-                .await?
-                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            let summary = found(client.plan_summary(id).await?, id)?;
+            let results = found(client.plan_results(id).await?, id)?;
             if ctx.json {
                 output::json(&serde_json::json!({
                     "plan": summary.plan,
@@ -84,12 +79,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         }
         PlanCommand::Results { id } => {
             let id = plan_id(&id)?;
-            let results = ctx
-                .client()
-                .await?
-                .plan_results(id)
-                .await?
-                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            let results = found(ctx.client().await?.plan_results(id).await?, id)?;
             if ctx.json {
                 output::json(&results)?;
             } else {
@@ -140,10 +130,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         PlanCommand::Cancel { id } => {
             let id = plan_id(&id)?;
             let client = ctx.client().await?;
-            let plan = client
-                .get_plan(id)
-                .await?
-                .ok_or_else(|| anyhow!("plan `{id}` not found"))?;
+            let plan = found(client.get_plan(id).await?, id)?;
             if !client.cancel_plan(id).await? {
                 anyhow::bail!("plan `{id}` is already {}", plan.status);
             }

@@ -97,11 +97,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 shell::validate_payload(&new.payload).map_err(|e| anyhow!(e))?;
             }
             let id = ctx.client_creating().await?.create_task(new).await?;
-            if ctx.json {
-                output::json(&serde_json::json!({ "id": id }))?;
-            } else {
-                output::outln!("{id}");
-            }
+            output::created(ctx.json, id)?;
         }
         TaskCommand::Get { id } => {
             let id = task_id(&id)?;

@@ -9,11 +9,15 @@ fn st(id: &str, deps: &[&str]) -> SubTask {
     SubTask::new(id, format!("do {id}"), "shell").depends_on(deps.iter().copied())
 }
 
-fn plan_err(subtasks: &[SubTask]) -> PlanError {
-    match validate_subtasks(subtasks, LIMIT) {
+fn plan_error<T: std::fmt::Debug>(r: Result<T>) -> PlanError {
+    match r {
         Err(Error::InvalidPlan(e)) => e,
         other => panic!("expected a plan error, got {other:?}"),
     }
+}
+
+fn plan_err(subtasks: &[SubTask]) -> PlanError {
+    plan_error(validate_subtasks(subtasks, LIMIT))
 }
 
 #[test]
@@ -371,10 +375,7 @@ fn a_chain_of_100_000_is_layered_without_deep_recursion() {
 }
 
 fn grow_err(existing: &[SubTask], spawner: &str, added: Vec<SubTask>) -> PlanError {
-    match grow(existing, spawner, added, LIMIT) {
-        Err(Error::InvalidPlan(e)) => e,
-        other => panic!("expected a plan error, got {other:?}"),
-    }
+    plan_error(grow(existing, spawner, added, LIMIT))
 }
 
 #[test]

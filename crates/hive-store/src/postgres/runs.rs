@@ -172,6 +172,17 @@ const EXPIRED_RUNS: &str = concat!(
      ORDER BY r.lease_expires_at, r.id LIMIT $1 FOR UPDATE OF t, r SKIP LOCKED"
 );
 
+/// Locks the runs and their tasks, in (task, run) order. Planned for each call, like the
+/// one-statement finish (see there).
+async fn lock_runs(tx: &mut PgConnection, runs: &[RunId]) -> R<Vec<sqlx::postgres::PgRow>> {
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.0).collect();
+    Ok(sqlx::query(LOCK_RUNS)
+        .persistent(false)
+        .bind(&ids)
+        .fetch_all(tx)
+        .await?)
+}
+
 /// Whether a batch is all successes that spawn nothing: those finish in one statement.
 fn plain_successes(outcomes: &[RunOutcome]) -> bool {
     outcomes
@@ -386,12 +397,8 @@ impl PostgresStore {
         outcomes: &[RunOutcome],
         announce: bool,
     ) -> R<Finish> {
-        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id.0).collect();
-        let locked = sqlx::query(LOCK_RUNS)
-            .persistent(false)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+        let ids: Vec<RunId> = outcomes.iter().map(|o| o.run_id).collect();
+        let locked = lock_runs(tx, &ids).await?;
         let Some(first) = locked.first() else {
             return Ok(Finish {
                 reports: outcomes
@@ -486,13 +493,8 @@ impl PostgresStore {
 
     /// Releases live runs in the given order; returns their tasks.
     pub(super) async fn release_once(&self, run_ids: &[RunId]) -> R<Vec<TaskId>> {
-        let ids: Vec<Uuid> = run_ids.iter().map(|r| r.0).collect();
         let mut tx = self.pool.begin().await?;
-        let locked = sqlx::query(LOCK_RUNS)
-            .persistent(false)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+        let locked = lock_runs(&mut tx, run_ids).await?;
         let Some(first) = locked.first() else {
             return Ok(Vec::new());
         };
@@ -609,21 +611,24 @@ impl PostgresStore {
     }
 
     pub(super) async fn read_runs(&self, task_id: TaskId) -> R<Vec<Run>> {
-        let found = sqlx::query("SELECT * FROM runs WHERE task_id = $1 ORDER BY run_number")
-            .bind(task_id.0)
-            .fetch_all(&self.pool)
-            .await?;
-        found.iter().map(rows::run).collect()
+        self.runs_where(
+            "SELECT * FROM runs WHERE task_id = $1 ORDER BY run_number",
+            task_id.0,
+        )
+        .await
     }
 
     pub(super) async fn read_plan_runs(&self, plan_id: PlanId) -> R<Vec<Run>> {
-        let found = sqlx::query(
+        self.runs_where(
             "SELECT r.* FROM runs r JOIN tasks t ON t.id = r.task_id WHERE t.plan_id = $1 \
              ORDER BY r.task_id, r.run_number",
+            plan_id.0,
         )
-        .bind(plan_id.0)
-        .fetch_all(&self.pool)
-        .await?;
+        .await
+    }
+
+    async fn runs_where(&self, sql: &'static str, id: Uuid) -> R<Vec<Run>> {
+        let found = sqlx::query(sql).bind(id).fetch_all(&self.pool).await?;
         found.iter().map(rows::run).collect()
     }
 }
