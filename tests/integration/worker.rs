@@ -34,6 +34,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     eight_workers_complete_each_task_once,
     shutdown_releases_held_tasks,
     panicking_handler_fails_only_its_task,
+    timeouts_stop_handlers_and_end_their_runs_timed_out,
 );
 
 /// Starts `n` in-process workers (`{prefix}0`, `{prefix}1`, …) on one client, each running
@@ -330,12 +331,7 @@ async fn panicking_handler_fails_only_its_task(c: Client) {
         .await
         .unwrap();
     let good = c.create_tasks(tasks("good", "x", 5)).await.unwrap();
-    let worker = c
-        .worker("p")
-        .concurrency(2)
-        .exit_when_idle(true)
-        .handle_signals(false)
-        .poll_interval(Duration::from_millis(20));
+    let worker = two_slots(c.worker("p"));
     let report = tokio::time::timeout(
         Duration::from_secs(60),
         worker.run(move |ctx: TaskContext| async move {
@@ -370,4 +366,56 @@ async fn panicking_handler_fails_only_its_task(c: Client) {
             TaskStatus::Completed
         );
     }
+}
+
+/// A handler past its timeout is told to stop: one that listens returns and is reported as
+/// stopped; one that does not is dropped after the grace. Both runs end `timeout`, and a
+/// task without its own timeout gets the worker's.
+async fn timeouts_stop_handlers_and_end_their_runs_timed_out(c: Client) {
+    let once = |title: &str| NewTask::new(title, "x").max_retries(0);
+    let ids = c
+        .create_tasks(vec![once("polite").timeout_secs(1), once("deaf")])
+        .await
+        .unwrap();
+    let (polite, deaf) = (ids[0], ids[1]);
+    let worker = two_slots(c.worker("t"))
+        .task_timeout(Duration::from_millis(300))
+        .timeout_grace(Duration::from_millis(200));
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.run(move |ctx: TaskContext| async move {
+            if ctx.task.title == "polite" {
+                ctx.cancelled().await;
+                assert!(ctx.is_cancelled());
+            } else {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok::<_, TaskError>(serde_json::json!("too late"))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.failed, 2, "{report:?}");
+    for (id, error) in [
+        (polite, "timed out after 1s; the handler stopped"),
+        (deaf, "timed out after 0.3s; the handler was dropped"),
+    ] {
+        let t = c.get_task(id).await.unwrap().unwrap();
+        assert_eq!(
+            (t.status, t.last_error.as_deref()),
+            (TaskStatus::Failed, Some(error))
+        );
+        assert_eq!(t.result, None, "a late return is not an output");
+        let runs = c.list_runs(id).await.unwrap();
+        assert_eq!(runs[0].status, hive_client::RunStatus::Timeout);
+    }
+}
+
+/// A worker of two slots that exits when idle, polling every 20 ms, without signal handlers.
+fn two_slots(w: hive_client::WorkerBuilder) -> hive_client::WorkerBuilder {
+    w.concurrency(2)
+        .exit_when_idle(true)
+        .handle_signals(false)
+        .poll_interval(Duration::from_millis(20))
 }

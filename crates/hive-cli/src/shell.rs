@@ -158,11 +158,18 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     }
     let stdout = tokio::spawn(collect(child.stdout.take()));
     let stderr = tokio::spawn(collect(child.stderr.take()));
-    let exited = match payload.timeout_secs {
-        Some(secs) => tokio::time::timeout(Duration::from_secs(secs), child.wait())
-            .await
-            .map_err(|_| secs),
-        None => Ok(child.wait().await),
+    let limit = payload
+        .timeout_secs
+        .map_or(Duration::MAX, Duration::from_secs);
+    // The run's own stop signal (its task's timeout passed) kills the group at once.
+    let exited = tokio::select! {
+        waited = tokio::time::timeout(limit, child.wait()) => {
+            waited.map_err(|_| payload.timeout_secs.unwrap_or_default())
+        }
+        () = ctx.cancelled() => {
+            drop(group);
+            return Err(TaskError::new("stopped: the run's timeout passed"));
+        }
     };
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end.
     drop(group);

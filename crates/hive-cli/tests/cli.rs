@@ -139,7 +139,29 @@ fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(
         task["last_error"],
-        "timed out after 1s; the handler was stopped"
+        "timed out after 1s; the handler stopped"
+    );
+    let runs = db.json(&["task", "runs", slow.trim()]);
+    assert_eq!(runs[0]["status"], "timeout", "{runs}");
+    // The worker's default applies to a task without its own timeout.
+    let quiet = create(
+        "quiet",
+        "shell",
+        &["--payload", sleep, "--max-retries", "0"],
+    );
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--exit-when-idle",
+        "--task-timeout",
+        "0.5",
+    ]);
+    let task = db.json(&["task", "get", quiet.trim()]);
+    assert_eq!(
+        task["last_error"],
+        "timed out after 0.5s; the handler stopped"
     );
     let later = db.json(&["task", "get", later.trim()]);
     assert_eq!(later["delay_secs"], 3600);

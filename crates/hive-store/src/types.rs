@@ -138,6 +138,12 @@ pub enum Outcome {
         error: String,
         retry: Option<RetryPolicy>,
     },
+    /// The worker stopped the handler when its timeout passed: the run ends `timeout`, and
+    /// the task is retried or fails as for [`Outcome::Failure`].
+    TimedOut {
+        error: String,
+        retry: Option<RetryPolicy>,
+    },
 }
 
 impl Outcome {

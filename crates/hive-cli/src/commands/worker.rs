@@ -53,6 +53,10 @@ pub struct Intervals {
     /// (their commands killed) and given back to the queue (default 10).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     shutdown_grace: Option<Duration>,
+    /// How long a run may last when its task sets no timeout; past it the command is
+    /// killed and the run ends `timeout` (default: no limit).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    task_timeout: Option<Duration>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -75,6 +79,9 @@ impl Intervals {
         }
         if let Some(grace) = self.shutdown_grace {
             worker = worker.shutdown_grace(grace);
+        }
+        if let Some(limit) = self.task_timeout {
+            worker = worker.task_timeout(limit);
         }
         worker
     }

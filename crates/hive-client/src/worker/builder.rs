@@ -38,6 +38,8 @@ pub struct WorkerBuilder {
     pub(super) reap_interval: Duration,
     pub(super) poll_interval: Duration,
     pub(super) shutdown_grace: Duration,
+    pub(super) task_timeout: Option<Duration>,
+    pub(super) timeout_grace: Duration,
     pub(super) exit_when_idle: bool,
     pub(super) handle_signals: bool,
     pub(super) shutdown: watch::Sender<bool>,
@@ -58,6 +60,8 @@ impl Client {
             reap_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            task_timeout: None,
+            timeout_grace: Duration::from_secs(5),
             exit_when_idle: false,
             handle_signals: true,
             shutdown: watch::channel(false).0,
@@ -98,6 +102,14 @@ impl WorkerBuilder {
         poll_interval: Duration,
         /// How long in-flight tasks may run after shutdown before they are released.
         shutdown_grace: Duration,
+        /// How long a run may last when its task sets no `timeout_secs` (default: no limit).
+        /// Past it the handler's cancellation signal fires ([`super::TaskContext::cancelled`]),
+        /// and after [`WorkerBuilder::timeout_grace`] its future is dropped; the run ends
+        /// `timeout` and the task is retried or fails per its `max_retries`.
+        task_timeout: Duration => Some,
+        /// How long a handler told to stop at its timeout may take to return before it is
+        /// dropped (default 5 s).
+        timeout_grace: Duration,
         /// Stop once nothing of this worker's types is queued, running or waiting to retry.
         exit_when_idle: bool,
         /// Whether Ctrl-C and SIGTERM stop the worker gracefully (default true).
@@ -124,6 +136,9 @@ impl WorkerBuilder {
         };
         if self.lease.is_zero() {
             return invalid("lease", "must be longer than zero".into());
+        }
+        if self.task_timeout.is_some_and(|t| t.is_zero()) {
+            return invalid("task_timeout", "must be longer than zero".into());
         }
         let beat = self.heartbeat_every();
         if beat.saturating_mul(2) > self.lease {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use hive_models::{Json, Run, SubTask, Task};
 use hive_ops::Claimed;
 use hive_ops::store::{Inputs, Outcome, RunOutcome};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::completer::Done;
 use crate::{Client, Result};
@@ -29,9 +29,24 @@ pub struct TaskContext {
     pub inputs: Inputs,
     client: Client,
     spawned: Arc<Mutex<Vec<SubTask>>>,
+    cancel: watch::Receiver<bool>,
 }
 
 impl TaskContext {
+    /// Resolves once this run must stop: its timeout passed. A handler that selects on it
+    /// can clean up and return; one that does not is dropped after the worker's
+    /// `timeout_grace`.
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancel.clone();
+        // An error means the sender is gone: the run is over either way.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Whether this run has been told to stop.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
     /// The outputs of this task's dependencies, keyed by subtask id.
     pub fn inputs(&self) -> &Inputs {
         &self.inputs
@@ -169,92 +184,124 @@ where
     }
 }
 
+/// When a run must stop: the task's own `timeout_secs`, else the worker's default, and how
+/// long a handler told to stop may take to return.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    pub(super) default: Option<Duration>,
+    pub(super) grace: Duration,
+}
+
 /// Runs one claimed task; a panicking handler fails its task, not the worker.
 pub(super) async fn run_one(
     client: Client,
     handler: Arc<dyn Handler>,
     claim: Claimed,
+    limits: Timeouts,
     done: mpsc::UnboundedSender<Done>,
 ) {
     use futures::FutureExt;
     let retry = client.config().retry;
     let max_output = client.config().max_output_bytes;
     let run_id = claim.run.id;
+    let timeout = claim
+        .task
+        .timeout_secs
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .or(limits.default);
+    let (stop, cancel) = watch::channel(false);
     let ctx = TaskContext {
         task: claim.task,
         run: claim.run,
         inputs: claim.inputs,
         client,
         spawned: Arc::default(),
+        cancel,
     };
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
-    let timeout = ctx.task.timeout_secs;
     let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
-    // Past its timeout the handler is dropped: a `shell` command's process group dies with
-    // it. The attempt counts as failed and is retried per the task's policy.
     let finished = match timeout {
-        Some(secs) => tokio::time::timeout(Duration::from_secs(u64::from(secs)), fut)
-            .await
-            .map_err(|_| secs),
         None => Ok(fut.await),
-    };
-    let finished = match finished {
-        Ok(f) => f,
-        Err(secs) => {
-            let outcome = RunOutcome {
-                run_id,
-                outcome: Outcome::Failure {
-                    error: format!("timed out after {secs}s; the handler was stopped"),
-                    retry: Some(retry),
-                },
-                output_log: None,
-            };
-            let _ = done.send(Done { outcome });
-            return;
+        Some(limit) => {
+            tokio::pin!(fut);
+            match tokio::time::timeout(limit, &mut fut).await {
+                Ok(f) => Ok(f),
+                Err(_) => {
+                    // Told to stop; given the grace to return; then dropped (a `shell`
+                    // command's process group dies with it). Either way the run timed out.
+                    let _ = stop.send(true);
+                    let returned = tokio::time::timeout(limits.grace, &mut fut).await.is_ok();
+                    Err((limit, returned))
+                }
+            }
         }
     };
-    let outcome = match finished {
-        Ok(Ok(out)) => {
+    let (outcome, output_log) = match finished {
+        Err((limit, returned)) => {
+            let how = if returned {
+                "the handler stopped"
+            } else {
+                "the handler was dropped"
+            };
+            let error = format!("timed out after {}; {how}", humanize(limit));
+            (
+                Outcome::TimedOut {
+                    error,
+                    retry: Some(retry),
+                },
+                None,
+            )
+        }
+        Ok(Ok(Ok(out))) => {
             let too_large = out
                 .result
                 .as_ref()
                 .and_then(|r| hive_models::check_output_size(&owner, r, max_output).err());
             let spawn = std::mem::take(&mut *spawned.lock().unwrap_or_else(|e| e.into_inner()));
-            RunOutcome {
-                run_id,
-                outcome: match too_large {
-                    // Retrying would produce the same output.
-                    Some(e) => Outcome::Failure {
-                        error: e.to_string(),
-                        retry: None,
-                    },
-                    None => Outcome::Success {
-                        result: out.result,
-                        spawn,
-                    },
+            let outcome = match too_large {
+                // Retrying would produce the same output.
+                Some(e) => Outcome::Failure {
+                    error: e.to_string(),
+                    retry: None,
                 },
-                output_log: out.log,
-            }
+                None => Outcome::Success {
+                    result: out.result,
+                    spawn,
+                },
+            };
+            (outcome, out.log)
         }
-        Ok(Err(e)) => RunOutcome {
-            run_id,
-            outcome: Outcome::Failure {
+        Ok(Ok(Err(e))) => (
+            Outcome::Failure {
                 error: e.message,
                 retry: e.retryable.then_some(retry),
             },
-            output_log: e.log,
-        },
-        Err(panic) => RunOutcome {
-            run_id,
-            outcome: Outcome::Failure {
+            e.log,
+        ),
+        Ok(Err(panic)) => (
+            Outcome::Failure {
                 error: format!("handler panicked: {}", panic_message(panic)),
                 retry: Some(retry),
             },
-            output_log: None,
-        },
+            None,
+        ),
+    };
+    let outcome = RunOutcome {
+        run_id,
+        outcome,
+        output_log,
     };
     let _ = done.send(Done { outcome });
+}
+
+/// `90s`, `1.5s`: a duration as an operator reads it.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

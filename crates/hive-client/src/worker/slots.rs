@@ -94,10 +94,15 @@ impl Running {
     fn start(&mut self, claims: Vec<Claimed>, rt: &Runtime, done: &mpsc::UnboundedSender<Done>) {
         for c in claims {
             let run_id = c.run.id;
+            let limits = super::handler::Timeouts {
+                default: rt.cfg.task_timeout,
+                grace: rt.cfg.timeout_grace,
+            };
             let handle = self.set.spawn(run_one(
                 rt.cfg.client.clone(),
                 rt.handler.clone(),
                 c,
+                limits,
                 done.clone(),
             ));
             self.held.insert(handle.id(), run_id);

@@ -329,7 +329,7 @@ impl PostgresStore {
             ids.push(o.run_id.0);
             results.push(match &o.outcome {
                 Outcome::Success { result, .. } => result.clone(),
-                Outcome::Failure { .. } => None,
+                Outcome::Failure { .. } | Outcome::TimedOut { .. } => None,
             });
             logs.push(o.output_log.as_deref());
         }

@@ -224,11 +224,15 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 }));
                 (Finished::Completed, self.on_terminal(task_id))
             }
-            Outcome::Failure { error, retry } => {
+            Outcome::Failure { error, retry } | Outcome::TimedOut { error, retry } => {
+                let status = match o.outcome {
+                    Outcome::TimedOut { .. } => RunStatus::Timeout,
+                    _ => RunStatus::Failure,
+                };
                 self.close_run(task_id, |r| RunPatch {
                     error: Some(Some(error.clone())),
                     log,
-                    ..RunPatch::close(r, RunStatus::Failure)
+                    ..RunPatch::close(r, status)
                 });
                 self.fail_attempt(task_id, o.run_id, error, *retry)
             }

@@ -112,7 +112,7 @@ impl Loaded {
         outcomes
             .iter()
             .filter_map(|o| match &o.outcome {
-                crate::Outcome::Failure { retry, .. } => {
+                crate::Outcome::Failure { retry, .. } | crate::Outcome::TimedOut { retry, .. } => {
                     let task = *run_task.get(&o.run_id)?;
                     let state = self.tasks.get(&task)?;
                     (state.is_live(o.run_id) && state.fails_for_good(*retry)).then_some(task)
