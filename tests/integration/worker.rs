@@ -35,6 +35,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     shutdown_releases_held_tasks,
     panicking_handler_fails_only_its_task,
     timeouts_stop_handlers_and_end_their_runs_timed_out,
+    cancelling_a_task_stops_its_running_handler,
 );
 
 /// Starts `n` in-process workers (`{prefix}0`, `{prefix}1`, …) on one client, each running
@@ -418,4 +419,45 @@ fn two_slots(w: hive_client::WorkerBuilder) -> hive_client::WorkerBuilder {
         .exit_when_idle(true)
         .handle_signals(false)
         .poll_interval(Duration::from_millis(20))
+}
+
+/// Cancelling a task whose handler is running fires the handler's stop signal (through the
+/// store's notifications, so on Postgres from any process): the handler returns, its late
+/// report is stale, and the task stays cancelled.
+async fn cancelling_a_task_stops_its_running_handler(c: Client) {
+    let id = c.create_task(NewTask::new("long", "x")).await.unwrap();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = std::sync::Mutex::new(Some(started_tx));
+    let worker = two_slots(c.worker("c")).timeout_grace(Duration::from_secs(30));
+    let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+        if let Some(tx) = started_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        async move {
+            tokio::select! {
+                () = ctx.cancelled() => Err(TaskError::new("stopped")),
+                () = tokio::time::sleep(Duration::from_secs(3600)) => Ok(serde_json::Value::Null),
+            }
+        }
+    }));
+    tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .unwrap()
+        .unwrap();
+    let asked = std::time::Instant::now();
+    assert!(c.cancel_task(id).await.unwrap());
+    let report = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the handler stopped, so the idle worker exits")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "CANCEL: the handler stopped {:?} after the cancel",
+        asked.elapsed()
+    );
+    assert_eq!(report.completed, 0);
+    let t = c.get_task(id).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Cancelled);
+    let runs = c.list_runs(id).await.unwrap();
+    assert_eq!(runs[0].status, hive_client::RunStatus::Cancelled);
 }

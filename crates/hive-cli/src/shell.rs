@@ -168,7 +168,7 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         }
         () = ctx.cancelled() => {
             drop(group);
-            return Err(TaskError::new("stopped: the run's timeout passed"));
+            return Err(TaskError::new("stopped: the run timed out or its task was cancelled"));
         }
     };
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end.

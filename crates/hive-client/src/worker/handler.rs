@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hive_models::{Json, Run, SubTask, Task};
+use hive_models::{Json, Run, SubTask, Task, TaskId};
 use hive_ops::Claimed;
 use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
@@ -33,9 +34,10 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    /// Resolves once this run must stop: its timeout passed. A handler that selects on it
-    /// can clean up and return; one that does not is dropped after the worker's
-    /// `timeout_grace`.
+    /// Resolves once this run must stop: its timeout passed, or its task was cancelled (on
+    /// Postgres from any process, through the store's notifications; elsewhere from this
+    /// process). A handler that selects on it can clean up and return; one that does not
+    /// is dropped after the worker's `timeout_grace`.
     pub async fn cancelled(&self) {
         let mut rx = self.cancel.clone();
         // An error means the sender is gone: the run is over either way.
@@ -184,12 +186,40 @@ where
     }
 }
 
-/// When a run must stop: the task's own `timeout_secs`, else the worker's default, and how
-/// long a handler told to stop may take to return.
-#[derive(Debug, Clone, Copy)]
+/// The stop signals of the handlers running in one worker, by task: how a cancellation
+/// announced by the store reaches the code running the task.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stops(Arc<Mutex<HashMap<TaskId, Arc<watch::Sender<bool>>>>>);
+
+impl Stops {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<watch::Sender<bool>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fires the stop signal of the handler running `task`, if one runs here.
+    pub(super) fn stop(&self, task: TaskId) {
+        if let Some(s) = self.map().get(&task) {
+            let _ = s.send(true);
+        }
+    }
+}
+
+/// When a run must stop: the task's own `timeout_secs`, else the worker's default; how
+/// long a handler told to stop may take to return; and where its stop signal is found.
+#[derive(Debug, Clone)]
 pub(super) struct Timeouts {
     pub(super) default: Option<Duration>,
     pub(super) grace: Duration,
+    pub(super) stops: Stops,
+}
+
+/// Why a handler call ended.
+enum Ended<T> {
+    Returned(T),
+    /// Its timeout passed; whether it returned within the grace once told to stop.
+    TimedOut(Duration, bool),
+    /// Its task was cancelled; whatever it reports is stale.
+    Cancelled(bool),
 }
 
 /// Runs one claimed task; a panicking handler fails its task, not the worker.
@@ -204,12 +234,16 @@ pub(super) async fn run_one(
     let retry = client.config().retry;
     let max_output = client.config().max_output_bytes;
     let run_id = claim.run.id;
+    let task_id = claim.task.id;
     let timeout = claim
         .task
         .timeout_secs
         .map(|s| Duration::from_secs(u64::from(s)))
         .or(limits.default);
     let (stop, cancel) = watch::channel(false);
+    let stop = Arc::new(stop);
+    limits.stops.map().insert(task_id, stop.clone());
+    let mut told = cancel.clone();
     let ctx = TaskContext {
         task: claim.task,
         run: claim.run,
@@ -221,21 +255,42 @@ pub(super) async fn run_one(
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
     let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
-    let finished = match timeout {
-        None => Ok(fut.await),
-        Some(limit) => {
-            tokio::pin!(fut);
-            match tokio::time::timeout(limit, &mut fut).await {
-                Ok(f) => Ok(f),
-                Err(_) => {
-                    // Told to stop; given the grace to return; then dropped (a `shell`
-                    // command's process group dies with it). Either way the run timed out.
-                    let _ = stop.send(true);
-                    let returned = tokio::time::timeout(limits.grace, &mut fut).await.is_ok();
-                    Err((limit, returned))
-                }
-            }
+    tokio::pin!(fut);
+    let expiry = async {
+        match timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
         }
+    };
+    /// What ended the first wait.
+    enum First<T> {
+        Returned(T),
+        Expired,
+        Cancelled,
+    }
+    let first = tokio::select! {
+        r = &mut fut => First::Returned(r),
+        () = expiry => First::Expired,
+        _ = told.wait_for(|s| *s) => First::Cancelled,
+    };
+    let ended = match first {
+        First::Returned(r) => Ended::Returned(r),
+        First::Expired => {
+            let _ = stop.send(true);
+            let returned = tokio::time::timeout(limits.grace, &mut fut).await.is_ok();
+            Ended::TimedOut(timeout.unwrap_or_default(), returned)
+        }
+        First::Cancelled => {
+            Ended::Cancelled(tokio::time::timeout(limits.grace, &mut fut).await.is_ok())
+        }
+    };
+    limits.stops.map().remove(&task_id);
+    // A stopped handler is dropped here if it did not return (a `shell` command's process
+    // group dies with it).
+    let finished = match ended {
+        Ended::Returned(r) => Ok(r),
+        Ended::TimedOut(limit, returned) => Err((Some(limit), returned)),
+        Ended::Cancelled(returned) => Err((None, returned)),
     };
     let (outcome, output_log) = match finished {
         Err((limit, returned)) => {
@@ -244,14 +299,24 @@ pub(super) async fn run_one(
             } else {
                 "the handler was dropped"
             };
-            let error = format!("timed out after {}; {how}", humanize(limit));
-            (
-                Outcome::TimedOut {
-                    error,
-                    retry: Some(retry),
-                },
-                None,
-            )
+            match limit {
+                Some(limit) => (
+                    Outcome::TimedOut {
+                        error: format!("timed out after {}; {how}", humanize(limit)),
+                        retry: Some(retry),
+                    },
+                    None,
+                ),
+                // The store closed the run when the task was cancelled: this report is
+                // stale, and only tells the completer the slot is free.
+                None => (
+                    Outcome::Failure {
+                        error: format!("cancelled; {how}"),
+                        retry: None,
+                    },
+                    None,
+                ),
+            }
         }
         Ok(Ok(Ok(out))) => {
             let too_large = out

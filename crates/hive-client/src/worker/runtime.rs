@@ -33,6 +33,8 @@ pub(super) struct Runtime {
     pub(super) slots: Slots,
     /// The error that stops the worker, if one of its loops met one retrying cannot fix.
     pub(super) fatal: Fatal,
+    /// The stop signal of every running handler, by task.
+    pub(super) stops: super::handler::Stops,
 }
 
 impl Runtime {
@@ -53,6 +55,7 @@ impl Runtime {
             stop,
             slots,
             fatal: Fatal::default(),
+            stops: super::handler::Stops::default(),
         })
     }
 
@@ -154,9 +157,18 @@ impl Runtime {
         };
         let wake = self.wake.clone();
         let settled = self.settled.clone();
+        let stops = self.stops.clone();
         set.spawn(async move {
             let mut skipped = 0;
             while let Some(p) = events.recv().await {
+                // A task cancelled while its handler runs here: tell the handler to stop.
+                if let hive_ops::Event::TaskStatusChanged {
+                    task_id,
+                    status: hive_models::TaskStatus::Cancelled,
+                } = p.event
+                {
+                    stops.stop(task_id);
+                }
                 if p.event.may_be_claimable() || events.skipped() > skipped {
                     skipped = events.skipped();
                     wake.notify_one();

@@ -97,6 +97,7 @@ impl Running {
             let limits = super::handler::Timeouts {
                 default: rt.cfg.task_timeout,
                 grace: rt.cfg.timeout_grace,
+                stops: rt.stops.clone(),
             };
             let handle = self.set.spawn(run_one(
                 rt.cfg.client.clone(),
