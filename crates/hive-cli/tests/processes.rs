@@ -18,6 +18,7 @@ use tokio::time::Instant;
 hive_store::per_backend!([sqlite, postgres], support::run_case =>
     four_processes_complete_each_task_once,
     killed_worker_task_completes_once_elsewhere,
+    killed_worker_task_is_claimed_again_within_15_s_by_default,
     frozen_worker_is_fenced_out_after_resuming,
 );
 
@@ -215,6 +216,38 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
     let executions = read_log(&log);
     assert_eq!(executions.len(), 1, "{executions:?}");
     assert_eq!((executions[0].attempt, executions[0].run), (2, runs[1].id));
+}
+
+/// Under default settings (no lease, heartbeat or reaper flags), a SIGKILLed worker's task
+/// is claimed by another worker within 15 s: at most a lease (10 s) after the last
+/// heartbeat, a reaper pass (2 s), the first retry's backoff (1 s) and a poll (1 s).
+async fn killed_worker_task_is_claimed_again_within_15_s_by_default(h: Harness) {
+    let [id] = h.shell_tasks(["sleep 60".to_owned()]).await[..] else {
+        unreachable!()
+    };
+    let mut doomed = h.worker("doomed", &["--role", "crash"]);
+    let first = h.wait_in_progress(id, "doomed", SLACK * 4).await;
+    let _rescuer = h.worker("rescuer", &["--role", "crash"]);
+    h.wait_registered("rescuer", SLACK * 4).await;
+    doomed.crash().await;
+    let at_kill = h.client.store().now().await.unwrap();
+    let claimed = poll_until(Duration::from_secs(15) + SLACK * 2, || async {
+        let runs = h.client.list_runs(id).await.unwrap();
+        runs.iter().find(|r| r.id != first.id).map(|r| r.started_at)
+    })
+    .await;
+    let Some(claimed) = claimed else {
+        panic!("not claimed again; {}", h.describe(id).await);
+    };
+    let after = (claimed - at_kill).to_std().unwrap_or_default();
+    eprintln!(
+        "RECOVERY {} with defaults: claimed again {after:?} after the kill",
+        h.backend
+    );
+    assert!(
+        after < Duration::from_secs(15) + SLACK,
+        "claimed again after {after:?}"
+    );
 }
 
 /// Battery item 3: worker A is frozen (SIGSTOP) past its lease; worker B reaps the task,

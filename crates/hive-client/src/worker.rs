@@ -13,6 +13,6 @@ mod report;
 mod runtime;
 mod slots;
 
-pub use builder::{ShutdownHandle, WorkerBuilder};
+pub use builder::{DEFAULT_LEASE, DEFAULT_REAP_INTERVAL, ShutdownHandle, WorkerBuilder};
 pub use handler::{Handler, TaskContext, TaskError, TaskOutput};
 pub use report::WorkerReport;

@@ -27,7 +27,9 @@ pub enum WorkerCommand {
         id: Option<String>,
         #[arg(long, default_value_t = 4)]
         concurrency: u32,
-        #[arg(long, default_value_t = 30)]
+        /// Each claimed task's lease; heartbeats renew it (default 10: a killed worker's
+        /// task is taken back within about 12 s).
+        #[arg(long, default_value_t = 10)]
         lease_secs: u64,
         /// Exit 0 once nothing is ready, running or waiting to retry.
         #[arg(long)]
@@ -43,7 +45,7 @@ pub struct Intervals {
     /// How often to heartbeat, extending held leases (default: a third of the lease).
     #[arg(long, value_name = "MS")]
     heartbeat_ms: Option<u64>,
-    /// How often to take back expired leases (default 5000).
+    /// How often to take back expired leases (default 2000).
     #[arg(long, value_name = "MS")]
     reap_interval_ms: Option<u64>,
     /// Longest wait between claims when no wake-up arrives (default 1000).

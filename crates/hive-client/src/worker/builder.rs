@@ -45,6 +45,15 @@ pub struct WorkerBuilder {
     pub(super) shutdown: watch::Sender<bool>,
 }
 
+/// The default lease. Heartbeats (every third of it) keep a slow handler's lease alive
+/// however long it runs, so the lease only bounds how long a dead worker's task waits:
+/// at most a lease after its last heartbeat, plus one reaper interval until some worker
+/// takes it back — 10 s + 2 s, within 15 s of a SIGKILL.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// How often a worker takes back expired leases by default.
+pub const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(2);
+
 impl Client {
     /// A worker named `id` on this client's store; configure it, then [`WorkerBuilder::run`].
     pub fn worker(&self, id: impl Into<String>) -> WorkerBuilder {
@@ -55,9 +64,9 @@ impl Client {
             capabilities: Vec::new(),
             task_types: Vec::new(),
             concurrency: 1,
-            lease: Duration::from_secs(30),
+            lease: DEFAULT_LEASE,
             heartbeat_interval: None,
-            reap_interval: Duration::from_secs(5),
+            reap_interval: DEFAULT_REAP_INTERVAL,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             task_timeout: None,
@@ -91,12 +100,13 @@ impl WorkerBuilder {
     hive_models::setters! {
         /// The worker's role, shown in the registry (default `worker`).
         role: impl Into<String> => into,
-        /// Each claimed task's lease; heartbeats extend it while the worker lives.
+        /// Each claimed task's lease; heartbeats extend it while the worker lives
+        /// (default 10 s, see [`DEFAULT_LEASE`]).
         lease: Duration,
         /// How often to heartbeat (default: a third of the lease, so two beats can be
         /// missed).
         heartbeat_interval: Duration => Some,
-        /// How often this worker runs the reaper.
+        /// How often this worker runs the reaper (default 2 s).
         reap_interval: Duration,
         /// Longest wait between claims when no wake-up arrives (the polling fallback).
         poll_interval: Duration,
@@ -166,5 +176,19 @@ impl WorkerBuilder {
         let id = WorkerId::parse(&self.id)?;
         let runtime = Runtime::start(self, id, Arc::new(handler)).await?;
         runtime.run().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bring_a_dead_workers_task_back_within_15_seconds() {
+        // Worst case: killed right after a heartbeat; the lease runs out, then the next
+        // reaper pass of any live worker takes the task back.
+        assert!(DEFAULT_LEASE + DEFAULT_REAP_INTERVAL <= Duration::from_secs(15));
+        // A heartbeat every third of the lease: two can be missed before it expires.
+        assert!((DEFAULT_LEASE / 3).saturating_mul(2) < DEFAULT_LEASE);
     }
 }
