@@ -63,6 +63,11 @@ pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
+/// Seconds for a table cell (`1.250s`), `-` when absent.
+pub fn seconds(secs: Option<f64>) -> String {
+    opt(secs.map(|s| format!("{s:.3}s")))
+}
+
 /// Shortens long text for a table cell.
 pub fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

@@ -82,10 +82,10 @@ impl PlanResults {
                 attempts: task.attempts,
                 worker: run.map(|r| r.worker_id.clone()),
                 started_at: run.map(|r| r.started_at),
-                duration_secs: run.and_then(|r| {
-                    let end = r.completed_at?;
-                    Some((end - r.started_at).num_microseconds()? as f64 / 1e6)
-                }),
+                duration_secs: run
+                    .and_then(Run::duration)
+                    .and_then(|d| d.num_microseconds())
+                    .map(|us| us as f64 / 1e6),
                 output: task.result,
                 error: task.last_error,
             });

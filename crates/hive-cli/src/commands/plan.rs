@@ -151,8 +151,7 @@ fn subtask_table(subtasks: &[hive_client::ops::SubtaskResult]) {
                 s.subtask_id.clone(),
                 s.status.to_string(),
                 s.attempts.to_string(),
-                s.duration_secs
-                    .map_or_else(|| "-".into(), |d| format!("{d:.2}s")),
+                output::seconds(s.duration_secs),
                 output::opt(s.worker.as_ref()),
                 if s.dependencies.is_empty() {
                     "-".into()

@@ -183,10 +183,8 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                             r.worker_id.to_string(),
                             r.status.to_string(),
                             r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            output::opt(
-                                r.duration().map(|d| {
-                                    format!("{:.3}s", d.num_milliseconds() as f64 / 1000.0)
-                                }),
+                            output::seconds(
+                                r.duration().map(|d| d.num_milliseconds() as f64 / 1000.0),
                             ),
                             output::clip(r.error_message.as_deref().unwrap_or("-"), 40),
                         ]
