@@ -47,6 +47,27 @@ impl MemoryStore {
         self.notifier.send_all(notes);
     }
 
+    /// Finishes a batch under the lock already held: its spawns first, then the rules.
+    fn finish_locked(
+        &self,
+        s: &mut State,
+        outcomes: &[RunOutcome],
+    ) -> (Vec<FinishReport>, Vec<Notification>) {
+        let (outcomes, created) = grow(s, outcomes);
+        let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
+        let (reports, mut notes) = self.replay(s, |ch| {
+            outcomes
+                .iter()
+                .zip(tasks)
+                .map(|(o, t)| ch.finish(o, t))
+                .collect::<Vec<_>>()
+        });
+        if created > 0 {
+            notes.insert(0, self.notifier.task_created(None, created));
+        }
+        (reports, notes)
+    }
+
     /// Replays `f` against the maps and applies its patches, under the lock already held.
     /// The clock is read under the lock: a time read before waiting for it could predate a
     /// change committed meanwhile (a claimed child would seem to start before its parent
@@ -68,22 +89,26 @@ impl MemoryStore {
 }
 
 /// Adds a batch's spawns to their plans, before the batch finishes; a spawn its plan cannot
-/// take turns its outcome into a permanent failure. Stale runs spawn nothing.
-fn grow<'a>(s: &mut State, outcomes: &'a [RunOutcome]) -> std::borrow::Cow<'a, [RunOutcome]> {
-    use crate::rules::{View, growth};
+/// take turns its outcome into a permanent failure. Stale runs spawn nothing. Returns the
+/// outcomes to finish and how many tasks were created.
+fn grow<'a>(
+    s: &mut State,
+    outcomes: &'a [RunOutcome],
+) -> (std::borrow::Cow<'a, [RunOutcome]>, u64) {
+    use crate::rules::growth;
     let at = now();
+    let run_task: HashMap<RunId, TaskId> = growth::spawning(outcomes)
+        .filter_map(|(i, _)| Some((outcomes[i].run_id, s.task_of(outcomes[i].run_id)?)))
+        .collect();
     let mut out = std::borrow::Cow::Borrowed(outcomes);
-    for (i, spawn) in growth::spawning(outcomes) {
-        let run = outcomes[i].run_id;
-        let Some(task) = s.task_of(run) else { continue };
-        if !View::task(&*s, task).is_some_and(|t| t.is_live(run)) {
-            continue;
-        }
-        if let Err(e) = s.grow_plan(task, spawn, at) {
-            growth::refuse(&mut out, i, &e);
+    let mut created = 0;
+    for (i, task, spawn) in growth::live_spawns(outcomes, &*s, &run_task) {
+        match s.grow_plan(task, spawn, at) {
+            Ok(n) => created += n,
+            Err(e) => growth::refuse(&mut out, i, &e),
         }
     }
-    out
+    (out, created)
 }
 
 #[async_trait]
@@ -247,15 +272,7 @@ impl Store for MemoryStore {
     async fn finish_runs(&self, outcomes: &[RunOutcome]) -> Result<Vec<FinishReport>> {
         let (reports, notes) = {
             let mut s = self.lock();
-            let outcomes = &*grow(&mut s, outcomes);
-            let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
-            self.replay(&mut s, |ch| {
-                outcomes
-                    .iter()
-                    .zip(tasks)
-                    .map(|(o, t)| ch.finish(o, t))
-                    .collect::<Vec<_>>()
-            })
+            self.finish_locked(&mut s, outcomes)
         };
         self.send(notes);
         Ok(reports)
@@ -268,15 +285,7 @@ impl Store for MemoryStore {
     ) -> Result<(Vec<FinishReport>, Vec<Claim>)> {
         let (reports, claims, mut notes) = {
             let mut s = self.lock();
-            let outcomes = &*grow(&mut s, outcomes);
-            let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
-            let (reports, mut notes) = self.replay(&mut s, |ch| {
-                outcomes
-                    .iter()
-                    .zip(tasks)
-                    .map(|(o, t)| ch.finish(o, t))
-                    .collect::<Vec<_>>()
-            });
+            let (reports, mut notes) = self.finish_locked(&mut s, outcomes);
             let at = now();
             let claims = s.claim(claim, at, &mut notes, &self.notifier);
             (reports, claims, notes)

@@ -50,15 +50,16 @@ impl State {
     }
 
     /// Adds what the running task `spawner` spawned to its plan (see [`hive_models::grow`]),
-    /// before its completion is applied. A finished plan takes nothing more.
+    /// before its completion is applied; returns how many tasks it created. A finished plan
+    /// takes nothing more.
     pub fn grow_plan(
         &mut self,
         spawner: TaskId,
         spawn: &[SubTask],
         at: Timestamp,
-    ) -> Result<(), hive_models::Error> {
+    ) -> Result<u64, hive_models::Error> {
         let Some(task) = self.task(spawner) else {
-            return Ok(());
+            return Ok(0);
         };
         let (Some(plan_id), Some(subtask)) = (task.plan_id, task.plan_subtask_id.clone()) else {
             return Err(hive_models::Error::InvalidField {
@@ -67,10 +68,10 @@ impl State {
             });
         };
         let Some(plan) = self.plans.get(&plan_id) else {
-            return Ok(());
+            return Ok(0);
         };
         if plan.status.is_terminal() {
-            return Ok(());
+            return Ok(0);
         }
         let growth = hive_models::grow(&plan.subtasks, &subtask, spawn.to_vec(), usize::MAX)?;
         let parent = plan.parent_task_id;
@@ -106,6 +107,6 @@ impl State {
             plan.grow(&growth);
             plan.updated_at = at;
         }
-        Ok(())
+        Ok(growth.added.len() as u64)
     }
 }

@@ -273,14 +273,15 @@ pub(super) async fn cancel(
 }
 
 /// Adds what the running task `spawner` spawned to its plan (see
-/// [`crate::rules::growth`]), in the transaction that then finishes it. `Ok(Err(_))`: the
-/// plan cannot take the spawn, and nothing was written. A finished plan takes nothing.
+/// [`crate::rules::growth`]), in the transaction that then finishes it; returns how many
+/// tasks it created. `Ok(Err(_))`: the plan cannot take the spawn, and nothing was written.
+/// A finished plan takes nothing.
 pub(super) async fn grow(
     c: &mut Conn,
     spawner: TaskId,
     spawn: &[SubTask],
     at: i64,
-) -> R<Result<(), hive_models::Error>> {
+) -> R<Result<u64, hive_models::Error>> {
     let row = sqlx::query(
         "SELECT t.plan_id, t.plan_subtask_id, p.status AS plan_status, p.parent_task_id \
          FROM tasks t LEFT JOIN plans p ON p.id = t.plan_id WHERE t.id = ?1",
@@ -288,7 +289,7 @@ pub(super) async fn grow(
     .bind(spawner.to_string())
     .fetch_optional(&mut *c)
     .await?;
-    let Some(row) = row else { return Ok(Ok(())) };
+    let Some(row) = row else { return Ok(Ok(0)) };
     let cols = Cols::new(&row, "tasks");
     let plan: Option<PlanId> = cols.parse_opt("plan_id")?;
     let subtask: Option<String> = cols.get("plan_subtask_id")?;
@@ -300,7 +301,7 @@ pub(super) async fn grow(
     };
     let status: PlanStatus = cols.parse("plan_status")?;
     if status.is_terminal() {
-        return Ok(Ok(()));
+        return Ok(Ok(0));
     }
     let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
     let existing = specs(c, &[plan]).await?.remove(&plan).unwrap_or_default();
@@ -363,5 +364,5 @@ pub(super) async fn grow(
     .bind(plan.to_string())
     .execute(&mut *c)
     .await?;
-    Ok(Ok(()))
+    Ok(Ok(new_rows.len() as u64))
 }

@@ -198,7 +198,11 @@ pub(super) async fn finish(
             .map(|o| FinishReport::stale(o.run_id, None))
             .collect());
     };
-    let outcomes = &*grow_spawns(c, &view, &run_task, outcomes, at).await?;
+    let (outcomes, created) = grow_spawns(c, &view, &run_task, outcomes, at).await?;
+    let outcomes = &*outcomes;
+    if created > 0 {
+        notes.push(n.task_created(None, created));
+    }
     let roots = view.failing_roots(outcomes, &run_task);
     replay::load_cascade(c, &mut view, &roots).await?;
     replay::load_plans(c, &mut view).await?;
@@ -221,15 +225,17 @@ async fn grow_spawns<'a>(
     run_task: &std::collections::HashMap<RunId, TaskId>,
     outcomes: &'a [RunOutcome],
     at: i64,
-) -> R<std::borrow::Cow<'a, [RunOutcome]>> {
+) -> R<(std::borrow::Cow<'a, [RunOutcome]>, u64)> {
     use crate::rules::growth;
     let mut out = std::borrow::Cow::Borrowed(outcomes);
+    let mut created = 0;
     for (i, task, spawn) in growth::live_spawns(outcomes, view, run_task) {
-        if let Err(e) = super::plans::grow(c, task, spawn, at).await? {
-            growth::refuse(&mut out, i, &e);
+        match super::plans::grow(c, task, spawn, at).await? {
+            Ok(n) => created += n,
+            Err(e) => growth::refuse(&mut out, i, &e),
         }
     }
-    Ok(out)
+    Ok((out, created))
 }
 
 pub(super) async fn extend_lease(
