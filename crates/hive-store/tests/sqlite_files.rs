@@ -325,3 +325,44 @@ async fn a_database_migrated_by_an_earlier_build_is_adopted() {
             .unwrap();
     assert_eq!(names, vec![hive_store::MIGRATIONS_TABLE.to_owned()]);
 }
+
+/// A database from before plan subtasks had rows of their own (migrations 0001–0002, the
+/// subtasks as a JSON column of the plan) keeps its plans' definitions when migrated.
+#[tokio::test]
+async fn a_plan_stored_before_plan_subtasks_keeps_its_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = file_url(&dir);
+    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate!("migrations/sqlite");
+    before.migrations = std::borrow::Cow::Owned(before.migrations[..2].to_vec());
+    before.dangerous_set_table_name(hive_store::MIGRATIONS_TABLE);
+    before.run(&pool).await.unwrap();
+    let subtasks = serde_json::json!([
+        {"id": "a", "title": "A", "description": "", "task_type": "x", "priority": 1,
+         "payload": {"k": "ü"}, "dependencies": [], "estimated_duration": null, "max_retries": 2},
+        {"id": "b", "title": "B", "description": "", "task_type": "x", "priority": 5,
+         "payload": {}, "dependencies": ["a"], "estimated_duration": 30, "max_retries": null}
+    ]);
+    let id = hive_models::PlanId::new();
+    sqlx::query(
+        "INSERT INTO plans (id, title, description, status, total_subtasks, subtasks, \
+                            created_at, updated_at) VALUES (?1, 'old', '', 'pending', 2, ?2, 1, 1)",
+    )
+    .bind(id.to_string())
+    .bind(subtasks.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let s = open(&url, SchemaPolicy::Migrate).await.unwrap();
+    let plan = s.get_plan(id).await.unwrap().unwrap();
+    let ids: Vec<&str> = plan.subtasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(plan.subtasks[0].payload, serde_json::json!({"k": "ü"}));
+    assert_eq!(plan.subtasks[0].max_retries, Some(2));
+    assert_eq!(plan.subtasks[1].dependencies, ["a"]);
+    assert_eq!(plan.subtasks[1].priority, 5);
+    assert_eq!(s.materialize_plan(id).await.unwrap(), Some(2));
+}
