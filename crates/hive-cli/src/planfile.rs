@@ -1,4 +1,5 @@
-//! Reading plan files: JSON or TOML, the format chosen by extension (else by content).
+//! Reading plan files: JSON or TOML, the format chosen by extension (else by content);
+//! `-` reads the plan from standard input.
 
 use std::path::Path;
 
@@ -7,8 +8,12 @@ use hive_client::NewPlan;
 
 /// Parses and validates a plan file before anything touches the database.
 pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read plan file `{}`", path.display()))?;
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the plan from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read plan file `{}`", path.display()))?
+    };
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

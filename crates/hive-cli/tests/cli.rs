@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use assert_cmd::Command;
-use support::db::Db;
+use support::db::{Db, create_shell};
 
 const PLAN: &str = r#"{"title": "Release 1.2", "description": "optional",
  "subtasks": [
@@ -172,6 +172,24 @@ fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
         let out = db.hive().args(&args).output().unwrap();
         assert!(!out.status.success(), "{bad:?} is refused");
     }
+}
+
+#[test]
+fn payloads_and_plans_from_files_and_stdin() {
+    let db = Db::new();
+    let file = db.write("payload.json", r#"{"command": "echo from-file"}"#);
+    let from_file = db.ok(&create_shell(&format!("@{file}")));
+    let task = db.json(&["task", "get", from_file.trim()]);
+    assert_eq!(task["payload"]["command"], "echo from-file");
+    let id = db.ok_with_stdin(&create_shell("-"), r#"{"command": "echo from-stdin"}"#);
+    let task = db.json(&["task", "get", id.trim()]);
+    assert_eq!(task["payload"]["command"], "echo from-stdin");
+    let plan = db.ok_with_stdin(&["plan", "submit", "-"], PLAN);
+    let status = db.json(&["plan", "status", plan.trim()]);
+    assert_eq!(status["plan"]["total_subtasks"], 2);
+    let missing = db.hive().args(create_shell("@nope.json")).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.json"));
 }
 
 #[test]

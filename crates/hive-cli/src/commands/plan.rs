@@ -11,7 +11,8 @@ use crate::{Context, output, planfile, shell};
 
 #[derive(Subcommand)]
 pub enum PlanCommand {
-    /// Create a plan and its subtasks from a JSON or TOML file; prints the plan id.
+    /// Create a plan and its subtasks from a JSON or TOML file (`-`: standard input);
+    /// prints the plan id.
     Submit { file: PathBuf },
     /// Status and progress of a plan, and each subtask: status, attempts, duration, worker,
     /// dependencies and the first line of its error.

@@ -19,7 +19,8 @@ pub enum TaskCommand {
         task_type: String,
         #[arg(long, default_value = "")]
         description: String,
-        /// JSON payload, e.g. '{"command": "make"}'.
+        /// JSON payload, e.g. '{"command": "make"}'; `@FILE` reads it from a file, `-` from
+        /// standard input.
         #[arg(long)]
         payload: Option<String>,
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
@@ -90,7 +91,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 new = new.timeout_secs(t);
             }
             if let Some(p) = payload {
-                new = new.payload(serde_json::from_str(&p).context("--payload is not valid JSON")?);
+                new = new.payload(read_payload(&p)?);
             }
             new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
             if new.task_type == shell::SHELL {
@@ -221,4 +222,20 @@ fn print_task(t: &Task) -> anyhow::Result<()> {
         rows.into_iter().map(|(k, v)| [k.to_owned(), v]),
     );
     Ok(())
+}
+
+/// A `--payload` value: JSON text, `@FILE`, or `-` for standard input.
+fn read_payload(arg: &str) -> anyhow::Result<serde_json::Value> {
+    let (text, from) = if arg == "-" {
+        let text = std::io::read_to_string(std::io::stdin())
+            .context("cannot read --payload from stdin")?;
+        (text, "stdin".to_owned())
+    } else if let Some(path) = arg.strip_prefix('@') {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --payload file `{path}`"))?;
+        (text, format!("`{path}`"))
+    } else {
+        (arg.to_owned(), "--payload".to_owned())
+    };
+    serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))
 }

@@ -23,13 +23,15 @@ impl Db {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.hive().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "hive {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(args, self.hive().args(args).output().unwrap())
+    }
+
+    /// [`Db::ok`] with `stdin` on the command's standard input.
+    pub fn ok_with_stdin(&self, args: &[&str], stdin: &str) -> String {
+        succeeded(
+            args,
+            self.hive().args(args).write_stdin(stdin).output().unwrap(),
+        )
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -111,6 +113,16 @@ impl Db {
         assert_eq!(&self.snapshot(), before, "hive {what} changed the database");
         stderr
     }
+}
+
+/// The stdout of a command that must have succeeded.
+fn succeeded(args: &[&str], out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "hive {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `hive task create` of a shell task titled `t` with this payload.
