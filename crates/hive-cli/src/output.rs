@@ -68,6 +68,15 @@ pub fn seconds(secs: Option<f64>) -> String {
     opt(secs.map(|s| format!("{s:.3}s")))
 }
 
+/// An error for a table cell: its first line, shortened; `-` when there is none. A
+/// multi-line error (a command's output) would otherwise break the table's rows.
+pub fn error_cell(error: Option<&str>, max: usize) -> String {
+    error.map_or_else(
+        || "-".into(),
+        |e| clip(e.lines().next().unwrap_or_default(), max),
+    )
+}
+
 /// Shortens long text for a table cell.
 pub fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -76,4 +85,16 @@ pub fn clip(s: &str, max: usize) -> String {
     let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_cell;
+
+    #[test]
+    fn an_error_cell_is_its_first_line_shortened() {
+        assert_eq!(error_cell(None, 10), "-");
+        assert_eq!(error_cell(Some("boom\nstack line"), 10), "boom");
+        assert_eq!(error_cell(Some("a very long error"), 6), "a ver…");
+    }
 }

@@ -159,10 +159,7 @@ fn subtask_table(subtasks: &[hive_client::ops::SubtaskResult]) {
                 } else {
                     output::clip(&s.dependencies.join(","), 40)
                 },
-                s.error.as_deref().map_or_else(
-                    || "-".into(),
-                    |e| output::clip(e.lines().next().unwrap_or_default(), 60),
-                ),
+                output::error_cell(s.error.as_deref(), 60),
             ]
         }),
     );

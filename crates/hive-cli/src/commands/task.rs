@@ -187,7 +187,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                             output::seconds(
                                 r.duration().map(|d| d.num_milliseconds() as f64 / 1000.0),
                             ),
-                            output::clip(r.error_message.as_deref().unwrap_or("-"), 40),
+                            output::error_cell(r.error_message.as_deref(), 40),
                         ]
                     }),
                 );
