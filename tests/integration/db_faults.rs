@@ -253,10 +253,7 @@ async fn killed_connections_mid_drain_lose_and_double_nothing(store: Arc<dyn Sto
             .unwrap()
             .unwrap()
             .unwrap();
-        total.completed += r.completed;
-        total.failed += r.failed;
-        total.stale += r.stale;
-        total.retried += r.retried;
+        total += &r;
     }
     let all = n as u64 + 1;
     let row = sqlx::query(

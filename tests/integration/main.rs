@@ -3,9 +3,11 @@
 
 mod calls;
 mod db_faults;
+mod held_runs;
 mod log_capture;
 mod plans_under_failure;
 mod proxy;
+mod refused_outcomes;
 mod retries;
 mod sdk;
 mod secrets;

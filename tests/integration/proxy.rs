@@ -1,10 +1,10 @@
 //! A TCP proxy for fault tests: it owns a local port that refuses connections until the
 //! test starts it, then forwards every connection to the real server, and can cut a
-//! connection at the moment its client sends `COMMIT`.
+//! connection at the moment its client sends `COMMIT` (or any other bytes: a bound value
+//! only one statement carries).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,9 +19,8 @@ pub enum Cut {
     AfterCommit,
 }
 
-const NO_CUT: u8 = 0;
-const CUT_BEFORE: u8 = 1;
-const CUT_AFTER: u8 = 2;
+/// An armed cut: the bytes that trigger it, and where it cuts.
+type Armed = Arc<Mutex<Option<(Vec<u8>, Cut)>>>;
 
 /// A proxy in front of `upstream`. Until [`Proxy::listen`], its port is closed, so a client
 /// sees exactly what it sees when the database server is down.
@@ -30,8 +29,8 @@ pub struct Proxy {
     addr: SocketAddr,
     upstream: SocketAddr,
     forwarding: Option<JoinHandle<()>>,
-    /// The armed cut (one of the constants above), taken by the first COMMIT seen.
-    cut: Arc<AtomicU8>,
+    /// The armed cut, taken by the first client message carrying its bytes.
+    cut: Armed,
 }
 
 impl Proxy {
@@ -44,7 +43,7 @@ impl Proxy {
             addr,
             upstream,
             forwarding: None,
-            cut: Arc::new(AtomicU8::new(NO_CUT)),
+            cut: Armed::default(),
         }
     }
 
@@ -72,11 +71,14 @@ impl Proxy {
 
     /// Cuts the next connection that sends `COMMIT`, as `cut` says.
     pub fn cut_next_commit(&self, cut: Cut) {
-        let v = match cut {
-            Cut::BeforeCommit => CUT_BEFORE,
-            Cut::AfterCommit => CUT_AFTER,
-        };
-        self.cut.store(v, Ordering::SeqCst);
+        self.cut_next_sending(b"COMMIT", cut);
+    }
+
+    /// Cuts the next connection whose client sends `bytes`, as `cut` says: with
+    /// [`Cut::AfterCommit`] the server runs the message (a single statement commits on its
+    /// own) and the reply is lost.
+    pub fn cut_next_sending(&self, bytes: &[u8], cut: Cut) {
+        *self.cut.lock().unwrap() = Some((bytes.to_vec(), cut));
     }
 
     /// Opens the port and forwards each accepted connection to the upstream server.
@@ -101,7 +103,7 @@ impl Proxy {
 }
 
 /// Copies both ways; the client's bytes are watched for an armed cut.
-async fn forward(client: TcpStream, server: TcpStream, cut: Arc<AtomicU8>) -> std::io::Result<()> {
+async fn forward(client: TcpStream, server: TcpStream, cut: Armed) -> std::io::Result<()> {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
     let down = tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
@@ -112,23 +114,28 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Arc<AtomicU8>) -> st
             break;
         }
         let chunk = &buf[..n];
-        let commit = chunk.windows(6).any(|w| w == b"COMMIT");
-        let armed = if commit {
-            cut.swap(NO_CUT, Ordering::SeqCst)
-        } else {
-            NO_CUT
+        let armed = {
+            let mut slot = cut.lock().unwrap();
+            let hit = slot
+                .as_ref()
+                .is_some_and(|(bytes, _)| chunk.windows(bytes.len()).any(|w| w == bytes));
+            if hit {
+                slot.take().map(|(_, c)| c)
+            } else {
+                None
+            }
         };
         match armed {
-            CUT_BEFORE => break,
-            CUT_AFTER => {
-                // Stop relaying replies first, so the COMMIT's never arrives.
+            Some(Cut::BeforeCommit) => break,
+            Some(Cut::AfterCommit) => {
+                // Stop relaying replies first, so the reply never arrives.
                 down.abort();
                 to_server.write_all(chunk).await?;
                 // Long enough for the server to run it; its reply is dropped with the pair.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 break;
             }
-            _ => to_server.write_all(chunk).await?,
+            None => to_server.write_all(chunk).await?,
         }
     }
     down.abort();

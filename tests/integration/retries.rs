@@ -17,6 +17,7 @@ use crate::worker::{join_workers, spawn_workers};
 const POLICY: RetryPolicy = RetryPolicy {
     base: Duration::from_millis(200),
     max: Duration::from_secs(2),
+    jitter: hive_client::Jitter::None,
 };
 
 fn client(store: Arc<dyn Store>) -> Client {
@@ -27,6 +28,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     always_failing_task_fails_after_max_retries_plus_one_runs,
     permanent_failure_fails_at_once,
     task_completes_on_the_attempt_that_succeeds,
+    a_snoozed_task_runs_again_later_without_using_an_attempt,
 );
 
 /// Runs one task to its end with two workers (so a retry could be picked up early by the
@@ -147,6 +149,35 @@ async fn task_completes_on_the_attempt_that_succeeds(c: Client) {
         WorkerReport {
             completed: 1,
             retried: 2,
+            ..Default::default()
+        }
+    );
+}
+
+/// A handler that snoozes is called again once the snooze has passed; the snoozed run ends
+/// `cancelled` and uses up no attempt, even with no retries left.
+async fn a_snoozed_task_runs_again_later_without_using_an_attempt(c: Client) {
+    const SNOOZE: Duration = Duration::from_millis(300);
+    let (task, runs, calls, report) =
+        run_to_end(&c, 0, |run| (run == 1).then(|| TaskError::snooze(SNOOZE))).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.attempts, 1, "the snoozed run gave its attempt back");
+    assert_eq!(
+        statuses(&runs),
+        [RunStatus::Cancelled, RunStatus::Success],
+        "{runs:?}"
+    );
+    assert_eq!(calls, [1, 2]);
+    let gap = runs[1].started_at - runs[0].completed_at.unwrap();
+    assert!(
+        gap.to_std().is_ok_and(|g| g >= SNOOZE),
+        "run 2 started {gap} after the snooze began; the snooze is {SNOOZE:?}"
+    );
+    assert_eq!(
+        report,
+        WorkerReport {
+            completed: 1,
+            snoozed: 1,
             ..Default::default()
         }
     );

@@ -36,6 +36,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     panicking_handler_fails_only_its_task,
     timeouts_stop_handlers_and_end_their_runs_timed_out,
     cancelling_a_task_stops_its_running_handler,
+    progress_is_written_at_most_once_a_second_and_announced,
 );
 
 /// Starts `n` in-process workers (`{prefix}0`, `{prefix}1`, …) on one client, each running
@@ -76,15 +77,6 @@ pub(crate) async fn drain_with_noop_worker(c: &Client, name: &str) -> WorkerRepo
     .expect("the worker ran")
 }
 
-/// Adds one worker's report to a running total.
-pub(crate) fn add_report(total: &mut WorkerReport, r: &WorkerReport) {
-    total.completed += r.completed;
-    total.failed += r.failed;
-    total.retried += r.retried;
-    total.stale += r.stale;
-    total.released += r.released;
-}
-
 /// Waits for every worker (failing the test after `limit`) and sums their reports.
 pub(crate) async fn join_workers(
     mut set: JoinSet<hive_client::Result<WorkerReport>>,
@@ -93,7 +85,7 @@ pub(crate) async fn join_workers(
     let mut total = WorkerReport::default();
     let joined = tokio::time::timeout(limit, async {
         while let Some(r) = set.join_next().await {
-            add_report(&mut total, &r.expect("worker task").expect("worker run"));
+            total += &r.expect("worker task").expect("worker run");
         }
     })
     .await;
@@ -115,7 +107,7 @@ pub(crate) async fn join_recording(
             tokio::select! {
                 Some(p) = events.recv() => record(p),
                 joined = workers.join_next() => match joined {
-                    Some(r) => add_report(&mut report, &r.expect("worker task").expect("worker run")),
+                    Some(r) => report += &r.expect("worker task").expect("worker run"),
                     None => break,
                 },
             }
@@ -425,10 +417,28 @@ fn two_slots(w: hive_client::WorkerBuilder) -> hive_client::WorkerBuilder {
 /// store's notifications, so on Postgres from any process): the handler returns, its late
 /// report is stale, and the task stays cancelled.
 async fn cancelling_a_task_stops_its_running_handler(c: Client) {
-    let id = c.create_task(NewTask::new("long", "x")).await.unwrap();
+    let took = cancel_reaches_the_handler(&c, &c, Duration::from_millis(20)).await;
+    eprintln!("CANCEL: the handler stopped {took:?} after the cancel");
+}
+
+/// Cancels, through `operator`, a task whose handler runs in a worker on `workers` (polling
+/// every `poll`), and checks that the handler was told to stop: the idle worker exits,
+/// having completed nothing, and task and run end `cancelled`. Returns how long the
+/// handler took to stop.
+pub(crate) async fn cancel_reaches_the_handler(
+    operator: &Client,
+    workers: &Client,
+    poll: Duration,
+) -> Duration {
+    let id = operator
+        .create_task(NewTask::new("long", "x"))
+        .await
+        .unwrap();
     let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let started_tx = std::sync::Mutex::new(Some(started_tx));
-    let worker = two_slots(c.worker("c")).timeout_grace(Duration::from_secs(30));
+    let worker = two_slots(workers.worker("c"))
+        .poll_interval(poll)
+        .timeout_grace(Duration::from_secs(30));
     let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
         if let Some(tx) = started_tx.lock().unwrap().take() {
             let _ = tx.send(());
@@ -445,19 +455,74 @@ async fn cancelling_a_task_stops_its_running_handler(c: Client) {
         .unwrap()
         .unwrap();
     let asked = std::time::Instant::now();
-    assert!(c.cancel_task(id).await.unwrap());
-    let report = tokio::time::timeout(Duration::from_secs(20), run)
+    assert!(operator.cancel_task(id).await.unwrap());
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("the handler stopped, so the idle worker exits")
         .unwrap()
         .unwrap();
-    eprintln!(
-        "CANCEL: the handler stopped {:?} after the cancel",
-        asked.elapsed()
-    );
+    let took = asked.elapsed();
     assert_eq!(report.completed, 0);
-    let t = c.get_task(id).await.unwrap().unwrap();
+    let t = operator.get_task(id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Cancelled);
-    let runs = c.list_runs(id).await.unwrap();
+    let runs = operator.list_runs(id).await.unwrap();
     assert_eq!(runs[0].status, hive_client::RunStatus::Cancelled);
+    took
+}
+
+/// A handler reporting progress every 50 ms for 2.5 s: the run shows the latest report, an
+/// event carries each write, and writes come at most once a second. A fraction outside
+/// `[0, 1]` is refused.
+async fn progress_is_written_at_most_once_a_second_and_announced(c: Client) {
+    let id = c.create_task(NewTask::new("steps", "x")).await.unwrap();
+    let mut events = c.subscribe().await.unwrap();
+    let refused: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = refused.clone();
+    let started = Instant::now();
+    let report = two_slots(c.worker("p"))
+        .run(move |ctx: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                *seen.lock().unwrap() = ctx.progress(1.5, "").err().map(|e| e.to_string());
+                for i in 1..=50 {
+                    ctx.progress(f64::from(i) / 50.0, format!("step {i}"))
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(serde_json::Value::Null)
+            }
+        })
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(report.completed, 1);
+    let refused = refused.lock().unwrap().clone().unwrap_or_default();
+    assert!(refused.contains("progress"), "{refused}");
+    let mut writes = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        if let Event::TaskProgress {
+            task_id, fraction, ..
+        } = p.event
+            && task_id == id
+        {
+            writes.push(fraction);
+        }
+    }
+    let most = elapsed.as_secs_f64().ceil() as usize + 1;
+    assert!(
+        (2..=most).contains(&writes.len()),
+        "{} writes in {elapsed:?}: {writes:?}",
+        writes.len()
+    );
+    assert!(writes.windows(2).all(|w| w[0] < w[1]), "{writes:?}");
+    let run = &c.list_runs(id).await.unwrap()[0];
+    let p = run
+        .progress
+        .as_ref()
+        .expect("the run keeps its last progress");
+    assert_eq!(p.fraction, *writes.last().unwrap());
+    assert!(
+        p.message.as_deref().is_some_and(|m| m.starts_with("step ")),
+        "{p:?}"
+    );
 }

@@ -77,6 +77,11 @@ pub fn error_cell(error: Option<&str>, max: usize) -> String {
     )
 }
 
+/// A run's progress for a table cell (`42% copying`, shortened); `-` when none was reported.
+pub fn progress_cell(progress: Option<&hive_client::Progress>) -> String {
+    progress.map_or_else(|| "-".into(), |p| clip(&p.display(), 40))
+}
+
 /// Shortens long text for a table cell.
 pub fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

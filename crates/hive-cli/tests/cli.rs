@@ -433,3 +433,67 @@ fn demo_completes_on_a_fresh_file() {
         "the demo uses its own temporary file"
     );
 }
+
+/// `task create` takes a task's own retry policy (refusing one that contradicts itself);
+/// a running run's progress shows in `task get` and `task runs`.
+#[test]
+fn retry_flags_and_progress_show_in_task_commands() {
+    let db = Db::new();
+    let create = |extra: &[&str]| {
+        let mut args = vec!["task", "create", "--title", "long", "--type", "x"];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()
+    };
+    let flags = create(&[
+        "--max-retries",
+        "5",
+        "--retry-base",
+        "2",
+        "--retry-max",
+        "60",
+        "--no-jitter",
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let id = db.ok(&flags).trim().to_owned();
+    let task = db.json(&["task", "get", &id]);
+    assert_eq!(task["max_retries"], 5);
+    assert_eq!(
+        task["retry_policy"],
+        serde_json::json!({"base": 2000, "max": 60000, "jitter": "none"})
+    );
+    let before = db.snapshot();
+    let bad = create(&["--retry-base", "10", "--retry-max", "1"]);
+    db.refused(
+        db.hive().args(&bad),
+        "task create --retry-base 10 --retry-max 1",
+        "below the base",
+        &before,
+    );
+
+    // A worker of this test's own reports progress on the running run.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime
+        .block_on(hive_client::Client::connect(&db.url))
+        .unwrap();
+    runtime.block_on(async {
+        let worker = hive_client::WorkerId::parse("w").unwrap();
+        let claim = client
+            .claim_next_task(&worker, &[], std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("the task is claimable");
+        client
+            .record_progress(claim.run.id, 0.42, Some("copying files".into()))
+            .await
+            .unwrap();
+    });
+    let runs = db.ok(&["task", "runs", &id]);
+    assert!(
+        runs.contains("PROGRESS") && runs.contains("42% copying files"),
+        "{runs}"
+    );
+    let shown = db.ok(&["task", "get", &id]);
+    assert!(shown.contains("42% copying files"), "{shown}");
+    let json = db.json(&["task", "runs", &id]);
+    assert_eq!(json[0]["progress"]["fraction"], 0.42, "{json}");
+}

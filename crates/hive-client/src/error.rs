@@ -16,6 +16,14 @@ impl Error {
             Error::Ops(e) => e.is_transient(),
         }
     }
+
+    /// Whether the database as a whole cannot be used, whatever the call's data (see
+    /// [`hive_store::Error::is_about_the_database`]).
+    pub fn is_about_the_database(&self) -> bool {
+        match self {
+            Error::Ops(e) => e.is_about_the_database(),
+        }
+    }
 }
 
 impl From<hive_store::Error> for Error {

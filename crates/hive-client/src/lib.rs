@@ -33,8 +33,8 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, Run, RunId, RunStatus,
-    SubTask, Task, TaskId, TaskStatus, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, Jitter, NewPlan, NewTask, PlanId, PlanStatus, Progress, RetryPolicy, Run, RunId,
+    RunStatus, SubTask, Task, TaskId, TaskStatus, TypeRetry, Worker, WorkerId, WorkerStatus,
 };
 pub use hive_ops::{Event, EventOrigin, Ops, OpsConfig, Published, Subscription};
 pub use hive_store::{ConnectOptions, Store};

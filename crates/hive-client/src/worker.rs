@@ -4,11 +4,14 @@
 //!
 //! One file per concern: `builder` configures a worker, `runtime` runs its lifecycle,
 //! `slots` owns its slots and claims, `handler` runs one task, `completer` commits outcomes
-//! in batches, and `report` counts what happened.
+//! in batches, `held` keeps what the worker holds equal to what the store says it holds, and
+//! `report` counts what happened.
 
 mod builder;
 mod completer;
 mod handler;
+mod held;
+mod progress;
 mod report;
 mod runtime;
 mod slots;

@@ -22,11 +22,12 @@ pub use plan::{
     ExecutionPlan, Growth, NewPlan, PlanCounters, PlanStatus, SubTask, grow, in_layers,
     unique_dependencies, validate_subtask_fields, validate_subtasks,
 };
-pub use retry::{AfterFailure, RetryPolicy, after_failure};
-pub use run::{Run, RunStatus};
+pub use retry::{AfterFailure, Jitter, RetryPolicy, TypeRetry, after_failure};
+pub use run::{Progress, Run, RunStatus};
 pub use task::{
-    DEFAULT_MAX_PAYLOAD_BYTES, MAX_DELAY_SECS, NewTask, Task, TaskStatus, check_json_no_nul,
-    check_no_nul, check_output_size, delayed_until, merge_metadata,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, MAX_DELAY_SECS, NewTask, Task, TaskStatus,
+    check_json_no_nul, check_max_retries, check_no_nul, check_output_size, delayed_until,
+    merge_metadata,
 };
 pub use worker::{Worker, WorkerStatus};
 

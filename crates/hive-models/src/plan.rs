@@ -105,6 +105,9 @@ pub struct SubTask {
     pub estimated_duration: Option<u64>,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Backoff between retries (`None`: the task type's policy, else the worker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<crate::RetryPolicy>,
     /// A run may last this long before the worker stops it.
     #[serde(default)]
     pub timeout_secs: Option<u32>,
@@ -138,6 +141,7 @@ impl SubTask {
             dependencies: Vec::new(),
             estimated_duration: None,
             max_retries: None,
+            retry_policy: None,
             timeout_secs: None,
             delay_secs: None,
         }
@@ -161,9 +165,8 @@ impl SubTask {
             description: self.description.clone(),
             priority: self.priority,
             payload: self.payload.clone(),
-            max_retries: self
-                .max_retries
-                .unwrap_or(crate::NewTask::default().max_retries),
+            max_retries: self.max_retries,
+            retry_policy: self.retry_policy,
             parent_task_id,
             timeout_secs: self.timeout_secs,
             delay_secs: self.delay_secs.unwrap_or(0),
@@ -424,13 +427,10 @@ pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<
     }
     check_json_no_nul("payload", &s.payload).map_err(invalid)?;
     check_timing(s.timeout_secs, s.delay_secs.unwrap_or(0)).map_err(invalid)?;
-    if s.max_retries.is_some_and(|m| m > 1000) {
-        let e = Error::InvalidField {
-            field: "max_retries".into(),
-            reason: "over the maximum of 1000".into(),
-        };
-        return Err(invalid(e).into());
+    if let Some(p) = &s.retry_policy {
+        p.validate("retry_policy").map_err(invalid)?;
     }
+    crate::check_max_retries(s.max_retries).map_err(invalid)?;
     check_payload_size(&s.payload, max_payload_bytes).map_err(invalid)?;
     Ok(())
 }

@@ -61,6 +61,59 @@ pub struct Run {
     pub error_message: Option<String>,
     pub output_log: Option<String>,
     pub transcript: Option<String>,
+    /// How far the handler said it had got, last (see [`Progress`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a running handler says it has got: a fraction of its work, a message, and when
+/// it said so (the store's clock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// From 0 (nothing done) to 1 (all done).
+    pub fraction: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub at: Timestamp,
+}
+
+impl Progress {
+    /// The longest progress message kept, in bytes.
+    pub const MAX_MESSAGE_BYTES: usize = 1000;
+
+    /// Refuses a fraction outside `[0, 1]` (or not a number) and a message that is too long
+    /// or holds a NUL character.
+    pub fn check(fraction: f64, message: Option<&str>) -> crate::Result<()> {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(crate::Error::InvalidField {
+                field: "progress".into(),
+                reason: format!("{fraction} is not a fraction from 0 to 1"),
+            });
+        }
+        if let Some(m) = message {
+            crate::check_no_nul("progress message", m)?;
+            if m.len() > Self::MAX_MESSAGE_BYTES {
+                return Err(crate::Error::InvalidField {
+                    field: "progress message".into(),
+                    reason: format!(
+                        "{} bytes is over the limit of {}",
+                        m.len(),
+                        Self::MAX_MESSAGE_BYTES
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `42%`, or `42% copying files`: as tables show it.
+    pub fn display(&self) -> String {
+        let pct = format!("{:.0}%", self.fraction * 100.0);
+        match &self.message {
+            Some(m) if !m.is_empty() => format!("{pct} {m}"),
+            _ => pct,
+        }
+    }
 }
 
 impl Run {
@@ -87,6 +140,7 @@ impl Run {
             error_message: None,
             output_log: None,
             transcript: None,
+            progress: None,
         }
     }
 

@@ -120,6 +120,8 @@ pub struct Task {
     pub due_date: Option<Timestamp>,
     /// Failed runs retried at most this many times: a task runs at most `max_retries + 1` times.
     pub max_retries: u32,
+    /// Its own backoff between retries (`None`: the worker's policy).
+    pub retry_policy: Option<crate::RetryPolicy>,
     pub parent_task_id: Option<TaskId>,
     pub plan_id: Option<PlanId>,
     /// The subtask id this task was created from, when it belongs to a plan.
@@ -161,6 +163,7 @@ impl Task {
 
     /// Builds a queued task from validated input, as a backend does on insert.
     pub fn from_new(id: TaskId, new: NewTask, now: Timestamp) -> Task {
+        let max_retries = new.retries();
         Task {
             id,
             title: new.title,
@@ -173,7 +176,8 @@ impl Task {
             payload: new.payload,
             assigned_worker: None,
             due_date: new.due_date,
-            max_retries: new.max_retries,
+            max_retries,
+            retry_policy: new.retry_policy,
             parent_task_id: new.parent_task_id,
             plan_id: None,
             plan_subtask_id: None,
@@ -302,7 +306,11 @@ pub struct NewTask {
     pub description: String,
     pub priority: i32,
     pub payload: Json,
-    pub max_retries: u32,
+    /// Failed runs retried at most this many times (`None`: the task type's setting, else
+    /// [`DEFAULT_MAX_RETRIES`]).
+    pub max_retries: Option<u32>,
+    /// Backoff between retries (`None`: the task type's policy, else the worker's).
+    pub retry_policy: Option<crate::RetryPolicy>,
     pub current_phase: String,
     pub workflow: Option<Json>,
     pub due_date: Option<Timestamp>,
@@ -328,7 +336,8 @@ impl Default for NewTask {
             description: String::new(),
             priority: 1,
             payload: Json::Object(Default::default()),
-            max_retries: 3,
+            max_retries: None,
+            retry_policy: None,
             current_phase: "start".into(),
             workflow: None,
             due_date: None,
@@ -356,7 +365,10 @@ impl NewTask {
         description: impl Into<String> => into,
         payload: Json,
         priority: i32,
-        max_retries: u32,
+        /// Failed runs retried at most this many times.
+        max_retries: u32 => Some,
+        /// Backoff between retries, for this task alone.
+        retry_policy: crate::RetryPolicy => Some,
         /// Not claimable before this time.
         run_at: Timestamp => Some,
         /// Creating a task with a key that exists returns the existing task's id.
@@ -389,11 +401,9 @@ impl NewTask {
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         non_blank("title", &self.title)?;
         non_blank("task_type", &self.task_type)?;
-        if self.max_retries > 1000 {
-            return Err(Error::InvalidField {
-                field: "max_retries".into(),
-                reason: format!("{} is over the maximum of 1000", self.max_retries),
-            });
+        check_max_retries(self.max_retries)?;
+        if let Some(p) = &self.retry_policy {
+            p.validate("retry_policy")?;
         }
         if let Some(key) = &self.idempotency_key {
             non_blank("idempotency_key", key)?;
@@ -410,6 +420,34 @@ impl NewTask {
             check_json_no_nul("workflow", workflow)?;
         }
         check_payload_size(&self.payload, max_payload_bytes)
+    }
+}
+
+/// Retries a task runs with when neither it nor its type sets any.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+/// Refuses more retries than any task may have.
+pub fn check_max_retries(max_retries: Option<u32>) -> Result<()> {
+    match max_retries {
+        Some(n) if n > 1000 => Err(Error::InvalidField {
+            field: "max_retries".into(),
+            reason: format!("{n} is over the maximum of 1000"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl NewTask {
+    /// The retries this task runs with.
+    pub fn retries(&self) -> u32 {
+        self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)
+    }
+
+    /// Fills what this task leaves unset from its type's retry defaults.
+    pub fn with_type_retry(mut self, defaults: &crate::TypeRetry) -> NewTask {
+        self.max_retries = self.max_retries.or(defaults.max_retries);
+        self.retry_policy = self.retry_policy.or(defaults.policy);
+        self
     }
 }
 

@@ -28,6 +28,12 @@ impl Error {
         matches!(self, Error::Store(e) if e.is_transient())
     }
 
+    /// Whether the database as a whole cannot be used (see
+    /// [`hive_store::Error::is_about_the_database`]).
+    pub fn is_about_the_database(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_about_the_database())
+    }
+
     pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
         Error::NotFound {
             entity,

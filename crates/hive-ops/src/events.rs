@@ -48,6 +48,13 @@ pub enum Event {
         task_id: TaskId,
         run_at: Timestamp,
     },
+    /// A running handler said how far it has got (at most once a second per run).
+    TaskProgress {
+        task_id: TaskId,
+        run_id: RunId,
+        fraction: f64,
+        message: Option<String>,
+    },
     /// A task that waited on dependencies became claimable (its last dependency
     /// completed, and the transaction that freed it did not claim it).
     TaskReady {
@@ -112,6 +119,7 @@ impl Event {
             | Event::TaskFailed { task_id, .. }
             | Event::TaskRetried { task_id, .. }
             | Event::TaskReady { task_id }
+            | Event::TaskProgress { task_id, .. }
             | Event::PlanProgressed { task_id, .. } => Some(*task_id),
             _ => None,
         }
@@ -173,6 +181,17 @@ impl Event {
                 }],
             },
             Change::TaskReady { task_id } => vec![Event::TaskReady { task_id: *task_id }],
+            Change::Progress {
+                task_id,
+                run_id,
+                fraction,
+                message,
+            } => vec![Event::TaskProgress {
+                task_id: *task_id,
+                run_id: *run_id,
+                fraction: *fraction,
+                message: message.clone(),
+            }],
             Change::PlanStatus { plan_id, status } => {
                 Event::plan_status(*plan_id, *status).into_iter().collect()
             }

@@ -68,8 +68,11 @@ pub struct PlanSummary {
 impl<S: Store + ?Sized> Ops<S> {
     /// Validates and stores a plan (`pending`, subtasks not yet tasks). The error names the
     /// offending subtask ids: duplicates, self-dependencies, unknown dependencies or a cycle.
-    pub async fn create_execution_plan(&self, plan: NewPlan) -> Result<PlanId> {
+    pub async fn create_execution_plan(&self, mut plan: NewPlan) -> Result<PlanId> {
         plan.validate(self.config.max_payload_bytes)?;
+        for s in &mut plan.subtasks {
+            self.config.fill_subtask_retry(s);
+        }
         Ok(self.store.insert_plan(plan).await?)
     }
 

@@ -30,6 +30,8 @@ pub struct SubtaskResult {
     pub output: Option<Json>,
     /// Its last error.
     pub error: Option<String>,
+    /// How far its running run said it had got (`None` unless it runs and reported).
+    pub progress: Option<hive_models::Progress>,
 }
 
 /// A plan's subtasks in plan order, and its own result.
@@ -88,6 +90,9 @@ impl PlanResults {
                     .map(|us| us as f64 / 1e6),
                 output: task.result,
                 error: task.last_error,
+                progress: run
+                    .filter(|r| r.is_running())
+                    .and_then(|r| r.progress.clone()),
             });
         }
         PlanResults {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hive_models::{Json, RunId, Timestamp, WorkerId};
+use hive_models::{Json, Run, RunId, Timestamp, WorkerId};
 use hive_store::{
     ClaimParams, FinishReport, Finished, Outcome, ReapParams, ReapReport, RunOutcome, Store,
 };
@@ -71,17 +71,27 @@ fn storable<'a>(
             Outcome::Failure { error, .. } | Outcome::TimedOut { error, .. } => {
                 error.contains('\0')
             }
+            Outcome::Snooze { .. } => false,
         };
         in_result || o.output_log.as_deref().is_some_and(|l| l.contains('\0'))
     };
+    let typed_spawn = |o: &RunOutcome| match &o.outcome {
+        Outcome::Success { spawn, .. } => spawn
+            .iter()
+            .any(|s| limits.retry_by_type.contains_key(&s.task_type)),
+        _ => false,
+    };
     if !outcomes
         .iter()
-        .any(|o| has_nul(o) || oversized(o).is_some())
+        .any(|o| has_nul(o) || oversized(o).is_some() || typed_spawn(o))
     {
         return std::borrow::Cow::Borrowed(outcomes);
     }
     let mut fixed = outcomes.to_vec();
     for o in &mut fixed {
+        if let Outcome::Success { spawn, .. } = &mut o.outcome {
+            spawn.iter_mut().for_each(|s| limits.fill_subtask_retry(s));
+        }
         if let Some(error) = oversized(o) {
             o.outcome = Outcome::Failure { error, retry: None };
         }
@@ -94,6 +104,7 @@ fn storable<'a>(
             } => json(r),
             Outcome::Success { result: None, .. } => {}
             Outcome::Failure { error, .. } | Outcome::TimedOut { error, .. } => text(error),
+            Outcome::Snooze { .. } => {}
         }
     }
     std::borrow::Cow::Owned(fixed)
@@ -220,6 +231,27 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Extends a run's lease; [`Error::StaleRun`] when the task was taken back.
     pub async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
         Ok(self.store.extend_lease(run_id, lease).await?)
+    }
+
+    /// Records how far a running run has got: `fraction` from 0 to 1, and a message.
+    /// [`Error::StaleRun`] when the run was taken back or cancelled. Workers call this at
+    /// most once a second per run ([`hive_models::Progress`]).
+    pub async fn record_progress(
+        &self,
+        run_id: RunId,
+        fraction: f64,
+        message: Option<String>,
+    ) -> Result<()> {
+        hive_models::Progress::check(fraction, message.as_deref())?;
+        Ok(self
+            .store
+            .record_progress(run_id, fraction, message)
+            .await?)
+    }
+
+    /// The runs the store has `worker` holding (running, under its lease).
+    pub async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+        Ok(self.store.running_runs(worker).await?)
     }
 
     /// Gives held tasks back to the queue without using up a retry (graceful shutdown).

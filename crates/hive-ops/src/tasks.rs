@@ -32,6 +32,10 @@ impl<S: Store + ?Sized> Ops<S> {
                 }
             })?;
         }
+        let tasks = tasks
+            .into_iter()
+            .map(|t| self.config.with_type_retry(t))
+            .collect();
         Ok(self.store.insert_tasks(tasks).await?)
     }
 

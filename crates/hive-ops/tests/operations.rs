@@ -16,10 +16,8 @@ type O = Ops<dyn Store>;
 
 fn ops(store: Arc<dyn Store>) -> O {
     let config = OpsConfig {
-        retry: RetryPolicy {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
+        retry: RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(1))
+            .without_jitter(),
         max_payload_bytes: 1024,
         prune_batch: 3,
         ..OpsConfig::default()
@@ -59,6 +57,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     events_arrive_in_order,
     cached_plan_status_invalidated_by_own_changes,
     cancel_task_cancels_dependents,
+    type_retry_defaults_fill_what_a_task_leaves_unset,
 );
 
 async fn count_all(o: &O) -> u64 {
@@ -429,6 +428,57 @@ async fn large_plan_drains(o: O) {
     let p = o.get_plan(pid).await.unwrap().unwrap();
     assert_eq!(p.status, PlanStatus::Completed);
     assert_eq!(p.completed_subtasks, 10_000);
+}
+
+/// A type's retry defaults reach its new tasks and plan subtasks that set none; what a
+/// task sets itself wins; other types keep the defaults.
+async fn type_retry_defaults_fill_what_a_task_leaves_unset(o: O) {
+    let typed = RetryPolicy::exponential(Duration::from_secs(5), Duration::from_secs(50));
+    let own = RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(2));
+    let mut config = o.config().clone();
+    config.retry_by_type.insert(
+        "email".into(),
+        hive_models::TypeRetry {
+            max_retries: Some(9),
+            policy: Some(typed),
+        },
+    );
+    let o = Ops::with_config(o.store().clone(), config);
+    let ids = o
+        .create_tasks(vec![
+            NewTask::new("plain", "email"),
+            NewTask::new("own", "email")
+                .max_retries(1)
+                .retry_policy(own),
+            NewTask::new("other", "sms"),
+        ])
+        .await
+        .unwrap();
+    let t = |i: usize| {
+        let o = &o;
+        let id = ids[i];
+        async move { o.get_task(id).await.unwrap().unwrap() }
+    };
+    let (plain, mine, other) = (t(0).await, t(1).await, t(2).await);
+    assert_eq!((plain.max_retries, plain.retry_policy), (9, Some(typed)));
+    assert_eq!((mine.max_retries, mine.retry_policy), (1, Some(own)));
+    assert_eq!(
+        (other.max_retries, other.retry_policy),
+        (hive_models::DEFAULT_MAX_RETRIES, None)
+    );
+    assert_eq!(o.config().retry_for("email"), typed);
+    assert_eq!(o.config().retry_for("sms"), o.config().retry);
+    let pid = o
+        .create_execution_plan(plan(vec![SubTask::new("a", "A", "email")]))
+        .await
+        .unwrap();
+    o.create_planned_subtasks_from_plan(pid).await.unwrap();
+    let sub = o
+        .list_tasks(&hive_store::TaskFilter::in_plan(pid))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((sub.max_retries, sub.retry_policy), (9, Some(typed)));
 }
 
 async fn retries_with_backoff(o: O) {

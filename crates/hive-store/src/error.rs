@@ -37,6 +37,10 @@ pub enum Error {
     /// Applying the schema migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The database refused the data of this one call (a constraint it checks, a value out
+    /// of its range): the same call will fail again, other calls are unaffected.
+    #[error("the database refused the data: {0}")]
+    Rejected(String),
     /// Stored data that the models cannot represent (a corrupt row, an unknown status).
     #[error("corrupt data in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
@@ -59,6 +63,16 @@ impl Error {
         matches!(
             self,
             Error::Unavailable { .. } | Error::Conflict(_) | Error::StorageFull { .. }
+        )
+    }
+
+    /// Whether the database as a whole cannot be used (misconfigured, not migrated): no
+    /// call will succeed, whatever its data, until an operator acts. Other permanent errors
+    /// may be about one call's data.
+    pub fn is_about_the_database(&self) -> bool {
+        matches!(
+            self,
+            Error::Misconfigured { .. } | Error::UnsupportedUrl(_) | Error::Migration(_)
         )
     }
 }

@@ -295,6 +295,35 @@ impl Store for MemoryStore {
         Ok((reports, claims))
     }
 
+    async fn record_progress(
+        &self,
+        run_id: RunId,
+        fraction: f64,
+        message: Option<String>,
+    ) -> Result<()> {
+        let mut s = self.lock();
+        let task = s.task_of(run_id).filter(|t| {
+            crate::rules::View::task(&*s, *t)
+                .is_some_and(|t| t.current_run == Some(run_id) && t.run_running)
+        });
+        let (Some(task_id), Some(run)) = (task, s.runs.get_mut(&run_id)) else {
+            return Err(Error::StaleRun { run_id });
+        };
+        run.progress = Some(hive_models::Progress {
+            fraction,
+            message: message.clone(),
+            at: now(),
+        });
+        drop(s);
+        self.send(vec![self.notifier.note(crate::Change::Progress {
+            task_id,
+            run_id,
+            fraction,
+            message,
+        })]);
+        Ok(())
+    }
+
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
         let mut s = self.lock();
         let until = crate::rules::after(now(), lease);
@@ -398,6 +427,19 @@ impl Store for MemoryStore {
             .flatten()
             .filter_map(|r| s.runs.get(r).cloned())
             .collect())
+    }
+
+    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+        let s = self.lock();
+        let mut held: Vec<Run> = s
+            .running
+            .keys()
+            .filter_map(|r| s.runs.get(r))
+            .filter(|r| &r.worker_id == worker)
+            .cloned()
+            .collect();
+        held.sort_by_key(|r| (r.task_id, r.id));
+        Ok(held)
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

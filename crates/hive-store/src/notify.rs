@@ -38,6 +38,14 @@ pub enum Change {
     TaskReady { task_id: TaskId },
     /// A plan changed status.
     PlanStatus { plan_id: PlanId, status: PlanStatus },
+    /// A running handler said how far it has got.
+    Progress {
+        task_id: TaskId,
+        run_id: RunId,
+        fraction: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// A worker registered (active) or went offline.
     Worker {
         worker_id: WorkerId,
@@ -94,7 +102,10 @@ impl Notification {
         match &self.change {
             Change::TaskCreated { .. } | Change::TaskReady { .. } => true,
             Change::TaskStatus(c) => c.status == TaskStatus::Queued,
-            Change::TaskClaimed { .. } | Change::PlanStatus { .. } | Change::Worker { .. } => false,
+            Change::TaskClaimed { .. }
+            | Change::PlanStatus { .. }
+            | Change::Worker { .. }
+            | Change::Progress { .. } => false,
         }
     }
 }

@@ -20,6 +20,7 @@ mod sql;
 mod connect;
 mod listen;
 mod plans;
+mod progress;
 mod replay;
 mod rows;
 mod runs;
@@ -69,8 +70,13 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
         let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
         let message = format!("{} (SQLSTATE {code})", db.message());
         match code.as_str() {
-            // unique_violation, serialization_failure, deadlock_detected, lock_not_available
-            "23505" | "40001" | "40P01" | "55P03" => Error::Conflict(message),
+            // unique_violation, serialization_failure, deadlock_detected, lock_not_available,
+            // query_canceled (a statement or lock timeout)
+            "23505" | "40001" | "40P01" | "55P03" | "57014" => Error::Conflict(message),
+            // integrity constraints, data exceptions, a value too deeply nested to parse
+            c if c.starts_with("23") || c.starts_with("22") || c == "54001" => {
+                Error::Rejected(message)
+            }
             // connection exceptions, server shutting down, too many connections
             c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
                 Error::Unavailable {
@@ -260,6 +266,16 @@ impl Store for PostgresStore {
         self.run(self.extend_once(run_id, lease)).await
     }
 
+    async fn record_progress(
+        &self,
+        run_id: RunId,
+        fraction: f64,
+        message: Option<String>,
+    ) -> Result<()> {
+        self.run(self.record_progress_once(run_id, fraction, message))
+            .await
+    }
+
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
         if run_ids.is_empty() {
             return Ok(Vec::new());
@@ -281,6 +297,10 @@ impl Store for PostgresStore {
 
     async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>> {
         self.run(self.read_plan_runs(plan_id)).await
+    }
+
+    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+        self.run(self.read_running_runs(worker)).await
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

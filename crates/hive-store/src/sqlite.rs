@@ -24,7 +24,7 @@ macro_rules! task_columns {
          t.workflow, t.payload, t.assigned_worker, t.due_date, t.max_retries, t.parent_task_id, \
          t.plan_id, t.plan_subtask_id, t.pending_deps, t.tags, t.metadata, t.run_at, t.attempts, \
          t.current_run_id, t.idempotency_key, t.result, t.last_error, t.created_at, t.updated_at, \
-         t.timeout_secs, t.delay_secs, \
+         t.timeout_secs, t.delay_secs, t.retry_policy, \
          (SELECT json_group_array(d.depends_on ORDER BY d.position) \
             FROM task_dependencies d WHERE d.task_id = t.id) AS deps"
     };
@@ -33,7 +33,8 @@ macro_rules! task_columns {
 macro_rules! run_columns {
     () => {
         "id, task_id, worker_id, run_number, status, phase, started_at, completed_at, \
-         lease_expires_at, result_data, error_message, output_log, transcript"
+         lease_expires_at, result_data, error_message, output_log, transcript, progress, \
+         progress_message, progress_at"
     };
 }
 
@@ -320,6 +321,15 @@ impl Store for SqliteStore {
         write!(self, quiet runs::extend_lease, run_id, lease)
     }
 
+    async fn record_progress(
+        &self,
+        run_id: RunId,
+        fraction: f64,
+        message: Option<String>,
+    ) -> Result<()> {
+        write!(self, runs::record_progress, run_id, fraction, message)
+    }
+
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
         if run_ids.is_empty() {
             return Ok(Vec::new());
@@ -341,6 +351,10 @@ impl Store for SqliteStore {
 
     async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>> {
         read!(self, runs::in_plan, plan_id)
+    }
+
+    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+        read!(self, runs::held_by, worker)
     }
 
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {

@@ -128,6 +128,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`crate::Error::StaleRun`] when the run is not its task's current running run.
     async fn extend_lease(&self, run_id: RunId, lease: std::time::Duration) -> Result<Timestamp>;
 
+    /// Records how far a running run has got (the store's clock stamps it) and announces
+    /// it ([`crate::Change::Progress`]); [`crate::Error::StaleRun`] when the run is not its
+    /// task's current running run. Callers validate with [`hive_models::Progress::check`].
+    async fn record_progress(
+        &self,
+        run_id: RunId,
+        fraction: f64,
+        message: Option<String>,
+    ) -> Result<()>;
+
     /// Gives runs back without counting an attempt: each current running run is closed as
     /// `cancelled`, its task returns to `queued` with `attempts - 1`. Stale runs are skipped.
     /// Returns the tasks requeued.
@@ -147,6 +157,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The runs of every task of a plan, by task then run_number: what a plan's status
     /// and results show, in one read however many subtasks it has.
     async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>>;
+
+    /// The running runs `worker` holds, by task: what the store believes the worker is
+    /// running. A worker compares it with what it knows it runs, to give back runs whose
+    /// claim reply it never got and to stop handlers whose run ended elsewhere.
+    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>>;
 
     // ---- workers ----
 

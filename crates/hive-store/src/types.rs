@@ -18,6 +18,12 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Whether the store delivers other processes' changes as notifications (Postgres's
+    /// LISTEN/NOTIFY); elsewhere a process learns of them only by reading.
+    pub const fn announces_other_processes(self) -> bool {
+        matches!(self, Backend::Postgres)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Backend::Memory => "memory",
@@ -144,6 +150,13 @@ pub enum Outcome {
         error: String,
         retry: Option<RetryPolicy>,
     },
+    /// The handler asked to run again after `delay` without using up an attempt: the run
+    /// ends `cancelled` (noted "snoozed"), the task waits in the queue. A task already
+    /// snoozed `limit` times fails for good instead, so a handler cannot snooze forever.
+    Snooze {
+        delay: std::time::Duration,
+        limit: u32,
+    },
 }
 
 impl Outcome {
@@ -170,6 +183,10 @@ pub enum Finished {
     Completed,
     /// Requeued; claimable again from `run_at`.
     Retrying {
+        run_at: Timestamp,
+    },
+    /// Snoozed: requeued without using up an attempt, claimable again from `run_at`.
+    Snoozed {
         run_at: Timestamp,
     },
     /// Failed for good (out of retries, or a failure without retry).

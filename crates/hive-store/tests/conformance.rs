@@ -1,5 +1,7 @@
 //! Runs the conformance suite against every backend: `memory::*`, `sqlite::*`, `postgres::*`.
 
+use hive_store::testing::progress::*;
+use hive_store::testing::retries::*;
 use hive_store::testing::suite::*;
 use hive_store::testing::workflows::*;
 
@@ -12,6 +14,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     finish_success_and_stale_run_rejected, failure_retries_with_backoff_then_fails,
     failure_without_retry_fails_at_once, extend_lease_and_fencing,
     release_runs_does_not_count_attempt, reap_expired_lease, heartbeat_extends_leases,
+    running_runs_are_what_a_worker_holds,
     workers_register_list_unregister, plan_materialize_idempotent,
     plan_dependencies_gate_claims, plan_failure_cancels_descendants, plan_cancel,
     plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
@@ -21,6 +24,9 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
     a_stale_run_spawns_nothing, last_two_subtasks_finishing_at_once_complete_the_plan_once,
     ten_thousand_subtasks_submitted_and_drained,
+    full_jitter_spreads_a_burst_of_retries, a_tasks_own_policy_replaces_the_callers,
+    snoozes_give_the_attempt_back_and_are_bounded,
+    progress_is_stored_on_the_live_run_and_announced,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here
@@ -29,7 +35,9 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
 fn every_suite_case_runs() {
     let suite = concat!(
         include_str!("../src/testing/suite.rs"),
-        include_str!("../src/testing/workflows.rs")
+        include_str!("../src/testing/workflows.rs"),
+        include_str!("../src/testing/retries.rs"),
+        include_str!("../src/testing/progress.rs")
     );
     let this = include_str!("conformance.rs");
     for line in suite.lines() {

@@ -145,12 +145,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
 fn subtask_table(subtasks: &[hive_client::ops::SubtaskResult]) {
     output::table(
         [
-            "SUBTASK", "STATUS", "ATTEMPTS", "DURATION", "WORKER", "DEPS", "ERROR",
+            "SUBTASK", "STATUS", "PROGRESS", "ATTEMPTS", "DURATION", "WORKER", "DEPS", "ERROR",
         ],
         subtasks.iter().map(|s| {
             [
                 s.subtask_id.clone(),
                 s.status.to_string(),
+                output::progress_cell(s.progress.as_ref()),
                 s.attempts.to_string(),
                 output::seconds(s.duration_secs),
                 output::opt(s.worker.as_ref()),

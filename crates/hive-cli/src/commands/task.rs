@@ -1,11 +1,12 @@
 //! `hive task …`
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::Subcommand;
 use hive_client::store::TaskFilter;
-use hive_client::{NewTask, Task, TaskId, TaskStatus};
+use hive_client::{NewTask, RetryPolicy, Task, TaskId, TaskStatus};
 
 use crate::{Context, output, shell};
 
@@ -25,8 +26,19 @@ pub enum TaskCommand {
         payload: Option<String>,
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         priority: i32,
-        #[arg(long, default_value_t = 3)]
-        max_retries: u32,
+        /// Failed runs retried at most this many times (default 3).
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Seconds before the first retry; each retry waits up to twice as long as the one
+        /// before (default 1).
+        #[arg(long = "retry-base", value_name = "SECS")]
+        retry_base: Option<f64>,
+        /// The longest wait between retries, in seconds (default 300).
+        #[arg(long = "retry-max", value_name = "SECS")]
+        retry_max: Option<f64>,
+        /// Wait exactly the backoff between retries, instead of a random time up to it.
+        #[arg(long)]
+        no_jitter: bool,
         /// Seconds a run may last before the worker stops it (default: the worker's).
         #[arg(long = "timeout")]
         timeout_secs: Option<u32>,
@@ -79,14 +91,18 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             payload,
             priority,
             max_retries,
+            retry_base,
+            retry_max,
+            no_jitter,
             timeout_secs,
             delay_secs,
         } => {
             let mut new = NewTask::new(title, task_type)
                 .description(description)
                 .priority(priority)
-                .max_retries(max_retries)
                 .delay_secs(delay_secs);
+            new.max_retries = max_retries;
+            new.retry_policy = retry_policy(retry_base, retry_max, no_jitter)?;
             if let Some(t) = timeout_secs {
                 new = new.timeout_secs(t);
             }
@@ -102,16 +118,17 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
         TaskCommand::Get { id } => {
             let id = task_id(&id)?;
-            let task = ctx
-                .client()
-                .await?
-                .get_task(id)
-                .await?
-                .ok_or_else(|| not_found(id))?;
+            let client = ctx.client().await?;
+            let task = client.get_task(id).await?.ok_or_else(|| not_found(id))?;
             if ctx.json {
                 output::json(&task)?;
             } else {
-                print_task(&task)?;
+                // A running task shows how far its run said it had got.
+                let progress = match task.current_run_id.filter(|_| task.is_active()) {
+                    Some(run) => client.get_run(run).await?.and_then(|r| r.progress),
+                    None => None,
+                };
+                print_task(&task, progress.as_ref())?;
             }
         }
         TaskCommand::List {
@@ -175,7 +192,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             } else {
                 output::table(
                     [
-                        "RUN", "#", "WORKER", "STATUS", "STARTED", "DURATION", "ERROR",
+                        "RUN", "#", "WORKER", "STATUS", "PROGRESS", "STARTED", "DURATION", "ERROR",
                     ],
                     runs.iter().map(|r| {
                         [
@@ -183,6 +200,7 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                             r.run_number.to_string(),
                             r.worker_id.to_string(),
                             r.status.to_string(),
+                            output::progress_cell(r.progress.as_ref()),
                             r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                             output::seconds(
                                 r.duration().map(|d| d.num_milliseconds() as f64 / 1000.0),
@@ -197,12 +215,13 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_task(t: &Task) -> anyhow::Result<()> {
-    let rows: [(&str, String); 14] = [
+fn print_task(t: &Task, progress: Option<&hive_client::Progress>) -> anyhow::Result<()> {
+    let rows: [(&str, String); 15] = [
         ("id", t.id.to_string()),
         ("title", t.title.clone()),
         ("type", t.task_type.clone()),
         ("status", t.status.to_string()),
+        ("progress", output::progress_cell(progress)),
         ("priority", t.priority.to_string()),
         (
             "attempts",
@@ -222,6 +241,33 @@ fn print_task(t: &Task) -> anyhow::Result<()> {
         rows.into_iter().map(|(k, v)| [k.to_owned(), v]),
     );
     Ok(())
+}
+
+/// The policy `--retry-base`, `--retry-max` and `--no-jitter` ask for; `None` when none
+/// is given (the worker's policy applies).
+fn retry_policy(
+    base: Option<f64>,
+    max: Option<f64>,
+    no_jitter: bool,
+) -> anyhow::Result<Option<RetryPolicy>> {
+    if base.is_none() && max.is_none() && !no_jitter {
+        return Ok(None);
+    }
+    let secs = |flag: &str, v: Option<f64>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow!("--{flag} {s}: expected a number of seconds, 0 or more")),
+    };
+    let d = RetryPolicy::default();
+    let mut policy = RetryPolicy::exponential(
+        secs("retry-base", base, d.base)?,
+        secs("retry-max", max, d.max)?,
+    );
+    if no_jitter {
+        policy = policy.without_jitter();
+    }
+    policy.validate("retry_policy")?;
+    Ok(Some(policy))
 }
 
 /// A `--payload` value: JSON text, `@FILE`, or `-` for standard input.

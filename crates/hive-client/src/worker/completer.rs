@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use hive_models::WorkerId;
 use hive_ops::Claimed;
-use hive_ops::store::RunOutcome;
+use hive_ops::store::{FinishReport, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
 
+use super::held::Held;
 use super::report::Counters;
 use super::slots::Slots;
 use crate::Client;
@@ -42,6 +43,7 @@ pub(super) struct Completer {
     pub(super) shutdown: watch::Sender<bool>,
     pub(super) fatal: Fatal,
     pub(super) claimed: mpsc::UnboundedSender<Vec<Claimed>>,
+    pub(super) held: Held,
 }
 
 impl Completer {
@@ -67,55 +69,122 @@ impl Completer {
         }
     }
 
-    /// Commits one batch, retrying transient failures until it succeeds; false when a
-    /// failure retrying cannot fix stopped the worker (the batch's tasks then come back when
-    /// their leases expire).
+    /// Commits one batch and refills the slots it frees; false when a failure retrying
+    /// cannot fix stopped the worker (the batch's tasks then come back when their leases
+    /// expire). A batch the store refuses for good is split, so that only the outcome it
+    /// refuses fails its run (see [`Completer::isolate`]).
     async fn commit(&self, batch: &[RunOutcome]) -> bool {
         // The batch's own slots, plus idle ones: reuse them for what is ready now.
         let mut slots = batch.len();
         if !*self.stop.borrow() {
             slots += self.slots.take_idle();
         }
+        let outcome = match self.commit_retrying(batch, slots).await {
+            Ok((reports, claims)) => {
+                tracing::debug!(
+                    finished = batch.len(),
+                    claimed = claims.len(),
+                    "committed a batch"
+                );
+                self.counters.add_finished(&reports);
+                self.slots.give_back(slots - claims.len());
+                // Sent even when empty: the claim loop checks for idleness after commits.
+                let _ = self.claimed.send(claims);
+                return true;
+            }
+            Err(e) if e.is_about_the_database() => self.stop_with(e),
+            Err(e) => self.isolate(batch, e).await,
+        };
+        self.slots.give_back(slots);
+        let _ = self.claimed.send(Vec::new());
+        outcome
+    }
+
+    /// Commits `outcomes` and claims up to `slots` tasks (none once shutting down),
+    /// retrying transient failures under capped backoff for as long as they last: nothing
+    /// is lost while, say, the disk is full. Returns the first permanent error.
+    async fn commit_retrying(
+        &self,
+        outcomes: &[RunOutcome],
+        slots: usize,
+    ) -> Result<(Vec<FinishReport>, Vec<Claimed>), crate::Error> {
         let mut backoff = Backoff::new("committing finished runs");
         loop {
-            // No new work once shutting down; the outcomes must still be committed.
             let want = if *self.stop.borrow() { 0 } else { slots };
-            match self
+            let recording = self.held.changing().await;
+            let committed = self
                 .client
                 .finish_and_claim(
-                    batch,
+                    outcomes,
                     &self.spec.worker,
                     &self.spec.task_types,
                     want as u32,
                     self.spec.lease,
                 )
-                .await
-            {
-                Ok((reports, claims)) => {
-                    tracing::debug!(
-                        finished = batch.len(),
-                        claimed = claims.len(),
-                        "committed a batch"
-                    );
-                    self.counters.add_finished(&reports);
-                    self.slots.give_back(slots - claims.len());
-                    // Sent even when empty: the claim loop checks for idleness after commits.
-                    let _ = self.claimed.send(claims);
+                .await;
+            if let Ok((_, claims)) = &committed {
+                self.held.finished(outcomes.iter().map(|o| o.run_id));
+                self.held.claimed(claims);
+            }
+            drop(recording);
+            match committed {
+                Ok(done) => {
                     backoff.succeeded(self.spec.worker.as_str());
-                    return true;
+                    return Ok(done);
                 }
                 Err(e) if e.is_transient() => {
-                    // Kept and committed when the store can take them: nothing is lost
-                    // while, say, the disk is full.
                     let delay = backoff.failed(self.spec.worker.as_str(), &e);
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => {
-                    self.fatal.set(e.into());
-                    let _ = self.shutdown.send(true);
-                    return false;
-                }
+                Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// A batch the store refused with a permanent error: commits its outcomes one by one,
+    /// and fails the run of each one the store refuses on its own, with the store's error
+    /// (its task fails for good: the same outcome would be refused again). Only when even
+    /// that failure cannot be recorded does the worker stop.
+    async fn isolate(&self, batch: &[RunOutcome], error: crate::Error) -> bool {
+        let mut first = Some(error);
+        for o in batch {
+            let refused = match first.take().filter(|_| batch.len() == 1) {
+                Some(e) => e,
+                None => match self.commit_retrying(std::slice::from_ref(o), 0).await {
+                    Ok((reports, _)) => {
+                        self.counters.add_finished(&reports);
+                        continue;
+                    }
+                    Err(e) if e.is_about_the_database() => return self.stop_with(e),
+                    Err(e) => e,
+                },
+            };
+            tracing::warn!(
+                worker = %self.spec.worker,
+                run = %o.run_id,
+                error = %refused,
+                "the store refused this run's outcome; the run fails with the error"
+            );
+            let failed = RunOutcome {
+                run_id: o.run_id,
+                outcome: Outcome::Failure {
+                    error: format!("the store refused this run's outcome: {refused}"),
+                    retry: None,
+                },
+                output_log: None,
+            };
+            match self.commit_retrying(std::slice::from_ref(&failed), 0).await {
+                Ok((reports, _)) => self.counters.add_finished(&reports),
+                Err(e) => return self.stop_with(e),
+            }
+        }
+        true
+    }
+
+    /// Stops the worker with an error retrying cannot fix; always false (for `commit`).
+    fn stop_with(&self, e: crate::Error) -> bool {
+        self.fatal.set(e);
+        let _ = self.shutdown.send(true);
+        false
     }
 }

@@ -15,6 +15,7 @@ use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
 
 use super::completer::Done;
+use super::progress::ProgressCell;
 use crate::{Client, Result};
 
 /// What a handler gets: the claimed task, the run it executes as, and its dependencies'
@@ -31,6 +32,7 @@ pub struct TaskContext {
     client: Client,
     spawned: Arc<Mutex<Vec<SubTask>>>,
     cancel: watch::Receiver<bool>,
+    progress: Arc<ProgressCell>,
 }
 
 impl TaskContext {
@@ -47,6 +49,19 @@ impl TaskContext {
     /// Whether this run has been told to stop.
     pub fn is_cancelled(&self) -> bool {
         *self.cancel.borrow()
+    }
+
+    /// Reports how far this run has got: `fraction` from 0 to 1 and a message (empty for
+    /// none). Stored on the run, shown by `hive task get`, `task runs` and `plan status`,
+    /// and announced as [`hive_ops::Event::TaskProgress`]. Cheap to call often: the latest
+    /// report is written at most once a second. Refuses a fraction outside `[0, 1]` and a
+    /// message over 1000 bytes.
+    pub fn progress(&self, fraction: f64, message: impl Into<String>) -> Result<()> {
+        let message = Some(message.into()).filter(|m| !m.is_empty());
+        hive_models::Progress::check(fraction, message.as_deref())?;
+        self.progress
+            .report(&self.client, self.run.id, fraction, message);
+        Ok(())
     }
 
     /// The outputs of this task's dependencies, keyed by subtask id.
@@ -123,7 +138,8 @@ impl From<Option<Json>> for TaskOutput {
 }
 
 /// A handler's failure. Retryable failures are retried with backoff until the task's
-/// `max_retries`; permanent ones fail the task at once.
+/// `max_retries`; permanent ones fail the task at once; a snooze runs the task again later
+/// without using up an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskError {
     /// Stored as the run's error message and the task's last error.
@@ -132,6 +148,9 @@ pub struct TaskError {
     pub retryable: bool,
     /// Stored as the run's output log.
     pub log: Option<String>,
+    /// `Some`: not a failure — run the task again after this long, giving this attempt
+    /// back (see [`TaskError::snooze`]).
+    pub snooze: Option<Duration>,
 }
 
 impl TaskError {
@@ -141,6 +160,18 @@ impl TaskError {
             message: message.into(),
             retryable: true,
             log: None,
+            snooze: None,
+        }
+    }
+
+    /// Asks to run the task again after `delay` without using up an attempt (a rate
+    /// limit's window, a resource not ready yet). The run ends `cancelled`, noted
+    /// "snoozed until …". A task may be snoozed `OpsConfig::max_snoozes` times (50 by
+    /// default); the snooze after that fails it for good, so a handler cannot wait forever.
+    pub fn snooze(delay: Duration) -> Self {
+        TaskError {
+            snooze: Some(delay),
+            ..Self::new(format!("snoozed for {}", humanize(delay)))
         }
     }
 
@@ -196,11 +227,10 @@ impl Stops {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fires the stop signal of the handler running `task`, if one runs here.
-    pub(super) fn stop(&self, task: TaskId) {
-        if let Some(s) = self.map().get(&task) {
-            let _ = s.send(true);
-        }
+    /// Fires the stop signal of the handler running `task`; whether this call fired it (a
+    /// handler runs it here and had not been told yet).
+    pub(super) fn stop(&self, task: TaskId) -> bool {
+        self.map().get(&task).is_some_and(|s| !s.send_replace(true))
     }
 }
 
@@ -231,7 +261,8 @@ pub(super) async fn run_one(
     done: mpsc::UnboundedSender<Done>,
 ) {
     use futures::FutureExt;
-    let retry = client.config().retry;
+    let retry = client.config().retry_for(&claim.task.task_type);
+    let max_snoozes = client.config().max_snoozes;
     let max_output = client.config().max_output_bytes;
     let run_id = claim.run.id;
     let task_id = claim.task.id;
@@ -251,7 +282,9 @@ pub(super) async fn run_one(
         client,
         spawned: Arc::default(),
         cancel,
+        progress: Arc::default(),
     };
+    let progress = ctx.progress.clone();
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
     let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
@@ -285,6 +318,7 @@ pub(super) async fn run_one(
         }
     };
     limits.stops.map().remove(&task_id);
+    progress.close();
     // A stopped handler is dropped here if it did not return (a `shell` command's process
     // group dies with it).
     let finished = match ended {
@@ -337,13 +371,22 @@ pub(super) async fn run_one(
             };
             (outcome, out.log)
         }
-        Ok(Ok(Err(e))) => (
-            Outcome::Failure {
-                error: e.message,
-                retry: e.retryable.then_some(retry),
-            },
-            e.log,
-        ),
+        Ok(Ok(Err(e))) => match e.snooze {
+            Some(delay) => (
+                Outcome::Snooze {
+                    delay: delay.min(hive_models::RetryPolicy::MAX_DELAY),
+                    limit: max_snoozes,
+                },
+                e.log,
+            ),
+            None => (
+                Outcome::Failure {
+                    error: e.message,
+                    retry: e.retryable.then_some(retry),
+                },
+                e.log,
+            ),
+        },
         Ok(Err(panic)) => (
             Outcome::Failure {
                 error: format!("handler panicked: {}", panic_message(panic)),

@@ -18,6 +18,28 @@ pub struct WorkerReport {
     pub stale: u64,
     /// Tasks given back to the queue at shutdown.
     pub released: u64,
+    /// Runs whose handler asked to run again later (snoozed), without using an attempt.
+    pub snoozed: u64,
+}
+
+/// Sums reports, e.g. of several workers.
+impl std::ops::AddAssign<&WorkerReport> for WorkerReport {
+    fn add_assign(&mut self, r: &WorkerReport) {
+        let WorkerReport {
+            completed,
+            failed,
+            retried,
+            stale,
+            released,
+            snoozed,
+        } = r;
+        self.completed += completed;
+        self.failed += failed;
+        self.retried += retried;
+        self.stale += stale;
+        self.released += released;
+        self.snoozed += snoozed;
+    }
 }
 
 /// The live counts behind [`WorkerReport`]; shared because the completer and the shutdown
@@ -29,6 +51,7 @@ pub(super) struct Counters {
     retried: AtomicU64,
     stale: AtomicU64,
     released: AtomicU64,
+    snoozed: AtomicU64,
 }
 
 impl Counters {
@@ -39,6 +62,7 @@ impl Counters {
             retried: self.retried.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
+            snoozed: self.snoozed.load(Ordering::Relaxed),
         }
     }
 
@@ -49,6 +73,7 @@ impl Counters {
                 Finished::Completed => &self.completed,
                 Finished::Failed => &self.failed,
                 Finished::Retrying { .. } => &self.retried,
+                Finished::Snoozed { .. } => &self.snoozed,
                 Finished::Stale => &self.stale,
             };
             c.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use super::builder::WorkerBuilder;
 use super::completer::{ClaimSpec, Completer, Done};
 use super::handler::Handler;
+use super::held::Held;
 use super::report::{Counters, WorkerReport};
 use super::slots::{Running, Slots};
 use crate::backoff::{Backoff, Fatal};
@@ -35,6 +36,8 @@ pub(super) struct Runtime {
     pub(super) fatal: Fatal,
     /// The stop signal of every running handler, by task.
     pub(super) stops: super::handler::Stops,
+    /// The runs this worker holds, checked against the store's view.
+    pub(super) held: Held,
 }
 
 impl Runtime {
@@ -56,6 +59,7 @@ impl Runtime {
             slots,
             fatal: Fatal::default(),
             stops: super::handler::Stops::default(),
+            held: Held::default(),
         })
     }
 
@@ -114,6 +118,7 @@ impl Runtime {
         self.spawn_wakeups(&mut background).await;
         self.spawn_heartbeat(&mut background);
         self.spawn_reaper(&mut background);
+        self.spawn_reconcile(&mut background);
         if self.cfg.handle_signals {
             let stop = self.cfg.shutdown.clone();
             background.spawn(async move {
@@ -133,6 +138,7 @@ impl Runtime {
                 shutdown: self.cfg.shutdown.clone(),
                 fatal: self.fatal.clone(),
                 claimed: claimed_tx,
+                held: self.held.clone(),
             }
             .run(done_rx),
         );
@@ -167,7 +173,7 @@ impl Runtime {
                     status: hive_models::TaskStatus::Cancelled,
                 } = p.event
                 {
-                    stops.stop(task_id);
+                    let _ = stops.stop(task_id);
                 }
                 if p.event.may_be_claimable() || events.skipped() > skipped {
                     skipped = events.skipped();
@@ -181,27 +187,28 @@ impl Runtime {
         });
     }
 
-    fn spawn_heartbeat(&self, set: &mut JoinSet<()>) {
-        let client = self.cfg.client.clone();
+    /// Runs `step` every `every` for as long as the worker runs. A failing step is tried
+    /// again at the next tick (the interval stays fixed); the backoff only throttles the
+    /// warnings.
+    fn spawn_every<F, Fut>(
+        &self,
+        set: &mut JoinSet<()>,
+        what: &'static str,
+        every: Duration,
+        step: F,
+    ) where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
         let id = self.id.clone();
-        let registration = self.registration();
-        let every = self.cfg.heartbeat_every();
         set.spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The interval stays fixed; the backoff only throttles the warnings.
-            let mut backoff = Backoff::new("heartbeat");
+            let mut backoff = Backoff::new(what);
             loop {
                 tick.tick().await;
-                match client
-                    .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
-                    .await
-                {
-                    Ok(true) => backoff.succeeded(id.as_str()),
-                    // Someone unregistered or pruned this worker: register again.
-                    Ok(false) => {
-                        let _ = client.register_worker_with(&registration).await;
-                    }
+                match step().await {
+                    Ok(()) => backoff.succeeded(id.as_str()),
                     Err(e) => {
                         backoff.failed(id.as_str(), &e);
                     }
@@ -210,32 +217,66 @@ impl Runtime {
         });
     }
 
-    fn spawn_reaper(&self, set: &mut JoinSet<()>) {
+    fn spawn_heartbeat(&self, set: &mut JoinSet<()>) {
         let client = self.cfg.client.clone();
         let id = self.id.clone();
-        let every = self.cfg.reap_interval.max(Duration::from_millis(10));
-        set.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut backoff = Backoff::new("reaping");
-            loop {
-                tick.tick().await;
-                match client.reap().await {
-                    Ok(r) => {
-                        backoff.succeeded(id.as_str());
-                        if !r.is_empty() {
-                            tracing::info!(
-                                requeued = r.requeued.len(),
-                                failed = r.failed.len(),
-                                offline = r.offline_workers.len(),
-                                "reaped"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        backoff.failed(id.as_str(), &e);
-                    }
+        let registration = self.registration();
+        self.spawn_every(set, "heartbeat", self.cfg.heartbeat_every(), move || {
+            let (client, id, registration) = (client.clone(), id.clone(), registration.clone());
+            async move {
+                let known = client
+                    .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
+                    .await?;
+                if !known {
+                    // Someone unregistered or pruned this worker: register again.
+                    client.register_worker_with(&registration).await?;
                 }
+                Ok(())
+            }
+        });
+    }
+
+    /// Checks what the store says this worker holds against what it knows it holds (see
+    /// [`Held`]): on Postgres, where cancellations arrive as notifications within a second,
+    /// once per heartbeat; elsewhere, where another process's cancel is not announced here,
+    /// once per poll interval.
+    fn spawn_reconcile(&self, set: &mut JoinSet<()>) {
+        let client = self.cfg.client.clone();
+        let id = self.id.clone();
+        let held = self.held.clone();
+        let stops = self.stops.clone();
+        let every = if client.store().backend().announces_other_processes() {
+            self.cfg.heartbeat_every()
+        } else {
+            self.cfg.poll_interval.min(self.cfg.heartbeat_every())
+        };
+        self.spawn_every(set, "checking held runs", every, move || {
+            let (client, id, held, stops) = (client.clone(), id.clone(), held.clone(), stops.clone());
+            async move {
+                let found = held.reconcile(&client, &id, &stops).await?;
+                if !found.stopped.is_empty() {
+                    tracing::info!(worker = %id, tasks = ?found.stopped, "runs ended elsewhere; their handlers were told to stop");
+                }
+                Ok(())
+            }
+        });
+    }
+
+    fn spawn_reaper(&self, set: &mut JoinSet<()>) {
+        let client = self.cfg.client.clone();
+        self.spawn_every(set, "reaping", self.cfg.reap_interval, move || {
+            let client = client.clone();
+            async move {
+                let r = client.reap().await?;
+                if !r.is_empty() {
+                    tracing::info!(
+                        requeued = r.requeued.len(),
+                        failed = r.failed.len(),
+                        offline = r.offline_workers.len(),
+                        "reaped"
+                    );
+                }
+                Ok(())
             }
         });
     }
@@ -277,7 +318,10 @@ impl Runtime {
             return;
         }
         match self.cfg.client.release_runs(&runs).await {
-            Ok(released) => self.counters.add_released(released.len()),
+            Ok(released) => {
+                self.held.finished(runs);
+                self.counters.add_released(released.len());
+            }
             Err(e) => {
                 tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire")
             }

@@ -183,12 +183,17 @@ impl Runtime {
                 if !self.slots.take(free) {
                     continue;
                 }
-                match self
+                let recording = self.held.changing().await;
+                let claimed = self
                     .cfg
                     .client
                     .claim_tasks(&self.id, &self.cfg.task_types, free as u32, self.cfg.lease)
-                    .await
-                {
+                    .await;
+                if let Ok(claims) = &claimed {
+                    self.held.claimed(claims);
+                }
+                drop(recording);
+                match claimed {
                     Ok(claims) => {
                         backoff.succeeded(self.id.as_str());
                         self.slots.give_back(free - claims.len());

@@ -51,9 +51,11 @@ impl View for State {
         let running = t
             .current_run_id
             .is_some_and(|r| self.running.contains_key(&r));
+        let runs = self.task_runs.get(&id).map_or(0, Vec::len);
         Some(TaskState::of(
             t,
             i64::try_from(*seq).unwrap_or(i64::MAX),
+            u32::try_from(runs).unwrap_or(u32::MAX),
             running,
         ))
     }

@@ -168,6 +168,8 @@ pub(super) fn state_from_row(row: &PgRow) -> R<(TaskId, TaskState)> {
             plan_id: rows::get::<Option<Uuid>>(row, "plan_id", T)?.map(PlanId),
             attempts: rows::count(row, "attempts", T)?,
             max_retries: rows::big_count(row, "max_retries", T)?,
+            retry_policy: rows::policy(row)?,
+            runs: rows::count(row, "run_count", T)?,
             current_run,
             run_running: current_run.is_some(),
         },

@@ -91,6 +91,7 @@ pub(super) fn task(row: &PgRow) -> Result<Task, Fail> {
         assigned_worker: get::<Option<String>>(row, "assigned_worker", T)?.map(WorkerId),
         due_date: get(row, "due_date", T)?,
         max_retries: big_count(row, "max_retries", T)?,
+        retry_policy: policy(row)?,
         parent_task_id: get::<Option<Uuid>>(row, "parent_task_id", T)?.map(TaskId),
         plan_id: get::<Option<Uuid>>(row, "plan_id", T)?.map(PlanId),
         plan_subtask_id: get(row, "plan_subtask_id", T)?,
@@ -111,6 +112,14 @@ pub(super) fn task(row: &PgRow) -> Result<Task, Fail> {
     })
 }
 
+/// A task's own retry policy, stored as JSON.
+pub(super) fn policy(row: &PgRow) -> Result<Option<hive_models::RetryPolicy>, Fail> {
+    get::<Option<serde_json::Value>>(row, "retry_policy", "tasks")?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| corrupt("tasks", format!("retry_policy: {e}")))
+}
+
 pub(super) fn run(row: &PgRow) -> Result<Run, Fail> {
     const T: &str = "runs";
     Ok(Run {
@@ -127,6 +136,14 @@ pub(super) fn run(row: &PgRow) -> Result<Run, Fail> {
         error_message: get(row, "error_message", T)?,
         output_log: get(row, "output_log", T)?,
         transcript: get(row, "transcript", T)?,
+        progress: match get::<Option<f64>>(row, "progress", T)? {
+            Some(fraction) => Some(hive_models::Progress {
+                fraction,
+                message: get(row, "progress_message", T)?,
+                at: get(row, "progress_at", T)?,
+            }),
+            None => None,
+        },
     })
 }
 

@@ -329,7 +329,7 @@ impl PostgresStore {
             ids.push(o.run_id.0);
             results.push(match &o.outcome {
                 Outcome::Success { result, .. } => result.clone(),
-                Outcome::Failure { .. } | Outcome::TimedOut { .. } => None,
+                Outcome::Failure { .. } | Outcome::TimedOut { .. } | Outcome::Snooze { .. } => None,
             });
             logs.push(o.output_log.as_deref());
         }
@@ -625,6 +625,17 @@ impl PostgresStore {
             plan_id.0,
         )
         .await
+    }
+
+    pub(super) async fn read_running_runs(&self, worker: &WorkerId) -> R<Vec<Run>> {
+        let found = sqlx::query(
+            "SELECT * FROM runs WHERE worker_id = $1 AND status = 'running' \
+             ORDER BY task_id, id",
+        )
+        .bind(worker.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::run).collect()
     }
 
     async fn runs_where(&self, sql: &'static str, id: Uuid) -> R<Vec<Run>> {

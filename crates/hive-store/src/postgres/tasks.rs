@@ -23,15 +23,15 @@ WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], \
         $6::jsonb[], $7::bigint[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::uuid[], \
         $12::jsonb[], $13::jsonb[], $14::timestamptz[], $15::text[], $16::uuid[], $17::text[], \
-        $18::int[], $19::int[], $20::bigint[]) WITH ORDINALITY \
+        $18::int[], $19::int[], $20::bigint[], $22::jsonb[]) WITH ORDINALITY \
     AS x(id, title, description, task_type, priority, payload, max_retries, current_phase, \
         workflow, due_date, parent_task_id, tags, metadata, run_at, idempotency_key, plan_id, \
-        plan_subtask_id, pending_deps, timeout_secs, delay_secs, ord) \
+        plan_subtask_id, pending_deps, timeout_secs, delay_secs, retry_policy, ord) \
 ), ins AS ( \
     INSERT INTO tasks (id, title, description, task_type, priority, payload, max_retries, \
         current_phase, workflow, due_date, parent_task_id, tags, metadata, run_at, \
         idempotency_key, plan_id, plan_subtask_id, pending_deps, timeout_secs, delay_secs, \
-        created_at, updated_at) \
+        retry_policy, created_at, updated_at) \
     SELECT x.id, x.title, x.description, x.task_type, x.priority, x.payload, x.max_retries, \
         x.current_phase, x.workflow, x.due_date, x.parent_task_id, \
         ARRAY(SELECT e.v FROM jsonb_array_elements_text(x.tags) WITH ORDINALITY AS e(v, i) \
@@ -41,7 +41,7 @@ WITH input AS ( \
             THEN greatest(x.run_at, now() + x.delay_secs * interval '1 second') \
             ELSE x.run_at END, \
         x.idempotency_key, x.plan_id, x.plan_subtask_id, x.pending_deps, x.timeout_secs, \
-        x.delay_secs, now(), now() \
+        x.delay_secs, x.retry_policy, now(), now() \
     FROM input x ORDER BY x.ord \
     ON CONFLICT (idempotency_key) DO NOTHING \
     RETURNING id \
@@ -75,6 +75,7 @@ pub(super) struct TaskRows {
     pending_deps: Vec<i32>,
     timeout_secs: Vec<Option<i32>>,
     delay_secs: Vec<i64>,
+    retry_policy: Vec<Option<Json>>,
 }
 
 impl TaskRows {
@@ -83,13 +84,15 @@ impl TaskRows {
     }
 
     pub fn push(&mut self, id: TaskId, t: NewTask, plan: Option<(PlanId, String, usize)>) {
+        self.max_retries.push(i64::from(t.retries()));
+        self.retry_policy
+            .push(t.retry_policy.and_then(|p| serde_json::to_value(p).ok()));
         self.id.push(id.0);
         self.title.push(t.title);
         self.description.push(t.description);
         self.task_type.push(t.task_type);
         self.priority.push(t.priority);
         self.payload.push(t.payload);
-        self.max_retries.push(i64::from(t.max_retries));
         self.current_phase.push(t.current_phase);
         self.workflow.push(t.workflow);
         self.due_date.push(t.due_date);
@@ -135,6 +138,7 @@ impl TaskRows {
             .bind(self.timeout_secs)
             .bind(self.delay_secs)
             .bind(note)
+            .bind(self.retry_policy)
             .fetch_one(conn)
             .await?;
         rows::get(&row, "inserted", "tasks")

@@ -236,6 +236,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 });
                 self.fail_attempt(task_id, o.run_id, error, *retry)
             }
+            Outcome::Snooze { delay, limit } => self.snooze(task_id, o.run_id, *delay, *limit, log),
         };
         FinishReport {
             run_id: o.run_id,
@@ -284,6 +285,51 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         true
     }
 
+    /// Puts a live run's task back in the queue until `delay` has passed, giving its
+    /// attempt back; fails it for good once it was snoozed `limit` times.
+    fn snooze(
+        &mut self,
+        id: TaskId,
+        run: RunId,
+        delay: std::time::Duration,
+        limit: u32,
+        log: Option<Option<String>>,
+    ) -> (Finished, Effects) {
+        let Some(t) = self.state(id) else {
+            return (Finished::Stale, Effects::default());
+        };
+        if t.snoozes() >= limit {
+            let error = format!(
+                "snoozed {} times, the limit: failing instead of waiting again",
+                t.snoozes()
+            );
+            self.close_run(id, |r| RunPatch {
+                error: Some(Some(error.clone())),
+                log,
+                ..RunPatch::close(r, RunStatus::Failure)
+            });
+            return self.fail_attempt(id, run, &error, None);
+        }
+        let run_at = after(self.at, delay);
+        self.close_run(id, |r| RunPatch {
+            error: Some(Some(format!("snoozed until {}", run_at.to_rfc3339()))),
+            log,
+            ..RunPatch::close(r, RunStatus::Cancelled)
+        });
+        if let Some(t) = self.state_mut(id) {
+            t.attempts = t.attempts.saturating_sub(1);
+        }
+        self.patch(id).attempts_delta -= 1;
+        self.requeue(id, Some(run_at));
+        self.task_note(Change::TaskStatus(TaskStatusChange {
+            run_id: Some(run),
+            plan_id: t.plan_id,
+            run_at: Some(run_at),
+            ..TaskStatusChange::new(id, TaskStatus::Queued)
+        }));
+        (Finished::Snoozed { run_at }, Effects::default())
+    }
+
     /// Requeues with backoff while retries remain, else fails the task for good.
     fn fail_attempt(
         &mut self,
@@ -305,7 +351,9 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 ..TaskStatusChange::new(id, status)
             })
         };
-        match after_failure(retry, t.attempts, t.max_retries) {
+        // A task's own policy replaces the caller's; a permanent failure stays permanent.
+        let retry = retry.map(|caller| t.retry_policy.unwrap_or(caller));
+        match after_failure(retry, t.attempts, t.max_retries, fastrand::f64()) {
             AfterFailure::Retry { delay } => {
                 let run_at = after(self.at, delay);
                 self.requeue(id, Some(run_at));

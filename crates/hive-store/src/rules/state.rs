@@ -14,6 +14,10 @@ pub struct TaskState {
     pub plan_id: Option<PlanId>,
     pub attempts: u32,
     pub max_retries: u32,
+    /// Its own backoff, which replaces the caller's.
+    pub retry_policy: Option<hive_models::RetryPolicy>,
+    /// Runs opened so far; those beyond `attempts` were given back or snoozed.
+    pub runs: u32,
     pub current_run: Option<RunId>,
     /// Whether `current_run` may still be running. Exact when the adapter read that run;
     /// otherwise assumed while there is a current run, which is safe: closing a run only
@@ -22,10 +26,12 @@ pub struct TaskState {
 }
 
 impl TaskState {
-    /// A task's state from its full row (`seq` and whether its run runs come from the
-    /// backend).
-    pub fn of(task: &Task, seq: i64, run_running: bool) -> TaskState {
+    /// A task's state from its full row (`seq`, its run count and whether its run runs
+    /// come from the backend).
+    pub fn of(task: &Task, seq: i64, runs: u32, run_running: bool) -> TaskState {
         TaskState {
+            retry_policy: task.retry_policy,
+            runs,
             status: task.status,
             seq,
             plan_id: task.plan_id,
@@ -46,8 +52,25 @@ impl TaskState {
     /// Whether a failure now would fail the task for good (and so may cancel its
     /// dependents: adapters load those before replaying).
     pub fn fails_for_good(&self, retry: Option<hive_models::RetryPolicy>) -> bool {
-        hive_models::after_failure(retry, self.attempts, self.max_retries)
+        hive_models::after_failure(retry, self.attempts, self.max_retries, 0.0)
             == hive_models::AfterFailure::Fail
+    }
+
+    /// Times the task was snoozed (or its run given back) so far: runs that did not count
+    /// as attempts, the current one aside.
+    pub fn snoozes(&self) -> u32 {
+        self.runs.saturating_sub(self.attempts)
+    }
+
+    /// Whether `outcome`, reported for this task's live run, fails it for good.
+    pub fn fails_for_good_after(&self, outcome: &crate::Outcome) -> bool {
+        match outcome {
+            crate::Outcome::Failure { retry, .. } | crate::Outcome::TimedOut { retry, .. } => {
+                self.fails_for_good(*retry)
+            }
+            crate::Outcome::Snooze { limit, .. } => self.snoozes() >= *limit,
+            crate::Outcome::Success { .. } => false,
+        }
     }
 }
 
@@ -111,13 +134,10 @@ impl Loaded {
     ) -> Vec<TaskId> {
         outcomes
             .iter()
-            .filter_map(|o| match &o.outcome {
-                crate::Outcome::Failure { retry, .. } | crate::Outcome::TimedOut { retry, .. } => {
-                    let task = *run_task.get(&o.run_id)?;
-                    let state = self.tasks.get(&task)?;
-                    (state.is_live(o.run_id) && state.fails_for_good(*retry)).then_some(task)
-                }
-                crate::Outcome::Success { .. } => None,
+            .filter_map(|o| {
+                let task = *run_task.get(&o.run_id)?;
+                let state = self.tasks.get(&task)?;
+                (state.is_live(o.run_id) && state.fails_for_good_after(&o.outcome)).then_some(task)
             })
             .collect()
     }

@@ -34,6 +34,8 @@ fn chain(n: usize) -> (Loaded, Vec<TaskId>, PlanId, RunId) {
                 plan_id: Some(plan),
                 attempts: u32::from(running),
                 max_retries: 1,
+                retry_policy: None,
+                runs: u32::from(running),
                 current_run: running.then_some(run),
                 run_running: running,
             },
@@ -104,7 +106,10 @@ fn a_failure_with_retries_left_requeues_after_the_backoff() {
     let (view, ids, _, run) = chain(2);
     let n = Notifier::new();
     let mut ch = Changes::new(&view, &n, at());
-    let report = ch.finish(&failure(run, Some(RetryPolicy::default())), Some(ids[0]));
+    let report = ch.finish(
+        &failure(run, Some(RetryPolicy::default().without_jitter())),
+        Some(ids[0]),
+    );
     let Finished::Retrying { run_at } = report.finished else {
         panic!("{report:?}")
     };
@@ -159,7 +164,7 @@ fn status_changes_check_the_table_merge_metadata_and_recount_on_requeue() {
     task.metadata = json!({"a": 1, "b": 1});
     task.status = TaskStatus::Failed;
     let mut view = Loaded::default();
-    view.add_task(id, TaskState::of(&task, 0, false));
+    view.add_task(id, TaskState::of(&task, 0, 0, false));
     let n = Notifier::new();
     let mut ch = Changes::new(&view, &n, at());
     let illegal = ch.change_status(&task, &StatusChange::to(TaskStatus::InProgress));

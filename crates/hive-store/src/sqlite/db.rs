@@ -38,6 +38,10 @@ mod code {
     pub const FULL: i64 = 13;
     pub const CANTOPEN: i64 = 14;
     pub const NOTADB: i64 = 26;
+    pub const TOOBIG: i64 = 18;
+    pub const CONSTRAINT: i64 = 19;
+    pub const MISMATCH: i64 = 20;
+    pub const RANGE: i64 = 25;
 }
 
 /// Maps a driver error to a portable variant. `target` is the database path, which carries
@@ -74,6 +78,9 @@ pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
                 reason: message,
             },
             _ if db.is_unique_violation() => Error::Conflict(message),
+            code::TOOBIG | code::CONSTRAINT | code::MISMATCH | code::RANGE => {
+                Error::Rejected(message)
+            }
             _ => Error::Database(message),
         }
     })
@@ -259,6 +266,7 @@ pub(super) fn task_from_row(row: &SqliteRow) -> R<Task> {
         assigned_worker: c.get::<Option<String>>("assigned_worker")?.map(WorkerId),
         due_date: c.ts_opt("due_date")?,
         max_retries: c.u32("max_retries")?,
+        retry_policy: c.json_opt("retry_policy")?,
         parent_task_id: c.parse_opt("parent_task_id")?,
         plan_id: c.parse_opt("plan_id")?,
         plan_subtask_id: c.get("plan_subtask_id")?,
@@ -327,6 +335,14 @@ pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {
         error_message: c.get("error_message")?,
         output_log: c.get("output_log")?,
         transcript: c.get("transcript")?,
+        progress: match c.get::<Option<f64>>("progress")? {
+            Some(fraction) => Some(hive_models::Progress {
+                fraction,
+                message: c.get("progress_message")?,
+                at: c.ts("progress_at")?,
+            }),
+            None => None,
+        },
     })
 }
 

@@ -15,7 +15,7 @@ use crate::{Notification, Notifier};
 macro_rules! state_columns {
     () => {
         "t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, t.plan_id, \
-         t.attempts, t.max_retries"
+         t.attempts, t.max_retries, t.retry_policy, t.run_count"
     };
 }
 pub(super) use state_columns;
@@ -33,6 +33,8 @@ pub(super) fn state_from_row(row: &SqliteRow) -> R<(TaskId, TaskState)> {
             plan_id: c.parse_opt("plan_id")?,
             attempts: c.u32("attempts")?,
             max_retries: c.u32("max_retries")?,
+            retry_policy: c.json_opt("retry_policy")?,
+            runs: c.u32("run_count")?,
             current_run,
             run_running: current_run.is_some(),
         },

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use hive_models::{Json, PlanId, PlanStatus, Run, RunId, TaskId, TaskStatus};
+use hive_models::{Json, PlanId, PlanStatus, Run, RunId, TaskId, TaskStatus, WorkerId};
 use serde_json::json;
 
 use super::db::{self, Cols, Conn, R, add_us, json_list, to_json};
@@ -37,6 +37,15 @@ pub(super) async fn in_plan(c: &mut Conn, plan_id: PlanId) -> R<Vec<Run>> {
          ORDER BY task_id, run_number"
     );
     db::all(c, sql, plan_id, db::run_from_row).await
+}
+
+pub(super) async fn held_by(c: &mut Conn, worker: &WorkerId) -> R<Vec<Run>> {
+    let sql = concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE worker_id = ?1 AND status = 'running' ORDER BY task_id, id"
+    );
+    db::all(c, sql, worker.as_str(), db::run_from_row).await
 }
 
 /// Ready tasks in queue order, each with its next run number and the statement's clock.
@@ -259,6 +268,41 @@ pub(super) async fn extend_lease(
         return Err(Error::StaleRun { run_id }.into());
     }
     db::ts("runs", until)
+}
+
+/// Stores a live run's progress; [`Error::StaleRun`] for any other run.
+pub(super) async fn record_progress(
+    c: &mut Conn,
+    n: &Notifier,
+    notes: &mut Vec<Notification>,
+    run_id: RunId,
+    fraction: f64,
+    message: Option<String>,
+) -> R<()> {
+    let at = db::db_now(c).await?;
+    let task: Option<String> = sqlx::query_scalar(
+        "UPDATE runs SET progress = ?1, progress_message = ?2, progress_at = ?3 \
+         WHERE id = ?4 AND status = 'running' \
+           AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = runs.task_id AND t.current_run_id = runs.id) \
+         RETURNING task_id",
+    )
+    .bind(fraction)
+    .bind(message.as_deref())
+    .bind(at)
+    .bind(run_id.to_string())
+    .fetch_optional(&mut *c)
+    .await?;
+    let task_id: TaskId = task
+        .ok_or(Error::StaleRun { run_id })?
+        .parse()
+        .map_err(|e: hive_models::Error| db::corrupt("runs", e.to_string()))?;
+    notes.push(n.note(crate::Change::Progress {
+        task_id,
+        run_id,
+        fraction,
+        message,
+    }));
+    Ok(())
 }
 
 /// Gives live runs back without counting their attempts; returns their tasks.

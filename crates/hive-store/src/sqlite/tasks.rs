@@ -17,7 +17,7 @@ use crate::{
 /// SQLite refuses statements with more than 32766 bound parameters.
 const MAX_BINDS: usize = 32766;
 /// Bound parameters per row of [`insert_rows`].
-const TASK_BINDS: usize = 22;
+const TASK_BINDS: usize = 23;
 const TASK_ROWS_PER_INSERT: usize = MAX_BINDS / TASK_BINDS;
 const DEP_ROWS_PER_INSERT: usize = MAX_BINDS / 3;
 
@@ -42,6 +42,7 @@ struct Encoded {
     payload: String,
     tags: String,
     metadata: String,
+    retry_policy: Option<String>,
 }
 
 /// Multi-row inserts, chunked under the bind limit. Rows whose idempotency key exists are
@@ -62,6 +63,12 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
                     payload: to_json("payload", &r.new.payload)?,
                     tags: to_json("tags", &r.new.tags)?,
                     metadata: to_json("metadata", &r.new.metadata)?,
+                    retry_policy: r
+                        .new
+                        .retry_policy
+                        .as_ref()
+                        .map(|p| to_json("retry_policy", p))
+                        .transpose()?,
                 })
             })
             .collect::<R<Vec<_>>>()?;
@@ -69,7 +76,7 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
             "INSERT INTO tasks (id, title, description, task_type, priority, current_phase, \
              workflow, payload, due_date, max_retries, parent_task_id, tags, metadata, run_at, \
              idempotency_key, timeout_secs, delay_secs, plan_id, plan_subtask_id, pending_deps, \
-             created_at, updated_at) ",
+             retry_policy, created_at, updated_at) ",
         );
         b.push_values(chunk.iter().zip(encoded), |mut s, (r, e)| {
             let n = &r.new;
@@ -84,7 +91,7 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
                 .push_bind(e.workflow)
                 .push_bind(e.payload)
                 .push_bind(n.due_date.map(us))
-                .push_bind(i64::from(n.max_retries))
+                .push_bind(i64::from(n.retries()))
                 .push_bind(n.parent_task_id.map(|p| p.to_string()))
                 .push_bind(e.tags)
                 .push_bind(e.metadata)
@@ -102,7 +109,7 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
                     .push_bind(None::<String>)
                     .push_bind(0_i64),
             };
-            s.push_bind(at).push_bind(at);
+            s.push_bind(e.retry_policy).push_bind(at).push_bind(at);
         });
         b.push(" ON CONFLICT (idempotency_key) DO NOTHING");
         b.build().execute(&mut *c).await?;

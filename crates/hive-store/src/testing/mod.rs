@@ -15,6 +15,8 @@ pub mod differential;
 pub mod fixtures;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod progress;
+pub mod retries;
 pub mod suite;
 pub mod workflows;
 

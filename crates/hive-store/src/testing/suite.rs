@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hive_models::{
-    NewPlan, NewTask, PlanStatus, RetryPolicy, RunStatus, TaskId, TaskStatus, WorkerStatus,
+    NewPlan, NewTask, PlanStatus, RetryPolicy, Run, RunId, RunStatus, TaskId, TaskStatus,
+    WorkerStatus,
 };
 use serde_json::json;
 
@@ -531,10 +532,8 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
         .unwrap()[0];
     // Generous delays: the checks must hold on a loaded machine, where a few hundred
     // milliseconds can pass between two calls.
-    let policy = RetryPolicy {
-        base: Duration::from_millis(400),
-        max: Duration::from_secs(10),
-    };
+    let policy = RetryPolicy::exponential(Duration::from_millis(400), Duration::from_secs(10))
+        .without_jitter();
     let (_, r1) = claim_one(&s, "w").await;
     let before = s.now().await.unwrap();
     let rep = s.finish_runs(&[failure(r1, Some(policy))]).await.unwrap();
@@ -739,6 +738,39 @@ pub async fn heartbeat_extends_leases(s: S) {
         s.get_worker(&worker("w")).await.unwrap().unwrap().status,
         WorkerStatus::Idle
     );
+}
+
+pub async fn running_runs_are_what_a_worker_holds(s: S) {
+    for w in ["w", "other"] {
+        s.register_worker(&registration(w)).await.unwrap();
+    }
+    for t in ["a", "b", "c"] {
+        create(&s, t, 1).await;
+    }
+    let mine = s
+        .claim_tasks(&leased("w", 2, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let theirs = s
+        .claim_tasks(&leased("other", 1, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!((mine.len(), theirs.len()), (2, 1));
+    let held = |runs: Vec<Run>| -> Vec<(RunId, TaskId)> {
+        runs.iter().map(|r| (r.id, r.task_id)).collect()
+    };
+    let mut expected: Vec<(RunId, TaskId)> = mine.iter().map(|c| (c.run.id, c.task.id)).collect();
+    expected.sort_by_key(|(r, t)| (*t, *r));
+    assert_eq!(held(s.running_runs(&worker("w")).await.unwrap()), expected);
+    // A run that ends, however it ends, is no longer held.
+    s.finish_runs(&[success(mine[0].run.id)]).await.unwrap();
+    s.release_runs(&[theirs[0].run.id]).await.unwrap();
+    assert_eq!(
+        held(s.running_runs(&worker("w")).await.unwrap()),
+        vec![(mine[1].run.id, mine[1].task.id)]
+    );
+    assert!(s.running_runs(&worker("other")).await.unwrap().is_empty());
+    assert!(s.running_runs(&worker("ghost")).await.unwrap().is_empty());
 }
 
 pub async fn workers_register_list_unregister(s: S) {

@@ -1,0 +1,105 @@
+//! What this worker knows it holds, and the check that keeps the store's view equal to it.
+//!
+//! A run is held from the moment a claim returns it until its outcome is committed. Two
+//! things can make the store disagree: a claim whose transaction committed but whose reply
+//! never arrived (the connection died at that instant) leaves runs the store says this
+//! worker holds and the worker has never heard of — heartbeats would keep their leases
+//! alive for as long as the worker lives; and a run ended elsewhere (a task cancelled from
+//! another process, a lease taken back) whose handler still runs here. [`Held::reconcile`]
+//! gives the first back and stops the second.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hive_models::{RunId, TaskId, WorkerId};
+use hive_ops::Claimed;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+use super::handler::Stops;
+use crate::Client;
+
+/// The runs this worker holds, and a gate that keeps the store's view and this one
+/// comparable: every store call that can claim or finish runs holds it shared until this
+/// record is updated; the check holds it exclusively while it reads both, so it never sees
+/// a claim committed but not yet recorded, or an outcome recorded but not yet committed.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Held {
+    runs: Arc<Mutex<HashMap<RunId, TaskId>>>,
+    gate: Arc<RwLock<()>>,
+}
+
+/// What one check found.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Reconciled {
+    /// Runs the store had this worker holding unknown to it, now given back.
+    pub(super) released: Vec<TaskId>,
+    /// Tasks whose run ended elsewhere while their handler ran here; told to stop.
+    pub(super) stopped: Vec<TaskId>,
+}
+
+impl Held {
+    /// How long the check waits for in-flight claims and commits before it skips a round:
+    /// a call stuck on a dead connection must not hold up the heartbeat behind it.
+    const WAIT: Duration = Duration::from_secs(1);
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, TaskId>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Taken around a store call that claims or finishes runs, and kept until
+    /// [`Held::claimed`] / [`Held::finished`] record its result.
+    pub(super) async fn changing(&self) -> OwnedRwLockReadGuard<()> {
+        self.gate.clone().read_owned().await
+    }
+
+    pub(super) fn claimed(&self, claims: &[Claimed]) {
+        self.map()
+            .extend(claims.iter().map(|c| (c.run.id, c.task.id)));
+    }
+
+    /// Runs whose outcome is committed (or which were released): no longer held.
+    pub(super) fn finished(&self, runs: impl IntoIterator<Item = RunId>) {
+        let mut map = self.map();
+        for r in runs {
+            map.remove(&r);
+        }
+    }
+
+    /// Compares the store's view of what this worker holds with its own: gives back runs
+    /// it never heard of, and fires the stop signal of handlers whose run ended elsewhere.
+    pub(super) async fn reconcile(
+        &self,
+        client: &Client,
+        worker: &WorkerId,
+        stops: &Stops,
+    ) -> crate::Result<Reconciled> {
+        let Ok(gate) = tokio::time::timeout(Self::WAIT, self.gate.write()).await else {
+            return Ok(Reconciled::default());
+        };
+        let stored = client.running_runs(worker).await?;
+        let known = self.map().clone();
+        drop(gate);
+        let in_store: HashSet<RunId> = stored.iter().map(|r| r.id).collect();
+        let unknown: Vec<RunId> = stored
+            .iter()
+            .filter(|r| !known.contains_key(&r.id))
+            .map(|r| r.id)
+            .collect();
+        let mut found = Reconciled::default();
+        for (run, task) in &known {
+            if !in_store.contains(run) && stops.stop(*task) {
+                found.stopped.push(*task);
+            }
+        }
+        if !unknown.is_empty() {
+            found.released = client.release_runs(&unknown).await?;
+            tracing::warn!(
+                worker = %worker,
+                released = found.released.len(),
+                "gave back runs this worker was never told it claimed (a claim's reply was lost)"
+            );
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,167 @@
+//! Conformance cases for retry policies: full jitter spreads a burst of failures over the
+//! backoff window, a task's own policy replaces the caller's, and a snooze gives its
+//! attempt back and is bounded.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::{NewTask, RetryPolicy, RunStatus, TaskStatus};
+
+use super::fixtures::{claim_params, failure};
+use crate::{Finished, Outcome, RunOutcome, Store};
+
+type S = Arc<dyn Store>;
+
+fn snooze(run_id: hive_models::RunId, delay: Duration, limit: u32) -> RunOutcome {
+    RunOutcome {
+        run_id,
+        outcome: Outcome::Snooze { delay, limit },
+        output_log: None,
+    }
+}
+
+/// Fifty tasks failing in one batch under a 10 s full-jitter backoff come back spread over
+/// the window, not at one instant.
+pub async fn full_jitter_spreads_a_burst_of_retries(s: S) {
+    let n = 50;
+    let news: Vec<NewTask> = (0..n)
+        .map(|i| NewTask::new(format!("burst {i}"), "test"))
+        .collect();
+    s.insert_tasks(news).await.unwrap();
+    let claims = s.claim_tasks(&claim_params("w", n)).await.unwrap();
+    assert_eq!(claims.len(), n as usize);
+    let window = Duration::from_secs(10);
+    let policy = RetryPolicy::exponential(window, window);
+    let outcomes: Vec<RunOutcome> = claims
+        .iter()
+        .map(|c| failure(c.run.id, Some(policy)))
+        .collect();
+    let before = s.now().await.unwrap();
+    let reports = s.finish_runs(&outcomes).await.unwrap();
+    let after = s.now().await.unwrap();
+    let mut delays: Vec<f64> = reports
+        .iter()
+        .map(|r| match r.finished {
+            Finished::Retrying { run_at } => (run_at - before).as_seconds_f64(),
+            ref other => panic!("expected a retry, got {other:?}"),
+        })
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let span = (after - before).as_seconds_f64();
+    assert!(delays[0] >= 0.0, "{delays:?}");
+    assert!(*delays.last().unwrap() <= 10.0 + span, "{delays:?}");
+    // Uniform over 10 s: with 50 draws, the chance that all fall in one half is 2^-49.
+    assert!(
+        delays[0] < 5.0 && *delays.last().unwrap() > 5.0,
+        "{delays:?}"
+    );
+    delays.dedup_by(|a, b| (*a - *b).abs() < 1e-6);
+    assert!(
+        delays.len() > 40,
+        "retries at distinct instants: {delays:?}"
+    );
+}
+
+/// A task created with its own policy retries under it, whatever policy its worker passes;
+/// a permanent failure (no policy) still fails it at once.
+pub async fn a_tasks_own_policy_replaces_the_callers(s: S) {
+    let own =
+        RetryPolicy::exponential(Duration::from_secs(60), Duration::from_secs(60)).without_jitter();
+    let ids = s
+        .insert_tasks(vec![
+            NewTask::new("patient", "test").retry_policy(own),
+            NewTask::new("patient but broken", "test").retry_policy(own),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_task(ids[0]).await.unwrap().unwrap().retry_policy,
+        Some(own),
+        "the policy round-trips"
+    );
+    let claims = s.claim_tasks(&claim_params("w", 2)).await.unwrap();
+    let before = s.now().await.unwrap();
+    let reports = s
+        .finish_runs(&[
+            failure(claims[0].run.id, Some(RetryPolicy::IMMEDIATE)),
+            failure(claims[1].run.id, None),
+        ])
+        .await
+        .unwrap();
+    let Finished::Retrying { run_at } = reports[0].finished else {
+        panic!("{:?}", reports[0]);
+    };
+    assert!(
+        (run_at - before).as_seconds_f64() >= 59.0,
+        "the task's 60 s backoff, not the caller's immediate one: {run_at} vs {before}"
+    );
+    assert_eq!(reports[1].finished, Finished::Failed);
+}
+
+/// A snooze requeues the task for later, gives the attempt back, closes the run
+/// `cancelled` noting when it runs again; once the limit is reached, the next snooze fails
+/// the task for good.
+pub async fn snoozes_give_the_attempt_back_and_are_bounded(s: S) {
+    let id = s
+        .insert_tasks(vec![NewTask::new("sleepy", "test").max_retries(0)])
+        .await
+        .unwrap()[0];
+    let limit = 2;
+    for round in 1..=limit {
+        let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+        assert_eq!(
+            claims.len(),
+            1,
+            "round {round}: claimable again after the snooze"
+        );
+        let run = claims[0].run.id;
+        let rep = s
+            .finish_runs(&[snooze(run, Duration::from_millis(300), limit)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(rep[0].finished, Finished::Snoozed { .. }),
+            "{:?}",
+            rep[0]
+        );
+        let t = s.get_task(id).await.unwrap().unwrap();
+        assert_eq!(t.status, TaskStatus::Queued);
+        assert_eq!(t.attempts, 0, "a snooze uses up no attempt");
+        let closed = s.get_run(run).await.unwrap().unwrap();
+        assert_eq!(closed.status, RunStatus::Cancelled);
+        assert!(
+            closed
+                .error_message
+                .as_deref()
+                .is_some_and(|e| e.starts_with("snoozed until")),
+            "{closed:?}"
+        );
+        assert!(
+            s.claim_tasks(&claim_params("w", 1))
+                .await
+                .unwrap()
+                .is_empty(),
+            "not claimable before the snooze ends"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    let rep = s
+        .finish_runs(&[snooze(claims[0].run.id, Duration::from_millis(300), limit)])
+        .await
+        .unwrap();
+    assert_eq!(
+        rep[0].finished,
+        Finished::Failed,
+        "the limit bounds snoozing"
+    );
+    let t = s.get_task(id).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Failed);
+    assert!(
+        t.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("snoozed 2 times")),
+        "{t:?}"
+    );
+}

@@ -1,0 +1,137 @@
+//! What a worker holds stays what the store says it holds: a claim whose reply was lost is
+//! given back within a heartbeat (not held for as long as the worker lives), and a task
+//! cancelled from another process stops its running handler within a poll interval, also
+//! on SQLite, where no notification crosses processes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hive_client::{
+    Client, ConnectOptions, NewTask, OpsConfig, RunStatus, TaskContext, TaskError, TaskStatus,
+};
+use hive_store::Store;
+
+use crate::proxy::{Cut, Proxy};
+
+hive_store::per_backend!([sqlite, postgres], hive_store::testing::TestStore::run_with_url =>
+    a_cancel_from_another_process_stops_the_handler,
+);
+
+mod lost_reply {
+    use hive_store::testing::{TestStore, postgres, report_skip};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_claim_reply_is_given_back_within_a_heartbeat() {
+        let Some(ts) = postgres().await else {
+            return report_skip("held_runs::lost_reply");
+        };
+        TestStore::run_with_url(
+            ts,
+            super::a_lost_claim_reply_is_given_back_within_a_heartbeat,
+        )
+        .await;
+    }
+}
+
+/// A second store on the same database: its own pool and, for SQLite, its own in-process
+/// notifications, as another process would have.
+async fn another_process(url: &str) -> Client {
+    let options = ConnectOptions {
+        schema: hive_store::SchemaPolicy::Existing,
+        ..Default::default()
+    };
+    let store = hive_store::connect_with(url, &options).await.unwrap();
+    Client::from_store(store, OpsConfig::default())
+}
+
+async fn a_cancel_from_another_process_stops_the_handler(store: Arc<dyn Store>, url: String) {
+    let operator = Client::from_store(store, OpsConfig::default());
+    let workers = another_process(&url).await;
+    let poll = Duration::from_millis(200);
+    let took = crate::worker::cancel_reaches_the_handler(&operator, &workers, poll).await;
+    eprintln!(
+        "CANCEL ACROSS PROCESSES: the handler stopped {took:?} after the cancel (poll interval {poll:?})"
+    );
+}
+
+/// The claim of a task commits but its reply never reaches the worker (the connection dies
+/// at that instant). Heartbeats extend every lease the store has the worker holding, so
+/// without a check the task would stay `in_progress` for as long as the worker lives. The
+/// worker gives it back within a heartbeat, claims it again and runs it once.
+async fn a_lost_claim_reply_is_given_back_within_a_heartbeat(store: Arc<dyn Store>, url: String) {
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let workers = another_process(&format!("{proxied}&max_connections=1")).await;
+    // Only a claim binds the task type (registration, which also names it, is done before
+    // the cut is armed); the worker claims only when woken, never on a timer.
+    const TYPE: &str = "lost-claim-reply";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let shutdown;
+    let run = {
+        let w = workers
+            .worker("forgetful")
+            .task_types([TYPE])
+            .handle_signals(false)
+            .poll_interval(Duration::from_secs(3600))
+            .lease(Duration::from_secs(3))
+            .heartbeat_interval(Duration::from_millis(500));
+        shutdown = w.shutdown_handle();
+        tokio::spawn(w.run(move |_ctx: TaskContext| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, TaskError>(serde_json::json!("done")) }
+        }))
+    };
+    let completed = |id| {
+        let c = operator.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if c.get_task(id).await.unwrap().unwrap().status == TaskStatus::Completed {
+                    return Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("task {id} did not complete within 30 s");
+        }
+    };
+    // A first task proves the worker is up, registered and idle.
+    let first = operator
+        .create_task(NewTask::new("first", TYPE))
+        .await
+        .unwrap();
+    completed(first).await;
+    proxy.cut_next_sending(TYPE.as_bytes(), Cut::AfterCommit);
+    let created = Instant::now();
+    let lost = operator
+        .create_task(NewTask::new("lost", TYPE))
+        .await
+        .unwrap();
+    let done = completed(lost).await;
+    eprintln!(
+        "LOST CLAIM REPLY: the task completed {:?} after it was created (heartbeat 500 ms)",
+        done - created
+    );
+    let runs = operator.list_runs(lost).await.unwrap();
+    let statuses: Vec<RunStatus> = runs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![RunStatus::Cancelled, RunStatus::Success],
+        "the claim whose reply was lost was given back, then run once"
+    );
+    let task = operator.get_task(lost).await.unwrap().unwrap();
+    assert_eq!(task.attempts, 1, "giving a run back uses up no attempt");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "each task's handler ran once"
+    );
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
