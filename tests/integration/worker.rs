@@ -445,7 +445,7 @@ async fn cancelling_a_task_stops_its_running_handler(c: Client) {
         .unwrap()
         .unwrap();
     let asked = std::time::Instant::now();
-    assert!(c.cancel_task(id).await.unwrap());
+    assert!(c.cancel_task(id, None).await.unwrap());
     let report = tokio::time::timeout(Duration::from_secs(20), run)
         .await
         .expect("the handler stopped, so the idle worker exits")

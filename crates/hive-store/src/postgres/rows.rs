@@ -127,6 +127,8 @@ pub(super) fn run(row: &PgRow) -> Result<Run, Fail> {
         error_message: get(row, "error_message", T)?,
         output_log: get(row, "output_log", T)?,
         transcript: get(row, "transcript", T)?,
+        created_at: get(row, "created_at", T)?,
+        updated_at: get(row, "updated_at", T)?,
     })
 }
 
@@ -141,6 +143,7 @@ pub(super) fn worker(row: &PgRow) -> Result<Worker, Fail> {
         current_task_id: get::<Option<Uuid>>(row, "current_task_id", T)?.map(TaskId),
         registered_at: get(row, "registered_at", T)?,
         metadata: get(row, "metadata", T)?,
+        status_reason: get(row, "status_reason", T)?,
     })
 }
 
@@ -154,6 +157,7 @@ pub(super) fn plan(row: &PgRow, subtasks: Vec<SubTask>) -> Result<ExecutionPlan,
         description: get(row, "description", T)?,
         parent_task_id: get::<Option<Uuid>>(row, "parent_task_id", T)?.map(TaskId),
         subtasks,
+        metadata: get(row, "metadata", T)?,
     };
     let mut plan = ExecutionPlan::from_new(PlanId(get(row, "id", T)?), new, created_at);
     plan.set_counters(plan_counters(row)?);
