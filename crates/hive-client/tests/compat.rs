@@ -188,3 +188,49 @@ async fn get_next_subtask_is_get_next_planned_subtask(c: Client) {
         None
     );
 }
+
+/// One round of docs/MIGRATING.md's call-for-call port of the Python ai-deployer loop, on
+/// the blocking facade: what the guide shows works as it says.
+#[test]
+fn the_python_deployer_loop_ported_call_for_call() {
+    use hive_client::TaskStatus;
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hive.db").display());
+    let client = hive_client::blocking::Client::connect(&url).unwrap();
+    let good = client
+        .create_task(NewTask::new("Deploy api", "deployment").payload(json!({"env": "prod"})))
+        .unwrap();
+    let bad = client
+        .create_task(NewTask::new("Deploy ?", "deployment"))
+        .unwrap();
+    let deploy = |payload: &serde_json::Value| match payload["env"].as_str() {
+        Some(env) => Ok(json!({ "deployed_to": env })),
+        None => Err("no environment"),
+    };
+    client
+        .register_worker("deployer-1", "deployer", vec!["deployment".into()])
+        .unwrap();
+    client
+        .heartbeat("deployer-1", Some(WorkerStatus::Active))
+        .unwrap();
+    for task in client.get_pending_tasks(Some("deployment")).unwrap() {
+        client
+            .update_task_status(task.id, TaskStatus::InProgress, None)
+            .unwrap();
+        let (status, metadata) = match deploy(&task.payload) {
+            Ok(result) => (TaskStatus::Completed, json!({ "result": result })),
+            Err(e) => (TaskStatus::Failed, json!({ "error": e })),
+        };
+        client
+            .update_task_status(task.id, status, Some(metadata))
+            .unwrap();
+    }
+    let good = client.get_task(good).unwrap().unwrap();
+    assert_eq!(good.status, TaskStatus::Completed);
+    assert_eq!(good.metadata["result"]["deployed_to"], "prod");
+    let bad = client.get_task(bad).unwrap().unwrap();
+    assert_eq!(bad.status, TaskStatus::Failed);
+    assert_eq!(bad.metadata["error"], "no environment");
+}
