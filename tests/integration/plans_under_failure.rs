@@ -70,21 +70,17 @@ impl Spec {
     }
 
     fn plan(&self, plan: usize) -> NewPlan {
-        NewPlan {
-            title: format!("plan {plan}"),
-            description: String::new(),
-            parent_task_id: None,
-            subtasks: (0..NODES)
-                .map(|i| {
-                    let mut s = SubTask::new(node_id(i), format!("p{plan} n{i}"), "dag")
-                        .depends_on(self.parents[i].iter().map(|p| node_id(*p)));
-                    s.payload =
-                        json!({"plan": plan, "node": i, "always_fails": self.always_fails == Some(i)});
-                    s.max_retries = Some(MAX_RETRIES);
-                    s
-                })
-                .collect(),
-        }
+        let subtasks = (0..NODES)
+            .map(|i| {
+                let mut s = SubTask::new(node_id(i), format!("p{plan} n{i}"), "dag")
+                    .depends_on(self.parents[i].iter().map(|p| node_id(*p)));
+                s.payload =
+                    json!({"plan": plan, "node": i, "always_fails": self.always_fails == Some(i)});
+                s.max_retries = Some(MAX_RETRIES);
+                s
+            })
+            .collect();
+        NewPlan::new(format!("plan {plan}"), subtasks)
     }
 
     /// Each node's final status and number of handler calls, derived from the failure

@@ -455,7 +455,7 @@ pub(crate) async fn cancel_reaches_the_handler(
         .unwrap()
         .unwrap();
     let asked = std::time::Instant::now();
-    assert!(operator.cancel_task(id).await.unwrap());
+    assert!(operator.cancel_task(id, None).await.unwrap());
     let report = tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("the handler stopped, so the idle worker exits")

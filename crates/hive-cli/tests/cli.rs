@@ -187,6 +187,21 @@ fn payloads_and_plans_from_files_and_stdin() {
     let plan = db.ok_with_stdin(&["plan", "submit", "-"], PLAN);
     let status = db.json(&["plan", "status", plan.trim()]);
     assert_eq!(status["plan"]["total_subtasks"], 2);
+    assert_eq!(status["plan"]["metadata"], serde_json::json!({}));
+    let tagged = PLAN.replacen('{', r#"{"metadata": {"requested_by": "ana"}, "#, 1);
+    let plan = db.ok_with_stdin(&["plan", "submit", "-"], &tagged);
+    let status = db.json(&["plan", "status", plan.trim()]);
+    assert_eq!(status["plan"]["metadata"]["requested_by"], "ana");
+    let listed = PLAN.replacen('{', r#"{"metadata": ["not", "an", "object"], "#, 1);
+    let refused = db
+        .hive()
+        .args(["plan", "submit", "-"])
+        .write_stdin(listed)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("must be a JSON object"), "{stderr}");
     let missing = db.hive().args(create_shell("@nope.json")).output().unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.json"));
@@ -198,6 +213,7 @@ fn toml_plans_and_failing_commands() {
     let file = db.write(
         "plan.toml",
         r#"title = "toml plan"
+metadata = { ticket = "OPS-7", owners = ["ops"] }
 [[subtasks]]
 id = "fails"
 title = "Fails"
@@ -216,6 +232,10 @@ payload = { command = "true" }
     db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
     let status = db.json(&["plan", "status", &plan_id]);
     assert_eq!(status["plan"]["status"], "failed");
+    assert_eq!(
+        status["plan"]["metadata"],
+        serde_json::json!({"ticket": "OPS-7", "owners": ["ops"]})
+    );
     assert_eq!(status["task_counts"]["failed"], 1);
     assert_eq!(
         status["task_counts"]["cancelled"], 1,
@@ -251,7 +271,15 @@ fn task_commands() {
     db.ok(&["task", "update", id, "in_progress"]);
     db.ok(&["task", "update", id, "review_pending"]);
     assert_eq!(db.json(&["task", "get", id])["status"], "review_pending");
-    db.ok(&["task", "cancel", id]);
+    let said = db.ok(&["task", "cancel", id, "--reason", "superseded by 1.3"]);
+    assert_eq!(
+        said.trim(),
+        format!("task {id} cancelled: superseded by 1.3")
+    );
+    assert_eq!(
+        db.json(&["task", "get", id])["last_error"],
+        "superseded by 1.3"
+    );
     assert_eq!(
         db.json(&["task", "list", "--status", "cancelled"])
             .as_array()

@@ -4,7 +4,6 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hive_models::{PlanId, Task, WorkerStatus};
 use hive_ops::{Ops, OpsConfig};
 use hive_store::{ConnectOptions, Store};
 
@@ -15,11 +14,9 @@ pub const DATABASE_URL_ENV: &str = "HIVE_DATABASE_URL";
 /// The database used when `HIVE_DATABASE_URL` is unset: an SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:hive.db";
 
-/// The original SDK's name for [`Client`].
-pub type OrchestrationClient = Client;
-
 /// A handle on one Hive store. Cheap to clone; clones share the connection pool and the
-/// event bus. Every [`Ops`] method is callable on it directly.
+/// event bus. Every [`Ops`] method is callable on it directly; the original SDK's own names
+/// are in [`crate::compat`].
 #[derive(Debug, Clone)]
 pub struct Client {
     ops: Ops<dyn Store>,
@@ -31,11 +28,6 @@ impl Deref for Client {
     fn deref(&self) -> &Self::Target {
         &self.ops
     }
-}
-
-/// [`Client::from_env`], the original SDK's entry point.
-pub async fn get_client() -> Result<Client> {
-    Client::from_env().await
 }
 
 impl Client {
@@ -96,26 +88,6 @@ impl Client {
     /// The operations, for code generic over them.
     pub fn ops(&self) -> &Ops<dyn Store> {
         &self.ops
-    }
-
-    /// Queued tasks, optionally of one type, best first (at most 100).
-    pub async fn get_pending_tasks(&self, task_type: Option<&str>) -> Result<Vec<Task>> {
-        Ok(self.ops.get_queued_tasks(100, task_type).await?)
-    }
-
-    /// A worker heartbeat, optionally with a new status; false for an unknown worker.
-    pub async fn heartbeat(&self, worker_id: &str, status: Option<WorkerStatus>) -> Result<bool> {
-        Ok(self.ops.update_worker_heartbeat(worker_id, status).await?)
-    }
-
-    /// Marks a plan started (pending → in_progress); false otherwise.
-    pub async fn start_plan_execution(&self, plan_id: PlanId) -> Result<bool> {
-        Ok(self.ops.mark_plan_execution_started(plan_id).await?)
-    }
-
-    /// The plan's best ready subtask, without claiming it.
-    pub async fn get_next_subtask(&self, plan_id: PlanId) -> Result<Option<Task>> {
-        Ok(self.ops.get_next_planned_subtask(plan_id).await?)
     }
 }
 

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Every operation of [`hive_ops::Ops`] is available on the client (it dereferences to
-//! its `Ops`), plus the original SDK's convenience names.
+//! its `Ops`), plus the original SDK's convenience names ([`compat`]). With feature
+//! `blocking`, [`blocking::Client`] offers every one of them without an async runtime.
 
 #![warn(missing_docs)]
 
@@ -25,12 +26,12 @@ mod backoff;
 #[cfg(feature = "blocking")]
 pub mod blocking;
 mod client;
+pub mod compat;
 mod error;
 mod worker;
 
-pub use client::{
-    Client, ConnectRetry, DATABASE_URL_ENV, DEFAULT_DATABASE_URL, OrchestrationClient, get_client,
-};
+pub use client::{Client, ConnectRetry, DATABASE_URL_ENV, DEFAULT_DATABASE_URL};
+pub use compat::{OrchestrationClient, get_client};
 pub use error::{Error, Result};
 pub use hive_models::{
     ExecutionPlan, Jitter, NewPlan, NewTask, PlanId, PlanStatus, Progress, RetryPolicy, Run, RunId,

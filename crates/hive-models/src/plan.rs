@@ -185,15 +185,56 @@ pub struct NewPlan {
     #[serde(default)]
     pub parent_task_id: Option<TaskId>,
     pub subtasks: Vec<SubTask>,
+    /// Free-form facts about the plan (who asked for it, a ticket, the goal): a JSON
+    /// object, `{}` when not given. Stored with the plan; Hive does not read it.
+    #[serde(default = "empty_object")]
+    pub metadata: Json,
 }
 
 impl NewPlan {
-    /// Validates the title and the DAG; see [`validate_subtasks`].
+    /// A plan of `subtasks`, without description, parent task or metadata.
+    pub fn new(title: impl Into<String>, subtasks: Vec<SubTask>) -> Self {
+        NewPlan {
+            title: title.into(),
+            description: String::new(),
+            parent_task_id: None,
+            subtasks,
+            metadata: empty_object(),
+        }
+    }
+
+    crate::setters! {
+        description: impl Into<String> => into,
+        /// The task this plan breaks down.
+        parent_task_id: TaskId => Some,
+        /// Free-form facts about the plan; must be a JSON object.
+        metadata: Json,
+    }
+
+    /// Validates the title, the metadata and the DAG; see [`validate_subtasks`].
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         non_blank("title", &self.title)?;
         check_no_nul("description", &self.description)?;
+        check_metadata_object(&self.metadata)?;
         validate_subtasks(&self.subtasks, max_payload_bytes)
     }
+}
+
+/// A plan's metadata must be a JSON object (so keys can be added without breaking
+/// readers), without NUL characters.
+fn check_metadata_object(metadata: &Json) -> Result<()> {
+    let kind = match metadata {
+        Json::Object(_) => return check_json_no_nul("metadata", metadata),
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+    };
+    Err(Error::InvalidField {
+        field: "metadata".into(),
+        reason: format!("must be a JSON object, not {kind}"),
+    })
 }
 
 /// A plan: subtasks with dependencies, their progress counters and the plan's status.
@@ -217,6 +258,9 @@ pub struct ExecutionPlan {
     pub subtasks: Vec<SubTask>,
     /// Whether `create_planned_subtasks_from_plan` has turned the subtasks into tasks.
     pub materialized: bool,
+    /// Free-form facts given at submission (see [`NewPlan::metadata`]); `{}` by default.
+    #[serde(default = "empty_object")]
+    pub metadata: Json,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -244,6 +288,7 @@ impl ExecutionPlan {
             dependency_graph,
             subtasks: new.subtasks,
             materialized: false,
+            metadata: new.metadata,
             created_at: now,
             updated_at: now,
         }
@@ -358,6 +403,9 @@ impl ExecutionPlan {
         true
     }
 
+    /// The subtasks `subtask_id` waits for, in the order given; empty for a subtask
+    /// without dependencies or an unknown id. See [`ExecutionPlan::get_dependents`] for
+    /// the other direction.
     pub fn get_dependencies(&self, subtask_id: &str) -> &[String] {
         self.dependency_graph
             .get(subtask_id)
@@ -569,6 +617,7 @@ pub fn unique_dependencies(subtask: &SubTask) -> Vec<&str> {
         .collect()
 }
 
+mod graph;
 mod growth;
 pub use growth::{Growth, grow};
 

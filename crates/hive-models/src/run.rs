@@ -61,6 +61,12 @@ pub struct Run {
     pub error_message: Option<String>,
     pub output_log: Option<String>,
     pub transcript: Option<String>,
+    /// When the run was opened. A claim opens a run as it starts it, so this equals
+    /// `started_at` (the original package's `created_at`, kept for its users).
+    pub created_at: Timestamp,
+    /// When the run last changed: opened, its lease extended (by a heartbeat or
+    /// `extend_lease`), or closed.
+    pub updated_at: Timestamp,
     /// How far the handler said it had got, last (see [`Progress`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -140,9 +146,16 @@ impl Run {
             error_message: None,
             output_log: None,
             transcript: None,
+            created_at: started_at,
+            updated_at: started_at,
             progress: None,
         }
     }
+
+    /// The error a run closed by the reaper carries: its worker stopped renewing the lease.
+    pub const LEASE_EXPIRED: &'static str = "timed out: no heartbeat from its worker before \
+        the lease ran out (the worker stopped, hung or lost the database), so the task was \
+        taken back";
 
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
@@ -155,12 +168,14 @@ impl Run {
     pub fn start(&mut self, now: Timestamp) {
         self.status = RunStatus::Running;
         self.started_at = now;
+        self.updated_at = now;
     }
 
     fn finish(&mut self, status: RunStatus, now: Timestamp) {
         self.status = status;
         self.completed_at = Some(now);
         self.lease_expires_at = None;
+        self.updated_at = now;
     }
 
     pub fn succeed(&mut self, result: Option<Json>, now: Timestamp) {
@@ -173,12 +188,17 @@ impl Run {
         self.finish(RunStatus::Failure, now);
     }
 
+    /// Closes the run as the reaper does when its lease ran out ([`Run::LEASE_EXPIRED`]).
     pub fn timeout(&mut self, now: Timestamp) {
-        self.error_message = Some("lease expired".into());
+        self.error_message = Some(Self::LEASE_EXPIRED.into());
         self.finish(RunStatus::Timeout, now);
     }
 
-    pub fn cancel(&mut self, now: Timestamp) {
+    /// Closes the run as cancelled, keeping the reason given as its error message.
+    pub fn cancel(&mut self, reason: Option<String>, now: Timestamp) {
+        if reason.is_some() {
+            self.error_message = reason;
+        }
         self.finish(RunStatus::Cancelled, now);
     }
 
@@ -187,3 +207,6 @@ impl Run {
         self.completed_at.map(|end| end - self.started_at)
     }
 }
+
+#[cfg(test)]
+mod tests;

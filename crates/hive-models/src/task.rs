@@ -278,8 +278,13 @@ impl Task {
         Ok(())
     }
 
-    pub fn cancel(&mut self, now: Timestamp) -> Result<()> {
-        self.transition(TaskStatus::Cancelled, now)
+    /// Cancels the task, keeping the reason given as its `last_error`.
+    pub fn cancel(&mut self, reason: Option<String>, now: Timestamp) -> Result<()> {
+        self.transition(TaskStatus::Cancelled, now)?;
+        if reason.is_some() {
+            self.last_error = reason;
+        }
+        Ok(())
     }
 }
 

@@ -26,6 +26,20 @@ pub struct Worker {
     pub current_task_id: Option<TaskId>,
     pub registered_at: Timestamp,
     pub metadata: Json,
+    /// Why the worker is in its status, when whoever set the status said: the reason given
+    /// when it was marked `error` (`Ops::set_worker_status`), or why the reaper marked it
+    /// `offline` ([`Worker::silent_reason`]). Any later status change replaces it.
+    #[serde(default)]
+    pub status_reason: Option<String>,
+}
+
+impl Worker {
+    /// The reason the reaper gives a worker it marks `offline`: no heartbeat within the
+    /// timeout.
+    pub fn silent_reason(heartbeat_timeout: std::time::Duration) -> String {
+        let secs = heartbeat_timeout.as_secs_f64();
+        format!("no heartbeat for over {secs} s")
+    }
 }
 
 impl Worker {
@@ -62,12 +76,22 @@ impl Worker {
         self.status = WorkerStatus::Idle;
     }
 
-    pub fn mark_offline(&mut self) {
-        self.status = WorkerStatus::Offline;
+    /// Moves the worker to `status`; `reason` says why (`None` clears an earlier one).
+    pub fn set_status(&mut self, status: WorkerStatus, reason: Option<String>) {
+        self.status = status;
+        self.status_reason = reason;
+    }
+
+    /// Marked offline by the reaper, with the reason it gives.
+    pub fn mark_offline(&mut self, reason: Option<String>) {
+        self.set_status(WorkerStatus::Offline, reason);
         self.current_task_id = None;
     }
 
-    pub fn mark_error(&mut self) {
-        self.status = WorkerStatus::Error;
+    pub fn mark_error(&mut self, reason: Option<String>) {
+        self.set_status(WorkerStatus::Error, reason);
     }
 }
+
+#[cfg(test)]
+mod tests;

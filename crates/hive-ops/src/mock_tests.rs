@@ -93,15 +93,13 @@ async fn invalid_input_never_reaches_the_store() {
         o.create_task(huge).await,
         Err(Error::Invalid(hive_models::Error::PayloadTooLarge { .. }))
     ));
-    let cyclic = hive_models::NewPlan {
-        title: "p".into(),
-        description: String::new(),
-        parent_task_id: None,
-        subtasks: vec![
+    let cyclic = hive_models::NewPlan::new(
+        "p",
+        vec![
             hive_models::SubTask::new("a", "a", "x").depends_on(["b"]),
             hive_models::SubTask::new("b", "b", "x").depends_on(["a"]),
         ],
-    };
+    );
     assert!(matches!(
         o.create_execution_plan(cyclic).await,
         Err(Error::Invalid(_))
@@ -184,12 +182,7 @@ async fn oversized_payloads_are_rejected_before_any_store_call() {
     // A plan with one oversized subtask payload, through both ways of submitting one.
     let mut big = hive_models::SubTask::new("big-node", "big", "x").depends_on(["a"]);
     big.payload = payload_of(LIMIT * 4);
-    let plan = hive_models::NewPlan {
-        title: "p".into(),
-        description: String::new(),
-        parent_task_id: None,
-        subtasks: vec![hive_models::SubTask::new("a", "a", "x"), big],
-    };
+    let plan = hive_models::NewPlan::new("p", vec![hive_models::SubTask::new("a", "a", "x"), big]);
     for e in [
         o.create_execution_plan(plan.clone()).await.unwrap_err(),
         o.submit_plan(plan).await.unwrap_err(),
@@ -233,12 +226,7 @@ async fn nul_is_refused_before_any_store_call() {
             "tasks[1]",
         );
     }
-    let plan = |subtask: hive_models::SubTask| hive_models::NewPlan {
-        title: "p".into(),
-        description: String::new(),
-        parent_task_id: None,
-        subtasks: vec![subtask],
-    };
+    let plan = |subtask: hive_models::SubTask| hive_models::NewPlan::new("p", vec![subtask]);
     let mut described = hive_models::SubTask::new("s", "t", "x");
     described.description = nul.into();
     refused(

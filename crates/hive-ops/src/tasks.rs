@@ -7,6 +7,10 @@ use hive_store::{PruneParams, StatusChange, StatusChanged, StatusCounts, Store, 
 
 use crate::{Error, Ops, Result};
 
+/// How many tasks [`Ops::get_queued_tasks`] returns when no limit is given: the original
+/// package's default.
+pub const DEFAULT_QUEUED_LIMIT: u32 = 10;
+
 impl<S: Store + ?Sized> Ops<S> {
     /// Creates a task and returns its id (the first task's id when its idempotency key was
     /// seen before). Rejects an empty title or type and an oversized payload, naming the field.
@@ -52,9 +56,8 @@ impl<S: Store + ?Sized> Ops<S> {
         metadata: Option<Json>,
     ) -> Result<bool> {
         let change = StatusChange {
-            status,
             metadata,
-            requeue: false,
+            ..StatusChange::to(status)
         };
         self.apply_status(id, change).await.map(|c| c.is_some())
     }
@@ -66,11 +69,12 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// Cancels a task (and, transitively, the tasks that depend on it). A worker holding it
-    /// gets a stale-run error when it tries to finish. `Ok(false)` for an unknown task.
-    pub async fn cancel_task(&self, id: TaskId) -> Result<bool> {
-        self.apply_status(id, StatusChange::to(TaskStatus::Cancelled))
-            .await
-            .map(|c| c.is_some())
+    /// gets a stale-run error when it tries to finish. `reason`, when given, is kept as the
+    /// task's `last_error` and its running run's `error_message`, and carried by the
+    /// status event. `Ok(false)` for an unknown task.
+    pub async fn cancel_task(&self, id: TaskId, reason: Option<&str>) -> Result<bool> {
+        let change = StatusChange::to(TaskStatus::Cancelled).because(reason.map(str::to_owned));
+        self.apply_status(id, change).await.map(|c| c.is_some())
     }
 
     async fn apply_status(
@@ -80,6 +84,9 @@ impl<S: Store + ?Sized> Ops<S> {
     ) -> Result<Option<StatusChanged>> {
         if let Some(metadata) = &change.metadata {
             hive_models::check_json_no_nul("metadata", metadata)?;
+        }
+        if let Some(reason) = &change.reason {
+            hive_models::check_no_nul("reason", reason)?;
         }
         let changed = self.store.set_task_status(id, change).await?;
         if let Some(c) = &changed {
@@ -99,12 +106,39 @@ impl<S: Store + ?Sized> Ops<S> {
             .await?)
     }
 
-    /// Up to `limit` queued tasks, optionally of one type: priority descending, then oldest first.
-    pub async fn get_queued_tasks(&self, limit: u32, task_type: Option<&str>) -> Result<Vec<Task>> {
+    /// Up to `limit` queued tasks (`None`: [`DEFAULT_QUEUED_LIMIT`], the original's 10),
+    /// optionally of one type: priority descending, then oldest first. As in the original,
+    /// a queued task may still wait for its dependencies or its `run_at`; see
+    /// [`Ops::get_ready_tasks`] for the ones a worker could claim now.
+    pub async fn get_queued_tasks(
+        &self,
+        limit: impl Into<Option<u32>>,
+        task_type: Option<&str>,
+    ) -> Result<Vec<Task>> {
+        self.queued(limit.into(), task_type, false).await
+    }
+
+    /// [`Ops::get_queued_tasks`] limited to the tasks a worker could claim now: every
+    /// dependency completed and `run_at` passed (on the database clock).
+    pub async fn get_ready_tasks(
+        &self,
+        limit: impl Into<Option<u32>>,
+        task_type: Option<&str>,
+    ) -> Result<Vec<Task>> {
+        self.queued(limit.into(), task_type, true).await
+    }
+
+    async fn queued(
+        &self,
+        limit: Option<u32>,
+        task_type: Option<&str>,
+        ready_only: bool,
+    ) -> Result<Vec<Task>> {
         let filter = TaskFilter {
             status: Some(TaskStatus::Queued),
             task_type: task_type.map(str::to_owned),
-            limit: Some(limit),
+            limit: Some(limit.unwrap_or(DEFAULT_QUEUED_LIMIT)),
+            ready_only,
             ..Default::default()
         };
         Ok(self.store.list_tasks(&filter).await?)

@@ -1,7 +1,7 @@
 //! Worker operations: register, heartbeat, list the active ones, unregister.
 
 use hive_models::{Json, Worker, WorkerId, WorkerStatus};
-use hive_store::{Store, WorkerFilter, WorkerRegistration};
+use hive_store::{Store, WorkerFilter, WorkerRegistration, WorkerStatusChange};
 
 use crate::{Ops, Result};
 
@@ -48,7 +48,28 @@ impl<S: Store + ?Sized> Ops<S> {
         status: Option<WorkerStatus>,
     ) -> Result<bool> {
         let id = WorkerId::parse(worker_id)?;
-        Ok(self.store.heartbeat(&id, status).await?.is_some())
+        let change = status.map(WorkerStatusChange::to);
+        Ok(self.store.heartbeat(&id, change).await?.is_some())
+    }
+
+    /// Moves a worker to `status`, keeping `reason` as its `status_reason` (`None` clears
+    /// an earlier one): how a worker marked `error` says what went wrong. Counts as a
+    /// heartbeat. False for an unknown worker.
+    pub async fn set_worker_status(
+        &self,
+        worker_id: &str,
+        status: WorkerStatus,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let id = WorkerId::parse(worker_id)?;
+        if let Some(reason) = reason {
+            hive_models::check_no_nul("reason", reason)?;
+        }
+        let change = WorkerStatusChange {
+            status,
+            reason: reason.map(str::to_owned),
+        };
+        Ok(self.store.heartbeat(&id, Some(change)).await?.is_some())
     }
 
     /// Workers that are active or idle with a heartbeat within the configured timeout

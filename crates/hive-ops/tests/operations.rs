@@ -174,6 +174,16 @@ async fn queued_tasks_in_order(o: O) {
         ids(o.get_queued_tasks(10, Some("zzz")).await.unwrap()),
         vec![]
     );
+    // Without a limit, the original's 10; a delayed task is queued but not ready.
+    let later = NewTask::new("later", "a").run_at(chrono::Utc::now() + chrono::Duration::hours(1));
+    let delayed = o.create_task(later).await.unwrap();
+    o.create_tasks(tasks("more", "c", 10)).await.unwrap();
+    let queued = o.get_queued_tasks(None, None).await.unwrap();
+    assert_eq!(queued.len(), hive_ops::DEFAULT_QUEUED_LIMIT as usize);
+    assert_eq!(o.get_queued_tasks(100, Some("a")).await.unwrap().len(), 3);
+    let ready = ids(o.get_ready_tasks(100, Some("a")).await.unwrap());
+    assert_eq!(ready, vec![low, low2]);
+    assert!(!ready.contains(&delayed));
 }
 
 async fn delete_and_prune(o: O) {
@@ -244,6 +254,24 @@ async fn worker_lifecycle(o: O) {
             .unwrap()
     );
     assert!(!o.update_worker_heartbeat("ghost", None).await.unwrap());
+    let error = hive_models::WorkerStatus::Error;
+    assert!(
+        o.set_worker_status("deployer-1", error, Some("disk full"))
+            .await
+            .unwrap()
+    );
+    let w = o.get_worker("deployer-1").await.unwrap().unwrap();
+    assert_eq!(
+        (w.status, w.status_reason.as_deref()),
+        (error, Some("disk full"))
+    );
+    assert!(!o.set_worker_status("ghost", error, None).await.unwrap());
+    let active = hive_models::WorkerStatus::Active;
+    assert!(
+        o.set_worker_status("deployer-1", active, None)
+            .await
+            .unwrap()
+    );
     assert_eq!(o.get_active_workers(None).await.unwrap().len(), 1);
     let t = o.create_task(NewTask::new("t", "x")).await.unwrap();
     claim(&o, "deployer-1", LEASE).await;
@@ -633,8 +661,23 @@ async fn cancel_task_cancels_dependents(o: O) {
         .unwrap();
     let a = o.get_next_planned_subtask(pid).await.unwrap().unwrap();
     assert_eq!(a.plan_subtask_id.as_deref(), Some("a"));
-    assert!(o.cancel_task(a.id).await.unwrap());
-    assert!(!o.cancel_task(hive_models::TaskId::new()).await.unwrap());
+    assert!(o.cancel_task(a.id, Some("no longer needed")).await.unwrap());
+    assert_eq!(
+        o.get_task(a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("no longer needed")
+    );
+    assert!(
+        !o.cancel_task(hive_models::TaskId::new(), None)
+            .await
+            .unwrap()
+    );
+    let nul = o.cancel_task(a.id, Some("a\u{0}b")).await.unwrap_err();
+    assert!(matches!(nul, Error::Invalid(_)), "{nul}");
     let counts = o.count_tasks(Some(pid)).await.unwrap();
     assert_eq!(counts[&TaskStatus::Cancelled], 2);
     assert_eq!(counts[&TaskStatus::Queued], 1);

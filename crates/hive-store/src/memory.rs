@@ -21,7 +21,7 @@ use crate::rules::{Changes, Patches};
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
     PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged,
-    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
+    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 use state::{State, now, sub};
 
@@ -309,11 +309,13 @@ impl Store for MemoryStore {
         let (Some(task_id), Some(run)) = (task, s.runs.get_mut(&run_id)) else {
             return Err(Error::StaleRun { run_id });
         };
+        let at = now();
         run.progress = Some(hive_models::Progress {
             fraction,
             message: message.clone(),
-            at: now(),
+            at,
         });
+        run.updated_at = at;
         drop(s);
         self.send(vec![self.notifier.note(crate::Change::Progress {
             task_id,
@@ -326,7 +328,8 @@ impl Store for MemoryStore {
 
     async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
         let mut s = self.lock();
-        let until = crate::rules::after(now(), lease);
+        let at = now();
+        let until = crate::rules::after(at, lease);
         let live = s.task_of(run_id).is_some_and(|t| {
             crate::rules::View::task(&*s, t)
                 .is_some_and(|t| t.current_run == Some(run_id) && t.run_running)
@@ -337,6 +340,7 @@ impl Store for MemoryStore {
         s.running.insert(run_id, lease);
         if let Some(run) = s.runs.get_mut(&run_id) {
             run.lease_expires_at = Some(until);
+            run.updated_at = at;
         }
         Ok(until)
     }
@@ -392,9 +396,10 @@ impl Store for MemoryStore {
                 report
             });
             let stale_before = sub(at, p.heartbeat_timeout);
+            let silent = Worker::silent_reason(p.heartbeat_timeout);
             for w in s.workers.values_mut() {
                 if w.is_active() && w.last_heartbeat < stale_before {
-                    w.mark_offline();
+                    w.mark_offline(Some(silent.clone()));
                     notes.push(self.notifier.worker(w.id.clone(), WorkerStatus::Offline));
                     report.offline_workers.push(w.id.clone());
                 }
@@ -455,11 +460,12 @@ impl Store for MemoryStore {
                 current_task_id: None,
                 registered_at: at,
                 metadata: Json::Null,
+                status_reason: None,
             });
             w.role.clone_from(&r.role);
             w.capabilities.clone_from(&r.capabilities);
             w.metadata.clone_from(&r.metadata);
-            w.status = WorkerStatus::Active;
+            w.set_status(WorkerStatus::Active, None);
             w.last_heartbeat = at;
             w.clone()
         };
@@ -472,7 +478,7 @@ impl Store for MemoryStore {
     async fn heartbeat(
         &self,
         id: &WorkerId,
-        status: Option<WorkerStatus>,
+        status: Option<WorkerStatusChange>,
     ) -> Result<Option<HeartbeatReport>> {
         let at = now();
         let mut s = self.lock();
@@ -480,8 +486,11 @@ impl Store for MemoryStore {
             return Ok(None);
         };
         w.last_heartbeat = at;
-        if let Some(st) = status {
-            w.status = st;
+        let offline = status
+            .as_ref()
+            .is_some_and(|c| c.status == WorkerStatus::Offline);
+        if let Some(c) = status {
+            w.set_status(c.status, c.reason);
         }
         let State { running, runs, .. } = &mut *s;
         let mut extended = 0;
@@ -490,11 +499,12 @@ impl Store for MemoryStore {
                 && &run.worker_id == id
             {
                 run.lease_expires_at = Some(crate::rules::after(at, *lease));
+                run.updated_at = at;
                 extended += 1;
             }
         }
         drop(s);
-        if status == Some(WorkerStatus::Offline) {
+        if offline {
             self.send(vec![
                 self.notifier.worker(id.clone(), WorkerStatus::Offline),
             ]);

@@ -63,7 +63,8 @@ pub struct TaskStatusChange {
     pub run_id: Option<RunId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_id: Option<PlanId>,
-    /// The error of a failed attempt (at most [`NOTE_ERROR_LIMIT`] bytes).
+    /// The error of a failed attempt, or the reason a caller gave for the change (at most
+    /// [`NOTE_ERROR_LIMIT`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When a task requeued after a failure may be claimed again.

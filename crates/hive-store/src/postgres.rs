@@ -34,7 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
-    Timestamp, Worker, WorkerId, WorkerStatus,
+    Timestamp, Worker, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::broadcast;
@@ -44,7 +44,7 @@ use crate::sql::{Fail, R};
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
     PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged,
-    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
+    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 /// How often a transaction that lost a deadlock or serialization race is retried.
@@ -310,9 +310,9 @@ impl Store for PostgresStore {
     async fn heartbeat(
         &self,
         id: &WorkerId,
-        status: Option<WorkerStatus>,
+        status: Option<WorkerStatusChange>,
     ) -> Result<Option<HeartbeatReport>> {
-        self.run(self.heartbeat_once(id, status)).await
+        self.run(self.heartbeat_once(id, status.as_ref())).await
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<Worker>> {

@@ -34,20 +34,21 @@ macro_rules! run_columns {
     () => {
         "id, task_id, worker_id, run_number, status, phase, started_at, completed_at, \
          lease_expires_at, result_data, error_message, output_log, transcript, progress, \
-         progress_message, progress_at"
+         progress_message, progress_at, created_at, updated_at"
     };
 }
 
 macro_rules! worker_columns {
     () => {
-        "id, role, status, last_heartbeat, capabilities, current_task_id, registered_at, metadata"
+        "id, role, status, last_heartbeat, capabilities, current_task_id, registered_at, metadata, \
+         status_reason"
     };
 }
 
 macro_rules! plan_columns {
     () => {
         "id, title, description, parent_task_id, status, total_subtasks, completed_subtasks, \
-         failed_subtasks, cancelled_subtasks, materialized, created_at, updated_at"
+         failed_subtasks, cancelled_subtasks, materialized, metadata, created_at, updated_at"
     };
 }
 
@@ -102,6 +103,7 @@ use crate::{
     Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport, HeartbeatReport,
     Notification, Notifier, PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
     StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
+    WorkerStatusChange,
 };
 use db::{Fail, R};
 use tx::{Faults, WriteTx};
@@ -370,12 +372,15 @@ impl Store for SqliteStore {
     async fn heartbeat(
         &self,
         id: &WorkerId,
-        status: Option<WorkerStatus>,
+        status: Option<WorkerStatusChange>,
     ) -> Result<Option<HeartbeatReport>> {
+        let offline = status
+            .as_ref()
+            .is_some_and(|c| c.status == WorkerStatus::Offline);
         let mut tx = self.begin().await?;
-        let out = workers::heartbeat(&mut tx, id, status).await;
+        let out = workers::heartbeat(&mut tx, id, status.as_ref()).await;
         let notes = match &out {
-            Ok(Some(_)) if status == Some(WorkerStatus::Offline) => {
+            Ok(Some(_)) if offline => {
                 vec![self.notifier.worker(id.clone(), WorkerStatus::Offline)]
             }
             _ => Vec::new(),

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use hive_models::{
     ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
-    Timestamp, Worker, WorkerId, WorkerStatus,
+    Timestamp, Worker, WorkerId,
 };
 use tokio::sync::broadcast;
 
 use crate::{
     Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PruneParams,
     ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged, StatusCounts,
-    TaskFilter, WorkerFilter, WorkerRegistration,
+    TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 /// Persistence of tasks, runs, workers, plans and plan dependencies.
@@ -37,6 +37,14 @@ use crate::{
 ///   for good increments `failed_subtasks`. The first failure moves a non-terminal plan to
 ///   `failed`; when every subtask is completed the plan becomes `completed`. A plan in
 ///   `pending` moves to `in_progress` when one of its tasks is claimed.
+/// - Reasons are kept where a user reads them: a status change's `reason` becomes the
+///   task's `last_error` and the error message of the run it closes; a worker's status
+///   change replaces its `status_reason` (the reaper gives [`hive_models::Worker::silent_reason`]
+///   when it marks a worker `offline`); a run closed by the reaper carries
+///   [`hive_models::Run::LEASE_EXPIRED`].
+/// - A run records `created_at` (when a claim opened it, equal to `started_at`) and
+///   `updated_at` (stamped by every write to it: opening, lease extension, closing).
+///   A plan keeps the `metadata` object it was submitted with.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -169,13 +177,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `active`, heartbeat now. Returns the stored worker.
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker>;
 
-    /// Records a heartbeat (and a new status if given; `offline` is announced), and extends
-    /// the lease of every running run of this worker by that run's lease duration. `None`
-    /// for an unknown worker.
+    /// Records a heartbeat (and a new status if given, its reason replacing the worker's
+    /// `status_reason`; `offline` is announced), and extends the lease of every running run
+    /// of this worker by that run's lease duration. `None` for an unknown worker.
     async fn heartbeat(
         &self,
         id: &WorkerId,
-        status: Option<WorkerStatus>,
+        status: Option<WorkerStatusChange>,
     ) -> Result<Option<HeartbeatReport>>;
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<Worker>>;

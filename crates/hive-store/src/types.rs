@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hive_models::{
     Json, PlanId, PlanStatus, RetryPolicy, Run, RunId, Task, TaskId, TaskStatus, Timestamp,
-    WorkerId,
+    WorkerId, WorkerStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,9 @@ pub struct StatusChange {
     pub metadata: Option<Json>,
     /// Allow leaving a terminal status for `queued` (an explicit requeue).
     pub requeue: bool,
+    /// Why (say, why a task is cancelled): kept as the task's `last_error` and as the
+    /// error message of the run the change closes, and carried by the status notification.
+    pub reason: Option<String>,
 }
 
 impl StatusChange {
@@ -79,7 +82,14 @@ impl StatusChange {
             status,
             metadata: None,
             requeue: false,
+            reason: None,
         }
+    }
+
+    /// This change, giving `reason` for it.
+    pub fn because(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
     }
 
     /// Back to `queued` from wherever the task stopped, terminal statuses included.
@@ -270,6 +280,25 @@ pub struct WorkerRegistration {
     pub role: String,
     pub capabilities: Vec<String>,
     pub metadata: Json,
+}
+
+/// A new status a heartbeat gives its worker, and why: the reason is kept as the worker's
+/// `status_reason` (`None` clears an earlier one), so a worker marked `error` says what
+/// went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatusChange {
+    pub status: WorkerStatus,
+    pub reason: Option<String>,
+}
+
+impl WorkerStatusChange {
+    /// `status`, without a reason.
+    pub fn to(status: WorkerStatus) -> Self {
+        WorkerStatusChange {
+            status,
+            reason: None,
+        }
+    }
 }
 
 /// Which workers [`crate::Store::list_workers`] returns, ordered by id.

@@ -1,5 +1,6 @@
 //! Runs the conformance suite against every backend: `memory::*`, `sqlite::*`, `postgres::*`.
 
+use hive_store::testing::details::*;
 use hive_store::testing::progress::*;
 use hive_store::testing::retries::*;
 use hive_store::testing::suite::*;
@@ -24,6 +25,9 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
     a_stale_run_spawns_nothing, last_two_subtasks_finishing_at_once_complete_the_plan_once,
     ten_thousand_subtasks_submitted_and_drained,
+    plan_metadata_round_trips, runs_record_when_created_and_last_updated,
+    a_cancellation_keeps_its_reason, a_worker_status_keeps_its_reason,
+    an_expired_lease_says_the_run_timed_out,
     full_jitter_spreads_a_burst_of_retries, a_tasks_own_policy_replaces_the_callers,
     snoozes_give_the_attempt_back_and_are_bounded,
     progress_is_stored_on_the_live_run_and_announced,
@@ -36,6 +40,7 @@ fn every_suite_case_runs() {
     let suite = concat!(
         include_str!("../src/testing/suite.rs"),
         include_str!("../src/testing/workflows.rs"),
+        include_str!("../src/testing/details.rs"),
         include_str!("../src/testing/retries.rs"),
         include_str!("../src/testing/progress.rs")
     );

@@ -196,15 +196,7 @@ async fn batches_past_the_bind_limit() {
             }
         })
         .collect();
-    let pid = s
-        .insert_plan(NewPlan {
-            title: "big".into(),
-            description: String::new(),
-            parent_task_id: None,
-            subtasks,
-        })
-        .await
-        .unwrap();
+    let pid = s.insert_plan(NewPlan::new("big", subtasks)).await.unwrap();
     assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(4000));
     let in_plan = TaskFilter::in_plan(pid);
     let chain = listed(&*s, in_plan).await;
@@ -326,19 +318,26 @@ async fn a_database_migrated_by_an_earlier_build_is_adopted() {
     assert_eq!(names, vec![hive_store::MIGRATIONS_TABLE.to_owned()]);
 }
 
+/// A new database file with only the first `n` SQLite migrations applied, as an earlier
+/// build left it.
+async fn migrated_to(url: &str, n: usize) -> sqlx::SqlitePool {
+    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate!("migrations/sqlite");
+    before.migrations = std::borrow::Cow::Owned(before.migrations[..n].to_vec());
+    before.dangerous_set_table_name(hive_store::MIGRATIONS_TABLE);
+    before.run(&pool).await.unwrap();
+    pool
+}
+
 /// A database from before plan subtasks had rows of their own (migrations 0001–0002, the
 /// subtasks as a JSON column of the plan) keeps its plans' definitions when migrated.
 #[tokio::test]
 async fn a_plan_stored_before_plan_subtasks_keeps_its_definition() {
     let dir = tempfile::tempdir().unwrap();
     let url = file_url(&dir);
-    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
-        .await
-        .unwrap();
-    let mut before = sqlx::migrate!("migrations/sqlite");
-    before.migrations = std::borrow::Cow::Owned(before.migrations[..2].to_vec());
-    before.dangerous_set_table_name(hive_store::MIGRATIONS_TABLE);
-    before.run(&pool).await.unwrap();
+    let pool = migrated_to(&url, 2).await;
     let subtasks = serde_json::json!([
         {"id": "a", "title": "A", "description": "", "task_type": "x", "priority": 1,
          "payload": {"k": "ü"}, "dependencies": [], "estimated_duration": null, "max_retries": 2},
@@ -365,4 +364,63 @@ async fn a_plan_stored_before_plan_subtasks_keeps_its_definition() {
     assert_eq!(plan.subtasks[1].dependencies, ["a"]);
     assert_eq!(plan.subtasks[1].priority, 5);
     assert_eq!(s.materialize_plan(id).await.unwrap(), Some(2));
+}
+
+/// A database from before runs kept their own timestamps and plans their metadata
+/// (migrations 0001–0003) is backfilled: a run was created when it started and last
+/// changed when it ended (or started, while it runs); a plan's metadata is `{}`.
+#[tokio::test]
+async fn runs_and_plans_stored_before_seed_parity_are_backfilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = file_url(&dir);
+    let pool = migrated_to(&url, 3).await;
+    let (plan, task) = (hive_models::PlanId::new(), hive_models::TaskId::new());
+    let (done, running) = (hive_models::RunId::new(), hive_models::RunId::new());
+    let (plan_text, task_text) = (plan.to_string(), task.to_string());
+    let rows: [(&'static str, Vec<String>); 4] = [
+        (
+            "INSERT INTO plans (id, title, status, total_subtasks, created_at, updated_at) \
+             VALUES (?1, 'old', 'pending', 1, 1, 1)",
+            vec![plan_text],
+        ),
+        (
+            "INSERT INTO tasks (id, title, task_type, created_at, updated_at) \
+             VALUES (?1, 't', 'x', 1, 1)",
+            vec![task_text.clone()],
+        ),
+        (
+            "INSERT INTO runs (id, task_id, worker_id, run_number, status, started_at, \
+                               completed_at) \
+             VALUES (?1, ?2, 'w', 1, 'failure', 2000000, 5000000), \
+                    (?3, ?2, 'w', 2, 'running', 7000000, NULL)",
+            vec![done.to_string(), task_text, running.to_string()],
+        ),
+        (
+            "INSERT INTO workers (id, role, status, last_heartbeat, registered_at) \
+             VALUES ('w', 'r', 'error', 1, 1)",
+            vec![],
+        ),
+    ];
+    for (sql, binds) in rows {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        q.execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let s = open(&url, SchemaPolicy::Migrate).await.unwrap();
+    let at = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).unwrap();
+    let r = s.get_run(done).await.unwrap().unwrap();
+    assert_eq!((r.created_at, r.updated_at), (at(2), at(5)));
+    let r = s.get_run(running).await.unwrap().unwrap();
+    assert_eq!((r.created_at, r.updated_at), (at(7), at(7)));
+    assert_eq!(
+        s.get_plan(plan).await.unwrap().unwrap().metadata,
+        serde_json::json!({})
+    );
+    let w = s
+        .get_worker(&hive_models::WorkerId::parse("w").unwrap())
+        .await;
+    assert_eq!(w.unwrap().unwrap().status_reason, None);
 }

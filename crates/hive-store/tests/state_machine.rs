@@ -358,16 +358,16 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
     first.payload = payload.clone();
     let second =
         SubTask::new(&s.second_subtask, &s.value, &s.task_type).depends_on([&s.first_subtask]);
-    let plan = NewPlan {
-        title: s.plan_title.clone(),
-        description: s.description.clone(),
-        parent_task_id: Some(id),
-        subtasks: vec![first.clone(), second.clone()],
-    };
+    let plan_metadata = json!({ s.key.clone(): s.value });
+    let plan = NewPlan::new(s.plan_title.clone(), vec![first.clone(), second.clone()])
+        .description(s.description.clone())
+        .parent_task_id(id)
+        .metadata(plan_metadata.clone());
     let pid = store.insert_plan(plan).await.unwrap();
     let p = store.get_plan(pid).await.unwrap().unwrap();
     assert_eq!(p.title, s.plan_title);
     assert_eq!(p.description, s.description);
+    assert_eq!(p.metadata, plan_metadata);
     assert_eq!(p.subtasks, vec![first, second]);
     assert_eq!(
         p.subtask_ids,

@@ -50,12 +50,10 @@ pub fn plan_for(goal: &str) -> Option<NewPlan> {
         SubTask::new("deploy", format!("Deploy: {goal}"), "deployment").depends_on(["integrate"]);
     deploy.payload = json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" });
     deploy.priority = 10;
-    Some(NewPlan {
-        title: goal.to_owned(),
-        description: "planned at run time by ai-planner".into(),
-        parent_task_id: None,
-        subtasks: vec![plan, integrate, deploy],
-    })
+    let plan = NewPlan::new(goal, vec![plan, integrate, deploy])
+        .description("planned at run time by ai-planner")
+        .metadata(json!({ "goal": goal, "planner": "ai-planner" }));
+    Some(plan)
 }
 
 /// The features of a goal, in order.

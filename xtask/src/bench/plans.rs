@@ -11,12 +11,7 @@ use indicatif::ProgressBar;
 use super::hive::{self, Drained, Until};
 
 fn plan_of(title: String, subtasks: Vec<SubTask>) -> NewPlan {
-    NewPlan {
-        title,
-        description: String::new(),
-        parent_task_id: None,
-        subtasks,
-    }
+    NewPlan::new(title, subtasks)
 }
 
 /// One plan of `chains` independent chains of `length` subtasks each.

@@ -60,7 +60,12 @@ pub enum TaskCommand {
     /// Set a task's status (the transition table applies).
     Update { id: String, status: String },
     /// Cancel a task and the tasks depending on it.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        /// Why: kept as the task's last error and its running run's error.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Delete a task and its runs.
     Delete { id: String },
     /// Show a task's runs.
@@ -168,12 +173,16 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             }
             output::outln!("task {id} is now {st}");
         }
-        TaskCommand::Cancel { id } => {
+        TaskCommand::Cancel { id, reason } => {
             let id = task_id(&id)?;
-            if !ctx.client().await?.cancel_task(id).await? {
+            let client = ctx.client().await?;
+            if !client.cancel_task(id, reason.as_deref()).await? {
                 return Err(not_found(id));
             }
-            output::outln!("task {id} cancelled");
+            match reason {
+                Some(r) => output::outln!("task {id} cancelled: {r}"),
+                None => output::outln!("task {id} cancelled"),
+            }
         }
         TaskCommand::Delete { id } => {
             let id = task_id(&id)?;

@@ -103,7 +103,13 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
                         [
                             w.id.to_string(),
                             w.role.clone(),
-                            w.status.to_string(),
+                            // Why it is in that status, when it was said (`error: disk full`).
+                            match &w.status_reason {
+                                Some(r) => {
+                                    format!("{}: {}", w.status, output::error_cell(Some(r), 40))
+                                }
+                                None => w.status.to_string(),
+                            },
                             w.last_heartbeat.format("%Y-%m-%d %H:%M:%S").to_string(),
                             w.capabilities.join(","),
                         ]

@@ -87,12 +87,7 @@ fn long_chain_does_not_overflow() {
 
 #[test]
 fn plan_counters_and_status() {
-    let new = NewPlan {
-        title: "p".into(),
-        description: String::new(),
-        parent_task_id: None,
-        subtasks: vec![st("a", &[]), st("b", &["a"])],
-    };
+    let new = NewPlan::new("p", vec![st("a", &[]), st("b", &["a"])]);
     let mut plan = ExecutionPlan::from_new(PlanId::new(), new, chrono::Utc::now());
     assert_eq!(plan.get_dependencies("b"), ["a".to_string()]);
     assert!(plan.start_execution());
@@ -306,7 +301,7 @@ proptest! {
     fn nul_in_a_plan_is_refused_naming_where(nodes in dag(), which in 0usize..6, at in any::<prop::sample::Index>()) {
         let i = at.index(nodes.len());
         let id = nodes[i].id.clone();
-        let mut plan = NewPlan { title: "p".into(), description: String::new(), parent_task_id: None, subtasks: nodes };
+        let mut plan = NewPlan::new("p", nodes);
         prop_assert!(plan.validate(LIMIT).is_ok());
         let node = &mut plan.subtasks[i];
         let field = match which {
@@ -424,4 +419,73 @@ fn growth_is_rejected_naming_the_problem() {
         grow_err(&plan, "ghost", vec![st("x", &[])]),
         PlanError::InvalidSubtask { .. }
     ));
+}
+
+fn plan_of(subtasks: Vec<SubTask>) -> ExecutionPlan {
+    ExecutionPlan::from_new(
+        PlanId::new(),
+        NewPlan::new("p", subtasks),
+        chrono::Utc::now(),
+    )
+}
+
+#[test]
+fn the_graph_reads_both_ways() {
+    let plan = plan_of(vec![
+        st("a", &[]),
+        st("b", &["a"]),
+        st("c", &["a"]),
+        st("d", &["b", "c"]),
+    ]);
+    assert_eq!(plan.get_dependencies("d"), ["b", "c"]);
+    assert_eq!(plan.get_dependents("a"), ["b", "c"]);
+    assert_eq!(plan.get_dependents("d"), Vec::<&str>::new());
+    assert!(plan.get_dependents("ghost").is_empty() && plan.get_dependencies("ghost").is_empty());
+    assert_eq!(plan.roots(), ["a"]);
+    assert_eq!(plan.sinks(), ["d"]);
+    assert_eq!(plan.dependents_graph()["b"], ["d"]);
+}
+
+#[test]
+fn plan_metadata_defaults_to_an_empty_object_and_must_be_one() {
+    let json = r#"{"title": "p", "subtasks": [{"id": "a", "title": "A", "task_type": "x"}]}"#;
+    let new: NewPlan = serde_json::from_str(json).unwrap();
+    assert_eq!(new.metadata, serde_json::json!({}));
+    let tagged = new.clone().metadata(serde_json::json!({"ticket": "OPS-1"}));
+    assert!(tagged.validate(LIMIT).is_ok());
+    let plan = ExecutionPlan::from_new(PlanId::new(), tagged, chrono::Utc::now());
+    assert_eq!(plan.metadata["ticket"], "OPS-1");
+    for (bad, kind) in [
+        (serde_json::json!([1]), "an array"),
+        (serde_json::json!("x"), "a string"),
+        (serde_json::Value::Null, "null"),
+    ] {
+        let e = new.clone().metadata(bad).validate(LIMIT).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("invalid `metadata`: must be a JSON object, not {kind}")
+        );
+    }
+    let nul = new.metadata(serde_json::json!({"k": "a\u{0}b"}));
+    assert!(nul.validate(LIMIT).unwrap_err().to_string().contains("NUL"));
+}
+
+proptest! {
+    /// Dependents are exactly the inverse of dependencies, whichever accessor reads them;
+    /// roots wait for nothing and sinks are waited for by nothing.
+    #[test]
+    fn dependents_invert_dependencies(nodes in dag()) {
+        let plan = plan_of(nodes);
+        let inverse = plan.dependents_graph();
+        for a in &plan.subtask_ids {
+            let dependents = plan.get_dependents(a);
+            prop_assert_eq!(&dependents, &inverse[a.as_str()]);
+            for b in &plan.subtask_ids {
+                let b_waits_for_a = plan.get_dependencies(b).contains(a);
+                prop_assert_eq!(dependents.contains(&b.as_str()), b_waits_for_a);
+            }
+            prop_assert_eq!(plan.roots().contains(&a.as_str()), plan.get_dependencies(a).is_empty());
+            prop_assert_eq!(plan.sinks().contains(&a.as_str()), dependents.is_empty());
+        }
+    }
 }

@@ -64,7 +64,7 @@ fn task_methods_follow_the_table() {
     t.complete(Some(serde_json::json!({"ok": true})), now)
         .unwrap();
     assert!(t.is_terminal());
-    assert!(t.cancel(now).is_err());
+    assert!(t.cancel(None, now).is_err());
     assert_eq!(t.status, TaskStatus::Completed);
 }
 
@@ -257,7 +257,7 @@ proptest! {
                 1 => (TaskStatus::InProgress, t.start_execution(now)),
                 2 => (TaskStatus::Completed, t.complete(None, now)),
                 3 => (TaskStatus::Failed, t.fail("e", now)),
-                _ => (TaskStatus::Cancelled, t.cancel(now)),
+                _ => (TaskStatus::Cancelled, t.cancel(None, now)),
             };
             prop_assert_eq!(result.is_ok(), before.status.can_transition_to(to));
             if result.is_ok() {

@@ -127,6 +127,7 @@ impl State {
             if let Some(run) = self.runs.get_mut(&r.id) {
                 run.status = r.status;
                 run.completed_at = Some(at);
+                run.updated_at = at;
                 run.lease_expires_at = None;
                 if let Some(result) = r.result {
                     run.result_data = result;

@@ -33,14 +33,15 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO plans (id, title, description, parent_task_id, status, \
-                 total_subtasks, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, now(), now())",
+                 total_subtasks, metadata, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, now(), now())",
         )
         .bind(id.0)
         .bind(&plan.title)
         .bind(&plan.description)
         .bind(plan.parent_task_id.map(|p| p.0))
         .bind(total)
+        .bind(&plan.metadata)
         .execute(&mut *tx)
         .await?;
         insert_specs(&mut tx, id, &plan.subtasks, 0).await?;

@@ -29,7 +29,8 @@ impl PostgresStore {
         let template = payload(&note)?;
         let task: Option<Uuid> = sqlx::query_scalar(concat!(
             "WITH done AS ( \
-                 UPDATE runs r SET progress = $2, progress_message = $3, progress_at = now() \
+                 UPDATE runs r SET progress = $2, progress_message = $3, progress_at = now(), \
+                     updated_at = now() \
                  FROM tasks t \
                  WHERE r.id = $1 AND r.status = 'running' AND t.id = r.task_id \
                    AND t.current_run_id = r.id \

@@ -76,7 +76,8 @@ const APPLY: &str = concat!(
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text, set_result bool, \
         result text, set_error bool, error text, set_log bool, log text) \
 ), run_upd AS ( \
-    UPDATE runs r SET status = x.status, completed_at = now(), lease_expires_at = NULL, \
+    UPDATE runs r SET status = x.status, completed_at = now(), updated_at = now(), \
+        lease_expires_at = NULL, \
         result_data = CASE WHEN x.set_result THEN x.result::jsonb ELSE r.result_data END, \
         error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
         output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \

@@ -144,6 +144,8 @@ pub(super) fn run(row: &PgRow) -> Result<Run, Fail> {
             }),
             None => None,
         },
+        created_at: get(row, "created_at", T)?,
+        updated_at: get(row, "updated_at", T)?,
     })
 }
 
@@ -158,6 +160,7 @@ pub(super) fn worker(row: &PgRow) -> Result<Worker, Fail> {
         current_task_id: get::<Option<Uuid>>(row, "current_task_id", T)?.map(TaskId),
         registered_at: get(row, "registered_at", T)?,
         metadata: get(row, "metadata", T)?,
+        status_reason: get(row, "status_reason", T)?,
     })
 }
 
@@ -171,6 +174,7 @@ pub(super) fn plan(row: &PgRow, subtasks: Vec<SubTask>) -> Result<ExecutionPlan,
         description: get(row, "description", T)?,
         parent_task_id: get::<Option<Uuid>>(row, "parent_task_id", T)?.map(TaskId),
         subtasks,
+        metadata: get(row, "metadata", T)?,
     };
     let mut plan = ExecutionPlan::from_new(PlanId(get(row, "id", T)?), new, created_at);
     plan.set_counters(plan_counters(row)?);

@@ -42,9 +42,10 @@ const CLAIM: &str = concat!(
     task_dependencies!(),
     " ), opened AS ( \
          INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
-             lease_us, lease_expires_at) \
+             lease_us, lease_expires_at, created_at, updated_at) \
          SELECT c.current_run_id, c.id, $1::text, c.run_count, 'running', c.current_phase, statement_timestamp(), \
-             $5::bigint, statement_timestamp() + $5::bigint * interval '1 microsecond' \
+             $5::bigint, statement_timestamp() + $5::bigint * interval '1 microsecond', \
+             statement_timestamp(), statement_timestamp() \
          FROM claimed c \
      ), started AS ( \
          UPDATE plans p SET status = 'in_progress', updated_at = statement_timestamp() \
@@ -103,8 +104,8 @@ const FINISH_SUCCESSES: &str = concat!(
          WHERE g.plan_id IS NOT NULL GROUP BY g.plan_id \
          ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed \
      ), run_upd AS ( \
-         UPDATE runs r SET status = 'success', completed_at = now(), lease_expires_at = NULL, \
-             result_data = g.result, output_log = g.log \
+         UPDATE runs r SET status = 'success', completed_at = now(), updated_at = now(), \
+             lease_expires_at = NULL, result_data = g.result, output_log = g.log \
          FROM go g WHERE r.id = g.run_id AND r.id = ANY($1::uuid[]) \
      ), dec AS ( \
          SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
@@ -522,13 +523,15 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let offline = sqlx::query(
             "WITH off AS ( \
-                 UPDATE workers SET status = 'offline', current_task_id = NULL \
+                 UPDATE workers SET status = 'offline', current_task_id = NULL, \
+                     status_reason = $2 \
                  WHERE status IN ('active', 'idle') \
                    AND last_heartbeat < now() - $1::bigint * interval '1 microsecond' \
                  RETURNING id) \
              SELECT now() AS now, ARRAY(SELECT id FROM off ORDER BY id COLLATE \"C\") AS ids",
         )
         .bind(micros(p.heartbeat_timeout))
+        .bind(hive_models::Worker::silent_reason(p.heartbeat_timeout))
         .fetch_one(&mut *tx)
         .await?;
         let at = server_now(&offline)?;
@@ -588,7 +591,7 @@ impl PostgresStore {
 
     pub(super) async fn extend_once(&self, run_id: RunId, lease: Duration) -> R<Timestamp> {
         let until: Option<Timestamp> = sqlx::query_scalar(
-            "UPDATE runs r SET lease_us = $2::bigint, \
+            "UPDATE runs r SET lease_us = $2::bigint, updated_at = now(), \
                  lease_expires_at = now() + $2::bigint * interval '1 microsecond' \
              FROM tasks t \
              WHERE r.id = $1 AND r.status = 'running' AND t.id = r.task_id \

@@ -8,7 +8,7 @@ use super::sql::{micros, payload, server_now};
 use super::{PostgresStore, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
-use crate::{HeartbeatReport, WorkerFilter, WorkerRegistration};
+use crate::{HeartbeatReport, WorkerFilter, WorkerRegistration, WorkerStatusChange};
 
 const WORKER_RUNS: &str = concat!(
     "SELECT ",
@@ -27,7 +27,8 @@ impl PostgresStore {
                  VALUES ($1, $2, 'active', now(), $3, NULL, now(), $4) \
                  ON CONFLICT (id) DO UPDATE SET role = excluded.role, \
                      capabilities = excluded.capabilities, metadata = excluded.metadata, \
-                     status = 'active', last_heartbeat = excluded.last_heartbeat \
+                     status = 'active', status_reason = NULL, \
+                     last_heartbeat = excluded.last_heartbeat \
                  RETURNING *) \
              SELECT up.*, (SELECT count(pg_notify(",
             channel_sql!(),
@@ -46,10 +47,10 @@ impl PostgresStore {
     pub(super) async fn heartbeat_once(
         &self,
         id: &WorkerId,
-        status: Option<WorkerStatus>,
+        status: Option<&WorkerStatusChange>,
     ) -> R<Option<HeartbeatReport>> {
         // A heartbeat that marks its worker offline announces it.
-        let note = match status {
+        let note = match status.map(|c| c.status) {
             Some(WorkerStatus::Offline) => Some(payload(
                 &self.notifier.worker(id.clone(), WorkerStatus::Offline),
             )?),
@@ -58,10 +59,13 @@ impl PostgresStore {
         let row = sqlx::query(concat!(
             "WITH w AS ( \
                  UPDATE workers SET last_heartbeat = now(), \
-                     status = coalesce($2::text, status) \
+                     status = coalesce($2::text, status), \
+                     status_reason = CASE WHEN $2::text IS NULL THEN status_reason \
+                         ELSE $4::text END \
                  WHERE id = $1 RETURNING id \
              ), r AS ( \
-                 UPDATE runs SET lease_expires_at = now() + lease_us * interval '1 microsecond' \
+                 UPDATE runs SET lease_expires_at = now() + lease_us * interval '1 microsecond', \
+                     updated_at = now() \
                  WHERE worker_id = $1 AND status = 'running' AND lease_us IS NOT NULL \
                    AND EXISTS (SELECT 1 FROM w) \
                  RETURNING 1 \
@@ -72,8 +76,9 @@ impl PostgresStore {
             ", $3::text)) FROM w WHERE $3::text IS NOT NULL) AS notified"
         ))
         .bind(id.as_str())
-        .bind(status.map(WorkerStatus::as_str))
+        .bind(status.map(|c| c.status.as_str()))
         .bind(note)
+        .bind(status.and_then(|c| c.reason.as_deref()))
         .fetch_one(&self.pool)
         .await?;
         let known: i64 = rows::get(&row, "known", "workers")?;

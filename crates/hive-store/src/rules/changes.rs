@@ -256,7 +256,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         task: TaskId,
         retry: RetryPolicy,
     ) -> Option<(Finished, Effects)> {
-        const LEASE_EXPIRED: &str = "lease expired";
+        const LEASE_EXPIRED: &str = hive_models::Run::LEASE_EXPIRED;
         if !self.is_live(task, run) {
             return None;
         }
@@ -370,7 +370,8 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     }
 
     /// A status change asked for by a caller (`set_task_status`); `task` is the task's row.
-    /// An illegal transition is refused and changes nothing.
+    /// An illegal transition is refused and changes nothing. A reason given is kept as the
+    /// task's last error and the closed run's error, and carried by the notification.
     pub fn change_status(
         &mut self,
         task: &Task,
@@ -384,10 +385,12 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             previous.check_transition(to)?;
         }
         let mut effects = Effects::default();
+        let reason = change.reason.as_ref();
         if previous != to {
             if previous.is_active() {
-                self.close_run(id, |r| {
-                    RunPatch::close(r, RunStatus::on_task_leaving_for(to))
+                self.close_run(id, |r| RunPatch {
+                    error: reason.map(|why| Some(why.clone())),
+                    ..RunPatch::close(r, RunStatus::on_task_leaving_for(to))
                 });
             }
             if to == TaskStatus::Queued {
@@ -399,11 +402,15 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             }
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: task.plan_id,
+                error: reason.map(|why| note_error(why)),
                 ..TaskStatusChange::new(id, to)
             }));
             if to.is_terminal() {
                 effects = self.on_terminal(id);
             }
+        }
+        if let Some(why) = reason {
+            self.patch(id).error = Some(why.clone());
         }
         if let Some(patch) = &change.metadata {
             let mut metadata = task.metadata.clone();

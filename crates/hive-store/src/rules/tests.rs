@@ -183,6 +183,44 @@ fn status_changes_check_the_table_merge_metadata_and_recount_on_requeue() {
 }
 
 #[test]
+fn a_reason_goes_to_the_task_the_closed_run_and_the_note_but_not_the_dependents() {
+    let (view, ids, _, run) = chain(2);
+    let mut task = Task::from_new(ids[0], hive_models::NewTask::new("t", "x"), at());
+    task.status = TaskStatus::InProgress;
+    let n = Notifier::new();
+    let mut ch = Changes::new(&view, &n, at());
+    let cancel = StatusChange::to(TaskStatus::Cancelled).because(Some("not needed".into()));
+    let out = ch
+        .change_status(&task, &cancel)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.effects.cancelled, [ids[1]]);
+    let p = ch.into_patches();
+    assert_eq!(p.runs.len(), 1);
+    assert_eq!(
+        (p.runs[0].id, p.runs[0].status),
+        (run, RunStatus::Cancelled)
+    );
+    assert_eq!(p.runs[0].error, Some(Some("not needed".into())));
+    let patch = |id| {
+        p.tasks
+            .iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    assert_eq!(patch(ids[0]).error.as_deref(), Some("not needed"));
+    assert_eq!(
+        patch(ids[1]).error,
+        None,
+        "a cascade gives no reason of its own"
+    );
+    let note = p.notes.iter().find_map(|n| match &n.change {
+        Change::TaskStatus(c) if c.task_id == ids[0] => Some(c.clone()),
+        _ => None,
+    });
+    assert_eq!(note.and_then(|c| c.error).as_deref(), Some("not needed"));
+}
+
+#[test]
 fn cancelling_a_plan_cancels_its_open_tasks_in_order() {
     let (view, ids, plan, _) = chain(3);
     let n = Notifier::new();

@@ -343,6 +343,8 @@ pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {
             }),
             None => None,
         },
+        created_at: c.ts("created_at")?,
+        updated_at: c.ts("updated_at")?,
     })
 }
 
@@ -357,6 +359,7 @@ pub(super) fn worker_from_row(row: &SqliteRow) -> R<Worker> {
         current_task_id: c.parse_opt("current_task_id")?,
         registered_at: c.ts("registered_at")?,
         metadata: c.json("metadata")?,
+        status_reason: c.get("status_reason")?,
     })
 }
 
@@ -368,6 +371,7 @@ pub(super) fn plan_from_row(row: &SqliteRow, subtasks: Vec<SubTask>) -> R<Execut
         description: c.get("description")?,
         parent_task_id: c.parse_opt("parent_task_id")?,
         subtasks,
+        metadata: c.json("metadata")?,
     };
     // Subtask ids and the dependency graph derive from the subtasks, as on insert.
     let mut plan = ExecutionPlan::from_new(c.parse::<PlanId>("id")?, new, c.ts("created_at")?);

@@ -17,9 +17,9 @@ pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
     let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
     sqlx::query(
         "INSERT INTO plans (id, title, description, parent_task_id, status, total_subtasks, \
-                            completed_subtasks, failed_subtasks, materialized, \
+                            completed_subtasks, failed_subtasks, materialized, metadata, \
                             created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 0, 0, ?6, ?6)",
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 0, 0, ?7, ?6, ?6)",
     )
     .bind(id.to_string())
     .bind(&plan.title)
@@ -27,6 +27,7 @@ pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
     .bind(plan.parent_task_id.map(|t| t.to_string()))
     .bind(total)
     .bind(at)
+    .bind(to_json("metadata", &plan.metadata)?)
     .execute(&mut *c)
     .await?;
     insert_specs(c, id, &plan.subtasks, 0).await?;

@@ -173,7 +173,7 @@ pub(super) async fn write(c: &mut Conn, n: &Notifier, p: Patches, at: i64) -> R<
     };
     if !p.runs.is_empty() {
         sqlx::query(
-            "UPDATE runs SET status = j.value ->> 'status', completed_at = ?1, \
+            "UPDATE runs SET status = j.value ->> 'status', completed_at = ?1, updated_at = ?1, \
                  lease_expires_at = NULL, \
                  result_data = CASE WHEN j.value ->> 'set_result' \
                      THEN j.value ->> 'result' ELSE result_data END, \

@@ -152,9 +152,9 @@ pub(super) async fn claim(
         .collect();
     sqlx::query(
         "INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
-                           lease_us, lease_expires_at) \
+                           lease_us, lease_expires_at, created_at, updated_at) \
          SELECT j.value ->> 0, j.value ->> 1, ?1, j.value ->> 2, 'running', j.value ->> 3, ?2, \
-                ?3, ?4 \
+                ?3, ?4, ?2, ?2 \
          FROM json_each(?5) AS j",
     )
     .bind(p.worker_id.as_str())
@@ -255,13 +255,14 @@ pub(super) async fn extend_lease(
     let at = db::db_now(c).await?;
     let until = add_us(at, lease);
     let done = sqlx::query(
-        "UPDATE runs SET lease_us = ?1, lease_expires_at = ?2 \
+        "UPDATE runs SET lease_us = ?1, lease_expires_at = ?2, updated_at = ?4 \
          WHERE id = ?3 AND status = 'running' \
            AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = runs.task_id AND t.current_run_id = runs.id)",
     )
     .bind(db::dur_us(lease))
     .bind(until)
     .bind(run_id.to_string())
+    .bind(at)
     .execute(&mut *c)
     .await?;
     if done.rows_affected() == 0 {
@@ -281,7 +282,7 @@ pub(super) async fn record_progress(
 ) -> R<()> {
     let at = db::db_now(c).await?;
     let task: Option<String> = sqlx::query_scalar(
-        "UPDATE runs SET progress = ?1, progress_message = ?2, progress_at = ?3 \
+        "UPDATE runs SET progress = ?1, progress_message = ?2, progress_at = ?3, updated_at = ?3 \
          WHERE id = ?4 AND status = 'running' \
            AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = runs.task_id AND t.current_run_id = runs.id) \
          RETURNING task_id",
@@ -390,10 +391,11 @@ pub(super) async fn reap(
     notes.extend(batch_notes);
     let stale_before = db::sub_us(at, p.heartbeat_timeout);
     let rows = sqlx::query(
-        "UPDATE workers SET status = 'offline', current_task_id = NULL \
+        "UPDATE workers SET status = 'offline', current_task_id = NULL, status_reason = ?2 \
          WHERE status IN ('active', 'idle') AND last_heartbeat < ?1 RETURNING id",
     )
     .bind(stale_before)
+    .bind(hive_models::Worker::silent_reason(p.heartbeat_timeout))
     .fetch_all(&mut *c)
     .await?;
     let mut offline = rows

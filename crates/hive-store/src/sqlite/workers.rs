@@ -5,7 +5,9 @@ use sqlx::{QueryBuilder, Sqlite};
 
 use super::db::{self, Conn, R, to_json};
 use super::runs;
-use crate::{HeartbeatReport, Notification, Notifier, WorkerFilter, WorkerRegistration};
+use crate::{
+    HeartbeatReport, Notification, Notifier, WorkerFilter, WorkerRegistration, WorkerStatusChange,
+};
 
 pub(super) async fn register(c: &mut Conn, r: &WorkerRegistration) -> R<Worker> {
     let at = db::db_now(c).await?;
@@ -15,7 +17,7 @@ pub(super) async fn register(c: &mut Conn, r: &WorkerRegistration) -> R<Worker> 
          VALUES (?1, ?2, 'active', ?3, ?4, NULL, ?3, ?5) \
          ON CONFLICT (id) DO UPDATE SET role = excluded.role, \
              capabilities = excluded.capabilities, metadata = excluded.metadata, \
-             status = 'active', last_heartbeat = excluded.last_heartbeat \
+             status = 'active', status_reason = NULL, last_heartbeat = excluded.last_heartbeat \
          RETURNING ",
         worker_columns!()
     ))
@@ -34,15 +36,19 @@ pub(super) async fn register(c: &mut Conn, r: &WorkerRegistration) -> R<Worker> 
 pub(super) async fn heartbeat(
     c: &mut Conn,
     id: &WorkerId,
-    status: Option<WorkerStatus>,
+    status: Option<&WorkerStatusChange>,
 ) -> R<Option<HeartbeatReport>> {
     let at = db::db_now(c).await?;
+    // A new status brings its reason, or clears the old one.
     let known = sqlx::query(
-        "UPDATE workers SET last_heartbeat = ?1, status = COALESCE(?2, status) WHERE id = ?3",
+        "UPDATE workers SET last_heartbeat = ?1, status = COALESCE(?2, status), \
+             status_reason = CASE WHEN ?2 IS NULL THEN status_reason ELSE ?4 END \
+         WHERE id = ?3",
     )
     .bind(at)
-    .bind(status.map(|s| s.as_str()))
+    .bind(status.map(|s| s.status.as_str()))
     .bind(id.as_str())
+    .bind(status.and_then(|s| s.reason.as_deref()))
     .execute(&mut *c)
     .await?;
     if known.rows_affected() == 0 {
@@ -50,7 +56,7 @@ pub(super) async fn heartbeat(
     }
     // The lease is capped so that now + lease stays a representable timestamp.
     let extended = sqlx::query(
-        "UPDATE runs SET lease_expires_at = ?1 + MIN(lease_us, ?2 - ?1) \
+        "UPDATE runs SET lease_expires_at = ?1 + MIN(lease_us, ?2 - ?1), updated_at = ?1 \
          WHERE worker_id = ?3 AND status = 'running'",
     )
     .bind(at)

@@ -34,6 +34,7 @@ use tokio::sync::broadcast;
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, Finished, Notification, Outcome, PruneParams,
     ReapParams, RunOutcome, StatusChange, Store, TaskFilter, WorkerFilter, WorkerRegistration,
+    WorkerStatusChange,
 };
 
 use super::TestStore;
@@ -791,6 +792,10 @@ impl Side {
                     status: *status,
                     metadata: metadata.map(|m| json!({ format!("k{}", m % 4): m })),
                     requeue: *requeue,
+                    // Every other change with metadata also gives a reason.
+                    reason: metadata
+                        .filter(|m| m % 2 == 0)
+                        .map(|m| format!("reason {m}")),
                 };
                 match s.set_task_status(id, change).await {
                     Ok(Some(ch)) => format!(
@@ -867,7 +872,12 @@ impl Side {
                 }
             }
             Op::Heartbeat { worker, status } => {
-                match s.heartbeat(&worker_id(*worker), *status).await {
+                // An `error` comes with the reason for it; other statuses clear it.
+                let change = status.map(|st| WorkerStatusChange {
+                    status: st,
+                    reason: (st == WorkerStatus::Error).then(|| format!("{st} on {worker}")),
+                });
+                match s.heartbeat(&worker_id(*worker), change).await {
                     Ok(r) => format!("heartbeat {r:?}"),
                     Err(e) => self.error(&e),
                 }
@@ -1143,10 +1153,7 @@ fn new_plan(k: usize, nodes: &[NodeSpec]) -> NewPlan {
             st
         })
         .collect();
-    NewPlan {
-        title: format!("plan {k}"),
-        description: format!("generated plan {k}"),
-        parent_task_id: None,
-        subtasks,
-    }
+    NewPlan::new(format!("plan {k}"), subtasks)
+        .description(format!("generated plan {k}"))
+        .metadata(json!({ "plan": k }))
 }

@@ -93,12 +93,7 @@ pub fn failure(run_id: RunId, retry: Option<RetryPolicy>) -> RunOutcome {
 
 /// A plan of these subtasks.
 pub fn plan(subtasks: Vec<SubTask>) -> NewPlan {
-    NewPlan {
-        title: "plan".into(),
-        description: "a plan".into(),
-        parent_task_id: None,
-        subtasks,
-    }
+    NewPlan::new("plan", subtasks).description("a plan")
 }
 
 /// A subtask of type `test` waiting for `deps`.

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::{
     Change, ClaimParams, Error, Finished, PruneParams, ReapParams, StatusChange, Store, TaskFilter,
-    WorkerFilter, WorkerRegistration,
+    WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 pub use super::fixtures::{
@@ -712,7 +712,10 @@ pub async fn heartbeat_extends_leases(s: S) {
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let rep = s
-            .heartbeat(&worker("w"), Some(WorkerStatus::Active))
+            .heartbeat(
+                &worker("w"),
+                Some(WorkerStatusChange::to(WorkerStatus::Active)),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -730,7 +733,10 @@ pub async fn heartbeat_extends_leases(s: S) {
     }
     assert!(s.heartbeat(&worker("ghost"), None).await.unwrap().is_none());
     let hb = s
-        .heartbeat(&worker("w"), Some(WorkerStatus::Idle))
+        .heartbeat(
+            &worker("w"),
+            Some(WorkerStatusChange::to(WorkerStatus::Idle)),
+        )
         .await
         .unwrap();
     assert!(hb.is_some());
@@ -813,9 +819,12 @@ pub async fn workers_register_list_unregister(s: S) {
         ..Default::default()
     };
     assert_eq!(s.list_workers(&alive).await.unwrap().len(), 2);
-    s.heartbeat(&worker("w2"), Some(WorkerStatus::Offline))
-        .await
-        .unwrap();
+    s.heartbeat(
+        &worker("w2"),
+        Some(WorkerStatusChange::to(WorkerStatus::Offline)),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.list_workers(&alive).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(60)).await;
     let recent = WorkerFilter {
@@ -1079,7 +1088,7 @@ pub async fn dependencies_met_batch(s: S) {
 }
 
 /// The first notification `pick` accepts, within five seconds.
-async fn wait_for<T>(
+pub(super) async fn wait_for<T>(
     rx: &mut tokio::sync::broadcast::Receiver<crate::Notification>,
     mut pick: impl FnMut(&crate::Notification) -> Option<T>,
 ) -> Result<(crate::Notification, T), tokio::time::error::Elapsed> {

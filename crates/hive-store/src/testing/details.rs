@@ -1,0 +1,193 @@
+//! Conformance cases for what every backend records beyond status: a run's timestamps, a
+//! plan's metadata, and the reasons kept with a cancellation, a worker's status and a
+//! lease that ran out.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::{NewTask, Run, RunStatus, TaskStatus, Worker, WorkerStatus};
+use serde_json::json;
+
+use super::fixtures::{leased, node, plan, reap_params, registration, success, worker};
+use super::suite::wait_for;
+use crate::{Change, ReapParams, StatusChange, Store, WorkerStatusChange};
+
+type S = Arc<dyn Store>;
+
+pub async fn plan_metadata_round_trips(s: S) {
+    let metadata = json!({
+        "requested_by": "ops@example.com",
+        "ticket": {"id": 42, "labels": ["release", "é ✓"]},
+        "dry_run": false,
+    });
+    let with = s
+        .insert_plan(plan(vec![node("a", &[])]).metadata(metadata.clone()))
+        .await
+        .unwrap();
+    let without = s.insert_plan(plan(vec![node("a", &[])])).await.unwrap();
+    assert_eq!(s.get_plan(with).await.unwrap().unwrap().metadata, metadata);
+    assert_eq!(
+        s.get_plan(without).await.unwrap().unwrap().metadata,
+        json!({}),
+        "a plan submitted without metadata has an empty object"
+    );
+    let listed = s.list_plans(None, None).await.unwrap();
+    let found = listed.iter().find(|p| p.id == with).unwrap();
+    assert_eq!(found.metadata, metadata);
+    // Materializing and finishing the plan leave its metadata alone.
+    s.materialize_plan(with).await.unwrap();
+    let run = s
+        .claim_tasks(&leased("w", 1, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    s.finish_runs(&[success(run[0].run.id)]).await.unwrap();
+    let done = s.get_plan(with).await.unwrap().unwrap();
+    assert_eq!(done.metadata, metadata);
+}
+
+pub async fn runs_record_when_created_and_last_updated(s: S) {
+    s.insert_tasks(vec![NewTask::new("t", "test")])
+        .await
+        .unwrap();
+    s.register_worker(&registration("w")).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let claim = s
+        .claim_tasks(&leased("w", 1, lease))
+        .await
+        .unwrap()
+        .remove(0);
+    let opened = s.get_run(claim.run.id).await.unwrap().unwrap();
+    assert_eq!(opened.created_at, opened.started_at);
+    assert_eq!(opened.updated_at, opened.created_at);
+    assert_eq!(opened, claim.run, "the claim reports the run as stored");
+    // Extending the lease (directly, or by a heartbeat) is a change to the run.
+    let until = s.extend_lease(claim.run.id, lease).await.unwrap();
+    let extended = s.get_run(claim.run.id).await.unwrap().unwrap();
+    assert!(extended.updated_at >= opened.updated_at);
+    assert_eq!(until - extended.updated_at, chrono::Duration::seconds(60));
+    s.heartbeat(&worker("w"), None).await.unwrap();
+    let beat = s.get_run(claim.run.id).await.unwrap().unwrap();
+    assert!(beat.updated_at >= extended.updated_at);
+    assert_eq!(
+        beat.lease_expires_at.unwrap() - beat.updated_at,
+        chrono::Duration::seconds(60)
+    );
+    s.finish_runs(&[success(claim.run.id)]).await.unwrap();
+    let closed = s.get_run(claim.run.id).await.unwrap().unwrap();
+    assert_eq!(Some(closed.updated_at), closed.completed_at);
+    assert_eq!(closed.created_at, opened.created_at, "creation never moves");
+}
+
+pub async fn a_cancellation_keeps_its_reason(s: S) {
+    let mut rx = s.subscribe().await.unwrap();
+    let ids = s
+        .insert_tasks(vec![NewTask::new("a", "test"), NewTask::new("b", "test")])
+        .await
+        .unwrap();
+    let claim = s
+        .claim_tasks(&leased("w", 1, Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .remove(0);
+    let reason = "superseded by release 1.3".to_owned();
+    let change = StatusChange::to(TaskStatus::Cancelled).because(Some(reason.clone()));
+    let changed = s
+        .set_task_status(claim.task.id, change)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.task.last_error.as_deref(), Some(reason.as_str()));
+    let task = s.get_task(claim.task.id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    assert_eq!(task.last_error.as_deref(), Some(reason.as_str()));
+    let run = s.get_run(claim.run.id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.error_message.as_deref(), Some(reason.as_str()));
+    let (_, note) = wait_for(&mut rx, |n| match &n.change {
+        Change::TaskStatus(c) if c.status == TaskStatus::Cancelled => Some(c.clone()),
+        _ => None,
+    })
+    .await
+    .expect("cancellation notification");
+    assert_eq!(note.error.as_deref(), Some(reason.as_str()));
+    // Without a reason nothing is made up.
+    let other = ids.into_iter().find(|id| *id != claim.task.id).unwrap();
+    let quiet = s
+        .set_task_status(other, StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(quiet.task.last_error, None);
+}
+
+pub async fn a_worker_status_keeps_its_reason(s: S) {
+    s.register_worker(&registration("w")).await.unwrap();
+    let error = WorkerStatusChange {
+        status: WorkerStatus::Error,
+        reason: Some("GPU 0 fell off the bus".into()),
+    };
+    s.heartbeat(&worker("w"), Some(error))
+        .await
+        .unwrap()
+        .unwrap();
+    let w = s.get_worker(&worker("w")).await.unwrap().unwrap();
+    assert_eq!(w.status, WorkerStatus::Error);
+    assert_eq!(w.status_reason.as_deref(), Some("GPU 0 fell off the bus"));
+    // A heartbeat without a status keeps it; a new status without a reason clears it.
+    s.heartbeat(&worker("w"), None).await.unwrap().unwrap();
+    let w = s.get_worker(&worker("w")).await.unwrap().unwrap();
+    assert_eq!(w.status_reason.as_deref(), Some("GPU 0 fell off the bus"));
+    let active = WorkerStatusChange::to(WorkerStatus::Active);
+    s.heartbeat(&worker("w"), Some(active))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.get_worker(&worker("w"))
+            .await
+            .unwrap()
+            .unwrap()
+            .status_reason,
+        None
+    );
+    // Registering again starts afresh.
+    let error = WorkerStatusChange {
+        status: WorkerStatus::Error,
+        reason: Some("again".into()),
+    };
+    s.heartbeat(&worker("w"), Some(error)).await.unwrap();
+    let w = s.register_worker(&registration("w")).await.unwrap();
+    assert_eq!((w.status, w.status_reason), (WorkerStatus::Active, None));
+    // The reaper says why it marked a worker offline.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let timeout = Duration::from_millis(10);
+    let params = ReapParams {
+        heartbeat_timeout: timeout,
+        ..reap_params()
+    };
+    assert_eq!(
+        s.reap(&params).await.unwrap().offline_workers,
+        [worker("w")]
+    );
+    let w = s.get_worker(&worker("w")).await.unwrap().unwrap();
+    assert_eq!(w.status, WorkerStatus::Offline);
+    assert_eq!(w.status_reason, Some(Worker::silent_reason(timeout)));
+}
+
+pub async fn an_expired_lease_says_the_run_timed_out(s: S) {
+    let id = s
+        .insert_tasks(vec![NewTask::new("t", "test").max_retries(0)])
+        .await
+        .unwrap()[0];
+    let short = leased("gone", 1, Duration::from_millis(50));
+    let run = s.claim_tasks(&short).await.unwrap()[0].run.id;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(s.reap(&reap_params()).await.unwrap().failed, [id]);
+    let r = s.get_run(run).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Timeout);
+    assert_eq!(r.error_message.as_deref(), Some(Run::LEASE_EXPIRED));
+    assert_eq!(Some(r.updated_at), r.completed_at);
+    let task = s.get_task(id).await.unwrap().unwrap();
+    assert_eq!(task.last_error.as_deref(), Some(Run::LEASE_EXPIRED));
+}
