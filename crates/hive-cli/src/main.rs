@@ -1,10 +1,13 @@
 //! `hive`: the operators' command line over any Hive database.
 
+mod args;
 mod commands;
 mod logging;
 mod output;
 mod planfile;
+mod process_group;
 mod shell;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -93,12 +96,21 @@ impl Context {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => return usage_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        Err(e) => return usage_error(e),
     };
-    let _log = logging::init("warn");
+    // A worker says what it does (its start, each failed task) unless told otherwise; every
+    // other command, and the libraries under the worker, only warn.
+    let default_log = match &cli.command {
+        Command::Worker(commands::worker::WorkerCommand::Run { .. }) => "warn,hive::commands=info",
+        _ => "warn",
+    };
+    let _log = logging::init(default_log);
     let ctx = Context {
         database_url: cli.database_url,
         database_url_given: given_on_command_line(&matches, "database_url"),
@@ -116,11 +128,30 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line naming the problem; the chain is joined so nothing is hidden.
-            let message = format!("{e:#}").replace('\n', " ");
-            logging::eprint_line(&format!("error: {message}"));
+            output::error(ctx.json, &format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refused. With `--json` anywhere on it, the message is `{"error": …}`
+/// (exit 2, as clap's own); help and version requests print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let as_json = std::env::args_os().any(|a| a == "--json");
+    let shows_text = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !as_json || shows_text {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    output::error(true, first.strip_prefix("error: ").unwrap_or(first));
+    ExitCode::from(2)
 }
 
 /// Whether a (global) argument was given on the command line, at the top or on the
@@ -134,4 +165,71 @@ fn given_on_command_line(matches: &clap::ArgMatches, id: &str) -> bool {
         m = level.subcommand().map(|(_, sub)| sub);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every command, with the path of commands leading to it.
+    fn every_arg(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((path.to_owned(), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            every_arg(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_option_and_argument_has_help() {
+        let mut cmd = Cli::command();
+        // Builds the help and version flags clap adds, so they are checked too.
+        cmd.build();
+        let mut args = Vec::new();
+        every_arg(&cmd, "hive", &mut args);
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|(path, a)| format!("{path} {}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        assert!(
+            args.len() > 40,
+            "the walk found only {} arguments",
+            args.len()
+        );
+        for sub in cmd.get_subcommands() {
+            for leaf in std::iter::once(sub).chain(sub.get_subcommands()) {
+                assert!(
+                    leaf.get_about().is_some(),
+                    "`{}` has no help",
+                    leaf.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn status_arguments_list_every_status_in_their_help() {
+        let cmd = Cli::command();
+        let mut args = Vec::new();
+        every_arg(&cmd, "hive", &mut args);
+        let statuses: Vec<_> = args
+            .iter()
+            .filter(|(_, a)| a.get_id() == "status" || a.get_id() == "statuses")
+            .collect();
+        assert!(statuses.len() >= 4, "{} status arguments", statuses.len());
+        for (path, a) in statuses {
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            for s in hive_client::TaskStatus::ALL {
+                assert!(help.contains(s.as_str()), "{path} {}: {help}", a.get_id());
+            }
+        }
+    }
 }

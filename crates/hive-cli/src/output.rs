@@ -1,7 +1,9 @@
-//! Output: aligned tables for people, JSON for scripts. Every line goes through
-//! [`write_line`], so a closed stdout (`hive … | head -1`) ends the command quietly instead
-//! of panicking the way `println!` does.
+//! Output: aligned tables for people, JSON for scripts, and errors and hints on stderr.
+//! Every line goes through [`write_line`], so a closed stdout (`hive … | head -1`) ends the
+//! command quietly instead of panicking the way `println!` does. Text that comes from tasks
+//! and commands is escaped ([`escape`]) before it reaches a terminal.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 use comfy_table::{Table, presets::NOTHING};
@@ -37,25 +39,101 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the id of what a command created: alone on its line, or as `{"id": …}`.
-pub fn created(as_json: bool, id: impl std::fmt::Display + Serialize) -> anyhow::Result<()> {
+/// Prints what a command did: `text` for people, or `value` as JSON with `--json`.
+pub fn report(
+    as_json: bool,
+    value: &serde_json::Value,
+    text: std::fmt::Arguments<'_>,
+) -> anyhow::Result<()> {
     if as_json {
-        json(&serde_json::json!({ "id": id }))
+        json(value)
     } else {
-        outln!("{id}");
+        write_line(text);
         Ok(())
     }
 }
 
-/// Prints rows under a header, columns aligned, no borders.
+/// Prints the id of what a command created: alone on its line, or as `{"id": …}`.
+pub fn created(as_json: bool, id: impl std::fmt::Display + Serialize) -> anyhow::Result<()> {
+    report(
+        as_json,
+        &serde_json::json!({ "id": id }),
+        format_args!("{id}"),
+    )
+}
+
+/// Reports a failed command on stderr in one line: `error: …`, or `{"error": "…"}` with
+/// `--json`.
+pub fn error(as_json: bool, message: &str) {
+    let line = if as_json {
+        serde_json::json!({ "error": message }).to_string()
+    } else {
+        format!("error: {}", escape(message))
+    };
+    crate::logging::eprint_line(&line);
+}
+
+/// A note on stderr for the person reading a table (stdout stays the data).
+pub fn hint(message: &str) {
+    crate::logging::eprint_line(&format!("hint: {message}"));
+}
+
+/// A list read with one row more than `limit` (ask for `limit + 1`): cut to `limit`, with a
+/// hint on stderr when rows were left out.
+pub fn cut<T>(mut rows: Vec<T>, limit: u32, what: &str) -> Vec<T> {
+    let limit_rows = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit_rows {
+        rows.truncate(limit_rows);
+        hint(&format!(
+            "showing the first {limit} {what}; more match (raise --limit to see them)"
+        ));
+    }
+    rows
+}
+
+/// Prints rows under a header, columns aligned, no borders; every cell escaped.
 pub fn table<const N: usize>(header: [&str; N], rows: impl IntoIterator<Item = [String; N]>) {
     let mut t = Table::new();
     t.load_style(NOTHING);
     t.set_header(header);
     for row in rows {
-        t.add_row(row);
+        t.add_row(row.map(|cell| escape(&cell).into_owned()));
     }
     outln!("{t}");
+}
+
+/// Characters that would act on a terminal instead of being shown: control characters
+/// (escape sequences, carriage returns, newlines that would break a table's row) and the
+/// bidirectional overrides that reorder what follows them.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text from a task or a command as a terminal should show it: each character that would
+/// act on the terminal written as an escape (`\u{1b}`, `\n`), so a title cannot move the
+/// cursor, recolour or hide what follows.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    escape_except(s, |_| false)
+}
+
+/// One line of a command's log: [`escape`], keeping tabs, which only indent.
+pub fn escape_log_line(s: &str) -> Cow<'_, str> {
+    escape_except(s, |c| c == '\t')
+}
+
+fn escape_except(s: &str, keep: fn(char) -> bool) -> Cow<'_, str> {
+    if !s.chars().any(|c| acts_on_terminal(c) && !keep(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if acts_on_terminal(c) && !keep(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Formats an optional value, `-` when absent.
@@ -94,7 +172,16 @@ pub fn clip(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::error_cell;
+    use super::{error_cell, escape, escape_log_line};
+
+    #[test]
+    fn what_acts_on_a_terminal_is_escaped() {
+        assert_eq!(escape("plain ünïcode 🐝"), "plain ünïcode 🐝");
+        assert_eq!(escape("red\u{1b}[31m"), "red\\u{1b}[31m");
+        assert_eq!(escape("a\nb\rc\td"), "a\\nb\\rc\\td");
+        assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(escape_log_line("col1\tcol2\u{7}"), "col1\tcol2\\u{7}");
+    }
 
     #[test]
     fn an_error_cell_is_its_first_line_shortened() {

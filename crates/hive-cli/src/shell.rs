@@ -34,10 +34,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use hive_client::{TaskContext, TaskError, TaskOutput};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::process_group::ProcessGroup;
 
 /// The task type this handler runs.
 pub const SHELL: &str = "shell";
@@ -72,17 +72,6 @@ fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
         return Err("invalid shell payload: `timeout_secs` must be at least 1".into());
     }
     Ok(p)
-}
-
-/// A child's process group, killed (SIGKILL) when this guard is dropped: on every way out of
-/// the handler, including the handler's future being dropped mid-run.
-struct ProcessGroup(Pid);
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        // ESRCH (the group is gone already) is the normal case after a clean exit.
-        let _ = killpg(self.0, Signal::SIGKILL);
-    }
 }
 
 /// Reads a pipe to its end, keeping the first [`MAX_LOG_BYTES`] bytes.
@@ -148,7 +137,7 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     let group = child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
-        .map(|pid| ProcessGroup(Pid::from_raw(pid)));
+        .map(ProcessGroup::new);
     if let Some(mut stdin) = child.stdin.take() {
         // A command that never reads its stdin must not block on it: written from a task
         // of its own, and a closed pipe is no error.
@@ -161,17 +150,21 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     let limit = payload
         .timeout_secs
         .map_or(Duration::MAX, Duration::from_secs);
-    // The run's own stop signal (its task's timeout passed) kills the group at once.
+    // The run's own stop signal (its task's timeout passed, or it was cancelled) kills the
+    // group at once, as the payload's `timeout_secs` does.
     let exited = tokio::select! {
         waited = tokio::time::timeout(limit, child.wait()) => {
-            waited.map_err(|_| payload.timeout_secs.unwrap_or_default())
+            waited.map_err(|_| format!(
+                "command timed out after {}s and was killed",
+                payload.timeout_secs.unwrap_or_default()
+            ))
         }
         () = ctx.cancelled() => {
-            drop(group);
-            return Err(TaskError::new("stopped: the run timed out or its task was cancelled"));
+            Err("stopped: the run timed out or its task was cancelled".to_owned())
         }
     };
-    // Whatever `sh` left running in its group goes with it; then the pipes reach their end.
+    // Whatever `sh` left running in its group goes with it; then the pipes reach their end,
+    // and what the command printed before it stopped is kept in every case.
     drop(group);
     let out = String::from_utf8_lossy(&stdout.await.unwrap_or_default()).into_owned();
     let log = format!(
@@ -180,12 +173,7 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     );
     let status = match exited {
         Ok(status) => status.map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?,
-        Err(secs) => {
-            return Err(
-                TaskError::new(format!("command timed out after {secs}s and was killed"))
-                    .with_log(log),
-            );
-        }
+        Err(stopped) => return Err(TaskError::new(stopped).with_log(log)),
     };
     match status.code() {
         Some(0) => match output(&output_path, &out) {

@@ -101,6 +101,28 @@ impl TaskStatus {
     pub const fn can_requeue(self) -> bool {
         !self.is_active()
     }
+
+    /// Whether an operator's retry moves a task in this status: one no worker holds that
+    /// is not in the queue already (a retry of a queued task would change nothing, and one
+    /// of a running task would take it from its worker).
+    pub const fn can_retry(self) -> bool {
+        self.can_requeue() && !matches!(self, Self::Queued)
+    }
+
+    /// [`TaskStatus::can_retry`], saying why a status is refused.
+    pub fn check_retry(self) -> Result<()> {
+        let why = match self {
+            Self::Queued => "they are in the queue already",
+            Self::Assigned | Self::InProgress => {
+                "a worker holds them (cancel the task first, or let it finish)"
+            }
+            _ => return Ok(()),
+        };
+        Err(Error::InvalidField {
+            field: "status".into(),
+            reason: format!("`{self}` tasks cannot be retried: {why}"),
+        })
+    }
 }
 
 /// A unit of work.

@@ -28,6 +28,8 @@ pub struct OpsConfig {
     pub plan_cache_ttl: Duration,
     /// Tasks deleted per statement by `prune_tasks`.
     pub prune_batch: u32,
+    /// Tasks read per page by `retry_tasks`, so a bulk retry never loads every match.
+    pub retry_batch: u32,
     /// Expired runs handled per reaper call.
     pub reap_batch: u32,
 }
@@ -43,6 +45,7 @@ impl Default for OpsConfig {
             max_snoozes: 50,
             plan_cache_ttl: Duration::from_secs(5),
             prune_batch: 1000,
+            retry_batch: 500,
             reap_batch: 500,
         }
     }

@@ -25,7 +25,7 @@ pub use hive_store as store;
 pub use plans::PlanSummary;
 pub use results::{PlanResults, SubtaskResult};
 pub use running::Claimed;
-pub use tasks::DEFAULT_QUEUED_LIMIT;
+pub use tasks::{DEFAULT_QUEUED_LIMIT, RetryReport, check_retry_filter};
 
 use hive_store::Store;
 

@@ -1,4 +1,4 @@
-//! Task operations: create, read, update status, delete, cancel, requeue, prune.
+//! Task operations: create, read, update status, delete, cancel, requeue, retry, prune.
 
 use std::time::Duration;
 
@@ -10,6 +10,28 @@ use crate::{Error, Ops, Result};
 /// How many tasks [`Ops::get_queued_tasks`] returns when no limit is given: the original
 /// package's default.
 pub const DEFAULT_QUEUED_LIMIT: u32 = 10;
+
+/// What [`Ops::retry_tasks`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetryReport {
+    /// Tasks put back in the queue.
+    pub retried: u64,
+    /// Tasks that matched but changed before their turn (another operator retried or
+    /// deleted them): left as they are.
+    pub skipped: u64,
+}
+
+/// Refuses a bulk retry whose filter could select tasks a retry must not move: it must
+/// name one status that [`TaskStatus::check_retry`] allows.
+pub fn check_retry_filter(filter: &TaskFilter) -> std::result::Result<(), hive_models::Error> {
+    match filter.status {
+        Some(status) => status.check_retry(),
+        None => Err(hive_models::Error::InvalidField {
+            field: "status".into(),
+            reason: "a bulk retry needs the status of the tasks to retry (e.g. `failed`)".into(),
+        }),
+    }
+}
 
 impl<S: Store + ?Sized> Ops<S> {
     /// Creates a task and returns its id (the first task's id when its idempotency key was
@@ -66,6 +88,56 @@ impl<S: Store + ?Sized> Ops<S> {
     pub async fn requeue_task(&self, id: TaskId) -> Result<bool> {
         let change = StatusChange::requeue();
         self.apply_status(id, change).await.map(|c| c.is_some())
+    }
+
+    /// An operator's retry: puts a task no worker holds, and that is not queued, back in
+    /// the queue for one more run (its attempts so far still count against `max_retries`).
+    /// `Ok(false)` for an unknown task; `Invalid` for a status [`TaskStatus::check_retry`]
+    /// refuses.
+    pub async fn retry_task(&self, id: TaskId) -> Result<bool> {
+        let Some(task) = self.store.get_task(id).await? else {
+            return Ok(false);
+        };
+        task.status.check_retry()?;
+        self.requeue_task(id).await
+    }
+
+    /// Retries every task matching `filter` (which must name a status a retry moves, see
+    /// [`check_retry_filter`]) as the tasks stood when the call began, reading
+    /// `retry_batch` at a time: a task that fails again meanwhile is not retried twice, and
+    /// a million matches are never loaded at once. `filter.limit` caps the total.
+    pub async fn retry_tasks(&self, filter: &TaskFilter) -> Result<RetryReport> {
+        check_retry_filter(filter)?;
+        let now = self.store.now().await?;
+        let as_of = filter.updated_not_after.map_or(now, |t| t.min(now));
+        let page = self.config.retry_batch.max(1);
+        let mut left = filter.limit.unwrap_or(u32::MAX);
+        let mut report = RetryReport::default();
+        while left > 0 {
+            let want = left.min(page);
+            let batch = self
+                .store
+                .list_tasks(&TaskFilter {
+                    updated_not_after: Some(as_of),
+                    limit: Some(want),
+                    ..filter.clone()
+                })
+                .await?;
+            for task in &batch {
+                // Each retried task leaves the filter's status, so the next page starts
+                // after it. One deleted or queued again since it was read is skipped.
+                match self.apply_status(task.id, StatusChange::requeue()).await {
+                    Ok(Some(c)) if c.previous != TaskStatus::Queued => report.retried += 1,
+                    Ok(_) | Err(Error::Invalid(_)) => report.skipped += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            if batch.len() < want as usize {
+                break;
+            }
+            left -= want;
+        }
+        Ok(report)
     }
 
     /// Cancels a task (and, transitively, the tasks that depend on it). A worker holding it

@@ -1,6 +1,6 @@
 //! Worker operations: register, heartbeat, list the active ones, unregister.
 
-use hive_models::{Json, Worker, WorkerId, WorkerStatus};
+use hive_models::{Json, TaskId, Worker, WorkerId, WorkerStatus};
 use hive_store::{Store, WorkerFilter, WorkerRegistration, WorkerStatusChange};
 
 use crate::{Ops, Result};
@@ -98,7 +98,13 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Removes a worker; the tasks it was running go back to the queue without using up a
     /// retry. False for an unknown worker.
     pub async fn unregister_worker(&self, worker_id: &str) -> Result<bool> {
+        Ok(self.remove_worker(worker_id).await?.is_some())
+    }
+
+    /// [`Ops::unregister_worker`], returning the tasks that went back to the queue; `None`
+    /// for an unknown worker.
+    pub async fn remove_worker(&self, worker_id: &str) -> Result<Option<Vec<TaskId>>> {
         let id = WorkerId::parse(worker_id)?;
-        Ok(self.store.unregister_worker(&id).await?.is_some())
+        Ok(self.store.unregister_worker(&id).await?)
     }
 }

@@ -20,6 +20,7 @@ fn ops(store: Arc<dyn Store>) -> O {
             .without_jitter(),
         max_payload_bytes: 1024,
         prune_batch: 3,
+        retry_batch: 3,
         ..OpsConfig::default()
     };
     Ops::with_config(store, config)
@@ -46,6 +47,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     update_task_status_semantics,
     queued_tasks_in_order,
     delete_and_prune,
+    retry_one_task_or_every_match,
     worker_lifecycle,
     plan_validation_names_ids,
     plan_operations,
@@ -213,6 +215,90 @@ async fn delete_and_prune(o: O) {
     assert_eq!(count_all(&o).await, 0);
 }
 
+/// Creates `n` tasks of `task_type` that may not retry, claims them and fails them all.
+async fn failed_tasks(o: &O, task_type: &str, n: usize) -> Vec<hive_models::TaskId> {
+    let new = (0..n)
+        .map(|i| NewTask::new(format!("{task_type}{i}"), task_type).max_retries(0))
+        .collect();
+    let ids = o.create_tasks(new).await.unwrap();
+    let types = [task_type.to_owned()];
+    let claims = o
+        .claim_tasks(&worker("w"), &types, 100, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), n);
+    for c in &claims {
+        o.fail_task(c.run.id, "boom").await.unwrap();
+    }
+    ids
+}
+
+async fn retry_one_task_or_every_match(o: O) {
+    let early = failed_tasks(&o, "x", 7).await;
+    let moment = o.store().now().await.unwrap();
+    while o.store().now().await.unwrap() <= moment {
+        tokio::task::yield_now().await;
+    }
+    let late = failed_tasks(&o, "x", 2).await;
+    let others = failed_tasks(&o, "y", 2).await;
+    let failed_x = hive_store::TaskFilter {
+        status: Some(TaskStatus::Failed),
+        task_type: Some("x".into()),
+        ..Default::default()
+    };
+    // As the tasks stood at `moment`: the seven early ones, in pages of three.
+    let report = o
+        .retry_tasks(&hive_store::TaskFilter {
+            updated_not_after: Some(moment),
+            ..failed_x.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.retried, report.skipped), (7, 0));
+    for id in &early {
+        assert_eq!(
+            o.get_task(*id).await.unwrap().unwrap().status,
+            TaskStatus::Queued
+        );
+    }
+    // A limit caps the total; the rest stay failed.
+    let capped = hive_store::TaskFilter {
+        limit: Some(1),
+        ..failed_x
+    };
+    assert_eq!(o.retry_tasks(&capped).await.unwrap().retried, 1);
+    assert_eq!(o.retry_tasks(&capped).await.unwrap().retried, 1);
+    assert_eq!(o.retry_tasks(&capped).await.unwrap().retried, 0);
+    for id in late {
+        assert_eq!(
+            o.get_task(id).await.unwrap().unwrap().status,
+            TaskStatus::Queued
+        );
+    }
+    // One task: moved once; a queued or unknown one is refused or reported missing.
+    assert!(o.retry_task(others[0]).await.unwrap());
+    let again = o.retry_task(others[0]).await.unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .contains("`queued` tasks cannot be retried"),
+        "{again}"
+    );
+    assert!(!o.retry_task(hive_models::TaskId::new()).await.unwrap());
+    assert_eq!(
+        o.get_task(others[1]).await.unwrap().unwrap().status,
+        TaskStatus::Failed
+    );
+    for status in [None, Some(TaskStatus::Queued), Some(TaskStatus::InProgress)] {
+        let filter = hive_store::TaskFilter {
+            status,
+            ..Default::default()
+        };
+        let e = o.retry_tasks(&filter).await.unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{status:?}: {e}");
+    }
+}
+
 async fn worker_lifecycle(o: O) {
     assert!(
         o.register_worker("deployer-1", "deployer", vec!["k8s".into()])
@@ -275,7 +361,7 @@ async fn worker_lifecycle(o: O) {
     assert_eq!(o.get_active_workers(None).await.unwrap().len(), 1);
     let t = o.create_task(NewTask::new("t", "x")).await.unwrap();
     claim(&o, "deployer-1", LEASE).await;
-    assert!(o.unregister_worker("deployer-1").await.unwrap());
+    assert_eq!(o.remove_worker("deployer-1").await.unwrap(), Some(vec![t]));
     assert!(!o.unregister_worker("deployer-1").await.unwrap());
     let task = o.get_task(t).await.unwrap().unwrap();
     assert_eq!(

@@ -160,6 +160,7 @@ impl Store for MemoryStore {
                 && f.task_type.as_ref().is_none_or(|ty| &t.task_type == ty)
                 && f.plan_id.is_none_or(|p| t.plan_id == Some(p))
                 && (!f.ready_only || t.is_ready_at(at))
+                && f.updated_not_after.is_none_or(|b| t.updated_at <= b)
         };
         if f.ready_only {
             return Ok(s

@@ -49,6 +49,9 @@ pub struct TaskFilter {
     /// Only tasks claimable now: queued, all dependencies completed, `run_at` reached
     /// (on the database clock).
     pub ready_only: bool,
+    /// Only tasks last changed (`updated_at`) at or before this time: a bulk change pages
+    /// through the tasks as they stood when it began, and never meets a task it changed.
+    pub updated_not_after: Option<Timestamp>,
     /// At most this many rows (`None`: all).
     pub limit: Option<u32>,
 }

@@ -8,7 +8,8 @@ use hive_store::testing::workflows::*;
 
 hive_store::per_backend!(hive_store::testing::TestStore::run =>
     insert_and_get_round_trip, strings_stored_verbatim, queue_order_priority_then_age,
-    idempotency_key_returns_first_id, list_filters, count_tasks_per_status,
+    idempotency_key_returns_first_id, list_filters, list_as_of_a_moment,
+    count_tasks_per_status,
     set_status_follows_transition_table, set_status_unknown_task_is_none,
     requeue_from_terminal, metadata_merges, delete_cascades_runs, prune_in_batches,
     claim_opens_run_and_respects_types, delayed_task_not_claimable_early,

@@ -8,6 +8,7 @@ use clap::Args;
 use hive_client::{Client, NewPlan, PlanStatus, SubTask, TaskContext, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::signals::Interrupts;
 use crate::{Context, output};
 
 #[derive(Args)]
@@ -72,17 +73,22 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         schema: hive_client::store::SchemaPolicy::MigrateIfOwned,
         ..Default::default()
     };
+    // Ctrl-C stops the workers and reports the demo as interrupted.
+    let mut interrupts = Interrupts::install()?;
     let client = Client::connect_with(&url, &options, Default::default()).await?;
     let plan = generate(args.subtasks);
     let started = Instant::now();
     let plan_id = client.submit_plan(plan).await?;
-    output::outln!(
-        "submitted plan {plan_id} ({} subtasks) on {}",
-        args.subtasks,
-        hive_client::store::DatabaseUrl::new(&url)
-    );
+    if !ctx.json {
+        output::outln!(
+            "submitted plan {plan_id} ({} subtasks) on {}",
+            args.subtasks,
+            hive_client::store::DatabaseUrl::new(&url)
+        );
+    }
 
     let mut workers = Vec::new();
+    let mut stops = Vec::new();
     for w in 0..args.workers {
         let worker = client
             .worker(format!("demo-{w}"))
@@ -90,19 +96,39 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
             .task_types(["demo"])
             .concurrency(4)
             .exit_when_idle(true)
-            .poll_interval(Duration::from_millis(50));
+            .poll_interval(Duration::from_millis(50))
+            .handle_signals(false);
+        stops.push(worker.shutdown_handle());
         workers.push(tokio::spawn(worker.run(simulated_work)));
     }
-    let bar = ProgressBar::new(u64::from(args.subtasks));
+    let total = u64::from(args.subtasks);
+    let bar = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
     bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} tasks  {per_sec}  {elapsed}",
+        "{wide_bar} {pos}/{len} tasks  {msg}",
     )?);
+    let mut interrupted = false;
     while workers.iter().any(|w| !w.is_finished()) {
         // The counters only: reading the whole plan each time costs its size.
         if let Some(p) = client.plan_progress(plan_id).await? {
-            bar.set_position(u64::from(p.completed));
+            let done = u64::from(p.completed);
+            bar.set_position(done);
+            bar.set_message(Pace::new(done, total, started.elapsed()).bar_text());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = interrupts.next() => {
+                if interrupted {
+                    // A second Ctrl-C does not wait for the workers' grace.
+                    std::process::exit(130);
+                }
+                interrupted = true;
+                stops.iter().for_each(hive_client::ShutdownHandle::shutdown);
+            }
+        }
     }
     for w in workers {
         w.await??;
@@ -112,19 +138,105 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         .get_plan(plan_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("plan `{plan_id}` vanished"))?;
-    bar.set_position(u64::from(plan.completed_subtasks));
-    bar.finish_and_clear();
-    let secs = elapsed.as_secs_f64();
-    output::outln!(
-        "{} tasks in {secs:.2}s ({:.1} tasks/s) with {} workers",
-        plan.completed_subtasks,
-        f64::from(plan.completed_subtasks) / secs.max(1e-9),
-        args.workers
-    );
-    output::outln!("plan {plan_id}: {}", plan.status);
-    Ok(if plan.status == PlanStatus::Completed {
+    // The bar's last frame and the summary show the same numbers.
+    let pace = Pace::new(u64::from(plan.completed_subtasks), total, elapsed);
+    bar.set_position(pace.done);
+    bar.set_message(pace.bar_text());
+    bar.abandon();
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "plan_id": plan_id,
+            "status": plan.status,
+            "completed": pace.done,
+            "total": total,
+            "seconds": elapsed.as_secs_f64(),
+            "tasks_per_sec": pace.rate(),
+            "workers": args.workers,
+            "interrupted": interrupted,
+        }))?;
+    } else {
+        let what = if interrupted {
+            format!("interrupted: {} of {total} tasks", pace.done)
+        } else {
+            format!("{} tasks", pace.done)
+        };
+        output::outln!(
+            "{what} in {:.2}s ({:.1} tasks/s) with {} workers",
+            elapsed.as_secs_f64(),
+            pace.rate(),
+            args.workers
+        );
+        output::outln!("plan {plan_id}: {}", plan.status);
+    }
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else if plan.status == PlanStatus::Completed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How far a demo is and how fast it goes: tasks done over the time since it started, the
+/// one rate both the bar and the summary show.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    done: u64,
+    total: u64,
+    elapsed: Duration,
+}
+
+impl Pace {
+    fn new(done: u64, total: u64, elapsed: Duration) -> Self {
+        Pace {
+            done,
+            total,
+            elapsed,
+        }
+    }
+
+    /// Tasks per second since the start.
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// `12.3 tasks/s  elapsed 4.0s  ETA 1.5s`: the ETA at the rate so far (`-` before the
+    /// first task is done).
+    fn bar_text(&self) -> String {
+        let left = self.total.saturating_sub(self.done);
+        let eta = if left == 0 {
+            "0.0s".to_owned()
+        } else if self.done == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}s", left as f64 / self.rate())
+        };
+        format!(
+            "{:.1} tasks/s  elapsed {:.1}s  ETA {eta}",
+            self.rate(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_labels_elapsed_and_eta_at_the_summary_rate() {
+        let pace = Pace::new(50, 200, Duration::from_secs(10));
+        assert_eq!(pace.rate(), 5.0);
+        assert_eq!(pace.bar_text(), "5.0 tasks/s  elapsed 10.0s  ETA 30.0s");
+        assert!(
+            Pace::new(0, 200, Duration::ZERO)
+                .bar_text()
+                .ends_with("ETA -")
+        );
+        assert!(
+            Pace::new(200, 200, Duration::from_secs(4))
+                .bar_text()
+                .ends_with("ETA 0.0s")
+        );
+    }
 }

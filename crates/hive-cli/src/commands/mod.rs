@@ -15,10 +15,12 @@ use crate::{Context, output};
 pub async fn migrate(ctx: &Context) -> anyhow::Result<ExitCode> {
     ctx.client_with(hive_client::store::SchemaPolicy::Migrate)
         .await?;
-    output::outln!(
-        "migrated {}",
-        hive_client::store::DatabaseUrl::new(&ctx.database_url)
-    );
+    let url = hive_client::store::DatabaseUrl::new(&ctx.database_url).to_string();
+    output::report(
+        ctx.json,
+        &serde_json::json!({ "migrated": url }),
+        format_args!("migrated {url}"),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

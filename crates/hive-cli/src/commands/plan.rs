@@ -7,36 +7,45 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use hive_client::PlanId;
 
+use crate::args::{self, plan_id};
 use crate::{Context, output, planfile, shell};
 
 #[derive(Subcommand)]
 pub enum PlanCommand {
     /// Create a plan and its subtasks from a JSON or TOML file (`-`: standard input);
     /// prints the plan id.
-    Submit { file: PathBuf },
+    Submit {
+        /// The plan file (`.json` or `.toml`; `-` reads standard input).
+        file: PathBuf,
+    },
     /// Status and progress of a plan, and each subtask: status, attempts, duration, worker,
     /// dependencies and the first line of its error.
-    Status { id: String },
+    Status {
+        /// The plan's id.
+        id: String,
+    },
     /// Every subtask's status and output, and the plan's result (its final subtasks'
     /// outputs); `--json` for the whole record.
-    Results { id: String },
+    Results {
+        /// The plan's id.
+        id: String,
+    },
     /// List plans, newest first.
     List {
+        /// Show at most this many (stderr says when more match).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Cancel a plan and its open subtasks.
-    Cancel { id: String },
+    Cancel {
+        /// The plan's id.
+        id: String,
+    },
 }
 
 /// `x`, or the error an unknown plan gets.
 fn found<T>(x: Option<T>, id: PlanId) -> anyhow::Result<T> {
     x.ok_or_else(|| anyhow!("plan `{id}` not found"))
-}
-
-fn plan_id(s: &str) -> anyhow::Result<PlanId> {
-    s.parse()
-        .map_err(|e: hive_client::models::Error| anyhow!(e))
 }
 
 pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
@@ -67,7 +76,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 output::outln!(
                     "plan {} — {}\nstatus: {}\nprogress: {:.1}% ({} of {} completed, {} failed, {} cancelled)\n",
                     p.id,
-                    p.title,
+                    output::escape(&p.title),
                     p.status,
                     summary.progress_percent,
                     p.completed_subtasks,
@@ -87,7 +96,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 output::outln!(
                     "plan {} — {}\nstatus: {}\n",
                     results.plan_id,
-                    results.title,
+                    output::escape(&results.title),
                     results.status
                 );
                 output::table(
@@ -109,7 +118,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PlanCommand::List { limit } => {
-            let plans = ctx.client().await?.list_plans(None, Some(limit)).await?;
+            args::check_limit(limit)?;
+            let plans = ctx
+                .client()
+                .await?
+                .list_plans(None, Some(limit.saturating_add(1)))
+                .await?;
+            let plans = output::cut(plans, limit, "plans");
             if ctx.json {
                 output::json(&plans)?;
             } else {
@@ -135,7 +150,11 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             if !client.cancel_plan(id).await? {
                 anyhow::bail!("plan `{id}` is already {}", plan.status);
             }
-            output::outln!("plan {id} cancelled");
+            output::report(
+                ctx.json,
+                &serde_json::json!({ "id": id, "status": hive_client::PlanStatus::Cancelled }),
+                format_args!("plan {id} cancelled"),
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

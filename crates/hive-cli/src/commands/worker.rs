@@ -1,186 +1,135 @@
-//! `hive worker …`
+//! `hive worker …`: list the registry (a worker whose heartbeat is stale shows as `stale`),
+//! remove a worker, or run one.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Subcommand;
-use hive_client::WorkerBuilder;
+use hive_client::Worker;
+use serde::Serialize;
 
-use crate::{Context, output, shell};
+use crate::{Context, output};
+
+mod run;
 
 #[derive(Subcommand)]
 pub enum WorkerCommand {
-    /// List registered workers.
+    /// List registered workers; an active or idle worker whose heartbeat is older than the
+    /// heartbeat timeout (30 s) shows as `stale`, and `hive status` does not count it.
     List {
+        /// Only workers of this role.
         #[arg(long)]
         role: Option<String>,
     },
-    /// Run a worker with the built-in `shell` handler until Ctrl-C (or idle).
-    Run {
+    /// Run a worker with the built-in `shell` handler until Ctrl-C or SIGTERM (or idle);
+    /// a second Ctrl-C stops it at once.
+    Run(run::RunArgs),
+    /// Remove a worker from the registry; the tasks it held go back to the queue. A worker
+    /// whose heartbeat is fresh is refused unless --force.
+    Unregister {
+        /// The worker's id.
+        id: String,
+        /// Remove it even though its heartbeat is fresh (its runs then end stale).
         #[arg(long)]
-        role: String,
-        /// Task types to claim (repeatable); default `shell`.
-        #[arg(long = "type")]
-        types: Vec<String>,
-        /// The worker's name; default `ROLE-HOST-PID`.
-        #[arg(long)]
-        id: Option<String>,
-        #[arg(long, default_value_t = 4)]
-        concurrency: u32,
-        /// Each claimed task's lease; heartbeats renew it (default 10: a killed worker's
-        /// task is taken back within about 12 s).
-        #[arg(long, default_value_t = 10)]
-        lease_secs: u64,
-        /// Exit 0 once nothing is ready, running or waiting to retry.
-        #[arg(long)]
-        exit_when_idle: bool,
-        #[command(flatten)]
-        intervals: Intervals,
+        force: bool,
     },
 }
 
-/// The worker's background intervals; each defaults to the runtime's default.
-#[derive(clap::Args)]
-pub struct Intervals {
-    /// How often to heartbeat, extending held leases (default: a third of the lease).
-    #[arg(long, value_name = "MS")]
-    heartbeat_ms: Option<u64>,
-    /// How often to take back expired leases (default 2000).
-    #[arg(long, value_name = "MS")]
-    reap_interval_ms: Option<u64>,
-    /// Longest wait between claims when no wake-up arrives (default 1000).
-    #[arg(long, value_name = "MS")]
-    poll_ms: Option<u64>,
-    /// After Ctrl-C or SIGTERM, how long running tasks may finish before they are stopped
-    /// (their commands killed) and given back to the queue (default 10).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    shutdown_grace: Option<Duration>,
-    /// How long a run may last when its task sets no timeout; past it the command is
-    /// killed and the run ends `timeout` (default: no limit).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    task_timeout: Option<Duration>,
+/// A worker as listed: its row and whether its heartbeat is fresh.
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    worker: &'a Worker,
+    alive: bool,
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .and_then(|v| Duration::try_from_secs_f64(v).ok())
-        .ok_or_else(|| format!("`{s}` is not a number of seconds"))
-}
-
-impl Intervals {
-    fn apply(&self, mut worker: WorkerBuilder) -> WorkerBuilder {
-        if let Some(ms) = self.heartbeat_ms {
-            worker = worker.heartbeat_interval(Duration::from_millis(ms));
+impl Listed<'_> {
+    /// Its status, or `stale` for a worker that says it takes work but has gone silent.
+    /// Its status (`stale` when it claims to be active but is silent), with why it is in
+    /// it when that was said (`error: disk full`).
+    fn status(&self) -> String {
+        if self.worker.is_active() && !self.alive {
+            return "stale".into();
         }
-        if let Some(ms) = self.reap_interval_ms {
-            worker = worker.reap_interval(Duration::from_millis(ms));
+        match &self.worker.status_reason {
+            Some(r) => format!(
+                "{}: {}",
+                self.worker.status,
+                output::error_cell(Some(r), 40)
+            ),
+            None => self.worker.status.to_string(),
         }
-        if let Some(ms) = self.poll_ms {
-            worker = worker.poll_interval(Duration::from_millis(ms));
-        }
-        if let Some(grace) = self.shutdown_grace {
-            worker = worker.shutdown_grace(grace);
-        }
-        if let Some(limit) = self.task_timeout {
-            worker = worker.task_timeout(limit);
-        }
-        worker
     }
 }
 
 pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        WorkerCommand::List { role } => {
-            let client = ctx.client().await?;
-            let workers = client.list_workers(role.as_deref()).await?;
-            if ctx.json {
-                output::json(&workers)?;
-            } else {
-                output::table(
-                    ["ID", "ROLE", "STATUS", "LAST HEARTBEAT", "CAPABILITIES"],
-                    workers.iter().map(|w| {
-                        [
-                            w.id.to_string(),
-                            w.role.clone(),
-                            // Why it is in that status, when it was said (`error: disk full`).
-                            match &w.status_reason {
-                                Some(r) => {
-                                    format!("{}: {}", w.status, output::error_cell(Some(r), 40))
-                                }
-                                None => w.status.to_string(),
-                            },
-                            w.last_heartbeat.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            w.capabilities.join(","),
-                        ]
-                    }),
-                );
-            }
-        }
-        WorkerCommand::Run {
-            role,
-            types,
-            id,
-            concurrency,
-            lease_secs,
-            exit_when_idle,
-            intervals,
-        } => {
-            if lease_secs == 0 {
-                anyhow::bail!("--lease-secs must be at least 1");
-            }
-            if let Some(ms) = intervals.heartbeat_ms
-                && ms.saturating_mul(2) > lease_secs.saturating_mul(1000)
-            {
-                anyhow::bail!(
-                    "--heartbeat-ms {ms} is not well under --lease-secs {lease_secs}: a heartbeat \
-                     must come at least twice per lease, or this worker's tasks expire while it \
-                     runs them and start again elsewhere"
-                );
-            }
-            let types = if types.is_empty() {
-                vec![shell::SHELL.to_owned()]
-            } else {
-                types
-            };
-            if let Some(t) = types.iter().find(|t| t.as_str() != shell::SHELL) {
-                anyhow::bail!(
-                    "`hive worker run` has no handler for task type `{t}`; it runs `{}` tasks \
-                     (write a worker with the SDK for other types)",
-                    shell::SHELL
-                );
-            }
-            let id = id.unwrap_or_else(|| format!("{role}-{}-{}", hostname(), std::process::id()));
-            // A worker started before its database (or during an outage) waits for it.
-            // A worker serves a database that exists: it creates neither the file nor the
-            // schema, so a wrong path fails at once instead of waiting on an empty database.
-            let options = hive_client::ConnectOptions {
-                schema: hive_client::store::SchemaPolicy::Existing,
-                ..Default::default()
-            };
-            let client = hive_client::ConnectRetry::default()
-                .connect_with(&ctx.database_url, &options, Default::default())
-                .await?;
-            let worker = client
-                .worker(id.clone())
-                .role(role)
-                .capabilities(types.clone())
-                .task_types(types)
-                .concurrency(concurrency)
-                .lease(Duration::from_secs(lease_secs))
-                .exit_when_idle(exit_when_idle);
-            let report = intervals.apply(worker).run(shell::handle).await?;
-            crate::logging::eprint_line(&format!(
-                "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
-                report.completed, report.failed, report.retried, report.stale, report.released
-            ));
-        }
+        WorkerCommand::List { role } => list(ctx, role.as_deref()).await?,
+        WorkerCommand::Run(a) => run::run(ctx, a).await?,
+        WorkerCommand::Unregister { id, force } => unregister(ctx, &id, force).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into())
+async fn list(ctx: &Context, role: Option<&str>) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    let workers = client.list_workers(role).await?;
+    // The one rule for "alive", the one `hive status` counts by.
+    let alive: HashSet<_> = client
+        .get_active_workers(role)
+        .await?
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    let listed: Vec<Listed<'_>> = workers
+        .iter()
+        .map(|worker| Listed {
+            worker,
+            alive: alive.contains(&worker.id),
+        })
+        .collect();
+    if ctx.json {
+        return output::json(&listed);
+    }
+    output::table(
+        ["ID", "ROLE", "STATUS", "LAST HEARTBEAT", "CAPABILITIES"],
+        listed.iter().map(|l| {
+            [
+                l.worker.id.to_string(),
+                l.worker.role.clone(),
+                l.status(),
+                l.worker
+                    .last_heartbeat
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
+                l.worker.capabilities.join(","),
+            ]
+        }),
+    );
+    Ok(())
+}
+
+async fn unregister(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> {
+    let worker_id = hive_client::WorkerId::parse(id)?;
+    let client = ctx.client().await?;
+    if !force {
+        let alive = client.get_active_workers(None).await?;
+        if alive.iter().any(|w| w.id == worker_id) {
+            anyhow::bail!(
+                "worker `{worker_id}` is alive (its heartbeat is fresh); stop it instead, or \
+                 pass --force to remove it anyway"
+            );
+        }
+    }
+    let Some(requeued) = client.remove_worker(worker_id.as_str()).await? else {
+        anyhow::bail!("worker `{worker_id}` not found");
+    };
+    output::report(
+        ctx.json,
+        &serde_json::json!({ "id": worker_id, "requeued": requeued }),
+        format_args!(
+            "worker {worker_id} unregistered; {} task(s) back in the queue",
+            requeued.len()
+        ),
+    )
 }

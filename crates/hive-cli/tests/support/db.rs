@@ -34,6 +34,16 @@ impl Db {
         )
     }
 
+    /// Runs a command whatever its outcome: whether it succeeded, its stdout and stderr.
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.hive().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
@@ -123,6 +133,13 @@ fn succeeded(args: &[&str], out: std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `hive task create --title TITLE --type TYPE` followed by `more`.
+pub fn create_task<'a>(title: &'a str, task_type: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["task", "create", "--title", title, "--type", task_type];
+    args.extend_from_slice(more);
+    args
 }
 
 /// `hive task create` of a shell task titled `t` with this payload.

@@ -246,8 +246,8 @@ pub(super) struct Timeouts {
 /// Why a handler call ended.
 enum Ended<T> {
     Returned(T),
-    /// Its timeout passed; whether it returned within the grace once told to stop.
-    TimedOut(Duration, bool),
+    /// Its timeout passed; what it returned within the grace once told to stop, if it did.
+    TimedOut(Duration, Option<T>),
     /// Its task was cancelled; whatever it reports is stale.
     Cancelled(bool),
 }
@@ -310,7 +310,7 @@ pub(super) async fn run_one(
         First::Returned(r) => Ended::Returned(r),
         First::Expired => {
             let _ = stop.send(true);
-            let returned = tokio::time::timeout(limits.grace, &mut fut).await.is_ok();
+            let returned = tokio::time::timeout(limits.grace, &mut fut).await.ok();
             Ended::TimedOut(timeout.unwrap_or_default(), returned)
         }
         First::Cancelled => {
@@ -323,11 +323,14 @@ pub(super) async fn run_one(
     // group dies with it).
     let finished = match ended {
         Ended::Returned(r) => Ok(r),
-        Ended::TimedOut(limit, returned) => Err((Some(limit), returned)),
-        Ended::Cancelled(returned) => Err((None, returned)),
+        // A handler that returned once told to stop keeps the log it printed until then.
+        Ended::TimedOut(limit, returned) => {
+            Err((Some(limit), returned.is_some(), returned.and_then(log_of)))
+        }
+        Ended::Cancelled(returned) => Err((None, returned, None)),
     };
     let (outcome, output_log) = match finished {
-        Err((limit, returned)) => {
+        Err((limit, returned, log)) => {
             let how = if returned {
                 "the handler stopped"
             } else {
@@ -339,7 +342,7 @@ pub(super) async fn run_one(
                         error: format!("timed out after {}; {how}", humanize(limit)),
                         retry: Some(retry),
                     },
-                    None,
+                    log,
                 ),
                 // The store closed the run when the task was cancelled: this report is
                 // stale, and only tells the completer the slot is free.
@@ -401,6 +404,17 @@ pub(super) async fn run_one(
         output_log,
     };
     let _ = done.send(Done { outcome });
+}
+
+/// The output log of what a handler returned, whether it succeeded or failed.
+fn log_of<E>(
+    returned: std::result::Result<std::result::Result<TaskOutput, TaskError>, E>,
+) -> Option<String> {
+    match returned {
+        Ok(Ok(out)) => out.log,
+        Ok(Err(e)) => e.log,
+        Err(_) => None,
+    }
 }
 
 /// `90s`, `1.5s`: a duration as an operator reads it.

@@ -41,6 +41,26 @@ fn terminal_statuses_only_leave_by_requeue() {
 }
 
 #[test]
+fn a_retry_moves_only_tasks_no_worker_holds_and_not_queued() {
+    for s in TaskStatus::ALL {
+        let allowed = !matches!(
+            s,
+            TaskStatus::Queued | TaskStatus::Assigned | TaskStatus::InProgress
+        );
+        assert_eq!(s.can_retry(), allowed, "{s}");
+        assert_eq!(s.check_retry().is_ok(), allowed, "{s}");
+    }
+    let err = TaskStatus::InProgress
+        .check_retry()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`in_progress`") && err.contains("worker holds"),
+        "{err}"
+    );
+}
+
+#[test]
 fn illegal_transition_names_both_ends() {
     let err = TaskStatus::Completed
         .check_transition(TaskStatus::InProgress)

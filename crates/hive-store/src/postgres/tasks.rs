@@ -241,6 +241,7 @@ impl PostgresStore {
                AND ($3::uuid IS NULL OR t.plan_id = $3::uuid) \
                AND (NOT $4::bool OR (t.status = 'queued' AND t.pending_deps = 0 \
                     AND (t.run_at IS NULL OR t.run_at <= now()))) \
+               AND ($6::timestamptz IS NULL OR t.updated_at <= $6::timestamptz) \
              ORDER BY t.priority DESC, t.seq LIMIT $5::bigint"
         ))
         .bind(f.status.map(TaskStatus::as_str))
@@ -248,6 +249,7 @@ impl PostgresStore {
         .bind(f.plan_id.map(|p| p.0))
         .bind(f.ready_only)
         .bind(f.limit.map(i64::from))
+        .bind(f.updated_not_after)
         .fetch_all(&self.pool)
         .await?;
         found.iter().map(rows::task).collect()

@@ -215,6 +215,9 @@ pub(super) async fn list(c: &mut Conn, f: &TaskFilter) -> R<Vec<hive_models::Tas
             ")"
         ));
     }
+    if let Some(at) = f.updated_not_after {
+        b.push(" AND t.updated_at <= ").push_bind(us(at));
+    }
     b.push(" ORDER BY t.priority DESC, t.seq");
     if let Some(l) = f.limit {
         b.push(" LIMIT ").push_bind(i64::from(l));

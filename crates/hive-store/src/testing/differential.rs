@@ -966,6 +966,7 @@ impl Side {
                     task_type: task_type.map(|t| TASK_TYPES[t].to_owned()),
                     plan_id: plan.and_then(|p| self.plan(p)),
                     ready_only: *ready_only,
+                    updated_not_after: None,
                     limit: *limit,
                 };
                 match s.list_tasks(&filter).await {

@@ -232,6 +232,34 @@ pub async fn list_filters(s: S) {
     assert_eq!(running[0].id, a);
 }
 
+/// `updated_not_after` lists the tasks as they stood at a moment: one changed after it is
+/// left out, one changed at or before it is in, whatever the clock's resolution.
+pub async fn list_as_of_a_moment(s: S) {
+    let kept = create(&s, "kept", 1).await;
+    let changed = create(&s, "changed", 1).await;
+    let moment = s.now().await.unwrap();
+    // The next change is stamped strictly later than the moment on every backend's clock.
+    while s.now().await.unwrap() <= moment {
+        tokio::task::yield_now().await;
+    }
+    set_status(&*s, changed, TaskStatus::Cancelled).await;
+    let as_of = TaskFilter {
+        updated_not_after: Some(moment),
+        ..Default::default()
+    };
+    assert_eq!(listed(&*s, as_of.clone()).await, vec![kept]);
+    let cancelled_then = TaskFilter {
+        status: Some(TaskStatus::Cancelled),
+        ..as_of
+    };
+    assert!(listed(&*s, cancelled_then).await.is_empty());
+    let now = TaskFilter {
+        updated_not_after: Some(s.now().await.unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(listed(&*s, now).await, vec![kept, changed]);
+}
+
 pub async fn count_tasks_per_status(s: S) {
     for i in 0..4 {
         create(&s, &format!("t{i}"), 1).await;

@@ -1,0 +1,220 @@
+//! `hive worker run`: the built-in `shell` worker. It logs a start line and one line per
+//! failed run; Ctrl-C or SIGTERM stops it gracefully, a second one at once.
+
+use std::time::Duration;
+
+use clap::Args;
+use hive_client::{TaskContext, TaskError, TaskOutput, WorkerBuilder};
+
+use crate::signals::Interrupts;
+use crate::{Context, logging, output, process_group, shell};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The worker's role, shown in the registry.
+    #[arg(long)]
+    role: String,
+    /// Task types to claim (repeatable); default `shell`, the only type this worker runs.
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// The worker's name; default `ROLE-HOST-PID`.
+    #[arg(long)]
+    id: Option<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// Each claimed task's lease; heartbeats renew it (default 10: a killed worker's
+    /// task is taken back within about 12 s).
+    #[arg(long, default_value_t = 10)]
+    lease_secs: u64,
+    /// Exit 0 once nothing is ready, running or waiting to retry.
+    #[arg(long)]
+    exit_when_idle: bool,
+    #[command(flatten)]
+    intervals: Intervals,
+}
+
+/// The worker's background intervals; each defaults to the runtime's default.
+#[derive(clap::Args)]
+pub struct Intervals {
+    /// How often to heartbeat, extending held leases (default: a third of the lease).
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+    /// How often to take back expired leases (default 2000).
+    #[arg(long, value_name = "MS")]
+    reap_interval_ms: Option<u64>,
+    /// Longest wait between claims when no wake-up arrives (default 1000).
+    #[arg(long, value_name = "MS")]
+    poll_ms: Option<u64>,
+    /// After Ctrl-C or SIGTERM, how long running tasks may finish before they are stopped
+    /// (their commands killed) and given back to the queue (default 10).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    shutdown_grace: Option<Duration>,
+    /// How long a run may last when its task sets no timeout; past it the command is
+    /// killed and the run ends `timeout` (default: no limit).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    task_timeout: Option<Duration>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("`{s}` is not a number of seconds"))
+}
+
+impl Intervals {
+    fn apply(&self, mut worker: WorkerBuilder) -> WorkerBuilder {
+        if let Some(ms) = self.heartbeat_ms {
+            worker = worker.heartbeat_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.reap_interval_ms {
+            worker = worker.reap_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.poll_ms {
+            worker = worker.poll_interval(Duration::from_millis(ms));
+        }
+        if let Some(grace) = self.shutdown_grace {
+            worker = worker.shutdown_grace(grace);
+        }
+        if let Some(limit) = self.task_timeout {
+            worker = worker.task_timeout(limit);
+        }
+        worker
+    }
+}
+
+/// The worker runtime's default grace, for the start line when none is given.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
+    if a.lease_secs == 0 {
+        anyhow::bail!("--lease-secs must be at least 1");
+    }
+    if let Some(ms) = a.intervals.heartbeat_ms
+        && ms.saturating_mul(2) > a.lease_secs.saturating_mul(1000)
+    {
+        anyhow::bail!(
+            "--heartbeat-ms {ms} is not well under --lease-secs {}: a heartbeat must come at \
+             least twice per lease, or this worker's tasks expire while it runs them and \
+             start again elsewhere",
+            a.lease_secs
+        );
+    }
+    let types = if a.types.is_empty() {
+        vec![shell::SHELL.to_owned()]
+    } else {
+        a.types
+    };
+    if let Some(t) = types.iter().find(|t| t.as_str() != shell::SHELL) {
+        anyhow::bail!(
+            "`hive worker run` has no handler for task type `{t}`; it runs `{}` tasks \
+             (write a worker with the SDK for other types)",
+            shell::SHELL
+        );
+    }
+    let id =
+        a.id.unwrap_or_else(|| format!("{}-{}-{}", a.role, hostname(), std::process::id()));
+    // From here on Ctrl-C and SIGTERM are this command's to handle.
+    let mut interrupts = Interrupts::install()?;
+    // A worker started before its database (or during an outage) waits for it.
+    // A worker serves a database that exists: it creates neither the file nor the
+    // schema, so a wrong path fails at once instead of waiting on an empty database.
+    let options = hive_client::ConnectOptions {
+        schema: hive_client::store::SchemaPolicy::Existing,
+        ..Default::default()
+    };
+    let retry = hive_client::ConnectRetry::default();
+    let connect = retry.connect_with(&ctx.database_url, &options, Default::default());
+    let client = tokio::select! {
+        client = connect => client?,
+        () = interrupts.next() => anyhow::bail!("interrupted before the database was reached"),
+    };
+    let grace = a.intervals.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let worker = client
+        .worker(id.clone())
+        .role(a.role.clone())
+        .capabilities(types.clone())
+        .task_types(types.clone())
+        .concurrency(a.concurrency)
+        .lease(Duration::from_secs(a.lease_secs))
+        .exit_when_idle(a.exit_when_idle)
+        .handle_signals(false);
+    let worker = a.intervals.apply(worker);
+    tokio::spawn(stop_on_interrupts(
+        interrupts,
+        worker.shutdown_handle(),
+        grace,
+    ));
+    tracing::info!(
+        "worker {id} starting: role {}, types {}, concurrency {}, lease {}s, shutdown grace {:?}",
+        a.role,
+        types.join(","),
+        a.concurrency.max(1),
+        a.lease_secs,
+        grace
+    );
+    let report = worker.run(logged).await?;
+    logging::eprint_line(&format!(
+        "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
+        report.completed, report.failed, report.retried, report.stale, report.released
+    ));
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "worker": id,
+            "completed": report.completed,
+            "failed": report.failed,
+            "retried": report.retried,
+            "stale": report.stale,
+            "released": report.released,
+        }))?;
+    }
+    Ok(())
+}
+
+/// The first Ctrl-C or SIGTERM stops the worker gracefully (no new claims; running tasks get
+/// the grace, then are given back); the second kills every running command and exits at
+/// once, leaving their tasks to come back when their leases expire.
+async fn stop_on_interrupts(
+    mut interrupts: Interrupts,
+    worker: hive_client::ShutdownHandle,
+    grace: Duration,
+) {
+    interrupts.next().await;
+    tracing::info!(
+        "stopping: no new tasks; running ones have {grace:?} to finish (Ctrl-C again to stop \
+         at once)"
+    );
+    worker.shutdown();
+    interrupts.next().await;
+    // Logged straight to stderr: the exit below does not wait for the log queue.
+    logging::eprint_line(
+        "stopping at once: running commands killed; their tasks return to the queue when \
+         their leases expire",
+    );
+    process_group::kill_all();
+    std::process::exit(130);
+}
+
+/// The `shell` handler, logging each failed run at `info` with its task, attempt and the
+/// first line of its error.
+async fn logged(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
+    let task = ctx.task.id;
+    let title = output::escape(&ctx.task.title).into_owned();
+    let (attempt, runs_allowed) = (ctx.task.attempts, ctx.task.max_retries.saturating_add(1));
+    let run = ctx.run.run_number;
+    let result = shell::handle(ctx).await;
+    if let Err(e) = &result {
+        tracing::info!(
+            "task {task} ({title}) failed, run {run}, attempt {attempt} of {runs_allowed}: {}",
+            output::escape(&output::error_cell(Some(&e.message), 200))
+        );
+    }
+    result
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into())
+}

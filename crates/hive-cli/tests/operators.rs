@@ -1,0 +1,408 @@
+//! What operators need from the CLI, through the real binary: retrying one task or every
+//! task in a status, pruning, lists that filter by plan, type and readiness, say when they
+//! are cut and show errors, text from tasks escaped for the terminal, and bad input
+//! refused before anything changes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::Value;
+use support::db::{Db, create_task};
+
+/// Creates a task of `task_type` titled `title` and returns its id.
+fn create(db: &Db, title: &str, task_type: &str, more: &[&str]) -> String {
+    db.ok(&create_task(title, task_type, more))
+        .trim()
+        .to_owned()
+}
+
+fn status_of(db: &Db, id: &str) -> String {
+    db.json(&["task", "get", id])["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The ids in a JSON list of tasks.
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A plan `first → second` of tasks of type `x`; returns the plan id.
+fn two_step_plan(db: &Db, title: &str) -> String {
+    let file = db.write(
+        "plan.json",
+        &serde_json::json!({"title": title, "subtasks": [
+            {"id": "first", "title": "First", "task_type": "x"},
+            {"id": "second", "title": "Second", "task_type": "x", "dependencies": ["first"]}
+        ]})
+        .to_string(),
+    );
+    db.ok(&["plan", "submit", &file]).trim().to_owned()
+}
+
+/// The plan's task for a subtask id.
+fn plan_task(db: &Db, plan: &str, subtask: &str) -> String {
+    let tasks = db.json(&["task", "list", "--plan", plan]);
+    let found = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["plan_subtask_id"] == subtask);
+    found.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn retry_one_task_or_every_task_in_a_status_and_prune() {
+    let db = Db::new();
+    let a: Vec<String> = (0..3)
+        .map(|i| create(&db, &format!("a{i}"), "a", &[]))
+        .collect();
+    let b: Vec<String> = (0..2)
+        .map(|i| create(&db, &format!("b{i}"), "b", &[]))
+        .collect();
+    for id in a.iter().chain(&b) {
+        db.ok(&["task", "update", id, "failed"]);
+    }
+    let out = db.ok(&["task", "retry", "--status", "failed", "--type", "a"]);
+    assert_eq!(out.trim(), "3 task(s) queued again");
+    for id in &a {
+        assert_eq!(status_of(&db, id), "queued");
+    }
+    let report = db.json(&["task", "retry", "--status", "failed", "--limit", "1"]);
+    assert_eq!(report, serde_json::json!({"retried": 1, "skipped": 0}));
+    let left: Vec<&String> = b
+        .iter()
+        .filter(|id| status_of(&db, id) == "failed")
+        .collect();
+    assert_eq!(left.len(), 1, "the limit retried one of the two");
+    let out = db.ok(&["task", "retry", left[0]]);
+    assert_eq!(out.trim(), format!("task {} queued again", left[0]));
+
+    // By plan: the cancelled dependent of a failed plan task, and nothing outside the plan.
+    let plan = two_step_plan(&db, "p");
+    let (first, second) = (
+        plan_task(&db, &plan, "first"),
+        plan_task(&db, &plan, "second"),
+    );
+    let outside = create(&db, "outside", "x", &[]);
+    db.ok(&["task", "cancel", &outside]);
+    db.ok(&["task", "update", &first, "failed"]);
+    assert_eq!(status_of(&db, &second), "cancelled");
+    let report = db.json(&["task", "retry", "--status", "cancelled", "--plan", &plan]);
+    assert_eq!(report["retried"], 1);
+    assert_eq!(status_of(&db, &second), "queued");
+    assert_eq!(status_of(&db, &outside), "cancelled");
+
+    // Prune: finished tasks older than an age, only the statuses asked for.
+    assert_eq!(
+        db.json(&["task", "prune", "--older-than", "7d"])["pruned"],
+        0
+    );
+    let out = db.ok(&[
+        "task",
+        "prune",
+        "--older-than",
+        "0s",
+        "--status",
+        "cancelled",
+    ]);
+    assert_eq!(out.trim(), "1 task(s) pruned");
+    let (ok, _, stderr) = db.run(&["task", "get", &outside]);
+    assert!(!ok && stderr.contains("not found"), "{stderr}");
+    assert_eq!(
+        status_of(&db, &first),
+        "failed",
+        "a failed task is not pruned"
+    );
+}
+
+#[test]
+fn bad_operator_input_is_refused_before_anything_changes() {
+    let db = Db::new();
+    let id = create(&db, "t", "x", &[]);
+    db.ok(&["task", "update", &id, "failed"]);
+    let before = db.snapshot();
+    let ghost = "01a20c17-0000-7000-8000-000000000000";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["task", "retry", "--status", "queued"],
+            "`queued` tasks cannot be retried",
+        ),
+        (
+            vec!["task", "retry", "--status", "in_progress"],
+            "a worker holds them",
+        ),
+        (
+            vec!["task", "retry", "--status", "bogus"],
+            "unknown task status `bogus`",
+        ),
+        (
+            vec!["task", "retry", "--status", "failed", "--limit", "0"],
+            "--limit must be at least 1",
+        ),
+        (vec!["task", "retry", "not-a-uuid"], "invalid task id"),
+        (vec!["task", "retry", ghost], "not found"),
+        (
+            vec!["task", "retry", "--status", "failed", "--plan", "p"],
+            "invalid plan id `p`",
+        ),
+        (
+            vec!["task", "prune", "--older-than", "1d", "--status", "queued"],
+            "only terminal tasks can be pruned, not `queued`",
+        ),
+        (
+            vec!["task", "list", "--plan", "nope"],
+            "invalid plan id `nope`",
+        ),
+        (
+            vec!["task", "list", "--limit", "0"],
+            "--limit must be at least 1",
+        ),
+        (
+            vec!["plan", "list", "--limit", "0"],
+            "--limit must be at least 1",
+        ),
+        (
+            create_task("t", "x", &["--run-at", "tomorrow"]),
+            "is not a time",
+        ),
+        (
+            create_task("t", "x", &["--idempotency-key", " "]),
+            "`idempotency_key`",
+        ),
+        (
+            vec!["worker", "unregister", "ghost"],
+            "worker `ghost` not found",
+        ),
+    ];
+    for (args, want) in cases {
+        db.refused(db.hive().args(&args), &format!("{args:?}"), want, &before);
+    }
+    // Values clap parses: refused with clap's usage message, nothing changed either.
+    for (args, want) in [
+        (
+            &["task", "prune", "--older-than", "7x"][..],
+            "`7x` is not an age",
+        ),
+        (&["task", "retry"], "required"),
+        (
+            &["task", "retry", &id, "--status", "failed"],
+            "cannot be used with",
+        ),
+    ] {
+        let (ok, _, stderr) = db.run(args);
+        assert!(!ok && stderr.contains(want), "{args:?}: {stderr}");
+    }
+    assert_eq!(db.snapshot(), before);
+}
+
+#[test]
+fn lists_filter_show_readiness_and_errors_and_say_when_cut() {
+    let db = Db::new();
+    let plan = two_step_plan(&db, "p");
+    let (first, second) = (
+        plan_task(&db, &plan, "first"),
+        plan_task(&db, &plan, "second"),
+    );
+    let later = create(&db, "later", "y", &["--run-at", "2100-01-01T00:00:00Z"]);
+    let failing = create(
+        &db,
+        "failing",
+        "shell",
+        &[
+            "--payload",
+            r#"{"command": "echo oops >&2; exit 3"}"#,
+            "--max-retries",
+            "0",
+        ],
+    );
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+
+    let table = db.ok(&["task", "list"]);
+    let row = |id: &str| table.lines().find(|l| l.contains(id)).unwrap().to_owned();
+    assert!(table.lines().next().unwrap().contains("READY"), "{table}");
+    assert!(row(&first).contains("ready"), "{table}");
+    assert!(row(&second).contains("blocked: 1 deps"), "{table}");
+    assert!(
+        row(&later).contains("blocked: until 2100-01-01 00:00:00"),
+        "{table}"
+    );
+    let failed = row(&failing);
+    assert!(
+        failed.contains("failed") && failed.contains("command exited with status 3"),
+        "{table}"
+    );
+
+    assert_eq!(
+        ids(&db.json(&["task", "list", "--ready"])),
+        vec![first.clone()]
+    );
+    let in_plan = ids(&db.json(&["task", "list", "--plan", &plan, "--type", "x"]));
+    assert_eq!(in_plan, vec![first.clone(), second]);
+    assert!(ids(&db.json(&["task", "list", "--plan", &plan, "--type", "y"])).is_empty());
+
+    // A list cut at its limit says so on stderr; stdout stays the data.
+    let (ok, stdout, stderr) = db.run(&["--json", "task", "list", "--limit", "2"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        stderr.contains("hint: showing the first 2 tasks; more match"),
+        "{stderr}"
+    );
+    let (_, _, stderr) = db.run(&["task", "list", "--limit", "4"]);
+    assert!(stderr.is_empty(), "nothing was cut: {stderr}");
+    two_step_plan(&db, "q");
+    let (_, stdout, stderr) = db.run(&["plan", "list", "--limit", "1"]);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("hint: showing the first 1 plans"),
+        "{stderr}"
+    );
+
+    // Repeating a create with its idempotency key creates nothing.
+    let keyed = create(&db, "keyed", "x", &["--idempotency-key", "deploy-42"]);
+    assert_eq!(
+        create(&db, "again", "x", &["--idempotency-key", "deploy-42"]),
+        keyed
+    );
+}
+
+#[test]
+fn text_from_tasks_cannot_drive_the_terminal() {
+    let db = Db::new();
+    let evil = "evil\u{1b}[2J\u{1b}]0;owned\u{7}\rcover\u{202e}up";
+    let id = create(&db, evil, "x", &[]);
+    let file = db.write(
+        "evil.json",
+        &serde_json::json!({"title": evil, "subtasks": [
+            {"id": "a", "title": evil, "task_type": "x"}
+        ]})
+        .to_string(),
+    );
+    let plan = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    for args in [
+        &["task", "list"][..],
+        &["task", "get", &id],
+        &["plan", "list"],
+        &["plan", "status", &plan],
+        &["plan", "results", &plan],
+    ] {
+        let out = db.ok(args);
+        assert!(
+            !out.chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{args:?} printed a raw control character: {out:?}"
+        );
+        assert!(out.contains("evil\\u{1b}[2J"), "{args:?}: {out}");
+    }
+    // JSON keeps the text exactly, escaped by JSON itself.
+    assert_eq!(db.json(&["task", "get", &id])["title"], evil);
+}
+
+#[test]
+fn every_command_speaks_json_errors_included() {
+    let db = Db::new();
+    assert!(
+        db.json(&["migrate"])["migrated"]
+            .as_str()
+            .unwrap()
+            .starts_with("sqlite:")
+    );
+    let id = db.json(&support::db::create_shell(r#"{"command": "exit 4"}"#))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = db.write(
+        "plan.json",
+        r#"{"title": "p", "subtasks": [{"id": "a", "title": "A", "task_type": "x"}]}"#,
+    );
+    let plan = db.json(&["plan", "submit", &file])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = db.json(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--id",
+        "w",
+        "--exit-when-idle",
+    ]);
+    assert_eq!(report["worker"], "w");
+    assert_eq!(report["retried"], 3, "{report}");
+    assert_eq!(report["failed"], 1, "{report}");
+    assert_eq!(db.json(&["task", "get", &id])["status"], "failed");
+    assert_eq!(db.json(&["task", "runs", &id]).as_array().unwrap().len(), 4);
+    assert_eq!(db.json(&["task", "retry", &id])["status"], "queued");
+    assert_eq!(
+        db.json(&["task", "update", &id, "cancelled"])["status"],
+        "cancelled"
+    );
+    assert_eq!(
+        db.json(&["task", "retry", "--status", "cancelled"])["retried"],
+        1
+    );
+    assert_eq!(db.json(&["task", "cancel", &id])["status"], "cancelled");
+    assert_eq!(
+        db.json(&["task", "prune", "--older-than", "1w"])["pruned"],
+        0
+    );
+    assert_eq!(db.json(&["task", "delete", &id])["deleted"], true);
+    assert_eq!(db.json(&["task", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        db.json(&["plan", "status", &plan])["plan"]["id"],
+        plan.as_str()
+    );
+    assert_eq!(
+        db.json(&["plan", "results", &plan])["plan_id"],
+        plan.as_str()
+    );
+    assert_eq!(db.json(&["plan", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(db.json(&["plan", "cancel", &plan])["status"], "cancelled");
+    assert!(db.json(&["worker", "list"]).as_array().unwrap().is_empty());
+    assert_eq!(db.json(&["status"])["plans_in_progress"], 0);
+
+    // Errors: one JSON object on stderr, nothing on stdout.
+    let ghost = "01a20c17-0000-7000-8000-000000000000";
+    for (args, code, want) in [
+        (
+            &["--json", "task", "get", ghost][..],
+            1,
+            format!("task `{ghost}` not found"),
+        ),
+        (
+            &["task", "list", "--json", "--bogus"],
+            2,
+            "unexpected argument '--bogus' found".into(),
+        ),
+        (
+            &["--json", "task", "list", "--status", "x"],
+            1,
+            "unknown task status `x`".into(),
+        ),
+    ] {
+        let out = db.hive().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        let error: Value = serde_json::from_str(&stderr).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().starts_with(&want),
+            "{args:?}: {error}"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! `hive worker run` and the worker registry as an operator sees them: a start line and one
+//! line per failed run, logged without colours to a stderr that is not a terminal; a second
+//! Ctrl-C that stops the worker at once, killing its commands; `task runs` showing what each
+//! run printed, a timed-out run included; and `worker list` telling a silent worker (stale)
+//! from a live one, as `hive status` counts them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::db::{Db, create_shell, create_task};
+
+/// Generous bounds for a loaded 2-core machine; they bound waits, they measure nothing.
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn wait_for(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    while !probe() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_logs_its_start_and_each_failed_run_without_colours() {
+    let db = Db::new();
+    let id = db.ok(&create_task(
+        "breaks",
+        "shell",
+        &[
+            "--payload",
+            r#"{"command": "echo first line; exit 3"}"#,
+            "--max-retries",
+            "0",
+        ],
+    ));
+    let (ok, _, stderr) = db.run(&[
+        "worker",
+        "run",
+        "--role",
+        "builder",
+        "--id",
+        "w1",
+        "--concurrency",
+        "2",
+        "--lease-secs",
+        "9",
+        "--exit-when-idle",
+    ]);
+    assert!(ok, "{stderr}");
+    // stderr is a pipe here: no colour codes, whatever the level.
+    assert!(!stderr.contains('\u{1b}'), "ANSI codes in {stderr:?}");
+    let start = stderr
+        .lines()
+        .find(|l| l.contains("starting"))
+        .unwrap_or_default();
+    assert!(start.contains("INFO"), "{stderr}");
+    assert!(
+        start.contains("worker w1 starting: role builder, types shell, concurrency 2, lease 9s"),
+        "{stderr}"
+    );
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("failed, run"))
+        .unwrap_or_default();
+    assert!(
+        failed.contains(&format!(
+            "task {} (breaks) failed, run 1, attempt 1 of 1: command exited with status 3",
+            id.trim()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
+    let db = Db::new();
+    let fails = db.ok(&create_task(
+        "f",
+        "shell",
+        &[
+            "--max-retries",
+            "0",
+            "--payload",
+            r#"{"command": "echo to stdout; echo to stderr >&2; exit 1"}"#,
+        ],
+    ));
+    // Stopped by the task's timeout (the worker's stop signal), and by the payload's.
+    let stopped = db.ok(&create_task(
+        "t",
+        "shell",
+        &[
+            "--max-retries",
+            "0",
+            "--timeout",
+            "1",
+            "--payload",
+            r#"{"command": "echo before the timeout; sleep 30"}"#,
+        ],
+    ));
+    let killed = db.ok(&create_shell(
+        r#"{"command": "echo before the kill; sleep 30", "timeout_secs": 1}"#,
+    ));
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--exit-when-idle",
+        "--concurrency",
+        "3",
+    ]);
+    let table = db.ok(&["task", "runs", fails.trim()]);
+    let log = table.split("--- run 1 (failure) output ---\n").nth(1);
+    assert_eq!(log, Some("to stdout\nto stderr\n"), "{table}");
+    let runs = db.json(&["task", "runs", stopped.trim()]);
+    assert_eq!(runs[0]["status"], "timeout", "{runs}");
+    assert_eq!(runs[0]["output_log"], "before the timeout\n", "{runs}");
+    let runs = db.json(&["task", "runs", killed.trim()]);
+    assert_eq!(runs[0]["output_log"], "before the kill\n", "{runs}");
+}
+
+#[test]
+fn a_second_ctrl_c_stops_a_worker_at_once() {
+    let db = Db::new();
+    let pid_file = db.dir.path().join("child.pid");
+    db.ok(&create_shell(&format!(
+        r#"{{"command": "sleep 300 & echo $! > '{}'; wait"}}"#,
+        pid_file.display()
+    )));
+    let log = db.dir.path().join("worker.stderr");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .env("HIVE_DATABASE_URL", &db.url)
+        .args(["worker", "run", "--role", "r", "--shutdown-grace", "600"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the command's child pid", || pid_file.exists());
+    let child: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = worker.id().to_string();
+    let interrupt = || {
+        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    interrupt();
+    // The first one is graceful: the worker says so and waits for its running task.
+    wait_for("the graceful stop line", || {
+        stderr().contains("Ctrl-C again to stop at once")
+    });
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "still in its grace: {}",
+        stderr()
+    );
+    let stopping = Instant::now();
+    interrupt();
+    let status = worker.wait().unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(20), "{}", stderr());
+    assert_eq!(status.code(), Some(130), "{}", stderr());
+    assert!(stderr().contains("stopping at once"), "{}", stderr());
+    wait_for("the command's child killed", || {
+        !Path::new(&format!("/proc/{child}")).exists()
+    });
+}
+
+#[test]
+fn worker_list_tells_a_silent_worker_from_a_live_one_as_status_does() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = hive_client::Client::connect(&db.url).await.unwrap();
+        for id in ["live", "silent"] {
+            client.register_worker(id, "r", vec![]).await.unwrap();
+        }
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        // Its last heartbeat an hour ago (microseconds since the epoch).
+        sqlx::query(
+            "UPDATE workers SET last_heartbeat = last_heartbeat - 3600000000 WHERE id = 'silent'",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+    });
+    let table = db.ok(&["worker", "list"]);
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!(" {id} ")))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row("live").contains(" active "), "{table}");
+    assert!(row("silent").contains(" stale "), "{table}");
+    let listed = db.json(&["worker", "list"]);
+    let alive: Vec<(&str, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["id"].as_str().unwrap(), w["alive"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(alive, [("live", true), ("silent", false)]);
+    assert_eq!(db.json(&["status"])["active_workers"], 1);
+
+    // A live worker is not removed by mistake; a silent one is.
+    let (ok, _, stderr) = db.run(&["worker", "unregister", "live"]);
+    assert!(!ok && stderr.contains("is alive"), "{stderr}");
+    let out = db.ok(&["worker", "unregister", "silent"]);
+    assert_eq!(
+        out.trim(),
+        "worker silent unregistered; 0 task(s) back in the queue"
+    );
+    let out = db.json(&["worker", "unregister", "live", "--force"]);
+    assert_eq!(out, serde_json::json!({"id": "live", "requeued": []}));
+    assert!(db.json(&["worker", "list"]).as_array().unwrap().is_empty());
+}
