@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use hive_client::models::Timestamp;
 use hive_client::{PlanId, TaskId, TaskStatus};
 
@@ -98,6 +98,22 @@ pub fn check_limit(limit: u32) -> anyhow::Result<()> {
         anyhow::bail!("--limit must be at least 1");
     }
     Ok(())
+}
+
+/// A `--payload` value: JSON text, `@FILE`, or `-` for standard input.
+pub fn read_payload(arg: &str) -> anyhow::Result<serde_json::Value> {
+    let (text, from) = if arg == "-" {
+        let text = std::io::read_to_string(std::io::stdin())
+            .context("cannot read --payload from stdin")?;
+        (text, "stdin".to_owned())
+    } else if let Some(path) = arg.strip_prefix('@') {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --payload file `{path}`"))?;
+        (text, format!("`{path}`"))
+    } else {
+        (arg.to_owned(), "--payload".to_owned())
+    };
+    serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))
 }
 
 #[cfg(test)]

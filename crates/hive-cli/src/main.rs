@@ -49,6 +49,9 @@ enum Command {
     /// Submit and follow execution plans.
     #[command(subcommand)]
     Plan(commands::plan::PlanCommand),
+    /// Periodic tasks: cron schedules, and a scheduler to run alone.
+    #[command(subcommand)]
+    Schedule(commands::schedule::ScheduleCommand),
     /// Tasks per status, active workers, plans in progress.
     Status,
     /// Run a generated plan end to end with in-process workers, on a fresh SQLite file in a
@@ -107,7 +110,10 @@ async fn main() -> ExitCode {
     // A worker says what it does (its start, each failed task) unless told otherwise; every
     // other command, and the libraries under the worker, only warn.
     let default_log = match &cli.command {
-        Command::Worker(commands::worker::WorkerCommand::Run { .. }) => "warn,hive::commands=info",
+        Command::Worker(commands::worker::WorkerCommand::Run { .. })
+        | Command::Schedule(commands::schedule::ScheduleCommand::Run { .. }) => {
+            "warn,hive::commands=info"
+        }
         _ => "warn",
     };
     let _log = logging::init(default_log);
@@ -121,6 +127,7 @@ async fn main() -> ExitCode {
         Command::Task(c) => commands::task::run(&ctx, c).await,
         Command::Worker(c) => commands::worker::run(&ctx, c).await,
         Command::Plan(c) => commands::plan::run(&ctx, c).await,
+        Command::Schedule(c) => commands::schedule::run(&ctx, c).await,
         Command::Status => commands::status(&ctx).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
     };

@@ -12,6 +12,7 @@ mod ids;
 mod plan;
 mod retry;
 mod run;
+mod schedule;
 mod status;
 mod task;
 mod worker;
@@ -24,6 +25,7 @@ pub use plan::{
 };
 pub use retry::{AfterFailure, Jitter, RetryPolicy, TypeRetry, after_failure};
 pub use run::{Progress, Run, RunStatus};
+pub use schedule::{Missed, NewSchedule, Schedule, ScheduledTask, Timing, slot_key};
 pub use task::{
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, MAX_DELAY_SECS, NewTask, Task, TaskStatus,
     check_json_no_nul, check_max_retries, check_no_nul, check_output_size, delayed_until,

@@ -12,6 +12,7 @@ mod events;
 mod plans;
 mod results;
 mod running;
+mod schedules;
 mod tasks;
 mod workers;
 
@@ -25,6 +26,7 @@ pub use hive_store as store;
 pub use plans::PlanSummary;
 pub use results::{PlanResults, SubtaskResult};
 pub use running::Claimed;
+pub use schedules::FireReport;
 pub use tasks::{DEFAULT_QUEUED_LIMIT, RetryReport, check_retry_filter};
 
 use hive_store::Store;

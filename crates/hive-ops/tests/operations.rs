@@ -60,6 +60,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     cached_plan_status_invalidated_by_own_changes,
     cancel_task_cancels_dependents,
     type_retry_defaults_fill_what_a_task_leaves_unset,
+    schedules_catch_up_within_their_bound_and_pause,
 );
 
 async fn count_all(o: &O) -> u64 {
@@ -806,4 +807,62 @@ async fn postgres_events_from_other_processes() {
         assert_eq!(got.origin, EventOrigin::Remote);
     })
     .await;
+}
+
+/// A schedule missed for a minute catches up its latest `limit` slots, once however often
+/// the scheduler runs; a paused schedule fires nothing, and resumes from now.
+async fn schedules_catch_up_within_their_bound_and_pause(o: O) {
+    use hive_models::{Missed, NewSchedule, ScheduledTask};
+    let new = NewSchedule::new("tick", "* * * * * *", ScheduledTask::new("tick", "tick"))
+        .missed(Missed::CatchUp { limit: 3 });
+    let s = o.add_schedule(new.clone()).await.unwrap();
+    let e = o.add_schedule(new).await.unwrap_err();
+    assert!(e.to_string().contains("tick"), "{e}");
+    // As if no scheduler had run for a minute.
+    let behind = hive_store::ScheduleAdvance {
+        name: "tick".into(),
+        from: s.done_until,
+        to: s.done_until - chrono::Duration::seconds(60),
+        last_fired: None,
+        next_slot: Some(s.done_until - chrono::Duration::seconds(59)),
+        enabled: None,
+    };
+    assert!(o.store().advance_schedule(&behind).await.unwrap());
+    let fired = o.fire_due_schedules().await.unwrap();
+    assert_eq!(
+        (fired.due, fired.slots),
+        (1, 3),
+        "the latest 3 of ~60 missed slots"
+    );
+    o.fire_due_schedules().await.unwrap();
+    o.fire_due_schedules().await.unwrap();
+    let filter = hive_store::TaskFilter {
+        task_type: Some("tick".into()),
+        ..Default::default()
+    };
+    let tasks = o.list_tasks(&filter).await.unwrap();
+    let keys: HashSet<_> = tasks.iter().map(|t| t.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), tasks.len(), "one task per slot");
+    assert!((3..=6).contains(&tasks.len()), "{} tasks", tasks.len());
+
+    assert!(o.pause_schedule("tick").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(o.fire_due_schedules().await.unwrap().slots, 0, "paused");
+    assert!(o.resume_schedule("tick").await.unwrap());
+    let resumed = o.get_schedule("tick").await.unwrap().unwrap();
+    assert!(resumed.enabled && resumed.next_slot > Some(resumed.done_until));
+    assert!(!o.pause_schedule("ghost").await.unwrap());
+    let e = o
+        .add_schedule(NewSchedule::new(
+            "bad",
+            "* * *",
+            ScheduledTask::new("t", "x"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("`cron`"), "{e}");
+    assert!(
+        o.get_schedule("bad").await.unwrap().is_none(),
+        "nothing written"
+    );
 }

@@ -2,6 +2,7 @@
 //! The rules ([`crate::rules`]) read the maps directly and their patches are applied to
 //! them: this is the reference semantics every other backend is compared with.
 
+mod schedules;
 mod state;
 mod subtasks;
 
@@ -446,6 +447,26 @@ impl Store for MemoryStore {
             .collect();
         held.sort_by_key(|r| (r.task_id, r.id));
         Ok(held)
+    }
+
+    async fn insert_schedule(&self, schedule: &hive_models::Schedule) -> Result<()> {
+        self.lock().insert_schedule(schedule)
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<hive_models::Schedule>> {
+        Ok(self.lock().schedules.get(name).cloned())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<hive_models::Schedule>> {
+        Ok(self.lock().schedules.values().cloned().collect())
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.lock().schedules.remove(name).is_some())
+    }
+
+    async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
+        Ok(self.lock().advance_schedule(advance))
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

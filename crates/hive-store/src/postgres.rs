@@ -24,6 +24,7 @@ mod progress;
 mod replay;
 mod rows;
 mod runs;
+mod schedules;
 mod tasks;
 mod workers;
 
@@ -301,6 +302,26 @@ impl Store for PostgresStore {
 
     async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
         self.run(self.read_running_runs(worker)).await
+    }
+
+    async fn insert_schedule(&self, schedule: &hive_models::Schedule) -> Result<()> {
+        self.run(self.insert_schedule_once(schedule)).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<hive_models::Schedule>> {
+        self.run(self.read_schedule(name)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<hive_models::Schedule>> {
+        self.run(self.read_schedules()).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        self.run(self.delete_schedule_once(name)).await
+    }
+
+    async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
+        self.run(self.advance_schedule_once(advance)).await
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

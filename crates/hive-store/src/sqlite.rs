@@ -84,6 +84,7 @@ mod db;
 mod plans;
 mod replay;
 mod runs;
+mod schedules;
 mod tasks;
 mod tx;
 mod workers;
@@ -357,6 +358,26 @@ impl Store for SqliteStore {
 
     async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
         read!(self, runs::held_by, worker)
+    }
+
+    async fn insert_schedule(&self, schedule: &hive_models::Schedule) -> Result<()> {
+        write!(self, quiet schedules::insert, schedule)
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<hive_models::Schedule>> {
+        read!(self, schedules::get, name)
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<hive_models::Schedule>> {
+        read!(self, schedules::list)
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        write!(self, quiet schedules::delete, name)
+    }
+
+    async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
+        write!(self, quiet schedules::advance, advance)
     }
 
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {

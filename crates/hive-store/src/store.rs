@@ -4,15 +4,15 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
-    Timestamp, Worker, WorkerId,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Schedule, Task,
+    TaskId, Timestamp, Worker, WorkerId,
 };
 use tokio::sync::broadcast;
 
 use crate::{
     Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PruneParams,
-    ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged, StatusCounts,
-    TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    ReapParams, ReapReport, Result, RunOutcome, ScheduleAdvance, StatusChange, StatusChanged,
+    StatusCounts, TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 /// Persistence of tasks, runs, workers, plans and plan dependencies.
@@ -170,6 +170,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// running. A worker compares it with what it knows it runs, to give back runs whose
     /// claim reply it never got and to stop handlers whose run ended elsewhere.
     async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>>;
+
+    // ---- schedules ----
+
+    /// Stores a new schedule row as given; [`crate::Error::Conflict`] when its name exists.
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<()>;
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>>;
+
+    /// Every schedule, by name.
+    async fn list_schedules(&self) -> Result<Vec<Schedule>>;
+
+    /// Deletes a schedule (tasks it created stay); false for an unknown one.
+    async fn delete_schedule(&self, name: &str) -> Result<bool>;
+
+    /// Compare-and-set: when the schedule's `done_until` is still `from`, moves it to `to`
+    /// with the other fields given; false when another scheduler (or a pause) moved it
+    /// first, or the schedule is unknown.
+    async fn advance_schedule(&self, advance: &ScheduleAdvance) -> Result<bool>;
 
     // ---- workers ----
 

@@ -66,6 +66,22 @@ impl TaskFilter {
     }
 }
 
+/// A schedule's compare-and-set move (see [`crate::Store::advance_schedule`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleAdvance {
+    pub name: String,
+    /// The `done_until` the scheduler read; the move happens only if it is still this.
+    pub from: hive_models::Timestamp,
+    /// The new `done_until`.
+    pub to: hive_models::Timestamp,
+    /// The latest slot this move fired, if it fired any.
+    pub last_fired: Option<hive_models::Timestamp>,
+    /// The first slot after `to`.
+    pub next_slot: Option<hive_models::Timestamp>,
+    /// Also the new enabled flag (pause, resume); `None` keeps it.
+    pub enabled: Option<bool>,
+}
+
 /// A status change requested through [`crate::Store::set_task_status`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusChange {

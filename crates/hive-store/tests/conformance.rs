@@ -3,6 +3,7 @@
 use hive_store::testing::details::*;
 use hive_store::testing::progress::*;
 use hive_store::testing::retries::*;
+use hive_store::testing::schedules::*;
 use hive_store::testing::suite::*;
 use hive_store::testing::workflows::*;
 
@@ -32,6 +33,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     full_jitter_spreads_a_burst_of_retries, a_tasks_own_policy_replaces_the_callers,
     snoozes_give_the_attempt_back_and_are_bounded,
     progress_is_stored_on_the_live_run_and_announced,
+    schedules_round_trip_and_move_compare_and_set,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here
@@ -43,7 +45,8 @@ fn every_suite_case_runs() {
         include_str!("../src/testing/workflows.rs"),
         include_str!("../src/testing/details.rs"),
         include_str!("../src/testing/retries.rs"),
-        include_str!("../src/testing/progress.rs")
+        include_str!("../src/testing/progress.rs"),
+        include_str!("../src/testing/schedules.rs")
     );
     let this = include_str!("conformance.rs");
     for line in suite.lines() {

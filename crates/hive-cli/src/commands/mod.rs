@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod plan;
+pub mod schedule;
 pub mod task;
 pub mod worker;
 

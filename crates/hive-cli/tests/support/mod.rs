@@ -339,7 +339,12 @@ impl Exited {
         let line = self
             .stderr
             .lines()
-            .find_map(|l| l.split_once(" stopped: ").map(|(_, counts)| counts))
+            .find_map(|l| {
+                // The report line, not a failed run's error that says "stopped: …".
+                l.split_once(" stopped: ")
+                    .map(|(_, counts)| counts)
+                    .filter(|c| c.contains(" completed, "))
+            })
             .unwrap_or_else(|| {
                 panic!(
                     "worker {} printed no stop report; stderr:\n{}",

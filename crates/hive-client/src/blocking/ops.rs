@@ -48,6 +48,8 @@ blocking! {
         fn get_task(id: TaskId) -> Option<Task>;
         fn update_task_status(id: TaskId, status: TaskStatus, metadata: Option<Json>) -> bool;
         fn requeue_task(id: TaskId) -> bool;
+        fn retry_task(id: TaskId) -> bool;
+        fn retry_tasks(filter: &TaskFilter) -> hive_ops::RetryReport;
         fn cancel_task(id: TaskId, reason: Option<&str>) -> bool;
         fn get_tasks_by_status(status: TaskStatus) -> Vec<Task>;
         fn get_queued_tasks(limit: impl Into<Option<u32>>, task_type: Option<&str>) -> Vec<Task>;
@@ -67,6 +69,14 @@ blocking! {
         fn list_workers(role: Option<&str>) -> Vec<Worker>;
         fn get_worker(worker_id: &str) -> Option<Worker>;
         fn unregister_worker(worker_id: &str) -> bool;
+        fn remove_worker(worker_id: &str) -> Option<Vec<TaskId>>;
+        fn add_schedule(new: hive_models::NewSchedule) -> hive_models::Schedule;
+        fn get_schedule(name: &str) -> Option<hive_models::Schedule>;
+        fn list_schedules() -> Vec<hive_models::Schedule>;
+        fn delete_schedule(name: &str) -> bool;
+        fn pause_schedule(name: &str) -> bool;
+        fn resume_schedule(name: &str) -> bool;
+        fn fire_due_schedules() -> hive_ops::FireReport;
         // Plans.
         fn create_execution_plan(plan: NewPlan) -> PlanId;
         fn create_planned_subtasks_from_plan(plan_id: PlanId) -> u64;

@@ -41,6 +41,7 @@ pub struct WorkerBuilder {
     pub(super) task_timeout: Option<Duration>,
     pub(super) timeout_grace: Duration,
     pub(super) exit_when_idle: bool,
+    pub(super) run_schedules: bool,
     pub(super) handle_signals: bool,
     pub(super) shutdown: watch::Sender<bool>,
 }
@@ -72,6 +73,7 @@ impl Client {
             task_timeout: None,
             timeout_grace: Duration::from_secs(5),
             exit_when_idle: false,
+            run_schedules: true,
             handle_signals: true,
             shutdown: watch::channel(false).0,
         }
@@ -122,6 +124,9 @@ impl WorkerBuilder {
         timeout_grace: Duration,
         /// Stop once nothing of this worker's types is queued, running or waiting to retry.
         exit_when_idle: bool,
+        /// Whether this worker also runs the scheduler, creating the tasks of due
+        /// schedules (default true; any number of workers may: each slot creates one task).
+        run_schedules: bool,
         /// Whether Ctrl-C and SIGTERM stop the worker gracefully (default true).
         handle_signals: bool,
     }

@@ -119,6 +119,9 @@ impl Runtime {
         self.spawn_heartbeat(&mut background);
         self.spawn_reaper(&mut background);
         self.spawn_reconcile(&mut background);
+        if self.cfg.run_schedules {
+            self.spawn_scheduler(&mut background);
+        }
         if self.cfg.handle_signals {
             let stop = self.cfg.shutdown.clone();
             background.spawn(async move {
@@ -256,6 +259,23 @@ impl Runtime {
                 let found = held.reconcile(&client, &id, &stops).await?;
                 if !found.stopped.is_empty() {
                     tracing::info!(worker = %id, tasks = ?found.stopped, "runs ended elsewhere; their handlers were told to stop");
+                }
+                Ok(())
+            }
+        });
+    }
+
+    /// Creates the tasks of due schedules, once a second (a 6-field cron may fire every
+    /// second) or every poll interval if that is shorter.
+    fn spawn_scheduler(&self, set: &mut JoinSet<()>) {
+        let client = self.cfg.client.clone();
+        let every = self.cfg.poll_interval.min(Duration::from_secs(1));
+        self.spawn_every(set, "running schedules", every, move || {
+            let client = client.clone();
+            async move {
+                let fired = client.fire_due_schedules().await?;
+                if fired.slots > 0 {
+                    tracing::debug!(slots = fired.slots, "schedules fired");
                 }
                 Ok(())
             }

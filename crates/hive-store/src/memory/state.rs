@@ -32,6 +32,7 @@ pub(super) struct State {
     pub workers: BTreeMap<WorkerId, Worker>,
     pub plans: HashMap<PlanId, ExecutionPlan>,
     pub plan_tasks: HashMap<PlanId, Vec<TaskId>>,
+    pub schedules: BTreeMap<String, hive_models::Schedule>,
 }
 
 /// The database backends keep microseconds; so does this one, to behave the same.

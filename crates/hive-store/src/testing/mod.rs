@@ -18,6 +18,7 @@ pub mod fixtures;
 mod postgres;
 pub mod progress;
 pub mod retries;
+pub mod schedules;
 pub mod suite;
 pub mod workflows;
 

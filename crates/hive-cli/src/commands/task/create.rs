@@ -1,6 +1,6 @@
 //! `hive task create`: every option of a new task, read and validated before connecting.
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use clap::Args;
 use std::time::Duration;
 
@@ -66,7 +66,7 @@ pub async fn run(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
         new = new.timeout_secs(t);
     }
     if let Some(p) = a.payload {
-        new = new.payload(read_payload(&p)?);
+        new = new.payload(args::read_payload(&p)?);
     }
     if let Some(at) = a.run_at {
         new = new.run_at(args::parse_time(&at)?);
@@ -107,20 +107,4 @@ fn retry_policy(
     }
     policy.validate("retry_policy")?;
     Ok(Some(policy))
-}
-
-/// A `--payload` value: JSON text, `@FILE`, or `-` for standard input.
-fn read_payload(arg: &str) -> anyhow::Result<serde_json::Value> {
-    let (text, from) = if arg == "-" {
-        let text = std::io::read_to_string(std::io::stdin())
-            .context("cannot read --payload from stdin")?;
-        (text, "stdin".to_owned())
-    } else if let Some(path) = arg.strip_prefix('@') {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --payload file `{path}`"))?;
-        (text, format!("`{path}`"))
-    } else {
-        (arg.to_owned(), "--payload".to_owned())
-    };
-    serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))
 }

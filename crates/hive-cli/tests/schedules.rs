@@ -1,0 +1,170 @@
+//! Schedules across processes: three `hive schedule run` processes on one database create
+//! exactly one task per slot, none missing; bad schedules are refused before anything is
+//! written.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_client::models::{Missed, NewSchedule, ScheduledTask};
+use hive_client::store::TaskFilter;
+use hive_client::{Client, OpsConfig};
+use hive_store::Store;
+use support::db::Db;
+
+hive_store::per_backend!([sqlite, postgres], hive_store::testing::TestStore::run_with_url =>
+    three_schedulers_create_one_task_per_slot,
+);
+
+async fn three_schedulers_create_one_task_per_slot(store: Arc<dyn Store>, url: String) {
+    let client = Client::from_store(store, OpsConfig::default());
+    let every_second = NewSchedule::new("tick", "* * * * * *", ScheduledTask::new("tick", "tick"))
+        .missed(Missed::CatchUp { limit: 10 });
+    client.add_schedule(every_second).await.unwrap();
+    let hive = env!("CARGO_BIN_EXE_hive");
+    let mut schedulers: Vec<tokio::process::Child> = (0..3)
+        .map(|_| {
+            tokio::process::Command::new(hive)
+                .args([
+                    "--database-url",
+                    &url,
+                    "schedule",
+                    "run",
+                    "--interval-ms",
+                    "100",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for s in &schedulers {
+        let pid = s.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+    }
+    for s in &mut schedulers {
+        let status = tokio::time::timeout(Duration::from_secs(10), s.wait())
+            .await
+            .expect("a scheduler stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+    let tasks = client
+        .list_tasks(&TaskFilter {
+            task_type: Some("tick".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let slots: Vec<String> = tasks
+        .iter()
+        .map(|t| t.metadata["slot"].as_str().unwrap().to_owned())
+        .collect();
+    let distinct: BTreeSet<chrono::DateTime<chrono::Utc>> =
+        slots.iter().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(
+        distinct.len(),
+        slots.len(),
+        "a slot created two tasks: {slots:?}"
+    );
+    assert!(distinct.len() >= 2, "the schedule fired: {slots:?}");
+    let (first, last) = (*distinct.first().unwrap(), *distinct.last().unwrap());
+    assert_eq!(
+        (last - first).num_seconds() + 1,
+        distinct.len() as i64,
+        "every second between the first and last slot has its task: {slots:?}"
+    );
+    let s = client.get_schedule("tick").await.unwrap().unwrap();
+    assert_eq!(s.last_fired, Some(last));
+    eprintln!(
+        "SCHEDULES {}: 3 schedulers, {} slots, one task each",
+        client.store().backend(),
+        distinct.len()
+    );
+}
+
+#[test]
+fn bad_schedules_are_refused_before_anything_is_written() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let before = db.snapshot();
+    let add = |extra: &[&str]| {
+        let mut c = db.hive();
+        c.args(["schedule", "add", "nightly", "--title", "t", "--type", "x"])
+            .args(extra);
+        c
+    };
+    for (args, want) in [
+        (&["--cron", "* * *"][..], "3 fields"),
+        (&["--cron", "99 * * * *"][..], "`cron`"),
+        (
+            &["--cron", "0 2 * * *", "--tz", "Mars/Olympus"][..],
+            "Mars/Olympus",
+        ),
+        (
+            &[
+                "--cron",
+                "0 2 * * *",
+                "--missed",
+                "catch-up",
+                "--catch-up-limit",
+                "0",
+            ][..],
+            "missed.limit",
+        ),
+    ] {
+        db.refused(
+            &mut add(args),
+            &format!("schedule add {args:?}"),
+            want,
+            &before,
+        );
+    }
+    db.ok(&[
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 2 * * *",
+        "--title",
+        "t",
+        "--type",
+        "x",
+    ]);
+    let listed = db.json(&["schedule", "list"]);
+    assert_eq!(listed[0]["name"], "nightly");
+    assert!(listed[0]["next_slot"].is_string(), "{listed}");
+    let again = db
+        .hive()
+        .args([
+            "schedule",
+            "add",
+            "nightly",
+            "--cron",
+            "0 3 * * *",
+            "--title",
+            "t",
+            "--type",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second schedule of the same name is refused"
+    );
+    db.ok(&["schedule", "pause", "nightly"]);
+    assert_eq!(db.json(&["schedule", "get", "nightly"])["enabled"], false);
+    db.ok(&["schedule", "resume", "nightly"]);
+    db.ok(&["schedule", "delete", "nightly"]);
+    assert_eq!(db.json(&["schedule", "list"]), serde_json::json!([]));
+}

@@ -1,0 +1,248 @@
+//! Schedules: a cron expression in a time zone that creates a task at each of its slots,
+//! and the rules that decide which slots are due.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Json, NewTask, Result, Timestamp};
+
+/// What a schedule does with slots it missed (no scheduler ran at their time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+pub enum Missed {
+    /// Only the latest missed slot creates a task.
+    #[default]
+    Skip,
+    /// Every missed slot creates a task, the latest `limit` of them at most.
+    CatchUp { limit: u32 },
+}
+
+impl Missed {
+    /// The most missed slots a catch-up may create at once.
+    pub const MAX_CATCH_UP: u32 = 1000;
+}
+
+/// The task a schedule creates at each slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledTask {
+    pub title: String,
+    pub task_type: String,
+    #[serde(default = "empty_object")]
+    pub payload: Json,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+}
+
+fn empty_object() -> Json {
+    Json::Object(Default::default())
+}
+
+fn default_priority() -> i32 {
+    1
+}
+
+impl ScheduledTask {
+    pub fn new(title: impl Into<String>, task_type: impl Into<String>) -> Self {
+        ScheduledTask {
+            title: title.into(),
+            task_type: task_type.into(),
+            payload: empty_object(),
+            priority: 1,
+            max_retries: None,
+            timeout_secs: None,
+        }
+    }
+}
+
+/// A schedule as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    /// 5 fields (minute hour day month weekday) or 6 (seconds first).
+    pub cron: String,
+    /// An IANA time zone name (`Europe/Paris`); slots follow its clock, DST included.
+    pub timezone: String,
+    pub task: ScheduledTask,
+    pub enabled: bool,
+    pub missed: Missed,
+    /// Slots at or before this are done: fired, skipped, or passed while paused.
+    pub done_until: Timestamp,
+    /// The latest slot that created its task.
+    pub last_fired: Option<Timestamp>,
+    /// The first slot after `done_until`: when the schedule is next due (`None` when the
+    /// expression has no future slot).
+    pub next_slot: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// What a caller supplies to create a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewSchedule {
+    pub name: String,
+    pub cron: String,
+    #[serde(default = "utc")]
+    pub timezone: String,
+    pub task: ScheduledTask,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub missed: Missed,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NewSchedule {
+    pub fn new(name: impl Into<String>, cron: impl Into<String>, task: ScheduledTask) -> Self {
+        NewSchedule {
+            name: name.into(),
+            cron: cron.into(),
+            timezone: utc(),
+            task,
+            enabled: true,
+            missed: Missed::Skip,
+        }
+    }
+
+    crate::setters! {
+        /// An IANA time zone name (default `UTC`).
+        timezone: impl Into<String> => into,
+        missed: Missed,
+        enabled: bool,
+    }
+
+    /// Rejects what no scheduler could follow, naming the field: a blank name, a cron
+    /// expression that does not parse, an unknown time zone, a task that could not be
+    /// created, a catch-up bound of 0 or over [`Missed::MAX_CATCH_UP`].
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        crate::task::non_blank("name", &self.name)?;
+        crate::check_no_nul("name", &self.name)?;
+        Timing::parse(&self.cron, &self.timezone)?;
+        if let Missed::CatchUp { limit } = self.missed
+            && !(1..=Missed::MAX_CATCH_UP).contains(&limit)
+        {
+            return Err(Error::InvalidField {
+                field: "missed.limit".into(),
+                reason: format!("{limit} is not from 1 to {}", Missed::MAX_CATCH_UP),
+            });
+        }
+        self.task
+            .to_new_task("validation", Utc::now())
+            .validate(max_payload_bytes)
+    }
+}
+
+impl ScheduledTask {
+    /// The task for one slot: its idempotency key makes a slot create one task however
+    /// many schedulers fire it.
+    pub fn to_new_task(&self, schedule: &str, slot: Timestamp) -> NewTask {
+        let mut t = NewTask::new(self.title.clone(), self.task_type.clone())
+            .payload(self.payload.clone())
+            .priority(self.priority)
+            .idempotency_key(slot_key(schedule, slot))
+            .metadata(serde_json::json!({ "schedule": schedule, "slot": slot }));
+        t.max_retries = self.max_retries;
+        t.timeout_secs = self.timeout_secs;
+        t
+    }
+}
+
+/// The idempotency key of a schedule's task for one slot.
+pub fn slot_key(schedule: &str, slot: Timestamp) -> String {
+    format!("schedule:{schedule}:{}", slot.to_rfc3339())
+}
+
+/// A parsed cron expression in its time zone.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    cron: Cron,
+    tz: chrono_tz::Tz,
+}
+
+impl Timing {
+    /// Parses 5 fields (minute hour day month weekday) or 6 (seconds first) and an IANA
+    /// time zone name.
+    pub fn parse(cron: &str, timezone: &str) -> Result<Timing> {
+        let fields = cron.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(Error::InvalidField {
+                field: "cron".into(),
+                reason: format!(
+                    "`{cron}` has {fields} fields; expected 5 (minute hour day month weekday) or 6 (seconds first)"
+                ),
+            });
+        }
+        let parsed = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(cron)
+            .map_err(|e| Error::InvalidField {
+                field: "cron".into(),
+                reason: format!("`{cron}`: {e}"),
+            })?;
+        let tz = chrono_tz::Tz::from_str(timezone).map_err(|_| Error::InvalidField {
+            field: "timezone".into(),
+            reason: format!("`{timezone}` is not a known time zone (e.g. `UTC`, `Europe/Paris`)"),
+        })?;
+        Ok(Timing { cron: parsed, tz })
+    }
+
+    /// The first slot strictly after `after`. Slots are whole seconds.
+    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        self.cron
+            .find_next_occurrence(&whole_second(after).with_timezone(&self.tz), false)
+            .ok()
+            .map(|t| whole_second(t.with_timezone(&Utc)))
+    }
+
+    /// The slots due at `now` since `last` (exclusive) under `missed`, oldest first: the
+    /// latest only when skipping, the latest `limit` when catching up. Walks back from
+    /// `now`, so a schedule missed for years costs no more than its kept slots.
+    pub fn due(&self, last: Timestamp, now: Timestamp, missed: Missed) -> Vec<Timestamp> {
+        let keep = match missed {
+            Missed::Skip => 1,
+            Missed::CatchUp { limit } => limit.max(1) as usize,
+        };
+        let mut slots = Vec::new();
+        let mut at: DateTime<chrono_tz::Tz> = whole_second(now).with_timezone(&self.tz);
+        let mut inclusive = true;
+        while slots.len() < keep {
+            let Ok(prev) = self.cron.find_previous_occurrence(&at, inclusive) else {
+                break;
+            };
+            let slot = whole_second(prev.with_timezone(&Utc));
+            if slot <= last {
+                break;
+            }
+            slots.push(slot);
+            at = prev;
+            inclusive = false;
+        }
+        slots.reverse();
+        slots
+    }
+}
+
+/// `t` without its fraction of a second: slots fall on whole seconds.
+fn whole_second(t: Timestamp) -> Timestamp {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+use chrono::TimeZone;
+
+use super::*;
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Timestamp {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+}
+
+#[test]
+fn five_and_six_fields_parse_and_others_are_refused_by_name() {
+    assert!(Timing::parse("*/5 * * * *", "UTC").is_ok());
+    assert!(Timing::parse("*/10 * * * * *", "Europe/Paris").is_ok());
+    let e = Timing::parse("* * * *", "UTC").unwrap_err().to_string();
+    assert!(e.contains("`cron`") && e.contains("4 fields"), "{e}");
+    let e = Timing::parse("61 * * * *", "UTC").unwrap_err().to_string();
+    assert!(e.contains("`cron`"), "{e}");
+    let e = Timing::parse("* * * * *", "Mars/Olympus")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`timezone`") && e.contains("Mars/Olympus"),
+        "{e}"
+    );
+}
+
+#[test]
+fn slots_follow_the_zones_clock_across_daylight_saving() {
+    // 09:00 in Paris: 08:00 UTC in winter, 07:00 UTC in summer (DST began 2026-03-29).
+    let t = Timing::parse("0 9 * * *", "Europe/Paris").unwrap();
+    assert_eq!(
+        t.next_after(at(2026, 3, 27, 12, 0, 0)),
+        Some(at(2026, 3, 28, 8, 0, 0))
+    );
+    assert_eq!(
+        t.next_after(at(2026, 3, 28, 12, 0, 0)),
+        Some(at(2026, 3, 29, 7, 0, 0))
+    );
+    // 02:30 does not exist in Paris on 2026-03-29: the slot is not fired twice nor lost
+    // for the following days.
+    let night = Timing::parse("30 2 * * *", "Europe/Paris").unwrap();
+    let after = night.next_after(at(2026, 3, 28, 12, 0, 0)).unwrap();
+    assert!(after > at(2026, 3, 28, 12, 0, 0), "{after}");
+    let next = night.next_after(after).unwrap();
+    assert!(
+        next > after && next - after <= chrono::Duration::hours(25),
+        "{after} → {next}"
+    );
+}
+
+#[test]
+fn skip_fires_only_the_latest_missed_slot_and_catch_up_is_bounded() {
+    let t = Timing::parse("0 * * * *", "UTC").unwrap();
+    let last = at(2026, 1, 1, 0, 0, 0);
+    let now = at(2026, 1, 1, 10, 30, 0);
+    assert_eq!(
+        t.due(last, now, Missed::Skip),
+        vec![at(2026, 1, 1, 10, 0, 0)]
+    );
+    let caught = t.due(last, now, Missed::CatchUp { limit: 3 });
+    assert_eq!(
+        caught,
+        vec![
+            at(2026, 1, 1, 8, 0, 0),
+            at(2026, 1, 1, 9, 0, 0),
+            at(2026, 1, 1, 10, 0, 0)
+        ]
+    );
+    let all = t.due(last, now, Missed::CatchUp { limit: 100 });
+    assert_eq!(all.len(), 10, "every missed slot, none twice: {all:?}");
+    assert!(
+        t.due(at(2026, 1, 1, 10, 0, 0), now, Missed::Skip)
+            .is_empty()
+    );
+    // Missed for years, a per-second schedule still costs only its kept slots.
+    let every_second = Timing::parse("* * * * * *", "UTC").unwrap();
+    let far = every_second.due(at(2020, 1, 1, 0, 0, 0), now, Missed::CatchUp { limit: 5 });
+    assert_eq!(far.len(), 5);
+    assert_eq!(*far.last().unwrap(), now);
+    // Slots are whole seconds, whatever the fraction of `now`.
+    let fraction = now + chrono::Duration::microseconds(451_386);
+    assert_eq!(
+        every_second.due(now, fraction, Missed::Skip),
+        Vec::<Timestamp>::new()
+    );
+    assert_eq!(
+        every_second.next_after(fraction),
+        Some(now + chrono::Duration::seconds(1))
+    );
+}
+
+#[test]
+fn a_new_schedule_is_validated_whole() {
+    let task = ScheduledTask::new("report", "shell");
+    assert!(
+        NewSchedule::new("nightly", "0 2 * * *", task.clone())
+            .validate(1024)
+            .is_ok()
+    );
+    let e = NewSchedule::new(" ", "0 2 * * *", task.clone())
+        .validate(1024)
+        .unwrap_err();
+    assert!(e.to_string().contains("`name`"), "{e}");
+    let e = NewSchedule::new("n", "0 2 * * *", task.clone())
+        .missed(Missed::CatchUp { limit: 0 })
+        .validate(1024)
+        .unwrap_err();
+    assert!(e.to_string().contains("missed.limit"), "{e}");
+    let e = NewSchedule::new("n", "0 2 * * *", ScheduledTask::new("", "shell"))
+        .validate(1024)
+        .unwrap_err();
+    assert!(e.to_string().contains("`title`"), "{e}");
+    let slot = at(2026, 1, 1, 2, 0, 0);
+    let t = task.to_new_task("nightly", slot);
+    assert_eq!(
+        t.idempotency_key.as_deref(),
+        Some("schedule:nightly:2026-01-01T02:00:00+00:00")
+    );
+}

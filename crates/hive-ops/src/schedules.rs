@@ -1,0 +1,146 @@
+//! Schedules: create, read, pause, resume, delete, and the scheduler step every worker (and
+//! `hive schedule run`) takes — creating the task of each due slot exactly once however
+//! many schedulers run: each slot's task carries the idempotency key of its schedule and
+//! slot time, and a schedule's `done_until` moves compare-and-set.
+
+use hive_models::{NewSchedule, Schedule, Timestamp, Timing};
+use hive_store::{ScheduleAdvance, Store};
+
+use crate::{Error, Ops, Result};
+
+/// What one scheduler step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FireReport {
+    /// Schedules that were due.
+    pub due: usize,
+    /// Slots whose task this step submitted (a slot another scheduler fired first creates
+    /// nothing new).
+    pub slots: usize,
+}
+
+impl<S: Store + ?Sized> Ops<S> {
+    /// Validates and stores a schedule, due from its first slot after now (the store's
+    /// clock). [`Error::Store`] with a conflict when the name is taken.
+    pub async fn add_schedule(&self, new: NewSchedule) -> Result<Schedule> {
+        new.validate(self.config.max_payload_bytes)?;
+        let timing = Timing::parse(&new.cron, &new.timezone)?;
+        let now = self.store.now().await?;
+        let schedule = Schedule {
+            next_slot: timing.next_after(now),
+            name: new.name,
+            cron: new.cron,
+            timezone: new.timezone,
+            task: new.task,
+            enabled: new.enabled,
+            missed: new.missed,
+            done_until: now,
+            last_fired: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_schedule(&schedule).await?;
+        Ok(schedule)
+    }
+
+    pub async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>> {
+        Ok(self.store.get_schedule(name).await?)
+    }
+
+    /// Every schedule, by name, with its last and next fire times.
+    pub async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        Ok(self.store.list_schedules().await?)
+    }
+
+    /// Deletes a schedule; the tasks it created stay. False for an unknown name.
+    pub async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.store.delete_schedule(name).await?)
+    }
+
+    /// Stops a schedule from firing; false for an unknown name.
+    pub async fn pause_schedule(&self, name: &str) -> Result<bool> {
+        self.set_enabled(name, false).await
+    }
+
+    /// Starts a paused schedule again from now: slots that passed while it was paused are
+    /// not missed slots, and create nothing. False for an unknown name.
+    pub async fn resume_schedule(&self, name: &str) -> Result<bool> {
+        self.set_enabled(name, true).await
+    }
+
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        // Retried on a lost race with a scheduler moving the same row.
+        for _ in 0..10 {
+            let Some(s) = self.store.get_schedule(name).await? else {
+                return Ok(false);
+            };
+            if s.enabled == enabled {
+                return Ok(true);
+            }
+            let (to, next_slot) = if enabled {
+                let now = self.store.now().await?;
+                let timing = Timing::parse(&s.cron, &s.timezone)?;
+                (
+                    now.max(s.done_until),
+                    timing.next_after(now.max(s.done_until)),
+                )
+            } else {
+                (s.done_until, s.next_slot)
+            };
+            let advance = ScheduleAdvance {
+                name: s.name.clone(),
+                from: s.done_until,
+                to,
+                last_fired: None,
+                next_slot,
+                enabled: Some(enabled),
+            };
+            if self.store.advance_schedule(&advance).await? {
+                return Ok(true);
+            }
+        }
+        Err(Error::Store(hive_store::Error::Conflict(format!(
+            "schedule `{name}` kept changing; try again"
+        ))))
+    }
+
+    /// One scheduler step: for each enabled schedule whose next slot has come (the
+    /// store's clock), submits the task of each due slot (the latest only, or the latest
+    /// `limit` when catching up), then moves the schedule past them compare-and-set. Safe
+    /// to run from any number of processes at once: a slot's task has its schedule's and
+    /// slot's idempotency key, so it is created once.
+    pub async fn fire_due_schedules(&self) -> Result<FireReport> {
+        let now = self.store.now().await?;
+        let mut report = FireReport::default();
+        for s in self.store.list_schedules().await? {
+            if !s.enabled || s.next_slot.is_none_or(|n| n > now) {
+                continue;
+            }
+            report.due += 1;
+            report.slots += self.fire(&s, now).await?;
+        }
+        Ok(report)
+    }
+
+    async fn fire(&self, s: &Schedule, now: Timestamp) -> Result<usize> {
+        let timing = Timing::parse(&s.cron, &s.timezone)?;
+        let slots = timing.due(s.done_until, now, s.missed);
+        if !slots.is_empty() {
+            let tasks = slots
+                .iter()
+                .map(|slot| s.task.to_new_task(&s.name, *slot))
+                .collect();
+            self.create_tasks(tasks).await?;
+        }
+        let advance = ScheduleAdvance {
+            name: s.name.clone(),
+            from: s.done_until,
+            to: now,
+            last_fired: slots.last().copied(),
+            next_slot: timing.next_after(now),
+            enabled: None,
+        };
+        // Lost to another scheduler: it submitted the same slots, created once by key.
+        self.store.advance_schedule(&advance).await?;
+        Ok(slots.len())
+    }
+}

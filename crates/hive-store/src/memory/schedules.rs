@@ -1,0 +1,36 @@
+//! Schedules in memory: rows by name, moved compare-and-set like the SQL backends.
+
+use hive_models::Schedule;
+
+use super::state::{State, now};
+use crate::{Error, Result, ScheduleAdvance};
+
+impl State {
+    pub(crate) fn insert_schedule(&mut self, s: &Schedule) -> Result<()> {
+        if self.schedules.contains_key(&s.name) {
+            return Err(Error::Conflict(format!(
+                "a schedule named `{}` exists",
+                s.name
+            )));
+        }
+        self.schedules.insert(s.name.clone(), s.clone());
+        Ok(())
+    }
+
+    pub(crate) fn advance_schedule(&mut self, a: &ScheduleAdvance) -> bool {
+        let Some(s) = self.schedules.get_mut(&a.name) else {
+            return false;
+        };
+        if s.done_until != a.from {
+            return false;
+        }
+        s.done_until = a.to;
+        s.last_fired = a.last_fired.or(s.last_fired);
+        s.next_slot = a.next_slot;
+        if let Some(enabled) = a.enabled {
+            s.enabled = enabled;
+        }
+        s.updated_at = now();
+        true
+    }
+}

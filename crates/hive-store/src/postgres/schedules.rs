@@ -1,0 +1,102 @@
+//! Schedules on Postgres: one row each; `done_until` moves compare-and-set.
+
+use hive_models::Schedule;
+use sqlx::postgres::PgRow;
+
+use super::{PostgresStore, rows};
+use crate::sql::R;
+use crate::{Error, ScheduleAdvance};
+
+fn from_row(row: &PgRow) -> R<Schedule> {
+    const T: &str = "schedules";
+    Ok(Schedule {
+        name: rows::get(row, "name", T)?,
+        cron: rows::get(row, "cron", T)?,
+        timezone: rows::get(row, "timezone", T)?,
+        task: decode(row, "task")?,
+        enabled: rows::get(row, "enabled", T)?,
+        missed: decode(row, "missed")?,
+        done_until: rows::get(row, "done_until", T)?,
+        last_fired: rows::get(row, "last_fired", T)?,
+        next_slot: rows::get(row, "next_slot", T)?,
+        created_at: rows::get(row, "created_at", T)?,
+        updated_at: rows::get(row, "updated_at", T)?,
+    })
+}
+
+/// A JSON column decoded into its model type.
+fn decode<T: serde::de::DeserializeOwned>(row: &PgRow, col: &str) -> R<T> {
+    let v: serde_json::Value = rows::get(row, col, "schedules")?;
+    serde_json::from_value(v).map_err(|e| rows::corrupt("schedules", format!("{col}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(col: &str, v: &T) -> R<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::Database(format!("{col}: {e}")).into())
+}
+
+impl PostgresStore {
+    pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO schedules (name, cron, timezone, task, enabled, missed, done_until, \
+             last_fired, next_slot, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(to_json("task", &s.task)?)
+        .bind(s.enabled)
+        .bind(to_json("missed", &s.missed)?)
+        .bind(s.done_until)
+        .bind(s.last_fired)
+        .bind(s.next_slot)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("a schedule named `{}` exists", s.name)).into());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn read_schedule(&self, name: &str) -> R<Option<Schedule>> {
+        let row = sqlx::query("SELECT * FROM schedules WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    pub(super) async fn read_schedules(&self) -> R<Vec<Schedule>> {
+        let found = sqlx::query("SELECT * FROM schedules ORDER BY name COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?;
+        found.iter().map(from_row).collect()
+    }
+
+    pub(super) async fn delete_schedule_once(&self, name: &str) -> R<bool> {
+        let done = sqlx::query("DELETE FROM schedules WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn advance_schedule_once(&self, a: &ScheduleAdvance) -> R<bool> {
+        let done = sqlx::query(
+            "UPDATE schedules SET done_until = $1, last_fired = coalesce($2, last_fired), \
+             next_slot = $3, enabled = coalesce($4, enabled), updated_at = now() \
+             WHERE name = $5 AND done_until = $6",
+        )
+        .bind(a.to)
+        .bind(a.last_fired)
+        .bind(a.next_slot)
+        .bind(a.enabled)
+        .bind(&a.name)
+        .bind(a.from)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

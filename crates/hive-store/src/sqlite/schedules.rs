@@ -1,0 +1,101 @@
+//! Schedules on SQLite: one row each; `done_until` moves compare-and-set.
+
+use hive_models::Schedule;
+use sqlx::sqlite::SqliteRow;
+
+use super::db::{self, Cols, Conn, R, to_json, us};
+use crate::{Error, ScheduleAdvance};
+
+macro_rules! select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT name, cron, timezone, task, enabled, missed, done_until, last_fired, \
+             next_slot, created_at, updated_at FROM schedules ",
+            $rest
+        )
+    };
+}
+
+fn from_row(row: &SqliteRow) -> R<Schedule> {
+    let c = Cols::new(row, "schedules");
+    Ok(Schedule {
+        name: c.get("name")?,
+        cron: c.get("cron")?,
+        timezone: c.get("timezone")?,
+        task: c.json("task")?,
+        enabled: c.get("enabled")?,
+        missed: c.json("missed")?,
+        done_until: c.ts("done_until")?,
+        last_fired: c.ts_opt("last_fired")?,
+        next_slot: c.ts_opt("next_slot")?,
+        created_at: c.ts("created_at")?,
+        updated_at: c.ts("updated_at")?,
+    })
+}
+
+pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO schedules (name, cron, timezone, task, enabled, missed, done_until, \
+         last_fired, next_slot, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&s.name)
+    .bind(&s.cron)
+    .bind(&s.timezone)
+    .bind(to_json("task", &s.task)?)
+    .bind(s.enabled)
+    .bind(to_json("missed", &s.missed)?)
+    .bind(us(s.done_until))
+    .bind(s.last_fired.map(us))
+    .bind(s.next_slot.map(us))
+    .bind(us(s.created_at))
+    .bind(us(s.updated_at))
+    .execute(&mut *c)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(Error::Conflict(format!("a schedule named `{}` exists", s.name)).into());
+    }
+    Ok(())
+}
+
+pub(super) async fn get(c: &mut Conn, name: &str) -> R<Option<Schedule>> {
+    let row = sqlx::query(select!("WHERE name = ?1"))
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub(super) async fn list(c: &mut Conn) -> R<Vec<Schedule>> {
+    let rows = sqlx::query(select!("ORDER BY name"))
+        .fetch_all(&mut *c)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub(super) async fn delete(c: &mut Conn, name: &str) -> R<bool> {
+    let done = sqlx::query("DELETE FROM schedules WHERE name = ?1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn advance(c: &mut Conn, a: &ScheduleAdvance) -> R<bool> {
+    let at = db::db_now(c).await?;
+    let done = sqlx::query(
+        "UPDATE schedules SET done_until = ?1, last_fired = COALESCE(?2, last_fired), \
+         next_slot = ?3, enabled = COALESCE(?4, enabled), updated_at = ?5 \
+         WHERE name = ?6 AND done_until = ?7",
+    )
+    .bind(us(a.to))
+    .bind(a.last_fired.map(us))
+    .bind(a.next_slot.map(us))
+    .bind(a.enabled)
+    .bind(at)
+    .bind(&a.name)
+    .bind(us(a.from))
+    .execute(&mut *c)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}

@@ -1,0 +1,98 @@
+//! Conformance case for schedules: stored whole, listed by name, moved compare-and-set,
+//! deleted.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use hive_models::{Missed, Schedule, ScheduledTask};
+
+use crate::{Error, ScheduleAdvance, Store};
+
+type S = Arc<dyn Store>;
+
+pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
+    let now = s.now().await.unwrap();
+    let at = |secs: i64| now + chrono::Duration::seconds(secs);
+    let mut task = ScheduledTask::new("report", "shell");
+    task.payload = serde_json::json!({"command": "echo report"});
+    task.max_retries = Some(2);
+    let row = |name: &str| Schedule {
+        name: name.into(),
+        cron: "*/5 * * * * *".into(),
+        timezone: "Europe/Paris".into(),
+        task: task.clone(),
+        enabled: true,
+        missed: Missed::CatchUp { limit: 4 },
+        done_until: now,
+        last_fired: None,
+        next_slot: Some(at(5)),
+        created_at: now,
+        updated_at: now,
+    };
+    s.insert_schedule(&row("nightly")).await.unwrap();
+    s.insert_schedule(&row("hourly")).await.unwrap();
+    let dup = s.insert_schedule(&row("nightly")).await.unwrap_err();
+    assert!(matches!(dup, Error::Conflict(_)), "{dup}");
+    assert_eq!(
+        s.get_schedule("nightly").await.unwrap(),
+        Some(row("nightly"))
+    );
+    let names: Vec<String> = s
+        .list_schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert_eq!(names, ["hourly", "nightly"]);
+
+    let advance = ScheduleAdvance {
+        name: "nightly".into(),
+        from: now,
+        to: at(10),
+        last_fired: Some(at(10)),
+        next_slot: Some(at(15)),
+        enabled: None,
+    };
+    assert!(s.advance_schedule(&advance).await.unwrap());
+    assert!(
+        !s.advance_schedule(&advance).await.unwrap(),
+        "a second scheduler holding the old value loses"
+    );
+    let moved = s.get_schedule("nightly").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            moved.done_until,
+            moved.last_fired,
+            moved.next_slot,
+            moved.enabled
+        ),
+        (at(10), Some(at(10)), Some(at(15)), true)
+    );
+    let pause = ScheduleAdvance {
+        from: at(10),
+        last_fired: None,
+        enabled: Some(false),
+        ..advance.clone()
+    };
+    assert!(s.advance_schedule(&pause).await.unwrap());
+    let paused = s.get_schedule("nightly").await.unwrap().unwrap();
+    assert!(!paused.enabled);
+    assert_eq!(
+        paused.last_fired,
+        Some(at(10)),
+        "no fire keeps the last one"
+    );
+    assert!(
+        !s.advance_schedule(&ScheduleAdvance {
+            name: "ghost".into(),
+            ..advance
+        })
+        .await
+        .unwrap()
+    );
+
+    assert!(s.delete_schedule("nightly").await.unwrap());
+    assert!(!s.delete_schedule("nightly").await.unwrap());
+    assert!(s.get_schedule("nightly").await.unwrap().is_none());
+}
