@@ -16,6 +16,7 @@ use crate::proxy::{Cut, Proxy};
 
 hive_store::per_backend!([sqlite, postgres], hive_store::testing::TestStore::run_with_url =>
     a_cancel_from_another_process_stops_the_handler,
+    a_task_from_another_process_is_picked_up_without_polling,
 );
 
 mod lost_reply {
@@ -127,6 +128,56 @@ async fn a_lost_claim_reply_is_given_back_within_a_heartbeat(store: Arc<dyn Stor
         calls.load(Ordering::SeqCst),
         2,
         "each task's handler ran once"
+    );
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// A worker idle on a 30 s poll picks up a task another process created at once: on
+/// Postgres through NOTIFY, on SQLite through the watcher of the file's `data_version`.
+/// Prints the median pickup of ten tasks created one after another.
+async fn a_task_from_another_process_is_picked_up_without_polling(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    let operator = Client::from_store(store, OpsConfig::default());
+    let workers = another_process(&url).await;
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let w = workers
+        .worker("sleepy")
+        .handle_signals(false)
+        .poll_interval(Duration::from_secs(30));
+    let shutdown = w.shutdown_handle();
+    let run = tokio::spawn(w.run(move |_ctx: TaskContext| {
+        let _ = started_tx.send(Instant::now());
+        async { Ok::<_, TaskError>(serde_json::Value::Null) }
+    }));
+    // Let the worker register, claim nothing and settle on its poll.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pickups = Vec::new();
+    for i in 0..10 {
+        let created = Instant::now();
+        operator
+            .create_task(NewTask::new(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+        let at = tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .expect("picked up long before the 30 s poll")
+            .unwrap();
+        pickups.push(at - created);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pickups.sort();
+    eprintln!(
+        "PICKUP ACROSS PROCESSES {}: median {:?}, max {:?} (poll interval 30 s)",
+        operator.store().backend(),
+        pickups[pickups.len() / 2],
+        pickups.last().unwrap()
     );
     shutdown.shutdown();
     tokio::time::timeout(Duration::from_secs(30), run)

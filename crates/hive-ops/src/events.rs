@@ -55,6 +55,10 @@ pub enum Event {
         fraction: f64,
         message: Option<String>,
     },
+    /// Another process wrote to the store and this one is not told what (SQLite, where
+    /// nothing is announced across processes): anything may have changed, claimable work
+    /// included.
+    StoreChanged,
     /// A task that waited on dependencies became claimable (its last dependency
     /// completed, and the transaction that freed it did not claim it).
     TaskReady {
@@ -129,7 +133,10 @@ impl Event {
     /// queue, dependents freed. Workers wake on these only.
     pub fn may_be_claimable(&self) -> bool {
         match self {
-            Event::TaskCreated { .. } | Event::TaskReady { .. } | Event::TaskRetried { .. } => true,
+            Event::TaskCreated { .. }
+            | Event::TaskReady { .. }
+            | Event::TaskRetried { .. }
+            | Event::StoreChanged => true,
             Event::TaskStatusChanged { status, .. } => *status == TaskStatus::Queued,
             _ => false,
         }
@@ -181,6 +188,7 @@ impl Event {
                 }],
             },
             Change::TaskReady { task_id } => vec![Event::TaskReady { task_id: *task_id }],
+            Change::StoreChanged => vec![Event::StoreChanged],
             Change::Progress {
                 task_id,
                 run_id,

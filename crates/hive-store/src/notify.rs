@@ -46,6 +46,9 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+    /// Another process wrote to the store, in a way this process is not told the details
+    /// of (SQLite): re-read what you need. Workers claim on it.
+    StoreChanged,
     /// A worker registered (active) or went offline.
     Worker {
         worker_id: WorkerId,
@@ -101,7 +104,7 @@ impl Notification {
     /// slot elsewhere, so waking every worker on it would only cost empty claims.
     pub fn may_be_claimable(&self) -> bool {
         match &self.change {
-            Change::TaskCreated { .. } | Change::TaskReady { .. } => true,
+            Change::TaskCreated { .. } | Change::TaskReady { .. } | Change::StoreChanged => true,
             Change::TaskStatus(c) => c.status == TaskStatus::Queued,
             Change::TaskClaimed { .. }
             | Change::PlanStatus { .. }
@@ -150,6 +153,11 @@ impl Notifier {
 
     pub fn origin(&self) -> uuid::Uuid {
         self.origin
+    }
+
+    /// How many receivers listen now.
+    pub fn receivers(&self) -> usize {
+        self.sender.receiver_count()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {

@@ -87,9 +87,11 @@ mod runs;
 mod schedules;
 mod tasks;
 mod tx;
+mod watch;
 mod workers;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -122,6 +124,10 @@ pub struct SqliteStore {
     /// The file opened (checked before every write; see [`connect::FileId::check`]).
     file: Option<connect::FileId>,
     faults: Faults,
+    /// Other processes' commits, noticed (see [`watch`]).
+    watch: Arc<watch::Watch>,
+    /// Whether other processes can open this database (not `sqlite::memory:`).
+    shared: bool,
 }
 
 /// A fault a test injects into the next write transaction (see
@@ -146,8 +152,10 @@ impl SqliteStore {
             writer: opened.writer,
             notifier: Notifier::new(),
             target: opened.target,
+            shared: opened.file.is_some(),
             file: opened.file,
             faults: Faults::default(),
+            watch: Arc::default(),
         })
     }
 
@@ -189,6 +197,9 @@ impl SqliteStore {
                 tx.commit(&self.faults)
                     .await
                     .map_err(|e| self.sql_error(e))?;
+                self.watch
+                    .local_commits
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 self.notifier.send_all(notes);
                 Ok(v)
             }
@@ -225,7 +236,11 @@ impl Store for SqliteStore {
     }
 
     async fn subscribe(&self) -> Result<broadcast::Receiver<Notification>> {
-        Ok(self.notifier.subscribe())
+        let receiver = self.notifier.subscribe();
+        if self.shared {
+            self.watch.start(&self.reader, &self.notifier);
+        }
+        Ok(receiver)
     }
 
     async fn insert_tasks(&self, new: Vec<NewTask>) -> Result<Vec<TaskId>> {
