@@ -194,12 +194,12 @@ impl SqliteStore {
     async fn end<T>(&self, tx: WriteTx, outcome: R<T>, notes: Vec<Notification>) -> Result<T> {
         match outcome {
             Ok(v) => {
-                tx.commit(&self.faults)
-                    .await
-                    .map_err(|e| self.sql_error(e))?;
-                self.watch
-                    .local_commits
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Counted before and after the commit, so the watcher reading
+                // `data_version` at any moment around it knows the change is this store's.
+                self.watch.committing();
+                let committed = tx.commit(&self.faults).await;
+                self.watch.committing();
+                committed.map_err(|e| self.sql_error(e))?;
                 self.notifier.send_all(notes);
                 Ok(v)
             }

@@ -20,11 +20,16 @@ const EVERY: Duration = Duration::from_millis(5);
 /// watcher runs.
 #[derive(Debug, Default)]
 pub(super) struct Watch {
-    pub(super) local_commits: AtomicU64,
+    local_commits: AtomicU64,
     running: AtomicBool,
 }
 
 impl Watch {
+    /// Marks a commit of this store in progress (called before and after each).
+    pub(super) fn committing(&self) {
+        self.local_commits.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Starts the watcher unless one runs. It stops once nobody listens (or the database
     /// goes away); the next subscriber starts it again.
     pub(super) fn start(self: &Arc<Self>, reader: &SqlitePool, notifier: &Notifier) {
