@@ -48,6 +48,8 @@ enum Command {
     Plan(commands::plan::PlanCommand),
     /// Tasks per status, active workers, plans in progress.
     Status,
+    /// Serve the operator dashboard, its JSON API and /metrics.
+    Serve(commands::serve::ServeArgs),
     /// Run a generated plan end to end with in-process workers, on a fresh SQLite file in a
     /// temporary directory (HIVE_DATABASE_URL is ignored; give --database-url on the command
     /// line to use another database).
@@ -111,6 +113,7 @@ async fn main() -> ExitCode {
         Command::Plan(c) => commands::plan::run(&ctx, c).await,
         Command::Status => commands::status(&ctx).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
+        Command::Serve(args) => commands::serve::run(&ctx, args).await,
     };
     match result {
         Ok(code) => code,

@@ -34,6 +34,9 @@ pub enum WorkerCommand {
         /// Exit 0 once nothing is ready, running or waiting to retry.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Serve Prometheus metrics (`GET /metrics`) on this address while the worker runs.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<std::net::SocketAddr>,
         #[command(flatten)]
         intervals: Intervals,
     },
@@ -124,6 +127,7 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
             concurrency,
             lease_secs,
             exit_when_idle,
+            metrics_bind,
             intervals,
         } => {
             if lease_secs == 0 {
@@ -161,6 +165,14 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
             let client = hive_client::ConnectRetry::default()
                 .connect_with(&ctx.database_url, &options, Default::default())
                 .await?;
+            if let Some(addr) = metrics_bind {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
+                let metrics = hive_metrics::Metrics::new()?;
+                metrics.watch(client.clone()).await?;
+                tokio::spawn(hive_metrics::serve(listener, client.clone(), metrics));
+            }
             let worker = client
                 .worker(id.clone())
                 .role(role)
