@@ -14,7 +14,11 @@ fn layer(name: &str) -> Option<u8> {
         "hive-store" => 1,
         "hive-ops" => 2,
         "hive-client" => 3,
+        // Beside the client: apps running workers may export metrics without the CLI.
+        "hive-metrics" => 3,
         "hive-cli" => 4,
+        // The dashboard behind `hive serve`, a part of the CLI's layer.
+        "hive-web" => 4,
         "hive-tests" => 5,
         n if is_app(n) => 4,
         _ => return None,

@@ -54,6 +54,8 @@ enum Command {
     Schedule(commands::schedule::ScheduleCommand),
     /// Tasks per status, active workers, plans in progress.
     Status,
+    /// Serve the operator dashboard, its JSON API and /metrics.
+    Serve(commands::serve::ServeArgs),
     /// Run a generated plan end to end with in-process workers, on a fresh SQLite file in a
     /// temporary directory (HIVE_DATABASE_URL is ignored; give --database-url on the command
     /// line to use another database).
@@ -130,6 +132,7 @@ async fn main() -> ExitCode {
         Command::Schedule(c) => commands::schedule::run(&ctx, c).await,
         Command::Status => commands::status(&ctx).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
+        Command::Serve(args) => commands::serve::run(&ctx, args).await,
     };
     match result {
         Ok(code) => code,

@@ -41,11 +41,17 @@ pub enum Event {
     /// Failed for good.
     TaskFailed {
         task_id: TaskId,
+        /// The run whose failure it was, when a worker's was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_id: Option<RunId>,
         error: Option<String>,
     },
     /// Failed, and back in the queue from `run_at`.
     TaskRetried {
         task_id: TaskId,
+        /// The run that failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_id: Option<RunId>,
         run_at: Timestamp,
     },
     /// A running handler said how far it has got (at most once a second per run).
@@ -176,10 +182,12 @@ impl Event {
                 }
                 TaskStatus::Failed => vec![Event::TaskFailed {
                     task_id: c.task_id,
+                    run_id: c.run_id,
                     error: c.error.clone(),
                 }],
                 TaskStatus::Queued if c.run_at.is_some() => vec![Event::TaskRetried {
                     task_id: c.task_id,
+                    run_id: c.run_id,
                     run_at: c.run_at.unwrap_or_default(),
                 }],
                 status => vec![Event::TaskStatusChanged {

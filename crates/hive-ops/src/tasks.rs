@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use hive_models::{Json, NewTask, Run, RunId, Task, TaskId, TaskStatus};
-use hive_store::{PruneParams, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter};
+use hive_store::{
+    PruneParams, QueueStats, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter,
+    TaskPageParams,
+};
 
 use crate::{Error, Ops, Result};
 
@@ -224,6 +227,45 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Task counts per status, for the store or one plan.
     pub async fn count_tasks(&self, plan_id: Option<hive_models::PlanId>) -> Result<StatusCounts> {
         Ok(self.store.count_tasks(plan_id).await?)
+    }
+
+    /// One page of tasks, newest first, below the cursor `params.before`, under the
+    /// filters (keyset pagination: as fast on the last page as on the first). Rejects a
+    /// limit outside 1..=[`TaskPageParams::MAX_LIMIT`].
+    pub async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
+        params.check()?;
+        Ok(self.store.page_tasks(params).await?)
+    }
+
+    /// Tasks per type and status, the oldest ready task per type, and runs closed per
+    /// minute since `since`.
+    pub async fn queue_stats(&self, since: hive_models::Timestamp) -> Result<QueueStats> {
+        Ok(self.store.queue_stats(since).await?)
+    }
+
+    /// Requeues failed tasks matching `filter` (its status is taken as `failed`), newest
+    /// first, a page at a time, at most `max` of them: an operator's "retry every failure
+    /// of this type", bounded so one request never runs unbounded. Returns the ids
+    /// requeued (a task deleted meanwhile is skipped).
+    pub async fn requeue_failed(&self, filter: &TaskPageParams, max: u32) -> Result<Vec<TaskId>> {
+        let mut page = TaskPageParams {
+            status: Some(TaskStatus::Failed),
+            limit: TaskPageParams::MAX_LIMIT.min(max.max(1)),
+            ..filter.clone()
+        };
+        page.check()?;
+        let mut done = Vec::new();
+        while done.len() < max as usize {
+            let tasks = self.store.page_tasks(&page).await?;
+            let Some(last) = tasks.last() else { break };
+            page.before = Some(last.id);
+            for t in tasks.iter().take(max as usize - done.len()) {
+                if self.requeue_task(t.id).await? {
+                    done.push(t.id);
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Deletes a task and its runs; false for an unknown task.

@@ -2,6 +2,7 @@
 //! The rules ([`crate::rules`]) read the maps directly and their patches are applied to
 //! them: this is the reference semantics every other backend is compared with.
 
+mod dashboard;
 mod schedules;
 mod state;
 mod subtasks;
@@ -21,8 +22,9 @@ use tokio::sync::broadcast;
 use crate::rules::{Changes, Patches};
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
-    PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged,
-    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
+    StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, WorkerFilter,
+    WorkerRegistration, WorkerStatusChange,
 };
 use state::{State, now, sub};
 
@@ -150,6 +152,15 @@ impl Store for MemoryStore {
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
         Ok(self.lock().task(id).cloned())
+    }
+
+    async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
+        params.check()?;
+        Ok(dashboard::page(&self.lock(), params))
+    }
+
+    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats> {
+        Ok(dashboard::stats(&self.lock(), now(), since))
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {

@@ -18,6 +18,7 @@
 #[macro_use]
 mod sql;
 mod connect;
+mod dashboard;
 mod listen;
 mod plans;
 mod progress;
@@ -44,8 +45,9 @@ use uuid::Uuid;
 use crate::sql::{Fail, R};
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
-    PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange, StatusChanged,
-    StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
+    StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, WorkerFilter,
+    WorkerRegistration, WorkerStatusChange,
 };
 
 /// How often a transaction that lost a deadlock or serialization race is retried.
@@ -212,6 +214,15 @@ impl Store for PostgresStore {
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
         self.run(self.read_task(id)).await
+    }
+
+    async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
+        params.check()?;
+        self.run(self.read_page(params)).await
+    }
+
+    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats> {
+        self.run(self.read_stats(since)).await
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {

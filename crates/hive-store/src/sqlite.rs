@@ -80,6 +80,7 @@ macro_rules! write {
 }
 
 mod connect;
+mod dashboard;
 mod db;
 mod plans;
 mod replay;
@@ -104,9 +105,9 @@ use tokio::sync::broadcast;
 
 use crate::{
     Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport, HeartbeatReport,
-    Notification, Notifier, PruneParams, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
-    StatusChanged, StatusCounts, Store, TaskFilter, WorkerFilter, WorkerRegistration,
-    WorkerStatusChange,
+    Notification, Notifier, PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome,
+    StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, WorkerFilter,
+    WorkerRegistration, WorkerStatusChange,
 };
 use db::{Fail, R};
 use tx::{Faults, WriteTx};
@@ -261,6 +262,15 @@ impl Store for SqliteStore {
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
         read!(self, db::fetch_task, id)
+    }
+
+    async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
+        params.check()?;
+        read!(self, dashboard::page, params)
+    }
+
+    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats> {
+        read!(self, dashboard::stats, since)
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {

@@ -11,8 +11,9 @@ use tokio::sync::broadcast;
 
 use crate::{
     Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PruneParams,
-    ReapParams, ReapReport, Result, RunOutcome, ScheduleAdvance, StatusChange, StatusChanged,
-    StatusCounts, TaskFilter, WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    QueueStats, ReapParams, ReapReport, Result, RunOutcome, ScheduleAdvance, StatusChange,
+    StatusChanged, StatusCounts, TaskFilter, TaskPageParams, WorkerFilter, WorkerRegistration,
+    WorkerStatusChange,
 };
 
 /// Persistence of tasks, runs, workers, plans and plan dependencies.
@@ -42,6 +43,8 @@ use crate::{
 ///   change replaces its `status_reason` (the reaper gives [`hive_models::Worker::silent_reason`]
 ///   when it marks a worker `offline`); a run closed by the reaper carries
 ///   [`hive_models::Run::LEASE_EXPIRED`].
+/// - Task pages ([`Store::page_tasks`]) are ordered by descending id, which is creation
+///   order (UUIDv7); the cursor is the last id of the previous page.
 /// - A run records `created_at` (when a claim opened it, equal to `started_at`) and
 ///   `updated_at` (stamped by every write to it: opening, lease extension, closing).
 ///   A plan keeps the `metadata` object it was submitted with.
@@ -78,6 +81,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Task counts per status, for the whole store or one plan.
     async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts>;
+
+    /// One page of tasks, newest first (descending id), below the cursor `before`, under
+    /// the filters: keyset pagination, so a page costs the same at any depth. Refuses a
+    /// limit outside 1..=[`TaskPageParams::MAX_LIMIT`] with `Rejected`.
+    async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>>;
+
+    /// Tasks per type and status, the oldest ready task per type, and the runs closed per
+    /// minute since `since`: an operator's overview and the metrics gauges, in one read.
+    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats>;
 
     /// Moves a task to a new status if the transition table allows it (or, with
     /// `requeue`, from a status no worker holds back to `queued`). Returns `None` for an

@@ -361,3 +361,119 @@ pub struct HeartbeatReport {
     /// Leases extended on the worker's running runs.
     pub extended: u64,
 }
+
+/// One page of tasks for [`crate::Store::page_tasks`]: newest first (descending id, which
+/// is creation order because ids are UUIDv7), after a cursor, under optional filters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskPageParams {
+    pub status: Option<TaskStatus>,
+    pub task_type: Option<String>,
+    pub plan_id: Option<PlanId>,
+    /// Only tasks whose `assigned_worker` is this worker.
+    pub worker: Option<WorkerId>,
+    /// Only tasks whose title contains this text (case-sensitive, `%` and `_` literal).
+    pub title_contains: Option<String>,
+    /// The cursor: only tasks whose id is below this one (the last id of the page before).
+    pub before: Option<TaskId>,
+    /// At most this many rows, 1 to [`TaskPageParams::MAX_LIMIT`].
+    pub limit: u32,
+}
+
+impl TaskPageParams {
+    /// The largest page a caller may ask for.
+    pub const MAX_LIMIT: u32 = 500;
+
+    /// Refuses a limit of 0 or over [`TaskPageParams::MAX_LIMIT`].
+    pub fn check(&self) -> crate::Result<()> {
+        if self.limit == 0 || self.limit > Self::MAX_LIMIT {
+            return Err(crate::Error::Rejected(format!(
+                "page limit {} is out of range; expected 1 to {}",
+                self.limit,
+                Self::MAX_LIMIT
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `task` passes every filter except the cursor (the memory backend's test).
+    pub fn matches(&self, task: &hive_models::Task) -> bool {
+        self.status.is_none_or(|s| task.status == s)
+            && self.task_type.as_ref().is_none_or(|t| &task.task_type == t)
+            && self.plan_id.is_none_or(|p| task.plan_id == Some(p))
+            && self
+                .worker
+                .as_ref()
+                .is_none_or(|w| task.assigned_worker.as_ref() == Some(w))
+            && self
+                .title_contains
+                .as_ref()
+                .is_none_or(|t| task.title.contains(t.as_str()))
+            && self.before.is_none_or(|b| task.id < b)
+    }
+}
+
+/// What an operator's overview and the metrics exporter read, in one call
+/// ([`crate::Store::queue_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// The store's clock when the stats were read.
+    pub now: Timestamp,
+    /// Tasks per type and status (pairs with no task are absent).
+    pub counts: Vec<TypeStatusCount>,
+    /// Per task type with ready tasks: when its longest-waiting ready task became
+    /// claimable (its `run_at`, else its creation).
+    pub oldest_ready: Vec<OldestReady>,
+    /// Runs closed since the `since` asked for, per minute (minutes with none are absent),
+    /// oldest first.
+    pub finished: Vec<MinuteRuns>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypeStatusCount {
+    pub task_type: String,
+    pub status: TaskStatus,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OldestReady {
+    pub task_type: String,
+    pub since: Timestamp,
+}
+
+/// Runs closed in one minute: successes, and failures of any kind (failure, timeout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MinuteRuns {
+    /// The minute's start.
+    pub minute: Timestamp,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+impl QueueStats {
+    /// Adds one closed run to its minute in `finished` (kept sorted), for backends that
+    /// bucket in Rust.
+    pub fn add_finished(&mut self, at: Timestamp, succeeded: bool) {
+        use chrono::{DurationRound, TimeDelta};
+        let minute = at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(at);
+        let i = match self.finished.binary_search_by(|m| m.minute.cmp(&minute)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.finished.insert(
+                    i,
+                    MinuteRuns {
+                        minute,
+                        succeeded: 0,
+                        failed: 0,
+                    },
+                );
+                i
+            }
+        };
+        if succeeded {
+            self.finished[i].succeeded += 1;
+        } else {
+            self.finished[i].failed += 1;
+        }
+    }
+}

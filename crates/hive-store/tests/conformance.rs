@@ -1,5 +1,6 @@
 //! Runs the conformance suite against every backend: `memory::*`, `sqlite::*`, `postgres::*`.
 
+use hive_store::testing::dashboard::*;
 use hive_store::testing::details::*;
 use hive_store::testing::progress::*;
 use hive_store::testing::retries::*;
@@ -34,6 +35,9 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     snoozes_give_the_attempt_back_and_are_bounded,
     progress_is_stored_on_the_live_run_and_announced,
     schedules_round_trip_and_move_compare_and_set,
+    task_pages_are_newest_first_and_follow_the_cursor,
+    task_pages_filter_by_status_worker_and_plan,
+    queue_stats_count_types_ready_age_and_finished_runs,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here
@@ -46,7 +50,8 @@ fn every_suite_case_runs() {
         include_str!("../src/testing/details.rs"),
         include_str!("../src/testing/retries.rs"),
         include_str!("../src/testing/progress.rs"),
-        include_str!("../src/testing/schedules.rs")
+        include_str!("../src/testing/schedules.rs"),
+        include_str!("../src/testing/dashboard.rs")
     );
     let this = include_str!("conformance.rs");
     for line in suite.lines() {

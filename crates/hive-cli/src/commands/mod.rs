@@ -3,13 +3,11 @@
 pub mod demo;
 pub mod plan;
 pub mod schedule;
+pub mod serve;
 pub mod task;
 pub mod worker;
 
 use std::process::ExitCode;
-
-use hive_client::PlanStatus;
-use serde::Serialize;
 
 use crate::{Context, output};
 
@@ -25,23 +23,9 @@ pub async fn migrate(ctx: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct Status {
-    tasks: hive_client::store::StatusCounts,
-    active_workers: usize,
-    plans_in_progress: usize,
-}
-
 pub async fn status(ctx: &Context) -> anyhow::Result<ExitCode> {
     let client = ctx.client().await?;
-    let status = Status {
-        tasks: client.count_tasks(None).await?,
-        active_workers: client.get_active_workers(None).await?.len(),
-        plans_in_progress: client
-            .list_plans(Some(PlanStatus::InProgress), None)
-            .await?
-            .len(),
-    };
+    let status = hive_web::StatusJson::read(&client).await?;
     if ctx.json {
         output::json(&status)?;
         return Ok(ExitCode::SUCCESS);

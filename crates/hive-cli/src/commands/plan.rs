@@ -65,12 +65,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             let summary = found(client.plan_summary(id).await?, id)?;
             let results = found(client.plan_results(id).await?, id)?;
             if ctx.json {
-                output::json(&serde_json::json!({
-                    "plan": summary.plan,
-                    "progress_percent": summary.progress_percent,
-                    "task_counts": summary.task_counts,
-                    "subtasks": results.subtasks,
-                }))?;
+                output::json(&hive_web::PlanStatusJson::new(summary, results))?;
             } else {
                 let p = &summary.plan;
                 output::outln!(

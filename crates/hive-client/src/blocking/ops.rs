@@ -10,7 +10,8 @@ use hive_models::{
 };
 use hive_ops::{Claimed, PlanResults, PlanSummary};
 use hive_store::{
-    FinishReport, Finished, ReapReport, RunOutcome, StatusCounts, TaskFilter, WorkerRegistration,
+    FinishReport, Finished, QueueStats, ReapReport, RunOutcome, StatusCounts, TaskFilter,
+    TaskPageParams, WorkerRegistration,
 };
 
 use super::Client;
@@ -56,6 +57,9 @@ blocking! {
         fn get_ready_tasks(limit: impl Into<Option<u32>>, task_type: Option<&str>) -> Vec<Task>;
         fn list_tasks(filter: &TaskFilter) -> Vec<Task>;
         fn count_tasks(plan_id: Option<PlanId>) -> StatusCounts;
+        fn page_tasks(params: &TaskPageParams) -> Vec<Task>;
+        fn queue_stats(since: Timestamp) -> QueueStats;
+        fn requeue_failed(filter: &TaskPageParams, max: u32) -> Vec<TaskId>;
         fn delete_task(id: TaskId) -> bool;
         fn prune_tasks(older_than: Duration, statuses: &[TaskStatus]) -> u64;
         fn list_runs(task_id: TaskId) -> Vec<Run>;

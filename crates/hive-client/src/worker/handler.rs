@@ -287,7 +287,13 @@ pub(super) async fn run_one(
     let progress = ctx.progress.clone();
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
-    let fut = std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind();
+    // Everything the handler logs carries the task, run, type and attempt.
+    let span = tracing::info_span!("handler", task_id = %task_id, run_id = %run_id,
+        task_type = %ctx.task.task_type, attempt = ctx.run.run_number);
+    let fut = tracing::Instrument::instrument(
+        std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind(),
+        span,
+    );
     tokio::pin!(fut);
     let expiry = async {
         match timeout {

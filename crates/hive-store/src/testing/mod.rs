@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::Store;
 
+pub mod dashboard;
 pub mod details;
 pub mod differential;
 pub mod fixtures;

@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// Exit 0 once nothing is ready, running or waiting to retry.
     #[arg(long)]
     exit_when_idle: bool,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address while the worker runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics_bind: Option<std::net::SocketAddr>,
     #[command(flatten)]
     intervals: Intervals,
 }
@@ -130,6 +133,14 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         client = connect => client?,
         () = interrupts.next() => anyhow::bail!("interrupted before the database was reached"),
     };
+    if let Some(addr) = a.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
+        let metrics = hive_metrics::Metrics::new()?;
+        metrics.watch(client.clone()).await?;
+        tokio::spawn(hive_metrics::serve(listener, client.clone(), metrics));
+    }
     let grace = a.intervals.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let worker = client
         .worker(id.clone())

@@ -1,0 +1,203 @@
+//! Prometheus metrics for Hive: the queue's gauges, read from the store on each scrape
+//! (one grouped count query), and run counters and durations, counted from the event bus.
+//!
+//! Every name starts with `hive_` and says its unit; labels are bounded (task type,
+//! status), never a task id. [`Metrics::watch`] counts what the bus carries;
+//! [`Metrics::scrape`] refreshes the gauges and renders the text format; [`router`] and
+//! [`serve`] expose `GET /metrics`, for the dashboard and for an app running workers
+//! without it (`hive worker run --metrics-bind`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = hive_client::Client::connect("sqlite:hive.db").await?;
+//! let metrics = hive_metrics::Metrics::new()?;
+//! metrics.watch(client.clone()).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9464").await?;
+//! hive_metrics::serve(listener, client, metrics).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod watch;
+
+use std::sync::Arc;
+
+use hive_client::Client;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// What can go wrong building, refreshing or serving the metrics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("metrics registry: {0}")]
+    Registry(#[from] prometheus::Error),
+    #[error("reading the store for metrics: {0}")]
+    Store(#[from] hive_client::ops::Error),
+    #[error("serving metrics: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The run counters fed from the event bus.
+#[derive(Debug, Clone)]
+pub(crate) struct RunCounters {
+    pub started: IntCounter,
+    pub completed: IntCounter,
+    pub failed: IntCounter,
+    pub timed_out: IntCounter,
+    pub stale: IntCounter,
+    pub duration: HistogramVec,
+}
+
+/// One registry with every Hive metric. Cheap to clone (it is shared).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    tasks: IntGaugeVec,
+    oldest_ready: GaugeVec,
+    workers_alive: IntGauge,
+    pub(crate) runs: RunCounters,
+    /// One scrape at a time: a refresh resets the gauges before setting them.
+    scraping: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics> {
+        let registry = Registry::new();
+        let tasks = IntGaugeVec::new(
+            Opts::new("hive_tasks", "Tasks per status and type."),
+            &["status", "task_type"],
+        )?;
+        let oldest_ready = GaugeVec::new(
+            Opts::new(
+                "hive_oldest_ready_task_age_seconds",
+                "How long the longest-waiting ready task of each type has been claimable.",
+            ),
+            &["task_type"],
+        )?;
+        let workers_alive = IntGauge::new("hive_workers_alive", "Workers registered as active.")?;
+        let counter = |name: &str, help: &str| IntCounter::new(name, help);
+        let runs = RunCounters {
+            started: counter("hive_runs_started_total", "Runs opened by a claim.")?,
+            completed: counter("hive_runs_completed_total", "Runs that succeeded.")?,
+            failed: counter(
+                "hive_runs_failed_total",
+                "Runs that failed (retried or for good), not counting timeouts or stale runs.",
+            )?,
+            timed_out: counter(
+                "hive_runs_timed_out_total",
+                "Runs whose handler overran its timeout.",
+            )?,
+            stale: counter(
+                "hive_runs_stale_total",
+                "Runs the reaper closed because their lease expired (the worker went silent).",
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "hive_run_duration_seconds",
+                    "How long finished runs took, from claim to outcome, per task type.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    1800.0,
+                ]),
+                &["task_type"],
+            )?,
+        };
+        registry.register(Box::new(tasks.clone()))?;
+        registry.register(Box::new(oldest_ready.clone()))?;
+        registry.register(Box::new(workers_alive.clone()))?;
+        for c in [
+            &runs.started,
+            &runs.completed,
+            &runs.failed,
+            &runs.timed_out,
+            &runs.stale,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(runs.duration.clone()))?;
+        Ok(Metrics {
+            registry,
+            tasks,
+            oldest_ready,
+            workers_alive,
+            runs,
+            scraping: Arc::default(),
+        })
+    }
+
+    /// Reads the gauges from the store (one grouped count, the ready index, the active
+    /// workers) and renders every metric in the Prometheus text format.
+    pub async fn scrape(&self, client: &Client) -> Result<String> {
+        let _one = self.scraping.lock().await;
+        let since = chrono::Utc::now();
+        let stats = client.queue_stats(since).await?;
+        let workers = client.get_active_workers(None).await?;
+        self.tasks.reset();
+        for c in &stats.counts {
+            self.tasks
+                .with_label_values(&[c.status.as_str(), c.task_type.as_str()])
+                .set(i64::try_from(c.count).unwrap_or(i64::MAX));
+        }
+        self.oldest_ready.reset();
+        for o in &stats.oldest_ready {
+            let age = (stats.now - o.since).num_milliseconds().max(0) as f64 / 1000.0;
+            self.oldest_ready
+                .with_label_values(&[o.task_type.as_str()])
+                .set(age);
+        }
+        self.workers_alive
+            .set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
+        self.render()
+    }
+
+    /// Every metric as it stands, in the Prometheus text format.
+    pub fn render(&self) -> Result<String> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// `GET /metrics` over `client` (the gauges are refreshed on each request).
+pub fn router(client: Client, metrics: Metrics) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (client, metrics) = (client.clone(), metrics.clone());
+            async move {
+                match metrics.scrape(&client).await {
+                    Ok(text) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(e) => {
+                        tracing::warn!("metrics scrape failed: {e}");
+                        (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+                    }
+                }
+            }
+        }),
+    )
+}
+
+/// Serves [`router`] on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    client: Client,
+    metrics: Metrics,
+) -> Result<()> {
+    axum::serve(listener, router(client, metrics)).await?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `/metrics` parses as Prometheus text, and after a drain its numbers match the database:
+//! tasks per status and type, runs completed and failed, one duration sample per run.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hive_client::models::{NewTask, TaskStatus};
+use hive_client::store::Store;
+use hive_client::store::testing::fixtures::{claim_params, failure, success};
+use hive_client::{Client, OpsConfig};
+use hive_metrics::Metrics;
+use prometheus_parse::{Scrape, Value};
+
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(_) | Value::Summary(_) => f64::NAN,
+        })
+        .sum()
+}
+
+async fn parse(metrics: &Metrics, client: &Client) -> Scrape {
+    let text = metrics.scrape(client).await.unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+async fn numbers_match_the_database_after_a_drain(store: Arc<dyn Store>) {
+    let client = Client::from_store(store.clone(), OpsConfig::default());
+    let metrics = Metrics::new().unwrap();
+    metrics.watch(client.clone()).await.unwrap();
+    let mut tasks: Vec<NewTask> = (0..6)
+        .map(|i| NewTask::new(format!("a{i}"), "alpha"))
+        .collect();
+    tasks.extend((0..3).map(|i| NewTask::new(format!("b{i}"), "beta")));
+    client.create_tasks(tasks).await.unwrap();
+    // Drain: every third claim fails for good, the rest succeed.
+    let mut n = 0;
+    loop {
+        let claims = store
+            .claim_tasks(&claim_params("drainer", 4))
+            .await
+            .unwrap();
+        if claims.is_empty() {
+            break;
+        }
+        let outcomes: Vec<_> = claims
+            .iter()
+            .map(|c| {
+                n += 1;
+                if n % 3 == 0 {
+                    failure(c.run.id, None)
+                } else {
+                    success(c.run.id)
+                }
+            })
+            .collect();
+        store.finish_runs(&outcomes).await.unwrap();
+    }
+    let counts = client.count_tasks(None).await.unwrap();
+    let completed = counts.get(&TaskStatus::Completed).copied().unwrap_or(0) as f64;
+    let failed = counts.get(&TaskStatus::Failed).copied().unwrap_or(0) as f64;
+    assert_eq!((completed, failed), (6.0, 3.0));
+    // The counters follow the bus: wait (bounded) until they caught up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrape = loop {
+        let s = parse(&metrics, &client).await;
+        if value(&s, "hive_runs_completed_total", &[]) == completed
+            && value(&s, "hive_runs_failed_total", &[]) == failed
+            || Instant::now() > deadline
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(value(&scrape, "hive_runs_started_total", &[]), 9.0);
+    assert_eq!(value(&scrape, "hive_runs_completed_total", &[]), completed);
+    assert_eq!(value(&scrape, "hive_runs_failed_total", &[]), failed);
+    assert_eq!(value(&scrape, "hive_runs_stale_total", &[]), 0.0);
+    let gauge_total = value(&scrape, "hive_tasks", &[]);
+    assert_eq!(gauge_total, 9.0);
+    let stats = client.queue_stats(chrono::Utc::now()).await.unwrap();
+    for c in &stats.counts {
+        assert_eq!(
+            value(
+                &scrape,
+                "hive_tasks",
+                &[
+                    ("status", c.status.as_str()),
+                    ("task_type", c.task_type.as_str())
+                ]
+            ),
+            c.count as f64,
+            "{c:?}"
+        );
+    }
+    assert_eq!(
+        value(&scrape, "hive_tasks", &[("status", "completed")]),
+        completed
+    );
+    let samples = value(
+        &scrape,
+        "hive_run_duration_seconds_count",
+        &[("task_type", "alpha")],
+    ) + value(
+        &scrape,
+        "hive_run_duration_seconds_count",
+        &[("task_type", "beta")],
+    );
+    assert_eq!(samples, 9.0, "one duration per finished run");
+    assert_eq!(
+        value(&scrape, "hive_oldest_ready_task_age_seconds", &[]),
+        0.0
+    );
+    client
+        .create_tasks(vec![NewTask::new("waiting", "gamma")])
+        .await
+        .unwrap();
+    let s = parse(&metrics, &client).await;
+    let ages: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "hive_oldest_ready_task_age_seconds")
+        .collect();
+    assert_eq!(ages.len(), 1, "the ready task's type only");
+    assert_eq!(ages[0].labels.get("task_type"), Some("gamma"));
+}
+
+hive_client::store::per_backend!(hive_client::store::testing::TestStore::run =>
+    numbers_match_the_database_after_a_drain);

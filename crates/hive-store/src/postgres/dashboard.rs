@@ -1,0 +1,101 @@
+//! The operator's reads: task pages by descending id after a cursor (the primary key
+//! walked backwards, or a filter's index when the planner finds it cheaper), and the
+//! queue statistics (grouped counts, the ready index, runs closed per minute).
+
+use hive_models::{Task, Timestamp};
+use sqlx::{Postgres, QueryBuilder};
+
+use super::{PostgresStore, rows};
+use crate::sql::R;
+use crate::{MinuteRuns, OldestReady, QueueStats, TaskPageParams, TypeStatusCount};
+
+impl PostgresStore {
+    pub(super) async fn read_page(&self, p: &TaskPageParams) -> R<Vec<Task>> {
+        // Only the filters given appear in the statement, so the planner sees each one.
+        let mut b = QueryBuilder::<Postgres>::new(concat!(select_tasks!(), "WHERE true"));
+        if let Some(st) = p.status {
+            b.push(" AND t.status = ").push_bind(st.as_str());
+        }
+        if let Some(ty) = &p.task_type {
+            b.push(" AND t.task_type = ").push_bind(ty.clone());
+        }
+        if let Some(plan) = p.plan_id {
+            b.push(" AND t.plan_id = ").push_bind(plan.0);
+        }
+        if let Some(w) = &p.worker {
+            b.push(" AND t.assigned_worker = ").push_bind(w.0.clone());
+        }
+        if let Some(title) = &p.title_contains {
+            b.push(" AND strpos(t.title, ")
+                .push_bind(title.clone())
+                .push(") > 0");
+        }
+        if let Some(before) = p.before {
+            b.push(" AND t.id < ").push_bind(before.0);
+        }
+        b.push(" ORDER BY t.id DESC LIMIT ")
+            .push_bind(i64::from(p.limit));
+        let found = b.build().fetch_all(&self.pool).await?;
+        found.iter().map(rows::task).collect()
+    }
+
+    pub(super) async fn read_stats(&self, since: Timestamp) -> R<QueueStats> {
+        let now: Timestamp = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?;
+        let mut out = QueueStats {
+            now,
+            ..QueueStats::default()
+        };
+        let found = sqlx::query(
+            "SELECT task_type, status, count(*) AS n FROM tasks \
+             GROUP BY task_type, status ORDER BY task_type, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &found {
+            let n: i64 = rows::get(row, "n", "tasks")?;
+            out.counts.push(TypeStatusCount {
+                task_type: rows::get(row, "task_type", "tasks")?,
+                status: rows::task_status(row, "status")?,
+                count: n.unsigned_abs(),
+            });
+        }
+        let found = sqlx::query(
+            "SELECT task_type, min(coalesce(run_at, created_at)) AS since FROM tasks \
+             WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= $1) \
+             GROUP BY task_type ORDER BY task_type",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &found {
+            out.oldest_ready.push(OldestReady {
+                task_type: rows::get(row, "task_type", "tasks")?,
+                since: rows::get(row, "since", "tasks")?,
+            });
+        }
+        let found = sqlx::query(
+            "SELECT date_trunc('minute', completed_at) AS m, \
+                    count(*) FILTER (WHERE status = 'success') AS ok, \
+                    count(*) FILTER (WHERE status <> 'success') AS bad \
+             FROM runs WHERE completed_at >= $1 AND status IN ('success', 'failure', 'timeout') \
+             GROUP BY m ORDER BY m",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &found {
+            let (ok, bad): (i64, i64) = (
+                rows::get(row, "ok", "runs")?,
+                rows::get(row, "bad", "runs")?,
+            );
+            out.finished.push(MinuteRuns {
+                minute: rows::get(row, "m", "runs")?,
+                succeeded: ok.unsigned_abs(),
+                failed: bad.unsigned_abs(),
+            });
+        }
+        Ok(out)
+    }
+}

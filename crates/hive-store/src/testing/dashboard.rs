@@ -1,0 +1,161 @@
+//! Conformance cases for the operator's reads: keyset pages (newest first, every filter,
+//! no row twice or missed across pages, a bad limit refused) and the queue statistics.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use hive_models::{NewTask, TaskId, TaskStatus};
+
+use super::fixtures::{claim_params, failure, success, tasks};
+use crate::{Error, Store, TaskPageParams};
+
+type S = Arc<dyn Store>;
+
+fn params(limit: u32) -> TaskPageParams {
+    TaskPageParams {
+        limit,
+        ..TaskPageParams::default()
+    }
+}
+
+/// Every id the pages of `p` yield, following the cursor page after page.
+async fn walk(s: &S, mut p: TaskPageParams) -> Vec<TaskId> {
+    let mut all = Vec::new();
+    loop {
+        let page = s.page_tasks(&p).await.unwrap();
+        assert!(page.len() <= p.limit as usize);
+        let Some(last) = page.last() else {
+            return all;
+        };
+        p.before = Some(last.id);
+        all.extend(page.iter().map(|t| t.id));
+    }
+}
+
+pub async fn task_pages_are_newest_first_and_follow_the_cursor(s: S) {
+    let mut ids = s.insert_tasks(tasks("a", "alpha", 7)).await.unwrap();
+    ids.extend(s.insert_tasks(tasks("b", "beta", 5)).await.unwrap());
+    let mut newest_first = ids.clone();
+    newest_first.sort_by_key(|x| std::cmp::Reverse(*x));
+    assert_eq!(walk(&s, params(3)).await, newest_first, "pages of 3");
+    assert_eq!(walk(&s, params(500)).await, newest_first, "one page");
+    let betas = walk(
+        &s,
+        TaskPageParams {
+            task_type: Some("beta".into()),
+            ..params(2)
+        },
+    )
+    .await;
+    assert_eq!(betas, newest_first[..5].to_vec(), "the type filter");
+    let titled = walk(
+        &s,
+        TaskPageParams {
+            title_contains: Some("a1".into()),
+            ..params(10)
+        },
+    )
+    .await;
+    assert_eq!(
+        titled,
+        vec![ids[1]],
+        "the title filter is a substring match"
+    );
+    let literal = walk(
+        &s,
+        TaskPageParams {
+            title_contains: Some("%".into()),
+            ..params(10)
+        },
+    )
+    .await;
+    assert!(literal.is_empty(), "`%` is literal, not a wildcard");
+    for bad in [0, TaskPageParams::MAX_LIMIT + 1] {
+        let e = s.page_tasks(&params(bad)).await.unwrap_err();
+        assert!(matches!(e, Error::Rejected(_)), "{e}");
+    }
+}
+
+pub async fn task_pages_filter_by_status_worker_and_plan(s: S) {
+    let ids = s.insert_tasks(tasks("t", "test", 4)).await.unwrap();
+    let claims = s.claim_tasks(&claim_params("pager", 2)).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
+    let running: Vec<TaskId> = walk(
+        &s,
+        TaskPageParams {
+            status: Some(TaskStatus::InProgress),
+            ..params(5)
+        },
+    )
+    .await;
+    assert_eq!(running, vec![claims[1].task.id]);
+    let by_worker = walk(
+        &s,
+        TaskPageParams {
+            worker: Some(claims[0].run.worker_id.clone()),
+            ..params(5)
+        },
+    )
+    .await;
+    let mut both = vec![claims[0].task.id, claims[1].task.id];
+    both.sort_by_key(|x| std::cmp::Reverse(*x));
+    assert_eq!(by_worker, both, "the worker filter: what it ran or runs");
+    let plan = s
+        .insert_plan(super::fixtures::plan(vec![super::fixtures::node("x", &[])]))
+        .await
+        .unwrap();
+    s.materialize_plan(plan).await.unwrap();
+    let in_plan = walk(
+        &s,
+        TaskPageParams {
+            plan_id: Some(plan),
+            ..params(5)
+        },
+    )
+    .await;
+    assert_eq!(in_plan.len(), 1);
+    assert!(!ids.contains(&in_plan[0]));
+}
+
+pub async fn queue_stats_count_types_ready_age_and_finished_runs(s: S) {
+    let before = s.now().await.unwrap();
+    s.insert_tasks(tasks("a", "alpha", 3)).await.unwrap();
+    s.insert_tasks(vec![NewTask::new("b", "beta")])
+        .await
+        .unwrap();
+    let claims = s.claim_tasks(&claim_params("stats", 2)).await.unwrap();
+    s.finish_runs(&[success(claims[0].run.id), failure(claims[1].run.id, None)])
+        .await
+        .unwrap();
+    let stats = s.queue_stats(before).await.unwrap();
+    let total: u64 = stats.counts.iter().map(|c| c.count).sum();
+    assert_eq!(total, 4);
+    let of = |ty: &str, st: TaskStatus| {
+        stats
+            .counts
+            .iter()
+            .find(|c| c.task_type == ty && c.status == st)
+            .map_or(0, |c| c.count)
+    };
+    // Queue order: the first two alphas were claimed; one completed, one failed for good.
+    assert_eq!(of("alpha", TaskStatus::Completed), 1);
+    assert_eq!(of("alpha", TaskStatus::Failed), 1);
+    assert_eq!(of("alpha", TaskStatus::Queued), 1);
+    assert_eq!(of("beta", TaskStatus::Queued), 1);
+    let ready: Vec<&str> = stats
+        .oldest_ready
+        .iter()
+        .map(|o| o.task_type.as_str())
+        .collect();
+    assert_eq!(ready, vec!["alpha", "beta"]);
+    assert!(stats.oldest_ready.iter().all(|o| o.since <= stats.now));
+    let succeeded: u64 = stats.finished.iter().map(|m| m.succeeded).sum();
+    let failed: u64 = stats.finished.iter().map(|m| m.failed).sum();
+    assert_eq!((succeeded, failed), (1, 1));
+    let later = s
+        .queue_stats(stats.now + chrono::TimeDelta::minutes(5))
+        .await
+        .unwrap();
+    assert!(later.finished.is_empty(), "only runs closed since `since`");
+}

@@ -1,0 +1,81 @@
+// Hive dashboard: live updates over server-sent events (the page's <main> is fetched
+// again and swapped, at most every 300 ms), DAG node details, and confirmations.
+(function () {
+  "use strict";
+  let pending = null;
+  let selected = null;
+
+  function refresh() {
+    pending = null;
+    fetch(location.href, { headers: { "x-hive-partial": "1" } })
+      .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+      .then((html) => {
+        const doc = new DOMParser().parseFromString(html, "text/html");
+        const fresh = doc.getElementById("main");
+        const main = document.getElementById("main");
+        if (fresh && main) {
+          main.replaceWith(fresh);
+          wire();
+          if (selected) show(selected);
+        }
+      })
+      .catch(() => {});
+  }
+
+  function schedule() {
+    if (!pending) pending = setTimeout(refresh, 300);
+  }
+
+  function show(id) {
+    selected = id;
+    const node = document.querySelector('.dag .node[data-subtask="' + CSS.escape(id) + '"]');
+    const panel = document.getElementById("node-details");
+    if (!node || !panel) return;
+    document.querySelectorAll(".dag .node.selected").forEach((n) => n.classList.remove("selected"));
+    node.classList.add("selected");
+    panel.replaceChildren();
+    const rows = [
+      ["subtask", node.dataset.subtask],
+      ["status", node.dataset.status],
+      ["task", node.dataset.task],
+      ["worker", node.dataset.worker || "—"],
+      ["attempts", node.dataset.attempts],
+      ["duration", node.dataset.duration || "—"],
+      ["error", node.dataset.error || "—"],
+    ];
+    const dl = document.createElement("dl");
+    for (const [k, v] of rows) {
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      const dd = document.createElement("dd");
+      dd.textContent = v;
+      dl.append(dt, dd);
+    }
+    const a = document.createElement("a");
+    a.href = "/tasks/" + encodeURIComponent(node.dataset.task);
+    a.textContent = "open task";
+    panel.append(dl, a);
+  }
+
+  function wire() {
+    document.querySelectorAll(".dag .node").forEach((n) => {
+      n.addEventListener("click", () => show(n.dataset.subtask));
+      n.addEventListener("mouseenter", () => show(n.dataset.subtask));
+    });
+    document.querySelectorAll("form[data-confirm]").forEach((f) => {
+      f.addEventListener("submit", (e) => {
+        if (!window.confirm(f.dataset.confirm)) e.preventDefault();
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    wire();
+    if (!window.EventSource || !document.getElementById("main").hasAttribute("data-live")) return;
+    const dot = document.getElementById("live");
+    const es = new EventSource("/events");
+    es.onopen = () => dot && dot.classList.add("on");
+    es.onerror = () => dot && dot.classList.remove("on");
+    es.onmessage = schedule;
+  });
+})();

@@ -1,0 +1,142 @@
+//! What an operator changes: requeue a task, requeue every failed task matching a filter
+//! (bounded), cancel a task, cancel a plan. Each is one function; the `/api/` route
+//! answers with JSON and the `/actions/` route (a page's form) redirects back.
+
+use axum::Form;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::pages::tasks::{Filter, parse_plan, parse_task};
+
+/// The most tasks one bulk requeue touches: a request never runs unbounded.
+pub const BULK_MAX: u32 = 1000;
+
+/// An action's result, or why it failed (status and message).
+type Outcome = Result<serde_json::Value, (StatusCode, String)>;
+
+fn op(e: hive_client::ops::Error) -> (StatusCode, String) {
+    let status = if e.is_transient() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, e.to_string())
+}
+
+fn bad(m: String) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, m)
+}
+
+async fn requeue(s: &AppState, id: &str) -> Outcome {
+    let id = parse_task(id).map_err(bad)?;
+    let requeued = s.client.requeue_task(id).await.map_err(op)?;
+    Ok(serde_json::json!({ "task_id": id, "requeued": requeued }))
+}
+
+async fn cancel(s: &AppState, id: &str, reason: Option<&str>) -> Outcome {
+    let id = parse_task(id).map_err(bad)?;
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    let cancelled = s
+        .client
+        .cancel_task(id, Some(reason.unwrap_or("cancelled from the dashboard")))
+        .await
+        .map_err(op)?;
+    Ok(serde_json::json!({ "task_id": id, "cancelled": cancelled }))
+}
+
+async fn cancel_plan(s: &AppState, id: &str) -> Outcome {
+    let id = parse_plan(id).map_err(bad)?;
+    let cancelled = s.client.cancel_plan(id).await.map_err(op)?;
+    Ok(serde_json::json!({ "plan_id": id, "cancelled": cancelled }))
+}
+
+async fn requeue_failed(s: &AppState, f: &Filter) -> Outcome {
+    let params = f.params().map_err(bad)?;
+    let ids = s
+        .client
+        .requeue_failed(&params, BULK_MAX)
+        .await
+        .map_err(op)?;
+    Ok(serde_json::json!({ "requeued": ids.len(), "task_ids": ids, "max": BULK_MAX }))
+}
+
+fn json(o: Outcome) -> Response {
+    match o {
+        Ok(v) => Json(v).into_response(),
+        Err((status, m)) => crate::api::error(status, m),
+    }
+}
+
+fn back(o: Outcome, to: String) -> Response {
+    match o {
+        Ok(_) => Redirect::to(&to).into_response(),
+        Err((status, m)) => crate::view::error_page(status, &m),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CancelForm {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn requeue_api(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    json(requeue(&s, &id).await)
+}
+
+pub async fn requeue_form(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let to = format!("/tasks/{}", urlencode(&id));
+    back(requeue(&s, &id).await, to)
+}
+
+pub async fn cancel_api(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<CancelForm>>,
+) -> Response {
+    let reason = body.and_then(|b| b.0.reason);
+    json(cancel(&s, &id, reason.as_deref()).await)
+}
+
+pub async fn cancel_form(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Form(f): Form<CancelForm>,
+) -> Response {
+    let to = format!("/tasks/{}", urlencode(&id));
+    back(cancel(&s, &id, f.reason.as_deref()).await, to)
+}
+
+pub async fn cancel_plan_api(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    json(cancel_plan(&s, &id).await)
+}
+
+pub async fn cancel_plan_form(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let to = format!("/plans/{}", urlencode(&id));
+    back(cancel_plan(&s, &id).await, to)
+}
+
+pub async fn requeue_failed_api(State(s): State<AppState>, Json(f): Json<Filter>) -> Response {
+    json(requeue_failed(&s, &f).await)
+}
+
+pub async fn requeue_failed_form(State(s): State<AppState>, Form(f): Form<Filter>) -> Response {
+    let to = format!("/tasks?{}", f.query_string(None));
+    back(requeue_failed(&s, &f).await, to)
+}
+
+/// Percent-encodes a path segment or query value (everything but unreserved characters).
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,173 @@
+//! The JSON API under `/api/`: the same data as the pages, in the shapes the CLI prints
+//! with `--json` (the CLI builds its `status` and `plan status` output with the types
+//! defined here, so the two cannot drift).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hive_client::models::{ExecutionPlan, PlanStatus};
+use hive_client::ops::{PlanResults, PlanSummary, SubtaskResult};
+use hive_client::store::StatusCounts;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::actions;
+use crate::pages::tasks::{Filter, parse_plan, parse_task};
+
+/// `hive status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub tasks: StatusCounts,
+    pub active_workers: usize,
+    pub plans_in_progress: usize,
+}
+
+impl StatusJson {
+    pub async fn read(client: &hive_client::Client) -> hive_client::ops::Result<StatusJson> {
+        Ok(StatusJson {
+            tasks: client.count_tasks(None).await?,
+            active_workers: client.get_active_workers(None).await?.len(),
+            plans_in_progress: client
+                .list_plans(Some(PlanStatus::InProgress), None)
+                .await?
+                .len(),
+        })
+    }
+}
+
+/// `hive plan status --json`.
+#[derive(Debug, Serialize)]
+pub struct PlanStatusJson {
+    pub plan: ExecutionPlan,
+    pub progress_percent: f64,
+    pub task_counts: StatusCounts,
+    pub subtasks: Vec<SubtaskResult>,
+}
+
+impl PlanStatusJson {
+    pub fn new(summary: PlanSummary, results: PlanResults) -> PlanStatusJson {
+        PlanStatusJson {
+            plan: summary.plan,
+            progress_percent: summary.progress_percent,
+            task_counts: summary.task_counts,
+            subtasks: results.subtasks,
+        }
+    }
+
+    pub async fn read(
+        client: &hive_client::Client,
+        id: hive_client::PlanId,
+    ) -> hive_client::ops::Result<Option<PlanStatusJson>> {
+        let (Some(summary), Some(results)) = (
+            client.plan_summary(id).await?,
+            client.plan_results(id).await?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(PlanStatusJson::new(summary, results)))
+    }
+}
+
+/// An API error: a status and `{"error": message}`.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+pub(crate) fn op_error(e: &hive_client::ops::Error) -> Response {
+    let status = if e.is_transient() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error(status, e.to_string())
+}
+
+fn found<T: Serialize>(value: hive_client::ops::Result<Option<T>>, what: &str) -> Response {
+    match value {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("{what} not found")),
+        Err(e) => op_error(&e),
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    found(StatusJson::read(&s.client).await.map(Some), "status")
+}
+
+/// `hive task list --json`: an array of tasks. The next page's cursor, when there may be
+/// one, is in the `hive-next-before` header.
+async fn tasks(State(s): State<AppState>, Query(f): Query<Filter>) -> Response {
+    let params = match f.params() {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    match s.client.page_tasks(&params).await {
+        Ok(page) => {
+            let next = (page.len() == params.limit as usize)
+                .then(|| page.last().map(|t| t.id.to_string()))
+                .flatten();
+            let mut r = Json(page).into_response();
+            if let Some(v) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                r.headers_mut()
+                    .insert(HeaderName::from_static("hive-next-before"), v);
+            }
+            r
+        }
+        Err(e) => op_error(&e),
+    }
+}
+
+async fn task(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match parse_task(&id) {
+        Ok(id) => found(s.client.get_task(id).await, "task"),
+        Err(m) => error(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+async fn runs(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match parse_task(&id) {
+        Ok(id) => found(s.client.list_runs(id).await.map(Some), "runs"),
+        Err(m) => error(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+async fn plans(State(s): State<AppState>) -> Response {
+    found(
+        s.client.list_plans(None, Some(200)).await.map(Some),
+        "plans",
+    )
+}
+
+async fn plan(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match parse_plan(&id) {
+        Ok(id) => found(PlanStatusJson::read(&s.client, id).await, "plan"),
+        Err(m) => error(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+async fn workers(State(s): State<AppState>) -> Response {
+    found(s.client.list_workers(None).await.map(Some), "workers")
+}
+
+async fn stats(State(s): State<AppState>) -> Response {
+    let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    found(s.client.queue_stats(since).await.map(Some), "stats")
+}
+
+pub(crate) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/status", get(status))
+        .route("/api/stats", get(stats))
+        .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/runs", get(runs))
+        .route("/api/tasks/{id}/requeue", post(actions::requeue_api))
+        .route("/api/tasks/{id}/cancel", post(actions::cancel_api))
+        .route("/api/plans", get(plans))
+        .route("/api/plans/{id}", get(plan))
+        .route("/api/plans/{id}/cancel", post(actions::cancel_plan_api))
+        .route("/api/requeue-failed", post(actions::requeue_failed_api))
+        .route("/api/workers", get(workers))
+}

@@ -1,0 +1,153 @@
+//! The operator dashboard behind `hive serve`: server-rendered pages (maud, which escapes
+//! every interpolated string), a JSON API under `/api/` with the CLI's `--json` shapes,
+//! live updates over server-sent events from the client's event bus, the actions an
+//! operator takes (requeue, bulk requeue, cancel), and `/metrics`.
+//!
+//! Security ([`security`]): loopback by default; any other address needs a token;
+//! mutations are POST only, need the token (a `SameSite=Strict` cookie or a header) and
+//! a same-origin `Origin`.
+
+mod actions;
+mod api;
+mod dag;
+mod events;
+mod pages;
+pub mod security;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hive_client::Client;
+
+pub use api::{PlanStatusJson, StatusJson};
+pub use security::Security;
+
+/// What can stop the dashboard from starting or serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(
+        "binding {bind} (not a loopback address) requires a token: pass --token or set HIVE_UI_TOKEN"
+    )]
+    TokenRequired { bind: SocketAddr },
+    #[error("the token is empty; give a non-empty --token or HIVE_UI_TOKEN")]
+    EmptyToken,
+    #[error("cannot generate a random token: {0}")]
+    Random(String),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving the dashboard: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] hive_metrics::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to serve: the address and the operator's token, if any.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub client: Client,
+    pub security: Arc<Security>,
+    pub metrics: hive_metrics::Metrics,
+}
+
+/// A dashboard bound to its address, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+}
+
+impl Server {
+    /// Checks the security rules for `config` (refusing a non-loopback address without a
+    /// token before anything is bound), binds, and starts counting runs for `/metrics`.
+    pub async fn bind(client: Client, config: Config) -> Result<Server> {
+        let security = Arc::new(Security::for_bind(config.bind, config.token)?);
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                bind: config.bind,
+                source,
+            })?;
+        let metrics = hive_metrics::Metrics::new()?;
+        metrics
+            .watch(client.clone())
+            .await
+            .map_err(Error::Metrics)?;
+        let state = AppState {
+            client,
+            security,
+            metrics,
+        };
+        Ok(Server {
+            listener,
+            router: routes(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+fn routes(state: AppState) -> axum::Router {
+    use axum::routing::{get, post};
+    let metrics = hive_metrics::router(state.client.clone(), state.metrics.clone());
+    axum::Router::new()
+        .route("/", get(pages::overview::page))
+        .route("/tasks", get(pages::tasks::list))
+        .route("/tasks/{id}", get(pages::task::page))
+        .route("/plans", get(pages::plans::list))
+        .route("/plans/{id}", get(pages::plans::page))
+        .route("/workers", get(pages::workers::page))
+        .route("/login", get(pages::login::form).post(pages::login::submit))
+        .route("/events", get(events::stream))
+        .route("/assets/app.js", get(view::script))
+        .route("/assets/app.css", get(view::style))
+        .route("/actions/tasks/{id}/requeue", post(actions::requeue_form))
+        .route("/actions/tasks/{id}/cancel", post(actions::cancel_form))
+        .route(
+            "/actions/plans/{id}/cancel",
+            post(actions::cancel_plan_form),
+        )
+        .route(
+            "/actions/requeue-failed",
+            post(actions::requeue_failed_form),
+        )
+        .merge(api::routes())
+        .with_state(state.clone())
+        .merge(metrics)
+        .layer(axum::middleware::from_fn_with_state(state, security::guard))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(
+                "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; \
+                 frame-ancestors 'none'; form-action 'self'",
+            ),
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ))
+}

@@ -1,0 +1,8 @@
+//! The server-rendered pages, one module each.
+
+pub mod login;
+pub mod overview;
+pub mod plans;
+pub mod task;
+pub mod tasks;
+pub mod workers;

@@ -1,0 +1,104 @@
+//! The Task page: fields, payload, output, every run (worker, start, end, duration,
+//! status, error, log, progress), dependencies and dependents as links, and the actions.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+
+use crate::AppState;
+use crate::pages::tasks::parse_task;
+use crate::view::{badge, layout, not_found, op_error, secs, time};
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_task(&id) {
+        Ok(id) => id,
+        Err(m) => return crate::view::error_page(axum::http::StatusCode::BAD_REQUEST, &m),
+    };
+    let task = match s.client.get_task(id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return not_found("task"),
+        Err(e) => return op_error(&e),
+    };
+    let runs = match s.client.list_runs(id).await {
+        Ok(r) => r,
+        Err(e) => return op_error(&e),
+    };
+    // Dependents are known for a plan's tasks: the plan's graph read the other way.
+    let dependents = match (task.plan_id, &task.plan_subtask_id) {
+        (Some(p), Some(me)) => match s.client.plan_results(p).await {
+            Ok(Some(r)) => r
+                .subtasks
+                .into_iter()
+                .filter(|st| st.dependencies.contains(me))
+                .map(|st| (st.task_id, st.subtask_id))
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => return op_error(&e),
+        },
+        _ => Vec::new(),
+    };
+    layout(
+        &task.title,
+        html! {
+            p { (badge(task.status)) " " code { (task.id) } }
+            dl {
+                dt { "type" } dd { (task.task_type) }
+                dt { "priority" } dd { (task.priority) }
+                dt { "attempts" } dd { (task.attempts) " of " (task.max_retries + 1) }
+                dt { "worker" } dd { @if let Some(w) = &task.assigned_worker { (w.0) } @else { "—" } }
+                dt { "plan" } dd { @if let Some(p) = task.plan_id { a href={ "/plans/" (p) } { (p) } } @else { "—" } }
+                dt { "created" } dd { (time(task.created_at)) }
+                dt { "updated" } dd { (time(task.updated_at)) }
+                @if !task.description.is_empty() { dt { "description" } dd { (task.description) } }
+                @if let Some(e) = &task.last_error { dt { "last error" } dd class="error" { (e) } }
+            }
+            div class="actions" {
+                form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/requeue" } {
+                    button type="submit" id="requeue" { "Requeue" }
+                }
+                " "
+                form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/cancel" }
+                    data-confirm="Cancel this task and its dependents?" {
+                    input name="reason" placeholder="reason";
+                    button type="submit" id="cancel" { "Cancel" }
+                }
+            }
+            h2 { "Dependencies" }
+            ul { @for d in &task.dependencies { li { a href={ "/tasks/" (d) } { (d) } } } }
+            h2 { "Dependents" }
+            ul { @for (d, name) in &dependents { li { a href={ "/tasks/" (d) } { (name) } } } }
+            h2 { "Payload" }
+            pre id="payload" { (pretty(&task.payload)) }
+            h2 { "Output" }
+            pre id="output" { @if let Some(r) = &task.result { (pretty(r)) } @else { "—" } }
+            h2 { "Runs" }
+            table id="runs" {
+                tr { th { "#" } th { "worker" } th { "status" } th { "started" } th { "ended" }
+                     th { "duration" } th { "progress" } th { "error" } th { "log" } }
+                @for r in &runs {
+                    tr {
+                        td { (r.run_number) }
+                        td { (r.worker_id.0) }
+                        td { (r.status.as_str()) }
+                        td { (time(r.started_at)) }
+                        td { @if let Some(e) = r.completed_at { (time(e)) } }
+                        td { @if let Some(e) = r.completed_at {
+                            (secs((e - r.started_at).num_milliseconds().max(0) as f64 / 1000.0))
+                        } }
+                        td { @if let Some(p) = &r.progress {
+                            progress max="1" value=(p.fraction) {} " " (format!("{:.0}%", p.fraction * 100.0))
+                            @if let Some(m) = &p.message { " " (m) }
+                        } }
+                        td class="error" { @if let Some(e) = &r.error_message { (e) } }
+                        td { @if let Some(l) = &r.output_log { pre { (l) } } }
+                    }
+                }
+            }
+        },
+    )
+    .into_response()
+}

@@ -1,0 +1,155 @@
+//! Who may read and who may change: the bind rule (a non-loopback address needs a token),
+//! the token check (a `SameSite=Strict` cookie, an `x-hive-token` header or a bearer
+//! token), and the cross-site checks every mutation passes (POST only, same `Origin`,
+//! no cross-site `Sec-Fetch-Site`).
+
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::{AppState, Error, Result};
+
+/// The cookie that carries the token in a browser.
+pub const COOKIE: &str = "hive_token";
+/// The header that carries the token for scripts and API callers.
+pub const HEADER: &str = "x-hive-token";
+
+/// The dashboard's token, and whether reading needs it too.
+#[derive(Clone)]
+pub struct Security {
+    token: String,
+    /// True when the operator chose a token: then every page needs it (log in once).
+    /// Without one (loopback only) pages are open to the local machine, and a random token,
+    /// set as a cookie by every page, still guards the mutations against other sites.
+    reads_need_token: bool,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("token", &"<redacted>")
+            .field("reads_need_token", &self.reads_need_token)
+            .finish()
+    }
+}
+
+impl Security {
+    /// The rule for `bind`: any address other than loopback needs a token.
+    pub fn for_bind(bind: SocketAddr, token: Option<String>) -> Result<Security> {
+        match token {
+            Some(t) if t.trim().is_empty() => Err(Error::EmptyToken),
+            Some(token) => Ok(Security {
+                token,
+                reads_need_token: true,
+            }),
+            None if !bind.ip().is_loopback() => Err(Error::TokenRequired { bind }),
+            None => {
+                let mut bytes = [0u8; 24];
+                getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+                Ok(Security {
+                    token: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+                    reads_need_token: false,
+                })
+            }
+        }
+    }
+
+    /// Whether `given` is the token, compared in constant time.
+    pub fn accepts(&self, given: &str) -> bool {
+        let (a, b) = (self.token.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Whether the request carries the token (cookie, header or bearer).
+    pub fn authorised(&self, headers: &HeaderMap) -> bool {
+        let header = headers.get(HEADER).and_then(|v| v.to_str().ok());
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v);
+        [header, bearer, cookie]
+            .into_iter()
+            .flatten()
+            .any(|t| self.accepts(t))
+    }
+
+    /// The `Set-Cookie` value that hands the token to a browser: never sent by another
+    /// site's requests, never readable by scripts.
+    pub fn cookie(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+            self.token
+        ))
+        .ok()
+    }
+}
+
+/// Why a request is refused, as the response says it.
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, format!("{why}\n")).into_response()
+}
+
+/// A mutation from another site: its `Origin` is not this server, or the browser says the
+/// request is cross-site.
+fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let same = host.is_some_and(|h| origin == format!("http://{h}"));
+        if !same {
+            return Some("refused: the request's Origin is not this dashboard");
+        }
+    }
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin" | "none") | None => None,
+        Some(_) => Some("refused: a cross-site request cannot change anything"),
+    }
+}
+
+/// The middleware every request passes.
+pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let sec = &state.security;
+    let path = req.uri().path().to_owned();
+    let open = path == "/login" || path.starts_with("/assets/");
+    let authorised = sec.authorised(req.headers());
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !reading && !open {
+        if let Some(why) = cross_site(req.headers()) {
+            return refuse(StatusCode::FORBIDDEN, why);
+        }
+        if !authorised {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "refused: changing anything needs the dashboard's token",
+            );
+        }
+    }
+    if reading && !open && sec.reads_need_token && !authorised {
+        if path.starts_with("/api/") || path == "/metrics" || path == "/events" {
+            return refuse(StatusCode::UNAUTHORIZED, "this dashboard needs its token");
+        }
+        return Redirect::to("/login").into_response();
+    }
+    let mut response = next.run(req).await;
+    if reading
+        && !sec.reads_need_token
+        && let Some(cookie) = sec.cookie()
+    {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! The dashboard in a real headless Chromium (chromedriver on a loopback port): the
+//! overview loads; a plan's DAG has one node per subtask in its status colour and turns a
+//! node green live when its task completes; requeue from the page changes the database; a
+//! hostile title is shown as text and runs nothing; and, without the token, a change is
+//! refused on a dashboard that requires one.
+//!
+//! `HIVE_SAVE_SCREENSHOTS=1` also writes the overview and the DAG page to `docs/img/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fantoccini::Locator;
+use harness::{Dashboard, Driver, LIMIT, eventually, http};
+use hive_client::models::{NewPlan, NewTask, SubTask, TaskStatus};
+use hive_client::store::Store;
+use hive_client::store::testing::fixtures::{claim_params, failure, success};
+
+const GREEN: &str = "#2e7d32";
+const BLUE: &str = "#1565c0";
+const AMBER: &str = "#f9a825";
+
+async fn store() -> (Arc<dyn Store>, hive_client::store::testing::TestStore) {
+    let ts = hive_client::store::testing::sqlite()
+        .await
+        .expect("a SQLite test store");
+    (ts.store.clone(), ts)
+}
+
+fn save(name: &str, png: &[u8]) {
+    if std::env::var_os("HIVE_SAVE_SCREENSHOTS").is_some() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/img");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+}
+
+async fn fill(b: &fantoccini::Client, subtask: &str) -> String {
+    let sel = format!(".dag .node[data-subtask='{subtask}'] rect");
+    match b.find(Locator::Css(&sel)).await {
+        Ok(rect) => rect.attr("fill").await.ok().flatten().unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_and_a_plans_dag_update_live() {
+    tokio::time::timeout(LIMIT, async {
+        let (s, _keep) = store().await;
+        let driver = Driver::start().await;
+        let dash = Dashboard::start(s.clone(), "127.0.0.1:0", None).await;
+        let c = &dash.client;
+        c.create_tasks(
+            (0..5)
+                .map(|i| NewTask::new(format!("import {i}"), "import"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        let plan = NewPlan::new(
+            "nightly build",
+            vec![
+                SubTask::new("fetch", "fetch sources", "step"),
+                SubTask::new("compile", "compile", "step").depends_on(["fetch"]),
+                SubTask::new("lint", "lint", "step").depends_on(["fetch"]),
+                SubTask::new("package", "package", "step").depends_on(["compile", "lint"]),
+            ],
+        );
+        let plan_id = c.submit_plan(plan).await.unwrap();
+        // Imports first in queue order: finish them (two fail), then fetch, then claim one
+        // of compile and lint and leave it running.
+        let mut n = 0;
+        loop {
+            let claims = s.claim_tasks(&claim_params("w1", 1)).await.unwrap();
+            let Some(cl) = claims.first() else { break };
+            if cl.task.plan_id.is_some() && cl.task.plan_subtask_id.as_deref() != Some("fetch") {
+                break;
+            }
+            n += 1;
+            let outcome = if cl.task.task_type == "import" && n % 3 == 0 {
+                failure(cl.run.id, None)
+            } else {
+                success(cl.run.id)
+            };
+            s.finish_runs(&[outcome]).await.unwrap();
+        }
+        let in_plan = c
+            .list_tasks(&hive_client::store::TaskFilter::in_plan(plan_id))
+            .await
+            .unwrap();
+        let states: Vec<_> = in_plan
+            .iter()
+            .map(|t| (t.plan_subtask_id.clone(), t.status))
+            .collect();
+        let running = in_plan
+            .into_iter()
+            .find(|t| t.status == TaskStatus::InProgress)
+            .unwrap_or_else(|| panic!("one plan task running: {states:?}"));
+        let running_name = running.plan_subtask_id.clone().unwrap();
+        let other = if running_name == "compile" {
+            "lint"
+        } else {
+            "compile"
+        };
+
+        let b = driver.browser().await;
+        b.goto(&dash.url("/")).await.unwrap();
+        let h1 = b
+            .find(Locator::Css("main h1"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(h1, "Overview");
+        let alive = b
+            .find(Locator::Css("#throughput b"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            alive, "6",
+            "five imports and fetch finished in the last hour"
+        );
+        assert!(
+            b.find(Locator::Css("svg.chart rect.bad")).await.is_ok(),
+            "failures charted"
+        );
+        save("overview.png", &b.screenshot().await.unwrap());
+
+        b.goto(&dash.url(&format!("/plans/{plan_id}")))
+            .await
+            .unwrap();
+        let nodes = b.find_all(Locator::Css(".dag .node")).await.unwrap();
+        assert_eq!(nodes.len(), 4, "one node per subtask");
+        assert_eq!(fill(&b, "fetch").await, GREEN);
+        assert_eq!(fill(&b, &running_name).await, BLUE);
+        assert_eq!(fill(&b, other).await, AMBER);
+        assert_eq!(fill(&b, "package").await, AMBER);
+        b.find(Locator::Css(".dag .node[data-subtask='fetch']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let details = b
+            .find(Locator::Id("node-details"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            details.contains("completed") && details.contains("w1"),
+            "{details}"
+        );
+        save("plan-dag.png", &b.screenshot().await.unwrap());
+
+        // Completing the running task turns its node green without a reload.
+        b.execute("window.__same_page = 42;", vec![]).await.unwrap();
+        s.finish_runs(&[success(running.current_run_id.unwrap())])
+            .await
+            .unwrap();
+        eventually(
+            "the node to turn green",
+            Duration::from_secs(20),
+            || async { fill(&b, &running_name).await == GREEN },
+        )
+        .await;
+        let same = b
+            .execute("return window.__same_page;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, serde_json::json!(42), "updated live, not reloaded");
+        b.close().await.unwrap();
+    })
+    .await
+    .expect("the browser test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_strings_are_text_and_requeue_from_the_page_changes_the_database() {
+    tokio::time::timeout(LIMIT, async {
+        let (s, _keep) = store().await;
+        let driver = Driver::start().await;
+        let dash = Dashboard::start(s.clone(), "127.0.0.1:0", None).await;
+        let title = "<img src=x onerror=alert(1)>";
+        let mut task = NewTask::new(title, "evil");
+        task.payload = serde_json::json!({ "html": "<script>window.__pwned = 1</script>" });
+        let id = dash.client.create_task(task).await.unwrap();
+        let claim = s
+            .claim_tasks(&claim_params("w", 1))
+            .await
+            .unwrap()
+            .remove(0);
+        let mut bad = failure(claim.run.id, None);
+        bad.output_log = Some("<script>window.__pwned = 2</script>".into());
+        s.finish_runs(&[bad]).await.unwrap();
+
+        let b = driver.browser().await;
+        b.goto(&dash.url(&format!("/tasks/{id}"))).await.unwrap();
+        let h1 = b
+            .find(Locator::Css("main h1"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(h1, title, "the title is shown as text");
+        let payload = b
+            .find(Locator::Id("payload"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            payload.contains("<script>window.__pwned = 1</script>"),
+            "{payload}"
+        );
+        let injected = b
+            .execute(
+                "return [document.querySelectorAll('main img, main script').length, \
+                 typeof window.__pwned];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(injected, serde_json::json!([0, "undefined"]), "nothing ran");
+        assert!(b.get_alert_text().await.is_err(), "no alert opened");
+        b.goto(&dash.url("/tasks?status=failed")).await.unwrap();
+        let cell = b
+            .find(Locator::Css("#tasks td.title"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(cell, title);
+
+        b.goto(&dash.url(&format!("/tasks/{id}"))).await.unwrap();
+        b.find(Locator::Id("requeue"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually("the task to be queued", Duration::from_secs(20), || async {
+            s.get_task(id).await.unwrap().unwrap().status == TaskStatus::Queued
+        })
+        .await;
+        b.close().await.unwrap();
+    })
+    .await
+    .expect("the browser test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_token_a_change_is_refused() {
+    tokio::time::timeout(LIMIT, async {
+        let (s, _keep) = store().await;
+        // 127.0.0.2 is loopback too, but with a token given the dashboard behaves as on any
+        // other address (which `Security::for_bind` refuses without one: see its tests).
+        let dash = Dashboard::start(s.clone(), "127.0.0.2:0", Some("s3cret")).await;
+        let id = dash.client.create_task(NewTask::new("t", "x")).await.unwrap();
+        let claim = s.claim_tasks(&claim_params("w", 1)).await.unwrap().remove(0);
+        s.finish_runs(&[failure(claim.run.id, None)]).await.unwrap();
+        let host = dash.addr;
+        let post = |extra: &str| {
+            format!(
+                "POST /api/tasks/{id}/requeue HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
+            )
+        };
+        let (code, _) = http(host, &post("")).await;
+        assert_eq!(code, 401, "no token");
+        let (code, _) = http(host, &post("x-hive-token: wrong\r\n")).await;
+        assert_eq!(code, 401, "a wrong token");
+        let (code, _) = http(
+            host,
+            &post("x-hive-token: s3cret\r\nOrigin: http://evil.example\r\n"),
+        )
+        .await;
+        assert_eq!(code, 403, "another site's origin");
+        let get = format!("GET /api/tasks/{id}/requeue HTTP/1.1\r\nHost: {host}\r\nx-hive-token: s3cret\r\nConnection: close\r\n\r\n");
+        let (code, _) = http(host, &get).await;
+        assert_eq!(code, 405, "no change on GET");
+        assert_eq!(s.get_task(id).await.unwrap().unwrap().status, TaskStatus::Failed);
+        let (code, _) = http(host, &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(code, 303, "pages ask for the token");
+        let (code, body) = http(
+            host,
+            &post(&format!("x-hive-token: s3cret\r\nOrigin: http://{host}\r\n")),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(s.get_task(id).await.unwrap().unwrap().status, TaskStatus::Queued);
+    })
+    .await
+    .expect("the test finished in time");
+}
