@@ -173,6 +173,7 @@ impl Store for MemoryStore {
                 && f.plan_id.is_none_or(|p| t.plan_id == Some(p))
                 && (!f.ready_only || t.is_ready_at(at))
                 && f.updated_not_after.is_none_or(|b| t.updated_at <= b)
+                && f.depending_on.is_none_or(|d| t.dependencies.contains(&d))
         };
         if f.ready_only {
             return Ok(s

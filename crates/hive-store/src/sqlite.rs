@@ -195,12 +195,12 @@ impl SqliteStore {
     async fn end<T>(&self, tx: WriteTx, outcome: R<T>, notes: Vec<Notification>) -> Result<T> {
         match outcome {
             Ok(v) => {
-                // Counted before and after the commit, so the watcher reading
-                // `data_version` at any moment around it knows the change is this store's.
-                self.watch.committing();
-                let committed = tx.commit(&self.faults).await;
-                self.watch.committing();
-                committed.map_err(|e| self.sql_error(e))?;
+                // Marked from before to after, so the watcher reading `data_version` at any
+                // moment around it knows the change is this store's.
+                self.watch
+                    .own(tx.commit(&self.faults))
+                    .await
+                    .map_err(|e| self.sql_error(e))?;
                 self.notifier.send_all(notes);
                 Ok(v)
             }

@@ -52,6 +52,8 @@ pub struct TaskFilter {
     /// Only tasks last changed (`updated_at`) at or before this time: a bulk change pages
     /// through the tasks as they stood when it began, and never meets a task it changed.
     pub updated_not_after: Option<Timestamp>,
+    /// Only the tasks that depend on this one (its dependents).
+    pub depending_on: Option<TaskId>,
     /// At most this many rows (`None`: all).
     pub limit: Option<u32>,
 }

@@ -11,6 +11,7 @@ use hive_store::testing::workflows::*;
 hive_store::per_backend!(hive_store::testing::TestStore::run =>
     insert_and_get_round_trip, strings_stored_verbatim, queue_order_priority_then_age,
     idempotency_key_returns_first_id, list_filters, list_as_of_a_moment,
+    list_filters_find_dependents,
     count_tasks_per_status,
     set_status_follows_transition_table, set_status_unknown_task_is_none,
     requeue_from_terminal, metadata_merges, delete_cascades_runs, prune_in_batches,

@@ -242,6 +242,8 @@ impl PostgresStore {
                AND (NOT $4::bool OR (t.status = 'queued' AND t.pending_deps = 0 \
                     AND (t.run_at IS NULL OR t.run_at <= now()))) \
                AND ($6::timestamptz IS NULL OR t.updated_at <= $6::timestamptz) \
+               AND ($7::uuid IS NULL OR t.id IN \
+                    (SELECT d.task_id FROM task_dependencies d WHERE d.depends_on = $7::uuid)) \
              ORDER BY t.priority DESC, t.seq LIMIT $5::bigint"
         ))
         .bind(f.status.map(TaskStatus::as_str))
@@ -250,6 +252,7 @@ impl PostgresStore {
         .bind(f.ready_only)
         .bind(f.limit.map(i64::from))
         .bind(f.updated_not_after)
+        .bind(f.depending_on.map(|d| d.0))
         .fetch_all(&self.pool)
         .await?;
         found.iter().map(rows::task).collect()

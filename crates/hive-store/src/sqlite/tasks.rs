@@ -218,6 +218,11 @@ pub(super) async fn list(c: &mut Conn, f: &TaskFilter) -> R<Vec<hive_models::Tas
     if let Some(at) = f.updated_not_after {
         b.push(" AND t.updated_at <= ").push_bind(us(at));
     }
+    if let Some(d) = f.depending_on {
+        b.push(" AND t.id IN (SELECT td.task_id FROM task_dependencies td WHERE td.depends_on = ")
+            .push_bind(d.to_string())
+            .push(")");
+    }
     b.push(" ORDER BY t.priority DESC, t.seq");
     if let Some(l) = f.limit {
         b.push(" LIMIT ").push_bind(i64::from(l));

@@ -20,14 +20,33 @@ const EVERY: Duration = Duration::from_millis(5);
 /// watcher runs.
 #[derive(Debug, Default)]
 pub(super) struct Watch {
-    local_commits: AtomicU64,
+    /// Commits of this store under way, and done.
+    committing: AtomicU64,
+    committed: AtomicU64,
     running: AtomicBool,
 }
 
 impl Watch {
-    /// Marks a commit of this store in progress (called before and after each).
-    pub(super) fn committing(&self) {
-        self.local_commits.fetch_add(1, Ordering::SeqCst);
+    /// Runs `commit`, marked as this store's own for the watcher from before it starts
+    /// until after it ended.
+    pub(super) async fn own<T>(&self, commit: impl std::future::Future<Output = T>) -> T {
+        /// Ends the mark even when the commit's future is dropped half-way.
+        struct Mark<'a>(&'a Watch);
+        impl Drop for Mark<'_> {
+            fn drop(&mut self) {
+                self.0.committed.fetch_add(1, Ordering::SeqCst);
+                self.0.committing.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.committing.fetch_add(1, Ordering::SeqCst);
+        let _mark = Mark(self);
+        commit.await
+    }
+
+    /// The commits done so far, or `None` while one is under way.
+    fn settled(&self) -> Option<u64> {
+        let done = self.committed.load(Ordering::SeqCst);
+        (self.committing.load(Ordering::SeqCst) == 0).then_some(done)
     }
 
     /// Starts the watcher unless one runs. It stops once nobody listens (or the database
@@ -50,29 +69,34 @@ impl Watch {
         let Ok(mut conn) = sqlx::ConnectOptions::connect(&*options).await else {
             return;
         };
+        // The version last read with no commit of this store around it (`None`: none such
+        // yet), and the commit count after that read.
         let mut seen: Option<i64> = None;
-        let mut local = self.local_commits.load(Ordering::SeqCst);
+        let mut local = self.settled();
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while notifier.receivers() > 0 {
             tick.tick().await;
+            let before = self.settled();
             let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
                 .fetch_one(&mut conn)
                 .await
             else {
                 return;
             };
-            let now_local = self.local_commits.load(Ordering::SeqCst);
-            // A change while this store also committed may be its own: its own commits are
-            // announced already, and a busy worker claims on its own anyway.
-            if seen.is_some_and(|v| v != version) && now_local == local {
+            let after = self.settled();
+            // Only a change with no commit of this store since the last read, nor during this
+            // one, is another process's: this store's own are announced already (and a
+            // worker committing claims on its own anyway).
+            let quiet = before.is_some() && local == before && before == after;
+            if quiet && seen.is_some_and(|v| v != version) {
                 notifier.forward(Notification {
                     origin: uuid::Uuid::nil(),
                     change: Change::StoreChanged,
                 });
             }
-            seen = Some(version);
-            local = now_local;
+            seen = (before.is_some() && before == after).then_some(version);
+            local = after;
         }
     }
 }

@@ -975,6 +975,7 @@ impl Side {
                     plan_id: plan.and_then(|p| self.plan(p)),
                     ready_only: *ready_only,
                     updated_not_after: None,
+                    depending_on: None,
                     limit: *limit,
                 };
                 match s.list_tasks(&filter).await {

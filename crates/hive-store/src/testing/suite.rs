@@ -184,6 +184,41 @@ pub async fn idempotency_key_returns_first_id(s: S) {
     assert_eq!(s.count_tasks(None).await.unwrap()[&TaskStatus::Queued], 3);
 }
 
+/// A task's dependents, found by filter: in a plan, and a flat task's too.
+pub async fn list_filters_find_dependents(s: S) {
+    let (_, ids) = materialize(
+        &s,
+        plan(vec![
+            node("a", &[]),
+            node("b", &["a"]),
+            node("c", &["a"]),
+            node("d", &["b", "c"]),
+        ]),
+    )
+    .await;
+    let dependents_of = |id: TaskId| {
+        let s = s.clone();
+        async move {
+            let found = s
+                .list_tasks(&TaskFilter {
+                    depending_on: Some(id),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut names: Vec<String> = found
+                .into_iter()
+                .filter_map(|t| t.plan_subtask_id)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(dependents_of(ids["a"]).await, ["b", "c"]);
+    assert_eq!(dependents_of(ids["b"]).await, ["d"]);
+    assert!(dependents_of(ids["d"]).await.is_empty());
+}
+
 pub async fn list_filters(s: S) {
     let a = s
         .insert_tasks(vec![NewTask::new("a", "alpha")])

@@ -27,19 +27,16 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
         Ok(r) => r,
         Err(e) => return op_error(&e),
     };
-    // Dependents are known for a plan's tasks: the plan's graph read the other way.
-    let dependents = match (task.plan_id, &task.plan_subtask_id) {
-        (Some(p), Some(me)) => match s.client.plan_results(p).await {
-            Ok(Some(r)) => r
-                .subtasks
-                .into_iter()
-                .filter(|st| st.dependencies.contains(me))
-                .map(|st| (st.task_id, st.subtask_id))
-                .collect(),
-            Ok(None) => Vec::new(),
-            Err(e) => return op_error(&e),
-        },
-        _ => Vec::new(),
+    let filter = hive_client::store::TaskFilter {
+        depending_on: Some(id),
+        ..Default::default()
+    };
+    let dependents: Vec<(hive_client::TaskId, String)> = match s.client.list_tasks(&filter).await {
+        Ok(found) => found
+            .into_iter()
+            .map(|t| (t.id, t.plan_subtask_id.unwrap_or(t.title)))
+            .collect(),
+        Err(e) => return op_error(&e),
     };
     layout(
         &task.title,
