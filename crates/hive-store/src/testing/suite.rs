@@ -184,18 +184,19 @@ pub async fn idempotency_key_returns_first_id(s: S) {
     assert_eq!(s.count_tasks(None).await.unwrap()[&TaskStatus::Queued], 3);
 }
 
-/// A task's dependents, found by filter: in a plan, and a flat task's too.
+/// The diamond a -> (b, c) -> d.
+fn diamond() -> NewPlan {
+    plan(vec![
+        node("a", &[]),
+        node("b", &["a"]),
+        node("c", &["a"]),
+        node("d", &["b", "c"]),
+    ])
+}
+
+/// A task's dependents, found by filter (tasks get dependencies only through plans).
 pub async fn list_filters_find_dependents(s: S) {
-    let (_, ids) = materialize(
-        &s,
-        plan(vec![
-            node("a", &[]),
-            node("b", &["a"]),
-            node("c", &["a"]),
-            node("d", &["b", "c"]),
-        ]),
-    )
-    .await;
+    let (_, ids) = materialize(&s, diamond()).await;
     let dependents_of = |id: TaskId| {
         let s = s.clone();
         async move {
@@ -975,16 +976,7 @@ pub async fn plan_materialize_idempotent(s: S) {
 
 pub async fn plan_dependencies_gate_claims(s: S) {
     // Diamond: a -> (b, c) -> d.
-    let (pid, ids) = materialize(
-        &s,
-        plan(vec![
-            node("a", &[]),
-            node("b", &["a"]),
-            node("c", &["a"]),
-            node("d", &["b", "c"]),
-        ]),
-    )
-    .await;
+    let (pid, ids) = materialize(&s, diamond()).await;
     let ready = |s: S| async move {
         s.list_tasks(&TaskFilter {
             plan_id: Some(pid),
