@@ -12,7 +12,8 @@ mod report;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use hive_client::{Client, NewPlan};
+use hive_client::models::Scope;
+use hive_client::{Client, NewPlan, NewTask};
 
 use db::{Backend, FreshDb, RawPool};
 use hive::Until;
@@ -26,6 +27,8 @@ const WIDE_WIDTH: u64 = 500;
 /// `plan-large`: the small plan its per-task rate is compared with, and the layer width.
 const LARGE_SMALL: u64 = 1_000;
 const LARGE_WIDTH: u64 = 100;
+/// `drain-limited`: tasks of the limited type among the drain's.
+const LIMITED_TASKS: u64 = 50;
 /// `plan-submit`: one plan of this many subtasks, submitted and materialized.
 const SUBMIT_SUBTASKS: u64 = 10_000;
 
@@ -42,6 +45,9 @@ pub enum Scenario {
     EnqueueSingle,
     EnqueueBatch,
     Drain,
+    /// The drain with a concurrency limit on another type, 50 of whose tasks share the
+    /// queue: what limits cost the tasks they do not concern.
+    DrainLimited,
     Latency,
     /// 100 chains of 100 subtasks (20 with --quick).
     PlanChains,
@@ -150,7 +156,7 @@ impl Bench {
     }
 
     fn record(&mut self, mut r: BenchResult) {
-        if r.scenario.starts_with("plan-") {
+        if r.scenario.starts_with("plan-") || r.scenario == "drain-limited" {
             let flat = self
                 .results
                 .iter()
@@ -230,9 +236,13 @@ impl Bench {
             self.enqueue(b, true, n).await?;
         }
         // The plan drains are reported against the flat drain of the same run.
-        let plan_drains = self.args.scenarios.iter().any(|s| s.is_plan_drain());
+        let plan_drains = self.args.scenarios.iter().any(|s| s.is_plan_drain())
+            || self.args.scenarios.contains(&Scenario::DrainLimited);
         if self.wants(Scenario::Drain) || plan_drains {
-            self.drain(b, n).await?;
+            self.drain(b, n, false).await?;
+        }
+        if self.wants(Scenario::DrainLimited) {
+            self.drain(b, n, true).await?;
         }
         if self.wants(Scenario::Latency) {
             self.latency(b).await?;
@@ -332,22 +342,43 @@ impl Bench {
         Ok((out[0], out[1]))
     }
 
-    async fn drain(&mut self, b: Backend, n: u64) -> Result<()> {
+    /// The flat drain; `limited` adds a concurrency limit of 2 on another type with
+    /// [`LIMITED_TASKS`] tasks of it in the queue.
+    async fn drain(&mut self, b: Backend, n: u64, limited: bool) -> Result<()> {
+        let name = if limited { "drain-limited" } else { "drain" };
         let (db, client) = self.fresh(b).await?;
-        let pb = hive::bar(n, format!("drain {} (loading)", b.name()));
+        let total = if limited { n + LIMITED_TASKS } else { n };
+        let pb = hive::bar(total, format!("{name} {} (loading)", b.name()));
         hive::load(&client, n, &pb).await?;
+        if limited {
+            let limits = hive_client::Limits {
+                max_running: Some(2),
+                rate: None,
+            };
+            client
+                .set_limits(Scope::Type("metered".into()), limits, true)
+                .await?;
+            let metered = (0..LIMITED_TASKS)
+                .map(|i| NewTask::new(format!("metered {i}"), "metered"))
+                .collect();
+            client.create_tasks(metered).await?;
+        }
         pb.set_position(0);
-        pb.set_message(format!("drain {}", b.name()));
+        pb.set_message(format!("{name} {}", b.name()));
         let d = hive::drain(&client, DRAIN_WORKERS, DRAIN_CONCURRENCY, Until::Idle, &pb).await?;
         pb.finish_and_clear();
-        if d.handled != n {
-            bail!("drain: handled {} tasks, expected {n}", d.handled);
+        if d.handled != total {
+            bail!("{name}: handled {} tasks, expected {total}", d.handled);
         }
         drop(client);
         db.cleanup().await?;
+        if limited {
+            self.record(BenchResult::throughput(name, b.name(), total, d.secs));
+            return Ok(());
+        }
         let (raw, raw_batch) = self.raw_drains(b, n).await?;
         self.record(
-            BenchResult::throughput("drain", b.name(), n, d.secs).with_baselines(raw, raw_batch),
+            BenchResult::throughput(name, b.name(), n, d.secs).with_baselines(raw, raw_batch),
         );
         Ok(())
     }

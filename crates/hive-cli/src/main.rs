@@ -52,6 +52,13 @@ enum Command {
     /// Periodic tasks: cron schedules, and a scheduler to run alone.
     #[command(subcommand)]
     Schedule(commands::schedule::ScheduleCommand),
+    /// Limits across every worker: at most N running or N starts per period, per task
+    /// type or concurrency key.
+    #[command(subcommand)]
+    Limit(commands::flow::LimitCommand),
+    /// Task types: their counts, pause and resume.
+    #[command(subcommand)]
+    Queue(commands::flow::QueueCommand),
     /// Tasks per status, active workers, plans in progress.
     Status,
     /// Serve the operator dashboard, its JSON API and /metrics.
@@ -130,6 +137,8 @@ async fn main() -> ExitCode {
         Command::Worker(c) => commands::worker::run(&ctx, c).await,
         Command::Plan(c) => commands::plan::run(&ctx, c).await,
         Command::Schedule(c) => commands::schedule::run(&ctx, c).await,
+        Command::Limit(c) => commands::flow::limit(&ctx, c).await,
+        Command::Queue(c) => commands::flow::queue(&ctx, c).await,
         Command::Status => commands::status(&ctx).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
         Command::Serve(args) => commands::serve::run(&ctx, args).await,

@@ -37,7 +37,9 @@ pub use hive_models::{
     ExecutionPlan, Jitter, NewPlan, NewTask, PlanId, PlanStatus, Progress, RetryPolicy, Run, RunId,
     RunStatus, SubTask, Task, TaskId, TaskStatus, TypeRetry, Worker, WorkerId, WorkerStatus,
 };
-pub use hive_ops::{Event, EventOrigin, Ops, OpsConfig, Published, Subscription};
+pub use hive_ops::{
+    Event, EventOrigin, Limits, Ops, OpsConfig, Published, QueueInfo, Subscription,
+};
 pub use hive_store::{ConnectOptions, Store};
 pub use worker::{
     DEFAULT_LEASE, DEFAULT_REAP_INTERVAL, Handler, ShutdownHandle, TaskContext, TaskError,

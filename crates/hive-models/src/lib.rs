@@ -8,6 +8,7 @@
 //! and the retry backoff ([`RetryPolicy`]).
 
 mod error;
+mod flow;
 mod ids;
 mod plan;
 mod retry;
@@ -18,6 +19,10 @@ mod task;
 mod worker;
 
 pub use error::{Error, PlanError, Result};
+pub use flow::{
+    Admission, Candidate, FlowRule, MAX_LIMIT, Rate, Scope, Usage, check_concurrency,
+    check_scope_name, is_flow_controlled,
+};
 pub use ids::{PlanId, RunId, TaskId, WorkerId};
 pub use plan::{
     ExecutionPlan, Growth, NewPlan, PlanCounters, PlanStatus, SubTask, grow, in_layers,

@@ -168,6 +168,11 @@ pub struct Task {
     /// The run currently allowed to finish this task; any other run is stale.
     pub current_run_id: Option<RunId>,
     pub idempotency_key: Option<String>,
+    /// Tasks sharing a key run at most `concurrency_limit` at once across all workers.
+    pub concurrency_key: Option<String>,
+    /// The limit for `concurrency_key` (1 when it carries a key; a stored rule for the key
+    /// takes precedence).
+    pub concurrency_limit: Option<u32>,
     pub result: Option<Json>,
     pub last_error: Option<String>,
     pub created_at: Timestamp,
@@ -213,6 +218,11 @@ impl Task {
             attempts: 0,
             current_run_id: None,
             idempotency_key: new.idempotency_key,
+            concurrency_limit: new
+                .concurrency_key
+                .as_ref()
+                .map(|_| new.concurrency_limit.unwrap_or(1)),
+            concurrency_key: new.concurrency_key,
             result: None,
             last_error: None,
             created_at: now,
@@ -353,6 +363,11 @@ pub struct NewTask {
     /// Once its dependencies completed (at creation for a task without any), the task waits
     /// this long before it can be claimed.
     pub delay_secs: u64,
+    /// Tasks sharing this key run at most `concurrency_limit` at once across all workers
+    /// (for example one account's jobs, strictly one after another).
+    pub concurrency_key: Option<String>,
+    /// How many tasks of `concurrency_key` may run at once (default 1).
+    pub concurrency_limit: Option<u32>,
 }
 
 impl Default for NewTask {
@@ -375,6 +390,8 @@ impl Default for NewTask {
             idempotency_key: None,
             timeout_secs: None,
             delay_secs: 0,
+            concurrency_key: None,
+            concurrency_limit: None,
         }
     }
 }
@@ -406,6 +423,10 @@ impl NewTask {
         /// Once its dependencies completed (at creation for a task without any), wait this
         /// long before the task can be claimed.
         delay_secs: u64,
+        /// Tasks sharing this key run at most `concurrency_limit` (default 1) at once.
+        concurrency_key: impl Into<String> => some_into,
+        /// How many tasks of the concurrency key may run at once.
+        concurrency_limit: u32 => Some,
     }
 
     pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
@@ -436,6 +457,7 @@ impl NewTask {
             non_blank("idempotency_key", key)?;
         }
         check_timing(self.timeout_secs, self.delay_secs)?;
+        crate::check_concurrency(self.concurrency_key.as_deref(), self.concurrency_limit)?;
         check_no_nul("description", &self.description)?;
         check_no_nul("current_phase", &self.current_phase)?;
         for (i, tag) in self.tags.iter().enumerate() {

@@ -16,6 +16,13 @@ pub enum Error {
     /// The run is no longer its task's current run; the late worker must drop its result.
     #[error("stale run `{run_id}`: it is no longer the task's current run")]
     StaleRun { run_id: RunId },
+    /// A flow rule for a task type nothing uses: most often a typo, which would limit
+    /// nothing and leave the intended type unlimited.
+    #[error(
+        "unknown task type `{task_type}`: no task, worker or schedule uses it (check the \
+         spelling, or allow a new type to set it before its first task)"
+    )]
+    UnknownTaskType { task_type: String },
     /// The store failed.
     #[error(transparent)]
     Store(hive_store::Error),

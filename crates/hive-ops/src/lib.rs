@@ -9,6 +9,7 @@
 mod config;
 mod error;
 mod events;
+mod flow;
 mod plans;
 mod results;
 mod running;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 pub use config::OpsConfig;
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventOrigin, Published, Subscription};
+pub use flow::{Limits, QueueInfo};
 pub use hive_models as models;
 pub use hive_store as store;
 pub use plans::PlanSummary;

@@ -14,6 +14,7 @@
 
 mod connect;
 mod error;
+mod flow;
 mod memory;
 mod notify;
 mod rules;

@@ -3,6 +3,7 @@
 //! them: this is the reference semantics every other backend is compared with.
 
 mod dashboard;
+mod flow;
 mod schedules;
 mod state;
 mod subtasks;
@@ -475,6 +476,21 @@ impl Store for MemoryStore {
 
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
         Ok(self.lock().schedules.remove(name).is_some())
+    }
+
+    async fn put_flow_rule(&self, rule: &hive_models::FlowRule) -> Result<()> {
+        self.lock().put_flow_rule(rule);
+        Ok(())
+    }
+
+    async fn list_flow_rules(&self) -> Result<Vec<hive_models::FlowRule>> {
+        let mut rules: Vec<_> = self.lock().flow_rules.values().cloned().collect();
+        rules.sort_by(|a, b| a.scope.cmp(&b.scope));
+        Ok(rules)
+    }
+
+    async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
+        Ok(self.lock().delete_flow_rule(scope))
     }
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {

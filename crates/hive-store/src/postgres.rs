@@ -19,6 +19,7 @@
 mod sql;
 mod connect;
 mod dashboard;
+mod flow;
 mod listen;
 mod plans;
 mod progress;
@@ -329,6 +330,18 @@ impl Store for PostgresStore {
 
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
         self.run(self.delete_schedule_once(name)).await
+    }
+
+    async fn put_flow_rule(&self, rule: &hive_models::FlowRule) -> Result<()> {
+        self.run(self.put_flow_rule_once(rule)).await
+    }
+
+    async fn list_flow_rules(&self) -> Result<Vec<hive_models::FlowRule>> {
+        self.run(self.list_flow_rules_once()).await
+    }
+
+    async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
+        self.run(self.delete_flow_rule_once(scope)).await
     }
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {

@@ -24,7 +24,7 @@ macro_rules! task_columns {
          t.workflow, t.payload, t.assigned_worker, t.due_date, t.max_retries, t.parent_task_id, \
          t.plan_id, t.plan_subtask_id, t.pending_deps, t.tags, t.metadata, t.run_at, t.attempts, \
          t.current_run_id, t.idempotency_key, t.result, t.last_error, t.created_at, t.updated_at, \
-         t.timeout_secs, t.delay_secs, t.retry_policy, \
+         t.timeout_secs, t.delay_secs, t.retry_policy, t.concurrency_key, t.concurrency_limit, \
          (SELECT json_group_array(d.depends_on ORDER BY d.position) \
             FROM task_dependencies d WHERE d.task_id = t.id) AS deps"
     };
@@ -82,6 +82,7 @@ macro_rules! write {
 mod connect;
 mod dashboard;
 mod db;
+mod flow;
 mod plans;
 mod replay;
 mod runs;
@@ -399,6 +400,18 @@ impl Store for SqliteStore {
 
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
         write!(self, quiet schedules::delete, name)
+    }
+
+    async fn put_flow_rule(&self, rule: &hive_models::FlowRule) -> Result<()> {
+        write!(self, quiet flow::put, rule)
+    }
+
+    async fn list_flow_rules(&self) -> Result<Vec<hive_models::FlowRule>> {
+        read!(self, flow::list)
+    }
+
+    async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
+        write!(self, quiet flow::delete, scope)
     }
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Schedule, Task,
-    TaskId, Timestamp, Worker, WorkerId,
+    ExecutionPlan, FlowRule, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId,
+    Schedule, Scope, Task, TaskId, Timestamp, Worker, WorkerId,
 };
 use tokio::sync::broadcast;
 
@@ -28,6 +28,10 @@ use crate::{
 /// Shared semantics every backend follows (the conformance suite in [`crate::testing`]
 /// checks each one):
 /// - Queue order is priority descending, then insertion order.
+/// - A claim admits a flow-controlled task (one with a concurrency key, or of a type with a
+///   [`FlowRule`]) only while each of its scopes has room ([`hive_models::Admission`]),
+///   judged under the claim's own exclusion so no two claimers can both take the last
+///   place; paused scopes are not claimed at all. Tasks passed over stay queued.
 /// - A task is *ready* when it is `queued`, its `pending_dependencies` is 0 and its
 ///   `run_at` is absent or not after now.
 /// - When a task reaches `completed`, each dependent's `pending_dependencies` drops by one;
@@ -200,6 +204,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// with the other fields given; false when another scheduler (or a pause) moved it
     /// first, or the schedule is unknown.
     async fn advance_schedule(&self, advance: &ScheduleAdvance) -> Result<bool>;
+
+    // ---- flow control ----
+
+    /// Stores a scope's rule, replacing the one it had. Claims read rules as they run, so
+    /// a change holds from the next claim of any worker on.
+    async fn put_flow_rule(&self, rule: &FlowRule) -> Result<()>;
+
+    /// Every stored rule, by kind then name.
+    async fn list_flow_rules(&self) -> Result<Vec<FlowRule>>;
+
+    /// Deletes a scope's rule; false when it had none.
+    async fn delete_flow_rule(&self, scope: &Scope) -> Result<bool>;
 
     // ---- workers ----
 

@@ -2,6 +2,7 @@
 
 use hive_store::testing::dashboard::*;
 use hive_store::testing::details::*;
+use hive_store::testing::flow::*;
 use hive_store::testing::progress::*;
 use hive_store::testing::retries::*;
 use hive_store::testing::schedules::*;
@@ -39,6 +40,9 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     task_pages_are_newest_first_and_follow_the_cursor,
     task_pages_filter_by_status_worker_and_plan,
     queue_stats_count_types_ready_age_and_finished_runs,
+    flow_rules_are_stored_listed_and_deleted, a_type_runs_at_most_its_limit_and_others_pass,
+    a_concurrency_key_is_serial_unless_it_says_otherwise, a_rate_counts_starts_in_its_window,
+    a_paused_type_is_not_claimed_until_resumed,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here
@@ -49,6 +53,7 @@ fn every_suite_case_runs() {
         include_str!("../src/testing/suite.rs"),
         include_str!("../src/testing/workflows.rs"),
         include_str!("../src/testing/details.rs"),
+        include_str!("../src/testing/flow.rs"),
         include_str!("../src/testing/retries.rs"),
         include_str!("../src/testing/progress.rs"),
         include_str!("../src/testing/schedules.rs"),

@@ -1,6 +1,7 @@
 //! The `hive` subcommands.
 
 pub mod demo;
+pub mod flow;
 pub mod plan;
 pub mod schedule;
 pub mod serve;

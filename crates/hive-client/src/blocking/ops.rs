@@ -81,6 +81,13 @@ blocking! {
         fn pause_schedule(name: &str) -> bool;
         fn resume_schedule(name: &str) -> bool;
         fn fire_due_schedules() -> hive_ops::FireReport;
+        // Flow control.
+        fn set_limits(scope: hive_models::Scope, limits: hive_ops::Limits, allow_new: bool) -> hive_models::FlowRule;
+        fn delete_limits(scope: &hive_models::Scope) -> bool;
+        fn pause_queue(task_type: &str, allow_new: bool) -> hive_models::FlowRule;
+        fn resume_queue(task_type: &str) -> bool;
+        fn list_flow_rules() -> Vec<hive_models::FlowRule>;
+        fn list_queues() -> Vec<hive_ops::QueueInfo>;
         // Plans.
         fn create_execution_plan(plan: NewPlan) -> PlanId;
         fn create_planned_subtasks_from_plan(plan_id: PlanId) -> u64;

@@ -33,6 +33,8 @@ pub(super) struct State {
     pub plans: HashMap<PlanId, ExecutionPlan>,
     pub plan_tasks: HashMap<PlanId, Vec<TaskId>>,
     pub schedules: BTreeMap<String, hive_models::Schedule>,
+    pub flow_rules: HashMap<hive_models::Scope, hive_models::FlowRule>,
+    pub flow_starts: super::flow::Starts,
 }
 
 /// The database backends keep microseconds; so does this one, to behave the same.
@@ -222,15 +224,30 @@ impl State {
         n: &Notifier,
     ) -> Vec<Claim> {
         let lease_until = crate::rules::after(at, p.lease);
-        let picked: Vec<TaskId> = self
-            .ready
-            .iter()
-            .filter_map(|(_, _, id)| self.task(*id))
-            .filter(|t| t.run_at.is_none_or(|r| r <= at))
-            .filter(|t| p.task_types.is_empty() || p.task_types.contains(&t.task_type))
-            .take(p.limit as usize)
-            .map(|t| t.id)
-            .collect();
+        let mut admission = None;
+        let mut picked: Vec<TaskId> = Vec::new();
+        for (_, _, id) in &self.ready {
+            if picked.len() >= p.limit as usize {
+                break;
+            }
+            let Some(t) = self.task(*id) else { continue };
+            if t.run_at.is_some_and(|r| r > at)
+                || !(p.task_types.is_empty() || p.task_types.contains(&t.task_type))
+            {
+                continue;
+            }
+            let c = super::flow::candidate(t);
+            if hive_models::is_flow_controlled(&self.flow_rules, c.task_type, c.key) {
+                let admission = admission.get_or_insert_with(|| {
+                    let usage = self.flow_usage(at);
+                    hive_models::Admission::new(&self.flow_rules, usage)
+                });
+                if !admission.admit(&c) {
+                    continue;
+                }
+            }
+            picked.push(*id);
+        }
         let mut claims = Vec::with_capacity(picked.len());
         for id in picked {
             let run_number = self.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
@@ -250,6 +267,7 @@ impl State {
             t.current_run_id = Some(run.id);
             t.updated_at = at;
             let task = t.clone();
+            self.record_start(&task, at);
             self.sync_ready(id);
             self.task_runs.entry(id).or_default().push(run.id);
             self.running.insert(run.id, p.lease);

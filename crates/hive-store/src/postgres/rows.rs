@@ -105,6 +105,9 @@ pub(super) fn task(row: &PgRow) -> Result<Task, Fail> {
         attempts: count(row, "attempts", T)?,
         current_run_id: get::<Option<Uuid>>(row, "current_run_id", T)?.map(RunId),
         idempotency_key: get(row, "idempotency_key", T)?,
+        concurrency_key: get(row, "concurrency_key", T)?,
+        concurrency_limit: get::<Option<i32>>(row, "concurrency_limit", T)?
+            .map(|n| n.max(1).unsigned_abs()),
         result: get(row, "result", T)?,
         last_error: get(row, "last_error", T)?,
         created_at: get(row, "created_at", T)?,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::replay::{self, load_locked};
 use super::sql::{micros, server_now};
-use super::{PostgresStore, rows};
+use super::{PostgresStore, flow, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
 use crate::{
@@ -23,15 +23,14 @@ use crate::{
 /// Run ids travel with the claim statement; larger limits claim in chunks of this size.
 const CLAIM_CHUNK: u32 = 1000;
 
-const CLAIM: &str = concat!(
-    "WITH picked AS ( \
-         SELECT id, priority, seq FROM tasks \
-         WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= statement_timestamp()) \
-           AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
-         ORDER BY priority DESC, seq \
-         LIMIT $3::bigint \
-         FOR UPDATE SKIP LOCKED \
-     ), numbered AS ( \
+/// The claim of the tasks `picked` selects (`id, priority, seq`, locked): runs opened,
+/// plans started, everything announced, each task returned with its inputs. `$1` worker,
+/// `$2` types, `$3` limit, `$4` run ids, `$5` lease, `$6` origin.
+macro_rules! claim_statement {
+    ($picked:literal) => { concat!(
+    "WITH picked AS (",
+    $picked,
+    "), numbered AS ( \
          SELECT id, (row_number() OVER (ORDER BY priority DESC, seq))::int AS n FROM picked \
      ), claimed AS ( \
          UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
@@ -76,6 +75,32 @@ const CLAIM: &str = concat!(
          statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
      FROM claimed c CROSS JOIN announced \
      ORDER BY c.priority DESC, c.seq"
+    ) };
+}
+
+/// The plain claim: ready tasks in queue order that no flow rule concerns (those are
+/// admitted by [`super::flow`] and claimed with [`CLAIM_ADMITTED`]).
+const CLAIM: &str = claim_statement!(
+    "SELECT id, priority, seq FROM tasks \
+     WHERE status = 'queued' AND pending_deps = 0 \
+       AND (run_at IS NULL OR run_at <= statement_timestamp()) \
+       AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
+       AND concurrency_key IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+           WHERE f.kind = 'type' AND f.name = tasks.task_type) \
+     ORDER BY priority DESC, seq \
+     LIMIT $3::bigint \
+     FOR UPDATE SKIP LOCKED"
+);
+
+/// The claim of admitted flow-controlled tasks (`$7`), each still queued once locked.
+const CLAIM_ADMITTED: &str = claim_statement!(
+    "SELECT id, priority, seq FROM tasks \
+     WHERE id = ANY($7::uuid[]) AND status = 'queued' AND pending_deps = 0 \
+       AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
+     ORDER BY priority DESC, seq \
+     LIMIT $3::bigint \
+     FOR UPDATE"
 );
 
 /// Finishes a batch of successful runs (none spawning) in one statement: the success rule
@@ -252,17 +277,25 @@ impl PostgresStore {
         conn: &mut PgConnection,
         p: &ClaimParams,
         limit: u32,
+        admitted: Option<&[Uuid]>,
     ) -> R<Vec<Claim>> {
         let run_ids: Vec<Uuid> = (0..limit).map(|_| RunId::new().0).collect();
-        let found = sqlx::query(CLAIM)
-            .bind(p.worker_id.as_str())
-            .bind(&p.task_types)
-            .bind(i64::from(limit))
-            .bind(run_ids)
-            .bind(micros(p.lease))
-            .bind(self.notifier.origin())
-            .fetch_all(conn)
-            .await?;
+        let q = sqlx::query(if admitted.is_some() {
+            CLAIM_ADMITTED
+        } else {
+            CLAIM
+        })
+        .bind(p.worker_id.as_str())
+        .bind(&p.task_types)
+        .bind(i64::from(limit))
+        .bind(run_ids)
+        .bind(micros(p.lease))
+        .bind(self.notifier.origin());
+        let q = match admitted {
+            Some(ids) => q.bind(ids),
+            None => q,
+        };
+        let found = q.fetch_all(conn).await?;
         let mut claims = Vec::with_capacity(found.len());
         for row in &found {
             let task = rows::task(row)?;
@@ -286,30 +319,78 @@ impl PostgresStore {
     }
 
     pub(super) async fn claim_once(&self, p: &ClaimParams) -> R<Vec<Claim>> {
-        if p.limit <= CLAIM_CHUNK {
-            let mut conn = self.pool.acquire().await?;
-            return self.claim_chunk(&mut conn, p, p.limit).await;
+        let mut conn = self.pool.acquire().await?;
+        let mut claims = Vec::new();
+        if let Some(probe) = flow::probe(&mut conn, p)
+            .await?
+            .filter(flow::Probe::has_room)
+        {
+            // Committed on its own, so the scopes' locks are not held through the plain
+            // claim that follows.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            claims = self.claim_admitted(&mut tx, p, probe).await?;
+            tx.commit().await?;
         }
-        let mut tx = self.pool.begin().await?;
-        let claims = self.claim_in(&mut tx, p).await?;
+        let left = p.limit.saturating_sub(claims.len() as u32);
+        if left == 0 {
+            return Ok(claims);
+        }
+        if left <= CLAIM_CHUNK {
+            claims.extend(self.claim_chunk(&mut conn, p, left, None).await?);
+            return Ok(claims);
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let rest = ClaimParams {
+            limit: left,
+            ..p.clone()
+        };
+        claims.extend(self.claim_in(&mut tx, &rest, None).await?);
         tx.commit().await?;
         Ok(claims)
     }
 
-    /// Claims on a connection the caller holds (in a transaction when the limit needs more
-    /// than one statement's worth of run ids, which go in chunks).
-    async fn claim_in(&self, conn: &mut PgConnection, p: &ClaimParams) -> R<Vec<Claim>> {
-        let mut claims = Vec::new();
-        let mut left = p.limit;
+    /// Claims on a connection the caller holds in a transaction: the flow-controlled tasks
+    /// `probe` found room for first, then plain ones in chunks of run ids.
+    async fn claim_in(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        probe: Option<flow::Probe>,
+    ) -> R<Vec<Claim>> {
+        let mut claims = match probe {
+            Some(probe) => self.claim_admitted(conn, p, probe).await?,
+            None => Vec::new(),
+        };
+        let mut left = p.limit.saturating_sub(claims.len() as u32);
         while left > 0 {
             let n = left.min(CLAIM_CHUNK);
-            let got = self.claim_chunk(conn, p, n).await?;
+            let got = self.claim_chunk(conn, p, n, None).await?;
             let done = got.len() < n as usize;
             left -= n;
             claims.extend(got);
             if done {
                 break;
             }
+        }
+        Ok(claims)
+    }
+
+    /// Admits flow-controlled tasks under their scopes' locks and claims them.
+    async fn claim_admitted(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        probe: flow::Probe,
+    ) -> R<Vec<Claim>> {
+        let admitted = flow::admit(conn, p, probe).await?;
+        if admitted.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = u32::try_from(admitted.ids.len()).unwrap_or(u32::MAX);
+        let claims = self.claim_chunk(conn, p, n, Some(&admitted.ids)).await?;
+        let taken: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
+        if let Some(first) = claims.first() {
+            flow::record_starts(conn, &admitted, &taken, first.run.started_at).await?;
         }
         Ok(claims)
     }
@@ -471,7 +552,9 @@ impl PostgresStore {
     ) -> R<(Vec<FinishReport>, Vec<Claim>)> {
         let mut tx = self.pool.begin().await?;
         let done = self.finish_in(&mut tx, outcomes, false).await?;
-        let claims = self.claim_in(&mut tx, p).await?;
+        // Probed after the finish, which may have made room in a limited scope.
+        let probe = flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room);
+        let claims = self.claim_in(&mut tx, p, probe).await?;
         let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
         let unclaimed: Vec<Uuid> = done
             .ready

@@ -23,15 +23,17 @@ WITH input AS ( \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], \
         $6::jsonb[], $7::bigint[], $8::text[], $9::jsonb[], $10::timestamptz[], $11::uuid[], \
         $12::jsonb[], $13::jsonb[], $14::timestamptz[], $15::text[], $16::uuid[], $17::text[], \
-        $18::int[], $19::int[], $20::bigint[], $22::jsonb[]) WITH ORDINALITY \
+        $18::int[], $19::int[], $20::bigint[], $22::jsonb[], $23::text[], $24::int[]) \
+        WITH ORDINALITY \
     AS x(id, title, description, task_type, priority, payload, max_retries, current_phase, \
         workflow, due_date, parent_task_id, tags, metadata, run_at, idempotency_key, plan_id, \
-        plan_subtask_id, pending_deps, timeout_secs, delay_secs, retry_policy, ord) \
+        plan_subtask_id, pending_deps, timeout_secs, delay_secs, retry_policy, \
+        concurrency_key, concurrency_limit, ord) \
 ), ins AS ( \
     INSERT INTO tasks (id, title, description, task_type, priority, payload, max_retries, \
         current_phase, workflow, due_date, parent_task_id, tags, metadata, run_at, \
         idempotency_key, plan_id, plan_subtask_id, pending_deps, timeout_secs, delay_secs, \
-        retry_policy, created_at, updated_at) \
+        retry_policy, concurrency_key, concurrency_limit, created_at, updated_at) \
     SELECT x.id, x.title, x.description, x.task_type, x.priority, x.payload, x.max_retries, \
         x.current_phase, x.workflow, x.due_date, x.parent_task_id, \
         ARRAY(SELECT e.v FROM jsonb_array_elements_text(x.tags) WITH ORDINALITY AS e(v, i) \
@@ -41,7 +43,7 @@ WITH input AS ( \
             THEN greatest(x.run_at, now() + x.delay_secs * interval '1 second') \
             ELSE x.run_at END, \
         x.idempotency_key, x.plan_id, x.plan_subtask_id, x.pending_deps, x.timeout_secs, \
-        x.delay_secs, x.retry_policy, now(), now() \
+        x.delay_secs, x.retry_policy, x.concurrency_key, x.concurrency_limit, now(), now() \
     FROM input x ORDER BY x.ord \
     ON CONFLICT (idempotency_key) DO NOTHING \
     RETURNING id \
@@ -76,6 +78,8 @@ pub(super) struct TaskRows {
     timeout_secs: Vec<Option<i32>>,
     delay_secs: Vec<i64>,
     retry_policy: Vec<Option<Json>>,
+    concurrency_key: Vec<Option<String>>,
+    concurrency_limit: Vec<Option<i32>>,
 }
 
 impl TaskRows {
@@ -101,6 +105,13 @@ impl TaskRows {
         self.metadata.push(t.metadata);
         self.run_at.push(t.run_at);
         self.idempotency_key.push(t.idempotency_key);
+        let limit = t
+            .concurrency_key
+            .as_ref()
+            .map(|_| t.concurrency_limit.unwrap_or(1));
+        self.concurrency_limit
+            .push(limit.map(|n| i32::try_from(n).unwrap_or(i32::MAX)));
+        self.concurrency_key.push(t.concurrency_key);
         self.timeout_secs
             .push(t.timeout_secs.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
         self.delay_secs
@@ -139,6 +150,8 @@ impl TaskRows {
             .bind(self.delay_secs)
             .bind(note)
             .bind(self.retry_policy)
+            .bind(self.concurrency_key)
+            .bind(self.concurrency_limit)
             .fetch_one(conn)
             .await?;
         rows::get(&row, "inserted", "tasks")

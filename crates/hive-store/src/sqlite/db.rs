@@ -282,6 +282,10 @@ pub(super) fn task_from_row(row: &SqliteRow) -> R<Task> {
         attempts: c.u32("attempts")?,
         current_run_id: c.parse_opt("current_run_id")?,
         idempotency_key: c.get("idempotency_key")?,
+        concurrency_key: c.get("concurrency_key")?,
+        concurrency_limit: c
+            .get::<Option<i64>>("concurrency_limit")?
+            .map(|n| n.clamp(1, u32::MAX.into()) as u32),
         result: c.json_opt::<Json>("result")?,
         last_error: c.get("last_error")?,
         created_at: c.ts("created_at")?,

@@ -8,6 +8,7 @@ use hive_models::{Json, PlanId, PlanStatus, Run, RunId, TaskId, TaskStatus, Work
 use serde_json::json;
 
 use super::db::{self, Cols, Conn, R, add_us, json_list, to_json};
+use super::flow;
 use super::replay::{self, state_columns};
 use crate::rules::Loaded;
 use crate::{
@@ -48,9 +49,10 @@ pub(super) async fn held_by(c: &mut Conn, worker: &WorkerId) -> R<Vec<Run>> {
     db::all(c, sql, worker.as_str(), db::run_from_row).await
 }
 
-/// Ready tasks in queue order, each with its next run number and the statement's clock.
-macro_rules! claim_select {
-    ($types:literal) => {
+/// A claimed task's columns, its next run number, its dependencies' outputs and the
+/// statement's clock.
+macro_rules! claim_columns {
+    () => {
         concat!(
             "SELECT ",
             task_columns!(),
@@ -61,13 +63,25 @@ macro_rules! claim_select {
               FROM task_dependencies td JOIN tasks d ON d.id = td.depends_on \
               WHERE td.task_id = t.id) AS inputs, ",
             now_us!(),
+            " AS now_us"
+        )
+    };
+}
+
+/// Ready tasks in queue order that no flow rule concerns (those are admitted by
+/// [`flow::admitted`]).
+macro_rules! claim_select {
+    ($types:literal) => {
+        concat!(
+            claim_columns!(),
             // Without statistics the planner prefers the status index and sorts every
             // queued task; the partial ready index yields them in queue order instead.
-            " AS now_us FROM tasks t INDEXED BY tasks_ready \
+            " FROM tasks t INDEXED BY tasks_ready \
              WHERE t.status = 'queued' AND t.pending_deps = 0 \
                AND (t.run_at IS NULL OR t.run_at <= ",
             now_us!(),
-            ")",
+            ") AND t.concurrency_key IS NULL \
+               AND t.task_type NOT IN (SELECT name FROM flow_rules WHERE kind = 'type')",
             $types,
             " ORDER BY t.priority DESC, t.seq LIMIT ?1"
         )
@@ -82,25 +96,43 @@ pub(super) async fn claim(
     notes: &mut Vec<Notification>,
     p: &ClaimParams,
 ) -> R<Vec<Claim>> {
-    let limit = i64::from(p.limit);
-    let rows = if p.task_types.is_empty() {
-        sqlx::query(claim_select!(""))
-            .bind(limit)
-            .fetch_all(&mut *c)
-            .await?
+    let admitted = flow::admitted(c, p).await?;
+    let mut rows = if admitted.tasks.is_empty() {
+        Vec::new()
     } else {
-        sqlx::query(claim_select!(
-            " AND t.task_type IN (SELECT value FROM json_each(?2))"
+        let ids = json_list(admitted.tasks.iter().map(|a| a.id));
+        sqlx::query(concat!(
+            claim_columns!(),
+            " FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?1)) \
+             ORDER BY t.priority DESC, t.seq"
         ))
-        .bind(limit)
-        .bind(json_list(&p.task_types))
+        .bind(ids)
         .fetch_all(&mut *c)
         .await?
     };
+    let limit = i64::from(p.limit) - rows.len() as i64;
+    if limit > 0 {
+        rows.extend(if p.task_types.is_empty() {
+            sqlx::query(claim_select!(""))
+                .bind(limit)
+                .fetch_all(&mut *c)
+                .await?
+        } else {
+            sqlx::query(claim_select!(
+                " AND t.task_type IN (SELECT value FROM json_each(?2))"
+            ))
+            .bind(limit)
+            .bind(json_list(&p.task_types))
+            .fetch_all(&mut *c)
+            .await?
+        });
+    }
     let Some(first) = rows.first() else {
         return Ok(Vec::new());
     };
     let at: i64 = Cols::new(first, "tasks").get("now_us")?;
+    // Every admitted task is claimed: this transaction holds the write lock throughout.
+    flow::record_starts(c, &admitted, at).await?;
     let started = db::ts("runs", at)?;
     let until = add_us(at, p.lease);
     let lease_until = db::ts("runs", until)?;

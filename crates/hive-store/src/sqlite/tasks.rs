@@ -17,7 +17,7 @@ use crate::{
 /// SQLite refuses statements with more than 32766 bound parameters.
 const MAX_BINDS: usize = 32766;
 /// Bound parameters per row of [`insert_rows`].
-const TASK_BINDS: usize = 23;
+const TASK_BINDS: usize = 25;
 const TASK_ROWS_PER_INSERT: usize = MAX_BINDS / TASK_BINDS;
 const DEP_ROWS_PER_INSERT: usize = MAX_BINDS / 3;
 
@@ -76,7 +76,7 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
             "INSERT INTO tasks (id, title, description, task_type, priority, current_phase, \
              workflow, payload, due_date, max_retries, parent_task_id, tags, metadata, run_at, \
              idempotency_key, timeout_secs, delay_secs, plan_id, plan_subtask_id, pending_deps, \
-             retry_policy, created_at, updated_at) ",
+             retry_policy, concurrency_key, concurrency_limit, created_at, updated_at) ",
         );
         b.push_values(chunk.iter().zip(encoded), |mut s, (r, e)| {
             let n = &r.new;
@@ -109,7 +109,15 @@ pub(super) async fn insert_rows(c: &mut Conn, rows: &[TaskRow], at: i64) -> R<()
                     .push_bind(None::<String>)
                     .push_bind(0_i64),
             };
-            s.push_bind(e.retry_policy).push_bind(at).push_bind(at);
+            let limit = n
+                .concurrency_key
+                .as_ref()
+                .map(|_| n.concurrency_limit.unwrap_or(1));
+            s.push_bind(e.retry_policy)
+                .push_bind(n.concurrency_key.clone())
+                .push_bind(limit.map(i64::from))
+                .push_bind(at)
+                .push_bind(at);
         });
         b.push(" ON CONFLICT (idempotency_key) DO NOTHING");
         b.build().execute(&mut *c).await?;

@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod details;
 pub mod differential;
 pub mod fixtures;
+pub mod flow;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod progress;

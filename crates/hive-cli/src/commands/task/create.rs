@@ -53,6 +53,13 @@ pub struct CreateArgs {
     /// creates nothing and prints the first task's id.
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
+    /// Tasks sharing this key run at most --concurrency-limit at once across every worker
+    /// (for example one account's jobs, one after another).
+    #[arg(long, value_name = "KEY")]
+    concurrency_key: Option<String>,
+    /// How many tasks of --concurrency-key may run at once (default 1).
+    #[arg(long, value_name = "N")]
+    concurrency_limit: Option<u32>,
 }
 
 pub async fn run(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
@@ -74,6 +81,8 @@ pub async fn run(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     if let Some(key) = a.idempotency_key {
         new = new.idempotency_key(key);
     }
+    new.concurrency_key = a.concurrency_key;
+    new.concurrency_limit = a.concurrency_limit;
     new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
     if new.task_type == shell::SHELL {
         shell::validate_payload(&new.payload).map_err(|e| anyhow!(e))?;

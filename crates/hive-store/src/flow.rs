@@ -1,0 +1,159 @@
+//! The claim of flow-controlled tasks, written once for the SQL backends: which ready tasks
+//! to read, in what order to take them, and which starts to record. Each backend supplies
+//! the reads (under its exclusion: SQLite's write lock, Postgres's advisory locks per scope)
+//! and the writes.
+//!
+//! A claim reads the rules, then the use of the limited types it asks for, then the heads of
+//! those types' queues and of the keyed tasks (passing over types and keys with no room),
+//! then the use of the keys found, and admits the candidates in queue order with
+//! [`Admission`]. Tasks of other types without a key never take this path: the plain claim
+//! skips every flow-controlled task.
+
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports)
+)]
+
+use std::collections::HashMap;
+
+use hive_models::{Admission, Candidate, FlowRule, Scope, TaskId, Usage};
+
+use crate::ClaimParams;
+
+/// A ready flow-controlled task as the candidate reads return it.
+#[derive(Debug, Clone)]
+pub struct FlowCandidate {
+    pub id: TaskId,
+    pub task_type: String,
+    pub key: Option<String>,
+    pub key_limit: Option<u32>,
+    pub priority: i32,
+    pub seq: i64,
+}
+
+impl FlowCandidate {
+    fn as_candidate(&self) -> Candidate<'_> {
+        Candidate {
+            task_type: &self.task_type,
+            key: self.key.as_deref(),
+            key_limit: self.key_limit,
+        }
+    }
+}
+
+/// The rules one claim works with, read at its start.
+#[derive(Debug, Default)]
+pub struct FlowClaim {
+    rules: HashMap<Scope, FlowRule>,
+}
+
+impl FlowClaim {
+    pub fn new(rules: Vec<FlowRule>) -> FlowClaim {
+        FlowClaim {
+            rules: rules.into_iter().map(|r| (r.scope.clone(), r)).collect(),
+        }
+    }
+
+    /// Ruled types this claim asks for, by name (the order Postgres locks them in).
+    pub fn ruled_types(&self, p: &ClaimParams) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .rules
+            .keys()
+            .filter_map(|s| match s {
+                Scope::Type(t) if p.task_types.is_empty() || p.task_types.contains(t) => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        types.sort();
+        types
+    }
+
+    /// Whether a claim needs this path at all: it asks for a ruled type, or keyed tasks
+    /// are ready.
+    pub fn needed(&self, p: &ClaimParams, keyed_ready: bool) -> bool {
+        keyed_ready || !self.ruled_types(p).is_empty()
+    }
+
+    /// Ruled types with no room now (paused, at their running cap, or out of starts):
+    /// their heads are not read, and keyed tasks of these types are passed over.
+    pub fn blocked_types(&self, ruled: &[String], usage: &HashMap<Scope, Usage>) -> Vec<String> {
+        ruled
+            .iter()
+            .filter(|t| {
+                let probe = Candidate {
+                    task_type: t,
+                    key: None,
+                    key_limit: None,
+                };
+                let mut one = Admission::new(&self.rules, self.usage_of(&probe, usage));
+                !one.admit(&probe)
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn usage_of(&self, c: &Candidate<'_>, usage: &HashMap<Scope, Usage>) -> HashMap<Scope, Usage> {
+        c.scopes()
+            .filter_map(|s| usage.get(&s).map(|u| (s, *u)))
+            .collect()
+    }
+
+    /// The rate windows to count starts in, as (scope, window in microseconds).
+    pub fn rate_windows<'a>(
+        &self,
+        scopes: impl IntoIterator<Item = &'a Scope>,
+    ) -> Vec<(Scope, i64)> {
+        scopes
+            .into_iter()
+            .filter_map(|s| {
+                let rate = self.rules.get(s)?.rate?;
+                let us = i64::try_from(rate.per.as_micros()).unwrap_or(i64::MAX);
+                Some((s.clone(), us))
+            })
+            .collect()
+    }
+
+    /// Admits candidates in queue order (duplicates read by two heads count once), at most
+    /// `limit`.
+    pub fn admit(
+        &self,
+        mut candidates: Vec<FlowCandidate>,
+        usage: HashMap<Scope, Usage>,
+        limit: usize,
+    ) -> Vec<FlowCandidate> {
+        candidates.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.seq));
+        candidates.dedup_by_key(|c| c.id);
+        let mut admission = Admission::new(&self.rules, usage);
+        candidates
+            .into_iter()
+            .filter(|c| admission.admit(&c.as_candidate()))
+            .take(limit)
+            .collect()
+    }
+
+    /// One (kind, name) per start to record: each admitted task's rate-limited scopes.
+    pub fn starts(&self, admitted: &[FlowCandidate]) -> Vec<Scope> {
+        admitted
+            .iter()
+            .flat_map(|c| c.as_candidate().scopes().collect::<Vec<_>>())
+            .filter(|s| self.rules.get(s).is_some_and(|r| r.rate.is_some()))
+            .collect()
+    }
+}
+
+/// The scopes a set of candidates counts against, sorted and distinct (the order Postgres
+/// locks keys in).
+pub fn keys_of(candidates: &[FlowCandidate]) -> Vec<String> {
+    let mut keys: Vec<String> = candidates.iter().filter_map(|c| c.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// How many heads a claim of `limit` reads per queue: enough that tasks passed over
+/// (their key full, say) rarely leave the claim short.
+pub fn window(limit: u32) -> i64 {
+    i64::from(limit).saturating_mul(2).saturating_add(16)
+}

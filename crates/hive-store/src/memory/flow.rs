@@ -1,0 +1,70 @@
+//! Flow control in memory: rules by scope, recent starts of rate-limited scopes, and the
+//! use of each scope read from the running runs, all under the store's one lock.
+
+use std::collections::{HashMap, VecDeque};
+
+use hive_models::{Candidate, FlowRule, Scope, Task, Timestamp, Usage};
+
+use super::state::{State, sub};
+
+/// The starts each rate-limited scope made, oldest first.
+pub(super) type Starts = HashMap<Scope, VecDeque<Timestamp>>;
+
+impl State {
+    /// What each scope uses at `at`: its running tasks, and its starts inside its rate
+    /// window.
+    pub(super) fn flow_usage(&self, at: Timestamp) -> HashMap<Scope, Usage> {
+        let mut usage: HashMap<Scope, Usage> = HashMap::new();
+        for run in self.running.keys() {
+            let Some(task) = self.runs.get(run).and_then(|r| self.task(r.task_id)) else {
+                continue;
+            };
+            for scope in candidate(task).scopes() {
+                usage.entry(scope).or_default().running += 1;
+            }
+        }
+        for (scope, starts) in &self.flow_starts {
+            let Some(rate) = self.flow_rules.get(scope).and_then(|r| r.rate) else {
+                continue;
+            };
+            let since = sub(at, rate.per);
+            let recent = starts.iter().rev().take_while(|t| **t > since).count();
+            usage.entry(scope.clone()).or_default().recent_starts = recent as u64;
+        }
+        usage
+    }
+
+    /// Counts a start against each rate-limited scope of `task`, forgetting the starts
+    /// that fell out of the scope's window.
+    pub(super) fn record_start(&mut self, task: &Task, at: Timestamp) {
+        for scope in candidate(task).scopes() {
+            let Some(rate) = self.flow_rules.get(&scope).and_then(|r| r.rate) else {
+                continue;
+            };
+            let starts = self.flow_starts.entry(scope).or_default();
+            let since = sub(at, rate.per);
+            while starts.front().is_some_and(|t| *t <= since) {
+                starts.pop_front();
+            }
+            starts.push_back(at);
+        }
+    }
+
+    pub(super) fn put_flow_rule(&mut self, rule: &FlowRule) {
+        self.flow_rules.insert(rule.scope.clone(), rule.clone());
+    }
+
+    pub(super) fn delete_flow_rule(&mut self, scope: &Scope) -> bool {
+        self.flow_starts.remove(scope);
+        self.flow_rules.remove(scope).is_some()
+    }
+}
+
+/// The task as the admission sees it.
+pub(super) fn candidate(task: &Task) -> Candidate<'_> {
+    Candidate {
+        task_type: &task.task_type,
+        key: task.concurrency_key.as_deref(),
+        key_limit: task.concurrency_limit,
+    }
+}

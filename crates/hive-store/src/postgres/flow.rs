@@ -1,0 +1,408 @@
+//! Flow control on Postgres: rules, and the claim's reads of flow-controlled tasks.
+//!
+//! Claimers of one scope take turns on a transaction-scoped advisory lock per scope
+//! (limited types first, then keys, each in hash order, so two claimers never wait on each
+//! other in a cycle), and read the scope's use only once they hold it: what they read
+//! stays true until they commit, since only claims add to it. Tasks no rule concerns never
+//! come here; their claim skips flow-controlled tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use hive_models::{FlowRule, Rate, Scope, TaskId, Usage};
+use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgRow};
+use uuid::Uuid;
+
+use super::PostgresStore;
+use super::rows;
+use crate::ClaimParams;
+use crate::flow::{self, FlowCandidate, FlowClaim};
+use crate::sql::R;
+
+macro_rules! rule_columns {
+    () => {
+        "kind, name, max_running, rate_max, rate_per_us, paused, updated_at"
+    };
+}
+
+fn rule(row: &PgRow) -> R<FlowRule> {
+    const T: &str = "flow_rules";
+    let kind: String = rows::get(row, "kind", T)?;
+    let scope = Scope::from_parts(&kind, rows::get::<String>(row, "name", T)?)
+        .map_err(|e| rows::corrupt(T, e.to_string()))?;
+    let rate = match (
+        rows::get::<Option<i32>>(row, "rate_max", T)?,
+        rows::get::<Option<i64>>(row, "rate_per_us", T)?,
+    ) {
+        (Some(max), Some(per)) => Some(Rate {
+            max: max.max(1).unsigned_abs(),
+            per: Duration::from_micros(per.max(1).unsigned_abs()),
+        }),
+        _ => None,
+    };
+    Ok(FlowRule {
+        scope,
+        max_running: rows::get::<Option<i32>>(row, "max_running", T)?
+            .map(|n| n.max(1).unsigned_abs()),
+        rate,
+        paused: rows::get(row, "paused", T)?,
+        updated_at: rows::get(row, "updated_at", T)?,
+    })
+}
+
+impl PostgresStore {
+    pub(super) async fn list_flow_rules_once(&self) -> R<Vec<FlowRule>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rule_columns!(),
+            " FROM flow_rules ORDER BY kind = 'key', name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rule).collect()
+    }
+
+    pub(super) async fn put_flow_rule_once(&self, r: &FlowRule) -> R<()> {
+        sqlx::query(
+            "INSERT INTO flow_rules (kind, name, max_running, rate_max, rate_per_us, paused, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (kind, name) DO UPDATE SET max_running = excluded.max_running, \
+             rate_max = excluded.rate_max, rate_per_us = excluded.rate_per_us, \
+             paused = excluded.paused, updated_at = excluded.updated_at",
+        )
+        .bind(r.scope.kind())
+        .bind(r.scope.name())
+        .bind(r.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+        .bind(r.rate.map(|x| i32::try_from(x.max).unwrap_or(i32::MAX)))
+        .bind(r.rate.map(|x| super::sql::micros(x.per)))
+        .bind(r.paused)
+        .bind(r.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn delete_flow_rule_once(&self, scope: &Scope) -> R<bool> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = $1 AND name = $2")
+            .bind(scope.kind())
+            .bind(scope.name())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM flow_starts WHERE kind = $1 AND name = $2")
+            .bind(scope.kind())
+            .bind(scope.name())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone > 0)
+    }
+}
+
+/// What a claim learned before choosing its path: the rules, the limited types worth
+/// locking, and whether keyed tasks are ready.
+pub(super) struct Probe {
+    claim: FlowClaim,
+    open_types: Vec<String>,
+    keyed_ready: bool,
+}
+
+/// The rules, and without any lock, which limited types have ready tasks and room and
+/// whether keyed tasks wait, in one round trip; `None` when no flow-controlled task this
+/// claim could take is ready. Room read without the lock can only be
+/// underestimated (only claims add to a scope's use), so a type passed over here merely
+/// waits for a later claim.
+pub(super) async fn probe(conn: &mut PgConnection, p: &ClaimParams) -> R<Option<Probe>> {
+    let found = sqlx::query(concat!(
+        "SELECT f.*, EXISTS (SELECT 1 FROM tasks \
+             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL) \
+             AS keyed_ready \
+         FROM (SELECT 1) one LEFT JOIN (SELECT ",
+        rule_columns!(),
+        ", f.kind = 'type' AND EXISTS (SELECT 1 FROM tasks t WHERE t.task_type = f.name \
+               AND t.status = 'queued' AND t.pending_deps = 0 \
+               AND (t.run_at IS NULL OR t.run_at <= statement_timestamp())) AS ready, \
+           CASE WHEN f.kind = 'type' AND f.max_running IS NOT NULL THEN (SELECT count(*) \
+               FROM tasks t WHERE t.status = 'in_progress' AND t.task_type = f.name) \
+               ELSE 0 END AS running, \
+           CASE WHEN f.rate_max IS NOT NULL THEN (SELECT count(*) FROM flow_starts s \
+               WHERE s.kind = f.kind AND s.name = f.name AND s.started_at > \
+                 statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
+               ELSE 0 END AS starts \
+         FROM flow_rules f) f ON true"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut keyed_ready = false;
+    let mut rules = Vec::new();
+    let mut ready = HashSet::new();
+    let mut seen: HashMap<Scope, Usage> = HashMap::new();
+    for row in &found {
+        keyed_ready = rows::get(row, "keyed_ready", "tasks")?;
+        if row.try_get::<Option<String>, _>("kind")?.is_none() {
+            continue;
+        }
+        let r = rule(row)?;
+        if rows::get::<bool>(row, "ready", "flow_rules")? {
+            ready.insert(r.scope.name().to_owned());
+        }
+        let count = |col| -> R<u64> {
+            Ok(rows::get::<i64>(row, col, "flow_rules")?
+                .max(0)
+                .unsigned_abs())
+        };
+        seen.insert(
+            r.scope.clone(),
+            Usage {
+                running: count("running")?,
+                recent_starts: count("starts")?,
+            },
+        );
+        rules.push(r);
+    }
+    let claim = FlowClaim::new(rules);
+    let ruled: Vec<String> = claim
+        .ruled_types(p)
+        .into_iter()
+        .filter(|t| ready.contains(t))
+        .collect();
+    let blocked = claim.blocked_types(&ruled, &seen);
+    let waiting = !ruled.is_empty();
+    let open_types: Vec<String> = ruled.into_iter().filter(|t| !blocked.contains(t)).collect();
+    Ok((keyed_ready || waiting).then_some(Probe {
+        claim,
+        open_types,
+        keyed_ready,
+    }))
+}
+
+impl Probe {
+    /// Whether a claim now could admit anything (a limited type with room, or keyed
+    /// tasks); when not, flow-controlled tasks wait but are there.
+    pub fn has_room(&self) -> bool {
+        self.keyed_ready || !self.open_types.is_empty()
+    }
+}
+
+/// Ready, not delayed, of the types asked for (`$1`).
+macro_rules! ready {
+    () => {
+        "t.status = 'queued' AND t.pending_deps = 0 \
+         AND (t.run_at IS NULL OR t.run_at <= statement_timestamp()) \
+         AND (cardinality($1::text[]) = 0 OR t.task_type = ANY($1::text[]))"
+    };
+}
+
+/// The task's key, if any, has room: not paused, under its running cap (a stored rule's,
+/// else the task's own) and under its rate. Read before the key's lock is held, so it only
+/// keeps full keys from filling the candidates; the admission decides.
+macro_rules! key_has_room {
+    () => {
+        "(t.concurrency_key IS NULL OR ( \
+           (SELECT count(*) FROM tasks r \
+            WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress') \
+           < coalesce((SELECT f.max_running FROM flow_rules f \
+                       WHERE f.kind = 'key' AND f.name = t.concurrency_key), \
+                      t.concurrency_limit, 1) \
+           AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+               WHERE f.kind = 'key' AND f.name = t.concurrency_key AND (f.paused \
+                 OR (f.rate_max IS NOT NULL AND (SELECT count(*) FROM flow_starts s \
+                     WHERE s.kind = 'key' AND s.name = f.name AND s.started_at > \
+                       statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
+                     >= f.rate_max)))))"
+    };
+}
+
+/// The heads of the limited types' queues (`$2`), then of the keyed tasks when `$5`, not of
+/// blocked types (`$4`); `$3` heads per queue.
+const CANDIDATES: &str = concat!(
+    "SELECT x.* FROM unnest($2::text[]) ty(name) CROSS JOIN LATERAL ( \
+         SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
+         FROM tasks t WHERE t.task_type = ty.name AND ",
+    ready!(),
+    " AND ",
+    key_has_room!(),
+    " ORDER BY t.priority DESC, t.seq LIMIT $3) x \
+     UNION ALL (SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
+         t.seq FROM tasks t WHERE $5 AND t.concurrency_key IS NOT NULL AND ",
+    ready!(),
+    " AND NOT (t.task_type = ANY($4::text[])) AND ",
+    key_has_room!(),
+    " ORDER BY t.priority DESC, t.seq LIMIT $3)"
+);
+
+/// Admitted flow-controlled tasks, ready to claim; their starts are recorded with
+/// [`record_starts`] once claimed.
+pub(super) struct Admitted {
+    pub ids: Vec<Uuid>,
+    claim: FlowClaim,
+    tasks: Vec<FlowCandidate>,
+}
+
+/// Locks the scopes involved, reads their use and admits candidates in queue order.
+pub(super) async fn admit(conn: &mut PgConnection, p: &ClaimParams, probe: Probe) -> R<Admitted> {
+    let fc = probe.claim;
+    let ruled = probe.open_types;
+    let ruled_scopes: Vec<Scope> = ruled.iter().cloned().map(Scope::Type).collect();
+    lock(conn, &ruled_scopes).await?;
+    let type_usage = usage(conn, &fc, &ruled_scopes).await?;
+    let blocked = fc.blocked_types(&ruled, &type_usage);
+    let open: Vec<&String> = ruled.iter().filter(|t| !blocked.contains(t)).collect();
+    // Keyed tasks of every limited type with no room are passed over too.
+    let blocked: Vec<String> = fc
+        .ruled_types(p)
+        .into_iter()
+        .filter(|t| !open.contains(&t))
+        .collect();
+    let found = sqlx::query(CANDIDATES)
+        .bind(&p.task_types)
+        .bind(open)
+        .bind(flow::window(p.limit))
+        .bind(&blocked)
+        .bind(probe.keyed_ready)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut candidates = Vec::with_capacity(found.len());
+    for row in &found {
+        const T: &str = "tasks";
+        candidates.push(FlowCandidate {
+            id: TaskId(rows::get(row, "id", T)?),
+            task_type: rows::get(row, "task_type", T)?,
+            key: rows::get(row, "concurrency_key", T)?,
+            key_limit: rows::get::<Option<i32>>(row, "concurrency_limit", T)?
+                .map(|n| n.max(1).unsigned_abs()),
+            priority: rows::get(row, "priority", T)?,
+            seq: rows::get(row, "seq", T)?,
+        });
+    }
+    let keys: Vec<Scope> = flow::keys_of(&candidates)
+        .into_iter()
+        .map(Scope::Key)
+        .collect();
+    lock(conn, &keys).await?;
+    let mut all = type_usage;
+    all.extend(usage(conn, &fc, &keys).await?);
+    let tasks = fc.admit(candidates, all, p.limit as usize);
+    Ok(Admitted {
+        ids: tasks.iter().map(|c| c.id.0).collect(),
+        claim: fc,
+        tasks,
+    })
+}
+
+/// Takes the scopes' advisory locks (held to the end of the transaction) in hash order.
+async fn lock(conn: &mut PgConnection, scopes: &[Scope]) -> R<()> {
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = scopes
+        .iter()
+        .map(|s| format!("hive.flow.{}:{}", s.kind(), s.name()))
+        .collect();
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(h)) FROM ( \
+             SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) n ORDER BY 1 \
+         ) s",
+    )
+    .bind(names)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Running tasks and recent starts of each scope.
+async fn usage(
+    conn: &mut PgConnection,
+    fc: &FlowClaim,
+    scopes: &[Scope],
+) -> R<HashMap<Scope, Usage>> {
+    let mut out: HashMap<Scope, Usage> = HashMap::new();
+    if scopes.is_empty() {
+        return Ok(out);
+    }
+    let of_kind = |kind: &str| names(scopes.iter().filter(|s| s.kind() == kind));
+    let windows = fc.rate_windows(scopes);
+    let found = sqlx::query(
+        "SELECT 'type' AS kind, task_type AS name, count(*) AS running, 0::bigint AS starts \
+         FROM tasks WHERE status = 'in_progress' AND task_type = ANY($1::text[]) \
+         GROUP BY task_type \
+         UNION ALL SELECT 'key', concurrency_key, count(*), 0 FROM tasks \
+         WHERE status = 'in_progress' AND concurrency_key = ANY($2::text[]) \
+         GROUP BY concurrency_key \
+         UNION ALL SELECT s.kind, s.name, 0, count(*) \
+         FROM unnest($3::text[], $4::text[], $5::bigint[]) w(kind, name, us) \
+         JOIN flow_starts s ON s.kind = w.kind AND s.name = w.name \
+          AND s.started_at > statement_timestamp() - w.us * interval '1 microsecond' \
+         GROUP BY s.kind, s.name",
+    )
+    .bind(of_kind("type"))
+    .bind(of_kind("key"))
+    .bind(kinds(windows.iter().map(|(s, _)| s)))
+    .bind(names(windows.iter().map(|(s, _)| s)))
+    .bind(windows.iter().map(|(_, us)| *us).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &found {
+        const T: &str = "flow_starts";
+        let kind: String = rows::get(row, "kind", T)?;
+        let scope = Scope::from_parts(&kind, rows::get::<String>(row, "name", T)?)
+            .map_err(|e| rows::corrupt(T, e.to_string()))?;
+        let u = out.entry(scope).or_default();
+        u.running += rows::get::<i64>(row, "running", T)?.max(0).unsigned_abs();
+        u.recent_starts += rows::get::<i64>(row, "starts", T)?.max(0).unsigned_abs();
+    }
+    Ok(out)
+}
+
+/// Records the starts of the admitted tasks actually `taken` at `at` (their runs' start, so
+/// windows are measured on the runs' own clock) against their rate-limited scopes, and
+/// forgets those scopes' starts that left their window.
+pub(super) async fn record_starts(
+    conn: &mut PgConnection,
+    admitted: &Admitted,
+    taken: &HashSet<TaskId>,
+    at: hive_models::Timestamp,
+) -> R<()> {
+    let claimed: Vec<FlowCandidate> = admitted
+        .tasks
+        .iter()
+        .filter(|c| taken.contains(&c.id))
+        .cloned()
+        .collect();
+    let starts = admitted.claim.starts(&claimed);
+    if starts.is_empty() {
+        return Ok(());
+    }
+    let windows = admitted.claim.rate_windows(&starts);
+    sqlx::query(
+        "WITH gone AS ( \
+             DELETE FROM flow_starts s USING unnest($3::text[], $4::text[], $5::bigint[]) \
+                 w(kind, name, us) \
+             WHERE s.kind = w.kind AND s.name = w.name \
+               AND s.started_at <= $6::timestamptz - w.us * interval '1 microsecond' \
+         ) \
+         INSERT INTO flow_starts (kind, name, started_at) \
+         SELECT kind, name, $6::timestamptz FROM unnest($1::text[], $2::text[]) \
+             x(kind, name)",
+    )
+    .bind(kinds(&starts))
+    .bind(names(&starts))
+    .bind(kinds(windows.iter().map(|(s, _)| s)))
+    .bind(names(windows.iter().map(|(s, _)| s)))
+    .bind(windows.iter().map(|(_, us)| *us).collect::<Vec<_>>())
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The scopes' kinds and names as the parallel arrays statements unnest.
+fn kinds<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Vec<&'static str> {
+    scopes.into_iter().map(Scope::kind).collect()
+}
+
+fn names<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Vec<String> {
+    scopes.into_iter().map(|s| s.name().to_owned()).collect()
+}

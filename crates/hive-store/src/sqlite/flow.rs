@@ -1,0 +1,308 @@
+//! Flow control on SQLite: rules, and the claim's reads of flow-controlled tasks. Every
+//! claim holds the write lock from its first statement, so what it reads of the scopes'
+//! use stays true until it commits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hive_models::{FlowRule, Rate, Scope, Usage};
+use sqlx::sqlite::SqliteRow;
+
+use super::db::{self, Cols, Conn, R, json_list, to_json};
+use crate::ClaimParams;
+use crate::flow::{self, FlowCandidate, FlowClaim};
+
+fn rule_from_row(row: &SqliteRow) -> R<FlowRule> {
+    let c = Cols::new(row, "flow_rules");
+    let kind: String = c.get("kind")?;
+    let scope = Scope::from_parts(&kind, c.get::<String>("name")?)
+        .map_err(|e| db::corrupt("flow_rules", e.to_string()))?;
+    let rate = match (
+        c.get::<Option<i64>>("rate_max")?,
+        c.get::<Option<i64>>("rate_per_us")?,
+    ) {
+        (Some(max), Some(per)) => Some(Rate {
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+            per: Duration::from_micros(per.max(1).unsigned_abs()),
+        }),
+        _ => None,
+    };
+    Ok(FlowRule {
+        scope,
+        max_running: c
+            .get::<Option<i64>>("max_running")?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        rate,
+        paused: c.get("paused")?,
+        updated_at: c.ts("updated_at")?,
+    })
+}
+
+pub(super) async fn list(c: &mut Conn) -> R<Vec<FlowRule>> {
+    let rows = sqlx::query(
+        "SELECT kind, name, max_running, rate_max, rate_per_us, paused, updated_at \
+         FROM flow_rules ORDER BY kind = 'key', name",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    rows.iter().map(rule_from_row).collect()
+}
+
+pub(super) async fn put(c: &mut Conn, r: &FlowRule) -> R<()> {
+    sqlx::query(
+        "INSERT INTO flow_rules (kind, name, max_running, rate_max, rate_per_us, paused, \
+         updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (kind, name) DO UPDATE SET max_running = excluded.max_running, \
+         rate_max = excluded.rate_max, rate_per_us = excluded.rate_per_us, \
+         paused = excluded.paused, updated_at = excluded.updated_at",
+    )
+    .bind(r.scope.kind())
+    .bind(r.scope.name())
+    .bind(r.max_running.map(i64::from))
+    .bind(r.rate.map(|x| i64::from(x.max)))
+    .bind(r.rate.map(|x| db::dur_us(x.per)))
+    .bind(r.paused)
+    .bind(db::us(r.updated_at))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn delete(c: &mut Conn, scope: &Scope) -> R<bool> {
+    let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = ?1 AND name = ?2")
+        .bind(scope.kind())
+        .bind(scope.name())
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM flow_starts WHERE kind = ?1 AND name = ?2")
+        .bind(scope.kind())
+        .bind(scope.name())
+        .execute(&mut *c)
+        .await?;
+    Ok(gone > 0)
+}
+
+/// Ready and not delayed, of the types asked for (`?1`, a JSON list; empty: any).
+macro_rules! ready {
+    () => {
+        concat!(
+            "t.status = 'queued' AND t.pending_deps = 0 AND (t.run_at IS NULL OR t.run_at <= ",
+            now_us!(),
+            ") AND (json_array_length(?1) = 0 OR t.task_type IN (SELECT value FROM json_each(?1)))"
+        )
+    };
+}
+
+/// The task's key, if any, has room: not paused, under its running cap (a stored rule's,
+/// else the task's own) and under its rate.
+macro_rules! key_has_room {
+    () => {
+        concat!(
+            "(t.concurrency_key IS NULL OR ( \
+               (SELECT count(*) FROM tasks r INDEXED BY tasks_running_key \
+                WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress') \
+               < coalesce((SELECT f.max_running FROM flow_rules f \
+                           WHERE f.kind = 'key' AND f.name = t.concurrency_key), \
+                          t.concurrency_limit, 1) \
+               AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+                   WHERE f.kind = 'key' AND f.name = t.concurrency_key AND (f.paused = 1 \
+                     OR (f.rate_max IS NOT NULL AND (SELECT count(*) FROM flow_starts s \
+                         WHERE s.kind = 'key' AND s.name = f.name \
+                           AND s.started_at > ",
+            now_us!(),
+            " - f.rate_per_us) >= f.rate_max)))))"
+        )
+    };
+}
+
+fn candidate(row: &SqliteRow) -> R<FlowCandidate> {
+    let c = Cols::new(row, "tasks");
+    Ok(FlowCandidate {
+        id: c.parse("id")?,
+        task_type: c.get("task_type")?,
+        key: c.get("concurrency_key")?,
+        key_limit: c
+            .get::<Option<i64>>("concurrency_limit")?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        priority: c.get("priority")?,
+        seq: c.get("seq")?,
+    })
+}
+
+/// Admitted flow-controlled tasks, in queue order; their starts are recorded with
+/// [`record_starts`] once claimed.
+#[derive(Default)]
+pub(super) struct Admitted {
+    claim: FlowClaim,
+    pub tasks: Vec<FlowCandidate>,
+}
+
+/// The flow-controlled tasks this claim may take, in queue order (none when no rule
+/// applies and no keyed task is ready).
+pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams) -> R<Admitted> {
+    let keyed_ready: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_ready_keyed \
+         WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL)",
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    let has_rules: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM flow_rules)")
+        .fetch_one(&mut *c)
+        .await?;
+    if !keyed_ready && !has_rules {
+        return Ok(Admitted::default());
+    }
+    let fc = FlowClaim::new(list(c).await?);
+    if !fc.needed(p, keyed_ready) {
+        return Ok(Admitted::default());
+    }
+    let types = json_list(&p.task_types);
+    let window = flow::window(p.limit);
+    let ruled = fc.ruled_types(p);
+    let ruled_scopes: Vec<Scope> = ruled.iter().cloned().map(Scope::Type).collect();
+    let type_usage = usage(c, &fc, &ruled_scopes).await?;
+    let blocked = fc.blocked_types(&ruled, &type_usage);
+    let mut candidates = Vec::new();
+    for t in ruled.iter().filter(|t| !blocked.contains(t)) {
+        let rows = sqlx::query(concat!(
+            "SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
+             t.seq FROM tasks t INDEXED BY tasks_ready_type WHERE t.task_type = ?2 AND ",
+            ready!(),
+            " AND ",
+            key_has_room!(),
+            " ORDER BY t.priority DESC, t.seq LIMIT ?3"
+        ))
+        .bind(&types)
+        .bind(t)
+        .bind(window)
+        .fetch_all(&mut *c)
+        .await?;
+        for row in &rows {
+            candidates.push(candidate(row)?);
+        }
+    }
+    if keyed_ready {
+        let rows = sqlx::query(concat!(
+            "SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
+             t.seq FROM tasks t INDEXED BY tasks_ready_keyed \
+             WHERE t.concurrency_key IS NOT NULL AND ",
+            ready!(),
+            " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) AND ",
+            key_has_room!(),
+            " ORDER BY t.priority DESC, t.seq LIMIT ?3"
+        ))
+        .bind(&types)
+        .bind(json_list(&blocked))
+        .bind(window)
+        .fetch_all(&mut *c)
+        .await?;
+        for row in &rows {
+            candidates.push(candidate(row)?);
+        }
+    }
+    let keys: Vec<Scope> = flow::keys_of(&candidates)
+        .into_iter()
+        .map(Scope::Key)
+        .collect();
+    let mut all = type_usage;
+    all.extend(usage(c, &fc, &keys).await?);
+    let tasks = fc.admit(candidates, all, p.limit as usize);
+    Ok(Admitted { claim: fc, tasks })
+}
+
+/// Running tasks and recent starts of each scope.
+async fn usage(c: &mut Conn, fc: &FlowClaim, scopes: &[Scope]) -> R<HashMap<Scope, Usage>> {
+    let mut out: HashMap<Scope, Usage> = HashMap::new();
+    if scopes.is_empty() {
+        return Ok(out);
+    }
+    let (types, keys): (Vec<&Scope>, Vec<&Scope>) =
+        scopes.iter().partition(|s| matches!(s, Scope::Type(_)));
+    let names = |v: &[&Scope]| json_list(v.iter().map(|s| s.name()));
+    let rows = sqlx::query(
+        "SELECT 'type' AS kind, task_type AS name, count(*) AS n FROM tasks \
+         WHERE status = 'in_progress' AND task_type IN (SELECT value FROM json_each(?1)) \
+         GROUP BY task_type \
+         UNION ALL SELECT 'key', concurrency_key, count(*) FROM tasks INDEXED BY tasks_running_key \
+         WHERE status = 'in_progress' AND concurrency_key IN (SELECT value FROM json_each(?2)) \
+           AND concurrency_key IS NOT NULL \
+         GROUP BY concurrency_key",
+    )
+    .bind(names(&types))
+    .bind(names(&keys))
+    .fetch_all(&mut *c)
+    .await?;
+    for row in &rows {
+        let (scope, n) = counted(row)?;
+        out.entry(scope).or_default().running = n;
+    }
+    let windows: Vec<serde_json::Value> = fc
+        .rate_windows(scopes)
+        .into_iter()
+        .map(|(s, us)| serde_json::json!([s.kind(), s.name(), us]))
+        .collect();
+    if !windows.is_empty() {
+        let rows = sqlx::query(concat!(
+            "SELECT s.kind, s.name, count(*) AS n FROM json_each(?1) w \
+             JOIN flow_starts s ON s.kind = w.value ->> 0 AND s.name = w.value ->> 1 \
+              AND s.started_at > ",
+            now_us!(),
+            " - (w.value ->> 2) GROUP BY s.kind, s.name"
+        ))
+        .bind(to_json("flow_starts", &windows)?)
+        .fetch_all(&mut *c)
+        .await?;
+        for row in &rows {
+            let (scope, n) = counted(row)?;
+            out.entry(scope).or_default().recent_starts = n;
+        }
+    }
+    Ok(out)
+}
+
+fn counted(row: &SqliteRow) -> R<(Scope, u64)> {
+    let c = Cols::new(row, "flow_starts");
+    let kind: String = c.get("kind")?;
+    let scope = Scope::from_parts(&kind, c.get::<String>("name")?)
+        .map_err(|e| db::corrupt("flow_starts", e.to_string()))?;
+    Ok((scope, c.get::<i64>("n")?.max(0).unsigned_abs()))
+}
+
+/// Records the starts of the admitted tasks claimed at `at` (the runs' start, so windows
+/// are measured on the runs' own clock) against their rate-limited scopes, and forgets the
+/// starts of those scopes that left their window.
+pub(super) async fn record_starts(c: &mut Conn, admitted: &Admitted, at: i64) -> R<()> {
+    let fc = &admitted.claim;
+    let starts = fc.starts(&admitted.tasks);
+    if starts.is_empty() {
+        return Ok(());
+    }
+    let windows: Vec<serde_json::Value> = fc
+        .rate_windows(&starts)
+        .into_iter()
+        .map(|(s, us)| serde_json::json!([s.kind(), s.name(), us]))
+        .collect();
+    sqlx::query(
+        "DELETE FROM flow_starts WHERE rowid IN (SELECT s.rowid FROM json_each(?1) w \
+         JOIN flow_starts s ON s.kind = w.value ->> 0 AND s.name = w.value ->> 1 \
+          AND s.started_at <= ?2 - (w.value ->> 2))",
+    )
+    .bind(to_json("flow_starts", &windows)?)
+    .bind(at)
+    .execute(&mut *c)
+    .await?;
+    let rows: Vec<serde_json::Value> = starts
+        .iter()
+        .map(|s| serde_json::json!([s.kind(), s.name()]))
+        .collect();
+    sqlx::query(
+        "INSERT INTO flow_starts (kind, name, started_at) \
+         SELECT j.value ->> 0, j.value ->> 1, ?2 FROM json_each(?1) j",
+    )
+    .bind(to_json("flow_starts", &rows)?)
+    .bind(at)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}

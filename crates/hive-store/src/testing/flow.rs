@@ -1,0 +1,184 @@
+//! Conformance cases for flow control: running caps per type and per key, rates, paused
+//! types, and the rules' storage. Limits hold within one claim, across claims, and in the
+//! claim that follows a finish.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hive_models::{FlowRule, NewTask, Rate, Scope, TaskId};
+
+use super::fixtures::{claim_params, success};
+use crate::{Claim, ClaimParams, Store};
+
+type S = Arc<dyn Store>;
+
+async fn rule(s: &S, scope: Scope, edit: impl FnOnce(&mut FlowRule)) {
+    let mut r = FlowRule::new(scope, s.now().await.unwrap());
+    edit(&mut r);
+    s.put_flow_rule(&r).await.unwrap();
+}
+
+async fn add(s: &S, tasks: Vec<NewTask>) -> Vec<TaskId> {
+    s.insert_tasks(tasks).await.unwrap()
+}
+
+fn of_type(t: &str, n: usize) -> Vec<NewTask> {
+    (0..n)
+        .map(|i| NewTask::new(format!("{t}-{i}"), t))
+        .collect()
+}
+
+fn keyed(key: &str, n: usize, limit: Option<u32>) -> Vec<NewTask> {
+    (0..n)
+        .map(|i| {
+            let mut t = NewTask::new(format!("{key}-{i}"), "job").concurrency_key(key);
+            t.concurrency_limit = limit;
+            t
+        })
+        .collect()
+}
+
+fn ids(claims: &[Claim]) -> Vec<TaskId> {
+    claims.iter().map(|c| c.task.id).collect()
+}
+
+async fn claim(s: &S, limit: u32) -> Vec<Claim> {
+    s.claim_tasks(&claim_params("w", limit)).await.unwrap()
+}
+
+pub async fn flow_rules_are_stored_listed_and_deleted(s: S) {
+    rule(&s, Scope::Type("email".into()), |r| {
+        r.max_running = Some(3);
+        r.rate = Some(Rate::parse("60/1m").unwrap());
+    })
+    .await;
+    rule(&s, Scope::Key("acct-1".into()), |r| r.paused = true).await;
+    rule(&s, Scope::Type("email".into()), |r| r.max_running = Some(4)).await;
+    let rules = s.list_flow_rules().await.unwrap();
+    let shown: Vec<(Scope, Option<u32>, Option<Rate>, bool)> = rules
+        .iter()
+        .map(|r| (r.scope.clone(), r.max_running, r.rate, r.paused))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (Scope::Type("email".into()), Some(4), None, false),
+            (Scope::Key("acct-1".into()), None, None, true),
+        ],
+        "types first, a put replaces the whole rule"
+    );
+    assert!(
+        s.delete_flow_rule(&Scope::Key("acct-1".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.delete_flow_rule(&Scope::Key("acct-1".into()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.list_flow_rules().await.unwrap().len(), 1);
+}
+
+pub async fn a_type_runs_at_most_its_limit_and_others_pass(s: S) {
+    rule(&s, Scope::Type("api".into()), |r| r.max_running = Some(2)).await;
+    let api = add(&s, of_type("api", 5)).await;
+    let other = add(&s, of_type("other", 2)).await;
+    let first = claim(&s, 10).await;
+    let mut want: Vec<TaskId> = api[..2].to_vec();
+    want.extend(&other);
+    let mut got = ids(&first);
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "two api tasks in queue order, and every other task"
+    );
+    assert!(
+        claim(&s, 10).await.is_empty(),
+        "the limit holds across claims"
+    );
+    let done = first.iter().find(|c| c.task.id == api[0]).unwrap();
+    let p = claim_params("w", 10);
+    let (_, refill) = s
+        .finish_and_claim(&[success(done.run.id)], &p)
+        .await
+        .unwrap();
+    assert_eq!(ids(&refill), [api[2]], "a finish frees exactly one place");
+    assert!(claim(&s, 10).await.is_empty());
+}
+
+pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
+    let a = add(&s, keyed("acct-a", 3, None)).await;
+    let b = add(&s, keyed("acct-b", 3, Some(2))).await;
+    let plain = add(&s, of_type("job", 1)).await;
+    let got = ids(&claim(&s, 10).await);
+    assert_eq!(
+        got.len(),
+        4,
+        "one of a, two of b, the plain task: {got:?} (a {a:?}, b {b:?})"
+    );
+    assert!(got.contains(&a[0]) && got.contains(&b[0]) && got.contains(&b[1]));
+    assert!(got.contains(&plain[0]));
+    assert!(claim(&s, 10).await.is_empty());
+    // A stored rule for a key takes precedence over the tasks' own limit.
+    rule(&s, Scope::Key("acct-a".into()), |r| r.max_running = Some(2)).await;
+    assert_eq!(ids(&claim(&s, 10).await), [a[1]]);
+    rule(&s, Scope::Key("acct-b".into()), |r| r.paused = true).await;
+    assert!(
+        claim(&s, 10).await.is_empty(),
+        "a paused key is not claimed"
+    );
+}
+
+pub async fn a_rate_counts_starts_in_its_window(s: S) {
+    rule(&s, Scope::Type("mail".into()), |r| {
+        r.rate = Some(Rate {
+            max: 3,
+            per: Duration::from_secs(3600),
+        })
+    })
+    .await;
+    let mail = add(&s, of_type("mail", 5)).await;
+    let first = claim(&s, 10).await;
+    assert_eq!(ids(&first), mail[..3]);
+    let p = claim_params("w", 10);
+    let runs: Vec<_> = first.iter().map(|c| success(c.run.id)).collect();
+    let (_, more) = s.finish_and_claim(&runs, &p).await.unwrap();
+    assert!(
+        more.is_empty(),
+        "finished tasks still count as starts in the window"
+    );
+    // A short window lets the next starts in once it passed.
+    rule(&s, Scope::Type("mail".into()), |r| {
+        r.rate = Some(Rate {
+            max: 1,
+            per: Duration::from_millis(300),
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(ids(&claim(&s, 10).await), [mail[3]]);
+    assert!(claim(&s, 10).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(ids(&claim(&s, 10).await), [mail[4]]);
+}
+
+pub async fn a_paused_type_is_not_claimed_until_resumed(s: S) {
+    rule(&s, Scope::Type("batch".into()), |r| r.paused = true).await;
+    let batch = add(&s, of_type("batch", 2)).await;
+    let other = add(&s, of_type("other", 1)).await;
+    assert_eq!(ids(&claim(&s, 10).await), other);
+    let only_batch = ClaimParams {
+        task_types: vec!["batch".into()],
+        ..claim_params("w", 10)
+    };
+    assert!(s.claim_tasks(&only_batch).await.unwrap().is_empty());
+    assert!(
+        s.delete_flow_rule(&Scope::Type("batch".into()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ids(&s.claim_tasks(&only_batch).await.unwrap()), batch);
+}
