@@ -48,6 +48,8 @@ pub enum Scenario {
     /// The drain with a concurrency limit on another type, 50 of whose tasks share the
     /// queue: what limits cost the tasks they do not concern.
     DrainLimited,
+    /// One worker at concurrency 8 against raw single-row claims on 8 connections.
+    DrainC8,
     Latency,
     /// 100 chains of 100 subtasks (20 with --quick).
     PlanChains,
@@ -244,6 +246,9 @@ impl Bench {
         if self.wants(Scenario::DrainLimited) {
             self.drain(b, n, true).await?;
         }
+        if self.wants(Scenario::DrainC8) {
+            self.drain_c8(b, n).await?;
+        }
         if self.wants(Scenario::Latency) {
             self.latency(b).await?;
         }
@@ -379,6 +384,27 @@ impl Bench {
         let (raw, raw_batch) = self.raw_drains(b, n).await?;
         self.record(
             BenchResult::throughput(name, b.name(), n, d.secs).with_baselines(raw, raw_batch),
+        );
+        Ok(())
+    }
+
+    /// One worker × 8 slots: how far a single small worker gets against 8 raw claimers.
+    async fn drain_c8(&mut self, b: Backend, n: u64) -> Result<()> {
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(n, format!("drain-c8 {} (loading)", b.name()));
+        hive::load(&client, n, &pb).await?;
+        pb.set_position(0);
+        pb.set_message(format!("drain-c8 {}", b.name()));
+        let d = hive::drain(&client, 1, 8, Until::Idle, &pb).await?;
+        pb.finish_and_clear();
+        if d.handled != n {
+            bail!("drain-c8: handled {} tasks, expected {n}", d.handled);
+        }
+        drop(client);
+        db.cleanup().await?;
+        let (raw, _) = self.raw_drains(b, n).await?;
+        self.record(
+            BenchResult::throughput("drain-c8", b.name(), n, d.secs).with_baselines(raw, None),
         );
         Ok(())
     }

@@ -39,6 +39,10 @@ pub struct ScheduledTask {
     pub max_retries: Option<u32>,
     #[serde(default)]
     pub timeout_secs: Option<u32>,
+    /// The tasks' concurrency key: with a key of the schedule's own, a slot's task never
+    /// runs while the previous one still does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
 }
 
 fn empty_object() -> Json {
@@ -58,6 +62,7 @@ impl ScheduledTask {
             priority: 1,
             max_retries: None,
             timeout_secs: None,
+            concurrency_key: None,
         }
     }
 }
@@ -157,6 +162,7 @@ impl ScheduledTask {
             .metadata(serde_json::json!({ "schedule": schedule, "slot": slot }));
         t.max_retries = self.max_retries;
         t.timeout_secs = self.timeout_secs;
+        t.concurrency_key = self.concurrency_key.clone();
         t
     }
 }

@@ -82,6 +82,10 @@ pub struct AddArgs {
     /// Seconds a run of each task may last.
     #[arg(long = "timeout")]
     timeout_secs: Option<u32>,
+    /// A concurrency key for each task created (give the schedule's name so a slot's task
+    /// never overlaps the previous one's).
+    #[arg(long, value_name = "KEY")]
+    concurrency_key: Option<String>,
     /// What to do with slots missed while no scheduler ran.
     #[arg(long, value_enum, default_value = "skip")]
     missed: MissedArg,
@@ -102,6 +106,7 @@ impl AddArgs {
         task.priority = self.priority;
         task.max_retries = self.max_retries;
         task.timeout_secs = self.timeout_secs;
+        task.concurrency_key = self.concurrency_key;
         if task.task_type == shell::SHELL {
             shell::validate_payload(&task.payload).map_err(|e| anyhow!(e))?;
         }

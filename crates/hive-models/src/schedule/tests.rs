@@ -116,3 +116,14 @@ fn a_new_schedule_is_validated_whole() {
         Some("schedule:nightly:2026-01-01T02:00:00+00:00")
     );
 }
+
+#[test]
+fn a_schedules_concurrency_key_reaches_each_slots_task() {
+    let mut task = ScheduledTask::new("sync", "shell");
+    task.concurrency_key = Some("nightly-sync".into());
+    let slot = chrono::Utc::now();
+    let t = task.to_new_task("nightly-sync", slot);
+    assert_eq!(t.concurrency_key.as_deref(), Some("nightly-sync"));
+    assert_eq!(t.concurrency_limit, None, "serial: the key's default of 1");
+    t.validate(1024).unwrap();
+}
