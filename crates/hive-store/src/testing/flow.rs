@@ -182,3 +182,41 @@ pub async fn a_paused_type_is_not_claimed_until_resumed(s: S) {
     );
     assert_eq!(ids(&s.claim_tasks(&only_batch).await.unwrap()), batch);
 }
+
+pub async fn a_keys_rate_and_running_cap_hold_together(s: S) {
+    rule(&s, Scope::Key("acct".into()), |r| {
+        r.max_running = Some(3);
+        r.rate = Some(Rate {
+            max: 2,
+            per: Duration::from_secs(3600),
+        });
+    })
+    .await;
+    let acct = add(&s, keyed("acct", 4, None)).await;
+    let other = add(&s, keyed("other", 1, None)).await;
+    let first = claim(&s, 10).await;
+    let mut got = ids(&first);
+    got.sort();
+    let mut want = vec![acct[0], acct[1], other[0]];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "two starts of `acct` in the window, the rule's cap over its own"
+    );
+    let runs: Vec<_> = first.iter().map(|c| success(c.run.id)).collect();
+    let (_, more) = s
+        .finish_and_claim(&runs, &claim_params("w", 10))
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "the window still holds two starts");
+    assert!(
+        s.delete_flow_rule(&Scope::Key("acct".into()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ids(&claim(&s, 10).await),
+        [acct[2]],
+        "without the rule the key is serial again"
+    );
+}
