@@ -304,9 +304,11 @@ fn machine(c: &Cluster) -> String {
         .and_then(|p| p.to_str())
         .unwrap_or("?");
     format!(
-        "Measured on {cpus} CPUs, Linux {}, {}, hive built `{profile}`.",
+        "Measured on {cpus} CPUs, Linux {}, {}, hive built `{profile}`; load average \
+         (1, 5 min) {} at the end.",
         kernel.trim(),
-        c.pg.version
+        c.pg.version,
+        sys::load_average()
     )
 }
 

@@ -30,6 +30,13 @@ pub struct Progress {
     pub ended_badly: i64,
 }
 
+/// Sessions on one database, from `pg_stat_activity`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sessions {
+    pub workers: i64,
+    pub idle_in_transaction: i64,
+}
+
 /// First run start and last success, in seconds since the epoch (the server's clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -355,6 +362,24 @@ impl LoadDb {
         .context("reading a worker's heartbeat")?;
         self.counted(1);
         Ok(at)
+    }
+
+    /// The server's sessions on this database: the workers' (over TCP; the harness's use
+    /// the socket), and those inside a transaction but waiting for their client.
+    pub async fn sessions(&self) -> Result<Sessions> {
+        let (workers, idle_in_transaction) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE client_addr IS NOT NULL), \
+             count(*) FILTER (WHERE state = 'idle in transaction') \
+             FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.admin)
+        .await
+        .context("reading pg_stat_activity")?;
+        Ok(Sessions {
+            workers,
+            idle_in_transaction,
+        })
     }
 
     /// Workers registered and taking work.

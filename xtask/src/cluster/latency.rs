@@ -34,6 +34,8 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
             "drain s",
             "tasks/s",
             "vs 0 ms",
+            "commits/s",
+            "tasks/commit",
             "pickups",
             "pickup p50 ms",
             "pickup p99 ms",
@@ -51,12 +53,17 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
         } else {
             (RELAY_PORT, Some(Relay::start(c, one_way).await?))
         };
+        // The drain and the pickups on databases of their own, so the drain's commits are
+        // counted alone.
         let db = LoadDb::create(c, &format!("latency_{rtt}"), port).await?;
         let mut m = Measure::start(c, db, &PLACEMENT, &opts).await?;
         let tasks = c.sizes.latency_tasks;
         let window = m.drain(tasks, TASK_MS).await?;
+        let drained = m.finish().await?;
+        let db = LoadDb::create(c, &format!("latency_{rtt}_pickup"), port).await?;
+        let mut m = Measure::start(c, db, &PLACEMENT, &opts).await?;
         let pickups = m.pickups(c.sizes.latency_pickups, TASK_MS).await?;
-        let done = m.finish().await?;
+        let picked = m.finish().await?;
         if let Some(relay) = relay {
             relay.stop().await?;
         }
@@ -65,7 +72,8 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
                 c.net.set_netem_delay(&c.net.hosts[h], 0.0).await?;
             }
         }
-        let rate = tasks as f64 / window.secs().max(f64::EPSILON);
+        let secs = window.secs().max(f64::EPSILON);
+        let rate = tasks as f64 / secs;
         let base = *zero.get_or_insert(rate);
         section.row(vec![
             rtt.to_string(),
@@ -74,6 +82,8 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
             num(window.secs(), 2),
             num(rate, 0),
             format!("{:.2}×", rate / base),
+            num(drained.commits as f64 / secs, 0),
+            num(tasks as f64 / drained.commits.max(1) as f64, 2),
             pickups.len().to_string(),
             num(quantile(&pickups, 0.5), 1),
             num(quantile(&pickups, 0.99), 1),
@@ -82,7 +92,13 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
             "  RTT {rtt} ms ({via}): {rate:.0} tasks/s, pickup p50 {:.1} ms",
             quantile(&pickups, 0.5)
         );
-        problems.extend(done.problems.iter().map(|p| format!("RTT {rtt} ms: {p}")));
+        problems.extend(
+            drained
+                .problems
+                .iter()
+                .chain(&picked.problems)
+                .map(|p| format!("RTT {rtt} ms: {p}")),
+        );
     }
     let how = if netem {
         "netem on both ends of each worker host's link, half the round trip each way"
@@ -93,8 +109,9 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
     };
     section.note(format!(
         "2 processes × {} slots on 2 hosts, {TASK_MS} ms `sleep` tasks. Delay: {how}. \
-         Pickup: from the task's creation to its run's start (server clock), tasks created \
-         one at a time {} ms apart on idle workers. {}",
+         Commits as in the scaling table, for the drain alone. Pickup: from the task's \
+         creation to its run's start (server clock), tasks created one at a time {} ms apart \
+         on idle workers (a database and workers of their own). {}",
         opts.concurrency,
         PICKUP_SPACING.as_millis(),
         machine(c)

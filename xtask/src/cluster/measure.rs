@@ -2,14 +2,15 @@
 //! enqueued and drained (or created one task at a time), then the workers stopped, the
 //! server's commits counted and the exactly-once check run.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::Cluster;
 use super::check::{self, Tally};
 use super::db::{LoadDb, Window};
 use super::fleet::{Fleet, Stopped, WorkerOpts};
+use super::{Cluster, net, sys};
 
 /// Spacing of tasks created one at a time, so each pickup is measured on idle workers.
 pub const PICKUP_SPACING: Duration = Duration::from_millis(100);
@@ -27,6 +28,27 @@ pub struct Measure {
     enqueued: u64,
     commits_before: i64,
     own_before: u64,
+    cpu_before: Cpu<HashMap<u32, f64>>,
+}
+
+/// CPU time of the database host's processes (the server) and of the worker hosts'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu<T> {
+    pub db: T,
+    pub workers: T,
+}
+
+impl Cpu<HashMap<u32, f64>> {
+    fn read(c: &Cluster) -> Result<Self> {
+        let mut workers = Vec::new();
+        for h in &c.net.hosts {
+            workers.extend(net::pids(&h.ns)?);
+        }
+        Ok(Cpu {
+            db: sys::cpu_secs(&net::pids(&c.net.db.ns)?),
+            workers: sys::cpu_secs(&workers),
+        })
+    }
 }
 
 /// A finished measurement.
@@ -50,12 +72,24 @@ impl Measure {
         let fleet = Fleet::start(c, &db, hosts, opts).await?;
         let commits_before = db.commits(false).await?;
         let own_before = db.own_commits();
+        let cpu_before = Cpu::read(c)?;
         Ok(Measure {
             db,
             fleet,
             enqueued: 0,
             commits_before,
             own_before,
+            cpu_before,
+        })
+    }
+
+    /// CPU seconds the server and the workers used since the workers started (a process
+    /// that exited meanwhile is not counted: read it while the workers run).
+    pub fn cpu(&self, c: &Cluster) -> Result<Cpu<f64>> {
+        let now = Cpu::read(c)?;
+        Ok(Cpu {
+            db: sys::cpu_used(&self.cpu_before.db, &now.db),
+            workers: sys::cpu_used(&self.cpu_before.workers, &now.workers),
         })
     }
 

@@ -173,15 +173,20 @@ fn tc(ns: &str, args: &[&str]) -> tokio::process::Command {
 
 /// Kills every process inside namespace `ns` and deletes it.
 pub fn remove_namespace(ns: &str) -> Result<()> {
-    let pids = sys::run_now(std::process::Command::new("ip").args(["netns", "pids", ns]))?;
-    for pid in pids
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-    {
+    for pid in pids(ns)? {
         sys::signal(pid, Signal::SIGKILL);
     }
     sys::run_now(std::process::Command::new("ip").args(["netns", "del", ns]))?;
     Ok(())
+}
+
+/// The processes running inside namespace `ns`.
+pub fn pids(ns: &str) -> Result<Vec<u32>> {
+    let pids = sys::run_now(std::process::Command::new("ip").args(["netns", "pids", ns]))?;
+    Ok(pids
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 impl Drop for Network {

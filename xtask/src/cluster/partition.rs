@@ -45,7 +45,11 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
         while m.db.running_runs_of(&victim).await? > 0 {
             m.fleet.check_running()?;
             if Instant::now() >= deadline {
-                bail!("{victim}'s runs were not taken back within {REJOIN_WITHIN:?} of its lease");
+                bail!(
+                    "{victim}'s runs were not taken back within {REJOIN_WITHIN:?} of its lease \
+                     ({} session(s) idle in a transaction)",
+                    m.db.sessions().await?.idle_in_transaction
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

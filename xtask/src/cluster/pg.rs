@@ -16,6 +16,8 @@ use super::sys;
 pub const PORT: u16 = 5432;
 /// The cluster's superuser: every connection in the cluster uses it (trust).
 const USER: &str = "hive";
+/// How long a session may sit in an open transaction waiting for its client.
+pub const IDLE_IN_TRANSACTION: &str = "5s";
 
 #[derive(Debug)]
 pub struct Postgres {
@@ -60,9 +62,14 @@ impl Postgres {
             "--no-locale",
         ]))
         .await?;
+        // A worker cut off in the middle of a transaction keeps its rows locked for as long
+        // as the server keeps its session, and the reaper skips locked rows: without a
+        // limit its tasks would not come back until TCP gave up (hours). docs/SCALING.md
+        // recommends this setting for every Hive database.
         let conf = format!(
             "\n# cargo xtask cluster\nlisten_addresses = '{}'\nport = {PORT}\n\
-             unix_socket_directories = '{}'\nmax_connections = 300\n",
+             unix_socket_directories = '{}'\nmax_connections = 300\n\
+             idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'\n",
             host.addr,
             pg.dir.display()
         );

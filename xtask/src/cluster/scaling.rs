@@ -21,7 +21,6 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
         &[
             "processes",
             "hosts",
-            "slots",
             "tasks",
             "drain s",
             "tasks/s",
@@ -29,7 +28,10 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
             "speed-up",
             "efficiency",
             "commits/s",
-            "commits/task",
+            "tasks/commit",
+            "server CPU",
+            "workers CPU",
+            "sessions",
         ],
     );
     let mut problems = Vec::new();
@@ -42,26 +44,31 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
         let db = LoadDb::create(c, &format!("scaling_{processes}"), PORT).await?;
         let mut m = Measure::start(c, db, &placement, &opts).await?;
         let window = m.drain(tasks, TASK_MS).await?;
+        let cpu = m.cpu(c)?;
+        let sessions = m.db.sessions().await?.workers;
         let done = m.finish().await?;
         let secs = window.secs();
         let rate = tasks as f64 / secs.max(f64::EPSILON);
         let base = *one_process.get_or_insert(rate);
         let speedup = rate / base;
-        let slots = processes as u64 * u64::from(opts.concurrency);
+        let slots = processes as f64 * f64::from(opts.concurrency);
         // Each slot finishes at most one 10 ms task per 10 ms.
-        let bound = slots as f64 * 1000.0 / TASK_MS as f64;
+        let bound = slots * 1000.0 / TASK_MS as f64;
+        let per_sec = |v: f64| v / secs.max(f64::EPSILON);
         section.row(vec![
             processes.to_string(),
             hosts.to_string(),
-            slots.to_string(),
             tasks.to_string(),
             num(secs, 2),
             num(rate, 0),
             num(bound, 0),
             format!("{speedup:.2}×"),
             format!("{:.0}%", 100.0 * speedup / processes as f64),
-            num(done.commits as f64 / secs.max(f64::EPSILON), 0),
-            num(done.commits as f64 / tasks as f64, 2),
+            num(per_sec(done.commits as f64), 0),
+            num(tasks as f64 / done.commits.max(1) as f64, 2),
+            num(per_sec(cpu.db), 2),
+            num(per_sec(cpu.workers), 2),
+            sessions.to_string(),
         ]);
         println!(
             "  {processes} process(es) on {hosts} host(s): {tasks} tasks in {secs:.2} s, \
@@ -78,7 +85,11 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
          round-robin on the worker hosts. Drain time: first run start to last success, in \
          the server's clock. Slot bound: slots × 1000 / {TASK_MS}. Commits: \
          `pg_stat_database.xact_commit` while the workers ran (the harness's own left out) \
-         over the drain time. {}",
+         over the drain time; tasks/commit is how many outcomes an average commit carried \
+         (heartbeats and empty claims count as commits too). CPU: the cores the database \
+         host's processes (the server) and the worker hosts' processes used, CPU seconds \
+         over the drain time. Sessions: the workers' connections to the server at the end \
+         of the drain (pools and listeners). {}",
         opts.concurrency,
         opts.lease_secs,
         machine(c)

@@ -2,8 +2,10 @@
 //! completion with their stderr as the error, process liveness and signals, and the
 //! interrupts that end a run early.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
@@ -118,4 +120,49 @@ pub async fn interrupted() -> &'static str {
         Some(()) = terminated => "SIGTERM",
         else => std::future::pending().await,
     }
+}
+
+/// CPU time (user and system, in seconds) each of `pids` has used so far; a process gone
+/// meanwhile is left out.
+pub fn cpu_secs(pids: &[u32]) -> HashMap<u32, f64> {
+    let tick = clock_ticks();
+    pids.iter()
+        .filter_map(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command's closing parenthesis (the command may hold spaces):
+            // state is the first, utime the 12th, stime the 13th.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((pid, ticks as f64 / tick))
+        })
+        .collect()
+}
+
+/// CPU seconds used between two [`cpu_secs`] readings, by processes alive at the second.
+pub fn cpu_used(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(pid, secs)| secs - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// Clock ticks per second, as /proc counts CPU time.
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        run_now(std::process::Command::new("getconf").arg("CLK_TCK"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            // What Linux uses everywhere it runs this.
+            .unwrap_or(100.0)
+    })
+}
+
+/// The 1- and 5-minute load averages: how busy the machine was besides this run.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "?".into())
 }
