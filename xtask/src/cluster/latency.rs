@@ -8,8 +8,9 @@
 
 use anyhow::Result;
 
+use super::db::Window;
 use super::fleet::WorkerOpts;
-use super::measure::{Measure, PICKUP_SPACING};
+use super::measure::{Finished, Measure, PICKUP_SPACING};
 use super::pg::PORT;
 use super::relay::{RELAY_PORT, Relay};
 use super::report::{Section, num};
@@ -20,6 +21,44 @@ const RTTS_MS: [u32; 3] = [0, 2, 20];
 const TASK_MS: u64 = 10;
 /// Two processes on two hosts.
 const PLACEMENT: [usize; 2] = [0, 1];
+
+/// What one round trip's two measurements found.
+struct At {
+    tasks: u64,
+    window: Window,
+    drained: Finished,
+    pickups: Vec<f64>,
+    picked: Finished,
+}
+
+/// The drain and the pickups at one round trip, with workers connecting through `port`;
+/// each on a database of its own, so the drain's commits are counted alone.
+async fn at(c: &Cluster, rtt: u32, port: u16, opts: &WorkerOpts) -> Result<At> {
+    let db = LoadDb::create(c, &format!("latency_{rtt}"), port).await?;
+    let mut m = Measure::start(c, db, &PLACEMENT, opts).await?;
+    let tasks = c.sizes.latency_tasks;
+    let window = m.drain(tasks, TASK_MS).await?;
+    let drained = m.finish().await?;
+    let db = LoadDb::create(c, &format!("latency_{rtt}_pickup"), port).await?;
+    let mut m = Measure::start(c, db, &PLACEMENT, opts).await?;
+    let pickups = m.pickups(c.sizes.latency_pickups, TASK_MS).await?;
+    let picked = m.finish().await?;
+    Ok(At {
+        tasks,
+        window,
+        drained,
+        pickups,
+        picked,
+    })
+}
+
+/// Delays both directions of the used worker hosts' links by `one_way_ms` (0 removes it).
+async fn delay_with_netem(c: &Cluster, one_way_ms: f64) -> Result<()> {
+    for &h in &PLACEMENT {
+        c.net.set_netem_delay(&c.net.hosts[h], one_way_ms).await?;
+    }
+    Ok(())
+}
 
 pub async fn run(c: &Cluster) -> Result<Measured> {
     let opts = WorkerOpts::default();
@@ -45,33 +84,28 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
     let mut zero = None;
     for rtt in RTTS_MS {
         let one_way = f64::from(rtt) / 2.0;
-        let (port, relay) = if netem {
-            for &h in &PLACEMENT {
-                c.net.set_netem_delay(&c.net.hosts[h], one_way).await?;
-            }
-            (PORT, None)
+        let measured = if netem {
+            let delayed = delay_with_netem(c, one_way).await;
+            let measured = match delayed {
+                Ok(()) => at(c, rtt, PORT, &opts).await,
+                Err(e) => Err(e),
+            };
+            // Undone whatever happened: the next scenarios share these links.
+            delay_with_netem(c, 0.0).await?;
+            measured
         } else {
-            (RELAY_PORT, Some(Relay::start(c, one_way).await?))
-        };
-        // The drain and the pickups on databases of their own, so the drain's commits are
-        // counted alone.
-        let db = LoadDb::create(c, &format!("latency_{rtt}"), port).await?;
-        let mut m = Measure::start(c, db, &PLACEMENT, &opts).await?;
-        let tasks = c.sizes.latency_tasks;
-        let window = m.drain(tasks, TASK_MS).await?;
-        let drained = m.finish().await?;
-        let db = LoadDb::create(c, &format!("latency_{rtt}_pickup"), port).await?;
-        let mut m = Measure::start(c, db, &PLACEMENT, &opts).await?;
-        let pickups = m.pickups(c.sizes.latency_pickups, TASK_MS).await?;
-        let picked = m.finish().await?;
-        if let Some(relay) = relay {
+            let relay = Relay::start(c, one_way).await?;
+            let measured = at(c, rtt, RELAY_PORT, &opts).await;
             relay.stop().await?;
-        }
-        if netem {
-            for &h in &PLACEMENT {
-                c.net.set_netem_delay(&c.net.hosts[h], 0.0).await?;
-            }
-        }
+            measured
+        };
+        let At {
+            tasks,
+            window,
+            drained,
+            pickups,
+            picked,
+        } = measured?;
         let secs = window.secs().max(f64::EPSILON);
         let rate = tasks as f64 / secs;
         let base = *zero.get_or_insert(rate);
