@@ -8,7 +8,7 @@ mod db;
 mod hive;
 mod plans;
 mod raw;
-mod report;
+pub(crate) mod report;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};

@@ -2,6 +2,7 @@
 
 mod arch;
 mod bench;
+mod cluster;
 mod soak;
 
 use anyhow::{Context, Result, bail};
@@ -28,6 +29,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the reliability tests at full size (HIVE_SOAK=1, release), backend by backend.
     Soak(soak::SoakArgs),
+    /// Many worker hosts on one Postgres, in network namespaces: scaling, latency, a
+    /// partition and a database restart, each checked for exactly-once completion (root).
+    Cluster(cluster::ClusterArgs),
+    /// The delaying relay `cluster` runs on its database host (internal).
+    #[command(hide = true)]
+    ClusterRelay(cluster::relay::RelayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +52,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Migrate { database_url } => migrate(&database_url),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Cluster(args) => cluster::run(args),
+        Command::ClusterRelay(args) => cluster::relay::serve(args),
         Command::CheckArch => {
             let metadata = cargo_metadata::MetadataCommand::new()
                 .exec()

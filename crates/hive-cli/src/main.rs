@@ -1,6 +1,7 @@
 //! `hive`: the operators' command line over any Hive database.
 
 mod args;
+mod builtin;
 mod commands;
 mod logging;
 mod output;

@@ -98,14 +98,9 @@ async fn collect(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
     kept
 }
 
-/// Runs one shell task; stdout and stderr become the run's output log.
+/// Runs one shell task (`builtin::handle` sends it only those); stdout and stderr become the
+/// run's output log.
 pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
-    if ctx.task.task_type != SHELL {
-        return Err(TaskError::permanent(format!(
-            "no handler for task type `{}`; this worker runs `shell` tasks",
-            ctx.task.task_type
-        )));
-    }
     let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
     let io = tempfile::Builder::new()
         .prefix("hive-run-")
@@ -160,7 +155,7 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             ))
         }
         () = ctx.cancelled() => {
-            Err("stopped: the run timed out or its task was cancelled".to_owned())
+            Err(crate::builtin::STOPPED.to_owned())
         }
     };
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end,

@@ -1,8 +1,9 @@
 //! `hive worker run` and the worker registry as an operator sees them: a start line and one
 //! line per failed run, logged without colours to a stderr that is not a terminal; a second
 //! Ctrl-C that stops the worker at once, killing its commands; `task runs` showing what each
-//! run printed, a timed-out run included; and `worker list` telling a silent worker (stale)
-//! from a live one, as `hive status` counts them.
+//! run printed, a timed-out run included; `worker list` telling a silent worker (stale)
+//! from a live one, as `hive status` counts them; and the load-test types `noop` and
+//! `sleep`, with `--exec-log` recording each handler start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -226,4 +227,148 @@ fn worker_list_tells_a_silent_worker_from_a_live_one_as_status_does() {
     let out = db.json(&["worker", "unregister", "live", "--force"]);
     assert_eq!(out, serde_json::json!({"id": "live", "requeued": []}));
     assert!(db.json(&["worker", "list"]).as_array().unwrap().is_empty());
+}
+
+/// The run's duration in milliseconds, from `hive task runs --json`'s timestamps.
+fn run_ms(run: &serde_json::Value) -> i64 {
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(run[field].as_str().unwrap()).unwrap();
+    (at("completed_at") - at("started_at")).num_milliseconds()
+}
+
+#[test]
+fn noop_and_sleep_tasks_run_and_each_handler_start_is_in_the_exec_log() {
+    let db = Db::new();
+    let noop = db.ok(&create_task(
+        "n",
+        "noop",
+        &["--payload", r#"{"ignored": 1}"#],
+    ));
+    let sleeps: Vec<String> = (0..3)
+        .map(|_| db.ok(&create_task("s", "sleep", &["--payload", r#"{"ms": 200}"#])))
+        .collect();
+    let exec_log = db.dir.path().join("exec.log");
+    let (ok, _, stderr) = db.run(&[
+        "worker",
+        "run",
+        "--role",
+        "load",
+        "--id",
+        "w-load",
+        "--type",
+        "noop",
+        "--type",
+        "sleep",
+        "--concurrency",
+        "4",
+        "--exec-log",
+        exec_log.to_str().unwrap(),
+        "--exit-when-idle",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("types noop,sleep"), "{stderr}");
+    let log = std::fs::read_to_string(&exec_log).unwrap();
+    assert_eq!(log.lines().count(), 4, "{log}");
+    for id in std::iter::once(&noop).chain(&sleeps) {
+        let id = id.trim();
+        let task = db.json(&["task", "get", id]);
+        assert_eq!(task["status"], "completed", "{task}");
+        assert_eq!(task["result"], serde_json::Value::Null, "{task}");
+        let runs = db.json(&["task", "runs", id]);
+        assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+        let run = &runs[0];
+        let line = format!("{id}\t{}\t1\tw-load", run["id"].as_str().unwrap());
+        assert!(log.lines().any(|l| l == line), "{line:?} not in {log}");
+        if task["task_type"] == "sleep" {
+            assert!(run_ms(run) >= 200, "a 200 ms sleep took {} ms", run_ms(run));
+        }
+    }
+}
+
+#[test]
+fn a_bad_sleep_payload_is_refused_at_create_and_fails_its_run_naming_the_problem() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let before = db.snapshot();
+    db.refused(
+        db.hive()
+            .args(create_task("s", "sleep", &["--payload", r#"{"ms": -1}"#])),
+        "task create",
+        "invalid sleep payload: `ms` must be a whole number of milliseconds from 0 to 3600000, not -1",
+        &before,
+    );
+    let plan = db.write(
+        "plan.json",
+        r#"{"title": "p", "subtasks": [{"id": "nap", "title": "nap", "task_type": "sleep", "payload": {}}]}"#,
+    );
+    db.refused(
+        db.hive().args(["plan", "submit", &plan]),
+        "plan submit",
+        "subtask `nap`: invalid sleep payload: `ms` is missing",
+        &before,
+    );
+    // One written by another client, which the CLI's check never saw.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = rt.block_on(async {
+        let client = hive_client::Client::connect(&db.url).await.unwrap();
+        client
+            .create_task(
+                hive_client::NewTask::new("bad", "sleep")
+                    .payload(serde_json::json!({"seconds": 1})),
+            )
+            .await
+            .unwrap()
+    });
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--type",
+        "sleep",
+        "--exit-when-idle",
+    ]);
+    let task = db.json(&["task", "get", &id.to_string()]);
+    // Permanent: one attempt, whatever the retries left.
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["attempts"], 1, "{task}");
+    assert_eq!(
+        task["last_error"],
+        "invalid sleep payload: unknown field `seconds`; expected {\"ms\": N} with N from 0 to 3600000",
+        "{task}"
+    );
+}
+
+#[test]
+fn a_sleep_stops_when_its_run_is_told_to() {
+    let db = Db::new();
+    let id = db.ok(&create_task(
+        "long",
+        "sleep",
+        &[
+            "--payload",
+            r#"{"ms": 3600000}"#,
+            "--timeout",
+            "1",
+            "--max-retries",
+            "0",
+        ],
+    ));
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--type",
+        "sleep",
+        "--exit-when-idle",
+    ]);
+    let runs = db.json(&["task", "runs", id.trim()]);
+    assert_eq!(runs[0]["status"], "timeout", "{runs}");
+    // Ended at the 1 s timeout: a handler deaf to its stop signal would be dropped only
+    // after the worker's timeout grace (5 s more).
+    assert!(run_ms(&runs[0]) < 5_000, "{runs}");
 }

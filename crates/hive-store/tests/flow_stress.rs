@@ -64,7 +64,7 @@ async fn limits_hold_under_sixteen_concurrent_claimers(store: Arc<dyn Store>, ur
                 }
                 let begin = Instant::now();
                 // Long enough for every limit to fill while other claimers keep asking.
-                tokio::time::sleep(Duration::from_millis(40 + (c as u64 % 5) * 5)).await;
+                tokio::time::sleep(Duration::from_millis(100 + (c as u64 % 5) * 5)).await;
                 let end = Instant::now();
                 let outcomes: Vec<_> = claims.iter().map(|cl| success(cl.run.id)).collect();
                 s.finish_runs(&outcomes).await.unwrap();

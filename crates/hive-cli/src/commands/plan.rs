@@ -8,7 +8,7 @@ use clap::Subcommand;
 use hive_client::PlanId;
 
 use crate::args::{self, plan_id};
-use crate::{Context, output, planfile, shell};
+use crate::{Context, builtin, output, planfile};
 
 #[derive(Subcommand)]
 pub enum PlanCommand {
@@ -52,8 +52,8 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PlanCommand::Submit { file } => {
             let plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
-            for st in plan.subtasks.iter().filter(|s| s.task_type == shell::SHELL) {
-                shell::validate_payload(&st.payload)
+            for st in &plan.subtasks {
+                builtin::validate_payload(&st.task_type, &st.payload)
                     .map_err(|e| anyhow!("subtask `{}`: {e}", st.id.escape_debug()))?;
             }
             let id = ctx.client_creating().await?.submit_plan(plan).await?;

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use hive_client::models::{Missed, NewSchedule, Schedule, ScheduledTask};
 use serde_json::json;
 
-use crate::{Context, args, output, shell};
+use crate::{Context, args, builtin, output};
 
 #[derive(Subcommand)]
 pub enum ScheduleCommand {
@@ -67,7 +67,7 @@ pub struct AddArgs {
     /// The title of each task created.
     #[arg(long)]
     title: String,
-    /// The type of each task created (`shell` for `hive worker run`).
+    /// The type of each task created (`shell`, `noop` or `sleep` for `hive worker run`).
     #[arg(long = "type")]
     task_type: String,
     /// JSON payload of each task; `@FILE` reads it from a file, `-` from standard input.
@@ -107,9 +107,7 @@ impl AddArgs {
         task.max_retries = self.max_retries;
         task.timeout_secs = self.timeout_secs;
         task.concurrency_key = self.concurrency_key;
-        if task.task_type == shell::SHELL {
-            shell::validate_payload(&task.payload).map_err(|e| anyhow!(e))?;
-        }
+        builtin::validate_payload(&task.task_type, &task.payload).map_err(|e| anyhow!(e))?;
         let missed = match self.missed {
             MissedArg::Skip => Missed::Skip,
             MissedArg::CatchUp => Missed::CatchUp {

@@ -21,8 +21,8 @@ pub enum WorkerCommand {
         #[arg(long)]
         role: Option<String>,
     },
-    /// Run a worker with the built-in `shell` handler until Ctrl-C or SIGTERM (or idle);
-    /// a second Ctrl-C stops it at once.
+    /// Run a worker with the built-in handlers (`shell`; `noop` and `sleep` for load tests)
+    /// until Ctrl-C or SIGTERM (or idle); a second Ctrl-C stops it at once.
     Run(run::RunArgs),
     /// Remove a worker from the registry; the tasks it held go back to the queue. A worker
     /// whose heartbeat is fresh is refused unless --force.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hive_models::{Json, Run, SubTask, Task, TaskId};
+use hive_models::{Json, Run, RunId, SubTask, Task, TaskId};
 use hive_ops::Claimed;
 use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
@@ -217,20 +217,37 @@ where
     }
 }
 
-/// The stop signals of the handlers running in one worker, by task: how a cancellation
-/// announced by the store reaches the code running the task.
+/// A running handler's task and stop signal.
+type Stop = (TaskId, Arc<watch::Sender<bool>>);
+
+/// The stop signals of the handlers running in one worker, by run: how a cancellation
+/// announced by the store, or a run ended elsewhere, reaches the code running it. Keyed by
+/// run, not task: a worker may still hold a run of a task that was taken back from it (its
+/// outcome not yet reported) while it runs the task's next run, and stopping the old run
+/// must leave the new one alone.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Stops(Arc<Mutex<HashMap<TaskId, Arc<watch::Sender<bool>>>>>);
+pub(super) struct Stops(Arc<Mutex<HashMap<RunId, Stop>>>);
 
 impl Stops {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<watch::Sender<bool>>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Stop>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fires the stop signal of the handler running `task`; whether this call fired it (a
+    /// Fires the stop signal of the handler running `run`; whether this call fired it (a
     /// handler runs it here and had not been told yet).
-    pub(super) fn stop(&self, task: TaskId) -> bool {
-        self.map().get(&task).is_some_and(|s| !s.send_replace(true))
+    pub(super) fn stop_run(&self, run: RunId) -> bool {
+        self.map()
+            .get(&run)
+            .is_some_and(|(_, s)| !s.send_replace(true))
+    }
+
+    /// Fires the stop signals of the handlers running any run of `task` (cancelled).
+    pub(super) fn stop_task(&self, task: TaskId) {
+        for (t, s) in self.map().values() {
+            if *t == task {
+                s.send_replace(true);
+            }
+        }
     }
 }
 
@@ -273,7 +290,7 @@ pub(super) async fn run_one(
         .or(limits.default);
     let (stop, cancel) = watch::channel(false);
     let stop = Arc::new(stop);
-    limits.stops.map().insert(task_id, stop.clone());
+    limits.stops.map().insert(run_id, (task_id, stop.clone()));
     let mut told = cancel.clone();
     let ctx = TaskContext {
         task: claim.task,
@@ -323,7 +340,7 @@ pub(super) async fn run_one(
             Ended::Cancelled(tokio::time::timeout(limits.grace, &mut fut).await.is_ok())
         }
     };
-    limits.stops.map().remove(&task_id);
+    limits.stops.map().remove(&run_id);
     progress.close();
     // A stopped handler is dropped here if it did not return (a `shell` command's process
     // group dies with it).
@@ -437,4 +454,39 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(stops: &Stops, task: TaskId) -> (RunId, watch::Receiver<bool>) {
+        let (tx, rx) = watch::channel(false);
+        let run = RunId::new();
+        stops.map().insert(run, (task, Arc::new(tx)));
+        (run, rx)
+    }
+
+    #[test]
+    fn stopping_a_run_taken_back_leaves_the_next_run_of_its_task_running() {
+        // The worker still holds run 1 (its outcome not yet reported) when it claims the
+        // task's run 2 after the lease ran out.
+        let stops = Stops::default();
+        let task = TaskId::new();
+        let (old, old_rx) = running(&stops, task);
+        let (_new, new_rx) = running(&stops, task);
+        assert!(stops.stop_run(old));
+        assert!(*old_rx.borrow());
+        assert!(
+            !*new_rx.borrow(),
+            "the new run was stopped with the old one"
+        );
+        // Told once: the second call fires nothing.
+        assert!(!stops.stop_run(old));
+        // A cancelled task stops every run of it, and only those.
+        let (_other, other_rx) = running(&stops, TaskId::new());
+        stops.stop_task(task);
+        assert!(*new_rx.borrow());
+        assert!(!*other_rx.borrow());
+    }
 }

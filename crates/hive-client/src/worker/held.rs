@@ -88,7 +88,7 @@ impl Held {
             .collect();
         let mut found = Reconciled::default();
         for (run, task) in &known {
-            if !in_store.contains(run) && stops.stop(*task) {
+            if !in_store.contains(run) && stops.stop_run(*run) {
                 found.stopped.push(*task);
             }
         }

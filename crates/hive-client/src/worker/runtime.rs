@@ -176,7 +176,7 @@ impl Runtime {
                     status: hive_models::TaskStatus::Cancelled,
                 } = p.event
                 {
-                    let _ = stops.stop(task_id);
+                    stops.stop_task(task_id);
                 }
                 if p.event.may_be_claimable() || events.skipped() > skipped {
                     skipped = events.skipped();

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use hive_client::{NewTask, RetryPolicy};
 
-use crate::{Context, args, output, shell};
+use crate::{Context, args, builtin, output};
 
 #[derive(Args)]
 pub struct CreateArgs {
     /// The task's title, shown in lists.
     #[arg(long)]
     title: String,
-    /// The task's type: which workers claim it (`shell` for `hive worker run`).
+    /// The task's type: which workers claim it (`shell`, `noop` or `sleep` for `hive worker
+    /// run`).
     #[arg(long = "type")]
     task_type: String,
     /// A longer description.
@@ -84,9 +85,7 @@ pub async fn run(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     new.concurrency_key = a.concurrency_key;
     new.concurrency_limit = a.concurrency_limit;
     new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
-    if new.task_type == shell::SHELL {
-        shell::validate_payload(&new.payload).map_err(|e| anyhow!(e))?;
-    }
+    builtin::validate_payload(&new.task_type, &new.payload).map_err(|e| anyhow!(e))?;
     let id = ctx.client_creating().await?.create_task(new).await?;
     output::created(ctx.json, id)
 }

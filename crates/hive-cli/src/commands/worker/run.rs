@@ -1,20 +1,25 @@
-//! `hive worker run`: the built-in `shell` worker. It logs a start line and one line per
-//! failed run; Ctrl-C or SIGTERM stops it gracefully, a second one at once.
+//! `hive worker run`: the built-in worker (`shell`, `noop` and `sleep` tasks). It logs a
+//! start line and one line per failed run, and with `--exec-log` records every handler
+//! start in a file; Ctrl-C or SIGTERM stops it gracefully, a second one at once.
 
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use hive_client::{TaskContext, TaskError, TaskOutput, WorkerBuilder};
 
 use crate::signals::Interrupts;
-use crate::{Context, logging, output, process_group, shell};
+use crate::{Context, builtin, logging, output, process_group, shell};
 
 #[derive(Args)]
 pub struct RunArgs {
     /// The worker's role, shown in the registry.
     #[arg(long)]
     role: String,
-    /// Task types to claim (repeatable); default `shell`, the only type this worker runs.
+    /// Task types to claim (repeatable): `shell` (the default), and `noop` and `sleep`
+    /// (`{"ms": N}`) for load tests.
     #[arg(long = "type")]
     types: Vec<String>,
     /// The worker's name; default `ROLE-HOST-PID`.
@@ -33,6 +38,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address while the worker runs.
     #[arg(long, value_name = "ADDR")]
     metrics_bind: Option<std::net::SocketAddr>,
+    /// Append one line per handler start to this file (created if missing): task id, run
+    /// id, run number and worker id, tab-separated; for checking that each task ran.
+    #[arg(long, value_name = "PATH")]
+    exec_log: Option<PathBuf>,
     #[command(flatten)]
     intervals: Intervals,
 }
@@ -109,13 +118,14 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
     } else {
         a.types
     };
-    if let Some(t) = types.iter().find(|t| t.as_str() != shell::SHELL) {
+    if let Some(t) = types.iter().find(|t| !builtin::handles(t)) {
         anyhow::bail!(
-            "`hive worker run` has no handler for task type `{t}`; it runs `{}` tasks \
-             (write a worker with the SDK for other types)",
-            shell::SHELL
+            "`hive worker run` has no handler for task type `{t}`; it runs {} tasks (write a \
+             worker with the SDK for other types)",
+            builtin::TYPES.join(", ")
         );
     }
+    let exec_log = a.exec_log.as_deref().map(ExecLog::open).transpose()?;
     let id =
         a.id.unwrap_or_else(|| format!("{}-{}-{}", a.role, hostname(), std::process::id()));
     // From here on Ctrl-C and SIGTERM are this command's to handle.
@@ -165,7 +175,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         a.lease_secs,
         grace
     );
-    let report = worker.run(logged).await?;
+    let report = worker.run(move |ctx| logged(ctx, exec_log.clone())).await?;
     logging::eprint_line(&format!(
         "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
         report.completed, report.failed, report.retried, report.stale, report.released
@@ -207,14 +217,56 @@ async fn stop_on_interrupts(
     std::process::exit(130);
 }
 
-/// The `shell` handler, logging each failed run at `info` with its task, attempt and the
-/// first line of its error.
-async fn logged(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
+/// `--exec-log`: one line per handler start, shared by every handler of the worker.
+#[derive(Debug)]
+struct ExecLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl ExecLog {
+    fn open(path: &std::path::Path) -> anyhow::Result<Arc<ExecLog>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("--exec-log {}: {e}", path.display()))?;
+        Ok(Arc::new(ExecLog {
+            file,
+            path: path.to_owned(),
+        }))
+    }
+
+    /// Appends the run's line with one `write` on a file opened for appending, so the lines
+    /// of handlers running at once (or of workers sharing the file) never interleave. It is
+    /// not synced: the record is of what ran, for a check after the workers stopped.
+    fn record(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+        let line = format!(
+            "{}\t{}\t{}\t{}\n",
+            ctx.task.id, ctx.run.id, ctx.run.run_number, ctx.run.worker_id
+        );
+        (&self.file).write_all(line.as_bytes()).map_err(|e| {
+            TaskError::new(format!(
+                "cannot record the run in --exec-log {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// Runs a task with the built-in handler of its type, after recording it in the exec log,
+/// and logs each failed run at `info` with its task, attempt and the first line of its
+/// error.
+async fn logged(ctx: TaskContext, exec_log: Option<Arc<ExecLog>>) -> Result<TaskOutput, TaskError> {
     let task = ctx.task.id;
     let title = output::escape(&ctx.task.title).into_owned();
     let (attempt, runs_allowed) = (ctx.task.attempts, ctx.task.max_retries.saturating_add(1));
     let run = ctx.run.run_number;
-    let result = shell::handle(ctx).await;
+    let recorded = exec_log.as_ref().map_or(Ok(()), |log| log.record(&ctx));
+    let result = match recorded {
+        Ok(()) => builtin::handle(ctx).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         tracing::info!(
             "task {task} ({title}) failed, run {run}, attempt {attempt} of {runs_allowed}: {}",
