@@ -165,39 +165,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
-        let at = now();
-        let s = self.lock();
-        let limit = f.limit.map_or(usize::MAX, |l| l as usize);
-        let matches = |t: &Task| {
-            f.status.is_none_or(|st| t.status == st)
-                && f.task_type.as_ref().is_none_or(|ty| &t.task_type == ty)
-                && f.plan_id.is_none_or(|p| t.plan_id == Some(p))
-                && (!f.ready_only || t.is_ready_at(at))
-                && f.updated_not_after.is_none_or(|b| t.updated_at <= b)
-                && f.depending_on.is_none_or(|d| t.dependencies.contains(&d))
-        };
-        if f.ready_only {
-            return Ok(s
-                .ready
-                .iter()
-                .filter_map(|(_, _, id)| s.task(*id))
-                .filter(|t| matches(t))
-                .take(limit)
-                .cloned()
-                .collect());
-        }
-        let rows: Vec<&(Task, u64)> = match f.plan_id {
-            Some(p) => s
-                .plan_tasks
-                .get(&p)
-                .map(|ids| ids.iter().filter_map(|i| s.tasks.get(i)).collect())
-                .unwrap_or_default(),
-            None => s.tasks.values().collect(),
-        };
-        let rows = rows.into_iter().filter(|(t, _)| matches(t)).collect();
-        let mut out = s.sorted(rows);
-        out.truncate(limit);
-        Ok(out)
+        Ok(dashboard::list(&self.lock(), f, now()))
     }
 
     async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts> {

@@ -17,6 +17,7 @@
 
 #[macro_use]
 mod sql;
+mod claim;
 mod connect;
 mod dashboard;
 mod flow;

@@ -1,12 +1,12 @@
-//! The operator's reads over the maps: task pages (newest first, after a cursor) and the
-//! queue statistics. Plain scans: memory is the reference, not the fast path.
+//! The operator's reads over the maps: filtered task lists, task pages (newest first,
+//! after a cursor) and the queue statistics. Plain scans: memory is the reference, not the fast path.
 
 use std::collections::BTreeMap;
 
 use hive_models::{RunStatus, Task, TaskStatus, Timestamp};
 
 use super::state::State;
-use crate::{OldestReady, QueueStats, TaskPageParams, TypeStatusCount};
+use crate::{OldestReady, QueueStats, TaskFilter, TaskPageParams, TypeStatusCount};
 
 pub(super) fn page(s: &State, p: &TaskPageParams) -> Vec<Task> {
     let mut rows: Vec<&Task> = s
@@ -56,5 +56,40 @@ pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
             _ => {}
         }
     }
+    out
+}
+
+/// The tasks `f` selects at `at`, as [`crate::Store::list_tasks`] lists them.
+pub(super) fn list(s: &State, f: &TaskFilter, at: Timestamp) -> Vec<Task> {
+    let limit = f.limit.map_or(usize::MAX, |l| l as usize);
+    let matches = |t: &Task| {
+        f.status.is_none_or(|st| t.status == st)
+            && f.task_type.as_ref().is_none_or(|ty| &t.task_type == ty)
+            && f.plan_id.is_none_or(|p| t.plan_id == Some(p))
+            && (!f.ready_only || t.is_ready_at(at))
+            && f.updated_not_after.is_none_or(|b| t.updated_at <= b)
+            && f.depending_on.is_none_or(|d| t.dependencies.contains(&d))
+    };
+    if f.ready_only {
+        return s
+            .ready
+            .iter()
+            .filter_map(|(_, _, id)| s.task(*id))
+            .filter(|t| matches(t))
+            .take(limit)
+            .cloned()
+            .collect();
+    }
+    let rows: Vec<&(Task, u64)> = match f.plan_id {
+        Some(p) => s
+            .plan_tasks
+            .get(&p)
+            .map(|ids| ids.iter().filter_map(|i| s.tasks.get(i)).collect())
+            .unwrap_or_default(),
+        None => s.tasks.values().collect(),
+    };
+    let rows = rows.into_iter().filter(|(t, _)| matches(t)).collect();
+    let mut out = s.sorted(rows);
+    out.truncate(limit);
     out
 }

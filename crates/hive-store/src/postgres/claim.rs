@@ -1,0 +1,222 @@
+//! Claims on Postgres: one statement that locks ready tasks (`FOR UPDATE SKIP LOCKED`),
+//! opens their runs, starts their plans and announces it all; flow-controlled tasks first,
+//! admitted under their scopes' locks ([`super::flow`]).
+
+use std::collections::HashSet;
+
+use hive_models::{Run, RunId, TaskId};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use super::sql::micros;
+use super::{PostgresStore, flow, rows};
+use crate::sql::R;
+use crate::{Claim, ClaimParams};
+
+/// Run ids travel with the claim statement; larger limits claim in chunks of this size.
+const CLAIM_CHUNK: u32 = 1000;
+
+/// The claim of the tasks `picked` selects (`id, priority, seq`, locked): runs opened,
+/// plans started, everything announced, each task returned with its inputs. `$1` worker,
+/// `$2` types, `$3` limit, `$4` run ids, `$5` lease, `$6` origin.
+macro_rules! claim_statement {
+    ($picked:literal) => { concat!(
+    "WITH picked AS (",
+    $picked,
+    "), numbered AS ( \
+         SELECT id, (row_number() OVER (ORDER BY priority DESC, seq))::int AS n FROM picked \
+     ), claimed AS ( \
+         UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
+             attempts = t.attempts + 1, run_count = t.run_count + 1, \
+             current_run_id = ($4::uuid[])[k.n], updated_at = statement_timestamp() \
+         FROM numbered k WHERE t.id = k.id \
+         RETURNING t.*, ",
+    task_dependencies!(),
+    " ), opened AS ( \
+         INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
+             lease_us, lease_expires_at, created_at, updated_at) \
+         SELECT c.current_run_id, c.id, $1::text, c.run_count, 'running', c.current_phase, statement_timestamp(), \
+             $5::bigint, statement_timestamp() + $5::bigint * interval '1 microsecond', \
+             statement_timestamp(), statement_timestamp() \
+         FROM claimed c \
+     ), started AS ( \
+         UPDATE plans p SET status = 'in_progress', updated_at = statement_timestamp() \
+         WHERE p.status = 'pending' \
+           AND p.id IN (SELECT c.plan_id FROM claimed c WHERE c.plan_id IS NOT NULL) \
+         RETURNING p.id \
+     ), announced AS (",
+    notify_rows!(
+        "SELECT 'plan_status' AS kind, s.id AS plan_id, NULL::uuid AS task_id, \
+                NULL::uuid AS run_id FROM started s \
+         UNION ALL SELECT 'task_claimed', c.plan_id, c.id, c.current_run_id FROM claimed c",
+        "CASE WHEN x.kind = 'plan_status' \
+             THEN json_build_object('origin', $6::uuid, 'kind', 'plan_status', \
+                 'plan_id', x.plan_id, 'status', 'in_progress') \
+             ELSE json_build_object('origin', $6::uuid, 'kind', 'task_claimed', \
+                 'task_id', x.task_id, 'run_id', x.run_id, 'worker_id', $1::text, \
+                 'plan_id', x.plan_id) END"
+    ),
+    ") \
+     SELECT c.*, statement_timestamp() AS started_at, \
+         /* `= ANY(ARRAY(…))`: with a join the planner, seeing a wide fan-in in the \
+            statistics, hashes the dependencies against a scan of every task. */ \
+         (SELECT jsonb_object_agg(coalesce(d.plan_subtask_id, d.id::text), \
+              coalesce(d.result, 'null'::jsonb)) \
+          FROM tasks d WHERE d.id = ANY(ARRAY( \
+              SELECT td.depends_on FROM task_dependencies td WHERE td.task_id = c.id))) \
+             AS inputs, \
+         statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
+     FROM claimed c CROSS JOIN announced \
+     ORDER BY c.priority DESC, c.seq"
+    ) };
+}
+
+/// The plain claim: ready tasks in queue order that no flow rule concerns (those are
+/// admitted by [`super::flow`] and claimed with [`CLAIM_ADMITTED`]).
+const CLAIM: &str = claim_statement!(
+    "SELECT id, priority, seq FROM tasks \
+     WHERE status = 'queued' AND pending_deps = 0 \
+       AND (run_at IS NULL OR run_at <= statement_timestamp()) \
+       AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
+       AND concurrency_key IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+           WHERE f.kind = 'type' AND f.name = tasks.task_type) \
+     ORDER BY priority DESC, seq \
+     LIMIT $3::bigint \
+     FOR UPDATE SKIP LOCKED"
+);
+
+/// The claim of admitted flow-controlled tasks (`$7`), each still queued once locked.
+const CLAIM_ADMITTED: &str = claim_statement!(
+    "SELECT id, priority, seq FROM tasks \
+     WHERE id = ANY($7::uuid[]) AND status = 'queued' AND pending_deps = 0 \
+       AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
+     ORDER BY priority DESC, seq \
+     LIMIT $3::bigint \
+     FOR UPDATE"
+);
+
+impl PostgresStore {
+    async fn claim_chunk(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        limit: u32,
+        admitted: Option<&[Uuid]>,
+    ) -> R<Vec<Claim>> {
+        let run_ids: Vec<Uuid> = (0..limit).map(|_| RunId::new().0).collect();
+        let q = sqlx::query(if admitted.is_some() {
+            CLAIM_ADMITTED
+        } else {
+            CLAIM
+        })
+        .bind(p.worker_id.as_str())
+        .bind(&p.task_types)
+        .bind(i64::from(limit))
+        .bind(run_ids)
+        .bind(micros(p.lease))
+        .bind(self.notifier.origin());
+        let q = match admitted {
+            Some(ids) => q.bind(ids),
+            None => q,
+        };
+        let found = q.fetch_all(conn).await?;
+        let mut claims = Vec::with_capacity(found.len());
+        for row in &found {
+            let task = rows::task(row)?;
+            let run_id = task
+                .current_run_id
+                .ok_or_else(|| rows::corrupt("tasks", "claimed task without a run"))?;
+            let run = Run::claimed(
+                run_id,
+                &task,
+                p.worker_id.clone(),
+                rows::count(row, "run_count", "tasks")?,
+                rows::get(row, "started_at", "runs")?,
+                rows::get(row, "lease_until", "runs")?,
+            );
+            let inputs: Option<sqlx::types::Json<crate::Inputs>> =
+                rows::get(row, "inputs", "tasks")?;
+            let inputs = inputs.map(|j| j.0).unwrap_or_default();
+            claims.push(Claim { task, run, inputs });
+        }
+        Ok(claims)
+    }
+
+    pub(super) async fn claim_once(&self, p: &ClaimParams) -> R<Vec<Claim>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut claims = Vec::new();
+        if let Some(probe) = flow::probe(&mut conn, p)
+            .await?
+            .filter(flow::Probe::has_room)
+        {
+            // Committed on its own, so the scopes' locks are not held through the plain
+            // claim that follows.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            claims = self.claim_admitted(&mut tx, p, probe).await?;
+            tx.commit().await?;
+        }
+        let left = p.limit.saturating_sub(claims.len() as u32);
+        if left == 0 {
+            return Ok(claims);
+        }
+        if left <= CLAIM_CHUNK {
+            claims.extend(self.claim_chunk(&mut conn, p, left, None).await?);
+            return Ok(claims);
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let rest = ClaimParams {
+            limit: left,
+            ..p.clone()
+        };
+        claims.extend(self.claim_in(&mut tx, &rest, None).await?);
+        tx.commit().await?;
+        Ok(claims)
+    }
+
+    /// Claims on a connection the caller holds in a transaction: the flow-controlled tasks
+    /// `probe` found room for first, then plain ones in chunks of run ids.
+    pub(super) async fn claim_in(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        probe: Option<flow::Probe>,
+    ) -> R<Vec<Claim>> {
+        let mut claims = match probe {
+            Some(probe) => self.claim_admitted(conn, p, probe).await?,
+            None => Vec::new(),
+        };
+        let mut left = p.limit.saturating_sub(claims.len() as u32);
+        while left > 0 {
+            let n = left.min(CLAIM_CHUNK);
+            let got = self.claim_chunk(conn, p, n, None).await?;
+            let done = got.len() < n as usize;
+            left -= n;
+            claims.extend(got);
+            if done {
+                break;
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Admits flow-controlled tasks under their scopes' locks and claims them.
+    async fn claim_admitted(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        probe: flow::Probe,
+    ) -> R<Vec<Claim>> {
+        let admitted = flow::admit(conn, p, probe).await?;
+        if admitted.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = u32::try_from(admitted.ids.len()).unwrap_or(u32::MAX);
+        let claims = self.claim_chunk(conn, p, n, Some(&admitted.ids)).await?;
+        let taken: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
+        if let Some(first) = claims.first() {
+            flow::record_starts(conn, &admitted, &taken, first.run.started_at).await?;
+        }
+        Ok(claims)
+    }
+}
