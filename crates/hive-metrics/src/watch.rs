@@ -67,8 +67,13 @@ impl Metrics {
             Closed::Stale => &self.runs.stale,
             Closed::Ignored => return Ok(()),
         };
-        counter.inc();
-        if let (Some(end), Some(task)) = (run.completed_at, client.get_task(run.task_id).await?) {
+        // Both reads come before either number moves, and the histogram moves first, so a
+        // scrape that sees the counter sees the run's duration too.
+        let task = match run.completed_at {
+            Some(_) => client.get_task(run.task_id).await?,
+            None => None,
+        };
+        if let (Some(end), Some(task)) = (run.completed_at, task) {
             let secs = (end - run.started_at)
                 .num_microseconds()
                 .unwrap_or(0)
@@ -79,6 +84,7 @@ impl Metrics {
                 .with_label_values(&[task.task_type.as_str()])
                 .observe(secs);
         }
+        counter.inc();
         Ok(())
     }
 }
