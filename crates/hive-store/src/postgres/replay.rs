@@ -110,7 +110,7 @@ const APPLY: &str = concat!(
     UPDATE tasks t SET ",
     count_down!("dec.n"),
     " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
-        AND t.id NOT IN (SELECT id FROM task_in) \
+        AND t.id NOT IN (SELECT id FROM task_in) AND t.pending_deps > 0 \
     RETURNING t.id, ",
     freed!(),
     " AS ready \

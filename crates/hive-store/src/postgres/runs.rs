@@ -12,7 +12,7 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::replay::{self, load_locked};
-use super::sql::{micros, server_now};
+use super::sql::{begin_by_key, micros, server_now};
 use super::{PostgresStore, flow, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
@@ -61,7 +61,7 @@ const FINISH_SUCCESSES: &str = concat!(
          UPDATE tasks t SET ",
     count_down!("dec.n"),
     " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
-             AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
+             AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) AND t.pending_deps > 0 \
          RETURNING t.id, ",
     freed!(),
     " AS ready \
@@ -115,15 +115,11 @@ const EXPIRED_RUNS: &str = concat!(
      ORDER BY r.lease_expires_at, r.id LIMIT $1 FOR UPDATE OF t, r SKIP LOCKED"
 );
 
-/// Locks the runs and their tasks, in (task, run) order. Planned for each call, like the
-/// one-statement finish (see there).
+/// Locks the runs and their tasks, in (task, run) order; in a transaction opened with
+/// [`begin_by_key`].
 async fn lock_runs(tx: &mut PgConnection, runs: &[RunId]) -> R<Vec<sqlx::postgres::PgRow>> {
     let ids: Vec<Uuid> = runs.iter().map(|r| r.0).collect();
-    Ok(sqlx::query(LOCK_RUNS)
-        .persistent(false)
-        .bind(&ids)
-        .fetch_all(tx)
-        .await?)
+    Ok(sqlx::query(LOCK_RUNS).bind(&ids).fetch_all(tx).await?)
 }
 
 /// Whether a batch is all successes that spawn nothing: those finish in one statement.
@@ -209,10 +205,8 @@ impl PostgresStore {
             });
             logs.push(o.output_log.as_deref());
         }
-        // Planned for each call (an unnamed statement): a plan cached while `runs` was
-        // small scans it whole, and keeps scanning as it grows, until the next ANALYZE.
+        // The caller opened the transaction with `begin_by_key` (see there).
         let found = sqlx::query(FINISH_SUCCESSES)
-            .persistent(false)
             .bind(&ids)
             .bind(results)
             .bind(logs)
@@ -323,16 +317,9 @@ impl PostgresStore {
     }
 
     pub(super) async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
-        let mut done = if plain_successes(outcomes) {
-            // One statement needs no explicit transaction: saves BEGIN and COMMIT trips.
-            let mut conn = self.pool.acquire().await?;
-            self.finish_successes(&mut conn, outcomes, true).await?
-        } else {
-            let mut tx = self.pool.begin().await?;
-            let done = self.finish_replayed(&mut tx, outcomes, true).await?;
-            tx.commit().await?;
-            done
-        };
+        let mut tx = begin_by_key(&self.pool).await?;
+        let mut done = self.finish_in(&mut tx, outcomes, true).await?;
+        tx.commit().await?;
         self.settle_reported(&mut done).await;
         Ok(done.reports)
     }
@@ -344,7 +331,7 @@ impl PostgresStore {
         outcomes: &[RunOutcome],
         p: &ClaimParams,
     ) -> R<(Vec<FinishReport>, Vec<Claim>)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_by_key(&self.pool).await?;
         let done = self.finish_in(&mut tx, outcomes, false).await?;
         // Probed after the finish, which may have made room in a limited scope.
         let probe = flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room);
@@ -371,7 +358,7 @@ impl PostgresStore {
 
     /// Releases live runs in the given order; returns their tasks.
     pub(super) async fn release_once(&self, run_ids: &[RunId]) -> R<Vec<TaskId>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_by_key(&self.pool).await?;
         let locked = lock_runs(&mut tx, run_ids).await?;
         let Some(first) = locked.first() else {
             return Ok(Vec::new());

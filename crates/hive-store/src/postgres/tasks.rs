@@ -375,7 +375,8 @@ impl PostgresStore {
                  UPDATE tasks t SET ",
             count_down!("1"),
             " FROM task_dependencies d, gone g \
-                 WHERE d.depends_on = g.id AND t.id = d.task_id AND g.status <> 'completed') \
+                 WHERE d.depends_on = g.id AND t.id = d.task_id AND g.status <> 'completed' \
+                   AND t.pending_deps > 0) \
              SELECT count(*) FROM gone"
         ))
         .bind(id.0)
@@ -403,6 +404,7 @@ impl PostgresStore {
             count_down!("w.n"),
             " FROM waiting w \
                  WHERE t.id = w.task_id AND t.id NOT IN (SELECT id FROM old) \
+                   AND t.pending_deps > 0 \
              ), gone AS ( \
                  DELETE FROM tasks WHERE id IN (SELECT id FROM old) RETURNING 1 \
              ) \

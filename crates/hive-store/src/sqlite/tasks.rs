@@ -392,7 +392,8 @@ pub(super) async fn dependencies_met(c: &mut Conn, ids: &[TaskId]) -> R<HashMap<
 }
 
 /// Each dependent of the given tasks waits for one dependency fewer per task listed, and
-/// the queued ones left waiting for none are returned (now claimable unless delayed). One
+/// the queued ones this leaves waiting for none are returned (now claimable unless
+/// delayed); one waiting for none already is left as it is (the memory store's rule). One
 /// statement; the `depends_on` index finds the dependents, so the cost follows their number.
 pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec<TaskId>> {
     if done.is_empty() {
@@ -412,6 +413,7 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
         " + delay_secs * 1000000 ELSE run_at END \
          WHERE id IN (SELECT d.task_id FROM task_dependencies d \
                       WHERE d.depends_on IN (SELECT value FROM json_each(?1))) \
+           AND pending_deps > 0 \
          RETURNING id, pending_deps = 0 AND status = 'queued' AND delay_secs = 0 AS ready"
     ))
     .bind(json_list(done))
