@@ -245,6 +245,9 @@ pub struct EventBus {
     sender: broadcast::Sender<Published>,
     cache: Arc<StatusCache>,
     forwarding: Arc<Mutex<bool>>,
+    /// Store notifications the forwarder missed by falling behind: lost to every
+    /// subscriber, so each counts them in its [`Subscription::skipped`].
+    lost: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EventBus {
@@ -256,6 +259,7 @@ impl EventBus {
             sender,
             cache,
             forwarding: Arc::new(Mutex::new(false)),
+            lost: Arc::default(),
         }
     }
 
@@ -273,9 +277,13 @@ impl EventBus {
     }
 
     pub fn subscribe(&self) -> Subscription {
+        let lost = self.lost.clone();
+        let lost_before = lost.load(std::sync::atomic::Ordering::Relaxed);
         Subscription {
             rx: self.sender.subscribe(),
             skipped: 0,
+            lost,
+            lost_before,
         }
     }
 
@@ -302,7 +310,8 @@ impl EventBus {
                     }
                     // Skipped notifications: cached plan statuses may be stale now, and a
                     // worker may have missed work; a catch-up event wakes it.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        bus.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         bus.cache.clear();
                         bus.publish(
                             vec![Event::TaskCreated {
@@ -326,6 +335,8 @@ impl EventBus {
 pub struct Subscription {
     rx: broadcast::Receiver<Published>,
     skipped: u64,
+    lost: Arc<std::sync::atomic::AtomicU64>,
+    lost_before: u64,
 }
 
 impl Subscription {
@@ -340,9 +351,12 @@ impl Subscription {
         }
     }
 
-    /// How many events this subscriber missed by falling behind.
+    /// How many events this subscriber missed: by falling behind itself, or because the
+    /// bus fell behind the store's notifications since it subscribed (counted per
+    /// notification).
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        let lost = self.lost.load(std::sync::atomic::Ordering::Relaxed);
+        self.skipped + lost.saturating_sub(self.lost_before)
     }
 
     /// The subscription as a `Stream`.

@@ -140,8 +140,9 @@ impl Default for Notifier {
 }
 
 impl Notifier {
-    /// Receivers that fall this far behind skip ahead; notifications are wake-ups only.
-    const CAPACITY: usize = 4096;
+    /// Receivers that fall this far behind skip ahead. As deep as hive-ops' event bus, so
+    /// its forwarder, which only converts, does not lose what the bus would have kept.
+    const CAPACITY: usize = 16_384;
 
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(Self::CAPACITY);
