@@ -6,6 +6,7 @@ mod db_faults;
 mod held_runs;
 mod log_capture;
 mod plans_under_failure;
+mod prefetch;
 mod proxy;
 mod refused_outcomes;
 mod retries;

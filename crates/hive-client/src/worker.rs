@@ -11,11 +11,14 @@ mod builder;
 mod completer;
 mod handler;
 mod held;
+mod pace;
 mod progress;
 mod report;
 mod runtime;
 mod slots;
 
-pub use builder::{DEFAULT_LEASE, DEFAULT_REAP_INTERVAL, ShutdownHandle, WorkerBuilder};
+pub use builder::{
+    DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, ShutdownHandle, WorkerBuilder,
+};
 pub use handler::{Handler, TaskContext, TaskError, TaskOutput};
 pub use report::WorkerReport;

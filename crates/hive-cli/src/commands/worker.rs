@@ -23,7 +23,7 @@ pub enum WorkerCommand {
     },
     /// Run a worker with the built-in handlers (`shell`; `noop` and `sleep` for load tests)
     /// until Ctrl-C or SIGTERM (or idle); a second Ctrl-C stops it at once.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Remove a worker from the registry; the tasks it held go back to the queue. A worker
     /// whose heartbeat is fresh is refused unless --force.
     Unregister {
@@ -65,7 +65,7 @@ impl Listed<'_> {
 pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         WorkerCommand::List { role } => list(ctx, role.as_deref()).await?,
-        WorkerCommand::Run(a) => run::run(ctx, a).await?,
+        WorkerCommand::Run(a) => run::run(ctx, *a).await?,
         WorkerCommand::Unregister { id, force } => unregister(ctx, &id, force).await?,
     }
     Ok(ExitCode::SUCCESS)

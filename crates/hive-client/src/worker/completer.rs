@@ -16,7 +16,8 @@ use crate::Client;
 use crate::backoff::{Backoff, Fatal};
 
 /// A finished handler's outcome, on its way to the batching completer. Its slot stays taken
-/// until the outcome is committed: a worker never holds more than `concurrency` leases.
+/// until the outcome is committed: a worker never holds more leases than it has slots
+/// (`concurrency`, plus `prefetch` while its handlers are quick).
 pub(super) struct Done {
     pub(super) outcome: RunOutcome,
 }
@@ -74,8 +75,10 @@ impl Completer {
     /// expire). A batch the store refuses for good is split, so that only the outcome it
     /// refuses fails its run (see [`Completer::isolate`]).
     async fn commit(&self, batch: &[RunOutcome]) -> bool {
-        // The batch's own slots, plus idle ones: reuse them for what is ready now.
-        let mut slots = batch.len();
+        // The batch's own slots (less any prefetch slots being taken back), plus idle
+        // ones: reuse them for what is ready now.
+        self.slots.follow_pace();
+        let mut slots = self.slots.reuse(batch.len());
         if !*self.stop.borrow() {
             slots += self.slots.take_idle();
         }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::completer::Done;
 use super::progress::ProgressCell;
+use super::slots::{Gate, Handled};
 use crate::{Client, Result};
 
 /// What a handler gets: the claimed task, the run it executes as, and its dependencies'
@@ -269,14 +270,16 @@ enum Ended<T> {
     Cancelled(bool),
 }
 
-/// Runs one claimed task; a panicking handler fails its task, not the worker.
+/// Runs one claimed task once a handler is free; a panicking handler fails its task, not
+/// the worker.
 pub(super) async fn run_one(
     client: Client,
     handler: Arc<dyn Handler>,
     claim: Claimed,
     limits: Timeouts,
+    gate: Gate,
     done: mpsc::UnboundedSender<Done>,
-) {
+) -> Handled {
     use futures::FutureExt;
     let retry = client.config().retry_for(&claim.task.task_type);
     let max_snoozes = client.config().max_snoozes;
@@ -292,6 +295,36 @@ pub(super) async fn run_one(
     let stop = Arc::new(stop);
     limits.stops.map().insert(run_id, (task_id, stop.clone()));
     let mut told = cancel.clone();
+    // A claim prefetched beyond the free handlers waits here. Cancelled meanwhile, its
+    // handler never starts; the worker stopping first, its run is released unstarted.
+    let mut stopping = gate.stop.clone();
+    let free = tokio::select! {
+        biased;
+        free = gate.handlers.clone().acquire_owned() => free.ok(),
+        _ = told.wait_for(|s| *s) => None,
+        _ = stopping.wait_for(|s| *s) => {
+            limits.stops.map().remove(&run_id);
+            return Handled::Unstarted;
+        }
+    };
+    let Some(_handler) = free else {
+        limits.stops.map().remove(&run_id);
+        // The store closed the run with the task: this report is stale, and only frees the
+        // slot.
+        let outcome = Outcome::Failure {
+            error: "cancelled before its handler started".into(),
+            retry: None,
+        };
+        let _ = done.send(Done {
+            outcome: RunOutcome {
+                run_id,
+                outcome,
+                output_log: None,
+            },
+        });
+        return Handled::Reported;
+    };
+    let began = std::time::Instant::now();
     let ctx = TaskContext {
         task: claim.task,
         run: claim.run,
@@ -340,6 +373,7 @@ pub(super) async fn run_one(
             Ended::Cancelled(tokio::time::timeout(limits.grace, &mut fut).await.is_ok())
         }
     };
+    gate.pace.record(began.elapsed());
     limits.stops.map().remove(&run_id);
     progress.close();
     // A stopped handler is dropped here if it did not return (a `shell` command's process
@@ -427,6 +461,7 @@ pub(super) async fn run_one(
         output_log,
     };
     let _ = done.send(Done { outcome });
+    Handled::Reported
 }
 
 /// The output log of what a handler returned, whether it succeeded or failed.

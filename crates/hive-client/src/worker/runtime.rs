@@ -8,15 +8,16 @@ use std::time::Duration;
 use hive_models::{RunId, TaskStatus, WorkerId, WorkerStatus};
 use hive_ops::Claimed;
 use hive_ops::store::{TaskFilter, WorkerRegistration};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::builder::WorkerBuilder;
 use super::completer::{ClaimSpec, Completer, Done};
 use super::handler::Handler;
 use super::held::Held;
+use super::pace::Pace;
 use super::report::{Counters, WorkerReport};
-use super::slots::{Running, Slots};
+use super::slots::{Gate, Running, Slots};
 use crate::backoff::{Backoff, Fatal};
 use crate::{Error, Result};
 
@@ -32,6 +33,8 @@ pub(super) struct Runtime {
     pub(super) stop: watch::Receiver<bool>,
     /// The free slots; see [`Slots`].
     pub(super) slots: Slots,
+    /// What a claimed task waits for before its handler starts.
+    pub(super) gate: Gate,
     /// The error that stops the worker, if one of its loops met one retrying cannot fix.
     pub(super) fatal: Fatal,
     /// The stop signal of every running handler, by task.
@@ -47,7 +50,13 @@ impl Runtime {
         handler: Arc<dyn Handler>,
     ) -> Result<Runtime> {
         let stop = cfg.shutdown.subscribe();
-        let slots = Slots::new(cfg.concurrency);
+        let pace = Pace::default();
+        let slots = Slots::new(cfg.concurrency, cfg.prefetch, pace.clone());
+        let gate = Gate {
+            handlers: Arc::new(Semaphore::new(cfg.concurrency as usize)),
+            stop: stop.clone(),
+            pace,
+        };
         Ok(Runtime {
             cfg,
             id,
@@ -57,6 +66,7 @@ impl Runtime {
             settled: Arc::new(Notify::new()),
             stop,
             slots,
+            gate,
             fatal: Fatal::default(),
             stops: super::handler::Stops::default(),
             held: Held::default(),
@@ -71,6 +81,7 @@ impl Runtime {
             metadata: serde_json::json!({
                 "pid": std::process::id(),
                 "concurrency": self.cfg.concurrency,
+                "prefetch": self.cfg.prefetch,
                 "task_types": self.cfg.task_types,
             }),
         }

@@ -3,7 +3,7 @@
 //! that fills free slots and starts handlers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hive_models::RunId;
@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::completer::Done;
 use super::handler::run_one;
+use super::pace::Pace;
 use super::runtime::Runtime;
 use crate::Result;
 use crate::backoff::Backoff;
@@ -21,19 +22,66 @@ use crate::backoff::Backoff;
 /// outcome is committed, unless the completer reuses it for a task claimed in the same
 /// transaction.
 ///
+/// While handlers are quick (see [`Pace`]) the worker has `prefetch` slots more than it
+/// runs handlers: claims beyond the free handlers wait in a small local buffer, whose
+/// leases the heartbeat keeps alive like any other, and start as handlers free up. Each
+/// commit then carries more outcomes. When handlers turn slow the extra slots are taken
+/// back, and the worker holds no more claims than it runs.
+///
 /// Shared by the claim loop and the completer; every take and give-back goes through
 /// here, so the two cannot disagree on what a slot is.
 #[derive(Clone)]
 pub(super) struct Slots {
     free: Arc<Semaphore>,
     concurrency: usize,
+    prefetch: usize,
+    pace: Pace,
+    extra: Arc<Mutex<Extra>>,
+}
+
+/// Whether the prefetch slots are lent, and how many of those taken back are still held.
+#[derive(Debug, Default)]
+struct Extra {
+    lent: bool,
+    /// Prefetch slots to retire as they come back (they were held when taken back).
+    owed: usize,
 }
 
 impl Slots {
-    pub(super) fn new(concurrency: u32) -> Slots {
+    pub(super) fn new(concurrency: u32, prefetch: u32, pace: Pace) -> Slots {
         Slots {
             free: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency: concurrency as usize,
+            prefetch: prefetch as usize,
+            pace,
+            extra: Arc::default(),
+        }
+    }
+
+    fn extra(&self) -> std::sync::MutexGuard<'_, Extra> {
+        self.extra.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lends the prefetch slots while handlers are quick and takes them back when they are
+    /// not; called before each claim.
+    pub(super) fn follow_pace(&self) {
+        if self.prefetch == 0 {
+            return;
+        }
+        let quick = self.pace.quick(self.concurrency as u64);
+        let mut extra = self.extra();
+        if quick == extra.lent {
+            return;
+        }
+        extra.lent = quick;
+        if quick {
+            // Slots still owed are simply not retired.
+            let cancelled = extra.owed;
+            extra.owed = 0;
+            self.free.add_permits(self.prefetch - cancelled);
+        } else {
+            let retired = self.free.forget_permits(self.prefetch);
+            extra.owed = self.prefetch - retired;
         }
     }
 
@@ -44,7 +92,9 @@ impl Slots {
 
     /// Whether every slot is free: nothing runs and no outcome waits to be committed.
     pub(super) fn all_free(&self) -> bool {
-        self.free() == self.concurrency
+        let extra = self.extra();
+        let lent = if extra.lent { self.prefetch } else { 0 };
+        extra.owed == 0 && self.free() == self.concurrency + lent
     }
 
     /// Takes `n` slots; false when fewer are free (the completer took some meanwhile).
@@ -66,8 +116,18 @@ impl Slots {
         if idle > 0 && self.take(idle) { idle } else { 0 }
     }
 
+    /// Of `n` slots the caller holds and means to reuse, retires those owed (see
+    /// [`Slots::follow_pace`]); how many the caller may reuse.
+    pub(super) fn reuse(&self, n: usize) -> usize {
+        let mut extra = self.extra();
+        let retired = extra.owed.min(n);
+        extra.owed -= retired;
+        n - retired
+    }
+
     /// Gives back `n` slots taken with [`Slots::take`] or [`Slots::take_idle`].
     pub(super) fn give_back(&self, n: usize) {
+        let n = self.reuse(n);
         self.free.add_permits(n);
     }
 
@@ -77,12 +137,31 @@ impl Slots {
     }
 }
 
-type Joined = std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>;
+/// What a claimed task waits for before its handler starts: a free handler (claims may
+/// outnumber handlers, see [`Slots`]), unless the worker stops first. Also where handlers
+/// record how long they took.
+#[derive(Clone)]
+pub(super) struct Gate {
+    pub(super) handlers: Arc<Semaphore>,
+    pub(super) stop: tokio::sync::watch::Receiver<bool>,
+    pub(super) pace: Pace,
+}
+
+/// How a claimed task left the worker's hands: its outcome reported (stale, if it was
+/// cancelled before its handler started), or not started because the worker stopped
+/// first, its run still held, to be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handled {
+    Reported,
+    Unstarted,
+}
+
+type Joined = std::result::Result<(tokio::task::Id, Handled), tokio::task::JoinError>;
 
 /// The handlers in flight, and the run each holds (released if it must be abandoned).
 #[derive(Default)]
 pub(super) struct Running {
-    set: JoinSet<()>,
+    set: JoinSet<Handled>,
     held: HashMap<tokio::task::Id, RunId>,
 }
 
@@ -104,6 +183,7 @@ impl Running {
                 rt.handler.clone(),
                 c,
                 limits,
+                rt.gate.clone(),
                 done.clone(),
             ));
             self.held.insert(handle.id(), run_id);
@@ -143,9 +223,11 @@ impl Running {
     }
 
     /// A handler task ended having sent its outcome: its run is no longer ours to release.
+    /// One whose handler never started (the worker stopped first) stays held.
     fn finished(&mut self, j: Joined) {
         let id = match j {
-            Ok((id, ())) => id,
+            Ok((_, Handled::Unstarted)) => return,
+            Ok((id, Handled::Reported)) => id,
             Err(e) => e.id(),
         };
         self.held.remove(&id);
@@ -178,6 +260,7 @@ impl Runtime {
                 running.start(claims, self, &done_tx);
             }
             running.reap_finished();
+            self.slots.follow_pace();
             let free = self.slots.free();
             if look && free > 0 {
                 if !self.slots.take(free) {
@@ -244,5 +327,61 @@ impl Runtime {
         }
         self.drain(running, done_tx, claimed_rx, completer).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick(pace: &Pace, calls: usize) {
+        for _ in 0..calls {
+            pace.record(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn prefetch_slots_are_lent_while_quick_and_retired_as_they_come_back() {
+        let pace = Pace::default();
+        let slots = Slots::new(2, 3, pace.clone());
+        slots.follow_pace();
+        assert_eq!(slots.free(), 2, "unknown handlers: no prefetch");
+        quick(&pace, 2);
+        slots.follow_pace();
+        assert_eq!(slots.free(), 5);
+        assert!(slots.all_free());
+        // Four held, then handlers turn slow: the one free prefetch slot goes at once,
+        // the other two as held slots come back.
+        assert!(slots.take(4));
+        for _ in 0..8 {
+            pace.record(Duration::from_secs(1));
+        }
+        slots.follow_pace();
+        assert_eq!(slots.free(), 0);
+        assert!(!slots.all_free());
+        assert_eq!(slots.reuse(1), 0, "a reused slot pays what is owed first");
+        slots.give_back(3);
+        assert_eq!(slots.free(), 2);
+        assert!(slots.all_free());
+        // Quick again: all three lent back.
+        quick(&pace, 20);
+        slots.follow_pace();
+        assert_eq!(slots.free(), 5);
+    }
+
+    #[test]
+    fn turning_quick_while_slots_are_owed_cancels_the_debt() {
+        let pace = Pace::default();
+        let slots = Slots::new(1, 2, pace.clone());
+        quick(&pace, 1);
+        slots.follow_pace();
+        assert!(slots.take(3));
+        pace.record(Duration::from_secs(10));
+        slots.follow_pace();
+        quick(&pace, 30);
+        slots.follow_pace();
+        slots.give_back(3);
+        assert_eq!(slots.free(), 3);
+        assert!(slots.all_free());
     }
 }

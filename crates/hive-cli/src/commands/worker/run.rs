@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Tasks run at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
+    /// Claims held beyond free handlers while handlers average under 50 ms, started as
+    /// handlers free up (default: twice the concurrency, at most 32; 0 turns it off).
+    #[arg(long, value_name = "N")]
+    prefetch: Option<u32>,
     /// Each claimed task's lease; heartbeats renew it (default 10: a killed worker's
     /// task is taken back within about 12 s).
     #[arg(long, default_value_t = 10)]
@@ -161,6 +165,10 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         .lease(Duration::from_secs(a.lease_secs))
         .exit_when_idle(a.exit_when_idle)
         .handle_signals(false);
+    let worker = match a.prefetch {
+        Some(n) => worker.prefetch(n),
+        None => worker,
+    };
     let worker = a.intervals.apply(worker);
     tokio::spawn(stop_on_interrupts(
         interrupts,

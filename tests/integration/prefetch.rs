@@ -1,0 +1,213 @@
+//! Prefetch: while handlers are quick a worker holds claims beyond its free handlers, never
+//! more than concurrency + prefetch, and never runs more handlers than its concurrency;
+//! while they are slow it holds no more than it runs. Claims waiting in the buffer are
+//! released unstarted at shutdown, and one cancelled while it waits never starts.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hive_client::{Client, NewTask, TaskContext, TaskError, TaskId, TaskStatus};
+
+use super::worker::client;
+
+hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
+    quick_handlers_fill_a_bounded_buffer,
+    slow_handlers_hold_only_what_they_run,
+    buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start,
+);
+
+/// Handler calls running now and the most seen at once.
+#[derive(Default)]
+struct Peak {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Peak {
+    fn enter(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn in_progress(c: &Client) -> u64 {
+    let counts = c.count_tasks(None).await.unwrap();
+    counts.get(&TaskStatus::InProgress).copied().unwrap_or(0)
+}
+
+/// Runs a worker of `concurrency` 2 and prefetch 4 over `n` tasks whose handlers sleep
+/// `ms`, sampling how many tasks the store has in progress until the worker exits. Returns
+/// the most handlers seen at once and the most tasks seen in progress.
+async fn drain_sampled(c: &Client, n: usize, ms: u64) -> (usize, u64) {
+    let tasks = (0..n)
+        .map(|i| NewTask::new(format!("t{i}"), "work"))
+        .collect();
+    c.create_tasks(tasks).await.unwrap();
+    let peak = Arc::new(Peak::default());
+    let handler_peak = peak.clone();
+    let worker = c
+        .worker("prefetcher")
+        .concurrency(2)
+        .prefetch(4)
+        .exit_when_idle(true)
+        .handle_signals(false)
+        .poll_interval(Duration::from_millis(50))
+        .run(move |_ctx: TaskContext| {
+            let peak = handler_peak.clone();
+            async move {
+                peak.enter();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                peak.leave();
+                Ok::<_, TaskError>(())
+            }
+        });
+    let run = tokio::spawn(worker);
+    let mut held = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run.is_finished() && Instant::now() < deadline {
+        held = held.max(in_progress(c).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker drained")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.completed, n as u64, "{report:?}");
+    (peak.most.load(Ordering::SeqCst), held)
+}
+
+async fn quick_handlers_fill_a_bounded_buffer(c: Client) {
+    let (handlers, held) = drain_sampled(&c, 300, 2).await;
+    assert!(
+        handlers <= 2,
+        "{handlers} handlers at once with concurrency 2"
+    );
+    assert!(
+        held <= 6,
+        "{held} held: more than concurrency 2 + prefetch 4"
+    );
+    assert!(
+        held > 2,
+        "quick handlers should have had claims waiting: {held}"
+    );
+}
+
+async fn slow_handlers_hold_only_what_they_run(c: Client) {
+    let (handlers, held) = drain_sampled(&c, 10, 80).await;
+    assert!(
+        handlers <= 2,
+        "{handlers} handlers at once with concurrency 2"
+    );
+    assert!(held <= 2, "{held} held while handlers take 80 ms");
+}
+
+async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start(c: Client) {
+    // Quick tasks first (higher priority) make the worker's handlers known to be quick;
+    // then it claims long ones beyond its one handler.
+    let quick: Vec<NewTask> = (0..10)
+        .map(|i| {
+            NewTask::new(format!("quick {i}"), "work")
+                .payload(serde_json::json!({"ms": 1}))
+                .priority(10)
+        })
+        .collect();
+    c.create_tasks(quick).await.unwrap();
+    let long: Vec<NewTask> = (0..10)
+        .map(|i| {
+            NewTask::new(format!("long {i}"), "work").payload(serde_json::json!({"ms": 3_600_000}))
+        })
+        .collect();
+    let long_ids = c.create_tasks(long).await.unwrap();
+    let started: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
+    let seen = started.clone();
+    let worker = c
+        .worker("buffered")
+        .concurrency(1)
+        .prefetch(3)
+        .handle_signals(false)
+        .shutdown_grace(Duration::from_millis(100))
+        .poll_interval(Duration::from_millis(50));
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+        seen.lock().unwrap().insert(ctx.task.id);
+        let ms = ctx.task.payload["ms"].as_u64().unwrap_or(0);
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, TaskError>(())
+        }
+    }));
+    // The quick tasks done, one long task runs and three wait in the buffer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = c.count_tasks(None).await.unwrap();
+        let count = |s| counts.get(&s).copied().unwrap_or(0);
+        if count(TaskStatus::Completed) == 10 && count(TaskStatus::InProgress) == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the buffer never filled: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting: Vec<TaskId> = {
+        let started = started.lock().unwrap();
+        let mut held = Vec::new();
+        for id in &long_ids {
+            if !started.contains(id) {
+                held.push(*id);
+            }
+        }
+        held
+    };
+    let mut buffered = Vec::new();
+    for id in waiting {
+        if c.get_task(id).await.unwrap().unwrap().status == TaskStatus::InProgress {
+            buffered.push(id);
+        }
+    }
+    assert_eq!(buffered.len(), 3, "three claims wait for the one handler");
+    let cancelled = buffered[0];
+    assert!(c.cancel_task(cancelled, Some("not needed")).await.unwrap());
+    // The cancelled claim's slot comes back and is refilled: four held again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_progress(&c).await < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled claim's slot was not refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.completed, 10, "the quick tasks: {report:?}");
+    assert_eq!(
+        report.released, 4,
+        "the running one and three waiting: {report:?}"
+    );
+    let started = started.lock().unwrap().clone();
+    assert!(
+        !started.contains(&cancelled),
+        "a cancelled claim never starts"
+    );
+    assert_eq!(
+        c.get_task(cancelled).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+    for id in long_ids.iter().filter(|id| **id != cancelled) {
+        let t = c.get_task(*id).await.unwrap().unwrap();
+        assert_eq!(t.status, TaskStatus::Queued, "released or never claimed");
+        assert_eq!(t.attempts, 0, "a released task keeps its retries");
+    }
+}
