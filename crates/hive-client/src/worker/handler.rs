@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::completer::Done;
 use super::progress::ProgressCell;
-use super::slots::{Gate, Handled};
+use super::slots::{Gate, Handled, Turn};
 use crate::{Client, Result};
 
 /// What a handler gets: the claimed task, the run it executes as, and its dependencies'
@@ -277,7 +277,7 @@ pub(super) async fn run_one(
     handler: Arc<dyn Handler>,
     claim: Claimed,
     limits: Timeouts,
-    gate: Gate,
+    (gate, turn): (Gate, Turn),
     done: mpsc::UnboundedSender<Done>,
 ) -> Handled {
     use futures::FutureExt;
@@ -300,7 +300,7 @@ pub(super) async fn run_one(
     let mut stopping = gate.stop.clone();
     let free = tokio::select! {
         biased;
-        free = gate.handlers.clone().acquire_owned() => free.ok(),
+        free = turn => free.ok(),
         _ = told.wait_for(|s| *s) => None,
         _ = stopping.wait_for(|s| *s) => {
             limits.stops.map().remove(&run_id);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hive_models::{RunId, TaskStatus, WorkerId, WorkerStatus};
 use hive_ops::Claimed;
 use hive_ops::store::{TaskFilter, WorkerRegistration};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::builder::WorkerBuilder;
@@ -52,11 +52,7 @@ impl Runtime {
         let stop = cfg.shutdown.subscribe();
         let pace = Pace::default();
         let slots = Slots::new(cfg.concurrency, cfg.prefetch, pace.clone());
-        let gate = Gate {
-            handlers: Arc::new(Semaphore::new(cfg.concurrency as usize)),
-            stop: stop.clone(),
-            pace,
-        };
+        let gate = Gate::new(cfg.concurrency, stop.clone(), pace);
         Ok(Runtime {
             cfg,
             id,
