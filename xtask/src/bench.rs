@@ -50,6 +50,8 @@ pub enum Scenario {
     DrainLimited,
     /// One worker at concurrency 8 against raw single-row claims on 8 connections.
     DrainC8,
+    /// The flat drain of 200,000 tasks (20,000 with --quick), against the drain's rate.
+    DrainLarge,
     Latency,
     /// 100 chains of 100 subtasks (20 with --quick).
     PlanChains,
@@ -63,10 +65,14 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    fn is_plan_drain(self) -> bool {
+    fn is_against_drain(self) -> bool {
         matches!(
             self,
-            Scenario::PlanChains | Scenario::PlanWide | Scenario::PlanLarge
+            Scenario::PlanChains
+                | Scenario::PlanWide
+                | Scenario::PlanLarge
+                | Scenario::DrainLimited
+                | Scenario::DrainLarge
         )
     }
 }
@@ -104,6 +110,7 @@ struct Sizes {
     chain_length: u64,
     wide_plans: u64,
     large: u64,
+    large_drain: u64,
     latency_samples: u64,
 }
 
@@ -117,6 +124,7 @@ impl Sizes {
                 chain_length: 20,
                 wide_plans: 4,
                 large: 10_000,
+                large_drain: 20_000,
                 latency_samples: 200,
             }
         } else {
@@ -127,6 +135,7 @@ impl Sizes {
                 chain_length: 100,
                 wide_plans: 20,
                 large: 100_000,
+                large_drain: 200_000,
                 latency_samples: 1_000,
             }
         }
@@ -158,7 +167,7 @@ impl Bench {
     }
 
     fn record(&mut self, mut r: BenchResult) {
-        if r.scenario.starts_with("plan-") || r.scenario == "drain-limited" {
+        if r.scenario.starts_with("plan-") || ["drain-limited", "drain-large"].contains(&&*r.scenario) {
             let flat = self
                 .results
                 .iter()
@@ -238,9 +247,8 @@ impl Bench {
             self.enqueue(b, true, n).await?;
         }
         // The plan drains are reported against the flat drain of the same run.
-        let plan_drains = self.args.scenarios.iter().any(|s| s.is_plan_drain())
-            || self.args.scenarios.contains(&Scenario::DrainLimited);
-        if self.wants(Scenario::Drain) || plan_drains {
+        let against_drain = self.args.scenarios.iter().any(|s| s.is_against_drain());
+        if self.wants(Scenario::Drain) || against_drain {
             self.drain(b, n, false).await?;
         }
         if self.wants(Scenario::DrainLimited) {
@@ -248,6 +256,9 @@ impl Bench {
         }
         if self.wants(Scenario::DrainC8) {
             self.drain_c8(b, n).await?;
+        }
+        if self.wants(Scenario::DrainLarge) {
+            self.drain_large(b).await?;
         }
         if self.wants(Scenario::Latency) {
             self.latency(b).await?;
@@ -406,6 +417,26 @@ impl Bench {
         self.record(
             BenchResult::throughput("drain-c8", b.name(), n, d.secs).with_baselines(raw, None),
         );
+        Ok(())
+    }
+
+    /// The flat drain at ten times its size: whether a worker's cost per task grows with
+    /// the queue behind it and the finished rows before it.
+    async fn drain_large(&mut self, b: Backend) -> Result<()> {
+        let n = self.sizes.large_drain;
+        let (db, client) = self.fresh(b).await?;
+        let pb = hive::bar(n, format!("drain-large {} (loading)", b.name()));
+        hive::load(&client, n, &pb).await?;
+        pb.set_position(0);
+        pb.set_message(format!("drain-large {}", b.name()));
+        let d = hive::drain(&client, DRAIN_WORKERS, DRAIN_CONCURRENCY, Until::Idle, &pb).await?;
+        pb.finish_and_clear();
+        if d.handled != n {
+            bail!("drain-large: handled {} tasks, expected {n}", d.handled);
+        }
+        drop(client);
+        db.cleanup().await?;
+        self.record(BenchResult::throughput("drain-large", b.name(), n, d.secs));
         Ok(())
     }
 

@@ -196,6 +196,9 @@ pub fn targets(results: &[BenchResult]) -> Vec<String> {
             check(format!("{b} drain batch_ratio"), d.batch_ratio, 0.5, true);
         }
     }
+    if let Some(d) = find("drain-c8", "postgres") {
+        check("postgres drain-c8 ratio".into(), d.ratio, 2.0, true);
+    }
     for b in ["postgres", "sqlite"] {
         if let Some(e) = find("enqueue-batch", b) {
             check(format!("{b} enqueue-batch ratio"), e.ratio, 0.7, true);
@@ -206,6 +209,14 @@ pub fn targets(results: &[BenchResult]) -> Vec<String> {
         if let Some(flat) = flat.filter(|f| *f > 0.0) {
             let backlog = find("backlog", b).and_then(|p| p.per_s).map(|p| p / flat);
             check(format!("{b} backlog / flat drain"), backlog, 0.9, true);
+        }
+        if let Some(d) = find("drain-large", b) {
+            check(
+                format!("{b} drain-large ratio_to_drain"),
+                d.ratio_to_drain,
+                0.9,
+                true,
+            );
         }
     }
     for b in ["memory", "sqlite", "postgres"] {

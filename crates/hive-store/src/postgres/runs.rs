@@ -23,9 +23,10 @@ use crate::{
 /// Finishes a batch of successful runs (none spawning) in one statement: the success rule
 /// of [`crate::rules`] in SQL — runs closed, tasks completed, dependents counted down and
 /// announced — with a plan's completions added to its tally; whether that finishes the plan
-/// is settled after commit ([`replay::settle`]), as for every Postgres write. A run id given
-/// twice finishes once: the first occurrence wins. Returns the dependents made ready,
-/// announced as `task_ready` when `$5` is true.
+/// is settled after commit ([`replay::settle`]), as for every Postgres write, and only for
+/// plans where a subtask with no open dependent completed (any other completion leaves its
+/// dependents to do). A run id given twice finishes once: the first occurrence wins.
+/// Returns the dependents made ready, announced as `task_ready` when `$5` is true.
 const FINISH_SUCCESSES: &str = concat!(
     "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
@@ -73,6 +74,13 @@ const FINISH_SUCCESSES: &str = concat!(
     ),
     "), freed AS ( \
          SELECT array_agg(id) AS ids FROM dep_upd WHERE ready \
+     ), ends AS ( \
+         /* A plan is done only once a subtask with no open dependent completes. */ \
+         SELECT array_agg(DISTINCT g.plan_id) AS plans FROM go g \
+         WHERE g.plan_id IS NOT NULL AND NOT EXISTS ( \
+             SELECT 1 FROM task_dependencies d JOIN tasks w ON w.id = d.task_id \
+             WHERE d.depends_on = g.task_id \
+               AND w.status NOT IN ('completed', 'failed', 'cancelled')) \
      ), ready_notes AS (",
     notify_rows!(
         "SELECT id FROM dep_upd WHERE ready AND $5::bool",
@@ -80,8 +88,8 @@ const FINISH_SUCCESSES: &str = concat!(
     ),
     ") \
      SELECT l.run_id, l.task_id, l.plan_id, l.live, n.n AS notified, rn.n AS ready_notified, \
-         coalesce(r.ids, '{}') AS ready \
-     FROM notes n CROSS JOIN freed r CROSS JOIN ready_notes rn \
+         coalesce(r.ids, '{}') AS ready, coalesce(e.plans, '{}') AS ends \
+     FROM notes n CROSS JOIN freed r CROSS JOIN ready_notes rn CROSS JOIN ends e \
      LEFT JOIN locked l ON true"
 );
 
@@ -217,11 +225,14 @@ impl PostgresStore {
         let mut run_task = HashMap::with_capacity(found.len());
         let mut live = HashMap::with_capacity(found.len());
         let mut ready = Vec::new();
+        let mut unsettled = Vec::new();
+        if let Some(row) = found.first() {
+            let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
+            ready = ids.into_iter().map(TaskId).collect();
+            let ends: Vec<Uuid> = rows::get(row, "ends", "plans")?;
+            unsettled = ends.into_iter().map(PlanId).collect();
+        }
         for row in &found {
-            if ready.is_empty() {
-                let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
-                ready = ids.into_iter().map(TaskId).collect();
-            }
             let Some(run_id) = rows::get::<Option<Uuid>>(row, "run_id", "runs")? else {
                 continue;
             };
@@ -232,9 +243,6 @@ impl PostgresStore {
                 live.insert(RunId(run_id), plan);
             }
         }
-        let mut unsettled: Vec<PlanId> = live.values().flatten().copied().collect();
-        unsettled.sort();
-        unsettled.dedup();
         let reports = outcomes
             .iter()
             .map(|o| {
