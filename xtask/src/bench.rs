@@ -167,7 +167,9 @@ impl Bench {
     }
 
     fn record(&mut self, mut r: BenchResult) {
-        if r.scenario.starts_with("plan-") || ["drain-limited", "drain-large"].contains(&&*r.scenario) {
+        if r.scenario.starts_with("plan-")
+            || ["drain-limited", "drain-large"].contains(&&*r.scenario)
+        {
             let flat = self
                 .results
                 .iter()

@@ -15,6 +15,7 @@ use support::{Harness, eventually};
 
 hive_store::per_backend!([sqlite, postgres], support::run_case =>
     limits_and_pauses_hold_across_worker_processes,
+    a_plan_files_keyed_subtasks_hold_their_limit_across_processes,
 );
 
 /// A shell command logging `SCOPE start|end NANOS` around a short sleep.
@@ -160,6 +161,47 @@ async fn limits_and_pauses_hold_across_worker_processes(h: Harness) {
     hive(&h, &["queue", "resume", "shell"]);
     all_completed(&h, &ids, Duration::from_secs(10)).await;
     eprintln!("FLOW {}: {processes} processes, peaks {peaks:?}", h.backend);
+}
+
+/// A TOML plan file whose fan-out shares a concurrency key: however many slots two worker
+/// processes have, at most the key's limit of those subtasks run at once, and the join after
+/// them still runs.
+async fn a_plan_files_keyed_subtasks_hold_their_limit_across_processes(h: Harness) {
+    let log = h.path("spans.log");
+    let mut toml = String::from("title = \"keyed fan-out\"\n");
+    let mut fan = Vec::new();
+    for i in 0..6 {
+        let id = format!("gpu-{i}");
+        toml.push_str(&format!(
+            "[[subtasks]]\nid = \"{id}\"\ntitle = \"{id}\"\ntask_type = \"shell\"\n\
+             concurrency_key = \"gpu\"\nconcurrency_limit = 2\n\
+             payload = {{ command = {command:?} }}\n",
+            command = spanned("gpu", &log),
+        ));
+        fan.push(format!("{id:?}"));
+    }
+    toml.push_str(&format!(
+        "[[subtasks]]\nid = \"join\"\ntitle = \"join\"\ntask_type = \"shell\"\n\
+         dependencies = [{}]\npayload = {{ command = \"true\" }}\n",
+        fan.join(", ")
+    ));
+    let file = h.path("keyed.toml");
+    std::fs::write(&file, toml).unwrap();
+    let plan_id = hive(&h, &["plan", "submit", &file]).trim().to_owned();
+    let args = ["--role", "r", "--concurrency", "4", "--exit-when-idle"];
+    let mut workers: Vec<_> = (0..2).map(|i| h.worker(&format!("k{i}"), &args)).collect();
+    for w in &mut workers {
+        let exited = w.exit(Duration::from_secs(60)).await;
+        assert!(exited.status.success(), "{exited:?}");
+    }
+    let results = hive(&h, &["--json", "plan", "results", &plan_id]);
+    let results: serde_json::Value = serde_json::from_str(&results).unwrap();
+    assert_eq!(results["status"], "completed", "{results}");
+    let peaks = peaks(&log);
+    assert_eq!(
+        peaks["gpu"], 2,
+        "the key's limit held and was reached: {peaks:?}"
+    );
 }
 
 #[test]

@@ -115,6 +115,14 @@ pub struct SubTask {
     /// this long before the subtask can be claimed.
     #[serde(default)]
     pub delay_secs: Option<u64>,
+    /// Subtasks (and tasks) sharing this key run at most `concurrency_limit` at once across
+    /// all workers, as for [`crate::NewTask::concurrency_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// How many tasks of `concurrency_key` may run at once (default 1; a stored rule for the
+    /// key takes precedence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
 }
 
 fn default_priority() -> i32 {
@@ -144,7 +152,17 @@ impl SubTask {
             retry_policy: None,
             timeout_secs: None,
             delay_secs: None,
+            concurrency_key: None,
+            concurrency_limit: None,
         }
+    }
+
+    crate::setters! {
+        /// Runs at most `concurrency_limit` (default 1) at once with the other tasks of this
+        /// key, across all workers.
+        concurrency_key: impl Into<String> => some_into,
+        /// How many tasks of the key may run at once.
+        concurrency_limit: u32 => Some,
     }
 
     pub fn depends_on<I: IntoIterator<Item = S>, S: Into<String>>(mut self, deps: I) -> Self {
@@ -170,6 +188,8 @@ impl SubTask {
             parent_task_id,
             timeout_secs: self.timeout_secs,
             delay_secs: self.delay_secs.unwrap_or(0),
+            concurrency_key: self.concurrency_key.clone(),
+            concurrency_limit: self.concurrency_limit,
             ..crate::NewTask::default()
         }
     }
@@ -456,7 +476,8 @@ pub fn validate_subtasks(subtasks: &[SubTask], max_payload_bytes: usize) -> Resu
 }
 
 /// Checks one subtask's own fields (not its place in the graph): id, title, type, text
-/// without NUL, timing, retries and payload size. The error names the subtask.
+/// without NUL, timing, retries, concurrency key and payload size. The error names the
+/// subtask.
 pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<()> {
     if s.id.trim().is_empty() {
         return Err(PlanError::EmptyId.into());
@@ -479,6 +500,7 @@ pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<
         p.validate("retry_policy").map_err(invalid)?;
     }
     crate::check_max_retries(s.max_retries).map_err(invalid)?;
+    crate::check_concurrency(s.concurrency_key.as_deref(), s.concurrency_limit).map_err(invalid)?;
     check_payload_size(&s.payload, max_payload_bytes).map_err(invalid)?;
     Ok(())
 }

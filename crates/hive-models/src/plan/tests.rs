@@ -71,6 +71,40 @@ fn each_malformation_is_named() {
 }
 
 #[test]
+fn a_subtasks_concurrency_limit_needs_a_key_and_room() {
+    let keyless = st("x", &[]).concurrency_limit(2);
+    let e = plan_err(&[keyless]);
+    assert!(
+        matches!(&e, PlanError::InvalidSubtask { subtask, reason }
+            if subtask == "x" && reason.contains("concurrency_limit")),
+        "{e}"
+    );
+    let zero = st("y", &[]).concurrency_key("gpu").concurrency_limit(0);
+    assert!(
+        matches!(plan_err(&[zero]), PlanError::InvalidSubtask { subtask, .. } if subtask == "y")
+    );
+    let blank_key = st("z", &[]).concurrency_key(" ");
+    assert!(
+        matches!(plan_err(&[blank_key]), PlanError::InvalidSubtask { subtask, .. } if subtask == "z")
+    );
+    let fine = st("w", &[]).concurrency_key("gpu").concurrency_limit(3);
+    assert!(validate_subtasks(std::slice::from_ref(&fine), 1 << 20).is_ok());
+    let t = fine.to_new_task(None);
+    assert_eq!(
+        (t.concurrency_key.as_deref(), t.concurrency_limit),
+        (Some("gpu"), Some(3))
+    );
+    // Plan files: the fields are optional, and a subtask without them reads as before.
+    let read: SubTask = serde_json::from_str(
+        r#"{"id": "a", "title": "A", "task_type": "t", "concurrency_key": "gpu"}"#,
+    )
+    .unwrap();
+    assert_eq!(read.concurrency_key.as_deref(), Some("gpu"));
+    let plain = serde_json::to_value(st("b", &[])).unwrap();
+    assert!(plain.get("concurrency_key").is_none(), "{plain}");
+}
+
+#[test]
 fn long_chain_does_not_overflow() {
     let chain: Vec<SubTask> = (0..100_000)
         .map(|i| {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use hive_models::{FlowRule, NewTask, Rate, Scope, TaskId};
 
-use super::fixtures::{claim_params, success};
-use crate::{Claim, ClaimParams, Store};
+use super::fixtures::{claim_params, node, plan, success};
+use crate::{Claim, ClaimParams, Store, TaskFilter};
 
 type S = Arc<dyn Store>;
 
@@ -129,6 +129,54 @@ pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
     assert!(
         claim(&s, 10).await.is_empty(),
         "a paused key is not claimed"
+    );
+}
+
+/// A plan's subtasks carry their concurrency key into their tasks: two subtasks of one key
+/// never run at once, the plan's other subtasks pass, and finishing one lets the next in.
+pub async fn a_plans_subtasks_share_their_concurrency_key(s: S) {
+    let pid = s
+        .insert_plan(plan(vec![
+            node("gpu-1", &[]).concurrency_key("gpu"),
+            node("gpu-2", &[]).concurrency_key("gpu"),
+            node("cpu", &[]),
+            node("pair-1", &[])
+                .concurrency_key("pair")
+                .concurrency_limit(2),
+            node("pair-2", &[])
+                .concurrency_key("pair")
+                .concurrency_limit(2),
+        ]))
+        .await
+        .unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let tasks = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
+    let gpu: Vec<TaskId> = tasks
+        .iter()
+        .filter(|t| t.concurrency_key.as_deref() == Some("gpu"))
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(gpu.len(), 2, "both gpu subtasks keep their key: {tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| t.concurrency_key.as_deref() == Some("pair"))
+            .all(|t| t.concurrency_limit == Some(2))
+    );
+    let first = claim(&s, 10).await;
+    let got = ids(&first);
+    assert_eq!(got.len(), 4, "one gpu, cpu and both pair subtasks: {got:?}");
+    assert_eq!(got.iter().filter(|t| gpu.contains(t)).count(), 1);
+    let running = first.iter().find(|c| gpu.contains(&c.task.id)).unwrap();
+    let (_, next) = s
+        .finish_and_claim(&[success(running.run.id)], &claim_params("w", 10))
+        .await
+        .unwrap();
+    let other = gpu.iter().find(|t| **t != running.task.id).unwrap();
+    assert_eq!(
+        ids(&next),
+        [*other],
+        "the freed place goes to the other gpu subtask"
     );
 }
 
