@@ -1,5 +1,5 @@
 //! What an operator changes: requeue a task, requeue every failed task matching a filter
-//! (bounded), cancel a task, cancel a plan. Each is one function; the `/api/` route
+//! (bounded), cancel a task, cancel a plan, pause or resume a task type's queue. Each is one function; the `/api/` route
 //! answers with JSON and the `/actions/` route (a page's form) redirects back.
 
 use axum::Form;
@@ -62,6 +62,17 @@ async fn requeue_failed(s: &AppState, f: &Filter) -> Outcome {
         .await
         .map_err(op)?;
     Ok(serde_json::json!({ "requeued": ids.len(), "task_ids": ids, "max": BULK_MAX }))
+}
+
+/// Pauses (`pause`) or resumes a task type's queue. Only a type in use can be paused here:
+/// a typo must not create a rule (the CLI's `--new-type` is for that).
+async fn pause_or_resume(s: &AppState, task_type: &str, pause: bool) -> Outcome {
+    if pause {
+        let rule = s.client.pause_queue(task_type, false).await.map_err(op)?;
+        return Ok(serde_json::json!({ "task_type": task_type, "paused": rule.paused }));
+    }
+    let resumed = s.client.resume_queue(task_type).await.map_err(op)?;
+    Ok(serde_json::json!({ "task_type": task_type, "paused": false, "resumed": resumed }))
 }
 
 fn json(o: Outcome) -> Response {
@@ -127,6 +138,22 @@ pub async fn requeue_failed_api(State(s): State<AppState>, Json(f): Json<Filter>
 pub async fn requeue_failed_form(State(s): State<AppState>, Form(f): Form<Filter>) -> Response {
     let to = format!("/tasks?{}", f.query_string(None));
     back(requeue_failed(&s, &f).await, to)
+}
+
+pub async fn pause_queue_api(State(s): State<AppState>, Path(t): Path<String>) -> Response {
+    json(pause_or_resume(&s, &t, true).await)
+}
+
+pub async fn resume_queue_api(State(s): State<AppState>, Path(t): Path<String>) -> Response {
+    json(pause_or_resume(&s, &t, false).await)
+}
+
+pub async fn pause_queue_form(State(s): State<AppState>, Path(t): Path<String>) -> Response {
+    back(pause_or_resume(&s, &t, true).await, "/queues".into())
+}
+
+pub async fn resume_queue_form(State(s): State<AppState>, Path(t): Path<String>) -> Response {
+    back(pause_or_resume(&s, &t, false).await, "/queues".into())
 }
 
 /// Percent-encodes a path segment or query value (everything but unreserved characters).

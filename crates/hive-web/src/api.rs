@@ -150,6 +150,10 @@ async fn workers(State(s): State<AppState>) -> Response {
     found(s.client.list_workers(None).await.map(Some), "workers")
 }
 
+async fn queues(State(s): State<AppState>) -> Response {
+    found(s.client.list_queues().await.map(Some), "queues")
+}
+
 async fn stats(State(s): State<AppState>) -> Response {
     let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
     found(s.client.queue_stats(since).await.map(Some), "stats")
@@ -170,4 +174,13 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/plans/{id}/cancel", post(actions::cancel_plan_api))
         .route("/api/requeue-failed", post(actions::requeue_failed_api))
         .route("/api/workers", get(workers))
+        .route("/api/queues", get(queues))
+        .route(
+            "/api/queues/{task_type}/pause",
+            post(actions::pause_queue_api),
+        )
+        .route(
+            "/api/queues/{task_type}/resume",
+            post(actions::resume_queue_api),
+        )
 }

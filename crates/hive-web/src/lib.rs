@@ -120,6 +120,7 @@ fn routes(state: AppState) -> axum::Router {
         .route("/plans", get(pages::plans::list))
         .route("/plans/{id}", get(pages::plans::page))
         .route("/workers", get(pages::workers::page))
+        .route("/queues", get(pages::queues::page))
         .route("/login", get(pages::login::form).post(pages::login::submit))
         .route("/events", get(events::stream))
         .route("/assets/app.js", get(view::script))
@@ -133,6 +134,14 @@ fn routes(state: AppState) -> axum::Router {
         .route(
             "/actions/requeue-failed",
             post(actions::requeue_failed_form),
+        )
+        .route(
+            "/actions/queues/{task_type}/pause",
+            post(actions::pause_queue_form),
+        )
+        .route(
+            "/actions/queues/{task_type}/resume",
+            post(actions::resume_queue_form),
         )
         .merge(api::routes())
         .with_state(state.clone())

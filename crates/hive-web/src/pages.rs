@@ -3,6 +3,7 @@
 pub mod login;
 pub mod overview;
 pub mod plans;
+pub mod queues;
 pub mod task;
 pub mod tasks;
 pub mod workers;

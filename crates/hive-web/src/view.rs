@@ -57,6 +57,7 @@ pub fn layout(title: &str, body: Markup) -> Markup {
                     a href="/tasks" { "Tasks" }
                     a href="/plans" { "Plans" }
                     a href="/workers" { "Workers" }
+                    a href="/queues" { "Queues" }
                     a href="/metrics" { "Metrics" }
                     span id="live" title="live updates" { "●" }
                 }

@@ -1,8 +1,9 @@
 //! The dashboard in a real headless Chromium (chromedriver on a loopback port): the
 //! overview loads; a plan's DAG has one node per subtask in its status colour and turns a
 //! node green live when its task completes; requeue from the page changes the database; a
-//! hostile title is shown as text and runs nothing; and, without the token, a change is
-//! refused on a dashboard that requires one.
+//! hostile title is shown as text and runs nothing; a task type's queue is paused and
+//! resumed from its page; and, without the token, a change is refused on a dashboard that
+//! requires one.
 //!
 //! `HIVE_SAVE_SCREENSHOTS=1` also writes the overview and the DAG page to `docs/img/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -301,4 +302,102 @@ async fn without_the_token_a_change_is_refused() {
     })
     .await
     .expect("the test finished in time");
+}
+
+async fn queue_state(b: &fantoccini::Client) -> String {
+    match b
+        .find(Locator::Css("#queues tr[data-type='mail'] td.state"))
+        .await
+    {
+        Ok(cell) => cell.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn paused(s: &Arc<dyn Store>) -> bool {
+    s.list_flow_rules()
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.scope == hive_client::models::Scope::Type("mail".into()) && r.paused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_paused_and_resumed_from_its_page() {
+    tokio::time::timeout(LIMIT, async {
+        let (s, _keep) = store().await;
+        let driver = Driver::start().await;
+        let dash = Dashboard::start(s.clone(), "127.0.0.1:0", None).await;
+        for i in 0..2 {
+            dash.client
+                .create_task(NewTask::new(format!("mail {i}"), "mail"))
+                .await
+                .unwrap();
+        }
+        let b = driver.browser().await;
+        b.goto(&dash.url("/queues")).await.unwrap();
+        let queued = b
+            .find(Locator::Css("#queues tr[data-type='mail'] td.queued"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(queued, "2");
+        assert_eq!(queue_state(&b).await, "active");
+        b.find(Locator::Css("#queues tr[data-type='mail'] button.pause"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually("the type to be paused", Duration::from_secs(20), || async {
+            paused(&s).await && queue_state(&b).await == "paused"
+        })
+        .await;
+        assert!(
+            s.claim_tasks(&claim_params("w", 10)).await.unwrap().is_empty(),
+            "a paused type is not claimed"
+        );
+        b.find(Locator::Css("#queues tr[data-type='mail'] button.resume"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually("the type to be resumed", Duration::from_secs(20), || async {
+            !paused(&s).await && queue_state(&b).await == "active"
+        })
+        .await;
+        // The API does the same, and refuses a type nothing uses (a likely typo). On
+        // loopback without a token, reads hand out the generated one as a cookie.
+        let host = dash.addr;
+        let (code, body) = http(
+            host,
+            &format!("GET /api/queues HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"task_type\":\"mail\""), "{body}");
+        let cookie = body
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .expect("reads hand out the token")
+            .to_owned();
+        let post = |path: &str| {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let (code, body) = http(host, &post("/api/queues/mail/pause")).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(paused(&s).await);
+        let (code, body) = http(host, &post("/api/queues/mial/pause")).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("mial"), "the error names the type: {body}");
+        b.close().await.unwrap();
+    })
+    .await
+    .expect("the browser test finished in time");
 }
