@@ -248,7 +248,8 @@ impl Bench {
         if self.wants(Scenario::EnqueueBatch) {
             self.enqueue(b, true, n).await?;
         }
-        // The plan drains are reported against the flat drain of the same run.
+        // Plan drains, drain-limited and drain-large are reported against the flat drain of
+        // the same run.
         let against_drain = self.args.scenarios.iter().any(|s| s.is_against_drain());
         if self.wants(Scenario::Drain) || against_drain {
             self.drain(b, n, false).await?;

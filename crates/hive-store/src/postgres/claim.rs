@@ -29,7 +29,9 @@ macro_rules! claim_statement {
          UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
              attempts = t.attempts + 1, run_count = t.run_count + 1, \
              current_run_id = ($4::uuid[])[k.n], updated_at = statement_timestamp() \
-         FROM numbered k WHERE t.id = k.id \
+         /* `= ANY(ARRAY(…))`: a generic plan, costing `LIMIT $3` at a tenth of a large \
+            queue, would otherwise merge-join against a walk of the whole primary key. */ \
+         FROM numbered k WHERE t.id = k.id AND t.id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING t.*, ",
     task_dependencies!(),
     " ), opened AS ( \

@@ -121,9 +121,12 @@ pub(super) async fn probe(conn: &mut PgConnection, p: &ClaimParams) -> R<Option<
              AS keyed_ready \
          FROM (SELECT 1) one LEFT JOIN (SELECT ",
         rule_columns!(),
-        ", f.kind = 'type' AND EXISTS (SELECT 1 FROM tasks t WHERE t.task_type = f.name \
+        // A scalar `LIMIT 1`, not EXISTS: an EXISTS may be planned as one hashed pass over
+        // every ready task of every type.
+        ", f.kind = 'type' AND (SELECT true FROM tasks t WHERE t.task_type = f.name \
                AND t.status = 'queued' AND t.pending_deps = 0 \
-               AND (t.run_at IS NULL OR t.run_at <= statement_timestamp())) AS ready, \
+               AND (t.run_at IS NULL OR t.run_at <= statement_timestamp()) LIMIT 1) \
+               IS NOT NULL AS ready, \
            CASE WHEN f.kind = 'type' AND f.max_running IS NOT NULL THEN (SELECT count(*) \
                FROM tasks t WHERE t.status = 'in_progress' AND t.task_type = f.name) \
                ELSE 0 END AS running, \

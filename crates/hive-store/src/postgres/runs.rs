@@ -79,8 +79,9 @@ const FINISH_SUCCESSES: &str = concat!(
          SELECT array_agg(DISTINCT g.plan_id) AS plans FROM go g \
          WHERE g.plan_id IS NOT NULL AND NOT EXISTS ( \
              SELECT 1 FROM task_dependencies d JOIN tasks w ON w.id = d.task_id \
-             WHERE d.depends_on = g.task_id \
-               AND w.status NOT IN ('completed', 'failed', 'cancelled')) \
+             WHERE d.depends_on = g.task_id AND w.status NOT IN ",
+    terminal_statuses!(),
+    ") \
      ), ready_notes AS (",
     notify_rows!(
         "SELECT id FROM dep_upd WHERE ready AND $5::bool",
