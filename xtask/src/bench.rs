@@ -402,23 +402,37 @@ impl Bench {
         Ok(())
     }
 
-    /// One worker × 8 slots: how far a single small worker gets against 8 raw claimers.
-    async fn drain_c8(&mut self, b: Backend, n: u64) -> Result<()> {
+    /// `n` queued no-op tasks on a fresh database, drained by `workers` × `concurrency`;
+    /// returns the seconds the drain took.
+    async fn timed_drain(
+        &self,
+        name: &str,
+        b: Backend,
+        n: u64,
+        workers: u32,
+        concurrency: u32,
+    ) -> Result<f64> {
         let (db, client) = self.fresh(b).await?;
-        let pb = hive::bar(n, format!("drain-c8 {} (loading)", b.name()));
+        let pb = hive::bar(n, format!("{name} {} (loading)", b.name()));
         hive::load(&client, n, &pb).await?;
         pb.set_position(0);
-        pb.set_message(format!("drain-c8 {}", b.name()));
-        let d = hive::drain(&client, 1, 8, Until::Idle, &pb).await?;
+        pb.set_message(format!("{name} {}", b.name()));
+        let d = hive::drain(&client, workers, concurrency, Until::Idle, &pb).await?;
         pb.finish_and_clear();
         if d.handled != n {
-            bail!("drain-c8: handled {} tasks, expected {n}", d.handled);
+            bail!("{name}: handled {} tasks, expected {n}", d.handled);
         }
         drop(client);
         db.cleanup().await?;
+        Ok(d.secs)
+    }
+
+    /// One worker × 8 slots: how far a single small worker gets against 8 raw claimers.
+    async fn drain_c8(&mut self, b: Backend, n: u64) -> Result<()> {
+        let secs = self.timed_drain("drain-c8", b, n, 1, 8).await?;
         let (raw, _) = self.raw_drains(b, n).await?;
         self.record(
-            BenchResult::throughput("drain-c8", b.name(), n, d.secs).with_baselines(raw, None),
+            BenchResult::throughput("drain-c8", b.name(), n, secs).with_baselines(raw, None),
         );
         Ok(())
     }
@@ -427,19 +441,10 @@ impl Bench {
     /// the queue behind it and the finished rows before it.
     async fn drain_large(&mut self, b: Backend) -> Result<()> {
         let n = self.sizes.large_drain;
-        let (db, client) = self.fresh(b).await?;
-        let pb = hive::bar(n, format!("drain-large {} (loading)", b.name()));
-        hive::load(&client, n, &pb).await?;
-        pb.set_position(0);
-        pb.set_message(format!("drain-large {}", b.name()));
-        let d = hive::drain(&client, DRAIN_WORKERS, DRAIN_CONCURRENCY, Until::Idle, &pb).await?;
-        pb.finish_and_clear();
-        if d.handled != n {
-            bail!("drain-large: handled {} tasks, expected {n}", d.handled);
-        }
-        drop(client);
-        db.cleanup().await?;
-        self.record(BenchResult::throughput("drain-large", b.name(), n, d.secs));
+        let secs = self
+            .timed_drain("drain-large", b, n, DRAIN_WORKERS, DRAIN_CONCURRENCY)
+            .await?;
+        self.record(BenchResult::throughput("drain-large", b.name(), n, secs));
         Ok(())
     }
 
