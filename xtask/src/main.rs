@@ -38,6 +38,14 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Opt-in, for profiling a benchmark: `RUST_LOG=sqlx::query=debug` logs every statement
+    // with its duration, and `hive_client::worker=debug` every batch a worker commits.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -401,19 +401,16 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
     }
     // A dependent left waiting for nothing starts its delay now; only one without a delay is
     // ready at once.
+    // The counts per dependent are gathered once, not once per dependent row.
     let rows = sqlx::query(concat!(
-        "UPDATE tasks SET pending_deps = MAX(pending_deps - (\
-             SELECT COUNT(*) FROM task_dependencies d \
-             WHERE d.task_id = tasks.id AND d.depends_on IN (SELECT value FROM json_each(?1))), 0), \
-             run_at = CASE WHEN delay_secs > 0 AND pending_deps <= (\
-                 SELECT COUNT(*) FROM task_dependencies d WHERE d.task_id = tasks.id \
-                   AND d.depends_on IN (SELECT value FROM json_each(?1))) \
-               THEN ",
+        "WITH dec AS ( \
+             SELECT d.task_id AS id, COUNT(*) AS n FROM task_dependencies d \
+             WHERE d.depends_on IN (SELECT value FROM json_each(?1)) GROUP BY d.task_id) \
+         UPDATE tasks SET pending_deps = MAX(pending_deps - dec.n, 0), \
+             run_at = CASE WHEN delay_secs > 0 AND pending_deps <= dec.n THEN ",
         now_us!(),
         " + delay_secs * 1000000 ELSE run_at END \
-         WHERE id IN (SELECT d.task_id FROM task_dependencies d \
-                      WHERE d.depends_on IN (SELECT value FROM json_each(?1))) \
-           AND pending_deps > 0 \
+         FROM dec WHERE tasks.id = dec.id AND pending_deps > 0 \
          RETURNING id, pending_deps = 0 AND status = 'queued' AND delay_secs = 0 AS ready"
     ))
     .bind(json_list(done))
