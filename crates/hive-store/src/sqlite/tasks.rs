@@ -400,8 +400,7 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
         return Ok(Vec::new());
     }
     // A dependent left waiting for nothing starts its delay now; only one without a delay is
-    // ready at once.
-    // The counts per dependent are gathered once, not once per dependent row.
+    // ready at once. The counts are gathered once for the batch, not per dependent row.
     let rows = sqlx::query(concat!(
         "WITH dec AS ( \
              SELECT d.task_id AS id, COUNT(*) AS n FROM task_dependencies d \
