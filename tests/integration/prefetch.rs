@@ -1,6 +1,7 @@
 //! Prefetch: while handlers are quick a worker holds claims beyond its free handlers, never
-//! more than concurrency + prefetch, and never runs more handlers than its concurrency;
-//! while they are slow it holds no more than it runs. Claims waiting in the buffer are
+//! more than concurrency + prefetch nor more than its handlers finish in 50 ms, and never
+//! runs more handlers than its concurrency; while they are slow it holds no more than it
+//! runs. Claims waiting in the buffer are
 //! released unstarted at shutdown, and one cancelled while it waits never starts.
 
 use std::collections::HashSet;
@@ -14,6 +15,7 @@ use super::worker::client;
 
 hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     quick_handlers_fill_a_bounded_buffer,
+    the_buffer_follows_the_handlers_pace,
     slow_handlers_hold_only_what_they_run,
     buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start,
 );
@@ -41,10 +43,11 @@ async fn in_progress(c: &Client) -> u64 {
     counts.get(&TaskStatus::InProgress).copied().unwrap_or(0)
 }
 
-/// Runs a worker of `concurrency` 2 and prefetch 4 over `n` tasks whose handlers sleep
-/// `ms`, sampling how many tasks the store has in progress until the worker exits. Returns
-/// the most handlers seen at once and the most tasks seen in progress.
-async fn drain_sampled(c: &Client, n: usize, ms: u64) -> (usize, u64) {
+/// Runs a worker of `concurrency` 2 and the given prefetch over `n` tasks whose handlers
+/// sleep `ms`, sampling how many tasks the store has in progress until the worker exits.
+/// Checks that no more than 2 handlers ever ran at once; returns the most tasks seen in
+/// progress.
+async fn drain_sampled(c: &Client, n: usize, ms: u64, prefetch: u32) -> u64 {
     let tasks = (0..n)
         .map(|i| NewTask::new(format!("t{i}"), "work"))
         .collect();
@@ -54,7 +57,7 @@ async fn drain_sampled(c: &Client, n: usize, ms: u64) -> (usize, u64) {
     let worker = c
         .worker("prefetcher")
         .concurrency(2)
-        .prefetch(4)
+        .prefetch(prefetch)
         .exit_when_idle(true)
         .handle_signals(false)
         .poll_interval(Duration::from_millis(50))
@@ -80,15 +83,16 @@ async fn drain_sampled(c: &Client, n: usize, ms: u64) -> (usize, u64) {
         .unwrap()
         .unwrap();
     assert_eq!(report.completed, n as u64, "{report:?}");
-    (peak.most.load(Ordering::SeqCst), held)
-}
-
-async fn quick_handlers_fill_a_bounded_buffer(c: Client) {
-    let (handlers, held) = drain_sampled(&c, 300, 2).await;
+    let handlers = peak.most.load(Ordering::SeqCst);
     assert!(
         handlers <= 2,
         "{handlers} handlers at once with concurrency 2"
     );
+    held
+}
+
+async fn quick_handlers_fill_a_bounded_buffer(c: Client) {
+    let held = drain_sampled(&c, 300, 2, 4).await;
     assert!(
         held <= 6,
         "{held} held: more than concurrency 2 + prefetch 4"
@@ -99,12 +103,18 @@ async fn quick_handlers_fill_a_bounded_buffer(c: Client) {
     );
 }
 
-async fn slow_handlers_hold_only_what_they_run(c: Client) {
-    let (handlers, held) = drain_sampled(&c, 10, 80).await;
+async fn the_buffer_follows_the_handlers_pace(c: Client) {
+    // Handlers of 20 ms or more finish at most 2 × 2 claims in 50 ms: a prefetch of 100
+    // is a cap, not a target.
+    let held = drain_sampled(&c, 60, 20, 100).await;
     assert!(
-        handlers <= 2,
-        "{handlers} handlers at once with concurrency 2"
+        held <= 6,
+        "{held} held: more than 2 running + the 4 that 20 ms handlers finish in 50 ms"
     );
+}
+
+async fn slow_handlers_hold_only_what_they_run(c: Client) {
+    let held = drain_sampled(&c, 10, 80, 4).await;
     assert!(held <= 2, "{held} held while handlers take 80 ms");
 }
 

@@ -34,7 +34,6 @@ pub struct WorkerBuilder {
     pub(super) task_types: Vec<String>,
     pub(super) concurrency: u32,
     pub(super) prefetch: u32,
-    prefetch_set: bool,
     pub(super) lease: Duration,
     heartbeat_interval: Option<Duration>,
     pub(super) reap_interval: Duration,
@@ -55,8 +54,8 @@ pub struct WorkerBuilder {
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// The most claims a worker holds beyond its free handlers unless told otherwise (see
-/// [`WorkerBuilder::prefetch`]).
-pub const DEFAULT_PREFETCH: u32 = 32;
+/// [`WorkerBuilder::prefetch`]). How many it actually holds follows its handlers' pace.
+pub const DEFAULT_PREFETCH: u32 = 256;
 
 /// How often a worker takes back expired leases by default.
 pub const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(2);
@@ -71,8 +70,7 @@ impl Client {
             capabilities: Vec::new(),
             task_types: Vec::new(),
             concurrency: 1,
-            prefetch: 2,
-            prefetch_set: false,
+            prefetch: DEFAULT_PREFETCH,
             lease: DEFAULT_LEASE,
             heartbeat_interval: None,
             reap_interval: DEFAULT_REAP_INTERVAL,
@@ -101,25 +99,21 @@ impl WorkerBuilder {
         self
     }
 
-    /// Handler calls running at once (at least 1). Also sets the prefetch to twice that
-    /// (at most [`DEFAULT_PREFETCH`]) unless [`WorkerBuilder::prefetch`] set it.
+    /// Handler calls running at once (at least 1).
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n.max(1);
-        if !self.prefetch_set {
-            self.prefetch = (2 * self.concurrency).min(DEFAULT_PREFETCH);
-        }
         self
     }
 
-    /// Claims this worker may hold beyond its free handlers while its handlers are quick
-    /// (averaging under 50 ms): they wait in a local buffer, their leases kept alive by the
-    /// heartbeat, and start as handlers free up, so each commit carries more outcomes.
-    /// While handlers are slower, or until enough have run to tell, the worker claims only
-    /// what it can start at once. 0 turns it off. Default: twice the concurrency, at most
-    /// [`DEFAULT_PREFETCH`]: a buffered task then waits about two handler calls.
+    /// The most claims this worker may hold beyond its free handlers (default
+    /// [`DEFAULT_PREFETCH`]; 0 turns it off). They wait in a local buffer, their leases
+    /// kept alive by the heartbeat, and start in claim order as handlers free up, so each
+    /// commit carries more outcomes. How many it holds follows the handlers' average
+    /// duration: as many as they finish in 50 ms, in whole rounds of the concurrency (16
+    /// for 8 handlers of 20 ms; none for handlers slower than 50 ms, or until enough have
+    /// run to tell), so a buffered task waits about 50 ms at most.
     pub fn prefetch(mut self, n: u32) -> Self {
         self.prefetch = n;
-        self.prefetch_set = true;
         self
     }
 

@@ -1,14 +1,15 @@
-//! How long this worker's handlers take: what decides whether it may hold claims beyond
+//! How long this worker's handlers take: what decides how many claims it may hold beyond
 //! its free slots (see [`super::slots::Slots`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Handlers shorter than this on average may have claims waiting for them: a buffered
-/// task then waits about one such handler, and the worker saves a commit per round. Longer
-/// handlers would keep a buffered task from a worker that could run it now.
-pub(super) const QUICK: Duration = Duration::from_millis(50);
+/// How long a claim may wait in the local buffer for a handler, at the handlers' average
+/// pace. The buffer is sized so that its last claim waits about this long: quick handlers
+/// get a deep buffer (each commit carries more outcomes), handlers slower than this get
+/// none, so a buffered task is never held back long from a worker that could run it now.
+pub(super) const BUFFER_WAIT: Duration = Duration::from_millis(50);
 
 /// A moving average of handler durations, shared by the handlers that record it and the
 /// slots that read it.
@@ -40,11 +41,16 @@ impl Pace {
             });
     }
 
-    /// Whether handlers are known to be quick: at least `enough` calls, averaging under
-    /// [`QUICK`]. Unknown counts as slow, so a new worker claims only what it can run.
-    pub(super) fn quick(&self, enough: u64) -> bool {
-        self.0.samples.load(Ordering::Relaxed) >= enough
-            && self.0.average_us.load(Ordering::Relaxed) < QUICK.as_micros() as u64
+    /// How many claims may wait for one of `handlers` handlers: as many as they finish
+    /// in [`BUFFER_WAIT`] at their average pace, in whole rounds of `handlers`. None until at least `enough` calls have
+    /// been timed, so a new worker claims only what it can start at once.
+    pub(super) fn buffer(&self, handlers: u64, enough: u64) -> u64 {
+        if self.0.samples.load(Ordering::Relaxed) < enough {
+            return 0;
+        }
+        let average_us = self.0.average_us.load(Ordering::Relaxed).max(1);
+        let wait_us = BUFFER_WAIT.as_micros() as u64;
+        handlers.saturating_mul(wait_us / average_us)
     }
 }
 
@@ -53,16 +59,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_is_slow_then_the_average_decides() {
+    fn the_buffer_holds_what_handlers_finish_in_the_wait_and_nothing_until_known() {
         let pace = Pace::default();
-        assert!(!pace.quick(2));
-        pace.record(Duration::from_millis(1));
-        assert!(!pace.quick(2), "one call is not enough to know");
-        pace.record(Duration::from_millis(1));
-        assert!(pace.quick(2));
+        assert_eq!(pace.buffer(4, 2), 0, "nothing timed yet");
+        pace.record(Duration::from_millis(10));
+        assert_eq!(pace.buffer(4, 2), 0, "one call is not enough to know");
+        pace.record(Duration::from_millis(10));
+        assert_eq!(pace.buffer(4, 2), 20, "4 handlers × (50 ms ÷ 10 ms)");
         for _ in 0..8 {
             pace.record(Duration::from_secs(1));
         }
-        assert!(!pace.quick(2), "slow calls turn it slow");
+        assert_eq!(pace.buffer(4, 2), 0, "slow calls empty it");
+        let instant = Pace::default();
+        instant.record(Duration::ZERO);
+        assert_eq!(
+            instant.buffer(2, 1),
+            100_000,
+            "a zero average counts as 1 µs"
+        );
     }
 }

@@ -22,11 +22,12 @@ use crate::backoff::Backoff;
 /// outcome is committed, unless the completer reuses it for a task claimed in the same
 /// transaction.
 ///
-/// While handlers are quick (see [`Pace`]) the worker has `prefetch` slots more than it
-/// runs handlers: claims beyond the free handlers wait in a small local buffer, whose
+/// While handlers are quick (see [`Pace`]) the worker has up to `prefetch` slots more than
+/// it runs handlers: claims beyond the free handlers wait in a small local buffer, whose
 /// leases the heartbeat keeps alive like any other, and start as handlers free up. Each
-/// commit then carries more outcomes. When handlers turn slow the extra slots are taken
-/// back, and the worker holds no more claims than it runs.
+/// commit then carries more outcomes. The extra slots follow the handlers' pace: as many
+/// as they finish in [`super::pace::BUFFER_WAIT`], so none while handlers are that slow;
+/// slots no longer lent are taken back as they come home.
 ///
 /// Shared by the claim loop and the completer; every take and give-back goes through
 /// here, so the two cannot disagree on what a slot is.
@@ -39,10 +40,11 @@ pub(super) struct Slots {
     extra: Arc<Mutex<Extra>>,
 }
 
-/// Whether the prefetch slots are lent, and how many of those taken back are still held.
+/// How many prefetch slots are lent, and how many of those taken back are still held.
+/// Slots free and held always add up to `concurrency + lent + owed`.
 #[derive(Debug, Default)]
 struct Extra {
-    lent: bool,
+    lent: usize,
     /// Prefetch slots to retire as they come back (they were held when taken back).
     owed: usize,
 }
@@ -62,27 +64,29 @@ impl Slots {
         self.extra.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lends the prefetch slots while handlers are quick and takes them back when they are
-    /// not; called before each claim.
+    /// Lends as many prefetch slots as the handlers' pace allows (at most `prefetch`),
+    /// taking back those no longer allowed; called before each claim.
     pub(super) fn follow_pace(&self) {
         if self.prefetch == 0 {
             return;
         }
-        let quick = self.pace.quick(self.concurrency as u64);
+        let allowed = self
+            .pace
+            .buffer(self.concurrency as u64, self.concurrency as u64)
+            .min(self.prefetch as u64) as usize;
         let mut extra = self.extra();
-        if quick == extra.lent {
-            return;
-        }
-        extra.lent = quick;
-        if quick {
+        if allowed > extra.lent {
+            let more = allowed - extra.lent;
             // Slots still owed are simply not retired.
-            let cancelled = extra.owed;
-            extra.owed = 0;
-            self.free.add_permits(self.prefetch - cancelled);
-        } else {
-            let retired = self.free.forget_permits(self.prefetch);
-            extra.owed = self.prefetch - retired;
+            let kept = extra.owed.min(more);
+            extra.owed -= kept;
+            self.free.add_permits(more - kept);
+        } else if allowed < extra.lent {
+            let fewer = extra.lent - allowed;
+            let retired = self.free.forget_permits(fewer);
+            extra.owed += fewer - retired;
         }
+        extra.lent = allowed;
     }
 
     /// Slots free now.
@@ -93,8 +97,7 @@ impl Slots {
     /// Whether every slot is free: nothing runs and no outcome waits to be committed.
     pub(super) fn all_free(&self) -> bool {
         let extra = self.extra();
-        let lent = if extra.lent { self.prefetch } else { 0 };
-        extra.owed == 0 && self.free() == self.concurrency + lent
+        extra.owed == 0 && self.free() == self.concurrency + extra.lent
     }
 
     /// Takes `n` slots; false when fewer are free (the completer took some meanwhile).
@@ -398,9 +401,36 @@ mod tests {
         assert_eq!(slots.free(), 2);
         assert!(slots.all_free());
         // Quick again: all three lent back.
-        quick(&pace, 20);
+        quick(&pace, 40);
         slots.follow_pace();
         assert_eq!(slots.free(), 5);
+    }
+
+    #[test]
+    fn the_slots_lent_follow_the_pace_up_and_down() {
+        let pace = Pace::default();
+        let slots = Slots::new(2, 10, pace.clone());
+        let settle = |ms: u64| {
+            for _ in 0..64 {
+                pace.record(Duration::from_millis(ms));
+            }
+            slots.follow_pace();
+        };
+        settle(25);
+        assert_eq!(slots.free(), 2 + 4, "2 handlers × (50 ms ÷ 25 ms)");
+        settle(1);
+        assert_eq!(slots.free(), 2 + 10, "capped at the prefetch");
+        // Eleven held, then a slower pace allows 4: the one free slot goes at once, six
+        // more as held slots come back, and the rest are reused.
+        assert!(slots.take(11));
+        settle(25);
+        assert_eq!(slots.free(), 0);
+        slots.give_back(11);
+        assert_eq!(slots.free(), 6);
+        assert!(slots.all_free());
+        settle(200);
+        assert_eq!(slots.free(), 2, "handlers slower than the wait: no buffer");
+        assert!(slots.all_free());
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub struct RunArgs {
     /// Tasks run at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
-    /// Claims held beyond free handlers while handlers average under 50 ms, started as
-    /// handlers free up (default: twice the concurrency, at most 32; 0 turns it off).
+    /// The most claims held beyond free handlers, started as handlers free up; how many
+    /// follows the handlers' pace: as many as they finish in 50 ms, none for handlers
+    /// slower than that (default 256; 0 turns it off).
     #[arg(long, value_name = "N")]
     prefetch: Option<u32>,
     /// Each claimed task's lease; heartbeats renew it (default 10: a killed worker's
