@@ -17,7 +17,7 @@ use crate::backoff::{Backoff, Fatal};
 
 /// A finished handler's outcome, on its way to the batching completer. Its slot stays taken
 /// until the outcome is committed: a worker never holds more leases than it has slots
-/// (`concurrency`, plus `prefetch` while its handlers are quick).
+/// (`concurrency`, plus the prefetch slots its handlers' pace allows).
 pub(super) struct Done {
     pub(super) outcome: RunOutcome,
 }
