@@ -42,8 +42,9 @@ impl Pace {
     }
 
     /// How many claims may wait for one of `handlers` handlers: as many as they finish
-    /// in [`BUFFER_WAIT`] at their average pace, in whole rounds of `handlers`. None until at least `enough` calls have
-    /// been timed, so a new worker claims only what it can start at once.
+    /// in [`BUFFER_WAIT`] at their average pace, in whole rounds of `handlers`. None until
+    /// at least `enough` calls have been timed, so a new worker claims only what it can
+    /// start at once.
     pub(super) fn buffer(&self, handlers: u64, enough: u64) -> u64 {
         if self.0.samples.load(Ordering::Relaxed) < enough {
             return 0;
