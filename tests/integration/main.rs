@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod calls;
+mod commits_overlap;
 mod db_faults;
 mod held_runs;
 mod log_capture;

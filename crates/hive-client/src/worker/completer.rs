@@ -50,22 +50,61 @@ pub(super) struct Completer {
 impl Completer {
     const MAX_BATCH: usize = 512;
 
-    pub(super) async fn run(self, mut rx: mpsc::UnboundedReceiver<Done>) {
-        let mut batch: Vec<RunOutcome> = Vec::new();
+    /// Commits in flight at once. A second starts only when a full round of outcomes (one
+    /// per handler) waits behind the first, or when every slot is taken (nothing more can
+    /// be claimed until something commits): then the two transactions overlap instead of
+    /// the second waiting a whole commit, and a commit that is slow (a row lock, a slow
+    /// disk) does not hold back everything behind it. A trickle of outcomes while slots
+    /// are free still waits to ride on the next commit rather than splitting batches.
+    const IN_FLIGHT: usize = 2;
 
-        while let Some(first) = rx.recv().await {
-            // Handlers finishing at the same moment report in this batch, not the next.
-            tokio::task::yield_now().await;
-            batch.clear();
-            batch.push(first.outcome);
-            while batch.len() < Self::MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(d) => batch.push(d.outcome),
-                    Err(_) => break,
-                }
+    pub(super) async fn run(self, mut rx: mpsc::UnboundedReceiver<Done>) {
+        let me = &self;
+        let mut commits = futures::stream::FuturesUnordered::new();
+        let mut waiting: Vec<RunOutcome> = Vec::new();
+        let mut open = true;
+        let mut stopped = false;
+        loop {
+            let start = !waiting.is_empty()
+                && !stopped
+                && (commits.is_empty()
+                    || (commits.len() < Self::IN_FLIGHT
+                        && (waiting.len() >= self.slots.concurrency() || self.slots.free() == 0)));
+            if start {
+                // Handlers finishing at the same moment report in this batch, not the next.
+                tokio::task::yield_now().await;
+                Self::gather(&mut rx, &mut waiting);
+                let rest = waiting.split_off(waiting.len().min(Self::MAX_BATCH));
+                let batch = std::mem::replace(&mut waiting, rest);
+                commits.push(async move { me.commit(&batch).await });
+                continue;
             }
-            if !self.commit(&batch).await {
+            if commits.is_empty() && (stopped || (!open && waiting.is_empty())) {
                 return;
+            }
+            tokio::select! {
+                Some(ok) = futures::StreamExt::next(&mut commits), if !commits.is_empty() => {
+                    // The worker stops: commits in flight end, nothing new starts.
+                    stopped |= !ok;
+                }
+                d = rx.recv(), if open => match d {
+                    Some(d) => {
+                        waiting.push(d.outcome);
+                        Self::gather(&mut rx, &mut waiting);
+                    }
+                    None => open = false,
+                },
+                else => return,
+            }
+        }
+    }
+
+    /// Takes every outcome already sent, up to a batch's worth waiting.
+    fn gather(rx: &mut mpsc::UnboundedReceiver<Done>, waiting: &mut Vec<RunOutcome>) {
+        while waiting.len() < Self::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(d) => waiting.push(d.outcome),
+                Err(_) => break,
             }
         }
     }

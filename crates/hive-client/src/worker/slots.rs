@@ -89,6 +89,11 @@ impl Slots {
         extra.lent = allowed;
     }
 
+    /// Handler calls running at once.
+    pub(super) fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     /// Slots free now.
     pub(super) fn free(&self) -> usize {
         self.free.available_permits()
