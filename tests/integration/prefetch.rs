@@ -119,22 +119,13 @@ async fn slow_handlers_hold_only_what_they_run(c: Client) {
 }
 
 async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start(c: Client) {
-    // Quick tasks first (higher priority) make the worker's handlers known to be quick;
-    // then it claims long ones beyond its one handler.
+    // Quick tasks first make the worker's handlers known to be quick; once they are done
+    // it claims long ones beyond its one handler. (Created together, a quick task claimed
+    // by one of two overlapping commits could land behind a long one.)
     let quick: Vec<NewTask> = (0..10)
-        .map(|i| {
-            NewTask::new(format!("quick {i}"), "work")
-                .payload(serde_json::json!({"ms": 1}))
-                .priority(10)
-        })
+        .map(|i| NewTask::new(format!("quick {i}"), "work").payload(serde_json::json!({"ms": 1})))
         .collect();
     c.create_tasks(quick).await.unwrap();
-    let long: Vec<NewTask> = (0..10)
-        .map(|i| {
-            NewTask::new(format!("long {i}"), "work").payload(serde_json::json!({"ms": 3_600_000}))
-        })
-        .collect();
-    let long_ids = c.create_tasks(long).await.unwrap();
     let started: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
     let seen = started.clone();
     let worker = c
@@ -153,7 +144,25 @@ async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start
             Ok::<_, TaskError>(())
         }
     }));
-    // The quick tasks done, one long task runs and three wait in the buffer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = c.count_tasks(None).await.unwrap();
+        if counts.get(&TaskStatus::Completed).copied().unwrap_or(0) == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "quick tasks not done: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let long: Vec<NewTask> = (0..10)
+        .map(|i| {
+            NewTask::new(format!("long {i}"), "work").payload(serde_json::json!({"ms": 3_600_000}))
+        })
+        .collect();
+    let long_ids = c.create_tasks(long).await.unwrap();
+    // One long task runs and three wait in the buffer.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let counts = c.count_tasks(None).await.unwrap();
