@@ -69,7 +69,25 @@ async fn a_blocked_commit_does_not_hold_back_the_next_round(store: Arc<dyn Store
         .await
         .unwrap();
     go_tx.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The others return only once the first outcome's commit waits on the row.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first outcome's commit never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     release_tx.send(true).unwrap();
     // With the first outcome's commit waiting on the row, the others still commit.
     let deadline = Instant::now() + Duration::from_secs(20);

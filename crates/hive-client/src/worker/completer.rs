@@ -2,7 +2,7 @@
 //! transaction, claims new tasks for the slots the batch frees.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hive_models::WorkerId;
 use hive_ops::Claimed;
@@ -51,39 +51,59 @@ impl Completer {
     const MAX_BATCH: usize = 512;
 
     /// Commits in flight at once. A second starts only when a full round of outcomes (one
-    /// per handler) waits behind the first, or when every slot is taken (nothing more can
-    /// be claimed until something commits): then the two transactions overlap instead of
-    /// the second waiting a whole commit, and a commit that is slow (a row lock, a slow
-    /// disk) does not hold back everything behind it. A trickle of outcomes while slots
-    /// are free still waits to ride on the next commit rather than splitting batches.
+    /// per handler) waits behind the first, or when the first has taken longer than
+    /// [`Completer::SLOW`]: then the two transactions overlap instead of the second
+    /// waiting a whole commit, and a commit stuck on something (a row lock, a slow disk)
+    /// does not hold back every outcome behind it. A trickle of outcomes behind a commit
+    /// of usual length still waits to ride on the next one rather than splitting batches.
     const IN_FLIGHT: usize = 2;
+
+    /// A commit taking longer than this is waiting on something beyond its own work.
+    const SLOW: Duration = Duration::from_millis(100);
 
     pub(super) async fn run(self, mut rx: mpsc::UnboundedReceiver<Done>) {
         let me = &self;
         let mut commits = futures::stream::FuturesUnordered::new();
+        // When each commit in flight started.
+        let mut started: Vec<Instant> = Vec::new();
         let mut waiting: Vec<RunOutcome> = Vec::new();
         let mut open = true;
         let mut stopped = false;
         loop {
+            let oldest = started.iter().min().copied();
             let start = !waiting.is_empty()
                 && !stopped
-                && (commits.is_empty()
-                    || (commits.len() < Self::IN_FLIGHT
-                        && (waiting.len() >= self.slots.concurrency() || self.slots.free() == 0)));
+                && match oldest {
+                    None => true,
+                    Some(oldest) => {
+                        started.len() < Self::IN_FLIGHT
+                            && (waiting.len() >= self.slots.concurrency()
+                                || oldest.elapsed() >= Self::SLOW)
+                    }
+                };
             if start {
                 // Handlers finishing at the same moment report in this batch, not the next.
                 tokio::task::yield_now().await;
                 Self::gather(&mut rx, &mut waiting);
                 let rest = waiting.split_off(waiting.len().min(Self::MAX_BATCH));
                 let batch = std::mem::replace(&mut waiting, rest);
-                commits.push(async move { me.commit(&batch).await });
+                let at = Instant::now();
+                started.push(at);
+                commits.push(async move { (at, me.commit(&batch).await) });
                 continue;
             }
             if commits.is_empty() && (stopped || (!open && waiting.is_empty())) {
                 return;
             }
+            // Outcomes behind one commit: look again once it turns slow.
+            let slow_at = oldest
+                .filter(|_| !waiting.is_empty() && started.len() < Self::IN_FLIGHT)
+                .map(|o| tokio::time::Instant::from_std(o + Self::SLOW));
             tokio::select! {
-                Some(ok) = futures::StreamExt::next(&mut commits), if !commits.is_empty() => {
+                Some((at, ok)) = futures::StreamExt::next(&mut commits), if !commits.is_empty() => {
+                    if let Some(i) = started.iter().position(|s| *s == at) {
+                        started.swap_remove(i);
+                    }
                     // The worker stops: commits in flight end, nothing new starts.
                     stopped |= !ok;
                 }
@@ -94,6 +114,8 @@ impl Completer {
                     }
                     None => open = false,
                 },
+                () = tokio::time::sleep_until(slow_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if slow_at.is_some() => {}
                 else => return,
             }
         }
