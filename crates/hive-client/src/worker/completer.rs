@@ -95,9 +95,10 @@ impl Completer {
             if commits.is_empty() && (stopped || (!open && waiting.is_empty())) {
                 return;
             }
-            // Outcomes behind one commit: look again once it turns slow.
+            // Outcomes behind one commit: look again once it turns slow (never once
+            // stopped, when nothing new may start and a past deadline would spin).
             let slow_at = oldest
-                .filter(|_| !waiting.is_empty() && started.len() < Self::IN_FLIGHT)
+                .filter(|_| !stopped && !waiting.is_empty() && started.len() < Self::IN_FLIGHT)
                 .map(|o| tokio::time::Instant::from_std(o + Self::SLOW));
             tokio::select! {
                 Some((at, ok)) = futures::StreamExt::next(&mut commits), if !commits.is_empty() => {
