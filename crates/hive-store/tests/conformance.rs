@@ -24,6 +24,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     workers_register_list_unregister, plan_materialize_idempotent,
     plan_dependencies_gate_claims, plan_failure_cancels_descendants, plan_cancel,
     plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
+    batches_announce_every_task,
     concurrent_claims_exactly_once, not_found_paths,
     plan_finishes_cancelled_when_all_subtasks_finish, finish_and_claim_refills_in_one_step,
     freed_dependents_are_announced_unless_claimed, outputs_reach_dependents_exactly,

@@ -46,19 +46,22 @@ macro_rules! claim_statement {
          WHERE p.status = 'pending' \
            AND p.id IN (SELECT c.plan_id FROM claimed c WHERE c.plan_id IS NOT NULL) \
          RETURNING p.id \
-     ), announced AS (",
+     ), announced AS ( \
+         /* Two scalar subqueries, so the plans' notes go out before their tasks'. */ \
+         SELECT (",
     notify_rows!(
-        "SELECT 'plan_status' AS kind, s.id AS plan_id, NULL::uuid AS task_id, \
-                NULL::uuid AS run_id FROM started s \
-         UNION ALL SELECT 'task_claimed', c.plan_id, c.id, c.current_run_id FROM claimed c",
-        "CASE WHEN x.kind = 'plan_status' \
-             THEN json_build_object('origin', $6::uuid, 'kind', 'plan_status', \
-                 'plan_id', x.plan_id, 'status', 'in_progress') \
-             ELSE json_build_object('origin', $6::uuid, 'kind', 'task_claimed', \
-                 'task_id', x.task_id, 'run_id', x.run_id, 'worker_id', $1::text, \
-                 'plan_id', x.plan_id) END"
+        "SELECT s.id AS plan_id FROM started s",
+        "json_build_object('origin', $6::uuid, 'kind', 'plan_status', \
+             'plan_id', x.plan_id, 'status', 'in_progress')"
     ),
-    ") \
+    ") + (",
+    notify_task_rows!(
+        "SELECT c.id AS task_id, c.current_run_id AS run_id, c.plan_id FROM claimed c \
+         ORDER BY c.priority DESC, c.seq",
+        "'{\"origin\":\"' || $6::uuid || '\",\"kind\":\"tasks_claimed\",\"worker_id\":' \
+         || to_json($1::text)::text"
+    ),
+    ") AS n) \
      SELECT c.*, statement_timestamp() AS started_at, \
          /* `= ANY(ARRAY(…))`: with a join the planner, seeing a wide fan-in in the \
             statistics, hashes the dependencies against a scan of every task. */ \

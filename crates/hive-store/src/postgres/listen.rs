@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::oneshot;
 
-use crate::{Change, Notification, Notifier};
+use hive_models::{PlanId, RunId, TaskId, TaskStatus, WorkerId};
+
+use crate::{Change, Notification, Notifier, TaskStatusChange};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -110,12 +112,58 @@ pub(super) fn catch_up() -> Notification {
     }
 }
 
-/// A NOTIFY payload: one change, or a batch of a transaction's changes.
+/// A NOTIFY payload: one change, a batch of a transaction's changes, or one change of
+/// many tasks in rows (`notify_task_rows!`).
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum Payload {
+    Rows(TaskRows),
     One(Notification),
     Many(Vec<Notification>),
+}
+
+/// The same change of many tasks: `[task_id, run_id, plan_id]` rows under one header.
+#[derive(Debug, serde::Deserialize)]
+struct TaskRows {
+    origin: uuid::Uuid,
+    #[serde(flatten)]
+    kind: RowsKind,
+    tasks: Vec<(TaskId, RunId, Option<PlanId>)>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RowsKind {
+    /// A worker's claims: each a [`Change::TaskClaimed`].
+    TasksClaimed { worker_id: WorkerId },
+    /// Runs that succeeded: each a [`Change::TaskStatus`] to completed.
+    TasksCompleted,
+}
+
+impl TaskRows {
+    fn into_notifications(self) -> impl Iterator<Item = Notification> {
+        let TaskRows {
+            origin,
+            kind,
+            tasks,
+        } = self;
+        tasks.into_iter().map(move |(task_id, run_id, plan_id)| {
+            let change = match &kind {
+                RowsKind::TasksClaimed { worker_id } => Change::TaskClaimed {
+                    task_id,
+                    run_id,
+                    worker_id: worker_id.clone(),
+                    plan_id,
+                },
+                RowsKind::TasksCompleted => Change::TaskStatus(TaskStatusChange {
+                    run_id: Some(run_id),
+                    plan_id,
+                    ..TaskStatusChange::new(task_id, TaskStatus::Completed)
+                }),
+            };
+            Notification { origin, change }
+        })
+    }
 }
 
 /// Postgres refuses payloads of 8000 bytes or more; stay clear of it.
@@ -145,6 +193,7 @@ pub(super) fn encode(notes: &[Notification]) -> Vec<String> {
 
 fn forward(notifier: &Notifier, payload: &str) {
     match serde_json::from_str::<Payload>(payload) {
+        Ok(Payload::Rows(rows)) => rows.into_notifications().for_each(|n| notifier.forward(n)),
         Ok(Payload::One(n)) => notifier.forward(n),
         Ok(Payload::Many(notes)) => notes.into_iter().for_each(|n| notifier.forward(n)),
         // Someone else's message on our channel; not ours to interpret.
@@ -174,7 +223,7 @@ mod tests {
             assert!(p.len() < MAX_PAYLOAD, "{} bytes", p.len());
             match serde_json::from_str::<Payload>(p).unwrap() {
                 Payload::Many(n) => decoded.extend(n),
-                Payload::One(_) => panic!("expected a batch"),
+                Payload::One(_) | Payload::Rows(_) => panic!("expected a batch"),
             }
         }
         assert_eq!(decoded, notes);

@@ -67,10 +67,9 @@ const FINISH_SUCCESSES: &str = concat!(
     freed!(),
     " AS ready \
      ), notes AS (",
-    notify_rows!(
+    notify_task_rows!(
         "SELECT task_id, run_id, plan_id FROM go",
-        "json_build_object('origin', $4::uuid, 'kind', 'task_status', 'task_id', x.task_id, \
-             'status', 'completed', 'run_id', x.run_id, 'plan_id', x.plan_id)"
+        "'{\"origin\":\"' || $4::uuid || '\",\"kind\":\"tasks_completed\"'"
     ),
     "), freed AS ( \
          SELECT array_agg(id) AS ids FROM dep_upd WHERE ready \

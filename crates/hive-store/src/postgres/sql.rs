@@ -78,6 +78,33 @@ macro_rules! notify_rows {
     };
 }
 
+/// Notifies one change of many tasks compactly: JSON objects of `$header` (an SQL text
+/// expression opening the object with its `origin`, `kind` and any shared fields) and
+/// `"tasks"`, up to 50 `[task_id, run_id, plan_id]` rows of `$rows` (an SQL query with those
+/// columns) each, which [`super::listen`] expands into one notification per task. Claims and
+/// completions are most of a drain's notifications: built by concatenation rather than one
+/// `json_build_object` per task, and 50 to a NOTIFY rather than 20, they cost about half as
+/// much (~5% of a drain's database time). 50 rows of three quoted uuids and a 200-character
+/// worker id stay under Postgres's 8000-byte payload limit. Yields one row, `n`, the
+/// payloads sent.
+macro_rules! notify_task_rows {
+    ($rows:expr, $header:expr) => {
+        concat!(
+            "SELECT count(pg_notify(",
+            channel_sql!(),
+            ", c.p)) AS n FROM ( \
+                 SELECT ",
+            $header,
+            " || ',\"tasks\":[' || string_agg('[\"' || x.task_id || '\",\"' || x.run_id \
+                     || '\",' || coalesce('\"' || x.plan_id || '\"', 'null') || ']', ',' \
+                     ORDER BY x.rn) || ']}' AS p \
+                 FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
+            $rows,
+            ") s) x GROUP BY (x.rn - 1) / 50) c"
+        )
+    };
+}
+
 /// The columns [`super::replay::state_from_row`] reads, from `tasks t`.
 macro_rules! state_columns {
     () => {

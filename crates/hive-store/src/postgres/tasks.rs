@@ -45,7 +45,7 @@ WITH input AS ( \
         x.idempotency_key, x.plan_id, x.plan_subtask_id, x.pending_deps, x.timeout_secs, \
         x.delay_secs, x.retry_policy, x.concurrency_key, x.concurrency_limit, now(), now() \
     FROM input x ORDER BY x.ord \
-    ON CONFLICT (idempotency_key) DO NOTHING \
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
     RETURNING id \
 ) \
 SELECT ARRAY(SELECT id FROM ins) AS inserted, \

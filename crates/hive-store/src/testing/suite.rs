@@ -1205,6 +1205,63 @@ pub async fn notifications_after_commit(s: S) {
     assert_eq!(failed.error.as_deref(), Some("boom"));
 }
 
+/// Claims and completions of a large batch announce every task, each with its own run, and
+/// the claimer's name however long (Postgres packs these many to a NOTIFY payload).
+pub async fn batches_announce_every_task(s: S) {
+    const N: usize = 120;
+    let mut rx = s.subscribe().await.unwrap();
+    let ids: HashSet<TaskId> = s
+        .insert_tasks(tasks("b", "test", N))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    // The longest name a worker may have, of characters that take 4 bytes and one JSON
+    // escapes.
+    let name = format!("\"{}", "🐝".repeat(199));
+    let claims = s.claim_tasks(&claim_params(&name, N as u32)).await.unwrap();
+    assert_eq!(claims.len(), N);
+    let runs: HashMap<TaskId, hive_models::RunId> =
+        claims.iter().map(|c| (c.task.id, c.run.id)).collect();
+    let outcomes: Vec<_> = claims.iter().map(|c| success(c.run.id)).collect();
+    s.finish_runs(&outcomes).await.unwrap();
+    let mut claimed = HashMap::new();
+    let mut completed = HashMap::new();
+    let all_seen = async {
+        while claimed.len() < N || completed.len() < N {
+            let n = rx.recv().await.unwrap();
+            match n.change {
+                Change::TaskClaimed {
+                    task_id,
+                    run_id,
+                    worker_id,
+                    plan_id,
+                } => {
+                    assert_eq!((worker_id.0.as_str(), plan_id), (name.as_str(), None));
+                    assert!(claimed.insert(task_id, run_id).is_none(), "announced twice");
+                }
+                Change::TaskStatus(c) if c.status == TaskStatus::Completed => {
+                    assert!(
+                        completed.insert(c.task_id, c.run_id).is_none(),
+                        "announced twice"
+                    );
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all_seen)
+        .await
+        .expect("every claim and completion announced");
+    assert_eq!(claimed.keys().copied().collect::<HashSet<_>>(), ids);
+    assert_eq!(claimed, runs);
+    let completed: HashMap<_, _> = completed
+        .into_iter()
+        .map(|(t, r)| (t, r.expect("a completion names its run")))
+        .collect();
+    assert_eq!(completed, runs);
+}
+
 pub async fn concurrent_claims_exactly_once(s: S) {
     const TASKS: usize = 500;
     const CLAIMERS: usize = 8;
