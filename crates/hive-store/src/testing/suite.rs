@@ -1216,8 +1216,8 @@ pub async fn batches_announce_every_task(s: S) {
         .unwrap()
         .into_iter()
         .collect();
-    // The longest name a worker may have, of characters that take 4 bytes and one JSON
-    // escapes.
+    // The longest name a worker may have: a character JSON escapes, then 199 that take 4
+    // bytes each.
     let name = format!("\"{}", "🐝".repeat(199));
     let claims = s.claim_tasks(&claim_params(&name, N as u32)).await.unwrap();
     assert_eq!(claims.len(), N);
