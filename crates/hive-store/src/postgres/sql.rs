@@ -59,22 +59,32 @@ macro_rules! select_tasks {
     };
 }
 
-/// Sends one notification per row of `$rows` (an SQL query) as JSON arrays of up to 20
-/// (each well under Postgres's 8000-byte payload limit): one NOTIFY per 20 changes rather
-/// than per change, which keeps commits of large batches cheap. `$object` builds one
-/// notification from the row's columns (alias `x`). Yields one row, `n`, the payloads sent.
-macro_rules! notify_rows {
-    ($rows:expr, $object:expr) => {
+/// Sends the rows of `$rows` (an SQL query) `$per` to a NOTIFY, each payload built by
+/// `$payload`, an aggregate over the group's rows (alias `x`, numbered in `x.rn`). Yields
+/// one row, `n`, the payloads sent.
+macro_rules! notify_grouped {
+    ($rows:expr, $per:literal, $payload:expr) => {
         concat!(
             "SELECT count(pg_notify(",
             channel_sql!(),
-            ", c.p)) AS n FROM ( \
-                 SELECT json_agg(",
-            $object,
-            ")::text AS p FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
+            ", c.p)) AS n FROM (SELECT ",
+            $payload,
+            " AS p FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
             $rows,
-            ") s) x GROUP BY (x.rn - 1) / 20) c"
+            ") s) x GROUP BY (x.rn - 1) / ",
+            $per,
+            ") c"
         )
+    };
+}
+
+/// Sends one notification per row of `$rows` as JSON arrays of up to 20 (each well under
+/// Postgres's 8000-byte payload limit): one NOTIFY per 20 changes rather than per change,
+/// which keeps commits of large batches cheap. `$object` builds one notification from the
+/// row's columns (alias `x`).
+macro_rules! notify_rows {
+    ($rows:expr, $object:expr) => {
+        notify_grouped!($rows, "20", concat!("json_agg(", $object, ")::text"))
     };
 }
 
@@ -85,22 +95,18 @@ macro_rules! notify_rows {
 /// completions are most of a drain's notifications: built by concatenation rather than one
 /// `json_build_object` per task, and 50 to a NOTIFY rather than 20, they cost about half as
 /// much (~5% of a drain's database time). 50 rows of three quoted uuids and a 200-character
-/// worker id stay under Postgres's 8000-byte payload limit. Yields one row, `n`, the
-/// payloads sent.
+/// worker id stay under Postgres's 8000-byte payload limit.
 macro_rules! notify_task_rows {
     ($rows:expr, $header:expr) => {
-        concat!(
-            "SELECT count(pg_notify(",
-            channel_sql!(),
-            ", c.p)) AS n FROM ( \
-                 SELECT ",
-            $header,
-            " || ',\"tasks\":[' || string_agg('[\"' || x.task_id || '\",\"' || x.run_id \
-                     || '\",' || coalesce('\"' || x.plan_id || '\"', 'null') || ']', ',' \
-                     ORDER BY x.rn) || ']}' AS p \
-                 FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
+        notify_grouped!(
             $rows,
-            ") s) x GROUP BY (x.rn - 1) / 50) c"
+            "50",
+            concat!(
+                $header,
+                " || ',\"tasks\":[' || string_agg('[\"' || x.task_id || '\",\"' || x.run_id \
+                     || '\",' || coalesce('\"' || x.plan_id || '\"', 'null') || ']', ',' \
+                     ORDER BY x.rn) || ']}'"
+            )
         )
     };
 }
