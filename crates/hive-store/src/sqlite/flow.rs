@@ -171,7 +171,8 @@ pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams) -> R<Admitted> {
             ready!(),
             " AND ",
             key_has_room!(),
-            " ORDER BY t.priority DESC, t.seq LIMIT ?3"
+            " ORDER BY t.priority DESC, t.seq",
+            limit!("?3")
         ))
         .bind(&types)
         .bind(t)
@@ -190,7 +191,8 @@ pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams) -> R<Admitted> {
             ready!(),
             " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) AND ",
             key_has_room!(),
-            " ORDER BY t.priority DESC, t.seq LIMIT ?3"
+            " ORDER BY t.priority DESC, t.seq",
+            limit!("?3")
         ))
         .bind(&types)
         .bind(json_list(&blocked))

@@ -83,7 +83,8 @@ macro_rules! claim_select {
             ") AND t.concurrency_key IS NULL \
                AND t.task_type NOT IN (SELECT name FROM flow_rules WHERE kind = 'type')",
             $types,
-            " ORDER BY t.priority DESC, t.seq LIMIT ?1"
+            " ORDER BY t.priority DESC, t.seq",
+            limit!("?1")
         )
     };
 }
@@ -378,7 +379,8 @@ pub(super) async fn reap(
         state_columns!(),
         ", ?1 AS now_us FROM runs r JOIN tasks t ON t.id = r.task_id AND t.current_run_id = r.id \
          WHERE r.status = 'running' AND r.lease_expires_at < ?1 \
-         ORDER BY r.lease_expires_at, r.id LIMIT ?2"
+         ORDER BY r.lease_expires_at, r.id",
+        limit!("?2")
     ))
     .bind(at)
     .bind(i64::from(p.limit))

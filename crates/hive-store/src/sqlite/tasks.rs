@@ -339,11 +339,12 @@ pub(super) async fn prune(c: &mut Conn, p: &PruneParams) -> R<u64> {
     let at = db::db_now(c).await?;
     let cutoff = db::sub_us(at, p.older_than);
     let statuses = json_list(p.statuses.iter().map(|s| s.as_str()));
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "SELECT id, status FROM tasks \
          WHERE status IN (SELECT value FROM json_each(?1)) AND updated_at < ?2 \
-         ORDER BY updated_at, id LIMIT ?3",
-    )
+         ORDER BY updated_at, id",
+        limit!("?3")
+    ))
     .bind(statuses)
     .bind(cutoff)
     .bind(i64::from(p.limit))
