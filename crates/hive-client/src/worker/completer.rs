@@ -144,11 +144,13 @@ impl Completer {
         if !*self.stop.borrow() {
             slots += self.slots.take_idle();
         }
+        let began = Instant::now();
         let outcome = match self.commit_retrying(batch, slots).await {
             Ok((reports, claims)) => {
                 tracing::debug!(
                     finished = batch.len(),
                     claimed = claims.len(),
+                    commit_us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX),
                     "committed a batch"
                 );
                 self.counters.add_finished(&reports);
