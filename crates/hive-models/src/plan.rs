@@ -56,6 +56,19 @@ impl PlanCounters {
         Some(to)
     }
 
+    /// A subtask that had reached `subtask_status` is back in the queue (an operator's
+    /// requeue): it no longer counts as finished. The plan's status does not move: a plan
+    /// still running finishes when the subtask does, and a finished plan stays finished.
+    pub fn unstep(&mut self, subtask_status: crate::TaskStatus) {
+        use crate::TaskStatus;
+        match subtask_status {
+            TaskStatus::Completed => self.completed = self.completed.saturating_sub(1),
+            TaskStatus::Failed => self.failed = self.failed.saturating_sub(1),
+            TaskStatus::Cancelled => self.cancelled = self.cancelled.saturating_sub(1),
+            _ => {}
+        }
+    }
+
     /// The status the counts alone call for (`None` while work remains or once finished):
     /// what a backend that counts without locking the plan checks after committing.
     pub fn settled(&self) -> Option<PlanStatus> {

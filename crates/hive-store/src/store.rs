@@ -42,6 +42,10 @@ use crate::{
 ///   for good increments `failed_subtasks`. The first failure moves a non-terminal plan to
 ///   `failed`; when every subtask is completed the plan becomes `completed`. A plan in
 ///   `pending` moves to `in_progress` when one of its tasks is claimed.
+/// - A finished task requeued is unfinished again: its plan stops counting it (a plan
+///   already finished keeps its status), and when it had completed, each of its queued
+///   dependents waits for it again (`pending_dependencies` up by one) and takes its new
+///   output. Dependents already running or finished are left as they are.
 /// - Reasons are kept where a user reads them: a status change's `reason` becomes the
 ///   task's `last_error` and the error message of the run it closes; a worker's status
 ///   change replaces its `status_reason` (the reaper gives [`hive_models::Worker::silent_reason`]

@@ -120,6 +120,7 @@ impl State {
             runs,
             tasks,
             completed,
+            reopened,
             plans,
             mut notes,
         } = p;
@@ -176,6 +177,11 @@ impl State {
                 }
             }
         }
+        for again in reopened {
+            for d in self.dependents.get(&again).cloned().unwrap_or_default() {
+                self.count_up(d);
+            }
+        }
         for (id, counters) in plans {
             if let Some(plan) = self.plans.get_mut(&id) {
                 plan.set_counters(counters);
@@ -185,7 +191,6 @@ impl State {
         notes
     }
 
-    /// How many of a task's dependencies are not completed.
     /// One dependency of `id` done: a task left waiting for nothing starts its delay now.
     /// True when the task is claimable at once.
     fn count_down(&mut self, id: TaskId, at: Timestamp) -> bool {
@@ -202,6 +207,17 @@ impl State {
         ready
     }
 
+    /// A completed dependency of `id` back in the queue: a queued task waits for it again.
+    fn count_up(&mut self, id: TaskId) {
+        let Some(t) = self.task_mut(id) else { return };
+        if t.status != TaskStatus::Queued {
+            return;
+        }
+        t.pending_dependencies = t.pending_dependencies.saturating_add(1);
+        self.sync_ready(id);
+    }
+
+    /// How many of a task's dependencies are not completed.
     fn pending_now(&self, id: TaskId) -> u32 {
         let Some(t) = self.task(id) else { return 0 };
         let open = t

@@ -114,6 +114,15 @@ const APPLY: &str = concat!(
     RETURNING t.id, ",
     freed!(),
     " AS ready \
+), reopen_upd AS ( \
+    /* Completed tasks back in the queue: dependents not started wait for them again. */ \
+    UPDATE tasks t SET pending_deps = t.pending_deps + inc.n \
+    FROM (SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
+          WHERE d.depends_on = ANY($8::uuid[]) GROUP BY d.task_id) inc \
+    WHERE t.id = inc.id AND t.status = 'queued' AND t.id NOT IN (SELECT id FROM task_in) \
+        AND t.id = ANY(ARRAY(SELECT d.task_id FROM task_dependencies d \
+                             WHERE d.depends_on = ANY($8::uuid[]))) \
+    RETURNING t.id \
 ), freed AS ( \
     SELECT id FROM dep_upd WHERE ready \
 ), plan_in AS ( \
@@ -122,7 +131,7 @@ const APPLY: &str = concat!(
 ), tally_upd AS ( \
     INSERT INTO plan_tallies AS s (plan_id, shard, completed, failed, cancelled) \
     SELECT x.id, (pg_backend_pid() % 64)::smallint, x.completed, x.failed, x.cancelled \
-    FROM plan_in x WHERE x.completed + x.failed + x.cancelled > 0 \
+    FROM plan_in x WHERE x.completed <> 0 OR x.failed <> 0 OR x.cancelled <> 0 \
     ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed, \
         failed = s.failed + excluded.failed, cancelled = s.cancelled + excluded.cancelled \
     RETURNING s.plan_id \
@@ -135,6 +144,7 @@ const APPLY: &str = concat!(
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \
        (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
+       (SELECT count(*) FROM reopen_upd) AS reopened, \
        (SELECT count(*) FROM tally_upd) AS tallies, \
        (SELECT count(pg_notify(",
     channel_sql!(),
@@ -307,6 +317,7 @@ async fn apply(
     p.notes
         .retain(|n| !matches!(n.change, crate::Change::PlanStatus { .. }));
     let completed: Vec<Uuid> = p.completed.iter().map(|t| t.0).collect();
+    let reopened: Vec<Uuid> = p.reopened.iter().map(|t| t.0).collect();
     let row = sqlx::query(APPLY)
         .bind(json("runs", rules::runs_json(&p.runs))?)
         .bind(json("tasks", rules::tasks_json(&p.tasks))?)
@@ -315,6 +326,7 @@ async fn apply(
         .bind(super::listen::encode(&p.notes))
         .bind(notifier.origin())
         .bind(announce)
+        .bind(reopened)
         .fetch_one(conn)
         .await?;
     let ready: Vec<Uuid> = rows::get(&row, "ready", "tasks")?;

@@ -80,6 +80,9 @@ pub struct Patches {
     /// Tasks that completed: each of their dependents waits for one dependency fewer, and a
     /// queued one left waiting for none is announced `TaskReady` by the writer.
     pub completed: Vec<TaskId>,
+    /// Completed tasks an operator put back in the queue: each of their queued dependents
+    /// waits for one dependency more (the one it will get a new output from).
+    pub reopened: Vec<TaskId>,
     /// Plans a finish counted against, with their new counters and status.
     pub plans: Vec<(PlanId, PlanCounters)>,
     pub notes: Vec<Notification>,
@@ -90,6 +93,7 @@ impl Patches {
         self.runs.is_empty()
             && self.tasks.is_empty()
             && self.completed.is_empty()
+            && self.reopened.is_empty()
             && self.plans.is_empty()
             && self.notes.is_empty()
     }
@@ -118,6 +122,7 @@ pub struct Changes<'v, V: View + ?Sized> {
     task_index: HashMap<TaskId, usize>,
     runs: Vec<RunPatch>,
     completed: Vec<TaskId>,
+    reopened: Vec<TaskId>,
     notes: Vec<Notification>,
 }
 
@@ -134,6 +139,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             task_index: HashMap::new(),
             runs: Vec::new(),
             completed: Vec::new(),
+            reopened: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -397,6 +403,9 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 self.requeue(id, None);
                 // Back in the queue it waits again for every dependency not completed now.
                 self.patch(id).recount_pending = previous.is_terminal();
+                if previous.is_terminal() {
+                    self.reopen(id, task.plan_id, previous);
+                }
             } else {
                 self.set_status(id, to);
             }
@@ -505,6 +514,20 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         fx
     }
 
+    /// A finished task back in the queue is no longer finished: its plan stops counting it,
+    /// and its dependents that have not started wait for it again.
+    fn reopen(&mut self, id: TaskId, plan: Option<PlanId>, previous: TaskStatus) {
+        if let Some(pid) = plan
+            && let Some(mut counters) = self.plan_counters(pid)
+        {
+            counters.unstep(previous);
+            self.set_plan(pid, counters);
+        }
+        if previous == TaskStatus::Completed {
+            self.reopened.push(id);
+        }
+    }
+
     /// The plan rule for one of its tasks reaching `status`; a move is announced and
     /// recorded in `fx` (the last one wins).
     fn count_for_plan(&mut self, pid: PlanId, status: TaskStatus, fx: &mut Effects) {
@@ -531,6 +554,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             runs: self.runs,
             tasks: self.task_patches,
             completed: self.completed,
+            reopened: self.reopened,
             plans,
             notes: self.notes,
         }

@@ -114,17 +114,18 @@ pub fn plans_json(plans: &[(PlanId, PlanCounters)]) -> Result<String, serde_json
     serde_json::to_string(&rows)
 }
 
-/// A plan patch as what changed since the rows were read: the counts to add, and the new
-/// status when it moved. For a backend that counts without locking the plan's row.
+/// A plan patch as what changed since the rows were read: the counts to add (negative for
+/// a finished subtask requeued), and the new status when it moved. For a backend that
+/// counts without locking the plan's row.
 #[cfg(feature = "postgres")]
 #[derive(Serialize)]
 struct PlanDelta {
     id: PlanId,
     status: hive_models::PlanStatus,
     changed: bool,
-    completed: u32,
-    failed: u32,
-    cancelled: u32,
+    completed: i64,
+    failed: i64,
+    cancelled: i64,
 }
 
 #[cfg(feature = "postgres")]
@@ -140,9 +141,9 @@ pub fn plan_deltas_json(
                 id: *id,
                 status: c.status,
                 changed: c.status != before.status,
-                completed: c.completed.saturating_sub(before.completed),
-                failed: c.failed.saturating_sub(before.failed),
-                cancelled: c.cancelled.saturating_sub(before.cancelled),
+                completed: i64::from(c.completed) - i64::from(before.completed),
+                failed: i64::from(c.failed) - i64::from(before.failed),
+                cancelled: i64::from(c.cancelled) - i64::from(before.cancelled),
             })
         })
         .collect();

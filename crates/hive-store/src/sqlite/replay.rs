@@ -218,6 +218,7 @@ pub(super) async fn write(c: &mut Conn, n: &Notifier, p: Patches, at: i64) -> R<
     for task in super::tasks::decrement_dependents(c, &p.completed).await? {
         notes.push(n.task_ready(task));
     }
+    super::tasks::increment_dependents(c, &p.reopened).await?;
     if !p.plans.is_empty() {
         sqlx::query(
             "UPDATE plans SET status = j.value ->> 'status', \

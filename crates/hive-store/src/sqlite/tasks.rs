@@ -425,3 +425,22 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
     }
     Ok(ready)
 }
+
+/// Each queued dependent of the given tasks (completed tasks back in the queue) waits for
+/// one dependency more per task listed. One statement, found by the `depends_on` index.
+pub(super) async fn increment_dependents(c: &mut Conn, reopened: &[TaskId]) -> R<()> {
+    if reopened.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH inc AS ( \
+             SELECT d.task_id AS id, COUNT(*) AS n FROM task_dependencies d \
+             WHERE d.depends_on IN (SELECT value FROM json_each(?1)) GROUP BY d.task_id) \
+         UPDATE tasks SET pending_deps = pending_deps + inc.n \
+         FROM inc WHERE tasks.id = inc.id AND status = 'queued'",
+    )
+    .bind(json_list(reopened))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}

@@ -223,3 +223,64 @@ async fn plan_notes(
         }
     }
 }
+
+/// A completed subtask an operator requeues is unfinished again: its plan stops counting
+/// it, so completing it a second time does not finish the plan early, and a dependent that
+/// has not started waits for its new output.
+pub async fn a_requeued_completed_subtask_is_unfinished_again(s: S) {
+    let (pid, ids) = materialized(
+        &s,
+        vec![node("a", &[]), node("b", &[]), node("after_a", &["a"])],
+    )
+    .await;
+    let counters = |s: S| async move { s.get_plan_counters(pid).await.unwrap().unwrap() };
+    let first = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    assert_eq!(subtask_of(&first[0]), "a");
+    s.finish_runs(&[done(first[0].run.id, Some(json!("old")), vec![])])
+        .await
+        .unwrap();
+    let after_a = s.get_task(ids["after_a"]).await.unwrap().unwrap();
+    assert_eq!(after_a.pending_dependencies, 0);
+    assert_eq!(counters(s.clone()).await.completed, 1);
+
+    let requeued = s
+        .set_task_status(ids["a"], crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(requeued.previous, TaskStatus::Completed);
+    let after_a = s.get_task(ids["after_a"]).await.unwrap().unwrap();
+    assert_eq!(after_a.pending_dependencies, 1, "waits for a's new output");
+    let c = counters(s.clone()).await;
+    assert_eq!((c.completed, c.status), (0, PlanStatus::InProgress));
+
+    // a and b are ready; the dependent is not.
+    let claims = claim_all(&s).await;
+    let mut claimed: Vec<&str> = claims.iter().map(subtask_of).collect();
+    claimed.sort_unstable();
+    assert_eq!(claimed, ["a", "b"]);
+    let a = claims.iter().find(|c| subtask_of(c) == "a").unwrap();
+    s.finish_runs(&[done(a.run.id, Some(json!("new")), vec![])])
+        .await
+        .unwrap();
+    let c = counters(s.clone()).await;
+    assert_eq!(
+        (c.completed, c.status),
+        (1, PlanStatus::InProgress),
+        "a counts once, and b and the dependent are still to run"
+    );
+    let dependent = claim_all(&s).await;
+    assert_eq!(dependent.len(), 1);
+    assert_eq!(subtask_of(&dependent[0]), "after_a");
+    assert_eq!(dependent[0].inputs.get("a"), Some(&json!("new")));
+
+    let b = claims.iter().find(|c| subtask_of(c) == "b").unwrap();
+    s.finish_runs(&[
+        done(b.run.id, None, vec![]),
+        done(dependent[0].run.id, None, vec![]),
+    ])
+    .await
+    .unwrap();
+    let c = counters(s.clone()).await;
+    assert_eq!((c.completed, c.status), (3, PlanStatus::Completed));
+}
