@@ -118,8 +118,8 @@ const LOCK_RUNS: &str = concat!(
 const EXPIRED_RUNS: &str = concat!(
     "SELECT ",
     locked_run_columns!(),
-    " FROM runs r JOIN tasks t ON t.id = r.task_id \
-     WHERE r.status = 'running' AND r.lease_expires_at < now() \
+    " FROM tasks t JOIN runs r ON r.id = t.current_run_id \
+     WHERE t.status = 'in_progress' AND r.status = 'running' AND r.lease_expires_at < now() \
      ORDER BY r.lease_expires_at, r.id LIMIT $1 FOR UPDATE OF t, r SKIP LOCKED"
 );
 
@@ -504,8 +504,10 @@ impl PostgresStore {
 
     pub(super) async fn read_running_runs(&self, worker: &WorkerId) -> R<Vec<Run>> {
         let found = sqlx::query(
-            "SELECT * FROM runs WHERE worker_id = $1 AND status = 'running' \
-             ORDER BY task_id, id",
+            "SELECT r.* FROM tasks t JOIN runs r ON r.id = t.current_run_id \
+             WHERE t.status = 'in_progress' AND t.assigned_worker = $1 \
+               AND r.worker_id = $1 AND r.status = 'running' \
+             ORDER BY r.task_id, r.id",
         )
         .bind(worker.as_str())
         .fetch_all(&self.pool)

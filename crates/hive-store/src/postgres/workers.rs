@@ -13,8 +13,9 @@ use crate::{HeartbeatReport, WorkerFilter, WorkerRegistration, WorkerStatusChang
 const WORKER_RUNS: &str = concat!(
     "SELECT ",
     locked_run_columns!(),
-    " FROM runs r JOIN tasks t ON t.id = r.task_id \
-     WHERE r.worker_id = $1 AND r.status = 'running' ORDER BY t.id, r.id FOR UPDATE OF t, r"
+    " FROM tasks t JOIN runs r ON r.id = t.current_run_id \
+     WHERE t.status = 'in_progress' AND t.assigned_worker = $1 \
+       AND r.worker_id = $1 AND r.status = 'running' ORDER BY t.id, r.id FOR UPDATE OF t, r"
 );
 
 impl PostgresStore {
@@ -64,10 +65,13 @@ impl PostgresStore {
                          ELSE $4::text END \
                  WHERE id = $1 RETURNING id \
              ), r AS ( \
-                 UPDATE runs SET lease_expires_at = now() + lease_us * interval '1 microsecond', \
+                 UPDATE runs r \
+                 SET lease_expires_at = now() + r.lease_us * interval '1 microsecond', \
                      updated_at = now() \
-                 WHERE worker_id = $1 AND status = 'running' AND lease_us IS NOT NULL \
-                   AND EXISTS (SELECT 1 FROM w) \
+                 FROM tasks t \
+                 WHERE t.status = 'in_progress' AND t.assigned_worker = $1 \
+                   AND r.id = t.current_run_id AND r.worker_id = $1 AND r.status = 'running' \
+                   AND r.lease_us IS NOT NULL AND EXISTS (SELECT 1 FROM w) \
                  RETURNING 1 \
              ) \
              SELECT (SELECT count(*) FROM w) AS known, (SELECT count(*) FROM r) AS extended, \
