@@ -29,7 +29,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     plan_finishes_cancelled_when_all_subtasks_finish, finish_and_claim_refills_in_one_step,
     freed_dependents_are_announced_unless_claimed, outputs_reach_dependents_exactly,
     spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
-    a_stale_run_spawns_nothing, last_two_subtasks_finishing_at_once_complete_the_plan_once,
+    a_stale_run_spawns_nothing, last_two_subtasks_finishing_at_once_complete_the_plan_once, a_join_whose_parents_finish_at_once_becomes_ready_once,
     ten_thousand_subtasks_submitted_and_drained, a_requeued_completed_subtask_is_unfinished_again,
     plan_metadata_round_trips, runs_record_when_created_and_last_updated,
     a_cancellation_keeps_its_reason, a_worker_status_keeps_its_reason,

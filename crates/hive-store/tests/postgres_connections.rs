@@ -332,3 +332,108 @@ async fn backends(admin: &mut sqlx::PgConnection, names: &[String]) -> Vec<i32> 
         .await
         .unwrap()
 }
+
+/// A finish that finds a dependent's row held by another transaction commits without
+/// waiting for it, leaving a credit it folds right after; a credit a crash leaves behind
+/// (here: the folding connection killed) is folded by the reaper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_dependent_is_credited_not_waited_for() {
+    use hive_store::testing::fixtures::{claim_params, node, plan, reap_params, success};
+    let Some(ts) = fresh("postgres_connections::a_held_dependent_is_credited_not_waited_for").await
+    else {
+        return;
+    };
+    let s = ts.store.clone();
+    let pid = s
+        .insert_plan(plan(vec![node("a", &[]), node("j", &["a"])]))
+        .await
+        .unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(claims.len(), 1, "only `a` is ready");
+    let a = claims[0].task.id;
+    let url = ts.url.clone().unwrap();
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut look = sqlx::PgConnection::connect(&url).await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder
+        .execute("UPDATE tasks SET updated_at = now() WHERE plan_subtask_id = 'j'")
+        .await
+        .unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+
+    let finisher = {
+        let s = s.clone();
+        let run = claims[0].run.id;
+        tokio::spawn(async move { s.finish_runs(&[success(run)]).await })
+    };
+    // The finish commits while `j` is held: `a` is completed, `j` credited, not counted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, credits, pending): (String, i64, i32) = sqlx::query_as(
+            "SELECT (SELECT status FROM tasks WHERE id = $1), \
+                 (SELECT count(*) FROM dependency_credits), \
+                 (SELECT pending_deps FROM tasks WHERE plan_subtask_id = 'j')",
+        )
+        .bind(a.0)
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+        if status == "completed" {
+            assert_eq!((credits, pending), (1, 1), "credited while held");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the finish waited for the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its fold waits for the row; kill it there, as a crash after the commit would.
+    let folder: i32 = loop {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(holder_pid)
+        .fetch_optional(&mut look)
+        .await
+        .unwrap();
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no fold waited for the held row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(folder)
+        .execute(&mut look)
+        .await
+        .unwrap();
+    let reports = finisher.await.unwrap().unwrap();
+    assert_eq!(reports[0].task_id, Some(a), "the finish itself stands");
+    holder.execute("COMMIT").await.unwrap();
+    let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM dependency_credits")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(credits, 1, "the killed fold left its credit");
+    assert!(
+        s.claim_tasks(&claim_params("w", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    s.reap(&reap_params()).await.unwrap();
+    let next = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(next.len(), 1, "the reaper folded the credit: `j` is ready");
+    assert_eq!(next[0].task.plan_subtask_id.as_deref(), Some("j"));
+    let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM dependency_credits")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(credits, 0);
+}

@@ -58,14 +58,26 @@ const FINISH_SUCCESSES: &str = concat!(
              pending_deps = greatest(t.pending_deps \
                  - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
          FROM go g WHERE t.id = g.task_id AND t.id = ANY(ARRAY(SELECT task_id FROM go)) \
+     ), dep_lock AS ( \
+         /* A dependent another transaction holds (a join other finishes count down) is \
+            credited instead of waited for: see `FOLD_CREDITS`. */ \
+         SELECT t.id FROM tasks t WHERE t.id = ANY(ARRAY(SELECT id FROM dec)) \
+             AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
+         FOR NO KEY UPDATE SKIP LOCKED \
      ), dep_upd AS ( \
          UPDATE tasks t SET ",
     count_down!("dec.n"),
-    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
-             AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) AND t.pending_deps > 0 \
+    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dep_lock)) \
+             AND t.pending_deps > 0 \
          RETURNING t.id, ",
     freed!(),
     " AS ready \
+     ), credited AS ( \
+         INSERT INTO dependency_credits (task_id, n) \
+         SELECT dec.id, dec.n FROM dec \
+         WHERE NOT (dec.id = ANY(ARRAY(SELECT id FROM dep_lock))) \
+             AND NOT (dec.id = ANY(ARRAY(SELECT task_id FROM go))) \
+         RETURNING task_id \
      ), notes AS (",
     notify_task_rows!(
         "SELECT task_id, run_id, plan_id FROM go",
@@ -88,10 +100,49 @@ const FINISH_SUCCESSES: &str = concat!(
     ),
     ") \
      SELECT l.run_id, l.task_id, l.plan_id, l.live, n.n AS notified, rn.n AS ready_notified, \
-         coalesce(r.ids, '{}') AS ready, coalesce(e.plans, '{}') AS ends \
+         coalesce(r.ids, '{}') AS ready, coalesce(e.plans, '{}') AS ends, \
+         ARRAY(SELECT DISTINCT task_id FROM credited) AS credited \
      FROM notes n CROSS JOIN freed r CROSS JOIN ready_notes rn CROSS JOIN ends e \
      LEFT JOIN locked l ON true"
 );
+
+/// Folds dependency credits into their dependents' counts and announces the dependents
+/// that frees: those of the tasks `$1` (a finish, right after its commit), or every credit
+/// when `$1` is NULL (the reaper, after a crash between a finish's commit and its fold).
+/// Each credit is deleted by the transaction that counts it, so it counts once. `$2` origin.
+const FOLD_CREDITS: &str = concat!(
+    "WITH c AS ( \
+         DELETE FROM dependency_credits \
+         WHERE $1::uuid[] IS NULL OR task_id = ANY($1::uuid[]) \
+         RETURNING task_id, n \
+     ), dec AS ( \
+         SELECT task_id AS id, sum(n)::int AS n FROM c GROUP BY task_id \
+     ), dep_upd AS ( \
+         UPDATE tasks t SET ",
+    count_down!("dec.n"),
+    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
+             AND t.pending_deps > 0 \
+         RETURNING t.id, ",
+    freed!(),
+    " AS ready \
+     ) \
+     SELECT (SELECT count(*) FROM c) AS folded, (",
+    notify_rows!(
+        "SELECT id FROM dep_upd WHERE ready",
+        "json_build_object('origin', $2::uuid, 'kind', 'task_ready', 'task_id', x.id)"
+    ),
+    ") AS notified"
+);
+
+/// Runs [`FOLD_CREDITS`] for the credits of `tasks` (`None`: every credit).
+async fn fold_credits(pool: &sqlx::PgPool, origin: Uuid, tasks: Option<&[Uuid]>) -> R<()> {
+    sqlx::query(FOLD_CREDITS)
+        .bind(tasks)
+        .bind(origin)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
 
 /// Announces dependents a finish freed that the same transaction did not claim.
 const ANNOUNCE_READY: &str = notify_rows!(
@@ -106,6 +157,8 @@ struct Finish {
     ready: Vec<TaskId>,
     /// Plans to settle after commit (see [`replay::settle`]).
     unsettled: Vec<PlanId>,
+    /// Dependents credited rather than counted down, to fold after commit.
+    credited: Vec<Uuid>,
 }
 
 const LOCK_RUNS: &str = concat!(
@@ -155,6 +208,24 @@ impl PostgresStore {
             }
         }
         Ok(out)
+    }
+
+    /// Folds, in the background, the credits a finish left for dependents it found held by
+    /// another transaction. Not awaited: the fold waits for that transaction's commit, and
+    /// a worker's finish waiting for it would again take turns on the row. The dependents
+    /// it frees are announced as ready; a worker does not exit idle meanwhile, since they
+    /// are still queued. A fold that fails (or a crash before it) leaves its credits to the
+    /// next reap ([`fold_credits`] with `None`).
+    fn fold_credits_later(&self, tasks: Vec<Uuid>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let (pool, origin) = (self.pool.clone(), self.notifier.origin());
+        tokio::spawn(async move {
+            if let Err(e) = fold_credits(&pool, origin, Some(&tasks)).await {
+                tracing::warn!(error = ?e, "folding dependency credits failed; the reaper will");
+            }
+        });
     }
 
     /// Settles, after commit, the plans a write counted in without moving them.
@@ -226,7 +297,9 @@ impl PostgresStore {
         let mut live = HashMap::with_capacity(found.len());
         let mut ready = Vec::new();
         let mut unsettled = Vec::new();
+        let mut credited = Vec::new();
         if let Some(row) = found.first() {
+            credited = rows::get(row, "credited", "tasks")?;
             let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
             ready = ids.into_iter().map(TaskId).collect();
             let ends: Vec<Uuid> = rows::get(row, "ends", "plans")?;
@@ -265,6 +338,7 @@ impl PostgresStore {
             reports,
             ready,
             unsettled,
+            credited,
         })
     }
 
@@ -285,6 +359,7 @@ impl PostgresStore {
                     .collect(),
                 ready: Vec::new(),
                 unsettled: Vec::new(),
+                credited: Vec::new(),
             });
         };
         let at = server_now(first)?;
@@ -305,6 +380,7 @@ impl PostgresStore {
             reports,
             ready: written.ready,
             unsettled: written.unsettled,
+            credited: Vec::new(),
         })
     }
 
@@ -328,6 +404,7 @@ impl PostgresStore {
         let mut tx = begin_by_key(&self.pool).await?;
         let mut done = self.finish_in(&mut tx, outcomes, true).await?;
         tx.commit().await?;
+        self.fold_credits_later(std::mem::take(&mut done.credited));
         self.settle_reported(&mut done).await;
         Ok(done.reports)
     }
@@ -360,6 +437,7 @@ impl PostgresStore {
         }
         tx.commit().await?;
         let mut done = done;
+        self.fold_credits_later(std::mem::take(&mut done.credited));
         self.settle_reported(&mut done).await;
         Ok((done.reports, claims))
     }
@@ -455,7 +533,8 @@ impl PostgresStore {
         .await?;
         tx.commit().await?;
         self.settle(&written).await?;
-        // Plans a crash left unsettled between a commit and its settle.
+        // Credits and plans a crash left between a finish's commit and its follow-up.
+        fold_credits(&self.pool, self.notifier.origin(), None).await?;
         let mut conn = self.pool.acquire().await?;
         replay::settle_stalled(&mut conn, &self.notifier, p.limit).await?;
         Ok(report)

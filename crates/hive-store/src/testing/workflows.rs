@@ -178,6 +178,53 @@ pub async fn last_two_subtasks_finishing_at_once_complete_the_plan_once(s: S) {
     }
 }
 
+/// A join whose parents finish in separate transactions at the same instant waits for the
+/// last of them and then becomes ready once. On Postgres a finish that finds the join's row
+/// held credits it instead of waiting and folds the credit just after its commit, so the
+/// join may become ready a moment after the finishes return: claims poll for it.
+pub async fn a_join_whose_parents_finish_at_once_becomes_ready_once(s: S) {
+    for _ in 0..15 {
+        let parents = ["a", "b", "c"];
+        let mut nodes: Vec<SubTask> = parents.iter().map(|p| node(p, &[])).collect();
+        nodes.push(node("j", &parents));
+        let (_, ids) = materialized(&s, nodes).await;
+        let claims = claim_all(&s).await;
+        assert_eq!(claims.len(), 3, "the join waits");
+        let finishes: Vec<_> = claims
+            .iter()
+            .map(|c| {
+                let (s, run, out) = (s.clone(), c.run.id, json!(subtask_of(c)));
+                tokio::spawn(async move { s.finish_runs(&[done(run, Some(out), vec![])]).await })
+            })
+            .collect();
+        for f in finishes {
+            f.await.unwrap().unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let next = loop {
+            let next = claim_all(&s).await;
+            if !next.is_empty() || std::time::Instant::now() > deadline {
+                break next;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            next.len(),
+            1,
+            "the join is ready once its last parent finished"
+        );
+        assert_eq!(next[0].task.id, ids["j"]);
+        for p in parents {
+            assert_eq!(
+                next[0].inputs.get(p),
+                Some(&json!(p)),
+                "{p}'s output reaches the join"
+            );
+        }
+        s.finish_runs(&[success(next[0].run.id)]).await.unwrap();
+    }
+}
+
 pub async fn ten_thousand_subtasks_submitted_and_drained(s: S) {
     // 100 chains of 100 would take 100 rounds; a wide plan drains in a few batches.
     let n = 10_000;
