@@ -437,3 +437,67 @@ async fn a_held_dependent_is_credited_not_waited_for() {
         .unwrap();
     assert_eq!(credits, 0);
 }
+
+/// A task requeued from a finished state recounts its open dependencies from their
+/// statuses, which already include a completion whose credit is not folded yet: the
+/// recount drops the credit, or the fold would count that completion twice and free the
+/// task while a dependency still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recount_drops_the_credits_it_includes() {
+    use hive_store::StatusChange;
+    use hive_store::testing::fixtures::{
+        claim_params, node, plan, reap_params, set_status, success,
+    };
+    let Some(ts) = fresh("postgres_connections::a_recount_drops_the_credits_it_includes").await
+    else {
+        return;
+    };
+    let s = ts.store.clone();
+    let pid = s
+        .insert_plan(plan(vec![
+            node("a", &[]),
+            node("b", &[]),
+            node("j", &["a", "b"]),
+        ]))
+        .await
+        .unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(claims.len(), 2, "`a` and `b`");
+    let a = claims
+        .iter()
+        .find(|c| c.task.plan_subtask_id.as_deref() == Some("a"))
+        .unwrap();
+    s.finish_runs(&[success(a.run.id)]).await.unwrap();
+    let mut look = sqlx::PgConnection::connect(ts.url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let j: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tasks WHERE plan_subtask_id = 'j'")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    set_status(&*s, TaskId(j), TaskStatus::Cancelled).await;
+    // `a`'s completion, as a finish that found `j` held would have credited it.
+    sqlx::query("INSERT INTO dependency_credits (task_id, n) VALUES ($1, 1)")
+        .bind(j)
+        .execute(&mut look)
+        .await
+        .unwrap();
+    s.set_task_status(TaskId(j), StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    s.reap(&reap_params()).await.unwrap();
+    let pending: i32 = sqlx::query_scalar("SELECT pending_deps FROM tasks WHERE id = $1")
+        .bind(j)
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1, "`j` still waits for `b`");
+    assert!(
+        s.claim_tasks(&claim_params("w", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -4,8 +4,9 @@
 -- row: in `plan-wide`, four fifths of the slow finishes' time was spent waiting for it.
 -- A finish that finds a dependent's row locked by another transaction leaves a credit here
 -- instead of waiting, and folds it into the row right after its own commit, in the
--- background; the reaper folds what a crash or a failed fold leaves. A dependent nobody else holds is counted down
--- in place, as before.
+-- background; the reaper folds what a crash or a failed fold leaves. A dependent nobody
+-- else holds is counted down in place, as before. A task's dependencies recounted from
+-- their statuses (requeued from a finished state) drop its credits.
 --
 -- No foreign key: its check would lock the dependent's row in key-share mode and wait for a
 -- transaction that holds it for update, the very wait this table exists to avoid. A credit

@@ -106,6 +106,11 @@ const APPLY: &str = concat!(
         metadata = CASE WHEN x.set_metadata THEN x.metadata::jsonb ELSE t.metadata END \
     FROM task_in x WHERE t.id = x.id AND t.id = ANY(ARRAY(SELECT id FROM task_in)) \
     RETURNING t.id \
+), credits_dropped AS ( \
+    /* A recount reads what its dependencies are now, completions still to be folded \
+       included: their credits would count them twice. */ \
+    DELETE FROM dependency_credits \
+    WHERE task_id = ANY(ARRAY(SELECT id FROM task_in WHERE recount)) \
 ), dep_upd AS ( \
     UPDATE tasks t SET ",
     count_down!("dec.n"),

@@ -107,8 +107,9 @@ const FINISH_SUCCESSES: &str = concat!(
 );
 
 /// Folds dependency credits into their dependents' counts and announces the dependents
-/// that frees: those of the tasks `$1` (a finish, right after its commit), or every credit
-/// when `$1` is NULL (the reaper, after a crash between a finish's commit and its fold).
+/// that frees: those of the tasks `$1` (a finish, in the background just after its
+/// commit), or every credit when `$1` is NULL (the reaper, for what a crash or a failed fold
+/// left).
 /// Each credit is deleted by the transaction that counts it, so it counts once. `$2` origin.
 const FOLD_CREDITS: &str = concat!(
     "WITH c AS ( \
