@@ -111,15 +111,12 @@ const APPLY: &str = concat!(
        included: their credits would count them twice. */ \
     DELETE FROM dependency_credits \
     WHERE task_id = ANY(ARRAY(SELECT id FROM task_in WHERE recount)) \
-), dep_upd AS ( \
-    UPDATE tasks t SET ",
-    count_down!("dec.n"),
-    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
-        AND t.id NOT IN (SELECT id FROM task_in) AND t.pending_deps > 0 \
-    RETURNING t.id, ",
-    freed!(),
-    " AS ready \
-), reopen_upd AS ( \
+), dep_upd AS (",
+    count_dec_down!(
+        "SELECT id FROM dec",
+        "AND t.id NOT IN (SELECT id FROM task_in)"
+    ),
+    "), reopen_upd AS ( \
     /* Completed tasks back in the queue: dependents not started wait for them again. */ \
     UPDATE tasks t SET pending_deps = t.pending_deps + inc.n \
     FROM (SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \

@@ -64,15 +64,9 @@ const FINISH_SUCCESSES: &str = concat!(
          SELECT t.id FROM tasks t WHERE t.id = ANY(ARRAY(SELECT id FROM dec)) \
              AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
          FOR NO KEY UPDATE SKIP LOCKED \
-     ), dep_upd AS ( \
-         UPDATE tasks t SET ",
-    count_down!("dec.n"),
-    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dep_lock)) \
-             AND t.pending_deps > 0 \
-         RETURNING t.id, ",
-    freed!(),
-    " AS ready \
-     ), credited AS ( \
+     ), dep_upd AS (",
+    count_dec_down!("SELECT id FROM dep_lock", ""),
+    "), credited AS ( \
          INSERT INTO dependency_credits (task_id, n) \
          SELECT dec.id, dec.n FROM dec \
          WHERE NOT (dec.id = ANY(ARRAY(SELECT id FROM dep_lock))) \
@@ -118,16 +112,9 @@ const FOLD_CREDITS: &str = concat!(
          RETURNING task_id, n \
      ), dec AS ( \
          SELECT task_id AS id, sum(n)::int AS n FROM c GROUP BY task_id \
-     ), dep_upd AS ( \
-         UPDATE tasks t SET ",
-    count_down!("dec.n"),
-    " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(SELECT id FROM dec)) \
-             AND t.pending_deps > 0 \
-         RETURNING t.id, ",
-    freed!(),
-    " AS ready \
-     ) \
-     SELECT (SELECT count(*) FROM c) AS folded, (",
+     ), dep_upd AS (",
+    count_dec_down!("SELECT id FROM dec", ""),
+    ") SELECT (SELECT count(*) FROM c) AS folded, (",
     notify_rows!(
         "SELECT id FROM dep_upd WHERE ready",
         "json_build_object('origin', $2::uuid, 'kind', 'task_ready', 'task_id', x.id)"

@@ -43,6 +43,25 @@ macro_rules! freed {
     };
 }
 
+/// The countdown of the dependents a CTE named `dec` (`id`, `n`) lists, restricted to the
+/// ids `$among` selects and by `$also` (more SQL conditions on `t`, or ""): each counted
+/// down by `n` while it still waits, returning its id and whether that freed it.
+macro_rules! count_dec_down {
+    ($among:literal, $also:literal) => {
+        concat!(
+            "UPDATE tasks t SET ",
+            count_down!("dec.n"),
+            " FROM dec WHERE t.id = dec.id AND t.id = ANY(ARRAY(",
+            $among,
+            ")) ",
+            $also,
+            " AND t.pending_deps > 0 RETURNING t.id, ",
+            freed!(),
+            " AS ready"
+        )
+    };
+}
+
 /// Every task query selects `t.*` plus this, so the row carries the task's dependency list
 /// in the order the dependencies were declared.
 macro_rules! task_dependencies {
