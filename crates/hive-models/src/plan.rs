@@ -592,6 +592,24 @@ fn find_cycle(subtasks: &[SubTask], index: &HashMap<&str, usize>) -> Option<Vec<
     None
 }
 
+/// A plan's subtasks in the order their tasks are created ([`in_layers`]), and the id of
+/// each one's task, minted in that order. Task ids are time-ordered, so the tasks one layer
+/// makes ready together sit side by side in every index keyed by task id: minted in the
+/// listed order instead, the next steps of 100 chains touched a page per chain of such an
+/// index in every round that finished or claimed them (on SQLite, where a commit writes
+/// every page it changed, plan-chains ran 15–35% slower).
+pub fn tasks_in_layers(subtasks: &[SubTask]) -> (Vec<&SubTask>, HashMap<&str, TaskId>) {
+    let order: Vec<&SubTask> = in_layers(subtasks)
+        .into_iter()
+        .map(|i| &subtasks[i])
+        .collect();
+    let ids = order
+        .iter()
+        .map(|st| (st.id.as_str(), TaskId::new()))
+        .collect();
+    (order, ids)
+}
+
 /// The order a plan's tasks are created in, as indices into `subtasks`: by depth (a
 /// subtask without dependencies has depth 0, any other one more than its deepest
 /// dependency), in the given order within a depth. Queue order breaks ties by creation, so

@@ -613,14 +613,10 @@ impl Store for MemoryStore {
             plan.updated_at = at;
             let subtasks = plan.subtasks.clone();
             let parent = plan.parent_task_id;
-            let ids: HashMap<String, TaskId> = subtasks
-                .iter()
-                .map(|st| (st.id.clone(), TaskId::new()))
-                .collect();
-            let in_order: Vec<hive_models::SubTask> = hive_models::in_layers(&subtasks)
-                .into_iter()
-                .map(|i| subtasks[i].clone())
-                .collect();
+            let (in_order, ids) = hive_models::tasks_in_layers(&subtasks);
+            let in_order: Vec<hive_models::SubTask> = in_order.into_iter().cloned().collect();
+            let ids: HashMap<String, TaskId> =
+                ids.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             s.add_subtasks(id, parent, &in_order, &ids, at);
             let order = s.plan_tasks.get(&id).map_or(0, Vec::len);
             order as u64

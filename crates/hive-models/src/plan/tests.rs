@@ -386,6 +386,38 @@ fn tasks_are_created_a_layer_at_a_time() {
 }
 
 #[test]
+fn task_ids_are_minted_in_creation_order() {
+    let chains: Vec<SubTask> = (0..3)
+        .flat_map(|c| {
+            (0..50).map(move |i| {
+                let deps = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("c{c}-{}", i - 1)]
+                };
+                st(
+                    &format!("c{c}-{i}"),
+                    &deps.iter().map(String::as_str).collect::<Vec<_>>(),
+                )
+            })
+        })
+        .collect();
+    let (order, ids) = tasks_in_layers(&chains);
+    let created: Vec<&str> = order.iter().map(|s| s.id.as_str()).collect();
+    let layered: Vec<&str> = in_layers(&chains)
+        .into_iter()
+        .map(|i| chains[i].id.as_str())
+        .collect();
+    assert_eq!(created, layered);
+    assert_eq!(ids.len(), chains.len());
+    let minted: Vec<TaskId> = created.iter().map(|id| ids[id]).collect();
+    assert!(
+        minted.windows(2).all(|w| w[0] < w[1]),
+        "ids follow the creation order, so one layer's tasks sort together"
+    );
+}
+
+#[test]
 fn a_chain_of_100_000_is_layered_without_deep_recursion() {
     let chain: Vec<SubTask> = (0..100_000)
         .map(|i| {

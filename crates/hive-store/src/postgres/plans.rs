@@ -111,16 +111,10 @@ impl PostgresStore {
         }
         let subtasks = specs(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
         let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
-        let ids: HashMap<&str, TaskId> = subtasks
-            .iter()
-            .map(|st| (st.id.as_str(), TaskId::new()))
-            .collect();
+        let (order, ids) = hive_models::tasks_in_layers(&subtasks);
         let mut batch = TaskRows::default();
         let (mut child, mut parent_of, mut position) = (Vec::new(), Vec::new(), Vec::new());
-        for st in hive_models::in_layers(&subtasks)
-            .into_iter()
-            .map(|i| &subtasks[i])
-        {
+        for st in order {
             let Some(&tid) = ids.get(st.id.as_str()) else {
                 continue;
             };

@@ -166,16 +166,10 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
         .bind(id.to_string())
         .execute(&mut *c)
         .await?;
-    let ids: HashMap<&str, TaskId> = subtasks
-        .iter()
-        .map(|st| (st.id.as_str(), TaskId::new()))
-        .collect();
+    let (order, ids) = hive_models::tasks_in_layers(&subtasks);
     let mut rows = Vec::with_capacity(subtasks.len());
     let mut deps = Vec::new();
-    for st in hive_models::in_layers(&subtasks)
-        .into_iter()
-        .map(|i| &subtasks[i])
-    {
+    for st in order {
         let Some(tid) = ids.get(st.id.as_str()).copied() else {
             continue;
         };
