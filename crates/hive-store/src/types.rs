@@ -24,6 +24,14 @@ impl Backend {
         matches!(self, Backend::Postgres)
     }
 
+    /// Whether every write transaction queues for one connection and runs there as a
+    /// series of statements (SQLite): a second transaction in flight waits out the whole
+    /// first one. (Postgres runs them side by side; the memory store's are each one short
+    /// critical section.)
+    pub const fn queues_writes(self) -> bool {
+        matches!(self, Backend::Sqlite)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Backend::Memory => "memory",

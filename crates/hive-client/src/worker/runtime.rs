@@ -149,6 +149,7 @@ impl Runtime {
                 fatal: self.fatal.clone(),
                 claimed: claimed_tx,
                 held: self.held.clone(),
+                queued: self.cfg.client.store().backend().queues_writes(),
             }
             .run(done_rx),
         );
