@@ -45,6 +45,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     flow_rules_are_stored_listed_and_deleted, a_type_runs_at_most_its_limit_and_others_pass,
     a_concurrency_key_is_serial_unless_it_says_otherwise, a_rate_counts_starts_in_its_window,
     a_plans_subtasks_share_their_concurrency_key,
+    a_keyed_dependent_is_claimed_in_the_step_that_frees_it,
     a_paused_type_is_not_claimed_until_resumed, a_keys_rate_and_running_cap_hold_together,
 );
 

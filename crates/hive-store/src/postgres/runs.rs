@@ -87,6 +87,15 @@ const FINISH_SUCCESSES: &str = concat!(
              WHERE d.depends_on = g.task_id AND w.status NOT IN ",
     terminal_statuses!(),
     ") \
+     ), flow AS ( \
+         /* Whether the claim after this finish needs the flow probe: a rule exists, or a \
+            keyed task is ready (one this finish frees counts; the snapshot predates it). */ \
+         SELECT EXISTS (SELECT 1 FROM flow_rules) \
+             OR EXISTS (SELECT 1 FROM tasks WHERE status = 'queued' AND pending_deps = 0 \
+                 AND concurrency_key IS NOT NULL) \
+             OR EXISTS (SELECT 1 FROM tasks k WHERE k.id = ANY(coalesce(r.ids, '{}')) \
+                 AND k.concurrency_key IS NOT NULL) AS maybe \
+         FROM freed r \
      ), ready_notes AS (",
     notify_rows!(
         "SELECT id FROM dep_upd WHERE ready AND $5::bool",
@@ -95,9 +104,9 @@ const FINISH_SUCCESSES: &str = concat!(
     ") \
      SELECT l.run_id, l.task_id, l.plan_id, l.live, n.n AS notified, rn.n AS ready_notified, \
          coalesce(r.ids, '{}') AS ready, coalesce(e.plans, '{}') AS ends, \
-         ARRAY(SELECT DISTINCT task_id FROM credited) AS credited \
+         ARRAY(SELECT DISTINCT task_id FROM credited) AS credited, f.maybe AS flow \
      FROM notes n CROSS JOIN freed r CROSS JOIN ready_notes rn CROSS JOIN ends e \
-     LEFT JOIN locked l ON true"
+     CROSS JOIN flow f LEFT JOIN locked l ON true"
 );
 
 /// Folds dependency credits into their dependents' counts and announces the dependents
@@ -147,6 +156,11 @@ struct Finish {
     unsettled: Vec<PlanId>,
     /// Dependents credited rather than counted down, to fold after commit.
     credited: Vec<Uuid>,
+    /// The finish saw no flow rule and no keyed task ready, so a claim after it in the
+    /// same transaction can skip the flow probe (and its round trip). Only a rule or keyed
+    /// task committed meanwhile is missed, and the plain claim never takes those: they wait
+    /// for the next claim, as they would behind a probe that ran a moment earlier.
+    no_flow: bool,
 }
 
 const LOCK_RUNS: &str = concat!(
@@ -286,8 +300,10 @@ impl PostgresStore {
         let mut ready = Vec::new();
         let mut unsettled = Vec::new();
         let mut credited = Vec::new();
+        let mut no_flow = false;
         if let Some(row) = found.first() {
             credited = rows::get(row, "credited", "tasks")?;
+            no_flow = !rows::get::<bool>(row, "flow", "flow_rules")?;
             let ids: Vec<Uuid> = rows::get(row, "ready", "tasks")?;
             ready = ids.into_iter().map(TaskId).collect();
             let ends: Vec<Uuid> = rows::get(row, "ends", "plans")?;
@@ -327,6 +343,7 @@ impl PostgresStore {
             ready,
             unsettled,
             credited,
+            no_flow,
         })
     }
 
@@ -345,9 +362,7 @@ impl PostgresStore {
                     .iter()
                     .map(|o| FinishReport::stale(o.run_id, None))
                     .collect(),
-                ready: Vec::new(),
-                unsettled: Vec::new(),
-                credited: Vec::new(),
+                ..Finish::default()
             });
         };
         let at = server_now(first)?;
@@ -368,7 +383,7 @@ impl PostgresStore {
             reports,
             ready: written.ready,
             unsettled: written.unsettled,
-            credited: Vec::new(),
+            ..Finish::default()
         })
     }
 
@@ -407,7 +422,11 @@ impl PostgresStore {
         let mut tx = begin_by_key(&self.pool).await?;
         let done = self.finish_in(&mut tx, outcomes, false).await?;
         // Probed after the finish, which may have made room in a limited scope.
-        let probe = flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room);
+        let probe = if done.no_flow {
+            None
+        } else {
+            flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room)
+        };
         let claims = self.claim_in(&mut tx, p, probe).await?;
         let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
         let unclaimed: Vec<Uuid> = done

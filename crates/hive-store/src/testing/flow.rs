@@ -180,6 +180,30 @@ pub async fn a_plans_subtasks_share_their_concurrency_key(s: S) {
     );
 }
 
+/// A keyed subtask its dependency's finish frees is admitted by the claim in the same
+/// step, with no rule stored and no keyed task ready before the finish.
+pub async fn a_keyed_dependent_is_claimed_in_the_step_that_frees_it(s: S) {
+    let pid = s
+        .insert_plan(plan(vec![
+            node("first", &[]),
+            node("then", &["first"]).concurrency_key("gpu"),
+        ]))
+        .await
+        .unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let first = claim(&s, 10).await;
+    assert_eq!(first.len(), 1);
+    let (_, next) = s
+        .finish_and_claim(&[success(first[0].run.id)], &claim_params("w", 10))
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1, "the freed keyed subtask is claimed at once");
+    assert_eq!(next[0].task.concurrency_key.as_deref(), Some("gpu"));
+    // And its key holds: a second task of the key waits while it runs.
+    add(&s, keyed("gpu", 1, None)).await;
+    assert!(claim(&s, 10).await.is_empty(), "one gpu task at a time");
+}
+
 pub async fn a_rate_counts_starts_in_its_window(s: S) {
     rule(&s, Scope::Type("mail".into()), |r| {
         r.rate = Some(Rate {
