@@ -54,10 +54,11 @@ const FINISH_SUCCESSES: &str = concat!(
          SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
          WHERE d.depends_on = ANY(ARRAY(SELECT task_id FROM go)) GROUP BY d.task_id \
      ), task_upd AS ( \
+         /* A join, not a lookup in `dec` per row: that scanned all of `dec` for each. */ \
          UPDATE tasks t SET status = 'completed', result = g.result, updated_at = now(), \
-             pending_deps = greatest(t.pending_deps \
-                 - coalesce((SELECT n FROM dec WHERE dec.id = t.id), 0), 0) \
-         FROM go g WHERE t.id = g.task_id AND t.id = ANY(ARRAY(SELECT task_id FROM go)) \
+             pending_deps = greatest(t.pending_deps - coalesce(dd.n, 0), 0) \
+         FROM go g LEFT JOIN dec dd ON dd.id = g.task_id \
+         WHERE t.id = g.task_id AND t.id = ANY(ARRAY(SELECT task_id FROM go)) \
      ), dep_lock AS ( \
          /* A dependent another transaction holds (a join other finishes count down) is \
             credited instead of waited for: see `FOLD_CREDITS`. */ \
@@ -87,9 +88,10 @@ const FINISH_SUCCESSES: &str = concat!(
              WHERE d.depends_on = g.task_id AND w.status NOT IN ",
     terminal_statuses!(),
     ") \
-     ), flow AS ( \
+     ), flow AS MATERIALIZED ( \
          /* Whether the claim after this finish needs the flow probe: a rule exists, or a \
-            keyed task is ready (one this finish frees counts; the snapshot predates it). */ \
+            keyed task is ready (one this finish frees counts; the snapshot predates it). \
+            Materialized: inlined, its test of the freed ids ran once per returned row. */ \
          SELECT EXISTS (SELECT 1 FROM flow_rules) \
              OR EXISTS (SELECT 1 FROM tasks WHERE status = 'queued' AND pending_deps = 0 \
                  AND concurrency_key IS NOT NULL) \
