@@ -61,9 +61,9 @@ impl Completer {
     /// of usual length still waits to ride on the next one rather than splitting batches.
     /// The full-round rule is off where the store queues write transactions for one
     /// connection: on SQLite the second transaction waits for the writer anyway, and
-    /// splitting the round only made each commit smaller (plan-chains, whose hundred claimable tasks
-    /// went out in three commits of 33 instead of two of 50, ran 5–18% slower, the flat
-    /// drain 6–37%).
+    /// splitting the round only made each commit smaller (plan-chains, whose hundred
+    /// claimable tasks went out in three commits of 33 instead of two of 50, ran 5–33%
+    /// slower with it, the flat drain 6–37%).
     const IN_FLIGHT: usize = 2;
 
     /// A commit taking longer than this is waiting on something beyond its own work.
