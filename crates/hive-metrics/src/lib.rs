@@ -63,6 +63,10 @@ pub struct Metrics {
     pub(crate) runs: RunCounters,
     /// One scrape at a time: a refresh resets the gauges before setting them.
     scraping: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a closed run moves its histogram and its counter, and while the registry
+    /// is gathered: the registry collects metrics in no fixed order, so without it a
+    /// scrape could read the counters after a run's count and the histogram before it.
+    pub(crate) counting: Arc<std::sync::Mutex<()>>,
 }
 
 impl Metrics {
@@ -128,6 +132,7 @@ impl Metrics {
             workers_alive,
             runs,
             scraping: Arc::default(),
+            counting: Arc::default(),
         })
     }
 
@@ -158,8 +163,12 @@ impl Metrics {
 
     /// Every metric as it stands, in the Prometheus text format.
     pub fn render(&self) -> Result<String> {
+        let families = {
+            let _still = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+            self.registry.gather()
+        };
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }

@@ -60,32 +60,44 @@ impl Metrics {
         let Some(run) = client.get_run(run_id).await? else {
             return Ok(());
         };
-        let counter = match classify(&run) {
-            Closed::Completed => &self.runs.completed,
-            Closed::Failed => &self.runs.failed,
-            Closed::TimedOut => &self.runs.timed_out,
-            Closed::Stale => &self.runs.stale,
-            Closed::Ignored => return Ok(()),
-        };
-        // Both reads come before either number moves, and the histogram moves first, so a
-        // scrape that sees the counter sees the run's duration too.
+        let kind = classify(&run);
+        if kind == Closed::Ignored {
+            return Ok(());
+        }
         let task = match run.completed_at {
             Some(_) => client.get_task(run.task_id).await?,
             None => None,
         };
-        if let (Some(end), Some(task)) = (run.completed_at, task) {
+        let took = run.completed_at.zip(task).map(|(end, task)| {
             let secs = (end - run.started_at)
                 .num_microseconds()
                 .unwrap_or(0)
                 .max(0) as f64
                 / 1e6;
+            (task.task_type, secs)
+        });
+        self.count(kind, took);
+        Ok(())
+    }
+
+    /// Moves a closed run's histogram (when its duration and type are known) and its
+    /// counter together: a scrape that sees the one sees the other.
+    pub(crate) fn count(&self, kind: Closed, took: Option<(String, f64)>) {
+        let counter = match kind {
+            Closed::Completed => &self.runs.completed,
+            Closed::Failed => &self.runs.failed,
+            Closed::TimedOut => &self.runs.timed_out,
+            Closed::Stale => &self.runs.stale,
+            Closed::Ignored => return,
+        };
+        let _together = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((task_type, secs)) = took {
             self.runs
                 .duration
-                .with_label_values(&[task.task_type.as_str()])
+                .with_label_values(&[task_type.as_str()])
                 .observe(secs);
         }
         counter.inc();
-        Ok(())
     }
 }
 

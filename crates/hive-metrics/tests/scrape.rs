@@ -70,9 +70,10 @@ async fn numbers_match_the_database_after_a_drain(store: Arc<dyn Store>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let scrape = loop {
         let s = parse(&metrics, &client).await;
-        // All three numbers: once, in a loaded full-workspace run, the two outcome counters
-        // matched while `started` was one short (cause not found). Waiting for all three
-        // tolerates a counter that lags; one lost or doubled event still fails below.
+        // All three numbers, since the watcher counts behind the drain. Once caught up, the
+        // durations must match in the same scrape: the registry gathers its metrics in no
+        // fixed order, and it once read the histogram before, and the counters after, a
+        // run's count. One lost or doubled event still fails below.
         if value(&s, "hive_runs_started_total", &[]) == 9.0
             && value(&s, "hive_runs_completed_total", &[]) == completed
             && value(&s, "hive_runs_failed_total", &[]) == failed
