@@ -138,18 +138,48 @@ pub(super) struct Admitted {
     pub tasks: Vec<FlowCandidate>,
 }
 
+/// Whether a keyed task is ready and whether any flow rule exists: a claim that sees
+/// neither takes no flow-controlled task. The claim appends it to its select, as the text's
+/// last row ([`Probe::from_last`]).
+macro_rules! flow_probe {
+    () => {
+        "SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_ready_keyed \
+             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL) \
+             AS keyed_ready, \
+         EXISTS (SELECT 1 FROM flow_rules) AS has_rules"
+    };
+}
+pub(super) use flow_probe;
+
+/// What [`flow_probe`] found.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Probe {
+    keyed_ready: bool,
+    has_rules: bool,
+}
+
+impl Probe {
+    /// Takes the probe's row off the end of `rows` (a text whose last statement is
+    /// [`flow_probe`], which always returns one row).
+    pub fn from_last(rows: &mut Vec<SqliteRow>) -> R<Probe> {
+        let row = rows
+            .pop()
+            .ok_or_else(|| db::corrupt("tasks", "the flow probe returned no row"))?;
+        let c = Cols::new(&row, "tasks");
+        Ok(Probe {
+            keyed_ready: c.get("keyed_ready")?,
+            has_rules: c.get("has_rules")?,
+        })
+    }
+}
+
 /// The flow-controlled tasks this claim may take, in queue order (none when no rule
 /// applies and no keyed task is ready).
-pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams) -> R<Admitted> {
-    let keyed_ready: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_ready_keyed \
-         WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL)",
-    )
-    .fetch_one(&mut *c)
-    .await?;
-    let has_rules: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM flow_rules)")
-        .fetch_one(&mut *c)
-        .await?;
+pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams, probe: Probe) -> R<Admitted> {
+    let Probe {
+        keyed_ready,
+        has_rules,
+    } = probe;
     if !keyed_ready && !has_rules {
         return Ok(Admitted::default());
     }

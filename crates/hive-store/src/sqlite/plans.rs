@@ -229,23 +229,13 @@ pub(super) async fn cancel(
     else {
         return Ok(None);
     };
-    let cols = Cols::new(&row, "plans");
-    let status: PlanStatus = cols.parse("status")?;
-    if status.is_terminal() {
+    let counters = replay::plan_counters(&Cols::new(&row, "plans"))?;
+    if counters.status.is_terminal() {
         return Ok(Some(Vec::new()));
     }
     let at = db::db_now(c).await?;
     let mut view = Loaded::default();
-    view.plans.insert(
-        id,
-        PlanCounters {
-            status,
-            total: cols.u32("total_subtasks")?,
-            completed: cols.u32("completed_subtasks")?,
-            failed: cols.u32("failed_subtasks")?,
-            cancelled: cols.u32("cancelled_subtasks")?,
-        },
-    );
+    view.plans.insert(id, counters);
     let rows = sqlx::query(concat!(
         "SELECT ",
         state_columns!(),

@@ -48,18 +48,40 @@ pub(super) async fn load_runs(
     view: &mut Loaded,
     runs: &[RunId],
 ) -> R<(Option<i64>, HashMap<RunId, TaskId>)> {
+    // Their plans' rows come along, so a finish needs no second read for them (each read
+    // is a hand-off to the writer's thread).
     let rows = sqlx::query(concat!(
         "SELECT r.id AS run_id, r.status AS run_status, ",
         state_columns!(),
         ", ",
         now_us!(),
-        " AS now_us FROM runs r JOIN tasks t ON t.id = r.task_id \
+        " AS now_us, p.status, p.total_subtasks, p.completed_subtasks, p.failed_subtasks, \
+             p.cancelled_subtasks \
+         FROM runs r JOIN tasks t ON t.id = r.task_id LEFT JOIN plans p ON p.id = t.plan_id \
          WHERE r.id IN (SELECT value FROM json_each(?1))"
     ))
     .bind(json_list(runs))
     .fetch_all(&mut *c)
     .await?;
+    for row in &rows {
+        let cols = Cols::new(row, "plans");
+        if let Some(plan) = cols.parse_opt::<PlanId>("plan_id")? {
+            view.plans.insert(plan, plan_counters(&cols)?);
+        }
+    }
     load_run_rows(view, &rows)
+}
+
+/// A plan's counters from the columns `status`, `total_subtasks`, `completed_subtasks`,
+/// `failed_subtasks` and `cancelled_subtasks` of a row.
+pub(super) fn plan_counters(cols: &Cols<'_>) -> R<PlanCounters> {
+    Ok(PlanCounters {
+        status: cols.parse("status")?,
+        total: cols.u32("total_subtasks")?,
+        completed: cols.u32("completed_subtasks")?,
+        failed: cols.u32("failed_subtasks")?,
+        cancelled: cols.u32("cancelled_subtasks")?,
+    })
 }
 
 /// [`load_runs`] for rows the caller selected (the reaper's expired runs).
@@ -133,16 +155,7 @@ pub(super) async fn load_plans(c: &mut Conn, view: &mut Loaded) -> R<()> {
     .await?;
     for row in &rows {
         let cols = Cols::new(row, "plans");
-        view.plans.insert(
-            cols.parse("id")?,
-            PlanCounters {
-                status: cols.parse("status")?,
-                total: cols.u32("total_subtasks")?,
-                completed: cols.u32("completed_subtasks")?,
-                failed: cols.u32("failed_subtasks")?,
-                cancelled: cols.u32("cancelled_subtasks")?,
-            },
-        );
+        view.plans.insert(cols.parse("id")?, plan_counters(&cols)?);
     }
     Ok(())
 }
@@ -163,7 +176,54 @@ pub(super) async fn replay<T>(
     Ok((out, notes))
 }
 
-/// Writes a batch's patches, each table in one statement.
+/// A batch's patches: each table in one statement, all of them sent to the writer's thread
+/// as one text, because on a loaded machine the hand-off to that thread and back costs more
+/// than one of these statements. A part with nothing to write is an empty JSON list, which
+/// writes nothing. Only the countdown returns rows.
+///
+/// The parameters are positional (`?`), bound in the order they appear across the text:
+/// sqlx binds a numbered one (`?N`) by its number, but stops binding a statement at the
+/// first slot below its highest number that the statement does not name, so a statement
+/// naming only `?1` and `?6` would run with `?6` NULL.
+const WRITE_PATCHES: &str = concat!(
+    "UPDATE runs SET status = j.value ->> 'status', completed_at = ?, updated_at = ?, \
+         lease_expires_at = NULL, \
+         result_data = CASE WHEN j.value ->> 'set_result' \
+             THEN j.value ->> 'result' ELSE result_data END, \
+         error_message = CASE WHEN j.value ->> 'set_error' \
+             THEN j.value ->> 'error' ELSE error_message END, \
+         output_log = CASE WHEN j.value ->> 'set_log' \
+             THEN j.value ->> 'log' ELSE output_log END \
+     FROM json_each(?) AS j \
+     WHERE runs.id = j.value ->> 'id' AND runs.status = 'running'; \
+     UPDATE tasks SET status = j.value ->> 'status', updated_at = ?, \
+         result = CASE WHEN j.value ->> 'set_result' THEN j.value ->> 'result' \
+             ELSE result END, \
+         last_error = CASE WHEN j.value ->> 'set_error' THEN j.value ->> 'error' \
+             ELSE last_error END, \
+         assigned_worker = CASE WHEN j.value ->> 'requeue' THEN NULL \
+             ELSE assigned_worker END, \
+         run_at = CASE WHEN j.value ->> 'requeue' THEN j.value ->> 'run_at_us' \
+             ELSE run_at END, \
+         attempts = MAX(attempts + (j.value ->> 'attempts_delta'), 0), \
+         pending_deps = CASE WHEN j.value ->> 'recount' THEN ( \
+             SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
+             WHERE d.task_id = tasks.id AND x.status <> 'completed') \
+             ELSE pending_deps END, \
+         metadata = CASE WHEN j.value ->> 'set_metadata' THEN j.value ->> 'metadata' \
+             ELSE metadata END \
+     FROM json_each(?) AS j WHERE tasks.id = j.value ->> 'id'; ",
+    super::tasks::count_dependents_down!(),
+    "; ",
+    super::tasks::count_dependents_up!(),
+    "; UPDATE plans SET status = j.value ->> 'status', \
+         completed_subtasks = j.value ->> 'completed', \
+         failed_subtasks = j.value ->> 'failed', \
+         cancelled_subtasks = j.value ->> 'cancelled', updated_at = ? \
+     FROM json_each(?) AS j WHERE plans.id = j.value ->> 'id'"
+);
+
+/// Writes a batch's patches ([`WRITE_PATCHES`]).
 pub(super) async fn write(c: &mut Conn, n: &Notifier, p: Patches, at: i64) -> R<Vec<Notification>> {
     if p.is_empty() {
         return Ok(Vec::new());
@@ -171,66 +231,66 @@ pub(super) async fn write(c: &mut Conn, n: &Notifier, p: Patches, at: i64) -> R<
     let json = |what: &str, r: Result<String, serde_json::Error>| {
         r.map_err(|e| db::corrupt("patches", format!("{what}: {e}")))
     };
-    if !p.runs.is_empty() {
-        sqlx::query(
-            "UPDATE runs SET status = j.value ->> 'status', completed_at = ?1, updated_at = ?1, \
-                 lease_expires_at = NULL, \
-                 result_data = CASE WHEN j.value ->> 'set_result' \
-                     THEN j.value ->> 'result' ELSE result_data END, \
-                 error_message = CASE WHEN j.value ->> 'set_error' \
-                     THEN j.value ->> 'error' ELSE error_message END, \
-                 output_log = CASE WHEN j.value ->> 'set_log' \
-                     THEN j.value ->> 'log' ELSE output_log END \
-             FROM json_each(?2) AS j \
-             WHERE runs.id = j.value ->> 'id' AND runs.status = 'running'",
-        )
+    let freed = sqlx::query(WRITE_PATCHES)
+        .bind(at)
         .bind(at)
         .bind(json("runs", rules::runs_json(&p.runs))?)
-        .execute(&mut *c)
-        .await?;
-    }
-    if !p.tasks.is_empty() {
-        sqlx::query(
-            "UPDATE tasks SET status = j.value ->> 'status', updated_at = ?1, \
-                 result = CASE WHEN j.value ->> 'set_result' THEN j.value ->> 'result' \
-                     ELSE result END, \
-                 last_error = CASE WHEN j.value ->> 'set_error' THEN j.value ->> 'error' \
-                     ELSE last_error END, \
-                 assigned_worker = CASE WHEN j.value ->> 'requeue' THEN NULL \
-                     ELSE assigned_worker END, \
-                 run_at = CASE WHEN j.value ->> 'requeue' THEN j.value ->> 'run_at_us' \
-                     ELSE run_at END, \
-                 attempts = MAX(attempts + (j.value ->> 'attempts_delta'), 0), \
-                 pending_deps = CASE WHEN j.value ->> 'recount' THEN ( \
-                     SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
-                     WHERE d.task_id = tasks.id AND x.status <> 'completed') \
-                     ELSE pending_deps END, \
-                 metadata = CASE WHEN j.value ->> 'set_metadata' THEN j.value ->> 'metadata' \
-                     ELSE metadata END \
-             FROM json_each(?2) AS j WHERE tasks.id = j.value ->> 'id'",
-        )
         .bind(at)
         .bind(json("tasks", rules::tasks_json(&p.tasks))?)
-        .execute(&mut *c)
-        .await?;
-    }
-    let mut notes = p.notes;
-    for task in super::tasks::decrement_dependents(c, &p.completed).await? {
-        notes.push(n.task_ready(task));
-    }
-    super::tasks::increment_dependents(c, &p.reopened).await?;
-    if !p.plans.is_empty() {
-        sqlx::query(
-            "UPDATE plans SET status = j.value ->> 'status', \
-                 completed_subtasks = j.value ->> 'completed', \
-                 failed_subtasks = j.value ->> 'failed', \
-                 cancelled_subtasks = j.value ->> 'cancelled', updated_at = ?1 \
-             FROM json_each(?2) AS j WHERE plans.id = j.value ->> 'id'",
-        )
+        .bind(json_list(&p.completed))
+        .bind(json_list(&p.reopened))
         .bind(at)
         .bind(json("plans", rules::plans_json(&p.plans))?)
-        .execute(&mut *c)
+        .fetch_all(&mut *c)
         .await?;
+    let mut notes = p.notes;
+    for task in super::tasks::ready_dependents(&freed)? {
+        notes.push(n.task_ready(task));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use sqlx::Row;
+
+    /// What [`super::WRITE_PATCHES`] and the claim's writes rely on: sqlx's SQLite driver
+    /// runs every statement of a text and binds positional parameters across them in order
+    /// (behaviour sqlx calls deprecated, launchbadge/sqlx#3108). If an upgrade drops it,
+    /// this fails first; split the texts back into one query per statement.
+    #[tokio::test]
+    async fn sqlx_runs_every_statement_of_a_text_with_its_parameters_in_order() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (a INTEGER, b TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let rows = sqlx::query(
+            "INSERT INTO t VALUES (?, ?); UPDATE t SET b = b || ? WHERE a = ?; \
+             SELECT a, b FROM t",
+        )
+        .bind(1)
+        .bind("x")
+        .bind("y")
+        .bind(1)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(got, [(1, "xy".to_string())]);
+    }
+
+    /// Numbered parameters would not do in these texts (see [`super::WRITE_PATCHES`]).
+    #[test]
+    fn the_multi_statement_texts_use_positional_parameters_only() {
+        for text in [super::WRITE_PATCHES, super::super::runs::CLAIM_WRITES] {
+            let numbered = text
+                .as_bytes()
+                .windows(2)
+                .any(|w| w[0] == b'?' && w[1].is_ascii_digit());
+            assert!(!numbered, "{text}");
+        }
+    }
 }

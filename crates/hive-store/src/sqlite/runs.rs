@@ -89,44 +89,65 @@ macro_rules! claim_select {
     };
 }
 
-/// One select, one update of the tasks, one insert of the runs, and one update of the
-/// plans that start, whatever the number claimed.
+/// A claim's writes, sent to the writer's thread as one text, its parameters positional
+/// (see [`super::replay::write`] for both): the tasks taken (`[task, run]` pairs), their
+/// runs opened (`[run, task, run number, phase]`), and the plans among those listed that
+/// start, returned.
+pub(super) const CLAIM_WRITES: &str = "\
+    UPDATE tasks SET status = 'in_progress', assigned_worker = ?, attempts = attempts + 1, \
+        run_count = run_count + 1, current_run_id = j.value ->> 1, updated_at = ? \
+    FROM json_each(?) AS j WHERE tasks.id = j.value ->> 0; \
+    INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
+                      lease_us, lease_expires_at, created_at, updated_at) \
+    SELECT j.value ->> 0, j.value ->> 1, ?, j.value ->> 2, 'running', j.value ->> 3, ?, \
+           ?, ?, ?, ? \
+    FROM json_each(?) AS j; \
+    UPDATE plans SET status = 'in_progress', updated_at = ? \
+    WHERE status = 'pending' AND id IN (SELECT value FROM json_each(?)) RETURNING id";
+
+/// One select and one text of writes ([`CLAIM_WRITES`]), whatever the number claimed.
 pub(super) async fn claim(
     c: &mut Conn,
     n: &Notifier,
     notes: &mut Vec<Notification>,
     p: &ClaimParams,
 ) -> R<Vec<Claim>> {
-    let admitted = flow::admitted(c, p).await?;
-    let mut rows = if admitted.tasks.is_empty() {
-        Vec::new()
+    // The plain select and the flow probe go to the writer's thread as one text (see
+    // `replay::write` for why); the probe's row comes last.
+    let mut rows = if p.task_types.is_empty() {
+        sqlx::query(concat!(claim_select!(""), "; ", flow::flow_probe!()))
+            .bind(i64::from(p.limit))
+            .fetch_all(&mut *c)
+            .await?
     } else {
-        let ids = json_list(admitted.tasks.iter().map(|a| a.id));
         sqlx::query(concat!(
+            claim_select!(" AND t.task_type IN (SELECT value FROM json_each(?2))"),
+            "; ",
+            flow::flow_probe!()
+        ))
+        .bind(i64::from(p.limit))
+        .bind(json_list(&p.task_types))
+        .fetch_all(&mut *c)
+        .await?
+    };
+    let probe = flow::Probe::from_last(&mut rows)?;
+    let admitted = flow::admitted(c, p, probe).await?;
+    if !admitted.tasks.is_empty() {
+        // Admitted tasks go first; the plain ones fill what is left of the limit, as a
+        // select with the smaller limit would have (the plain select takes no
+        // flow-controlled task, so the two never overlap).
+        rows.truncate((p.limit as usize).saturating_sub(admitted.tasks.len()));
+        let ids = json_list(admitted.tasks.iter().map(|a| a.id));
+        let mut first = sqlx::query(concat!(
             claim_columns!(),
             " FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?1)) \
              ORDER BY t.priority DESC, t.seq"
         ))
         .bind(ids)
         .fetch_all(&mut *c)
-        .await?
-    };
-    let limit = i64::from(p.limit) - rows.len() as i64;
-    if limit > 0 {
-        rows.extend(if p.task_types.is_empty() {
-            sqlx::query(claim_select!(""))
-                .bind(limit)
-                .fetch_all(&mut *c)
-                .await?
-        } else {
-            sqlx::query(claim_select!(
-                " AND t.task_type IN (SELECT value FROM json_each(?2))"
-            ))
-            .bind(limit)
-            .bind(json_list(&p.task_types))
-            .fetch_all(&mut *c)
-            .await?
-        });
+        .await?;
+        first.append(&mut rows);
+        rows = first;
     }
     let Some(first) = rows.first() else {
         return Ok(Vec::new());
@@ -161,17 +182,6 @@ pub(super) async fn claim(
         .map(|cl| json!([cl.task.id.to_string(), cl.run.id.to_string()]))
         .collect();
     let pairs = to_json("claims", &pairs)?;
-    sqlx::query(
-        "UPDATE tasks SET status = 'in_progress', assigned_worker = ?1, attempts = attempts + 1, \
-         run_count = run_count + 1, \
-         current_run_id = j.value ->> 1, updated_at = ?2 \
-         FROM json_each(?3) AS j WHERE tasks.id = j.value ->> 0",
-    )
-    .bind(p.worker_id.as_str())
-    .bind(at)
-    .bind(&pairs)
-    .execute(&mut *c)
-    .await?;
     let new_runs: Vec<Json> = claims
         .iter()
         .map(|cl| {
@@ -183,34 +193,26 @@ pub(super) async fn claim(
             ])
         })
         .collect();
-    sqlx::query(
-        "INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
-                           lease_us, lease_expires_at, created_at, updated_at) \
-         SELECT j.value ->> 0, j.value ->> 1, ?1, j.value ->> 2, 'running', j.value ->> 3, ?2, \
-                ?3, ?4, ?2, ?2 \
-         FROM json_each(?5) AS j",
-    )
-    .bind(p.worker_id.as_str())
-    .bind(at)
-    .bind(db::dur_us(p.lease))
-    .bind(until)
-    .bind(to_json("runs", &new_runs)?)
-    .execute(&mut *c)
-    .await?;
     let plan_ids: HashSet<PlanId> = claims.iter().filter_map(|cl| cl.task.plan_id).collect();
-    let mut started_plans: HashSet<PlanId> = HashSet::new();
-    if !plan_ids.is_empty() {
-        let rows = sqlx::query(
-            "UPDATE plans SET status = 'in_progress', updated_at = ?1 \
-             WHERE status = 'pending' AND id IN (SELECT value FROM json_each(?2)) RETURNING id",
-        )
+    let worker = p.worker_id.as_str();
+    let rows = sqlx::query(CLAIM_WRITES)
+        .bind(worker)
+        .bind(at)
+        .bind(&pairs)
+        .bind(worker)
+        .bind(at)
+        .bind(db::dur_us(p.lease))
+        .bind(until)
+        .bind(at)
+        .bind(at)
+        .bind(to_json("runs", &new_runs)?)
         .bind(at)
         .bind(json_list(&plan_ids))
         .fetch_all(&mut *c)
         .await?;
-        for row in &rows {
-            started_plans.insert(Cols::new(row, "plans").parse("id")?);
-        }
+    let mut started_plans: HashSet<PlanId> = HashSet::new();
+    for row in &rows {
+        started_plans.insert(Cols::new(row, "plans").parse("id")?);
     }
     for cl in &claims {
         if let Some(pid) = cl.task.plan_id
@@ -244,6 +246,8 @@ pub(super) async fn finish(
     let outcomes = &*outcomes;
     if created > 0 {
         notes.push(n.task_created(None, created));
+        // The plans grew: their counters as `load_runs` read them are out of date.
+        view.plans.clear();
     }
     let roots = view.failing_roots(outcomes, &run_task);
     replay::load_cascade(c, &mut view, &roots).await?;

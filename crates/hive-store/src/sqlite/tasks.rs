@@ -392,32 +392,54 @@ pub(super) async fn dependencies_met(c: &mut Conn, ids: &[TaskId]) -> R<HashMap<
         .collect()
 }
 
-/// Each dependent of the given tasks waits for one dependency fewer per task listed, and
-/// the queued ones this leaves waiting for none are returned (now claimable unless
-/// delayed); one waiting for none already is left as it is (the memory store's rule). One
-/// statement; the `depends_on` index finds the dependents, so the cost follows their number.
-pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec<TaskId>> {
-    if done.is_empty() {
-        return Ok(Vec::new());
-    }
-    // A dependent left waiting for nothing starts its delay now; only one without a delay is
-    // ready at once. The counts are gathered once for the batch, not per dependent row.
-    let rows = sqlx::query(concat!(
-        "WITH dec AS ( \
+/// How many of the tasks in the JSON list bound to its one parameter each dependent waits
+/// for, as `per_dep (id, n)`; the `depends_on` index finds the dependents, so the cost
+/// follows their number, and the counts are gathered once, not per dependent row.
+macro_rules! per_dependent {
+    () => {
+        "WITH per_dep AS ( \
              SELECT d.task_id AS id, COUNT(*) AS n FROM task_dependencies d \
-             WHERE d.depends_on IN (SELECT value FROM json_each(?1)) GROUP BY d.task_id) \
-         UPDATE tasks SET pending_deps = MAX(pending_deps - dec.n, 0), \
-             run_at = CASE WHEN delay_secs > 0 AND pending_deps <= dec.n THEN ",
-        now_us!(),
-        " + delay_secs * 1000000 ELSE run_at END \
-         FROM dec WHERE tasks.id = dec.id AND pending_deps > 0 \
-         RETURNING id, pending_deps = 0 AND status = 'queued' AND delay_secs = 0 AS ready"
-    ))
-    .bind(json_list(done))
-    .fetch_all(&mut *c)
-    .await?;
+             WHERE d.depends_on IN (SELECT value FROM json_each(?)) GROUP BY d.task_id) "
+    };
+}
+pub(super) use per_dependent;
+
+/// Each dependent of the listed tasks ([`per_dependent`]) waits for one dependency fewer per
+/// task listed; returns the dependents' ids and whether each is ready now (queued, waiting
+/// for none, no delay). One waiting for none already is left as it is (the memory store's
+/// rule); a dependent left waiting for nothing starts its delay now.
+macro_rules! count_dependents_down {
+    () => {
+        concat!(
+            $crate::sqlite::tasks::per_dependent!(),
+            "UPDATE tasks SET pending_deps = MAX(pending_deps - per_dep.n, 0), \
+                 run_at = CASE WHEN delay_secs > 0 AND pending_deps <= per_dep.n THEN ",
+            now_us!(),
+            " + delay_secs * 1000000 ELSE run_at END \
+             FROM per_dep WHERE tasks.id = per_dep.id AND pending_deps > 0 \
+             RETURNING id, pending_deps = 0 AND status = 'queued' AND delay_secs = 0 AS ready"
+        )
+    };
+}
+pub(super) use count_dependents_down;
+
+/// Each queued dependent of the listed tasks ([`per_dependent`]: completed tasks back in
+/// the queue) waits for one dependency more per task listed.
+macro_rules! count_dependents_up {
+    () => {
+        concat!(
+            $crate::sqlite::tasks::per_dependent!(),
+            "UPDATE tasks SET pending_deps = pending_deps + per_dep.n \
+             FROM per_dep WHERE tasks.id = per_dep.id AND status = 'queued'"
+        )
+    };
+}
+pub(super) use count_dependents_up;
+
+/// The dependents [`count_dependents_down`] returned that are ready now.
+pub(super) fn ready_dependents(rows: &[sqlx::sqlite::SqliteRow]) -> R<Vec<TaskId>> {
     let mut ready = Vec::new();
-    for row in &rows {
+    for row in rows {
         let cols = Cols::new(row, "tasks");
         if cols.get::<i64>("ready")? != 0 {
             ready.push(cols.parse("id")?);
@@ -426,21 +448,14 @@ pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec
     Ok(ready)
 }
 
-/// Each queued dependent of the given tasks (completed tasks back in the queue) waits for
-/// one dependency more per task listed. One statement, found by the `depends_on` index.
-pub(super) async fn increment_dependents(c: &mut Conn, reopened: &[TaskId]) -> R<()> {
-    if reopened.is_empty() {
-        return Ok(());
+/// [`count_dependents_down`] for `done`; returns the dependents it made ready.
+pub(super) async fn decrement_dependents(c: &mut Conn, done: &[TaskId]) -> R<Vec<TaskId>> {
+    if done.is_empty() {
+        return Ok(Vec::new());
     }
-    sqlx::query(
-        "WITH inc AS ( \
-             SELECT d.task_id AS id, COUNT(*) AS n FROM task_dependencies d \
-             WHERE d.depends_on IN (SELECT value FROM json_each(?1)) GROUP BY d.task_id) \
-         UPDATE tasks SET pending_deps = pending_deps + inc.n \
-         FROM inc WHERE tasks.id = inc.id AND status = 'queued'",
-    )
-    .bind(json_list(reopened))
-    .execute(&mut *c)
-    .await?;
-    Ok(())
+    let rows = sqlx::query(count_dependents_down!())
+        .bind(json_list(done))
+        .fetch_all(&mut *c)
+        .await?;
+    ready_dependents(&rows)
 }

@@ -109,6 +109,24 @@ pub async fn a_type_runs_at_most_its_limit_and_others_pass(s: S) {
     assert!(claim(&s, 10).await.is_empty());
 }
 
+/// A claim's limit counts the tasks a rule admits and the others together.
+pub async fn a_claim_takes_at_most_its_limit_of_ruled_and_other_tasks(s: S) {
+    rule(&s, Scope::Type("api".into()), |r| r.max_running = Some(2)).await;
+    add(&s, of_type("api", 3)).await;
+    add(&s, of_type("other", 3)).await;
+    let first = claim(&s, 3).await;
+    assert_eq!(first.len(), 3, "the limit, no more");
+    let api = |claims: &[Claim]| claims.iter().filter(|c| c.task.task_type == "api").count();
+    assert!(api(&first) <= 2);
+    let rest = claim(&s, 10).await;
+    assert_eq!(api(&first) + api(&rest), 2, "the rule's two");
+    assert_eq!(
+        first.len() + rest.len(),
+        5,
+        "the rule's two and every other task"
+    );
+}
+
 pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
     let a = add(&s, keyed("acct-a", 3, None)).await;
     let b = add(&s, keyed("acct-b", 3, Some(2))).await;

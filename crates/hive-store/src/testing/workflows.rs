@@ -146,6 +146,29 @@ pub async fn a_spawn_the_plan_cannot_take_adds_nothing(s: S) {
     assert_eq!(all.len(), 2, "nothing half-added");
 }
 
+/// A plan's last open subtask spawns: the plan counts what it spawned before it decides
+/// whether it is done (a count read before the spawn would complete it at once).
+pub async fn a_last_subtask_that_spawns_keeps_its_plan_running(s: S) {
+    let (pid, _) = materialized(&s, vec![node("split", &[])]).await;
+    let split = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[done(split.run.id, None, vec![node("chunk", &["split"])])])
+        .await
+        .unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(
+        (p.status, p.total_subtasks, p.completed_subtasks),
+        (PlanStatus::InProgress, 2, 1)
+    );
+    let chunk = claim_all(&s)
+        .await
+        .pop()
+        .expect("the spawned subtask is ready");
+    assert_eq!(subtask_of(&chunk), "chunk");
+    s.finish_runs(&[success(chunk.run.id)]).await.unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 2));
+}
+
 pub async fn a_stale_run_spawns_nothing(s: S) {
     let (pid, _) = materialized(&s, vec![node("split", &[])]).await;
     let split = claim_all(&s).await.pop().unwrap();
