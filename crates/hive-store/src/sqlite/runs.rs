@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use hive_models::{Json, PlanId, PlanStatus, Run, RunId, TaskId, TaskStatus, WorkerId};
+use hive_models::{PlanId, PlanStatus, Run, RunId, TaskId, TaskStatus, WorkerId};
 use serde_json::json;
 
 use super::db::{self, Cols, Conn, R, add_us, json_list, to_json};
@@ -90,20 +90,55 @@ macro_rules! claim_select {
 }
 
 /// A claim's writes, sent to the writer's thread as one text, its parameters positional
-/// (see [`super::replay::write`] for both): the tasks taken (`[task, run]` pairs), their
-/// runs opened (`[run, task, run number, phase]`), and the plans among those listed that
-/// start, returned.
+/// (see [`super::replay::write`] for both), all from the `[task, run]` pairs taken: the
+/// tasks taken, their runs opened (numbered and phased from the tasks just updated), and
+/// the plans among theirs that start, returned.
 pub(super) const CLAIM_WRITES: &str = "\
     UPDATE tasks SET status = 'in_progress', assigned_worker = ?, attempts = attempts + 1, \
         run_count = run_count + 1, current_run_id = j.value ->> 1, updated_at = ? \
     FROM json_each(?) AS j WHERE tasks.id = j.value ->> 0; \
     INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
                       lease_us, lease_expires_at, created_at, updated_at) \
-    SELECT j.value ->> 0, j.value ->> 1, ?, j.value ->> 2, 'running', j.value ->> 3, ?, \
-           ?, ?, ?, ? \
-    FROM json_each(?) AS j; \
+    SELECT j.value ->> 1, t.id, ?, t.run_count, 'running', t.current_phase, ?, ?, ?, ?, ? \
+    FROM json_each(?) AS j JOIN tasks t ON t.id = j.value ->> 0; \
     UPDATE plans SET status = 'in_progress', updated_at = ? \
-    WHERE status = 'pending' AND id IN (SELECT value FROM json_each(?)) RETURNING id";
+    WHERE status = 'pending' AND id IN ( \
+        SELECT t.plan_id FROM json_each(?) AS j JOIN tasks t ON t.id = j.value ->> 0 \
+        WHERE t.plan_id IS NOT NULL) \
+    RETURNING id";
+
+/// The claims of the selected `rows` ([`claim_columns`]), as [`CLAIM_WRITES`] leaves their
+/// tasks, with the runs `run_ids` opened at `at` until `until`.
+fn decode_claims(
+    rows: &[sqlx::sqlite::SqliteRow],
+    run_ids: &[RunId],
+    worker: &WorkerId,
+    at: i64,
+    until: i64,
+) -> R<Vec<Claim>> {
+    let started = db::ts("runs", at)?;
+    let lease_until = db::ts("runs", until)?;
+    let mut claims = Vec::with_capacity(rows.len());
+    for (row, run_id) in rows.iter().zip(run_ids) {
+        let mut task = db::task_from_row(row)?;
+        let inputs = Cols::new(row, "tasks").json("inputs")?;
+        let run = Run::claimed(
+            *run_id,
+            &task,
+            worker.clone(),
+            Cols::new(row, "runs").u32("next_run")?,
+            started,
+            Some(lease_until),
+        );
+        task.status = TaskStatus::InProgress;
+        task.assigned_worker = Some(worker.clone());
+        task.attempts = task.attempts.saturating_add(1);
+        task.current_run_id = Some(run.id);
+        task.updated_at = started;
+        claims.push(Claim { task, run, inputs });
+    }
+    Ok(claims)
+}
 
 /// One select and one text of writes ([`CLAIM_WRITES`]), whatever the number claimed.
 pub(super) async fn claim(
@@ -155,47 +190,20 @@ pub(super) async fn claim(
     let at: i64 = Cols::new(first, "tasks").get("now_us")?;
     // Every admitted task is claimed: this transaction holds the write lock throughout.
     flow::record_starts(c, &admitted, at).await?;
-    let started = db::ts("runs", at)?;
     let until = add_us(at, p.lease);
-    let lease_until = db::ts("runs", until)?;
-    let mut claims = Vec::with_capacity(rows.len());
+    let mut run_ids = Vec::with_capacity(rows.len());
+    let mut pairs = Vec::with_capacity(rows.len());
     for row in &rows {
-        let mut task = db::task_from_row(row)?;
-        let inputs = Cols::new(row, "tasks").json("inputs")?;
-        let run = Run::claimed(
-            RunId::new(),
-            &task,
-            p.worker_id.clone(),
-            Cols::new(row, "runs").u32("next_run")?,
-            started,
-            Some(lease_until),
-        );
-        task.status = TaskStatus::InProgress;
-        task.assigned_worker = Some(p.worker_id.clone());
-        task.attempts = task.attempts.saturating_add(1);
-        task.current_run_id = Some(run.id);
-        task.updated_at = started;
-        claims.push(Claim { task, run, inputs });
+        let run = RunId::new();
+        run_ids.push(run);
+        pairs.push(json!([
+            Cols::new(row, "tasks").get::<String>("id")?,
+            run.to_string()
+        ]));
     }
-    let pairs: Vec<Json> = claims
-        .iter()
-        .map(|cl| json!([cl.task.id.to_string(), cl.run.id.to_string()]))
-        .collect();
     let pairs = to_json("claims", &pairs)?;
-    let new_runs: Vec<Json> = claims
-        .iter()
-        .map(|cl| {
-            json!([
-                cl.run.id.to_string(),
-                cl.task.id.to_string(),
-                cl.run.run_number,
-                cl.run.phase
-            ])
-        })
-        .collect();
-    let plan_ids: HashSet<PlanId> = claims.iter().filter_map(|cl| cl.task.plan_id).collect();
     let worker = p.worker_id.as_str();
-    let rows = sqlx::query(CLAIM_WRITES)
+    let writes = sqlx::query(CLAIM_WRITES)
         .bind(worker)
         .bind(at)
         .bind(&pairs)
@@ -205,13 +213,18 @@ pub(super) async fn claim(
         .bind(until)
         .bind(at)
         .bind(at)
-        .bind(to_json("runs", &new_runs)?)
+        .bind(&pairs)
         .bind(at)
-        .bind(json_list(&plan_ids))
-        .fetch_all(&mut *c)
-        .await?;
+        .bind(&pairs)
+        .fetch_all(&mut *c);
+    // The writes need only the pairs, so the writer's thread runs them while this one
+    // decodes the claims (biased: the writes are sent first).
+    let (written, claims) = tokio::join!(biased; writes, async {
+        decode_claims(&rows, &run_ids, &p.worker_id, at, until)
+    });
+    let (started, claims) = (written?, claims?);
     let mut started_plans: HashSet<PlanId> = HashSet::new();
-    for row in &rows {
+    for row in &started {
         started_plans.insert(Cols::new(row, "plans").parse("id")?);
     }
     for cl in &claims {
