@@ -1,6 +1,6 @@
 //! The SQLite adapter of the rules: load the rows a batch can touch into a
 //! [`Loaded`] view, replay the batch with [`Changes`], and write its [`Patches`] with one
-//! statement per table, whatever the batch's size.
+//! statement per table, whatever the batch's size, all sent to the writer as one text.
 
 use std::collections::HashMap;
 
