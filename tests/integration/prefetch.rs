@@ -162,12 +162,18 @@ async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start
         })
         .collect();
     let long_ids = c.create_tasks(long).await.unwrap();
-    // One long task runs and three wait in the buffer.
+    // One long task runs and three wait in the buffer. Claimed is not yet started: wait
+    // for the handler too, or all four may still look buffered.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let counts = c.count_tasks(None).await.unwrap();
         let count = |s| counts.get(&s).copied().unwrap_or(0);
-        if count(TaskStatus::Completed) == 10 && count(TaskStatus::InProgress) == 4 {
+        let running = {
+            let started = started.lock().unwrap();
+            long_ids.iter().filter(|id| started.contains(id)).count()
+        };
+        if count(TaskStatus::Completed) == 10 && count(TaskStatus::InProgress) == 4 && running == 1
+        {
             break;
         }
         assert!(
