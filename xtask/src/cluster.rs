@@ -93,6 +93,11 @@ pub struct ClusterArgs {
     /// `cargo test`).
     #[arg(long, value_name = "PATH")]
     hive_bin: Option<PathBuf>,
+    /// Make the database wait this long before every WAL flush (`commit_delay`, with
+    /// `commit_siblings = 0`), as a slower disk would: network block storage flushes in
+    /// milliseconds where this machine's disk takes a tenth of one.
+    #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    flush_delay_us: Option<u32>,
 }
 
 /// How much work each scenario does.
@@ -163,6 +168,9 @@ pub fn run(args: ClusterArgs) -> Result<()> {
     if args.write_docs && args.quick {
         bail!("--write-docs records full runs; drop --quick");
     }
+    if args.write_docs && args.flush_delay_us.is_some() {
+        bail!("--write-docs records runs at the disk's own pace; drop --flush-delay-us");
+    }
     sys::preflight()?;
     let tmp = std::env::temp_dir();
     for removed in leftovers::clean(&tmp)? {
@@ -187,7 +195,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let results = runtime.block_on(async {
         tokio::select! {
-            r = session(&tmp, hive, sizes, &scenarios, args.keep_going) => r,
+            r = session(&tmp, hive, sizes, &scenarios, args.keep_going, args.flush_delay_us) => r,
             signal = sys::interrupted() => {
                 // Dropping the session above ran every guard: nothing is left behind.
                 bail!("interrupted by {signal}; everything the run created has been removed")
@@ -239,6 +247,7 @@ async fn session(
     sizes: Sizes,
     scenarios: &[Scenario],
     keep_going: bool,
+    flush_delay_us: Option<u32>,
 ) -> Result<Vec<(Scenario, Result<Measured>)>> {
     let pid = std::process::id();
     let dir = tempfile::Builder::new()
@@ -255,7 +264,7 @@ async fn session(
         net.hosts.len(),
         net.switch
     );
-    let pg = Postgres::start(&dir.path().join("pg"), &net.db).await?;
+    let pg = Postgres::start(&dir.path().join("pg"), &net.db, flush_delay_us).await?;
     println!("cluster: {} listening on {}", pg.version, pg.addr);
     let cluster = Cluster {
         pg,
@@ -303,8 +312,11 @@ fn machine(c: &Cluster) -> String {
         .and_then(Path::file_name)
         .and_then(|p| p.to_str())
         .unwrap_or("?");
+    let flush = c.pg.flush_delay_us.map_or(String::new(), |us| {
+        format!(" with every WAL flush delayed {us} µs (`commit_delay`)")
+    });
     format!(
-        "Measured on {cpus} CPUs, Linux {}, {}, hive built `{profile}`; load average \
+        "Measured on {cpus} CPUs, Linux {}, {}{flush}, hive built `{profile}`; load average \
          (1, 5 min) {} at the end.",
         kernel.trim(),
         c.pg.version,

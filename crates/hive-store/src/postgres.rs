@@ -8,12 +8,15 @@
 //! trips: a claim is one statement, and so is finishing a batch of successful runs outside
 //! plans; any other batch locks and reads what it can touch, replays itself by the rules
 //! ([`crate::rules`], adapted in `replay.rs`) and writes with one statement. Change
-//! notifications go out with `pg_notify` inside the writing transaction, so Postgres
-//! delivers them on commit, to every process.
+//! notifications reach every process through `pg_notify`: those of the writes workers and
+//! producers make all the time just after their commits, before the call returns
+//! (`publish.rs` says why), every other write's inside its transaction, so Postgres
+//! delivers them on commit.
 //!
 //! Files: `connect.rs` (URL, pool, migrations), `tasks.rs`, `runs.rs`, `plans.rs`,
 //! `workers.rs` (each area's statements), `replay.rs` (the rules' adapter), `listen.rs`
-//! (LISTEN), `rows.rs` (rows into models), `sql.rs` (shared SQL pieces).
+//! (LISTEN), `publish.rs` (NOTIFY after commit), `rows.rs` (rows into models), `sql.rs`
+//! (shared SQL pieces).
 
 #[macro_use]
 mod sql;
@@ -24,6 +27,7 @@ mod flow;
 mod listen;
 mod plans;
 mod progress;
+mod publish;
 mod replay;
 mod rows;
 mod runs;
@@ -105,7 +109,8 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
 
 /// Hive on PostgreSQL.
 ///
-/// Concurrency: claims in one statement with `FOR UPDATE SKIP LOCKED`; NOTIFY on commit.
+/// Concurrency: claims in one statement with `FOR UPDATE SKIP LOCKED`; NOTIFY on or just
+/// after commit.
 /// Every other write is one transaction that locks the task rows it changes (in id order),
 /// so concurrent workers in any number of processes never double-claim a task or finish a
 /// stale run; a transaction that loses a deadlock or serialization race is retried.
@@ -144,6 +149,11 @@ impl PostgresStore {
             Fail::Sql(e) => map_sqlx(e, &self.target),
             Fail::Store(e) => e,
         }
+    }
+
+    /// Publishes a committed change's notifications (see `publish.rs`).
+    async fn publish(&self, payloads: Vec<String>) {
+        publish::publish(&self.pool, payloads).await;
     }
 
     /// Runs one operation, mapping its error.

@@ -154,6 +154,97 @@ async fn a_listener_sees_another_stores_changes() {
     .await;
 }
 
+/// The writes workers and producers make all the time publish their notifications after
+/// their commits (`publish.rs`), yet before the call returns: a NOTIFY sent after the call
+/// is heard after them. (Inside the transaction they would serialize every such commit in
+/// the cluster, flush included, on Postgres's notify lock.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writes_notifications_are_out_before_its_call_returns() {
+    let Some(ts) =
+        fresh("postgres_connections::a_writes_notifications_are_out_before_its_call_returns").await
+    else {
+        return;
+    };
+    let other = second_store(&ts, "").await;
+    ts.run(|_| async move {
+        let chan: String =
+            sqlx::query_scalar("SELECT 'hive_events:' || left(current_schema(), 50)")
+                .fetch_one(other.pool())
+                .await
+                .unwrap();
+        let mut listener = sqlx::postgres::PgListener::connect(&env_url())
+            .await
+            .unwrap();
+        listener.listen(&chan).await.unwrap();
+        let mark = |k: &'static str| {
+            let (pool, chan) = (other.pool().clone(), chan.clone());
+            async move {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(chan)
+                    .bind(k)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        };
+        other
+            .insert_tasks(vec![NewTask::new("a", "test"), NewTask::new("b", "test")])
+            .await
+            .unwrap();
+        mark("after-insert").await;
+        let params = ClaimParams {
+            worker_id: WorkerId::parse("w").unwrap(),
+            task_types: vec![],
+            limit: 1,
+            lease: Duration::from_secs(60),
+        };
+        let first = other.claim_tasks(&params).await.unwrap();
+        mark("after-claim").await;
+        other
+            .record_progress(first[0].run.id, 0.5, Some("half".into()))
+            .await
+            .unwrap();
+        mark("after-progress").await;
+        let done = RunOutcome {
+            run_id: first[0].run.id,
+            outcome: Outcome::success(None),
+            output_log: None,
+        };
+        let (_, second) = other.finish_and_claim(&[done], &params).await.unwrap();
+        assert_eq!(second.len(), 1);
+        mark("after-finish").await;
+        // Every payload up to each mark, in the order heard.
+        let mut heard = Vec::new();
+        while heard.last().map(String::as_str) != Some("after-finish") {
+            let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+                .await
+                .expect("every notification is heard within seconds")
+                .unwrap();
+            heard.push(n.payload().to_string());
+        }
+        let at = |what: &str| {
+            heard
+                .iter()
+                .position(|p| p.contains(what))
+                .unwrap_or_else(|| panic!("no {what} in {heard:?}"))
+        };
+        assert!(at("task_created") < at("after-insert"), "{heard:?}");
+        assert!(at("after-insert") < at("tasks_claimed"), "{heard:?}");
+        assert!(at("tasks_claimed") < at("after-claim"), "{heard:?}");
+        assert!(at("\"progress\"") < at("after-progress"), "{heard:?}");
+        assert!(at("after-progress") < at("tasks_completed"), "{heard:?}");
+        assert!(at("tasks_completed") < at("after-finish"), "{heard:?}");
+        // The second claim, in the finishing call, is announced before its mark too.
+        let claims: Vec<usize> = (heard.iter().enumerate())
+            .filter(|(_, p)| p.contains("tasks_claimed"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(claims.len(), 2, "{heard:?}");
+        assert!(claims[1] < at("after-finish"), "{heard:?}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn unreachable_server_is_unavailable_without_the_password() {
     let url = "postgres://u:sentinel-pw@127.0.0.1:1/x";

@@ -27,12 +27,16 @@ pub struct Postgres {
     ns: String,
     pub addr: SocketAddrV4,
     pub version: String,
+    /// `--flush-delay-us`: every WAL flush waits this long first.
+    pub flush_delay_us: Option<u32>,
     /// Set once a start was attempted, so that dropping stops whatever came up.
     started: bool,
 }
 
 impl Postgres {
-    pub async fn start(dir: &Path, host: &Host) -> Result<Postgres> {
+    /// Starts the database; `flush_delay_us` makes every WAL flush wait that long first
+    /// (`commit_delay`), as a slower disk would.
+    pub async fn start(dir: &Path, host: &Host, flush_delay_us: Option<u32>) -> Result<Postgres> {
         let bin = find_bin()?;
         std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
         sys::run(
@@ -48,6 +52,7 @@ impl Postgres {
             ns: host.ns.clone(),
             addr: SocketAddrV4::new(host.addr, PORT),
             version: String::new(),
+            flush_delay_us,
             started: false,
         };
         let data = pg.data();
@@ -66,13 +71,17 @@ impl Postgres {
         // as the server keeps its session, and the reaper skips locked rows: without a
         // limit its tasks would not come back until TCP gave up (hours). docs/SCALING.md
         // recommends this setting for every Hive database.
-        let conf = format!(
+        let mut conf = format!(
             "\n# cargo xtask cluster\nlisten_addresses = '{}'\nport = {PORT}\n\
              unix_socket_directories = '{}'\nmax_connections = 300\n\
              idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'\n",
             host.addr,
             pg.dir.display()
         );
+        if let Some(us) = flush_delay_us {
+            // commit_siblings = 0: every flush waits, not only those with company.
+            conf.push_str(&format!("commit_delay = {us}\ncommit_siblings = 0\n"));
+        }
         append(&data.join("postgresql.conf"), &conf)?;
         // Only the socket (this run's directory, root and postgres only) and the test
         // subnet may connect.

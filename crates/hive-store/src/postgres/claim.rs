@@ -17,7 +17,8 @@ use crate::{Claim, ClaimParams};
 const CLAIM_CHUNK: u32 = 1000;
 
 /// The claim of the tasks `picked` selects (`id, priority, seq`, locked): runs opened,
-/// plans started, everything announced, each task returned with its inputs. `$1` worker,
+/// plans started, each task returned with its inputs, and one row with the
+/// notifications of it all (`notes`) for the caller to publish after commit. `$1` worker,
 /// `$2` types, `$3` limit, `$4` run ids, `$5` lease, `$6` origin.
 macro_rules! claim_statement {
     ($picked:literal) => { concat!(
@@ -47,22 +48,27 @@ macro_rules! claim_statement {
            AND p.id IN (SELECT c.plan_id FROM claimed c WHERE c.plan_id IS NOT NULL) \
          RETURNING p.id \
      ), announced AS ( \
-         /* Two scalar subqueries, so the plans' notes go out before their tasks'. */ \
-         SELECT (",
+         /* Published after commit (`publish.rs`); the plans' notes before their tasks'. */ \
+         SELECT array_cat((",
     notify_rows!(
+        later,
         "SELECT s.id AS plan_id FROM started s",
         "json_build_object('origin', $6::uuid, 'kind', 'plan_status', \
              'plan_id', x.plan_id, 'status', 'in_progress')"
     ),
-    ") + (",
+    "), (",
     notify_task_rows!(
+        later,
         "SELECT c.id AS task_id, c.current_run_id AS run_id, c.plan_id FROM claimed c \
          ORDER BY c.priority DESC, c.seq",
         "'{\"origin\":\"' || $6::uuid || '\",\"kind\":\"tasks_claimed\",\"worker_id\":' \
          || to_json($1::text)::text"
     ),
-    ") AS n) \
+    ")) AS p) \
      SELECT c.*, statement_timestamp() AS started_at, \
+         /* On one row only. */ \
+         CASE WHEN row_number() OVER (ORDER BY c.priority DESC, c.seq) = 1 THEN a.p END \
+             AS notes, \
          /* `= ANY(ARRAY(…))`: with a join the planner, seeing a wide fan-in in the \
             statistics, hashes the dependencies against a scan of every task. */ \
          (SELECT jsonb_object_agg(coalesce(d.plan_subtask_id, d.id::text), \
@@ -71,14 +77,14 @@ macro_rules! claim_statement {
               SELECT td.depends_on FROM task_dependencies td WHERE td.task_id = c.id))) \
              AS inputs, \
          statement_timestamp() + $5::bigint * interval '1 microsecond' AS lease_until \
-     FROM claimed c CROSS JOIN announced \
+     FROM claimed c CROSS JOIN announced a \
      ORDER BY c.priority DESC, c.seq"
     ) };
 }
 
 /// The plain claim: ready tasks in queue order that no flow rule concerns (those are
 /// admitted by [`super::flow`] and claimed with [`CLAIM_ADMITTED`]).
-const CLAIM: &str = claim_statement!(
+pub(super) const CLAIM: &str = claim_statement!(
     "SELECT id, priority, seq FROM tasks \
      WHERE status = 'queued' AND pending_deps = 0 \
        AND (run_at IS NULL OR run_at <= statement_timestamp()) \
@@ -92,7 +98,7 @@ const CLAIM: &str = claim_statement!(
 );
 
 /// The claim of admitted flow-controlled tasks (`$7`), each still queued once locked.
-const CLAIM_ADMITTED: &str = claim_statement!(
+pub(super) const CLAIM_ADMITTED: &str = claim_statement!(
     "SELECT id, priority, seq FROM tasks \
      WHERE id = ANY($7::uuid[]) AND status = 'queued' AND pending_deps = 0 \
        AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
@@ -102,12 +108,15 @@ const CLAIM_ADMITTED: &str = claim_statement!(
 );
 
 impl PostgresStore {
+    /// Claims up to `limit` tasks; adds their notifications to `notes`, to publish after
+    /// commit.
     async fn claim_chunk(
         &self,
         conn: &mut PgConnection,
         p: &ClaimParams,
         limit: u32,
         admitted: Option<&[Uuid]>,
+        notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
         let run_ids: Vec<Uuid> = (0..limit).map(|_| RunId::new().0).collect();
         let q = sqlx::query(if admitted.is_some() {
@@ -126,6 +135,13 @@ impl PostgresStore {
             None => q,
         };
         let found = q.fetch_all(conn).await?;
+        // On one row (the first, as it happens; not relied on).
+        for row in &found {
+            if let Some(sent) = rows::get::<Option<Vec<String>>>(row, "notes", "tasks")? {
+                notes.extend(sent);
+                break;
+            }
+        }
         let mut claims = Vec::with_capacity(found.len());
         for row in &found {
             let task = rows::task(row)?;
@@ -151,6 +167,7 @@ impl PostgresStore {
     pub(super) async fn claim_once(&self, p: &ClaimParams) -> R<Vec<Claim>> {
         let mut conn = self.pool.acquire().await?;
         let mut claims = Vec::new();
+        let mut notes = Vec::new();
         if let Some(probe) = flow::probe(&mut conn, p)
             .await?
             .filter(flow::Probe::has_room)
@@ -158,15 +175,21 @@ impl PostgresStore {
             // Committed on its own, so the scopes' locks are not held through the plain
             // claim that follows.
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            claims = self.claim_admitted(&mut tx, p, probe).await?;
+            claims = self.claim_admitted(&mut tx, p, probe, &mut notes).await?;
             tx.commit().await?;
+            self.publish(std::mem::take(&mut notes)).await;
         }
         let left = p.limit.saturating_sub(claims.len() as u32);
         if left == 0 {
             return Ok(claims);
         }
         if left <= CLAIM_CHUNK {
-            claims.extend(self.claim_chunk(&mut conn, p, left, None).await?);
+            // One statement, committed on its own.
+            claims.extend(
+                self.claim_chunk(&mut conn, p, left, None, &mut notes)
+                    .await?,
+            );
+            self.publish(notes).await;
             return Ok(claims);
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -174,27 +197,30 @@ impl PostgresStore {
             limit: left,
             ..p.clone()
         };
-        claims.extend(self.claim_in(&mut tx, &rest, None).await?);
+        claims.extend(self.claim_in(&mut tx, &rest, None, &mut notes).await?);
         tx.commit().await?;
+        self.publish(notes).await;
         Ok(claims)
     }
 
     /// Claims on a connection the caller holds in a transaction: the flow-controlled tasks
-    /// `probe` found room for first, then plain ones in chunks of run ids.
+    /// `probe` found room for first, then plain ones in chunks of run ids. The caller
+    /// publishes `notes` after its commit.
     pub(super) async fn claim_in(
         &self,
         conn: &mut PgConnection,
         p: &ClaimParams,
         probe: Option<flow::Probe>,
+        notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
         let mut claims = match probe {
-            Some(probe) => self.claim_admitted(conn, p, probe).await?,
+            Some(probe) => self.claim_admitted(conn, p, probe, notes).await?,
             None => Vec::new(),
         };
         let mut left = p.limit.saturating_sub(claims.len() as u32);
         while left > 0 {
             let n = left.min(CLAIM_CHUNK);
-            let got = self.claim_chunk(conn, p, n, None).await?;
+            let got = self.claim_chunk(conn, p, n, None, notes).await?;
             let done = got.len() < n as usize;
             left -= n;
             claims.extend(got);
@@ -211,13 +237,16 @@ impl PostgresStore {
         conn: &mut PgConnection,
         p: &ClaimParams,
         probe: flow::Probe,
+        notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
         let admitted = flow::admit(conn, p, probe).await?;
         if admitted.ids.is_empty() {
             return Ok(Vec::new());
         }
         let n = u32::try_from(admitted.ids.len()).unwrap_or(u32::MAX);
-        let claims = self.claim_chunk(conn, p, n, Some(&admitted.ids)).await?;
+        let claims = self
+            .claim_chunk(conn, p, n, Some(&admitted.ids), notes)
+            .await?;
         let taken: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
         if let Some(first) = claims.first() {
             flow::record_starts(conn, &admitted, &taken, first.run.started_at).await?;

@@ -213,7 +213,7 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
-        self.settle(&written).await?;
+        self.after_commit(written).await?;
         Ok(Some(cancelled))
     }
 }

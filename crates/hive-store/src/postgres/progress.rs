@@ -1,5 +1,5 @@
-//! A running handler's progress on Postgres: one statement stores it on the live run and
-//! announces it.
+//! A running handler's progress on Postgres: one statement stores it on the live run, and
+//! its notification is published after (`publish.rs`).
 
 use hive_models::{RunId, TaskId};
 use uuid::Uuid;
@@ -16,39 +16,29 @@ impl PostgresStore {
         fraction: f64,
         message: Option<String>,
     ) -> R<()> {
-        // The notification names the task, which the update finds: it is serialized here
-        // with a random placeholder id (no message can contain it by chance) that the
-        // statement replaces with the real one, so its format stays serde's.
-        let placeholder = Uuid::new_v4();
-        let note = self.notifier.note(Change::Progress {
-            task_id: TaskId(placeholder),
-            run_id,
-            fraction,
-            message: message.clone(),
-        });
-        let template = payload(&note)?;
-        let task: Option<Uuid> = sqlx::query_scalar(concat!(
-            "WITH done AS ( \
-                 UPDATE runs r SET progress = $2, progress_message = $3, progress_at = now(), \
-                     updated_at = now() \
-                 FROM tasks t \
-                 WHERE r.id = $1 AND r.status = 'running' AND t.id = r.task_id \
-                   AND t.current_run_id = r.id \
-                 RETURNING r.task_id \
-             ) \
-             SELECT task_id FROM done, \
-                 LATERAL (SELECT pg_notify(",
-            channel_sql!(),
-            ", replace($4::text, $5::text, task_id::text))) AS sent"
-        ))
+        let task: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE runs r SET progress = $2, progress_message = $3, progress_at = now(), \
+                 updated_at = now() \
+             FROM tasks t \
+             WHERE r.id = $1 AND r.status = 'running' AND t.id = r.task_id \
+               AND t.current_run_id = r.id \
+             RETURNING r.task_id",
+        )
         .bind(run_id.0)
         .bind(fraction)
-        .bind(message)
-        .bind(template)
-        .bind(placeholder.to_string())
+        .bind(&message)
         .fetch_optional(&self.pool)
         .await?;
-        task.map(|_| ())
-            .ok_or_else(|| Error::StaleRun { run_id }.into())
+        let Some(task_id) = task.map(TaskId) else {
+            return Err(Error::StaleRun { run_id }.into());
+        };
+        let note = self.notifier.note(Change::Progress {
+            task_id,
+            run_id,
+            fraction,
+            message,
+        });
+        self.publish(vec![payload(&note)?]).await;
+        Ok(())
     }
 }

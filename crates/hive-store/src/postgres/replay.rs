@@ -65,13 +65,13 @@ const SETTLE: &str = concat!(
 );
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
-/// plans, and sends the notifications, which Postgres delivers on commit. Each update also
+/// plans, and returns the notifications for the caller to publish after commit. Each update also
 /// names its rows by `= ANY(ARRAY(…))`: the planner cannot see how few rows a
 /// `jsonb_to_recordset` yields, and would otherwise hash-join it against a full scan of the
 /// table, a cost that grows with every task ever stored. The patches come
 /// as JSON rows ([`crate::rules::runs_json`] and its siblings). Returns the dependents left
 /// waiting for nothing, announced as `task_ready` when `$7` is true.
-const APPLY: &str = concat!(
+pub(super) const APPLY: &str = concat!(
     "WITH run_in AS ( \
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text, set_result bool, \
         result text, set_error bool, error text, set_log bool, log text) \
@@ -148,23 +148,22 @@ SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) A
        (SELECT count(*) FROM dep_upd) AS dependents, (SELECT count(*) FROM plan_upd) AS plans, \
        (SELECT count(*) FROM reopen_upd) AS reopened, \
        (SELECT count(*) FROM tally_upd) AS tallies, \
-       (SELECT count(pg_notify(",
-    channel_sql!(),
-    ", n)) FROM unnest($5::text[]) AS n) AS notified, \
-       (",
-    // After the task's own notes: a plan moves because one of its subtasks did.
+       /* Published after commit (`publish.rs`): the tasks' own notes, then the plans' \
+          (a plan moves because one of its subtasks did), then the freed dependents. */ \
+       $5::text[] || (",
     notify_rows!(
+        later,
         "SELECT id, status FROM plan_upd",
         "json_build_object('origin', $6::uuid, 'kind', 'plan_status', 'plan_id', x.id, \
              'status', x.status)"
     ),
-    ") AS plans_notified, \
-       (",
+    ") || (",
     notify_rows!(
+        later,
         "SELECT id FROM freed WHERE $7::bool",
         "json_build_object('origin', $6::uuid, 'kind', 'task_ready', 'task_id', x.id)"
     ),
-    ") AS ready_notified, \
+    ") AS notes, \
        ARRAY(SELECT id FROM freed) AS ready"
 );
 
@@ -270,12 +269,14 @@ pub(super) async fn load_plans(
     Ok(())
 }
 
-/// What writing a batch did: the dependents a completion freed, and the plans that counted
-/// finished subtasks without moving, which the caller settles after commit.
+/// What writing a batch did: the dependents a completion freed, the plans that counted
+/// finished subtasks without moving, which the caller settles after commit, and the
+/// notifications, which the caller publishes after commit (`publish.rs`).
 #[derive(Debug, Default)]
 pub(super) struct Written {
     pub(super) ready: Vec<TaskId>,
     pub(super) unsettled: Vec<PlanId>,
+    pub(super) notes: Vec<String>,
 }
 
 /// Replays `f` on `view` at the transaction's clock `at` and writes the result; returns
@@ -315,7 +316,7 @@ async fn apply(
         .filter(|(id, c)| !c.status.is_terminal() && view.plans.get(id) != Some(c))
         .map(|(id, _)| *id)
         .collect();
-    // Announced by the statement, for the plans whose compare-and-set took.
+    // Announced from the statement, for the plans whose compare-and-set took.
     p.notes
         .retain(|n| !matches!(n.change, crate::Change::PlanStatus { .. }));
     let completed: Vec<Uuid> = p.completed.iter().map(|t| t.0).collect();
@@ -335,6 +336,7 @@ async fn apply(
     Ok(Written {
         ready: ready.into_iter().map(TaskId).collect(),
         unsettled,
+        notes: rows::get(&row, "notes", "tasks")?,
     })
 }
 

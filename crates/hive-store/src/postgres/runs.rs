@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::replay::{self, load_locked};
 use super::sql::{begin_by_key, micros, server_now};
-use super::{PostgresStore, flow, rows};
+use super::{PostgresStore, flow, listen, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
 use crate::{
@@ -26,8 +26,10 @@ use crate::{
 /// is settled after commit ([`replay::settle`]), as for every Postgres write, and only for
 /// plans where a subtask with no open dependent completed (any other completion leaves its
 /// dependents to do). A run id given twice finishes once: the first occurrence wins.
-/// Returns the dependents made ready, announced as `task_ready` when `$5` is true.
-const FINISH_SUCCESSES: &str = concat!(
+/// Returns the dependents made ready, announced as `task_ready` when `$5` is true, and (on
+/// one row) the notifications, which the caller publishes after commit
+/// (`publish.rs`).
+pub(super) const FINISH_SUCCESSES: &str = concat!(
     "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
              AS x(run_id, result, log, ord) \
@@ -75,6 +77,7 @@ const FINISH_SUCCESSES: &str = concat!(
          RETURNING task_id \
      ), notes AS (",
     notify_task_rows!(
+        later,
         "SELECT task_id, run_id, plan_id FROM go",
         "'{\"origin\":\"' || $4::uuid || '\",\"kind\":\"tasks_completed\"'"
     ),
@@ -100,11 +103,13 @@ const FINISH_SUCCESSES: &str = concat!(
          FROM freed r \
      ), ready_notes AS (",
     notify_rows!(
+        later,
         "SELECT id FROM dep_upd WHERE ready AND $5::bool",
         "json_build_object('origin', $4::uuid, 'kind', 'task_ready', 'task_id', x.id)"
     ),
     ") \
-     SELECT l.run_id, l.task_id, l.plan_id, l.live, n.n AS notified, rn.n AS ready_notified, \
+     SELECT l.run_id, l.task_id, l.plan_id, l.live, \
+         CASE WHEN row_number() OVER () = 1 THEN array_cat(n.p, rn.p) END AS notes, \
          coalesce(r.ids, '{}') AS ready, coalesce(e.plans, '{}') AS ends, \
          ARRAY(SELECT DISTINCT task_id FROM credited) AS credited, f.maybe AS flow \
      FROM notes n CROSS JOIN freed r CROSS JOIN ready_notes rn CROSS JOIN ends e \
@@ -116,7 +121,7 @@ const FINISH_SUCCESSES: &str = concat!(
 /// commit), or every credit when `$1` is NULL (the reaper, for what a crash or a failed fold
 /// left).
 /// Each credit is deleted by the transaction that counts it, so it counts once. `$2` origin.
-const FOLD_CREDITS: &str = concat!(
+pub(super) const FOLD_CREDITS: &str = concat!(
     "WITH c AS ( \
          DELETE FROM dependency_credits \
          WHERE $1::uuid[] IS NULL OR task_id = ANY($1::uuid[]) \
@@ -127,27 +132,24 @@ const FOLD_CREDITS: &str = concat!(
     count_dec_down!("SELECT id FROM dec", ""),
     ") SELECT (SELECT count(*) FROM c) AS folded, (",
     notify_rows!(
+        later,
         "SELECT id FROM dep_upd WHERE ready",
         "json_build_object('origin', $2::uuid, 'kind', 'task_ready', 'task_id', x.id)"
     ),
-    ") AS notified"
+    ") AS notes"
 );
 
-/// Runs [`FOLD_CREDITS`] for the credits of `tasks` (`None`: every credit).
+/// Runs [`FOLD_CREDITS`] for the credits of `tasks` (`None`: every credit), and publishes
+/// the dependents it frees.
 async fn fold_credits(pool: &sqlx::PgPool, origin: Uuid, tasks: Option<&[Uuid]>) -> R<()> {
-    sqlx::query(FOLD_CREDITS)
+    let row = sqlx::query(FOLD_CREDITS)
         .bind(tasks)
         .bind(origin)
-        .execute(pool)
+        .fetch_one(pool)
         .await?;
+    super::publish::publish(pool, rows::get(&row, "notes", "tasks")?).await;
     Ok(())
 }
-
-/// Announces dependents a finish freed that the same transaction did not claim.
-const ANNOUNCE_READY: &str = notify_rows!(
-    "SELECT id FROM unnest($1::uuid[]) AS r(id)",
-    "json_build_object('origin', $2::uuid, 'kind', 'task_ready', 'task_id', x.id)"
-);
 
 /// What finishing a batch did: one report per outcome, and the dependents made ready.
 #[derive(Debug, Default)]
@@ -158,6 +160,8 @@ struct Finish {
     unsettled: Vec<PlanId>,
     /// Dependents credited rather than counted down, to fold after commit.
     credited: Vec<Uuid>,
+    /// Notifications to publish after commit (`publish.rs`).
+    notes: Vec<String>,
     /// The finish saw no flow rule and no keyed task ready, so a claim after it in the
     /// same transaction can skip the flow probe (and its round trip). Only a rule or keyed
     /// task committed meanwhile is missed, and the plain claim never takes those: they wait
@@ -232,8 +236,10 @@ impl PostgresStore {
         });
     }
 
-    /// Settles, after commit, the plans a write counted in without moving them.
-    pub(super) async fn settle(&self, written: &replay::Written) -> R<()> {
+    /// After a write's commit: publishes its notifications, then settles the plans it
+    /// counted in without moving them.
+    pub(super) async fn after_commit(&self, written: replay::Written) -> R<()> {
+        self.publish(written.notes).await;
         self.settle_plans(&written.unsettled).await;
         Ok(())
     }
@@ -303,6 +309,14 @@ impl PostgresStore {
         let mut unsettled = Vec::new();
         let mut credited = Vec::new();
         let mut no_flow = false;
+        let mut notes = Vec::new();
+        for row in &found {
+            // On one row (the first, as it happens; not relied on).
+            if let Some(sent) = rows::get::<Option<Vec<String>>>(row, "notes", "tasks")? {
+                notes = sent;
+                break;
+            }
+        }
         if let Some(row) = found.first() {
             credited = rows::get(row, "credited", "tasks")?;
             no_flow = !rows::get::<bool>(row, "flow", "flow_rules")?;
@@ -345,6 +359,7 @@ impl PostgresStore {
             ready,
             unsettled,
             credited,
+            notes,
             no_flow,
         })
     }
@@ -385,6 +400,7 @@ impl PostgresStore {
             reports,
             ready: written.ready,
             unsettled: written.unsettled,
+            notes: written.notes,
             ..Finish::default()
         })
     }
@@ -409,6 +425,7 @@ impl PostgresStore {
         let mut tx = begin_by_key(&self.pool).await?;
         let mut done = self.finish_in(&mut tx, outcomes, true).await?;
         tx.commit().await?;
+        self.publish(std::mem::take(&mut done.notes)).await;
         self.fold_credits_later(std::mem::take(&mut done.credited));
         self.settle_reported(&mut done).await;
         Ok(done.reports)
@@ -422,30 +439,23 @@ impl PostgresStore {
         p: &ClaimParams,
     ) -> R<(Vec<FinishReport>, Vec<Claim>)> {
         let mut tx = begin_by_key(&self.pool).await?;
-        let done = self.finish_in(&mut tx, outcomes, false).await?;
+        let mut done = self.finish_in(&mut tx, outcomes, false).await?;
         // Probed after the finish, which may have made room in a limited scope.
         let probe = if done.no_flow {
             None
         } else {
             flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room)
         };
-        let claims = self.claim_in(&mut tx, p, probe).await?;
+        let mut notes = std::mem::take(&mut done.notes);
+        let claims = self.claim_in(&mut tx, p, probe, &mut notes).await?;
         let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
-        let unclaimed: Vec<Uuid> = done
-            .ready
-            .iter()
+        let unclaimed: Vec<_> = (done.ready.iter())
             .filter(|t| !claimed.contains(t))
-            .map(|t| t.0)
+            .map(|t| self.notifier.task_ready(*t))
             .collect();
-        if !unclaimed.is_empty() {
-            sqlx::query(ANNOUNCE_READY)
-                .bind(unclaimed)
-                .bind(self.notifier.origin())
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
-        let mut done = done;
+        notes.extend(listen::encode(&unclaimed));
+        self.publish(notes).await;
         self.fold_credits_later(std::mem::take(&mut done.credited));
         self.settle_reported(&mut done).await;
         Ok((done.reports, claims))
@@ -474,7 +484,7 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
-        self.settle(&written).await?;
+        self.after_commit(written).await?;
         Ok(released)
     }
 
@@ -541,7 +551,7 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
-        self.settle(&written).await?;
+        self.after_commit(written).await?;
         // Credits and plans a crash left between a finish's commit and its follow-up.
         fold_credits(&self.pool, self.notifier.origin(), None).await?;
         let mut conn = self.pool.acquire().await?;

@@ -78,21 +78,36 @@ macro_rules! select_tasks {
     };
 }
 
-/// Sends the rows of `$rows` (an SQL query) `$per` to a NOTIFY, each payload built by
-/// `$payload`, an aggregate over the group's rows (alias `x`, numbered in `x.rn`). Yields
-/// one row, `n`, the payloads sent.
+/// The payloads of the rows of `$rows` (an SQL query), `$per` to a payload, each built by
+/// `$payload`, an aggregate over the group's rows (alias `x`, numbered in `x.rn`); as rows
+/// `p`. `notify` sends them with `pg_notify` and yields one row, `n`, the payloads sent;
+/// `later` yields one row, `p`, the payloads as a `text[]`, for a caller to publish after
+/// commit ([`super::publish`]).
 macro_rules! notify_grouped {
-    ($rows:expr, $per:literal, $payload:expr) => {
+    (notify, $rows:expr, $per:literal, $payload:expr) => {
         concat!(
             "SELECT count(pg_notify(",
             channel_sql!(),
-            ", c.p)) AS n FROM (SELECT ",
+            ", c.p)) AS n FROM (",
+            notify_grouped!(rows, $rows, $per, $payload),
+            ") c"
+        )
+    };
+    (later, $rows:expr, $per:literal, $payload:expr) => {
+        concat!(
+            "SELECT coalesce(array_agg(c.p), '{}'::text[]) AS p FROM (",
+            notify_grouped!(rows, $rows, $per, $payload),
+            ") c"
+        )
+    };
+    (rows, $rows:expr, $per:literal, $payload:expr) => {
+        concat!(
+            "SELECT ",
             $payload,
             " AS p FROM (SELECT s.*, row_number() OVER () AS rn FROM (",
             $rows,
             ") s) x GROUP BY (x.rn - 1) / ",
-            $per,
-            ") c"
+            $per
         )
     };
 }
@@ -100,10 +115,14 @@ macro_rules! notify_grouped {
 /// Sends one notification per row of `$rows` as JSON arrays of up to 20 (each well under
 /// Postgres's 8000-byte payload limit): one NOTIFY per 20 changes rather than per change,
 /// which keeps commits of large batches cheap. `$object` builds one notification from the
-/// row's columns (alias `x`).
+/// row's columns (alias `x`). With `later` first, yields the payloads instead of sending
+/// them (see [`notify_grouped`]).
 macro_rules! notify_rows {
+    ($how:ident, $rows:expr, $object:expr) => {
+        notify_grouped!($how, $rows, "20", concat!("json_agg(", $object, ")::text"))
+    };
     ($rows:expr, $object:expr) => {
-        notify_grouped!($rows, "20", concat!("json_agg(", $object, ")::text"))
+        notify_rows!(notify, $rows, $object)
     };
 }
 
@@ -114,10 +133,11 @@ macro_rules! notify_rows {
 /// completions are most of a drain's notifications: built by concatenation rather than one
 /// `json_build_object` per task, and 50 to a NOTIFY rather than 20, they cost about half as
 /// much (~5% of a drain's database time). 50 rows of three quoted uuids and a 200-character
-/// worker id stay under Postgres's 8000-byte payload limit.
+/// worker id stay under Postgres's 8000-byte payload limit. `$how` as in [`notify_grouped`].
 macro_rules! notify_task_rows {
-    ($rows:expr, $header:expr) => {
+    ($how:ident, $rows:expr, $header:expr) => {
         notify_grouped!(
+            $how,
             $rows,
             "50",
             concat!(

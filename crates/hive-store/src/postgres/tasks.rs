@@ -15,7 +15,8 @@ use crate::sql::R;
 use crate::{Error, PruneParams, StatusChange, StatusChanged, StatusCounts, TaskFilter};
 
 /// Inserts rows given as parallel arrays; conflicting idempotency keys insert nothing.
-/// Returns the ids inserted. `$21` is the notification payload, sent when not null. A task
+/// Returns the ids inserted. `$21` is the notification payload, sent when not null (a plan's
+/// materialization; task creation publishes its own after commit, `publish.rs`). A task
 /// waiting for no dependency starts its delay now (see `NewTask::claimable_from`).
 const INSERT_TASKS: &str = concat!(
     "\
@@ -190,7 +191,9 @@ impl PostgresStore {
                     .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
             )?;
             let mut conn = self.pool.acquire().await?;
-            batch.insert(&mut conn, Some(note)).await?;
+            batch.insert(&mut conn, None).await?;
+            drop(conn);
+            self.publish(vec![note]).await;
             return Ok(ids);
         }
         let mut tx = self.pool.begin().await?;
@@ -230,11 +233,8 @@ impl PostgresStore {
                 .notifier
                 .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
         )?;
-        sqlx::query(concat!("SELECT pg_notify(", channel_sql!(), ", $1)"))
-            .bind(note)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
+        self.publish(vec![note]).await;
         Ok(ids)
     }
 
@@ -325,7 +325,7 @@ impl PostgresStore {
             .await?
             .ok_or_else(|| Error::not_found("task", id))?;
         tx.commit().await?;
-        self.settle(&written).await?;
+        self.after_commit(written).await?;
         Ok(Some(StatusChanged {
             previous: outcome.previous,
             task,

@@ -145,7 +145,7 @@ impl PostgresStore {
         })
         .await?;
         tx.commit().await?;
-        self.settle(&written).await?;
+        self.after_commit(written).await?;
         Ok(Some(released))
     }
 }
