@@ -164,10 +164,19 @@ impl PostgresStore {
         Ok(claims)
     }
 
+    /// Claims in up to two commits (flow-controlled tasks, then plain ones), and publishes
+    /// the notifications of both once, after the last (also when it failed: the first
+    /// committed).
     pub(super) async fn claim_once(&self, p: &ClaimParams) -> R<Vec<Claim>> {
+        let mut notes = Vec::new();
+        let claimed = self.claim_committed(p, &mut notes).await;
+        self.publish(notes).await;
+        claimed
+    }
+
+    async fn claim_committed(&self, p: &ClaimParams, notes: &mut Vec<String>) -> R<Vec<Claim>> {
         let mut conn = self.pool.acquire().await?;
         let mut claims = Vec::new();
-        let mut notes = Vec::new();
         if let Some(probe) = flow::probe(&mut conn, p)
             .await?
             .filter(flow::Probe::has_room)
@@ -175,9 +184,12 @@ impl PostgresStore {
             // Committed on its own, so the scopes' locks are not held through the plain
             // claim that follows.
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            claims = self.claim_admitted(&mut tx, p, probe, &mut notes).await?;
+            let mut admitted = Vec::new();
+            claims = self
+                .claim_admitted(&mut tx, p, probe, &mut admitted)
+                .await?;
             tx.commit().await?;
-            self.publish(std::mem::take(&mut notes)).await;
+            notes.append(&mut admitted);
         }
         let left = p.limit.saturating_sub(claims.len() as u32);
         if left == 0 {
@@ -185,11 +197,7 @@ impl PostgresStore {
         }
         if left <= CLAIM_CHUNK {
             // One statement, committed on its own.
-            claims.extend(
-                self.claim_chunk(&mut conn, p, left, None, &mut notes)
-                    .await?,
-            );
-            self.publish(notes).await;
+            claims.extend(self.claim_chunk(&mut conn, p, left, None, notes).await?);
             return Ok(claims);
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -197,9 +205,10 @@ impl PostgresStore {
             limit: left,
             ..p.clone()
         };
-        claims.extend(self.claim_in(&mut tx, &rest, None, &mut notes).await?);
+        let mut taken = Vec::new();
+        claims.extend(self.claim_in(&mut tx, &rest, None, &mut taken).await?);
         tx.commit().await?;
-        self.publish(notes).await;
+        notes.append(&mut taken);
         Ok(claims)
     }
 
