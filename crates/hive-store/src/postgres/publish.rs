@@ -1,4 +1,4 @@
-//! Publishing a hot path's notifications after its commit.
+//! Publishing the frequent writes' notifications after their commits.
 //!
 //! A transaction that calls `pg_notify` takes a lock Postgres holds cluster-wide from just
 //! before its commit until the commit's WAL flush is done (`PreCommit_Notify` in
@@ -9,9 +9,10 @@
 //! the transaction, 5,600 with it sent just after the commit.
 //!
 //! So the writes workers and producers make all the time (claims, finishes, task
-//! creation, the folding of dependency credits) return their notifications' payloads
-//! instead of sending them, and the caller publishes them just after the commit, before it
-//! returns, in a statement of its own that writes nothing. A transaction without writes
+//! creation, progress, the folding of dependency credits, every write through the rules'
+//! replay) return their notifications' payloads instead of sending them, and the caller
+//! publishes them just after the commit, before it returns, in a statement of its own that
+//! writes nothing. A transaction without writes
 //! commits without waiting for a flush, so the lock is held only while the queue is
 //! appended to. Because the call returns only after its notifications went out, whatever a
 //! caller does next (or another process does, woken by them) is announced after them.

@@ -65,8 +65,8 @@ const SETTLE: &str = concat!(
 );
 
 /// Writes a batch: closes runs, updates tasks (and the dependents of completed tasks),
-/// plans, and returns the notifications for the caller to publish after commit. Each update also
-/// names its rows by `= ANY(ARRAY(…))`: the planner cannot see how few rows a
+/// plans, and returns the notifications for the caller to publish after commit. Each update
+/// also names its rows by `= ANY(ARRAY(…))`: the planner cannot see how few rows a
 /// `jsonb_to_recordset` yields, and would otherwise hash-join it against a full scan of the
 /// table, a cost that grows with every task ever stored. The patches come
 /// as JSON rows ([`crate::rules::runs_json`] and its siblings). Returns the dependents left
