@@ -135,13 +135,7 @@ impl PostgresStore {
             None => q,
         };
         let found = q.fetch_all(conn).await?;
-        // On one row (the first, as it happens; not relied on).
-        for row in &found {
-            if let Some(sent) = rows::get::<Option<Vec<String>>>(row, "notes", "tasks")? {
-                notes.extend(sent);
-                break;
-            }
-        }
+        notes.extend(rows::notes(&found)?);
         let mut claims = Vec::with_capacity(found.len());
         for row in &found {
             let task = rows::task(row)?;

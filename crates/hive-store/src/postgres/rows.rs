@@ -20,6 +20,17 @@ where
         .map_err(|e| corrupt(table, format!("column `{column}`: {e}")))
 }
 
+/// The notifications a statement returned for its caller to publish (`publish.rs`): the
+/// `notes` column of the one row that carries it.
+pub(super) fn notes(rows: &[PgRow]) -> Result<Vec<String>, Fail> {
+    for row in rows {
+        if let Some(notes) = get::<Option<Vec<String>>>(row, "notes", "tasks")? {
+            return Ok(notes);
+        }
+    }
+    Ok(Vec::new())
+}
+
 pub(super) fn corrupt(table: &'static str, reason: impl Into<String>) -> Fail {
     Fail::Store(Error::Corrupt {
         table,

@@ -309,14 +309,7 @@ impl PostgresStore {
         let mut unsettled = Vec::new();
         let mut credited = Vec::new();
         let mut no_flow = false;
-        let mut notes = Vec::new();
-        for row in &found {
-            // On one row (the first, as it happens; not relied on).
-            if let Some(sent) = rows::get::<Option<Vec<String>>>(row, "notes", "tasks")? {
-                notes = sent;
-                break;
-            }
-        }
+        let notes = rows::notes(&found)?;
         if let Some(row) = found.first() {
             credited = rows::get(row, "credited", "tasks")?;
             no_flow = !rows::get::<bool>(row, "flow", "flow_rules")?;
