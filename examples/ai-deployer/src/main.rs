@@ -64,9 +64,35 @@ async fn deploy(ctx: TaskContext) -> Result<serde_json::Value, TaskError> {
     )
 }
 
+const USAGE: &str = "usage: ai-deployer [--exit-when-idle]";
+
+/// Whether the arguments ask to exit once idle; `None` for help. Anything else is an error
+/// rather than a worker started on a typo.
+fn exit_when_idle(args: impl IntoIterator<Item = String>) -> Result<Option<bool>, String> {
+    let mut exit = false;
+    for a in args {
+        match a.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--exit-when-idle" => exit = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Some(exit))
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let exit_when_idle = std::env::args().any(|a| a == "--exit-when-idle");
+    let exit_when_idle = match exit_when_idle(std::env::args().skip(1)) {
+        Ok(Some(exit)) => exit,
+        Ok(None) => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let result = async {
         let client = Client::from_env().await?;
         client
@@ -98,6 +124,18 @@ async fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_its_flag_is_taken() {
+        let args = |a: &[&str]| exit_when_idle(a.iter().map(|s| s.to_string()));
+        assert_eq!(args(&[]), Ok(Some(false)));
+        assert_eq!(args(&["--exit-when-idle"]), Ok(Some(true)));
+        assert_eq!(args(&["--help"]), Ok(None));
+        assert_eq!(
+            args(&["--exit-when-idel"]),
+            Err("unknown argument --exit-when-idel".into())
+        );
+    }
 
     #[test]
     fn payloads_are_checked() {

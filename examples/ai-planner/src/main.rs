@@ -145,17 +145,57 @@ pub async fn work(client: &Client, plan: PlanId) -> Result<Value, hive_client::E
     ))
 }
 
+const USAGE: &str =
+    "usage: ai-planner [--run] [--] \"GOAL\" (e.g. \"user login and billing, audit log\")";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Help,
+    /// Submit (and with `run`, work) the plan for `goal`.
+    Plan {
+        run: bool,
+        goal: String,
+    },
+}
+
+/// Reads the arguments after the program name; an error names what is wrong.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut run = false;
+    let mut goal = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--run" => run = true,
+            "--" => goal.extend(args.by_ref()),
+            // A mistyped flag is not a goal: submitting it would plan "--rnu".
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            _ => goal.push(a),
+        }
+    }
+    let goal = goal.join(" ");
+    if goal.trim().is_empty() {
+        return Err("no goal given".into());
+    }
+    Ok(Command::Plan { run, goal })
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let run = args.first().is_some_and(|a| a == "--run");
-    if run {
-        args.remove(0);
-    }
-    let Some(plan) = plan_for(&args.join(" ")) else {
-        eprintln!(
-            "usage: ai-planner [--run] \"GOAL\" (e.g. \"user login and billing, audit log\")"
-        );
+    let (run, goal) = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(Command::Plan { run, goal }) => (run, goal),
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let Some(plan) = plan_for(&goal) else {
+        eprintln!("error: no goal given\n{USAGE}");
         return std::process::ExitCode::from(2);
     };
     match submit(plan, run).await {
@@ -184,6 +224,33 @@ async fn submit(plan: NewPlan, run: bool) -> Result<(), hive_client::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_are_not_goals() {
+        let args = |a: &[&str]| parse_args(a.iter().map(|s| s.to_string()));
+        assert_eq!(args(&["--help"]), Ok(Command::Help));
+        assert_eq!(args(&["login", "-h"]), Ok(Command::Help));
+        assert_eq!(
+            args(&["--run", "login", "and", "billing"]),
+            Ok(Command::Plan {
+                run: true,
+                goal: "login and billing".into()
+            })
+        );
+        assert_eq!(
+            args(&["--rnu", "login"]),
+            Err("unknown option --rnu".into())
+        );
+        assert_eq!(
+            args(&["--", "-x", "login"]),
+            Ok(Command::Plan {
+                run: false,
+                goal: "-x login".into()
+            })
+        );
+        assert_eq!(args(&[]), Err("no goal given".into()));
+        assert_eq!(args(&["--run", " "]), Err("no goal given".into()));
+    }
 
     #[test]
     fn goal_becomes_a_valid_dag_that_grows_valid() {
