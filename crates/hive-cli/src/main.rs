@@ -78,6 +78,8 @@ pub struct Context {
     /// or the default): `hive demo` uses a temporary database unless it was.
     pub database_url_given: bool,
     pub json: bool,
+    /// Every client a command opened, closed before the process exits (see [`Context::close`]).
+    clients: std::sync::Mutex<Vec<hive_client::Client>>,
 }
 
 impl Context {
@@ -100,10 +102,29 @@ impl Context {
             schema,
             ..Default::default()
         };
-        Ok(
+        let client =
             hive_client::Client::connect_with(&self.database_url, &options, Default::default())
-                .await?,
-        )
+                .await?;
+        self.close_at_exit(&client);
+        Ok(client)
+    }
+
+    /// Has [`Context::close`] close this client's connections before the process exits.
+    pub fn close_at_exit(&self, client: &hive_client::Client) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(client.clone());
+    }
+
+    /// Closes the clients commands opened. A process that exits with its SQLite connections
+    /// open may leave the write-ahead log beside the file, which a reader without write
+    /// access to the directory cannot use.
+    async fn close(&self) {
+        let clients = std::mem::take(&mut *self.clients.lock().unwrap_or_else(|e| e.into_inner()));
+        for client in clients {
+            client.close().await;
+        }
     }
 }
 
@@ -131,6 +152,7 @@ async fn main() -> ExitCode {
         database_url: cli.database_url,
         database_url_given: given_on_command_line(&matches, "database_url"),
         json: cli.json,
+        clients: Default::default(),
     };
     let result = match cli.command {
         Command::Migrate => commands::migrate(&ctx).await,
@@ -144,6 +166,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
         Command::Serve(args) => commands::serve::run(&ctx, args).await,
     };
+    ctx.close().await;
     match result {
         Ok(code) => code,
         Err(e) => {

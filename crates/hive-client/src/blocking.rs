@@ -111,6 +111,11 @@ impl Client {
     pub fn async_client(&self) -> &crate::Client {
         &self.inner
     }
+
+    /// [`crate::Client::close`]: ends the connections before the process exits.
+    pub fn close(&self) {
+        self.runtime.block_on(self.inner.close());
+    }
 }
 
 #[cfg(test)]

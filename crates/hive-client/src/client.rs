@@ -89,6 +89,14 @@ impl Client {
     pub fn ops(&self) -> &Ops<dyn Store> {
         &self.ops
     }
+
+    /// Ends the connections (and this client's clones' too: they share them), waiting a
+    /// few seconds at most; calls made after it fail. Call it before the process exits: on
+    /// SQLite the last connection's close folds the write-ahead log into the database file
+    /// and removes it ([`Store::close`]).
+    pub async fn close(&self) {
+        self.ops.store().close().await;
+    }
 }
 
 /// How [`Client::connect_with_retry`] waits for a database that cannot be reached: the

@@ -33,6 +33,9 @@ mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The longest [`Store::close`] waits for connections and background tasks to end.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub use connect::{ConnectOptions, connect, connect_with};
 pub use error::{Error, Result};
 pub use memory::MemoryStore;

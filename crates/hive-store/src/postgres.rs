@@ -195,6 +195,18 @@ impl Store for PostgresStore {
         self.notifier.origin()
     }
 
+    async fn close(&self) {
+        if let Some(listener) = self.listener.lock().await.take() {
+            listener.stop().await;
+        }
+        if tokio::time::timeout(crate::CLOSE_WAIT, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(server = %self.target, "a connection was still in use at close");
+        }
+    }
+
     async fn now(&self) -> Result<Timestamp> {
         self.run(async {
             Ok(sqlx::query_scalar("SELECT now()")

@@ -238,6 +238,23 @@ impl Store for SqliteStore {
         self.notifier.origin()
     }
 
+    async fn close(&self) {
+        self.watch.stop().await;
+        // Readers first, so the writer's close is the last: it checkpoints and removes the
+        // log. Bounded: a connection still checked out would otherwise hold the exit.
+        for pool in [&self.reader, &self.writer] {
+            if tokio::time::timeout(crate::CLOSE_WAIT, pool.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    database = %self.target,
+                    "a connection was still in use at close; the write-ahead log may stay"
+                );
+            }
+        }
+    }
+
     async fn now(&self) -> Result<Timestamp> {
         let mut c = self.reader.acquire().await.map_err(|e| self.sql_error(e))?;
         let out = match db::db_now(&mut c).await {

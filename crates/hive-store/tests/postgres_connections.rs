@@ -385,9 +385,26 @@ async fn listener_reconnects_after_its_connection_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropping_the_store_closes_its_connections_and_listener() {
-    let Some(ts) =
-        fresh("postgres_connections::dropping_the_store_closes_its_connections_and_listener").await
-    else {
+    ends_its_connections(
+        "postgres_connections::dropping_the_store_closes_its_connections_and_listener",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_the_store_ends_its_connections_and_later_calls_fail() {
+    ends_its_connections(
+        "postgres_connections::closing_the_store_ends_its_connections_and_later_calls_fail",
+        true,
+    )
+    .await;
+}
+
+/// A store with a pooled connection and a listener open, then dropped or (`close`)
+/// closed: the server sees both connections end.
+async fn ends_its_connections(test: &str, close: bool) {
+    let Some(ts) = fresh(test).await else {
         return;
     };
     let app = format!("hive-drop-{}", uuid::Uuid::new_v4().simple());
@@ -403,12 +420,20 @@ async fn dropping_the_store_closes_its_connections_and_listener() {
         2,
         "one pooled connection and the listener's"
     );
-    drop(store);
+    if close {
+        store.close().await;
+        assert!(
+            store.get_task(TaskId::new()).await.is_err(),
+            "a closed store does not reconnect"
+        );
+    } else {
+        drop(store);
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while count(&mut admin).await > 0 {
         assert!(
             Instant::now() < deadline,
-            "the dropped store's connections stay open"
+            "the store's connections stay open"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

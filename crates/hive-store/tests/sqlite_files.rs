@@ -424,3 +424,40 @@ async fn runs_and_plans_stored_before_seed_parity_are_backfilled() {
         .await;
     assert_eq!(w.unwrap().unwrap().status_reason, None);
 }
+
+/// `close` folds the write-ahead log into the file and removes it, with a subscriber's
+/// watcher running; what comes after it fails instead of reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_leaves_the_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("hive.db-wal");
+    let s = hive_store::connect(&file_url(&dir)).await.unwrap();
+    let _events = s.subscribe().await.unwrap();
+    s.insert_tasks(vec![NewTask::new("kept", "x")])
+        .await
+        .unwrap();
+    let log = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    assert!(
+        log(&wal) > 0,
+        "the commit is in the log while the store is open"
+    );
+    s.close().await;
+    assert_eq!(log(&wal), 0, "the log is folded into the file");
+    assert!(
+        !dir.path().join("hive.db-shm").exists(),
+        "nor is shared memory left"
+    );
+    assert!(s.list_tasks(&TaskFilter::default()).await.is_err());
+    // The file alone holds the task: opened read-only and immutable, as a reader without
+    // write access to the directory opens it.
+    let only = format!(
+        "sqlite:{}?immutable=1&mode=ro",
+        dir.path().join("hive.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&only).await.unwrap();
+    let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM tasks")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(titles, ["kept"]);
+}

@@ -76,6 +76,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C stops the workers and reports the demo as interrupted.
     let mut interrupts = Interrupts::install()?;
     let client = Client::connect_with(&url, &options, Default::default()).await?;
+    ctx.close_at_exit(&client);
     let plan = generate(args.subtasks);
     let started = Instant::now();
     let plan_id = client.submit_plan(plan).await?;

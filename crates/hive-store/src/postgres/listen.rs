@@ -25,6 +25,13 @@ impl Handle {
     pub fn is_running(&self) -> bool {
         !self.task.is_finished()
     }
+
+    /// Stops the listener and waits (bounded) for its connection to end.
+    pub async fn stop(self) {
+        let Handle { _stop, task } = self;
+        drop(_stop);
+        let _ = tokio::time::timeout(crate::CLOSE_WAIT, task).await;
+    }
 }
 
 /// Connects and LISTENs before returning, so that every notification committed after

@@ -24,6 +24,8 @@ pub(super) struct Watch {
     committing: AtomicU64,
     committed: AtomicU64,
     running: AtomicBool,
+    /// Set by the store's close: no watcher runs again.
+    stopped: AtomicBool,
 }
 
 impl Watch {
@@ -52,7 +54,7 @@ impl Watch {
     /// Starts the watcher unless one runs. It stops once nobody listens (or the database
     /// goes away); the next subscriber starts it again.
     pub(super) fn start(self: &Arc<Self>, reader: &SqlitePool, notifier: &Notifier) {
-        if self.running.swap(true, Ordering::SeqCst) {
+        if self.stopped.load(Ordering::SeqCst) || self.running.swap(true, Ordering::SeqCst) {
             return;
         }
         let (watch, reader, notifier) = (self.clone(), reader.clone(), notifier.clone());
@@ -60,6 +62,17 @@ impl Watch {
             watch.run(reader, notifier).await;
             watch.running.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// Stops the watcher for good and waits (bounded) until its connection is closed.
+    pub(super) async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(crate::CLOSE_WAIT, async {
+            while self.running.load(Ordering::SeqCst) {
+                tokio::time::sleep(EVERY).await;
+            }
+        })
+        .await;
     }
 
     async fn run(&self, reader: SqlitePool, notifier: Notifier) {
@@ -75,7 +88,7 @@ impl Watch {
         let mut local = self.settled();
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while notifier.receivers() > 0 {
+        while notifier.receivers() > 0 && !self.stopped.load(Ordering::SeqCst) {
             tick.tick().await;
             let before = self.settled();
             let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
@@ -98,5 +111,8 @@ impl Watch {
             seen = (before.is_some() && before == after).then_some(version);
             local = after;
         }
+        // Closed, not dropped: a dropped connection closes on its own thread later, which
+        // a process exiting may cut short.
+        let _ = sqlx::Connection::close(conn).await;
     }
 }

@@ -148,6 +148,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         client = connect => client?,
         () = interrupts.next() => anyhow::bail!("interrupted before the database was reached"),
     };
+    ctx.close_at_exit(&client);
     if let Some(addr) = a.metrics_bind {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
