@@ -95,7 +95,7 @@ async fn main() -> std::process::ExitCode {
     };
     let result = async {
         let client = Client::from_env().await?;
-        client
+        let report = client
             .worker(format!("deployer-{}", std::process::id()))
             .role("deployer")
             .capabilities(["deployment"])
@@ -103,7 +103,10 @@ async fn main() -> std::process::ExitCode {
             .concurrency(2)
             .exit_when_idle(exit_when_idle)
             .run(deploy)
-            .await
+            .await;
+        // Before exiting: on SQLite the log is folded into the file then.
+        client.close().await;
+        report
     }
     .await;
     match result {

@@ -209,16 +209,22 @@ async fn main() -> std::process::ExitCode {
 
 async fn submit(plan: NewPlan, run: bool) -> Result<(), hive_client::Error> {
     let client = Client::from_env().await?;
-    let id = client.submit_plan(plan).await?;
-    println!("{id}");
-    if run {
-        let result = work(&client, id).await?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&result).unwrap_or_default()
-        );
+    let done = async {
+        let id = client.submit_plan(plan).await?;
+        println!("{id}");
+        if run {
+            let result = work(&client, id).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).unwrap_or_default()
+            );
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    // Before exiting, also after an error: SQLite's log is folded into the file then.
+    client.close().await;
+    done
 }
 
 #[cfg(test)]
