@@ -218,6 +218,10 @@ impl Store for PostgresStore {
 
     async fn subscribe(&self) -> Result<broadcast::Receiver<Notification>> {
         let mut listener = self.listener.lock().await;
+        // A closed store opens no listener connection again.
+        if self.pool.is_closed() {
+            return Err(map_sqlx(sqlx::Error::PoolClosed, &self.target));
+        }
         if !listener.as_ref().is_some_and(listen::Handle::is_running) {
             let handle = listen::start(self.listen_options.clone(), self.notifier.clone())
                 .await

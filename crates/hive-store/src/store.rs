@@ -69,10 +69,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The store's clock: the database server's `now()` for SQL backends.
     async fn now(&self) -> Result<Timestamp>;
 
-    /// Ends the store's connections and background tasks, waiting a few seconds at most;
-    /// calls made after it fail. A process calls it before it exits: on SQLite the last
-    /// connection to close checkpoints the write-ahead log into the database file and
-    /// removes it, so the file is whole on its own (readable where no writer may go).
+    /// Ends the store's connections and background tasks, waiting a few seconds at most.
+    /// On the SQL backends calls made after it fail (`Unavailable`) and nothing reconnects;
+    /// the memory store has nothing to end. A process calls it before it exits: on SQLite
+    /// the last connection to close checkpoints the write-ahead log into the database file
+    /// and removes it, so the file is whole on its own (readable where no writer may go).
     /// Without it the connections end with the process, and the log stays until the next
     /// writer checkpoints it.
     async fn close(&self) {}

@@ -426,6 +426,7 @@ async fn ends_its_connections(test: &str, close: bool) {
             store.get_task(TaskId::new()).await.is_err(),
             "a closed store does not reconnect"
         );
+        assert!(store.subscribe().await.is_err(), "nor does it listen again");
     } else {
         drop(store);
     }
