@@ -9,6 +9,7 @@
 
 mod builder;
 mod completer;
+mod gate;
 mod handler;
 mod held;
 mod pace;

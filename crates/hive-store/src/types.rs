@@ -162,6 +162,10 @@ pub struct Claim {
     /// The outputs of the task's dependencies, keyed by their plan subtask id (by task id for
     /// a dependency outside any plan), read in the claim's own statement.
     pub inputs: Inputs,
+    /// The task counts against a flow rule (its type has a rule, or it has a concurrency
+    /// key): it holds a share of a limit from its claim, so a worker starts it before
+    /// claims that hold none (see the worker's prefetch).
+    pub limited: bool,
 }
 
 /// Dependency outputs by subtask id; a dependency that returned nothing maps to `null`.

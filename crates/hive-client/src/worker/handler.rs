@@ -15,8 +15,9 @@ use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
 
 use super::completer::Done;
+use super::gate::{Gate, Turn};
 use super::progress::ProgressCell;
-use super::slots::{Gate, Handled, Turn};
+use super::slots::Handled;
 use crate::{Client, Result};
 
 /// What a handler gets: the claimed task, the run it executes as, and its dependencies'

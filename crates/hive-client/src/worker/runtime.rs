@@ -13,11 +13,12 @@ use tokio::task::JoinSet;
 
 use super::builder::WorkerBuilder;
 use super::completer::{ClaimSpec, Completer, Done};
+use super::gate::Gate;
 use super::handler::Handler;
 use super::held::Held;
 use super::pace::Pace;
 use super::report::{Counters, WorkerReport};
-use super::slots::{Gate, Running, Slots};
+use super::slots::{Running, Slots};
 use crate::backoff::{Backoff, Fatal};
 use crate::{Error, Result};
 

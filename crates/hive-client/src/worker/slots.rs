@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hive_models::RunId;
 use hive_ops::Claimed;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::completer::Done;
@@ -145,49 +145,6 @@ impl Slots {
     }
 }
 
-/// What a claimed task waits for before its handler starts: its turn at a free handler
-/// (claims may outnumber handlers, see [`Slots`]), unless the worker stops first. Turns are
-/// handed out in claim order, which is queue order, by one dispatcher; a claim that stops
-/// waiting gives its turn's handler back. Also where handlers record how long they took.
-#[derive(Clone)]
-pub(super) struct Gate {
-    turns: mpsc::UnboundedSender<oneshot::Sender<OwnedSemaphorePermit>>,
-    pub(super) stop: tokio::sync::watch::Receiver<bool>,
-    pub(super) pace: Pace,
-}
-
-/// A claim's place in line for a handler.
-pub(super) type Turn = oneshot::Receiver<OwnedSemaphorePermit>;
-
-impl Gate {
-    /// A gate for `concurrency` handlers; its dispatcher ends with the last clone.
-    pub(super) fn new(
-        concurrency: u32,
-        stop: tokio::sync::watch::Receiver<bool>,
-        pace: Pace,
-    ) -> Gate {
-        let handlers = Arc::new(Semaphore::new(concurrency as usize));
-        let (turns, mut line) = mpsc::unbounded_channel::<oneshot::Sender<OwnedSemaphorePermit>>();
-        tokio::spawn(async move {
-            while let Some(waiting) = line.recv().await {
-                let Ok(free) = handlers.clone().acquire_owned().await else {
-                    return;
-                };
-                // A claim that stopped waiting dropped its end: the handler stays free.
-                let _ = waiting.send(free);
-            }
-        });
-        Gate { turns, stop, pace }
-    }
-
-    /// Queues a claim for a handler; called in claim order.
-    fn turn(&self) -> Turn {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.turns.send(tx);
-        rx
-    }
-}
-
 /// How a claimed task left the worker's hands: its outcome reported (stale, if it was
 /// cancelled before its handler started), or not started because the worker stopped
 /// first, its run still held, to be released.
@@ -219,7 +176,7 @@ impl Running {
                 grace: rt.cfg.timeout_grace,
                 stops: rt.stops.clone(),
             };
-            let turn = rt.gate.turn();
+            let turn = rt.gate.turn(c.limited);
             let handle = self.set.spawn(run_one(
                 rt.cfg.client.clone(),
                 rt.handler.clone(),

@@ -241,7 +241,7 @@ impl State {
     ) -> Vec<Claim> {
         let lease_until = crate::rules::after(at, p.lease);
         let mut admission = None;
-        let mut picked: Vec<TaskId> = Vec::new();
+        let mut picked: Vec<(TaskId, bool)> = Vec::new();
         for (_, _, id) in &self.ready {
             if picked.len() >= p.limit as usize {
                 break;
@@ -253,7 +253,8 @@ impl State {
                 continue;
             }
             let c = super::flow::candidate(t);
-            if hive_models::is_flow_controlled(&self.flow_rules, c.task_type, c.key) {
+            let limited = hive_models::is_flow_controlled(&self.flow_rules, c.task_type, c.key);
+            if limited {
                 let admission = admission.get_or_insert_with(|| {
                     let usage = self.flow_usage(at);
                     hive_models::Admission::new(&self.flow_rules, usage)
@@ -262,10 +263,10 @@ impl State {
                     continue;
                 }
             }
-            picked.push(*id);
+            picked.push((*id, limited));
         }
         let mut claims = Vec::with_capacity(picked.len());
-        for id in picked {
+        for (id, limited) in picked {
             let run_number = self.task_runs.get(&id).map_or(0, Vec::len) as u32 + 1;
             let Some(task) = self.task(id) else { continue };
             let run = Run::claimed(
@@ -296,7 +297,12 @@ impl State {
                 notes.push(n.plan_status(pid, PlanStatus::InProgress));
             }
             let inputs = self.inputs(&task);
-            let claim = Claim { task, run, inputs };
+            let claim = Claim {
+                task,
+                run,
+                inputs,
+                limited,
+            };
             notes.push(n.task_claimed(&claim));
             claims.push(claim);
         }

@@ -153,7 +153,13 @@ impl PostgresStore {
             let inputs: Option<sqlx::types::Json<crate::Inputs>> =
                 rows::get(row, "inputs", "tasks")?;
             let inputs = inputs.map(|j| j.0).unwrap_or_default();
-            claims.push(Claim { task, run, inputs });
+            claims.push(Claim {
+                task,
+                run,
+                inputs,
+                // The plain claim takes no flow-controlled task.
+                limited: admitted.is_some(),
+            });
         }
         Ok(claims)
     }

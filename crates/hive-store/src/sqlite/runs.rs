@@ -108,9 +108,11 @@ pub(super) const CLAIM_WRITES: &str = "\
     RETURNING id";
 
 /// The claims of the selected `rows` ([`claim_columns`]), as [`CLAIM_WRITES`] leaves their
-/// tasks, with the runs `run_ids` opened at `at` until `until`.
+/// tasks, with the runs `run_ids` opened at `at` until `until`; those of `limited` are the
+/// flow-controlled tasks admitted.
 fn decode_claims(
     rows: &[sqlx::sqlite::SqliteRow],
+    limited: &HashSet<TaskId>,
     run_ids: &[RunId],
     worker: &WorkerId,
     at: i64,
@@ -135,7 +137,13 @@ fn decode_claims(
         task.attempts = task.attempts.saturating_add(1);
         task.current_run_id = Some(run.id);
         task.updated_at = started;
-        claims.push(Claim { task, run, inputs });
+        let limited = limited.contains(&task.id);
+        claims.push(Claim {
+            task,
+            run,
+            inputs,
+            limited,
+        });
     }
     Ok(claims)
 }
@@ -220,7 +228,8 @@ pub(super) async fn claim(
     // The writes need only the pairs, so the writer's thread runs them while this one
     // decodes the claims (biased: the writes are sent first).
     let (written, claims) = tokio::join!(biased; writes, async {
-        decode_claims(&rows, &run_ids, &p.worker_id, at, until)
+        let limited: HashSet<TaskId> = admitted.tasks.iter().map(|a| a.id).collect();
+        decode_claims(&rows, &limited, &run_ids, &p.worker_id, at, until)
     });
     let (started, claims) = (written?, claims?);
     let mut started_plans: HashSet<PlanId> = HashSet::new();

@@ -127,6 +127,41 @@ pub async fn a_claim_takes_at_most_its_limit_of_ruled_and_other_tasks(s: S) {
     );
 }
 
+/// A claim says which of its tasks hold a share of a limit: those of a ruled type or with a
+/// concurrency key, in a plain claim and in the one after a finish.
+pub async fn a_claim_marks_the_tasks_that_count_against_a_limit(s: S) {
+    rule(&s, Scope::Type("api".into()), |r| r.max_running = Some(5)).await;
+    let api = add(&s, of_type("api", 2)).await;
+    let other = add(&s, of_type("other", 2)).await;
+    let key = add(&s, keyed("acct-1", 1, Some(3))).await;
+    let marks = |claims: &[Claim]| {
+        let mut got: Vec<(TaskId, bool)> = claims.iter().map(|c| (c.task.id, c.limited)).collect();
+        got.sort();
+        got
+    };
+    let sorted = |mut v: Vec<(TaskId, bool)>| {
+        v.sort();
+        v
+    };
+    let first = claim(&s, 10).await;
+    let want = sorted(vec![
+        (api[0], true),
+        (api[1], true),
+        (other[0], false),
+        (other[1], false),
+        (key[0], true),
+    ]);
+    assert_eq!(marks(&first), want, "ruled type and key: limited");
+    let api2 = add(&s, of_type("api", 1)).await;
+    let other2 = add(&s, of_type("other", 1)).await;
+    let (_, refill) = s
+        .finish_and_claim(&[success(first[0].run.id)], &claim_params("w", 10))
+        .await
+        .unwrap();
+    let want = sorted(vec![(api2[0], true), (other2[0], false)]);
+    assert_eq!(marks(&refill), want, "in the claim after a finish too");
+}
+
 pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
     let a = add(&s, keyed("acct-a", 3, None)).await;
     let b = add(&s, keyed("acct-b", 3, Some(2))).await;
