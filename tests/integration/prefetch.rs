@@ -2,7 +2,8 @@
 //! more than concurrency + prefetch nor more than its handlers finish in 50 ms, and never
 //! runs more handlers than its concurrency; while they are slow it holds no more than it
 //! runs. Claims waiting in the buffer are
-//! released unstarted at shutdown, and one cancelled while it waits never starts.
+//! released unstarted at shutdown, and one cancelled while it waits never starts. A
+//! buffered run's recorded start is its handler's, not its claim's.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     the_buffer_follows_the_handlers_pace,
     slow_handlers_hold_only_what_they_run,
     buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start,
+    a_buffered_runs_start_is_when_its_handler_started,
 );
 
 /// Handler calls running now and the most seen at once.
@@ -119,22 +121,11 @@ async fn slow_handlers_hold_only_what_they_run(c: Client) {
 }
 
 async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start(c: Client) {
-    // Quick tasks first make the worker's handlers known to be quick; once they are done
-    // it claims long ones beyond its one handler. (Created together, a quick task claimed
-    // by one of two overlapping commits could land behind a long one.)
-    let quick: Vec<NewTask> = (0..10)
-        .map(|i| NewTask::new(format!("quick {i}"), "work").payload(serde_json::json!({"ms": 1})))
-        .collect();
-    c.create_tasks(quick).await.unwrap();
+    // Once the quick tasks are done, the worker claims long ones beyond its one handler.
+    warm_up(&c).await;
     let started: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
     let seen = started.clone();
-    let worker = c
-        .worker("buffered")
-        .concurrency(1)
-        .prefetch(3)
-        .handle_signals(false)
-        .shutdown_grace(Duration::from_millis(100))
-        .poll_interval(Duration::from_millis(50));
+    let worker = one_handler(&c, "buffered").shutdown_grace(Duration::from_millis(100));
     let stop = worker.shutdown_handle();
     let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
         seen.lock().unwrap().insert(ctx.task.id);
@@ -144,18 +135,7 @@ async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start
             Ok::<_, TaskError>(())
         }
     }));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let counts = c.count_tasks(None).await.unwrap();
-        if counts.get(&TaskStatus::Completed).copied().unwrap_or(0) == 10 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "quick tasks not done: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the quick tasks", || completed(&c, 10)).await;
     let long: Vec<NewTask> = (0..10)
         .map(|i| {
             NewTask::new(format!("long {i}"), "work").payload(serde_json::json!({"ms": 3_600_000}))
@@ -235,4 +215,102 @@ async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start
         assert_eq!(t.status, TaskStatus::Queued, "released or never claimed");
         assert_eq!(t.attempts, 0, "a released task keeps its retries");
     }
+}
+
+/// Ten quick tasks, run first by a worker so that it knows its handlers are quick and
+/// prefetches. (Created with later tasks, a quick task claimed by one of two overlapping
+/// commits could land behind one of those.)
+async fn warm_up(c: &Client) {
+    let quick: Vec<NewTask> = (0..10)
+        .map(|i| NewTask::new(format!("quick {i}"), "work"))
+        .collect();
+    c.create_tasks(quick).await.unwrap();
+}
+
+/// A worker with one handler and up to three claims waiting for it.
+fn one_handler(c: &Client, name: &str) -> hive_client::WorkerBuilder {
+    c.worker(name)
+        .concurrency(1)
+        .prefetch(3)
+        .handle_signals(false)
+        .poll_interval(Duration::from_millis(50))
+}
+
+async fn completed(c: &Client, n: u64) -> bool {
+    let counts = c.count_tasks(None).await.unwrap();
+    counts.get(&TaskStatus::Completed).copied().unwrap_or(0) == n
+}
+
+/// Waits until `check` holds, polling the store; fails after 20 s naming `what`.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_buffered_runs_start_is_when_its_handler_started(c: Client) {
+    warm_up(&c).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let started: Arc<Mutex<HashSet<TaskId>>> = Arc::default();
+    let seen = started.clone();
+    let worker = one_handler(&c, "buffered-start");
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+        seen.lock().unwrap().insert(ctx.task.id);
+        let held = held.clone();
+        let blocks = ctx.task.title == "blocker";
+        async move {
+            if blocks {
+                held.acquire().await.unwrap().forget();
+            }
+            Ok::<_, TaskError>(())
+        }
+    }));
+    until("the quick tasks", || completed(&c, 10)).await;
+    let blocker = c
+        .create_task(NewTask::new("blocker", "work"))
+        .await
+        .unwrap();
+    until("the blocker's handler", || async {
+        started.lock().unwrap().contains(&blocker)
+    })
+    .await;
+    let follower = c
+        .create_task(NewTask::new("follower", "work"))
+        .await
+        .unwrap();
+    until("the follower claimed into the buffer", || async {
+        c.get_task(follower).await.unwrap().unwrap().status == TaskStatus::InProgress
+    })
+    .await;
+    assert!(!started.lock().unwrap().contains(&follower), "one handler");
+    // The follower waits this long at least, behind the blocker's handler.
+    let held_for = Duration::from_millis(300);
+    tokio::time::sleep(held_for).await;
+    gate.add_permits(1);
+    until("both done", || completed(&c, 12)).await;
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker drained")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.completed, 12, "{report:?}");
+    let runs = c.list_runs(follower).await.unwrap();
+    let [r] = runs.as_slice() else {
+        panic!("one run: {runs:?}")
+    };
+    let waited = (r.started_at - r.created_at).to_std().unwrap();
+    assert!(
+        waited >= held_for,
+        "its start moved past its claim by the time it waited: {waited:?}"
+    );
+    assert!(Some(r.started_at) <= r.completed_at);
 }

@@ -426,6 +426,7 @@ async fn a_spawn_cut_at_commit_is_all_or_nothing(_: Arc<dyn Store>, url: String)
                 spawn,
             },
             output_log: None,
+            waited: std::time::Duration::ZERO,
         };
         proxy.cut_next_commit(cut);
         let err = store

@@ -53,6 +53,10 @@ pub struct Run {
     pub run_number: u32,
     pub status: RunStatus,
     pub phase: String,
+    /// When the run's handler started: while it runs, its claim's time; once closed, later
+    /// by however long the claim waited at its worker for a free handler (a prefetched
+    /// claim), as the worker reported it, so `completed_at - started_at` is the handler's
+    /// time.
     pub started_at: Timestamp,
     pub completed_at: Option<Timestamp>,
     /// While running: the time after which the reaper may take the task back.
@@ -61,8 +65,9 @@ pub struct Run {
     pub error_message: Option<String>,
     pub output_log: Option<String>,
     pub transcript: Option<String>,
-    /// When the run was opened. A claim opens a run as it starts it, so this equals
-    /// `started_at` (the original package's `created_at`, kept for its users).
+    /// When the run was opened: by its claim, so this is `started_at` until a closed run's
+    /// start moves past a wait for a handler (the original package's `created_at`, kept for
+    /// its users).
     pub created_at: Timestamp,
     /// When the run last changed: opened, its lease extended (by a heartbeat or
     /// `extend_lease`), or closed.

@@ -305,6 +305,7 @@ async fn nul_in_worker_reports_is_replaced_not_refused() {
             run_id: RunId::new(),
             outcome: Outcome::success(Some(serde_json::json!({ "k\0": ["v\0"] }))),
             output_log: Some("out\0put".into()),
+            waited: std::time::Duration::ZERO,
         },
         RunOutcome {
             run_id: RunId::new(),
@@ -313,6 +314,7 @@ async fn nul_in_worker_reports_is_replaced_not_refused() {
                 retry: None,
             },
             output_log: None,
+            waited: std::time::Duration::ZERO,
         },
     ];
     o.finish_runs(outcomes.clone()).await.unwrap();

@@ -191,6 +191,7 @@ impl<S: Store + ?Sized> Ops<S> {
             run_id,
             outcome: Outcome::success(result),
             output_log: None,
+            waited: std::time::Duration::ZERO,
         };
         self.finish_one(outcome).await.map(|_| ())
     }
@@ -205,6 +206,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 retry: Some(self.config.retry),
             },
             output_log: None,
+            waited: std::time::Duration::ZERO,
         };
         self.finish_one(outcome).await
     }

@@ -478,6 +478,7 @@ async fn drain(o: &O, batch: u32) -> Vec<hive_models::Task> {
                 run_id: c.run.id,
                 outcome: hive_store::Outcome::success(None),
                 output_log: None,
+                waited: std::time::Duration::ZERO,
             })
             .collect();
         for r in o.finish_runs(outcomes).await.unwrap() {

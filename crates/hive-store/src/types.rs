@@ -218,6 +218,11 @@ pub struct RunOutcome {
     pub run_id: RunId,
     pub outcome: Outcome,
     pub output_log: Option<String>,
+    /// How long the claim waited at its worker before the handler started (a prefetched
+    /// claim waits for a free handler): the run's `started_at` moves that much later (never
+    /// past its end), so its duration is the handler's. Zero when the handler started at
+    /// once, or when nothing measured it.
+    pub waited: Duration,
 }
 
 /// What became of one [`RunOutcome`].

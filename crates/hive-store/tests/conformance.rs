@@ -33,6 +33,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_join_whose_parents_finish_at_once_becomes_ready_once,
     ten_thousand_subtasks_submitted_and_drained, a_requeued_completed_subtask_is_unfinished_again,
     plan_metadata_round_trips, runs_record_when_created_and_last_updated,
+    a_runs_start_moves_by_its_wait_for_a_handler,
     a_cancellation_keeps_its_reason, a_worker_status_keeps_its_reason,
     an_expired_lease_says_the_run_timed_out,
     full_jitter_spreads_a_burst_of_retries, a_tasks_own_policy_replaces_the_callers,

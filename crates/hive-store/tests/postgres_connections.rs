@@ -99,6 +99,7 @@ async fn sixteen_claimers_take_every_task_exactly_once() {
                             run_id: c.run.id,
                             outcome: Outcome::success(None),
                             output_log: None,
+                            waited: std::time::Duration::ZERO,
                         })
                         .collect();
                     for r in store.finish_runs(&outcomes).await.unwrap() {
@@ -209,6 +210,7 @@ async fn a_writes_notifications_are_out_before_its_call_returns() {
             run_id: first[0].run.id,
             outcome: Outcome::success(None),
             output_log: None,
+            waited: std::time::Duration::ZERO,
         };
         let (_, second) = other.finish_and_claim(&[done], &params).await.unwrap();
         assert_eq!(second.len(), 1);

@@ -217,6 +217,7 @@ async fn batches_past_the_bind_limit() {
             retry: None,
         },
         output_log: None,
+        waited: std::time::Duration::ZERO,
     };
     let rep = s.finish_runs(&[failed]).await.unwrap();
     assert_eq!(rep[0].cancelled_dependents.len(), 3999);

@@ -329,6 +329,7 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
             retry: Some(RetryPolicy::IMMEDIATE),
         },
         output_log: Some(s.log.clone()),
+        waited: std::time::Duration::ZERO,
     };
     store.finish_runs(&[failed]).await.unwrap();
     let r = store.get_run(run).await.unwrap().unwrap();
@@ -342,6 +343,7 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
         run_id: run,
         outcome: Outcome::success(Some(result.clone())),
         output_log: Some(s.value.clone()),
+        waited: std::time::Duration::ZERO,
     };
     store.finish_runs(&[done]).await.unwrap();
     let r = store.get_run(run).await.unwrap().unwrap();
@@ -418,6 +420,7 @@ async fn claim(
                 run_id: c.run.id,
                 outcome: Outcome::success(None),
                 output_log: None,
+                waited: std::time::Duration::ZERO,
             });
         }
     }

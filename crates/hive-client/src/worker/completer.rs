@@ -247,6 +247,7 @@ impl Completer {
                     retry: None,
                 },
                 output_log: None,
+                waited: o.waited,
             };
             match self.commit_retrying(std::slice::from_ref(&failed), 0).await {
                 Ok((reports, _)) => self.counters.add_finished(&reports),

@@ -292,6 +292,8 @@ pub(super) async fn run_one(
         .timeout_secs
         .map(|s| Duration::from_secs(u64::from(s)))
         .or(limits.default);
+    // Measured here, on the worker's own clock: the store adds it to the claim's start.
+    let claimed = std::time::Instant::now();
     let (stop, cancel) = watch::channel(false);
     let stop = Arc::new(stop);
     limits.stops.map().insert(run_id, (task_id, stop.clone()));
@@ -321,11 +323,13 @@ pub(super) async fn run_one(
                 run_id,
                 outcome,
                 output_log: None,
+                waited: std::time::Duration::ZERO,
             },
         });
         return Handled::Reported;
     };
     let began = std::time::Instant::now();
+    let waited = began - claimed;
     let ctx = TaskContext {
         task: claim.task,
         run: claim.run,
@@ -460,6 +464,7 @@ pub(super) async fn run_one(
         run_id,
         outcome,
         output_log,
+        waited,
     };
     let _ = done.send(Done { outcome });
     Handled::Reported

@@ -130,6 +130,7 @@ impl State {
             }
             if let Some(run) = self.runs.get_mut(&r.id) {
                 run.status = r.status;
+                run.started_at = crate::rules::handler_start(run.started_at, r.waited, at);
                 run.completed_at = Some(at);
                 run.updated_at = at;
                 run.lease_expires_at = None;

@@ -74,10 +74,11 @@ const SETTLE: &str = concat!(
 pub(super) const APPLY: &str = concat!(
     "WITH run_in AS ( \
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, status text, set_result bool, \
-        result text, set_error bool, error text, set_log bool, log text) \
+        result text, set_error bool, error text, set_log bool, log text, waited_us bigint) \
 ), run_upd AS ( \
     UPDATE runs r SET status = x.status, completed_at = now(), updated_at = now(), \
         lease_expires_at = NULL, \
+        started_at = least(r.started_at + x.waited_us * interval '1 microsecond', now()), \
         result_data = CASE WHEN x.set_result THEN x.result::jsonb ELSE r.result_data END, \
         error_message = CASE WHEN x.set_error THEN x.error ELSE r.error_message END, \
         output_log = CASE WHEN x.set_log THEN x.log ELSE r.output_log END \

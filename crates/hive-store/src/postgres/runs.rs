@@ -26,21 +26,22 @@ use crate::{
 /// is settled after commit ([`replay::settle`]), as for every Postgres write, and only for
 /// plans where a subtask with no open dependent completed (any other completion leaves its
 /// dependents to do). A run id given twice finishes once: the first occurrence wins.
+/// `$6` is each run's wait for its handler ([`RunOutcome::waited`]).
 /// Returns the dependents made ready, announced as `task_ready` when `$5` is true, and (on
 /// one row) the notifications, which the caller publishes after commit
 /// (`publish.rs`).
 pub(super) const FINISH_SUCCESSES: &str = concat!(
     "WITH input AS ( \
-         SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[]) WITH ORDINALITY \
-             AS x(run_id, result, log, ord) \
+         SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $6::bigint[]) \
+             WITH ORDINALITY AS x(run_id, result, log, waited_us, ord) \
      ), locked AS ( \
          SELECT r.id AS run_id, t.id AS task_id, t.plan_id, \
              (r.status = 'running' AND t.current_run_id = r.id) AS live \
          FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = ANY($1::uuid[]) \
          ORDER BY t.id, r.id FOR UPDATE OF t, r \
      ), go AS ( \
-         SELECT l.run_id, l.task_id, l.plan_id, f.result, f.log FROM locked l \
-         JOIN (SELECT DISTINCT ON (run_id) run_id, result, log FROM input \
+         SELECT l.run_id, l.task_id, l.plan_id, f.result, f.log, f.waited_us FROM locked l \
+         JOIN (SELECT DISTINCT ON (run_id) run_id, result, log, waited_us FROM input \
                ORDER BY run_id, ord) f ON f.run_id = l.run_id \
          WHERE l.live \
      ), tally AS ( \
@@ -50,7 +51,8 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
          ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed \
      ), run_upd AS ( \
          UPDATE runs r SET status = 'success', completed_at = now(), updated_at = now(), \
-             lease_expires_at = NULL, result_data = g.result, output_log = g.log \
+             lease_expires_at = NULL, result_data = g.result, output_log = g.log, \
+             started_at = least(r.started_at + g.waited_us * interval '1 microsecond', now()) \
          FROM go g WHERE r.id = g.run_id AND r.id = ANY($1::uuid[]) \
      ), dec AS ( \
          SELECT d.task_id AS id, count(*)::int AS n FROM task_dependencies d \
@@ -286,8 +288,10 @@ impl PostgresStore {
         let mut ids = Vec::with_capacity(n);
         let mut results: Vec<Option<Json>> = Vec::with_capacity(n);
         let mut logs: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut waited: Vec<i64> = Vec::with_capacity(n);
         for o in outcomes {
             ids.push(o.run_id.0);
+            waited.push(crate::rules::waited_us(o.waited));
             results.push(match &o.outcome {
                 Outcome::Success { result, .. } => result.clone(),
                 Outcome::Failure { .. } | Outcome::TimedOut { .. } | Outcome::Snooze { .. } => None,
@@ -301,6 +305,7 @@ impl PostgresStore {
             .bind(logs)
             .bind(self.notifier.origin())
             .bind(announce)
+            .bind(waited)
             .fetch_all(conn)
             .await?;
         let mut run_task = HashMap::with_capacity(found.len());

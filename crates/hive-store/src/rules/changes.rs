@@ -56,6 +56,8 @@ pub struct RunPatch {
     pub result: Option<Option<Json>>,
     pub error: Option<Option<String>>,
     pub log: Option<Option<String>>,
+    /// How much later than its claim the run's handler started ([`RunOutcome::waited`]).
+    pub waited: std::time::Duration,
 }
 
 impl RunPatch {
@@ -66,6 +68,7 @@ impl RunPatch {
             result: None,
             error: None,
             log: None,
+            waited: std::time::Duration::ZERO,
         }
     }
 }
@@ -244,6 +247,10 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             }
             Outcome::Snooze { delay, limit } => self.snooze(task_id, o.run_id, *delay, *limit, log),
         };
+        // However the outcome closed its run, the run started when its handler did.
+        if let Some(closed) = self.runs.iter_mut().rev().find(|r| r.id == o.run_id) {
+            closed.waited = o.waited;
+        }
         FinishReport {
             run_id: o.run_id,
             task_id: Some(task_id),

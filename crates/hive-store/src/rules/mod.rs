@@ -34,7 +34,7 @@ mod state;
 pub use changes::{Changes, Patches};
 #[cfg(feature = "postgres")]
 pub use rows::plan_deltas_json;
-pub use rows::{plans_json, runs_json, tasks_json};
+pub use rows::{plans_json, runs_json, tasks_json, waited_us};
 pub use state::{Loaded, TaskState, View};
 
 /// `at + d` at the microsecond precision the databases store, saturating instead of
@@ -49,6 +49,17 @@ pub fn after(at: hive_models::Timestamp, d: std::time::Duration) -> hive_models:
     let t = at.checked_add_signed(d).unwrap_or(at);
     t.duration_trunc(chrono::Duration::microseconds(1))
         .unwrap_or(t)
+}
+
+/// When a run's handler started: `waited` ([`crate::RunOutcome::waited`]) after its claim
+/// at `claimed`, but never after the run ended at `end`. (The SQL backends write the same
+/// rule in their run-closing statements.)
+pub fn handler_start(
+    claimed: hive_models::Timestamp,
+    waited: std::time::Duration,
+    end: hive_models::Timestamp,
+) -> hive_models::Timestamp {
+    after(claimed, waited).min(end)
 }
 
 #[cfg(test)]

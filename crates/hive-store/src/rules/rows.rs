@@ -21,6 +21,7 @@ struct RunRow<'a> {
     error: Option<&'a str>,
     set_log: bool,
     log: Option<&'a str>,
+    waited_us: i64,
 }
 
 #[derive(Serialize)]
@@ -56,6 +57,13 @@ fn text(v: Option<&serde_json::Value>) -> Result<Option<String>, serde_json::Err
     v.map(serde_json::to_string).transpose()
 }
 
+/// A wait in microseconds, at most ten years: the store caps a run's start at its end
+/// anyway, and a wait added to a start must not overflow a timestamp.
+pub fn waited_us(waited: std::time::Duration) -> i64 {
+    const TEN_YEARS_US: u128 = 10 * 366 * 24 * 3600 * 1_000_000;
+    i64::try_from(waited.as_micros().min(TEN_YEARS_US)).unwrap_or(i64::MAX)
+}
+
 pub fn runs_json(runs: &[RunPatch]) -> Result<String, serde_json::Error> {
     let rows = runs
         .iter()
@@ -69,6 +77,7 @@ pub fn runs_json(runs: &[RunPatch]) -> Result<String, serde_json::Error> {
                 error: r.error.as_ref().and_then(|e| e.as_deref()),
                 set_log: r.log.is_some(),
                 log: r.log.as_ref().and_then(|l| l.as_deref()),
+                waited_us: waited_us(r.waited),
             })
         })
         .collect::<Result<Vec<_>, serde_json::Error>>()?;

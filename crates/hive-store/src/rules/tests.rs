@@ -63,6 +63,7 @@ fn failure(run: RunId, retry: Option<RetryPolicy>) -> RunOutcome {
             retry,
         },
         output_log: Some("log".into()),
+        waited: std::time::Duration::ZERO,
     }
 }
 
@@ -136,6 +137,7 @@ fn completing_every_task_completes_the_plan_and_counts_down() {
         run_id: run,
         outcome: Outcome::success(Some(json!({"n": 1}))),
         output_log: None,
+        waited: std::time::Duration::ZERO,
     };
     let report = ch.finish(&ok, Some(ids[0]));
     assert_eq!(report.plan_transition, Some(PlanStatus::Completed));

@@ -188,6 +188,7 @@ pub(super) async fn replay<T>(
 const WRITE_PATCHES: &str = concat!(
     "UPDATE runs SET status = j.value ->> 'status', completed_at = ?, updated_at = ?, \
          lease_expires_at = NULL, \
+         started_at = MIN(started_at + (j.value ->> 'waited_us'), ?), \
          result_data = CASE WHEN j.value ->> 'set_result' \
              THEN j.value ->> 'result' ELSE result_data END, \
          error_message = CASE WHEN j.value ->> 'set_error' \
@@ -232,6 +233,7 @@ pub(super) async fn write(c: &mut Conn, n: &Notifier, p: Patches, at: i64) -> R<
         r.map_err(|e| db::corrupt("patches", format!("{what}: {e}")))
     };
     let freed = sqlx::query(WRITE_PATCHES)
+        .bind(at)
         .bind(at)
         .bind(at)
         .bind(json("runs", rules::runs_json(&p.runs))?)

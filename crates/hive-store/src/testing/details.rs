@@ -79,6 +79,49 @@ pub async fn runs_record_when_created_and_last_updated(s: S) {
     assert_eq!(closed.created_at, opened.created_at, "creation never moves");
 }
 
+/// A run starts when its handler did: the wait its worker reports ([`crate::RunOutcome::waited`])
+/// moves the start that much past the claim, and never past the run's end; in a batch of
+/// successes (one statement on Postgres) and in a batch with a failure alike.
+pub async fn a_runs_start_moves_by_its_wait_for_a_handler(s: S) {
+    let tasks = ["a", "b", "c"].map(|t| NewTask::new(t, "test"));
+    s.insert_tasks(tasks.to_vec()).await.unwrap();
+    let claims = s
+        .claim_tasks(&leased("w", 3, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 3);
+    // Long enough that a 30 ms wait ends before the runs do.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let wait = Duration::from_millis(30);
+    let waited = |i: usize, waited: Duration| crate::RunOutcome {
+        waited,
+        ..success(claims[i].run.id)
+    };
+    s.finish_runs(&[waited(0, wait), waited(1, Duration::MAX)])
+        .await
+        .unwrap();
+    let failed = crate::RunOutcome {
+        waited: wait,
+        ..super::fixtures::failure(claims[2].run.id, None)
+    };
+    s.finish_runs(&[failed]).await.unwrap();
+    let run = |i: usize| {
+        let s = s.clone();
+        let id = claims[i].run.id;
+        async move { s.get_run(id).await.unwrap().unwrap() }
+    };
+    let later = chrono::Duration::milliseconds(30);
+    let (a, b, c) = (run(0).await, run(1).await, run(2).await);
+    assert_eq!(a.started_at, claims[0].run.started_at + later);
+    assert_eq!(Some(b.started_at), b.completed_at, "never past its end");
+    assert_eq!(c.status, RunStatus::Failure);
+    assert_eq!(c.started_at, claims[2].run.started_at + later);
+    assert_eq!(
+        a.created_at, claims[0].run.created_at,
+        "creation never moves"
+    );
+}
+
 pub async fn a_cancellation_keeps_its_reason(s: S) {
     let mut rx = s.subscribe().await.unwrap();
     let ids = s

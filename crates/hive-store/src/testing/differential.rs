@@ -1038,6 +1038,7 @@ impl Side {
                 run_id,
                 outcome,
                 output_log: (k % 2 == 0).then(|| format!("log {k}")),
+                waited: std::time::Duration::ZERO,
             });
         }
         outcomes

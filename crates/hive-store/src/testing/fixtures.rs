@@ -76,6 +76,7 @@ pub fn success(run_id: RunId) -> RunOutcome {
         run_id,
         outcome: Outcome::success(Some(json!({"ok": true}))),
         output_log: Some("done".into()),
+        waited: std::time::Duration::ZERO,
     }
 }
 
@@ -88,6 +89,7 @@ pub fn failure(run_id: RunId, retry: Option<RetryPolicy>) -> RunOutcome {
             retry,
         },
         output_log: None,
+        waited: std::time::Duration::ZERO,
     }
 }
 

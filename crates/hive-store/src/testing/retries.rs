@@ -18,6 +18,7 @@ fn snooze(run_id: hive_models::RunId, delay: Duration, limit: u32) -> RunOutcome
         run_id,
         outcome: Outcome::Snooze { delay, limit },
         output_log: None,
+        waited: std::time::Duration::ZERO,
     }
 }
 

@@ -40,6 +40,7 @@ fn done(run_id: RunId, result: Option<serde_json::Value>, spawn: Vec<SubTask>) -
         run_id,
         outcome: Outcome::Success { result, spawn },
         output_log: None,
+        waited: std::time::Duration::ZERO,
     }
 }
 
