@@ -152,10 +152,10 @@ const USAGE: &str =
 #[derive(Debug, PartialEq)]
 enum Command {
     Help,
-    /// Submit (and with `run`, work) the plan for `goal`.
+    /// Submit (and with `run`, work) the plan for the goal given.
     Plan {
         run: bool,
-        goal: String,
+        plan: NewPlan,
     },
 }
 
@@ -174,29 +174,22 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             _ => goal.push(a),
         }
     }
-    let goal = goal.join(" ");
-    if goal.trim().is_empty() {
-        return Err("no goal given".into());
-    }
-    Ok(Command::Plan { run, goal })
+    let plan = plan_for(&goal.join(" ")).ok_or("no goal given")?;
+    Ok(Command::Plan { run, plan })
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let (run, goal) = match parse_args(std::env::args().skip(1)) {
+    let (run, plan) = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Help) => {
             println!("{USAGE}");
             return std::process::ExitCode::SUCCESS;
         }
-        Ok(Command::Plan { run, goal }) => (run, goal),
+        Ok(Command::Plan { run, plan }) => (run, plan),
         Err(e) => {
             eprintln!("error: {e}\n{USAGE}");
             return std::process::ExitCode::from(2);
         }
-    };
-    let Some(plan) = plan_for(&goal) else {
-        eprintln!("error: no goal given\n{USAGE}");
-        return std::process::ExitCode::from(2);
     };
     match submit(plan, run).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -240,7 +233,7 @@ mod tests {
             args(&["--run", "login", "and", "billing"]),
             Ok(Command::Plan {
                 run: true,
-                goal: "login and billing".into()
+                plan: plan_for("login and billing").unwrap()
             })
         );
         assert_eq!(
@@ -251,7 +244,7 @@ mod tests {
             args(&["--", "-x", "login"]),
             Ok(Command::Plan {
                 run: false,
-                goal: "-x login".into()
+                plan: plan_for("-x login").unwrap()
             })
         );
         assert_eq!(args(&[]), Err("no goal given".into()));
