@@ -17,12 +17,12 @@ const OVERTAKEN_AT_MOST: Duration = BUFFER_WAIT.saturating_mul(4);
 
 /// What a claimed task waits for before its handler starts: its turn at a free handler,
 /// unless the worker stops first. Turns are handed out by one dispatcher in claim order,
-/// which is queue order, except that a claim holding a share of a limit
-/// ([`hive_ops::Claimed::limited`]) goes ahead of waiting claims that hold none, unless
-/// the first of those has waited [`OVERTAKEN_AT_MOST`]. A limited claim counts as running
-/// from its claim, so a wait in the prefetch buffer would keep its limit's other tasks
-/// from starting on any worker. A claim that stops waiting gives its turn's handler back.
-/// Also where handlers record how long they took.
+/// which is queue order, except that a claim holding a share of a limit (`Claim::limited`)
+/// goes ahead of waiting claims that hold none, unless the first of those has waited
+/// [`OVERTAKEN_AT_MOST`]. A limited claim counts as running from its claim, so a wait in
+/// the prefetch buffer would keep its limit's other tasks from starting on any worker. A
+/// claim that stops waiting gives its turn's handler back. Also where handlers record how
+/// long they took.
 #[derive(Clone)]
 pub(super) struct Gate {
     limited: mpsc::UnboundedSender<Waiting>,
