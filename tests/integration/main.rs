@@ -11,6 +11,7 @@ mod prefetch;
 mod proxy;
 mod refused_outcomes;
 mod retries;
+mod rounds;
 mod sdk;
 mod secrets;
 mod storage_faults;

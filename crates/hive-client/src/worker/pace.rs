@@ -41,15 +41,21 @@ impl Pace {
             });
     }
 
+    /// The average handler call, once at least `enough` calls have been timed.
+    pub(super) fn average(&self, enough: u64) -> Option<Duration> {
+        (self.0.samples.load(Ordering::Relaxed) >= enough)
+            .then(|| Duration::from_micros(self.0.average_us.load(Ordering::Relaxed)))
+    }
+
     /// How many claims may wait for one of `handlers` handlers: as many as they finish
     /// in [`BUFFER_WAIT`] at their average pace, in whole rounds of `handlers`. None until
     /// at least `enough` calls have been timed, so a new worker claims only what it can
     /// start at once.
     pub(super) fn buffer(&self, handlers: u64, enough: u64) -> u64 {
-        if self.0.samples.load(Ordering::Relaxed) < enough {
+        let Some(average) = self.average(enough) else {
             return 0;
-        }
-        let average_us = self.0.average_us.load(Ordering::Relaxed).max(1);
+        };
+        let average_us = (average.as_micros() as u64).max(1);
         let wait_us = BUFFER_WAIT.as_micros() as u64;
         handlers.saturating_mul(wait_us / average_us)
     }

@@ -99,6 +99,21 @@ impl Slots {
         self.free.available_permits()
     }
 
+    /// Slots taken: runs claimed whose outcomes are not committed yet, and claims being
+    /// made.
+    pub(super) fn held(&self) -> usize {
+        let extra = self.extra();
+        (self.concurrency + extra.lent + extra.owed).saturating_sub(self.free())
+    }
+
+    /// How long `runs` held runs should take to report at the handlers' average pace, in
+    /// whole rounds of the handlers; None until the pace is known.
+    pub(super) fn time_to_report(&self, runs: usize) -> Option<Duration> {
+        let rounds = runs.div_ceil(self.concurrency.max(1));
+        let average = self.pace.average(self.concurrency as u64)?;
+        Some(average.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX)))
+    }
+
     /// Whether every slot is free: nothing runs and no outcome waits to be committed.
     pub(super) fn all_free(&self) -> bool {
         let extra = self.extra();
