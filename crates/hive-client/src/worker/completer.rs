@@ -149,9 +149,9 @@ impl Completer {
     }
 
     /// Until when the next commit should wait for more outcomes, when none is in flight:
-    /// while the runs still held should all report within [`Completer::LINGER_SHARE`] of a
-    /// commit's time at the handlers' pace, and not past that share of the last commit's
-    /// time after the first outcome waiting arrived. Without it, quick handlers split a
+    /// while the runs still held should all report, at the handlers' pace, within the
+    /// window (the last commit's time divided by [`Completer::LINGER_SHARE`]), and no
+    /// longer than the window after the first outcome waiting arrived. Without it, quick handlers split a
     /// worker's runs into two groups that take turns: the outcomes of the tasks a commit
     /// just claimed arrive only after the next commit has started with the others', so
     /// every commit carries half of what it could (plan-chains on SQLite: rounds of 21 and
