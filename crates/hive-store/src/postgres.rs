@@ -127,6 +127,9 @@ pub struct PostgresStore {
     target: String,
     listen_options: PgConnectOptions,
     listener: tokio::sync::Mutex<Option<listen::Handle>>,
+    /// The credits waiting to be folded after their finishes' commits (see
+    /// `runs::Folds`).
+    folds: runs::Folds,
 }
 
 impl std::fmt::Debug for PostgresStore {

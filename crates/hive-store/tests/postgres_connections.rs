@@ -471,18 +471,7 @@ async fn a_held_dependent_is_credited_not_waited_for() {
     let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
     assert_eq!(claims.len(), 1, "only `a` is ready");
     let a = claims[0].task.id;
-    let url = ts.url.clone().unwrap();
-    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut look = sqlx::PgConnection::connect(&url).await.unwrap();
-    holder.execute("BEGIN").await.unwrap();
-    holder
-        .execute("UPDATE tasks SET updated_at = now() WHERE plan_subtask_id = 'j'")
-        .await
-        .unwrap();
-    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut holder)
-        .await
-        .unwrap();
+    let (mut holder, holder_pid, mut look) = hold_subtask(&ts, "j").await;
 
     let finisher = {
         let s = s.clone();
@@ -555,6 +544,112 @@ async fn a_held_dependent_is_credited_not_waited_for() {
         .await
         .unwrap();
     assert_eq!(credits, 0);
+}
+
+/// Finishes that each credit the same held dependent leave one fold waiting for its row,
+/// not one per finish: each waiting fold would hold one of the store's pooled connections.
+/// Once the row is free, that fold counts every credit, and the dependent is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credits_left_while_a_fold_waits_go_in_one_fold() {
+    use hive_store::testing::fixtures::{claim_params, node, plan, success};
+    const PARENTS: usize = 6;
+    let Some(ts) =
+        fresh("postgres_connections::credits_left_while_a_fold_waits_go_in_one_fold").await
+    else {
+        return;
+    };
+    let s = ts.store.clone();
+    let parents: Vec<String> = (0..PARENTS).map(|i| format!("p{i}")).collect();
+    let mut nodes: Vec<_> = parents.iter().map(|p| node(p, &[])).collect();
+    let deps: Vec<&str> = parents.iter().map(String::as_str).collect();
+    nodes.push(node("j", &deps));
+    let pid = s.insert_plan(plan(nodes)).await.unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(
+        claims.len(),
+        PARENTS,
+        "the parents are ready, the join is not"
+    );
+    let (mut holder, holder_pid, mut look) = hold_subtask(&ts, "j").await;
+
+    // One finish at a time: each commits while `j` is held, leaving a credit and asking
+    // for a fold.
+    for c in &claims {
+        s.finish_runs(&[success(c.run.id)]).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_by(&mut look, holder_pid).await == 0 {
+        assert!(Instant::now() < deadline, "no fold waited for the held row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for folds started one per finish to reach the row too.
+    let watch = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < watch {
+        let n = blocked_by(&mut look, holder_pid).await;
+        assert_eq!(n, 1, "{n} transactions wait for the held row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM dependency_credits")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(credits, PARENTS as i64, "one credit per finish");
+
+    holder.execute("COMMIT").await.unwrap();
+    let next = loop {
+        let next = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+        if !next.is_empty() {
+            break next;
+        }
+        assert!(Instant::now() < deadline, "the credits were never folded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].task.plan_subtask_id.as_deref(), Some("j"));
+    let left: (i64, i32) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM dependency_credits), \
+             (SELECT pending_deps FROM tasks WHERE plan_subtask_id = 'j')",
+    )
+    .fetch_one(&mut look)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0), "every credit counted once");
+}
+
+/// A connection holding the row of the subtask `id` in an open transaction, its backend's
+/// pid, and a second connection to look with.
+async fn hold_subtask(ts: &TestStore, id: &str) -> (sqlx::PgConnection, i32, sqlx::PgConnection) {
+    let url = ts.url.clone().unwrap();
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let look = sqlx::PgConnection::connect(&url).await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    sqlx::query("UPDATE tasks SET updated_at = now() WHERE plan_subtask_id = $1")
+        .bind(id)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    (holder, pid, look)
+}
+
+/// How many transactions wait, directly or behind another waiting one, for the one the
+/// backend `pid` runs.
+async fn blocked_by(look: &mut sqlx::PgConnection, pid: i32) -> i64 {
+    sqlx::query_scalar(
+        "WITH RECURSIVE w(pid) AS ( \
+             SELECT a.pid FROM pg_stat_activity a WHERE $1 = ANY(pg_blocking_pids(a.pid)) \
+             UNION \
+             SELECT a.pid FROM pg_stat_activity a JOIN w ON w.pid = ANY(pg_blocking_pids(a.pid)) \
+         ) SELECT count(*) FROM w",
+    )
+    .bind(pid)
+    .fetch_one(look)
+    .await
+    .unwrap()
 }
 
 /// A task requeued from a finished state recounts its open dependencies from their

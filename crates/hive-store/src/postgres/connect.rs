@@ -235,6 +235,7 @@ impl PostgresStore {
             target,
             listen_options,
             listener: tokio::sync::Mutex::new(None),
+            folds: Default::default(),
         }
     }
 }

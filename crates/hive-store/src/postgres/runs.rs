@@ -3,6 +3,7 @@
 //! [`super::claim`]), releasing, reaping expired leases, and extending leases.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hive_models::{
@@ -153,6 +154,43 @@ async fn fold_credits(pool: &sqlx::PgPool, origin: Uuid, tasks: Option<&[Uuid]>)
     Ok(())
 }
 
+/// The dependents whose credits wait to be folded, and whether a fold is running. A fold
+/// waits for its dependents' rows, which the finishes counting them down hold in turn; one
+/// fold per finish would each hold a pooled connection while it waits (a join that many
+/// finishes credit could take the whole pool from the worker that finishes them). One fold
+/// runs at a time instead, and the credits left meanwhile go together in the next.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Folds(Arc<Mutex<FoldQueue>>);
+
+#[derive(Debug, Default)]
+struct FoldQueue {
+    waiting: HashSet<Uuid>,
+    running: bool,
+}
+
+impl Folds {
+    fn queue(&self) -> std::sync::MutexGuard<'_, FoldQueue> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `tasks`' credits; true when no fold is running, so the caller starts one.
+    fn add(&self, tasks: Vec<Uuid>) -> bool {
+        let mut q = self.queue();
+        q.waiting.extend(tasks);
+        !std::mem::replace(&mut q.running, true)
+    }
+
+    /// The dependents to fold next; None (and no fold running) once none wait.
+    fn next(&self) -> Option<Vec<Uuid>> {
+        let mut q = self.queue();
+        if q.waiting.is_empty() {
+            q.running = false;
+            return None;
+        }
+        Some(q.waiting.drain().collect())
+    }
+}
+
 /// What finishing a batch did: one report per outcome, and the dependents made ready.
 #[derive(Debug, Default)]
 struct Finish {
@@ -221,19 +259,24 @@ impl PostgresStore {
     }
 
     /// Folds, in the background, the credits a finish left for dependents it found held by
-    /// another transaction. Not awaited: the fold waits for that transaction's commit, and
-    /// a worker's finish waiting for it would again take turns on the row. The dependents
-    /// it frees are announced as ready; a worker does not exit idle meanwhile, since they
-    /// are still queued. A fold that fails (or a crash before it) leaves its credits to the
-    /// next reap ([`fold_credits`] with `None`).
+    /// another transaction, so a dependent they free is announced ready right away rather
+    /// than at the next reap. The fold waits for the dependents' rows; only one runs at a
+    /// time (see [`Folds`]). A fold that fails (or a crash before it) leaves its credits to
+    /// the next reap ([`fold_credits`] with `None`).
     fn fold_credits_later(&self, tasks: Vec<Uuid>) {
-        if tasks.is_empty() {
+        if !self.folds.add(tasks) {
             return;
         }
-        let (pool, origin) = (self.pool.clone(), self.notifier.origin());
+        let (pool, origin, folds) = (
+            self.pool.clone(),
+            self.notifier.origin(),
+            self.folds.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = fold_credits(&pool, origin, Some(&tasks)).await {
-                tracing::warn!(error = ?e, "folding dependency credits failed; the reaper will");
+            while let Some(tasks) = folds.next() {
+                if let Err(e) = fold_credits(&pool, origin, Some(&tasks)).await {
+                    tracing::warn!(error = ?e, "folding dependency credits failed; the reaper will");
+                }
             }
         });
     }

@@ -34,7 +34,9 @@ mod state;
 pub use changes::{Changes, Patches};
 #[cfg(feature = "postgres")]
 pub use rows::plan_deltas_json;
-pub use rows::{plans_json, runs_json, tasks_json, waited_us};
+#[cfg(feature = "postgres")]
+pub use rows::waited_us;
+pub use rows::{plans_json, runs_json, tasks_json};
 pub use state::{Loaded, TaskState, View};
 
 /// `at + d` at the microsecond precision the databases store, saturating instead of
