@@ -259,12 +259,14 @@ impl PostgresStore {
     }
 
     /// Folds, in the background, the credits a finish left for dependents it found held by
-    /// another transaction, so a dependent they free is announced ready right away rather
-    /// than at the next reap. The fold waits for the dependents' rows; only one runs at a
-    /// time (see [`Folds`]). A fold that fails (or a crash before it) leaves its credits to
-    /// the next reap ([`fold_credits`] with `None`).
+    /// another transaction. Not awaited: the fold waits for that transaction's commit, and
+    /// a worker's finish waiting for it would again take turns on the row. One fold runs at
+    /// a time (see [`Folds`]). The dependents it frees are announced as ready; a worker does
+    /// not exit idle meanwhile, since they are still queued. A fold that fails (or a crash
+    /// before it) leaves its credits to the next reap ([`fold_credits`] with `None`).
     fn fold_credits_later(&self, tasks: Vec<Uuid>) {
-        if !self.folds.add(tasks) {
+        // Every finish comes here, most with nothing credited.
+        if tasks.is_empty() || !self.folds.add(tasks) {
             return;
         }
         let (pool, origin, folds) = (
