@@ -11,7 +11,6 @@ mod prefetch;
 mod proxy;
 mod refused_outcomes;
 mod retries;
-mod rounds;
 mod sdk;
 mod secrets;
 mod storage_faults;

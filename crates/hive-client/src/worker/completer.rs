@@ -88,7 +88,13 @@ impl Completer {
         loop {
             let oldest = started.iter().min().copied();
             let lingering = match oldest {
-                None if !stopped => self.linger(waiting.len(), waiting_since, last_commit),
+                None if !stopped => linger(
+                    &self.slots,
+                    self.queued,
+                    waiting.len(),
+                    (waiting_since, last_commit),
+                    Instant::now(),
+                ),
                 _ => None,
             };
             let start = !waiting.is_empty()
@@ -146,30 +152,6 @@ impl Completer {
                 else => return,
             }
         }
-    }
-
-    /// Until when the next commit should wait for more outcomes, when none is in flight:
-    /// while the runs still held should all report, at the handlers' pace, within the
-    /// window (the last commit's time divided by [`Completer::LINGER_SHARE`]), and no
-    /// longer than the window after the first outcome waiting arrived. Without it, quick handlers split a
-    /// worker's runs into two groups that take turns: the outcomes of the tasks a commit
-    /// just claimed arrive only after the next commit has started with the others', so
-    /// every commit carries half of what it could (plan-chains on SQLite: rounds of 21 and
-    /// 41 outcomes where 32 and 68 runs were held). Only where the store queues write
-    /// transactions (SQLite): elsewhere a full round behind a commit starts a second one
-    /// that overlaps it, and waiting only idles the database (one Postgres worker × 8:
-    /// 16,028–16,248 tasks/s without the wait, 13,424–17,195 with it). None: commit now.
-    fn linger(&self, waiting: usize, since: Instant, last_commit: Duration) -> Option<Instant> {
-        if !self.queued || waiting == 0 || waiting >= Self::MAX_BATCH {
-            return None;
-        }
-        let outstanding = self.slots.held().saturating_sub(waiting);
-        let window = (last_commit / Self::LINGER_SHARE).min(Self::LINGER_AT_MOST);
-        let reported_in = match outstanding {
-            0 => return None,
-            n => self.slots.time_to_report(n)?,
-        };
-        linger_until(Instant::now(), since, window, reported_in)
     }
 
     /// Takes every outcome already sent, up to a batch's worth waiting.
@@ -307,51 +289,96 @@ impl Completer {
     }
 }
 
-/// The end of a wait of `window` from `since` for outcomes expected within `reported_in`:
-/// none when they are not expected in time or the window has passed.
-fn linger_until(
+/// Until when the next commit should wait for more outcomes, when none is in flight:
+/// while the runs still held should all report, at the handlers' pace, within the window
+/// (the last commit's time divided by [`Completer::LINGER_SHARE`]), and no longer than the
+/// window after the first outcome waiting arrived (`since`). Without it, quick handlers
+/// split a worker's runs into two groups that take turns: the outcomes of the tasks a
+/// commit just claimed arrive only after the next commit has started with the others', so
+/// every commit carries half of what it could (plan-chains on SQLite: rounds of 21 and 41
+/// outcomes where 32 and 68 runs were held). Only where the store queues write
+/// transactions (`queued`, SQLite): elsewhere a full round behind a commit starts a second
+/// one that overlaps it, and waiting only idles the database (one Postgres worker × 8:
+/// 16,028–16,248 tasks/s without the wait, 13,424–17,195 with it). None: commit now.
+fn linger(
+    slots: &Slots,
+    queued: bool,
+    waiting: usize,
+    (since, last_commit): (Instant, Duration),
     now: Instant,
-    since: Instant,
-    window: Duration,
-    reported_in: Duration,
 ) -> Option<Instant> {
+    if !queued || waiting == 0 || waiting >= Completer::MAX_BATCH {
+        return None;
+    }
+    let outstanding = slots.held().saturating_sub(waiting);
+    if outstanding == 0 {
+        return None;
+    }
+    let window = (last_commit / Completer::LINGER_SHARE).min(Completer::LINGER_AT_MOST);
     let until = since + window;
-    (reported_in <= window && now < until).then_some(until)
+    (slots.time_to_report(outstanding)? <= window && now < until).then_some(until)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::pace::Pace;
     use super::*;
 
+    /// Four handlers whose calls took `each`, all four slots taken.
+    fn busy(each: Duration) -> Slots {
+        let pace = Pace::default();
+        for _ in 0..4 {
+            pace.record(each);
+        }
+        let slots = Slots::new(4, 0, pace);
+        assert!(slots.take(4));
+        slots
+    }
+
     #[test]
-    fn a_commit_waits_only_for_outcomes_due_within_its_window() {
-        let since = Instant::now();
+    fn a_commit_waits_for_quick_handlers_still_running_for_at_most_its_window() {
+        let at = Instant::now();
         let ms = Duration::from_millis;
-        let window = ms(4);
+        // The last commit took 4 ms: the window is 2 ms.
+        let last = (at, ms(4));
+        let quick = busy(Duration::from_micros(10));
         assert_eq!(
-            linger_until(since, since, window, ms(1)),
-            Some(since + window),
-            "quick handlers: wait for them"
+            linger(&quick, true, 1, last, at),
+            Some(at + ms(2)),
+            "one outcome waits, three quick runs are still out"
         );
+        assert_eq!(linger(&quick, true, 1, last, at + ms(1)), Some(at + ms(2)));
         assert_eq!(
-            linger_until(since + ms(3), since, window, ms(1)),
-            Some(since + window),
-            "still within the window"
-        );
-        assert_eq!(
-            linger_until(since + ms(4), since, window, ms(1)),
+            linger(&quick, true, 1, last, at + ms(2)),
             None,
-            "the window has passed: commit what waits"
+            "the window has passed"
         );
         assert_eq!(
-            linger_until(since, since, window, ms(5)),
+            linger(&quick, true, 4, last, at),
             None,
-            "handlers slower than the window: commit now"
+            "every run held has reported"
         );
         assert_eq!(
-            linger_until(since, since, Duration::ZERO, Duration::ZERO),
+            linger(&quick, false, 1, last, at),
             None,
-            "no commit timed yet: no window"
+            "a store whose commits overlap does not wait"
+        );
+        assert_eq!(
+            linger(&quick, true, 1, (at, Duration::ZERO), at),
+            None,
+            "no commit timed yet"
+        );
+        assert_eq!(
+            linger(&busy(ms(3)), true, 1, last, at),
+            None,
+            "runs due later than the window"
+        );
+        let unknown = Slots::new(4, 0, Pace::default());
+        assert!(unknown.take(4));
+        assert_eq!(
+            linger(&unknown, true, 1, last, at),
+            None,
+            "the handlers' pace is not known yet"
         );
     }
 }
