@@ -67,7 +67,7 @@ impl Completer {
     const IN_FLIGHT: usize = 2;
 
     /// A commit waits for more outcomes at most this fraction of the last commit's time
-    /// (see [`Completer::linger`]), and never longer than [`Completer::LINGER_AT_MOST`].
+    /// (see [`linger`]), and never longer than [`Completer::LINGER_AT_MOST`].
     const LINGER_SHARE: u32 = 2;
     const LINGER_AT_MOST: Duration = Duration::from_millis(5);
 
