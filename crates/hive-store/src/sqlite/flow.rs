@@ -276,7 +276,7 @@ async fn usage(c: &mut Conn, fc: &FlowClaim, scopes: &[Scope]) -> R<HashMap<Scop
         .collect();
     if !windows.is_empty() {
         let rows = sqlx::query(concat!(
-            "SELECT s.kind, s.name, count(*) AS n FROM json_each(?1) w \
+            "SELECT s.kind, s.name, count(*) AS n FROM jsonb_each(?1) w \
              JOIN flow_starts s ON s.kind = w.value ->> 0 AND s.name = w.value ->> 1 \
               AND s.started_at > ",
             now_us!(),
@@ -316,7 +316,7 @@ pub(super) async fn record_starts(c: &mut Conn, admitted: &Admitted, at: i64) ->
         .map(|(s, us)| serde_json::json!([s.kind(), s.name(), us]))
         .collect();
     sqlx::query(
-        "DELETE FROM flow_starts WHERE rowid IN (SELECT s.rowid FROM json_each(?1) w \
+        "DELETE FROM flow_starts WHERE rowid IN (SELECT s.rowid FROM jsonb_each(?1) w \
          JOIN flow_starts s ON s.kind = w.value ->> 0 AND s.name = w.value ->> 1 \
           AND s.started_at <= ?2 - (w.value ->> 2))",
     )
@@ -330,7 +330,7 @@ pub(super) async fn record_starts(c: &mut Conn, admitted: &Admitted, at: i64) ->
         .collect();
     sqlx::query(
         "INSERT INTO flow_starts (kind, name, started_at) \
-         SELECT j.value ->> 0, j.value ->> 1, ?2 FROM json_each(?1) j",
+         SELECT j.value ->> 0, j.value ->> 1, ?2 FROM jsonb_each(?1) j",
     )
     .bind(to_json("flow_starts", &rows)?)
     .bind(at)

@@ -195,7 +195,7 @@ const WRITE_PATCHES: &str = concat!(
              THEN j.value ->> 'error' ELSE error_message END, \
          output_log = CASE WHEN j.value ->> 'set_log' \
              THEN j.value ->> 'log' ELSE output_log END \
-     FROM json_each(?) AS j \
+     FROM jsonb_each(?) AS j \
      WHERE runs.id = j.value ->> 'id' AND runs.status = 'running'; \
      UPDATE tasks SET status = j.value ->> 'status', updated_at = ?, \
          result = CASE WHEN j.value ->> 'set_result' THEN j.value ->> 'result' \
@@ -213,7 +213,7 @@ const WRITE_PATCHES: &str = concat!(
              ELSE pending_deps END, \
          metadata = CASE WHEN j.value ->> 'set_metadata' THEN j.value ->> 'metadata' \
              ELSE metadata END \
-     FROM json_each(?) AS j WHERE tasks.id = j.value ->> 'id'; ",
+     FROM jsonb_each(?) AS j WHERE tasks.id = j.value ->> 'id'; ",
     super::tasks::count_dependents_down!(),
     "; ",
     super::tasks::count_dependents_up!(),
@@ -221,7 +221,7 @@ const WRITE_PATCHES: &str = concat!(
          completed_subtasks = j.value ->> 'completed', \
          failed_subtasks = j.value ->> 'failed', \
          cancelled_subtasks = j.value ->> 'cancelled', updated_at = ? \
-     FROM json_each(?) AS j WHERE plans.id = j.value ->> 'id'"
+     FROM jsonb_each(?) AS j WHERE plans.id = j.value ->> 'id'"
 );
 
 /// Writes a batch's patches ([`WRITE_PATCHES`]).

@@ -96,14 +96,14 @@ macro_rules! claim_select {
 pub(super) const CLAIM_WRITES: &str = "\
     UPDATE tasks SET status = 'in_progress', assigned_worker = ?, attempts = attempts + 1, \
         run_count = run_count + 1, current_run_id = j.value ->> 1, updated_at = ? \
-    FROM json_each(?) AS j WHERE tasks.id = j.value ->> 0; \
+    FROM jsonb_each(?) AS j WHERE tasks.id = j.value ->> 0; \
     INSERT INTO runs (id, task_id, worker_id, run_number, status, phase, started_at, \
                       lease_us, lease_expires_at, created_at, updated_at) \
     SELECT j.value ->> 1, t.id, ?, t.run_count, 'running', t.current_phase, ?, ?, ?, ?, ? \
-    FROM json_each(?) AS j JOIN tasks t ON t.id = j.value ->> 0; \
+    FROM jsonb_each(?) AS j JOIN tasks t ON t.id = j.value ->> 0; \
     UPDATE plans SET status = 'in_progress', updated_at = ? \
     WHERE status = 'pending' AND id IN ( \
-        SELECT t.plan_id FROM json_each(?) AS j JOIN tasks t ON t.id = j.value ->> 0 \
+        SELECT t.plan_id FROM jsonb_each(?) AS j JOIN tasks t ON t.id = j.value ->> 0 \
         WHERE t.plan_id IS NOT NULL) \
     RETURNING id";
 
