@@ -1,7 +1,7 @@
 //! `cargo xtask soak`: the reliability tests at full size, one backend at a time.
 //!
 //! The same tests run in every `cargo test` at reduced sizes; `HIVE_SOAK=1` makes
-//! [`hive_store::testing::size`] pick the full ones. Per-backend tests live in modules named
+//! `hive_store::testing::size` pick the full ones. Per-backend tests live in modules named
 //! after their backend, so the test filter `sqlite::` selects the SQLite ones.
 
 use std::io::{BufRead, BufReader, Write};

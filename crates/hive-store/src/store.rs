@@ -25,8 +25,8 @@ use crate::{
 /// Callers validate input with the hive-models rules before calling (hive-ops does); a
 /// store trusts validated input but never panics on any input.
 ///
-/// Shared semantics every backend follows (the conformance suite in [`crate::testing`]
-/// checks each one):
+/// Shared semantics every backend follows (the conformance suite in `hive_store::testing`,
+/// feature `testing`, checks each one):
 /// - Queue order is priority descending, then insertion order.
 /// - A claim admits a flow-controlled task (one with a concurrency key, or of a type with a
 ///   [`FlowRule`]) only while each of its scopes has room ([`hive_models::Admission`]),
@@ -144,7 +144,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`Store::finish_runs`] then [`Store::claim_tasks`], in one transaction where the
     /// backend allows: a worker hands back finished runs and refills the slots they freed in
     /// one round trip, and takes the dependents its completions just unblocked before any
-    /// other worker is woken for them (their [`crate::ChangeKind::TaskReady`] notifications
+    /// other worker is woken for them (their [`crate::Change::TaskReady`] notifications
     /// are sent only for those it did not claim). Outcomes are durable when this returns,
     /// exactly as with `finish_runs`.
     async fn finish_and_claim(
