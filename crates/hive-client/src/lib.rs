@@ -17,16 +17,10 @@
 //! ```
 //!
 //! Every operation of [`hive_ops::Ops`] is available on the client (it dereferences to
-//! its `Ops`), plus the original SDK's convenience names ([`compat`]).
-#![cfg_attr(
-    feature = "blocking",
-    doc = "With feature `blocking`, [`blocking::Client`] offers every one of them without an async runtime."
-)]
-// Without the feature the module does not exist, and a link to it would be broken.
-#![cfg_attr(
-    not(feature = "blocking"),
-    doc = "With feature `blocking`, `blocking::Client` offers every one of them without an async runtime."
-)]
+//! its `Ops`), plus the original SDK's convenience names ([`compat`]). With feature
+//! `blocking`, `blocking::Client` offers every one of them without an async runtime.
+// Not a link: without the feature the module does not exist, and the link would be broken.
+
 #![warn(missing_docs)]
 
 mod backoff;
