@@ -189,6 +189,42 @@ impl Folds {
         }
         Some(q.waiting.drain().collect())
     }
+
+    /// Drives the fold loop started by an [`add`](Self::add) that returned true, with
+    /// `fold` for each set of dependents.
+    async fn run<F, Fut>(self, mut fold: F)
+    where
+        F: FnMut(Vec<Uuid>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut running = Running {
+            folds: self,
+            armed: true,
+        };
+        while let Some(tasks) = running.folds.next() {
+            fold(tasks).await;
+        }
+        // `next` cleared the mark itself; clearing it again could clear the mark of a fold
+        // another finish has started since.
+        running.armed = false;
+    }
+}
+
+/// A fold loop in progress. Dropped before the loop saw no credits waiting (its task
+/// panicked, or the runtime shut down mid-fold), it clears the running mark; otherwise
+/// every later finish would find a fold "running" and only queue its credits, leaving them
+/// all for the reaper.
+struct Running {
+    folds: Folds,
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.armed {
+            self.folds.queue().running = false;
+        }
+    }
 }
 
 /// What finishing a batch did: one report per outcome, and the dependents made ready.
@@ -274,13 +310,14 @@ impl PostgresStore {
             self.notifier.origin(),
             self.folds.clone(),
         );
-        tokio::spawn(async move {
-            while let Some(tasks) = folds.next() {
+        tokio::spawn(folds.run(move |tasks| {
+            let pool = pool.clone();
+            async move {
                 if let Err(e) = fold_credits(&pool, origin, Some(&tasks)).await {
                     tracing::warn!(error = ?e, "folding dependency credits failed; the reaper will");
                 }
             }
-        });
+        }));
     }
 
     /// After a write's commit: publishes its notifications, then settles the plans it
@@ -659,5 +696,58 @@ impl PostgresStore {
     async fn runs_where(&self, sql: &'static str, id: Uuid) -> R<Vec<Run>> {
         let found = sqlx::query(sql).bind(id).fetch_all(&self.pool).await?;
         found.iter().map(rows::run).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fold_loop_that_dies_mid_fold_lets_the_next_finish_start_one() {
+        let folds = Folds::default();
+        assert!(
+            folds.add(vec![Uuid::now_v7()]),
+            "no fold ran, so this one starts"
+        );
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let mut entered_tx = Some(entered_tx);
+        let stuck = tokio::spawn(folds.clone().run(move |_| {
+            if let Some(tx) = entered_tx.take() {
+                let _ = tx.send(());
+            }
+            std::future::pending::<()>()
+        }));
+        entered.await.expect("the loop reached its first fold");
+        assert!(!folds.add(vec![Uuid::now_v7()]), "a fold is running");
+
+        stuck.abort();
+        assert!(stuck.await.expect_err("aborted").is_cancelled());
+
+        assert!(
+            folds.add(vec![Uuid::now_v7()]),
+            "the dead loop cleared its mark, so the next finish starts a fold"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fold_loop_folds_what_waits_then_clears_its_mark() {
+        let folds = Folds::default();
+        let first = Uuid::now_v7();
+        assert!(folds.add(vec![first]));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        folds
+            .clone()
+            .run(move |tasks| {
+                log.lock().unwrap().extend(tasks);
+                std::future::ready(())
+            })
+            .await;
+        assert_eq!(*seen.lock().unwrap(), vec![first]);
+        assert!(
+            folds.add(vec![Uuid::now_v7()]),
+            "the loop ended, so a new one starts"
+        );
     }
 }
