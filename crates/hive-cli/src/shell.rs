@@ -1,5 +1,6 @@
 //! The built-in handler for `shell` tasks: `{"command": "...", "timeout_secs": N}` runs
-//! through `sh -c`; exit 0 completes the task, anything else fails it.
+//! through `sh -c`; exit 0 completes the task, anything else fails it, with the exit
+//! status (or the signal) and the last line the command wrote to stderr as the error.
 //!
 //! The command sees which attempt it is in its environment, so a script can log it,
 //! make itself idempotent, or behave differently on a retry:
@@ -28,6 +29,7 @@
 //! grace ran out, or the run was cancelled), and after `sh` exits, so a background child
 //! never outlives its task.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -162,27 +164,53 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     // and what the command printed before it stopped is kept in every case.
     drop(group);
     let out = String::from_utf8_lossy(&stdout.await.unwrap_or_default()).into_owned();
-    let log = format!(
-        "{out}{}",
-        String::from_utf8_lossy(&stderr.await.unwrap_or_default())
-    );
+    let err = String::from_utf8_lossy(&stderr.await.unwrap_or_default()).into_owned();
     let status = match exited {
         Ok(status) => status.map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?,
-        Err(stopped) => return Err(TaskError::new(stopped).with_log(log)),
+        Err(stopped) => return Err(TaskError::new(stopped).with_log(format!("{out}{err}"))),
     };
-    match status.code() {
-        Some(0) => match output(&output_path, &out) {
+    let failed = match (status.code(), status.signal()) {
+        (Some(0), _) => None,
+        (Some(code), _) => Some(format!("command exited with status {code}")),
+        (None, Some(signal)) => Some(format!("command was killed by signal {signal}")),
+        (None, None) => Some("command was killed by a signal".to_owned()),
+    };
+    let log = format!("{out}{err}");
+    match failed {
+        None => match output(&output_path, &out) {
             Ok(result) => Ok(TaskOutput {
                 result,
                 log: Some(log),
             }),
             Err(e) => Err(TaskError::permanent(e).with_log(log)),
         },
-        Some(code) => {
-            Err(TaskError::new(format!("command exited with status {code}")).with_log(log))
-        }
-        None => Err(TaskError::new("command was killed by a signal").with_log(log)),
+        Some(failed) => Err(TaskError::new(with_last_word(failed, &err)).with_log(log)),
     }
+}
+
+/// The longest stderr line an error carries; the whole stderr stays in the run's log.
+const LAST_WORD_MAX: usize = 200;
+
+/// `failed`, followed by the last line the command wrote to stderr (cut to
+/// [`LAST_WORD_MAX`] characters), if any: what listings show as a failed run's error is
+/// then usually its reason, not only its exit status.
+fn with_last_word(failed: String, stderr: &str) -> String {
+    let Some(last) = stderr.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
+        return failed;
+    };
+    // Control characters would reach the worker's log line as they are (a terminal would
+    // obey an escape sequence in it); the run's log keeps them.
+    let cut: String = last
+        .chars()
+        .take(LAST_WORD_MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let ellipsis = if last.chars().nth(LAST_WORD_MAX).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{failed}: {cut}{ellipsis}")
 }
 
 /// The command's output: the `HIVE_OUTPUT` file's JSON, else the last stdout line that is
@@ -207,7 +235,29 @@ fn output(file: &std::path::Path, stdout: &str) -> Result<Option<serde_json::Val
 
 #[cfg(test)]
 mod tests {
-    use super::output;
+    use super::{output, with_last_word};
+
+    #[test]
+    fn a_failure_carries_the_last_stderr_line() {
+        let failed = || "command exited with status 3".to_owned();
+        assert_eq!(
+            with_last_word(failed(), "first\n  the reason  \n\n"),
+            "command exited with status 3: the reason"
+        );
+        assert_eq!(with_last_word(failed(), ""), "command exited with status 3");
+        assert_eq!(
+            with_last_word(failed(), "\u{1b}[2Jwiped\tout"),
+            "command exited with status 3:  [2Jwiped out"
+        );
+        assert_eq!(
+            with_last_word(failed(), "\n \n"),
+            "command exited with status 3"
+        );
+        let long = "ü".repeat(300);
+        let cut = with_last_word(failed(), &long);
+        assert!(cut.ends_with('…'));
+        assert_eq!(cut.chars().filter(|c| *c == 'ü').count(), 200);
+    }
 
     #[test]
     fn output_is_the_file_else_the_last_json_line() {

@@ -243,7 +243,10 @@ payload = { command = "true" }
     );
     let failed = db.json(&["task", "list", "--status", "failed"]);
     let runs = db.json(&["task", "runs", failed[0]["id"].as_str().unwrap()]);
-    assert_eq!(runs[0]["error_message"], "command exited with status 3");
+    assert_eq!(
+        runs[0]["error_message"], "command exited with status 3: oops",
+        "the error ends with the last line on stderr"
+    );
     assert_eq!(runs[0]["output_log"], "oops\n");
 }
 

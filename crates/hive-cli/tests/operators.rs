@@ -234,7 +234,7 @@ fn lists_filter_show_readiness_and_errors_and_say_when_cut() {
     );
     let failed = row(&failing);
     assert!(
-        failed.contains("failed") && failed.contains("command exited with status 3"),
+        failed.contains("failed") && failed.contains("command exited with status 3: oops"),
         "{table}"
     );
 

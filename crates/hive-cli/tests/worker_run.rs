@@ -105,6 +105,16 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
     let killed = db.ok(&create_shell(
         r#"{"command": "echo before the kill; sleep 30", "timeout_secs": 1}"#,
     ));
+    let signalled = db.ok(&create_task(
+        "s",
+        "shell",
+        &[
+            "--max-retries",
+            "0",
+            "--payload",
+            r#"{"command": "echo going >&2; kill -9 $$"}"#,
+        ],
+    ));
     db.ok(&[
         "worker",
         "run",
@@ -112,11 +122,21 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
         "r",
         "--exit-when-idle",
         "--concurrency",
-        "3",
+        "4",
     ]);
     let table = db.ok(&["task", "runs", fails.trim()]);
     let log = table.split("--- run 1 (failure) output ---\n").nth(1);
     assert_eq!(log, Some("to stdout\nto stderr\n"), "{table}");
+    let runs = db.json(&["task", "runs", fails.trim()]);
+    assert_eq!(
+        runs[0]["error_message"], "command exited with status 1: to stderr",
+        "the last stderr line, not stdout's"
+    );
+    let runs = db.json(&["task", "runs", signalled.trim()]);
+    assert_eq!(
+        runs[0]["error_message"], "command was killed by signal 9: going",
+        "{runs}"
+    );
     let runs = db.json(&["task", "runs", stopped.trim()]);
     assert_eq!(runs[0]["status"], "timeout", "{runs}");
     assert_eq!(runs[0]["output_log"], "before the timeout\n", "{runs}");
