@@ -501,25 +501,7 @@ async fn a_held_dependent_is_credited_not_waited_for() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Its fold waits for the row; kill it there, as a crash after the commit would.
-    let folder: i32 = loop {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-        )
-        .bind(holder_pid)
-        .fetch_optional(&mut look)
-        .await
-        .unwrap();
-        if let Some(pid) = found {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no fold waited for the held row");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(folder)
-        .execute(&mut look)
-        .await
-        .unwrap();
+    kill_the_fold_waiting_for(&mut look, holder_pid, deadline).await;
     let reports = finisher.await.unwrap().unwrap();
     assert_eq!(reports[0].task_id, Some(a), "the finish itself stands");
     holder.execute("COMMIT").await.unwrap();
@@ -617,6 +599,99 @@ async fn credits_left_while_a_fold_waits_go_in_one_fold() {
     assert_eq!(left, (0, 0), "every credit counted once");
 }
 
+/// A fold locks the dependents it counts in id order before counting any, as every other
+/// statement that locks several tasks does. Here the reaper's fold of twenty credits meets
+/// a transaction that holds the first dependent and then locks them all in id order: the
+/// fold waits for it holding nothing, and both go through. A fold that counted in its
+/// join's order would hold some of them while waiting for the first: a deadlock, which
+/// Postgres ends by failing one of the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_locks_its_dependents_in_id_order() {
+    use hive_store::testing::fixtures::{claim_params, node, plan, reap_params, success};
+    const DEPENDENTS: usize = 20;
+    let Some(ts) = fresh("postgres_connections::a_fold_locks_its_dependents_in_id_order").await
+    else {
+        return;
+    };
+    let s = ts.store.clone();
+    let names: Vec<String> = (0..DEPENDENTS).map(|i| format!("d{i}")).collect();
+    let mut nodes = vec![node("r", &[])];
+    nodes.extend(names.iter().map(|d| node(d, &["r"])));
+    let pid = s.insert_plan(plan(nodes)).await.unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(claims.len(), 1, "only `r` is ready");
+    let url = ts.url.clone().unwrap();
+    let mut look = sqlx::PgConnection::connect(&url).await.unwrap();
+    const LOCK_ALL: &str = "SELECT id FROM tasks WHERE plan_subtask_id LIKE 'd%' \
+                            ORDER BY id FOR UPDATE";
+
+    // Twenty credits, as a crash right after a finish leaves them: the finish credits every
+    // dependent another transaction holds, and its fold is killed while it waits.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder.execute(LOCK_ALL).await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    kill_the_fold_waiting_for(&mut look, holder_pid, deadline).await;
+    holder.execute("COMMIT").await.unwrap();
+    let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM dependency_credits")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(credits, DEPENDENTS as i64, "one credit per dependent");
+
+    // The first dependent held, the reaper folds every credit and waits for it. Should a
+    // cycle form, the holder finds it first (its check runs after its own
+    // `deadlock_timeout`) and its statement is the one Postgres fails.
+    holder
+        .execute("SET deadlock_timeout = '20ms'")
+        .await
+        .unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "SELECT id FROM tasks WHERE plan_subtask_id LIKE 'd%' \
+             ORDER BY id LIMIT 1 FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let reaper = {
+        let s = s.clone();
+        tokio::spawn(async move { s.reap(&reap_params()).await })
+    };
+    while blocked_by(&mut look, holder_pid).await == 0 {
+        assert!(Instant::now() < deadline, "the reaper's fold never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now the holder takes the rest in id order, as a cascade would.
+    let all = sqlx::query(LOCK_ALL).fetch_all(&mut holder).await;
+    assert_eq!(
+        all.expect("no deadlock: the fold held none of them").len(),
+        DEPENDENTS
+    );
+    holder.execute("COMMIT").await.unwrap();
+    reaper
+        .await
+        .unwrap()
+        .expect("the reaper's fold went through");
+
+    let ready = s
+        .claim_tasks(&claim_params("w", DEPENDENTS as u32 + 1))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), DEPENDENTS, "every credit was folded");
+    let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM dependency_credits")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(credits, 0);
+}
+
 /// A connection holding the row of the subtask `id` in an open transaction, its backend's
 /// pid, and a second connection to look with.
 async fn hold_subtask(ts: &TestStore, id: &str) -> (sqlx::PgConnection, i32, sqlx::PgConnection) {
@@ -634,6 +709,33 @@ async fn hold_subtask(ts: &TestStore, id: &str) -> (sqlx::PgConnection, i32, sql
         .await
         .unwrap();
     (holder, pid, look)
+}
+
+/// Waits (until `deadline`) for a fold to wait for the transaction the backend `holder`
+/// runs, and kills the fold's backend, as a crash right after a finish's commit would.
+async fn kill_the_fold_waiting_for(look: &mut sqlx::PgConnection, holder: i32, deadline: Instant) {
+    let folder: i32 = loop {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(holder)
+        .fetch_optional(&mut *look)
+        .await
+        .unwrap();
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fold waited for the held rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(folder)
+        .execute(look)
+        .await
+        .unwrap();
 }
 
 /// How many transactions wait, directly or behind another waiting one, for the one the

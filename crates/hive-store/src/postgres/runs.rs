@@ -124,6 +124,11 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
 /// commit), or every credit when `$1` is NULL (the reaper, for what a crash or a failed fold
 /// left).
 /// Each credit is deleted by the transaction that counts it, so it counts once. `$2` origin.
+/// The dependents are locked in id order, as every other statement that locks several
+/// tasks does (a cascade's `replay::load_cascade`, say), before any is counted: updated in the join's
+/// order, a fold could hold one dependent while waiting for another that the reaper's
+/// cascade held while waiting for the first, a deadlock Postgres ends only after
+/// `deadlock_timeout` by failing one of them.
 pub(super) const FOLD_CREDITS: &str = concat!(
     "WITH c AS ( \
          DELETE FROM dependency_credits \
@@ -131,8 +136,11 @@ pub(super) const FOLD_CREDITS: &str = concat!(
          RETURNING task_id, n \
      ), dec AS ( \
          SELECT task_id AS id, sum(n)::int AS n FROM c GROUP BY task_id \
+     ), lk AS ( \
+         SELECT t.id FROM tasks t WHERE t.id = ANY(ARRAY(SELECT id FROM dec)) \
+         ORDER BY t.id FOR UPDATE \
      ), dep_upd AS (",
-    count_dec_down!("SELECT id FROM dec", ""),
+    count_dec_down!("SELECT id FROM lk", ""),
     ") SELECT (SELECT count(*) FROM c) AS folded, (",
     notify_rows!(
         later,
