@@ -21,8 +21,10 @@
 //! - `HIVE_OUTPUT`: a path the command may write its output to, as JSON.
 //!
 //! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
-//! when the command wrote one, else the last line of its stdout that is a JSON value, else
-//! nothing (`null` to dependents). A `HIVE_OUTPUT` file that is not JSON fails the task.
+//! when the command wrote one, else the last line of its stdout that is a JSON value (read
+//! from the last 2 MiB it printed, however much came before), else nothing (`null` to
+//! dependents). A `HIVE_OUTPUT` file that is not JSON fails the task, and so does a last
+//! line too long to be read that ends like a JSON object or array.
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
 //! the task stops: on `timeout_secs`, when the handler is dropped (the worker's shutdown
@@ -44,8 +46,14 @@ use crate::process_group::ProcessGroup;
 /// The task type this handler runs.
 pub const SHELL: &str = "shell";
 
-/// At most this much of a command's stdout and stderr each is kept as the run's log.
+/// At most this much of a command's stdout and stderr each is kept as the run's log: its
+/// first and last halves, with a line saying how much was left out between them (the end
+/// of a failing command's output is usually where it says why).
 const MAX_LOG_BYTES: usize = 1024 * 1024;
+
+/// How much of the end of stdout is read for the output: twice the default output limit,
+/// so an output over the limit is still read whole, and refused naming its size.
+const OUTPUT_TAIL_BYTES: usize = 2 * hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,26 +84,70 @@ fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
     Ok(p)
 }
 
-/// Reads a pipe to its end, keeping the first [`MAX_LOG_BYTES`] bytes.
-async fn collect(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+/// What a command wrote to one pipe: its first bytes and its last, and how many in all.
+#[derive(Debug, Default)]
+struct Captured {
+    head: Vec<u8>,
+    /// The last bytes (at most `tail_max`, kept up to twice that between trims).
+    tail: Vec<u8>,
+    tail_max: usize,
+    total: usize,
+}
+
+impl Captured {
+    fn new(tail_max: usize) -> Captured {
+        Captured {
+            // The log's whole text while it fits, and its last half after.
+            tail_max: tail_max.max(MAX_LOG_BYTES),
+            ..Captured::default()
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = (MAX_LOG_BYTES / 2).saturating_sub(self.head.len());
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > 2 * self.tail_max {
+            self.tail.drain(..self.tail.len() - self.tail_max);
+        }
+        self.total += bytes.len();
+    }
+
+    /// The last bytes written, at most `tail_max`, and whether anything came before them.
+    fn end(&self) -> (&[u8], bool) {
+        let kept = &self.tail[self.tail.len().saturating_sub(self.tail_max)..];
+        (kept, kept.len() < self.total)
+    }
+
+    /// The run's log: everything when it fits in [`MAX_LOG_BYTES`], else the first and last
+    /// halves with what was left out between them counted.
+    fn log(&self) -> String {
+        let (end, _) = self.end();
+        if self.total <= MAX_LOG_BYTES && end.len() == self.total {
+            return String::from_utf8_lossy(end).into_owned();
+        }
+        let last = &end[end.len().saturating_sub(MAX_LOG_BYTES / 2)..];
+        let left_out = self.total.saturating_sub(self.head.len() + last.len());
+        format!(
+            "{}\n[{left_out} bytes not kept]\n{}",
+            String::from_utf8_lossy(&self.head),
+            String::from_utf8_lossy(last)
+        )
+    }
+}
+
+/// Reads a pipe to its end, keeping its first bytes and its last `tail_max`.
+async fn collect(pipe: Option<impl AsyncRead + Unpin>, tail_max: usize) -> Captured {
+    let mut kept = Captured::new(tail_max);
     let Some(mut pipe) = pipe else {
-        return Vec::new();
+        return kept;
     };
-    let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
-    let mut dropped = 0usize;
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = MAX_LOG_BYTES.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                dropped += n.saturating_sub(room);
-            }
+            Ok(n) => kept.push(&buf[..n]),
         }
-    }
-    if dropped > 0 {
-        kept.extend_from_slice(format!("\n[{dropped} more bytes not kept]\n").as_bytes());
     }
     kept
 }
@@ -142,8 +194,8 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             let _ = stdin.write_all(&inputs).await;
         });
     }
-    let stdout = tokio::spawn(collect(child.stdout.take()));
-    let stderr = tokio::spawn(collect(child.stderr.take()));
+    let stdout = tokio::spawn(collect(child.stdout.take(), OUTPUT_TAIL_BYTES));
+    let stderr = tokio::spawn(collect(child.stderr.take(), 0));
     let limit = payload
         .timeout_secs
         .map_or(Duration::MAX, Duration::from_secs);
@@ -163,11 +215,12 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end,
     // and what the command printed before it stopped is kept in every case.
     drop(group);
-    let out = String::from_utf8_lossy(&stdout.await.unwrap_or_default()).into_owned();
-    let err = String::from_utf8_lossy(&stderr.await.unwrap_or_default()).into_owned();
+    let out = stdout.await.unwrap_or_default();
+    let err = stderr.await.unwrap_or_default();
+    let log = format!("{}{}", out.log(), err.log());
     let status = match exited {
         Ok(status) => status.map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?,
-        Err(stopped) => return Err(TaskError::new(stopped).with_log(format!("{out}{err}"))),
+        Err(stopped) => return Err(TaskError::new(stopped).with_log(log)),
     };
     let failed = match (status.code(), status.signal()) {
         (Some(0), _) => None,
@@ -175,16 +228,18 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         (None, Some(signal)) => Some(format!("command was killed by signal {signal}")),
         (None, None) => Some("command was killed by a signal".to_owned()),
     };
-    let log = format!("{out}{err}");
     match failed {
-        None => match output(&output_path, &out) {
+        None => match output(&output_path, out.end()) {
             Ok(result) => Ok(TaskOutput {
                 result,
                 log: Some(log),
             }),
             Err(e) => Err(TaskError::permanent(e).with_log(log)),
         },
-        Some(failed) => Err(TaskError::new(with_last_word(failed, &err)).with_log(log)),
+        Some(failed) => {
+            let last_word = String::from_utf8_lossy(err.end().0);
+            Err(TaskError::new(with_last_word(failed, &last_word)).with_log(log))
+        }
     }
 }
 
@@ -214,8 +269,15 @@ fn with_last_word(failed: String, stderr: &str) -> String {
 }
 
 /// The command's output: the `HIVE_OUTPUT` file's JSON, else the last stdout line that is
-/// JSON, else none.
-fn output(file: &std::path::Path, stdout: &str) -> Result<Option<serde_json::Value>, String> {
+/// JSON, else none. `stdout` is the end of what it printed, and whether more came before
+/// (the first line of `stdout` is then cut, so it is not read). A last line too long to be
+/// read whole that ends like a JSON object or array is refused rather than skipped: it is an
+/// output over the limit, and skipping it would hand the dependents an older line, or
+/// nothing, without a word.
+fn output(
+    file: &std::path::Path,
+    (stdout, cut): (&[u8], bool),
+) -> Result<Option<serde_json::Value>, String> {
     match std::fs::read(file) {
         Ok(bytes) => {
             return serde_json::from_slice(&bytes)
@@ -225,17 +287,33 @@ fn output(file: &std::path::Path, stdout: &str) -> Result<Option<serde_json::Val
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot read the HIVE_OUTPUT file: {e}")),
     }
-    Ok(stdout
+    let text = String::from_utf8_lossy(stdout);
+    // The first line's start was not kept when more came before it.
+    let (cut_line, whole) = match text.split_once('\n') {
+        Some((first, rest)) if cut => (first, rest),
+        None if cut => (&*text, ""),
+        _ => ("", &*text),
+    };
+    let last_json = whole
         .lines()
         .rev()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .find_map(|l| serde_json::from_str(l).ok()))
+        .find_map(|l| serde_json::from_str(l).ok());
+    if last_json.is_none() && cut_line.trim_end().ends_with(['}', ']']) {
+        return Err(format!(
+            "the last line the command printed is longer than the {} MiB read for an output \
+             (outputs are limited to {} MiB): print a smaller one",
+            OUTPUT_TAIL_BYTES / (1024 * 1024),
+            hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES / (1024 * 1024)
+        ));
+    }
+    Ok(last_json)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{output, with_last_word};
+    use super::{Captured, MAX_LOG_BYTES, OUTPUT_TAIL_BYTES, output, with_last_word};
 
     #[test]
     fn a_failure_carries_the_last_stderr_line() {
@@ -264,17 +342,80 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("out.json");
         let stdout = "building\n{\"a\": 1}\nnot json\n[2, \"ü\"]\ndone\n";
+        let whole = |s: &'static str| (s.as_bytes(), false);
         assert_eq!(
-            output(&file, stdout).unwrap(),
+            output(&file, whole(stdout)).unwrap(),
             Some(serde_json::json!([2, "ü"]))
         );
-        assert_eq!(output(&file, "no json here\n").unwrap(), None);
+        assert_eq!(output(&file, whole("no json here\n")).unwrap(), None);
         std::fs::write(&file, br#"{"from": "file"}"#).unwrap();
         assert_eq!(
-            output(&file, stdout).unwrap(),
+            output(&file, whole(stdout)).unwrap(),
             Some(serde_json::json!({"from": "file"}))
         );
         std::fs::write(&file, b"{broken").unwrap();
-        assert!(output(&file, stdout).unwrap_err().contains("not JSON"));
+        assert!(
+            output(&file, whole(stdout))
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+
+    #[test]
+    fn a_cut_first_line_is_not_read_and_a_cut_json_line_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("absent.json");
+        // `2` ends a longer line whose start was not kept: not an output.
+        assert_eq!(output(&file, (b"2\nlog\n", true)).unwrap(), None);
+        assert_eq!(
+            output(&file, (b"2\nlog\n", false)).unwrap(),
+            Some(serde_json::json!(2))
+        );
+        for cut_json in [&b"xxxx\"}\n"[..], b"xxxx\"}", b"xxxx\"]\ndone\n"] {
+            let refused = output(&file, (cut_json, true)).unwrap_err();
+            assert!(refused.contains("longer than the 2 MiB"), "{refused}");
+        }
+        assert_eq!(
+            output(&file, (b"xxxx\"}\n{\"later\": 1}\n", true)).unwrap(),
+            Some(serde_json::json!({"later": 1}))
+        );
+        assert_eq!(output(&file, (b"....... 99%\r", true)).unwrap(), None);
+    }
+
+    #[test]
+    fn logs_keep_both_ends_and_outputs_follow_any_amount_of_logs() {
+        let mut out = Captured::new(OUTPUT_TAIL_BYTES);
+        out.push(b"first line\n");
+        for _ in 0..3 * 1024 {
+            out.push(&[b'.'; 1023]);
+            out.push(b"\n");
+        }
+        out.push(b"{\"after\": \"3 MiB of logs\"}\n");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            output(&dir.path().join("absent.json"), out.end()).unwrap(),
+            Some(serde_json::json!({"after": "3 MiB of logs"}))
+        );
+        let log = out.log();
+        assert!(log.starts_with("first line\n"));
+        assert!(log.ends_with("{\"after\": \"3 MiB of logs\"}\n"));
+        let left_out = out.total - MAX_LOG_BYTES;
+        assert!(
+            log.contains(&format!("\n[{left_out} bytes not kept]\n")),
+            "left out"
+        );
+        assert_eq!(
+            log.len(),
+            MAX_LOG_BYTES + format!("\n[{left_out} bytes not kept]\n").len()
+        );
+
+        let mut small = Captured::new(0);
+        small.push(&[b'x'; 700 * 1024]);
+        small.push(b"\nthe reason\n");
+        assert_eq!(small.log().len(), small.total, "under the cap, all of it");
+        assert_eq!(
+            with_last_word("failed".into(), &String::from_utf8_lossy(small.end().0)),
+            "failed: the reason"
+        );
     }
 }

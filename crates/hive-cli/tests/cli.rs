@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use assert_cmd::Command;
-use support::db::{Db, create_shell};
+use support::db::{Db, create_shell, create_task};
 
 const PLAN: &str = r#"{"title": "Release 1.2", "description": "optional",
  "subtasks": [
@@ -527,4 +527,53 @@ fn retry_flags_and_progress_show_in_task_commands() {
     assert!(shown.contains("42% copying files"), "{shown}");
     let json = db.json(&["task", "runs", &id]);
     assert_eq!(json[0]["progress"]["fraction"], 0.42, "{json}");
+}
+
+/// A shell task's output is its last JSON line however much it printed before it; one
+/// over the output limit fails the task naming it and its size, and one too long to be read
+/// at all fails it saying so: neither is dropped in silence.
+#[test]
+fn shell_outputs_after_long_logs_and_over_the_limit() {
+    let db = Db::new();
+    let logs = r#"{"command": "head -c 3145728 /dev/zero | tr '\\0' . | fold -w 1023; echo; echo '{\"after\": \"3 MiB of logs\"}'"}"#;
+    let over = r#"{"command": "printf '{\"a\": \"'; head -c 1100000 /dev/zero | tr '\\0' x; printf '\"}\\n'"}"#;
+    let unread = r#"{"command": "printf '{\"a\": \"'; head -c 3000000 /dev/zero | tr '\\0' x; printf '\"}\\n'"}"#;
+    let id = |payload: &str| {
+        let args = create_task("t", "shell", &["--max-retries", "0", "--payload", payload]);
+        db.ok(&args).trim().to_owned()
+    };
+    let (logs, over, unread) = (id(logs), id(over), id(unread));
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+
+    let task = db.json(&["task", "get", &logs]);
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(
+        task["result"],
+        serde_json::json!({"after": "3 MiB of logs"})
+    );
+    let runs = db.json(&["task", "runs", &logs]);
+    let log = runs[0]["output_log"].as_str().unwrap();
+    assert!(
+        log.contains(" bytes not kept]\n"),
+        "the log keeps both ends"
+    );
+    assert!(log.ends_with("{\"after\": \"3 MiB of logs\"}\n"));
+
+    let task = db.json(&["task", "get", &over]);
+    assert_eq!(task["status"], "failed", "{task}");
+    let error = task["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "the output of task {over} is 1100008 bytes, over the limit"
+        )),
+        "{error}"
+    );
+
+    let task = db.json(&["task", "get", &unread]);
+    assert_eq!(task["status"], "failed", "{task}");
+    let error = task["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("the last line the command printed is longer than the 2 MiB"),
+        "{error}"
+    );
 }
