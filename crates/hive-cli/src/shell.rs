@@ -55,6 +55,9 @@ const MAX_LOG_BYTES: usize = 1024 * 1024;
 /// so an output over the limit is still read whole, and refused naming its size.
 const OUTPUT_TAIL_BYTES: usize = 2 * hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES;
 
+/// A larger `HIVE_OUTPUT` file is refused without being read.
+const OUTPUT_FILE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShellPayload {
@@ -278,6 +281,17 @@ fn output(
     file: &std::path::Path,
     (stdout, cut): (&[u8], bool),
 ) -> Result<Option<serde_json::Value>, String> {
+    // Not read into memory when it could not be an output anyway (below this, the size
+    // that counts is the JSON's once parsed, without the file's whitespace).
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.len() > OUTPUT_FILE_MAX_BYTES
+    {
+        return Err(format!(
+            "the HIVE_OUTPUT file is {} bytes; outputs are limited to {} MiB",
+            meta.len(),
+            hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES / (1024 * 1024)
+        ));
+    }
     match std::fs::read(file) {
         Ok(bytes) => {
             return serde_json::from_slice(&bytes)
@@ -313,7 +327,9 @@ fn output(
 
 #[cfg(test)]
 mod tests {
-    use super::{Captured, MAX_LOG_BYTES, OUTPUT_TAIL_BYTES, output, with_last_word};
+    use super::{
+        Captured, MAX_LOG_BYTES, OUTPUT_FILE_MAX_BYTES, OUTPUT_TAIL_BYTES, output, with_last_word,
+    };
 
     #[test]
     fn a_failure_carries_the_last_stderr_line() {
@@ -358,6 +374,15 @@ mod tests {
             output(&file, whole(stdout))
                 .unwrap_err()
                 .contains("not JSON")
+        );
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(OUTPUT_FILE_MAX_BYTES + 1)
+            .unwrap();
+        let refused = output(&file, whole(stdout)).unwrap_err();
+        assert!(
+            refused.contains("is 16777217 bytes; outputs are limited to 1 MiB"),
+            "{refused}"
         );
     }
 
