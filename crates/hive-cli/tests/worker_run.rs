@@ -115,7 +115,7 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
             r#"{"command": "echo going >&2; kill -9 $$"}"#,
         ],
     ));
-    db.ok(&[
+    let (ok, _, stderr) = db.run(&[
         "worker",
         "run",
         "--role",
@@ -124,6 +124,15 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
         "--concurrency",
         "4",
     ]);
+    assert!(ok, "{stderr}");
+    // Stopped by its timeout, the run is logged as stopped, not as a failed attempt.
+    assert!(
+        stderr.contains(&format!(
+            "task {} (t) stopped, run 1: its timeout passed or it was cancelled",
+            stopped.trim()
+        )),
+        "{stderr}"
+    );
     let table = db.ok(&["task", "runs", fails.trim()]);
     let log = table.split("--- run 1 (failure) output ---\n").nth(1);
     assert_eq!(log, Some("to stdout\nto stderr\n"), "{table}");

@@ -266,7 +266,7 @@ impl ExecLog {
 
 /// Runs a task with the built-in handler of its type, after recording it in the exec log,
 /// and logs each failed run at `info` with its task, attempt and the first line of its
-/// error.
+/// error (a run told to stop, as stopped).
 async fn logged(ctx: TaskContext, exec_log: Option<Arc<ExecLog>>) -> Result<TaskOutput, TaskError> {
     let task = ctx.task.id;
     let title = output::escape(&ctx.task.title).into_owned();
@@ -277,11 +277,17 @@ async fn logged(ctx: TaskContext, exec_log: Option<Arc<ExecLog>>) -> Result<Task
         Ok(()) => builtin::handle(ctx).await,
         Err(e) => Err(e),
     };
-    if let Err(e) = &result {
-        tracing::info!(
+    match &result {
+        // Told to stop, it did not fail: the run's record says why it ended (`timeout`, or
+        // its task's cancellation), and a cancelled task counts no attempt against it.
+        Err(e) if e.message == builtin::STOPPED => tracing::info!(
+            "task {task} ({title}) stopped, run {run}: its timeout passed or it was cancelled"
+        ),
+        Err(e) => tracing::info!(
             "task {task} ({title}) failed, run {run}, attempt {attempt} of {runs_allowed}: {}",
             output::escape(&output::error_cell(Some(&e.message), 200))
-        );
+        ),
+        Ok(_) => {}
     }
     result
 }
