@@ -370,7 +370,17 @@ fn every_command_speaks_json_errors_included() {
         db.json(&["plan", "results", &plan])["plan_id"],
         plan.as_str()
     );
-    assert_eq!(db.json(&["plan", "list"]).as_array().unwrap().len(), 1);
+    let listed = db.json(&["plan", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    // A listing shows each plan's header, never its subtasks (a plan may have 100,000).
+    assert_eq!(listed[0]["id"], plan.as_str());
+    assert!(
+        listed[0]["total_subtasks"].as_u64().unwrap() > 0,
+        "{listed}"
+    );
+    for heavy in ["subtasks", "subtask_ids", "dependency_graph"] {
+        assert!(listed[0].get(heavy).is_none(), "{heavy} in {listed}");
+    }
     assert_eq!(db.json(&["plan", "cancel", &plan])["status"], "cancelled");
     assert!(db.json(&["worker", "list"]).as_array().unwrap().is_empty());
     assert_eq!(db.json(&["status"])["plans_in_progress"], 0);

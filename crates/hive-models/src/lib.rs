@@ -25,7 +25,7 @@ pub use flow::{
 };
 pub use ids::{PlanId, RunId, TaskId, WorkerId};
 pub use plan::{
-    ExecutionPlan, Growth, NewPlan, PlanCounters, PlanStatus, SubTask, grow, in_layers,
+    ExecutionPlan, Growth, NewPlan, PlanCounters, PlanHeader, PlanStatus, SubTask, grow, in_layers,
     tasks_in_layers, unique_dependencies, validate_subtask_fields, validate_subtasks,
 };
 pub use retry::{AfterFailure, Jitter, RetryPolicy, TypeRetry, after_failure};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hive_models::{ExecutionPlan, NewPlan, PlanId, PlanStatus, Task, TaskId};
+use hive_models::{ExecutionPlan, NewPlan, PlanHeader, PlanId, PlanStatus, Task, TaskId};
 use hive_store::{StatusCounts, Store, TaskFilter};
 use serde::Serialize;
 
@@ -146,6 +146,17 @@ impl<S: Store + ?Sized> Ops<S> {
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>> {
         Ok(self.store.list_plans(status, limit).await?)
+    }
+
+    /// The plans [`Self::list_plans`] lists, without their subtasks: what a listing shows,
+    /// one row each however large the plans (`list_plans` reads every subtask of every
+    /// plan it lists).
+    pub async fn list_plan_headers(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<PlanHeader>> {
+        Ok(self.store.list_plan_headers(status, limit).await?)
     }
 
     /// Whether every dependency of a task is completed. [`Error::NotFound`] for an unknown task.

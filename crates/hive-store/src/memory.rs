@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task,
-    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run,
+    RunId, Task, TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
@@ -49,6 +49,24 @@ impl MemoryStore {
 
     fn send(&self, notes: Vec<Notification>) {
         self.notifier.send_all(notes);
+    }
+
+    /// The plans a listing shows, newest first, each as `show` makes it.
+    fn listed_plans<T>(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+        show: impl Fn(&ExecutionPlan) -> T,
+    ) -> Vec<T> {
+        let s = self.lock();
+        let mut plans: Vec<&ExecutionPlan> = s
+            .plans
+            .values()
+            .filter(|p| status.is_none_or(|st| p.status == st))
+            .collect();
+        plans.sort_by_key(|p| Reverse((p.created_at, p.id)));
+        plans.truncate(limit.map_or(usize::MAX, |l| l as usize));
+        plans.into_iter().map(show).collect()
     }
 
     /// Finishes a batch under the lock already held: its spawns first, then the rules.
@@ -587,16 +605,15 @@ impl Store for MemoryStore {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>> {
-        let s = self.lock();
-        let mut plans: Vec<ExecutionPlan> = s
-            .plans
-            .values()
-            .filter(|p| status.is_none_or(|st| p.status == st))
-            .cloned()
-            .collect();
-        plans.sort_by_key(|p| Reverse((p.created_at, p.id)));
-        plans.truncate(limit.map_or(usize::MAX, |l| l as usize));
-        Ok(plans)
+        Ok(self.listed_plans(status, limit, ExecutionPlan::clone))
+    }
+
+    async fn list_plan_headers(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<PlanHeader>> {
+        Ok(self.listed_plans(status, limit, ExecutionPlan::header))
     }
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {

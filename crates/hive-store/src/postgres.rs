@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
-    Timestamp, Worker, WorkerId,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run, RunId,
+    Task, TaskId, Timestamp, Worker, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::broadcast;
@@ -420,6 +420,14 @@ impl Store for PostgresStore {
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>> {
         self.run(self.read_plans(status, limit)).await
+    }
+
+    async fn list_plan_headers(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<PlanHeader>> {
+        self.run(self.read_plan_headers(status, limit)).await
     }
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {

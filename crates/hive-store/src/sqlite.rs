@@ -108,8 +108,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
-    Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run, RunId,
+    Task, TaskId, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use sqlx::SqlitePool;
 use tokio::sync::broadcast;
@@ -504,6 +504,14 @@ impl Store for SqliteStore {
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>> {
         read!(self, plans::list, status, limit)
+    }
+
+    async fn list_plan_headers(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<PlanHeader>> {
+        read!(self, plans::list_headers, status, limit)
     }
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {

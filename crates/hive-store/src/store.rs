@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, FlowRule, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId,
-    Schedule, Scope, Task, TaskId, Timestamp, Worker, WorkerId,
+    ExecutionPlan, FlowRule, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run,
+    RunId, Schedule, Scope, Task, TaskId, Timestamp, Worker, WorkerId,
 };
 use tokio::sync::broadcast;
 
@@ -270,6 +270,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>>;
+
+    /// The plans [`Store::list_plans`] lists, in the same order, without their subtasks: one
+    /// row each, however large the plans.
+    async fn list_plan_headers(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> Result<Vec<PlanHeader>>;
 
     /// Creates one task per subtask (plan id, subtask id, dependency rows and
     /// `pending_dependencies` set) in one transaction and marks the plan materialized.

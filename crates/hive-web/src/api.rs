@@ -29,7 +29,7 @@ impl StatusJson {
             tasks: client.count_tasks(None).await?,
             active_workers: client.get_active_workers(None).await?.len(),
             plans_in_progress: client
-                .list_plans(Some(PlanStatus::InProgress), None)
+                .list_plan_headers(Some(PlanStatus::InProgress), None)
                 .await?
                 .len(),
         })
@@ -134,7 +134,7 @@ async fn runs(State(s): State<AppState>, Path(id): Path<String>) -> Response {
 
 async fn plans(State(s): State<AppState>) -> Response {
     found(
-        s.client.list_plans(None, Some(200)).await.map(Some),
+        s.client.list_plan_headers(None, Some(200)).await.map(Some),
         "plans",
     )
 }

@@ -117,7 +117,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             let plans = ctx
                 .client()
                 .await?
-                .list_plans(None, Some(limit.saturating_add(1)))
+                .list_plan_headers(None, Some(limit.saturating_add(1)))
                 .await?;
             let plans = output::cut(plans, limit, "plans");
             if ctx.json {
@@ -141,7 +141,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         PlanCommand::Cancel { id } => {
             let id = plan_id(&id)?;
             let client = ctx.client().await?;
-            let plan = found(client.get_plan(id).await?, id)?;
+            let plan = found(client.plan_progress(id).await?, id)?;
             if !client.cancel_plan(id).await? {
                 anyhow::bail!("plan `{id}` is already {}", plan.status);
             }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task,
-    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run,
+    RunId, Task, TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use hive_ops::{Claimed, PlanResults, PlanSummary};
 use hive_store::{
@@ -99,6 +99,7 @@ blocking! {
         fn plan_progress(plan_id: PlanId) -> Option<PlanCounters>;
         fn plan_results(plan_id: PlanId) -> Option<PlanResults>;
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
+        fn list_plan_headers(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<PlanHeader>;
         fn check_subtask_dependencies(task_id: TaskId) -> bool;
         fn check_subtask_dependencies_batch(task_ids: &[TaskId]) -> HashMap<TaskId, bool>;
         fn get_next_planned_subtask(plan_id: PlanId) -> Option<Task>;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, PlanCounters, PlanId, PlanStatus, SubTask, TaskId,
+    ExecutionPlan, Json, NewPlan, PlanCounters, PlanHeader, PlanId, PlanStatus, SubTask, TaskId,
 };
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
@@ -70,15 +70,30 @@ impl PostgresStore {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> R<Vec<ExecutionPlan>> {
-        let found = sqlx::query(
+        let found = self.listed_plans(status, limit).await?;
+        self.with_specs(&found).await
+    }
+
+    /// The plans [`Self::read_plans`] reads, without their subtasks.
+    pub(super) async fn read_plan_headers(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+    ) -> R<Vec<PlanHeader>> {
+        let found = self.listed_plans(status, limit).await?;
+        found.iter().map(rows::plan_header).collect()
+    }
+
+    /// The rows of the plans a listing shows, newest first.
+    async fn listed_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> R<Vec<PgRow>> {
+        Ok(sqlx::query(
             "SELECT * FROM plans_counted WHERE ($1::text IS NULL OR status = $1::text) \
              ORDER BY created_at DESC, id DESC LIMIT $2::bigint",
         )
         .bind(status.map(PlanStatus::as_str))
         .bind(limit.map(i64::from))
         .fetch_all(&self.pool)
-        .await?;
-        self.with_specs(&found).await
+        .await?)
     }
 
     /// Plan rows with their subtasks (read after the rows: a plan only ever gains subtasks).

@@ -1,8 +1,8 @@
 //! Turning Postgres rows into the models, refusing anything the models cannot represent.
 
 use hive_models::{
-    ExecutionPlan, NewPlan, PlanCounters, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask, Task,
-    TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, PlanCounters, PlanHeader, PlanId, PlanStatus, Run, RunId, RunStatus, SubTask,
+    Task, TaskId, TaskStatus, Worker, WorkerId, WorkerStatus,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgRow, Postgres};
@@ -180,21 +180,28 @@ pub(super) fn worker(row: &PgRow) -> Result<Worker, Fail> {
 
 /// A plan row and its subtasks as one [`ExecutionPlan`].
 pub(super) fn plan(row: &PgRow, subtasks: Vec<SubTask>) -> Result<ExecutionPlan, Fail> {
+    Ok(ExecutionPlan::from_header(plan_header(row)?, subtasks))
+}
+
+/// A plan row without its subtasks.
+pub(super) fn plan_header(row: &PgRow) -> Result<PlanHeader, Fail> {
     const T: &str = "plans";
-    let created_at: Timestamp = get(row, "created_at", T)?;
-    // Subtask ids and the dependency graph derive from the subtasks, as on insert.
-    let new = NewPlan {
+    let c = plan_counters(row)?;
+    Ok(PlanHeader {
+        id: PlanId(get(row, "id", T)?),
         title: get(row, "title", T)?,
         description: get(row, "description", T)?,
         parent_task_id: get::<Option<Uuid>>(row, "parent_task_id", T)?.map(TaskId),
-        subtasks,
+        status: c.status,
+        total_subtasks: c.total,
+        completed_subtasks: c.completed,
+        failed_subtasks: c.failed,
+        cancelled_subtasks: c.cancelled,
+        materialized: get(row, "materialized", T)?,
         metadata: get(row, "metadata", T)?,
-    };
-    let mut plan = ExecutionPlan::from_new(PlanId(get(row, "id", T)?), new, created_at);
-    plan.set_counters(plan_counters(row)?);
-    plan.materialized = get(row, "materialized", T)?;
-    plan.updated_at = get(row, "updated_at", T)?;
-    Ok(plan)
+        created_at: get(row, "created_at", T)?,
+        updated_at: get(row, "updated_at", T)?,
+    })
 }
 
 /// A plan row's status and counters.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hive_models::{
-    ExecutionPlan, Json, PlanCounters, PlanId, PlanStatus, Run, RunId, SubTask, Task, TaskId,
-    Timestamp, Worker, WorkerId,
+    ExecutionPlan, Json, PlanCounters, PlanHeader, PlanId, PlanStatus, Run, RunId, SubTask, Task,
+    TaskId, Timestamp, Worker, WorkerId,
 };
 use serde::de::DeserializeOwned;
 use sqlx::sqlite::SqliteRow;
@@ -369,20 +369,28 @@ pub(super) fn worker_from_row(row: &SqliteRow) -> R<Worker> {
 
 /// A plan row and its subtasks (see [`super::plans::specs`]) as one [`ExecutionPlan`].
 pub(super) fn plan_from_row(row: &SqliteRow, subtasks: Vec<SubTask>) -> R<ExecutionPlan> {
+    Ok(ExecutionPlan::from_header(plan_header(row)?, subtasks))
+}
+
+/// A plan row without its subtasks.
+pub(super) fn plan_header(row: &SqliteRow) -> R<PlanHeader> {
     let c = Cols::new(row, "plans");
-    let new = hive_models::NewPlan {
+    let counters = plan_counters(&c)?;
+    Ok(PlanHeader {
+        id: c.parse::<PlanId>("id")?,
         title: c.get("title")?,
         description: c.get("description")?,
         parent_task_id: c.parse_opt("parent_task_id")?,
-        subtasks,
+        status: counters.status,
+        total_subtasks: counters.total,
+        completed_subtasks: counters.completed,
+        failed_subtasks: counters.failed,
+        cancelled_subtasks: counters.cancelled,
+        materialized: c.get::<i64>("materialized")? != 0,
         metadata: c.json("metadata")?,
-    };
-    // Subtask ids and the dependency graph derive from the subtasks, as on insert.
-    let mut plan = ExecutionPlan::from_new(c.parse::<PlanId>("id")?, new, c.ts("created_at")?);
-    plan.set_counters(plan_counters(&c)?);
-    plan.materialized = c.get::<i64>("materialized")? != 0;
-    plan.updated_at = c.ts("updated_at")?;
-    Ok(plan)
+        created_at: c.ts("created_at")?,
+        updated_at: c.ts("updated_at")?,
+    })
 }
 
 /// A plan row's status and counters.

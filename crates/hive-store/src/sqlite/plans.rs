@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use hive_models::{ExecutionPlan, NewPlan, PlanCounters, PlanId, PlanStatus, SubTask, TaskId};
+use hive_models::{
+    ExecutionPlan, NewPlan, PlanCounters, PlanHeader, PlanId, PlanStatus, SubTask, TaskId,
+};
 use sqlx::sqlite::SqliteRow;
 
 use super::db::{self, Cols, Conn, R, json_list, to_json};
@@ -108,6 +110,25 @@ pub(super) async fn list(
     status: Option<PlanStatus>,
     limit: Option<u32>,
 ) -> R<Vec<ExecutionPlan>> {
+    let rows = listed(c, status, limit).await?;
+    assemble(c, &rows).await
+}
+
+/// The plans [`list`] lists, without their subtasks.
+pub(super) async fn list_headers(
+    c: &mut Conn,
+    status: Option<PlanStatus>,
+    limit: Option<u32>,
+) -> R<Vec<PlanHeader>> {
+    listed(c, status, limit)
+        .await?
+        .iter()
+        .map(db::plan_header)
+        .collect()
+}
+
+/// The rows of the plans a listing shows, newest first.
+async fn listed(c: &mut Conn, status: Option<PlanStatus>, limit: Option<u32>) -> R<Vec<SqliteRow>> {
     // LIMIT -1 is SQLite's "no limit". Two statements rather than `?1 IS NULL OR …`, which
     // would keep SQLite from the status index.
     let limit = limit.map_or(-1, i64::from);
@@ -133,7 +154,7 @@ pub(super) async fn list(
             sqlx::query(sql).bind(limit).fetch_all(&mut *c).await?
         }
     };
-    assemble(c, &rows).await
+    Ok(rows)
 }
 
 /// What [`materialize`] found.

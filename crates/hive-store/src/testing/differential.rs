@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hive_models::{
-    Json, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, RunId, SubTask, TaskId, TaskStatus,
-    WorkerId, WorkerStatus,
+    ExecutionPlan, Json, NewPlan, NewTask, PlanId, PlanStatus, RetryPolicy, RunId, SubTask, TaskId,
+    TaskStatus, WorkerId, WorkerStatus,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -997,7 +997,14 @@ impl Side {
                 }
             }
             Op::ListPlans { status, limit } => match s.list_plans(*status, *limit).await {
-                Ok(plans) => format!("plans {:?}", self.texts(plans.iter().map(|p| p.id))),
+                Ok(plans) => {
+                    let headers = s.list_plan_headers(*status, *limit).await;
+                    let agree = headers.is_ok_and(|h| {
+                        h == plans.iter().map(ExecutionPlan::header).collect::<Vec<_>>()
+                    });
+                    let ids = self.texts(plans.iter().map(|p| p.id));
+                    format!("plans {ids:?}, headers the same: {agree}")
+                }
                 Err(e) => self.error(&e),
             },
             Op::ListWorkers { role, alive } => {

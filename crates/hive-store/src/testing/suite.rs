@@ -972,6 +972,24 @@ pub async fn plan_materialize_idempotent(s: S) {
             .len(),
         0
     );
+    // The headers list the same plans, in the same order, without their subtasks.
+    for (status, limit) in [
+        (None, None),
+        (None, Some(1)),
+        (Some(PlanStatus::Pending), None),
+        (Some(PlanStatus::Completed), None),
+    ] {
+        let plans = s.list_plans(status, limit).await.unwrap();
+        let headers = s.list_plan_headers(status, limit).await.unwrap();
+        let want: Vec<_> = plans
+            .iter()
+            .map(hive_models::ExecutionPlan::header)
+            .collect();
+        assert_eq!(headers, want, "{status:?} {limit:?}");
+    }
+    let header = &s.list_plan_headers(None, Some(10)).await.unwrap()[1];
+    assert_eq!((header.id, header.total_subtasks), (pid, 3));
+    assert!(header.materialized);
 }
 
 pub async fn plan_dependencies_gate_claims(s: S) {

@@ -10,7 +10,7 @@ use crate::pages::tasks::parse_plan;
 use crate::view::{layout, not_found, op_error, time};
 
 pub async fn list(State(s): State<AppState>) -> Response {
-    let plans = match s.client.list_plans(None, Some(200)).await {
+    let plans = match s.client.list_plan_headers(None, Some(200)).await {
         Ok(p) => p,
         Err(e) => return op_error(&e),
     };
