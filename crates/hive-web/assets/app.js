@@ -1,5 +1,6 @@
 // Hive dashboard: live updates over server-sent events (the page's <main> is fetched
-// again and swapped, at most every 300 ms), DAG node details, and confirmations.
+// again and swapped, at most every 300 ms, or as a costly page's `data-refresh-ms` says),
+// DAG node details, and confirmations.
 (function () {
   "use strict";
   let pending = null;
@@ -22,8 +23,11 @@
       .catch(() => {});
   }
 
+  // A page that is costly to build (a large plan's) asks to be followed less often.
   function schedule() {
-    if (!pending) pending = setTimeout(refresh, 300);
+    const paced = document.querySelector("[data-refresh-ms]");
+    const wait = paced ? Number(paced.dataset.refreshMs) || 300 : 300;
+    if (!pending) pending = setTimeout(refresh, wait);
   }
 
   function show(id) {

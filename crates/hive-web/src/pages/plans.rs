@@ -4,6 +4,9 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 
+use hive_client::TaskStatus;
+use hive_client::ops::SubtaskResult;
+
 use crate::AppState;
 use crate::api::PlanStatusJson;
 use crate::pages::tasks::parse_plan;
@@ -36,6 +39,29 @@ pub async fn list(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
+/// A plan page draws its graph and lists every subtask up to this many subtasks.
+const DRAWN_AT_MOST: usize = 1_000;
+
+/// How often the page of a larger plan follows changes.
+const LARGE_REFRESH_MS: u32 = 5_000;
+
+/// The subtasks a plan's table shows: all of them up to [`DRAWN_AT_MOST`]; beyond, that
+/// many, those an operator looks for first (failed, running, waiting, then finished), each
+/// group in plan order.
+fn shown(subtasks: &[SubtaskResult]) -> Vec<&SubtaskResult> {
+    let mut rows: Vec<&SubtaskResult> = subtasks.iter().collect();
+    if rows.len() > DRAWN_AT_MOST {
+        rows.sort_by_key(|s| match s.status {
+            TaskStatus::Failed | TaskStatus::Rejected => 0,
+            TaskStatus::InProgress | TaskStatus::Assigned => 1,
+            s if !s.is_terminal() => 2,
+            _ => 3,
+        });
+        rows.truncate(DRAWN_AT_MOST);
+    }
+    rows
+}
+
 pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_plan(&id) {
         Ok(id) => id,
@@ -47,6 +73,8 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
         Err(e) => return op_error(&e),
     };
     let p = &plan.plan;
+    let large = plan.subtasks.len() > DRAWN_AT_MOST;
+    let rows = shown(&plan.subtasks);
     layout(
         &p.title,
         html! {
@@ -58,14 +86,24 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
                 data-confirm="Cancel this plan and its unfinished tasks?" {
                 button type="submit" id="cancel-plan" { "Cancel plan" }
             }
-            div class="dag-wrap" {
-                (crate::dag::svg(&plan.subtasks))
-                div id="node-details" { "Hover over or click a node for its details." }
+            @if large {
+                // Reading and drawing it again on every change would keep the database and
+                // the browser busy: such a page follows changes every few seconds instead.
+                p id="plan-too-large" data-refresh-ms=(LARGE_REFRESH_MS) {
+                    "The graph of " (plan.subtasks.len()) " subtasks is not drawn (it is drawn up to "
+                    (DRAWN_AT_MOST) "). The table shows " (rows.len()) " of them, failed and running "
+                    "first; " code { "hive plan status " (p.id) } " lists every one."
+                }
+            } @else {
+                div class="dag-wrap" {
+                    (crate::dag::svg(&plan.subtasks))
+                    div id="node-details" { "Hover over or click a node for its details." }
+                }
             }
             h2 { "Subtasks" }
             table {
                 tr { th { "subtask" } th { "status" } th { "depends on" } th { "worker" } th { "error" } }
-                @for st in &plan.subtasks {
+                @for st in rows {
                     tr {
                         td { a href={ "/tasks/" (st.task_id) } { (st.subtask_id) } }
                         td { (crate::view::badge(st.status)) }
@@ -78,4 +116,53 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
         },
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subtask(i: usize, status: TaskStatus) -> SubtaskResult {
+        SubtaskResult {
+            subtask_id: format!("s{i}"),
+            task_id: hive_client::TaskId::new(),
+            status,
+            dependencies: Vec::new(),
+            attempts: 0,
+            worker: None,
+            started_at: None,
+            duration_secs: None,
+            output: None,
+            error: None,
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn a_large_plans_table_shows_failed_then_running_then_waiting_subtasks_first() {
+        let small: Vec<_> = (0..DRAWN_AT_MOST)
+            .map(|i| subtask(i, TaskStatus::Completed))
+            .collect();
+        assert_eq!(
+            shown(&small).len(),
+            DRAWN_AT_MOST,
+            "every subtask, in plan order"
+        );
+
+        let mut large: Vec<_> = (0..DRAWN_AT_MOST + 500)
+            .map(|i| subtask(i, TaskStatus::Completed))
+            .collect();
+        large[1_400].status = TaskStatus::Queued;
+        large[1_300].status = TaskStatus::InProgress;
+        large[1_200].status = TaskStatus::Failed;
+        large[10].status = TaskStatus::Failed;
+        let rows = shown(&large);
+        assert_eq!(rows.len(), DRAWN_AT_MOST);
+        let first: Vec<&str> = rows[..4].iter().map(|s| s.subtask_id.as_str()).collect();
+        assert_eq!(first, ["s10", "s1200", "s1300", "s1400"]);
+        assert_eq!(
+            rows[4].subtask_id, "s0",
+            "then the finished ones in plan order"
+        );
+    }
 }

@@ -177,6 +177,51 @@ async fn overview_and_a_plans_dag_update_live() {
             .await
             .unwrap();
         assert_eq!(same, serde_json::json!(42), "updated live, not reloaded");
+
+        // A plan too large to draw: its page says so, and lists the failed subtask first.
+        let large = NewPlan::new(
+            "large",
+            (0..1_001)
+                .map(|i| SubTask::new(format!("s{i}"), "step", "bulk"))
+                .collect(),
+        );
+        let large_id = c.submit_plan(large).await.unwrap();
+        let claimed = s
+            .claim_tasks(&hive_client::store::ClaimParams {
+                task_types: vec!["bulk".into()],
+                ..claim_params("w2", 1)
+            })
+            .await
+            .unwrap();
+        s.finish_runs(&[failure(claimed[0].run.id, None)])
+            .await
+            .unwrap();
+        b.goto(&dash.url(&format!("/plans/{large_id}")))
+            .await
+            .unwrap();
+        let notice = b
+            .find(Locator::Id("plan-too-large"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            notice.contains("The graph of 1001 subtasks is not drawn"),
+            "{notice}"
+        );
+        assert!(
+            b.find(Locator::Css(".dag")).await.is_err(),
+            "no graph drawn"
+        );
+        let rows = b.find_all(Locator::Css("table tr")).await.unwrap();
+        assert_eq!(rows.len(), 1 + 1_000, "a header and a thousand subtasks");
+        let first = rows[1].text().await.unwrap();
+        assert!(
+            first.starts_with(&claimed[0].task.plan_subtask_id.clone().unwrap()),
+            "{first}"
+        );
+        assert!(first.contains("failed"), "{first}");
         b.close().await.unwrap();
     })
     .await
