@@ -24,6 +24,7 @@ mod claim;
 mod connect;
 mod dashboard;
 mod flow;
+mod folds;
 mod listen;
 mod plans;
 mod progress;
@@ -128,8 +129,8 @@ pub struct PostgresStore {
     listen_options: PgConnectOptions,
     listener: tokio::sync::Mutex<Option<listen::Handle>>,
     /// The credits waiting to be folded after their finishes' commits (see
-    /// `runs::Folds`).
-    folds: runs::Folds,
+    /// `folds::Folds`).
+    folds: folds::Folds,
 }
 
 impl std::fmt::Debug for PostgresStore {

@@ -55,7 +55,7 @@ mod tests {
             ("CLAIM", super::super::claim::CLAIM),
             ("CLAIM_ADMITTED", super::super::claim::CLAIM_ADMITTED),
             ("FINISH_SUCCESSES", super::super::runs::FINISH_SUCCESSES),
-            ("FOLD_CREDITS", super::super::runs::FOLD_CREDITS),
+            ("FOLD_CREDITS", super::super::folds::FOLD_CREDITS),
             ("APPLY", super::super::replay::APPLY),
         ] {
             assert!(

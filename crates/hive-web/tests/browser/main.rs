@@ -38,6 +38,11 @@ fn save(name: &str, png: &[u8]) {
     }
 }
 
+/// The text of the element with this id.
+async fn text_of(b: &fantoccini::Client, id: &str) -> String {
+    b.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
+}
+
 async fn fill(b: &fantoccini::Client, subtask: &str) -> String {
     let sel = format!(".dag .node[data-subtask='{subtask}'] rect");
     match b.find(Locator::Css(&sel)).await {
@@ -148,13 +153,7 @@ async fn overview_and_a_plans_dag_update_live() {
             .click()
             .await
             .unwrap();
-        let details = b
-            .find(Locator::Id("node-details"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let details = text_of(&b, "node-details").await;
         assert!(
             details.contains("completed") && details.contains("w1"),
             "{details}"
@@ -199,13 +198,7 @@ async fn overview_and_a_plans_dag_update_live() {
         b.goto(&dash.url(&format!("/plans/{large_id}")))
             .await
             .unwrap();
-        let notice = b
-            .find(Locator::Id("plan-too-large"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let notice = text_of(&b, "plan-too-large").await;
         assert!(
             notice.contains("The graph of 1001 subtasks is not drawn"),
             "{notice}"
@@ -257,13 +250,7 @@ async fn hostile_strings_are_text_and_requeue_from_the_page_changes_the_database
             .await
             .unwrap();
         assert_eq!(h1, title, "the title is shown as text");
-        let payload = b
-            .find(Locator::Id("payload"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let payload = text_of(&b, "payload").await;
         assert!(
             payload.contains("<script>window.__pwned = 1</script>"),
             "{payload}"
