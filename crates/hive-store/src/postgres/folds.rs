@@ -17,9 +17,9 @@ use crate::sql::R;
 /// left).
 /// Each credit is deleted by the transaction that counts it, so it counts once. `$2` origin.
 /// The dependents are locked in id order, as every other statement that locks several
-/// tasks does (a cascade's `replay::load_cascade`, say), before any is counted: updated in the join's
-/// order, a fold could hold one dependent while waiting for another that the reaper's
-/// cascade held while waiting for the first, a deadlock Postgres ends only after
+/// tasks does (a cascade's `replay::load_cascade`, say), before any is counted: updated in
+/// the join's order, a fold could hold one dependent while waiting for another that the
+/// reaper's cascade held while waiting for the first, a deadlock Postgres ends only after
 /// `deadlock_timeout` by failing one of them.
 pub(super) const FOLD_CREDITS: &str = concat!(
     "WITH c AS ( \
