@@ -194,12 +194,16 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Settles a finish's plans and reports each move on the first report of its plan.
+    /// Settles a finish's plans and reports each move on the last report of its plan: the
+    /// outcome that made it, as the rules report a move they make themselves (outcomes
+    /// apply in batch order, and a plan settled here moved only once all its subtasks
+    /// finished, so the last of them in the batch is the one that finished it).
     async fn settle_reported(&self, done: &mut Finish) {
         for (plan, to) in self.settle_plans(&done.unsettled).await {
             if let Some(r) = done
                 .reports
                 .iter_mut()
+                .rev()
                 .find(|r| r.plan_id == Some(plan) && r.finished != Finished::Stale)
             {
                 r.plan_transition.get_or_insert(to);

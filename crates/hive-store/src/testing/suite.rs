@@ -1339,6 +1339,54 @@ pub async fn not_found_paths(s: S) {
     assert_eq!(s.count_tasks(None).await.unwrap().len(), 0);
 }
 
+/// The run `claims` opened for `task`.
+fn run_of(claims: &[crate::Claim], task: TaskId) -> hive_models::RunId {
+    claims
+        .iter()
+        .find(|c| c.task.id == task)
+        .map(|c| c.run.id)
+        .expect("the task was claimed")
+}
+
+/// A batch that finishes a plan's last subtasks reports the plan's move on the outcome
+/// that made it — the last of them in the batch, as the outcomes apply one after another —
+/// and on no other, whichever backend counts the plan after commit.
+pub async fn a_plans_move_is_reported_on_the_outcome_that_made_it(s: S) {
+    let (_, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &[])])).await;
+    let claims = s.claim_tasks(&claim_params("w", 2)).await.unwrap();
+    let run = |name: &str| run_of(&claims, ids[name]);
+    let rep = s
+        .finish_runs(&[success(run("b")), success(run("a"))])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].plan_transition, None, "b left a open");
+    assert_eq!(
+        rep[1].plan_transition,
+        Some(PlanStatus::Completed),
+        "a finished it"
+    );
+
+    // A failure fails its plan at once: the move is reported on the first failure, not on
+    // what follows it in the batch.
+    let (_, ids) = materialize(
+        &s,
+        plan(vec![node("x", &[]), node("y", &[]), node("z", &[])]),
+    )
+    .await;
+    let claims = s.claim_tasks(&claim_params("w", 3)).await.unwrap();
+    let run = |name: &str| run_of(&claims, ids[name]);
+    let rep = s
+        .finish_runs(&[
+            success(run("x")),
+            failure(run("y"), None),
+            failure(run("z"), None),
+        ])
+        .await
+        .unwrap();
+    let moves: Vec<_> = rep.iter().map(|r| r.plan_transition).collect();
+    assert_eq!(moves, [None, Some(PlanStatus::Failed), None], "y failed it");
+}
+
 pub async fn plan_finishes_cancelled_when_all_subtasks_finish(s: S) {
     let (pid, ids) = materialize(
         &s,
