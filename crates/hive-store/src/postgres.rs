@@ -227,9 +227,13 @@ impl Store for PostgresStore {
             return Err(map_sqlx(sqlx::Error::PoolClosed, &self.target));
         }
         if !listener.as_ref().is_some_and(listen::Handle::is_running) {
-            let handle = listen::start(self.listen_options.clone(), self.notifier.clone())
-                .await
-                .map_err(|e| map_sqlx(e, &self.target))?;
+            let handle = listen::start(
+                self.listen_options.clone(),
+                self.notifier.clone(),
+                listen::Timing::default(),
+            )
+            .await
+            .map_err(|e| map_sqlx(e, &self.target))?;
             *listener = Some(handle);
         }
         Ok(self.notifier.subscribe())

@@ -13,6 +13,29 @@ use crate::{Change, Notification, Notifier, TaskStatusChange};
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The listener's bounds on waiting for its connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    /// How long one (re)connect — connect, read the channel's name, LISTEN — and one idle
+    /// check may take. A connection that stalls partway must not keep the listener away: the
+    /// attempt is dropped and made again.
+    pub open: Duration,
+    /// How long a listener that has heard nothing waits before checking its connection with
+    /// a query. A connection that died without a word (a cut link, a server host gone, a
+    /// server that gave up on it during a partition) is otherwise waited on forever, since a
+    /// listener only reads.
+    pub idle_check: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            open: Duration::from_secs(10),
+            idle_check: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Keeps the background listener alive: dropping it (with the store) stops the task, which
 /// then closes its connection.
 #[derive(Debug)]
@@ -39,16 +62,31 @@ impl Handle {
 pub(super) async fn start(
     options: PgConnectOptions,
     notifier: Notifier,
+    timing: Timing,
 ) -> Result<Handle, sqlx::Error> {
-    let listener = open(&options).await?;
+    let listener = open(&options, timing).await?;
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(run(listener, options, notifier, stopped));
+    let task = tokio::spawn(run(listener, options, notifier, timing, stopped));
     Ok(Handle { _stop: stop, task })
+}
+
+/// [`connect_and_listen`] within `timing.open`.
+async fn open(options: &PgConnectOptions, timing: Timing) -> Result<PgListener, sqlx::Error> {
+    tokio::time::timeout(timing.open, connect_and_listen(options))
+        .await
+        .unwrap_or_else(|_| Err(stalled("connecting and LISTENing", timing.open)))
+}
+
+fn stalled(what: &str, after: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the notification listener's connection gave no answer to {what} within {after:?}"),
+    ))
 }
 
 /// A listener on a connection of its own (a one-connection pool the listener owns), so it
 /// never holds one of the store's pooled connections and dies with the listener.
-async fn open(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+async fn connect_and_listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
@@ -71,28 +109,39 @@ async fn run(
     mut listener: PgListener,
     options: PgConnectOptions,
     notifier: Notifier,
+    timing: Timing,
     mut stopped: oneshot::Receiver<()>,
 ) {
     loop {
         let lost = loop {
             tokio::select! {
                 _ = &mut stopped => return,
-                received = listener.try_recv() => match received {
-                    Ok(Some(n)) => forward(&notifier, n.payload()),
-                    Ok(None) => break "connection closed".to_owned(),
-                    Err(e) => break e.to_string(),
+                // `try_recv` is cancel-safe: a notification is either returned or still buffered.
+                received = tokio::time::timeout(timing.idle_check, listener.try_recv()) => match received {
+                    Ok(Ok(Some(n))) => forward(&notifier, n.payload()),
+                    Ok(Ok(None)) => break "connection closed".to_owned(),
+                    Ok(Err(e)) => break e.to_string(),
+                    Err(_quiet) => {
+                        if let Err(e) = check(&mut listener, timing).await {
+                            break e.to_string();
+                        }
+                    }
                 },
             }
         };
         tracing::warn!(reason = %lost, "hive: lost the Postgres notification listener; reconnecting");
         drop(listener);
         let mut backoff = BACKOFF_MIN;
+        let mut failures = 0u32;
         listener = loop {
             tokio::select! {
                 _ = &mut stopped => return,
-                opened = open(&options) => match opened {
+                opened = open(&options, timing) => match opened {
                     Ok(l) => break l,
-                    Err(e) => tracing::debug!(error = %e, "hive: notification listener reconnect failed"),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, retry_in = ?backoff, "hive: notification listener reconnect failed");
+                    }
                 },
             }
             tokio::select! {
@@ -101,9 +150,18 @@ async fn run(
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
-        tracing::info!("hive: Postgres notification listener reconnected");
+        tracing::info!(failures, "hive: Postgres notification listener reconnected");
         // Whatever was notified while disconnected is lost: wake every consumer to re-read.
         notifier.forward(catch_up());
+    }
+}
+
+/// A round trip on a quiet listener's connection, within `timing.open`. Notifications that
+/// arrive meanwhile are buffered by the listener and returned by its next `try_recv`.
+async fn check(listener: &mut PgListener, timing: Timing) -> Result<(), sqlx::Error> {
+    match tokio::time::timeout(timing.open, sqlx::query("SELECT 1").execute(&mut *listener)).await {
+        Ok(done) => done.map(drop),
+        Err(_) => Err(stalled("a check", timing.open)),
     }
 }
 
@@ -272,5 +330,176 @@ mod tests {
                 .iter()
                 .any(|s| s.matches("'hive_events:'").count() > 1)
         );
+    }
+
+    const QUICK: Timing = Timing {
+        open: Duration::from_millis(500),
+        idle_check: Duration::from_millis(300),
+    };
+
+    /// The test server's url, or `None` (reported as a skip) when it is not set.
+    fn server_url(test: &str) -> Option<String> {
+        let url = std::env::var(crate::testing::POSTGRES_URL_ENV).ok();
+        if url.is_none() {
+            crate::testing::report_skip(test);
+        }
+        url
+    }
+
+    #[tokio::test]
+    async fn a_listener_whose_connection_goes_silent_connects_again() {
+        let Some(url) = server_url("a_listener_whose_connection_goes_silent_connects_again") else {
+            return;
+        };
+        let proxy = Freezer::start(&url).await;
+        let notifier = Notifier::new();
+        let mut heard = notifier.subscribe();
+        let handle = start(proxy.options(&url), notifier.clone(), QUICK)
+            .await
+            .expect("the listener starts through the proxy");
+
+        // The link goes quiet without a word: no reset, no close, nothing relayed.
+        proxy.freeze_open_connections();
+        let woke = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("a silent connection is noticed and replaced")
+            .expect("the notifier is open");
+        assert_eq!(
+            woke,
+            catch_up(),
+            "consumers are woken to re-read after the reconnect"
+        );
+
+        // The new connection listens on the channel.
+        let sent = notifier.task_status(TaskId::new(), TaskStatus::Completed);
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(concat!("SELECT pg_notify(", channel_sql!(), ", $1)"))
+            .bind(serde_json::to_string(&sent).unwrap())
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("a notification sent after the reconnect arrives")
+            .unwrap();
+        assert_eq!(got, sent);
+        assert!(handle.is_running());
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_cannot_get_an_answer_gives_up_within_its_bound() {
+        let Some(url) =
+            server_url("a_listener_that_cannot_get_an_answer_gives_up_within_its_bound")
+        else {
+            return;
+        };
+        let proxy = Freezer::start(&url).await;
+        proxy.freeze_new_connections();
+        let started = tokio::time::timeout(
+            Duration::from_secs(10),
+            start(proxy.options(&url), Notifier::new(), QUICK),
+        )
+        .await
+        .expect("starting a listener is bounded");
+        let e = started.expect_err("no answer, no listener");
+        assert!(e.to_string().contains("gave no answer"), "{e}");
+    }
+
+    use sqlx::Connection;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// A TCP proxy to the test server that can go silent: connections it froze stay open
+    /// but relay nothing either way, as over a cut link.
+    struct Freezer {
+        port: u16,
+        state: Arc<FreezeState>,
+        accepting: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct FreezeState {
+        /// Connections numbered below this relay nothing.
+        frozen_below: AtomicU64,
+        accepted: AtomicU64,
+        freeze_new: AtomicBool,
+    }
+
+    impl FreezeState {
+        fn frozen(&self, n: u64) -> bool {
+            self.freeze_new.load(Ordering::SeqCst) || n < self.frozen_below.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Freezer {
+        async fn start(url: &str) -> Freezer {
+            let server: PgConnectOptions = url.parse().unwrap();
+            let upstream = format!("{}:{}", server.get_host(), server.get_port());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let state = Arc::new(FreezeState::default());
+            let shared = state.clone();
+            let accepting = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let n = shared.accepted.fetch_add(1, Ordering::SeqCst);
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
+                    tokio::spawn(relay(from_client, to_server, n, shared.clone()));
+                    tokio::spawn(relay(from_server, to_client, n, shared.clone()));
+                }
+            });
+            Freezer {
+                port,
+                state,
+                accepting,
+            }
+        }
+
+        fn options(&self, url: &str) -> PgConnectOptions {
+            let options: PgConnectOptions = url.parse().unwrap();
+            options.host("127.0.0.1").port(self.port)
+        }
+
+        fn freeze_open_connections(&self) {
+            let accepted = self.state.accepted.load(Ordering::SeqCst);
+            self.state.frozen_below.store(accepted, Ordering::SeqCst);
+        }
+
+        fn freeze_new_connections(&self) {
+            self.state.freeze_new.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Freezer {
+        fn drop(&mut self) {
+            self.accepting.abort();
+        }
+    }
+
+    /// Copies one direction until either end closes; a frozen connection's bytes are read
+    /// and dropped, and its sockets held open.
+    async fn relay(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        n: u64,
+        state: Arc<FreezeState>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let Ok(read) = from.read(&mut buf).await else {
+                return;
+            };
+            if read == 0 {
+                return;
+            }
+            if !state.frozen(n) && to.write_all(&buf[..read]).await.is_err() {
+                return;
+            }
+        }
     }
 }
