@@ -577,3 +577,92 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
         "{error}"
     );
 }
+
+#[test]
+fn a_failed_plan_retried_runs_only_what_did_not_complete() {
+    let db = Db::new();
+    let file = db.write(
+        "retry.toml",
+        r#"title = "retry me"
+[[subtasks]]
+id = "fetch"
+title = "Fetch"
+task_type = "shell"
+payload = { command = "echo run >> fetch.runs; echo '{\"rows\": 3}'" }
+[[subtasks]]
+id = "flaky"
+title = "Flaky"
+task_type = "shell"
+max_retries = 0
+payload = { command = "test -f fixed || { echo 'upstream down' >&2; exit 1; }" }
+[[subtasks]]
+id = "report"
+title = "Report"
+task_type = "shell"
+dependencies = ["fetch", "flaky"]
+payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
+"#,
+    );
+    let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    let before = db.snapshot();
+    db.refused(
+        db.hive().args(["plan", "retry", &plan_id]),
+        "plan retry of a pending plan",
+        "`pending` plans cannot be retried: it is still running",
+        &before,
+    );
+    db.refused(
+        db.hive()
+            .args(["plan", "retry", "00000000-0000-0000-0000-000000000000"]),
+        "plan retry of an unknown plan",
+        "not found",
+        &before,
+    );
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    let status = db.json(&["plan", "status", &plan_id]);
+    assert_eq!(status["plan"]["status"], "failed", "{status}");
+    assert_eq!(
+        status["task_counts"]["cancelled"], 1,
+        "report was cancelled"
+    );
+
+    std::fs::write(db.dir.path().join("fixed"), "").unwrap();
+    let retried = db.json(&["plan", "retry", &plan_id]);
+    assert_eq!(retried["status"], "in_progress", "{retried}");
+    assert_eq!(
+        retried["requeued"].as_array().unwrap().len(),
+        2,
+        "{retried}"
+    );
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    let status = db.json(&["plan", "status", &plan_id]);
+    assert_eq!(status["plan"]["status"], "completed", "{status}");
+    let runs = std::fs::read_to_string(db.dir.path().join("fetch.runs")).unwrap();
+    assert_eq!(
+        runs, "run\n",
+        "fetch completed before the retry and ran once"
+    );
+    let inputs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(db.dir.path().join("report.inputs")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(inputs["fetch"], serde_json::json!({"rows": 3}));
+
+    let done = db.snapshot();
+    db.refused(
+        db.hive().args(["plan", "retry", &plan_id]),
+        "plan retry of a completed plan",
+        "`completed` plans cannot be retried: every subtask completed",
+        &done,
+    );
+    let text = {
+        let failed = db.write("fails.json", r#"{"title": "t", "subtasks": [{"id": "x", "title": "X", "task_type": "shell", "max_retries": 0, "payload": {"command": "exit 2"}}]}"#);
+        let id = db.ok(&["plan", "submit", &failed]).trim().to_owned();
+        db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+        db.ok(&["plan", "retry", &id])
+    };
+    assert!(
+        text.contains("is in_progress again: 1 subtask queued again"),
+        "{text}"
+    );
+}

@@ -24,6 +24,21 @@ impl PlanStatus {
     pub const fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
+
+    /// Whether a plan in this status can be retried: only a failed or a cancelled one.
+    pub fn check_retry(self) -> crate::Result<()> {
+        let why = match self {
+            Self::Failed | Self::Cancelled => return Ok(()),
+            Self::Completed => "every subtask completed",
+            Self::Pending | Self::InProgress => {
+                "it is still running (cancel it first, or let it finish)"
+            }
+        };
+        Err(crate::Error::InvalidField {
+            field: "status".into(),
+            reason: format!("`{self}` plans cannot be retried: {why}"),
+        })
+    }
 }
 
 /// A plan's status and progress counters: everything the plan rules read and write when

@@ -197,6 +197,34 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(started)
     }
 
+    /// Gives a failed or cancelled plan another go, in one transaction: its failed and
+    /// cancelled subtasks are queued again, each waiting for its dependencies that are not
+    /// completed, and the plan is `in_progress` again. Completed subtasks are not run again:
+    /// their outputs stay and reach the requeued dependents as inputs. Attempts are counted
+    /// on as `retry_task` counts them. Returns the requeued task ids (insertion order).
+    ///
+    /// Errors: `NotFound` for an unknown plan; `Invalid` for a plan that is not failed or
+    /// cancelled (still running, or completed), and nothing changes.
+    pub async fn retry_plan(&self, plan_id: PlanId) -> Result<Vec<TaskId>> {
+        let Some(counters) = self.store.get_plan_counters(plan_id).await? else {
+            return Err(Error::not_found("plan", plan_id));
+        };
+        counters.status.check_retry()?;
+        let requeued = self.store.retry_plan(plan_id).await?;
+        self.plans_changed([plan_id]);
+        match requeued {
+            Some(ids) => Ok(ids),
+            // Its status changed between the read and the retry (another retry won).
+            None => match self.store.get_plan_counters(plan_id).await? {
+                Some(now) => {
+                    now.status.check_retry()?;
+                    Ok(Vec::new())
+                }
+                None => Err(Error::not_found("plan", plan_id)),
+            },
+        }
+    }
+
     /// Cancels a plan and its open subtasks (workers holding them get stale-run errors).
     /// False for an unknown or already finished plan.
     pub async fn cancel_plan(&self, plan_id: PlanId) -> Result<bool> {

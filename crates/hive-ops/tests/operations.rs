@@ -449,8 +449,27 @@ async fn plan_operations(o: O) {
     );
     let summary = o.plan_summary(pid).await.unwrap().unwrap();
     assert_eq!(summary.task_counts[&TaskStatus::Queued], 2);
+    assert!(matches!(
+        o.retry_plan(pid).await,
+        Err(Error::Invalid(e)) if e.to_string().contains("`in_progress` plans cannot be retried")
+    ));
+    assert!(matches!(
+        o.retry_plan(hive_models::PlanId::new()).await,
+        Err(Error::NotFound { entity: "plan", .. })
+    ));
     assert!(o.cancel_plan(pid).await.unwrap());
     assert!(!o.cancel_plan(pid).await.unwrap());
+    let requeued = o.retry_plan(pid).await.unwrap();
+    assert_eq!(
+        requeued.len(),
+        2,
+        "both cancelled subtasks are queued again"
+    );
+    assert_eq!(
+        o.get_execution_plan_status(pid).await.unwrap(),
+        Some(PlanStatus::InProgress)
+    );
+    assert!(o.cancel_plan(pid).await.unwrap());
     assert_eq!(
         o.get_execution_plan_status(pid).await.unwrap(),
         Some(PlanStatus::Cancelled)

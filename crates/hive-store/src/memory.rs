@@ -676,6 +676,16 @@ impl Store for MemoryStore {
         Ok(Some(cancelled))
     }
 
+    async fn retry_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
+        let (requeued, notes) = {
+            let mut s = self.lock();
+            let tasks = s.plan_tasks.get(&id).cloned().unwrap_or_default();
+            self.replay(&mut s, |ch| ch.retry_plan(id, &tasks))
+        };
+        self.send(notes);
+        Ok(requeued)
+    }
+
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
         let s = self.lock();
         Ok(ids

@@ -447,6 +447,10 @@ impl Store for PostgresStore {
         self.retrying(|| self.cancel_plan_once(id)).await
     }
 
+    async fn retry_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
+        self.retrying(|| self.retry_plan_once(id)).await
+    }
+
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
         if ids.is_empty() {
             return Ok(HashMap::new());

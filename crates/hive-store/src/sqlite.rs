@@ -543,6 +543,10 @@ impl Store for SqliteStore {
         write!(self, plans::cancel, id)
     }
 
+    async fn retry_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
+        write!(self, plans::retry, id)
+    }
+
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
         if ids.is_empty() {
             return Ok(HashMap::new());

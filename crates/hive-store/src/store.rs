@@ -292,6 +292,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// plan was already terminal.
     async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>>;
 
+    /// Gives a failed or cancelled plan another go, in one transaction, by the rules
+    /// ([`crate::rules::Changes::retry_plan`]): its failed and cancelled tasks are queued
+    /// again (each waiting for its dependencies not completed) and the plan is in progress.
+    /// Returns the requeued task ids in insertion order; `None` for an unknown plan or one
+    /// neither failed nor cancelled (nothing changes).
+    async fn retry_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>>;
+
     /// For each known task: whether all its dependencies are completed. Unknown ids are
     /// absent from the map. One round trip for the whole list.
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>>;

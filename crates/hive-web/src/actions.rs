@@ -1,5 +1,5 @@
 //! What an operator changes: requeue a task, requeue every failed task matching a filter
-//! (bounded), cancel a task, cancel a plan, pause or resume a task type's queue. Each is one
+//! (bounded), cancel a task, cancel a plan, retry a failed or cancelled plan, pause or resume a task type's queue. Each is one
 //! function; the `/api/` route answers with JSON and the `/actions/` route (a page's form)
 //! redirects back.
 
@@ -22,6 +22,8 @@ type Outcome = Result<serde_json::Value, (StatusCode, String)>;
 fn op(e: hive_client::ops::Error) -> (StatusCode, String) {
     let status = if e.is_transient() {
         StatusCode::SERVICE_UNAVAILABLE
+    } else if matches!(e, hive_client::ops::Error::NotFound { .. }) {
+        StatusCode::NOT_FOUND
     } else {
         StatusCode::BAD_REQUEST
     };
@@ -53,6 +55,12 @@ async fn cancel_plan(s: &AppState, id: &str) -> Outcome {
     let id = parse_plan(id).map_err(bad)?;
     let cancelled = s.client.cancel_plan(id).await.map_err(op)?;
     Ok(serde_json::json!({ "plan_id": id, "cancelled": cancelled }))
+}
+
+async fn retry_plan(s: &AppState, id: &str) -> Outcome {
+    let id = parse_plan(id).map_err(bad)?;
+    let requeued = s.client.retry_plan(id).await.map_err(op)?;
+    Ok(serde_json::json!({ "plan_id": id, "requeued": requeued }))
 }
 
 async fn requeue_failed(s: &AppState, f: &Filter) -> Outcome {
@@ -130,6 +138,15 @@ pub async fn cancel_plan_api(State(s): State<AppState>, Path(id): Path<String>) 
 pub async fn cancel_plan_form(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let to = format!("/plans/{}", urlencode(&id));
     back(cancel_plan(&s, &id).await, to)
+}
+
+pub async fn retry_plan_api(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    json(retry_plan(&s, &id).await)
+}
+
+pub async fn retry_plan_form(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let to = format!("/plans/{}", urlencode(&id));
+    back(retry_plan(&s, &id).await, to)
 }
 
 pub async fn requeue_failed_api(State(s): State<AppState>, Json(f): Json<Filter>) -> Response {

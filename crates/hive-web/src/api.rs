@@ -172,6 +172,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/api/plans", get(plans))
         .route("/api/plans/{id}", get(plan))
         .route("/api/plans/{id}/cancel", post(actions::cancel_plan_api))
+        .route("/api/plans/{id}/retry", post(actions::retry_plan_api))
         .route("/api/requeue-failed", post(actions::requeue_failed_api))
         .route("/api/workers", get(workers))
         .route("/api/queues", get(queues))

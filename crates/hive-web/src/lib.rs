@@ -131,6 +131,7 @@ fn routes(state: AppState) -> axum::Router {
             "/actions/plans/{id}/cancel",
             post(actions::cancel_plan_form),
         )
+        .route("/actions/plans/{id}/retry", post(actions::retry_plan_form))
         .route(
             "/actions/requeue-failed",
             post(actions::requeue_failed_form),

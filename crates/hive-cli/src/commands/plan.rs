@@ -41,6 +41,13 @@ pub enum PlanCommand {
         /// The plan's id.
         id: String,
     },
+    /// Give a failed or cancelled plan another go: its failed and cancelled subtasks are
+    /// queued again (each waits for its dependencies), completed ones keep their outputs and
+    /// are not run again, and the plan is in progress again.
+    Retry {
+        /// The plan's id.
+        id: String,
+    },
 }
 
 /// `x`, or the error an unknown plan gets.
@@ -149,6 +156,21 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 ctx.json,
                 &serde_json::json!({ "id": id, "status": hive_client::PlanStatus::Cancelled }),
                 format_args!("plan {id} cancelled"),
+            )?;
+        }
+        PlanCommand::Retry { id } => {
+            let id = plan_id(&id)?;
+            let client = ctx.client().await?;
+            let requeued = client.retry_plan(id).await?;
+            let status = found(client.plan_progress(id).await?, id)?.status;
+            output::report(
+                ctx.json,
+                &serde_json::json!({ "id": id, "status": status, "requeued": requeued }),
+                format_args!(
+                    "plan {id} is {status} again: {} subtask{} queued again",
+                    requeued.len(),
+                    if requeued.len() == 1 { "" } else { "s" }
+                ),
             )?;
         }
     }

@@ -105,6 +105,7 @@ blocking! {
         fn get_next_planned_subtask(plan_id: PlanId) -> Option<Task>;
         fn mark_plan_execution_started(plan_id: PlanId) -> bool;
         fn cancel_plan(plan_id: PlanId) -> bool;
+        fn retry_plan(plan_id: PlanId) -> Vec<TaskId>;
         // Running tasks.
         fn claim_next_task(worker_id: &WorkerId, task_types: &[String], lease: Duration)
             -> Option<Claimed>;

@@ -1,5 +1,5 @@
 //! Plans on Postgres: storing, reading, materializing into tasks (one insert of the tasks,
-//! one of their dependency rows), compare-and-set of the status, and cancelling by the rules.
+//! one of their dependency rows), compare-and-set of the status, cancelling and retrying by the rules.
 
 use std::collections::HashMap;
 
@@ -24,6 +24,14 @@ const LOCK_PLAN_TASKS: &str = concat!(
     " FROM tasks t WHERE t.plan_id = $1 AND t.status NOT IN ",
     terminal_statuses!(),
     " ORDER BY t.id FOR UPDATE"
+);
+
+/// A plan's failed and cancelled tasks (`$1`), locked in id order.
+const LOCK_CLOSED_PLAN_TASKS: &str = concat!(
+    "SELECT ",
+    state_columns!(),
+    " FROM tasks t WHERE t.plan_id = $1 AND t.status IN ('failed', 'cancelled') \
+     ORDER BY t.id FOR UPDATE"
 );
 
 impl PostgresStore {
@@ -190,12 +198,43 @@ impl PostgresStore {
 
     /// Cancels a plan and its open tasks by the rules.
     pub(super) async fn cancel_plan_once(&self, id: PlanId) -> R<Option<Vec<TaskId>>> {
+        let cancelled = self
+            .replay_over_tasks(
+                id,
+                LOCK_PLAN_TASKS,
+                |status| !status.is_terminal(),
+                |ch, open| ch.cancel_plan(id, open),
+            )
+            .await?;
+        Ok(cancelled.map(Option::unwrap_or_default))
+    }
+
+    /// Requeues a failed or cancelled plan's failed and cancelled tasks by the rules.
+    pub(super) async fn retry_plan_once(&self, id: PlanId) -> R<Option<Vec<TaskId>>> {
+        let requeued = self
+            .replay_over_tasks(
+                id,
+                LOCK_CLOSED_PLAN_TASKS,
+                |status| matches!(status, PlanStatus::Failed | PlanStatus::Cancelled),
+                |ch, closed| ch.retry_plan(id, closed),
+            )
+            .await?;
+        Ok(requeued.flatten().flatten())
+    }
+
+    /// Replays `rule` over a plan and those of its tasks `lock_tasks` selects and locks,
+    /// passed in insertion order, in one transaction. `None` for an unknown plan;
+    /// `Some(None)` when `applies` refuses the plan's status, and nothing is written.
+    async fn replay_over_tasks<T>(
+        &self,
+        id: PlanId,
+        lock_tasks: &'static str,
+        applies: impl Fn(PlanStatus) -> bool,
+        rule: impl FnOnce(&mut crate::rules::Changes<'_, Loaded>, &[TaskId]) -> T,
+    ) -> R<Option<Option<T>>> {
         let mut tx = self.pool.begin().await?;
         // Tasks before the plan: the order every other writer locks them in.
-        sqlx::query(LOCK_PLAN_TASKS)
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(lock_tasks).bind(id.0).execute(&mut *tx).await?;
         let Some(plan) =
             sqlx::query("SELECT status, now() AS now FROM plans WHERE id = $1 FOR UPDATE")
                 .bind(id.0)
@@ -204,32 +243,32 @@ impl PostgresStore {
         else {
             return Ok(None);
         };
-        if rows::plan_status(&plan, "status")?.is_terminal() {
-            return Ok(Some(Vec::new()));
+        if !applies(rows::plan_status(&plan, "status")?) {
+            return Ok(Some(None));
         }
         let at = server_now(&plan)?;
         let mut view = Loaded::default();
         replay::load_plans(&mut tx, &mut view, &[id]).await?;
         // Again, now that the plan is locked: tasks materialized meanwhile are included.
-        let open = sqlx::query(LOCK_PLAN_TASKS)
+        let locked = sqlx::query(lock_tasks)
             .bind(id.0)
             .fetch_all(&mut *tx)
             .await?;
-        let mut tasks = Vec::with_capacity(open.len());
-        for row in &open {
+        let mut tasks = Vec::with_capacity(locked.len());
+        for row in &locked {
             let (task, state) = state_from_row(row)?;
             tasks.push((state.seq, task));
             view.add_task(task, state);
         }
         tasks.sort();
         let order: Vec<TaskId> = tasks.into_iter().map(|(_, t)| t).collect();
-        let (cancelled, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
-            ch.cancel_plan(id, &order)
+        let (out, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            rule(ch, &order)
         })
         .await?;
         tx.commit().await?;
         self.after_commit(written).await?;
-        Ok(Some(cancelled))
+        Ok(Some(Some(out)))
     }
 }
 

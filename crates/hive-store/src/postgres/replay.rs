@@ -130,7 +130,7 @@ pub(super) const APPLY: &str = concat!(
     SELECT id FROM dep_upd WHERE ready \
 ), plan_in AS ( \
     SELECT * FROM jsonb_to_recordset($4::jsonb) AS x(id uuid, status text, changed bool, \
-        completed bigint, failed bigint, cancelled bigint) \
+        from_finished bool, completed bigint, failed bigint, cancelled bigint) \
 ), tally_upd AS ( \
     INSERT INTO plan_tallies AS s (plan_id, shard, completed, failed, cancelled) \
     SELECT x.id, (pg_backend_pid() % 64)::smallint, x.completed, x.failed, x.cancelled \
@@ -140,9 +140,10 @@ pub(super) const APPLY: &str = concat!(
     RETURNING s.plan_id \
 ), plan_upd AS ( \
     UPDATE plans p SET status = x.status, updated_at = now() \
-    FROM plan_in x WHERE p.id = x.id AND x.changed AND p.status NOT IN ",
+    FROM plan_in x WHERE p.id = x.id AND x.changed \
+        AND (x.from_finished OR p.status NOT IN ",
     terminal_statuses!(),
-    " AND p.id = ANY(ARRAY(SELECT id FROM plan_in WHERE changed)) \
+    ") AND p.id = ANY(ARRAY(SELECT id FROM plan_in WHERE changed)) \
     RETURNING p.id, p.status \
 ) \
 SELECT (SELECT count(*) FROM run_upd) AS runs, (SELECT count(*) FROM task_upd) AS tasks, \

@@ -469,6 +469,42 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         cancelled
     }
 
+    /// Gives a failed or cancelled plan another go: its failed and cancelled tasks (among
+    /// `tasks`, in insertion order) go back to the queue, each waiting again for its
+    /// dependencies not completed, and the plan is in progress again — or, with nothing to
+    /// requeue, takes the status its counts call for. Completed tasks keep their outputs
+    /// and are not run again. Returns the tasks requeued; `None` when the plan is unknown or
+    /// neither failed nor cancelled.
+    pub fn retry_plan(&mut self, plan: PlanId, tasks: &[TaskId]) -> Option<Vec<TaskId>> {
+        let mut counters = self.plan_counters(plan)?;
+        if !matches!(counters.status, PlanStatus::Failed | PlanStatus::Cancelled) {
+            return None;
+        }
+        let mut requeued = Vec::new();
+        for &id in tasks {
+            let Some(t) = self.state(id) else { continue };
+            if !matches!(t.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+                continue;
+            }
+            self.requeue(id, None);
+            self.patch(id).recount_pending = true;
+            counters.unstep(t.status);
+            self.task_note(Change::TaskStatus(TaskStatusChange {
+                plan_id: Some(plan),
+                ..TaskStatusChange::new(id, TaskStatus::Queued)
+            }));
+            requeued.push(id);
+        }
+        counters.status = PlanStatus::InProgress;
+        // A plan whose failed subtask was retried alone and completed has nothing left to
+        // run: it finishes now rather than waiting for a subtask that will not come.
+        counters.status = counters.settled().unwrap_or(PlanStatus::InProgress);
+        let note = self.notifier.plan_status(plan, counters.status);
+        self.notes.push(note);
+        self.set_plan(plan, counters);
+        Some(requeued)
+    }
+
     fn plan_counters(&self, id: PlanId) -> Option<PlanCounters> {
         self.plans.get(&id).copied().or_else(|| self.view.plan(id))
     }

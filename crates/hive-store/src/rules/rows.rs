@@ -134,6 +134,9 @@ struct PlanDelta {
     id: PlanId,
     status: hive_models::PlanStatus,
     changed: bool,
+    /// The move starts from a finished status: only a retry of the plan does that, holding
+    /// the plan's row, so its status is written as it is, not compare-and-set.
+    from_finished: bool,
     completed: i64,
     failed: i64,
     cancelled: i64,
@@ -152,6 +155,7 @@ pub fn plan_deltas_json(
                 id: *id,
                 status: c.status,
                 changed: c.status != before.status,
+                from_finished: c.status != before.status && before.status.is_terminal(),
                 completed: i64::from(c.completed) - i64::from(before.completed),
                 failed: i64::from(c.failed) - i64::from(before.failed),
                 cancelled: i64::from(c.cancelled) - i64::from(before.cancelled),

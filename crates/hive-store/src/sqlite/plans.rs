@@ -1,4 +1,4 @@
-//! Plans: storing, listing, materializing into tasks, compare-and-set and cancelling.
+//! Plans: storing, listing, materializing into tasks, compare-and-set, cancelling and retrying.
 
 use std::collections::HashMap;
 
@@ -240,6 +240,66 @@ pub(super) async fn cancel(
     notes: &mut Vec<Notification>,
     id: PlanId,
 ) -> R<Option<Vec<TaskId>>> {
+    let cancelled = replay_over_tasks(
+        c,
+        n,
+        notes,
+        id,
+        OPEN_TASKS,
+        |counters| !counters.status.is_terminal(),
+        |ch, open| ch.cancel_plan(id, open),
+    )
+    .await?;
+    Ok(cancelled.map(Option::unwrap_or_default))
+}
+
+pub(super) async fn retry(
+    c: &mut Conn,
+    n: &Notifier,
+    notes: &mut Vec<Notification>,
+    id: PlanId,
+) -> R<Option<Vec<TaskId>>> {
+    let requeued = replay_over_tasks(
+        c,
+        n,
+        notes,
+        id,
+        CLOSED_TASKS,
+        |counters| matches!(counters.status, PlanStatus::Failed | PlanStatus::Cancelled),
+        |ch, closed| ch.retry_plan(id, closed),
+    )
+    .await?;
+    Ok(requeued.flatten().flatten())
+}
+
+/// A plan's unfinished tasks (`?1`), in insertion order.
+const OPEN_TASKS: &str = concat!(
+    "SELECT ",
+    state_columns!(),
+    " FROM tasks t WHERE t.plan_id = ?1 \
+     AND t.status NOT IN ('completed', 'failed', 'cancelled') ORDER BY t.seq"
+);
+
+/// A plan's failed and cancelled tasks (`?1`), in insertion order.
+const CLOSED_TASKS: &str = concat!(
+    "SELECT ",
+    state_columns!(),
+    " FROM tasks t WHERE t.plan_id = ?1 AND t.status IN ('failed', 'cancelled') \
+     ORDER BY t.seq"
+);
+
+/// Replays `rule` over a plan and those of its tasks `tasks_sql` selects (in insertion
+/// order). `None` for an unknown plan; `Some(None)` when `applies` refuses the plan's
+/// counters, and nothing else is read or written.
+async fn replay_over_tasks<T>(
+    c: &mut Conn,
+    n: &Notifier,
+    notes: &mut Vec<Notification>,
+    id: PlanId,
+    tasks_sql: &'static str,
+    applies: impl FnOnce(&PlanCounters) -> bool,
+    rule: impl FnOnce(&mut crate::rules::Changes<'_, Loaded>, &[TaskId]) -> T,
+) -> R<Option<Option<T>>> {
     let Some(row) = sqlx::query(
         "SELECT id, status, total_subtasks, completed_subtasks, failed_subtasks, \
                 cancelled_subtasks FROM plans WHERE id = ?1",
@@ -251,31 +311,25 @@ pub(super) async fn cancel(
         return Ok(None);
     };
     let counters = replay::plan_counters(&Cols::new(&row, "plans"))?;
-    if counters.status.is_terminal() {
-        return Ok(Some(Vec::new()));
+    if !applies(&counters) {
+        return Ok(Some(None));
     }
     let at = db::db_now(c).await?;
     let mut view = Loaded::default();
     view.plans.insert(id, counters);
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        state_columns!(),
-        " FROM tasks t WHERE t.plan_id = ?1 AND t.status NOT IN ('completed', 'failed', 'cancelled') \
-         ORDER BY t.seq"
-    ))
-    .bind(id.to_string())
-    .fetch_all(&mut *c)
-    .await?;
-    let mut open = Vec::with_capacity(rows.len());
+    let rows = sqlx::query(tasks_sql)
+        .bind(id.to_string())
+        .fetch_all(&mut *c)
+        .await?;
+    let mut tasks = Vec::with_capacity(rows.len());
     for row in &rows {
         let (task, state) = replay::state_from_row(row)?;
         view.add_task(task, state);
-        open.push(task);
+        tasks.push(task);
     }
-    let (cancelled, batch_notes) =
-        replay::replay(c, n, &view, at, |ch| ch.cancel_plan(id, &open)).await?;
+    let (out, batch_notes) = replay::replay(c, n, &view, at, |ch| rule(ch, &tasks)).await?;
     notes.extend(batch_notes);
-    Ok(Some(cancelled))
+    Ok(Some(Some(out)))
 }
 
 /// Adds what the running task `spawner` spawned to its plan (see

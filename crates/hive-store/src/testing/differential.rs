@@ -181,6 +181,8 @@ pub enum Op {
     },
     Materialize(Pick),
     CancelPlan(Pick),
+    /// Retries a failed or cancelled plan (`Store::retry_plan`).
+    RetryPlan(Pick),
     /// Requeues every task of a plan, so its failures can cascade again.
     RequeuePlan(Pick),
     TransitionPlan {
@@ -306,6 +308,7 @@ pub fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(nodes, materialize)| Op::InsertPlan { nodes, materialize }),
         1 => pick().prop_map(Op::Materialize),
         1 => pick().prop_map(Op::CancelPlan),
+        1 => pick().prop_map(Op::RetryPlan),
         1 => pick().prop_map(Op::RequeuePlan),
         // Out of a status a plan can still leave: moving a finished plan back (which no
         // operation does) leaves its status disagreeing with its counters, and Postgres's
@@ -923,6 +926,15 @@ impl Side {
                 };
                 match s.cancel_plan(id).await {
                     Ok(r) => format!("cancelled {:?}", r.map(|tasks| self.sorted_names(&tasks))),
+                    Err(e) => self.error(&e),
+                }
+            }
+            Op::RetryPlan(plan) => {
+                let Some(id) = self.plan(*plan) else {
+                    return "no plan".into();
+                };
+                match s.retry_plan(id).await {
+                    Ok(r) => format!("retried {:?}", r.map(|tasks| self.sorted_names(&tasks))),
                     Err(e) => self.error(&e),
                 }
             }

@@ -1,6 +1,6 @@
 //! Conformance cases for plans as workflows: outputs reaching dependents, plans growing
-//! while they run, and a plan's last two subtasks finishing at once. Run by every backend
-//! (`tests/conformance.rs`).
+//! while they run, a plan's last two subtasks finishing at once, and failed plans retried. Run
+//! by every backend (`tests/conformance.rs`).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -354,4 +354,133 @@ pub async fn a_requeued_completed_subtask_is_unfinished_again(s: S) {
     .unwrap();
     let c = counters(s.clone()).await;
     assert_eq!((c.completed, c.status), (3, PlanStatus::Completed));
+}
+
+fn failing_for_good(subtasks: Vec<SubTask>) -> Vec<SubTask> {
+    subtasks
+        .into_iter()
+        .map(|mut st| {
+            st.max_retries = Some(0);
+            st
+        })
+        .collect()
+}
+
+async fn status_of(s: &S, id: TaskId) -> TaskStatus {
+    s.get_task(id).await.unwrap().unwrap().status
+}
+
+pub async fn a_retried_plan_runs_its_failed_and_cancelled_subtasks_again(s: S) {
+    // a -> b -> c; e on its own.
+    let subtasks = failing_for_good(vec![
+        node("a", &[]),
+        node("b", &["a"]),
+        node("c", &["b"]),
+        node("e", &[]),
+    ]);
+    let (pid, ids) = materialized(&s, subtasks).await;
+    let roots = claim_all(&s).await;
+    let outs: Vec<RunOutcome> = roots
+        .iter()
+        .map(|c| done(c.run.id, Some(json!({"from": subtask_of(c)})), vec![]))
+        .collect();
+    s.finish_runs(&outs).await.unwrap();
+    let b = claim_all(&s).await.pop().unwrap();
+    assert_eq!(b.task.id, ids["b"]);
+    let rep = s
+        .finish_runs(&[super::fixtures::failure(b.run.id, None)])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].plan_transition, Some(PlanStatus::Failed));
+    assert_eq!(status_of(&s, ids["c"]).await, TaskStatus::Cancelled);
+
+    assert_eq!(s.retry_plan(PlanId::new()).await.unwrap(), None);
+    let requeued = s.retry_plan(pid).await.unwrap().unwrap();
+    assert_eq!(requeued, [ids["b"], ids["c"]], "in insertion order");
+    let p = s.get_plan_counters(pid).await.unwrap().unwrap();
+    assert_eq!(p.status, PlanStatus::InProgress);
+    assert_eq!((p.completed, p.failed, p.cancelled), (2, 0, 0));
+    let c = s.get_task(ids["c"]).await.unwrap().unwrap();
+    assert_eq!(c.status, TaskStatus::Queued);
+    assert_eq!(c.pending_dependencies, 1, "c waits for b again");
+    assert_eq!(
+        s.retry_plan(pid).await.unwrap(),
+        None,
+        "a plan in progress is not retried"
+    );
+
+    // Only b is claimable, and a's output still reaches it.
+    let again = claim_all(&s).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].task.id, ids["b"]);
+    assert_eq!(again[0].inputs["a"], json!({"from": "a"}));
+    s.finish_runs(&[done(again[0].run.id, Some(json!("b")), vec![])])
+        .await
+        .unwrap();
+    let last = claim_all(&s).await.pop().unwrap();
+    assert_eq!(last.task.id, ids["c"]);
+    assert_eq!(last.inputs["b"], json!("b"));
+    let rep = s
+        .finish_runs(&[done(last.run.id, None, vec![])])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].plan_transition, Some(PlanStatus::Completed));
+    let p = s.get_plan_counters(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed), (PlanStatus::Completed, 4));
+    for k in ["a", "e"] {
+        assert_eq!(
+            s.list_runs(ids[k]).await.unwrap().len(),
+            1,
+            "{k} completed before the retry and did not run again"
+        );
+    }
+    assert_eq!(s.list_runs(ids["b"]).await.unwrap().len(), 2);
+    assert_eq!(
+        s.retry_plan(pid).await.unwrap(),
+        None,
+        "a completed plan is not retried"
+    );
+}
+
+pub async fn a_cancelled_plan_retried_resumes_and_one_with_nothing_left_completes(s: S) {
+    let (pid, ids) = materialized(&s, vec![node("a", &[]), node("b", &["a"])]).await;
+    let a = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[done(a.run.id, None, vec![])])
+        .await
+        .unwrap();
+    s.cancel_plan(pid).await.unwrap().unwrap();
+    assert_eq!(s.retry_plan(pid).await.unwrap().unwrap(), [ids["b"]]);
+    assert_eq!(status_of(&s, ids["b"]).await, TaskStatus::Queued);
+    let b = claim_all(&s).await.pop().unwrap();
+    assert_eq!(b.task.id, ids["b"]);
+    let rep = s
+        .finish_runs(&[done(b.run.id, None, vec![])])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].plan_transition, Some(PlanStatus::Completed));
+
+    // A failed subtask retried alone and completed leaves a failed plan with nothing to
+    // run: retrying the plan finishes it.
+    let (pid, ids) = materialized(&s, failing_for_good(vec![node("x", &[])])).await;
+    let x = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[super::fixtures::failure(x.run.id, None)])
+        .await
+        .unwrap();
+    s.set_task_status(ids["x"], crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let x = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[done(x.run.id, None, vec![])])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_plan_counters(pid).await.unwrap().unwrap().status,
+        PlanStatus::Failed
+    );
+    assert_eq!(s.retry_plan(pid).await.unwrap(), Some(vec![]));
+    assert_eq!(
+        s.get_plan_counters(pid).await.unwrap().unwrap().status,
+        PlanStatus::Completed
+    );
 }

@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 
-use hive_client::TaskStatus;
 use hive_client::ops::SubtaskResult;
+use hive_client::{PlanStatus, TaskStatus};
 
 use crate::AppState;
 use crate::api::PlanStatusJson;
@@ -82,9 +82,16 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
                 (format!("{:.1}", plan.progress_percent)) "% (" (p.completed_subtasks) " of "
                 (p.total_subtasks) " completed, " (p.failed_subtasks) " failed, "
                 (p.cancelled_subtasks) " cancelled)" }
-            form class="inline" method="post" action={ "/actions/plans/" (p.id) "/cancel" }
-                data-confirm="Cancel this plan and its unfinished tasks?" {
-                button type="submit" id="cancel-plan" { "Cancel plan" }
+            @if matches!(p.status, PlanStatus::Failed | PlanStatus::Cancelled) {
+                form class="inline" method="post" action={ "/actions/plans/" (p.id) "/retry" }
+                    data-confirm="Run this plan's failed and cancelled subtasks again?" {
+                    button type="submit" id="retry-plan" { "Retry plan" }
+                }
+            } @else if !p.status.is_terminal() {
+                form class="inline" method="post" action={ "/actions/plans/" (p.id) "/cancel" }
+                    data-confirm="Cancel this plan and its unfinished tasks?" {
+                    button type="submit" id="cancel-plan" { "Cancel plan" }
+                }
             }
             @if large {
                 // Reading and drawing it again on every change would keep the database and

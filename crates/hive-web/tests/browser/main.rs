@@ -3,7 +3,7 @@
 //! node green live when its task completes; requeue from the page changes the database; a
 //! hostile title is shown as text and runs nothing; a task type's queue is paused and
 //! resumed from its page; and, without the token, a change is refused on a dashboard that
-//! requires one.
+//! requires one; a failed plan is retried from its page.
 //!
 //! `HIVE_SAVE_SCREENSHOTS=1` also writes the overview and the DAG page to `docs/img/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -215,6 +215,38 @@ async fn overview_and_a_plans_dag_update_live() {
             "{first}"
         );
         assert!(first.contains("failed"), "{first}");
+
+        // A failed plan offers a retry, not a cancel; the retry queues the failure again.
+        assert!(
+            b.find(Locator::Id("cancel-plan")).await.is_err(),
+            "a finished plan has nothing to cancel"
+        );
+        b.find(Locator::Id("retry-plan"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.accept_alert().await.unwrap();
+        eventually("the plan to run again", Duration::from_secs(20), || async {
+            s.get_plan_counters(large_id).await.unwrap().unwrap().status
+                == hive_client::PlanStatus::InProgress
+        })
+        .await;
+        assert_eq!(
+            s.get_task(claimed[0].task.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            TaskStatus::Queued
+        );
+        eventually(
+            "the page to offer a cancel",
+            Duration::from_secs(20),
+            || async { b.find(Locator::Id("cancel-plan")).await.is_ok() },
+        )
+        .await;
         b.close().await.unwrap();
     })
     .await
