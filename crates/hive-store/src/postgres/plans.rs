@@ -26,11 +26,16 @@ const LOCK_PLAN_TASKS: &str = concat!(
     " ORDER BY t.id FOR UPDATE"
 );
 
-/// A plan's failed and cancelled tasks (`$1`), locked in id order.
-const LOCK_CLOSED_PLAN_TASKS: &str = concat!(
+/// What a retry of a plan (`$1`) locks, in id order: the failed and cancelled tasks it
+/// requeues, and the running ones. A running task that fails meanwhile either commits first
+/// (and is requeued with the others) or waits for the retry, then reads the plan in progress
+/// and fails it again. Otherwise its finish, having read the plan failed, would leave it
+/// unmoved, in progress with a failed subtask.
+const LOCK_RETRIED_PLAN_TASKS: &str = concat!(
     "SELECT ",
     state_columns!(),
-    " FROM tasks t WHERE t.plan_id = $1 AND t.status IN ('failed', 'cancelled') \
+    " FROM tasks t WHERE t.plan_id = $1 \
+     AND t.status IN ('failed', 'cancelled', 'assigned', 'in_progress') \
      ORDER BY t.id FOR UPDATE"
 );
 
@@ -214,7 +219,7 @@ impl PostgresStore {
         let requeued = self
             .replay_over_tasks(
                 id,
-                LOCK_CLOSED_PLAN_TASKS,
+                LOCK_RETRIED_PLAN_TASKS,
                 |status| matches!(status, PlanStatus::Failed | PlanStatus::Cancelled),
                 |ch, closed| ch.retry_plan(id, closed),
             )

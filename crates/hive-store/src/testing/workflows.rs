@@ -484,3 +484,57 @@ pub async fn a_cancelled_plan_retried_resumes_and_one_with_nothing_left_complete
         PlanStatus::Completed
     );
 }
+
+/// A subtask failing while its plan is retried: either the retry finds the failure and
+/// queues it again, or the failure comes after and fails the plan again. Never a plan in
+/// progress with a failed subtask (which would leave the plan's failure to its last task).
+pub async fn a_failure_racing_a_retry_still_fails_the_plan(s: S) {
+    for round in 0..20 {
+        // A type of its own per round: the tasks an earlier round's retry queued stay put.
+        let task_type = format!("race-{round}");
+        let subtasks = (0..8)
+            .map(|i| SubTask::new(format!("n{i}"), "racer", &task_type))
+            .collect();
+        let (pid, _) = materialized(&s, failing_for_good(subtasks)).await;
+        let claims = s
+            .claim_tasks(&crate::ClaimParams {
+                task_types: vec![task_type],
+                ..claim_params("w", 100)
+            })
+            .await
+            .unwrap();
+        assert_eq!(claims.len(), 8);
+        s.finish_runs(&[super::fixtures::failure(claims[0].run.id, None)])
+            .await
+            .unwrap();
+        let late: Vec<RunOutcome> = claims[1..4]
+            .iter()
+            .map(|c| super::fixtures::failure(c.run.id, None))
+            .collect();
+        let (retried, finished) = tokio::join!(
+            {
+                let s = s.clone();
+                tokio::spawn(async move { s.retry_plan(pid).await })
+            },
+            {
+                let s = s.clone();
+                tokio::spawn(async move { s.finish_runs(&late).await })
+            }
+        );
+        retried.unwrap().unwrap().unwrap();
+        finished.unwrap().unwrap();
+        let status = s.get_plan_counters(pid).await.unwrap().unwrap().status;
+        let failed = s
+            .list_tasks(&TaskFilter {
+                status: Some(TaskStatus::Failed),
+                ..TaskFilter::in_plan(pid)
+            })
+            .await
+            .unwrap();
+        assert!(
+            failed.is_empty() || status == PlanStatus::Failed,
+            "round {round}: plan {status} with {} failed subtasks",
+            failed.len()
+        );
+    }
+}
