@@ -666,3 +666,43 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
         "{text}"
     );
 }
+
+#[test]
+fn finished_plans_are_pruned_with_their_subtasks() {
+    let db = Db::new();
+    let file = db.write("plan.json", PLAN);
+    db.ok(&["plan", "submit", &file]);
+    db.ok(&["plan", "submit", &file]);
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    let loose = db.ok(&create_task("loose", "other", &[])).trim().to_owned();
+    let before = db.snapshot();
+    db.refused(
+        db.hive().args([
+            "plan",
+            "prune",
+            "--older-than",
+            "1s",
+            "--status",
+            "in_progress",
+        ]),
+        "plan prune of running plans",
+        "only finished plans can be pruned, not `in_progress`",
+        &before,
+    );
+    db.refused(
+        db.hive()
+            .args(["plan", "prune", "--older-than", "1s", "--status", "done"]),
+        "plan prune with an unknown status",
+        "unknown plan status `done`",
+        &before,
+    );
+    let young = db.json(&["plan", "prune", "--older-than", "1h"]);
+    assert_eq!(young, serde_json::json!({"plans": 0, "tasks": 0}));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let text = db.ok(&["plan", "prune", "--older-than", "1s"]);
+    assert_eq!(text.trim(), "2 plan(s) pruned, with 4 task(s)");
+    assert_eq!(db.json(&["plan", "list"]), serde_json::json!([]));
+    let left = db.json(&["task", "list"]);
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left[0]["id"], loose.as_str());
+}

@@ -6,7 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hive_models::{ExecutionPlan, NewPlan, PlanHeader, PlanId, PlanStatus, Task, TaskId};
-use hive_store::{StatusCounts, Store, TaskFilter};
+use hive_store::{PlanPruneParams, PlansPruned, StatusCounts, Store, TaskFilter};
+
+/// Plans deleted per transaction by [`Ops::prune_plans`]: few, as each takes all its tasks
+/// along (a plan may hold 100,000).
+pub const PLAN_PRUNE_BATCH: u32 = 20;
 use serde::Serialize;
 
 use crate::{Error, Ops, Result};
@@ -222,6 +226,40 @@ impl<S: Store + ?Sized> Ops<S> {
                 }
                 None => Err(Error::not_found("plan", plan_id)),
             },
+        }
+    }
+
+    /// Deletes finished plans in `statuses` (all three when empty) last updated longer ago
+    /// than `older_than` whose every subtask is finished, with their subtasks and runs,
+    /// oldest first, [`PLAN_PRUNE_BATCH`] plans to a transaction. A failed plan whose other
+    /// branch still runs stays until it ends. Unfinished statuses are `Invalid`.
+    pub async fn prune_plans(
+        &self,
+        older_than: Duration,
+        statuses: &[PlanStatus],
+    ) -> Result<PlansPruned> {
+        let statuses = if statuses.is_empty() {
+            vec![
+                PlanStatus::Completed,
+                PlanStatus::Failed,
+                PlanStatus::Cancelled,
+            ]
+        } else {
+            statuses.to_vec()
+        };
+        let params = PlanPruneParams {
+            older_than,
+            statuses,
+            limit: PLAN_PRUNE_BATCH,
+        };
+        params.check()?;
+        let mut total = PlansPruned::default();
+        loop {
+            let pruned = self.store.prune_plans(&params).await?;
+            total += pruned;
+            if pruned.plans < u64::from(PLAN_PRUNE_BATCH) {
+                return Ok(total);
+            }
         }
     }
 

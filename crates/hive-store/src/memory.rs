@@ -23,9 +23,9 @@ use tokio::sync::broadcast;
 use crate::rules::{Changes, Patches};
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
-    PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
-    StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, WorkerFilter,
-    WorkerRegistration, WorkerStatusChange,
+    PlanPruneParams, PlansPruned, PruneParams, QueueStats, ReapParams, ReapReport, Result,
+    RunOutcome, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams,
+    WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 use state::{State, now, sub};
 
@@ -684,6 +684,40 @@ impl Store for MemoryStore {
         };
         self.send(notes);
         Ok(requeued)
+    }
+
+    async fn prune_plans(&self, p: &PlanPruneParams) -> Result<PlansPruned> {
+        p.check()?;
+        let at = now();
+        let cutoff = sub(at, p.older_than);
+        let mut s = self.lock();
+        let all_finished = |s: &State, id: &PlanId| {
+            s.plan_tasks.get(id).is_none_or(|tasks| {
+                tasks
+                    .iter()
+                    .all(|t| s.task(*t).is_none_or(|t| t.status.is_terminal()))
+            })
+        };
+        let mut old: Vec<(Timestamp, PlanId)> = s
+            .plans
+            .values()
+            .filter(|plan| p.statuses.contains(&plan.status) && plan.updated_at < cutoff)
+            .filter(|plan| all_finished(&s, &plan.id))
+            .map(|plan| (plan.updated_at, plan.id))
+            .collect();
+        old.sort();
+        old.truncate(p.limit as usize);
+        let mut pruned = PlansPruned::default();
+        for (_, id) in old {
+            for task in s.plan_tasks.remove(&id).unwrap_or_default() {
+                if s.remove_task(task, at) {
+                    pruned.tasks += 1;
+                }
+            }
+            s.plans.remove(&id);
+            pruned.plans += 1;
+        }
+        Ok(pruned)
     }
 
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {

@@ -447,6 +447,12 @@ impl Store for PostgresStore {
         self.retrying(|| self.cancel_plan_once(id)).await
     }
 
+    async fn prune_plans(&self, p: &crate::PlanPruneParams) -> Result<crate::PlansPruned> {
+        p.check()?;
+        let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
+        self.retrying(|| self.prune_plans_once(p, &statuses)).await
+    }
+
     async fn retry_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>> {
         self.retrying(|| self.retry_plan_once(id)).await
     }

@@ -547,6 +547,14 @@ impl Store for SqliteStore {
         write!(self, plans::retry, id)
     }
 
+    async fn prune_plans(&self, params: &crate::PlanPruneParams) -> Result<crate::PlansPruned> {
+        params.check()?;
+        if params.statuses.is_empty() || params.limit == 0 {
+            return Ok(crate::PlansPruned::default());
+        }
+        write!(self, quiet plans::prune, params)
+    }
+
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
         if ids.is_empty() {
             return Ok(HashMap::new());

@@ -10,10 +10,10 @@ use hive_models::{
 use tokio::sync::broadcast;
 
 use crate::{
-    Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PruneParams,
-    QueueStats, ReapParams, ReapReport, Result, RunOutcome, ScheduleAdvance, StatusChange,
-    StatusChanged, StatusCounts, TaskFilter, TaskPageParams, WorkerFilter, WorkerRegistration,
-    WorkerStatusChange,
+    Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PlanPruneParams,
+    PlansPruned, PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome,
+    ScheduleAdvance, StatusChange, StatusChanged, StatusCounts, TaskFilter, TaskPageParams,
+    WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 /// Persistence of tasks, runs, workers, plans and plan dependencies.
@@ -298,6 +298,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the requeued task ids in insertion order; `None` for an unknown plan or one
     /// neither failed nor cancelled (nothing changes).
     async fn retry_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>>;
+
+    /// Deletes finished plans (in `p.statuses`, last updated longer ago than
+    /// `p.older_than`, every task of theirs finished) with their tasks, runs, dependency rows
+    /// and subtask definitions: oldest first, at most `p.limit` plans, in one transaction.
+    /// A plan with a task still queued or running (a failed plan's other branch) stays.
+    /// Unfinished statuses are refused (`Invalid`), deleting nothing.
+    async fn prune_plans(&self, p: &PlanPruneParams) -> Result<PlansPruned>;
 
     /// For each known task: whether all its dependencies are completed. Unknown ids are
     /// absent from the map. One round trip for the whole list.

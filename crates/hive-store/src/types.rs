@@ -371,6 +371,45 @@ impl PruneParams {
     }
 }
 
+/// Which finished plans [`crate::Store::prune_plans`] deletes, with all their tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanPruneParams {
+    /// Only plans last updated longer ago than this (database clock).
+    pub older_than: Duration,
+    /// Only plans in these statuses; the store refuses unfinished ones.
+    pub statuses: Vec<hive_models::PlanStatus>,
+    /// At most this many plans per call (however many tasks they hold).
+    pub limit: u32,
+}
+
+impl PlanPruneParams {
+    /// Refuses statuses a prune may not delete: only finished plans go.
+    pub fn check(&self) -> Result<(), hive_models::Error> {
+        match self.statuses.iter().find(|s| !s.is_terminal()) {
+            Some(bad) => Err(hive_models::Error::InvalidField {
+                field: "statuses".into(),
+                reason: format!("only finished plans can be pruned, not `{bad}`"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a plan prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PlansPruned {
+    pub plans: u64,
+    /// Their tasks (each with its runs).
+    pub tasks: u64,
+}
+
+impl std::ops::AddAssign for PlansPruned {
+    fn add_assign(&mut self, other: Self) {
+        self.plans += other.plans;
+        self.tasks += other.tasks;
+    }
+}
+
 /// Per-status task counts, for status displays.
 pub type StatusCounts = std::collections::BTreeMap<TaskStatus, u64>;
 

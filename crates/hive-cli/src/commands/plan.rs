@@ -48,6 +48,19 @@ pub enum PlanCommand {
         /// The plan's id.
         id: String,
     },
+    /// Delete finished plans with all their subtasks and runs: those last changed longer ago
+    /// than --older-than whose every subtask is finished (a failed plan whose other branch
+    /// still runs stays), oldest first.
+    Prune {
+        /// Only plans last changed longer ago than this: 30s, 15m, 12h, 7d, 2w, or several
+        /// added up (1d12h).
+        #[arg(long, value_name = "AGE", value_parser = args::parse_age)]
+        older_than: std::time::Duration,
+        /// Only plans in this status (repeatable; default: completed, failed and cancelled,
+        /// the only statuses a plan can be pruned in).
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+    },
 }
 
 /// `x`, or the error an unknown plan gets.
@@ -156,6 +169,35 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 ctx.json,
                 &serde_json::json!({ "id": id, "status": hive_client::PlanStatus::Cancelled }),
                 format_args!("plan {id} cancelled"),
+            )?;
+        }
+        PlanCommand::Prune {
+            older_than,
+            statuses,
+        } => {
+            let statuses = statuses
+                .iter()
+                .map(|s| s.parse::<hive_client::PlanStatus>().map_err(|e| anyhow!(e)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // The store's own rule, checked before connecting.
+            hive_client::store::PlanPruneParams {
+                older_than,
+                statuses: statuses.clone(),
+                limit: 1,
+            }
+            .check()?;
+            let pruned = ctx
+                .client()
+                .await?
+                .prune_plans(older_than, &statuses)
+                .await?;
+            output::report(
+                ctx.json,
+                &serde_json::to_value(pruned)?,
+                format_args!(
+                    "{} plan(s) pruned, with {} task(s)",
+                    pruned.plans, pruned.tasks
+                ),
             )?;
         }
         PlanCommand::Retry { id } => {

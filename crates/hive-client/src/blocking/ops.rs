@@ -10,8 +10,8 @@ use hive_models::{
 };
 use hive_ops::{Claimed, PlanResults, PlanSummary};
 use hive_store::{
-    FinishReport, Finished, QueueStats, ReapReport, RunOutcome, StatusCounts, TaskFilter,
-    TaskPageParams, WorkerRegistration,
+    FinishReport, Finished, PlansPruned, QueueStats, ReapReport, RunOutcome, StatusCounts,
+    TaskFilter, TaskPageParams, WorkerRegistration,
 };
 
 use super::Client;
@@ -106,6 +106,7 @@ blocking! {
         fn mark_plan_execution_started(plan_id: PlanId) -> bool;
         fn cancel_plan(plan_id: PlanId) -> bool;
         fn retry_plan(plan_id: PlanId) -> Vec<TaskId>;
+        fn prune_plans(older_than: Duration, statuses: &[PlanStatus]) -> PlansPruned;
         // Running tasks.
         fn claim_next_task(worker_id: &WorkerId, task_types: &[String], lease: Duration)
             -> Option<Claimed>;

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::replay::{self, state_from_row};
-use super::sql::{payload, server_now};
+use super::sql::{micros, payload, server_now};
 use super::tasks::TaskRows;
 use super::{PostgresStore, rows};
 use crate::Error;
@@ -225,6 +225,45 @@ impl PostgresStore {
             )
             .await?;
         Ok(requeued.flatten().flatten())
+    }
+
+    /// Finished plans whose tasks are all finished, oldest first, deleted with their tasks
+    /// in one statement (runs and dependency rows go with the tasks; subtask definitions
+    /// and tallies with the plan). A plan another transaction holds is skipped.
+    pub(super) async fn prune_plans_once(
+        &self,
+        p: &crate::PlanPruneParams,
+        statuses: &[&str],
+    ) -> R<crate::PlansPruned> {
+        let row = sqlx::query(concat!(
+            "WITH old AS ( \
+                 SELECT p.id FROM plans p \
+                 WHERE p.status = ANY($1::text[]) \
+                   AND p.updated_at < now() - $2::bigint * interval '1 microsecond' \
+                   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.plan_id = p.id \
+                                   AND t.status NOT IN ",
+            terminal_statuses!(),
+            ") \
+                 ORDER BY p.updated_at, p.id LIMIT $3::bigint \
+                 FOR UPDATE SKIP LOCKED \
+             ), gone_tasks AS ( \
+                 DELETE FROM tasks WHERE plan_id = ANY(ARRAY(SELECT id FROM old)) RETURNING 1 \
+             ), gone AS ( \
+                 DELETE FROM plans WHERE id = ANY(ARRAY(SELECT id FROM old)) RETURNING 1 \
+             ) \
+             SELECT (SELECT count(*) FROM gone) AS plans, \
+                    (SELECT count(*) FROM gone_tasks) AS tasks"
+        ))
+        .bind(statuses)
+        .bind(micros(p.older_than))
+        .bind(i64::from(p.limit))
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |name| rows::get::<i64>(&row, name, "plans").map(i64::unsigned_abs);
+        Ok(crate::PlansPruned {
+            plans: count("plans")?,
+            tasks: count("tasks")?,
+        })
     }
 
     /// Replays `rule` over a plan and those of its tasks `lock_tasks` selects and locks,

@@ -332,6 +332,42 @@ async fn replay_over_tasks<T>(
     Ok(Some(Some(out)))
 }
 
+/// Finished plans whose tasks are all finished, oldest first, deleted with their tasks
+/// (runs and dependency rows go with those, subtask definitions with the plan).
+pub(super) async fn prune(c: &mut Conn, p: &crate::PlanPruneParams) -> R<crate::PlansPruned> {
+    let at = db::db_now(c).await?;
+    let cutoff = db::sub_us(at, p.older_than);
+    let statuses = json_list(p.statuses.iter().map(|s| s.as_str()));
+    let ids: Vec<String> = sqlx::query_scalar(concat!(
+        "SELECT p.id FROM plans p \
+         WHERE p.status IN (SELECT value FROM json_each(?1)) AND p.updated_at < ?2 \
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.plan_id = p.id \
+                           AND t.status NOT IN ('completed', 'failed', 'cancelled')) \
+         ORDER BY p.updated_at, p.id",
+        limit!("?3")
+    ))
+    .bind(statuses)
+    .bind(cutoff)
+    .bind(i64::from(p.limit))
+    .fetch_all(&mut *c)
+    .await?;
+    if ids.is_empty() {
+        return Ok(crate::PlansPruned::default());
+    }
+    let ids = json_list(&ids);
+    let tasks = sqlx::query("DELETE FROM tasks WHERE plan_id IN (SELECT value FROM json_each(?1))")
+        .bind(&ids)
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+    let plans = sqlx::query("DELETE FROM plans WHERE id IN (SELECT value FROM json_each(?1))")
+        .bind(&ids)
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+    Ok(crate::PlansPruned { plans, tasks })
+}
+
 /// Adds what the running task `spawner` spawned to its plan (see
 /// [`crate::rules::growth`]), in the transaction that then finishes it; returns how many
 /// tasks it created. `Ok(Err(_))`: the plan cannot take the spawn, and nothing was written.

@@ -183,6 +183,9 @@ pub enum Op {
     CancelPlan(Pick),
     /// Retries a failed or cancelled plan (`Store::retry_plan`).
     RetryPlan(Pick),
+    /// Deletes every finished plan whose tasks are all finished (the order among them,
+    /// by when each was last updated, is not compared: it is all of them).
+    PrunePlans,
     /// Requeues every task of a plan, so its failures can cascade again.
     RequeuePlan(Pick),
     TransitionPlan {
@@ -309,6 +312,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => pick().prop_map(Op::Materialize),
         1 => pick().prop_map(Op::CancelPlan),
         1 => pick().prop_map(Op::RetryPlan),
+        1 => Just(Op::PrunePlans),
         1 => pick().prop_map(Op::RequeuePlan),
         // Out of a status a plan can still leave: moving a finished plan back (which no
         // operation does) leaves its status disagreeing with its counters, and Postgres's
@@ -935,6 +939,21 @@ impl Side {
                 };
                 match s.retry_plan(id).await {
                     Ok(r) => format!("retried {:?}", r.map(|tasks| self.sorted_names(&tasks))),
+                    Err(e) => self.error(&e),
+                }
+            }
+            Op::PrunePlans => {
+                let params = crate::PlanPruneParams {
+                    older_than: Duration::ZERO,
+                    statuses: vec![
+                        PlanStatus::Completed,
+                        PlanStatus::Failed,
+                        PlanStatus::Cancelled,
+                    ],
+                    limit: 1000,
+                };
+                match s.prune_plans(&params).await {
+                    Ok(n) => format!("pruned {n:?}"),
                     Err(e) => self.error(&e),
                 }
             }

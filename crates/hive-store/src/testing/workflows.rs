@@ -538,3 +538,99 @@ pub async fn a_failure_racing_a_retry_still_fails_the_plan(s: S) {
         );
     }
 }
+
+fn prune_params(older_than: std::time::Duration, limit: u32) -> crate::PlanPruneParams {
+    crate::PlanPruneParams {
+        older_than,
+        statuses: vec![
+            PlanStatus::Completed,
+            PlanStatus::Failed,
+            PlanStatus::Cancelled,
+        ],
+        limit,
+    }
+}
+
+async fn finish_all(s: &S, claims: &[Claim]) {
+    let outs: Vec<RunOutcome> = claims
+        .iter()
+        .map(|c| done(c.run.id, None, vec![]))
+        .collect();
+    s.finish_runs(&outs).await.unwrap();
+}
+
+pub async fn finished_plans_are_pruned_with_their_tasks(s: S) {
+    use std::time::Duration;
+    let (first, first_ids) = materialized(&s, vec![node("a", &[]), node("b", &["a"])]).await;
+    finish_all(&s, &claim_all(&s).await).await;
+    finish_all(&s, &claim_all(&s).await).await;
+    let (second, _) = materialized(&s, vec![node("c", &[])]).await;
+    finish_all(&s, &claim_all(&s).await).await;
+    // A failed plan whose other branch still runs.
+    let (busy, busy_ids) =
+        materialized(&s, failing_for_good(vec![node("x", &[]), node("y", &[])])).await;
+    let claims = claim_all(&s).await;
+    let x = claims.iter().find(|c| c.task.id == busy_ids["x"]).unwrap();
+    let y = claims.iter().find(|c| c.task.id == busy_ids["y"]).unwrap();
+    s.finish_runs(&[super::fixtures::failure(x.run.id, None)])
+        .await
+        .unwrap();
+    let loose = s
+        .insert_tasks(vec![hive_models::NewTask::new("loose", "test")])
+        .await
+        .unwrap()[0];
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let running = crate::PlanPruneParams {
+        statuses: vec![PlanStatus::InProgress],
+        ..prune_params(Duration::ZERO, 10)
+    };
+    assert!(
+        s.prune_plans(&running).await.is_err(),
+        "unfinished plans are refused"
+    );
+    let young = s
+        .prune_plans(&prune_params(Duration::from_secs(3600), 10))
+        .await;
+    assert_eq!(young.unwrap(), crate::PlansPruned::default());
+
+    let oldest = s
+        .prune_plans(&prune_params(Duration::ZERO, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        oldest,
+        crate::PlansPruned { plans: 1, tasks: 2 },
+        "the oldest first"
+    );
+    assert!(s.get_plan(first).await.unwrap().is_none());
+    for k in ["a", "b"] {
+        assert!(s.get_task(first_ids[k]).await.unwrap().is_none(), "{k}");
+        assert!(s.list_runs(first_ids[k]).await.unwrap().is_empty(), "{k}");
+    }
+    let next = s
+        .prune_plans(&prune_params(Duration::ZERO, 10))
+        .await
+        .unwrap();
+    assert_eq!(next, crate::PlansPruned { plans: 1, tasks: 1 });
+    assert!(s.get_plan(second).await.unwrap().is_none());
+    assert!(
+        s.get_plan(busy).await.unwrap().is_some(),
+        "a failed plan with a subtask still running stays"
+    );
+    assert!(
+        s.get_task(loose).await.unwrap().is_some(),
+        "tasks of no plan stay"
+    );
+
+    finish_all(&s, std::slice::from_ref(y)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let last = s
+        .prune_plans(&prune_params(Duration::ZERO, 10))
+        .await
+        .unwrap();
+    assert_eq!(last, crate::PlansPruned { plans: 1, tasks: 2 });
+    assert!(s.get_plan(busy).await.unwrap().is_none());
+    assert!(s.list_plan_headers(None, None).await.unwrap().is_empty());
+    assert!(s.get_task(loose).await.unwrap().is_some());
+}
