@@ -361,13 +361,22 @@ pub struct PruneParams {
 impl PruneParams {
     /// Refuses statuses a prune may not delete: only finished tasks go.
     pub fn check(&self) -> Result<(), hive_models::Error> {
-        match self.statuses.iter().find(|s| !s.is_terminal()) {
-            Some(bad) => Err(hive_models::Error::InvalidField {
-                field: "statuses".into(),
-                reason: format!("only terminal tasks can be pruned, not `{bad}`"),
-            }),
-            None => Ok(()),
-        }
+        only_finished(&self.statuses, |s| s.is_terminal(), "terminal tasks")
+    }
+}
+
+/// Refuses the first of `statuses` that is not `finished`: only finished `what` are pruned.
+fn only_finished<S: std::fmt::Display>(
+    statuses: &[S],
+    finished: impl Fn(&S) -> bool,
+    what: &str,
+) -> Result<(), hive_models::Error> {
+    match statuses.iter().find(|s| !finished(s)) {
+        Some(bad) => Err(hive_models::Error::InvalidField {
+            field: "statuses".into(),
+            reason: format!("only {what} can be pruned, not `{bad}`"),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -385,13 +394,7 @@ pub struct PlanPruneParams {
 impl PlanPruneParams {
     /// Refuses statuses a prune may not delete: only finished plans go.
     pub fn check(&self) -> Result<(), hive_models::Error> {
-        match self.statuses.iter().find(|s| !s.is_terminal()) {
-            Some(bad) => Err(hive_models::Error::InvalidField {
-                field: "statuses".into(),
-                reason: format!("only finished plans can be pruned, not `{bad}`"),
-            }),
-            None => Ok(()),
-        }
+        only_finished(&self.statuses, |s| s.is_terminal(), "finished plans")
     }
 }
 
