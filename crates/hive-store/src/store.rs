@@ -293,7 +293,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>>;
 
     /// Gives a failed or cancelled plan another go, in one transaction, by the rules
-    /// ([`crate::rules::Changes::retry_plan`]): its failed and cancelled tasks are queued
+    /// (`rules::Changes::retry_plan`): its failed and cancelled tasks are queued
     /// again (each waiting for its dependencies not completed) and the plan is in progress.
     /// Returns the requeued task ids in insertion order; `None` for an unknown plan or one
     /// neither failed nor cancelled (nothing changes).
