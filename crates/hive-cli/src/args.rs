@@ -92,6 +92,15 @@ pub fn with_statuses(help: &str) -> String {
     format!("{help} (one of: {})", status_names())
 }
 
+/// A help text followed by every plan status name, for arguments that take one.
+pub fn with_plan_statuses(help: &str) -> String {
+    let names: Vec<&str> = hive_client::PlanStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    format!("{help} (one of: {})", names.join(", "))
+}
+
 /// A `--limit`: at least 1.
 pub fn check_limit(limit: u32) -> anyhow::Result<()> {
     if limit == 0 {

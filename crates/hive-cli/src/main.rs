@@ -270,8 +270,20 @@ mod tests {
         assert!(statuses.len() >= 4, "{} status arguments", statuses.len());
         for (path, a) in statuses {
             let help = a.get_help().map(ToString::to_string).unwrap_or_default();
-            for s in hive_client::TaskStatus::ALL {
-                assert!(help.contains(s.as_str()), "{path} {}: {help}", a.get_id());
+            // `hive plan …` takes a plan's statuses, every other command a task's.
+            let names: Vec<&str> = if path.starts_with("hive plan") {
+                hive_client::PlanStatus::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect()
+            } else {
+                hive_client::TaskStatus::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect()
+            };
+            for s in names {
+                assert!(help.contains(s), "{path} {}: {help}", a.get_id());
             }
         }
     }

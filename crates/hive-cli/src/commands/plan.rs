@@ -56,9 +56,10 @@ pub enum PlanCommand {
         /// added up (1d12h).
         #[arg(long, value_name = "AGE", value_parser = args::parse_age)]
         older_than: std::time::Duration,
-        /// Only plans in this status (repeatable; default: completed, failed and cancelled,
-        /// the only statuses a plan can be pruned in).
-        #[arg(long = "status")]
+        #[arg(long = "status", help = args::with_plan_statuses(
+            "Only plans in this status (repeatable; default: completed, failed and cancelled, \
+             the only statuses a plan can be pruned in)"
+        ))]
         statuses: Vec<String>,
     },
 }
