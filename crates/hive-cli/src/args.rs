@@ -92,6 +92,11 @@ pub fn with_statuses(help: &str) -> String {
     format!("{help} (one of: {})", status_names())
 }
 
+pub fn plan_status(s: &str) -> anyhow::Result<hive_client::PlanStatus> {
+    s.parse()
+        .map_err(|e: hive_client::models::Error| anyhow!(e))
+}
+
 /// A help text followed by every plan status name, for arguments that take one.
 pub fn with_plan_statuses(help: &str) -> String {
     let names: Vec<&str> = hive_client::PlanStatus::ALL

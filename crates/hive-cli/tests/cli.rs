@@ -625,6 +625,15 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
         status["task_counts"]["cancelled"], 1,
         "report was cancelled"
     );
+    let failed = db.json(&["plan", "list", "--status", "failed"]);
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed[0]["id"], plan_id.as_str());
+    assert_eq!(
+        db.json(&["plan", "list", "--status", "completed"]),
+        serde_json::json!([])
+    );
+    let (ok, _, err) = db.run(&["plan", "list", "--status", "broken"]);
+    assert!(!ok && err.contains("unknown plan status `broken`"), "{err}");
 
     std::fs::write(db.dir.path().join("fixed"), "").unwrap();
     let retried = db.json(&["plan", "retry", &plan_id]);

@@ -35,6 +35,8 @@ pub enum PlanCommand {
         /// Show at most this many (stderr says when more match).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        #[arg(long, help = args::with_plan_statuses("Only plans in this status"))]
+        status: Option<String>,
     },
     /// Cancel a plan and its open subtasks.
     Cancel {
@@ -133,12 +135,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        PlanCommand::List { limit } => {
+        PlanCommand::List { limit, status } => {
             args::check_limit(limit)?;
+            let status = status.as_deref().map(args::plan_status).transpose()?;
             let plans = ctx
                 .client()
                 .await?
-                .list_plan_headers(None, Some(limit.saturating_add(1)))
+                .list_plan_headers(status, Some(limit.saturating_add(1)))
                 .await?;
             let plans = output::cut(plans, limit, "plans");
             if ctx.json {
@@ -178,7 +181,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         } => {
             let statuses = statuses
                 .iter()
-                .map(|s| s.parse::<hive_client::PlanStatus>().map_err(|e| anyhow!(e)))
+                .map(|s| args::plan_status(s))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             // The store's own rule, checked before connecting.
             hive_client::store::PlanPruneParams {
