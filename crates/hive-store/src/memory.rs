@@ -4,6 +4,7 @@
 
 mod dashboard;
 mod flow;
+mod plans;
 mod schedules;
 mod state;
 mod subtasks;
@@ -618,25 +619,10 @@ impl Store for MemoryStore {
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
         let at = now();
-        let created = {
-            let mut s = self.lock();
-            let Some(plan) = s.plans.get_mut(&id) else {
-                return Ok(None);
-            };
-            if plan.materialized {
-                return Ok(Some(0));
-            }
-            plan.materialized = true;
-            plan.updated_at = at;
-            let subtasks = plan.subtasks.clone();
-            let parent = plan.parent_task_id;
-            let (in_order, ids) = hive_models::tasks_in_layers(&subtasks);
-            let in_order: Vec<hive_models::SubTask> = in_order.into_iter().cloned().collect();
-            let ids: HashMap<String, TaskId> =
-                ids.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            s.add_subtasks(id, parent, &in_order, &ids, at);
-            let order = s.plan_tasks.get(&id).map_or(0, Vec::len);
-            order as u64
+        let created = match self.lock().materialize(id, at) {
+            Some(0) => return Ok(Some(0)),
+            Some(n) => n,
+            None => return Ok(None),
         };
         self.send(vec![self.notifier.task_created(None, created)]);
         Ok(Some(created))
@@ -688,36 +674,7 @@ impl Store for MemoryStore {
 
     async fn prune_plans(&self, p: &PlanPruneParams) -> Result<PlansPruned> {
         p.check()?;
-        let at = now();
-        let cutoff = sub(at, p.older_than);
-        let mut s = self.lock();
-        let all_finished = |s: &State, id: &PlanId| {
-            s.plan_tasks.get(id).is_none_or(|tasks| {
-                tasks
-                    .iter()
-                    .all(|t| s.task(*t).is_none_or(|t| t.status.is_terminal()))
-            })
-        };
-        let mut old: Vec<(Timestamp, PlanId)> = s
-            .plans
-            .values()
-            .filter(|plan| p.statuses.contains(&plan.status) && plan.updated_at < cutoff)
-            .filter(|plan| all_finished(&s, &plan.id))
-            .map(|plan| (plan.updated_at, plan.id))
-            .collect();
-        old.sort();
-        old.truncate(p.limit as usize);
-        let mut pruned = PlansPruned::default();
-        for (_, id) in old {
-            for task in s.plan_tasks.remove(&id).unwrap_or_default() {
-                if s.remove_task(task, at) {
-                    pruned.tasks += 1;
-                }
-            }
-            s.plans.remove(&id);
-            pruned.plans += 1;
-        }
-        Ok(pruned)
+        Ok(self.lock().prune_plans(p, now()))
     }
 
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {

@@ -1,0 +1,63 @@
+//! Plans in memory: turning a plan's subtasks into tasks, and deleting finished plans with
+//! their tasks.
+
+use std::collections::HashMap;
+
+use hive_models::{PlanId, TaskId, Timestamp};
+
+use super::state::{State, sub};
+use crate::{PlanPruneParams, PlansPruned};
+
+impl State {
+    /// Creates the plan's tasks once; the number created (0 when it was materialized
+    /// already), `None` for an unknown plan.
+    pub(crate) fn materialize(&mut self, id: PlanId, at: Timestamp) -> Option<u64> {
+        let plan = self.plans.get_mut(&id)?;
+        if plan.materialized {
+            return Some(0);
+        }
+        plan.materialized = true;
+        plan.updated_at = at;
+        let subtasks = plan.subtasks.clone();
+        let parent = plan.parent_task_id;
+        let (in_order, ids) = hive_models::tasks_in_layers(&subtasks);
+        let in_order: Vec<hive_models::SubTask> = in_order.into_iter().cloned().collect();
+        let ids: HashMap<String, TaskId> =
+            ids.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        self.add_subtasks(id, parent, &in_order, &ids, at);
+        Some(self.plan_tasks.get(&id).map_or(0, Vec::len) as u64)
+    }
+
+    /// See [`crate::Store::prune_plans`]; `p` is checked.
+    pub(crate) fn prune_plans(&mut self, p: &PlanPruneParams, at: Timestamp) -> PlansPruned {
+        let cutoff = sub(at, p.older_than);
+        let all_finished = |s: &State, id: &PlanId| {
+            s.plan_tasks.get(id).is_none_or(|tasks| {
+                tasks
+                    .iter()
+                    .all(|t| s.task(*t).is_none_or(|t| t.status.is_terminal()))
+            })
+        };
+        let mut old: Vec<(Timestamp, PlanId)> = self
+            .plans
+            .values()
+            .filter(|plan| p.statuses.contains(&plan.status) && plan.updated_at < cutoff)
+            .filter(|plan| all_finished(self, &plan.id))
+            .map(|plan| (plan.updated_at, plan.id))
+            .collect();
+        old.sort();
+        old.truncate(p.limit as usize);
+        let mut pruned = PlansPruned::default();
+        for (_, id) in old {
+            // The plan's list goes first: removing each task from it would cost a scan.
+            for task in self.plan_tasks.remove(&id).unwrap_or_default() {
+                if self.remove_task(task, at) {
+                    pruned.tasks += 1;
+                }
+            }
+            self.plans.remove(&id);
+            pruned.plans += 1;
+        }
+        pruned
+    }
+}
