@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use hive_models::{ExecutionPlan, NewPlan, PlanHeader, PlanId, PlanStatus, Task, TaskId};
 use hive_store::{PlanPruneParams, PlansPruned, StatusCounts, Store, TaskFilter};
+use serde::Serialize;
+
+use crate::{Error, Ops, Result};
 
 /// Plans deleted per transaction by [`Ops::prune_plans`]: few, as each takes all its tasks
 /// along (a plan may hold 100,000).
 pub const PLAN_PRUNE_BATCH: u32 = 20;
-use serde::Serialize;
-
-use crate::{Error, Ops, Result};
 
 /// A TTL cache of plan statuses. Every event about a plan invalidates its entry, so this
 /// process never reads its own stale status.

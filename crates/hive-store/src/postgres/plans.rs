@@ -1,5 +1,6 @@
 //! Plans on Postgres: storing, reading, materializing into tasks (one insert of the tasks,
-//! one of their dependency rows), compare-and-set of the status, cancelling and retrying by the rules.
+//! one of their dependency rows), compare-and-set of the status, cancelling and retrying by
+//! the rules, and pruning.
 
 use std::collections::HashMap;
 

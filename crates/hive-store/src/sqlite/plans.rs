@@ -1,4 +1,5 @@
-//! Plans: storing, listing, materializing into tasks, compare-and-set, cancelling and retrying.
+//! Plans: storing, listing, materializing into tasks, compare-and-set, cancelling and
+//! retrying, and pruning.
 
 use std::collections::HashMap;
 
