@@ -594,7 +594,7 @@ id = "flaky"
 title = "Flaky"
 task_type = "shell"
 max_retries = 0
-payload = { command = "test -f fixed || { echo 'upstream down' >&2; exit 1; }" }
+payload = { command = "echo $HIVE_ATTEMPT-$HIVE_RUN_NUMBER >> flaky.runs; test -f fixed || { echo 'upstream down' >&2; exit 1; }" }
 [[subtasks]]
 id = "report"
 title = "Report"
@@ -650,6 +650,11 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
     assert_eq!(
         runs, "run\n",
         "fetch completed before the retry and ran once"
+    );
+    let flaky = std::fs::read_to_string(db.dir.path().join("flaky.runs")).unwrap();
+    assert_eq!(
+        flaky, "1-1\n1-2\n",
+        "a fresh retry budget; run numbers go on"
     );
     let inputs: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(db.dir.path().join("report.inputs")).unwrap(),

@@ -204,8 +204,9 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Gives a failed or cancelled plan another go, in one transaction: its failed and
     /// cancelled subtasks are queued again, each waiting for its dependencies that are not
     /// completed, and the plan is `in_progress` again. Completed subtasks are not run again:
-    /// their outputs stay and reach the requeued dependents as inputs. Attempts are counted
-    /// on as `retry_task` counts them. Returns the requeued task ids (insertion order).
+    /// their outputs stay and reach the requeued dependents as inputs. Each requeued subtask
+    /// has its attempts back at 0 (its whole retry budget; run numbers keep counting).
+    /// Returns the requeued task ids (insertion order).
     ///
     /// Errors: `NotFound` for an unknown plan; `Invalid` for a plan that is not failed or
     /// cancelled (still running, or completed), and nothing changes.

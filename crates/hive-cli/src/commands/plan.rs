@@ -44,8 +44,9 @@ pub enum PlanCommand {
         id: String,
     },
     /// Give a failed or cancelled plan another go: its failed and cancelled subtasks are
-    /// queued again (each waits for its dependencies), completed ones keep their outputs and
-    /// are not run again, and the plan is in progress again.
+    /// queued again with their whole retry budget (each waits for its dependencies),
+    /// completed ones keep their outputs and are not run again, and the plan is in progress
+    /// again.
     Retry {
         /// The plan's id.
         id: String,

@@ -471,9 +471,9 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
 
     /// Gives a failed or cancelled plan another go: its failed and cancelled tasks (among
     /// `tasks`, in insertion order) go back to the queue, each waiting again for its
-    /// dependencies not completed, and the plan is in progress again — or, with nothing to
-    /// requeue, takes the status its counts call for. Completed tasks keep their outputs
-    /// and are not run again. Returns the tasks requeued; `None` when the plan is unknown or
+    /// dependencies not completed, with its attempts back at 0, and the plan is in progress
+    /// again — or, with nothing to requeue, takes the status its counts call for. Completed
+    /// tasks keep their outputs and are not run again. Returns the tasks requeued; `None` when the plan is unknown or
     /// neither failed nor cancelled.
     pub fn retry_plan(&mut self, plan: PlanId, tasks: &[TaskId]) -> Option<Vec<TaskId>> {
         let mut counters = self.plan_counters(plan)?;
@@ -487,7 +487,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 continue;
             }
             self.requeue(id, None);
-            self.patch(id).recount_pending = true;
+            let patch = self.patch(id);
+            patch.recount_pending = true;
+            // A fresh retry budget: the cause was fixed, so one more blip must not fail the
+            // subtask for good at once. (Run numbers keep counting.)
+            patch.attempts_delta = -i32::try_from(t.attempts).unwrap_or(i32::MAX);
             counters.unstep(t.status);
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: Some(plan),

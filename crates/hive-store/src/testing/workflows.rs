@@ -403,6 +403,8 @@ pub async fn a_retried_plan_runs_its_failed_and_cancelled_subtasks_again(s: S) {
     let c = s.get_task(ids["c"]).await.unwrap().unwrap();
     assert_eq!(c.status, TaskStatus::Queued);
     assert_eq!(c.pending_dependencies, 1, "c waits for b again");
+    let b_task = s.get_task(ids["b"]).await.unwrap().unwrap();
+    assert_eq!(b_task.attempts, 0, "a fresh retry budget");
     assert_eq!(
         s.retry_plan(pid).await.unwrap(),
         None,
@@ -414,6 +416,7 @@ pub async fn a_retried_plan_runs_its_failed_and_cancelled_subtasks_again(s: S) {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].task.id, ids["b"]);
     assert_eq!(again[0].inputs["a"], json!({"from": "a"}));
+    assert_eq!((again[0].task.attempts, again[0].run.run_number), (1, 2));
     s.finish_runs(&[done(again[0].run.id, Some(json!("b")), vec![])])
         .await
         .unwrap();
