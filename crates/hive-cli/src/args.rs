@@ -92,6 +92,7 @@ pub fn with_statuses(help: &str) -> String {
     format!("{help} (one of: {})", status_names())
 }
 
+/// A plan status by name; an unknown one is refused naming it.
 pub fn plan_status(s: &str) -> anyhow::Result<hive_client::PlanStatus> {
     s.parse()
         .map_err(|e: hive_client::models::Error| anyhow!(e))

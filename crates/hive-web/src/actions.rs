@@ -1,7 +1,7 @@
 //! What an operator changes: requeue a task, requeue every failed task matching a filter
-//! (bounded), cancel a task, cancel a plan, retry a failed or cancelled plan, pause or resume a task type's queue. Each is one
-//! function; the `/api/` route answers with JSON and the `/actions/` route (a page's form)
-//! redirects back.
+//! (bounded), cancel a task, cancel a plan, retry a failed or cancelled plan, pause or
+//! resume a task type's queue. Each is one function; the `/api/` route answers with JSON
+//! and the `/actions/` route (a page's form) redirects back.
 
 use axum::Form;
 use axum::Json;
