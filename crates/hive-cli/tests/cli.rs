@@ -713,6 +713,11 @@ fn finished_plans_are_pruned_with_their_subtasks() {
     let young = db.json(&["plan", "prune", "--older-than", "1h"]);
     assert_eq!(young, serde_json::json!({"plans": 0, "tasks": 0}));
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        db.json(&["task", "prune", "--older-than", "1s"])["pruned"],
+        0,
+        "a plan's subtasks go with their plan, not with the tasks"
+    );
     let text = db.ok(&["plan", "prune", "--older-than", "1s"]);
     assert_eq!(text.trim(), "2 plan(s) pruned, with 4 task(s)");
     assert_eq!(db.json(&["plan", "list"]), serde_json::json!([]));

@@ -273,8 +273,9 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(self.store.delete_task(id).await?)
     }
 
-    /// Deletes finished tasks older than `older_than` in the given terminal statuses, in
-    /// bounded batches so no statement holds locks for long. Returns how many were deleted.
+    /// Deletes finished tasks outside plans older than `older_than` in the given terminal
+    /// statuses, in bounded batches so no statement holds locks for long. Returns how many
+    /// were deleted. Plan subtasks go with their plan ([`Ops::prune_plans`]).
     pub async fn prune_tasks(&self, older_than: Duration, statuses: &[TaskStatus]) -> Result<u64> {
         let params = PruneParams {
             older_than,

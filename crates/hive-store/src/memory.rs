@@ -249,7 +249,9 @@ impl Store for MemoryStore {
         let mut old: Vec<(Timestamp, TaskId)> = s
             .tasks
             .values()
-            .filter(|(t, _)| p.statuses.contains(&t.status) && t.updated_at < cutoff)
+            .filter(|(t, _)| {
+                t.plan_id.is_none() && p.statuses.contains(&t.status) && t.updated_at < cutoff
+            })
             .map(|(t, _)| (t.updated_at, t.id))
             .collect();
         old.sort();

@@ -124,8 +124,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// for it stop waiting. Returns false for an unknown task.
     async fn delete_task(&self, id: TaskId) -> Result<bool>;
 
-    /// Deletes up to `limit` terminal tasks (and their runs) older than `older_than`, oldest
-    /// first, and returns how many. Non-terminal statuses are refused with `Invalid`.
+    /// Deletes up to `limit` terminal tasks outside plans (and their runs) older than
+    /// `older_than`, oldest first, and returns how many. Non-terminal statuses are refused
+    /// with `Invalid`. A plan's subtasks are left alone, whatever their age: they hold what
+    /// its dependents read and a retry builds on, and go with their plan
+    /// ([`Store::prune_plans`]).
     async fn prune_tasks(&self, params: &PruneParams) -> Result<u64>;
 
     // ---- running tasks ----

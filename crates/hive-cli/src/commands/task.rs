@@ -54,7 +54,8 @@ pub enum TaskCommand {
     /// Put a task back in the queue for one more run: one task by id, or every task in a
     /// status (`--status failed`, optionally of one type or plan), read in pages.
     Retry(retry::RetryArgs),
-    /// Delete finished tasks (and their runs) last changed longer ago than an age.
+    /// Delete finished tasks outside plans (and their runs) last changed longer ago than an
+    /// age; a plan's subtasks go with their plan (`hive plan prune`).
     Prune(retry::PruneArgs),
 }
 

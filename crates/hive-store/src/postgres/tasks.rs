@@ -387,24 +387,16 @@ impl PostgresStore {
     }
 
     pub(super) async fn prune_once(&self, p: &PruneParams, statuses: &[&str]) -> R<u64> {
+        // No dependency rule to apply: only plan subtasks have dependents, and they are
+        // pruned with their plan.
         let n: i64 = sqlx::query_scalar(concat!(
             "WITH old AS ( \
-                 SELECT id, status FROM tasks \
-                 WHERE status = ANY($1::text[]) AND status IN ",
+                 SELECT id FROM tasks \
+                 WHERE status = ANY($1::text[]) AND plan_id IS NULL AND status IN ",
             terminal_statuses!(),
             "      AND updated_at < now() - $2::bigint * interval '1 microsecond' \
                  ORDER BY updated_at, id LIMIT $3::bigint \
                  FOR UPDATE SKIP LOCKED \
-             ), waiting AS ( \
-                 SELECT d.task_id, count(*)::int AS n FROM task_dependencies d \
-                 JOIN old o ON o.id = d.depends_on WHERE o.status <> 'completed' \
-                 GROUP BY d.task_id \
-             ), unblocked AS ( \
-                 UPDATE tasks t SET ",
-            count_down!("w.n"),
-            " FROM waiting w \
-                 WHERE t.id = w.task_id AND t.id NOT IN (SELECT id FROM old) \
-                   AND t.pending_deps > 0 \
              ), gone AS ( \
                  DELETE FROM tasks WHERE id IN (SELECT id FROM old) RETURNING 1 \
              ) \

@@ -335,42 +335,25 @@ pub(super) async fn delete(c: &mut Conn, id: TaskId) -> R<bool> {
     Ok(true)
 }
 
+/// Deletes finished tasks outside plans (see [`crate::Store::prune_tasks`]). No dependency
+/// rule to apply: only plan subtasks have dependents, and they are pruned with their plan.
 pub(super) async fn prune(c: &mut Conn, p: &PruneParams) -> R<u64> {
     let at = db::db_now(c).await?;
     let cutoff = db::sub_us(at, p.older_than);
     let statuses = json_list(p.statuses.iter().map(|s| s.as_str()));
-    let rows = sqlx::query(concat!(
-        "SELECT id, status FROM tasks \
+    let deleted = sqlx::query(concat!(
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
          WHERE status IN (SELECT value FROM json_each(?1)) AND updated_at < ?2 \
+           AND plan_id IS NULL \
          ORDER BY updated_at, id",
-        limit!("?3")
+        limit!("?3"),
+        ")"
     ))
     .bind(statuses)
     .bind(cutoff)
     .bind(i64::from(p.limit))
-    .fetch_all(&mut *c)
+    .execute(&mut *c)
     .await?;
-    let mut victims = Vec::with_capacity(rows.len());
-    let mut unfinished = Vec::new();
-    for row in &rows {
-        let cols = Cols::new(row, "tasks");
-        let id: TaskId = cols.parse("id")?;
-        let status: TaskStatus = cols.parse("status")?;
-        if status != TaskStatus::Completed {
-            unfinished.push(id);
-        }
-        victims.push(id);
-    }
-    if victims.is_empty() {
-        return Ok(0);
-    }
-    if !unfinished.is_empty() {
-        decrement_dependents(c, &unfinished).await?;
-    }
-    let deleted = sqlx::query("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))")
-        .bind(json_list(&victims))
-        .execute(&mut *c)
-        .await?;
     Ok(deleted.rows_affected())
 }
 

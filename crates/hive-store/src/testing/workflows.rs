@@ -637,3 +637,64 @@ pub async fn finished_plans_are_pruned_with_their_tasks(s: S) {
     assert!(s.list_plan_headers(None, None).await.unwrap().is_empty());
     assert!(s.get_task(loose).await.unwrap().is_some());
 }
+
+/// Pruning old tasks never reaches into a plan, finished or not: a completed subtask's
+/// output is what its dependents still read, a failed one is what a retry runs again.
+pub async fn task_prune_leaves_plan_subtasks_to_their_plan(s: S) {
+    use std::time::Duration;
+    let (failed, failed_ids) = materialized(&s, failing_for_good(vec![node("x", &[])])).await;
+    let x = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[super::fixtures::failure(x.run.id, None)])
+        .await
+        .unwrap();
+    let (_, ids) = materialized(&s, vec![node("a", &[]), node("b", &["a"])]).await;
+    let a = claim_all(&s).await.pop().unwrap();
+    s.finish_runs(&[done(a.run.id, Some(json!({"rows": 3})), vec![])])
+        .await
+        .unwrap();
+    let loose = s
+        .insert_tasks(vec![hive_models::NewTask::new("loose", "loose")])
+        .await
+        .unwrap()[0];
+    let only_loose = crate::ClaimParams {
+        task_types: vec!["loose".into()],
+        ..claim_params("w", 1)
+    };
+    let run = s
+        .claim_tasks(&only_loose)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .run
+        .id;
+    s.finish_runs(&[success(run)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let every_finished = crate::PruneParams {
+        older_than: Duration::from_millis(1),
+        statuses: vec![
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ],
+        limit: 100,
+    };
+    assert_eq!(
+        s.prune_tasks(&every_finished).await.unwrap(),
+        1,
+        "only the task of no plan"
+    );
+    assert!(s.get_task(loose).await.unwrap().is_none());
+    assert_eq!(status_of(&s, ids["a"]).await, TaskStatus::Completed);
+    assert_eq!(status_of(&s, failed_ids["x"]).await, TaskStatus::Failed);
+    assert_eq!(s.list_runs(ids["a"]).await.unwrap().len(), 1);
+    // What the plans still need is all there: b's input, and x to run again.
+    let b = claim_all(&s).await.pop().unwrap();
+    assert_eq!(b.task.id, ids["b"]);
+    assert_eq!(b.inputs.get("a"), Some(&json!({"rows": 3})));
+    assert_eq!(
+        s.retry_plan(failed).await.unwrap().unwrap(),
+        [failed_ids["x"]]
+    );
+}

@@ -1,5 +1,5 @@
 //! `hive task retry` (one task, or every task in a status, in bounded pages) and `hive task
-//! prune` (finished tasks older than an age).
+//! prune` (finished tasks outside plans older than an age).
 
 use std::time::Duration;
 
