@@ -134,6 +134,12 @@ impl<S: Store + ?Sized> Ops<S> {
         }))
     }
 
+    /// A plan's title, status and counters without its subtasks: one row whatever the
+    /// plan's size (what a page about a large plan starts from). `None` for an unknown plan.
+    pub async fn plan_header(&self, plan_id: PlanId) -> Result<Option<PlanHeader>> {
+        Ok(self.store.get_plan_header(plan_id).await?)
+    }
+
     /// A plan's status and counters without its subtasks: cheap to poll whatever the
     /// plan's size. `None` for an unknown plan.
     pub async fn plan_progress(

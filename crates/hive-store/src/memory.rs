@@ -603,6 +603,10 @@ impl Store for MemoryStore {
         Ok(self.lock().plans.get(&id).map(ExecutionPlan::counters))
     }
 
+    async fn get_plan_header(&self, id: PlanId) -> Result<Option<PlanHeader>> {
+        Ok(self.lock().plans.get(&id).map(ExecutionPlan::header))
+    }
+
     async fn list_plans(
         &self,
         status: Option<PlanStatus>,

@@ -419,6 +419,10 @@ impl Store for PostgresStore {
         self.run(self.read_plan_counters(id)).await
     }
 
+    async fn get_plan_header(&self, id: PlanId) -> Result<Option<PlanHeader>> {
+        self.run(self.read_plan_header(id)).await
+    }
+
     async fn list_plans(
         &self,
         status: Option<PlanStatus>,

@@ -498,6 +498,10 @@ impl Store for SqliteStore {
         read!(self, plans::counters, id)
     }
 
+    async fn get_plan_header(&self, id: PlanId) -> Result<Option<PlanHeader>> {
+        read!(self, plans::header, id)
+    }
+
     async fn list_plans(
         &self,
         status: Option<PlanStatus>,

@@ -267,6 +267,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// displays poll, at a cost that does not grow with the plan.
     async fn get_plan_counters(&self, id: PlanId) -> Result<Option<PlanCounters>>;
 
+    /// One plan as [`Store::list_plan_headers`] lists it (title, status, counters), without
+    /// its subtasks: one row however large the plan.
+    async fn get_plan_header(&self, id: PlanId) -> Result<Option<PlanHeader>>;
+
     /// Plans, newest first, optionally of one status.
     async fn list_plans(
         &self,

@@ -97,6 +97,7 @@ blocking! {
         fn get_plan(plan_id: PlanId) -> Option<ExecutionPlan>;
         fn plan_summary(plan_id: PlanId) -> Option<PlanSummary>;
         fn plan_progress(plan_id: PlanId) -> Option<PlanCounters>;
+        fn plan_header(plan_id: PlanId) -> Option<PlanHeader>;
         fn plan_results(plan_id: PlanId) -> Option<PlanResults>;
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
         fn list_plan_headers(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<PlanHeader>;

@@ -72,11 +72,20 @@ impl PostgresStore {
     }
 
     pub(super) async fn read_plan_counters(&self, id: PlanId) -> R<Option<PlanCounters>> {
+        self.plan_row(id, rows::plan_counters).await
+    }
+
+    pub(super) async fn read_plan_header(&self, id: PlanId) -> R<Option<PlanHeader>> {
+        self.plan_row(id, rows::plan_header).await
+    }
+
+    /// One plan's row with its counters, without its subtasks, decoded.
+    async fn plan_row<T>(&self, id: PlanId, decode: fn(&PgRow) -> R<T>) -> R<Option<T>> {
         let row = sqlx::query("SELECT * FROM plans_counted WHERE id = $1")
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(rows::plan_counters).transpose()
+        row.as_ref().map(decode).transpose()
     }
 
     pub(super) async fn read_plans(

@@ -106,6 +106,11 @@ pub(super) async fn counters(c: &mut Conn, id: PlanId) -> R<Option<PlanCounters>
     .await
 }
 
+pub(super) async fn header(c: &mut Conn, id: PlanId) -> R<Option<PlanHeader>> {
+    let sql = concat!("SELECT ", plan_columns!(), " FROM plans WHERE id = ?1");
+    db::one(c, sql, id, db::plan_header).await
+}
+
 pub(super) async fn list(
     c: &mut Conn,
     status: Option<PlanStatus>,

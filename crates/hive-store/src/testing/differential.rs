@@ -1030,9 +1030,13 @@ impl Side {
             Op::ListPlans { status, limit } => match s.list_plans(*status, *limit).await {
                 Ok(plans) => {
                     let headers = s.list_plan_headers(*status, *limit).await;
-                    let agree = headers.is_ok_and(|h| {
+                    let mut agree = headers.is_ok_and(|h| {
                         h == plans.iter().map(ExecutionPlan::header).collect::<Vec<_>>()
                     });
+                    for p in &plans {
+                        let one = s.get_plan_header(p.id).await;
+                        agree &= one.is_ok_and(|h| h == Some(p.header()));
+                    }
                     let ids = self.texts(plans.iter().map(|p| p.id));
                     format!("plans {ids:?}, headers the same: {agree}")
                 }

@@ -986,7 +986,15 @@ pub async fn plan_materialize_idempotent(s: S) {
             .map(hive_models::ExecutionPlan::header)
             .collect();
         assert_eq!(headers, want, "{status:?} {limit:?}");
+        for p in &plans {
+            let one = s.get_plan_header(p.id).await.unwrap();
+            assert_eq!(one.as_ref(), want.iter().find(|h| h.id == p.id));
+        }
     }
+    assert_eq!(
+        s.get_plan_header(hive_models::PlanId::new()).await.unwrap(),
+        None
+    );
     let header = &s.list_plan_headers(None, Some(10)).await.unwrap()[1];
     assert_eq!((header.id, header.total_subtasks), (pid, 3));
     assert!(header.materialized);

@@ -2,9 +2,10 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use maud::html;
+use maud::{Markup, html};
 
-use hive_client::ops::SubtaskResult;
+use hive_client::models::{PlanHeader, Task};
+use hive_client::store::TaskPageParams;
 use hive_client::{PlanStatus, TaskStatus};
 
 use crate::AppState;
@@ -45,72 +46,60 @@ const DRAWN_AT_MOST: usize = 1_000;
 /// How often the page of a larger plan follows changes.
 const LARGE_REFRESH_MS: u32 = 5_000;
 
-/// The subtasks a plan's table shows: all of them up to [`DRAWN_AT_MOST`]; beyond, that
-/// many, those an operator looks for first (failed, running, waiting, then finished), each
-/// group in plan order.
-fn shown(subtasks: &[SubtaskResult]) -> Vec<&SubtaskResult> {
-    let mut rows: Vec<&SubtaskResult> = subtasks.iter().collect();
-    if rows.len() > DRAWN_AT_MOST {
-        rows.sort_by_key(|s| match s.status {
-            TaskStatus::Failed | TaskStatus::Rejected => 0,
-            TaskStatus::InProgress | TaskStatus::Assigned => 1,
-            s if !s.is_terminal() => 2,
-            _ => 3,
-        });
-        rows.truncate(DRAWN_AT_MOST);
-    }
-    rows
-}
+/// Subtasks the page of a larger plan lists (the tasks page pages through the rest).
+const LARGE_ROWS: u32 = 200;
+
+/// The order an operator looks for a large plan's subtasks in: what went wrong, what runs,
+/// what waits, then what finished.
+const INTEREST: [TaskStatus; 11] = [
+    TaskStatus::Failed,
+    TaskStatus::Rejected,
+    TaskStatus::Escalated,
+    TaskStatus::InProgress,
+    TaskStatus::Assigned,
+    TaskStatus::ReviewPending,
+    TaskStatus::ReworkNeeded,
+    TaskStatus::Approved,
+    TaskStatus::Queued,
+    TaskStatus::Cancelled,
+    TaskStatus::Completed,
+];
 
 pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_plan(&id) {
         Ok(id) => id,
         Err(m) => return crate::view::error_page(axum::http::StatusCode::BAD_REQUEST, &m),
     };
+    // The header first: one row, whatever the plan's size, and it says which page to build.
+    let header = match s.client.plan_header(id).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return not_found("plan"),
+        Err(e) => return op_error(&e),
+    };
+    if header.total_subtasks as usize > DRAWN_AT_MOST {
+        return match large_rows(&s, &header).await {
+            Ok(rows) => large_page(&header, &rows).into_response(),
+            Err(e) => op_error(&e),
+        };
+    }
     let plan = match PlanStatusJson::read(&s.client, id).await {
         Ok(Some(p)) => p,
         Ok(None) => return not_found("plan"),
         Err(e) => return op_error(&e),
     };
-    let p = &plan.plan;
-    let large = plan.subtasks.len() > DRAWN_AT_MOST;
-    let rows = shown(&plan.subtasks);
+    let p = plan.plan.header();
     layout(
         &p.title,
         html! {
-            p { "status " b id="plan-status" { (p.status.as_str()) } " — "
-                (format!("{:.1}", plan.progress_percent)) "% (" (p.completed_subtasks) " of "
-                (p.total_subtasks) " completed, " (p.failed_subtasks) " failed, "
-                (p.cancelled_subtasks) " cancelled)" }
-            @if matches!(p.status, PlanStatus::Failed | PlanStatus::Cancelled) {
-                form class="inline" method="post" action={ "/actions/plans/" (p.id) "/retry" }
-                    data-confirm="Run this plan's failed and cancelled subtasks again?" {
-                    button type="submit" id="retry-plan" { "Retry plan" }
-                }
-            } @else if !p.status.is_terminal() {
-                form class="inline" method="post" action={ "/actions/plans/" (p.id) "/cancel" }
-                    data-confirm="Cancel this plan and its unfinished tasks?" {
-                    button type="submit" id="cancel-plan" { "Cancel plan" }
-                }
-            }
-            @if large {
-                // Reading and drawing it again on every change would keep the database and
-                // the browser busy: such a page follows changes every few seconds instead.
-                p id="plan-too-large" data-refresh-ms=(LARGE_REFRESH_MS) {
-                    "The graph of " (plan.subtasks.len()) " subtasks is not drawn (it is drawn up to "
-                    (DRAWN_AT_MOST) "). The table shows " (rows.len()) " of them, failed and running "
-                    "first; " code { "hive plan status " (p.id) } " lists every one."
-                }
-            } @else {
-                div class="dag-wrap" {
-                    (crate::dag::svg(&plan.subtasks))
-                    div id="node-details" { "Hover over or click a node for its details." }
-                }
+            (heading(&p))
+            div class="dag-wrap" {
+                (crate::dag::svg(&plan.subtasks))
+                div id="node-details" { "Hover over or click a node for its details." }
             }
             h2 { "Subtasks" }
             table {
                 tr { th { "subtask" } th { "status" } th { "depends on" } th { "worker" } th { "error" } }
-                @for st in rows {
+                @for st in &plan.subtasks {
                     tr {
                         td { a href={ "/tasks/" (st.task_id) } { (st.subtask_id) } }
                         td { (crate::view::badge(st.status)) }
@@ -125,51 +114,108 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
     .into_response()
 }
 
+/// The status line and the action a plan's status allows.
+fn heading(p: &PlanHeader) -> Markup {
+    html! {
+        p { "status " b id="plan-status" { (p.status.as_str()) } " — "
+            (format!("{:.1}", p.get_progress_percentage())) "% (" (p.completed_subtasks) " of "
+            (p.total_subtasks) " completed, " (p.failed_subtasks) " failed, "
+            (p.cancelled_subtasks) " cancelled)" }
+        @if matches!(p.status, PlanStatus::Failed | PlanStatus::Cancelled) {
+            form class="inline" method="post" action={ "/actions/plans/" (p.id) "/retry" }
+                data-confirm="Run this plan's failed and cancelled subtasks again?" {
+                button type="submit" id="retry-plan" { "Retry plan" }
+            }
+        } @else if !p.status.is_terminal() {
+            form class="inline" method="post" action={ "/actions/plans/" (p.id) "/cancel" }
+                data-confirm="Cancel this plan and its unfinished tasks?" {
+                button type="submit" id="cancel-plan" { "Cancel plan" }
+            }
+        }
+    }
+}
+
+/// Up to [`LARGE_ROWS`] of a large plan's subtasks in [`INTEREST`] order (newest first
+/// within a status): one bounded read per status, never the whole plan. A finished status
+/// the plan's counters put at zero is not read at all.
+async fn large_rows(s: &AppState, p: &PlanHeader) -> hive_client::ops::Result<Vec<Task>> {
+    let mut rows: Vec<Task> = Vec::new();
+    for status in INTEREST {
+        let left = LARGE_ROWS.saturating_sub(u32::try_from(rows.len()).unwrap_or(u32::MAX));
+        let counted = match status {
+            TaskStatus::Failed => Some(p.failed_subtasks),
+            TaskStatus::Cancelled => Some(p.cancelled_subtasks),
+            TaskStatus::Completed => Some(p.completed_subtasks),
+            _ => None,
+        };
+        if left == 0 || counted == Some(0) {
+            continue;
+        }
+        let params = TaskPageParams {
+            status: Some(status),
+            plan_id: Some(p.id),
+            limit: left,
+            ..TaskPageParams::default()
+        };
+        rows.extend(s.client.page_tasks(&params).await?);
+    }
+    Ok(rows)
+}
+
+/// The page of a plan too large to draw: reading and drawing all of it again on every change
+/// would keep the database and the browser busy, so it shows the subtasks an operator looks
+/// for first, links to the tasks page for all of them, and follows changes every few
+/// seconds.
+fn large_page(p: &PlanHeader, rows: &[Task]) -> Markup {
+    let all = |status: TaskStatus| format!("/tasks?plan={}&status={}", p.id, status.as_str());
+    layout(
+        &p.title,
+        html! {
+            (heading(p))
+            p id="plan-too-large" data-refresh-ms=(LARGE_REFRESH_MS) {
+                "The graph of " (p.total_subtasks) " subtasks is not drawn (it is drawn up to "
+                (DRAWN_AT_MOST) "). The table shows " (rows.len()) " of them, failed and running "
+                "first; " code { "hive plan status " (p.id) } " lists every one."
+            }
+            p id="plan-statuses" {
+                "Every subtask, on the tasks page: "
+                @for (i, status) in INTEREST.iter().enumerate() {
+                    @if i > 0 { " · " }
+                    a href=(all(*status)) { (status.as_str()) }
+                }
+            }
+            h2 { "Subtasks" }
+            table {
+                tr { th { "subtask" } th { "status" } th { "attempts" } th { "waits for" } th { "worker" } th { "error" } }
+                @for t in rows {
+                    tr {
+                        td { a href={ "/tasks/" (t.id) } { (t.plan_subtask_id.as_deref().unwrap_or("")) } }
+                        td { (crate::view::badge(t.status)) }
+                        td { (t.attempts) }
+                        td { @if t.pending_dependencies > 0 {
+                            (t.pending_dependencies) " of " (t.dependencies.len())
+                        } }
+                        td { @if let Some(w) = &t.assigned_worker { (w.0) } }
+                        td class="error" { @if let Some(e) = &t.last_error { (e) } }
+                    }
+                }
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn subtask(i: usize, status: TaskStatus) -> SubtaskResult {
-        SubtaskResult {
-            subtask_id: format!("s{i}"),
-            task_id: hive_client::TaskId::new(),
-            status,
-            dependencies: Vec::new(),
-            attempts: 0,
-            worker: None,
-            started_at: None,
-            duration_secs: None,
-            output: None,
-            error: None,
-            progress: None,
-        }
-    }
-
     #[test]
-    fn a_large_plans_table_shows_failed_then_running_then_waiting_subtasks_first() {
-        let small: Vec<_> = (0..DRAWN_AT_MOST)
-            .map(|i| subtask(i, TaskStatus::Completed))
-            .collect();
-        assert_eq!(
-            shown(&small).len(),
-            DRAWN_AT_MOST,
-            "every subtask, in plan order"
-        );
-
-        let mut large: Vec<_> = (0..DRAWN_AT_MOST + 500)
-            .map(|i| subtask(i, TaskStatus::Completed))
-            .collect();
-        large[1_400].status = TaskStatus::Queued;
-        large[1_300].status = TaskStatus::InProgress;
-        large[1_200].status = TaskStatus::Failed;
-        large[10].status = TaskStatus::Failed;
-        let rows = shown(&large);
-        assert_eq!(rows.len(), DRAWN_AT_MOST);
-        let first: Vec<&str> = rows[..4].iter().map(|s| s.subtask_id.as_str()).collect();
-        assert_eq!(first, ["s10", "s1200", "s1300", "s1400"]);
-        assert_eq!(
-            rows[4].subtask_id, "s0",
-            "then the finished ones in plan order"
-        );
+    fn a_large_plans_page_looks_for_every_status_once() {
+        for status in TaskStatus::ALL {
+            assert_eq!(
+                INTEREST.iter().filter(|s| *s == status).count(),
+                1,
+                "{status}"
+            );
+        }
     }
 }
