@@ -170,12 +170,15 @@ fn a_second_ctrl_c_stops_a_worker_at_once() {
         .spawn()
         .unwrap();
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the command's child pid", || pid_file.exists());
-    let child: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The shell creates the file before `echo` writes to it: wait for the whole line.
+    let read_pid = || {
+        let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        text.ends_with('\n')
+            .then(|| text.trim().parse::<u32>().ok())
+            .flatten()
+    };
+    wait_for("the command's child pid", || read_pid().is_some());
+    let child = read_pid().unwrap();
     let pid = worker.id().to_string();
     let interrupt = || {
         let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
