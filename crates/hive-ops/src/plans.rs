@@ -72,12 +72,18 @@ pub struct PlanSummary {
 impl<S: Store + ?Sized> Ops<S> {
     /// Validates and stores a plan (`pending`, subtasks not yet tasks). The error names the
     /// offending subtask ids: duplicates, self-dependencies, unknown dependencies or a cycle.
-    pub async fn create_execution_plan(&self, mut plan: NewPlan) -> Result<PlanId> {
+    pub async fn create_execution_plan(&self, plan: NewPlan) -> Result<PlanId> {
+        let plan = self.checked_plan(plan)?;
+        Ok(self.store.insert_plan(plan).await?)
+    }
+
+    /// A plan validated, its subtasks' retry limits filled from the configuration.
+    fn checked_plan(&self, mut plan: NewPlan) -> Result<NewPlan> {
         plan.validate(self.config.max_payload_bytes)?;
         for s in &mut plan.subtasks {
             self.config.fill_subtask_retry(s);
         }
-        Ok(self.store.insert_plan(plan).await?)
+        Ok(plan)
     }
 
     /// Turns a plan's subtasks into tasks with dependency rows; returns how many were
@@ -89,12 +95,12 @@ impl<S: Store + ?Sized> Ops<S> {
             .ok_or_else(|| Error::not_found("plan", plan_id))
     }
 
-    /// Creates a plan and its tasks: [`Ops::create_execution_plan`] then
-    /// [`Ops::create_planned_subtasks_from_plan`].
+    /// Creates a plan and its tasks, as [`Ops::create_execution_plan`] then
+    /// [`Ops::create_planned_subtasks_from_plan`] would, in one transaction: a crash
+    /// between the two would leave a pending plan whose id the caller never got.
     pub async fn submit_plan(&self, plan: NewPlan) -> Result<PlanId> {
-        let id = self.create_execution_plan(plan).await?;
-        self.create_planned_subtasks_from_plan(id).await?;
-        Ok(id)
+        let plan = self.checked_plan(plan)?;
+        Ok(self.store.submit_plan(plan).await?.0)
     }
 
     pub async fn get_execution_plan_status(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {

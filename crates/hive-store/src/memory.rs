@@ -76,7 +76,7 @@ impl MemoryStore {
         s: &mut State,
         outcomes: &[RunOutcome],
     ) -> (Vec<FinishReport>, Vec<Notification>) {
-        let (outcomes, created) = grow(s, outcomes);
+        let (outcomes, created) = s.grow_spawns(outcomes);
         let tasks: Vec<Option<TaskId>> = outcomes.iter().map(|o| s.task_of(o.run_id)).collect();
         let (reports, mut notes) = self.replay(s, |ch| {
             outcomes
@@ -109,29 +109,6 @@ impl MemoryStore {
         let notes = s.apply(patches, at, &self.notifier);
         (out, notes)
     }
-}
-
-/// Adds a batch's spawns to their plans, before the batch finishes; a spawn its plan cannot
-/// take turns its outcome into a permanent failure. Stale runs spawn nothing. Returns the
-/// outcomes to finish and how many tasks were created.
-fn grow<'a>(
-    s: &mut State,
-    outcomes: &'a [RunOutcome],
-) -> (std::borrow::Cow<'a, [RunOutcome]>, u64) {
-    use crate::rules::growth;
-    let at = now();
-    let run_task: HashMap<RunId, TaskId> = growth::spawning(outcomes)
-        .filter_map(|(i, _)| Some((outcomes[i].run_id, s.task_of(outcomes[i].run_id)?)))
-        .collect();
-    let mut out = std::borrow::Cow::Borrowed(outcomes);
-    let mut created = 0;
-    for (i, task, spawn) in growth::live_spawns(outcomes, &*s, &run_task) {
-        match s.grow_plan(task, spawn, at) {
-            Ok(n) => created += n,
-            Err(e) => growth::refuse(&mut out, i, &e),
-        }
-    }
-    (out, created)
 }
 
 #[async_trait]
@@ -593,6 +570,19 @@ impl Store for MemoryStore {
         let plan = ExecutionPlan::from_new(id, plan, now());
         self.lock().plans.insert(id, plan);
         Ok(id)
+    }
+
+    async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)> {
+        let (id, at) = (PlanId::new(), now());
+        let created = {
+            let mut s = self.lock();
+            s.plans.insert(id, ExecutionPlan::from_new(id, plan, at));
+            s.materialize(id, at).unwrap_or(0)
+        };
+        if created > 0 {
+            self.send(vec![self.notifier.task_created(None, created)]);
+        }
+        Ok((id, created))
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {

@@ -411,6 +411,10 @@ impl Store for PostgresStore {
         self.run(self.insert_plan_row(&plan)).await
     }
 
+    async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)> {
+        self.run(self.submit_once(&plan)).await
+    }
+
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {
         self.run(self.read_plan(id)).await
     }

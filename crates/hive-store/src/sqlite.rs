@@ -487,7 +487,17 @@ impl Store for SqliteStore {
     }
 
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
-        write!(self, quiet plans::insert, plan)
+        write!(self, quiet plans::insert, &plan)
+    }
+
+    async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)> {
+        let mut tx = self.begin().await?;
+        let out = plans::submit(&mut tx, &plan).await;
+        let notes = match &out {
+            Ok((_, n)) if *n > 0 => vec![self.notifier.task_created(None, *n)],
+            _ => Vec::new(),
+        };
+        self.end(tx, out, notes).await
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {

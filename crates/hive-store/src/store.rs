@@ -261,6 +261,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a validated plan as `pending`, not yet materialized.
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId>;
 
+    /// Stores a validated plan and materializes it ([`Store::materialize_plan`]) in one
+    /// transaction: a crash leaves either nothing or the whole plan with its tasks, never
+    /// a pending plan that nothing will run. Returns the plan and how many tasks it created.
+    async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)>;
+
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>>;
 
     /// A plan's status and progress counters, without reading its subtasks: what progress

@@ -3,11 +3,35 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanId, SubTask, TaskId, TaskStatus, Timestamp};
+use hive_models::{PlanId, RunId, SubTask, TaskId, TaskStatus, Timestamp};
 
-use super::state::State;
+use super::state::{State, now};
+use crate::RunOutcome;
 
 impl State {
+    /// Adds a batch's spawns to their plans, before the batch finishes; a spawn its plan cannot
+    /// take turns its outcome into a permanent failure. Stale runs spawn nothing. Returns the
+    /// outcomes to finish and how many tasks were created.
+    pub fn grow_spawns<'a>(
+        &mut self,
+        outcomes: &'a [RunOutcome],
+    ) -> (std::borrow::Cow<'a, [RunOutcome]>, u64) {
+        use crate::rules::growth;
+        let at = now();
+        let run_task: HashMap<RunId, TaskId> = growth::spawning(outcomes)
+            .filter_map(|(i, _)| Some((outcomes[i].run_id, self.task_of(outcomes[i].run_id)?)))
+            .collect();
+        let mut out = std::borrow::Cow::Borrowed(outcomes);
+        let mut created = 0;
+        for (i, task, spawn) in growth::live_spawns(outcomes, &*self, &run_task) {
+            match self.grow_plan(task, spawn, at) {
+                Ok(n) => created += n,
+                Err(e) => growth::refuse(&mut out, i, &e),
+            }
+        }
+        (out, created)
+    }
+
     /// Creates the tasks of `subtasks` (in creation order) in plan `plan`; `ids` maps every
     /// subtask id they may depend on to its task. A dependency already completed does not
     /// count as pending.

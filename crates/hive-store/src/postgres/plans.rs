@@ -42,25 +42,22 @@ const LOCK_RETRIED_PLAN_TASKS: &str = concat!(
 
 impl PostgresStore {
     pub(super) async fn insert_plan_row(&self, plan: &NewPlan) -> R<PlanId> {
-        let id = PlanId::new();
-        let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO plans (id, title, description, parent_task_id, status, \
-                 total_subtasks, metadata, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6, now(), now())",
-        )
-        .bind(id.0)
-        .bind(&plan.title)
-        .bind(&plan.description)
-        .bind(plan.parent_task_id.map(|p| p.0))
-        .bind(total)
-        .bind(&plan.metadata)
-        .execute(&mut *tx)
-        .await?;
-        insert_specs(&mut tx, id, &plan.subtasks, 0).await?;
+        let id = insert_plan(&mut tx, plan).await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Stores a plan and materializes it in the same transaction, from the subtasks in hand
+    /// rather than read back: a crash leaves either nothing or the whole plan with its tasks.
+    pub(super) async fn submit_once(&self, plan: &NewPlan) -> R<(PlanId, u64)> {
+        let mut tx = self.pool.begin().await?;
+        let id = insert_plan(&mut tx, plan).await?;
+        let created = self
+            .create_tasks(&mut tx, id, plan.parent_task_id, &plan.subtasks)
+            .await?;
+        tx.commit().await?;
+        Ok((id, created))
     }
 
     pub(super) async fn read_plan(&self, id: PlanId) -> R<Option<ExecutionPlan>> {
@@ -149,7 +146,21 @@ impl PostgresStore {
         }
         let subtasks = specs(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
         let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
-        let (order, ids) = hive_models::tasks_in_layers(&subtasks);
+        let created = self.create_tasks(&mut tx, id, parent, &subtasks).await?;
+        tx.commit().await?;
+        Ok(Some(created))
+    }
+
+    /// The tasks of the plan `id`'s `subtasks` (one insert of the tasks, one of their
+    /// dependency rows), and the plan marked materialized: how many.
+    async fn create_tasks(
+        &self,
+        tx: &mut PgConnection,
+        id: PlanId,
+        parent: Option<TaskId>,
+        subtasks: &[SubTask],
+    ) -> R<u64> {
+        let (order, ids) = hive_models::tasks_in_layers(subtasks);
         let mut batch = TaskRows::default();
         let (mut child, mut parent_of, mut position) = (Vec::new(), Vec::new(), Vec::new());
         for st in order {
@@ -170,7 +181,7 @@ impl PostgresStore {
         }
         let created = batch.len() as u64;
         let note = payload(&self.notifier.task_created(None, created))?;
-        batch.insert(&mut tx, Some(note)).await?;
+        batch.insert(&mut *tx, Some(note)).await?;
         sqlx::query(
             "WITH deps AS ( \
                  INSERT INTO task_dependencies (task_id, depends_on, position) \
@@ -183,8 +194,7 @@ impl PostgresStore {
         .bind(position)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(Some(created))
+        Ok(created)
     }
 
     pub(super) async fn transition_once(
@@ -327,6 +337,27 @@ impl PostgresStore {
 }
 
 /// Stores subtask definitions, numbered from `first` in the plan's order.
+/// A new plan's row and subtask definitions, `pending` and not materialized.
+async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<PlanId> {
+    let id = PlanId::new();
+    let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO plans (id, title, description, parent_task_id, status, \
+             total_subtasks, metadata, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, now(), now())",
+    )
+    .bind(id.0)
+    .bind(&plan.title)
+    .bind(&plan.description)
+    .bind(plan.parent_task_id.map(|p| p.0))
+    .bind(total)
+    .bind(&plan.metadata)
+    .execute(&mut *conn)
+    .await?;
+    insert_specs(conn, id, &plan.subtasks, 0).await?;
+    Ok(id)
+}
+
 pub(super) async fn insert_specs(
     conn: &mut PgConnection,
     plan: PlanId,

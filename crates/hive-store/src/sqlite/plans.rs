@@ -14,7 +14,7 @@ use super::tasks::{self, PlanLink, TaskRow};
 use crate::rules::Loaded;
 use crate::{Notification, Notifier};
 
-pub(super) async fn insert(c: &mut Conn, plan: NewPlan) -> R<PlanId> {
+pub(super) async fn insert(c: &mut Conn, plan: &NewPlan) -> R<PlanId> {
     let at = db::db_now(c).await?;
     let id = PlanId::new();
     let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
@@ -187,13 +187,35 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
     }
     let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
     let subtasks = specs(c, &[id]).await?.remove(&id).unwrap_or_default();
+    Ok(Materialized::Created(
+        create_tasks(c, id, parent, &subtasks).await?,
+    ))
+}
+
+/// Stores a plan and materializes it in the same transaction, from the subtasks in hand
+/// rather than read back: a crash leaves either nothing or the whole plan with its tasks.
+pub(super) async fn submit(c: &mut Conn, plan: &NewPlan) -> R<(PlanId, u64)> {
+    let id = insert(c, plan).await?;
+    Ok((
+        id,
+        create_tasks(c, id, plan.parent_task_id, &plan.subtasks).await?,
+    ))
+}
+
+/// The tasks of the plan `id`'s `subtasks`, and the plan marked materialized: how many.
+async fn create_tasks(
+    c: &mut Conn,
+    id: PlanId,
+    parent: Option<TaskId>,
+    subtasks: &[SubTask],
+) -> R<u64> {
     let at = db::db_now(c).await?;
     sqlx::query("UPDATE plans SET materialized = 1, updated_at = ?1 WHERE id = ?2")
         .bind(at)
         .bind(id.to_string())
         .execute(&mut *c)
         .await?;
-    let (order, ids) = hive_models::tasks_in_layers(&subtasks);
+    let (order, ids) = hive_models::tasks_in_layers(subtasks);
     let mut rows = Vec::with_capacity(subtasks.len());
     let mut deps = Vec::new();
     for st in order {
@@ -219,7 +241,7 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
     }
     tasks::insert_rows(c, &rows, at).await?;
     tasks::insert_dependencies(c, &deps).await?;
-    Ok(Materialized::Created(rows.len() as u64))
+    Ok(rows.len() as u64)
 }
 
 pub(super) async fn transition(

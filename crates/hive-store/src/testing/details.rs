@@ -3,6 +3,7 @@
 //! lease that ran out.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde_json::json;
 
 use super::fixtures::{leased, node, plan, reap_params, registration, success, worker};
 use super::suite::wait_for;
-use crate::{Change, ReapParams, StatusChange, Store, WorkerStatusChange};
+use crate::{Change, ReapParams, StatusChange, Store, TaskFilter, WorkerStatusChange};
 
 type S = Arc<dyn Store>;
 
@@ -233,4 +234,98 @@ pub async fn an_expired_lease_says_the_run_timed_out(s: S) {
     assert_eq!(Some(r.updated_at), r.completed_at);
     let task = s.get_task(id).await.unwrap().unwrap();
     assert_eq!(task.last_error.as_deref(), Some(Run::LEASE_EXPIRED));
+}
+
+/// A plan submitted in one step is stored and materialized as the two steps leave it:
+/// the same plan row, the same tasks with the same dependencies, one announcement.
+pub async fn a_plan_submitted_in_one_step_is_stored_as_two_steps_store_it(s: S) {
+    let parent = s
+        .insert_tasks(vec![NewTask::new("parent", "p")])
+        .await
+        .unwrap()[0];
+    let mut p = plan(vec![
+        node("build", &[]),
+        node("test", &["build"]),
+        node("ship", &["build", "test"]),
+    ])
+    .parent_task_id(parent)
+    .metadata(json!({"ticket": "é ✓"}));
+    p.subtasks[0].priority = 5;
+    p.subtasks[0].payload = json!({"command": "make"});
+    p.subtasks[2].max_retries = Some(0);
+    p.subtasks[2].timeout_secs = Some(30);
+    let stepwise = s.insert_plan(p.clone()).await.unwrap();
+    assert_eq!(s.materialize_plan(stepwise).await.unwrap(), Some(3));
+    let mut rx = s.subscribe().await.unwrap();
+    let (submitted, created) = s.submit_plan(p).await.unwrap();
+    assert_eq!(created, 3);
+    let announced = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Change::TaskCreated { count, .. } = rx.recv().await.unwrap().change {
+                return count;
+            }
+        }
+    })
+    .await
+    .expect("the tasks are announced");
+    assert_eq!(announced, 3);
+    assert_eq!(s.materialize_plan(submitted).await.unwrap(), Some(0));
+    let (a, b) = (
+        s.get_plan(stepwise).await.unwrap().unwrap(),
+        s.get_plan(submitted).await.unwrap().unwrap(),
+    );
+    assert!(b.materialized);
+    assert_eq!(
+        (
+            &b.title,
+            &b.status,
+            b.total_subtasks,
+            &b.subtasks,
+            &b.metadata
+        ),
+        (
+            &a.title,
+            &a.status,
+            a.total_subtasks,
+            &a.subtasks,
+            &a.metadata
+        )
+    );
+    assert_eq!(b.parent_task_id, Some(parent));
+    let tasks = |pid| {
+        let s = s.clone();
+        async move {
+            let tasks = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
+            let subtask_of: HashMap<_, _> = tasks
+                .iter()
+                .map(|t| (t.id, t.plan_subtask_id.clone().unwrap()))
+                .collect();
+            let mut out: Vec<_> = tasks
+                .iter()
+                .map(|t| {
+                    let mut deps: Vec<&String> =
+                        t.dependencies.iter().map(|d| &subtask_of[d]).collect();
+                    deps.sort();
+                    format!(
+                        "{:?} {} {} {:?} {} {} {:?} {:?} {:?} {:?}",
+                        t.plan_subtask_id,
+                        t.task_type,
+                        t.priority,
+                        t.status,
+                        t.payload,
+                        t.max_retries,
+                        t.timeout_secs,
+                        t.parent_task_id,
+                        t.pending_dependencies,
+                        deps
+                    )
+                })
+                .collect();
+            out.sort();
+            out
+        }
+    };
+    let (want, got) = (tasks(stepwise).await, tasks(submitted).await);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got, want);
 }
