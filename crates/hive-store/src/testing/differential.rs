@@ -907,17 +907,22 @@ impl Side {
             Op::InsertPlan { nodes, materialize } => {
                 let k = self.plans.len();
                 let plan = new_plan(k, nodes);
-                let id = match s.insert_plan(plan).await {
-                    Ok(id) => id,
+                // Materialized at once means submitted: stored and materialized in one step.
+                let stored = if *materialize {
+                    s.submit_plan(plan).await.map(|(id, n)| (id, Some(n)))
+                } else {
+                    s.insert_plan(plan).await.map(|id| (id, None))
+                };
+                let (id, created) = match stored {
+                    Ok(stored) => stored,
                     Err(e) => return self.error(&e),
                 };
                 let name = format!("p{k}");
                 self.names.insert(id.to_string(), name.clone());
                 self.plans.push((id, name));
-                if *materialize {
-                    self.materialize(id).await
-                } else {
-                    "inserted plan".into()
+                match created {
+                    Some(n) => self.name_plan_tasks(id, Some(n)).await,
+                    None => "inserted plan".into(),
                 }
             }
             Op::Materialize(plan) => match self.plan(*plan) {
@@ -1146,10 +1151,14 @@ impl Side {
     }
 
     async fn materialize(&mut self, id: PlanId) -> String {
-        let created = match self.store.materialize_plan(id).await {
-            Ok(c) => c,
-            Err(e) => return self.error(&e),
-        };
+        match self.store.materialize_plan(id).await {
+            Ok(created) => self.name_plan_tasks(id, created).await,
+            Err(e) => self.error(&e),
+        }
+    }
+
+    /// Names the tasks plan `id` has just created; what the step that created them reports.
+    async fn name_plan_tasks(&mut self, id: PlanId, created: Option<u64>) -> String {
         let filter = TaskFilter::in_plan(id);
         let tasks = match self.store.list_tasks(&filter).await {
             Ok(t) => t,
