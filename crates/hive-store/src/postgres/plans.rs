@@ -336,7 +336,6 @@ impl PostgresStore {
     }
 }
 
-/// Stores subtask definitions, numbered from `first` in the plan's order.
 /// A new plan's row and subtask definitions, `pending` and not materialized.
 async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<PlanId> {
     let id = PlanId::new();
@@ -358,6 +357,7 @@ async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<PlanId> {
     Ok(id)
 }
 
+/// Stores subtask definitions, numbered from `first` in the plan's order.
 pub(super) async fn insert_specs(
     conn: &mut PgConnection,
     plan: PlanId,
