@@ -276,6 +276,30 @@ impl EventBus {
         }
     }
 
+    /// A store notification as events, to this process's subscribers.
+    fn forward(&self, n: &hive_store::Notification, own_origin: uuid::Uuid) {
+        let from = if n.origin == own_origin {
+            EventOrigin::Local
+        } else {
+            EventOrigin::Remote
+        };
+        self.publish(Event::from_change(&n.change), from);
+    }
+
+    /// The forwarder skipped `n` notifications: cached plan statuses may be stale now, and a
+    /// worker may have missed work; a catch-up event wakes it.
+    fn fell_behind(&self, n: u64) {
+        self.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.cache.clear();
+        self.publish(
+            vec![Event::TaskCreated {
+                task_id: None,
+                count: 0,
+            }],
+            EventOrigin::Remote,
+        );
+    }
+
     pub fn subscribe(&self) -> Subscription {
         let lost = self.lost.clone();
         let lost_before = lost.load(std::sync::atomic::Ordering::Relaxed);
@@ -298,30 +322,25 @@ impl EventBus {
         drop(store);
         let bus = self.clone();
         tokio::spawn(async move {
+            use broadcast::error::{RecvError, TryRecvError};
             loop {
                 match rx.recv().await {
-                    Ok(n) => {
-                        let from = if n.origin == origin {
-                            EventOrigin::Local
-                        } else {
-                            EventOrigin::Remote
-                        };
-                        bus.publish(Event::from_change(&n.change), from);
+                    Ok(n) => bus.forward(&n, origin),
+                    Err(RecvError::Lagged(n)) => bus.fell_behind(n),
+                    Err(RecvError::Closed) => return,
+                }
+                // What is already waiting goes out in this same turn. Awaiting each one
+                // spends the task's cooperative budget, and once it is spent the forwarder
+                // waits behind every busy worker task: eight workers on two cores outran it
+                // by 189,440 notifications in a 160,000-task drain. Bounded, so a stream
+                // that never runs dry still lets the forwarder yield now and then.
+                for _ in 0..Self::CAPACITY {
+                    match rx.try_recv() {
+                        Ok(n) => bus.forward(&n, origin),
+                        Err(TryRecvError::Lagged(n)) => bus.fell_behind(n),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Closed) => return,
                     }
-                    // Skipped notifications: cached plan statuses may be stale now, and a
-                    // worker may have missed work; a catch-up event wakes it.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        bus.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        bus.cache.clear();
-                        bus.publish(
-                            vec![Event::TaskCreated {
-                                task_id: None,
-                                count: 0,
-                            }],
-                            EventOrigin::Remote,
-                        );
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         });
