@@ -9,6 +9,7 @@ mod planfile;
 mod process_group;
 mod shell;
 mod signals;
+mod spawnfile;
 
 use std::process::ExitCode;
 

@@ -19,6 +19,8 @@
 //!   keyed by subtask id (`{}` without dependencies); the same JSON is written to the
 //!   command's stdin, which is then closed.
 //! - `HIVE_OUTPUT`: a path the command may write its output to, as JSON.
+//! - `HIVE_SPAWN`: a path the command may write subtasks to, to add them to its plan (see
+//!   [`crate::spawnfile`]): committed with the task's success, nothing when it fails.
 //!
 //! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
 //! when the command wrote one, else the last line of its stdout that is a JSON value (read
@@ -165,6 +167,7 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .map_err(|e| TaskError::new(format!("cannot create the run's directory: {e}")))?;
     let inputs_path = io.path().join("inputs.json");
     let output_path = io.path().join("output.json");
+    let spawn_path = io.path().join("spawn.json");
     let inputs = serde_json::to_vec(ctx.inputs())
         .map_err(|e| TaskError::new(format!("cannot encode the inputs: {e}")))?;
     std::fs::write(&inputs_path, &inputs)
@@ -179,6 +182,7 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .env("HIVE_WORKER_ID", ctx.run.worker_id.as_str())
         .env("HIVE_INPUTS", &inputs_path)
         .env("HIVE_OUTPUT", &output_path)
+        .env("HIVE_SPAWN", &spawn_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,13 +236,26 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         (None, None) => Some("command was killed by a signal".to_owned()),
     };
     match failed {
-        None => match output(&output_path, out.end()) {
-            Ok(result) => Ok(TaskOutput {
+        None => {
+            // The same command would write the same file again: refusing it is for good.
+            let done = output(&output_path, out.end()).and_then(|result| {
+                let spawned = crate::spawnfile::read(&spawn_path)?;
+                Ok((result, spawned))
+            });
+            let (result, spawned) = match done {
+                Ok(done) => done,
+                Err(e) => return Err(TaskError::permanent(e).with_log(log)),
+            };
+            for subtask in spawned {
+                if let Err(e) = ctx.spawn(subtask) {
+                    return Err(e.with_log(log));
+                }
+            }
+            Ok(TaskOutput {
                 result,
                 log: Some(log),
-            }),
-            Err(e) => Err(TaskError::permanent(e).with_log(log)),
-        },
+            })
+        }
         Some(failed) => {
             let last_word = String::from_utf8_lossy(err.end().0);
             Err(TaskError::new(with_last_word(failed, &last_word)).with_log(log))

@@ -107,6 +107,84 @@ fn shell_outputs_flow_to_dependents_and_plan_results_show_them() {
 }
 
 #[test]
+fn shell_tasks_grow_their_plan_through_the_spawn_file() {
+    let db = Db::new();
+    db.write(
+        "split.sh",
+        r#"for i in 0 1 2; do
+  printf '{"id": "chunk-%s", "title": "Chunk %s", "task_type": "shell", "dependencies": ["split"], "payload": {"command": "sh chunk.sh %s"}}\n' $i $i $i >> "$HIVE_SPAWN"
+done
+echo '{"chunks": 3}'
+"#,
+    );
+    db.write("chunk.sh", "printf '{\"i\": %s}\\n' \"$1\"\n");
+    let file = db.write(
+        "grow.json",
+        r#"{"title": "grows", "subtasks": [
+   {"id": "split", "title": "Split", "task_type": "shell", "payload": {"command": "sh split.sh"}},
+   {"id": "join", "title": "Join", "task_type": "shell", "dependencies": ["split"],
+    "payload": {"command": "cp \"$HIVE_INPUTS\" join.json"}}
+ ]}"#,
+    );
+    let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    // A spawn file that is not subtasks fails its task for good and adds nothing.
+    let bad = db.write(
+        "bad.json",
+        r#"{"title": "bad spawn", "subtasks": [
+   {"id": "bad", "title": "Bad", "task_type": "shell",
+    "payload": {"command": "echo '{\"id\": \"x\"}' > \"$HIVE_SPAWN\""}}
+ ]}"#,
+    );
+    let bad_id = db.ok(&["plan", "submit", &bad]).trim().to_owned();
+    // So does one written by a task of no plan.
+    let lone = db.ok(&create_shell(
+        r#"{"command": "echo '{\"id\": \"x\", \"title\": \"X\", \"task_type\": \"noop\"}' > \"$HIVE_SPAWN\""}"#,
+    ));
+    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+
+    let results = db.json(&["plan", "results", &plan_id]);
+    assert_eq!(results["status"], "completed", "{results}");
+    let ids: Vec<&str> = results["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subtask_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    let inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(db.dir.path().join("join.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        inputs,
+        serde_json::json!({"split": {"chunks": 3}, "chunk-0": {"i": 0}, "chunk-1": {"i": 1},
+            "chunk-2": {"i": 2}}),
+        "the join waited for every spawned chunk and got their outputs"
+    );
+
+    let bad = db.json(&["plan", "results", &bad_id]);
+    assert_eq!(bad["status"], "failed", "{bad}");
+    assert_eq!(
+        bad["subtasks"].as_array().unwrap().len(),
+        1,
+        "nothing added"
+    );
+    let error = bad["subtasks"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("HIVE_SPAWN") && error.contains("line 1"),
+        "{error}"
+    );
+    assert_eq!(bad["subtasks"][0]["attempts"], 1, "not retried");
+    let lone = db.json(&["task", "get", lone.trim()]);
+    assert_eq!(lone["status"], "failed", "{lone}");
+    assert!(
+        lone["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("belongs to no plan")),
+        "{lone}"
+    );
+}
+
+#[test]
 fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
     let db = Db::new();
     let create = |title: &str, task_type: &str, more: &[&str]| {
