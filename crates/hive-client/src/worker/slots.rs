@@ -192,14 +192,16 @@ impl Running {
                 stops: rt.stops.clone(),
             };
             let turn = rt.gate.turn(c.limited);
-            let handle = self.set.spawn(run_one(
+            // Boxed: the call's state (the claimed task, its run and inputs) is a few KiB,
+            // which tokio would otherwise copy several times on its way into the task.
+            let handle = self.set.spawn(Box::pin(run_one(
                 rt.cfg.client.clone(),
                 rt.handler.clone(),
                 c,
                 limits,
                 (rt.gate.clone(), turn),
                 done.clone(),
-            ));
+            )));
             self.held.insert(handle.id(), run_id);
         }
     }
