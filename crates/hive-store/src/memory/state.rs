@@ -14,9 +14,9 @@ use hive_models::{
 use crate::rules::{Patches, TaskState, View};
 use crate::{Claim, ClaimParams, Notification, Notifier};
 
-/// The tables' maps. Their keys are ids this store made or names its callers gave, so
-/// nothing calls for SipHash's resistance to chosen keys, and a task's round of claims and
-/// finishes looks up a dozen of them (foldhash: memory drain-large +6%).
+/// The maps keyed by ids this store made: nothing calls for SipHash's resistance to
+/// chosen keys there, and a task's round of claims and finishes looks up a dozen of them
+/// (foldhash: memory drain-large +6%). Maps keyed by what callers name keep SipHash.
 pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Ready-queue key: priority descending, then insertion order.
@@ -28,7 +28,7 @@ pub(super) struct State {
     pub tasks: HashMap<TaskId, (Task, u64)>,
     /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
     pub ready: BTreeSet<ReadyKey>,
-    idempotency: HashMap<String, TaskId>,
+    idempotency: std::collections::HashMap<String, TaskId>,
     pub dependents: HashMap<TaskId, Vec<TaskId>>,
     pub runs: HashMap<RunId, Run>,
     pub task_runs: HashMap<TaskId, Vec<RunId>>,
