@@ -1,8 +1,7 @@
 //! How long this worker's handlers take: what decides how many claims it may hold beyond
 //! its free slots (see [`super::slots::Slots`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a claim may wait in the local buffer for a handler, at the handlers' average
@@ -14,37 +13,41 @@ pub(super) const BUFFER_WAIT: Duration = Duration::from_millis(50);
 /// A moving average of handler durations, shared by the handlers that record it and the
 /// slots that read it.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Pace(Arc<Inner>);
+pub(super) struct Pace(Arc<Mutex<Inner>>);
 
+/// The count and the average change together. Kept apart (two atomics), two calls of 20 ms
+/// ending at once could count both before the first wrote its average: the second averaged
+/// itself with 0 (2.5 ms), a read in between took that as the pace, and a new worker of 2
+/// handlers held 40 claims where 6 were due.
 #[derive(Debug, Default)]
 struct Inner {
     /// Exponentially weighted, in microseconds.
-    average_us: AtomicU64,
-    samples: AtomicU64,
+    average_us: u64,
+    samples: u64,
 }
 
 impl Pace {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records one handler call's duration.
     pub(super) fn record(&self, took: Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let first = self.0.samples.fetch_add(1, Ordering::Relaxed) == 0;
-        let _ = self
-            .0
-            .average_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
-                Some(if first {
-                    us
-                } else {
-                    // A weight of 1/8: a few slow calls turn a quick worker slow quickly.
-                    avg - avg / 8 + us / 8
-                })
-            });
+        let mut inner = self.inner();
+        inner.average_us = if inner.samples == 0 {
+            us
+        } else {
+            // A weight of 1/8: a few slow calls turn a quick worker slow quickly.
+            inner.average_us - inner.average_us / 8 + us / 8
+        };
+        inner.samples = inner.samples.saturating_add(1);
     }
 
     /// The average handler call, once at least `enough` calls have been timed.
     pub(super) fn average(&self, enough: u64) -> Option<Duration> {
-        (self.0.samples.load(Ordering::Relaxed) >= enough)
-            .then(|| Duration::from_micros(self.0.average_us.load(Ordering::Relaxed)))
+        let inner = self.inner();
+        (inner.samples >= enough).then(|| Duration::from_micros(inner.average_us))
     }
 
     /// How many claims may wait for one of `handlers` handlers: as many as they finish
