@@ -416,3 +416,128 @@ fn every_command_speaks_json_errors_included() {
         );
     }
 }
+
+/// A plan of `noops` no-op subtasks, plus `bad` (a command that fails, not retried) and
+/// `after`, which waits for it.
+fn large_plan(db: &Db, noops: usize) -> String {
+    let mut subtasks = vec![
+        serde_json::json!({"id": "bad", "title": "bad", "task_type": "shell", "max_retries": 0,
+            "payload": {"command": "echo 'disk on fire' >&2; exit 3"}}),
+        serde_json::json!({"id": "after", "title": "after", "task_type": "shell",
+            "dependencies": ["bad"], "payload": {"command": "true"}}),
+    ];
+    subtasks.extend((0..noops).map(|i| {
+        serde_json::json!({"id": format!("n{i}"), "title": "n", "task_type": "noop", "payload": {}})
+    }));
+    let file = db.write(
+        "large.json",
+        &serde_json::json!({"title": "large", "subtasks": subtasks}).to_string(),
+    );
+    db.ok(&["plan", "submit", &file]).trim().to_owned()
+}
+
+/// The subtask ids of a `hive plan status` table, in its order.
+fn table_subtasks(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("SUBTASK"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_large_plans_status_shows_what_went_wrong_first_and_reads_only_that() {
+    let db = Db::new();
+    let plan = large_plan(&db, 1_200);
+
+    // Before any worker: 1,202 subtasks are more than a terminal takes whole.
+    let (ok, table, stderr) = db.run(&["plan", "status", &plan]);
+    assert!(ok, "{stderr}");
+    assert!(
+        table.contains("progress: 0.0% (0 of 1202 completed"),
+        "{table}"
+    );
+    assert_eq!(table_subtasks(&table).len(), 200, "{table}");
+    assert!(
+        stderr.contains("showing 200 of the plan's 1202 subtasks, failed and running first"),
+        "{stderr}"
+    );
+
+    db.ok(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--type",
+        "shell",
+        "--type",
+        "noop",
+        "--concurrency",
+        "8",
+        "--exit-when-idle",
+    ]);
+    let table = db.ok(&["plan", "status", &plan]);
+    assert!(table.contains("status: failed"), "{table}");
+    let shown = table_subtasks(&table);
+    assert_eq!(shown.len(), 200);
+    assert_eq!(
+        &shown[..2],
+        ["bad", "after"],
+        "failed first, then cancelled:\n{table}"
+    );
+    assert!(
+        table.contains("disk on fire"),
+        "the error's first line:\n{table}"
+    );
+
+    let failed = db.json(&["plan", "status", &plan, "--status", "failed"]);
+    assert_eq!(failed["plan"]["failed_subtasks"], 1, "{failed}");
+    assert_eq!(failed["more"], false);
+    let rows = failed["subtasks"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["plan_subtask_id"], "bad");
+    assert_eq!(rows[0]["status"], "failed");
+
+    let (ok, three, stderr) = db.run(&[
+        "plan",
+        "status",
+        &plan,
+        "--status",
+        "completed",
+        "--limit",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    let three = table_subtasks(&three);
+    assert_eq!(three.len(), 3);
+    assert!(three.iter().all(|s| s.starts_with('n')), "{three:?}");
+    assert!(stderr.contains("--limit N for more"), "{stderr}");
+
+    // Past one page of the store (500 rows), the pages are followed.
+    let many = db.json(&["plan", "status", &plan, "--limit", "1100"]);
+    let many = many["subtasks"].as_array().unwrap();
+    assert_eq!(many.len(), 1_100);
+    let distinct: std::collections::HashSet<&str> =
+        many.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), 1_100, "no subtask twice across pages");
+
+    // Every subtask, when asked for: the table with durations, and `--json` as always.
+    let all = db.ok(&["plan", "status", &plan, "--all"]);
+    assert!(all.contains("DURATION"), "{all}");
+    assert_eq!(table_subtasks(&all).len(), 1_202);
+    let whole = db.json(&["plan", "status", &plan]);
+    assert_eq!(whole["subtasks"].as_array().unwrap().len(), 1_202);
+    assert_eq!(whole["plan"]["status"], "failed");
+
+    for (args, says) in [
+        (vec!["--status", "sideways"], "sideways"),
+        (vec!["--limit", "0"], "--limit must be at least 1"),
+        (vec!["--all", "--status", "failed"], "cannot be used with"),
+    ] {
+        let mut a = vec!["plan", "status", plan.as_str()];
+        a.extend(args);
+        let (ok, _, stderr) = db.run(&a);
+        assert!(!ok && stderr.contains(says), "{a:?}: {stderr}");
+    }
+}

@@ -15,6 +15,7 @@ mod results;
 mod running;
 mod schedules;
 mod tasks;
+mod triage;
 mod workers;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use results::{PlanResults, SubtaskResult};
 pub use running::Claimed;
 pub use schedules::FireReport;
 pub use tasks::{DEFAULT_QUEUED_LIMIT, RetryReport, check_retry_filter};
+pub use triage::PLAN_TRIAGE_ORDER;
 
 use hive_store::Store;
 

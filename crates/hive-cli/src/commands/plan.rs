@@ -10,6 +10,8 @@ use hive_client::PlanId;
 use crate::args::{self, plan_id};
 use crate::{Context, builtin, output, planfile};
 
+mod status;
+
 #[derive(Subcommand)]
 pub enum PlanCommand {
     /// Create a plan and its subtasks from a JSON or TOML file (`-`: standard input);
@@ -18,12 +20,10 @@ pub enum PlanCommand {
         /// The plan file (`.json` or `.toml`; `-` reads standard input).
         file: PathBuf,
     },
-    /// Status and progress of a plan, and each subtask: status, attempts, duration, worker,
-    /// dependencies and the first line of its error.
-    Status {
-        /// The plan's id.
-        id: String,
-    },
+    /// Status and progress of a plan, and its subtasks: every one of a plan of up to 1,000
+    /// (status, attempts, duration, worker, dependencies and the first line of its error);
+    /// of a larger plan, 200 of them, failed and running first (--all for every one).
+    Status(status::StatusArgs),
     /// Every subtask's status and output, and the plan's result (its final subtasks'
     /// outputs); `--json` for the whole record.
     Results {
@@ -83,29 +83,7 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             let id = ctx.client_creating().await?.submit_plan(plan).await?;
             output::created(ctx.json, id)?;
         }
-        PlanCommand::Status { id } => {
-            let id = plan_id(&id)?;
-            let client = ctx.client().await?;
-            let summary = found(client.plan_summary(id).await?, id)?;
-            let results = found(client.plan_results(id).await?, id)?;
-            if ctx.json {
-                output::json(&hive_web::PlanStatusJson::new(summary, results))?;
-            } else {
-                let p = &summary.plan;
-                output::outln!(
-                    "plan {} — {}\nstatus: {}\nprogress: {:.1}% ({} of {} completed, {} failed, {} cancelled)\n",
-                    p.id,
-                    output::escape(&p.title),
-                    p.status,
-                    summary.progress_percent,
-                    p.completed_subtasks,
-                    p.total_subtasks,
-                    p.failed_subtasks,
-                    p.cancelled_subtasks
-                );
-                subtask_table(&results.subtasks);
-            }
-        }
+        PlanCommand::Status(a) => status::run(ctx, a).await?,
         PlanCommand::Results { id } => {
             let id = plan_id(&id)?;
             let results = found(ctx.client().await?.plan_results(id).await?, id)?;
@@ -130,8 +108,18 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                         ]
                     }),
                 );
+                // A final subtask that has not completed has no output yet: its `null` is
+                // not something it returned.
+                let unfinished = if results.status == hive_client::PlanStatus::Completed {
+                    String::new()
+                } else {
+                    format!(
+                        "; the plan is {}, so a final subtask that has not completed shows null",
+                        results.status
+                    )
+                };
                 output::outln!(
-                    "\nresult (outputs of the final subtasks):\n{}",
+                    "\nresult (outputs of the final subtasks{unfinished}):\n{}",
                     serde_json::to_string_pretty(&results.result)?
                 );
             }
@@ -222,29 +210,4 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One row per subtask; dependencies in a `DEPS` column, errors cut to their first line.
-fn subtask_table(subtasks: &[hive_client::ops::SubtaskResult]) {
-    output::table(
-        [
-            "SUBTASK", "STATUS", "PROGRESS", "ATTEMPTS", "DURATION", "WORKER", "DEPS", "ERROR",
-        ],
-        subtasks.iter().map(|s| {
-            [
-                s.subtask_id.clone(),
-                s.status.to_string(),
-                output::progress_cell(s.progress.as_ref()),
-                s.attempts.to_string(),
-                output::seconds(s.duration_secs),
-                output::opt(s.worker.as_ref()),
-                if s.dependencies.is_empty() {
-                    "-".into()
-                } else {
-                    output::clip(&s.dependencies.join(","), 40)
-                },
-                output::error_cell(s.error.as_deref(), 60),
-            ]
-        }),
-    );
 }

@@ -99,6 +99,7 @@ blocking! {
         fn plan_progress(plan_id: PlanId) -> Option<PlanCounters>;
         fn plan_header(plan_id: PlanId) -> Option<PlanHeader>;
         fn plan_results(plan_id: PlanId) -> Option<PlanResults>;
+        fn plan_subtasks_by_status(plan: &PlanHeader, statuses: &[TaskStatus], limit: u32) -> Vec<Task>;
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
         fn list_plan_headers(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<PlanHeader>;
         fn check_subtask_dependencies(task_id: TaskId) -> bool;

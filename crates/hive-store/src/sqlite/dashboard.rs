@@ -12,10 +12,20 @@ pub(super) async fn page(c: &mut Conn, p: &TaskPageParams) -> R<Vec<Task>> {
     let mut b = QueryBuilder::<Sqlite>::new(concat!("SELECT ", task_columns!(), " FROM tasks t"));
     b.push(" WHERE 1 = 1");
     // A unary `+` keeps SQLite from choosing a filter column's index and sorting every
-    // match: walking the id index and filtering stops after one page. A plan's tasks are
-    // few, so the plan index stays usable.
+    // match: walking the id index and filtering stops after one page. Within a plan, the
+    // plan index `(plan_id, status)` finds the plan's tasks in that status and only those
+    // are sorted: a page of the few failed or running subtasks of a plan of 100,000 takes
+    // 0.1 ms instead of a walk of all of them (12 ms). The plan's largest status is still
+    // sorted whole (0.2 s a page for 100,000 queued); an index that ends in `id` would
+    // spare that, but costs every plan task's status change a longer entry (plan-wide ran
+    // 10% slower with it).
     if let Some(st) = p.status {
-        b.push(" AND +t.status = ").push_bind(st.as_str());
+        b.push(if p.plan_id.is_some() {
+            " AND t.status = "
+        } else {
+            " AND +t.status = "
+        })
+        .push_bind(st.as_str());
     }
     if let Some(ty) = &p.task_type {
         b.push(" AND +t.task_type = ").push_bind(ty.clone());

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
 use hive_client::models::{PlanHeader, Task};
-use hive_client::store::TaskPageParams;
+use hive_client::ops::PLAN_TRIAGE_ORDER;
 use hive_client::{PlanStatus, TaskStatus};
 
 use crate::AppState;
@@ -49,22 +49,6 @@ const LARGE_REFRESH_MS: u32 = 5_000;
 /// Subtasks the page of a larger plan lists (the tasks page pages through the rest).
 const LARGE_ROWS: u32 = 200;
 
-/// The order an operator looks for a large plan's subtasks in: what went wrong, what runs,
-/// what waits, then what finished.
-const INTEREST: [TaskStatus; 11] = [
-    TaskStatus::Failed,
-    TaskStatus::Rejected,
-    TaskStatus::Escalated,
-    TaskStatus::InProgress,
-    TaskStatus::Assigned,
-    TaskStatus::ReviewPending,
-    TaskStatus::ReworkNeeded,
-    TaskStatus::Approved,
-    TaskStatus::Queued,
-    TaskStatus::Cancelled,
-    TaskStatus::Completed,
-];
-
 pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_plan(&id) {
         Ok(id) => id,
@@ -77,7 +61,11 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
         Err(e) => return op_error(&e),
     };
     if header.total_subtasks as usize > DRAWN_AT_MOST {
-        return match large_rows(&s, &header).await {
+        return match s
+            .client
+            .plan_subtasks_by_status(&header, &PLAN_TRIAGE_ORDER, LARGE_ROWS)
+            .await
+        {
             Ok(rows) => large_page(&header, &rows).into_response(),
             Err(e) => op_error(&e),
         };
@@ -135,33 +123,6 @@ fn heading(p: &PlanHeader) -> Markup {
     }
 }
 
-/// Up to [`LARGE_ROWS`] of a large plan's subtasks in [`INTEREST`] order (newest first
-/// within a status): one bounded read per status, never the whole plan. A finished status
-/// the plan's counters put at zero is not read at all.
-async fn large_rows(s: &AppState, p: &PlanHeader) -> hive_client::ops::Result<Vec<Task>> {
-    let mut rows: Vec<Task> = Vec::new();
-    for status in INTEREST {
-        let left = LARGE_ROWS.saturating_sub(u32::try_from(rows.len()).unwrap_or(u32::MAX));
-        let counted = match status {
-            TaskStatus::Failed => Some(p.failed_subtasks),
-            TaskStatus::Cancelled => Some(p.cancelled_subtasks),
-            TaskStatus::Completed => Some(p.completed_subtasks),
-            _ => None,
-        };
-        if left == 0 || counted == Some(0) {
-            continue;
-        }
-        let params = TaskPageParams {
-            status: Some(status),
-            plan_id: Some(p.id),
-            limit: left,
-            ..TaskPageParams::default()
-        };
-        rows.extend(s.client.page_tasks(&params).await?);
-    }
-    Ok(rows)
-}
-
 /// The page of a plan too large to draw: reading and drawing all of it again on every change
 /// would keep the database and the browser busy, so it shows the subtasks an operator looks
 /// for first, links to the tasks page for all of them, and follows changes every few
@@ -175,11 +136,11 @@ fn large_page(p: &PlanHeader, rows: &[Task]) -> Markup {
             p id="plan-too-large" data-refresh-ms=(LARGE_REFRESH_MS) {
                 "The graph of " (p.total_subtasks) " subtasks is not drawn (it is drawn up to "
                 (DRAWN_AT_MOST) "). The table shows " (rows.len()) " of them, failed and running "
-                "first; " code { "hive plan status " (p.id) } " lists every one."
+                "first; " code { "hive plan status " (p.id) " --all" } " lists every one."
             }
             p id="plan-statuses" {
                 "Every subtask, on the tasks page: "
-                @for (i, status) in INTEREST.iter().enumerate() {
+                @for (i, status) in PLAN_TRIAGE_ORDER.iter().enumerate() {
                     @if i > 0 { " · " }
                     a href=(all(*status)) { (status.as_str()) }
                 }
@@ -202,20 +163,4 @@ fn large_page(p: &PlanHeader, rows: &[Task]) -> Markup {
             }
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_large_plans_page_looks_for_every_status_once() {
-        for status in TaskStatus::ALL {
-            assert_eq!(
-                INTEREST.iter().filter(|s| *s == status).count(),
-                1,
-                "{status}"
-            );
-        }
-    }
 }

@@ -1,0 +1,92 @@
+//! A large plan's subtasks in the order an operator looks for them, read a bounded page at
+//! a time: what `hive plan status` and the dashboard show of a plan too large to list
+//! whole.
+
+use hive_models::{PlanHeader, Task, TaskStatus};
+use hive_store::{Store, TaskPageParams};
+
+use crate::{Ops, Result};
+
+/// What went wrong, what runs, what waits, then what finished.
+pub const PLAN_TRIAGE_ORDER: [TaskStatus; 11] = [
+    TaskStatus::Failed,
+    TaskStatus::Rejected,
+    TaskStatus::Escalated,
+    TaskStatus::InProgress,
+    TaskStatus::Assigned,
+    TaskStatus::ReviewPending,
+    TaskStatus::ReworkNeeded,
+    TaskStatus::Approved,
+    TaskStatus::Queued,
+    TaskStatus::Cancelled,
+    TaskStatus::Completed,
+];
+
+impl<S: Store + ?Sized> Ops<S> {
+    /// Up to `limit` of `plan`'s subtasks in `statuses`, status by status in the order
+    /// given (a status named twice counts once), newest first within a status. Each read
+    /// is one bounded page, never the whole plan, and a finished status the plan's
+    /// counters put at zero is not read at all, so the cost follows `limit`, not the
+    /// plan's size.
+    pub async fn plan_subtasks_by_status(
+        &self,
+        plan: &PlanHeader,
+        statuses: &[TaskStatus],
+        limit: u32,
+    ) -> Result<Vec<Task>> {
+        let mut rows: Vec<Task> = Vec::new();
+        for (i, &status) in statuses.iter().enumerate() {
+            if statuses[..i].contains(&status) || counted(plan, status) == Some(0) {
+                continue;
+            }
+            let mut before = None;
+            loop {
+                let left = limit.saturating_sub(u32::try_from(rows.len()).unwrap_or(u32::MAX));
+                if left == 0 {
+                    return Ok(rows);
+                }
+                let params = TaskPageParams {
+                    status: Some(status),
+                    plan_id: Some(plan.id),
+                    before,
+                    limit: left.min(TaskPageParams::MAX_LIMIT),
+                    ..TaskPageParams::default()
+                };
+                let page = self.store.page_tasks(&params).await?;
+                let full = page.len() == params.limit as usize;
+                before = page.last().map(|t| t.id);
+                rows.extend(page);
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// How many of the plan's subtasks are in `status`, where its counters say.
+fn counted(plan: &PlanHeader, status: TaskStatus) -> Option<u32> {
+    match status {
+        TaskStatus::Failed => Some(plan.failed_subtasks),
+        TaskStatus::Cancelled => Some(plan.cancelled_subtasks),
+        TaskStatus::Completed => Some(plan.completed_subtasks),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_triage_order_names_every_status_once() {
+        for status in TaskStatus::ALL {
+            assert_eq!(
+                PLAN_TRIAGE_ORDER.iter().filter(|s| *s == status).count(),
+                1,
+                "{status}"
+            );
+        }
+    }
+}
