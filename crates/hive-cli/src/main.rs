@@ -3,6 +3,7 @@
 mod args;
 mod builtin;
 mod commands;
+mod leftfile;
 mod logging;
 mod output;
 mod planfile;
@@ -140,13 +141,17 @@ async fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     // A worker says what it does (its start, each failed task) unless told otherwise; every
-    // other command, and the libraries under the worker, only warn.
+    // other command, and the libraries under the worker, only warn. A one-off command does
+    // not print the driver's slow-statement warnings (whole SQL texts): reading or
+    // submitting a large plan is slow by its size, and the person waiting for it knows.
+    // What runs for long (workers, schedulers, the dashboard) keeps them for its operator.
     let default_log = match &cli.command {
         Command::Worker(commands::worker::WorkerCommand::Run { .. })
         | Command::Schedule(commands::schedule::ScheduleCommand::Run { .. }) => {
             "warn,hive::commands=info"
         }
-        _ => "warn",
+        Command::Serve(_) => "warn",
+        _ => "warn,sqlx::query=error",
     };
     let _log = logging::init(default_log);
     let ctx = Context {

@@ -298,25 +298,17 @@ fn output(
     file: &std::path::Path,
     (stdout, cut): (&[u8], bool),
 ) -> Result<Option<serde_json::Value>, String> {
-    // Not read into memory when it could not be an output anyway (below this, the size
-    // that counts is the JSON's once parsed, without the file's whitespace).
-    if let Ok(meta) = std::fs::metadata(file)
-        && meta.len() > OUTPUT_FILE_MAX_BYTES
+    // The file's cap is above the output limit: below it, the size that counts is the
+    // JSON's once parsed, without the file's whitespace.
+    let limit = format!(
+        "outputs are limited to {} MiB",
+        hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES / (1024 * 1024)
+    );
+    if let Some(bytes) = crate::leftfile::read(file, "HIVE_OUTPUT", OUTPUT_FILE_MAX_BYTES, &limit)?
     {
-        return Err(format!(
-            "the HIVE_OUTPUT file is {} bytes; outputs are limited to {} MiB",
-            meta.len(),
-            hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES / (1024 * 1024)
-        ));
-    }
-    match std::fs::read(file) {
-        Ok(bytes) => {
-            return serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("the HIVE_OUTPUT file is not JSON: {e}"));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot read the HIVE_OUTPUT file: {e}")),
+        return serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("the HIVE_OUTPUT file is not JSON: {e}"));
     }
     let text = String::from_utf8_lossy(stdout);
     // The first line's start was not kept when more came before it.

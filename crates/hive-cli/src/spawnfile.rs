@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hive_client::SubTask;
 
-use crate::builtin;
+use crate::{builtin, leftfile};
 
 /// A larger file is refused without being read: a plan's growth is subtask definitions,
 /// not data (outputs carry the data).
@@ -18,21 +18,15 @@ const SPAWN_FILE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// payload checked as its built-in handler will read it; or what is wrong with the file,
 /// naming the line or entry and the subtask.
 pub fn read(file: &Path) -> Result<Vec<SubTask>, String> {
-    match std::fs::metadata(file) {
-        Ok(meta) if meta.len() > SPAWN_FILE_MAX_BYTES => {
-            return Err(format!(
-                "the HIVE_SPAWN file is {} bytes; at most {} MiB of subtasks may be spawned \
-                 at once",
-                meta.len(),
-                SPAWN_FILE_MAX_BYTES / (1024 * 1024)
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read the HIVE_SPAWN file: {e}")),
-    }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the HIVE_SPAWN file: {e}"))?;
+    let limit = format!(
+        "at most {} MiB of subtasks may be spawned at once",
+        SPAWN_FILE_MAX_BYTES / (1024 * 1024)
+    );
+    let Some(bytes) = leftfile::read(file, "HIVE_SPAWN", SPAWN_FILE_MAX_BYTES, &limit)? else {
+        return Ok(Vec::new());
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|e| format!("the HIVE_SPAWN file is not UTF-8 text: {e}"))?;
     let subtasks = parse(&text)?;
     for s in &subtasks {
         builtin::validate_payload(&s.task_type, &s.payload).map_err(|e| {
