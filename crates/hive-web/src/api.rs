@@ -6,8 +6,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hive_client::models::{ExecutionPlan, PlanStatus};
-use hive_client::ops::{PlanResults, PlanSummary, SubtaskResult};
+use hive_client::models::{ExecutionPlan, PlanHeader, PlanStatus, Task, TaskStatus};
+use hive_client::ops::{PLAN_TRIAGE_ORDER, PlanResults, PlanSummary, SubtaskResult};
 use hive_client::store::StatusCounts;
 use serde::Serialize;
 
@@ -66,6 +66,91 @@ impl PlanStatusJson {
             return Ok(None);
         };
         Ok(Some(PlanStatusJson::new(summary, results)))
+    }
+}
+
+/// `hive plan status --json` with `--status` or `--limit`, and `GET /api/plans/{id}` with
+/// `?status=` or `?limit=`: some of a plan's subtasks, in the statuses asked for (by
+/// default [`PLAN_TRIAGE_ORDER`]: failed and running first), read a bounded page at a time
+/// however large the plan.
+#[derive(Debug, Serialize)]
+pub struct PlanSubtasksJson {
+    pub plan: PlanHeader,
+    pub subtasks: Vec<Task>,
+    /// More subtasks of those statuses than `limit`.
+    pub more: bool,
+}
+
+impl PlanSubtasksJson {
+    /// Up to `limit` subtasks of `plan` in `statuses` (all, in triage order, when empty).
+    pub async fn read(
+        client: &hive_client::Client,
+        plan: PlanHeader,
+        statuses: &[TaskStatus],
+        limit: u32,
+    ) -> hive_client::ops::Result<PlanSubtasksJson> {
+        let order = if statuses.is_empty() {
+            &PLAN_TRIAGE_ORDER[..]
+        } else {
+            statuses
+        };
+        // One row more than asked for tells whether more match.
+        let mut subtasks = client
+            .plan_subtasks_by_status(&plan, order, limit.saturating_add(1))
+            .await?;
+        let more = subtasks.len() > limit as usize;
+        subtasks.truncate(limit as usize);
+        Ok(PlanSubtasksJson {
+            plan,
+            subtasks,
+            more,
+        })
+    }
+}
+
+/// The query of `GET /api/plans/{id}`: without either field, every subtask.
+#[derive(Debug, Default, serde::Deserialize)]
+struct PlanQuery {
+    /// Statuses, comma-separated.
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// The most subtasks one `GET /api/plans/{id}?limit=` returns.
+const PLAN_API_MAX_LIMIT: u32 = 10_000;
+
+/// Subtasks `GET /api/plans/{id}?status=` returns without `limit`.
+const PLAN_API_DEFAULT_LIMIT: u32 = 200;
+
+impl PlanQuery {
+    /// The statuses and limit asked for, `None` when neither was, or a message naming the
+    /// bad value.
+    fn parts(&self) -> Result<Option<(Vec<TaskStatus>, u32)>, String> {
+        let statuses = self
+            .status
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        if statuses.is_none() && self.limit.is_none() {
+            return Ok(None);
+        }
+        let statuses = statuses
+            .map(|s| {
+                s.split(',')
+                    .map(|one| one.trim().parse::<TaskStatus>().map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let limit = self.limit.unwrap_or(PLAN_API_DEFAULT_LIMIT);
+        if limit == 0 || limit > PLAN_API_MAX_LIMIT {
+            return Err(format!(
+                "limit {limit} is out of range; expected 1 to {PLAN_API_MAX_LIMIT}"
+            ));
+        }
+        Ok(Some((statuses, limit)))
     }
 }
 
@@ -139,11 +224,31 @@ async fn plans(State(s): State<AppState>) -> Response {
     )
 }
 
-async fn plan(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    match parse_plan(&id) {
-        Ok(id) => found(PlanStatusJson::read(&s.client, id).await, "plan"),
-        Err(m) => error(StatusCode::BAD_REQUEST, m),
-    }
+/// `hive plan status --json`: the whole plan, or with `?status=a,b` or `?limit=N` some of
+/// its subtasks ([`PlanSubtasksJson`]).
+async fn plan(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PlanQuery>,
+) -> Response {
+    let (id, part) = match parse_plan(&id).and_then(|id| Ok((id, q.parts()?))) {
+        Ok(x) => x,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let Some((statuses, limit)) = part else {
+        return found(PlanStatusJson::read(&s.client, id).await, "plan");
+    };
+    let header = match s.client.plan_header(id).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "plan not found"),
+        Err(e) => return op_error(&e),
+    };
+    found(
+        PlanSubtasksJson::read(&s.client, header, &statuses, limit)
+            .await
+            .map(Some),
+        "plan",
+    )
 }
 
 async fn workers(State(s): State<AppState>) -> Response {

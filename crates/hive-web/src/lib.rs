@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use hive_client::Client;
 
-pub use api::{PlanStatusJson, StatusJson};
+pub use api::{PlanStatusJson, PlanSubtasksJson, StatusJson};
 pub use security::Security;
 
 /// What can stop the dashboard from starting or serving.

@@ -233,6 +233,34 @@ async fn overview_and_a_plans_dag_update_live() {
         assert_eq!(listed.len(), 1 + 1, "the one failed subtask");
         b.back().await.unwrap();
 
+        // The API gives the same part of the plan as `hive plan status --json --status`.
+        let get = |q: &str| {
+            format!(
+                "GET /api/plans/{large_id}{q} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                dash.addr
+            )
+        };
+        let (code, body) = http(dash.addr, &get("?status=failed,in_progress")).await;
+        assert_eq!(code, 200, "{body}");
+        let part: serde_json::Value =
+            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(part["more"], false, "{part}");
+        assert_eq!(part["plan"]["failed_subtasks"], 1, "{part}");
+        let subtasks = part["subtasks"].as_array().unwrap();
+        assert_eq!(subtasks.len(), 1, "{part}");
+        assert_eq!(subtasks[0]["id"], claimed[0].task.id.to_string());
+        let (code, body) = http(dash.addr, &get("?limit=3")).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"more\":true"), "{body}");
+        for (q, says) in [
+            ("?status=sideways", "sideways"),
+            ("?limit=0", "limit 0 is out of range"),
+            ("?limit=10001", "limit 10001 is out of range"),
+        ] {
+            let (code, body) = http(dash.addr, &get(q)).await;
+            assert!(code == 400 && body.contains(says), "{q}: {code} {body}");
+        }
+
         // A failed plan offers a retry, not a cancel; the retry queues the failure again.
         assert!(
             b.find(Locator::Id("cancel-plan")).await.is_err(),

@@ -5,7 +5,7 @@
 
 use clap::Args;
 use hive_client::models::{PlanHeader, Task};
-use hive_client::ops::{PLAN_TRIAGE_ORDER, SubtaskResult};
+use hive_client::ops::SubtaskResult;
 use hive_client::{Client, PlanId, TaskStatus};
 
 use super::found;
@@ -55,26 +55,13 @@ pub async fn run(ctx: &Context, a: StatusArgs) -> anyhow::Result<()> {
     if !in_part {
         return whole(ctx, &client, id).await;
     }
-    let order = if statuses.is_empty() {
-        PLAN_TRIAGE_ORDER.to_vec()
-    } else {
-        statuses
-    };
     let limit = a.limit.unwrap_or(SHOWN_OF_A_LARGE_PLAN);
-    // One row more than shown tells whether more match.
-    let mut rows = client
-        .plan_subtasks_by_status(&header, &order, limit.saturating_add(1))
-        .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
+    let part = hive_web::PlanSubtasksJson::read(&client, header, &statuses, limit).await?;
     if ctx.json {
-        return output::json(&serde_json::json!({
-            "plan": header,
-            "subtasks": rows,
-            "more": more,
-        }));
+        return output::json(&part);
     }
-    heading(&header);
+    let (header, rows) = (&part.plan, &part.subtasks);
+    heading(header);
     output::table(
         [
             "SUBTASK",
@@ -87,7 +74,7 @@ pub async fn run(ctx: &Context, a: StatusArgs) -> anyhow::Result<()> {
         ],
         rows.iter().map(row),
     );
-    if more {
+    if part.more {
         output::hint(&format!(
             "showing {} of the plan's {} subtasks, {}; --status STATUS for only those in \
              one status, --limit N for more, --all for every subtask",
