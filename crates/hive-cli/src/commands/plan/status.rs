@@ -22,7 +22,7 @@ const SHOWN_OF_A_LARGE_PLAN: u32 = 200;
 pub struct StatusArgs {
     /// The plan's id.
     id: String,
-    #[arg(long = "status", help = args::with_statuses(
+    #[arg(long = "status", value_name = "STATUS", help = args::with_statuses(
         "Only subtasks in this status (repeatable), read page by page: as quick on a plan of \
          any size"
     ))]
