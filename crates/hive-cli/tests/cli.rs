@@ -67,7 +67,7 @@ fn shell_outputs_flow_to_dependents_and_plan_results_show_them() {
  ]}"#,
     );
     let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
     let want =
         serde_json::json!({"produce": {"n": 2, "word": "héllo"}, "file": [1, {"deep": null}]});
     for name in ["inputs.json", "stdin.json"] {
@@ -140,7 +140,7 @@ echo '{"chunks": 3}'
     let lone = db.ok(&create_shell(
         r#"{"command": "echo '{\"id\": \"x\", \"title\": \"X\", \"task_type\": \"noop\"}' > \"$HIVE_SPAWN\""}"#,
     ));
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
 
     let results = db.json(&["plan", "results", &plan_id]);
     assert_eq!(results["status"], "completed", "{results}");
@@ -200,15 +200,7 @@ fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
     );
     let later = create("later", "other", &["--delay", "3600"]);
     let started = std::time::Instant::now();
-    db.ok(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--type",
-        "shell",
-        "--exit-when-idle",
-    ]);
+    db.work_until_idle(&["--type", "shell"]);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(25),
         "the sleep was cut short"
@@ -227,15 +219,7 @@ fn task_timeouts_stop_the_handler_and_delays_hold_the_task() {
         "shell",
         &["--payload", sleep, "--max-retries", "0"],
     );
-    db.ok(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--exit-when-idle",
-        "--task-timeout",
-        "0.5",
-    ]);
+    db.work_until_idle(&["--task-timeout", "0.5"]);
     let task = db.json(&["task", "get", quiet.trim()]);
     assert_eq!(
         task["last_error"],
@@ -307,7 +291,7 @@ payload = { command = "true" }
 "#,
     );
     let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
     let status = db.json(&["plan", "status", &plan_id]);
     assert_eq!(status["plan"]["status"], "failed");
     assert_eq!(
@@ -621,7 +605,7 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
         db.ok(&args).trim().to_owned()
     };
     let (logs, over, unread) = (id(logs), id(over), id(unread));
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
 
     let task = db.json(&["task", "get", &logs]);
     assert_eq!(task["status"], "completed", "{task}");
@@ -696,7 +680,7 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
         "not found",
         &before,
     );
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
     let status = db.json(&["plan", "status", &plan_id]);
     assert_eq!(status["plan"]["status"], "failed", "{status}");
     assert_eq!(
@@ -721,7 +705,7 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
         2,
         "{retried}"
     );
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
     let status = db.json(&["plan", "status", &plan_id]);
     assert_eq!(status["plan"]["status"], "completed", "{status}");
     let runs = std::fs::read_to_string(db.dir.path().join("fetch.runs")).unwrap();
@@ -750,7 +734,7 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
     let text = {
         let failed = db.write("fails.json", r#"{"title": "t", "subtasks": [{"id": "x", "title": "X", "task_type": "shell", "max_retries": 0, "payload": {"command": "exit 2"}}]}"#);
         let id = db.ok(&["plan", "submit", &failed]).trim().to_owned();
-        db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+        db.work_until_idle(&[]);
         db.ok(&["plan", "retry", &id])
     };
     assert!(
@@ -765,7 +749,7 @@ fn finished_plans_are_pruned_with_their_subtasks() {
     let file = db.write("plan.json", PLAN);
     db.ok(&["plan", "submit", &file]);
     db.ok(&["plan", "submit", &file]);
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
     let loose = db.ok(&create_task("loose", "other", &[])).trim().to_owned();
     let before = db.snapshot();
     db.refused(

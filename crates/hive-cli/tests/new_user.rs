@@ -197,7 +197,7 @@ fn deleting_part_of_an_unfinished_plan_is_refused() {
         &before,
     );
     // The plan still runs to its end, in order.
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
     assert_eq!(
         db.json(&["plan", "status", &plan_id])["plan"]["status"],
         "completed"

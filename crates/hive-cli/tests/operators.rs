@@ -221,7 +221,7 @@ fn lists_filter_show_readiness_and_errors_and_say_when_cut() {
             "0",
         ],
     );
-    db.ok(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    db.work_until_idle(&[]);
 
     let table = db.ok(&["task", "list"]);
     let row = |id: &str| table.lines().find(|l| l.contains(id)).unwrap().to_owned();
@@ -464,19 +464,7 @@ fn a_large_plans_status_shows_what_went_wrong_first_and_reads_only_that() {
         "{stderr}"
     );
 
-    db.ok(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--type",
-        "shell",
-        "--type",
-        "noop",
-        "--concurrency",
-        "8",
-        "--exit-when-idle",
-    ]);
+    db.work_until_idle(&["--type", "shell", "--type", "noop", "--concurrency", "8"]);
     let table = db.ok(&["plan", "status", &plan]);
     assert!(table.contains("status: failed"), "{table}");
     let shown = table_subtasks(&table);

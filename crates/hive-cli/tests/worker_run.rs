@@ -354,15 +354,7 @@ fn a_bad_sleep_payload_is_refused_at_create_and_fails_its_run_naming_the_problem
             .await
             .unwrap()
     });
-    db.ok(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--type",
-        "sleep",
-        "--exit-when-idle",
-    ]);
+    db.work_until_idle(&["--type", "sleep"]);
     let task = db.json(&["task", "get", &id.to_string()]);
     // Permanent: one attempt, whatever the retries left.
     assert_eq!(task["status"], "failed", "{task}");

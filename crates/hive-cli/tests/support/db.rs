@@ -26,6 +26,14 @@ impl Db {
         succeeded(args, self.hive().args(args).output().unwrap())
     }
 
+    /// Runs `hive worker run --role r --exit-when-idle` with `more` arguments (types,
+    /// concurrency …) until nothing is left to do; its stdout.
+    pub fn work_until_idle(&self, more: &[&str]) -> String {
+        let mut args = vec!["worker", "run", "--role", "r", "--exit-when-idle"];
+        args.extend_from_slice(more);
+        self.ok(&args)
+    }
+
     /// [`Db::ok`] with `stdin` on the command's standard input.
     pub fn ok_with_stdin(&self, args: &[&str], stdin: &str) -> String {
         succeeded(
