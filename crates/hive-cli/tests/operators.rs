@@ -478,6 +478,19 @@ fn a_large_plans_status_shows_what_went_wrong_first_and_reads_only_that() {
         table.contains("disk on fire"),
         "the error's first line:\n{table}"
     );
+    assert!(table.contains("DURATION"), "{table}");
+    let header = table.lines().find(|l| l.contains("DURATION")).unwrap();
+    let column = header.find("DURATION").unwrap();
+    let bad = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("bad "))
+        .unwrap();
+    assert!(
+        bad[column..]
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_digit()),
+        "a finished run's duration:\n{table}"
+    );
 
     let failed = db.json(&["plan", "status", &plan, "--status", "failed"]);
     assert_eq!(failed["plan"]["failed_subtasks"], 1, "{failed}");
@@ -486,6 +499,12 @@ fn a_large_plans_status_shows_what_went_wrong_first_and_reads_only_that() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["plan_subtask_id"], "bad");
     assert_eq!(rows[0]["status"], "failed");
+    // Its latest run's timing, read for the rows shown only.
+    assert!(rows[0]["started_at"].is_string(), "{failed}");
+    assert!(
+        rows[0]["duration_secs"].as_f64().unwrap() >= 0.0,
+        "{failed}"
+    );
 
     let (ok, three, stderr) = db.run(&[
         "plan",

@@ -27,11 +27,11 @@ pub use flow::{Limits, QueueInfo};
 pub use hive_models as models;
 pub use hive_store as store;
 pub use plans::{PLAN_PRUNE_BATCH, PlanSummary};
-pub use results::{PlanResults, SubtaskResult};
+pub use results::{PlanResults, RunTiming, SubtaskResult};
 pub use running::Claimed;
 pub use schedules::FireReport;
 pub use tasks::{DEFAULT_QUEUED_LIMIT, RetryReport, check_retry_filter};
-pub use triage::PLAN_TRIAGE_ORDER;
+pub use triage::{PLAN_TRIAGE_ORDER, TriagedSubtask};
 
 use hive_store::Store;
 

@@ -34,6 +34,30 @@ pub struct SubtaskResult {
     pub progress: Option<hive_models::Progress>,
 }
 
+/// What a subtask's latest run says of its timing: when it started, how long it took once
+/// it ended, and how far it said it had got while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunTiming {
+    pub started_at: Option<Timestamp>,
+    pub duration_secs: Option<f64>,
+    pub progress: Option<hive_models::Progress>,
+}
+
+impl RunTiming {
+    pub fn of(latest: Option<&Run>) -> RunTiming {
+        RunTiming {
+            started_at: latest.map(|r| r.started_at),
+            duration_secs: latest
+                .and_then(Run::duration)
+                .and_then(|d| d.num_microseconds())
+                .map(|us| us as f64 / 1e6),
+            progress: latest
+                .filter(|r| r.is_running())
+                .and_then(|r| r.progress.clone()),
+        }
+    }
+}
+
 /// A plan's subtasks in plan order, and its own result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlanResults {
@@ -76,6 +100,7 @@ impl PlanResults {
             if !depended.contains(spec.id.as_str()) {
                 result.insert(spec.id.clone(), task.result.clone().unwrap_or(Json::Null));
             }
+            let timing = RunTiming::of(run);
             subtasks.push(SubtaskResult {
                 subtask_id: spec.id.clone(),
                 task_id: task.id,
@@ -83,16 +108,11 @@ impl PlanResults {
                 dependencies: spec.dependencies.clone(),
                 attempts: task.attempts,
                 worker: run.map(|r| r.worker_id.clone()),
-                started_at: run.map(|r| r.started_at),
-                duration_secs: run
-                    .and_then(Run::duration)
-                    .and_then(|d| d.num_microseconds())
-                    .map(|us| us as f64 / 1e6),
+                started_at: timing.started_at,
+                duration_secs: timing.duration_secs,
                 output: task.result,
                 error: task.last_error,
-                progress: run
-                    .filter(|r| r.is_running())
-                    .and_then(|r| r.progress.clone()),
+                progress: timing.progress,
             });
         }
         PlanResults {

@@ -2,9 +2,13 @@
 //! a time: what `hive plan status` and the dashboard show of a plan too large to list
 //! whole.
 
-use hive_models::{PlanHeader, Task, TaskStatus};
-use hive_store::{Store, TaskPageParams};
+use std::collections::HashMap;
 
+use hive_models::{PlanHeader, Run, RunId, Task, TaskStatus};
+use hive_store::{Store, TaskPageParams};
+use serde::Serialize;
+
+use crate::results::RunTiming;
 use crate::{Ops, Result};
 
 /// What went wrong, what runs, what waits, then what finished.
@@ -22,7 +26,42 @@ pub const PLAN_TRIAGE_ORDER: [TaskStatus; 11] = [
     TaskStatus::Completed,
 ];
 
+/// A subtask of a plan shown in part: its task row and what its latest run says of its
+/// timing, the fields of both at one level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TriagedSubtask {
+    #[serde(flatten)]
+    pub task: Task,
+    #[serde(flatten)]
+    pub timing: RunTiming,
+}
+
 impl<S: Store + ?Sized> Ops<S> {
+    /// [`Ops::plan_subtasks_by_status`] with each subtask's latest run timing, read in one
+    /// more query for the runs of the subtasks found, never the plan's.
+    pub async fn plan_subtasks_with_timing(
+        &self,
+        plan: &PlanHeader,
+        statuses: &[TaskStatus],
+        limit: u32,
+    ) -> Result<Vec<TriagedSubtask>> {
+        let tasks = self.plan_subtasks_by_status(plan, statuses, limit).await?;
+        let ids: Vec<RunId> = tasks.iter().filter_map(|t| t.current_run_id).collect();
+        let runs: HashMap<RunId, Run> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            let runs = self.store.get_runs(&ids).await?;
+            runs.into_iter().map(|r| (r.id, r)).collect()
+        };
+        Ok(tasks
+            .into_iter()
+            .map(|task| TriagedSubtask {
+                timing: RunTiming::of(task.current_run_id.and_then(|id| runs.get(&id))),
+                task,
+            })
+            .collect())
+    }
+
     /// Up to `limit` of `plan`'s subtasks in `statuses`, status by status in the order
     /// given (a status named twice counts once), newest first within a status. Each read
     /// is one bounded page, never the whole plan, and a finished status the plan's

@@ -395,6 +395,17 @@ impl Store for MemoryStore {
         Ok(self.lock().runs.get(&id).cloned())
     }
 
+    async fn get_runs(&self, ids: &[RunId]) -> Result<Vec<Run>> {
+        let s = self.lock();
+        let mut runs: Vec<Run> = ids
+            .iter()
+            .filter_map(|id| s.runs.get(id).cloned())
+            .collect();
+        runs.sort_by_key(|r| (r.task_id, r.run_number));
+        runs.dedup_by_key(|r| r.id);
+        Ok(runs)
+    }
+
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
         let s = self.lock();
         Ok(s.task_runs

@@ -339,6 +339,10 @@ impl Store for PostgresStore {
         self.run(self.read_run(id)).await
     }
 
+    async fn get_runs(&self, ids: &[RunId]) -> Result<Vec<Run>> {
+        self.run(self.read_runs_by_id(ids)).await
+    }
+
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
         self.run(self.read_runs(task_id)).await
     }

@@ -401,6 +401,10 @@ impl Store for SqliteStore {
         read!(self, runs::get, id)
     }
 
+    async fn get_runs(&self, ids: &[RunId]) -> Result<Vec<Run>> {
+        read!(self, runs::by_id, ids)
+    }
+
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
         read!(self, runs::list, task_id)
     }

@@ -191,6 +191,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
 
+    /// The runs of `ids` that exist, by task then run_number, in one read: the latest run
+    /// of each subtask a page of a large plan shows, without reading all the plan's runs.
+    async fn get_runs(&self, ids: &[RunId]) -> Result<Vec<Run>>;
+
     /// A task's runs by run_number.
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>>;
 

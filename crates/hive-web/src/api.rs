@@ -6,8 +6,10 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hive_client::models::{ExecutionPlan, PlanHeader, PlanStatus, Task, TaskStatus};
-use hive_client::ops::{PLAN_TRIAGE_ORDER, PlanResults, PlanSummary, SubtaskResult};
+use hive_client::models::{ExecutionPlan, PlanHeader, PlanStatus, TaskStatus};
+use hive_client::ops::{
+    PLAN_TRIAGE_ORDER, PlanResults, PlanSummary, SubtaskResult, TriagedSubtask,
+};
 use hive_client::store::StatusCounts;
 use serde::Serialize;
 
@@ -76,7 +78,9 @@ impl PlanStatusJson {
 #[derive(Debug, Serialize)]
 pub struct PlanSubtasksJson {
     pub plan: PlanHeader,
-    pub subtasks: Vec<Task>,
+    /// Each subtask's task row, with its latest run's `started_at`, `duration_secs` and
+    /// `progress` beside the row's fields.
+    pub subtasks: Vec<TriagedSubtask>,
     /// More subtasks of those statuses than `limit`.
     pub more: bool,
 }
@@ -96,7 +100,7 @@ impl PlanSubtasksJson {
         };
         // One row more than asked for tells whether more match.
         let mut subtasks = client
-            .plan_subtasks_by_status(&plan, order, limit.saturating_add(1))
+            .plan_subtasks_with_timing(&plan, order, limit.saturating_add(1))
             .await?;
         let more = subtasks.len() > limit as usize;
         subtasks.truncate(limit as usize);

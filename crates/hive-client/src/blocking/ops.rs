@@ -8,7 +8,7 @@ use hive_models::{
     ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run,
     RunId, Task, TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
 };
-use hive_ops::{Claimed, PlanResults, PlanSummary};
+use hive_ops::{Claimed, PlanResults, PlanSummary, TriagedSubtask};
 use hive_store::{
     FinishReport, Finished, PlansPruned, QueueStats, ReapReport, RunOutcome, StatusCounts,
     TaskFilter, TaskPageParams, WorkerRegistration,
@@ -100,6 +100,7 @@ blocking! {
         fn plan_header(plan_id: PlanId) -> Option<PlanHeader>;
         fn plan_results(plan_id: PlanId) -> Option<PlanResults>;
         fn plan_subtasks_by_status(plan: &PlanHeader, statuses: &[TaskStatus], limit: u32) -> Vec<Task>;
+        fn plan_subtasks_with_timing(plan: &PlanHeader, statuses: &[TaskStatus], limit: u32) -> Vec<TriagedSubtask>;
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
         fn list_plan_headers(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<PlanHeader>;
         fn check_subtask_dependencies(task_id: TaskId) -> bool;

@@ -533,6 +533,16 @@ impl PostgresStore {
         row.as_ref().map(rows::run).transpose()
     }
 
+    pub(super) async fn read_runs_by_id(&self, ids: &[RunId]) -> R<Vec<Run>> {
+        let ids: Vec<Uuid> = ids.iter().map(|r| r.0).collect();
+        let found =
+            sqlx::query("SELECT * FROM runs WHERE id = ANY($1) ORDER BY task_id, run_number")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        found.iter().map(rows::run).collect()
+    }
+
     pub(super) async fn read_runs(&self, task_id: TaskId) -> R<Vec<Run>> {
         self.runs_where(
             "SELECT * FROM runs WHERE task_id = $1 ORDER BY run_number",

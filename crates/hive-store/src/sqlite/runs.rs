@@ -21,6 +21,16 @@ pub(super) async fn get(c: &mut Conn, id: RunId) -> R<Option<Run>> {
     db::one(c, sql, id, db::run_from_row).await
 }
 
+pub(super) async fn by_id(c: &mut Conn, ids: &[RunId]) -> R<Vec<Run>> {
+    let sql = concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY task_id, run_number"
+    );
+    let rows = sqlx::query(sql).bind(json_list(ids)).fetch_all(c).await?;
+    rows.iter().map(db::run_from_row).collect()
+}
+
 pub(super) async fn list(c: &mut Conn, task_id: TaskId) -> R<Vec<Run>> {
     let sql = concat!(
         "SELECT ",

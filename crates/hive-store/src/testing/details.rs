@@ -80,6 +80,36 @@ pub async fn runs_record_when_created_and_last_updated(s: S) {
     assert_eq!(closed.created_at, opened.created_at, "creation never moves");
 }
 
+/// `get_runs` reads the runs asked for, as `get_run` would one by one, ordered by task then
+/// run number whatever order they were asked in; ids of no run, and an empty list, read
+/// nothing.
+pub async fn runs_are_read_by_id_in_one_call(s: S) {
+    let tasks = ["a", "b"].map(|t| NewTask::new(t, "test"));
+    s.insert_tasks(tasks.to_vec()).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let first = s.claim_tasks(&leased("w", 2, lease)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    // The first task's first run is given back; its second run stays running.
+    s.release_runs(&[first[0].run.id]).await.unwrap();
+    let again = s.claim_tasks(&leased("w", 1, lease)).await.unwrap();
+    assert_eq!(again.len(), 1, "the released task is claimed again");
+    assert_eq!(again[0].task.id, first[0].task.id);
+    let ids = [again[0].run.id, first[1].run.id, first[0].run.id];
+    let ghost = hive_models::RunId::new();
+    let mut asked = ids.to_vec();
+    asked.push(ghost);
+    asked.push(ids[0]);
+    let read = s.get_runs(&asked).await.unwrap();
+    let mut expected = Vec::new();
+    for id in ids {
+        expected.push(s.get_run(id).await.unwrap().unwrap());
+    }
+    expected.sort_by_key(|r: &Run| (r.task_id, r.run_number));
+    assert_eq!(read, expected, "each run once, by task then run number");
+    assert!(s.get_runs(&[]).await.unwrap().is_empty());
+    assert!(s.get_runs(&[ghost]).await.unwrap().is_empty());
+}
+
 /// A run starts when its handler did: the wait its worker reports ([`crate::RunOutcome::waited`])
 /// moves the start that much past the claim, and never past the run's end; in a batch of
 /// successes (one statement on Postgres) and in a batch with a failure alike.

@@ -249,6 +249,10 @@ async fn overview_and_a_plans_dag_update_live() {
         let subtasks = part["subtasks"].as_array().unwrap();
         assert_eq!(subtasks.len(), 1, "{part}");
         assert_eq!(subtasks[0]["id"], claimed[0].task.id.to_string());
+        assert!(
+            subtasks[0]["started_at"].is_string() && subtasks[0]["duration_secs"].is_number(),
+            "the failed subtask's run timing beside its fields: {part}"
+        );
         let (code, body) = http(dash.addr, &get("?limit=3")).await;
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("\"more\":true"), "{body}");

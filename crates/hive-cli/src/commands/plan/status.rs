@@ -4,8 +4,8 @@
 //! comes as fast for 100,000 subtasks as for 100.
 
 use clap::Args;
-use hive_client::models::{PlanHeader, Task};
-use hive_client::ops::SubtaskResult;
+use hive_client::models::PlanHeader;
+use hive_client::ops::{SubtaskResult, TriagedSubtask};
 use hive_client::{Client, PlanId, TaskStatus};
 
 use super::found;
@@ -67,6 +67,7 @@ pub async fn run(ctx: &Context, a: StatusArgs) -> anyhow::Result<()> {
             "SUBTASK",
             "STATUS",
             "ATTEMPTS",
+            "DURATION",
             "WAITS FOR",
             "WORKER",
             "UPDATED",
@@ -116,12 +117,14 @@ fn heading(p: &PlanHeader) {
     );
 }
 
-/// A subtask of a plan shown in part: what its task row says, without a read of its runs.
-fn row(t: &Task) -> [String; 7] {
+/// A subtask of a plan shown in part: its task row and its latest run's duration.
+fn row(s: &TriagedSubtask) -> [String; 8] {
+    let t = &s.task;
     [
         t.plan_subtask_id.clone().unwrap_or_default(),
         t.status.to_string(),
         t.attempts.to_string(),
+        output::seconds(s.timing.duration_secs),
         if t.status == TaskStatus::Queued && t.pending_dependencies > 0 {
             format!("{} of {}", t.pending_dependencies, t.dependencies.len())
         } else {
