@@ -3,8 +3,11 @@
 use hive_store::testing::dashboard::*;
 use hive_store::testing::details::*;
 use hive_store::testing::flow::*;
+use hive_store::testing::notifications::*;
+use hive_store::testing::plans::*;
 use hive_store::testing::progress::*;
 use hive_store::testing::retries::*;
+use hive_store::testing::runs::*;
 use hive_store::testing::schedules::*;
 use hive_store::testing::suite::*;
 use hive_store::testing::workflows::*;

@@ -11,7 +11,7 @@ use hive_models::{NewTask, Run, RunStatus, TaskStatus, Worker, WorkerStatus};
 use serde_json::json;
 
 use super::fixtures::{leased, node, plan, reap_params, registration, success, worker};
-use super::suite::wait_for;
+use super::notifications::wait_for;
 use crate::{Change, ReapParams, StatusChange, Store, TaskFilter, WorkerStatusChange};
 
 type S = Arc<dyn Store>;

@@ -16,10 +16,13 @@ pub mod details;
 pub mod differential;
 pub mod fixtures;
 pub mod flow;
+pub mod notifications;
+pub mod plans;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub mod progress;
 pub mod retries;
+pub mod runs;
 pub mod schedules;
 pub mod suite;
 pub mod workflows;
