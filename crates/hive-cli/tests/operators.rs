@@ -463,6 +463,15 @@ fn a_large_plans_status_shows_what_went_wrong_first_and_reads_only_that() {
         stderr.contains("showing 200 of the plan's 1202 subtasks, failed and running first"),
         "{stderr}"
     );
+    // Waiting: `after` waits for `bad`, by name, and for one of its one dependency.
+    let after = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("after "))
+        .unwrap();
+    assert!(
+        after.contains(" bad ") && after.contains("1 of 1"),
+        "{table}"
+    );
 
     db.work_until_idle(&["--type", "shell", "--type", "noop", "--concurrency", "8"]);
     let table = db.ok(&["plan", "status", &plan]);
@@ -499,6 +508,12 @@ fn a_large_plans_status_shows_what_went_wrong_first_and_reads_only_that() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["plan_subtask_id"], "bad");
     assert_eq!(rows[0]["status"], "failed");
+    let cancelled = db.json(&["plan", "status", &plan, "--status", "cancelled"]);
+    assert_eq!(
+        cancelled["subtasks"][0]["depends_on"],
+        serde_json::json!(["bad"]),
+        "{cancelled}"
+    );
     // Its latest run's timing, read for the rows shown only.
     assert!(rows[0]["started_at"].is_string(), "{failed}");
     assert!(

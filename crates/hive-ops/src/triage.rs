@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanHeader, Run, RunId, Task, TaskStatus};
+use hive_models::{PlanHeader, Run, RunId, Task, TaskId, TaskStatus};
 use hive_store::{Store, TaskPageParams};
 use serde::Serialize;
 
@@ -26,19 +26,22 @@ pub const PLAN_TRIAGE_ORDER: [TaskStatus; 11] = [
     TaskStatus::Completed,
 ];
 
-/// A subtask of a plan shown in part: its task row and what its latest run says of its
-/// timing, the fields of both at one level.
+/// A subtask of a plan shown in part: its task row, the subtask ids of its dependencies,
+/// and what its latest run says of its timing, all at one level.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TriagedSubtask {
     #[serde(flatten)]
     pub task: Task,
+    /// The subtask ids of `task.dependencies`, in the same order.
+    pub depends_on: Vec<String>,
     #[serde(flatten)]
     pub timing: RunTiming,
 }
 
 impl<S: Store + ?Sized> Ops<S> {
-    /// [`Ops::plan_subtasks_by_status`] with each subtask's latest run timing, read in one
-    /// more query for the runs of the subtasks found, never the plan's.
+    /// [`Ops::plan_subtasks_by_status`] with each subtask's dependencies by subtask id and
+    /// its latest run timing, read in two more queries for the rows found (their
+    /// dependencies' names, their runs), never the plan's.
     pub async fn plan_subtasks_with_timing(
         &self,
         plan: &PlanHeader,
@@ -46,16 +49,26 @@ impl<S: Store + ?Sized> Ops<S> {
         limit: u32,
     ) -> Result<Vec<TriagedSubtask>> {
         let tasks = self.plan_subtasks_by_status(plan, statuses, limit).await?;
-        let ids: Vec<RunId> = tasks.iter().filter_map(|t| t.current_run_id).collect();
-        let runs: HashMap<RunId, Run> = if ids.is_empty() {
+        let mut deps: Vec<TaskId> = tasks.iter().flat_map(|t| t.dependencies.clone()).collect();
+        deps.sort_unstable();
+        deps.dedup();
+        let names = self.store.subtask_ids(&deps).await?;
+        let run_ids: Vec<RunId> = tasks.iter().filter_map(|t| t.current_run_id).collect();
+        let runs: HashMap<RunId, Run> = if run_ids.is_empty() {
             HashMap::new()
         } else {
-            let runs = self.store.get_runs(&ids).await?;
+            let runs = self.store.get_runs(&run_ids).await?;
             runs.into_iter().map(|r| (r.id, r)).collect()
         };
         Ok(tasks
             .into_iter()
             .map(|task| TriagedSubtask {
+                // A dependency without a name (a task outside the plan) shows its task id.
+                depends_on: task
+                    .dependencies
+                    .iter()
+                    .map(|d| names.get(d).cloned().unwrap_or_else(|| d.to_string()))
+                    .collect(),
                 timing: RunTiming::of(task.current_run_id.and_then(|id| runs.get(&id))),
                 task,
             })

@@ -698,4 +698,12 @@ impl Store for MemoryStore {
             })
             .collect())
     }
+
+    async fn subtask_ids(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
+        let s = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((*id, s.task(*id)?.plan_subtask_id.clone()?)))
+            .collect())
+    }
 }

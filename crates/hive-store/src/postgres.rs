@@ -475,4 +475,11 @@ impl Store for PostgresStore {
         }
         self.run(self.deps_met(ids)).await
     }
+
+    async fn subtask_ids(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.run(self.read_subtask_ids(ids)).await
+    }
 }

@@ -579,4 +579,11 @@ impl Store for SqliteStore {
         }
         read!(self, tasks::dependencies_met, ids)
     }
+
+    async fn subtask_ids(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        read!(self, tasks::subtask_ids, ids)
+    }
 }

@@ -325,4 +325,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// For each known task: whether all its dependencies are completed. Unknown ids are
     /// absent from the map. One round trip for the whole list.
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>>;
+
+    /// The plan subtask id of each task of `ids` that is a plan's subtask, in one round
+    /// trip: the names a page of a large plan gives its rows' dependencies, without reading
+    /// the dependencies' rows (their outputs may be large) or the plan's definition.
+    async fn subtask_ids(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>>;
 }

@@ -26,7 +26,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     running_runs_are_what_a_worker_holds,
     workers_register_list_unregister, plan_materialize_idempotent,
     plan_dependencies_gate_claims, plan_failure_cancels_descendants, plan_cancel,
-    plan_transition_compare_and_set, dependencies_met_batch, notifications_after_commit,
+    plan_transition_compare_and_set, dependencies_met_batch, subtask_ids_name_a_plans_tasks, notifications_after_commit,
     batches_announce_every_task,
     concurrent_claims_exactly_once, not_found_paths,
     plan_finishes_cancelled_when_all_subtasks_finish, a_plans_move_is_reported_on_the_outcome_that_made_it,

@@ -410,6 +410,26 @@ impl PostgresStore {
         Ok(n.unsigned_abs())
     }
 
+    pub(super) async fn read_subtask_ids(&self, ids: &[TaskId]) -> R<HashMap<TaskId, String>> {
+        let ids: Vec<Uuid> = ids.iter().map(|t| t.0).collect();
+        let found = sqlx::query(
+            "SELECT id, plan_subtask_id FROM tasks \
+             WHERE id = ANY($1) AND plan_subtask_id IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        found
+            .iter()
+            .map(|row| {
+                Ok((
+                    TaskId(rows::get(row, "id", "tasks")?),
+                    rows::get(row, "plan_subtask_id", "tasks")?,
+                ))
+            })
+            .collect()
+    }
+
     pub(super) async fn deps_met(&self, ids: &[TaskId]) -> R<HashMap<TaskId, bool>> {
         let ids: Vec<Uuid> = ids.iter().map(|t| t.0).collect();
         let found = sqlx::query(

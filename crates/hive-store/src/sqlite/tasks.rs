@@ -357,20 +357,46 @@ pub(super) async fn prune(c: &mut Conn, p: &PruneParams) -> R<u64> {
     Ok(deleted.rows_affected())
 }
 
+pub(super) async fn subtask_ids(c: &mut Conn, ids: &[TaskId]) -> R<HashMap<TaskId, String>> {
+    per_task(
+        c,
+        "SELECT id, plan_subtask_id AS v FROM tasks \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND plan_subtask_id IS NOT NULL",
+        ids,
+        |cols| cols.get("v"),
+    )
+    .await
+}
+
 pub(super) async fn dependencies_met(c: &mut Conn, ids: &[TaskId]) -> R<HashMap<TaskId, bool>> {
-    let rows = sqlx::query(
+    per_task(
+        c,
         "SELECT t.id, NOT EXISTS (\
              SELECT 1 FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
-             WHERE d.task_id = t.id AND x.status <> 'completed') AS met \
+             WHERE d.task_id = t.id AND x.status <> 'completed') AS v \
          FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?1))",
+        ids,
+        |cols| Ok(cols.get::<i64>("v")? != 0),
     )
-    .bind(json_list(ids))
-    .fetch_all(&mut *c)
-    .await?;
+    .await
+}
+
+/// `sql`'s rows for the tasks in the JSON list bound to its one parameter, as task `id` →
+/// `value` of the row.
+async fn per_task<T>(
+    c: &mut Conn,
+    sql: &'static str,
+    ids: &[TaskId],
+    value: fn(&Cols<'_>) -> R<T>,
+) -> R<HashMap<TaskId, T>> {
+    let rows = sqlx::query(sql)
+        .bind(json_list(ids))
+        .fetch_all(&mut *c)
+        .await?;
     rows.iter()
         .map(|row| {
             let cols = Cols::new(row, "tasks");
-            Ok((cols.parse("id")?, cols.get::<i64>("met")? != 0))
+            Ok((cols.parse("id")?, value(&cols)?))
         })
         .collect()
 }

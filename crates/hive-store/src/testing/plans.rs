@@ -271,6 +271,30 @@ pub async fn dependencies_met_batch(s: S) {
     assert!(s.dependencies_met(&[]).await.unwrap().is_empty());
 }
 
+/// `subtask_ids` names the plan subtasks among the ids asked for (each once, however often
+/// asked); a task outside any plan and an unknown id are absent, as is everything for no ids.
+pub async fn subtask_ids_name_a_plans_tasks(s: S) {
+    let (_, ids) = materialize(&s, diamond()).await;
+    let plain = s
+        .insert_tasks(vec![NewTask::new("plain", "test")])
+        .await
+        .unwrap()[0];
+    let ghost = TaskId::new();
+    let asked: Vec<TaskId> = ["a", "b", "d"]
+        .iter()
+        .map(|k| ids[*k])
+        .chain([plain, ghost, ids["a"]])
+        .collect();
+    let named = s.subtask_ids(&asked).await.unwrap();
+    let expected: HashMap<TaskId, String> = ["a", "b", "d"]
+        .iter()
+        .map(|k| (ids[*k], (*k).to_owned()))
+        .collect();
+    assert_eq!(named, expected);
+    assert!(s.subtask_ids(&[]).await.unwrap().is_empty());
+    assert!(s.subtask_ids(&[plain, ghost]).await.unwrap().is_empty());
+}
+
 /// The run `claims` opened for `task`.
 pub(super) fn run_of(claims: &[crate::Claim], task: TaskId) -> hive_models::RunId {
     claims

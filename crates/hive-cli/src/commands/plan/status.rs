@@ -68,8 +68,9 @@ pub async fn run(ctx: &Context, a: StatusArgs) -> anyhow::Result<()> {
             "STATUS",
             "ATTEMPTS",
             "DURATION",
-            "WAITS FOR",
             "WORKER",
+            "DEPS",
+            "WAITS FOR",
             "UPDATED",
             "ERROR",
         ],
@@ -117,23 +118,34 @@ fn heading(p: &PlanHeader) {
     );
 }
 
-/// A subtask of a plan shown in part: its task row and its latest run's duration.
-fn row(s: &TriagedSubtask) -> [String; 8] {
+/// A subtask of a plan shown in part: its task row, its dependencies by name and its
+/// latest run's duration.
+fn row(s: &TriagedSubtask) -> [String; 9] {
     let t = &s.task;
     [
         t.plan_subtask_id.clone().unwrap_or_default(),
         t.status.to_string(),
         t.attempts.to_string(),
         output::seconds(s.timing.duration_secs),
+        output::opt(t.assigned_worker.as_ref()),
+        deps_cell(&s.depends_on),
         if t.status == TaskStatus::Queued && t.pending_dependencies > 0 {
             format!("{} of {}", t.pending_dependencies, t.dependencies.len())
         } else {
             "-".into()
         },
-        output::opt(t.assigned_worker.as_ref()),
         t.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         output::error_cell(t.last_error.as_deref(), 60),
     ]
+}
+
+/// A `DEPS` cell: the subtask ids, shortened; `-` for none.
+fn deps_cell(deps: &[String]) -> String {
+    if deps.is_empty() {
+        "-".into()
+    } else {
+        output::clip(&deps.join(","), 40)
+    }
 }
 
 /// One row per subtask; dependencies in a `DEPS` column, errors cut to their first line.
@@ -150,11 +162,7 @@ fn subtask_table(subtasks: &[SubtaskResult]) {
                 s.attempts.to_string(),
                 output::seconds(s.duration_secs),
                 output::opt(s.worker.as_ref()),
-                if s.dependencies.is_empty() {
-                    "-".into()
-                } else {
-                    output::clip(&s.dependencies.join(","), 40)
-                },
+                deps_cell(&s.dependencies),
                 output::error_cell(s.error.as_deref(), 60),
             ]
         }),
