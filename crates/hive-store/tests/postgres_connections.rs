@@ -817,3 +817,71 @@ async fn a_recount_drops_the_credits_it_includes() {
             .is_empty()
     );
 }
+
+/// A write that looks and refuses — a retry of a plan that did not fail, a second
+/// materialization — has ended its transaction when its call returns: the rows it locked
+/// to look are free at once, not when sqlx gets round to rolling back a dropped
+/// transaction. Checked from another connection with `NOWAIT` right after each call, many
+/// times, since the old behaviour lost only a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_plan_write_leaves_nothing_locked() {
+    use hive_store::testing::fixtures::{claim_params, node, plan, success};
+    let Some(ts) = fresh("postgres_connections::a_refused_plan_write_leaves_nothing_locked").await
+    else {
+        return;
+    };
+    let s = ts.store.clone();
+    let pid = s
+        .insert_plan(plan(vec![node("a", &[]), node("b", &["a"])]))
+        .await
+        .unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let mut look = sqlx::PgConnection::connect(ts.url.as_deref().unwrap())
+        .await
+        .unwrap();
+    // In progress: nothing to retry.
+    let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    for i in 0..50 {
+        assert_eq!(s.retry_plan(pid).await.unwrap(), None, "{i}");
+        assert!(
+            rows_free(&mut look, pid).await,
+            "retry {i} left the plan's rows locked"
+        );
+        assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(0));
+        assert!(
+            rows_free(&mut look, pid).await,
+            "materialize {i} left the plan locked"
+        );
+    }
+    // Completed: still nothing to retry.
+    s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
+    let next = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    s.finish_runs(&[success(next[0].run.id)]).await.unwrap();
+    for i in 0..50 {
+        assert_eq!(s.retry_plan(pid).await.unwrap(), None, "{i}");
+        assert!(
+            rows_free(&mut look, pid).await,
+            "retry {i} of a completed plan left it locked"
+        );
+    }
+}
+
+/// Whether another transaction could lock plan `pid`'s row and its tasks' rows this moment.
+async fn rows_free(look: &mut sqlx::PgConnection, pid: hive_store::models::PlanId) -> bool {
+    let mut tx = look.begin().await.unwrap();
+    let plan = sqlx::query("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(pid.0)
+        .execute(&mut *tx)
+        .await;
+    let tasks = if plan.is_ok() {
+        sqlx::query("SELECT 1 FROM tasks WHERE plan_id = $1 FOR UPDATE NOWAIT")
+            .bind(pid.0)
+            .execute(&mut *tx)
+            .await
+            .is_ok()
+    } else {
+        false
+    };
+    tx.rollback().await.unwrap();
+    plan.is_ok() && tasks
+}

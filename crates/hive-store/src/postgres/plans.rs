@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
 use super::replay::{self, state_from_row};
-use super::sql::{micros, payload, server_now};
+use super::sql::{end, micros, payload, server_now};
 use super::tasks::TaskRows;
 use super::{PostgresStore, rows};
 use crate::Error;
@@ -133,22 +133,26 @@ impl PostgresStore {
 
     pub(super) async fn materialize_once(&self, id: PlanId) -> R<Option<u64>> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) =
-            sqlx::query("SELECT materialized, parent_task_id FROM plans WHERE id = $1 FOR UPDATE")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?
-        else {
-            return Ok(None);
-        };
-        if rows::get::<bool>(&row, "materialized", "plans")? {
-            return Ok(Some(0));
+        let out = async {
+            let Some(row) = sqlx::query(
+                "SELECT materialized, parent_task_id FROM plans WHERE id = $1 FOR UPDATE",
+            )
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(None);
+            };
+            if rows::get::<bool>(&row, "materialized", "plans")? {
+                return Ok(Some(0));
+            }
+            let subtasks = specs(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
+            let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
+            let created = self.create_tasks(&mut tx, id, parent, &subtasks).await?;
+            Ok(Some(created))
         }
-        let subtasks = specs(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
-        let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
-        let created = self.create_tasks(&mut tx, id, parent, &subtasks).await?;
-        tx.commit().await?;
-        Ok(Some(created))
+        .await;
+        end(tx, out).await
     }
 
     /// The tasks of the plan `id`'s `subtasks` (one insert of the tasks, one of their
@@ -297,42 +301,52 @@ impl PostgresStore {
         rule: impl FnOnce(&mut crate::rules::Changes<'_, Loaded>, &[TaskId]) -> T,
     ) -> R<Option<Option<T>>> {
         let mut tx = self.pool.begin().await?;
-        // Tasks before the plan: the order every other writer locks them in.
-        sqlx::query(lock_tasks).bind(id.0).execute(&mut *tx).await?;
-        let Some(plan) =
-            sqlx::query("SELECT status, now() AS now FROM plans WHERE id = $1 FOR UPDATE")
+        let out = async {
+            // Tasks before the plan: the order every other writer locks them in.
+            sqlx::query(lock_tasks).bind(id.0).execute(&mut *tx).await?;
+            let Some(plan) =
+                sqlx::query("SELECT status, now() AS now FROM plans WHERE id = $1 FOR UPDATE")
+                    .bind(id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            else {
+                return Ok(None);
+            };
+            if !applies(rows::plan_status(&plan, "status")?) {
+                return Ok(Some(None));
+            }
+            let at = server_now(&plan)?;
+            let mut view = Loaded::default();
+            replay::load_plans(&mut tx, &mut view, &[id]).await?;
+            // Again, now that the plan is locked: tasks materialized meanwhile are included.
+            let locked = sqlx::query(lock_tasks)
                 .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?
-        else {
-            return Ok(None);
-        };
-        if !applies(rows::plan_status(&plan, "status")?) {
-            return Ok(Some(None));
-        }
-        let at = server_now(&plan)?;
-        let mut view = Loaded::default();
-        replay::load_plans(&mut tx, &mut view, &[id]).await?;
-        // Again, now that the plan is locked: tasks materialized meanwhile are included.
-        let locked = sqlx::query(lock_tasks)
-            .bind(id.0)
-            .fetch_all(&mut *tx)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut tasks = Vec::with_capacity(locked.len());
+            for row in &locked {
+                let (task, state) = state_from_row(row)?;
+                tasks.push((state.seq, task));
+                view.add_task(task, state);
+            }
+            tasks.sort();
+            let order: Vec<TaskId> = tasks.into_iter().map(|(_, t)| t).collect();
+            let done = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+                rule(ch, &order)
+            })
             .await?;
-        let mut tasks = Vec::with_capacity(locked.len());
-        for row in &locked {
-            let (task, state) = state_from_row(row)?;
-            tasks.push((state.seq, task));
-            view.add_task(task, state);
+            Ok(Some(Some(done)))
         }
-        tasks.sort();
-        let order: Vec<TaskId> = tasks.into_iter().map(|(_, t)| t).collect();
-        let (out, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
-            rule(ch, &order)
-        })
-        .await?;
-        tx.commit().await?;
-        self.after_commit(written).await?;
-        Ok(Some(Some(out)))
+        .await;
+        // Ended whatever the outcome: a refused plan's rows are locked too.
+        match end(tx, out).await? {
+            Some(Some((out, written))) => {
+                self.after_commit(written).await?;
+                Ok(Some(Some(out)))
+            }
+            Some(None) => Ok(Some(None)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -182,7 +182,6 @@ use crate::{Error, Notification};
 const MAX_DAYS: i64 = 365_250;
 pub(super) const MAX_MICROS: i64 = MAX_DAYS * 86_400 * 1_000_000;
 
-/// Microseconds of a duration, capped (see [`MAX_DAYS`]).
 /// Opens the transaction of a write that finds its rows by key (finishing and releasing
 /// runs). Its statements are prepared once per connection, and Postgres settles on one
 /// generic plan after a few calls: made while `runs` is small, that plan scans it whole,
@@ -201,6 +200,27 @@ pub(super) async fn begin_by_key(
         .await?)
 }
 
+/// Ends `tx` before its call returns: commits it after `out` succeeded, rolls it back after
+/// a failure (whose error is the one to report). A transaction handle merely dropped is
+/// rolled back by sqlx later, from a task it spawns, and the transaction's row locks outlive
+/// the call meanwhile: under load a prune right after a refused `retry_plan` skipped the
+/// plan the retry had locked, and a claim would skip such tasks the same way.
+pub(super) async fn end<T>(tx: sqlx::Transaction<'static, sqlx::Postgres>, out: R<T>) -> R<T> {
+    match out {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::debug!(error = %rollback, "rolling back after a failed write");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Microseconds of a duration, capped (see [`MAX_DAYS`]).
 pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros())
         .unwrap_or(i64::MAX)
