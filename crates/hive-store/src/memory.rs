@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hive_models::{
     ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run,
-    RunId, Task, TaskId, TaskStatus, Timestamp, Worker, WorkerId, WorkerStatus,
+    RunId, Task, TaskId, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
@@ -685,25 +685,10 @@ impl Store for MemoryStore {
     }
 
     async fn dependencies_met(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, bool>> {
-        let s = self.lock();
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                let t = s.task(*id)?;
-                let met = t
-                    .dependencies
-                    .iter()
-                    .all(|d| s.task(*d).is_none_or(|x| x.status == TaskStatus::Completed));
-                Some((*id, met))
-            })
-            .collect())
+        Ok(self.lock().dependencies_met(ids))
     }
 
     async fn subtask_ids(&self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
-        let s = self.lock();
-        Ok(ids
-            .iter()
-            .filter_map(|id| Some((*id, s.task(*id)?.plan_subtask_id.clone()?)))
-            .collect())
+        Ok(self.lock().subtask_ids(ids))
     }
 }

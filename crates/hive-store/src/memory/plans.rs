@@ -3,12 +3,32 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanId, TaskId, Timestamp};
+use hive_models::{PlanId, TaskId, TaskStatus, Timestamp};
 
 use super::state::{State, sub};
 use crate::{PlanPruneParams, PlansPruned};
 
 impl State {
+    /// See [`crate::Store::dependencies_met`].
+    pub(crate) fn dependencies_met(&self, ids: &[TaskId]) -> HashMap<TaskId, bool> {
+        ids.iter()
+            .filter_map(|id| {
+                let met = self.task(*id)?.dependencies.iter().all(|d| {
+                    self.task(*d)
+                        .is_none_or(|x| x.status == TaskStatus::Completed)
+                });
+                Some((*id, met))
+            })
+            .collect()
+    }
+
+    /// See [`crate::Store::subtask_ids`].
+    pub(crate) fn subtask_ids(&self, ids: &[TaskId]) -> HashMap<TaskId, String> {
+        ids.iter()
+            .filter_map(|id| Some((*id, self.task(*id)?.plan_subtask_id.clone()?)))
+            .collect()
+    }
+
     /// Creates the plan's tasks once; the number created (0 when it was materialized
     /// already), `None` for an unknown plan.
     pub(crate) fn materialize(&mut self, id: PlanId, at: Timestamp) -> Option<u64> {
