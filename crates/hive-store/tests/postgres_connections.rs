@@ -823,22 +823,15 @@ async fn a_recount_drops_the_credits_it_includes() {
 /// to look are free at once, not when sqlx gets round to rolling back a dropped
 /// transaction. Checked from another connection with `NOWAIT` right after each call, many
 /// times, since the old behaviour lost only a race.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_refused_plan_write_leaves_nothing_locked() {
-    use hive_store::testing::fixtures::{claim_params, node, plan, success};
-    let Some(ts) = fresh("postgres_connections::a_refused_plan_write_leaves_nothing_locked").await
+    use hive_store::testing::fixtures::{claim_params, success};
+    let Some((ts, pid, mut look)) =
+        a_plan_to_refuse("postgres_connections::a_refused_plan_write_leaves_nothing_locked").await
     else {
         return;
     };
     let s = ts.store.clone();
-    let pid = s
-        .insert_plan(plan(vec![node("a", &[]), node("b", &["a"])]))
-        .await
-        .unwrap();
-    s.materialize_plan(pid).await.unwrap().unwrap();
-    let mut look = sqlx::PgConnection::connect(ts.url.as_deref().unwrap())
-        .await
-        .unwrap();
     // In progress: nothing to retry.
     let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
     for i in 0..50 {
@@ -866,22 +859,74 @@ async fn a_refused_plan_write_leaves_nothing_locked() {
     }
 }
 
-/// Whether another transaction could lock plan `pid`'s row and its tasks' rows this moment.
-async fn rows_free(look: &mut sqlx::PgConnection, pid: hive_store::models::PlanId) -> bool {
-    let mut tx = look.begin().await.unwrap();
-    let plan = sqlx::query("SELECT 1 FROM plans WHERE id = $1 FOR UPDATE NOWAIT")
-        .bind(pid.0)
-        .execute(&mut *tx)
-        .await;
-    let tasks = if plan.is_ok() {
-        sqlx::query("SELECT 1 FROM tasks WHERE plan_id = $1 FOR UPDATE NOWAIT")
-            .bind(pid.0)
-            .execute(&mut *tx)
-            .await
-            .is_ok()
-    } else {
-        false
+/// The same for the task writes the rules can refuse after locking: deleting a task of a
+/// running plan, and a status change the task's status does not allow.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_task_write_leaves_nothing_locked() {
+    use hive_store::StatusChange;
+    use hive_store::models::TaskStatus;
+    use hive_store::testing::fixtures::{claim_params, success};
+    let Some((ts, pid, mut look)) =
+        a_plan_to_refuse("postgres_connections::a_refused_task_write_leaves_nothing_locked").await
+    else {
+        return;
     };
-    tx.rollback().await.unwrap();
-    plan.is_ok() && tasks
+    let s = ts.store.clone();
+    let a = s
+        .claim_tasks(&claim_params("w", 1))
+        .await
+        .unwrap()
+        .remove(0);
+    for i in 0..50 {
+        let refused = s.delete_task(a.task.id).await;
+        assert!(refused.is_err(), "{i}: {refused:?}");
+        assert!(
+            rows_free(&mut look, pid).await,
+            "refused delete {i} left the task locked"
+        );
+    }
+    s.finish_runs(&[success(a.run.id)]).await.unwrap();
+    for i in 0..50 {
+        let refused = s
+            .set_task_status(a.task.id, StatusChange::to(TaskStatus::InProgress))
+            .await;
+        assert!(refused.is_err(), "{i}: {refused:?}");
+        assert!(
+            rows_free(&mut look, pid).await,
+            "refused status change {i} left the task locked"
+        );
+    }
+}
+
+/// A fresh store with a materialized plan `a` → `b`, and a connection of its own to look
+/// at the plan's locks from.
+async fn a_plan_to_refuse(
+    test: &str,
+) -> Option<(TestStore, hive_store::models::PlanId, sqlx::PgConnection)> {
+    use hive_store::testing::fixtures::{node, plan};
+    let ts = fresh(test).await?;
+    let pid = ts
+        .store
+        .insert_plan(plan(vec![node("a", &[]), node("b", &["a"])]))
+        .await
+        .unwrap();
+    ts.store.materialize_plan(pid).await.unwrap().unwrap();
+    let look = sqlx::PgConnection::connect(ts.url.as_deref().unwrap())
+        .await
+        .unwrap();
+    Some((ts, pid, look))
+}
+
+/// Whether another transaction could lock plan `pid`'s row and its tasks' rows this moment:
+/// one statement, so on the tests' one-thread runtime it reaches the server before a task
+/// the refused call may have spawned to roll back could run.
+async fn rows_free(look: &mut sqlx::PgConnection, pid: hive_store::models::PlanId) -> bool {
+    sqlx::query(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM plans WHERE id = $1 FOR UPDATE NOWAIT) p), \
+                (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE plan_id = $1 FOR UPDATE NOWAIT) t)",
+    )
+    .bind(pid.0)
+    .execute(look)
+    .await
+    .is_ok()
 }

@@ -8,7 +8,7 @@ use hive_models::{Run, RunId, TaskId};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::sql::micros;
+use super::sql::{end, micros};
 use super::{PostgresStore, flow, rows};
 use crate::sql::R;
 use crate::{Claim, ClaimParams};
@@ -189,10 +189,8 @@ impl PostgresStore {
             // claim that follows.
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let mut admitted = Vec::new();
-            claims = self
-                .claim_admitted(&mut tx, p, probe, &mut admitted)
-                .await?;
-            tx.commit().await?;
+            let out = self.claim_admitted(&mut tx, p, probe, &mut admitted).await;
+            claims = end(tx, out).await?;
             notes.append(&mut admitted);
         }
         let left = p.limit.saturating_sub(claims.len() as u32);
@@ -210,8 +208,8 @@ impl PostgresStore {
             ..p.clone()
         };
         let mut taken = Vec::new();
-        claims.extend(self.claim_in(&mut tx, &rest, None, &mut taken).await?);
-        tx.commit().await?;
+        let out = self.claim_in(&mut tx, &rest, None, &mut taken).await;
+        claims.extend(end(tx, out).await?);
         notes.append(&mut taken);
         Ok(claims)
     }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use super::rows;
+use super::sql::end;
 use crate::ClaimParams;
 use crate::flow::{self, FlowCandidate, FlowClaim};
 use crate::sql::R;
@@ -85,19 +86,22 @@ impl PostgresStore {
 
     pub(super) async fn delete_flow_rule_once(&self, scope: &Scope) -> R<bool> {
         let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = $1 AND name = $2")
-            .bind(scope.kind())
-            .bind(scope.name())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM flow_starts WHERE kind = $1 AND name = $2")
-            .bind(scope.kind())
-            .bind(scope.name())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(gone > 0)
+        let out: R<bool> = async {
+            let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = $1 AND name = $2")
+                .bind(scope.kind())
+                .bind(scope.name())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM flow_starts WHERE kind = $1 AND name = $2")
+                .bind(scope.kind())
+                .bind(scope.name())
+                .execute(&mut *tx)
+                .await?;
+            Ok(gone > 0)
+        }
+        .await;
+        end(tx, out).await
     }
 }
 

@@ -43,21 +43,23 @@ const LOCK_RETRIED_PLAN_TASKS: &str = concat!(
 impl PostgresStore {
     pub(super) async fn insert_plan_row(&self, plan: &NewPlan) -> R<PlanId> {
         let mut tx = self.pool.begin().await?;
-        let id = insert_plan(&mut tx, plan).await?;
-        tx.commit().await?;
-        Ok(id)
+        let out = insert_plan(&mut tx, plan).await;
+        end(tx, out).await
     }
 
     /// Stores a plan and materializes it in the same transaction, from the subtasks in hand
     /// rather than read back: a crash leaves either nothing or the whole plan with its tasks.
     pub(super) async fn submit_once(&self, plan: &NewPlan) -> R<(PlanId, u64)> {
         let mut tx = self.pool.begin().await?;
-        let id = insert_plan(&mut tx, plan).await?;
-        let created = self
-            .create_tasks(&mut tx, id, plan.parent_task_id, &plan.subtasks)
-            .await?;
-        tx.commit().await?;
-        Ok((id, created))
+        let out: R<_> = async {
+            let id = insert_plan(&mut tx, plan).await?;
+            let created = self
+                .create_tasks(&mut tx, id, plan.parent_task_id, &plan.subtasks)
+                .await?;
+            Ok((id, created))
+        }
+        .await;
+        end(tx, out).await
     }
 
     pub(super) async fn read_plan(&self, id: PlanId) -> R<Option<ExecutionPlan>> {

@@ -12,8 +12,8 @@ use hive_models::{
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::replay::{self, load_locked};
-use super::sql::{begin_by_key, micros, server_now};
+use super::replay::{self, Written, load_locked};
+use super::sql::{begin_by_key, end, micros, server_now};
 use super::{PostgresStore, flow, listen, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
@@ -373,8 +373,8 @@ impl PostgresStore {
 
     pub(super) async fn finish_once(&self, outcomes: &[RunOutcome]) -> R<Vec<FinishReport>> {
         let mut tx = begin_by_key(&self.pool).await?;
-        let mut done = self.finish_in(&mut tx, outcomes, true).await?;
-        tx.commit().await?;
+        let out = self.finish_in(&mut tx, outcomes, true).await;
+        let mut done = end(tx, out).await?;
         self.publish(std::mem::take(&mut done.notes)).await;
         self.fold_credits_later(std::mem::take(&mut done.credited));
         self.settle_reported(&mut done).await;
@@ -389,21 +389,25 @@ impl PostgresStore {
         p: &ClaimParams,
     ) -> R<(Vec<FinishReport>, Vec<Claim>)> {
         let mut tx = begin_by_key(&self.pool).await?;
-        let mut done = self.finish_in(&mut tx, outcomes, false).await?;
-        // Probed after the finish, which may have made room in a limited scope.
-        let probe = if done.no_flow {
-            None
-        } else {
-            flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room)
-        };
-        let mut notes = std::mem::take(&mut done.notes);
-        let claims = self.claim_in(&mut tx, p, probe, &mut notes).await?;
+        let out: R<_> = async {
+            let mut done = self.finish_in(&mut tx, outcomes, false).await?;
+            // Probed after the finish, which may have made room in a limited scope.
+            let probe = if done.no_flow {
+                None
+            } else {
+                flow::probe(&mut tx, p).await?.filter(flow::Probe::has_room)
+            };
+            let mut notes = std::mem::take(&mut done.notes);
+            let claims = self.claim_in(&mut tx, p, probe, &mut notes).await?;
+            Ok((done, notes, claims))
+        }
+        .await;
+        let (mut done, mut notes, claims) = end(tx, out).await?;
         let claimed: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
         let unclaimed: Vec<_> = (done.ready.iter())
             .filter(|t| !claimed.contains(t))
             .map(|t| self.notifier.task_ready(*t))
             .collect();
-        tx.commit().await?;
         notes.extend(listen::encode(&unclaimed));
         self.publish(notes).await;
         self.fold_credits_later(std::mem::take(&mut done.credited));
@@ -414,32 +418,51 @@ impl PostgresStore {
     /// Releases live runs in the given order; returns their tasks.
     pub(super) async fn release_once(&self, run_ids: &[RunId]) -> R<Vec<TaskId>> {
         let mut tx = begin_by_key(&self.pool).await?;
-        let locked = lock_runs(&mut tx, run_ids).await?;
-        let Some(first) = locked.first() else {
+        let out: R<_> = async {
+            let locked = lock_runs(&mut tx, run_ids).await?;
+            let Some(first) = locked.first() else {
+                return Ok(None);
+            };
+            let at = server_now(first)?;
+            let mut view = Loaded::default();
+            let run_task = load_locked(&mut view, &locked)?;
+            let order: Vec<(RunId, TaskId)> = run_ids
+                .iter()
+                .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
+                .collect();
+            let replayed = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+                order
+                    .iter()
+                    .filter(|(r, t)| ch.release(*r, *t))
+                    .map(|(_, t)| *t)
+                    .collect()
+            })
+            .await?;
+            Ok(Some(replayed))
+        }
+        .await;
+        let Some((released, written)) = end(tx, out).await? else {
             return Ok(Vec::new());
         };
-        let at = server_now(first)?;
-        let mut view = Loaded::default();
-        let run_task = load_locked(&mut view, &locked)?;
-        let order: Vec<(RunId, TaskId)> = run_ids
-            .iter()
-            .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
-            .collect();
-        let (released, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
-            order
-                .iter()
-                .filter(|(r, t)| ch.release(*r, *t))
-                .map(|(_, t)| *t)
-                .collect()
-        })
-        .await?;
-        tx.commit().await?;
         self.after_commit(written).await?;
         Ok(released)
     }
 
     pub(super) async fn reap_once(&self, p: &ReapParams) -> R<ReapReport> {
         let mut tx = self.pool.begin().await?;
+        let out = self.reap_in(&mut tx, p).await;
+        let (report, written) = end(tx, out).await?;
+        self.after_commit(written).await?;
+        // Credits and plans a crash left between a finish's commit and its follow-up.
+        super::folds::fold_credits(&self.pool, self.notifier.origin(), None).await?;
+        let mut conn = self.pool.acquire().await?;
+        replay::settle_stalled(&mut conn, &self.notifier, p.limit).await?;
+        Ok(report)
+    }
+
+    /// Takes silent workers offline and expires the runs whose leases ran out, by the rules;
+    /// the caller ends the transaction.
+    async fn reap_in(&self, tx: &mut PgConnection, p: &ReapParams) -> R<(ReapReport, Written)> {
         let offline = sqlx::query(
             "WITH off AS ( \
                  UPDATE workers SET status = 'offline', current_task_id = NULL, \
@@ -477,10 +500,10 @@ impl PostgresStore {
             })
             .map(|(_, t)| *t)
             .collect();
-        replay::load_cascade(&mut tx, &mut view, &roots).await?;
-        replay::load_plans(&mut tx, &mut view, &[]).await?;
+        replay::load_cascade(&mut *tx, &mut view, &roots).await?;
+        replay::load_plans(&mut *tx, &mut view, &[]).await?;
         let ids: Vec<String> = rows::get(&offline, "ids", "workers")?;
-        let (report, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+        replay::replay(&mut *tx, &self.notifier, &view, at, true, |ch| {
             let mut report = ReapReport::default();
             for (run_id, task_id) in order {
                 match ch.expire(run_id, task_id, p.retry) {
@@ -499,14 +522,7 @@ impl PostgresStore {
             }
             report
         })
-        .await?;
-        tx.commit().await?;
-        self.after_commit(written).await?;
-        // Credits and plans a crash left between a finish's commit and its follow-up.
-        super::folds::fold_credits(&self.pool, self.notifier.origin(), None).await?;
-        let mut conn = self.pool.acquire().await?;
-        replay::settle_stalled(&mut conn, &self.notifier, p.limit).await?;
-        Ok(report)
+        .await
     }
 
     pub(super) async fn extend_once(&self, run_id: RunId, lease: Duration) -> R<Timestamp> {

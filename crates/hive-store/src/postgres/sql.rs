@@ -205,7 +205,7 @@ pub(super) async fn begin_by_key(
 /// rolled back by sqlx later, from a task it spawns, and the transaction's row locks outlive
 /// the call meanwhile: under load a prune right after a refused `retry_plan` skipped the
 /// plan the retry had locked, and a claim would skip such tasks the same way.
-pub(super) async fn end<T>(tx: sqlx::Transaction<'static, sqlx::Postgres>, out: R<T>) -> R<T> {
+pub(super) async fn end<T>(tx: sqlx::Transaction<'_, sqlx::Postgres>, out: R<T>) -> R<T> {
     match out {
         Ok(v) => {
             tx.commit().await?;

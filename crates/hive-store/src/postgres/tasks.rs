@@ -8,7 +8,7 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use super::replay::{self, state_from_row};
-use super::sql::{micros, payload, server_now};
+use super::sql::{end, micros, payload, server_now};
 use super::{PostgresStore, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
@@ -197,43 +197,46 @@ impl PostgresStore {
             return Ok(ids);
         }
         let mut tx = self.pool.begin().await?;
-        let inserted: HashSet<Uuid> = batch.insert(&mut tx, None).await?.into_iter().collect();
-        let lost: Vec<(String, TaskId)> = keyed
-            .into_iter()
-            .filter(|(_, id)| !inserted.contains(&id.0))
-            .collect();
-        if !lost.is_empty() {
-            let keys: Vec<&str> = lost.iter().map(|(k, _)| k.as_str()).collect();
-            let found = sqlx::query(
-                "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
-            )
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut existing = HashMap::with_capacity(found.len());
-            for row in &found {
-                let key: String = rows::get(row, "idempotency_key", "tasks")?;
-                existing.insert(key, TaskId(rows::get(row, "id", "tasks")?));
-            }
-            for (key, generated) in lost {
-                // The conflicting task was deleted after it blocked ours: try again.
-                let Some(id) = existing.get(&key) else {
-                    return Err(Error::Conflict(format!(
-                        "idempotency key `{key}` changed concurrently"
-                    ))
-                    .into());
-                };
-                for slot in ids.iter_mut().filter(|i| **i == generated) {
-                    *slot = *id;
+        let out: R<String> = async {
+            let inserted: HashSet<Uuid> = batch.insert(&mut tx, None).await?.into_iter().collect();
+            let lost: Vec<(String, TaskId)> = keyed
+                .into_iter()
+                .filter(|(_, id)| !inserted.contains(&id.0))
+                .collect();
+            if !lost.is_empty() {
+                let keys: Vec<&str> = lost.iter().map(|(k, _)| k.as_str()).collect();
+                let found = sqlx::query(
+                    "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
+                )
+                .bind(&keys)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut existing = HashMap::with_capacity(found.len());
+                for row in &found {
+                    let key: String = rows::get(row, "idempotency_key", "tasks")?;
+                    existing.insert(key, TaskId(rows::get(row, "id", "tasks")?));
+                }
+                for (key, generated) in lost {
+                    // The conflicting task was deleted after it blocked ours: try again.
+                    let Some(id) = existing.get(&key) else {
+                        return Err(Error::Conflict(format!(
+                            "idempotency key `{key}` changed concurrently"
+                        ))
+                        .into());
+                    };
+                    for slot in ids.iter_mut().filter(|i| **i == generated) {
+                        *slot = *id;
+                    }
                 }
             }
+            payload(
+                &self
+                    .notifier
+                    .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
+            )
         }
-        let note = payload(
-            &self
-                .notifier
-                .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
-        )?;
-        tx.commit().await?;
+        .await;
+        let note = end(tx, out).await?;
         self.publish(vec![note]).await;
         Ok(ids)
     }
@@ -295,36 +298,43 @@ impl PostgresStore {
         change: &StatusChange,
     ) -> R<Option<StatusChanged>> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(concat!(
-            "SELECT t.*, ",
-            task_dependencies!(),
-            ", t.id AS task_id, t.status AS task_status, now() AS now \
-             FROM tasks t WHERE t.id = $1 FOR UPDATE"
-        ))
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
+        let out: R<_> = async {
+            let Some(row) = sqlx::query(concat!(
+                "SELECT t.*, ",
+                task_dependencies!(),
+                ", t.id AS task_id, t.status AS task_status, now() AS now \
+                 FROM tasks t WHERE t.id = $1 FOR UPDATE"
+            ))
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let task = rows::task(&row)?;
+            let at = server_now(&row)?;
+            let mut view = Loaded::default();
+            view.add_task(id, state_from_row(&row)?.1);
+            if change.status.is_terminal() && change.status != TaskStatus::Completed {
+                replay::load_cascade(&mut tx, &mut view, &[id]).await?;
+            }
+            replay::load_plans(&mut tx, &mut view, &[]).await?;
+            let (outcome, written) =
+                replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+                    ch.change_status(&task, change)
+                })
+                .await?;
+            let outcome = outcome?;
+            let task = self
+                .read_task_in(&mut tx, id)
+                .await?
+                .ok_or_else(|| Error::not_found("task", id))?;
+            Ok(Some((outcome, written, task)))
+        }
+        .await;
+        let Some((outcome, written, task)) = end(tx, out).await? else {
             return Ok(None);
         };
-        let task = rows::task(&row)?;
-        let at = server_now(&row)?;
-        let mut view = Loaded::default();
-        view.add_task(id, state_from_row(&row)?.1);
-        if change.status.is_terminal() && change.status != TaskStatus::Completed {
-            replay::load_cascade(&mut tx, &mut view, &[id]).await?;
-        }
-        replay::load_plans(&mut tx, &mut view, &[]).await?;
-        let (outcome, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
-            ch.change_status(&task, change)
-        })
-        .await?;
-        let outcome = outcome?;
-        let task = self
-            .read_task_in(&mut tx, id)
-            .await?
-            .ok_or_else(|| Error::not_found("task", id))?;
-        tx.commit().await?;
         self.after_commit(written).await?;
         Ok(Some(StatusChanged {
             previous: outcome.previous,
@@ -344,6 +354,13 @@ impl PostgresStore {
 
     pub(super) async fn delete_once(&self, id: TaskId) -> R<bool> {
         let mut tx = self.pool.begin().await?;
+        let out = self.delete_in(&mut tx, id).await;
+        end(tx, out).await
+    }
+
+    /// Deletes a task the rules let go, counting its dependents down as if it had completed
+    /// unless it had; the caller ends the transaction, also when the rules refused.
+    async fn delete_in(&self, tx: &mut PgConnection, id: TaskId) -> R<bool> {
         let Some(row) = sqlx::query(concat!(select_tasks!(), "WHERE t.id = $1 FOR UPDATE"))
             .bind(id.0)
             .fetch_optional(&mut *tx)
@@ -382,7 +399,6 @@ impl PostgresStore {
         .bind(id.0)
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(n > 0)
     }
 

@@ -4,7 +4,7 @@
 use hive_models::{RunId, TaskId, Worker, WorkerId, WorkerStatus};
 
 use super::replay::{self, load_locked};
-use super::sql::{micros, payload, server_now};
+use super::sql::{end, micros, payload, server_now};
 use super::{PostgresStore, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
@@ -118,33 +118,39 @@ impl PostgresStore {
     /// Deletes the worker and releases its live runs, in (task, run) order, by the rules.
     pub(super) async fn unregister_once(&self, id: &WorkerId) -> R<Option<Vec<TaskId>>> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query("DELETE FROM workers WHERE id = $1 RETURNING now() AS now")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let out: R<_> = async {
+            let Some(row) = sqlx::query("DELETE FROM workers WHERE id = $1 RETURNING now() AS now")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let at = server_now(&row)?;
+            let locked = sqlx::query(WORKER_RUNS)
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut view = Loaded::default();
+            let run_task = load_locked(&mut view, &locked)?;
+            let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
+            order.sort_by_key(|(r, t)| (*t, *r));
+            let replayed = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+                let released: Vec<TaskId> = order
+                    .iter()
+                    .filter(|(r, t)| ch.release(*r, *t))
+                    .map(|(_, t)| *t)
+                    .collect();
+                ch.note(self.notifier.worker(id.clone(), WorkerStatus::Offline));
+                released
+            })
+            .await?;
+            Ok(Some(replayed))
+        }
+        .await;
+        let Some((released, written)) = end(tx, out).await? else {
             return Ok(None);
         };
-        let at = server_now(&row)?;
-        let locked = sqlx::query(WORKER_RUNS)
-            .bind(id.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut view = Loaded::default();
-        let run_task = load_locked(&mut view, &locked)?;
-        let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
-        order.sort_by_key(|(r, t)| (*t, *r));
-        let (released, written) = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
-            let released: Vec<TaskId> = order
-                .iter()
-                .filter(|(r, t)| ch.release(*r, *t))
-                .map(|(_, t)| *t)
-                .collect();
-            ch.note(self.notifier.worker(id.clone(), WorkerStatus::Offline));
-            released
-        })
-        .await?;
-        tx.commit().await?;
         self.after_commit(written).await?;
         Ok(Some(released))
     }
