@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use hive_client::models::{PlanHeader, Task};
-use hive_client::ops::PLAN_TRIAGE_ORDER;
+use hive_client::models::PlanHeader;
+use hive_client::ops::{PLAN_TRIAGE_ORDER, TriagedSubtask};
 use hive_client::{PlanStatus, TaskStatus};
 
 use crate::AppState;
@@ -63,7 +63,7 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
     if header.total_subtasks as usize > DRAWN_AT_MOST {
         return match s
             .client
-            .plan_subtasks_by_status(&header, &PLAN_TRIAGE_ORDER, LARGE_ROWS)
+            .plan_subtasks_with_timing(&header, &PLAN_TRIAGE_ORDER, LARGE_ROWS)
             .await
         {
             Ok(rows) => large_page(&header, &rows).into_response(),
@@ -86,11 +86,13 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
             }
             h2 { "Subtasks" }
             table {
-                tr { th { "subtask" } th { "status" } th { "depends on" } th { "worker" } th { "error" } }
+                tr { th { "subtask" } th { "status" } th { "attempts" } th { "duration" } th { "depends on" } th { "worker" } th { "error" } }
                 @for st in &plan.subtasks {
                     tr {
                         td { a href={ "/tasks/" (st.task_id) } { (st.subtask_id) } }
                         td { (crate::view::badge(st.status)) }
+                        td { (st.attempts) }
+                        td class="duration" { @if let Some(d) = st.duration_secs { (crate::view::secs(d)) } }
                         td { (st.dependencies.join(", ")) }
                         td { @if let Some(w) = &st.worker { (w.0) } }
                         td class="error" { @if let Some(e) = &st.error { (e) } }
@@ -127,7 +129,7 @@ fn heading(p: &PlanHeader) -> Markup {
 /// would keep the database and the browser busy, so it shows the subtasks an operator looks
 /// for first, links to the tasks page for all of them, and follows changes every few
 /// seconds.
-fn large_page(p: &PlanHeader, rows: &[Task]) -> Markup {
+fn large_page(p: &PlanHeader, rows: &[TriagedSubtask]) -> Markup {
     let all = |status: TaskStatus| format!("/tasks?plan={}&status={}", p.id, status.as_str());
     layout(
         &p.title,
@@ -147,12 +149,15 @@ fn large_page(p: &PlanHeader, rows: &[Task]) -> Markup {
             }
             h2 { "Subtasks" }
             table {
-                tr { th { "subtask" } th { "status" } th { "attempts" } th { "waits for" } th { "worker" } th { "error" } }
-                @for t in rows {
+                tr { th { "subtask" } th { "status" } th { "attempts" } th { "duration" } th { "depends on" } th { "waits for" } th { "worker" } th { "error" } }
+                @for row in rows {
+                    @let t = &row.task;
                     tr {
                         td { a href={ "/tasks/" (t.id) } { (t.plan_subtask_id.as_deref().unwrap_or("")) } }
                         td { (crate::view::badge(t.status)) }
                         td { (t.attempts) }
+                        td class="duration" { @if let Some(d) = row.timing.duration_secs { (crate::view::secs(d)) } }
+                        td { (depends_on(&row.depends_on)) }
                         td { @if t.pending_dependencies > 0 {
                             (t.pending_dependencies) " of " (t.dependencies.len())
                         } }
@@ -163,4 +168,27 @@ fn large_page(p: &PlanHeader, rows: &[Task]) -> Markup {
             }
         },
     )
+}
+
+/// Dependencies shown in a row of a large plan: a join may wait for thousands, so the cell
+/// names the first few and counts the rest (the task's page lists them all).
+fn depends_on(ids: &[String]) -> String {
+    const NAMED: usize = 5;
+    match ids.len() {
+        n if n <= NAMED => ids.join(", "),
+        n => format!("{} and {} more", ids[..NAMED].join(", "), n - NAMED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::depends_on;
+
+    #[test]
+    fn a_rows_dependencies_are_named_up_to_five_then_counted() {
+        let ids = |n: usize| (0..n).map(|i| format!("s{i}")).collect::<Vec<_>>();
+        assert_eq!(depends_on(&[]), "");
+        assert_eq!(depends_on(&ids(5)), "s0, s1, s2, s3, s4");
+        assert_eq!(depends_on(&ids(500)), "s0, s1, s2, s3, s4 and 495 more");
+    }
 }

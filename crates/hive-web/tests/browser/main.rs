@@ -147,6 +147,11 @@ async fn overview_and_a_plans_dag_update_live() {
         assert_eq!(fill(&b, &running_name).await, BLUE);
         assert_eq!(fill(&b, other).await, AMBER);
         assert_eq!(fill(&b, "package").await, AMBER);
+        let fetch_row = b
+            .find(Locator::XPath("//table//tr[td/a[text()='fetch']]"))
+            .await
+            .unwrap();
+        assert_duration(&fetch_row, "the completed subtask").await;
         b.find(Locator::Css(".dag .node[data-subtask='fetch']"))
             .await
             .unwrap()
@@ -215,6 +220,7 @@ async fn overview_and_a_plans_dag_update_live() {
             "{first}"
         );
         assert!(first.contains("failed"), "{first}");
+        assert_duration(&rows[1], "the failed subtask").await;
         assert!(rows[2].text().await.unwrap().contains("queued"));
         // Every subtask is a link away, on the tasks page filtered by plan and status.
         b.find(Locator::LinkText("failed"))
@@ -513,4 +519,19 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
     })
     .await
     .expect("the browser test finished in time");
+}
+
+/// A plan table's row shows a duration ("12 ms", "3.4 s") in its duration cell.
+async fn assert_duration(row: &fantoccini::elements::Element, what: &str) {
+    let cell = row
+        .find(Locator::Css("td.duration"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        cell.ends_with("ms") || cell.ends_with(" s"),
+        "{what}'s duration: {cell:?}"
+    );
 }
