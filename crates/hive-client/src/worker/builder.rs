@@ -143,6 +143,8 @@ impl WorkerBuilder {
         /// dropped (default 5 s).
         timeout_grace: Duration,
         /// Stop once nothing of this worker's types is queued, running or waiting to retry.
+        /// An idle worker looks again as soon as another worker's task settles, and at most
+        /// every 20 ms while many do.
         exit_when_idle: bool,
         /// Whether this worker also runs the scheduler, creating the tasks of due
         /// schedules (default true; any number of workers may: each slot creates one task).

@@ -10,6 +10,7 @@ use hive_models::RunId;
 use hive_ops::Claimed;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::completer::Done;
 use super::handler::run_one;
@@ -17,6 +18,10 @@ use super::pace::Pace;
 use super::runtime::Runtime;
 use crate::Result;
 use crate::backoff::Backoff;
+
+/// How often at most an idle worker that exits when idle asks the store whether anything
+/// is left while other workers' tasks settle.
+const IDLE_RECHECK: Duration = Duration::from_millis(20);
 
 /// One permit per free slot. Claims take permits; a slot comes back when its task's
 /// outcome is committed, unless the completer reuses it for a task claimed in the same
@@ -271,6 +276,10 @@ impl Runtime {
         let mut running = Running::default();
         let mut backoff = Backoff::new("claiming");
         let mut look = true;
+        // When an idle worker last asked whether anything is left, and when it will ask
+        // again because tasks settled since (see [`IDLE_RECHECK`]).
+        let mut checked_at: Option<Instant> = None;
+        let mut recheck: Option<Instant> = None;
         while !self.stopping() {
             while let Ok(claims) = claimed_rx.try_recv() {
                 running.start(claims, self, &done_tx);
@@ -319,7 +328,9 @@ impl Runtime {
             }
             let idle =
                 !look && self.cfg.exit_when_idle && running.is_empty() && self.slots.all_free();
-            if idle {
+            if idle && recheck.is_none_or(|at| at <= Instant::now()) {
+                recheck = None;
+                checked_at = Some(Instant::now());
                 match self.nothing_left().await {
                     Ok(true) => break,
                     Ok(false) => {}
@@ -329,10 +340,14 @@ impl Runtime {
             }
             tokio::select! {
                 _ = self.wake.notified() => look = true,
-                // Debounced: many tasks may settle at once.
-                _ = self.settled.notified(), if idle => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                // The first settle after a quiet spell is looked at once; more within
+                // IDLE_RECHECK wait for one look at its end (many tasks may settle at once).
+                _ = self.settled.notified(), if idle && recheck.is_none() => {
+                    let due = checked_at.map(|t| t + IDLE_RECHECK);
+                    recheck = due.filter(|due| *due > Instant::now());
                 }
+                _ = tokio::time::sleep_until(recheck.unwrap_or_else(Instant::now)),
+                    if idle && recheck.is_some() => {}
                 _ = tokio::time::sleep(self.cfg.poll_interval) => look = true,
                 Some(claims) = claimed_rx.recv() => running.start(claims, self, &done_tx),
                 true = running.join_one(), if !running.is_empty() => {}
