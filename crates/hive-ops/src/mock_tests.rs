@@ -328,3 +328,31 @@ async fn nul_in_worker_reports_is_replaced_not_refused() {
     .await
     .unwrap();
 }
+
+/// A plan's status, and the check a cancel makes first, read its header (one row), never
+/// its definition, which may be 100,000 subtasks long.
+#[tokio::test]
+async fn a_plans_status_and_its_cancel_read_only_its_header() {
+    use hive_models::{ExecutionPlan, NewPlan, PlanStatus, SubTask};
+    let id = PlanId::new();
+    let mut plan = ExecutionPlan::from_new(
+        id,
+        NewPlan::new("p", vec![SubTask::new("a", "a", "step")]),
+        chrono::Utc::now(),
+    );
+    plan.status = PlanStatus::InProgress;
+    let header = plan.header();
+    let mut m = MockStore::new();
+    m.expect_get_plan().never();
+    m.expect_get_plan_header()
+        .returning(move |_| Ok(Some(header.clone())));
+    m.expect_cancel_plan()
+        .times(1)
+        .returning(|_| Ok(Some(vec![TaskId::new()])));
+    let o = ops(m);
+    assert_eq!(
+        o.get_execution_plan_status(id).await.unwrap(),
+        Some(PlanStatus::InProgress)
+    );
+    assert!(o.cancel_plan(id).await.unwrap());
+}

@@ -104,7 +104,8 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     pub async fn get_execution_plan_status(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {
-        let status = self.store.get_plan(plan_id).await?.map(|p| p.status);
+        // The header, not the plan: a plan's definition may be 100,000 subtasks long.
+        let status = self.store.get_plan_header(plan_id).await?.map(|p| p.status);
         if let Some(s) = status {
             self.plan_cache.put(plan_id, s);
         }
@@ -280,8 +281,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// False for an unknown or already finished plan.
     pub async fn cancel_plan(&self, plan_id: PlanId) -> Result<bool> {
         // The store cancels only a non-terminal plan; reading first tells "already
-        // finished" apart from "cancelled now" for the caller.
-        match self.store.get_plan(plan_id).await? {
+        // finished" apart from "cancelled now" for the caller. Its header is enough.
+        match self.store.get_plan_header(plan_id).await? {
             Some(p) if !p.status.is_terminal() => {}
             _ => return Ok(false),
         }

@@ -136,7 +136,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let elapsed = started.elapsed();
     let plan = client
-        .get_plan(plan_id)
+        .plan_header(plan_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("plan `{plan_id}` vanished"))?;
     // The bar's last frame and the summary show the same numbers.
