@@ -143,8 +143,8 @@ impl WorkerBuilder {
         /// dropped (default 5 s).
         timeout_grace: Duration,
         /// Stop once nothing of this worker's types is queued, running or waiting to retry.
-        /// An idle worker looks again as soon as another worker's task settles, and at most
-        /// every 20 ms while many do.
+        /// An idle worker looks again as soon as another worker's task settles; while many
+        /// do, it waits twenty times as long as its last look took (1–20 ms) between looks.
         exit_when_idle: bool,
         /// Whether this worker also runs the scheduler, creating the tasks of due
         /// schedules (default true; any number of workers may: each slot creates one task).
