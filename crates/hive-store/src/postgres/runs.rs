@@ -68,15 +68,17 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
          /* A dependent another transaction holds (a join other finishes count down) is \
             credited instead of waited for: see `FOLD_CREDITS`. */ \
          SELECT t.id FROM tasks t WHERE t.id = ANY(ARRAY(SELECT id FROM dec)) \
-             AND NOT (t.id = ANY(ARRAY(SELECT task_id FROM go))) \
+             AND NOT EXISTS (SELECT 1 FROM go g WHERE g.task_id = t.id) \
          FOR NO KEY UPDATE SKIP LOCKED \
      ), dep_upd AS (",
     count_dec_down!("SELECT id FROM dep_lock", ""),
     "), credited AS ( \
+         /* Anti-joins, not `NOT (id = ANY(ARRAY(…)))`: that compared every dependent \
+            with every locked one, 0.2 s for a fan-out of 10,000. */ \
          INSERT INTO dependency_credits (task_id, n) \
          SELECT dec.id, dec.n FROM dec \
-         WHERE NOT (dec.id = ANY(ARRAY(SELECT id FROM dep_lock))) \
-             AND NOT (dec.id = ANY(ARRAY(SELECT task_id FROM go))) \
+         WHERE NOT EXISTS (SELECT 1 FROM dep_lock l WHERE l.id = dec.id) \
+             AND NOT EXISTS (SELECT 1 FROM go g WHERE g.task_id = dec.id) \
          RETURNING task_id \
      ), notes AS (",
     notify_task_rows!(
