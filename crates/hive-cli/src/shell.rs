@@ -172,8 +172,8 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .map_err(|e| TaskError::new(format!("cannot encode the inputs: {e}")))?;
     std::fs::write(&inputs_path, &inputs)
         .map_err(|e| TaskError::new(format!("cannot write the inputs file: {e}")))?;
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
+    let mut sh = tokio::process::Command::new("sh");
+    sh.arg("-c")
         .arg(&payload.command)
         .env("HIVE_TASK_ID", ctx.task.id.to_string())
         .env("HIVE_RUN_ID", ctx.run.id.to_string())
@@ -187,13 +187,9 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    let (mut child, group) = ProcessGroup::spawn(&mut sh)
         .map_err(|e| TaskError::new(format!("cannot start sh: {e}")))?;
-    let group = child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .map(ProcessGroup::new);
     if let Some(mut stdin) = child.stdin.take() {
         // A command that never reads its stdin must not block on it: written from a task
         // of its own, and a closed pipe is no error.

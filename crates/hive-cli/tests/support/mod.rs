@@ -59,29 +59,46 @@ impl Harness {
 
     /// Starts `hive worker run ARGS` on the test's database, in a process group of its own.
     pub fn worker(&self, name: &str, args: &[&str]) -> WorkerProcess {
-        self.spawn(name, None, args)
+        self.spawn(name, Launch::Plain, args)
     }
 
     /// Like [`Harness::worker`], with the process's clock shifted by `offset` (libfaketime's
     /// syntax, e.g. `+10m`). Fails when faketime is not installed.
     pub fn skewed_worker(&self, name: &str, offset: &str, args: &[&str]) -> WorkerProcess {
-        self.spawn(name, Some(offset), args)
+        self.spawn(name, Launch::Skewed(offset), args)
     }
 
-    fn spawn(&self, name: &str, clock_offset: Option<&str>, args: &[&str]) -> WorkerProcess {
+    /// Like [`Harness::worker`], as PID 1 of a PID namespace of its own with its own /proc
+    /// (a container started without an init), under `unshare`, whose pid the returned
+    /// process has. Needs root.
+    pub fn init_worker(&self, name: &str, args: &[&str]) -> WorkerProcess {
+        self.spawn(name, Launch::Init, args)
+    }
+
+    fn spawn(&self, name: &str, launch: Launch<'_>, args: &[&str]) -> WorkerProcess {
         let hive = env!("CARGO_BIN_EXE_hive");
         // Each worker starts a session of its own (`setsid`, which keeps the pid), and the
         // shell commands it runs stay in that session whatever process groups they get, so
         // a signal to the session freezes, resumes or kills the whole "machine" at once.
         let mut cmd = tokio::process::Command::new("setsid");
-        match clock_offset {
-            Some(offset) => {
+        match launch {
+            Launch::Skewed(offset) => {
                 cmd.arg(faketime())
                     .args(["-f", offset, hive])
                     // Only the wall clock is shifted: timers and intervals stay real.
                     .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
             }
-            None => {
+            Launch::Init => {
+                cmd.args([
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--kill-child",
+                    hive,
+                ]);
+            }
+            Launch::Plain => {
                 cmd.arg(hive);
             }
         }
@@ -204,6 +221,15 @@ impl Harness {
     }
 }
 
+/// How [`Harness::spawn`] starts a worker.
+enum Launch<'a> {
+    Plain,
+    /// Under libfaketime, the wall clock shifted by this offset.
+    Skewed(&'a str),
+    /// As PID 1 of a PID namespace of its own.
+    Init,
+}
+
 /// The libfaketime wrapper, or a failure naming the package that provides it.
 fn faketime() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
@@ -279,6 +305,12 @@ impl WorkerProcess {
             status,
             stderr: self.stderr(),
         }
+    }
+
+    /// The pid of the session's first process (the worker, or `unshare` for an
+    /// [`Harness::init_worker`]).
+    pub fn pid(&self) -> u32 {
+        self.sid
     }
 
     pub fn stderr(&self) -> String {

@@ -172,6 +172,9 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         None => worker,
     };
     let worker = a.intervals.apply(worker);
+    // Orphans of the commands come to this process when it is PID 1 (a container without
+    // an init); reaped, they do not pile up as zombies.
+    tokio::spawn(process_group::reap_orphans_forever());
     tokio::spawn(stop_on_interrupts(
         interrupts,
         worker.shutdown_handle(),
