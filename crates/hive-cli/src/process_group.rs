@@ -175,6 +175,35 @@ mod tests {
         assert!(!live().iter().flatten().any(|g| *g == pid));
     }
 
+    fn zombie(pid: i32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    }
+
+    /// A child killed by a realtime signal, whose status nix cannot decode, is still found
+    /// (through /proc) and reaped.
+    #[test]
+    fn an_orphan_killed_by_a_realtime_signal_is_reaped_too() {
+        // Never waited for here, as an orphan handed to the worker is not.
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new("sh")
+            .args(["-c", "kill -34 $$"])
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // Dead once a zombie, or gone if the other tests' reaping took it first.
+        for _ in 0..500 {
+            if zombie(pid) || !alive(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reap_orphans();
+        assert!(!alive(pid), "the zombie was reaped");
+    }
+
     /// A child of ours that exited is left for its own wait, whatever `reap_orphans` does
     /// meanwhile: the shell handler's `wait` must see its `sh`'s status, not ECHILD.
     #[tokio::test]
@@ -184,12 +213,7 @@ mod tests {
         let pid = guard.as_ref().unwrap().0;
         // `true` has exited (a zombie) once its /proc entry says so.
         for _ in 0..500 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-            {
+            if zombie(pid) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
