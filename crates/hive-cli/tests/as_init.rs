@@ -38,11 +38,12 @@ fn children(parent: u32) -> Vec<(u32, String)> {
 /// Twenty commands each leave a background `sleep`, killed with the command's group when
 /// it ends and by then the worker's child: every task completes on its first run (the
 /// worker's own wait for each `sh` is never robbed by the reaping), and no zombie stays.
+/// SIGTERM, which PID 1 would ignore without a handler, stops it cleanly.
 async fn a_worker_that_is_pid_1_reaps_what_its_commands_leave(h: Harness) {
     let ids = h
         .shell_tasks((0..20).map(|_| "sleep 300 & echo started".to_owned()))
         .await;
-    let worker = h.init_worker("init", &["--role", "r", "--concurrency", "4"]);
+    let mut worker = h.init_worker("init", &["--role", "r", "--concurrency", "4"]);
     for id in &ids {
         eventually(&format!("task {id} completed"), WITHIN, || async {
             (h.task(*id).await.status == TaskStatus::Completed).then_some(())
@@ -68,4 +69,12 @@ async fn a_worker_that_is_pid_1_reaps_what_its_commands_leave(h: Harness) {
         zombies.is_empty().then_some(())
     })
     .await;
+    let term = std::process::Command::new("kill")
+        .args(["-s", "TERM", &init.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(term.success(), "kill -s TERM {init}");
+    // `unshare` exits with its child's status.
+    let report = worker.exit(WITHIN).await.assert_clean();
+    assert_eq!(report.completed, 20, "{report:?}");
 }
