@@ -31,13 +31,17 @@
 //! Every command runs in a process group of its own, and the whole group is killed when
 //! the task stops: on `timeout_secs`, when the handler is dropped (the worker's shutdown
 //! grace ran out, or the run was cancelled), and after `sh` exits, so a background child
-//! never outlives its task.
+//! never outlives its task. So is every process that left the group but still carries the
+//! run's `HIVE_RUN_ID` ([`crate::process_group`]); one that dropped it too may keep running,
+//! and the pipes are read for [`PIPES_GRACE`] at most after the kill, so it cannot hold
+//! the task open.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use hive_client::{TaskContext, TaskError, TaskOutput};
 use serde::Deserialize;
@@ -56,6 +60,11 @@ const MAX_LOG_BYTES: usize = 1024 * 1024;
 /// How much of the end of stdout is read for the output: twice the default output limit,
 /// so an output over the limit is still read whole, and refused naming its size.
 const OUTPUT_TAIL_BYTES: usize = 2 * hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES;
+
+/// How long a command's pipes may stay open once its processes were killed. Only a process
+/// that left the group and removed its `HIVE_RUN_ID` can still hold them then, and the
+/// task must not wait for it: after this, what was read is what is kept.
+const PIPES_GRACE: Duration = Duration::from_secs(2);
 
 /// A larger `HIVE_OUTPUT` file is refused without being read.
 const OUTPUT_FILE_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -97,6 +106,8 @@ struct Captured {
     tail: Vec<u8>,
     tail_max: usize,
     total: usize,
+    /// Reading stopped at [`PIPES_GRACE`], the pipe still open.
+    held_open: bool,
 }
 
 impl Captured {
@@ -141,20 +152,57 @@ impl Captured {
     }
 }
 
-/// Reads a pipe to its end, keeping its first bytes and its last `tail_max`.
-async fn collect(pipe: Option<impl AsyncRead + Unpin>, tail_max: usize) -> Captured {
+/// Reads a pipe to its end, keeping its first bytes and its last `tail_max`, or until
+/// `stop` says to stop (or its sender is gone).
+async fn collect(
+    pipe: Option<impl AsyncRead + Unpin>,
+    tail_max: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Captured {
     let mut kept = Captured::new(tail_max);
     let Some(mut pipe) = pipe else {
         return kept;
     };
     let mut buf = [0u8; 8192];
     loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => kept.push(&buf[..n]),
+        tokio::select! {
+            biased;
+            read = pipe.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => kept.push(&buf[..n]),
+            },
+            _ = stop.changed() => {
+                kept.held_open = *stop.borrow();
+                break;
+            }
         }
     }
     kept
+}
+
+/// What the command wrote to stdout and stderr, once both pipes reach their end, or
+/// [`PIPES_GRACE`] after its processes were killed, whichever comes first.
+async fn drain_pipes(
+    stdout: tokio::task::JoinHandle<Captured>,
+    stderr: tokio::task::JoinHandle<Captured>,
+    stop: watch::Sender<bool>,
+) -> (Captured, Captured) {
+    let both = async {
+        (
+            stdout.await.unwrap_or_default(),
+            stderr.await.unwrap_or_default(),
+        )
+    };
+    tokio::pin!(both);
+    if let Ok(both) = tokio::time::timeout(PIPES_GRACE, &mut both).await {
+        return both;
+    }
+    tracing::warn!(
+        "a process a command started still holds its output open after the command ended, \
+         outside its process group and without its HIVE_RUN_ID; not waiting for it"
+    );
+    let _ = stop.send(true);
+    both.await
 }
 
 /// Runs one shell task (`builtin::handle` sends it only those); stdout and stderr become the
@@ -176,7 +224,6 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     sh.arg("-c")
         .arg(&payload.command)
         .env("HIVE_TASK_ID", ctx.task.id.to_string())
-        .env("HIVE_RUN_ID", ctx.run.id.to_string())
         .env("HIVE_RUN_NUMBER", ctx.run.run_number.to_string())
         .env("HIVE_ATTEMPT", ctx.task.attempts.to_string())
         .env("HIVE_WORKER_ID", ctx.run.worker_id.as_str())
@@ -188,7 +235,8 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let (mut child, group) = ProcessGroup::spawn(&mut sh)
+    // `HIVE_RUN_ID` is set by the guard, which kills what carries it.
+    let (mut child, group) = ProcessGroup::spawn(&mut sh, &ctx.run.id.to_string())
         .map_err(|e| TaskError::new(format!("cannot start sh: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A command that never reads its stdin must not block on it: written from a task
@@ -197,8 +245,13 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             let _ = stdin.write_all(&inputs).await;
         });
     }
-    let stdout = tokio::spawn(collect(child.stdout.take(), OUTPUT_TAIL_BYTES));
-    let stderr = tokio::spawn(collect(child.stderr.take(), 0));
+    let (stop_reading, stop) = watch::channel(false);
+    let stdout = tokio::spawn(collect(
+        child.stdout.take(),
+        OUTPUT_TAIL_BYTES,
+        stop.clone(),
+    ));
+    let stderr = tokio::spawn(collect(child.stderr.take(), 0, stop));
     let limit = payload
         .timeout_secs
         .map_or(Duration::MAX, Duration::from_secs);
@@ -218,9 +271,15 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end,
     // and what the command printed before it stopped is kept in every case.
     drop(group);
-    let out = stdout.await.unwrap_or_default();
-    let err = stderr.await.unwrap_or_default();
-    let log = format!("{}{}", out.log(), err.log());
+    let (out, err) = drain_pipes(stdout, stderr, stop_reading).await;
+    let mut log = format!("{}{}", out.log(), err.log());
+    if out.held_open || err.held_open {
+        log.push_str(&format!(
+            "\n[not read further: {}s after the command ended, a process it started still held \
+             its output open, outside its process group and without its HIVE_RUN_ID]\n",
+            PIPES_GRACE.as_secs()
+        ));
+    }
     let status = match exited {
         Ok(status) => status.map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?,
         Err(stopped) => return Err(TaskError::new(stopped).with_log(log)),

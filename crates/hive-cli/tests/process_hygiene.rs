@@ -2,7 +2,9 @@
 //! never wedges it (nor the database it holds the write lock of), and a shell command's
 //! whole process group dies with its task (on `timeout_secs`, and when the worker's
 //! shutdown grace runs out), so a released task's next run is the only one running; that
-//! run sees a higher `HIVE_RUN_NUMBER`.
+//! run sees a higher `HIVE_RUN_NUMBER`. Processes a command moves out of its group
+//! (`setsid`, a daemon's double fork) die with it too, found by their `HIVE_RUN_ID`, and one
+//! that also drops its `HIVE_RUN_ID` cannot hold its task open by keeping its stdout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -17,6 +19,7 @@ use tokio::io::AsyncReadExt;
 hive_store::per_backend!([sqlite, postgres], support::run_case =>
     closed_stderr_never_wedges_a_worker,
     shell_commands_die_with_their_task,
+    processes_that_leave_the_group_die_with_their_task,
 );
 
 /// Generous bounds for a loaded 2-core machine; they bound waits, they measure nothing.
@@ -175,4 +178,73 @@ async fn shell_commands_die_with_their_task(h: Harness) {
     second.signal_worker("TERM");
     second.exit(WITHIN).await.assert_clean();
     gone(pid, "the second run's child").await;
+}
+
+/// A command that starts `setsid` processes (one keeping the command's stdout, one a
+/// daemon's double fork with its output elsewhere) completes as soon as it ends, and both
+/// processes die with it; one that also drops `HIVE_RUN_ID` is left running (the documented
+/// way to start something meant to outlive its task), and holding stdout open it delays
+/// its task by the pipes' grace only, which the run's log records.
+async fn processes_that_leave_the_group_die_with_their_task(h: Harness) {
+    let (kept, daemon, unmarked) = (
+        h.path("kept.pid"),
+        h.path("daemon.pid"),
+        h.path("unmarked.pid"),
+    );
+    // Each waits until its process has left the group, so the group's kill alone misses it.
+    let wait_for = |pid: &str| format!("while [ ! -s '{pid}' ]; do sleep 0.05; done");
+    let ids = h
+        .shell_tasks([
+            format!(
+                "setsid sh -c 'echo $$ > \"$1\"; exec sleep 300' _ '{kept}' & {}; echo kept",
+                wait_for(&kept)
+            ),
+            format!(
+                "(setsid sh -c 'sleep 301 & echo $! > \"$1\"' _ '{daemon}' > /dev/null 2>&1 &); \
+                 {}; echo daemon",
+                wait_for(&daemon)
+            ),
+            format!(
+                "env -u HIVE_RUN_ID setsid sh -c 'echo $$ > \"$1\"; exec sleep 302' _ '{unmarked}' & \
+                 {}; echo unmarked",
+                wait_for(&unmarked)
+            ),
+        ])
+        .await;
+    let mut worker = h.worker("detaching", &["--role", "r", "--concurrency", "3"]);
+    all_completed(&h, &ids).await;
+    for (id, pid_file, echoed) in [(ids[0], &kept, "kept"), (ids[1], &daemon, "daemon")] {
+        let pid = read_pid(pid_file).expect("the command wrote its process's pid");
+        gone(
+            pid,
+            &format!("the process `{echoed}` moved out of its group"),
+        )
+        .await;
+        let runs = h.runs(id).await;
+        let log = runs[0].output_log.clone().unwrap_or_default();
+        assert_eq!(log, format!("{echoed}\n"), "{}", h.describe(id).await);
+    }
+    let pid = read_pid(&unmarked).expect("the unmarked command wrote its pid");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "a process without HIVE_RUN_ID outside the group is left alone"
+    );
+    let log = h.runs(ids[2]).await[0]
+        .output_log
+        .clone()
+        .unwrap_or_default();
+    let _ = nix_kill(pid);
+    assert!(log.starts_with("unmarked\n"), "{log}");
+    assert!(
+        log.contains("[not read further: 2s after the command ended"),
+        "{log}"
+    );
+    worker.signal_worker("TERM");
+    worker.exit(WITHIN).await.assert_clean();
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
 }

@@ -188,7 +188,10 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         a.lease_secs,
         grace
     );
-    let report = worker.run(move |ctx| logged(ctx, exec_log.clone())).await?;
+    let report = worker.run(move |ctx| logged(ctx, exec_log.clone())).await;
+    // The last commands' escaped processes, before the sweeper thread dies with the process.
+    process_group::sweep_now();
+    let report = report?;
     logging::eprint_line(&format!(
         "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
         report.completed, report.failed, report.retried, report.stale, report.released
