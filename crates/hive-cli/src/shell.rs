@@ -238,13 +238,15 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     // `HIVE_RUN_ID` is set by the guard, which kills what carries it.
     let (mut child, group) = ProcessGroup::spawn(&mut sh, &ctx.run.id.to_string())
         .map_err(|e| TaskError::new(format!("cannot start sh: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that never reads its stdin must not block on it: written from a task
-        // of its own, and a closed pipe is no error.
+    // A command that never reads its stdin must not block on it: written from a task of its
+    // own, and a closed pipe is no error. Stopped with the handler, in case a process that
+    // outlives the command keeps the pipe open without reading it.
+    let feeding = child.stdin.take().map(|mut stdin| {
         tokio::spawn(async move {
             let _ = stdin.write_all(&inputs).await;
-        });
-    }
+        })
+    });
+    let _stop_feeding = feeding.map(|task| task.abort_handle()).map(AbortOnDrop);
     let (stop_reading, stop) = watch::channel(false);
     let stdout = tokio::spawn(collect(
         child.stdout.take(),
@@ -315,6 +317,15 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             let last_word = String::from_utf8_lossy(err.end().0);
             Err(TaskError::new(with_last_word(failed, &last_word)).with_log(log))
         }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
