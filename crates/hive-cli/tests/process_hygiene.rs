@@ -184,12 +184,14 @@ async fn shell_commands_die_with_their_task(h: Harness) {
 /// daemon's double fork with its output elsewhere) completes as soon as it ends, and both
 /// processes die with it; one that also drops `HIVE_RUN_ID` is left running (the documented
 /// way to start something meant to outlive its task), and holding stdout open it delays
-/// its task by the pipes' grace only, which the run's log records.
+/// its task by the pipes' grace only, which the run's log records. A command still running
+/// when the worker's shutdown grace runs out loses its moved-out process too.
 async fn processes_that_leave_the_group_die_with_their_task(h: Harness) {
-    let (kept, daemon, unmarked) = (
+    let (kept, daemon, unmarked, held) = (
         h.path("kept.pid"),
         h.path("daemon.pid"),
         h.path("unmarked.pid"),
+        h.path("held.pid"),
     );
     // Each waits until its process has left the group, so the group's kill alone misses it.
     let wait_for = |pid: &str| format!("while [ ! -s '{pid}' ]; do sleep 0.05; done");
@@ -211,7 +213,23 @@ async fn processes_that_leave_the_group_die_with_their_task(h: Harness) {
             ),
         ])
         .await;
-    let mut worker = h.worker("detaching", &["--role", "r", "--concurrency", "3"]);
+    // Still running when the worker stops: its handler is dropped when the grace runs out.
+    let running = h
+        .shell_tasks([format!(
+            "setsid sh -c 'echo $$ > \"$1\"; exec sleep 303' _ '{held}' & wait"
+        )])
+        .await;
+    let mut worker = h.worker(
+        "detaching",
+        &[
+            "--role",
+            "r",
+            "--concurrency",
+            "4",
+            "--shutdown-grace",
+            "0.5",
+        ],
+    );
     all_completed(&h, &ids).await;
     for (id, pid_file, echoed) in [(ids[0], &kept, "kept"), (ids[1], &daemon, "daemon")] {
         let pid = read_pid(pid_file).expect("the command wrote its process's pid");
@@ -239,8 +257,15 @@ async fn processes_that_leave_the_group_die_with_their_task(h: Harness) {
         log.contains("[not read further: 2s after the command ended"),
         "{log}"
     );
+    let pid = eventually("the running command's process", WITHIN, || async {
+        read_pid(&held)
+    })
+    .await;
     worker.signal_worker("TERM");
-    worker.exit(WITHIN).await.assert_clean();
+    let report = worker.exit(WITHIN).await.assert_clean();
+    assert_eq!(report.released, 1, "the running task is given back");
+    gone(pid, "the process a released command moved out of its group").await;
+    assert_eq!(h.task(running[0]).await.status, TaskStatus::Queued);
 }
 
 fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
