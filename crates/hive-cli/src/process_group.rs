@@ -70,6 +70,30 @@ impl ProcessGroup {
     }
 }
 
+impl ProcessGroup {
+    /// Asks the whole group to stop (SIGTERM) and waits until none of it is left, at most
+    /// `grace`: time for a command to clean up (a `trap … TERM`, a child that flushes its
+    /// files) before the guard's SIGKILL. `sh` is the group's leader, reaped here once it
+    /// exits so that it no longer counts as part of the group.
+    pub async fn stop(&self, sh: &mut tokio::process::Child, grace: Duration) {
+        let pgid = Pid::from_raw(self.pgid);
+        if grace.is_zero() || killpg(pgid, Signal::SIGTERM).is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let _ = sh.try_wait();
+            if killpg(pgid, None) == Err(Errno::ESRCH) || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+}
+
+/// How often [`ProcessGroup::stop`] looks whether a stopping group is gone.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         if let Some(map) = live().as_mut() {

@@ -29,9 +29,10 @@
 //! line too long to be read that ends like a JSON object or array.
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
-//! the task stops: on `timeout_secs`, when the handler is dropped (the worker's shutdown
-//! grace ran out, or the run was cancelled), and after `sh` exits, so a background child
-//! never outlives its task. So is every process that left the group but still carries the
+//! the task stops, so a background child never outlives its task: after `sh` exits; on a
+//! timeout (the payload's `timeout_secs` or the task's) or its task's cancel, SIGTERM first
+//! and SIGKILL once the worker's timeout grace has passed; and at once when the handler is
+//! dropped (the worker's shutdown grace ran out). So is every process that left the group but still carries the
 //! run's `HIVE_RUN_ID` ([`crate::process_group`]); one that dropped it too may keep running,
 //! and the pipes are read for [`PIPES_GRACE`] at most after the kill, so it cannot hold
 //! the task open.
@@ -207,7 +208,9 @@ async fn drain_pipes(
 
 /// Runs one shell task (`builtin::handle` sends it only those); stdout and stderr become the
 /// run's output log.
-pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
+/// A command told to stop (its timeout, or its task cancelled) gets SIGTERM, and SIGKILL
+/// `stop_grace` later if any of its group is still running.
+pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput, TaskError> {
     let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
     let io = tempfile::Builder::new()
         .prefix("hive-run-")
@@ -257,12 +260,13 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     let limit = payload
         .timeout_secs
         .map_or(Duration::MAX, Duration::from_secs);
-    // The run's own stop signal (its task's timeout passed, or it was cancelled) kills the
-    // group at once, as the payload's `timeout_secs` does.
+    // The run's own stop signal (its task's timeout passed, or it was cancelled) stops the
+    // group as the payload's `timeout_secs` does: SIGTERM, then SIGKILL after the grace (the
+    // worker drops this handler after the same grace in any case).
     let exited = tokio::select! {
         waited = tokio::time::timeout(limit, child.wait()) => {
             waited.map_err(|_| format!(
-                "command timed out after {}s and was killed",
+                "command timed out after {}s and was stopped",
                 payload.timeout_secs.unwrap_or_default()
             ))
         }
@@ -270,6 +274,9 @@ pub async fn handle(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             Err(crate::builtin::STOPPED.to_owned())
         }
     };
+    if let (Err(_), Some(group)) = (&exited, &group) {
+        group.stop(&mut child, stop_grace).await;
+    }
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end,
     // and what the command printed before it stopped is kept in every case.
     drop(group);

@@ -153,6 +153,87 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
     assert_eq!(runs[0]["output_log"], "before the kill\n", "{runs}");
 }
 
+/// A command stopped at its timeout (the payload's, or the task's through the worker's
+/// stop signal) gets SIGTERM first, so a `trap` can clean up; one that ignores it is killed
+/// once `--timeout-grace` has passed, with everything in its group.
+#[test]
+fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
+    let db = Db::new();
+    let dir = db.dir.path();
+    let cleanup = |name: &str| {
+        format!(
+            "trap 'echo cleaned up > \"{}\"; exit 1' TERM; sleep 30 & wait",
+            dir.join(name).display()
+        )
+    };
+    let payload_timeout = serde_json::json!({
+        "command": cleanup("payload.trap"),
+        "timeout_secs": 1,
+    })
+    .to_string();
+    db.ok(&create_task(
+        "payload",
+        "shell",
+        &["--max-retries", "0", "--payload", &payload_timeout],
+    ));
+    let task_timeout = serde_json::json!({ "command": cleanup("task.trap") }).to_string();
+    db.ok(&create_task(
+        "task",
+        "shell",
+        &[
+            "--max-retries",
+            "0",
+            "--timeout",
+            "1",
+            "--payload",
+            &task_timeout,
+        ],
+    ));
+    let pid_file = dir.join("stubborn.pid");
+    let stubborn = serde_json::json!({
+        "command": format!(
+            "trap '' TERM; sleep 300 & echo $! > \"{}\"; wait",
+            pid_file.display()
+        ),
+        "timeout_secs": 1,
+    })
+    .to_string();
+    let stubborn_id = db.ok(&create_task(
+        "stubborn",
+        "shell",
+        &["--max-retries", "0", "--payload", &stubborn],
+    ));
+    let (ok, _, stderr) = db.run(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--exit-when-idle",
+        "--concurrency",
+        "3",
+        "--timeout-grace",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    for name in ["payload.trap", "task.trap"] {
+        let cleaned = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        assert_eq!(
+            cleaned, "cleaned up\n",
+            "the {name} command's trap ran: {stderr}"
+        );
+    }
+    // Its `sleep` ignored SIGTERM too (inherited), and went with the SIGKILL.
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    wait_for("the stubborn command's sleep to be killed", || {
+        !Path::new(&format!("/proc/{}", pid.trim())).exists()
+    });
+    let runs = db.json(&["task", "runs", stubborn_id.trim()]);
+    assert_eq!(
+        runs[0]["error_message"], "command timed out after 1s and was stopped",
+        "{runs}"
+    );
+}
+
 #[test]
 fn a_second_ctrl_c_stops_a_worker_at_once() {
     let db = Db::new();

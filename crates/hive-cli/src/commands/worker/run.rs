@@ -71,6 +71,10 @@ pub struct Intervals {
     /// killed and the run ends `timeout` (default: no limit).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     task_timeout: Option<Duration>,
+    /// After a run's timeout or its task's cancel, how long its command has to stop after
+    /// SIGTERM before it is killed (SIGKILL), and a handler to return (default 5).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    timeout_grace: Option<Duration>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -97,9 +101,17 @@ impl Intervals {
         if let Some(limit) = self.task_timeout {
             worker = worker.task_timeout(limit);
         }
-        worker
+        worker.timeout_grace(self.timeout_grace())
+    }
+
+    fn timeout_grace(&self) -> Duration {
+        self.timeout_grace.unwrap_or(DEFAULT_TIMEOUT_GRACE)
     }
 }
+
+/// The grace a command told to stop has between SIGTERM and SIGKILL, and the runtime's
+/// for a handler to return, unless `--timeout-grace` says otherwise.
+const DEFAULT_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// The worker runtime's default grace, for the start line when none is given.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -188,7 +200,10 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         a.lease_secs,
         grace
     );
-    let report = worker.run(move |ctx| logged(ctx, exec_log.clone())).await;
+    let stop_grace = a.intervals.timeout_grace();
+    let report = worker
+        .run(move |ctx| logged(ctx, exec_log.clone(), stop_grace))
+        .await;
     // The last commands' escaped processes, before the sweeper thread dies with the process.
     process_group::sweep_now();
     let report = report?;
@@ -273,14 +288,18 @@ impl ExecLog {
 /// Runs a task with the built-in handler of its type, after recording it in the exec log,
 /// and logs each failed run at `info` with its task, attempt and the first line of its
 /// error (a run told to stop, as stopped).
-async fn logged(ctx: TaskContext, exec_log: Option<Arc<ExecLog>>) -> Result<TaskOutput, TaskError> {
+async fn logged(
+    ctx: TaskContext,
+    exec_log: Option<Arc<ExecLog>>,
+    stop_grace: Duration,
+) -> Result<TaskOutput, TaskError> {
     let task = ctx.task.id;
     let title = output::escape(&ctx.task.title).into_owned();
     let (attempt, runs_allowed) = (ctx.task.attempts, ctx.task.max_retries.saturating_add(1));
     let run = ctx.run.run_number;
     let recorded = exec_log.as_ref().map_or(Ok(()), |log| log.record(&ctx));
     let result = match recorded {
-        Ok(()) => builtin::handle(ctx).await,
+        Ok(()) => builtin::handle(ctx, stop_grace).await,
         Err(e) => Err(e),
     };
     match &result {
