@@ -27,6 +27,9 @@ static LIVE: Mutex<Option<HashMap<i32, Vec<u8>>>> = Mutex::new(None);
 /// that exits while an `sh` of ours is still unwaited-for is reaped at the latest then.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
+/// How often [`ProcessGroup::stop`] looks whether a stopping group is gone.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
 /// At most how many times [`kill_marked`] looks: a command that forks faster than it is
 /// killed cannot hold the worker in an endless loop (what a fork loop leaves is logged).
 const MARKED_PASSES: usize = 16;
@@ -68,9 +71,7 @@ impl ProcessGroup {
             });
         Ok((child, group))
     }
-}
 
-impl ProcessGroup {
     /// Asks the whole group to stop (SIGTERM) and waits until none of it is left, at most
     /// `grace`: time for a command to clean up (a `trap … TERM`, a child that flushes its
     /// files) before the guard's SIGKILL. `sh` is the group's leader, reaped here once it
@@ -90,9 +91,6 @@ impl ProcessGroup {
         }
     }
 }
-
-/// How often [`ProcessGroup::stop`] looks whether a stopping group is gone.
-const STOP_POLL: Duration = Duration::from_millis(20);
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
@@ -185,7 +183,7 @@ pub fn kill_marked(marks: &[&[u8]]) -> usize {
             .filter(|pid| !killed.contains(pid))
             .collect();
         if found.is_empty() {
-            break;
+            return killed.len();
         }
         for pid in found {
             if kill(pid, Signal::SIGKILL).is_ok() {
@@ -193,16 +191,10 @@ pub fn kill_marked(marks: &[&[u8]]) -> usize {
             }
         }
     }
-    let left = marked_processes(marks, me)
-        .into_iter()
-        .filter(|pid| !killed.contains(pid))
-        .count();
-    if left > 0 {
-        tracing::warn!(
-            left,
-            "a command's processes forked faster than they were killed"
-        );
-    }
+    tracing::warn!(
+        killed = killed.len(),
+        "a command's processes forked faster than they were killed; some may be left"
+    );
     killed.len()
 }
 

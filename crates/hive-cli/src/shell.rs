@@ -32,10 +32,10 @@
 //! the task stops, so a background child never outlives its task: after `sh` exits; on a
 //! timeout (the payload's `timeout_secs` or the task's) or its task's cancel, SIGTERM first
 //! and SIGKILL once the worker's timeout grace has passed; and at once when the handler is
-//! dropped (the worker's shutdown grace ran out). So is every process that left the group but still carries the
-//! run's `HIVE_RUN_ID` ([`crate::process_group`]); one that dropped it too may keep running,
-//! and the pipes are read for [`PIPES_GRACE`] at most after the kill, so it cannot hold
-//! the task open.
+//! dropped (the worker's shutdown grace ran out). So is every process that left the group
+//! but still carries the run's `HIVE_RUN_ID` ([`crate::process_group`]); one that dropped
+//! it too may keep running, and the pipes are read for [`PIPES_GRACE`] at most after the
+//! kill, so it cannot hold the task open.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -207,9 +207,8 @@ async fn drain_pipes(
 }
 
 /// Runs one shell task (`builtin::handle` sends it only those); stdout and stderr become the
-/// run's output log.
-/// A command told to stop (its timeout, or its task cancelled) gets SIGTERM, and SIGKILL
-/// `stop_grace` later if any of its group is still running.
+/// run's output log. A command told to stop (its timeout, or its task cancelled) gets
+/// SIGTERM, and SIGKILL `stop_grace` later if any of its group is still running.
 pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput, TaskError> {
     let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
     let io = tempfile::Builder::new()
