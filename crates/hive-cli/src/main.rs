@@ -8,6 +8,7 @@ mod logging;
 mod output;
 mod planfile;
 mod process_group;
+mod progressfile;
 mod shell;
 mod signals;
 mod spawnfile;

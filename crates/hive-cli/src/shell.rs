@@ -21,6 +21,8 @@
 //! - `HIVE_OUTPUT`: a path the command may write its output to, as JSON.
 //! - `HIVE_SPAWN`: a path the command may write subtasks to, to add them to its plan (see
 //!   [`crate::spawnfile`]): committed with the task's success, nothing when it fails.
+//! - `HIVE_PROGRESS`: a path the command may write its progress to while it runs, one
+//!   report a line (`0.42 copying files`, see [`crate::progressfile`]).
 //!
 //! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
 //! when the command wrote one, else the last line of its stdout that is a JSON value (read
@@ -49,6 +51,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::process_group::ProcessGroup;
+use crate::progressfile::ProgressFile;
 
 /// The task type this handler runs.
 pub const SHELL: &str = "shell";
@@ -218,6 +221,7 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
     let inputs_path = io.path().join("inputs.json");
     let output_path = io.path().join("output.json");
     let spawn_path = io.path().join("spawn.json");
+    let progress_path = io.path().join("progress");
     let inputs = serde_json::to_vec(ctx.inputs())
         .map_err(|e| TaskError::new(format!("cannot encode the inputs: {e}")))?;
     std::fs::write(&inputs_path, &inputs)
@@ -232,6 +236,7 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
         .env("HIVE_INPUTS", &inputs_path)
         .env("HIVE_OUTPUT", &output_path)
         .env("HIVE_SPAWN", &spawn_path)
+        .env("HIVE_PROGRESS", &progress_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -262,7 +267,9 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
     // The run's own stop signal (its task's timeout passed, or it was cancelled) stops the
     // group as the payload's `timeout_secs` does: SIGTERM, then SIGKILL after the grace (the
     // worker drops this handler after the same grace in any case).
+    let mut progress = ProgressFile::new(progress_path);
     let exited = tokio::select! {
+        never = progress.watch(&ctx) => match never {},
         waited = tokio::time::timeout(limit, child.wait()) => {
             waited.map_err(|_| format!(
                 "command timed out after {}s and was stopped",
@@ -281,6 +288,11 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
     drop(group);
     let (out, err) = drain_pipes(stdout, stderr, stop_reading).await;
     let mut log = format!("{}{}", out.log(), err.log());
+    // The last report, which the command may have written just before it ended.
+    progress.look(&ctx, true);
+    if let Some(refused) = progress.refused() {
+        log.push_str(&format!("\n{refused}\n"));
+    }
     if out.held_open || err.held_open {
         log.push_str(&format!(
             "\n[not read further: {}s after the command ended, a process it started still held \

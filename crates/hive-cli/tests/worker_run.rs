@@ -234,6 +234,56 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
     );
 }
 
+/// What a command writes to `HIVE_PROGRESS` reaches its run while it runs; its last line,
+/// written just before the command ends, is read too, and a line that is no report is
+/// named in the run's log without failing the task.
+#[test]
+fn a_commands_progress_file_reaches_its_run() {
+    let db = Db::new();
+    let go = db.dir.path().join("go");
+    let command = format!(
+        "echo '0.25 downloading' > \"$HIVE_PROGRESS\"; \
+         while [ ! -f '{}' ]; do sleep 0.05; done; \
+         echo '0.9 almost there' >> \"$HIVE_PROGRESS\"; \
+         echo 'half done' >> \"$HIVE_PROGRESS\"; echo finished",
+        go.display()
+    );
+    let id = db.ok(&create_task(
+        "p",
+        "shell",
+        &[
+            "--payload",
+            &serde_json::json!({ "command": command }).to_string(),
+        ],
+    ));
+    let id = id.trim();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .env("HIVE_DATABASE_URL", &db.url)
+        .args(["worker", "run", "--role", "r", "--exit-when-idle"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the run's progress", || {
+        let runs = db.json(&["task", "runs", id]);
+        let progress = &runs[0]["progress"];
+        progress["fraction"] == 0.25 && progress["message"] == "downloading"
+    });
+    std::fs::write(&go, "").unwrap();
+    assert!(worker.wait().unwrap().success());
+    let runs = db.json(&["task", "runs", id]);
+    assert_eq!(runs[0]["status"], "success", "{runs}");
+    let log = runs[0]["output_log"].as_str().unwrap_or_default();
+    assert!(log.starts_with("finished\n"), "{log}");
+    assert!(
+        log.contains(
+            "[HIVE_PROGRESS report refused: `half` is not a fraction from 0 to 1; \
+             write a line such as `0.42 copying files`]"
+        ),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_second_ctrl_c_stops_a_worker_at_once() {
     let db = Db::new();
