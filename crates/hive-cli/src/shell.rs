@@ -1,6 +1,7 @@
 //! The built-in handler for `shell` tasks: `{"command": "...", "timeout_secs": N}` runs
 //! through `sh -c`; exit 0 completes the task, anything else fails it, with the exit
-//! status (or the signal) and the last line the command wrote to stderr as the error.
+//! status (or the signal) and the last line the command wrote to stderr as the error. An
+//! exit status listed in `"permanent_exit_codes": [N, …]` fails it for good, without retries.
 //!
 //! The command sees which attempt it is in its environment, so a script can log it,
 //! make itself idempotent, or behave differently on a retry:
@@ -79,6 +80,10 @@ struct ShellPayload {
     command: String,
     #[serde(default)]
     timeout_secs: Option<u64>,
+    /// Exit statuses that fail the task for good, without its retries: the command's way to
+    /// say that running it again cannot help (bad input, a missing resource).
+    #[serde(default)]
+    permanent_exit_codes: Vec<i64>,
 }
 
 /// Checks a `shell` payload as the handler will read it, so a task it would refuse is
@@ -90,7 +95,8 @@ pub fn validate_payload(payload: &serde_json::Value) -> Result<(), String> {
 fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
     let p: ShellPayload = serde_json::from_value(payload.clone()).map_err(|e| {
         format!(
-            "invalid shell payload: {e}; expected {{\"command\": \"...\", \"timeout_secs\": N}}"
+            "invalid shell payload: {e}; expected {{\"command\": \"...\", \"timeout_secs\": N, \
+             \"permanent_exit_codes\": [N, …]}} (all but `command` optional)"
         )
     })?;
     if p.command.trim().is_empty() {
@@ -98,6 +104,16 @@ fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
     }
     if p.timeout_secs == Some(0) {
         return Err("invalid shell payload: `timeout_secs` must be at least 1".into());
+    }
+    if let Some(code) = p
+        .permanent_exit_codes
+        .iter()
+        .find(|c| !(1..=255).contains(*c))
+    {
+        return Err(format!(
+            "invalid shell payload: `permanent_exit_codes` holds {code}; exit statuses that \
+             fail are 1 to 255"
+        ));
     }
     Ok(p)
 }
@@ -333,7 +349,16 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
         }
         Some(failed) => {
             let last_word = String::from_utf8_lossy(err.end().0);
-            Err(TaskError::new(with_last_word(failed, &last_word)).with_log(log))
+            let message = with_last_word(failed, &last_word);
+            let for_good = status
+                .code()
+                .is_some_and(|c| payload.permanent_exit_codes.contains(&i64::from(c)));
+            let error = if for_good {
+                TaskError::permanent(message)
+            } else {
+                TaskError::new(message)
+            };
+            Err(error.with_log(log))
         }
     }
 }

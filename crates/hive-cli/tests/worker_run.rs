@@ -284,6 +284,57 @@ fn a_commands_progress_file_reaches_its_run() {
     );
 }
 
+/// An exit status the payload lists as permanent fails the task at once, its retries left
+/// unused; another status is retried; a status that cannot be one is refused at create.
+#[test]
+fn a_permanent_exit_code_fails_the_task_without_retries() {
+    let db = Db::new();
+    let payload = |code: u8| {
+        serde_json::json!({
+            "command": format!("echo bad input >&2; exit {code}"),
+            "permanent_exit_codes": [64, 65],
+        })
+        .to_string()
+    };
+    let retried = ["--max-retries", "1", "--retry-base", "0.01", "--payload"];
+    let for_good = db.ok(&create_task(
+        "p",
+        "shell",
+        &[&retried[..], &[&payload(65)]].concat(),
+    ));
+    let again = db.ok(&create_task(
+        "a",
+        "shell",
+        &[&retried[..], &[&payload(3)]].concat(),
+    ));
+    let (ok, _, stderr) = db.run(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    assert!(ok, "{stderr}");
+    let runs = db.json(&["task", "runs", for_good.trim()]);
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    assert_eq!(
+        runs[0]["error_message"],
+        "command exited with status 65: bad input"
+    );
+    assert_eq!(
+        db.json(&["task", "get", for_good.trim()])["status"],
+        "failed"
+    );
+    let runs = db.json(&["task", "runs", again.trim()]);
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(2),
+        "retried once: {runs}"
+    );
+
+    let bad = serde_json::json!({"command": "true", "permanent_exit_codes": [0]}).to_string();
+    let (ok, _, stderr) = db.run(&create_shell(&bad));
+    assert!(!ok);
+    assert!(
+        stderr.contains("`permanent_exit_codes` holds 0; exit statuses that fail are 1 to 255"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_second_ctrl_c_stops_a_worker_at_once() {
     let db = Db::new();
