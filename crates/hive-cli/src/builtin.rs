@@ -41,11 +41,10 @@ pub fn validate_payload(task_type: &str, payload: &serde_json::Value) -> Result<
     }
 }
 
-/// Runs one task with the built-in handler of its type; a command told to stop has
-/// `stop_grace` between SIGTERM and SIGKILL.
-pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput, TaskError> {
+/// Runs one task with the built-in handler of its type; `shell` commands as `options` say.
+pub async fn handle(ctx: TaskContext, options: shell::Options) -> Result<TaskOutput, TaskError> {
     match ctx.task.task_type.as_str() {
-        shell::SHELL => shell::handle(ctx, stop_grace).await,
+        shell::SHELL => shell::handle(ctx, options).await,
         NOOP => Ok(TaskOutput::default()),
         SLEEP => sleep(ctx).await,
         other => Err(TaskError::permanent(format!(

@@ -6,6 +6,7 @@ mod commands;
 mod leftfile;
 mod logging;
 mod output;
+mod pipes;
 mod planfile;
 mod process_group;
 mod progressfile;
@@ -149,7 +150,7 @@ async fn main() -> ExitCode {
     let default_log = match &cli.command {
         Command::Worker(commands::worker::WorkerCommand::Run { .. })
         | Command::Schedule(commands::schedule::ScheduleCommand::Run { .. }) => {
-            "warn,hive::commands=info"
+            "warn,hive::commands=info,hive::output=info"
         }
         Command::Serve(_) => "warn",
         _ => "warn,sqlx::query=error",

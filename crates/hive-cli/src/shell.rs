@@ -37,39 +37,37 @@
 //! and SIGKILL once the worker's timeout grace has passed; and at once when the handler is
 //! dropped (the worker's shutdown grace ran out). So is every process that left the group
 //! but still carries the run's `HIVE_RUN_ID` ([`crate::process_group`]); one that dropped
-//! it too may keep running, and the pipes are read for [`PIPES_GRACE`] at most after the
-//! kill, so it cannot hold the task open.
+//! it too may keep running, and the pipes are read for [`pipes::PIPES_GRACE`] at most after
+//! the kill, so it cannot hold the task open.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 
 use hive_client::{TaskContext, TaskError, TaskOutput};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::pipes::{self, Pipes};
 use crate::process_group::ProcessGroup;
 use crate::progressfile::ProgressFile;
 
 /// The task type this handler runs.
 pub const SHELL: &str = "shell";
 
-/// At most this much of a command's stdout and stderr each is kept as the run's log: its
-/// first and last halves, with a line saying how much was left out between them (the end
-/// of a failing command's output is usually where it says why).
-const MAX_LOG_BYTES: usize = 1024 * 1024;
+/// How `hive worker run` runs its commands.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Between SIGTERM and SIGKILL for a command told to stop.
+    pub stop_grace: Duration,
+    /// Each line a command writes also goes to the worker's log (`--log-output`).
+    pub log_output: bool,
+}
 
 /// How much of the end of stdout is read for the output: twice the default output limit,
 /// so an output over the limit is still read whole, and refused naming its size.
 const OUTPUT_TAIL_BYTES: usize = 2 * hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES;
-
-/// How long a command's pipes may stay open once its processes were killed. Only a process
-/// that left the group and removed its `HIVE_RUN_ID` can still hold them then, and the
-/// task must not wait for it: after this, what was read is what is kept.
-const PIPES_GRACE: Duration = Duration::from_secs(2);
 
 /// A larger `HIVE_OUTPUT` file is refused without being read.
 const OUTPUT_FILE_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -118,117 +116,10 @@ fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
     Ok(p)
 }
 
-/// What a command wrote to one pipe: its first bytes and its last, and how many in all.
-#[derive(Debug, Default)]
-struct Captured {
-    head: Vec<u8>,
-    /// The last bytes (at most `tail_max`, kept up to twice that between trims).
-    tail: Vec<u8>,
-    tail_max: usize,
-    total: usize,
-    /// Reading stopped at [`PIPES_GRACE`], the pipe still open.
-    held_open: bool,
-}
-
-impl Captured {
-    fn new(tail_max: usize) -> Captured {
-        Captured {
-            // The log's whole text while it fits, and its last half after.
-            tail_max: tail_max.max(MAX_LOG_BYTES),
-            ..Captured::default()
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        let room = (MAX_LOG_BYTES / 2).saturating_sub(self.head.len());
-        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
-        self.tail.extend_from_slice(bytes);
-        if self.tail.len() > 2 * self.tail_max {
-            self.tail.drain(..self.tail.len() - self.tail_max);
-        }
-        self.total += bytes.len();
-    }
-
-    /// The last bytes written, at most `tail_max`, and whether anything came before them.
-    fn end(&self) -> (&[u8], bool) {
-        let kept = &self.tail[self.tail.len().saturating_sub(self.tail_max)..];
-        (kept, kept.len() < self.total)
-    }
-
-    /// The run's log: everything when it fits in [`MAX_LOG_BYTES`], else the first and last
-    /// halves with what was left out between them counted.
-    fn log(&self) -> String {
-        let (end, _) = self.end();
-        if self.total <= MAX_LOG_BYTES && end.len() == self.total {
-            return String::from_utf8_lossy(end).into_owned();
-        }
-        let last = &end[end.len().saturating_sub(MAX_LOG_BYTES / 2)..];
-        let left_out = self.total.saturating_sub(self.head.len() + last.len());
-        format!(
-            "{}\n[{left_out} bytes not kept]\n{}",
-            String::from_utf8_lossy(&self.head),
-            String::from_utf8_lossy(last)
-        )
-    }
-}
-
-/// Reads a pipe to its end, keeping its first bytes and its last `tail_max`, or until
-/// `stop` says to stop (or its sender is gone).
-async fn collect(
-    pipe: Option<impl AsyncRead + Unpin>,
-    tail_max: usize,
-    mut stop: watch::Receiver<bool>,
-) -> Captured {
-    let mut kept = Captured::new(tail_max);
-    let Some(mut pipe) = pipe else {
-        return kept;
-    };
-    let mut buf = [0u8; 8192];
-    loop {
-        tokio::select! {
-            biased;
-            read = pipe.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => kept.push(&buf[..n]),
-            },
-            _ = stop.changed() => {
-                kept.held_open = *stop.borrow();
-                break;
-            }
-        }
-    }
-    kept
-}
-
-/// What the command wrote to stdout and stderr, once both pipes reach their end, or
-/// [`PIPES_GRACE`] after its processes were killed, whichever comes first.
-async fn drain_pipes(
-    stdout: tokio::task::JoinHandle<Captured>,
-    stderr: tokio::task::JoinHandle<Captured>,
-    stop: watch::Sender<bool>,
-) -> (Captured, Captured) {
-    let both = async {
-        (
-            stdout.await.unwrap_or_default(),
-            stderr.await.unwrap_or_default(),
-        )
-    };
-    tokio::pin!(both);
-    if let Ok(both) = tokio::time::timeout(PIPES_GRACE, &mut both).await {
-        return both;
-    }
-    tracing::warn!(
-        "a process a command started still holds its output open after the command ended, \
-         outside its process group and without its HIVE_RUN_ID; not waiting for it"
-    );
-    let _ = stop.send(true);
-    both.await
-}
-
 /// Runs one shell task (`builtin::handle` sends it only those); stdout and stderr become the
 /// run's output log. A command told to stop (its timeout, or its task cancelled) gets
-/// SIGTERM, and SIGKILL `stop_grace` later if any of its group is still running.
-pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput, TaskError> {
+/// SIGTERM, and SIGKILL `options.stop_grace` later if any of its group is still running.
+pub async fn handle(ctx: TaskContext, options: Options) -> Result<TaskOutput, TaskError> {
     let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
     let io = tempfile::Builder::new()
         .prefix("hive-run-")
@@ -270,13 +161,8 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
         })
     });
     let _stop_feeding = feeding.map(|task| task.abort_handle()).map(AbortOnDrop);
-    let (stop_reading, stop) = watch::channel(false);
-    let stdout = tokio::spawn(collect(
-        child.stdout.take(),
-        OUTPUT_TAIL_BYTES,
-        stop.clone(),
-    ));
-    let stderr = tokio::spawn(collect(child.stderr.take(), 0, stop));
+    let forward = options.log_output.then_some(ctx.task.id);
+    let pipes = Pipes::read(&mut child, OUTPUT_TAIL_BYTES, forward);
     let limit = payload
         .timeout_secs
         .map_or(Duration::MAX, Duration::from_secs);
@@ -297,12 +183,12 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
         }
     };
     if let (Err(_), Some(group)) = (&exited, &group) {
-        group.stop(&mut child, stop_grace).await;
+        group.stop(&mut child, options.stop_grace).await;
     }
     // Whatever `sh` left running in its group goes with it; then the pipes reach their end,
     // and what the command printed before it stopped is kept in every case.
     drop(group);
-    let (out, err) = drain_pipes(stdout, stderr, stop_reading).await;
+    let (out, err) = pipes.drain().await;
     let mut log = format!("{}{}", out.log(), err.log());
     // The last report, which the command may have written just before it ended.
     progress.look(&ctx, true);
@@ -313,7 +199,7 @@ pub async fn handle(ctx: TaskContext, stop_grace: Duration) -> Result<TaskOutput
         log.push_str(&format!(
             "\n[not read further: {}s after the command ended, a process it started still held \
              its output open, outside its process group and without its HIVE_RUN_ID]\n",
-            PIPES_GRACE.as_secs()
+            pipes::PIPES_GRACE.as_secs()
         ));
     }
     let status = match exited {
@@ -445,9 +331,8 @@ fn output(
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        Captured, MAX_LOG_BYTES, OUTPUT_FILE_MAX_BYTES, OUTPUT_TAIL_BYTES, output, with_last_word,
-    };
+    use super::{OUTPUT_FILE_MAX_BYTES, OUTPUT_TAIL_BYTES, output, with_last_word};
+    use crate::pipes::{Captured, MAX_LOG_BYTES};
 
     #[test]
     fn a_failure_carries_the_last_stderr_line() {

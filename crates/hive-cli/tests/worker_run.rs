@@ -335,6 +335,47 @@ fn a_permanent_exit_code_fails_the_task_without_retries() {
     );
 }
 
+/// `--log-output` writes each line a command prints to the worker's log with its task id
+/// and stream: control characters escaped, a long line cut, a last line without its
+/// newline included. Without the flag none of it is there.
+#[test]
+fn log_output_forwards_each_line_to_the_workers_log() {
+    let db = Db::new();
+    let command = "echo 'to stdout'; printf 'wipe\\033[2J\\n'; echo 'to stderr' >&2; \
+                   head -c 5000 /dev/zero | tr '\\0' x; echo; printf 'no newline'";
+    let payload = serde_json::json!({ "command": command }).to_string();
+    let first = db.ok(&create_shell(&payload));
+    let (ok, _, stderr) = db.run(&[
+        "worker",
+        "run",
+        "--role",
+        "r",
+        "--exit-when-idle",
+        "--log-output",
+    ]);
+    assert!(ok, "{stderr}");
+    let line = |text: &str, stream: &str| {
+        stderr.lines().any(|l| {
+            l.contains(&format!("hive::output: {text} task_id={}", first.trim()))
+                && l.ends_with(&format!("stream=\"{stream}\""))
+        })
+    };
+    assert!(line("to stdout", "stdout"), "{stderr}");
+    assert!(line("to stderr", "stderr"), "{stderr}");
+    assert!(line("wipe\\u{1b}[2J", "stdout"), "{stderr}");
+    assert!(
+        line(&format!("{} …", "x".repeat(4096)), "stdout"),
+        "{stderr}"
+    );
+    assert!(line("no newline", "stdout"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escaped: {stderr}");
+
+    db.ok(&create_shell(&payload));
+    let (ok, _, stderr) = db.run(&["worker", "run", "--role", "r", "--exit-when-idle"]);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("hive::output"), "{stderr}");
+}
+
 #[test]
 fn a_second_ctrl_c_stops_a_worker_at_once() {
     let db = Db::new();

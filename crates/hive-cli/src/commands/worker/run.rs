@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// id, run number and worker id, tab-separated; for checking that each task ran.
     #[arg(long, value_name = "PATH")]
     exec_log: Option<PathBuf>,
+    /// Also write each line a `shell` command prints to the worker's log (at info, with its
+    /// task id and stream), as it comes; the run's log keeps it as always.
+    #[arg(long)]
+    log_output: bool,
     #[command(flatten)]
     intervals: Intervals,
 }
@@ -200,9 +204,12 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         a.lease_secs,
         grace
     );
-    let stop_grace = a.intervals.timeout_grace();
+    let options = shell::Options {
+        stop_grace: a.intervals.timeout_grace(),
+        log_output: a.log_output,
+    };
     let report = worker
-        .run(move |ctx| logged(ctx, exec_log.clone(), stop_grace))
+        .run(move |ctx| logged(ctx, exec_log.clone(), options))
         .await;
     // The last commands' escaped processes, before the sweeper thread dies with the process.
     process_group::sweep_now();
@@ -291,7 +298,7 @@ impl ExecLog {
 async fn logged(
     ctx: TaskContext,
     exec_log: Option<Arc<ExecLog>>,
-    stop_grace: Duration,
+    options: shell::Options,
 ) -> Result<TaskOutput, TaskError> {
     let task = ctx.task.id;
     let title = output::escape(&ctx.task.title).into_owned();
@@ -299,7 +306,7 @@ async fn logged(
     let run = ctx.run.run_number;
     let recorded = exec_log.as_ref().map_or(Ok(()), |log| log.record(&ctx));
     let result = match recorded {
-        Ok(()) => builtin::handle(ctx, stop_grace).await,
+        Ok(()) => builtin::handle(ctx, options).await,
         Err(e) => Err(e),
     };
     match &result {
