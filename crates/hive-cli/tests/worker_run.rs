@@ -115,16 +115,7 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
             r#"{"command": "echo going >&2; kill -9 $$"}"#,
         ],
     ));
-    let (ok, _, stderr) = db.run(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--exit-when-idle",
-        "--concurrency",
-        "4",
-    ]);
-    assert!(ok, "{stderr}");
+    let stderr = db.work_until_idle_logged(&["--concurrency", "4"]);
     // Stopped by its timeout, the run is logged as stopped, not as a failed attempt.
     assert!(
         stderr.contains(&format!(
@@ -203,18 +194,7 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
         "shell",
         &["--max-retries", "0", "--payload", &stubborn],
     ));
-    let (ok, _, stderr) = db.run(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--exit-when-idle",
-        "--concurrency",
-        "3",
-        "--timeout-grace",
-        "1",
-    ]);
-    assert!(ok, "{stderr}");
+    let stderr = db.work_until_idle_logged(&["--concurrency", "3", "--timeout-grace", "1"]);
     for name in ["payload.trap", "task.trap"] {
         let cleaned = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         assert_eq!(
@@ -307,8 +287,7 @@ fn a_permanent_exit_code_fails_the_task_without_retries() {
         "shell",
         &[&retried[..], &[&payload(3)]].concat(),
     ));
-    let (ok, _, stderr) = db.run(&["worker", "run", "--role", "r", "--exit-when-idle"]);
-    assert!(ok, "{stderr}");
+    db.work_until_idle_logged(&[]);
     let runs = db.json(&["task", "runs", for_good.trim()]);
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
     assert_eq!(
@@ -345,15 +324,7 @@ fn log_output_forwards_each_line_to_the_workers_log() {
                    head -c 5000 /dev/zero | tr '\\0' x; echo; printf 'no newline'";
     let payload = serde_json::json!({ "command": command }).to_string();
     let first = db.ok(&create_shell(&payload));
-    let (ok, _, stderr) = db.run(&[
-        "worker",
-        "run",
-        "--role",
-        "r",
-        "--exit-when-idle",
-        "--log-output",
-    ]);
-    assert!(ok, "{stderr}");
+    let stderr = db.work_until_idle_logged(&["--log-output"]);
     let line = |text: &str, stream: &str| {
         stderr.lines().any(|l| {
             l.contains(&format!("hive::output: {text} task_id={}", first.trim()))
@@ -371,8 +342,7 @@ fn log_output_forwards_each_line_to_the_workers_log() {
     assert!(!stderr.contains('\u{1b}'), "escaped: {stderr}");
 
     db.ok(&create_shell(&payload));
-    let (ok, _, stderr) = db.run(&["worker", "run", "--role", "r", "--exit-when-idle"]);
-    assert!(ok, "{stderr}");
+    let stderr = db.work_until_idle_logged(&[]);
     assert!(!stderr.contains("hive::output"), "{stderr}");
 }
 

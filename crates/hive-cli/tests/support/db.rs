@@ -29,9 +29,20 @@ impl Db {
     /// Runs `hive worker run --role r --exit-when-idle` with `more` arguments (types,
     /// concurrency …) until nothing is left to do; its stdout.
     pub fn work_until_idle(&self, more: &[&str]) -> String {
+        self.ok(&Self::until_idle(more))
+    }
+
+    /// [`Db::work_until_idle`], returning what the worker logged (stderr).
+    pub fn work_until_idle_logged(&self, more: &[&str]) -> String {
+        let (ok, _, stderr) = self.run(&Self::until_idle(more));
+        assert!(ok, "the worker failed: {stderr}");
+        stderr
+    }
+
+    fn until_idle<'a>(more: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec!["worker", "run", "--role", "r", "--exit-when-idle"];
         args.extend_from_slice(more);
-        self.ok(&args)
+        args
     }
 
     /// [`Db::ok`] with `stdin` on the command's standard input.
