@@ -417,10 +417,16 @@ async fn ends_its_connections(test: &str, close: bool) {
     let mut admin = sqlx::PgConnection::connect(&env_url()).await.unwrap();
     let names = vec![app.clone(), listener.clone()];
     let count = async |admin: &mut sqlx::PgConnection| backends(admin, &names).await.len();
+    // At least one pooled connection: the pool may open a second while the first is on its
+    // way back to it (seen once in CI: three in all).
+    let pooled = backends(&mut admin, std::slice::from_ref(&app)).await.len();
+    assert!(pooled >= 1, "a pooled connection is open");
     assert_eq!(
-        count(&mut admin).await,
-        2,
-        "one pooled connection and the listener's"
+        backends(&mut admin, std::slice::from_ref(&listener))
+            .await
+            .len(),
+        1,
+        "the listener's connection is open"
     );
     if close {
         store.close().await;
