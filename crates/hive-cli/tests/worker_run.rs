@@ -249,8 +249,14 @@ fn a_commands_progress_file_reaches_its_run() {
         let progress = &runs[0]["progress"];
         progress["fraction"] == 0.25 && progress["message"] == "downloading"
     });
+    // `task get --json` carries the running run's progress, as its table does.
+    let task = db.json(&["task", "get", id]);
+    assert_eq!(task["progress"]["message"], "downloading", "{task}");
     std::fs::write(&go, "").unwrap();
     assert!(worker.wait().unwrap().success());
+    // A task no longer running has none.
+    let task = db.json(&["task", "get", id]);
+    assert!(task["progress"].is_null(), "{task}");
     let runs = db.json(&["task", "runs", id]);
     assert_eq!(runs[0]["status"], "success", "{runs}");
     let log = runs[0]["output_log"].as_str().unwrap_or_default();

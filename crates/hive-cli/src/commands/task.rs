@@ -70,14 +70,18 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             let id = task_id(&id)?;
             let client = ctx.client().await?;
             let task = client.get_task(id).await?.ok_or_else(|| not_found(id))?;
+            // A running task shows how far its run said it had got.
+            let progress = match task.current_run_id.filter(|_| task.is_active()) {
+                Some(run) => client.get_run(run).await?.and_then(|r| r.progress),
+                None => None,
+            };
             if ctx.json {
-                output::json(&task)?;
+                let mut value = serde_json::to_value(&task)?;
+                if let Some(fields) = value.as_object_mut() {
+                    fields.insert("progress".into(), serde_json::to_value(&progress)?);
+                }
+                output::json(&value)?;
             } else {
-                // A running task shows how far its run said it had got.
-                let progress = match task.current_run_id.filter(|_| task.is_active()) {
-                    Some(run) => client.get_run(run).await?.and_then(|r| r.progress),
-                    None => None,
-                };
                 print_task(&task, progress.as_ref())?;
             }
         }
