@@ -22,8 +22,13 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
     let plan: NewPlan = match ext.as_str() {
         "json" => serde_json::from_str(&text)
             .with_context(|| format!("`{}` is not a valid JSON plan", path.display()))?,
-        "toml" => toml::from_str(&text)
-            .with_context(|| format!("`{}` is not a valid TOML plan", path.display()))?,
+        "toml" => toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "`{}` is not a valid TOML plan: {}",
+                path.display(),
+                toml_error(&text, &e)
+            )
+        })?,
         _ => match serde_json::from_str(&text) {
             Ok(p) => p,
             Err(json_err) => match toml::from_str(&text) {
@@ -38,4 +43,36 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
     plan.validate(max_payload_bytes)
         .with_context(|| format!("plan file `{}`", path.display()))?;
     Ok(plan)
+}
+
+/// A TOML error on one line, where it is (as serde_json says it): the parser's own text
+/// draws the offending line under a gutter over several lines, which errors printed on one
+/// line turn into a row of bars.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) if text.is_char_boundary(span.start) => {
+            let before = &text[..span.start];
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let line = before.matches('\n').count() + 1;
+            let column = before[line_start..].chars().count() + 1;
+            format!("{message} at line {line} column {column}")
+        }
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_toml_error_is_one_line_that_says_where() {
+        let text = "title = \"p\"\n[[subtasks]]\nid = \"a\"\n";
+        let e = toml::from_str::<NewPlan>(text).unwrap_err();
+        assert_eq!(
+            toml_error(text, &e),
+            "missing field `task_type` at line 2 column 1"
+        );
+    }
 }

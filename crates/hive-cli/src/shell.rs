@@ -17,8 +17,8 @@
 //!   same attempt number again; use `HIVE_RUN_NUMBER` to tell runs apart.
 //! - `HIVE_WORKER_ID`: the worker running it.
 //! - `HIVE_INPUTS`: a file holding the outputs of the task's dependencies as one JSON object
-//!   keyed by subtask id (`{}` without dependencies); the same JSON is written to the
-//!   command's stdin, which is then closed.
+//!   keyed by subtask id (`{}` without dependencies) on one line that ends with a newline;
+//!   the same line is written to the command's stdin, which is then closed.
 //! - `HIVE_OUTPUT`: a path the command may write its output to, as JSON.
 //! - `HIVE_SPAWN`: a path the command may write subtasks to, to add them to its plan (see
 //!   [`crate::spawnfile`]): committed with the task's success, nothing when it fails.
@@ -129,8 +129,11 @@ pub async fn handle(ctx: TaskContext, options: Options) -> Result<TaskOutput, Ta
     let output_path = io.path().join("output.json");
     let spawn_path = io.path().join("spawn.json");
     let progress_path = io.path().join("progress");
-    let inputs = serde_json::to_vec(ctx.inputs())
+    let mut inputs = serde_json::to_vec(ctx.inputs())
         .map_err(|e| TaskError::new(format!("cannot encode the inputs: {e}")))?;
+    // A whole line: a command that echoes its inputs (`cat "$HIVE_INPUTS"`) and then prints
+    // its output would otherwise print both on one line, which is no JSON.
+    inputs.push(b'\n');
     std::fs::write(&inputs_path, &inputs)
         .map_err(|e| TaskError::new(format!("cannot write the inputs file: {e}")))?;
     let mut sh = tokio::process::Command::new("sh");

@@ -63,7 +63,9 @@ fn shell_outputs_flow_to_dependents_and_plan_results_show_them() {
    {"id": "file", "title": "File", "task_type": "shell",
     "payload": {"command": "printf '[1, {\"deep\": null}]' > \"$HIVE_OUTPUT\""}},
    {"id": "consume", "title": "Consume", "task_type": "shell", "dependencies": ["produce", "file"],
-    "payload": {"command": "cp \"$HIVE_INPUTS\" inputs.json && cat > stdin.json && echo 'no json'"}}
+    "payload": {"command": "cp \"$HIVE_INPUTS\" inputs.json && cat > stdin.json && echo 'no json'"}},
+   {"id": "echo", "task_type": "shell", "dependencies": ["produce"],
+    "payload": {"command": "cat \"$HIVE_INPUTS\"; cat; echo '{\"seen\": true}'"}}
  ]}"#,
     );
     let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
@@ -71,17 +73,19 @@ fn shell_outputs_flow_to_dependents_and_plan_results_show_them() {
     let want =
         serde_json::json!({"produce": {"n": 2, "word": "héllo"}, "file": [1, {"deep": null}]});
     for name in ["inputs.json", "stdin.json"] {
-        let got: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(db.dir.path().join(name)).unwrap())
-                .unwrap();
+        let text = std::fs::read_to_string(db.dir.path().join(name)).unwrap();
+        let got: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(got, want, "{name}");
+        // One line, so `cat` or `read` leaves what the command prints next on a line of its own.
+        assert_eq!(text.matches('\n').count(), 1, "{name}: {text:?}");
+        assert!(text.ends_with('\n'), "{name}: {text:?}");
     }
     let results = db.json(&["plan", "results", &plan_id]);
     assert_eq!(results["status"], "completed", "{results}");
     assert_eq!(
         results["result"],
-        serde_json::json!({"consume": null}),
-        "the plan's result is its final subtask's output"
+        serde_json::json!({"consume": null, "echo": {"seen": true}}),
+        "the plan's result is its final subtasks' outputs"
     );
     let produce = results["subtasks"]
         .as_array()
@@ -284,7 +288,6 @@ max_retries = 0
 payload = { command = "echo oops >&2; exit 3" }
 [[subtasks]]
 id = "after"
-title = "After"
 task_type = "shell"
 dependencies = ["fails"]
 payload = { command = "true" }
@@ -310,6 +313,25 @@ payload = { command = "true" }
         "the error ends with the last line on stderr"
     );
     assert_eq!(runs[0]["output_log"], "oops\n");
+    // A subtask without a title is titled by its id.
+    let cancelled = db.json(&["task", "list", "--status", "cancelled"]);
+    assert_eq!(cancelled[0]["title"], "after", "{cancelled}");
+    // A broken TOML plan is named with the line and column of the fault, on one line.
+    let broken = db.write(
+        "broken.toml",
+        "title = \"p\"\n[[subtasks]]\nid = \"a\"\ntask_type = 3\n",
+    );
+    let refused = db
+        .hive()
+        .args(["plan", "submit", &broken])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("broken.toml` is not a valid TOML plan: invalid type: integer `3`, expected a string at line 4 column 13"),
+        "{stderr}"
+    );
 }
 
 #[test]

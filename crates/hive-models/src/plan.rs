@@ -118,6 +118,8 @@ impl PlanCounters {
 pub struct SubTask {
     /// Unique within the plan; dependencies refer to it.
     pub id: String,
+    /// Empty (or left out of a plan file): the subtask's task is titled by its id.
+    #[serde(default)]
     pub title: String,
     #[serde(default)]
     pub description: String,
@@ -205,8 +207,13 @@ impl SubTask {
     /// The task this subtask becomes when its plan is materialized (dependencies and the
     /// plan link are the backend's to record).
     pub fn to_new_task(&self, parent_task_id: Option<TaskId>) -> crate::NewTask {
+        let title = if self.title.is_empty() {
+            &self.id
+        } else {
+            &self.title
+        };
         crate::NewTask {
-            title: self.title.clone(),
+            title: title.clone(),
             task_type: self.task_type.clone(),
             description: self.description.clone(),
             priority: self.priority,
@@ -487,8 +494,8 @@ impl ExecutionPlan {
     }
 }
 
-/// Checks that subtasks form a valid DAG: at least one, non-empty unique ids, non-empty
-/// titles and types, payloads within the limit, dependencies only on subtasks of the same
+/// Checks that subtasks form a valid DAG: at least one, non-empty unique ids, titles
+/// (when given) and types not blank, payloads within the limit, dependencies only on subtasks of the same
 /// plan, no self-dependency and no cycle. The error names the offending ids.
 pub fn validate_subtasks(subtasks: &[SubTask], max_payload_bytes: usize) -> Result<()> {
     if subtasks.is_empty() {
@@ -513,7 +520,10 @@ pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<
         reason: e.to_string(),
     };
     check_no_nul("id", &s.id).map_err(invalid)?;
-    non_blank("title", &s.title).map_err(invalid)?;
+    // Empty is "titled by its id"; only a title of spaces is a mistake.
+    if !s.title.is_empty() {
+        non_blank("title", &s.title).map_err(invalid)?;
+    }
     non_blank("task_type", &s.task_type).map_err(invalid)?;
     check_no_nul("description", &s.description).map_err(invalid)?;
     for (i, d) in s.dependencies.iter().enumerate() {

@@ -555,3 +555,16 @@ proptest! {
         }
     }
 }
+
+/// A plan file may leave a subtask's title out: its task is then titled by its id; a title
+/// given as spaces is still a mistake.
+#[test]
+fn a_subtask_without_a_title_is_titled_by_its_id() {
+    let json = r#"{"title": "p", "subtasks": [
+        {"id": "split", "task_type": "x"},
+        {"id": "sum", "title": "Add up", "task_type": "x", "dependencies": ["split"]}]}"#;
+    let plan: NewPlan = serde_json::from_str(json).unwrap();
+    plan.validate(1 << 20).unwrap();
+    assert_eq!(plan.subtasks[0].to_new_task(None).title, "split");
+    assert_eq!(plan.subtasks[1].to_new_task(None).title, "Add up");
+}
