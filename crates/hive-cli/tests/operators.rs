@@ -227,7 +227,7 @@ fn lists_filter_show_readiness_and_errors_and_say_when_cut() {
     let row = |id: &str| table.lines().find(|l| l.contains(id)).unwrap().to_owned();
     assert!(table.lines().next().unwrap().contains("READY"), "{table}");
     assert!(row(&first).contains("ready"), "{table}");
-    assert!(row(&second).contains("blocked: 1 deps"), "{table}");
+    assert!(row(&second).contains("blocked: 1 dep"), "{table}");
     assert!(
         row(&later).contains("blocked: until 2100-01-01 00:00:00"),
         "{table}"

@@ -74,7 +74,8 @@ fn readiness(t: &Task, now: Timestamp) -> String {
         return "ready".into();
     }
     if t.pending_dependencies > 0 {
-        return format!("blocked: {} deps", t.pending_dependencies);
+        let n = t.pending_dependencies;
+        return format!("blocked: {n} dep{}", if n == 1 { "" } else { "s" });
     }
     output::opt(
         t.run_at
@@ -94,6 +95,8 @@ mod tests {
         assert_eq!(readiness(&t, now), "ready");
         t.pending_dependencies = 2;
         assert_eq!(readiness(&t, now), "blocked: 2 deps");
+        t.pending_dependencies = 1;
+        assert_eq!(readiness(&t, now), "blocked: 1 dep");
         t.pending_dependencies = 0;
         t.run_at = chrono::DateTime::from_timestamp(4_102_444_800, 0);
         assert_eq!(readiness(&t, now), "blocked: until 2100-01-01 00:00:00");
