@@ -595,3 +595,19 @@ fn a_sleep_stops_when_its_run_is_told_to() {
     // after the worker's timeout grace (5 s more).
     assert!(run_ms(&runs[0]) < 5_000, "{runs}");
 }
+
+/// `--role` may be left out: the worker's role is then `worker`, and so is the start of its
+/// name.
+#[test]
+fn a_worker_without_a_role_is_a_worker() {
+    let db = Db::new();
+    db.ok(&create_task("t", "noop", &[]));
+    let (ok, _, stderr) = db.run(&["worker", "run", "--type", "noop", "--exit-when-idle"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("role worker,"), "{stderr}");
+    assert!(stderr.contains(" worker-"), "{stderr}");
+    assert_eq!(
+        db.json(&["task", "list", "--status", "completed"])[0]["title"],
+        "t"
+    );
+}

@@ -15,8 +15,8 @@ use crate::{Context, builtin, logging, output, process_group, shell};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The worker's role, shown in the registry.
-    #[arg(long)]
+    /// The worker's role, shown in the registry (`hive worker list --role`).
+    #[arg(long, default_value = "worker")]
     role: String,
     /// Task types to claim (repeatable): `shell` (the default), and `noop` and `sleep`
     /// (`{"ms": N}`) for load tests.
