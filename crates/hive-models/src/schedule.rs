@@ -179,6 +179,36 @@ pub struct Timing {
     tz: chrono_tz::Tz,
 }
 
+fn cron_parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// Which field of an expression the parser refuses (`minute field \`61\`: `), found by
+/// parsing each field among wildcards, so the parser's own rules decide; empty when no
+/// field fails alone (an impossible combination, such as the 31st of February).
+fn faulty_field(cron: &str) -> String {
+    const FIVE: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    let names: Vec<&str> = if fields.len() == 6 {
+        std::iter::once("second").chain(FIVE).collect()
+    } else {
+        FIVE.to_vec()
+    };
+    let parser = cron_parser();
+    for (i, (field, name)) in fields.iter().zip(&names).enumerate() {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *field } else { "*" })
+            .collect();
+        if parser.parse(&alone.join(" ")).is_err() {
+            return format!("{name} field `{field}`: ");
+        }
+    }
+    String::new()
+}
+
 impl Timing {
     /// Parses 5 fields (minute hour day month weekday) or 6 (seconds first) and an IANA
     /// time zone name.
@@ -192,15 +222,10 @@ impl Timing {
                 ),
             });
         }
-        let parsed = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build()
-            .parse(cron)
-            .map_err(|e| Error::InvalidField {
-                field: "cron".into(),
-                reason: format!("`{cron}`: {e}"),
-            })?;
+        let parsed = cron_parser().parse(cron).map_err(|e| Error::InvalidField {
+            field: "cron".into(),
+            reason: format!("`{cron}`: {}{e}", faulty_field(cron)),
+        })?;
         let tz = chrono_tz::Tz::from_str(timezone).map_err(|_| Error::InvalidField {
             field: "timezone".into(),
             reason: format!("`{timezone}` is not a known time zone (e.g. `UTC`, `Europe/Paris`)"),

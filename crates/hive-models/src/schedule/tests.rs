@@ -13,7 +13,21 @@ fn five_and_six_fields_parse_and_others_are_refused_by_name() {
     let e = Timing::parse("* * * *", "UTC").unwrap_err().to_string();
     assert!(e.contains("`cron`") && e.contains("4 fields"), "{e}");
     let e = Timing::parse("61 * * * *", "UTC").unwrap_err().to_string();
-    assert!(e.contains("`cron`"), "{e}");
+    assert!(
+        e.contains("`cron`") && e.contains("minute field `61`"),
+        "{e}"
+    );
+    // The field the parser refuses is named, seconds counted when given.
+    for (cron, named) in [
+        ("0 25 * * *", "hour field `25`"),
+        ("0 0 1 13 *", "month field `13`"),
+        ("0 0 * * funday", "day-of-week field `funday`"),
+        ("70 0 0 * * *", "second field `70`"),
+        ("0 0-61/5 0 * * *", "minute field `0-61/5`"),
+    ] {
+        let e = Timing::parse(cron, "UTC").unwrap_err().to_string();
+        assert!(e.contains(named), "{cron}: {e}");
+    }
     let e = Timing::parse("* * * * *", "Mars/Olympus")
         .unwrap_err()
         .to_string();
