@@ -32,6 +32,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     plan_finishes_cancelled_when_all_subtasks_finish, a_plans_move_is_reported_on_the_outcome_that_made_it,
     finish_and_claim_refills_in_one_step,
     freed_dependents_are_announced_unless_claimed, outputs_reach_dependents_exactly,
+    freed_dependents_compete_with_ready_tasks_in_queue_order,
     spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
     a_stale_run_spawns_nothing, a_last_subtask_that_spawns_keeps_its_plan_running, last_two_subtasks_finishing_at_once_complete_the_plan_once,
     a_join_whose_parents_finish_at_once_becomes_ready_once,

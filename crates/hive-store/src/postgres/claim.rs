@@ -21,11 +21,14 @@ const CLAIM_CHUNK: u32 = 1000;
 /// notifications of it all (`notes`) for the caller to publish after commit. `$1` worker,
 /// `$2` types, `$3` limit, `$4` run ids, `$5` lease, `$6` origin.
 macro_rules! claim_statement {
-    ($picked:literal) => { concat!(
+    ($picked:expr) => { claim_statement!($picked, "") };
+    ($picked:expr, $also_set:literal) => { concat!(
     "WITH picked AS (",
     $picked,
     "), claimed AS ( \
-         UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, \
+         UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, ",
+    $also_set,
+    " \
              attempts = t.attempts + 1, run_count = t.run_count + 1, \
              current_run_id = ($4::uuid[])[k.n::int], updated_at = statement_timestamp() \
          /* `= ANY(ARRAY(…))`: a generic plan, costing `LIMIT $3` at a tenth of a large \
@@ -86,19 +89,43 @@ macro_rules! claim_statement {
     ) };
 }
 
-/// The plain claim: ready tasks in queue order that no flow rule concerns (those are
-/// admitted by [`super::flow`] and claimed with [`CLAIM_ADMITTED`]).
-pub(super) const CLAIM: &str = claim_statement!(
-    "SELECT id, priority, seq FROM tasks \
-     WHERE status = 'queued' AND pending_deps = 0 \
-       AND (run_at IS NULL OR run_at <= statement_timestamp()) \
-       AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
-       AND concurrency_key IS NULL \
-       AND NOT EXISTS (SELECT 1 FROM flow_rules f \
-           WHERE f.kind = 'type' AND f.name = tasks.task_type) \
-     ORDER BY priority DESC, seq \
-     LIMIT $3::bigint \
-     FOR UPDATE SKIP LOCKED"
+/// Ready tasks in queue order that no flow rule concerns (those are admitted by
+/// [`super::flow`] and claimed with [`CLAIM_ADMITTED`]), locked.
+macro_rules! plain_ready {
+    () => {
+        "SELECT id, priority, seq FROM tasks \
+         WHERE status = 'queued' AND pending_deps = 0 \
+           AND (run_at IS NULL OR run_at <= statement_timestamp()) \
+           AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
+           AND concurrency_key IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+               WHERE f.kind = 'type' AND f.name = tasks.task_type) \
+         ORDER BY priority DESC, seq \
+         LIMIT $3::bigint \
+         FOR UPDATE SKIP LOCKED"
+    };
+}
+
+/// The plain claim: [`plain_ready`] tasks.
+pub(super) const CLAIM: &str = claim_statement!(plain_ready!());
+
+/// [`CLAIM`] with the dependents the finish before it in the same transaction freed but
+/// did not count down (`$7`, locked by that finish; see `FINISH_SUCCESSES`): they compete
+/// with the ready tasks in queue order, and those taken are counted down by the claim's
+/// own update, so a freed dependent claimed at once is written once, not twice. A ready
+/// task it locks but then ranks out stays locked, and skipped by other claims, until the
+/// transaction commits.
+pub(super) const CLAIM_DEFERRED: &str = claim_statement!(
+    concat!(
+        "SELECT id, priority, seq FROM ( \
+             SELECT id, priority, seq FROM (",
+        plain_ready!(),
+        ") r \
+             UNION ALL \
+             SELECT id, priority, seq FROM tasks WHERE id = ANY($7::uuid[]) \
+         ) u ORDER BY priority DESC, seq LIMIT $3::bigint"
+    ),
+    "pending_deps = 0,"
 );
 
 /// The claim of admitted flow-controlled tasks (`$7`), each still queued once locked.
@@ -120,13 +147,16 @@ impl PostgresStore {
         p: &ClaimParams,
         limit: u32,
         admitted: Option<&[Uuid]>,
+        deferred: &[Uuid],
         notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
         let run_ids: Vec<Uuid> = (0..limit).map(|_| RunId::new().0).collect();
         let q = sqlx::query(if admitted.is_some() {
             CLAIM_ADMITTED
-        } else {
+        } else if deferred.is_empty() {
             CLAIM
+        } else {
+            CLAIM_DEFERRED
         })
         .bind(p.worker_id.as_str())
         .bind(&p.task_types)
@@ -136,7 +166,8 @@ impl PostgresStore {
         .bind(self.notifier.origin());
         let q = match admitted {
             Some(ids) => q.bind(ids),
-            None => q,
+            None if deferred.is_empty() => q,
+            None => q.bind(deferred),
         };
         let found = q.fetch_all(conn).await?;
         notes.extend(rows::notes(&found)?);
@@ -199,7 +230,10 @@ impl PostgresStore {
         }
         if left <= CLAIM_CHUNK {
             // One statement, committed on its own.
-            claims.extend(self.claim_chunk(&mut conn, p, left, None, notes).await?);
+            claims.extend(
+                self.claim_chunk(&mut conn, p, left, None, &[], notes)
+                    .await?,
+            );
             return Ok(claims);
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -208,20 +242,23 @@ impl PostgresStore {
             ..p.clone()
         };
         let mut taken = Vec::new();
-        let out = self.claim_in(&mut tx, &rest, None, &mut taken).await;
+        let out = self.claim_in(&mut tx, &rest, None, &[], &mut taken).await;
         claims.extend(end(tx, out).await?);
         notes.append(&mut taken);
         Ok(claims)
     }
 
     /// Claims on a connection the caller holds in a transaction: the flow-controlled tasks
-    /// `probe` found room for first, then plain ones in chunks of run ids. The caller
-    /// publishes `notes` after its commit.
+    /// `probe` found room for first, then plain ones in chunks of run ids, the first chunk
+    /// with the finish's `deferred` dependents among them (see [`CLAIM_DEFERRED`]). The
+    /// caller publishes `notes` after its commit, and counts down the deferred ones not
+    /// claimed.
     pub(super) async fn claim_in(
         &self,
         conn: &mut PgConnection,
         p: &ClaimParams,
         probe: Option<flow::Probe>,
+        mut deferred: &[Uuid],
         notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
         let mut claims = match probe {
@@ -231,7 +268,8 @@ impl PostgresStore {
         let mut left = p.limit.saturating_sub(claims.len() as u32);
         while left > 0 {
             let n = left.min(CLAIM_CHUNK);
-            let got = self.claim_chunk(conn, p, n, None, notes).await?;
+            let got = self.claim_chunk(conn, p, n, None, deferred, notes).await?;
+            deferred = &[];
             let done = got.len() < n as usize;
             left -= n;
             claims.extend(got);
@@ -256,7 +294,7 @@ impl PostgresStore {
         }
         let n = u32::try_from(admitted.ids.len()).unwrap_or(u32::MAX);
         let claims = self
-            .claim_chunk(conn, p, n, Some(&admitted.ids), notes)
+            .claim_chunk(conn, p, n, Some(&admitted.ids), &[], notes)
             .await?;
         let taken: HashSet<TaskId> = claims.iter().map(|c| c.task.id).collect();
         if let Some(first) = claims.first() {

@@ -53,6 +53,7 @@ mod tests {
     fn the_frequent_writes_send_no_notification_themselves() {
         for (name, text) in [
             ("CLAIM", super::super::claim::CLAIM),
+            ("CLAIM_DEFERRED", super::super::claim::CLAIM_DEFERRED),
             ("CLAIM_ADMITTED", super::super::claim::CLAIM_ADMITTED),
             ("FINISH_SUCCESSES", super::super::runs::FINISH_SUCCESSES),
             ("FOLD_CREDITS", super::super::folds::FOLD_CREDITS),

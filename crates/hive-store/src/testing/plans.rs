@@ -439,6 +439,77 @@ async fn claims_run(s: &S, task: TaskId) -> hive_models::RunId {
     load(s, task).await.current_run_id.unwrap()
 }
 
+/// A claim in the same step as a finish ranks the dependents the finish freed with the
+/// tasks already ready, in queue order, and takes only its worker's types; the freed ones
+/// it leaves are ready for the next claim, and announced.
+pub async fn freed_dependents_compete_with_ready_tasks_in_queue_order(s: S) {
+    // a -> (low, other): `low` ranks below a task made ready meanwhile, and `other` is of a
+    // type the claiming worker does not take.
+    let mut low = node("low", &["a"]);
+    low.priority = 0;
+    let mut other = node("other", &["a"]);
+    other.task_type = "elsewhere".into();
+    let (_, ids) = materialize(&s, plan(vec![node("a", &[]), low, other])).await;
+    let (a, run) = claim_one(&s, "w").await;
+    assert_eq!(a, ids["a"]);
+    let mut urgent = NewTask::new("urgent", "test");
+    urgent.priority = 5;
+    let urgent = s.insert_tasks(vec![urgent]).await.unwrap()[0];
+    let mut rx = s.subscribe().await.unwrap();
+    let mut tests_only = claim_params("w", 1);
+    tests_only.task_types = vec!["test".into()];
+    let (_, claims) = s
+        .finish_and_claim(&[success(run)], &tests_only)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        vec![urgent]
+    );
+    let mut announced = ready_notes(&s, &mut rx).await;
+    announced.sort();
+    let mut freed = vec![ids["low"], ids["other"]];
+    freed.sort();
+    assert_eq!(announced, freed);
+    for id in &freed {
+        let t = load(&s, *id).await;
+        assert_eq!((t.status, t.pending_dependencies), (TaskStatus::Queued, 0));
+    }
+    // The next step takes `low`; a worker of the other type takes `other`.
+    let (_, claims) = s
+        .finish_and_claim(&[success(claims_run(&s, urgent).await)], &tests_only)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        vec![ids["low"]]
+    );
+    let mut elsewhere = claim_params("v", 5);
+    elsewhere.task_types = vec!["elsewhere".into()];
+    let claims = s.claim_tasks(&elsewhere).await.unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        vec![ids["other"]]
+    );
+    // A freed dependent taken in the same step as its dependency's finish runs with that
+    // dependency's output, and is counted down.
+    let (_, ids) = materialize(&s, plan(vec![node("p", &[]), node("q", &["p"])])).await;
+    let (_, run) = claim_one(&s, "w").await;
+    let mut done = success(run);
+    if let crate::Outcome::Success { result, .. } = &mut done.outcome {
+        *result = Some(json!({"from": "p"}));
+    }
+    let (_, claims) = s
+        .finish_and_claim(&[done], &claim_params("w", 3))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].task.id, ids["q"]);
+    assert_eq!(claims[0].task.pending_dependencies, 0);
+    assert_eq!(claims[0].inputs["p"], json!({"from": "p"}));
+    assert_eq!(load(&s, ids["q"]).await.pending_dependencies, 0);
+}
+
 pub async fn freed_dependents_are_announced_unless_claimed(s: S) {
     // a -> (b, c): finishing a frees two; a claim of one takes b, c is announced.
     let (_, ids) = materialize(
