@@ -27,7 +27,10 @@ use crate::{
 /// is settled after commit ([`replay::settle`]), as for every Postgres write, and only for
 /// plans where a subtask with no open dependent completed (any other completion leaves its
 /// dependents to do). A run id given twice finishes once: the first occurrence wins.
-/// `$6` is each run's wait for its handler ([`RunOutcome::waited`]).
+/// `$6` is each run's wait for its handler ([`RunOutcome::waited`]). When `$7`, a plain
+/// claim for task types `$8` follows in the same transaction: the dependents made ready
+/// that it could take are returned as `deferred`, locked but not counted down (see
+/// `CLAIM_DEFERRED`).
 /// Returns the dependents made ready, announced as `task_ready` when `$5` is true, and (on
 /// one row) the notifications, which the caller publishes after commit
 /// (`publish.rs`).
