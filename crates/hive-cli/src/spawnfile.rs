@@ -97,7 +97,7 @@ mod tests {
             "{\"id\": \"a\", \"title\": \"A\", \"task_type\": \"noop\"}\n{\"id\": \"b\"}\n",
         );
         let e = read(&path).unwrap_err();
-        assert!(e.contains("line 2") && e.contains("title"), "{e}");
+        assert!(e.contains("line 2") && e.contains("task_type"), "{e}");
         let (_e, path) = written(r#"[{"id": "a", "title": "A", "task_type": "noop"}, 3]"#);
         let e = read(&path).unwrap_err();
         assert!(e.contains("JSON array of subtasks"), "{e}");
