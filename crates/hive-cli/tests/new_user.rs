@@ -2,8 +2,8 @@
 //! any database a Hive database, a demo that wrote into the configured database, a broken
 //! pipe that panicked, a plan broken by deleting one of its tasks, workers started with a
 //! type they cannot run or timings that contradict each other, a missing directory retried
-//! forever, a read-only file that could not be read, and shell payloads accepted that the
-//! handler then refused.
+//! forever, a read-only file that could not be read, shell payloads accepted that the
+//! handler then refused, and an idle worker that exited saying nothing of the tasks it left.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -377,4 +377,97 @@ fn shell_payloads_the_handler_refuses_are_refused_at_creation() {
         "subtask `a`: invalid shell payload",
         &before,
     );
+}
+
+#[test]
+fn an_idle_worker_says_why_it_left_queued_tasks() {
+    let db = Db::new();
+    let noop = r#"{"command": "true"}"#;
+    db.ok(&["task", "create", "--title", "typo", "--type", "sh"]);
+    db.ok(&["task", "create", "--title", "other", "--type", "noop"]);
+    let (ok, stdout, stderr) = db.run(&["--json", "worker", "run", "--exit-when-idle"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["left_queued"],
+        serde_json::json!([
+            {"task_type": "noop", "queued": 1, "why": "other_type"},
+            {"task_type": "sh", "queued": 1, "why": "other_type"},
+        ]),
+        "{stdout}"
+    );
+    for note in [
+        "1 queued task of type `sh` left: `hive worker run` runs only shell, noop, sleep tasks",
+        "1 queued task of type `noop` left: this worker takes shell (`--type noop` to take them",
+    ] {
+        assert!(
+            stderr.contains(&format!("note: {note}")),
+            "{note}: {stderr}"
+        );
+    }
+    // Queued tasks of its own types keep such a worker waiting; stopped, it says why.
+    db.ok(&[
+        "task",
+        "create",
+        "--title",
+        "later",
+        "--type",
+        "shell",
+        "--payload",
+        noop,
+        "--delay",
+        "3600",
+    ]);
+    db.ok(&[
+        "task",
+        "create",
+        "--title",
+        "held",
+        "--type",
+        "sleep",
+        "--payload",
+        r#"{"ms": 1}"#,
+    ]);
+    db.ok(&["queue", "pause", "sleep"]);
+    let mut worker = std::process::Command::new(assert_cmd::cargo::cargo_bin("hive"))
+        .env("HIVE_DATABASE_URL", &db.url)
+        .args(["worker", "run", "--exit-when-idle", "--id", "waits"])
+        .args(["--type", "shell", "--type", "sleep"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !db.ok(&["worker", "list"]).contains("waits") {
+        assert!(Instant::now() < deadline, "the worker did not register");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Idle for a while yet still there: the queued tasks hold it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(worker.try_wait().unwrap().is_none(), "the worker exited");
+    let pid = worker.id().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for note in [
+        "1 queued task of type `shell` left, not ready: waiting for their dependencies or \
+         their start time",
+        "1 queued task of type `sleep` left: the queue is paused (`hive queue resume sleep`)",
+    ] {
+        assert!(
+            stderr.contains(&format!("note: {note}")),
+            "{note}: {stderr}"
+        );
+    }
+    // Nothing left, nothing said.
+    let db = Db::new();
+    db.ok(&create_shell(noop));
+    let stderr = db.work_until_idle_logged(&[]);
+    assert!(!stderr.contains("note:"), "{stderr}");
 }

@@ -37,7 +37,9 @@ pub struct RunArgs {
     /// task is taken back within about 12 s).
     #[arg(long, default_value_t = 10)]
     lease_secs: u64,
-    /// Exit 0 once nothing is ready, running or waiting to retry.
+    /// Exit 0 once no task of its types is queued (ready or waiting: for its dependencies,
+    /// a start time, a retry or a paused queue) or running, here or on another worker. On
+    /// exit it names the queued tasks it left and why.
     #[arg(long)]
     exit_when_idle: bool,
     /// Serve Prometheus metrics (`GET /metrics`) on this address while the worker runs.
@@ -218,6 +220,16 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
         report.completed, report.failed, report.retried, report.stale, report.released
     ));
+    // A worker meant to finish the queue names the tasks it leaves and why they were not its
+    // to run (on a signal: why it was still waiting).
+    let left = if a.exit_when_idle {
+        left_queued(&client.list_queues().await?, &types)
+    } else {
+        Vec::new()
+    };
+    for l in &left {
+        logging::eprint_line(&format!("note: {}", l.explain(&types)));
+    }
     if ctx.json {
         output::json(&serde_json::json!({
             "worker": id,
@@ -226,9 +238,75 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
             "retried": report.retried,
             "stale": report.stale,
             "released": report.released,
+            "left_queued": left,
         }))?;
     }
     Ok(())
+}
+
+/// Queued tasks an idle worker left, by type, and why it did not run them.
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Left {
+    task_type: String,
+    queued: u64,
+    why: Why,
+}
+
+#[derive(Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Why {
+    /// Not one of the worker's types.
+    OtherType,
+    /// One of its types, paused.
+    Paused,
+    /// One of its types, waiting for dependencies or a start time.
+    NotReady,
+}
+
+/// The queues with tasks left when a worker of `types` found nothing to run.
+fn left_queued(queues: &[hive_client::QueueInfo], types: &[String]) -> Vec<Left> {
+    queues
+        .iter()
+        .filter(|q| q.queued > 0)
+        .map(|q| Left {
+            task_type: q.task_type.clone(),
+            queued: q.queued,
+            why: if !types.contains(&q.task_type) {
+                Why::OtherType
+            } else if q.paused {
+                Why::Paused
+            } else {
+                Why::NotReady
+            },
+        })
+        .collect()
+}
+
+impl Left {
+    fn explain(&self, types: &[String]) -> String {
+        let (n, t) = (self.queued, &self.task_type);
+        let tasks = if n == 1 { "task" } else { "tasks" };
+        match self.why {
+            Why::OtherType if builtin::handles(t) => format!(
+                "{n} queued {tasks} of type `{t}` left: this worker takes {} \
+                 (`--type {t}` to take them too)",
+                types.join(", ")
+            ),
+            Why::OtherType => format!(
+                "{n} queued {tasks} of type `{t}` left: `hive worker run` runs only {} tasks; \
+                 a worker for `{t}` is written with the SDK (or the tasks meant another type)",
+                builtin::TYPES.join(", ")
+            ),
+            Why::Paused => format!(
+                "{n} queued {tasks} of type `{t}` left: the queue is paused \
+                 (`hive queue resume {t}`)"
+            ),
+            Why::NotReady => format!(
+                "{n} queued {tasks} of type `{t}` left, not ready: waiting for their \
+                 dependencies or their start time (`hive task list --type {t} --status queued`)"
+            ),
+        }
+    }
 }
 
 /// The first Ctrl-C or SIGTERM stops the worker gracefully (no new claims; running tasks get
