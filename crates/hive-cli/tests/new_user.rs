@@ -429,15 +429,17 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
         r#"{"ms": 1}"#,
     ]);
     db.ok(&["queue", "pause", "sleep"]);
-    let mut worker = std::process::Command::new(assert_cmd::cargo::cargo_bin("hive"))
-        .env("HIVE_DATABASE_URL", &db.url)
-        .args(["worker", "run", "--exit-when-idle", "--id", "waits"])
-        .args(["--type", "shell", "--type", "sleep"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut worker = KillOnDrop(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("hive"))
+            .env("HIVE_DATABASE_URL", &db.url)
+            .args(["worker", "run", "--exit-when-idle", "--id", "waits"])
+            .args(["--type", "shell", "--type", "sleep"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !db.ok(&["worker", "list"]).contains("waits") {
         assert!(Instant::now() < deadline, "the worker did not register");
@@ -445,14 +447,14 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
     }
     // Idle for a while yet still there: the queued tasks hold it.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(worker.try_wait().unwrap().is_none(), "the worker exited");
-    let pid = worker.id().to_string();
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+    let pid = worker.0.id().to_string();
     let term = std::process::Command::new("kill")
         .args(["-s", "TERM", &pid])
         .status()
         .unwrap();
     assert!(term.success());
-    let out = worker.wait_with_output().unwrap();
+    let out = worker.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for note in [
@@ -470,4 +472,31 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
     db.ok(&create_shell(noop));
     let stderr = db.work_until_idle_logged(&[]);
     assert!(!stderr.contains("note:"), "{stderr}");
+}
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Waits for the child to exit; its status and stderr (read first, so a full pipe
+    /// cannot hold it).
+    fn wait(&mut self) -> std::process::Output {
+        let mut stderr = Vec::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            std::io::Read::read_to_end(&mut e, &mut stderr).unwrap();
+        }
+        let status = self.0.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

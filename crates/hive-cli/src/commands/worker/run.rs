@@ -222,10 +222,14 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
     ));
     // A worker meant to finish the queue names the tasks it leaves and why they were not its
     // to run (on a signal: why it was still waiting).
-    let left = if a.exit_when_idle {
-        left_queued(&client.list_queues().await?, &types)
-    } else {
-        Vec::new()
+    // Only a note: a failed read spoils neither the worker's exit status nor its report.
+    let left = match a.exit_when_idle.then_some(client.list_queues().await) {
+        Some(Ok(queues)) => left_queued(&queues, &types),
+        Some(Err(e)) => {
+            tracing::warn!("could not read the queues the worker left: {e}");
+            Vec::new()
+        }
+        None => Vec::new(),
     };
     for l in &left {
         logging::eprint_line(&format!("note: {}", l.explain(&types)));
