@@ -221,15 +221,18 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         report.completed, report.failed, report.retried, report.stale, report.released
     ));
     // A worker meant to finish the queue names the tasks it leaves and why they were not its
-    // to run (on a signal: why it was still waiting).
-    // Only a note: a failed read spoils neither the worker's exit status nor its report.
-    let left = match a.exit_when_idle.then_some(client.list_queues().await) {
-        Some(Ok(queues)) => left_queued(&queues, &types),
-        Some(Err(e)) => {
-            tracing::warn!("could not read the queues the worker left: {e}");
-            Vec::new()
+    // to run (on a signal: why it was still waiting). Only a note: a failed read spoils
+    // neither the worker's exit status nor its report.
+    let left = if a.exit_when_idle {
+        match client.list_queues().await {
+            Ok(queues) => left_queued(&queues, &types),
+            Err(e) => {
+                tracing::warn!("could not read the queues the worker left: {e}");
+                Vec::new()
+            }
         }
-        None => Vec::new(),
+    } else {
+        Vec::new()
     };
     for l in &left {
         logging::eprint_line(&format!("note: {}", l.explain(&types)));
@@ -249,14 +252,14 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Queued tasks an idle worker left, by type, and why it did not run them.
-#[derive(Debug, PartialEq, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 struct Left {
     task_type: String,
     queued: u64,
     why: Why,
 }
 
-#[derive(Debug, PartialEq, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 enum Why {
     /// Not one of the worker's types.
