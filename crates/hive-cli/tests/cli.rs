@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use assert_cmd::Command;
-use support::db::{Db, create_shell, create_task};
+use support::db::{Db, create_once, create_shell, create_task};
 
 const PLAN: &str = r#"{"title": "Release 1.2", "description": "optional",
  "subtasks": [
@@ -623,7 +623,7 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
     let over = r#"{"command": "printf '{\"a\": \"'; head -c 1100000 /dev/zero | tr '\\0' x; printf '\"}\\n'"}"#;
     let unread = r#"{"command": "printf '{\"a\": \"'; head -c 3000000 /dev/zero | tr '\\0' x; printf '\"}\\n'"}"#;
     let id = |payload: &str| {
-        let args = create_task("t", "shell", &["--max-retries", "0", "--payload", payload]);
+        let args = create_once("t", "shell", payload, &[]);
         db.ok(&args).trim().to_owned()
     };
     let (logs, over, unread) = (id(logs), id(over), id(unread));

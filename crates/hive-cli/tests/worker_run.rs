@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::db::{Db, create_shell, create_task};
+use support::db::{Db, create_once, create_shell, create_task};
 
 /// Generous bounds for a loaded 2-core machine; they bound waits, they measure nothing.
 const WITHIN: Duration = Duration::from_secs(60);
@@ -28,15 +28,11 @@ fn wait_for(what: &str, mut probe: impl FnMut() -> bool) {
 #[test]
 fn a_worker_logs_its_start_and_each_failed_run_without_colours() {
     let db = Db::new();
-    let id = db.ok(&create_task(
+    let id = db.ok(&create_once(
         "breaks",
         "shell",
-        &[
-            "--payload",
-            r#"{"command": "echo first line; exit 3"}"#,
-            "--max-retries",
-            "0",
-        ],
+        r#"{"command": "echo first line; exit 3"}"#,
+        &[],
     ));
     let (ok, _, stderr) = db.run(&[
         "worker",
@@ -79,41 +75,27 @@ fn a_worker_logs_its_start_and_each_failed_run_without_colours() {
 #[test]
 fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
     let db = Db::new();
-    let fails = db.ok(&create_task(
+    let fails = db.ok(&create_once(
         "f",
         "shell",
-        &[
-            "--max-retries",
-            "0",
-            "--payload",
-            r#"{"command": "echo to stdout; echo to stderr >&2; exit 1"}"#,
-        ],
+        r#"{"command": "echo to stdout; echo to stderr >&2; exit 1"}"#,
+        &[],
     ));
     // Stopped by the task's timeout (the worker's stop signal), and by the payload's.
-    let stopped = db.ok(&create_task(
+    let stopped = db.ok(&create_once(
         "t",
         "shell",
-        &[
-            "--max-retries",
-            "0",
-            "--timeout",
-            "1",
-            "--payload",
-            r#"{"command": "echo before the timeout; sleep 30"}"#,
-        ],
+        r#"{"command": "echo before the timeout; sleep 30"}"#,
+        &["--timeout", "1"],
     ));
     let killed = db.ok(&create_shell(
         r#"{"command": "echo before the kill; sleep 30", "timeout_secs": 1}"#,
     ));
-    let signalled = db.ok(&create_task(
+    let signalled = db.ok(&create_once(
         "s",
         "shell",
-        &[
-            "--max-retries",
-            "0",
-            "--payload",
-            r#"{"command": "echo going >&2; kill -9 $$"}"#,
-        ],
+        r#"{"command": "echo going >&2; kill -9 $$"}"#,
+        &[],
     ));
     let stderr = db.work_until_idle_logged(&["--concurrency", "4"]);
     // Stopped by its timeout, the run is logged as stopped, not as a failed attempt.
@@ -162,23 +144,13 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
         "timeout_secs": 1,
     })
     .to_string();
-    db.ok(&create_task(
-        "payload",
-        "shell",
-        &["--max-retries", "0", "--payload", &payload_timeout],
-    ));
+    db.ok(&create_once("payload", "shell", &payload_timeout, &[]));
     let task_timeout = serde_json::json!({ "command": cleanup("task.trap") }).to_string();
-    db.ok(&create_task(
+    db.ok(&create_once(
         "task",
         "shell",
-        &[
-            "--max-retries",
-            "0",
-            "--timeout",
-            "1",
-            "--payload",
-            &task_timeout,
-        ],
+        &task_timeout,
+        &["--timeout", "1"],
     ));
     let pid_file = dir.join("stubborn.pid");
     let stubborn = serde_json::json!({
@@ -189,11 +161,7 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
         "timeout_secs": 1,
     })
     .to_string();
-    let stubborn_id = db.ok(&create_task(
-        "stubborn",
-        "shell",
-        &["--max-retries", "0", "--payload", &stubborn],
-    ));
+    let stubborn_id = db.ok(&create_once("stubborn", "shell", &stubborn, &[]));
     let stderr = db.work_until_idle_logged(&["--concurrency", "3", "--timeout-grace", "1"]);
     for name in ["payload.trap", "task.trap"] {
         let cleaned = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -568,17 +536,11 @@ fn a_bad_sleep_payload_is_refused_at_create_and_fails_its_run_naming_the_problem
 #[test]
 fn a_sleep_stops_when_its_run_is_told_to() {
     let db = Db::new();
-    let id = db.ok(&create_task(
+    let id = db.ok(&create_once(
         "long",
         "sleep",
-        &[
-            "--payload",
-            r#"{"ms": 3600000}"#,
-            "--timeout",
-            "1",
-            "--max-retries",
-            "0",
-        ],
+        r#"{"ms": 3600000}"#,
+        &["--timeout", "1"],
     ));
     db.ok(&[
         "worker",

@@ -161,6 +161,23 @@ pub fn create_task<'a>(title: &'a str, task_type: &'a str, more: &[&'a str]) -> 
     args
 }
 
+/// `hive task create` of a task that gets one attempt (`--max-retries 0`), with this payload
+/// and these further arguments.
+pub fn create_once<'a>(
+    title: &'a str,
+    task_type: &'a str,
+    payload: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = create_task(
+        title,
+        task_type,
+        &["--max-retries", "0", "--payload", payload],
+    );
+    args.extend_from_slice(more);
+    args
+}
+
 /// `hive task create` of a shell task titled `t` with this payload.
 pub fn create_shell(payload: &str) -> [&str; 8] {
     [

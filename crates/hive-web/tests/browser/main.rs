@@ -38,9 +38,13 @@ fn save(name: &str, png: &[u8]) {
     }
 }
 
-/// The text of the element with this id.
-async fn text_of(b: &fantoccini::Client, id: &str) -> String {
-    b.find(Locator::Id(id)).await.unwrap().text().await.unwrap()
+/// The text of the first element the locator finds.
+async fn text(b: &fantoccini::Client, at: Locator<'_>) -> String {
+    b.find(at).await.unwrap().text().await.unwrap()
+}
+
+async fn click(b: &fantoccini::Client, at: Locator<'_>) {
+    b.find(at).await.unwrap().click().await.unwrap()
 }
 
 async fn fill(b: &fantoccini::Client, subtask: &str) -> String {
@@ -113,21 +117,9 @@ async fn overview_and_a_plans_dag_update_live() {
 
         let b = driver.browser().await;
         b.goto(&dash.url("/")).await.unwrap();
-        let h1 = b
-            .find(Locator::Css("main h1"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let h1 = text(&b, Locator::Css("main h1")).await;
         assert_eq!(h1, "Overview");
-        let alive = b
-            .find(Locator::Css("#throughput b"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let alive = text(&b, Locator::Css("#throughput b")).await;
         assert_eq!(
             alive, "6",
             "five imports and fetch finished in the last hour"
@@ -152,13 +144,8 @@ async fn overview_and_a_plans_dag_update_live() {
             .await
             .unwrap();
         assert_duration(&fetch_row, "the completed subtask").await;
-        b.find(Locator::Css(".dag .node[data-subtask='fetch']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let details = text_of(&b, "node-details").await;
+        click(&b, Locator::Css(".dag .node[data-subtask='fetch']")).await;
+        let details = text(&b, Locator::Id("node-details")).await;
         assert!(
             details.contains("completed") && details.contains("w1"),
             "{details}"
@@ -203,7 +190,7 @@ async fn overview_and_a_plans_dag_update_live() {
         b.goto(&dash.url(&format!("/plans/{large_id}")))
             .await
             .unwrap();
-        let notice = text_of(&b, "plan-too-large").await;
+        let notice = text(&b, Locator::Id("plan-too-large")).await;
         assert!(
             notice.contains("The graph of 1001 subtasks is not drawn"),
             "{notice}"
@@ -223,12 +210,7 @@ async fn overview_and_a_plans_dag_update_live() {
         assert_duration(&rows[1], "the failed subtask").await;
         assert!(rows[2].text().await.unwrap().contains("queued"));
         // Every subtask is a link away, on the tasks page filtered by plan and status.
-        b.find(Locator::LinkText("failed"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, Locator::LinkText("failed")).await;
         eventually(
             "the plan's failed tasks",
             Duration::from_secs(20),
@@ -276,12 +258,7 @@ async fn overview_and_a_plans_dag_update_live() {
             b.find(Locator::Id("cancel-plan")).await.is_err(),
             "a finished plan has nothing to cancel"
         );
-        b.find(Locator::Id("retry-plan"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, Locator::Id("retry-plan")).await;
         b.accept_alert().await.unwrap();
         eventually("the plan to run again", Duration::from_secs(20), || async {
             s.get_plan_counters(large_id).await.unwrap().unwrap().status
@@ -329,15 +306,9 @@ async fn hostile_strings_are_text_and_requeue_from_the_page_changes_the_database
 
         let b = driver.browser().await;
         b.goto(&dash.url(&format!("/tasks/{id}"))).await.unwrap();
-        let h1 = b
-            .find(Locator::Css("main h1"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let h1 = text(&b, Locator::Css("main h1")).await;
         assert_eq!(h1, title, "the title is shown as text");
-        let payload = text_of(&b, "payload").await;
+        let payload = text(&b, Locator::Id("payload")).await;
         assert!(
             payload.contains("<script>window.__pwned = 1</script>"),
             "{payload}"
@@ -353,22 +324,11 @@ async fn hostile_strings_are_text_and_requeue_from_the_page_changes_the_database
         assert_eq!(injected, serde_json::json!([0, "undefined"]), "nothing ran");
         assert!(b.get_alert_text().await.is_err(), "no alert opened");
         b.goto(&dash.url("/tasks?status=failed")).await.unwrap();
-        let cell = b
-            .find(Locator::Css("#tasks td.title"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let cell = text(&b, Locator::Css("#tasks td.title")).await;
         assert_eq!(cell, title);
 
         b.goto(&dash.url(&format!("/tasks/{id}"))).await.unwrap();
-        b.find(Locator::Id("requeue"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, Locator::Id("requeue")).await;
         eventually("the task to be queued", Duration::from_secs(20), || async {
             s.get_task(id).await.unwrap().unwrap().status == TaskStatus::Queued
         })
@@ -455,21 +415,10 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
         }
         let b = driver.browser().await;
         b.goto(&dash.url("/queues")).await.unwrap();
-        let queued = b
-            .find(Locator::Css("#queues tr[data-type='mail'] td.queued"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let queued = text(&b, Locator::Css("#queues tr[data-type='mail'] td.queued")).await;
         assert_eq!(queued, "2");
         assert_eq!(queue_state(&b).await, "active");
-        b.find(Locator::Css("#queues tr[data-type='mail'] button.pause"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, Locator::Css("#queues tr[data-type='mail'] button.pause")).await;
         eventually("the type to be paused", Duration::from_secs(20), || async {
             paused(&s).await && queue_state(&b).await == "paused"
         })
@@ -478,12 +427,7 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
             s.claim_tasks(&claim_params("w", 10)).await.unwrap().is_empty(),
             "a paused type is not claimed"
         );
-        b.find(Locator::Css("#queues tr[data-type='mail'] button.resume"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, Locator::Css("#queues tr[data-type='mail'] button.resume")).await;
         eventually("the type to be resumed", Duration::from_secs(20), || async {
             !paused(&s).await && queue_state(&b).await == "active"
         })
