@@ -142,15 +142,16 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    // A worker says what it does (its start, each failed task) unless told otherwise; every
-    // other command, and the libraries under the worker, only warn. A one-off command does
+    // A worker says what it does (its start, each failed task; from the runtime, what it
+    // reaps and what an idle worker waits for) unless told otherwise; every other command,
+    // and the other libraries under the worker, only warn. A one-off command does
     // not print the driver's slow-statement warnings (whole SQL texts): reading or
     // submitting a large plan is slow by its size, and the person waiting for it knows.
     // What runs for long (workers, schedulers, the dashboard) keeps them for its operator.
     let default_log = match &cli.command {
         Command::Worker(commands::worker::WorkerCommand::Run { .. })
         | Command::Schedule(commands::schedule::ScheduleCommand::Run { .. }) => {
-            "warn,hive::commands=info,hive::output=info"
+            "warn,hive::commands=info,hive::output=info,hive_client=info"
         }
         Command::Serve(_) => "warn",
         _ => "warn,sqlx::query=error",

@@ -429,34 +429,34 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
         r#"{"ms": 1}"#,
     ]);
     db.ok(&["queue", "pause", "sleep"]);
-    let mut worker = KillOnDrop(
+    let mut worker = KillOnDrop::spawn(
         std::process::Command::new(assert_cmd::cargo::cargo_bin("hive"))
             .env("HIVE_DATABASE_URL", &db.url)
             .args(["worker", "run", "--exit-when-idle", "--id", "waits"])
             .args(["--type", "shell", "--type", "sleep"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stdout(Stdio::null()),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !db.ok(&["worker", "list"]).contains("waits") {
-        assert!(Instant::now() < deadline, "the worker did not register");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Idle for a while yet still there: the queued tasks hold it.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
-    let pid = worker.0.id().to_string();
+    // Idle for a while yet still there, the queued tasks holding it; after five seconds it
+    // says what it waits for (the first of its types' tasks it finds).
+    worker.wait_for("s, still waiting for queued task ", Duration::from_secs(60));
+    let said = worker.stderr();
+    assert!(
+        said.contains("idle for ") && said.contains("of type `shell`, not ready: until "),
+        "{said}"
+    );
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker exited"
+    );
+    let pid = worker.child.id().to_string();
     let term = std::process::Command::new("kill")
         .args(["-s", "TERM", &pid])
         .status()
         .unwrap();
     assert!(term.success());
-    let out = worker.wait();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (status, stderr) = worker.wait();
+    assert!(status.success(), "{stderr}");
     for note in [
         "1 queued task of type `shell` left, not ready: waiting for their dependencies or \
          their start time",
@@ -475,28 +475,64 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
 }
 
 /// A child process killed when dropped, so a failing test leaves none behind.
-struct KillOnDrop(std::process::Child);
+/// A worker started for a test: killed if the test ends first, its stderr read as it comes.
+struct KillOnDrop {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
 
 impl KillOnDrop {
-    /// Waits for the child to exit; its status and stderr (read first, so a full pipe
-    /// cannot hold it).
-    fn wait(&mut self) -> std::process::Output {
-        let mut stderr = Vec::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            std::io::Read::read_to_end(&mut e, &mut stderr).unwrap();
-        }
-        let status = self.0.wait().unwrap();
-        std::process::Output {
-            status,
-            stdout: Vec::new(),
+    fn spawn(cmd: &mut std::process::Command) -> KillOnDrop {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let into = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                let Ok(line) = line else { break };
+                let mut all = into.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        KillOnDrop {
+            child,
             stderr,
+            reader: Some(reader),
         }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds `text`.
+    fn wait_for(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} on stderr: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the child to exit; its status and all it wrote to stderr.
+    fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (status, self.stderr())
     }
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -125,6 +125,24 @@ impl TaskStatus {
     }
 }
 
+/// Why a queued task is not ready: see [`Task::blocker_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocker {
+    /// This many of its dependencies have not completed.
+    Dependencies(u32),
+    /// Its start time (`run_at`: a delay, a schedule or a retry's backoff) is still ahead.
+    StartTime(Timestamp),
+}
+
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Blocker::Dependencies(n) => write!(f, "{n} dep{}", if *n == 1 { "" } else { "s" }),
+            Blocker::StartTime(at) => write!(f, "until {}", at.format("%Y-%m-%d %H:%M:%S")),
+        }
+    }
+}
+
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -266,6 +284,18 @@ impl Task {
         self.status == TaskStatus::Queued
             && self.pending_dependencies == 0
             && self.run_at.is_none_or(|t| t <= now)
+    }
+
+    /// What the task itself says keeps it from being claimed at `now`: None when it is not
+    /// queued, or is ready (a paused queue or a limit may still hold a ready task).
+    pub fn blocker_at(&self, now: Timestamp) -> Option<Blocker> {
+        if self.status != TaskStatus::Queued || self.is_ready_at(now) {
+            return None;
+        }
+        if self.pending_dependencies > 0 {
+            return Some(Blocker::Dependencies(self.pending_dependencies));
+        }
+        self.run_at.map(Blocker::StartTime)
     }
 
     /// [`Task::is_ready_at`] with the local clock (stores use the database clock instead).

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hive_models::{RunId, TaskStatus, WorkerId, WorkerStatus};
+use hive_models::{RunId, Task, TaskStatus, WorkerId, WorkerStatus};
 use hive_ops::Claimed;
 use hive_ops::store::{TaskFilter, WorkerRegistration};
 use tokio::sync::{Notify, mpsc, watch};
@@ -357,9 +357,9 @@ impl Runtime {
         }
     }
 
-    /// Whether nothing of this worker's types is queued (ready, delayed or waiting on
-    /// dependencies), assigned or in progress anywhere.
-    pub(super) async fn nothing_left(&self) -> Result<bool> {
+    /// A task of this worker's types that is queued (ready, delayed or waiting on
+    /// dependencies), assigned or in progress anywhere; None when there is none.
+    pub(super) async fn what_is_left(&self) -> Result<Option<Task>> {
         let types: Vec<Option<String>> = if self.cfg.task_types.is_empty() {
             vec![None]
         } else {
@@ -382,12 +382,12 @@ impl Runtime {
                     limit: Some(1),
                     ..Default::default()
                 };
-                if !self.cfg.client.list_tasks(&filter).await?.is_empty() {
-                    return Ok(false);
+                if let Some(task) = self.cfg.client.list_tasks(&filter).await?.pop() {
+                    return Ok(Some(task));
                 }
             }
         }
-        Ok(true)
+        Ok(None)
     }
 }
 

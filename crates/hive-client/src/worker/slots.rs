@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hive_models::RunId;
+use hive_models::{RunId, Task, TaskStatus};
 use hive_ops::Claimed;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -29,6 +29,11 @@ use crate::backoff::Backoff;
 const IDLE_RECHECK_AT_LEAST: Duration = Duration::from_millis(1);
 const IDLE_RECHECK_AT_MOST: Duration = Duration::from_millis(20);
 const IDLE_RECHECK_SHARE: u32 = 20;
+
+/// How long a worker that exits when idle waits for work it cannot start before it says
+/// what it waits for: long enough that the tail of a busy queue (the last tasks running on
+/// other workers, dependents about to be freed) passes without a word.
+const IDLE_EXPLAIN_AFTER: Duration = Duration::from_secs(5);
 
 /// One permit per free slot. Claims take permits; a slot comes back when its task's
 /// outcome is committed, unless the completer reuses it for a task claimed in the same
@@ -287,11 +292,19 @@ impl Runtime {
         // because tasks settled since it last asked (see [`IDLE_RECHECK_SHARE`]).
         let mut next_check: Option<Instant> = None;
         let mut recheck: Option<Instant> = None;
+        // Since when an idle worker has found work left that it cannot start, and whether
+        // it has said so in this spell (see [`IDLE_EXPLAIN_AFTER`]).
+        let mut waiting_since: Option<Instant> = None;
+        let mut explained = false;
         while !self.stopping() {
             while let Ok(claims) = claimed_rx.try_recv() {
                 running.start(claims, self, &done_tx);
             }
             running.reap_finished();
+            if !running.is_empty() {
+                waiting_since = None;
+                explained = false;
+            }
             self.slots.follow_pace();
             let free = self.slots.free();
             if look && free > 0 {
@@ -338,13 +351,19 @@ impl Runtime {
             if idle && recheck.is_none_or(|at| at <= Instant::now()) {
                 recheck = None;
                 let asked = Instant::now();
-                let left = self.nothing_left().await;
+                let left = self.what_is_left().await;
                 let took = asked.elapsed() * IDLE_RECHECK_SHARE;
                 next_check =
                     Some(Instant::now() + took.clamp(IDLE_RECHECK_AT_LEAST, IDLE_RECHECK_AT_MOST));
                 match left {
-                    Ok(true) => break,
-                    Ok(false) => {}
+                    Ok(None) => break,
+                    Ok(Some(task)) => {
+                        let since = *waiting_since.get_or_insert(asked);
+                        if !explained && since.elapsed() >= IDLE_EXPLAIN_AFTER {
+                            explained = true;
+                            tracing::info!(worker = %self.id, "{}", waiting_for(&task, since.elapsed()));
+                        }
+                    }
                     // A blip must not end a worker; the next wake-up or tick checks again.
                     Err(e) => tracing::warn!(worker = %self.id, error = %e, "idle check failed"),
                 }
@@ -371,6 +390,29 @@ impl Runtime {
     }
 }
 
+/// What an idle worker that exits when idle is waiting for, found as `task`.
+fn waiting_for(task: &Task, idle: Duration) -> String {
+    let (id, t) = (task.id, &task.task_type);
+    let what = match (task.status, task.blocker_at(chrono::Utc::now())) {
+        (TaskStatus::Queued, Some(blocker)) => {
+            format!("queued task {id} of type `{t}`, not ready: {blocker}")
+        }
+        (TaskStatus::Queued, None) => format!(
+            "queued task {id} of type `{t}`, ready but held: its queue is paused or a limit \
+             holds it"
+        ),
+        (_, _) => match &task.assigned_worker {
+            Some(w) => format!("task {id} of type `{t}`, running on worker {w}"),
+            None => format!("task {id} of type `{t}`, {}", task.status),
+        },
+    };
+    format!(
+        "idle for {}s, still waiting for {what}; a worker that exits when idle waits for \
+         every queued or running task of its types",
+        idle.as_secs()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +421,32 @@ mod tests {
         for _ in 0..calls {
             pace.record(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn an_idle_worker_names_what_it_waits_for() {
+        let now = chrono::Utc::now();
+        let mut t = Task::from_new(
+            hive_models::TaskId::new(),
+            hive_models::NewTask::new("t", "mail"),
+            now,
+        );
+        let idle = Duration::from_secs(5);
+        let said = |t: &Task| waiting_for(t, idle);
+        t.pending_dependencies = 2;
+        assert!(
+            said(&t).starts_with(&format!(
+                "idle for 5s, still waiting for queued task {} of type `mail`, not ready: 2 deps;",
+                t.id
+            )),
+            "{}",
+            said(&t)
+        );
+        t.pending_dependencies = 0;
+        assert!(said(&t).contains("ready but held: its queue is paused or a limit holds it"));
+        t.status = TaskStatus::InProgress;
+        t.assigned_worker = Some("w2".parse().unwrap());
+        assert!(said(&t).contains("of type `mail`, running on worker w2;"));
     }
 
     #[test]

@@ -70,17 +70,10 @@ fn readiness(t: &Task, now: Timestamp) -> String {
     if t.status != TaskStatus::Queued {
         return "-".into();
     }
-    if t.is_ready_at(now) {
-        return "ready".into();
+    match t.blocker_at(now) {
+        None => "ready".into(),
+        Some(b) => format!("blocked: {b}"),
     }
-    if t.pending_dependencies > 0 {
-        let n = t.pending_dependencies;
-        return format!("blocked: {n} dep{}", if n == 1 { "" } else { "s" });
-    }
-    output::opt(
-        t.run_at
-            .map(|at| format!("blocked: until {}", at.format("%Y-%m-%d %H:%M:%S"))),
-    )
 }
 
 #[cfg(test)]
