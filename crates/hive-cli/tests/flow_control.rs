@@ -222,9 +222,14 @@ fn bad_limits_are_refused_before_anything_is_written() {
         (&["limit", "set", "--type", "email"][..], "--concurrency"),
         (
             &["limit", "set", "--type", "emial", "--concurrency", "2"][..],
-            "unknown task type `emial`",
+            "unknown task type `emial`: no task, worker or schedule uses it (check the spelling, \
+             or pass --new-type to set it before its first task)",
         ),
-        (&["queue", "pause", "emial"][..], "unknown task type"),
+        (
+            &["queue", "pause", "emial"][..],
+            "unknown task type `emial`: no task, worker or schedule uses it (check the spelling, \
+             or pass --new-type",
+        ),
         (&["queue", "resume", "email"][..], "not paused"),
         (&["limit", "delete", "--key", "acct"][..], "has no limit"),
         (

@@ -101,7 +101,10 @@ pub async fn limit(ctx: &Context, cmd: LimitCommand) -> anyhow::Result<ExitCode>
                 probe.validate()?;
             }
             let client = ctx.client().await?;
-            let rule = client.set_limits(scope, limits, a.new_type).await?;
+            let rule = client
+                .set_limits(scope, limits, a.new_type)
+                .await
+                .map_err(name_the_flag)?;
             output::report(
                 ctx.json,
                 &serde_json::to_value(&rule)?,
@@ -164,7 +167,8 @@ pub async fn queue(ctx: &Context, cmd: QueueCommand) -> anyhow::Result<ExitCode>
             ctx.client()
                 .await?
                 .pause_queue(&task_type, new_type)
-                .await?;
+                .await
+                .map_err(name_the_flag)?;
             output::report(
                 ctx.json,
                 &json!({ "task_type": task_type, "paused": true }),
@@ -209,4 +213,15 @@ fn queue_row(q: &QueueInfo) -> [String; 6] {
         q.max_running.map_or("-".into(), |n| n.to_string()),
         q.rate.map_or("-".into(), |x| x.to_string()),
     ]
+}
+
+/// The library's refusal of a type nothing uses, with the flag that allows it here.
+fn name_the_flag(e: hive_client::ops::Error) -> anyhow::Error {
+    match e {
+        hive_client::ops::Error::UnknownTaskType { task_type } => anyhow!(
+            "unknown task type `{task_type}`: no task, worker or schedule uses it (check the \
+             spelling, or pass --new-type to set it before its first task)"
+        ),
+        other => other.into(),
+    }
 }
