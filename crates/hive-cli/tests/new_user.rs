@@ -474,7 +474,6 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
     assert!(!stderr.contains("note:"), "{stderr}");
 }
 
-/// A child process killed when dropped, so a failing test leaves none behind.
 /// A worker started for a test: killed if the test ends first, its stderr read as it comes.
 struct KillOnDrop {
     child: std::process::Child,
