@@ -230,6 +230,14 @@ fn a_worker_refuses_what_it_cannot_do_at_start() {
             ],
             "not well under --lease-secs 3",
         ),
+        (
+            vec!["worker", "run", "--concurrency", "0"],
+            "--concurrency must be at least 1",
+        ),
+        (
+            vec!["worker", "run", "--lease-secs", "0"],
+            "--lease-secs must be at least 1",
+        ),
     ];
     for (args, want) in cases {
         db.refused(

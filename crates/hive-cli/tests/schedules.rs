@@ -107,6 +107,10 @@ fn bad_schedules_are_refused_before_anything_is_written() {
         (&["--cron", "* * *"][..], "3 fields"),
         (&["--cron", "99 * * * *"][..], "`cron`"),
         (
+            &["--cron", "0 0 31 2 *"][..],
+            "`0 0 31 2 *` never fires: no date matches it",
+        ),
+        (
             &["--cron", "0 2 * * *", "--tz", "Mars/Olympus"][..],
             "Mars/Olympus",
         ),

@@ -131,12 +131,19 @@ impl NewSchedule {
     }
 
     /// Rejects what no scheduler could follow, naming the field: a blank name, a cron
-    /// expression that does not parse, an unknown time zone, a task that could not be
-    /// created, a catch-up bound of 0 or over [`Missed::MAX_CATCH_UP`].
+    /// expression that does not parse or names no date that exists (`0 0 31 2 *`), an
+    /// unknown time zone, a task that could not be created, a catch-up bound of 0 or over
+    /// [`Missed::MAX_CATCH_UP`].
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         crate::task::non_blank("name", &self.name)?;
         crate::check_no_nul("name", &self.name)?;
-        Timing::parse(&self.cron, &self.timezone)?;
+        let timing = Timing::parse(&self.cron, &self.timezone)?;
+        if timing.next_after(Utc::now()).is_none() {
+            return Err(Error::InvalidField {
+                field: "cron".into(),
+                reason: format!("`{}` never fires: no date matches it", self.cron),
+            });
+        }
         if let Missed::CatchUp { limit } = self.missed
             && !(1..=Missed::MAX_CATCH_UP).contains(&limit)
         {

@@ -123,6 +123,19 @@ fn a_new_schedule_is_validated_whole() {
         .validate(1024)
         .unwrap_err();
     assert!(e.to_string().contains("`title`"), "{e}");
+    let e = NewSchedule::new("n", "0 0 31 2 *", task.clone())
+        .validate(1024)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid `cron`: `0 0 31 2 *` never fires: no date matches it"
+    );
+    // A date that comes only in leap years still comes.
+    assert!(
+        NewSchedule::new("n", "0 0 29 2 *", task.clone())
+            .validate(1024)
+            .is_ok()
+    );
     let slot = at(2026, 1, 1, 2, 0, 0);
     let t = task.to_new_task("nightly", slot);
     assert_eq!(

@@ -126,6 +126,9 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
     if a.lease_secs == 0 {
         anyhow::bail!("--lease-secs must be at least 1");
     }
+    if a.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
     if let Some(ms) = a.intervals.heartbeat_ms
         && ms.saturating_mul(2) > a.lease_secs.saturating_mul(1000)
     {
@@ -202,7 +205,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
         "worker {id} starting: role {}, types {}, concurrency {}, lease {}s, shutdown grace {:?}",
         a.role,
         types.join(","),
-        a.concurrency.max(1),
+        a.concurrency,
         a.lease_secs,
         grace
     );
