@@ -33,8 +33,15 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
             Ok(p) => p,
             Err(json_err) => match toml::from_str(&text) {
                 Ok(p) => p,
+                // A JSON plan is an object; anything else was most likely meant as TOML,
+                // so the error that helps is the TOML parser's.
+                Err(toml_err) if !text.trim_start().starts_with('{') => bail!(
+                    "`{}` is neither a JSON nor a TOML plan; as TOML: {}",
+                    path.display(),
+                    toml_error(&text, &toml_err)
+                ),
                 Err(_) => bail!(
-                    "`{}` is neither a JSON nor a TOML plan: {json_err}",
+                    "`{}` is neither a JSON nor a TOML plan; as JSON: {json_err}",
                     path.display()
                 ),
             },
@@ -65,6 +72,26 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_of_neither_kind_gets_the_error_of_the_kind_it_looks_like() {
+        let dir = tempfile::tempdir().unwrap();
+        let error_of = |text: &str| {
+            let path = dir.path().join("plan");
+            std::fs::write(&path, text).unwrap();
+            format!("{:#}", read(&path, 1024).unwrap_err())
+        };
+        let toml = error_of("title = \"p\"\n[[subtasks]]\nid = \"a\"\n");
+        assert!(
+            toml.ends_with("is neither a JSON nor a TOML plan; as TOML: missing field `task_type` at line 2 column 1"),
+            "{toml}"
+        );
+        let json = error_of(r#"{"title": "p", "subtasks": [{"id": "a"}]}"#);
+        assert!(
+            json.contains("is neither a JSON nor a TOML plan; as JSON: missing field `task_type`"),
+            "{json}"
+        );
+    }
 
     #[test]
     fn a_toml_error_is_one_line_that_says_where() {
