@@ -16,6 +16,18 @@ const UNITS: [(char, u64); 5] = [
     ('w', 604_800),
 ];
 
+/// A length of time: seconds (`90`, `2.5`) or an age as [`parse_age`] takes it (`15m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|_| {
+            format!("`{s}` is not a length of time: seconds must be a finite number, 0 or more")
+        }),
+        Err(_) => parse_age(s).map_err(|_| {
+            format!("`{s}` is not a length of time; write seconds (90) or an age (15m, 1h30m)")
+        }),
+    }
+}
+
 /// An age such as `30s`, `15m`, `12h`, `7d`, `2w`, or several added up (`1d12h`).
 pub fn parse_age(s: &str) -> Result<Duration, String> {
     let bad = || {

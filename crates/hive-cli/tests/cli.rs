@@ -809,3 +809,90 @@ fn finished_plans_are_pruned_with_their_subtasks() {
     assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
     assert_eq!(left[0]["id"], loose.as_str());
 }
+
+#[test]
+fn plan_and_task_wait_end_with_the_work_and_say_how_in_the_exit_status() {
+    let db = Db::new();
+    let file = db.write(
+        "plan.json",
+        r#"{"title": "w", "subtasks": [
+            {"id": "a", "task_type": "shell", "payload": {"command": "true"}},
+            {"id": "b", "task_type": "shell", "dependencies": ["a"], "max_retries": 0,
+             "payload": {"command": "echo broke >&2; exit 3"}}]}"#,
+    );
+    let plan = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    let task = db
+        .ok(&create_shell(r#"{"command": "true"}"#))
+        .trim()
+        .to_owned();
+    let waited = |args: &[&str]| {
+        let out = db.hive().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Nothing runs them yet: the time runs out (124), and the wait says what it saw.
+    let (code, out) = waited(&["plan", "wait", &plan, "--timeout", "0.2"]);
+    assert_eq!(code, Some(124), "{out}");
+    assert!(
+        out.contains(&format!(
+            "plan {plan} still pending after 200ms: 0 of 2 subtasks completed"
+        )),
+        "{out}"
+    );
+    let (code, out) = waited(&["task", "wait", &task, "--timeout", "0.2"]);
+    assert_eq!(code, Some(124), "{out}");
+    // Waits started before a worker in another process runs the work end with it.
+    let spawn_wait = |args: &[&str]| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("hive"))
+            .env("HIVE_DATABASE_URL", &db.url)
+            .args(args)
+            .args(["--timeout", "60"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let plan_wait = spawn_wait(&["plan", "wait", &plan]);
+    let task_wait = spawn_wait(&["--json", "task", "wait", &task]);
+    db.work_until_idle(&[]);
+    let out = plan_wait.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a failed plan: {stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "plan {plan} failed: 1 of 2 subtasks completed, 1 failed, 0 cancelled"
+        )),
+        "{stdout}"
+    );
+    let out = task_wait.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], "completed", "{json}");
+    // The failed subtask's wait names its error.
+    let failed = db.json(&["task", "list", "--status", "failed"]);
+    let failed_id = failed[0]["id"].as_str().unwrap();
+    let (code, out) = waited(&["task", "wait", failed_id]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains(&format!(
+            "task {failed_id} failed after 1 attempt: command exited with status 3"
+        )),
+        "{out}"
+    );
+    // Bad input: refused, nothing waited for.
+    for (args, want) in [
+        (
+            &["plan", "wait", &plan, "--timeout", "soon"][..],
+            "`soon` is not a length of time",
+        ),
+        (
+            &["plan", "wait", "01a20c17-0000-7000-8000-000000000000"][..],
+            "plan `01a20c17-0000-7000-8000-000000000000` not found",
+        ),
+        (&["task", "wait", "nope"][..], "invalid task id `nope`"),
+    ] {
+        let (ok, _, stderr) = db.run(args);
+        assert!(!ok && stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

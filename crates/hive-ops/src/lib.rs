@@ -16,6 +16,7 @@ mod running;
 mod schedules;
 mod tasks;
 mod triage;
+mod waits;
 mod workers;
 
 use std::sync::Arc;

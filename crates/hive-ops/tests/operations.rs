@@ -61,6 +61,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     cancel_task_cancels_dependents,
     type_retry_defaults_fill_what_a_task_leaves_unset,
     schedules_catch_up_within_their_bound_and_pause,
+    waits_end_when_the_work_finishes_or_time_runs_out,
 );
 
 async fn count_all(o: &O) -> u64 {
@@ -885,4 +886,79 @@ async fn schedules_catch_up_within_their_bound_and_pause(o: O) {
         o.get_schedule("bad").await.unwrap().is_none(),
         "nothing written"
     );
+}
+
+/// Runs `wait` in the background, bounded so a wait that never ends fails the test.
+fn waiting<T: Send + 'static>(
+    wait: impl std::future::Future<Output = hive_ops::Result<T>> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("the wait ended")
+            .unwrap()
+    })
+}
+
+async fn waits_end_when_the_work_finishes_or_time_runs_out(o: O) {
+    let pid = o
+        .submit_plan(plan(vec![node("a", &[]), node("b", &["a"])]))
+        .await
+        .unwrap();
+    // Time runs out: the plan as it stands.
+    let started = std::time::Instant::now();
+    let header = o
+        .wait_for_plan(pid, Some(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert_eq!(header.status, PlanStatus::Pending);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // Finished while waited for: the finished plan.
+    let waiter = {
+        let o = o.clone();
+        waiting(async move { o.wait_for_plan(pid, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(drain(&o, 10).await.len(), 2);
+    let header = waiter.await.unwrap();
+    assert_eq!(header.status, PlanStatus::Completed);
+    assert_eq!(header.completed_subtasks, 2);
+    // A task is waited for through its retries, to its last outcome.
+    let tid = o
+        .create_task(NewTask::new("t", "x").max_retries(1))
+        .await
+        .unwrap();
+    let waiter = {
+        let o = o.clone();
+        waiting(async move { o.wait_for_task(tid, None).await })
+    };
+    let c = claim(&o, "w", LEASE).await;
+    o.fail_task(c.run.id, "once").await.unwrap();
+    let retried = o
+        .wait_for_task(tid, Some(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    assert_eq!(retried.status, TaskStatus::Queued, "retried, not finished");
+    assert!(!waiter.is_finished());
+    let again = loop {
+        if let Some(c) = o.claim_next_task(&worker("w"), &[], LEASE).await.unwrap() {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    o.fail_task(again.run.id, "twice").await.unwrap();
+    let task = waiter.await.unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.last_error.as_deref(), Some("twice"));
+    // What does not exist is not waited for.
+    let e = o
+        .wait_for_plan(hive_models::PlanId::new(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { entity: "plan", .. }), "{e}");
+    let e = o
+        .wait_for_task(hive_models::TaskId::new(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { entity: "task", .. }), "{e}");
 }

@@ -6,6 +6,7 @@ pub mod plan;
 pub mod schedule;
 pub mod serve;
 pub mod task;
+mod wait;
 pub mod worker;
 
 use std::process::ExitCode;

@@ -38,6 +38,9 @@ pub enum PlanCommand {
         #[arg(long, help = args::with_plan_statuses("Only plans in this status"))]
         status: Option<String>,
     },
+    /// Wait until a plan is finished, then say how it ended: exit 0 if it completed, 1 if
+    /// it failed or was cancelled, 124 if --timeout ran out first.
+    Wait(super::wait::WaitArgs),
     /// Cancel a plan and its open subtasks.
     Cancel {
         /// The plan's id.
@@ -150,6 +153,25 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                     }),
                 );
             }
+        }
+        PlanCommand::Wait(a) => {
+            let id = plan_id(&a.id)?;
+            let plan = ctx.client().await?.wait_for_plan(id, a.timeout).await?;
+            let finished = plan.status.is_terminal();
+            let how = super::wait::how(plan.status, finished, a.timeout);
+            return super::wait::ended(
+                ctx.json,
+                &serde_json::to_value(&plan)?,
+                finished,
+                plan.status == hive_client::PlanStatus::Completed,
+                format_args!(
+                    "plan {id} {how}: {} of {} subtasks completed, {} failed, {} cancelled",
+                    plan.completed_subtasks,
+                    plan.total_subtasks,
+                    plan.failed_subtasks,
+                    plan.cancelled_subtasks
+                ),
+            );
         }
         PlanCommand::Cancel { id } => {
             let id = plan_id(&id)?;

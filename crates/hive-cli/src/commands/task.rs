@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use hive_client::Task;
+use hive_client::{Task, TaskStatus};
 use serde_json::json;
 
 use crate::args::{self, status, task_id, task_not_found as not_found};
@@ -41,6 +41,9 @@ pub enum TaskCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Wait until a task is finished (through its retries), then say how it ended: exit 0
+    /// if it completed, 1 if it failed or was cancelled, 124 if --timeout ran out first.
+    Wait(super::wait::WaitArgs),
     /// Delete a task and its runs.
     Delete {
         /// The task's id.
@@ -111,6 +114,29 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 &json!({ "id": id, "status": hive_client::TaskStatus::Cancelled, "reason": reason }),
                 format_args!("{said}"),
             )?;
+        }
+        TaskCommand::Wait(a) => {
+            let id = task_id(&a.id)?;
+            let task = ctx.client().await?.wait_for_task(id, a.timeout).await?;
+            let finished = task.is_terminal();
+            let how = super::wait::how(task.status, finished, a.timeout);
+            let error = task
+                .last_error
+                .as_deref()
+                .filter(|_| finished && task.status != TaskStatus::Completed)
+                .map(|e| format!(": {}", output::escape(&output::error_cell(Some(e), 200))))
+                .unwrap_or_default();
+            return super::wait::ended(
+                ctx.json,
+                &serde_json::to_value(&task)?,
+                finished,
+                task.status == TaskStatus::Completed,
+                format_args!(
+                    "task {id} {how} after {} attempt{}{error}",
+                    task.attempts,
+                    if task.attempts == 1 { "" } else { "s" }
+                ),
+            );
         }
         TaskCommand::Delete { id } => {
             let id = task_id(&id)?;
