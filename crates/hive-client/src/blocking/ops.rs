@@ -99,6 +99,8 @@ blocking! {
         fn plan_progress(plan_id: PlanId) -> Option<PlanCounters>;
         fn plan_header(plan_id: PlanId) -> Option<PlanHeader>;
         fn plan_results(plan_id: PlanId) -> Option<PlanResults>;
+        fn wait_for_plan(id: PlanId, within: Option<Duration>) -> PlanHeader;
+        fn wait_for_task(id: TaskId, within: Option<Duration>) -> Task;
         fn plan_subtasks_by_status(plan: &PlanHeader, statuses: &[TaskStatus], limit: u32) -> Vec<Task>;
         fn plan_subtasks_with_timing(plan: &PlanHeader, statuses: &[TaskStatus], limit: u32) -> Vec<TriagedSubtask>;
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
