@@ -466,8 +466,9 @@ fn an_idle_worker_says_why_it_left_queued_tasks() {
     let (status, stderr) = worker.wait();
     assert!(status.success(), "{stderr}");
     for note in [
-        "1 queued task of type `shell` left, not ready: waiting for their dependencies or \
-         their start time",
+        "1 queued task of type `shell` left, not started: waiting for their dependencies, \
+         their start time or room under a limit (`hive task list --type shell --status \
+         queued`, `hive limit list`)",
         "1 queued task of type `sleep` left: the queue is paused (`hive queue resume sleep`)",
     ] {
         assert!(

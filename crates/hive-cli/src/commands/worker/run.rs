@@ -269,7 +269,7 @@ enum Why {
     OtherType,
     /// One of its types, paused.
     Paused,
-    /// One of its types, waiting for dependencies or a start time.
+    /// One of its types, waiting for dependencies, a start time or room under a limit.
     NotReady,
 }
 
@@ -312,8 +312,9 @@ impl Left {
                  (`hive queue resume {t}`)"
             ),
             Why::NotReady => format!(
-                "{n} queued {tasks} of type `{t}` left, not ready: waiting for their \
-                 dependencies or their start time (`hive task list --type {t} --status queued`)"
+                "{n} queued {tasks} of type `{t}` left, not started: waiting for their \
+                 dependencies, their start time or room under a limit (`hive task list \
+                 --type {t} --status queued`, `hive limit list`)"
             ),
         }
     }
