@@ -33,6 +33,8 @@ pub(crate) fn client_retrying(store: Arc<dyn Store>, retry: RetryPolicy) -> Clie
 hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     eight_workers_complete_each_task_once,
     shutdown_releases_held_tasks,
+    shutdown_now_skips_the_grace_and_releases_held_tasks,
+    a_worker_told_to_stop_before_it_runs_stops_without_claiming,
     panicking_handler_fails_only_its_task,
     timeouts_stop_handlers_and_end_their_runs_timed_out,
     cancelling_a_task_stops_its_running_handler,
@@ -280,12 +282,28 @@ async fn assert_each_task_completed_by_one_run(
 }
 
 async fn shutdown_releases_held_tasks(c: Client) {
+    stop_releasing_held_tasks(c, false).await;
+}
+
+async fn shutdown_now_skips_the_grace_and_releases_held_tasks(c: Client) {
+    stop_releasing_held_tasks(c, true).await;
+}
+
+/// Three handlers that never return, then a stop: graceful with a grace of 100 ms, or at
+/// once with a grace of an hour. Either way every task is given back, its attempt not
+/// counted, and the worker unregisters.
+async fn stop_releasing_held_tasks(c: Client, at_once: bool) {
     let ids = c.create_tasks(tasks("slow", "slow", 3)).await.unwrap();
+    let grace = if at_once {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_millis(100)
+    };
     let worker = c
         .worker("sleepy")
         .concurrency(3)
         .handle_signals(false)
-        .shutdown_grace(Duration::from_millis(100));
+        .shutdown_grace(grace);
     let stop = worker.shutdown_handle();
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let run = tokio::spawn(worker.run(move |_ctx: TaskContext| {
@@ -301,7 +319,11 @@ async fn shutdown_releases_held_tasks(c: Client) {
             .await
             .unwrap();
     }
-    stop.shutdown();
+    if at_once {
+        stop.shutdown_now();
+    } else {
+        stop.shutdown();
+    }
     let report = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .unwrap()
@@ -317,6 +339,23 @@ async fn shutdown_releases_held_tasks(c: Client) {
         c.get_worker("sleepy").await.unwrap().is_none(),
         "unregistered"
     );
+}
+
+async fn a_worker_told_to_stop_before_it_runs_stops_without_claiming(c: Client) {
+    let id = c.create_task(NewTask::new("t", "x")).await.unwrap();
+    let worker = c.worker("early").handle_signals(false);
+    worker.shutdown_handle().shutdown();
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        worker.run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.completed, 0);
+    let t = c.get_task(id).await.unwrap().unwrap();
+    assert_eq!((t.status, t.attempts), (TaskStatus::Queued, 0));
+    assert!(c.get_worker("early").await.unwrap().is_none());
 }
 
 async fn panicking_handler_fails_only_its_task(c: Client) {

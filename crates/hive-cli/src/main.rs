@@ -197,6 +197,15 @@ fn usage_error(e: clap::Error) -> ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     );
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(message) = negative_number(&e, &args) {
+        if as_json {
+            output::error(true, &message);
+        } else {
+            eprintln!("error: {message}\n\nFor more information, try '--help'.");
+        }
+        return ExitCode::from(2);
+    }
     if !as_json || shows_text {
         e.exit();
     }
@@ -204,6 +213,27 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let first = rendered.lines().next().unwrap_or_default();
     output::error(true, first.strip_prefix("error: ").unwrap_or(first));
     ExitCode::from(2)
+}
+
+/// clap reads a negative number after an option that takes none as a flag it does not know
+/// ("unexpected argument '-1' found"); this names the option and what it takes instead.
+fn negative_number(e: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(found)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // clap names only the start of `-2.5` (`-2`, as a short flag).
+    let at = args
+        .iter()
+        .position(|a| a.starts_with(found.as_str()) && a.parse::<f64>().is_ok_and(|n| n < 0.0))?;
+    let option = args[..at].last().filter(|o| o.starts_with("--"))?;
+    Some(format!(
+        "invalid value '{}' for '{option}': it takes a number, 0 or more",
+        args[at]
+    ))
 }
 
 /// Whether a (global) argument was given on the command line, at the top or on the
@@ -231,6 +261,26 @@ mod tests {
         for sub in cmd.get_subcommands() {
             every_arg(sub, &format!("{path} {}", sub.get_name()), out);
         }
+    }
+
+    #[test]
+    fn a_negative_number_for_an_option_that_takes_none_names_the_option() {
+        let line = |l: &str| l.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let refused = |l: &str| {
+            let args = line(l);
+            let e = Cli::command().try_get_matches_from(&args).unwrap_err();
+            negative_number(&e, &args)
+        };
+        assert_eq!(
+            refused("hive task create --title t --type a --max-retries -1").as_deref(),
+            Some("invalid value '-1' for '--max-retries': it takes a number, 0 or more")
+        );
+        assert_eq!(
+            refused("hive worker run --concurrency -2.5").as_deref(),
+            Some("invalid value '-2.5' for '--concurrency': it takes a number, 0 or more")
+        );
+        assert_eq!(refused("hive task create --title t -x"), None);
+        assert_eq!(refused("hive task list -3"), None, "after no option");
     }
 
     #[test]

@@ -324,7 +324,7 @@ fn log_output_forwards_each_line_to_the_workers_log() {
 fn a_second_ctrl_c_stops_a_worker_at_once() {
     let db = Db::new();
     let pid_file = db.dir.path().join("child.pid");
-    db.ok(&create_shell(&format!(
+    let task = db.ok(&create_shell(&format!(
         r#"{{"command": "sleep 300 & echo $! > '{}'; wait"}}"#,
         pid_file.display()
     )));
@@ -367,9 +367,21 @@ fn a_second_ctrl_c_stops_a_worker_at_once() {
     assert!(stopping.elapsed() < Duration::from_secs(20), "{}", stderr());
     assert_eq!(status.code(), Some(130), "{}", stderr());
     assert!(stderr().contains("stopping at once"), "{}", stderr());
+    assert!(
+        !stderr().contains("exiting without waiting"),
+        "the database answered: {}",
+        stderr()
+    );
     wait_for("the command's child killed", || {
         !Path::new(&format!("/proc/{child}")).exists()
     });
+    // Given back, not left to its lease: queued again, its attempt not
+    // counted, and the worker gone from the registry.
+    let got = db.json(&["task", "get", task.trim()]);
+    assert_eq!(got["status"], "queued", "{got}");
+    assert_eq!(got["attempts"], 0, "{got}");
+    let workers = db.json(&["worker", "list"]);
+    assert_eq!(workers, serde_json::json!([]), "unregistered");
 }
 
 #[test]

@@ -65,7 +65,7 @@ impl Listed<'_> {
 pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         WorkerCommand::List { role } => list(ctx, role.as_deref()).await?,
-        WorkerCommand::Run(a) => run::run(ctx, *a).await?,
+        WorkerCommand::Run(a) => return run::run(ctx, *a).await,
         WorkerCommand::Unregister { id, force } => unregister(ctx, &id, force).await?,
     }
     Ok(ExitCode::SUCCESS)

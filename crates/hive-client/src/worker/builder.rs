@@ -12,15 +12,49 @@ use super::report::WorkerReport;
 use super::runtime::Runtime;
 use crate::{Client, Result};
 
-/// Stops a running worker from another task: claiming stops at once; in-flight tasks get
-/// the grace period to finish, then are released.
+/// Stops a running worker from another task, gracefully or at once. Either way it stops
+/// claiming at once, commits the outcomes its handlers have reported, gives back the runs
+/// it still holds (their tasks are queued again at once, no attempt counted) and
+/// unregisters. Usable before the worker runs: a worker told to stop before it starts
+/// stops as soon as it has registered.
 #[derive(Debug, Clone)]
-pub struct ShutdownHandle(watch::Sender<bool>);
+pub struct ShutdownHandle {
+    stop: watch::Sender<bool>,
+    at_once: watch::Sender<bool>,
+}
 
 impl ShutdownHandle {
-    /// Asks the worker to stop.
+    fn new() -> ShutdownHandle {
+        ShutdownHandle {
+            stop: watch::channel(false).0,
+            at_once: watch::channel(false).0,
+        }
+    }
+
+    /// Asks the worker to stop: handlers running get the worker's shutdown grace to
+    /// finish, then are dropped.
     pub fn shutdown(&self) {
-        let _ = self.0.send(true);
+        // Stored even while nothing listens yet (the worker not started).
+        self.stop.send_replace(true);
+    }
+
+    /// Stops the worker without the grace: handlers still running are dropped now (a
+    /// `hive worker run` command's process group is killed) and their runs given back, so
+    /// their tasks wait neither for the grace nor for their leases to expire. What the
+    /// handlers reported before is still committed.
+    pub fn shutdown_now(&self) {
+        self.at_once.send_replace(true);
+        self.shutdown();
+    }
+
+    /// Whether the worker was told to stop.
+    pub(super) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Whether the worker was told to stop at once.
+    pub(super) fn subscribe_at_once(&self) -> watch::Receiver<bool> {
+        self.at_once.subscribe()
     }
 }
 
@@ -44,7 +78,7 @@ pub struct WorkerBuilder {
     pub(super) exit_when_idle: bool,
     pub(super) run_schedules: bool,
     pub(super) handle_signals: bool,
-    pub(super) shutdown: watch::Sender<bool>,
+    pub(super) shutdown: ShutdownHandle,
 }
 
 /// The default lease. Heartbeats (every third of it) keep a slow handler's lease alive
@@ -81,7 +115,7 @@ impl Client {
             exit_when_idle: false,
             run_schedules: true,
             handle_signals: true,
-            shutdown: watch::channel(false).0,
+            shutdown: ShutdownHandle::new(),
         }
     }
 }
@@ -149,7 +183,9 @@ impl WorkerBuilder {
         /// Whether this worker also runs the scheduler, creating the tasks of due
         /// schedules (default true; any number of workers may: each slot creates one task).
         run_schedules: bool,
-        /// Whether Ctrl-C and SIGTERM stop the worker gracefully (default true).
+        /// Whether Ctrl-C and SIGTERM stop the worker (default true): the first gracefully
+        /// ([`ShutdownHandle::shutdown`]), a second at once
+        /// ([`ShutdownHandle::shutdown_now`]).
         handle_signals: bool,
     }
 
@@ -193,7 +229,7 @@ impl WorkerBuilder {
 
     /// A handle that stops this worker when it runs.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown.clone())
+        self.shutdown.clone()
     }
 
     /// Runs until shutdown (signal, handle, or idle with `exit_when_idle`), then releases

@@ -41,7 +41,7 @@ pub(super) struct Completer {
     pub(super) spec: ClaimSpec,
     pub(super) stop: watch::Receiver<bool>,
     /// Stops the worker when a commit fails in a way retrying cannot fix.
-    pub(super) shutdown: watch::Sender<bool>,
+    pub(super) shutdown: super::ShutdownHandle,
     pub(super) fatal: Fatal,
     pub(super) claimed: mpsc::UnboundedSender<Vec<Claimed>>,
     pub(super) held: Held,
@@ -284,7 +284,7 @@ impl Completer {
     /// Stops the worker with an error retrying cannot fix; always false (for `commit`).
     fn stop_with(&self, e: crate::Error) -> bool {
         self.fatal.set(e);
-        let _ = self.shutdown.send(true);
+        self.shutdown.shutdown();
         false
     }
 }

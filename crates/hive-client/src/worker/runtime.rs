@@ -134,7 +134,9 @@ impl Runtime {
             let stop = self.cfg.shutdown.clone();
             background.spawn(async move {
                 shutdown_signal().await;
-                let _ = stop.send(true);
+                stop.shutdown();
+                shutdown_signal().await;
+                stop.shutdown_now();
             });
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
@@ -310,9 +312,9 @@ impl Runtime {
         });
     }
 
-    /// After shutdown: let in-flight tasks finish within the grace period, commit their
-    /// outcomes, and release whatever is still held (running past the grace period, or
-    /// claimed by the completer as shutdown began).
+    /// After shutdown: let in-flight tasks finish within the grace period (none when told
+    /// to stop at once), commit their outcomes, and release whatever is still held (running
+    /// past the grace period, or claimed by the completer as shutdown began).
     pub(super) async fn drain(
         &self,
         mut running: Running,
@@ -322,6 +324,7 @@ impl Runtime {
     ) {
         let mut unstarted: Vec<RunId> = Vec::new();
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
+        let mut at_once = self.cfg.shutdown.subscribe_at_once();
         while !running.is_empty() {
             tokio::select! {
                 joined = running.join_one() => if !joined {
@@ -331,6 +334,11 @@ impl Runtime {
                     unstarted.extend(claims.iter().map(|c| c.run.id));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
+                    running.abort().await;
+                    break;
+                }
+                // The guard `wait_for` returns is dropped before the abort awaits.
+                true = async { at_once.wait_for(|now| *now).await.is_ok() } => {
                     running.abort().await;
                     break;
                 }

@@ -341,7 +341,7 @@ impl Runtime {
                     Err(e) => {
                         self.slots.give_back(free);
                         self.fatal.set(e.into());
-                        let _ = self.cfg.shutdown.send(true);
+                        self.cfg.shutdown.shutdown();
                         break;
                     }
                 }

@@ -4,7 +4,9 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -122,7 +124,7 @@ const DEFAULT_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 /// The worker runtime's default grace, for the start line when none is given.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     if a.lease_secs == 0 {
         anyhow::bail!("--lease-secs must be at least 1");
     }
@@ -196,10 +198,12 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
     // Orphans of the commands come to this process when it is PID 1 (a container without
     // an init); reaped, they do not pile up as zombies.
     tokio::spawn(process_group::reap_orphans_forever());
+    let forced = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_interrupts(
         interrupts,
         worker.shutdown_handle(),
         grace,
+        forced.clone(),
     ));
     tracing::info!(
         "worker {id} starting: role {}, types {}, concurrency {}, lease {}s, shutdown grace {:?}",
@@ -251,7 +255,12 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<()> {
             "left_queued": left,
         }))?;
     }
-    Ok(())
+    // Stopped at once by a second Ctrl-C: as interrupted.
+    Ok(if forced.load(Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Queued tasks an idle worker left, by type, and why it did not run them.
@@ -320,13 +329,21 @@ impl Left {
     }
 }
 
+/// How long a worker stopping at once (a second Ctrl-C) may take to give back its tasks
+/// and unregister before the process exits anyway: a database that does not answer must
+/// not keep it.
+const AT_ONCE_WAIT: Duration = Duration::from_secs(3);
+
 /// The first Ctrl-C or SIGTERM stops the worker gracefully (no new claims; running tasks get
-/// the grace, then are given back); the second kills every running command and exits at
-/// once, leaving their tasks to come back when their leases expire.
+/// the grace, then are given back); the second kills every running command and stops the
+/// worker at once, giving their tasks back to the queue; a third, or [`AT_ONCE_WAIT`]
+/// without the database answering, exits without waiting, leaving the tasks to come back
+/// when their leases expire.
 async fn stop_on_interrupts(
     mut interrupts: Interrupts,
     worker: hive_client::ShutdownHandle,
     grace: Duration,
+    forced: Arc<AtomicBool>,
 ) {
     interrupts.next().await;
     tracing::info!(
@@ -335,12 +352,24 @@ async fn stop_on_interrupts(
     );
     worker.shutdown();
     interrupts.next().await;
+    forced.store(true, Ordering::SeqCst);
+    // The runtime drops the running handlers, which kills their commands' process groups;
+    // a command killed here first would fail its run, its attempt counted.
+    worker.shutdown_now();
+    logging::eprint_line(
+        "stopping at once: running commands killed, their tasks given back to the queue \
+         (Ctrl-C again to exit without waiting for the database)",
+    );
+    tokio::select! {
+        () = interrupts.next() => {}
+        () = tokio::time::sleep(AT_ONCE_WAIT) => {}
+    }
+    process_group::kill_all();
     // Logged straight to stderr: the exit below does not wait for the log queue.
     logging::eprint_line(
-        "stopping at once: running commands killed; their tasks return to the queue when \
-         their leases expire",
+        "exiting without waiting for the database: tasks not given back return to the \
+         queue when their leases expire",
     );
-    process_group::kill_all();
     std::process::exit(130);
 }
 
