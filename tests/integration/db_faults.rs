@@ -23,6 +23,7 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     killed_connections_mid_drain_lose_and_double_nothing,
     refused_connect_fails_at_once,
     pool_of_two_serves_concurrency_sixteen,
+    stopping_at_once_with_the_database_gone_loses_nothing,
 );
 
 mod sqlite {
@@ -456,4 +457,87 @@ async fn pool_of_two_serves_concurrency_sixteen(_: Arc<dyn Store>, url: String) 
             "task {id}: a lease ran out while waiting for a connection"
         );
     }
+}
+
+/// A worker told to stop at once while its database is gone (the commit of its handlers'
+/// outcomes retrying) stops without waiting for the database; its tasks come back with
+/// their leases, and another worker finishes every one.
+async fn stopping_at_once_with_the_database_gone_loses_nothing(store: Arc<dyn Store>, url: String) {
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let options = ConnectOptions {
+        schema: hive_store::SchemaPolicy::Existing,
+        ..Default::default()
+    };
+    let cut_off = Client::from_store(
+        hive_store::connect_with(&proxied, &options).await.unwrap(),
+        OpsConfig::default(),
+    );
+    let ids: HashSet<_> = operator
+        .create_tasks(tasks("t", "cut-off", 4))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let calls = Calls::default();
+    let (go, gate) = tokio::sync::watch::channel(false);
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let worker = cut_off
+        .worker("cut-off")
+        .concurrency(4)
+        .lease(Duration::from_secs(2))
+        .shutdown_grace(Duration::from_secs(3600))
+        .handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run({
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            let _ = started_tx.send(());
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|go| *go).await;
+                Ok::<_, TaskError>(())
+            }
+        }
+    }));
+    for _ in 0..4 {
+        tokio::time::timeout(Duration::from_secs(30), started.recv())
+            .await
+            .expect("every handler starts");
+    }
+    proxy.close();
+    // The handlers return; their outcomes' commit fails and is retried.
+    go.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.shutdown_now();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker stopped without waiting for the database")
+        .unwrap()
+        .unwrap();
+    let after = operator
+        .worker("after")
+        .concurrency(4)
+        .reap_interval(Duration::from_millis(200))
+        .exit_when_idle(true)
+        .handle_signals(false);
+    let handler = {
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            async { Ok::<_, TaskError>(()) }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), after.run(handler))
+        .await
+        .expect("the tasks came back and were finished")
+        .unwrap();
+    for id in &ids {
+        let t = operator.get_task(*id).await.unwrap().unwrap();
+        assert_eq!(t.status, TaskStatus::Completed, "{t:?}");
+    }
+    let called: HashSet<_> = calls.all().iter().map(|(t, _)| *t).collect();
+    assert_eq!(called, ids);
 }

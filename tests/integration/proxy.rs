@@ -31,6 +31,8 @@ pub struct Proxy {
     forwarding: Option<JoinHandle<()>>,
     /// The armed cut, taken by the first client message carrying its bytes.
     cut: Armed,
+    /// The connections forwarded, each a task that ends them when aborted.
+    pairs: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Proxy {
@@ -44,6 +46,7 @@ impl Proxy {
             upstream,
             forwarding: None,
             cut: Armed::default(),
+            pairs: Arc::default(),
         }
     }
 
@@ -88,17 +91,39 @@ impl Proxy {
             .expect("re-bind the reserved proxy port");
         let upstream = self.upstream;
         let cut = self.cut.clone();
+        let pairs = self.pairs.clone();
         self.forwarding = Some(tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let cut = cut.clone();
-                tokio::spawn(async move {
+                let pair = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
                         // Either side closing ends the pair; errors just mean a closed peer.
                         let _ = forward(client, server, cut).await;
                     }
                 });
+                pairs.lock().unwrap().push(pair);
             }
         }));
+    }
+
+    /// Closes the port and ends every connection forwarded: the database server, as its
+    /// clients see it, is gone.
+    pub fn close(&mut self) {
+        if let Some(f) = self.forwarding.take() {
+            f.abort();
+        }
+        for pair in self.pairs.lock().unwrap().drain(..) {
+            pair.abort();
+        }
+    }
+}
+
+/// A task aborted when this is dropped, so that aborting the task holding it ends both.
+struct AbortOnDrop(JoinHandle<std::io::Result<u64>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -106,7 +131,9 @@ impl Proxy {
 async fn forward(client: TcpStream, server: TcpStream, cut: Armed) -> std::io::Result<()> {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
-    let down = tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+    let down = AbortOnDrop(tokio::spawn(async move {
+        tokio::io::copy(&mut from_server, &mut to_client).await
+    }));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = from_client.read(&mut buf).await?;
@@ -129,7 +156,7 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Armed) -> std::io::R
             Some(Cut::BeforeCommit) => break,
             Some(Cut::AfterCommit) => {
                 // Stop relaying replies first, so the reply never arrives.
-                down.abort();
+                down.0.abort();
                 to_server.write_all(chunk).await?;
                 // Long enough for the server to run it; its reply is dropped with the pair.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -138,7 +165,7 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Armed) -> std::io::R
             None => to_server.write_all(chunk).await?,
         }
     }
-    down.abort();
+    drop(down);
     Ok(())
 }
 

@@ -20,14 +20,15 @@ use crate::{Client, Result};
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     stop: watch::Sender<bool>,
-    at_once: watch::Sender<bool>,
+    /// When the worker was told to stop at once.
+    at_once: watch::Sender<Option<tokio::time::Instant>>,
 }
 
 impl ShutdownHandle {
     fn new() -> ShutdownHandle {
         ShutdownHandle {
             stop: watch::channel(false).0,
-            at_once: watch::channel(false).0,
+            at_once: watch::channel(None).0,
         }
     }
 
@@ -41,9 +42,16 @@ impl ShutdownHandle {
     /// Stops the worker without the grace: handlers still running are dropped now (a
     /// `hive worker run` command's process group is killed) and their runs given back, so
     /// their tasks wait neither for the grace nor for their leases to expire. What the
-    /// handlers reported before is still committed.
+    /// handlers reported before is still committed. What needs the store (those commits,
+    /// the give-back, unregistering) gets 2 s from this call: against a store that does
+    /// not answer the worker stops anyway, and the tasks it could not give back return when
+    /// their leases expire.
     pub fn shutdown_now(&self) {
-        self.at_once.send_replace(true);
+        self.at_once.send_if_modified(|at| {
+            let first = at.is_none();
+            at.get_or_insert_with(tokio::time::Instant::now);
+            first
+        });
         self.shutdown();
     }
 
@@ -52,9 +60,14 @@ impl ShutdownHandle {
         self.stop.subscribe()
     }
 
-    /// Whether the worker was told to stop at once.
-    pub(super) fn subscribe_at_once(&self) -> watch::Receiver<bool> {
+    /// When the worker was told to stop at once, once it has been.
+    pub(super) fn subscribe_at_once(&self) -> watch::Receiver<Option<tokio::time::Instant>> {
         self.at_once.subscribe()
+    }
+
+    /// When the worker was told to stop at once, if it has been.
+    pub(super) fn at_once_since(&self) -> Option<tokio::time::Instant> {
+        *self.at_once.borrow()
     }
 }
 

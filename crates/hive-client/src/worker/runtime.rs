@@ -22,6 +22,10 @@ use super::slots::{Running, Slots};
 use crate::backoff::{Backoff, Fatal};
 use crate::{Error, Result};
 
+/// How long the store calls of a shutdown at once may take, all told (see
+/// [`super::ShutdownHandle::shutdown_now`]).
+const AT_ONCE_STORE_WAIT: Duration = Duration::from_secs(2);
+
 /// A started worker: its configuration, and the state its loops share.
 pub(super) struct Runtime {
     pub(super) cfg: WorkerBuilder,
@@ -158,8 +162,16 @@ impl Runtime {
         );
         let result = self.claim_loop(done_tx, claimed_rx, completer).await;
         background.abort_all();
-        if let Err(e) = self.cfg.client.unregister_worker(self.id.as_str()).await {
-            tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline");
+        match self
+            .bounded(self.cfg.client.unregister_worker(self.id.as_str()))
+            .await
+        {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline")
+            }
+            None => tracing::warn!(worker = %self.id, "stopping at once: unregister not done \
+                within {AT_ONCE_STORE_WAIT:?}; the reaper will mark this worker offline"),
         }
         if let Some(fatal) = self.fatal.take() {
             tracing::error!(worker = %self.id, error = %fatal, "the worker stopped on an error that retrying cannot fix; tasks it held return when their leases expire");
@@ -338,15 +350,25 @@ impl Runtime {
                     break;
                 }
                 // The guard `wait_for` returns is dropped before the abort awaits.
-                true = async { at_once.wait_for(|now| *now).await.is_ok() } => {
+                true = async { at_once.wait_for(Option::is_some).await.is_ok() } => {
                     running.abort().await;
                     break;
                 }
             }
         }
-        // Every outcome sent is committed before the completer exits: nothing finished is lost.
+        // Every outcome sent is committed before the completer exits: nothing finished is
+        // lost. Stopping at once, a store that does not answer gets a bounded wait.
         drop(done_tx);
-        let _ = completer.await;
+        let mut completer = completer;
+        let committed = tokio::select! {
+            _ = &mut completer => true,
+            true = async { at_once.wait_for(Option::is_some).await.is_ok() } => false,
+        };
+        if !committed && self.bounded(&mut completer).await.is_none() {
+            completer.abort();
+            tracing::warn!(worker = %self.id, "stopping at once: outcomes not committed \
+                within {AT_ONCE_STORE_WAIT:?}; their tasks run again once their leases expire");
+        }
         while let Ok(claims) = claimed_rx.try_recv() {
             unstarted.extend(claims.iter().map(|c| c.run.id));
         }
@@ -354,14 +376,28 @@ impl Runtime {
         if runs.is_empty() {
             return;
         }
-        match self.cfg.client.release_runs(&runs).await {
-            Ok(released) => {
+        match self.bounded(self.cfg.client.release_runs(&runs)).await {
+            Some(Ok(released)) => {
                 self.held.finished(runs);
                 self.counters.add_released(released.len());
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire")
             }
+            None => tracing::warn!(worker = %self.id, "stopping at once: release not done \
+                within {AT_ONCE_STORE_WAIT:?}; the leases will expire"),
+        }
+    }
+
+    /// A store call of the shutdown: once told to stop at once, done within
+    /// [`AT_ONCE_STORE_WAIT`] of being told or not at all (None), so a store that does not
+    /// answer cannot keep the worker.
+    pub(super) async fn bounded<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
+        match self.cfg.shutdown.at_once_since() {
+            Some(at) => tokio::time::timeout_at(at + AT_ONCE_STORE_WAIT, call)
+                .await
+                .ok(),
+            None => Some(call.await),
         }
     }
 
