@@ -92,6 +92,67 @@ async fn three_schedulers_create_one_task_per_slot(store: Arc<dyn Store>, url: S
     );
 }
 
+/// A scheduler whose step waits on the database (another process holds SQLite's write
+/// lock, which it would wait 10 s for) still stops at SIGTERM without waiting for the step.
+#[tokio::test]
+async fn a_scheduler_waiting_on_the_database_stops_at_a_signal() {
+    use sqlx::Connection;
+    use tokio::io::AsyncBufReadExt;
+    let db = Db::new();
+    db.ok(&[
+        "schedule",
+        "add",
+        "tick",
+        "--cron",
+        "* * * * * *",
+        "--title",
+        "t",
+        "--type",
+        "x",
+    ]);
+    let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut scheduler = tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args([
+            "--database-url",
+            &db.url,
+            "schedule",
+            "run",
+            "--interval-ms",
+            "100",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut said = tokio::io::BufReader::new(scheduler.stdout.take().unwrap()).lines();
+    // Past its first step, which waits for the lock.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(scheduler.try_wait().unwrap().is_none(), "still running");
+    let pid = scheduler.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    // Its report comes before its connections close (which waits up to 5 s for the one
+    // still waiting on the lock), and well before the step's 10 s would have passed.
+    let line = tokio::time::timeout(Duration::from_secs(4), said.next_line())
+        .await
+        .expect("the scheduler stopped without waiting for its step")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("scheduler stopped: 0 slots fired"));
+    let status = tokio::time::timeout(Duration::from_secs(30), scheduler.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+}
+
 #[test]
 fn bad_schedules_are_refused_before_anything_is_written() {
     let db = Db::new();

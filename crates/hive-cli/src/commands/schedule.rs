@@ -239,7 +239,14 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
             _ = tick.tick() => {}
             () = stop.next() => break,
         }
-        match client.fire_due_schedules().await {
+        // A step waiting on a database that does not answer (or on another writer) still
+        // stops at Ctrl-C. Cut short, it commits nothing: its slots stay due, for the next
+        // scheduler to fire as the schedule's missed-slot rule says.
+        let step = tokio::select! {
+            step = client.fire_due_schedules() => step,
+            () = stop.next() => break,
+        };
+        match step {
             Ok(r) => fired += r.slots,
             // A blip must not end the scheduler: the next tick tries again.
             Err(e) if e.is_transient() => {
