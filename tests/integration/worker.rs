@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hive_client::store::TaskFilter;
 use hive_client::{
     Client, Event, EventOrigin, Handler, NewTask, OpsConfig, Published, RetryPolicy, RunStatus,
-    TaskContext, TaskError, TaskId, TaskStatus, WorkerReport,
+    TaskContext, TaskError, TaskId, TaskStatus, WorkerPhase, WorkerReport,
 };
 use hive_store::Store;
 use hive_store::testing::size;
@@ -305,6 +305,8 @@ async fn stop_releasing_held_tasks(c: Client, at_once: bool) {
         .handle_signals(false)
         .shutdown_grace(grace);
     let stop = worker.shutdown_handle();
+    let health = worker.health_handle();
+    assert_eq!(health.get().phase, WorkerPhase::NotStarted);
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let run = tokio::spawn(worker.run(move |_ctx: TaskContext| {
         let started = started_tx.clone();
@@ -319,6 +321,8 @@ async fn stop_releasing_held_tasks(c: Client, at_once: bool) {
             .await
             .unwrap();
     }
+    assert_eq!(health.get().phase, WorkerPhase::Running);
+    assert_eq!(health.ready(), Ok(()));
     if at_once {
         stop.shutdown_now();
     } else {
@@ -330,6 +334,8 @@ async fn stop_releasing_held_tasks(c: Client, at_once: bool) {
         .unwrap()
         .unwrap();
     assert_eq!(report.released, 3);
+    assert_eq!(health.get().phase, WorkerPhase::Stopped);
+    assert!(health.alive().is_err() && health.ready().is_err());
     for id in ids {
         let t = c.get_task(id).await.unwrap().unwrap();
         assert_eq!(t.status, TaskStatus::Queued);

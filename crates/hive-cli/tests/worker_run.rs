@@ -3,7 +3,8 @@
 //! Ctrl-C that stops the worker at once, killing its commands; `task runs` showing what each
 //! run printed, a timed-out run included; `worker list` telling a silent worker (stale)
 //! from a live one, as `hive status` counts them; and the load-test types `noop` and
-//! `sleep`, with `--exec-log` recording each handler start.
+//! `sleep`, with `--exec-log` recording each handler start; and the worker's probes beside
+//! its metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -584,4 +585,77 @@ fn a_worker_without_a_role_is_a_worker() {
         db.json(&["task", "list", "--status", "completed"])[0]["title"],
         "t"
     );
+}
+
+/// One HTTP/1.0 GET: the status and the body, or None when nothing answers.
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(WITHIN)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: hive\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// `--metrics-bind` serves the worker's probes beside `/metrics`: ready while its beats are
+/// stored; not ready, but alive, while another process holds the database's write lock
+/// for longer than the lease (the database, not the worker, is at fault); ready again
+/// once the lock is let go.
+#[test]
+fn the_metrics_address_serves_the_workers_probes() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .env("HIVE_DATABASE_URL", &db.url)
+        .args(["worker", "run", "--type", "noop", "--lease-secs", "1"])
+        .args(["--metrics-bind", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| http_get(&addr, path);
+    wait_for("the worker ready", || {
+        get("/readyz") == Some((200, "ok\n".into()))
+    });
+    assert_eq!(get("/healthz"), Some((200, "ok\n".into())));
+    let (status, metrics) = get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("hive_workers_alive 1"), "{metrics}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut holder = rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    });
+    wait_for("the worker not ready", || {
+        get("/readyz").is_some_and(|(status, why)| {
+            status == 503 && why.contains("longer than the lease (1s)")
+        })
+    });
+    assert_eq!(get("/healthz"), Some((200, "ok\n".into())), "alive");
+    rt.block_on(sqlx::query("ROLLBACK").execute(&mut holder))
+        .unwrap();
+    wait_for("the worker ready again", || {
+        get("/readyz") == Some((200, "ok\n".into()))
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(worker.wait().unwrap().success());
 }

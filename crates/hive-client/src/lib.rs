@@ -44,7 +44,7 @@ pub use hive_ops::{
 };
 pub use hive_store::{ConnectOptions, Store};
 pub use worker::{
-    DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, Handler, ShutdownHandle, TaskContext,
-    TaskError, TaskOutput, WorkerBuilder, WorkerReport,
+    DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, Handler, HealthHandle, ShutdownHandle,
+    TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerHealth, WorkerPhase, WorkerReport,
 };
 pub use {hive_models as models, hive_ops as ops, hive_store as store};

@@ -4,13 +4,14 @@
 //!
 //! One file per concern: `builder` configures a worker, `runtime` runs its lifecycle,
 //! `slots` owns its slots and claims, `handler` runs one task, `completer` commits outcomes
-//! in batches, `held` keeps what the worker holds equal to what the store says it holds, and
-//! `report` counts what happened.
+//! in batches, `held` keeps what the worker holds equal to what the store says it holds,
+//! `health` answers liveness and readiness probes, and `report` counts what happened.
 
 mod builder;
 mod completer;
 mod gate;
 mod handler;
+mod health;
 mod held;
 mod pace;
 mod progress;
@@ -22,4 +23,5 @@ pub use builder::{
     DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, ShutdownHandle, WorkerBuilder,
 };
 pub use handler::{Handler, TaskContext, TaskError, TaskOutput};
+pub use health::{HealthHandle, WorkerHealth, WorkerPhase};
 pub use report::WorkerReport;

@@ -5,7 +5,8 @@
 //! status), never a task id. [`Metrics::watch`] counts what the bus carries;
 //! [`Metrics::scrape`] refreshes the gauges and renders the text format; [`router`] and
 //! [`serve`] expose `GET /metrics`, for the dashboard and for an app running workers
-//! without it (`hive worker run --metrics-bind`).
+//! without it (`hive worker run --metrics-bind`), and [`health_router`] a worker's
+//! liveness and readiness probes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +19,10 @@
 //! # }
 //! ```
 
+mod health;
 mod watch;
+
+pub use health::health_router;
 
 use std::sync::Arc;
 
@@ -207,6 +211,12 @@ pub async fn serve(
     client: Client,
     metrics: Metrics,
 ) -> Result<()> {
-    axum::serve(listener, router(client, metrics)).await?;
+    serve_router(listener, router(client, metrics)).await
+}
+
+/// Serves `router` (say [`router`] merged with [`health_router`]) on `listener` until the
+/// process ends.
+pub async fn serve_router(listener: tokio::net::TcpListener, router: axum::Router) -> Result<()> {
+    axum::serve(listener, router).await?;
     Ok(())
 }

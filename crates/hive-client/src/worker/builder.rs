@@ -8,6 +8,7 @@ use hive_models::WorkerId;
 use tokio::sync::watch;
 
 use super::handler::Handler;
+use super::health::HealthHandle;
 use super::report::WorkerReport;
 use super::runtime::Runtime;
 use crate::{Client, Result};
@@ -92,6 +93,7 @@ pub struct WorkerBuilder {
     pub(super) run_schedules: bool,
     pub(super) handle_signals: bool,
     pub(super) shutdown: ShutdownHandle,
+    pub(super) health: HealthHandle,
 }
 
 /// The default lease. Heartbeats (every third of it) keep a slow handler's lease alive
@@ -129,6 +131,7 @@ impl Client {
             run_schedules: true,
             handle_signals: true,
             shutdown: ShutdownHandle::new(),
+            health: HealthHandle::new(),
         }
     }
 }
@@ -243,6 +246,13 @@ impl WorkerBuilder {
     /// A handle that stops this worker when it runs.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// A handle that tells how this worker is doing once it runs: whether it is alive and
+    /// whether it is ready, for an orchestrator's probes (`hive worker run --metrics-bind`
+    /// serves them as `/healthz` and `/readyz`).
+    pub fn health_handle(&self) -> HealthHandle {
+        self.health.clone()
     }
 
     /// Runs until shutdown (signal, handle, or idle with `exit_when_idle`), then releases

@@ -15,6 +15,7 @@ use super::builder::WorkerBuilder;
 use super::completer::{ClaimSpec, Completer, Done};
 use super::gate::Gate;
 use super::handler::Handler;
+use super::health::{StoppedOnDrop, WorkerPhase};
 use super::held::Held;
 use super::pace::Pace;
 use super::report::{Counters, WorkerReport};
@@ -105,12 +106,16 @@ impl Runtime {
     async fn register(&mut self) -> Result<()> {
         let mut backoff = Backoff::new("registering");
         loop {
-            match self
+            self.cfg.health.attempting();
+            let registered = self
                 .cfg
                 .client
                 .register_worker_with(&self.registration())
-                .await
-            {
+                .await;
+            self.cfg
+                .health
+                .beat(registered.as_ref().map(|_| ()).map_err(ToString::to_string));
+            match registered {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     let delay = backoff.failed(self.id.as_str(), &e);
@@ -125,7 +130,11 @@ impl Runtime {
     }
 
     pub(super) async fn run(mut self) -> Result<WorkerReport> {
+        let health = self.cfg.health.clone();
+        health.starting(self.cfg.heartbeat_every(), self.cfg.lease);
+        let _stopped = StoppedOnDrop(health.clone());
         self.register().await?;
+        health.phase(WorkerPhase::Running);
         let mut background = JoinSet::new();
         self.spawn_wakeups(&mut background).await;
         self.spawn_heartbeat(&mut background);
@@ -247,17 +256,25 @@ impl Runtime {
         let client = self.cfg.client.clone();
         let id = self.id.clone();
         let registration = self.registration();
+        let health = self.cfg.health.clone();
         self.spawn_every(set, "heartbeat", self.cfg.heartbeat_every(), move || {
             let (client, id, registration) = (client.clone(), id.clone(), registration.clone());
+            let health = health.clone();
             async move {
-                let known = client
-                    .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
-                    .await?;
-                if !known {
-                    // Someone unregistered or pruned this worker: register again.
-                    client.register_worker_with(&registration).await?;
+                health.attempting();
+                let beat = async {
+                    let known = client
+                        .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
+                        .await?;
+                    if !known {
+                        // Someone unregistered or pruned this worker: register again.
+                        client.register_worker_with(&registration).await?;
+                    }
+                    Ok(())
                 }
-                Ok(())
+                .await;
+                health.beat(beat.as_ref().map_err(ToString::to_string).copied());
+                beat
             }
         });
     }

@@ -385,6 +385,7 @@ impl Runtime {
                 _ = self.stop.changed() => {}
             }
         }
+        self.cfg.health.phase(super::health::WorkerPhase::Stopping);
         self.drain(running, done_tx, claimed_rx, completer).await;
         Ok(())
     }

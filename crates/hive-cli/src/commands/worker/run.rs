@@ -44,7 +44,9 @@ pub struct RunArgs {
     /// exit it names the queued tasks it left and why.
     #[arg(long)]
     exit_when_idle: bool,
-    /// Serve Prometheus metrics (`GET /metrics`) on this address while the worker runs.
+    /// Serve Prometheus metrics (`GET /metrics`) and the worker's probes (`GET /healthz`:
+    /// alive, `GET /readyz`: ready; 200, or 503 naming the problem) on this address while
+    /// the worker runs.
     #[arg(long, value_name = "ADDR")]
     metrics_bind: Option<std::net::SocketAddr>,
     /// Append one line per handler start to this file (created if missing): task id, run
@@ -172,14 +174,6 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         () = interrupts.next() => anyhow::bail!("interrupted before the database was reached"),
     };
     ctx.close_at_exit(&client);
-    if let Some(addr) = a.metrics_bind {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
-        let metrics = hive_metrics::Metrics::new()?;
-        metrics.watch(client.clone()).await?;
-        tokio::spawn(hive_metrics::serve(listener, client.clone(), metrics));
-    }
     let grace = a.intervals.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let worker = client
         .worker(id.clone())
@@ -195,6 +189,16 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         None => worker,
     };
     let worker = a.intervals.apply(worker);
+    if let Some(addr) = a.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
+        let metrics = hive_metrics::Metrics::new()?;
+        metrics.watch(client.clone()).await?;
+        let routes = hive_metrics::router(client.clone(), metrics)
+            .merge(hive_metrics::health_router(worker.health_handle()));
+        tokio::spawn(hive_metrics::serve_router(listener, routes));
+    }
     // Orphans of the commands come to this process when it is PID 1 (a container without
     // an init); reaped, they do not pile up as zombies.
     tokio::spawn(process_group::reap_orphans_forever());
