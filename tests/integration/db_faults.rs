@@ -24,6 +24,7 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     refused_connect_fails_at_once,
     pool_of_two_serves_concurrency_sixteen,
     stopping_at_once_with_the_database_gone_loses_nothing,
+    a_worker_cut_off_longer_than_its_lease_gives_its_runs_back,
 );
 
 mod sqlite {
@@ -459,6 +460,18 @@ async fn pool_of_two_serves_concurrency_sixteen(_: Arc<dyn Store>, url: String) 
     }
 }
 
+/// The worker (a client of its own, through the proxy) and the store behind it.
+async fn through(proxied: &str) -> Client {
+    let options = ConnectOptions {
+        schema: hive_store::SchemaPolicy::Existing,
+        ..Default::default()
+    };
+    Client::from_store(
+        hive_store::connect_with(proxied, &options).await.unwrap(),
+        OpsConfig::default(),
+    )
+}
+
 /// A worker told to stop at once while its database is gone (the commit of its handlers'
 /// outcomes retrying) stops without waiting for the database; its tasks come back with
 /// their leases, and another worker finishes every one.
@@ -466,14 +479,7 @@ async fn stopping_at_once_with_the_database_gone_loses_nothing(store: Arc<dyn St
     let operator = Client::from_store(store, OpsConfig::default());
     let (mut proxy, proxied) = Proxy::for_url(&url).await;
     proxy.listen().await;
-    let options = ConnectOptions {
-        schema: hive_store::SchemaPolicy::Existing,
-        ..Default::default()
-    };
-    let cut_off = Client::from_store(
-        hive_store::connect_with(&proxied, &options).await.unwrap(),
-        OpsConfig::default(),
-    );
+    let cut_off = through(&proxied).await;
     let ids: HashSet<_> = operator
         .create_tasks(tasks("t", "cut-off", 4))
         .await
@@ -540,4 +546,83 @@ async fn stopping_at_once_with_the_database_gone_loses_nothing(store: Arc<dyn St
     }
     let called: HashSet<_> = calls.all().iter().map(|(t, _)| *t).collect();
     assert_eq!(called, ids);
+}
+
+/// A worker cut off from its database for longer than its lease tells its handler to stop
+/// (other workers may be taking the task back); once the database is back it gives the run
+/// back, its attempt not counted, and runs the task again to completion.
+async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    const TYPE: &str = "cut-off-long";
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let cut_off = through(&proxied).await;
+    let id = operator
+        .create_task(NewTask::new("long", TYPE))
+        .await
+        .unwrap();
+    let calls = Calls::default();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (told_tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let worker = cut_off
+        .worker("cut-off")
+        .task_types([TYPE])
+        .lease(Duration::from_secs(2))
+        // Nobody takes the run back by its lease here: the give-back is what frees it.
+        .reap_interval(Duration::from_secs(3600))
+        .handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run({
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            let (started, told) = (started_tx.clone(), told_tx.clone());
+            async move {
+                if ctx.run.run_number == 1 {
+                    let _ = started.send(());
+                    ctx.cancelled().await;
+                    let _ = told.send(());
+                }
+                Ok::<_, TaskError>(serde_json::json!("done"))
+            }
+        }
+    }));
+    tokio::time::timeout(Duration::from_secs(30), started.recv())
+        .await
+        .expect("the handler starts");
+    proxy.close();
+    tokio::time::timeout(Duration::from_secs(30), told.recv())
+        .await
+        .expect("the handler is told to stop once the lease has passed without a heartbeat");
+    proxy.listen().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while operator.get_task(id).await.unwrap().unwrap().status != TaskStatus::Completed {
+        assert!(Instant::now() < deadline, "the task did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs = operator.list_runs(id).await.unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [RunStatus::Cancelled, RunStatus::Success],
+        "{runs:?}"
+    );
+    let why = runs[0].error_message.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("given back: its worker stored no heartbeat for")
+            && why.ends_with("; the handler stopped"),
+        "{why}"
+    );
+    let task = operator.get_task(id).await.unwrap().unwrap();
+    assert_eq!(task.attempts, 1, "the run given back is not counted");
+    assert_eq!(calls.all(), [(id, 1), (id, 2)]);
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.completed, report.released), (1, 1), "{report:?}");
 }

@@ -5,7 +5,8 @@
 //! One file per concern: `builder` configures a worker, `runtime` runs its lifecycle,
 //! `slots` owns its slots and claims, `handler` runs one task, `completer` commits outcomes
 //! in batches, `held` keeps what the worker holds equal to what the store says it holds,
-//! `health` answers liveness and readiness probes, and `report` counts what happened.
+//! `stops` carries stop signals to running handlers, `health` answers liveness and readiness
+//! probes, and `report` counts what happened.
 
 mod builder;
 mod completer;
@@ -18,6 +19,7 @@ mod progress;
 mod report;
 mod runtime;
 mod slots;
+mod stops;
 
 pub use builder::{
     DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, ShutdownHandle, WorkerBuilder,

@@ -68,9 +68,9 @@ fn storable<'a>(
                 result: Some(r), ..
             } => hive_models::check_json_no_nul("", r).is_err(),
             Outcome::Success { result: None, .. } => false,
-            Outcome::Failure { error, .. } | Outcome::TimedOut { error, .. } => {
-                error.contains('\0')
-            }
+            Outcome::Failure { error, .. }
+            | Outcome::TimedOut { error, .. }
+            | Outcome::GiveBack { reason: error } => error.contains('\0'),
             Outcome::Snooze { .. } => false,
         };
         in_result || o.output_log.as_deref().is_some_and(|l| l.contains('\0'))
@@ -103,7 +103,9 @@ fn storable<'a>(
                 result: Some(r), ..
             } => json(r),
             Outcome::Success { result: None, .. } => {}
-            Outcome::Failure { error, .. } | Outcome::TimedOut { error, .. } => text(error),
+            Outcome::Failure { error, .. }
+            | Outcome::TimedOut { error, .. }
+            | Outcome::GiveBack { reason: error } => text(error),
             Outcome::Snooze { .. } => {}
         }
     }

@@ -200,6 +200,11 @@ pub enum Outcome {
         delay: std::time::Duration,
         limit: u32,
     },
+    /// The worker gives the run back without an outcome, as [`crate::Store::release_runs`]
+    /// does, saying why (it lost the store for longer than the lease, so another worker may
+    /// be taking the task): the run ends `cancelled`, noted with `reason`, and the task is
+    /// queued again at once, its attempt not counted.
+    GiveBack { reason: String },
 }
 
 impl Outcome {
@@ -239,6 +244,8 @@ pub enum Finished {
     },
     /// Failed for good (out of retries, or a failure without retry).
     Failed,
+    /// Given back ([`Outcome::GiveBack`]): queued again at once, its attempt not counted.
+    GivenBack,
     /// The run was not the task's current running run; nothing was changed.
     Stale,
 }

@@ -6,10 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hive_models::{Json, Run, RunId, SubTask, Task, TaskId};
+use hive_models::{Json, Run, SubTask, Task};
 use hive_ops::Claimed;
 use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
@@ -18,6 +17,7 @@ use super::completer::Done;
 use super::gate::{Gate, Turn};
 use super::progress::ProgressCell;
 use super::slots::Handled;
+use super::stops::Stops;
 use crate::{Client, Result};
 
 /// What a handler gets: the claimed task, the run it executes as, and its dependencies'
@@ -219,40 +219,6 @@ where
     }
 }
 
-/// A running handler's task and stop signal.
-type Stop = (TaskId, Arc<watch::Sender<bool>>);
-
-/// The stop signals of the handlers running in one worker, by run: how a cancellation
-/// announced by the store, or a run ended elsewhere, reaches the code running it. Keyed by
-/// run, not task: a worker may still hold a run of a task that was taken back from it (its
-/// outcome not yet reported) while it runs the task's next run, and stopping the old run
-/// must leave the new one alone.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Stops(Arc<Mutex<HashMap<RunId, Stop>>>);
-
-impl Stops {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Stop>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Fires the stop signal of the handler running `run`; whether this call fired it (a
-    /// handler runs it here and had not been told yet).
-    pub(super) fn stop_run(&self, run: RunId) -> bool {
-        self.map()
-            .get(&run)
-            .is_some_and(|(_, s)| !s.send_replace(true))
-    }
-
-    /// Fires the stop signals of the handlers running any run of `task` (cancelled).
-    pub(super) fn stop_task(&self, task: TaskId) {
-        for (t, s) in self.map().values() {
-            if *t == task {
-                s.send_replace(true);
-            }
-        }
-    }
-}
-
 /// When a run must stop: the task's own `timeout_secs`, else the worker's default; how
 /// long a handler told to stop may take to return; and where its stop signal is found.
 #[derive(Debug, Clone)]
@@ -296,7 +262,7 @@ pub(super) async fn run_one(
     let claimed = std::time::Instant::now();
     let (stop, cancel) = watch::channel(false);
     let stop = Arc::new(stop);
-    limits.stops.map().insert(run_id, (task_id, stop.clone()));
+    limits.stops.insert(run_id, task_id, stop.clone());
     let mut told = cancel.clone();
     // A claim prefetched beyond the free handlers waits here. Cancelled meanwhile, its
     // handler never starts; the worker stopping first, its run is released unstarted.
@@ -306,17 +272,19 @@ pub(super) async fn run_one(
         free = turn => free.ok(),
         _ = told.wait_for(|s| *s) => None,
         _ = stopping.wait_for(|s| *s) => {
-            limits.stops.map().remove(&run_id);
+            limits.stops.remove(run_id);
             return Handled::Unstarted;
         }
     };
     let Some(_handler) = free else {
-        limits.stops.map().remove(&run_id);
-        // The store closed the run with the task: this report is stale, and only frees the
-        // slot.
-        let outcome = Outcome::Failure {
-            error: "cancelled before its handler started".into(),
-            retry: None,
+        let outcome = match limits.stops.remove(run_id) {
+            Some(reason) => Outcome::GiveBack { reason },
+            // The store closed the run with the task: this report is stale, and only frees
+            // the slot.
+            None => Outcome::Failure {
+                error: "cancelled before its handler started".into(),
+                retry: None,
+            },
         };
         let _ = done.send(Done {
             outcome: RunOutcome {
@@ -379,7 +347,7 @@ pub(super) async fn run_one(
         }
     };
     gate.pace.record(began.elapsed());
-    limits.stops.map().remove(&run_id);
+    let given_back = limits.stops.remove(run_id);
     progress.close();
     // A stopped handler is dropped here if it did not return (a `shell` command's process
     // group dies with it).
@@ -406,15 +374,24 @@ pub(super) async fn run_one(
                     },
                     log,
                 ),
-                // The store closed the run when the task was cancelled: this report is
-                // stale, and only tells the completer the slot is free.
-                None => (
-                    Outcome::Failure {
-                        error: format!("cancelled; {how}"),
-                        retry: None,
-                    },
-                    None,
-                ),
+                None => match given_back {
+                    // The worker lost the store: the run goes back to the queue.
+                    Some(reason) => (
+                        Outcome::GiveBack {
+                            reason: format!("{reason}; {how}"),
+                        },
+                        log,
+                    ),
+                    // The store closed the run when the task was cancelled: this report is
+                    // stale, and only tells the completer the slot is free.
+                    None => (
+                        Outcome::Failure {
+                            error: format!("cancelled; {how}"),
+                            retry: None,
+                        },
+                        None,
+                    ),
+                },
             }
         }
         Ok(Ok(Ok(out))) => {
@@ -495,39 +472,4 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn running(stops: &Stops, task: TaskId) -> (RunId, watch::Receiver<bool>) {
-        let (tx, rx) = watch::channel(false);
-        let run = RunId::new();
-        stops.map().insert(run, (task, Arc::new(tx)));
-        (run, rx)
-    }
-
-    #[test]
-    fn stopping_a_run_taken_back_leaves_the_next_run_of_its_task_running() {
-        // The worker still holds run 1 (its outcome not yet reported) when it claims the
-        // task's run 2 after the lease ran out.
-        let stops = Stops::default();
-        let task = TaskId::new();
-        let (old, old_rx) = running(&stops, task);
-        let (_new, new_rx) = running(&stops, task);
-        assert!(stops.stop_run(old));
-        assert!(*old_rx.borrow());
-        assert!(
-            !*new_rx.borrow(),
-            "the new run was stopped with the old one"
-        );
-        // Told once: the second call fires nothing.
-        assert!(!stops.stop_run(old));
-        // A cancelled task stops every run of it, and only those.
-        let (_other, other_rx) = running(&stops, TaskId::new());
-        stops.stop_task(task);
-        assert!(*new_rx.borrow());
-        assert!(!*other_rx.borrow());
-    }
 }

@@ -16,7 +16,7 @@ use hive_models::{RunId, TaskId, WorkerId};
 use hive_ops::Claimed;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use super::handler::Stops;
+use super::stops::Stops;
 use crate::Client;
 
 /// The runs this worker holds, and a gate that keeps the store's view and this one

@@ -75,6 +75,7 @@ impl Counters {
                 Finished::Retrying { .. } => &self.retried,
                 Finished::Snoozed { .. } => &self.snoozed,
                 Finished::Stale => &self.stale,
+                Finished::GivenBack => &self.released,
             };
             c.fetch_add(1, Ordering::Relaxed);
         }

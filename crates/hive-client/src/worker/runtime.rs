@@ -44,7 +44,7 @@ pub(super) struct Runtime {
     /// The error that stops the worker, if one of its loops met one retrying cannot fix.
     pub(super) fatal: Fatal,
     /// The stop signal of every running handler, by task.
-    pub(super) stops: super::handler::Stops,
+    pub(super) stops: super::stops::Stops,
     /// The runs this worker holds, checked against the store's view.
     pub(super) held: Held,
 }
@@ -70,7 +70,7 @@ impl Runtime {
             slots,
             gate,
             fatal: Fatal::default(),
-            stops: super::handler::Stops::default(),
+            stops: super::stops::Stops::default(),
             held: Held::default(),
         })
     }
@@ -138,6 +138,7 @@ impl Runtime {
         let mut background = JoinSet::new();
         self.spawn_wakeups(&mut background).await;
         self.spawn_heartbeat(&mut background);
+        self.spawn_give_back_when_cut_off(&mut background);
         self.spawn_reaper(&mut background);
         self.spawn_reconcile(&mut background);
         if self.cfg.run_schedules {
@@ -275,6 +276,43 @@ impl Runtime {
                 .await;
                 health.beat(beat.as_ref().map_err(ToString::to_string).copied());
                 beat
+            }
+        });
+    }
+
+    /// Once the worker has stored no heartbeat for longer than its lease, other workers may
+    /// be taking its tasks back (their leases lapsed): its handlers are told to stop, and
+    /// their runs reported as given back, committed once the store answers again (stale if
+    /// the task was taken back meanwhile). Fewer handlers then run a task twice.
+    fn spawn_give_back_when_cut_off(&self, set: &mut JoinSet<()>) {
+        let health = self.cfg.health.clone();
+        let stops = self.stops.clone();
+        let id = self.id.clone();
+        let every = self.cfg.heartbeat_every();
+        set.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let h = health.get();
+                let Some(since) = h.last_beat.map(|at| at.elapsed()) else {
+                    continue;
+                };
+                if h.phase != WorkerPhase::Running || since <= h.lease {
+                    continue;
+                }
+                let reason = format!(
+                    "given back: its worker stored no heartbeat for {}s, longer than its lease \
+                     ({}s), so another worker may be running the task",
+                    since.as_secs(),
+                    h.lease.as_secs()
+                );
+                let stopped = stops.give_back_all(&reason);
+                if stopped > 0 {
+                    tracing::warn!(worker = %id, handlers = stopped, last_error = ?h.last_error,
+                        "no heartbeat stored for longer than the lease: running handlers told \
+                         to stop, their runs to be given back");
+                }
             }
         });
     }

@@ -277,7 +277,10 @@ impl PostgresStore {
             waited.push(crate::rules::waited_us(o.waited));
             results.push(match &o.outcome {
                 Outcome::Success { result, .. } => result.clone(),
-                Outcome::Failure { .. } | Outcome::TimedOut { .. } | Outcome::Snooze { .. } => None,
+                Outcome::Failure { .. }
+                | Outcome::TimedOut { .. }
+                | Outcome::Snooze { .. }
+                | Outcome::GiveBack { .. } => None,
             });
             logs.push(o.output_log.as_deref());
         }

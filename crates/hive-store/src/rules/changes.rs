@@ -246,6 +246,10 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 self.fail_attempt(task_id, o.run_id, error, *retry)
             }
             Outcome::Snooze { delay, limit } => self.snooze(task_id, o.run_id, *delay, *limit, log),
+            Outcome::GiveBack { reason } => {
+                self.give_back(task_id, o.run_id, Some(reason.clone()), log);
+                (Finished::GivenBack, Effects::default())
+            }
         };
         // However the outcome closed its run, the run started when its handler did.
         if let Some(closed) = self.runs.iter_mut().rev().find(|r| r.id == o.run_id) {
@@ -285,7 +289,24 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         if !self.is_live(task, run) {
             return false;
         }
-        self.close_run(task, |r| RunPatch::close(r, RunStatus::Cancelled));
+        self.give_back(task, run, None, None);
+        true
+    }
+
+    /// Closes a live run as `cancelled` (noted with `note`, if any) and queues its task
+    /// again at once, its attempt given back.
+    fn give_back(
+        &mut self,
+        task: TaskId,
+        run: RunId,
+        note: Option<String>,
+        log: Option<Option<String>>,
+    ) {
+        self.close_run(task, |r| RunPatch {
+            error: note.map(Some),
+            log,
+            ..RunPatch::close(r, RunStatus::Cancelled)
+        });
         if let Some(t) = self.state_mut(task) {
             t.attempts = t.attempts.saturating_sub(1);
         }
@@ -295,7 +316,6 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             run_id: Some(run),
             ..TaskStatusChange::new(task, TaskStatus::Queued)
         }));
-        true
     }
 
     /// Puts a live run's task back in the queue until `delay` has passed, giving its

@@ -69,7 +69,7 @@ impl TaskState {
                 self.fails_for_good(*retry)
             }
             crate::Outcome::Snooze { limit, .. } => self.snoozes() >= *limit,
-            crate::Outcome::Success { .. } => false,
+            crate::Outcome::Success { .. } | crate::Outcome::GiveBack { .. } => false,
         }
     }
 }

@@ -235,6 +235,41 @@ pub async fn release_runs_does_not_count_attempt(s: S) {
     assert_eq!(claims[0].task.attempts, 1);
 }
 
+/// A run its worker gives back with a reason (it lost the store for longer than its
+/// lease): queued again at once, the attempt not counted, the run `cancelled` with the
+/// reason and the log; a second give-back, or one after another worker took the task, is
+/// stale.
+pub async fn a_run_given_back_by_its_worker_is_queued_again_uncounted(s: S) {
+    let id = create(&s, "t", 1).await;
+    let (_, run) = claim_one(&s, "w").await;
+    let give_back = |run| crate::RunOutcome {
+        run_id: run,
+        outcome: crate::Outcome::GiveBack {
+            reason: "lost the store for 12s, longer than the lease".into(),
+        },
+        output_log: Some("half done".into()),
+        waited: Duration::ZERO,
+    };
+    let rep = s.finish_runs(&[give_back(run)]).await.unwrap();
+    assert_eq!(rep[0].finished, Finished::GivenBack);
+    let t = load(&s, id).await;
+    assert_eq!((t.status, t.attempts), (TaskStatus::Queued, 0));
+    assert!(t.assigned_worker.is_none());
+    let r = s.get_run(run).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled);
+    assert_eq!(
+        r.error_message.as_deref(),
+        Some("lost the store for 12s, longer than the lease")
+    );
+    assert_eq!(r.output_log.as_deref(), Some("half done"));
+    let rep = s.finish_runs(&[give_back(run)]).await.unwrap();
+    assert_eq!(rep[0].finished, Finished::Stale, "given back once");
+    let (_, second) = claim_one(&s, "w2").await;
+    assert_eq!(load(&s, id).await.attempts, 1);
+    let rep = s.finish_runs(&[success(second)]).await.unwrap();
+    assert_eq!(rep[0].finished, Finished::Completed);
+}
+
 pub async fn reap_expired_lease(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("t", "test").max_retries(1)])

@@ -1,0 +1,128 @@
+//! The stop signals of the handlers running in one worker ([`Stops`]), and the runs the
+//! worker gives back because it lost the store for longer than its lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hive_models::{RunId, TaskId};
+use tokio::sync::watch;
+
+/// A running handler's task and stop signal.
+type Stop = (TaskId, Arc<watch::Sender<bool>>);
+
+#[derive(Debug, Default)]
+struct Running {
+    stops: HashMap<RunId, Stop>,
+    /// Runs told to stop because the worker lost the store, with why: their outcome is a
+    /// give-back, not a failure.
+    given_back: HashMap<RunId, String>,
+}
+
+/// The stop signals of the handlers running in one worker, by run: how a cancellation
+/// announced by the store, a run ended elsewhere, or a worker cut off from its store
+/// reaches the code running it. Keyed by run, not task: a worker may still hold a run of a
+/// task that was taken back from it (its outcome not yet reported) while it runs the
+/// task's next run, and stopping the old run must leave the new one alone.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stops(Arc<Mutex<Running>>);
+
+impl Stops {
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the stop signal of the handler about to run `run`.
+    pub(super) fn insert(&self, run: RunId, task: TaskId, stop: Arc<watch::Sender<bool>>) {
+        self.running().stops.insert(run, (task, stop));
+    }
+
+    /// `run`'s handler has ended (or will not start): forgets its signal. Returns why the
+    /// run is to be given back, if the worker stopped it for that.
+    pub(super) fn remove(&self, run: RunId) -> Option<String> {
+        let mut running = self.running();
+        running.stops.remove(&run);
+        running.given_back.remove(&run)
+    }
+
+    /// Fires the stop signal of the handler running `run`; whether this call fired it (a
+    /// handler runs it here and had not been told yet).
+    pub(super) fn stop_run(&self, run: RunId) -> bool {
+        self.running()
+            .stops
+            .get(&run)
+            .is_some_and(|(_, s)| !s.send_replace(true))
+    }
+
+    /// Fires the stop signals of the handlers running any run of `task` (cancelled).
+    pub(super) fn stop_task(&self, task: TaskId) {
+        for (t, s) in self.running().stops.values() {
+            if *t == task {
+                s.send_replace(true);
+            }
+        }
+    }
+
+    /// Stops every handler not yet told to stop, its run to be given back for `reason`;
+    /// how many it stopped.
+    pub(super) fn give_back_all(&self, reason: &str) -> usize {
+        let mut running = self.running();
+        let Running { stops, given_back } = &mut *running;
+        let mut stopped = 0;
+        for (run, (_, stop)) in stops.iter() {
+            if !stop.send_replace(true) {
+                given_back.insert(*run, reason.to_owned());
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(stops: &Stops, task: TaskId) -> (RunId, watch::Receiver<bool>) {
+        let (tx, rx) = watch::channel(false);
+        let run = RunId::new();
+        stops.insert(run, task, Arc::new(tx));
+        (run, rx)
+    }
+
+    #[test]
+    fn stopping_a_run_taken_back_leaves_the_next_run_of_its_task_running() {
+        // The worker still holds run 1 (its outcome not yet reported) when it claims the
+        // task's run 2 after the lease ran out.
+        let stops = Stops::default();
+        let task = TaskId::new();
+        let (old, old_rx) = running(&stops, task);
+        let (_new, new_rx) = running(&stops, task);
+        assert!(stops.stop_run(old));
+        assert!(*old_rx.borrow());
+        assert!(
+            !*new_rx.borrow(),
+            "the new run was stopped with the old one"
+        );
+        // Told once: the second call fires nothing.
+        assert!(!stops.stop_run(old));
+        // A cancelled task stops every run of it, and only those.
+        let (_other, other_rx) = running(&stops, TaskId::new());
+        stops.stop_task(task);
+        assert!(*new_rx.borrow());
+        assert!(!*other_rx.borrow());
+    }
+
+    #[test]
+    fn runs_told_to_stop_for_another_reason_are_not_given_back() {
+        let stops = Stops::default();
+        let (cancelled, _) = running(&stops, TaskId::new());
+        let (cut_off, cut_off_rx) = running(&stops, TaskId::new());
+        assert!(stops.stop_run(cancelled));
+        assert_eq!(stops.give_back_all("cut off"), 1);
+        assert!(*cut_off_rx.borrow());
+        assert_eq!(stops.give_back_all("again"), 0, "told once");
+        assert_eq!(stops.remove(cancelled), None);
+        assert_eq!(stops.remove(cut_off).as_deref(), Some("cut off"));
+        assert_eq!(stops.remove(cut_off), None);
+    }
+}
