@@ -250,7 +250,8 @@ impl WorkerBuilder {
 
     /// A handle that tells how this worker is doing once it runs: whether it is alive and
     /// whether it is ready, for an orchestrator's probes (`hive worker run --metrics-bind`
-    /// serves them as `/healthz` and `/readyz`).
+    /// serves them as `/healthz` and `/readyz`). Clones of this builder share it, as they
+    /// share the [`ShutdownHandle`]: build each worker from [`Client::worker`].
     pub fn health_handle(&self) -> HealthHandle {
         self.health.clone()
     }

@@ -43,7 +43,7 @@ pub(super) struct Runtime {
     pub(super) gate: Gate,
     /// The error that stops the worker, if one of its loops met one retrying cannot fix.
     pub(super) fatal: Fatal,
-    /// The stop signal of every running handler, by task.
+    /// The stop signal of every running handler, by run.
     pub(super) stops: super::stops::Stops,
     /// The runs this worker holds, checked against the store's view.
     pub(super) held: Held,

@@ -67,6 +67,8 @@ pub enum End {
     Success,
     FailureRetry,
     FailureFinal,
+    /// Given back by a worker cut off from the store.
+    GiveBack,
 }
 
 /// One node of a generated plan; dependencies point to earlier nodes only (a valid DAG).
@@ -251,6 +253,7 @@ pub(super) fn end() -> impl Strategy<Value = End> {
         3 => Just(End::Success),
         2 => Just(End::FailureRetry),
         1 => Just(End::FailureFinal),
+        1 => Just(End::GiveBack),
     ]
 }
 

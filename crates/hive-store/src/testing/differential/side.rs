@@ -241,6 +241,9 @@ impl Side {
                     error: format!("fatal {k}"),
                     retry: None,
                 },
+                End::GiveBack => Outcome::GiveBack {
+                    reason: format!("cut off {k}"),
+                },
             };
             outcomes.push(RunOutcome {
                 run_id,
