@@ -12,6 +12,7 @@ mod api;
 mod dag;
 mod events;
 mod pages;
+mod probes;
 pub mod security;
 mod view;
 
@@ -123,6 +124,8 @@ fn routes(state: AppState) -> axum::Router {
         .route("/queues", get(pages::queues::page))
         .route("/login", get(pages::login::form).post(pages::login::submit))
         .route("/events", get(events::stream))
+        .route("/healthz", get(probes::alive))
+        .route("/readyz", get(probes::ready))
         .route("/assets/app.js", get(view::script))
         .route("/assets/app.css", get(view::style))
         .route("/actions/tasks/{id}/requeue", post(actions::requeue_form))

@@ -371,6 +371,15 @@ async fn without_the_token_a_change_is_refused() {
         assert_eq!(s.get_task(id).await.unwrap().unwrap().status, TaskStatus::Failed);
         let (code, _) = http(host, &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
         assert_eq!(code, 303, "pages ask for the token");
+        for probe in ["/healthz", "/readyz"] {
+            let (code, body) = http(
+                host,
+                &format!("GET {probe} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            assert_eq!(code, 200, "{probe} is open: {body}");
+            assert!(body.ends_with("\r\n\r\nok\n"), "{body}");
+        }
         let (code, body) = http(
             host,
             &post(&format!("x-hive-token: s3cret\r\nOrigin: http://{host}\r\n")),
