@@ -585,6 +585,9 @@ async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
                     let _ = started.send(());
                     ctx.cancelled().await;
                     let _ = told.send(());
+                    // Some clean-up: a handler returning at the very moment it is told
+                    // would race the stop signal, and its success may be reported instead.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok::<_, TaskError>(serde_json::json!("done"))
             }
