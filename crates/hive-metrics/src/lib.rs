@@ -54,6 +54,7 @@ pub(crate) struct RunCounters {
     pub failed: IntCounter,
     pub timed_out: IntCounter,
     pub stale: IntCounter,
+    pub given_back: IntCounter,
     pub duration: HistogramVec,
 }
 
@@ -104,6 +105,12 @@ impl Metrics {
                 "hive_runs_stale_total",
                 "Runs the reaper closed because their lease expired (the worker went silent).",
             )?,
+            given_back: counter(
+                "hive_runs_given_back_total",
+                "Runs given back to the queue, their attempt not counted: released by a \
+                 stopping worker, or given back by one cut off from the store for longer \
+                 than its lease.",
+            )?,
             duration: HistogramVec::new(
                 HistogramOpts::new(
                     "hive_run_duration_seconds",
@@ -125,6 +132,7 @@ impl Metrics {
             &runs.failed,
             &runs.timed_out,
             &runs.stale,
+            &runs.given_back,
         ] {
             registry.register(Box::new(c.clone()))?;
         }

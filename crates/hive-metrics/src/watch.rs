@@ -1,7 +1,10 @@
 //! The run counters and the duration histogram, fed from the event bus: a claim opens a
 //! run; a finish names its run, which is read once to classify it and time it.
 
-use hive_client::{Client, Event, models::Run, models::RunStatus};
+use hive_client::{
+    Client, Event,
+    models::{Run, RunStatus, TaskStatus},
+};
 
 use crate::{Metrics, Result};
 
@@ -40,6 +43,16 @@ impl Metrics {
                 let run_id = match p.event {
                     Event::TaskClaimed { .. } => {
                         metrics.runs.started.inc();
+                        continue;
+                    }
+                    // Only a give-back requeues a task naming the run, with no wait (a
+                    // retry or a snooze is `TaskRetried`): counted from the event alone.
+                    Event::TaskStatusChanged {
+                        status: TaskStatus::Queued,
+                        run_id: Some(_),
+                        ..
+                    } => {
+                        metrics.runs.given_back.inc();
                         continue;
                     }
                     Event::TaskCompleted { run_id, .. }

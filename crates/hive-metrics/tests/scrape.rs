@@ -1,13 +1,14 @@
 //! `/metrics` parses as Prometheus text, and after a drain its numbers match the database:
-//! tasks per status and type, runs completed and failed, one duration sample per run.
+//! tasks per status and type, runs completed, failed and given back, one duration sample
+//! per finished run.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hive_client::models::{NewTask, TaskStatus};
-use hive_client::store::Store;
 use hive_client::store::testing::fixtures::{claim_params, failure, success};
+use hive_client::store::{Outcome, RunOutcome, Store};
 use hive_client::{Client, OpsConfig};
 use hive_metrics::Metrics;
 use prometheus_parse::{Scrape, Value};
@@ -39,6 +40,21 @@ async fn numbers_match_the_database_after_a_drain(store: Arc<dyn Store>) {
         .collect();
     tasks.extend((0..3).map(|i| NewTask::new(format!("b{i}"), "beta")));
     client.create_tasks(tasks).await.unwrap();
+    // One run given back first (its worker cut off from the store): counted apart, and its
+    // task drained with the rest.
+    let held = store
+        .claim_tasks(&claim_params("cut-off", 1))
+        .await
+        .unwrap();
+    store
+        .finish_runs(&[RunOutcome {
+            outcome: Outcome::GiveBack {
+                reason: "no heartbeat stored for longer than the lease".into(),
+            },
+            ..success(held[0].run.id)
+        }])
+        .await
+        .unwrap();
     // Drain: every third claim fails for good, the rest succeed.
     let mut n = 0;
     loop {
@@ -74,7 +90,8 @@ async fn numbers_match_the_database_after_a_drain(store: Arc<dyn Store>) {
         // durations must match in the same scrape: the registry gathers its metrics in no
         // fixed order, and it once read the histogram before, and the counters after, a
         // run's count. One lost or doubled event still fails below.
-        if value(&s, "hive_runs_started_total", &[]) == 9.0
+        if value(&s, "hive_runs_started_total", &[]) == 10.0
+            && value(&s, "hive_runs_given_back_total", &[]) == 1.0
             && value(&s, "hive_runs_completed_total", &[]) == completed
             && value(&s, "hive_runs_failed_total", &[]) == failed
             || Instant::now() > deadline
@@ -83,7 +100,8 @@ async fn numbers_match_the_database_after_a_drain(store: Arc<dyn Store>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(value(&scrape, "hive_runs_started_total", &[]), 9.0);
+    assert_eq!(value(&scrape, "hive_runs_started_total", &[]), 10.0);
+    assert_eq!(value(&scrape, "hive_runs_given_back_total", &[]), 1.0);
     assert_eq!(value(&scrape, "hive_runs_completed_total", &[]), completed);
     assert_eq!(value(&scrape, "hive_runs_failed_total", &[]), failed);
     assert_eq!(value(&scrape, "hive_runs_stale_total", &[]), 0.0);

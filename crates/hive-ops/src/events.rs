@@ -33,6 +33,10 @@ pub enum Event {
     TaskStatusChanged {
         task_id: TaskId,
         status: TaskStatus,
+        /// The run whose end moved the task, when a worker's did: a run given back to the
+        /// queue (the worker stopping, or cut off from the store) has status `queued`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_id: Option<RunId>,
     },
     TaskCompleted {
         task_id: TaskId,
@@ -193,6 +197,7 @@ impl Event {
                 status => vec![Event::TaskStatusChanged {
                     task_id: c.task_id,
                     status,
+                    run_id: c.run_id,
                 }],
             },
             Change::TaskReady { task_id } => vec![Event::TaskReady { task_id: *task_id }],

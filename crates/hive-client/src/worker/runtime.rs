@@ -207,6 +207,7 @@ impl Runtime {
                 if let hive_ops::Event::TaskStatusChanged {
                     task_id,
                     status: hive_models::TaskStatus::Cancelled,
+                    ..
                 } = p.event
                 {
                     stops.stop_task(task_id);
