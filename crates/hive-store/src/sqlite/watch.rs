@@ -3,7 +3,9 @@
 //! changes whenever any other connection commits. A watcher polls it every few
 //! milliseconds (a read of the shared-memory WAL index, no disk access) and, when it moved
 //! while this store committed nothing, announces [`Change::StoreChanged`]: a wake-up for
-//! workers idle on the poll interval.
+//! workers idle on the poll interval. After a second with no other process's commit it
+//! looks less often (up to every [`IDLE_EVERY`]), so an idle worker costs next to no CPU;
+//! the first such commit seen brings it back to [`EVERY`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,8 +15,44 @@ use sqlx::SqlitePool;
 
 use crate::{Change, Notification, Notifier};
 
-/// How often the watcher looks.
+/// How often the watcher looks while other processes write to the file.
 const EVERY: Duration = Duration::from_millis(5);
+/// How often it looks once nothing changed for [`QUIET`]: the longest a task another
+/// process creates waits for an idle worker to notice it.
+const IDLE_EVERY: Duration = Duration::from_millis(40);
+/// How long nothing must change before the watcher slows down.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// The watcher's pace: [`EVERY`] while other processes commit, slowing by doubling to
+/// [`IDLE_EVERY`] after [`QUIET`] without such a commit.
+#[derive(Debug)]
+struct Pace {
+    every: Duration,
+    quiet_for: Duration,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            every: EVERY,
+            quiet_for: Duration::ZERO,
+        }
+    }
+
+    /// The wait before the next look, after a look that saw another process's commit
+    /// (`foreign`) or not.
+    fn next(&mut self, foreign: bool) -> Duration {
+        if foreign {
+            *self = Pace::new();
+        } else {
+            self.quiet_for += self.every;
+            if self.quiet_for >= QUIET {
+                self.every = (self.every * 2).min(IDLE_EVERY);
+            }
+        }
+        self.every
+    }
+}
 
 /// The commits this store made (so its own writes are not announced twice), and whether a
 /// watcher runs.
@@ -86,10 +124,10 @@ impl Watch {
         // yet), and the commit count after that read.
         let mut seen: Option<i64> = None;
         let mut local = self.settled();
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pace = Pace::new();
+        let mut wait = Duration::ZERO;
         while notifier.receivers() > 0 && !self.stopped.load(Ordering::SeqCst) {
-            tick.tick().await;
+            tokio::time::sleep(wait).await;
             let before = self.settled();
             let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
                 .fetch_one(&mut conn)
@@ -102,17 +140,49 @@ impl Watch {
             // one, is another process's: this store's own are announced already (and a
             // worker committing claims on its own anyway).
             let quiet = before.is_some() && local == before && before == after;
-            if quiet && seen.is_some_and(|v| v != version) {
+            let foreign = quiet && seen.is_some_and(|v| v != version);
+            if foreign {
                 notifier.forward(Notification {
                     origin: uuid::Uuid::nil(),
                     change: Change::StoreChanged,
                 });
             }
+            // Only another process's commit keeps the pace up: an idle worker's own
+            // heartbeats and empty claims commit every second or so, and a busy worker
+            // claims on its own without being told.
             seen = (before.is_some() && before == after).then_some(version);
             local = after;
+            wait = pace.next(foreign);
         }
         // Closed, not dropped: a dropped connection closes on its own thread later, which
         // a process exiting may cut short.
         let _ = sqlx::Connection::close(conn).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watcher_slows_down_only_after_a_quiet_second_and_speeds_up_at_once() {
+        let mut pace = Pace::new();
+        let quiet_looks = (QUIET.as_millis() / EVERY.as_millis()) as usize;
+        for _ in 1..quiet_looks {
+            assert_eq!(pace.next(false), EVERY);
+        }
+        let mut slower: Vec<_> = (0..6).map(|_| pace.next(false)).collect();
+        slower.dedup();
+        assert_eq!(
+            slower,
+            [10, 20, 40].map(Duration::from_millis),
+            "doubling up to the idle pace"
+        );
+        assert_eq!(pace.next(true), EVERY);
+        assert_eq!(
+            pace.next(false),
+            EVERY,
+            "a change restarts the quiet second"
+        );
     }
 }
