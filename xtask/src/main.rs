@@ -8,6 +8,10 @@ mod soak;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+/// The bench measures Hive with the allocator the `hive` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Hive's automation")]
 struct Cli {

@@ -21,6 +21,11 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use hive_client::ConnectOptions;
 use hive_client::store::SchemaPolicy;
 
+/// A worker's pace is mostly allocation (tasks, futures, rows): mimalloc drained the memory
+/// store 24% faster than glibc's allocator and ran its plans 30–45% faster (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Hive: tasks, workers and execution plans on SQLite or Postgres.
 #[derive(Parser)]
 #[command(name = "hive", version)]
