@@ -97,7 +97,6 @@ async fn three_schedulers_create_one_task_per_slot(store: Arc<dyn Store>, url: S
 #[tokio::test]
 async fn a_scheduler_waiting_on_the_database_stops_at_a_signal() {
     use sqlx::Connection;
-    use tokio::io::AsyncBufReadExt;
     let db = Db::new();
     db.ok(&[
         "schedule",
@@ -115,22 +114,48 @@ async fn a_scheduler_waiting_on_the_database_stops_at_a_signal() {
         .execute(&mut holder)
         .await
         .unwrap();
+    // Its report comes before its connections close (which waits up to 5 s for the one
+    // still waiting on the lock), and well before the step's 10 s would have passed.
+    stops_at_a_signal_with_its_report(&[
+        "--database-url",
+        &db.url,
+        "schedule",
+        "run",
+        "--interval-ms",
+        "100",
+    ])
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+}
+
+/// A scheduler still connecting (to a server that accepts and never answers) stops at
+/// SIGTERM with its report, as it does once connected, not by the signal's default action.
+#[tokio::test]
+async fn a_scheduler_still_connecting_stops_at_a_signal() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://root@{}/test", silent.local_addr().unwrap());
+    // Accepts, then holds each connection without a word until the test ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    stops_at_a_signal_with_its_report(&["--database-url", &url, "schedule", "run"]).await;
+}
+
+/// Starts `hive` with `args` (a scheduler), sends it SIGTERM 1.5 s later, and checks that
+/// it says it stopped within 4 s and exits 0.
+async fn stops_at_a_signal_with_its_report(args: &[&str]) {
+    use tokio::io::AsyncBufReadExt;
     let mut scheduler = tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args([
-            "--database-url",
-            &db.url,
-            "schedule",
-            "run",
-            "--interval-ms",
-            "100",
-        ])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut said = tokio::io::BufReader::new(scheduler.stdout.take().unwrap()).lines();
-    // Past its first step, which waits for the lock.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(scheduler.try_wait().unwrap().is_none(), "still running");
     let pid = scheduler.id().unwrap().to_string();
@@ -138,11 +163,9 @@ async fn a_scheduler_waiting_on_the_database_stops_at_a_signal() {
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    // Its report comes before its connections close (which waits up to 5 s for the one
-    // still waiting on the lock), and well before the step's 10 s would have passed.
     let line = tokio::time::timeout(Duration::from_secs(4), said.next_line())
         .await
-        .expect("the scheduler stopped without waiting for its step")
+        .expect("the scheduler stopped without finishing what it waited for")
         .unwrap();
     assert_eq!(line.as_deref(), Some("scheduler stopped: 0 slots fired"));
     let status = tokio::time::timeout(Duration::from_secs(30), scheduler.wait())
@@ -150,7 +173,6 @@ async fn a_scheduler_waiting_on_the_database_stops_at_a_signal() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
-    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 }
 
 #[test]

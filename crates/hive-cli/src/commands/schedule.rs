@@ -228,12 +228,17 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
     if interval_ms == 0 {
         anyhow::bail!("--interval-ms must be at least 1");
     }
-    let client = ctx.client().await?;
+    // Installed before connecting: a signal while the database does not answer yet stops
+    // the scheduler as it would later, with its report, rather than by the default action.
     let mut stop = crate::signals::Interrupts::install()?;
+    let mut fired = 0;
+    let client = tokio::select! {
+        client = ctx.client() => client?,
+        () = stop.next() => return report_fired(ctx, fired),
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval_ms, "scheduler started");
-    let mut fired = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -255,6 +260,10 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+    report_fired(ctx, fired)
+}
+
+fn report_fired(ctx: &Context, fired: usize) -> anyhow::Result<()> {
     output::report(
         ctx.json,
         &json!({ "slots_fired": fired }),
