@@ -1,6 +1,7 @@
 //! Schedules across processes: three `hive schedule run` processes on one database create
-//! exactly one task per slot, none missing; bad schedules are refused before anything is
-//! written.
+//! exactly one task per slot, none missing; a scheduler waits for a database not up yet
+//! and stops at a signal whatever it waits for; bad schedules are refused before anything
+//! is written.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -24,33 +25,20 @@ async fn three_schedulers_create_one_task_per_slot(store: Arc<dyn Store>, url: S
     let every_second = NewSchedule::new("tick", "* * * * * *", ScheduledTask::new("tick", "tick"))
         .missed(Missed::CatchUp { limit: 10 });
     client.add_schedule(every_second).await.unwrap();
-    let hive = env!("CARGO_BIN_EXE_hive");
     let mut schedulers: Vec<tokio::process::Child> = (0..3)
         .map(|_| {
-            tokio::process::Command::new(hive)
-                .args([
-                    "--database-url",
-                    &url,
-                    "schedule",
-                    "run",
-                    "--interval-ms",
-                    "100",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
+            scheduler(&[
+                "--database-url",
+                &url,
+                "schedule",
+                "run",
+                "--interval-ms",
+                "100",
+            ])
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    for s in &schedulers {
-        let pid = s.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-    }
+    schedulers.iter().for_each(terminate);
     for s in &mut schedulers {
         let status = tokio::time::timeout(Duration::from_secs(10), s.wait())
             .await
@@ -144,25 +132,101 @@ async fn a_scheduler_still_connecting_stops_at_a_signal() {
     stops_at_a_signal_with_its_report(&["--database-url", &url, "schedule", "run"]).await;
 }
 
+/// A scheduler started while its Postgres cannot be reached (nothing listens on its port
+/// yet) waits for it, as a worker does, and fires once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_started_before_its_database_waits_for_it() {
+    let Some(ts) = hive_store::testing::postgres().await else {
+        return hive_store::testing::report_skip(
+            "a_scheduler_started_before_its_database_waits_for_it",
+        );
+    };
+    ts.run_with_url(|store, url| async move {
+        use tokio::io::AsyncBufReadExt;
+        let client = Client::from_store(store, OpsConfig::default());
+        let every_second =
+            NewSchedule::new("tick", "* * * * * *", ScheduledTask::new("tick", "tick"));
+        client.add_schedule(every_second).await.unwrap();
+        let server = url::Url::parse(&url).unwrap();
+        let server = format!(
+            "{}:{}",
+            server.host_str().unwrap(),
+            server.port().unwrap_or(5432)
+        );
+        // A port nothing listens on until the relay below opens it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut late = url::Url::parse(&url).unwrap();
+        late.set_host(Some("127.0.0.1")).unwrap();
+        late.set_port(Some(port)).unwrap();
+        let mut scheduler = scheduler(&[
+            "--database-url",
+            late.as_str(),
+            "schedule",
+            "run",
+            "--interval-ms",
+            "100",
+        ]);
+        let mut said = tokio::io::BufReader::new(scheduler.stdout.take().unwrap()).lines();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(scheduler.try_wait().unwrap().is_none(), "still waiting");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let relay = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        let filter = TaskFilter {
+            task_type: Some("tick".into()),
+            ..Default::default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while client.list_tasks(&filter).await.unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the scheduler fired nothing once its database answered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        terminate(&scheduler);
+        let line = tokio::time::timeout(Duration::from_secs(10), said.next_line())
+            .await
+            .expect("the scheduler stopped")
+            .unwrap()
+            .unwrap_or_default();
+        assert!(
+            line.starts_with("scheduler stopped: ") && !line.contains(": 0 slots"),
+            "{line}"
+        );
+        let status = tokio::time::timeout(Duration::from_secs(30), scheduler.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+        relay.abort();
+    })
+    .await;
+}
+
 /// Starts `hive` with `args` (a scheduler), sends it SIGTERM 1.5 s later, and checks that
 /// it says it stopped within 4 s and exits 0.
 async fn stops_at_a_signal_with_its_report(args: &[&str]) {
     use tokio::io::AsyncBufReadExt;
-    let mut scheduler = tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut scheduler = scheduler(args);
     let mut said = tokio::io::BufReader::new(scheduler.stdout.take().unwrap()).lines();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(scheduler.try_wait().unwrap().is_none(), "still running");
-    let pid = scheduler.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    terminate(&scheduler);
     let line = tokio::time::timeout(Duration::from_secs(4), said.next_line())
         .await
         .expect("the scheduler stopped without finishing what it waited for")
@@ -173,6 +237,25 @@ async fn stops_at_a_signal_with_its_report(args: &[&str]) {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// `hive` with `args`, its report read from a pipe.
+fn scheduler(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
 }
 
 #[test]
