@@ -118,6 +118,28 @@ impl Context {
         Ok(client)
     }
 
+    /// For a long-running command (a worker, the scheduler, the dashboard): a client on a
+    /// database that must already exist, waiting for it while it cannot be reached (started
+    /// before its server, or during an outage), logging each retry; `None` if `stop` fires
+    /// first. A SQLite path that does not exist fails at once.
+    pub async fn client_when_up(
+        &self,
+        stop: &mut signals::Interrupts,
+    ) -> anyhow::Result<Option<hive_client::Client>> {
+        let options = ConnectOptions {
+            schema: SchemaPolicy::Existing,
+            ..Default::default()
+        };
+        let retry = hive_client::ConnectRetry::default();
+        let connect = retry.connect_with(&self.database_url, &options, Default::default());
+        let client = tokio::select! {
+            client = connect => client?,
+            () = stop.next() => return Ok(None),
+        };
+        self.close_at_exit(&client);
+        Ok(Some(client))
+    }
+
     /// Has [`Context::close`] close this client's connections before the process exits.
     pub fn close_at_exit(&self, client: &hive_client::Client) {
         self.clients

@@ -62,6 +62,10 @@ pub(crate) struct AppState {
     pub client: Client,
     pub security: Arc<Security>,
     pub metrics: hive_metrics::Metrics,
+    /// Turns true when the server starts shutting down: live event streams end on it,
+    /// since a graceful shutdown waits for every open response, and a browser keeps its
+    /// stream open for as long as the page is.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A dashboard bound to its address, not yet serving.
@@ -69,6 +73,7 @@ pub(crate) struct AppState {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -87,14 +92,17 @@ impl Server {
             .watch(client.clone())
             .await
             .map_err(Error::Metrics)?;
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let state = AppState {
             client,
             security,
             metrics,
+            stopping: stopping_rx,
         };
         Ok(Server {
             listener,
             router: routes(state),
+            stopping,
         })
     }
 
@@ -102,10 +110,15 @@ impl Server {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, then ends the live event streams and returns once
+    /// the requests in flight are answered.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let stopping = self.stopping;
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            })
             .await?;
         Ok(())
     }

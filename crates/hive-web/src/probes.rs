@@ -44,6 +44,7 @@ mod tests {
                 crate::security::Security::for_bind("127.0.0.1:0".parse().unwrap(), None).unwrap(),
             ),
             metrics: hive_metrics::Metrics::new().unwrap(),
+            stopping: tokio::sync::watch::channel(false).1,
         }
     }
 

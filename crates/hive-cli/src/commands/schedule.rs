@@ -232,19 +232,9 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
     // the scheduler as it would later, with its report, rather than by the default action.
     let mut stop = crate::signals::Interrupts::install()?;
     let mut fired = 0;
-    // Like a worker, a scheduler started before its database (or during an outage) waits
-    // for it; one that names a database that does not exist fails at once.
-    let options = hive_client::ConnectOptions {
-        schema: hive_client::store::SchemaPolicy::Existing,
-        ..Default::default()
+    let Some(client) = ctx.client_when_up(&mut stop).await? else {
+        return report_fired(ctx, fired);
     };
-    let retry = hive_client::ConnectRetry::default();
-    let connect = retry.connect_with(&ctx.database_url, &options, Default::default());
-    let client = tokio::select! {
-        client = connect => client?,
-        () = stop.next() => return report_fired(ctx, fired),
-    };
-    ctx.close_at_exit(&client);
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval_ms, "scheduler started");

@@ -20,7 +20,10 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The security rule is checked before connecting: a refused bind never touches the
     // database.
     hive_web::Security::for_bind(args.bind, args.token.clone())?;
-    let client = ctx.client().await?;
+    let mut stop = crate::signals::Interrupts::install()?;
+    let Some(client) = ctx.client_when_up(&mut stop).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let server = hive_web::Server::bind(
         client,
         hive_web::Config {
@@ -34,10 +37,28 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.local_addr()?,
         hive_client::store::DatabaseUrl::new(&ctx.database_url)
     ));
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let (shut, shutting) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.run(async move {
+        let _ = shutting.await;
+    });
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => served?,
+        () = stop.next() => {
+            let _ = shut.send(());
+            // Answering the requests in flight is bounded: one held up by its database
+            // must not hold the exit, and a second signal skips the wait.
+            tokio::select! {
+                served = &mut serving => served?,
+                () = stop.next() => {}
+                () = tokio::time::sleep(DRAIN_AT_MOST) => {
+                    tracing::warn!("requests still in flight after {DRAIN_AT_MOST:?}; stopping");
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long a stopping dashboard waits for the requests in flight.
+const DRAIN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);

@@ -161,19 +161,9 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // From here on Ctrl-C and SIGTERM are this command's to handle.
     let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
-    // A worker serves a database that exists: it creates neither the file nor the
-    // schema, so a wrong path fails at once instead of waiting on an empty database.
-    let options = hive_client::ConnectOptions {
-        schema: hive_client::store::SchemaPolicy::Existing,
-        ..Default::default()
+    let Some(client) = ctx.client_when_up(&mut interrupts).await? else {
+        anyhow::bail!("interrupted before the database was reached");
     };
-    let retry = hive_client::ConnectRetry::default();
-    let connect = retry.connect_with(&ctx.database_url, &options, Default::default());
-    let client = tokio::select! {
-        client = connect => client?,
-        () = interrupts.next() => anyhow::bail!("interrupted before the database was reached"),
-    };
-    ctx.close_at_exit(&client);
     let grace = a.intervals.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let worker = client
         .worker(id.clone())
