@@ -936,3 +936,54 @@ async fn rows_free(look: &mut sqlx::PgConnection, pid: hive_store::models::PlanI
     .await
     .is_ok()
 }
+
+/// A heartbeat extends the leases it can and skips a run another transaction holds (a
+/// finish closing it, a cancel, the reaper), instead of waiting for that transaction with
+/// every other lease of the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heartbeat_does_not_wait_for_a_run_another_transaction_holds() {
+    let Some(ts) = fresh(
+        "postgres_connections::a_heartbeat_does_not_wait_for_a_run_another_transaction_holds",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = ts.url.clone().expect("postgres test stores have a url");
+    ts.run(|s| async move {
+        let w = testing::fixtures::worker("beating");
+        s.register_worker(&testing::fixtures::registration("beating"))
+            .await
+            .unwrap();
+        s.insert_tasks(tasks("held", "test", 2)).await.unwrap();
+        let claims = s
+            .claim_tasks(&testing::fixtures::claim_params("beating", 2))
+            .await
+            .unwrap();
+        assert_eq!(claims.len(), 2);
+        let (held, free) = (claims[0].run.id, claims[1].run.id);
+        let before = s.get_run(free).await.unwrap().unwrap().lease_expires_at;
+        // Another connection holds one run, as a long finish would, until it rolls back.
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        other.execute("BEGIN").await.unwrap();
+        sqlx::query("SELECT id FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(held.0)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let beat = tokio::time::timeout(Duration::from_secs(10), s.heartbeat(&w, None))
+            .await
+            .expect("the heartbeat waited for the transaction holding one of its runs")
+            .unwrap()
+            .expect("a registered worker");
+        assert_eq!(beat.extended, 1, "the run nobody holds is extended");
+        let after = s.get_run(free).await.unwrap().unwrap().lease_expires_at;
+        assert!(after > before, "{after:?} after {before:?}");
+        other.execute("ROLLBACK").await.unwrap();
+        // Once nothing holds it, the next heartbeat extends both.
+        let beat = s.heartbeat(&w, None).await.unwrap().unwrap();
+        assert_eq!(beat.extended, 2);
+    })
+    .await;
+}

@@ -65,13 +65,20 @@ impl PostgresStore {
                          ELSE $4::text END \
                  WHERE id = $1 RETURNING id \
              ), r AS ( \
+                 /* A run another transaction holds is skipped, not waited for: it is being \
+                    closed (this worker's own finish, a cancel, the reaper) or extended. \
+                    Waiting would hold back every other lease of the worker for as long as \
+                    that transaction lasts, and a finish that frees a fan-out of hundreds of \
+                    thousands of subtasks lasts longer than a lease. */ \
                  UPDATE runs r \
                  SET lease_expires_at = now() + r.lease_us * interval '1 microsecond', \
                      updated_at = now() \
-                 FROM tasks t \
-                 WHERE t.status = 'in_progress' AND t.assigned_worker = $1 \
-                   AND r.id = t.current_run_id AND r.worker_id = $1 AND r.status = 'running' \
-                   AND r.lease_us IS NOT NULL AND EXISTS (SELECT 1 FROM w) \
+                 WHERE r.status = 'running' AND r.id IN ( \
+                     SELECT x.id FROM tasks t JOIN runs x ON x.id = t.current_run_id \
+                     WHERE t.status = 'in_progress' AND t.assigned_worker = $1 \
+                       AND x.worker_id = $1 AND x.status = 'running' \
+                       AND x.lease_us IS NOT NULL AND EXISTS (SELECT 1 FROM w) \
+                     FOR NO KEY UPDATE OF x SKIP LOCKED) \
                  RETURNING 1 \
              ) \
              SELECT (SELECT count(*) FROM w) AS known, (SELECT count(*) FROM r) AS extended, \
