@@ -68,8 +68,8 @@ impl PostgresStore {
                  /* A run another transaction holds is skipped, not waited for: it is being \
                     closed (this worker's own finish, a cancel, the reaper) or extended. \
                     Waiting would hold back every other lease of the worker for as long as \
-                    that transaction lasts, and a finish that frees a fan-out of hundreds of \
-                    thousands of subtasks lasts longer than a lease. */ \
+                    that transaction lasts, and a finish writes every subtask it frees: one \
+                    freeing a fan-out of hundreds of thousands lasts seconds. */ \
                  UPDATE runs r \
                  SET lease_expires_at = now() + r.lease_us * interval '1 microsecond', \
                      updated_at = now() \
