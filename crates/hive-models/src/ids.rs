@@ -8,6 +8,13 @@ use uuid::Uuid;
 
 use crate::Error;
 
+/// A map keyed by ids Hive made itself (tasks, runs, plans, workers' handler calls):
+/// nothing calls for SipHash's resistance to chosen keys there, and a task's claim and
+/// finish look up a dozen of them. Maps keyed by what callers name keep SipHash.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set of [`IdMap`].
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*

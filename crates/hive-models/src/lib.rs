@@ -23,7 +23,7 @@ pub use flow::{
     Admission, Candidate, FlowRule, MAX_LIMIT, Rate, Scope, Usage, check_concurrency,
     check_scope_name, is_flow_controlled,
 };
-pub use ids::{PlanId, RunId, TaskId, WorkerId};
+pub use ids::{IdMap, IdSet, PlanId, RunId, TaskId, WorkerId};
 pub use plan::{
     ExecutionPlan, Growth, NewPlan, PlanCounters, PlanHeader, PlanStatus, SubTask, grow, in_layers,
     tasks_in_layers, unique_dependencies, validate_subtask_fields, validate_subtasks,

@@ -8,11 +8,10 @@
 //! another process, a lease taken back) whose handler still runs here. [`Held::reconcile`]
 //! gives the first back and stops the second.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hive_models::{RunId, TaskId, WorkerId};
+use hive_models::{IdMap, IdSet, RunId, TaskId, WorkerId};
 use hive_ops::Claimed;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
@@ -25,7 +24,7 @@ use crate::Client;
 /// a claim committed but not yet recorded, or an outcome recorded but not yet committed.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Held {
-    runs: Arc<Mutex<HashMap<RunId, TaskId>>>,
+    runs: Arc<Mutex<IdMap<RunId, TaskId>>>,
     gate: Arc<RwLock<()>>,
 }
 
@@ -43,7 +42,7 @@ impl Held {
     /// a call stuck on a dead connection must not hold up the heartbeat behind it.
     const WAIT: Duration = Duration::from_secs(1);
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, TaskId>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, IdMap<RunId, TaskId>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -80,7 +79,7 @@ impl Held {
         let stored = client.running_runs(worker).await?;
         let known = self.map().clone();
         drop(gate);
-        let in_store: HashSet<RunId> = stored.iter().map(|r| r.id).collect();
+        let in_store: IdSet<RunId> = stored.iter().map(|r| r.id).collect();
         let unknown: Vec<RunId> = stored
             .iter()
             .filter(|r| !known.contains_key(&r.id))

@@ -2,11 +2,10 @@
 //! slot), [`Running`] (the handlers in flight and the runs they hold), and the claim loop
 //! that fills free slots and starts handlers.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hive_models::{RunId, Task, TaskStatus};
+use hive_models::{IdMap, RunId, Task, TaskStatus};
 use hive_ops::Claimed;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -192,7 +191,7 @@ type Joined = std::result::Result<(tokio::task::Id, Handled), tokio::task::JoinE
 #[derive(Default)]
 pub(super) struct Running {
     set: JoinSet<Handled>,
-    held: HashMap<tokio::task::Id, RunId>,
+    held: IdMap<tokio::task::Id, RunId>,
 }
 
 impl Running {

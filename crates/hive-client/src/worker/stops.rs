@@ -1,10 +1,9 @@
 //! The stop signals of the handlers running in one worker ([`Stops`]), and the runs the
 //! worker gives back because it lost the store for longer than its lease.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use hive_models::{RunId, TaskId};
+use hive_models::{IdMap, RunId, TaskId};
 use tokio::sync::watch;
 
 /// A running handler's task and stop signal.
@@ -12,10 +11,10 @@ type Stop = (TaskId, Arc<watch::Sender<bool>>);
 
 #[derive(Debug, Default)]
 struct Running {
-    stops: HashMap<RunId, Stop>,
+    stops: IdMap<RunId, Stop>,
     /// Runs told to stop because the worker lost the store, with why: their outcome is a
     /// give-back, not a failure.
-    given_back: HashMap<RunId, String>,
+    given_back: IdMap<RunId, String>,
 }
 
 /// The stop signals of the handlers running in one worker, by run: how a cancellation

@@ -7,17 +7,12 @@ use std::time::Duration;
 
 use chrono::{DurationRound, Utc};
 use hive_models::{
-    ExecutionPlan, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId, TaskStatus,
-    Timestamp, Worker, WorkerId,
+    ExecutionPlan, IdMap, NewTask, PlanCounters, PlanId, PlanStatus, Run, RunId, Task, TaskId,
+    TaskStatus, Timestamp, Worker, WorkerId,
 };
 
 use crate::rules::{Patches, TaskState, View};
 use crate::{Claim, ClaimParams, Notification, Notifier};
-
-/// The maps keyed by ids this store made: nothing calls for SipHash's resistance to
-/// chosen keys there, and a task's round of claims and finishes looks up a dozen of them
-/// (foldhash: memory drain-large +6%). Maps keyed by what callers name keep SipHash.
-pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Ready-queue key: priority descending, then insertion order.
 type ReadyKey = (Reverse<i32>, u64, TaskId);
@@ -25,18 +20,18 @@ type ReadyKey = (Reverse<i32>, u64, TaskId);
 #[derive(Debug, Default)]
 pub(super) struct State {
     next_seq: u64,
-    pub tasks: HashMap<TaskId, (Task, u64)>,
+    pub tasks: IdMap<TaskId, (Task, u64)>,
     /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
     pub ready: BTreeSet<ReadyKey>,
     idempotency: std::collections::HashMap<String, TaskId>,
-    pub dependents: HashMap<TaskId, Vec<TaskId>>,
-    pub runs: HashMap<RunId, Run>,
-    pub task_runs: HashMap<TaskId, Vec<RunId>>,
+    pub dependents: IdMap<TaskId, Vec<TaskId>>,
+    pub runs: IdMap<RunId, Run>,
+    pub task_runs: IdMap<TaskId, Vec<RunId>>,
     /// Running runs and their lease durations.
-    pub running: HashMap<RunId, Duration>,
+    pub running: IdMap<RunId, Duration>,
     pub workers: BTreeMap<WorkerId, Worker>,
-    pub plans: HashMap<PlanId, ExecutionPlan>,
-    pub plan_tasks: HashMap<PlanId, Vec<TaskId>>,
+    pub plans: IdMap<PlanId, ExecutionPlan>,
+    pub plan_tasks: IdMap<PlanId, Vec<TaskId>>,
     pub schedules: BTreeMap<String, hive_models::Schedule>,
     pub flow_rules: std::collections::HashMap<hive_models::Scope, hive_models::FlowRule>,
     pub flow_starts: super::flow::Starts,

@@ -1,11 +1,11 @@
 //! [`Changes`]: a batch of operations replayed against a [`View`], producing the
 //! [`Patches`] a backend writes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use hive_models::{
-    AfterFailure, Json, PlanCounters, PlanId, PlanStatus, RetryPolicy, RunId, RunStatus, Task,
-    TaskId, TaskStatus, Timestamp, after_failure,
+    AfterFailure, IdMap, IdSet, Json, PlanCounters, PlanId, PlanStatus, RetryPolicy, RunId,
+    RunStatus, Task, TaskId, TaskStatus, Timestamp, after_failure,
 };
 
 use super::{TaskState, View, after};
@@ -117,12 +117,12 @@ pub struct Changes<'v, V: View + ?Sized> {
     notifier: &'v Notifier,
     /// The transaction's clock; every time the batch writes derives from it.
     pub at: Timestamp,
-    tasks: HashMap<TaskId, TaskState>,
-    plans: HashMap<PlanId, PlanCounters>,
+    tasks: IdMap<TaskId, TaskState>,
+    plans: IdMap<PlanId, PlanCounters>,
     /// Plans counted against, in the order first touched.
     touched: Vec<PlanId>,
     task_patches: Vec<TaskPatch>,
-    task_index: HashMap<TaskId, usize>,
+    task_index: IdMap<TaskId, usize>,
     runs: Vec<RunPatch>,
     completed: Vec<TaskId>,
     reopened: Vec<TaskId>,
@@ -135,11 +135,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             view,
             notifier,
             at,
-            tasks: HashMap::new(),
-            plans: HashMap::new(),
+            tasks: IdMap::default(),
+            plans: IdMap::default(),
             touched: Vec::new(),
             task_patches: Vec::new(),
-            task_index: HashMap::new(),
+            task_index: IdMap::default(),
             runs: Vec::new(),
             completed: Vec::new(),
             reopened: Vec::new(),
@@ -172,11 +172,15 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     }
 
     fn patch(&mut self, id: TaskId) -> &mut TaskPatch {
-        let status = self.state(id).map_or(TaskStatus::Queued, |t| t.status);
-        let i = *self.task_index.entry(id).or_insert_with(|| {
-            self.task_patches.push(TaskPatch::new(id, status));
-            self.task_patches.len() - 1
-        });
+        let i = match self.task_index.get(&id) {
+            Some(i) => *i,
+            None => {
+                let status = self.state(id).map_or(TaskStatus::Queued, |t| t.status);
+                self.task_patches.push(TaskPatch::new(id, status));
+                self.task_index.insert(id, self.task_patches.len() - 1);
+                self.task_patches.len() - 1
+            }
+        };
         &mut self.task_patches[i]
     }
 
@@ -557,7 +561,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             return fx;
         }
         let mut queue: VecDeque<TaskId> = self.view.dependents(id).into();
-        let mut seen = HashSet::new();
+        let mut seen = IdSet::default();
         while let Some(d) = queue.pop_front() {
             if !seen.insert(d) {
                 continue;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanCounters, PlanId, RunId, Task, TaskId, TaskStatus};
+use hive_models::{IdMap, PlanCounters, PlanId, RunId, Task, TaskId, TaskStatus};
 
 /// The part of a task the rules read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +86,10 @@ pub trait View {
 /// The rows an SQL adapter loaded for a batch.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub tasks: HashMap<TaskId, TaskState>,
+    pub tasks: IdMap<TaskId, TaskState>,
     /// Dependents of the tasks a failure may cancel, in insertion order.
-    pub children: HashMap<TaskId, Vec<TaskId>>,
-    pub plans: HashMap<PlanId, PlanCounters>,
+    pub children: IdMap<TaskId, Vec<TaskId>>,
+    pub plans: IdMap<PlanId, PlanCounters>,
 }
 
 impl Loaded {
