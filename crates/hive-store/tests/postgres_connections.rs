@@ -987,3 +987,113 @@ async fn a_heartbeat_does_not_wait_for_a_run_another_transaction_holds() {
     })
     .await;
 }
+
+async fn deps(c: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM task_dependencies")
+        .fetch_one(c)
+        .await
+        .unwrap()
+}
+
+/// Migration 0013 checks dependency rows once per statement instead of by foreign keys:
+/// the guarantees must be the keys' own.
+#[tokio::test]
+async fn dependency_rows_name_tasks_that_exist_and_go_with_them() {
+    let Some(ts) =
+        fresh("postgres_connections::dependency_rows_name_tasks_that_exist_and_go_with_them").await
+    else {
+        return;
+    };
+    let url = ts.url.clone().expect("postgres test stores have a url");
+    ts.run(|s| async move {
+        use testing::fixtures::{node, plan};
+        let (plan_id, _) = s
+            .submit_plan(plan(vec![
+                node("a", &[]),
+                node("b", &["a"]),
+                node("c", &["b"]),
+                node("d", &["a"]),
+            ]))
+            .await
+            .unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut id = std::collections::HashMap::new();
+        for row in sqlx::query("SELECT plan_subtask_id, id FROM tasks WHERE plan_id = $1")
+            .bind(plan_id.0)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        {
+            id.insert(row.get::<String, _>(0), row.get::<uuid::Uuid, _>(1));
+        }
+        assert_eq!(deps(&mut conn).await, 3);
+
+        // A row naming a task that does not exist is refused, and writes nothing.
+        let ghost = uuid::Uuid::now_v7();
+        let err = sqlx::query(
+            "INSERT INTO task_dependencies (task_id, depends_on, position) \
+             VALUES ($1, $2, 1), ($1, $3, 2)",
+        )
+        .bind(id["c"])
+        .bind(id["a"])
+        .bind(ghost)
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
+        assert!(db.message().contains(&ghost.to_string()), "{db}");
+        assert_eq!(deps(&mut conn).await, 3);
+        let err = sqlx::query("UPDATE task_dependencies SET task_id = $1 WHERE task_id = $2")
+            .bind(ghost)
+            .bind(id["d"])
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.as_database_error().unwrap().code().as_deref(),
+            Some("23503")
+        );
+
+        // A task named by a row not yet committed cannot be deleted until it is.
+        let mut writer = sqlx::PgConnection::connect(&url).await.unwrap();
+        writer.execute("BEGIN").await.unwrap();
+        sqlx::query(
+            "INSERT INTO task_dependencies (task_id, depends_on, position) VALUES ($1, $2, 1)",
+        )
+        .bind(id["d"])
+        .bind(id["b"])
+        .execute(&mut writer)
+        .await
+        .unwrap();
+        conn.execute("SET lock_timeout = '200ms'").await.unwrap();
+        let err = sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id["b"])
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.as_database_error().unwrap().code().as_deref(),
+            Some("55P03")
+        );
+        writer.execute("COMMIT").await.unwrap();
+        assert_eq!(deps(&mut conn).await, 4);
+
+        // Deleting a task deletes the rows naming it, as the task and as the dependency.
+        // (The store refuses to delete a task others wait for; an operator's SQL does not.)
+        conn.execute("RESET lock_timeout").await.unwrap();
+        let gone = sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id["b"])
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(gone.rows_affected(), 1);
+        let left: Vec<(uuid::Uuid, uuid::Uuid)> =
+            sqlx::query_as("SELECT task_id, depends_on FROM task_dependencies")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(left, vec![(id["d"], id["a"])]);
+    })
+    .await;
+}
