@@ -15,6 +15,8 @@ LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     missing uuid;
 BEGIN
+    -- A lateral lookup by primary key per task named, whatever the statement's size (the
+    -- plan is cached for the session).
     SELECT named.id INTO missing
     FROM (SELECT task_id AS id FROM written UNION SELECT depends_on FROM written) named
     LEFT JOIN LATERAL (SELECT true AS found FROM tasks t WHERE t.id = named.id FOR KEY SHARE) k
@@ -39,8 +41,10 @@ CREATE TRIGGER task_dependencies_updated AFTER UPDATE ON task_dependencies
 CREATE FUNCTION tasks_deleted_drop_dependencies() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
-    DELETE FROM task_dependencies d USING removed r WHERE d.task_id = r.id;
-    DELETE FROM task_dependencies d USING removed r WHERE d.depends_on = r.id;
+    -- By index whatever the number deleted: the plan is cached for the session, and a join
+    -- planned for a prune's thousands would scan the whole table for one task's delete.
+    DELETE FROM task_dependencies WHERE task_id = ANY (ARRAY(SELECT id FROM removed));
+    DELETE FROM task_dependencies WHERE depends_on = ANY (ARRAY(SELECT id FROM removed));
     RETURN NULL;
 END
 $$;
