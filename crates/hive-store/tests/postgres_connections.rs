@@ -1081,18 +1081,27 @@ async fn dependency_rows_name_tasks_that_exist_and_go_with_them() {
 
         // Deleting a task deletes the rows naming it, as the task and as the dependency.
         // (The store refuses to delete a task others wait for; an operator's SQL does not.)
+        // From a session whose search_path names another schema: the triggers find their own.
         conn.execute("RESET lock_timeout").await.unwrap();
-        let gone = sqlx::query("DELETE FROM tasks WHERE id = $1")
-            .bind(id["b"])
-            .execute(&mut conn)
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&mut conn)
             .await
             .unwrap();
+        conn.execute("SET search_path = pg_catalog").await.unwrap();
+        let gone = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM \"{schema}\".tasks WHERE id = $1"
+        )))
+        .bind(id["b"])
+        .execute(&mut conn)
+        .await
+        .unwrap();
         assert_eq!(gone.rows_affected(), 1);
-        let left: Vec<(uuid::Uuid, uuid::Uuid)> =
-            sqlx::query_as("SELECT task_id, depends_on FROM task_dependencies")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let left: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT task_id, depends_on FROM \"{schema}\".task_dependencies"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
         assert_eq!(left, vec![(id["d"], id["a"])]);
     })
     .await;

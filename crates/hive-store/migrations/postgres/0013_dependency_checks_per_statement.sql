@@ -4,14 +4,14 @@
 -- statement over every row it wrote: each task a row names must exist, and is locked as a
 -- foreign key locks it (KEY SHARE) so that it cannot be deleted before the row commits;
 -- deleting tasks deletes the rows that name them, as ON DELETE CASCADE did. Task ids never
--- change, so no update of `tasks.id` is guarded. The functions keep the search_path they
--- were created with, so they find this schema's tables from any session.
+-- change, so no update of `tasks.id` is guarded. The functions name this schema as their
+-- search_path (below), so they find its tables from any session.
 
 ALTER TABLE task_dependencies DROP CONSTRAINT task_dependencies_task_id_fkey;
 ALTER TABLE task_dependencies DROP CONSTRAINT task_dependencies_depends_on_fkey;
 
 CREATE FUNCTION task_dependencies_name_tasks() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     missing uuid;
 BEGIN
@@ -39,7 +39,7 @@ CREATE TRIGGER task_dependencies_updated AFTER UPDATE ON task_dependencies
     EXECUTE FUNCTION task_dependencies_name_tasks();
 
 CREATE FUNCTION tasks_deleted_drop_dependencies() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     -- By index whatever the number deleted: the plan is cached for the session, and a join
     -- planned for a prune's thousands would scan the whole table for one task's delete.
@@ -52,3 +52,14 @@ $$;
 CREATE TRIGGER tasks_deleted AFTER DELETE ON tasks
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT
     EXECUTE FUNCTION tasks_deleted_drop_dependencies();
+
+-- The schema the tables were just created in, then only `pg_temp` (last, so a session's
+-- temporary tables cannot stand in for these).
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION task_dependencies_name_tasks() SET search_path = %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION tasks_deleted_drop_dependencies() SET search_path = %I, pg_temp',
+                   current_schema());
+END
+$$;
