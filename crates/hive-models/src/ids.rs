@@ -8,9 +8,10 @@ use uuid::Uuid;
 
 use crate::Error;
 
-/// A map keyed by ids Hive made itself (tasks, runs, plans, workers' handler calls):
-/// nothing calls for SipHash's resistance to chosen keys there, and a task's claim and
-/// finish look up a dozen of them. Maps keyed by what callers name keep SipHash.
+/// A map keyed by ids Hive (or its async runtime) made itself: tasks, runs, plans, the
+/// worker's handler calls. Nothing calls for SipHash's resistance to chosen keys there,
+/// and a task's claim and finish look up a dozen of them (SipHash was a tenth of a memory
+/// drain's instructions). Maps keyed by what callers name keep SipHash.
 pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 /// The set of [`IdMap`].
 pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

@@ -1103,6 +1103,20 @@ async fn dependency_rows_name_tasks_that_exist_and_go_with_them() {
         .await
         .unwrap();
         assert_eq!(left, vec![(id["d"], id["a"])]);
+
+        // Emptying the tasks empties the dependency rows, as the keys' cascade did.
+        conn.execute(AssertSqlSafe(format!(
+            "TRUNCATE \"{schema}\".tasks CASCADE"
+        )))
+        .await
+        .unwrap();
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{schema}\".task_dependencies"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(n, 0);
     })
     .await;
 }

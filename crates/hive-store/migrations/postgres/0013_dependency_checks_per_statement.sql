@@ -53,6 +53,18 @@ CREATE TRIGGER tasks_deleted AFTER DELETE ON tasks
     REFERENCING OLD TABLE AS removed FOR EACH STATEMENT
     EXECUTE FUNCTION tasks_deleted_drop_dependencies();
 
+-- `TRUNCATE tasks CASCADE` emptied the dependency rows through the keys; now this does.
+CREATE FUNCTION tasks_truncated_drop_dependencies() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE task_dependencies;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tasks_truncated AFTER TRUNCATE ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_truncated_drop_dependencies();
+
 -- The schema the tables were just created in, then only `pg_temp` (last, so a session's
 -- temporary tables cannot stand in for these).
 DO $$
@@ -60,6 +72,8 @@ BEGIN
     EXECUTE format('ALTER FUNCTION task_dependencies_name_tasks() SET search_path = %I, pg_temp',
                    current_schema());
     EXECUTE format('ALTER FUNCTION tasks_deleted_drop_dependencies() SET search_path = %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION tasks_truncated_drop_dependencies() SET search_path = %I, pg_temp',
                    current_schema());
 END
 $$;
