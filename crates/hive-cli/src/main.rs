@@ -107,13 +107,12 @@ impl Context {
     }
 
     pub async fn client_with(&self, schema: SchemaPolicy) -> anyhow::Result<hive_client::Client> {
-        let options = ConnectOptions {
-            schema,
-            ..Default::default()
-        };
-        let client =
-            hive_client::Client::connect_with(&self.database_url, &options, Default::default())
-                .await?;
+        let client = hive_client::Client::connect_with(
+            &self.database_url,
+            &connect_options(schema),
+            Default::default(),
+        )
+        .await?;
         self.close_at_exit(&client);
         Ok(client)
     }
@@ -126,10 +125,7 @@ impl Context {
         &self,
         stop: &mut signals::Interrupts,
     ) -> anyhow::Result<Option<hive_client::Client>> {
-        let options = ConnectOptions {
-            schema: SchemaPolicy::Existing,
-            ..Default::default()
-        };
+        let options = connect_options(SchemaPolicy::Existing);
         let retry = hive_client::ConnectRetry::default();
         let connect = retry.connect_with(&self.database_url, &options, Default::default());
         let client = tokio::select! {
@@ -156,6 +152,14 @@ impl Context {
         for client in clients {
             client.close().await;
         }
+    }
+}
+
+/// How every command connects: the defaults, with its schema policy.
+fn connect_options(schema: SchemaPolicy) -> ConnectOptions {
+    ConnectOptions {
+        schema,
+        ..Default::default()
     }
 }
 
