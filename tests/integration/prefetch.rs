@@ -1,7 +1,7 @@
 //! Prefetch: while handlers are quick a worker holds claims beyond its free handlers, never
-//! more than concurrency + prefetch nor more than its handlers finish in 50 ms, and never
-//! runs more handlers than its concurrency; while they are slow it holds no more than it
-//! runs. Claims waiting in the buffer are
+//! more than concurrency + prefetch nor more than its handlers finish in 50 ms plus an
+//! average commit, and never runs more handlers than its concurrency; while they are slow
+//! it holds no more than it runs. Claims waiting in the buffer are
 //! released unstarted at shutdown, and one cancelled while it waits never starts. A
 //! buffered run's recorded start is its handler's, not its claim's.
 
@@ -106,18 +106,20 @@ async fn quick_handlers_fill_a_bounded_buffer(c: Client) {
 }
 
 async fn the_buffer_follows_the_handlers_pace(c: Client) {
-    // Handlers of 20 ms or more finish at most 2 × 2 claims in 50 ms: a prefetch of 100
-    // is a cap, not a target.
+    // Handlers of 20 ms or more finish at most 2 × 2 claims in 50 ms, and 2 × 7 more in
+    // a commit of up to 150 ms (a busy test machine's): a prefetch of 100 is a cap, not a
+    // target.
     let held = drain_sampled(&c, 60, 20, 100).await;
     assert!(
-        held <= 6,
-        "{held} held: more than 2 running + the 4 that 20 ms handlers finish in 50 ms"
+        held <= 20,
+        "{held} held: more than 2 running + what 20 ms handlers finish in 50 ms and a commit"
     );
 }
 
 async fn slow_handlers_hold_only_what_they_run(c: Client) {
-    let held = drain_sampled(&c, 10, 80, 4).await;
-    assert!(held <= 2, "{held} held while handlers take 80 ms");
+    // Slower than 50 ms and any commit shorter than 250 ms together: no buffer.
+    let held = drain_sampled(&c, 8, 300, 4).await;
+    assert!(held <= 2, "{held} held while handlers take 300 ms");
 }
 
 async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start(c: Client) {

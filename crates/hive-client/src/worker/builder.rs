@@ -159,9 +159,11 @@ impl WorkerBuilder {
     /// [`DEFAULT_PREFETCH`]; 0 turns it off). They wait in a local buffer, their leases
     /// kept alive by the heartbeat, and start in claim order as handlers free up, so each
     /// commit carries more outcomes. How many it holds follows the handlers' average
-    /// duration: as many as they finish in 50 ms, in whole rounds of the concurrency (16
-    /// for 8 handlers of 20 ms; none for handlers slower than 50 ms, or until enough have
-    /// run to tell), so a buffered task waits about 50 ms at most. A claim under a flow
+    /// duration: as many as they finish in 50 ms plus an average commit (a run keeps its
+    /// slot until its outcome is committed), in whole rounds of the concurrency (16 for 8
+    /// handlers of 20 ms and commits of 5 ms; none for handlers slower than 50 ms plus a
+    /// commit, or until enough have run to tell), so a buffered task waits about 50 ms at
+    /// most. A claim under a flow
     /// rule (a limited type, or a concurrency key) counts against its limit from its claim,
     /// so it goes ahead of buffered claims under none that have waited less than 200 ms.
     pub fn prefetch(mut self, n: u32) -> Self {

@@ -211,6 +211,7 @@ impl Completer {
         loop {
             let want = if *self.stop.borrow() { 0 } else { slots };
             let recording = self.held.changing().await;
+            let began = Instant::now();
             let committed = self
                 .client
                 .finish_and_claim(
@@ -222,6 +223,7 @@ impl Completer {
                 )
                 .await;
             if let Ok((_, claims)) = &committed {
+                self.slots.record_commit(began.elapsed());
                 self.held.finished(outcomes.iter().map(|o| o.run_id));
                 self.held.claimed(claims);
             }

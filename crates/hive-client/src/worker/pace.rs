@@ -1,5 +1,5 @@
-//! How long this worker's handlers take: what decides how many claims it may hold beyond
-//! its free slots (see [`super::slots::Slots`]).
+//! How long this worker's handlers and commits take: what decides how many claims it may
+//! hold beyond its free slots (see [`super::slots::Slots`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,8 +10,13 @@ use std::time::Duration;
 /// none, so a buffered task is never held back long from a worker that could run it now.
 pub(super) const BUFFER_WAIT: Duration = Duration::from_millis(50);
 
-/// A moving average of handler durations, shared by the handlers that record it and the
-/// slots that read it.
+/// The most of a commit's time the buffer is sized for: a commit slower than this is a
+/// stall (a restart, a full disk being retried), not the distance to the database, and
+/// should not leave the worker holding a deep buffer once commits are quick again.
+const COMMIT_AT_MOST: Duration = Duration::from_secs(1);
+
+/// Moving averages of handler durations and of commit durations, shared by the handlers
+/// and the completer that record them and the slots that read them.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Pace(Arc<Mutex<Inner>>);
 
@@ -24,6 +29,21 @@ struct Inner {
     /// Exponentially weighted, in microseconds.
     average_us: u64,
     samples: u64,
+    /// The completer's commits, the same way.
+    commit_us: u64,
+    commits: u64,
+}
+
+/// Adds `took` to an exponentially weighted average over `samples` samples so far.
+fn weigh(average_us: &mut u64, samples: &mut u64, took: Duration) {
+    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    *average_us = if *samples == 0 {
+        us
+    } else {
+        // A weight of 1/8: a few slow calls turn a quick worker slow quickly.
+        *average_us - *average_us / 8 + us / 8
+    };
+    *samples = samples.saturating_add(1);
 }
 
 impl Pace {
@@ -33,15 +53,19 @@ impl Pace {
 
     /// Records one handler call's duration.
     pub(super) fn record(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let mut inner = self.inner();
-        inner.average_us = if inner.samples == 0 {
-            us
-        } else {
-            // A weight of 1/8: a few slow calls turn a quick worker slow quickly.
-            inner.average_us - inner.average_us / 8 + us / 8
-        };
-        inner.samples = inner.samples.saturating_add(1);
+        let inner = &mut *self.inner();
+        weigh(&mut inner.average_us, &mut inner.samples, took);
+    }
+
+    /// Records one commit of outcomes (and the claims made with it): the time the runs it
+    /// carried held their slots after their handlers returned.
+    pub(super) fn record_commit(&self, took: Duration) {
+        let inner = &mut *self.inner();
+        weigh(
+            &mut inner.commit_us,
+            &mut inner.commits,
+            took.min(COMMIT_AT_MOST),
+        );
     }
 
     /// The average handler call, once at least `enough` calls have been timed.
@@ -50,16 +74,20 @@ impl Pace {
         (inner.samples >= enough).then(|| Duration::from_micros(inner.average_us))
     }
 
-    /// How many claims may wait for one of `handlers` handlers: as many as they finish
-    /// in [`BUFFER_WAIT`] at their average pace, in whole rounds of `handlers`. None until
-    /// at least `enough` calls have been timed, so a new worker claims only what it can
-    /// start at once.
+    /// How many slots beyond `handlers` the worker may hold: as many claims as the
+    /// handlers finish in [`BUFFER_WAIT`] at their average pace, plus as many as they
+    /// finish during an average commit — a run keeps its slot until its outcome is
+    /// committed, so far from the database (a commit of five round trips at 20 ms is
+    /// 100 ms) the slots of outcomes being committed would otherwise eat the buffer and
+    /// leave handlers waiting for the commit that refills them. In whole rounds of
+    /// `handlers`. None until at least `enough` calls have been timed, so a new worker
+    /// claims only what it can start at once.
     pub(super) fn buffer(&self, handlers: u64, enough: u64) -> u64 {
         let Some(average) = self.average(enough) else {
             return 0;
         };
         let average_us = (average.as_micros() as u64).max(1);
-        let wait_us = BUFFER_WAIT.as_micros() as u64;
+        let wait_us = BUFFER_WAIT.as_micros() as u64 + self.inner().commit_us;
         handlers.saturating_mul(wait_us / average_us)
     }
 }
@@ -86,6 +114,36 @@ mod tests {
             instant.buffer(2, 1),
             100_000,
             "a zero average counts as 1 µs"
+        );
+    }
+
+    #[test]
+    fn slots_of_outcomes_being_committed_come_on_top_of_the_buffer() {
+        let pace = Pace::default();
+        for _ in 0..2 {
+            pace.record(Duration::from_millis(10));
+        }
+        pace.record_commit(Duration::from_millis(100));
+        assert_eq!(
+            pace.buffer(4, 2),
+            60,
+            "4 handlers × ((50 ms + 100 ms) ÷ 10 ms)"
+        );
+        for _ in 0..40 {
+            pace.record_commit(Duration::from_millis(2));
+        }
+        assert_eq!(
+            pace.buffer(4, 2),
+            20,
+            "quick commits again: (50 + 2) ÷ 10 rounds"
+        );
+        let stalled = Pace::default();
+        stalled.record(Duration::from_millis(100));
+        stalled.record_commit(Duration::from_secs(30));
+        assert_eq!(
+            stalled.buffer(1, 1),
+            10,
+            "a stall counts as a 1 s commit: (50 ms + 1 s) ÷ 100 ms"
         );
     }
 }

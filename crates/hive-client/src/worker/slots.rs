@@ -42,8 +42,8 @@ const IDLE_EXPLAIN_AFTER: Duration = Duration::from_secs(5);
 /// it runs handlers: claims beyond the free handlers wait in a small local buffer, whose
 /// leases the heartbeat keeps alive like any other, and start as handlers free up. Each
 /// commit then carries more outcomes. The extra slots follow the handlers' pace: as many
-/// as they finish in [`super::pace::BUFFER_WAIT`], so none while handlers are that slow;
-/// slots no longer lent are taken back as they come home.
+/// as they finish in [`super::pace::BUFFER_WAIT`] plus an average commit, so none while
+/// handlers are that slow; slots no longer lent are taken back as they come home.
 ///
 /// Shared by the claim loop and the completer; every take and give-back goes through
 /// here, so the two cannot disagree on what a slot is.
@@ -103,6 +103,12 @@ impl Slots {
             extra.owed += fewer - retired;
         }
         extra.lent = allowed;
+    }
+
+    /// Records how long a commit of outcomes took: their slots were held meanwhile (see
+    /// [`Pace::buffer`]).
+    pub(super) fn record_commit(&self, took: Duration) {
+        self.pace.record_commit(took);
     }
 
     /// Handler calls running at once.

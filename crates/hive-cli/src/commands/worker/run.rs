@@ -31,8 +31,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
     /// The most claims held beyond free handlers, started as handlers free up; how many
-    /// follows the handlers' pace: as many as they finish in 50 ms, none for handlers
-    /// slower than that (default 256; 0 turns it off).
+    /// follows the handlers' pace: as many as they finish in 50 ms plus an average commit,
+    /// none for handlers slower than that (default 256; 0 turns it off).
     #[arg(long, value_name = "N")]
     prefetch: Option<u32>,
     /// Each claimed task's lease; heartbeats renew it (default 10: a killed worker's
