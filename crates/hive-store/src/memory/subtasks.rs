@@ -75,7 +75,7 @@ impl State {
 
     /// Adds what the running task `spawner` spawned to its plan (see [`hive_models::grow`]),
     /// before its completion is applied; returns how many tasks it created. A finished plan
-    /// takes nothing more.
+    /// refuses the spawn.
     pub fn grow_plan(
         &mut self,
         spawner: TaskId,
@@ -94,9 +94,7 @@ impl State {
         let Some(plan) = self.plans.get(&plan_id) else {
             return Ok(0);
         };
-        if plan.status.is_terminal() {
-            return Ok(0);
-        }
+        crate::rules::growth::open_to_spawns(plan_id, plan.status)?;
         let growth = hive_models::grow(&plan.subtasks, &subtask, spawn.to_vec(), usize::MAX)?;
         let parent = plan.parent_task_id;
         let mut ids: HashMap<String, TaskId> = self

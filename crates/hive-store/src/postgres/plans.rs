@@ -421,7 +421,7 @@ pub(super) async fn specs(
 
 /// Adds what the running task `spawner` spawned to its plan (see
 /// [`crate::rules::growth`]), in the transaction that then finishes it. `Ok(Err(_))`: the
-/// plan cannot take the spawn, and nothing was written. A finished plan takes nothing.
+/// plan cannot take the spawn (a finished plan takes none), and nothing was written.
 pub(super) async fn grow(
     conn: &mut PgConnection,
     notifier: &crate::Notifier,
@@ -447,8 +447,9 @@ pub(super) async fn grow(
             reason: format!("task {spawner} belongs to no plan"),
         }));
     };
-    if rows::plan_status(&row, "plan_status")?.is_terminal() {
-        return Ok(Ok(()));
+    let status = rows::plan_status(&row, "plan_status")?;
+    if let Err(e) = crate::rules::growth::open_to_spawns(plan, status) {
+        return Ok(Err(e));
     }
     let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", T)?.map(TaskId);
     let existing = specs(&mut *conn, &[plan])

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use hive_models::{Growth, SubTask, TaskId};
+use hive_models::{Growth, PlanId, PlanStatus, SubTask, TaskId};
 
 use crate::{Outcome, RunOutcome};
 
@@ -19,6 +19,28 @@ pub fn spawning(outcomes: &[RunOutcome]) -> impl Iterator<Item = (usize, &[SubTa
             Outcome::Success { spawn, .. } if !spawn.is_empty() => Some((i, spawn.as_slice())),
             _ => None,
         })
+}
+
+/// Whether plan `plan`, in `status`, takes a spawn: only while it runs. A finished plan
+/// refuses it, which fails the spawner for good (see [`refuse`]) and so cancels what
+/// depends on it: a join after the spawner never runs without the fan-out. A failed
+/// plan's `retry` runs the spawner again, and its spawn is taken then.
+pub fn open_to_spawns(plan: PlanId, status: PlanStatus) -> Result<(), hive_models::Error> {
+    if status.is_terminal() {
+        return Err(hive_models::Error::InvalidField {
+            field: "spawn".into(),
+            reason: format!(
+                "plan {plan} is {} and takes no more subtasks{}",
+                status.as_str(),
+                if status == PlanStatus::Failed {
+                    " (`hive plan retry` runs this subtask again)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Replaces the outcome at `index` with a permanent failure saying why its spawn was

@@ -398,8 +398,8 @@ pub(super) async fn prune(c: &mut Conn, p: &crate::PlanPruneParams) -> R<crate::
 
 /// Adds what the running task `spawner` spawned to its plan (see
 /// [`crate::rules::growth`]), in the transaction that then finishes it; returns how many
-/// tasks it created. `Ok(Err(_))`: the plan cannot take the spawn, and nothing was written.
-/// A finished plan takes nothing.
+/// tasks it created. `Ok(Err(_))`: the plan cannot take the spawn (a finished plan takes
+/// none), and nothing was written.
 pub(super) async fn grow(
     c: &mut Conn,
     spawner: TaskId,
@@ -424,8 +424,8 @@ pub(super) async fn grow(
         }));
     };
     let status: PlanStatus = cols.parse("plan_status")?;
-    if status.is_terminal() {
-        return Ok(Ok(0));
+    if let Err(e) = crate::rules::growth::open_to_spawns(plan, status) {
+        return Ok(Err(e));
     }
     let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
     let existing = specs(c, &[plan]).await?.remove(&plan).unwrap_or_default();

@@ -147,6 +147,80 @@ pub async fn a_spawn_the_plan_cannot_take_adds_nothing(s: S) {
     assert_eq!(all.len(), 2, "nothing half-added");
 }
 
+/// A subtask that finishes after its plan failed: its spawn is refused, naming why, so it
+/// fails and what depends on it is cancelled — a join after it never runs without the
+/// fan-out it spawns. The plan's retry runs it again, and then the spawn is taken.
+pub async fn a_failed_plan_refuses_a_spawn_until_it_is_retried(s: S) {
+    let (pid, ids) = materialized(
+        &s,
+        vec![
+            node("bad", &[]),
+            node("split", &[]),
+            node("report", &["split"]),
+        ],
+    )
+    .await;
+    let claims = claim_all(&s).await;
+    assert_eq!(claims.len(), 2);
+    let run_of = |name: &str| {
+        claims
+            .iter()
+            .find(|c| subtask_of(c) == name)
+            .unwrap()
+            .run
+            .id
+    };
+    s.finish_runs(&[super::fixtures::failure(run_of("bad"), None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_plan(pid).await.unwrap().unwrap().status,
+        PlanStatus::Failed
+    );
+    let spawn = vec![node("sum-1", &["split"])];
+    s.finish_runs(&[done(run_of("split"), None, spawn.clone())])
+        .await
+        .unwrap();
+    let split = s.get_task(ids["split"]).await.unwrap().unwrap();
+    assert_eq!(split.status, TaskStatus::Failed, "refused, not dropped");
+    let why = split.last_error.unwrap();
+    assert!(why.contains("failed and takes no more subtasks"), "{why}");
+    let report = s.get_task(ids["report"]).await.unwrap().unwrap();
+    assert_eq!(
+        report.status,
+        TaskStatus::Cancelled,
+        "never runs without the fan-out"
+    );
+    assert_eq!(s.get_plan(pid).await.unwrap().unwrap().total_subtasks, 3);
+    assert_eq!(
+        s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap().len(),
+        3
+    );
+
+    s.retry_plan(pid).await.unwrap().unwrap();
+    let again = claim_all(&s).await;
+    let mut outcomes = Vec::new();
+    for c in &again {
+        let spawned = if subtask_of(c) == "split" {
+            spawn.clone()
+        } else {
+            vec![]
+        };
+        outcomes.push(done(c.run.id, None, spawned));
+    }
+    s.finish_runs(&outcomes).await.unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.total_subtasks), (PlanStatus::InProgress, 4));
+    let next = claim_all(&s).await;
+    assert_eq!(next.iter().map(subtask_of).collect::<Vec<_>>(), ["sum-1"]);
+    s.finish_runs(&[success(next[0].run.id)]).await.unwrap();
+    let last = claim_all(&s).await;
+    assert_eq!(last.iter().map(subtask_of).collect::<Vec<_>>(), ["report"]);
+    s.finish_runs(&[success(last[0].run.id)]).await.unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 4));
+}
+
 /// A plan's last open subtask spawns: the plan counts what it spawned before it decides
 /// whether it is done (a count read before the spawn would complete it at once).
 pub async fn a_last_subtask_that_spawns_keeps_its_plan_running(s: S) {
