@@ -131,20 +131,23 @@ echo '{"chunks": 3}'
  ]}"#,
     );
     let plan_id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    // A plan of one subtask `id` whose command leaves `spawned` as its spawn file.
+    let spawner = |id: &str, spawned: &str| {
+        let command = format!("echo '{spawned}' > \"$HIVE_SPAWN\"");
+        let plan = serde_json::json!({"title": id, "subtasks": [
+            {"id": id, "title": id, "task_type": "shell", "payload": {"command": command}}]});
+        let file = db.write(&format!("{id}.json"), &plan.to_string());
+        db.ok(&["plan", "submit", &file]).trim().to_owned()
+    };
     // A spawn file that is not subtasks fails its task for good and adds nothing.
-    let bad = db.write(
-        "bad.json",
-        r#"{"title": "bad spawn", "subtasks": [
-   {"id": "bad", "title": "Bad", "task_type": "shell",
-    "payload": {"command": "echo '{\"id\": \"x\"}' > \"$HIVE_SPAWN\""}}
- ]}"#,
-    );
-    let bad_id = db.ok(&["plan", "submit", &bad]).trim().to_owned();
+    let bad_id = spawner("bad", r#"{"id": "x"}"#);
+    // So does a spawn the plan refuses as it commits the success: a duplicate id.
+    let dup_id = spawner("dup", r#"{"id": "dup", "title": "D", "task_type": "noop"}"#);
     // So does one written by a task of no plan.
     let lone = db.ok(&create_shell(
         r#"{"command": "echo '{\"id\": \"x\", \"title\": \"X\", \"task_type\": \"noop\"}' > \"$HIVE_SPAWN\""}"#,
     ));
-    db.work_until_idle(&[]);
+    let worker_log = db.work_until_idle_logged(&[]);
 
     let results = db.json(&["plan", "results", &plan_id]);
     assert_eq!(results["status"], "completed", "{results}");
@@ -185,6 +188,15 @@ echo '{"chunks": 3}'
             .as_str()
             .is_some_and(|e| e.contains("belongs to no plan")),
         "{lone}"
+    );
+    // The store refused it as it committed the handler's success: logged all the same.
+    let dup = db.json(&["plan", "results", &dup_id]);
+    assert_eq!(dup["status"], "failed", "{dup}");
+    let task = dup["subtasks"][0]["task_id"].as_str().unwrap();
+    let logged = format!("task {task} failed as its outcome was committed: cannot spawn");
+    assert!(
+        worker_log.lines().any(|l| l.contains(&logged)),
+        "{worker_log}"
     );
 }
 
@@ -627,7 +639,7 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
         db.ok(&args).trim().to_owned()
     };
     let (logs, over, unread) = (id(logs), id(over), id(unread));
-    db.work_until_idle(&[]);
+    let worker_log = db.work_until_idle_logged(&[]);
 
     let task = db.json(&["task", "get", &logs]);
     assert_eq!(task["status"], "completed", "{task}");
@@ -651,6 +663,13 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
             "the output of task {over} is 1100008 bytes, over the limit"
         )),
         "{error}"
+    );
+    // Decided after the handler returned normally: logged all the same.
+    assert!(
+        worker_log.contains(&format!(
+            "task {over} failed: the output of task {over} is 1100008 bytes"
+        )),
+        "{worker_log}"
     );
 
     let task = db.json(&["task", "get", &unread]);

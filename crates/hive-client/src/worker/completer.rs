@@ -186,6 +186,7 @@ impl Completer {
                     "committed a batch"
                 );
                 self.counters.add_finished(&reports);
+                self.log_refused(batch, &reports).await;
                 self.slots.give_back(slots - claims.len());
                 // Sent even when empty: the claim loop checks for idleness after commits.
                 let _ = self.claimed.send(claims);
@@ -197,6 +198,31 @@ impl Completer {
         self.slots.give_back(slots);
         let _ = self.claimed.send(Vec::new());
         outcome
+    }
+
+    /// Logs each success the store turned into a failure as it committed it (an output over
+    /// its size limit, a spawn the plan cannot take), with the task's error: the handler
+    /// returned normally, so nothing else says why its task failed. Rare, so the error is
+    /// read back rather than carried on every report.
+    async fn log_refused(&self, batch: &[RunOutcome], reports: &[FinishReport]) {
+        for (o, r) in batch.iter().zip(reports) {
+            let refused = matches!(o.outcome, Outcome::Success { .. })
+                && matches!(r.finished, hive_ops::store::Finished::Failed);
+            let Some(task) = r.task_id.filter(|_| refused) else {
+                continue;
+            };
+            let error = match self.client.get_task(task).await {
+                Ok(Some(t)) => t.last_error.unwrap_or_default(),
+                Ok(None) => "the task is gone".into(),
+                Err(e) => format!("its error could not be read: {e}"),
+            };
+            tracing::warn!(
+                worker = %self.spec.worker,
+                task = %task,
+                run = %o.run_id,
+                "task {task} failed as its outcome was committed: {error}"
+            );
+        }
     }
 
     /// Commits `outcomes` and claims up to `slots` tasks (none once shutting down),

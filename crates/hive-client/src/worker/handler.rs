@@ -401,11 +401,15 @@ pub(super) async fn run_one(
                 .and_then(|r| hive_models::check_output_size(&owner, r, max_output).err());
             let spawn = std::mem::take(&mut *spawned.lock().unwrap_or_else(|e| e.into_inner()));
             let outcome = match too_large {
-                // Retrying would produce the same output.
-                Some(e) => Outcome::Failure {
-                    error: e.to_string(),
-                    retry: None,
-                },
+                // Retrying would produce the same output. The handler returned normally,
+                // so nothing else would say why its task failed.
+                Some(e) => {
+                    tracing::warn!(task = %task_id, run = %run_id, "task {task_id} failed: {e}");
+                    Outcome::Failure {
+                        error: e.to_string(),
+                        retry: None,
+                    }
+                }
                 None => Outcome::Success {
                     result: out.result,
                     spawn,
