@@ -681,6 +681,37 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
     );
 }
 
+/// `hive plan cancel` of a failed plan cancels what is still open in it (what did not
+/// depend on the failure) and says the plan stays failed; with nothing open, it refuses.
+#[test]
+fn a_failed_plans_open_subtasks_are_cancelled_by_plan_cancel() {
+    let db = Db::new();
+    let file = db.write(
+        "two.json",
+        r#"{"title": "two", "subtasks": [{"id": "bad", "title": "bad", "task_type": "x"},
+            {"id": "other", "title": "other", "task_type": "x"}]}"#,
+    );
+    let plan = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    let status = |db: &Db| db.json(&["plan", "status", &plan]);
+    let subtasks = status(&db)["subtasks"].clone();
+    let task_of = |name: &str| {
+        let s = subtasks.as_array().unwrap().iter();
+        let mut s = s.filter(|s| s["subtask_id"] == name);
+        s.next().unwrap()["task_id"].as_str().unwrap().to_owned()
+    };
+    db.ok(&["task", "update", &task_of("bad"), "failed"]);
+    assert_eq!(status(&db)["plan"]["status"], "failed");
+    assert_eq!(
+        db.ok(&["plan", "cancel", &plan]).trim(),
+        format!("plan {plan} stays failed; its subtasks still open are cancelled")
+    );
+    let other = db.json(&["task", "get", &task_of("other")]);
+    assert_eq!(other["status"], "cancelled", "{other}");
+    assert_eq!(status(&db)["plan"]["status"], "failed");
+    let (ok, _, err) = db.run(&["plan", "cancel", &plan]);
+    assert!(!ok && err.contains("is already failed"), "{err}");
+}
+
 #[test]
 fn a_failed_plan_retried_runs_only_what_did_not_complete() {
     let db = Db::new();

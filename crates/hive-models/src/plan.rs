@@ -25,6 +25,13 @@ impl PlanStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
+    /// Whether cancelling a plan in this status cancels anything: a running plan, and a
+    /// failed one, whose subtasks that do not depend on the failure go on (the plan stays
+    /// failed; its open subtasks are cancelled).
+    pub const fn may_cancel(self) -> bool {
+        !matches!(self, Self::Completed | Self::Cancelled)
+    }
+
     /// Whether a plan in this status can be retried: only a failed or a cancelled one.
     pub fn check_retry(self) -> crate::Result<()> {
         let why = match self {

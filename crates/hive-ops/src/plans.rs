@@ -278,19 +278,18 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// Cancels a plan and its open subtasks (workers holding them get stale-run errors).
-    /// False for an unknown or already finished plan.
+    /// A failed plan stays failed, and its open subtasks (those that did not depend on the
+    /// failure) are cancelled. False for an unknown, completed or cancelled plan, and for a
+    /// failed one with nothing open.
     pub async fn cancel_plan(&self, plan_id: PlanId) -> Result<bool> {
-        // The store cancels only a non-terminal plan; reading first tells "already
+        // The store cancels only a plan that may be; reading first tells "already
         // finished" apart from "cancelled now" for the caller. Its header is enough.
-        match self.store.get_plan_header(plan_id).await? {
-            Some(p) if !p.status.is_terminal() => {}
+        let failed = match self.store.get_plan_header(plan_id).await? {
+            Some(p) if p.status.may_cancel() => p.status == PlanStatus::Failed,
             _ => return Ok(false),
-        }
+        };
         let cancelled = self.store.cancel_plan(plan_id).await?;
         self.plans_changed([plan_id]);
-        if cancelled.is_none() {
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(cancelled.is_some_and(|c| !failed || !c.is_empty()))
     }
 }

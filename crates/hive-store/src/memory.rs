@@ -659,7 +659,7 @@ impl Store for MemoryStore {
             let Some(plan) = s.plans.get(&id) else {
                 return Ok(None);
             };
-            if plan.status.is_terminal() {
+            if !plan.status.may_cancel() {
                 return Ok(Some(Vec::new()));
             }
             let open = s.plan_tasks.get(&id).cloned().unwrap_or_default();

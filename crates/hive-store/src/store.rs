@@ -303,9 +303,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Compare-and-set of a plan's status: true when it was `from` and is now `to`.
     async fn transition_plan(&self, id: PlanId, from: PlanStatus, to: PlanStatus) -> Result<bool>;
 
-    /// Cancels a non-terminal plan and all its non-terminal tasks (closing their runs).
-    /// Returns the cancelled task ids; `None` for an unknown plan; `Some(empty)` when the
-    /// plan was already terminal.
+    /// Cancels a non-terminal plan and all its non-terminal tasks (closing their runs); a
+    /// failed plan's non-terminal tasks are cancelled and it stays failed
+    /// ([`hive_models::PlanStatus::may_cancel`]). Returns the cancelled task ids; `None` for
+    /// an unknown plan; `Some(empty)` when the plan was completed or cancelled already.
     async fn cancel_plan(&self, id: PlanId) -> Result<Option<Vec<TaskId>>>;
 
     /// Gives a failed or cancelled plan another go, in one transaction, by the rules

@@ -41,7 +41,7 @@ pub enum PlanCommand {
     /// Wait until a plan is finished, then say how it ended: exit 0 if it completed, 1 if
     /// it failed or was cancelled, 124 if --timeout ran out first.
     Wait(super::wait::WaitArgs),
-    /// Cancel a plan and its open subtasks.
+    /// Cancel a plan and its open subtasks (a failed plan's open subtasks: it stays failed).
     Cancel {
         /// The plan's id.
         id: String,
@@ -180,10 +180,17 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             if !client.cancel_plan(id).await? {
                 anyhow::bail!("plan `{id}` is already {}", plan.status);
             }
+            let after = found(client.plan_progress(id).await?, id)?;
+            let said = match after.status {
+                hive_client::PlanStatus::Failed => {
+                    format!("plan {id} stays failed; its subtasks still open are cancelled")
+                }
+                _ => format!("plan {id} cancelled"),
+            };
             output::report(
                 ctx.json,
-                &serde_json::json!({ "id": id, "status": hive_client::PlanStatus::Cancelled }),
-                format_args!("plan {id} cancelled"),
+                &serde_json::json!({ "id": id, "status": after.status }),
+                format_args!("{said}"),
             )?;
         }
         PlanCommand::Prune {

@@ -230,12 +230,9 @@ impl PostgresStore {
     /// Cancels a plan and its open tasks by the rules.
     pub(super) async fn cancel_plan_once(&self, id: PlanId) -> R<Option<Vec<TaskId>>> {
         let cancelled = self
-            .replay_over_tasks(
-                id,
-                LOCK_PLAN_TASKS,
-                |status| !status.is_terminal(),
-                |ch, open| ch.cancel_plan(id, open),
-            )
+            .replay_over_tasks(id, LOCK_PLAN_TASKS, PlanStatus::may_cancel, |ch, open| {
+                ch.cancel_plan(id, open)
+            })
             .await?;
         Ok(cancelled.map(Option::unwrap_or_default))
     }

@@ -461,17 +461,21 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     }
 
     /// Cancels a plan that is not finished and its open tasks (`open`, in insertion order),
-    /// closing their running runs. Returns the tasks cancelled; none when the plan is
-    /// finished already (or unknown).
+    /// closing their running runs; a failed plan's open tasks are cancelled and it stays
+    /// failed ([`PlanStatus::may_cancel`]). Returns the tasks cancelled; none when the plan
+    /// is completed or cancelled already (or unknown).
     pub fn cancel_plan(&mut self, plan: PlanId, open: &[TaskId]) -> Vec<TaskId> {
         let Some(mut counters) = self.plan_counters(plan) else {
             return Vec::new();
         };
-        if counters.status.is_terminal() {
+        if !counters.status.may_cancel() {
             return Vec::new();
         }
-        let note = self.notifier.plan_status(plan, PlanStatus::Cancelled);
-        self.notes.push(note);
+        if counters.status != PlanStatus::Failed {
+            let note = self.notifier.plan_status(plan, PlanStatus::Cancelled);
+            self.notes.push(note);
+            counters.status = PlanStatus::Cancelled;
+        }
         let mut cancelled = Vec::with_capacity(open.len());
         for &id in open {
             let Some(t) = self.state(id) else { continue };
@@ -486,7 +490,6 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             }));
             cancelled.push(id);
         }
-        counters.status = PlanStatus::Cancelled;
         let n = u32::try_from(cancelled.len()).unwrap_or(u32::MAX);
         counters.cancelled = counters.cancelled.saturating_add(n);
         self.set_plan(plan, counters);

@@ -274,7 +274,7 @@ pub(super) async fn cancel(
         notes,
         id,
         OPEN_TASKS,
-        |counters| !counters.status.is_terminal(),
+        |counters| counters.status.may_cancel(),
         |ch, open| ch.cancel_plan(id, open),
     )
     .await?;

@@ -221,6 +221,44 @@ pub async fn a_failed_plan_refuses_a_spawn_until_it_is_retried(s: S) {
     assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 4));
 }
 
+/// Cancelling a failed plan cancels the subtasks that did not depend on the failure and
+/// are still open (one running, one waiting for it), closing the running one's run; the
+/// plan stays failed. Once nothing is open, cancelling it again changes nothing.
+pub async fn a_failed_plans_open_subtasks_can_be_cancelled(s: S) {
+    let (pid, ids) = materialized(
+        &s,
+        vec![
+            node("bad", &[]),
+            node("long", &[]),
+            node("after", &["long"]),
+        ],
+    )
+    .await;
+    let claims = claim_all(&s).await;
+    let bad = claims.iter().find(|c| subtask_of(c) == "bad").unwrap();
+    let long = claims.iter().find(|c| subtask_of(c) == "long").unwrap();
+    s.finish_runs(&[super::fixtures::failure(bad.run.id, None)])
+        .await
+        .unwrap();
+    let mut cancelled = s.cancel_plan(pid).await.unwrap().unwrap();
+    cancelled.sort();
+    let mut open = vec![ids["long"], ids["after"]];
+    open.sort();
+    assert_eq!(cancelled, open);
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(
+        (p.status, p.failed_subtasks, p.cancelled_subtasks),
+        (PlanStatus::Failed, 1, 2)
+    );
+    let rep = s.finish_runs(&[success(long.run.id)]).await.unwrap();
+    assert_eq!(
+        rep[0].finished,
+        crate::Finished::Stale,
+        "its run was closed"
+    );
+    assert_eq!(s.cancel_plan(pid).await.unwrap(), Some(vec![]));
+}
+
 /// A plan's last open subtask spawns: the plan counts what it spawned before it decides
 /// whether it is done (a count read before the spawn would complete it at once).
 pub async fn a_last_subtask_that_spawns_keeps_its_plan_running(s: S) {

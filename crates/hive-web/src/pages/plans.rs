@@ -116,12 +116,29 @@ fn heading(p: &PlanHeader) -> Markup {
                 data-confirm="Run this plan's failed and cancelled subtasks again?" {
                 button type="submit" id="retry-plan" { "Retry plan" }
             }
-        } @else if !p.status.is_terminal() {
+        }
+        @if let Some((confirm, label)) = cancel_button(p) {
             form class="inline" method="post" action={ "/actions/plans/" (p.id) "/cancel" }
-                data-confirm="Cancel this plan and its unfinished tasks?" {
-                button type="submit" id="cancel-plan" { "Cancel plan" }
+                data-confirm=(confirm) {
+                button type="submit" id="cancel-plan" { (label) }
             }
         }
+    }
+}
+
+/// The cancel button's question and label: a running plan is cancelled; a failed one with
+/// subtasks still open (what did not depend on the failure runs on) has those cancelled.
+fn cancel_button(p: &PlanHeader) -> Option<(&'static str, &'static str)> {
+    let open = p.total_subtasks > p.completed_subtasks + p.failed_subtasks + p.cancelled_subtasks;
+    match p.status {
+        PlanStatus::Failed if open => Some((
+            "Cancel this failed plan's unfinished tasks?",
+            "Cancel open subtasks",
+        )),
+        s if !s.is_terminal() => {
+            Some(("Cancel this plan and its unfinished tasks?", "Cancel plan"))
+        }
+        _ => None,
     }
 }
 
@@ -182,7 +199,7 @@ fn depends_on(ids: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::depends_on;
+    use super::{PlanHeader, PlanStatus, cancel_button, depends_on};
 
     #[test]
     fn a_rows_dependencies_are_named_up_to_five_then_counted() {
@@ -190,5 +207,39 @@ mod tests {
         assert_eq!(depends_on(&[]), "");
         assert_eq!(depends_on(&ids(5)), "s0, s1, s2, s3, s4");
         assert_eq!(depends_on(&ids(500)), "s0, s1, s2, s3, s4 and 495 more");
+    }
+
+    #[test]
+    fn a_failed_plan_offers_to_cancel_only_while_subtasks_are_open() {
+        let header = |status, completed, failed, cancelled| PlanHeader {
+            id: hive_client::PlanId::new(),
+            title: "p".into(),
+            description: String::new(),
+            parent_task_id: None,
+            status,
+            total_subtasks: 3,
+            completed_subtasks: completed,
+            failed_subtasks: failed,
+            cancelled_subtasks: cancelled,
+            materialized: true,
+            metadata: serde_json::json!({}),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let label = |p: PlanHeader| cancel_button(&p).map(|(_, label)| label);
+        assert_eq!(
+            label(header(PlanStatus::InProgress, 1, 0, 0)),
+            Some("Cancel plan")
+        );
+        assert_eq!(
+            label(header(PlanStatus::Failed, 1, 1, 0)),
+            Some("Cancel open subtasks")
+        );
+        assert_eq!(
+            label(header(PlanStatus::Failed, 1, 1, 1)),
+            None,
+            "nothing open"
+        );
+        assert_eq!(label(header(PlanStatus::Completed, 3, 0, 0)), None);
     }
 }
