@@ -780,6 +780,16 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
     db.work_until_idle(&[]);
     let status = db.json(&["plan", "status", &plan_id]);
     assert_eq!(status["plan"]["status"], "completed", "{status}");
+    let results = db.json(&["plan", "results", &plan_id]);
+    let flaky = results["subtasks"].as_array().unwrap().iter();
+    let flaky = flaky.filter(|s| s["subtask_id"] == "flaky").next().unwrap();
+    assert_eq!(
+        (&flaky["status"], &flaky["error"]),
+        (&serde_json::json!("completed"), &serde_json::Value::Null),
+        "a retry that succeeded shows no error: {results}"
+    );
+    let table = db.ok(&["plan", "status", &plan_id]);
+    assert!(!table.contains("upstream down"), "{table}");
     let runs = std::fs::read_to_string(db.dir.path().join("fetch.runs")).unwrap();
     assert_eq!(
         runs, "run\n",

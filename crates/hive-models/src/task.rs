@@ -198,6 +198,14 @@ pub struct Task {
 }
 
 impl Task {
+    /// The error that explains the task's state now: its last error, unless it completed
+    /// since (a retry that succeeded leaves `last_error` as history, not as a fault).
+    pub fn current_error(&self) -> Option<&str> {
+        (self.status != TaskStatus::Completed)
+            .then_some(self.last_error.as_deref())
+            .flatten()
+    }
+
     /// The key this task's output has among a dependent's inputs: its plan subtask id, or
     /// its task id when it belongs to no plan.
     pub fn output_key(&self) -> String {

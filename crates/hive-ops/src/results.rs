@@ -110,8 +110,8 @@ impl PlanResults {
                 worker: run.map(|r| r.worker_id.clone()),
                 started_at: timing.started_at,
                 duration_secs: timing.duration_secs,
+                error: task.current_error().map(str::to_owned),
                 output: task.result,
-                error: task.last_error,
                 progress: timing.progress,
             });
         }

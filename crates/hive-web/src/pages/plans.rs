@@ -179,7 +179,7 @@ fn large_page(p: &PlanHeader, rows: &[TriagedSubtask]) -> Markup {
                             (t.pending_dependencies) " of " (t.dependencies.len())
                         } }
                         td { @if let Some(w) = &t.assigned_worker { (w.0) } }
-                        td class="error" { @if let Some(e) = &t.last_error { (e) } }
+                        td class="error" { @if let Some(e) = t.current_error() { (e) } }
                     }
                 }
             }

@@ -135,7 +135,7 @@ fn row(s: &TriagedSubtask) -> [String; 9] {
             "-".into()
         },
         t.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-        output::error_cell(t.last_error.as_deref(), 60),
+        output::error_cell(t.current_error(), 60),
     ]
 }
 
