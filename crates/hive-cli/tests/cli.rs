@@ -695,9 +695,9 @@ fn a_failed_plans_open_subtasks_are_cancelled_by_plan_cancel() {
     let status = |db: &Db| db.json(&["plan", "status", &plan]);
     let subtasks = status(&db)["subtasks"].clone();
     let task_of = |name: &str| {
-        let s = subtasks.as_array().unwrap().iter();
-        let mut s = s.filter(|s| s["subtask_id"] == name);
-        s.next().unwrap()["task_id"].as_str().unwrap().to_owned()
+        let mut s = subtasks.as_array().unwrap().iter();
+        let found = s.find(|s| s["subtask_id"] == name).unwrap();
+        found["task_id"].as_str().unwrap().to_owned()
     };
     db.ok(&["task", "update", &task_of("bad"), "failed"]);
     assert_eq!(status(&db)["plan"]["status"], "failed");
@@ -781,8 +781,8 @@ payload = { command = "cp \"$HIVE_INPUTS\" report.inputs" }
     let status = db.json(&["plan", "status", &plan_id]);
     assert_eq!(status["plan"]["status"], "completed", "{status}");
     let results = db.json(&["plan", "results", &plan_id]);
-    let flaky = results["subtasks"].as_array().unwrap().iter();
-    let flaky = flaky.filter(|s| s["subtask_id"] == "flaky").next().unwrap();
+    let mut flaky = results["subtasks"].as_array().unwrap().iter();
+    let flaky = flaky.find(|s| s["subtask_id"] == "flaky").unwrap();
     assert_eq!(
         (&flaky["status"], &flaky["error"]),
         (&serde_json::json!("completed"), &serde_json::Value::Null),
