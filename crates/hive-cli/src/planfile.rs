@@ -20,7 +20,7 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     let plan: NewPlan = match ext.as_str() {
-        "json" => serde_json::from_str(&text)
+        "json" => json_plan(&text)
             .with_context(|| format!("`{}` is not a valid JSON plan", path.display()))?,
         "toml" => toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
@@ -29,7 +29,7 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
                 toml_error(&text, &e)
             )
         })?,
-        _ => match serde_json::from_str(&text) {
+        _ => match json_plan(&text) {
             Ok(p) => p,
             Err(json_err) => match toml::from_str(&text) {
                 Ok(p) => p,
@@ -50,6 +50,20 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
     plan.validate(max_payload_bytes)
         .with_context(|| format!("plan file `{}`", path.display()))?;
     Ok(plan)
+}
+
+/// A JSON plan: an object. serde would also take the struct's fields as an array in
+/// order (`["title", "", null, [...], {}]`), which no one means to write.
+fn json_plan(text: &str) -> anyhow::Result<NewPlan> {
+    let start = text.trim_start().chars().next();
+    if start.is_some_and(|c| c != '{') {
+        bail!(
+            "a plan is a JSON object (`{{\"title\": …, \"subtasks\": […]}}`), and this \
+             starts with `{}`",
+            start.unwrap_or_default()
+        );
+    }
+    Ok(serde_json::from_str(text)?)
 }
 
 /// A TOML error on one line, where it is (as serde_json says it): the parser's own text
@@ -100,6 +114,19 @@ mod tests {
         assert_eq!(
             toml_error(text, &e),
             "missing field `task_type` at line 2 column 1"
+        );
+    }
+
+    #[test]
+    fn a_json_array_is_not_a_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seq.json");
+        let seq = r#"["T", "", null, [{"id": "a", "title": "A", "task_type": "x"}], {}]"#;
+        std::fs::write(&file, seq).unwrap();
+        let e = format!("{:#}", read(&file, 1 << 20).unwrap_err());
+        assert!(
+            e.contains("a plan is a JSON object") && e.contains("starts with `[`"),
+            "{e}"
         );
     }
 }

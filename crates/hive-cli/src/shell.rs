@@ -304,7 +304,9 @@ fn output(
     );
     if let Some(bytes) = crate::leftfile::read(file, "HIVE_OUTPUT", OUTPUT_FILE_MAX_BYTES, &limit)?
     {
-        return serde_json::from_slice(&bytes)
+        // A byte-order mark (editors and some tools on Windows write one) is not JSON.
+        let json = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+        return serde_json::from_slice(json)
             .map(Some)
             .map_err(|e| format!("the HIVE_OUTPUT file is not JSON: {e}"));
     }
@@ -374,6 +376,12 @@ mod tests {
         assert_eq!(
             output(&file, whole(stdout)).unwrap(),
             Some(serde_json::json!({"from": "file"}))
+        );
+        std::fs::write(&file, "\u{feff}{\"bom\": true}".as_bytes()).unwrap();
+        assert_eq!(
+            output(&file, whole(stdout)).unwrap(),
+            Some(serde_json::json!({"bom": true})),
+            "a byte-order mark before the JSON is skipped"
         );
         std::fs::write(&file, b"{broken").unwrap();
         assert!(
