@@ -73,13 +73,19 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Validates and stores a plan (`pending`, subtasks not yet tasks). The error names the
     /// offending subtask ids: duplicates, self-dependencies, unknown dependencies or a cycle.
     pub async fn create_execution_plan(&self, plan: NewPlan) -> Result<PlanId> {
-        let plan = self.checked_plan(plan)?;
+        let plan = self.checked_plan(plan).await?;
         Ok(self.store.insert_plan(plan).await?)
     }
 
-    /// A plan validated, its subtasks' retry limits filled from the configuration.
-    fn checked_plan(&self, mut plan: NewPlan) -> Result<NewPlan> {
+    /// A plan validated, its parent task found, its subtasks' retry limits filled from the
+    /// configuration.
+    async fn checked_plan(&self, mut plan: NewPlan) -> Result<NewPlan> {
         plan.validate(self.config.max_payload_bytes)?;
+        if let Some(parent) = plan.parent_task_id
+            && self.store.get_task(parent).await?.is_none()
+        {
+            return Err(Error::not_found("parent task", parent));
+        }
         for s in &mut plan.subtasks {
             self.config.fill_subtask_retry(s);
         }
@@ -99,7 +105,7 @@ impl<S: Store + ?Sized> Ops<S> {
     /// [`Ops::create_planned_subtasks_from_plan`] would, in one transaction: a crash
     /// between the two would leave a pending plan whose id the caller never got.
     pub async fn submit_plan(&self, plan: NewPlan) -> Result<PlanId> {
-        let plan = self.checked_plan(plan)?;
+        let plan = self.checked_plan(plan).await?;
         Ok(self.store.submit_plan(plan).await?.0)
     }
 

@@ -392,6 +392,10 @@ async fn plan_validation_names_ids(o: O) {
         let e = o.create_execution_plan(plan(subtasks)).await.unwrap_err();
         assert!(e.to_string().contains(want), "{e} should contain {want}");
     }
+    let ghost = hive_models::TaskId::new();
+    let orphan = plan(vec![node("a", &[])]).parent_task_id(ghost);
+    let e = o.submit_plan(orphan).await.unwrap_err();
+    assert_eq!(e.to_string(), format!("parent task `{ghost}` not found"));
     assert!(
         o.list_plans(None, None).await.unwrap().is_empty(),
         "nothing stored"
