@@ -660,14 +660,14 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
     let error = task["last_error"].as_str().unwrap();
     assert!(
         error.contains(&format!(
-            "the output of task {over} is 1100008 bytes, over the limit"
+            "output of 1100008 bytes, over the limit of 1048576 bytes, from task {over}"
         )),
         "{error}"
     );
     // Decided after the handler returned normally: logged all the same.
     assert!(
         worker_log.contains(&format!(
-            "task {over} failed: the output of task {over} is 1100008 bytes"
+            "task {over} failed: output of 1100008 bytes, over the limit"
         )),
         "{worker_log}"
     );

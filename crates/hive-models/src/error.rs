@@ -28,7 +28,8 @@ pub enum Error {
     #[error("invalid plan: {0}")]
     InvalidPlan(PlanError),
     /// A handler's output over the size limit; `owner` names the subtask or task.
-    #[error("the output of {owner} is {size} bytes, over the limit of {limit} bytes")]
+    /// The size comes first: a table's narrow error column still shows it.
+    #[error("output of {size} bytes, over the limit of {limit} bytes, from {owner}")]
     OutputTooLarge {
         owner: String,
         size: usize,

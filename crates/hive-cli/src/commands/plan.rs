@@ -80,8 +80,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
         PlanCommand::Submit { file } => {
             let plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
             for st in &plan.subtasks {
-                builtin::validate_payload(&st.task_type, &st.payload)
-                    .map_err(|e| anyhow!("subtask `{}`: {e}", st.id.escape_debug()))?;
+                builtin::validate_payload(&st.task_type, &st.payload).map_err(|e| {
+                    anyhow!(
+                        "plan file `{}`: subtask `{}`: {e}",
+                        file.display(),
+                        st.id.escape_debug()
+                    )
+                })?;
             }
             let id = ctx.client_creating().await?.submit_plan(plan).await?;
             output::created(ctx.json, id)?;

@@ -171,7 +171,9 @@ impl Runtime {
             .run(done_rx),
         );
         let result = self.claim_loop(done_tx, claimed_rx, completer).await;
-        background.abort_all();
+        // Waited for, not only aborted: a heartbeat still running on another thread could
+        // find the worker unregistered below and register it again.
+        background.shutdown().await;
         match self
             .bounded(self.cfg.client.unregister_worker(self.id.as_str()))
             .await
