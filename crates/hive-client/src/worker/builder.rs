@@ -163,9 +163,9 @@ impl WorkerBuilder {
     /// slot until its outcome is committed), in whole rounds of the concurrency (16 for 8
     /// handlers of 20 ms and commits of 5 ms; none for handlers slower than 50 ms plus a
     /// commit, or until enough have run to tell), so a buffered task waits about 50 ms at
-    /// most. A claim under a flow
-    /// rule (a limited type, or a concurrency key) counts against its limit from its claim,
-    /// so it goes ahead of buffered claims under none that have waited less than 200 ms.
+    /// most. A claim under a flow rule (a limited type, or a concurrency key) counts
+    /// against its limit from its claim, so it goes ahead of buffered claims under none
+    /// that have waited less than 200 ms.
     pub fn prefetch(mut self, n: u32) -> Self {
         self.prefetch = n;
         self

@@ -83,11 +83,12 @@ impl Pace {
     /// `handlers`. None until at least `enough` calls have been timed, so a new worker
     /// claims only what it can start at once.
     pub(super) fn buffer(&self, handlers: u64, enough: u64) -> u64 {
-        let Some(average) = self.average(enough) else {
+        let inner = self.inner();
+        if inner.samples < enough {
             return 0;
-        };
-        let average_us = (average.as_micros() as u64).max(1);
-        let wait_us = BUFFER_WAIT.as_micros() as u64 + self.inner().commit_us;
+        }
+        let average_us = inner.average_us.max(1);
+        let wait_us = BUFFER_WAIT.as_micros() as u64 + inner.commit_us;
         handlers.saturating_mul(wait_us / average_us)
     }
 }
