@@ -1,12 +1,14 @@
 //! Storage faults stay transient: a disk that fills during a drain is ridden out by the
 //! same worker process (every task exactly once, the fault logged as transient and not per
 //! attempt); a failed COMMIT or ROLLBACK never leaves SQLite's writer connection inside a
-//! transaction; a statement timeout, a connection killed during COMMIT and serialization
-//! failures never leave a pooled Postgres connection inside one; and a database file
+//! transaction; a statement timeout, a connection killed during COMMIT, serialization
+//! failures and a write's future dropped half-way never leave a pooled connection inside
+//! one; and a database file
 //! removed under a worker stops it with one clear error.
 
 use hive_store::testing::fixtures::{set_status, tasks};
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,19 @@ mod sqlite {
         super::commit_and_rollback_faults().await;
     }
 
+    #[tokio::test]
+    async fn a_write_dropped_half_way_leaves_the_writer_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("hive.db").display());
+        let store = hive_store::SqliteStore::connect(
+            &hive_store::DatabaseUrl::new(url),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        super::dropped_writes(&store).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_removed_database_file_stops_a_worker_with_one_error() {
         super::removed_file().await;
@@ -45,6 +60,7 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     a_statement_timeout_mid_transaction_leaves_the_pool_clean,
     a_connection_killed_during_commit_leaves_the_pool_clean,
     serialization_failures_leave_the_pool_clean,
+    a_write_dropped_half_way_leaves_the_pool_clean,
     a_spawn_cut_at_commit_is_all_or_nothing,
     a_plan_left_unsettled_by_a_crash_is_settled_by_the_reaper,
 );
@@ -185,6 +201,39 @@ async fn commit_and_rollback_faults() {
         store.get_task(a).await.unwrap().unwrap().status,
         TaskStatus::Queued
     );
+}
+
+/// A write whose future is dropped at any point (a worker's heartbeat aborted at shutdown,
+/// a caller's timeout) leaves the store able to run the next one: each step of the
+/// transaction still runs on the connection after the drop, `BEGIN` included. The inserts
+/// carry idempotency keys, which make them transactions on every backend.
+async fn dropped_writes(store: &dyn Store) {
+    let keyed = |title: &str| StoreTask::new(title, "x").idempotency_key(title);
+    for polls in 1..=12 {
+        let dropped_key = format!("dropped after {polls} polls");
+        let mut dropped = Box::pin(store.insert_tasks(vec![keyed(&dropped_key)]));
+        for _ in 0..polls {
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(dropped.as_mut().poll(cx)));
+            if polled.await.is_ready() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(dropped);
+        let after = format!("after {polls} polls");
+        store
+            .insert_tasks(vec![keyed(&after)])
+            .await
+            .unwrap_or_else(|e| panic!("the write {after} failed: {e}"));
+    }
+}
+
+async fn a_write_dropped_half_way_leaves_the_pool_clean(_: Arc<dyn Store>, url: String) {
+    let tag = tag();
+    let store = tagged_store(&url, &tag, "").await;
+    dropped_writes(&*store).await;
+    no_open_transaction(&url, &tag).await;
 }
 
 async fn removed_file() {

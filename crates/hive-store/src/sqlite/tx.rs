@@ -36,21 +36,32 @@ fn injected(flag: &AtomicBool, step: &str) -> Option<sqlx::Error> {
 #[derive(Debug)]
 pub(super) struct WriteTx {
     conn: PoolConnection<Sqlite>,
-    /// `COMMIT` or `ROLLBACK` succeeded: the connection is idle and may be reused.
+    /// `COMMIT` or `ROLLBACK` succeeded, or `BEGIN` was refused for a lock held elsewhere:
+    /// the connection is idle and may be reused.
     ended: bool,
 }
 
 impl WriteTx {
     /// Takes the writer connection and the write lock. A `BEGIN` that fails for any reason
     /// but a lock held elsewhere (which leaves the connection idle) discards the connection.
+    ///
+    /// The transaction is owned from before `BEGIN` is sent: the connection's thread runs
+    /// the statement even when this future is dropped while waiting for it (a worker's
+    /// heartbeat aborted at shutdown), and a connection handed back to the pool with that
+    /// transaction open made the next write fail ("cannot start a transaction within a
+    /// transaction").
     pub async fn begin(pool: &SqlitePool) -> Result<WriteTx, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        match sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
-            Ok(_) => Ok(WriteTx { conn, ended: false }),
+        let mut tx = WriteTx {
+            conn: pool.acquire().await?,
+            ended: false,
+        };
+        match sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut *tx.conn)
+            .await
+        {
+            Ok(_) => Ok(tx),
             Err(e) => {
-                if !db::is_busy(&e) {
-                    conn.close_on_drop();
-                }
+                tx.ended = db::is_busy(&e);
                 Err(e)
             }
         }
