@@ -25,6 +25,7 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     pool_of_two_serves_concurrency_sixteen,
     stopping_at_once_with_the_database_gone_loses_nothing,
     a_worker_cut_off_longer_than_its_lease_gives_its_runs_back,
+    a_database_blip_at_shutdown_still_gives_held_tasks_back,
 );
 
 mod sqlite {
@@ -628,4 +629,53 @@ async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
         .unwrap()
         .unwrap();
     assert_eq!((report.completed, report.released), (1, 1), "{report:?}");
+}
+
+/// The database goes away just as a worker is told to stop, and comes back a second later:
+/// the shutdown's last calls are retried, so the tasks its handlers held are queued again
+/// at once (not after their five-minute leases) and the worker is unregistered.
+async fn a_database_blip_at_shutdown_still_gives_held_tasks_back(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    const TYPE: &str = "blip";
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let cut_off = through(&proxied).await;
+    let ids = operator.create_tasks(tasks("t", TYPE, 2)).await.unwrap();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let worker = cut_off
+        .worker("blip")
+        .task_types([TYPE])
+        .concurrency(2)
+        .lease(Duration::from_secs(300))
+        .reap_interval(Duration::from_secs(3600))
+        .shutdown_grace(Duration::ZERO)
+        .handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run(move |_ctx: TaskContext| {
+        let _ = started_tx.send(());
+        std::future::pending::<Result<(), TaskError>>()
+    }));
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), started.recv())
+            .await
+            .expect("every handler starts");
+    }
+    proxy.close();
+    stop.shutdown();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.listen().await;
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker stopped once the database was back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.released, 2);
+    for id in ids {
+        let t = operator.get_task(id).await.unwrap().unwrap();
+        assert_eq!((t.status, t.attempts), (TaskStatus::Queued, 0), "{t:?}");
+    }
+    assert!(operator.get_worker("blip").await.unwrap().is_none());
 }

@@ -27,6 +27,10 @@ use crate::{Error, Result};
 /// [`super::ShutdownHandle::shutdown_now`]).
 const AT_ONCE_STORE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a graceful shutdown retries its last store calls through transient faults
+/// (see [`Runtime::at_shutdown`]).
+const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(15);
+
 /// A started worker: its configuration, and the state its loops share.
 pub(super) struct Runtime {
     pub(super) cfg: WorkerBuilder,
@@ -175,7 +179,9 @@ impl Runtime {
         // find the worker unregistered below and register it again.
         background.shutdown().await;
         match self
-            .bounded(self.cfg.client.unregister_worker(self.id.as_str()))
+            .at_shutdown("unregistering", || {
+                self.cfg.client.unregister_worker(self.id.as_str())
+            })
             .await
         {
             Some(Ok(_)) => {}
@@ -434,7 +440,12 @@ impl Runtime {
         if runs.is_empty() {
             return;
         }
-        match self.bounded(self.cfg.client.release_runs(&runs)).await {
+        match self
+            .at_shutdown("releasing held tasks", || {
+                self.cfg.client.release_runs(&runs)
+            })
+            .await
+        {
             Some(Ok(released)) => {
                 self.held.finished(runs);
                 self.counters.add_released(released.len());
@@ -447,15 +458,56 @@ impl Runtime {
         }
     }
 
-    /// A store call of the shutdown: once told to stop at once, done within
-    /// [`AT_ONCE_STORE_WAIT`] of being told or not at all (None), so a store that does not
-    /// answer cannot keep the worker.
+    /// A store call of the shutdown: once told to stop at once (before the call or during
+    /// it), done within [`AT_ONCE_STORE_WAIT`] of being told or not at all (None), so a
+    /// store that does not answer cannot keep the worker.
     pub(super) async fn bounded<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
-        match self.cfg.shutdown.at_once_since() {
+        let mut at_once = self.cfg.shutdown.subscribe_at_once();
+        let mut call = std::pin::pin!(call);
+        // The watch's guard is copied out of and dropped before anything else awaits.
+        let told = tokio::select! {
+            done = &mut call => return Some(done),
+            told = at_once.wait_for(Option::is_some) => told.ok().and_then(|at| *at),
+        };
+        match told {
             Some(at) => tokio::time::timeout_at(at + AT_ONCE_STORE_WAIT, call)
                 .await
                 .ok(),
             None => Some(call.await),
+        }
+    }
+
+    /// A last store call of a shutdown (giving back held tasks, unregistering), retried
+    /// under backoff while its fault is transient, for up to [`SHUTDOWN_RETRY_FOR`]: a
+    /// database that blips as the worker stops would otherwise leave its tasks waiting out
+    /// their leases and the worker listed until a reaper marks it offline. Told to stop at
+    /// once, it is not retried and is [`Self::bounded`].
+    async fn at_shutdown<T, Fut>(
+        &self,
+        what: &'static str,
+        call: impl Fn() -> Fut,
+    ) -> Option<hive_ops::Result<T>>
+    where
+        Fut: std::future::Future<Output = hive_ops::Result<T>>,
+    {
+        let until = tokio::time::Instant::now() + SHUTDOWN_RETRY_FOR;
+        let mut backoff = Backoff::new(what);
+        let mut at_once = self.cfg.shutdown.subscribe_at_once();
+        loop {
+            match self.bounded(call()).await? {
+                Err(e) if e.is_transient() && self.cfg.shutdown.at_once_since().is_none() => {
+                    let retry_at =
+                        tokio::time::Instant::now() + backoff.failed(self.id.as_str(), &e);
+                    if retry_at > until {
+                        return Some(Err(e));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(retry_at) => {}
+                        _ = at_once.wait_for(Option::is_some) => return Some(Err(e)),
+                    }
+                }
+                done => return Some(done),
+            }
         }
     }
 
