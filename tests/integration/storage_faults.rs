@@ -47,7 +47,23 @@ mod sqlite {
         )
         .await
         .unwrap();
-        super::dropped_writes(&store).await;
+        super::dropped_writes(&store, &store).await;
+    }
+
+    /// In memory, the database is its one connection: a dropped write must not close it.
+    #[tokio::test]
+    async fn a_write_dropped_half_way_keeps_an_in_memory_database() {
+        use hive_store::Store;
+        let url = hive_store::DatabaseUrl::new("sqlite::memory:");
+        let store = hive_store::SqliteStore::connect(&url, &Default::default())
+            .await
+            .unwrap();
+        let first = store
+            .insert_tasks(vec![super::StoreTask::new("first", "x")])
+            .await
+            .unwrap()[0];
+        super::dropped_writes(&store, &store).await;
+        assert!(store.get_task(first).await.unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,14 +220,16 @@ async fn commit_and_rollback_faults() {
 }
 
 /// A write whose future is dropped at any point (a worker's heartbeat aborted at shutdown,
-/// a caller's timeout) leaves the store able to run the next one: each step of the
-/// transaction still runs on the connection after the drop, `BEGIN` included. The inserts
-/// carry idempotency keys, which make them transactions on every backend.
-async fn dropped_writes(store: &dyn Store) {
-    let keyed = |title: &str| StoreTask::new(title, "x").idempotency_key(title);
+/// a caller's timeout) leaves the store able to run the next one, committed for all to see:
+/// each step of the transaction still runs on the connection after the drop, `BEGIN`
+/// included. The dropped inserts carry idempotency keys, which make them transactions on
+/// every backend; the next one does not, so a transaction left open would swallow it.
+/// `observer` reads through other connections.
+async fn dropped_writes(store: &dyn Store, observer: &dyn Store) {
     for polls in 1..=12 {
-        let dropped_key = format!("dropped after {polls} polls");
-        let mut dropped = Box::pin(store.insert_tasks(vec![keyed(&dropped_key)]));
+        let key = format!("dropped after {polls} polls");
+        let keyed = StoreTask::new(&key, "x").idempotency_key(&key);
+        let mut dropped = Box::pin(store.insert_tasks(vec![keyed]));
         for _ in 0..polls {
             let polled =
                 std::future::poll_fn(|cx| std::task::Poll::Ready(dropped.as_mut().poll(cx)));
@@ -222,17 +240,21 @@ async fn dropped_writes(store: &dyn Store) {
         }
         drop(dropped);
         let after = format!("after {polls} polls");
-        store
-            .insert_tasks(vec![keyed(&after)])
+        let id = store
+            .insert_tasks(vec![StoreTask::new(&after, "x")])
             .await
-            .unwrap_or_else(|e| panic!("the write {after} failed: {e}"));
+            .unwrap_or_else(|e| panic!("the write {after} failed: {e}"))[0];
+        assert!(
+            observer.get_task(id).await.unwrap().is_some(),
+            "the write {after} was not committed"
+        );
     }
 }
 
-async fn a_write_dropped_half_way_leaves_the_pool_clean(_: Arc<dyn Store>, url: String) {
+async fn a_write_dropped_half_way_leaves_the_pool_clean(observer: Arc<dyn Store>, url: String) {
     let tag = tag();
     let store = tagged_store(&url, &tag, "").await;
-    dropped_writes(&*store).await;
+    dropped_writes(&*store, &*observer).await;
     no_open_transaction(&url, &tag).await;
 }
 

@@ -1,5 +1,5 @@
 //! The writer's transactions, and the rule that a connection whose transaction could not be
-//! ended cleanly never goes back to the pool.
+//! ended cleanly never goes back to the pool still inside it.
 //!
 //! `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK` are sent as plain statements on a pooled
 //! connection rather than through sqlx's transaction manager. sqlx counts transaction depth
@@ -8,8 +8,8 @@
 //! connection's life: every later `BEGIN` is refused ("non-zero transaction depth"), and a
 //! transient fault becomes permanent. Here the only state is SQLite's: after a successful
 //! `COMMIT` or `ROLLBACK` the connection is idle; after anything else (a failed `ROLLBACK`,
-//! or the transaction's future dropped half-way) the connection is closed, and the pool
-//! opens a fresh one for the next write.
+//! or the transaction's future dropped half-way) a task of its own rolls it back before the
+//! pool has it again, and closes it when even that fails, so the pool opens a fresh one.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +35,8 @@ fn injected(flag: &AtomicBool, step: &str) -> Option<sqlx::Error> {
 /// An open write transaction holding SQLite's write lock.
 #[derive(Debug)]
 pub(super) struct WriteTx {
-    conn: PoolConnection<Sqlite>,
+    /// Taken only by `drop`.
+    conn: Option<PoolConnection<Sqlite>>,
     /// `COMMIT` or `ROLLBACK` succeeded, or `BEGIN` was refused for a lock held elsewhere:
     /// the connection is idle and may be reused.
     ended: bool,
@@ -52,13 +53,10 @@ impl WriteTx {
     /// transaction").
     pub async fn begin(pool: &SqlitePool) -> Result<WriteTx, sqlx::Error> {
         let mut tx = WriteTx {
-            conn: pool.acquire().await?,
+            conn: Some(pool.acquire().await?),
             ended: false,
         };
-        match sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut *tx.conn)
-            .await
-        {
+        match sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *tx).await {
             Ok(_) => Ok(tx),
             Err(e) => {
                 tx.ended = db::is_busy(&e);
@@ -67,15 +65,12 @@ impl WriteTx {
         }
     }
 
-    /// Commits. On failure the transaction is rolled back (or the connection discarded), so
+    /// Commits. On failure the transaction is rolled back (or the connection replaced), so
     /// nothing of it stays visible and the next write starts clean.
     pub async fn commit(mut self, faults: &Faults) -> Result<(), sqlx::Error> {
         let result = match injected(&faults.commit, "COMMIT") {
             Some(e) => Err(e),
-            None => sqlx::raw_sql("COMMIT")
-                .execute(&mut *self.conn)
-                .await
-                .map(drop),
+            None => sqlx::raw_sql("COMMIT").execute(&mut *self).await.map(drop),
         };
         match result {
             Ok(()) => {
@@ -89,14 +84,13 @@ impl WriteTx {
         }
     }
 
-    /// Rolls back; when that fails, the connection is discarded instead (SQLite may have
-    /// ended the transaction itself, or the connection is broken: either way its state is
-    /// not worth guessing).
+    /// Rolls back; when that fails, the drop tries once more and tells the cases apart
+    /// (SQLite may have ended the transaction itself, or the connection is broken).
     pub async fn rollback(mut self, faults: &Faults) {
         let result = match injected(&faults.rollback, "ROLLBACK") {
             Some(e) => Err(e),
             None => sqlx::raw_sql("ROLLBACK")
-                .execute(&mut *self.conn)
+                .execute(&mut *self)
                 .await
                 .map(drop),
         };
@@ -113,11 +107,34 @@ impl WriteTx {
 
 impl Drop for WriteTx {
     /// A transaction that did not end cleanly (a failed rollback, or its future dropped
-    /// half-way) may still hold the write lock: its connection is closed, never reused.
+    /// half-way) may still hold the write lock, and may still be running: a task of its own
+    /// rolls it back, holding the connection (the pool's one writer) until then, so the
+    /// next write waits for it and starts clean. Closing the connection instead would do
+    /// for a file, but an in-memory database lives and dies with its one connection. The
+    /// connection is closed only when the rollback fails for another reason than there
+    /// being nothing to roll back (SQLite ended the transaction itself, or a `COMMIT` sent
+    /// before the drop went through), or when no runtime is left to run it.
     fn drop(&mut self) {
-        if !self.ended {
-            self.conn.close_on_drop();
+        if self.ended {
+            return;
         }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            conn.close_on_drop();
+            return;
+        };
+        runtime.spawn(async move {
+            match sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("no transaction is active") => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "rollback of a dropped write failed; replacing the SQLite writer connection");
+                    conn.close_on_drop();
+                }
+            }
+        });
     }
 }
 
@@ -125,12 +142,16 @@ impl Deref for WriteTx {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        &self.conn
+        self.conn
+            .as_ref()
+            .expect("the connection is taken only when dropped")
     }
 }
 
 impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.conn
+        self.conn
+            .as_mut()
+            .expect("the connection is taken only when dropped")
     }
 }
