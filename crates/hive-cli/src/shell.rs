@@ -26,7 +26,7 @@
 //!   report a line (`0.42 copying files`, see [`crate::progressfile`]).
 //!
 //! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
-//! when the command wrote one, else the last line of its stdout that is a JSON value (read
+//! when the command wrote one (an empty file counts as none), else the last line of its stdout that is a JSON value (read
 //! from the last 2 MiB it printed, however much came before), else nothing (`null` to
 //! dependents). A `HIVE_OUTPUT` file that is not JSON fails the task, and so does a last
 //! line too long to be read that ends like a JSON object or array.
@@ -286,8 +286,8 @@ fn with_last_word(failed: String, stderr: &str) -> String {
     format!("{failed}: {cut}{ellipsis}")
 }
 
-/// The command's output: the `HIVE_OUTPUT` file's JSON, else the last stdout line that is
-/// JSON, else none. `stdout` is the end of what it printed, and whether more came before
+/// The command's output: the `HIVE_OUTPUT` file's JSON (an empty file, or only
+/// whitespace, is none written), else the last stdout line that is JSON, else none. `stdout` is the end of what it printed, and whether more came before
 /// (the first line of `stdout` is then cut, so it is not read). A last line too long to be
 /// read whole that ends like a JSON object or array is refused rather than skipped: it is an
 /// output over the limit, and skipping it would hand the dependents an older line, or
@@ -306,9 +306,13 @@ fn output(
     {
         // A byte-order mark (editors and some tools on Windows write one) is not JSON.
         let json = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
-        return serde_json::from_slice(json)
-            .map(Some)
-            .map_err(|e| format!("the HIVE_OUTPUT file is not JSON: {e}"));
+        // Empty is not written: `jq … > "$HIVE_OUTPUT"` that selects nothing leaves the
+        // file so, and the task has said nothing there, not something broken.
+        if !json.iter().all(u8::is_ascii_whitespace) {
+            return serde_json::from_slice(json)
+                .map(Some)
+                .map_err(|e| format!("the HIVE_OUTPUT file is not JSON: {e}"));
+        }
     }
     let text = String::from_utf8_lossy(stdout);
     // The first line's start was not kept when more came before it.
@@ -382,6 +386,12 @@ mod tests {
             output(&file, whole(stdout)).unwrap(),
             Some(serde_json::json!({"bom": true})),
             "a byte-order mark before the JSON is skipped"
+        );
+        std::fs::write(&file, b" \n").unwrap();
+        assert_eq!(
+            output(&file, whole(stdout)).unwrap(),
+            Some(serde_json::json!([2, "ü"])),
+            "an empty file is no output written there: stdout's last JSON line is"
         );
         std::fs::write(&file, b"{broken").unwrap();
         assert!(

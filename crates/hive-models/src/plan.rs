@@ -195,6 +195,21 @@ impl SubTask {
     }
 
     crate::setters! {
+        description: impl Into<String> => into,
+        /// What the handler receives (`ctx.task.payload`); `{}` unless set.
+        payload: Json,
+        priority: i32,
+        /// Failed runs retried at most this many times.
+        max_retries: u32 => Some,
+        /// Backoff between retries, for this subtask alone.
+        retry_policy: crate::RetryPolicy => Some,
+        /// A run may last this long before the worker stops it.
+        timeout_secs: u32 => Some,
+        /// Once its dependencies completed (at submission for a subtask without any), wait
+        /// this long before the subtask can be claimed.
+        delay_secs: u64 => Some,
+        /// Expected running time in seconds, for planning displays.
+        estimated_duration: u64 => Some,
         /// Runs at most `concurrency_limit` (default 1) at once with the other tasks of this
         /// key, across all workers.
         concurrency_key: impl Into<String> => some_into,
@@ -202,6 +217,7 @@ impl SubTask {
         concurrency_limit: u32 => Some,
     }
 
+    /// Sets the subtasks (ids within the plan) this one waits for, replacing any set before.
     pub fn depends_on<I: IntoIterator<Item = S>, S: Into<String>>(mut self, deps: I) -> Self {
         self.dependencies = deps.into_iter().map(Into::into).collect();
         self

@@ -42,14 +42,14 @@ pub fn plan_for(goal: &str) -> Option<NewPlan> {
     if goal.is_empty() {
         return None;
     }
-    let mut plan = SubTask::new("plan", format!("Plan: {goal}"), "planning");
-    plan.payload = json!({ "goal": goal });
+    let plan =
+        SubTask::new("plan", format!("Plan: {goal}"), "planning").payload(json!({ "goal": goal }));
     let integrate =
         SubTask::new("integrate", "Integrate all features", "integration").depends_on(["plan"]);
-    let mut deploy =
-        SubTask::new("deploy", format!("Deploy: {goal}"), "deployment").depends_on(["integrate"]);
-    deploy.payload = json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" });
-    deploy.priority = 10;
+    let deploy = SubTask::new("deploy", format!("Deploy: {goal}"), "deployment")
+        .depends_on(["integrate"])
+        .payload(json!({ "service": slug(goal), "environment": "staging", "version": "1.0.0" }))
+        .priority(10);
     let plan = NewPlan::new(goal, vec![plan, integrate, deploy])
         .description("planned at run time by ai-planner")
         .metadata(json!({ "goal": goal, "planner": "ai-planner" }));
@@ -72,10 +72,9 @@ pub fn feature_subtasks(features: &[String]) -> Vec<SubTask> {
     for (i, feature) in features.iter().enumerate() {
         let id = format!("{}-{i}", slug(feature));
         let step = |suffix: &str, title: String, task_type: &str, after: &str| {
-            let mut s =
-                SubTask::new(format!("{id}.{suffix}"), title, task_type).depends_on([after]);
-            s.payload = json!({ "feature": feature, "index": i });
-            s
+            SubTask::new(format!("{id}.{suffix}"), title, task_type)
+                .depends_on([after])
+                .payload(json!({ "feature": feature, "index": i }))
         };
         let design = step("design", format!("Design {feature}"), "design", "plan");
         let implement = step(

@@ -71,6 +71,36 @@ fn each_malformation_is_named() {
 }
 
 #[test]
+fn a_subtask_built_in_code_carries_every_field_to_its_task() {
+    let policy = crate::RetryPolicy::default();
+    let built = SubTask::new("test", "Test", "shell")
+        .description("runs the suite")
+        .payload(serde_json::json!({"command": "make test"}))
+        .priority(7)
+        .max_retries(2)
+        .retry_policy(policy)
+        .timeout_secs(600)
+        .delay_secs(30)
+        .estimated_duration(120)
+        .depends_on(["build"])
+        .depends_on(["lint"]);
+    assert_eq!(built.dependencies, ["lint"], "depends_on replaces");
+    assert_eq!(built.estimated_duration, Some(120));
+    let t = built.to_new_task(None);
+    assert_eq!(
+        (
+            t.description.as_str(),
+            t.priority,
+            t.max_retries,
+            t.retry_policy
+        ),
+        ("runs the suite", 7, Some(2), Some(policy))
+    );
+    assert_eq!((t.timeout_secs, t.delay_secs), (Some(600), 30));
+    assert_eq!(t.payload, serde_json::json!({"command": "make test"}));
+}
+
+#[test]
 fn a_subtasks_concurrency_limit_needs_a_key_and_room() {
     let keyless = st("x", &[]).concurrency_limit(2);
     let e = plan_err(&[keyless]);
