@@ -39,6 +39,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     timeouts_stop_handlers_and_end_their_runs_timed_out,
     cancelling_a_task_stops_its_running_handler,
     progress_is_written_at_most_once_a_second_and_announced,
+    a_spawn_refuses_at_once_what_it_can_know,
 );
 
 /// Starts `n` in-process workers (`{prefix}0`, `{prefix}1`, …) on one client, each running
@@ -571,4 +572,64 @@ async fn progress_is_written_at_most_once_a_second_and_announced(c: Client) {
         p.message.as_deref().is_some_and(|m| m.starts_with("step ")),
         "{p:?}"
     );
+}
+
+/// `ctx.spawn` refuses at once what needs no store to know (a subtask's own fields, its id
+/// repeating the spawner's or an earlier spawn's), so the handler learns before doing its
+/// work; what it took is added with the spawner's success.
+async fn a_spawn_refuses_at_once_what_it_can_know(c: Client) {
+    use hive_client::{NewPlan, SubTask};
+    let plan = c
+        .submit_plan(NewPlan::new(
+            "grows",
+            vec![
+                SubTask::new("split", "Split", "split"),
+                SubTask::new("join", "Join", "join").depends_on(["split"]),
+            ],
+        ))
+        .await
+        .unwrap();
+    let refusals = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let refusals = refusals.clone();
+        move |ctx: TaskContext| {
+            if ctx.task.task_type == "split" {
+                let mut seen = refusals.lock().unwrap();
+                for sub in [
+                    SubTask::new("blank", "Blank type", " "),
+                    SubTask::new("split", "Again", "chunk"),
+                    SubTask::new("chunk", "Chunk", "chunk").depends_on(["split"]),
+                    SubTask::new("chunk", "Chunk again", "chunk"),
+                    SubTask::new("nul", "Nul", "chunk").payload(serde_json::json!({"k": "a\0"})),
+                ] {
+                    seen.push(ctx.spawn(sub).err().map(|e| e.message));
+                }
+            }
+            async { Ok::<_, TaskError>(()) }
+        }
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.worker("spawner")
+            .exit_when_idle(true)
+            .handle_signals(false)
+            .run(handler),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.completed, 3, "split, chunk and join");
+    let seen = refusals.lock().unwrap().clone();
+    let refused = |i: usize, what: &str| {
+        let e = seen[i].as_deref().unwrap_or("");
+        assert!(e.contains("cannot spawn") && e.contains(what), "{i}: {e:?}");
+    };
+    refused(0, "task_type");
+    refused(1, "this subtask's");
+    assert_eq!(seen[2], None, "a valid spawn is taken");
+    refused(3, "one spawned before");
+    refused(4, "payload");
+    let p = c.get_plan(plan).await.unwrap().unwrap();
+    assert_eq!(p.total_subtasks, 3);
+    assert_eq!(p.status, hive_client::PlanStatus::Completed);
 }

@@ -74,7 +74,10 @@ fn retry_one_task_or_every_task_in_a_status_and_prune() {
         assert_eq!(status_of(&db, id), "queued");
     }
     let report = db.json(&["task", "retry", "--status", "failed", "--limit", "1"]);
-    assert_eq!(report, serde_json::json!({"retried": 1, "skipped": 0}));
+    assert_eq!(
+        report,
+        serde_json::json!({"retried": 1, "skipped": 0, "in_finished_plans": 0})
+    );
     let left: Vec<&String> = b
         .iter()
         .filter(|id| status_of(&db, id) == "failed")
@@ -83,7 +86,8 @@ fn retry_one_task_or_every_task_in_a_status_and_prune() {
     let out = db.ok(&["task", "retry", left[0]]);
     assert_eq!(out.trim(), format!("task {} queued again", left[0]));
 
-    // By plan: the cancelled dependent of a failed plan task, and nothing outside the plan.
+    // By plan: nothing outside the plan; the subtasks of a failed plan are left to the
+    // plan's retry, which runs them with what depends on them.
     let plan = two_step_plan(&db, "p");
     let (first, second) = (
         plan_task(&db, &plan, "first"),
@@ -94,8 +98,19 @@ fn retry_one_task_or_every_task_in_a_status_and_prune() {
     db.ok(&["task", "update", &first, "failed"]);
     assert_eq!(status_of(&db, &second), "cancelled");
     let report = db.json(&["task", "retry", "--status", "cancelled", "--plan", &plan]);
-    assert_eq!(report["retried"], 1);
-    assert_eq!(status_of(&db, &second), "queued");
+    assert_eq!(
+        (&report["retried"], &report["in_finished_plans"]),
+        (&0.into(), &1.into())
+    );
+    let out = db.ok(&["task", "retry", "--status", "failed", "--plan", &plan]);
+    assert!(out.contains("1 left to their plans"), "{out}");
+    let (retried, _, err) = db.run(&["task", "retry", &first]);
+    assert!(!retried);
+    assert!(
+        err.contains(&format!("plan `{plan}`, which is failed")) && err.contains("hive plan retry"),
+        "{err}"
+    );
+    assert_eq!(status_of(&db, &first), "failed");
     assert_eq!(status_of(&db, &outside), "cancelled");
 
     // Prune: finished tasks older than an age, only the statuses asked for.
@@ -119,6 +134,9 @@ fn retry_one_task_or_every_task_in_a_status_and_prune() {
         "failed",
         "a failed task is not pruned"
     );
+    db.ok(&["plan", "retry", &plan]);
+    assert_eq!(status_of(&db, &first), "queued");
+    assert_eq!(status_of(&db, &second), "queued");
 }
 
 #[test]

@@ -46,6 +46,17 @@ pub enum Error {
         id: String,
         reason: String,
     },
+    /// A subtask retried alone while its plan is failed or cancelled: the plan would not
+    /// run on (what depends on the subtask was cancelled with it); retrying the plan does.
+    #[error(
+        "task `{task}` is a subtask of plan `{plan}`, which is {status}: retry the plan \
+         instead (`hive plan retry {plan}` runs every subtask that did not complete)"
+    )]
+    SubtaskOfFinishedPlan {
+        task: String,
+        plan: String,
+        status: &'static str,
+    },
 }
 
 /// Why a plan's subtasks were rejected, naming the subtask ids involved.

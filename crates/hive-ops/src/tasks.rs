@@ -22,6 +22,9 @@ pub struct RetryReport {
     /// Tasks that matched but changed before their turn (another operator retried or
     /// deleted them): left as they are.
     pub skipped: u64,
+    /// Subtasks of failed or cancelled plans, which are retried with their plan
+    /// ([`Ops::retry_plan`]), not alone: left as they are.
+    pub in_finished_plans: u64,
 }
 
 /// Refuses a bulk retry whose filter could select tasks a retry must not move: it must
@@ -131,6 +134,9 @@ impl<S: Store + ?Sized> Ops<S> {
                 // after it. One deleted or queued again since it was read is skipped.
                 match self.apply_status(task.id, StatusChange::requeue()).await {
                     Ok(Some(c)) if c.previous != TaskStatus::Queued => report.retried += 1,
+                    Err(Error::Invalid(hive_models::Error::SubtaskOfFinishedPlan { .. })) => {
+                        report.in_finished_plans += 1;
+                    }
                     Ok(_) | Err(Error::Invalid(_)) => report.skipped += 1,
                     Err(e) => return Err(e),
                 }

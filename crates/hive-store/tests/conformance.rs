@@ -35,7 +35,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     freed_dependents_are_announced_unless_claimed, outputs_reach_dependents_exactly,
     freed_dependents_compete_with_ready_tasks_in_queue_order,
     spawned_subtasks_join_before_the_dependents, a_spawn_the_plan_cannot_take_adds_nothing,
-    a_failed_plan_refuses_a_spawn_until_it_is_retried,
+    a_failed_plan_refuses_a_spawn_until_it_is_retried, a_spawn_waiting_on_a_cancelled_subtask_is_refused,
     a_failed_plans_open_subtasks_can_be_cancelled,
     a_stale_run_spawns_nothing, a_last_subtask_that_spawns_keeps_its_plan_running, last_two_subtasks_finishing_at_once_complete_the_plan_once,
     a_join_whose_parents_finish_at_once_becomes_ready_once,

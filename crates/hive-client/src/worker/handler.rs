@@ -78,22 +78,43 @@ impl TaskContext {
 
     /// Adds a subtask to this task's plan, committed together with this run's success (a
     /// failed or stale run adds nothing). It may depend on this subtask, on other spawned
-    /// ones and on any subtask of the plan; subtasks that depended on this one also wait
-    /// for the spawned subtasks no other spawned one depends on. The grown plan is
-    /// validated as a submission is: a spawn it cannot take fails this task for good,
-    /// naming the problem. Errors at once when this task belongs to no plan.
+    /// ones and on any subtask of the plan not downstream of this one; subtasks that
+    /// depended on this one also wait for the spawned subtasks no other spawned one depends
+    /// on. Subtask ids are one namespace per plan. The grown plan is validated as a
+    /// submission is: a spawn it cannot take fails this task for good, naming the problem.
+    ///
+    /// What can be known here errors at once, before the handler does its work: this task
+    /// belonging to no plan, the subtask's own fields (as [`hive_models::validate_subtask_fields`]),
+    /// and its id repeating this subtask's or one spawned before in this run. Its place in
+    /// the plan (ids and dependencies of other subtasks) is checked at the commit.
     pub fn spawn(&self, subtask: SubTask) -> std::result::Result<(), TaskError> {
+        let refuse = |why: &dyn std::fmt::Display| {
+            TaskError::permanent(format!(
+                "cannot spawn `{}`: {why}",
+                subtask.id.escape_debug()
+            ))
+        };
         if self.task.plan_id.is_none() {
-            return Err(TaskError::permanent(format!(
-                "cannot spawn `{}`: {} belongs to no plan",
-                subtask.id,
+            return Err(refuse(&format_args!(
+                "{} belongs to no plan",
                 self.task.describe()
             )));
         }
-        self.spawned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(subtask);
+        let limit = self.client.ops().config().max_payload_bytes;
+        hive_models::validate_subtask_fields(&subtask, limit).map_err(|e| refuse(&e))?;
+        let mut spawned = self.spawned.lock().unwrap_or_else(|e| e.into_inner());
+        let own = self.task.plan_subtask_id.as_deref() == Some(subtask.id.as_str());
+        if own || spawned.iter().any(|s| s.id == subtask.id) {
+            let whose = if own {
+                "this subtask's"
+            } else {
+                "one spawned before"
+            };
+            return Err(refuse(&format_args!(
+                "the id is {whose}: ids are one namespace per plan"
+            )));
+        }
+        spawned.push(subtask);
         Ok(())
     }
 
@@ -310,9 +331,11 @@ pub(super) async fn run_one(
     let progress = ctx.progress.clone();
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
-    // Everything the handler logs carries the task, run, type and attempt.
+    // Everything the handler logs carries the task, run, type, attempt (as counted against
+    // `max_retries`, `HIVE_ATTEMPT`) and run number (every run, given back ones included).
     let span = tracing::info_span!("handler", task_id = %task_id, run_id = %run_id,
-        task_type = %ctx.task.task_type, attempt = ctx.run.run_number);
+        task_type = %ctx.task.task_type, attempt = ctx.task.attempts,
+        run_number = ctx.run.run_number);
     let fut = tracing::Instrument::instrument(
         std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind(),
         span,

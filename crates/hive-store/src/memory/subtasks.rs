@@ -104,6 +104,8 @@ impl State {
             .flatten()
             .filter_map(|t| Some((self.task(*t)?.plan_subtask_id.clone()?, *t)))
             .collect();
+        let status_of = |id: &str| Some(self.task(*ids.get(id)?)?.status);
+        crate::rules::growth::dependencies_can_complete(&growth, status_of)?;
         for s in &growth.added {
             ids.insert(s.id.clone(), TaskId::new());
         }

@@ -464,9 +464,13 @@ pub(super) async fn grow(
     let mut tasks_by_subtask = HashMap::with_capacity(found.len());
     for row in &found {
         if let Some(s) = rows::get::<Option<String>>(row, "plan_subtask_id", T)? {
-            let done = rows::task_status(row, "status")? == hive_models::TaskStatus::Completed;
-            tasks_by_subtask.insert(s, (TaskId(rows::get(row, "id", T)?), done));
+            let status = rows::task_status(row, "status")?;
+            tasks_by_subtask.insert(s, (TaskId(rows::get(row, "id", T)?), status));
         }
+    }
+    let status_of = |id: &str| tasks_by_subtask.get(id).map(|t| t.1);
+    if let Err(e) = crate::rules::growth::dependencies_can_complete(&growth, status_of) {
+        return Ok(Err(e));
     }
     let placed = crate::rules::growth::place(&growth, &existing, &tasks_by_subtask);
     let first = i32::try_from(existing.len()).unwrap_or(i32::MAX);

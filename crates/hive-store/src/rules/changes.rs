@@ -421,6 +421,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         if !requeue {
             previous.check_transition(to)?;
         }
+        if to == TaskStatus::Queued
+            && matches!(previous, TaskStatus::Failed | TaskStatus::Cancelled)
+        {
+            self.check_plan_runs_on(task)?;
+        }
         let mut effects = Effects::default();
         let reason = change.reason.as_ref();
         if previous != to {
@@ -534,6 +539,25 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         self.notes.push(note);
         self.set_plan(plan, counters);
         Some(requeued)
+    }
+
+    /// A failed or cancelled subtask queued again alone would run in a plan that never
+    /// moves again, with what depends on it cancelled: refused while its plan is failed or
+    /// cancelled (its retry requeues the subtask with its dependents).
+    fn check_plan_runs_on(&self, task: &Task) -> Result<(), hive_models::Error> {
+        let Some(pid) = task.plan_id else {
+            return Ok(());
+        };
+        match self.plan_counters(pid).map(|c| c.status) {
+            Some(status @ (PlanStatus::Failed | PlanStatus::Cancelled)) => {
+                Err(hive_models::Error::SubtaskOfFinishedPlan {
+                    task: task.id.to_string(),
+                    plan: pid.to_string(),
+                    status: status.as_str(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn plan_counters(&self, id: PlanId) -> Option<PlanCounters> {

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use hive_models::{Growth, PlanId, PlanStatus, SubTask, TaskId};
+use hive_models::{Growth, PlanId, PlanStatus, SubTask, TaskId, TaskStatus};
 
 use crate::{Outcome, RunOutcome};
 
@@ -39,6 +39,31 @@ pub fn open_to_spawns(plan: PlanId, status: PlanStatus) -> Result<(), hive_model
                 }
             ),
         });
+    }
+    Ok(())
+}
+
+/// Whether every subtask of `g` waits only for subtasks that can still complete: one that
+/// failed or was cancelled (alone, `hive task cancel`, with its plan left running) never
+/// will, and a subtask waiting for it would wait for good, its plan never finishing.
+/// `status` gives an existing subtask's task status by subtask id.
+pub fn dependencies_can_complete(
+    g: &Growth,
+    status: impl Fn(&str) -> Option<TaskStatus>,
+) -> Result<(), hive_models::Error> {
+    for s in &g.added {
+        for d in hive_models::unique_dependencies(s) {
+            if let Some(st @ (TaskStatus::Failed | TaskStatus::Cancelled)) = status(d) {
+                return Err(hive_models::Error::InvalidField {
+                    field: "spawn".into(),
+                    reason: format!(
+                        "subtask {:?} depends on {d:?}, which is {} and will not complete",
+                        s.id,
+                        st.as_str()
+                    ),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -82,10 +107,16 @@ pub struct Placed {
 }
 
 /// Lays out `g`, grown from the plan's `existing` subtasks, given their tasks by subtask id,
-/// each with whether it completed (a completed dependency is not pending).
-pub fn place(g: &Growth, existing: &[SubTask], tasks: &HashMap<String, (TaskId, bool)>) -> Placed {
-    let mut ids: HashMap<&str, (TaskId, bool)> =
-        tasks.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+/// each with its status (a completed dependency is not pending).
+pub fn place(
+    g: &Growth,
+    existing: &[SubTask],
+    tasks: &HashMap<String, (TaskId, TaskStatus)>,
+) -> Placed {
+    let mut ids: HashMap<&str, (TaskId, bool)> = tasks
+        .iter()
+        .map(|(k, (id, status))| (k.as_str(), (*id, *status == TaskStatus::Completed)))
+        .collect();
     for s in &g.added {
         ids.insert(s.id.as_str(), (TaskId::new(), false));
     }

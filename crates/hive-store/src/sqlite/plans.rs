@@ -441,9 +441,13 @@ pub(super) async fn grow(
     for row in &rows {
         let cols = Cols::new(row, "tasks");
         if let Some(s) = cols.get::<Option<String>>("plan_subtask_id")? {
-            let done = cols.get::<String>("status")? == "completed";
-            tasks_by_subtask.insert(s, (cols.parse::<TaskId>("id")?, done));
+            let status = cols.parse::<hive_models::TaskStatus>("status")?;
+            tasks_by_subtask.insert(s, (cols.parse::<TaskId>("id")?, status));
         }
+    }
+    let status_of = |id: &str| tasks_by_subtask.get(id).map(|t| t.1);
+    if let Err(e) = crate::rules::growth::dependencies_can_complete(&growth, status_of) {
+        return Ok(Err(e));
     }
     let placed = crate::rules::growth::place(&growth, &existing, &tasks_by_subtask);
     let first = i64::try_from(existing.len()).unwrap_or(i64::MAX);

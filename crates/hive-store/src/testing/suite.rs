@@ -439,8 +439,12 @@ pub async fn delete_cascades_runs(s: S) {
     );
     assert!(refused.to_string().contains(&pid.to_string()), "{refused}");
     assert!(s.get_task(ids["a"]).await.unwrap().is_some());
-    // So is one that an unfinished task waits for, plan or not.
-    s.cancel_plan(pid).await.unwrap().unwrap();
+    // So is one that an unfinished task waits for, plan or not: the plan completed, then
+    // `b` queued again to run once more.
+    for _ in 0..2 {
+        let (_, run) = claim_one(&s, "w").await;
+        s.finish_runs(&[success(run)]).await.unwrap();
+    }
     let requeue = StatusChange::requeue();
     s.set_task_status(ids["b"], requeue).await.unwrap().unwrap();
     let refused = s.delete_task(ids["a"]).await.unwrap_err();
@@ -448,7 +452,6 @@ pub async fn delete_cascades_runs(s: S) {
         refused.to_string().contains("1 unfinished task"),
         "{refused}"
     );
-    assert_eq!(load(&s, ids["b"]).await.pending_dependencies, 1);
     // Once nothing waits for it, it goes, and its finished dependents forget it.
     set_status(&*s, ids["b"], TaskStatus::Cancelled).await;
     assert!(s.delete_task(ids["a"]).await.unwrap());

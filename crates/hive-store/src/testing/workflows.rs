@@ -147,6 +147,30 @@ pub async fn a_spawn_the_plan_cannot_take_adds_nothing(s: S) {
     assert_eq!(all.len(), 2, "nothing half-added");
 }
 
+/// A spawned subtask may not wait for one that will never complete (cancelled alone, its
+/// plan left running): it would wait for good and its plan never finish. The spawn is
+/// refused, naming both, and nothing is added.
+pub async fn a_spawn_waiting_on_a_cancelled_subtask_is_refused(s: S) {
+    let (pid, ids) = materialized(&s, vec![node("split", &[]), node("extra", &[])]).await;
+    super::fixtures::set_status(&*s, ids["extra"], TaskStatus::Cancelled).await;
+    let split = claim_all(&s).await.pop().unwrap();
+    assert_eq!(subtask_of(&split), "split");
+    let spawn = vec![node("ok", &["split"]), node("after", &["extra"])];
+    s.finish_runs(&[done(split.run.id, None, spawn)])
+        .await
+        .unwrap();
+    let t = s.get_task(ids["split"]).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Failed, "refused for good");
+    let why = t.last_error.unwrap();
+    assert!(
+        why.contains(r#"subtask "after" depends on "extra", which is cancelled"#),
+        "{why}"
+    );
+    assert_eq!(s.get_plan(pid).await.unwrap().unwrap().total_subtasks, 2);
+    let all = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
+    assert_eq!(all.len(), 2, "nothing added");
+}
+
 /// A subtask that finishes after its plan failed: its spawn is refused, naming why, so it
 /// fails and what depends on it is cancelled — a join after it never runs without the
 /// fan-out it spawns. The plan's retry runs it again, and then the spawn is taken.
@@ -574,26 +598,41 @@ pub async fn a_cancelled_plan_retried_resumes_and_one_with_nothing_left_complete
         .unwrap();
     assert_eq!(rep[0].plan_transition, Some(PlanStatus::Completed));
 
-    // A failed subtask retried alone and completed leaves a failed plan with nothing to
-    // run: retrying the plan finishes it.
-    let (pid, ids) = materialized(&s, failing_for_good(vec![node("x", &[])])).await;
+    // A failed subtask of a failed plan is not retried alone (the plan would never move
+    // again, what depends on it cancelled): refused, naming the plan; the plan's retry
+    // runs it, and its completion completes the plan.
+    let (pid, ids) = materialized(
+        &s,
+        failing_for_good(vec![node("x", &[]), node("after_x", &["x"])]),
+    )
+    .await;
     let x = claim_all(&s).await.pop().unwrap();
     s.finish_runs(&[super::fixtures::failure(x.run.id, None)])
         .await
         .unwrap();
-    s.set_task_status(ids["x"], crate::StatusChange::requeue())
+    let refused = s
+        .set_task_status(ids["x"], crate::StatusChange::requeue())
         .await
-        .unwrap()
-        .unwrap();
-    let x = claim_all(&s).await.pop().unwrap();
-    s.finish_runs(&[done(x.run.id, None, vec![])])
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get_plan_counters(pid).await.unwrap().unwrap().status,
-        PlanStatus::Failed
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("plan `{pid}`, which is failed")),
+        "{refused}"
     );
-    assert_eq!(s.retry_plan(pid).await.unwrap(), Some(vec![]));
+    let x_task = s.get_task(ids["x"]).await.unwrap().unwrap();
+    assert_eq!(
+        x_task.status,
+        TaskStatus::Failed,
+        "the refusal changed nothing"
+    );
+    assert_eq!(s.retry_plan(pid).await.unwrap().unwrap().len(), 2);
+    for _ in 0..2 {
+        let next = claim_all(&s).await.pop().unwrap();
+        s.finish_runs(&[done(next.run.id, None, vec![])])
+            .await
+            .unwrap();
+    }
     assert_eq!(
         s.get_plan_counters(pid).await.unwrap().unwrap().status,
         PlanStatus::Completed

@@ -75,10 +75,17 @@ pub async fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<()> {
         0 => String::new(),
         n => format!("; {n} skipped (changed meanwhile)"),
     };
+    let in_plans = match report.in_finished_plans {
+        0 => String::new(),
+        n => format!(
+            "; {n} left to their plans (subtasks of failed or cancelled plans: \
+             `hive plan retry PLAN_ID` runs them with what depends on them)"
+        ),
+    };
     output::report(
         ctx.json,
         &serde_json::to_value(report)?,
-        format_args!("{} task(s) queued again{skipped}", report.retried),
+        format_args!("{} task(s) queued again{skipped}{in_plans}", report.retried),
     )
 }
 
