@@ -633,3 +633,60 @@ async fn a_spawn_refuses_at_once_what_it_can_know(c: Client) {
     assert_eq!(p.total_subtasks, 3);
     assert_eq!(p.status, hive_client::PlanStatus::Completed);
 }
+
+/// A worker told to stop at once drops the handlers still running: each one's progress
+/// writer and stop signal go with it, so a process that runs worker after worker (an app
+/// embedding them) does not gather tasks waiting for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_dropped_at_once_leave_no_task_behind() {
+    let c = client(hive_store::testing::memory().await.unwrap().store);
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let mut after = Vec::new();
+    for round in 0..3 {
+        c.create_tasks(tasks("t", "stuck", 2)).await.unwrap();
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let worker = c
+            .worker(format!("w{round}"))
+            .concurrency(2)
+            .shutdown_grace(Duration::ZERO)
+            .handle_signals(false);
+        let stop = worker.shutdown_handle();
+        let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+            let started = started_tx.clone();
+            async move {
+                ctx.progress(0.5, "half way").unwrap();
+                let _ = started.send(());
+                std::future::pending::<Result<(), TaskError>>().await
+            }
+        }));
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(30), started.recv())
+                .await
+                .expect("every handler starts");
+        }
+        stop.shutdown_now();
+        let report = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.released, 2);
+        // Aborted tasks are gone once the runtime has polled them out.
+        let settled = Instant::now();
+        let mut last = alive();
+        while settled.elapsed() < Duration::from_millis(500) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            last = last.min(alive());
+        }
+        after.push(last);
+    }
+    // The first round may start tasks that live as long as the client (its event bus).
+    assert_eq!(
+        after[1], after[2],
+        "alive tasks after each round: {after:?}"
+    );
+}

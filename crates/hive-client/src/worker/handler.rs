@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
-use hive_models::{Json, Run, SubTask, Task};
+use hive_models::{Json, Run, RunId, SubTask, Task};
 use hive_ops::Claimed;
 use hive_ops::store::{Inputs, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
@@ -258,6 +258,35 @@ enum Ended<T> {
     Cancelled(bool),
 }
 
+/// A started run's registrations, ended when its call ends, also when the call is dropped
+/// half-way (a worker stopping at once aborts its running handlers): its stop signal is
+/// forgotten and its progress writer stopped, which otherwise would wait for good.
+struct RunEnd {
+    stops: Stops,
+    run: RunId,
+    progress: Arc<ProgressCell>,
+    ended: bool,
+}
+
+impl RunEnd {
+    /// Ends them now; returns why the run is to be given back, if the worker stopped it
+    /// for that.
+    fn end(mut self) -> Option<String> {
+        self.ended = true;
+        self.progress.close();
+        self.stops.remove(self.run)
+    }
+}
+
+impl Drop for RunEnd {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.progress.close();
+            self.stops.remove(self.run);
+        }
+    }
+}
+
 /// Runs one claimed task once a handler is free; a panicking handler fails its task, not
 /// the worker.
 pub(super) async fn run_one(
@@ -328,7 +357,12 @@ pub(super) async fn run_one(
         cancel,
         progress: Arc::default(),
     };
-    let progress = ctx.progress.clone();
+    let run_end = RunEnd {
+        stops: limits.stops.clone(),
+        run: run_id,
+        progress: ctx.progress.clone(),
+        ended: false,
+    };
     let spawned = ctx.spawned.clone();
     let owner = ctx.task.describe();
     // Everything the handler logs carries the task, run, type, attempt (as counted against
@@ -370,8 +404,7 @@ pub(super) async fn run_one(
         }
     };
     gate.pace.record(began.elapsed());
-    let given_back = limits.stops.remove(run_id);
-    progress.close();
+    let given_back = run_end.end();
     // A stopped handler is dropped here if it did not return (a `shell` command's process
     // group dies with it).
     let finished = match ended {
