@@ -42,7 +42,7 @@ pub use hive_models::{
 pub use hive_ops::{
     Event, EventOrigin, Limits, Ops, OpsConfig, Published, QueueInfo, Subscription,
 };
-pub use hive_store::{ConnectOptions, Store};
+pub use hive_store::{ConnectOptions, Inputs, Store};
 pub use worker::{
     DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, Handler, HealthHandle, ShutdownHandle,
     TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerHealth, WorkerPhase, WorkerReport,
