@@ -77,6 +77,7 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     a_connection_killed_during_commit_leaves_the_pool_clean,
     serialization_failures_leave_the_pool_clean,
     a_write_dropped_half_way_leaves_the_pool_clean,
+    a_read_only_server_is_a_transient_fault,
     a_spawn_cut_at_commit_is_all_or_nothing,
     a_plan_left_unsettled_by_a_crash_is_settled_by_the_reaper,
 );
@@ -249,6 +250,18 @@ async fn dropped_writes(store: &dyn Store, observer: &dyn Store) {
             "the write {after} was not committed"
         );
     }
+}
+
+/// A server that takes no writes (a standby, or a failover target not yet promoted) is a
+/// transient fault that workers retry, not an error that fails their tasks for good.
+async fn a_read_only_server_is_a_transient_fault(_: Arc<dyn Store>, url: String) {
+    let read_only = tagged_store(&url, &tag(), "-c default_transaction_read_only=on").await;
+    let e = read_only
+        .insert_tasks(vec![StoreTask::new("t", "x")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, hive_store::Error::Unavailable { .. }), "{e:?}");
+    assert!(e.is_transient() && e.to_string().contains("25006"), "{e}");
 }
 
 async fn a_write_dropped_half_way_leaves_the_pool_clean(observer: Arc<dyn Store>, url: String) {

@@ -231,6 +231,21 @@ fn a_worker_refuses_what_it_cannot_do_at_start() {
             "not well under --lease-secs 3",
         ),
         (
+            vec![
+                "worker",
+                "run",
+                "--heartbeat-ms",
+                "20000",
+                "--lease-secs",
+                "300",
+            ],
+            "marked offline: at most 15000 ms",
+        ),
+        (
+            vec!["worker", "run", "--poll-ms", "0"],
+            "--poll-ms must be at least 1",
+        ),
+        (
             vec!["worker", "run", "--concurrency", "0"],
             "--concurrency must be at least 1",
         ),

@@ -87,8 +87,10 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
             c if c.starts_with("23") || c.starts_with("22") || c == "54001" => {
                 Error::Rejected(message)
             }
-            // connection exceptions, server shutting down, too many connections
-            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+            // connection exceptions, server shutting down, too many connections, a server
+            // that takes no writes (a standby, or a failover target not yet promoted: a
+            // retry may reach the primary; failing the work for good would lose it)
+            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "25006" => {
                 Error::Unavailable {
                     target: target.to_owned(),
                     reason: message,

@@ -207,10 +207,14 @@ impl WorkerBuilder {
         handle_signals: bool,
     }
 
-    /// The heartbeat interval in effect: the one set, else a third of the lease.
+    /// The heartbeat interval in effect: the one set, else a third of the lease or of the
+    /// time after which a silent worker counts as offline (`OpsConfig::heartbeat_timeout`,
+    /// 30 s), whichever is shorter: with a long lease, beats a third of it apart would let
+    /// the reaper mark a live worker offline between two of them.
     pub(super) fn heartbeat_every(&self) -> Duration {
+        let offline_after = self.client.ops().config().heartbeat_timeout;
         self.heartbeat_interval
-            .unwrap_or(self.lease / 3)
+            .unwrap_or((self.lease / 3).min(offline_after / 3))
             .max(Duration::from_millis(10))
     }
 
@@ -231,6 +235,10 @@ impl WorkerBuilder {
         if self.task_timeout.is_some_and(|t| t.is_zero()) {
             return invalid("task_timeout", "must be longer than zero".into());
         }
+        // Zero would make the claim loop ask the store again at once, in a busy loop.
+        if self.poll_interval.is_zero() {
+            return invalid("poll_interval", "must be longer than zero".into());
+        }
         let beat = self.heartbeat_every();
         if beat.saturating_mul(2) > self.lease {
             return invalid(
@@ -239,6 +247,17 @@ impl WorkerBuilder {
                     "{beat:?} is not well under the lease of {:?}: a heartbeat must come at \
                      least twice per lease, or a healthy worker's tasks expire and run twice",
                     self.lease
+                ),
+            );
+        }
+        let offline_after = self.client.ops().config().heartbeat_timeout;
+        if beat.saturating_mul(2) > offline_after {
+            return invalid(
+                "heartbeat_interval",
+                format!(
+                    "{beat:?} is not well under the {offline_after:?} after which a silent \
+                     worker counts as offline (`OpsConfig::heartbeat_timeout`): a heartbeat \
+                     must come at least twice in it, or reapers mark a live worker offline"
                 ),
             );
         }
@@ -279,5 +298,21 @@ mod tests {
         assert!(DEFAULT_LEASE + DEFAULT_REAP_INTERVAL <= Duration::from_secs(15));
         // A heartbeat every third of the lease: two can be missed before it expires.
         assert!((DEFAULT_LEASE / 3).saturating_mul(2) < DEFAULT_LEASE);
+    }
+
+    #[tokio::test]
+    async fn a_long_lease_still_beats_well_within_the_offline_time() {
+        let c = crate::Client::connect("memory:").await.unwrap();
+        let long = c.worker("w").lease(Duration::from_secs(300));
+        assert_eq!(long.heartbeat_every(), Duration::from_secs(10));
+        assert!(long.validate().is_ok());
+        let short = c.worker("w").lease(Duration::from_secs(9));
+        assert_eq!(short.heartbeat_every(), Duration::from_secs(3));
+        let slow = c
+            .worker("w")
+            .lease(Duration::from_secs(300))
+            .heartbeat_interval(Duration::from_secs(20));
+        let e = slow.validate().unwrap_err().to_string();
+        assert!(e.contains("counts as offline"), "{e}");
     }
 }

@@ -29,7 +29,7 @@ const AT_ONCE_STORE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a graceful shutdown retries its last store calls through transient faults
 /// (see [`Runtime::at_shutdown`]).
-const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(15);
+const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// A started worker: its configuration, and the state its loops share.
 pub(super) struct Runtime {

@@ -143,6 +143,22 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
             a.lease_secs
         );
     }
+    let offline_after = hive_client::OpsConfig::default().heartbeat_timeout;
+    if let Some(ms) = a.intervals.heartbeat_ms
+        && Duration::from_millis(ms).saturating_mul(2) > offline_after
+    {
+        anyhow::bail!(
+            "--heartbeat-ms {ms} is not well under the {} s after which a worker without a \
+             heartbeat is marked offline: at most {} ms",
+            offline_after.as_secs(),
+            offline_after.as_millis() / 2
+        );
+    }
+    if a.intervals.poll_ms == Some(0) {
+        anyhow::bail!(
+            "--poll-ms must be at least 1: 0 would ask the database again at once, in a busy loop"
+        );
+    }
     let types = if a.types.is_empty() {
         vec![shell::SHELL.to_owned()]
     } else {
