@@ -24,7 +24,9 @@ pub struct RunArgs {
     /// (`{"ms": N}`) for load tests.
     #[arg(long = "type")]
     types: Vec<String>,
-    /// The worker's name; default `ROLE-HOST-PID`.
+    /// The worker's name; default `ROLE-HOST-PID-XXXX` (a random suffix, so two containers
+    /// sharing a host name and PID 1 still differ). Two processes given one id act as one
+    /// worker: each gives back the runs the other holds.
     #[arg(long)]
     id: Option<String>,
     /// Tasks run at once.
@@ -172,8 +174,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let exec_log = a.exec_log.as_deref().map(ExecLog::open).transpose()?;
-    let id =
-        a.id.unwrap_or_else(|| format!("{}-{}-{}", a.role, hostname(), std::process::id()));
+    let id = a.id.unwrap_or_else(|| default_id(&a.role));
     // From here on Ctrl-C and SIGTERM are this command's to handle.
     let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
@@ -452,8 +453,39 @@ async fn logged(
     result
 }
 
+/// `ROLE-HOST-PID-XXXX`: host and PID say where the worker runs; the random suffix keeps
+/// apart processes that share both (containers on the host's network, each its own PID 1),
+/// which under one id would give back each other's runs.
+fn default_id(role: &str) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{role}-{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        &suffix[..4]
+    )
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_ids_say_where_and_differ_between_processes_that_share_host_and_pid() {
+        let ids: Vec<String> = (0..3).map(|_| super::default_id("etl")).collect();
+        let prefix = format!("etl-{}-{}-", super::hostname(), std::process::id());
+        for id in &ids {
+            let suffix = id.strip_prefix(&prefix).unwrap_or_else(|| panic!("{id}"));
+            assert!(
+                suffix.len() == 4 && suffix.chars().all(|c| c.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+        // Three alike by chance: one in four billion.
+        assert!(ids[0] != ids[1] || ids[1] != ids[2], "{ids:?}");
+    }
 }
