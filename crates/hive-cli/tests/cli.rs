@@ -141,8 +141,12 @@ echo '{"chunks": 3}'
     };
     // A spawn file that is not subtasks fails its task for good and adds nothing.
     let bad_id = spawner("bad", r#"{"id": "x"}"#);
-    // So does a spawn the plan refuses as it commits the success: a duplicate id.
-    let dup_id = spawner("dup", r#"{"id": "dup", "title": "D", "task_type": "noop"}"#);
+    // So does a spawn the plan refuses as it commits the success: a dependency on a
+    // subtask the plan does not have (what the worker cannot know without the plan).
+    let dup_id = spawner(
+        "dup",
+        r#"{"id": "x", "title": "D", "task_type": "noop", "dependencies": ["nope"]}"#,
+    );
     // So does one written by a task of no plan.
     let lone = db.ok(&create_shell(
         r#"{"command": "echo '{\"id\": \"x\", \"title\": \"X\", \"task_type\": \"noop\"}' > \"$HIVE_SPAWN\""}"#,
