@@ -26,10 +26,11 @@
 //!   report a line (`0.42 copying files`, see [`crate::progressfile`]).
 //!
 //! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
-//! when the command wrote one (an empty file counts as none), else the last line of its stdout that is a JSON value (read
-//! from the last 2 MiB it printed, however much came before), else nothing (`null` to
-//! dependents). A `HIVE_OUTPUT` file that is not JSON fails the task, and so does a last
-//! line too long to be read that ends like a JSON object or array.
+//! when the command wrote one (an empty file counts as none), else the last line of its
+//! stdout that is a JSON value (read from the last 2 MiB it printed, however much came
+//! before), else nothing (`null` to dependents). A `HIVE_OUTPUT` file that is not JSON
+//! fails the task, and so does a last line too long to be read that ends like a JSON
+//! object or array.
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
 //! the task stops, so a background child never outlives its task: after `sh` exits; on a
@@ -287,11 +288,12 @@ fn with_last_word(failed: String, stderr: &str) -> String {
 }
 
 /// The command's output: the `HIVE_OUTPUT` file's JSON (an empty file, or only
-/// whitespace, is none written), else the last stdout line that is JSON, else none. `stdout` is the end of what it printed, and whether more came before
-/// (the first line of `stdout` is then cut, so it is not read). A last line too long to be
-/// read whole that ends like a JSON object or array is refused rather than skipped: it is an
-/// output over the limit, and skipping it would hand the dependents an older line, or
-/// nothing, without a word.
+/// whitespace, is none written), else the last stdout line that is JSON, else none.
+/// `stdout` is the end of what it printed, and whether more came before (the first line of
+/// `stdout` is then cut, so it is not read). A last line too long to be read whole that ends
+/// like a JSON object or array is refused rather than skipped: it is an output over the
+/// limit, and skipping it would hand the dependents an older line, or nothing, without a
+/// word.
 fn output(
     file: &std::path::Path,
     (stdout, cut): (&[u8], bool),

@@ -84,9 +84,10 @@ impl TaskContext {
     /// submission is: a spawn it cannot take fails this task for good, naming the problem.
     ///
     /// What can be known here errors at once, before the handler does its work: this task
-    /// belonging to no plan, the subtask's own fields (as [`hive_models::validate_subtask_fields`]),
-    /// and its id repeating this subtask's or one spawned before in this run. Its place in
-    /// the plan (ids and dependencies of other subtasks) is checked at the commit.
+    /// belonging to no plan, the subtask's own fields (as
+    /// [`hive_models::validate_subtask_fields`]), and its id repeating this subtask's or
+    /// one spawned before in this run. Its place in the plan (ids and dependencies of other
+    /// subtasks) is checked at the commit.
     pub fn spawn(&self, subtask: SubTask) -> std::result::Result<(), TaskError> {
         let refuse = |why: &dyn std::fmt::Display| {
             TaskError::permanent(format!(

@@ -130,7 +130,8 @@ impl Drop for WriteTx {
                 Ok(_) => {}
                 Err(e) if e.to_string().contains("no transaction is active") => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, "rollback of a dropped write failed; replacing the SQLite writer connection");
+                    tracing::debug!(error = %e, "rollback of a dropped write failed; \
+                        replacing the SQLite writer connection");
                     conn.close_on_drop();
                 }
             }
