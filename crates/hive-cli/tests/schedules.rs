@@ -1,7 +1,7 @@
 //! Schedules across processes: three `hive schedule run` processes on one database create
 //! exactly one task per slot, none missing; a scheduler waits for a database not up yet
-//! and stops at a signal whatever it waits for; bad schedules are refused before anything
-//! is written.
+//! and stops at a signal whatever it waits for; a worker schedules unless told
+//! `--no-schedules`; bad schedules are refused before anything is written.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -86,17 +86,7 @@ async fn three_schedulers_create_one_task_per_slot(store: Arc<dyn Store>, url: S
 async fn a_scheduler_waiting_on_the_database_stops_at_a_signal() {
     use sqlx::Connection;
     let db = Db::new();
-    db.ok(&[
-        "schedule",
-        "add",
-        "tick",
-        "--cron",
-        "* * * * * *",
-        "--title",
-        "t",
-        "--type",
-        "x",
-    ]);
+    every_second(&db, "x");
     let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut holder)
@@ -337,4 +327,48 @@ fn bad_schedules_are_refused_before_anything_is_written() {
     db.ok(&["schedule", "resume", "nightly"]);
     db.ok(&["schedule", "delete", "nightly"]);
     assert_eq!(db.json(&["schedule", "list"]), serde_json::json!([]));
+}
+
+/// A worker runs the scheduler unless told `--no-schedules` (a fleet where a few workers
+/// schedule spares the others' queries): each works a 2.5 s `sleep` task while a schedule
+/// fires every second; only the one that schedules creates its tasks.
+#[test]
+fn a_worker_schedules_unless_told_not_to() {
+    let db = Db::new();
+    every_second(&db, "tick");
+    let ticks = |db: &Db| {
+        db.json(&["task", "list", "--type", "tick"])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let nap = ["--payload", r#"{"ms": 2500}"#];
+    db.ok(&support::db::create_task("nap", "sleep", &nap));
+    db.work_until_idle(&["--type", "sleep", "--no-schedules"]);
+    assert_eq!(
+        ticks(&db),
+        0,
+        "a worker told --no-schedules created scheduled tasks"
+    );
+    db.ok(&support::db::create_task("nap", "sleep", &nap));
+    db.work_until_idle(&["--type", "sleep"]);
+    assert!(
+        ticks(&db) >= 1,
+        "the schedule fired while a scheduling worker ran"
+    );
+}
+
+/// Adds the schedule `tick`: a task of `task_type` every second.
+fn every_second(db: &Db, task_type: &str) {
+    db.ok(&[
+        "schedule",
+        "add",
+        "tick",
+        "--cron",
+        "* * * * * *",
+        "--title",
+        "Tick",
+        "--type",
+        task_type,
+    ]);
 }

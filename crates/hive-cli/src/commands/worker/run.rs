@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// exit it names the queued tasks it left and why.
     #[arg(long)]
     exit_when_idle: bool,
+    /// Do not run the scheduler (every worker creates the due schedules' tasks once a
+    /// second by default): for fleets where a few workers, or `hive schedule run`, do it,
+    /// saving the others' queries.
+    #[arg(long)]
+    no_schedules: bool,
     /// Serve Prometheus metrics (`GET /metrics`) and the worker's probes (`GET /healthz`:
     /// alive, `GET /readyz`: ready; 200, or 503 naming the problem) on this address while
     /// the worker runs.
@@ -190,6 +195,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         .concurrency(a.concurrency)
         .lease(Duration::from_secs(a.lease_secs))
         .exit_when_idle(a.exit_when_idle)
+        .run_schedules(!a.no_schedules)
         .handle_signals(false);
     let worker = match a.prefetch {
         Some(n) => worker.prefetch(n),
