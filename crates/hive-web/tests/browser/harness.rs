@@ -27,33 +27,46 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("its address").port()
-}
-
 impl Driver {
     /// Starts chromedriver; fails with what to install when it is missing (`.ci/run`
     /// installs Debian's `chromium` and `chromium-driver`).
+    ///
+    /// chromedriver picks its own port (`--port=0`) and prints it: a port chosen here and
+    /// handed over could be taken in between by another test's listener, and chromedriver
+    /// then served on IPv6 alone while the readiness probe reached the other listener.
     pub async fn start() -> Driver {
-        let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        let mut child = Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start chromedriver ({e}): apt-get install chromium chromium-driver")
             });
-        let driver = Driver { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let stdout = child.stdout.take().expect("chromedriver's stdout");
+        // The driver is built before the wait so that a failed wait still kills the child.
+        let mut driver = Driver { child, port: 0 };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            // Reads on to the end: a full pipe would stall chromedriver.
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let port = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok());
+                if let Some(port) = port
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        driver.port = tokio::time::timeout(Duration::from_secs(20), rx)
             .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .expect("chromedriver did not say its port within 20 s")
+            .expect("chromedriver exited before it listened");
         driver
     }
 
