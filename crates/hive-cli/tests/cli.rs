@@ -14,6 +14,50 @@ const PLAN: &str = r#"{"title": "Release 1.2", "description": "optional",
    {"id": "test",  "title": "Test",  "task_type": "shell", "payload": {"command": "test -f build.out && echo tested"}, "dependencies": ["build"]}
  ]}"#;
 
+/// A plan submitted again with the same key, from the file or from `--idempotency-key`, is
+/// the first plan: the same id printed, no second plan, no more tasks.
+#[test]
+fn a_plan_submitted_twice_with_one_key_is_one_plan() {
+    let db = Db::new();
+    let keyed = db.write(
+        "keyed.toml",
+        "title = \"Nightly\"\nidempotency_key = \"nightly-2026-12-06\"\n\
+         [[subtasks]]\nid = \"a\"\ntitle = \"A\"\ntask_type = \"noop\"\n",
+    );
+    let first = db.ok(&["plan", "submit", &keyed]).trim().to_owned();
+    let again = db.ok(&["plan", "submit", &keyed]).trim().to_owned();
+    assert_eq!(again, first);
+    let plain = db.write("plain.json", PLAN);
+    let flagged = db.ok(&["plan", "submit", &plain, "--idempotency-key", "release-1.2"]);
+    let flagged_again = db.ok(&["plan", "submit", &plain, "--idempotency-key", "release-1.2"]);
+    assert_eq!(flagged, flagged_again);
+    assert_ne!(flagged.trim(), first);
+    let overridden = db.ok(&["plan", "submit", &keyed, "--idempotency-key", "release-1.2"]);
+    assert_eq!(overridden, flagged, "the flag replaces the file's key");
+    let plans = db.json(&["plan", "list"]);
+    assert_eq!(plans.as_array().unwrap().len(), 2, "{plans}");
+    let status = db.json(&["plan", "status", &first]);
+    assert_eq!(
+        status["plan"]["idempotency_key"], "nightly-2026-12-06",
+        "{status}"
+    );
+    let shown = db.ok(&["plan", "status", &first]);
+    assert!(
+        shown.contains("\nidempotency key: nightly-2026-12-06\n"),
+        "{shown}"
+    );
+    assert_eq!(db.json(&["task", "list"]).as_array().unwrap().len(), 3);
+
+    let before = db.snapshot();
+    db.refused(
+        db.hive()
+            .args(["plan", "submit", &plain, "--idempotency-key", " "]),
+        "a blank key",
+        "idempotency_key",
+        &before,
+    );
+}
+
 #[test]
 fn plan_runs_to_completion_with_a_worker_process() {
     let db = Db::new();

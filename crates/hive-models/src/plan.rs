@@ -267,6 +267,12 @@ pub struct NewPlan {
     /// object, `{}` when not given. Stored with the plan; Hive does not read it.
     #[serde(default = "empty_object")]
     pub metadata: Json,
+    /// Makes the submission safe to repeat (after a timeout, a crash, a retried request):
+    /// a second plan with the same key creates nothing, and its submission returns the
+    /// first plan's id, whatever the second one's content. The key is free again once its
+    /// plan is pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl NewPlan {
@@ -278,11 +284,14 @@ impl NewPlan {
             parent_task_id: None,
             subtasks,
             metadata: empty_object(),
+            idempotency_key: None,
         }
     }
 
     crate::setters! {
         description: impl Into<String> => into,
+        /// Makes the submission safe to repeat: see the field of this name.
+        idempotency_key: impl Into<String> => some_into,
         /// The task this plan breaks down.
         parent_task_id: TaskId => Some,
         /// Free-form facts about the plan; must be a JSON object.
@@ -294,6 +303,9 @@ impl NewPlan {
         non_blank("title", &self.title)?;
         check_no_nul("description", &self.description)?;
         check_metadata_object(&self.metadata)?;
+        if let Some(key) = &self.idempotency_key {
+            non_blank("idempotency_key", key)?;
+        }
         validate_subtasks(&self.subtasks, max_payload_bytes)
     }
 }
@@ -339,6 +351,9 @@ pub struct ExecutionPlan {
     /// Free-form facts given at submission (see [`NewPlan::metadata`]); `{}` by default.
     #[serde(default = "empty_object")]
     pub metadata: Json,
+    /// The key it was submitted with (see the field of this name on [`NewPlan`]).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -367,6 +382,7 @@ impl ExecutionPlan {
             subtasks: new.subtasks,
             materialized: false,
             metadata: new.metadata,
+            idempotency_key: new.idempotency_key,
             created_at: now,
             updated_at: now,
         }

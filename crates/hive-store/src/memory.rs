@@ -577,18 +577,17 @@ impl Store for MemoryStore {
     }
 
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
-        let id = PlanId::new();
-        let plan = ExecutionPlan::from_new(id, plan, now());
-        self.lock().plans.insert(id, plan);
-        Ok(id)
+        Ok(self.lock().insert_plan(plan, now()).0)
     }
 
     async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)> {
-        let (id, at) = (PlanId::new(), now());
-        let created = {
+        let at = now();
+        let (id, created) = {
             let mut s = self.lock();
-            s.plans.insert(id, ExecutionPlan::from_new(id, plan, at));
-            s.materialize(id, at).unwrap_or(0)
+            match s.insert_plan(plan, at) {
+                (id, true) => (id, s.materialize(id, at).unwrap_or(0)),
+                (first, false) => (first, 0),
+            }
         };
         if created > 0 {
             self.send(vec![self.notifier.task_created(None, created)]);

@@ -58,7 +58,8 @@ macro_rules! worker_columns {
 macro_rules! plan_columns {
     () => {
         "id, title, description, parent_task_id, status, total_subtasks, completed_subtasks, \
-         failed_subtasks, cancelled_subtasks, materialized, metadata, created_at, updated_at"
+         failed_subtasks, cancelled_subtasks, materialized, metadata, idempotency_key, created_at, \
+         updated_at"
     };
 }
 

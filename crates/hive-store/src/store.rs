@@ -262,12 +262,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- plans ----
 
-    /// Stores a validated plan as `pending`, not yet materialized.
+    /// Stores a validated plan as `pending`, not yet materialized. A plan with an
+    /// idempotency key that a stored plan has already is not stored: the stored plan's id
+    /// is returned, also to a submission racing the first.
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId>;
 
     /// Stores a validated plan and materializes it ([`Store::materialize_plan`]) in one
     /// transaction: a crash leaves either nothing or the whole plan with its tasks, never
-    /// a pending plan that nothing will run. Returns the plan and how many tasks it created.
+    /// a pending plan that nothing will run. Returns the plan and how many tasks it created:
+    /// for a plan whose idempotency key a stored plan has, that plan and 0.
     async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)>;
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>>;

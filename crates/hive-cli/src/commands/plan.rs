@@ -19,6 +19,11 @@ pub enum PlanCommand {
     Submit {
         /// The plan file (`.json` or `.toml`; `-` reads standard input).
         file: PathBuf,
+        /// A key that makes the submit safe to repeat: a second submit with the same key
+        /// creates nothing and prints the first plan's id (default: the file's
+        /// `idempotency_key`, if any).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Status and progress of a plan, and its subtasks: every one of a plan of up to 1,000
     /// (status, attempts, duration, worker, dependencies and the first line of its error);
@@ -77,8 +82,14 @@ fn found<T>(x: Option<T>, id: PlanId) -> anyhow::Result<T> {
 
 pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PlanCommand::Submit { file } => {
-            let plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+        PlanCommand::Submit {
+            file,
+            idempotency_key,
+        } => {
+            let mut plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+            if idempotency_key.is_some() {
+                plan.idempotency_key = idempotency_key;
+            }
             for st in &plan.subtasks {
                 builtin::validate_payload(&st.task_type, &st.payload).map_err(|e| {
                     anyhow!(

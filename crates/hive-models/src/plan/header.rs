@@ -23,6 +23,7 @@ pub struct PlanHeader {
     pub cancelled_subtasks: u32,
     pub materialized: bool,
     pub metadata: Json,
+    pub idempotency_key: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -51,6 +52,7 @@ impl ExecutionPlan {
             parent_task_id: h.parent_task_id,
             subtasks,
             metadata: h.metadata,
+            idempotency_key: h.idempotency_key,
         };
         let mut plan = ExecutionPlan::from_new(h.id, new, h.created_at);
         plan.set_counters(PlanCounters {
@@ -79,6 +81,7 @@ impl ExecutionPlan {
             cancelled_subtasks: self.cancelled_subtasks,
             materialized: self.materialized,
             metadata: self.metadata.clone(),
+            idempotency_key: self.idempotency_key.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
         }

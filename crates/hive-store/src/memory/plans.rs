@@ -3,12 +3,30 @@
 
 use std::collections::HashMap;
 
-use hive_models::{PlanId, TaskId, TaskStatus, Timestamp};
+use hive_models::{ExecutionPlan, NewPlan, PlanId, TaskId, TaskStatus, Timestamp};
 
 use super::state::{State, sub};
 use crate::{PlanPruneParams, PlansPruned};
 
 impl State {
+    /// Stores a new pending plan and returns it with `true`; or, when a plan was submitted
+    /// with its idempotency key before, returns that one with `false`.
+    pub(crate) fn insert_plan(&mut self, plan: NewPlan, at: Timestamp) -> (PlanId, bool) {
+        if let Some(first) = plan
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.plan_keys.get(k))
+        {
+            return (*first, false);
+        }
+        let id = PlanId::new();
+        if let Some(key) = &plan.idempotency_key {
+            self.plan_keys.insert(key.clone(), id);
+        }
+        self.plans.insert(id, ExecutionPlan::from_new(id, plan, at));
+        (id, true)
+    }
+
     /// See [`crate::Store::dependencies_met`].
     pub(crate) fn dependencies_met(&self, ids: &[TaskId]) -> HashMap<TaskId, bool> {
         ids.iter()
@@ -75,7 +93,9 @@ impl State {
                     pruned.tasks += 1;
                 }
             }
-            self.plans.remove(&id);
+            if let Some(key) = self.plans.remove(&id).and_then(|p| p.idempotency_key) {
+                self.plan_keys.remove(&key);
+            }
             pruned.plans += 1;
         }
         pruned

@@ -31,6 +31,8 @@ pub(super) struct State {
     pub running: IdMap<RunId, Duration>,
     pub workers: BTreeMap<WorkerId, Worker>,
     pub plans: IdMap<PlanId, ExecutionPlan>,
+    /// Plans by idempotency key.
+    pub plan_keys: std::collections::HashMap<String, PlanId>,
     pub plan_tasks: IdMap<PlanId, Vec<TaskId>>,
     pub schedules: BTreeMap<String, hive_models::Schedule>,
     pub flow_rules: std::collections::HashMap<hive_models::Scope, hive_models::FlowRule>,

@@ -43,7 +43,7 @@ const LOCK_RETRIED_PLAN_TASKS: &str = concat!(
 impl PostgresStore {
     pub(super) async fn insert_plan_row(&self, plan: &NewPlan) -> R<PlanId> {
         let mut tx = self.pool.begin().await?;
-        let out = insert_plan(&mut tx, plan).await;
+        let out = insert_plan(&mut tx, plan).await.map(|(id, _)| id);
         end(tx, out).await
     }
 
@@ -52,7 +52,10 @@ impl PostgresStore {
     pub(super) async fn submit_once(&self, plan: &NewPlan) -> R<(PlanId, u64)> {
         let mut tx = self.pool.begin().await?;
         let out: R<_> = async {
-            let id = insert_plan(&mut tx, plan).await?;
+            let (id, new) = insert_plan(&mut tx, plan).await?;
+            if !new {
+                return Ok((id, 0));
+            }
             let created = self
                 .create_tasks(&mut tx, id, plan.parent_task_id, &plan.subtasks)
                 .await?;
@@ -349,14 +352,18 @@ impl PostgresStore {
     }
 }
 
-/// A new plan's row and subtask definitions, `pending` and not materialized.
-async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<PlanId> {
+/// A new plan's row and subtask definitions, `pending` and not materialized, and `true`;
+/// or, when a plan was submitted with its idempotency key before, that plan and `false`.
+async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<(PlanId, bool)> {
     let id = PlanId::new();
     let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
-    sqlx::query(
+    // A concurrent submission of the same key makes this insert wait for its commit, then
+    // insert nothing; the read that follows, a new statement, sees the committed plan.
+    let inserted = sqlx::query(
         "INSERT INTO plans (id, title, description, parent_task_id, status, \
-             total_subtasks, metadata, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, now(), now())",
+             total_subtasks, metadata, idempotency_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, now(), now()) \
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(id.0)
     .bind(&plan.title)
@@ -364,10 +371,19 @@ async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<PlanId> {
     .bind(plan.parent_task_id.map(|p| p.0))
     .bind(total)
     .bind(&plan.metadata)
+    .bind(&plan.idempotency_key)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let first: Uuid = sqlx::query_scalar("SELECT id FROM plans WHERE idempotency_key = $1")
+            .bind(&plan.idempotency_key)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Ok((PlanId(first), false));
+    }
     insert_specs(conn, id, &plan.subtasks, 0).await?;
-    Ok(id)
+    Ok((id, true))
 }
 
 /// Stores subtask definitions, numbered from `first` in the plan's order.

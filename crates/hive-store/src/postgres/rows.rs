@@ -199,6 +199,7 @@ pub(super) fn plan_header(row: &PgRow) -> Result<PlanHeader, Fail> {
         cancelled_subtasks: c.cancelled,
         materialized: get(row, "materialized", T)?,
         metadata: get(row, "metadata", T)?,
+        idempotency_key: get(row, "idempotency_key", T)?,
         created_at: get(row, "created_at", T)?,
         updated_at: get(row, "updated_at", T)?,
     })

@@ -388,6 +388,7 @@ pub(super) fn plan_header(row: &SqliteRow) -> R<PlanHeader> {
         cancelled_subtasks: counters.cancelled,
         materialized: c.get::<i64>("materialized")? != 0,
         metadata: c.json("metadata")?,
+        idempotency_key: c.get("idempotency_key")?,
         created_at: c.ts("created_at")?,
         updated_at: c.ts("updated_at")?,
     })

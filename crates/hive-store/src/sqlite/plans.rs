@@ -15,14 +15,34 @@ use crate::rules::Loaded;
 use crate::{Notification, Notifier};
 
 pub(super) async fn insert(c: &mut Conn, plan: &NewPlan) -> R<PlanId> {
+    Ok(match keyed(c, plan).await? {
+        Some(first) => first,
+        None => insert_new(c, plan).await?,
+    })
+}
+
+/// The plan already submitted with `plan`'s idempotency key. Writers take turns on SQLite,
+/// so nothing can insert the key between this read and the insert that follows it.
+async fn keyed(c: &mut Conn, plan: &NewPlan) -> R<Option<PlanId>> {
+    let Some(key) = &plan.idempotency_key else {
+        return Ok(None);
+    };
+    let row = sqlx::query("SELECT id FROM plans WHERE idempotency_key = ?1")
+        .bind(key)
+        .fetch_optional(&mut *c)
+        .await?;
+    row.map(|r| Cols::new(&r, "plans").parse("id")).transpose()
+}
+
+async fn insert_new(c: &mut Conn, plan: &NewPlan) -> R<PlanId> {
     let at = db::db_now(c).await?;
     let id = PlanId::new();
     let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
     sqlx::query(
         "INSERT INTO plans (id, title, description, parent_task_id, status, total_subtasks, \
                             completed_subtasks, failed_subtasks, materialized, metadata, \
-                            created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 0, 0, ?7, ?6, ?6)",
+                            idempotency_key, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 0, 0, ?7, ?8, ?6, ?6)",
     )
     .bind(id.to_string())
     .bind(&plan.title)
@@ -31,6 +51,7 @@ pub(super) async fn insert(c: &mut Conn, plan: &NewPlan) -> R<PlanId> {
     .bind(total)
     .bind(at)
     .bind(to_json("metadata", &plan.metadata)?)
+    .bind(&plan.idempotency_key)
     .execute(&mut *c)
     .await?;
     insert_specs(c, id, &plan.subtasks, 0).await?;
@@ -195,7 +216,10 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
 /// Stores a plan and materializes it in the same transaction, from the subtasks in hand
 /// rather than read back: a crash leaves either nothing or the whole plan with its tasks.
 pub(super) async fn submit(c: &mut Conn, plan: &NewPlan) -> R<(PlanId, u64)> {
-    let id = insert(c, plan).await?;
+    if let Some(first) = keyed(c, plan).await? {
+        return Ok((first, 0));
+    }
+    let id = insert_new(c, plan).await?;
     Ok((
         id,
         create_tasks(c, id, plan.parent_task_id, &plan.subtasks).await?,

@@ -47,6 +47,72 @@ pub async fn plan_metadata_round_trips(s: S) {
     assert_eq!(done.metadata, metadata);
 }
 
+/// A plan submitted twice with one key is one plan: the second submission, whatever its
+/// content, and a concurrent one, get the first plan's id and create nothing. The key is
+/// kept with the plan and is free again once the plan is pruned.
+pub async fn a_plan_key_submits_once(s: S) {
+    let keyed = |title: &str, key: &str| {
+        let mut p = plan(vec![node("a", &[]), node("b", &["a"])]).idempotency_key(key);
+        p.title = title.to_owned();
+        p
+    };
+    let (first, created) = s.submit_plan(keyed("first", "order-42 ✓")).await.unwrap();
+    assert_eq!(created, 2);
+    let again = s.submit_plan(keyed("second", "order-42 ✓")).await.unwrap();
+    assert_eq!(again, (first, 0), "the second submission creates nothing");
+    let stored = s.get_plan(first).await.unwrap().unwrap();
+    assert_eq!(stored.title, "first");
+    assert_eq!(stored.idempotency_key.as_deref(), Some("order-42 ✓"));
+    let header = s.get_plan_header(first).await.unwrap().unwrap();
+    assert_eq!(header.idempotency_key.as_deref(), Some("order-42 ✓"));
+    assert_eq!(
+        s.insert_plan(keyed("third", "order-42 ✓")).await.unwrap(),
+        first,
+        "a stored plan answers an insert with its key too"
+    );
+    let counts = s.count_tasks(Some(first)).await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 2);
+
+    let (other, created) = s.submit_plan(keyed("other", "order-43")).await.unwrap();
+    assert_ne!(other, first);
+    assert_eq!(created, 2);
+    let (plain, _) = s.submit_plan(plan(vec![node("a", &[])])).await.unwrap();
+    assert_eq!(
+        s.get_plan(plain).await.unwrap().unwrap().idempotency_key,
+        None
+    );
+    let (plain_too, _) = s.submit_plan(plan(vec![node("a", &[])])).await.unwrap();
+    assert_ne!(plain, plain_too, "plans without a key are never merged");
+
+    let racers = (0..8).map(|i| {
+        let (s, p) = (s.clone(), keyed(&format!("racer {i}"), "race"));
+        tokio::spawn(async move { s.submit_plan(p).await.unwrap() })
+    });
+    let mut won = Vec::new();
+    for r in futures::future::join_all(racers).await {
+        won.push(r.unwrap());
+    }
+    let winner = won[0].0;
+    assert!(won.iter().all(|(id, _)| *id == winner), "{won:?}");
+    assert_eq!(won.iter().map(|(_, n)| n).sum::<u64>(), 2, "{won:?}");
+    let plans = s.list_plan_headers(None, None).await.unwrap();
+    assert_eq!(plans.len(), 5, "first, other, two plain and one racer");
+
+    s.cancel_plan(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let pruned = s
+        .prune_plans(&crate::PlanPruneParams {
+            statuses: vec![hive_models::PlanStatus::Cancelled],
+            ..super::workflows::prune_params(Duration::ZERO, 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.plans, 1);
+    let (reborn, created) = s.submit_plan(keyed("reborn", "order-42 ✓")).await.unwrap();
+    assert_ne!(reborn, first, "a pruned plan's key is free again");
+    assert_eq!(created, 2);
+}
+
 pub async fn runs_record_when_created_and_last_updated(s: S) {
     s.insert_tasks(vec![NewTask::new("t", "test")])
         .await

@@ -693,7 +693,7 @@ pub async fn a_failure_racing_a_retry_still_fails_the_plan(s: S) {
     }
 }
 
-fn prune_params(older_than: std::time::Duration, limit: u32) -> crate::PlanPruneParams {
+pub(super) fn prune_params(older_than: std::time::Duration, limit: u32) -> crate::PlanPruneParams {
     crate::PlanPruneParams {
         older_than,
         statuses: vec![

@@ -223,6 +223,7 @@ mod tests {
             cancelled_subtasks: cancelled,
             materialized: true,
             metadata: serde_json::json!({}),
+            idempotency_key: None,
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         };

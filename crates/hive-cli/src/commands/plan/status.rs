@@ -105,8 +105,11 @@ async fn whole(ctx: &Context, client: &Client, id: PlanId) -> anyhow::Result<()>
 }
 
 fn heading(p: &PlanHeader) {
+    let key = p.idempotency_key.as_ref().map_or_else(String::new, |k| {
+        format!("\nidempotency key: {}", output::escape(k))
+    });
     output::outln!(
-        "plan {} — {}\nstatus: {}\nprogress: {:.1}% ({} of {} completed, {} failed, {} cancelled)\n",
+        "plan {} — {}\nstatus: {}\nprogress: {:.1}% ({} of {} completed, {} failed, {} cancelled){key}\n",
         p.id,
         output::escape(&p.title),
         p.status,
