@@ -262,7 +262,7 @@ fn negative_number(e: &clap::Error, args: &[String]) -> Option<String> {
         .position(|a| a.starts_with(found.as_str()) && a.parse::<f64>().is_ok_and(|n| n < 0.0))?;
     let option = args[..at].last().filter(|o| o.starts_with("--"))?;
     Some(format!(
-        "invalid value '{}' for '{option}': it takes a number, 0 or more",
+        "invalid value '{}' for '{option}': it cannot be negative",
         args[at]
     ))
 }
@@ -304,11 +304,11 @@ mod tests {
         };
         assert_eq!(
             refused("hive task create --title t --type a --max-retries -1").as_deref(),
-            Some("invalid value '-1' for '--max-retries': it takes a number, 0 or more")
+            Some("invalid value '-1' for '--max-retries': it cannot be negative")
         );
         assert_eq!(
             refused("hive worker run --concurrency -2.5").as_deref(),
-            Some("invalid value '-2.5' for '--concurrency': it takes a number, 0 or more")
+            Some("invalid value '-2.5' for '--concurrency': it cannot be negative")
         );
         assert_eq!(refused("hive task create --title t -x"), None);
         assert_eq!(refused("hive task list -3"), None, "after no option");

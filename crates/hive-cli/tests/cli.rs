@@ -53,9 +53,27 @@ fn a_plan_submitted_twice_with_one_key_is_one_plan() {
         db.hive()
             .args(["plan", "submit", &plain, "--idempotency-key", " "]),
         "a blank key",
-        "idempotency_key",
+        "--idempotency-key: must not be empty",
         &before,
     );
+}
+
+/// A dependency a plan file names twice is one dependency, and is shown once.
+#[test]
+fn a_dependency_named_twice_is_shown_once() {
+    let db = Db::new();
+    let file = db.write(
+        "twice.json",
+        r#"{"title": "t", "subtasks": [{"id": "a", "task_type": "noop"},
+            {"id": "b", "task_type": "noop", "dependencies": ["a", "a"]}]}"#,
+    );
+    let id = db.ok(&["plan", "submit", &file]).trim().to_owned();
+    let results = db.json(&["plan", "results", &id]);
+    let b = &results["subtasks"][1];
+    assert_eq!(b["subtask_id"], "b", "{results}");
+    assert_eq!(b["dependencies"], serde_json::json!(["a"]), "{results}");
+    let shown = db.ok(&["plan", "status", &id]);
+    assert!(!shown.contains("a,a"), "{shown}");
 }
 
 #[test]

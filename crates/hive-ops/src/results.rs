@@ -105,7 +105,11 @@ impl PlanResults {
                 subtask_id: spec.id.clone(),
                 task_id: task.id,
                 status: task.status,
-                dependencies: spec.dependencies.clone(),
+                // A dependency named twice in the plan is one dependency.
+                dependencies: hive_models::unique_dependencies(spec)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
                 attempts: task.attempts,
                 worker: run.map(|r| r.worker_id.clone()),
                 started_at: timing.started_at,

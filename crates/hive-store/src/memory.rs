@@ -584,10 +584,10 @@ impl Store for MemoryStore {
         let at = now();
         let (id, created) = {
             let mut s = self.lock();
-            match s.insert_plan(plan, at) {
-                (id, true) => (id, s.materialize(id, at).unwrap_or(0)),
-                (first, false) => (first, 0),
-            }
+            // A first plan stored by `insert_plan` alone is materialized now: a submit
+            // leaves no plan that nothing will run.
+            let (id, _) = s.insert_plan(plan, at);
+            (id, s.materialize(id, at).unwrap_or(0))
         };
         if created > 0 {
             self.send(vec![self.notifier.task_created(None, created)]);

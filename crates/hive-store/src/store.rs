@@ -270,7 +270,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a validated plan and materializes it ([`Store::materialize_plan`]) in one
     /// transaction: a crash leaves either nothing or the whole plan with its tasks, never
     /// a pending plan that nothing will run. Returns the plan and how many tasks it created:
-    /// for a plan whose idempotency key a stored plan has, that plan and 0.
+    /// for a plan whose idempotency key a stored plan has, that plan, materialized now if
+    /// it was only stored (by [`Store::insert_plan`]), and the tasks this created (0 when
+    /// it had them).
     async fn submit_plan(&self, plan: NewPlan) -> Result<(PlanId, u64)>;
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>>;

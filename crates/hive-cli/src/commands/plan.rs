@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use hive_client::PlanId;
 
@@ -87,8 +87,11 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             idempotency_key,
         } => {
             let mut plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
-            if idempotency_key.is_some() {
-                plan.idempotency_key = idempotency_key;
+            if let Some(key) = idempotency_key {
+                if key.trim().is_empty() {
+                    bail!("--idempotency-key: must not be empty");
+                }
+                plan.idempotency_key = Some(key);
             }
             for st in &plan.subtasks {
                 builtin::validate_payload(&st.task_type, &st.payload).map_err(|e| {

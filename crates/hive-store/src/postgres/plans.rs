@@ -54,7 +54,10 @@ impl PostgresStore {
         let out: R<_> = async {
             let (id, new) = insert_plan(&mut tx, plan).await?;
             if !new {
-                return Ok((id, 0));
+                // The first plan may have been stored by `insert_plan` alone: a submit
+                // leaves no plan that nothing will run.
+                let created = self.materialize_in(&mut tx, id).await?;
+                return Ok((id, created.unwrap_or(0)));
             }
             let created = self
                 .create_tasks(&mut tx, id, plan.parent_task_id, &plan.subtasks)
@@ -138,26 +141,27 @@ impl PostgresStore {
 
     pub(super) async fn materialize_once(&self, id: PlanId) -> R<Option<u64>> {
         let mut tx = self.pool.begin().await?;
-        let out = async {
-            let Some(row) = sqlx::query(
-                "SELECT materialized, parent_task_id FROM plans WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                return Ok(None);
-            };
-            if rows::get::<bool>(&row, "materialized", "plans")? {
-                return Ok(Some(0));
-            }
-            let subtasks = specs(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
-            let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
-            let created = self.create_tasks(&mut tx, id, parent, &subtasks).await?;
-            Ok(Some(created))
-        }
-        .await;
+        let out = self.materialize_in(&mut tx, id).await;
         end(tx, out).await
+    }
+
+    /// Materializes the plan `id` in the caller's transaction; see
+    /// [`crate::Store::materialize_plan`].
+    async fn materialize_in(&self, tx: &mut PgConnection, id: PlanId) -> R<Option<u64>> {
+        let Some(row) =
+            sqlx::query("SELECT materialized, parent_task_id FROM plans WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        if rows::get::<bool>(&row, "materialized", "plans")? {
+            return Ok(Some(0));
+        }
+        let subtasks = specs(tx, &[id]).await?.remove(&id).unwrap_or_default();
+        let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);
+        Ok(Some(self.create_tasks(tx, id, parent, &subtasks).await?))
     }
 
     /// The tasks of the plan `id`'s `subtasks` (one insert of the tasks, one of their
@@ -357,33 +361,43 @@ impl PostgresStore {
 async fn insert_plan(conn: &mut PgConnection, plan: &NewPlan) -> R<(PlanId, bool)> {
     let id = PlanId::new();
     let total = i64::try_from(plan.subtasks.len()).unwrap_or(i64::MAX);
-    // A concurrent submission of the same key makes this insert wait for its commit, then
-    // insert nothing; the read that follows, a new statement, sees the committed plan.
-    let inserted = sqlx::query(
-        "INSERT INTO plans (id, title, description, parent_task_id, status, \
-             total_subtasks, metadata, idempotency_key, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, now(), now()) \
-         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(id.0)
-    .bind(&plan.title)
-    .bind(&plan.description)
-    .bind(plan.parent_task_id.map(|p| p.0))
-    .bind(total)
-    .bind(&plan.metadata)
-    .bind(&plan.idempotency_key)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        let first: Uuid = sqlx::query_scalar("SELECT id FROM plans WHERE idempotency_key = $1")
-            .bind(&plan.idempotency_key)
-            .fetch_one(&mut *conn)
-            .await?;
-        return Ok((PlanId(first), false));
+    // A concurrent submission of the same key makes the insert wait for its commit, then
+    // insert nothing; the read that follows, a new statement, sees the committed plan,
+    // unless a prune deleted it in between: the key is free then, and the insert is tried
+    // again (each statement sees what committed before it).
+    for _ in 0..3 {
+        let inserted = sqlx::query(
+            "INSERT INTO plans (id, title, description, parent_task_id, status, \
+                 total_subtasks, metadata, idempotency_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, now(), now()) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(id.0)
+        .bind(&plan.title)
+        .bind(&plan.description)
+        .bind(plan.parent_task_id.map(|p| p.0))
+        .bind(total)
+        .bind(&plan.metadata)
+        .bind(&plan.idempotency_key)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            insert_specs(conn, id, &plan.subtasks, 0).await?;
+            return Ok((id, true));
+        }
+        let first: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM plans WHERE idempotency_key = $1")
+                .bind(&plan.idempotency_key)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(first) = first {
+            return Ok((PlanId(first), false));
+        }
     }
-    insert_specs(conn, id, &plan.subtasks, 0).await?;
-    Ok((id, true))
+    Err(Fail::Store(Error::Database(
+        "the plan with this idempotency key was deleted by every read of it; try again".into(),
+    )))
 }
 
 /// Stores subtask definitions, numbered from `first` in the plan's order.

@@ -217,7 +217,12 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
 /// rather than read back: a crash leaves either nothing or the whole plan with its tasks.
 pub(super) async fn submit(c: &mut Conn, plan: &NewPlan) -> R<(PlanId, u64)> {
     if let Some(first) = keyed(c, plan).await? {
-        return Ok((first, 0));
+        // The first plan may have been stored by `insert` alone: a submit leaves no plan
+        // that nothing will run.
+        return Ok(match materialize(c, first).await? {
+            Materialized::Created(n) => (first, n),
+            Materialized::Already | Materialized::Unknown => (first, 0),
+        });
     }
     let id = insert_new(c, plan).await?;
     Ok((

@@ -48,8 +48,9 @@ pub async fn plan_metadata_round_trips(s: S) {
 }
 
 /// A plan submitted twice with one key is one plan: the second submission, whatever its
-/// content, and a concurrent one, get the first plan's id and create nothing. The key is
-/// kept with the plan and is free again once the plan is pruned.
+/// content, and a concurrent one, get the first plan's id and create nothing (but
+/// materialize a first plan only stored). The key is kept with the plan and is free again
+/// once the plan is pruned.
 pub async fn a_plan_key_submits_once(s: S) {
     let keyed = |title: &str, key: &str| {
         let mut p = plan(vec![node("a", &[]), node("b", &["a"])]).idempotency_key(key);
@@ -72,6 +73,19 @@ pub async fn a_plan_key_submits_once(s: S) {
     );
     let counts = s.count_tasks(Some(first)).await.unwrap();
     assert_eq!(counts.values().sum::<u64>(), 2);
+
+    // A plan stored but never materialized (a caller that died between the two steps) is
+    // materialized by the submission that finds it: no plan is left that nothing runs.
+    let stored = s.insert_plan(keyed("stored", "two-step")).await.unwrap();
+    assert_eq!(
+        s.submit_plan(keyed("stored", "two-step")).await.unwrap(),
+        (stored, 2)
+    );
+    assert_eq!(
+        s.submit_plan(keyed("stored", "two-step")).await.unwrap(),
+        (stored, 0)
+    );
+    assert_eq!(s.materialize_plan(stored).await.unwrap(), Some(0));
 
     let (other, created) = s.submit_plan(keyed("other", "order-43")).await.unwrap();
     assert_ne!(other, first);
@@ -96,7 +110,11 @@ pub async fn a_plan_key_submits_once(s: S) {
     assert!(won.iter().all(|(id, _)| *id == winner), "{won:?}");
     assert_eq!(won.iter().map(|(_, n)| n).sum::<u64>(), 2, "{won:?}");
     let plans = s.list_plan_headers(None, None).await.unwrap();
-    assert_eq!(plans.len(), 5, "first, other, two plain and one racer");
+    assert_eq!(
+        plans.len(),
+        6,
+        "first, stored, other, two plain and one racer"
+    );
 
     s.cancel_plan(first).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
