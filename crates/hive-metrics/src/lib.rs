@@ -2,7 +2,8 @@
 //! (one grouped count query), and run counters and durations, counted from the event bus.
 //!
 //! Every name starts with `hive_` and says its unit; labels are bounded (task type,
-//! status), never a task id. [`Metrics::watch`] counts what the bus carries;
+//! status), never a task id. [`Metrics::watch`] counts what the bus carries (every
+//! process's runs; [`Metrics::watch_with`] and [`Counting::ThisProcess`] this process's);
 //! [`Metrics::scrape`] refreshes the gauges and renders the text format; [`router`] and
 //! [`serve`] expose `GET /metrics`, for the dashboard and for an app running workers
 //! without it (`hive worker run --metrics-bind`), and [`health_router`] a worker's
@@ -23,6 +24,7 @@ mod health;
 mod watch;
 
 pub use health::health_router;
+pub use watch::Counting;
 
 use std::sync::Arc;
 

@@ -2,11 +2,26 @@
 //! run; a finish names its run, which is read once to classify it and time it.
 
 use hive_client::{
-    Client, Event,
+    Client, Event, EventOrigin,
     models::{Run, RunStatus, TaskStatus},
 };
 
 use crate::{Metrics, Result};
+
+/// Whose runs the run counters and durations count (the gauges, read from the store, are
+/// the whole database's either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Counting {
+    /// Every run the event bus carries: on Postgres, every process's. For the one process
+    /// that watches a whole database (the dashboard, `hive serve`).
+    #[default]
+    Everywhere,
+    /// The runs this process claimed, finished, gave back or reaped: for one process of
+    /// many (`hive worker run --metrics-bind`). Each run is then counted, and read, by one
+    /// process only, so Prometheus adds the instances up (`sum(rate(…))`), and the store
+    /// is read once per run, not once per run and process.
+    ThisProcess,
+}
 
 /// How a closed run is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +48,22 @@ pub(crate) fn classify(run: &Run) -> Closed {
 }
 
 impl Metrics {
-    /// Subscribes to `client`'s event bus and counts runs until the client is dropped.
-    /// Counting starts now: runs before it are in the gauges, not in the counters.
+    /// Subscribes to `client`'s event bus and counts every run it carries
+    /// ([`Counting::Everywhere`]) until the client is dropped. Counting starts now: runs
+    /// before it are in the gauges, not in the counters.
     pub async fn watch(&self, client: Client) -> Result<()> {
+        self.watch_with(client, Counting::Everywhere).await
+    }
+
+    /// [`Metrics::watch`], counting the runs `counting` says.
+    pub async fn watch_with(&self, client: Client, counting: Counting) -> Result<()> {
         let mut events = client.subscribe().await?;
         let metrics = self.clone();
         tokio::spawn(async move {
             while let Some(p) = events.recv().await {
+                if counting == Counting::ThisProcess && p.origin != EventOrigin::Local {
+                    continue;
+                }
                 let run_id = match p.event {
                     Event::TaskClaimed { .. } => {
                         metrics.runs.started.inc();

@@ -10,7 +10,7 @@ use hive_client::models::{NewTask, TaskStatus};
 use hive_client::store::testing::fixtures::{claim_params, failure, success};
 use hive_client::store::{Outcome, RunOutcome, Store};
 use hive_client::{Client, OpsConfig};
-use hive_metrics::Metrics;
+use hive_metrics::{Counting, Metrics};
 use prometheus_parse::{Scrape, Value};
 
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -154,5 +154,62 @@ async fn numbers_match_the_database_after_a_drain(store: Arc<dyn Store>) {
     assert_eq!(ages[0].labels.get("task_type"), Some("gamma"));
 }
 
+/// A process counting its own runs counts none of another process's, while a watcher of
+/// every run counts both: Prometheus can add workers' counters up.
+async fn a_process_counting_its_own_runs_leaves_others_out(store: Arc<dyn Store>, url: String) {
+    let here = Client::from_store(store.clone(), OpsConfig::default());
+    let own = Metrics::new().unwrap();
+    own.watch_with(here.clone(), Counting::ThisProcess)
+        .await
+        .unwrap();
+    let every = Metrics::new().unwrap();
+    every.watch(here.clone()).await.unwrap();
+    let elsewhere = hive_client::store::connect_with(&url, &hive_client::ConnectOptions::default())
+        .await
+        .unwrap();
+    let tasks = (0..4).map(|i| NewTask::new(format!("t{i}"), "alpha"));
+    here.create_tasks(tasks.collect()).await.unwrap();
+    for (s, n) in [(&elsewhere, 3), (&store, 1)] {
+        let claims = s.claim_tasks(&claim_params("w", n)).await.unwrap();
+        assert_eq!(claims.len(), n as usize);
+        let done: Vec<_> = claims.iter().map(|c| success(c.run.id)).collect();
+        s.finish_runs(&done).await.unwrap();
+    }
+    // Both watchers follow the bus behind the commits: wait (bounded) until they caught up,
+    // then a little longer, so that a count of other processes' runs would have shown.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let completed = |m: &Metrics| {
+        let (m, here) = (m.clone(), here.clone());
+        async move { value(&parse(&m, &here).await, "hive_runs_completed_total", &[]) }
+    };
+    while completed(&every).await < 4.0 || completed(&own).await < 1.0 {
+        assert!(Instant::now() < deadline, "the watchers saw every run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mine = parse(&own, &here).await;
+    assert_eq!(value(&mine, "hive_runs_started_total", &[]), 1.0);
+    assert_eq!(value(&mine, "hive_runs_completed_total", &[]), 1.0);
+    let samples = value(
+        &mine,
+        "hive_run_duration_seconds_count",
+        &[("task_type", "alpha")],
+    );
+    assert_eq!(samples, 1.0);
+    assert_eq!(
+        value(&mine, "hive_tasks", &[]),
+        4.0,
+        "gauges are the database's"
+    );
+    elsewhere.close().await;
+}
+
 hive_client::store::per_backend!(hive_client::store::testing::TestStore::run =>
     numbers_match_the_database_after_a_drain);
+
+/// Postgres only: there, another process's runs reach the bus as events of their own.
+mod between_processes {
+    use super::*;
+    hive_client::store::per_backend!([postgres], hive_client::store::testing::TestStore::run_with_url =>
+        a_process_counting_its_own_runs_leaves_others_out);
+}

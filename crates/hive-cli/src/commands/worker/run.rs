@@ -207,7 +207,10 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
         let metrics = hive_metrics::Metrics::new()?;
-        metrics.watch(client.clone()).await?;
+        // One worker of many: its own runs, which Prometheus adds up across the fleet.
+        metrics
+            .watch_with(client.clone(), hive_metrics::Counting::ThisProcess)
+            .await?;
         let routes = hive_metrics::router(client.clone(), metrics)
             .merge(hive_metrics::health_router(worker.health_handle()));
         tokio::spawn(hive_metrics::serve_router(listener, routes));
