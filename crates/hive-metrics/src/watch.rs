@@ -1,12 +1,18 @@
 //! The run counters and the duration histogram, fed from the event bus: a claim opens a
-//! run; a finish names its run, which is read once to classify it and time it.
+//! run; a finish names its run, which is read back (with the runs finished in the same
+//! round, in one read) to classify it and time it.
+
+use std::collections::HashMap;
 
 use hive_client::{
-    Client, Event, EventOrigin,
+    Client, Event, EventOrigin, Published, RunId, TaskId,
     models::{Run, RunStatus, TaskStatus},
 };
 
 use crate::{Metrics, Result};
+
+/// The most closed runs read back in one batch.
+const CLOSED_PER_READ: usize = 256;
 
 /// Whose runs the run counters and durations count (the gauges, read from the store, are
 /// the whole database's either way).
@@ -60,60 +66,96 @@ impl Metrics {
         let mut events = client.subscribe().await?;
         let metrics = self.clone();
         tokio::spawn(async move {
-            while let Some(p) = events.recv().await {
-                if counting == Counting::ThisProcess && p.origin != EventOrigin::Local {
+            let mut closed = Vec::new();
+            while let Some(first) = events.recv().await {
+                // What is waiting already is taken in the same round, and the runs it
+                // closed are read back in one batch: reads follow rounds, not runs.
+                let mut next = Some(first);
+                while let Some(p) = next {
+                    metrics.note(p, counting, &mut closed);
+                    next = if closed.len() < CLOSED_PER_READ {
+                        events.try_recv()
+                    } else {
+                        None
+                    };
+                }
+                if closed.is_empty() {
                     continue;
                 }
-                let run_id = match p.event {
-                    Event::TaskClaimed { .. } => {
-                        metrics.runs.started.inc();
-                        continue;
-                    }
-                    // Only a give-back requeues a task naming the run, with no wait (a
-                    // retry or a snooze is `TaskRetried`): counted from the event alone.
-                    Event::TaskStatusChanged {
-                        status: TaskStatus::Queued,
-                        run_id: Some(_),
-                        ..
-                    } => {
-                        metrics.runs.given_back.inc();
-                        continue;
-                    }
-                    Event::TaskCompleted { run_id, .. }
-                    | Event::TaskFailed { run_id, .. }
-                    | Event::TaskRetried { run_id, .. } => run_id,
-                    _ => None,
-                };
-                let Some(run_id) = run_id else { continue };
-                if let Err(e) = metrics.count_closed(&client, run_id).await {
-                    tracing::debug!("metrics: reading run {run_id}: {e}");
+                if let Err(e) = metrics.count_closed(&client, &closed).await {
+                    tracing::debug!("metrics: reading {} closed runs: {e}", closed.len());
                 }
+                closed.clear();
             }
         });
         Ok(())
     }
 
-    async fn count_closed(&self, client: &Client, run_id: hive_client::RunId) -> Result<()> {
-        let Some(run) = client.get_run(run_id).await? else {
-            return Ok(());
-        };
-        let kind = classify(&run);
-        if kind == Closed::Ignored {
-            return Ok(());
+    /// Counts what an event says by itself, and keeps the run it closed for the read.
+    fn note(&self, p: Published, counting: Counting, closed: &mut Vec<RunId>) {
+        if counting == Counting::ThisProcess && p.origin != EventOrigin::Local {
+            return;
         }
-        let task = match run.completed_at {
-            Some(_) => client.get_task(run.task_id).await?,
-            None => None,
+        match p.event {
+            Event::TaskClaimed { .. } => self.runs.started.inc(),
+            // Only a give-back requeues a task naming the run, with no wait (a retry or a
+            // snooze is `TaskRetried`): counted from the event alone.
+            Event::TaskStatusChanged {
+                status: TaskStatus::Queued,
+                run_id: Some(_),
+                ..
+            } => self.runs.given_back.inc(),
+            Event::TaskCompleted {
+                run_id: Some(run), ..
+            }
+            | Event::TaskFailed {
+                run_id: Some(run), ..
+            }
+            | Event::TaskRetried {
+                run_id: Some(run), ..
+            } => closed.push(run),
+            _ => {}
+        }
+    }
+
+    /// Reads closed runs and their tasks' types (two reads however many), then counts and
+    /// times each.
+    async fn count_closed(&self, client: &Client, ids: &[RunId]) -> Result<()> {
+        let runs: Vec<(Run, Closed)> = client
+            .get_runs(ids)
+            .await?
+            .into_iter()
+            .map(|run| {
+                let kind = classify(&run);
+                (run, kind)
+            })
+            .filter(|(_, kind)| *kind != Closed::Ignored)
+            .collect();
+        let timed: Vec<TaskId> = runs
+            .iter()
+            .filter(|(run, _)| run.completed_at.is_some())
+            .map(|(run, _)| run.task_id)
+            .collect();
+        let types: HashMap<TaskId, String> = if timed.is_empty() {
+            HashMap::new()
+        } else {
+            let tasks = client.get_tasks(&timed).await?;
+            tasks.into_iter().map(|t| (t.id, t.task_type)).collect()
         };
-        let took = run.completed_at.zip(task).map(|(end, task)| {
-            let secs = (end - run.started_at)
-                .num_microseconds()
-                .unwrap_or(0)
-                .max(0) as f64
-                / 1e6;
-            (task.task_type, secs)
-        });
-        self.count(kind, took);
+        for (run, kind) in runs {
+            let took = run
+                .completed_at
+                .zip(types.get(&run.task_id))
+                .map(|(end, task_type)| {
+                    let secs = (end - run.started_at)
+                        .num_microseconds()
+                        .unwrap_or(0)
+                        .max(0) as f64
+                        / 1e6;
+                    (task_type.clone(), secs)
+                });
+            self.count(kind, took);
+        }
         Ok(())
     }
 

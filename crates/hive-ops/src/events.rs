@@ -375,6 +375,18 @@ impl Subscription {
         }
     }
 
+    /// The next event if one is waiting, without waiting for one; `None` also once the bus
+    /// is gone.
+    pub fn try_recv(&mut self) -> Option<Published> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(p) => return Some(p),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.skipped += n,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// How many events this subscriber missed: by falling behind itself, or because the
     /// bus fell behind the store's notifications since it subscribed (counted per
     /// notification).

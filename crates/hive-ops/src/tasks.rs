@@ -75,6 +75,11 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(self.store.get_task(id).await?)
     }
 
+    /// The tasks of `ids` that exist, in insertion order, in one read.
+    pub async fn get_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
+        Ok(self.store.get_tasks(ids).await?)
+    }
+
     /// Sets a task's status: `Ok(false)` for an unknown task, `Err(Invalid)` for a change
     /// the transition table forbids. `metadata` is merged into the task's metadata.
     pub async fn update_task_status(
@@ -305,5 +310,10 @@ impl<S: Store + ?Sized> Ops<S> {
 
     pub async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
         Ok(self.store.get_run(id).await?)
+    }
+
+    /// The runs of `ids` that exist, by task then run number, in one read.
+    pub async fn get_runs(&self, ids: &[RunId]) -> Result<Vec<Run>> {
+        Ok(self.store.get_runs(ids).await?)
     }
 }

@@ -151,6 +151,18 @@ impl Store for MemoryStore {
         Ok(self.lock().task(id).cloned())
     }
 
+    async fn get_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
+        let s = self.lock();
+        let mut found: Vec<(u64, Task)> = ids
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .filter_map(|id| s.tasks.get(id).map(|(t, seq)| (*seq, t.clone())))
+            .collect();
+        found.sort_by_key(|(seq, _)| *seq);
+        Ok(found.into_iter().map(|(_, t)| t).collect())
+    }
+
     async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
         params.check()?;
         Ok(dashboard::page(&self.lock(), params))

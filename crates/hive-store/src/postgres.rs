@@ -254,6 +254,10 @@ impl Store for PostgresStore {
         self.run(self.read_task(id)).await
     }
 
+    async fn get_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
+        self.run(self.read_tasks_by_id(ids)).await
+    }
+
     async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
         params.check()?;
         self.run(self.read_page(params)).await

@@ -293,6 +293,10 @@ impl Store for SqliteStore {
         read!(self, db::fetch_task, id)
     }
 
+    async fn get_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
+        read!(self, db::fetch_tasks, ids)
+    }
+
     async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
         params.check()?;
         read!(self, dashboard::page, params)

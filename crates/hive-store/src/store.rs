@@ -93,6 +93,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
 
+    /// The tasks of `ids` that exist, in insertion order, in one read (unknown ids are
+    /// left out): what a reader of many events needs without a query per task.
+    async fn get_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>>;
+
     /// Tasks matching the filter, in queue order.
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
 

@@ -249,6 +249,18 @@ impl PostgresStore {
         row.as_ref().map(rows::task).transpose()
     }
 
+    pub(super) async fn read_tasks_by_id(&self, ids: &[TaskId]) -> R<Vec<Task>> {
+        let ids: Vec<Uuid> = ids.iter().map(|t| t.0).collect();
+        let found = sqlx::query(concat!(
+            select_tasks!(),
+            "WHERE t.id = ANY($1) ORDER BY t.seq"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::task).collect()
+    }
+
     pub(super) async fn read_tasks(&self, f: &TaskFilter) -> R<Vec<Task>> {
         let found = sqlx::query(concat!(
             select_tasks!(),

@@ -323,6 +323,16 @@ pub(super) async fn fetch_task(c: &mut Conn, id: TaskId) -> R<Option<Task>> {
     one(c, sql, id, task_from_row).await
 }
 
+pub(super) async fn fetch_tasks(c: &mut Conn, ids: &[TaskId]) -> R<Vec<Task>> {
+    let sql = concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?1)) ORDER BY t.seq"
+    );
+    let rows = sqlx::query(sql).bind(json_list(ids)).fetch_all(c).await?;
+    rows.iter().map(task_from_row).collect()
+}
+
 pub(super) fn run_from_row(row: &SqliteRow) -> R<Run> {
     let c = Cols::new(row, "runs");
     Ok(Run {

@@ -194,6 +194,29 @@ pub async fn runs_are_read_by_id_in_one_call(s: S) {
     assert!(s.get_runs(&[ghost]).await.unwrap().is_empty());
 }
 
+/// Tasks are read by id in one call: each existing one once, in insertion order, exactly
+/// as one at a time reads it; unknown ids are left out.
+pub async fn tasks_are_read_by_id_in_one_call(s: S) {
+    let tasks = ["a", "b", "c"].map(|t| NewTask::new(t, "test").priority(3));
+    let ids = s.insert_tasks(tasks.to_vec()).await.unwrap();
+    let claimed = s
+        .claim_tasks(&leased("w", 1, Duration::from_secs(60)))
+        .await;
+    assert_eq!(claimed.unwrap().len(), 1);
+    let ghost = hive_models::TaskId::new();
+    let read = s
+        .get_tasks(&[ids[2], ghost, ids[0], ids[1], ids[2]])
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for id in &ids {
+        expected.push(s.get_task(*id).await.unwrap().unwrap());
+    }
+    assert_eq!(read, expected, "each task once, in insertion order");
+    assert!(s.get_tasks(&[]).await.unwrap().is_empty());
+    assert!(s.get_tasks(&[ghost]).await.unwrap().is_empty());
+}
+
 /// A run starts when its handler did: the wait its worker reports ([`crate::RunOutcome::waited`])
 /// moves the start that much past the claim, and never past the run's end; in a batch of
 /// successes (one statement on Postgres) and in a batch with a failure alike.
