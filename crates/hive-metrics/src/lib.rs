@@ -1,5 +1,6 @@
 //! Prometheus metrics for Hive: the queue's gauges, read from the store on each scrape
-//! (one grouped count query), and run counters and durations, counted from the event bus.
+//! (a grouped count and the active workers), and run counters and durations, counted from
+//! the event bus.
 //!
 //! Every name starts with `hive_` and says its unit; labels are bounded (task type,
 //! status), never a task id. [`Metrics::watch`] counts what the bus carries (every

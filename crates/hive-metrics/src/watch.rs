@@ -22,10 +22,12 @@ pub enum Counting {
     /// that watches a whole database (the dashboard, `hive serve`).
     #[default]
     Everywhere,
-    /// The runs this process claimed, finished, gave back or reaped: for one process of
-    /// many (`hive worker run --metrics-bind`). Each run is then counted, and read, by one
-    /// process only, so Prometheus adds the instances up (`sum(rate(…))`), and the store
-    /// is read once per run, not once per run and process.
+    /// The runs claimed, finished, given back or reaped through this client's store (the
+    /// clients of one `connect` share it; two `connect`s are two stores): for one process
+    /// of many (`hive worker run --metrics-bind`). Each run is then counted, and read, by
+    /// one process only, so Prometheus adds the instances up (`sum(rate(…))`), and the
+    /// store is read once per run, not once per run and process. A stale run counts where
+    /// it was reaped, not where it was claimed.
     ThisProcess,
 }
 
@@ -55,8 +57,9 @@ pub(crate) fn classify(run: &Run) -> Closed {
 
 impl Metrics {
     /// Subscribes to `client`'s event bus and counts every run it carries
-    /// ([`Counting::Everywhere`]) until the client is dropped. Counting starts now: runs
-    /// before it are in the gauges, not in the counters.
+    /// ([`Counting::Everywhere`]) for the life of the process (the count holds a clone of
+    /// the client). Counting starts now: runs before it are in the gauges, not in the
+    /// counters.
     pub async fn watch(&self, client: Client) -> Result<()> {
         self.watch_with(client, Counting::Everywhere).await
     }
@@ -119,11 +122,18 @@ impl Metrics {
     }
 
     /// Reads closed runs and their tasks' types (two reads however many), then counts and
-    /// times each.
+    /// times each. A failed read of the runs is tried again, briefly, before the batch is
+    /// given up; without the types the runs are counted, untimed.
     async fn count_closed(&self, client: &Client, ids: &[RunId]) -> Result<()> {
-        let runs: Vec<(Run, Closed)> = client
-            .get_runs(ids)
-            .await?
+        let mut read = client.get_runs(ids).await;
+        for wait_ms in [100, 400] {
+            if read.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            read = client.get_runs(ids).await;
+        }
+        let runs: Vec<(Run, Closed)> = read?
             .into_iter()
             .map(|run| {
                 let kind = classify(&run);
@@ -136,11 +146,16 @@ impl Metrics {
             .filter(|(run, _)| run.completed_at.is_some())
             .map(|(run, _)| run.task_id)
             .collect();
-        let types: HashMap<TaskId, String> = if timed.is_empty() {
-            HashMap::new()
-        } else {
-            let tasks = client.get_tasks(&timed).await?;
-            tasks.into_iter().map(|t| (t.id, t.task_type)).collect()
+        let read = match timed.is_empty() {
+            true => Ok(Vec::new()),
+            false => client.get_tasks(&timed).await,
+        };
+        let types: HashMap<TaskId, String> = match read {
+            Ok(tasks) => tasks.into_iter().map(|t| (t.id, t.task_type)).collect(),
+            Err(e) => {
+                tracing::debug!("metrics: reading the types of {} tasks: {e}", timed.len());
+                HashMap::new()
+            }
         };
         for (run, kind) in runs {
             let took = run

@@ -47,6 +47,7 @@ blocking! {
         fn create_task(task: NewTask) -> TaskId;
         fn create_tasks(tasks: Vec<NewTask>) -> Vec<TaskId>;
         fn get_task(id: TaskId) -> Option<Task>;
+        fn get_tasks(ids: &[TaskId]) -> Vec<Task>;
         fn update_task_status(id: TaskId, status: TaskStatus, metadata: Option<Json>) -> bool;
         fn requeue_task(id: TaskId) -> bool;
         fn retry_task(id: TaskId) -> bool;
@@ -64,6 +65,7 @@ blocking! {
         fn prune_tasks(older_than: Duration, statuses: &[TaskStatus]) -> u64;
         fn list_runs(task_id: TaskId) -> Vec<Run>;
         fn get_run(id: RunId) -> Option<Run>;
+        fn get_runs(ids: &[RunId]) -> Vec<Run>;
         // Workers.
         fn register_worker(worker_id: &str, role: &str, capabilities: Vec<String>) -> bool;
         fn register_worker_with(registration: &WorkerRegistration) -> Worker;

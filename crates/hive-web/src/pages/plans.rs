@@ -111,6 +111,9 @@ fn heading(p: &PlanHeader) -> Markup {
             (format!("{:.1}", p.get_progress_percentage())) "% (" (p.completed_subtasks) " of "
             (p.total_subtasks) " completed, " (p.failed_subtasks) " failed, "
             (p.cancelled_subtasks) " cancelled)" }
+        @if let Some(key) = &p.idempotency_key {
+            p { "idempotency key " code id="plan-key" { (key) } }
+        }
         @if matches!(p.status, PlanStatus::Failed | PlanStatus::Cancelled) {
             form class="inline" method="post" action={ "/actions/plans/" (p.id) "/retry" }
                 data-confirm="Run this plan's failed and cancelled subtasks again?" {
@@ -199,7 +202,7 @@ fn depends_on(ids: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{PlanHeader, PlanStatus, cancel_button, depends_on};
+    use super::{PlanHeader, PlanStatus, cancel_button, depends_on, heading};
 
     #[test]
     fn a_rows_dependencies_are_named_up_to_five_then_counted() {
@@ -242,5 +245,14 @@ mod tests {
             "nothing open"
         );
         assert_eq!(label(header(PlanStatus::Completed, 3, 0, 0)), None);
+        let mut keyed = header(PlanStatus::Pending, 0, 0, 0);
+        assert!(!heading(&keyed).into_string().contains("plan-key"));
+        keyed.idempotency_key = Some("<b>nightly</b>".into());
+        assert!(
+            heading(&keyed)
+                .into_string()
+                .contains(r#"<code id="plan-key">&lt;b&gt;nightly&lt;/b&gt;</code>"#),
+            "the key is shown, as text"
+        );
     }
 }

@@ -77,7 +77,8 @@ async fn overview_and_a_plans_dag_update_live() {
                 SubTask::new("lint", "lint", "step").depends_on(["fetch"]),
                 SubTask::new("package", "package", "step").depends_on(["compile", "lint"]),
             ],
-        );
+        )
+        .idempotency_key("nightly-2026-12-06");
         let plan_id = c.submit_plan(plan).await.unwrap();
         // Imports first in queue order: finish them (two fail), then fetch, then claim one
         // of compile and lint and leave it running.
@@ -135,6 +136,8 @@ async fn overview_and_a_plans_dag_update_live() {
             .unwrap();
         let nodes = b.find_all(Locator::Css(".dag .node")).await.unwrap();
         assert_eq!(nodes.len(), 4, "one node per subtask");
+        let key = text(&b, Locator::Id("plan-key")).await;
+        assert_eq!(key, "nightly-2026-12-06");
         assert_eq!(fill(&b, "fetch").await, GREEN);
         assert_eq!(fill(&b, &running_name).await, BLUE);
         assert_eq!(fill(&b, other).await, AMBER);
