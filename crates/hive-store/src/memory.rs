@@ -152,15 +152,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_tasks(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
-        let s = self.lock();
-        let mut found: Vec<(u64, Task)> = ids
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .into_iter()
-            .filter_map(|id| s.tasks.get(id).map(|(t, seq)| (*seq, t.clone())))
-            .collect();
-        found.sort_by_key(|(seq, _)| *seq);
-        Ok(found.into_iter().map(|(_, t)| t).collect())
+        Ok(self.lock().tasks_by_id(ids))
     }
 
     async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
@@ -408,14 +400,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_runs(&self, ids: &[RunId]) -> Result<Vec<Run>> {
-        let s = self.lock();
-        let mut runs: Vec<Run> = ids
-            .iter()
-            .filter_map(|id| s.runs.get(id).cloned())
-            .collect();
-        runs.sort_by_key(|r| (r.task_id, r.run_number));
-        runs.dedup_by_key(|r| r.id);
-        Ok(runs)
+        Ok(self.lock().runs_by_id(ids))
     }
 
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {

@@ -1,12 +1,34 @@
 //! The operator's reads over the maps: filtered task lists, task pages (newest first,
-//! after a cursor) and the queue statistics. Plain scans: memory is the reference, not the fast path.
+//! after a cursor), tasks and runs by id, and the queue statistics. Plain scans: memory is
+//! the reference, not the fast path.
 
 use std::collections::BTreeMap;
 
-use hive_models::{RunStatus, Task, TaskStatus, Timestamp};
+use hive_models::{Run, RunId, RunStatus, Task, TaskId, TaskStatus, Timestamp};
 
 use super::state::State;
 use crate::{OldestReady, QueueStats, TaskFilter, TaskPageParams, TypeStatusCount};
+
+impl State {
+    /// See [`crate::Store::get_tasks`].
+    pub(crate) fn tasks_by_id(&self, ids: &[TaskId]) -> Vec<Task> {
+        let mut found: Vec<&(Task, u64)> = ids.iter().filter_map(|id| self.tasks.get(id)).collect();
+        found.sort_by_key(|(_, seq)| *seq);
+        found.dedup_by_key(|(_, seq)| *seq);
+        found.into_iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// See [`crate::Store::get_runs`].
+    pub(crate) fn runs_by_id(&self, ids: &[RunId]) -> Vec<Run> {
+        let mut runs: Vec<Run> = ids
+            .iter()
+            .filter_map(|id| self.runs.get(id).cloned())
+            .collect();
+        runs.sort_by_key(|r| (r.task_id, r.run_number));
+        runs.dedup_by_key(|r| r.id);
+        runs
+    }
+}
 
 pub(super) fn page(s: &State, p: &TaskPageParams) -> Vec<Task> {
     let mut rows: Vec<&Task> = s
