@@ -59,6 +59,8 @@ pub(crate) struct RunCounters {
     pub stale: IntCounter,
     pub given_back: IntCounter,
     pub duration: HistogramVec,
+    /// Events the counters never saw: a burst larger than the event bus holds.
+    pub missed: IntCounter,
 }
 
 /// One registry with every Hive metric. Cheap to clone (it is shared).
@@ -125,6 +127,11 @@ impl Metrics {
                 ]),
                 &["task_type"],
             )?,
+            missed: counter(
+                "hive_events_missed_total",
+                "Events the run counters missed by falling behind the event bus (a burst \
+                 larger than it holds): the run counters are short by about this many.",
+            )?,
         };
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(oldest_ready.clone()))?;
@@ -136,6 +143,7 @@ impl Metrics {
             &runs.timed_out,
             &runs.stale,
             &runs.given_back,
+            &runs.missed,
         ] {
             registry.register(Box::new(c.clone()))?;
         }

@@ -69,7 +69,7 @@ impl Metrics {
         let mut events = client.subscribe().await?;
         let metrics = self.clone();
         tokio::spawn(async move {
-            let mut closed = Vec::new();
+            let (mut closed, mut missed) = (Vec::new(), 0);
             while let Some(first) = events.recv().await {
                 // What is waiting already is taken in the same round, and the runs it
                 // closed are read back in one batch: reads follow rounds, not runs.
@@ -82,6 +82,9 @@ impl Metrics {
                         None
                     };
                 }
+                let skipped = events.skipped();
+                metrics.runs.missed.inc_by(skipped.saturating_sub(missed));
+                missed = skipped;
                 if closed.is_empty() {
                     continue;
                 }

@@ -204,6 +204,43 @@ async fn a_process_counting_its_own_runs_leaves_others_out(store: Arc<dyn Store>
     elsewhere.close().await;
 }
 
+/// A burst of events larger than the bus holds for a subscriber cannot be counted run by
+/// run; what the counters missed is counted instead, so a reader can tell they are short.
+#[tokio::test(flavor = "current_thread")]
+async fn events_missed_in_a_burst_are_counted() {
+    let store: Arc<dyn Store> = Arc::new(hive_client::store::MemoryStore::new());
+    let client = Client::from_store(store.clone(), OpsConfig::default());
+    let metrics = Metrics::new().unwrap();
+    metrics.watch(client.clone()).await.unwrap();
+    let n = 40_000;
+    let tasks = (0..n).map(|i| NewTask::new(format!("t{i}"), "burst"));
+    client.create_tasks(tasks.collect()).await.unwrap();
+    // Claimed in one go on this one thread: the watcher runs only after every claim's
+    // event was sent, more than the bus keeps for it.
+    let mut claimed = 0;
+    while claimed < n {
+        let claims = store.claim_tasks(&claim_params("w", 5000)).await.unwrap();
+        assert!(!claims.is_empty());
+        claimed += claims.len();
+    }
+    let (mut started, mut missed) = (0.0, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while started + missed < n as f64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let s = parse(&metrics, &client).await;
+        started = value(&s, "hive_runs_started_total", &[]);
+        missed = value(&s, "hive_events_missed_total", &[]);
+    }
+    assert!(missed > 0.0, "started {started}, missed {missed}");
+    assert!(started < n as f64, "started {started}");
+    // Missed events are of every kind (the tasks' creation too): each claim is counted or
+    // among them.
+    assert!(
+        started + missed >= n as f64,
+        "started {started}, missed {missed}"
+    );
+}
+
 hive_client::store::per_backend!(hive_client::store::testing::TestStore::run =>
     numbers_match_the_database_after_a_drain);
 
