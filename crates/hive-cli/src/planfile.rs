@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use hive_client::NewPlan;
 
+use crate::builtin;
+
 /// Parses and validates a plan file before anything touches the database.
 pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
     let text = if path == Path::new("-") {
@@ -49,6 +51,23 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
     };
     plan.validate(max_payload_bytes)
         .with_context(|| format!("plan file `{}`", path.display()))?;
+    Ok(plan)
+}
+
+/// [`read`] with the default payload limit, then each subtask's payload checked as
+/// `hive worker run`'s built-in handler of its type will read it (see
+/// [`builtin::validate_payload`]): a plan it would fail is refused before it is stored.
+pub fn read_for_workers(path: &Path) -> anyhow::Result<NewPlan> {
+    let plan = read(path, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+    for st in &plan.subtasks {
+        builtin::validate_payload(&st.task_type, &st.payload).map_err(|e| {
+            anyhow::anyhow!(
+                "plan file `{}`: subtask `{}`: {e}",
+                path.display(),
+                st.id.escape_debug()
+            )
+        })?;
+    }
     Ok(plan)
 }
 

@@ -372,3 +372,100 @@ fn every_second(db: &Db, task_type: &str) {
         task_type,
     ]);
 }
+
+/// A schedule of a plan: each slot makes one whole plan (the file's subtasks and
+/// dependencies, the slot in its metadata) that a worker runs to completion; a plan file
+/// no slot could submit, or a plan given with a task's options, is refused with nothing
+/// written.
+#[test]
+fn a_schedule_of_a_plan_runs_the_workflow_at_each_slot() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let plan = db.write(
+        "nightly.toml",
+        r#"
+title = "nightly ✓"
+metadata = { team = "data" }
+
+[[subtasks]]
+id = "fetch"
+title = "Fetch"
+task_type = "noop"
+
+[[subtasks]]
+id = "sum"
+title = "Sum"
+task_type = "noop"
+dependencies = ["fetch"]
+"#,
+    );
+    let keyed = db.write(
+        "keyed.json",
+        r#"{"title": "k", "idempotency_key": "mine",
+            "subtasks": [{"id": "a", "title": "A", "task_type": "noop"}]}"#,
+    );
+    let no_command = db.write(
+        "shell.json",
+        r#"{"title": "s", "subtasks": [{"id": "a", "title": "A", "task_type": "shell"}]}"#,
+    );
+    let before = db.snapshot();
+    let add = [
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "* * * * * *",
+        "--plan",
+    ];
+    let adding = |file: &str| {
+        let mut c = db.hive();
+        c.args(add).arg(file);
+        c
+    };
+    db.refused(
+        &mut adding(&keyed),
+        "a keyed plan",
+        "plan.idempotency_key",
+        &before,
+    );
+    db.refused(
+        &mut adding(&no_command),
+        "a shell subtask without a command",
+        "subtask `a`",
+        &before,
+    );
+    let (ok, _, stderr) = db.run(&[&add[..], &[plan.as_str(), "--title", "t"]].concat());
+    assert!(!ok && stderr.contains("--title"), "{stderr}");
+    assert_eq!(db.snapshot(), before, "nothing written");
+
+    db.ok(&[&add[..], &[plan.as_str()]].concat());
+    let listed = db.ok(&["schedule", "list"]);
+    assert!(
+        listed.contains("plan of 2") && listed.contains("nightly ✓"),
+        "{listed}"
+    );
+    // A worker busy for 2.5 s schedules meanwhile and runs each slot's plan.
+    db.ok(&support::db::create_task(
+        "nap",
+        "sleep",
+        &["--payload", r#"{"ms": 2500}"#],
+    ));
+    db.work_until_idle(&["--type", "sleep", "--type", "noop"]);
+    db.ok(&["schedule", "pause", "nightly"]);
+    // What the last slot made as the worker left.
+    db.work_until_idle(&["--type", "noop", "--no-schedules"]);
+
+    let plans = db.json(&["plan", "list"]);
+    let plans = plans.as_array().unwrap();
+    assert!(plans.len() >= 2, "the schedule fired: {plans:?}");
+    let mut slots = BTreeSet::new();
+    for p in plans {
+        assert_eq!(p["title"], "nightly ✓");
+        assert_eq!(p["status"], "completed", "{p}");
+        assert_eq!(p["total_subtasks"], 2);
+        assert_eq!(p["metadata"]["team"], "data");
+        assert_eq!(p["metadata"]["schedule"], "nightly");
+        slots.insert(p["metadata"]["slot"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(slots.len(), plans.len(), "one plan per slot: {plans:?}");
+}

@@ -1,5 +1,5 @@
-//! Schedules: a cron expression in a time zone that creates a task at each of its slots,
-//! and the rules that decide which slots are due.
+//! Schedules: a cron expression in a time zone that creates a task or a plan at each of
+//! its slots, and the rules that decide which slots are due.
 
 use std::str::FromStr;
 
@@ -9,6 +9,9 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Json, NewTask, Result, Timestamp};
+
+mod scheduled;
+pub use scheduled::{Scheduled, SlotWork};
 
 /// What a schedule does with slots it missed (no scheduler ran at their time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -75,7 +78,9 @@ pub struct Schedule {
     pub cron: String,
     /// An IANA time zone name (`Europe/Paris`); slots follow its clock, DST included.
     pub timezone: String,
-    pub task: ScheduledTask,
+    /// What each slot creates: the key `task` or `plan` in JSON.
+    #[serde(flatten)]
+    pub creates: Scheduled,
     pub enabled: bool,
     pub missed: Missed,
     /// Slots at or before this are done: fired, skipped, or passed while paused.
@@ -96,7 +101,9 @@ pub struct NewSchedule {
     pub cron: String,
     #[serde(default = "utc")]
     pub timezone: String,
-    pub task: ScheduledTask,
+    /// What each slot creates: the key `task` or `plan` in JSON.
+    #[serde(flatten)]
+    pub creates: Scheduled,
     #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default)]
@@ -112,12 +119,18 @@ fn yes() -> bool {
 }
 
 impl NewSchedule {
-    pub fn new(name: impl Into<String>, cron: impl Into<String>, task: ScheduledTask) -> Self {
+    /// A schedule creating `creates` (a [`ScheduledTask`] or a [`crate::NewPlan`]) at each
+    /// slot of `cron`, in UTC.
+    pub fn new(
+        name: impl Into<String>,
+        cron: impl Into<String>,
+        creates: impl Into<Scheduled>,
+    ) -> Self {
         NewSchedule {
             name: name.into(),
             cron: cron.into(),
             timezone: utc(),
-            task,
+            creates: creates.into(),
             enabled: true,
             missed: Missed::Skip,
         }
@@ -132,8 +145,8 @@ impl NewSchedule {
 
     /// Rejects what no scheduler could follow, naming the field: a blank name, a cron
     /// expression that does not parse or names no date that exists (`0 0 31 2 *`), an
-    /// unknown time zone, a task that could not be created, a catch-up bound of 0 or over
-    /// [`Missed::MAX_CATCH_UP`].
+    /// unknown time zone, a task or plan that could not be created (see
+    /// [`Scheduled::validate`]), a catch-up bound of 0 or over [`Missed::MAX_CATCH_UP`].
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         crate::task::non_blank("name", &self.name)?;
         crate::check_no_nul("name", &self.name)?;
@@ -152,9 +165,7 @@ impl NewSchedule {
                 reason: format!("{limit} is not from 1 to {}", Missed::MAX_CATCH_UP),
             });
         }
-        self.task
-            .to_new_task("validation", Utc::now())
-            .validate(max_payload_bytes)
+        self.creates.validate(max_payload_bytes)
     }
 }
 

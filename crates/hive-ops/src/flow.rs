@@ -174,7 +174,7 @@ impl<S: Store + ?Sized> Ops<S> {
             known.extend(w.capabilities);
         }
         for s in self.store.list_schedules().await? {
-            known.insert(s.task.task_type);
+            known.extend(s.creates.task_types().into_iter().map(str::to_owned));
         }
         Ok(known)
     }

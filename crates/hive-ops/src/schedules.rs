@@ -1,9 +1,9 @@
 //! Schedules: create, read, pause, resume, delete, and the scheduler step every worker (and
-//! `hive schedule run`) takes — creating the task of each due slot exactly once however
-//! many schedulers run: each slot's task carries the idempotency key of its schedule and
-//! slot time, and a schedule's `done_until` moves compare-and-set.
+//! `hive schedule run`) takes — creating the task or plan of each due slot exactly once
+//! however many schedulers run: each slot's task or plan carries the idempotency key of
+//! its schedule and slot time, and a schedule's `done_until` moves compare-and-set.
 
-use hive_models::{NewSchedule, Schedule, Timestamp, Timing};
+use hive_models::{NewSchedule, Schedule, SlotWork, Timestamp, Timing};
 use hive_store::{ScheduleAdvance, Store};
 
 use crate::{Error, Ops, Result};
@@ -13,8 +13,8 @@ use crate::{Error, Ops, Result};
 pub struct FireReport {
     /// Schedules that were due.
     pub due: usize,
-    /// Slots whose task this step submitted (a slot another scheduler fired first creates
-    /// nothing new).
+    /// Slots whose task or plan this step submitted (a slot another scheduler fired first
+    /// creates nothing new).
     pub slots: usize,
 }
 
@@ -30,7 +30,7 @@ impl<S: Store + ?Sized> Ops<S> {
             name: new.name,
             cron: new.cron,
             timezone: new.timezone,
-            task: new.task,
+            creates: new.creates,
             enabled: new.enabled,
             missed: new.missed,
             done_until: now,
@@ -104,10 +104,10 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// One scheduler step: for each enabled schedule whose next slot has come (the
-    /// store's clock), submits the task of each due slot (the latest only, or the latest
-    /// `limit` when catching up), then moves the schedule past them compare-and-set. Safe
-    /// to run from any number of processes at once: a slot's task has its schedule's and
-    /// slot's idempotency key, so it is created once.
+    /// store's clock), submits the task or plan of each due slot (the latest only, or the
+    /// latest `limit` when catching up), then moves the schedule past them compare-and-set.
+    /// Safe to run from any number of processes at once: a slot's task or plan has its
+    /// schedule's and slot's idempotency key, so it is created once.
     pub async fn fire_due_schedules(&self) -> Result<FireReport> {
         let now = self.store.now().await?;
         let mut report = FireReport::default();
@@ -124,11 +124,18 @@ impl<S: Store + ?Sized> Ops<S> {
     async fn fire(&self, s: &Schedule, now: Timestamp) -> Result<usize> {
         let timing = Timing::parse(&s.cron, &s.timezone)?;
         let slots = timing.due(s.done_until, now, s.missed);
-        if !slots.is_empty() {
-            let tasks = slots
-                .iter()
-                .map(|slot| s.task.to_new_task(&s.name, *slot))
-                .collect();
+        let mut tasks = Vec::new();
+        for slot in &slots {
+            match s.creates.for_slot(&s.name, *slot) {
+                SlotWork::Task(t) => tasks.push(t),
+                // One transaction per plan: a plan is submitted whole or not at all, and
+                // a step cut short leaves the later slots to the next scheduler.
+                SlotWork::Plan(p) => {
+                    self.submit_plan(p).await?;
+                }
+            }
+        }
+        if !tasks.is_empty() {
             self.create_tasks(tasks).await?;
         }
         let advance = ScheduleAdvance {

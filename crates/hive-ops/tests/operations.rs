@@ -844,14 +844,7 @@ async fn schedules_catch_up_within_their_bound_and_pause(o: O) {
     let e = o.add_schedule(new).await.unwrap_err();
     assert!(e.to_string().contains("tick"), "{e}");
     // As if no scheduler had run for a minute.
-    let behind = hive_store::ScheduleAdvance {
-        name: "tick".into(),
-        from: s.done_until,
-        to: s.done_until - chrono::Duration::seconds(60),
-        last_fired: None,
-        next_slot: Some(s.done_until - chrono::Duration::seconds(59)),
-        enabled: None,
-    };
+    let behind = hive_store::testing::fixtures::schedule_behind(&s, 60);
     assert!(o.store().advance_schedule(&behind).await.unwrap());
     let fired = o.fire_due_schedules().await.unwrap();
     assert_eq!(

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use hive_client::PlanId;
 
 use crate::args::{self, plan_id};
-use crate::{Context, builtin, output, planfile};
+use crate::{Context, output, planfile};
 
 mod status;
 
@@ -86,21 +86,12 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             file,
             idempotency_key,
         } => {
-            let mut plan = planfile::read(&file, hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
+            let mut plan = planfile::read_for_workers(&file)?;
             if let Some(key) = idempotency_key {
                 if key.trim().is_empty() {
                     bail!("--idempotency-key: must not be empty");
                 }
                 plan.idempotency_key = Some(key);
-            }
-            for st in &plan.subtasks {
-                builtin::validate_payload(&st.task_type, &st.payload).map_err(|e| {
-                    anyhow!(
-                        "plan file `{}`: subtask `{}`: {e}",
-                        file.display(),
-                        st.id.escape_debug()
-                    )
-                })?;
             }
             let id = ctx.client_creating().await?.submit_plan(plan).await?;
             output::created(ctx.json, id)?;

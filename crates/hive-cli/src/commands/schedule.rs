@@ -1,18 +1,21 @@
-//! `hive schedule …`: periodic tasks from cron expressions, and a scheduler of its own.
+//! `hive schedule …`: periodic tasks and plans from cron expressions, and a scheduler of
+//! its own.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
-use hive_client::models::{Missed, NewSchedule, Schedule, ScheduledTask};
+use hive_client::models::{Missed, NewSchedule, Schedule, Scheduled, ScheduledTask};
 use serde_json::json;
 
-use crate::{Context, args, builtin, output};
+use crate::{Context, args, builtin, output, planfile};
 
 #[derive(Subcommand)]
 pub enum ScheduleCommand {
-    /// Create a schedule: a task created at each slot of a cron expression.
+    /// Create a schedule: a task (or, with --plan, a plan) created at each slot of a cron
+    /// expression.
     Add(AddArgs),
     /// List schedules with their last and next fire times.
     List,
@@ -31,13 +34,13 @@ pub enum ScheduleCommand {
         /// The schedule's name.
         name: String,
     },
-    /// Delete a schedule; the tasks it created stay.
+    /// Delete a schedule; the tasks and plans it created stay.
     Delete {
         /// The schedule's name.
         name: String,
     },
     /// Run only the scheduler (workers run it too) until Ctrl-C: any number may run at
-    /// once, each slot still creates one task.
+    /// once, each slot still creates one task or plan.
     Run {
         /// How often to look for due schedules, in milliseconds.
         #[arg(long, default_value_t = 1000)]
@@ -48,9 +51,9 @@ pub enum ScheduleCommand {
 /// What a schedule does with slots missed while no scheduler ran.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum MissedArg {
-    /// Only the latest missed slot creates a task.
+    /// Only the latest missed slot creates its task or plan.
     Skip,
-    /// Every missed slot creates a task, up to --catch-up-limit.
+    /// Every missed slot creates its task or plan, up to --catch-up-limit.
     CatchUp,
 }
 
@@ -65,11 +68,19 @@ pub struct AddArgs {
     #[arg(long = "tz", default_value = "UTC")]
     timezone: String,
     /// The title of each task created.
-    #[arg(long)]
-    title: String,
+    #[arg(long, required_unless_present = "plan")]
+    title: Option<String>,
     /// The type of each task created (`shell`, `noop` or `sleep` for `hive worker run`).
-    #[arg(long = "type")]
-    task_type: String,
+    #[arg(long = "type", required_unless_present = "plan")]
+    task_type: Option<String>,
+    /// Create a plan at each slot instead of a task: a plan file as `hive plan submit`
+    /// reads it (JSON or TOML, `-` for standard input), without an idempotency key (each
+    /// slot's plan gets its schedule's and slot's).
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "title", "task_type", "payload", "priority", "max_retries", "timeout_secs",
+        "concurrency_key",
+    ])]
+    plan: Option<PathBuf>,
     /// JSON payload of each task; `@FILE` reads it from a file, `-` from standard input.
     #[arg(long)]
     payload: Option<String>,
@@ -89,7 +100,8 @@ pub struct AddArgs {
     /// What to do with slots missed while no scheduler ran.
     #[arg(long, value_enum, default_value = "skip")]
     missed: MissedArg,
-    /// With `--missed catch-up`: at most this many missed slots create tasks at once.
+    /// With `--missed catch-up`: at most this many missed slots create their task or plan
+    /// at once.
     #[arg(long, default_value_t = 10)]
     catch_up_limit: u32,
     /// Create it paused.
@@ -99,22 +111,31 @@ pub struct AddArgs {
 
 impl AddArgs {
     fn into_new(self) -> anyhow::Result<NewSchedule> {
-        let mut task = ScheduledTask::new(self.title, self.task_type);
-        if let Some(p) = self.payload {
-            task.payload = args::read_payload(&p)?;
-        }
-        task.priority = self.priority;
-        task.max_retries = self.max_retries;
-        task.timeout_secs = self.timeout_secs;
-        task.concurrency_key = self.concurrency_key;
-        builtin::validate_payload(&task.task_type, &task.payload).map_err(|e| anyhow!(e))?;
+        let creates = match (self.plan, self.title, self.task_type) {
+            (Some(file), ..) => Scheduled::Plan(planfile::read_for_workers(&file)?),
+            (None, Some(title), Some(task_type)) => {
+                let mut task = ScheduledTask::new(title, task_type);
+                if let Some(p) = self.payload {
+                    task.payload = args::read_payload(&p)?;
+                }
+                task.priority = self.priority;
+                task.max_retries = self.max_retries;
+                task.timeout_secs = self.timeout_secs;
+                task.concurrency_key = self.concurrency_key;
+                builtin::validate_payload(&task.task_type, &task.payload)
+                    .map_err(|e| anyhow!(e))?;
+                Scheduled::Task(task)
+            }
+            // clap requires both unless --plan is given.
+            (None, ..) => anyhow::bail!("give --title and --type, or --plan FILE"),
+        };
         let missed = match self.missed {
             MissedArg::Skip => Missed::Skip,
             MissedArg::CatchUp => Missed::CatchUp {
                 limit: self.catch_up_limit,
             },
         };
-        let new = NewSchedule::new(self.name, self.cron, task)
+        let new = NewSchedule::new(self.name, self.cron, creates)
             .timezone(self.timezone)
             .missed(missed)
             .enabled(!self.paused);
@@ -218,8 +239,11 @@ fn row(s: &Schedule) -> [String; 8] {
         s.enabled.to_string(),
         output::opt(s.last_fired),
         output::opt(s.next_slot.filter(|_| s.enabled)),
-        s.task.task_type.clone(),
-        output::clip(&s.task.title, 40),
+        match &s.creates {
+            Scheduled::Task(t) => t.task_type.clone(),
+            Scheduled::Plan(p) => format!("plan of {}", p.subtasks.len()),
+        },
+        output::clip(s.creates.title(), 40),
     ]
 }
 

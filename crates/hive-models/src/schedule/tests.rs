@@ -154,3 +154,59 @@ fn a_schedules_concurrency_key_reaches_each_slots_task() {
     assert_eq!(t.concurrency_limit, None, "serial: the key's default of 1");
     t.validate(1024).unwrap();
 }
+
+#[test]
+fn a_schedules_json_names_what_it_creates_task_or_plan() {
+    let task = NewSchedule::new("n", "0 2 * * *", ScheduledTask::new("report", "shell"));
+    let json = serde_json::to_value(&task).unwrap();
+    assert_eq!(json["task"]["task_type"], "shell", "{json}");
+    assert!(json.get("plan").is_none());
+    assert_eq!(serde_json::from_value::<NewSchedule>(json).unwrap(), task);
+
+    let plan = crate::NewPlan::new("nightly", vec![crate::SubTask::new("a", "A", "x")]);
+    let json = serde_json::to_value(NewSchedule::new("n", "0 2 * * *", plan.clone())).unwrap();
+    assert_eq!(json["plan"]["title"], "nightly", "{json}");
+    assert!(json.get("task").is_none());
+    let back: NewSchedule = serde_json::from_value(json).unwrap();
+    assert_eq!(back.creates, Scheduled::Plan(plan));
+}
+
+#[test]
+fn a_stored_task_reads_back_as_stores_held_it_before_plans() {
+    let task = ScheduledTask::new("report", "shell");
+    let before_plans = serde_json::to_value(&task).unwrap();
+    assert_eq!(
+        Scheduled::Task(task.clone()).to_stored().unwrap(),
+        before_plans
+    );
+    assert_eq!(
+        Scheduled::from_stored(before_plans).unwrap(),
+        Scheduled::Task(task)
+    );
+    let plan = Scheduled::Plan(crate::NewPlan::new(
+        "nightly",
+        vec![crate::SubTask::new("a", "A", "x")],
+    ));
+    let stored = plan.to_stored().unwrap();
+    assert!(stored.get("plan").is_some(), "{stored}");
+    assert_eq!(Scheduled::from_stored(stored).unwrap(), plan);
+}
+
+#[test]
+fn each_slots_plan_has_the_slots_key_and_says_where_it_came_from() {
+    let template = crate::NewPlan::new("nightly", vec![crate::SubTask::new("a", "A", "x")])
+        .metadata(serde_json::json!({"team": "data", "slot": "mine"}));
+    let slot = at(2026, 1, 1, 2, 0, 0);
+    let SlotWork::Plan(p) = Scheduled::Plan(template).for_slot("nightly", slot) else {
+        panic!("a plan schedule makes plans");
+    };
+    assert_eq!(
+        p.idempotency_key.as_deref(),
+        Some("schedule:nightly:2026-01-01T02:00:00+00:00")
+    );
+    assert_eq!(
+        p.metadata,
+        serde_json::json!({"team": "data", "schedule": "nightly", "slot": "2026-01-01T02:00:00Z"})
+    );
+    p.validate(1024).unwrap();
+}

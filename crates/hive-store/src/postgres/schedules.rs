@@ -1,6 +1,6 @@
 //! Schedules on Postgres: one row each; `done_until` moves compare-and-set.
 
-use hive_models::Schedule;
+use hive_models::{Schedule, Scheduled};
 use sqlx::postgres::PgRow;
 
 use super::{PostgresStore, rows};
@@ -13,7 +13,8 @@ fn from_row(row: &PgRow) -> R<Schedule> {
         name: rows::get(row, "name", T)?,
         cron: rows::get(row, "cron", T)?,
         timezone: rows::get(row, "timezone", T)?,
-        task: decode(row, "task")?,
+        creates: Scheduled::from_stored(decode(row, "task")?)
+            .map_err(|e| rows::corrupt(T, format!("task: {e}")))?,
         enabled: rows::get(row, "enabled", T)?,
         missed: decode(row, "missed")?,
         done_until: rows::get(row, "done_until", T)?,
@@ -44,7 +45,11 @@ impl PostgresStore {
         .bind(&s.name)
         .bind(&s.cron)
         .bind(&s.timezone)
-        .bind(to_json("task", &s.task)?)
+        .bind(
+            s.creates
+                .to_stored()
+                .map_err(|e| Error::Database(format!("task: {e}")))?,
+        )
         .bind(s.enabled)
         .bind(to_json("missed", &s.missed)?)
         .bind(s.done_until)

@@ -1,6 +1,6 @@
 //! Schedules on SQLite: one row each; `done_until` moves compare-and-set.
 
-use hive_models::Schedule;
+use hive_models::{Schedule, Scheduled};
 use sqlx::sqlite::SqliteRow;
 
 use super::db::{self, Cols, Conn, R, to_json, us};
@@ -22,7 +22,8 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
         name: c.get("name")?,
         cron: c.get("cron")?,
         timezone: c.get("timezone")?,
-        task: c.json("task")?,
+        creates: Scheduled::from_stored(c.json("task")?)
+            .map_err(|e| db::corrupt("schedules", format!("column `task`: {e}")))?,
         enabled: c.get("enabled")?,
         missed: c.json("missed")?,
         done_until: c.ts("done_until")?,
@@ -42,7 +43,12 @@ pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
     .bind(&s.name)
     .bind(&s.cron)
     .bind(&s.timezone)
-    .bind(to_json("task", &s.task)?)
+    .bind(to_json(
+        "task",
+        &s.creates
+            .to_stored()
+            .map_err(|e| db::corrupt("schedules", e.to_string()))?,
+    )?)
     .bind(s.enabled)
     .bind(to_json("missed", &s.missed)?)
     .bind(us(s.done_until))

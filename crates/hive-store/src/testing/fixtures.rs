@@ -146,3 +146,15 @@ pub async fn foreign_sqlite(path: &std::path::Path) -> sqlx::SqlitePool {
         .unwrap_or_else(|e| panic!("{e}"));
     pool
 }
+
+/// Moves `s` back as if no scheduler had run for `secs` seconds before its `done_until`.
+pub fn schedule_behind(s: &hive_models::Schedule, secs: i64) -> crate::ScheduleAdvance {
+    crate::ScheduleAdvance {
+        name: s.name.clone(),
+        from: s.done_until,
+        to: s.done_until - chrono::Duration::seconds(secs),
+        last_fired: None,
+        next_slot: Some(s.done_until - chrono::Duration::seconds(secs - 1)),
+        enabled: None,
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hive_models::{Missed, Schedule, ScheduledTask};
+use hive_models::{Missed, NewPlan, Schedule, ScheduledTask, SubTask};
 
 use crate::{Error, ScheduleAdvance, Store};
 
@@ -20,7 +20,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         name: name.into(),
         cron: "*/5 * * * * *".into(),
         timezone: "Europe/Paris".into(),
-        task: task.clone(),
+        creates: task.clone().into(),
         enabled: true,
         missed: Missed::CatchUp { limit: 4 },
         done_until: now,
@@ -45,6 +45,24 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         .map(|x| x.name)
         .collect();
     assert_eq!(names, ["hourly", "nightly"]);
+
+    // A schedule of a plan comes back whole: the template, its dependencies and metadata.
+    let plan = NewPlan::new(
+        "nightly report ✓",
+        vec![
+            SubTask::new("fetch", "fetch", "shell").payload(serde_json::json!({"n": [1, 2]})),
+            SubTask::new("sum", "sum", "shell").depends_on(["fetch"]),
+        ],
+    )
+    .metadata(serde_json::json!({"team": "data"}));
+    let workflow = Schedule {
+        name: "workflow".into(),
+        creates: plan.into(),
+        ..row("workflow")
+    };
+    s.insert_schedule(&workflow).await.unwrap();
+    assert_eq!(s.get_schedule("workflow").await.unwrap(), Some(workflow));
+    assert!(s.delete_schedule("workflow").await.unwrap());
 
     let advance = ScheduleAdvance {
         name: "nightly".into(),

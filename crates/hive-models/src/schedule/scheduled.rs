@@ -1,0 +1,125 @@
+//! What a schedule creates at each slot: one task, or a whole plan.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ScheduledTask, slot_key};
+use crate::{Error, Json, NewPlan, NewTask, Result, Timestamp};
+
+/// What a schedule creates at each of its slots. In a schedule's JSON it is the key
+/// `task` (a [`ScheduledTask`]) or the key `plan` (a [`NewPlan`]) beside the schedule's
+/// own fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduled {
+    /// One task per slot.
+    Task(ScheduledTask),
+    /// One plan per slot, submitted and materialized like `hive plan submit`: a workflow
+    /// that runs every night is one schedule. The template carries no idempotency key;
+    /// each slot's plan gets its schedule's and slot's key (see [`slot_key`]), so a slot
+    /// makes one plan however many schedulers fire it.
+    Plan(NewPlan),
+}
+
+impl From<ScheduledTask> for Scheduled {
+    fn from(task: ScheduledTask) -> Self {
+        Scheduled::Task(task)
+    }
+}
+
+impl From<NewPlan> for Scheduled {
+    fn from(plan: NewPlan) -> Self {
+        Scheduled::Plan(plan)
+    }
+}
+
+/// A `NewTask` or a `NewPlan`, for one slot.
+// One per due slot, moved straight into its submission: boxing would save nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlotWork {
+    Task(NewTask),
+    Plan(NewPlan),
+}
+
+impl Scheduled {
+    /// The task types the schedule's slots create (a plan's, each once, in order).
+    pub fn task_types(&self) -> Vec<&str> {
+        match self {
+            Scheduled::Task(t) => vec![t.task_type.as_str()],
+            Scheduled::Plan(p) => {
+                let mut types: Vec<&str> = Vec::new();
+                for s in &p.subtasks {
+                    if !types.contains(&s.task_type.as_str()) {
+                        types.push(&s.task_type);
+                    }
+                }
+                types
+            }
+        }
+    }
+
+    /// The title of what each slot creates.
+    pub fn title(&self) -> &str {
+        match self {
+            Scheduled::Task(t) => &t.title,
+            Scheduled::Plan(p) => &p.title,
+        }
+    }
+
+    /// Rejects a task that could not be created, or a plan that could not be submitted or
+    /// that carries its own idempotency key (each slot's plan gets one of its own).
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        match self {
+            Scheduled::Task(t) => t
+                .to_new_task("validation", chrono::Utc::now())
+                .validate(max_payload_bytes),
+            Scheduled::Plan(p) => {
+                if p.idempotency_key.is_some() {
+                    return Err(Error::InvalidField {
+                        field: "plan.idempotency_key".into(),
+                        reason: "a scheduled plan takes its key from its schedule and slot; \
+                                 leave it out"
+                            .into(),
+                    });
+                }
+                p.validate(max_payload_bytes)
+            }
+        }
+    }
+
+    /// What `schedule` creates for `slot`: a task with the slot's idempotency key, or the
+    /// plan with that key and `schedule` and `slot` added to its metadata.
+    pub fn for_slot(&self, schedule: &str, slot: Timestamp) -> SlotWork {
+        match self {
+            Scheduled::Task(t) => SlotWork::Task(t.to_new_task(schedule, slot)),
+            Scheduled::Plan(p) => {
+                let mut plan = p.clone();
+                plan.idempotency_key = Some(slot_key(schedule, slot));
+                if let Json::Object(m) = &mut plan.metadata {
+                    m.insert("schedule".into(), Json::from(schedule));
+                    m.insert("slot".into(), serde_json::json!(slot));
+                }
+                SlotWork::Plan(plan)
+            }
+        }
+    }
+
+    /// The JSON a store keeps: a task as its plain object (as stores held it before
+    /// schedules could create plans), a plan as `{"plan": …}`.
+    pub fn to_stored(&self) -> serde_json::Result<Json> {
+        match self {
+            Scheduled::Task(t) => serde_json::to_value(t),
+            Scheduled::Plan(_) => serde_json::to_value(self),
+        }
+    }
+
+    /// Reads what [`Scheduled::to_stored`] wrote.
+    pub fn from_stored(stored: Json) -> serde_json::Result<Scheduled> {
+        match stored {
+            Json::Object(m) if m.len() == 1 && m.contains_key("plan") => {
+                serde_json::from_value(Json::Object(m))
+            }
+            task => serde_json::from_value(task).map(Scheduled::Task),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Schedules that create plans, on memory, SQLite and (with `HIVE_TEST_POSTGRES_URL`)
+//! Postgres: one whole plan per slot however many schedulers fire it at once, and a
+//! template no slot could submit refused with nothing stored.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hive_models::{Missed, NewPlan, NewSchedule, PlanStatus, SubTask, slot_key};
+use hive_ops::Ops;
+use hive_store::Store;
+use hive_store::testing::fixtures::worker;
+use serde_json::json;
+
+type O = Ops<dyn Store>;
+
+fn ops(store: Arc<dyn Store>) -> O {
+    Ops::new(store)
+}
+
+hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
+    a_scheduled_plan_is_made_once_per_slot,
+    a_scheduled_plan_no_slot_could_submit_is_refused,
+);
+
+fn template() -> NewPlan {
+    NewPlan::new(
+        "nightly report ✓",
+        vec![
+            SubTask::new("fetch", "Fetch", "fetch-nightly").payload(json!({"day": "today"})),
+            SubTask::new("sum", "Sum", "sum-nightly").depends_on(["fetch"]),
+        ],
+    )
+    .metadata(json!({"team": "data"}))
+}
+
+async fn a_scheduled_plan_is_made_once_per_slot(o: O) {
+    // Before the schedule, no task, worker or schedule names the type: a likely typo.
+    assert!(o.pause_queue("sum-nightly", false).await.is_err());
+    let new =
+        NewSchedule::new("nightly", "* * * * * *", template()).missed(Missed::CatchUp { limit: 3 });
+    let s = o.add_schedule(new).await.unwrap();
+    assert_eq!(o.get_schedule("nightly").await.unwrap(), Some(s.clone()));
+    // Its plan's types are known now, though no task of them exists yet.
+    o.pause_queue("sum-nightly", false).await.unwrap();
+    assert!(o.resume_queue("sum-nightly").await.unwrap());
+
+    // As if no scheduler had run for a minute; then two schedulers fire at once.
+    let behind = hive_store::testing::fixtures::schedule_behind(&s, 60);
+    assert!(o.store().advance_schedule(&behind).await.unwrap());
+    let (a, b) = tokio::join!(o.fire_due_schedules(), o.fire_due_schedules());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.slots >= 3 || b.slots >= 3, "{a:?} {b:?}");
+
+    let plans = o.list_plan_headers(None, None).await.unwrap();
+    // Both submitted the latest 3 slots; a second may have passed between them.
+    assert!((3..=4).contains(&plans.len()), "{} plans", plans.len());
+    let keys: HashSet<_> = plans.iter().map(|p| p.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), plans.len(), "one plan per slot");
+    for p in &plans {
+        assert_eq!(p.title, "nightly report ✓");
+        assert_eq!((p.status, p.total_subtasks), (PlanStatus::Pending, 2));
+        assert!(p.materialized, "submitted whole: its tasks exist");
+        assert_eq!(p.metadata["team"], "data", "the template's metadata stays");
+        assert_eq!(p.metadata["schedule"], "nightly");
+        let slot: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(p.metadata["slot"].clone()).unwrap();
+        assert_eq!(
+            p.idempotency_key.as_deref(),
+            Some(slot_key("nightly", slot).as_str())
+        );
+    }
+    // Firing again finds nothing due and makes nothing twice.
+    o.fire_due_schedules().await.unwrap();
+    let again = o.list_plan_headers(None, None).await.unwrap().len();
+    assert!(
+        again <= plans.len() + 1,
+        "{again} plans after {}",
+        plans.len()
+    );
+
+    // The slots' plans run: a root of each is claimable, its dependent waits.
+    let c = o
+        .claim_next_task(&worker("w"), &[], std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a root to claim");
+    assert_eq!(c.task.task_type, "fetch-nightly");
+    assert_eq!(c.task.payload, json!({"day": "today"}));
+    assert!(c.task.plan_id.is_some());
+}
+
+async fn a_scheduled_plan_no_slot_could_submit_is_refused(o: O) {
+    let cycle = NewPlan::new(
+        "loop",
+        vec![
+            SubTask::new("a", "A", "x").depends_on(["b"]),
+            SubTask::new("b", "B", "x").depends_on(["a"]),
+        ],
+    );
+    let e = o
+        .add_schedule(NewSchedule::new("loop", "0 2 * * *", cycle))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cycle"), "{e}");
+    let keyed = template().idempotency_key("mine");
+    let e = o
+        .add_schedule(NewSchedule::new("keyed", "0 2 * * *", keyed))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("plan.idempotency_key"), "{e}");
+    assert!(
+        o.list_schedules().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+}
