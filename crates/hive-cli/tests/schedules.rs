@@ -469,3 +469,56 @@ dependencies = ["fetch"]
     }
     assert_eq!(slots.len(), plans.len(), "one plan per slot: {plans:?}");
 }
+
+/// `schedule add --replace`, as a deploy script declares its schedules at every run:
+/// created, then unchanged, then redefined in place (an operator's pause kept), where a
+/// plain `add` of a taken name is refused.
+#[test]
+fn a_schedule_added_again_with_replace_is_redefined_in_place() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    let declare = |cron: &str| {
+        db.json(&[
+            "schedule",
+            "add",
+            "report",
+            "--cron",
+            cron,
+            "--title",
+            "Report",
+            "--type",
+            "noop",
+            "--replace",
+        ])
+    };
+    assert_eq!(declare("0 2 * * *")["change"], "created");
+    assert_eq!(declare("0 2 * * *")["change"], "unchanged");
+    db.ok(&["schedule", "pause", "report"]);
+    let redefined = declare("0 3 * * *");
+    assert_eq!(redefined["change"], "redefined");
+    assert_eq!(
+        (redefined["cron"].as_str(), redefined["enabled"].as_bool()),
+        (Some("0 3 * * *"), Some(false))
+    );
+    let stored = db.json(&["schedule", "get", "report"]);
+    assert_eq!(
+        (stored["cron"].as_str(), stored["enabled"].as_bool()),
+        (Some("0 3 * * *"), Some(false))
+    );
+    let (ok, _, stderr) = db.run(&[
+        "schedule",
+        "add",
+        "report",
+        "--cron",
+        "0 4 * * *",
+        "--title",
+        "Report",
+        "--type",
+        "noop",
+    ]);
+    assert!(
+        !ok && stderr.contains("exists"),
+        "without --replace: {stderr}"
+    );
+    assert_eq!(db.json(&["schedule", "get", "report"])["cron"], "0 3 * * *");
+}

@@ -40,7 +40,7 @@ pub use hive_models::{
     WorkerStatus,
 };
 pub use hive_ops::{
-    Event, EventOrigin, Limits, Ops, OpsConfig, Published, QueueInfo, Subscription,
+    Event, EventOrigin, Limits, Ops, OpsConfig, Published, QueueInfo, SchedulePut, Subscription,
 };
 pub use hive_store::{ConnectOptions, Inputs, Store};
 pub use worker::{

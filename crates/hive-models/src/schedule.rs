@@ -17,10 +17,10 @@ pub use scheduled::{Scheduled, SlotWork};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "policy")]
 pub enum Missed {
-    /// Only the latest missed slot creates a task.
+    /// Only the latest missed slot creates its task or plan.
     #[default]
     Skip,
-    /// Every missed slot creates a task, the latest `limit` of them at most.
+    /// Every missed slot creates its task or plan, the latest `limit` of them at most.
     CatchUp { limit: u32 },
 }
 
@@ -85,7 +85,7 @@ pub struct Schedule {
     pub missed: Missed,
     /// Slots at or before this are done: fired, skipped, or passed while paused.
     pub done_until: Timestamp,
-    /// The latest slot that created its task.
+    /// The latest slot that created its task or plan.
     pub last_fired: Option<Timestamp>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
     /// expression has no future slot).

@@ -1,7 +1,8 @@
-//! Schedules: create, read, pause, resume, delete, and the scheduler step every worker (and
-//! `hive schedule run`) takes — creating the task or plan of each due slot exactly once
-//! however many schedulers run: each slot's task or plan carries the idempotency key of
-//! its schedule and slot time, and a schedule's `done_until` moves compare-and-set.
+//! Schedules: create (or redefine), read, pause, resume, delete, and the scheduler step
+//! every worker (and `hive schedule run`) takes — creating the task or plan of each due slot
+//! exactly once however many schedulers run: each slot's task or plan carries the
+//! idempotency key of its schedule and slot time, and a schedule's `done_until` moves
+//! compare-and-set.
 
 use hive_models::{NewSchedule, Schedule, SlotWork, Timestamp, Timing};
 use hive_store::{ScheduleAdvance, Store};
@@ -9,13 +10,63 @@ use hive_store::{ScheduleAdvance, Store};
 use crate::{Error, Ops, Result};
 
 /// What one scheduler step did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FireReport {
     /// Schedules that were due.
     pub due: usize,
     /// Slots whose task or plan this step submitted (a slot another scheduler fired first
     /// creates nothing new).
     pub slots: usize,
+    /// Due schedules whose task or plan could not be created, with why (a plan whose parent
+    /// task is gone, a payload over a limit lowered since): they stay due, and the others
+    /// fire regardless.
+    pub failed: Vec<(String, String)>,
+}
+
+/// What [`Ops::put_schedule`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulePut {
+    /// No schedule had the name: created.
+    Created,
+    /// A schedule of the name had another definition: now this one, from now on.
+    Redefined,
+    /// A schedule of the name had this definition already: nothing written.
+    Unchanged,
+}
+
+/// How often a change that keeps losing to schedulers moving the same row is retried.
+const RACES: usize = 10;
+
+fn kept_changing(name: &str) -> Error {
+    Error::Store(hive_store::Error::Conflict(format!(
+        "schedule `{name}` kept changing; try again"
+    )))
+}
+
+/// A new schedule's row, due from its first slot after `now`.
+fn new_row(new: NewSchedule, timing: &Timing, now: Timestamp) -> Schedule {
+    Schedule {
+        next_slot: timing.next_after(now),
+        name: new.name,
+        cron: new.cron,
+        timezone: new.timezone,
+        creates: new.creates,
+        enabled: new.enabled,
+        missed: new.missed,
+        done_until: now,
+        last_fired: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Whether `s` already follows `new`'s definition (its pause state aside).
+fn defined_as(s: &Schedule, new: &NewSchedule) -> bool {
+    s.cron == new.cron
+        && s.timezone == new.timezone
+        && s.creates == new.creates
+        && s.missed == new.missed
 }
 
 impl<S: Store + ?Sized> Ops<S> {
@@ -24,22 +75,56 @@ impl<S: Store + ?Sized> Ops<S> {
     pub async fn add_schedule(&self, new: NewSchedule) -> Result<Schedule> {
         new.validate(self.config.max_payload_bytes)?;
         let timing = Timing::parse(&new.cron, &new.timezone)?;
-        let now = self.store.now().await?;
-        let schedule = Schedule {
-            next_slot: timing.next_after(now),
-            name: new.name,
-            cron: new.cron,
-            timezone: new.timezone,
-            creates: new.creates,
-            enabled: new.enabled,
-            missed: new.missed,
-            done_until: now,
-            last_fired: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let schedule = new_row(new, &timing, self.store.now().await?);
         self.store.insert_schedule(&schedule).await?;
         Ok(schedule)
+    }
+
+    /// Creates the schedule, or gives the schedule of its name this definition (cron, time
+    /// zone, what it creates, missed-slot rule): what an app that declares its schedules in
+    /// code calls at every start. A redefined schedule keeps whether it is paused (an
+    /// operator's pause outlives a deploy) and its last fire, and continues from now: the
+    /// new expression's slots before the change are not missed slots. The same definition
+    /// writes nothing. Safe to race with schedulers and with other calls.
+    pub async fn put_schedule(&self, new: NewSchedule) -> Result<(Schedule, SchedulePut)> {
+        new.validate(self.config.max_payload_bytes)?;
+        let timing = Timing::parse(&new.cron, &new.timezone)?;
+        for _ in 0..RACES {
+            let now = self.store.now().await?;
+            let Some(s) = self.store.get_schedule(&new.name).await? else {
+                let schedule = new_row(new.clone(), &timing, now);
+                match self.store.insert_schedule(&schedule).await {
+                    Ok(()) => return Ok((schedule, SchedulePut::Created)),
+                    // Created meanwhile by another call: compare with it.
+                    Err(hive_store::Error::Conflict(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if defined_as(&s, &new) {
+                return Ok((s, SchedulePut::Unchanged));
+            }
+            // `done_until` must move for a scheduler still firing the old definition to
+            // lose its compare-and-set rather than store the old expression's next slot.
+            let from_now = now.max(s.done_until + chrono::Duration::microseconds(1));
+            let redefined = Schedule {
+                cron: new.cron.clone(),
+                timezone: new.timezone.clone(),
+                creates: new.creates.clone(),
+                missed: new.missed,
+                done_until: from_now,
+                next_slot: timing.next_after(from_now),
+                updated_at: now,
+                ..s.clone()
+            };
+            if self
+                .store
+                .replace_schedule(&redefined, s.done_until)
+                .await?
+            {
+                return Ok((redefined, SchedulePut::Redefined));
+            }
+        }
+        Err(kept_changing(&new.name))
     }
 
     pub async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>> {
@@ -69,7 +154,7 @@ impl<S: Store + ?Sized> Ops<S> {
 
     async fn set_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
         // Retried on a lost race with a scheduler moving the same row.
-        for _ in 0..10 {
+        for _ in 0..RACES {
             let Some(s) = self.store.get_schedule(name).await? else {
                 return Ok(false);
             };
@@ -98,25 +183,30 @@ impl<S: Store + ?Sized> Ops<S> {
                 return Ok(true);
             }
         }
-        Err(Error::Store(hive_store::Error::Conflict(format!(
-            "schedule `{name}` kept changing; try again"
-        ))))
+        Err(kept_changing(name))
     }
 
     /// One scheduler step: for each enabled schedule whose next slot has come (the
     /// store's clock), submits the task or plan of each due slot (the latest only, or the
     /// latest `limit` when catching up), then moves the schedule past them compare-and-set.
     /// Safe to run from any number of processes at once: a slot's task or plan has its
-    /// schedule's and slot's idempotency key, so it is created once.
+    /// schedule's and slot's idempotency key, so it is created once. A schedule whose task
+    /// or plan cannot be created is reported in [`FireReport::failed`] and stays due; an
+    /// error of the store itself ends the step.
     pub async fn fire_due_schedules(&self) -> Result<FireReport> {
         let now = self.store.now().await?;
         let mut report = FireReport::default();
-        for s in self.store.list_schedules().await? {
-            if !s.enabled || s.next_slot.is_none_or(|n| n > now) {
-                continue;
-            }
+        for s in self.store.due_schedules(now).await? {
             report.due += 1;
-            report.slots += self.fire(&s, now).await?;
+            match self.fire(&s, now).await {
+                Ok(slots) => report.slots += slots,
+                Err(e) if e.is_transient() || e.is_about_the_database() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(schedule = %s.name, error = %e,
+                        "a due schedule could not create its task or plan; it stays due");
+                    report.failed.push((s.name.clone(), e.to_string()));
+                }
+            }
         }
         Ok(report)
     }

@@ -1,13 +1,17 @@
-//! Schedules that create plans, on memory, SQLite and (with `HIVE_TEST_POSTGRES_URL`)
-//! Postgres: one whole plan per slot however many schedulers fire it at once, and a
-//! template no slot could submit refused with nothing stored.
+//! Schedules that create plans, and schedules declared again at every start, on memory,
+//! SQLite and (with `HIVE_TEST_POSTGRES_URL`) Postgres: one whole plan per slot however
+//! many schedulers fire it at once; a template no slot could submit refused with nothing
+//! stored; a schedule that cannot fire leaves the others firing; `put_schedule` creates,
+//! leaves alone or redefines, keeping an operator's pause.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use hive_models::{Missed, NewPlan, NewSchedule, PlanStatus, SubTask, slot_key};
-use hive_ops::Ops;
+use hive_models::{
+    Missed, NewPlan, NewSchedule, PlanStatus, Scheduled, ScheduledTask, SubTask, slot_key,
+};
+use hive_ops::{Ops, OpsConfig, SchedulePut};
 use hive_store::Store;
 use hive_store::testing::fixtures::worker;
 use serde_json::json;
@@ -21,6 +25,8 @@ fn ops(store: Arc<dyn Store>) -> O {
 hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_scheduled_plan_is_made_once_per_slot,
     a_scheduled_plan_no_slot_could_submit_is_refused,
+    a_schedule_that_cannot_fire_leaves_the_others_firing,
+    a_schedule_put_again_is_created_kept_or_redefined,
 );
 
 fn template() -> NewPlan {
@@ -103,6 +109,15 @@ async fn a_scheduled_plan_no_slot_could_submit_is_refused(o: O) {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("cycle"), "{e}");
+    let parented = NewPlan {
+        parent_task_id: Some(hive_models::TaskId::new()),
+        ..template()
+    };
+    let e = o
+        .add_schedule(NewSchedule::new("parented", "0 2 * * *", parented))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("plan.parent_task_id"), "{e}");
     let keyed = template().idempotency_key("mine");
     let e = o
         .add_schedule(NewSchedule::new("keyed", "0 2 * * *", keyed))
@@ -113,4 +128,106 @@ async fn a_scheduled_plan_no_slot_could_submit_is_refused(o: O) {
         o.list_schedules().await.unwrap().is_empty(),
         "nothing stored"
     );
+}
+
+async fn a_schedule_that_cannot_fire_leaves_the_others_firing(o: O) {
+    // "a-big" sorts first; its payload fits the limit it was added under, not the one a
+    // later deploy set.
+    let mut big = ScheduledTask::new("big", "big");
+    big.payload = json!({"blob": "x".repeat(600)});
+    for (name, task) in [
+        ("a-big", big),
+        ("b-small", ScheduledTask::new("small", "small")),
+    ] {
+        let s = o
+            .add_schedule(NewSchedule::new(name, "* * * * * *", task))
+            .await
+            .unwrap();
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+    }
+    let stricter = Ops::with_config(
+        o.store().clone(),
+        OpsConfig {
+            max_payload_bytes: 100,
+            ..OpsConfig::default()
+        },
+    );
+    let report = stricter.fire_due_schedules().await.unwrap();
+    assert_eq!((report.due, report.slots), (2, 1), "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0, "a-big");
+    assert!(report.failed[0].1.contains("payload"), "{report:?}");
+    let a = o.get_schedule("a-big").await.unwrap().unwrap();
+    assert!(a.last_fired.is_none(), "it stays due");
+    assert!(
+        o.get_schedule("b-small")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_fired
+            .is_some()
+    );
+    // Under the limit it was added with, it fires.
+    assert_eq!(o.fire_due_schedules().await.unwrap().failed, []);
+    assert!(
+        o.get_schedule("a-big")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_fired
+            .is_some()
+    );
+}
+
+async fn a_schedule_put_again_is_created_kept_or_redefined(o: O) {
+    let daily = NewSchedule::new("report", "0 2 * * *", template());
+    let (first, put) = o.put_schedule(daily.clone()).await.unwrap();
+    assert_eq!(put, SchedulePut::Created);
+    let (same, put) = o.put_schedule(daily.clone()).await.unwrap();
+    assert_eq!((same, put), (first.clone(), SchedulePut::Unchanged));
+    assert!(o.pause_schedule("report").await.unwrap());
+    let paused = o.get_schedule("report").await.unwrap().unwrap();
+
+    // As an app declaring it in code after a deploy: an hourly task now.
+    let hourly = NewSchedule::new("report", "0 * * * *", ScheduledTask::new("r", "report"));
+    let (redefined, put) = o.put_schedule(hourly.clone()).await.unwrap();
+    assert_eq!(put, SchedulePut::Redefined);
+    let stored = o.get_schedule("report").await.unwrap().unwrap();
+    assert_eq!(stored.cron, "0 * * * *");
+    assert_eq!(
+        stored.creates,
+        Scheduled::Task(ScheduledTask::new("r", "report"))
+    );
+    assert!(!stored.enabled, "the operator's pause outlives the deploy");
+    assert_eq!(stored.created_at, first.created_at);
+    assert!(
+        stored.done_until > paused.done_until,
+        "it continues from now, so a scheduler still holding the old row loses"
+    );
+    assert_eq!(redefined.next_slot, stored.next_slot);
+    let old_scheduler = hive_store::ScheduleAdvance {
+        name: "report".into(),
+        from: paused.done_until,
+        to: paused.done_until,
+        last_fired: None,
+        next_slot: paused.next_slot,
+        enabled: None,
+    };
+    assert!(!o.store().advance_schedule(&old_scheduler).await.unwrap());
+    // Declared again unchanged: nothing written, still paused.
+    let (again, put) = o.put_schedule(hourly).await.unwrap();
+    assert_eq!(put, SchedulePut::Unchanged);
+    assert_eq!(again, stored);
+    // Bad input changes nothing.
+    let e = o
+        .put_schedule(NewSchedule::new(
+            "report",
+            "* * *",
+            ScheduledTask::new("r", "x"),
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("`cron`"), "{e}");
+    assert_eq!(o.get_schedule("report").await.unwrap().unwrap(), stored);
 }

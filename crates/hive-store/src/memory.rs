@@ -448,6 +448,10 @@ impl Store for MemoryStore {
         Ok(self.lock().schedules.values().cloned().collect())
     }
 
+    async fn due_schedules(&self, now: Timestamp) -> Result<Vec<hive_models::Schedule>> {
+        Ok(self.lock().due_schedules(now))
+    }
+
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
         Ok(self.lock().schedules.remove(name).is_some())
     }
@@ -469,6 +473,10 @@ impl Store for MemoryStore {
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
         Ok(self.lock().advance_schedule(advance))
+    }
+
+    async fn replace_schedule(&self, s: &hive_models::Schedule, from: Timestamp) -> Result<bool> {
+        Ok(self.lock().replace_schedule(s, from))
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

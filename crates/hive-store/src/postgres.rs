@@ -373,6 +373,10 @@ impl Store for PostgresStore {
         self.run(self.read_schedules()).await
     }
 
+    async fn due_schedules(&self, now: Timestamp) -> Result<Vec<hive_models::Schedule>> {
+        self.run(self.read_due_schedules(now)).await
+    }
+
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
         self.run(self.delete_schedule_once(name)).await
     }
@@ -391,6 +395,10 @@ impl Store for PostgresStore {
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
         self.run(self.advance_schedule_once(advance)).await
+    }
+
+    async fn replace_schedule(&self, s: &hive_models::Schedule, from: Timestamp) -> Result<bool> {
+        self.run(self.replace_schedule_once(s, from)).await
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

@@ -434,6 +434,10 @@ impl Store for SqliteStore {
         read!(self, schedules::list)
     }
 
+    async fn due_schedules(&self, now: Timestamp) -> Result<Vec<hive_models::Schedule>> {
+        read!(self, schedules::due, now)
+    }
+
     async fn delete_schedule(&self, name: &str) -> Result<bool> {
         write!(self, quiet schedules::delete, name)
     }
@@ -452,6 +456,10 @@ impl Store for SqliteStore {
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
         write!(self, quiet schedules::advance, advance)
+    }
+
+    async fn replace_schedule(&self, s: &hive_models::Schedule, from: Timestamp) -> Result<bool> {
+        write!(self, quiet schedules::replace, s, from)
     }
 
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {

@@ -221,6 +221,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every schedule, by name.
     async fn list_schedules(&self) -> Result<Vec<Schedule>>;
 
+    /// The enabled schedules whose next slot is at or before `now`, by name: what a
+    /// scheduler step reads, without decoding the schedules that are not due.
+    async fn due_schedules(&self, now: Timestamp) -> Result<Vec<Schedule>>;
+
     /// Deletes a schedule (tasks it created stay); false for an unknown one.
     async fn delete_schedule(&self, name: &str) -> Result<bool>;
 
@@ -228,6 +232,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// with the other fields given; false when another scheduler (or a pause) moved it
     /// first, or the schedule is unknown.
     async fn advance_schedule(&self, advance: &ScheduleAdvance) -> Result<bool>;
+
+    /// Compare-and-set: when the schedule named `schedule.name` still has `done_until` equal
+    /// to `from`, replaces its definition and progress with `schedule`'s (its `created_at`
+    /// kept, `updated_at` the store's now); false when a scheduler moved it first, or the
+    /// schedule is unknown.
+    async fn replace_schedule(&self, schedule: &Schedule, from: Timestamp) -> Result<bool>;
 
     // ---- flow control ----
 

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use hive_client::SchedulePut;
 use hive_client::models::{Missed, NewSchedule, Schedule, Scheduled, ScheduledTask};
 use serde_json::json;
 
@@ -58,6 +59,7 @@ pub enum MissedArg {
 }
 
 #[derive(Args)]
+#[command(group(ArgGroup::new("creates").required(true).args(["title", "plan"])))]
 pub struct AddArgs {
     /// A unique name.
     name: String,
@@ -68,10 +70,10 @@ pub struct AddArgs {
     #[arg(long = "tz", default_value = "UTC")]
     timezone: String,
     /// The title of each task created.
-    #[arg(long, required_unless_present = "plan")]
+    #[arg(long, requires = "task_type")]
     title: Option<String>,
     /// The type of each task created (`shell`, `noop` or `sleep` for `hive worker run`).
-    #[arg(long = "type", required_unless_present = "plan")]
+    #[arg(long = "type", requires = "title")]
     task_type: Option<String>,
     /// Create a plan at each slot instead of a task: a plan file as `hive plan submit`
     /// reads it (JSON or TOML, `-` for standard input), without an idempotency key (each
@@ -107,6 +109,12 @@ pub struct AddArgs {
     /// Create it paused.
     #[arg(long)]
     paused: bool,
+    /// If a schedule of this name exists, give it this definition instead of failing: it
+    /// keeps whether it is paused and its last fire, and continues from now (the new
+    /// expression's earlier slots are not missed slots). The same definition changes
+    /// nothing.
+    #[arg(long)]
+    replace: bool,
 }
 
 impl AddArgs {
@@ -151,17 +159,27 @@ fn not_found(name: &str) -> anyhow::Error {
 pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ScheduleCommand::Add(a) => {
+            let replace = a.replace;
             // Parsed and validated before connecting: bad input writes nothing.
             let new = a.into_new()?;
-            let s = ctx.client_creating().await?.add_schedule(new).await?;
+            let client = ctx.client_creating().await?;
+            let (s, change) = if replace {
+                client.put_schedule(new).await?
+            } else {
+                (client.add_schedule(new).await?, SchedulePut::Created)
+            };
+            let mut json = serde_json::to_value(&s)?;
+            json["change"] = serde_json::to_value(change)?;
+            let done = match change {
+                SchedulePut::Created => "added",
+                SchedulePut::Redefined => "redefined",
+                SchedulePut::Unchanged => "unchanged",
+            };
+            let next = output::opt(s.next_slot.filter(|_| s.enabled));
             output::report(
                 ctx.json,
-                &serde_json::to_value(&s)?,
-                format_args!(
-                    "schedule {} added; next at {}",
-                    s.name,
-                    output::opt(s.next_slot)
-                ),
+                &json,
+                format_args!("schedule {} {done}; next at {next}", s.name),
             )?;
         }
         ScheduleCommand::List => {

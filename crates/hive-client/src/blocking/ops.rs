@@ -77,6 +77,7 @@ blocking! {
         fn unregister_worker(worker_id: &str) -> bool;
         fn remove_worker(worker_id: &str) -> Option<Vec<TaskId>>;
         fn add_schedule(new: hive_models::NewSchedule) -> hive_models::Schedule;
+        fn put_schedule(new: hive_models::NewSchedule) -> (hive_models::Schedule, hive_ops::SchedulePut);
         fn get_schedule(name: &str) -> Option<hive_models::Schedule>;
         fn list_schedules() -> Vec<hive_models::Schedule>;
         fn delete_schedule(name: &str) -> bool;

@@ -1,6 +1,7 @@
 //! What a schedule creates at each slot: one task, or a whole plan.
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ScheduledTask, slot_key};
 use crate::{Error, Json, NewPlan, NewTask, Result, Timestamp};
@@ -8,7 +9,7 @@ use crate::{Error, Json, NewPlan, NewTask, Result, Timestamp};
 /// What a schedule creates at each of its slots. In a schedule's JSON it is the key
 /// `task` (a [`ScheduledTask`]) or the key `plan` (a [`NewPlan`]) beside the schedule's
 /// own fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheduled {
     /// One task per slot.
@@ -18,6 +19,28 @@ pub enum Scheduled {
     /// each slot's plan gets its schedule's and slot's key (see [`slot_key`]), so a slot
     /// makes one plan however many schedulers fire it.
     Plan(NewPlan),
+}
+
+/// Read from the keys beside a schedule's own fields (or from a stored `{"plan": …}`):
+/// exactly one of `task` and `plan`, refused by name when both or neither are given.
+impl<'de> Deserialize<'de> for Scheduled {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut keys = serde_json::Map::<String, Json>::deserialize(d)?;
+        match (keys.remove("task"), keys.remove("plan")) {
+            (Some(task), None) => serde_json::from_value(task)
+                .map(Scheduled::Task)
+                .map_err(|e| D::Error::custom(format!("`task`: {e}"))),
+            (None, Some(plan)) => serde_json::from_value(plan)
+                .map(Scheduled::Plan)
+                .map_err(|e| D::Error::custom(format!("`plan`: {e}"))),
+            (Some(_), Some(_)) => Err(D::Error::custom(
+                "a schedule creates a `task` or a `plan`, not both",
+            )),
+            (None, None) => Err(D::Error::custom(
+                "missing `task` or `plan`: what the schedule creates at each slot",
+            )),
+        }
+    }
 }
 
 impl From<ScheduledTask> for Scheduled {
@@ -66,8 +89,9 @@ impl Scheduled {
         }
     }
 
-    /// Rejects a task that could not be created, or a plan that could not be submitted or
-    /// that carries its own idempotency key (each slot's plan gets one of its own).
+    /// Rejects a task that could not be created, or a plan that could not be submitted,
+    /// that carries its own idempotency key (each slot's plan gets one of its own) or a
+    /// parent task (which would outlive no retention: each slot's plan stands alone).
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         match self {
             Scheduled::Task(t) => t
@@ -79,6 +103,14 @@ impl Scheduled {
                         field: "plan.idempotency_key".into(),
                         reason: "a scheduled plan takes its key from its schedule and slot; \
                                  leave it out"
+                            .into(),
+                    });
+                }
+                if p.parent_task_id.is_some() {
+                    return Err(Error::InvalidField {
+                        field: "plan.parent_task_id".into(),
+                        reason: "a scheduled plan has no parent task; each slot's plan stands \
+                                 alone"
                             .into(),
                     });
                 }

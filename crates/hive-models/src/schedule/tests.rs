@@ -167,8 +167,24 @@ fn a_schedules_json_names_what_it_creates_task_or_plan() {
     let json = serde_json::to_value(NewSchedule::new("n", "0 2 * * *", plan.clone())).unwrap();
     assert_eq!(json["plan"]["title"], "nightly", "{json}");
     assert!(json.get("task").is_none());
-    let back: NewSchedule = serde_json::from_value(json).unwrap();
+    let back: NewSchedule = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(back.creates, Scheduled::Plan(plan));
+
+    let mut both = json.clone();
+    both["task"] = serde_json::to_value(ScheduledTask::new("t", "x")).unwrap();
+    let e = serde_json::from_value::<NewSchedule>(both).unwrap_err();
+    assert!(
+        e.to_string().contains("a `task` or a `plan`, not both"),
+        "{e}"
+    );
+    let mut neither = json.clone();
+    neither.as_object_mut().unwrap().remove("plan");
+    let e = serde_json::from_value::<NewSchedule>(neither).unwrap_err();
+    assert!(e.to_string().contains("missing `task` or `plan`"), "{e}");
+    let mut bad = json;
+    bad["plan"]["subtasks"] = serde_json::json!("none");
+    let e = serde_json::from_value::<NewSchedule>(bad).unwrap_err();
+    assert!(e.to_string().starts_with("`plan`: "), "{e}");
 }
 
 #[test]

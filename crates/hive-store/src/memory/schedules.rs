@@ -1,6 +1,6 @@
 //! Schedules in memory: rows by name, moved compare-and-set like the SQL backends.
 
-use hive_models::Schedule;
+use hive_models::{Schedule, Timestamp};
 
 use super::state::{State, now};
 use crate::{Error, Result, ScheduleAdvance};
@@ -31,6 +31,29 @@ impl State {
             s.enabled = enabled;
         }
         s.updated_at = now();
+        true
+    }
+
+    pub(crate) fn due_schedules(&self, now: Timestamp) -> Vec<Schedule> {
+        self.schedules
+            .values()
+            .filter(|s| s.enabled && s.next_slot.is_some_and(|n| n <= now))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn replace_schedule(&mut self, with: &Schedule, from: Timestamp) -> bool {
+        let Some(s) = self.schedules.get_mut(&with.name) else {
+            return false;
+        };
+        if s.done_until != from {
+            return false;
+        }
+        *s = Schedule {
+            created_at: s.created_at,
+            updated_at: now(),
+            ..with.clone()
+        };
         true
     }
 }

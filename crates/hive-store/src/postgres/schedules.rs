@@ -1,6 +1,6 @@
 //! Schedules on Postgres: one row each; `done_until` moves compare-and-set.
 
-use hive_models::{Schedule, Scheduled};
+use hive_models::{Schedule, Scheduled, Timestamp};
 use sqlx::postgres::PgRow;
 
 use super::{PostgresStore, rows};
@@ -35,30 +35,38 @@ fn to_json<T: serde::Serialize>(col: &str, v: &T) -> R<serde_json::Value> {
     serde_json::to_value(v).map_err(|e| Error::Database(format!("{col}: {e}")).into())
 }
 
-impl PostgresStore {
-    pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
-        let inserted = sqlx::query(
-            "INSERT INTO schedules (name, cron, timezone, task, enabled, missed, done_until, \
-             last_fired, next_slot, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&s.name)
-        .bind(&s.cron)
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds a schedule's definition and progress, in the order both its insert and its
+/// replacement list them ($1 … $8).
+fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
+    let task = s
+        .creates
+        .to_stored()
+        .map_err(|e| Error::Database(format!("task: {e}")))?;
+    Ok(q.bind(&s.cron)
         .bind(&s.timezone)
-        .bind(
-            s.creates
-                .to_stored()
-                .map_err(|e| Error::Database(format!("task: {e}")))?,
-        )
+        .bind(task)
         .bind(s.enabled)
         .bind(to_json("missed", &s.missed)?)
         .bind(s.done_until)
         .bind(s.last_fired)
-        .bind(s.next_slot)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .execute(&self.pool)
-        .await?;
+        .bind(s.next_slot))
+}
+
+impl PostgresStore {
+    pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
+        let insert = sqlx::query(
+            "INSERT INTO schedules (cron, timezone, task, enabled, missed, done_until, \
+             last_fired, next_slot, name, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING",
+        );
+        let inserted = bind_row(insert, s)?
+            .bind(&s.name)
+            .bind(s.created_at)
+            .bind(s.updated_at)
+            .execute(&self.pool)
+            .await?;
         if inserted.rows_affected() == 0 {
             return Err(Error::Conflict(format!("a schedule named `{}` exists", s.name)).into());
         }
@@ -80,9 +88,33 @@ impl PostgresStore {
         found.iter().map(from_row).collect()
     }
 
+    pub(super) async fn read_due_schedules(&self, now: Timestamp) -> R<Vec<Schedule>> {
+        let found = sqlx::query(
+            "SELECT * FROM schedules WHERE enabled AND next_slot <= $1 ORDER BY name COLLATE \"C\"",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(from_row).collect()
+    }
+
     pub(super) async fn delete_schedule_once(&self, name: &str) -> R<bool> {
         let done = sqlx::query("DELETE FROM schedules WHERE name = $1")
             .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn replace_schedule_once(&self, s: &Schedule, from: Timestamp) -> R<bool> {
+        let replace = sqlx::query(
+            "UPDATE schedules SET cron = $1, timezone = $2, task = $3, enabled = $4, \
+             missed = $5, done_until = $6, last_fired = $7, next_slot = $8, updated_at = now() \
+             WHERE name = $9 AND done_until = $10",
+        );
+        let done = bind_row(replace, s)?
+            .bind(&s.name)
+            .bind(from)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)

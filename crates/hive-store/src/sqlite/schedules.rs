@@ -1,6 +1,6 @@
 //! Schedules on SQLite: one row each; `done_until` moves compare-and-set.
 
-use hive_models::{Schedule, Scheduled};
+use hive_models::{Schedule, Scheduled, Timestamp};
 use sqlx::sqlite::SqliteRow;
 
 use super::db::{self, Cols, Conn, R, to_json, us};
@@ -34,30 +34,37 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
     })
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds a schedule's definition and progress, in the order both its insert and its
+/// replacement list them (?1 … ?8).
+fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
+    let task = s
+        .creates
+        .to_stored()
+        .map_err(|e| db::corrupt("schedules", format!("column `task`: {e}")))?;
+    Ok(q.bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(to_json("task", &task)?)
+        .bind(s.enabled)
+        .bind(to_json("missed", &s.missed)?)
+        .bind(us(s.done_until))
+        .bind(s.last_fired.map(us))
+        .bind(s.next_slot.map(us)))
+}
+
 pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
-    let inserted = sqlx::query(
-        "INSERT INTO schedules (name, cron, timezone, task, enabled, missed, done_until, \
-         last_fired, next_slot, created_at, updated_at) \
+    let insert = sqlx::query(
+        "INSERT INTO schedules (cron, timezone, task, enabled, missed, done_until, \
+         last_fired, next_slot, name, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(&s.name)
-    .bind(&s.cron)
-    .bind(&s.timezone)
-    .bind(to_json(
-        "task",
-        &s.creates
-            .to_stored()
-            .map_err(|e| db::corrupt("schedules", e.to_string()))?,
-    )?)
-    .bind(s.enabled)
-    .bind(to_json("missed", &s.missed)?)
-    .bind(us(s.done_until))
-    .bind(s.last_fired.map(us))
-    .bind(s.next_slot.map(us))
-    .bind(us(s.created_at))
-    .bind(us(s.updated_at))
-    .execute(&mut *c)
-    .await?;
+    );
+    let inserted = bind_row(insert, s)?
+        .bind(&s.name)
+        .bind(us(s.created_at))
+        .bind(us(s.updated_at))
+        .execute(&mut *c)
+        .await?;
     if inserted.rows_affected() == 0 {
         return Err(Error::Conflict(format!("a schedule named `{}` exists", s.name)).into());
     }
@@ -79,9 +86,35 @@ pub(super) async fn list(c: &mut Conn) -> R<Vec<Schedule>> {
     rows.iter().map(from_row).collect()
 }
 
+pub(super) async fn due(c: &mut Conn, now: Timestamp) -> R<Vec<Schedule>> {
+    let rows = sqlx::query(select!(
+        "WHERE enabled = 1 AND next_slot <= ?1 ORDER BY name"
+    ))
+    .bind(us(now))
+    .fetch_all(&mut *c)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
 pub(super) async fn delete(c: &mut Conn, name: &str) -> R<bool> {
     let done = sqlx::query("DELETE FROM schedules WHERE name = ?1")
         .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn replace(c: &mut Conn, s: &Schedule, from: Timestamp) -> R<bool> {
+    let at = db::db_now(c).await?;
+    let replace = sqlx::query(
+        "UPDATE schedules SET cron = ?1, timezone = ?2, task = ?3, enabled = ?4, missed = ?5, \
+         done_until = ?6, last_fired = ?7, next_slot = ?8, updated_at = ?9 \
+         WHERE name = ?10 AND done_until = ?11",
+    );
+    let done = bind_row(replace, s)?
+        .bind(at)
+        .bind(&s.name)
+        .bind(us(from))
         .execute(&mut *c)
         .await?;
     Ok(done.rows_affected() > 0)

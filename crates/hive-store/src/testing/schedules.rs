@@ -45,6 +45,19 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         .map(|x| x.name)
         .collect();
     assert_eq!(names, ["hourly", "nightly"]);
+    let due = |at: chrono::DateTime<chrono::Utc>| {
+        let s = s.clone();
+        async move {
+            let due = s.due_schedules(at).await.unwrap();
+            due.into_iter().map(|x| x.name).collect::<Vec<_>>()
+        }
+    };
+    assert!(due(at(4)).await.is_empty(), "not due before its next slot");
+    assert_eq!(
+        due(at(5)).await,
+        ["hourly", "nightly"],
+        "due at its next slot"
+    );
 
     // A schedule of a plan comes back whole: the template, its dependencies and metadata.
     let plan = NewPlan::new(
@@ -97,6 +110,11 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     let paused = s.get_schedule("nightly").await.unwrap().unwrap();
     assert!(!paused.enabled);
     assert_eq!(
+        due(at(60)).await,
+        ["hourly"],
+        "a paused schedule is never due"
+    );
+    assert_eq!(
         paused.last_fired,
         Some(at(10)),
         "no fire keeps the last one"
@@ -109,6 +127,36 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         .await
         .unwrap()
     );
+
+    // Redefined compare-and-set: its creation time stays, the rest is replaced.
+    let redefined = Schedule {
+        cron: "0 3 * * *".into(),
+        creates: ScheduledTask::new("other", "noop").into(),
+        done_until: at(20),
+        next_slot: Some(at(3600)),
+        created_at: at(-999),
+        ..paused.clone()
+    };
+    assert!(
+        !s.replace_schedule(&redefined, now).await.unwrap(),
+        "moved since"
+    );
+    assert!(s.replace_schedule(&redefined, at(10)).await.unwrap());
+    let stored = s.get_schedule("nightly").await.unwrap().unwrap();
+    assert_eq!(
+        Schedule {
+            updated_at: redefined.updated_at,
+            created_at: at(-999),
+            ..stored.clone()
+        },
+        redefined
+    );
+    assert_eq!(stored.created_at, now, "its creation time is kept");
+    let ghost = Schedule {
+        name: "ghost".into(),
+        ..redefined
+    };
+    assert!(!s.replace_schedule(&ghost, at(20)).await.unwrap());
 
     assert!(s.delete_schedule("nightly").await.unwrap());
     assert!(!s.delete_schedule("nightly").await.unwrap());
