@@ -17,9 +17,9 @@ pub struct FireReport {
     /// Slots whose task or plan this step submitted (a slot another scheduler fired first
     /// creates nothing new).
     pub slots: usize,
-    /// Due schedules whose task or plan could not be created, with why (a plan whose parent
-    /// task is gone, a payload over a limit lowered since): they stay due, and the others
-    /// fire regardless.
+    /// Due schedules whose task or plan could not be created, with why (a payload over a
+    /// limit lowered since it was added, say): the others fire regardless, and each of
+    /// these is due again [`FAILED_RETRY_AFTER`] later, its slots still to fire.
     pub failed: Vec<(String, String)>,
 }
 
@@ -34,6 +34,10 @@ pub enum SchedulePut {
     /// A schedule of the name had this definition already: nothing written.
     Unchanged,
 }
+
+/// How long a schedule whose task or plan could not be created waits before the next try:
+/// every scheduler of a fleet trying (and logging) each second would help no one.
+pub const FAILED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often a change that keeps losing to schedulers moving the same row is retried.
 const RACES: usize = 10;
@@ -191,8 +195,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// latest `limit` when catching up), then moves the schedule past them compare-and-set.
     /// Safe to run from any number of processes at once: a slot's task or plan has its
     /// schedule's and slot's idempotency key, so it is created once. A schedule whose task
-    /// or plan cannot be created is reported in [`FireReport::failed`] and stays due; an
-    /// error of the store itself ends the step.
+    /// or plan cannot be created is reported in [`FireReport::failed`] and tried again
+    /// [`FAILED_RETRY_AFTER`] later; an error of the store itself ends the step.
     pub async fn fire_due_schedules(&self) -> Result<FireReport> {
         let now = self.store.now().await?;
         let mut report = FireReport::default();
@@ -202,9 +206,20 @@ impl<S: Store + ?Sized> Ops<S> {
                 Ok(slots) => report.slots += slots,
                 Err(e) if e.is_transient() || e.is_about_the_database() => return Err(e),
                 Err(e) => {
-                    tracing::warn!(schedule = %s.name, error = %e,
-                        "a due schedule could not create its task or plan; it stays due");
+                    tracing::warn!(schedule = %s.name, error = %e, retry_after = ?FAILED_RETRY_AFTER,
+                        "a due schedule could not create its task or plan; its slots stay due");
                     report.failed.push((s.name.clone(), e.to_string()));
+                    // Progress kept (`done_until`), only the next look put off; lost to
+                    // another scheduler, it was put off or fired already.
+                    let retry = ScheduleAdvance {
+                        name: s.name.clone(),
+                        from: s.done_until,
+                        to: s.done_until,
+                        last_fired: None,
+                        next_slot: Some(now + FAILED_RETRY_AFTER),
+                        enabled: None,
+                    };
+                    self.store.advance_schedule(&retry).await?;
                 }
             }
         }

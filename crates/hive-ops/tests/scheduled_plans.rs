@@ -159,16 +159,25 @@ async fn a_schedule_that_cannot_fire_leaves_the_others_firing(o: O) {
     assert_eq!(report.failed[0].0, "a-big");
     assert!(report.failed[0].1.contains("payload"), "{report:?}");
     let a = o.get_schedule("a-big").await.unwrap().unwrap();
-    assert!(a.last_fired.is_none(), "it stays due");
+    assert!(a.last_fired.is_none(), "its slots stay to fire");
+    let retry_at = a.next_slot.unwrap() - o.store().now().await.unwrap();
     assert!(
-        o.get_schedule("b-small")
-            .await
-            .unwrap()
-            .unwrap()
-            .last_fired
-            .is_some()
+        retry_at > chrono::Duration::seconds(50),
+        "tried again a minute later, not at every step: {retry_at}"
     );
-    // Under the limit it was added with, it fires.
+    let b = o.get_schedule("b-small").await.unwrap().unwrap();
+    assert!(b.last_fired.is_some());
+    assert_eq!(
+        stricter.fire_due_schedules().await.unwrap().due,
+        0,
+        "put off"
+    );
+    // A minute later, under the limit it was added with, its missed slot fires.
+    let a_minute_on = hive_store::ScheduleAdvance {
+        next_slot: Some(a.done_until),
+        ..hive_store::testing::fixtures::schedule_behind(&a, 0)
+    };
+    assert!(o.store().advance_schedule(&a_minute_on).await.unwrap());
     assert_eq!(o.fire_due_schedules().await.unwrap().failed, []);
     assert!(
         o.get_schedule("a-big")
