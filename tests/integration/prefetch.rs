@@ -106,12 +106,12 @@ async fn quick_handlers_fill_a_bounded_buffer(c: Client) {
 }
 
 async fn the_buffer_follows_the_handlers_pace(c: Client) {
-    // Handlers of 20 ms or more finish at most 2 × 2 claims in 50 ms, and 2 × 7 more in
-    // a commit of up to 150 ms (a busy test machine's): a prefetch of 100 is a cap, not a
-    // target.
+    // Handlers of 20 ms or more finish at most 2 × 2 claims in 50 ms, and 2 × 16 more in
+    // a commit of up to 320 ms (a test machine busy compiling beside the tests; 150 ms
+    // was seen exceeded there): a prefetch of 100 is a cap, not a target.
     let held = drain_sampled(&c, 60, 20, 100).await;
     assert!(
-        held <= 20,
+        held <= 38,
         "{held} held: more than 2 running + what 20 ms handlers finish in 50 ms and a commit"
     );
 }

@@ -4,7 +4,7 @@
 //! idempotency key of its schedule and slot time, and a schedule's `done_until` moves
 //! compare-and-set.
 
-use hive_models::{NewSchedule, Schedule, SlotWork, Timestamp, Timing};
+use hive_models::{Json, NewSchedule, Schedule, SlotWork, Timestamp, Timing};
 use hive_store::{ScheduleAdvance, Store};
 
 use crate::{Error, Ops, Result};
@@ -67,10 +67,37 @@ fn new_row(new: NewSchedule, timing: &Timing, now: Timestamp) -> Schedule {
 
 /// Whether `s` already follows `new`'s definition (its pause state aside).
 fn defined_as(s: &Schedule, new: &NewSchedule) -> bool {
-    s.cron == new.cron
-        && s.timezone == new.timezone
-        && s.creates == new.creates
-        && s.missed == new.missed
+    let same_creates = match (s.creates.to_stored(), new.creates.to_stored()) {
+        (Ok(a), Ok(b)) => same_json(&a, &b),
+        _ => false,
+    };
+    s.cron == new.cron && s.timezone == new.timezone && s.missed == new.missed && same_creates
+}
+
+/// Whether two JSON values are the same, numbers compared by value: Postgres' `jsonb`
+/// gives back `1e16` as `10000000000000000`, which must not read as a new definition at
+/// every start.
+fn same_json(a: &Json, b: &Json) -> bool {
+    fn int(n: &serde_json::Number) -> Option<i128> {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    }
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => match (int(x), int(y)) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 impl<S: Store + ?Sized> Ops<S> {
@@ -87,9 +114,12 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Creates the schedule, or gives the schedule of its name this definition (cron, time
     /// zone, what it creates, missed-slot rule): what an app that declares its schedules in
     /// code calls at every start. A redefined schedule keeps whether it is paused (an
-    /// operator's pause outlives a deploy) and its last fire, and continues from now: the
-    /// new expression's slots before the change are not missed slots. The same definition
-    /// writes nothing. Safe to race with schedulers and with other calls.
+    /// operator's pause outlives a deploy, also one committed while this call runs) and its
+    /// last fire, and continues from now: slots before the change that had not fired yet,
+    /// of either definition, are not missed slots. `new.enabled` counts only when the
+    /// schedule is created. The same definition writes nothing. Safe to race with
+    /// schedulers and with other calls; [`Error::Store`] with a conflict if they kept
+    /// moving the row through ten tries.
     pub async fn put_schedule(&self, new: NewSchedule) -> Result<(Schedule, SchedulePut)> {
         new.validate(self.config.max_payload_bytes)?;
         let timing = Timing::parse(&new.cron, &new.timezone)?;
@@ -125,7 +155,9 @@ impl<S: Store + ?Sized> Ops<S> {
                 .replace_schedule(&redefined, s.done_until)
                 .await?
             {
-                return Ok((redefined, SchedulePut::Redefined));
+                // As stored: its pause state, and the store's time of the change.
+                let stored = self.store.get_schedule(&new.name).await?;
+                return Ok((stored.unwrap_or(redefined), SchedulePut::Redefined));
             }
         }
         Err(kept_changing(&new.name))
@@ -195,8 +227,11 @@ impl<S: Store + ?Sized> Ops<S> {
     /// latest `limit` when catching up), then moves the schedule past them compare-and-set.
     /// Safe to run from any number of processes at once: a slot's task or plan has its
     /// schedule's and slot's idempotency key, so it is created once. A schedule whose task
-    /// or plan cannot be created is reported in [`FireReport::failed`] and tried again
-    /// [`FAILED_RETRY_AFTER`] later; an error of the store itself ends the step.
+    /// or plan cannot be created is reported in [`FireReport::failed`] and the step goes
+    /// on with the others: after a transient error (a lost race, a timeout) it is tried
+    /// again at the next step, after any other [`FAILED_RETRY_AFTER`] later. Only an
+    /// error about the whole database, or failing to read the due schedules, ends the
+    /// step.
     pub async fn fire_due_schedules(&self) -> Result<FireReport> {
         let now = self.store.now().await?;
         let mut report = FireReport::default();
@@ -204,7 +239,12 @@ impl<S: Store + ?Sized> Ops<S> {
             report.due += 1;
             match self.fire(&s, now).await {
                 Ok(slots) => report.slots += slots,
-                Err(e) if e.is_transient() || e.is_about_the_database() => return Err(e),
+                Err(e) if e.is_about_the_database() => return Err(e),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(schedule = %s.name, error = %e,
+                        "a due schedule could not create its task or plan; trying again at the next step");
+                    report.failed.push((s.name.clone(), e.to_string()));
+                }
                 Err(e) => {
                     tracing::warn!(schedule = %s.name, error = %e, retry_after = ?FAILED_RETRY_AFTER,
                         "a due schedule could not create its task or plan; its slots stay due");
@@ -254,5 +294,29 @@ impl<S: Store + ?Sized> Ops<S> {
         // Lost to another scheduler: it submitted the same slots, created once by key.
         self.store.advance_schedule(&advance).await?;
         Ok(slots.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::same_json;
+
+    #[test]
+    fn json_numbers_are_compared_by_value() {
+        let float: serde_json::Value = serde_json::from_str("1e16").unwrap();
+        assert!(same_json(
+            &json!({"n": [float, 0.5, "x"]}),
+            &json!({"n": [10_000_000_000_000_000u64, 0.5, "x"]})
+        ));
+        assert!(!same_json(&json!({"n": 1}), &json!({"n": 2})));
+        assert!(!same_json(&json!({"n": 1}), &json!({"n": 1, "m": 1})));
+        assert!(!same_json(&json!([1, 2]), &json!([2, 1])));
+        assert!(!same_json(
+            &json!(9_007_199_254_740_993u64),
+            &json!(9_007_199_254_740_992u64)
+        ));
+        assert!(!same_json(&json!("1"), &json!(1)));
     }
 }

@@ -228,6 +228,19 @@ async fn a_schedule_put_again_is_created_kept_or_redefined(o: O) {
     let (again, put) = o.put_schedule(hourly).await.unwrap();
     assert_eq!(put, SchedulePut::Unchanged);
     assert_eq!(again, stored);
+    // A payload the database gives back in another form (jsonb: `1e16` as an integer) is
+    // still the same definition.
+    let mut floats = ScheduledTask::new("f", "floats");
+    floats.payload = serde_json::from_str(r#"{"big": 1e16, "half": 0.5}"#).unwrap();
+    let declared = NewSchedule::new("floats", "0 2 * * *", floats);
+    assert_eq!(
+        o.put_schedule(declared.clone()).await.unwrap().1,
+        SchedulePut::Created
+    );
+    assert_eq!(
+        o.put_schedule(declared).await.unwrap().1,
+        SchedulePut::Unchanged
+    );
     // Bad input changes nothing.
     let e = o
         .put_schedule(NewSchedule::new(

@@ -234,9 +234,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn advance_schedule(&self, advance: &ScheduleAdvance) -> Result<bool>;
 
     /// Compare-and-set: when the schedule named `schedule.name` still has `done_until` equal
-    /// to `from`, replaces its definition and progress with `schedule`'s (its `created_at`
-    /// kept, `updated_at` the store's now); false when a scheduler moved it first, or the
-    /// schedule is unknown.
+    /// to `from`, replaces its definition (`cron`, `timezone`, `creates`, `missed`) and its
+    /// progress (`done_until`, `next_slot`) with `schedule`'s; whether it is enabled, its
+    /// last fire and its creation time stay as stored (a pause committed meanwhile is not
+    /// undone), `updated_at` becomes the store's now. False when a scheduler moved it
+    /// first, or the schedule is unknown.
     async fn replace_schedule(&self, schedule: &Schedule, from: Timestamp) -> Result<bool>;
 
     // ---- flow control ----

@@ -1,6 +1,6 @@
 //! What an operator changes: requeue a task, requeue every failed task matching a filter
 //! (bounded), cancel a task, cancel a plan, retry a failed or cancelled plan, pause or
-//! resume a task type's queue. Each is one function; the `/api/` route answers with JSON
+//! resume a task type's queue, pause or resume a schedule. Each is one function; the `/api/` route answers with JSON
 //! and the `/actions/` route (a page's form) redirects back.
 
 use axum::Form;
@@ -82,6 +82,23 @@ async fn pause_or_resume(s: &AppState, task_type: &str, pause: bool) -> Outcome 
     }
     let resumed = s.client.resume_queue(task_type).await.map_err(op)?;
     Ok(serde_json::json!({ "task_type": task_type, "paused": false, "resumed": resumed }))
+}
+
+/// Pauses (`pause`) or resumes a schedule; an unknown name is not found.
+async fn pause_or_resume_schedule(s: &AppState, name: &str, pause: bool) -> Outcome {
+    let found = if pause {
+        s.client.pause_schedule(name).await
+    } else {
+        s.client.resume_schedule(name).await
+    }
+    .map_err(op)?;
+    if !found {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("schedule `{name}` not found"),
+        ));
+    }
+    Ok(serde_json::json!({ "name": name, "enabled": !pause }))
 }
 
 fn json(o: Outcome) -> Response {
@@ -172,6 +189,28 @@ pub async fn pause_queue_form(State(s): State<AppState>, Path(t): Path<String>) 
 
 pub async fn resume_queue_form(State(s): State<AppState>, Path(t): Path<String>) -> Response {
     back(pause_or_resume(&s, &t, false).await, "/queues".into())
+}
+
+pub async fn pause_schedule_api(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+    json(pause_or_resume_schedule(&s, &n, true).await)
+}
+
+pub async fn resume_schedule_api(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+    json(pause_or_resume_schedule(&s, &n, false).await)
+}
+
+pub async fn pause_schedule_form(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+    back(
+        pause_or_resume_schedule(&s, &n, true).await,
+        "/schedules".into(),
+    )
+}
+
+pub async fn resume_schedule_form(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+    back(
+        pause_or_resume_schedule(&s, &n, false).await,
+        "/schedules".into(),
+    )
 }
 
 /// Percent-encodes a path segment or query value (everything but unreserved characters).

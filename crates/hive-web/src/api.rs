@@ -263,6 +263,11 @@ async fn queues(State(s): State<AppState>) -> Response {
     found(s.client.list_queues().await.map(Some), "queues")
 }
 
+/// `hive schedule list --json`: every schedule, by name.
+async fn schedules(State(s): State<AppState>) -> Response {
+    found(s.client.list_schedules().await.map(Some), "schedules")
+}
+
 async fn stats(State(s): State<AppState>) -> Response {
     let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
     found(s.client.queue_stats(since).await.map(Some), "stats")
@@ -292,5 +297,14 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route(
             "/api/queues/{task_type}/resume",
             post(actions::resume_queue_api),
+        )
+        .route("/api/schedules", get(schedules))
+        .route(
+            "/api/schedules/{name}/pause",
+            post(actions::pause_schedule_api),
+        )
+        .route(
+            "/api/schedules/{name}/resume",
+            post(actions::resume_schedule_api),
         )
 }

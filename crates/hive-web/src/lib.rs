@@ -135,6 +135,7 @@ fn routes(state: AppState) -> axum::Router {
         .route("/plans/{id}", get(pages::plans::page))
         .route("/workers", get(pages::workers::page))
         .route("/queues", get(pages::queues::page))
+        .route("/schedules", get(pages::schedules::page))
         .route("/login", get(pages::login::form).post(pages::login::submit))
         .route("/events", get(events::stream))
         .route("/healthz", get(probes::alive))
@@ -159,6 +160,14 @@ fn routes(state: AppState) -> axum::Router {
         .route(
             "/actions/queues/{task_type}/resume",
             post(actions::resume_queue_form),
+        )
+        .route(
+            "/actions/schedules/{name}/pause",
+            post(actions::pause_schedule_form),
+        )
+        .route(
+            "/actions/schedules/{name}/resume",
+            post(actions::resume_schedule_form),
         )
         .merge(api::routes())
         .with_state(state.clone())

@@ -40,6 +40,22 @@ pub fn age(now: Timestamp, then: Timestamp) -> String {
     secs((now - then).num_milliseconds().max(0) as f64 / 1000.0)
 }
 
+/// The Pause (or, when `paused`, Resume) button of a row: a form posting to
+/// `{actions}/{key}/pause` or `…/resume`, `key` percent-encoded.
+pub fn pause_toggle(actions: &str, key: &str, paused: bool) -> Markup {
+    let (verb, label) = if paused {
+        ("resume", "Resume")
+    } else {
+        ("pause", "Pause")
+    };
+    html! {
+        form class="inline" method="post"
+            action={ (actions) "/" (crate::actions::urlencode(key)) "/" (verb) } {
+            button type="submit" class=(verb) { (label) }
+        }
+    }
+}
+
 /// A whole page. The part inside `main` is what the live script refreshes.
 pub fn layout(title: &str, body: Markup) -> Markup {
     html! {
@@ -58,6 +74,7 @@ pub fn layout(title: &str, body: Markup) -> Markup {
                     a href="/plans" { "Plans" }
                     a href="/workers" { "Workers" }
                     a href="/queues" { "Queues" }
+                    a href="/schedules" { "Schedules" }
                     a href="/metrics" { "Metrics" }
                     span id="live" title="live updates" { "●" }
                 }

@@ -106,7 +106,8 @@ pub struct AddArgs {
     /// at once.
     #[arg(long, default_value_t = 10)]
     catch_up_limit: u32,
-    /// Create it paused.
+    /// Create it paused (with --replace, only when it is created: an existing schedule
+    /// stays paused or active as it is).
     #[arg(long)]
     paused: bool,
     /// If a schedule of this name exists, give it this definition instead of failing: it

@@ -50,6 +50,8 @@ impl State {
             return false;
         }
         *s = Schedule {
+            enabled: s.enabled,
+            last_fired: s.last_fired,
             created_at: s.created_at,
             updated_at: now(),
             ..with.clone()

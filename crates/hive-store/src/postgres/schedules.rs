@@ -38,7 +38,7 @@ fn to_json<T: serde::Serialize>(col: &str, v: &T) -> R<serde_json::Value> {
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds a schedule's definition and progress, in the order both its insert and its
-/// replacement list them ($1 … $8).
+/// replacement list them ($1 … $6).
 fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
     let task = s
         .creates
@@ -47,21 +47,21 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
     Ok(q.bind(&s.cron)
         .bind(&s.timezone)
         .bind(task)
-        .bind(s.enabled)
         .bind(to_json("missed", &s.missed)?)
         .bind(s.done_until)
-        .bind(s.last_fired)
         .bind(s.next_slot))
 }
 
 impl PostgresStore {
     pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
         let insert = sqlx::query(
-            "INSERT INTO schedules (cron, timezone, task, enabled, missed, done_until, \
-             last_fired, next_slot, name, created_at, updated_at) \
+            "INSERT INTO schedules (cron, timezone, task, missed, done_until, next_slot, \
+             enabled, last_fired, name, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING",
         );
         let inserted = bind_row(insert, s)?
+            .bind(s.enabled)
+            .bind(s.last_fired)
             .bind(&s.name)
             .bind(s.created_at)
             .bind(s.updated_at)
@@ -108,9 +108,9 @@ impl PostgresStore {
 
     pub(super) async fn replace_schedule_once(&self, s: &Schedule, from: Timestamp) -> R<bool> {
         let replace = sqlx::query(
-            "UPDATE schedules SET cron = $1, timezone = $2, task = $3, enabled = $4, \
-             missed = $5, done_until = $6, last_fired = $7, next_slot = $8, updated_at = now() \
-             WHERE name = $9 AND done_until = $10",
+            "UPDATE schedules SET cron = $1, timezone = $2, task = $3, missed = $4, \
+             done_until = $5, next_slot = $6, updated_at = now() \
+             WHERE name = $7 AND done_until = $8",
         );
         let done = bind_row(replace, s)?
             .bind(&s.name)

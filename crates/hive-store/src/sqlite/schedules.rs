@@ -37,7 +37,7 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
 /// Binds a schedule's definition and progress, in the order both its insert and its
-/// replacement list them (?1 … ?8).
+/// replacement list them (?1 … ?6).
 fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
     let task = s
         .creates
@@ -46,20 +46,20 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
     Ok(q.bind(&s.cron)
         .bind(&s.timezone)
         .bind(to_json("task", &task)?)
-        .bind(s.enabled)
         .bind(to_json("missed", &s.missed)?)
         .bind(us(s.done_until))
-        .bind(s.last_fired.map(us))
         .bind(s.next_slot.map(us)))
 }
 
 pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
     let insert = sqlx::query(
-        "INSERT INTO schedules (cron, timezone, task, enabled, missed, done_until, \
-         last_fired, next_slot, name, created_at, updated_at) \
+        "INSERT INTO schedules (cron, timezone, task, missed, done_until, next_slot, \
+         enabled, last_fired, name, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (name) DO NOTHING",
     );
     let inserted = bind_row(insert, s)?
+        .bind(s.enabled)
+        .bind(s.last_fired.map(us))
         .bind(&s.name)
         .bind(us(s.created_at))
         .bind(us(s.updated_at))
@@ -107,9 +107,9 @@ pub(super) async fn delete(c: &mut Conn, name: &str) -> R<bool> {
 pub(super) async fn replace(c: &mut Conn, s: &Schedule, from: Timestamp) -> R<bool> {
     let at = db::db_now(c).await?;
     let replace = sqlx::query(
-        "UPDATE schedules SET cron = ?1, timezone = ?2, task = ?3, enabled = ?4, missed = ?5, \
-         done_until = ?6, last_fired = ?7, next_slot = ?8, updated_at = ?9 \
-         WHERE name = ?10 AND done_until = ?11",
+        "UPDATE schedules SET cron = ?1, timezone = ?2, task = ?3, missed = ?4, \
+         done_until = ?5, next_slot = ?6, updated_at = ?7 \
+         WHERE name = ?8 AND done_until = ?9",
     );
     let done = bind_row(replace, s)?
         .bind(at)

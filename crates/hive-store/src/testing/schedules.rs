@@ -128,12 +128,15 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         .unwrap()
     );
 
-    // Redefined compare-and-set: its creation time stays, the rest is replaced.
+    // Redefined compare-and-set: its definition and progress replaced; its pause (which a
+    // redefinition read before the pause must not undo), last fire and creation time kept.
     let redefined = Schedule {
         cron: "0 3 * * *".into(),
         creates: ScheduledTask::new("other", "noop").into(),
         done_until: at(20),
         next_slot: Some(at(3600)),
+        enabled: true,
+        last_fired: None,
         created_at: at(-999),
         ..paused.clone()
     };
@@ -146,12 +149,18 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     assert_eq!(
         Schedule {
             updated_at: redefined.updated_at,
+            enabled: true,
+            last_fired: None,
             created_at: at(-999),
             ..stored.clone()
         },
         redefined
     );
-    assert_eq!(stored.created_at, now, "its creation time is kept");
+    assert_eq!(
+        (stored.enabled, stored.last_fired, stored.created_at),
+        (false, Some(at(10)), now),
+        "pause, last fire and creation time kept"
+    );
     let ghost = Schedule {
         name: "ghost".into(),
         ..redefined

@@ -6,8 +6,7 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 
 use crate::AppState;
-use crate::actions::urlencode;
-use crate::view::{layout, op_error};
+use crate::view::{layout, op_error, pause_toggle};
 
 pub async fn page(State(s): State<AppState>) -> Response {
     let queues = match s.client.list_queues().await {
@@ -31,13 +30,7 @@ pub async fn page(State(s): State<AppState>) -> Response {
                             td { @if let Some(n) = q.max_running { (n) } @else { "–" } }
                             td { @if let Some(r) = &q.rate { (r) } @else { "–" } }
                             td class="state" { @if q.paused { "paused" } @else { "active" } }
-                            td {
-                                @let (verb, label) = if q.paused { ("resume", "Resume") } else { ("pause", "Pause") };
-                                form class="inline" method="post"
-                                    action={ "/actions/queues/" (urlencode(&q.task_type)) "/" (verb) } {
-                                    button type="submit" class=(verb) { (label) }
-                                }
-                            }
+                            td { (pause_toggle("/actions/queues", &q.task_type, q.paused)) }
                         }
                     }
                 }

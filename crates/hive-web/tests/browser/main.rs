@@ -2,7 +2,7 @@
 //! overview loads; a plan's DAG has one node per subtask in its status colour and turns a
 //! node green live when its task completes; requeue from the page changes the database; a
 //! hostile title is shown as text and runs nothing; a task type's queue is paused and
-//! resumed from its page; and, without the token, a change is refused on a dashboard that
+//! resumed from its page, and so is a schedule; and, without the token, a change is refused on a dashboard that
 //! requires one; a failed plan is retried from its page.
 //!
 //! `HIVE_SAVE_SCREENSHOTS=1` also writes the overview and the DAG page to `docs/img/`.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fantoccini::Locator;
 use harness::{Dashboard, Driver, LIMIT, eventually, http};
-use hive_client::models::{NewPlan, NewTask, SubTask, TaskStatus};
+use hive_client::models::{NewPlan, NewSchedule, NewTask, ScheduledTask, SubTask, TaskStatus};
 use hive_client::store::Store;
 use hive_client::store::testing::fixtures::{claim_params, failure, success};
 
@@ -429,47 +429,171 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
         let queued = text(&b, Locator::Css("#queues tr[data-type='mail'] td.queued")).await;
         assert_eq!(queued, "2");
         assert_eq!(queue_state(&b).await, "active");
-        click(&b, Locator::Css("#queues tr[data-type='mail'] button.pause")).await;
+        click(
+            &b,
+            Locator::Css("#queues tr[data-type='mail'] button.pause"),
+        )
+        .await;
         eventually("the type to be paused", Duration::from_secs(20), || async {
             paused(&s).await && queue_state(&b).await == "paused"
         })
         .await;
         assert!(
-            s.claim_tasks(&claim_params("w", 10)).await.unwrap().is_empty(),
+            s.claim_tasks(&claim_params("w", 10))
+                .await
+                .unwrap()
+                .is_empty(),
             "a paused type is not claimed"
         );
-        click(&b, Locator::Css("#queues tr[data-type='mail'] button.resume")).await;
-        eventually("the type to be resumed", Duration::from_secs(20), || async {
-            !paused(&s).await && queue_state(&b).await == "active"
-        })
-        .await;
-        // The API does the same, and refuses a type nothing uses (a likely typo). On
-        // loopback without a token, reads hand out the generated one as a cookie.
-        let host = dash.addr;
-        let (code, body) = http(
-            host,
-            &format!("GET /api/queues HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        click(
+            &b,
+            Locator::Css("#queues tr[data-type='mail'] button.resume"),
         )
         .await;
-        assert_eq!(code, 200, "{body}");
+        eventually(
+            "the type to be resumed",
+            Duration::from_secs(20),
+            || async { !paused(&s).await && queue_state(&b).await == "active" },
+        )
+        .await;
+        // The API does the same, and refuses a type nothing uses (a likely typo).
+        let host = dash.addr;
+        let (body, post) = api_session(host, "/api/queues").await;
         assert!(body.contains("\"task_type\":\"mail\""), "{body}");
-        let cookie = body
-            .lines()
-            .find_map(|l| l.strip_prefix("set-cookie: "))
-            .and_then(|c| c.split(';').next())
-            .expect("reads hand out the token")
-            .to_owned();
-        let post = |path: &str| {
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-        };
         let (code, body) = http(host, &post("/api/queues/mail/pause")).await;
         assert_eq!(code, 200, "{body}");
         assert!(paused(&s).await);
         let (code, body) = http(host, &post("/api/queues/mial/pause")).await;
         assert_eq!(code, 400, "{body}");
         assert!(body.contains("mial"), "the error names the type: {body}");
+        b.close().await.unwrap();
+    })
+    .await
+    .expect("the browser test finished in time");
+}
+
+/// GETs `path` on loopback without a token, which hands out the generated one as a
+/// cookie: the body, and a maker of POST requests that carry the cookie.
+async fn api_session(host: std::net::SocketAddr, path: &str) -> (String, impl Fn(&str) -> String) {
+    let (code, body) = http(
+        host,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let cookie = body
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("reads hand out the token")
+        .to_owned();
+    let post = move |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    (body, post)
+}
+
+async fn schedule_cell(b: &fantoccini::Client, name: &str, cell: &str) -> String {
+    let sel = format!("#schedules tr[data-name='{name}'] td.{cell}");
+    match b.find(Locator::Css(&sel)).await {
+        Ok(cell) => cell.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn enabled(s: &Arc<dyn Store>, name: &str) -> bool {
+    s.get_schedule(name).await.unwrap().unwrap().enabled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_is_paused_and_resumed_from_its_page() {
+    tokio::time::timeout(LIMIT, async {
+        let (s, _keep) = store().await;
+        let driver = Driver::start().await;
+        let dash = Dashboard::start(s.clone(), "127.0.0.1:0", None).await;
+        let etl = NewPlan::new(
+            "nightly etl",
+            vec![
+                SubTask::new("extract", "Extract", "etl"),
+                SubTask::new("load", "Load", "etl").depends_on(["extract"]),
+            ],
+        );
+        let c = &dash.client;
+        c.add_schedule(NewSchedule::new("etl", "0 2 * * *", etl))
+            .await
+            .unwrap();
+        let tick = ScheduledTask::new("<b>tick</b>", "tick");
+        c.add_schedule(NewSchedule::new("tick", "*/5 * * * *", tick))
+            .await
+            .unwrap();
+        let b = driver.browser().await;
+        b.goto(&dash.url("/schedules")).await.unwrap();
+        assert_eq!(
+            schedule_cell(&b, "etl", "creates").await,
+            "plan of 2 subtasks"
+        );
+        assert_eq!(schedule_cell(&b, "etl", "title").await, "nightly etl");
+        assert_eq!(
+            schedule_cell(&b, "tick", "creates").await,
+            "task of type tick"
+        );
+        assert_eq!(
+            schedule_cell(&b, "tick", "title").await,
+            "<b>tick</b>",
+            "a title is text, not markup"
+        );
+        assert_eq!(schedule_cell(&b, "etl", "state").await, "active");
+        assert_ne!(schedule_cell(&b, "etl", "next").await, "–");
+        click(
+            &b,
+            Locator::Css("#schedules tr[data-name='etl'] button.pause"),
+        )
+        .await;
+        eventually(
+            "the schedule to be paused",
+            Duration::from_secs(20),
+            || async {
+                !enabled(&s, "etl").await && schedule_cell(&b, "etl", "state").await == "paused"
+            },
+        )
+        .await;
+        assert_eq!(
+            schedule_cell(&b, "etl", "next").await,
+            "–",
+            "a paused schedule has no next"
+        );
+        assert!(enabled(&s, "tick").await, "the other schedule is untouched");
+        click(
+            &b,
+            Locator::Css("#schedules tr[data-name='etl'] button.resume"),
+        )
+        .await;
+        eventually(
+            "the schedule to be resumed",
+            Duration::from_secs(20),
+            || async {
+                enabled(&s, "etl").await && schedule_cell(&b, "etl", "state").await == "active"
+            },
+        )
+        .await;
+        // The API does the same, and an unknown name is not found.
+        let host = dash.addr;
+        let (body, post) = api_session(host, "/api/schedules").await;
+        assert!(
+            body.contains("\"name\":\"etl\"") && body.contains("\"plan\":"),
+            "{body}"
+        );
+        let (code, body) = http(host, &post("/api/schedules/tick/pause")).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(!enabled(&s, "tick").await);
+        let (code, body) = http(host, &post("/api/schedules/ghost/pause")).await;
+        assert_eq!(code, 404, "{body}");
+        assert!(
+            body.contains("ghost"),
+            "the error names the schedule: {body}"
+        );
         b.close().await.unwrap();
     })
     .await
