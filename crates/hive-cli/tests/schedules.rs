@@ -281,6 +281,17 @@ fn bad_schedules_are_refused_before_anything_is_written() {
             ][..],
             "missed.limit",
         ),
+        (
+            &[
+                "--cron",
+                "0 2 * * *",
+                "--overlap",
+                "skip",
+                "--missed",
+                "catch-up",
+            ][..],
+            "`skip` cannot go with catching up several missed slots",
+        ),
     ] {
         db.refused(
             &mut add(args),
@@ -504,6 +515,26 @@ fn a_schedule_added_again_with_replace_is_redefined_in_place() {
     assert_eq!(
         (stored["cron"].as_str(), stored["enabled"].as_bool()),
         (Some("0 3 * * *"), Some(false))
+    );
+    assert_eq!(stored["overlap"], "allow");
+    // Skipping overlaps is part of the definition.
+    let skipping = db.json(&[
+        "schedule",
+        "add",
+        "report",
+        "--cron",
+        "0 3 * * *",
+        "--title",
+        "Report",
+        "--type",
+        "noop",
+        "--overlap",
+        "skip",
+        "--replace",
+    ]);
+    assert_eq!(
+        (skipping["change"].as_str(), skipping["overlap"].as_str()),
+        (Some("redefined"), Some("skip"))
     );
     let (ok, _, stderr) = db.run(&[
         "schedule",

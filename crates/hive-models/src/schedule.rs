@@ -29,6 +29,43 @@ impl Missed {
     pub const MAX_CATCH_UP: u32 = 1000;
 }
 
+/// What a schedule does at a slot while the previous slot's task or plan is unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Create it anyway: slots' work may run side by side (a task's concurrency key can
+    /// still make them wait for each other).
+    #[default]
+    Allow,
+    /// Create nothing for the slot: a nightly workflow that overruns is not started twice.
+    /// The slot counts as done; the next one looks again.
+    Skip,
+}
+
+impl Overlap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Allow => "allow",
+            Overlap::Skip => "skip",
+        }
+    }
+}
+
+impl std::str::FromStr for Overlap {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Overlap> {
+        match s {
+            "allow" => Ok(Overlap::Allow),
+            "skip" => Ok(Overlap::Skip),
+            other => Err(Error::InvalidField {
+                field: "overlap".into(),
+                reason: format!("`{other}` is not `allow` or `skip`"),
+            }),
+        }
+    }
+}
+
 /// The task a schedule creates at each slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduledTask {
@@ -83,6 +120,9 @@ pub struct Schedule {
     pub creates: Scheduled,
     pub enabled: bool,
     pub missed: Missed,
+    /// What a slot does while the previous slot's work is unfinished.
+    #[serde(default)]
+    pub overlap: Overlap,
     /// Slots at or before this are done: fired, skipped, or passed while paused.
     pub done_until: Timestamp,
     /// The latest slot that created its task or plan.
@@ -108,6 +148,9 @@ pub struct NewSchedule {
     pub enabled: bool,
     #[serde(default)]
     pub missed: Missed,
+    /// What a slot does while the previous slot's work is unfinished.
+    #[serde(default)]
+    pub overlap: Overlap,
 }
 
 fn utc() -> String {
@@ -133,6 +176,7 @@ impl NewSchedule {
             creates: creates.into(),
             enabled: true,
             missed: Missed::Skip,
+            overlap: Overlap::Allow,
         }
     }
 
@@ -140,6 +184,8 @@ impl NewSchedule {
         /// An IANA time zone name (default `UTC`).
         timezone: impl Into<String> => into,
         missed: Missed,
+        /// What a slot does while the previous slot's work is unfinished.
+        overlap: Overlap,
         enabled: bool,
     }
 
@@ -157,13 +203,21 @@ impl NewSchedule {
                 reason: format!("`{}` never fires: no date matches it", self.cron),
             });
         }
-        if let Missed::CatchUp { limit } = self.missed
-            && !(1..=Missed::MAX_CATCH_UP).contains(&limit)
-        {
-            return Err(Error::InvalidField {
-                field: "missed.limit".into(),
-                reason: format!("{limit} is not from 1 to {}", Missed::MAX_CATCH_UP),
-            });
+        if let Missed::CatchUp { limit } = self.missed {
+            if !(1..=Missed::MAX_CATCH_UP).contains(&limit) {
+                return Err(Error::InvalidField {
+                    field: "missed.limit".into(),
+                    reason: format!("{limit} is not from 1 to {}", Missed::MAX_CATCH_UP),
+                });
+            }
+            if self.overlap == Overlap::Skip && limit > 1 {
+                return Err(Error::InvalidField {
+                    field: "overlap".into(),
+                    reason: "`skip` cannot go with catching up several missed slots, whose \
+                             work would start together and overlap; catch up 1 or skip"
+                        .into(),
+                });
+            }
         }
         self.creates.validate(max_payload_bytes)
     }

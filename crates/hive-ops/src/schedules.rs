@@ -4,7 +4,7 @@
 //! idempotency key of its schedule and slot time, and a schedule's `done_until` moves
 //! compare-and-set.
 
-use hive_models::{Json, NewSchedule, Schedule, SlotWork, Timestamp, Timing};
+use hive_models::{Json, NewSchedule, Overlap, Schedule, SlotWork, Timestamp, Timing, slot_key};
 use hive_store::{ScheduleAdvance, Store};
 
 use crate::{Error, Ops, Result};
@@ -17,6 +17,9 @@ pub struct FireReport {
     /// Slots whose task or plan this step submitted (a slot another scheduler fired first
     /// creates nothing new).
     pub slots: usize,
+    /// Slots of schedules that skip overlaps, passed because the previous slot's task or
+    /// plan was unfinished.
+    pub skipped: usize,
     /// Due schedules whose task or plan could not be created, with why (a payload over a
     /// limit lowered since it was added, say): the others fire regardless, and each of
     /// these is due again [`FAILED_RETRY_AFTER`] later, its slots still to fire.
@@ -58,6 +61,7 @@ fn new_row(new: NewSchedule, timing: &Timing, now: Timestamp) -> Schedule {
         creates: new.creates,
         enabled: new.enabled,
         missed: new.missed,
+        overlap: new.overlap,
         done_until: now,
         last_fired: None,
         created_at: now,
@@ -71,7 +75,11 @@ fn defined_as(s: &Schedule, new: &NewSchedule) -> bool {
         (Ok(a), Ok(b)) => same_json(&a, &b),
         _ => false,
     };
-    s.cron == new.cron && s.timezone == new.timezone && s.missed == new.missed && same_creates
+    s.cron == new.cron
+        && s.timezone == new.timezone
+        && s.missed == new.missed
+        && s.overlap == new.overlap
+        && same_creates
 }
 
 /// Whether two JSON values are the same, numbers compared by value: Postgres' `jsonb`
@@ -145,6 +153,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 timezone: new.timezone.clone(),
                 creates: new.creates.clone(),
                 missed: new.missed,
+                overlap: new.overlap,
                 done_until: from_now,
                 next_slot: timing.next_after(from_now),
                 updated_at: now,
@@ -238,7 +247,10 @@ impl<S: Store + ?Sized> Ops<S> {
         for s in self.store.due_schedules(now).await? {
             report.due += 1;
             match self.fire(&s, now).await {
-                Ok(slots) => report.slots += slots,
+                Ok((fired, skipped)) => {
+                    report.slots += fired;
+                    report.skipped += skipped;
+                }
                 Err(e) if e.is_about_the_database() => return Err(e),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(schedule = %s.name, error = %e,
@@ -266,9 +278,25 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(report)
     }
 
-    async fn fire(&self, s: &Schedule, now: Timestamp) -> Result<usize> {
+    /// Fires one due schedule: how many slots created their work, and how many were
+    /// skipped because the previous slot's work was unfinished.
+    async fn fire(&self, s: &Schedule, now: Timestamp) -> Result<(usize, usize)> {
         let timing = Timing::parse(&s.cron, &s.timezone)?;
-        let slots = timing.due(s.done_until, now, s.missed);
+        let mut slots = timing.due(s.done_until, now, s.missed);
+        let mut skipped = 0;
+        if s.overlap == Overlap::Skip
+            && !slots.is_empty()
+            && let Some(previous) = s.last_fired
+            && self
+                .store
+                .unfinished_by_key(&slot_key(&s.name, previous))
+                .await?
+        {
+            tracing::info!(schedule = %s.name, previous = %previous,
+                "slot skipped: the previous slot's work is unfinished");
+            skipped = slots.len();
+            slots.clear();
+        }
         let mut tasks = Vec::new();
         for slot in &slots {
             match s.creates.for_slot(&s.name, *slot) {
@@ -293,7 +321,7 @@ impl<S: Store + ?Sized> Ops<S> {
         };
         // Lost to another scheduler: it submitted the same slots, created once by key.
         self.store.advance_schedule(&advance).await?;
-        Ok(slots.len())
+        Ok((slots.len(), skipped))
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use hive_models::{
-    Missed, NewPlan, NewSchedule, PlanStatus, Scheduled, ScheduledTask, SubTask, slot_key,
+    Missed, NewPlan, NewSchedule, Overlap, PlanStatus, Scheduled, ScheduledTask, SubTask, slot_key,
 };
 use hive_ops::{Ops, OpsConfig, SchedulePut};
 use hive_store::Store;
@@ -27,6 +27,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_scheduled_plan_no_slot_could_submit_is_refused,
     a_schedule_that_cannot_fire_leaves_the_others_firing,
     a_schedule_put_again_is_created_kept_or_redefined,
+    a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work,
 );
 
 fn template() -> NewPlan {
@@ -252,4 +253,61 @@ async fn a_schedule_put_again_is_created_kept_or_redefined(o: O) {
         .unwrap_err();
     assert!(e.to_string().contains("`cron`"), "{e}");
     assert_eq!(o.get_schedule("report").await.unwrap().unwrap(), stored);
+}
+
+/// The work a task schedule and a plan schedule that skip overlaps created at their last
+/// slot: the sync task's id and the etl plan's.
+async fn last_slots_work(o: &O) -> (hive_models::TaskId, hive_models::PlanId) {
+    let filter = hive_store::TaskFilter {
+        task_type: Some("sync-task".into()),
+        ..Default::default()
+    };
+    let tasks = o.list_tasks(&filter).await.unwrap();
+    let plans = o.list_plan_headers(None, None).await.unwrap();
+    assert_eq!((tasks.len(), plans.len()), (1, 1), "one slot's work each");
+    (tasks[0].id, plans[0].id)
+}
+
+async fn a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work(o: O) {
+    let e = o
+        .add_schedule(
+            NewSchedule::new("bad", "* * * * * *", template())
+                .overlap(Overlap::Skip)
+                .missed(Missed::CatchUp { limit: 3 }),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("`overlap`"), "{e}");
+    let sync = ScheduledTask::new("sync", "sync-task");
+    for (name, creates) in [("etl", Scheduled::Plan(template())), ("sync", sync.into())] {
+        let s = NewSchedule::new(name, "* * * * * *", creates).overlap(Overlap::Skip);
+        let s = o.add_schedule(s).await.unwrap();
+        assert_eq!(
+            o.get_schedule(name).await.unwrap().unwrap().overlap,
+            Overlap::Skip
+        );
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+    }
+    let first = o.fire_due_schedules().await.unwrap();
+    assert_eq!((first.slots, first.skipped), (2, 0), "{first:?}");
+    let (task, plan) = last_slots_work(&o).await;
+
+    // A second later both are due again while their first slot's work is unfinished.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let second = o.fire_due_schedules().await.unwrap();
+    assert_eq!((second.slots, second.skipped), (0, 2), "{second:?}");
+    assert_eq!(
+        last_slots_work(&o).await,
+        (task, plan),
+        "nothing new started"
+    );
+
+    // Once that work has ended, the next slot creates its own.
+    o.cancel_task(task, Some("done with it")).await.unwrap();
+    o.cancel_plan(plan).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let third = o.fire_due_schedules().await.unwrap();
+    assert_eq!((third.slots, third.skipped), (2, 0), "{third:?}");
+    assert_eq!(o.list_plan_headers(None, None).await.unwrap().len(), 2);
 }

@@ -462,9 +462,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_flow_rules(&self) -> Result<Vec<hive_models::FlowRule>> {
-        let mut rules: Vec<_> = self.lock().flow_rules.values().cloned().collect();
-        rules.sort_by(|a, b| a.scope.cmp(&b.scope));
-        Ok(rules)
+        Ok(self.lock().list_flow_rules())
     }
 
     async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
@@ -477,6 +475,10 @@ impl Store for MemoryStore {
 
     async fn replace_schedule(&self, s: &hive_models::Schedule, from: Timestamp) -> Result<bool> {
         Ok(self.lock().replace_schedule(s, from))
+    }
+
+    async fn unfinished_by_key(&self, key: &str) -> Result<bool> {
+        Ok(self.lock().unfinished_by_key(key))
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

@@ -401,6 +401,10 @@ impl Store for PostgresStore {
         self.run(self.replace_schedule_once(s, from)).await
     }
 
+    async fn unfinished_by_key(&self, key: &str) -> Result<bool> {
+        self.run(self.read_unfinished_by_key(key)).await
+    }
+
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {
         self.run(self.register_once(r)).await
     }

@@ -462,6 +462,10 @@ impl Store for SqliteStore {
         write!(self, quiet schedules::replace, s, from)
     }
 
+    async fn unfinished_by_key(&self, key: &str) -> Result<bool> {
+        read!(self, schedules::unfinished_by_key, key)
+    }
+
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {
         let mut tx = self.begin().await?;
         let out = workers::register(&mut tx, registration).await;

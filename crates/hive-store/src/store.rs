@@ -234,12 +234,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn advance_schedule(&self, advance: &ScheduleAdvance) -> Result<bool>;
 
     /// Compare-and-set: when the schedule named `schedule.name` still has `done_until` equal
-    /// to `from`, replaces its definition (`cron`, `timezone`, `creates`, `missed`) and its
+    /// to `from`, replaces its definition (`cron`, `timezone`, `creates`, `missed`,
+    /// `overlap`) and its
     /// progress (`done_until`, `next_slot`) with `schedule`'s; whether it is enabled, its
     /// last fire and its creation time stay as stored (a pause committed meanwhile is not
     /// undone), `updated_at` becomes the store's now. False when a scheduler moved it
     /// first, or the schedule is unknown.
     async fn replace_schedule(&self, schedule: &Schedule, from: Timestamp) -> Result<bool>;
+
+    /// Whether the task or plan that holds idempotency key `key` is unfinished: a task not
+    /// in a terminal status, a plan pending or running. False when none holds it (never
+    /// created, or pruned). What a schedule that skips overlaps asks of its last slot.
+    async fn unfinished_by_key(&self, key: &str) -> Result<bool>;
 
     // ---- flow control ----
 

@@ -51,7 +51,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     full_jitter_spreads_a_burst_of_retries, a_tasks_own_policy_replaces_the_callers,
     snoozes_give_the_attempt_back_and_are_bounded,
     progress_is_stored_on_the_live_run_and_announced,
-    schedules_round_trip_and_move_compare_and_set,
+    schedules_round_trip_and_move_compare_and_set, work_is_unfinished_by_key_until_it_ends,
     task_pages_are_newest_first_and_follow_the_cursor,
     task_pages_filter_by_status_worker_and_plan,
     queue_stats_count_types_ready_age_and_finished_runs,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use hive_client::SchedulePut;
-use hive_client::models::{Missed, NewSchedule, Schedule, Scheduled, ScheduledTask};
+use hive_client::models::{Missed, NewSchedule, Overlap, Schedule, Scheduled, ScheduledTask};
 use serde_json::json;
 
 use crate::{Context, args, builtin, output, planfile};
@@ -47,6 +47,15 @@ pub enum ScheduleCommand {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+}
+
+/// What a slot does while the previous slot's task or plan is unfinished.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OverlapArg {
+    /// Create it anyway.
+    Allow,
+    /// Create nothing for the slot (the next slot looks again).
+    Skip,
 }
 
 /// What a schedule does with slots missed while no scheduler ran.
@@ -102,6 +111,11 @@ pub struct AddArgs {
     /// What to do with slots missed while no scheduler ran.
     #[arg(long, value_enum, default_value = "skip")]
     missed: MissedArg,
+    /// While the previous slot's task or plan is unfinished: create the slot's anyway
+    /// (`allow`), or skip the slot (`skip`: a nightly workflow that overruns is not started
+    /// twice; goes with `--missed skip` or a catch-up limit of 1).
+    #[arg(long, value_enum, default_value = "allow")]
+    overlap: OverlapArg,
     /// With `--missed catch-up`: at most this many missed slots create their task or plan
     /// at once.
     #[arg(long, default_value_t = 10)]
@@ -144,9 +158,14 @@ impl AddArgs {
                 limit: self.catch_up_limit,
             },
         };
+        let overlap = match self.overlap {
+            OverlapArg::Allow => Overlap::Allow,
+            OverlapArg::Skip => Overlap::Skip,
+        };
         let new = NewSchedule::new(self.name, self.cron, creates)
             .timezone(self.timezone)
             .missed(missed)
+            .overlap(overlap)
             .enabled(!self.paused);
         new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
         Ok(new)

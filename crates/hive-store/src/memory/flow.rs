@@ -11,6 +11,13 @@ use super::state::{State, sub};
 pub(super) type Starts = HashMap<Scope, VecDeque<Timestamp>>;
 
 impl State {
+    /// Every rule, by scope.
+    pub(crate) fn list_flow_rules(&self) -> Vec<FlowRule> {
+        let mut rules: Vec<_> = self.flow_rules.values().cloned().collect();
+        rules.sort_by(|a, b| a.scope.cmp(&b.scope));
+        rules
+    }
+
     /// What each scope uses at `at`: its running tasks, and its starts inside its rate
     /// window.
     pub(super) fn flow_usage(&self, at: Timestamp) -> HashMap<Scope, Usage> {

@@ -34,6 +34,13 @@ impl State {
         true
     }
 
+    pub(crate) fn unfinished_by_key(&self, key: &str) -> bool {
+        let task = self.idempotency.get(key).and_then(|id| self.tasks.get(id));
+        let plan = self.plan_keys.get(key).and_then(|id| self.plans.get(id));
+        task.is_some_and(|(t, _)| !t.status.is_terminal())
+            || plan.is_some_and(|p| !p.status.is_terminal())
+    }
+
     pub(crate) fn due_schedules(&self, now: Timestamp) -> Vec<Schedule> {
         self.schedules
             .values()

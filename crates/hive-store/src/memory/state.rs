@@ -23,7 +23,7 @@ pub(super) struct State {
     pub tasks: IdMap<TaskId, (Task, u64)>,
     /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
     pub ready: BTreeSet<ReadyKey>,
-    idempotency: std::collections::HashMap<String, TaskId>,
+    pub idempotency: std::collections::HashMap<String, TaskId>,
     pub dependents: IdMap<TaskId, Vec<TaskId>>,
     pub runs: IdMap<RunId, Run>,
     pub task_runs: IdMap<TaskId, Vec<RunId>>,

@@ -17,6 +17,9 @@ fn from_row(row: &PgRow) -> R<Schedule> {
             .map_err(|e| rows::corrupt(T, format!("task: {e}")))?,
         enabled: rows::get(row, "enabled", T)?,
         missed: decode(row, "missed")?,
+        overlap: rows::get::<String>(row, "overlap", T)?
+            .parse()
+            .map_err(|e| rows::corrupt(T, format!("overlap: {e}")))?,
         done_until: rows::get(row, "done_until", T)?,
         last_fired: rows::get(row, "last_fired", T)?,
         next_slot: rows::get(row, "next_slot", T)?,
@@ -38,7 +41,7 @@ fn to_json<T: serde::Serialize>(col: &str, v: &T) -> R<serde_json::Value> {
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds a schedule's definition and progress, in the order both its insert and its
-/// replacement list them ($1 … $6).
+/// replacement list them ($1 … $7).
 fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
     let task = s
         .creates
@@ -48,6 +51,7 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
         .bind(&s.timezone)
         .bind(task)
         .bind(to_json("missed", &s.missed)?)
+        .bind(s.overlap.as_str())
         .bind(s.done_until)
         .bind(s.next_slot))
 }
@@ -55,9 +59,10 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
 impl PostgresStore {
     pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
         let insert = sqlx::query(
-            "INSERT INTO schedules (cron, timezone, task, missed, done_until, next_slot, \
+            "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
              enabled, last_fired, name, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (name) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (name) DO NOTHING",
         );
         let inserted = bind_row(insert, s)?
             .bind(s.enabled)
@@ -88,6 +93,22 @@ impl PostgresStore {
         found.iter().map(from_row).collect()
     }
 
+    /// Task and plan statuses share their terminal names.
+    pub(super) async fn read_unfinished_by_key(&self, key: &str) -> R<bool> {
+        const UNFINISHED: &str = concat!(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = $1 AND status NOT IN ",
+            terminal_statuses!(),
+            ") OR EXISTS (SELECT 1 FROM plans WHERE idempotency_key = $1 AND status NOT IN ",
+            terminal_statuses!(),
+            ")"
+        );
+        let unfinished: bool = sqlx::query_scalar(UNFINISHED)
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(unfinished)
+    }
+
     pub(super) async fn read_due_schedules(&self, now: Timestamp) -> R<Vec<Schedule>> {
         let found = sqlx::query(
             "SELECT * FROM schedules WHERE enabled AND next_slot <= $1 ORDER BY name COLLATE \"C\"",
@@ -109,8 +130,8 @@ impl PostgresStore {
     pub(super) async fn replace_schedule_once(&self, s: &Schedule, from: Timestamp) -> R<bool> {
         let replace = sqlx::query(
             "UPDATE schedules SET cron = $1, timezone = $2, task = $3, missed = $4, \
-             done_until = $5, next_slot = $6, updated_at = now() \
-             WHERE name = $7 AND done_until = $8",
+             overlap = $5, done_until = $6, next_slot = $7, updated_at = now() \
+             WHERE name = $8 AND done_until = $9",
         );
         let done = bind_row(replace, s)?
             .bind(&s.name)

@@ -9,8 +9,8 @@ use crate::{Error, ScheduleAdvance};
 macro_rules! select {
     ($rest:literal) => {
         concat!(
-            "SELECT name, cron, timezone, task, enabled, missed, done_until, last_fired, \
-             next_slot, created_at, updated_at FROM schedules ",
+            "SELECT name, cron, timezone, task, enabled, missed, overlap, done_until, \
+             last_fired, next_slot, created_at, updated_at FROM schedules ",
             $rest
         )
     };
@@ -26,6 +26,10 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
             .map_err(|e| db::corrupt("schedules", format!("column `task`: {e}")))?,
         enabled: c.get("enabled")?,
         missed: c.json("missed")?,
+        overlap: c
+            .get::<String>("overlap")?
+            .parse()
+            .map_err(|e| db::corrupt("schedules", format!("column `overlap`: {e}")))?,
         done_until: c.ts("done_until")?,
         last_fired: c.ts_opt("last_fired")?,
         next_slot: c.ts_opt("next_slot")?,
@@ -37,7 +41,7 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
 /// Binds a schedule's definition and progress, in the order both its insert and its
-/// replacement list them (?1 … ?6).
+/// replacement list them (?1 … ?7).
 fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
     let task = s
         .creates
@@ -47,15 +51,16 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
         .bind(&s.timezone)
         .bind(to_json("task", &task)?)
         .bind(to_json("missed", &s.missed)?)
+        .bind(s.overlap.as_str())
         .bind(us(s.done_until))
         .bind(s.next_slot.map(us)))
 }
 
 pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
     let insert = sqlx::query(
-        "INSERT INTO schedules (cron, timezone, task, missed, done_until, next_slot, \
+        "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
          enabled, last_fired, name, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (name) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (name) DO NOTHING",
     );
     let inserted = bind_row(insert, s)?
         .bind(s.enabled)
@@ -86,6 +91,19 @@ pub(super) async fn list(c: &mut Conn) -> R<Vec<Schedule>> {
     rows.iter().map(from_row).collect()
 }
 
+pub(super) async fn unfinished_by_key(c: &mut Conn, key: &str) -> R<bool> {
+    let unfinished: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = ?1 \
+                        AND status NOT IN ('completed', 'failed', 'cancelled')) \
+             OR EXISTS (SELECT 1 FROM plans WHERE idempotency_key = ?1 \
+                        AND status NOT IN ('completed', 'failed', 'cancelled'))",
+    )
+    .bind(key)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(unfinished)
+}
+
 pub(super) async fn due(c: &mut Conn, now: Timestamp) -> R<Vec<Schedule>> {
     let rows = sqlx::query(select!(
         "WHERE enabled = 1 AND next_slot <= ?1 ORDER BY name"
@@ -107,9 +125,9 @@ pub(super) async fn delete(c: &mut Conn, name: &str) -> R<bool> {
 pub(super) async fn replace(c: &mut Conn, s: &Schedule, from: Timestamp) -> R<bool> {
     let at = db::db_now(c).await?;
     let replace = sqlx::query(
-        "UPDATE schedules SET cron = ?1, timezone = ?2, task = ?3, missed = ?4, \
-         done_until = ?5, next_slot = ?6, updated_at = ?7 \
-         WHERE name = ?8 AND done_until = ?9",
+        "UPDATE schedules SET cron = ?1, timezone = ?2, task = ?3, missed = ?4, overlap = ?5, \
+         done_until = ?6, next_slot = ?7, updated_at = ?8 \
+         WHERE name = ?9 AND done_until = ?10",
     );
     let done = bind_row(replace, s)?
         .bind(at)

@@ -1,12 +1,14 @@
-//! Conformance case for schedules: stored whole, listed by name, moved compare-and-set,
-//! deleted.
+//! Conformance cases for schedules: stored whole, listed by name, moved compare-and-set,
+//! deleted; and what a schedule that skips overlaps asks of its last slot's task or plan.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
-use hive_models::{Missed, NewPlan, Schedule, ScheduledTask, SubTask};
+use hive_models::{
+    Missed, NewPlan, NewTask, Overlap, Schedule, ScheduledTask, SubTask, TaskStatus,
+};
 
-use crate::{Error, ScheduleAdvance, Store};
+use crate::{Error, ScheduleAdvance, StatusChange, Store};
 
 type S = Arc<dyn Store>;
 
@@ -23,6 +25,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         creates: task.clone().into(),
         enabled: true,
         missed: Missed::CatchUp { limit: 4 },
+        overlap: Overlap::Skip,
         done_until: now,
         last_fired: None,
         next_slot: Some(at(5)),
@@ -132,6 +135,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     // redefinition read before the pause must not undo), last fire and creation time kept.
     let redefined = Schedule {
         cron: "0 3 * * *".into(),
+        overlap: Overlap::Allow,
         creates: ScheduledTask::new("other", "noop").into(),
         done_until: at(20),
         next_slot: Some(at(3600)),
@@ -170,4 +174,34 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     assert!(s.delete_schedule("nightly").await.unwrap());
     assert!(!s.delete_schedule("nightly").await.unwrap());
     assert!(s.get_schedule("nightly").await.unwrap().is_none());
+}
+
+/// A task or plan holding a key is unfinished until it reaches a terminal status; a key
+/// nothing holds is not.
+pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
+    assert!(!s.unfinished_by_key("schedule:none").await.unwrap());
+    let task = NewTask::new("slot", "report").idempotency_key("schedule:t:1");
+    let id = s.insert_tasks(vec![task]).await.unwrap()[0];
+    assert!(s.unfinished_by_key("schedule:t:1").await.unwrap(), "queued");
+    s.set_task_status(id, StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap();
+    assert!(
+        !s.unfinished_by_key("schedule:t:1").await.unwrap(),
+        "cancelled"
+    );
+
+    let plan = NewPlan::new("slot", vec![SubTask::new("a", "A", "report")])
+        .idempotency_key("schedule:p:1");
+    let (plan_id, _) = s.submit_plan(plan).await.unwrap();
+    assert!(
+        s.unfinished_by_key("schedule:p:1").await.unwrap(),
+        "pending"
+    );
+    assert!(!s.unfinished_by_key("schedule:p:2").await.unwrap());
+    s.cancel_plan(plan_id).await.unwrap();
+    assert!(
+        !s.unfinished_by_key("schedule:p:1").await.unwrap(),
+        "cancelled"
+    );
 }
