@@ -221,7 +221,10 @@ async fn stops_at_a_signal_with_its_report(args: &[&str]) {
         .await
         .expect("the scheduler stopped without finishing what it waited for")
         .unwrap();
-    assert_eq!(line.as_deref(), Some("scheduler stopped: 0 slots fired"));
+    assert_eq!(
+        line.as_deref(),
+        Some("scheduler stopped: 0 slots fired, 0 skipped (overlaps)")
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), scheduler.wait())
         .await
         .unwrap()

@@ -120,7 +120,7 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// Creates the schedule, or gives the schedule of its name this definition (cron, time
-    /// zone, what it creates, missed-slot rule): what an app that declares its schedules in
+    /// zone, what it creates, missed-slot and overlap rules): what an app that declares its schedules in
     /// code calls at every start. A redefined schedule keeps whether it is paused (an
     /// operator's pause outlives a deploy, also one committed while this call runs) and its
     /// last fire, and continues from now: slots before the change that had not fired yet,
@@ -297,6 +297,13 @@ impl<S: Store + ?Sized> Ops<S> {
             skipped = slots.len();
             slots.clear();
         }
+        if s.overlap == Overlap::Skip
+            && let Some(newest) = slots.last()
+        {
+            // Recorded before the work exists, so the next step checks this slot even if
+            // this step's advance loses to a scheduler that skipped, or never happens.
+            self.store.note_fired(&s.name, *newest).await?;
+        }
         let mut tasks = Vec::new();
         for slot in &slots {
             match s.creates.for_slot(&s.name, *slot) {
@@ -319,7 +326,8 @@ impl<S: Store + ?Sized> Ops<S> {
             next_slot: timing.next_after(now),
             enabled: None,
         };
-        // Lost to another scheduler: it submitted the same slots, created once by key.
+        // Lost to another scheduler: it submitted the same slots (created once by key), or
+        // skipped them; a skipping schedule's newest started slot is noted above.
         self.store.advance_schedule(&advance).await?;
         Ok((slots.len(), skipped))
     }

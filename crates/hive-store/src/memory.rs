@@ -8,6 +8,7 @@ mod plans;
 mod schedules;
 mod state;
 mod subtasks;
+mod workers;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hive_models::{
-    ExecutionPlan, Json, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run,
-    RunId, Task, TaskId, Timestamp, Worker, WorkerId, WorkerStatus,
+    ExecutionPlan, NewPlan, NewTask, PlanCounters, PlanHeader, PlanId, PlanStatus, Run, RunId,
+    Task, TaskId, Timestamp, Worker, WorkerId, WorkerStatus,
 };
 use tokio::sync::broadcast;
 
@@ -481,28 +482,14 @@ impl Store for MemoryStore {
         Ok(self.lock().unfinished_by_key(key))
     }
 
+    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
+        self.lock().note_fired(name, slot);
+        Ok(())
+    }
+
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {
         let at = now();
-        let worker = {
-            let mut s = self.lock();
-            let w = s.workers.entry(r.id.clone()).or_insert_with(|| Worker {
-                id: r.id.clone(),
-                role: String::new(),
-                status: WorkerStatus::Active,
-                last_heartbeat: at,
-                capabilities: Vec::new(),
-                current_task_id: None,
-                registered_at: at,
-                metadata: Json::Null,
-                status_reason: None,
-            });
-            w.role.clone_from(&r.role);
-            w.capabilities.clone_from(&r.capabilities);
-            w.metadata.clone_from(&r.metadata);
-            w.set_status(WorkerStatus::Active, None);
-            w.last_heartbeat = at;
-            w.clone()
-        };
+        let worker = self.lock().register_worker(r, at);
         self.send(vec![
             self.notifier.worker(r.id.clone(), WorkerStatus::Active),
         ]);

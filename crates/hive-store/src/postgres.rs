@@ -405,6 +405,10 @@ impl Store for PostgresStore {
         self.run(self.read_unfinished_by_key(key)).await
     }
 
+    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
+        self.run(self.note_fired_once(name, slot)).await
+    }
+
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {
         self.run(self.register_once(r)).await
     }

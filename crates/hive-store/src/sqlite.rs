@@ -466,6 +466,10 @@ impl Store for SqliteStore {
         read!(self, schedules::unfinished_by_key, key)
     }
 
+    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
+        write!(self, quiet schedules::note_fired, name, slot)
+    }
+
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {
         let mut tx = self.begin().await?;
         let out = workers::register(&mut tx, registration).await;

@@ -243,9 +243,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn replace_schedule(&self, schedule: &Schedule, from: Timestamp) -> Result<bool>;
 
     /// Whether the task or plan that holds idempotency key `key` is unfinished: a task not
-    /// in a terminal status, a plan pending or running. False when none holds it (never
-    /// created, or pruned). What a schedule that skips overlaps asks of its last slot.
+    /// in a terminal status; a plan pending or running, or failed with subtasks still
+    /// running or queued (a failure cancels only the failed subtask's descendants). False
+    /// when none holds it (never created, or pruned). What a schedule that skips overlaps
+    /// asks of its last slot.
     async fn unfinished_by_key(&self, key: &str) -> Result<bool>;
+
+    /// Sets the schedule's `last_fired` to `slot` unless it is at or after it already (one
+    /// way, no compare-and-set): a scheduler about to create `slot`'s work records it first,
+    /// so the slot a later step checks is the newest any scheduler started, also when its
+    /// own advance loses or it stops before advancing. Nothing for an unknown schedule.
+    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()>;
 
     // ---- flow control ----
 

@@ -293,7 +293,8 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
     // Installed before connecting: a signal while the database does not answer yet stops
     // the scheduler as it would later, with its report, rather than by the default action.
     let mut stop = crate::signals::Interrupts::install()?;
-    let mut fired = 0;
+    // Slots fired, and slots skipped because their previous slot's work was unfinished.
+    let mut fired = (0, 0);
     let Some(client) = ctx.client_when_up(&mut stop).await? else {
         return report_fired(ctx, fired);
     };
@@ -313,7 +314,10 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
             () = stop.next() => break,
         };
         match step {
-            Ok(r) => fired += r.slots,
+            Ok(r) => {
+                fired.0 += r.slots;
+                fired.1 += r.skipped;
+            }
             // A blip must not end the scheduler: the next tick tries again.
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "scheduler step failed; retrying")
@@ -324,10 +328,10 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
     report_fired(ctx, fired)
 }
 
-fn report_fired(ctx: &Context, fired: usize) -> anyhow::Result<()> {
+fn report_fired(ctx: &Context, (fired, skipped): (usize, usize)) -> anyhow::Result<()> {
     output::report(
         ctx.json,
-        &json!({ "slots_fired": fired }),
-        format_args!("scheduler stopped: {fired} slots fired"),
+        &json!({ "slots_fired": fired, "slots_skipped": skipped }),
+        format_args!("scheduler stopped: {fired} slots fired, {skipped} skipped (overlaps)"),
     )
 }

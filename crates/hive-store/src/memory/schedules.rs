@@ -35,10 +35,29 @@ impl State {
     }
 
     pub(crate) fn unfinished_by_key(&self, key: &str) -> bool {
-        let task = self.idempotency.get(key).and_then(|id| self.tasks.get(id));
+        let unfinished = |id: &hive_models::TaskId| {
+            self.tasks
+                .get(id)
+                .is_some_and(|(t, _)| !t.status.is_terminal())
+        };
         let plan = self.plan_keys.get(key).and_then(|id| self.plans.get(id));
-        task.is_some_and(|(t, _)| !t.status.is_terminal())
-            || plan.is_some_and(|p| !p.status.is_terminal())
+        self.idempotency.get(key).is_some_and(unfinished)
+            || plan.is_some_and(|p| {
+                !p.status.is_terminal()
+                    || self
+                        .plan_tasks
+                        .get(&p.id)
+                        .is_some_and(|ids| ids.iter().any(unfinished))
+            })
+    }
+
+    pub(crate) fn note_fired(&mut self, name: &str, slot: Timestamp) {
+        if let Some(s) = self.schedules.get_mut(name)
+            && s.last_fired.is_none_or(|l| l < slot)
+        {
+            s.last_fired = Some(slot);
+            s.updated_at = now();
+        }
     }
 
     pub(crate) fn due_schedules(&self, now: Timestamp) -> Vec<Schedule> {

@@ -98,15 +98,29 @@ impl PostgresStore {
         const UNFINISHED: &str = concat!(
             "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = $1 AND status NOT IN ",
             terminal_statuses!(),
-            ") OR EXISTS (SELECT 1 FROM plans WHERE idempotency_key = $1 AND status NOT IN ",
+            ") OR EXISTS (SELECT 1 FROM plans p WHERE p.idempotency_key = $1 AND (p.status NOT IN ",
             terminal_statuses!(),
-            ")"
+            " OR EXISTS (SELECT 1 FROM tasks t WHERE t.plan_id = p.id AND t.status NOT IN ",
+            terminal_statuses!(),
+            ")))"
         );
         let unfinished: bool = sqlx::query_scalar(UNFINISHED)
             .bind(key)
             .fetch_one(&self.pool)
             .await?;
         Ok(unfinished)
+    }
+
+    pub(super) async fn note_fired_once(&self, name: &str, slot: Timestamp) -> R<()> {
+        sqlx::query(
+            "UPDATE schedules SET last_fired = $1, updated_at = now() \
+             WHERE name = $2 AND (last_fired IS NULL OR last_fired < $1)",
+        )
+        .bind(slot)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub(super) async fn read_due_schedules(&self, now: Timestamp) -> R<Vec<Schedule>> {

@@ -95,13 +95,29 @@ pub(super) async fn unfinished_by_key(c: &mut Conn, key: &str) -> R<bool> {
     let unfinished: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = ?1 \
                         AND status NOT IN ('completed', 'failed', 'cancelled')) \
-             OR EXISTS (SELECT 1 FROM plans WHERE idempotency_key = ?1 \
-                        AND status NOT IN ('completed', 'failed', 'cancelled'))",
+             OR EXISTS (SELECT 1 FROM plans p WHERE p.idempotency_key = ?1 \
+                        AND (p.status NOT IN ('completed', 'failed', 'cancelled') \
+                             OR EXISTS (SELECT 1 FROM tasks t WHERE t.plan_id = p.id \
+                                        AND t.status NOT IN ('completed', 'failed', 'cancelled'))))",
     )
     .bind(key)
     .fetch_one(&mut *c)
     .await?;
     Ok(unfinished)
+}
+
+pub(super) async fn note_fired(c: &mut Conn, name: &str, slot: Timestamp) -> R<()> {
+    let at = db::db_now(c).await?;
+    sqlx::query(
+        "UPDATE schedules SET last_fired = ?1, updated_at = ?2 \
+         WHERE name = ?3 AND (last_fired IS NULL OR last_fired < ?1)",
+    )
+    .bind(us(slot))
+    .bind(at)
+    .bind(name)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }
 
 pub(super) async fn due(c: &mut Conn, now: Timestamp) -> R<Vec<Schedule>> {

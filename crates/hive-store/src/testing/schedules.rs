@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use hive_models::{
-    Missed, NewPlan, NewTask, Overlap, Schedule, ScheduledTask, SubTask, TaskStatus,
+    Missed, NewPlan, NewTask, Overlap, PlanStatus, Schedule, ScheduledTask, SubTask, TaskStatus,
 };
 
+use crate::testing::fixtures::{claim_params, failure};
 use crate::{Error, ScheduleAdvance, StatusChange, Store};
 
 type S = Arc<dyn Store>;
@@ -170,6 +171,20 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         ..redefined
     };
     assert!(!s.replace_schedule(&ghost, at(20)).await.unwrap());
+    // The newest started slot, one way.
+    s.note_fired("nightly", at(5)).await.unwrap();
+    let last = |s: S| async move {
+        let found = s.get_schedule("nightly").await.unwrap().unwrap();
+        found.last_fired
+    };
+    assert_eq!(
+        last(s.clone()).await,
+        Some(at(10)),
+        "an older slot changes nothing"
+    );
+    s.note_fired("nightly", at(30)).await.unwrap();
+    assert_eq!(last(s.clone()).await, Some(at(30)));
+    s.note_fired("ghost", at(30)).await.unwrap();
 
     assert!(s.delete_schedule("nightly").await.unwrap());
     assert!(!s.delete_schedule("nightly").await.unwrap());
@@ -203,5 +218,41 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
     assert!(
         !s.unfinished_by_key("schedule:p:1").await.unwrap(),
         "cancelled"
+    );
+
+    // A failure fails the plan at once, but a branch it does not cancel still runs.
+    let plan = NewPlan::new(
+        "slot",
+        vec![
+            SubTask::new("a", "A", "report"),
+            SubTask::new("b", "B", "report"),
+        ],
+    )
+    .idempotency_key("schedule:p:3");
+    let (plan_id, _) = s.submit_plan(plan).await.unwrap();
+    let claimed = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    s.finish_runs(&[failure(claimed[0].run.id, None)])
+        .await
+        .unwrap();
+    let failed = s.get_plan_header(plan_id).await.unwrap().unwrap();
+    assert_eq!(failed.status, PlanStatus::Failed);
+    assert!(
+        s.unfinished_by_key("schedule:p:3").await.unwrap(),
+        "failed, with a subtask still queued"
+    );
+    let other = s
+        .list_tasks(&crate::TaskFilter {
+            plan_id: Some(plan_id),
+            status: Some(TaskStatus::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.set_task_status(other[0].id, StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap();
+    assert!(
+        !s.unfinished_by_key("schedule:p:3").await.unwrap(),
+        "all ended"
     );
 }

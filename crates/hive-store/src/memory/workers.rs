@@ -1,0 +1,29 @@
+//! Workers in memory: a registration creates the worker or brings it back, active.
+
+use hive_models::{Json, Timestamp, Worker, WorkerStatus};
+
+use super::state::State;
+use crate::WorkerRegistration;
+
+impl State {
+    /// Creates or refreshes `r`'s worker, active and beating at `at`; returns it.
+    pub(crate) fn register_worker(&mut self, r: &WorkerRegistration, at: Timestamp) -> Worker {
+        let w = self.workers.entry(r.id.clone()).or_insert_with(|| Worker {
+            id: r.id.clone(),
+            role: String::new(),
+            status: WorkerStatus::Active,
+            last_heartbeat: at,
+            capabilities: Vec::new(),
+            current_task_id: None,
+            registered_at: at,
+            metadata: Json::Null,
+            status_reason: None,
+        });
+        w.role.clone_from(&r.role);
+        w.capabilities.clone_from(&r.capabilities);
+        w.metadata.clone_from(&r.metadata);
+        w.set_status(WorkerStatus::Active, None);
+        w.last_heartbeat = at;
+        w.clone()
+    }
+}
