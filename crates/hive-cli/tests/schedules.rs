@@ -556,3 +556,47 @@ fn a_schedule_added_again_with_replace_is_redefined_in_place() {
     );
     assert_eq!(db.json(&["schedule", "get", "report"])["cron"], "0 3 * * *");
 }
+
+/// `schedule trigger`: a paused schedule run by hand creates its task now, once per key;
+/// an unknown name is refused.
+#[test]
+fn a_schedule_is_run_by_hand() {
+    let db = Db::new();
+    db.ok(&["migrate"]);
+    db.ok(&[
+        "schedule",
+        "add",
+        "report",
+        "--cron",
+        "0 2 * * *",
+        "--title",
+        "Report",
+        "--type",
+        "noop",
+        "--paused",
+    ]);
+    let first = db.json(&["schedule", "trigger", "report", "--idempotency-key", "k1"]);
+    let again = db.json(&["schedule", "trigger", "report", "--idempotency-key", "k1"]);
+    assert_eq!(first, again, "one task per key");
+    let id = first["task"].as_str().unwrap();
+    let task = db.json(&["task", "get", id]);
+    assert_eq!(
+        (
+            task["metadata"]["manual"].as_bool(),
+            task["status"].as_str()
+        ),
+        (Some(true), Some("queued"))
+    );
+    let other = db.ok(&["schedule", "trigger", "report"]);
+    assert!(
+        other.starts_with("schedule report run by hand: task "),
+        "{other}"
+    );
+    let (ok, _, stderr) = db.run(&["schedule", "trigger", "ghost"]);
+    assert!(
+        !ok && stderr.contains("schedule `ghost` not found"),
+        "{stderr}"
+    );
+    let listed = db.json(&["task", "list", "--type", "noop"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+}

@@ -42,6 +42,14 @@ pub enum SchedulePut {
 /// every scheduler of a fleet trying (and logging) each second would help no one.
 pub const FAILED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What [`Ops::trigger_schedule`] created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Triggered {
+    Task(hive_models::TaskId),
+    Plan(hive_models::PlanId),
+}
+
 /// How often a change that keeps losing to schedulers moving the same row is retried.
 const RACES: usize = 10;
 
@@ -170,6 +178,26 @@ impl<S: Store + ?Sized> Ops<S> {
             }
         }
         Err(kept_changing(&new.name))
+    }
+
+    /// Runs a schedule by hand now, outside its slots (to try a nightly workflow, or to
+    /// make up for a slot by hand), paused or not: creates its task or submits its plan,
+    /// marked `"manual": true` in its metadata. `key` makes a retried request create
+    /// nothing new (default: `schedule:<name>:manual:<now>`, unique to the microsecond).
+    /// Its slots are unaffected: a manual run neither counts as a fire nor holds back a
+    /// schedule that skips overlaps. [`Error::NotFound`] for an unknown schedule; the
+    /// template's own errors as a slot would meet them.
+    pub async fn trigger_schedule(&self, name: &str, key: Option<String>) -> Result<Triggered> {
+        let s = self
+            .store
+            .get_schedule(name)
+            .await?
+            .ok_or_else(|| Error::not_found("schedule", name))?;
+        let now = self.store.now().await?;
+        Ok(match s.creates.for_manual_run(name, now, key) {
+            SlotWork::Task(t) => Triggered::Task(self.create_task(t).await?),
+            SlotWork::Plan(p) => Triggered::Plan(self.submit_plan(p).await?),
+        })
     }
 
     pub async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>> {

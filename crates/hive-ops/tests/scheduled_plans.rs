@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hive_models::{
     Missed, NewPlan, NewSchedule, Overlap, PlanStatus, Scheduled, ScheduledTask, SubTask, slot_key,
 };
-use hive_ops::{Ops, OpsConfig, SchedulePut};
+use hive_ops::{Error, Ops, OpsConfig, SchedulePut, Triggered};
 use hive_store::Store;
 use hive_store::testing::fixtures::worker;
 use serde_json::json;
@@ -28,6 +28,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_schedule_that_cannot_fire_leaves_the_others_firing,
     a_schedule_put_again_is_created_kept_or_redefined,
     a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work,
+    a_schedule_run_by_hand_creates_its_work_now,
 );
 
 fn template() -> NewPlan {
@@ -310,4 +311,55 @@ async fn a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work(o: O) 
     let third = o.fire_due_schedules().await.unwrap();
     assert_eq!((third.slots, third.skipped), (2, 0), "{third:?}");
     assert_eq!(o.list_plan_headers(None, None).await.unwrap().len(), 2);
+}
+
+async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {
+    let nightly = NewSchedule::new("etl", "0 2 * * *", template()).enabled(false);
+    o.add_schedule(nightly).await.unwrap();
+    let sync = NewSchedule::new("sync", "0 2 * * *", ScheduledTask::new("sync", "sync-task"));
+    o.add_schedule(sync).await.unwrap();
+
+    // Paused, and hours from its next slot: run by hand now all the same.
+    let Triggered::Plan(plan) = o.trigger_schedule("etl", None).await.unwrap() else {
+        panic!("a plan schedule submits a plan");
+    };
+    let header = o.plan_header(plan).await.unwrap().unwrap();
+    assert!(header.materialized, "submitted whole");
+    assert_eq!(header.metadata["manual"], true);
+    assert_eq!(header.metadata["schedule"], "etl");
+    assert_eq!(
+        header.metadata["team"], "data",
+        "the template's metadata stays"
+    );
+    let key = header.idempotency_key.unwrap();
+    assert!(key.starts_with("schedule:etl:manual:"), "{key}");
+    let etl = o.get_schedule("etl").await.unwrap().unwrap();
+    assert_eq!(etl.last_fired, None, "a manual run is not a slot's fire");
+
+    // With a key, a retried request creates nothing new.
+    let first = o
+        .trigger_schedule("sync", Some("deploy-42".into()))
+        .await
+        .unwrap();
+    let again = o
+        .trigger_schedule("sync", Some("deploy-42".into()))
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    let Triggered::Task(task) = first else {
+        panic!("a task schedule creates a task");
+    };
+    let task = o.get_task(task).await.unwrap().unwrap();
+    assert_eq!(
+        (task.task_type.as_str(), task.metadata["manual"].as_bool()),
+        ("sync-task", Some(true))
+    );
+
+    let e = o.trigger_schedule("ghost", None).await.unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    let e = o
+        .trigger_schedule("sync", Some(" ".into()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("idempotency_key"), "{e}");
 }

@@ -1,6 +1,6 @@
 //! What an operator changes: requeue a task, requeue every failed task matching a filter
 //! (bounded), cancel a task, cancel a plan, retry a failed or cancelled plan, pause or
-//! resume a task type's queue, pause or resume a schedule. Each is one function; the `/api/` route answers with JSON
+//! resume a task type's queue, pause, resume or run by hand a schedule. Each is one function; the `/api/` route answers with JSON
 //! and the `/actions/` route (a page's form) redirects back.
 
 use axum::Form;
@@ -99,6 +99,15 @@ async fn pause_or_resume_schedule(s: &AppState, name: &str, pause: bool) -> Outc
         ));
     }
     Ok(serde_json::json!({ "name": name, "enabled": !pause }))
+}
+
+/// Runs a schedule by hand now; an unknown name is not found.
+async fn trigger_schedule(s: &AppState, name: &str) -> Outcome {
+    let made = s.client.trigger_schedule(name, None).await.map_err(op)?;
+    Ok(match made {
+        hive_client::ops::Triggered::Task(id) => serde_json::json!({ "name": name, "task_id": id }),
+        hive_client::ops::Triggered::Plan(id) => serde_json::json!({ "name": name, "plan_id": id }),
+    })
 }
 
 fn json(o: Outcome) -> Response {
@@ -211,6 +220,23 @@ pub async fn resume_schedule_form(State(s): State<AppState>, Path(n): Path<Strin
         pause_or_resume_schedule(&s, &n, false).await,
         "/schedules".into(),
     )
+}
+
+pub async fn trigger_schedule_api(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+    json(trigger_schedule(&s, &n).await)
+}
+
+/// Runs the schedule by hand, then shows what it created.
+pub async fn trigger_schedule_form(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+    let made = trigger_schedule(&s, &n).await;
+    let to = match &made {
+        Ok(v) if v["plan_id"].is_string() => {
+            format!("/plans/{}", v["plan_id"].as_str().unwrap_or_default())
+        }
+        Ok(v) => format!("/tasks/{}", v["task_id"].as_str().unwrap_or_default()),
+        Err(_) => "/schedules".into(),
+    };
+    back(made, to)
 }
 
 /// Percent-encodes a path segment or query value (everything but unreserved characters).

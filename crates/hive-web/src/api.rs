@@ -307,4 +307,8 @@ pub(crate) fn routes() -> axum::Router<AppState> {
             "/api/schedules/{name}/resume",
             post(actions::resume_schedule_api),
         )
+        .route(
+            "/api/schedules/{name}/trigger",
+            post(actions::trigger_schedule_api),
+        )
 }

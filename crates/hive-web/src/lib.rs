@@ -169,6 +169,10 @@ fn routes(state: AppState) -> axum::Router {
             "/actions/schedules/{name}/resume",
             post(actions::resume_schedule_form),
         )
+        .route(
+            "/actions/schedules/{name}/trigger",
+            post(actions::trigger_schedule_form),
+        )
         .merge(api::routes())
         .with_state(state.clone())
         .merge(metrics)

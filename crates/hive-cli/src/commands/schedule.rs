@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use hive_client::SchedulePut;
 use hive_client::models::{Missed, NewSchedule, Overlap, Schedule, Scheduled, ScheduledTask};
+use hive_client::ops::Triggered;
 use serde_json::json;
 
 use crate::{Context, args, builtin, output, planfile};
@@ -34,6 +35,16 @@ pub enum ScheduleCommand {
     Resume {
         /// The schedule's name.
         name: String,
+    },
+    /// Run a schedule by hand now, paused or not: create its task (or submit its plan),
+    /// marked `"manual": true` in its metadata. Its slots are unaffected.
+    Trigger {
+        /// The schedule's name.
+        name: String,
+        /// Makes the command safe to repeat: a second run with the same key creates
+        /// nothing and prints the first one's id.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Delete a schedule; the tasks and plans it created stay.
     Delete {
@@ -232,6 +243,31 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
                     [row(&s)],
                 );
             }
+        }
+        ScheduleCommand::Trigger {
+            name,
+            idempotency_key,
+        } => {
+            if idempotency_key
+                .as_deref()
+                .is_some_and(|k| k.trim().is_empty())
+            {
+                anyhow::bail!("--idempotency-key: must not be empty");
+            }
+            let made = ctx
+                .client()
+                .await?
+                .trigger_schedule(&name, idempotency_key)
+                .await?;
+            let (kind, id) = match made {
+                Triggered::Task(id) => ("task", id.to_string()),
+                Triggered::Plan(id) => ("plan", id.to_string()),
+            };
+            output::report(
+                ctx.json,
+                &json!({ "schedule": name, kind: id }),
+                format_args!("schedule {name} run by hand: {kind} {id}"),
+            )?;
         }
         ScheduleCommand::Pause { name } => enable(ctx, &name, false).await?,
         ScheduleCommand::Resume { name } => enable(ctx, &name, true).await?,

@@ -136,6 +136,30 @@ impl Scheduled {
         }
     }
 
+    /// What `schedule` creates when run by hand at `at`, outside its slots: a slot's work
+    /// for `at`, keyed `key` (by default `schedule:<name>:manual:<at>`, which no slot's key
+    /// equals) and marked `"manual": true` in its metadata.
+    pub fn for_manual_run(&self, schedule: &str, at: Timestamp, key: Option<String>) -> SlotWork {
+        let key = key.unwrap_or_else(|| format!("schedule:{schedule}:manual:{}", at.to_rfc3339()));
+        let mark = |metadata: &mut Json| {
+            if let Json::Object(m) = metadata {
+                m.insert("manual".into(), Json::Bool(true));
+            }
+        };
+        match self.for_slot(schedule, at) {
+            SlotWork::Task(mut t) => {
+                t.idempotency_key = Some(key);
+                mark(&mut t.metadata);
+                SlotWork::Task(t)
+            }
+            SlotWork::Plan(mut p) => {
+                p.idempotency_key = Some(key);
+                mark(&mut p.metadata);
+                SlotWork::Plan(p)
+            }
+        }
+    }
+
     /// The JSON a store keeps: a task as its plain object (as stores held it before
     /// schedules could create plans), a plan as `{"plan": …}`.
     pub fn to_stored(&self) -> serde_json::Result<Json> {

@@ -1,6 +1,7 @@
 //! Schedules: each schedule's cron expression and zone, what it creates (a task type, or a
-//! plan of N subtasks), its last and next slot and whether it is paused, with a button to
-//! pause or resume it (what `hive schedule list|pause|resume` does).
+//! plan of N subtasks), its last and next slot and whether it is paused, with buttons to
+//! pause or resume it and to run it by hand now (what `hive schedule
+//! list|pause|resume|trigger` does).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -8,6 +9,7 @@ use hive_client::models::{Schedule, Scheduled};
 use maud::{Markup, html};
 
 use crate::AppState;
+use crate::actions::urlencode;
 use crate::view::{layout, op_error, pause_toggle, time};
 
 /// What a schedule creates, as the page and `hive schedule list` name it.
@@ -47,7 +49,13 @@ pub async fn page(State(s): State<AppState>) -> Response {
                                 }
                             }
                             td class="state" { @if sc.enabled { "active" } @else { "paused" } }
-                            td { (pause_toggle("/actions/schedules", &sc.name, !sc.enabled)) }
+                            td {
+                                (pause_toggle("/actions/schedules", &sc.name, !sc.enabled))
+                                form class="inline" method="post"
+                                    action={ "/actions/schedules/" (urlencode(&sc.name)) "/trigger" } {
+                                    button type="submit" class="trigger" { "Run now" }
+                                }
+                            }
                         }
                     }
                 }

@@ -2,7 +2,8 @@
 //! overview loads; a plan's DAG has one node per subtask in its status colour and turns a
 //! node green live when its task completes; requeue from the page changes the database; a
 //! hostile title is shown as text and runs nothing; a task type's queue is paused and
-//! resumed from its page, and so is a schedule; and, without the token, a change is refused on a dashboard that
+//! resumed from its page, and so is a schedule, which also runs by hand from there; and,
+//! without the token, a change is refused on a dashboard that
 //! requires one; a failed plan is retried from its page.
 //!
 //! `HIVE_SAVE_SCREENSHOTS=1` also writes the overview and the DAG page to `docs/img/`.
@@ -578,6 +579,27 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             },
         )
         .await;
+        // Run by hand: the page of the plan it submitted opens.
+        click(
+            &b,
+            Locator::Css("#schedules tr[data-name='etl'] button.trigger"),
+        )
+        .await;
+        eventually(
+            "the manual run's plan page",
+            Duration::from_secs(20),
+            || async {
+                b.current_url()
+                    .await
+                    .is_ok_and(|u| u.path().starts_with("/plans/"))
+            },
+        )
+        .await;
+        let plans = s.list_plan_headers(None, None).await.unwrap();
+        assert_eq!(plans.len(), 1, "one plan, run by hand");
+        assert_eq!(plans[0].metadata["manual"], true);
+        let shown = b.current_url().await.unwrap();
+        assert_eq!(shown.path(), format!("/plans/{}", plans[0].id));
         // The API does the same, and an unknown name is not found.
         let host = dash.addr;
         let (body, post) = api_session(host, "/api/schedules").await;
@@ -588,6 +610,9 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
         let (code, body) = http(host, &post("/api/schedules/tick/pause")).await;
         assert_eq!(code, 200, "{body}");
         assert!(!enabled(&s, "tick").await);
+        let (code, body) = http(host, &post("/api/schedules/tick/trigger")).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"task_id\""), "{body}");
         let (code, body) = http(host, &post("/api/schedules/ghost/pause")).await;
         assert_eq!(code, 404, "{body}");
         assert!(
