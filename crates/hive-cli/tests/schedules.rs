@@ -578,7 +578,8 @@ fn a_schedule_is_run_by_hand() {
     let first = db.json(&["schedule", "trigger", "report", "--idempotency-key", "k1"]);
     let again = db.json(&["schedule", "trigger", "report", "--idempotency-key", "k1"]);
     assert_eq!(first, again, "one task per key");
-    let id = first["task"].as_str().unwrap();
+    assert_eq!(first["kind"], "task");
+    let id = first["id"].as_str().unwrap();
     let task = db.json(&["task", "get", id]);
     assert_eq!(
         (

@@ -125,7 +125,9 @@ pub struct Schedule {
     pub overlap: Overlap,
     /// Slots at or before this are done: fired, skipped, or passed while paused.
     pub done_until: Timestamp,
-    /// The latest slot that created its task or plan.
+    /// The latest slot started: its task or plan created (for a schedule that skips
+    /// overlaps, noted just before; a creation that failed leaves it naming a slot without
+    /// work, which the next slot's check reads as finished).
     pub last_fired: Option<Timestamp>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
     /// expression has no future slot).

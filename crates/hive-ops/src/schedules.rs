@@ -183,18 +183,19 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Runs a schedule by hand now, outside its slots (to try a nightly workflow, or to
     /// make up for a slot by hand), paused or not: creates its task or submits its plan,
     /// marked `"manual": true` in its metadata. `key` makes a retried request create
-    /// nothing new (default: `schedule:<name>:manual:<now>`, unique to the microsecond).
+    /// nothing new: the work's idempotency key is `schedule-manual:<name>:<key>` (by
+    /// default `<key>` is now, to the microsecond).
     /// Its slots are unaffected: a manual run neither counts as a fire nor holds back a
     /// schedule that skips overlaps. [`Error::NotFound`] for an unknown schedule; the
     /// template's own errors as a slot would meet them.
-    pub async fn trigger_schedule(&self, name: &str, key: Option<String>) -> Result<Triggered> {
+    pub async fn trigger_schedule(&self, name: &str, key: Option<&str>) -> Result<Triggered> {
         let s = self
             .store
             .get_schedule(name)
             .await?
             .ok_or_else(|| Error::not_found("schedule", name))?;
         let now = self.store.now().await?;
-        Ok(match s.creates.for_manual_run(name, now, key) {
+        Ok(match s.creates.for_manual_run(name, now, key)? {
             SlotWork::Task(t) => Triggered::Task(self.create_task(t).await?),
             SlotWork::Plan(p) => Triggered::Plan(self.submit_plan(p).await?),
         })

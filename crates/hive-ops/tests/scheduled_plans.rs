@@ -332,19 +332,18 @@ async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {
         "the template's metadata stays"
     );
     let key = header.idempotency_key.unwrap();
-    assert!(key.starts_with("schedule:etl:manual:"), "{key}");
+    assert!(key.starts_with("schedule-manual:etl:"), "{key}");
+    assert!(
+        header.metadata.get("slot").is_none(),
+        "a manual run has no slot"
+    );
+    assert!(header.metadata["triggered_at"].is_string());
     let etl = o.get_schedule("etl").await.unwrap().unwrap();
     assert_eq!(etl.last_fired, None, "a manual run is not a slot's fire");
 
     // With a key, a retried request creates nothing new.
-    let first = o
-        .trigger_schedule("sync", Some("deploy-42".into()))
-        .await
-        .unwrap();
-    let again = o
-        .trigger_schedule("sync", Some("deploy-42".into()))
-        .await
-        .unwrap();
+    let first = o.trigger_schedule("sync", Some("deploy-42")).await.unwrap();
+    let again = o.trigger_schedule("sync", Some("deploy-42")).await.unwrap();
     assert_eq!(first, again);
     let Triggered::Task(task) = first else {
         panic!("a task schedule creates a task");
@@ -355,11 +354,14 @@ async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {
         ("sync-task", Some(true))
     );
 
+    // The same key for another schedule is that schedule's own run.
+    let other = o.trigger_schedule("etl", Some("deploy-42")).await.unwrap();
+    assert!(
+        matches!(other, Triggered::Plan(p) if p != plan),
+        "{other:?}"
+    );
     let e = o.trigger_schedule("ghost", None).await.unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
-    let e = o
-        .trigger_schedule("sync", Some(" ".into()))
-        .await
-        .unwrap_err();
+    let e = o.trigger_schedule("sync", Some(" ")).await.unwrap_err();
     assert!(e.to_string().contains("idempotency_key"), "{e}");
 }

@@ -84,7 +84,8 @@ pub struct ScheduleAdvance {
     pub from: hive_models::Timestamp,
     /// The new `done_until`.
     pub to: hive_models::Timestamp,
-    /// The latest slot this move fired, if it fired any.
+    /// The latest slot this move fired, if it fired any: kept only if newer than the
+    /// stored one (a scheduler that lost a race must not move it back).
     pub last_fired: Option<hive_models::Timestamp>,
     /// The first slot after `to`.
     pub next_slot: Option<hive_models::Timestamp>,

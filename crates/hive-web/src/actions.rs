@@ -101,13 +101,22 @@ async fn pause_or_resume_schedule(s: &AppState, name: &str, pause: bool) -> Outc
     Ok(serde_json::json!({ "name": name, "enabled": !pause }))
 }
 
-/// Runs a schedule by hand now; an unknown name is not found.
-async fn trigger_schedule(s: &AppState, name: &str) -> Outcome {
-    let made = s.client.trigger_schedule(name, None).await.map_err(op)?;
-    Ok(match made {
-        hive_client::ops::Triggered::Task(id) => serde_json::json!({ "name": name, "task_id": id }),
-        hive_client::ops::Triggered::Plan(id) => serde_json::json!({ "name": name, "plan_id": id }),
-    })
+/// Runs a schedule by hand now, once per `key`; an unknown name is not found.
+async fn trigger_schedule(s: &AppState, name: &str, key: Option<&str>) -> Outcome {
+    let made = s.client.trigger_schedule(name, key).await.map_err(op)?;
+    let (kind, id) = match made {
+        hive_client::ops::Triggered::Task(id) => ("task", id.to_string()),
+        hive_client::ops::Triggered::Plan(id) => ("plan", id.to_string()),
+    };
+    Ok(serde_json::json!({ "name": name, "kind": kind, "id": id }))
+}
+
+/// A manual run's request: the key that makes a repeat of it create nothing new (the
+/// page puts one in each rendered form, so a double click or a resubmission runs once).
+#[derive(Debug, Deserialize)]
+pub struct TriggerForm {
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 fn json(o: Outcome) -> Response {
@@ -222,18 +231,28 @@ pub async fn resume_schedule_form(State(s): State<AppState>, Path(n): Path<Strin
     )
 }
 
-pub async fn trigger_schedule_api(State(s): State<AppState>, Path(n): Path<String>) -> Response {
-    json(trigger_schedule(&s, &n).await)
+pub async fn trigger_schedule_api(
+    State(s): State<AppState>,
+    Path(n): Path<String>,
+    body: Option<Json<TriggerForm>>,
+) -> Response {
+    let key = body.and_then(|b| b.0.idempotency_key);
+    json(trigger_schedule(&s, &n, key.as_deref()).await)
 }
 
 /// Runs the schedule by hand, then shows what it created.
-pub async fn trigger_schedule_form(State(s): State<AppState>, Path(n): Path<String>) -> Response {
-    let made = trigger_schedule(&s, &n).await;
+pub async fn trigger_schedule_form(
+    State(s): State<AppState>,
+    Path(n): Path<String>,
+    Form(f): Form<TriggerForm>,
+) -> Response {
+    let made = trigger_schedule(&s, &n, f.idempotency_key.as_deref()).await;
     let to = match &made {
-        Ok(v) if v["plan_id"].is_string() => {
-            format!("/plans/{}", v["plan_id"].as_str().unwrap_or_default())
-        }
-        Ok(v) => format!("/tasks/{}", v["task_id"].as_str().unwrap_or_default()),
+        Ok(v) => format!(
+            "/{}s/{}",
+            v["kind"].as_str().unwrap_or("task"),
+            v["id"].as_str().unwrap_or_default()
+        ),
         Err(_) => "/schedules".into(),
     };
     back(made, to)

@@ -257,7 +257,7 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             let made = ctx
                 .client()
                 .await?
-                .trigger_schedule(&name, idempotency_key)
+                .trigger_schedule(&name, idempotency_key.as_deref())
                 .await?;
             let (kind, id) = match made {
                 Triggered::Task(id) => ("task", id.to_string()),
@@ -265,7 +265,7 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             };
             output::report(
                 ctx.json,
-                &json!({ "schedule": name, kind: id }),
+                &json!({ "name": name, "kind": kind, "id": id }),
                 format_args!("schedule {name} run by hand: {kind} {id}"),
             )?;
         }

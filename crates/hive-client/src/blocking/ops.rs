@@ -78,7 +78,7 @@ blocking! {
         fn remove_worker(worker_id: &str) -> Option<Vec<TaskId>>;
         fn add_schedule(new: hive_models::NewSchedule) -> hive_models::Schedule;
         fn put_schedule(new: hive_models::NewSchedule) -> (hive_models::Schedule, hive_ops::SchedulePut);
-        fn trigger_schedule(name: &str, key: Option<String>) -> hive_ops::Triggered;
+        fn trigger_schedule(name: &str, key: Option<&str>) -> hive_ops::Triggered;
         fn get_schedule(name: &str) -> Option<hive_models::Schedule>;
         fn list_schedules() -> Vec<hive_models::Schedule>;
         fn delete_schedule(name: &str) -> bool;

@@ -136,17 +136,30 @@ impl Scheduled {
         }
     }
 
-    /// What `schedule` creates when run by hand at `at`, outside its slots: a slot's work
-    /// for `at`, keyed `key` (by default `schedule:<name>:manual:<at>`, which no slot's key
-    /// equals) and marked `"manual": true` in its metadata.
-    pub fn for_manual_run(&self, schedule: &str, at: Timestamp, key: Option<String>) -> SlotWork {
-        let key = key.unwrap_or_else(|| format!("schedule:{schedule}:manual:{}", at.to_rfc3339()));
+    /// What `schedule` creates when run by hand at `at`, outside its slots: its task or
+    /// plan keyed `schedule-manual:<name>:<key>` (`key` by default `at`, to the
+    /// microsecond; the prefix keeps it from any slot's key and the name from another
+    /// schedule's), its metadata naming the schedule, `"manual": true` and `triggered_at`
+    /// instead of a slot. A blank `key` is refused.
+    pub fn for_manual_run(
+        &self,
+        schedule: &str,
+        at: Timestamp,
+        key: Option<&str>,
+    ) -> Result<SlotWork> {
+        if let Some(k) = key {
+            crate::task::non_blank("idempotency_key", k)?;
+        }
+        let at_text = at.to_rfc3339();
+        let key = format!("schedule-manual:{schedule}:{}", key.unwrap_or(&at_text));
         let mark = |metadata: &mut Json| {
             if let Json::Object(m) = metadata {
+                m.remove("slot");
                 m.insert("manual".into(), Json::Bool(true));
+                m.insert("triggered_at".into(), serde_json::json!(at));
             }
         };
-        match self.for_slot(schedule, at) {
+        Ok(match self.for_slot(schedule, at) {
             SlotWork::Task(mut t) => {
                 t.idempotency_key = Some(key);
                 mark(&mut t.metadata);
@@ -157,7 +170,7 @@ impl Scheduled {
                 mark(&mut p.metadata);
                 SlotWork::Plan(p)
             }
-        }
+        })
     }
 
     /// The JSON a store keeps: a task as its plain object (as stores held it before

@@ -25,7 +25,7 @@ impl State {
             return false;
         }
         s.done_until = a.to;
-        s.last_fired = a.last_fired.or(s.last_fired);
+        s.last_fired = a.last_fired.max(s.last_fired);
         s.next_slot = a.next_slot;
         if let Some(enabled) = a.enabled {
             s.enabled = enabled;

@@ -157,7 +157,7 @@ impl PostgresStore {
 
     pub(super) async fn advance_schedule_once(&self, a: &ScheduleAdvance) -> R<bool> {
         let done = sqlx::query(
-            "UPDATE schedules SET done_until = $1, last_fired = coalesce($2, last_fired), \
+            "UPDATE schedules SET done_until = $1, last_fired = greatest($2, last_fired), \
              next_slot = $3, enabled = coalesce($4, enabled), updated_at = now() \
              WHERE name = $5 AND done_until = $6",
         )

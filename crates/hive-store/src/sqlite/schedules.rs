@@ -157,7 +157,8 @@ pub(super) async fn replace(c: &mut Conn, s: &Schedule, from: Timestamp) -> R<bo
 pub(super) async fn advance(c: &mut Conn, a: &ScheduleAdvance) -> R<bool> {
     let at = db::db_now(c).await?;
     let done = sqlx::query(
-        "UPDATE schedules SET done_until = ?1, last_fired = COALESCE(?2, last_fired), \
+        "UPDATE schedules SET done_until = ?1, \
+         last_fired = CASE WHEN last_fired IS NULL OR ?2 > last_fired THEN ?2 ELSE last_fired END, \
          next_slot = ?3, enabled = COALESCE(?4, enabled), updated_at = ?5 \
          WHERE name = ?6 AND done_until = ?7",
     )

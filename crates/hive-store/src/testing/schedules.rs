@@ -185,6 +185,16 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     s.note_fired("nightly", at(30)).await.unwrap();
     assert_eq!(last(s.clone()).await, Some(at(30)));
     s.note_fired("ghost", at(30)).await.unwrap();
+    let lost_race = ScheduleAdvance {
+        name: "nightly".into(),
+        from: at(20),
+        to: at(21),
+        last_fired: Some(at(25)),
+        next_slot: Some(at(3600)),
+        enabled: None,
+    };
+    assert!(s.advance_schedule(&lost_race).await.unwrap());
+    assert_eq!(last(s.clone()).await, Some(at(30)), "never moved back");
 
     assert!(s.delete_schedule("nightly").await.unwrap());
     assert!(!s.delete_schedule("nightly").await.unwrap());

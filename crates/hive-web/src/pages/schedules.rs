@@ -52,7 +52,9 @@ pub async fn page(State(s): State<AppState>) -> Response {
                             td {
                                 (pause_toggle("/actions/schedules", &sc.name, !sc.enabled))
                                 form class="inline" method="post"
-                                    action={ "/actions/schedules/" (urlencode(&sc.name)) "/trigger" } {
+                                    action={ "/actions/schedules/" (urlencode(&sc.name)) "/trigger" }
+                                    data-confirm={ "Run schedule " (sc.name) " now, by hand?" } {
+                                    input type="hidden" name="idempotency_key" value=(uuid::Uuid::new_v4());
                                     button type="submit" class="trigger" { "Run now" }
                                 }
                             }

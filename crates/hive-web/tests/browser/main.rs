@@ -474,7 +474,8 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
 }
 
 /// GETs `path` on loopback without a token, which hands out the generated one as a
-/// cookie: the body, and a maker of POST requests that carry the cookie.
+/// cookie: the body, and a maker of POST requests that carry the cookie (and, after a
+/// space in the argument, a JSON body: `"/api/x {…}"`).
 async fn api_session(host: std::net::SocketAddr, path: &str) -> (String, impl Fn(&str) -> String) {
     let (code, body) = http(
         host,
@@ -488,9 +489,16 @@ async fn api_session(host: std::net::SocketAddr, path: &str) -> (String, impl Fn
         .and_then(|c| c.split(';').next())
         .expect("reads hand out the token")
         .to_owned();
-    let post = move |path: &str| {
+    let post = move |request: &str| {
+        let (path, body) = request.split_once(' ').unwrap_or((request, ""));
+        let kind = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/json\r\n"
+        };
         format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nCookie: {cookie}\r\n{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
     };
     (body, post)
@@ -585,6 +593,7 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             Locator::Css("#schedules tr[data-name='etl'] button.trigger"),
         )
         .await;
+        b.accept_alert().await.unwrap();
         eventually(
             "the manual run's plan page",
             Duration::from_secs(20),
@@ -612,7 +621,22 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
         assert!(!enabled(&s, "tick").await);
         let (code, body) = http(host, &post("/api/schedules/tick/trigger")).await;
         assert_eq!(code, 200, "{body}");
-        assert!(body.contains("\"task_id\""), "{body}");
+        assert!(body.contains("\"kind\":\"task\""), "{body}");
+        // With a key, a repeated request (a client's retry) runs it once.
+        let keyed = r#"/api/schedules/tick/trigger {"idempotency_key":"retry-1"}"#;
+        let (code, first) = http(host, &post(keyed)).await;
+        assert_eq!(code, 200, "{first}");
+        let (_, again) = http(host, &post(keyed)).await;
+        let id = |resp: &str| resp.split("\"id\":\"").nth(1).map(|r| r[..36].to_owned());
+        assert_eq!(id(&first), id(&again), "{first} / {again}");
+        let tick_tasks = s
+            .list_tasks(&hive_client::store::TaskFilter {
+                task_type: Some("tick".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(tick_tasks.len(), 2, "one unkeyed run, one keyed");
         let (code, body) = http(host, &post("/api/schedules/ghost/pause")).await;
         assert_eq!(code, 404, "{body}");
         assert!(
