@@ -128,12 +128,12 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// Creates the schedule, or gives the schedule of its name this definition (cron, time
-    /// zone, what it creates, missed-slot and overlap rules): what an app that declares its schedules in
-    /// code calls at every start. A redefined schedule keeps whether it is paused (an
-    /// operator's pause outlives a deploy, also one committed while this call runs) and its
-    /// last fire, and continues from now: slots before the change that had not fired yet,
-    /// of either definition, are not missed slots. `new.enabled` counts only when the
-    /// schedule is created. The same definition writes nothing. Safe to race with
+    /// zone, what it creates, missed-slot and overlap rules): what an app that declares its
+    /// schedules in code calls at every start. A redefined schedule keeps whether it is
+    /// paused (an operator's pause outlives a deploy, also one committed while this call
+    /// runs) and its last fire, and continues from now: slots before the change that had
+    /// not fired yet, of either definition, are not missed slots. `new.enabled` counts only
+    /// when the schedule is created. The same definition writes nothing. Safe to race with
     /// schedulers and with other calls; [`Error::Store`] with a conflict if they kept
     /// moving the row through ten tries.
     pub async fn put_schedule(&self, new: NewSchedule) -> Result<(Schedule, SchedulePut)> {
