@@ -482,6 +482,12 @@ dependencies = ["fetch"]
         slots.insert(p["metadata"]["slot"].as_str().unwrap().to_owned());
     }
     assert_eq!(slots.len(), plans.len(), "one plan per slot: {plans:?}");
+    // Did the last run succeed: the listing says.
+    let got = db.json(&["schedule", "get", "nightly"]);
+    assert_eq!(got["last_run"]["kind"], "plan", "{got}");
+    assert_eq!(got["last_run"]["status"], "completed", "{got}");
+    let listed = db.ok(&["schedule", "list"]);
+    assert!(listed.contains("plan completed"), "{listed}");
 }
 
 /// `schedule add --replace`, as a deploy script declares its schedules at every run:

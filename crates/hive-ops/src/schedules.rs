@@ -5,7 +5,7 @@
 //! compare-and-set.
 
 use hive_models::{Json, NewSchedule, Overlap, Schedule, SlotWork, Timestamp, Timing, slot_key};
-use hive_store::{ScheduleAdvance, Store};
+use hive_store::{KeyedWork, ScheduleAdvance, Store};
 
 use crate::{Error, Ops, Result};
 
@@ -41,6 +41,16 @@ pub enum SchedulePut {
 /// How long a schedule whose task or plan could not be created waits before the next try:
 /// every scheduler of a fleet trying (and logging) each second would help no one.
 pub const FAILED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A schedule and what its last slot made, for listings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScheduleView {
+    #[serde(flatten)]
+    pub schedule: Schedule,
+    /// The task or plan of its last fired slot, with its status: did last night's run
+    /// succeed. `None` before its first fire, or once that work was pruned.
+    pub last_run: Option<KeyedWork>,
+}
 
 /// What [`Ops::trigger_schedule`] created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -199,6 +209,34 @@ impl<S: Store + ?Sized> Ops<S> {
             SlotWork::Task(t) => Triggered::Task(self.create_task(t).await?),
             SlotWork::Plan(p) => Triggered::Plan(self.submit_plan(p).await?),
         })
+    }
+
+    /// Every schedule, by name, with its last slot's task or plan and that work's status.
+    pub async fn list_schedule_views(&self) -> Result<Vec<ScheduleView>> {
+        let mut views = Vec::new();
+        for s in self.store.list_schedules().await? {
+            views.push(self.view(s).await?);
+        }
+        Ok(views)
+    }
+
+    /// One schedule as [`Ops::list_schedule_views`] shows it.
+    pub async fn get_schedule_view(&self, name: &str) -> Result<Option<ScheduleView>> {
+        match self.store.get_schedule(name).await? {
+            Some(s) => Ok(Some(self.view(s).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn view(&self, schedule: Schedule) -> Result<ScheduleView> {
+        let last_run = match schedule.last_fired {
+            Some(slot) => {
+                let key = slot_key(&schedule.name, slot);
+                self.store.keyed_work(&key).await?
+            }
+            None => None,
+        };
+        Ok(ScheduleView { schedule, last_run })
     }
 
     pub async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>> {

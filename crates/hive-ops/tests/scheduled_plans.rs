@@ -78,6 +78,14 @@ async fn a_scheduled_plan_is_made_once_per_slot(o: O) {
             Some(slot_key("nightly", slot).as_str())
         );
     }
+    // Listings show the last slot's plan and its status.
+    let view = o.get_schedule_view("nightly").await.unwrap().unwrap();
+    let Some(hive_store::KeyedWork::Plan { id, status }) = view.last_run else {
+        panic!("the last slot made a plan: {:?}", view.last_run);
+    };
+    assert_eq!(status, PlanStatus::Pending);
+    assert!(plans.iter().any(|p| p.id == id));
+    assert_eq!(o.list_schedule_views().await.unwrap().len(), 1);
     // Firing again finds nothing due and makes nothing twice.
     o.fire_due_schedules().await.unwrap();
     let again = o.list_plan_headers(None, None).await.unwrap().len();

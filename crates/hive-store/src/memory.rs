@@ -482,6 +482,10 @@ impl Store for MemoryStore {
         Ok(self.lock().unfinished_by_key(key))
     }
 
+    async fn keyed_work(&self, key: &str) -> Result<Option<crate::KeyedWork>> {
+        Ok(self.lock().keyed_work(key))
+    }
+
     async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
         self.lock().note_fired(name, slot);
         Ok(())

@@ -405,6 +405,10 @@ impl Store for PostgresStore {
         self.run(self.read_unfinished_by_key(key)).await
     }
 
+    async fn keyed_work(&self, key: &str) -> Result<Option<crate::KeyedWork>> {
+        self.run(self.read_keyed_work(key)).await
+    }
+
     async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
         self.run(self.note_fired_once(name, slot)).await
     }

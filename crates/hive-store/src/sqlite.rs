@@ -466,6 +466,10 @@ impl Store for SqliteStore {
         read!(self, schedules::unfinished_by_key, key)
     }
 
+    async fn keyed_work(&self, key: &str) -> Result<Option<crate::KeyedWork>> {
+        read!(self, schedules::keyed_work, key)
+    }
+
     async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
         write!(self, quiet schedules::note_fired, name, slot)
     }

@@ -10,10 +10,10 @@ use hive_models::{
 use tokio::sync::broadcast;
 
 use crate::{
-    Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, Notification, PlanPruneParams,
-    PlansPruned, PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome,
-    ScheduleAdvance, StatusChange, StatusChanged, StatusCounts, TaskFilter, TaskPageParams,
-    WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, KeyedWork, Notification,
+    PlanPruneParams, PlansPruned, PruneParams, QueueStats, ReapParams, ReapReport, Result,
+    RunOutcome, ScheduleAdvance, StatusChange, StatusChanged, StatusCounts, TaskFilter,
+    TaskPageParams, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 /// Persistence of tasks, runs, workers, plans and plan dependencies.
@@ -248,6 +248,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// when none holds it (never created, or pruned). What a schedule that skips overlaps
     /// asks of its last slot.
     async fn unfinished_by_key(&self, key: &str) -> Result<bool>;
+
+    /// The task or plan that holds idempotency key `key`, with its status; `None` when
+    /// none does (never created, or pruned).
+    async fn keyed_work(&self, key: &str) -> Result<Option<KeyedWork>>;
 
     /// Sets the schedule's `last_fired` to `slot` unless it is at or after it already (one
     /// way, no compare-and-set): a scheduler about to create `slot`'s work records it first,

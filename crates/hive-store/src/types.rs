@@ -546,3 +546,12 @@ impl QueueStats {
         }
     }
 }
+
+/// The task or plan that holds an idempotency key, and its status: what a schedule's slot
+/// made, for listings (see [`crate::Store::keyed_work`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyedWork {
+    Task { id: TaskId, status: TaskStatus },
+    Plan { id: PlanId, status: PlanStatus },
+}

@@ -263,9 +263,9 @@ async fn queues(State(s): State<AppState>) -> Response {
     found(s.client.list_queues().await.map(Some), "queues")
 }
 
-/// `hive schedule list --json`: every schedule, by name.
+/// `hive schedule list --json`: every schedule, by name, with its last slot's work.
 async fn schedules(State(s): State<AppState>) -> Response {
-    found(s.client.list_schedules().await.map(Some), "schedules")
+    found(s.client.list_schedule_views().await.map(Some), "schedules")
 }
 
 async fn stats(State(s): State<AppState>) -> Response {

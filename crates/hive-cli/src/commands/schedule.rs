@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use hive_client::SchedulePut;
-use hive_client::models::{Missed, NewSchedule, Overlap, Schedule, Scheduled, ScheduledTask};
+use hive_client::models::{Missed, NewSchedule, Overlap, Scheduled, ScheduledTask};
+use hive_client::ops::ScheduleView;
 use hive_client::ops::Triggered;
+use hive_client::store::KeyedWork;
 use serde_json::json;
 
 use crate::{Context, args, builtin, output, planfile};
@@ -214,34 +216,24 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             )?;
         }
         ScheduleCommand::List => {
-            let schedules = ctx.client().await?.list_schedules().await?;
+            let schedules = ctx.client().await?.list_schedule_views().await?;
             if ctx.json {
                 output::json(&schedules)?;
             } else {
-                output::table(
-                    [
-                        "NAME", "CRON", "TZ", "ENABLED", "LAST", "NEXT", "TYPE", "TITLE",
-                    ],
-                    schedules.iter().map(row),
-                );
+                output::table(HEADER, schedules.iter().map(row));
             }
         }
         ScheduleCommand::Get { name } => {
             let s = ctx
                 .client()
                 .await?
-                .get_schedule(&name)
+                .get_schedule_view(&name)
                 .await?
                 .ok_or_else(|| not_found(&name))?;
             if ctx.json {
                 output::json(&s)?;
             } else {
-                output::table(
-                    [
-                        "NAME", "CRON", "TZ", "ENABLED", "LAST", "NEXT", "TYPE", "TITLE",
-                    ],
-                    [row(&s)],
-                );
+                output::table(HEADER, [row(&s)]);
             }
         }
         ScheduleCommand::Trigger {
@@ -305,13 +297,24 @@ async fn enable(ctx: &Context, name: &str, enabled: bool) -> anyhow::Result<()> 
     )
 }
 
-fn row(s: &Schedule) -> [String; 8] {
+const HEADER: [&str; 9] = [
+    "NAME", "CRON", "TZ", "ENABLED", "LAST", "LAST RUN", "NEXT", "TYPE", "TITLE",
+];
+
+fn row(v: &ScheduleView) -> [String; 9] {
+    let s = &v.schedule;
+    let last_run = match v.last_run {
+        Some(KeyedWork::Task { status, .. }) => format!("task {status}"),
+        Some(KeyedWork::Plan { status, .. }) => format!("plan {status}"),
+        None => "-".into(),
+    };
     [
         s.name.clone(),
         s.cron.clone(),
         s.timezone.clone(),
         s.enabled.to_string(),
         output::opt(s.last_fired),
+        last_run,
         output::opt(s.next_slot.filter(|_| s.enabled)),
         match &s.creates {
             Scheduled::Task(t) => t.task_type.clone(),

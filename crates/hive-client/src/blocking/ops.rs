@@ -79,6 +79,8 @@ blocking! {
         fn add_schedule(new: hive_models::NewSchedule) -> hive_models::Schedule;
         fn put_schedule(new: hive_models::NewSchedule) -> (hive_models::Schedule, hive_ops::SchedulePut);
         fn trigger_schedule(name: &str, key: Option<&str>) -> hive_ops::Triggered;
+        fn list_schedule_views() -> Vec<hive_ops::ScheduleView>;
+        fn get_schedule_view(name: &str) -> Option<hive_ops::ScheduleView>;
         fn get_schedule(name: &str) -> Option<hive_models::Schedule>;
         fn list_schedules() -> Vec<hive_models::Schedule>;
         fn delete_schedule(name: &str) -> bool;

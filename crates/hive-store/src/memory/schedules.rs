@@ -51,6 +51,22 @@ impl State {
             })
     }
 
+    pub(crate) fn keyed_work(&self, key: &str) -> Option<crate::KeyedWork> {
+        let task = self.idempotency.get(key).and_then(|id| self.tasks.get(id));
+        let plan = self.plan_keys.get(key).and_then(|id| self.plans.get(id));
+        match (task, plan) {
+            (Some((t, _)), _) => Some(crate::KeyedWork::Task {
+                id: t.id,
+                status: t.status,
+            }),
+            (None, Some(p)) => Some(crate::KeyedWork::Plan {
+                id: p.id,
+                status: p.status,
+            }),
+            (None, None) => None,
+        }
+    }
+
     pub(crate) fn note_fired(&mut self, name: &str, slot: Timestamp) {
         if let Some(s) = self.schedules.get_mut(name)
             && s.last_fired.is_none_or(|l| l < slot)

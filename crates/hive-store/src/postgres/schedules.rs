@@ -5,7 +5,7 @@ use sqlx::postgres::PgRow;
 
 use super::{PostgresStore, rows};
 use crate::sql::R;
-use crate::{Error, ScheduleAdvance};
+use crate::{Error, KeyedWork, ScheduleAdvance};
 
 fn from_row(row: &PgRow) -> R<Schedule> {
     const T: &str = "schedules";
@@ -109,6 +109,32 @@ impl PostgresStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(unfinished)
+    }
+
+    pub(super) async fn read_keyed_work(&self, key: &str) -> R<Option<KeyedWork>> {
+        let row = sqlx::query(
+            "SELECT 'task' AS kind, id, status FROM tasks WHERE idempotency_key = $1 \
+             UNION ALL SELECT 'plan', id, status FROM plans WHERE idempotency_key = $1 LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let kind: String = rows::get(&row, "kind", "tasks")?;
+        let id: uuid::Uuid = rows::get(&row, "id", "tasks")?;
+        Ok(Some(if kind == "task" {
+            KeyedWork::Task {
+                id: hive_models::TaskId(id),
+                status: rows::task_status(&row, "status")?,
+            }
+        } else {
+            KeyedWork::Plan {
+                id: hive_models::PlanId(id),
+                status: rows::plan_status(&row, "status")?,
+            }
+        }))
     }
 
     pub(super) async fn note_fired_once(&self, name: &str, slot: Timestamp) -> R<()> {

@@ -4,7 +4,7 @@ use hive_models::{Schedule, Scheduled, Timestamp};
 use sqlx::sqlite::SqliteRow;
 
 use super::db::{self, Cols, Conn, R, to_json, us};
-use crate::{Error, ScheduleAdvance};
+use crate::{Error, KeyedWork, ScheduleAdvance};
 
 macro_rules! select {
     ($rest:literal) => {
@@ -104,6 +104,31 @@ pub(super) async fn unfinished_by_key(c: &mut Conn, key: &str) -> R<bool> {
     .fetch_one(&mut *c)
     .await?;
     Ok(unfinished)
+}
+
+pub(super) async fn keyed_work(c: &mut Conn, key: &str) -> R<Option<KeyedWork>> {
+    let row = sqlx::query(
+        "SELECT 'task' AS kind, id, status FROM tasks WHERE idempotency_key = ?1 \
+         UNION ALL SELECT 'plan', id, status FROM plans WHERE idempotency_key = ?1 LIMIT 1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let c = Cols::new(&row, "tasks");
+    Ok(Some(if c.get::<String>("kind")? == "task" {
+        KeyedWork::Task {
+            id: c.parse("id")?,
+            status: c.parse("status")?,
+        }
+    } else {
+        KeyedWork::Plan {
+            id: c.parse("id")?,
+            status: c.parse("status")?,
+        }
+    }))
 }
 
 pub(super) async fn note_fired(c: &mut Conn, name: &str, slot: Timestamp) -> R<()> {

@@ -9,7 +9,7 @@ use hive_models::{
 };
 
 use crate::testing::fixtures::{claim_params, failure};
-use crate::{Error, ScheduleAdvance, StatusChange, Store};
+use crate::{Error, KeyedWork, ScheduleAdvance, StatusChange, Store};
 
 type S = Arc<dyn Store>;
 
@@ -202,7 +202,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
 }
 
 /// A task or plan holding a key is unfinished until it reaches a terminal status; a key
-/// nothing holds is not.
+/// nothing holds is not. `keyed_work` finds which, with its status.
 pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
     assert!(!s.unfinished_by_key("schedule:none").await.unwrap());
     let task = NewTask::new("slot", "report").idempotency_key("schedule:t:1");
@@ -215,6 +215,14 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
         !s.unfinished_by_key("schedule:t:1").await.unwrap(),
         "cancelled"
     );
+    assert_eq!(
+        s.keyed_work("schedule:t:1").await.unwrap(),
+        Some(KeyedWork::Task {
+            id,
+            status: TaskStatus::Cancelled
+        })
+    );
+    assert_eq!(s.keyed_work("schedule:none").await.unwrap(), None);
 
     let plan = NewPlan::new("slot", vec![SubTask::new("a", "A", "report")])
         .idempotency_key("schedule:p:1");
@@ -224,6 +232,13 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
         "pending"
     );
     assert!(!s.unfinished_by_key("schedule:p:2").await.unwrap());
+    assert_eq!(
+        s.keyed_work("schedule:p:1").await.unwrap(),
+        Some(KeyedWork::Plan {
+            id: plan_id,
+            status: PlanStatus::Pending
+        })
+    );
     s.cancel_plan(plan_id).await.unwrap();
     assert!(
         !s.unfinished_by_key("schedule:p:1").await.unwrap(),

@@ -1,16 +1,17 @@
 //! Schedules: each schedule's cron expression and zone, what it creates (a task type, or a
-//! plan of N subtasks), its last and next slot and whether it is paused, with buttons to
+//! plan of N subtasks), its last slot with its work's status (linked) and its next slot and whether it is paused, with buttons to
 //! pause or resume it and to run it by hand now (what `hive schedule
 //! list|pause|resume|trigger` does).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hive_client::models::{Schedule, Scheduled};
+use hive_client::store::KeyedWork;
 use maud::{Markup, html};
 
 use crate::AppState;
 use crate::actions::urlencode;
-use crate::view::{layout, op_error, pause_toggle, time};
+use crate::view::{badge, layout, op_error, pause_toggle, time};
 
 /// What a schedule creates, as the page and `hive schedule list` name it.
 fn creates(s: &Schedule) -> Markup {
@@ -20,28 +21,47 @@ fn creates(s: &Schedule) -> Markup {
     }
 }
 
+/// The last slot's work as a link in its status colour: did last night's run succeed.
+fn last_run(work: Option<KeyedWork>) -> Markup {
+    match work {
+        Some(KeyedWork::Task { id, status }) => html! {
+            " " a class="last-run" href={ "/tasks/" (id) } { (badge(status)) }
+        },
+        Some(KeyedWork::Plan { id, status }) => html! {
+            " " a class="last-run" href={ "/plans/" (id) } {
+                span class={ "badge s-" (status.as_str()) } { "plan " (status.as_str()) }
+            }
+        },
+        None => html! {},
+    }
+}
+
 pub async fn page(State(s): State<AppState>) -> Response {
-    let schedules = match s.client.list_schedules().await {
+    let views = match s.client.list_schedule_views().await {
         Ok(found) => found,
         Err(e) => return op_error(&e),
     };
     layout(
         "Schedules",
         html! {
-            @if schedules.is_empty() {
+            @if views.is_empty() {
                 p { "No schedules yet: " code { "hive schedule add" } " creates one." }
             } @else {
                 table id="schedules" {
                     tr { th { "schedule" } th { "cron" } th { "zone" } th { "creates" }
                          th { "title" } th { "last" } th { "next" } th { "state" } th {} }
-                    @for sc in &schedules {
+                    @for v in &views {
+                        @let sc = &v.schedule;
                         tr data-name=(sc.name) {
                             td class="name" { (sc.name) }
                             td class="cron" { code { (sc.cron) } }
                             td { (sc.timezone) }
                             td class="creates" { (creates(sc)) }
                             td class="title" { (sc.creates.title()) }
-                            td class="last" { @if let Some(t) = sc.last_fired { (time(t)) } @else { "–" } }
+                            td class="last" {
+                                @if let Some(t) = sc.last_fired { (time(t)) } @else { "–" }
+                                (last_run(v.last_run))
+                            }
                             td class="next" {
                                 @match sc.next_slot.filter(|_| sc.enabled) {
                                     Some(t) => (time(t)),

@@ -537,8 +537,22 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
         c.add_schedule(NewSchedule::new("tick", "*/5 * * * *", tick))
             .await
             .unwrap();
+        // `tick` fired once: its last slot's task shows with its status.
+        let tick_row = s.get_schedule("tick").await.unwrap().unwrap();
+        let behind = hive_client::store::testing::fixtures::schedule_behind(&tick_row, 600);
+        assert!(s.advance_schedule(&behind).await.unwrap());
+        assert_eq!(c.fire_due_schedules().await.unwrap().slots, 1);
         let b = driver.browser().await;
         b.goto(&dash.url("/schedules")).await.unwrap();
+        let last = b
+            .find(Locator::Css(
+                "#schedules tr[data-name='tick'] td.last a.last-run",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(last.text().await.unwrap(), "queued");
+        let href = last.attr("href").await.unwrap().unwrap_or_default();
+        assert!(href.starts_with("/tasks/"), "{href}");
         assert_eq!(
             schedule_cell(&b, "etl", "creates").await,
             "plan of 2 subtasks"
@@ -636,7 +650,11 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             })
             .await
             .unwrap();
-        assert_eq!(tick_tasks.len(), 2, "one unkeyed run, one keyed");
+        assert_eq!(
+            tick_tasks.len(),
+            3,
+            "its slot's, one unkeyed run, one keyed"
+        );
         let (code, body) = http(host, &post("/api/schedules/ghost/pause")).await;
         assert_eq!(code, 404, "{body}");
         assert!(
