@@ -193,8 +193,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Runs a schedule by hand now, outside its slots (to try a nightly workflow, or to
     /// make up for a slot by hand), paused or not: creates its task or submits its plan,
     /// marked `"manual": true` in its metadata. `key` makes a retried request create
-    /// nothing new: the work's idempotency key is `schedule-manual:<name>:<key>` (by
-    /// default `<key>` is now, to the microsecond).
+    /// nothing new: the work's idempotency key is `schedule-manual:<length of
+    /// name>:<name>:<key>` (by default `<key>` is now, to the microsecond).
     /// Its slots are unaffected: a manual run neither counts as a fire nor holds back a
     /// schedule that skips overlaps. [`Error::NotFound`] for an unknown schedule; the
     /// template's own errors as a slot would meet them.

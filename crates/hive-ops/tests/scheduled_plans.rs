@@ -340,7 +340,7 @@ async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {
         "the template's metadata stays"
     );
     let key = header.idempotency_key.unwrap();
-    assert!(key.starts_with("schedule-manual:etl:"), "{key}");
+    assert!(key.starts_with("schedule-manual:3:etl:"), "{key}");
     assert!(
         header.metadata.get("slot").is_none(),
         "a manual run has no slot"
@@ -368,6 +368,16 @@ async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {
         matches!(other, Triggered::Plan(p) if p != plan),
         "{other:?}"
     );
+    // Names with `:` cannot make two schedules' manual keys meet.
+    for name in ["a", "a:b"] {
+        let task = ScheduledTask::new(name, "colon");
+        o.add_schedule(NewSchedule::new(name, "0 2 * * *", task))
+            .await
+            .unwrap();
+    }
+    let a = o.trigger_schedule("a", Some("b:c")).await.unwrap();
+    let ab = o.trigger_schedule("a:b", Some("c")).await.unwrap();
+    assert_ne!(a, ab, "each schedule's own run");
     let e = o.trigger_schedule("ghost", None).await.unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
     let e = o.trigger_schedule("sync", Some(" ")).await.unwrap_err();

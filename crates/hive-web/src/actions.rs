@@ -244,9 +244,12 @@ pub async fn trigger_schedule_api(
 pub async fn trigger_schedule_form(
     State(s): State<AppState>,
     Path(n): Path<String>,
-    Form(f): Form<TriggerForm>,
+    form: Result<Form<TriggerForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let made = trigger_schedule(&s, &n, f.idempotency_key.as_deref()).await;
+    // A bare POST (no form body) runs it without a key, as the API does.
+    let key = form.ok().and_then(|Form(f)| f.idempotency_key);
+    let key = key.as_deref().filter(|k| !k.trim().is_empty());
+    let made = trigger_schedule(&s, &n, key).await;
     let to = match &made {
         Ok(v) => format!(
             "/{}s/{}",

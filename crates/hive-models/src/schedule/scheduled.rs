@@ -137,10 +137,10 @@ impl Scheduled {
     }
 
     /// What `schedule` creates when run by hand at `at`, outside its slots: its task or
-    /// plan keyed `schedule-manual:<name>:<key>` (`key` by default `at`, to the
-    /// microsecond; the prefix keeps it from any slot's key and the name from another
-    /// schedule's), its metadata naming the schedule, `"manual": true` and `triggered_at`
-    /// instead of a slot. A blank `key` is refused.
+    /// plan keyed `schedule-manual:<length of name>:<name>:<key>` (`key` by default `at`,
+    /// to the microsecond; the prefix keeps it from any slot's key, the length from
+    /// another schedule's whose name holds a `:`), its metadata naming the schedule,
+    /// `"manual": true` and `triggered_at` instead of a slot. A blank `key` is refused.
     pub fn for_manual_run(
         &self,
         schedule: &str,
@@ -151,7 +151,11 @@ impl Scheduled {
             crate::task::non_blank("idempotency_key", k)?;
         }
         let at_text = at.to_rfc3339();
-        let key = format!("schedule-manual:{schedule}:{}", key.unwrap_or(&at_text));
+        let key = format!(
+            "schedule-manual:{}:{schedule}:{}",
+            schedule.len(),
+            key.unwrap_or(&at_text)
+        );
         let mark = |metadata: &mut Json| {
             if let Json::Object(m) = metadata {
                 m.remove("slot");

@@ -11,7 +11,7 @@ use maud::{Markup, html};
 
 use crate::AppState;
 use crate::actions::urlencode;
-use crate::view::{badge, layout, op_error, pause_toggle, time};
+use crate::view::{layout, op_error, pause_toggle, time};
 
 /// What a schedule creates, as the page and `hive schedule list` name it.
 fn creates(s: &Schedule) -> Markup {
@@ -25,7 +25,9 @@ fn creates(s: &Schedule) -> Markup {
 fn last_run(work: Option<KeyedWork>) -> Markup {
     match work {
         Some(KeyedWork::Task { id, status }) => html! {
-            " " a class="last-run" href={ "/tasks/" (id) } { (badge(status)) }
+            " " a class="last-run" href={ "/tasks/" (id) } {
+                span class={ "badge s-" (status.as_str()) } { "task " (status.as_str()) }
+            }
         },
         Some(KeyedWork::Plan { id, status }) => html! {
             " " a class="last-run" href={ "/plans/" (id) } {
@@ -47,7 +49,8 @@ pub async fn page(State(s): State<AppState>) -> Response {
             @if views.is_empty() {
                 p { "No schedules yet: " code { "hive schedule add" } " creates one." }
             } @else {
-                table id="schedules" {
+                // Each refresh reads every schedule, plan templates included: paced.
+                table id="schedules" data-refresh-ms="5000" {
                     tr { th { "schedule" } th { "cron" } th { "zone" } th { "creates" }
                          th { "title" } th { "last" } th { "next" } th { "state" } th {} }
                     @for v in &views {

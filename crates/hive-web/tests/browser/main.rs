@@ -550,7 +550,7 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             ))
             .await
             .unwrap();
-        assert_eq!(last.text().await.unwrap(), "queued");
+        assert_eq!(last.text().await.unwrap(), "task queued");
         let href = last.attr("href").await.unwrap().unwrap_or_default();
         assert!(href.starts_with("/tasks/"), "{href}");
         assert_eq!(
@@ -655,6 +655,10 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             3,
             "its slot's, one unkeyed run, one keyed"
         );
+        // The page's form route takes a bare POST too (no form body: no key).
+        let (code, body) = http(host, &post("/actions/schedules/tick/trigger")).await;
+        assert_eq!(code, 303, "{body}");
+        assert!(body.contains("location: /tasks/"), "{body}");
         let (code, body) = http(host, &post("/api/schedules/ghost/pause")).await;
         assert_eq!(code, 404, "{body}");
         assert!(
