@@ -488,6 +488,22 @@ dependencies = ["fetch"]
     assert_eq!(got["last_run"]["status"], "completed", "{got}");
     let listed = db.ok(&["schedule", "list"]);
     assert!(listed.contains("plan completed"), "{listed}");
+    // Night by night: each slot's plan, newest first.
+    let runs = db.json(&["schedule", "runs", "nightly", "--limit", "100"]);
+    let runs = runs.as_array().unwrap();
+    let made: Vec<_> = runs.iter().filter(|r| !r["run"].is_null()).collect();
+    assert_eq!(made.len(), plans.len(), "{runs:?}");
+    assert!(
+        made.iter().all(|r| r["run"]["status"] == "completed"),
+        "{runs:?}"
+    );
+    let table = db.ok(&["schedule", "runs", "nightly"]);
+    assert!(
+        table.starts_with(" SLOT") && table.contains("completed"),
+        "{table}"
+    );
+    let (ok, _, stderr) = db.run(&["schedule", "runs", "nightly", "--limit", "0"]);
+    assert!(!ok && stderr.contains("--limit"), "{stderr}");
 }
 
 /// `schedule add --replace`, as a deploy script declares its schedules at every run:

@@ -30,7 +30,9 @@ pub use hive_store as store;
 pub use plans::{PLAN_PRUNE_BATCH, PlanSummary};
 pub use results::{PlanResults, RunTiming, SubtaskResult};
 pub use running::Claimed;
-pub use schedules::{FAILED_RETRY_AFTER, FireReport, SchedulePut, ScheduleView, Triggered};
+pub use schedules::{
+    FAILED_RETRY_AFTER, FireReport, HISTORY_MAX, SchedulePut, ScheduleView, SlotRun, Triggered,
+};
 pub use tasks::{DEFAULT_QUEUED_LIMIT, RetryReport, check_retry_filter};
 pub use triage::{PLAN_TRIAGE_ORDER, TriagedSubtask};
 

@@ -52,6 +52,17 @@ pub struct ScheduleView {
     pub last_run: Option<KeyedWork>,
 }
 
+/// One slot of a schedule's history ([`Ops::schedule_history`]): when it was, and the task
+/// or plan it made with that work's status (`None`: skipped, missed, paused, or pruned).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SlotRun {
+    pub slot: Timestamp,
+    pub run: Option<KeyedWork>,
+}
+
+/// The most slots [`Ops::schedule_history`] reads at once.
+pub const HISTORY_MAX: u32 = 100;
+
 /// What [`Ops::trigger_schedule`] created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -226,6 +237,30 @@ impl<S: Store + ?Sized> Ops<S> {
             Some(s) => Ok(Some(self.view(s).await?)),
             None => Ok(None),
         }
+    }
+
+    /// The schedule's last `limit` slots (at most [`HISTORY_MAX`]) up to its last fire,
+    /// newest first, each with what it made: the runs of a nightly workflow, night by
+    /// night, the nights it skipped or missed included. Slots of its current expression,
+    /// since it was created; manual runs are not slots. `None` for an unknown schedule.
+    pub async fn schedule_history(&self, name: &str, limit: u32) -> Result<Option<Vec<SlotRun>>> {
+        let Some(s) = self.store.get_schedule(name).await? else {
+            return Ok(None);
+        };
+        let Some(last) = s.last_fired else {
+            return Ok(Some(Vec::new()));
+        };
+        let timing = Timing::parse(&s.cron, &s.timezone)?;
+        let keep = hive_models::Missed::CatchUp {
+            limit: limit.clamp(1, HISTORY_MAX),
+        };
+        let since = s.created_at - chrono::Duration::seconds(1);
+        let mut history = Vec::new();
+        for slot in timing.due(since, last, keep).into_iter().rev() {
+            let run = self.store.keyed_work(&slot_key(name, slot)).await?;
+            history.push(SlotRun { slot, run });
+        }
+        Ok(Some(history))
     }
 
     async fn view(&self, schedule: Schedule) -> Result<ScheduleView> {

@@ -319,6 +319,42 @@ async fn a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work(o: O) 
     let third = o.fire_due_schedules().await.unwrap();
     assert_eq!((third.slots, third.skipped), (2, 0), "{third:?}");
     assert_eq!(o.list_plan_headers(None, None).await.unwrap().len(), 2);
+
+    // Its history, newest first: the running plan, the skipped slot, the ended plan.
+    let history = o.schedule_history("etl", 10).await.unwrap().unwrap();
+    assert!(
+        history.windows(2).all(|w| w[0].slot > w[1].slot),
+        "newest first"
+    );
+    assert!(
+        matches!(
+            history[0].run,
+            Some(hive_store::KeyedWork::Plan {
+                status: PlanStatus::Pending,
+                ..
+            })
+        ),
+        "{history:?}"
+    );
+    assert!(
+        history.iter().any(|h| h.run.is_none()),
+        "the skipped slot: {history:?}"
+    );
+    assert!(
+        history.iter().any(|h| matches!(
+            h.run,
+            Some(hive_store::KeyedWork::Plan {
+                status: PlanStatus::Cancelled,
+                ..
+            })
+        )),
+        "{history:?}"
+    );
+    assert_eq!(
+        o.schedule_history("etl", 1).await.unwrap().unwrap().len(),
+        1
+    );
+    assert!(o.schedule_history("ghost", 10).await.unwrap().is_none());
 }
 
 async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {

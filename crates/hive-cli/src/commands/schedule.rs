@@ -38,6 +38,15 @@ pub enum ScheduleCommand {
         /// The schedule's name.
         name: String,
     },
+    /// A schedule's last slots, newest first, each with the task or plan it made and that
+    /// work's status (`-`: skipped, missed, paused or pruned). Manual runs are not slots.
+    Runs {
+        /// The schedule's name.
+        name: String,
+        /// How many slots, at most 100.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+    },
     /// Run a schedule by hand now, paused or not: create its task (or submit its plan),
     /// marked `"manual": true` in its metadata. Its slots are unaffected.
     Trigger {
@@ -234,6 +243,33 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
                 output::json(&s)?;
             } else {
                 output::table(HEADER, [row(&s)]);
+            }
+        }
+        ScheduleCommand::Runs { name, limit } => {
+            let history = ctx
+                .client()
+                .await?
+                .schedule_history(&name, limit)
+                .await?
+                .ok_or_else(|| not_found(&name))?;
+            if ctx.json {
+                output::json(&history)?;
+            } else {
+                output::table(
+                    ["SLOT", "RUN", "STATUS", "ID"],
+                    history.iter().map(|h| {
+                        let (kind, status, id) = match h.run {
+                            Some(KeyedWork::Task { id, status }) => {
+                                ("task", status.to_string(), id.to_string())
+                            }
+                            Some(KeyedWork::Plan { id, status }) => {
+                                ("plan", status.to_string(), id.to_string())
+                            }
+                            None => ("-", "-".into(), "-".into()),
+                        };
+                        [output::opt(Some(h.slot)), kind.into(), status, id]
+                    }),
+                );
             }
         }
         ScheduleCommand::Trigger {

@@ -81,6 +81,7 @@ blocking! {
         fn trigger_schedule(name: &str, key: Option<&str>) -> hive_ops::Triggered;
         fn list_schedule_views() -> Vec<hive_ops::ScheduleView>;
         fn get_schedule_view(name: &str) -> Option<hive_ops::ScheduleView>;
+        fn schedule_history(name: &str, limit: u32) -> Option<Vec<hive_ops::SlotRun>>;
         fn get_schedule(name: &str) -> Option<hive_models::Schedule>;
         fn list_schedules() -> Vec<hive_models::Schedule>;
         fn delete_schedule(name: &str) -> bool;
