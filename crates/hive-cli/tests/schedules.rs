@@ -499,7 +499,7 @@ dependencies = ["fetch"]
     );
     let table = db.ok(&["schedule", "runs", "nightly"]);
     assert!(
-        table.starts_with(" SLOT") && table.contains("completed"),
+        table.trim_start().starts_with("SLOT") && table.contains("completed"),
         "{table}"
     );
     let (ok, _, stderr) = db.run(&["schedule", "runs", "nightly", "--limit", "0"]);

@@ -239,10 +239,12 @@ impl<S: Store + ?Sized> Ops<S> {
         }
     }
 
-    /// The schedule's last `limit` slots (at most [`HISTORY_MAX`]) up to its last fire,
-    /// newest first, each with what it made: the runs of a nightly workflow, night by
-    /// night, the nights it skipped or missed included. Slots of its current expression,
-    /// since it was created; manual runs are not slots. `None` for an unknown schedule.
+    /// The schedule's last `limit` slots (0 counts as 1, at most [`HISTORY_MAX`]) up to
+    /// the last one a scheduler handled, newest first, each with what it made: the runs
+    /// of a nightly workflow, night by night, the nights it skipped, missed or spent
+    /// paused included. Slots of its current expression since it was created, and its
+    /// last fire's slot even if a redefinition changed the expression since; manual runs
+    /// are not slots. Empty before a first fire; `None` for an unknown schedule.
     pub async fn schedule_history(&self, name: &str, limit: u32) -> Result<Option<Vec<SlotRun>>> {
         let Some(s) = self.store.get_schedule(name).await? else {
             return Ok(None);
@@ -251,12 +253,20 @@ impl<S: Store + ?Sized> Ops<S> {
             return Ok(Some(Vec::new()));
         };
         let timing = Timing::parse(&s.cron, &s.timezone)?;
-        let keep = hive_models::Missed::CatchUp {
-            limit: limit.clamp(1, HISTORY_MAX),
-        };
+        let limit = limit.clamp(1, HISTORY_MAX);
+        let keep = hive_models::Missed::CatchUp { limit };
+        // A second back: a slot in the second it was created may have fired.
         let since = s.created_at - chrono::Duration::seconds(1);
+        let mut slots = timing.due(since, s.done_until.max(last), keep);
+        if !slots.contains(&last) {
+            slots.push(last);
+            slots.sort();
+            if slots.len() > limit as usize {
+                slots.remove(0);
+            }
+        }
         let mut history = Vec::new();
-        for slot in timing.due(since, last, keep).into_iter().rev() {
+        for slot in slots.into_iter().rev() {
             let run = self.store.keyed_work(&slot_key(name, slot)).await?;
             history.push(SlotRun { slot, run });
         }

@@ -321,7 +321,7 @@ async fn a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work(o: O) 
     assert_eq!(o.list_plan_headers(None, None).await.unwrap().len(), 2);
 
     // Its history, newest first: the running plan, the skipped slot, the ended plan.
-    let history = o.schedule_history("etl", 10).await.unwrap().unwrap();
+    let history = o.schedule_history("etl", 100).await.unwrap().unwrap();
     assert!(
         history.windows(2).all(|w| w[0].slot > w[1].slot),
         "newest first"

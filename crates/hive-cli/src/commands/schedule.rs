@@ -39,7 +39,8 @@ pub enum ScheduleCommand {
         name: String,
     },
     /// A schedule's last slots, newest first, each with the task or plan it made and that
-    /// work's status (`-`: skipped, missed, paused or pruned). Manual runs are not slots.
+    /// work's status (`-`: skipped, missed, paused, pruned, or before a redefinition).
+    /// Manual runs are not slots.
     Runs {
         /// The schedule's name.
         name: String,
