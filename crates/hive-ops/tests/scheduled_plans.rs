@@ -29,6 +29,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_schedule_put_again_is_created_kept_or_redefined,
     a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work,
     a_schedule_run_by_hand_creates_its_work_now,
+    a_schedules_history_keeps_its_last_run_across_a_redefinition,
 );
 
 fn template() -> NewPlan {
@@ -418,4 +419,37 @@ async fn a_schedule_run_by_hand_creates_its_work_now(o: O) {
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
     let e = o.trigger_schedule("sync", Some(" ")).await.unwrap_err();
     assert!(e.to_string().contains("idempotency_key"), "{e}");
+}
+
+async fn a_schedules_history_keeps_its_last_run_across_a_redefinition(o: O) {
+    let task = ScheduledTask::new("h", "hist");
+    let every = NewSchedule::new("h", "* * * * * *", task.clone());
+    let s = o.add_schedule(every).await.unwrap();
+    let behind = hive_store::testing::fixtures::schedule_behind(&s, 3);
+    assert!(o.store().advance_schedule(&behind).await.unwrap());
+    assert_eq!(o.fire_due_schedules().await.unwrap().slots, 1);
+    let fired = o
+        .get_schedule("h")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_fired
+        .unwrap();
+    let daily = NewSchedule::new("h", "0 2 * * *", task);
+    assert_eq!(
+        o.put_schedule(daily).await.unwrap().1,
+        SchedulePut::Redefined
+    );
+    let history = o.schedule_history("h", 5).await.unwrap().unwrap();
+    assert!(
+        history.iter().any(|h| h.slot == fired
+            && matches!(
+                h.run,
+                Some(hive_store::KeyedWork::Task {
+                    status: hive_models::TaskStatus::Queued,
+                    ..
+                })
+            )),
+        "the last fire's slot, made under the old expression: {history:?}"
+    );
 }
