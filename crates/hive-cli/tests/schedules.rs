@@ -561,6 +561,30 @@ fn a_schedule_added_again_with_replace_is_redefined_in_place() {
         (skipping["change"].as_str(), skipping["overlap"].as_str()),
         (Some("redefined"), Some("skip"))
     );
+    // As is queueing them, which goes with catching up several slots.
+    let queueing = db.json(&[
+        "schedule",
+        "add",
+        "report",
+        "--cron",
+        "0 3 * * *",
+        "--title",
+        "Report",
+        "--type",
+        "noop",
+        "--overlap",
+        "queue",
+        "--missed",
+        "catch-up",
+        "--catch-up-limit",
+        "5",
+        "--replace",
+    ]);
+    assert_eq!(
+        (queueing["change"].as_str(), queueing["overlap"].as_str()),
+        (Some("redefined"), Some("queue"))
+    );
+    assert_eq!(db.json(&["schedule", "get", "report"])["overlap"], "queue");
     let (ok, _, stderr) = db.run(&[
         "schedule",
         "add",

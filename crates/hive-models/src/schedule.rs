@@ -40,6 +40,10 @@ pub enum Overlap {
     /// Create nothing for the slot: a nightly workflow that overruns is not started twice.
     /// The slot counts as done; the next one looks again.
     Skip,
+    /// Wait: the slot's work is created once the previous slot's has ended, late rather
+    /// than never. Slots that pass meanwhile are missed slots: the latest one waits (or,
+    /// catching up, the latest `limit`, each started once the one before has ended).
+    Queue,
 }
 
 impl Overlap {
@@ -47,6 +51,7 @@ impl Overlap {
         match self {
             Overlap::Allow => "allow",
             Overlap::Skip => "skip",
+            Overlap::Queue => "queue",
         }
     }
 }
@@ -58,9 +63,10 @@ impl std::str::FromStr for Overlap {
         match s {
             "allow" => Ok(Overlap::Allow),
             "skip" => Ok(Overlap::Skip),
+            "queue" => Ok(Overlap::Queue),
             other => Err(Error::InvalidField {
                 field: "overlap".into(),
-                reason: format!("`{other}` is not `allow` or `skip`"),
+                reason: format!("`{other}` is not `allow`, `skip` or `queue`"),
             }),
         }
     }
@@ -125,12 +131,13 @@ pub struct Schedule {
     pub overlap: Overlap,
     /// Slots at or before this are done: fired, skipped, or passed while paused.
     pub done_until: Timestamp,
-    /// The latest slot started: its task or plan created (for a schedule that skips
-    /// overlaps, noted just before; a creation that failed leaves it naming a slot without
+    /// The latest slot started: its task or plan created (for a schedule that skips or
+    /// queues overlaps, noted just before; a creation that failed leaves it naming a slot without
     /// work, which the next slot's check reads as finished).
     pub last_fired: Option<Timestamp>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
-    /// expression has no future slot).
+    /// expression has no future slot). A queued slot waiting for the previous slot's work
+    /// keeps its own time here, in the past, until it starts.
     pub next_slot: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -216,7 +223,8 @@ impl NewSchedule {
                 return Err(Error::InvalidField {
                     field: "overlap".into(),
                     reason: "`skip` cannot go with catching up several missed slots, whose \
-                             work would start together and overlap; catch up 1 or skip"
+                             work would start together and overlap; catch up 1, skip, or \
+                             `queue` them"
                         .into(),
                 });
             }

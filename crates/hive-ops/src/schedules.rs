@@ -20,6 +20,9 @@ pub struct FireReport {
     /// Slots of schedules that skip overlaps, passed because the previous slot's task or
     /// plan was unfinished.
     pub skipped: usize,
+    /// Schedules that queue overlaps whose due slot waits for the previous slot's task or
+    /// plan to end: they stay due, and the next step looks again.
+    pub waiting: usize,
     /// Due schedules whose task or plan could not be created, with why (a payload over a
     /// limit lowered since it was added, say): the others fire regardless, and each of
     /// these is due again [`FAILED_RETRY_AFTER`] later, its slots still to fire.
@@ -347,7 +350,10 @@ impl<S: Store + ?Sized> Ops<S> {
     /// store's clock), submits the task or plan of each due slot (the latest only, or the
     /// latest `limit` when catching up), then moves the schedule past them compare-and-set.
     /// Safe to run from any number of processes at once: a slot's task or plan has its
-    /// schedule's and slot's idempotency key, so it is created once. A schedule whose task
+    /// schedule's and slot's idempotency key, so it is created once. A schedule that skips
+    /// overlaps passes a slot whose previous slot's work is unfinished; one that queues
+    /// them waits (the schedule stays due), then starts its due slots one a step, oldest
+    /// first, each once the one before has ended. A schedule whose task
     /// or plan cannot be created is reported in [`FireReport::failed`] and the step goes
     /// on with the others: after a transient error (a lost race, a timeout) it is tried
     /// again at the next step, after any other [`FAILED_RETRY_AFTER`] later. Only an
@@ -359,9 +365,10 @@ impl<S: Store + ?Sized> Ops<S> {
         for s in self.store.due_schedules(now).await? {
             report.due += 1;
             match self.fire(&s, now).await {
-                Ok((fired, skipped)) => {
-                    report.slots += fired;
-                    report.skipped += skipped;
+                Ok(fired) => {
+                    report.slots += fired.slots;
+                    report.skipped += fired.skipped;
+                    report.waiting += usize::from(fired.waiting);
                 }
                 Err(e) if e.is_about_the_database() => return Err(e),
                 Err(e) if e.is_transient() => {
@@ -390,26 +397,45 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(report)
     }
 
-    /// Fires one due schedule: how many slots created their work, and how many were
-    /// skipped because the previous slot's work was unfinished.
-    async fn fire(&self, s: &Schedule, now: Timestamp) -> Result<(usize, usize)> {
+    /// Fires one due schedule: how many slots created their work, how many were skipped
+    /// because the previous slot's work was unfinished, and whether a queued slot waits
+    /// for it.
+    async fn fire(&self, s: &Schedule, now: Timestamp) -> Result<Fired> {
         let timing = Timing::parse(&s.cron, &s.timezone)?;
         let mut slots = timing.due(s.done_until, now, s.missed);
-        let mut skipped = 0;
-        if s.overlap == Overlap::Skip
-            && !slots.is_empty()
-            && let Some(previous) = s.last_fired
+        let mut fired = Fired::default();
+        let Some(&first) = slots.first() else {
+            return Ok(fired);
+        };
+        // A last fire at or after the first due slot started that slot already (its
+        // advance lost, or was cut short): submitting it again creates nothing new, and
+        // waiting for it would wait for itself.
+        if s.overlap != Overlap::Allow
+            && let Some(previous) = s.last_fired.filter(|p| *p < first)
             && self
                 .store
                 .unfinished_by_key(&slot_key(&s.name, previous))
                 .await?
         {
+            if s.overlap == Overlap::Queue {
+                // Nothing written: the schedule stays due and the next step looks again.
+                tracing::debug!(schedule = %s.name, previous = %previous, slot = %first,
+                    "slot waits: the previous slot's work is unfinished");
+                fired.waiting = true;
+                return Ok(fired);
+            }
             tracing::info!(schedule = %s.name, previous = %previous,
                 "slot skipped: the previous slot's work is unfinished");
-            skipped = slots.len();
+            fired.skipped = slots.len();
             slots.clear();
         }
-        if s.overlap == Overlap::Skip
+        let mut to = now;
+        if s.overlap == Overlap::Queue && slots.len() > 1 {
+            // One at a time: the oldest now, each later one once the one before has ended.
+            slots.truncate(1);
+            to = first;
+        }
+        if s.overlap != Overlap::Allow
             && let Some(newest) = slots.last()
         {
             // Recorded before the work exists, so the next step checks this slot even if
@@ -433,16 +459,25 @@ impl<S: Store + ?Sized> Ops<S> {
         let advance = ScheduleAdvance {
             name: s.name.clone(),
             from: s.done_until,
-            to: now,
+            to,
             last_fired: slots.last().copied(),
-            next_slot: timing.next_after(now),
+            next_slot: timing.next_after(to),
             enabled: None,
         };
         // Lost to another scheduler: it submitted the same slots (created once by key), or
         // skipped them; a skipping schedule's newest started slot is noted above.
         self.store.advance_schedule(&advance).await?;
-        Ok((slots.len(), skipped))
+        fired.slots = slots.len();
+        Ok(fired)
     }
+}
+
+/// What firing one schedule did.
+#[derive(Debug, Default)]
+struct Fired {
+    slots: usize,
+    skipped: usize,
+    waiting: bool,
 }
 
 #[cfg(test)]

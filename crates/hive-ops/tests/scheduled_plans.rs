@@ -2,7 +2,8 @@
 //! SQLite and (with `HIVE_TEST_POSTGRES_URL`) Postgres: one whole plan per slot however
 //! many schedulers fire it at once; a template no slot could submit refused with nothing
 //! stored; a schedule that cannot fire leaves the others firing; `put_schedule` creates,
-//! leaves alone or redefines, keeping an operator's pause.
+//! leaves alone or redefines, keeping an operator's pause; overlapping slots skipped or
+//! queued.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -30,6 +31,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_schedule_that_skips_overlaps_waits_for_the_previous_slots_work,
     a_schedule_run_by_hand_creates_its_work_now,
     a_schedules_history_keeps_its_last_run_across_a_redefinition,
+    a_schedule_that_queues_overlaps_starts_each_slot_once_the_last_has_ended,
 );
 
 fn template() -> NewPlan {
@@ -452,4 +454,84 @@ async fn a_schedules_history_keeps_its_last_run_across_a_redefinition(o: O) {
             )),
         "the last fire's slot, made under the old expression: {history:?}"
     );
+}
+
+/// The slot each plan so far was made for, oldest first.
+async fn plans_slots(o: &O) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut plans = o.list_plan_headers(None, None).await.unwrap();
+    plans.sort_by_key(|p| p.created_at);
+    plans
+        .iter()
+        .map(|p| serde_json::from_value(p.metadata["slot"].clone()).unwrap())
+        .collect()
+}
+
+async fn a_schedule_that_queues_overlaps_starts_each_slot_once_the_last_has_ended(o: O) {
+    // Catching up several slots goes with queueing: they start one after another.
+    let queued = NewSchedule::new("etl", "* * * * * *", template())
+        .overlap(Overlap::Queue)
+        .missed(Missed::CatchUp { limit: 3 });
+    let s = o.add_schedule(queued).await.unwrap();
+    assert_eq!(s.overlap, Overlap::Queue);
+    let behind = hive_store::testing::fixtures::schedule_behind(&s, 10);
+    assert!(o.store().advance_schedule(&behind).await.unwrap());
+
+    // Three slots due: only the oldest starts, the schedule stays due for the others.
+    let first = o.fire_due_schedules().await.unwrap();
+    assert_eq!((first.slots, first.waiting), (1, 0), "{first:?}");
+    let slots = plans_slots(&o).await;
+    assert_eq!(slots.len(), 1);
+    let s = o.get_schedule("etl").await.unwrap().unwrap();
+    assert_eq!(s.last_fired, Some(slots[0]));
+    let now = o.store().now().await.unwrap();
+    assert!(s.next_slot.unwrap() <= now, "still due: {s:?}");
+
+    // Two schedulers at once while that plan runs: both wait, nothing new.
+    let (a, b) = tokio::join!(o.fire_due_schedules(), o.fire_due_schedules());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.slots + b.slots, a.waiting, b.waiting), (0, 1, 1));
+    assert_eq!(plans_slots(&o).await.len(), 1, "nothing started beside it");
+
+    // Once it has ended, the next slot in order starts, once however many fire it.
+    let plan = o.list_plan_headers(None, None).await.unwrap()[0].id;
+    o.cancel_plan(plan).await.unwrap();
+    let (a, b) = tokio::join!(o.fire_due_schedules(), o.fire_due_schedules());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.slots + b.slots >= 1, "{a:?} {b:?}");
+    let slots = plans_slots(&o).await;
+    assert_eq!(slots.len(), 2, "one plan for the next slot: {slots:?}");
+    assert_eq!(
+        slots[1] - slots[0],
+        chrono::Duration::seconds(1),
+        "in order"
+    );
+    assert_eq!(o.fire_due_schedules().await.unwrap().waiting, 1);
+
+    // A task schedule that queues only its latest missed slot.
+    let sync = ScheduledTask::new("sync", "sync-task");
+    let s = NewSchedule::new("sync", "* * * * * *", sync).overlap(Overlap::Queue);
+    let s = o.add_schedule(s).await.unwrap();
+    let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+    assert!(o.store().advance_schedule(&behind).await.unwrap());
+    o.fire_due_schedules().await.unwrap();
+    let filter = hive_store::TaskFilter {
+        task_type: Some("sync-task".into()),
+        ..Default::default()
+    };
+    let tasks = o.list_tasks(&filter).await.unwrap();
+    assert_eq!(tasks.len(), 1, "the latest slot only");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let waiting = o.fire_due_schedules().await.unwrap();
+    assert!(waiting.waiting >= 1, "{waiting:?}");
+    assert_eq!(o.list_tasks(&filter).await.unwrap().len(), 1);
+    o.cancel_task(tasks[0].id, Some("done")).await.unwrap();
+    o.fire_due_schedules().await.unwrap();
+    let now = o.list_tasks(&filter).await.unwrap();
+    assert_eq!(now.len(), 2, "the waiting slot started");
+    let slot = |t: &hive_models::Task| -> chrono::DateTime<chrono::Utc> {
+        serde_json::from_value(t.metadata["slot"].clone()).unwrap()
+    };
+    let mut made: Vec<_> = now.iter().map(slot).collect();
+    made.sort();
+    assert!(made[1] > made[0], "a later slot: {made:?}");
 }

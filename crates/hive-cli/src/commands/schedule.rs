@@ -79,6 +79,8 @@ pub enum OverlapArg {
     Allow,
     /// Create nothing for the slot (the next slot looks again).
     Skip,
+    /// Wait: create the slot's once the previous slot's has ended.
+    Queue,
 }
 
 /// What a schedule does with slots missed while no scheduler ran.
@@ -135,8 +137,10 @@ pub struct AddArgs {
     #[arg(long, value_enum, default_value = "skip")]
     missed: MissedArg,
     /// While the previous slot's task or plan is unfinished: create the slot's anyway
-    /// (`allow`), or skip the slot (`skip`: a nightly workflow that overruns is not started
-    /// twice; goes with `--missed skip` or a catch-up limit of 1).
+    /// (`allow`), skip the slot (`skip`: a nightly workflow that overruns is not started
+    /// twice; goes with `--missed skip` or a catch-up limit of 1), or start it late, once
+    /// the previous one has ended (`queue`: slots passing meanwhile are missed slots, the
+    /// latest waiting, or with `--missed catch-up` the latest N, one after another).
     #[arg(long, value_enum, default_value = "allow")]
     overlap: OverlapArg,
     /// With `--missed catch-up`: at most this many missed slots create their task or plan
@@ -184,6 +188,7 @@ impl AddArgs {
         let overlap = match self.overlap {
             OverlapArg::Allow => Overlap::Allow,
             OverlapArg::Skip => Overlap::Skip,
+            OverlapArg::Queue => Overlap::Queue,
         };
         let new = NewSchedule::new(self.name, self.cron, creates)
             .timezone(self.timezone)

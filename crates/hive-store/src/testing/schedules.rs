@@ -75,6 +75,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     let workflow = Schedule {
         name: "workflow".into(),
         creates: plan.into(),
+        overlap: Overlap::Queue,
         ..row("workflow")
     };
     s.insert_schedule(&workflow).await.unwrap();

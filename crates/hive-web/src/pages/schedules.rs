@@ -5,7 +5,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use hive_client::models::{Schedule, Scheduled};
+use hive_client::models::{Overlap, Schedule, Scheduled};
 use hive_client::store::KeyedWork;
 use maud::{Markup, html};
 
@@ -71,7 +71,12 @@ pub async fn page(State(s): State<AppState>) -> Response {
                                     None => "–",
                                 }
                             }
-                            td class="state" { @if sc.enabled { "active" } @else { "paused" } }
+                            td class="state" {
+                                @if sc.enabled { "active" } @else { "paused" }
+                                @if sc.overlap != Overlap::Allow {
+                                    br; small { "overlaps: " (sc.overlap.as_str()) }
+                                }
+                            }
                             td {
                                 (pause_toggle("/actions/schedules", &sc.name, !sc.enabled))
                                 form class="inline" method="post"

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use fantoccini::Locator;
 use harness::{Dashboard, Driver, LIMIT, eventually, http};
-use hive_client::models::{NewPlan, NewSchedule, NewTask, ScheduledTask, SubTask, TaskStatus};
+use hive_client::models::{
+    NewPlan, NewSchedule, NewTask, Overlap, ScheduledTask, SubTask, TaskStatus,
+};
 use hive_client::store::Store;
 use hive_client::store::testing::fixtures::{claim_params, failure, success};
 
@@ -534,9 +536,8 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             .await
             .unwrap();
         let tick = ScheduledTask::new("<b>tick</b>", "tick");
-        c.add_schedule(NewSchedule::new("tick", "*/5 * * * *", tick))
-            .await
-            .unwrap();
+        let tick = NewSchedule::new("tick", "*/5 * * * *", tick).overlap(Overlap::Queue);
+        c.add_schedule(tick).await.unwrap();
         // `tick` fired once: its last slot's task shows with its status.
         let tick_row = s.get_schedule("tick").await.unwrap().unwrap();
         let behind = hive_client::store::testing::fixtures::schedule_behind(&tick_row, 600);
@@ -568,6 +569,10 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             "a title is text, not markup"
         );
         assert_eq!(schedule_cell(&b, "etl", "state").await, "active");
+        assert_eq!(
+            schedule_cell(&b, "tick", "state").await,
+            "active\noverlaps: queue"
+        );
         assert_ne!(schedule_cell(&b, "etl", "next").await, "–");
         click(
             &b,

@@ -1,0 +1,5 @@
+-- A schedule may now queue a slot behind the previous slot's unfinished task or plan
+-- (`overlap = 'queue'`), which earlier builds cannot read: this version makes them refuse
+-- the database rather than fail on every scheduler step.
+ALTER TABLE schedules DROP CONSTRAINT schedules_overlap_check,
+    ADD CONSTRAINT schedules_overlap_check CHECK (overlap IN ('allow', 'skip', 'queue'));
