@@ -41,8 +41,9 @@ pub enum Overlap {
     /// The slot counts as done; the next one looks again.
     Skip,
     /// Wait: the slot's work is created once the previous slot's has ended, late rather
-    /// than never. Slots that pass meanwhile are missed slots: the latest one waits (or,
-    /// catching up, the latest `limit`, each started once the one before has ended).
+    /// than never. Slots that pass meanwhile are missed slots, picked when that work ends:
+    /// the latest then (or, catching up, the latest `limit`, each started once the one
+    /// before has ended, in slot order).
     Queue,
 }
 
@@ -132,12 +133,12 @@ pub struct Schedule {
     /// Slots at or before this are done: fired, skipped, or passed while paused.
     pub done_until: Timestamp,
     /// The latest slot started: its task or plan created (for a schedule that skips or
-    /// queues overlaps, noted just before; a creation that failed leaves it naming a slot without
+    /// queues overlaps, claimed just before; a creation that failed leaves it naming a slot without
     /// work, which the next slot's check reads as finished).
     pub last_fired: Option<Timestamp>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
-    /// expression has no future slot). A queued slot waiting for the previous slot's work
-    /// keeps its own time here, in the past, until it starts.
+    /// expression has no future slot). While a schedule that queues overlaps waits for the
+    /// previous slot's work, this is in the past: the schedule stays due.
     pub next_slot: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,

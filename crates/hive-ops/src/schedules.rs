@@ -404,43 +404,56 @@ impl<S: Store + ?Sized> Ops<S> {
         let timing = Timing::parse(&s.cron, &s.timezone)?;
         let mut slots = timing.due(s.done_until, now, s.missed);
         let mut fired = Fired::default();
-        let Some(&first) = slots.first() else {
-            return Ok(fired);
-        };
-        // A last fire at or after the first due slot started that slot already (its
-        // advance lost, or was cut short): submitting it again creates nothing new, and
-        // waiting for it would wait for itself.
-        if s.overlap != Overlap::Allow
-            && let Some(previous) = s.last_fired.filter(|p| *p < first)
-            && self
-                .store
-                .unfinished_by_key(&slot_key(&s.name, previous))
-                .await?
-        {
-            if s.overlap == Overlap::Queue {
-                // Nothing written: the schedule stays due and the next step looks again.
-                tracing::debug!(schedule = %s.name, previous = %previous, slot = %first,
-                    "slot waits: the previous slot's work is unfinished");
-                fired.waiting = true;
+        let mut to = now;
+        if s.overlap != Overlap::Allow && !slots.is_empty() {
+            if let Some(last) = s.last_fired {
+                // Slots before the last one started are passed: started now, they would
+                // run beside it, or after it.
+                slots.retain(|t| *t >= last);
+                if slots.is_empty() {
+                    // Another scheduler started a later slot since this one's clock read:
+                    // its step moves the schedule on, or the next one here does.
+                    return Ok(fired);
+                }
+            }
+            let first = slots[0];
+            // The last slot started is due still when its starter's advance lost or never
+            // came: submitted again it creates nothing new, and waiting for it would wait
+            // for itself.
+            if s.last_fired != Some(first)
+                && let Some(previous) = s.last_fired
+                && self
+                    .store
+                    .unfinished_by_key(&slot_key(&s.name, previous))
+                    .await?
+            {
+                if s.overlap == Overlap::Queue {
+                    // Nothing written: the schedule stays due and the next step looks again.
+                    tracing::debug!(schedule = %s.name, previous = %previous, slot = %first,
+                        "slot waits: the previous slot's work is unfinished");
+                    fired.waiting = true;
+                    return Ok(fired);
+                }
+                tracing::info!(schedule = %s.name, previous = %previous,
+                    "slot skipped: the previous slot's work is unfinished");
+                fired.skipped = slots.len();
+                slots.clear();
+            }
+            if s.overlap == Overlap::Queue && slots.len() > 1 {
+                // One at a time: the oldest now, each later one once the one before has
+                // ended.
+                slots.truncate(1);
+                to = first;
+            }
+            // Claimed before the work exists, compare-and-set on the last start this step
+            // checked: a scheduler whose clock picked another slot cannot start it beside
+            // this one, and the next step checks this slot even if this step's advance
+            // loses or never happens.
+            if let Some(&newest) = slots.last()
+                && !self.store.claim_slot(&s.name, s.last_fired, newest).await?
+            {
                 return Ok(fired);
             }
-            tracing::info!(schedule = %s.name, previous = %previous,
-                "slot skipped: the previous slot's work is unfinished");
-            fired.skipped = slots.len();
-            slots.clear();
-        }
-        let mut to = now;
-        if s.overlap == Overlap::Queue && slots.len() > 1 {
-            // One at a time: the oldest now, each later one once the one before has ended.
-            slots.truncate(1);
-            to = first;
-        }
-        if s.overlap != Overlap::Allow
-            && let Some(newest) = slots.last()
-        {
-            // Recorded before the work exists, so the next step checks this slot even if
-            // this step's advance loses to a scheduler that skipped, or never happens.
-            self.store.note_fired(&s.name, *newest).await?;
         }
         let mut tasks = Vec::new();
         for slot in &slots {
@@ -465,7 +478,8 @@ impl<S: Store + ?Sized> Ops<S> {
             enabled: None,
         };
         // Lost to another scheduler: it submitted the same slots (created once by key), or
-        // skipped them; a skipping schedule's newest started slot is noted above.
+        // skipped them; a slot started by a schedule that skips or queues overlaps is
+        // claimed above.
         self.store.advance_schedule(&advance).await?;
         fired.slots = slots.len();
         Ok(fired)

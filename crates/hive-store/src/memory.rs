@@ -486,9 +486,13 @@ impl Store for MemoryStore {
         Ok(self.lock().keyed_work(key))
     }
 
-    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
-        self.lock().note_fired(name, slot);
-        Ok(())
+    async fn claim_slot(
+        &self,
+        name: &str,
+        expected: Option<Timestamp>,
+        slot: Timestamp,
+    ) -> Result<bool> {
+        Ok(self.lock().claim_slot(name, expected, slot))
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

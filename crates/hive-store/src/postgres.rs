@@ -409,8 +409,13 @@ impl Store for PostgresStore {
         self.run(self.read_keyed_work(key)).await
     }
 
-    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
-        self.run(self.note_fired_once(name, slot)).await
+    async fn claim_slot(
+        &self,
+        name: &str,
+        expected: Option<Timestamp>,
+        slot: Timestamp,
+    ) -> Result<bool> {
+        self.run(self.claim_slot_once(name, expected, slot)).await
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

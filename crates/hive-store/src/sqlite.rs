@@ -470,8 +470,13 @@ impl Store for SqliteStore {
         read!(self, schedules::keyed_work, key)
     }
 
-    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()> {
-        write!(self, quiet schedules::note_fired, name, slot)
+    async fn claim_slot(
+        &self,
+        name: &str,
+        expected: Option<Timestamp>,
+        slot: Timestamp,
+    ) -> Result<bool> {
+        write!(self, quiet schedules::claim_slot, name, expected, slot)
     }
 
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {

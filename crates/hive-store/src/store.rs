@@ -253,11 +253,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// none does (never created, or pruned).
     async fn keyed_work(&self, key: &str) -> Result<Option<KeyedWork>>;
 
-    /// Sets the schedule's `last_fired` to `slot` unless it is at or after it already (one
-    /// way, no compare-and-set): a scheduler about to create `slot`'s work records it first,
-    /// so the slot a later step checks is the newest any scheduler started, also when its
-    /// own advance loses or it stops before advancing. Nothing for an unknown schedule.
-    async fn note_fired(&self, name: &str, slot: Timestamp) -> Result<()>;
+    /// Sets the schedule's `last_fired` to `slot` when it is still `expected` (`None`: never
+    /// fired) or is `slot` already, compare-and-set; true when it holds `slot` afterwards.
+    /// A scheduler of a schedule that skips or queues overlaps claims the slot it is about
+    /// to start: two schedulers that picked different slots (their clocks on either side of
+    /// a slot's time) cannot both start theirs, and the slot a later step checks is the one
+    /// started, also when the starter's advance loses or never happens. False for an
+    /// unknown schedule.
+    async fn claim_slot(
+        &self,
+        name: &str,
+        expected: Option<Timestamp>,
+        slot: Timestamp,
+    ) -> Result<bool>;
 
     // ---- flow control ----
 

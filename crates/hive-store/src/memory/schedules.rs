@@ -67,12 +67,19 @@ impl State {
         }
     }
 
-    pub(crate) fn note_fired(&mut self, name: &str, slot: Timestamp) {
-        if let Some(s) = self.schedules.get_mut(name)
-            && s.last_fired.is_none_or(|l| l < slot)
-        {
-            s.last_fired = Some(slot);
-            s.updated_at = now();
+    pub(crate) fn claim_slot(
+        &mut self,
+        name: &str,
+        expected: Option<Timestamp>,
+        slot: Timestamp,
+    ) -> bool {
+        match self.schedules.get_mut(name) {
+            Some(s) if s.last_fired == expected || s.last_fired == Some(slot) => {
+                s.last_fired = Some(slot);
+                s.updated_at = now();
+                true
+            }
+            _ => false,
         }
     }
 

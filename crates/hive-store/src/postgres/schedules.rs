@@ -137,16 +137,22 @@ impl PostgresStore {
         }))
     }
 
-    pub(super) async fn note_fired_once(&self, name: &str, slot: Timestamp) -> R<()> {
-        sqlx::query(
+    pub(super) async fn claim_slot_once(
+        &self,
+        name: &str,
+        expected: Option<Timestamp>,
+        slot: Timestamp,
+    ) -> R<bool> {
+        let done = sqlx::query(
             "UPDATE schedules SET last_fired = $1, updated_at = now() \
-             WHERE name = $2 AND (last_fired IS NULL OR last_fired < $1)",
+             WHERE name = $2 AND (last_fired IS NOT DISTINCT FROM $3 OR last_fired = $1)",
         )
         .bind(slot)
         .bind(name)
+        .bind(expected)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     pub(super) async fn read_due_schedules(&self, now: Timestamp) -> R<Vec<Schedule>> {

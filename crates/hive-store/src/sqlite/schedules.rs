@@ -131,18 +131,24 @@ pub(super) async fn keyed_work(c: &mut Conn, key: &str) -> R<Option<KeyedWork>> 
     }))
 }
 
-pub(super) async fn note_fired(c: &mut Conn, name: &str, slot: Timestamp) -> R<()> {
+pub(super) async fn claim_slot(
+    c: &mut Conn,
+    name: &str,
+    expected: Option<Timestamp>,
+    slot: Timestamp,
+) -> R<bool> {
     let at = db::db_now(c).await?;
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE schedules SET last_fired = ?1, updated_at = ?2 \
-         WHERE name = ?3 AND (last_fired IS NULL OR last_fired < ?1)",
+         WHERE name = ?3 AND (last_fired IS ?4 OR last_fired = ?1)",
     )
     .bind(us(slot))
     .bind(at)
     .bind(name)
+    .bind(expected.map(us))
     .execute(&mut *c)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 pub(super) async fn due(c: &mut Conn, now: Timestamp) -> R<Vec<Schedule>> {

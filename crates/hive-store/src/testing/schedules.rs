@@ -172,20 +172,31 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         ..redefined
     };
     assert!(!s.replace_schedule(&ghost, at(20)).await.unwrap());
-    // The newest started slot, one way.
-    s.note_fired("nightly", at(5)).await.unwrap();
+    // A slot claimed compare-and-set on the last one started (at(10) here).
     let last = |s: S| async move {
         let found = s.get_schedule("nightly").await.unwrap().unwrap();
         found.last_fired
     };
-    assert_eq!(
-        last(s.clone()).await,
-        Some(at(10)),
-        "an older slot changes nothing"
+    assert!(
+        !s.claim_slot("nightly", None, at(5)).await.unwrap(),
+        "a scheduler that read no last fire loses"
     );
-    s.note_fired("nightly", at(30)).await.unwrap();
+    assert!(s.claim_slot("nightly", Some(at(10)), at(30)).await.unwrap());
     assert_eq!(last(s.clone()).await, Some(at(30)));
-    s.note_fired("ghost", at(30)).await.unwrap();
+    assert!(
+        !s.claim_slot("nightly", Some(at(10)), at(31)).await.unwrap(),
+        "a scheduler that picked another slot from the same read loses"
+    );
+    assert!(
+        s.claim_slot("nightly", Some(at(10)), at(30)).await.unwrap(),
+        "one that picked the same slot goes on: its work is the same, by key"
+    );
+    assert_eq!(last(s.clone()).await, Some(at(30)));
+    assert!(!s.claim_slot("ghost", None, at(30)).await.unwrap());
+    assert!(
+        s.claim_slot("hourly", None, at(5)).await.unwrap(),
+        "a first fire"
+    );
     let lost_race = ScheduleAdvance {
         name: "nightly".into(),
         from: at(20),
