@@ -136,6 +136,11 @@ pub struct Schedule {
     /// queues overlaps, claimed just before; a creation that failed leaves it naming a slot without
     /// work, which the next slot's check reads as finished).
     pub last_fired: Option<Timestamp>,
+    /// The idempotency key of the last manual run ([`Scheduled::for_manual_run`]), noted
+    /// just before its work is created: a schedule that skips or queues overlaps waits for
+    /// that work too.
+    #[serde(default)]
+    pub last_manual: Option<String>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
     /// expression has no future slot). While a schedule that queues overlaps waits for the
     /// previous slot's work, this is in the past: the schedule stays due.

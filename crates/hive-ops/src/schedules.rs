@@ -96,6 +96,7 @@ fn new_row(new: NewSchedule, timing: &Timing, now: Timestamp) -> Schedule {
         overlap: new.overlap,
         done_until: now,
         last_fired: None,
+        last_manual: None,
         created_at: now,
         updated_at: now,
     }
@@ -219,7 +220,13 @@ impl<S: Store + ?Sized> Ops<S> {
             .await?
             .ok_or_else(|| Error::not_found("schedule", name))?;
         let now = self.store.now().await?;
-        Ok(match s.creates.for_manual_run(name, now, key)? {
+        let work = s.creates.for_manual_run(name, now, key)?;
+        // Noted first, like a slot's claim: a scheduler that looks after this waits for
+        // (or skips beside) the work about to exist.
+        if let Some(key) = work.key() {
+            self.store.note_manual_run(name, key).await?;
+        }
+        Ok(match work {
             SlotWork::Task(t) => Triggered::Task(self.create_task(t).await?),
             SlotWork::Plan(p) => Triggered::Plan(self.submit_plan(p).await?),
         })
@@ -406,44 +413,38 @@ impl<S: Store + ?Sized> Ops<S> {
         let mut fired = Fired::default();
         let mut to = now;
         if s.overlap != Overlap::Allow && !slots.is_empty() {
-            if let Some(last) = s.last_fired {
-                // Slots before the last one started are passed: started now, they would
-                // run beside it, or after it.
-                slots.retain(|t| *t >= last);
-                if slots.is_empty() {
-                    // Another scheduler started a later slot since this one's clock read:
-                    // its step moves the schedule on, or the next one here does.
-                    return Ok(fired);
+            match s.last_fired {
+                // Claimed, not yet advanced past: its starter is creating its work, or
+                // stopped before it could. Submitted again it creates nothing new; waiting
+                // for it would wait for itself, and reading its work, missing still, as
+                // finished would start a later slot beside it.
+                Some(claimed) if claimed > s.done_until => {
+                    slots = vec![claimed];
+                    to = claimed;
                 }
-            }
-            let first = slots[0];
-            // The last slot started is due still when its starter's advance lost or never
-            // came: submitted again it creates nothing new, and waiting for it would wait
-            // for itself.
-            if s.last_fired != Some(first)
-                && let Some(previous) = s.last_fired
-                && self
-                    .store
-                    .unfinished_by_key(&slot_key(&s.name, previous))
-                    .await?
-            {
-                if s.overlap == Overlap::Queue {
-                    // Nothing written: the schedule stays due and the next step looks again.
-                    tracing::debug!(schedule = %s.name, previous = %previous, slot = %first,
-                        "slot waits: the previous slot's work is unfinished");
-                    fired.waiting = true;
-                    return Ok(fired);
+                _ => {
+                    let first = slots[0];
+                    if let Some(previous) = self.unfinished_before(s).await? {
+                        if s.overlap == Overlap::Queue {
+                            // Nothing written: the schedule stays due, the next step looks
+                            // again.
+                            tracing::debug!(schedule = %s.name, previous = %previous,
+                                slot = %first, "slot waits: the previous run's work is unfinished");
+                            fired.waiting = true;
+                            return Ok(fired);
+                        }
+                        tracing::info!(schedule = %s.name, previous = %previous,
+                            "slot skipped: the previous run's work is unfinished");
+                        fired.skipped = slots.len();
+                        slots.clear();
+                    }
                 }
-                tracing::info!(schedule = %s.name, previous = %previous,
-                    "slot skipped: the previous slot's work is unfinished");
-                fired.skipped = slots.len();
-                slots.clear();
             }
             if s.overlap == Overlap::Queue && slots.len() > 1 {
                 // One at a time: the oldest now, each later one once the one before has
                 // ended.
                 slots.truncate(1);
-                to = first;
+                to = slots[0];
             }
             // Claimed before the work exists, compare-and-set on the last start this step
             // checked: a scheduler whose clock picked another slot cannot start it beside
@@ -483,6 +484,18 @@ impl<S: Store + ?Sized> Ops<S> {
         self.store.advance_schedule(&advance).await?;
         fired.slots = slots.len();
         Ok(fired)
+    }
+
+    /// The key of the unfinished work a schedule that skips or queues overlaps must not
+    /// start a slot beside: its last started slot's, or its last manual run's.
+    async fn unfinished_before(&self, s: &Schedule) -> Result<Option<String>> {
+        let last_slot = s.last_fired.map(|l| slot_key(&s.name, l));
+        for key in last_slot.into_iter().chain(s.last_manual.clone()) {
+            if self.store.unfinished_by_key(&key).await? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -32,6 +32,8 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_schedule_run_by_hand_creates_its_work_now,
     a_schedules_history_keeps_its_last_run_across_a_redefinition,
     a_schedule_that_queues_overlaps_starts_each_slot_once_the_last_has_ended,
+    a_manual_run_holds_back_a_schedule_that_skips_or_queues_overlaps,
+    a_slot_claimed_but_not_yet_created_starts_before_any_later_one,
 );
 
 fn template() -> NewPlan {
@@ -539,4 +541,82 @@ async fn a_schedule_that_queues_overlaps_starts_each_slot_once_the_last_has_ende
     made.sort();
     assert_eq!(made.len(), 2, "the waiting slot started");
     assert!(made[1] > made[0], "a later slot: {made:?}");
+}
+
+async fn a_manual_run_holds_back_a_schedule_that_skips_or_queues_overlaps(o: O) {
+    let sync = ScheduledTask::new("sync", "sync-task");
+    let schedules = [
+        ("etl", Scheduled::Plan(template()), Overlap::Skip),
+        ("sync", sync.into(), Overlap::Queue),
+    ];
+    let mut manual = Vec::new();
+    for (name, creates, overlap) in schedules {
+        let s = NewSchedule::new(name, "* * * * * *", creates).overlap(overlap);
+        let s = o.add_schedule(s).await.unwrap();
+        manual.push(o.trigger_schedule(name, Some("by-hand")).await.unwrap());
+        let noted = o.get_schedule(name).await.unwrap().unwrap();
+        assert_eq!(
+            noted.last_manual,
+            Some(format!("schedule-manual:{}:{name}:by-hand", name.len()))
+        );
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+    }
+    // While the manual runs' work is unfinished, one schedule skips, the other waits.
+    let held = o.fire_due_schedules().await.unwrap();
+    assert_eq!(
+        (held.slots, held.skipped, held.waiting),
+        (0, 1, 1),
+        "{held:?}"
+    );
+    for run in manual {
+        match run {
+            Triggered::Plan(p) => o.cancel_plan(p).await.map(drop).unwrap(),
+            Triggered::Task(t) => o.cancel_task(t, Some("done")).await.map(drop).unwrap(),
+        }
+    }
+    // Ended, they hold nothing back: the waiting slot starts, and the skipping schedule's
+    // next slot (a second on) does.
+    assert_eq!(
+        o.fire_due_schedules().await.unwrap().slots,
+        1,
+        "the queued one"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let report = o.fire_due_schedules().await.unwrap();
+    assert!(report.slots >= 1, "{report:?}");
+    assert_eq!(
+        o.list_plan_headers(None, None).await.unwrap().len(),
+        2,
+        "the manual run's plan and a slot's"
+    );
+}
+
+async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
+    use chrono::{Datelike, TimeZone};
+    for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
+        let yearly = NewSchedule::new(name, "0 0 0 1 1 *", template()).overlap(overlap);
+        let s = o.add_schedule(yearly).await.unwrap();
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+        // A scheduler claimed last New Year's slot, then stalled before creating its plan;
+        // this year's slot is due too.
+        let year = o.store().now().await.unwrap().year();
+        let claimed = chrono::Utc
+            .with_ymd_and_hms(year - 1, 1, 1, 0, 0, 0)
+            .unwrap();
+        assert!(o.store().claim_slot(name, None, claimed).await.unwrap());
+    }
+    let redo = o.fire_due_schedules().await.unwrap();
+    assert_eq!(redo.slots, 2, "the claimed slots: {redo:?}");
+    let years: Vec<i32> = plans_slots(&o).await.iter().map(|s| s.year()).collect();
+    let last_year = o.store().now().await.unwrap().year() - 1;
+    assert_eq!(years, [last_year, last_year], "not this year's beside them");
+    // Next, this year's slot finds the claimed slot's plan unfinished.
+    let next = o.fire_due_schedules().await.unwrap();
+    assert_eq!(
+        (next.slots, next.waiting, next.skipped),
+        (0, 1, 1),
+        "{next:?}"
+    );
 }

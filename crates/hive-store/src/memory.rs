@@ -10,7 +10,6 @@ mod state;
 mod subtasks;
 mod workers;
 
-use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -51,24 +50,6 @@ impl MemoryStore {
 
     fn send(&self, notes: Vec<Notification>) {
         self.notifier.send_all(notes);
-    }
-
-    /// The plans a listing shows, newest first, each as `show` makes it.
-    fn listed_plans<T>(
-        &self,
-        status: Option<PlanStatus>,
-        limit: Option<u32>,
-        show: impl Fn(&ExecutionPlan) -> T,
-    ) -> Vec<T> {
-        let s = self.lock();
-        let mut plans: Vec<&ExecutionPlan> = s
-            .plans
-            .values()
-            .filter(|p| status.is_none_or(|st| p.status == st))
-            .collect();
-        plans.sort_by_key(|p| Reverse((p.created_at, p.id)));
-        plans.truncate(limit.map_or(usize::MAX, |l| l as usize));
-        plans.into_iter().map(show).collect()
     }
 
     /// Finishes a batch under the lock already held: its spawns first, then the rules.
@@ -493,6 +474,10 @@ impl Store for MemoryStore {
         slot: Timestamp,
     ) -> Result<bool> {
         Ok(self.lock().claim_slot(name, expected, slot))
+    }
+
+    async fn note_manual_run(&self, name: &str, key: &str) -> Result<bool> {
+        Ok(self.lock().note_manual_run(name, key))
     }
 
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {

@@ -418,6 +418,10 @@ impl Store for PostgresStore {
         self.run(self.claim_slot_once(name, expected, slot)).await
     }
 
+    async fn note_manual_run(&self, name: &str, key: &str) -> Result<bool> {
+        self.run(self.note_manual_run_once(name, key)).await
+    }
+
     async fn register_worker(&self, r: &WorkerRegistration) -> Result<Worker> {
         self.run(self.register_once(r)).await
     }

@@ -479,6 +479,10 @@ impl Store for SqliteStore {
         write!(self, quiet schedules::claim_slot, name, expected, slot)
     }
 
+    async fn note_manual_run(&self, name: &str, key: &str) -> Result<bool> {
+        write!(self, quiet schedules::note_manual_run, name, key)
+    }
+
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker> {
         let mut tx = self.begin().await?;
         let out = workers::register(&mut tx, registration).await;

@@ -267,6 +267,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         slot: Timestamp,
     ) -> Result<bool>;
 
+    /// Sets the schedule's `last_manual` to `key`, the idempotency key of a manual run
+    /// about to be created (the latest wins); false for an unknown schedule.
+    async fn note_manual_run(&self, name: &str, key: &str) -> Result<bool>;
+
     // ---- flow control ----
 
     /// Stores a scope's rule, replacing the one it had. Claims read rules as they run, so

@@ -64,6 +64,16 @@ pub enum SlotWork {
     Plan(NewPlan),
 }
 
+impl SlotWork {
+    /// The idempotency key the task or plan carries.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            SlotWork::Task(t) => t.idempotency_key.as_deref(),
+            SlotWork::Plan(p) => p.idempotency_key.as_deref(),
+        }
+    }
+}
+
 impl Scheduled {
     /// The task types the schedule's slots create (a plan's, each once, in order).
     pub fn task_types(&self) -> Vec<&str> {

@@ -1,7 +1,9 @@
 -- A schedule may now queue a slot behind the previous slot's unfinished task or plan
 -- (`overlap = 'queue'`), which earlier builds cannot read: this version makes them refuse
--- the database rather than fail on every scheduler step. SQLite cannot change a column's
--- CHECK in place, so the table is built again with the same rows.
+-- the database rather than fail on every scheduler step. And a schedule notes its last
+-- manual run's idempotency key (`last_manual`), whose work holds back a schedule that skips
+-- or queues overlaps as a slot's does. SQLite cannot change a column's CHECK in place, so
+-- the table is built again with the same rows.
 CREATE TABLE schedules_new (
     name        TEXT    PRIMARY KEY,
     cron        TEXT    NOT NULL,
@@ -15,7 +17,8 @@ CREATE TABLE schedules_new (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
     overlap     TEXT    NOT NULL DEFAULT 'allow'
-        CHECK (overlap IN ('allow', 'skip', 'queue'))
+        CHECK (overlap IN ('allow', 'skip', 'queue')),
+    last_manual TEXT
 );
 INSERT INTO schedules_new (name, cron, timezone, task, enabled, missed, done_until,
                            last_fired, next_slot, created_at, updated_at, overlap)

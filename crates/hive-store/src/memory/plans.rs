@@ -1,12 +1,33 @@
 //! Plans in memory: turning a plan's subtasks into tasks, and deleting finished plans with
 //! their tasks.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 
-use hive_models::{ExecutionPlan, NewPlan, PlanId, TaskId, TaskStatus, Timestamp};
+use hive_models::{ExecutionPlan, NewPlan, PlanId, PlanStatus, TaskId, TaskStatus, Timestamp};
 
 use super::state::{State, sub};
 use crate::{PlanPruneParams, PlansPruned};
+
+impl super::MemoryStore {
+    /// The plans a listing shows, newest first, each as `show` makes it.
+    pub(super) fn listed_plans<T>(
+        &self,
+        status: Option<PlanStatus>,
+        limit: Option<u32>,
+        show: impl Fn(&ExecutionPlan) -> T,
+    ) -> Vec<T> {
+        let s = self.lock();
+        let mut plans: Vec<&ExecutionPlan> = s
+            .plans
+            .values()
+            .filter(|p| status.is_none_or(|st| p.status == st))
+            .collect();
+        plans.sort_by_key(|p| Reverse((p.created_at, p.id)));
+        plans.truncate(limit.map_or(usize::MAX, |l| l as usize));
+        plans.into_iter().map(show).collect()
+    }
+}
 
 impl State {
     /// Stores a new pending plan and returns it with `true`; or, when a plan was submitted

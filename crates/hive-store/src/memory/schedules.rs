@@ -83,6 +83,15 @@ impl State {
         }
     }
 
+    pub(crate) fn note_manual_run(&mut self, name: &str, key: &str) -> bool {
+        let Some(s) = self.schedules.get_mut(name) else {
+            return false;
+        };
+        s.last_manual = Some(key.to_owned());
+        s.updated_at = now();
+        true
+    }
+
     pub(crate) fn due_schedules(&self, now: Timestamp) -> Vec<Schedule> {
         self.schedules
             .values()
@@ -101,6 +110,7 @@ impl State {
         *s = Schedule {
             enabled: s.enabled,
             last_fired: s.last_fired,
+            last_manual: s.last_manual.take(),
             created_at: s.created_at,
             updated_at: now(),
             ..with.clone()

@@ -10,7 +10,7 @@ macro_rules! select {
     ($rest:literal) => {
         concat!(
             "SELECT name, cron, timezone, task, enabled, missed, overlap, done_until, \
-             last_fired, next_slot, created_at, updated_at FROM schedules ",
+             last_fired, last_manual, next_slot, created_at, updated_at FROM schedules ",
             $rest
         )
     };
@@ -32,6 +32,7 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
             .map_err(|e| db::corrupt("schedules", format!("column `overlap`: {e}")))?,
         done_until: c.ts("done_until")?,
         last_fired: c.ts_opt("last_fired")?,
+        last_manual: c.get("last_manual")?,
         next_slot: c.ts_opt("next_slot")?,
         created_at: c.ts("created_at")?,
         updated_at: c.ts("updated_at")?,
@@ -59,8 +60,9 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
 pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
     let insert = sqlx::query(
         "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
-         enabled, last_fired, name, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (name) DO NOTHING",
+         enabled, last_fired, name, created_at, updated_at, last_manual) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         ON CONFLICT (name) DO NOTHING",
     );
     let inserted = bind_row(insert, s)?
         .bind(s.enabled)
@@ -68,6 +70,7 @@ pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
         .bind(&s.name)
         .bind(us(s.created_at))
         .bind(us(s.updated_at))
+        .bind(s.last_manual.as_deref())
         .execute(&mut *c)
         .await?;
     if inserted.rows_affected() == 0 {
@@ -148,6 +151,18 @@ pub(super) async fn claim_slot(
     .bind(expected.map(us))
     .execute(&mut *c)
     .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn note_manual_run(c: &mut Conn, name: &str, key: &str) -> R<bool> {
+    let at = db::db_now(c).await?;
+    let done =
+        sqlx::query("UPDATE schedules SET last_manual = ?1, updated_at = ?2 WHERE name = ?3")
+            .bind(key)
+            .bind(at)
+            .bind(name)
+            .execute(&mut *c)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -29,6 +29,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         overlap: Overlap::Skip,
         done_until: now,
         last_fired: None,
+        last_manual: None,
         next_slot: Some(at(5)),
         created_at: now,
         updated_at: now,
@@ -133,8 +134,21 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         .unwrap()
     );
 
+    // A manual run's key noted, the latest kept.
+    assert!(s.note_manual_run("nightly", "manual:a").await.unwrap());
+    assert!(s.note_manual_run("nightly", "manual:b ✓").await.unwrap());
+    assert!(!s.note_manual_run("ghost", "manual:a").await.unwrap());
+    let noted = s.get_schedule("nightly").await.unwrap().unwrap();
+    assert_eq!(noted.last_manual.as_deref(), Some("manual:b ✓"));
+    assert_eq!(
+        (noted.done_until, noted.last_fired),
+        (paused.done_until, paused.last_fired),
+        "only the key changes"
+    );
+
     // Redefined compare-and-set: its definition and progress replaced; its pause (which a
-    // redefinition read before the pause must not undo), last fire and creation time kept.
+    // redefinition read before the pause must not undo), last fire, last manual run and
+    // creation time kept.
     let redefined = Schedule {
         cron: "0 3 * * *".into(),
         overlap: Overlap::Allow,
@@ -157,15 +171,21 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
             updated_at: redefined.updated_at,
             enabled: true,
             last_fired: None,
+            last_manual: None,
             created_at: at(-999),
             ..stored.clone()
         },
         redefined
     );
     assert_eq!(
-        (stored.enabled, stored.last_fired, stored.created_at),
-        (false, Some(at(10)), now),
-        "pause, last fire and creation time kept"
+        (
+            stored.enabled,
+            stored.last_fired,
+            stored.created_at,
+            stored.last_manual.as_deref()
+        ),
+        (false, Some(at(10)), now, Some("manual:b ✓")),
+        "pause, last fire, last manual run and creation time kept"
     );
     let ghost = Schedule {
         name: "ghost".into(),
