@@ -133,8 +133,8 @@ pub struct Schedule {
     /// Slots at or before this are done: fired, skipped, or passed while paused.
     pub done_until: Timestamp,
     /// The latest slot started: its task or plan created (for a schedule that skips or
-    /// queues overlaps, claimed just before; a creation that failed leaves it naming a slot without
-    /// work, which the next slot's check reads as finished).
+    /// queues overlaps, claimed just before: while it is after `done_until` its work may
+    /// not exist yet, and the next step submits it again rather than start another).
     pub last_fired: Option<Timestamp>,
     /// The idempotency key of the last manual run ([`Scheduled::for_manual_run`]), noted
     /// just before its work is created: a schedule that skips or queues overlaps waits for

@@ -210,9 +210,11 @@ impl<S: Store + ?Sized> Ops<S> {
     /// marked `"manual": true` in its metadata. `key` makes a retried request create
     /// nothing new: the work's idempotency key is `schedule-manual:<length of
     /// name>:<name>:<key>` (by default `<key>` is now, to the microsecond).
-    /// Its slots are unaffected: a manual run neither counts as a fire nor holds back a
-    /// schedule that skips overlaps. [`Error::NotFound`] for an unknown schedule; the
-    /// template's own errors as a slot would meet them.
+    /// It is not a fire (the slots are unaffected), and it starts even beside a slot's
+    /// unfinished work; but its key is noted first (`Schedule::last_manual`), and while its
+    /// work is unfinished a schedule that skips or queues overlaps skips or holds its
+    /// slots. [`Error::NotFound`] for an unknown schedule; the template's own errors as a
+    /// slot would meet them.
     pub async fn trigger_schedule(&self, name: &str, key: Option<&str>) -> Result<Triggered> {
         let s = self
             .store
@@ -221,8 +223,9 @@ impl<S: Store + ?Sized> Ops<S> {
             .ok_or_else(|| Error::not_found("schedule", name))?;
         let now = self.store.now().await?;
         let work = s.creates.for_manual_run(name, now, key)?;
-        // Noted first, like a slot's claim: a scheduler that looks after this waits for
-        // (or skips beside) the work about to exist.
+        // Noted first, like a slot's claim: a scheduler that read the schedule before this
+        // loses its claim, and one that reads it after waits for (or skips beside) the
+        // work about to exist.
         if let Some(key) = work.key() {
             self.store.note_manual_run(name, key).await?;
         }
@@ -342,7 +345,9 @@ impl<S: Store + ?Sized> Ops<S> {
                 name: s.name.clone(),
                 from: s.done_until,
                 to,
-                last_fired: None,
+                // Resuming passes a slot claimed before the pause whose starter never advanced:
+                // slots are not fired while paused.
+                last_fired: s.last_fired,
                 next_slot,
                 enabled: Some(enabled),
             };
@@ -446,12 +451,13 @@ impl<S: Store + ?Sized> Ops<S> {
                 slots.truncate(1);
                 to = slots[0];
             }
-            // Claimed before the work exists, compare-and-set on the last start this step
-            // checked: a scheduler whose clock picked another slot cannot start it beside
-            // this one, and the next step checks this slot even if this step's advance
-            // loses or never happens.
+            // Claimed before the work exists, compare-and-set on the last slot and manual
+            // run this step checked: a scheduler whose clock picked another slot cannot
+            // start it beside this one, nor one that missed a manual run noted since; and
+            // the next step checks this slot even if this step's advance loses or never
+            // happens.
             if let Some(&newest) = slots.last()
-                && !self.store.claim_slot(&s.name, s.last_fired, newest).await?
+                && !self.store.claim_slot(s, newest).await?
             {
                 return Ok(fired);
             }

@@ -409,13 +409,8 @@ impl Store for PostgresStore {
         self.run(self.read_keyed_work(key)).await
     }
 
-    async fn claim_slot(
-        &self,
-        name: &str,
-        expected: Option<Timestamp>,
-        slot: Timestamp,
-    ) -> Result<bool> {
-        self.run(self.claim_slot_once(name, expected, slot)).await
+    async fn claim_slot(&self, read: &hive_models::Schedule, slot: Timestamp) -> Result<bool> {
+        self.run(self.claim_slot_once(read, slot)).await
     }
 
     async fn note_manual_run(&self, name: &str, key: &str) -> Result<bool> {

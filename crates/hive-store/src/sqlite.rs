@@ -470,13 +470,8 @@ impl Store for SqliteStore {
         read!(self, schedules::keyed_work, key)
     }
 
-    async fn claim_slot(
-        &self,
-        name: &str,
-        expected: Option<Timestamp>,
-        slot: Timestamp,
-    ) -> Result<bool> {
-        write!(self, quiet schedules::claim_slot, name, expected, slot)
+    async fn claim_slot(&self, read: &hive_models::Schedule, slot: Timestamp) -> Result<bool> {
+        write!(self, quiet schedules::claim_slot, read, slot)
     }
 
     async fn note_manual_run(&self, name: &str, key: &str) -> Result<bool> {

@@ -230,7 +230,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Compare-and-set: when the schedule's `done_until` is still `from`, moves it to `to`
     /// with the other fields given; false when another scheduler (or a pause) moved it
-    /// first, or the schedule is unknown.
+    /// first, or the schedule is unknown. Nor does it move `done_until` to or past a slot
+    /// claimed after `from` ([`Store::claim_slot`]) unless its own `last_fired` is that
+    /// slot or later: the claimed slot's work may not exist yet, and a step that passed
+    /// it would let the next one read it as finished.
     async fn advance_schedule(&self, advance: &ScheduleAdvance) -> Result<bool>;
 
     /// Compare-and-set: when the schedule named `schedule.name` still has `done_until` equal
@@ -253,19 +256,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// none does (never created, or pruned).
     async fn keyed_work(&self, key: &str) -> Result<Option<KeyedWork>>;
 
-    /// Sets the schedule's `last_fired` to `slot` when it is still `expected` (`None`: never
-    /// fired) or is `slot` already, compare-and-set; true when it holds `slot` afterwards.
-    /// A scheduler of a schedule that skips or queues overlaps claims the slot it is about
-    /// to start: two schedulers that picked different slots (their clocks on either side of
-    /// a slot's time) cannot both start theirs, and the slot a later step checks is the one
-    /// started, also when the starter's advance loses or never happens. False for an
-    /// unknown schedule.
-    async fn claim_slot(
-        &self,
-        name: &str,
-        expected: Option<Timestamp>,
-        slot: Timestamp,
-    ) -> Result<bool>;
+    /// Sets the schedule's `last_fired` to `slot` when it holds `slot` already, or when its
+    /// `last_fired` and `last_manual` are still what `read` holds (compare-and-set); true
+    /// when it holds `slot` afterwards. A scheduler of a schedule that skips or queues
+    /// overlaps claims the slot it is about to start: two schedulers that picked different
+    /// slots (their clocks on either side of a slot's time) cannot both start theirs, nor
+    /// one that missed a manual run noted since its read; and the slot a later step checks
+    /// is the one started, also when the starter's advance loses or never happens. False
+    /// for an unknown schedule.
+    async fn claim_slot(&self, read: &Schedule, slot: Timestamp) -> Result<bool>;
 
     /// Sets the schedule's `last_manual` to `key`, the idempotency key of a manual run
     /// about to be created (the latest wins); false for an unknown schedule.

@@ -21,7 +21,10 @@ impl State {
         let Some(s) = self.schedules.get_mut(&a.name) else {
             return false;
         };
-        if s.done_until != a.from {
+        let passes_a_claim = s
+            .last_fired
+            .is_some_and(|l| l > a.from && l <= a.to && a.last_fired.is_none_or(|f| f < l));
+        if s.done_until != a.from || passes_a_claim {
             return false;
         }
         s.done_until = a.to;
@@ -67,14 +70,12 @@ impl State {
         }
     }
 
-    pub(crate) fn claim_slot(
-        &mut self,
-        name: &str,
-        expected: Option<Timestamp>,
-        slot: Timestamp,
-    ) -> bool {
-        match self.schedules.get_mut(name) {
-            Some(s) if s.last_fired == expected || s.last_fired == Some(slot) => {
+    pub(crate) fn claim_slot(&mut self, read: &Schedule, slot: Timestamp) -> bool {
+        match self.schedules.get_mut(&read.name) {
+            Some(s)
+                if s.last_fired == Some(slot)
+                    || (s.last_fired == read.last_fired && s.last_manual == read.last_manual) =>
+            {
                 s.last_fired = Some(slot);
                 s.updated_at = now();
                 true

@@ -139,19 +139,16 @@ impl PostgresStore {
         }))
     }
 
-    pub(super) async fn claim_slot_once(
-        &self,
-        name: &str,
-        expected: Option<Timestamp>,
-        slot: Timestamp,
-    ) -> R<bool> {
+    pub(super) async fn claim_slot_once(&self, read: &Schedule, slot: Timestamp) -> R<bool> {
         let done = sqlx::query(
             "UPDATE schedules SET last_fired = $1, updated_at = now() \
-             WHERE name = $2 AND (last_fired IS NOT DISTINCT FROM $3 OR last_fired = $1)",
+             WHERE name = $2 AND (last_fired = $1 OR (last_fired IS NOT DISTINCT FROM $3 \
+                                                   AND last_manual IS NOT DISTINCT FROM $4))",
         )
         .bind(slot)
-        .bind(name)
-        .bind(expected)
+        .bind(&read.name)
+        .bind(read.last_fired)
+        .bind(read.last_manual.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -204,7 +201,9 @@ impl PostgresStore {
         let done = sqlx::query(
             "UPDATE schedules SET done_until = $1, last_fired = greatest($2, last_fired), \
              next_slot = $3, enabled = coalesce($4, enabled), updated_at = now() \
-             WHERE name = $5 AND done_until = $6",
+             WHERE name = $5 AND done_until = $6 \
+               AND NOT (last_fired IS NOT NULL AND last_fired > $6 AND last_fired <= $1 \
+                        AND ($2::timestamptz IS NULL OR $2 < last_fired))",
         )
         .bind(a.to)
         .bind(a.last_fired)

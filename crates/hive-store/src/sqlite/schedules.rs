@@ -134,21 +134,17 @@ pub(super) async fn keyed_work(c: &mut Conn, key: &str) -> R<Option<KeyedWork>> 
     }))
 }
 
-pub(super) async fn claim_slot(
-    c: &mut Conn,
-    name: &str,
-    expected: Option<Timestamp>,
-    slot: Timestamp,
-) -> R<bool> {
+pub(super) async fn claim_slot(c: &mut Conn, read: &Schedule, slot: Timestamp) -> R<bool> {
     let at = db::db_now(c).await?;
     let done = sqlx::query(
         "UPDATE schedules SET last_fired = ?1, updated_at = ?2 \
-         WHERE name = ?3 AND (last_fired IS ?4 OR last_fired = ?1)",
+         WHERE name = ?3 AND (last_fired = ?1 OR (last_fired IS ?4 AND last_manual IS ?5))",
     )
     .bind(us(slot))
     .bind(at)
-    .bind(name)
-    .bind(expected.map(us))
+    .bind(&read.name)
+    .bind(read.last_fired.map(us))
+    .bind(read.last_manual.as_deref())
     .execute(&mut *c)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -206,7 +202,9 @@ pub(super) async fn advance(c: &mut Conn, a: &ScheduleAdvance) -> R<bool> {
         "UPDATE schedules SET done_until = ?1, \
          last_fired = CASE WHEN last_fired IS NULL OR ?2 > last_fired THEN ?2 ELSE last_fired END, \
          next_slot = ?3, enabled = COALESCE(?4, enabled), updated_at = ?5 \
-         WHERE name = ?6 AND done_until = ?7",
+         WHERE name = ?6 AND done_until = ?7 \
+           AND NOT (last_fired IS NOT NULL AND last_fired > ?7 AND last_fired <= ?1 \
+                    AND (?2 IS NULL OR ?2 < last_fired))",
     )
     .bind(us(a.to))
     .bind(a.last_fired.map(us))

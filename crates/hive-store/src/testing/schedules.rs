@@ -192,31 +192,73 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         ..redefined
     };
     assert!(!s.replace_schedule(&ghost, at(20)).await.unwrap());
-    // A slot claimed compare-and-set on the last one started (at(10) here).
-    let last = |s: S| async move {
-        let found = s.get_schedule("nightly").await.unwrap().unwrap();
-        found.last_fired
+    // A slot claimed compare-and-set on the last slot started (at(10) here) and the last
+    // manual run, as a scheduler read them.
+    let get = |s: S| async move { s.get_schedule("nightly").await.unwrap().unwrap() };
+    let read = get(s.clone()).await;
+    let stale = Schedule {
+        last_fired: None,
+        ..read.clone()
     };
     assert!(
-        !s.claim_slot("nightly", None, at(5)).await.unwrap(),
+        !s.claim_slot(&stale, at(15)).await.unwrap(),
         "a scheduler that read no last fire loses"
     );
-    assert!(s.claim_slot("nightly", Some(at(10)), at(30)).await.unwrap());
-    assert_eq!(last(s.clone()).await, Some(at(30)));
+    let before_manual = Schedule {
+        last_manual: Some("manual:a".into()),
+        ..read.clone()
+    };
     assert!(
-        !s.claim_slot("nightly", Some(at(10)), at(31)).await.unwrap(),
+        !s.claim_slot(&before_manual, at(15)).await.unwrap(),
+        "a scheduler that read the schedule before the last manual run loses"
+    );
+    assert!(s.claim_slot(&read, at(30)).await.unwrap());
+    assert_eq!(get(s.clone()).await.last_fired, Some(at(30)));
+    assert!(
+        !s.claim_slot(&read, at(31)).await.unwrap(),
         "a scheduler that picked another slot from the same read loses"
     );
     assert!(
-        s.claim_slot("nightly", Some(at(10)), at(30)).await.unwrap(),
+        s.claim_slot(&read, at(30)).await.unwrap(),
         "one that picked the same slot goes on: its work is the same, by key"
     );
-    assert_eq!(last(s.clone()).await, Some(at(30)));
-    assert!(!s.claim_slot("ghost", None, at(30)).await.unwrap());
+    assert_eq!(get(s.clone()).await.last_fired, Some(at(30)));
+    let ghost = Schedule {
+        name: "ghost".into(),
+        ..read.clone()
+    };
+    assert!(!s.claim_slot(&ghost, at(30)).await.unwrap());
+    let hourly = s.get_schedule("hourly").await.unwrap().unwrap();
+    assert!(s.claim_slot(&hourly, at(5)).await.unwrap(), "a first fire");
+
+    // at(30) is claimed and done_until is at(20): a move to it or past it that did not
+    // start it must not pass it (its work may not exist yet).
+    let done = get(s.clone()).await.done_until;
+    let passing = ScheduleAdvance {
+        name: "nightly".into(),
+        from: done,
+        to: at(40),
+        last_fired: None,
+        next_slot: Some(at(45)),
+        enabled: None,
+    };
+    assert!(!s.advance_schedule(&passing).await.unwrap(), "a skip");
+    let older = ScheduleAdvance {
+        last_fired: Some(at(29)),
+        ..passing.clone()
+    };
+    assert!(!s.advance_schedule(&older).await.unwrap(), "an older fire");
+    let put_off = ScheduleAdvance {
+        to: done,
+        next_slot: Some(at(100)),
+        ..passing.clone()
+    };
     assert!(
-        s.claim_slot("hourly", None, at(5)).await.unwrap(),
-        "a first fire"
+        s.advance_schedule(&put_off).await.unwrap(),
+        "a move short of the claim goes"
     );
+    assert_eq!(get(s.clone()).await.next_slot, Some(at(100)));
+    let last = |s: S| async move { get(s).await.last_fired };
     let lost_race = ScheduleAdvance {
         name: "nightly".into(),
         from: at(20),
