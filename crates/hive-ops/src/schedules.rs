@@ -237,19 +237,31 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Every schedule, by name, with its last slot's task or plan and that work's status.
     pub async fn list_schedule_views(&self) -> Result<Vec<ScheduleView>> {
-        let mut views = Vec::new();
-        for s in self.store.list_schedules().await? {
-            views.push(self.view(s).await?);
-        }
-        Ok(views)
+        self.views(self.store.list_schedules().await?).await
     }
 
     /// One schedule as [`Ops::list_schedule_views`] shows it.
     pub async fn get_schedule_view(&self, name: &str) -> Result<Option<ScheduleView>> {
-        match self.store.get_schedule(name).await? {
-            Some(s) => Ok(Some(self.view(s).await?)),
-            None => Ok(None),
-        }
+        let found = self.store.get_schedule(name).await?;
+        Ok(self.views(found.into_iter().collect()).await?.pop())
+    }
+
+    /// The schedules with their last runs, read in one round trip.
+    async fn views(&self, schedules: Vec<Schedule>) -> Result<Vec<ScheduleView>> {
+        let last_key = |s: &Schedule| s.last_fired.map(|slot| slot_key(&s.name, slot));
+        let keys: Vec<String> = schedules.iter().filter_map(last_key).collect();
+        let mut runs = if keys.is_empty() {
+            Default::default()
+        } else {
+            self.store.keyed_work(&keys).await?
+        };
+        Ok(schedules
+            .into_iter()
+            .map(|schedule| ScheduleView {
+                last_run: last_key(&schedule).and_then(|k| runs.remove(&k)),
+                schedule,
+            })
+            .collect())
     }
 
     /// The schedule's last `limit` slots (0 counts as 1, at most [`HISTORY_MAX`]) up to
@@ -278,23 +290,18 @@ impl<S: Store + ?Sized> Ops<S> {
                 slots.remove(0);
             }
         }
-        let mut history = Vec::new();
-        for slot in slots.into_iter().rev() {
-            let run = self.store.keyed_work(&slot_key(name, slot)).await?;
-            history.push(SlotRun { slot, run });
-        }
+        let keys: Vec<String> = slots.iter().map(|slot| slot_key(name, *slot)).collect();
+        let mut runs = self.store.keyed_work(&keys).await?;
+        let history = slots
+            .into_iter()
+            .zip(keys)
+            .rev()
+            .map(|(slot, key)| SlotRun {
+                slot,
+                run: runs.remove(&key),
+            })
+            .collect();
         Ok(Some(history))
-    }
-
-    async fn view(&self, schedule: Schedule) -> Result<ScheduleView> {
-        let last_run = match schedule.last_fired {
-            Some(slot) => {
-                let key = slot_key(&schedule.name, slot);
-                self.store.keyed_work(&key).await?
-            }
-            None => None,
-        };
-        Ok(ScheduleView { schedule, last_run })
     }
 
     pub async fn get_schedule(&self, name: &str) -> Result<Option<Schedule>> {

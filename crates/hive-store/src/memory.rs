@@ -463,8 +463,12 @@ impl Store for MemoryStore {
         Ok(self.lock().unfinished_by_key(key))
     }
 
-    async fn keyed_work(&self, key: &str) -> Result<Option<crate::KeyedWork>> {
-        Ok(self.lock().keyed_work(key))
+    async fn keyed_work(&self, keys: &[String]) -> Result<HashMap<String, crate::KeyedWork>> {
+        let s = self.lock();
+        Ok(keys
+            .iter()
+            .filter_map(|k| Some((k.clone(), s.keyed_work(k)?)))
+            .collect())
     }
 
     async fn claim_slot(&self, read: &hive_models::Schedule, slot: Timestamp) -> Result<bool> {

@@ -405,8 +405,11 @@ impl Store for PostgresStore {
         self.run(self.read_unfinished_by_key(key)).await
     }
 
-    async fn keyed_work(&self, key: &str) -> Result<Option<crate::KeyedWork>> {
-        self.run(self.read_keyed_work(key)).await
+    async fn keyed_work(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, crate::KeyedWork>> {
+        self.run(self.read_keyed_work(keys)).await
     }
 
     async fn claim_slot(&self, read: &hive_models::Schedule, slot: Timestamp) -> Result<bool> {

@@ -466,8 +466,11 @@ impl Store for SqliteStore {
         read!(self, schedules::unfinished_by_key, key)
     }
 
-    async fn keyed_work(&self, key: &str) -> Result<Option<crate::KeyedWork>> {
-        read!(self, schedules::keyed_work, key)
+    async fn keyed_work(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, crate::KeyedWork>> {
+        read!(self, schedules::keyed_work, keys)
     }
 
     async fn claim_slot(&self, read: &hive_models::Schedule, slot: Timestamp) -> Result<bool> {

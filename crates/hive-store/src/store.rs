@@ -252,12 +252,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// asks of its last slot.
     async fn unfinished_by_key(&self, key: &str) -> Result<bool>;
 
-    /// The task or plan that holds idempotency key `key`, with its status; `None` when
-    /// none does (never created, or pruned).
-    async fn keyed_work(&self, key: &str) -> Result<Option<KeyedWork>>;
+    /// The task or plan that holds each of `keys`, with its status, in one read (a
+    /// listing of schedules or of a schedule's slots); a key none holds (never created, or
+    /// pruned) is left out. Should a task and a plan hold the same key, the task.
+    async fn keyed_work(&self, keys: &[String]) -> Result<HashMap<String, KeyedWork>>;
 
     /// Sets the schedule's `last_fired` to `slot` when it holds `slot` already, or when its
-    /// `last_fired` and `last_manual` are still what `read` holds (compare-and-set); true
+    /// `done_until`, `last_fired` and `last_manual` are still what `read` holds (a
+    /// redefinition, a pause or another scheduler's move since makes it fail); true
     /// when it holds `slot` afterwards. A scheduler of a schedule that skips or queues
     /// overlaps claims the slot it is about to start: two schedulers that picked different
     /// slots (their clocks on either side of a slot's time) cannot both start theirs, nor

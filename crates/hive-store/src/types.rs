@@ -555,3 +555,23 @@ pub enum KeyedWork {
     Task { id: TaskId, status: TaskStatus },
     Plan { id: PlanId, status: PlanStatus },
 }
+
+impl KeyedWork {
+    /// Puts this work in `found` under `key`, a task winning over a plan holding the same
+    /// key whichever row a read returns first.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn keep_in(
+        self,
+        found: &mut std::collections::HashMap<String, KeyedWork>,
+        key: String,
+    ) {
+        match self {
+            KeyedWork::Task { .. } => {
+                found.insert(key, self);
+            }
+            KeyedWork::Plan { .. } => {
+                found.entry(key).or_insert(self);
+            }
+        }
+    }
+}

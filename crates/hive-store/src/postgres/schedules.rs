@@ -1,5 +1,7 @@
 //! Schedules on Postgres: one row each; `done_until` moves compare-and-set.
 
+use std::collections::HashMap;
+
 use hive_models::{Schedule, Scheduled, Timestamp};
 use sqlx::postgres::PgRow;
 
@@ -113,42 +115,51 @@ impl PostgresStore {
         Ok(unfinished)
     }
 
-    pub(super) async fn read_keyed_work(&self, key: &str) -> R<Option<KeyedWork>> {
-        let row = sqlx::query(
-            "SELECT 'task' AS kind, id, status FROM tasks WHERE idempotency_key = $1 \
-             UNION ALL SELECT 'plan', id, status FROM plans WHERE idempotency_key = $1 LIMIT 1",
+    pub(super) async fn read_keyed_work(&self, keys: &[String]) -> R<HashMap<String, KeyedWork>> {
+        let rows = sqlx::query(
+            "SELECT 'task' AS kind, idempotency_key AS key, id, status FROM tasks \
+             WHERE idempotency_key = ANY($1) \
+             UNION ALL SELECT 'plan', idempotency_key, id, status FROM plans \
+             WHERE idempotency_key = ANY($1)",
         )
-        .bind(key)
-        .fetch_optional(&self.pool)
+        .bind(keys)
+        .fetch_all(&self.pool)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let kind: String = rows::get(&row, "kind", "tasks")?;
-        let id: uuid::Uuid = rows::get(&row, "id", "tasks")?;
-        Ok(Some(if kind == "task" {
-            KeyedWork::Task {
-                id: hive_models::TaskId(id),
-                status: rows::task_status(&row, "status")?,
-            }
-        } else {
-            KeyedWork::Plan {
-                id: hive_models::PlanId(id),
-                status: rows::plan_status(&row, "status")?,
-            }
-        }))
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = rows::get(row, "key", "tasks")?;
+            let kind: String = rows::get(row, "kind", "tasks")?;
+            let id: uuid::Uuid = rows::get(row, "id", "tasks")?;
+            let work = if kind == "task" {
+                let status = rows::task_status(row, "status")?;
+                KeyedWork::Task {
+                    id: hive_models::TaskId(id),
+                    status,
+                }
+            } else {
+                let status = rows::plan_status(row, "status")?;
+                KeyedWork::Plan {
+                    id: hive_models::PlanId(id),
+                    status,
+                }
+            };
+            work.keep_in(&mut found, key);
+        }
+        Ok(found)
     }
 
     pub(super) async fn claim_slot_once(&self, read: &Schedule, slot: Timestamp) -> R<bool> {
         let done = sqlx::query(
             "UPDATE schedules SET last_fired = $1, updated_at = now() \
-             WHERE name = $2 AND (last_fired = $1 OR (last_fired IS NOT DISTINCT FROM $3 \
+             WHERE name = $2 AND (last_fired = $1 OR (done_until = $5 \
+                                                   AND last_fired IS NOT DISTINCT FROM $3 \
                                                    AND last_manual IS NOT DISTINCT FROM $4))",
         )
         .bind(slot)
         .bind(&read.name)
         .bind(read.last_fired)
         .bind(read.last_manual.as_deref())
+        .bind(read.done_until)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

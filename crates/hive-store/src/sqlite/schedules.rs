@@ -1,5 +1,7 @@
 //! Schedules on SQLite: one row each; `done_until` moves compare-and-set.
 
+use std::collections::HashMap;
+
 use hive_models::{Schedule, Scheduled, Timestamp};
 use sqlx::sqlite::SqliteRow;
 
@@ -109,42 +111,49 @@ pub(super) async fn unfinished_by_key(c: &mut Conn, key: &str) -> R<bool> {
     Ok(unfinished)
 }
 
-pub(super) async fn keyed_work(c: &mut Conn, key: &str) -> R<Option<KeyedWork>> {
-    let row = sqlx::query(
-        "SELECT 'task' AS kind, id, status FROM tasks WHERE idempotency_key = ?1 \
-         UNION ALL SELECT 'plan', id, status FROM plans WHERE idempotency_key = ?1 LIMIT 1",
+pub(super) async fn keyed_work(c: &mut Conn, keys: &[String]) -> R<HashMap<String, KeyedWork>> {
+    let rows = sqlx::query(
+        "SELECT 'task' AS kind, idempotency_key AS key, id, status FROM tasks \
+         WHERE idempotency_key IN (SELECT value FROM json_each(?1)) \
+         UNION ALL SELECT 'plan', idempotency_key, id, status FROM plans \
+         WHERE idempotency_key IN (SELECT value FROM json_each(?1))",
     )
-    .bind(key)
-    .fetch_optional(&mut *c)
+    .bind(db::json_list(keys))
+    .fetch_all(&mut *c)
     .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let c = Cols::new(&row, "tasks");
-    Ok(Some(if c.get::<String>("kind")? == "task" {
-        KeyedWork::Task {
-            id: c.parse("id")?,
-            status: c.parse("status")?,
-        }
-    } else {
-        KeyedWork::Plan {
-            id: c.parse("id")?,
-            status: c.parse("status")?,
-        }
-    }))
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let c = Cols::new(row, "tasks");
+        let key: String = c.get("key")?;
+        let work = if c.get::<String>("kind")? == "task" {
+            KeyedWork::Task {
+                id: c.parse("id")?,
+                status: c.parse("status")?,
+            }
+        } else {
+            KeyedWork::Plan {
+                id: c.parse("id")?,
+                status: c.parse("status")?,
+            }
+        };
+        work.keep_in(&mut found, key);
+    }
+    Ok(found)
 }
 
 pub(super) async fn claim_slot(c: &mut Conn, read: &Schedule, slot: Timestamp) -> R<bool> {
     let at = db::db_now(c).await?;
     let done = sqlx::query(
         "UPDATE schedules SET last_fired = ?1, updated_at = ?2 \
-         WHERE name = ?3 AND (last_fired = ?1 OR (last_fired IS ?4 AND last_manual IS ?5))",
+         WHERE name = ?3 AND (last_fired = ?1 \
+                              OR (done_until = ?6 AND last_fired IS ?4 AND last_manual IS ?5))",
     )
     .bind(us(slot))
     .bind(at)
     .bind(&read.name)
     .bind(read.last_fired.map(us))
     .bind(read.last_manual.as_deref())
+    .bind(us(read.done_until))
     .execute(&mut *c)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -269,6 +269,31 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     };
     assert!(s.advance_schedule(&lost_race).await.unwrap());
     assert_eq!(last(s.clone()).await, Some(at(30)), "never moved back");
+    let moved = get(s.clone()).await;
+    assert!(
+        !s.claim_slot(&read, at(35)).await.unwrap(),
+        "a read from before the move loses, even with the same last fire"
+    );
+    let other_manual = Schedule {
+        last_manual: None,
+        ..moved.clone()
+    };
+    assert!(
+        s.claim_slot(&other_manual, at(30)).await.unwrap(),
+        "the slot claimed already is claimed whatever else changed"
+    );
+    let starter = ScheduleAdvance {
+        name: "nightly".into(),
+        from: at(21),
+        to: at(30),
+        last_fired: Some(at(30)),
+        next_slot: Some(at(35)),
+        enabled: None,
+    };
+    assert!(
+        s.advance_schedule(&starter).await.unwrap(),
+        "the claimed slot's starter moves past it"
+    );
 
     assert!(s.delete_schedule("nightly").await.unwrap());
     assert!(!s.delete_schedule("nightly").await.unwrap());
@@ -289,14 +314,17 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
         !s.unfinished_by_key("schedule:t:1").await.unwrap(),
         "cancelled"
     );
+    let keys = ["schedule:t:1".to_owned(), "schedule:none".to_owned()];
+    let found = s.keyed_work(&keys).await.unwrap();
     assert_eq!(
-        s.keyed_work("schedule:t:1").await.unwrap(),
-        Some(KeyedWork::Task {
+        found.get("schedule:t:1"),
+        Some(&KeyedWork::Task {
             id,
             status: TaskStatus::Cancelled
         })
     );
-    assert_eq!(s.keyed_work("schedule:none").await.unwrap(), None);
+    assert_eq!(found.len(), 1, "a key nothing holds is left out: {found:?}");
+    assert!(s.keyed_work(&[]).await.unwrap().is_empty());
 
     let plan = NewPlan::new("slot", vec![SubTask::new("a", "A", "report")])
         .idempotency_key("schedule:p:1");
@@ -306,13 +334,24 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
         "pending"
     );
     assert!(!s.unfinished_by_key("schedule:p:2").await.unwrap());
+    let keys = ["schedule:p:1", "schedule:t:1", "schedule:p:2"].map(String::from);
+    let found = s.keyed_work(&keys).await.unwrap();
     assert_eq!(
-        s.keyed_work("schedule:p:1").await.unwrap(),
-        Some(KeyedWork::Plan {
+        found.get("schedule:p:1"),
+        Some(&KeyedWork::Plan {
             id: plan_id,
             status: PlanStatus::Pending
         })
     );
+    assert_eq!(
+        found.get("schedule:t:1"),
+        Some(&KeyedWork::Task {
+            id,
+            status: TaskStatus::Cancelled
+        }),
+        "a task and a plan in one read"
+    );
+    assert_eq!(found.len(), 2);
     s.cancel_plan(plan_id).await.unwrap();
     assert!(
         !s.unfinished_by_key("schedule:p:1").await.unwrap(),
