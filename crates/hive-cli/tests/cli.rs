@@ -25,8 +25,18 @@ fn a_plan_submitted_twice_with_one_key_is_one_plan() {
          [[subtasks]]\nid = \"a\"\ntitle = \"A\"\ntask_type = \"noop\"\n",
     );
     let first = db.ok(&["plan", "submit", &keyed]).trim().to_owned();
-    let again = db.ok(&["plan", "submit", &keyed]).trim().to_owned();
-    assert_eq!(again, first);
+    let (ok, again, stderr) = db.run(&["plan", "submit", &keyed]);
+    assert!(ok, "{stderr}");
+    assert_eq!(again.trim(), first, "the same id, alone on stdout");
+    assert!(
+        stderr.contains("was submitted before with idempotency key `nightly-2026-12-06`"),
+        "{stderr}"
+    );
+    let repeat = db.json(&["plan", "submit", &keyed]);
+    assert_eq!(
+        (repeat["id"].as_str(), repeat["created"].as_bool()),
+        (Some(first.as_str()), Some(false))
+    );
     let plain = db.write("plain.json", PLAN);
     let flagged = db.ok(&["plan", "submit", &plain, "--idempotency-key", "release-1.2"]);
     let flagged_again = db.ok(&["plan", "submit", &plain, "--idempotency-key", "release-1.2"]);

@@ -27,7 +27,7 @@ pub use events::{Event, EventBus, EventOrigin, Published, Subscription};
 pub use flow::{Limits, QueueInfo};
 pub use hive_models as models;
 pub use hive_store as store;
-pub use plans::{PLAN_PRUNE_BATCH, PlanSummary};
+pub use plans::{PLAN_PRUNE_BATCH, PlanSubmitted, PlanSummary};
 pub use results::{PlanResults, RunTiming, SubtaskResult};
 pub use running::Claimed;
 pub use schedules::{

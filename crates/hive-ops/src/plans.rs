@@ -11,6 +11,22 @@ use serde::Serialize;
 
 use crate::{Error, Ops, Result};
 
+/// What [`Ops::submit_plan_reporting`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlanSubmitted {
+    pub id: PlanId,
+    /// Tasks this call created: 0 when a plan with the same idempotency key had them all.
+    pub new_tasks: u64,
+}
+
+impl PlanSubmitted {
+    /// Whether this call created the plan's tasks; false for a plan submitted before
+    /// under the same idempotency key, which nothing changed.
+    pub fn created(&self) -> bool {
+        self.new_tasks > 0
+    }
+}
+
 /// Plans deleted per transaction by [`Ops::prune_plans`]: few, as each takes all its tasks
 /// along (a plan may hold 100,000).
 pub const PLAN_PRUNE_BATCH: u32 = 20;
@@ -105,8 +121,16 @@ impl<S: Store + ?Sized> Ops<S> {
     /// [`Ops::create_planned_subtasks_from_plan`] would, in one transaction: a crash
     /// between the two would leave a pending plan whose id the caller never got.
     pub async fn submit_plan(&self, plan: NewPlan) -> Result<PlanId> {
+        Ok(self.submit_plan_reporting(plan).await?.id)
+    }
+
+    /// [`Ops::submit_plan`], also telling whether this call created the plan's tasks or a
+    /// plan holding its idempotency key had them already (a retried request, a second
+    /// scheduler): a caller can say "submitted before" rather than report a new plan.
+    pub async fn submit_plan_reporting(&self, plan: NewPlan) -> Result<PlanSubmitted> {
         let plan = self.checked_plan(plan).await?;
-        Ok(self.store.submit_plan(plan).await?.0)
+        let (id, new_tasks) = self.store.submit_plan(plan).await?;
+        Ok(PlanSubmitted { id, new_tasks })
     }
 
     pub async fn get_execution_plan_status(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {

@@ -94,6 +94,16 @@ async fn create_task_rejects_bad_input(o: O) {
         id
     );
     assert_eq!(count_all(&o).await, 1);
+    // A plan submitted twice under one key: created once, reported as such.
+    let plan = || {
+        hive_models::NewPlan::new("p", vec![hive_models::SubTask::new("a", "A", "x")])
+            .idempotency_key("plan-once")
+    };
+    let first = o.submit_plan_reporting(plan()).await.unwrap();
+    assert!(first.created(), "{first:?}");
+    let again = o.submit_plan_reporting(plan()).await.unwrap();
+    assert_eq!((again.id, again.created()), (first.id, false));
+    assert_eq!(count_all(&o).await, 2);
 }
 
 async fn create_tasks_is_all_or_nothing(o: O) {

@@ -93,8 +93,24 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 }
                 plan.idempotency_key = Some(key);
             }
-            let id = ctx.client_creating().await?.submit_plan(plan).await?;
-            output::created(ctx.json, id)?;
+            let key = plan.idempotency_key.clone();
+            let submitted = ctx
+                .client_creating()
+                .await?
+                .submit_plan_reporting(plan)
+                .await?;
+            let id = submitted.id;
+            output::report(
+                ctx.json,
+                &serde_json::json!({ "id": id, "created": submitted.created() }),
+                format_args!("{id}"),
+            )?;
+            if let (false, Some(key)) = (submitted.created(), key) {
+                output::hint(&format!(
+                    "plan {id} was submitted before with idempotency key `{}`: nothing new",
+                    output::escape(&key)
+                ));
+            }
         }
         PlanCommand::Status(a) => status::run(ctx, a).await?,
         PlanCommand::Results { id } => {

@@ -99,6 +99,7 @@ blocking! {
         fn create_execution_plan(plan: NewPlan) -> PlanId;
         fn create_planned_subtasks_from_plan(plan_id: PlanId) -> u64;
         fn submit_plan(plan: NewPlan) -> PlanId;
+        fn submit_plan_reporting(plan: NewPlan) -> hive_ops::PlanSubmitted;
         fn get_execution_plan_status(plan_id: PlanId) -> Option<PlanStatus>;
         fn get_execution_plan_status_cached(plan_id: PlanId) -> Option<PlanStatus>;
         fn get_plan(plan_id: PlanId) -> Option<ExecutionPlan>;
