@@ -1,6 +1,6 @@
 //! Prometheus metrics for Hive: the queue's gauges, read from the store on each scrape
-//! (a grouped count and the active workers), and run counters and durations, counted from
-//! the event bus.
+//! (a grouped count, the active workers, the schedules), and run counters and durations,
+//! counted from the event bus.
 //!
 //! Every name starts with `hive_` and says its unit; labels are bounded (task type,
 //! status), never a task id. [`Metrics::watch`] counts what the bus carries (every
@@ -22,6 +22,7 @@
 //! ```
 
 mod health;
+mod schedules;
 mod watch;
 
 pub use health::health_router;
@@ -70,6 +71,7 @@ pub struct Metrics {
     tasks: IntGaugeVec,
     oldest_ready: GaugeVec,
     workers_alive: IntGauge,
+    schedules: schedules::ScheduleGauges,
     pub(crate) runs: RunCounters,
     /// One scrape at a time: a refresh resets the gauges before setting them.
     scraping: Arc<tokio::sync::Mutex<()>>,
@@ -148,11 +150,13 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(runs.duration.clone()))?;
+        let schedules = schedules::ScheduleGauges::new(&registry)?;
         Ok(Metrics {
             registry,
             tasks,
             oldest_ready,
             workers_alive,
+            schedules,
             runs,
             scraping: Arc::default(),
             counting: Arc::default(),
@@ -160,7 +164,8 @@ impl Metrics {
     }
 
     /// Reads the gauges from the store (one grouped count, the ready index, the active
-    /// workers) and renders every metric in the Prometheus text format.
+    /// workers, the schedules with their last runs) and renders every metric in the
+    /// Prometheus text format.
     pub async fn scrape(&self, client: &Client) -> Result<String> {
         let _one = self.scraping.lock().await;
         let since = chrono::Utc::now();
@@ -181,6 +186,7 @@ impl Metrics {
         }
         self.workers_alive
             .set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
+        self.schedules.set(&client.list_schedule_views().await?);
         self.render()
     }
 

@@ -242,7 +242,88 @@ async fn events_missed_in_a_burst_are_counted() {
 }
 
 hive_client::store::per_backend!(hive_client::store::testing::TestStore::run =>
-    numbers_match_the_database_after_a_drain);
+    numbers_match_the_database_after_a_drain,
+    schedules_show_whether_they_run_when_and_how_their_last_run_stands);
+
+/// Each schedule's gauges: active or paused, its last and next slot, its last run's status;
+/// a deleted schedule's gone at the next scrape.
+async fn schedules_show_whether_they_run_when_and_how_their_last_run_stands(store: Arc<dyn Store>) {
+    use hive_client::models::{NewSchedule, ScheduledTask};
+    let client = Client::from_store(store.clone(), OpsConfig::default());
+    let metrics = Metrics::new().unwrap();
+    let nightly = NewSchedule::new("nightly", "0 2 * * *", ScheduledTask::new("n", "report"));
+    let s = client.add_schedule(nightly).await.unwrap();
+    let paused =
+        NewSchedule::new("paused", "0 3 * * *", ScheduledTask::new("p", "report")).enabled(false);
+    client.add_schedule(paused).await.unwrap();
+    let behind = hive_client::store::testing::fixtures::schedule_behind(&s, 2 * 86_400);
+    assert!(store.advance_schedule(&behind).await.unwrap());
+    assert_eq!(client.fire_due_schedules().await.unwrap().slots, 1);
+
+    let scrape = parse(&metrics, &client).await;
+    fn on(name: &str) -> [(&str, &str); 1] {
+        [("schedule", name)]
+    }
+    assert_eq!(value(&scrape, "hive_schedule_enabled", &on("nightly")), 1.0);
+    assert_eq!(value(&scrape, "hive_schedule_enabled", &on("paused")), 0.0);
+    let fired = client.get_schedule("nightly").await.unwrap().unwrap();
+    let at = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis() as f64 / 1000.0;
+    assert_eq!(
+        value(
+            &scrape,
+            "hive_schedule_last_fired_timestamp_seconds",
+            &on("nightly")
+        ),
+        at(fired.last_fired.unwrap())
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "hive_schedule_next_slot_timestamp_seconds",
+            &on("nightly")
+        ),
+        at(fired.next_slot.unwrap())
+    );
+    let listed = |scrape: &Scrape, name: &str, metric: &str| {
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == metric && s.labels.get("schedule") == Some(name))
+    };
+    assert!(
+        !listed(
+            &scrape,
+            "paused",
+            "hive_schedule_next_slot_timestamp_seconds"
+        ),
+        "a paused schedule is never due"
+    );
+    let run = [
+        ("schedule", "nightly"),
+        ("kind", "task"),
+        ("status", "queued"),
+    ];
+    assert_eq!(value(&scrape, "hive_schedule_last_run", &run), 1.0);
+    assert!(
+        !listed(&scrape, "paused", "hive_schedule_last_run"),
+        "never fired"
+    );
+
+    // The run ends; the gauge follows. A deleted schedule's gauges go.
+    let task = client.list_tasks(&Default::default()).await.unwrap()[0].id;
+    client.cancel_task(task, Some("not today")).await.unwrap();
+    client.delete_schedule("paused").await.unwrap();
+    let scrape = parse(&metrics, &client).await;
+    let run = [
+        ("schedule", "nightly"),
+        ("kind", "task"),
+        ("status", "cancelled"),
+    ];
+    assert_eq!(value(&scrape, "hive_schedule_last_run", &run), 1.0);
+    let queued = [("schedule", "nightly"), ("status", "queued")];
+    assert_eq!(value(&scrape, "hive_schedule_last_run", &queued), 0.0);
+    assert!(!listed(&scrape, "paused", "hive_schedule_enabled"));
+}
 
 /// Postgres only: there, another process's runs reach the bus as events of their own.
 mod between_processes {
