@@ -585,6 +585,16 @@ fn a_schedule_added_again_with_replace_is_redefined_in_place() {
         (Some("redefined"), Some("queue"))
     );
     assert_eq!(db.json(&["schedule", "get", "report"])["overlap"], "queue");
+    let shown = db.ok(&["schedule", "get", "report"]);
+    for line in [
+        "schedule report\n",
+        "\ncron:        0 3 * * * (UTC)\n",
+        "\nmissed:      catch up (at most 5 missed slots)\n",
+        "\noverlap:     queue\n",
+        "\nlast manual: -\n",
+    ] {
+        assert!(shown.contains(line), "{line:?} in:\n{shown}");
+    }
     let (ok, _, stderr) = db.run(&[
         "schedule",
         "add",

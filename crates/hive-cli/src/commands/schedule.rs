@@ -248,7 +248,7 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             if ctx.json {
                 output::json(&s)?;
             } else {
-                output::table(HEADER, [row(&s)]);
+                detail(&s);
             }
         }
         ScheduleCommand::Runs { name, limit } => {
@@ -364,6 +364,37 @@ fn row(v: &ScheduleView) -> [String; 9] {
         },
         output::clip(s.creates.title(), 40),
     ]
+}
+
+/// One schedule, every rule and where it stands, a line each.
+fn detail(v: &ScheduleView) {
+    let s = &v.schedule;
+    let [_, cron, zone, _, last, last_run, next, creates, _] = row(v);
+    let missed = match s.missed {
+        Missed::Skip => "skip (only the latest missed slot runs)".to_owned(),
+        Missed::CatchUp { limit } => format!("catch up (at most {limit} missed slots)"),
+    };
+    let state = if s.enabled { "active" } else { "paused" };
+    output::outln!("schedule {}", output::escape(&s.name));
+    output::outln!(
+        "cron:        {} ({})",
+        output::escape(&cron),
+        output::escape(&zone)
+    );
+    output::outln!("state:       {state}");
+    output::outln!(
+        "creates:     {creates}: {}",
+        output::escape(s.creates.title())
+    );
+    output::outln!("missed:      {missed}");
+    output::outln!("overlap:     {}", s.overlap.as_str());
+    output::outln!("last slot:   {last} ({last_run})");
+    output::outln!(
+        "last manual: {}",
+        output::escape(s.last_manual.as_deref().unwrap_or("-"))
+    );
+    output::outln!("next slot:   {next}");
+    output::outln!("done until:  {}", s.done_until);
 }
 
 /// Fires due schedules every `interval_ms` until Ctrl-C or SIGTERM.
