@@ -3,7 +3,7 @@
 //! counted from the event bus.
 //!
 //! Every name starts with `hive_` and says its unit; labels are bounded (task type,
-//! status), never a task id. [`Metrics::watch`] counts what the bus carries (every
+//! status, schedule name, work kind), never a task id. [`Metrics::watch`] counts what the bus carries (every
 //! process's runs; [`Metrics::watch_with`] and [`Counting::ThisProcess`] this process's);
 //! [`Metrics::scrape`] refreshes the gauges and renders the text format; [`router`] and
 //! [`serve`] expose `GET /metrics`, for the dashboard and for an app running workers
@@ -186,7 +186,11 @@ impl Metrics {
         }
         self.workers_alive
             .set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
-        self.schedules.set(&client.list_schedule_views().await?);
+        // The queue's gauges and the run counters are worth a scrape without the schedules.
+        match client.list_schedule_views().await {
+            Ok(views) => self.schedules.set(&views),
+            Err(e) => tracing::warn!(error = %e, "schedule gauges not refreshed"),
+        }
         self.render()
     }
 

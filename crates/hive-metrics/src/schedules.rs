@@ -1,9 +1,12 @@
 //! Each schedule's gauges, labelled by its name (operators name schedules: a bounded
 //! set): whether it runs, when it last fired and fires next, and how its last slot's work
 //! stands. They answer the alerts a nightly job needs: a schedule overdue (no scheduler
-//! running, or a queued slot waiting: `time() - hive_schedule_next_slot_timestamp_seconds`),
-//! and a last run that failed (`hive_schedule_last_run{status="failed"}`).
+//! running, a queued slot waiting, a slot whose work cannot be created:
+//! `time() - hive_schedule_next_slot_timestamp_seconds`), one that keeps skipping
+//! (`time() - hive_schedule_last_fired_timestamp_seconds`), and a last run that failed
+//! (`hive_schedule_last_run{status="failed"}`).
 
+use hive_client::models::Timing;
 use hive_client::ops::ScheduleView;
 use hive_client::store::KeyedWork;
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
@@ -40,8 +43,9 @@ impl ScheduleGauges {
             next_slot: GaugeVec::new(
                 Opts::new(
                     "hive_schedule_next_slot_timestamp_seconds",
-                    "When an active schedule is next due; in the past while it is overdue \
-                     (no scheduler running, or a queued slot waiting for the last one's work).",
+                    "An active schedule's first slot not yet handled (fired, skipped, or \
+                     passed while paused): in the past while it is overdue (no scheduler \
+                     running, a queued slot waiting, work that cannot be created).",
                 ),
                 &["schedule"],
             )?,
@@ -76,7 +80,12 @@ impl ScheduleGauges {
             if let Some(t) = s.last_fired {
                 self.last_fired.with_label_values(&[name]).set(seconds(t));
             }
-            if let Some(t) = s.next_slot.filter(|_| s.enabled) {
+            // From `done_until`, not the stored `next_slot`, which a schedule whose work
+            // cannot be created puts off a minute at a time.
+            let first_unhandled = Timing::parse(&s.cron, &s.timezone)
+                .ok()
+                .and_then(|t| t.next_after(s.done_until));
+            if let Some(t) = first_unhandled.filter(|_| s.enabled) {
                 self.next_slot.with_label_values(&[name]).set(seconds(t));
             }
             let run = match v.last_run {

@@ -260,12 +260,22 @@ async fn schedules_show_whether_they_run_when_and_how_their_last_run_stands(stor
     assert!(store.advance_schedule(&behind).await.unwrap());
     assert_eq!(client.fire_due_schedules().await.unwrap().slots, 1);
 
+    let listed = |scrape: &Scrape, name: &str, metric: &str| {
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == metric && s.labels.get("schedule") == Some(name))
+    };
     let scrape = parse(&metrics, &client).await;
     fn on(name: &str) -> [(&str, &str); 1] {
         [("schedule", name)]
     }
     assert_eq!(value(&scrape, "hive_schedule_enabled", &on("nightly")), 1.0);
     assert_eq!(value(&scrape, "hive_schedule_enabled", &on("paused")), 0.0);
+    assert!(
+        listed(&scrape, "paused", "hive_schedule_enabled"),
+        "shown, as 0"
+    );
     let fired = client.get_schedule("nightly").await.unwrap().unwrap();
     let at = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis() as f64 / 1000.0;
     assert_eq!(
@@ -284,12 +294,6 @@ async fn schedules_show_whether_they_run_when_and_how_their_last_run_stands(stor
         ),
         at(fired.next_slot.unwrap())
     );
-    let listed = |scrape: &Scrape, name: &str, metric: &str| {
-        scrape
-            .samples
-            .iter()
-            .any(|s| s.metric == metric && s.labels.get("schedule") == Some(name))
-    };
     assert!(
         !listed(
             &scrape,
@@ -323,6 +327,36 @@ async fn schedules_show_whether_they_run_when_and_how_their_last_run_stands(stor
     let queued = [("schedule", "nightly"), ("status", "queued")];
     assert_eq!(value(&scrape, "hive_schedule_last_run", &queued), 0.0);
     assert!(!listed(&scrape, "paused", "hive_schedule_enabled"));
+
+    // A schedule whose work cannot be created (a payload over a limit lowered since) is put
+    // off a minute at a time, yet its gauge keeps its first slot not handled: overdue.
+    let mut big = ScheduledTask::new("big", "report");
+    big.payload = [("blob", "x".repeat(600))].into_iter().collect();
+    let s = client
+        .add_schedule(NewSchedule::new("big", "0 4 * * *", big))
+        .await
+        .unwrap();
+    let behind = hive_client::store::testing::fixtures::schedule_behind(&s, 2 * 86_400);
+    assert!(store.advance_schedule(&behind).await.unwrap());
+    let stricter = OpsConfig {
+        max_payload_bytes: 100,
+        ..OpsConfig::default()
+    };
+    let strict = Client::from_store(store.clone(), stricter);
+    assert_eq!(strict.fire_due_schedules().await.unwrap().failed.len(), 1);
+    let put_off = client.get_schedule("big").await.unwrap().unwrap();
+    assert!(put_off.next_slot.unwrap() > put_off.done_until + chrono::Duration::days(1));
+    let scrape = parse(&metrics, &client).await;
+    let next = value(
+        &scrape,
+        "hive_schedule_next_slot_timestamp_seconds",
+        &on("big"),
+    );
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        now - next > 86_400.0,
+        "overdue by a day or more: {next} at {now}"
+    );
 }
 
 /// Postgres only: there, another process's runs reach the bus as events of their own.

@@ -77,6 +77,8 @@ async fn race(o: O, overlap: Overlap, missed: Missed) -> Vec<Vec<Task>> {
     };
     let mut looks = 0u32;
     while started.elapsed() < RACE && looks < 1_000 {
+        // The store's clock, which stamped the tasks.
+        let now = o.store().now().await.unwrap();
         let mut unfinished: Vec<Task> = o
             .list_tasks(&filter)
             .await
@@ -99,7 +101,7 @@ async fn race(o: O, overlap: Overlap, missed: Missed) -> Vec<Vec<Task>> {
         for t in &unfinished {
             let n: i64 = schedule_of(t)["race-".len()..].parse().unwrap();
             let runs_for = chrono::Duration::milliseconds(200 + 40 * n);
-            if (chrono::Utc::now() - t.created_at) > runs_for {
+            if (now - t.created_at) > runs_for {
                 o.cancel_task(t.id, Some("ran")).await.unwrap();
             }
         }
