@@ -6,7 +6,6 @@
 //! (`time() - hive_schedule_last_fired_timestamp_seconds`), and a last run that failed
 //! (`hive_schedule_last_run{status="failed"}`).
 
-use hive_client::models::Timing;
 use hive_client::ops::ScheduleView;
 use hive_client::store::KeyedWork;
 use prometheus::{GaugeVec, IntGaugeVec, Opts, Registry};
@@ -80,12 +79,7 @@ impl ScheduleGauges {
             if let Some(t) = s.last_fired {
                 self.last_fired.with_label_values(&[name]).set(seconds(t));
             }
-            // From `done_until`, not the stored `next_slot`, which a schedule whose work
-            // cannot be created puts off a minute at a time.
-            let first_unhandled = Timing::parse(&s.cron, &s.timezone)
-                .ok()
-                .and_then(|t| t.next_after(s.done_until));
-            if let Some(t) = first_unhandled.filter(|_| s.enabled) {
+            if let Some(t) = s.pending_slot() {
                 self.next_slot.with_label_values(&[name]).set(seconds(t));
             }
             let run = match v.last_run {

@@ -149,6 +149,33 @@ pub struct Schedule {
     pub updated_at: Timestamp,
 }
 
+impl Schedule {
+    /// How late a slot may be handled before the schedule counts as overdue: a scheduler
+    /// steps once a second.
+    pub const OVERDUE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+    /// The first slot not yet handled (fired, skipped, or passed while paused): when an
+    /// active schedule is next due, or, in the past, since when it is overdue. Unlike
+    /// `next_slot`, which a schedule whose work cannot be created puts off a minute at a
+    /// time, it stays on that slot. `None` when paused or no slot is left.
+    pub fn pending_slot(&self) -> Option<Timestamp> {
+        if !self.enabled {
+            return None;
+        }
+        Timing::parse(&self.cron, &self.timezone)
+            .ok()?
+            .next_after(self.done_until)
+    }
+
+    /// The pending slot when it is more than [`Schedule::OVERDUE_AFTER`] before `now`: no
+    /// scheduler running, a queued slot waiting for the last one's work, or work that
+    /// cannot be created.
+    pub fn overdue(&self, now: Timestamp) -> Option<Timestamp> {
+        self.pending_slot()
+            .filter(|slot| now - *slot > Self::OVERDUE_AFTER)
+    }
+}
+
 /// What a caller supplies to create a schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewSchedule {

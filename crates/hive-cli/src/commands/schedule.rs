@@ -357,7 +357,10 @@ fn row(v: &ScheduleView) -> [String; 9] {
         s.enabled.to_string(),
         output::opt(s.last_fired),
         last_run,
-        output::opt(s.next_slot.filter(|_| s.enabled)),
+        match s.pending_slot() {
+            Some(t) if s.overdue(chrono::Utc::now()).is_some() => format!("{t} (overdue)"),
+            t => output::opt(t),
+        },
         match &s.creates {
             Scheduled::Task(t) => t.task_type.clone(),
             Scheduled::Plan(p) => format!("plan of {}", p.subtasks.len()),

@@ -226,3 +226,37 @@ fn each_slots_plan_has_the_slots_key_and_says_where_it_came_from() {
     );
     p.validate(1024).unwrap();
 }
+
+#[test]
+fn the_pending_slot_stays_on_the_first_slot_not_handled_and_is_overdue_after_a_grace() {
+    let s = Schedule {
+        name: "nightly".into(),
+        cron: "0 2 * * *".into(),
+        timezone: "UTC".into(),
+        creates: ScheduledTask::new("n", "report").into(),
+        enabled: true,
+        missed: Missed::Skip,
+        overlap: Overlap::Queue,
+        done_until: at(2026, 12, 1, 12, 0, 0),
+        last_fired: Some(at(2026, 12, 1, 2, 0, 0)),
+        last_manual: None,
+        // Put off a minute at a time by a scheduler that could not create the work.
+        next_slot: Some(at(2026, 12, 6, 23, 0, 0)),
+        created_at: at(2026, 11, 1, 0, 0, 0),
+        updated_at: at(2026, 12, 6, 22, 59, 0),
+    };
+    let pending = at(2026, 12, 2, 2, 0, 0);
+    assert_eq!(s.pending_slot(), Some(pending));
+    assert_eq!(s.overdue(at(2026, 12, 6, 22, 0, 0)), Some(pending));
+    assert_eq!(
+        s.overdue(pending + chrono::Duration::seconds(3)),
+        None,
+        "in grace"
+    );
+    assert_eq!(s.overdue(at(2026, 12, 1, 20, 0, 0)), None, "not yet due");
+    let paused = Schedule {
+        enabled: false,
+        ..s
+    };
+    assert_eq!(paused.pending_slot(), None);
+}

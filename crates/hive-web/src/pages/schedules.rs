@@ -66,8 +66,13 @@ pub async fn page(State(s): State<AppState>) -> Response {
                                 (last_run(v.last_run))
                             }
                             td class="next" {
-                                @match sc.next_slot.filter(|_| sc.enabled) {
-                                    Some(t) => (time(t)),
+                                @match sc.pending_slot() {
+                                    Some(t) => {
+                                        (time(t))
+                                        @if sc.overdue(chrono::Utc::now()).is_some() {
+                                            " " span class="overdue" { "overdue" }
+                                        }
+                                    }
                                     None => "–",
                                 }
                             }

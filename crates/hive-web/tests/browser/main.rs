@@ -543,8 +543,20 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
         let behind = hive_client::store::testing::fixtures::schedule_behind(&tick_row, 600);
         assert!(s.advance_schedule(&behind).await.unwrap());
         assert_eq!(c.fire_due_schedules().await.unwrap().slots, 1);
+        // `late` is due since ten minutes and no scheduler has handled it: overdue.
+        let late = NewSchedule::new("late", "*/5 * * * *", ScheduledTask::new("l", "tick"));
+        let late = c.add_schedule(late).await.unwrap();
+        let behind = hive_client::store::testing::fixtures::schedule_behind(&late, 600);
+        assert!(s.advance_schedule(&behind).await.unwrap());
         let b = driver.browser().await;
         b.goto(&dash.url("/schedules")).await.unwrap();
+        let overdue = b
+            .find(Locator::Css(
+                "#schedules tr[data-name='late'] td.next span.overdue",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(overdue.text().await.unwrap(), "overdue");
         let last = b
             .find(Locator::Css(
                 "#schedules tr[data-name='tick'] td.last a.last-run",
@@ -574,6 +586,10 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             "active\noverlaps: queue"
         );
         assert_ne!(schedule_cell(&b, "etl", "next").await, "–");
+        assert!(
+            !schedule_cell(&b, "etl", "next").await.contains("overdue"),
+            "handled on time"
+        );
         click(
             &b,
             Locator::Css("#schedules tr[data-name='etl'] button.pause"),
