@@ -592,9 +592,18 @@ fn a_schedule_added_again_with_replace_is_redefined_in_place() {
         "\nmissed:      catch up (at most 5 missed slots)\n",
         "\noverlap:     queue\n",
         "\nlast manual: -\n",
+        "\ncreates:     noop: Report\n",
+        "\nstate:       paused\n",
+        "\nnext slot:   -\n",
     ] {
         assert!(shown.contains(line), "{line:?} in:\n{shown}");
     }
+    db.ok(&["schedule", "resume", "report"]);
+    let shown = db.ok(&["schedule", "get", "report"]);
+    assert!(
+        shown.contains("\nnext slot:   20") && !shown.contains("overdue"),
+        "resumed: a slot ahead, on time: {shown}"
+    );
     let (ok, _, stderr) = db.run(&[
         "schedule",
         "add",

@@ -157,14 +157,16 @@ impl Schedule {
     /// The first slot not yet handled (fired, skipped, or passed while paused): when an
     /// active schedule is next due, or, in the past, since when it is overdue. Unlike
     /// `next_slot`, which a schedule whose work cannot be created puts off a minute at a
-    /// time, it stays on that slot. `None` when paused or no slot is left.
+    /// time, it stays on that slot. `None` when paused or no slot is left; `done_until`
+    /// for an expression or zone that no longer parses (a schedule that cannot fire).
     pub fn pending_slot(&self) -> Option<Timestamp> {
         if !self.enabled {
             return None;
         }
-        Timing::parse(&self.cron, &self.timezone)
-            .ok()?
-            .next_after(self.done_until)
+        match Timing::parse(&self.cron, &self.timezone) {
+            Ok(timing) => timing.next_after(self.done_until),
+            Err(_) => Some(self.done_until),
+        }
     }
 
     /// The pending slot when it is more than [`Schedule::OVERDUE_AFTER`] before `now`: no

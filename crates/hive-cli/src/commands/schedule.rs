@@ -223,7 +223,7 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
                 SchedulePut::Redefined => "redefined",
                 SchedulePut::Unchanged => "unchanged",
             };
-            let next = output::opt(s.next_slot.filter(|_| s.enabled));
+            let next = output::opt(s.pending_slot());
             output::report(
                 ctx.json,
                 &json,
@@ -231,24 +231,26 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             )?;
         }
         ScheduleCommand::List => {
-            let schedules = ctx.client().await?.list_schedule_views().await?;
+            let client = ctx.client().await?;
+            let schedules = client.list_schedule_views().await?;
             if ctx.json {
                 output::json(&schedules)?;
             } else {
-                output::table(HEADER, schedules.iter().map(row));
+                // The database's clock: the one slots are handled by.
+                let now = client.store().now().await?;
+                output::table(HEADER, schedules.iter().map(|v| row(v, now)));
             }
         }
         ScheduleCommand::Get { name } => {
-            let s = ctx
-                .client()
-                .await?
+            let client = ctx.client().await?;
+            let s = client
                 .get_schedule_view(&name)
                 .await?
                 .ok_or_else(|| not_found(&name))?;
             if ctx.json {
                 output::json(&s)?;
             } else {
-                detail(&s);
+                detail(&s, client.store().now().await?);
             }
         }
         ScheduleCommand::Runs { name, limit } => {
@@ -343,7 +345,7 @@ const HEADER: [&str; 9] = [
     "NAME", "CRON", "TZ", "ENABLED", "LAST", "LAST RUN", "NEXT", "TYPE", "TITLE",
 ];
 
-fn row(v: &ScheduleView) -> [String; 9] {
+fn row(v: &ScheduleView, now: chrono::DateTime<chrono::Utc>) -> [String; 9] {
     let s = &v.schedule;
     let last_run = match v.last_run {
         Some(KeyedWork::Task { status, .. }) => format!("task {status}"),
@@ -358,7 +360,7 @@ fn row(v: &ScheduleView) -> [String; 9] {
         output::opt(s.last_fired),
         last_run,
         match s.pending_slot() {
-            Some(t) if s.overdue(chrono::Utc::now()).is_some() => format!("{t} (overdue)"),
+            Some(t) if s.overdue(now).is_some() => format!("{t} (overdue)"),
             t => output::opt(t),
         },
         match &s.creates {
@@ -370,9 +372,9 @@ fn row(v: &ScheduleView) -> [String; 9] {
 }
 
 /// One schedule, every rule and where it stands, a line each.
-fn detail(v: &ScheduleView) {
+fn detail(v: &ScheduleView, now: chrono::DateTime<chrono::Utc>) {
     let s = &v.schedule;
-    let [_, cron, zone, _, last, last_run, next, creates, _] = row(v);
+    let [_, cron, zone, _, last, last_run, next, creates, _] = row(v, now);
     let missed = match s.missed {
         Missed::Skip => "skip (only the latest missed slot runs)".to_owned(),
         Missed::CatchUp { limit } => format!("catch up (at most {limit} missed slots)"),
@@ -386,7 +388,8 @@ fn detail(v: &ScheduleView) {
     );
     output::outln!("state:       {state}");
     output::outln!(
-        "creates:     {creates}: {}",
+        "creates:     {}: {}",
+        output::escape(&creates),
         output::escape(s.creates.title())
     );
     output::outln!("missed:      {missed}");

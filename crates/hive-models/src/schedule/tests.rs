@@ -249,9 +249,22 @@ fn the_pending_slot_stays_on_the_first_slot_not_handled_and_is_overdue_after_a_g
     assert_eq!(s.pending_slot(), Some(pending));
     assert_eq!(s.overdue(at(2026, 12, 6, 22, 0, 0)), Some(pending));
     assert_eq!(
-        s.overdue(pending + chrono::Duration::seconds(3)),
+        s.overdue(pending + chrono::Duration::seconds(5)),
         None,
         "in grace"
+    );
+    assert_eq!(
+        s.overdue(pending + chrono::Duration::seconds(6)),
+        Some(pending)
+    );
+    let unreadable = Schedule {
+        timezone: "Mars/Olympus".into(),
+        ..s.clone()
+    };
+    assert_eq!(
+        unreadable.pending_slot(),
+        Some(unreadable.done_until),
+        "a schedule that cannot fire shows as due since its last handled slot"
     );
     assert_eq!(s.overdue(at(2026, 12, 1, 20, 0, 0)), None, "not yet due");
     let paused = Schedule {

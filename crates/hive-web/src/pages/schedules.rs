@@ -43,6 +43,11 @@ pub async fn page(State(s): State<AppState>) -> Response {
         Ok(found) => found,
         Err(e) => return op_error(&e),
     };
+    // The database's clock: the one slots are handled by.
+    let now = match s.client.store().now().await {
+        Ok(now) => now,
+        Err(e) => return op_error(&e.into()),
+    };
     layout(
         "Schedules",
         html! {
@@ -69,7 +74,7 @@ pub async fn page(State(s): State<AppState>) -> Response {
                                 @match sc.pending_slot() {
                                     Some(t) => {
                                         (time(t))
-                                        @if sc.overdue(chrono::Utc::now()).is_some() {
+                                        @if sc.overdue(now).is_some() {
                                             " " span class="overdue" { "overdue" }
                                         }
                                     }
