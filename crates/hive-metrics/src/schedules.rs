@@ -79,7 +79,7 @@ impl ScheduleGauges {
             if let Some(t) = s.last_fired {
                 self.last_fired.with_label_values(&[name]).set(seconds(t));
             }
-            if let Some(t) = s.pending_slot() {
+            if let Some(t) = v.pending_slot {
                 self.next_slot.with_label_values(&[name]).set(seconds(t));
             }
             let run = match v.last_run {

@@ -31,7 +31,8 @@ pub use plan::{
 pub use retry::{AfterFailure, Jitter, RetryPolicy, TypeRetry, after_failure};
 pub use run::{Progress, Run, RunStatus};
 pub use schedule::{
-    Missed, NewSchedule, Overlap, Schedule, Scheduled, ScheduledTask, SlotWork, Timing, slot_key,
+    Missed, NewSchedule, Overlap, Schedule, Scheduled, ScheduledTask, SlotWork, Timing, manual_key,
+    slot_key,
 };
 pub use task::{
     Blocker, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, MAX_DELAY_SECS, NewTask, Task,

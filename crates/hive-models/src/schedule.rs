@@ -169,12 +169,11 @@ impl Schedule {
         }
     }
 
-    /// The pending slot when it is more than [`Schedule::OVERDUE_AFTER`] before `now`: no
-    /// scheduler running, a queued slot waiting for the last one's work, or work that
+    /// Whether a pending slot is more than [`Schedule::OVERDUE_AFTER`] before `now`: no
+    /// scheduler running, a queued slot waiting for the last run's work, or work that
     /// cannot be created.
-    pub fn overdue(&self, now: Timestamp) -> Option<Timestamp> {
-        self.pending_slot()
-            .filter(|slot| now - *slot > Self::OVERDUE_AFTER)
+    pub fn is_overdue(pending: Timestamp, now: Timestamp) -> bool {
+        now - pending > Self::OVERDUE_AFTER
     }
 }
 
@@ -287,6 +286,18 @@ impl ScheduledTask {
 /// The idempotency key of a schedule's task for one slot.
 pub fn slot_key(schedule: &str, slot: Timestamp) -> String {
     format!("schedule:{schedule}:{}", slot.to_rfc3339())
+}
+
+/// The idempotency key of a schedule's manual run: `key` (by default `at`, to the
+/// microsecond) behind a prefix no slot's key has and the name's length, so that no other
+/// schedule's (whose name holds a `:`) can meet it.
+pub fn manual_key(schedule: &str, at: Timestamp, key: Option<&str>) -> String {
+    let at_text = at.to_rfc3339();
+    format!(
+        "schedule-manual:{}:{schedule}:{}",
+        schedule.len(),
+        key.unwrap_or(&at_text)
+    )
 }
 
 /// A parsed cron expression in its time zone.

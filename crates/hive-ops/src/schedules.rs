@@ -4,7 +4,9 @@
 //! idempotency key of its schedule and slot time, and a schedule's `done_until` moves
 //! compare-and-set.
 
-use hive_models::{Json, NewSchedule, Overlap, Schedule, SlotWork, Timestamp, Timing, slot_key};
+use hive_models::{
+    Json, NewSchedule, Overlap, Schedule, SlotWork, Timestamp, Timing, manual_key, slot_key,
+};
 use hive_store::{KeyedWork, ScheduleAdvance, Store};
 
 use crate::{Error, Ops, Result};
@@ -53,6 +55,10 @@ pub struct ScheduleView {
     /// The task or plan of its last fired slot, with its status: did last night's run
     /// succeed. `None` before its first fire, or once that work was pruned.
     pub last_run: Option<KeyedWork>,
+    /// Its first slot not yet handled ([`Schedule::pending_slot`]); `None` when paused.
+    pub pending_slot: Option<Timestamp>,
+    /// Whether that slot is over [`Schedule::OVERDUE_AFTER`] late by the store's clock.
+    pub overdue: bool,
 }
 
 /// One slot of a schedule's history ([`Ops::schedule_history`]): when it was, and the task
@@ -226,9 +232,9 @@ impl<S: Store + ?Sized> Ops<S> {
         // Noted first, like a slot's claim: a scheduler that read the schedule before this
         // loses its claim, and one that reads it after waits for (or skips beside) the
         // work about to exist.
-        if let Some(key) = work.key() {
-            self.store.note_manual_run(name, key).await?;
-        }
+        self.store
+            .note_manual_run(name, &manual_key(name, now, key))
+            .await?;
         Ok(match work {
             SlotWork::Task(t) => Triggered::Task(self.create_task(t).await?),
             SlotWork::Plan(p) => Triggered::Plan(self.submit_plan(p).await?),
@@ -246,7 +252,8 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(self.views(found.into_iter().collect()).await?.pop())
     }
 
-    /// The schedules with their last runs, read in one round trip.
+    /// The schedules with their last runs, read in one round trip, and whether each is
+    /// overdue by the store's clock.
     async fn views(&self, schedules: Vec<Schedule>) -> Result<Vec<ScheduleView>> {
         let last_key = |s: &Schedule| s.last_fired.map(|slot| slot_key(&s.name, slot));
         let keys: Vec<String> = schedules.iter().filter_map(last_key).collect();
@@ -255,11 +262,17 @@ impl<S: Store + ?Sized> Ops<S> {
         } else {
             self.store.keyed_work(&keys).await?
         };
+        let now = self.store.now().await?;
         Ok(schedules
             .into_iter()
-            .map(|schedule| ScheduleView {
-                last_run: last_key(&schedule).and_then(|k| runs.remove(&k)),
-                schedule,
+            .map(|schedule| {
+                let pending_slot = schedule.pending_slot();
+                ScheduleView {
+                    last_run: last_key(&schedule).and_then(|k| runs.remove(&k)),
+                    overdue: pending_slot.is_some_and(|p| Schedule::is_overdue(p, now)),
+                    pending_slot,
+                    schedule,
+                }
             })
             .collect())
     }
@@ -440,12 +453,12 @@ impl<S: Store + ?Sized> Ops<S> {
                         if s.overlap == Overlap::Queue {
                             // Nothing written: the schedule stays due, the next step looks
                             // again.
-                            tracing::debug!(schedule = %s.name, previous = %previous,
+                            tracing::debug!(schedule = %s.name, previous = ?previous,
                                 slot = %first, "slot waits: the previous run's work is unfinished");
                             fired.waiting = true;
                             return Ok(fired);
                         }
-                        tracing::info!(schedule = %s.name, previous = %previous,
+                        tracing::info!(schedule = %s.name, previous = ?previous,
                             "slot skipped: the previous run's work is unfinished");
                         fired.skipped = slots.len();
                         slots.clear();
@@ -499,16 +512,16 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(fired)
     }
 
-    /// The key of the unfinished work a schedule that skips or queues overlaps must not
-    /// start a slot beside: its last started slot's, or its last manual run's.
-    async fn unfinished_before(&self, s: &Schedule) -> Result<Option<String>> {
+    /// The keys of the last runs (its last started slot's, its last manual run's) when
+    /// work holding one is unfinished, in one read: what a schedule that skips or queues
+    /// overlaps must not start a slot beside.
+    async fn unfinished_before(&self, s: &Schedule) -> Result<Option<Vec<String>>> {
         let last_slot = s.last_fired.map(|l| slot_key(&s.name, l));
-        for key in last_slot.into_iter().chain(s.last_manual.clone()) {
-            if self.store.unfinished_by_key(&key).await? {
-                return Ok(Some(key));
-            }
+        let keys: Vec<String> = last_slot.into_iter().chain(s.last_manual.clone()).collect();
+        if keys.is_empty() || !self.store.unfinished_by_key(&keys).await? {
+            return Ok(None);
         }
-        Ok(None)
+        Ok(Some(keys))
     }
 }
 

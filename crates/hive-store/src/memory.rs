@@ -459,8 +459,9 @@ impl Store for MemoryStore {
         Ok(self.lock().replace_schedule(s, from))
     }
 
-    async fn unfinished_by_key(&self, key: &str) -> Result<bool> {
-        Ok(self.lock().unfinished_by_key(key))
+    async fn unfinished_by_key(&self, keys: &[String]) -> Result<bool> {
+        let s = self.lock();
+        Ok(keys.iter().any(|k| s.unfinished_by_key(k)))
     }
 
     async fn keyed_work(&self, keys: &[String]) -> Result<HashMap<String, crate::KeyedWork>> {

@@ -401,8 +401,8 @@ impl Store for PostgresStore {
         self.run(self.replace_schedule_once(s, from)).await
     }
 
-    async fn unfinished_by_key(&self, key: &str) -> Result<bool> {
-        self.run(self.read_unfinished_by_key(key)).await
+    async fn unfinished_by_key(&self, keys: &[String]) -> Result<bool> {
+        self.run(self.read_unfinished_by_key(keys)).await
     }
 
     async fn keyed_work(

@@ -462,8 +462,8 @@ impl Store for SqliteStore {
         write!(self, quiet schedules::replace, s, from)
     }
 
-    async fn unfinished_by_key(&self, key: &str) -> Result<bool> {
-        read!(self, schedules::unfinished_by_key, key)
+    async fn unfinished_by_key(&self, keys: &[String]) -> Result<bool> {
+        read!(self, schedules::unfinished_by_key, keys)
     }
 
     async fn keyed_work(

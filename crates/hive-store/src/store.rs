@@ -240,17 +240,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// to `from`, replaces its definition (`cron`, `timezone`, `creates`, `missed`,
     /// `overlap`) and its
     /// progress (`done_until`, `next_slot`) with `schedule`'s; whether it is enabled, its
-    /// last fire and its creation time stay as stored (a pause committed meanwhile is not
+    /// last fire, its last manual run and its creation time stay as stored (a pause committed meanwhile is not
     /// undone), `updated_at` becomes the store's now. False when a scheduler moved it
     /// first, or the schedule is unknown.
     async fn replace_schedule(&self, schedule: &Schedule, from: Timestamp) -> Result<bool>;
 
-    /// Whether the task or plan that holds idempotency key `key` is unfinished: a task not
-    /// in a terminal status; a plan pending or running, or failed with subtasks still
-    /// running or queued (a failure cancels only the failed subtask's descendants). False
-    /// when none holds it (never created, or pruned). What a schedule that skips overlaps
-    /// asks of its last slot.
-    async fn unfinished_by_key(&self, key: &str) -> Result<bool>;
+    /// Whether a task or plan that holds one of `keys` is unfinished, in one read: a task
+    /// not in a terminal status; a plan pending or running, or failed with subtasks still
+    /// running or queued (a failure cancels only the failed subtask's descendants). A key
+    /// none holds (never created, or pruned) counts as finished. What a schedule that
+    /// skips or queues overlaps asks of its last slot's and last manual run's keys.
+    async fn unfinished_by_key(&self, keys: &[String]) -> Result<bool>;
 
     /// The task or plan that holds each of `keys`, with its status, in one read (a
     /// listing of schedules or of a schedule's slots); a key none holds (never created, or

@@ -49,7 +49,8 @@ pub enum ScheduleCommand {
         limit: u32,
     },
     /// Run a schedule by hand now, paused or not: create its task (or submit its plan),
-    /// marked `"manual": true` in its metadata. Its slots are unaffected.
+    /// marked `"manual": true` in its metadata. It is not a slot's fire, but while its work
+    /// is unfinished a schedule that skips or queues overlaps holds its slots back.
     Trigger {
         /// The schedule's name.
         name: String,
@@ -236,9 +237,7 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             if ctx.json {
                 output::json(&schedules)?;
             } else {
-                // The database's clock: the one slots are handled by.
-                let now = client.store().now().await?;
-                output::table(HEADER, schedules.iter().map(|v| row(v, now)));
+                output::table(HEADER, schedules.iter().map(row));
             }
         }
         ScheduleCommand::Get { name } => {
@@ -250,7 +249,7 @@ pub async fn run(ctx: &Context, cmd: ScheduleCommand) -> anyhow::Result<ExitCode
             if ctx.json {
                 output::json(&s)?;
             } else {
-                detail(&s, client.store().now().await?);
+                detail(&s);
             }
         }
         ScheduleCommand::Runs { name, limit } => {
@@ -345,7 +344,7 @@ const HEADER: [&str; 9] = [
     "NAME", "CRON", "TZ", "ENABLED", "LAST", "LAST RUN", "NEXT", "TYPE", "TITLE",
 ];
 
-fn row(v: &ScheduleView, now: chrono::DateTime<chrono::Utc>) -> [String; 9] {
+fn row(v: &ScheduleView) -> [String; 9] {
     let s = &v.schedule;
     let last_run = match v.last_run {
         Some(KeyedWork::Task { status, .. }) => format!("task {status}"),
@@ -359,8 +358,8 @@ fn row(v: &ScheduleView, now: chrono::DateTime<chrono::Utc>) -> [String; 9] {
         s.enabled.to_string(),
         output::opt(s.last_fired),
         last_run,
-        match s.pending_slot() {
-            Some(t) if s.overdue(now).is_some() => format!("{t} (overdue)"),
+        match v.pending_slot {
+            Some(t) if v.overdue => format!("{t} (overdue)"),
             t => output::opt(t),
         },
         match &s.creates {
@@ -372,9 +371,9 @@ fn row(v: &ScheduleView, now: chrono::DateTime<chrono::Utc>) -> [String; 9] {
 }
 
 /// One schedule, every rule and where it stands, a line each.
-fn detail(v: &ScheduleView, now: chrono::DateTime<chrono::Utc>) {
+fn detail(v: &ScheduleView) {
     let s = &v.schedule;
-    let [_, cron, zone, _, last, last_run, next, creates, _] = row(v, now);
+    let [_, cron, zone, _, last, last_run, next, creates, _] = row(v);
     let missed = match s.missed {
         Missed::Skip => "skip (only the latest missed slot runs)".to_owned(),
         Missed::CatchUp { limit } => format!("catch up (at most {limit} missed slots)"),

@@ -64,16 +64,6 @@ pub enum SlotWork {
     Plan(NewPlan),
 }
 
-impl SlotWork {
-    /// The idempotency key the task or plan carries.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            SlotWork::Task(t) => t.idempotency_key.as_deref(),
-            SlotWork::Plan(p) => p.idempotency_key.as_deref(),
-        }
-    }
-}
-
 impl Scheduled {
     /// The task types the schedule's slots create (a plan's, each once, in order).
     pub fn task_types(&self) -> Vec<&str> {
@@ -160,12 +150,7 @@ impl Scheduled {
         if let Some(k) = key {
             crate::task::non_blank("idempotency_key", k)?;
         }
-        let at_text = at.to_rfc3339();
-        let key = format!(
-            "schedule-manual:{}:{schedule}:{}",
-            schedule.len(),
-            key.unwrap_or(&at_text)
-        );
+        let key = super::manual_key(schedule, at, key);
         let mark = |metadata: &mut Json| {
             if let Json::Object(m) = metadata {
                 m.remove("slot");

@@ -98,18 +98,19 @@ impl PostgresStore {
     }
 
     /// Task and plan statuses share their terminal names.
-    pub(super) async fn read_unfinished_by_key(&self, key: &str) -> R<bool> {
+    pub(super) async fn read_unfinished_by_key(&self, keys: &[String]) -> R<bool> {
         const UNFINISHED: &str = concat!(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = $1 AND status NOT IN ",
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = ANY($1) AND status NOT IN ",
             terminal_statuses!(),
-            ") OR EXISTS (SELECT 1 FROM plans p WHERE p.idempotency_key = $1 AND (p.status NOT IN ",
+            ") OR EXISTS (SELECT 1 FROM plans p WHERE p.idempotency_key = ANY($1) \
+             AND (p.status NOT IN ",
             terminal_statuses!(),
             " OR EXISTS (SELECT 1 FROM tasks t WHERE t.plan_id = p.id AND t.status NOT IN ",
             terminal_statuses!(),
             ")))"
         );
         let unfinished: bool = sqlx::query_scalar(UNFINISHED)
-            .bind(key)
+            .bind(keys)
             .fetch_one(&self.pool)
             .await?;
         Ok(unfinished)

@@ -96,16 +96,17 @@ pub(super) async fn list(c: &mut Conn) -> R<Vec<Schedule>> {
     rows.iter().map(from_row).collect()
 }
 
-pub(super) async fn unfinished_by_key(c: &mut Conn, key: &str) -> R<bool> {
+pub(super) async fn unfinished_by_key(c: &mut Conn, keys: &[String]) -> R<bool> {
     let unfinished: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key = ?1 \
+        "WITH k(key) AS (SELECT value FROM json_each(?1)) \
+         SELECT EXISTS (SELECT 1 FROM tasks WHERE idempotency_key IN (SELECT key FROM k) \
                         AND status NOT IN ('completed', 'failed', 'cancelled')) \
-             OR EXISTS (SELECT 1 FROM plans p WHERE p.idempotency_key = ?1 \
+             OR EXISTS (SELECT 1 FROM plans p WHERE p.idempotency_key IN (SELECT key FROM k) \
                         AND (p.status NOT IN ('completed', 'failed', 'cancelled') \
                              OR EXISTS (SELECT 1 FROM tasks t WHERE t.plan_id = p.id \
                                         AND t.status NOT IN ('completed', 'failed', 'cancelled'))))",
     )
-    .bind(key)
+    .bind(db::json_list(keys))
     .fetch_one(&mut *c)
     .await?;
     Ok(unfinished)

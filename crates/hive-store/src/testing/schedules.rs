@@ -1,5 +1,6 @@
 //! Conformance cases for schedules: stored whole, listed by name, moved compare-and-set,
-//! deleted; and what a schedule that skips overlaps asks of its last slot's task or plan.
+//! deleted; and what a schedule that skips or queues overlaps asks of its last runs' tasks
+//! or plans.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -303,15 +304,26 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
 /// A task or plan holding a key is unfinished until it reaches a terminal status; a key
 /// nothing holds is not. `keyed_work` finds which, with its status.
 pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
-    assert!(!s.unfinished_by_key("schedule:none").await.unwrap());
+    assert!(
+        !s.unfinished_by_key(&["schedule:none".to_owned()])
+            .await
+            .unwrap()
+    );
     let task = NewTask::new("slot", "report").idempotency_key("schedule:t:1");
     let id = s.insert_tasks(vec![task]).await.unwrap()[0];
-    assert!(s.unfinished_by_key("schedule:t:1").await.unwrap(), "queued");
+    assert!(
+        s.unfinished_by_key(&["schedule:t:1".to_owned()])
+            .await
+            .unwrap(),
+        "queued"
+    );
     s.set_task_status(id, StatusChange::to(TaskStatus::Cancelled))
         .await
         .unwrap();
     assert!(
-        !s.unfinished_by_key("schedule:t:1").await.unwrap(),
+        !s.unfinished_by_key(&["schedule:t:1".to_owned()])
+            .await
+            .unwrap(),
         "cancelled"
     );
     let keys = ["schedule:t:1".to_owned(), "schedule:none".to_owned()];
@@ -330,10 +342,22 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
         .idempotency_key("schedule:p:1");
     let (plan_id, _) = s.submit_plan(plan).await.unwrap();
     assert!(
-        s.unfinished_by_key("schedule:p:1").await.unwrap(),
+        s.unfinished_by_key(&["schedule:p:1".to_owned()])
+            .await
+            .unwrap(),
         "pending"
     );
-    assert!(!s.unfinished_by_key("schedule:p:2").await.unwrap());
+    assert!(
+        !s.unfinished_by_key(&["schedule:p:2".to_owned()])
+            .await
+            .unwrap()
+    );
+    let both = ["schedule:t:1", "schedule:p:1"].map(String::from);
+    assert!(
+        s.unfinished_by_key(&both).await.unwrap(),
+        "one of them, in one read"
+    );
+    assert!(!s.unfinished_by_key(&[]).await.unwrap());
     let keys = ["schedule:p:1", "schedule:t:1", "schedule:p:2"].map(String::from);
     let found = s.keyed_work(&keys).await.unwrap();
     assert_eq!(
@@ -354,7 +378,9 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
     assert_eq!(found.len(), 2);
     s.cancel_plan(plan_id).await.unwrap();
     assert!(
-        !s.unfinished_by_key("schedule:p:1").await.unwrap(),
+        !s.unfinished_by_key(&["schedule:p:1".to_owned()])
+            .await
+            .unwrap(),
         "cancelled"
     );
 
@@ -375,7 +401,9 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
     let failed = s.get_plan_header(plan_id).await.unwrap().unwrap();
     assert_eq!(failed.status, PlanStatus::Failed);
     assert!(
-        s.unfinished_by_key("schedule:p:3").await.unwrap(),
+        s.unfinished_by_key(&["schedule:p:3".to_owned()])
+            .await
+            .unwrap(),
         "failed, with a subtask still queued"
     );
     let other = s
@@ -390,7 +418,9 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
         .await
         .unwrap();
     assert!(
-        !s.unfinished_by_key("schedule:p:3").await.unwrap(),
+        !s.unfinished_by_key(&["schedule:p:3".to_owned()])
+            .await
+            .unwrap(),
         "all ended"
     );
 }

@@ -43,11 +43,6 @@ pub async fn page(State(s): State<AppState>) -> Response {
         Ok(found) => found,
         Err(e) => return op_error(&e),
     };
-    // The database's clock: the one slots are handled by.
-    let now = match s.client.store().now().await {
-        Ok(now) => now,
-        Err(e) => return op_error(&e.into()),
-    };
     layout(
         "Schedules",
         html! {
@@ -71,10 +66,10 @@ pub async fn page(State(s): State<AppState>) -> Response {
                                 (last_run(v.last_run))
                             }
                             td class="next" {
-                                @match sc.pending_slot() {
+                                @match v.pending_slot {
                                     Some(t) => {
                                         (time(t))
-                                        @if sc.overdue(now).is_some() {
+                                        @if v.overdue {
                                             " " span class="overdue" { "overdue" }
                                         }
                                     }
