@@ -4,6 +4,7 @@ use hive_store::testing::dashboard::*;
 use hive_store::testing::details::*;
 use hive_store::testing::flow::*;
 use hive_store::testing::notifications::*;
+use hive_store::testing::plan_lifecycle::*;
 use hive_store::testing::plans::*;
 use hive_store::testing::progress::*;
 use hive_store::testing::retries::*;

@@ -121,7 +121,7 @@ pub async fn a_plan_key_submits_once(s: S) {
     let pruned = s
         .prune_plans(&crate::PlanPruneParams {
             statuses: vec![hive_models::PlanStatus::Cancelled],
-            ..super::workflows::prune_params(Duration::ZERO, 10)
+            ..super::plan_lifecycle::prune_params(Duration::ZERO, 10)
         })
         .await
         .unwrap();

@@ -17,6 +17,7 @@ pub mod differential;
 pub mod fixtures;
 pub mod flow;
 pub mod notifications;
+pub mod plan_lifecycle;
 pub mod plans;
 #[cfg(feature = "postgres")]
 mod postgres;
