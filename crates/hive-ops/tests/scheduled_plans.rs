@@ -150,15 +150,22 @@ async fn a_schedule_that_cannot_fire_leaves_the_others_firing(o: O) {
     // later deploy set.
     let mut big = ScheduledTask::new("big", "big");
     big.payload = json!({"blob": "x".repeat(600)});
-    for (name, task) in [
-        ("a-big", big),
-        ("b-small", ScheduledTask::new("small", "small")),
+    // "b-small" fires at New Year's, so that it is not due again a second later on a
+    // slow machine.
+    for (name, cron, task, behind) in [
+        ("a-big", "* * * * * *", big, 5),
+        (
+            "b-small",
+            "0 0 0 1 1 *",
+            ScheduledTask::new("small", "small"),
+            2 * 366 * 86_400,
+        ),
     ] {
         let s = o
-            .add_schedule(NewSchedule::new(name, "* * * * * *", task))
+            .add_schedule(NewSchedule::new(name, cron, task))
             .await
             .unwrap();
-        let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, behind);
         assert!(o.store().advance_schedule(&behind).await.unwrap());
     }
     let stricter = Ops::with_config(
