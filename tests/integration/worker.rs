@@ -366,24 +366,44 @@ async fn a_worker_told_to_stop_before_it_runs_stops_without_claiming(c: Client) 
 }
 
 async fn panicking_handler_fails_only_its_task(c: Client) {
-    let bad = c
-        .create_task(NewTask::new("bad", "x").max_retries(1))
-        .await
-        .unwrap();
-    let good = c.create_tasks(tasks("good", "x", 5)).await.unwrap();
-    let worker = two_slots(c.worker("p"));
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        worker.run(move |ctx: TaskContext| async move {
+    // A panic inside the handler's future, then one in its synchronous part, before it
+    // returns a future: each fails its task alone, and the worker's slots come back.
+    let bad = panics_fail_only_their_task(&c, "p", |bad| {
+        move |ctx: TaskContext| async move {
             if ctx.task.id == bad {
                 panic!("handler bug");
             }
             Ok::<_, TaskError>(serde_json::json!({"ok": ctx.task.title}))
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+        }
+    })
+    .await;
+    let early = panics_fail_only_their_task(&c, "q", |bad| {
+        move |ctx: TaskContext| {
+            assert!(ctx.task.id != bad, "handler bug");
+            async move { Ok::<_, TaskError>(serde_json::json!({"ok": ctx.task.title})) }
+        }
+    })
+    .await;
+    assert_ne!(bad, early);
+}
+
+/// Creates a task that `handler_for(its id)` panics on (one retry) and five it completes,
+/// runs a two-slot worker until idle, and checks that only the first failed.
+async fn panics_fail_only_their_task<H: hive_client::Handler>(
+    c: &Client,
+    name: &str,
+    handler_for: impl FnOnce(TaskId) -> H,
+) -> TaskId {
+    let bad = c
+        .create_task(NewTask::new("bad", name).max_retries(1))
+        .await
+        .unwrap();
+    let good = c.create_tasks(tasks("good", name, 5)).await.unwrap();
+    let worker = two_slots(c.worker(name).task_types([name]));
+    let report = tokio::time::timeout(Duration::from_secs(60), worker.run(handler_for(bad)))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.completed, 5);
     assert_eq!(report.failed, 1);
     let t = c.get_task(bad).await.unwrap().unwrap();
@@ -406,6 +426,7 @@ async fn panicking_handler_fails_only_its_task(c: Client) {
             TaskStatus::Completed
         );
     }
+    bad
 }
 
 /// A handler past its timeout is told to stop: one that listens returns and is reported as

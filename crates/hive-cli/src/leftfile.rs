@@ -15,6 +15,32 @@ use nix::fcntl::OFlag;
 /// `O_NONBLOCK`, a FIFO nobody writes to would block the worker's thread for good.
 pub fn read(file: &Path, var: &str, max: u64, limit: &str) -> Result<Option<Vec<u8>>, String> {
     let unreadable = |e: std::io::Error| format!("cannot read the {var} file: {e}");
+    let Some((f, meta)) = open_regular(file, var)? else {
+        return Ok(None);
+    };
+    let too_large = |len: u64| format!("the {var} file is {len} bytes; {limit}");
+    let len = meta.len();
+    if len > max {
+        return Err(too_large(len));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
+/// Opens the file at `file` (named by the environment variable `var`) to read it, with its
+/// metadata: `None` when there is none, an error naming `var` when it is not a regular
+/// file. Opened with `O_NONBLOCK`, so a FIFO put there never blocks the worker's thread.
+pub fn open_regular(
+    file: &Path,
+    var: &str,
+) -> Result<Option<(std::fs::File, std::fs::Metadata)>, String> {
+    let unreadable = |e: std::io::Error| format!("cannot read the {var} file: {e}");
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(OFlag::O_NONBLOCK.bits())
@@ -31,19 +57,7 @@ pub fn read(file: &Path, var: &str, max: u64, limit: &str) -> Result<Option<Vec<
             kind(&meta.file_type())
         ));
     }
-    let too_large = |len: u64| format!("the {var} file is {len} bytes; {limit}");
-    let len = meta.len();
-    if len > max {
-        return Err(too_large(len));
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    f.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if bytes.len() as u64 > max {
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(Some(bytes))
+    Ok(Some((f, meta)))
 }
 
 /// What a file that is not a regular file is, for the error naming it.

@@ -84,15 +84,15 @@ impl ProgressFile {
             return;
         }
         self.seen = Some(stamp);
-        let report = tail(&self.path)
-            .map_err(|e| format!("cannot read it: {e}"))
-            .and_then(|text| parse(&text))
-            .and_then(|report| match report {
-                Some((fraction, message)) => {
-                    ctx.progress(fraction, message).map_err(|e| e.to_string())
-                }
-                None => Ok(()),
-            });
+        let report =
+            tail(&self.path)
+                .and_then(|text| parse(&text))
+                .and_then(|report| match report {
+                    Some((fraction, message)) => {
+                        ctx.progress(fraction, message).map_err(|e| e.to_string())
+                    }
+                    None => Ok(()),
+                });
         if let (Err(e), None) = (report, &self.refused) {
             tracing::warn!(task_id = %ctx.task.id, "a HIVE_PROGRESS report was refused: {e}");
             self.refused = Some(format!("[HIVE_PROGRESS report refused: {e}]"));
@@ -106,18 +106,48 @@ impl ProgressFile {
 }
 
 /// The last [`TAIL_BYTES`] of the file, as text (a character cut at the start is replaced).
-fn tail(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+/// Anything but a regular file is refused unread (a FIFO would block the worker's thread).
+fn tail(path: &Path) -> Result<String, String> {
+    let unreadable = |e: std::io::Error| format!("cannot read it: {e}");
+    let Some((mut f, meta)) = crate::leftfile::open_regular(path, "HIVE_PROGRESS")? else {
+        return Ok(String::new());
+    };
+    f.seek(SeekFrom::Start(meta.len().saturating_sub(TAIL_BYTES)))
+        .map_err(unreadable)?;
     let mut bytes = Vec::new();
-    f.take(TAIL_BYTES).read_to_end(&mut bytes)?;
+    f.take(TAIL_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, tail};
+
+    /// A FIFO made where the progress file goes is refused at once: the worker looks at
+    /// the file once more after the command ended, when no writer is left to open it.
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("progress");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(tail(&fifo));
+        });
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("tail returned instead of waiting for a writer")
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            "the HIVE_PROGRESS file is not a regular file (it is a FIFO); write the file itself"
+        );
+        assert_eq!(tail(&dir.path().join("none")).unwrap(), "");
+        std::fs::write(dir.path().join("p"), "0.5 half\n").unwrap();
+        assert_eq!(tail(&dir.path().join("p")).unwrap(), "0.5 half\n");
+    }
 
     #[test]
     fn the_last_line_is_the_report() {

@@ -371,8 +371,10 @@ pub(super) async fn run_one(
     let span = tracing::info_span!("handler", task_id = %task_id, run_id = %run_id,
         task_type = %ctx.task.task_type, attempt = ctx.task.attempts,
         run_number = ctx.run.run_number);
+    // The call inside the guarded future: a handler may panic in its synchronous part,
+    // before it returns a future, and that panic must end this run like any other.
     let fut = tracing::Instrument::instrument(
-        std::panic::AssertUnwindSafe(handler.call(ctx)).catch_unwind(),
+        std::panic::AssertUnwindSafe(async move { handler.call(ctx).await }).catch_unwind(),
         span,
     );
     tokio::pin!(fut);

@@ -41,6 +41,8 @@ impl Held {
     /// How long the check waits for in-flight claims and commits before it skips a round:
     /// a call stuck on a dead connection must not hold up the heartbeat behind it.
     const WAIT: Duration = Duration::from_secs(1);
+    /// How long the check's read of the store may hold the gate.
+    const READ: Duration = Duration::from_secs(2);
 
     fn map(&self) -> std::sync::MutexGuard<'_, IdMap<RunId, TaskId>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
@@ -76,7 +78,13 @@ impl Held {
         let Ok(gate) = tokio::time::timeout(Self::WAIT, self.gate.write()).await else {
             return Ok(Reconciled::default());
         };
-        let stored = client.running_runs(worker).await?;
+        // Every claim and commit waits while the gate is held: a read stuck on a dead
+        // connection skips this round rather than stop the worker's work behind it.
+        let Ok(stored) = tokio::time::timeout(Self::READ, client.running_runs(worker)).await else {
+            tracing::warn!(worker = %worker, "reading the runs held took over {:?}: check skipped", Self::READ);
+            return Ok(Reconciled::default());
+        };
+        let stored = stored?;
         let known = self.map().clone();
         drop(gate);
         let in_store: IdSet<RunId> = stored.iter().map(|r| r.id).collect();

@@ -212,13 +212,17 @@ impl Runtime {
             let mut skipped = 0;
             while let Some(p) = events.recv().await {
                 // A task cancelled while its handler runs here: tell the handler to stop.
+                // Only the run the cancellation closed: by the time this is read the task
+                // may have been queued again and claimed here anew. One cancelled with no
+                // running run has none of this worker's to stop (a stale one still running
+                // here is found by the heartbeat's check, `held.rs`).
                 if let hive_ops::Event::TaskStatusChanged {
-                    task_id,
                     status: hive_models::TaskStatus::Cancelled,
+                    run_id: Some(run),
                     ..
                 } = p.event
                 {
-                    stops.stop_task(task_id);
+                    stops.stop_run(run);
                 }
                 if p.event.may_be_claimable() || events.skipped() > skipped {
                     skipped = events.skipped();

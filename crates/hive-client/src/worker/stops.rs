@@ -52,15 +52,6 @@ impl Stops {
             .is_some_and(|(_, s)| !s.send_replace(true))
     }
 
-    /// Fires the stop signals of the handlers running any run of `task` (cancelled).
-    pub(super) fn stop_task(&self, task: TaskId) {
-        for (t, s) in self.running().stops.values() {
-            if *t == task {
-                s.send_replace(true);
-            }
-        }
-    }
-
     /// Stops every handler not yet told to stop, its run to be given back for `reason`;
     /// how many it stopped.
     pub(super) fn give_back_all(&self, reason: &str) -> usize {
@@ -104,11 +95,6 @@ mod tests {
         );
         // Told once: the second call fires nothing.
         assert!(!stops.stop_run(old));
-        // A cancelled task stops every run of it, and only those.
-        let (_other, other_rx) = running(&stops, TaskId::new());
-        stops.stop_task(task);
-        assert!(*new_rx.borrow());
-        assert!(!*other_rx.borrow());
     }
 
     #[test]
