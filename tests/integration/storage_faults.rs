@@ -61,7 +61,8 @@ mod sqlite {
         let first = store
             .insert_tasks(vec![super::StoreTask::new("first", "x")])
             .await
-            .unwrap()[0];
+            .unwrap()
+            .ids[0];
         super::dropped_writes(&store, &store).await;
         assert!(store.get_task(first).await.unwrap().is_some());
     }
@@ -195,7 +196,7 @@ async fn commit_and_rollback_faults() {
         let store = &store;
         async move { store.insert_tasks(vec![StoreTask::new(title, "x")]).await }
     };
-    let a = insert("a").await.unwrap()[0];
+    let a = insert("a").await.unwrap().ids[0];
     // COMMIT fails: nothing of the transaction stays, and the next write works.
     store.inject_fault(TxFault::Commit);
     insert("lost to commit").await.unwrap_err();
@@ -244,7 +245,8 @@ async fn dropped_writes(store: &dyn Store, observer: &dyn Store) {
         let id = store
             .insert_tasks(vec![StoreTask::new(&after, "x")])
             .await
-            .unwrap_or_else(|e| panic!("the write {after} failed: {e}"))[0];
+            .unwrap_or_else(|e| panic!("the write {after} failed: {e}"))
+            .ids[0];
         assert!(
             observer.get_task(id).await.unwrap().is_some(),
             "the write {after} was not committed"
@@ -374,7 +376,8 @@ async fn a_statement_timeout_mid_transaction_leaves_the_pool_clean(
     let id = store
         .insert_tasks(vec![StoreTask::new("locked", "x")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let tag = tag();
     let timed = tagged_store(&url, &tag, "-c statement_timeout=300").await;
     let mut holder = PgConnection::connect(&url).await.unwrap();
@@ -417,8 +420,8 @@ async fn a_connection_killed_during_commit_leaves_the_pool_clean(_: Arc<dyn Stor
         assert!(err.is_transient(), "{err}");
         no_open_transaction(&url, &tag).await;
         // Retrying is safe: the key makes the insert happen once, whichever way it went.
-        let ids = store.insert_tasks(vec![key(title)]).await.unwrap();
-        let again = store.insert_tasks(vec![key(title)]).await.unwrap();
+        let ids = store.insert_tasks(vec![key(title)]).await.unwrap().ids;
+        let again = store.insert_tasks(vec![key(title)]).await.unwrap().ids;
         assert_eq!(ids, again);
     }
     let titles = titles(&*store).await;
@@ -431,7 +434,8 @@ async fn serialization_failures_leave_the_pool_clean(store: Arc<dyn Store>, url:
     let id = store
         .insert_tasks(vec![StoreTask::new("contended", "x")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let tag = tag();
     let mut stores = Vec::new();
     for _ in 0..4 {

@@ -53,13 +53,28 @@ pub fn report(
     }
 }
 
-/// Prints the id of what a command created: alone on its line, or as `{"id": …}`.
-pub fn created(as_json: bool, id: impl std::fmt::Display + Serialize) -> anyhow::Result<()> {
+/// Prints the id of what a command created: alone on its line, or as
+/// `{"id": …, "created": …}`. When an idempotency `key` named a `what` made before
+/// (`created` false), a hint on stderr says nothing new was made.
+pub fn created(
+    as_json: bool,
+    what: &str,
+    id: impl std::fmt::Display + Serialize,
+    created: bool,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
     report(
         as_json,
-        &serde_json::json!({ "id": id }),
+        &serde_json::json!({ "id": id, "created": created }),
         format_args!("{id}"),
-    )
+    )?;
+    if let (false, Some(key)) = (created, key) {
+        hint(&format!(
+            "{what} {id} was made before with idempotency key `{}`: nothing new",
+            escape(key)
+        ));
+    }
+    Ok(())
 }
 
 /// Reports a failed command on stderr in one line: `error: …`, or `{"error": "…"}` with

@@ -29,7 +29,9 @@ fn a_plan_submitted_twice_with_one_key_is_one_plan() {
     assert!(ok, "{stderr}");
     assert_eq!(again.trim(), first, "the same id, alone on stdout");
     assert!(
-        stderr.contains("was submitted before with idempotency key `nightly-2026-12-06`"),
+        stderr.contains(&format!(
+            "plan {first} was made before with idempotency key `nightly-2026-12-06`"
+        )),
         "{stderr}"
     );
     let repeat = db.json(&["plan", "submit", &keyed]);
@@ -66,6 +68,43 @@ fn a_plan_submitted_twice_with_one_key_is_one_plan() {
         "--idempotency-key: must not be empty",
         &before,
     );
+}
+
+/// A task created again with the same idempotency key is the first task, and the
+/// command says so: on stderr, and as `"created": false` with `--json`.
+#[test]
+fn a_task_created_twice_with_one_key_says_so() {
+    let db = Db::new();
+    let args = [
+        "task",
+        "create",
+        "--title",
+        "Mail",
+        "--type",
+        "noop",
+        "--idempotency-key",
+        "mail-7",
+    ];
+    let (ok, first, stderr) = db.run(&args);
+    assert!(ok && stderr.is_empty(), "{stderr}");
+    let first = first.trim().to_owned();
+    let (ok, again, stderr) = db.run(&args);
+    assert!(ok, "{stderr}");
+    assert_eq!(again.trim(), first, "the same id, alone on stdout");
+    assert!(
+        stderr.contains(&format!(
+            "task {first} was made before with idempotency key `mail-7`: nothing new"
+        )),
+        "{stderr}"
+    );
+    let repeat = db.json(&args);
+    assert_eq!(
+        (repeat["id"].as_str(), repeat["created"].as_bool()),
+        (Some(first.as_str()), Some(false))
+    );
+    let fresh = db.json(&["task", "create", "--title", "Other", "--type", "noop"]);
+    assert_eq!(fresh["created"], true, "{fresh}");
+    assert_eq!(db.json(&["task", "list"]).as_array().unwrap().len(), 2);
 }
 
 /// A dependency a plan file names twice is one dependency, and is shown once.

@@ -35,8 +35,9 @@ pub use client::{Client, ConnectRetry, DATABASE_URL_ENV, DEFAULT_DATABASE_URL};
 pub use compat::{OrchestrationClient, get_client};
 pub use error::{Error, Result};
 pub use hive_models::{
-    ExecutionPlan, Jitter, NewPlan, NewTask, PlanHeader, PlanId, PlanStatus, Progress, RetryPolicy,
-    Run, RunId, RunStatus, SubTask, Task, TaskId, TaskStatus, TypeRetry, Worker, WorkerId,
+    ExecutionPlan, FlowRule, Jitter, Missed, NewPlan, NewSchedule, NewTask, Overlap, PlanHeader,
+    PlanId, PlanStatus, Progress, Rate, RetryPolicy, Run, RunId, RunStatus, Schedule, Scheduled,
+    ScheduledTask, Scope, SubTask, Task, TaskId, TaskStatus, TypeRetry, Worker, WorkerId,
     WorkerStatus,
 };
 pub use hive_ops::{

@@ -57,6 +57,17 @@ pub enum Error {
         plan: String,
         status: &'static str,
     },
+    /// A subtask queued again while one of its dependencies is failed or cancelled: it
+    /// would wait for good, and its plan would never finish.
+    #[error(
+        "task `{task}` depends on task `{dependency}`, which is {status} and will not \
+         complete: requeue `{dependency}` first (or retry the plan)"
+    )]
+    DependencyWillNotComplete {
+        task: String,
+        dependency: String,
+        status: &'static str,
+    },
 }
 
 /// Why a plan's subtasks were rejected, naming the subtask ids involved.

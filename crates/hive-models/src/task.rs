@@ -258,7 +258,10 @@ impl Task {
 
     /// Whether this task may be deleted: never while its plan is unfinished (the plan could
     /// then never finish, or a dependent would run before what it waits for), nor while
-    /// `open_dependents` unfinished tasks depend on it. `plan_status` is its plan's status.
+    /// `open_dependents` unfinished tasks depend on it. Of a failed or cancelled plan, only
+    /// a completed subtask: a retry of the plan runs the others again (and an unfinished one
+    /// still counts for it), so without them it would never finish or finish wrong.
+    /// `plan_status` is its plan's status.
     pub fn check_deletable(
         &self,
         plan_status: Option<crate::PlanStatus>,
@@ -277,6 +280,18 @@ impl Task {
             return refuse(format!(
                 "it belongs to plan `{plan}`, which is {status}; cancel the plan (or let it \
                  finish) before deleting its tasks"
+            ));
+        }
+        if let (
+            Some(plan),
+            Some(status @ (crate::PlanStatus::Failed | crate::PlanStatus::Cancelled)),
+        ) = (self.plan_id, plan_status)
+            && self.status != TaskStatus::Completed
+        {
+            return refuse(format!(
+                "it is {} in plan `{plan}`, which is {status} and may be retried (which \
+                 runs it again); delete the whole plan with `hive plan prune` instead",
+                self.status
             ));
         }
         if open_dependents > 0 {

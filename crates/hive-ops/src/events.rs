@@ -34,7 +34,8 @@ pub enum Event {
         task_id: TaskId,
         status: TaskStatus,
         /// The run whose end moved the task, when a worker's did: a run given back to the
-        /// queue (the worker stopping, or cut off from the store) has status `queued`.
+        /// queue (the worker stopping, or cut off from the store) has status `queued`. For
+        /// `cancelled`, the running run the cancellation closed (none if it ran none).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run_id: Option<RunId>,
     },

@@ -150,9 +150,12 @@ async fn oversized_payloads_are_rejected_before_any_store_call() {
     assert_eq!(serde_json::to_vec(&payload_of(LIMIT)).unwrap().len(), LIMIT);
     // Only a payload of exactly the limit may reach the store, once.
     let mut m = MockStore::new();
-    m.expect_insert_tasks()
-        .times(1)
-        .returning(|tasks| Ok(tasks.iter().map(|_| TaskId::new()).collect()));
+    m.expect_insert_tasks().times(1).returning(|tasks| {
+        Ok(hive_store::TasksInserted {
+            ids: tasks.iter().map(|_| TaskId::new()).collect(),
+            new_tasks: tasks.len() as u64,
+        })
+    });
     m.expect_insert_plan().never();
     m.expect_materialize_plan().never();
     let o = ops_with_limit(m);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use hive_models::{Json, NewTask, Run, RunId, Task, TaskId, TaskStatus};
 use hive_store::{
     PruneParams, QueueStats, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter,
-    TaskPageParams,
+    TaskPageParams, TasksInserted,
 };
 
 use crate::{Error, Ops, Result};
@@ -27,6 +27,14 @@ pub struct RetryReport {
     pub in_finished_plans: u64,
 }
 
+/// What [`Ops::create_task_reporting`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TaskCreated {
+    pub id: TaskId,
+    /// False when the task's idempotency key named a task created before.
+    pub created: bool,
+}
+
 /// Refuses a bulk retry whose filter could select tasks a retry must not move: it must
 /// name one status that [`TaskStatus::check_retry`] allows.
 pub fn check_retry_filter(filter: &TaskFilter) -> std::result::Result<(), hive_models::Error> {
@@ -43,15 +51,34 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Creates a task and returns its id (the first task's id when its idempotency key was
     /// seen before). Rejects an empty title or type and an oversized payload, naming the field.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
-        let ids = self.create_tasks(vec![task]).await?;
-        ids.into_iter()
-            .next()
-            .ok_or_else(|| Error::not_found("task", "created"))
+        Ok(self.create_task_reporting(task).await?.id)
+    }
+
+    /// [`Ops::create_task`], also telling whether this call created the task or its
+    /// idempotency key named a task created before (a retried request), which nothing
+    /// changed.
+    pub async fn create_task_reporting(&self, task: NewTask) -> Result<TaskCreated> {
+        let done = self.create_tasks_reporting(vec![task]).await?;
+        let id = done
+            .ids
+            .first()
+            .copied()
+            .ok_or_else(|| Error::not_found("task", "created"))?;
+        Ok(TaskCreated {
+            id,
+            created: done.new_tasks > 0,
+        })
     }
 
     /// Creates many tasks in one transaction. Nothing is created if any task is invalid;
     /// the error names the task's position.
     pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+        Ok(self.create_tasks_reporting(tasks).await?.ids)
+    }
+
+    /// [`Ops::create_tasks`], also counting the tasks this call created (a task whose
+    /// idempotency key names a stored task is not one of them).
+    pub async fn create_tasks_reporting(&self, tasks: Vec<NewTask>) -> Result<TasksInserted> {
         for (i, t) in tasks.iter().enumerate() {
             t.validate(self.config.max_payload_bytes).map_err(|e| {
                 if tasks.len() == 1 {
@@ -124,32 +151,47 @@ impl<S: Store + ?Sized> Ops<S> {
         let page = self.config.retry_batch.max(1);
         let mut left = filter.limit.unwrap_or(u32::MAX);
         let mut report = RetryReport::default();
+        // Tasks a retry refused keep their status, and so match every later page: read
+        // past them (each page is that many longer) and count each once.
+        let mut refused: std::collections::HashSet<TaskId> = std::collections::HashSet::new();
         while left > 0 {
             let want = left.min(page);
+            let held = u32::try_from(refused.len()).unwrap_or(u32::MAX);
             let batch = self
                 .store
                 .list_tasks(&TaskFilter {
                     updated_not_after: Some(as_of),
-                    limit: Some(want),
+                    limit: Some(want.saturating_add(held)),
                     ..filter.clone()
                 })
                 .await?;
+            let full = batch.len() >= want.saturating_add(held) as usize;
+            let mut fresh = 0;
             for task in &batch {
+                if refused.contains(&task.id) {
+                    continue;
+                }
+                fresh += 1;
                 // Each retried task leaves the filter's status, so the next page starts
                 // after it. One deleted or queued again since it was read is skipped.
                 match self.apply_status(task.id, StatusChange::requeue()).await {
                     Ok(Some(c)) if c.previous != TaskStatus::Queued => report.retried += 1,
                     Err(Error::Invalid(hive_models::Error::SubtaskOfFinishedPlan { .. })) => {
                         report.in_finished_plans += 1;
+                        refused.insert(task.id);
                     }
-                    Ok(_) | Err(Error::Invalid(_)) => report.skipped += 1,
+                    Ok(_) => report.skipped += 1,
+                    Err(Error::Invalid(_)) => {
+                        report.skipped += 1;
+                        refused.insert(task.id);
+                    }
                     Err(e) => return Err(e),
                 }
             }
-            if batch.len() < want as usize {
+            if !full || fresh == 0 {
                 break;
             }
-            left -= want;
+            left = left.saturating_sub(fresh);
         }
         Ok(report)
     }
@@ -257,7 +299,7 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Requeues failed tasks matching `filter` (its status is taken as `failed`), newest
     /// first, a page at a time, at most `max` of them: an operator's "retry every failure
     /// of this type", bounded so one request never runs unbounded. Returns the ids
-    /// requeued (a task deleted meanwhile is skipped).
+    /// requeued (a task deleted meanwhile, or one a requeue refuses, is skipped).
     pub async fn requeue_failed(&self, filter: &TaskPageParams, max: u32) -> Result<Vec<TaskId>> {
         let mut page = TaskPageParams {
             status: Some(TaskStatus::Failed),
@@ -268,11 +310,21 @@ impl<S: Store + ?Sized> Ops<S> {
         let mut done = Vec::new();
         while done.len() < max as usize {
             let tasks = self.store.page_tasks(&page).await?;
-            let Some(last) = tasks.last() else { break };
-            page.before = Some(last.id);
-            for t in tasks.iter().take(max as usize - done.len()) {
-                if self.requeue_task(t.id).await? {
-                    done.push(t.id);
+            if tasks.is_empty() {
+                break;
+            }
+            for t in &tasks {
+                if done.len() >= max as usize {
+                    break;
+                }
+                // The next page starts after the last task looked at, not the page's last.
+                page.before = Some(t.id);
+                // A subtask of a failed plan (retried with its plan) or one whose
+                // dependency will not complete stays failed; the others go on.
+                match self.requeue_task(t.id).await {
+                    Ok(true) => done.push(t.id),
+                    Ok(false) | Err(Error::Invalid(_)) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }

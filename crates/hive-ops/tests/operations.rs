@@ -48,6 +48,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     queued_tasks_in_order,
     delete_and_prune,
     retry_one_task_or_every_match,
+    a_bulk_retry_reads_past_the_tasks_it_refuses,
     worker_lifecycle,
     plan_validation_names_ids,
     plan_operations,
@@ -243,6 +244,48 @@ async fn failed_tasks(o: &O, task_type: &str, n: usize) -> Vec<hive_models::Task
         o.fail_task(c.run.id, "boom").await.unwrap();
     }
     ids
+}
+
+/// Subtasks of a failed plan, which a bulk retry leaves to their plan, keep matching its
+/// filter: pages of three that start with four of them still reach the tasks after them,
+/// and each is counted once.
+async fn a_bulk_retry_reads_past_the_tasks_it_refuses(o: O) {
+    let subtasks = (0..4)
+        .map(|i| {
+            let mut st = node(&format!("s{i}"), &[]);
+            st.task_type = "p".into();
+            st.max_retries = Some(0);
+            st
+        })
+        .collect();
+    let plan_id = o.submit_plan(plan(subtasks)).await.unwrap();
+    let types = ["p".to_owned()];
+    for c in o.claim_tasks(&worker("w"), &types, 4, LEASE).await.unwrap() {
+        o.fail_task(c.run.id, "boom").await.unwrap();
+    }
+    assert_eq!(
+        o.get_execution_plan_status(plan_id).await.unwrap(),
+        Some(PlanStatus::Failed)
+    );
+    let alone = failed_tasks(&o, "p", 2).await;
+    let report = o
+        .retry_tasks(&hive_store::TaskFilter {
+            status: Some(TaskStatus::Failed),
+            task_type: Some("p".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.retried, report.in_finished_plans, report.skipped),
+        (2, 4, 0)
+    );
+    for id in alone {
+        assert_eq!(
+            o.get_task(id).await.unwrap().unwrap().status,
+            TaskStatus::Queued
+        );
+    }
 }
 
 async fn retry_one_task_or_every_match(o: O) {

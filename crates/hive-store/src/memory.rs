@@ -26,7 +26,7 @@ use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
     PlanPruneParams, PlansPruned, PruneParams, QueueStats, ReapParams, ReapReport, Result,
     RunOutcome, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams,
-    WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    TasksInserted, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 use state::{State, now, sub};
 
@@ -111,22 +111,26 @@ impl Store for MemoryStore {
         Ok(self.notifier.subscribe())
     }
 
-    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<TasksInserted> {
         let at = now();
-        let single = tasks.len() == 1;
+        let mut new_tasks = 0;
         let ids: Vec<TaskId> = {
             let mut s = self.lock();
             tasks
                 .into_iter()
-                .map(|t| s.insert_task(TaskId::new(), t, at, false))
+                .map(|t| {
+                    let fresh = TaskId::new();
+                    let id = s.insert_task(fresh, t, at, false);
+                    new_tasks += u64::from(id == fresh);
+                    id
+                })
                 .collect()
         };
-        let first = ids.first().copied().filter(|_| single);
-        if !ids.is_empty() {
-            let count = ids.len() as u64;
-            self.send(vec![self.notifier.task_created(first, count)]);
+        let inserted = TasksInserted { ids, new_tasks };
+        if let Some(note) = self.notifier.tasks_inserted(&inserted) {
+            self.send(vec![note]);
         }
-        Ok(ids)
+        Ok(inserted)
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {

@@ -61,7 +61,8 @@ pub enum Change {
 pub struct TaskStatusChange {
     pub task_id: TaskId,
     pub status: TaskStatus,
-    /// The run whose outcome moved it, when a worker's did.
+    /// The run whose outcome moved it, when a worker's did; for a cancellation, the
+    /// running run it closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<RunId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +182,16 @@ impl Notifier {
 
     pub fn task_created(&self, task_id: Option<TaskId>, count: u64) -> Notification {
         self.note(Change::TaskCreated { task_id, count })
+    }
+
+    /// What an insert announces: the tasks it created, naming the one when it was given
+    /// one task; nothing when every task's idempotency key named a stored task.
+    pub fn tasks_inserted(&self, done: &crate::TasksInserted) -> Option<Notification> {
+        let single = match done.ids.as_slice() {
+            [id] => Some(*id),
+            _ => None,
+        };
+        (done.new_tasks > 0).then(|| self.task_created(single, done.new_tasks))
     }
 
     pub fn task_status(&self, task_id: TaskId, status: TaskStatus) -> Notification {

@@ -53,7 +53,7 @@ use crate::sql::{Fail, R};
 use crate::{
     Backend, Claim, ClaimParams, Error, FinishReport, HeartbeatReport, Notification, Notifier,
     PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome, StatusChange,
-    StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, WorkerFilter,
+    StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, TasksInserted, WorkerFilter,
     WorkerRegistration, WorkerStatusChange,
 };
 
@@ -241,9 +241,9 @@ impl Store for PostgresStore {
         Ok(self.notifier.subscribe())
     }
 
-    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<TasksInserted> {
         if tasks.is_empty() {
-            return Ok(Vec::new());
+            return Ok(TasksInserted::default());
         }
         // One statement (or, with idempotency keys, one short transaction): no retry loop,
         // which would have to keep a copy of the whole batch.

@@ -118,8 +118,8 @@ use tokio::sync::broadcast;
 use crate::{
     Backend, Claim, ClaimParams, ConnectOptions, DatabaseUrl, Error, FinishReport, HeartbeatReport,
     Notification, Notifier, PruneParams, QueueStats, ReapParams, ReapReport, Result, RunOutcome,
-    StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, WorkerFilter,
-    WorkerRegistration, WorkerStatusChange,
+    StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams, TasksInserted,
+    WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 use db::{Fail, R};
 use tx::{Faults, WriteTx};
@@ -273,17 +273,14 @@ impl Store for SqliteStore {
         Ok(receiver)
     }
 
-    async fn insert_tasks(&self, new: Vec<NewTask>) -> Result<Vec<TaskId>> {
+    async fn insert_tasks(&self, new: Vec<NewTask>) -> Result<TasksInserted> {
         if new.is_empty() {
-            return Ok(Vec::new());
+            return Ok(TasksInserted::default());
         }
         let mut tx = self.begin().await?;
         let out = tasks::insert(&mut tx, new).await;
         let notes = match &out {
-            Ok(ids) => {
-                let single = ids.first().copied().filter(|_| ids.len() == 1);
-                vec![self.notifier.task_created(single, ids.len() as u64)]
-            }
+            Ok(done) => self.notifier.tasks_inserted(done).into_iter().collect(),
             Err(_) => Vec::new(),
         };
         self.end(tx, out, notes).await

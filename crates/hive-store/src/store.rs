@@ -13,7 +13,7 @@ use crate::{
     Backend, Claim, ClaimParams, FinishReport, HeartbeatReport, KeyedWork, Notification,
     PlanPruneParams, PlansPruned, PruneParams, QueueStats, ReapParams, ReapReport, Result,
     RunOutcome, ScheduleAdvance, StatusChange, StatusChanged, StatusCounts, TaskFilter,
-    TaskPageParams, WorkerFilter, WorkerRegistration, WorkerStatusChange,
+    TaskPageParams, TasksInserted, WorkerFilter, WorkerRegistration, WorkerStatusChange,
 };
 
 /// Persistence of tasks, runs, workers, plans and plan dependencies.
@@ -88,8 +88,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     // ---- tasks ----
 
     /// Inserts tasks in one transaction and returns their ids in input order. A task whose
-    /// `idempotency_key` already exists is not inserted; its id is the existing task's.
-    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>>;
+    /// `idempotency_key` already exists is not inserted; its id is the existing task's, and
+    /// [`TasksInserted::new_tasks`] does not count it (nor does the created notification).
+    async fn insert_tasks(&self, tasks: Vec<NewTask>) -> Result<TasksInserted>;
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
 

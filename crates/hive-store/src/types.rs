@@ -116,6 +116,15 @@ impl StatusChange {
         }
     }
 
+    /// Whether the rules need the states of `task`'s dependencies to apply this change:
+    /// a requeue from a finished status, which is refused while one of them will not
+    /// complete. An SQL adapter loads them into its view.
+    pub fn loads_dependencies(&self, task: &hive_models::Task) -> bool {
+        self.status == TaskStatus::Queued
+            && task.status.is_terminal()
+            && !task.dependencies.is_empty()
+    }
+
     /// This change, giving `reason` for it.
     pub fn because(mut self, reason: Option<String>) -> Self {
         self.reason = reason;
@@ -419,6 +428,16 @@ impl std::ops::AddAssign for PlansPruned {
         self.plans += other.plans;
         self.tasks += other.tasks;
     }
+}
+
+/// What [`crate::Store::insert_tasks`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TasksInserted {
+    /// Every task's id, in input order: for a task whose idempotency key was stored
+    /// before (or came earlier in the same batch), the stored task's id.
+    pub ids: Vec<TaskId>,
+    /// Tasks this call inserted: fewer than `ids` when keys named stored tasks.
+    pub new_tasks: u64,
 }
 
 /// Per-status task counts, for status displays.

@@ -41,6 +41,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_stale_run_spawns_nothing, a_last_subtask_that_spawns_keeps_its_plan_running, last_two_subtasks_finishing_at_once_complete_the_plan_once,
     a_join_whose_parents_finish_at_once_becomes_ready_once,
     ten_thousand_subtasks_submitted_and_drained, a_requeued_completed_subtask_is_unfinished_again,
+    a_subtask_is_not_requeued_behind_a_dependency_that_will_not_complete,
     a_retried_plan_runs_its_failed_and_cancelled_subtasks_again,
     a_cancelled_plan_retried_resumes_and_one_with_nothing_left_completes,
     a_failure_racing_a_retry_still_fails_the_plan, finished_plans_are_pruned_with_their_tasks,

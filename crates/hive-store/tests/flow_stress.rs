@@ -139,7 +139,8 @@ async fn a_rate_holds_in_every_window_under_sixteen_claimers(store: Arc<dyn Stor
                 .collect(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .ids;
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     let mut claimers = Vec::new();

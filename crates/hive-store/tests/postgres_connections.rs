@@ -74,7 +74,7 @@ async fn sixteen_claimers_take_every_task_exactly_once() {
     let store: Arc<PostgresStore> = Arc::new(second_store(&ts, "&max_connections=20").await);
     ts.run(|_| async move {
         let batch: Vec<NewTask> = tasks("t", "load", TASKS);
-        let ids: HashSet<TaskId> = store.insert_tasks(batch).await.unwrap().into_iter().collect();
+        let ids: HashSet<TaskId> = store.insert_tasks(batch).await.unwrap().ids.into_iter().collect();
         assert_eq!(ids.len(), TASKS);
         let started = Instant::now();
         let mut handles = Vec::new();
@@ -140,7 +140,8 @@ async fn a_listener_sees_another_stores_changes() {
         let id = other
             .insert_tasks(vec![NewTask::new("from b", "test")])
             .await
-            .unwrap()[0];
+            .unwrap()
+            .ids[0];
         let n = next_matching(
             &mut rx,
             Duration::from_secs(1),
@@ -280,7 +281,8 @@ async fn migrations_are_harmless_twice_and_concurrently() {
     let id = again
         .insert_tasks(vec![NewTask::new("t", "test")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
 
     // Several processes' first connects to an empty schema at once.
     let schema = format!("hive_test_{}", uuid::Uuid::new_v4().simple());
@@ -373,7 +375,8 @@ async fn listener_reconnects_after_its_connection_is_killed() {
         let id = s
             .insert_tasks(vec![NewTask::new("after", "test")])
             .await
-            .unwrap()[0];
+            .unwrap()
+            .ids[0];
         next_matching(
             &mut rx,
             Duration::from_secs(5),

@@ -19,7 +19,7 @@ fn file_url(dir: &tempfile::TempDir) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_memory_url_is_one_private_database() {
     let s = hive_store::connect("sqlite::memory:").await.unwrap();
-    let ids = s.insert_tasks(tasks("t", "x", 50)).await.unwrap();
+    let ids = s.insert_tasks(tasks("t", "x", 50)).await.unwrap().ids;
     // Readers and writers share the one connection; none may see another database.
     let workers: Vec<_> = (0..6)
         .map(|i| tokio::spawn(drain(s.clone(), format!("w{i}"), 3)))
@@ -131,6 +131,7 @@ async fn two_stores_on_one_file_claim_each_task_once() {
         .insert_tasks(tasks("t", "x", 400))
         .await
         .unwrap()
+        .ids
         .into_iter()
         .collect();
     let workers: Vec<_> = (0..8)
@@ -162,7 +163,8 @@ async fn batches_past_the_bind_limit() {
                 .collect(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .ids;
     // 5000 rows span several statements; keys k0..k24 each appear twice, k0..k9 existed.
     let batch: Vec<NewTask> = (0..5000)
         .map(|i| {
@@ -174,7 +176,7 @@ async fn batches_past_the_bind_limit() {
             }
         })
         .collect();
-    let ids = s.insert_tasks(batch).await.unwrap();
+    let ids = s.insert_tasks(batch).await.unwrap().ids;
     assert_eq!(ids.len(), 5000);
     for (i, f) in first.iter().enumerate() {
         assert_eq!(ids[i * 100], *f);

@@ -254,7 +254,7 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
         // Unique per case: a repeated key would (rightly) return an earlier task.
         .idempotency_key(format!("{}{case}", s.key));
     new.current_phase.clone_from(&s.phase);
-    let id = store.insert_tasks(vec![new.clone()]).await.unwrap()[0];
+    let id = store.insert_tasks(vec![new.clone()]).await.unwrap().ids[0];
     let t = store
         .get_task(id)
         .await
@@ -268,7 +268,7 @@ async fn round_trip(store: &Arc<dyn Store>, s: &Strings, case: u64) {
     assert_eq!(t.metadata, metadata);
     assert_eq!(t.current_phase, s.phase);
     assert_eq!(t.idempotency_key, new.idempotency_key);
-    let again = store.insert_tasks(vec![new]).await.unwrap()[0];
+    let again = store.insert_tasks(vec![new]).await.unwrap().ids[0];
     assert_eq!(again, id, "the idempotency key matches itself exactly");
 
     let of_type = TaskFilter {

@@ -99,18 +99,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 .await?
                 .submit_plan_reporting(plan)
                 .await?;
-            let id = submitted.id;
-            output::report(
+            output::created(
                 ctx.json,
-                &serde_json::json!({ "id": id, "created": submitted.created() }),
-                format_args!("{id}"),
+                "plan",
+                submitted.id,
+                submitted.created(),
+                key.as_deref(),
             )?;
-            if let (false, Some(key)) = (submitted.created(), key) {
-                output::hint(&format!(
-                    "plan {id} was submitted before with idempotency key `{}`: nothing new",
-                    output::escape(&key)
-                ));
-            }
         }
         PlanCommand::Status(a) => status::run(ctx, a).await?,
         PlanCommand::Results { id } => {

@@ -46,6 +46,8 @@ blocking! {
         // Tasks.
         fn create_task(task: NewTask) -> TaskId;
         fn create_tasks(tasks: Vec<NewTask>) -> Vec<TaskId>;
+        fn create_task_reporting(task: NewTask) -> hive_ops::TaskCreated;
+        fn create_tasks_reporting(tasks: Vec<NewTask>) -> hive_store::TasksInserted;
         fn get_task(id: TaskId) -> Option<Task>;
         fn get_tasks(ids: &[TaskId]) -> Vec<Task>;
         fn update_task_status(id: TaskId, status: TaskStatus, metadata: Option<Json>) -> bool;

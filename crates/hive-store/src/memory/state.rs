@@ -46,8 +46,13 @@ pub(super) fn now() -> Timestamp {
         .unwrap_or(t)
 }
 
+/// `t - d`, the earliest time there is when that is further back (as the SQL backends
+/// clamp): an age of `Duration::MAX` means "older than anything", not a panic.
 pub(super) fn sub(t: Timestamp, d: Duration) -> Timestamp {
-    t - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
 }
 
 impl View for State {

@@ -457,7 +457,7 @@ pub(super) async fn grow(
 ) -> R<Result<(), hive_models::Error>> {
     const T: &str = "tasks";
     let Some(row) = sqlx::query(
-        "SELECT t.plan_id, t.plan_subtask_id, p.status AS plan_status, p.parent_task_id \
+        "SELECT t.plan_id, t.plan_subtask_id, p.parent_task_id \
          FROM tasks t LEFT JOIN plans p ON p.id = t.plan_id WHERE t.id = $1",
     )
     .bind(spawner.0)
@@ -474,7 +474,34 @@ pub(super) async fn grow(
             reason: format!("task {spawner} belongs to no plan"),
         }));
     };
-    let status = rows::plan_status(&row, "plan_status")?;
+    // Running subtasks the spawn makes dependencies of are marked (and so locked) before
+    // their status is read: one finishing meanwhile either committed first (read below as
+    // completed) or waits for this commit, then sees the mark and counts its dependents
+    // down in a statement that sees the new ones (`FINISH_SUCCESSES`). Before the plan's
+    // lock: tasks first, then the plan, the order every writer keeps.
+    let depended: Vec<&str> = spawn
+        .iter()
+        .flat_map(hive_models::unique_dependencies)
+        .filter(|d| *d != subtask.as_str())
+        .collect();
+    if !depended.is_empty() {
+        sqlx::query(
+            "UPDATE tasks SET late_dependents = true \
+             WHERE plan_id = $1 AND plan_subtask_id = ANY($2) AND status IN ('assigned', 'in_progress')",
+        )
+        .bind(plan.0)
+        .bind(&depended)
+        .execute(&mut *conn)
+        .await?;
+    }
+    // Spawns into one plan take turns: two checked against the same definition could each
+    // be acyclic and together close a cycle. The lock the plan's total takes at the end
+    // anyway, which a finish's tally (a key share) does not wait for.
+    let locked = sqlx::query("SELECT status FROM plans WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(plan.0)
+        .fetch_one(&mut *conn)
+        .await?;
+    let status = rows::plan_status(&locked, "status")?;
     if let Err(e) = crate::rules::growth::open_to_spawns(plan, status) {
         return Ok(Err(e));
     }

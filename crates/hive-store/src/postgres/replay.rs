@@ -245,6 +245,30 @@ pub(super) async fn load_cascade(
     Ok(())
 }
 
+/// Loads the dependencies of a task a change requeues ([`crate::StatusChange::loads_dependencies`]),
+/// shared-locked so none fails or is cancelled before this transaction ends: its cascade
+/// would not see the requeued task, which its snapshot shows finished.
+pub(super) async fn load_dependencies(
+    conn: &mut PgConnection,
+    view: &mut Loaded,
+    task: &hive_models::Task,
+) -> R<()> {
+    let ids: Vec<Uuid> = task.dependencies.iter().map(|t| t.0).collect();
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        state_columns!(),
+        " FROM tasks t WHERE t.id = ANY($1) ORDER BY t.id FOR SHARE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let (id, state) = state_from_row(row)?;
+        view.add_task(id, state);
+    }
+    Ok(())
+}
+
 /// Loads the counts of the plans of every task in `view` and of `more`.
 pub(super) async fn load_plans(
     conn: &mut PgConnection,

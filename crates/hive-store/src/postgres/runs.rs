@@ -40,14 +40,18 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
              WITH ORDINALITY AS x(run_id, result, log, waited_us, ord) \
      ), locked AS ( \
          SELECT r.id AS run_id, t.id AS task_id, t.plan_id, \
-             (r.status = 'running' AND t.current_run_id = r.id) AS live \
+             (r.status = 'running' AND t.current_run_id = r.id) AS live, \
+             t.late_dependents AS late \
          FROM runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = ANY($1::uuid[]) \
          ORDER BY t.id, r.id FOR UPDATE OF t, r \
      ), go AS ( \
+         /* A task a spawn made a dependency of while it ran (`late`) is left to the \
+            caller: the spawn may have committed after this statement's snapshot, which \
+            the lock above waited for, so `dec` would not see the dependents it added. */ \
          SELECT l.run_id, l.task_id, l.plan_id, f.result, f.log, f.waited_us FROM locked l \
          JOIN (SELECT DISTINCT ON (run_id) run_id, result, log, waited_us FROM input \
                ORDER BY run_id, ord) f ON f.run_id = l.run_id \
-         WHERE l.live \
+         WHERE l.live AND NOT l.late \
      ), tally AS ( \
          INSERT INTO plan_tallies AS s (plan_id, shard, completed) \
          SELECT g.plan_id, (pg_backend_pid() % 64)::smallint, count(*) FROM go g \
@@ -132,7 +136,7 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
         "json_build_object('origin', $4::uuid, 'kind', 'task_ready', 'task_id', x.id)"
     ),
     ") \
-     SELECT l.run_id, l.task_id, l.plan_id, l.live, \
+     SELECT l.run_id, l.task_id, l.plan_id, l.live, l.late, \
          CASE WHEN row_number() OVER () = 1 THEN array_cat(n.p, rn.p) END AS notes, \
          coalesce(r.ids, '{}') AS ready, coalesce(e.plans, '{}') AS ends, \
          ARRAY(SELECT DISTINCT task_id FROM credited) AS credited, f.maybe AS flow, \
@@ -165,6 +169,27 @@ struct Finish {
     /// task committed meanwhile is missed, and the plain claim never takes those: they wait
     /// for the next claim, as they would behind a probe that ran a moment earlier.
     no_flow: bool,
+}
+
+impl Finish {
+    /// Takes in `more`, the finish of the outcomes of `runs` (in `outcomes`' order) that
+    /// this one left: their reports replace the stale ones this one gave them.
+    fn absorb(&mut self, outcomes: &[RunOutcome], runs: &HashSet<RunId>, more: Finish) {
+        let mut reports = more.reports.into_iter();
+        for (report, o) in self.reports.iter_mut().zip(outcomes) {
+            if runs.contains(&o.run_id)
+                && let Some(r) = reports.next()
+            {
+                *report = r;
+            }
+        }
+        self.ready.extend(more.ready);
+        self.unsettled.extend(more.unsettled);
+        self.credited.extend(more.credited);
+        self.notes.extend(more.notes);
+        self.deferred.extend(more.deferred);
+        self.no_flow &= more.no_flow;
+    }
 }
 
 const LOCK_RUNS: &str = concat!(
@@ -294,7 +319,7 @@ impl PostgresStore {
             .bind(waited)
             .bind(claim_types.is_some())
             .bind(claim_types.unwrap_or_default())
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await?;
         let mut run_task = HashMap::with_capacity(found.len());
         let mut live = HashMap::with_capacity(found.len());
@@ -313,6 +338,7 @@ impl PostgresStore {
             let ends: Vec<Uuid> = rows::get(row, "ends", "plans")?;
             unsettled = ends.into_iter().map(PlanId).collect();
         }
+        let mut late = HashSet::new();
         for row in &found {
             let Some(run_id) = rows::get::<Option<Uuid>>(row, "run_id", "runs")? else {
                 continue;
@@ -320,6 +346,10 @@ impl PostgresStore {
             let task_id: Uuid = rows::get(row, "task_id", "tasks")?;
             run_task.insert(RunId(run_id), TaskId(task_id));
             if rows::get::<bool>(row, "live", "runs")? {
+                if rows::get::<bool>(row, "late", "tasks")? {
+                    late.insert(RunId(run_id));
+                    continue;
+                }
                 let plan = rows::get::<Option<Uuid>>(row, "plan_id", "tasks")?.map(PlanId);
                 live.insert(RunId(run_id), plan);
             }
@@ -342,7 +372,7 @@ impl PostgresStore {
                 }
             })
             .collect();
-        Ok(Finish {
+        let mut done = Finish {
             reports,
             ready,
             unsettled,
@@ -350,7 +380,19 @@ impl PostgresStore {
             notes,
             no_flow,
             deferred,
-        })
+        };
+        if !late.is_empty() {
+            // The statement left them: finished by the rules, whose statements (each with
+            // a snapshot of its own, taken under the lock) see every dependent.
+            let rest: Vec<RunOutcome> = outcomes
+                .iter()
+                .filter(|o| late.contains(&o.run_id))
+                .cloned()
+                .collect();
+            let more = self.finish_replayed(conn, &rest, announce).await?;
+            done.absorb(outcomes, &late, more);
+        }
+        Ok(done)
     }
 
     /// Finishes a batch of any outcomes by the rules; the caller holds the transaction.

@@ -12,7 +12,9 @@ use super::sql::{end, micros, payload, server_now};
 use super::{PostgresStore, rows};
 use crate::rules::Loaded;
 use crate::sql::R;
-use crate::{Error, PruneParams, StatusChange, StatusChanged, StatusCounts, TaskFilter};
+use crate::{
+    Error, PruneParams, StatusChange, StatusChanged, StatusCounts, TaskFilter, TasksInserted,
+};
 
 /// Inserts rows given as parallel arrays; conflicting idempotency keys insert nothing.
 /// Returns the ids inserted. `$21` is the notification payload, sent when not null (a plan's
@@ -160,8 +162,7 @@ impl TaskRows {
 }
 
 impl PostgresStore {
-    pub(super) async fn insert_tasks_once(&self, tasks: Vec<NewTask>) -> R<Vec<TaskId>> {
-        let single = tasks.len() == 1;
+    pub(super) async fn insert_tasks_once(&self, tasks: Vec<NewTask>) -> R<TasksInserted> {
         let mut ids = Vec::with_capacity(tasks.len());
         let mut first_of_key: HashMap<String, TaskId> = HashMap::new();
         let mut keyed = Vec::new();
@@ -185,19 +186,20 @@ impl PostgresStore {
             }
         }
         if keyed.is_empty() {
-            let note = payload(
-                &self
-                    .notifier
-                    .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
-            )?;
+            let done = TasksInserted {
+                ids,
+                new_tasks: batch.len() as u64,
+            };
+            let note = self.notifier.tasks_inserted(&done).map(|n| payload(&n));
+            let note = note.transpose()?;
             let mut conn = self.pool.acquire().await?;
             batch.insert(&mut conn, None).await?;
             drop(conn);
-            self.publish(vec![note]).await;
-            return Ok(ids);
+            self.publish(note.into_iter().collect()).await;
+            return Ok(done);
         }
         let mut tx = self.pool.begin().await?;
-        let out: R<String> = async {
+        let out: R<(TasksInserted, Option<String>)> = async {
             let inserted: HashSet<Uuid> = batch.insert(&mut tx, None).await?.into_iter().collect();
             let lost: Vec<(String, TaskId)> = keyed
                 .into_iter()
@@ -229,16 +231,17 @@ impl PostgresStore {
                     }
                 }
             }
-            payload(
-                &self
-                    .notifier
-                    .task_created(ids.first().copied().filter(|_| single), ids.len() as u64),
-            )
+            let done = TasksInserted {
+                ids: std::mem::take(&mut ids),
+                new_tasks: inserted.len() as u64,
+            };
+            let note = self.notifier.tasks_inserted(&done).map(|n| payload(&n));
+            Ok((done, note.transpose()?))
         }
         .await;
-        let note = end(tx, out).await?;
-        self.publish(vec![note]).await;
-        Ok(ids)
+        let (done, note) = end(tx, out).await?;
+        self.publish(note.into_iter().collect()).await;
+        Ok(done)
     }
 
     pub(super) async fn read_task(&self, id: TaskId) -> R<Option<Task>> {
@@ -329,6 +332,9 @@ impl PostgresStore {
             view.add_task(id, state_from_row(&row)?.1);
             if change.status.is_terminal() && change.status != TaskStatus::Completed {
                 replay::load_cascade(&mut tx, &mut view, &[id]).await?;
+            }
+            if change.loads_dependencies(&task) {
+                replay::load_dependencies(&mut tx, &mut view, &task).await?;
             }
             replay::load_plans(&mut tx, &mut view, &[]).await?;
             let (outcome, written) =

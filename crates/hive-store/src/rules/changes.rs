@@ -197,15 +197,13 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     }
 
     /// Closes the task's current run if it is running, with `patch` filling in the rest.
-    fn close_run(&mut self, task: TaskId, close: impl FnOnce(RunId) -> RunPatch) {
-        let Some(t) = self.state_mut(task) else {
-            return;
-        };
-        let Some(run) = t.current_run.filter(|_| t.run_running) else {
-            return;
-        };
+    /// Closes `task`'s running run, if it has one; that run.
+    fn close_run(&mut self, task: TaskId, close: impl FnOnce(RunId) -> RunPatch) -> Option<RunId> {
+        let t = self.state_mut(task)?;
+        let run = t.current_run.filter(|_| t.run_running)?;
         t.run_running = false;
         self.runs.push(close(run));
+        Some(run)
     }
 
     fn task_note(&mut self, change: Change) {
@@ -426,11 +424,18 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         {
             self.check_plan_runs_on(task)?;
         }
+        if to == TaskStatus::Queued && previous.is_terminal() {
+            self.check_dependencies_can_complete(task)?;
+        }
         let mut effects = Effects::default();
         let reason = change.reason.as_ref();
         if previous != to {
+            // The run a cancellation closes goes with its notification: a worker told of it
+            // late stops that run, not a newer one of the task queued again since. (An
+            // adapter's view assumes a task's current run runs; only an active task's does.)
+            let mut closed = None;
             if previous.is_active() {
-                self.close_run(id, |r| RunPatch {
+                closed = self.close_run(id, |r| RunPatch {
                     error: reason.map(|why| Some(why.clone())),
                     ..RunPatch::close(r, RunStatus::on_task_leaving_for(to))
                 });
@@ -448,6 +453,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: task.plan_id,
                 error: reason.map(|why| note_error(why)),
+                run_id: closed.filter(|_| to == TaskStatus::Cancelled),
                 ..TaskStatusChange::new(id, to)
             }));
             if to.is_terminal() {
@@ -487,10 +493,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             if t.status.is_terminal() {
                 continue;
             }
-            self.close_run(id, |r| RunPatch::close(r, RunStatus::Cancelled));
+            let closed = self.close_run(id, |r| RunPatch::close(r, RunStatus::Cancelled));
             self.set_status(id, TaskStatus::Cancelled);
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: Some(plan),
+                run_id: closed.filter(|_| t.status.is_active()),
                 ..TaskStatusChange::new(id, TaskStatus::Cancelled)
             }));
             cancelled.push(id);
@@ -560,6 +567,25 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         }
     }
 
+    /// A task queued again waits for every dependency not completed; one that failed or
+    /// was cancelled (alone, its plan left running) never completes, so the task would wait
+    /// for good and its plan never finish: refused. The adapter loads the dependencies of a
+    /// task requeued from a finished status ([`StatusChange::loads_dependencies`]).
+    fn check_dependencies_can_complete(&self, task: &Task) -> Result<(), hive_models::Error> {
+        for &dep in &task.dependencies {
+            if let Some(st @ (TaskStatus::Failed | TaskStatus::Cancelled)) =
+                self.state(dep).map(|d| d.status)
+            {
+                return Err(hive_models::Error::DependencyWillNotComplete {
+                    task: task.id.to_string(),
+                    dependency: dep.to_string(),
+                    status: st.as_str(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn plan_counters(&self, id: PlanId) -> Option<PlanCounters> {
         self.plans.get(&id).copied().or_else(|| self.view.plan(id))
     }
@@ -597,10 +623,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             if t.status.is_terminal() {
                 continue;
             }
-            self.close_run(d, |r| RunPatch::close(r, RunStatus::Cancelled));
+            let closed = self.close_run(d, |r| RunPatch::close(r, RunStatus::Cancelled));
             self.set_status(d, TaskStatus::Cancelled);
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: t.plan_id,
+                run_id: closed.filter(|_| t.status.is_active()),
                 ..TaskStatusChange::new(d, TaskStatus::Cancelled)
             }));
             fx.cancelled.push(d);

@@ -219,7 +219,15 @@ fn a_reason_goes_to_the_task_the_closed_run_and_the_note_but_not_the_dependents(
         Change::TaskStatus(c) if c.task_id == ids[0] => Some(c.clone()),
         _ => None,
     });
-    assert_eq!(note.and_then(|c| c.error).as_deref(), Some("not needed"));
+    let note = note.unwrap_or_else(|| panic!("no note"));
+    assert_eq!(note.error.as_deref(), Some("not needed"));
+    // The run it closed goes with it, for a worker to stop that run and no later one.
+    assert_eq!(note.run_id, Some(run));
+    let cascaded = p.notes.iter().find_map(|n| match &n.change {
+        Change::TaskStatus(c) if c.task_id == ids[1] => Some(c.run_id),
+        _ => None,
+    });
+    assert_eq!(cascaded, Some(None), "the dependent had no run");
 }
 
 #[test]

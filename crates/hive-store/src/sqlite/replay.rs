@@ -136,6 +136,28 @@ pub(super) async fn load_cascade(c: &mut Conn, view: &mut Loaded, roots: &[TaskI
     Ok(())
 }
 
+/// Loads the dependencies of a task a change requeues
+/// ([`crate::StatusChange::loads_dependencies`]).
+pub(super) async fn load_dependencies(
+    c: &mut Conn,
+    view: &mut Loaded,
+    task: &hive_models::Task,
+) -> R<()> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        state_columns!(),
+        " FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?1))"
+    ))
+    .bind(json_list(&task.dependencies))
+    .fetch_all(&mut *c)
+    .await?;
+    for row in &rows {
+        let (id, state) = state_from_row(row)?;
+        view.add_task(id, state);
+    }
+    Ok(())
+}
+
 /// Loads the plans of every task in `view` (those the batch may count against).
 pub(super) async fn load_plans(c: &mut Conn, view: &mut Loaded) -> R<()> {
     let ids: Vec<PlanId> = view

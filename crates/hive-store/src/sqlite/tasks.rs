@@ -11,7 +11,7 @@ use super::replay::{self, state_columns};
 use crate::rules::Loaded;
 use crate::{
     Error, Notification, Notifier, PruneParams, StatusChange, StatusChanged, StatusCounts,
-    TaskFilter,
+    TaskFilter, TasksInserted,
 };
 
 /// SQLite refuses statements with more than 32766 bound parameters.
@@ -141,7 +141,7 @@ pub(super) async fn insert_dependencies(c: &mut Conn, deps: &[(TaskId, TaskId, i
     Ok(())
 }
 
-pub(super) async fn insert(c: &mut Conn, new: Vec<NewTask>) -> R<Vec<TaskId>> {
+pub(super) async fn insert(c: &mut Conn, new: Vec<NewTask>) -> R<TasksInserted> {
     let at = db::db_now(c).await?;
     let mut ids = Vec::with_capacity(new.len());
     let mut rows = Vec::with_capacity(new.len());
@@ -170,8 +170,12 @@ pub(super) async fn insert(c: &mut Conn, new: Vec<NewTask>) -> R<Vec<TaskId>> {
         });
     }
     insert_rows(c, &rows, at).await?;
+    let rows = rows.len() as u64;
     if by_key.is_empty() {
-        return Ok(ids);
+        return Ok(TasksInserted {
+            ids,
+            new_tasks: rows,
+        });
     }
     // Keys that already existed were skipped by ON CONFLICT: their tasks keep their ids.
     let stored = sqlx::query(
@@ -197,7 +201,10 @@ pub(super) async fn insert(c: &mut Conn, new: Vec<NewTask>) -> R<Vec<TaskId>> {
             *id = *existing;
         }
     }
-    Ok(ids)
+    Ok(TasksInserted {
+        ids,
+        new_tasks: rows - replace.len() as u64,
+    })
 }
 
 pub(super) async fn list(c: &mut Conn, f: &TaskFilter) -> R<Vec<hive_models::Task>> {
@@ -288,6 +295,9 @@ pub(super) async fn set_status(
     view.add_task(id, state);
     if change.status.is_terminal() && change.status != TaskStatus::Completed {
         replay::load_cascade(c, &mut view, &[id]).await?;
+    }
+    if change.loads_dependencies(&task) {
+        replay::load_dependencies(c, &mut view, &task).await?;
     }
     replay::load_plans(c, &mut view).await?;
     let (outcome, batch_notes) =

@@ -33,8 +33,8 @@ async fn walk(s: &S, mut p: TaskPageParams) -> Vec<TaskId> {
 }
 
 pub async fn task_pages_are_newest_first_and_follow_the_cursor(s: S) {
-    let mut ids = s.insert_tasks(tasks("a", "alpha", 7)).await.unwrap();
-    ids.extend(s.insert_tasks(tasks("b", "beta", 5)).await.unwrap());
+    let mut ids = s.insert_tasks(tasks("a", "alpha", 7)).await.unwrap().ids;
+    ids.extend(s.insert_tasks(tasks("b", "beta", 5)).await.unwrap().ids);
     let mut newest_first = ids.clone();
     newest_first.sort_by_key(|x| std::cmp::Reverse(*x));
     assert_eq!(walk(&s, params(3)).await, newest_first, "pages of 3");
@@ -77,7 +77,7 @@ pub async fn task_pages_are_newest_first_and_follow_the_cursor(s: S) {
 }
 
 pub async fn task_pages_filter_by_status_worker_and_plan(s: S) {
-    let ids = s.insert_tasks(tasks("t", "test", 4)).await.unwrap();
+    let ids = s.insert_tasks(tasks("t", "test", 4)).await.unwrap().ids;
     let claims = s.claim_tasks(&claim_params("pager", 2)).await.unwrap();
     assert_eq!(claims.len(), 2);
     s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();

@@ -198,7 +198,7 @@ pub async fn runs_are_read_by_id_in_one_call(s: S) {
 /// as one at a time reads it; unknown ids are left out.
 pub async fn tasks_are_read_by_id_in_one_call(s: S) {
     let tasks = ["a", "b", "c"].map(|t| NewTask::new(t, "test").priority(3));
-    let ids = s.insert_tasks(tasks.to_vec()).await.unwrap();
+    let ids = s.insert_tasks(tasks.to_vec()).await.unwrap().ids;
     let claimed = s
         .claim_tasks(&leased("w", 1, Duration::from_secs(60)))
         .await;
@@ -265,7 +265,8 @@ pub async fn a_cancellation_keeps_its_reason(s: S) {
     let ids = s
         .insert_tasks(vec![NewTask::new("a", "test"), NewTask::new("b", "test")])
         .await
-        .unwrap();
+        .unwrap()
+        .ids;
     let claim = s
         .claim_tasks(&leased("w", 1, Duration::from_secs(60)))
         .await
@@ -360,7 +361,8 @@ pub async fn an_expired_lease_says_the_run_timed_out(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("t", "test").max_retries(0)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let short = leased("gone", 1, Duration::from_millis(50));
     let run = s.claim_tasks(&short).await.unwrap()[0].run.id;
     tokio::time::sleep(Duration::from_millis(120)).await;
@@ -379,7 +381,8 @@ pub async fn a_plan_submitted_in_one_step_is_stored_as_two_steps_store_it(s: S) 
     let parent = s
         .insert_tasks(vec![NewTask::new("parent", "p")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let mut p = plan(vec![
         node("build", &[]),
         node("test", &["build"]),

@@ -20,7 +20,7 @@ async fn rule(s: &S, scope: Scope, edit: impl FnOnce(&mut FlowRule)) {
 }
 
 async fn add(s: &S, tasks: Vec<NewTask>) -> Vec<TaskId> {
-    s.insert_tasks(tasks).await.unwrap()
+    s.insert_tasks(tasks).await.unwrap().ids
 }
 
 fn of_type(t: &str, n: usize) -> Vec<NewTask> {

@@ -86,6 +86,7 @@ pub async fn batches_announce_every_task(s: S) {
         .insert_tasks(tasks("b", "test", N))
         .await
         .unwrap()
+        .ids
         .into_iter()
         .collect();
     // The longest name a worker may have: a character JSON escapes, then 199 that take 4

@@ -75,6 +75,62 @@ pub async fn a_requeued_completed_subtask_is_unfinished_again(s: S) {
     assert_eq!((c.completed, c.status), (3, PlanStatus::Completed));
 }
 
+/// A subtask cancelled with its dependency (its plan left running) is not queued again
+/// alone: it would wait for good for a dependency that will not complete, and its plan
+/// would never finish. Queued again after that dependency, it runs after it, and the plan
+/// completes.
+pub async fn a_subtask_is_not_requeued_behind_a_dependency_that_will_not_complete(s: S) {
+    let (pid, ids) =
+        materialized(&s, vec![node("a", &[]), node("b", &["a"]), node("c", &[])]).await;
+    let cancelled = s
+        .set_task_status(ids["a"], crate::StatusChange::to(TaskStatus::Cancelled))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cancelled.cancelled_dependents, vec![ids["b"]]);
+    let e = s
+        .set_task_status(ids["b"], crate::StatusChange::requeue())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            crate::Error::Invalid(hive_models::Error::DependencyWillNotComplete { task, dependency, status: "cancelled" })
+                if *task == ids["b"].to_string() && *dependency == ids["a"].to_string()
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        status_of(&s, ids["b"]).await,
+        TaskStatus::Cancelled,
+        "nothing changed"
+    );
+
+    for first in ["a", "b"] {
+        s.set_task_status(ids[first], crate::StatusChange::requeue())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let b = s.get_task(ids["b"]).await.unwrap().unwrap();
+    assert_eq!(b.pending_dependencies, 1, "b waits for a");
+    let mut round_of = std::collections::HashMap::new();
+    for round in 0.. {
+        let claims = claim_all(&s).await;
+        if claims.is_empty() {
+            break;
+        }
+        for c in &claims {
+            assert!(round_of.insert(subtask_of(c).to_owned(), round).is_none());
+        }
+        finish_all(&s, &claims).await;
+    }
+    assert_eq!(round_of.len(), 3, "{round_of:?}");
+    assert!(round_of["b"] > round_of["a"], "{round_of:?}");
+    let c = s.get_plan_counters(pid).await.unwrap().unwrap();
+    assert_eq!((c.completed, c.status), (3, PlanStatus::Completed));
+}
+
 fn failing_for_good(subtasks: Vec<SubTask>) -> Vec<SubTask> {
     subtasks
         .into_iter()
@@ -315,7 +371,8 @@ pub async fn finished_plans_are_pruned_with_their_tasks(s: S) {
     let loose = s
         .insert_tasks(vec![hive_models::NewTask::new("loose", "test")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     let running = crate::PlanPruneParams {
@@ -389,7 +446,8 @@ pub async fn task_prune_leaves_plan_subtasks_to_their_plan(s: S) {
     let loose = s
         .insert_tasks(vec![hive_models::NewTask::new("loose", "loose")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let only_loose = crate::ClaimParams {
         task_types: vec!["loose".into()],
         ..claim_params("w", 1)

@@ -278,7 +278,8 @@ pub async fn subtask_ids_name_a_plans_tasks(s: S) {
     let plain = s
         .insert_tasks(vec![NewTask::new("plain", "test")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let ghost = TaskId::new();
     let asked: Vec<TaskId> = ["a", "b", "d"]
         .iter()
@@ -394,7 +395,7 @@ pub async fn finish_and_claim_refills_in_one_step(s: S) {
     let (_, ids) = materialize(&s, plan(vec![node("a", &[]), node("b", &["a"])])).await;
     let mut x = NewTask::new("x", "test");
     x.priority = -1;
-    let x = s.insert_tasks(vec![x]).await.unwrap()[0];
+    let x = s.insert_tasks(vec![x]).await.unwrap().ids[0];
     let (a, run) = claim_one(&s, "w").await;
     assert_eq!(a, ids["a"]);
     let mut rx = s.subscribe().await.unwrap();
@@ -454,7 +455,7 @@ pub async fn freed_dependents_compete_with_ready_tasks_in_queue_order(s: S) {
     assert_eq!(a, ids["a"]);
     let mut urgent = NewTask::new("urgent", "test");
     urgent.priority = 5;
-    let urgent = s.insert_tasks(vec![urgent]).await.unwrap()[0];
+    let urgent = s.insert_tasks(vec![urgent]).await.unwrap().ids[0];
     let mut rx = s.subscribe().await.unwrap();
     let mut tests_only = claim_params("w", 1);
     tests_only.task_types = vec!["test".into()];

@@ -15,7 +15,8 @@ pub async fn progress_is_stored_on_the_live_run_and_announced(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("long", "test")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let run = s.claim_tasks(&claim_params("w", 1)).await.unwrap()[0]
         .run
         .id;

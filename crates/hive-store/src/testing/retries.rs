@@ -75,7 +75,8 @@ pub async fn a_tasks_own_policy_replaces_the_callers(s: S) {
             NewTask::new("patient but broken", "test").retry_policy(own),
         ])
         .await
-        .unwrap();
+        .unwrap()
+        .ids;
     assert_eq!(
         s.get_task(ids[0]).await.unwrap().unwrap().retry_policy,
         Some(own),
@@ -107,7 +108,8 @@ pub async fn snoozes_give_the_attempt_back_and_are_bounded(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("sleepy", "test").max_retries(0)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let limit = 2;
     for round in 1..=limit {
         let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();

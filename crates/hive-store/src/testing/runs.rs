@@ -24,11 +24,13 @@ pub async fn claim_opens_run_and_respects_types(s: S) {
     let a = s
         .insert_tasks(vec![NewTask::new("a", "alpha").priority(1)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let b = s
         .insert_tasks(vec![NewTask::new("b", "beta").priority(9)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let only_alpha = ClaimParams {
         task_types: vec!["alpha".into(), "gamma".into()],
         ..claim_params("w1", 10)
@@ -67,7 +69,8 @@ pub async fn delayed_task_not_claimable_early(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("later", "test").run_at(soon)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     assert!(
         s.claim_tasks(&claim_params("w", 1))
             .await
@@ -115,7 +118,8 @@ pub async fn failure_retries_with_backoff_then_fails(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("flaky", "test").max_retries(2)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     // Generous delays: the checks must hold on a loaded machine, where a few hundred
     // milliseconds can pass between two calls.
     let policy = RetryPolicy::exponential(Duration::from_millis(400), Duration::from_secs(10))
@@ -274,7 +278,8 @@ pub async fn reap_expired_lease(s: S) {
     let id = s
         .insert_tasks(vec![NewTask::new("t", "test").max_retries(1)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     s.register_worker(&registration("dead")).await.unwrap();
     let short = leased("dead", 1, Duration::from_millis(100));
     let run = s.claim_tasks(&short).await.unwrap()[0].run.id;
@@ -473,7 +478,13 @@ pub async fn concurrent_claims_exactly_once(s: S) {
     const TASKS: usize = 500;
     const CLAIMERS: usize = 8;
     let batch: Vec<NewTask> = tasks("t", "test", TASKS);
-    let ids: HashSet<TaskId> = s.insert_tasks(batch).await.unwrap().into_iter().collect();
+    let ids: HashSet<TaskId> = s
+        .insert_tasks(batch)
+        .await
+        .unwrap()
+        .ids
+        .into_iter()
+        .collect();
     let mut handles = Vec::new();
     for c in 0..CLAIMERS {
         let s = s.clone();

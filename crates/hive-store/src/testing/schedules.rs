@@ -310,7 +310,7 @@ pub async fn work_is_unfinished_by_key_until_it_ends(s: S) {
             .unwrap()
     );
     let task = NewTask::new("slot", "report").idempotency_key("schedule:t:1");
-    let id = s.insert_tasks(vec![task]).await.unwrap()[0];
+    let id = s.insert_tasks(vec![task]).await.unwrap().ids[0];
     assert!(
         s.unfinished_by_key(&["schedule:t:1".to_owned()])
             .await

@@ -24,7 +24,8 @@ type S = Arc<dyn Store>;
 pub(super) async fn create(s: &S, title: &str, prio: i32) -> TaskId {
     s.insert_tasks(vec![NewTask::new(title, "test").priority(prio)])
         .await
-        .unwrap()[0]
+        .unwrap()
+        .ids[0]
 }
 
 pub(super) async fn status(s: &S, id: TaskId) -> TaskStatus {
@@ -72,7 +73,7 @@ pub async fn insert_and_get_round_trip(s: S) {
         .max_retries(5)
         .tags(["a", "b"])
         .metadata(json!({"owner": "ops"}));
-    let id = s.insert_tasks(vec![new]).await.unwrap()[0];
+    let id = s.insert_tasks(vec![new]).await.unwrap().ids[0];
     let t = load(&s, id).await;
     assert_eq!(t.id, id);
     assert_eq!(t.title, "Deploy");
@@ -91,7 +92,7 @@ pub async fn insert_and_get_round_trip(s: S) {
     let now = s.now().await.unwrap();
     assert!((now - t.created_at).num_seconds().abs() < 60);
     assert!(s.get_task(TaskId::new()).await.unwrap().is_none());
-    assert!(s.insert_tasks(vec![]).await.unwrap().is_empty());
+    assert!(s.insert_tasks(vec![]).await.unwrap().ids.is_empty());
 }
 
 pub async fn strings_stored_verbatim(s: S) {
@@ -108,7 +109,7 @@ pub async fn strings_stored_verbatim(s: S) {
             .description(text)
             .payload(json!({ text: text }))
             .tags([text]);
-        let id = s.insert_tasks(vec![new]).await.unwrap()[0];
+        let id = s.insert_tasks(vec![new]).await.unwrap().ids[0];
         let t = load(&s, id).await;
         assert_eq!(t.title, text);
         assert_eq!(t.task_type, text);
@@ -149,7 +150,7 @@ pub async fn queue_order_priority_then_age(s: S) {
     assert_eq!(claimed, order, "claims follow queue order");
     // A batch insert keeps its input order as the age order.
     let batch: Vec<NewTask> = tasks("b", "test", 5);
-    let ids = s.insert_tasks(batch).await.unwrap();
+    let ids = s.insert_tasks(batch).await.unwrap().ids;
     let ready = TaskFilter {
         ready_only: true,
         ..Default::default()
@@ -159,15 +160,18 @@ pub async fn queue_order_priority_then_age(s: S) {
 }
 
 pub async fn idempotency_key_returns_first_id(s: S) {
+    let mut rx = s.subscribe().await.unwrap();
     let first = s
         .insert_tasks(vec![NewTask::new("a", "test").idempotency_key("k1")])
         .await
-        .unwrap()[0];
+        .unwrap();
+    assert_eq!(first.new_tasks, 1);
+    let first = first.ids[0];
     let again = s
         .insert_tasks(vec![NewTask::new("b", "test").idempotency_key("k1")])
         .await
-        .unwrap()[0];
-    assert_eq!(first, again);
+        .unwrap();
+    assert_eq!((again.ids.as_slice(), again.new_tasks), (&[first][..], 0));
     assert_eq!(load(&s, first).await.title, "a");
     let batch = s
         .insert_tasks(vec![
@@ -178,6 +182,19 @@ pub async fn idempotency_key_returns_first_id(s: S) {
         ])
         .await
         .unwrap();
+    assert_eq!(batch.new_tasks, 2, "c and f");
+    let batch = batch.ids;
+    // Announced: a's creation, then the batch's two; the repeat of k1 announced nothing.
+    let mut created = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await {
+        if let crate::Change::TaskCreated { task_id, count } = n.change {
+            created.push((task_id, count));
+            if created.len() == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(created, vec![(Some(first), 1), (None, 2)]);
     assert_eq!(batch[1], first);
     assert_eq!(batch[0], batch[2]);
     assert_ne!(batch[3], batch[0]);
@@ -224,20 +241,24 @@ pub async fn list_filters(s: S) {
     let a = s
         .insert_tasks(vec![NewTask::new("a", "alpha")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let _b = s
         .insert_tasks(vec![NewTask::new("b", "beta")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let c = s
         .insert_tasks(vec![NewTask::new("c", "alpha")])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let later = s.now().await.unwrap() + chrono::Duration::hours(1);
     let delayed = s
         .insert_tasks(vec![NewTask::new("d", "alpha").run_at(later)])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     let alpha = TaskFilter {
         task_type: Some("alpha".into()),
         ..Default::default()
@@ -399,7 +420,8 @@ pub async fn metadata_merges(s: S) {
             NewTask::new("t", "test").metadata(json!({"a": 1, "b": 2})),
         ])
         .await
-        .unwrap()[0];
+        .unwrap()
+        .ids[0];
     s.set_task_status(
         id,
         StatusChange {
@@ -457,6 +479,37 @@ pub async fn delete_cascades_runs(s: S) {
     assert!(s.delete_task(ids["a"]).await.unwrap());
     let b = load(&s, ids["b"]).await;
     assert!(b.dependencies.is_empty());
+
+    // Of a failed plan, which a retry would run on, only a completed subtask goes: `y`
+    // still running, then `x` failed, stay; `y` goes once it completed.
+    let mut x = node("x", &[]);
+    x.max_retries = Some(0);
+    let (_, ids) = materialize(&s, plan(vec![x, node("y", &[])])).await;
+    let claims = s.claim_tasks(&claim_params("w", 2)).await.unwrap();
+    let run_of = |sub: &str| {
+        claims
+            .iter()
+            .find(|c| c.task.plan_subtask_id.as_deref() == Some(sub))
+            .unwrap()
+            .run
+            .id
+    };
+    s.finish_runs(&[failure(run_of("x"), None)]).await.unwrap();
+    for (sub, status) in [("y", "in_progress"), ("x", "failed")] {
+        let refused = s.delete_task(ids[sub]).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("it is {status} in plan"))
+                && refused
+                    .to_string()
+                    .contains("which is failed and may be retried"),
+            "{refused}"
+        );
+        assert!(s.get_task(ids[sub]).await.unwrap().is_some());
+    }
+    s.finish_runs(&[success(run_of("y"))]).await.unwrap();
+    assert!(s.delete_task(ids["y"]).await.unwrap());
 }
 
 pub async fn prune_in_batches(s: S) {
@@ -485,6 +538,21 @@ pub async fn prune_in_batches(s: S) {
         .await
         .unwrap();
     assert_eq!(recent, 0, "nothing is an hour old yet");
+    // An age further back than time goes is nothing older, on every backend.
+    for older_than in [Duration::MAX, Duration::from_secs(400_000 * 365 * 86_400)] {
+        let p = PruneParams {
+            older_than,
+            statuses: vec![TaskStatus::Completed],
+            limit: 10,
+        };
+        assert_eq!(s.prune_tasks(&p).await.unwrap(), 0);
+        let plans = crate::PlanPruneParams {
+            older_than,
+            statuses: vec![hive_models::PlanStatus::Completed],
+            limit: 10,
+        };
+        assert_eq!(s.prune_plans(&plans).await.unwrap().plans, 0);
+    }
     tokio::time::sleep(Duration::from_millis(20)).await;
     let p = PruneParams {
         older_than: Duration::from_millis(1),

@@ -79,6 +79,7 @@ pub async fn run(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     if let Some(at) = a.run_at {
         new = new.run_at(args::parse_time(&at)?);
     }
+    let key = a.idempotency_key.clone();
     if let Some(key) = a.idempotency_key {
         new = new.idempotency_key(key);
     }
@@ -86,8 +87,12 @@ pub async fn run(ctx: &Context, a: CreateArgs) -> anyhow::Result<()> {
     new.concurrency_limit = a.concurrency_limit;
     new.validate(hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES)?;
     builtin::validate_payload(&new.task_type, &new.payload).map_err(|e| anyhow!(e))?;
-    let id = ctx.client_creating().await?.create_task(new).await?;
-    output::created(ctx.json, id)
+    let done = ctx
+        .client_creating()
+        .await?
+        .create_task_reporting(new)
+        .await?;
+    output::created(ctx.json, "task", done.id, done.created, key.as_deref())
 }
 
 /// The policy `--retry-base`, `--retry-max` and `--no-jitter` ask for; `None` when none

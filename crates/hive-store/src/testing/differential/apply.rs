@@ -7,8 +7,8 @@ use hive_models::{ExecutionPlan, NewTask, PlanStatus, RetryPolicy, RunId, TaskId
 use serde_json::json;
 
 use crate::{
-    PruneParams, ReapParams, StatusChange, TaskFilter, WorkerFilter, WorkerRegistration,
-    WorkerStatusChange,
+    PruneParams, ReapParams, StatusChange, TaskFilter, TasksInserted, WorkerFilter,
+    WorkerRegistration, WorkerStatusChange,
 };
 
 use super::ops::*;
@@ -26,7 +26,7 @@ impl Side {
                     .map(|(k, spec)| self.new_task(spec, self.plain_tasks + k))
                     .collect();
                 match s.insert_tasks(tasks).await {
-                    Ok(ids) => {
+                    Ok(TasksInserted { ids, new_tasks }) => {
                         for id in &ids {
                             if !self.names.contains_key(&id.to_string()) {
                                 let name = format!("t{}", self.plain_tasks);
@@ -34,7 +34,7 @@ impl Side {
                                 self.name_task(*id, name);
                             }
                         }
-                        format!("inserted {:?}", self.names_of(&ids))
+                        format!("inserted {:?} ({new_tasks} new)", self.names_of(&ids))
                     }
                     Err(e) => self.error(&e),
                 }
