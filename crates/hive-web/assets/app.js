@@ -3,11 +3,16 @@
 // DAG node details, and confirmations.
 (function () {
   "use strict";
-  let pending = null;
+  // One refresh at a time: a timer waiting, or a fetch in flight. Changes announced
+  // meanwhile ask for one more once it is done, so a slow page never has requests piling
+  // up, nor an older answer replacing a newer one.
+  let timer = null;
+  let inFlight = false;
+  let again = false;
   let selected = null;
 
   function refresh() {
-    pending = null;
+    inFlight = true;
     fetch(location.href, { headers: { "x-hive-partial": "1" } })
       .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
       .then((html) => {
@@ -20,14 +25,29 @@
           if (selected) show(selected);
         }
       })
-      .catch(() => {});
+      .catch(() => {})
+      .finally(() => {
+        inFlight = false;
+        if (again) {
+          again = false;
+          schedule();
+        }
+      });
   }
 
   // A page that is costly to build (a large plan's) asks to be followed less often.
   function schedule() {
+    if (timer) return;
+    if (inFlight) {
+      again = true;
+      return;
+    }
     const paced = document.querySelector("[data-refresh-ms]");
     const wait = paced ? Number(paced.dataset.refreshMs) || 300 : 300;
-    if (!pending) pending = setTimeout(refresh, wait);
+    timer = setTimeout(() => {
+      timer = null;
+      refresh();
+    }, wait);
   }
 
   function show(id) {

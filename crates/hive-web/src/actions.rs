@@ -34,10 +34,18 @@ fn bad(m: String) -> (StatusCode, String) {
     (StatusCode::BAD_REQUEST, m)
 }
 
+fn not_found(kind: &str, id: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::NOT_FOUND, format!("{kind} `{id}` not found"))
+}
+
+/// An operator's retry (`hive task retry`): refused for a queued task and for one a worker
+/// holds, which would otherwise run twice, its worker never told.
 async fn requeue(s: &AppState, id: &str) -> Outcome {
     let id = parse_task(id).map_err(bad)?;
-    let requeued = s.client.requeue_task(id).await.map_err(op)?;
-    Ok(serde_json::json!({ "task_id": id, "requeued": requeued }))
+    if !s.client.retry_task(id).await.map_err(op)? {
+        return Err(not_found("task", id));
+    }
+    Ok(serde_json::json!({ "task_id": id, "requeued": true }))
 }
 
 async fn cancel(s: &AppState, id: &str, reason: Option<&str>) -> Outcome {
@@ -48,12 +56,18 @@ async fn cancel(s: &AppState, id: &str, reason: Option<&str>) -> Outcome {
         .cancel_task(id, Some(reason.unwrap_or("cancelled from the dashboard")))
         .await
         .map_err(op)?;
-    Ok(serde_json::json!({ "task_id": id, "cancelled": cancelled }))
+    if !cancelled {
+        return Err(not_found("task", id));
+    }
+    Ok(serde_json::json!({ "task_id": id, "cancelled": true }))
 }
 
 async fn cancel_plan(s: &AppState, id: &str) -> Outcome {
     let id = parse_plan(id).map_err(bad)?;
     let cancelled = s.client.cancel_plan(id).await.map_err(op)?;
+    if !cancelled && s.client.plan_header(id).await.map_err(op)?.is_none() {
+        return Err(not_found("plan", id));
+    }
     Ok(serde_json::json!({ "plan_id": id, "cancelled": cancelled }))
 }
 
@@ -63,14 +77,24 @@ async fn retry_plan(s: &AppState, id: &str) -> Outcome {
     Ok(serde_json::json!({ "plan_id": id, "requeued": requeued }))
 }
 
+/// Requeues failed tasks matching the filter, at most `limit` (default and cap
+/// [`BULK_MAX`]); a filter naming another status is refused rather than ignored.
 async fn requeue_failed(s: &AppState, f: &Filter) -> Outcome {
     let params = f.params().map_err(bad)?;
-    let ids = s
-        .client
-        .requeue_failed(&params, BULK_MAX)
-        .await
-        .map_err(op)?;
-    Ok(serde_json::json!({ "requeued": ids.len(), "task_ids": ids, "max": BULK_MAX }))
+    if let Some(other) = params
+        .status
+        .filter(|st| *st != hive_client::TaskStatus::Failed)
+    {
+        return Err(bad(format!(
+            "`status`: only failed tasks are requeued in bulk, not {other} ones"
+        )));
+    }
+    let max = f.limit.map_or(BULK_MAX, |l| l.min(BULK_MAX));
+    if max == 0 {
+        return Err(bad("`limit`: must be at least 1".into()));
+    }
+    let ids = s.client.requeue_failed(&params, max).await.map_err(op)?;
+    Ok(serde_json::json!({ "requeued": ids.len(), "task_ids": ids, "max": max }))
 }
 
 /// Pauses (`pause`) or resumes a task type's queue. Only a type in use can be paused here:

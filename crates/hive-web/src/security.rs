@@ -106,7 +106,11 @@ fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
-        let same = host.is_some_and(|h| origin == format!("http://{h}"));
+        // Either scheme: behind a TLS proxy the browser's origin is https, the Host the same.
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        let same = host.is_some_and(|h| authority == Some(h));
         if !same {
             return Some("refused: the request's Origin is not this dashboard");
         }
@@ -117,6 +121,22 @@ fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
     }
 }
 
+/// Whether `host` (a `Host` header: a name or address, maybe with a port) names this
+/// machine's loopback: `localhost`, `127.x.x.x` or `[::1]`.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The middleware every request passes.
 pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let sec = &state.security;
@@ -124,6 +144,26 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     let open = path == "/login"
         || path.starts_with("/assets/")
         || crate::probes::PATHS.contains(&path.as_str());
+    // Without an operator's token the pages are open to this machine, and hand every
+    // reader the token that mutations need. A site whose name a DNS rebinding points at
+    // 127.0.0.1 would be "this machine" too, and same-origin with itself: so only the
+    // loopback's own names are served.
+    if !sec.reads_need_token
+        && !crate::probes::PATHS.contains(&path.as_str())
+        && !req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            // HTTP/2 names the host in the request's authority instead.
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .is_some_and(is_loopback_host)
+    {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "refused: without a token this dashboard answers only to localhost, 127.0.0.1 \
+             or [::1] (give it a token, --token or HIVE_UI_TOKEN, to serve another name)",
+        );
+    }
     let authorised = sec.authorised(req.headers());
     let reading = matches!(*req.method(), Method::GET | Method::HEAD);
     if !reading && !open {

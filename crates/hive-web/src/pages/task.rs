@@ -13,6 +13,9 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// Dependents listed on a task's page, in queue order.
+const DEPENDENTS_SHOWN: u32 = 100;
+
 pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_task(&id) {
         Ok(id) => id,
@@ -27,17 +30,22 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
         Ok(r) => r,
         Err(e) => return op_error(&e),
     };
+    // A plan's root may have 100,000 dependents: the page lists the first ones only.
     let filter = hive_client::store::TaskFilter {
         depending_on: Some(id),
+        limit: Some(DEPENDENTS_SHOWN + 1),
         ..Default::default()
     };
-    let dependents: Vec<(hive_client::TaskId, String)> = match s.client.list_tasks(&filter).await {
-        Ok(found) => found
-            .into_iter()
-            .map(|t| (t.id, t.plan_subtask_id.unwrap_or(t.title)))
-            .collect(),
-        Err(e) => return op_error(&e),
-    };
+    let mut dependents: Vec<(hive_client::TaskId, String)> =
+        match s.client.list_tasks(&filter).await {
+            Ok(found) => found
+                .into_iter()
+                .map(|t| (t.id, t.plan_subtask_id.unwrap_or(t.title)))
+                .collect(),
+            Err(e) => return op_error(&e),
+        };
+    let more_dependents = dependents.len() > DEPENDENTS_SHOWN as usize;
+    dependents.truncate(DEPENDENTS_SHOWN as usize);
     layout(
         &task.title,
         html! {
@@ -54,8 +62,11 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
                 @if let Some(e) = &task.last_error { dt { "last error" } dd class="error" { (e) } }
             }
             div class="actions" {
-                form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/requeue" } {
-                    button type="submit" id="requeue" { "Requeue" }
+                // Only where the action is allowed: never a task a worker holds.
+                @if task.status.check_retry().is_ok() {
+                    form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/requeue" } {
+                        button type="submit" id="requeue" { "Requeue" }
+                    }
                 }
                 " "
                 form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/cancel" }
@@ -68,6 +79,13 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
             ul { @for d in &task.dependencies { li { a href={ "/tasks/" (d) } { (d) } } } }
             h2 { "Dependents" }
             ul { @for (d, name) in &dependents { li { a href={ "/tasks/" (d) } { (name) } } } }
+            @if more_dependents {
+                p class="more" {
+                    "The first " (DEPENDENTS_SHOWN) " are shown"
+                    @if let Some(p) = task.plan_id { "; the rest are on " a href={ "/plans/" (p) } { "the plan's page" } }
+                    "."
+                }
+            }
             h2 { "Payload" }
             pre id="payload" { (pretty(&task.payload)) }
             h2 { "Output" }

@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-use super::{HEADER, Security, cross_site};
+use super::{HEADER, Security, cross_site, is_loopback_host};
 use crate::Error;
 
 #[test]
@@ -70,4 +70,49 @@ fn another_sites_origin_is_refused() {
     );
     h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
     assert!(cross_site(&h).is_some());
+}
+
+#[test]
+fn behind_a_tls_proxy_the_https_origin_is_this_dashboard() {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("hive.corp"));
+    h.insert(
+        header::ORIGIN,
+        HeaderValue::from_static("https://hive.corp"),
+    );
+    assert_eq!(cross_site(&h), None);
+    h.insert(
+        header::ORIGIN,
+        HeaderValue::from_static("https://evil.example"),
+    );
+    assert!(cross_site(&h).is_some());
+    h.insert(header::ORIGIN, HeaderValue::from_static("ftp://hive.corp"));
+    assert!(cross_site(&h).is_some());
+}
+
+/// A name a DNS rebinding points at 127.0.0.1 is not one of the loopback's own.
+#[test]
+fn only_the_loopbacks_own_names_are_loopback_hosts() {
+    for ok in [
+        "localhost",
+        "LOCALHOST:8080",
+        "127.0.0.1",
+        "127.0.0.1:7777",
+        "127.9.9.9:1",
+        "[::1]",
+        "[::1]:8080",
+    ] {
+        assert!(is_loopback_host(ok), "{ok}");
+    }
+    for bad in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "10.0.0.1:80",
+        "[::2]:80",
+        "",
+        "127.0.0.1.nip.io",
+    ] {
+        assert!(!is_loopback_host(bad), "{bad}");
+    }
 }

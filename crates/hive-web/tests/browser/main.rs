@@ -9,6 +9,7 @@
 //! `HIVE_SAVE_SCREENSHOTS=1` also writes the overview and the DAG page to `docs/img/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod actions;
 mod harness;
 
 use std::sync::Arc;
