@@ -110,6 +110,11 @@ async fn invalid_input_never_reaches_the_store() {
         Err(Error::Invalid(_))
     ));
     assert!(matches!(
+        o.extend_lease(hive_models::RunId::new(), Duration::ZERO)
+            .await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
         o.register_worker("", "role", vec![]).await,
         Err(Error::Invalid(_))
     ));

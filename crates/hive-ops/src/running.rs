@@ -112,12 +112,8 @@ fn storable<'a>(
     std::borrow::Cow::Owned(fixed)
 }
 
-fn claim_params(
-    worker_id: &WorkerId,
-    task_types: &[String],
-    limit: u32,
-    lease: Duration,
-) -> Result<ClaimParams> {
+/// Refuses a lease of zero, which would end the run as it starts.
+fn check_lease(lease: Duration) -> Result<()> {
     if lease.is_zero() {
         return Err(hive_models::Error::InvalidField {
             field: "lease".into(),
@@ -125,6 +121,16 @@ fn claim_params(
         }
         .into());
     }
+    Ok(())
+}
+
+fn claim_params(
+    worker_id: &WorkerId,
+    task_types: &[String],
+    limit: u32,
+    lease: Duration,
+) -> Result<ClaimParams> {
+    check_lease(lease)?;
     Ok(ClaimParams {
         worker_id: worker_id.clone(),
         task_types: task_types.to_vec(),
@@ -232,8 +238,11 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(reports)
     }
 
-    /// Extends a run's lease; [`Error::StaleRun`] when the task was taken back.
+    /// Extends a run's lease to at least now + `lease` (never shortening it, nor the length
+    /// the worker's heartbeats extend it by); [`Error::StaleRun`] when the task was taken
+    /// back, `Invalid` for a lease of zero.
     pub async fn extend_lease(&self, run_id: RunId, lease: Duration) -> Result<Timestamp> {
+        check_lease(lease)?;
         Ok(self.store.extend_lease(run_id, lease).await?)
     }
 

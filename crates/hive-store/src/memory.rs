@@ -308,12 +308,15 @@ impl Store for MemoryStore {
         if !live {
             return Err(Error::StaleRun { run_id });
         }
-        s.running.insert(run_id, lease);
+        let longest = s.running.get(&run_id).map_or(lease, |l| (*l).max(lease));
+        s.running.insert(run_id, longest);
+        let mut expiry = until;
         if let Some(run) = s.runs.get_mut(&run_id) {
-            run.lease_expires_at = Some(until);
+            expiry = run.lease_expires_at.map_or(until, |e| e.max(until));
+            run.lease_expires_at = Some(expiry);
             run.updated_at = at;
         }
-        Ok(until)
+        Ok(expiry)
     }
 
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
@@ -498,8 +501,10 @@ impl Store for MemoryStore {
         id: &WorkerId,
         status: Option<WorkerStatusChange>,
     ) -> Result<Option<HeartbeatReport>> {
-        let at = now();
+        // The clock under the lock, as every write here: time spent waiting for it (a large
+        // finish or plan) must not come off the leases this beat extends.
         let mut s = self.lock();
+        let at = now();
         let Some(w) = s.workers.get_mut(id) else {
             return Ok(None);
         };

@@ -169,8 +169,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok((reports, claims))
     }
 
-    /// Pushes a running run's lease to now + `lease`, returning the new expiry;
-    /// [`crate::Error::StaleRun`] when the run is not its task's current running run.
+    /// Pushes a running run's lease to at least now + `lease` and its heartbeat length to
+    /// at least `lease` (a shorter one changes neither: heartbeats would no longer keep the
+    /// run alive), returning the expiry; [`crate::Error::StaleRun`] when the run is not its
+    /// task's current running run.
     async fn extend_lease(&self, run_id: RunId, lease: std::time::Duration) -> Result<Timestamp>;
 
     /// Records how far a running run has got (the store's clock stamps it) and announces

@@ -124,7 +124,10 @@ impl TaskContext {
         &self.client
     }
 
-    /// Extends this run's lease now (heartbeats already do it periodically).
+    /// Extends this run's lease to at least now + `lease`, and the heartbeats' extension
+    /// from then on to at least `lease` (heartbeats already extend it periodically; this is
+    /// for a step that may outlast the worker's lease). A shorter lease than the run has
+    /// changes nothing; zero is refused.
     pub async fn extend_lease(&self, lease: Duration) -> Result<()> {
         self.client.extend_lease(self.run.id, lease).await?;
         Ok(())

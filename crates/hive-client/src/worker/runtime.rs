@@ -403,7 +403,12 @@ impl Runtime {
         completer: tokio::task::JoinHandle<()>,
     ) {
         let mut unstarted: Vec<RunId> = Vec::new();
-        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
+        // A grace past what an instant can hold (`--shutdown-grace 1e19`) is "for good".
+        let deadline = tokio::time::Instant::now()
+            .checked_add(self.cfg.shutdown_grace)
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+            });
         let mut at_once = self.cfg.shutdown.subscribe_at_once();
         while !running.is_empty() {
             tokio::select! {

@@ -628,8 +628,9 @@ impl PostgresStore {
 
     pub(super) async fn extend_once(&self, run_id: RunId, lease: Duration) -> R<Timestamp> {
         let until: Option<Timestamp> = sqlx::query_scalar(
-            "UPDATE runs r SET lease_us = $2::bigint, updated_at = now(), \
-                 lease_expires_at = now() + $2::bigint * interval '1 microsecond' \
+            "UPDATE runs r SET lease_us = greatest(r.lease_us, $2::bigint), updated_at = now(), \
+                 lease_expires_at = greatest(r.lease_expires_at, \
+                     now() + $2::bigint * interval '1 microsecond') \
              FROM tasks t \
              WHERE r.id = $1 AND r.status = 'running' AND t.id = r.task_id \
                AND t.current_run_id = r.id \

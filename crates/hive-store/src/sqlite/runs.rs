@@ -324,20 +324,22 @@ pub(super) async fn extend_lease(
     let at = db::db_now(c).await?;
     let until = add_us(at, lease);
     let done = sqlx::query(
-        "UPDATE runs SET lease_us = ?1, lease_expires_at = ?2, updated_at = ?4 \
+        "UPDATE runs SET lease_us = max(coalesce(lease_us, 0), ?1), \
+             lease_expires_at = max(coalesce(lease_expires_at, ?2), ?2), updated_at = ?4 \
          WHERE id = ?3 AND status = 'running' \
-           AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = runs.task_id AND t.current_run_id = runs.id)",
+           AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = runs.task_id AND t.current_run_id = runs.id) \
+         RETURNING lease_expires_at",
     )
     .bind(db::dur_us(lease))
     .bind(until)
     .bind(run_id.to_string())
     .bind(at)
-    .execute(&mut *c)
+    .fetch_optional(&mut *c)
     .await?;
-    if done.rows_affected() == 0 {
+    let Some(row) = done else {
         return Err(Error::StaleRun { run_id }.into());
-    }
-    db::ts("runs", until)
+    };
+    db::ts("runs", Cols::new(&row, "runs").get("lease_expires_at")?)
 }
 
 /// Stores a live run's progress; [`Error::StaleRun`] for any other run.

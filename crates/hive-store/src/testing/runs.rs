@@ -197,6 +197,25 @@ pub async fn extend_lease_and_fencing(s: S) {
         s.get_run(run).await.unwrap().unwrap().lease_expires_at,
         Some(after)
     );
+    // A shorter lease asked for later shortens nothing: neither the expiry nor what the
+    // worker's heartbeats extend it by (they would no longer keep the run alive).
+    s.register_worker(&registration("w")).await.unwrap();
+    let again = s.extend_lease(run, Duration::from_millis(1)).await.unwrap();
+    assert_eq!(again, after);
+    s.heartbeat(&worker("w"), None).await.unwrap().unwrap();
+    let beat = s
+        .get_run(run)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_expires_at
+        .unwrap();
+    assert!(
+        beat > before + chrono::Duration::seconds(100),
+        "{beat} {before}"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(s.reap(&reap_params()).await.unwrap().requeued.is_empty());
     s.finish_runs(&[success(run)]).await.unwrap();
     let err = s
         .extend_lease(run, Duration::from_secs(5))
