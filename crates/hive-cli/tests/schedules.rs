@@ -295,6 +295,10 @@ fn bad_schedules_are_refused_before_anything_is_written() {
             ][..],
             "`skip` cannot go with catching up several missed slots",
         ),
+        (
+            &["--cron", "0 2 * * *", "--catch-up-limit", "3"][..],
+            "--catch-up-limit: only with --missed catch-up",
+        ),
     ] {
         db.refused(
             &mut add(args),

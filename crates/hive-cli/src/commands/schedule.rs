@@ -145,9 +145,9 @@ pub struct AddArgs {
     #[arg(long, value_enum, default_value = "allow")]
     overlap: OverlapArg,
     /// With `--missed catch-up`: at most this many missed slots create their task or plan
-    /// at once.
-    #[arg(long, default_value_t = 10)]
-    catch_up_limit: u32,
+    /// at once (default 10).
+    #[arg(long, value_name = "N")]
+    catch_up_limit: Option<u32>,
     /// Create it paused (with --replace, only when it is created: an existing schedule
     /// stays paused or active as it is).
     #[arg(long)]
@@ -159,6 +159,9 @@ pub struct AddArgs {
     #[arg(long)]
     replace: bool,
 }
+
+/// Missed slots a catch-up schedule creates at once when `--catch-up-limit` is not given.
+const DEFAULT_CATCH_UP_LIMIT: u32 = 10;
 
 impl AddArgs {
     fn into_new(self) -> anyhow::Result<NewSchedule> {
@@ -180,10 +183,15 @@ impl AddArgs {
             // clap requires both unless --plan is given.
             (None, ..) => anyhow::bail!("give --title and --type, or --plan FILE"),
         };
-        let missed = match self.missed {
-            MissedArg::Skip => Missed::Skip,
-            MissedArg::CatchUp => Missed::CatchUp {
-                limit: self.catch_up_limit,
+        let missed = match (self.missed, self.catch_up_limit) {
+            (MissedArg::Skip, Some(_)) => {
+                anyhow::bail!(
+                    "--catch-up-limit: only with --missed catch-up (missed slots are skipped)"
+                )
+            }
+            (MissedArg::Skip, None) => Missed::Skip,
+            (MissedArg::CatchUp, limit) => Missed::CatchUp {
+                limit: limit.unwrap_or(DEFAULT_CATCH_UP_LIMIT),
             },
         };
         let overlap = match self.overlap {
