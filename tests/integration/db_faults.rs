@@ -24,6 +24,7 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     refused_connect_fails_at_once,
     pool_of_two_serves_concurrency_sixteen,
     stopping_at_once_with_the_database_gone_loses_nothing,
+    stopping_at_once_during_a_claim_never_answered,
     a_worker_cut_off_longer_than_its_lease_gives_its_runs_back,
     a_database_blip_at_shutdown_still_gives_held_tasks_back,
 );
@@ -547,6 +548,73 @@ async fn stopping_at_once_with_the_database_gone_loses_nothing(store: Arc<dyn St
     }
     let called: HashSet<_> = calls.all().iter().map(|(t, _)| *t).collect();
     assert_eq!(called, ids);
+}
+
+/// A worker told to stop at once while its claim waits on a database that stopped
+/// answering (its packets held, the connection open: no error ever comes) stops within
+/// the bound, and another worker then runs the task once.
+async fn stopping_at_once_during_a_claim_never_answered(store: Arc<dyn Store>, url: String) {
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let stalled = through(&proxied).await;
+    let calls = Calls::default();
+    let worker = stalled
+        .worker("stalled")
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(20))
+        .handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run({
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            async { Ok::<_, TaskError>(()) }
+        }
+    }));
+    let registered = Instant::now();
+    while operator.get_worker("stalled").await.unwrap().is_none() {
+        assert!(
+            registered.elapsed() < Duration::from_secs(30),
+            "the worker registers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.stall();
+    let id = operator
+        .create_task(NewTask::new("t", "stalled"))
+        .await
+        .unwrap();
+    // Polling every 20 ms, the worker's next claim goes out within this and hangs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.shutdown_now();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), run).await;
+    // Whatever happened, the held connections end here, so a failure does not hang the
+    // test's cleanup on them.
+    drop(proxy);
+    stopped
+        .expect("the worker stopped without an answer from the database")
+        .unwrap()
+        .unwrap();
+    let after = operator
+        .worker("after")
+        .reap_interval(Duration::from_millis(200))
+        .exit_when_idle(true)
+        .handle_signals(false);
+    let handler = {
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            async { Ok::<_, TaskError>(()) }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), after.run(handler))
+        .await
+        .expect("the task was finished")
+        .unwrap();
+    let t = operator.get_task(id).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Completed, "{t:?}");
+    assert_eq!(calls.all().len(), 1, "{:?}", calls.all());
 }
 
 /// A worker cut off from its database for longer than its lease tells its handler to stop

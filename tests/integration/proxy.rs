@@ -4,6 +4,7 @@
 //! only one statement carries).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +34,9 @@ pub struct Proxy {
     cut: Armed,
     /// The connections forwarded, each a task that ends them when aborted.
     pairs: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// While set, clients' bytes are held, not forwarded: a server that stopped answering
+    /// (a network that drops packets), unlike [`Proxy::close`]'s refused connections.
+    stalled: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -47,6 +51,7 @@ impl Proxy {
             forwarding: None,
             cut: Armed::default(),
             pairs: Arc::default(),
+            stalled: Arc::default(),
         }
     }
 
@@ -92,18 +97,26 @@ impl Proxy {
         let upstream = self.upstream;
         let cut = self.cut.clone();
         let pairs = self.pairs.clone();
+        let stalled = self.stalled.clone();
         self.forwarding = Some(tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let cut = cut.clone();
+                let stalled = stalled.clone();
                 let pair = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
                         // Either side closing ends the pair; errors just mean a closed peer.
-                        let _ = forward(client, server, cut).await;
+                        let _ = forward(client, server, cut, stalled).await;
                     }
                 });
                 pairs.lock().unwrap().push(pair);
             }
         }));
+    }
+
+    /// Holds every client's bytes from now on, connections left open: the server, as its
+    /// clients see it, has stopped answering.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     /// Closes the port and ends every connection forwarded: the database server, as its
@@ -128,7 +141,12 @@ impl Drop for AbortOnDrop {
 }
 
 /// Copies both ways; the client's bytes are watched for an armed cut.
-async fn forward(client: TcpStream, server: TcpStream, cut: Armed) -> std::io::Result<()> {
+async fn forward(
+    client: TcpStream,
+    server: TcpStream,
+    cut: Armed,
+    stalled: Arc<AtomicBool>,
+) -> std::io::Result<()> {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
     let down = AbortOnDrop(tokio::spawn(async move {
@@ -141,6 +159,9 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Armed) -> std::io::R
             break;
         }
         let chunk = &buf[..n];
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let armed = {
             let mut slot = cut.lock().unwrap();
             let hit = slot
