@@ -431,27 +431,45 @@ async fn scheduler(ctx: &Context, interval_ms: u64) -> anyhow::Result<()> {
             _ = tick.tick() => {}
             () = stop.next() => break,
         }
-        // A step waiting on a database that does not answer (or on another writer) still
-        // stops at Ctrl-C. Cut short, it commits nothing: its slots stay due, for the next
-        // scheduler to fire as the schedule's missed-slot rule says.
-        let step = tokio::select! {
-            step = client.fire_due_schedules() => step,
-            () = stop.next() => break,
+        // Told to stop mid-step, the step gets STEP_GRACE to end, so the report counts
+        // what it created; one waiting on a database that does not answer (or on another
+        // writer) is then cut short, as it is at a second signal. A step cut between its
+        // statements leaves nothing wrong: a slot claimed whose work is missing is
+        // submitted again by the next scheduler, and a slot not claimed stays due.
+        let step = client.fire_due_schedules();
+        tokio::pin!(step);
+        let (step, stopping) = tokio::select! {
+            step = &mut step => (Some(step), false),
+            () = stop.next() => {
+                let ended = tokio::select! {
+                    ended = tokio::time::timeout(STEP_GRACE, &mut step) => ended.ok(),
+                    () = stop.next() => None,
+                };
+                (ended, true)
+            }
         };
         match step {
-            Ok(r) => {
+            Some(Ok(r)) => {
                 fired.0 += r.slots;
                 fired.1 += r.skipped;
             }
             // A blip must not end the scheduler: the next tick tries again.
-            Err(e) if e.is_transient() => {
+            Some(Err(e)) if e.is_transient() => {
                 tracing::warn!(error = %e, "scheduler step failed; retrying")
             }
-            Err(e) => return Err(e.into()),
+            Some(Err(e)) if !stopping => return Err(e.into()),
+            Some(Err(e)) => tracing::warn!(error = %e, "the last scheduler step failed"),
+            None => {}
+        }
+        if stopping {
+            break;
         }
     }
     report_fired(ctx, fired)
 }
+
+/// How long a scheduler told to stop lets its step in flight end.
+const STEP_GRACE: Duration = Duration::from_secs(2);
 
 fn report_fired(ctx: &Context, (fired, skipped): (usize, usize)) -> anyhow::Result<()> {
     output::report(
