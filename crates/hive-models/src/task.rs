@@ -47,6 +47,12 @@ impl TaskStatus {
         matches!(self, Self::Assigned | Self::InProgress)
     }
 
+    /// Failed or cancelled: finished without completing, so what depends on the task would
+    /// wait for good until it is requeued.
+    pub const fn never_completes(self) -> bool {
+        matches!(self, Self::Failed | Self::Cancelled)
+    }
+
     /// The transition table. Staying in the same status is always allowed (a no-op).
     ///
     /// | from | to |

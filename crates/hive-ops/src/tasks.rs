@@ -188,7 +188,7 @@ impl<S: Store + ?Sized> Ops<S> {
                     Err(e) => return Err(e),
                 }
             }
-            if !full || fresh == 0 {
+            if !full {
                 break;
             }
             left = left.saturating_sub(fresh);

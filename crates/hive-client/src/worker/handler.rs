@@ -316,7 +316,7 @@ pub(super) async fn run_one(
     let claimed = std::time::Instant::now();
     let (stop, cancel) = watch::channel(false);
     let stop = Arc::new(stop);
-    limits.stops.insert(run_id, task_id, stop.clone());
+    limits.stops.insert(run_id, stop.clone());
     let mut told = cancel.clone();
     // A claim prefetched beyond the free handlers waits here. Cancelled meanwhile, its
     // handler never starts; the worker stopping first, its run is released unstarted.

@@ -301,7 +301,6 @@ impl Runtime {
         // it has said so in this spell (see [`IDLE_EXPLAIN_AFTER`]).
         let mut waiting_since: Option<Instant> = None;
         let mut explained = false;
-        let mut at_once = self.cfg.shutdown.subscribe_at_once();
         while !self.stopping() {
             while let Ok(claims) = claimed_rx.try_recv() {
                 running.start(claims, self, &done_tx);
@@ -324,16 +323,13 @@ impl Runtime {
                     free as u32,
                     self.cfg.lease,
                 );
-                let claimed = tokio::select! {
-                    claimed = claim => claimed,
-                    // Told to stop at once: a claim stuck on a connection that no longer
-                    // answers must not keep the worker. One that committed all the same
-                    // is given back when the worker unregisters, or its leases run out.
-                    _ = at_once.wait_for(Option::is_some) => {
-                        drop(recording);
-                        self.slots.give_back(free);
-                        break;
-                    }
+                // Told to stop at once, a claim stuck on a connection that no longer answers
+                // must not keep the worker. One that committed all the same is given back
+                // when the worker unregisters, or its leases run out.
+                let Some(claimed) = self.bounded(claim).await else {
+                    drop(recording);
+                    self.slots.give_back(free);
+                    break;
                 };
                 if let Ok(claims) = &claimed {
                     self.held.claimed(claims);
@@ -369,9 +365,8 @@ impl Runtime {
             if idle && recheck.is_none_or(|at| at <= Instant::now()) {
                 recheck = None;
                 let asked = Instant::now();
-                let left = tokio::select! {
-                    left = self.what_is_left() => left,
-                    _ = at_once.wait_for(Option::is_some) => break,
+                let Some(left) = self.bounded(self.what_is_left()).await else {
+                    break;
                 };
                 let took = asked.elapsed() * IDLE_RECHECK_SHARE;
                 next_check =

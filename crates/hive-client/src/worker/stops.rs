@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use hive_models::{IdMap, RunId, TaskId};
+use hive_models::{IdMap, RunId};
 use tokio::sync::watch;
 
-/// A running handler's task and stop signal.
-type Stop = (TaskId, Arc<watch::Sender<bool>>);
+/// A running handler's stop signal.
+type Stop = Arc<watch::Sender<bool>>;
 
 #[derive(Debug, Default)]
 struct Running {
@@ -31,8 +31,8 @@ impl Stops {
     }
 
     /// Registers the stop signal of the handler about to run `run`.
-    pub(super) fn insert(&self, run: RunId, task: TaskId, stop: Arc<watch::Sender<bool>>) {
-        self.running().stops.insert(run, (task, stop));
+    pub(super) fn insert(&self, run: RunId, stop: Stop) {
+        self.running().stops.insert(run, stop);
     }
 
     /// `run`'s handler has ended (or will not start): forgets its signal. Returns why the
@@ -49,7 +49,7 @@ impl Stops {
         self.running()
             .stops
             .get(&run)
-            .is_some_and(|(_, s)| !s.send_replace(true))
+            .is_some_and(|s| !s.send_replace(true))
     }
 
     /// Stops every handler not yet told to stop, its run to be given back for `reason`;
@@ -58,7 +58,7 @@ impl Stops {
         let mut running = self.running();
         let Running { stops, given_back } = &mut *running;
         let mut stopped = 0;
-        for (run, (_, stop)) in stops.iter() {
+        for (run, stop) in stops.iter() {
             if !stop.send_replace(true) {
                 given_back.insert(*run, reason.to_owned());
                 stopped += 1;
@@ -72,10 +72,10 @@ impl Stops {
 mod tests {
     use super::*;
 
-    fn running(stops: &Stops, task: TaskId) -> (RunId, watch::Receiver<bool>) {
+    fn running(stops: &Stops) -> (RunId, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
         let run = RunId::new();
-        stops.insert(run, task, Arc::new(tx));
+        stops.insert(run, Arc::new(tx));
         (run, rx)
     }
 
@@ -84,9 +84,8 @@ mod tests {
         // The worker still holds run 1 (its outcome not yet reported) when it claims the
         // task's run 2 after the lease ran out.
         let stops = Stops::default();
-        let task = TaskId::new();
-        let (old, old_rx) = running(&stops, task);
-        let (_new, new_rx) = running(&stops, task);
+        let (old, old_rx) = running(&stops);
+        let (_new, new_rx) = running(&stops);
         assert!(stops.stop_run(old));
         assert!(*old_rx.borrow());
         assert!(
@@ -100,8 +99,8 @@ mod tests {
     #[test]
     fn runs_told_to_stop_for_another_reason_are_not_given_back() {
         let stops = Stops::default();
-        let (cancelled, _) = running(&stops, TaskId::new());
-        let (cut_off, cut_off_rx) = running(&stops, TaskId::new());
+        let (cancelled, _) = running(&stops);
+        let (cut_off, cut_off_rx) = running(&stops);
         assert!(stops.stop_run(cancelled));
         assert_eq!(stops.give_back_all("cut off"), 1);
         assert!(*cut_off_rx.borrow());

@@ -29,7 +29,7 @@ macro_rules! claim_statement {
          UPDATE tasks t SET status = 'in_progress', assigned_worker = $1::text, ",
     $also_set,
     " \
-             attempts = t.attempts + 1, run_count = t.run_count + 1, \
+             attempts = t.attempts + 1, run_count = t.run_count + 1, late_dependents = false, \
              current_run_id = ($4::uuid[])[k.n::int], updated_at = statement_timestamp() \
          /* `= ANY(ARRAY(…))`: a generic plan, costing `LIMIT $3` at a tenth of a large \
             queue, would otherwise merge-join against a walk of the whole primary key. \

@@ -448,7 +448,9 @@ pub(super) async fn specs(
 
 /// Adds what the running task `spawner` spawned to its plan (see
 /// [`crate::rules::growth`]), in the transaction that then finishes it. `Ok(Err(_))`: the
-/// plan cannot take the spawn (a finished plan takes none), and nothing was written.
+/// plan cannot take the spawn (a finished plan takes none), and none of it was written
+/// (the running subtasks it named may be marked, which only sends their finish down the
+/// replay).
 pub(super) async fn grow(
     conn: &mut PgConnection,
     notifier: &crate::Notifier,
@@ -456,13 +458,10 @@ pub(super) async fn grow(
     spawn: &[SubTask],
 ) -> R<Result<(), hive_models::Error>> {
     const T: &str = "tasks";
-    let Some(row) = sqlx::query(
-        "SELECT t.plan_id, t.plan_subtask_id, p.parent_task_id \
-         FROM tasks t LEFT JOIN plans p ON p.id = t.plan_id WHERE t.id = $1",
-    )
-    .bind(spawner.0)
-    .fetch_optional(&mut *conn)
-    .await?
+    let Some(row) = sqlx::query("SELECT plan_id, plan_subtask_id FROM tasks WHERE id = $1")
+        .bind(spawner.0)
+        .fetch_optional(&mut *conn)
+        .await?
     else {
         return Ok(Ok(()));
     };
@@ -497,15 +496,16 @@ pub(super) async fn grow(
     // Spawns into one plan take turns: two checked against the same definition could each
     // be acyclic and together close a cycle. The lock the plan's total takes at the end
     // anyway, which a finish's tally (a key share) does not wait for.
-    let locked = sqlx::query("SELECT status FROM plans WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(plan.0)
-        .fetch_one(&mut *conn)
-        .await?;
+    let locked =
+        sqlx::query("SELECT status, parent_task_id FROM plans WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(plan.0)
+            .fetch_one(&mut *conn)
+            .await?;
     let status = rows::plan_status(&locked, "status")?;
     if let Err(e) = crate::rules::growth::open_to_spawns(plan, status) {
         return Ok(Err(e));
     }
-    let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", T)?.map(TaskId);
+    let parent = rows::get::<Option<Uuid>>(&locked, "parent_task_id", "plans")?.map(TaskId);
     let existing = specs(&mut *conn, &[plan])
         .await?
         .remove(&plan)

@@ -196,14 +196,16 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         self.patch(id).requeue = Some(run_at);
     }
 
-    /// Closes the task's current run if it is running, with `patch` filling in the rest.
-    /// Closes `task`'s running run, if it has one; that run.
+    /// Closes the task's current run if it is running, with `close` filling in the rest.
+    /// Returns that run when a worker held it (the task is active): an adapter's view
+    /// assumes a task's current run runs, which only an active task's surely does.
     fn close_run(&mut self, task: TaskId, close: impl FnOnce(RunId) -> RunPatch) -> Option<RunId> {
         let t = self.state_mut(task)?;
         let run = t.current_run.filter(|_| t.run_running)?;
+        let held = t.status.is_active();
         t.run_running = false;
         self.runs.push(close(run));
-        Some(run)
+        held.then_some(run)
     }
 
     fn task_note(&mut self, change: Change) {
@@ -419,20 +421,17 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         if !requeue {
             previous.check_transition(to)?;
         }
-        if to == TaskStatus::Queued
-            && matches!(previous, TaskStatus::Failed | TaskStatus::Cancelled)
-        {
-            self.check_plan_runs_on(task)?;
-        }
         if to == TaskStatus::Queued && previous.is_terminal() {
+            if previous.never_completes() {
+                self.check_plan_runs_on(task)?;
+            }
             self.check_dependencies_can_complete(task)?;
         }
         let mut effects = Effects::default();
         let reason = change.reason.as_ref();
         if previous != to {
             // The run a cancellation closes goes with its notification: a worker told of it
-            // late stops that run, not a newer one of the task queued again since. (An
-            // adapter's view assumes a task's current run runs; only an active task's does.)
+            // late stops that run, not a newer one of the task queued again since.
             let mut closed = None;
             if previous.is_active() {
                 closed = self.close_run(id, |r| RunPatch {
@@ -497,7 +496,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             self.set_status(id, TaskStatus::Cancelled);
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: Some(plan),
-                run_id: closed.filter(|_| t.status.is_active()),
+                run_id: closed,
                 ..TaskStatusChange::new(id, TaskStatus::Cancelled)
             }));
             cancelled.push(id);
@@ -573,8 +572,10 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     /// task requeued from a finished status ([`StatusChange::loads_dependencies`]).
     fn check_dependencies_can_complete(&self, task: &Task) -> Result<(), hive_models::Error> {
         for &dep in &task.dependencies {
-            if let Some(st @ (TaskStatus::Failed | TaskStatus::Cancelled)) =
-                self.state(dep).map(|d| d.status)
+            if let Some(st) = self
+                .state(dep)
+                .map(|d| d.status)
+                .filter(|s| s.never_completes())
             {
                 return Err(hive_models::Error::DependencyWillNotComplete {
                     task: task.id.to_string(),
@@ -627,7 +628,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             self.set_status(d, TaskStatus::Cancelled);
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: t.plan_id,
-                run_id: closed.filter(|_| t.status.is_active()),
+                run_id: closed,
                 ..TaskStatusChange::new(d, TaskStatus::Cancelled)
             }));
             fx.cancelled.push(d);

@@ -53,7 +53,7 @@ pub fn dependencies_can_complete(
 ) -> Result<(), hive_models::Error> {
     for s in &g.added {
         for d in hive_models::unique_dependencies(s) {
-            if let Some(st @ (TaskStatus::Failed | TaskStatus::Cancelled)) = status(d) {
+            if let Some(st) = status(d).filter(|s| s.never_completes()) {
                 return Err(hive_models::Error::InvalidField {
                     field: "spawn".into(),
                     reason: format!(
