@@ -245,6 +245,57 @@ impl FlowRule {
     }
 }
 
+/// One change to a scope's rule. The store applies it to the rule as stored when it
+/// writes, under the rule's lock, so two operators changing one scope at once (one pausing
+/// a type while another lifts its limits) each keep what the other did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowEdit {
+    /// Replaces the limits (both of them), keeping a pause.
+    SetLimits {
+        max_running: Option<u32>,
+        rate: Option<Rate>,
+    },
+    /// Lifts both limits, keeping a pause.
+    LiftLimits,
+    Pause,
+    Resume,
+}
+
+impl FlowEdit {
+    /// The rule after this edit at `now` (`None`: it says nothing any more, and goes), and
+    /// whether the edit changed anything.
+    pub fn apply(
+        self,
+        scope: &Scope,
+        stored: Option<FlowRule>,
+        now: Timestamp,
+    ) -> (Option<FlowRule>, bool) {
+        let existed = stored.is_some();
+        let mut rule = stored.unwrap_or_else(|| FlowRule::new(scope.clone(), now));
+        let before = (rule.max_running, rule.rate, rule.paused);
+        match self {
+            FlowEdit::SetLimits { max_running, rate } => {
+                rule.max_running = max_running;
+                rule.rate = rate;
+            }
+            FlowEdit::LiftLimits => {
+                rule.max_running = None;
+                rule.rate = None;
+            }
+            FlowEdit::Pause => rule.paused = true,
+            FlowEdit::Resume => rule.paused = false,
+        }
+        let changed = (rule.max_running, rule.rate, rule.paused) != before;
+        if changed {
+            rule.updated_at = now;
+        }
+        if rule.is_empty() {
+            return (None, existed);
+        }
+        (Some(rule), changed)
+    }
+}
+
 /// Checks a task's concurrency key and its limit (a limit needs a key).
 pub fn check_concurrency(key: Option<&str>, limit: Option<u32>) -> Result<()> {
     match (key, limit) {

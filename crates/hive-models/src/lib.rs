@@ -20,7 +20,7 @@ mod worker;
 
 pub use error::{Error, PlanError, Result};
 pub use flow::{
-    Admission, Candidate, FlowRule, MAX_LIMIT, Rate, Scope, Usage, check_concurrency,
+    Admission, Candidate, FlowEdit, FlowRule, MAX_LIMIT, Rate, Scope, Usage, check_concurrency,
     check_scope_name, is_flow_controlled,
 };
 pub use ids::{IdMap, IdSet, PlanId, RunId, TaskId, WorkerId};
@@ -35,9 +35,9 @@ pub use schedule::{
     slot_key,
 };
 pub use task::{
-    Blocker, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, MAX_DELAY_SECS, NewTask, Task,
-    TaskStatus, check_json_no_nul, check_max_retries, check_no_nul, check_output_size,
-    delayed_until, merge_metadata,
+    Blocker, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, MAX_DELAY_SECS, MAX_JSON_DEPTH,
+    NewTask, Task, TaskStatus, check_json_depth, check_json_storable, check_max_retries,
+    check_no_nul, check_output_size, delayed_until, merge_metadata,
 };
 pub use worker::{Worker, WorkerStatus};
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
 use crate::status::status_enum;
-use crate::task::{check_json_no_nul, check_no_nul, non_blank};
+use crate::task::{check_json_storable, check_no_nul, non_blank};
 use crate::{Error, Json, PlanId, Result, TaskId, Timestamp};
 
 status_enum!(
@@ -314,7 +314,7 @@ impl NewPlan {
 /// readers), without NUL characters.
 fn check_metadata_object(metadata: &Json) -> Result<()> {
     let kind = match metadata {
-        Json::Object(_) => return check_json_no_nul("metadata", metadata),
+        Json::Object(_) => return check_json_storable("metadata", metadata),
         Json::Null => "null",
         Json::Bool(_) => "a boolean",
         Json::Number(_) => "a number",

@@ -522,10 +522,10 @@ impl NewTask {
         for (i, tag) in self.tags.iter().enumerate() {
             check_no_nul(&format!("tags[{i}]"), tag)?;
         }
-        check_json_no_nul("payload", &self.payload)?;
-        check_json_no_nul("metadata", &self.metadata)?;
+        check_json_storable("payload", &self.payload)?;
+        check_json_storable("metadata", &self.metadata)?;
         if let Some(workflow) = &self.workflow {
-            check_json_no_nul("workflow", workflow)?;
+            check_json_storable("workflow", workflow)?;
         }
         check_payload_size(&self.payload, max_payload_bytes)
     }
@@ -572,9 +572,49 @@ pub fn check_no_nul(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// [`check_no_nul`] for every key and string inside a JSON value; the error gives the
-/// JSON pointer of the offending key or string.
-pub fn check_json_no_nul(field: &str, value: &Json) -> Result<()> {
+/// The deepest nesting of arrays and objects a stored JSON value may have. Every backend
+/// reads values back with serde_json, which stops at 128 levels, and SQLite's JSON
+/// functions (a claim assembles its inputs with them) at 1000: a value stored deeper would
+/// fail every read of its row, its task's claim and its dependents' among them.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// Whether `value` nests arrays and objects more than `limit` levels deep; without
+/// recursion, so a value nested a million levels deep is measured, not a stack overflow.
+fn nests_deeper_than(value: &Json, limit: usize) -> bool {
+    let mut open = vec![(value, 1usize)];
+    while let Some((v, depth)) = open.pop() {
+        let inner: Box<dyn Iterator<Item = &Json>> = match v {
+            Json::Array(items) => Box::new(items.iter()),
+            Json::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > limit {
+            return true;
+        }
+        open.extend(inner.map(|x| (x, depth + 1)));
+    }
+    false
+}
+
+/// Refuses a JSON value nested deeper than [`MAX_JSON_DEPTH`], naming `field`.
+pub fn check_json_depth(field: &str, value: &Json) -> Result<()> {
+    if nests_deeper_than(value, MAX_JSON_DEPTH) {
+        return Err(Error::InvalidField {
+            field: field.into(),
+            reason: format!(
+                "nests arrays and objects more than {MAX_JSON_DEPTH} levels deep, which no \
+                 backend can read back"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A JSON value every backend can store and read back: nested at most [`MAX_JSON_DEPTH`]
+/// levels, and [`check_no_nul`] for every key and string inside it (the error gives the
+/// JSON pointer of the offending key or string).
+pub fn check_json_storable(field: &str, value: &Json) -> Result<()> {
+    check_json_depth(field, value)?;
     fn find(v: &Json, path: &mut String) -> bool {
         match v {
             Json::String(s) => s.contains('\0'),
@@ -655,7 +695,9 @@ pub(crate) fn check_timing(timeout_secs: Option<u32>, delay_secs: u64) -> Result
 
 /// Checks a handler's output against the size limit; the error names `owner` (a subtask
 /// or task), so an operator knows which step produced too much.
+/// Also refuses an output nested deeper than [`MAX_JSON_DEPTH`].
 pub fn check_output_size(owner: &str, output: &Json, limit: usize) -> Result<()> {
+    check_json_depth(&format!("the output of {owner}"), output)?;
     match check_payload_size(output, limit) {
         Err(Error::PayloadTooLarge { size, limit }) => Err(Error::OutputTooLarge {
             owner: owner.to_owned(),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hive_models::{FlowRule, Rate, Scope, TaskStatus, check_scope_name};
+use hive_models::{FlowEdit, FlowRule, Rate, Scope, TaskStatus, check_scope_name};
 use hive_store::{Store, WorkerFilter};
 use serde::Serialize;
 
@@ -48,50 +48,43 @@ impl<S: Store + ?Sized> Ops<S> {
                 .into(),
             }));
         }
-        let mut rule = self.rule_or_new(&scope, allow_new).await?;
-        rule.max_running = limits.max_running;
-        rule.rate = limits.rate;
-        self.store_rule(rule).await
+        let mut wanted = FlowRule::new(scope.clone(), self.store.now().await?);
+        wanted.max_running = limits.max_running;
+        wanted.rate = limits.rate;
+        wanted.validate()?;
+        self.check_known(&scope, allow_new).await?;
+        let edit = FlowEdit::SetLimits {
+            max_running: limits.max_running,
+            rate: limits.rate,
+        };
+        self.edited(&scope, edit).await
     }
 
     /// Lifts a scope's limits (a paused type stays paused); false when it had none.
     pub async fn delete_limits(&self, scope: &Scope) -> Result<bool> {
         scope.validate()?;
-        let Some(mut rule) = self.rule(scope).await? else {
-            return Ok(false);
-        };
-        if rule.max_running.is_none() && rule.rate.is_none() {
-            return Ok(false);
-        }
-        rule.max_running = None;
-        rule.rate = None;
-        self.store_rule(rule).await?;
-        Ok(true)
+        let (_, changed) = self
+            .store
+            .edit_flow_rule(scope, FlowEdit::LiftLimits)
+            .await?;
+        Ok(changed)
     }
 
     /// Stops claims of a task type (running tasks finish). Pausing a paused type is a
     /// no-op. An unknown type is refused unless `allow_new`, as for [`Ops::set_limits`].
     pub async fn pause_queue(&self, task_type: &str, allow_new: bool) -> Result<FlowRule> {
         check_scope_name("task_type", task_type)?;
-        let mut rule = self
-            .rule_or_new(&Scope::Type(task_type.to_owned()), allow_new)
-            .await?;
-        rule.paused = true;
-        self.store_rule(rule).await
+        let scope = Scope::Type(task_type.to_owned());
+        self.check_known(&scope, allow_new).await?;
+        self.edited(&scope, FlowEdit::Pause).await
     }
 
     /// Lets workers claim a paused type again; false when it was not paused.
     pub async fn resume_queue(&self, task_type: &str) -> Result<bool> {
         check_scope_name("task_type", task_type)?;
-        let Some(mut rule) = self.rule(&Scope::Type(task_type.to_owned())).await? else {
-            return Ok(false);
-        };
-        if !rule.paused {
-            return Ok(false);
-        }
-        rule.paused = false;
-        self.store_rule(rule).await?;
-        Ok(true)
+        let scope = Scope::Type(task_type.to_owned());
+        let (_, changed) = self.store.edit_flow_rule(&scope, FlowEdit::Resume).await?;
+        Ok(changed)
     }
 
     /// Every stored rule: types first, then keys, by name.
@@ -139,24 +132,38 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(queues.into_values().collect())
     }
 
-    async fn rule(&self, scope: &Scope) -> Result<Option<FlowRule>> {
-        let rules = self.store.list_flow_rules().await?;
-        Ok(rules.into_iter().find(|r| &r.scope == scope))
+    /// Refuses a task type nothing knows (a likely typo) unless `allow_new` or it has a
+    /// rule already. Keys are made up freely.
+    async fn check_known(&self, scope: &Scope, allow_new: bool) -> Result<()> {
+        let Scope::Type(t) = scope else {
+            return Ok(());
+        };
+        if allow_new {
+            return Ok(());
+        }
+        let ruled = self
+            .store
+            .list_flow_rules()
+            .await?
+            .iter()
+            .any(|r| &r.scope == scope);
+        if ruled || self.known_types().await?.contains(t) {
+            return Ok(());
+        }
+        Err(Error::UnknownTaskType {
+            task_type: t.clone(),
+        })
     }
 
-    async fn rule_or_new(&self, scope: &Scope, allow_new: bool) -> Result<FlowRule> {
-        if let Some(rule) = self.rule(scope).await? {
-            return Ok(rule);
+    /// The rule after `edit`, which leaves one (a pause or limits).
+    async fn edited(&self, scope: &Scope, edit: FlowEdit) -> Result<FlowRule> {
+        match self.store.edit_flow_rule(scope, edit).await? {
+            (Some(rule), _) => Ok(rule),
+            (None, _) => Err(Error::Store(hive_store::Error::Corrupt {
+                table: "flow_rules",
+                reason: format!("an edit that sets a limit or a pause left no rule for {scope:?}"),
+            })),
         }
-        if let Scope::Type(t) = scope
-            && !allow_new
-            && !self.known_types().await?.contains(t)
-        {
-            return Err(Error::UnknownTaskType {
-                task_type: t.clone(),
-            });
-        }
-        Ok(FlowRule::new(scope.clone(), self.store.now().await?))
     }
 
     /// Types some task, worker capability or schedule names.
@@ -177,17 +184,5 @@ impl<S: Store + ?Sized> Ops<S> {
             known.extend(s.creates.task_types().into_iter().map(str::to_owned));
         }
         Ok(known)
-    }
-
-    /// Stores a rule with the store's time, or deletes it when it says nothing.
-    async fn store_rule(&self, mut rule: FlowRule) -> Result<FlowRule> {
-        rule.validate()?;
-        rule.updated_at = self.store.now().await?;
-        if rule.is_empty() {
-            self.store.delete_flow_rule(&rule.scope).await?;
-        } else {
-            self.store.put_flow_rule(&rule).await?;
-        }
-        Ok(rule)
     }
 }

@@ -66,7 +66,7 @@ fn storable<'a>(
         let in_result = match &o.outcome {
             Outcome::Success {
                 result: Some(r), ..
-            } => hive_models::check_json_no_nul("", r).is_err(),
+            } => hive_models::check_json_storable("", r).is_err(),
             Outcome::Success { result: None, .. } => false,
             Outcome::Failure { error, .. }
             | Outcome::TimedOut { error, .. }

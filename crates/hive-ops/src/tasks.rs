@@ -211,7 +211,7 @@ impl<S: Store + ?Sized> Ops<S> {
         change: StatusChange,
     ) -> Result<Option<StatusChanged>> {
         if let Some(metadata) = &change.metadata {
-            hive_models::check_json_no_nul("metadata", metadata)?;
+            hive_models::check_json_storable("metadata", metadata)?;
         }
         if let Some(reason) = &change.reason {
             hive_models::check_no_nul("reason", reason)?;

@@ -36,7 +36,7 @@ impl<S: Store + ?Sized> Ops<S> {
         for (i, c) in registration.capabilities.iter().enumerate() {
             hive_models::check_no_nul(&format!("capabilities[{i}]"), c)?;
         }
-        hive_models::check_json_no_nul("metadata", &registration.metadata)?;
+        hive_models::check_json_storable("metadata", &registration.metadata)?;
         Ok(self.store.register_worker(registration).await?)
     }
 

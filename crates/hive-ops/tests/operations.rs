@@ -63,7 +63,54 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     type_retry_defaults_fill_what_a_task_leaves_unset,
     schedules_catch_up_within_their_bound_and_pause,
     waits_end_when_the_work_finishes_or_time_runs_out,
+    json_nested_too_deep_to_read_back_is_never_stored,
 );
+
+/// `[[[…0…]]]`, `levels` arrays deep.
+fn nested(levels: usize) -> serde_json::Value {
+    (0..levels).fold(json!(0), |inner, _| json!([inner]))
+}
+
+/// A payload or an output nested deeper than any backend reads back is refused where it
+/// comes in: stored, it would fail every read of its row (its claim, its dependents').
+async fn json_nested_too_deep_to_read_back_is_never_stored(o: O) {
+    let deep = nested(hive_models::MAX_JSON_DEPTH + 1);
+    let e = o
+        .create_task(NewTask::new("t", "x").payload(deep.clone()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("levels deep"), "{e}");
+    assert_eq!(count_all(&o).await, 0, "nothing stored");
+    o.create_task(NewTask::new("ok", "x").payload(nested(hive_models::MAX_JSON_DEPTH)))
+        .await
+        .unwrap();
+    let c = claim(&o, "w", LEASE).await;
+    let e = o
+        .complete_task(c.run.id, Some(deep.clone()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("levels deep"), "{e}");
+    let reports = o
+        .finish_runs(vec![hive_store::RunOutcome {
+            run_id: c.run.id,
+            outcome: hive_store::Outcome::success(Some(deep)),
+            output_log: None,
+            waited: Duration::ZERO,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1);
+    let task = o.get_task(c.task.id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed, "failed, saying why");
+    assert!(
+        task.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("levels deep"),
+        "{task:?}"
+    );
+    assert_eq!(count_all(&o).await, 1, "and every row still reads back");
+}
 
 async fn count_all(o: &O) -> u64 {
     o.count_tasks(None).await.unwrap().values().sum()

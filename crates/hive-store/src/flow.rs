@@ -115,22 +115,40 @@ impl FlowClaim {
             .collect()
     }
 
-    /// Admits candidates in queue order (duplicates read by two heads count once), at most
-    /// `limit`.
+    /// Admits candidates in queue order (duplicates read by two heads count once): those
+    /// among the first `limit` of the admitted and the plain queue's heads (`plain`: each
+    /// ready task no rule concerns, as priority and seq, in queue order) merged. So a
+    /// limited task never takes the place of a plain one ahead of it in the queue, as the
+    /// memory store's single walk of the queue does.
     pub fn admit(
         &self,
         mut candidates: Vec<FlowCandidate>,
         usage: HashMap<Scope, Usage>,
         limit: usize,
+        plain: &[(i32, i64)],
     ) -> Vec<FlowCandidate> {
-        candidates.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.seq));
+        let order = |priority: i32, seq: i64| (std::cmp::Reverse(priority), seq);
+        candidates.sort_by_key(|c| order(c.priority, c.seq));
         candidates.dedup_by_key(|c| c.id);
         let mut admission = Admission::new(&self.rules, usage);
-        candidates
-            .into_iter()
-            .filter(|c| admission.admit(&c.as_candidate()))
-            .take(limit)
-            .collect()
+        let mut plain = plain.iter().peekable();
+        let mut plain_ahead = 0;
+        let mut admitted = Vec::new();
+        for c in candidates {
+            let at = order(c.priority, c.seq);
+            while admitted.len() + plain_ahead < limit
+                && plain.next_if(|(p, s)| order(*p, *s) < at).is_some()
+            {
+                plain_ahead += 1;
+            }
+            if admitted.len() + plain_ahead >= limit {
+                break;
+            }
+            if admission.admit(&c.as_candidate()) {
+                admitted.push(c);
+            }
+        }
+        admitted
     }
 
     /// One (kind, name) per start to record: each admitted task's rate-limited scopes.

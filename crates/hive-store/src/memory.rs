@@ -458,6 +458,14 @@ impl Store for MemoryStore {
         Ok(self.lock().delete_flow_rule(scope))
     }
 
+    async fn edit_flow_rule(
+        &self,
+        scope: &hive_models::Scope,
+        edit: hive_models::FlowEdit,
+    ) -> Result<(Option<hive_models::FlowRule>, bool)> {
+        Ok(self.lock().edit_flow_rule(scope, edit, now()))
+    }
+
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
         Ok(self.lock().advance_schedule(advance))
     }

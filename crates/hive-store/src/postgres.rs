@@ -393,6 +393,14 @@ impl Store for PostgresStore {
         self.run(self.delete_flow_rule_once(scope)).await
     }
 
+    async fn edit_flow_rule(
+        &self,
+        scope: &hive_models::Scope,
+        edit: hive_models::FlowEdit,
+    ) -> Result<(Option<hive_models::FlowRule>, bool)> {
+        self.run(self.edit_flow_rule_once(scope, edit)).await
+    }
+
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
         self.run(self.advance_schedule_once(advance)).await
     }

@@ -451,6 +451,14 @@ impl Store for SqliteStore {
         write!(self, quiet flow::delete, scope)
     }
 
+    async fn edit_flow_rule(
+        &self,
+        scope: &hive_models::Scope,
+        edit: hive_models::FlowEdit,
+    ) -> Result<(Option<hive_models::FlowRule>, bool)> {
+        write!(self, quiet flow::edit, scope, edit)
+    }
+
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {
         write!(self, quiet schedules::advance, advance)
     }

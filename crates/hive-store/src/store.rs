@@ -287,6 +287,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes a scope's rule; false when it had none.
     async fn delete_flow_rule(&self, scope: &Scope) -> Result<bool>;
 
+    /// Applies `edit` to the scope's rule as stored, atomically: written, or deleted when it
+    /// says nothing any more, with the store's time ([`hive_models::FlowEdit::apply`]).
+    /// Returns the rule after it (`None` when there is none) and whether it changed.
+    async fn edit_flow_rule(
+        &self,
+        scope: &Scope,
+        edit: hive_models::FlowEdit,
+    ) -> Result<(Option<FlowRule>, bool)>;
+
     // ---- workers ----
 
     /// Inserts or updates a worker: role, capabilities and metadata replaced, status

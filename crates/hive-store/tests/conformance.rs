@@ -64,6 +64,8 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_plans_subtasks_share_their_concurrency_key,
     a_keyed_dependent_is_claimed_in_the_step_that_frees_it,
     a_paused_type_is_not_claimed_until_resumed, a_keys_rate_and_running_cap_hold_together,
+    a_limited_task_does_not_jump_the_queue, a_task_moved_in_progress_by_hand_holds_its_keys_place,
+    flow_edits_apply_to_the_stored_rule_atomically,
 );
 
 /// Every public case of the suite is listed above: a case added to the suite and not here

@@ -152,6 +152,29 @@ async fn two_stores_on_one_file_claim_each_task_once() {
     );
 }
 
+/// Workers started together on a file that does not exist yet (a fresh deployment) all
+/// open it: their migrations race, and each gets a whole schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opening_a_new_file_at_once_all_migrate_it() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = file_url(&dir);
+        let opening: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { hive_store::connect(&url).await })
+            })
+            .collect();
+        for (i, o) in opening.into_iter().enumerate() {
+            let store = o
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("store {i}: {e}"));
+            store.insert_tasks(tasks("t", "x", 1)).await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_past_the_bind_limit() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::SubTask;
 use crate::error::PlanError;
-use crate::task::{check_json_no_nul, check_no_nul, check_payload_size, check_timing, non_blank};
+use crate::task::{check_json_storable, check_no_nul, check_payload_size, check_timing, non_blank};
 use crate::{Error, Result};
 
 /// Checks that subtasks form a valid DAG: at least one, non-empty unique ids, titles
@@ -42,7 +42,7 @@ pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<
     for (i, d) in s.dependencies.iter().enumerate() {
         check_no_nul(&format!("dependencies[{i}]"), d).map_err(invalid)?;
     }
-    check_json_no_nul("payload", &s.payload).map_err(invalid)?;
+    check_json_storable("payload", &s.payload).map_err(invalid)?;
     check_timing(s.timeout_secs, s.delay_secs.unwrap_or(0)).map_err(invalid)?;
     if let Some(p) = &s.retry_policy {
         p.validate("retry_policy").map_err(invalid)?;

@@ -1,5 +1,5 @@
 //! Flow control in memory: rules by scope, recent starts of rate-limited scopes, and the
-//! use of each scope read from the running runs, all under the store's one lock.
+//! use of each scope read from its tasks in progress, all under the store's one lock.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,8 +22,8 @@ impl State {
     /// window.
     pub(super) fn flow_usage(&self, at: Timestamp) -> HashMap<Scope, Usage> {
         let mut usage: HashMap<Scope, Usage> = HashMap::new();
-        for run in self.running.keys() {
-            let Some(task) = self.runs.get(run).and_then(|r| self.task(r.task_id)) else {
+        for id in &self.in_progress {
+            let Some(task) = self.task(*id) else {
                 continue;
             };
             for scope in candidate(task).scopes() {
@@ -64,6 +64,23 @@ impl State {
     pub(super) fn delete_flow_rule(&mut self, scope: &Scope) -> bool {
         self.flow_starts.remove(scope);
         self.flow_rules.remove(scope).is_some()
+    }
+
+    pub(super) fn edit_flow_rule(
+        &mut self,
+        scope: &Scope,
+        edit: hive_models::FlowEdit,
+        at: Timestamp,
+    ) -> (Option<FlowRule>, bool) {
+        let stored = self.flow_rules.get(scope).cloned();
+        let (rule, changed) = edit.apply(scope, stored, at);
+        match &rule {
+            Some(r) => self.put_flow_rule(r),
+            None => {
+                self.delete_flow_rule(scope);
+            }
+        }
+        (rule, changed)
     }
 }
 

@@ -29,6 +29,9 @@ pub(super) struct State {
     pub task_runs: IdMap<TaskId, Vec<RunId>>,
     /// Running runs and their lease durations.
     pub running: IdMap<RunId, Duration>,
+    /// Tasks `in_progress`, with a run or moved there by hand: what flow limits count, as
+    /// the SQL backends do.
+    pub in_progress: hive_models::IdSet<TaskId>,
     pub workers: BTreeMap<WorkerId, Worker>,
     pub plans: IdMap<PlanId, ExecutionPlan>,
     /// Plans by idempotency key.
@@ -102,7 +105,7 @@ impl State {
         self.tasks.get_mut(&id).map(|(t, _)| t)
     }
 
-    /// Puts the task in or out of the ready index to match its state.
+    /// Puts the task in or out of the ready and in-progress indexes to match its state.
     pub fn sync_ready(&mut self, id: TaskId) {
         let Some((t, seq)) = self.tasks.get(&id) else {
             return;
@@ -112,6 +115,11 @@ impl State {
             self.ready.insert(key);
         } else {
             self.ready.remove(&key);
+        }
+        if t.status == TaskStatus::InProgress {
+            self.in_progress.insert(id);
+        } else {
+            self.in_progress.remove(&id);
         }
     }
 
@@ -353,6 +361,7 @@ impl State {
             return false;
         };
         self.ready.remove(&(Reverse(task.priority), seq, id));
+        self.in_progress.remove(&id);
         if let Some(k) = &task.idempotency_key {
             self.idempotency.remove(k);
         }

@@ -228,13 +228,31 @@ impl PostgresStore {
         if left == 0 {
             return Ok(claims);
         }
+        match self.claim_plain(&mut conn, p, left, notes).await {
+            Ok(plain) => claims.extend(plain),
+            // The flow-controlled claims are committed: returned, not dropped for a retry
+            // that would leave them running unworked (holding their scopes' places) until
+            // their leases ran out.
+            Err(e) if !claims.is_empty() => {
+                tracing::warn!(error = ?e, claimed = claims.len(),
+                    "claiming plain tasks failed after flow-controlled ones were committed");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(claims)
+    }
+
+    /// The plain part of [`Self::claim_committed`]: up to `left` tasks no rule limits.
+    async fn claim_plain(
+        &self,
+        conn: &mut PgConnection,
+        p: &ClaimParams,
+        left: u32,
+        notes: &mut Vec<String>,
+    ) -> R<Vec<Claim>> {
         if left <= CLAIM_CHUNK {
             // One statement, committed on its own.
-            claims.extend(
-                self.claim_chunk(&mut conn, p, left, None, &[], notes)
-                    .await?,
-            );
-            return Ok(claims);
+            return self.claim_chunk(conn, p, left, None, &[], notes).await;
         }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let rest = ClaimParams {
@@ -243,7 +261,7 @@ impl PostgresStore {
         };
         let mut taken = Vec::new();
         let out = self.claim_in(&mut tx, &rest, None, &[], &mut taken).await;
-        claims.extend(end(tx, out).await?);
+        let claims = end(tx, out).await?;
         notes.append(&mut taken);
         Ok(claims)
     }

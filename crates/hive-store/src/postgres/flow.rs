@@ -65,44 +65,92 @@ impl PostgresStore {
     }
 
     pub(super) async fn put_flow_rule_once(&self, r: &FlowRule) -> R<()> {
-        sqlx::query(
-            "INSERT INTO flow_rules (kind, name, max_running, rate_max, rate_per_us, paused, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (kind, name) DO UPDATE SET max_running = excluded.max_running, \
-             rate_max = excluded.rate_max, rate_per_us = excluded.rate_per_us, \
-             paused = excluded.paused, updated_at = excluded.updated_at",
-        )
-        .bind(r.scope.kind())
-        .bind(r.scope.name())
-        .bind(r.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-        .bind(r.rate.map(|x| i32::try_from(x.max).unwrap_or(i32::MAX)))
-        .bind(r.rate.map(|x| super::sql::micros(x.per)))
-        .bind(r.paused)
-        .bind(r.updated_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        put(&mut conn, r).await
     }
 
     pub(super) async fn delete_flow_rule_once(&self, scope: &Scope) -> R<bool> {
         let mut tx = self.pool.begin().await?;
-        let out: R<bool> = async {
-            let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = $1 AND name = $2")
-                .bind(scope.kind())
-                .bind(scope.name())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query("DELETE FROM flow_starts WHERE kind = $1 AND name = $2")
-                .bind(scope.kind())
-                .bind(scope.name())
-                .execute(&mut *tx)
-                .await?;
-            Ok(gone > 0)
+        let out = delete(&mut tx, scope).await;
+        end(tx, out).await
+    }
+
+    /// Applies `edit` under the scope's advisory lock (the one claims admit under), so two
+    /// edits of one scope, rule or no rule yet, take turns.
+    pub(super) async fn edit_flow_rule_once(
+        &self,
+        scope: &Scope,
+        edit: hive_models::FlowEdit,
+    ) -> R<(Option<FlowRule>, bool)> {
+        let mut tx = self.pool.begin().await?;
+        let out: R<(Option<FlowRule>, bool)> = async {
+            lock(&mut tx, std::slice::from_ref(scope)).await?;
+            let stored = sqlx::query(concat!(
+                "SELECT ",
+                rule_columns!(),
+                ", statement_timestamp() AS now FROM flow_rules WHERE kind = $1 AND name = $2 \
+                 UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                     statement_timestamp() \
+                 ORDER BY kind NULLS LAST LIMIT 1"
+            ))
+            .bind(scope.kind())
+            .bind(scope.name())
+            .fetch_one(&mut *tx)
+            .await?;
+            let now = rows::get(&stored, "now", "flow_rules")?;
+            let stored = match stored.try_get::<Option<String>, _>("kind")? {
+                Some(_) => Some(rule(&stored)?),
+                None => None,
+            };
+            let (rule, changed) = edit.apply(scope, stored, now);
+            match &rule {
+                Some(r) => put(&mut tx, r).await?,
+                None => {
+                    delete(&mut tx, scope).await?;
+                }
+            }
+            Ok((rule, changed))
         }
         .await;
         end(tx, out).await
     }
+}
+
+/// Stores a rule, replacing the scope's, on the caller's connection.
+async fn put(conn: &mut PgConnection, r: &FlowRule) -> R<()> {
+    sqlx::query(
+        "INSERT INTO flow_rules (kind, name, max_running, rate_max, rate_per_us, paused, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (kind, name) DO UPDATE SET max_running = excluded.max_running, \
+         rate_max = excluded.rate_max, rate_per_us = excluded.rate_per_us, \
+         paused = excluded.paused, updated_at = excluded.updated_at",
+    )
+    .bind(r.scope.kind())
+    .bind(r.scope.name())
+    .bind(r.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+    .bind(r.rate.map(|x| i32::try_from(x.max).unwrap_or(i32::MAX)))
+    .bind(r.rate.map(|x| super::sql::micros(x.per)))
+    .bind(r.paused)
+    .bind(r.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a scope's rule and its recorded starts, in the caller's transaction.
+async fn delete(conn: &mut PgConnection, scope: &Scope) -> R<bool> {
+    let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = $1 AND name = $2")
+        .bind(scope.kind())
+        .bind(scope.name())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM flow_starts WHERE kind = $1 AND name = $2")
+        .bind(scope.kind())
+        .bind(scope.name())
+        .execute(&mut *conn)
+        .await?;
+    Ok(gone > 0)
 }
 
 /// What a claim learned before choosing its path: the rules, the limited types worth
@@ -240,6 +288,17 @@ const CANDIDATES: &str = concat!(
     " ORDER BY t.priority DESC, t.seq LIMIT $3)"
 );
 
+/// The heads of the plain queue (ready tasks of the types asked for, `$1`, that no rule
+/// concerns), as priority and seq: what the admitted tasks are merged with in queue order.
+/// Not locked: a head another claim holds only makes this one admit fewer.
+const PLAIN_HEADS: &str = concat!(
+    "SELECT t.priority, t.seq FROM tasks t WHERE ",
+    ready!(),
+    " AND t.concurrency_key IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM flow_rules f WHERE f.kind = 'type' AND f.name = t.task_type) \
+     ORDER BY t.priority DESC, t.seq LIMIT $2"
+);
+
 /// Admitted flow-controlled tasks, ready to claim; their starts are recorded with
 /// [`record_starts`] once claimed.
 pub(super) struct Admitted {
@@ -291,7 +350,12 @@ pub(super) async fn admit(conn: &mut PgConnection, p: &ClaimParams, probe: Probe
     lock(conn, &keys).await?;
     let mut all = type_usage;
     all.extend(usage(conn, &fc, &keys).await?);
-    let tasks = fc.admit(candidates, all, p.limit as usize);
+    let plain: Vec<(i32, i64)> = sqlx::query_as(PLAIN_HEADS)
+        .bind(&p.task_types)
+        .bind(i64::from(p.limit))
+        .fetch_all(&mut *conn)
+        .await?;
+    let tasks = fc.admit(candidates, all, p.limit as usize, &plain);
     Ok(Admitted {
         ids: tasks.iter().map(|c| c.id.0).collect(),
         claim: fc,

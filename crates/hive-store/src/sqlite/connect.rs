@@ -316,15 +316,27 @@ async fn apply_policy(pool: &SqlitePool, policy: SchemaPolicy, target: &str) -> 
     }
 }
 
-/// Applies the embedded migrations. Two processes opening a new file at once may race; the
-/// loser's attempt fails on the migration record and a second attempt finds it applied.
+/// Attempts at migrating a file other processes may be migrating too.
+const MIGRATE_ATTEMPTS: u32 = 20;
+
+/// Applies the embedded migrations. Processes opening a new file at once race (sqlx takes
+/// no lock on SQLite): each migration runs in its own transaction, so a process that
+/// collides with one another applied (a column that exists by then, say) rolls it back,
+/// and its next attempt starts after the last one recorded. Every attempt gets further, so
+/// a few, spaced out, outlast a racing process however many migrations it applies; an
+/// error that stays is reported.
 async fn migrate(pool: &SqlitePool, migrator: &sqlx::migrate::Migrator) -> Result<()> {
-    match migrator.run(pool).await {
-        Ok(()) => Ok(()),
-        Err(_) => migrator
-            .run(pool)
-            .await
-            .map_err(|e| Error::Migration(e.to_string())),
+    let mut attempt = 1;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= MIGRATE_ATTEMPTS => return Err(Error::Migration(e.to_string())),
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "migrating raced another process; again");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+        }
     }
 }
 

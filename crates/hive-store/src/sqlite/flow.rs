@@ -83,6 +83,35 @@ pub(super) async fn delete(c: &mut Conn, scope: &Scope) -> R<bool> {
     Ok(gone > 0)
 }
 
+/// Applies `edit` to the scope's rule inside the writer's transaction, which no other
+/// writer of any process interleaves with.
+pub(super) async fn edit(
+    c: &mut Conn,
+    scope: &Scope,
+    edit: hive_models::FlowEdit,
+) -> R<(Option<FlowRule>, bool)> {
+    let stored = sqlx::query(
+        "SELECT kind, name, max_running, rate_max, rate_per_us, paused, updated_at \
+         FROM flow_rules WHERE kind = ?1 AND name = ?2",
+    )
+    .bind(scope.kind())
+    .bind(scope.name())
+    .fetch_optional(&mut *c)
+    .await?
+    .as_ref()
+    .map(rule_from_row)
+    .transpose()?;
+    let now = db::ts("clock", db::db_now(c).await?)?;
+    let (rule, changed) = edit.apply(scope, stored, now);
+    match &rule {
+        Some(r) => put(c, r).await?,
+        None => {
+            delete(c, scope).await?;
+        }
+    }
+    Ok((rule, changed))
+}
+
 /// Ready and not delayed, of the types asked for (`?1`, a JSON list; empty: any).
 macro_rules! ready {
     () => {
@@ -174,8 +203,14 @@ impl Probe {
 }
 
 /// The flow-controlled tasks this claim may take, in queue order (none when no rule
-/// applies and no keyed task is ready).
-pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams, probe: Probe) -> R<Admitted> {
+/// applies and no keyed task is ready), ahead of the plain queue's heads the claim read
+/// (`plain`, in queue order) within its limit.
+pub(super) async fn admitted(
+    c: &mut Conn,
+    p: &ClaimParams,
+    probe: Probe,
+    plain: &[SqliteRow],
+) -> R<Admitted> {
     let Probe {
         keyed_ready,
         has_rules,
@@ -239,7 +274,14 @@ pub(super) async fn admitted(c: &mut Conn, p: &ClaimParams, probe: Probe) -> R<A
         .collect();
     let mut all = type_usage;
     all.extend(usage(c, &fc, &keys).await?);
-    let tasks = fc.admit(candidates, all, p.limit as usize);
+    let plain = plain
+        .iter()
+        .map(|r| {
+            let cols = Cols::new(r, "tasks");
+            Ok((cols.get("priority")?, cols.get("seq")?))
+        })
+        .collect::<R<Vec<(i32, i64)>>>()?;
+    let tasks = fc.admit(candidates, all, p.limit as usize, &plain);
     Ok(Admitted { claim: fc, tasks })
 }
 

@@ -66,7 +66,7 @@ macro_rules! claim_columns {
         concat!(
             "SELECT ",
             task_columns!(),
-            ", t.run_count + 1 AS next_run, ",
+            ", t.seq, t.run_count + 1 AS next_run, ",
             // The dependencies' outputs, so a claim needs no second query for its inputs.
             "(SELECT json_group_object(coalesce(d.plan_subtask_id, d.id), \
                  json(coalesce(d.result, 'null'))) \
@@ -184,11 +184,11 @@ pub(super) async fn claim(
         .await?
     };
     let probe = flow::Probe::from_last(&mut rows)?;
-    let admitted = flow::admitted(c, p, probe).await?;
+    let admitted = flow::admitted(c, p, probe, &rows).await?;
     if !admitted.tasks.is_empty() {
-        // Admitted tasks go first; the plain ones fill what is left of the limit, as a
-        // select with the smaller limit would have (the plain select takes no
-        // flow-controlled task, so the two never overlap).
+        // The admitted tasks are among the first `limit` of both queues merged; the plain
+        // ones ahead of them fill the rest, as a select with the smaller limit would have
+        // (the plain select takes no flow-controlled task, so the two never overlap).
         rows.truncate((p.limit as usize).saturating_sub(admitted.tasks.len()));
         let ids = json_list(admitted.tasks.iter().map(|a| a.id));
         let mut first = sqlx::query(concat!(

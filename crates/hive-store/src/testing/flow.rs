@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hive_models::{FlowRule, NewTask, Rate, Scope, TaskId};
 
-use super::fixtures::{claim_params, node, plan, success};
+use super::fixtures::{claim_params, node, plan, set_status, success};
 use crate::{Claim, ClaimParams, Store, TaskFilter};
 
 type S = Arc<dyn Store>;
@@ -343,5 +343,109 @@ pub async fn a_keys_rate_and_running_cap_hold_together(s: S) {
         ids(&claim(&s, 10).await),
         [acct[2]],
         "without the rule the key is serial again"
+    );
+}
+
+/// A limited task waits its turn in the queue: a claim smaller than what is ready takes
+/// the queue's head, plain or limited, in priority then submission order.
+pub async fn a_limited_task_does_not_jump_the_queue(s: S) {
+    rule(&s, Scope::Type("api".into()), |r| r.max_running = Some(10)).await;
+    let mut low = NewTask::new("keyed, low", "job").concurrency_key("acct-1");
+    low.priority = 0;
+    let low = add(&s, vec![low]).await;
+    let mut urgent = NewTask::new("plain, urgent", "job");
+    urgent.priority = 100;
+    let urgent = add(&s, vec![urgent]).await;
+    assert_eq!(
+        ids(&claim(&s, 1).await),
+        urgent,
+        "the urgent plain task first"
+    );
+    assert_eq!(ids(&claim(&s, 1).await), low);
+    let api = add(&s, of_type("api", 2)).await;
+    let plain = add(&s, of_type("job", 2)).await;
+    let keyed_later = add(&s, keyed("acct-2", 1, None)).await;
+    let mut first = ids(&claim(&s, 3).await);
+    first.sort();
+    let mut want = vec![api[0], api[1], plain[0]];
+    want.sort();
+    assert_eq!(first, want, "the three oldest, whatever their rules");
+    let mut rest = ids(&claim(&s, 3).await);
+    rest.sort();
+    let mut want = vec![plain[1], keyed_later[0]];
+    want.sort();
+    assert_eq!(rest, want);
+}
+
+/// A task moved to `in_progress` by hand (an agent working on it outside any worker) holds
+/// its key's place until it leaves that status, on every backend.
+pub async fn a_task_moved_in_progress_by_hand_holds_its_keys_place(s: S) {
+    let tasks = add(&s, keyed("acct", 2, None)).await;
+    set_status(&*s, tasks[0], hive_models::TaskStatus::InProgress).await;
+    assert!(
+        claim(&s, 10).await.is_empty(),
+        "the key's one place is taken"
+    );
+    set_status(&*s, tasks[0], hive_models::TaskStatus::Completed).await;
+    assert_eq!(ids(&claim(&s, 10).await), [tasks[1]]);
+}
+
+/// Edits apply to the rule as stored: a pause survives new limits and lifted ones, a rule
+/// that says nothing any more goes, and edits racing on one scope keep each other's fields.
+pub async fn flow_edits_apply_to_the_stored_rule_atomically(s: S) {
+    use hive_models::FlowEdit;
+    let scope = Scope::Type("mail".into());
+    let limits = |n: u32| FlowEdit::SetLimits {
+        max_running: Some(n),
+        rate: None,
+    };
+    assert_eq!(
+        s.edit_flow_rule(&scope, FlowEdit::LiftLimits)
+            .await
+            .unwrap(),
+        (None, false),
+        "nothing to lift"
+    );
+    let (paused, changed) = s.edit_flow_rule(&scope, FlowEdit::Pause).await.unwrap();
+    assert!(changed && paused.unwrap().paused);
+    let (rule, _) = s.edit_flow_rule(&scope, limits(3)).await.unwrap();
+    let rule = rule.unwrap();
+    assert!(rule.paused, "limits keep the pause");
+    assert_eq!(rule.max_running, Some(3));
+    let (rule, changed) = s
+        .edit_flow_rule(&scope, FlowEdit::LiftLimits)
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(
+        rule.as_ref().map(|r| (r.paused, r.max_running)),
+        Some((true, None))
+    );
+    let (rule, changed) = s.edit_flow_rule(&scope, FlowEdit::Resume).await.unwrap();
+    assert!(changed && rule.is_none(), "a rule saying nothing goes");
+    assert!(s.list_flow_rules().await.unwrap().is_empty());
+    let (_, changed) = s.edit_flow_rule(&scope, FlowEdit::Resume).await.unwrap();
+    assert!(!changed, "resuming what runs changes nothing");
+
+    let edits: Vec<_> = (0..16u32)
+        .map(|i| {
+            let s = s.clone();
+            let scope = scope.clone();
+            let edit = if i % 2 == 0 {
+                FlowEdit::Pause
+            } else {
+                limits(i)
+            };
+            tokio::spawn(async move { s.edit_flow_rule(&scope, edit).await.unwrap() })
+        })
+        .collect();
+    for e in edits {
+        e.await.unwrap();
+    }
+    let rules = s.list_flow_rules().await.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(
+        rules[0].paused && rules[0].max_running.is_some(),
+        "every edit kept the others' fields: {rules:?}"
     );
 }
