@@ -3,9 +3,9 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
-use croner::Cron;
+use chrono::{LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
+use croner::{Cron, JobType};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Json, NewTask, Result, Timestamp};
@@ -301,11 +301,50 @@ pub fn manual_key(schedule: &str, at: Timestamp, key: Option<&str>) -> String {
 }
 
 /// A parsed cron expression in its time zone.
+///
+/// Its slots are croner's daylight-saving rules made a set of instants: each local time
+/// the expression matches is a slot at the instant the zone's clock shows it; a time the
+/// clock shows twice (clocks going back) is two slots, or one, the first, for a
+/// fixed-time job (one second, minute and hour: `30 2 * * *`); a time the clock skips
+/// (clocks going forward) is no slot, or, for a fixed-time job, one when the clock resumes
+/// if it then still shows the same day.
 #[derive(Debug, Clone)]
 pub struct Timing {
     cron: Cron,
     tz: chrono_tz::Tz,
+    /// Whether the expression is a fixed-time job in croner's sense.
+    fixed: bool,
 }
+
+/// Which way a search for slots goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Forward,
+    Backward,
+}
+
+impl Way {
+    /// Whether `x` is met before `y` going this way.
+    fn before<T: PartialOrd>(self, x: T, y: T) -> bool {
+        match self {
+            Way::Forward => x < y,
+            Way::Backward => x > y,
+        }
+    }
+
+    /// `d` going this way: a step ahead.
+    fn ahead(self, d: TimeDelta) -> TimeDelta {
+        match self {
+            Way::Forward => d,
+            Way::Backward => -d,
+        }
+    }
+}
+
+/// How far around an instant the zone's offset is looked at to see a change coming or
+/// just past: more than any daylight-saving change (2 hours at most, at Troll in
+/// Antarctica).
+const NEAR: TimeDelta = TimeDelta::hours(3);
 
 fn cron_parser() -> CronParser {
     CronParser::builder()
@@ -358,15 +397,18 @@ impl Timing {
             field: "timezone".into(),
             reason: format!("`{timezone}` is not a known time zone (e.g. `UTC`, `Europe/Paris`)"),
         })?;
-        Ok(Timing { cron: parsed, tz })
+        let fixed = parsed.determine_job_type() == JobType::FixedTime;
+        Ok(Timing {
+            cron: parsed,
+            tz,
+            fixed,
+        })
     }
 
     /// The first slot strictly after `after`. Slots are whole seconds.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
-        self.cron
-            .find_next_occurrence(&whole_second(after).with_timezone(&self.tz), false)
-            .ok()
-            .map(|t| whole_second(t.with_timezone(&Utc)))
+        let from = whole_second(after).checked_add_signed(TimeDelta::seconds(1))?;
+        self.nearest(from, Way::Forward)
     }
 
     /// The slots due at `now` since `last` (exclusive) under `missed`, oldest first: the
@@ -378,23 +420,204 @@ impl Timing {
             Missed::CatchUp { limit } => limit.max(1) as usize,
         };
         let mut slots = Vec::new();
-        let mut at: DateTime<chrono_tz::Tz> = whole_second(now).with_timezone(&self.tz);
-        let mut inclusive = true;
-        while slots.len() < keep {
-            let Ok(prev) = self.cron.find_previous_occurrence(&at, inclusive) else {
-                break;
-            };
-            let slot = whole_second(prev.with_timezone(&Utc));
-            if slot <= last {
-                break;
+        let mut from = Some(whole_second(now));
+        while let Some(at) = from.filter(|_| slots.len() < keep) {
+            match self.nearest(at, Way::Backward) {
+                Some(slot) if slot > last => {
+                    slots.push(slot);
+                    from = slot.checked_sub_signed(TimeDelta::seconds(1));
+                }
+                _ => break,
             }
-            slots.push(slot);
-            at = prev;
-            inclusive = false;
         }
         slots.reverse();
         slots
     }
+
+    /// The first slot at or beyond `from` (a whole second) going `way`.
+    ///
+    /// Local times and instants come in the same order except across a change of the
+    /// zone's offset (clocks going back show local times again). So near a change the
+    /// search goes one stretch of constant offset at a time, where a local time the
+    /// expression matches is one instant; away from one, it reads the matching local times
+    /// in order.
+    fn nearest(&self, from: Timestamp, way: Way) -> Option<Timestamp> {
+        let mut at = from;
+        loop {
+            // A stretch's first instant, where a skipped fixed time fires, comes first.
+            if way == Way::Forward
+                && let Some(slot) = self.gap_end_at(at)
+            {
+                return Some(slot);
+            }
+            let Some(change) = self.change_near(at, way) else {
+                return self.scan(at, way);
+            };
+            // The stretch from `at` to just before `change` shows the local time `offset` on.
+            let offset = self.offset(at);
+            let stretch_end = change.naive_utc().checked_add_signed(offset)?;
+            let matched = self
+                .matching_local(self.local(at), way, true)
+                .filter(|m| way.before(*m, stretch_end));
+            at = match matched {
+                Some(m) => {
+                    let slot = m.checked_sub_signed(offset)?.and_utc();
+                    if self.is_slot(m, slot) {
+                        return Some(slot);
+                    }
+                    slot.checked_add_signed(way.ahead(TimeDelta::seconds(1)))?
+                }
+                None if way == Way::Backward => {
+                    // The stretch's first instant, where a skipped fixed time fires.
+                    let first = change.checked_add_signed(TimeDelta::seconds(1))?;
+                    if let Some(slot) = self.gap_end_at(first) {
+                        return Some(slot);
+                    }
+                    change
+                }
+                None => change,
+            };
+        }
+    }
+
+    /// The first slot at or beyond `from` going `way` with no change of offset within
+    /// [`NEAR`] that way: the first matching local time's nearest slot that is not behind
+    /// `from`. A change behind `from` makes a local time's other slot fall behind it.
+    fn scan(&self, from: Timestamp, way: Way) -> Option<Timestamp> {
+        let mut at = self.local(from);
+        let mut inclusive = true;
+        loop {
+            let matched = self.matching_local(at, way, inclusive)?;
+            let nearest = self
+                .slots_at(matched)
+                .into_iter()
+                .flatten()
+                .filter(|slot| !way.before(*slot, from))
+                .reduce(|x, y| if way.before(x, y) { x } else { y });
+            if nearest.is_some() {
+                return nearest;
+            }
+            // Local times the clock skips hold no other slot: go on from the gap's edge.
+            (at, inclusive) = match self.tz.from_local_datetime(&matched) {
+                LocalResult::None => self
+                    .gap_edge(matched, way)
+                    .map_or((matched, false), |edge| (edge, true)),
+                _ => (matched, false),
+            };
+        }
+    }
+
+    /// The zone's offset from UTC at `at`.
+    fn offset(&self, at: Timestamp) -> TimeDelta {
+        let offset = self.tz.offset_from_utc_datetime(&at.naive_utc());
+        TimeDelta::seconds(i64::from(offset.fix().local_minus_utc()))
+    }
+
+    /// The first instant beyond `at` going `way` whose offset differs from `at`'s, if one
+    /// is within [`NEAR`].
+    fn change_near(&self, at: Timestamp, way: Way) -> Option<Timestamp> {
+        let offset = self.offset(at);
+        let away = |seconds| at.checked_add_signed(way.ahead(TimeDelta::seconds(seconds)));
+        away(first_crossing(|seconds| {
+            Some(self.offset(away(seconds)?) != offset)
+        })?)
+    }
+
+    /// Whether `slot`, an instant the clock shows as the matching `local`, is a slot: not
+    /// when it is the second showing of a fixed time.
+    fn is_slot(&self, local: NaiveDateTime, slot: Timestamp) -> bool {
+        match self.tz.from_local_datetime(&local) {
+            LocalResult::Ambiguous(first, _) if self.fixed => first.with_timezone(&Utc) == slot,
+            _ => true,
+        }
+    }
+
+    /// `at` when it is the first instant after clocks went forward and a fixed time of
+    /// the skipped local times, on the day the clock then shows, fires there.
+    fn gap_end_at(&self, at: Timestamp) -> Option<Timestamp> {
+        if !self.fixed {
+            return None;
+        }
+        let before = self.offset(at.checked_sub_signed(TimeDelta::seconds(1))?);
+        if before >= self.offset(at) {
+            return None;
+        }
+        let resumed = self.local(at);
+        let skipped_from = at.naive_utc().checked_add_signed(before)?;
+        let matched = self.matching_local(skipped_from, Way::Forward, true)?;
+        (matched < resumed && matched.date() == resumed.date()).then_some(at)
+    }
+
+    /// The zone's clock at `at`.
+    fn local(&self, at: Timestamp) -> NaiveDateTime {
+        at.with_timezone(&self.tz).naive_local()
+    }
+
+    /// The first local time at or beyond `at` (`inclusive`) going `way` that the expression
+    /// matches. Croner reads it in UTC, a zone whose clock never changes, so that it only
+    /// matches the fields; the zone's rules are [`Timing::slots_at`]'s.
+    fn matching_local(
+        &self,
+        at: NaiveDateTime,
+        way: Way,
+        inclusive: bool,
+    ) -> Option<NaiveDateTime> {
+        let at = Utc.from_utc_datetime(&at);
+        let found = match way {
+            Way::Forward => self.cron.find_next_occurrence(&at, inclusive),
+            Way::Backward => self.cron.find_previous_occurrence(&at, inclusive),
+        };
+        found.ok().map(|t| t.naive_utc())
+    }
+
+    /// The slots of a local time the expression matches, earliest first.
+    fn slots_at(&self, local: NaiveDateTime) -> [Option<Timestamp>; 2] {
+        let utc = |t: chrono::DateTime<chrono_tz::Tz>| t.with_timezone(&Utc);
+        match self.tz.from_local_datetime(&local) {
+            LocalResult::Single(t) => [Some(utc(t)), None],
+            LocalResult::Ambiguous(first, _) if self.fixed => [Some(utc(first)), None],
+            LocalResult::Ambiguous(first, second) => [Some(utc(first)), Some(utc(second))],
+            LocalResult::None if self.fixed => [self.gap_end_same_day(local), None],
+            LocalResult::None => [None, None],
+        }
+    }
+
+    /// The first instant after the skipped local time `local`, if the clock then still
+    /// shows `local`'s day.
+    fn gap_end_same_day(&self, local: NaiveDateTime) -> Option<Timestamp> {
+        let end = self.gap_edge(local, Way::Forward)?;
+        let at = self.tz.from_local_datetime(&end).earliest()?;
+        (end.date() == local.date()).then(|| at.with_timezone(&Utc))
+    }
+
+    /// The first local time beyond the skipped local time `local` going `way` that the
+    /// clock shows, if within [`NEAR`].
+    fn gap_edge(&self, local: NaiveDateTime, way: Way) -> Option<NaiveDateTime> {
+        let away = |seconds| local.checked_add_signed(way.ahead(TimeDelta::seconds(seconds)));
+        away(first_crossing(|seconds| {
+            let shown = self.tz.from_local_datetime(&away(seconds)?);
+            Some(!matches!(shown, LocalResult::None))
+        })?)
+    }
+}
+
+/// The fewest seconds, up to [`NEAR`], at which `crossed` holds, found by halving:
+/// `crossed` is false at 0 and, once true, stays true within [`NEAR`] (a change of offset
+/// or the end of a gap, both months apart). `None` if it does not hold at [`NEAR`].
+fn first_crossing(crossed: impl Fn(i64) -> Option<bool>) -> Option<i64> {
+    let (mut low, mut high) = (0, NEAR.num_seconds());
+    if !crossed(high)? {
+        return None;
+    }
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if crossed(mid)? {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Some(high)
 }
 
 /// `t` without its fraction of a second: slots fall on whole seconds.

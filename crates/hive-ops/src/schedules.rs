@@ -295,14 +295,11 @@ impl<S: Store + ?Sized> Ops<S> {
         let keep = hive_models::Missed::CatchUp { limit };
         // A second back: a slot in the second it was created may have fired.
         let since = s.created_at - chrono::Duration::seconds(1);
-        let mut slots = timing.due(since, s.done_until.max(last), keep);
-        if !slots.contains(&last) {
-            slots.push(last);
-            slots.sort();
-            if slots.len() > limit as usize {
-                slots.remove(0);
-            }
-        }
+        let slots = with_last_fire(
+            timing.due(since, s.done_until.max(last), keep),
+            last,
+            limit as usize,
+        );
         let keys: Vec<String> = slots.iter().map(|slot| slot_key(name, *slot)).collect();
         let mut runs = self.store.keyed_work(&keys).await?;
         let history = slots
@@ -388,7 +385,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// first, each once the one before has ended. A schedule whose task
     /// or plan cannot be created is reported in [`FireReport::failed`] and the step goes
     /// on with the others: after a transient error (a lost race, a timeout) it is tried
-    /// again at the next step, after any other [`FAILED_RETRY_AFTER`] later. Only an
+    /// again at the next step, after any other [`FAILED_RETRY_AFTER`] later (or at the
+    /// next step too, if putting it off failed). Only an
     /// error about the whole database, or failing to read the due schedules, ends the
     /// step.
     pub async fn fire_due_schedules(&self) -> Result<FireReport> {
@@ -411,22 +409,37 @@ impl<S: Store + ?Sized> Ops<S> {
                 Err(e) => {
                     tracing::warn!(schedule = %s.name, error = %e, retry_after = ?FAILED_RETRY_AFTER,
                         "a due schedule could not create its task or plan; its slots stay due");
-                    report.failed.push((s.name.clone(), e.to_string()));
-                    // Progress kept (`done_until`), only the next look put off; lost to
-                    // another scheduler, it was put off or fired already.
-                    let retry = ScheduleAdvance {
-                        name: s.name.clone(),
-                        from: s.done_until,
-                        to: s.done_until,
-                        last_fired: None,
-                        next_slot: Some(now + FAILED_RETRY_AFTER),
-                        enabled: None,
-                    };
-                    self.store.advance_schedule(&retry).await?;
+                    let mut why = e.to_string();
+                    match self.put_off(&s, now).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_about_the_database() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(schedule = %s.name, error = %e,
+                                "a failing schedule's next look could not be put off; trying again at the next step");
+                            why = format!("{why}; its retry could not be put off: {e}");
+                        }
+                    }
+                    report.failed.push((s.name.clone(), why));
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Puts off the next look at a schedule whose work could not be created by
+    /// [`FAILED_RETRY_AFTER`]: its progress (`done_until`) kept, so its slots stay to fire.
+    /// Lost to another scheduler, it was put off or fired already.
+    async fn put_off(&self, s: &Schedule, now: Timestamp) -> Result<()> {
+        let retry = ScheduleAdvance {
+            name: s.name.clone(),
+            from: s.done_until,
+            to: s.done_until,
+            last_fired: None,
+            next_slot: Some(now + FAILED_RETRY_AFTER),
+            enabled: None,
+        };
+        self.store.advance_schedule(&retry).await?;
+        Ok(())
     }
 
     /// Fires one due schedule: how many slots created their work, how many were skipped
@@ -533,11 +546,109 @@ struct Fired {
     waiting: bool,
 }
 
+/// The latest `limit` of `slots` (oldest first) with the last fire's slot `last` among
+/// them: added in order, in place of the oldest other slot when there is no room.
+fn with_last_fire(mut slots: Vec<Timestamp>, last: Timestamp, limit: usize) -> Vec<Timestamp> {
+    if !slots.contains(&last) {
+        slots.push(last);
+        slots.sort();
+    }
+    while slots.len() > limit.max(1) {
+        let oldest_other = usize::from(slots.first() == Some(&last));
+        slots.remove(oldest_other);
+    }
+    slots
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+    use hive_models::{Missed, ScheduledTask};
+    use hive_store::MockStore;
     use serde_json::json;
 
-    use super::same_json;
+    use super::*;
+
+    fn at(h: u32, mi: u32) -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 1, 1, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn the_last_fires_slot_stays_in_a_full_history() {
+        let due: Vec<Timestamp> = (1..=3).map(|h| at(h, 0)).collect();
+        // Resumed after a pause, or skipping overlaps: the last fire is older than the
+        // latest `limit` slots, and takes the oldest other's place.
+        assert_eq!(
+            with_last_fire(due.clone(), at(0, 0), 3),
+            vec![at(0, 0), at(2, 0), at(3, 0)]
+        );
+        assert_eq!(
+            with_last_fire(due.clone(), at(2, 30), 3),
+            vec![at(2, 0), at(2, 30), at(3, 0)]
+        );
+        assert_eq!(with_last_fire(due.clone(), at(0, 0), 1), vec![at(0, 0)]);
+        assert_eq!(
+            with_last_fire(due.clone(), at(0, 0), 0),
+            vec![at(0, 0)],
+            "0 counts as 1"
+        );
+        assert_eq!(with_last_fire(due.clone(), at(2, 0), 3), due, "already in");
+        assert_eq!(
+            with_last_fire(due[..1].to_vec(), at(0, 0), 3),
+            vec![at(0, 0), at(1, 0)],
+            "room left"
+        );
+    }
+
+    /// A stored schedule whose expression no longer parses: its work cannot be created.
+    fn unfireable(name: &str) -> Schedule {
+        Schedule {
+            name: name.into(),
+            cron: "not a cron".into(),
+            timezone: "UTC".into(),
+            creates: ScheduledTask::new("n", "report").into(),
+            enabled: true,
+            missed: Missed::Skip,
+            overlap: Overlap::Allow,
+            done_until: at(0, 0),
+            last_fired: None,
+            last_manual: None,
+            next_slot: Some(at(1, 0)),
+            created_at: at(0, 0),
+            updated_at: at(0, 0),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_put_off_does_not_stop_the_step() {
+        let mut m = MockStore::new();
+        m.expect_now().returning(|| Ok(at(2, 0)));
+        m.expect_due_schedules()
+            .returning(|_| Ok(vec![unfireable("a"), unfireable("b")]));
+        m.expect_advance_schedule().times(2).returning(|advance| {
+            if advance.name == "a" {
+                Err(hive_store::Error::Unavailable {
+                    target: "db.example:5432".into(),
+                    reason: "connection reset".into(),
+                })
+            } else {
+                Ok(true)
+            }
+        });
+        let store: Arc<dyn Store> = Arc::new(m);
+        let report = Ops::new(store).fire_due_schedules().await.unwrap();
+        assert_eq!(report.due, 2, "{report:?}");
+        let names: Vec<&str> = report.failed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "{report:?}");
+        assert!(
+            report.failed[0].1.contains("could not be put off")
+                && report.failed[0].1.contains("connection reset"),
+            "{report:?}"
+        );
+        assert!(!report.failed[1].1.contains("put off"), "{report:?}");
+    }
 
     #[test]
     fn json_numbers_are_compared_by_value() {

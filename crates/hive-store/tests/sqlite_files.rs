@@ -175,6 +175,29 @@ async fn stores_opening_a_new_file_at_once_all_migrate_it() {
     }
 }
 
+/// A percent-encoded path names the file sqlx opens (`my%20jobs.db` is `my jobs.db`) in
+/// every check Hive makes too: one that exists is found, its replacement noticed.
+#[tokio::test]
+async fn an_encoded_path_is_the_file_sqlx_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}/my%20jobs%23.db", dir.path().display());
+    let created = open(&url, SchemaPolicy::Migrate).await.unwrap();
+    created.insert_tasks(tasks("t", "x", 1)).await.unwrap();
+    assert!(dir.path().join("my jobs#.db").exists(), "the decoded name");
+    let again = open(&url, SchemaPolicy::Existing).await.unwrap();
+    assert_eq!(
+        again.count_tasks(None).await.unwrap()[&TaskStatus::Queued],
+        1
+    );
+    std::fs::rename(
+        dir.path().join("my jobs#.db"),
+        dir.path().join("elsewhere.db"),
+    )
+    .unwrap();
+    let e = again.insert_tasks(tasks("u", "x", 1)).await.unwrap_err();
+    assert!(e.to_string().contains("removed"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_past_the_bind_limit() {
     let dir = tempfile::tempdir().unwrap();

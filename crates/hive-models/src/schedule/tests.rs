@@ -267,3 +267,258 @@ fn the_pending_slot_stays_on_the_first_slot_not_handled_and_is_overdue_after_a_g
     };
     assert_eq!(paused.pending_slot(), None);
 }
+
+/// The slots from iterating `next_after` from `start` to `end` (inclusive).
+fn walk(t: &Timing, start: Timestamp, end: Timestamp) -> Vec<Timestamp> {
+    std::iter::successors(t.next_after(start), |s| t.next_after(*s))
+        .take_while(|s| *s <= end)
+        .collect()
+}
+
+fn paris(cron: &str) -> Timing {
+    Timing::parse(cron, "Europe/Paris").unwrap()
+}
+
+#[test]
+fn when_clocks_go_back_the_repeated_hour_fires_twice_in_order() {
+    // 2026-10-25 01:00Z in Paris: 03:00 CEST becomes 02:00 CET; 02:00-02:59 comes twice.
+    let quarter = paris("*/15 * * * *");
+    let every: Vec<Timestamp> = (0..8)
+        .map(|i| at(2026, 10, 25, 0, 30, 0) + chrono::Duration::minutes(15 * i))
+        .collect();
+    assert_eq!(every.last(), Some(&at(2026, 10, 25, 2, 15, 0)));
+    assert_eq!(
+        walk(
+            &quarter,
+            at(2026, 10, 25, 0, 15, 0),
+            at(2026, 10, 25, 2, 15, 0)
+        ),
+        every
+    );
+    let all = Missed::CatchUp { limit: 100 };
+    assert_eq!(
+        quarter.due(at(2026, 10, 25, 0, 15, 0), at(2026, 10, 25, 2, 15, 0), all),
+        every
+    );
+    // Walking back over the change skips none of the second pass.
+    assert_eq!(
+        quarter.due(
+            at(2026, 10, 25, 0, 0, 0),
+            at(2026, 10, 25, 2, 0, 0),
+            Missed::Skip
+        ),
+        vec![at(2026, 10, 25, 2, 0, 0)]
+    );
+    assert_eq!(
+        quarter.due(
+            at(2026, 10, 25, 0, 0, 0),
+            at(2026, 10, 25, 1, 59, 0),
+            Missed::Skip
+        ),
+        vec![at(2026, 10, 25, 1, 45, 0)]
+    );
+
+    let hourly = paris("0 * * * *");
+    assert_eq!(
+        walk(
+            &hourly,
+            at(2026, 10, 24, 23, 30, 0),
+            at(2026, 10, 25, 2, 30, 0)
+        ),
+        [0, 1, 2].map(|h| at(2026, 10, 25, h, 0, 0))
+    );
+    // A fixed time in the repeated hour fires once, at its first pass.
+    let night = paris("30 2 * * *");
+    assert_eq!(
+        walk(
+            &night,
+            at(2026, 10, 24, 12, 0, 0),
+            at(2026, 10, 25, 23, 0, 0)
+        ),
+        vec![at(2026, 10, 25, 0, 30, 0)]
+    );
+    assert_eq!(
+        night.due(at(2026, 10, 24, 12, 0, 0), at(2026, 10, 25, 23, 0, 0), all),
+        vec![at(2026, 10, 25, 0, 30, 0)]
+    );
+}
+
+#[test]
+fn a_slot_after_an_instant_in_the_repeated_hour_is_after_it() {
+    // 01:10Z shows 02:10 CET, the second time: its next quarter is 01:15Z, not 00:15Z.
+    let quarter = paris("*/15 * * * *");
+    assert_eq!(
+        quarter.next_after(at(2026, 10, 25, 1, 10, 0)),
+        Some(at(2026, 10, 25, 1, 15, 0))
+    );
+    assert_eq!(
+        quarter.next_after(at(2026, 10, 25, 0, 50, 0)),
+        Some(at(2026, 10, 25, 1, 0, 0))
+    );
+    // The fixed time already fired at its first pass: the next is the next day's.
+    assert_eq!(
+        paris("30 2 * * *").next_after(at(2026, 10, 25, 1, 10, 0)),
+        Some(at(2026, 10, 26, 1, 30, 0))
+    );
+}
+
+#[test]
+fn when_clocks_go_forward_a_fixed_time_fires_at_the_gaps_end_and_others_skip_it() {
+    // 2026-03-29 01:00Z in Paris: 02:00 CET becomes 03:00 CEST; 02:00-02:59 never shows.
+    let night = paris("30 2 * * *");
+    let gap_end = at(2026, 3, 29, 1, 0, 0);
+    assert_eq!(night.next_after(at(2026, 3, 28, 12, 0, 0)), Some(gap_end));
+    assert_eq!(
+        night.due(
+            at(2026, 3, 28, 12, 0, 0),
+            at(2026, 3, 29, 12, 0, 0),
+            Missed::Skip
+        ),
+        vec![gap_end]
+    );
+    assert_eq!(
+        night.due(gap_end, at(2026, 3, 29, 12, 0, 0), Missed::Skip),
+        Vec::<Timestamp>::new()
+    );
+    assert_eq!(night.next_after(gap_end), Some(at(2026, 3, 30, 0, 30, 0)));
+
+    let quarter = paris("*/15 * * * *");
+    assert_eq!(
+        walk(
+            &quarter,
+            at(2026, 3, 29, 0, 30, 0),
+            at(2026, 3, 29, 1, 15, 0)
+        ),
+        vec![
+            at(2026, 3, 29, 0, 45, 0),
+            at(2026, 3, 29, 1, 0, 0),
+            at(2026, 3, 29, 1, 15, 0)
+        ]
+    );
+    assert_eq!(
+        quarter.due(
+            at(2026, 3, 29, 0, 30, 0),
+            at(2026, 3, 29, 0, 59, 0),
+            Missed::Skip
+        ),
+        vec![at(2026, 3, 29, 0, 45, 0)]
+    );
+}
+
+/// The slots from `start` (exclusive) to `end` (inclusive) by the rules in [`Timing`]'s
+/// doc, read second by second: the reference the searches must agree with.
+fn reference_slots(t: &Timing, start: Timestamp, end: Timestamp) -> Vec<Timestamp> {
+    use chrono::LocalResult;
+    let local = |i: Timestamp| i.with_timezone(&t.tz).naive_local();
+    let (from, to) = (
+        local(start) - chrono::Duration::hours(3),
+        local(end) + chrono::Duration::hours(3),
+    );
+    let mut slots = Vec::new();
+    let mut n = from;
+    while n <= to {
+        if t.cron.is_time_matching(&Utc.from_utc_datetime(&n)).unwrap() {
+            match t.tz.from_local_datetime(&n) {
+                LocalResult::Single(s) => slots.push(s.with_timezone(&Utc)),
+                LocalResult::Ambiguous(a, b) => {
+                    slots.push(a.with_timezone(&Utc));
+                    if !t.fixed {
+                        slots.push(b.with_timezone(&Utc));
+                    }
+                }
+                LocalResult::None if t.fixed => {
+                    let mut after = n;
+                    while t.tz.from_local_datetime(&after).earliest().is_none() {
+                        after += chrono::Duration::seconds(1);
+                    }
+                    if after.date() == n.date() {
+                        let s = t.tz.from_local_datetime(&after).earliest().unwrap();
+                        slots.push(s.with_timezone(&Utc));
+                    }
+                }
+                LocalResult::None => {}
+            }
+        }
+        n += chrono::Duration::seconds(1);
+    }
+    slots.sort();
+    slots.retain(|s| *s > start && *s <= end);
+    slots
+}
+
+/// The hours of 2026 at whose end `zone`'s offset changes.
+fn changes_in_2026(zone: &str) -> Vec<Timestamp> {
+    use chrono::Offset;
+    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let offset = |t: Timestamp| tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    (0..365 * 24)
+        .map(|h| at(2026, 1, 1, 0, 0, 0) + chrono::Duration::hours(h))
+        .filter(|t| offset(*t) != offset(*t + chrono::Duration::hours(1)))
+        .collect()
+}
+
+#[test]
+fn next_after_and_due_agree_with_the_rules_around_clock_changes() {
+    // Clocks going forward and back by an hour (Paris, New York), half an hour (Lord
+    // Howe), two hours (Troll), and at midnight (Havana).
+    let zones = [
+        "Europe/Paris",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Antarctica/Troll",
+        "America/Havana",
+    ];
+    let crons = [
+        "* * * * *",
+        "*/15 * * * *",
+        "0 * * * *",
+        "30 2 * * *",
+        "0 30 1 * * *",
+        "0 0 * * *",
+        "*/20 * * * * *",
+    ];
+    for zone in zones {
+        let changes = changes_in_2026(zone);
+        assert_eq!(changes.len(), 2, "{zone}: {changes:?}");
+        for change in changes {
+            let (start, end) = (
+                change - chrono::Duration::hours(5),
+                change + chrono::Duration::hours(4),
+            );
+            for cron in crons {
+                let t = Timing::parse(cron, zone).unwrap();
+                agrees_with_the_rules(&t, start, end, &format!("{cron} in {zone} near {change}"));
+            }
+        }
+    }
+}
+
+/// Iterating `next_after` from `start` to `end`, catching up with `due`, the rules read
+/// second by second, and single searches from instants in between give the same slots.
+fn agrees_with_the_rules(t: &Timing, start: Timestamp, end: Timestamp, what: &str) {
+    let walked = walk(t, start, end);
+    assert!(walked.windows(2).all(|w| w[0] < w[1]), "{what}: {walked:?}");
+    assert!(
+        walked.iter().all(|s| s.timestamp_subsec_nanos() == 0),
+        "{what}"
+    );
+    let caught = t.due(start, end, Missed::CatchUp { limit: 100_000 });
+    assert_eq!(walked, caught, "{what}");
+    assert_eq!(walked, reference_slots(t, start, end), "{what}");
+    // From any instant, even mid-second, the next slot is the first one after it and the
+    // latest due is the last one up to it.
+    for minute in (0..9 * 60).step_by(7) {
+        let from = start
+            + chrono::Duration::seconds(minute * 60 + 13)
+            + chrono::Duration::milliseconds(250);
+        if let Some(next) = walked.iter().find(|s| **s > from) {
+            assert_eq!(t.next_after(from), Some(*next), "{what} after {from}");
+        }
+        let latest = walked.iter().rev().find(|s| **s <= from).copied();
+        assert_eq!(
+            t.due(start, from, Missed::Skip).first().copied(),
+            latest,
+            "{what} at {from}"
+        );
+    }
+}

@@ -72,25 +72,47 @@ impl ParsedUrl {
         if path.is_empty() && !in_memory {
             return Err(unsupported());
         }
-        let kept = kept.finish();
-        // `sqlite://` + the path keeps an absolute path absolute when sqlx strips the scheme.
-        let sqlx_url = if kept.is_empty() {
-            format!("sqlite://{path}")
+        let path = if in_memory {
+            path.to_owned()
         } else {
-            format!("sqlite://{path}?{kept}")
+            file_path(path).ok_or_else(unsupported)?
+        };
+        let kept = kept.finish();
+        // `sqlite://` + the path keeps an absolute path absolute when sqlx strips the scheme;
+        // sqlx decodes it, so it gets the path encoded.
+        let encoded = percent_encoding::utf8_percent_encode(&path, SQLX_PATH_ESCAPES);
+        let sqlx_url = if kept.is_empty() {
+            format!("sqlite://{encoded}")
+        } else {
+            format!("sqlite://{encoded}?{kept}")
         };
         Ok(ParsedUrl {
             sqlx_url,
             path: if path.is_empty() {
                 ":memory:".into()
             } else {
-                path.into()
+                path
             },
             in_memory,
             max_connections,
             acquire_timeout,
         })
     }
+}
+
+/// What sqlx would read as other than a path's own characters once it decodes it.
+const SQLX_PATH_ESCAPES: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+
+/// The file a URL's path names: percent-decoded (as sqlx reads it, so the checks here look
+/// at the file sqlx opens) and absolute, so a process that changes its directory later
+/// still reopens the same file when its pools reconnect. `None` when not UTF-8 once decoded.
+fn file_path(raw: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()?;
+    let absolute = std::path::absolute(Path::new(&*decoded)).ok()?;
+    absolute.to_str().map(str::to_owned)
 }
 
 /// The pools an opened database is used through.
