@@ -520,8 +520,10 @@ impl Store for MemoryStore {
         let offline = status
             .as_ref()
             .is_some_and(|c| c.status == WorkerStatus::Offline);
-        if let Some(c) = status {
-            w.set_status(c.status, c.reason);
+        match status {
+            Some(c) => w.set_status(c.status, c.reason),
+            None if w.status == WorkerStatus::Offline => w.set_status(WorkerStatus::Active, None),
+            None => {}
         }
         let State { running, runs, .. } = &mut *s;
         let mut extended = 0;

@@ -303,8 +303,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn register_worker(&self, registration: &WorkerRegistration) -> Result<Worker>;
 
     /// Records a heartbeat (and a new status if given, its reason replacing the worker's
-    /// `status_reason`; `offline` is announced), and extends the lease of every running run
-    /// of this worker by that run's lease duration. `None` for an unknown worker.
+    /// `status_reason`; `offline` is announced; without one, an `offline` worker is
+    /// `active` again), and extends the lease of every running run of this worker by that
+    /// run's lease duration. `None` for an unknown worker.
     async fn heartbeat(
         &self,
         id: &WorkerId,

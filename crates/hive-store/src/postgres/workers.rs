@@ -60,9 +60,10 @@ impl PostgresStore {
         let row = sqlx::query(concat!(
             "WITH w AS ( \
                  UPDATE workers SET last_heartbeat = now(), \
-                     status = coalesce($2::text, status), \
-                     status_reason = CASE WHEN $2::text IS NULL THEN status_reason \
-                         ELSE $4::text END \
+                     status = coalesce($2::text, \
+                         CASE WHEN status = 'offline' THEN 'active' ELSE status END), \
+                     status_reason = CASE WHEN $2::text IS NOT NULL THEN $4::text \
+                         WHEN status = 'offline' THEN NULL ELSE status_reason END \
                  WHERE id = $1 RETURNING id \
              ), r AS ( \
                  /* A run another transaction holds is skipped, not waited for: it is being \

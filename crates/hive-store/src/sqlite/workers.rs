@@ -39,10 +39,13 @@ pub(super) async fn heartbeat(
     status: Option<&WorkerStatusChange>,
 ) -> R<Option<HeartbeatReport>> {
     let at = db::db_now(c).await?;
-    // A new status brings its reason, or clears the old one.
+    // A new status brings its reason, or clears the old one; a beat alone revives a worker
+    // taken offline (its heartbeats were late, not its process gone).
     let known = sqlx::query(
-        "UPDATE workers SET last_heartbeat = ?1, status = COALESCE(?2, status), \
-             status_reason = CASE WHEN ?2 IS NULL THEN status_reason ELSE ?4 END \
+        "UPDATE workers SET last_heartbeat = ?1, \
+             status = COALESCE(?2, CASE WHEN status = 'offline' THEN 'active' ELSE status END), \
+             status_reason = CASE WHEN ?2 IS NOT NULL THEN ?4 \
+                 WHEN status = 'offline' THEN NULL ELSE status_reason END \
          WHERE id = ?3",
     )
     .bind(at)

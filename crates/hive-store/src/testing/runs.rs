@@ -385,9 +385,26 @@ pub async fn heartbeat_extends_leases(s: S) {
         .await
         .unwrap();
     assert!(hb.is_some());
+    let status = |s: S| async move { s.get_worker(&worker("w")).await.unwrap().unwrap() };
+    assert_eq!(status(s.clone()).await.status, WorkerStatus::Idle);
+    // A beat alone keeps a status, and brings back a worker taken offline (late beats,
+    // a partition healed), its reason gone with the status.
+    s.heartbeat(&worker("w"), None).await.unwrap().unwrap();
+    assert_eq!(status(s.clone()).await.status, WorkerStatus::Idle);
+    let offline = WorkerStatusChange {
+        status: WorkerStatus::Offline,
+        reason: Some("no heartbeat for 30s".into()),
+    };
+    s.heartbeat(&worker("w"), Some(offline))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status(s.clone()).await.status, WorkerStatus::Offline);
+    s.heartbeat(&worker("w"), None).await.unwrap().unwrap();
+    let back = status(s.clone()).await;
     assert_eq!(
-        s.get_worker(&worker("w")).await.unwrap().unwrap().status,
-        WorkerStatus::Idle
+        (back.status, back.status_reason),
+        (WorkerStatus::Active, None)
     );
 }
 
