@@ -1,9 +1,15 @@
 //! The process groups of running shell commands: each is killed when its guard drops, and
 //! all of them at once when the worker is told to stop at once (a second Ctrl-C), so no
-//! command outlives the worker that started it. With a group go the processes that left it
-//! but still carry their run's mark in their environment (`setsid`, a daemon's double
-//! fork). And the orphans those commands leave, which a worker that is PID 1 (a container
-//! started without an init) must reap itself.
+//! command outlives a worker that stops, however it is told to. With a group go the
+//! processes that left it but still carry their run's mark in their environment (`setsid`,
+//! a daemon's double fork). And the orphans those commands leave, which a worker that is
+//! PID 1 (a container started without an init) must reap itself.
+//!
+//! A worker killed outright (SIGKILL, the OOM killer) runs none of this: its commands keep
+//! running until they end (or their container does, when the worker was its main
+//! process), while their tasks run again once their leases expire. `PR_SET_PDEATHSIG` on
+//! `sh` would not close that gap: it fires when the thread that spawned `sh` exits, not the
+//! process, and signals `sh` alone, not its group nor what left the group.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -81,10 +87,12 @@ impl ProcessGroup {
         if grace.is_zero() || killpg(pgid, Signal::SIGTERM).is_err() {
             return;
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        // A grace past what an instant can hold (`--timeout-grace 1e19`) has no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(grace);
         loop {
             let _ = sh.try_wait();
-            if killpg(pgid, None) == Err(Errno::ESRCH) || tokio::time::Instant::now() >= deadline {
+            let late = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if killpg(pgid, None) == Err(Errno::ESRCH) || late {
                 return;
             }
             tokio::time::sleep(STOP_POLL).await;
@@ -316,6 +324,7 @@ pub async fn reap_orphans_forever() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     /// `kill_all` kills every guarded group and marked process in this test binary: the
     /// tests that guard processes they expect alive take turns with it.
@@ -343,6 +352,27 @@ mod tests {
         assert!(!alive(pid));
         drop(guard);
         assert!(!live().iter().flatten().any(|(g, _)| *g == pid));
+    }
+
+    /// A grace too long for an instant to hold (`--timeout-grace 1e19`) waits for the group
+    /// like any other, rather than overflowing the deadline.
+    #[tokio::test]
+    async fn a_grace_past_any_instant_still_stops_the_group() {
+        let (mut child, guard) = ProcessGroup::spawn(
+            tokio::process::Command::new("sleep")
+                .arg("30")
+                .process_group(0),
+            "endless-grace",
+        )
+        .unwrap();
+        let guard = guard.unwrap();
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(30),
+            guard.stop(&mut child, Duration::MAX),
+        )
+        .await;
+        assert!(stopped.is_ok(), "the group went with its SIGTERM");
+        assert!(child.wait().await.unwrap().signal().is_some());
     }
 
     fn zombie(pid: i32) -> bool {

@@ -26,14 +26,16 @@
 //!   report a line (`0.42 copying files`, see [`crate::progressfile`]).
 //!
 //! The task's output (what its dependents receive) is the JSON in the `HIVE_OUTPUT` file
-//! when the command wrote one (an empty file counts as none), else the last line of its
-//! stdout that is a JSON value (read from the last 2 MiB it printed, however much came
-//! before), else nothing (`null` to dependents). A `HIVE_OUTPUT` file that is not JSON
-//! fails the task, and so does a last line too long to be read that ends like a JSON
-//! object or array.
+//! when the command wrote one (an empty file counts as none), else the JSON value that
+//! ends its stdout, read whole when it spans several lines (pretty-printed, as `jq`
+//! prints it), else the last line of its stdout that is a JSON value (all read from the
+//! last 2 MiB it printed, however much came before), else nothing (`null` to dependents).
+//! A `HIVE_OUTPUT` file that is not JSON fails the task, and so does a last line too long
+//! to be read that ends like a JSON object or array.
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
-//! the task stops, so a background child never outlives its task: after `sh` exits; on a
+//! the task stops, so a background child never outlives its task (unless the worker itself
+//! is killed outright, see [`crate::process_group`]): after `sh` exits; on a
 //! timeout (the payload's `timeout_secs` or the task's) or its task's cancel, SIGTERM first
 //! and SIGKILL once the worker's timeout grace has passed; and at once when the handler is
 //! dropped (the worker's shutdown grace ran out). So is every process that left the group
@@ -288,7 +290,8 @@ fn with_last_word(failed: String, stderr: &str) -> String {
 }
 
 /// The command's output: the `HIVE_OUTPUT` file's JSON (an empty file, or only
-/// whitespace, is none written), else the last stdout line that is JSON, else none.
+/// whitespace, is none written), else a multi-line JSON value that ends stdout
+/// ([`trailing_value`]), else the last stdout line that is JSON, else none.
 /// `stdout` is the end of what it printed, and whether more came before (the first line of
 /// `stdout` is then cut, so it is not read). A last line too long to be read whole that ends
 /// like a JSON object or array is refused rather than skipped: it is an output over the
@@ -323,12 +326,7 @@ fn output(
         None if cut => (&*text, ""),
         _ => ("", &*text),
     };
-    let last_json = whole
-        .lines()
-        .rev()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .find_map(|l| serde_json::from_str(l).ok());
+    let last_json = trailing_value(whole).or_else(|| last_json_line(whole));
     if last_json.is_none() && cut_line.trim_end().ends_with(['}', ']']) {
         return Err(format!(
             "the last line the command printed is longer than the {} MiB read for an output \
@@ -340,10 +338,79 @@ fn output(
     Ok(last_json)
 }
 
+/// A JSON value spread over the last lines of `text`, as `jq` and other tools print one
+/// (pretty-printed): read whole, since any single line of it read alone would be a piece of
+/// it (`"b"` from `["a", "b"]`). Looked for only when the last line that is not blank
+/// starts like the end of one (`}` or `]`): the value must start a line of its own (after
+/// spaces) and run to the end of `text`.
+fn trailing_value(text: &str) -> Option<serde_json::Value> {
+    let last = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    if !last.starts_with(['}', ']']) {
+        return None;
+    }
+    // The only start such a value can have is the bracket matching the last one: found in
+    // one pass, and parsed once, where trying every line that opens a bracket would parse
+    // deep values again and again (seconds for a crafted 2 MiB).
+    let start = opening_bracket(text.as_bytes())?;
+    let line_start = text[..start].rfind('\n').map_or(0, |at| at + 1);
+    if !text[line_start..start].trim().is_empty() {
+        return None;
+    }
+    serde_json::from_str(&text[start..]).ok()
+}
+
+/// Where the bracket that matches the last one in `bytes` is, counting brackets backwards
+/// outside strings. A candidate only: what lies between may still be no JSON, which the
+/// parse that follows tells.
+fn opening_bracket(bytes: &[u8]) -> Option<usize> {
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if !matches!(bytes[end], b'}' | b']') {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    for at in (0..=end).rev() {
+        match bytes[at] {
+            b'"' if !escaped(bytes, at) => in_string = !in_string,
+            _ if in_string => {}
+            b'}' | b']' => depth += 1,
+            b'{' | b'[' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether the quote at `at` is escaped: an odd number of backslashes before it.
+fn escaped(bytes: &[u8], at: usize) -> bool {
+    bytes[..at]
+        .iter()
+        .rev()
+        .take_while(|b| **b == b'\\')
+        .count()
+        % 2
+        == 1
+}
+
+/// The last line of `text` that is a JSON value on its own.
+fn last_json_line(text: &str) -> Option<serde_json::Value> {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{OUTPUT_FILE_MAX_BYTES, OUTPUT_TAIL_BYTES, output, with_last_word};
     use crate::pipes::{Captured, MAX_LOG_BYTES};
+    use serde_json::json;
 
     #[test]
     fn a_failure_carries_the_last_stderr_line() {
@@ -431,6 +498,59 @@ mod tests {
             Some(serde_json::json!({"later": 1}))
         );
         assert_eq!(output(&file, (b"....... 99%\r", true)).unwrap(), None);
+    }
+
+    /// A value printed over several lines at the end of stdout (`jq '[.[].id]'`) is read
+    /// whole; without it, its last line that parses alone (`"b"`) was taken.
+    #[test]
+    fn a_pretty_printed_value_that_ends_stdout_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("absent.json");
+        let read = |s: &str| output(&file, (s.as_bytes(), false)).unwrap();
+        assert_eq!(
+            read("fetching\n[\n  \"a\",\n  \"b\"\n]\n"),
+            Some(json!(["a", "b"]))
+        );
+        assert_eq!(
+            read("{\n  \"ids\": [\n    1,\n    2\n  ],\n  \"n\": {\"x\": null}\n}\n\n"),
+            Some(json!({"ids": [1, 2], "n": {"x": null}}))
+        );
+        assert_eq!(
+            read("{\n  \"a\": 1\n}\n{\n  \"b\": 2\n}\n"),
+            Some(json!({"b": 2})),
+            "of two values, the last"
+        );
+        assert_eq!(read("[\r\n  1\r\n]\r\n"), Some(json!([1])));
+        assert_eq!(
+            read("[\n  \"a]\\\\\",\n  \"[\\\"}\",\n  {}\n]\n"),
+            Some(json!(["a]\\", "[\"}", {}])),
+            "brackets and escaped quotes in strings"
+        );
+        // Cut after its first line: its start was not kept, and no part of it is read whole.
+        assert_eq!(
+            output(&file, (b"xxxx\n  \"b\"\n]\n", true)).unwrap(),
+            Some(json!("b"))
+        );
+    }
+
+    /// Without a multi-line value at the very end, the last line that is JSON on its own is
+    /// the output, as before.
+    #[test]
+    fn without_a_value_at_the_end_the_last_json_line_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("absent.json");
+        let read = |s: &str| output(&file, (s.as_bytes(), false)).unwrap();
+        assert_eq!(read("{\"a\": 1}\nuploaded\n"), Some(json!({"a": 1})));
+        assert_eq!(
+            read("{\"a\": 1}\nfn main() {\n}\n"),
+            Some(json!({"a": 1})),
+            "a last `}}` that closes no JSON"
+        );
+        // A pretty value followed by a log line is not the end of stdout: its lines are read
+        // one by one, and the last that parses alone is taken. The docs say to end stdout
+        // with the value, print it on one line (`jq -c`) or write it to HIVE_OUTPUT.
+        assert_eq!(read("[\n  \"a\",\n  \"b\"\n]\ndone\n"), Some(json!("b")));
+        assert_eq!(read("{\n  \"a\": [1, 2]\n}\ndone\n"), None);
     }
 
     #[test]

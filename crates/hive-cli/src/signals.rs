@@ -1,5 +1,5 @@
-//! Ctrl-C (SIGINT) and SIGTERM as a stream of stop requests: the first asks a command to
-//! stop gracefully, a second one forces it.
+//! Ctrl-C (SIGINT), SIGTERM and SIGHUP as a stream of stop requests: the first asks a
+//! command to stop gracefully, a second one (Ctrl-C or SIGTERM) forces it.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -8,23 +8,78 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub struct Interrupts {
     int: Signal,
     term: Signal,
+    hup: Signal,
+    /// A stop was asked for already.
+    asked: bool,
 }
 
 impl Interrupts {
-    /// Takes over Ctrl-C and SIGTERM: from now on they no longer end the process by
-    /// themselves, they wake [`Interrupts::next`].
+    /// Takes over Ctrl-C, SIGTERM and SIGHUP: from now on they no longer end the process
+    /// by themselves, they wake [`Interrupts::next`]. SIGHUP is what a process started from
+    /// an SSH session gets when the session closes: it stops gracefully, as on SIGTERM,
+    /// instead of dying with its commands still running.
     pub fn install() -> std::io::Result<Self> {
         Ok(Interrupts {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            asked: false,
         })
     }
 
-    /// Waits for the next Ctrl-C or SIGTERM.
+    /// Waits for the next Ctrl-C or SIGTERM, or a SIGHUP while no stop was asked for yet.
+    /// A hangup only ever asks for the graceful stop: a closing terminal sends it twice
+    /// (the kernel to the foreground job, then the shell to each of its jobs), which must
+    /// not count as the second request that forces the stop.
     pub async fn next(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => break,
+                _ = self.term.recv() => break,
+                _ = self.hup.recv() => if !self.asked {
+                    break;
+                },
+            }
         }
+        self.asked = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Interrupts;
+    use nix::sys::signal::{Signal, raise};
+    use std::time::Duration;
+
+    /// Signals go to the whole test process: the signal tests take turns.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    async fn woken(interrupts: &mut Interrupts) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), interrupts.next())
+            .await
+            .is_ok()
+    }
+
+    /// A hangup asks for the graceful stop (without a handler it would kill the process);
+    /// more hangups do not force it, a SIGTERM does.
+    #[tokio::test]
+    async fn a_hangup_stops_gracefully_and_never_forces() {
+        let _turn = SERIAL.lock().await;
+        let mut interrupts = Interrupts::install().unwrap();
+        raise(Signal::SIGHUP).unwrap();
+        assert!(
+            woken(&mut interrupts).await,
+            "the first hangup asks for a stop"
+        );
+        raise(Signal::SIGHUP).unwrap();
+        assert!(
+            !woken(&mut interrupts).await,
+            "a second hangup forces nothing"
+        );
+        raise(Signal::SIGTERM).unwrap();
+        assert!(
+            woken(&mut interrupts).await,
+            "a SIGTERM after it forces the stop"
+        );
     }
 }

@@ -129,7 +129,8 @@ fn task_runs_show_each_runs_output_and_a_timed_out_run_keeps_its_own() {
 
 /// A command stopped at its timeout (the payload's, or the task's through the worker's
 /// stop signal) gets SIGTERM first, so a `trap` can clean up; one that ignores it is killed
-/// once `--timeout-grace` has passed, with everything in its group.
+/// once `--timeout-grace` has passed, with everything in its group, and its run keeps what
+/// it printed.
 #[test]
 fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
     let db = Db::new();
@@ -163,7 +164,14 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
     })
     .to_string();
     let stubborn_id = db.ok(&create_once("stubborn", "shell", &stubborn, &[]));
-    let stderr = db.work_until_idle_logged(&["--concurrency", "3", "--timeout-grace", "1"]);
+    // Stopped by the worker at its task's timeout, it is killed once the grace has passed;
+    // the worker waits for its handler longer than that, so its run keeps what it printed.
+    let deaf = serde_json::json!({
+        "command": "echo before the stop; trap '' TERM; sleep 300 & wait",
+    })
+    .to_string();
+    let deaf_id = db.ok(&create_once("deaf", "shell", &deaf, &["--timeout", "1"]));
+    let stderr = db.work_until_idle_logged(&["--concurrency", "4", "--timeout-grace", "1"]);
     for name in ["payload.trap", "task.trap"] {
         let cleaned = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         assert_eq!(
@@ -181,6 +189,12 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
         runs[0]["error_message"], "command timed out after 1s and was stopped",
         "{runs}"
     );
+    let runs = db.json(&["task", "runs", deaf_id.trim()]);
+    assert_eq!(
+        runs[0]["error_message"], "timed out after 1s; the handler stopped",
+        "{runs}"
+    );
+    assert_eq!(runs[0]["output_log"], "before the stop\n", "{runs}");
 }
 
 /// What a command writes to `HIVE_PROGRESS` reaches its run while it runs; its last line,

@@ -264,7 +264,8 @@ enum Ended<T> {
 
 /// A started run's registrations, ended when its call ends, also when the call is dropped
 /// half-way (a worker stopping at once aborts its running handlers): its stop signal is
-/// forgotten and its progress writer stopped, which otherwise would wait for good.
+/// forgotten and its progress writer stopped, which otherwise would wait for good (after
+/// writing the last report, unless the call was dropped).
 struct RunEnd {
     stops: Stops,
     run: RunId,
@@ -273,11 +274,12 @@ struct RunEnd {
 }
 
 impl RunEnd {
-    /// Ends them now; returns why the run is to be given back, if the worker stopped it
-    /// for that.
-    fn end(mut self) -> Option<String> {
+    /// Ends them now, the last progress report written before the run's outcome (which
+    /// would make it stale); returns why the run is to be given back, if the worker stopped
+    /// it for that.
+    async fn end(mut self) -> Option<String> {
         self.ended = true;
-        self.progress.close();
+        self.progress.close().await;
         self.stops.remove(self.run)
     }
 }
@@ -285,7 +287,7 @@ impl RunEnd {
 impl Drop for RunEnd {
     fn drop(&mut self) {
         if !self.ended {
-            self.progress.close();
+            self.progress.abort();
             self.stops.remove(self.run);
         }
     }
@@ -410,7 +412,7 @@ pub(super) async fn run_one(
         }
     };
     gate.pace.record(began.elapsed());
-    let given_back = run_end.end();
+    let given_back = run_end.end().await;
     // A stopped handler is dropped here if it did not return (a `shell` command's process
     // group dies with it).
     let finished = match ended {

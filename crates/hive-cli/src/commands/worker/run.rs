@@ -1,6 +1,7 @@
 //! `hive worker run`: the built-in worker (`shell`, `noop` and `sleep` tasks). It logs a
 //! start line and one line per failed run, and with `--exec-log` records every handler
-//! start in a file; Ctrl-C or SIGTERM stops it gracefully, a second one at once.
+//! start in a file; Ctrl-C, SIGTERM or SIGHUP (its SSH session closed) stops it gracefully,
+//! a second Ctrl-C or SIGTERM at once.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use clap::Args;
 use hive_client::{TaskContext, TaskError, TaskOutput, WorkerBuilder};
 
 use crate::signals::Interrupts;
-use crate::{Context, builtin, logging, output, process_group, shell};
+use crate::{Context, builtin, logging, output, pipes, process_group, shell};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -89,7 +90,8 @@ pub struct Intervals {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     task_timeout: Option<Duration>,
     /// After a run's timeout or its task's cancel, how long its command has to stop after
-    /// SIGTERM before it is killed (SIGKILL), and a handler to return (default 5).
+    /// SIGTERM before it is killed (SIGKILL) (default 5); the worker waits for its handler
+    /// 3 s longer, to keep what the command printed.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout_grace: Option<Duration>,
 }
@@ -118,7 +120,7 @@ impl Intervals {
         if let Some(limit) = self.task_timeout {
             worker = worker.task_timeout(limit);
         }
-        worker.timeout_grace(self.timeout_grace())
+        worker.timeout_grace(handler_grace(self.timeout_grace()))
     }
 
     fn timeout_grace(&self) -> Duration {
@@ -126,9 +128,23 @@ impl Intervals {
     }
 }
 
-/// The grace a command told to stop has between SIGTERM and SIGKILL, and the runtime's
-/// for a handler to return, unless `--timeout-grace` says otherwise.
+/// The grace a command told to stop has between SIGTERM and SIGKILL, unless
+/// `--timeout-grace` says otherwise.
 const DEFAULT_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// What a handler told to stop may take beyond its command's kill and the pipes' last read:
+/// returning the run's log.
+const HANDLER_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long the runtime waits for a handler told to stop before it drops it: the command's
+/// grace before SIGKILL, the pipes' read after it ([`pipes::PIPES_GRACE`]) and a margin. With
+/// only the command's grace, a command that ignores SIGTERM would be dropped with its
+/// handler just as it is killed, and its run would lose what the command printed.
+fn handler_grace(stop_grace: Duration) -> Duration {
+    stop_grace
+        .saturating_add(pipes::PIPES_GRACE)
+        .saturating_add(HANDLER_MARGIN)
+}
 
 /// The worker runtime's default grace, for the start line when none is given.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -180,7 +196,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let exec_log = a.exec_log.as_deref().map(ExecLog::open).transpose()?;
     let id = a.id.unwrap_or_else(|| default_id(&a.role));
-    // From here on Ctrl-C and SIGTERM are this command's to handle.
+    // From here on Ctrl-C, SIGTERM and SIGHUP are this command's to handle.
     let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
     let Some(client) = ctx.client_when_up(&mut interrupts).await? else {
@@ -354,11 +370,11 @@ impl Left {
 /// not keep it.
 const AT_ONCE_WAIT: Duration = Duration::from_secs(3);
 
-/// The first Ctrl-C or SIGTERM stops the worker gracefully (no new claims; running tasks get
-/// the grace, then are given back); the second kills every running command and stops the
-/// worker at once, giving their tasks back to the queue; a third, or [`AT_ONCE_WAIT`]
-/// without the database answering, exits without waiting, leaving the tasks to come back
-/// when their leases expire.
+/// The first Ctrl-C, SIGTERM or SIGHUP stops the worker gracefully (no new claims; running
+/// tasks get the grace, then are given back); the second Ctrl-C or SIGTERM kills every
+/// running command and stops the worker at once, giving their tasks back to the queue; a
+/// third, or [`AT_ONCE_WAIT`] without the database answering, exits without waiting,
+/// leaving the tasks to come back when their leases expire.
 async fn stop_on_interrupts(
     mut interrupts: Interrupts,
     worker: hive_client::ShutdownHandle,
@@ -483,6 +499,15 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_handler_outlasts_its_commands_kill_and_last_read() {
+        let s = Duration::from_secs;
+        assert_eq!(super::handler_grace(s(5)), s(8));
+        assert_eq!(super::handler_grace(Duration::MAX), Duration::MAX);
+    }
+
     #[test]
     fn default_ids_say_where_and_differ_between_processes_that_share_host_and_pid() {
         let ids: Vec<String> = (0..3).map(|_| super::default_id("etl")).collect();
