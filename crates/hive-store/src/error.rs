@@ -31,6 +31,10 @@ pub enum Error {
     /// unknown database, a database that is not Hive's.
     #[error("cannot use the database at {target}: {reason}")]
     Misconfigured { target: String, reason: String },
+    /// The store was closed ([`crate::Store::close`]) and takes no more calls: the
+    /// process is shutting down, so no retry can succeed.
+    #[error("the store for {target} is closed")]
+    Closed { target: String },
     /// A URL this build cannot open.
     #[error("unsupported database url `{0}`: expected memory:, sqlite:PATH or postgres://…")]
     UnsupportedUrl(String),
@@ -72,7 +76,10 @@ impl Error {
     pub fn is_about_the_database(&self) -> bool {
         matches!(
             self,
-            Error::Misconfigured { .. } | Error::UnsupportedUrl(_) | Error::Migration(_)
+            Error::Misconfigured { .. }
+                | Error::UnsupportedUrl(_)
+                | Error::Migration(_)
+                | Error::Closed { .. }
         )
     }
 }

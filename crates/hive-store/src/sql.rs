@@ -42,12 +42,14 @@ pub(crate) fn map_driver(
 ) -> Error {
     use sqlx::Error as E;
     match e {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-            Error::Unavailable {
-                target: target.to_owned(),
-                reason: e.to_string(),
-            }
-        }
+        // Closed by this process (shutting down): retrying would spin until it exits.
+        E::PoolClosed => Error::Closed {
+            target: target.to_owned(),
+        },
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::WorkerCrashed => Error::Unavailable {
+            target: target.to_owned(),
+            reason: e.to_string(),
+        },
         E::Database(db) => database(db),
         E::ColumnDecode { .. }
         | E::Decode(_)

@@ -496,7 +496,14 @@ async fn close_leaves_the_file_whole() {
         !dir.path().join("hive.db-shm").exists(),
         "nor is shared memory left"
     );
-    assert!(s.list_tasks(&TaskFilter::default()).await.is_err());
+    // Said so, and not as a blip to retry: a retry loop would spin until the exit.
+    for e in [
+        s.list_tasks(&TaskFilter::default()).await.unwrap_err(),
+        s.insert_tasks(tasks("late", "x", 1)).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+        assert!(!e.is_transient() && e.is_about_the_database(), "{e}");
+    }
     // The file alone holds the task: opened read-only and immutable, as a reader without
     // write access to the directory opens it.
     let only = format!(

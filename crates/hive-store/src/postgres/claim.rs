@@ -1,6 +1,7 @@
 //! Claims on Postgres: one statement that locks ready tasks (`FOR UPDATE SKIP LOCKED`),
-//! opens their runs, starts their plans and announces it all; flow-controlled tasks first,
-//! admitted under their scopes' locks ([`super::flow`]).
+//! opens their runs, starts their plans and announces it all; flow-controlled tasks
+//! admitted under their scopes' locks ([`super::flow`]) among the plain queue's heads in
+//! queue order, claimed first, then the plain ones.
 
 use std::collections::HashSet;
 
@@ -220,7 +221,9 @@ impl PostgresStore {
             // claim that follows.
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let mut admitted = Vec::new();
-            let out = self.claim_admitted(&mut tx, p, probe, &mut admitted).await;
+            let out = self
+                .claim_admitted(&mut tx, p, probe, &[], &mut admitted)
+                .await;
             claims = end(tx, out).await?;
             notes.append(&mut admitted);
         }
@@ -280,7 +283,7 @@ impl PostgresStore {
         notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
         let mut claims = match probe {
-            Some(probe) => self.claim_admitted(conn, p, probe, notes).await?,
+            Some(probe) => self.claim_admitted(conn, p, probe, deferred, notes).await?,
             None => Vec::new(),
         };
         let mut left = p.limit.saturating_sub(claims.len() as u32);
@@ -298,15 +301,17 @@ impl PostgresStore {
         Ok(claims)
     }
 
-    /// Admits flow-controlled tasks under their scopes' locks and claims them.
+    /// Admits flow-controlled tasks under their scopes' locks, those ahead of the plain
+    /// queue and the finish's `deferred` dependents, and claims them.
     async fn claim_admitted(
         &self,
         conn: &mut PgConnection,
         p: &ClaimParams,
         probe: flow::Probe,
+        deferred: &[Uuid],
         notes: &mut Vec<String>,
     ) -> R<Vec<Claim>> {
-        let admitted = flow::admit(conn, p, probe).await?;
+        let admitted = flow::admit(conn, p, probe, deferred).await?;
         if admitted.ids.is_empty() {
             return Ok(Vec::new());
         }

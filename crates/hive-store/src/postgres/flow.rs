@@ -3,8 +3,10 @@
 //! Claimers of one scope take turns on a transaction-scoped advisory lock per scope
 //! (limited types first, then keys, each in hash order, so two claimers never wait on each
 //! other in a cycle), and read the scope's use only once they hold it: what they read
-//! stays true until they commit, since only claims add to it. Tasks no rule concerns never
-//! come here; their claim skips flow-controlled tasks.
+//! stays true until they commit, since only claims add to it. Tasks no rule concerns are
+//! only read here as the plain queue's heads, which the admitted tasks are merged with in
+//! queue order; their own claim skips flow-controlled tasks. Rule edits take turns on the
+//! same locks (a claim admits with the rules it read before taking them).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -75,8 +77,8 @@ impl PostgresStore {
         end(tx, out).await
     }
 
-    /// Applies `edit` under the scope's advisory lock (the one claims admit under), so two
-    /// edits of one scope, rule or no rule yet, take turns.
+    /// Applies `edit` under the scope's advisory lock, so two edits of one scope, rule or
+    /// no rule yet, take turns.
     pub(super) async fn edit_flow_rule_once(
         &self,
         scope: &Scope,
@@ -288,15 +290,23 @@ const CANDIDATES: &str = concat!(
     " ORDER BY t.priority DESC, t.seq LIMIT $3)"
 );
 
-/// The heads of the plain queue (ready tasks of the types asked for, `$1`, that no rule
-/// concerns), as priority and seq: what the admitted tasks are merged with in queue order.
-/// Not locked: a head another claim holds only makes this one admit fewer.
+/// The heads of the plain queue, as priority and seq: the ready tasks of the types asked
+/// for (`$1`) that no rule concerns and no other claim holds, and the dependents the finish
+/// before this claim freed (`$3`, locked by it, not yet counted down). What the admitted
+/// tasks are merged with in queue order; the ones another claim holds are skipped, as this
+/// claim's plain part will skip them.
 const PLAIN_HEADS: &str = concat!(
-    "SELECT t.priority, t.seq FROM tasks t WHERE ",
+    "WITH ready AS ( \
+         SELECT t.priority, t.seq FROM tasks t WHERE ",
     ready!(),
     " AND t.concurrency_key IS NULL \
-     AND NOT EXISTS (SELECT 1 FROM flow_rules f WHERE f.kind = 'type' AND f.name = t.task_type) \
-     ORDER BY t.priority DESC, t.seq LIMIT $2"
+           AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+               WHERE f.kind = 'type' AND f.name = t.task_type) \
+         ORDER BY t.priority DESC, t.seq LIMIT $2 FOR UPDATE OF t SKIP LOCKED) \
+     SELECT priority, seq FROM ( \
+         SELECT priority, seq FROM ready \
+         UNION ALL SELECT priority, seq FROM tasks WHERE id = ANY($3::uuid[]) \
+     ) h ORDER BY priority DESC, seq LIMIT $2"
 );
 
 /// Admitted flow-controlled tasks, ready to claim; their starts are recorded with
@@ -308,7 +318,14 @@ pub(super) struct Admitted {
 }
 
 /// Locks the scopes involved, reads their use and admits candidates in queue order.
-pub(super) async fn admit(conn: &mut PgConnection, p: &ClaimParams, probe: Probe) -> R<Admitted> {
+/// `deferred`: the dependents the finish before the claim freed, which compete with the
+/// plain queue ([`PLAIN_HEADS`]).
+pub(super) async fn admit(
+    conn: &mut PgConnection,
+    p: &ClaimParams,
+    probe: Probe,
+    deferred: &[Uuid],
+) -> R<Admitted> {
     let fc = probe.claim;
     let ruled = probe.open_types;
     let ruled_scopes: Vec<Scope> = ruled.iter().cloned().map(Scope::Type).collect();
@@ -353,6 +370,7 @@ pub(super) async fn admit(conn: &mut PgConnection, p: &ClaimParams, probe: Probe
     let plain: Vec<(i32, i64)> = sqlx::query_as(PLAIN_HEADS)
         .bind(&p.task_types)
         .bind(i64::from(p.limit))
+        .bind(deferred)
         .fetch_all(&mut *conn)
         .await?;
     let tasks = fc.admit(candidates, all, p.limit as usize, &plain);

@@ -346,18 +346,22 @@ const MIGRATE_ATTEMPTS: u32 = 20;
 /// collides with one another applied (a column that exists by then, say) rolls it back,
 /// and its next attempt starts after the last one recorded. Every attempt gets further, so
 /// a few, spaced out, outlast a racing process however many migrations it applies; an
-/// error that stays is reported.
+/// error that stays is reported, and one no race causes (a migration changed or missing)
+/// at once.
 async fn migrate(pool: &SqlitePool, migrator: &sqlx::migrate::Migrator) -> Result<()> {
+    use sqlx::migrate::MigrateError;
     let mut attempt = 1;
     loop {
         match migrator.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(e) if attempt >= MIGRATE_ATTEMPTS => return Err(Error::Migration(e.to_string())),
-            Err(e) => {
+            Err(e @ (MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)))
+                if attempt < MIGRATE_ATTEMPTS =>
+            {
                 tracing::debug!(error = %e, attempt, "migrating raced another process; again");
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                 attempt += 1;
             }
+            Err(e) => return Err(Error::Migration(e.to_string())),
         }
     }
 }

@@ -375,6 +375,33 @@ pub async fn a_limited_task_does_not_jump_the_queue(s: S) {
     let mut want = vec![plain[1], keyed_later[0]];
     want.sort();
     assert_eq!(rest, want);
+    // A dependent freed by the finish before the claim competes in queue order too.
+    for c in s.claim_tasks(&claim_params("w", 10)).await.unwrap() {
+        s.finish_runs(&[success(c.run.id)]).await.unwrap();
+    }
+    add(&s, of_type("api", 1)).await;
+    let mut then = node("then", &["first"]);
+    then.priority = 10;
+    let pid = s
+        .insert_plan(plan(vec![node("first", &[]), then]))
+        .await
+        .unwrap();
+    s.materialize_plan(pid).await.unwrap().unwrap();
+    let mut only_plans = claim_params("w", 1);
+    only_plans.task_types = vec!["test".into()];
+    let first = s.claim_tasks(&only_plans).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let (_, next) = s
+        .finish_and_claim(&[success(first[0].run.id)], &claim_params("w", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter()
+            .map(|c| c.task.plan_subtask_id.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("then")],
+        "the freed urgent subtask, not the older api task"
+    );
 }
 
 /// A task moved to `in_progress` by hand (an agent working on it outside any worker) holds
