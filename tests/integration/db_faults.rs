@@ -27,6 +27,8 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     stopping_at_once_during_a_claim_never_answered,
     a_worker_cut_off_longer_than_its_lease_gives_its_runs_back,
     a_database_blip_at_shutdown_still_gives_held_tasks_back,
+    told_to_stop_before_it_runs_with_the_database_gone,
+    a_graceful_stop_with_the_database_gone_ends_and_loses_nothing,
 );
 
 mod sqlite {
@@ -738,4 +740,82 @@ async fn a_database_blip_at_shutdown_still_gives_held_tasks_back(
         assert_eq!((t.status, t.attempts), (TaskStatus::Queued, 0), "{t:?}");
     }
     assert!(operator.get_worker("blip").await.unwrap().is_none());
+}
+
+/// A worker told to stop before it runs, its database gone by then, returns at once with
+/// nothing done, instead of retrying its registration until the database answers.
+async fn told_to_stop_before_it_runs_with_the_database_gone(_: Arc<dyn Store>, url: String) {
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let cut_off = through(&proxied).await;
+    proxy.close();
+    let worker = cut_off.worker("never-ran").handle_signals(false);
+    worker.shutdown_handle().shutdown();
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        worker.run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }),
+    )
+    .await
+    .expect("the worker returned without waiting for the database")
+    .unwrap();
+    assert_eq!(report, WorkerReport::default());
+}
+
+/// A worker stopped gracefully while its database is gone (its handlers' outcomes retrying)
+/// still stops, once the last commits have had their time; their tasks come back with
+/// their leases and another worker finishes every one.
+async fn a_graceful_stop_with_the_database_gone_ends_and_loses_nothing(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let cut_off = through(&proxied).await;
+    let ids: HashSet<_> = operator
+        .create_tasks(tasks("t", "gone", 2))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let calls = Calls::default();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (go, gate) = tokio::sync::watch::channel(false);
+    let worker = cut_off
+        .worker("gone")
+        .task_types(["gone"])
+        .concurrency(2)
+        .lease(Duration::from_secs(2))
+        .handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run({
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            let _ = started_tx.send(());
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|go| *go).await;
+                Ok::<_, TaskError>(())
+            }
+        }
+    }));
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), started.recv())
+            .await
+            .expect("every handler starts");
+    }
+    proxy.close();
+    go.send_replace(true);
+    stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(40), run)
+        .await
+        .expect("the stop ended without the database")
+        .unwrap()
+        .unwrap();
+    finish_the_rest(&operator, &calls).await;
+    for id in &ids {
+        let t = operator.get_task(*id).await.unwrap().unwrap();
+        assert_eq!(t.status, TaskStatus::Completed, "{t:?}");
+    }
 }

@@ -35,6 +35,7 @@ pub struct TaskContext {
     spawned: Arc<Mutex<Vec<SubTask>>>,
     cancel: watch::Receiver<bool>,
     progress: Arc<ProgressCell>,
+    stops: Stops,
 }
 
 impl TaskContext {
@@ -130,6 +131,8 @@ impl TaskContext {
     /// changes nothing; zero is refused.
     pub async fn extend_lease(&self, lease: Duration) -> Result<()> {
         self.client.extend_lease(self.run.id, lease).await?;
+        // Cut off from the store, the worker keeps this run for that long.
+        self.stops.lengthen(self.run.id, lease);
         Ok(())
     }
 }
@@ -362,6 +365,7 @@ pub(super) async fn run_one(
         spawned: Arc::default(),
         cancel,
         progress: Arc::default(),
+        stops: limits.stops.clone(),
     };
     let run_end = RunEnd {
         stops: limits.stops.clone(),

@@ -20,8 +20,8 @@ use super::held::Held;
 use super::pace::Pace;
 use super::report::{Counters, WorkerReport};
 use super::slots::{Running, Slots};
+use crate::Result;
 use crate::backoff::{Backoff, Fatal};
-use crate::{Error, Result};
 
 /// How long the store calls of a shutdown at once may take, all told (see
 /// [`super::ShutdownHandle::shutdown_now`]).
@@ -30,6 +30,9 @@ const AT_ONCE_STORE_WAIT: Duration = Duration::from_secs(2);
 /// How long a graceful shutdown retries its last store calls through transient faults
 /// (see [`Runtime::at_shutdown`]).
 const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(5);
+/// How long a stopping worker waits for the outcomes its handlers returned to commit,
+/// through transient faults, before it gives up on them (their leases bring them back).
+const LAST_COMMITS_FOR: Duration = Duration::from_secs(10);
 
 /// A started worker: its configuration, and the state its loops share.
 pub(super) struct Runtime {
@@ -106,10 +109,16 @@ impl Runtime {
     }
 
     /// Registers, retrying with capped backoff while the store's fault is transient; any
-    /// other error (a read-only or removed database, say) ends the worker at once.
-    async fn register(&mut self) -> Result<()> {
+    /// other error (a read-only or removed database, say) ends the worker at once. False
+    /// when told to stop first (also before the worker started): nothing to run.
+    async fn register(&mut self) -> Result<bool> {
         let mut backoff = Backoff::new("registering");
         loop {
+            // A subscription sees the value it starts with as read: a stop asked for before
+            // `run` wakes no `changed()`, so it is looked at here.
+            if self.stopping() {
+                return Ok(false);
+            }
             self.cfg.health.attempting();
             let registered = self
                 .cfg
@@ -120,12 +129,12 @@ impl Runtime {
                 .health
                 .beat(registered.as_ref().map(|_| ()).map_err(ToString::to_string));
             match registered {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(e) if e.is_transient() => {
                     let delay = backoff.failed(self.id.as_str(), &e);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.changed() => return Err(Error::Ops(e)),
+                        _ = self.stop.changed() => {}
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -137,7 +146,10 @@ impl Runtime {
         let health = self.cfg.health.clone();
         health.starting(self.cfg.heartbeat_every(), self.cfg.lease);
         let _stopped = StoppedOnDrop(health.clone());
-        self.register().await?;
+        if !self.register().await? {
+            tracing::info!(worker = %self.id, "told to stop before it registered");
+            return Ok(self.counters.report());
+        }
         health.phase(WorkerPhase::Running);
         let mut background = JoinSet::new();
         self.spawn_wakeups(&mut background).await;
@@ -271,7 +283,12 @@ impl Runtime {
         let id = self.id.clone();
         let registration = self.registration();
         let health = self.cfg.health.clone();
-        self.spawn_every(set, "heartbeat", self.cfg.heartbeat_every(), move || {
+        let every = self.cfg.heartbeat_every();
+        // A beat that gets no answer (a partition: no error comes until TCP gives up) ends
+        // as a failed one by the next, so the beats go on and the health probe sees a
+        // worker waiting for its database, not a wedged one.
+        let answer_within = every.max(Duration::from_secs(1));
+        self.spawn_every(set, "heartbeat", every, move || {
             let (client, id, registration) = (client.clone(), id.clone(), registration.clone());
             let health = health.clone();
             async move {
@@ -285,8 +302,14 @@ impl Runtime {
                         client.register_worker_with(&registration).await?;
                     }
                     Ok(())
-                }
-                .await;
+                };
+                let beat = match tokio::time::timeout(answer_within, beat).await {
+                    Ok(beat) => beat,
+                    Err(_) => Err(crate::Error::from(hive_store::Error::Unavailable {
+                        target: "the database".into(),
+                        reason: format!("no answer to a heartbeat within {answer_within:?}"),
+                    })),
+                };
                 health.beat(beat.as_ref().map_err(ToString::to_string).copied());
                 beat
             }
@@ -294,7 +317,8 @@ impl Runtime {
     }
 
     /// Once the worker has stored no heartbeat for longer than its lease, other workers may
-    /// be taking its tasks back (their leases lapsed): its handlers are told to stop, and
+    /// be taking its tasks back (their leases lapsed): its handlers are told to stop (each
+    /// once its run's own lease has lapsed, a longer one a handler asked for kept), and
     /// their runs reported as given back, committed once the store answers again (stale if
     /// the task was taken back meanwhile). Fewer handlers then run a task twice.
     fn spawn_give_back_when_cut_off(&self, set: &mut JoinSet<()>) {
@@ -320,7 +344,7 @@ impl Runtime {
                     since.as_secs(),
                     h.lease.as_secs()
                 );
-                let stopped = stops.give_back_all(&reason);
+                let stopped = stops.give_back_lapsed(since, h.lease, &reason);
                 if stopped > 0 {
                     tracing::warn!(worker = %id, handlers = stopped, last_error = ?h.last_error,
                         "no heartbeat stored for longer than the lease: running handlers told \
@@ -430,12 +454,21 @@ impl Runtime {
             }
         }
         // Every outcome sent is committed before the completer exits: nothing finished is
-        // lost. Stopping at once, a store that does not answer gets a bounded wait.
+        // lost, through a blip. A store that does not answer gets a bounded wait, so the
+        // stop ends (its tasks come back with their leases): [`LAST_COMMITS_FOR`], or
+        // [`AT_ONCE_STORE_WAIT`] once told to stop at once.
         drop(done_tx);
         let mut completer = completer;
         let committed = tokio::select! {
             _ = &mut completer => true,
             true = async { at_once.wait_for(Option::is_some).await.is_ok() } => false,
+            () = tokio::time::sleep(LAST_COMMITS_FOR) => {
+                completer.abort();
+                tracing::warn!(worker = %self.id, "outcomes not committed within \
+                    {LAST_COMMITS_FOR:?} of stopping; their tasks run again once their \
+                    leases expire");
+                true
+            }
         };
         if !committed && self.bounded(&mut completer).await.is_none() {
             completer.abort();

@@ -2,6 +2,7 @@
 //! worker gives back because it lost the store for longer than its lease.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hive_models::{IdMap, RunId};
 use tokio::sync::watch;
@@ -15,6 +16,10 @@ struct Running {
     /// Runs told to stop because the worker lost the store, with why: their outcome is a
     /// give-back, not a failure.
     given_back: IdMap<RunId, String>,
+    /// Leases longer than the worker's that handlers asked for
+    /// ([`super::TaskContext::extend_lease`]): such a run stays its worker's for that long
+    /// after the last heartbeat.
+    leases: IdMap<RunId, Duration>,
 }
 
 /// The stop signals of the handlers running in one worker, by run: how a cancellation
@@ -40,7 +45,17 @@ impl Stops {
     pub(super) fn remove(&self, run: RunId) -> Option<String> {
         let mut running = self.running();
         running.stops.remove(&run);
+        running.leases.remove(&run);
         running.given_back.remove(&run)
+    }
+
+    /// `run`'s lease is now at least `lease` (a handler extended it).
+    pub(super) fn lengthen(&self, run: RunId, lease: Duration) {
+        let mut running = self.running();
+        if running.stops.contains_key(&run) {
+            let kept = running.leases.entry(run).or_default();
+            *kept = (*kept).max(lease);
+        }
     }
 
     /// Fires the stop signal of the handler running `run`; whether this call fired it (a
@@ -52,14 +67,26 @@ impl Stops {
             .is_some_and(|s| !s.send_replace(true))
     }
 
-    /// Stops every handler not yet told to stop, its run to be given back for `reason`;
-    /// how many it stopped.
-    pub(super) fn give_back_all(&self, reason: &str) -> usize {
+    /// Stops every handler not yet told to stop whose run's lease (the worker's `lease`, or
+    /// the longer one its handler asked for) is shorter than `silent`, the time since the
+    /// last heartbeat stored: its run may be another worker's by now, and is to be given
+    /// back for `reason`. How many it stopped.
+    pub(super) fn give_back_lapsed(
+        &self,
+        silent: Duration,
+        lease: Duration,
+        reason: &str,
+    ) -> usize {
         let mut running = self.running();
-        let Running { stops, given_back } = &mut *running;
+        let Running {
+            stops,
+            given_back,
+            leases,
+        } = &mut *running;
         let mut stopped = 0;
         for (run, stop) in stops.iter() {
-            if !stop.send_replace(true) {
+            let lease = leases.get(run).map_or(lease, |own| lease.max(*own));
+            if silent > lease && !stop.send_replace(true) {
                 given_back.insert(*run, reason.to_owned());
                 stopped += 1;
             }
@@ -102,11 +129,37 @@ mod tests {
         let (cancelled, _) = running(&stops);
         let (cut_off, cut_off_rx) = running(&stops);
         assert!(stops.stop_run(cancelled));
-        assert_eq!(stops.give_back_all("cut off"), 1);
+        let (lease, silent) = (Duration::from_secs(10), Duration::from_secs(11));
+        assert_eq!(stops.give_back_lapsed(silent, lease, "cut off"), 1);
         assert!(*cut_off_rx.borrow());
-        assert_eq!(stops.give_back_all("again"), 0, "told once");
+        assert_eq!(
+            stops.give_back_lapsed(silent, lease, "again"),
+            0,
+            "told once"
+        );
         assert_eq!(stops.remove(cancelled), None);
         assert_eq!(stops.remove(cut_off).as_deref(), Some("cut off"));
         assert_eq!(stops.remove(cut_off), None);
+    }
+
+    #[test]
+    fn a_run_whose_handler_lengthened_its_lease_is_kept_while_that_lease_holds() {
+        let stops = Stops::default();
+        let (long, long_rx) = running(&stops);
+        let (short, short_rx) = running(&stops);
+        stops.lengthen(long, Duration::from_secs(3 * 3600));
+        let lease = Duration::from_secs(10);
+        assert_eq!(
+            stops.give_back_lapsed(Duration::from_secs(60), lease, "cut off"),
+            1
+        );
+        assert!(*short_rx.borrow() && !*long_rx.borrow());
+        assert_eq!(
+            stops.give_back_lapsed(Duration::from_secs(4 * 3600), lease, "cut off"),
+            1,
+            "past its own lease too"
+        );
+        assert!(*long_rx.borrow());
+        assert_eq!(stops.remove(short).as_deref(), Some("cut off"));
     }
 }
