@@ -442,6 +442,38 @@ fn worker_list_tells_a_silent_worker_from_a_live_one_as_status_does() {
     assert_eq!(alive, [("live", true), ("silent", false)]);
     assert_eq!(db.json(&["status"])["active_workers"], 1);
 
+    // Pruning takes the workers silent for longer than asked, never a live one.
+    let out = db.json(&["worker", "prune", "--silent-for", "2h"]);
+    assert_eq!(
+        out,
+        serde_json::json!({"removed": []}),
+        "silent for an hour only"
+    );
+    let out = db.ok(&["worker", "prune", "--silent-for", "30m"]);
+    assert_eq!(out.trim(), "1 silent worker(s) removed");
+    let (ok, _, stderr) = db.run(&["worker", "prune", "--silent-for", "soon"]);
+    assert!(!ok && stderr.contains("soon"), "{stderr}");
+    let ids: Vec<_> = db
+        .json(&["worker", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["live"]);
+    rt.block_on(async {
+        let client = hive_client::Client::connect(&db.url).await.unwrap();
+        client.register_worker("silent", "r", vec![]).await.unwrap();
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(
+            "UPDATE workers SET last_heartbeat = last_heartbeat - 3600000000 WHERE id = 'silent'",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+    });
+
     // A live worker is not removed by mistake; a silent one is.
     let (ok, _, stderr) = db.run(&["worker", "unregister", "live"]);
     assert!(!ok && stderr.contains("is alive"), "{stderr}");

@@ -107,4 +107,27 @@ impl<S: Store + ?Sized> Ops<S> {
         let id = WorkerId::parse(worker_id)?;
         Ok(self.store.unregister_worker(&id).await?)
     }
+
+    /// Removes the workers silent for longer than `silent_for` (and than the heartbeat
+    /// timeout, so never a live one), by their last heartbeat on the database clock:
+    /// processes that died without unregistering, each leaving a row (a stopped worker
+    /// unregisters itself), offline or not yet marked so. Their runs are released as by
+    /// [`Ops::remove_worker`]. Returns the removed ids. One that beats again after all
+    /// registers anew.
+    pub async fn prune_workers(&self, silent_for: std::time::Duration) -> Result<Vec<WorkerId>> {
+        let now = self.store.now().await?;
+        let silent_for = silent_for.max(self.config.heartbeat_timeout);
+        let before = chrono::Duration::from_std(silent_for)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let mut removed = Vec::new();
+        for w in self.store.list_workers(&WorkerFilter::default()).await? {
+            if w.last_heartbeat < before && self.store.unregister_worker(&w.id).await?.is_some()
+            {
+                removed.push(w.id);
+            }
+        }
+        Ok(removed)
+    }
 }

@@ -64,7 +64,36 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     schedules_catch_up_within_their_bound_and_pause,
     waits_end_when_the_work_finishes_or_time_runs_out,
     json_nested_too_deep_to_read_back_is_never_stored,
+    silent_workers_are_pruned_and_live_ones_kept,
 );
+
+/// `prune_workers` removes the workers silent for longer than asked (and than the
+/// heartbeat timeout), releasing what they held, and keeps those that beat since.
+async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
+    let config = OpsConfig {
+        heartbeat_timeout: Duration::from_millis(200),
+        ..o.config().clone()
+    };
+    let o = Ops::with_config(o.store().clone(), config);
+    for w in ["dead", "alive"] {
+        o.register_worker(w, "r", vec![]).await.unwrap();
+    }
+    o.create_task(NewTask::new("held", "x")).await.unwrap();
+    let held = claim(&o, "dead", Duration::from_secs(3600)).await;
+    assert!(o.prune_workers(Duration::ZERO).await.unwrap().is_empty(), "none silent yet");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    o.update_worker_heartbeat("alive", None).await.unwrap();
+    let pruned = o.prune_workers(Duration::ZERO).await.unwrap();
+    assert_eq!(pruned, [worker("dead")]);
+    assert!(o.get_worker("dead").await.unwrap().is_none());
+    assert!(o.get_worker("alive").await.unwrap().is_some());
+    let t = o.get_task(held.task.id).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::Queued, "its task back in the queue");
+    assert!(
+        o.prune_workers(Duration::from_secs(3600)).await.unwrap().is_empty(),
+        "none silent for an hour"
+    );
+}
 
 /// `[[[…0…]]]`, `levels` arrays deep.
 fn nested(levels: usize) -> serde_json::Value {

@@ -33,6 +33,15 @@ pub enum WorkerCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Remove the workers silent for longer than --silent-for (and than the heartbeat
+    /// timeout, 30 s, so never a live one): processes that died without unregistering.
+    /// The tasks they held go back to the queue.
+    Prune {
+        /// Only workers whose last heartbeat is older than this: 30s, 15m, 12h, 7d, 2w, or
+        /// several added up (1d12h).
+        #[arg(long, value_name = "AGE", value_parser = crate::args::parse_age, default_value = "1d")]
+        silent_for: std::time::Duration,
+    },
 }
 
 /// A worker as listed: its row and whether its heartbeat is fresh.
@@ -67,6 +76,7 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
         WorkerCommand::List { role } => list(ctx, role.as_deref()).await?,
         WorkerCommand::Run(a) => return run::run(ctx, *a).await,
         WorkerCommand::Unregister { id, force } => unregister(ctx, &id, force).await?,
+        WorkerCommand::Prune { silent_for } => prune(ctx, silent_for).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -131,5 +141,15 @@ async fn unregister(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> 
             "worker {worker_id} unregistered; {} task(s) back in the queue",
             requeued.len()
         ),
+    )
+}
+
+async fn prune(ctx: &Context, silent_for: std::time::Duration) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    let removed = client.prune_workers(silent_for).await?;
+    output::report(
+        ctx.json,
+        &serde_json::json!({ "removed": removed }),
+        format_args!("{} silent worker(s) removed", removed.len()),
     )
 }
