@@ -1070,4 +1070,10 @@ fn plan_and_task_wait_end_with_the_work_and_say_how_in_the_exit_status() {
         let (ok, _, stderr) = db.run(args);
         assert!(!ok && stderr.contains(want), "{args:?}: {stderr}");
     }
+    // Not the failed work's 1: a script rerunning failed work must not rerun a typo.
+    let (code, _) = waited(&["task", "wait", "01a20c17-0000-7000-8000-000000000000"]);
+    assert_eq!(code, Some(125));
+    // A time longer than the clock holds is no time limit, not a panic.
+    let (code, _) = waited(&["task", "wait", failed_id, "--timeout", "1e19"]);
+    assert_eq!(code, Some(1));
 }

@@ -58,7 +58,8 @@ impl<S: Store + ?Sized> Ops<S> {
         Fut: std::future::Future<Output = Result<(bool, T)>>,
     {
         let mut events = self.subscribe().await.ok();
-        let deadline = within.map(|d| tokio::time::Instant::now() + d);
+        // A wait longer than the clock can hold is a wait without end, not a panic.
+        let deadline = within.and_then(|d| tokio::time::Instant::now().checked_add(d));
         loop {
             let (finished, record) = read().await?;
             if finished || past(deadline) {

@@ -123,8 +123,7 @@ impl<S: Store + ?Sized> Ops<S> {
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut removed = Vec::new();
         for w in self.store.list_workers(&WorkerFilter::default()).await? {
-            if w.last_heartbeat < before && self.store.unregister_worker(&w.id).await?.is_some()
-            {
+            if w.last_heartbeat < before && self.store.unregister_worker(&w.id).await?.is_some() {
                 removed.push(w.id);
             }
         }

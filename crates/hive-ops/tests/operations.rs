@@ -80,7 +80,10 @@ async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
     }
     o.create_task(NewTask::new("held", "x")).await.unwrap();
     let held = claim(&o, "dead", Duration::from_secs(3600)).await;
-    assert!(o.prune_workers(Duration::ZERO).await.unwrap().is_empty(), "none silent yet");
+    assert!(
+        o.prune_workers(Duration::ZERO).await.unwrap().is_empty(),
+        "none silent yet"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     o.update_worker_heartbeat("alive", None).await.unwrap();
     let pruned = o.prune_workers(Duration::ZERO).await.unwrap();
@@ -90,7 +93,10 @@ async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
     let t = o.get_task(held.task.id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Queued, "its task back in the queue");
     assert!(
-        o.prune_workers(Duration::from_secs(3600)).await.unwrap().is_empty(),
+        o.prune_workers(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty(),
         "none silent for an hour"
     );
 }

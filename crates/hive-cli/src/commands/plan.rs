@@ -44,7 +44,8 @@ pub enum PlanCommand {
         status: Option<String>,
     },
     /// Wait until a plan is finished, then say how it ended: exit 0 if it completed, 1 if
-    /// it failed or was cancelled, 124 if --timeout ran out first.
+    /// it failed or was cancelled, 124 if --timeout ran out first, 125 if it could not wait
+    /// (an unknown id, a database that does not answer).
     Wait(super::wait::WaitArgs),
     /// Cancel a plan and its open subtasks (a failed plan's open subtasks: it stays failed).
     Cancel {
@@ -142,9 +143,13 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                         results.status
                     )
                 };
+                // Escaped as every text a task produced: serde_json leaves bidi overrides
+                // and C1 controls as they are.
+                let pretty = serde_json::to_string_pretty(&results.result)?;
+                let lines: Vec<_> = pretty.lines().map(output::escape_log_line).collect();
                 output::outln!(
                     "\nresult (outputs of the final subtasks{unfinished}):\n{}",
-                    serde_json::to_string_pretty(&results.result)?
+                    lines.join("\n")
                 );
             }
         }
@@ -176,23 +181,26 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PlanCommand::Wait(a) => {
-            let id = plan_id(&a.id)?;
-            let plan = ctx.client().await?.wait_for_plan(id, a.timeout).await?;
-            let finished = plan.status.is_terminal();
-            let how = super::wait::how(plan.status, finished, a.timeout);
-            return super::wait::ended(
-                ctx.json,
-                &serde_json::to_value(&plan)?,
-                finished,
-                plan.status == hive_client::PlanStatus::Completed,
-                format_args!(
-                    "plan {id} {how}: {} of {} subtasks completed, {} failed, {} cancelled",
-                    plan.completed_subtasks,
-                    plan.total_subtasks,
-                    plan.failed_subtasks,
-                    plan.cancelled_subtasks
-                ),
-            );
+            return super::wait::run(ctx.json, async {
+                let id = plan_id(&a.id)?;
+                let plan = ctx.client().await?.wait_for_plan(id, a.timeout).await?;
+                let finished = plan.status.is_terminal();
+                let how = super::wait::how(plan.status, finished, a.timeout);
+                super::wait::ended(
+                    ctx.json,
+                    &serde_json::to_value(&plan)?,
+                    finished,
+                    plan.status == hive_client::PlanStatus::Completed,
+                    format_args!(
+                        "plan {id} {how}: {} of {} subtasks completed, {} failed, {} cancelled",
+                        plan.completed_subtasks,
+                        plan.total_subtasks,
+                        plan.failed_subtasks,
+                        plan.cancelled_subtasks
+                    ),
+                )
+            })
+            .await;
         }
         PlanCommand::Cancel { id } => {
             let id = plan_id(&id)?;

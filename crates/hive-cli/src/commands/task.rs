@@ -42,7 +42,8 @@ pub enum TaskCommand {
         reason: Option<String>,
     },
     /// Wait until a task is finished (through its retries), then say how it ended: exit 0
-    /// if it completed, 1 if it failed or was cancelled, 124 if --timeout ran out first.
+    /// if it completed, 1 if it failed or was cancelled, 124 if --timeout ran out first, 125
+    /// if it could not wait (an unknown id, a database that does not answer).
     Wait(super::wait::WaitArgs),
     /// Delete a task and its runs.
     Delete {
@@ -116,27 +117,30 @@ pub async fn run(ctx: &Context, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             )?;
         }
         TaskCommand::Wait(a) => {
-            let id = task_id(&a.id)?;
-            let task = ctx.client().await?.wait_for_task(id, a.timeout).await?;
-            let finished = task.is_terminal();
-            let how = super::wait::how(task.status, finished, a.timeout);
-            let error = task
-                .last_error
-                .as_deref()
-                .filter(|_| finished && task.status != TaskStatus::Completed)
-                .map(|e| format!(": {}", output::escape(&output::error_cell(Some(e), 200))))
-                .unwrap_or_default();
-            return super::wait::ended(
-                ctx.json,
-                &serde_json::to_value(&task)?,
-                finished,
-                task.status == TaskStatus::Completed,
-                format_args!(
-                    "task {id} {how} after {} attempt{}{error}",
-                    task.attempts,
-                    if task.attempts == 1 { "" } else { "s" }
-                ),
-            );
+            return super::wait::run(ctx.json, async {
+                let id = task_id(&a.id)?;
+                let task = ctx.client().await?.wait_for_task(id, a.timeout).await?;
+                let finished = task.is_terminal();
+                let how = super::wait::how(task.status, finished, a.timeout);
+                let error = task
+                    .last_error
+                    .as_deref()
+                    .filter(|_| finished && task.status != TaskStatus::Completed)
+                    .map(|e| format!(": {}", output::escape(&output::error_cell(Some(e), 200))))
+                    .unwrap_or_default();
+                super::wait::ended(
+                    ctx.json,
+                    &serde_json::to_value(&task)?,
+                    finished,
+                    task.status == TaskStatus::Completed,
+                    format_args!(
+                        "task {id} {how} after {} attempt{}{error}",
+                        task.attempts,
+                        if task.attempts == 1 { "" } else { "s" }
+                    ),
+                )
+            })
+            .await;
         }
         TaskCommand::Delete { id } => {
             let id = task_id(&id)?;

@@ -11,6 +11,26 @@ use crate::output;
 /// The exit status of a wait that ran out of time, as `timeout(1)` has it.
 pub const TIMED_OUT: u8 = 124;
 
+/// The exit status of a wait that could not wait (an unknown id, a database that does not
+/// answer), as `timeout(1)` keeps 125 for its own failures: a script that reruns failed
+/// work on 1 must not rerun it on a typo.
+pub const COULD_NOT_WAIT: u8 = 125;
+
+/// Runs a wait, its own failure said as every command's (one line) but exiting
+/// [`COULD_NOT_WAIT`].
+pub async fn run(
+    as_json: bool,
+    wait: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    match wait.await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            output::error(as_json, &format!("{e:#}").replace('\n', " "));
+            Ok(ExitCode::from(COULD_NOT_WAIT))
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct WaitArgs {
     /// The id.

@@ -19,7 +19,8 @@ pub struct ListArgs {
     /// Only the tasks of this plan (its id).
     #[arg(long, value_name = "PLAN_ID")]
     plan: Option<String>,
-    /// Only tasks a worker could claim now: queued, dependencies completed, run_at reached.
+    /// Only tasks ready to claim: queued, dependencies completed, run_at reached (a paused
+    /// queue or a full limit may still hold them: `hive queue list`).
     #[arg(long)]
     ready: bool,
     /// Show at most this many (stderr says when more match).
