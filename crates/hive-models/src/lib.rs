@@ -15,6 +15,7 @@ mod retry;
 mod run;
 mod schedule;
 mod status;
+mod storable;
 mod task;
 mod worker;
 
