@@ -326,11 +326,16 @@ fn output(
         None if cut => (&*text, ""),
         _ => ("", &*text),
     };
-    let last_json = trailing_value(whole).or_else(|| last_json_line(whole));
-    if last_json.is_none() && cut_line.trim_end().ends_with(['}', ']']) {
+    let trailing = trailing_value(whole);
+    // Stdout cut, ending like a value spread over lines whose start was not kept: any line
+    // of it read alone would be a piece of it, and the whole is over the output limit.
+    let cut_value = cut && trailing.is_none() && ends_like_a_value(whole);
+    let last_json = trailing.or_else(|| last_json_line(whole).filter(|_| !cut_value));
+    if cut_value || (last_json.is_none() && cut_line.trim_end().ends_with(['}', ']'])) {
         return Err(format!(
-            "the last line the command printed is longer than the {} MiB read for an output \
-             (outputs are limited to {} MiB): print a smaller one",
+            "the output the command printed last (a line, or a value spread over lines) is \
+             longer than the {} MiB read for an output (outputs are limited to {} MiB): \
+             print a smaller one",
             OUTPUT_TAIL_BYTES / (1024 * 1024),
             hive_client::models::DEFAULT_MAX_PAYLOAD_BYTES / (1024 * 1024)
         ));
@@ -344,8 +349,7 @@ fn output(
 /// starts like the end of one (`}` or `]`): the value must start a line of its own (after
 /// spaces) and run to the end of `text`.
 fn trailing_value(text: &str) -> Option<serde_json::Value> {
-    let last = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-    if !last.starts_with(['}', ']']) {
+    if !ends_like_a_value(text) {
         return None;
     }
     // The only start such a value can have is the bracket matching the last one: found in
@@ -357,6 +361,15 @@ fn trailing_value(text: &str) -> Option<serde_json::Value> {
         return None;
     }
     serde_json::from_str(&text[start..]).ok()
+}
+
+/// Whether the last line of `text` that is not blank starts like the end of a value spread
+/// over lines (`}` or `]`).
+fn ends_like_a_value(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .is_some_and(|last| last.starts_with(['}', ']']))
 }
 
 /// Where the bracket that matches the last one in `bytes` is, counting brackets backwards
@@ -526,11 +539,10 @@ mod tests {
             Some(json!(["a]\\", "[\"}", {}])),
             "brackets and escaped quotes in strings"
         );
-        // Cut after its first line: its start was not kept, and no part of it is read whole.
-        assert_eq!(
-            output(&file, (b"xxxx\n  \"b\"\n]\n", true)).unwrap(),
-            Some(json!("b"))
-        );
+        // Cut after its first line: its start was not kept, so it is refused as too long,
+        // not read a piece at a time.
+        let refused = output(&file, (b"xxxx\n  \"b\"\n]\n", true)).unwrap_err();
+        assert!(refused.contains("longer than"), "{refused}");
     }
 
     /// Without a multi-line value at the very end, the last line that is JSON on its own is

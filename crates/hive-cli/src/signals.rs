@@ -8,7 +8,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub struct Interrupts {
     int: Signal,
     term: Signal,
-    hup: Signal,
+    /// `None` when the process was started ignoring hangups (`nohup`): it keeps doing so.
+    hup: Option<Signal>,
     /// A stop was asked for already.
     asked: bool,
 }
@@ -17,12 +18,18 @@ impl Interrupts {
     /// Takes over Ctrl-C, SIGTERM and SIGHUP: from now on they no longer end the process
     /// by themselves, they wake [`Interrupts::next`]. SIGHUP is what a process started from
     /// an SSH session gets when the session closes: it stops gracefully, as on SIGTERM,
-    /// instead of dying with its commands still running.
+    /// instead of dying with its commands still running. Started with hangups ignored
+    /// (`nohup hive worker run &`), it leaves them ignored: taking SIGHUP over would undo
+    /// what `nohup` asked for, and stop the worker when the session closes.
     pub fn install() -> std::io::Result<Self> {
         Ok(Interrupts {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
+            hup: if hangup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup())?)
+            },
             asked: false,
         })
     }
@@ -36,13 +43,38 @@ impl Interrupts {
             tokio::select! {
                 _ = self.int.recv() => break,
                 _ = self.term.recv() => break,
-                _ = self.hup.recv() => if !self.asked {
+                _ = hangup(&mut self.hup) => if !self.asked {
                     break;
                 },
             }
         }
         self.asked = true;
     }
+}
+
+/// The next hangup, or never when they are left ignored.
+async fn hangup(hup: &mut Option<Signal>) {
+    match hup {
+        Some(h) => {
+            h.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether this process ignores SIGHUP, as `nohup` makes it: the `SigIgn` mask of
+/// `/proc/self/status` (SIGHUP is signal 1, its lowest bit), read without the `sigaction`
+/// call Rust code cannot make safely. Not ignored when the file cannot be read.
+fn hangup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & 1 != 0)
 }
 
 #[cfg(test)]

@@ -791,7 +791,7 @@ fn shell_outputs_after_long_logs_and_over_the_limit() {
     assert_eq!(task["status"], "failed", "{task}");
     let error = task["last_error"].as_str().unwrap();
     assert!(
-        error.contains("the last line the command printed is longer than the 2 MiB"),
+        error.contains("is longer than the 2 MiB read for an output"),
         "{error}"
     );
 }

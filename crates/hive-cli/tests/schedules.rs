@@ -232,6 +232,58 @@ async fn stops_at_a_signal_with_its_report(args: &[&str]) {
     assert!(status.success(), "{status}");
 }
 
+/// A hangup stops a scheduler gracefully, unless it was started under `nohup`, which it
+/// then honours: logging out of the session that started it leaves it running.
+#[tokio::test]
+async fn a_hangup_stops_a_scheduler_unless_started_under_nohup() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hive.db").display());
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["--database-url", url.as_str(), "migrate"])
+        .status()
+        .unwrap();
+    assert!(migrated.success());
+    let args = ["--database-url", url.as_str(), "schedule", "run"];
+    let hangup = |child: &tokio::process::Child| {
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+    };
+    let mut plain = scheduler(&args);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hangup(&plain);
+    let status = tokio::time::timeout(Duration::from_secs(30), plain.wait())
+        .await
+        .expect("a hangup stops it")
+        .unwrap();
+    assert!(status.success(), "gracefully: {status}");
+
+    let mut under_nohup = tokio::process::Command::new("nohup")
+        .arg(env!("CARGO_BIN_EXE_hive"))
+        .args(args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hangup(&under_nohup);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        under_nohup.try_wait().unwrap().is_none(),
+        "still running after the hangup nohup ignores"
+    );
+    terminate(&under_nohup);
+    let status = tokio::time::timeout(Duration::from_secs(30), under_nohup.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// `hive` with `args`, its report read from a pipe.
 fn scheduler(args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))

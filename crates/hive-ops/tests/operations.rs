@@ -79,12 +79,18 @@ async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
         o.register_worker(w, "r", vec![]).await.unwrap();
     }
     o.create_task(NewTask::new("held", "x")).await.unwrap();
-    let held = claim(&o, "dead", Duration::from_secs(3600)).await;
+    let held = claim(&o, "dead", Duration::from_millis(400)).await;
     assert!(
         o.prune_workers(Duration::ZERO).await.unwrap().is_empty(),
         "none silent yet"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
+    o.update_worker_heartbeat("alive", None).await.unwrap();
+    assert!(
+        o.prune_workers(Duration::ZERO).await.unwrap().is_empty(),
+        "silent, but its run's lease holds: maybe cut off, not dead"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     o.update_worker_heartbeat("alive", None).await.unwrap();
     let pruned = o.prune_workers(Duration::ZERO).await.unwrap();
     assert_eq!(pruned, [worker("dead")]);

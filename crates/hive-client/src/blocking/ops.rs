@@ -78,6 +78,7 @@ blocking! {
         fn get_worker(worker_id: &str) -> Option<Worker>;
         fn unregister_worker(worker_id: &str) -> bool;
         fn remove_worker(worker_id: &str) -> Option<Vec<TaskId>>;
+        fn prune_workers(silent_for: Duration) -> Vec<WorkerId>;
         fn add_schedule(new: hive_models::NewSchedule) -> hive_models::Schedule;
         fn put_schedule(new: hive_models::NewSchedule) -> (hive_models::Schedule, hive_ops::SchedulePut);
         fn trigger_schedule(name: &str, key: Option<&str>) -> hive_ops::Triggered;

@@ -281,8 +281,10 @@ impl RunEnd {
     /// would make it stale); returns why the run is to be given back, if the worker stopped
     /// it for that.
     async fn end(mut self) -> Option<String> {
-        self.ended = true;
+        // Marked ended only once the wait is over: dropped during it (the worker stopping
+        // at once), `Drop` still forgets the run's stop signal and stops the writer.
         self.progress.close().await;
+        self.ended = true;
         self.stops.remove(self.run)
     }
 }

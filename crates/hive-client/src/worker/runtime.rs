@@ -285,9 +285,16 @@ impl Runtime {
         let health = self.cfg.health.clone();
         let every = self.cfg.heartbeat_every();
         // A beat that gets no answer (a partition: no error comes until TCP gives up) ends
-        // as a failed one by the next, so the beats go on and the health probe sees a
-        // worker waiting for its database, not a wedged one.
-        let answer_within = every.max(Duration::from_secs(1));
+        // as a failed one, so the beats go on and the health probe sees a worker waiting
+        // for its database, not a wedged one.
+        // Given what is left of the lease after one beat's wait: a slow beat that still
+        // lands within the lease (a busy database) counts.
+        let answer_within = self
+            .cfg
+            .lease
+            .saturating_sub(every)
+            .max(every)
+            .max(Duration::from_secs(1));
         self.spawn_every(set, "heartbeat", every, move || {
             let (client, id, registration) = (client.clone(), id.clone(), registration.clone());
             let health = health.clone();
