@@ -290,11 +290,13 @@ const CANDIDATES: &str = concat!(
     " ORDER BY t.priority DESC, t.seq LIMIT $3)"
 );
 
-/// The heads of the plain queue, as priority and seq: the ready tasks of the types asked
-/// for (`$1`) that no rule concerns and no other claim holds, and the dependents the finish
-/// before this claim freed (`$3`, locked by it, not yet counted down). What the admitted
-/// tasks are merged with in queue order; the ones another claim holds are skipped, as this
-/// claim's plain part will skip them.
+/// The first `$2` heads of the plain queue, as priority and seq: the ready tasks of the
+/// types asked for (`$1`) that no rule concerns and no other claim holds, and the
+/// dependents the finish before this claim freed (`$3`, locked by it, not yet counted
+/// down). What the admitted tasks are merged with in queue order; the ones another claim
+/// holds are skipped, as this claim's plain part will skip them. Read in index order up to
+/// the limit (a filter on "ahead of the admitted" would walk the whole ready index when few
+/// are), and only by a claim that admitted something.
 const PLAIN_HEADS: &str = concat!(
     "WITH ready AS ( \
          SELECT t.priority, t.seq FROM tasks t WHERE ",
@@ -367,13 +369,21 @@ pub(super) async fn admit(
     lock(conn, &keys).await?;
     let mut all = type_usage;
     all.extend(usage(conn, &fc, &keys).await?);
-    let plain: Vec<(i32, i64)> = sqlx::query_as(PLAIN_HEADS)
-        .bind(&p.task_types)
-        .bind(i64::from(p.limit))
-        .bind(deferred)
-        .fetch_all(&mut *conn)
-        .await?;
-    let tasks = fc.admit(candidates, all, p.limit as usize, &plain);
+    // Plain heads are read only when something is admitted: a claim with no room reads
+    // none, and the merge only drops admitted tasks from the back.
+    let limit = p.limit as usize;
+    let mut tasks = fc.admit(candidates.clone(), all.clone(), limit, &[]);
+    if !tasks.is_empty() {
+        let plain: Vec<(i32, i64)> = sqlx::query_as(PLAIN_HEADS)
+            .bind(&p.task_types)
+            .bind(i64::from(p.limit))
+            .bind(deferred)
+            .fetch_all(&mut *conn)
+            .await?;
+        if !plain.is_empty() {
+            tasks = fc.admit(candidates, all, limit, &plain);
+        }
+    }
     Ok(Admitted {
         ids: tasks.iter().map(|c| c.id.0).collect(),
         claim: fc,
