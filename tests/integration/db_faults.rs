@@ -480,6 +480,26 @@ async fn through(proxied: &str) -> Client {
 /// outcomes retrying) stops without waiting for the database; its tasks come back with
 /// their leases, and another worker finishes every one.
 async fn stopping_at_once_with_the_database_gone_loses_nothing(store: Arc<dyn Store>, url: String) {
+    stopping_with_the_database_gone_loses_nothing(store, url, true).await;
+}
+
+/// A worker stopped gracefully while its database is gone (its handlers' outcomes retrying)
+/// still stops, once the last commits have had their time; their tasks come back with
+/// their leases and another worker finishes every one.
+async fn a_graceful_stop_with_the_database_gone_ends_and_loses_nothing(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    stopping_with_the_database_gone_loses_nothing(store, url, false).await;
+}
+
+/// A worker whose handlers returned after its database went away, stopped at once or
+/// gracefully: it stops, and another worker finishes every task.
+async fn stopping_with_the_database_gone_loses_nothing(
+    store: Arc<dyn Store>,
+    url: String,
+    at_once: bool,
+) {
     let operator = Client::from_store(store, OpsConfig::default());
     let (mut proxy, proxied) = Proxy::for_url(&url).await;
     proxy.listen().await;
@@ -521,8 +541,12 @@ async fn stopping_at_once_with_the_database_gone_loses_nothing(store: Arc<dyn St
     // The handlers return; their outcomes' commit fails and is retried.
     go.send_replace(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.shutdown_now();
-    tokio::time::timeout(Duration::from_secs(30), run)
+    if at_once {
+        stop.shutdown_now();
+    } else {
+        stop.shutdown();
+    }
+    tokio::time::timeout(Duration::from_secs(40), run)
         .await
         .expect("the worker stopped without waiting for the database")
         .unwrap()
@@ -759,63 +783,4 @@ async fn told_to_stop_before_it_runs_with_the_database_gone(_: Arc<dyn Store>, u
     .expect("the worker returned without waiting for the database")
     .unwrap();
     assert_eq!(report, WorkerReport::default());
-}
-
-/// A worker stopped gracefully while its database is gone (its handlers' outcomes retrying)
-/// still stops, once the last commits have had their time; their tasks come back with
-/// their leases and another worker finishes every one.
-async fn a_graceful_stop_with_the_database_gone_ends_and_loses_nothing(
-    store: Arc<dyn Store>,
-    url: String,
-) {
-    let operator = Client::from_store(store, OpsConfig::default());
-    let (mut proxy, proxied) = Proxy::for_url(&url).await;
-    proxy.listen().await;
-    let cut_off = through(&proxied).await;
-    let ids: HashSet<_> = operator
-        .create_tasks(tasks("t", "gone", 2))
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let calls = Calls::default();
-    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
-    let (go, gate) = tokio::sync::watch::channel(false);
-    let worker = cut_off
-        .worker("gone")
-        .task_types(["gone"])
-        .concurrency(2)
-        .lease(Duration::from_secs(2))
-        .handle_signals(false);
-    let stop = worker.shutdown_handle();
-    let run = tokio::spawn(worker.run({
-        let calls = calls.clone();
-        move |ctx: TaskContext| {
-            calls.record(&ctx);
-            let _ = started_tx.send(());
-            let mut gate = gate.clone();
-            async move {
-                let _ = gate.wait_for(|go| *go).await;
-                Ok::<_, TaskError>(())
-            }
-        }
-    }));
-    for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(30), started.recv())
-            .await
-            .expect("every handler starts");
-    }
-    proxy.close();
-    go.send_replace(true);
-    stop.shutdown();
-    tokio::time::timeout(Duration::from_secs(40), run)
-        .await
-        .expect("the stop ended without the database")
-        .unwrap()
-        .unwrap();
-    finish_the_rest(&operator, &calls).await;
-    for id in &ids {
-        let t = operator.get_task(*id).await.unwrap().unwrap();
-        assert_eq!(t.status, TaskStatus::Completed, "{t:?}");
-    }
 }

@@ -407,21 +407,26 @@ fn worker_list_tells_a_silent_worker_from_a_live_one_as_status_does() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let client = hive_client::Client::connect(&db.url).await.unwrap();
-        for id in ["live", "silent"] {
-            client.register_worker(id, "r", vec![]).await.unwrap();
-        }
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        // Its last heartbeat an hour ago (microseconds since the epoch).
-        sqlx::query(
-            "UPDATE workers SET last_heartbeat = last_heartbeat - 3600000000 WHERE id = 'silent'",
-        )
-        .execute(&mut c)
-        .await
-        .unwrap();
-    });
+    // Registers the workers, `silent`'s last heartbeat an hour ago (microseconds since the
+    // epoch).
+    let register = |ids: &'static [&'static str]| {
+        rt.block_on(async {
+            let client = hive_client::Client::connect(&db.url).await.unwrap();
+            for id in ids {
+                client.register_worker(id, "r", vec![]).await.unwrap();
+            }
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query(
+                "UPDATE workers SET last_heartbeat = last_heartbeat - 3600000000 \
+                 WHERE id = 'silent'",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        })
+    };
+    register(&["live", "silent"]);
     let table = db.ok(&["worker", "list"]);
     let row = |id: &str| {
         table
@@ -461,18 +466,7 @@ fn worker_list_tells_a_silent_worker_from_a_live_one_as_status_does() {
         .map(|w| w["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, ["live"]);
-    rt.block_on(async {
-        let client = hive_client::Client::connect(&db.url).await.unwrap();
-        client.register_worker("silent", "r", vec![]).await.unwrap();
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        sqlx::query(
-            "UPDATE workers SET last_heartbeat = last_heartbeat - 3600000000 WHERE id = 'silent'",
-        )
-        .execute(&mut c)
-        .await
-        .unwrap();
-    });
+    register(&["silent"]);
 
     // A live worker is not removed by mistake; a silent one is.
     let (ok, _, stderr) = db.run(&["worker", "unregister", "live"]);
