@@ -25,6 +25,12 @@ impl PlanStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
+    /// Whether a finished subtask of a plan in this status may be queued again on its own:
+    /// not in a failed or cancelled plan, which is retried whole instead.
+    pub const fn requeues_subtasks(self) -> bool {
+        !matches!(self, Self::Failed | Self::Cancelled)
+    }
+
     /// Whether cancelling a plan in this status cancels anything: a running plan, and a
     /// failed one, whose subtasks that do not depend on the failure go on (the plan stays
     /// failed; its open subtasks are cancelled).

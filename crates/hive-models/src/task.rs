@@ -117,6 +117,22 @@ impl TaskStatus {
         self.can_requeue() && !matches!(self, Self::Queued)
     }
 
+    /// [`TaskStatus::can_requeue`], saying why a status is refused: checked where the
+    /// requeue is applied, so a task claimed since the caller looked is not taken from its
+    /// worker.
+    pub fn check_requeue(self) -> Result<()> {
+        if self.can_requeue() {
+            return Ok(());
+        }
+        Err(Error::InvalidField {
+            field: "status".into(),
+            reason: format!(
+                "`{self}` tasks cannot be requeued: a worker holds them (cancel the task \
+                 first, or let it finish)"
+            ),
+        })
+    }
+
     /// [`TaskStatus::can_retry`], saying why a status is refused.
     pub fn check_retry(self) -> Result<()> {
         let why = match self {
@@ -315,6 +331,16 @@ impl Task {
         self.status == TaskStatus::Queued
             && self.pending_dependencies == 0
             && self.run_at.is_none_or(|t| t <= now)
+    }
+
+    /// Since when a ready task has waited to be claimed: its start time or its last change
+    /// (the countdown that freed it, a retry, a requeue), whichever is later. Counted from
+    /// creation instead, a plan's subtask freed a minute ago would look as old as its
+    /// plan, and a retried task as old as its first attempt. An operator's edit to a queued
+    /// task (its priority, say) counts as a change too.
+    pub fn ready_since(&self) -> Timestamp {
+        self.run_at
+            .map_or(self.updated_at, |at| at.max(self.updated_at))
     }
 
     /// What the task itself says keeps it from being claimed at `now`: None when it is not

@@ -33,7 +33,9 @@ pub use running::Claimed;
 pub use schedules::{
     FAILED_RETRY_AFTER, FireReport, HISTORY_MAX, SchedulePut, ScheduleView, SlotRun, Triggered,
 };
-pub use tasks::{DEFAULT_QUEUED_LIMIT, RetryReport, TaskCreated, check_retry_filter};
+pub use tasks::{
+    DEFAULT_QUEUED_LIMIT, REQUEUE_LOOKS_AT_MOST, RetryReport, TaskCreated, check_retry_filter,
+};
 pub use triage::{PLAN_TRIAGE_ORDER, TriagedSubtask};
 
 use hive_store::Store;

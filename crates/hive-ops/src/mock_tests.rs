@@ -364,3 +364,61 @@ async fn a_plans_status_and_its_cancel_read_only_its_header() {
     );
     assert!(o.cancel_plan(id).await.unwrap());
 }
+
+/// A task a bulk retry refused, gone from its filter before the next page is read (pruned,
+/// say), leaves that page one task longer than asked for: the limit still caps the total.
+#[tokio::test]
+async fn a_bulk_retry_keeps_its_limit_when_a_refused_task_leaves_the_filter() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let at = chrono::Utc::now();
+    let failed = move |title: &str| {
+        let mut t = hive_models::Task::from_new(TaskId::new(), NewTask::new(title, "x"), at);
+        t.status = TaskStatus::Failed;
+        t
+    };
+    let (a, b, c, d) = (failed("a"), failed("b"), failed("c"), failed("d"));
+    let refused = a.id;
+    let pages = [vec![a, b], vec![c, d]];
+    let mut m = MockStore::new();
+    m.expect_now().returning(move || Ok(at));
+    let read = AtomicUsize::new(0);
+    m.expect_list_tasks().returning(move |_| {
+        let page = pages.get(read.fetch_add(1, Ordering::SeqCst));
+        Ok(page.cloned().unwrap_or_default())
+    });
+    let retried = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = retried.clone();
+    m.expect_set_task_status().returning(move |id, _| {
+        if id == refused {
+            return Err(hive_models::Error::IllegalTransition {
+                kind: "task",
+                from: "failed".into(),
+                to: "queued".into(),
+            }
+            .into());
+        }
+        seen.lock().unwrap().push(id);
+        let mut task = failed("t");
+        task.id = id;
+        Ok(Some(hive_store::StatusChanged {
+            previous: TaskStatus::Failed,
+            task,
+            cancelled_dependents: Vec::new(),
+            plan_transition: None,
+        }))
+    });
+    let store: Arc<dyn Store> = Arc::new(m);
+    let config = crate::OpsConfig {
+        retry_batch: 2,
+        ..Default::default()
+    };
+    let o = Ops::with_config(store, config);
+    let filter = hive_store::TaskFilter {
+        status: Some(TaskStatus::Failed),
+        limit: Some(3),
+        ..Default::default()
+    };
+    let report = o.retry_tasks(&filter).await.unwrap();
+    assert_eq!((report.retried, report.skipped), (2, 1), "{report:?}");
+    assert_eq!(retried.lock().unwrap().len(), 2);
+}

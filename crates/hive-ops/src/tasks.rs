@@ -1,8 +1,9 @@
 //! Task operations: create, read, update status, delete, cancel, requeue, retry, prune.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use hive_models::{Json, NewTask, Run, RunId, Task, TaskId, TaskStatus};
+use hive_models::{Json, NewTask, PlanId, Run, RunId, Task, TaskId, TaskStatus};
 use hive_store::{
     PruneParams, QueueStats, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter,
     TaskPageParams, TasksInserted,
@@ -13,6 +14,11 @@ use crate::{Error, Ops, Result};
 /// How many tasks [`Ops::get_queued_tasks`] returns when no limit is given: the original
 /// package's default.
 pub const DEFAULT_QUEUED_LIMIT: u32 = 10;
+
+/// How many failed tasks one [`Ops::requeue_failed`] looks at, at most, those it passes
+/// over or a requeue refuses included: a dashboard's "retry every failure" over a history
+/// of refused ones (subtasks whose dependency failed) ends in seconds, not hours.
+pub const REQUEUE_LOOKS_AT_MOST: usize = 10_000;
 
 /// What [`Ops::retry_tasks`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -171,6 +177,11 @@ impl<S: Store + ?Sized> Ops<S> {
                 if refused.contains(&task.id) {
                     continue;
                 }
+                // A task refused earlier that has since left the filter (deleted, say)
+                // makes room on the page for one more than asked: leave it to the limit.
+                if fresh == want {
+                    break;
+                }
                 fresh += 1;
                 // Each retried task leaves the filter's status, so the next page starts
                 // after it. One deleted or queued again since it was read is skipped.
@@ -298,8 +309,10 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Requeues failed tasks matching `filter` (its status is taken as `failed`), newest
     /// first, a page at a time, at most `max` of them: an operator's "retry every failure
-    /// of this type", bounded so one request never runs unbounded. Returns the ids
-    /// requeued (a task deleted meanwhile, or one a requeue refuses, is skipped).
+    /// of this type", bounded so one request never runs unbounded: it looks at
+    /// [`REQUEUE_LOOKS_AT_MOST`] failed tasks at most, and passes over the subtasks of
+    /// failed and cancelled plans with one read per plan. Returns the ids requeued (a task
+    /// deleted meanwhile, or one a requeue refuses, is skipped).
     pub async fn requeue_failed(&self, filter: &TaskPageParams, max: u32) -> Result<Vec<TaskId>> {
         let mut page = TaskPageParams {
             status: Some(TaskStatus::Failed),
@@ -308,17 +321,33 @@ impl<S: Store + ?Sized> Ops<S> {
         };
         page.check()?;
         let mut done = Vec::new();
-        while done.len() < max as usize {
+        let mut looked = 0;
+        let mut plans_requeue: HashMap<PlanId, bool> = HashMap::new();
+        while done.len() < max as usize && looked < REQUEUE_LOOKS_AT_MOST {
             let tasks = self.store.page_tasks(&page).await?;
             if tasks.is_empty() {
                 break;
             }
             for t in &tasks {
-                if done.len() >= max as usize {
+                if done.len() >= max as usize || looked >= REQUEUE_LOOKS_AT_MOST {
                     break;
                 }
+                looked += 1;
                 // The next page starts after the last task looked at, not the page's last.
                 page.before = Some(t.id);
+                if let Some(plan) = t.plan_id {
+                    let requeues = match plans_requeue.get(&plan) {
+                        Some(known) => *known,
+                        None => {
+                            let header = self.store.get_plan_header(plan).await?;
+                            let requeues = header.is_none_or(|h| h.status.requeues_subtasks());
+                            *plans_requeue.entry(plan).or_insert(requeues)
+                        }
+                    };
+                    if !requeues {
+                        continue;
+                    }
+                }
                 // A subtask of a failed plan (retried with its plan) or one whose
                 // dependency will not complete stays failed; the others go on.
                 match self.requeue_task(t.id).await {

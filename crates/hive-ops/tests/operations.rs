@@ -49,6 +49,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     delete_and_prune,
     retry_one_task_or_every_match,
     a_bulk_retry_reads_past_the_tasks_it_refuses,
+    a_requeue_of_failures_passes_over_failed_plans,
     worker_lifecycle,
     plan_validation_names_ids,
     plan_operations,
@@ -322,6 +323,12 @@ async fn failed_tasks(o: &O, task_type: &str, n: usize) -> Vec<hive_models::Task
         .map(|i| NewTask::new(format!("{task_type}{i}"), task_type).max_retries(0))
         .collect();
     let ids = o.create_tasks(new).await.unwrap();
+    fail_every(o, task_type, n).await;
+    ids
+}
+
+/// Claims the `n` ready tasks of `task_type` and fails them.
+async fn fail_every(o: &O, task_type: &str, n: usize) {
     let types = [task_type.to_owned()];
     let claims = o
         .claim_tasks(&worker("w"), &types, 100, LEASE)
@@ -331,30 +338,33 @@ async fn failed_tasks(o: &O, task_type: &str, n: usize) -> Vec<hive_models::Task
     for c in &claims {
         o.fail_task(c.run.id, "boom").await.unwrap();
     }
-    ids
+}
+
+/// Submits a plan of `n` subtasks of `task_type` that may not retry, claims them and fails
+/// them all: the plan fails.
+async fn failed_plan(o: &O, task_type: &str, n: usize) -> hive_models::PlanId {
+    let subtasks = (0..n)
+        .map(|i| {
+            let mut st = node(&format!("s{i}"), &[]);
+            st.task_type = task_type.into();
+            st.max_retries = Some(0);
+            st
+        })
+        .collect();
+    let plan_id = o.submit_plan(plan(subtasks)).await.unwrap();
+    fail_every(o, task_type, n).await;
+    assert_eq!(
+        o.get_execution_plan_status(plan_id).await.unwrap(),
+        Some(PlanStatus::Failed)
+    );
+    plan_id
 }
 
 /// Subtasks of a failed plan, which a bulk retry leaves to their plan, keep matching its
 /// filter: pages of three that start with four of them still reach the tasks after them,
 /// and each is counted once.
 async fn a_bulk_retry_reads_past_the_tasks_it_refuses(o: O) {
-    let subtasks = (0..4)
-        .map(|i| {
-            let mut st = node(&format!("s{i}"), &[]);
-            st.task_type = "p".into();
-            st.max_retries = Some(0);
-            st
-        })
-        .collect();
-    let plan_id = o.submit_plan(plan(subtasks)).await.unwrap();
-    let types = ["p".to_owned()];
-    for c in o.claim_tasks(&worker("w"), &types, 4, LEASE).await.unwrap() {
-        o.fail_task(c.run.id, "boom").await.unwrap();
-    }
-    assert_eq!(
-        o.get_execution_plan_status(plan_id).await.unwrap(),
-        Some(PlanStatus::Failed)
-    );
+    failed_plan(&o, "p", 4).await;
     let alone = failed_tasks(&o, "p", 2).await;
     let report = o
         .retry_tasks(&hive_store::TaskFilter {
@@ -374,6 +384,29 @@ async fn a_bulk_retry_reads_past_the_tasks_it_refuses(o: O) {
             TaskStatus::Queued
         );
     }
+}
+
+/// The dashboard's "retry every failure" requeues failed tasks newest first: the failed
+/// subtasks of a failed plan, newer than the tasks failed alone, are passed over (their
+/// plan is retried whole), and those tasks are still reached.
+async fn a_requeue_of_failures_passes_over_failed_plans(o: O) {
+    let alone = failed_tasks(&o, "p", 2).await;
+    let plan_id = failed_plan(&o, "p", 4).await;
+    let only_p = hive_store::TaskPageParams {
+        task_type: Some("p".into()),
+        ..Default::default()
+    };
+    let requeued: HashSet<_> = o
+        .requeue_failed(&only_p, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(requeued, alone.into_iter().collect::<HashSet<_>>());
+    assert_eq!(
+        o.get_execution_plan_status(plan_id).await.unwrap(),
+        Some(PlanStatus::Failed)
+    );
 }
 
 async fn retry_one_task_or_every_match(o: O) {

@@ -99,7 +99,8 @@ pub struct StatusChange {
     pub status: TaskStatus,
     /// Merged into the task's metadata object (top-level keys replace existing ones).
     pub metadata: Option<Json>,
-    /// Allow leaving a terminal status for `queued` (an explicit requeue).
+    /// Allow leaving a terminal status for `queued` (an explicit requeue); refused for a
+    /// task a worker holds, which only a plain change to `queued` takes from its worker.
     pub requeue: bool,
     /// Why (say, why a task is cancelled): kept as the task's `last_error` and as the
     /// error message of the run the change closes, and carried by the status notification.
@@ -526,6 +527,7 @@ pub struct TypeStatusCount {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OldestReady {
     pub task_type: String,
+    /// The earliest [`hive_models::Task::ready_since`] of the type's ready tasks.
     pub since: Timestamp,
 }
 

@@ -57,6 +57,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     task_pages_are_newest_first_and_follow_the_cursor,
     task_pages_filter_by_status_worker_and_plan,
     queue_stats_count_types_ready_age_and_finished_runs,
+    a_task_is_ready_since_it_was_freed_or_requeued,
     flow_rules_are_stored_listed_and_deleted, a_type_runs_at_most_its_limit_and_others_pass,
     a_claim_takes_at_most_its_limit_of_ruled_and_other_tasks,
     a_claim_marks_the_tasks_that_count_against_a_limit,

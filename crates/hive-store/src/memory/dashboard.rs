@@ -47,7 +47,7 @@ pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
     for (t, _) in s.tasks.values() {
         *counts.entry((t.task_type.clone(), t.status)).or_default() += 1;
         if t.is_ready_at(now) {
-            let from = t.run_at.unwrap_or(t.created_at);
+            let from = t.ready_since();
             let e = oldest.entry(t.task_type.clone()).or_insert(from);
             *e = (*e).min(from);
         }

@@ -215,6 +215,7 @@ impl State {
         };
         let was = t.pending_dependencies;
         t.pending_dependencies = was.saturating_sub(1);
+        t.updated_at = at;
         if was == 1 && t.delay_secs > 0 {
             t.run_at = Some(hive_models::delayed_until(at, t.delay_secs));
         }

@@ -66,7 +66,8 @@ impl PostgresStore {
             });
         }
         let found = sqlx::query(
-            "SELECT task_type, min(coalesce(run_at, created_at)) AS since FROM tasks \
+            // `Task::ready_since`.
+            "SELECT task_type, min(greatest(run_at, updated_at)) AS since FROM tasks \
              WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= $1) \
              GROUP BY task_type ORDER BY task_type",
         )

@@ -147,8 +147,7 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
 
 /// Counts down the dependents a finish left for its claim (see `CLAIM_DEFERRED`) that the
 /// claim did not take: each had exactly its last dependencies finished, so it is ready.
-const COUNT_DOWN_DEFERRED: &str =
-    "UPDATE tasks SET pending_deps = 0 WHERE id = ANY($1::uuid[]) AND pending_deps > 0";
+const COUNT_DOWN_DEFERRED: &str = "UPDATE tasks SET pending_deps = 0, updated_at = now() WHERE id = ANY($1::uuid[]) AND pending_deps > 0";
 
 /// What finishing a batch did: one report per outcome, and the dependents made ready.
 #[derive(Debug, Default)]

@@ -417,8 +417,10 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         let id = task.id;
         let previous = task.status;
         let to = change.status;
-        let requeue = change.requeue && to == TaskStatus::Queued && previous.can_requeue();
-        if !requeue {
+        let requeue = change.requeue && to == TaskStatus::Queued;
+        if requeue {
+            previous.check_requeue()?;
+        } else {
             previous.check_transition(to)?;
         }
         if to == TaskStatus::Queued && previous.is_terminal() {
@@ -555,7 +557,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             return Ok(());
         };
         match self.plan_counters(pid).map(|c| c.status) {
-            Some(status @ (PlanStatus::Failed | PlanStatus::Cancelled)) => {
+            Some(status) if !status.requeues_subtasks() => {
                 Err(hive_models::Error::SubtaskOfFinishedPlan {
                     task: task.id.to_string(),
                     plan: pid.to_string(),

@@ -72,7 +72,8 @@ pub(super) async fn stats(c: &mut Conn, since: Timestamp) -> R<QueueStats> {
         });
     }
     let rows = sqlx::query(
-        "SELECT task_type, MIN(COALESCE(run_at, created_at)) AS since \
+        // `Task::ready_since` (SQLite's MAX of several values is NULL if any is).
+        "SELECT task_type, MIN(MAX(COALESCE(run_at, updated_at), updated_at)) AS since \
          FROM tasks INDEXED BY tasks_ready \
          WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= ?1) \
          GROUP BY task_type ORDER BY task_type",

@@ -431,8 +431,9 @@ macro_rules! count_dependents_down {
     () => {
         concat!(
             $crate::sqlite::tasks::per_dependent!(),
-            "UPDATE tasks SET pending_deps = MAX(pending_deps - per_dep.n, 0), \
-                 run_at = CASE WHEN delay_secs > 0 AND pending_deps <= per_dep.n THEN ",
+            "UPDATE tasks SET pending_deps = MAX(pending_deps - per_dep.n, 0), updated_at = ",
+            now_us!(),
+            ", run_at = CASE WHEN delay_secs > 0 AND pending_deps <= per_dep.n THEN ",
             now_us!(),
             " + delay_secs * 1000000 ELSE run_at END \
              FROM per_dep WHERE tasks.id = per_dep.id AND pending_deps > 0 \

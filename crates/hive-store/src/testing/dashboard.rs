@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use hive_models::{NewTask, TaskId, TaskStatus};
+use hive_models::{NewTask, RetryPolicy, SubTask, TaskId, TaskStatus};
 
-use super::fixtures::{claim_params, failure, success, tasks};
-use crate::{Error, Store, TaskPageParams};
+use super::fixtures::{claim_params, failure, plan, success, tasks};
+use crate::{ClaimParams, Error, Store, TaskPageParams};
 
 type S = Arc<dyn Store>;
 
@@ -158,4 +158,76 @@ pub async fn queue_stats_count_types_ready_age_and_finished_runs(s: S) {
         .await
         .unwrap();
     assert!(later.finished.is_empty(), "only runs closed since `since`");
+}
+
+/// The age of the oldest ready task counts from when it became ready — freed by its last
+/// dependency, or back in the queue for a retry — not from its creation: a plan's subtask
+/// freed now, or a task retried now, has not waited since it was created.
+pub async fn a_task_is_ready_since_it_was_freed_or_requeued(s: S) {
+    let sub = |id: &str, ty: &str, deps: &[&str]| {
+        let mut t = SubTask::new(id, id, ty).depends_on(deps.iter().copied());
+        t.priority = 0;
+        t
+    };
+    let first = s
+        .insert_plan(plan(vec![sub("a", "root", &[]), sub("b", "freed", &["a"])]))
+        .await
+        .unwrap();
+    let second = s
+        .insert_plan(plan(vec![
+            sub("a", "root", &[]),
+            sub("c", "deferred", &["a"]),
+        ]))
+        .await
+        .unwrap();
+    for p in [first, second] {
+        s.materialize_plan(p).await.unwrap();
+    }
+    s.insert_tasks(vec![
+        NewTask::new("r", "retried"),
+        NewTask::new("u", "untouched"),
+    ])
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mark = s.now().await.unwrap();
+    let of_type = |ty: &str| ClaimParams {
+        task_types: vec![ty.into()],
+        ..claim_params("ages", 2)
+    };
+    let roots = s.claim_tasks(&of_type("root")).await.unwrap();
+    assert_eq!(roots.len(), 2);
+    let retried = s.claim_tasks(&of_type("retried")).await.unwrap();
+    s.finish_runs(&[
+        success(roots[0].run.id),
+        failure(retried[0].run.id, Some(RetryPolicy::IMMEDIATE)),
+    ])
+    .await
+    .unwrap();
+    // A finish whose claim could take the freed subtask but takes a more urgent task
+    // instead (Postgres leaves the subtask for the claim, then counts it down apart).
+    let mut urgent = NewTask::new("x", "urgent");
+    urgent.priority = 9;
+    s.insert_tasks(vec![urgent]).await.unwrap();
+    let (_, took) = s
+        .finish_and_claim(&[success(roots[1].run.id)], &claim_params("ages", 1))
+        .await
+        .unwrap();
+    assert_eq!(took[0].task.task_type, "urgent");
+    let stats = s.queue_stats(mark).await.unwrap();
+    let since = |ty: &str| {
+        let found = stats.oldest_ready.iter().find(|o| o.task_type == ty);
+        found.unwrap_or_else(|| panic!("no ready {ty} task")).since
+    };
+    for ty in ["freed", "deferred", "retried"] {
+        assert!(
+            since(ty) >= mark,
+            "{ty}: ready since {} though it became ready after {mark}",
+            since(ty)
+        );
+    }
+    assert!(
+        since("untouched") < mark,
+        "a task untouched since its creation"
+    );
 }

@@ -400,8 +400,14 @@ pub async fn requeue_from_terminal(s: S) {
         .unwrap()
         .unwrap();
     assert_eq!(ch.previous, TaskStatus::Failed);
-    assert_eq!(claim_one(&s, "w").await.0, id);
-    // A held task cannot be requeued behind its worker's back.
+    let (claimed, run) = claim_one(&s, "w").await;
+    assert_eq!(claimed, id);
+    // A held task cannot be requeued behind its worker's back: an operator's requeue of a
+    // task claimed since they looked at it leaves the worker's run alone.
+    let err = s.set_task_status(id, StatusChange::requeue()).await;
+    assert!(matches!(&err, Err(Error::Invalid(_))), "{err:?}");
+    let held = s.get_run(run).await.unwrap().unwrap();
+    assert_eq!(held.status, RunStatus::Running);
     let err = s
         .set_task_status(
             id,
