@@ -5,6 +5,7 @@ mod builtin;
 mod commands;
 mod leftfile;
 mod logging;
+mod orphans;
 mod output;
 mod pipes;
 mod planfile;

@@ -5,11 +5,10 @@
 //! a daemon's double fork). And the orphans those commands leave, which a worker that is
 //! PID 1 (a container started without an init) must reap itself.
 //!
-//! A worker killed outright (SIGKILL, the OOM killer) runs none of this: its commands keep
-//! running until they end (or their container does, when the worker was its main
-//! process), while their tasks run again once their leases expire. `PR_SET_PDEATHSIG` on
-//! `sh` would not close that gap: it fires when the thread that spawned `sh` exits, not the
-//! process, and signals `sh` alone, not its group nor what left the group.
+//! A worker killed outright (SIGKILL, the OOM killer) runs none of this: its commands are
+//! killed by the next worker to look on the same host ([`crate::orphans`]).
+//! `PR_SET_PDEATHSIG` on `sh` would not do it: it fires when the thread that spawned `sh`
+//! exits, not the process, and signals `sh` alone, not its group nor what left the group.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -64,6 +63,9 @@ impl ProcessGroup {
         run_id: &str,
     ) -> std::io::Result<(tokio::process::Child, Option<ProcessGroup>)> {
         cmd.env(RUN_MARK, run_id);
+        if let Some(worker) = crate::orphans::own_mark() {
+            cmd.env(crate::orphans::WORKER_MARK, worker);
+        }
         let mark = format!("{RUN_MARK}={run_id}").into_bytes();
         let mut live = live();
         let child = cmd.spawn()?;
@@ -182,11 +184,10 @@ pub fn sweep_now() {
 /// found it), at most [`MARKED_PASSES`] times. Returns how many it killed. A process of
 /// another user whose environment this one may not read is not found.
 pub fn kill_marked(marks: &[&[u8]]) -> usize {
-    let me = std::process::id();
     let mut killed = HashSet::new();
     for _ in 0..MARKED_PASSES {
         // A killed process shows its environment until it is gone: not killed twice.
-        let found: Vec<Pid> = marked_processes(marks, me)
+        let found: Vec<Pid> = marked_processes(marks)
             .into_iter()
             .filter(|pid| !killed.contains(pid))
             .collect();
@@ -206,24 +207,27 @@ pub fn kill_marked(marks: &[&[u8]]) -> usize {
     killed.len()
 }
 
-/// The processes (other than `me`) whose environment holds one of `marks` exactly.
-fn marked_processes(marks: &[&[u8]], me: u32) -> Vec<Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            if u32::try_from(pid).ok()? == me {
-                return None;
-            }
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
-            environ
-                .split(|b| *b == 0)
-                .any(|var| marks.contains(&var))
-                .then_some(Pid::from_raw(pid))
-        })
+/// The processes (other than this one) whose environment holds one of `marks` exactly.
+fn marked_processes(marks: &[&[u8]]) -> Vec<Pid> {
+    environments()
+        .filter(|(_, environ)| environ.split(|b| *b == 0).any(|var| marks.contains(&var)))
+        .map(|(pid, _)| pid)
         .collect()
+}
+
+/// Every process but this one whose environment this one may read, with that environment
+/// (`NAME=value` entries, each ended by a NUL).
+pub fn environments() -> impl Iterator<Item = (Pid, Vec<u8>)> {
+    let me = std::process::id();
+    let dir = std::fs::read_dir("/proc").into_iter().flatten();
+    dir.flatten().filter_map(move |entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        if u32::try_from(pid).ok()? == me {
+            return None;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        Some((Pid::from_raw(pid), environ))
+    })
 }
 
 /// Kills every group still guarded: what a forced exit does before the process ends, since

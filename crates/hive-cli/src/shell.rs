@@ -35,7 +35,7 @@
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
 //! the task stops, so a background child never outlives its task (unless the worker itself
-//! is killed outright, see [`crate::process_group`]): after `sh` exits; on a
+//! is killed outright and no other worker runs on its host, see [`crate::orphans`]): after `sh` exits; on a
 //! timeout (the payload's `timeout_secs` or the task's) or its task's cancel, SIGTERM first
 //! and SIGKILL once the worker's timeout grace has passed; and at once when the handler is
 //! dropped (the worker's shutdown grace ran out). So is every process that left the group

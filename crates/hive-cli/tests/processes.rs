@@ -1,6 +1,6 @@
 //! Real `hive worker run` processes sharing one database: several processes drain a queue
 //! completing each task exactly once; a SIGKILLed worker's task comes back after its lease
-//! and completes once elsewhere; a frozen (SIGSTOPped) worker that resumes after its lease
+//! and completes once elsewhere, while its command is killed by the other worker; a frozen (SIGSTOPped) worker that resumes after its lease
 //! is fenced out; and (Postgres) workers whose clocks are minutes off neither reclaim a
 //! live task early nor hold their own leases too short or too long.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -148,7 +148,8 @@ fn first_attempt_waits(wait: &str, log: &str) -> String {
 /// Battery item 2: a worker process is SIGKILLed while it runs a task. The reaper of
 /// another process closes that run as `timeout` once the lease expires, and the other
 /// process completes the task once; recovery takes about lease + reaper interval + the
-/// first retry's backoff.
+/// first retry's backoff. The dead worker's command, left running, is killed by the
+/// other worker's sweep.
 async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
     let log = h.path("executions.log");
     let [id] = h.shell_tasks([first_attempt_waits("sleep 60", &log)]).await[..] else {
@@ -159,7 +160,8 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
     let mut rescuer = h.worker("rescuer", &rescuer_args("crash"));
     h.wait_registered("rescuer", SLACK * 4).await;
 
-    doomed.crash().await;
+    // The worker alone, as the OOM killer does: its command runs on.
+    doomed.crash_alone().await;
     let killed_at = Instant::now();
     // Read before the reaper can close the run: the lease as the dead worker left it.
     let at_kill = h.client.store().now().await.unwrap();
@@ -216,6 +218,34 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
     let executions = read_log(&log);
     assert_eq!(executions.len(), 1, "{executions:?}");
     assert_eq!((executions[0].attempt, executions[0].run), (2, runs[1].id));
+    // The dead worker's `sleep 60` did not run on beside the task's next run: the
+    // rescuer's sweep for commands of dead workers killed it.
+    let mark = format!("HIVE_RUN_ID={}", first.id);
+    let gone = poll_until(ORPHAN_SWEEP + SLACK * 2, || async {
+        (running_with(&mark) == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the dead worker's command still runs");
+}
+
+/// How often a worker sweeps for the commands of dead workers on its host.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(5);
+
+/// How many live (not zombie) processes hold `var` (`NAME=value`) in their environment.
+fn running_with(var: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|entry| {
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+            !zombie && environ.split(|b| *b == 0).any(|v| v == var.as_bytes())
+        })
+        .count()
 }
 
 /// Under default settings (no lease, heartbeat or reaper flags), a SIGKILLed worker's task

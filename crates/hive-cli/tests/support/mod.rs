@@ -290,6 +290,13 @@ impl WorkerProcess {
         self.child.wait().await.expect("reap the killed worker");
     }
 
+    /// SIGKILLs the worker process alone, as the OOM killer would, leaving its commands
+    /// running, and reaps it.
+    pub async fn crash_alone(&mut self) {
+        self.signal_worker("KILL");
+        self.child.wait().await.expect("reap the killed worker");
+    }
+
     /// Waits for the process to exit by itself.
     pub async fn exit(&mut self, within: Duration) -> Exited {
         let status = match tokio::time::timeout(within, self.child.wait()).await {

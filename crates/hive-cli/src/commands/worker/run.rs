@@ -234,6 +234,9 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // Orphans of the commands come to this process when it is PID 1 (a container without
     // an init); reaped, they do not pile up as zombies.
     tokio::spawn(process_group::reap_orphans_forever());
+    // What a worker that died outright on this host left running, now and every few
+    // seconds: its tasks run again elsewhere once their leases expire.
+    tokio::spawn(crate::orphans::kill_orphans_forever());
     let forced = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_interrupts(
         interrupts,

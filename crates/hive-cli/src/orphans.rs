@@ -1,0 +1,200 @@
+//! Commands whose worker died outright (SIGKILL, the OOM killer), found and killed by any
+//! worker on the same host. A worker that dies so runs none of its own cleanup
+//! ([`crate::process_group`]), and its tasks run again once their leases expire: left
+//! alone, the old command would run beside the new one (two deploys, two backups).
+//!
+//! Each command carries its worker in its environment ([`WORKER_MARK`]: the worker's pid
+//! and the kernel's start time of that pid, so a pid used again by another process does
+//! not pass for the worker). A sweep reads every process's environment and kills those
+//! whose worker is no longer alive — at a worker's start (a worker restarted after a crash
+//! ends what its predecessor left at once) and every [`SWEEP_EVERY`] after.
+//!
+//! It only sees what `/proc` shows it: processes of its own user (any user's when it runs
+//! as root) in its own PID namespace, and only processes that kept the mark (a command
+//! that clears its environment is not found).
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::process_group::{RUN_MARK, environments};
+
+/// The variable naming a command's worker process: `pid:start time`.
+pub const WORKER_MARK: &str = "HIVE_WORKER_PROCESS";
+
+/// How often a worker looks for the commands of dead workers. A look reads every process's
+/// environment (about 1 ms per 90 processes): every 5 s it costs nothing a worker notices,
+/// and a dead worker's command outlives it by 5 s at most while another worker runs there.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// At most how many times one sweep looks (see [`crate::process_group::kill_marked`]):
+/// a command forking faster than it is killed cannot hold the sweep in an endless loop.
+const PASSES: usize = 16;
+
+/// This process as its commands' [`WORKER_MARK`] names it; None where `/proc` does not
+/// tell its start time (then its commands carry no mark, and nothing is swept for them).
+pub fn own_mark() -> Option<&'static str> {
+    static MARK: OnceLock<Option<String>> = OnceLock::new();
+    MARK.get_or_init(|| {
+        let me = std::process::id();
+        let start = start_time(i32::try_from(me).ok()?)?;
+        Some(format!("{me}:{start}"))
+    })
+    .as_deref()
+}
+
+/// The kernel's start time of `pid` (clock ticks after boot, field 22 of `stat`, after the
+/// command name in parentheses, which may itself hold any character); None when no such
+/// process lives.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    // Fields from the third (state) on: the start time is the twentieth of them.
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the worker a [`WORKER_MARK`] value names is alive: its pid lives and started
+/// when the mark says. A value that does not parse is treated as alive (nothing is killed
+/// on a mark this code did not write).
+fn worker_alive(mark: &[u8]) -> bool {
+    let parsed = std::str::from_utf8(mark).ok().and_then(|m| {
+        let (pid, start) = m.split_once(':')?;
+        Some((pid.parse::<i32>().ok()?, start.parse::<u64>().ok()?))
+    });
+    match parsed {
+        Some((pid, start)) => start_time(pid) == Some(start),
+        None => true,
+    }
+}
+
+/// A process of a dead worker's command: its pid, and the run it was started for.
+struct Orphan {
+    pid: Pid,
+    run: Option<String>,
+}
+
+/// Every process (other than this one) whose [`WORKER_MARK`] names a worker no longer
+/// alive.
+fn orphans() -> Vec<Orphan> {
+    let worker_var = format!("{WORKER_MARK}=").into_bytes();
+    let run_var = format!("{RUN_MARK}=").into_bytes();
+    environments()
+        .filter_map(|(pid, environ)| {
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            let worker = vars.iter().find_map(|v| v.strip_prefix(&worker_var[..]))?;
+            if worker_alive(worker) {
+                return None;
+            }
+            let run = (vars.iter())
+                .find_map(|v| v.strip_prefix(&run_var[..]))
+                .map(|r| String::from_utf8_lossy(r).into_owned());
+            Some(Orphan { pid, run })
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL) the processes of dead workers' commands, looking again after each kill
+/// until a look finds none it has not killed already, at most [`PASSES`] times. Returns
+/// how many it killed and the runs they were started for.
+pub fn kill_orphans() -> (usize, Vec<String>) {
+    let mut killed = HashSet::new();
+    let mut runs = Vec::new();
+    for _ in 0..PASSES {
+        let found: Vec<Orphan> = orphans()
+            .into_iter()
+            .filter(|o| !killed.contains(&o.pid))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        for o in found {
+            if kill(o.pid, Signal::SIGKILL).is_ok() {
+                killed.insert(o.pid);
+                if let Some(run) = o.run.filter(|r| !runs.contains(r)) {
+                    runs.push(run);
+                }
+            }
+        }
+    }
+    (killed.len(), runs)
+}
+
+/// Sweeps now and every [`SWEEP_EVERY`], for as long as the worker runs.
+pub async fn kill_orphans_forever() {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Ok((killed, runs)) = tokio::task::spawn_blocking(kill_orphans).await else {
+            continue;
+        };
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                runs = %runs.join(","),
+                "killed processes of commands whose worker had died; their tasks run again \
+                 once their leases expire"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_names_a_live_worker_only_with_its_start_time() {
+        let mark = own_mark().expect("this process's start time");
+        assert!(worker_alive(mark.as_bytes()));
+        let (pid, start) = mark.split_once(':').unwrap();
+        let start: u64 = start.parse().unwrap();
+        // The same pid started at another time: a process that took a dead worker's pid.
+        assert!(!worker_alive(format!("{pid}:{}", start + 1).as_bytes()));
+        assert!(!worker_alive(format!("{}:{start}", i32::MAX).as_bytes()));
+        assert!(
+            worker_alive(b"not a mark"),
+            "nothing is killed on a foreign mark"
+        );
+    }
+
+    /// A command started with the mark of a worker that is gone is killed by a sweep; one
+    /// with this live process's mark is left alone.
+    #[tokio::test]
+    async fn a_sweep_kills_the_commands_of_dead_workers_only() {
+        let spawn = |worker: &str| {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .env(WORKER_MARK, worker)
+                .env(RUN_MARK, "run-of-the-test")
+                .spawn()
+                .unwrap()
+        };
+        let dead = format!("{}:1", i32::MAX);
+        let mut orphan = spawn(&dead);
+        let mut attended = spawn(own_mark().unwrap());
+        // The children's environments are readable once they have exec'd.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (killed, runs) = loop {
+            let swept = kill_orphans();
+            if swept.0 > 0 || std::time::Instant::now() > deadline {
+                break swept;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(killed, 1);
+        assert_eq!(runs, vec!["run-of-the-test".to_owned()]);
+        let status = orphan.wait().unwrap();
+        assert!(!status.success(), "the orphan was killed: {status:?}");
+        assert_eq!(
+            attended.try_wait().unwrap(),
+            None,
+            "the attended one runs on"
+        );
+        attended.kill().unwrap();
+        attended.wait().unwrap();
+    }
+}
