@@ -1,6 +1,6 @@
 // Hive dashboard: live updates over server-sent events (the page's <main> is fetched
-// again and swapped, at most every 300 ms, or as a costly page's `data-refresh-ms` says),
-// DAG node details, and confirmations.
+// again and swapped, at most every 300 ms, or as a costly page's `data-refresh-ms` says;
+// never while the operator is typing in it), DAG node details, and confirmations.
 (function () {
   "use strict";
   // One refresh at a time: a timer waiting, or a fetch in flight. Changes announced
@@ -10,8 +10,58 @@
   let inFlight = false;
   let again = false;
   let selected = null;
+  // A refresh held back because the operator is editing a field in <main>: a swap would
+  // throw away what they typed and their focus. It runs once they are done.
+  let held = false;
+
+  // Whether a field differs from what the server rendered (its default).
+  function edited(el) {
+    if (el instanceof HTMLSelectElement) {
+      const options = Array.from(el.options);
+      const rendered = options.findIndex((o) => o.defaultSelected);
+      return el.selectedIndex !== (rendered < 0 && options.length ? 0 : rendered);
+    }
+    if (el.type === "checkbox" || el.type === "radio") return el.checked !== el.defaultChecked;
+    return el.value !== el.defaultValue;
+  }
+
+  // Whether a field in <main> has the focus, or holds what the operator changed since the
+  // last swap (text typed into a field they then left, a status chosen, not yet sent).
+  function editing() {
+    const main = document.getElementById("main");
+    if (!main) return false;
+    const fields = "input, textarea, select";
+    const active = document.activeElement;
+    if (active && main.contains(active) && active.matches(fields)) return true;
+    return Array.from(main.querySelectorAll(fields)).some(edited);
+  }
+
+  // Holds a refresh back while the operator edits, and says so on the live dot.
+  function hold(on) {
+    held = on;
+    const dot = document.getElementById("live");
+    if (!dot) return;
+    dot.classList.toggle("held", on);
+    dot.title = on ? "live updates wait until you leave or send the form" : "live updates";
+  }
+
+  // Once the operator is done (focus left the field, or a change was undone), the held
+  // refresh runs. Checked a moment later: focus moving to the next field passes through
+  // the page's body first.
+  function resume() {
+    setTimeout(() => {
+      if (held && !editing()) {
+        hold(false);
+        schedule();
+      }
+    }, 0);
+  }
 
   function refresh() {
+    if (editing()) {
+      hold(true);
+      return;
+    }
     inFlight = true;
     fetch(location.href, { headers: { "x-hive-partial": "1" } })
       .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
@@ -19,6 +69,11 @@
         const doc = new DOMParser().parseFromString(html, "text/html");
         const fresh = doc.getElementById("main");
         const main = document.getElementById("main");
+        // The operator may have started typing while the page was fetched.
+        if (editing()) {
+          hold(true);
+          return;
+        }
         if (fresh && main) {
           main.replaceWith(fresh);
           wire();
@@ -97,6 +152,8 @@
     wire();
     if (!window.EventSource || !document.getElementById("main").hasAttribute("data-live")) return;
     const dot = document.getElementById("live");
+    document.addEventListener("focusout", resume);
+    document.addEventListener("input", resume);
     const es = new EventSource("/events");
     es.onopen = () => dot && dot.classList.add("on");
     es.onerror = () => dot && dot.classList.remove("on");

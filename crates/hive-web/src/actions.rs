@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::extract::{ApiJson, ApiPath};
 use crate::pages::tasks::{Filter, parse_plan, parse_task};
 
 /// The most tasks one bulk requeue touches: a request never runs unbounded.
@@ -20,14 +21,7 @@ pub const BULK_MAX: u32 = 1000;
 type Outcome = Result<serde_json::Value, (StatusCode, String)>;
 
 fn op(e: hive_client::ops::Error) -> (StatusCode, String) {
-    let status = if e.is_transient() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if matches!(e, hive_client::ops::Error::NotFound { .. }) {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    (status, e.to_string())
+    crate::failure::classify(&e)
 }
 
 fn bad(m: String) -> (StatusCode, String) {
@@ -163,7 +157,7 @@ pub struct CancelForm {
     reason: Option<String>,
 }
 
-pub async fn requeue_api(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn requeue_api(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
     json(requeue(&s, &id).await)
 }
 
@@ -174,8 +168,8 @@ pub async fn requeue_form(State(s): State<AppState>, Path(id): Path<String>) -> 
 
 pub async fn cancel_api(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    body: Option<Json<CancelForm>>,
+    ApiPath(id): ApiPath<String>,
+    body: Option<ApiJson<CancelForm>>,
 ) -> Response {
     let reason = body.and_then(|b| b.0.reason);
     json(cancel(&s, &id, reason.as_deref()).await)
@@ -190,7 +184,7 @@ pub async fn cancel_form(
     back(cancel(&s, &id, f.reason.as_deref()).await, to)
 }
 
-pub async fn cancel_plan_api(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn cancel_plan_api(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
     json(cancel_plan(&s, &id).await)
 }
 
@@ -199,7 +193,7 @@ pub async fn cancel_plan_form(State(s): State<AppState>, Path(id): Path<String>)
     back(cancel_plan(&s, &id).await, to)
 }
 
-pub async fn retry_plan_api(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn retry_plan_api(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
     json(retry_plan(&s, &id).await)
 }
 
@@ -208,7 +202,10 @@ pub async fn retry_plan_form(State(s): State<AppState>, Path(id): Path<String>) 
     back(retry_plan(&s, &id).await, to)
 }
 
-pub async fn requeue_failed_api(State(s): State<AppState>, Json(f): Json<Filter>) -> Response {
+pub async fn requeue_failed_api(
+    State(s): State<AppState>,
+    ApiJson(f): ApiJson<Filter>,
+) -> Response {
     json(requeue_failed(&s, &f).await)
 }
 
@@ -217,11 +214,11 @@ pub async fn requeue_failed_form(State(s): State<AppState>, Form(f): Form<Filter
     back(requeue_failed(&s, &f).await, to)
 }
 
-pub async fn pause_queue_api(State(s): State<AppState>, Path(t): Path<String>) -> Response {
+pub async fn pause_queue_api(State(s): State<AppState>, ApiPath(t): ApiPath<String>) -> Response {
     json(pause_or_resume(&s, &t, true).await)
 }
 
-pub async fn resume_queue_api(State(s): State<AppState>, Path(t): Path<String>) -> Response {
+pub async fn resume_queue_api(State(s): State<AppState>, ApiPath(t): ApiPath<String>) -> Response {
     json(pause_or_resume(&s, &t, false).await)
 }
 
@@ -233,11 +230,17 @@ pub async fn resume_queue_form(State(s): State<AppState>, Path(t): Path<String>)
     back(pause_or_resume(&s, &t, false).await, "/queues".into())
 }
 
-pub async fn pause_schedule_api(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+pub async fn pause_schedule_api(
+    State(s): State<AppState>,
+    ApiPath(n): ApiPath<String>,
+) -> Response {
     json(pause_or_resume_schedule(&s, &n, true).await)
 }
 
-pub async fn resume_schedule_api(State(s): State<AppState>, Path(n): Path<String>) -> Response {
+pub async fn resume_schedule_api(
+    State(s): State<AppState>,
+    ApiPath(n): ApiPath<String>,
+) -> Response {
     json(pause_or_resume_schedule(&s, &n, false).await)
 }
 
@@ -257,8 +260,8 @@ pub async fn resume_schedule_form(State(s): State<AppState>, Path(n): Path<Strin
 
 pub async fn trigger_schedule_api(
     State(s): State<AppState>,
-    Path(n): Path<String>,
-    body: Option<Json<TriggerForm>>,
+    ApiPath(n): ApiPath<String>,
+    body: Option<ApiJson<TriggerForm>>,
 ) -> Response {
     let key = body.and_then(|b| b.0.idempotency_key);
     json(trigger_schedule(&s, &n, key.as_deref()).await)

@@ -3,10 +3,10 @@
 //! defined here, so the two cannot drift).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hive_client::models::{ExecutionPlan, PlanHeader, PlanStatus, TaskStatus};
+use hive_client::models::{ExecutionPlan, PlanHeader, PlanId, PlanStatus, TaskStatus};
 use hive_client::ops::{
     PLAN_TRIAGE_ORDER, PlanResults, PlanSummary, SubtaskResult, TriagedSubtask,
 };
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::actions;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::pages::tasks::{Filter, parse_plan, parse_task};
 
 /// `hive status --json`.
@@ -112,7 +113,8 @@ impl PlanSubtasksJson {
     }
 }
 
-/// The query of `GET /api/plans/{id}`: without either field, every subtask.
+/// The query of `GET /api/plans/{id}`: without either field, every subtask (of a plan of
+/// at most [`PLAN_API_MAX_LIMIT`]).
 #[derive(Debug, Default, serde::Deserialize)]
 struct PlanQuery {
     /// Statuses, comma-separated.
@@ -122,8 +124,10 @@ struct PlanQuery {
     limit: Option<u32>,
 }
 
-/// The most subtasks one `GET /api/plans/{id}?limit=` returns.
-const PLAN_API_MAX_LIMIT: u32 = 10_000;
+/// The most subtasks one `GET /api/plans/{id}` returns: the most `?limit=` takes, and the
+/// largest plan answered whole without it (a larger one would be read and serialized in
+/// memory as one response, however large).
+pub(crate) const PLAN_API_MAX_LIMIT: u32 = 10_000;
 
 /// Subtasks `GET /api/plans/{id}?status=` returns without `limit`.
 const PLAN_API_DEFAULT_LIMIT: u32 = 200;
@@ -163,13 +167,10 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// An operation's error, with the status its kind calls for ([`crate::failure::classify`]).
 pub(crate) fn op_error(e: &hive_client::ops::Error) -> Response {
-    let status = if e.is_transient() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    error(status, e.to_string())
+    let (status, message) = crate::failure::classify(e);
+    error(status, message)
 }
 
 fn found<T: Serialize>(value: hive_client::ops::Result<Option<T>>, what: &str) -> Response {
@@ -186,7 +187,7 @@ async fn status(State(s): State<AppState>) -> Response {
 
 /// `hive task list --json`: an array of tasks. The next page's cursor, when there may be
 /// one, is in the `hive-next-before` header.
-async fn tasks(State(s): State<AppState>, Query(f): Query<Filter>) -> Response {
+async fn tasks(State(s): State<AppState>, ApiQuery(f): ApiQuery<Filter>) -> Response {
     let params = match f.params() {
         Ok(p) => p,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
@@ -207,45 +208,126 @@ async fn tasks(State(s): State<AppState>, Query(f): Query<Filter>) -> Response {
     }
 }
 
-async fn task(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn task(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
     match parse_task(&id) {
         Ok(id) => found(s.client.get_task(id).await, "task"),
         Err(m) => error(StatusCode::BAD_REQUEST, m),
     }
 }
 
-async fn runs(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn runs(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
     match parse_task(&id) {
         Ok(id) => found(s.client.list_runs(id).await.map(Some), "runs"),
         Err(m) => error(StatusCode::BAD_REQUEST, m),
     }
 }
 
-async fn plans(State(s): State<AppState>) -> Response {
-    found(
-        s.client.list_plan_headers(None, Some(200)).await.map(Some),
-        "plans",
+/// The query of `GET /api/plans` and of the Plans page: one status, and how many of the
+/// newest plans.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct PlanListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// Plans listed unless `?limit=` says otherwise.
+pub(crate) const PLANS_DEFAULT_LIMIT: u32 = 200;
+
+/// The most plans one list shows: each is one row, but a list is read whole.
+pub(crate) const PLANS_MAX_LIMIT: u32 = 1_000;
+
+impl PlanListQuery {
+    /// The status (none: any) and limit asked for, or a message naming the bad value.
+    pub(crate) fn parts(&self) -> Result<(Option<PlanStatus>, u32), String> {
+        let status = self
+            .status
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<PlanStatus>().map_err(|e| e.to_string()))
+            .transpose()?;
+        let limit = self.limit.unwrap_or(PLANS_DEFAULT_LIMIT);
+        if limit == 0 || limit > PLANS_MAX_LIMIT {
+            return Err(format!(
+                "limit {limit} is out of range; expected 1 to {PLANS_MAX_LIMIT}"
+            ));
+        }
+        Ok((status, limit))
+    }
+}
+
+/// The newest `limit` plans (of `status`, when given), and whether more match.
+pub(crate) async fn list_plans(
+    client: &hive_client::Client,
+    status: Option<PlanStatus>,
+    limit: u32,
+) -> hive_client::ops::Result<(Vec<PlanHeader>, bool)> {
+    // One row more than asked for tells whether more match.
+    let mut plans = client
+        .list_plan_headers(status, Some(limit.saturating_add(1)))
+        .await?;
+    let more = plans.len() > limit as usize;
+    plans.truncate(limit as usize);
+    Ok((plans, more))
+}
+
+/// `hive plan list --json`: an array of the newest plans (`?limit=`, 200 by default), of
+/// one status with `?status=`. When more match, the `hive-more` header says `true`.
+async fn plans(State(s): State<AppState>, ApiQuery(q): ApiQuery<PlanListQuery>) -> Response {
+    let (status, limit) = match q.parts() {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    match list_plans(&s.client, status, limit).await {
+        Ok((plans, more)) => {
+            let mut r = Json(plans).into_response();
+            if more {
+                r.headers_mut().insert(
+                    HeaderName::from_static("hive-more"),
+                    HeaderValue::from_static("true"),
+                );
+            }
+            r
+        }
+        Err(e) => op_error(&e),
+    }
+}
+
+/// Why a plan is not answered whole: it names the plan, its size and how to ask for part.
+fn too_large_to_answer_whole(plan: &PlanHeader) -> String {
+    format!(
+        "plan `{}` has {} subtasks, more than one response holds ({PLAN_API_MAX_LIMIT}); ask \
+         for part of it with `?status=failed,in_progress` and/or `?limit=N` (at most \
+         {PLAN_API_MAX_LIMIT})",
+        plan.id, plan.total_subtasks
     )
 }
 
-/// `hive plan status --json`: the whole plan, or with `?status=a,b` or `?limit=N` some of
-/// its subtasks ([`PlanSubtasksJson`]).
+/// `hive plan status --json`: the whole plan (up to [`PLAN_API_MAX_LIMIT`] subtasks), or
+/// with `?status=a,b` or `?limit=N` some of its subtasks ([`PlanSubtasksJson`]).
 async fn plan(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<PlanQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PlanQuery>,
 ) -> Response {
-    let (id, part) = match parse_plan(&id).and_then(|id| Ok((id, q.parts()?))) {
+    let (id, part): (PlanId, _) = match parse_plan(&id).and_then(|id| Ok((id, q.parts()?))) {
         Ok(x) => x,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
-    let Some((statuses, limit)) = part else {
-        return found(PlanStatusJson::read(&s.client, id).await, "plan");
-    };
+    // The header first: one row, whatever the plan's size, and it says whether the plan
+    // fits in one answer.
     let header = match s.client.plan_header(id).await {
         Ok(Some(h)) => h,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "plan not found"),
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("plan `{id}` not found")),
         Err(e) => return op_error(&e),
+    };
+    let Some((statuses, limit)) = part else {
+        if header.total_subtasks > PLAN_API_MAX_LIMIT {
+            return error(StatusCode::BAD_REQUEST, too_large_to_answer_whole(&header));
+        }
+        return found(PlanStatusJson::read(&s.client, id).await, "plan");
     };
     found(
         PlanSubtasksJson::read(&s.client, header, &statuses, limit)
@@ -312,3 +394,6 @@ pub(crate) fn routes() -> axum::Router<AppState> {
             post(actions::trigger_schedule_api),
         )
 }
+
+#[cfg(test)]
+mod tests;

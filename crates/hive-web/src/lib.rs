@@ -11,6 +11,8 @@ mod actions;
 mod api;
 mod dag;
 mod events;
+mod extract;
+mod failure;
 mod pages;
 mod probes;
 pub mod security;
@@ -80,13 +82,14 @@ impl Server {
     /// Checks the security rules for `config` (refusing a non-loopback address without a
     /// token before anything is bound), binds, and starts counting runs for `/metrics`.
     pub async fn bind(client: Client, config: Config) -> Result<Server> {
-        let security = Arc::new(Security::for_bind(config.bind, config.token)?);
+        let security = Security::for_bind(config.bind, config.token)?;
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
             .map_err(|source| Error::Bind {
                 bind: config.bind,
                 source,
             })?;
+        let security = Arc::new(security.bound_to(listener.local_addr()?));
         let metrics = hive_metrics::Metrics::new()?;
         metrics
             .watch(client.clone())

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use crate::{AppState, Error, Result};
 
-/// The cookie that carries the token in a browser.
+/// The start of the name of the cookie that carries the token in a browser; the server's
+/// port follows ([`Security::cookie_name`]).
 pub const COOKIE: &str = "hive_token";
 /// The header that carries the token for scripts and API callers.
 pub const HEADER: &str = "x-hive-token";
@@ -25,6 +26,10 @@ pub struct Security {
     /// Without one (loopback only) pages are open to the local machine, and a random token,
     /// set as a cookie by every page, still guards the mutations against other sites.
     reads_need_token: bool,
+    /// The cookie's name, `hive_token_<port>`: a browser keeps cookies per host, not per
+    /// port, so two dashboards on one host under one name would overwrite each other's
+    /// token and log each other out.
+    cookie_name: String,
 }
 
 impl std::fmt::Debug for Security {
@@ -32,18 +37,22 @@ impl std::fmt::Debug for Security {
         f.debug_struct("Security")
             .field("token", &"<redacted>")
             .field("reads_need_token", &self.reads_need_token)
+            .field("cookie_name", &self.cookie_name)
             .finish()
     }
 }
 
 impl Security {
-    /// The rule for `bind`: any address other than loopback needs a token.
+    /// The rule for `bind`: any address other than loopback needs a token. The cookie is
+    /// named for `bind`'s port; [`Security::bound_to`] renames it once a port 0 is bound.
     pub fn for_bind(bind: SocketAddr, token: Option<String>) -> Result<Security> {
+        let cookie_name = cookie_name(bind);
         match token {
             Some(t) if t.trim().is_empty() => Err(Error::EmptyToken),
             Some(token) => Ok(Security {
                 token,
                 reads_need_token: true,
+                cookie_name,
             }),
             None if !bind.ip().is_loopback() => Err(Error::TokenRequired { bind }),
             None => {
@@ -52,9 +61,24 @@ impl Security {
                 Ok(Security {
                     token: bytes.iter().map(|b| format!("{b:02x}")).collect(),
                     reads_need_token: false,
+                    cookie_name,
                 })
             }
         }
+    }
+
+    /// The same rules, the cookie named for the address the server is bound to (the port
+    /// the system chose, when asked for port 0).
+    pub fn bound_to(self, bound: SocketAddr) -> Security {
+        Security {
+            cookie_name: cookie_name(bound),
+            ..self
+        }
+    }
+
+    /// The name of the cookie that carries the token: `hive_token_<port>`.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
     }
 
     /// Whether `given` is the token, compared in constant time.
@@ -76,7 +100,7 @@ impl Security {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE)
+            .find(|(k, _)| *k == self.cookie_name)
             .map(|(_, v)| v);
         [header, bearer, cookie]
             .into_iter()
@@ -88,11 +112,16 @@ impl Security {
     /// site's requests, never readable by scripts.
     pub fn cookie(&self) -> Option<HeaderValue> {
         HeaderValue::from_str(&format!(
-            "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-            self.token
+            "{}={}; Path=/; HttpOnly; SameSite=Strict",
+            self.cookie_name, self.token
         ))
         .ok()
     }
+}
+
+/// The cookie's name for a server bound to `bind`.
+fn cookie_name(bind: SocketAddr) -> String {
+    format!("{COOKIE}_{}", bind.port())
 }
 
 /// Why a request is refused, as the response says it.

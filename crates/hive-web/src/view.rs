@@ -97,14 +97,11 @@ pub fn not_found(what: &str) -> Response {
     error_page(StatusCode::NOT_FOUND, &format!("{what} not found"))
 }
 
-/// An operation's error as a page: the client's message, which never holds a password.
+/// An operation's error as a page, with the status its kind calls for
+/// ([`crate::failure::classify`]).
 pub fn op_error(e: &hive_client::ops::Error) -> Response {
-    let status = if e.is_transient() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    error_page(status, &e.to_string())
+    let (status, message) = crate::failure::classify(e);
+    error_page(status, &message)
 }
 
 pub async fn script() -> Response {

@@ -1,6 +1,6 @@
 //! Plans: the list with progress, and a plan's page with its DAG drawn in layers.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
@@ -9,18 +9,47 @@ use hive_client::ops::{PLAN_TRIAGE_ORDER, TriagedSubtask};
 use hive_client::{PlanStatus, TaskStatus};
 
 use crate::AppState;
-use crate::api::PlanStatusJson;
+use crate::api::{PLANS_MAX_LIMIT, PlanListQuery, PlanStatusJson, list_plans};
 use crate::pages::tasks::parse_plan;
 use crate::view::{layout, not_found, op_error, time};
 
-pub async fn list(State(s): State<AppState>) -> Response {
-    let plans = match s.client.list_plan_headers(None, Some(200)).await {
+/// The newest plans (`?limit=`, 200 by default), of one status with `?status=`, as
+/// `GET /api/plans` lists them.
+pub async fn list(State(s): State<AppState>, Query(q): Query<PlanListQuery>) -> Response {
+    let (status, limit) = match q.parts() {
+        Ok(p) => p,
+        Err(m) => return crate::view::error_page(axum::http::StatusCode::BAD_REQUEST, &m),
+    };
+    let (plans, more) = match list_plans(&s.client, status, limit).await {
         Ok(p) => p,
         Err(e) => return op_error(&e),
     };
+    let chosen = status.map_or("", PlanStatus::as_str);
     layout(
         "Plans",
         html! {
+            form class="filters" method="get" action="/plans" {
+                select name="status" {
+                    option value="" { "any status" }
+                    @for st in PlanStatus::ALL {
+                        option value=(st.as_str()) selected[st.as_str() == chosen] { (st.as_str()) }
+                    }
+                }
+                input type="hidden" name="limit" value=(limit);
+                button type="submit" { "Filter" }
+            }
+            @if more {
+                p id="plans-more" {
+                    "The newest " (limit) " plans are shown; more match. "
+                    @if limit < PLANS_MAX_LIMIT {
+                        a href={ "/plans?status=" (chosen) "&limit=" (PLANS_MAX_LIMIT) } {
+                            "Show " (PLANS_MAX_LIMIT)
+                        }
+                    } @else {
+                        "Filter by status, or use " code { "hive plan list" } "."
+                    }
+                }
+            }
             table id="plans" {
                 tr { th { "title" } th { "status" } th { "progress" } th { "created" } }
                 @for p in &plans {

@@ -37,8 +37,8 @@ fn the_token_is_read_from_header_bearer_or_cookie_only_when_equal() {
     };
     assert!(s.authorised(&with(HEADER.parse().unwrap(), "sekrit")));
     assert!(s.authorised(&with(header::AUTHORIZATION, "Bearer sekrit")));
-    assert!(s.authorised(&with(header::COOKIE, "a=b; hive_token=sekrit")));
-    assert!(!s.authorised(&with(header::COOKIE, "hive_token=sekri")));
+    assert!(s.authorised(&with(header::COOKIE, "a=b; hive_token_1=sekrit")));
+    assert!(!s.authorised(&with(header::COOKIE, "hive_token_1=sekri")));
     assert!(!s.authorised(&with(HEADER.parse().unwrap(), "sekrit2")));
     assert!(!s.authorised(&HeaderMap::new()));
     assert!(
@@ -47,6 +47,40 @@ fn the_token_is_read_from_header_bearer_or_cookie_only_when_equal() {
     );
     let random = Security::for_bind("127.0.0.1:1".parse().unwrap(), None).unwrap();
     assert!(!random.accepts(""));
+}
+
+/// Browsers keep cookies per host, not per port: each dashboard's cookie is named for its
+/// port, so two on one host keep their own tokens.
+#[test]
+fn the_cookie_is_named_for_the_servers_port() {
+    let at = |port: u16| {
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Security::for_bind(bind, Some("sekrit".into())).unwrap()
+    };
+    let (a, b) = (at(8080), at(8081));
+    assert_eq!(a.cookie_name(), "hive_token_8080");
+    let cookie = a.cookie().unwrap();
+    let cookie = cookie.to_str().unwrap();
+    assert_eq!(
+        cookie,
+        "hive_token_8080=sekrit; Path=/; HttpOnly; SameSite=Strict"
+    );
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_static("hive_token_8080=sekrit"),
+    );
+    assert!(a.authorised(&h));
+    assert!(!b.authorised(&h), "another port's cookie is not this one's");
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_static("hive_token=sekrit"),
+    );
+    assert!(!a.authorised(&h), "the unnamed cookie of old is not read");
+    // Asked for port 0, the server names its cookie for the port it was given.
+    let bound = at(0).bound_to("127.0.0.1:43210".parse().unwrap());
+    assert_eq!(bound.cookie_name(), "hive_token_43210");
+    assert!(bound.accepts("sekrit"), "the token is kept");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use hive_client::store::testing::fixtures::{claim_params, failure};
 use super::harness::{Dashboard, LIMIT, http};
 use super::store;
 
-/// The `hive_token` cookie a page hands this machine's browser.
+/// The `hive_token_<port>` cookie a page hands this machine's browser.
 fn cookie(response: &str) -> String {
     response
         .lines()
@@ -38,6 +38,8 @@ async fn actions_refuse_what_would_go_wrong() {
         let (code, page) = http(addr, &get(&addr.to_string())).await;
         assert_eq!(code, 200);
         let token = cookie(&page);
+        let named = format!("hive_token_{}=", addr.port());
+        assert!(token.starts_with(&named), "named for the port: {token}");
         let post = |path: &str, body: &str| {
             let json = if body.is_empty() {
                 ""
