@@ -9,9 +9,11 @@
 //! whose worker is no longer alive — at a worker's start (a worker restarted after a crash
 //! ends what its predecessor left at once) and every [`SWEEP_EVERY`] after.
 //!
-//! It only sees what `/proc` shows it: processes of its own user (any user's when it runs
-//! as root) in its own PID namespace, and only processes that kept the mark (a command
-//! that clears its environment is not found).
+//! It only kills what it can tell for sure: processes of its own user (any user's when it
+//! runs as root) in its own PID namespace (a container's processes, seen from the host,
+//! carry pids of the container's numbering, which the host's `/proc` does not describe),
+//! and only those that kept both the worker's and the run's mark (`env -u HIVE_RUN_ID`,
+//! the documented way to start something meant to outlive its task, keeps a process out).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -73,24 +75,32 @@ fn worker_alive(mark: &[u8]) -> bool {
 /// A process of a dead worker's command: its pid, and the run it was started for.
 struct Orphan {
     pid: Pid,
-    run: Option<String>,
+    run: String,
 }
 
-/// Every process (other than this one) whose [`WORKER_MARK`] names a worker no longer
-/// alive.
+/// The PID namespace of `pid` (`self` for this process), as `/proc` names it; None when
+/// this process may not look.
+fn pid_namespace(pid: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// Every process (other than this one) in this one's PID namespace whose [`WORKER_MARK`]
+/// names a worker no longer alive and that still carries its run's mark.
 fn orphans() -> Vec<Orphan> {
+    let Some(mine) = pid_namespace("self") else {
+        return Vec::new();
+    };
     let worker_var = format!("{WORKER_MARK}=").into_bytes();
     let run_var = format!("{RUN_MARK}=").into_bytes();
     environments()
         .filter_map(|(pid, environ)| {
             let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
             let worker = vars.iter().find_map(|v| v.strip_prefix(&worker_var[..]))?;
-            if worker_alive(worker) {
+            let run = vars.iter().find_map(|v| v.strip_prefix(&run_var[..]))?;
+            if worker_alive(worker) || pid_namespace(&pid.to_string()) != Some(mine.clone()) {
                 return None;
             }
-            let run = (vars.iter())
-                .find_map(|v| v.strip_prefix(&run_var[..]))
-                .map(|r| String::from_utf8_lossy(r).into_owned());
+            let run = String::from_utf8_lossy(run).into_owned();
             Some(Orphan { pid, run })
         })
         .collect()
@@ -113,8 +123,8 @@ pub fn kill_orphans() -> (usize, Vec<String>) {
         for o in found {
             if kill(o.pid, Signal::SIGKILL).is_ok() {
                 killed.insert(o.pid);
-                if let Some(run) = o.run.filter(|r| !runs.contains(r)) {
-                    runs.push(run);
+                if !runs.contains(&o.run) {
+                    runs.push(o.run);
                 }
             }
         }
@@ -162,20 +172,22 @@ mod tests {
     }
 
     /// A command started with the mark of a worker that is gone is killed by a sweep; one
-    /// with this live process's mark is left alone.
+    /// with this live process's mark is left alone, and so is one that dropped its run's
+    /// mark (started to outlive its task).
     #[tokio::test]
     async fn a_sweep_kills_the_commands_of_dead_workers_only() {
-        let spawn = |worker: &str| {
-            std::process::Command::new("sleep")
-                .arg("30")
-                .env(WORKER_MARK, worker)
-                .env(RUN_MARK, "run-of-the-test")
-                .spawn()
-                .unwrap()
+        let spawn = |worker: &str, run: Option<&str>| {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30").env(WORKER_MARK, worker);
+            if let Some(run) = run {
+                cmd.env(RUN_MARK, run);
+            }
+            cmd.spawn().unwrap()
         };
         let dead = format!("{}:1", i32::MAX);
-        let mut orphan = spawn(&dead);
-        let mut attended = spawn(own_mark().unwrap());
+        let mut orphan = spawn(&dead, Some("run-of-the-test"));
+        let mut attended = spawn(own_mark().unwrap(), Some("run-of-the-test"));
+        let mut detached = spawn(&dead, None);
         // The children's environments are readable once they have exec'd.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let (killed, runs) = loop {
@@ -194,7 +206,14 @@ mod tests {
             None,
             "the attended one runs on"
         );
-        attended.kill().unwrap();
-        attended.wait().unwrap();
+        assert_eq!(
+            detached.try_wait().unwrap(),
+            None,
+            "the detached one runs on"
+        );
+        for mut child in [attended, detached] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 }

@@ -63,9 +63,12 @@ impl ProcessGroup {
         run_id: &str,
     ) -> std::io::Result<(tokio::process::Child, Option<ProcessGroup>)> {
         cmd.env(RUN_MARK, run_id);
-        if let Some(worker) = crate::orphans::own_mark() {
-            cmd.env(crate::orphans::WORKER_MARK, worker);
-        }
+        // Never the mark this worker inherited (it runs inside another worker's command):
+        // its own commands are its, not that worker's.
+        match crate::orphans::own_mark() {
+            Some(worker) => cmd.env(crate::orphans::WORKER_MARK, worker),
+            None => cmd.env_remove(crate::orphans::WORKER_MARK),
+        };
         let mark = format!("{RUN_MARK}={run_id}").into_bytes();
         let mut live = live();
         let child = cmd.spawn()?;

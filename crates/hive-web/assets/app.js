@@ -25,15 +25,21 @@
     return el.value !== el.defaultValue;
   }
 
+  // The fields the operator changed since the last swap. Tracked by their events, not by
+  // comparing every field with what the server rendered: a browser that restores a form
+  // (Back, a reload) changes fields without the operator, and the page must stay live.
+  let touched = new Set();
+
   // Whether a field in <main> has the focus, or holds what the operator changed since the
   // last swap (text typed into a field they then left, a status chosen, not yet sent).
   function editing() {
     const main = document.getElementById("main");
     if (!main) return false;
-    const fields = "input, textarea, select";
     const active = document.activeElement;
-    if (active && main.contains(active) && active.matches(fields)) return true;
-    return Array.from(main.querySelectorAll(fields)).some(edited);
+    if (active && main.contains(active) && active.matches("input, textarea, select")) {
+      return true;
+    }
+    return Array.from(touched).some((el) => main.contains(el) && edited(el));
   }
 
   // Holds a refresh back while the operator edits, and says so on the live dot.
@@ -75,6 +81,7 @@
           return;
         }
         if (fresh && main) {
+          touched = new Set();
           main.replaceWith(fresh);
           wire();
           if (selected) show(selected);
@@ -153,7 +160,14 @@
     if (!window.EventSource || !document.getElementById("main").hasAttribute("data-live")) return;
     const dot = document.getElementById("live");
     document.addEventListener("focusout", resume);
-    document.addEventListener("input", resume);
+    const touch = (e) => {
+      if (e.target instanceof Element && e.target.matches("input, textarea, select")) {
+        touched.add(e.target);
+      }
+      resume();
+    };
+    document.addEventListener("input", touch);
+    document.addEventListener("change", touch);
     const es = new EventSource("/events");
     es.onopen = () => dot && dot.classList.add("on");
     es.onerror = () => dot && dot.classList.remove("on");

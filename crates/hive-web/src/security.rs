@@ -76,9 +76,26 @@ impl Security {
         }
     }
 
-    /// The name of the cookie that carries the token: `hive_token_<port>`.
+    /// The name of the cookie that carries the token: `hive_token_<port>`, for the port the
+    /// server is bound to.
     pub fn cookie_name(&self) -> &str {
         &self.cookie_name
+    }
+
+    /// The cookie's name for a request: named for the port its `Host` gives, the one the
+    /// browser keeps its cookies under (two containers bound to 8080 and published on 8081
+    /// and 8082 are two dashboards to it), else for the bound port (a `Host` without one,
+    /// behind a proxy on 80 or 443).
+    pub fn cookie_name_for(&self, headers: &HeaderMap) -> String {
+        let port = (headers.get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|host| host.rsplit_once(':'))
+            .map(|(_, port)| port)
+            .filter(|port| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()));
+        match port {
+            Some(port) => format!("{COOKIE}_{port}"),
+            None => self.cookie_name.clone(),
+        }
     }
 
     /// Whether `given` is the token, compared in constant time.
@@ -94,13 +111,14 @@ impl Security {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        let name = self.cookie_name_for(headers);
         let cookie = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == self.cookie_name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| v);
         [header, bearer, cookie]
             .into_iter()
@@ -108,12 +126,14 @@ impl Security {
             .any(|t| self.accepts(t))
     }
 
-    /// The `Set-Cookie` value that hands the token to a browser: never sent by another
-    /// site's requests, never readable by scripts.
-    pub fn cookie(&self) -> Option<HeaderValue> {
+    /// The `Set-Cookie` value that hands the token to a browser, in answer to a request
+    /// with these `headers` ([`Security::cookie_name_for`]): never sent by another site's
+    /// requests, never readable by scripts.
+    pub fn cookie(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         HeaderValue::from_str(&format!(
             "{}={}; Path=/; HttpOnly; SameSite=Strict",
-            self.cookie_name, self.token
+            self.cookie_name_for(headers),
+            self.token
         ))
         .ok()
     }
@@ -212,10 +232,11 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         }
         return Redirect::to("/login").into_response();
     }
+    let cookie = sec.cookie(req.headers());
     let mut response = next.run(req).await;
     if reading
         && !sec.reads_need_token
-        && let Some(cookie) = sec.cookie()
+        && let Some(cookie) = cookie
     {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }

@@ -214,8 +214,15 @@ impl State {
             return false;
         };
         let was = t.pending_dependencies;
-        t.pending_dependencies = was.saturating_sub(1);
-        t.updated_at = at;
+        if was == 0 {
+            return false;
+        }
+        t.pending_dependencies = was - 1;
+        // As the SQL adapters do: a finished dependent (cancelled while it waited) keeps
+        // its time, which pruning goes by.
+        if t.status == TaskStatus::Queued {
+            t.updated_at = at;
+        }
         if was == 1 && t.delay_secs > 0 {
             t.run_at = Some(hive_models::delayed_until(at, t.delay_secs));
         }

@@ -27,7 +27,8 @@ macro_rules! count_down {
         concat!(
             "pending_deps = greatest(t.pending_deps - (",
             $n,
-            "), 0), updated_at = now(), run_at = CASE WHEN t.delay_secs > 0 AND t.pending_deps > 0 \
+            "), 0), updated_at = CASE WHEN t.status = 'queued' THEN now() \
+                 ELSE t.updated_at END, run_at = CASE WHEN t.delay_secs > 0 AND t.pending_deps > 0 \
                  AND t.pending_deps <= (",
             $n,
             ") THEN now() + t.delay_secs * interval '1 second' ELSE t.run_at END"

@@ -431,9 +431,10 @@ macro_rules! count_dependents_down {
     () => {
         concat!(
             $crate::sqlite::tasks::per_dependent!(),
-            "UPDATE tasks SET pending_deps = MAX(pending_deps - per_dep.n, 0), updated_at = ",
+            "UPDATE tasks SET pending_deps = MAX(pending_deps - per_dep.n, 0), \
+                 updated_at = CASE WHEN status = 'queued' THEN ",
             now_us!(),
-            ", run_at = CASE WHEN delay_secs > 0 AND pending_deps <= per_dep.n THEN ",
+            " ELSE updated_at END, run_at = CASE WHEN delay_secs > 0 AND pending_deps <= per_dep.n THEN ",
             now_us!(),
             " + delay_secs * 1000000 ELSE run_at END \
              FROM per_dep WHERE tasks.id = per_dep.id AND pending_deps > 0 \

@@ -29,7 +29,11 @@ pub struct Login {
     token: String,
 }
 
-pub async fn submit(State(s): State<AppState>, Form(l): Form<Login>) -> Response {
+pub async fn submit(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Form(l): Form<Login>,
+) -> Response {
     if !s.security.accepts(&l.token) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -38,7 +42,7 @@ pub async fn submit(State(s): State<AppState>, Form(l): Form<Login>) -> Response
             .into_response();
     }
     let mut r = Redirect::to("/").into_response();
-    if let Some(c) = s.security.cookie() {
+    if let Some(c) = s.security.cookie(&headers) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
     r

@@ -59,12 +59,32 @@ fn the_cookie_is_named_for_the_servers_port() {
     };
     let (a, b) = (at(8080), at(8081));
     assert_eq!(a.cookie_name(), "hive_token_8080");
-    let cookie = a.cookie().unwrap();
+    let cookie = a.cookie(&HeaderMap::new()).unwrap();
     let cookie = cookie.to_str().unwrap();
     assert_eq!(
         cookie,
         "hive_token_8080=sekrit; Path=/; HttpOnly; SameSite=Strict"
     );
+    // Published on another port (a container's 8080 on the host's 9090), the cookie goes
+    // by the port the browser used; a Host without a port (a proxy on 443) by the bound one.
+    let host = |h: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static(h));
+        headers
+    };
+    assert_eq!(
+        a.cookie_name_for(&host("example.com:9090")),
+        "hive_token_9090"
+    );
+    assert_eq!(a.cookie_name_for(&host("[::1]:9091")), "hive_token_9091");
+    assert_eq!(a.cookie_name_for(&host("example.com")), "hive_token_8080");
+    assert_eq!(a.cookie_name_for(&host("[::1]")), "hive_token_8080");
+    let mut published = host("example.com:9090");
+    published.insert(
+        header::COOKIE,
+        HeaderValue::from_static("hive_token_9090=sekrit"),
+    );
+    assert!(a.authorised(&published));
     let mut h = HeaderMap::new();
     h.insert(
         header::COOKIE,
