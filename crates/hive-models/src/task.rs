@@ -39,6 +39,15 @@ status_enum!(
 );
 
 impl TaskStatus {
+    /// The names of the statuses [`TaskStatus::is_terminal`] calls `finished` (`true`) or
+    /// not (`false`), as stored.
+    pub fn names_where_finished(finished: bool) -> Vec<&'static str> {
+        (Self::ALL.iter())
+            .filter(|s| s.is_terminal() == finished)
+            .map(|s| s.as_str())
+            .collect()
+    }
+
     /// Completed, failed and cancelled tasks never change again except by an explicit requeue.
     pub const fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)

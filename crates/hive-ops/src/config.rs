@@ -26,6 +26,9 @@ pub struct OpsConfig {
     pub max_snoozes: u32,
     /// How long `get_execution_plan_status_cached` may serve a status without re-reading it.
     pub plan_cache_ttl: Duration,
+    /// How old, at most, the counts of finished tasks `queue_stats` serves may be: they are
+    /// reused for 50 times as long as counting them took, up to this.
+    pub finished_counts_max_age: Duration,
     /// Tasks deleted per statement by `prune_tasks`.
     pub prune_batch: u32,
     /// Tasks read per page by `retry_tasks`, so a bulk retry never loads every match.
@@ -44,6 +47,7 @@ impl Default for OpsConfig {
             retry_by_type: HashMap::new(),
             max_snoozes: 50,
             plan_cache_ttl: Duration::from_secs(5),
+            finished_counts_max_age: Duration::from_secs(60),
             prune_batch: 1000,
             retry_batch: 500,
             reap_batch: 500,

@@ -170,7 +170,6 @@ impl<S: Store + ?Sized> Ops<S> {
     async fn known_types(&self) -> Result<BTreeSet<String>> {
         let now = self.store.now().await?;
         let mut known: BTreeSet<String> = self
-            .store
             .queue_stats(now)
             .await?
             .counts

@@ -14,6 +14,7 @@ mod plans;
 mod results;
 mod running;
 mod schedules;
+mod stats;
 mod tasks;
 mod triage;
 mod waits;
@@ -47,6 +48,7 @@ pub struct Ops<S: Store + ?Sized> {
     config: OpsConfig,
     bus: EventBus,
     plan_cache: Arc<plans::StatusCache>,
+    finished_counts: Arc<stats::FinishedCounts>,
 }
 
 impl<S: Store + ?Sized> Clone for Ops<S> {
@@ -56,6 +58,7 @@ impl<S: Store + ?Sized> Clone for Ops<S> {
             config: self.config.clone(),
             bus: self.bus.clone(),
             plan_cache: self.plan_cache.clone(),
+            finished_counts: self.finished_counts.clone(),
         }
     }
 }
@@ -69,11 +72,13 @@ impl<S: Store + ?Sized> Ops<S> {
     pub fn with_config(store: Arc<S>, config: OpsConfig) -> Self {
         let plan_cache = Arc::new(plans::StatusCache::new(config.plan_cache_ttl));
         let bus = EventBus::new(plan_cache.clone());
+        let finished_counts = Arc::new(stats::FinishedCounts::new(config.finished_counts_max_age));
         Ops {
             store,
             config,
             bus,
             plan_cache,
+            finished_counts,
         }
     }
 

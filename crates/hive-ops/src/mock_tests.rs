@@ -422,3 +422,61 @@ async fn a_bulk_retry_keeps_its_limit_when_a_refused_task_leaves_the_filter() {
     assert_eq!((report.retried, report.skipped), (2, 1), "{report:?}");
     assert_eq!(retried.lock().unwrap().len(), 2);
 }
+
+/// Counting finished tasks reads the whole history: `queue_stats` reuses a count for 50
+/// times as long as it took (here 20 ms: a second), so a burst of scrapes counts once, and
+/// counts again every call when the maximum age is zero. The unfinished ones are read
+/// every call, and both come back merged in type and status order.
+#[tokio::test]
+async fn finished_counts_are_reused_for_fifty_times_their_cost() {
+    use hive_store::{QueueStats, TypeStatusCount};
+    let count = |ty: &str, status: TaskStatus, count: u64| TypeStatusCount {
+        task_type: ty.into(),
+        status,
+        count,
+    };
+    let store = |finished_reads: usize| {
+        let mut m = MockStore::new();
+        let queued = vec![count("b", TaskStatus::Queued, 2)];
+        m.expect_queue_stats().times(2).returning(move |_| {
+            Ok(QueueStats {
+                counts: queued.clone(),
+                ..QueueStats::default()
+            })
+        });
+        m.expect_count_finished_tasks()
+            .times(finished_reads)
+            .returning(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(vec![
+                    count("a", TaskStatus::Completed, 7),
+                    count("b", TaskStatus::Failed, 1),
+                ])
+            });
+        let store: Arc<dyn Store> = Arc::new(m);
+        store
+    };
+    let o = Ops::new(store(1));
+    for _ in 0..2 {
+        let stats = o.queue_stats(chrono::Utc::now()).await.unwrap();
+        let got: Vec<_> = (stats.counts.iter())
+            .map(|c| (c.task_type.as_str(), c.status, c.count))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", TaskStatus::Completed, 7),
+                ("b", TaskStatus::Failed, 1),
+                ("b", TaskStatus::Queued, 2)
+            ]
+        );
+    }
+    let config = crate::OpsConfig {
+        finished_counts_max_age: Duration::ZERO,
+        ..Default::default()
+    };
+    let o = Ops::with_config(store(2), config);
+    for _ in 0..2 {
+        o.queue_stats(chrono::Utc::now()).await.unwrap();
+    }
+}

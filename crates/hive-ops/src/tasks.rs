@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use hive_models::{Json, NewTask, PlanId, Run, RunId, Task, TaskId, TaskStatus};
 use hive_store::{
-    PruneParams, QueueStats, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter,
-    TaskPageParams, TasksInserted,
+    PruneParams, StatusChange, StatusChanged, StatusCounts, Store, TaskFilter, TaskPageParams,
+    TasksInserted,
 };
 
 use crate::{Error, Ops, Result};
@@ -299,12 +299,6 @@ impl<S: Store + ?Sized> Ops<S> {
     pub async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>> {
         params.check()?;
         Ok(self.store.page_tasks(params).await?)
-    }
-
-    /// Tasks per type and status, the oldest ready task per type, and runs closed per
-    /// minute since `since`.
-    pub async fn queue_stats(&self, since: hive_models::Timestamp) -> Result<QueueStats> {
-        Ok(self.store.queue_stats(since).await?)
     }
 
     /// Requeues failed tasks matching `filter` (its status is taken as `failed`), newest

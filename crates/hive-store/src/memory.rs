@@ -150,6 +150,10 @@ impl Store for MemoryStore {
         Ok(dashboard::stats(&self.lock(), now(), since))
     }
 
+    async fn count_finished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
+        Ok(dashboard::counts(&self.lock(), true))
+    }
+
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
         Ok(dashboard::list(&self.lock(), f, now()))
     }
@@ -393,23 +397,14 @@ impl Store for MemoryStore {
     }
 
     async fn list_runs(&self, task_id: TaskId) -> Result<Vec<Run>> {
-        let s = self.lock();
-        Ok(s.task_runs
-            .get(&task_id)
-            .map(|ids| ids.iter().filter_map(|r| s.runs.get(r).cloned()).collect())
-            .unwrap_or_default())
+        Ok(self.lock().runs_of_tasks(&[task_id]))
     }
 
     async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>> {
         let s = self.lock();
         let mut tasks: Vec<TaskId> = s.plan_tasks.get(&plan_id).cloned().unwrap_or_default();
         tasks.sort();
-        Ok(tasks
-            .iter()
-            .filter_map(|t| s.task_runs.get(t))
-            .flatten()
-            .filter_map(|r| s.runs.get(r).cloned())
-            .collect())
+        Ok(s.runs_of_tasks(&tasks))
     }
 
     async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {

@@ -267,6 +267,10 @@ impl Store for PostgresStore {
         self.run(self.read_stats(since)).await
     }
 
+    async fn count_finished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
+        self.run(self.read_counts(true)).await
+    }
+
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
         self.run(self.read_tasks(f)).await
     }

@@ -303,6 +303,10 @@ impl Store for SqliteStore {
         read!(self, dashboard::stats, since)
     }
 
+    async fn count_finished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
+        read!(self, dashboard::counts, true)
+    }
+
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         read!(self, tasks::list, filter)
     }

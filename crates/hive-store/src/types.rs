@@ -507,10 +507,11 @@ impl TaskPageParams {
 pub struct QueueStats {
     /// The store's clock when the stats were read.
     pub now: Timestamp,
-    /// Tasks per type and status (pairs with no task are absent).
+    /// Tasks per type and status (pairs with no task are absent): from the store, the
+    /// unfinished ones only; from `Ops::queue_stats`, the finished ones too.
     pub counts: Vec<TypeStatusCount>,
     /// Per task type with ready tasks: when its longest-waiting ready task became
-    /// claimable (its `run_at`, else its creation).
+    /// claimable.
     pub oldest_ready: Vec<OldestReady>,
     /// Runs closed since the `since` asked for, per minute (minutes with none are absent),
     /// oldest first.

@@ -19,6 +19,15 @@ impl State {
     }
 
     /// See [`crate::Store::get_runs`].
+    /// The runs of `tasks`, task by task, each task's in the order they started.
+    pub(crate) fn runs_of_tasks(&self, tasks: &[TaskId]) -> Vec<Run> {
+        (tasks.iter())
+            .filter_map(|t| self.task_runs.get(t))
+            .flatten()
+            .filter_map(|r| self.runs.get(r).cloned())
+            .collect()
+    }
+
     pub(crate) fn runs_by_id(&self, ids: &[RunId]) -> Vec<Run> {
         let mut runs: Vec<Run> = ids
             .iter()
@@ -41,11 +50,28 @@ pub(super) fn page(s: &State, p: &TaskPageParams) -> Vec<Task> {
     rows.into_iter().take(p.limit as usize).cloned().collect()
 }
 
-pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
+/// Tasks per type and status, those finished (`true`) or not.
+pub(super) fn counts(s: &State, finished: bool) -> Vec<TypeStatusCount> {
     let mut counts: BTreeMap<(String, TaskStatus), u64> = BTreeMap::new();
+    for (t, _) in s
+        .tasks
+        .values()
+        .filter(|(t, _)| t.is_terminal() == finished)
+    {
+        *counts.entry((t.task_type.clone(), t.status)).or_default() += 1;
+    }
+    (counts.into_iter())
+        .map(|((task_type, status), count)| TypeStatusCount {
+            task_type,
+            status,
+            count,
+        })
+        .collect()
+}
+
+pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
     let mut oldest: BTreeMap<String, Timestamp> = BTreeMap::new();
     for (t, _) in s.tasks.values() {
-        *counts.entry((t.task_type.clone(), t.status)).or_default() += 1;
         if t.is_ready_at(now) {
             let from = t.ready_since();
             let e = oldest.entry(t.task_type.clone()).or_insert(from);
@@ -54,14 +80,7 @@ pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
     }
     let mut out = QueueStats {
         now,
-        counts: counts
-            .into_iter()
-            .map(|((task_type, status), count)| TypeStatusCount {
-                task_type,
-                status,
-                count,
-            })
-            .collect(),
+        counts: counts(s, false),
         oldest_ready: oldest
             .into_iter()
             .map(|(task_type, since)| OldestReady { task_type, since })

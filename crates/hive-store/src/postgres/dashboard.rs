@@ -2,7 +2,7 @@
 //! walked backwards, or a filter's index when the planner finds it cheaper), and the
 //! queue statistics (grouped counts, the ready index, runs closed per minute).
 
-use hive_models::{Task, Timestamp};
+use hive_models::{Task, TaskStatus, Timestamp};
 use sqlx::{Postgres, QueryBuilder};
 
 use super::{PostgresStore, rows};
@@ -43,6 +43,31 @@ impl PostgresStore {
         found.iter().map(rows::task).collect()
     }
 
+    /// Tasks per type and status, those finished (`true`) or not: the unfinished ones by
+    /// the status index, so they cost what is in flight, whatever the history.
+    pub(super) async fn read_counts(&self, finished: bool) -> R<Vec<TypeStatusCount>> {
+        let found = sqlx::query(
+            "SELECT task_type, status, count(*) AS n FROM tasks WHERE status = ANY($1) \
+             GROUP BY task_type, status ORDER BY task_type, status",
+        )
+        .bind(TaskStatus::names_where_finished(finished))
+        // Planned for the statuses given: a generic plan, not knowing how few tasks are
+        // unfinished, scans the whole table (300 ms against 4 ms with 2,000,000 finished).
+        .persistent(false)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for row in &found {
+            let n: i64 = rows::get(row, "n", "tasks")?;
+            out.push(TypeStatusCount {
+                task_type: rows::get(row, "task_type", "tasks")?,
+                status: rows::task_status(row, "status")?,
+                count: n.unsigned_abs(),
+            });
+        }
+        Ok(out)
+    }
+
     pub(super) async fn read_stats(&self, since: Timestamp) -> R<QueueStats> {
         let now: Timestamp = sqlx::query_scalar("SELECT now()")
             .fetch_one(&self.pool)
@@ -51,20 +76,7 @@ impl PostgresStore {
             now,
             ..QueueStats::default()
         };
-        let found = sqlx::query(
-            "SELECT task_type, status, count(*) AS n FROM tasks \
-             GROUP BY task_type, status ORDER BY task_type, status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &found {
-            let n: i64 = rows::get(row, "n", "tasks")?;
-            out.counts.push(TypeStatusCount {
-                task_type: rows::get(row, "task_type", "tasks")?,
-                status: rows::task_status(row, "status")?,
-                count: n.unsigned_abs(),
-            });
-        }
+        out.counts = self.read_counts(false).await?;
         let found = sqlx::query(
             // `Task::ready_since`.
             "SELECT task_type, min(greatest(run_at, updated_at)) AS since FROM tasks \

@@ -2,7 +2,7 @@
 //! `id`, walked backwards, so a page costs the same at any depth), and the queue
 //! statistics (grouped counts, the ready index, runs closed per minute).
 
-use hive_models::{Task, Timestamp};
+use hive_models::{Task, TaskStatus, Timestamp};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::db::{self, Cols, Conn, R, us};
@@ -50,27 +50,38 @@ pub(super) async fn page(c: &mut Conn, p: &TaskPageParams) -> R<Vec<Task>> {
     rows.iter().map(db::task_from_row).collect()
 }
 
+/// Tasks per type and status, those finished (`true`) or not: by the status index, so the
+/// unfinished ones cost what is in flight, whatever the history.
+pub(super) async fn counts(c: &mut Conn, finished: bool) -> R<Vec<TypeStatusCount>> {
+    let statuses = serde_json::json!(TaskStatus::names_where_finished(finished)).to_string();
+    let rows = sqlx::query(
+        "SELECT task_type, status, COUNT(*) AS n FROM tasks \
+         WHERE status IN (SELECT value FROM json_each(?1)) \
+         GROUP BY task_type, status ORDER BY task_type, status",
+    )
+    .bind(statuses)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let cols = Cols::new(row, "tasks");
+        let n: i64 = cols.get("n")?;
+        out.push(TypeStatusCount {
+            task_type: cols.get("task_type")?,
+            status: cols.parse("status")?,
+            count: u64::try_from(n).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
 pub(super) async fn stats(c: &mut Conn, since: Timestamp) -> R<QueueStats> {
     let now = db::db_now(c).await?;
     let mut out = QueueStats {
         now: db::ts("tasks", now)?,
         ..QueueStats::default()
     };
-    let rows = sqlx::query(
-        "SELECT task_type, status, COUNT(*) AS n FROM tasks \
-         GROUP BY task_type, status ORDER BY task_type, status",
-    )
-    .fetch_all(&mut *c)
-    .await?;
-    for row in &rows {
-        let cols = Cols::new(row, "tasks");
-        let n: i64 = cols.get("n")?;
-        out.counts.push(TypeStatusCount {
-            task_type: cols.get("task_type")?,
-            status: cols.parse("status")?,
-            count: u64::try_from(n).unwrap_or(0),
-        });
-    }
+    out.counts = counts(c, false).await?;
     let rows = sqlx::query(
         // `Task::ready_since` (SQLite's MAX of several values is NULL if any is).
         "SELECT task_type, MIN(MAX(COALESCE(run_at, updated_at), updated_at)) AS since \

@@ -129,20 +129,23 @@ pub async fn queue_stats_count_types_ready_age_and_finished_runs(s: S) {
         .await
         .unwrap();
     let stats = s.queue_stats(before).await.unwrap();
-    let total: u64 = stats.counts.iter().map(|c| c.count).sum();
-    assert_eq!(total, 4);
+    let finished = s.count_finished_tasks().await.unwrap();
     let of = |ty: &str, st: TaskStatus| {
-        stats
-            .counts
-            .iter()
-            .find(|c| c.task_type == ty && c.status == st)
-            .map_or(0, |c| c.count)
+        (stats.counts.iter().chain(&finished))
+            .filter(|c| c.task_type == ty && c.status == st)
+            .map(|c| c.count)
+            .sum::<u64>()
     };
     // Queue order: the first two alphas were claimed; one completed, one failed for good.
     assert_eq!(of("alpha", TaskStatus::Completed), 1);
     assert_eq!(of("alpha", TaskStatus::Failed), 1);
     assert_eq!(of("alpha", TaskStatus::Queued), 1);
     assert_eq!(of("beta", TaskStatus::Queued), 1);
+    // The unfinished from the stats, the finished from their own count.
+    assert!(stats.counts.iter().all(|c| !c.status.is_terminal()));
+    assert!(finished.iter().all(|c| c.status.is_terminal()));
+    assert_eq!(stats.counts.iter().map(|c| c.count).sum::<u64>(), 2);
+    assert_eq!(finished.iter().map(|c| c.count).sum::<u64>(), 2);
     let ready: Vec<&str> = stats
         .oldest_ready
         .iter()
