@@ -34,6 +34,7 @@ mod sqlite;
 pub mod testing;
 
 /// The longest [`Store::close`] waits for connections and background tasks to end.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use connect::{ConnectOptions, connect, connect_with};

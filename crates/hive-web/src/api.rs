@@ -215,11 +215,21 @@ async fn task(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Respon
     }
 }
 
+/// A task's runs, oldest first; 404 for an unknown task (not an empty list, which a task
+/// never claimed has).
 async fn runs(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
-    match parse_task(&id) {
-        Ok(id) => found(s.client.list_runs(id).await.map(Some), "runs"),
-        Err(m) => error(StatusCode::BAD_REQUEST, m),
-    }
+    let id = match parse_task(&id) {
+        Ok(id) => id,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let runs = async {
+        let runs = s.client.list_runs(id).await?;
+        if runs.is_empty() && s.client.get_task(id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(runs))
+    };
+    found(runs.await, "task")
 }
 
 /// The query of `GET /api/plans` and of the Plans page: one status, and how many of the

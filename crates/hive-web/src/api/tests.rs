@@ -134,6 +134,11 @@ async fn bad_ids_and_queries_are_400_and_unknown_rows_404_all_as_json() {
             404,
             "task not found".to_owned(),
         ),
+        (
+            format!("/api/tasks/{ghost}/runs"),
+            404,
+            "task not found".to_owned(),
+        ),
     ] {
         let (got, head, body) = get(addr, &path).await;
         assert_eq!(got, code, "{path}: {body}");
@@ -202,4 +207,43 @@ async fn a_database_fault_is_a_generic_500() {
         body,
         serde_json::json!({ "error": crate::failure::INTERNAL })
     );
+}
+
+/// The Workers page lists each worker with the tasks it runs now, read in one query for
+/// all workers: a worker's row names its own tasks only.
+#[tokio::test]
+async fn the_workers_page_shows_each_workers_running_tasks() {
+    let (addr, client, _stop) = serve().await;
+    for w in ["busy", "idle"] {
+        client.register_worker(w, "r", Vec::new()).await.unwrap();
+    }
+    let ids = client
+        .create_tasks(vec![
+            hive_client::NewTask::new("a", "mail"),
+            hive_client::NewTask::new("b", "mail"),
+        ])
+        .await
+        .unwrap();
+    let busy = hive_client::WorkerId::parse("busy").unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let claimed = client.claim_tasks(&busy, &[], 2, lease).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = "GET /workers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let row = |w: &str| {
+        let at = page
+            .find(&format!("<td>{w}</td>"))
+            .unwrap_or_else(|| panic!("no row for {w}: {page}"));
+        let end = page[at..].find("</tr>").unwrap();
+        page[at..at + end].to_owned()
+    };
+    for id in &ids {
+        let short = &id.to_string()[..8];
+        assert!(row("busy").contains(short), "{}", row("busy"));
+        assert!(!row("idle").contains(short), "{}", row("idle"));
+    }
 }
