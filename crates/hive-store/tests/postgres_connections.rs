@@ -1123,3 +1123,61 @@ async fn dependency_rows_name_tasks_that_exist_and_go_with_them() {
     })
     .await;
 }
+
+/// A prune finds a finished plan, then waits for one of its subtasks another transaction
+/// holds; that transaction queues the subtask again and commits. Checked again once
+/// locked, the subtask keeps its plan: nothing is deleted from under it. (A prune that
+/// locked the plan before its tasks deadlocked here, as with a plan's retry, until
+/// Postgres broke it a second later: `pg_stat_database.deadlocks` counted one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prune_spares_a_plan_whose_subtask_was_queued_again_meanwhile() {
+    use hive_store::models::PlanStatus;
+    use hive_store::testing::fixtures::{claim_params, node, plan, success};
+    let Some(ts) = fresh(
+        "postgres_connections::a_prune_spares_a_plan_whose_subtask_was_queued_again_meanwhile",
+    )
+    .await
+    else {
+        return;
+    };
+    let s = ts.store.clone();
+    let (pid, _) = s.submit_plan(plan(vec![node("x", &[])])).await.unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
+    let header = s.get_plan_header(pid).await.unwrap().unwrap();
+    assert_eq!(header.status, PlanStatus::Completed);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (mut holder, holder_pid, mut look) = hold_subtask(&ts, "x").await;
+    let pruning = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let params = hive_store::PlanPruneParams {
+                older_than: Duration::from_millis(1),
+                statuses: vec![PlanStatus::Completed],
+                limit: 20,
+            };
+            s.prune_plans(&params).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_by(&mut look, holder_pid).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the prune never waited for the held subtask"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("UPDATE tasks SET status = 'queued' WHERE plan_subtask_id = 'x'")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder.execute("COMMIT").await.unwrap();
+    let pruned = pruning.await.unwrap().unwrap();
+    assert_eq!((pruned.plans, pruned.tasks), (0, 0), "{pruned:?}");
+    assert!(s.get_plan_header(pid).await.unwrap().is_some());
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE plan_subtask_id = 'x'")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the queued subtask is still there");
+}

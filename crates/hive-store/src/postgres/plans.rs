@@ -259,14 +259,17 @@ impl PostgresStore {
 
     /// Finished plans whose tasks are all finished, oldest first, deleted with their tasks
     /// in one statement (runs and dependency rows go with the tasks; subtask definitions
-    /// and tallies with the plan). A plan another transaction holds is skipped.
+    /// and tallies with the plan). A plan another transaction holds is skipped. The tasks
+    /// are locked before their plans, the order every other writer takes, and checked again
+    /// once locked: a subtask requeued (or claimed) since the statement's snapshot keeps
+    /// its plan, and the plan is not deleted from under it.
     pub(super) async fn prune_plans_once(
         &self,
         p: &crate::PlanPruneParams,
         statuses: &[&str],
     ) -> R<crate::PlansPruned> {
         let row = sqlx::query(concat!(
-            "WITH old AS ( \
+            "WITH cand AS ( \
                  SELECT p.id FROM plans p \
                  WHERE p.status = ANY($1::text[]) \
                    AND p.updated_at < now() - $2::bigint * interval '1 microsecond' \
@@ -275,6 +278,20 @@ impl PostgresStore {
             terminal_statuses!(),
             ") \
                  ORDER BY p.updated_at, p.id LIMIT $3::bigint \
+             ), locked AS ( \
+                 /* Locked rows are read as they are now, not as the snapshot saw them. */ \
+                 SELECT t.plan_id, t.status FROM tasks t \
+                 WHERE t.plan_id = ANY(ARRAY(SELECT id FROM cand)) ORDER BY t.id FOR UPDATE \
+             ), open AS ( \
+                 /* Aggregated, so every task is locked before any plan. */ \
+                 SELECT plan_id FROM locked GROUP BY plan_id \
+                 HAVING bool_or(status NOT IN ",
+            terminal_statuses!(),
+            ") \
+             ), old AS ( \
+                 SELECT p.id FROM plans p \
+                 WHERE p.id = ANY(ARRAY(SELECT id FROM cand)) AND p.status = ANY($1::text[]) \
+                   AND p.id NOT IN (SELECT plan_id FROM open) \
                  FOR UPDATE SKIP LOCKED \
              ), gone_tasks AS ( \
                  DELETE FROM tasks WHERE plan_id = ANY(ARRAY(SELECT id FROM old)) RETURNING 1 \

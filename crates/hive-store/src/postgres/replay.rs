@@ -135,6 +135,7 @@ pub(super) const APPLY: &str = concat!(
     INSERT INTO plan_tallies AS s (plan_id, shard, completed, failed, cancelled) \
     SELECT x.id, (pg_backend_pid() % 64)::smallint, x.completed, x.failed, x.cancelled \
     FROM plan_in x WHERE x.completed <> 0 OR x.failed <> 0 OR x.cancelled <> 0 \
+    ORDER BY x.id \
     ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed, \
         failed = s.failed + excluded.failed, cancelled = s.cancelled + excluded.cancelled \
     RETURNING s.plan_id \

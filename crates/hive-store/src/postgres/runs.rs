@@ -56,6 +56,9 @@ pub(super) const FINISH_SUCCESSES: &str = concat!(
          INSERT INTO plan_tallies AS s (plan_id, shard, completed) \
          SELECT g.plan_id, (pg_backend_pid() % 64)::smallint, count(*) FROM go g \
          WHERE g.plan_id IS NOT NULL GROUP BY g.plan_id \
+         /* In plan order, as every tally upsert: two backends sharing a shard never \
+            wait for each other's rows in opposite orders. */ \
+         ORDER BY g.plan_id \
          ON CONFLICT (plan_id, shard) DO UPDATE SET completed = s.completed + excluded.completed \
      ), run_upd AS ( \
          UPDATE runs r SET status = 'success', completed_at = now(), updated_at = now(), \
