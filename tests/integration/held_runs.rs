@@ -1,7 +1,8 @@
 //! What a worker holds stays what the store says it holds: a claim whose reply was lost is
 //! given back within a heartbeat (not held for as long as the worker lives), and a task
 //! cancelled from another process stops its running handler within a poll interval, also
-//! on SQLite, where no notification crosses processes.
+//! on SQLite, where no notification crosses processes. A second process started with the
+//! same worker id stops the first, rather than both giving back each other's runs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,65 @@ use hive_client::{
 use hive_store::Store;
 
 use crate::proxy::{Cut, Proxy};
+
+mod one_id {
+    use super::*;
+
+    hive_store::per_backend!(hive_store::testing::TestStore::run, client_on =>
+        a_second_process_with_the_same_worker_id_stops_the_first,
+    );
+}
+
+fn client_on(store: Arc<dyn Store>) -> Client {
+    Client::from_store(store, OpsConfig::default())
+}
+
+/// Two runtimes under one worker id (two replicas of an app that hard-codes it): the first
+/// sees the second's mark on the worker's row and stops with `WorkerIdTaken` within a
+/// check, leaving the row registered; the second runs on and completes a task.
+async fn a_second_process_with_the_same_worker_id_stops_the_first(c: Client) {
+    let start = |c: &Client| {
+        let w = c
+            .worker("twin")
+            .task_types(["twin-work"])
+            .handle_signals(false)
+            .poll_interval(Duration::from_millis(100))
+            .heartbeat_interval(Duration::from_millis(200));
+        let shutdown = w.shutdown_handle();
+        let run = tokio::spawn(
+            w.run(|_ctx: TaskContext| async { Ok::<_, TaskError>(serde_json::json!("done")) }),
+        );
+        (shutdown, run)
+    };
+    let (_first_stop, first) = start(&c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get_worker("twin").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the first never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (second_stop, second) = start(&c);
+    let ended = tokio::time::timeout(Duration::from_secs(10), first).await;
+    let ended = ended.expect("the first stops within a check").unwrap();
+    match ended {
+        Err(hive_client::Error::WorkerIdTaken { worker, .. }) => assert_eq!(worker, "twin"),
+        other => panic!("the first should stop on the taken id, not {other:?}"),
+    }
+    assert!(
+        c.get_worker("twin").await.unwrap().is_some(),
+        "the first left the row to the second"
+    );
+    let id = c
+        .create_task(NewTask::new("after", "twin-work"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get_task(id).await.unwrap().unwrap().status != TaskStatus::Completed {
+        assert!(Instant::now() < deadline, "the second did not run the task");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second_stop.shutdown();
+    second.await.unwrap().unwrap();
+}
 
 hive_store::per_backend!([sqlite, postgres], hive_store::testing::TestStore::run_with_url =>
     a_cancel_from_another_process_stops_the_handler,

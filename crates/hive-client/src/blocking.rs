@@ -35,7 +35,28 @@ mod ops;
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: crate::Client,
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<Owned>,
+}
+
+/// The facade's runtime, shut down without waiting when the last clone goes: dropping a
+/// runtime waits for its threads, which panics where blocking is not allowed (the last
+/// clone dropped in async code, say a struct holding it dropped by a task).
+#[derive(Debug)]
+struct Owned(Option<tokio::runtime::Runtime>);
+
+impl Owned {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        // Taken only by `drop`.
+        self.0.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The original SDK's name for the client, here blocking.
@@ -71,7 +92,7 @@ impl Client {
         let inner = runtime.block_on(connect)?;
         Ok(Client {
             inner,
-            runtime: Arc::new(runtime),
+            runtime: Arc::new(Owned(Some(runtime))),
         })
     }
 
@@ -104,7 +125,7 @@ impl Client {
         F: FnOnce(&'a crate::Client) -> Fut,
         Fut: Future + 'a,
     {
-        self.runtime.block_on(f(&self.inner))
+        self.runtime.get().block_on(f(&self.inner))
     }
 
     /// The async client this facade drives.
@@ -114,7 +135,7 @@ impl Client {
 
     /// [`crate::Client::close`]: ends the connections before the process exits.
     pub fn close(&self) {
-        self.runtime.block_on(self.inner.close());
+        self.runtime.get().block_on(self.inner.close());
     }
 }
 

@@ -7,6 +7,18 @@ pub enum Error {
     /// An operation failed (bad input, not found, stale run, store failure).
     #[error(transparent)]
     Ops(#[from] hive_ops::Error),
+    /// Another process registered this worker's id while it ran; the worker stopped and
+    /// left the id to it.
+    #[error(
+        "worker id `{worker}` was registered by another process (pid {pid}) while this one \
+         ran: two processes must not share a worker id; give each its own"
+    )]
+    WorkerIdTaken {
+        /// The worker id both processes were given.
+        worker: String,
+        /// The other process's pid, as its registration gave it (`unknown` if it gave none).
+        pid: String,
+    },
 }
 
 impl Error {
@@ -14,6 +26,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Ops(e) => e.is_transient(),
+            Error::WorkerIdTaken { .. } => false,
         }
     }
 
@@ -22,6 +35,7 @@ impl Error {
     pub fn is_about_the_database(&self) -> bool {
         match self {
             Error::Ops(e) => e.is_about_the_database(),
+            Error::WorkerIdTaken { .. } => false,
         }
     }
 }

@@ -14,6 +14,7 @@ mod gate;
 mod handler;
 mod health;
 mod held;
+mod instance;
 mod pace;
 mod progress;
 mod report;

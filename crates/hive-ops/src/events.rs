@@ -250,7 +250,9 @@ pub struct Published {
 pub struct EventBus {
     sender: broadcast::Sender<Published>,
     cache: Arc<StatusCache>,
-    forwarding: Arc<Mutex<bool>>,
+    /// The task turning the store's notifications into events, once started; started again
+    /// when it ended (its runtime shut down: a client shared by several runtimes in turn).
+    forwarding: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// Store notifications the forwarder missed by falling behind: lost to every
     /// subscriber, so each counts them in its [`Subscription::skipped`].
     lost: Arc<std::sync::atomic::AtomicU64>,
@@ -264,7 +266,7 @@ impl EventBus {
         EventBus {
             sender,
             cache,
-            forwarding: Arc::new(Mutex::new(false)),
+            forwarding: Arc::default(),
             lost: Arc::default(),
         }
     }
@@ -306,7 +308,9 @@ impl EventBus {
         );
     }
 
-    pub fn subscribe(&self) -> Subscription {
+    /// A subscription to what this process publishes. Crate-private: the store's changes
+    /// reach the bus only once a forwarder runs, which `Ops::subscribe` starts.
+    pub(crate) fn subscribe(&self) -> Subscription {
         let lost = self.lost.clone();
         let lost_before = lost.load(std::sync::atomic::Ordering::Relaxed);
         Subscription {
@@ -317,17 +321,17 @@ impl EventBus {
         }
     }
 
-    /// Starts (once) the task that turns the store's notifications into events.
+    /// Starts the task that turns the store's notifications into events, unless one runs.
     pub(crate) async fn ensure_forwarder<S: Store + ?Sized>(&self, store: Arc<S>) -> Result<()> {
-        let mut started = self.forwarding.lock().await;
-        if *started {
+        let mut forwarding = self.forwarding.lock().await;
+        if forwarding.as_ref().is_some_and(|f| !f.is_finished()) {
             return Ok(());
         }
         let mut rx = store.subscribe().await?;
         let origin = store.origin();
         drop(store);
         let bus = self.clone();
-        tokio::spawn(async move {
+        let forwarder = tokio::spawn(async move {
             use broadcast::error::{RecvError, TryRecvError};
             loop {
                 match rx.recv().await {
@@ -350,7 +354,7 @@ impl EventBus {
                 }
             }
         });
-        *started = true;
+        *forwarding = Some(forwarder);
         Ok(())
     }
 }

@@ -37,14 +37,25 @@ pub const PLAN_PRUNE_BATCH: u32 = 20;
 pub(crate) struct StatusCache {
     ttl: Duration,
     entries: Mutex<HashMap<PlanId, (PlanStatus, Instant)>>,
+    /// Moves with every invalidation: a status read before one is not stored after it
+    /// (the change that finished the plan may have landed between the read and the put).
+    generation: std::sync::atomic::AtomicU64,
 }
+
+/// The most statuses a cache holds: expired ones go first, then all of them.
+const CACHED_PLANS: usize = 10_000;
 
 impl StatusCache {
     pub(crate) fn new(ttl: Duration) -> Self {
         StatusCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanId, (PlanStatus, Instant)>> {
@@ -59,21 +70,36 @@ impl StatusCache {
             .map(|(s, _)| *s)
     }
 
-    fn put(&self, id: PlanId, status: PlanStatus) {
+    /// Stores a status read when the cache was at `generation`, unless something was
+    /// invalidated since.
+    fn put(&self, id: PlanId, status: PlanStatus, generation: u64) {
         let mut entries = self.lock();
-        // Bound the cache: drop expired entries before it grows large.
-        if entries.len() >= 10_000 {
+        if self.generation() != generation {
+            return;
+        }
+        // Bounded: expired entries go first; if all are fresh, all go (a scan of every
+        // entry on each put would cost more than reading the statuses again).
+        if entries.len() >= CACHED_PLANS {
             entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if entries.len() >= CACHED_PLANS {
+                entries.clear();
+            }
         }
         entries.insert(id, (status, Instant::now()));
     }
 
     pub(crate) fn invalidate(&self, id: PlanId) {
-        self.lock().remove(&id);
+        let mut entries = self.lock();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.remove(&id);
     }
 
     pub(crate) fn clear(&self) {
-        self.lock().clear();
+        let mut entries = self.lock();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
     }
 }
 
@@ -135,9 +161,10 @@ impl<S: Store + ?Sized> Ops<S> {
 
     pub async fn get_execution_plan_status(&self, plan_id: PlanId) -> Result<Option<PlanStatus>> {
         // The header, not the plan: a plan's definition may be 100,000 subtasks long.
+        let generation = self.plan_cache.generation();
         let status = self.store.get_plan_header(plan_id).await?.map(|p| p.status);
         if let Some(s) = status {
-            self.plan_cache.put(plan_id, s);
+            self.plan_cache.put(plan_id, s, generation);
         }
         Ok(status)
     }
@@ -321,5 +348,36 @@ impl<S: Store + ?Sized> Ops<S> {
         let cancelled = self.store.cancel_plan(plan_id).await?;
         self.plans_changed([plan_id]);
         Ok(cancelled.is_some_and(|c| !failed || !c.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status read before the change that finished its plan, stored after that change
+    /// invalidated the entry, would be served stale for the TTL: it is not stored.
+    #[test]
+    fn a_status_read_before_an_invalidation_is_not_cached_after_it() {
+        let cache = StatusCache::new(Duration::from_secs(60));
+        let plan = PlanId::new();
+        let before = cache.generation();
+        cache.invalidate(plan);
+        cache.put(plan, PlanStatus::InProgress, before);
+        assert_eq!(cache.get(plan), None);
+        cache.put(plan, PlanStatus::Completed, cache.generation());
+        assert_eq!(cache.get(plan), Some(PlanStatus::Completed));
+    }
+
+    #[test]
+    fn a_full_cache_of_fresh_statuses_starts_over() {
+        let cache = StatusCache::new(Duration::from_secs(60));
+        for _ in 0..CACHED_PLANS {
+            cache.put(PlanId::new(), PlanStatus::InProgress, cache.generation());
+        }
+        let last = PlanId::new();
+        cache.put(last, PlanStatus::Failed, cache.generation());
+        assert_eq!(cache.lock().len(), 1);
+        assert_eq!(cache.get(last), Some(PlanStatus::Failed));
     }
 }

@@ -1133,3 +1133,31 @@ async fn waits_end_when_the_work_finishes_or_time_runs_out(o: O) {
         .unwrap_err();
     assert!(matches!(e, Error::NotFound { entity: "task", .. }), "{e}");
 }
+
+/// A client shared by runtimes in turn (a static client of several `#[tokio::test]`s):
+/// the forwarder started on the first dies with it, and a subscription on the next still
+/// receives the store's changes.
+#[test]
+fn events_reach_a_subscriber_on_a_second_runtime() {
+    let store: Arc<dyn Store> = Arc::new(hive_store::MemoryStore::new());
+    let o: O = Ops::new(store);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let _first = o.subscribe().await.unwrap();
+    });
+    runtime().block_on(async {
+        let mut sub = o.subscribe().await.unwrap();
+        o.create_task(NewTask::new("t", "x")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await;
+        let got = got.expect("an event on the second runtime").unwrap();
+        assert!(
+            matches!(got.event, Event::TaskCreated { count: 1, .. }),
+            "{got:?}"
+        );
+    });
+}

@@ -27,6 +27,18 @@ fn blocking_round_trip_on_sqlite() {
     assert!(e.to_string().contains("not found"), "{e}");
 }
 
+/// The last clone of a blocking client, dropped in async code (a struct holding it dropped
+/// by a task), shuts its runtime down without waiting instead of panicking.
+#[tokio::test]
+async fn the_last_clone_dropped_in_async_code_does_not_panic() {
+    let client = std::thread::spawn(|| Client::connect("memory:").unwrap())
+        .join()
+        .unwrap();
+    let clone = client.clone();
+    drop(client);
+    drop(clone);
+}
+
 /// Async operations deliberately without a blocking method, each with the reason.
 const NOT_WRAPPED: &[(&str, &str)] = &[(
     "subscribe",

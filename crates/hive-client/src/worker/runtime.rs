@@ -17,6 +17,7 @@ use super::gate::Gate;
 use super::handler::Handler;
 use super::health::{StoppedOnDrop, WorkerPhase};
 use super::held::Held;
+use super::instance::{self, Instance};
 use super::pace::Pace;
 use super::report::{Counters, WorkerReport};
 use super::slots::{Running, Slots};
@@ -54,6 +55,8 @@ pub(super) struct Runtime {
     pub(super) stops: super::stops::Stops,
     /// The runs this worker holds, checked against the store's view.
     pub(super) held: Held,
+    /// This process's mark on the worker's row (see [`Instance`]).
+    instance: Instance,
 }
 
 impl Runtime {
@@ -79,6 +82,7 @@ impl Runtime {
             fatal: Fatal::default(),
             stops: super::stops::Stops::default(),
             held: Held::default(),
+            instance: Instance::new(),
         })
     }
 
@@ -92,6 +96,7 @@ impl Runtime {
                 "concurrency": self.cfg.concurrency,
                 "prefetch": self.cfg.prefetch,
                 "task_types": self.cfg.task_types,
+                instance::KEY: self.instance.mark(),
             }),
         }
     }
@@ -120,11 +125,12 @@ impl Runtime {
                 return Ok(false);
             }
             self.cfg.health.attempting();
-            let registered = self
-                .cfg
-                .client
-                .register_worker_with(&self.registration())
-                .await;
+            let registered = async {
+                let client = &self.cfg.client;
+                self.instance.warn_if_taken(client, &self.id).await?;
+                client.register_worker_with(&self.registration()).await
+            }
+            .await;
             self.cfg
                 .health
                 .beat(registered.as_ref().map(|_| ()).map_err(ToString::to_string));
@@ -190,13 +196,22 @@ impl Runtime {
         // Waited for, not only aborted: a heartbeat still running on another thread could
         // find the worker unregistered below and register it again.
         background.shutdown().await;
-        match self
-            .at_shutdown("unregistering", || {
-                self.cfg.client.unregister_worker(self.id.as_str())
-            })
-            .await
-        {
-            Some(Ok(_)) => {}
+        // Once another process took the id, the row is its own: not unregistered.
+        let unregistered = match self.instance.replaced() {
+            true => Some(Ok(())),
+            false => {
+                self.at_shutdown("unregistering", || async {
+                    self.cfg
+                        .client
+                        .unregister_worker(self.id.as_str())
+                        .await
+                        .map(|_| ())
+                })
+                .await
+            }
+        };
+        match unregistered {
+            Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline")
             }
@@ -213,14 +228,36 @@ impl Runtime {
     /// Wakes the claim loop on events that may mean claimable work (and after skipped
     /// events, which may have been such), and an idle worker waiting to exit on tasks
     /// changing elsewhere: both from hive-ops' event bus, never from the store directly.
+    /// Subscribed before the claim loop starts, so no change after it is missed; a
+    /// subscription that fails (no connection slot free on the server, say) is tried again
+    /// with backoff, the poll interval finding work meanwhile, instead of leaving the
+    /// worker without wake-ups for its whole life.
     async fn spawn_wakeups(&self, set: &mut JoinSet<()>) {
-        let Ok(mut events) = self.cfg.client.subscribe().await else {
-            return;
-        };
+        let first = self.cfg.client.subscribe().await;
+        let (client, id) = (self.cfg.client.clone(), self.id.clone());
         let wake = self.wake.clone();
         let settled = self.settled.clone();
         let stops = self.stops.clone();
         set.spawn(async move {
+            let mut events = match first {
+                Ok(events) => events,
+                Err(e) => {
+                    let mut backoff = Backoff::new("subscribing to wake-ups");
+                    let mut error = e;
+                    loop {
+                        tokio::time::sleep(backoff.failed(id.as_str(), &error)).await;
+                        match client.subscribe().await {
+                            Ok(events) => {
+                                backoff.succeeded(id.as_str());
+                                // What changed while it had no subscription.
+                                wake.notify_one();
+                                break events;
+                            }
+                            Err(e) => error = e,
+                        }
+                    }
+                }
+            };
             let mut skipped = 0;
             while let Some(p) = events.recv().await {
                 // A task cancelled while its handler runs here: tell the handler to stop.
@@ -370,6 +407,11 @@ impl Runtime {
         let id = self.id.clone();
         let held = self.held.clone();
         let stops = self.stops.clone();
+        let (instance, fatal, shutdown) = (
+            self.instance.clone(),
+            self.fatal.clone(),
+            self.cfg.shutdown.clone(),
+        );
         let every = if client.store().backend().announces_other_processes() {
             self.cfg.heartbeat_every()
         } else {
@@ -377,7 +419,19 @@ impl Runtime {
         };
         self.spawn_every(set, "checking held runs", every, move || {
             let (client, id, held, stops) = (client.clone(), id.clone(), held.clone(), stops.clone());
+            let (instance, fatal, shutdown) = (instance.clone(), fatal.clone(), shutdown.clone());
             async move {
+                // Before the runs: those of a process that took the id are not this one's
+                // to give back.
+                if let Some(pid) = instance.taken_by(&client, &id).await? {
+                    instance.set_replaced();
+                    fatal.set(crate::Error::WorkerIdTaken {
+                        worker: id.to_string(),
+                        pid,
+                    });
+                    shutdown.shutdown();
+                    return Ok(());
+                }
                 let found = held.reconcile(&client, &id, &stops).await?;
                 if !found.stopped.is_empty() {
                     tracing::info!(worker = %id, tasks = ?found.stopped, "runs ended elsewhere; their handlers were told to stop");
