@@ -36,20 +36,35 @@ pub const PLAN_PRUNE_BATCH: u32 = 20;
 #[derive(Debug)]
 pub(crate) struct StatusCache {
     ttl: Duration,
-    entries: Mutex<HashMap<PlanId, (PlanStatus, Instant)>>,
-    /// Moves with every invalidation: a status read before one is not stored after it
+    entries: Mutex<Entries>,
+    /// Counts invalidations: a status read before one of its plan is not stored after it
     /// (the change that finished the plan may have landed between the read and the put).
     generation: std::sync::atomic::AtomicU64,
 }
 
-/// The most statuses a cache holds: expired ones go first, then all of them.
+#[derive(Debug, Default)]
+struct Entries {
+    by_plan: HashMap<PlanId, Entry>,
+    /// Reads begun before this generation are not stored (everything was forgotten since).
+    floor: u64,
+}
+
+/// What the cache knows of a plan: its status as read, or that it changed at a generation
+/// (per plan, so changes to other plans do not keep this one from being cached).
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Status(PlanStatus, Instant),
+    Changed(u64),
+}
+
+/// The most plans a cache holds: expired and changed ones go first, then all of them.
 const CACHED_PLANS: usize = 10_000;
 
 impl StatusCache {
     pub(crate) fn new(ttl: Duration) -> Self {
         StatusCache {
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -58,48 +73,64 @@ impl StatusCache {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanId, (PlanStatus, Instant)>> {
+    fn next_generation(&self) -> u64 {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, id: PlanId) -> Option<PlanStatus> {
-        let entries = self.lock();
-        entries
-            .get(&id)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(s, _)| *s)
+        match self.lock().by_plan.get(&id) {
+            Some(Entry::Status(status, at)) if at.elapsed() < self.ttl => Some(*status),
+            _ => None,
+        }
     }
 
-    /// Stores a status read when the cache was at `generation`, unless something was
-    /// invalidated since.
-    fn put(&self, id: PlanId, status: PlanStatus, generation: u64) {
+    /// Stores a status read when the cache was at `read_at` (see [`StatusCache::generation`]),
+    /// unless the plan changed since.
+    fn put(&self, id: PlanId, status: PlanStatus, read_at: u64) {
         let mut entries = self.lock();
-        if self.generation() != generation {
+        let changed_since = match entries.by_plan.get(&id) {
+            Some(Entry::Changed(at)) => *at > read_at,
+            _ => false,
+        };
+        if read_at < entries.floor || changed_since {
             return;
         }
-        // Bounded: expired entries go first; if all are fresh, all go (a scan of every
-        // entry on each put would cost more than reading the statuses again).
-        if entries.len() >= CACHED_PLANS {
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
-            if entries.len() >= CACHED_PLANS {
-                entries.clear();
+        // Bounded: expired and changed entries go first; if all are fresh statuses, all go
+        // (a scan of every entry on each put would cost more than reading them again).
+        // Forgetting that a plan changed raises the floor: reads under way are not stored.
+        if entries.by_plan.len() >= CACHED_PLANS {
+            let ttl = self.ttl;
+            (entries.by_plan)
+                .retain(|_, e| matches!(e, Entry::Status(_, at) if at.elapsed() < ttl));
+            if entries.by_plan.len() >= CACHED_PLANS {
+                entries.by_plan.clear();
+            }
+            entries.floor = self.generation();
+            if read_at < entries.floor {
+                return;
             }
         }
-        entries.insert(id, (status, Instant::now()));
+        entries
+            .by_plan
+            .insert(id, Entry::Status(status, Instant::now()));
     }
 
     pub(crate) fn invalidate(&self, id: PlanId) {
         let mut entries = self.lock();
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        entries.remove(&id);
+        let at = self.next_generation();
+        entries.by_plan.insert(id, Entry::Changed(at));
     }
 
     pub(crate) fn clear(&self) {
         let mut entries = self.lock();
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        entries.clear();
+        entries.by_plan.clear();
+        entries.floor = self.next_generation();
     }
 }
 
@@ -328,7 +359,10 @@ impl<S: Store + ?Sized> Ops<S> {
         loop {
             let pruned = self.store.prune_plans(&params).await?;
             total += pruned;
-            if pruned.plans < u64::from(PLAN_PRUNE_BATCH) {
+            // Until a batch finds nothing: one may prune fewer than asked and leave more
+            // (a plan another transaction held, or reopened since its candidates were read,
+            // is passed over; the next batch's candidates are read anew).
+            if pruned.plans == 0 {
                 return Ok(total);
             }
         }
@@ -369,6 +403,26 @@ mod tests {
         assert_eq!(cache.get(plan), Some(PlanStatus::Completed));
     }
 
+    /// Under load some plan changes during almost every read: only a change to the plan
+    /// read keeps its status out.
+    #[test]
+    fn another_plans_change_does_not_keep_a_status_out() {
+        let cache = StatusCache::new(Duration::from_secs(60));
+        let (plan, other) = (PlanId::new(), PlanId::new());
+        let before = cache.generation();
+        cache.invalidate(other);
+        cache.put(plan, PlanStatus::InProgress, before);
+        assert_eq!(cache.get(plan), Some(PlanStatus::InProgress));
+        let before = cache.generation();
+        cache.clear();
+        cache.put(plan, PlanStatus::Completed, before);
+        assert_eq!(
+            cache.get(plan),
+            None,
+            "everything was forgotten during the read"
+        );
+    }
+
     #[test]
     fn a_full_cache_of_fresh_statuses_starts_over() {
         let cache = StatusCache::new(Duration::from_secs(60));
@@ -377,7 +431,7 @@ mod tests {
         }
         let last = PlanId::new();
         cache.put(last, PlanStatus::Failed, cache.generation());
-        assert_eq!(cache.lock().len(), 1);
+        assert_eq!(cache.lock().by_plan.len(), 1);
         assert_eq!(cache.get(last), Some(PlanStatus::Failed));
     }
 }

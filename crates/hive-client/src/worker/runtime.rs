@@ -320,6 +320,7 @@ impl Runtime {
         let id = self.id.clone();
         let registration = self.registration();
         let health = self.cfg.health.clone();
+        let instance = self.instance.clone();
         let every = self.cfg.heartbeat_every();
         // A beat that gets no answer (a partition: no error comes until TCP gives up) ends
         // as a failed one, so the beats go on and the health probe sees a worker waiting
@@ -334,6 +335,7 @@ impl Runtime {
             .max(Duration::from_secs(1));
         self.spawn_every(set, "heartbeat", every, move || {
             let (client, id, registration) = (client.clone(), id.clone(), registration.clone());
+            let instance = instance.clone();
             let health = health.clone();
             async move {
                 health.attempting();
@@ -341,8 +343,9 @@ impl Runtime {
                     let known = client
                         .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
                         .await?;
-                    if !known {
-                        // Someone unregistered or pruned this worker: register again.
+                    // Someone unregistered or pruned this worker: register again, unless
+                    // another process took the id (the row, gone or not, is not this one's).
+                    if !known && !instance.replaced() {
                         client.register_worker_with(&registration).await?;
                     }
                     Ok(())
@@ -429,7 +432,9 @@ impl Runtime {
                         worker: id.to_string(),
                         pid,
                     });
-                    shutdown.shutdown();
+                    // At once: the other process gave back what this one holds, so the
+                    // handlers still running would run beside those tasks' next runs.
+                    shutdown.shutdown_now();
                     return Ok(());
                 }
                 let found = held.reconcile(&client, &id, &stops).await?;

@@ -193,6 +193,34 @@ pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<
         )));
     }
     abort_on_panic();
+    // Processes opening a new file at once race for it: switching it to WAL needs it alone
+    // (SQLite answers "database is locked" at once, not after the busy timeout), and its
+    // schema is inspected while another creates it. Each attempt closes what it opened.
+    let mut attempt = 1;
+    loop {
+        match open_once(url, &parsed, options, creates).await {
+            Err(Error::Unavailable { .. })
+                if creates && !parsed.in_memory && attempt < OPEN_ATTEMPTS =>
+            {
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// Attempts at opening a file other processes may be creating too.
+const OPEN_ATTEMPTS: u32 = 20;
+
+/// One attempt of [`open`], its checks done.
+async fn open_once(
+    url: &DatabaseUrl,
+    parsed: &ParsedUrl,
+    options: &ConnectOptions,
+    creates: bool,
+) -> Result<Opened> {
+    let target = parsed.path.clone();
     let sql_err = |e: sqlx::Error| match e {
         sqlx::Error::Configuration(_) => Error::UnsupportedUrl(url.redacted()),
         e => db::map_sqlx(&target, e),

@@ -1,11 +1,8 @@
 //! Workers: role, status, capabilities, heartbeat age and the runs each holds now.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use hive_client::models::{Task, TaskStatus};
-use hive_client::store::TaskFilter;
+use hive_client::models::WorkerStatus;
 use maud::html;
 
 use crate::AppState;
@@ -20,23 +17,24 @@ pub async fn page(State(s): State<AppState>) -> Response {
         Ok(w) => w,
         Err(e) => return op_error(&e),
     };
-    // Every running task in one read (not one per worker), grouped by the worker holding
-    // it; heartbeat ages on the database's clock, which stamps them.
-    let in_progress = TaskFilter {
-        status: Some(TaskStatus::InProgress),
-        ..TaskFilter::default()
+    // Heartbeat ages on the database's clock, which stamps them.
+    let now = match s.client.store().now().await {
+        Ok(now) => now,
+        Err(e) => return op_error(&hive_client::ops::Error::from(e)),
     };
-    let running = s.client.list_tasks(&in_progress);
-    let now = async { Ok(s.client.store().now().await?) };
-    let (running, now) = match tokio::try_join!(running, now) {
-        Ok((running, now)) => (running, now),
-        Err(e) => return op_error(&e),
-    };
-    let mut held: HashMap<&str, Vec<&Task>> = HashMap::new();
-    for t in &running {
-        if let Some(w) = &t.assigned_worker {
-            held.entry(w.as_str()).or_default().push(t);
-        }
+    // The runs of the workers not offline, each a read of its runs (no payloads): an
+    // offline worker holds none once reaped, and the dead pile up until pruned.
+    let mut rows = Vec::with_capacity(workers.len());
+    for w in workers {
+        let running = if w.status == WorkerStatus::Offline {
+            Vec::new()
+        } else {
+            match s.client.running_runs(&w.id).await {
+                Ok(r) => r,
+                Err(e) => return op_error(&e),
+            }
+        };
+        rows.push((w, running));
     }
     layout(
         "Workers",
@@ -44,8 +42,7 @@ pub async fn page(State(s): State<AppState>) -> Response {
             table id="workers" {
                 tr { th { "worker" } th { "role" } th { "status" } th { "capabilities" }
                      th { "heartbeat" } th { "running" } }
-                @for w in &workers {
-                    @let tasks = held.get(w.id.as_str()).map(Vec::as_slice).unwrap_or_default();
+                @for (w, running) in &rows {
                     tr {
                         td { (w.id.0) }
                         td { (w.role) }
@@ -53,10 +50,10 @@ pub async fn page(State(s): State<AppState>) -> Response {
                         td { (w.capabilities.join(", ")) }
                         td { (age(now, w.last_heartbeat)) " ago" }
                         td {
-                            @for t in tasks.iter().take(RUNS_SHOWN) {
-                                a href={ "/tasks/" (t.id) } { (t.id.to_string()[..8]) "… attempt " (t.attempts) } " "
+                            @for r in running.iter().take(RUNS_SHOWN) {
+                                a href={ "/tasks/" (r.task_id) } { "run " (r.run_number) " of " (r.task_id.to_string()[..8]) "…" } " "
                             }
-                            @if tasks.len() > RUNS_SHOWN { "and " (tasks.len() - RUNS_SHOWN) " more" }
+                            @if running.len() > RUNS_SHOWN { "and " (running.len() - RUNS_SHOWN) " more" }
                         }
                     }
                 }
