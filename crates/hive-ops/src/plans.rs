@@ -45,20 +45,37 @@ pub(crate) struct StatusCache {
 #[derive(Debug, Default)]
 struct Entries {
     by_plan: HashMap<PlanId, Entry>,
-    /// Reads begun before this generation are not stored (everything was forgotten since).
+    /// Reads begun before this generation are not stored (entries were forgotten since).
     floor: u64,
 }
 
-/// What the cache knows of a plan: its status as read, or that it changed at a generation
-/// (per plan, so changes to other plans do not keep this one from being cached).
-#[derive(Debug, Clone, Copy)]
-enum Entry {
-    Status(PlanStatus, Instant),
-    Changed(u64),
+/// What the cache knows of a plan: its status as read, if any, and the generation of its
+/// last change (per plan, so changes to other plans do not keep this one's out; kept with
+/// the status, so a read begun before a change is refused even after a later read stored
+/// its status).
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    status: Option<(PlanStatus, Instant)>,
+    changed_at: u64,
 }
 
-/// The most plans a cache holds: expired and changed ones go first, then all of them.
+/// The most plans a cache holds; past it, all are forgotten (and the floor raised).
 const CACHED_PLANS: usize = 10_000;
+
+impl Entries {
+    /// Makes room for one more plan: expired statuses and changes go first, then all.
+    fn make_room(&mut self, generation: u64, ttl: Duration) {
+        if self.by_plan.len() < CACHED_PLANS {
+            return;
+        }
+        (self.by_plan).retain(|_, e| e.status.is_some_and(|(_, at)| at.elapsed() < ttl));
+        if self.by_plan.len() >= CACHED_PLANS {
+            self.by_plan.clear();
+        }
+        // What a forgotten entry would have refused, the floor refuses.
+        self.floor = generation;
+    }
+}
 
 impl StatusCache {
     pub(crate) fn new(ttl: Duration) -> Self {
@@ -84,47 +101,42 @@ impl StatusCache {
     }
 
     fn get(&self, id: PlanId) -> Option<PlanStatus> {
-        match self.lock().by_plan.get(&id) {
-            Some(Entry::Status(status, at)) if at.elapsed() < self.ttl => Some(*status),
-            _ => None,
-        }
+        let entries = self.lock();
+        let (status, at) = entries.by_plan.get(&id)?.status?;
+        (at.elapsed() < self.ttl).then_some(status)
     }
 
     /// Stores a status read when the cache was at `read_at` (see [`StatusCache::generation`]),
     /// unless the plan changed since.
     fn put(&self, id: PlanId, status: PlanStatus, read_at: u64) {
         let mut entries = self.lock();
-        let changed_since = match entries.by_plan.get(&id) {
-            Some(Entry::Changed(at)) => *at > read_at,
-            _ => false,
-        };
-        if read_at < entries.floor || changed_since {
+        let changed_at = entries.by_plan.get(&id).map_or(0, |e| e.changed_at);
+        if read_at < entries.floor || read_at < changed_at {
             return;
         }
-        // Bounded: expired and changed entries go first; if all are fresh statuses, all go
-        // (a scan of every entry on each put would cost more than reading them again).
-        // Forgetting that a plan changed raises the floor: reads under way are not stored.
-        if entries.by_plan.len() >= CACHED_PLANS {
-            let ttl = self.ttl;
-            (entries.by_plan)
-                .retain(|_, e| matches!(e, Entry::Status(_, at) if at.elapsed() < ttl));
-            if entries.by_plan.len() >= CACHED_PLANS {
-                entries.by_plan.clear();
-            }
-            entries.floor = self.generation();
+        if !entries.by_plan.contains_key(&id) {
+            entries.make_room(self.generation(), self.ttl);
             if read_at < entries.floor {
                 return;
             }
         }
-        entries
-            .by_plan
-            .insert(id, Entry::Status(status, Instant::now()));
+        let entry = entries.by_plan.entry(id).or_default();
+        entry.status = Some((status, Instant::now()));
     }
 
     pub(crate) fn invalidate(&self, id: PlanId) {
         let mut entries = self.lock();
         let at = self.next_generation();
-        entries.by_plan.insert(id, Entry::Changed(at));
+        if !entries.by_plan.contains_key(&id) {
+            entries.make_room(at, self.ttl);
+        }
+        entries.by_plan.insert(
+            id,
+            Entry {
+                status: None,
+                changed_at: at,
+            },
+        );
     }
 
     pub(crate) fn clear(&self) {
@@ -401,6 +413,30 @@ mod tests {
         assert_eq!(cache.get(plan), None);
         cache.put(plan, PlanStatus::Completed, cache.generation());
         assert_eq!(cache.get(plan), Some(PlanStatus::Completed));
+    }
+
+    /// A read begun before a change is refused also after a later read stored the plan's
+    /// new status.
+    #[test]
+    fn a_read_from_before_a_change_never_overwrites_a_later_one() {
+        let cache = StatusCache::new(Duration::from_secs(60));
+        let plan = PlanId::new();
+        let early = cache.generation();
+        cache.invalidate(plan);
+        cache.put(plan, PlanStatus::Completed, cache.generation());
+        cache.put(plan, PlanStatus::InProgress, early);
+        assert_eq!(cache.get(plan), Some(PlanStatus::Completed));
+    }
+
+    /// Changes alone (a worker's claims and finishes, which never read) keep the cache
+    /// bounded.
+    #[test]
+    fn changes_alone_keep_the_cache_bounded() {
+        let cache = StatusCache::new(Duration::from_secs(60));
+        for _ in 0..CACHED_PLANS * 2 {
+            cache.invalidate(PlanId::new());
+        }
+        assert!(cache.lock().by_plan.len() <= CACHED_PLANS);
     }
 
     /// Under load some plan changes during almost every read: only a change to the plan

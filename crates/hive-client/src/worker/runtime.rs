@@ -219,7 +219,7 @@ impl Runtime {
                 within {AT_ONCE_STORE_WAIT:?}; the reaper will mark this worker offline"),
         }
         if let Some(fatal) = self.fatal.take() {
-            tracing::error!(worker = %self.id, error = %fatal, "the worker stopped on an error that retrying cannot fix; tasks it held return when their leases expire");
+            tracing::error!(worker = %self.id, error = %fatal, "the worker stopped on an error that retrying cannot fix; tasks it held were given back, or return when their leases expire");
             return Err(fatal);
         }
         result.map(|()| self.counters.report())

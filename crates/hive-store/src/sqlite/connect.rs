@@ -195,13 +195,18 @@ pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<
     abort_on_panic();
     // Processes opening a new file at once race for it: switching it to WAL needs it alone
     // (SQLite answers "database is locked" at once, not after the busy timeout), and its
-    // schema is inspected while another creates it. Each attempt closes what it opened.
+    // schema is inspected while another creates it. Only a file missing or empty before
+    // the first attempt is tried again: an existing one that is locked reports so at once.
+    // Each attempt closes what it opened.
+    let new_file = creates
+        && !parsed.in_memory
+        && std::fs::metadata(&parsed.path)
+            .ok()
+            .is_none_or(|m| m.len() == 0);
     let mut attempt = 1;
     loop {
         match open_once(url, &parsed, options, creates).await {
-            Err(Error::Unavailable { .. })
-                if creates && !parsed.in_memory && attempt < OPEN_ATTEMPTS =>
-            {
+            Err(Error::Unavailable { .. }) if new_file && attempt < OPEN_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                 attempt += 1;
             }

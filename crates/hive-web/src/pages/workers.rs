@@ -2,7 +2,6 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use hive_client::models::WorkerStatus;
 use maud::html;
 
 use crate::AppState;
@@ -22,17 +21,13 @@ pub async fn page(State(s): State<AppState>) -> Response {
         Ok(now) => now,
         Err(e) => return op_error(&hive_client::ops::Error::from(e)),
     };
-    // The runs of the workers not offline, each a read of its runs (no payloads): an
-    // offline worker holds none once reaped, and the dead pile up until pruned.
+    // Each worker's runs, a light read (no payloads); an offline one's too, which may
+    // still hold runs whose long leases have not run out.
     let mut rows = Vec::with_capacity(workers.len());
     for w in workers {
-        let running = if w.status == WorkerStatus::Offline {
-            Vec::new()
-        } else {
-            match s.client.running_runs(&w.id).await {
-                Ok(r) => r,
-                Err(e) => return op_error(&e),
-            }
+        let running = match s.client.running_runs(&w.id).await {
+            Ok(r) => r,
+            Err(e) => return op_error(&e),
         };
         rows.push((w, running));
     }
