@@ -480,3 +480,41 @@ async fn finished_counts_are_reused_for_fifty_times_their_cost() {
         o.queue_stats(chrono::Utc::now()).await.unwrap();
     }
 }
+
+/// The overview's task counts are the unfinished tasks read now and the finished ones as
+/// `queue_stats` reuses them: never `Store::count_tasks(None)`, which reads the whole
+/// history.
+#[tokio::test]
+async fn the_overviews_task_counts_reuse_the_finished_count() {
+    use hive_store::TypeStatusCount;
+    let count = |ty: &str, status: TaskStatus, count: u64| TypeStatusCount {
+        task_type: ty.into(),
+        status,
+        count,
+    };
+    let mut m = MockStore::new();
+    m.expect_count_unfinished_tasks()
+        .times(2)
+        .returning(move || {
+            Ok(vec![
+                count("a", TaskStatus::Queued, 2),
+                count("b", TaskStatus::Queued, 3),
+            ])
+        });
+    m.expect_count_finished_tasks().times(1).returning(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(vec![
+            count("a", TaskStatus::Completed, 7),
+            count("b", TaskStatus::Completed, 1),
+        ])
+    });
+    m.expect_count_tasks().never();
+    let o = Ops::new(Arc::new(m) as Arc<dyn Store>);
+    for _ in 0..2 {
+        let counts = o.status_counts().await.unwrap();
+        assert_eq!(
+            counts,
+            [(TaskStatus::Queued, 5), (TaskStatus::Completed, 8)].into()
+        );
+    }
+}

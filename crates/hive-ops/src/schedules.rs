@@ -84,7 +84,7 @@ pub enum Triggered {
 const RACES: usize = 10;
 
 fn kept_changing(name: &str) -> Error {
-    Error::Store(hive_store::Error::Conflict(format!(
+    Error::Store(hive_store::Error::Contended(format!(
         "schedule `{name}` kept changing; try again"
     )))
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hive_store::{QueueStats, Store, TypeStatusCount};
+use hive_store::{QueueStats, StatusCounts, Store, TypeStatusCount};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -51,6 +51,20 @@ impl FinishedCounts {
 }
 
 impl<S: Store + ?Sized> Ops<S> {
+    /// The store's task counts per status as an overview shows them (`/api/status`): the
+    /// unfinished counted now, the finished as [`Ops::queue_stats`] reuses them, so a
+    /// poller does not read the whole history each time. [`Ops::count_tasks`] counts all
+    /// now.
+    pub async fn status_counts(&self) -> Result<StatusCounts> {
+        let unfinished = self.store.count_unfinished_tasks().await?;
+        let finished = self.finished_counts.get(&*self.store).await?;
+        let mut counts = StatusCounts::new();
+        for c in unfinished.iter().chain(&finished) {
+            *counts.entry(c.status).or_default() += c.count;
+        }
+        Ok(counts)
+    }
+
     /// Tasks per type and status (the finished ones as counted up to
     /// `OpsConfig::finished_counts_max_age` ago: a count is reused for 50 times as long
     /// as it took), the oldest ready task per type, and runs closed per minute since

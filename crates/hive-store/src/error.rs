@@ -9,9 +9,15 @@ pub enum Error {
     /// The named row does not exist.
     #[error("{entity} `{id}` not found")]
     NotFound { entity: &'static str, id: String },
-    /// The change conflicts with the current state (a unique key, a concurrent change).
+    /// The change conflicts with what is stored (a unique key: a schedule's name taken).
+    /// Nothing was written, and the same call fails again until that row changes.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The call lost to concurrent ones (a deadlock, a serialization failure, a lock or
+    /// statement timeout, a row that kept changing under it): nothing was written, and the
+    /// same call may well succeed when tried again.
+    #[error("contended: {0}")]
+    Contended(String),
     /// The input breaks a model rule; nothing was changed.
     #[error(transparent)]
     Invalid(#[from] hive_models::Error),
@@ -61,12 +67,12 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same call later may succeed (connection loss, lock timeouts,
-    /// a full disk).
+    /// Whether retrying the same call later may succeed (connection loss, a lost race or
+    /// lock timeout, a full disk). A [`Error::Conflict`] is not: the row in the way stays.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::Conflict(_) | Error::StorageFull { .. }
+            Error::Unavailable { .. } | Error::Contended(_) | Error::StorageFull { .. }
         )
     }
 
@@ -86,3 +92,14 @@ impl Error {
 
 /// Result alias for store operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn a_lost_race_is_retried_and_a_taken_name_is_not() {
+        assert!(Error::Contended("deadlock detected".into()).is_transient());
+        assert!(!Error::Conflict("a schedule named `x` exists".into()).is_transient());
+    }
+}

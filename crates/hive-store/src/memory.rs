@@ -154,6 +154,10 @@ impl Store for MemoryStore {
         Ok(dashboard::counts(&self.lock(), true))
     }
 
+    async fn count_unfinished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
+        Ok(dashboard::counts(&self.lock(), false))
+    }
+
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
         Ok(dashboard::list(&self.lock(), f, now()))
     }

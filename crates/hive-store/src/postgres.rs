@@ -80,9 +80,10 @@ fn map_sqlx(e: sqlx::Error, target: &str) -> Error {
         let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
         let message = format!("{} (SQLSTATE {code})", db.message());
         match code.as_str() {
-            // unique_violation, serialization_failure, deadlock_detected, lock_not_available,
-            // query_canceled (a statement or lock timeout)
-            "23505" | "40001" | "40P01" | "55P03" | "57014" => Error::Conflict(message),
+            "23505" => Error::Conflict(message),
+            // serialization_failure, deadlock_detected, lock_not_available, query_canceled
+            // (a statement or lock timeout): lost to other calls, not wrong in itself
+            "40001" | "40P01" | "55P03" | "57014" => Error::Contended(message),
             // integrity constraints, data exceptions, a value too deeply nested to parse
             c if c.starts_with("23") || c.starts_with("22") || c == "54001" => {
                 Error::Rejected(message)
@@ -269,6 +270,10 @@ impl Store for PostgresStore {
 
     async fn count_finished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
         self.run(self.read_counts(true)).await
+    }
+
+    async fn count_unfinished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
+        self.run(self.read_counts(false)).await
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {

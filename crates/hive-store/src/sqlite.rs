@@ -307,6 +307,10 @@ impl Store for SqliteStore {
         read!(self, dashboard::counts, true)
     }
 
+    async fn count_unfinished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
+        read!(self, dashboard::counts, false)
+    }
+
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         read!(self, tasks::list, filter)
     }

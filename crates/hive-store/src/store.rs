@@ -102,7 +102,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Tasks matching the filter, in queue order.
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
 
-    /// Task counts per status, for the whole store or one plan.
+    /// Task counts per status, for the whole store or one plan. The whole store's count
+    /// reads every task ever kept; `Ops::count_tasks` reuses its finished part.
     async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts>;
 
     /// One page of tasks, newest first (descending id), below the cursor `before`, under
@@ -119,6 +120,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// finished task (230 ms for 2,000,000 on Postgres), so callers cache it
     /// (`Ops::queue_stats`).
     async fn count_finished_tasks(&self) -> Result<Vec<TypeStatusCount>>;
+
+    /// Unfinished tasks per type and status, as [`Store::queue_stats`] counts them (by the
+    /// status index), without its other reads.
+    async fn count_unfinished_tasks(&self) -> Result<Vec<TypeStatusCount>>;
 
     /// Moves a task to a new status if the transition table allows it (or, with
     /// `requeue`, from a status no worker holds back to `queued`). Returns `None` for an

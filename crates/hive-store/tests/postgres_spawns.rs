@@ -1,5 +1,7 @@
-//! Postgres-only: a spawn racing the finish of a running subtask it makes a dependency of.
-//! Memory and SQLite have one writer, so the interleaving cannot happen there.
+//! Postgres-only: a plan's writers racing — a spawn and the finish of a running subtask it
+//! makes a dependency of, spawns closing a cycle together, a requeue and the settle of the
+//! plan it reopens. Memory and SQLite have one writer, so the interleavings cannot happen
+//! there.
 //!
 //! Runs against `HIVE_TEST_POSTGRES_URL` (in a fresh schema) and reports a skip when it is
 //! unset.
@@ -10,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hive_store::models::{PlanId, RunId, SubTask, TaskId};
+use hive_store::models::{PlanStatus, TaskStatus};
 use hive_store::testing::fixtures::{claim_params, node, plan, success};
 use hive_store::testing::{self, TestStore};
-use hive_store::{FinishReport, Outcome, RunOutcome, Store, TaskFilter};
+use hive_store::{FinishReport, Outcome, RunOutcome, StatusChange, Store, TaskFilter};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 async fn fresh(test: &str) -> Option<TestStore> {
@@ -74,10 +77,15 @@ async fn started(
 /// A transaction holding `task`'s row, on a connection of its own, and its id as
 /// `pg_locks` shows it: a finish that re-wires the task stops there, uncommitted.
 async fn hold(url: &str, task: TaskId) -> (PgConnection, i64) {
+    hold_row(url, "SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task.0).await
+}
+
+/// A transaction holding the row `lock` (a query binding `id`) locks.
+async fn hold_row(url: &str, lock: &'static str, id: uuid::Uuid) -> (PgConnection, i64) {
     let mut holder = PgConnection::connect(url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE")
-        .bind(task.0)
+    sqlx::query(lock)
+        .bind(id)
         .execute(&mut holder)
         .await
         .unwrap();
@@ -225,4 +233,89 @@ async fn spawns_racing_into_one_plan_cannot_close_a_cycle() {
     );
     let ids = subtasks(&*s, plan_id).await;
     assert!(ids.contains_key("n1") && !ids.contains_key("n2"), "{ids:?}");
+}
+
+/// `a` cancelled alone, then queued again while the finish of `b`, the plan's last open
+/// subtask, settles the plan: the settle read counts saying every subtask finished, some
+/// cancelled. Held between that read and its move (a share lock on the plan row), the
+/// settle must not move the plan to cancelled over the requeue, which would leave a
+/// cancelled plan with a subtask in the queue. Taken in either order, the requeue is
+/// refused (the plan is cancelled) or the plan waits for `a`.
+#[tokio::test]
+async fn a_requeue_during_a_plans_settle_is_not_overwritten() {
+    let Some(ts) = fresh("a_requeue_during_a_plans_settle_is_not_overwritten").await else {
+        return;
+    };
+    let s = ts.store.clone();
+    let (plan_id, _) = s
+        .submit_plan(plan(vec![node("a", &[]), node("b", &[])]))
+        .await
+        .unwrap();
+    let ids = subtasks(&*s, plan_id).await;
+    let cancel = StatusChange::to(TaskStatus::Cancelled);
+    s.set_task_status(ids["a"], cancel).await.unwrap().unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    let url = ts.url.clone().unwrap();
+    let (mut holder, xid) = hold_row(
+        &url,
+        "SELECT 1 FROM plans WHERE id = $1 FOR SHARE",
+        plan_id.0,
+    )
+    .await;
+    let mut watcher = PgConnection::connect(&url).await.unwrap();
+    let b_run = claims[0].run.id;
+    let finishing = {
+        let s = s.clone();
+        tokio::spawn(async move { s.finish_runs(&[success(b_run)]).await.unwrap() })
+    };
+    until_held_up(
+        &mut watcher,
+        xid,
+        "the settle of `b`'s finish to wait for the plan",
+    )
+    .await;
+    let a = ids["a"];
+    let requeue = {
+        let s = s.clone();
+        tokio::spawn(async move { s.set_task_status(a, StatusChange::requeue()).await })
+    };
+    // The requeue either commits now or waits behind the settle for the plan.
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+               AND query LIKE 'SELECT 1 FROM plans WHERE id = $1 FOR NO KEY UPDATE'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !requeue.is_finished() {
+        let waiting: i64 = sqlx::query(sql)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "waited 20 s for the requeue");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    finishing.await.unwrap();
+    let requeued = requeue.await.unwrap();
+
+    let a = s.get_task(a).await.unwrap().unwrap();
+    let counters = s.get_plan_counters(plan_id).await.unwrap().unwrap();
+    match requeued {
+        Err(e) => {
+            assert!(e.to_string().contains("cancelled"), "{e}");
+            assert_eq!(a.status, TaskStatus::Cancelled);
+            assert_eq!(counters.status, PlanStatus::Cancelled);
+        }
+        Ok(_) => {
+            assert_eq!(a.status, TaskStatus::Queued);
+            assert_eq!(
+                counters.status,
+                PlanStatus::InProgress,
+                "a subtask is queued, yet the plan is {}",
+                counters.status
+            );
+        }
+    }
 }

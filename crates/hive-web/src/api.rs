@@ -29,7 +29,7 @@ pub struct StatusJson {
 impl StatusJson {
     pub async fn read(client: &hive_client::Client) -> hive_client::ops::Result<StatusJson> {
         Ok(StatusJson {
-            tasks: client.count_tasks(None).await?,
+            tasks: client.status_counts().await?,
             active_workers: client.get_active_workers(None).await?.len(),
             plans_in_progress: client
                 .list_plan_headers(Some(PlanStatus::InProgress), None)

@@ -24,8 +24,8 @@ pub(crate) fn classify(e: &OpError) -> (StatusCode, String) {
         OpError::NotFound { .. } | OpError::Store(StoreError::NotFound { .. }) => {
             StatusCode::NOT_FOUND
         }
-        // A conflict is transient too (a lost race, a unique key): 409 says which it is,
-        // and a retry may succeed.
+        // The request is at odds with what is stored (a stale run, a name taken): asking
+        // again as is will not help. A lost race is transient, below.
         OpError::StaleRun { .. }
         | OpError::Store(StoreError::StaleRun { .. } | StoreError::Conflict(_)) => {
             StatusCode::CONFLICT
@@ -79,6 +79,12 @@ mod tests {
                     run_id: hive_client::models::RunId::new(),
                 },
                 StatusCode::CONFLICT,
+            ),
+            (
+                store(StoreError::Contended(
+                    "deadlock detected (SQLSTATE 40P01)".into(),
+                )),
+                StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
                 store(StoreError::Unavailable {

@@ -60,6 +60,7 @@ blocking! {
         fn get_ready_tasks(limit: impl Into<Option<u32>>, task_type: Option<&str>) -> Vec<Task>;
         fn list_tasks(filter: &TaskFilter) -> Vec<Task>;
         fn count_tasks(plan_id: Option<PlanId>) -> StatusCounts;
+        fn status_counts() -> StatusCounts;
         fn page_tasks(params: &TaskPageParams) -> Vec<Task>;
         fn queue_stats(since: Timestamp) -> QueueStats;
         fn requeue_failed(filter: &TaskPageParams, max: u32) -> Vec<TaskId>;

@@ -46,6 +46,14 @@ const READ_PLANS: &str = "SELECT id, status, total_subtasks, completed_subtasks,
      cancelled_subtasks \
      FROM plans_counted WHERE id = ANY($1)";
 
+/// Locks the open ones of the plans in `$1`, in id order, against a requeue taking a
+/// subtask out of their counts until the settling transaction ends.
+const LOCK_OPEN_PLANS: &str = concat!(
+    "SELECT id FROM plans WHERE id = ANY($1) AND status NOT IN ",
+    terminal_statuses!(),
+    " ORDER BY id FOR NO KEY UPDATE"
+);
+
 /// Moves plans whose committed counts call for it, once: the status write is
 /// compare-and-set, so of two settles racing only one moves the plan and announces it.
 const SETTLE: &str = concat!(
@@ -371,6 +379,13 @@ async fn apply(
 /// transactions finishing a plan's last two subtasks at once each read counts without the
 /// other's; whichever settles last sees both. A crash before this step is caught by the
 /// reaper ([`settle_stalled`]).
+///
+/// The counts read first, unlocked, only pick the plans that may be due (most calls stop
+/// there); those are then locked and read again, and the move is made on that second read.
+/// A change that takes a subtask out of its finished count (a requeue) locks its plan the
+/// same way (`tasks.rs`), so it cannot commit between the read and the move, to be
+/// overwritten by a move its count no longer calls for (a cancelled plan with a subtask
+/// queued again): it waits, and the rules then see the plan as moved.
 pub(super) async fn settle(
     conn: &mut PgConnection,
     notifier: &Notifier,
@@ -384,23 +399,33 @@ pub(super) async fn settle(
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
-    let mut due: Vec<Uuid> = Vec::new();
-    let mut to: Vec<&'static str> = Vec::new();
-    for row in &found {
-        if let Some(status) = rows::plan_counters(row)?.settled() {
-            due.push(rows::get(row, "id", "plans")?);
-            to.push(status.as_str());
-        }
-    }
-    if due.is_empty() {
+    let (maybe, _) = due(&found)?;
+    if maybe.is_empty() {
         return Ok(Vec::new());
     }
-    let moved = sqlx::query(SETTLE)
-        .bind(&due)
-        .bind(&to)
-        .bind(notifier.origin())
-        .fetch_all(conn)
-        .await?;
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let moved = async {
+        sqlx::query(LOCK_OPEN_PLANS)
+            .bind(&maybe)
+            .execute(&mut *tx)
+            .await?;
+        let found = sqlx::query(READ_PLANS)
+            .bind(&maybe)
+            .fetch_all(&mut *tx)
+            .await?;
+        let (due, to) = due(&found)?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query(SETTLE)
+            .bind(&due)
+            .bind(&to)
+            .bind(notifier.origin())
+            .fetch_all(&mut *tx)
+            .await?)
+    }
+    .await;
+    let moved = super::sql::end(tx, moved).await?;
     let mut out = Vec::with_capacity(moved.len());
     for row in &moved {
         if let Some(id) = rows::get::<Option<Uuid>>(row, "id", "plans")? {
@@ -408,6 +433,20 @@ pub(super) async fn settle(
         }
     }
     Ok(out)
+}
+
+/// The plans among `found` (rows of [`READ_PLANS`]) whose counts say they are done, with
+/// the status each moves to.
+fn due(found: &[PgRow]) -> R<(Vec<Uuid>, Vec<&'static str>)> {
+    let mut due = Vec::new();
+    let mut to = Vec::new();
+    for row in found {
+        if let Some(status) = rows::plan_counters(row)?.settled() {
+            due.push(rows::get(row, "id", "plans")?);
+            to.push(status.as_str());
+        }
+    }
+    Ok((due, to))
 }
 
 /// Plans left unsettled by a crash between a commit and its [`settle`]: open plans whose

@@ -3,7 +3,6 @@
 //! [`super::claim`]), releasing, reaping expired leases, and extending leases.
 
 use std::collections::{HashMap, HashSet};
-
 use std::time::Duration;
 
 use hive_models::{
@@ -32,8 +31,7 @@ use crate::{
 /// that it could take are returned as `deferred`, locked but not counted down (see
 /// `CLAIM_DEFERRED`).
 /// Returns the dependents made ready, announced as `task_ready` when `$5` is true, and (on
-/// one row) the notifications, which the caller publishes after commit
-/// (`publish.rs`).
+/// one row) the notifications, which the caller publishes after commit (`publish.rs`).
 pub(super) const FINISH_SUCCESSES: &str = concat!(
     "WITH input AS ( \
          SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $6::bigint[]) \
@@ -275,10 +273,11 @@ impl PostgresStore {
         if plans.is_empty() {
             return Vec::new();
         }
-        let settled = async {
+        // Again after a lost deadlock (a settle locks plans in id order, a finish in its own).
+        let settled = self.retrying(|| async {
             let mut conn = self.pool.acquire().await?;
             replay::settle(&mut conn, &self.notifier, plans).await
-        };
+        });
         settled.await.unwrap_or_else(|e| {
             tracing::warn!(error = ?e, "settling plans after commit failed; the reaper will");
             Vec::new()

@@ -221,7 +221,7 @@ impl PostgresStore {
                 for (key, generated) in lost {
                     // The conflicting task was deleted after it blocked ours: try again.
                     let Some(id) = existing.get(&key) else {
-                        return Err(Error::Conflict(format!(
+                        return Err(Error::Contended(format!(
                             "idempotency key `{key}` changed concurrently"
                         ))
                         .into());
@@ -284,17 +284,25 @@ impl PostgresStore {
         .bind(f.limit.map(i64::from))
         .bind(f.updated_not_after)
         .bind(f.depending_on.map(|d| d.0))
+        // Planned for the filters given: a generic plan cannot use an index for any of
+        // them, and Postgres picks one once the custom plans' average cost (a large
+        // history's listings) exceeds its own.
+        .persistent(false)
         .fetch_all(&self.pool)
         .await?;
         found.iter().map(rows::task).collect()
     }
 
     pub(super) async fn count(&self, plan_id: Option<PlanId>) -> R<StatusCounts> {
-        let found = sqlx::query(
-            "SELECT status, count(*) AS n FROM tasks \
-             WHERE ($1::uuid IS NULL OR plan_id = $1::uuid) GROUP BY status",
-        )
-        .bind(plan_id.map(|p| p.0))
+        // Two statements: one taking `$1 IS NULL OR plan_id = $1` is planned once for both
+        // uses, and a generic plan scans every task to count one plan's.
+        let found = match plan_id {
+            Some(plan) => sqlx::query(
+                "SELECT status, count(*) AS n FROM tasks WHERE plan_id = $1 GROUP BY status",
+            )
+            .bind(plan.0),
+            None => sqlx::query("SELECT status, count(*) AS n FROM tasks GROUP BY status"),
+        }
         .fetch_all(&self.pool)
         .await?;
         let mut counts = StatusCounts::new();
@@ -335,6 +343,14 @@ impl PostgresStore {
             }
             if change.loads_dependencies(&task) {
                 replay::load_dependencies(&mut tx, &mut view, &task).await?;
+            }
+            if let Some(plan) = task.plan_id.filter(|_| task.status.is_terminal()) {
+                // Out of its plan's finished count: wait for a settle that may have read
+                // the count with this task in it, then read the plan as it left it.
+                sqlx::query("SELECT 1 FROM plans WHERE id = $1 FOR NO KEY UPDATE")
+                    .bind(plan.0)
+                    .execute(&mut *tx)
+                    .await?;
             }
             replay::load_plans(&mut tx, &mut view, &[]).await?;
             let (outcome, written) =

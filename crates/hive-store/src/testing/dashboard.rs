@@ -143,6 +143,7 @@ pub async fn queue_stats_count_types_ready_age_and_finished_runs(s: S) {
     assert_eq!(of("beta", TaskStatus::Queued), 1);
     // The unfinished from the stats, the finished from their own count.
     assert!(stats.counts.iter().all(|c| !c.status.is_terminal()));
+    assert_eq!(s.count_unfinished_tasks().await.unwrap(), stats.counts);
     assert!(finished.iter().all(|c| c.status.is_terminal()));
     assert_eq!(stats.counts.iter().map(|c| c.count).sum::<u64>(), 2);
     assert_eq!(finished.iter().map(|c| c.count).sum::<u64>(), 2);
