@@ -20,6 +20,7 @@
 
 #[macro_use]
 mod sql;
+mod chores;
 mod claim;
 mod connect;
 mod dashboard;

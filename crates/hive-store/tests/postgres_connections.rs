@@ -763,6 +763,73 @@ async fn blocked_by(look: &mut sqlx::PgConnection, pid: i32) -> i64 {
     .unwrap()
 }
 
+/// The crash repair (every credit folded, stalled plans settled) runs once a second across
+/// every store sharing the database, not at every reap of every worker: a second store's
+/// reap right after the first's leaves a stray credit alone, and folds it once the chore
+/// is due again.
+#[tokio::test]
+async fn the_crash_repair_runs_once_for_every_worker_sharing_the_database() {
+    use hive_store::testing::fixtures::{node, plan, reap_params};
+    let Some(ts) = fresh("postgres_connections::the_crash_repair_runs_once_for_every_worker").await
+    else {
+        return;
+    };
+    let (a, b) = (ts.store.clone(), second_store(&ts, "").await);
+    a.submit_plan(plan(vec![
+        node("r", &[]),
+        node("j1", &["r"]),
+        node("j2", &["r"]),
+    ]))
+    .await
+    .unwrap();
+    let mut look = sqlx::PgConnection::connect(ts.url.as_deref().unwrap())
+        .await
+        .unwrap();
+    // `r`'s completion credited to one dependent, as a finish that found it held and
+    // crashed before folding would leave it: once folded, that dependent waits no more.
+    let mut credit_and_reap = async |subtask: &str, store: &dyn Store| -> (i64, i32) {
+        sqlx::query(
+            "INSERT INTO dependency_credits (task_id, n) \
+             SELECT id, 1 FROM tasks WHERE plan_subtask_id = $1",
+        )
+        .bind(subtask)
+        .execute(&mut look)
+        .await
+        .unwrap();
+        store.reap(&reap_params()).await.unwrap();
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM dependency_credits), \
+                    (SELECT pending_deps FROM tasks WHERE plan_subtask_id = $1)",
+        )
+        .bind(subtask)
+        .fetch_one(&mut look)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        credit_and_reap("j1", &*a).await,
+        (0, 0),
+        "the first reap repairs"
+    );
+    assert_eq!(
+        credit_and_reap("j2", &b).await,
+        (1, 1),
+        "another worker's reap right after it passes"
+    );
+    // A second later (here: the last run moved back), the next reap repairs again.
+    sqlx::query("UPDATE chores SET last_run = last_run - interval '2 seconds'")
+        .execute(&mut look)
+        .await
+        .unwrap();
+    b.reap(&reap_params()).await.unwrap();
+    let pending: i32 =
+        sqlx::query_scalar("SELECT pending_deps FROM tasks WHERE plan_subtask_id = 'j2'")
+            .fetch_one(&mut look)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "due again");
+}
+
 /// A task requeued from a finished state recounts its open dependencies from their
 /// statuses, which already include a completion whose credit is not folded yet: the
 /// recount drops the credit, or the fold would count that completion twice and free the

@@ -556,9 +556,7 @@ impl PostgresStore {
         let (report, written) = end(tx, out).await?;
         self.after_commit(written).await?;
         // Credits and plans a crash left between a finish's commit and its follow-up.
-        super::folds::fold_credits(&self.pool, self.notifier.origin(), None).await?;
-        let mut conn = self.pool.acquire().await?;
-        replay::settle_stalled(&mut conn, &self.notifier, p.limit).await?;
+        self.repair_crashes_if_due(p.limit).await?;
         Ok(report)
     }
 
