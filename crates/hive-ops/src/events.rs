@@ -400,10 +400,55 @@ impl Subscription {
         self.skipped + lost.saturating_sub(self.lost_before)
     }
 
-    /// The subscription as a `Stream`.
+    /// The subscription as a `Stream`. Events it missed (it fell behind, or the bus did)
+    /// come out as one [`Event::StoreChanged`] before the next event: anything may have
+    /// changed, so a consumer waiting for one event re-reads instead of waiting for good.
     pub fn into_stream(self) -> impl futures::Stream<Item = Published> + Send + Unpin {
-        Box::pin(futures::stream::unfold(self, |mut s| async move {
-            s.recv().await.map(|p| (p, s))
-        }))
+        let start = (self, 0, None);
+        Box::pin(futures::stream::unfold(
+            start,
+            |(mut s, told, held): (Subscription, u64, Option<Published>)| async move {
+                if let Some(p) = held {
+                    return Some((p, (s, told, None)));
+                }
+                let p = s.recv().await?;
+                let skipped = s.skipped();
+                if skipped > told {
+                    let missed = Published {
+                        event: Event::StoreChanged,
+                        origin: EventOrigin::Remote,
+                    };
+                    return Some((missed, (s, skipped, Some(p))));
+                }
+                Some((p, (s, told, None)))
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_that_fell_behind_says_so_before_going_on() {
+        let bus = EventBus::new(Arc::new(StatusCache::new(Duration::from_secs(60))));
+        let stream = bus.subscribe().into_stream();
+        let created = |n: usize| Event::TaskCreated {
+            task_id: None,
+            count: n,
+        };
+        let events = (0..EventBus::CAPACITY + 2).map(created).collect();
+        bus.publish(events, EventOrigin::Local);
+        let got: Vec<Event> = stream.take(3).map(|p| p.event).collect().await;
+        assert_eq!(
+            got,
+            [Event::StoreChanged, created(2), created(3)],
+            "the two oldest were skipped"
+        );
     }
 }
