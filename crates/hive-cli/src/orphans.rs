@@ -7,7 +7,9 @@
 //! and the kernel's start time of that pid, so a pid used again by another process does
 //! not pass for the worker). A sweep reads every process's environment and kills those
 //! whose worker is no longer alive — at a worker's start (a worker restarted after a crash
-//! ends what its predecessor left at once) and every [`SWEEP_EVERY`] after.
+//! ends what its predecessor left at once) and every [`SWEEP_EVERY`] after; and once, at
+//! once, by the worker's guard ([`start_guard`]) when the worker dies, so a host whose only
+//! worker died does not keep its commands running.
 //!
 //! It only kills what it can tell for sure: processes of its own user (any user's when it
 //! runs as root) in its own PID namespace (a container's processes, seen from the host,
@@ -55,11 +57,15 @@ fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = stat.get(stat.rfind(')')? + 1..)?;
     // Fields from the third (state) on: the start time is the twentieth of them.
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = after_name.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
-/// Whether the worker a [`WORKER_MARK`] value names is alive: its pid lives and started
-/// when the mark says. A value that does not parse is treated as alive (nothing is killed
+/// Whether the worker a [`WORKER_MARK`] value names is alive: its pid lives (not a zombie
+/// its parent has yet to reap) and started when the mark says. A value that does not parse is treated as alive (nothing is killed
 /// on a mark this code did not write).
 fn worker_alive(mark: &[u8]) -> bool {
     let parsed = std::str::from_utf8(mark).ok().and_then(|m| {
@@ -138,18 +144,80 @@ pub async fn kill_orphans_forever() {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Ok((killed, runs)) = tokio::task::spawn_blocking(kill_orphans).await else {
-            continue;
-        };
-        if killed > 0 {
-            tracing::warn!(
-                killed,
-                runs = %runs.join(","),
-                "killed processes of commands whose worker had died; their tasks run again \
-                 once their leases expire"
-            );
-        }
+        sweep().await;
     }
+}
+
+/// [`kill_orphans`] off the runtime's threads, saying what it killed.
+async fn sweep() {
+    let Ok((killed, runs)) = tokio::task::spawn_blocking(kill_orphans).await else {
+        return;
+    };
+    if killed > 0 {
+        tracing::warn!(
+            killed,
+            runs = %runs.join(","),
+            "killed processes of commands whose worker had died; their tasks run again once \
+             their leases expire"
+        );
+    }
+}
+
+/// Starts this worker's guard: `hive worker guard`, a child in a process group of its own
+/// (so a terminal's Ctrl-C, meant for the worker, leaves it) holding a pipe from this
+/// process. Whatever ends this process closes the pipe; the guard then sweeps. Best effort:
+/// a guard that cannot start leaves the periodic sweeps of the host's other workers.
+pub fn start_guard() {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::warn!(error = %e, "no guard for this worker's commands: own path unknown");
+            return;
+        }
+    };
+    let started = tokio::process::Command::new(exe)
+        .args(["worker", "guard"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    let mut guard = match started {
+        Ok(guard) => guard,
+        Err(e) => {
+            tracing::warn!(error = %e, "no guard for this worker's commands");
+            return;
+        }
+    };
+    // Held, never written, until the guard ends (it never does before this process).
+    let pipe = guard.stdin.take();
+    tokio::spawn(async move {
+        let ended = guard.wait().await;
+        drop(pipe);
+        tracing::warn!(?ended, "the guard of this worker's commands ended");
+    });
+}
+
+/// How long a guard waits, once its pipe closed, for its worker to be done exiting: the
+/// kernel closes a dying process's files before it marks it dead.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// `hive worker guard`: waits for its worker (its parent) to end — its stdin closes — and to
+/// be dead, then kills what the worker's commands left running.
+pub async fn guard() {
+    use tokio::io::AsyncReadExt;
+    let worker = i32::try_from(std::os::unix::process::parent_id()).unwrap_or(0);
+    let started = start_time(worker);
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    while started.is_some()
+        && start_time(worker) == started
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sweep().await;
 }
 
 #[cfg(test)]
@@ -169,6 +237,20 @@ mod tests {
             worker_alive(b"not a mark"),
             "nothing is killed on a foreign mark"
         );
+    }
+
+    /// A worker that exited but is not reaped yet (a zombie) is dead: its guard wakes
+    /// before its parent reaps it, and the commands it left must still go.
+    #[test]
+    fn a_zombie_worker_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let exited = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            start_time(pid).is_none()
+        });
+        child.wait().unwrap();
+        assert!(exited, "an exited, unreaped process reads as dead");
     }
 
     /// A command started with the mark of a worker that is gone is killed by a sweep; one

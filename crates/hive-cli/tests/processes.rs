@@ -22,6 +22,15 @@ hive_store::per_backend!([sqlite, postgres], support::run_case =>
     frozen_worker_is_fenced_out_after_resuming,
 );
 
+/// The guard of a worker's commands needs no database of its own kind.
+mod guard {
+    use super::*;
+
+    hive_store::per_backend!([sqlite], support::run_case =>
+        a_killed_workers_command_dies_with_it_with_no_other_worker,
+    );
+}
+
 /// Only Postgres compares times on the server's clock across machines (SQLite's clock is
 /// the one machine's).
 mod clock {
@@ -225,6 +234,27 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
         (running_with(&mark) == 0).then_some(())
     })
     .await;
+    assert!(gone.is_some(), "the dead worker's command still runs");
+}
+
+/// A host's only worker is SIGKILLed while its command runs: no other worker is there to
+/// sweep, yet the command does not outlive it by more than moments — the worker's guard,
+/// a child that outlives it, kills it once the worker is dead.
+async fn a_killed_workers_command_dies_with_it_with_no_other_worker(h: Harness) {
+    let [id] = h.shell_tasks(["sleep 60".to_owned()]).await[..] else {
+        unreachable!()
+    };
+    let mut lonely = h.worker("lonely", &fault_args("lonely", &[]));
+    let run = h.wait_in_progress(id, "lonely", SLACK * 4).await;
+    let mark = format!("HIVE_RUN_ID={}", run.id);
+    assert!(
+        poll_until(SLACK, || async { (running_with(&mark) > 0).then_some(()) })
+            .await
+            .is_some(),
+        "the command started"
+    );
+    lonely.crash_alone().await;
+    let gone = poll_until(SLACK, || async { (running_with(&mark) == 0).then_some(()) }).await;
     assert!(gone.is_some(), "the dead worker's command still runs");
 }
 

@@ -42,6 +42,10 @@ pub enum WorkerCommand {
         #[arg(long, value_name = "AGE", value_parser = crate::args::parse_age, default_value = "1d")]
         silent_for: std::time::Duration,
     },
+    /// Started by `worker run` as its child: once that worker is gone, however it died, its
+    /// end of this process's stdin closes, and what its commands left running is killed.
+    #[command(hide = true)]
+    Guard,
 }
 
 /// A worker as listed: its row and whether its heartbeat is fresh.
@@ -77,6 +81,7 @@ pub async fn run(ctx: &Context, cmd: WorkerCommand) -> anyhow::Result<ExitCode> 
         WorkerCommand::Run(a) => return run::run(ctx, *a).await,
         WorkerCommand::Unregister { id, force } => unregister(ctx, &id, force).await?,
         WorkerCommand::Prune { silent_for } => prune(ctx, silent_for).await?,
+        WorkerCommand::Guard => crate::orphans::guard().await,
     }
     Ok(ExitCode::SUCCESS)
 }

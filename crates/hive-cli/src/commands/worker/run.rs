@@ -237,6 +237,8 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // What a worker that died outright on this host left running, now and every few
     // seconds: its tasks run again elsewhere once their leases expire.
     tokio::spawn(crate::orphans::kill_orphans_forever());
+    // And what this worker leaves if it dies outright, at once, by a child that outlives it.
+    crate::orphans::start_guard();
     let forced = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_interrupts(
         interrupts,
