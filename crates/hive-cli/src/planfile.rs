@@ -24,7 +24,7 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
     let plan: NewPlan = match ext.as_str() {
         "json" => json_plan(&text)
             .with_context(|| format!("`{}` is not a valid JSON plan", path.display()))?,
-        "toml" => toml::from_str(&text).map_err(|e| {
+        "toml" => toml_plan(&text).map_err(|e| {
             anyhow::anyhow!(
                 "`{}` is not a valid TOML plan: {}",
                 path.display(),
@@ -33,7 +33,7 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
         })?,
         _ => match json_plan(&text) {
             Ok(p) => p,
-            Err(json_err) => match toml::from_str(&text) {
+            Err(json_err) => match toml_plan(&text) {
                 Ok(p) => p,
                 // A JSON plan is an object; anything else was most likely meant as TOML,
                 // so the error that helps is the TOML parser's.
@@ -69,6 +69,37 @@ pub fn read_for_workers(path: &Path) -> anyhow::Result<NewPlan> {
         })?;
     }
     Ok(plan)
+}
+
+/// A TOML plan, its dates and times as the RFC 3339 strings a JSON plan would hold: the
+/// toml crate hands a bare date (`deadline = 2025-06-01`) to a JSON value as a one-key
+/// object of its own making, which a handler would then receive.
+fn toml_plan(text: &str) -> Result<NewPlan, toml::de::Error> {
+    let mut plan: NewPlan = toml::from_str(text)?;
+    dates_as_strings(&mut plan.metadata);
+    for st in &mut plan.subtasks {
+        dates_as_strings(&mut st.payload);
+    }
+    Ok(plan)
+}
+
+/// The key under which the toml crate passes a date through serde (`toml_datetime`).
+const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
+
+fn dates_as_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1
+                && let Some(serde_json::Value::String(date)) = map.get(TOML_DATETIME_KEY)
+            {
+                *v = serde_json::Value::String(date.clone());
+                return;
+            }
+            map.values_mut().for_each(dates_as_strings);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(dates_as_strings),
+        _ => {}
+    }
 }
 
 /// A JSON plan: an object. serde would also take the struct's fields as an array in
@@ -146,6 +177,21 @@ mod tests {
         assert!(
             e.contains("a plan is a JSON object") && e.contains("starts with `[`"),
             "{e}"
+        );
+    }
+
+    /// Dates and times written bare in a TOML plan reach the handler as the strings a JSON
+    /// plan would hold, at any depth of a payload or the plan's metadata.
+    #[test]
+    fn toml_dates_become_strings() {
+        let text = "title = \"p\"\nmetadata = { due = 2025-06-01 }\n\
+                    [[subtasks]]\nid = \"a\"\ntask_type = \"x\"\n\
+                    payload = { deadline = 2025-06-01T12:00:00Z, at = [07:30:00], n = 1 }\n";
+        let plan = toml_plan(text).unwrap();
+        assert_eq!(plan.metadata, serde_json::json!({ "due": "2025-06-01" }));
+        assert_eq!(
+            plan.subtasks[0].payload,
+            serde_json::json!({ "deadline": "2025-06-01T12:00:00Z", "at": ["07:30:00"], "n": 1 })
         );
     }
 }

@@ -157,7 +157,7 @@ impl ConnectRetry {
             };
             let out_of_time = self
                 .give_up_after
-                .is_some_and(|limit| started.elapsed() + delay > limit);
+                .is_some_and(|limit| started.elapsed().saturating_add(delay) > limit);
             if out_of_time {
                 tracing::warn!(attempt, error = %error, "hive: cannot connect to the database; giving up");
                 return Err(error);
@@ -165,7 +165,9 @@ impl ConnectRetry {
             // The error names `host:port` and the driver's reason, never the password.
             tracing::warn!(attempt, error = %error, retry_in = ?delay, "hive: cannot connect to the database; retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.max_delay.max(self.first_delay));
+            delay = delay
+                .saturating_mul(2)
+                .min(self.max_delay.max(self.first_delay));
             attempt = attempt.saturating_add(1);
         }
     }
@@ -180,4 +182,31 @@ fn is_unreachable(e: &crate::Error) -> bool {
             hive_store::Error::Unavailable { .. }
         ))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ConnectRetry;
+
+    /// Delays at the edge of what a `Duration` holds give up or wait; they never overflow.
+    #[tokio::test]
+    async fn huge_delays_give_up_instead_of_overflowing() {
+        let retry = ConnectRetry {
+            first_delay: Duration::MAX,
+            max_delay: Duration::MAX,
+            give_up_after: Some(Duration::from_secs(60)),
+        };
+        let e = retry
+            .connect_with(
+                "postgres://root@127.0.0.1:1/none",
+                &Default::default(),
+                Default::default(),
+            )
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    }
 }

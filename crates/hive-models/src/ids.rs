@@ -82,22 +82,23 @@ uuid_id!(
 pub struct WorkerId(pub String);
 
 impl WorkerId {
-    /// Validates and wraps a worker name: not empty, at most 200 characters, no control characters.
+    /// Validates and wraps a worker name: not empty, at most 200 characters, no control
+    /// characters; the error says which.
     pub fn parse(s: impl Into<String>) -> Result<Self, Error> {
         let s = s.into();
-        if s.trim().is_empty() {
-            return Err(Error::InvalidField {
-                field: "worker_id".into(),
-                reason: "must not be empty".into(),
-            });
-        }
-        if s.chars().count() > 200 || s.chars().any(char::is_control) {
-            return Err(Error::InvalidId {
-                kind: "worker",
-                value: s,
-            });
-        }
-        Ok(Self(s))
+        let reason = if s.trim().is_empty() {
+            "must not be empty".to_owned()
+        } else if s.chars().count() > 200 {
+            format!("is {} characters, over the limit of 200", s.chars().count())
+        } else if s.chars().any(char::is_control) {
+            format!("`{}` holds a control character", s.escape_debug())
+        } else {
+            return Ok(Self(s));
+        };
+        Err(Error::InvalidField {
+            field: "worker_id".into(),
+            reason,
+        })
     }
 
     pub fn as_str(&self) -> &str {

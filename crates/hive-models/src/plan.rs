@@ -310,7 +310,7 @@ impl NewPlan {
         check_no_nul("description", &self.description)?;
         check_metadata_object(&self.metadata)?;
         if let Some(key) = &self.idempotency_key {
-            non_blank("idempotency_key", key)?;
+            crate::task::check_idempotency_key(key)?;
         }
         validate_subtasks(&self.subtasks, max_payload_bytes)
     }

@@ -237,8 +237,7 @@ impl NewSchedule {
     /// unknown time zone, a task or plan that could not be created (see
     /// [`Scheduled::validate`]), a catch-up bound of 0 or over [`Missed::MAX_CATCH_UP`].
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
-        crate::task::non_blank("name", &self.name)?;
-        crate::check_no_nul("name", &self.name)?;
+        crate::check_scope_name("name", &self.name)?;
         let timing = Timing::parse(&self.cron, &self.timezone)?;
         if timing.next_after(Utc::now()).is_none() {
             return Err(Error::InvalidField {

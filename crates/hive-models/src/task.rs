@@ -544,13 +544,13 @@ impl NewTask {
     /// Rejects input no backend should store, before any database call.
     pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
         non_blank("title", &self.title)?;
-        non_blank("task_type", &self.task_type)?;
+        crate::check_scope_name("task_type", &self.task_type)?;
         check_max_retries(self.max_retries)?;
         if let Some(p) = &self.retry_policy {
             p.validate("retry_policy")?;
         }
         if let Some(key) = &self.idempotency_key {
-            non_blank("idempotency_key", key)?;
+            check_idempotency_key(key)?;
         }
         check_timing(self.timeout_secs, self.delay_secs)?;
         crate::check_concurrency(self.concurrency_key.as_deref(), self.concurrency_limit)?;
@@ -606,11 +606,39 @@ pub fn delayed_until(from: Timestamp, delay_secs: u64) -> Timestamp {
 pub const MAX_DELAY_SECS: u64 = 366 * 24 * 3600;
 
 /// A timeout of at least a second, a start delay of at most [`MAX_DELAY_SECS`].
+/// The longest idempotency key, in bytes: a key is looked up by an index, and Postgres
+/// refuses an index entry over about 2.7 KB (a hash or an id is far shorter).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
+
+/// Refuses a blank or overlong idempotency key.
+pub fn check_idempotency_key(key: &str) -> Result<()> {
+    non_blank("idempotency_key", key)?;
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(Error::InvalidField {
+            field: "idempotency_key".into(),
+            reason: format!(
+                "is {} bytes, over the limit of {MAX_IDEMPOTENCY_KEY_BYTES}",
+                key.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The longest timeout: what every backend stores as is (Postgres keeps it in 32 bits).
+pub const MAX_TIMEOUT_SECS: u32 = i32::MAX as u32;
+
 pub(crate) fn check_timing(timeout_secs: Option<u32>, delay_secs: u64) -> Result<()> {
     if timeout_secs == Some(0) {
         return Err(Error::InvalidField {
             field: "timeout_secs".into(),
             reason: "must be at least 1 second".into(),
+        });
+    }
+    if let Some(t) = timeout_secs.filter(|t| *t > MAX_TIMEOUT_SECS) {
+        return Err(Error::InvalidField {
+            field: "timeout_secs".into(),
+            reason: format!("{t} is over the maximum of {MAX_TIMEOUT_SECS}"),
         });
     }
     if delay_secs > MAX_DELAY_SECS {

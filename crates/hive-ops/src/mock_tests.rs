@@ -258,13 +258,10 @@ async fn nul_is_refused_before_any_store_call() {
         "capabilities[0]",
     );
     // Worker ids refuse every control character, NUL included.
-    assert!(matches!(
-        o.register_worker(nul, "r", vec![]).await,
-        Err(Error::Invalid(hive_models::Error::InvalidId {
-            kind: "worker",
-            ..
-        }))
-    ));
+    refused(
+        o.register_worker(nul, "r", vec![]).await.unwrap_err(),
+        "worker_id",
+    );
     refused(
         o.update_task_status(
             TaskId::new(),

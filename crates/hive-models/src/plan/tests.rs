@@ -68,6 +68,20 @@ fn each_malformation_is_named() {
     assert!(
         matches!(plan_err(&[blank]), PlanError::InvalidSubtask { subtask, .. } if subtask == "x")
     );
+    // Ids and types are names an operator types and a database indexes: bounded, printable.
+    for (bad, says) in [
+        (st(&"x".repeat(201), &[]), "over the limit of 200"),
+        (st("a\nb", &[]), "control characters"),
+    ] {
+        let e = plan_err(&[bad]);
+        assert!(
+            matches!(&e, PlanError::InvalidSubtask { reason, .. } if reason.contains(says)),
+            "{e}"
+        );
+    }
+    let mut typed = st("t", &[]);
+    typed.task_type = "etl\t2".into();
+    assert!(plan_err(&[typed]).to_string().contains("task_type"));
 }
 
 #[test]

@@ -32,12 +32,12 @@ pub fn validate_subtask_fields(s: &SubTask, max_payload_bytes: usize) -> Result<
         subtask: s.id.escape_debug().to_string(),
         reason: e.to_string(),
     };
-    check_no_nul("id", &s.id).map_err(invalid)?;
+    crate::check_scope_name("id", &s.id).map_err(invalid)?;
     // Empty is "titled by its id"; only a title of spaces is a mistake.
     if !s.title.is_empty() {
         non_blank("title", &s.title).map_err(invalid)?;
     }
-    non_blank("task_type", &s.task_type).map_err(invalid)?;
+    crate::check_scope_name("task_type", &s.task_type).map_err(invalid)?;
     check_no_nul("description", &s.description).map_err(invalid)?;
     for (i, d) in s.dependencies.iter().enumerate() {
         check_no_nul(&format!("dependencies[{i}]"), d).map_err(invalid)?;

@@ -314,7 +314,8 @@ proptest! {
         match t.validate(DEFAULT_MAX_PAYLOAD_BYTES) {
             Err(Error::InvalidField { field, reason }) => {
                 prop_assert_eq!(field, name);
-                prop_assert!(reason.contains("NUL"), "{}", reason);
+                // A task type refuses every control character, NUL included.
+                prop_assert!(reason.contains("NUL") || reason.contains("control characters"), "{}", reason);
                 prop_assert!(!reason.contains('\0') && !reason.contains('\n'), "one printable line: {:?}", reason);
             }
             other => prop_assert!(false, "field {} with a NUL: {:?}", name, other),
@@ -336,4 +337,51 @@ fn nul_location_is_a_json_pointer() {
     // The literal text `\u0000` is six harmless characters, not a NUL.
     let t = NewTask::new("t", "x").payload(serde_json::json!({"s": "\\u0000"}));
     assert!(t.validate(DEFAULT_MAX_PAYLOAD_BYTES).is_ok());
+}
+
+/// A task type is a name an operator limits and pauses: what `hive limit` and `hive queue
+/// pause` refuse, a task is refused too, so no type exists that they cannot name; an
+/// idempotency key and a timeout stay within what every backend stores as given.
+#[test]
+fn names_keys_and_timeouts_are_refused_where_a_backend_could_not_take_them() {
+    let refused = |t: NewTask, field: &str, says: &str| match t.validate(DEFAULT_MAX_PAYLOAD_BYTES)
+    {
+        Err(Error::InvalidField { field: f, reason }) => {
+            assert_eq!(f, field);
+            assert!(reason.contains(says), "{reason}");
+        }
+        other => panic!("{field}: {other:?}"),
+    };
+    refused(
+        NewTask::new("t", "etl\t2"),
+        "task_type",
+        "control characters",
+    );
+    refused(
+        NewTask::new("t", "x".repeat(201)),
+        "task_type",
+        "over the limit of 200",
+    );
+    let mut long_key = NewTask::new("t", "x");
+    long_key.idempotency_key = Some("k".repeat(1025));
+    refused(long_key, "idempotency_key", "over the limit of 1024");
+    let mut long_timeout = NewTask::new("t", "x");
+    long_timeout.timeout_secs = Some(3_000_000_000);
+    refused(long_timeout, "timeout_secs", "over the maximum");
+    let mut fine = NewTask::new("t", "x".repeat(200));
+    fine.idempotency_key = Some("k".repeat(1024));
+    fine.timeout_secs = Some(MAX_TIMEOUT_SECS);
+    assert!(fine.validate(DEFAULT_MAX_PAYLOAD_BYTES).is_ok());
+    assert!(
+        WorkerId::parse("a\tb")
+            .unwrap_err()
+            .to_string()
+            .contains("control character")
+    );
+    assert!(
+        WorkerId::parse("w".repeat(201))
+            .unwrap_err()
+            .to_string()
+            .contains("over the limit of 200")
+    );
 }

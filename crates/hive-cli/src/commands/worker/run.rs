@@ -196,6 +196,10 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let exec_log = a.exec_log.as_deref().map(ExecLog::open).transpose()?;
     let id = a.id.unwrap_or_else(|| default_id(&a.role));
+    // Before waiting for the database: a bad --id or a --role too long for the default id
+    // is known now.
+    hive_client::models::WorkerId::parse(id.clone())
+        .map_err(|e| anyhow::anyhow!("--id/--role: {e}"))?;
     // From here on Ctrl-C, SIGTERM and SIGHUP are this command's to handle.
     let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
