@@ -205,8 +205,7 @@ mod tests {
                 Default::default(),
             )
             .await
-            .err()
-            .expect("nothing listens on port 1");
+            .expect_err("nothing listens on port 1");
         assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
     }
 }

@@ -38,6 +38,20 @@ impl PlanStatus {
         !matches!(self, Self::Completed | Self::Cancelled)
     }
 
+    /// Whether a plan in this status may have its tasks created: not one finished before
+    /// it had any (cancelled before it started: retrying it makes it pending again).
+    pub fn check_materialize(self) -> crate::Result<()> {
+        if !self.is_terminal() {
+            return Ok(());
+        }
+        Err(crate::Error::InvalidField {
+            field: "status".into(),
+            reason: format!(
+                "`{self}` plans cannot have their tasks created (retry the plan first)"
+            ),
+        })
+    }
+
     /// Whether a plan in this status can be retried: only a failed or a cancelled one.
     pub fn check_retry(self) -> crate::Result<()> {
         let why = match self {
@@ -97,6 +111,13 @@ impl PlanCounters {
         }
     }
 
+    /// Subtasks finished, whatever their end.
+    pub fn finished(&self) -> u32 {
+        self.completed
+            .saturating_add(self.failed)
+            .saturating_add(self.cancelled)
+    }
+
     /// The status the counts alone call for (`None` while work remains or once finished):
     /// what a backend that counts without locking the plan checks after committing.
     pub fn settled(&self) -> Option<PlanStatus> {
@@ -110,7 +131,7 @@ impl PlanCounters {
         if self.status.is_terminal() {
             return None;
         }
-        let finished = self.completed + self.failed + self.cancelled;
+        let finished = self.finished();
         if subtask_status == crate::TaskStatus::Failed
             || (finished >= self.total && self.failed > 0)
         {

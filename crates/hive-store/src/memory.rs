@@ -592,7 +592,7 @@ impl Store for MemoryStore {
             // A first plan stored by `insert_plan` alone is materialized now: a submit
             // leaves no plan that nothing will run.
             let (id, _) = s.insert_plan(plan, at);
-            (id, s.materialize(id, at).unwrap_or(0))
+            (id, s.materialize(id, at, false)?.unwrap_or(0))
         };
         if created > 0 {
             self.send(vec![self.notifier.task_created(None, created)]);
@@ -630,7 +630,7 @@ impl Store for MemoryStore {
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
         let at = now();
-        let created = match self.lock().materialize(id, at) {
+        let created = match self.lock().materialize(id, at, true)? {
             Some(0) => return Ok(Some(0)),
             Some(n) => n,
             None => return Ok(None),

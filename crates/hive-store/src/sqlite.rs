@@ -579,7 +579,7 @@ impl Store for SqliteStore {
 
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
         let mut tx = self.begin().await?;
-        let out = plans::materialize(&mut tx, id).await;
+        let out = plans::materialize(&mut tx, id, true).await;
         let notes = match &out {
             Ok(plans::Materialized::Created(n)) => vec![self.notifier.task_created(None, *n)],
             _ => Vec::new(),

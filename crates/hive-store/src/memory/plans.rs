@@ -69,11 +69,22 @@ impl State {
     }
 
     /// Creates the plan's tasks once; the number created (0 when it was materialized
-    /// already), `None` for an unknown plan.
-    pub(crate) fn materialize(&mut self, id: PlanId, at: Timestamp) -> Option<u64> {
-        let plan = self.plans.get_mut(&id)?;
+    /// already, or finished before it was and not `refuse_finished`), `None` for an unknown
+    /// plan.
+    pub(crate) fn materialize(
+        &mut self,
+        id: PlanId,
+        at: Timestamp,
+        refuse_finished: bool,
+    ) -> Result<Option<u64>, hive_models::Error> {
+        let Some(plan) = self.plans.get_mut(&id) else {
+            return Ok(None);
+        };
         if plan.materialized {
-            return Some(0);
+            return Ok(Some(0));
+        }
+        if let Err(e) = plan.status.check_materialize() {
+            return if refuse_finished { Err(e) } else { Ok(Some(0)) };
         }
         plan.materialized = true;
         plan.updated_at = at;
@@ -84,7 +95,7 @@ impl State {
         let ids: HashMap<String, TaskId> =
             ids.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         self.add_subtasks(id, parent, &in_order, &ids, at);
-        Some(self.plan_tasks.get(&id).map_or(0, Vec::len) as u64)
+        Ok(Some(self.plan_tasks.get(&id).map_or(0, Vec::len) as u64))
     }
 
     /// See [`crate::Store::prune_plans`]; `p` is checked.

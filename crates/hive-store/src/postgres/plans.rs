@@ -56,7 +56,7 @@ impl PostgresStore {
             if !new {
                 // The first plan may have been stored by `insert_plan` alone: a submit
                 // leaves no plan that nothing will run.
-                let created = self.materialize_in(&mut tx, id).await?;
+                let created = self.materialize_in(&mut tx, id, false).await?;
                 return Ok((id, created.unwrap_or(0)));
             }
             let created = self
@@ -141,23 +141,37 @@ impl PostgresStore {
 
     pub(super) async fn materialize_once(&self, id: PlanId) -> R<Option<u64>> {
         let mut tx = self.pool.begin().await?;
-        let out = self.materialize_in(&mut tx, id).await;
+        let out = self.materialize_in(&mut tx, id, true).await;
         end(tx, out).await
     }
 
     /// Materializes the plan `id` in the caller's transaction; see
-    /// [`crate::Store::materialize_plan`].
-    async fn materialize_in(&self, tx: &mut PgConnection, id: PlanId) -> R<Option<u64>> {
-        let Some(row) =
-            sqlx::query("SELECT materialized, parent_task_id FROM plans WHERE id = $1 FOR UPDATE")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?
+    /// [`crate::Store::materialize_plan`]. A plan that finished before it was materialized
+    /// is refused when `refuse_finished`, else left as it is.
+    async fn materialize_in(
+        &self,
+        tx: &mut PgConnection,
+        id: PlanId,
+        refuse_finished: bool,
+    ) -> R<Option<u64>> {
+        let Some(row) = sqlx::query(
+            "SELECT materialized, status, parent_task_id FROM plans WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?
         else {
             return Ok(None);
         };
         if rows::get::<bool>(&row, "materialized", "plans")? {
             return Ok(Some(0));
+        }
+        if let Err(e) = rows::plan_status(&row, "status")?.check_materialize() {
+            return if refuse_finished {
+                Err(crate::Error::from(e).into())
+            } else {
+                Ok(Some(0))
+            };
         }
         let subtasks = specs(tx, &[id]).await?.remove(&id).unwrap_or_default();
         let parent = rows::get::<Option<Uuid>>(&row, "parent_task_id", "plans")?.map(TaskId);

@@ -543,6 +543,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         // A plan whose failed subtask was retried alone and completed has nothing left to
         // run: it finishes now rather than waiting for a subtask that will not come.
         counters.status = counters.settled().unwrap_or(PlanStatus::InProgress);
+        if requeued.is_empty() && counters.finished() == 0 && counters.total > 0 {
+            // Cancelled before its tasks were created (a cancel finishes the open tasks
+            // of any other): pending again, for them to be created.
+            counters.status = PlanStatus::Pending;
+        }
         let note = self.notifier.plan_status(plan, counters.status);
         self.notes.push(note);
         self.set_plan(plan, counters);

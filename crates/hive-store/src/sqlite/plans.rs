@@ -194,8 +194,14 @@ pub(super) enum Materialized {
 
 /// One multi-row insert of the tasks and one of their dependency rows (each chunked under
 /// the bind limit), in the transaction that marks the plan materialized.
-pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
-    let row = sqlx::query("SELECT materialized, parent_task_id FROM plans WHERE id = ?1")
+/// A plan that finished before it was materialized is refused when `refuse_finished`, else
+/// left as it is (`Already`).
+pub(super) async fn materialize(
+    c: &mut Conn,
+    id: PlanId,
+    refuse_finished: bool,
+) -> R<Materialized> {
+    let row = sqlx::query("SELECT materialized, status, parent_task_id FROM plans WHERE id = ?1")
         .bind(id.to_string())
         .fetch_optional(&mut *c)
         .await?;
@@ -205,6 +211,13 @@ pub(super) async fn materialize(c: &mut Conn, id: PlanId) -> R<Materialized> {
     let cols = Cols::new(&row, "plans");
     if cols.get::<i64>("materialized")? != 0 {
         return Ok(Materialized::Already);
+    }
+    if let Err(e) = cols.parse::<PlanStatus>("status")?.check_materialize() {
+        return if refuse_finished {
+            Err(e.into())
+        } else {
+            Ok(Materialized::Already)
+        };
     }
     let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
     let subtasks = specs(c, &[id]).await?.remove(&id).unwrap_or_default();
@@ -219,7 +232,7 @@ pub(super) async fn submit(c: &mut Conn, plan: &NewPlan) -> R<(PlanId, u64)> {
     if let Some(first) = keyed(c, plan).await? {
         // The first plan may have been stored by `insert` alone: a submit leaves no plan
         // that nothing will run.
-        return Ok(match materialize(c, first).await? {
+        return Ok(match materialize(c, first, false).await? {
             Materialized::Created(n) => (first, n),
             Materialized::Already | Materialized::Unknown => (first, 0),
         });

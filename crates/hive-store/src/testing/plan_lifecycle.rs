@@ -490,3 +490,39 @@ pub async fn task_prune_leaves_plan_subtasks_to_their_plan(s: S) {
         [failed_ids["x"]]
     );
 }
+
+/// A plan cancelled before its tasks were created stays without them: creating them is
+/// refused (they would run in a cancelled plan that never moves again), a submit of its
+/// key creates none either, and a retry makes
+/// it pending again, to be materialized and run as any new plan.
+pub async fn a_plan_cancelled_before_its_tasks_exist_runs_only_once_retried(s: S) {
+    let new =
+        super::fixtures::plan(vec![node("a", &[]), node("b", &["a"])]).idempotency_key("once");
+    let pid = s.insert_plan(new.clone()).await.unwrap();
+    assert_eq!(s.cancel_plan(pid).await.unwrap(), Some(vec![]));
+    let refused = s.materialize_plan(pid).await.unwrap_err();
+    assert!(refused.to_string().contains("cancelled"), "{refused}");
+    // A submit of the same key answers with the plan as it is.
+    assert_eq!(s.submit_plan(new).await.unwrap(), (pid, 0));
+    let tasks = s.list_tasks(&TaskFilter::in_plan(pid)).await.unwrap();
+    assert!(tasks.is_empty(), "nothing was created");
+
+    assert_eq!(s.retry_plan(pid).await.unwrap(), Some(vec![]));
+    let counters = s.get_plan_counters(pid).await.unwrap().unwrap();
+    assert_eq!(
+        counters.status,
+        PlanStatus::Pending,
+        "pending, not running nothing"
+    );
+    assert_eq!(s.materialize_plan(pid).await.unwrap(), Some(2));
+    for _ in 0..2 {
+        let claims = claim_all(&s).await;
+        assert_eq!(claims.len(), 1);
+        s.finish_runs(&[success(claims[0].run.id)]).await.unwrap();
+    }
+    let counters = s.get_plan_counters(pid).await.unwrap().unwrap();
+    assert_eq!(
+        (counters.status, counters.completed),
+        (PlanStatus::Completed, 2)
+    );
+}
