@@ -168,14 +168,9 @@ async fn sweep() {
 /// process. Whatever ends this process closes the pipe; the guard then sweeps. Best effort:
 /// a guard that cannot start leaves the periodic sweeps of the host's other workers.
 pub fn start_guard() {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            tracing::warn!(error = %e, "no guard for this worker's commands: own path unknown");
-            return;
-        }
-    };
-    let started = tokio::process::Command::new(exe)
+    // This very binary, also after a deploy replaced or removed the file it was started
+    // from (the worker may have waited long for its database).
+    let started = tokio::process::Command::new("/proc/self/exe")
         .args(["worker", "guard"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -605,7 +605,6 @@ pub fn delayed_until(from: Timestamp, delay_secs: u64) -> Timestamp {
 /// The longest start delay a task may ask for: a year.
 pub const MAX_DELAY_SECS: u64 = 366 * 24 * 3600;
 
-/// A timeout of at least a second, a start delay of at most [`MAX_DELAY_SECS`].
 /// The longest idempotency key, in bytes: a key is looked up by an index, and Postgres
 /// refuses an index entry over about 2.7 KB (a hash or an id is far shorter).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
@@ -628,6 +627,8 @@ pub fn check_idempotency_key(key: &str) -> Result<()> {
 /// The longest timeout: what every backend stores as is (Postgres keeps it in 32 bits).
 pub const MAX_TIMEOUT_SECS: u32 = i32::MAX as u32;
 
+/// A timeout of at least a second and at most [`MAX_TIMEOUT_SECS`], a start delay of at
+/// most [`MAX_DELAY_SECS`].
 pub(crate) fn check_timing(timeout_secs: Option<u32>, delay_secs: u64) -> Result<()> {
     if timeout_secs == Some(0) {
         return Err(Error::InvalidField {

@@ -319,7 +319,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// completed, and the plan is `in_progress` again. Completed subtasks are not run again:
     /// their outputs stay and reach the requeued dependents as inputs. Each requeued subtask
     /// has its attempts back at 0 (its whole retry budget; run numbers keep counting).
-    /// Returns the requeued task ids (insertion order).
+    /// A plan cancelled before its tasks were created has them created now, and runs as a
+    /// new one would. Returns the requeued task ids (insertion order; none for such a plan).
     ///
     /// Errors: `NotFound` for an unknown plan; `Invalid` for a plan that is not failed or
     /// cancelled (still running, or completed), and nothing changes.
@@ -330,6 +331,16 @@ impl<S: Store + ?Sized> Ops<S> {
         counters.status.check_retry()?;
         let requeued = self.store.retry_plan(plan_id).await?;
         self.plans_changed([plan_id]);
+        if requeued.as_ref().is_some_and(Vec::is_empty)
+            && self
+                .store
+                .get_plan_counters(plan_id)
+                .await?
+                .is_some_and(|c| c.status == PlanStatus::Pending)
+        {
+            // Pending again: cancelled before its tasks were created, which come now.
+            self.store.materialize_plan(plan_id).await?;
+        }
         match requeued {
             Some(ids) => Ok(ids),
             // Its status changed between the read and the retry (another retry won).

@@ -165,8 +165,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// runs) and its last fire, and continues from now: slots before the change that had
     /// not fired yet, of either definition, are not missed slots. `new.enabled` counts only
     /// when the schedule is created. The same definition writes nothing. Safe to race with
-    /// schedulers and with other calls; [`Error::Store`] with a conflict if they kept
-    /// moving the row through ten tries.
+    /// schedulers and with other calls; [`Error::Store`] with `Contended` (transient) if
+    /// they kept moving the row through ten tries.
     pub async fn put_schedule(&self, new: NewSchedule) -> Result<(Schedule, SchedulePut)> {
         new.validate(self.config.max_payload_bytes)?;
         let timing = Timing::parse(&new.cron, &new.timezone)?;

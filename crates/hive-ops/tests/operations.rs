@@ -42,6 +42,7 @@ async fn claim(o: &O, worker_name: &str, lease: Duration) -> hive_ops::Claimed {
 const LEASE: Duration = Duration::from_secs(30);
 
 hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
+    a_retried_plan_cancelled_before_it_started_runs,
     create_task_rejects_bad_input,
     create_tasks_is_all_or_nothing,
     update_task_status_semantics,
@@ -152,6 +153,22 @@ async fn json_nested_too_deep_to_read_back_is_never_stored(o: O) {
         "{task:?}"
     );
     assert_eq!(count_all(&o).await, 1, "and every row still reads back");
+}
+
+/// `hive plan retry` on a plan cancelled before its tasks were created runs it: its tasks
+/// are created then, and it completes as a new plan would.
+async fn a_retried_plan_cancelled_before_it_started_runs(o: O) {
+    let pid = o
+        .create_execution_plan(plan(vec![node("a", &[]), node("b", &["a"])]))
+        .await
+        .unwrap();
+    assert!(o.cancel_plan(pid).await.unwrap());
+    assert_eq!(o.retry_plan(pid).await.unwrap(), vec![]);
+    for _ in 0..2 {
+        claim_and_complete(&o).await;
+    }
+    let summary = o.plan_summary(pid).await.unwrap().unwrap();
+    assert_eq!(summary.plan.status, PlanStatus::Completed);
 }
 
 async fn count_all(o: &O) -> u64 {

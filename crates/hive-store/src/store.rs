@@ -103,7 +103,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>>;
 
     /// Task counts per status, for the whole store or one plan. The whole store's count
-    /// reads every task ever kept; `Ops::count_tasks` reuses its finished part.
+    /// reads every task ever kept; `Ops::status_counts` reuses its finished part.
     async fn count_tasks(&self, plan_id: Option<PlanId>) -> Result<StatusCounts>;
 
     /// One page of tasks, newest first (descending id), below the cursor `before`, under

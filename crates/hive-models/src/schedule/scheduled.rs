@@ -151,6 +151,9 @@ impl Scheduled {
             crate::task::non_blank("idempotency_key", k)?;
         }
         let key = super::manual_key(schedule, at, key);
+        // The whole key, before anything is noted: the schedule's name and the operator's
+        // key together may be too long.
+        crate::task::check_idempotency_key(&key)?;
         let mark = |metadata: &mut Json| {
             if let Json::Object(m) = metadata {
                 m.remove("slot");

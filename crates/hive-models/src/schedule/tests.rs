@@ -522,3 +522,16 @@ fn agrees_with_the_rules(t: &Timing, start: Timestamp, end: Timestamp, what: &st
         );
     }
 }
+
+/// A manual run's key holds the schedule's name and the operator's key: too long together,
+/// it is refused before anything is noted.
+#[test]
+fn a_manual_runs_whole_key_is_checked() {
+    let creates = Scheduled::Task(ScheduledTask::new("report", "shell"));
+    let now = at(2026, 1, 1, 0, 0, 0);
+    assert!(creates.for_manual_run("nightly", now, Some("k")).is_ok());
+    let e = creates
+        .for_manual_run("nightly", now, Some(&"k".repeat(1000)))
+        .unwrap_err();
+    assert!(e.to_string().contains("idempotency_key"), "{e}");
+}
