@@ -69,8 +69,10 @@ impl fmt::Display for Scope {
     }
 }
 
-/// Rejects an empty, overlong or control-character name for a type or key.
+/// Rejects an empty, overlong or control-character name for a type or key (a NUL with the
+/// message every field gives it).
 pub fn check_scope_name(field: &str, name: &str) -> Result<()> {
+    crate::check_no_nul(field, name)?;
     let reason = if name.trim().is_empty() {
         "must not be empty".to_owned()
     } else if name.len() > MAX_SCOPE_NAME_BYTES {

@@ -86,6 +86,7 @@ impl WorkerId {
     /// characters; the error says which.
     pub fn parse(s: impl Into<String>) -> Result<Self, Error> {
         let s = s.into();
+        crate::check_no_nul("worker_id", &s)?;
         let reason = if s.trim().is_empty() {
             "must not be empty".to_owned()
         } else if s.chars().count() > 200 {

@@ -257,7 +257,7 @@ async fn nul_is_refused_before_any_store_call() {
             .unwrap_err(),
         "capabilities[0]",
     );
-    // Worker ids refuse every control character, NUL included.
+    // Worker ids refuse every control character, NUL with the message of every field.
     refused(
         o.register_worker(nul, "r", vec![]).await.unwrap_err(),
         "worker_id",
