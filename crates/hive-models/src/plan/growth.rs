@@ -25,7 +25,9 @@ pub struct Growth {
 
 /// Validates adding `added` to a plan of `existing` subtasks from subtask `spawner`, and
 /// says what changes. Errors name the offending ids: duplicates of existing or added ids,
-/// unknown dependencies, cycles (including through the re-wiring), invalid fields.
+/// unknown dependencies, cycles (including through the re-wiring), invalid fields. A
+/// subtask the plan holds already, defined the same, is not added again: a spawner run a
+/// second time (requeued) spawns what it spawned before, which is kept as it is.
 pub fn grow(
     existing: &[SubTask],
     spawner: &str,
@@ -39,6 +41,10 @@ pub fn grow(
         }
         .into());
     }
+    let added: Vec<SubTask> = added
+        .into_iter()
+        .filter(|a| !existing.contains(a))
+        .collect();
     let depended: HashSet<&str> = added
         .iter()
         .flat_map(|s| s.dependencies.iter().map(String::as_str))

@@ -502,6 +502,33 @@ fn growth_rewires_the_spawners_dependents_to_the_new_sinks() {
     assert_eq!(g.rewired, ["summary"]);
 }
 
+/// A spawner run again spawns what it spawned before: what the plan holds, defined the
+/// same, is kept; a new subtask is added beside it; the same id defined otherwise is
+/// still a duplicate.
+#[test]
+fn a_spawn_made_again_keeps_what_the_plan_holds() {
+    let plan = [
+        st("split", &[]),
+        st("summary", &["split", "c1"]),
+        st("c1", &["split"]),
+    ];
+    let g = grow(&plan, "split", vec![st("c1", &["split"])], LIMIT).unwrap();
+    assert!(g.added.is_empty() && g.sinks.is_empty(), "{g:?}");
+    let g = grow(
+        &plan,
+        "split",
+        vec![st("c1", &["split"]), st("c2", &["split"])],
+        LIMIT,
+    )
+    .unwrap();
+    let added: Vec<&str> = g.added.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(added, ["c2"]);
+    assert_eq!(
+        grow_err(&plan, "split", vec![st("c1", &[])]),
+        PlanError::DuplicateId("c1".into())
+    );
+}
+
 #[test]
 fn growth_is_rejected_naming_the_problem() {
     let plan = [st("split", &[]), st("summary", &["split"])];

@@ -526,3 +526,61 @@ pub async fn a_plan_cancelled_before_its_tasks_exist_runs_only_once_retried(s: S
         (PlanStatus::Completed, 2)
     );
 }
+
+/// A spawner requeued after its spawn ran spawns the same again on its next run: what the
+/// plan holds already is kept (not refused as duplicates, which would fail the spawner for
+/// good, and its plan with it, however often the plan was retried), and its dependent
+/// waits for its new run before running again.
+pub async fn a_spawner_run_again_keeps_what_it_spawned(s: S) {
+    let (pid, ids) = materialized(
+        &s,
+        vec![
+            node("split", &[]),
+            node("join", &["split"]),
+            node("side", &[]),
+        ],
+    )
+    .await;
+    let spawn = || vec![node("chunk", &["split"])];
+    let first = claim_all(&s).await;
+    let split = first.iter().find(|c| subtask_of(c) == "split").unwrap();
+    let side = first.iter().find(|c| subtask_of(c) == "side").unwrap();
+    s.finish_runs(&[done(split.run.id, Some(json!(1)), spawn())])
+        .await
+        .unwrap();
+    let chunk = claim_all(&s).await;
+    assert_eq!(chunk.len(), 1);
+    s.finish_runs(&[success(chunk[0].run.id)]).await.unwrap();
+
+    s.set_task_status(ids["split"], crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = claim_all(&s).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "only the split: the join waits for it again"
+    );
+    let rep = s
+        .finish_runs(&[done(again[0].run.id, Some(json!(2)), spawn())])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].finished, crate::Finished::Completed, "{rep:?}");
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(p.total_subtasks, 4, "nothing added twice");
+
+    let join = claim_all(&s).await;
+    assert_eq!(join.len(), 1);
+    assert_eq!(subtask_of(&join[0]), "join");
+    assert_eq!(
+        join[0].inputs.get("split"),
+        Some(&json!(2)),
+        "the new output"
+    );
+    s.finish_runs(&[success(join[0].run.id), success(side.run.id)])
+        .await
+        .unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 4));
+}
