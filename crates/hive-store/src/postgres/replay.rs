@@ -395,11 +395,7 @@ pub(super) async fn settle(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = plans.iter().map(|p| p.0).collect();
-    let found = sqlx::query(READ_PLANS)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let (maybe, _) = due(&found)?;
+    let (maybe, _) = due(conn, &ids).await?;
     if maybe.is_empty() {
         return Ok(Vec::new());
     }
@@ -409,11 +405,7 @@ pub(super) async fn settle(
             .bind(&maybe)
             .execute(&mut *tx)
             .await?;
-        let found = sqlx::query(READ_PLANS)
-            .bind(&maybe)
-            .fetch_all(&mut *tx)
-            .await?;
-        let (due, to) = due(&found)?;
+        let (due, to) = due(&mut tx, &maybe).await?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -435,12 +427,13 @@ pub(super) async fn settle(
     Ok(out)
 }
 
-/// The plans among `found` (rows of [`READ_PLANS`]) whose counts say they are done, with
-/// the status each moves to.
-fn due(found: &[PgRow]) -> R<(Vec<Uuid>, Vec<&'static str>)> {
+/// The plans among `ids` whose counts, as read now, say they are done, with the status
+/// each moves to.
+async fn due(conn: &mut PgConnection, ids: &[Uuid]) -> R<(Vec<Uuid>, Vec<&'static str>)> {
+    let found = sqlx::query(READ_PLANS).bind(ids).fetch_all(conn).await?;
     let mut due = Vec::new();
     let mut to = Vec::new();
-    for row in found {
+    for row in &found {
         if let Some(status) = rows::plan_counters(row)?.settled() {
             due.push(rows::get(row, "id", "plans")?);
             to.push(status.as_str());
