@@ -65,8 +65,8 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Whether the worker a [`WORKER_MARK`] value names is alive: its pid lives (not a zombie
-/// its parent has yet to reap) and started when the mark says. A value that does not parse is treated as alive (nothing is killed
-/// on a mark this code did not write).
+/// its parent has yet to reap) and started when the mark says. A value that does not
+/// parse is treated as alive (nothing is killed on a mark this code did not write).
 fn worker_alive(mark: &[u8]) -> bool {
     let parsed = std::str::from_utf8(mark).ok().and_then(|m| {
         let (pid, start) = m.split_once(':')?;
