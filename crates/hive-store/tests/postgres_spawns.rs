@@ -1,6 +1,6 @@
 //! Postgres-only: a plan's writers racing — a spawn and the finish of a running subtask it
-//! makes a dependency of, spawns closing a cycle together, a requeue and the settle of the
-//! plan it reopens. Memory and SQLite have one writer, so the interleavings cannot happen
+//! makes a dependency of, spawns closing a cycle together, a requeue and the settle or the
+//! finish of the plan it reopens. Memory and SQLite have one writer, so the interleavings cannot happen
 //! there.
 //!
 //! Runs against `HIVE_TEST_POSTGRES_URL` (in a fresh schema) and reports a skip when it is
@@ -104,6 +104,35 @@ async fn until_held_up(watcher: &mut PgConnection, xid: i64, what: &str) {
          AND transactionid::text = '{xid}' AND NOT granted"
     );
     until(watcher, &sql, what).await;
+}
+
+/// Requeues `task` in a task of its own; returns once the requeue has committed or waits
+/// for its plan's lock (held by a transaction the caller then lets go on).
+async fn requeue_meanwhile(
+    s: &Arc<dyn Store>,
+    task: TaskId,
+    watcher: &mut PgConnection,
+) -> tokio::task::JoinHandle<hive_store::Result<Option<hive_store::StatusChanged>>> {
+    let requeue = {
+        let s = s.clone();
+        tokio::spawn(async move { s.set_task_status(task, StatusChange::requeue()).await })
+    };
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+               AND query LIKE 'SELECT 1 FROM plans WHERE id = $1 FOR NO KEY UPDATE'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !requeue.is_finished() {
+        let waiting: i64 = sqlx::query(sql)
+            .fetch_one(&mut *watcher)
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "waited 20 s for the requeue");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    requeue
 }
 
 /// Finishes `run` with success, spawning `spawn`, in a task of its own.
@@ -276,26 +305,7 @@ async fn a_requeue_during_a_plans_settle_is_not_overwritten() {
     )
     .await;
     let a = ids["a"];
-    let requeue = {
-        let s = s.clone();
-        tokio::spawn(async move { s.set_task_status(a, StatusChange::requeue()).await })
-    };
-    // The requeue either commits now or waits behind the settle for the plan.
-    let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-               AND query LIKE 'SELECT 1 FROM plans WHERE id = $1 FOR NO KEY UPDATE'";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !requeue.is_finished() {
-        let waiting: i64 = sqlx::query(sql)
-            .fetch_one(&mut watcher)
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "waited 20 s for the requeue");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let requeue = requeue_meanwhile(&s, a, &mut watcher).await;
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
     finishing.await.unwrap();
     let requeued = requeue.await.unwrap();
@@ -315,6 +325,86 @@ async fn a_requeue_during_a_plans_settle_is_not_overwritten() {
                 PlanStatus::InProgress,
                 "a subtask is queued, yet the plan is {}",
                 counters.status
+            );
+        }
+    }
+}
+
+/// `b`, the last open subtask, is marked completed while `a`, cancelled alone before, is
+/// requeued. The completion read the plan's counts (one cancelled, one completed: the plan
+/// is cancelled) before the requeue committed, and writes after it: the plan must not end
+/// cancelled with `a` queued to run in it.
+#[tokio::test]
+async fn a_requeue_while_a_plans_last_subtask_completes_is_not_overwritten() {
+    let test = "a_requeue_while_a_plans_last_subtask_completes_is_not_overwritten";
+    let Some(ts) = fresh(test).await else {
+        return;
+    };
+    let s = ts.store.clone();
+    let (plan_id, ids, _) = started(&s, vec![node("a", &[]), node("b", &[])], 0).await;
+    let cancel = StatusChange::to(TaskStatus::Cancelled);
+    s.set_task_status(ids["a"], cancel).await.unwrap().unwrap();
+    let claims = s.claim_tasks(&claim_params("w", 10)).await.unwrap();
+    assert_eq!(claims.len(), 1, "`b` runs");
+    let url = ts.url.clone().unwrap();
+    let mut watcher = PgConnection::connect(&url).await.unwrap();
+    // The completion's write of `b` waits for an advisory lock the test holds: its counts
+    // are read by then.
+    let b = ids["b"];
+    for ddl in [
+        "CREATE FUNCTION hold_b() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$"
+            .to_owned(),
+        format!(
+            "CREATE TRIGGER hold_b BEFORE UPDATE ON tasks FOR EACH ROW \
+             WHEN (NEW.id = '{}' AND NEW.status = 'completed') EXECUTE FUNCTION hold_b()",
+            b.0
+        ),
+        "SELECT pg_advisory_lock(4242)".to_owned(),
+    ] {
+        sqlx::query(AssertSqlSafe(ddl))
+            .execute(&mut watcher)
+            .await
+            .unwrap();
+    }
+    let completing = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let done = StatusChange::to(TaskStatus::Completed);
+            s.set_task_status(b, done).await.unwrap().unwrap()
+        })
+    };
+    let advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    until(
+        &mut watcher,
+        advisory,
+        "`b`'s completion to reach its write",
+    )
+    .await;
+    let requeue = requeue_meanwhile(&s, ids["a"], &mut watcher).await;
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut watcher)
+        .await
+        .unwrap();
+    completing.await.unwrap();
+    let requeued = requeue.await.unwrap();
+
+    let a = s.get_task(ids["a"]).await.unwrap().unwrap();
+    let counters = s.get_plan_counters(plan_id).await.unwrap().unwrap();
+    match requeued {
+        // After the completion: the plan was cancelled, so `a` may not run in it.
+        Err(e) => {
+            assert!(e.to_string().contains("cancelled"), "{e}");
+            assert_eq!(a.status, TaskStatus::Cancelled);
+            assert_eq!(counters.status, PlanStatus::Cancelled);
+        }
+        // Before it: the completion saw `a` queued, so the plan runs on.
+        Ok(_) => {
+            assert_eq!(a.status, TaskStatus::Queued);
+            assert_eq!(
+                counters.status,
+                PlanStatus::InProgress,
+                "`a` is queued again, yet the plan is {counters:?}"
             );
         }
     }

@@ -335,7 +335,7 @@ impl PostgresStore {
         id: PlanId,
         lock_tasks: &'static str,
         applies: impl Fn(PlanStatus) -> bool,
-        rule: impl FnOnce(&mut crate::rules::Changes<'_, Loaded>, &[TaskId]) -> T,
+        mut rule: impl FnMut(&mut crate::rules::Changes<'_, Loaded>, &[TaskId]) -> T,
     ) -> R<Option<Option<T>>> {
         let mut tx = self.pool.begin().await?;
         let out = async {
@@ -368,7 +368,7 @@ impl PostgresStore {
             }
             tasks.sort();
             let order: Vec<TaskId> = tasks.into_iter().map(|(_, t)| t).collect();
-            let done = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            let done = replay::replay(&mut tx, &self.notifier, &mut view, at, true, |ch| {
                 rule(ch, &order)
             })
             .await?;

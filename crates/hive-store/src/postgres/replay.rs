@@ -317,18 +317,58 @@ pub(super) struct Written {
 /// Replays `f` on `view` at the transaction's clock `at` and writes the result; returns
 /// `f`'s value and what was written (freed dependents are announced when `announce`; a
 /// caller that goes on to claim in the same transaction announces those it did not take).
+///
+/// A plan the replay finishes is locked and its counts read again before anything is
+/// written, and `f` replayed if they changed: the counts in `view` were read unlocked, and
+/// a requeue committed since (which locks the plan, `tasks.rs`) may have taken one of
+/// them back; a move made on the stale counts would finish a plan with a subtask queued.
+/// Only the batch that finishes a plan pays the lock, once per plan.
 pub(super) async fn replay<T>(
     conn: &mut PgConnection,
     notifier: &Notifier,
-    view: &Loaded,
+    view: &mut Loaded,
     at: Timestamp,
     announce: bool,
-    f: impl FnOnce(&mut Changes<'_, Loaded>) -> T,
+    mut f: impl FnMut(&mut Changes<'_, Loaded>) -> T,
 ) -> R<(T, Written)> {
-    let mut ch = Changes::new(view, notifier, at);
-    let out = f(&mut ch);
-    let written = apply(conn, notifier, view, ch.into_patches(), announce).await?;
-    Ok((out, written))
+    let mut locked: Vec<Uuid> = Vec::new();
+    loop {
+        let mut ch = Changes::new(&*view, notifier, at);
+        let out = f(&mut ch);
+        let patches = ch.into_patches();
+        let finishing: Vec<Uuid> = patches
+            .plans
+            .iter()
+            .filter(|(id, c)| c.status.is_terminal() && !locked.contains(&id.0))
+            .filter(|(id, _)| view.plans.get(id).is_some_and(|v| !v.status.is_terminal()))
+            .map(|(id, _)| id.0)
+            .collect();
+        if finishing.is_empty() || !recount(conn, view, &finishing).await? {
+            let written = apply(conn, notifier, view, patches, announce).await?;
+            return Ok((out, written));
+        }
+        locked.extend(finishing);
+    }
+}
+
+/// Locks the open ones of `plans` and reads their counts into `view` again; whether any
+/// changed.
+async fn recount(conn: &mut PgConnection, view: &mut Loaded, plans: &[Uuid]) -> R<bool> {
+    sqlx::query(LOCK_OPEN_PLANS)
+        .bind(plans)
+        .execute(&mut *conn)
+        .await?;
+    let found = sqlx::query(READ_PLANS)
+        .bind(plans)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut changed = false;
+    for row in &found {
+        let id = PlanId(rows::get(row, "id", "plans")?);
+        let counters = rows::plan_counters(row)?;
+        changed |= view.plans.insert(id, counters) != Some(counters);
+    }
+    Ok(changed)
 }
 
 /// Writes a batch's patches in one statement; nothing to write costs no round trip.

@@ -421,13 +421,14 @@ impl PostgresStore {
         let roots = view.failing_roots(outcomes, &run_task);
         replay::load_cascade(&mut *tx, &mut view, &roots).await?;
         replay::load_plans(&mut *tx, &mut view, &[]).await?;
-        let (reports, written) = replay::replay(tx, &self.notifier, &view, at, announce, |ch| {
-            outcomes
-                .iter()
-                .map(|o| ch.finish(o, run_task.get(&o.run_id).copied()))
-                .collect()
-        })
-        .await?;
+        let (reports, written) =
+            replay::replay(tx, &self.notifier, &mut view, at, announce, |ch| {
+                outcomes
+                    .iter()
+                    .map(|o| ch.finish(o, run_task.get(&o.run_id).copied()))
+                    .collect()
+            })
+            .await?;
         Ok(Finish {
             reports,
             ready: written.ready,
@@ -532,7 +533,7 @@ impl PostgresStore {
                 .iter()
                 .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
                 .collect();
-            let replayed = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            let replayed = replay::replay(&mut tx, &self.notifier, &mut view, at, true, |ch| {
                 order
                     .iter()
                     .filter(|(r, t)| ch.release(*r, *t))
@@ -603,9 +604,9 @@ impl PostgresStore {
         replay::load_cascade(&mut *tx, &mut view, &roots).await?;
         replay::load_plans(&mut *tx, &mut view, &[]).await?;
         let ids: Vec<String> = rows::get(&offline, "ids", "workers")?;
-        replay::replay(&mut *tx, &self.notifier, &view, at, true, |ch| {
+        replay::replay(&mut *tx, &self.notifier, &mut view, at, true, |ch| {
             let mut report = ReapReport::default();
-            for (run_id, task_id) in order {
+            for &(run_id, task_id) in &order {
                 match ch.expire(run_id, task_id, p.retry) {
                     Some((Finished::Retrying { .. }, _)) => report.requeued.push((task_id, run_id)),
                     Some((_, fx)) => {
@@ -615,8 +616,8 @@ impl PostgresStore {
                     None => {}
                 }
             }
-            for id in ids {
-                let id = WorkerId(id);
+            for id in &ids {
+                let id = WorkerId(id.clone());
                 ch.note(self.notifier.worker(id.clone(), WorkerStatus::Offline));
                 report.offline_workers.push(id);
             }

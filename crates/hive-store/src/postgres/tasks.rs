@@ -354,7 +354,7 @@ impl PostgresStore {
             }
             replay::load_plans(&mut tx, &mut view, &[]).await?;
             let (outcome, written) =
-                replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+                replay::replay(&mut tx, &self.notifier, &mut view, at, true, |ch| {
                     ch.change_status(&task, change)
                 })
                 .await?;

@@ -143,7 +143,7 @@ impl PostgresStore {
             let run_task = load_locked(&mut view, &locked)?;
             let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
             order.sort_by_key(|(r, t)| (*t, *r));
-            let replayed = replay::replay(&mut tx, &self.notifier, &view, at, true, |ch| {
+            let replayed = replay::replay(&mut tx, &self.notifier, &mut view, at, true, |ch| {
                 let released: Vec<TaskId> = order
                     .iter()
                     .filter(|(r, t)| ch.release(*r, *t))
