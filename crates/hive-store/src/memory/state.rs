@@ -27,6 +27,8 @@ pub(super) struct State {
     pub dependents: IdMap<TaskId, Vec<TaskId>>,
     pub runs: IdMap<RunId, Run>,
     pub task_runs: IdMap<TaskId, Vec<RunId>>,
+    /// Times a task was snoozed (absent: never), as the SQL backends' `snoozes` column.
+    pub snoozes: IdMap<TaskId, u32>,
     /// Running runs and their lease durations.
     pub running: IdMap<RunId, Duration>,
     /// Tasks `in_progress`, with a run or moved there by hand: what flow limits count, as
@@ -64,11 +66,10 @@ impl View for State {
         let running = t
             .current_run_id
             .is_some_and(|r| self.running.contains_key(&r));
-        let runs = self.task_runs.get(&id).map_or(0, Vec::len);
         Some(TaskState::of(
             t,
             i64::try_from(*seq).unwrap_or(i64::MAX),
-            u32::try_from(runs).unwrap_or(u32::MAX),
+            self.snoozes.get(&id).copied().unwrap_or(0),
             running,
         ))
     }
@@ -162,6 +163,10 @@ impl State {
         }
         for t in tasks {
             let recount = t.recount_pending.then(|| self.pending_now(t.id));
+            if t.snoozes_delta != 0 && self.tasks.contains_key(&t.id) {
+                let snoozes = self.snoozes.entry(t.id).or_default();
+                *snoozes = snoozes.saturating_add_signed(t.snoozes_delta);
+            }
             let Some(task) = self.task_mut(t.id) else {
                 continue;
             };
@@ -373,6 +378,7 @@ impl State {
         if let Some(k) = &task.idempotency_key {
             self.idempotency.remove(k);
         }
+        self.snoozes.remove(&id);
         for r in self.task_runs.remove(&id).unwrap_or_default() {
             self.runs.remove(&r);
             self.running.remove(&r);

@@ -99,7 +99,7 @@ pub(super) const APPLY: &str = concat!(
 ), task_in AS ( \
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, status text, set_result bool, \
         result text, set_error bool, error text, requeue bool, run_at timestamptz, \
-        attempts_delta int, recount bool, set_metadata bool, metadata text) \
+        attempts_delta int, snoozes_delta int, recount bool, set_metadata bool, metadata text) \
 ), task_upd AS ( \
     UPDATE tasks t SET status = x.status, updated_at = now(), \
         result = CASE WHEN x.set_result THEN x.result::jsonb ELSE t.result END, \
@@ -107,6 +107,7 @@ pub(super) const APPLY: &str = concat!(
         assigned_worker = CASE WHEN x.requeue THEN NULL ELSE t.assigned_worker END, \
         run_at = CASE WHEN x.requeue THEN x.run_at ELSE t.run_at END, \
         attempts = greatest(t.attempts + x.attempts_delta, 0), \
+        snoozes = greatest(t.snoozes + x.snoozes_delta, 0), \
         pending_deps = CASE WHEN x.recount THEN (SELECT count(*) FROM task_dependencies d \
                 WHERE d.task_id = t.id AND EXISTS (SELECT 1 FROM tasks y \
                     WHERE y.id = d.depends_on AND y.status <> 'completed'))::int \
@@ -192,7 +193,7 @@ pub(super) fn state_from_row(row: &PgRow) -> R<(TaskId, TaskState)> {
             attempts: rows::count(row, "attempts", T)?,
             max_retries: rows::big_count(row, "max_retries", T)?,
             retry_policy: rows::policy(row)?,
-            runs: rows::count(row, "run_count", T)?,
+            snoozes: rows::count(row, "snoozes", T)?,
             current_run,
             run_running: current_run.is_some(),
         },

@@ -155,7 +155,7 @@ macro_rules! notify_task_rows {
 macro_rules! state_columns {
     () => {
         "t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, t.plan_id, \
-         t.attempts, t.max_retries, t.retry_policy, t.run_count"
+         t.attempts, t.max_retries, t.retry_policy, t.snoozes"
     };
 }
 

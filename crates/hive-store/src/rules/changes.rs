@@ -27,6 +27,8 @@ pub struct TaskPatch {
     pub requeue: Option<Option<Timestamp>>,
     /// Added to the attempts (a released run gives its attempt back).
     pub attempts_delta: i32,
+    /// Added to the snoozes.
+    pub snoozes_delta: i32,
     /// Count the dependencies not completed again (a finished task requeued waits anew).
     pub recount_pending: bool,
     /// `Some`: the task's metadata after merging a status change's.
@@ -42,6 +44,7 @@ impl TaskPatch {
             error: None,
             requeue: None,
             attempts_delta: 0,
+            snoozes_delta: 0,
             recount_pending: false,
             metadata: None,
         }
@@ -335,10 +338,10 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         let Some(t) = self.state(id) else {
             return (Finished::Stale, Effects::default());
         };
-        if t.snoozes() >= limit {
+        if t.snoozes >= limit {
             let error = format!(
                 "snoozed {} times, the limit: failing instead of waiting again",
-                t.snoozes()
+                t.snoozes
             );
             self.close_run(id, |r| RunPatch {
                 error: Some(Some(error.clone())),
@@ -355,8 +358,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         });
         if let Some(t) = self.state_mut(id) {
             t.attempts = t.attempts.saturating_sub(1);
+            t.snoozes = t.snoozes.saturating_add(1);
         }
-        self.patch(id).attempts_delta -= 1;
+        let patch = self.patch(id);
+        patch.attempts_delta -= 1;
+        patch.snoozes_delta += 1;
         self.requeue(id, Some(run_at));
         self.task_note(Change::TaskStatus(TaskStatusChange {
             run_id: Some(run),
@@ -529,9 +535,10 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             self.requeue(id, None);
             let patch = self.patch(id);
             patch.recount_pending = true;
-            // A fresh retry budget: the cause was fixed, so one more blip must not fail the
-            // subtask for good at once. (Run numbers keep counting.)
+            // A fresh retry and snooze budget: the cause was fixed, so one more blip must
+            // not fail the subtask for good at once. (Run numbers keep counting.)
             patch.attempts_delta = -i32::try_from(t.attempts).unwrap_or(i32::MAX);
+            patch.snoozes_delta = -i32::try_from(t.snoozes).unwrap_or(i32::MAX);
             counters.unstep(t.status);
             self.task_note(Change::TaskStatus(TaskStatusChange {
                 plan_id: Some(plan),

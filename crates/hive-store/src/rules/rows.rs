@@ -40,6 +40,7 @@ struct TaskRow<'a> {
     /// …and as SQLite stores it (microseconds since the epoch).
     run_at_us: Option<i64>,
     attempts_delta: i32,
+    snoozes_delta: i32,
     recount: bool,
     set_metadata: bool,
     metadata: Option<String>,
@@ -102,6 +103,7 @@ pub fn tasks_json(tasks: &[TaskPatch]) -> Result<String, serde_json::Error> {
                 run_at,
                 run_at_us: run_at.map(|r| r.timestamp_micros()),
                 attempts_delta: t.attempts_delta,
+                snoozes_delta: t.snoozes_delta,
                 recount: t.recount_pending,
                 set_metadata: t.metadata.is_some(),
                 metadata: text(t.metadata.as_ref())?,

@@ -16,8 +16,8 @@ pub struct TaskState {
     pub max_retries: u32,
     /// Its own backoff, which replaces the caller's.
     pub retry_policy: Option<hive_models::RetryPolicy>,
-    /// Runs opened so far; those beyond `attempts` were given back or snoozed.
-    pub runs: u32,
+    /// Times it was snoozed since it was created or its plan retried.
+    pub snoozes: u32,
     pub current_run: Option<RunId>,
     /// Whether `current_run` may still be running. Exact when the adapter read that run;
     /// otherwise assumed while there is a current run, which is safe: closing a run only
@@ -26,12 +26,12 @@ pub struct TaskState {
 }
 
 impl TaskState {
-    /// A task's state from its full row (`seq`, its run count and whether its run runs
+    /// A task's state from its full row (`seq`, its snoozes and whether its run runs
     /// come from the backend).
-    pub fn of(task: &Task, seq: i64, runs: u32, run_running: bool) -> TaskState {
+    pub fn of(task: &Task, seq: i64, snoozes: u32, run_running: bool) -> TaskState {
         TaskState {
             retry_policy: task.retry_policy,
-            runs,
+            snoozes,
             status: task.status,
             seq,
             plan_id: task.plan_id,
@@ -56,19 +56,13 @@ impl TaskState {
             == hive_models::AfterFailure::Fail
     }
 
-    /// Times the task was snoozed (or its run given back) so far: runs that did not count
-    /// as attempts, the current one aside.
-    pub fn snoozes(&self) -> u32 {
-        self.runs.saturating_sub(self.attempts)
-    }
-
     /// Whether `outcome`, reported for this task's live run, fails it for good.
     pub fn fails_for_good_after(&self, outcome: &crate::Outcome) -> bool {
         match outcome {
             crate::Outcome::Failure { retry, .. } | crate::Outcome::TimedOut { retry, .. } => {
                 self.fails_for_good(*retry)
             }
-            crate::Outcome::Snooze { limit, .. } => self.snoozes() >= *limit,
+            crate::Outcome::Snooze { limit, .. } => self.snoozes >= *limit,
             crate::Outcome::Success { .. } | crate::Outcome::GiveBack { .. } => false,
         }
     }

@@ -35,7 +35,7 @@ fn chain(n: usize) -> (Loaded, Vec<TaskId>, PlanId, RunId) {
                 attempts: u32::from(running),
                 max_retries: 1,
                 retry_policy: None,
-                runs: u32::from(running),
+                snoozes: 0,
                 current_run: running.then_some(run),
                 run_running: running,
             },

@@ -15,7 +15,7 @@ use crate::{Notification, Notifier};
 macro_rules! state_columns {
     () => {
         "t.id AS task_id, t.status AS task_status, t.seq, t.current_run_id, t.plan_id, \
-         t.attempts, t.max_retries, t.retry_policy, t.run_count"
+         t.attempts, t.max_retries, t.retry_policy, t.snoozes"
     };
 }
 pub(super) use state_columns;
@@ -34,7 +34,7 @@ pub(super) fn state_from_row(row: &SqliteRow) -> R<(TaskId, TaskState)> {
             attempts: c.u32("attempts")?,
             max_retries: c.u32("max_retries")?,
             retry_policy: c.json_opt("retry_policy")?,
-            runs: c.u32("run_count")?,
+            snoozes: c.u32("snoozes")?,
             current_run,
             run_running: current_run.is_some(),
         },
@@ -229,6 +229,7 @@ const WRITE_PATCHES: &str = concat!(
          run_at = CASE WHEN j.value ->> 'requeue' THEN j.value ->> 'run_at_us' \
              ELSE run_at END, \
          attempts = MAX(attempts + (j.value ->> 'attempts_delta'), 0), \
+         snoozes = MAX(snoozes + (j.value ->> 'snoozes_delta'), 0), \
          pending_deps = CASE WHEN j.value ->> 'recount' THEN ( \
              SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
              WHERE d.task_id = tasks.id AND x.status <> 'completed') \

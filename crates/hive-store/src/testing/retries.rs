@@ -1,6 +1,6 @@
 //! Conformance cases for retry policies: full jitter spreads a burst of failures over the
 //! backoff window, a task's own policy replaces the caller's, and a snooze gives its
-//! attempt back and is bounded.
+//! attempt back and is bounded by the snoozes alone, which a plan retry gives back.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -166,5 +166,64 @@ pub async fn snoozes_give_the_attempt_back_and_are_bounded(s: S) {
             .as_deref()
             .is_some_and(|e| e.contains("snoozed 2 times")),
         "{t:?}"
+    );
+}
+
+/// A run given back (a worker stopping gives back what it holds) is not a snooze: a task
+/// given back, then snoozed under a limit of 1, waits rather than failing.
+pub async fn a_run_given_back_is_not_a_snooze(s: S) {
+    let id = s
+        .insert_tasks(vec![NewTask::new("handed back", "test").max_retries(0)])
+        .await
+        .unwrap()
+        .ids[0];
+    let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    assert_eq!(s.release_runs(&[claims[0].run.id]).await.unwrap(), vec![id]);
+    let claims = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    assert_eq!(claims.len(), 1, "given back: claimable at once");
+    let rep = s
+        .finish_runs(&[snooze(claims[0].run.id, Duration::from_secs(60), 1)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(rep[0].finished, Finished::Snoozed { .. }),
+        "the first snooze of a task given back once: {:?}",
+        rep[0]
+    );
+}
+
+/// A plan retry gives a subtask a fresh snooze budget, as it gives its attempts back: the
+/// snoozes of its earlier runs do not count against the next one.
+pub async fn a_plan_retry_gives_a_subtask_its_snoozes_back(s: S) {
+    let subtask = hive_models::SubTask::new("poll", "polls", "test").max_retries(0);
+    let (plan, _) = s
+        .submit_plan(super::fixtures::plan(vec![subtask]))
+        .await
+        .unwrap();
+    let snoozed = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    let rep = s
+        .finish_runs(&[snooze(snoozed[0].run.id, Duration::from_millis(100), 1)])
+        .await
+        .unwrap();
+    assert!(matches!(rep[0].finished, Finished::Snoozed { .. }));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let failed = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    let rep = s
+        .finish_runs(&[failure(failed[0].run.id, None)])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].finished, Finished::Failed);
+    assert_eq!(s.retry_plan(plan).await.unwrap().map(|t| t.len()), Some(1));
+
+    let again = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    assert_eq!(again.len(), 1, "the retried subtask runs again");
+    let rep = s
+        .finish_runs(&[snooze(again[0].run.id, Duration::from_secs(60), 1)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(rep[0].finished, Finished::Snoozed { .. }),
+        "the first snooze since the retry: {:?}",
+        rep[0]
     );
 }
