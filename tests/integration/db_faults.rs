@@ -25,7 +25,9 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     pool_of_two_serves_concurrency_sixteen,
     stopping_at_once_with_the_database_gone_loses_nothing,
     stopping_at_once_during_a_claim_never_answered,
+    a_graceful_stop_during_a_claim_never_answered,
     a_worker_cut_off_longer_than_its_lease_gives_its_runs_back,
+    a_worker_cut_off_while_stopping_tells_its_handlers_to_stop,
     a_database_blip_at_shutdown_still_gives_held_tasks_back,
     told_to_stop_before_it_runs_with_the_database_gone,
     a_graceful_stop_with_the_database_gone_ends_and_loses_nothing,
@@ -586,6 +588,17 @@ async fn finish_the_rest(operator: &Client, calls: &Calls) {
 /// answering (its packets held, the connection open: no error ever comes) stops within
 /// the bound, and another worker then runs the task once.
 async fn stopping_at_once_during_a_claim_never_answered(store: Arc<dyn Store>, url: String) {
+    stopping_during_a_claim_never_answered(store, url, true).await;
+}
+
+/// The same, told to stop gracefully: a claim that never answers is given up too (the
+/// worker claims no more once told to stop), and so are the shutdown's own calls that
+/// hang, so the stop ends instead of waiting for TCP to give up.
+async fn a_graceful_stop_during_a_claim_never_answered(store: Arc<dyn Store>, url: String) {
+    stopping_during_a_claim_never_answered(store, url, false).await;
+}
+
+async fn stopping_during_a_claim_never_answered(store: Arc<dyn Store>, url: String, at_once: bool) {
     let operator = Client::from_store(store, OpsConfig::default());
     let (mut proxy, proxied) = Proxy::for_url(&url).await;
     proxy.listen().await;
@@ -619,7 +632,11 @@ async fn stopping_at_once_during_a_claim_never_answered(store: Arc<dyn Store>, u
         .unwrap();
     // Polling every 20 ms, the worker's next claim goes out within this and hangs.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.shutdown_now();
+    if at_once {
+        stop.shutdown_now();
+    } else {
+        stop.shutdown();
+    }
     let stopped = tokio::time::timeout(Duration::from_secs(30), run).await;
     // Whatever happened, the held connections end here (a transaction whose COMMIT the
     // proxy holds keeps its locks until then), so neither the next worker nor the test's
@@ -715,6 +732,67 @@ async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
         .unwrap()
         .unwrap();
     assert_eq!((report.completed, report.released), (1, 1), "{report:?}");
+}
+
+/// A worker told to stop gracefully with a long grace, then cut off from its database for
+/// longer than its lease: its handler is told to stop then, not at the end of the grace
+/// (another worker may be running the task by then).
+async fn a_worker_cut_off_while_stopping_tells_its_handlers_to_stop(
+    store: Arc<dyn Store>,
+    url: String,
+) {
+    const TYPE: &str = "cut-off-stopping";
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let cut_off = through(&proxied).await;
+    let id = operator
+        .create_task(NewTask::new("long", TYPE))
+        .await
+        .unwrap();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (told_tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let worker = cut_off
+        .worker("cut-off-stopping")
+        .task_types([TYPE])
+        .lease(Duration::from_secs(2))
+        .shutdown_grace(Duration::from_secs(600))
+        .reap_interval(Duration::from_secs(3600))
+        .handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+        let (started, told) = (started_tx.clone(), told_tx.clone());
+        async move {
+            let _ = started.send(());
+            ctx.cancelled().await;
+            let _ = told.send(());
+            // As in the test above: returning at the very moment it is told would race.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, TaskError>(())
+        }
+    }));
+    tokio::time::timeout(Duration::from_secs(30), started.recv())
+        .await
+        .expect("the handler starts");
+    stop.shutdown();
+    proxy.close();
+    tokio::time::timeout(Duration::from_secs(30), told.recv())
+        .await
+        .expect("the stopping worker's handler is told to stop once its lease has lapsed");
+    proxy.listen().await;
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+    let task = operator.get_task(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Queued, "given back: {task:?}");
+    let runs = operator.list_runs(id).await.unwrap();
+    let why = runs[0].error_message.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("given back: its worker stored no heartbeat for"),
+        "{runs:?}"
+    );
 }
 
 /// The database goes away just as a worker is told to stop, and comes back a second later:

@@ -8,6 +8,7 @@
 //! `stops` carries stop signals to running handlers, `health` answers liveness and readiness
 //! probes, and `report` counts what happened.
 
+mod bounds;
 mod builder;
 mod completer;
 mod gate;

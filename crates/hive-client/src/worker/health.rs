@@ -155,12 +155,14 @@ impl HealthHandle {
         self.state().last_attempt = Some(Instant::now());
     }
 
-    /// What became of the beat (or registration) last attempted.
+    /// What became of the beat (or registration) last attempted. A stored beat counts from
+    /// when it was sent: the database extends the leases from its own clock as the beat
+    /// arrives, not when the answer does, so a slow answer must not make them look longer.
     pub(super) fn beat(&self, outcome: Result<(), String>) {
         let mut s = self.state();
         match outcome {
             Ok(()) => {
-                s.last_beat = Some(Instant::now());
+                s.last_beat = Some(s.last_attempt.unwrap_or_else(Instant::now));
                 s.last_error = None;
             }
             Err(e) => s.last_error = Some(e),

@@ -11,6 +11,7 @@ use hive_ops::store::{TaskFilter, WorkerRegistration};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::bounds::{AT_ONCE_STORE_WAIT, SHUTDOWN_RETRY_FOR};
 use super::builder::WorkerBuilder;
 use super::completer::{ClaimSpec, Completer, Done};
 use super::gate::Gate;
@@ -24,13 +25,6 @@ use super::slots::{Running, Slots};
 use crate::Result;
 use crate::backoff::{Backoff, Fatal};
 
-/// How long the store calls of a shutdown at once may take, all told (see
-/// [`super::ShutdownHandle::shutdown_now`]).
-const AT_ONCE_STORE_WAIT: Duration = Duration::from_secs(2);
-
-/// How long a graceful shutdown retries its last store calls through transient faults
-/// (see [`Runtime::at_shutdown`]).
-const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How long a stopping worker waits for the outcomes its handlers returned to commit,
 /// through transient faults, before it gives up on them (their leases bring them back).
 const LAST_COMMITS_FOR: Duration = Duration::from_secs(10);
@@ -215,8 +209,9 @@ impl Runtime {
             Some(Err(e)) => {
                 tracing::warn!(worker = %self.id, error = %e, "unregister failed; the reaper will mark this worker offline")
             }
-            None => tracing::warn!(worker = %self.id, "stopping at once: unregister not done \
-                within {AT_ONCE_STORE_WAIT:?}; the reaper will mark this worker offline"),
+            None => tracing::warn!(worker = %self.id, "unregister not done in time (no answer \
+                within {SHUTDOWN_RETRY_FOR:?}, or {AT_ONCE_STORE_WAIT:?} once told to stop at \
+                once); the reaper will mark this worker offline"),
         }
         if let Some(fatal) = self.fatal.take() {
             tracing::error!(worker = %self.id, error = %fatal, "the worker stopped on an error that retrying cannot fix; tasks it held were given back, or return when their leases expire");
@@ -372,7 +367,8 @@ impl Runtime {
         let health = self.cfg.health.clone();
         let stops = self.stops.clone();
         let id = self.id.clone();
-        let every = self.cfg.heartbeat_every();
+        // A local check, so often: a lapse is acted on soon after it, not up to a beat later.
+        let every = (self.cfg.heartbeat_every() / 4).max(Duration::from_millis(50));
         set.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -382,7 +378,9 @@ impl Runtime {
                 let Some(since) = h.last_beat.map(|at| at.elapsed()) else {
                     continue;
                 };
-                if h.phase != WorkerPhase::Running || since <= h.lease {
+                // Stopping too: handlers finishing within the grace are as cut off.
+                let working = matches!(h.phase, WorkerPhase::Running | WorkerPhase::Stopping);
+                if !working || since <= h.lease {
                     continue;
                 }
                 let reason = format!(
@@ -561,61 +559,9 @@ impl Runtime {
             Some(Err(e)) => {
                 tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire")
             }
-            None => tracing::warn!(worker = %self.id, "stopping at once: release not done \
-                within {AT_ONCE_STORE_WAIT:?}; the leases will expire"),
-        }
-    }
-
-    /// A store call of the shutdown: once told to stop at once (before the call or during
-    /// it), done within [`AT_ONCE_STORE_WAIT`] of being told or not at all (None), so a
-    /// store that does not answer cannot keep the worker.
-    pub(super) async fn bounded<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
-        let mut at_once = self.cfg.shutdown.subscribe_at_once();
-        let mut call = std::pin::pin!(call);
-        // The watch's guard is copied out of and dropped before anything else awaits.
-        let told = tokio::select! {
-            done = &mut call => return Some(done),
-            told = at_once.wait_for(Option::is_some) => told.ok().and_then(|at| *at),
-        };
-        match told {
-            Some(at) => tokio::time::timeout_at(at + AT_ONCE_STORE_WAIT, call)
-                .await
-                .ok(),
-            None => Some(call.await),
-        }
-    }
-
-    /// A last store call of a shutdown (giving back held tasks, unregistering), retried
-    /// under backoff while its fault is transient, for up to [`SHUTDOWN_RETRY_FOR`]: a
-    /// database that blips as the worker stops would otherwise leave its tasks waiting out
-    /// their leases and the worker listed until a reaper marks it offline. Told to stop at
-    /// once, it is not retried and is [`Self::bounded`].
-    async fn at_shutdown<T, Fut>(
-        &self,
-        what: &'static str,
-        call: impl Fn() -> Fut,
-    ) -> Option<hive_ops::Result<T>>
-    where
-        Fut: std::future::Future<Output = hive_ops::Result<T>>,
-    {
-        let until = tokio::time::Instant::now() + SHUTDOWN_RETRY_FOR;
-        let mut backoff = Backoff::new(what);
-        let mut at_once = self.cfg.shutdown.subscribe_at_once();
-        loop {
-            match self.bounded(call()).await? {
-                Err(e) if e.is_transient() && self.cfg.shutdown.at_once_since().is_none() => {
-                    let retry_at =
-                        tokio::time::Instant::now() + backoff.failed(self.id.as_str(), &e);
-                    if retry_at > until {
-                        return Some(Err(e));
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(retry_at) => {}
-                        _ = at_once.wait_for(Option::is_some) => return Some(Err(e)),
-                    }
-                }
-                done => return Some(done),
-            }
+            None => tracing::warn!(worker = %self.id, "release not done in time (no answer \
+                within {SHUTDOWN_RETRY_FOR:?}, or {AT_ONCE_STORE_WAIT:?} once told to stop at \
+                once); the leases will expire"),
         }
     }
 

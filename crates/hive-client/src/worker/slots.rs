@@ -323,10 +323,7 @@ impl Runtime {
                     free as u32,
                     self.cfg.lease,
                 );
-                // Told to stop at once, a claim stuck on a connection that no longer answers
-                // must not keep the worker. One that committed all the same is given back
-                // when the worker unregisters, or its leases run out.
-                let Some(claimed) = self.bounded(claim).await else {
+                let Some(claimed) = self.bounded_by_stop(claim).await else {
                     drop(recording);
                     self.slots.give_back(free);
                     break;
@@ -365,7 +362,7 @@ impl Runtime {
             if idle && recheck.is_none_or(|at| at <= Instant::now()) {
                 recheck = None;
                 let asked = Instant::now();
-                let Some(left) = self.bounded(self.what_is_left()).await else {
+                let Some(left) = self.bounded_by_stop(self.what_is_left()).await else {
                     break;
                 };
                 let took = asked.elapsed() * IDLE_RECHECK_SHARE;
