@@ -276,6 +276,12 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(self.store.list_plan_headers(status, limit).await?)
     }
 
+    /// How many plans there are, of one status or all: a count, at the same cost however
+    /// many plans there are to count (`hive status`, `GET /api/status`).
+    pub async fn count_plans(&self, status: Option<PlanStatus>) -> Result<u64> {
+        Ok(self.store.count_plans(status).await?)
+    }
+
     /// Whether every dependency of a task is completed. [`Error::NotFound`] for an unknown task.
     pub async fn check_subtask_dependencies(&self, task_id: TaskId) -> Result<bool> {
         let met = self.store.dependencies_met(&[task_id]).await?;

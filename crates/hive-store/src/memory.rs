@@ -639,18 +639,16 @@ impl Store for MemoryStore {
         Ok(Some(created))
     }
 
+    async fn count_plans(&self, status: Option<PlanStatus>) -> Result<u64> {
+        let s = self.lock();
+        Ok(s.plans
+            .values()
+            .filter(|p| status.is_none_or(|st| p.status == st))
+            .count() as u64)
+    }
+
     async fn transition_plan(&self, id: PlanId, from: PlanStatus, to: PlanStatus) -> Result<bool> {
-        let changed = {
-            let mut s = self.lock();
-            match s.plans.get_mut(&id) {
-                Some(p) if p.status == from => {
-                    p.status = to;
-                    p.updated_at = now();
-                    true
-                }
-                _ => false,
-            }
-        };
+        let changed = self.lock().transition_plan(id, from, to);
         if changed {
             self.send(vec![self.notifier.plan_status(id, to)]);
         }

@@ -498,6 +498,10 @@ impl Store for PostgresStore {
         self.run(self.read_plan_headers(status, limit)).await
     }
 
+    async fn count_plans(&self, status: Option<PlanStatus>) -> Result<u64> {
+        self.run(self.count_plans_of(status)).await
+    }
+
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
         self.retrying(|| self.materialize_once(id)).await
     }

@@ -577,6 +577,10 @@ impl Store for SqliteStore {
         read!(self, plans::list_headers, status, limit)
     }
 
+    async fn count_plans(&self, status: Option<PlanStatus>) -> Result<u64> {
+        read!(self, plans::count, status)
+    }
+
     async fn materialize_plan(&self, id: PlanId) -> Result<Option<u64>> {
         let mut tx = self.begin().await?;
         let out = plans::materialize(&mut tx, id, true).await;

@@ -372,6 +372,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: Option<u32>,
     ) -> Result<Vec<PlanHeader>>;
 
+    /// How many plans there are, of one status or all: one count, not a listing, so a
+    /// status display costs the same at ten plans as at a hundred thousand.
+    async fn count_plans(&self, status: Option<PlanStatus>) -> Result<u64>;
+
     /// Creates one task per subtask (plan id, subtask id, dependency rows and
     /// `pending_dependencies` set) in one transaction and marks the plan materialized.
     /// Returns the number created: 0 when already materialized; `None` for an unknown plan.

@@ -48,7 +48,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_spawner_run_again_keeps_what_it_spawned,
     a_failure_racing_a_retry_still_fails_the_plan, finished_plans_are_pruned_with_their_tasks,
     task_prune_leaves_plan_subtasks_to_their_plan,
-    plan_metadata_round_trips, a_plan_key_submits_once, a_plan_submitted_in_one_step_is_stored_as_two_steps_store_it, runs_record_when_created_and_last_updated, runs_are_read_by_id_in_one_call, tasks_are_read_by_id_in_one_call,
+    plans_are_counted_by_status, plan_metadata_round_trips, a_plan_key_submits_once, a_plan_submitted_in_one_step_is_stored_as_two_steps_store_it, runs_record_when_created_and_last_updated, runs_are_read_by_id_in_one_call, tasks_are_read_by_id_in_one_call,
     a_runs_start_moves_by_its_wait_for_a_handler,
     a_cancellation_keeps_its_reason, a_worker_status_keeps_its_reason,
     an_expired_lease_says_the_run_timed_out,

@@ -23,7 +23,7 @@ use crate::pages::tasks::{Filter, parse_plan, parse_task};
 pub struct StatusJson {
     pub tasks: StatusCounts,
     pub active_workers: usize,
-    pub plans_in_progress: usize,
+    pub plans_in_progress: u64,
 }
 
 impl StatusJson {
@@ -31,10 +31,7 @@ impl StatusJson {
         Ok(StatusJson {
             tasks: client.status_counts().await?,
             active_workers: client.get_active_workers(None).await?.len(),
-            plans_in_progress: client
-                .list_plan_headers(Some(PlanStatus::InProgress), None)
-                .await?
-                .len(),
+            plans_in_progress: client.count_plans(Some(PlanStatus::InProgress)).await?,
         })
     }
 }

@@ -117,6 +117,7 @@ blocking! {
         fn plan_subtasks_with_timing(plan: &PlanHeader, statuses: &[TaskStatus], limit: u32) -> Vec<TriagedSubtask>;
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
         fn list_plan_headers(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<PlanHeader>;
+        fn count_plans(status: Option<PlanStatus>) -> u64;
         fn check_subtask_dependencies(task_id: TaskId) -> bool;
         fn check_subtask_dependencies_batch(task_ids: &[TaskId]) -> HashMap<TaskId, bool>;
         fn get_next_planned_subtask(plan_id: PlanId) -> Option<Task>;

@@ -30,6 +30,18 @@ impl super::MemoryStore {
 }
 
 impl State {
+    /// Compare-and-set of a plan's status: whether it was `from` and is now `to`.
+    pub(super) fn transition_plan(&mut self, id: PlanId, from: PlanStatus, to: PlanStatus) -> bool {
+        match self.plans.get_mut(&id) {
+            Some(p) if p.status == from => {
+                p.status = to;
+                p.updated_at = super::state::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Stores a new pending plan and returns it with `true`; or, when a plan was submitted
     /// with its idempotency key before, returns that one with `false`.
     pub(crate) fn insert_plan(&mut self, plan: NewPlan, at: Timestamp) -> (PlanId, bool) {

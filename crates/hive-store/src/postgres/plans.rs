@@ -112,6 +112,25 @@ impl PostgresStore {
         found.iter().map(rows::plan_header).collect()
     }
 
+    /// How many plans there are of `status` (all: `None`). One statement per case rather
+    /// than `$1 IS NULL OR …`, whose generic plan may not use the status index.
+    pub(super) async fn count_plans_of(&self, status: Option<PlanStatus>) -> R<u64> {
+        let n: i64 = match status {
+            Some(s) => {
+                sqlx::query_scalar("SELECT count(*) FROM plans WHERE status = $1")
+                    .bind(s.as_str())
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query_scalar("SELECT count(*) FROM plans")
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The rows of the plans a listing shows, newest first.
     async fn listed_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> R<Vec<PgRow>> {
         Ok(sqlx::query(

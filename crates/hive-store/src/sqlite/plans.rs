@@ -154,6 +154,24 @@ pub(super) async fn list_headers(
         .collect()
 }
 
+/// How many plans there are of `status` (all: `None`).
+pub(super) async fn count(c: &mut Conn, status: Option<PlanStatus>) -> R<u64> {
+    let n: i64 = match status {
+        Some(s) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM plans WHERE status = ?1")
+                .bind(s.as_str())
+                .fetch_one(&mut *c)
+                .await?
+        }
+        None => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM plans")
+                .fetch_one(&mut *c)
+                .await?
+        }
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// The rows of the plans a listing shows, newest first.
 async fn listed(c: &mut Conn, status: Option<PlanStatus>, limit: Option<u32>) -> R<Vec<SqliteRow>> {
     // LIMIT -1 is SQLite's "no limit". Two statements rather than `?1 IS NULL OR …`, which

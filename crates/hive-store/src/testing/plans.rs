@@ -533,3 +533,23 @@ pub async fn freed_dependents_are_announced_unless_claimed(s: S) {
     s.finish_runs(&[success(run)]).await.unwrap();
     assert_eq!(ready_notes(&s, &mut rx).await, vec![ids["q"]]);
 }
+
+/// Plans are counted by status as they are listed: three submitted, one of them cancelled.
+pub async fn plans_are_counted_by_status(s: S) {
+    assert_eq!(s.count_plans(None).await.unwrap(), 0);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(s.submit_plan(plan(vec![node("a", &[])])).await.unwrap().0);
+    }
+    s.cancel_plan(ids[0]).await.unwrap().unwrap();
+    assert_eq!(s.count_plans(None).await.unwrap(), 3);
+    assert_eq!(s.count_plans(Some(PlanStatus::Cancelled)).await.unwrap(), 1);
+    for &status in PlanStatus::ALL {
+        let listed = s.list_plan_headers(Some(status), None).await.unwrap().len();
+        assert_eq!(
+            s.count_plans(Some(status)).await.unwrap(),
+            listed as u64,
+            "{status}"
+        );
+    }
+}
