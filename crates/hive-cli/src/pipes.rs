@@ -138,6 +138,12 @@ async fn collect(
     };
     let mut buf = [0u8; 8192];
     loop {
+        // Looked at on every read too: a pipe always ready (a process that left the group
+        // writing on) would otherwise keep the biased select from ever seeing the stop.
+        if *stop.borrow() {
+            kept.held_open = true;
+            break;
+        }
         tokio::select! {
             biased;
             read = pipe.read(&mut buf) => match read {
@@ -219,5 +225,26 @@ impl Pipes {
         );
         let _ = self.stop.send(true);
         both.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe that is always ready (a process that left the group, writing on) still
+    /// stops being read once told: the task is not held by it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipe_always_ready_stops_being_read_when_told() {
+        let (stop, stopped) = watch::channel(false);
+        let reading = tokio::spawn(collect(Some(tokio::io::repeat(b'x')), 1024, None, stopped));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(true).unwrap();
+        let kept = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("the reader stopped within 10 s of being told")
+            .unwrap();
+        assert!(kept.held_open);
+        assert!(kept.total > 0);
     }
 }

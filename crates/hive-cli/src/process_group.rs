@@ -92,6 +92,10 @@ impl ProcessGroup {
         if grace.is_zero() || killpg(pgid, Signal::SIGTERM).is_err() {
             return;
         }
+        // A stopped process (SIGSTOP, or SIGTTIN reading a terminal from the background)
+        // acts on no SIGTERM until it runs again: woken, it gets its clean-up instead of
+        // waiting out the grace for the SIGKILL.
+        let _ = killpg(pgid, Signal::SIGCONT);
         // A grace past what an instant can hold (`--timeout-grace 1e19`) has no deadline.
         let deadline = tokio::time::Instant::now().checked_add(grace);
         loop {
@@ -380,6 +384,42 @@ mod tests {
         .await;
         assert!(stopped.is_ok(), "the group went with its SIGTERM");
         assert!(child.wait().await.unwrap().signal().is_some());
+    }
+
+    /// A stopped group (SIGSTOP, or SIGTTIN reading a terminal) is woken with its SIGTERM:
+    /// a command that traps it (a stopped process keeps a caught signal pending until it
+    /// runs again) cleans up and ends at once instead of after the whole grace.
+    #[tokio::test]
+    async fn a_stopped_group_is_woken_to_act_on_its_sigterm() {
+        let (mut child, guard) = ProcessGroup::spawn(
+            tokio::process::Command::new("sh")
+                // Foreground children only: an orphan's zombie would outlive the shell here.
+                .args([
+                    "-c",
+                    "trap 'exit 0' TERM; echo; while :; do sleep 0.1; done",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .process_group(0),
+            "stopped",
+        )
+        .unwrap();
+        let guard = guard.unwrap();
+        // The trap is set once the shell has printed.
+        let mut out = child.stdout.take().unwrap();
+        tokio::io::AsyncReadExt::read(&mut out, &mut [0u8; 1])
+            .await
+            .unwrap();
+        killpg(Pid::from_raw(guard.pgid), Signal::SIGSTOP).unwrap();
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(10),
+            guard.stop(&mut child, Duration::from_secs(60)),
+        )
+        .await;
+        assert!(
+            stopped.is_ok(),
+            "the group went with its SIGTERM, not the grace"
+        );
+        assert_eq!(child.wait().await.unwrap().code(), Some(0), "its trap ran");
     }
 
     fn zombie(pid: i32) -> bool {

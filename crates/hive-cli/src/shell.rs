@@ -293,8 +293,9 @@ fn with_last_word(failed: String, stderr: &str) -> String {
 /// whitespace, is none written), else a multi-line JSON value that ends stdout
 /// ([`trailing_value`]), else the last stdout line that is JSON, else none.
 /// `stdout` is the end of what it printed, and whether more came before (the first line of
-/// `stdout` is then cut, so it is not read). A last line too long to be read whole that ends
-/// like a JSON object or array is refused rather than skipped: it is an output over the
+/// `stdout` is then cut, so it is not read). A last line (nothing but blanks after it) too
+/// long to be read whole that ends like a JSON object or array is refused rather than
+/// skipped: it is an output over the
 /// limit, and skipping it would hand the dependents an older line, or nothing, without a
 /// word.
 fn output(
@@ -331,7 +332,10 @@ fn output(
     // of it read alone would be a piece of it, and the whole is over the output limit.
     let cut_value = cut && trailing.is_none() && ends_like_a_value(whole);
     let last_json = trailing.or_else(|| last_json_line(whole).filter(|_| !cut_value));
-    if cut_value || (last_json.is_none() && cut_line.trim_end().ends_with(['}', ']'])) {
+    // Only a cut line that is the last one printed: a log line cut anywhere before the end
+    // (`… PASSED [ 45%]` of a verbose test run) is no output at all.
+    let cut_last = whole.trim().is_empty() && cut_line.trim_end().ends_with(['}', ']']);
+    if cut_value || (last_json.is_none() && cut_last) {
         return Err(format!(
             "the output the command printed last (a line, or a value spread over lines) is \
              longer than the {} MiB read for an output (outputs are limited to {} MiB): \
@@ -502,9 +506,17 @@ mod tests {
             output(&file, (b"2\nlog\n", false)).unwrap(),
             Some(serde_json::json!(2))
         );
-        for cut_json in [&b"xxxx\"}\n"[..], b"xxxx\"}", b"xxxx\"]\ndone\n"] {
+        for cut_json in [&b"xxxx\"}\n"[..], b"xxxx\"}", b"xxxx\"]\n\n"] {
             let refused = output(&file, (cut_json, true)).unwrap_err();
             assert!(refused.contains("longer than the 2 MiB"), "{refused}");
+        }
+        // A log line cut before the end, ending like an array (pytest's `[ 45%]`), with
+        // no JSON after it: a command that printed no output, not one over the limit.
+        for log in [
+            &b"xxxx PASSED [ 45%]\ndone\n"[..],
+            b"xxxx]\n== 3 passed ==\n",
+        ] {
+            assert_eq!(output(&file, (log, true)).unwrap(), None);
         }
         assert_eq!(
             output(&file, (b"xxxx\"}\n{\"later\": 1}\n", true)).unwrap(),

@@ -321,7 +321,9 @@ impl Runtime {
         // as a failed one, so the beats go on and the health probe sees a worker waiting
         // for its database, not a wedged one.
         // Given what is left of the lease after one beat's wait: a slow beat that still
-        // lands within the lease (a busy database) counts.
+        // lands within the lease (a busy database) counts, from when it was sent (the
+        // database may have extended the leases as soon as then), so beats each slower
+        // than half the lease let it lapse as the worker sees it, and it stops its handlers.
         let answer_within = self
             .cfg
             .lease
