@@ -11,6 +11,9 @@
 //! once, by the worker's guard ([`start_guard`]) when the worker dies, so a host whose only
 //! worker died does not keep its commands running.
 //!
+//! The same sweeps remove the run directories such a worker left (`shell.rs` names each
+//! with its worker's PID namespace and mark): they hold the runs' inputs.
+//!
 //! It only kills what it can tell for sure: processes of its own user (any user's when it
 //! runs as root) in its own PID namespace (a container's processes, seen from the host,
 //! carry pids of the container's numbering, which the host's `/proc` does not describe),
@@ -148,11 +151,65 @@ pub async fn kill_orphans_forever() {
     }
 }
 
-/// [`kill_orphans`] off the runtime's threads, saying what it killed.
+/// What starts the name of a run's directory (`shell.rs`): this worker's PID namespace and
+/// mark, so that a sweep can tell the directories of a dead worker of its own namespace.
+pub fn run_dir_prefix() -> String {
+    let ns = pid_namespace("self").and_then(|p| namespace_id(&p));
+    match (ns, own_mark()) {
+        (Some(ns), Some(mark)) => format!("hive-run-{ns}-{}-", mark.replace(':', "-")),
+        _ => "hive-run-".to_owned(),
+    }
+}
+
+/// The inode number in a namespace link's target (`pid:[4026531836]`).
+fn namespace_id(link: &std::path::Path) -> Option<u64> {
+    let text = link.to_str()?;
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Removes the run directories (in the temporary directory) of dead workers of this PID
+/// namespace: a worker killed outright runs no clean-up, and each of its runs left its
+/// dependencies' outputs there. Returns how many it removed.
+fn remove_dead_run_dirs() -> usize {
+    let Some(ns) = pid_namespace("self").and_then(|p| namespace_id(&p)) else {
+        return 0;
+    };
+    let prefix = format!("hive-run-{ns}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // `pid-start-random`; a name that does not parse is kept (not a mark this wrote).
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(start), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir
+            && !worker_alive(format!("{pid}:{start}").as_bytes())
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// [`kill_orphans`] and [`remove_dead_run_dirs`] off the runtime's threads, saying what
+/// they did.
 async fn sweep() {
-    let Ok((killed, runs)) = tokio::task::spawn_blocking(kill_orphans).await else {
+    let swept = tokio::task::spawn_blocking(|| (kill_orphans(), remove_dead_run_dirs()));
+    let Ok(((killed, runs), dirs)) = swept.await else {
         return;
     };
+    if dirs > 0 {
+        tracing::info!(dirs, "removed the run directories of workers that had died");
+    }
     if killed > 0 {
         tracing::warn!(
             killed,
@@ -218,6 +275,31 @@ pub async fn guard() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run directory of a worker that is gone is removed by a sweep; this live process's
+    /// own, and one whose name holds no mark, are kept.
+    #[test]
+    fn a_sweep_removes_the_run_directories_of_dead_workers_only() {
+        let mine = run_dir_prefix();
+        let (pid, start) = own_mark().unwrap().split_once(':').unwrap();
+        let dead = mine.replace(
+            &format!("-{pid}-{start}-"),
+            &format!("-{}-{start}-", i32::MAX),
+        );
+        assert_ne!(dead, mine);
+        let make = |prefix: &str| {
+            let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+            std::fs::write(dir.path().join("inputs.json"), "{}").unwrap();
+            dir.keep()
+        };
+        let (live, gone, foreign) = (make(&mine), make(&dead), make("hive-run-"));
+        remove_dead_run_dirs();
+        assert!(live.exists() && foreign.exists());
+        assert!(!gone.exists(), "{gone:?}");
+        for dir in [live, foreign] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
 
     #[test]
     fn a_mark_names_a_live_worker_only_with_its_start_time() {

@@ -125,7 +125,7 @@ fn parse(payload: &serde_json::Value) -> Result<ShellPayload, String> {
 pub async fn handle(ctx: TaskContext, options: Options) -> Result<TaskOutput, TaskError> {
     let payload = parse(&ctx.task.payload).map_err(TaskError::permanent)?;
     let io = tempfile::Builder::new()
-        .prefix("hive-run-")
+        .prefix(&crate::orphans::run_dir_prefix())
         .tempdir()
         .map_err(|e| TaskError::new(format!("cannot create the run's directory: {e}")))?;
     let inputs_path = io.path().join("inputs.json");

@@ -241,7 +241,9 @@ async fn killed_worker_task_completes_once_elsewhere(h: Harness) {
 /// sweep, yet the command does not outlive it by more than moments — the worker's guard,
 /// a child that outlives it, kills it once the worker is dead.
 async fn a_killed_workers_command_dies_with_it_with_no_other_worker(h: Harness) {
-    let [id] = h.shell_tasks(["sleep 60".to_owned()]).await[..] else {
+    let dir_file = h.path("run-dir");
+    let command = format!("dirname \"$HIVE_INPUTS\" > '{dir_file}'; sleep 60");
+    let [id] = h.shell_tasks([command]).await[..] else {
         unreachable!()
     };
     let mut lonely = h.worker("lonely", &fault_args("lonely", &[]));
@@ -253,9 +255,20 @@ async fn a_killed_workers_command_dies_with_it_with_no_other_worker(h: Harness) 
             .is_some(),
         "the command started"
     );
+    let written = poll_until(SLACK, || async {
+        let dir = std::fs::read_to_string(&dir_file).unwrap_or_default();
+        dir.ends_with('\n').then_some(dir)
+    });
+    let run_dir = std::path::PathBuf::from(written.await.expect("the command wrote").trim());
+    assert!(run_dir.join("inputs.json").exists(), "{run_dir:?}");
     lonely.crash_alone().await;
     let gone = poll_until(SLACK, || async { (running_with(&mark) == 0).then_some(()) }).await;
     assert!(gone.is_some(), "the dead worker's command still runs");
+    let removed = poll_until(SLACK, || async { (!run_dir.exists()).then_some(()) }).await;
+    assert!(
+        removed.is_some(),
+        "the dead worker's run directory is left: {run_dir:?}"
+    );
 }
 
 /// How often a worker sweeps for the commands of dead workers on its host.
