@@ -224,9 +224,12 @@ pub fn router(client: Client, metrics: Metrics) -> axum::Router {
                         text,
                     )
                         .into_response(),
+                    // The error's text (the driver's, naming the database) goes to the log,
+                    // not to whoever scrapes.
                     Err(e) => {
                         tracing::warn!("metrics scrape failed: {e}");
-                        (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+                        let says = "metrics unavailable: the database did not answer (see the log)";
+                        (StatusCode::SERVICE_UNAVAILABLE, says).into_response()
                     }
                 }
             }

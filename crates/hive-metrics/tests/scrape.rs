@@ -365,3 +365,33 @@ mod between_processes {
     hive_client::store::per_backend!([postgres], hive_client::store::testing::TestStore::run_with_url =>
         a_process_counting_its_own_runs_leaves_others_out);
 }
+
+/// A scrape the database cannot answer is a 503 whose body says so without the driver's
+/// text (which names the database); that goes to the log.
+#[tokio::test]
+async fn a_failed_scrape_tells_the_scraper_nothing_of_the_database() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut store = hive_store::MockStore::new();
+    store.expect_queue_stats().returning(|_| {
+        Err(hive_store::Error::Database(
+            "relation \"tasks\" at db.internal:5432 (secret)".into(),
+        ))
+    });
+    let client = Client::from_store(Arc::new(store), OpsConfig::default());
+    let app = hive_metrics::router(client, Metrics::new().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 503"), "{answer}");
+    assert!(answer.contains("metrics unavailable"), "{answer}");
+    assert!(
+        !answer.contains("secret") && !answer.contains("db.internal"),
+        "{answer}"
+    );
+}

@@ -36,6 +36,11 @@ pub enum Error {
     TokenRequired { bind: SocketAddr },
     #[error("the token is empty; give a non-empty --token or HIVE_UI_TOKEN")]
     EmptyToken,
+    #[error(
+        "the token holds {what}, which a cookie or header cannot carry; use printable ASCII \
+         without spaces, quotes, backslashes, commas or semicolons"
+    )]
+    UnusableToken { what: String },
     #[error("cannot generate a random token: {0}")]
     Random(String),
     #[error("cannot listen on {bind}: {source}")]

@@ -42,13 +42,28 @@ impl std::fmt::Debug for Security {
     }
 }
 
+/// Whether `c` may be in a token: what a `Cookie` header carries unquoted and a header value
+/// reads back as text (a token with any other would lock everyone out: its cookie cannot be
+/// set, its header never matches).
+fn token_char(c: char) -> bool {
+    c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\')
+}
+
 impl Security {
     /// The rule for `bind`: any address other than loopback needs a token. The cookie is
     /// named for `bind`'s port; [`Security::bound_to`] renames it once a port 0 is bound.
     pub fn for_bind(bind: SocketAddr, token: Option<String>) -> Result<Security> {
         let cookie_name = cookie_name(bind);
+        // A token read from a file (a Kubernetes secret) ends with a newline the user did
+        // not mean: dropped, as the spaces around it.
+        let token = token.map(|t| t.trim().to_owned());
         match token {
-            Some(t) if t.trim().is_empty() => Err(Error::EmptyToken),
+            Some(t) if t.is_empty() => Err(Error::EmptyToken),
+            Some(t) if let Some(c) = t.chars().find(|c| !token_char(*c)) => {
+                Err(Error::UnusableToken {
+                    what: format!("{c:?}"),
+                })
+            }
             Some(token) => Ok(Security {
                 token,
                 reads_need_token: true,

@@ -27,6 +27,28 @@ fn a_non_loopback_bind_needs_a_token() {
     assert!(matches!(e, Error::EmptyToken));
 }
 
+/// A token read from a file keeps working without its newline; one a cookie or header
+/// cannot carry is refused at start, naming the character, instead of locking everyone out.
+#[test]
+fn a_token_is_trimmed_and_one_no_cookie_can_carry_is_refused() {
+    let bind = "127.0.0.1:1".parse().unwrap();
+    let s = Security::for_bind(bind, Some("s3cret\n".into())).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER, HeaderValue::from_static("s3cret"));
+    assert!(s.authorised(&headers));
+    assert!(s.cookie(&HeaderMap::new()).is_some());
+    for (token, named) in [
+        ("a b", "' '"),
+        ("a;b", "';'"),
+        ("pässword", "'ä'"),
+        ("a\"b", "'\"'"),
+    ] {
+        let e = Security::for_bind(bind, Some(token.into())).unwrap_err();
+        assert!(matches!(e, Error::UnusableToken { .. }), "{token}: {e}");
+        assert!(e.to_string().contains(named), "{token}: {e}");
+    }
+}
+
 #[test]
 fn the_token_is_read_from_header_bearer_or_cookie_only_when_equal() {
     let s = Security::for_bind("0.0.0.0:1".parse().unwrap(), Some("sekrit".into())).unwrap();
