@@ -5,8 +5,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How long a failed task waits before it may be claimed again: up to `base × 2^(attempt−1)`,
-/// capped at `max`, spread by `jitter`.
+/// capped at `max`, spread by `jitter`. A field it does not know is refused, naming it: a
+/// misspelt `jitter` in a plan file must not leave the default in silence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(with = "millis")]
     pub base: Duration,
@@ -165,6 +167,16 @@ pub fn after_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_field_is_refused_naming_it() {
+        let json = r#"{"base": 1000, "max": 300000, "jiter": "none"}"#;
+        let e = serde_json::from_str::<RetryPolicy>(json).unwrap_err();
+        assert!(e.to_string().contains("unknown field `jiter`"), "{e}");
+        let ok = r#"{"base": 1000, "max": 300000, "jitter": "none"}"#;
+        let p: RetryPolicy = serde_json::from_str(ok).unwrap();
+        assert_eq!(p.jitter, Jitter::None);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -241,12 +241,14 @@ async fn spawns_racing_into_one_plan_cannot_close_a_cycle() {
     let mut watcher = PgConnection::connect(&url).await.unwrap();
     let first = spawn_from(&s, runs["s1"], node("n1", &["x"]));
     until_held_up(&mut watcher, xid, "the first spawn to wait for `d1`").await;
+    // It waits for `d1` too (it marks its dependency `d1`, held), or for the plan.
     let second = spawn_from(&s, runs["s2"], node("n2", &["d1"]));
     until(
         &mut watcher,
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%FROM plans WHERE id = $1 FOR NO KEY UPDATE%'",
-        "the second spawn to wait for the plan",
+         AND (query LIKE '%FROM plans WHERE id = $1 FOR NO KEY UPDATE%' \
+              OR query LIKE '%SET late_dependents = true%')",
+        "the second spawn to wait for `d1` or the plan",
     )
     .await;
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
@@ -407,5 +409,58 @@ async fn a_requeue_while_a_plans_last_subtask_completes_is_not_overwritten() {
                 "`a` is queued again, yet the plan is {counters:?}"
             );
         }
+    }
+}
+
+/// `r` spawns `n`, which depends on `e`, queued. Were `e` claimed and finished while the
+/// spawn is uncommitted, its finish could not see `n` to count it down, and `n` (and the
+/// plan) would wait for good: the spawn holds `e` until it commits.
+#[tokio::test]
+async fn a_spawn_depending_on_a_queued_sibling_is_counted_down_when_it_runs() {
+    let test = "a_spawn_depending_on_a_queued_sibling_is_counted_down_when_it_runs";
+    let Some(ts) = fresh(test).await else {
+        return;
+    };
+    let s = ts.store.clone();
+    let (plan_id, ids, runs) = started(
+        &s,
+        vec![node("r", &[]), node("d", &["r"]), node("e", &[])],
+        1,
+    )
+    .await;
+    assert!(runs.contains_key("r"), "{runs:?}");
+    // Hold `d`, which the spawn re-wires: the spawn stops there, `n` inserted, uncommitted.
+    let url = ts.url.clone().unwrap();
+    let (mut holder, xid) = hold(&url, ids["d"]).await;
+    let mut watcher = PgConnection::connect(&url).await.unwrap();
+    let spawning = spawn_from(&s, runs["r"], node("n", &["e"]));
+    until_held_up(&mut watcher, xid, "the spawn to wait for `d`").await;
+    for c in s.claim_tasks(&claim_params("w2", 10)).await.unwrap() {
+        s.finish_runs(&[success(c.run.id)]).await.unwrap();
+    }
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let spawned = spawning.await.unwrap();
+    assert_eq!(spawned[0].finished, hive_store::Finished::Completed);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counters = s.get_plan_counters(plan_id).await.unwrap().unwrap();
+        if counters.status == PlanStatus::Completed {
+            assert_eq!(counters.completed, 4);
+            break;
+        }
+        let claims = s.claim_tasks(&claim_params("w2", 10)).await.unwrap();
+        let outcomes: Vec<RunOutcome> = claims.iter().map(|c| success(c.run.id)).collect();
+        if !outcomes.is_empty() {
+            s.finish_runs(&outcomes).await.unwrap();
+        }
+        let ids = subtasks(&*s, plan_id).await;
+        let n = s.get_task(ids["n"]).await.unwrap().unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "the plan never completed: {counters:?}; `n` waits for {} dependencies",
+            n.pending_dependencies
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -41,6 +41,9 @@ pub fn grow(
         }
         .into());
     }
+    // What this spawn names, kept or added: none of it is re-wired to wait for the rest (a
+    // spawner run again would make what it spawned before wait for what it spawns now).
+    let spawned: HashSet<String> = added.iter().map(|s| s.id.clone()).collect();
     let added: Vec<SubTask> = added
         .into_iter()
         .filter(|a| !existing.contains(a))
@@ -57,6 +60,7 @@ pub fn grow(
     let rewired: Vec<&str> = existing
         .iter()
         .filter(|s| s.dependencies.iter().any(|d| d == spawner))
+        .filter(|s| !spawned.contains(&s.id))
         .map(|s| s.id.as_str())
         .collect();
     let rewire: HashSet<&str> = rewired.iter().copied().collect();

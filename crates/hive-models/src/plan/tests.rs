@@ -523,6 +523,21 @@ fn a_spawn_made_again_keeps_what_the_plan_holds() {
     .unwrap();
     let added: Vec<&str> = g.added.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(added, ["c2"]);
+    // What it spawned before runs beside what it spawns now, not after it: only the join
+    // waits for the new sink.
+    assert_eq!(g.rewired, ["summary"]);
+    // Spawned anew depending on the sibling it spawned before: no cycle through `c1`.
+    let g = grow(
+        &plan,
+        "split",
+        vec![st("c1", &["split"]), st("c2", &["split", "c1"])],
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(
+        (g.sinks.as_slice(), g.rewired.as_slice()),
+        (&["c2".to_owned()][..], &["summary".to_owned()][..])
+    );
     assert_eq!(
         grow_err(&plan, "split", vec![st("c1", &[])]),
         PlanError::DuplicateId("c1".into())

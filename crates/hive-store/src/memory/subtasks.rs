@@ -94,8 +94,11 @@ impl State {
         let Some(plan) = self.plans.get(&plan_id) else {
             return Ok(0);
         };
-        crate::rules::growth::open_to_spawns(plan_id, plan.status)?;
-        let growth = hive_models::grow(&plan.subtasks, &subtask, spawn.to_vec(), usize::MAX)?;
+        let growth =
+            crate::rules::growth::growth(plan_id, plan.status, &plan.subtasks, &subtask, spawn)?;
+        let Some(growth) = growth else {
+            return Ok(0);
+        };
         let parent = plan.parent_task_id;
         let mut ids: HashMap<String, TaskId> = self
             .plan_tasks

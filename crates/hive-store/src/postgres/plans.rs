@@ -523,11 +523,13 @@ pub(super) async fn grow(
             reason: format!("task {spawner} belongs to no plan"),
         }));
     };
-    // Running subtasks the spawn makes dependencies of are marked (and so locked) before
-    // their status is read: one finishing meanwhile either committed first (read below as
-    // completed) or waits for this commit, then sees the mark and counts its dependents
-    // down in a statement that sees the new ones (`FINISH_SUCCESSES`). Before the plan's
-    // lock: tasks first, then the plan, the order every writer keeps.
+    // Unfinished subtasks the spawn makes dependencies of are marked (and so locked) before
+    // their status is read: a running one finishing meanwhile either committed first (read
+    // below as completed) or waits for this commit, then sees the mark and counts its
+    // dependents down in a statement that sees the new ones (`FINISH_SUCCESSES`); a queued
+    // one is passed over by claims (`SKIP LOCKED`) until this commits, so it cannot be
+    // claimed and finished unseen in between. Before the plan's lock: tasks first, then the
+    // plan, the order every writer keeps.
     let depended: Vec<&str> = spawn
         .iter()
         .flat_map(hive_models::unique_dependencies)
@@ -536,7 +538,8 @@ pub(super) async fn grow(
     if !depended.is_empty() {
         sqlx::query(
             "UPDATE tasks SET late_dependents = true \
-             WHERE plan_id = $1 AND plan_subtask_id = ANY($2) AND status IN ('assigned', 'in_progress')",
+             WHERE plan_id = $1 AND plan_subtask_id = ANY($2) \
+               AND status NOT IN ('completed', 'failed', 'cancelled')",
         )
         .bind(plan.0)
         .bind(&depended)
@@ -552,16 +555,14 @@ pub(super) async fn grow(
             .fetch_one(&mut *conn)
             .await?;
     let status = rows::plan_status(&locked, "status")?;
-    if let Err(e) = crate::rules::growth::open_to_spawns(plan, status) {
-        return Ok(Err(e));
-    }
     let parent = rows::get::<Option<Uuid>>(&locked, "parent_task_id", "plans")?.map(TaskId);
     let existing = specs(&mut *conn, &[plan])
         .await?
         .remove(&plan)
         .unwrap_or_default();
-    let growth = match hive_models::grow(&existing, &subtask, spawn.to_vec(), usize::MAX) {
-        Ok(g) => g,
+    let growth = match crate::rules::growth::growth(plan, status, &existing, &subtask, spawn) {
+        Ok(Some(g)) => g,
+        Ok(None) => return Ok(Ok(())),
         Err(e) => return Ok(Err(e)),
     };
     let found = sqlx::query("SELECT id, plan_subtask_id, status FROM tasks WHERE plan_id = $1")

@@ -43,6 +43,26 @@ pub fn open_to_spawns(plan: PlanId, status: PlanStatus) -> Result<(), hive_model
     Ok(())
 }
 
+/// What `spawn`, from subtask `spawner` of plan `plan` (in `status`, holding `existing`),
+/// adds: `None` when it adds nothing (a spawner run again spawning what it spawned before),
+/// which any plan takes, a finished one too (a completed plan's subtask requeued and run
+/// again must not fail on it); otherwise the plan must still be running
+/// ([`open_to_spawns`]) and the grown plan valid ([`hive_models::grow`]).
+pub fn growth(
+    plan: PlanId,
+    status: PlanStatus,
+    existing: &[SubTask],
+    spawner: &str,
+    spawn: &[SubTask],
+) -> Result<Option<Growth>, hive_models::Error> {
+    let grown = hive_models::grow(existing, spawner, spawn.to_vec(), usize::MAX);
+    if grown.as_ref().is_ok_and(|g| g.added.is_empty()) {
+        return Ok(None);
+    }
+    open_to_spawns(plan, status)?;
+    grown.map(Some)
+}
+
 /// Whether every subtask of `g` waits only for subtasks that can still complete: one that
 /// failed or was cancelled (alone, `hive task cancel`, with its plan left running) never
 /// will, and a subtask waiting for it would wait for good, its plan never finishing.

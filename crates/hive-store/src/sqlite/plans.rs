@@ -484,13 +484,11 @@ pub(super) async fn grow(
         }));
     };
     let status: PlanStatus = cols.parse("plan_status")?;
-    if let Err(e) = crate::rules::growth::open_to_spawns(plan, status) {
-        return Ok(Err(e));
-    }
     let parent: Option<TaskId> = cols.parse_opt("parent_task_id")?;
     let existing = specs(c, &[plan]).await?.remove(&plan).unwrap_or_default();
-    let growth = match hive_models::grow(&existing, &subtask, spawn.to_vec(), usize::MAX) {
-        Ok(g) => g,
+    let growth = match crate::rules::growth::growth(plan, status, &existing, &subtask, spawn) {
+        Ok(Some(g)) => g,
+        Ok(None) => return Ok(Ok(0)),
         Err(e) => return Ok(Err(e)),
     };
     let rows = sqlx::query("SELECT id, plan_subtask_id, status FROM tasks WHERE plan_id = ?1")

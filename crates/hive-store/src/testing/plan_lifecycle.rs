@@ -583,4 +583,23 @@ pub async fn a_spawner_run_again_keeps_what_it_spawned(s: S) {
         .unwrap();
     let p = s.get_plan(pid).await.unwrap().unwrap();
     assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 4));
+
+    // Once more after the plan completed: what it spawned before, spawned again, is taken
+    // by the finished plan too (it adds nothing), and the split completes again.
+    s.set_task_status(ids["split"], crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let third = claim_all(&s).await;
+    assert_eq!(third.len(), 1);
+    let rep = s
+        .finish_runs(&[done(third[0].run.id, Some(json!(3)), spawn())])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].finished, crate::Finished::Completed, "{rep:?}");
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!(
+        (p.status, p.completed_subtasks, p.failed_subtasks),
+        (PlanStatus::Completed, 4, 0)
+    );
 }
