@@ -264,7 +264,15 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// The runs the store has `worker` holding (running, under its lease).
     pub async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
-        Ok(self.store.running_runs(worker).await?)
+        Ok(self
+            .store
+            .running_runs(std::slice::from_ref(worker))
+            .await?)
+    }
+
+    /// The runs the store has each of `workers` holding, by task, in one read.
+    pub async fn running_runs_of(&self, workers: &[WorkerId]) -> Result<Vec<Run>> {
+        Ok(self.store.running_runs(workers).await?)
     }
 
     /// Gives held tasks back to the queue without using up a retry (graceful shutdown).

@@ -129,7 +129,7 @@ impl<S: Store + ?Sized> Ops<S> {
             }
             let leased = self
                 .store
-                .running_runs(&w.id)
+                .running_runs(std::slice::from_ref(&w.id))
                 .await?
                 .iter()
                 .any(|r| r.lease_expires_at.is_some_and(|until| until > now));

@@ -411,13 +411,13 @@ impl Store for MemoryStore {
         Ok(s.runs_of_tasks(&tasks))
     }
 
-    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+    async fn running_runs(&self, workers: &[WorkerId]) -> Result<Vec<Run>> {
         let s = self.lock();
         let mut held: Vec<Run> = s
             .running
             .keys()
             .filter_map(|r| s.runs.get(r))
-            .filter(|r| &r.worker_id == worker)
+            .filter(|r| workers.contains(&r.worker_id))
             .cloned()
             .collect();
         held.sort_by_key(|r| (r.task_id, r.id));

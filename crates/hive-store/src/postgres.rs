@@ -367,8 +367,8 @@ impl Store for PostgresStore {
         self.run(self.read_plan_runs(plan_id)).await
     }
 
-    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
-        self.run(self.read_running_runs(worker)).await
+    async fn running_runs(&self, workers: &[WorkerId]) -> Result<Vec<Run>> {
+        self.run(self.read_running_runs(workers)).await
     }
 
     async fn insert_schedule(&self, schedule: &hive_models::Schedule) -> Result<()> {

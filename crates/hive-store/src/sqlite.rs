@@ -423,8 +423,8 @@ impl Store for SqliteStore {
         read!(self, runs::in_plan, plan_id)
     }
 
-    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>> {
-        read!(self, runs::held_by, worker)
+    async fn running_runs(&self, workers: &[WorkerId]) -> Result<Vec<Run>> {
+        read!(self, runs::held_by, workers)
     }
 
     async fn insert_schedule(&self, schedule: &hive_models::Schedule) -> Result<()> {

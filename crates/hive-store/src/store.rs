@@ -221,10 +221,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// and results show, in one read however many subtasks it has.
     async fn list_plan_runs(&self, plan_id: PlanId) -> Result<Vec<Run>>;
 
-    /// The running runs `worker` holds, by task: what the store believes the worker is
-    /// running. A worker compares it with what it knows it runs, to give back runs whose
-    /// claim reply it never got and to stop handlers whose run ended elsewhere.
-    async fn running_runs(&self, worker: &WorkerId) -> Result<Vec<Run>>;
+    /// The running runs the `workers` hold, by task: what the store believes each is
+    /// running, in one read however many workers. A worker compares its own with what it
+    /// knows it runs, to give back runs whose claim reply it never got and to stop handlers
+    /// whose run ended elsewhere; the dashboard lists every worker's.
+    async fn running_runs(&self, workers: &[WorkerId]) -> Result<Vec<Run>>;
 
     // ---- schedules ----
 

@@ -118,6 +118,7 @@ blocking! {
         fn list_plans(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<ExecutionPlan>;
         fn list_plan_headers(status: Option<PlanStatus>, limit: Option<u32>) -> Vec<PlanHeader>;
         fn count_plans(status: Option<PlanStatus>) -> u64;
+        fn running_runs_of(workers: &[WorkerId]) -> Vec<Run>;
         fn check_subtask_dependencies(task_id: TaskId) -> bool;
         fn check_subtask_dependencies_batch(task_ids: &[TaskId]) -> HashMap<TaskId, bool>;
         fn get_next_planned_subtask(plan_id: PlanId) -> Option<Task>;

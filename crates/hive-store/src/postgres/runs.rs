@@ -678,14 +678,15 @@ impl PostgresStore {
         .await
     }
 
-    pub(super) async fn read_running_runs(&self, worker: &WorkerId) -> R<Vec<Run>> {
+    pub(super) async fn read_running_runs(&self, workers: &[WorkerId]) -> R<Vec<Run>> {
+        let workers: Vec<&str> = workers.iter().map(WorkerId::as_str).collect();
         let found = sqlx::query(
             "SELECT r.* FROM tasks t JOIN runs r ON r.id = t.current_run_id \
-             WHERE t.status = 'in_progress' AND t.assigned_worker = $1 \
-               AND r.worker_id = $1 AND r.status = 'running' \
+             WHERE t.status = 'in_progress' AND t.assigned_worker = ANY($1) \
+               AND r.worker_id = t.assigned_worker AND r.status = 'running' \
              ORDER BY r.task_id, r.id",
         )
-        .bind(worker.as_str())
+        .bind(&workers)
         .fetch_all(&self.pool)
         .await?;
         found.iter().map(rows::run).collect()

@@ -50,13 +50,15 @@ pub(super) async fn in_plan(c: &mut Conn, plan_id: PlanId) -> R<Vec<Run>> {
     db::all(c, sql, plan_id, db::run_from_row).await
 }
 
-pub(super) async fn held_by(c: &mut Conn, worker: &WorkerId) -> R<Vec<Run>> {
+pub(super) async fn held_by(c: &mut Conn, workers: &[WorkerId]) -> R<Vec<Run>> {
     let sql = concat!(
         "SELECT ",
         run_columns!(),
-        " FROM runs WHERE worker_id = ?1 AND status = 'running' ORDER BY task_id, id"
+        " FROM runs WHERE worker_id IN (SELECT value FROM json_each(?1)) \
+           AND status = 'running' ORDER BY task_id, id"
     );
-    db::all(c, sql, worker.as_str(), db::run_from_row).await
+    let ids: Vec<&str> = workers.iter().map(WorkerId::as_str).collect();
+    db::all(c, sql, json_list(&ids), db::run_from_row).await
 }
 
 /// A claimed task's columns, its next run number, its dependencies' outputs and the

@@ -429,16 +429,32 @@ pub async fn running_runs_are_what_a_worker_holds(s: S) {
     };
     let mut expected: Vec<(RunId, TaskId)> = mine.iter().map(|c| (c.run.id, c.task.id)).collect();
     expected.sort_by_key(|(r, t)| (*t, *r));
-    assert_eq!(held(s.running_runs(&worker("w")).await.unwrap()), expected);
+    assert_eq!(
+        held(s.running_runs(&[worker("w")]).await.unwrap()),
+        expected
+    );
+    // Both workers' in one read, by task.
+    let mut both: Vec<(RunId, TaskId)> = mine
+        .iter()
+        .chain(&theirs)
+        .map(|c| (c.run.id, c.task.id))
+        .collect();
+    both.sort_by_key(|(r, t)| (*t, *r));
+    let read = s
+        .running_runs(&[worker("w"), worker("other")])
+        .await
+        .unwrap();
+    assert_eq!(held(read), both);
     // A run that ends, however it ends, is no longer held.
     s.finish_runs(&[success(mine[0].run.id)]).await.unwrap();
     s.release_runs(&[theirs[0].run.id]).await.unwrap();
     assert_eq!(
-        held(s.running_runs(&worker("w")).await.unwrap()),
+        held(s.running_runs(&[worker("w")]).await.unwrap()),
         vec![(mine[1].run.id, mine[1].task.id)]
     );
-    assert!(s.running_runs(&worker("other")).await.unwrap().is_empty());
-    assert!(s.running_runs(&worker("ghost")).await.unwrap().is_empty());
+    assert!(s.running_runs(&[worker("other")]).await.unwrap().is_empty());
+    assert!(s.running_runs(&[worker("ghost")]).await.unwrap().is_empty());
+    assert!(s.running_runs(&[]).await.unwrap().is_empty());
 }
 
 pub async fn workers_register_list_unregister(s: S) {

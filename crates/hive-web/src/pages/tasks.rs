@@ -88,6 +88,15 @@ impl Filter {
         }
         parts.join("&")
     }
+
+    /// The next page's query: the same filters and page size, older than `last`.
+    pub fn older(&self, last: TaskId) -> String {
+        let query = self.query_string(Some(last));
+        match self.limit {
+            Some(limit) => format!("{query}&limit={limit}"),
+            None => query,
+        }
+    }
 }
 
 pub async fn list(State(s): State<AppState>, Query(f): Query<Filter>) -> Response {
@@ -166,9 +175,31 @@ pub async fn list(State(s): State<AppState>, Query(f): Query<Filter>) -> Respons
                 }
             }
             @if let Some(n) = next {
-                p { a id="older" href={ "/tasks?" (f.query_string(Some(n))) } { "Older →" } }
+                p { a id="older" href={ "/tasks?" (f.older(n)) } { "Older →" } }
             }
         },
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "Older →" keeps the filters and the page size it was asked with.
+    #[test]
+    fn the_next_page_keeps_the_filters_and_the_page_size() {
+        let f = Filter {
+            status: Some("failed".into()),
+            limit: Some(10),
+            ..Filter::default()
+        };
+        let last = TaskId::new();
+        assert_eq!(
+            f.older(last),
+            format!("status=failed&before={last}&limit=10")
+        );
+        let default_size = Filter::default();
+        assert_eq!(default_size.older(last), format!("before={last}"));
+    }
 }

@@ -1,7 +1,10 @@
 //! Workers: role, status, capabilities, heartbeat age and the runs each holds now.
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use hive_client::models::{Run, Worker, WorkerId};
 use maud::html;
 
 use crate::AppState;
@@ -21,16 +24,25 @@ pub async fn page(State(s): State<AppState>) -> Response {
         Ok(now) => now,
         Err(e) => return op_error(&hive_client::ops::Error::from(e)),
     };
-    // Each worker's runs, a light read (no payloads); an offline one's too, which may
+    // Every worker's runs in one light read (no payloads); an offline one's too, which may
     // still hold runs whose long leases have not run out.
-    let mut rows = Vec::with_capacity(workers.len());
-    for w in workers {
-        let running = match s.client.running_runs(&w.id).await {
-            Ok(r) => r,
-            Err(e) => return op_error(&e),
-        };
-        rows.push((w, running));
+    let ids: Vec<WorkerId> = workers.iter().map(|w| w.id.clone()).collect();
+    let mut running: HashMap<WorkerId, Vec<Run>> = HashMap::new();
+    match s.client.running_runs_of(&ids).await {
+        Ok(runs) => {
+            for r in runs {
+                running.entry(r.worker_id.clone()).or_default().push(r);
+            }
+        }
+        Err(e) => return op_error(&e),
     }
+    let rows: Vec<(Worker, Vec<Run>)> = workers
+        .into_iter()
+        .map(|w| {
+            let runs = running.remove(&w.id).unwrap_or_default();
+            (w, runs)
+        })
+        .collect();
     layout(
         "Workers",
         html! {
