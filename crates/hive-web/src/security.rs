@@ -144,11 +144,17 @@ impl Security {
     /// The `Set-Cookie` value that hands the token to a browser, in answer to a request
     /// with these `headers` ([`Security::cookie_name_for`]): never sent by another site's
     /// requests, never readable by scripts.
+    /// Behind a TLS proxy (the login's origin is https, or the proxy says so), the cookie is
+    /// `Secure`: never sent over plain http.
     pub fn cookie(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let https = text("origin").is_some_and(|o| o.starts_with("https://"))
+            || text("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
         HeaderValue::from_str(&format!(
-            "{}={}; Path=/; HttpOnly; SameSite=Strict",
+            "{}={}; Path=/; HttpOnly; SameSite=Strict{}",
             self.cookie_name_for(headers),
-            self.token
+            self.token,
+            if https { "; Secure" } else { "" }
         ))
         .ok()
     }

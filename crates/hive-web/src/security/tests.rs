@@ -192,3 +192,20 @@ fn only_the_loopbacks_own_names_are_loopback_hosts() {
         assert!(!is_loopback_host(bad), "{bad}");
     }
 }
+
+/// The cookie is `Secure` when the login came through TLS (an https origin, or a proxy
+/// saying so), and not on plain http, where a browser would drop it.
+#[test]
+fn the_cookie_is_secure_behind_tls_only() {
+    let s = Security::for_bind("127.0.0.1:1".parse().unwrap(), Some("t".into())).unwrap();
+    let cookie = |pairs: &[(&'static str, &'static str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        s.cookie(&h).unwrap().to_str().unwrap().to_owned()
+    };
+    assert!(!cookie(&[("origin", "http://localhost:1")]).contains("Secure"));
+    assert!(cookie(&[("origin", "https://hive.example")]).ends_with("; Secure"));
+    assert!(cookie(&[("x-forwarded-proto", "https")]).ends_with("; Secure"));
+}
