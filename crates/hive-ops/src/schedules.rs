@@ -198,6 +198,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 updated_at: now,
                 ..s.clone()
             };
+            self.create_claimed_slot(&s).await;
             if self
                 .store
                 .replace_schedule(&redefined, s.done_until)
@@ -349,6 +350,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 return Ok(true);
             }
             let (to, next_slot) = if enabled {
+                self.create_claimed_slot(&s).await;
                 let now = self.store.now().await?;
                 let timing = Timing::parse(&s.cron, &s.timezone)?;
                 (
@@ -362,8 +364,8 @@ impl<S: Store + ?Sized> Ops<S> {
                 name: s.name.clone(),
                 from: s.done_until,
                 to,
-                // Resuming passes a slot claimed before the pause whose starter never advanced:
-                // slots are not fired while paused.
+                // Resuming passes a slot claimed before the pause whose starter never advanced
+                // (its work created above): slots are not fired while paused.
                 last_fired: s.last_fired,
                 next_slot,
                 enabled: Some(enabled),
@@ -495,20 +497,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 return Ok(fired);
             }
         }
-        let mut tasks = Vec::new();
-        for slot in &slots {
-            match s.creates.for_slot(&s.name, *slot) {
-                SlotWork::Task(t) => tasks.push(t),
-                // One transaction per plan: a plan is submitted whole or not at all, and
-                // a step cut short leaves the later slots to the next scheduler.
-                SlotWork::Plan(p) => {
-                    self.submit_plan(p).await?;
-                }
-            }
-        }
-        if !tasks.is_empty() {
-            self.create_tasks(tasks).await?;
-        }
+        self.create_slot_work(s, &slots).await?;
         let advance = ScheduleAdvance {
             name: s.name.clone(),
             from: s.done_until,
@@ -523,6 +512,46 @@ impl<S: Store + ?Sized> Ops<S> {
         self.store.advance_schedule(&advance).await?;
         fired.slots = slots.len();
         Ok(fired)
+    }
+
+    /// Creates the work of `slots` of `s`, each keyed by its slot: created once, however
+    /// many schedulers (or calls) create it.
+    async fn create_slot_work(&self, s: &Schedule, slots: &[Timestamp]) -> Result<()> {
+        let mut tasks = Vec::new();
+        for slot in slots {
+            match s.creates.for_slot(&s.name, *slot) {
+                SlotWork::Task(t) => tasks.push(t),
+                // One transaction per plan: a plan is submitted whole or not at all, and
+                // a step cut short leaves the later slots to the next scheduler.
+                SlotWork::Plan(p) => {
+                    self.submit_plan(p).await?;
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            self.create_tasks(tasks).await?;
+        }
+        Ok(())
+    }
+
+    /// Before redefining or resuming `s` passes a slot a scheduler claimed and has not
+    /// advanced past (it is creating the slot's work, or stopped first): creates that work
+    /// as the definition it was claimed under says (keyed, so once, whoever else creates
+    /// it). Passed without it, the next slot would find no work under the claimed slot's
+    /// key, read it as finished and start beside the claimed slot's work, which its
+    /// scheduler may still create. Best effort: a failure is logged, and the slot is passed
+    /// as before.
+    async fn create_claimed_slot(&self, s: &Schedule) {
+        let Some(claimed) = s.last_fired else {
+            return;
+        };
+        if s.overlap == Overlap::Allow || claimed <= s.done_until {
+            return;
+        }
+        if let Err(e) = self.create_slot_work(s, &[claimed]).await {
+            tracing::warn!(schedule = %s.name, slot = %claimed, error = %e,
+                "the claimed slot's work could not be created; passing it");
+        }
     }
 
     /// The keys of the last runs (its last started slot's, its last manual run's) when
