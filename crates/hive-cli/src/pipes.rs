@@ -139,8 +139,9 @@ async fn collect(
     let mut buf = [0u8; 8192];
     loop {
         // Looked at on every read too: a pipe always ready (a process that left the group
-        // writing on) would otherwise keep the biased select from ever seeing the stop.
-        if *stop.borrow() {
+        // writing on) would otherwise keep the biased select from ever seeing the stop, or
+        // the readers' owner gone (its handler dropped) without sending it.
+        if *stop.borrow() || stop.has_changed().is_err() {
             kept.held_open = true;
             break;
         }
@@ -245,6 +246,21 @@ mod tests {
             .expect("the reader stopped within 10 s of being told")
             .unwrap();
         assert!(kept.held_open);
+        assert!(kept.total > 0);
+    }
+
+    /// The same when the readers' owner is dropped (its handler dropped past its grace)
+    /// without telling them to stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipe_always_ready_stops_being_read_when_its_owner_is_gone() {
+        let (stop, stopped) = watch::channel(false);
+        let reading = tokio::spawn(collect(Some(tokio::io::repeat(b'x')), 1024, None, stopped));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(stop);
+        let kept = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("the reader stopped within 10 s of its owner going")
+            .unwrap();
         assert!(kept.total > 0);
     }
 }

@@ -332,10 +332,13 @@ fn output(
     // of it read alone would be a piece of it, and the whole is over the output limit.
     let cut_value = cut && trailing.is_none() && ends_like_a_value(whole);
     let last_json = trailing.or_else(|| last_json_line(whole).filter(|_| !cut_value));
-    // Only a cut line that is the last one printed: a log line cut anywhere before the end
-    // (`… PASSED [ 45%]` of a verbose test run) is no output at all.
-    let cut_last = whole.trim().is_empty() && cut_line.trim_end().ends_with(['}', ']']);
-    if cut_value || (last_json.is_none() && cut_last) {
+    // A cut line that ends like an object or array, if it is the last one printed; before
+    // the end, only if it ends like one holding JSON values (`"]`, `1}`, `]]`): a log line
+    // (`… PASSED [ 45%]` of a verbose test run) is no output at all, while `jq -c` printing
+    // a huge value, then `echo done`, is one over the limit.
+    let last = whole.trim().is_empty() && cut_line.trim_end().ends_with(['}', ']']);
+    let cut_json = last || ends_like_json(cut_line);
+    if cut_value || (last_json.is_none() && cut_json) {
         return Err(format!(
             "the output the command printed last (a line, or a value spread over lines) is \
              longer than the {} MiB read for an output (outputs are limited to {} MiB): \
@@ -345,6 +348,20 @@ fn output(
         ));
     }
     Ok(last_json)
+}
+
+/// Whether `line` ends as a JSON object or array does: its closing bracket after the end
+/// of a value (a string, number, literal, object or array) or its opening one.
+fn ends_like_json(line: &str) -> bool {
+    let line = line.trim_end();
+    let Some(inner) = line.strip_suffix(['}', ']']) else {
+        return false;
+    };
+    let before = inner.trim_end().chars().last();
+    matches!(
+        before,
+        Some('"' | '}' | ']' | '{' | '[' | '0'..='9' | 'e' | 'l')
+    )
 }
 
 /// A JSON value spread over the last lines of `text`, as `jq` and other tools print one
@@ -506,7 +523,12 @@ mod tests {
             output(&file, (b"2\nlog\n", false)).unwrap(),
             Some(serde_json::json!(2))
         );
-        for cut_json in [&b"xxxx\"}\n"[..], b"xxxx\"}", b"xxxx\"]\n\n"] {
+        for cut_json in [
+            &b"xxxx\"}\n"[..],
+            b"xxxx\"}",
+            b"xxxx\"]\n\n",
+            b"xxxx\"]\ndone\n",
+        ] {
             let refused = output(&file, (cut_json, true)).unwrap_err();
             assert!(refused.contains("longer than the 2 MiB"), "{refused}");
         }

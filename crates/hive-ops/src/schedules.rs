@@ -147,6 +147,10 @@ fn same_json(a: &Json, b: &Json) -> bool {
     }
 }
 
+/// How long a scheduler may stall between claiming a slot and creating its work, as
+/// redefining or resuming a schedule reckons it (see `create_claimed_slot`).
+const CLAIMED_SLOT_STALLS_AT_MOST: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 impl<S: Store + ?Sized> Ops<S> {
     /// Validates and stores a schedule, due from its first slot after now (the store's
     /// clock). [`Error::Store`] with a conflict when the name is taken.
@@ -198,7 +202,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 updated_at: now,
                 ..s.clone()
             };
-            self.create_claimed_slot(&s).await;
+            self.create_claimed_slot(&s, now).await;
             if self
                 .store
                 .replace_schedule(&redefined, s.done_until)
@@ -350,8 +354,8 @@ impl<S: Store + ?Sized> Ops<S> {
                 return Ok(true);
             }
             let (to, next_slot) = if enabled {
-                self.create_claimed_slot(&s).await;
                 let now = self.store.now().await?;
+                self.create_claimed_slot(&s, now).await;
                 let timing = Timing::parse(&s.cron, &s.timezone)?;
                 (
                     now.max(s.done_until),
@@ -539,13 +543,17 @@ impl<S: Store + ?Sized> Ops<S> {
     /// as the definition it was claimed under says (keyed, so once, whoever else creates
     /// it). Passed without it, the next slot would find no work under the claimed slot's
     /// key, read it as finished and start beside the claimed slot's work, which its
-    /// scheduler may still create. Best effort: a failure is logged, and the slot is passed
-    /// as before.
-    async fn create_claimed_slot(&self, s: &Schedule) {
+    /// scheduler may still create. Only a slot of the last [`CLAIMED_SLOT_STALLS_AT_MOST`]:
+    /// one older was left by a scheduler that died (the schedule paused, or none running
+    /// since), whose work, if it was created, may be long finished and pruned, and a slot
+    /// that old is not started now. Best effort: a failure is logged, and the slot is
+    /// passed as before.
+    async fn create_claimed_slot(&self, s: &Schedule, now: Timestamp) {
         let Some(claimed) = s.last_fired else {
             return;
         };
-        if s.overlap == Overlap::Allow || claimed <= s.done_until {
+        let stale = now - claimed > CLAIMED_SLOT_STALLS_AT_MOST;
+        if s.overlap == Overlap::Allow || claimed <= s.done_until || stale {
             return;
         }
         if let Err(e) = self.create_slot_work(s, &[claimed]).await {

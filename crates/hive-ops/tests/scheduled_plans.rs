@@ -638,31 +638,35 @@ async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
 /// resumed) is not passed as if it had finished: its work is created then, as the
 /// definition it was claimed under says, so the next slot finds it unfinished (skipped or
 /// waiting) instead of starting beside it once the stalled scheduler creates it after all.
+/// A slot claimed long ago (its scheduler died, the schedule paused since) is passed.
 async fn a_slot_claimed_when_its_schedule_is_redefined_or_resumed_is_created_then(o: O) {
-    use chrono::{Datelike, TimeZone};
-    let year = o.store().now().await.unwrap().year();
-    let claimed = chrono::Utc
-        .with_ymd_and_hms(year - 1, 1, 1, 0, 0, 0)
-        .unwrap();
-    for (name, redefined) in [("redefined", true), ("resumed", false)] {
-        let yearly = NewSchedule::new(name, "0 0 0 1 1 *", template()).overlap(Overlap::Skip);
-        let s = o.add_schedule(yearly).await.unwrap();
+    use chrono::{DurationRound, TimeDelta};
+    let now = o.store().now().await.unwrap();
+    let this_minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let last_year = this_minute - TimeDelta::days(365);
+    for (name, redefined, claimed) in [
+        ("redefined", true, this_minute),
+        ("resumed", false, this_minute),
+        ("resumed-late", false, last_year),
+    ] {
+        let minutely = NewSchedule::new(name, "0 * * * * *", template()).overlap(Overlap::Skip);
+        let s = o.add_schedule(minutely).await.unwrap();
         let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
         assert!(o.store().advance_schedule(&behind).await.unwrap());
         if !redefined {
             assert!(o.pause_schedule(name).await.unwrap());
         }
-        // A scheduler that read the schedule before claims last New Year's slot, then
-        // stalls before creating its plan.
+        // A scheduler that read the schedule before claims a slot, then stalls before
+        // creating its plan.
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
         if redefined {
-            let later = NewSchedule::new(name, "0 0 0 2 1 *", template()).overlap(Overlap::Skip);
+            let later = NewSchedule::new(name, "30 * * * * *", template()).overlap(Overlap::Skip);
             let (_, change) = o.put_schedule(later).await.unwrap();
             assert_eq!(change, SchedulePut::Redefined);
         } else {
             assert!(o.resume_schedule(name).await.unwrap());
         }
     }
-    assert_eq!(plans_slots(&o).await, [claimed, claimed]);
+    assert_eq!(plans_slots(&o).await, [this_minute, this_minute]);
 }

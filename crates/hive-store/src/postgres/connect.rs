@@ -49,11 +49,7 @@ fn split_url(url: &DatabaseUrl) -> Result<UrlSettings> {
         url: String::new(),
         max_connections: None,
         acquire_timeout: None,
-        password: parsed.password().filter(|p| !p.is_empty()).map(|p| {
-            url::form_urlencoded::parse(format!("p={p}").as_bytes())
-                .next()
-                .map_or_else(|| p.to_owned(), |(_, v)| v.into_owned())
-        }),
+        password: url.password(),
     };
     let mut kept = Vec::new();
     for (key, value) in parsed.query_pairs() {

@@ -537,9 +537,12 @@ pub(super) async fn grow(
         .collect();
     if !depended.is_empty() {
         sqlx::query(
-            "UPDATE tasks SET late_dependents = true \
-             WHERE plan_id = $1 AND plan_subtask_id = ANY($2) \
-               AND status NOT IN ('completed', 'failed', 'cancelled')",
+            // Locked in id order, as other writers lock tasks, before the update.
+            "UPDATE tasks t SET late_dependents = true FROM ( \
+                 SELECT id FROM tasks WHERE plan_id = $1 AND plan_subtask_id = ANY($2) \
+                   AND status NOT IN ('completed', 'failed', 'cancelled') \
+                 ORDER BY id FOR NO KEY UPDATE) x \
+             WHERE t.id = x.id",
         )
         .bind(plan.0)
         .bind(&depended)
