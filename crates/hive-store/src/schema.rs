@@ -231,11 +231,17 @@ pub(crate) async fn resolve(
                 // Reading needs no write: the next migration adopts the table.
                 found.applied = Some(rows.iter().map(|(v, _)| *v).collect());
             } else {
-                catalog
+                let renamed = catalog
                     .rename(LEGACY_MIGRATIONS_TABLE, MIGRATIONS_TABLE)
-                    .await
-                    .map_err(&map)?;
+                    .await;
                 found = read(catalog).await.map_err(&map)?;
+                // Another process starting at the same time renamed it first: adopted all
+                // the same. Only a rename that left no table of ours is an error.
+                if let Err(e) = renamed
+                    && found.applied.is_none()
+                {
+                    return Err(map(e));
+                }
             }
         }
     }
@@ -267,6 +273,58 @@ fn list(names: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database an earlier build migrated, which another process adopts (renames its
+    /// migrations table) between this one's read and its rename.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    struct AdoptedMeanwhile {
+        renamed: bool,
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[async_trait::async_trait]
+    impl Catalog for AdoptedMeanwhile {
+        async fn tables(&mut self) -> std::result::Result<Vec<String>, sqlx::Error> {
+            let table = match self.renamed {
+                true => MIGRATIONS_TABLE,
+                false => LEGACY_MIGRATIONS_TABLE,
+            };
+            Ok(vec!["tasks".into(), "plans".into(), table.into()])
+        }
+
+        async fn migrations(
+            &mut self,
+            _table: &str,
+        ) -> std::result::Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
+            Ok(Vec::new())
+        }
+
+        async fn rename(&mut self, from: &str, _to: &str) -> std::result::Result<(), sqlx::Error> {
+            self.renamed = true;
+            Err(sqlx::Error::Protocol(format!(
+                "relation \"{from}\" does not exist"
+            )))
+        }
+    }
+
+    /// Several processes upgrading one database at once: the one whose rename finds the
+    /// table gone (another renamed it) carries on with the adopted table.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[tokio::test]
+    async fn a_migrations_table_adopted_meanwhile_is_taken_as_adopted() {
+        let mut catalog = AdoptedMeanwhile { renamed: false };
+        let migrator = sqlx::migrate::Migrator::DEFAULT;
+        let action = resolve(
+            &mut catalog,
+            SchemaPolicy::Migrate,
+            &migrator,
+            HIVE,
+            "db",
+            |e| Error::Database(e.to_string()),
+        )
+        .await;
+        assert_eq!(action.ok(), Some(Action::Migrate));
+    }
 
     const HIVE: &[&str] = &["tasks", "plans"];
 

@@ -274,7 +274,11 @@ async fn open_once(
         let mut opts = base
             .create_if_missing(creates)
             .synchronous(SqliteSynchronous::Normal)
-            .pragma("wal_autocheckpoint", "16384");
+            .pragma("wal_autocheckpoint", "16384")
+            // The log is cut back to this once a checkpoint has emptied it: after a large
+            // submit or prune it would otherwise keep its largest size while any process
+            // holds the database open, which workers always do.
+            .pragma("journal_size_limit", "67108864");
         if creates {
             // Switching to WAL writes the file: only where the schema may be created. WAL
             // is a property of the file, so a database Hive created is in WAL already.
