@@ -515,3 +515,22 @@ async fn the_overviews_task_counts_reuse_the_finished_count() {
         );
     }
 }
+
+/// Finished counts kept for reuse are dropped when this process changes them (a prune
+/// here): the next overview counts again instead of showing what is gone.
+#[tokio::test]
+async fn finished_counts_are_read_again_after_a_prune() {
+    let mut m = MockStore::new();
+    m.expect_count_unfinished_tasks()
+        .returning(|| Ok(Vec::new()));
+    m.expect_count_finished_tasks().times(2).returning(|| {
+        // Reused for 50 times this: a second, far beyond the test.
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(Vec::new())
+    });
+    m.expect_prune_tasks().times(1).returning(|_| Ok(0));
+    let o = ops(m);
+    o.status_counts().await.unwrap();
+    o.prune_tasks(Duration::from_secs(60), &[]).await.unwrap();
+    o.status_counts().await.unwrap();
+}

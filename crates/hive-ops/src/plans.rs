@@ -337,6 +337,7 @@ impl<S: Store + ?Sized> Ops<S> {
         counters.status.check_retry()?;
         let requeued = self.store.retry_plan(plan_id).await?;
         self.plans_changed([plan_id]);
+        self.finished_counts.forget().await;
         if requeued.as_ref().is_some_and(Vec::is_empty)
             && self
                 .store
@@ -392,6 +393,7 @@ impl<S: Store + ?Sized> Ops<S> {
             // (a plan another transaction held, or reopened since its candidates were read,
             // is passed over; the next batch's candidates are read anew).
             if pruned.plans == 0 {
+                self.finished_counts.forget().await;
                 return Ok(total);
             }
         }
@@ -410,6 +412,7 @@ impl<S: Store + ?Sized> Ops<S> {
         };
         let cancelled = self.store.cancel_plan(plan_id).await?;
         self.plans_changed([plan_id]);
+        self.finished_counts.forget().await;
         Ok(cancelled.is_some_and(|c| !failed || !c.is_empty()))
     }
 }

@@ -48,6 +48,13 @@ impl FinishedCounts {
         *last = Some((Instant::now() + reuse, counts.clone()));
         Ok(counts)
     }
+
+    /// Drops the counts kept: this process just moved tasks into or out of a finished
+    /// status, or deleted some, and its next overview must not count them twice or count
+    /// what is gone. (Other processes' changes wait for the counts' age, as documented.)
+    pub(crate) async fn forget(&self) {
+        *self.last.lock().await = None;
+    }
 }
 
 impl<S: Store + ?Sized> Ops<S> {

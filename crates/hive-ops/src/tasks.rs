@@ -230,6 +230,7 @@ impl<S: Store + ?Sized> Ops<S> {
         let changed = self.store.set_task_status(id, change).await?;
         if let Some(c) = &changed {
             self.plans_changed(c.task.plan_id);
+            self.finished_counts.forget().await;
         }
         Ok(changed)
     }
@@ -356,16 +357,27 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Deletes a task and its runs; false for an unknown task.
     pub async fn delete_task(&self, id: TaskId) -> Result<bool> {
-        Ok(self.store.delete_task(id).await?)
+        let deleted = self.store.delete_task(id).await?;
+        self.finished_counts.forget().await;
+        Ok(deleted)
     }
 
     /// Deletes finished tasks outside plans older than `older_than` in the given terminal
-    /// statuses, in bounded batches so no statement holds locks for long. Returns how many
-    /// were deleted. Plan subtasks go with their plan ([`Ops::prune_plans`]).
+    /// statuses (none given: every finished status, as [`Ops::prune_plans`] takes it), in
+    /// bounded batches so no statement holds locks for long. Returns how many were
+    /// deleted. Plan subtasks go with their plan ([`Ops::prune_plans`]).
     pub async fn prune_tasks(&self, older_than: Duration, statuses: &[TaskStatus]) -> Result<u64> {
+        let statuses = match statuses {
+            [] => vec![
+                TaskStatus::Completed,
+                TaskStatus::Failed,
+                TaskStatus::Cancelled,
+            ],
+            given => given.to_vec(),
+        };
         let params = PruneParams {
             older_than,
-            statuses: statuses.to_vec(),
+            statuses,
             limit: self.config.prune_batch.max(1),
         };
         let mut total = 0;
@@ -373,6 +385,7 @@ impl<S: Store + ?Sized> Ops<S> {
             let n = self.store.prune_tasks(&params).await?;
             total += n;
             if n < u64::from(params.limit) {
+                self.finished_counts.forget().await;
                 return Ok(total);
             }
         }

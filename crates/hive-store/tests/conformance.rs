@@ -55,6 +55,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     full_jitter_spreads_a_burst_of_retries, a_tasks_own_policy_replaces_the_callers,
     snoozes_give_the_attempt_back_and_are_bounded,
     a_run_given_back_is_not_a_snooze, a_plan_retry_gives_a_subtask_its_snoozes_back,
+    a_requeued_task_loses_its_result_until_it_finishes_again, a_queued_task_queued_again_runs_now,
     progress_is_stored_on_the_live_run_and_announced,
     schedules_round_trip_and_move_compare_and_set, work_is_unfinished_by_key_until_it_ends,
     task_pages_are_newest_first_and_follow_the_cursor,

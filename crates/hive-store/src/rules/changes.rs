@@ -14,6 +14,8 @@ use crate::{
     Effects, FinishReport, Finished, Notification, Notifier, Outcome, RunOutcome, StatusChange,
 };
 
+mod refusals;
+
 /// A change to one task row. Every patch sets the status and stamps `updated_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskPatch {
@@ -449,9 +451,12 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             }
             if to == TaskStatus::Queued {
                 self.requeue(id, None);
-                // Back in the queue it waits again for every dependency not completed now.
+                // Back in the queue it waits again for every dependency not completed now,
+                // and its result is no longer its outcome (a failure next must not read
+                // as the earlier success).
                 self.patch(id).recount_pending = previous.is_terminal();
                 if previous.is_terminal() {
+                    self.patch(id).result = Some(None);
                     self.reopen(id, task.plan_id, previous);
                 }
             } else {
@@ -466,6 +471,14 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             if to.is_terminal() {
                 effects = self.on_terminal(id);
             }
+        } else if requeue {
+            // Queued already, maybe waiting out a retry's backoff or a start delay: asked
+            // to queue it again, it may run now.
+            self.requeue(id, None);
+            self.task_note(Change::TaskStatus(TaskStatusChange {
+                plan_id: task.plan_id,
+                ..TaskStatusChange::new(id, to)
+            }));
         }
         if let Some(why) = reason {
             self.patch(id).error = Some(why.clone());
@@ -559,46 +572,6 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         self.notes.push(note);
         self.set_plan(plan, counters);
         Some(requeued)
-    }
-
-    /// A failed or cancelled subtask queued again alone would run in a plan that never
-    /// moves again, with what depends on it cancelled: refused while its plan is failed or
-    /// cancelled (its retry requeues the subtask with its dependents).
-    fn check_plan_runs_on(&self, task: &Task) -> Result<(), hive_models::Error> {
-        let Some(pid) = task.plan_id else {
-            return Ok(());
-        };
-        match self.plan_counters(pid).map(|c| c.status) {
-            Some(status) if !status.requeues_subtasks() => {
-                Err(hive_models::Error::SubtaskOfFinishedPlan {
-                    task: task.id.to_string(),
-                    plan: pid.to_string(),
-                    status: status.as_str(),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// A task queued again waits for every dependency not completed; one that failed or
-    /// was cancelled (alone, its plan left running) never completes, so the task would wait
-    /// for good and its plan never finish: refused. The adapter loads the dependencies of a
-    /// task requeued from a finished status ([`StatusChange::loads_dependencies`]).
-    fn check_dependencies_can_complete(&self, task: &Task) -> Result<(), hive_models::Error> {
-        for &dep in &task.dependencies {
-            if let Some(st) = self
-                .state(dep)
-                .map(|d| d.status)
-                .filter(|s| s.never_completes())
-            {
-                return Err(hive_models::Error::DependencyWillNotComplete {
-                    task: task.id.to_string(),
-                    dependency: dep.to_string(),
-                    status: st.as_str(),
-                });
-            }
-        }
-        Ok(())
     }
 
     fn plan_counters(&self, id: PlanId) -> Option<PlanCounters> {

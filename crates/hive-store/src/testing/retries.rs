@@ -227,3 +227,59 @@ pub async fn a_plan_retry_gives_a_subtask_its_snoozes_back(s: S) {
         rep[0]
     );
 }
+
+/// A completed task queued again no longer carries its result (a failure next must not
+/// read as the earlier success), and gets one again only by finishing.
+pub async fn a_requeued_task_loses_its_result_until_it_finishes_again(s: S) {
+    let id = s
+        .insert_tasks(vec![NewTask::new("report", "test").max_retries(0)])
+        .await
+        .unwrap()
+        .ids[0];
+    let first = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    s.finish_runs(&[super::fixtures::success(first[0].run.id)])
+        .await
+        .unwrap();
+    assert!(s.get_task(id).await.unwrap().unwrap().result.is_some());
+    s.set_task_status(id, crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let t = s.get_task(id).await.unwrap().unwrap();
+    assert_eq!((t.status, t.result), (TaskStatus::Queued, None));
+    let again = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    s.finish_runs(&[failure(again[0].run.id, None)])
+        .await
+        .unwrap();
+    let t = s.get_task(id).await.unwrap().unwrap();
+    assert_eq!((t.status, t.result), (TaskStatus::Failed, None));
+}
+
+/// A queued task waiting out its retry's backoff, queued again by hand, may run at once.
+pub async fn a_queued_task_queued_again_runs_now(s: S) {
+    let id = s
+        .insert_tasks(vec![NewTask::new("later", "test").max_retries(2)])
+        .await
+        .unwrap()
+        .ids[0];
+    let first = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    let minute =
+        RetryPolicy::exponential(Duration::from_secs(60), Duration::from_secs(60)).without_jitter();
+    s.finish_runs(&[failure(first[0].run.id, Some(minute))])
+        .await
+        .unwrap();
+    assert!(
+        s.claim_tasks(&claim_params("w", 1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "waiting out its backoff"
+    );
+    s.set_task_status(id, crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let now = s.claim_tasks(&claim_params("w", 1)).await.unwrap();
+    assert_eq!(now.len(), 1, "queued again: claimable at once");
+    assert_eq!(now[0].task.id, id);
+}
