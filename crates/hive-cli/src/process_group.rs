@@ -391,6 +391,8 @@ mod tests {
     /// runs again) cleans up and ends at once instead of after the whole grace.
     #[tokio::test]
     async fn a_stopped_group_is_woken_to_act_on_its_sigterm() {
+        // `kill_all` in another test would SIGKILL it before its trap could run.
+        let _turn = SERIAL.lock().await;
         let (mut child, guard) = ProcessGroup::spawn(
             tokio::process::Command::new("sh")
                 // Foreground children only: an orphan's zombie would outlive the shell here.
