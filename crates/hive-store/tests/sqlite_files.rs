@@ -88,6 +88,15 @@ async fn file_url_forms_wal_and_table_names() {
         .await
         .unwrap();
     assert_eq!(check, "ok");
+    // Payloads and results are in it: the file and its log are its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["hive.db", "hive.db-wal", "hive.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
 }
 
 #[tokio::test]

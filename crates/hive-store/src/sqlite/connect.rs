@@ -193,6 +193,9 @@ pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<
         )));
     }
     abort_on_panic();
+    if creates && !parsed.in_memory {
+        create_private(Path::new(&parsed.path));
+    }
     // Processes opening a new file at once race for it: switching it to WAL needs it alone
     // (SQLite answers "database is locked" at once, not after the busy timeout), and its
     // schema is inspected while another creates it. Only a file missing or empty before
@@ -213,6 +216,24 @@ pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<
             opened => return opened,
         }
     }
+}
+
+/// Creates a missing database file readable and writable by its owner only: tasks'
+/// payloads and results live in it, and SQLite gives its `-wal` and `-shm` files the same
+/// mode. A file that exists (or that another process creates at the same moment) is left
+/// as it is; a failure here is left to SQLite's own open, which reports it.
+fn create_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Attempts at opening a file other processes may be creating too.
