@@ -135,6 +135,35 @@ async fn requeue_meanwhile(
     requeue
 }
 
+/// What a requeue of cancelled subtask `a` racing the move that ends its plan may leave,
+/// in either order: after the move, the plan is cancelled and the requeue refused, `a`
+/// staying cancelled; before it, `a` is queued and the plan runs on. Never a cancelled
+/// plan with `a` queued to run in it.
+async fn requeued_in_either_order(
+    s: &dyn Store,
+    plan_id: PlanId,
+    a: TaskId,
+    requeued: hive_store::Result<Option<hive_store::StatusChanged>>,
+) {
+    let a = s.get_task(a).await.unwrap().unwrap();
+    let counters = s.get_plan_counters(plan_id).await.unwrap().unwrap();
+    match requeued {
+        Err(e) => {
+            assert!(e.to_string().contains("cancelled"), "{e}");
+            assert_eq!(a.status, TaskStatus::Cancelled);
+            assert_eq!(counters.status, PlanStatus::Cancelled);
+        }
+        Ok(_) => {
+            assert_eq!(a.status, TaskStatus::Queued);
+            assert_eq!(
+                counters.status,
+                PlanStatus::InProgress,
+                "`a` is queued again, yet the plan is {counters:?}"
+            );
+        }
+    }
+}
+
 /// Finishes `run` with success, spawning `spawn`, in a task of its own.
 fn spawn_from(
     s: &Arc<dyn Store>,
@@ -312,24 +341,7 @@ async fn a_requeue_during_a_plans_settle_is_not_overwritten() {
     finishing.await.unwrap();
     let requeued = requeue.await.unwrap();
 
-    let a = s.get_task(a).await.unwrap().unwrap();
-    let counters = s.get_plan_counters(plan_id).await.unwrap().unwrap();
-    match requeued {
-        Err(e) => {
-            assert!(e.to_string().contains("cancelled"), "{e}");
-            assert_eq!(a.status, TaskStatus::Cancelled);
-            assert_eq!(counters.status, PlanStatus::Cancelled);
-        }
-        Ok(_) => {
-            assert_eq!(a.status, TaskStatus::Queued);
-            assert_eq!(
-                counters.status,
-                PlanStatus::InProgress,
-                "a subtask is queued, yet the plan is {}",
-                counters.status
-            );
-        }
-    }
+    requeued_in_either_order(&*s, plan_id, a, requeued).await;
 }
 
 /// `b`, the last open subtask, is marked completed while `a`, cancelled alone before, is
@@ -391,25 +403,7 @@ async fn a_requeue_while_a_plans_last_subtask_completes_is_not_overwritten() {
     completing.await.unwrap();
     let requeued = requeue.await.unwrap();
 
-    let a = s.get_task(ids["a"]).await.unwrap().unwrap();
-    let counters = s.get_plan_counters(plan_id).await.unwrap().unwrap();
-    match requeued {
-        // After the completion: the plan was cancelled, so `a` may not run in it.
-        Err(e) => {
-            assert!(e.to_string().contains("cancelled"), "{e}");
-            assert_eq!(a.status, TaskStatus::Cancelled);
-            assert_eq!(counters.status, PlanStatus::Cancelled);
-        }
-        // Before it: the completion saw `a` queued, so the plan runs on.
-        Ok(_) => {
-            assert_eq!(a.status, TaskStatus::Queued);
-            assert_eq!(
-                counters.status,
-                PlanStatus::InProgress,
-                "`a` is queued again, yet the plan is {counters:?}"
-            );
-        }
-    }
+    requeued_in_either_order(&*s, plan_id, ids["a"], requeued).await;
 }
 
 /// `r` spawns `n`, which depends on `e`, queued. Were `e` claimed and finished while the
