@@ -2,7 +2,8 @@
 //! given back within a heartbeat (not held for as long as the worker lives), and a task
 //! cancelled from another process stops its running handler within a poll interval, also
 //! on SQLite, where no notification crosses processes. A second process started with the
-//! same worker id stops the first, rather than both giving back each other's runs.
+//! same worker id stops the first, rather than both giving back each other's runs, and
+//! ends the runs a dead first process held with their attempts counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ mod one_id {
 
     hive_store::per_backend!(hive_store::testing::TestStore::run, client_on =>
         a_second_process_with_the_same_worker_id_stops_the_first,
+        a_worker_started_again_counts_the_attempt_its_dead_process_held,
     );
 }
 
@@ -72,6 +74,78 @@ async fn a_second_process_with_the_same_worker_id_stops_the_first(c: Client) {
     }
     second_stop.shutdown();
     second.await.unwrap().unwrap();
+}
+
+/// A process under a fixed worker id claims a task and dies with it (a task that kills its
+/// worker); its supervisor starts it again under the same id before the lease lapses. The
+/// new process ends the dead one's run as timed out, its attempt counted: with no retries
+/// left the task fails for good and its handler never runs again, where a run given back
+/// uncounted would crash every restart.
+async fn a_worker_started_again_counts_the_attempt_its_dead_process_held(c: Client) {
+    const TYPE: &str = "kills-its-worker";
+    let poison = c
+        .create_task(NewTask::new("poison", TYPE).max_retries(0))
+        .await
+        .unwrap();
+    let fine = c
+        .create_task(NewTask::new("fine", TYPE).max_retries(1))
+        .await
+        .unwrap();
+    c.register_worker("phoenix", "r", vec![]).await.unwrap();
+    let id = hive_client::WorkerId::parse("phoenix").unwrap();
+    let held = c
+        .claim_tasks(&id, &[TYPE.to_owned()], 2, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 2);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let w = c
+        .worker("phoenix")
+        .task_types([TYPE])
+        .handle_signals(false)
+        .poll_interval(Duration::from_millis(100));
+    let shutdown = w.shutdown_handle();
+    let run = tokio::spawn(w.run(move |_ctx: TaskContext| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, TaskError>(serde_json::json!("done")) }
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get_task(fine).await.unwrap().unwrap().status != TaskStatus::Completed {
+        assert!(
+            Instant::now() < deadline,
+            "the task with a retry left never ran again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = c.get_task(poison).await.unwrap().unwrap();
+    assert_eq!(
+        dead.status,
+        TaskStatus::Failed,
+        "out of retries, it fails for good"
+    );
+    assert_eq!(dead.attempts, 1, "the dead process's attempt counted");
+    let runs = c.list_runs(poison).await.unwrap();
+    assert_eq!(runs.len(), 1, "never claimed again");
+    assert_eq!(runs[0].status, RunStatus::Timeout);
+    let error = runs[0].error_message.as_deref().unwrap_or_default();
+    assert!(error.contains("started again"), "{error}");
+    let statuses: Vec<RunStatus> = c
+        .list_runs(fine)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![RunStatus::Timeout, RunStatus::Success]);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the task with a retry left ran"
+    );
+    shutdown.shutdown();
+    run.await.unwrap().unwrap();
 }
 
 hive_store::per_backend!([sqlite, postgres], hive_store::testing::TestStore::run_with_url =>

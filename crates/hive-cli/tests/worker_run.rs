@@ -479,6 +479,32 @@ fn worker_list_tells_a_silent_worker_from_a_live_one_as_status_does() {
     let out = db.json(&["worker", "unregister", "live", "--force"]);
     assert_eq!(out, serde_json::json!({"id": "live", "requeued": []}));
     assert!(db.json(&["worker", "list"]).as_array().unwrap().is_empty());
+
+    // Silent, but holding a run whose lease holds: it may be cut off, not dead, and its
+    // run released would run twice at once. Kept, unless forced.
+    register(&["silent"]);
+    let held = rt.block_on(async {
+        let client = hive_client::Client::connect(&db.url).await.unwrap();
+        let id = client
+            .create_task(hive_client::NewTask::new("held", "x"))
+            .await
+            .unwrap();
+        let silent = hive_client::WorkerId::parse("silent").unwrap();
+        let lease = std::time::Duration::from_secs(3600);
+        let claimed = client
+            .claim_tasks(&silent, &["x".to_owned()], 1, lease)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        id
+    });
+    let (ok, _, stderr) = db.run(&["worker", "unregister", "silent"]);
+    assert!(!ok && stderr.contains("leases hold until"), "{stderr}");
+    let out = db.json(&["worker", "unregister", "silent", "--force"]);
+    assert_eq!(
+        out,
+        serde_json::json!({"id": "silent", "requeued": [held.to_string()]})
+    );
 }
 
 /// The run's duration in milliseconds, from `hive task runs --json`'s timestamps.

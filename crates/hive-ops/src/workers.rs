@@ -111,10 +111,12 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Removes the workers silent for longer than `silent_for` (and than the heartbeat
     /// timeout), by their last heartbeat on the database clock: processes that died without
     /// unregistering, each leaving a row (a stopped worker unregisters itself), offline or
-    /// not yet marked so. A worker still holding a run whose lease holds (a long lease, or
-    /// one its handler lengthened: it may be cut off, not dead) is kept until the lease
-    /// runs out and the reaper takes the run back. Returns the removed ids. One that beats
-    /// again after all registers anew.
+    /// not yet marked so. A worker still holding a run (its lease may hold — a long lease,
+    /// or one its handler lengthened: it may be cut off, not dead — or have lapsed without
+    /// the reaper yet taking the run back) is kept: pruning never gives a run back, the
+    /// reaper does, counting the attempt. Each worker is checked and removed in one step
+    /// ([`Store::prune_worker`]), so one that beats or claims meanwhile is kept, or, alive
+    /// after all, registers anew at its next heartbeat. Returns the removed ids.
     pub async fn prune_workers(&self, silent_for: std::time::Duration) -> Result<Vec<WorkerId>> {
         let now = self.store.now().await?;
         let silent_for = silent_for.max(self.config.heartbeat_timeout);
@@ -124,23 +126,7 @@ impl<S: Store + ?Sized> Ops<S> {
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut removed = Vec::new();
         for w in self.store.list_workers(&WorkerFilter::default()).await? {
-            if w.last_heartbeat >= before {
-                continue;
-            }
-            let leased = self
-                .store
-                .running_runs(std::slice::from_ref(&w.id))
-                .await?
-                .iter()
-                .any(|r| r.lease_expires_at.is_some_and(|until| until > now));
-            // Read again just before: a worker that beat since the listing is kept (a beat
-            // landing after this read finds itself unknown and registers anew).
-            let still_silent = self
-                .store
-                .get_worker(&w.id)
-                .await?
-                .is_some_and(|again| again.last_heartbeat < before);
-            if !leased && still_silent && self.store.unregister_worker(&w.id).await?.is_some() {
+            if w.last_heartbeat < before && self.store.prune_worker(&w.id, before).await? {
                 removed.push(w.id);
             }
         }

@@ -70,14 +70,18 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
 );
 
 /// `prune_workers` removes the workers silent for longer than asked (and than the
-/// heartbeat timeout), releasing what they held, and keeps those that beat since.
+/// heartbeat timeout) and keeps those that beat since. It never gives a run back: a worker
+/// holding one (its lease holding, or lapsed and not yet reaped) is kept until the reaper
+/// takes the run back, counting the attempt; and one silent that claims a task (a claim
+/// does not touch the worker's row: it came back from a partition before its next beat)
+/// is kept with its claim.
 async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
     let config = OpsConfig {
         heartbeat_timeout: Duration::from_millis(200),
         ..o.config().clone()
     };
     let o = Ops::with_config(o.store().clone(), config);
-    for w in ["dead", "alive"] {
+    for w in ["dead", "alive", "back"] {
         o.register_worker(w, "r", vec![]).await.unwrap();
     }
     o.create_task(NewTask::new("held", "x")).await.unwrap();
@@ -88,18 +92,32 @@ async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     o.update_worker_heartbeat("alive", None).await.unwrap();
+    o.create_task(NewTask::new("late", "x")).await.unwrap();
+    let late = claim(&o, "back", LEASE).await;
     assert!(
         o.prune_workers(Duration::ZERO).await.unwrap().is_empty(),
-        "silent, but its run's lease holds: maybe cut off, not dead"
+        "silent, but holding runs: maybe cut off, not dead"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     o.update_worker_heartbeat("alive", None).await.unwrap();
+    assert!(
+        o.prune_workers(Duration::ZERO).await.unwrap().is_empty(),
+        "a lapsed lease is the reaper's to take back, not the pruner's"
+    );
+    assert_eq!(
+        o.reap().await.unwrap().requeued,
+        [(held.task.id, held.run.id)]
+    );
     let pruned = o.prune_workers(Duration::ZERO).await.unwrap();
     assert_eq!(pruned, [worker("dead")]);
     assert!(o.get_worker("dead").await.unwrap().is_none());
     assert!(o.get_worker("alive").await.unwrap().is_some());
+    assert!(o.get_worker("back").await.unwrap().is_some());
     let t = o.get_task(held.task.id).await.unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Queued, "its task back in the queue");
+    assert_eq!(t.attempts, 1, "the reaper counted the attempt");
+    let t = o.get_task(late.task.id).await.unwrap().unwrap();
+    assert_eq!(t.status, TaskStatus::InProgress, "the late claim stands");
     assert!(
         o.prune_workers(Duration::from_secs(3600))
             .await

@@ -581,6 +581,16 @@ impl Store for MemoryStore {
         Ok(Some(released))
     }
 
+    async fn prune_worker(&self, id: &WorkerId, silent_before: Timestamp) -> Result<bool> {
+        let pruned = self.lock().prune_worker(id, silent_before);
+        if pruned {
+            self.send(vec![
+                self.notifier.worker(id.clone(), WorkerStatus::Offline),
+            ]);
+        }
+        Ok(pruned)
+    }
+
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
         Ok(self.lock().insert_plan(plan, now()).0)
     }

@@ -462,6 +462,10 @@ impl Store for PostgresStore {
         self.retrying(|| self.unregister_once(id)).await
     }
 
+    async fn prune_worker(&self, id: &WorkerId, silent_before: Timestamp) -> Result<bool> {
+        self.run(self.prune_worker_once(id, silent_before)).await
+    }
+
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
         self.run(self.insert_plan_row(&plan)).await
     }

@@ -535,6 +535,10 @@ impl Store for SqliteStore {
         write!(self, workers::unregister, id)
     }
 
+    async fn prune_worker(&self, id: &WorkerId, silent_before: Timestamp) -> Result<bool> {
+        write!(self, workers::prune, id, silent_before)
+    }
+
     async fn insert_plan(&self, plan: NewPlan) -> Result<PlanId> {
         write!(self, quiet plans::insert, &plan)
     }

@@ -333,6 +333,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the requeued tasks, or `None` for an unknown worker.
     async fn unregister_worker(&self, id: &WorkerId) -> Result<Option<Vec<TaskId>>>;
 
+    /// Deletes a worker whose last heartbeat is before `silent_before` and that holds no
+    /// running run (whatever its lease), in one step, announcing it offline; true when
+    /// deleted. Runs are never released here: a worker holding one is left for the reaper,
+    /// which takes the run back once its lease lapses, counting the attempt; and a claim
+    /// committing meanwhile is not undone (its worker, alive after all, registers again at
+    /// its next heartbeat).
+    async fn prune_worker(&self, id: &WorkerId, silent_before: Timestamp) -> Result<bool>;
+
     // ---- plans ----
 
     /// Stores a validated plan as `pending`, not yet materialized. A plan with an

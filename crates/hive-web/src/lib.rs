@@ -19,7 +19,7 @@ pub mod security;
 mod view;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hive_client::Client;
 
@@ -76,17 +76,38 @@ pub(crate) struct AppState {
 }
 
 /// A dashboard bound to its address, not yet serving.
+///
+/// A server can be bound before its database answers ([`Server::listen`]): until a
+/// client is [attached](Attach::attach), `/healthz` answers (the process is alive, so an
+/// orchestrator's liveness probe does not restart it while the database starts) and every
+/// other path answers 503.
 #[derive(Debug)]
 pub struct Server {
     listener: tokio::net::TcpListener,
-    router: axum::Router,
+    dashboard: Arc<OnceLock<axum::Router>>,
     stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// Gives a [listening](Server::listen) server its client, once the database answers.
+#[derive(Debug)]
+pub struct Attach {
+    security: Arc<Security>,
+    dashboard: Arc<OnceLock<axum::Router>>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Server {
     /// Checks the security rules for `config` (refusing a non-loopback address without a
     /// token before anything is bound), binds, and starts counting runs for `/metrics`.
     pub async fn bind(client: Client, config: Config) -> Result<Server> {
+        let (server, attach) = Server::listen(config).await?;
+        attach.attach(client).await?;
+        Ok(server)
+    }
+
+    /// Checks the security rules for `config` and binds, with no client yet: only the
+    /// liveness probe answers until the returned [`Attach`] is used.
+    pub async fn listen(config: Config) -> Result<(Server, Attach)> {
         let security = Security::for_bind(config.bind, config.token)?;
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
@@ -95,23 +116,19 @@ impl Server {
                 source,
             })?;
         let security = Arc::new(security.bound_to(listener.local_addr()?));
-        let metrics = hive_metrics::Metrics::new()?;
-        metrics
-            .watch(client.clone())
-            .await
-            .map_err(Error::Metrics)?;
+        let dashboard = Arc::new(OnceLock::new());
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
-        let state = AppState {
-            client,
+        let attach = Attach {
             security,
-            metrics,
+            dashboard: dashboard.clone(),
             stopping: stopping_rx,
         };
-        Ok(Server {
+        let server = Server {
             listener,
-            router: routes(state),
+            dashboard,
             stopping,
-        })
+        };
+        Ok((server, attach))
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -122,13 +139,58 @@ impl Server {
     /// the requests in flight are answered.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let stopping = self.stopping;
-        axum::serve(self.listener, self.router)
+        let router = axum::Router::new()
+            .fallback(dispatch)
+            .with_state(self.dashboard);
+        axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 stopping.send_replace(true);
             })
             .await?;
         Ok(())
+    }
+}
+
+impl Attach {
+    /// Serves the dashboard with `client` from now on and starts counting runs for
+    /// `/metrics`.
+    pub async fn attach(self, client: Client) -> Result<()> {
+        let metrics = hive_metrics::Metrics::new()?;
+        metrics
+            .watch(client.clone())
+            .await
+            .map_err(Error::Metrics)?;
+        let state = AppState {
+            client,
+            security: self.security,
+            metrics,
+            stopping: self.stopping,
+        };
+        let _ = self.dashboard.set(routes(state));
+        Ok(())
+    }
+}
+
+/// Every request goes to the dashboard once it has a client; before, only the liveness
+/// probe answers.
+async fn dispatch(
+    axum::extract::State(dashboard): axum::extract::State<Arc<OnceLock<axum::Router>>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    match dashboard.get() {
+        Some(router) => match router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None if request.uri().path() == "/healthz" => probes::alive().await.into_response(),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the database\n",
+        )
+            .into_response(),
     }
 }
 

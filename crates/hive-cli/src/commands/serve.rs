@@ -17,44 +17,51 @@ pub struct ServeArgs {
 }
 
 pub async fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    // The security rule is checked before connecting: a refused bind never touches the
-    // database.
-    hive_web::Security::for_bind(args.bind, args.token.clone())?;
-    let mut stop = crate::signals::Interrupts::install()?;
-    let Some(client) = ctx.client_when_up(&mut stop).await? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    let server = hive_web::Server::bind(
-        client,
-        hive_web::Config {
-            bind: args.bind,
-            token: args.token,
-        },
-    )
+    // The address is bound before connecting, so `/healthz` answers while the database is
+    // still coming up; the security rule is checked before that, so a refused bind never
+    // touches the database.
+    let (server, attach) = hive_web::Server::listen(hive_web::Config {
+        bind: args.bind,
+        token: args.token,
+    })
     .await?;
-    crate::logging::eprint_line(&format!(
-        "hive serve: listening on http://{} (database {})",
-        server.local_addr()?,
-        hive_client::store::DatabaseUrl::new(&ctx.database_url)
-    ));
+    let addr = server.local_addr()?;
+    let mut stop = crate::signals::Interrupts::install()?;
     let (shut, shutting) = tokio::sync::oneshot::channel::<()>();
-    let serving = server.run(async move {
+    // Served from its own task, so requests are answered while this one waits for the
+    // database and attaches the client.
+    let mut serving = tokio::spawn(server.run(async move {
         let _ = shutting.await;
-    });
-    tokio::pin!(serving);
-    tokio::select! {
-        served = &mut serving => served?,
-        () = stop.next() => {
-            let _ = shut.send(());
-            // Answering the requests in flight is bounded: one held up by its database
-            // must not hold the exit, and a second signal skips the wait.
-            tokio::select! {
-                served = &mut serving => served?,
-                () = stop.next() => {}
-                () = tokio::time::sleep(DRAIN_AT_MOST) => {
-                    tracing::warn!("requests still in flight after {DRAIN_AT_MOST:?}; stopping");
-                }
+    }));
+    let client = tokio::select! {
+        client = ctx.client_when_up(&mut stop) => client?,
+        served = &mut serving => {
+            served??;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Some(client) = client {
+        attach.attach(client).await?;
+        crate::logging::eprint_line(&format!(
+            "hive serve: listening on http://{addr} (database {})",
+            hive_client::store::DatabaseUrl::new(&ctx.database_url)
+        ));
+        tokio::select! {
+            served = &mut serving => {
+                served??;
+                return Ok(ExitCode::SUCCESS);
             }
+            () = stop.next() => {}
+        }
+    }
+    let _ = shut.send(());
+    // Answering the requests in flight is bounded: one held up by its database must not
+    // hold the exit, and a second signal skips the wait.
+    tokio::select! {
+        served = &mut serving => served??,
+        () = stop.next() => {}
+        () = tokio::time::sleep(DRAIN_AT_MOST) => {
+            tracing::warn!("requests still in flight after {DRAIN_AT_MOST:?}; stopping");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -135,6 +135,24 @@ async fn unregister(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> 
                  pass --force to remove it anyway"
             );
         }
+        // Silent, yet maybe cut off rather than dead: a run whose lease holds may still be
+        // running there, and released it would run twice at once.
+        let now = client.store().now().await?;
+        let leased = client
+            .running_runs(&worker_id)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.lease_expires_at)
+            .filter(|until| *until > now)
+            .max();
+        if let Some(until) = leased {
+            anyhow::bail!(
+                "worker `{worker_id}` holds runs whose leases hold until {} (it may be cut \
+                 off, not dead); wait for them to lapse (the reaper then takes them back), or \
+                 pass --force to give them back now",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+        }
     }
     let Some(requeued) = client.remove_worker(worker_id.as_str()).await? else {
         anyhow::bail!("worker `{worker_id}` not found");

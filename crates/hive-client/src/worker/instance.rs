@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hive_models::{Worker, WorkerId, WorkerStatus};
+use hive_models::{IdMap, TaskId, Worker, WorkerId, WorkerStatus};
+use hive_store::{Finished, Outcome, RunOutcome};
 
 use crate::Client;
 
@@ -73,6 +74,63 @@ impl Instance {
             );
         }
         Ok(())
+    }
+
+    /// Ends the runs the store has this worker id holding as this runtime registers: an
+    /// earlier process under the id claimed them, one that died (a restart under a fixed
+    /// id, such as pid 1 in a container) or that this registration replaces. Each ends
+    /// `timeout`, its attempt counted, as the reaper would end it once its lease lapsed:
+    /// given back uncounted (as a claim whose reply was lost is), a task that kills its
+    /// worker's process would crash it again on every restart and never reach
+    /// `max_retries`. Returns how many runs ended here.
+    pub(super) async fn end_inherited_runs(
+        &self,
+        client: &Client,
+        id: &WorkerId,
+    ) -> hive_ops::Result<usize> {
+        let runs = client.running_runs(id).await?;
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<TaskId> = runs.iter().map(|r| r.task_id).collect();
+        let types: IdMap<TaskId, String> = client
+            .get_tasks(&ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.task_type))
+            .collect();
+        let outcomes = runs
+            .iter()
+            .map(|run| RunOutcome {
+                run_id: run.id,
+                outcome: Outcome::TimedOut {
+                    error: format!(
+                        "its worker `{id}` was started again while this run was held: the \
+                         process that claimed it is gone or replaced"
+                    ),
+                    retry: types
+                        .get(&run.task_id)
+                        .map(|t| client.config().retry_for(t)),
+                },
+                output_log: None,
+                waited: std::time::Duration::ZERO,
+            })
+            .collect();
+        let ended = client
+            .finish_runs(outcomes)
+            .await?
+            .iter()
+            .filter(|r| r.finished != Finished::Stale)
+            .count();
+        if ended > 0 {
+            tracing::warn!(
+                worker = %id,
+                ended,
+                "runs an earlier process under this worker id held ended as timed out \
+                 (their attempts count; the tasks retry while they have retries left)"
+            );
+        }
+        Ok(ended)
     }
 
     pub(super) fn set_replaced(&self) {

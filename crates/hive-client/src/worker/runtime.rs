@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hive_models::{RunId, Task, TaskStatus, WorkerId, WorkerStatus};
+use hive_models::{RunId, Task, TaskStatus, WorkerId};
 use hive_ops::Claimed;
 use hive_ops::store::{TaskFilter, WorkerRegistration};
 use tokio::sync::{Notify, mpsc, watch};
@@ -122,7 +122,8 @@ impl Runtime {
             let registered = async {
                 let client = &self.cfg.client;
                 self.instance.warn_if_taken(client, &self.id).await?;
-                client.register_worker_with(&self.registration()).await
+                client.register_worker_with(&self.registration()).await?;
+                self.instance.end_inherited_runs(client, &self.id).await
             }
             .await;
             self.cfg
@@ -337,9 +338,7 @@ impl Runtime {
             async move {
                 health.attempting();
                 let beat = async {
-                    let known = client
-                        .update_worker_heartbeat(id.as_str(), Some(WorkerStatus::Active))
-                        .await?;
+                    let known = client.update_worker_heartbeat(id.as_str(), None).await?;
                     // Someone unregistered or pruned this worker: register again, unless
                     // another process took the id (the row, gone or not, is not this one's).
                     if !known && !instance.replaced() {

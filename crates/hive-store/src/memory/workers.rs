@@ -1,6 +1,6 @@
 //! Workers in memory: a registration creates the worker or brings it back, active.
 
-use hive_models::{Json, Timestamp, Worker, WorkerStatus};
+use hive_models::{Json, Timestamp, Worker, WorkerId, WorkerStatus};
 
 use super::state::State;
 use crate::WorkerRegistration;
@@ -25,5 +25,18 @@ impl State {
         w.set_status(WorkerStatus::Active, None);
         w.last_heartbeat = at;
         w.clone()
+    }
+
+    /// Removes `id` if it has been silent since before `silent_before` and holds no
+    /// running run.
+    pub(crate) fn prune_worker(&mut self, id: &WorkerId, silent_before: Timestamp) -> bool {
+        let silent = self
+            .workers
+            .get(id)
+            .is_some_and(|w| w.last_heartbeat < silent_before);
+        if !silent || !self.runs_of(id).is_empty() {
+            return false;
+        }
+        self.workers.remove(id).is_some()
     }
 }

@@ -1,7 +1,7 @@
 //! Workers on Postgres: registering, heartbeats (extending the worker's leases), reads, and
 //! unregistering (releasing its runs by the rules).
 
-use hive_models::{RunId, TaskId, Worker, WorkerId, WorkerStatus};
+use hive_models::{RunId, TaskId, Timestamp, Worker, WorkerId, WorkerStatus};
 
 use super::replay::{self, load_locked};
 use super::sql::{end, micros, payload, server_now};
@@ -121,6 +121,34 @@ impl PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         found.iter().map(rows::worker).collect()
+    }
+
+    /// Deletes the worker if it has been silent since before `silent_before` and holds no
+    /// running run, in one statement; releases nothing.
+    pub(super) async fn prune_worker_once(
+        &self,
+        id: &WorkerId,
+        silent_before: Timestamp,
+    ) -> R<bool> {
+        let note = payload(&self.notifier.worker(id.clone(), WorkerStatus::Offline))?;
+        let row = sqlx::query(concat!(
+            "WITH gone AS ( \
+                 DELETE FROM workers WHERE id = $1 AND last_heartbeat < $2 \
+                   AND NOT EXISTS (SELECT 1 FROM runs \
+                                   WHERE worker_id = $1 AND status = 'running') \
+                 RETURNING id) \
+             SELECT (SELECT count(*) FROM gone) AS pruned, \
+                 (SELECT count(pg_notify(",
+            channel_sql!(),
+            ", $3::text)) FROM gone) AS notified"
+        ))
+        .bind(id.as_str())
+        .bind(silent_before)
+        .bind(note)
+        .fetch_one(&self.pool)
+        .await?;
+        let pruned: i64 = rows::get(&row, "pruned", "workers")?;
+        Ok(pruned > 0)
     }
 
     /// Deletes the worker and releases its live runs, in (task, run) order, by the rules.

@@ -1,6 +1,6 @@
 //! Workers: registration, heartbeats (which extend their runs' leases) and listing.
 
-use hive_models::{RunId, TaskId, Worker, WorkerId, WorkerStatus};
+use hive_models::{RunId, TaskId, Timestamp, Worker, WorkerId, WorkerStatus};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::db::{self, Conn, R, to_json};
@@ -100,6 +100,30 @@ pub(super) async fn list(c: &mut Conn, f: &WorkerFilter) -> R<Vec<Worker>> {
     b.push(" ORDER BY id");
     let rows = b.build().fetch_all(&mut *c).await?;
     rows.iter().map(db::worker_from_row).collect()
+}
+
+/// Deletes the worker if it has been silent since before `silent_before` and holds no
+/// running run; releases nothing.
+pub(super) async fn prune(
+    c: &mut Conn,
+    n: &Notifier,
+    notes: &mut Vec<Notification>,
+    id: &WorkerId,
+    silent_before: Timestamp,
+) -> R<bool> {
+    let gone = sqlx::query(
+        "DELETE FROM workers WHERE id = ?1 AND last_heartbeat < ?2 \
+           AND NOT EXISTS (SELECT 1 FROM runs WHERE worker_id = ?1 AND status = 'running')",
+    )
+    .bind(id.as_str())
+    .bind(db::us(silent_before))
+    .execute(&mut *c)
+    .await?;
+    let pruned = gone.rows_affected() > 0;
+    if pruned {
+        notes.push(n.worker(id.clone(), WorkerStatus::Offline));
+    }
+    Ok(pruned)
 }
 
 /// Deletes the worker and releases its live runs, as `release_runs` would.
