@@ -534,3 +534,49 @@ async fn finished_counts_are_read_again_after_a_prune() {
     o.prune_tasks(Duration::from_secs(60), &[]).await.unwrap();
     o.status_counts().await.unwrap();
 }
+
+/// A wait outlives a database blip (a restart, a failover): a read failing on a transient
+/// fault is tried again until the record answers; past the deadline the fault is the
+/// answer; a fault that is not transient ends the wait at once.
+#[tokio::test]
+async fn a_wait_reads_again_through_a_transient_fault() {
+    let id = TaskId::new();
+    let done = {
+        let mut t = hive_models::Task::from_new(id, NewTask::new("t", "x"), chrono::Utc::now());
+        t.status = TaskStatus::Completed;
+        t
+    };
+    let mut m = MockStore::new();
+    m.expect_subscribe().returning(|| Err(unavailable()));
+    let mut reads = 0;
+    m.expect_get_task().returning(move |_| {
+        reads += 1;
+        if reads <= 3 {
+            Err(unavailable())
+        } else {
+            Ok(Some(done.clone()))
+        }
+    });
+    let got = ops(m).wait_for_task(id, None).await.unwrap();
+    assert_eq!(got.status, TaskStatus::Completed);
+
+    let mut m = MockStore::new();
+    m.expect_subscribe().returning(|| Err(unavailable()));
+    m.expect_get_task().returning(|_| Err(unavailable()));
+    let e = ops(m)
+        .wait_for_task(id, Some(Duration::from_millis(700)))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+
+    let mut m = MockStore::new();
+    m.expect_subscribe().returning(|| Err(unavailable()));
+    m.expect_get_task().times(1).returning(|_| {
+        Err(hive_store::Error::Corrupt {
+            table: "tasks",
+            reason: "bad status".into(),
+        })
+    });
+    let e = ops(m).wait_for_task(id, None).await.unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+}

@@ -5,6 +5,8 @@
 //! are a hint, never the answer: the record is read after each one, and at least every
 //! [`RECHECK`] anyway, since not every change reaches this process as an event (SQLite
 //! announces nothing across processes; a notification can be lost while Postgres restarts).
+//! A read that fails on a transient fault is tried again at the next look, until the
+//! deadline.
 
 use std::time::Duration;
 
@@ -16,6 +18,9 @@ use crate::{Error, Ops, Result};
 
 /// The longest a wait goes without reading the record again.
 const RECHECK: Duration = Duration::from_millis(500);
+
+/// The shortest time between two reads of the record.
+const SPACING: Duration = Duration::from_millis(50);
 
 impl<S: Store + ?Sized> Ops<S> {
     /// The plan once it is finished (completed, failed or cancelled), or as it stands when
@@ -60,12 +65,37 @@ impl<S: Store + ?Sized> Ops<S> {
         let mut events = self.subscribe().await.ok();
         // A wait longer than the clock can hold is a wait without end, not a panic.
         let deadline = within.and_then(|d| tokio::time::Instant::now().checked_add(d));
+        let mut failing = false;
         loop {
-            let (finished, record) = read().await?;
-            if finished || past(deadline) {
-                return Ok(record);
+            let read_at = tokio::time::Instant::now();
+            match read().await {
+                Ok((finished, record)) => {
+                    if finished || past(deadline) {
+                        return Ok(record);
+                    }
+                    failing = false;
+                }
+                // A database that blips (a restart, a failover) does not end a wait that
+                // may have hours to go: the record is read again at the next look, and the
+                // error is the answer only once the deadline has passed.
+                Err(e) if e.is_transient() && !past(deadline) => {
+                    if !failing {
+                        tracing::warn!(
+                            error = %e,
+                            "waiting: the record could not be read; reading it again until \
+                             the database answers"
+                        );
+                    }
+                    failing = true;
+                }
+                Err(e) => return Err(e),
             }
             next_look(&mut events, deadline, &concerns).await;
+            // Events about a busy plan come by the thousand a second: its record is read
+            // at most every SPACING.
+            let earliest = read_at + SPACING;
+            let until = deadline.map_or(earliest, |d| d.min(earliest));
+            tokio::time::sleep_until(until).await;
         }
     }
 }

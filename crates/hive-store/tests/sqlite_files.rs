@@ -526,3 +526,44 @@ async fn close_leaves_the_file_whole() {
         .unwrap();
     assert_eq!(titles, ["kept"]);
 }
+
+/// Another store's commit to the same file reaches a subscriber as `StoreChanged` (the
+/// watcher of the file's `data_version`); a store dropped without being closed ends its
+/// watcher, whose copy of the store's channel would otherwise keep the channel, and the
+/// watcher's connection and timer, alive for the life of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watcher_wakes_on_another_store_and_ends_with_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = file_url(&dir);
+    let watched = hive_store::connect(&url).await.unwrap();
+    let other = hive_store::connect(&url).await.unwrap();
+    let mut rx = watched.subscribe().await.unwrap();
+    // The watcher's first look sets its baseline: commit until one is seen.
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            other
+                .insert_tasks(vec![NewTask::new("a", "x")])
+                .await
+                .unwrap();
+            let next = tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv());
+            if let Ok(Ok(n)) = next.await
+                && n.change == hive_store::Change::StoreChanged
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "no wake-up for another store's commits");
+    drop(watched);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match rx.recv().await {
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the dropped store's channel is still open");
+}

@@ -7,8 +7,8 @@
 //! looks less often (up to every [`IDLE_EVERY`]), so an idle worker costs next to no CPU;
 //! the first such commit seen brings it back to [`EVERY`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::SqlitePool;
@@ -89,16 +89,43 @@ impl Watch {
         (self.committing.load(Ordering::SeqCst) == 0).then_some(done)
     }
 
-    /// Starts the watcher unless one runs. It stops once nobody listens (or the database
-    /// goes away); the next subscriber starts it again.
+    /// Starts the watcher unless one runs. It stops once nobody listens, the store closes
+    /// or is dropped; the next subscriber starts it again. A connection that fails is
+    /// opened again under backoff: a moment's fault must not end cross-process wake-ups
+    /// for the life of the process.
     pub(super) fn start(self: &Arc<Self>, reader: &SqlitePool, notifier: &Notifier) {
         if self.stopped.load(Ordering::SeqCst) || self.running.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (watch, reader, notifier) = (self.clone(), reader.clone(), notifier.clone());
+        // Weak: a store dropped without closing ends its watcher, whose notifier would
+        // otherwise keep the store's channel (and its forwarder) alive.
+        let (watch, reader, notifier) = (Arc::downgrade(self), reader.clone(), notifier.clone());
         tokio::spawn(async move {
-            watch.run(reader, notifier).await;
-            watch.running.store(false, Ordering::SeqCst);
+            /// Clears `running` however the task ends (its runtime shutting down drops it).
+            struct Running(Weak<Watch>);
+            impl Drop for Running {
+                fn drop(&mut self) {
+                    if let Some(w) = self.0.upgrade() {
+                        w.running.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            let _running = Running(watch.clone());
+            let mut retry = RETRY_FIRST;
+            loop {
+                match watch_once(&watch, &reader, &notifier).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching the SQLite file for other processes' \
+                            commits failed; trying again in {retry:?} (workers poll meanwhile)");
+                    }
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+                if wanted(&watch, &notifier).is_none() {
+                    return;
+                }
+            }
         });
     }
 
@@ -112,51 +139,77 @@ impl Watch {
         })
         .await;
     }
+}
 
-    async fn run(&self, reader: SqlitePool, notifier: Notifier) {
-        // `data_version` is per connection: the same one is read every time. A connection
-        // of its own, so a small reader pool keeps all of its connections for reads.
-        let options = reader.connect_options();
-        let Ok(mut conn) = sqlx::ConnectOptions::connect(&*options).await else {
-            return;
+/// The first wait before a failed watcher connects again, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The watch, while it is wanted: its store alive and open, and someone listening.
+fn wanted(watch: &Weak<Watch>, notifier: &Notifier) -> Option<Arc<Watch>> {
+    let w = watch.upgrade()?;
+    (notifier.receivers() > 0 && !w.stopped.load(Ordering::SeqCst)).then_some(w)
+}
+
+/// Watches on one connection until the watch is no longer wanted (`Ok`) or the connection
+/// fails.
+async fn watch_once(
+    watch: &Weak<Watch>,
+    reader: &SqlitePool,
+    notifier: &Notifier,
+) -> Result<(), sqlx::Error> {
+    // `data_version` is per connection: the same one is read every time. A connection of
+    // its own, so a small reader pool keeps all of its connections for reads.
+    let options = reader.connect_options();
+    let mut conn = sqlx::ConnectOptions::connect(&*options).await?;
+    let watched = watch_on(watch, &mut conn, notifier).await;
+    // Closed, not dropped: a dropped connection closes on its own thread later, which a
+    // process exiting may cut short.
+    let _ = sqlx::Connection::close(conn).await;
+    watched
+}
+
+async fn watch_on(
+    watch: &Weak<Watch>,
+    conn: &mut sqlx::SqliteConnection,
+    notifier: &Notifier,
+) -> Result<(), sqlx::Error> {
+    // The version last read with no commit of this store around it (`None`: none such
+    // yet), and the commit count after that read.
+    let mut seen: Option<i64> = None;
+    let Some(mut local) = wanted(watch, notifier).map(|w| w.settled()) else {
+        return Ok(());
+    };
+    let mut pace = Pace::new();
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(w) = wanted(watch, notifier) else {
+            return Ok(());
         };
-        // The version last read with no commit of this store around it (`None`: none such
-        // yet), and the commit count after that read.
-        let mut seen: Option<i64> = None;
-        let mut local = self.settled();
-        let mut pace = Pace::new();
-        let mut wait = Duration::ZERO;
-        while notifier.receivers() > 0 && !self.stopped.load(Ordering::SeqCst) {
-            tokio::time::sleep(wait).await;
-            let before = self.settled();
-            let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                .fetch_one(&mut conn)
-                .await
-            else {
-                return;
-            };
-            let after = self.settled();
-            // Only a change with no commit of this store since the last read, nor during this
-            // one, is another process's: this store's own are announced already (and a
-            // worker committing claims on its own anyway).
-            let quiet = before.is_some() && local == before && before == after;
-            let foreign = quiet && seen.is_some_and(|v| v != version);
-            if foreign {
-                notifier.forward(Notification {
-                    origin: uuid::Uuid::nil(),
-                    change: Change::StoreChanged,
-                });
-            }
-            // Only another process's commit keeps the pace up: an idle worker's own
-            // heartbeats and empty claims commit every second or so, and a busy worker
-            // claims on its own without being told.
-            seen = (before.is_some() && before == after).then_some(version);
-            local = after;
-            wait = pace.next(foreign);
+        let before = w.settled();
+        let version = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut *conn)
+            .await?;
+        let after = w.settled();
+        drop(w);
+        // Only a change with no commit of this store since the last read, nor during this
+        // one, is another process's: this store's own are announced already (and a worker
+        // committing claims on its own anyway).
+        let quiet = before.is_some() && local == before && before == after;
+        let foreign = quiet && seen.is_some_and(|v| v != version);
+        if foreign {
+            notifier.forward(Notification {
+                origin: uuid::Uuid::nil(),
+                change: Change::StoreChanged,
+            });
         }
-        // Closed, not dropped: a dropped connection closes on its own thread later, which
-        // a process exiting may cut short.
-        let _ = sqlx::Connection::close(conn).await;
+        // Only another process's commit keeps the pace up: an idle worker's own heartbeats
+        // and empty claims commit every second or so, and a busy worker claims on its own
+        // without being told.
+        seen = (before.is_some() && before == after).then_some(version);
+        local = after;
+        wait = pace.next(foreign);
     }
 }
 
