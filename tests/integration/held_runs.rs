@@ -22,6 +22,7 @@ mod one_id {
     hive_store::per_backend!(hive_store::testing::TestStore::run, client_on =>
         a_second_process_with_the_same_worker_id_stops_the_first,
         a_worker_started_again_counts_the_attempt_its_dead_process_held,
+        a_status_the_app_sets_outlives_the_heartbeats,
     );
 }
 
@@ -144,6 +145,41 @@ async fn a_worker_started_again_counts_the_attempt_its_dead_process_held(c: Clie
         1,
         "only the task with a retry left ran"
     );
+    shutdown.shutdown();
+    run.await.unwrap().unwrap();
+}
+
+/// An app marks its running worker `error` with a reason (`set_worker_status`, how a worker
+/// says what went wrong); the runtime's heartbeats keep the mark, where each used to set
+/// the worker `active` again within a beat.
+async fn a_status_the_app_sets_outlives_the_heartbeats(c: Client) {
+    let w = c
+        .worker("marked")
+        .handle_signals(false)
+        .heartbeat_interval(Duration::from_millis(50));
+    let shutdown = w.shutdown_handle();
+    let run = tokio::spawn(w.run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get_worker("marked").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        c.set_worker_status("marked", hive_client::WorkerStatus::Error, Some("GPU gone"))
+            .await
+            .unwrap()
+    );
+    let beat_before = c
+        .get_worker("marked")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_heartbeat;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = c.get_worker("marked").await.unwrap().unwrap();
+    assert!(w.last_heartbeat > beat_before, "the worker beat meanwhile");
+    assert_eq!(w.status, hive_client::WorkerStatus::Error);
+    assert_eq!(w.status_reason.as_deref(), Some("GPU gone"));
     shutdown.shutdown();
     run.await.unwrap().unwrap();
 }

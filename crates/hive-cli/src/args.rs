@@ -127,6 +127,15 @@ pub fn check_limit(limit: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `text` without a leading UTF-8 byte-order mark, which editors on Windows write and no
+/// JSON or TOML parser takes.
+pub fn without_bom(mut text: String) -> String {
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    text
+}
+
 /// A `--payload` value: JSON text, `@FILE`, or `-` for standard input.
 pub fn read_payload(arg: &str) -> anyhow::Result<serde_json::Value> {
     let (text, from) = if arg == "-" {
@@ -140,13 +149,23 @@ pub fn read_payload(arg: &str) -> anyhow::Result<serde_json::Value> {
     } else {
         (arg.to_owned(), "--payload".to_owned())
     };
-    serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))
+    serde_json::from_str(&without_bom(text)).with_context(|| format!("{from} is not valid JSON"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_payload_file_may_start_with_a_byte_order_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.json");
+        std::fs::write(&file, "\u{feff}{\"n\": 1}").unwrap();
+        let payload = read_payload(&format!("@{}", file.display())).unwrap();
+        assert_eq!(payload, serde_json::json!({"n": 1}));
+        assert_eq!(without_bom("plain".into()), "plain");
+    }
 
     #[test]
     fn ages_add_up_their_parts() {

@@ -17,14 +17,25 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// The status the process exits with when stdout is found closed (see [`write_line`]).
+static ON_CLOSED_STDOUT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Has [`write_line`] exit with `code` rather than 0 when stdout is closed: for a command
+/// whose exit status is its answer (a wait's).
+pub fn exit_on_closed_stdout(code: u8) {
+    ON_CLOSED_STDOUT.store(code, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Writes one line on stdout. When stdout is closed (the reader went away) the process
-/// exits at once with status 0: whoever stopped reading has what they wanted, as with
-/// standard Unix tools.
+/// exits at once, with status 0 unless [`exit_on_closed_stdout`] said otherwise: whoever
+/// stopped reading has what they wanted, as with standard Unix tools.
 pub fn write_line(args: std::fmt::Arguments<'_>) {
     let mut out = io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         if e.kind() == io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            std::process::exit(i32::from(
+                ON_CLOSED_STDOUT.load(std::sync::atomic::Ordering::SeqCst),
+            ));
         }
         // Any other failure to print (a full disk behind a redirect) is the command's
         // failure, reported on stderr without a panic.

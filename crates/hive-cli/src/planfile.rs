@@ -16,6 +16,7 @@ pub fn read(path: &Path, max_payload_bytes: usize) -> anyhow::Result<NewPlan> {
         std::fs::read_to_string(path)
             .with_context(|| format!("cannot read plan file `{}`", path.display()))?
     };
+    let text = crate::args::without_bom(text);
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -165,6 +166,28 @@ mod tests {
             toml_error(text, &e),
             "missing field `task_type` at line 2 column 1"
         );
+    }
+
+    /// A byte-order mark (Windows editors write one) is not taken for the plan's first
+    /// character, in JSON and TOML alike.
+    #[test]
+    fn a_plan_file_may_start_with_a_byte_order_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            (
+                "p.json",
+                r#"{"title": "p", "subtasks": [{"id": "a", "task_type": "x"}]}"#,
+            ),
+            (
+                "p.toml",
+                "title = \"p\"\n[[subtasks]]\nid = \"a\"\ntask_type = \"x\"\n",
+            ),
+        ] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, format!("\u{feff}{text}")).unwrap();
+            let plan = read(&file, 1 << 20).unwrap();
+            assert_eq!(plan.title, "p", "{name}");
+        }
     }
 
     #[test]

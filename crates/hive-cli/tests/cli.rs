@@ -68,6 +68,17 @@ fn a_plan_submitted_twice_with_one_key_is_one_plan() {
         "--idempotency-key: must not be empty",
         &before,
     );
+
+    // A key the store would refuse is refused before connecting: no database is created.
+    let fresh = Db::new();
+    let plain = fresh.write("plain.json", PLAN);
+    let long = "k".repeat(2000);
+    let (ok, _, stderr) = fresh.run(&["plan", "submit", &plain, "--idempotency-key", &long]);
+    assert!(!ok && stderr.contains("--idempotency-key:"), "{stderr}");
+    assert!(
+        !fresh.dir.path().join("hive.db").exists(),
+        "no database created for a refused key"
+    );
 }
 
 /// A task created again with the same idempotency key is the first task, and the
@@ -1055,6 +1066,17 @@ fn plan_and_task_wait_end_with_the_work_and_say_how_in_the_exit_status() {
         )),
         "{out}"
     );
+    // A reader gone before the answer (stdout a pipe whose reading end is closed) does
+    // not turn the failure into a success.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("hive"))
+        .env("HIVE_DATABASE_URL", &db.url)
+        .args(["task", "wait", failed_id])
+        .stdout(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{status}");
     // Bad input: refused, nothing waited for.
     for (args, want) in [
         (

@@ -112,3 +112,28 @@ fn the_demo_reports_in_json() {
     );
     assert_eq!(report["interrupted"], false);
 }
+
+/// Sizes past what a demo is for are refused by name, before anything runs.
+#[test]
+fn sizes_out_of_range_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--subtasks", "0"),
+        ("--subtasks", "4000000000"),
+        ("--workers", "0"),
+        ("--workers", "1000000"),
+    ] {
+        let out = demo(dir.path()).args([flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -725,3 +725,42 @@ fn the_metrics_address_serves_the_workers_probes() {
     assert!(status.success());
     assert!(worker.wait().unwrap().success());
 }
+
+/// A worker waiting for a database not up yet stops at SIGTERM as a graceful stop: exit 0,
+/// its (empty) report on stderr and, with `--json`, on stdout.
+#[test]
+fn a_worker_stopped_while_its_database_is_down_stops_gracefully() {
+    // A port nothing listens on: every connection is refused, and retried.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://root@127.0.0.1:{port}/test");
+    let worker = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args([
+            "--json",
+            "--database-url",
+            &url,
+            "worker",
+            "run",
+            "--type",
+            "noop",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(stderr.contains("stopped: 0 completed"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["completed"], 0, "{report}");
+    assert_eq!(report["left_queued"], serde_json::json!([]), "{report}");
+}

@@ -13,11 +13,11 @@ use crate::{Context, output};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Subtasks in the generated plan.
-    #[arg(long, default_value_t = 200)]
+    /// Subtasks in the generated plan (1 to 1,000,000).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     subtasks: u32,
-    /// In-process workers (each runs 4 tasks at a time).
-    #[arg(long, default_value_t = 4)]
+    /// In-process workers, each running 4 tasks at a time (1 to 64).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
 }
 
@@ -38,7 +38,7 @@ fn generate(n: u32) -> NewPlan {
             }
             let mut st = SubTask::new(format!("s{i}"), format!("step {i} (layer {layer})"), "demo")
                 .depends_on(deps);
-            st.payload = serde_json::json!({ "work_ms": 1 + (i * 7919) % 9 });
+            st.payload = serde_json::json!({ "work_ms": 1 + (u64::from(i) * 7919) % 9 });
             st
         })
         .collect();
@@ -58,9 +58,6 @@ async fn simulated_work(ctx: TaskContext) -> Result<serde_json::Value, TaskError
 }
 
 pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    if args.subtasks == 0 || args.workers == 0 {
-        anyhow::bail!("--subtasks and --workers must be at least 1");
-    }
     // A fresh file in a temporary directory unless --database-url is given on this command
     // line: HIVE_DATABASE_URL names the operator's real database, which a demo must not fill.
     let dir = tempfile::tempdir()?;
@@ -90,9 +87,12 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let mut workers = Vec::new();
     let mut stops = Vec::new();
+    // Ids of this demo's own: on a shared --database-url, a second demo (or a worker named
+    // `demo-0`) would otherwise take over these ids and end their runs.
+    let this_demo = &uuid::Uuid::new_v4().simple().to_string()[..8];
     for w in 0..args.workers {
         let worker = client
-            .worker(format!("demo-{w}"))
+            .worker(format!("demo-{this_demo}-{w}"))
             .role("demo")
             .task_types(["demo"])
             .concurrency(4)

@@ -92,6 +92,10 @@ pub async fn run(ctx: &Context, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
                 if key.trim().is_empty() {
                     bail!("--idempotency-key: must not be empty");
                 }
+                // Refused before connecting, as the file's own key is: a bad key creates
+                // no database.
+                hive_client::models::check_idempotency_key(&key)
+                    .map_err(|e| anyhow::anyhow!("--idempotency-key: {e}"))?;
                 plan.idempotency_key = Some(key);
             }
             let key = plan.idempotency_key.clone();

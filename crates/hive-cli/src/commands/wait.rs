@@ -61,10 +61,14 @@ pub fn ended(
     completed: bool,
     text: std::fmt::Arguments<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let code: u8 = match (finished, completed) {
+        (true, true) => 0,
+        (true, false) => 1,
+        (false, _) => TIMED_OUT,
+    };
+    // The status is the answer: a reader gone before the line (`| head -0`, a closed
+    // pipe under `set -o pipefail`) must not turn a failed plan into a success.
+    output::exit_on_closed_stdout(code);
     output::report(as_json, value, text)?;
-    Ok(match (finished, completed) {
-        (true, true) => ExitCode::SUCCESS,
-        (true, false) => ExitCode::FAILURE,
-        (false, _) => ExitCode::from(TIMED_OUT),
-    })
+    Ok(ExitCode::from(code))
 }

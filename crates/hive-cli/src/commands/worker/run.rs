@@ -203,8 +203,11 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // From here on Ctrl-C, SIGTERM and SIGHUP are this command's to handle.
     let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
+    // Stopped before: a graceful stop like any other, with an empty report.
     let Some(client) = ctx.client_when_up(&mut interrupts).await? else {
-        anyhow::bail!("interrupted before the database was reached");
+        tracing::info!("worker {id} stopped before its database answered");
+        report_stop(ctx, &id, &hive_client::WorkerReport::default(), &[])?;
+        return Ok(ExitCode::SUCCESS);
     };
     let grace = a.intervals.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let worker = client
@@ -268,10 +271,6 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // The last commands' escaped processes, before the sweeper thread dies with the process.
     process_group::sweep_now();
     let report = report?;
-    logging::eprint_line(&format!(
-        "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
-        report.completed, report.failed, report.retried, report.stale, report.released
-    ));
     // A worker meant to finish the queue names the tasks it leaves and why they were not its
     // to run (on a signal: why it was still waiting). Only a note: a failed read spoils
     // neither the worker's exit status nor its report.
@@ -286,9 +285,29 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Vec::new()
     };
+    report_stop(ctx, &id, &report, &left)?;
     for l in &left {
         logging::eprint_line(&format!("note: {}", l.explain(&types)));
     }
+    // Stopped at once by a second Ctrl-C: as interrupted.
+    Ok(if forced.load(Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What a stopped worker did: a line on stderr, and with `--json` its report on stdout.
+fn report_stop(
+    ctx: &Context,
+    id: &str,
+    report: &hive_client::WorkerReport,
+    left: &[Left],
+) -> anyhow::Result<()> {
+    logging::eprint_line(&format!(
+        "worker {id} stopped: {} completed, {} failed, {} retried, {} stale, {} released",
+        report.completed, report.failed, report.retried, report.stale, report.released
+    ));
     if ctx.json {
         output::json(&serde_json::json!({
             "worker": id,
@@ -300,12 +319,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
             "left_queued": left,
         }))?;
     }
-    // Stopped at once by a second Ctrl-C: as interrupted.
-    Ok(if forced.load(Ordering::SeqCst) {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(())
 }
 
 /// Queued tasks an idle worker left, by type, and why it did not run them.
