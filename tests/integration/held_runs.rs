@@ -23,6 +23,7 @@ mod one_id {
         a_second_process_with_the_same_worker_id_stops_the_first,
         a_worker_started_again_counts_the_attempt_its_dead_process_held,
         a_status_the_app_sets_outlives_the_heartbeats,
+        a_stopping_worker_leaves_the_row_of_a_process_that_took_its_id,
     );
 }
 
@@ -147,6 +148,44 @@ async fn a_worker_started_again_counts_the_attempt_its_dead_process_held(c: Clie
     );
     shutdown.shutdown();
     run.await.unwrap().unwrap();
+}
+
+/// A rolling restart under a fixed id: the new process registers the id while the old one
+/// is still running, and the old one stops before its next check has seen that. Stopping,
+/// it looks again and leaves the row (and the runs) to the new process.
+async fn a_stopping_worker_leaves_the_row_of_a_process_that_took_its_id(c: Client) {
+    let w = c
+        .worker("rolling")
+        .handle_signals(false)
+        .poll_interval(Duration::from_secs(3600))
+        .heartbeat_interval(Duration::from_secs(10))
+        .lease(Duration::from_secs(60));
+    let shutdown = w.shutdown_handle();
+    let run = tokio::spawn(w.run(|_ctx: TaskContext| async { Ok::<_, TaskError>(()) }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get_worker("rolling").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let newer = hive_store::WorkerRegistration {
+        id: hive_client::WorkerId::parse("rolling").unwrap(),
+        role: "r".into(),
+        capabilities: vec![],
+        metadata: serde_json::json!({"instance": "the-newer-process", "pid": 4242}),
+    };
+    c.register_worker_with(&newer).await.unwrap();
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let row = c.get_worker("rolling").await.unwrap();
+    assert_eq!(
+        row.map(|w| w.metadata["instance"].clone()),
+        Some(serde_json::json!("the-newer-process")),
+        "the newer process's row is left"
+    );
 }
 
 /// An app marks its running worker `error` with a reason (`set_worker_status`, how a worker

@@ -196,11 +196,15 @@ impl Runtime {
             true => Some(Ok(())),
             false => {
                 self.at_shutdown("unregistering", || async {
-                    self.cfg
-                        .client
-                        .unregister_worker(self.id.as_str())
-                        .await
-                        .map(|_| ())
+                    let client = &self.cfg.client;
+                    // Looked at again just before: a process that took the id since the
+                    // last check (a rolling restart under a fixed id) owns the row and its
+                    // runs, which unregistering would give back under it.
+                    if self.instance.taken_by(client, &self.id).await?.is_some() {
+                        self.instance.set_replaced();
+                        return Ok(());
+                    }
+                    client.unregister_worker(self.id.as_str()).await.map(|_| ())
                 })
                 .await
             }
@@ -431,7 +435,7 @@ impl Runtime {
                         worker: id.to_string(),
                         pid,
                     });
-                    // At once: the other process gave back what this one holds, so the
+                    // At once: the other process ended the runs this one holds, so the
                     // handlers still running would run beside those tasks' next runs.
                     shutdown.shutdown_now();
                     return Ok(());
