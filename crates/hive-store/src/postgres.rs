@@ -159,9 +159,16 @@ impl PostgresStore {
         }
     }
 
-    /// Publishes a committed change's notifications (see `publish.rs`).
+    /// Publishes a committed change's notifications (see `publish.rs`). When they cannot
+    /// go out, this process's own subscribers are told that something changed, so its
+    /// waits read again and its workers look for work, rather than missing them unawares.
     async fn publish(&self, payloads: Vec<String>) {
-        publish::publish(&self.pool, payloads).await;
+        if !publish::publish(&self.pool, payloads).await {
+            self.notifier.forward(Notification {
+                origin: uuid::Uuid::nil(),
+                change: crate::Change::StoreChanged,
+            });
+        }
     }
 
     /// Runs one operation, mapping its error.

@@ -54,6 +54,7 @@ pub(super) async fn fold_credits(
         .bind(origin)
         .fetch_one(pool)
         .await?;
+    // Not published, the dependents it freed are found by the workers' polls.
     super::publish::publish(pool, rows::get(&row, "notes", "tasks")?).await;
     Ok(())
 }

@@ -30,23 +30,54 @@ const PUBLISH: &str = concat!(
     ", p)) FROM unnest($1::text[]) AS p"
 );
 
-/// Publishes a committed change's notifications. Best effort: the change is committed,
-/// and failing its call now would make the caller do it again.
-pub(super) async fn publish(pool: &PgPool, payloads: Vec<String>) {
+/// How long a failed publish waits before its one more try.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Publishes a committed change's notifications, trying once more after a failure (a
+/// connection the pool handed out dead). Best effort: the change is committed, and failing
+/// its call now would make the caller do it again. False when they did not go out.
+pub(super) async fn publish(pool: &PgPool, payloads: Vec<String>) -> bool {
     if payloads.is_empty() {
-        return;
+        return true;
     }
-    if let Err(e) = sqlx::query(PUBLISH).bind(&payloads).execute(pool).await {
-        tracing::warn!(
-            error = %e,
-            payloads = payloads.len(),
-            "publishing notifications after commit failed; listeners miss these changes"
-        );
+    let mut tried_before = false;
+    loop {
+        match sqlx::query(PUBLISH).bind(&payloads).execute(pool).await {
+            Ok(_) => return true,
+            Err(e) if !tried_before => {
+                tracing::debug!(error = %e, "publishing notifications failed; trying once more");
+                tried_before = true;
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    payloads = payloads.len(),
+                    "publishing notifications after commit failed; listeners in other \
+                     processes miss these changes (their workers find the work by polling)"
+                );
+                return false;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    /// A server that cannot be reached: tried twice, then reported as not published.
+    #[tokio::test]
+    async fn a_publish_that_cannot_go_out_says_so() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        assert!(
+            super::publish(&pool, Vec::new()).await,
+            "nothing to publish"
+        );
+        assert!(!super::publish(&pool, vec!["{}".into()]).await);
+    }
+
     /// What the module is for: none of these statements notifies inside its transaction;
     /// each returns its payloads to publish.
     #[test]
