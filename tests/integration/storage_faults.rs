@@ -34,7 +34,16 @@ mod sqlite {
 
     #[tokio::test]
     async fn failed_commit_and_rollback_leave_the_writer_clean() {
-        super::commit_and_rollback_faults().await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!("sqlite:{}", dir.path().join("hive.db").display());
+        super::commit_and_rollback_faults(&file).await;
+    }
+
+    /// The in-memory database is its one connection: kept through a failed rollback (a new
+    /// one would be a new, empty database), its next write rolling back first.
+    #[tokio::test]
+    async fn failed_commit_and_rollback_keep_the_in_memory_database() {
+        super::commit_and_rollback_faults("sqlite::memory:").await;
     }
 
     #[tokio::test]
@@ -186,9 +195,8 @@ fn fill_but(file: &std::path::Path, dir: &std::path::Path, keep: u64) {
     std::fs::write(file, vec![0u8; usize::try_from(size).unwrap()]).unwrap();
 }
 
-async fn commit_and_rollback_faults() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = DatabaseUrl::new(format!("sqlite:{}", dir.path().join("hive.db").display()));
+async fn commit_and_rollback_faults(url: &str) {
+    let url = DatabaseUrl::new(url);
     let store = SqliteStore::connect(&url, &ConnectOptions::default())
         .await
         .unwrap();

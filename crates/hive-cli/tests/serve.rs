@@ -70,13 +70,7 @@ async fn the_liveness_probe_answers_while_the_database_is_not_up_yet() {
         );
         // Ports nothing listens on: the database's until the relay below opens it, and
         // the dashboard's.
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
+        use support::free_port;
         let late_port = free_port();
         let mut late = parsed.clone();
         late.set_host(Some("127.0.0.1")).unwrap();

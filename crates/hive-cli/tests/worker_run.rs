@@ -726,17 +726,15 @@ fn the_metrics_address_serves_the_workers_probes() {
     assert!(worker.wait().unwrap().success());
 }
 
-/// A worker waiting for a database not up yet stops at SIGTERM as a graceful stop: exit 0,
-/// its (empty) report on stderr and, with `--json`, on stdout.
+/// A worker waiting for a database not up yet answers its probes (alive, not ready; no
+/// metrics yet), and stops at SIGTERM as a graceful stop: exit 0, its (empty) report on
+/// stderr and, with `--json`, on stdout.
 #[test]
 fn a_worker_stopped_while_its_database_is_down_stops_gracefully() {
+    use support::free_port;
     // A port nothing listens on: every connection is refused, and retried.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("postgres://root@127.0.0.1:{port}/test");
+    let url = format!("postgres://root@127.0.0.1:{}/test", free_port());
+    let probes = format!("127.0.0.1:{}", free_port());
     let worker = Command::new(env!("CARGO_BIN_EXE_hive"))
         .args([
             "--json",
@@ -747,11 +745,15 @@ fn a_worker_stopped_while_its_database_is_down_stops_gracefully() {
             "--type",
             "noop",
         ])
+        .args(["--metrics-bind", &probes])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let status = |path| http_get(&probes, path).map(|(status, _)| status);
+    wait_for("the probes", || status("/healthz") == Some(200));
+    assert_eq!(status("/readyz"), Some(503));
+    assert_eq!(status("/metrics"), Some(503));
     Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status()

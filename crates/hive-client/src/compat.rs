@@ -39,12 +39,13 @@ pub async fn get_client() -> Result<Client> {
     Client::from_env().await
 }
 
-/// How many tasks [`Client::get_pending_tasks`] returns at most.
-pub const PENDING_TASKS_LIMIT: u32 = 100;
+/// How many tasks [`Client::get_pending_tasks`] returns at most: the original's, which
+/// called `get_queued_tasks` with its default limit.
+pub const PENDING_TASKS_LIMIT: u32 = hive_ops::DEFAULT_QUEUED_LIMIT;
 
 impl Client {
     /// Queued tasks, optionally of one type, best first: [`hive_ops::Ops::get_queued_tasks`]
-    /// with a limit of [`PENDING_TASKS_LIMIT`] (100).
+    /// with a limit of [`PENDING_TASKS_LIMIT`] (10, as in the original).
     pub async fn get_pending_tasks(&self, task_type: Option<&str>) -> Result<Vec<Task>> {
         Ok(self
             .ops()

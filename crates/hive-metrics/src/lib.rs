@@ -28,7 +28,7 @@ mod watch;
 pub use health::health_router;
 pub use watch::Counting;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hive_client::Client;
 use prometheus::{
@@ -71,6 +71,7 @@ pub struct Metrics {
     tasks: IntGaugeVec,
     oldest_ready: GaugeVec,
     workers_alive: IntGauge,
+    store_up: IntGauge,
     schedules: schedules::ScheduleGauges,
     pub(crate) runs: RunCounters,
     /// One scrape at a time: a refresh resets the gauges before setting them.
@@ -96,6 +97,11 @@ impl Metrics {
             &["task_type"],
         )?;
         let workers_alive = IntGauge::new("hive_workers_alive", "Workers registered as active.")?;
+        let store_up = IntGauge::new(
+            "hive_store_up",
+            "1 when this scrape read the database's gauges, 0 when it did not answer in time \
+             (those gauges then stand as last read).",
+        )?;
         let counter = |name: &str, help: &str| IntCounter::new(name, help);
         let runs = RunCounters {
             started: counter("hive_runs_started_total", "Runs opened by a claim.")?,
@@ -138,6 +144,7 @@ impl Metrics {
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(oldest_ready.clone()))?;
         registry.register(Box::new(workers_alive.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
         for c in [
             &runs.started,
             &runs.completed,
@@ -156,6 +163,7 @@ impl Metrics {
             tasks,
             oldest_ready,
             workers_alive,
+            store_up,
             schedules,
             runs,
             scraping: Arc::default(),
@@ -165,9 +173,31 @@ impl Metrics {
 
     /// Reads the gauges from the store (one grouped count, the ready index, the active
     /// workers, the schedules with their last runs) and renders every metric in the
-    /// Prometheus text format.
+    /// Prometheus text format. A database that fails or does not answer within
+    /// [`STORE_READ_WITHIN`] (a scraper gives up after 10 s by default) leaves those gauges
+    /// as they were and sets `hive_store_up` to 0: the run counters, kept in this process,
+    /// are still worth the scrape, and a gap in them would break every `rate()`.
     pub async fn scrape(&self, client: &Client) -> Result<String> {
         let _one = self.scraping.lock().await;
+        match tokio::time::timeout(STORE_READ_WITHIN, self.read_gauges(client)).await {
+            Ok(Ok(())) => self.store_up.set(1),
+            Ok(Err(e)) => {
+                // The driver's text (naming the database) goes to the log only.
+                tracing::warn!("metrics: the database's gauges were not read: {e}");
+                self.store_up.set(0);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "metrics: the database did not answer within {STORE_READ_WITHIN:?}; its \
+                     gauges stand as last read"
+                );
+                self.store_up.set(0);
+            }
+        }
+        self.render()
+    }
+
+    async fn read_gauges(&self, client: &Client) -> Result<()> {
         let since = chrono::Utc::now();
         let stats = client.queue_stats(since).await?;
         let workers = client.get_active_workers(None).await?;
@@ -191,7 +221,7 @@ impl Metrics {
             Ok(views) => self.schedules.set(&views),
             Err(e) => tracing::warn!(error = %e, "schedule gauges not refreshed"),
         }
-        self.render()
+        Ok(())
     }
 
     /// Every metric as it stands, in the Prometheus text format.
@@ -206,16 +236,67 @@ impl Metrics {
     }
 }
 
+/// How long a scrape waits for the database's gauges.
+pub const STORE_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `GET /metrics` over `client` (the gauges are refreshed on each request).
 pub fn router(client: Client, metrics: Metrics) -> axum::Router {
+    let source = Source::default();
+    source.set(client, metrics);
+    router_for(source)
+}
+
+/// What `/metrics` reads, once there is a client: a process binds its endpoints before
+/// its database answers (an orchestrator probes it meanwhile), and until [`Source::set`]
+/// `/metrics` answers 503.
+#[derive(Debug, Clone, Default)]
+pub struct Source(Arc<OnceLock<(Client, Metrics)>>);
+
+impl Source {
+    /// From now on `/metrics` scrapes `client` into `metrics`; a second call changes
+    /// nothing.
+    pub fn set(&self, client: Client, metrics: Metrics) {
+        let _ = self.0.set((client, metrics));
+    }
+
+    /// Has `metrics` count runs as `counting` says ([`Metrics::watch_with`]), then serves
+    /// them: in the background, following the event bus again under backoff while it
+    /// cannot (no connection slot free on the server, say), so a process is never stopped
+    /// for its metrics, and `/metrics` counts no run until it follows.
+    pub fn watch_in_background(&self, client: Client, metrics: Metrics, counting: Counting) {
+        let source = self.clone();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_millis(500);
+            loop {
+                match metrics.watch_with(client.clone(), counting).await {
+                    Ok(()) => return source.set(client, metrics),
+                    Err(e) => {
+                        tracing::warn!(
+                            "metrics cannot follow the runs yet ({e}); trying again in {wait:?}"
+                        );
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `GET /metrics` over what `source` has, or 503 while it has nothing yet.
+pub fn router_for(source: Source) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (client, metrics) = (client.clone(), metrics.clone());
+            let source = source.clone();
             async move {
-                match metrics.scrape(&client).await {
+                let Some((client, metrics)) = source.0.get() else {
+                    let says = "metrics unavailable: waiting for the database";
+                    return (StatusCode::SERVICE_UNAVAILABLE, says).into_response();
+                };
+                match metrics.scrape(client).await {
                     Ok(text) => (
                         [(
                             header::CONTENT_TYPE,

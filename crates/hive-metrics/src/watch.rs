@@ -42,14 +42,14 @@ pub(crate) enum Closed {
     Ignored,
 }
 
-/// The one rule that names a closed run's kind.
+/// The one rule that names a closed run's kind: by status (a handler's own error text,
+/// "timed out connecting to S3" say, is a failure like any other).
 pub(crate) fn classify(run: &Run) -> Closed {
     let error = run.error_message.as_deref().unwrap_or_default();
     match run.status {
         RunStatus::Success => Closed::Completed,
         RunStatus::Timeout if error == Run::LEASE_EXPIRED => Closed::Stale,
         RunStatus::Timeout => Closed::TimedOut,
-        RunStatus::Failure if error.starts_with("timed out") => Closed::TimedOut,
         RunStatus::Failure => Closed::Failed,
         _ => Closed::Ignored,
     }

@@ -508,34 +508,14 @@ impl Store for MemoryStore {
         id: &WorkerId,
         status: Option<WorkerStatusChange>,
     ) -> Result<Option<HeartbeatReport>> {
-        // The clock under the lock, as every write here: time spent waiting for it (a large
-        // finish or plan) must not come off the leases this beat extends.
-        let mut s = self.lock();
-        let at = now();
-        let Some(w) = s.workers.get_mut(id) else {
-            return Ok(None);
-        };
-        w.last_heartbeat = at;
         let offline = status
             .as_ref()
             .is_some_and(|c| c.status == WorkerStatus::Offline);
-        match status {
-            Some(c) => w.set_status(c.status, c.reason),
-            None if w.status == WorkerStatus::Offline => w.set_status(WorkerStatus::Active, None),
-            None => {}
-        }
-        let State { running, runs, .. } = &mut *s;
-        let mut extended = 0;
-        for (run_id, lease) in running.iter() {
-            if let Some(run) = runs.get_mut(run_id)
-                && &run.worker_id == id
-            {
-                run.lease_expires_at = Some(crate::rules::after(at, *lease));
-                run.updated_at = at;
-                extended += 1;
-            }
-        }
-        drop(s);
+        // The clock under the lock, as every write here: time spent waiting for it (a large
+        // finish or plan) must not come off the leases this beat extends.
+        let Some(extended) = self.lock().heartbeat(id, status, now) else {
+            return Ok(None);
+        };
         if offline {
             self.send(vec![
                 self.notifier.worker(id.clone(), WorkerStatus::Offline),

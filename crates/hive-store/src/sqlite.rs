@@ -197,7 +197,7 @@ impl SqliteStore {
         if let Some(file) = self.file {
             file.check(&self.target)?;
         }
-        WriteTx::begin(&self.writer)
+        WriteTx::begin(&self.writer, !self.shared)
             .await
             .map_err(|e| self.sql_error(e))
     }

@@ -16,6 +16,14 @@ use hive_client::{Client, NewTask, OpsConfig, Run, RunId, Task, TaskId, Worker};
 use hive_store::testing::TestStore;
 use tokio::time::Instant;
 
+/// A loopback port nothing listens on (until a test binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// How often [`eventually`] re-reads the store.
 const POLL: Duration = Duration::from_millis(20);
 

@@ -277,6 +277,13 @@ impl WorkerBuilder {
         self.health.clone()
     }
 
+    /// Reports this worker's health on `health`, a handle made before the worker
+    /// ([`HealthHandle::new`]) whose probes are served already.
+    pub fn health(mut self, health: HealthHandle) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Runs until shutdown (signal, handle, or idle with `exit_when_idle`), then releases
     /// what it still holds and unregisters.
     pub async fn run<H: Handler>(self, handler: H) -> Result<WorkerReport> {

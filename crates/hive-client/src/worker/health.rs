@@ -108,8 +108,17 @@ impl WorkerHealth {
 #[derive(Debug, Clone)]
 pub struct HealthHandle(Arc<Mutex<WorkerHealth>>);
 
+impl Default for HealthHandle {
+    fn default() -> HealthHandle {
+        HealthHandle::new()
+    }
+}
+
 impl HealthHandle {
-    pub(super) fn new() -> HealthHandle {
+    /// A handle for a worker not started yet (alive, not ready), to serve probes from
+    /// before the worker can be built (its database not up yet); give it to the worker
+    /// with [`crate::WorkerBuilder::health`].
+    pub fn new() -> HealthHandle {
         HealthHandle(Arc::new(Mutex::new(WorkerHealth {
             phase: WorkerPhase::NotStarted,
             last_attempt: None,

@@ -329,12 +329,9 @@ impl Runtime {
         // lands within the lease (a busy database) counts, from when it was sent (the
         // database may have extended the leases as soon as then), so beats each slower
         // than half the lease let it lapse as the worker sees it, and it stops its handlers.
-        let answer_within = self
-            .cfg
-            .lease
-            .saturating_sub(every)
-            .max(every)
-            .max(Duration::from_secs(1));
+        // And well within what the liveness probe allows between beats begun: a beat held
+        // up by its database is a worker waiting, not a wedged one to restart.
+        let answer_within = beat_answer_within(self.cfg.lease, every, health.get().wedged_after());
         self.spawn_every(set, "heartbeat", every, move || {
             let (client, id, registration) = (client.clone(), id.clone(), registration.clone());
             let instance = instance.clone();
@@ -623,5 +620,33 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How long a heartbeat waits for its answer: what is left of the lease after one beat's
+/// wait (at least a beat, at least a second), yet short enough that the next beat begins
+/// before `wedged_after` has passed since this one began.
+fn beat_answer_within(lease: Duration, every: Duration, wedged_after: Duration) -> Duration {
+    lease
+        .saturating_sub(every)
+        .max(every)
+        .max(Duration::from_secs(1))
+        .min(wedged_after.saturating_sub(every).max(every))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A beat held up by its database ends in time for the next to begin before the
+    /// liveness probe's limit, however long the lease.
+    #[test]
+    fn a_beat_waits_for_its_answer_within_what_liveness_allows() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(beat_answer_within(s(10), ms(3333), s(30)), ms(6667));
+        assert_eq!(beat_answer_within(s(60), s(10), s(30)), s(20));
+        assert_eq!(beat_answer_within(s(600), s(15), s(45)), s(30));
+        assert_eq!(beat_answer_within(s(1), ms(100), s(30)), s(1));
     }
 }

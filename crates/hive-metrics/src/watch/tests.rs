@@ -35,8 +35,13 @@ fn closed_runs_are_classified_by_status_and_error() {
         Closed::Failed
     );
     assert_eq!(
+        classify(&run(RunStatus::Failure, Some("timed out connecting to S3"))),
+        Closed::Failed,
+        "a handler's own error, whatever its words"
+    );
+    assert_eq!(
         classify(&run(
-            RunStatus::Failure,
+            RunStatus::Timeout,
             Some("timed out after 1s; the handler stopped")
         )),
         Closed::TimedOut

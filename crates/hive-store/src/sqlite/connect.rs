@@ -249,7 +249,7 @@ async fn open_once(
     let target = parsed.path.clone();
     let sql_err = |e: sqlx::Error| match e {
         sqlx::Error::Configuration(_) => Error::UnsupportedUrl(url.redacted()),
-        e => db::map_sqlx(&target, e),
+        e => db::map_opening(&target, e),
     };
     let acquire = parsed
         .acquire_timeout
@@ -311,7 +311,14 @@ async fn open_once(
             readable(opts, &parsed.path).await?
         };
         // The writer connects first: it creates the file and switches it to WAL.
-        let writer = pool(1).connect_with(opts.clone()).await.map_err(sql_err)?;
+        // The one writer is kept for the store's life, as the in-memory one is: a pool
+        // reconnecting it for idleness or age would only risk a failed open mid-work.
+        let writer = pool(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await
+            .map_err(sql_err)?;
         let reader = pool(readers).connect_with(opts).await.map_err(sql_err)?;
         (reader, writer)
     };
@@ -361,20 +368,20 @@ async fn readable(opts: SqliteConnectOptions, path: &str) -> Result<SqliteConnec
             let immutable = opts.read_only(true).immutable(true);
             works(immutable.clone())
                 .await
-                .map_err(|e| db::map_sqlx(&target, e))?;
+                .map_err(|e| db::map_opening(&target, e))?;
             tracing::info!(
                 "the SQLite database and its directory are read-only: reading it as an \
                  immutable snapshot"
             );
             Ok(immutable)
         }
-        Err(e) => Err(db::map_sqlx(&target, e)),
+        Err(e) => Err(db::map_opening(&target, e)),
     }
 }
 
 /// Inspects the schema and migrates, uses or refuses the database as the policy says.
 async fn apply_policy(pool: &SqlitePool, policy: SchemaPolicy, target: &str) -> Result<()> {
-    let err = |e: sqlx::Error| db::map_sqlx(target, e);
+    let err = |e: sqlx::Error| db::map_opening(target, e);
     let migrator = migrator();
     let mut conn = pool.acquire().await.map_err(err)?;
     let action = schema::resolve(

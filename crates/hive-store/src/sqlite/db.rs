@@ -38,14 +38,18 @@ mod code {
     pub const FULL: i64 = 13;
     pub const CANTOPEN: i64 = 14;
     pub const NOTADB: i64 = 26;
+    pub const PROTOCOL: i64 = 15;
+    pub const NOMEM: i64 = 7;
     pub const TOOBIG: i64 = 18;
     pub const CONSTRAINT: i64 = 19;
     pub const MISMATCH: i64 = 20;
     pub const RANGE: i64 = 25;
 }
 
-/// Maps a driver error to a portable variant. `target` is the database path, which carries
-/// no credentials.
+/// Maps a driver error of a store already open to a portable variant. `target` is the
+/// database path, which carries no credentials. A file that cannot be opened now (a pool
+/// reconnecting, out of file handles, a moment's I/O error) opened before, so that is
+/// transient here; opening the store maps it with [`map_opening`].
 pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
     let target = target.to_owned();
     crate::sql::map_driver(e, &target.clone(), move |db| {
@@ -59,15 +63,10 @@ pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
                 target,
                 reason: message,
             },
-            code::IOERR => Error::Unavailable {
+            // PROTOCOL is the WAL index's documented race, to be retried; NOMEM passes.
+            code::IOERR | code::CANTOPEN | code::PROTOCOL | code::NOMEM => Error::Unavailable {
                 target,
                 reason: message,
-            },
-            code::CANTOPEN => Error::Misconfigured {
-                target,
-                reason: format!(
-                    "{message} (does the file's directory exist, and may this user open it?)"
-                ),
             },
             code::READONLY => Error::Misconfigured {
                 target,
@@ -84,6 +83,24 @@ pub(super) fn map_sqlx(target: &str, e: sqlx::Error) -> Error {
             _ => Error::Database(message),
         }
     })
+}
+
+/// Maps a driver error met while opening the store: a file that cannot be opened then is
+/// the operator's to fix (a missing directory, permissions), not something to wait out.
+pub(super) fn map_opening(target: &str, e: sqlx::Error) -> Error {
+    if primary_code(&e) == code::CANTOPEN {
+        let message = match &e {
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        };
+        return Error::Misconfigured {
+            target: target.to_owned(),
+            reason: format!(
+                "{message} (does the file's directory exist, and may this user open it?)"
+            ),
+        };
+    }
+    map_sqlx(target, e)
 }
 
 /// The primary result code of an error SQLite returned (the low byte of extended codes).
@@ -413,4 +430,35 @@ pub(super) fn plan_counters(c: &Cols<'_>) -> R<PlanCounters> {
         failed: c.u32("failed_subtasks")?,
         cancelled: c.u32("cancelled_subtasks")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that cannot be opened is the operator's to fix when the store opens, and a
+    /// fault to wait out once it is open (a reconnect failing for a moment).
+    #[tokio::test]
+    async fn a_file_that_cannot_be_opened_is_misconfigured_only_while_opening() {
+        use sqlx::ConnectOptions as _;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename("/nonexistent-hive-dir/hive.db")
+            .create_if_missing(true);
+        let e = || async { opts.connect().await.unwrap_err() };
+        assert!(
+            matches!(map_opening("t", e().await), Error::Misconfigured { .. }),
+            "opening"
+        );
+        let open = map_sqlx("t", e().await);
+        assert!(open.is_transient(), "{open}");
+    }
+
+    /// The start delay counted from a dependency's completion is capped as the models
+    /// cap it, so its sum with the clock cannot overflow.
+    #[test]
+    fn a_freed_dependents_delay_is_capped_at_the_models_maximum() {
+        let sql = super::super::tasks::count_dependents_down!();
+        let cap = format!("MIN(delay_secs, {})", hive_models::MAX_DELAY_SECS);
+        assert!(sql.contains(&cap), "{sql}");
+    }
 }

@@ -436,7 +436,7 @@ macro_rules! count_dependents_down {
             now_us!(),
             " ELSE updated_at END, run_at = CASE WHEN delay_secs > 0 AND pending_deps <= per_dep.n THEN ",
             now_us!(),
-            " + delay_secs * 1000000 ELSE run_at END \
+            " + MIN(delay_secs, 31622400) * 1000000 ELSE run_at END \
              FROM per_dep WHERE tasks.id = per_dep.id AND pending_deps > 0 \
              RETURNING id, pending_deps = 0 AND status = 'queued' AND delay_secs = 0 AS ready"
         )

@@ -9,7 +9,9 @@
 //! transient fault becomes permanent. Here the only state is SQLite's: after a successful
 //! `COMMIT` or `ROLLBACK` the connection is idle; after anything else (a failed `ROLLBACK`,
 //! or the transaction's future dropped half-way) a task of its own rolls it back before the
-//! pool has it again, and closes it when even that fails, so the pool opens a fresh one.
+//! pool has it again, and closes it when even that fails, so the pool opens a fresh one —
+//! unless the connection is the database (`:memory:`), which is kept, the next `begin`
+//! rolling back what is left first.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +42,9 @@ pub(super) struct WriteTx {
     /// `COMMIT` or `ROLLBACK` succeeded, or `BEGIN` was refused for a lock held elsewhere:
     /// the connection is idle and may be reused.
     ended: bool,
+    /// The connection is the database (`:memory:`): never closed, whatever fails, since a
+    /// new one would be a new, empty database.
+    is_the_database: bool,
 }
 
 impl WriteTx {
@@ -51,12 +56,25 @@ impl WriteTx {
     /// heartbeat aborted at shutdown), and a connection handed back to the pool with that
     /// transaction open made the next write fail ("cannot start a transaction within a
     /// transaction").
-    pub async fn begin(pool: &SqlitePool) -> Result<WriteTx, sqlx::Error> {
+    ///
+    /// A connection found still inside a transaction (one whose rollback failed and that
+    /// could not be replaced: the in-memory database's) is rolled back and begun again.
+    pub async fn begin(pool: &SqlitePool, is_the_database: bool) -> Result<WriteTx, sqlx::Error> {
         let mut tx = WriteTx {
             conn: Some(pool.acquire().await?),
             ended: false,
+            is_the_database,
         };
-        match sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *tx).await {
+        let mut began = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *tx).await;
+        if began
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("within a transaction"))
+        {
+            tracing::debug!("the SQLite writer was left inside a transaction; rolling it back");
+            sqlx::raw_sql("ROLLBACK").execute(&mut *tx).await?;
+            began = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *tx).await;
+        }
+        match began {
             Ok(_) => Ok(tx),
             Err(e) => {
                 tx.ended = db::is_busy(&e);
@@ -121,14 +139,22 @@ impl Drop for WriteTx {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        let keep = self.is_the_database;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            conn.close_on_drop();
+            if !keep {
+                conn.close_on_drop();
+            }
             return;
         };
         runtime.spawn(async move {
             match sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await {
                 Ok(_) => {}
                 Err(e) if e.to_string().contains("no transaction is active") => {}
+                // Kept: the next `begin` rolls back what is left of the transaction.
+                Err(e) if keep => {
+                    tracing::warn!(error = %e, "rollback of a dropped write to the in-memory \
+                        database failed; the next write rolls it back first");
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "rollback of a dropped write failed; \
                         replacing the SQLite writer connection");

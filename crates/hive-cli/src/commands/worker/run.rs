@@ -200,6 +200,22 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // is known now.
     hive_client::models::WorkerId::parse(id.clone())
         .map_err(|e| anyhow::anyhow!("--id/--role: {e}"))?;
+    // The probes answer before the database does: a worker waiting for it is alive (an
+    // orchestrator must not restart it for waiting) and not ready; `/metrics` follows.
+    let health = hive_client::HealthHandle::new();
+    let metrics = match a.metrics_bind {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
+            let source = hive_metrics::Source::default();
+            let routes = hive_metrics::router_for(source.clone())
+                .merge(hive_metrics::health_router(health.clone()));
+            tokio::spawn(hive_metrics::serve_router(listener, routes));
+            Some(source)
+        }
+        None => None,
+    };
     // From here on Ctrl-C, SIGTERM and SIGHUP are this command's to handle.
     let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
@@ -224,19 +240,11 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         Some(n) => worker.prefetch(n),
         None => worker,
     };
-    let worker = a.intervals.apply(worker);
-    if let Some(addr) = a.metrics_bind {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("--metrics-bind {addr}: {e}"))?;
-        let metrics = hive_metrics::Metrics::new()?;
+    let worker = a.intervals.apply(worker).health(health);
+    if let Some(source) = metrics {
         // One worker of many: its own runs, which Prometheus adds up across the fleet.
-        metrics
-            .watch_with(client.clone(), hive_metrics::Counting::ThisProcess)
-            .await?;
-        let routes = hive_metrics::router(client.clone(), metrics)
-            .merge(hive_metrics::health_router(worker.health_handle()));
-        tokio::spawn(hive_metrics::serve_router(listener, routes));
+        let counting = hive_metrics::Counting::ThisProcess;
+        source.watch_in_background(client.clone(), hive_metrics::Metrics::new()?, counting);
     }
     // Orphans of the commands come to this process when it is PID 1 (a container without
     // an init); reaped, they do not pile up as zombies.
