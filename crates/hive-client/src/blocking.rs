@@ -73,13 +73,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .thread_name("hive-blocking")
         .enable_all()
         .build()
-        .map_err(|e| {
-            hive_store::Error::Unavailable {
-                target: "tokio runtime".into(),
-                reason: e.to_string(),
-            }
-            .into()
-        })
+        .map_err(|e| crate::Error::Runtime(e.to_string()))
+}
+
+/// Refuses a blocking call made from async code, where tokio would panic.
+fn not_in_async() -> Result<()> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Err(crate::Error::BlockingInAsync),
+        Err(_) => Ok(()),
+    }
 }
 
 impl Client {
@@ -88,6 +90,7 @@ impl Client {
     where
         Fut: Future<Output = Result<crate::Client>>,
     {
+        not_in_async()?;
         let runtime = runtime()?;
         let inner = runtime.block_on(connect)?;
         Ok(Client {

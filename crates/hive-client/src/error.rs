@@ -19,6 +19,16 @@ pub enum Error {
         /// The other process's pid, as its registration gave it (`unknown` if it gave none).
         pid: String,
     },
+    /// The blocking client was called from async code, where blocking the thread would
+    /// stall the runtime (tokio refuses it with a panic).
+    #[error(
+        "the blocking client was called from async code (inside a tokio runtime): use \
+         hive_client::Client there, or call it through tokio::task::spawn_blocking"
+    )]
+    BlockingInAsync,
+    /// The blocking client could not start its runtime.
+    #[error("the blocking client cannot start its runtime: {0}")]
+    Runtime(String),
 }
 
 impl Error {
@@ -26,8 +36,31 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Ops(e) => e.is_transient(),
-            Error::WorkerIdTaken { .. } => false,
+            Error::WorkerIdTaken { .. } | Error::BlockingInAsync | Error::Runtime(_) => false,
         }
+    }
+
+    /// Whether a row the call named does not exist (an unknown task, plan, run, …).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Ops(hive_ops::Error::NotFound { .. }))
+    }
+
+    /// Whether the input broke a model rule (an empty title, a cyclic plan, a transition
+    /// the table forbids, …); nothing was changed.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Error::Ops(hive_ops::Error::Invalid(_)))
+    }
+
+    /// Whether the run is no longer its task's current run (taken back, cancelled): its
+    /// worker must drop the result.
+    pub fn is_stale_run(&self) -> bool {
+        matches!(
+            self,
+            Error::Ops(
+                hive_ops::Error::StaleRun { .. }
+                    | hive_ops::Error::Store(hive_store::Error::StaleRun { .. })
+            )
+        )
     }
 
     /// Whether the database as a whole cannot be used, whatever the call's data (see
@@ -35,7 +68,7 @@ impl Error {
     pub fn is_about_the_database(&self) -> bool {
         match self {
             Error::Ops(e) => e.is_about_the_database(),
-            Error::WorkerIdTaken { .. } => false,
+            Error::WorkerIdTaken { .. } | Error::BlockingInAsync | Error::Runtime(_) => false,
         }
     }
 }

@@ -220,9 +220,26 @@ impl TaskError {
     }
 }
 
-impl<E: std::error::Error> From<E> for TaskError {
+/// Any error, so `?` works in a handler: retryable, except Hive's own errors that
+/// retrying cannot fix (an invalid value, a run that ended elsewhere, a database error that
+/// is not transient), which fail the task at once rather than use up its retries.
+impl<E: std::error::Error + 'static> From<E> for TaskError {
     fn from(e: E) -> Self {
-        TaskError::new(e.to_string())
+        let any: &dyn std::any::Any = &e;
+        let transient = if let Some(e) = any.downcast_ref::<crate::Error>() {
+            e.is_transient()
+        } else if let Some(e) = any.downcast_ref::<hive_ops::Error>() {
+            e.is_transient()
+        } else if let Some(e) = any.downcast_ref::<hive_store::Error>() {
+            e.is_transient()
+        } else {
+            // A model rule broken stays broken.
+            !any.is::<hive_models::Error>()
+        };
+        TaskError {
+            retryable: transient,
+            ..TaskError::new(e.to_string())
+        }
     }
 }
 
@@ -546,4 +563,35 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `?` in a handler: another library's error is retried; one of Hive's that retrying
+    /// cannot fix fails the task at once; a transient one of Hive's is retried.
+    #[test]
+    fn a_question_mark_retries_only_what_may_succeed_later() {
+        let io = std::io::Error::other("connection reset");
+        assert!(TaskError::from(io).retryable);
+        let invalid = crate::Error::from(hive_models::Error::InvalidField {
+            field: "fraction".into(),
+            reason: "must be between 0 and 1".into(),
+        });
+        assert!(invalid.is_invalid());
+        let e = TaskError::from(invalid);
+        assert!(!e.retryable);
+        assert!(e.message.contains("fraction"), "{}", e.message);
+        let down = crate::Error::from(hive_store::Error::Unavailable {
+            target: "db:5432".into(),
+            reason: "connection refused".into(),
+        });
+        assert!(TaskError::from(down).retryable);
+        let stale = crate::Error::from(hive_store::Error::StaleRun {
+            run_id: hive_models::RunId::new(),
+        });
+        assert!(stale.is_stale_run());
+        assert!(!TaskError::from(stale).retryable);
+    }
 }
