@@ -52,6 +52,14 @@ impl MemoryStore {
         self.notifier.send_all(notes);
     }
 
+    /// A flow rule changed: a pause lifted, a limit raised or gone may let waiting tasks
+    /// be claimed, so workers look again.
+    fn flow_changed(&self, changed: bool) {
+        if changed {
+            self.send(vec![self.notifier.note(crate::Change::StoreChanged)]);
+        }
+    }
+
     /// Finishes a batch under the lock already held: its spawns first, then the rules.
     fn finish_locked(
         &self,
@@ -446,6 +454,7 @@ impl Store for MemoryStore {
 
     async fn put_flow_rule(&self, rule: &hive_models::FlowRule) -> Result<()> {
         self.lock().put_flow_rule(rule);
+        self.flow_changed(true);
         Ok(())
     }
 
@@ -454,7 +463,9 @@ impl Store for MemoryStore {
     }
 
     async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
-        Ok(self.lock().delete_flow_rule(scope))
+        let deleted = self.lock().delete_flow_rule(scope);
+        self.flow_changed(deleted);
+        Ok(deleted)
     }
 
     async fn edit_flow_rule(
@@ -462,7 +473,9 @@ impl Store for MemoryStore {
         scope: &hive_models::Scope,
         edit: hive_models::FlowEdit,
     ) -> Result<(Option<hive_models::FlowRule>, bool)> {
-        Ok(self.lock().edit_flow_rule(scope, edit, now()))
+        let edited = self.lock().edit_flow_rule(scope, edit, now());
+        self.flow_changed(edited.1);
+        Ok(edited)
     }
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {

@@ -171,6 +171,17 @@ impl PostgresStore {
         }
     }
 
+    /// Announces a flow rule's change to every process: a pause lifted, a limit raised or
+    /// gone may let waiting tasks be claimed, so workers look again.
+    async fn flow_changed(&self, changed: bool) -> Result<()> {
+        if changed {
+            let note = self.notifier.note(crate::Change::StoreChanged);
+            self.publish(vec![self.run(async { sql::payload(&note) }).await?])
+                .await;
+        }
+        Ok(())
+    }
+
     /// Runs one operation, mapping its error.
     async fn run<T>(&self, op: impl Future<Output = R<T>>) -> Result<T> {
         op.await.map_err(|f| self.map(f))
@@ -399,7 +410,8 @@ impl Store for PostgresStore {
     }
 
     async fn put_flow_rule(&self, rule: &hive_models::FlowRule) -> Result<()> {
-        self.run(self.put_flow_rule_once(rule)).await
+        self.run(self.put_flow_rule_once(rule)).await?;
+        self.flow_changed(true).await
     }
 
     async fn list_flow_rules(&self) -> Result<Vec<hive_models::FlowRule>> {
@@ -407,7 +419,9 @@ impl Store for PostgresStore {
     }
 
     async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
-        self.run(self.delete_flow_rule_once(scope)).await
+        let deleted = self.run(self.delete_flow_rule_once(scope)).await?;
+        self.flow_changed(deleted).await?;
+        Ok(deleted)
     }
 
     async fn edit_flow_rule(
@@ -415,7 +429,9 @@ impl Store for PostgresStore {
         scope: &hive_models::Scope,
         edit: hive_models::FlowEdit,
     ) -> Result<(Option<hive_models::FlowRule>, bool)> {
-        self.run(self.edit_flow_rule_once(scope, edit)).await
+        let edited = self.run(self.edit_flow_rule_once(scope, edit)).await?;
+        self.flow_changed(edited.1).await?;
+        Ok(edited)
     }
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {

@@ -224,6 +224,15 @@ impl SqliteStore {
         }
     }
 
+    /// What a flow rule's change announces: a pause lifted, a limit raised or gone may let
+    /// waiting tasks be claimed, so workers look again.
+    fn flow_changed(&self, changed: bool) -> Vec<Notification> {
+        match changed {
+            true => vec![self.notifier.note(crate::Change::StoreChanged)],
+            false => Vec::new(),
+        }
+    }
+
     fn read<T>(&self, outcome: R<T>) -> Result<T> {
         outcome.map_err(|f| self.error(f))
     }
@@ -448,7 +457,10 @@ impl Store for SqliteStore {
     }
 
     async fn put_flow_rule(&self, rule: &hive_models::FlowRule) -> Result<()> {
-        write!(self, quiet flow::put, rule)
+        let mut tx = self.begin().await?;
+        let out = flow::put(&mut tx, rule).await;
+        let notes = self.flow_changed(out.is_ok());
+        self.end(tx, out, notes).await
     }
 
     async fn list_flow_rules(&self) -> Result<Vec<hive_models::FlowRule>> {
@@ -456,7 +468,10 @@ impl Store for SqliteStore {
     }
 
     async fn delete_flow_rule(&self, scope: &hive_models::Scope) -> Result<bool> {
-        write!(self, quiet flow::delete, scope)
+        let mut tx = self.begin().await?;
+        let out = flow::delete(&mut tx, scope).await;
+        let notes = self.flow_changed(matches!(out, Ok(true)));
+        self.end(tx, out, notes).await
     }
 
     async fn edit_flow_rule(
@@ -464,7 +479,10 @@ impl Store for SqliteStore {
         scope: &hive_models::Scope,
         edit: hive_models::FlowEdit,
     ) -> Result<(Option<hive_models::FlowRule>, bool)> {
-        write!(self, quiet flow::edit, scope, edit)
+        let mut tx = self.begin().await?;
+        let out = flow::edit(&mut tx, scope, edit).await;
+        let notes = self.flow_changed(matches!(out, Ok((_, true))));
+        self.end(tx, out, notes).await
     }
 
     async fn advance_schedule(&self, advance: &crate::ScheduleAdvance) -> Result<bool> {

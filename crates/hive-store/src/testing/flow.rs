@@ -9,6 +9,7 @@ use std::time::Duration;
 use hive_models::{FlowRule, NewTask, Rate, Scope, TaskId};
 
 use super::fixtures::{claim_params, node, plan, set_status, success};
+use super::notifications::wait_for;
 use crate::{Claim, ClaimParams, Store, TaskFilter};
 
 type S = Arc<dyn Store>;
@@ -290,8 +291,17 @@ pub async fn a_rate_counts_starts_in_its_window(s: S) {
     assert_eq!(ids(&claim(&s, 10).await), [mail[4]]);
 }
 
+/// Resuming (a rule's change) is announced, so idle workers claim at once rather than at
+/// their next poll; deleting a rule that is not there is not.
 pub async fn a_paused_type_is_not_claimed_until_resumed(s: S) {
+    let mut rx = s.subscribe().await.unwrap();
+    let store_changed = |n: &crate::Notification| {
+        (n.change == crate::Change::StoreChanged && n.origin == s.origin()).then_some(())
+    };
     rule(&s, Scope::Type("batch".into()), |r| r.paused = true).await;
+    wait_for(&mut rx, store_changed)
+        .await
+        .expect("a rule stored is announced");
     let batch = add(&s, of_type("batch", 2)).await;
     let other = add(&s, of_type("other", 1)).await;
     assert_eq!(ids(&claim(&s, 10).await), other);
@@ -305,7 +315,27 @@ pub async fn a_paused_type_is_not_claimed_until_resumed(s: S) {
             .await
             .unwrap()
     );
+    wait_for(&mut rx, store_changed)
+        .await
+        .expect("a rule deleted is announced");
     assert_eq!(ids(&s.claim_tasks(&only_batch).await.unwrap()), batch);
+    let edit = hive_models::FlowEdit::Resume;
+    assert!(
+        !s.edit_flow_rule(&Scope::Type("batch".into()), edit)
+            .await
+            .unwrap()
+            .1
+    );
+    assert!(
+        !s.delete_flow_rule(&Scope::Type("batch".into()))
+            .await
+            .unwrap()
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), wait_for(&mut rx, store_changed));
+    assert!(
+        !matches!(quiet.await, Ok(Ok(_))),
+        "no change, nothing announced"
+    );
 }
 
 pub async fn a_keys_rate_and_running_cap_hold_together(s: S) {
