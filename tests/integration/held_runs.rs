@@ -175,11 +175,15 @@ async fn a_stopping_worker_leaves_the_row_of_a_process_that_took_its_id(c: Clien
     };
     c.register_worker_with(&newer).await.unwrap();
     shutdown.shutdown();
-    tokio::time::timeout(Duration::from_secs(30), run)
+    // Its first check may have seen the newer row already: then it stops on that.
+    match tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .unwrap()
         .unwrap()
-        .unwrap();
+    {
+        Ok(_) | Err(hive_client::Error::WorkerIdTaken { .. }) => {}
+        Err(e) => panic!("the worker stopped on {e}"),
+    }
     let row = c.get_worker("rolling").await.unwrap();
     assert_eq!(
         row.map(|w| w.metadata["instance"].clone()),

@@ -76,21 +76,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| crate::Error::Runtime(e.to_string()))
 }
 
-/// Refuses a blocking call made from async code, where tokio would panic.
-fn not_in_async() -> Result<()> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(_) => Err(crate::Error::BlockingInAsync),
-        Err(_) => Ok(()),
-    }
-}
-
 impl Client {
     /// Starts the runtime and connects on it.
     fn start<Fut>(connect: Fut) -> Result<Client>
     where
         Fut: Future<Output = Result<crate::Client>>,
     {
-        not_in_async()?;
         let runtime = runtime()?;
         let inner = runtime.block_on(connect)?;
         Ok(Client {

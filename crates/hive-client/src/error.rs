@@ -19,13 +19,6 @@ pub enum Error {
         /// The other process's pid, as its registration gave it (`unknown` if it gave none).
         pid: String,
     },
-    /// The blocking client was called from async code, where blocking the thread would
-    /// stall the runtime (tokio refuses it with a panic).
-    #[error(
-        "the blocking client was called from async code (inside a tokio runtime): use \
-         hive_client::Client there, or call it through tokio::task::spawn_blocking"
-    )]
-    BlockingInAsync,
     /// The blocking client could not start its runtime.
     #[error("the blocking client cannot start its runtime: {0}")]
     Runtime(String),
@@ -36,7 +29,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Ops(e) => e.is_transient(),
-            Error::WorkerIdTaken { .. } | Error::BlockingInAsync | Error::Runtime(_) => false,
+            Error::WorkerIdTaken { .. } | Error::Runtime(_) => false,
         }
     }
 
@@ -68,7 +61,7 @@ impl Error {
     pub fn is_about_the_database(&self) -> bool {
         match self {
             Error::Ops(e) => e.is_about_the_database(),
-            Error::WorkerIdTaken { .. } | Error::BlockingInAsync | Error::Runtime(_) => false,
+            Error::WorkerIdTaken { .. } | Error::Runtime(_) => false,
         }
     }
 }

@@ -260,9 +260,21 @@ impl Source {
     }
 
     /// Has `metrics` count runs as `counting` says ([`Metrics::watch_with`]), then serves
-    /// them: in the background, following the event bus again under backoff while it
-    /// cannot (no connection slot free on the server, say), so a process is never stopped
-    /// for its metrics, and `/metrics` counts no run until it follows.
+    /// them. Tried once before returning, so the runs that follow are counted; failing
+    /// (no connection slot free on the server, say), tried again in the background under
+    /// backoff, so a process is never stopped for its metrics, and `/metrics` answers 503
+    /// until it follows.
+    pub async fn watch(&self, client: Client, metrics: Metrics, counting: Counting) {
+        match metrics.watch_with(client.clone(), counting).await {
+            Ok(()) => self.set(client, metrics),
+            Err(e) => {
+                tracing::warn!("metrics cannot follow the runs yet ({e}); trying again");
+                self.watch_in_background(client, metrics, counting);
+            }
+        }
+    }
+
+    /// [`Source::watch`], every try in the background.
     pub fn watch_in_background(&self, client: Client, metrics: Metrics, counting: Counting) {
         let source = self.clone();
         tokio::spawn(async move {

@@ -48,7 +48,9 @@ pub(crate) fn classify(run: &Run) -> Closed {
     let error = run.error_message.as_deref().unwrap_or_default();
     match run.status {
         RunStatus::Success => Closed::Completed,
-        RunStatus::Timeout if error == Run::LEASE_EXPIRED => Closed::Stale,
+        RunStatus::Timeout if error == Run::LEASE_EXPIRED || error == Run::WORKER_RESTARTED => {
+            Closed::Stale
+        }
         RunStatus::Timeout => Closed::TimedOut,
         RunStatus::Failure => Closed::Failed,
         _ => Closed::Ignored,

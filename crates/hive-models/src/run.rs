@@ -162,6 +162,12 @@ impl Run {
         the lease ran out (the worker stopped, hung or lost the database), so the task was \
         taken back";
 
+    /// The error a run carries when its worker, started again under the same id, ended it
+    /// as it registered: the process that claimed it is gone (or replaced).
+    pub const WORKER_RESTARTED: &'static str = "timed out: its worker was started again \
+        under the same id while this run was held, so the process that claimed it is gone \
+        or replaced";
+
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
     }

@@ -108,6 +108,7 @@ async fn silent_workers_are_pruned_and_live_ones_kept(o: O) {
         o.reap().await.unwrap().requeued,
         [(held.task.id, held.run.id)]
     );
+    o.update_worker_heartbeat("alive", None).await.unwrap();
     let pruned = o.prune_workers(Duration::ZERO).await.unwrap();
     assert_eq!(pruned, [worker("dead")]);
     assert!(o.get_worker("dead").await.unwrap().is_none());

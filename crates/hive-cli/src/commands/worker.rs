@@ -34,8 +34,9 @@ pub enum WorkerCommand {
         force: bool,
     },
     /// Remove the workers silent for longer than --silent-for (and than the heartbeat
-    /// timeout, 30 s): processes that died without unregistering. The tasks they held go
-    /// back to the queue; one still holding a run whose lease holds is kept until it ends.
+    /// timeout, 30 s): processes that died without unregistering. Nothing is given back:
+    /// one still holding a run (its lease holding or lapsed) is kept until the reaper takes
+    /// the run back, counting its attempt.
     Prune {
         /// Only workers whose last heartbeat is older than this: 30s, 15m, 12h, 7d, 2w, or
         /// several added up (1d12h).

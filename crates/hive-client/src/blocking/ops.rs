@@ -30,7 +30,6 @@ macro_rules! blocking {
                 // return this crate's.
                 #[allow(clippy::needless_question_mark)]
                 pub fn $name(&self, $($arg: $ty),*) -> Result<$out> {
-                    super::not_in_async()?;
                     Ok(self.block_on(|c| c.$name($($arg),*))?)
                 }
             )*)*

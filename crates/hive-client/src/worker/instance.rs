@@ -104,10 +104,7 @@ impl Instance {
             .map(|run| RunOutcome {
                 run_id: run.id,
                 outcome: Outcome::TimedOut {
-                    error: format!(
-                        "its worker `{id}` was started again while this run was held: the \
-                         process that claimed it is gone or replaced"
-                    ),
+                    error: hive_models::Run::WORKER_RESTARTED.to_owned(),
                     retry: types
                         .get(&run.task_id)
                         .map(|t| client.config().retry_for(t)),

@@ -50,6 +50,11 @@ fn closed_runs_are_classified_by_status_and_error() {
         classify(&run(RunStatus::Timeout, Some(Run::LEASE_EXPIRED))),
         Closed::Stale
     );
+    assert_eq!(
+        classify(&run(RunStatus::Timeout, Some(Run::WORKER_RESTARTED))),
+        Closed::Stale,
+        "ended by its worker's next process, as the reaper would have"
+    );
     assert_eq!(classify(&run(RunStatus::Timeout, None)), Closed::TimedOut);
     assert_eq!(classify(&run(RunStatus::Cancelled, None)), Closed::Ignored);
 }

@@ -200,6 +200,8 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // is known now.
     hive_client::models::WorkerId::parse(id.clone())
         .map_err(|e| anyhow::anyhow!("--id/--role: {e}"))?;
+    // From here on Ctrl-C, SIGTERM and SIGHUP are this command's to handle.
+    let mut interrupts = Interrupts::install()?;
     // The probes answer before the database does: a worker waiting for it is alive (an
     // orchestrator must not restart it for waiting) and not ready; `/metrics` follows.
     let health = hive_client::HealthHandle::new();
@@ -216,8 +218,6 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    // From here on Ctrl-C, SIGTERM and SIGHUP are this command's to handle.
-    let mut interrupts = Interrupts::install()?;
     // A worker started before its database (or during an outage) waits for it.
     // Stopped before: a graceful stop like any other, with an empty report.
     let Some(client) = ctx.client_when_up(&mut interrupts).await? else {
@@ -244,7 +244,9 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(source) = metrics {
         // One worker of many: its own runs, which Prometheus adds up across the fleet.
         let counting = hive_metrics::Counting::ThisProcess;
-        source.watch_in_background(client.clone(), hive_metrics::Metrics::new()?, counting);
+        source
+            .watch(client.clone(), hive_metrics::Metrics::new()?, counting)
+            .await;
     }
     // Orphans of the commands come to this process when it is PID 1 (a container without
     // an init); reaped, they do not pile up as zombies.
