@@ -81,6 +81,16 @@ pub struct PlanCounters {
 }
 
 impl PlanCounters {
+    /// Whether the plan can be retried: failed or cancelled, or completed with subtasks
+    /// that failed or were cancelled since (a completed subtask run again that failed for
+    /// good: the plan stays completed, and this retry is the way to run it once more).
+    pub fn check_retry(&self) -> crate::Result<()> {
+        if self.status == PlanStatus::Completed && self.failed.saturating_add(self.cancelled) > 0 {
+            return Ok(());
+        }
+        self.status.check_retry()
+    }
+
     /// The plan rule, for one subtask reaching `subtask_status`: counts it, then moves the
     /// plan if it must — failed at the first failure, completed when every subtask
     /// completed, cancelled when every subtask finished and some were cancelled. Returns the

@@ -329,12 +329,14 @@ impl<S: Store + ?Sized> Ops<S> {
     /// new one would. Returns the requeued task ids (insertion order; none for such a plan).
     ///
     /// Errors: `NotFound` for an unknown plan; `Invalid` for a plan that is not failed or
-    /// cancelled (still running, or completed), and nothing changes.
+    /// cancelled (still running, or completed with every subtask completed), and nothing
+    /// changes. A completed plan with a subtask failed or cancelled since (run again by
+    /// hand) is retried like a failed one.
     pub async fn retry_plan(&self, plan_id: PlanId) -> Result<Vec<TaskId>> {
         let Some(counters) = self.store.get_plan_counters(plan_id).await? else {
             return Err(Error::not_found("plan", plan_id));
         };
-        counters.status.check_retry()?;
+        counters.check_retry()?;
         let requeued = self.store.retry_plan(plan_id).await?;
         self.plans_changed([plan_id]);
         self.finished_counts.forget().await;
@@ -353,7 +355,7 @@ impl<S: Store + ?Sized> Ops<S> {
             // Its status changed between the read and the retry (another retry won).
             None => match self.store.get_plan_counters(plan_id).await? {
                 Some(now) => {
-                    now.status.check_retry()?;
+                    now.check_retry()?;
                     Ok(Vec::new())
                 }
                 None => Err(Error::not_found("plan", plan_id)),

@@ -33,6 +33,17 @@ impl PlanHeader {
     pub fn get_progress_percentage(&self) -> f64 {
         progress_percentage(self.completed_subtasks, self.total_subtasks)
     }
+
+    /// Its status and counts.
+    pub fn counters(&self) -> PlanCounters {
+        PlanCounters {
+            status: self.status,
+            total: self.total_subtasks,
+            completed: self.completed_subtasks,
+            failed: self.failed_subtasks,
+            cancelled: self.cancelled_subtasks,
+        }
+    }
 }
 
 pub(super) fn progress_percentage(completed: u32, total: u32) -> f64 {

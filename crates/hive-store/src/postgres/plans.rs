@@ -277,13 +277,19 @@ impl PostgresStore {
         Ok(cancelled.map(Option::unwrap_or_default))
     }
 
-    /// Requeues a failed or cancelled plan's failed and cancelled tasks by the rules.
+    /// Requeues a failed or cancelled plan's failed and cancelled tasks by the rules (a
+    /// completed one's too, which the rules retry when a subtask failed since).
     pub(super) async fn retry_plan_once(&self, id: PlanId) -> R<Option<Vec<TaskId>>> {
         let requeued = self
             .replay_over_tasks(
                 id,
                 LOCK_RETRIED_PLAN_TASKS,
-                |status| matches!(status, PlanStatus::Failed | PlanStatus::Cancelled),
+                |status| {
+                    matches!(
+                        status,
+                        PlanStatus::Failed | PlanStatus::Cancelled | PlanStatus::Completed
+                    )
+                },
                 |ch, closed| ch.retry_plan(id, closed),
             )
             .await?;

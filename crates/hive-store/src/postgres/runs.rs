@@ -557,7 +557,7 @@ impl PostgresStore {
         let (report, written) = end(tx, out).await?;
         self.after_commit(written).await?;
         // Credits and plans a crash left between a finish's commit and its follow-up.
-        self.repair_crashes_if_due(p.limit).await?;
+        self.repair_crashes_if_due(p.limit).await;
         Ok(report)
     }
 

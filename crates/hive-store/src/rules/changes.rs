@@ -316,6 +316,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             log,
             ..RunPatch::close(r, RunStatus::Cancelled)
         });
+        let plan_id = self.state(task).and_then(|t| t.plan_id);
         if let Some(t) = self.state_mut(task) {
             t.attempts = t.attempts.saturating_sub(1);
         }
@@ -323,6 +324,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         self.requeue(task, None);
         self.task_note(Change::TaskStatus(TaskStatusChange {
             run_id: Some(run),
+            plan_id,
             ..TaskStatusChange::new(task, TaskStatus::Queued)
         }));
     }
@@ -451,10 +453,11 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
             }
             if to == TaskStatus::Queued {
                 self.requeue(id, None);
-                // Back in the queue it waits again for every dependency not completed now,
-                // and its result is no longer its outcome (a failure next must not read
-                // as the earlier success).
-                self.patch(id).recount_pending = previous.is_terminal();
+                // Back in the queue it waits again for every dependency not completed now
+                // (one may have been requeued while it was held or in review), and its
+                // result is no longer its outcome (a failure next must not read as the
+                // earlier success).
+                self.patch(id).recount_pending = true;
                 if previous.is_terminal() {
                     self.patch(id).result = Some(None);
                     self.reopen(id, task.plan_id, previous);
@@ -536,9 +539,7 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
     /// neither failed nor cancelled.
     pub fn retry_plan(&mut self, plan: PlanId, tasks: &[TaskId]) -> Option<Vec<TaskId>> {
         let mut counters = self.plan_counters(plan)?;
-        if !matches!(counters.status, PlanStatus::Failed | PlanStatus::Cancelled) {
-            return None;
-        }
+        counters.check_retry().ok()?;
         let mut requeued = Vec::new();
         for &id in tasks {
             let Some(t) = self.state(id) else { continue };

@@ -353,7 +353,7 @@ pub(super) async fn retry(
         notes,
         id,
         CLOSED_TASKS,
-        |counters| matches!(counters.status, PlanStatus::Failed | PlanStatus::Cancelled),
+        |counters| counters.check_retry().is_ok(),
         |ch, closed| ch.retry_plan(id, closed),
     )
     .await?;

@@ -143,7 +143,7 @@ fn heading(p: &PlanHeader) -> Markup {
         @if let Some(key) = &p.idempotency_key {
             p { "idempotency key " code id="plan-key" { (key) } }
         }
-        @if matches!(p.status, PlanStatus::Failed | PlanStatus::Cancelled) {
+        @if p.counters().check_retry().is_ok() {
             form class="inline" method="post" action={ "/actions/plans/" (p.id) "/retry" }
                 data-confirm="Run this plan's failed and cancelled subtasks again?" {
                 button type="submit" id="retry-plan" { "Retry plan" }
