@@ -17,7 +17,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use crate::calls::Calls;
 use crate::log_capture::Logs;
-use crate::proxy::Proxy;
+use crate::proxy::{Cut, Proxy};
 
 hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_url =>
     killed_connections_mid_drain_lose_and_double_nothing,
@@ -31,7 +31,46 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
     a_database_blip_at_shutdown_still_gives_held_tasks_back,
     told_to_stop_before_it_runs_with_the_database_gone,
     a_graceful_stop_with_the_database_gone_ends_and_loses_nothing,
+    a_claim_never_answered_is_given_up_and_tried_again,
 );
+
+/// A claim whose connection stops answering (cut silently: no error comes until TCP gives
+/// up, some 15 minutes) is given up after three leases, and the worker claims again on
+/// another connection: the task runs, once, without a restart.
+async fn a_claim_never_answered_is_given_up_and_tried_again(store: Arc<dyn Store>, url: String) {
+    const TYPE: &str = "silenced-claim";
+    let operator = Client::from_store(store, OpsConfig::default());
+    let (mut proxy, proxied) = Proxy::for_url(&url).await;
+    proxy.listen().await;
+    let silenced = through(&proxied).await;
+    let calls = Calls::default();
+    let worker = silenced
+        .worker("silenced")
+        .task_types([TYPE])
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(100));
+    let (stop, run) = run_recording(&operator, worker, "silenced", &calls).await;
+    // Only a claim binds the task type (registration, which names it too, is done).
+    proxy.cut_next_sending(TYPE.as_bytes(), Cut::Silence);
+    let id = operator.create_task(NewTask::new("t", TYPE)).await.unwrap();
+    let created = Instant::now();
+    while operator.get_task(id).await.unwrap().unwrap().status != TaskStatus::Completed {
+        assert!(
+            created.elapsed() < Duration::from_secs(40),
+            "the claim that never answered was never given up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "SILENCED CLAIM: the task completed {:?} after it was created (lease 2 s)",
+        created.elapsed()
+    );
+    stop.shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), run).await;
+    proxy.close();
+    stopped.expect("the worker stopped").unwrap().unwrap();
+    assert_eq!(calls.all().len(), 1, "{:?}", calls.all());
+}
 
 mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -564,6 +603,37 @@ async fn stopping_with_the_database_gone_loses_nothing(
 
 /// Another worker, on the database itself, runs what is left (the tasks a stopped worker's
 /// leases give back) until idle, recording its handler's calls in `calls`.
+/// Runs `worker` (named `id`) with a handler that records each call and succeeds, and
+/// returns once it registered (within 30 s): its stop handle and its run.
+async fn run_recording(
+    operator: &Client,
+    worker: hive_client::WorkerBuilder,
+    id: &str,
+    calls: &Calls,
+) -> (
+    hive_client::ShutdownHandle,
+    tokio::task::JoinHandle<hive_client::Result<WorkerReport>>,
+) {
+    let worker = worker.handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run({
+        let calls = calls.clone();
+        move |ctx: TaskContext| {
+            calls.record(&ctx);
+            async { Ok::<_, TaskError>(()) }
+        }
+    }));
+    let registered = Instant::now();
+    while operator.get_worker(id).await.unwrap().is_none() {
+        assert!(
+            registered.elapsed() < Duration::from_secs(30),
+            "the worker registers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (stop, run)
+}
+
 async fn finish_the_rest(operator: &Client, calls: &Calls) {
     let after = operator
         .worker("after")
@@ -607,24 +677,8 @@ async fn stopping_during_a_claim_never_answered(store: Arc<dyn Store>, url: Stri
     let worker = stalled
         .worker("stalled")
         .concurrency(1)
-        .poll_interval(Duration::from_millis(20))
-        .handle_signals(false);
-    let stop = worker.shutdown_handle();
-    let run = tokio::spawn(worker.run({
-        let calls = calls.clone();
-        move |ctx: TaskContext| {
-            calls.record(&ctx);
-            async { Ok::<_, TaskError>(()) }
-        }
-    }));
-    let registered = Instant::now();
-    while operator.get_worker("stalled").await.unwrap().is_none() {
-        assert!(
-            registered.elapsed() < Duration::from_secs(30),
-            "the worker registers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .poll_interval(Duration::from_millis(20));
+    let (stop, run) = run_recording(&operator, worker, "stalled", &calls).await;
     proxy.stall();
     let id = operator
         .create_task(NewTask::new("t", "stalled"))

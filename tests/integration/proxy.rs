@@ -18,6 +18,10 @@ pub enum Cut {
     BeforeCommit,
     /// The server gets the COMMIT but the reply never reaches the client.
     AfterCommit,
+    /// The message and everything after it on that connection are swallowed, the
+    /// connection left open: a connection cut silently, which the client only notices when
+    /// TCP gives up.
+    Silence,
 }
 
 /// An armed cut: the bytes that trigger it, and where it cuts.
@@ -181,6 +185,10 @@ async fn forward(
                 to_server.write_all(chunk).await?;
                 // Long enough for the server to run it; its reply is dropped with the pair.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                break;
+            }
+            Some(Cut::Silence) => {
+                while from_client.read(&mut buf).await? > 0 {}
                 break;
             }
             None => to_server.write_all(chunk).await?,

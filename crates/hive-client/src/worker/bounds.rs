@@ -14,6 +14,52 @@ pub(super) const AT_ONCE_STORE_WAIT: Duration = Duration::from_secs(2);
 /// (see [`Runtime::at_shutdown`]).
 pub(super) const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(5);
 
+/// How long a claim or a commit waits for the database before it is given up as a
+/// transient fault: a connection cut silently gives no error until TCP gives up (about 15
+/// minutes), and would hold the worker's claims or commits that long. Three leases, at
+/// least 5 s, doubled each time it runs out so that a statement legitimately that slow (a
+/// finish freeing a huge fan-out) gets its time on the next try. A claim that committed all
+/// the same is given back by the held-runs check; a commit tried again finds its runs
+/// finished (stale) or finishes them.
+#[derive(Debug)]
+pub(super) struct AnswerWithin {
+    first: Duration,
+    limit: Duration,
+}
+
+impl AnswerWithin {
+    pub(super) fn new(lease: Duration) -> AnswerWithin {
+        let first = lease.saturating_mul(3).max(Duration::from_secs(5));
+        AnswerWithin {
+            first,
+            limit: first,
+        }
+    }
+
+    /// `call`, or a transient `Unavailable` once the limit passes without an answer.
+    pub(super) async fn call<T>(
+        &mut self,
+        what: &str,
+        call: impl std::future::Future<Output = hive_ops::Result<T>>,
+    ) -> hive_ops::Result<T> {
+        match tokio::time::timeout(self.limit, call).await {
+            Ok(answer) => {
+                self.limit = self.first;
+                answer
+            }
+            Err(_) => {
+                let waited = self.limit;
+                self.limit = self.limit.saturating_mul(2).min(Duration::from_secs(3600));
+                Err(hive_store::Error::Unavailable {
+                    target: "the database".into(),
+                    reason: format!("no answer to {what} within {waited:?}"),
+                }
+                .into())
+            }
+        }
+    }
+}
+
 impl Runtime {
     /// A store call of the shutdown: once told to stop at once (before the call or during
     /// it), done within [`AT_ONCE_STORE_WAIT`] of being told or not at all (None), so a

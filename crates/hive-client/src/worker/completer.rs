@@ -9,6 +9,7 @@ use hive_ops::Claimed;
 use hive_ops::store::{FinishReport, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
 
+use super::bounds::AnswerWithin;
 use super::held::Held;
 use super::report::Counters;
 use super::slots::Slots;
@@ -234,20 +235,19 @@ impl Completer {
         slots: usize,
     ) -> Result<(Vec<FinishReport>, Vec<Claimed>), crate::Error> {
         let mut backoff = Backoff::new("committing finished runs");
+        let mut answer = AnswerWithin::new(self.spec.lease);
         loop {
             let want = if *self.stop.borrow() { 0 } else { slots };
             let recording = self.held.changing().await;
             let began = Instant::now();
-            let committed = self
-                .client
-                .finish_and_claim(
-                    outcomes,
-                    &self.spec.worker,
-                    &self.spec.task_types,
-                    want as u32,
-                    self.spec.lease,
-                )
-                .await;
+            let commit = self.client.finish_and_claim(
+                outcomes,
+                &self.spec.worker,
+                &self.spec.task_types,
+                want as u32,
+                self.spec.lease,
+            );
+            let committed = answer.call("a commit", commit).await;
             if let Ok((_, claims)) = &committed {
                 self.slots.record_commit(began.elapsed());
                 self.held.finished(outcomes.iter().map(|o| o.run_id));

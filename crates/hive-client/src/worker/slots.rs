@@ -292,6 +292,7 @@ impl Runtime {
     ) -> Result<()> {
         let mut running = Running::default();
         let mut backoff = Backoff::new("claiming");
+        let mut answer = super::bounds::AnswerWithin::new(self.cfg.lease);
         let mut look = true;
         // When an idle worker may next ask whether anything is left, and when it will
         // because tasks settled since it last asked (see [`IDLE_RECHECK_SHARE`]).
@@ -323,6 +324,7 @@ impl Runtime {
                     free as u32,
                     self.cfg.lease,
                 );
+                let claim = answer.call("a claim", claim);
                 let Some(claimed) = self.bounded_by_stop(claim).await else {
                     drop(recording);
                     self.slots.give_back(free);
