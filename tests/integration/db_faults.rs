@@ -35,8 +35,8 @@ hive_store::per_backend!([postgres], hive_store::testing::TestStore::run_with_ur
 );
 
 /// A claim whose connection stops answering (cut silently: no error comes until TCP gives
-/// up, some 15 minutes) is given up after three leases, and the worker claims again on
-/// another connection: the task runs, once, without a restart.
+/// up, some 15 minutes) is given up after 10 s (three leases, at least 10 s), and the
+/// worker claims again on another connection: the task runs, once, without a restart.
 async fn a_claim_never_answered_is_given_up_and_tried_again(store: Arc<dyn Store>, url: String) {
     const TYPE: &str = "silenced-claim";
     let operator = Client::from_store(store, OpsConfig::default());

@@ -17,7 +17,7 @@ pub(super) const SHUTDOWN_RETRY_FOR: Duration = Duration::from_secs(5);
 /// How long a claim or a commit waits for the database before it is given up as a
 /// transient fault: a connection cut silently gives no error until TCP gives up (about 15
 /// minutes), and would hold the worker's claims or commits that long. Three leases, at
-/// least 5 s, doubled each time it runs out so that a statement legitimately that slow (a
+/// least 10 s, doubled each time it runs out so that a statement legitimately that slow (a
 /// finish freeing a huge fan-out) gets its time on the next try. A claim that committed all
 /// the same is given back by the held-runs check; a commit tried again finds its runs
 /// finished (stale) or finishes them.
@@ -29,7 +29,7 @@ pub(super) struct AnswerWithin {
 
 impl AnswerWithin {
     pub(super) fn new(lease: Duration) -> AnswerWithin {
-        let first = lease.saturating_mul(3).max(Duration::from_secs(5));
+        let first = lease.saturating_mul(3).max(Duration::from_secs(10));
         AnswerWithin {
             first,
             limit: first,
