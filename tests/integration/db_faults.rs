@@ -601,8 +601,6 @@ async fn stopping_with_the_database_gone_loses_nothing(
     assert_eq!(called, ids);
 }
 
-/// Another worker, on the database itself, runs what is left (the tasks a stopped worker's
-/// leases give back) until idle, recording its handler's calls in `calls`.
 /// Runs `worker` (named `id`) with a handler that records each call and succeeds, and
 /// returns once it registered (within 30 s): its stop handle and its run.
 async fn run_recording(
@@ -634,6 +632,8 @@ async fn run_recording(
     (stop, run)
 }
 
+/// Another worker, on the database itself, runs what is left (the tasks a stopped worker's
+/// leases give back) until idle, recording its handler's calls in `calls`.
 async fn finish_the_rest(operator: &Client, calls: &Calls) {
     let after = operator
         .worker("after")

@@ -49,7 +49,8 @@ impl AnswerWithin {
             }
             Err(_) => {
                 let waited = self.limit;
-                self.limit = self.limit.saturating_mul(2).min(Duration::from_secs(3600));
+                let cap = self.first.max(Duration::from_secs(3600));
+                self.limit = self.limit.saturating_mul(2).min(cap);
                 Err(hive_store::Error::Unavailable {
                     target: "the database".into(),
                     reason: format!("no answer to {what} within {waited:?}"),

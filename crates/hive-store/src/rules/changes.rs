@@ -456,7 +456,9 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
                 // Back in the queue it waits again for every dependency not completed now
                 // (one may have been requeued while it was held or in review), and its
                 // result is no longer its outcome (a failure next must not read as the
-                // earlier success).
+                // earlier success). Recounted here, a change of one task alone: in a
+                // worker's batch a dependency may complete in the same statement, which a
+                // recount would not see on Postgres.
                 self.patch(id).recount_pending = true;
                 if previous.is_terminal() {
                     self.patch(id).result = Some(None);
