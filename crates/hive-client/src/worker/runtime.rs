@@ -123,7 +123,15 @@ impl Runtime {
                 let client = &self.cfg.client;
                 self.instance.warn_if_taken(client, &self.id).await?;
                 client.register_worker_with(&self.registration()).await?;
-                self.instance.end_inherited_runs(client, &self.id).await
+                // Registering again on a transient fault; any other is not worth the
+                // worker's start: those runs are then given back by the held-runs check.
+                match self.instance.end_inherited_runs(client, &self.id).await {
+                    Err(e) if !e.is_transient() => {
+                        tracing::warn!(worker = %self.id, error = %e, "could not end the runs an earlier process under this id held");
+                        Ok(0)
+                    }
+                    ended => ended,
+                }
             }
             .await;
             self.cfg
