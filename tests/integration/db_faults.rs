@@ -739,6 +739,7 @@ async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
             calls.record(&ctx);
             let (started, told) = (started_tx.clone(), told_tx.clone());
             async move {
+                let mut log = None;
                 if ctx.run.run_number == 1 {
                     let _ = started.send(());
                     ctx.cancelled().await;
@@ -746,8 +747,12 @@ async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
                     // Some clean-up: a handler returning at the very moment it is told
                     // would race the stop signal, and its success may be reported instead.
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    log = Some("stopped half-way\n".to_owned());
                 }
-                Ok::<_, TaskError>(serde_json::json!("done"))
+                Ok::<_, TaskError>(hive_client::TaskOutput {
+                    result: Some(serde_json::json!("done")),
+                    log,
+                })
             }
         }
     }));
@@ -775,6 +780,11 @@ async fn a_worker_cut_off_longer_than_its_lease_gives_its_runs_back(
         why.starts_with("given back: its worker stored no heartbeat for")
             && why.ends_with("; the handler stopped"),
         "{why}"
+    );
+    assert_eq!(
+        runs[0].output_log.as_deref(),
+        Some("stopped half-way\n"),
+        "the run given back keeps what its handler printed"
     );
     let task = operator.get_task(id).await.unwrap().unwrap();
     assert_eq!(task.attempts, 1, "the run given back is not counted");

@@ -6,7 +6,8 @@
 //! PID 1 (a container started without an init) must reap itself.
 //!
 //! A worker killed outright (SIGKILL, the OOM killer) runs none of this: its commands are
-//! killed by the next worker to look on the same host ([`crate::orphans`]).
+//! killed by its guard process, or, were the guard killed too, by the next worker to look
+//! on the same host ([`crate::orphans`]).
 //! `PR_SET_PDEATHSIG` on `sh` would not do it: it fires when the thread that spawned `sh`
 //! exits, not the process, and signals `sh` alone, not its group nor what left the group.
 

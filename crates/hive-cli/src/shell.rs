@@ -34,8 +34,9 @@
 //! to be read that ends like a JSON object or array.
 //!
 //! Every command runs in a process group of its own, and the whole group is killed when
-//! the task stops, so a background child never outlives its task (unless the worker itself
-//! is killed outright and no other worker runs on its host, see [`crate::orphans`]): after `sh` exits; on a
+//! the task stops, so a background child never outlives its task (a worker killed outright
+//! leaves that to its guard process, or, were it killed too, to another worker on its host:
+//! see [`crate::orphans`]): after `sh` exits; on a
 //! timeout (the payload's `timeout_secs` or the task's) or its task's cancel, SIGTERM first
 //! and SIGKILL once the worker's timeout grace has passed; and at once when the handler is
 //! dropped (the worker's shutdown grace ran out). So is every process that left the group
@@ -179,13 +180,13 @@ pub async fn handle(ctx: TaskContext, options: Options) -> Result<TaskOutput, Ta
     let exited = tokio::select! {
         never = progress.watch(&ctx) => match never {},
         waited = tokio::time::timeout(limit, child.wait()) => {
-            waited.map_err(|_| format!(
+            waited.map_err(|_| TaskError::timed_out(format!(
                 "command timed out after {}s and was stopped",
                 payload.timeout_secs.unwrap_or_default()
-            ))
+            )))
         }
         () = ctx.cancelled() => {
-            Err(crate::builtin::STOPPED.to_owned())
+            Err(TaskError::new(crate::builtin::STOPPED))
         }
     };
     if let (Err(_), Some(group)) = (&exited, &group) {
@@ -210,7 +211,7 @@ pub async fn handle(ctx: TaskContext, options: Options) -> Result<TaskOutput, Ta
     }
     let status = match exited {
         Ok(status) => status.map_err(|e| TaskError::new(format!("waiting for sh: {e}")))?,
-        Err(stopped) => return Err(TaskError::new(stopped).with_log(log)),
+        Err(stopped) => return Err(stopped.with_log(log)),
     };
     let failed = match (status.code(), status.signal()) {
         (Some(0), _) => None,
@@ -327,7 +328,17 @@ fn output(
         None if cut => (&*text, ""),
         _ => ("", &*text),
     };
+    // A progress bar redraws its line after each `\r`: a cut line holding one is such a
+    // line's history, however it ends, and no output.
+    let cut_line = if cut_line.contains('\r') {
+        ""
+    } else {
+        cut_line
+    };
     let trailing = trailing_value(whole);
+    if trailing.is_none() {
+        check_last_line(stdout, cut)?;
+    }
     // Stdout cut, ending like a value spread over lines whose start was not kept: any line
     // of it read alone would be a piece of it, and the whole is over the output limit.
     let cut_value = cut && trailing.is_none() && ends_like_a_value(whole);
@@ -348,6 +359,38 @@ fn output(
         ));
     }
     Ok(last_json)
+}
+
+/// Refuses a last line (nothing but blanks after it) that is shaped like a JSON object or
+/// array but is none: `{"score": NaN}`, Python's `{'a': 1}`, bytes that are not UTF-8.
+/// Skipping it would hand the dependents an older line, or nothing, without a word. Read
+/// from the bytes printed: the text the rest is read from has such bytes replaced.
+fn check_last_line(stdout: &[u8], cut: bool) -> Result<(), String> {
+    let whole = match stdout.iter().position(|b| *b == b'\n') {
+        Some(at) if cut => &stdout[at + 1..],
+        None if cut => &[],
+        _ => stdout,
+    };
+    let Some(last) = whole
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|l| !l.is_empty())
+    else {
+        return Ok(());
+    };
+    let shaped = match last {
+        [b'{', .., b'}'] => true,
+        [b'[', ..] => ends_like_json(&String::from_utf8_lossy(last)),
+        _ => false,
+    };
+    match serde_json::from_slice::<serde_json::Value>(last) {
+        Err(e) if shaped => Err(format!(
+            "the last line the command printed looks like JSON but is not ({e}): print the \
+             output with a JSON encoder (NaN, single quotes and bytes that are not UTF-8 are \
+             not JSON), or end with a line that is not shaped like an object or array"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `line` ends as a JSON object or array does: its closing bracket after the end
@@ -511,6 +554,50 @@ mod tests {
             refused.contains("is 16777217 bytes; outputs are limited to 1 MiB"),
             "{refused}"
         );
+    }
+
+    /// A last line shaped like an object or array that is no JSON fails the task, naming
+    /// why, rather than passing an older line on; log lines in brackets are no outputs.
+    #[test]
+    fn a_last_line_shaped_like_json_that_is_none_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("absent.json");
+        let whole = |s: &'static [u8]| (s, false);
+        for last in [
+            &b"{\"score\": NaN}"[..],
+            b"{'a': 1}",
+            b"{\"name\": \"Jos\xe9\"}",
+            b"[1, 2,, 3]",
+        ] {
+            let stdout = [&b"{\"level\": \"info\"}\n"[..], last, b"\n\n"].concat();
+            let e = output(&file, (&stdout, false)).unwrap_err();
+            assert!(e.contains("looks like JSON but is not"), "{e}");
+        }
+        assert_eq!(
+            output(
+                &file,
+                whole(b"{\"a\": 1}\n[INFO] done [ok]\n... PASSED [ 45%]\n")
+            )
+            .unwrap(),
+            Some(json!({"a": 1})),
+            "a log line in brackets is no output, and hides none"
+        );
+        // A pretty-printed value's last line is read with the rest of it.
+        assert_eq!(
+            output(&file, whole(b"{\n  \"a\": [\n    1,\n    2\n  ]\n}\n")).unwrap(),
+            Some(json!({"a": [1, 2]}))
+        );
+    }
+
+    /// A progress bar printed on stdout (`\r` between its redraws, no newline) that filled
+    /// the tail read is no output over the limit.
+    #[test]
+    fn a_cut_progress_bar_is_no_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("absent.json");
+        let bar = "\r 50%|#####     | 5/10 [00:01<00:01, 4.9it/s]".repeat(3);
+        let bar = format!("{bar}\r100%|##########| 10/10 [00:02<00:00, 4.9it/s]");
+        assert_eq!(output(&file, (bar.as_bytes(), true)).unwrap(), None);
     }
 
     #[test]

@@ -189,6 +189,8 @@ fn a_stopped_command_gets_sigterm_then_sigkill_after_the_grace() {
         runs[0]["error_message"], "command timed out after 1s and was stopped",
         "{runs}"
     );
+    // The payload's limit ends the run as the task's own does: counted as a timeout.
+    assert_eq!(runs[0]["status"], "timeout", "{runs}");
     let runs = db.json(&["task", "runs", deaf_id.trim()]);
     assert_eq!(
         runs[0]["error_message"], "timed out after 1s; the handler stopped",

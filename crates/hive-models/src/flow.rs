@@ -82,6 +82,10 @@ pub fn check_scope_name(field: &str, name: &str) -> Result<()> {
         )
     } else if name.chars().any(char::is_control) {
         "must not contain control characters".to_owned()
+    } else if name == "." || name == ".." {
+        // A URL's path cannot carry it: the dashboard's and the API's links to it would
+        // resolve to their parent.
+        format!("must not be `{name}`")
     } else {
         return Ok(());
     };

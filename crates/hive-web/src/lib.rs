@@ -41,6 +41,15 @@ pub enum Error {
          without spaces, quotes, backslashes, commas or semicolons"
     )]
     UnusableToken { what: String },
+    #[error(
+        "the token is {len} characters; binding {bind} (not a loopback address) needs one of \
+         at least {min}, which a guess over the network cannot find (e.g. `openssl rand -hex 16`)"
+    )]
+    WeakToken {
+        bind: SocketAddr,
+        len: usize,
+        min: usize,
+    },
     #[error("cannot generate a random token: {0}")]
     Random(String),
     #[error("cannot listen on {bind}: {source}")]

@@ -17,6 +17,11 @@ use crate::{AppState, Error, Result};
 pub const COOKIE: &str = "hive_token";
 /// The header that carries the token for scripts and API callers.
 pub const HEADER: &str = "x-hive-token";
+/// The shortest token a dashboard bound beyond loopback takes.
+pub const MIN_TOKEN_CHARS: usize = 16;
+/// How long each wrong token holds the next: guesses are answered one at a time, at most
+/// four a second in all, however many connections send them.
+const WRONG_TOKEN_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The dashboard's token, and whether reading needs it too.
 #[derive(Clone)]
@@ -30,6 +35,9 @@ pub struct Security {
     /// port, so two dashboards on one host under one name would overwrite each other's
     /// token and log each other out.
     cookie_name: String,
+    /// Held through [`WRONG_TOKEN_PAUSE`] by each answer to a wrong token (a request with
+    /// the right token, or none, never waits for it).
+    wrong_tokens: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -64,10 +72,18 @@ impl Security {
                     what: format!("{c:?}"),
                 })
             }
+            Some(t) if !bind.ip().is_loopback() && t.chars().count() < MIN_TOKEN_CHARS => {
+                Err(Error::WeakToken {
+                    bind,
+                    len: t.chars().count(),
+                    min: MIN_TOKEN_CHARS,
+                })
+            }
             Some(token) => Ok(Security {
                 token,
                 reads_need_token: true,
                 cookie_name,
+                wrong_tokens: Default::default(),
             }),
             None if !bind.ip().is_loopback() => Err(Error::TokenRequired { bind }),
             None => {
@@ -77,6 +93,7 @@ impl Security {
                     token: bytes.iter().map(|b| format!("{b:02x}")).collect(),
                     reads_need_token: false,
                     cookie_name,
+                    wrong_tokens: Default::default(),
                 })
             }
         }
@@ -113,10 +130,45 @@ impl Security {
         }
     }
 
-    /// Whether `given` is the token, compared in constant time.
+    /// Whether `given` is the token, in a time that depends on the token's length only
+    /// (neither where a guess goes wrong nor whether its length is right shows).
     pub fn accepts(&self, given: &str) -> bool {
         let (a, b) = (self.token.as_bytes(), given.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        let differs = a
+            .iter()
+            .enumerate()
+            .fold(u8::from(a.len() != b.len()), |acc, (i, x)| {
+                acc | (x ^ b.get(i).copied().unwrap_or(!x))
+            });
+        differs == 0
+    }
+
+    /// Waits for the turn to answer a wrong token: one such answer at a time, each holding
+    /// the next for [`WRONG_TOKEN_PAUSE`], so guessing a token over the network is hopeless
+    /// while the right token is never slowed.
+    pub(crate) async fn after_wrong_token(&self) {
+        let _turn = self.wrong_tokens.lock().await;
+        tokio::time::sleep(WRONG_TOKEN_PAUSE).await;
+    }
+
+    /// Whether the request carries some token, right or wrong.
+    fn carries_token(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key(HEADER)
+            || headers.contains_key(header::AUTHORIZATION)
+            || self.cookie_value(headers).is_some()
+    }
+
+    /// The value of the request's cookie of this dashboard, if it sends one.
+    fn cookie_value<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let name = self.cookie_name_for(headers);
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     }
 
     /// Whether the request carries the token (cookie, header or bearer).
@@ -126,15 +178,7 @@ impl Security {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let name = self.cookie_name_for(headers);
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v);
+        let cookie = self.cookie_value(headers);
         [header, bearer, cookie]
             .into_iter()
             .flatten()
@@ -241,6 +285,9 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
             return refuse(StatusCode::FORBIDDEN, why);
         }
         if !authorised {
+            if sec.carries_token(req.headers()) {
+                sec.after_wrong_token().await;
+            }
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "refused: changing anything needs the dashboard's token",
@@ -248,6 +295,9 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         }
     }
     if reading && !open && sec.reads_need_token && !authorised {
+        if sec.carries_token(req.headers()) {
+            sec.after_wrong_token().await;
+        }
         if path.starts_with("/api/") || path == "/metrics" || path == "/events" {
             return refuse(StatusCode::UNAUTHORIZED, "this dashboard needs its token");
         }

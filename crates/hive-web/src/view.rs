@@ -48,9 +48,11 @@ pub fn pause_toggle(actions: &str, key: &str, paused: bool) -> Markup {
     } else {
         ("pause", "Pause")
     };
+    // Rows move as queues drain and appear: the operator confirms which one they hit.
     html! {
         form class="inline" method="post"
-            action={ (actions) "/" (crate::actions::urlencode(key)) "/" (verb) } {
+            action={ (actions) "/" (crate::actions::urlencode(key)) "/" (verb) }
+            data-confirm={ (label) " " (key) "?" } {
             button type="submit" class=(verb) { (label) }
         }
     }

@@ -181,6 +181,9 @@ pub struct TaskError {
     /// `Some`: not a failure — run the task again after this long, giving this attempt
     /// back (see [`TaskError::snooze`]).
     pub snooze: Option<Duration>,
+    /// The handler stopped the work at a time limit of its own (see
+    /// [`TaskError::timed_out`]): the run ends `timeout`, as at the task's own limit.
+    pub timed_out: bool,
 }
 
 impl TaskError {
@@ -191,6 +194,7 @@ impl TaskError {
             retryable: true,
             log: None,
             snooze: None,
+            timed_out: false,
         }
     }
 
@@ -202,6 +206,16 @@ impl TaskError {
         TaskError {
             snooze: Some(delay),
             ..Self::new(format!("snoozed for {}", humanize(delay)))
+        }
+    }
+
+    /// A retryable failure at a time limit the handler kept itself (a `shell` payload's
+    /// `timeout_secs`): the run ends `timeout`, counted as timeouts are, like one stopped at
+    /// the task's own `timeout_secs`.
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        TaskError {
+            timed_out: true,
+            ..Self::new(message)
         }
     }
 
@@ -278,8 +292,9 @@ enum Ended<T> {
     Returned(T),
     /// Its timeout passed; what it returned within the grace once told to stop, if it did.
     TimedOut(Duration, Option<T>),
-    /// Its task was cancelled; whatever it reports is stale.
-    Cancelled(bool),
+    /// Its task was cancelled or the worker gave its run back; what it returned within
+    /// the grace, if it did (only its log is kept).
+    Cancelled(Option<T>),
 }
 
 /// A started run's registrations, ended when its call ends, also when the call is dropped
@@ -431,7 +446,7 @@ pub(super) async fn run_one(
             Ended::TimedOut(timeout.unwrap_or_default(), returned)
         }
         First::Cancelled => {
-            Ended::Cancelled(tokio::time::timeout(limits.grace, &mut fut).await.is_ok())
+            Ended::Cancelled(tokio::time::timeout(limits.grace, &mut fut).await.ok())
         }
     };
     gate.pace.record(began.elapsed());
@@ -444,7 +459,7 @@ pub(super) async fn run_one(
         Ended::TimedOut(limit, returned) => {
             Err((Some(limit), returned.is_some(), returned.and_then(log_of)))
         }
-        Ended::Cancelled(returned) => Err((None, returned, None)),
+        Ended::Cancelled(returned) => Err((None, returned.is_some(), returned.and_then(log_of))),
     };
     let (outcome, output_log) = match finished {
         Err((limit, returned, log)) => {
@@ -505,6 +520,13 @@ pub(super) async fn run_one(
             (outcome, out.log)
         }
         Ok(Ok(Err(e))) => match e.snooze {
+            None if e.timed_out => (
+                Outcome::TimedOut {
+                    error: e.message,
+                    retry: e.retryable.then_some(retry),
+                },
+                e.log,
+            ),
             Some(delay) => (
                 Outcome::Snooze {
                     delay: delay.min(hive_models::RetryPolicy::MAX_DELAY),

@@ -55,6 +55,12 @@ fn rules_and_keys_refuse_zero_empty_and_control_characters() {
     assert!(rule(ty(" ")).validate().is_err());
     assert!(rule(key("a\nb")).validate().is_err());
     assert!(rule(key(&"k".repeat(201))).validate().is_err());
+    // A URL path cannot carry them: the dashboard's buttons for them would miss.
+    for dots in [".", ".."] {
+        let e = check_scope_name("task_type", dots).unwrap_err().to_string();
+        assert!(e.contains(&format!("must not be `{dots}`")), "{e}");
+    }
+    check_scope_name("task_type", "...").unwrap();
     assert!(check_concurrency(None, Some(1)).is_err());
     assert!(check_concurrency(Some("acct"), Some(0)).is_err());
     check_concurrency(Some("acct"), None).unwrap();

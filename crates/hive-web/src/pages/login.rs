@@ -35,6 +35,7 @@ pub async fn submit(
     Form(l): Form<Login>,
 ) -> Response {
     if !s.security.accepts(&l.token) {
+        s.security.after_wrong_token().await;
         return (
             StatusCode::UNAUTHORIZED,
             layout("Log in", html! { p class="error" { "wrong token" } }),

@@ -13,7 +13,8 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-/// Dependents listed on a task's page, in queue order.
+/// Dependents (in queue order) and dependencies listed on a task's page: a plan's join may
+/// wait for 100,000 subtasks, and the page is sent again on every change.
 const DEPENDENTS_SHOWN: u32 = 100;
 
 pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response {
@@ -69,14 +70,26 @@ pub async fn page(State(s): State<AppState>, Path(id): Path<String>) -> Response
                     }
                 }
                 " "
-                form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/cancel" }
-                    data-confirm="Cancel this task and its dependents?" {
-                    input name="reason" placeholder="reason";
-                    button type="submit" id="cancel" { "Cancel" }
+                // Nothing leaves a finished status: a Cancel there could only fail.
+                @if !task.status.is_terminal() {
+                    form class="inline" method="post" action={ "/actions/tasks/" (task.id) "/cancel" }
+                        data-confirm="Cancel this task and its dependents?" {
+                        input name="reason" placeholder="reason";
+                        button type="submit" id="cancel" { "Cancel" }
+                    }
                 }
             }
             h2 { "Dependencies" }
-            ul { @for d in &task.dependencies { li { a href={ "/tasks/" (d) } { (d) } } } }
+            ul { @for d in task.dependencies.iter().take(DEPENDENTS_SHOWN as usize) {
+                li { a href={ "/tasks/" (d) } { (d) } }
+            } }
+            @if task.dependencies.len() > DEPENDENTS_SHOWN as usize {
+                p class="more" {
+                    "The first " (DEPENDENTS_SHOWN) " of " (task.dependencies.len()) " are shown"
+                    @if let Some(p) = task.plan_id { "; the rest are on " a href={ "/plans/" (p) } { "the plan's page" } }
+                    "."
+                }
+            }
             h2 { "Dependents" }
             ul { @for (d, name) in &dependents { li { a href={ "/tasks/" (d) } { (name) } } } }
             @if more_dependents {

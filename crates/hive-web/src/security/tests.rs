@@ -15,8 +15,25 @@ fn a_non_loopback_bind_needs_a_token() {
             e.to_string().contains("--token or set HIVE_UI_TOKEN"),
             "{e}"
         );
-        assert!(Security::for_bind(addr.parse().unwrap(), Some("t".into())).is_ok());
+        // Beyond loopback a guessable token is refused, naming the length it needs.
+        let e = Security::for_bind(addr.parse().unwrap(), Some("hunter2".into())).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::WeakToken {
+                    len: 7,
+                    min: 16,
+                    ..
+                }
+            ),
+            "{addr}: {e}"
+        );
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        let strong = Some("0123456789abcdef".to_owned());
+        assert!(Security::for_bind(addr.parse().unwrap(), strong).is_ok());
     }
+    // On loopback the operator's token may be short: nothing beyond this machine asks.
+    assert!(Security::for_bind("127.0.0.1:1".parse().unwrap(), Some("t".into())).is_ok());
     for addr in ["127.0.0.1:8080", "127.0.0.2:1", "[::1]:8080"] {
         assert!(
             Security::for_bind(addr.parse().unwrap(), None).is_ok(),
@@ -51,7 +68,7 @@ fn a_token_is_trimmed_and_one_no_cookie_can_carry_is_refused() {
 
 #[test]
 fn the_token_is_read_from_header_bearer_or_cookie_only_when_equal() {
-    let s = Security::for_bind("0.0.0.0:1".parse().unwrap(), Some("sekrit".into())).unwrap();
+    let s = Security::for_bind("127.0.0.1:1".parse().unwrap(), Some("sekrit".into())).unwrap();
     let with = |name: header::HeaderName, v: &str| {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(v).unwrap());
@@ -63,6 +80,17 @@ fn the_token_is_read_from_header_bearer_or_cookie_only_when_equal() {
     assert!(!s.authorised(&with(header::COOKIE, "hive_token_1=sekri")));
     assert!(!s.authorised(&with(HEADER.parse().unwrap(), "sekrit2")));
     assert!(!s.authorised(&HeaderMap::new()));
+    for wrong in [
+        "",
+        "s",
+        "sekri",
+        "sekrjt",
+        "sekrit2",
+        "sekritsekrit",
+        "SEKRIT",
+    ] {
+        assert!(!s.accepts(wrong), "{wrong:?}");
+    }
     assert!(
         !format!("{s:?}").contains("sekrit"),
         "Debug never shows the token"
@@ -208,4 +236,27 @@ fn the_cookie_is_secure_behind_tls_only() {
     assert!(!cookie(&[("origin", "http://localhost:1")]).contains("Secure"));
     assert!(cookie(&[("origin", "https://hive.example")]).ends_with("; Secure"));
     assert!(cookie(&[("x-forwarded-proto", "https")]).ends_with("; Secure"));
+}
+
+/// Wrong tokens are answered one at a time, each holding the next a quarter of a second,
+/// however many are sent at once; the right one never waits behind them.
+#[tokio::test(start_paused = true)]
+async fn wrong_tokens_are_answered_one_at_a_time() {
+    let s = std::sync::Arc::new(
+        Security::for_bind("127.0.0.1:1".parse().unwrap(), Some("sekrit".into())).unwrap(),
+    );
+    let start = tokio::time::Instant::now();
+    let guesses: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.after_wrong_token().await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert!(s.accepts("sekrit"), "the right token is checked at once");
+    assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+    for g in guesses {
+        g.await.unwrap();
+    }
+    assert_eq!(start.elapsed(), std::time::Duration::from_millis(1000));
 }

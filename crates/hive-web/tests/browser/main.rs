@@ -521,6 +521,9 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             Locator::Css("#schedules tr[data-name='etl'] button.pause"),
         )
         .await;
+        // The confirmation names the row the operator hit.
+        assert_eq!(b.get_alert_text().await.unwrap(), "Pause etl?");
+        b.accept_alert().await.unwrap();
         eventually(
             "the schedule to be paused",
             Duration::from_secs(20),
@@ -540,6 +543,9 @@ async fn a_schedule_is_paused_and_resumed_from_its_page() {
             Locator::Css("#schedules tr[data-name='etl'] button.resume"),
         )
         .await;
+        // The confirmation names the row the operator hit.
+        assert_eq!(b.get_alert_text().await.unwrap(), "Resume etl?");
+        b.accept_alert().await.unwrap();
         eventually(
             "the schedule to be resumed",
             Duration::from_secs(20),

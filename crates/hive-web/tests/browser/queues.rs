@@ -52,6 +52,9 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
             Locator::Css("#queues tr[data-type='mail'] button.pause"),
         )
         .await;
+        // The confirmation names the row the operator hit.
+        assert_eq!(b.get_alert_text().await.unwrap(), "Pause mail?");
+        b.accept_alert().await.unwrap();
         eventually("the type to be paused", Duration::from_secs(20), || async {
             paused(&s).await && queue_state(&b).await == "paused"
         })
@@ -68,6 +71,9 @@ async fn a_queue_is_paused_and_resumed_from_its_page() {
             Locator::Css("#queues tr[data-type='mail'] button.resume"),
         )
         .await;
+        // The confirmation names the row the operator hit.
+        assert_eq!(b.get_alert_text().await.unwrap(), "Resume mail?");
+        b.accept_alert().await.unwrap();
         eventually(
             "the type to be resumed",
             Duration::from_secs(20),
