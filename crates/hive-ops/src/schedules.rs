@@ -459,8 +459,14 @@ impl<S: Store + ?Sized> Ops<S> {
                 // Claimed, not yet advanced past: its starter is creating its work, or
                 // stopped before it could. Submitted again it creates nothing new; waiting
                 // for it would wait for itself, and reading its work, missing still, as
-                // finished would start a later slot beside it.
-                Some(claimed) if claimed > s.done_until => {
+                // finished would start a later slot beside it. One claimed longer ago than
+                // a starter stalls (its work kept failing: a template the database
+                // refuses, an outage) is left to the missed-slot rule, as for any slot
+                // not started: a fix days later starts today's run, not the first day's.
+                Some(claimed)
+                    if claimed > s.done_until
+                        && now - claimed <= claimed::CLAIMED_SLOT_STALLS_AT_MOST =>
+                {
                     slots = vec![claimed];
                     to = claimed;
                 }

@@ -34,6 +34,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_schedule_that_queues_overlaps_starts_each_slot_once_the_last_has_ended,
     a_manual_run_holds_back_a_schedule_that_skips_or_queues_overlaps,
     a_slot_claimed_but_not_yet_created_starts_before_any_later_one,
+    a_slot_claimed_long_ago_is_left_to_the_missed_slot_rule,
     a_slot_claimed_when_its_schedule_is_redefined_or_resumed_is_created_then,
 );
 
@@ -605,14 +606,46 @@ async fn a_manual_run_holds_back_a_schedule_that_skips_or_queues_overlaps(o: O) 
 }
 
 async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
+    use chrono::{DurationRound, TimeDelta};
+    let now = o.store().now().await.unwrap();
+    // Claimed a minute or two ago: within what a stalled starter may still create.
+    let claimed = now.duration_trunc(TimeDelta::minutes(1)).unwrap() - TimeDelta::minutes(1);
+    for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
+        let minutely = NewSchedule::new(name, "0 * * * * *", template()).overlap(overlap);
+        let s = o.add_schedule(minutely).await.unwrap();
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 600);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+        // A scheduler claimed that slot, then stalled before creating its plan; a later
+        // slot is due too.
+        let read = o.get_schedule(name).await.unwrap().unwrap();
+        assert!(o.store().claim_slot(&read, claimed).await.unwrap());
+    }
+    let redo = o.fire_due_schedules().await.unwrap();
+    assert_eq!(redo.slots, 2, "the claimed slots: {redo:?}");
+    assert_eq!(
+        plans_slots(&o).await,
+        [claimed, claimed],
+        "not a later one beside them"
+    );
+    // Next, the later slot finds the claimed slot's plan unfinished.
+    let next = o.fire_due_schedules().await.unwrap();
+    assert_eq!(
+        (next.slots, next.waiting, next.skipped),
+        (0, 1, 1),
+        "{next:?}"
+    );
+}
+
+/// A slot claimed longer ago than a starter stalls (its work kept failing for days) is
+/// not started once the fault is fixed: the missed-slot rule picks what starts, as for
+/// any slot not started.
+async fn a_slot_claimed_long_ago_is_left_to_the_missed_slot_rule(o: O) {
     use chrono::{Datelike, TimeZone};
     for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
         let yearly = NewSchedule::new(name, "0 0 0 1 1 *", template()).overlap(overlap);
         let s = o.add_schedule(yearly).await.unwrap();
         let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
         assert!(o.store().advance_schedule(&behind).await.unwrap());
-        // A scheduler claimed last New Year's slot, then stalled before creating its plan;
-        // this year's slot is due too.
         let year = o.store().now().await.unwrap().year();
         let claimed = chrono::Utc
             .with_ymd_and_hms(year - 1, 1, 1, 0, 0, 0)
@@ -620,18 +653,19 @@ async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
     }
-    let redo = o.fire_due_schedules().await.unwrap();
-    assert_eq!(redo.slots, 2, "the claimed slots: {redo:?}");
+    let fired = o.fire_due_schedules().await.unwrap();
+    assert_eq!(fired.slots, 2, "{fired:?}");
     let years: Vec<i32> = plans_slots(&o).await.iter().map(|s| s.year()).collect();
-    let last_year = o.store().now().await.unwrap().year() - 1;
-    assert_eq!(years, [last_year, last_year], "not this year's beside them");
-    // Next, this year's slot finds the claimed slot's plan unfinished.
-    let next = o.fire_due_schedules().await.unwrap();
+    let this_year = o.store().now().await.unwrap().year();
     assert_eq!(
-        (next.slots, next.waiting, next.skipped),
-        (0, 1, 1),
-        "{next:?}"
+        years,
+        [this_year, this_year],
+        "the latest slot, as `missed skip` says"
     );
+    for name in ["queued", "skipping"] {
+        let s = o.get_schedule(name).await.unwrap().unwrap();
+        assert_eq!(s.last_fired.map(|l| l.year()), Some(this_year), "{s:?}");
+    }
 }
 
 /// A slot a scheduler claimed and had not created yet when the schedule is redefined (or
@@ -653,13 +687,21 @@ async fn a_slot_claimed_when_its_schedule_is_redefined_or_resumed_is_created_the
         let s = o.add_schedule(minutely).await.unwrap();
         let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
         assert!(o.store().advance_schedule(&behind).await.unwrap());
-        if !redefined {
-            assert!(o.pause_schedule(name).await.unwrap());
-        }
-        // A scheduler that read the schedule before claims a slot, then stalls before
-        // creating its plan.
+        // A scheduler claims a slot, then stalls before creating its plan; the schedule is
+        // paused meanwhile (a paused schedule claims no slot).
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
+        if !redefined {
+            assert!(o.pause_schedule(name).await.unwrap());
+            let paused = o.get_schedule(name).await.unwrap().unwrap();
+            assert!(
+                !o.store()
+                    .claim_slot(&paused, claimed + TimeDelta::minutes(1))
+                    .await
+                    .unwrap(),
+                "a step that read it paused claims nothing"
+            );
+        }
         if redefined {
             let later = NewSchedule::new(name, "30 * * * * *", template()).overlap(Overlap::Skip);
             let (_, change) = o.put_schedule(later).await.unwrap();

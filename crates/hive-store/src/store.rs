@@ -245,8 +245,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn delete_schedule(&self, name: &str) -> Result<bool>;
 
     /// Compare-and-set: when the schedule's `done_until` is still `from`, moves it to `to`
-    /// with the other fields given; false when another scheduler (or a pause) moved it
-    /// first, or the schedule is unknown. Nor does it move `done_until` to or past a slot
+    /// with the other fields given; false when another scheduler (or a redefinition) moved
+    /// it first, or the schedule is unknown (a pause moves no `done_until`: a step that read
+    /// the schedule before it still advances, its slots' work made or refused by
+    /// [`Store::claim_slot`]). Nor does it move `done_until` to or past a slot
     /// claimed after `from` ([`Store::claim_slot`]) unless its own `last_fired` is that
     /// slot or later: the claimed slot's work may not exist yet, and a step that passed
     /// it would let the next one read it as finished.
@@ -274,8 +276,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn keyed_work(&self, keys: &[String]) -> Result<HashMap<String, KeyedWork>>;
 
     /// Sets the schedule's `last_fired` to `slot` when it holds `slot` already, or when its
-    /// `done_until`, `last_fired` and `last_manual` are still what `read` holds (a
-    /// redefinition, a pause or another scheduler's move since makes it fail); true
+    /// `done_until`, `last_fired` and `last_manual` are still what `read` holds and it is
+    /// enabled (a redefinition, a pause or another scheduler's move since makes it fail); true
     /// when it holds `slot` afterwards. A scheduler of a schedule that skips or queues
     /// overlaps claims the slot it is about to start: two schedulers that picked different
     /// slots (their clocks on either side of a slot's time) cannot both start theirs, nor

@@ -172,7 +172,10 @@ pub async fn queue(ctx: &Context, cmd: QueueCommand) -> anyhow::Result<ExitCode>
             output::report(
                 ctx.json,
                 &json!({ "task_type": task_type, "paused": true }),
-                format_args!("queue {task_type} paused: no new task of it starts"),
+                format_args!(
+                    "queue {task_type} paused: no worker claims its tasks (what workers claimed \
+                     already, buffered ones too, still runs)"
+                ),
             )?;
         }
         QueueCommand::Resume { task_type } => {

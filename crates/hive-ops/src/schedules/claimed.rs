@@ -7,8 +7,8 @@ use hive_store::Store;
 use crate::{Ops, Result};
 
 /// How long a scheduler may stall between claiming a slot and creating its work, as
-/// redefining or resuming a schedule reckons it (see `create_claimed_slot`).
-const CLAIMED_SLOT_STALLS_AT_MOST: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+/// redefining, resuming or firing a schedule reckons it (see `create_claimed_slot`).
+pub(super) const CLAIMED_SLOT_STALLS_AT_MOST: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 impl<S: Store + ?Sized> Ops<S> {
     /// Creates the work of `slots` of `s`, each keyed by its slot: created once, however

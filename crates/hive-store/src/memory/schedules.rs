@@ -74,7 +74,8 @@ impl State {
         match self.schedules.get_mut(&read.name) {
             Some(s)
                 if s.last_fired == Some(slot)
-                    || (s.done_until == read.done_until
+                    || (s.enabled
+                        && s.done_until == read.done_until
                         && s.last_fired == read.last_fired
                         && s.last_manual == read.last_manual) =>
             {

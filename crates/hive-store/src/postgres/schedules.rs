@@ -152,7 +152,7 @@ impl PostgresStore {
     pub(super) async fn claim_slot_once(&self, read: &Schedule, slot: Timestamp) -> R<bool> {
         let done = sqlx::query(
             "UPDATE schedules SET last_fired = $1, updated_at = now() \
-             WHERE name = $2 AND (last_fired = $1 OR (done_until = $5 \
+             WHERE name = $2 AND (last_fired = $1 OR (enabled AND done_until = $5 \
                                                    AND last_fired IS NOT DISTINCT FROM $3 \
                                                    AND last_manual IS NOT DISTINCT FROM $4))",
         )

@@ -147,7 +147,8 @@ pub(super) async fn claim_slot(c: &mut Conn, read: &Schedule, slot: Timestamp) -
     let done = sqlx::query(
         "UPDATE schedules SET last_fired = ?1, updated_at = ?2 \
          WHERE name = ?3 AND (last_fired = ?1 \
-                              OR (done_until = ?6 AND last_fired IS ?4 AND last_manual IS ?5))",
+                              OR (enabled AND done_until = ?6 AND last_fired IS ?4 \
+                                  AND last_manual IS ?5))",
     )
     .bind(us(slot))
     .bind(at)

@@ -196,6 +196,23 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     // A slot claimed compare-and-set on the last slot started (at(10) here) and the last
     // manual run, as a scheduler read them.
     let get = |s: S| async move { s.get_schedule("nightly").await.unwrap().unwrap() };
+    // Paused, it claims no new slot: a scheduler that read it before the pause creates
+    // nothing after `hive schedule pause` returned.
+    let paused = get(s.clone()).await;
+    assert!(!paused.enabled);
+    assert!(
+        !s.claim_slot(&paused, at(15)).await.unwrap(),
+        "a paused schedule claims no new slot"
+    );
+    let resume = ScheduleAdvance {
+        name: "nightly".into(),
+        from: paused.done_until,
+        to: paused.done_until,
+        last_fired: None,
+        next_slot: paused.next_slot,
+        enabled: Some(true),
+    };
+    assert!(s.advance_schedule(&resume).await.unwrap());
     let read = get(s.clone()).await;
     let stale = Schedule {
         last_fired: None,
