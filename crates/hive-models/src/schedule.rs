@@ -141,6 +141,10 @@ pub struct Schedule {
     /// that work too.
     #[serde(default)]
     pub last_manual: Option<String>,
+    /// When `last_manual` was noted, by the store's clock: its work missing a while after
+    /// is work that was never created, not work about to be.
+    #[serde(default)]
+    pub last_manual_at: Option<Timestamp>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
     /// expression has no future slot). While a schedule that queues overlaps waits for the
     /// previous slot's work, this is in the past: the schedule stays due.

@@ -85,6 +85,12 @@ pub enum Triggered {
 /// How often a change that keeps losing to schedulers moving the same row is retried.
 const RACES: usize = 10;
 
+/// How long after noting a manual run its trigger may take to create the work (a plan of
+/// many subtasks takes a second or so): until then a schedule that skips or queues
+/// overlaps reads the missing work as about to exist. A trigger whose work could not be
+/// created at all holds the slots back that long at most.
+const MANUAL_RUN_CREATED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
 fn kept_changing(name: &str) -> Error {
     Error::Store(hive_store::Error::Contended(format!(
         "schedule `{name}` kept changing; try again"
@@ -105,6 +111,7 @@ fn new_row(new: NewSchedule, timing: &Timing, now: Timestamp) -> Schedule {
         done_until: now,
         last_fired: None,
         last_manual: None,
+        last_manual_at: None,
         created_at: now,
         updated_at: now,
     }
@@ -221,8 +228,8 @@ impl<S: Store + ?Sized> Ops<S> {
     /// name>:<name>:<key>` (by default `<key>` is now, to the microsecond).
     /// It is not a fire (the slots are unaffected), and it starts even beside a slot's
     /// unfinished work; but its key is noted first (`Schedule::last_manual`), and while its
-    /// work is unfinished a schedule that skips or queues overlaps skips or holds its
-    /// slots. [`Error::NotFound`] for an unknown schedule; the template's own errors as a
+    /// work is unfinished (or, for a minute at most, not created yet) a schedule that skips
+    /// or queues overlaps skips or holds its slots. [`Error::NotFound`] for an unknown schedule; the template's own errors as a
     /// slot would meet them.
     pub async fn trigger_schedule(&self, name: &str, key: Option<&str>) -> Result<Triggered> {
         let s = self
@@ -472,7 +479,7 @@ impl<S: Store + ?Sized> Ops<S> {
                 }
                 _ => {
                     let first = slots[0];
-                    if let Some(previous) = self.unfinished_before(s).await? {
+                    if let Some(previous) = self.unfinished_before(s, now).await? {
                         if s.overlap == Overlap::Queue {
                             // Nothing written: the schedule stays due, the next step looks
                             // again.
@@ -524,14 +531,25 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// The keys of the last runs (its last started slot's, its last manual run's) when
     /// work holding one is unfinished, in one read: what a schedule that skips or queues
-    /// overlaps must not start a slot beside.
-    async fn unfinished_before(&self, s: &Schedule) -> Result<Option<Vec<String>>> {
+    /// overlaps must not start a slot beside. A manual run noted within
+    /// [`MANUAL_RUN_CREATED_WITHIN`] whose work does not exist yet counts as unfinished: its
+    /// trigger notes it, then creates the work.
+    async fn unfinished_before(&self, s: &Schedule, now: Timestamp) -> Result<Option<Vec<String>>> {
         let last_slot = s.last_fired.map(|l| slot_key(&s.name, l));
         let keys: Vec<String> = last_slot.into_iter().chain(s.last_manual.clone()).collect();
-        if keys.is_empty() || !self.store.unfinished_by_key(&keys).await? {
+        if keys.is_empty() {
             return Ok(None);
         }
-        Ok(Some(keys))
+        if self.store.unfinished_by_key(&keys).await? {
+            return Ok(Some(keys));
+        }
+        if let (Some(manual), Some(noted)) = (&s.last_manual, s.last_manual_at)
+            && now - noted <= MANUAL_RUN_CREATED_WITHIN
+            && !(self.store.keyed_work(std::slice::from_ref(manual)).await?).contains_key(manual)
+        {
+            return Ok(Some(vec![manual.clone()]));
+        }
+        Ok(None)
     }
 }
 
@@ -612,6 +630,7 @@ mod tests {
             done_until: at(0, 0),
             last_fired: None,
             last_manual: None,
+            last_manual_at: None,
             next_slot: Some(at(1, 0)),
             created_at: at(0, 0),
             updated_at: at(0, 0),

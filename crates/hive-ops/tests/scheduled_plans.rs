@@ -33,6 +33,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     a_schedules_history_keeps_its_last_run_across_a_redefinition,
     a_schedule_that_queues_overlaps_starts_each_slot_once_the_last_has_ended,
     a_manual_run_holds_back_a_schedule_that_skips_or_queues_overlaps,
+    a_manual_run_about_to_be_created_holds_back_its_schedule,
     a_slot_claimed_but_not_yet_created_starts_before_any_later_one,
     a_slot_claimed_long_ago_is_left_to_the_missed_slot_rule,
     a_slot_claimed_when_its_schedule_is_redefined_or_resumed_is_created_then,
@@ -602,6 +603,43 @@ async fn a_manual_run_holds_back_a_schedule_that_skips_or_queues_overlaps(o: O) 
         o.list_plan_headers(None, None).await.unwrap().len(),
         2,
         "the manual run's plan and a slot's"
+    );
+}
+
+/// A manual run noted a moment ago whose work its trigger has not created yet holds the
+/// slots back as unfinished work does: a scheduler stepping between the note and the
+/// creation starts no slot beside it. One noted over a minute ago whose work never came
+/// (its creation failed) holds nothing back.
+async fn a_manual_run_about_to_be_created_holds_back_its_schedule(o: O) {
+    for (name, overlap) in [("skip", Overlap::Skip), ("queue", Overlap::Queue)] {
+        let task = ScheduledTask::new("t", "about-task");
+        let s = NewSchedule::new(name, "* * * * * *", task).overlap(overlap);
+        let s = o.add_schedule(s).await.unwrap();
+        let key = format!("schedule-manual:{}:{name}:pending", name.len());
+        assert!(o.store().note_manual_run(name, &key).await.unwrap());
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+    }
+    let held = o.fire_due_schedules().await.unwrap();
+    assert_eq!(
+        (held.slots, held.skipped, held.waiting),
+        (0, 1, 1),
+        "{held:?}"
+    );
+    for name in ["skip", "queue"] {
+        let mut s = o.get_schedule(name).await.unwrap().unwrap();
+        s.last_manual_at = s.last_manual_at.map(|t| t - chrono::TimeDelta::minutes(2));
+        assert!(o.store().delete_schedule(name).await.unwrap());
+        o.store().insert_schedule(&s).await.unwrap();
+        // Due again (the skipping one moved past the slots it skipped).
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 5);
+        assert!(o.store().advance_schedule(&behind).await.unwrap());
+    }
+    let started = o.fire_due_schedules().await.unwrap();
+    assert_eq!(
+        (started.slots, started.waiting),
+        (2, 0),
+        "a note whose work never came holds nothing back: {started:?}"
     );
 }
 

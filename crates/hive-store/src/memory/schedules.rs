@@ -92,6 +92,7 @@ impl State {
             return false;
         };
         s.last_manual = Some(key.to_owned());
+        s.last_manual_at = Some(now());
         s.updated_at = now();
         true
     }
@@ -115,6 +116,7 @@ impl State {
             enabled: s.enabled,
             last_fired: s.last_fired,
             last_manual: s.last_manual.take(),
+            last_manual_at: s.last_manual_at.take(),
             created_at: s.created_at,
             updated_at: now(),
             ..with.clone()

@@ -25,6 +25,7 @@ fn from_row(row: &PgRow) -> R<Schedule> {
         done_until: rows::get(row, "done_until", T)?,
         last_fired: rows::get(row, "last_fired", T)?,
         last_manual: rows::get(row, "last_manual", T)?,
+        last_manual_at: rows::get(row, "last_manual_at", T)?,
         next_slot: rows::get(row, "next_slot", T)?,
         created_at: rows::get(row, "created_at", T)?,
         updated_at: rows::get(row, "updated_at", T)?,
@@ -63,8 +64,8 @@ impl PostgresStore {
     pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
         let insert = sqlx::query(
             "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
-             enabled, last_fired, name, created_at, updated_at, last_manual) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             enabled, last_fired, name, created_at, updated_at, last_manual, last_manual_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT (name) DO NOTHING",
         );
         let inserted = bind_row(insert, s)?
@@ -74,6 +75,7 @@ impl PostgresStore {
             .bind(s.created_at)
             .bind(s.updated_at)
             .bind(s.last_manual.as_deref())
+            .bind(s.last_manual_at)
             .execute(&self.pool)
             .await?;
         if inserted.rows_affected() == 0 {
@@ -168,7 +170,8 @@ impl PostgresStore {
 
     pub(super) async fn note_manual_run_once(&self, name: &str, key: &str) -> R<bool> {
         let done = sqlx::query(
-            "UPDATE schedules SET last_manual = $1, updated_at = now() WHERE name = $2",
+            "UPDATE schedules SET last_manual = $1, last_manual_at = now(), updated_at = now() \
+             WHERE name = $2",
         )
         .bind(key)
         .bind(name)

@@ -12,7 +12,8 @@ macro_rules! select {
     ($rest:literal) => {
         concat!(
             "SELECT name, cron, timezone, task, enabled, missed, overlap, done_until, \
-             last_fired, last_manual, next_slot, created_at, updated_at FROM schedules ",
+             last_fired, last_manual, last_manual_at, next_slot, created_at, updated_at \
+             FROM schedules ",
             $rest
         )
     };
@@ -35,6 +36,7 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
         done_until: c.ts("done_until")?,
         last_fired: c.ts_opt("last_fired")?,
         last_manual: c.get("last_manual")?,
+        last_manual_at: c.ts_opt("last_manual_at")?,
         next_slot: c.ts_opt("next_slot")?,
         created_at: c.ts("created_at")?,
         updated_at: c.ts("updated_at")?,
@@ -62,8 +64,8 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
 pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
     let insert = sqlx::query(
         "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
-         enabled, last_fired, name, created_at, updated_at, last_manual) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         enabled, last_fired, name, created_at, updated_at, last_manual, last_manual_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
          ON CONFLICT (name) DO NOTHING",
     );
     let inserted = bind_row(insert, s)?
@@ -73,6 +75,7 @@ pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
         .bind(us(s.created_at))
         .bind(us(s.updated_at))
         .bind(s.last_manual.as_deref())
+        .bind(s.last_manual_at.map(us))
         .execute(&mut *c)
         .await?;
     if inserted.rows_affected() == 0 {
@@ -163,13 +166,15 @@ pub(super) async fn claim_slot(c: &mut Conn, read: &Schedule, slot: Timestamp) -
 
 pub(super) async fn note_manual_run(c: &mut Conn, name: &str, key: &str) -> R<bool> {
     let at = db::db_now(c).await?;
-    let done =
-        sqlx::query("UPDATE schedules SET last_manual = ?1, updated_at = ?2 WHERE name = ?3")
-            .bind(key)
-            .bind(at)
-            .bind(name)
-            .execute(&mut *c)
-            .await?;
+    let done = sqlx::query(
+        "UPDATE schedules SET last_manual = ?1, last_manual_at = ?2, updated_at = ?2 \
+             WHERE name = ?3",
+    )
+    .bind(key)
+    .bind(at)
+    .bind(name)
+    .execute(&mut *c)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

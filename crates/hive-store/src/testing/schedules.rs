@@ -31,6 +31,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         done_until: now,
         last_fired: None,
         last_manual: None,
+        last_manual_at: None,
         next_slot: Some(at(5)),
         created_at: now,
         updated_at: now,
@@ -173,6 +174,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
             enabled: true,
             last_fired: None,
             last_manual: None,
+            last_manual_at: None,
             created_at: at(-999),
             ..stored.clone()
         },
@@ -294,6 +296,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     );
     let other_manual = Schedule {
         last_manual: None,
+        last_manual_at: None,
         ..moved.clone()
     };
     assert!(
