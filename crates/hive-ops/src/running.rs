@@ -20,6 +20,28 @@ pub use hive_store::Claim as Claimed;
 /// visibly replaced, as invalid UTF-8 in a command's output already is. A success whose
 /// output or spawned subtasks exceed the size limits becomes a permanent failure naming
 /// the problem: retrying would produce the same output.
+/// A batch cut before each spawn that follows a failure: a store checks a batch's spawns
+/// against its plans as they were before the batch, so a failure earlier in it that fails
+/// the spawner's plan would otherwise let the spawn grow a failed plan. In parts, each
+/// spawn meets the plan as the outcomes before it left it, as if sent one at a time. One
+/// part, the batch whole, when no spawn follows a failure (nearly always).
+fn in_spawn_order(outcomes: &[RunOutcome]) -> Vec<&[RunOutcome]> {
+    let mut parts = Vec::new();
+    let (mut start, mut failed) = (0, false);
+    for (i, o) in outcomes.iter().enumerate() {
+        match &o.outcome {
+            Outcome::Success { spawn, .. } if failed && !spawn.is_empty() => {
+                parts.push(&outcomes[start..i]);
+                (start, failed) = (i, false);
+            }
+            Outcome::Failure { .. } | Outcome::TimedOut { .. } => failed = true,
+            _ => {}
+        }
+    }
+    parts.push(&outcomes[start..]);
+    parts
+}
+
 fn storable<'a>(
     outcomes: &'a [RunOutcome],
     limits: &OpsConfig,
@@ -181,10 +203,25 @@ impl<S: Store + ?Sized> Ops<S> {
     ) -> Result<(Vec<FinishReport>, Vec<Claimed>)> {
         let params = claim_params(worker_id, task_types, limit, lease)?;
         let outcomes = &storable(outcomes, &self.config);
-        let (reports, claims) = self.store.finish_and_claim(outcomes, &params).await?;
-        self.plans_changed(reports.iter().filter_map(|r| r.plan_id));
+        let mut parts = in_spawn_order(outcomes);
+        let last = parts.pop().unwrap_or_default();
+        let mut reports = self.finish_parts(parts).await?;
+        let (last, claims) = self.store.finish_and_claim(last, &params).await?;
+        self.plans_changed(last.iter().filter_map(|r| r.plan_id));
         self.plans_changed(claims.iter().filter_map(|c| c.task.plan_id));
+        reports.extend(last);
         Ok((reports, claims))
+    }
+
+    /// Finishes each part in a transaction of its own, in order.
+    async fn finish_parts(&self, parts: Vec<&[RunOutcome]>) -> Result<Vec<FinishReport>> {
+        let mut reports = Vec::new();
+        for part in parts {
+            let done = self.store.finish_runs(part).await?;
+            self.plans_changed(done.iter().filter_map(|r| r.plan_id));
+            reports.extend(done);
+        }
+        Ok(reports)
     }
 
     /// Completes the task of a run. [`Error::StaleRun`] when the run is no longer the
@@ -233,9 +270,7 @@ impl<S: Store + ?Sized> Ops<S> {
     /// NUL characters in errors, logs and results are stored as U+FFFD (see `storable`).
     pub async fn finish_runs(&self, outcomes: Vec<RunOutcome>) -> Result<Vec<FinishReport>> {
         let outcomes = storable(&outcomes, &self.config);
-        let reports = self.store.finish_runs(&outcomes).await?;
-        self.plans_changed(reports.iter().filter_map(|r| r.plan_id));
-        Ok(reports)
+        self.finish_parts(in_spawn_order(&outcomes)).await
     }
 
     /// Extends a run's lease to at least now + `lease` (never shortening it, nor the length

@@ -46,6 +46,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_cancelled_plan_retried_resumes_and_one_with_nothing_left_completes,
     a_plan_cancelled_before_its_tasks_exist_runs_only_once_retried,
     a_spawner_run_again_keeps_what_it_spawned,
+    a_spawner_run_again_keeps_what_a_later_spawn_rewired,
     a_failure_racing_a_retry_still_fails_the_plan, finished_plans_are_pruned_with_their_tasks,
     task_prune_leaves_plan_subtasks_to_their_plan,
     plans_are_counted_by_status, plan_metadata_round_trips, a_plan_key_submits_once, a_plan_submitted_in_one_step_is_stored_as_two_steps_store_it, runs_record_when_created_and_last_updated, runs_are_read_by_id_in_one_call, tasks_are_read_by_id_in_one_call,

@@ -23,6 +23,21 @@ pub struct Growth {
     pub rewired: Vec<String>,
 }
 
+/// Whether `kept`, a subtask the plan holds, is `spawned` as spawned before: defined the
+/// same, its dependencies those spawned followed by any sinks a later spawn re-wired it to
+/// wait for (re-wiring only appends, and only to a subtask waiting for the spawner: one
+/// spawned with no dependencies is never re-wired).
+fn spawned_before(kept: &SubTask, spawned: &SubTask) -> bool {
+    let rewired = kept.dependencies.len() > spawned.dependencies.len();
+    kept.id == spawned.id
+        && kept.dependencies.starts_with(&spawned.dependencies)
+        && !(rewired && spawned.dependencies.is_empty())
+        && SubTask {
+            dependencies: spawned.dependencies.clone(),
+            ..kept.clone()
+        } == *spawned
+}
+
 /// Validates adding `added` to a plan of `existing` subtasks from subtask `spawner`, and
 /// says what changes. Errors name the offending ids: duplicates of existing or added ids,
 /// unknown dependencies, cycles (including through the re-wiring), invalid fields. A
@@ -46,7 +61,7 @@ pub fn grow(
     let spawned: HashSet<String> = added.iter().map(|s| s.id.clone()).collect();
     let added: Vec<SubTask> = added
         .into_iter()
-        .filter(|a| !existing.contains(a))
+        .filter(|a| !existing.iter().any(|e| spawned_before(e, a)))
         .collect();
     let depended: HashSet<&str> = added
         .iter()

@@ -502,6 +502,25 @@ fn growth_rewires_the_spawners_dependents_to_the_new_sinks() {
     assert_eq!(g.rewired, ["summary"]);
 }
 
+/// `split` spawned `a` and `b` (after `a`); `a` spawned `x`, which re-wired `b` to wait
+/// for it too. `split` run again spawns `a` and `b` as before: kept as the plan holds them,
+/// not refused as duplicates (which would fail `split`, and its plan, for good).
+#[test]
+fn a_spawn_made_again_keeps_what_a_later_spawn_rewired() {
+    let plan = [
+        st("split", &[]),
+        st("a", &["split"]),
+        st("b", &["split", "a", "x"]),
+        st("x", &["a"]),
+    ];
+    let again = vec![st("a", &["split"]), st("b", &["split", "a"])];
+    let g = grow(&plan, "split", again, LIMIT).unwrap();
+    assert!(g.added.is_empty() && g.rewired.is_empty(), "{g:?}");
+    // Waiting for less than it was spawned with is another definition: a duplicate.
+    let e = grow(&plan, "split", vec![st("b", &["a"])], LIMIT).unwrap_err();
+    assert!(e.to_string().contains("duplicate"), "{e}");
+}
+
 /// A spawner run again spawns what it spawned before: what the plan holds, defined the
 /// same, is kept; a new subtask is added beside it; the same id defined otherwise is
 /// still a duplicate.

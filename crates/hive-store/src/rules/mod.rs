@@ -17,7 +17,9 @@
 //! notifications to send after commit. Memory's view is its maps; SQLite and Postgres load
 //! the rows the batch can touch (Postgres locking them), then write the patches with a few
 //! statements. A batch behaves exactly as its operations applied one after another: an
-//! earlier failure may cancel a task whose run a later outcome then finds stale.
+//! earlier failure may cancel a task whose run a later outcome then finds stale. Spawns
+//! are the exception: checked against the plans as the batch found them, so `hive-ops`
+//! cuts a batch before a spawn that follows a failure.
 
 // A build with only the memory backend uses part of the rules: what the SQL adapters
 // load their rows into, and the patch fields only they read.

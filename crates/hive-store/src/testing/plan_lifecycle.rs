@@ -603,3 +603,44 @@ pub async fn a_spawner_run_again_keeps_what_it_spawned(s: S) {
         (PlanStatus::Completed, 4, 0)
     );
 }
+
+/// `split` spawns `a` and `b` (after `a`); `a` spawns `x`, which re-wires `b` to wait for
+/// it too. `split` requeued and run again spawns `a` and `b` as before: taken as what the
+/// plan holds (not refused as duplicates, which would fail `split` and its plan for good).
+pub async fn a_spawner_run_again_keeps_what_a_later_spawn_rewired(s: S) {
+    let (pid, ids) = materialized(&s, vec![node("split", &[])]).await;
+    let spawn = || vec![node("a", &["split"]), node("b", &["split", "a"])];
+    let split = claim_all(&s).await;
+    s.finish_runs(&[done(split[0].run.id, None, spawn())])
+        .await
+        .unwrap();
+    let a = claim_all(&s).await;
+    assert_eq!(a.len(), 1);
+    s.finish_runs(&[done(a[0].run.id, None, vec![node("x", &["a"])])])
+        .await
+        .unwrap();
+    s.set_task_status(ids["split"], crate::StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = claim_all(&s).await;
+    let mut names: Vec<&str> = again.iter().map(subtask_of).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["split", "x"]);
+    let split = again.iter().find(|c| subtask_of(c) == "split").unwrap();
+    let x = again.iter().find(|c| subtask_of(c) == "x").unwrap();
+    let rep = s
+        .finish_runs(&[done(split.run.id, None, spawn())])
+        .await
+        .unwrap();
+    assert_eq!(rep[0].finished, crate::Finished::Completed, "{rep:?}");
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.total_subtasks), (PlanStatus::InProgress, 4));
+    // The rest runs to the end: `x`, then `b`.
+    s.finish_runs(&[success(x.run.id)]).await.unwrap();
+    let b = claim_all(&s).await;
+    assert_eq!(b.iter().map(subtask_of).collect::<Vec<_>>(), ["b"]);
+    s.finish_runs(&[success(b[0].run.id)]).await.unwrap();
+    let p = s.get_plan(pid).await.unwrap().unwrap();
+    assert_eq!((p.status, p.completed_subtasks), (PlanStatus::Completed, 4));
+}
