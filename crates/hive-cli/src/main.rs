@@ -229,7 +229,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     );
-    let args: Vec<String> = std::env::args().collect();
+    // Lossy: an argument that is not UTF-8 is the error being reported, not a panic.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if let Some(message) = negative_number(&e, &args) {
         if as_json {
             output::error(true, &message);

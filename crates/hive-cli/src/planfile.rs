@@ -76,12 +76,36 @@ pub fn read_for_workers(path: &Path) -> anyhow::Result<NewPlan> {
 /// toml crate hands a bare date (`deadline = 2025-06-01`) to a JSON value as a one-key
 /// object of its own making, which a handler would then receive.
 fn toml_plan(text: &str) -> Result<NewPlan, toml::de::Error> {
+    let table: toml::Table = toml::from_str(text)?;
+    if let Some(at) = table
+        .iter()
+        .find_map(|(k, v)| non_finite_float(v, k.clone()))
+    {
+        return Err(serde::de::Error::custom(format!(
+            "`{at}` is nan or inf, which JSON cannot hold (it would reach the handler as \
+             null): give a number or a string"
+        )));
+    }
     let mut plan: NewPlan = toml::from_str(text)?;
     dates_as_strings(&mut plan.metadata);
     for st in &mut plan.subtasks {
         dates_as_strings(&mut st.payload);
     }
     Ok(plan)
+}
+
+/// Where the first float JSON cannot hold (`nan`, `inf`) is in `v`, found at `at`.
+fn non_finite_float(v: &toml::Value, at: String) -> Option<String> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(at),
+        toml::Value::Array(items) => {
+            (items.iter().enumerate()).find_map(|(i, x)| non_finite_float(x, format!("{at}[{i}]")))
+        }
+        toml::Value::Table(t) => t
+            .iter()
+            .find_map(|(k, x)| non_finite_float(x, format!("{at}.{k}"))),
+        _ => None,
+    }
 }
 
 /// The key under which the toml crate passes a date through serde (`toml_datetime`).
@@ -201,6 +225,30 @@ mod tests {
             e.contains("a plan is a JSON object") && e.contains("starts with `[`"),
             "{e}"
         );
+    }
+
+    /// `nan` and `inf`, which TOML allows and JSON cannot hold, are refused naming where
+    /// they are, rather than reaching the handler as null.
+    #[test]
+    fn toml_floats_json_cannot_hold_are_refused() {
+        for (value, at) in [
+            (
+                "payload = { threshold = inf }",
+                "subtasks[0].payload.threshold",
+            ),
+            (
+                "payload = { xs = [1.0, -nan] }",
+                "subtasks[0].payload.xs[1]",
+            ),
+        ] {
+            let text =
+                format!("title = \"p\"\n[[subtasks]]\nid = \"a\"\ntask_type = \"x\"\n{value}\n");
+            let e = toml_error(&text, &toml_plan(&text).unwrap_err());
+            assert!(e.contains(&format!("`{at}` is nan or inf")), "{e}");
+        }
+        let text = "title = \"p\"\nmetadata = { ratio = nan }\n";
+        let e = toml_error(text, &toml_plan(text).unwrap_err());
+        assert!(e.contains("`metadata.ratio`"), "{e}");
     }
 
     /// Dates and times written bare in a TOML plan reach the handler as the strings a JSON

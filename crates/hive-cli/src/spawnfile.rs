@@ -27,6 +27,8 @@ pub fn read(file: &Path) -> Result<Vec<SubTask>, String> {
     };
     let text = String::from_utf8(bytes)
         .map_err(|e| format!("the HIVE_SPAWN file is not UTF-8 text: {e}"))?;
+    // As in plan files and the HIVE_OUTPUT file, a byte-order mark is not JSON.
+    let text = crate::args::without_bom(text);
     let subtasks = parse(&text)?;
     for s in &subtasks {
         builtin::validate_payload(&s.task_type, &s.payload).map_err(|e| {
@@ -81,6 +83,11 @@ mod tests {
         let (_e, array) = written(&format!("  [{one}, {two}]"));
         let from_lines = read(&lines).unwrap();
         assert_eq!(from_lines, read(&array).unwrap());
+        // A byte-order mark before either form is skipped.
+        let (_g, marked) = written(&format!("\u{feff}{one}\n{two}\n"));
+        assert_eq!(read(&marked).unwrap(), from_lines);
+        let (_h, marked) = written(&format!("\u{feff}[{one}, {two}]"));
+        assert_eq!(read(&marked).unwrap(), from_lines);
         assert_eq!(from_lines.len(), 2);
         assert_eq!(from_lines[0].dependencies, ["split"]);
         assert_eq!(from_lines[1].priority, 3);

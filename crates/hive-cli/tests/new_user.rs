@@ -253,6 +253,10 @@ fn a_worker_refuses_what_it_cannot_do_at_start() {
             vec!["worker", "run", "--lease-secs", "0"],
             "--lease-secs must be at least 1",
         ),
+        (
+            vec!["worker", "run", "--task-timeout", "0"],
+            "--task-timeout must be at least 1",
+        ),
     ];
     for (args, want) in cases {
         db.refused(

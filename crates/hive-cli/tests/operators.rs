@@ -433,6 +433,23 @@ fn every_command_speaks_json_errors_included() {
             "{args:?}: {error}"
         );
     }
+    // An argument that is not UTF-8 (a Latin-1 title from an old script) is a usage
+    // error like any other, not a crash.
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = db
+        .hive()
+        .args(["--json", "task", "create", "--type", "x", "--title"])
+        .arg(latin1)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error: Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("UTF-8"),
+        "{error}"
+    );
 }
 
 /// A plan of `noops` no-op subtasks, plus `bad` (a command that fails, not retried) and

@@ -768,3 +768,60 @@ fn a_worker_stopped_while_its_database_is_down_stops_gracefully() {
     assert_eq!(report["completed"], 0, "{report}");
     assert_eq!(report["left_queued"], serde_json::json!([]), "{report}");
 }
+
+/// A worker meant to finish the queue, stopped by SIGTERM with ready tasks left, says it
+/// was stopped before it ran them, not that they were not ready.
+#[test]
+fn a_worker_stopped_with_ready_tasks_says_so() {
+    let db = Db::new();
+    let long = serde_json::json!({ "ms": 600_000 }).to_string();
+    for i in 0..3 {
+        db.ok(&[
+            "task",
+            "create",
+            "--title",
+            &format!("s{i}"),
+            "--type",
+            "sleep",
+            "--payload",
+            &long,
+        ]);
+    }
+    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .env("HIVE_DATABASE_URL", &db.url)
+        .args([
+            "--json",
+            "worker",
+            "run",
+            "--type",
+            "sleep",
+            "--exit-when-idle",
+        ])
+        .args(["--concurrency", "1", "--shutdown-grace", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("a task to start", || {
+        db.json(&["task", "list", "--status", "in_progress"])
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    });
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["left_queued"],
+        serde_json::json!([{ "task_type": "sleep", "queued": 3, "why": "stopped" }]),
+        "{report}"
+    );
+    assert!(
+        stderr.contains("the worker was stopped before it ran them"),
+        "{stderr}"
+    );
+}

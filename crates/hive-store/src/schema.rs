@@ -26,9 +26,11 @@ pub enum SchemaPolicy {
     /// created if missing). The SDK's default, and `hive migrate`.
     #[default]
     Migrate,
-    /// Create Hive's tables only in an empty database, or upgrade a database that is Hive's
-    /// already; refuse one that holds other tables and no Hive schema (an SQLite file is
-    /// created if missing). For commands that create work.
+    /// Create Hive's tables only in an empty database, or use a database whose Hive schema
+    /// is up to date; refuse one that holds other tables and no Hive schema, and one whose
+    /// Hive schema is out of date (upgrading a shared database is `hive migrate`'s, not a
+    /// side effect of an operator's newer `hive` creating a task). An SQLite file is created
+    /// if missing. For commands that create work.
     MigrateIfOwned,
     /// Create and change nothing: the database must exist and hold Hive's schema, up to
     /// date. An SQLite file this user cannot write is opened for reading only. For commands
@@ -122,6 +124,11 @@ pub(crate) fn decide(
                     list(&foreign)
                 ));
             }
+            if let Some(v) = newest_applied
+                && v < latest
+            {
+                return refuse(out_of_date(v, latest));
+            }
             Ok(Action::Migrate)
         }
         SchemaPolicy::Existing => match newest_applied {
@@ -134,13 +141,17 @@ pub(crate) fn decide(
                 "it is not a Hive database: it holds other tables ({}) and no Hive schema",
                 list(&found.foreign(hive_tables))
             )),
-            Some(v) if v < latest => refuse(format!(
-                "its Hive schema is out of date (version {v}, this build needs {latest}); run \
-                 `hive migrate`"
-            )),
+            Some(v) if v < latest => refuse(out_of_date(v, latest)),
             Some(_) => Ok(Action::Use),
         },
     }
+}
+
+fn out_of_date(v: i64, latest: i64) -> String {
+    format!(
+        "its Hive schema is out of date (version {v}, this build needs {latest}); run `hive \
+         migrate` (workers of the older build refuse the upgraded schema: upgrade them with it)"
+    )
 }
 
 /// The few reads and the one rename a SQL backend performs for [`resolve`].
@@ -358,9 +369,15 @@ mod tests {
         let foreign = found(&["customers", LEGACY_MIGRATIONS_TABLE], None);
         let p = SchemaPolicy::MigrateIfOwned;
         assert_eq!(decide(p, &empty, 2, HIVE, "db").ok(), Some(Action::Migrate));
-        assert_eq!(decide(p, &ours, 2, HIVE, "db").ok(), Some(Action::Migrate));
+        assert_eq!(decide(p, &ours, 1, HIVE, "db").ok(), Some(Action::Migrate));
         let r = reason(decide(p, &foreign, 2, HIVE, "db"));
         assert!(r.contains("customers") && r.contains("hive migrate"), "{r}");
+        // A Hive schema of an older build is not upgraded on the side: `hive migrate` does.
+        let r = reason(decide(p, &ours, 2, HIVE, "db"));
+        assert!(
+            r.contains("out of date") && r.contains("hive migrate"),
+            "{r}"
+        );
     }
 
     #[test]

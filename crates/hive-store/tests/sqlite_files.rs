@@ -343,6 +343,28 @@ async fn schema_policies_never_turn_a_foreign_or_missing_database_into_hives() {
         read.list_tasks(&TaskFilter::default()).await.unwrap().len(),
         1
     );
+
+    // An older build's schema is not upgraded on the side by creating work: `hive
+    // migrate` does it.
+    let older = format!("sqlite:{}", dir.path().join("older.db").display());
+    let pool = migrated_to(&older, 3).await;
+    let r = refusal(open(&older, SchemaPolicy::MigrateIfOwned).await);
+    assert!(
+        r.contains("out of date") && r.contains("hive migrate"),
+        "{r}"
+    );
+    let applied = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            hive_store::MIGRATIONS_TABLE
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(applied(pool.clone()).await, 3, "nothing migrated");
+    open(&older, SchemaPolicy::Migrate).await.unwrap();
+    assert!(applied(pool).await > 3);
 }
 
 #[tokio::test]

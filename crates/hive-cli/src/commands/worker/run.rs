@@ -177,6 +177,9 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
             offline_after.as_millis() / 2
         );
     }
+    if a.intervals.task_timeout.is_some_and(|t| t.is_zero()) {
+        anyhow::bail!("--task-timeout must be at least 1: 0 would stop every run at once");
+    }
     if a.intervals.poll_ms == Some(0) {
         anyhow::bail!(
             "--poll-ms must be at least 1: 0 would ask the database again at once, in a busy loop"
@@ -256,11 +259,15 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(crate::orphans::kill_orphans_forever());
     // And what this worker leaves if it dies outright, at once, by a child that outlives it.
     crate::orphans::start_guard();
-    let forced = Arc::new(AtomicBool::new(false));
+    let (signalled, forced) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     tokio::spawn(stop_on_interrupts(
         interrupts,
         worker.shutdown_handle(),
         grace,
+        signalled.clone(),
         forced.clone(),
     ));
     tracing::info!(
@@ -286,7 +293,7 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // neither the worker's exit status nor its report.
     let left = if a.exit_when_idle {
         match client.list_queues().await {
-            Ok(queues) => left_queued(&queues, &types),
+            Ok(queues) => left_queued(&queues, &types, signalled.load(Ordering::SeqCst)),
             Err(e) => {
                 tracing::warn!("could not read the queues the worker left: {e}");
                 Vec::new()
@@ -349,10 +356,13 @@ enum Why {
     Paused,
     /// One of its types, waiting for dependencies, a start time or room under a limit.
     NotReady,
+    /// One of its types, left when a signal stopped the worker (ready or not).
+    Stopped,
 }
 
-/// The queues with tasks left when a worker of `types` found nothing to run.
-fn left_queued(queues: &[hive_client::QueueInfo], types: &[String]) -> Vec<Left> {
+/// The queues with tasks left when a worker of `types` found nothing to run, or was
+/// `signalled` to stop before it did.
+fn left_queued(queues: &[hive_client::QueueInfo], types: &[String], signalled: bool) -> Vec<Left> {
     queues
         .iter()
         .filter(|q| q.queued > 0)
@@ -363,6 +373,8 @@ fn left_queued(queues: &[hive_client::QueueInfo], types: &[String]) -> Vec<Left>
                 Why::OtherType
             } else if q.paused {
                 Why::Paused
+            } else if signalled {
+                Why::Stopped
             } else {
                 Why::NotReady
             },
@@ -394,6 +406,10 @@ impl Left {
                  dependencies, their start time or room under a limit (`hive task list \
                  --type {t} --status queued`, `hive limit list`)"
             ),
+            Why::Stopped => format!(
+                "{n} queued {tasks} of type `{t}` left: the worker was stopped before it ran \
+                 them"
+            ),
         }
     }
 }
@@ -412,9 +428,11 @@ async fn stop_on_interrupts(
     mut interrupts: Interrupts,
     worker: hive_client::ShutdownHandle,
     grace: Duration,
+    signalled: Arc<AtomicBool>,
     forced: Arc<AtomicBool>,
 ) {
     interrupts.next().await;
+    signalled.store(true, Ordering::SeqCst);
     tracing::info!(
         "stopping: no new tasks; running ones have {grace:?} to finish (Ctrl-C again to stop \
          at once)"
