@@ -76,7 +76,7 @@ fn retry_one_task_or_every_task_in_a_status_and_prune() {
     let report = db.json(&["task", "retry", "--status", "failed", "--limit", "1"]);
     assert_eq!(
         report,
-        serde_json::json!({"retried": 1, "skipped": 0, "in_finished_plans": 0})
+        serde_json::json!({"retried": 1, "skipped": 0, "in_finished_plans": 0, "refused": 0})
     );
     let left: Vec<&String> = b
         .iter()

@@ -31,6 +31,10 @@ pub struct RetryReport {
     /// Subtasks of failed or cancelled plans, which are retried with their plan
     /// ([`Ops::retry_plan`]), not alone: left as they are.
     pub in_finished_plans: u64,
+    /// Tasks the retry rules refuse (one waiting for a dependency that failed or was
+    /// cancelled, which would wait for good): left as they are; retrying one alone names
+    /// why.
+    pub refused: u64,
 }
 
 /// What [`Ops::create_task_reporting`] did.
@@ -193,7 +197,7 @@ impl<S: Store + ?Sized> Ops<S> {
                     }
                     Ok(_) => report.skipped += 1,
                     Err(Error::Invalid(_)) => {
-                        report.skipped += 1;
+                        report.refused += 1;
                         refused.insert(task.id);
                     }
                     Err(e) => return Err(e),

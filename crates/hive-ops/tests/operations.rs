@@ -50,6 +50,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, ops =>
     delete_and_prune,
     retry_one_task_or_every_match,
     a_bulk_retry_reads_past_the_tasks_it_refuses,
+    a_bulk_retry_counts_a_task_behind_a_dead_dependency_as_refused,
     a_requeue_of_failures_passes_over_failed_plans,
     worker_lifecycle,
     plan_validation_names_ids,
@@ -399,6 +400,38 @@ async fn failed_plan(o: &O, task_type: &str, n: usize) -> hive_models::PlanId {
 /// Subtasks of a failed plan, which a bulk retry leaves to their plan, keep matching its
 /// filter: pages of three that start with four of them still reach the tasks after them,
 /// and each is counted once.
+/// Plan `a → b` and `c`: `a` cancelled alone (with `b`) while `c` runs on. A bulk retry
+/// of the cancelled `b` alone refuses it (it would wait for `a` for good) and says so,
+/// rather than calling it changed meanwhile.
+async fn a_bulk_retry_counts_a_task_behind_a_dead_dependency_as_refused(o: O) {
+    let mut b = node("b", &["a"]);
+    b.task_type = "after".into();
+    o.submit_plan(plan(vec![node("a", &[]), b, node("c", &[])]))
+        .await
+        .unwrap();
+    let a = o
+        .list_tasks(&hive_store::TaskFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.plan_subtask_id.as_deref() == Some("a"))
+        .unwrap();
+    assert!(o.cancel_task(a.id, Some("not now")).await.unwrap());
+    let report = o
+        .retry_tasks(&hive_store::TaskFilter {
+            status: Some(TaskStatus::Cancelled),
+            task_type: Some("after".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.retried, report.refused, report.skipped),
+        (0, 1, 0),
+        "{report:?}"
+    );
+}
+
 async fn a_bulk_retry_reads_past_the_tasks_it_refuses(o: O) {
     failed_plan(&o, "p", 4).await;
     let alone = failed_tasks(&o, "p", 2).await;

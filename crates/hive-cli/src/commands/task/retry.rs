@@ -75,6 +75,13 @@ pub async fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<()> {
         0 => String::new(),
         n => format!("; {n} skipped (changed meanwhile)"),
     };
+    let refused = match report.refused {
+        0 => String::new(),
+        n => format!(
+            "; {n} refused (waiting for a dependency that will not complete: `hive task retry \
+             ID` names it)"
+        ),
+    };
     let in_plans = match report.in_finished_plans {
         0 => String::new(),
         n => format!(
@@ -85,7 +92,10 @@ pub async fn retry(ctx: &Context, a: RetryArgs) -> anyhow::Result<()> {
     output::report(
         ctx.json,
         &serde_json::to_value(report)?,
-        format_args!("{} task(s) queued again{skipped}{in_plans}", report.retried),
+        format_args!(
+            "{} task(s) queued again{skipped}{refused}{in_plans}",
+            report.retried
+        ),
     )
 }
 
