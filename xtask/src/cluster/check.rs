@@ -62,6 +62,34 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// What a scenario without faults must not show besides [`Tally::problems`]: nothing
+    /// there justifies a second run, so a handler started again, a lease that ran out or
+    /// an outcome refused as stale (`stale`, the workers' count) is two workers holding
+    /// one task.
+    pub fn second_runs(&self, stale: u64) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.executed_again > 0 {
+            p.push(format!(
+                "{} task(s) whose handler started more than once without a fault",
+                self.executed_again
+            ));
+        }
+        if self.lease_expired > 0 {
+            p.push(format!(
+                "{} lease(s) ran out without a fault",
+                self.lease_expired
+            ));
+        }
+        if stale > 0 {
+            p.push(format!(
+                "{stale} outcome(s) refused as stale without a fault"
+            ));
+        }
+        p
+    }
+}
+
 pub async fn exactly_once(db: &LoadDb, exec_logs: &[PathBuf]) -> Result<Tally> {
     let tasks: Vec<(String, String)> = sqlx::query_as("SELECT id::text, status FROM tasks")
         .fetch_all(db.pool())

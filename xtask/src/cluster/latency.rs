@@ -126,11 +126,12 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
             "  RTT {rtt} ms ({via}): {rate:.0} tasks/s, pickup p50 {:.1} ms",
             quantile(&pickups, 0.5)
         );
+        let second_runs = |f: &Finished| f.tally.second_runs(f.stopped.stale());
         problems.extend(
-            drained
-                .problems
-                .iter()
+            (drained.problems.iter())
                 .chain(&picked.problems)
+                .chain(&second_runs(&drained))
+                .chain(&second_runs(&picked))
                 .map(|p| format!("RTT {rtt} ms: {p}")),
         );
     }

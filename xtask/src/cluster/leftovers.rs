@@ -8,7 +8,9 @@ use anyhow::Result;
 
 use super::{DIR_PREFIX, NS_PREFIX, net, pg, sys};
 
-/// Removes the leftovers of dead runs; returns what it removed.
+/// Removes the leftovers of dead runs; returns what it removed. Called before this run
+/// creates anything: what carries this process's own pid was left by a dead run whose pid
+/// it reuses (a container started again with `/run/netns` and `/tmp` kept).
 pub fn clean(tmp: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let dirs: Vec<PathBuf> = std::fs::read_dir(tmp)?
@@ -43,11 +45,12 @@ pub fn clean(tmp: &Path) -> Result<Vec<String>> {
     Ok(removed)
 }
 
-/// The pid in a name `PREFIX-PID-…` when no such process lives.
+/// The pid in a name `PREFIX-PID-…` when no such process lives, or when it is this
+/// process's (see [`clean`]).
 fn dead_owner(name: &str, prefix: &str) -> Option<u32> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
     let pid: u32 = rest.split('-').next()?.parse().ok()?;
-    (!sys::alive(pid)).then_some(pid)
+    (pid == std::process::id() || !sys::alive(pid)).then_some(pid)
 }
 
 #[cfg(test)]
@@ -57,7 +60,10 @@ mod tests {
     #[test]
     fn only_names_of_dead_runs_are_leftovers() {
         let me = std::process::id();
-        assert_eq!(dead_owner(&format!("hvc-{me}-db"), "hvc"), None);
+        // Before a run creates anything, a name with its own pid is a dead run's.
+        assert_eq!(dead_owner(&format!("hvc-{me}-db"), "hvc"), Some(me));
+        let parent = std::os::unix::process::parent_id();
+        assert_eq!(dead_owner(&format!("hvc-{parent}-db"), "hvc"), None);
         // Pids are below 2^22 on Linux.
         assert_eq!(dead_owner("hvc-99999999-db", "hvc"), Some(99_999_999));
         assert_eq!(

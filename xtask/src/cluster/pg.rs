@@ -194,10 +194,35 @@ fn stop(bin: &Path, data: &Path) -> Result<()> {
 /// runs; what cannot be stopped is killed with its namespace.
 pub fn stop_leftover(dir: &Path) {
     let data = dir.join("data");
-    if data.join("postmaster.pid").exists()
+    if runs_in(&data)
         && let Ok(bin) = find_bin()
     {
         let _ = stop(&bin, &data);
+    }
+}
+
+/// Whether the process `data`'s `postmaster.pid` names is a server of `data` (a
+/// postmaster's working directory is its data directory). `pg_ctl stop` signals that pid
+/// without asking whose it is: a server that died with its run (a machine's crash, a
+/// container restarted with `/tmp` kept) leaves the file, and the pid may since be another
+/// process's, the machine's own Postgres among them.
+fn runs_in(data: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    match (
+        std::fs::read_link(format!("/proc/{pid}/cwd")),
+        data.canonicalize(),
+    ) {
+        (Ok(cwd), Ok(data)) => cwd == data,
+        _ => false,
     }
 }
 
@@ -252,4 +277,37 @@ fn find_bin() -> Result<PathBuf> {
         "PostgreSQL's server binaries (initdb, pg_ctl, postgres) not found: tried pg_config \
          --bindir, /usr/lib/postgresql/*/bin and PATH; install postgresql"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_in;
+
+    /// A stale `postmaster.pid` naming a process of another directory (here this test's
+    /// own) is no server of the leftover's: it is left alone. One naming a process whose
+    /// working directory is the data directory is.
+    #[test]
+    fn only_a_process_in_the_data_directory_is_its_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        assert!(!runs_in(&data), "no postmaster.pid");
+        let pid_file = data.join("postmaster.pid");
+        std::fs::write(
+            &pid_file,
+            format!("{}\n{}\n", std::process::id(), data.display()),
+        )
+        .unwrap();
+        assert!(!runs_in(&data), "a pid used since by another process");
+        let mut inside = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(&data)
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, format!("{}\n", inside.id())).unwrap();
+        let found = runs_in(&data);
+        inside.kill().unwrap();
+        inside.wait().unwrap();
+        assert!(found);
+    }
 }

@@ -61,6 +61,13 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
     let t = &done.tally;
 
     let mut problems = done.problems.clone();
+    // No pickup measured would read as a quick one.
+    if pickups.len() as u64 != PICKUPS {
+        problems.push(format!(
+            "{} pickup(s) measured of the {PICKUPS} tasks created after the restart",
+            pickups.len()
+        ));
+    }
     let p50 = quantile(&pickups, 0.5);
     if p50 > POLL_MS as f64 / 10.0 {
         problems.push(format!(

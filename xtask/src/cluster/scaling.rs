@@ -75,8 +75,8 @@ pub async fn run(c: &Cluster) -> Result<Measured> {
              {rate:.0}/s"
         );
         problems.extend(
-            done.problems
-                .iter()
+            (done.problems.iter())
+                .chain(&done.tally.second_runs(done.stopped.stale()))
                 .map(|p| format!("{processes} process(es): {p}")),
         );
     }
