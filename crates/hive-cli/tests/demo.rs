@@ -92,6 +92,32 @@ fn ctrl_c_interrupts_the_demo() {
     assert!(rest.contains(": in_progress"), "{rest}");
 }
 
+/// Ctrl-C while a million subtasks are being submitted ends the demo there, not after the
+/// submission.
+#[test]
+fn ctrl_c_while_submitting_ends_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo(dir.path())
+        .args(["--subtasks", "1000000", "--workers", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(
+        stdout.contains("interrupted before the demo's plan was submitted"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn the_demo_reports_in_json() {
     let dir = tempfile::tempdir().unwrap();

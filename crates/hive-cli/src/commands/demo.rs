@@ -70,13 +70,28 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         schema: hive_client::store::SchemaPolicy::MigrateIfOwned,
         ..Default::default()
     };
-    // Ctrl-C stops the workers and reports the demo as interrupted.
+    // Ctrl-C stops the workers and reports the demo as interrupted; before they start
+    // (connecting, a million subtasks submitting), it ends the demo there, the plan's
+    // transaction rolled back.
     let mut interrupts = Interrupts::install()?;
-    let client = Client::connect_with(&url, &options, Default::default()).await?;
-    ctx.close_at_exit(&client);
-    let plan = generate(args.subtasks);
     let started = Instant::now();
-    let plan_id = client.submit_plan(plan).await?;
+    let setup = async {
+        let client = Client::connect_with(&url, &options, Default::default()).await?;
+        ctx.close_at_exit(&client);
+        let plan_id = client.submit_plan(generate(args.subtasks)).await?;
+        anyhow::Ok((client, plan_id))
+    };
+    let (client, plan_id) = tokio::select! {
+        ready = setup => ready?,
+        () = interrupts.next() => {
+            if ctx.json {
+                output::json(&serde_json::json!({ "interrupted": true, "plan_id": null }))?;
+            } else {
+                output::outln!("interrupted before the demo's plan was submitted");
+            }
+            return Ok(ExitCode::from(130));
+        }
+    };
     if !ctx.json {
         output::outln!(
             "submitted plan {plan_id} ({} subtasks) on {}",
