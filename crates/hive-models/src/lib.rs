@@ -36,7 +36,7 @@ pub use schedule::{
     slot_key,
 };
 pub use task::{
-    Blocker, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, MAX_DELAY_SECS,
+    Blocker, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RETRIES, DependentsLeft, MAX_DELAY_SECS,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_JSON_DEPTH, MAX_TIMEOUT_SECS, NewTask, Task, TaskStatus,
     check_idempotency_key, check_json_depth, check_json_storable, check_max_retries, check_no_nul,
     check_output_size, delayed_until, merge_metadata,

@@ -289,52 +289,6 @@ impl Task {
         }
     }
 
-    /// Whether this task may be deleted: never while its plan is unfinished (the plan could
-    /// then never finish, or a dependent would run before what it waits for), nor while
-    /// `open_dependents` unfinished tasks depend on it. Of a failed or cancelled plan, only
-    /// a completed subtask: a retry of the plan runs the others again (and an unfinished one
-    /// still counts for it), so without them it would never finish or finish wrong.
-    /// `plan_status` is its plan's status.
-    pub fn check_deletable(
-        &self,
-        plan_status: Option<crate::PlanStatus>,
-        open_dependents: usize,
-    ) -> Result<()> {
-        let refuse = |reason: String| {
-            Err(Error::InUse {
-                kind: "task",
-                id: self.id.to_string(),
-                reason,
-            })
-        };
-        if let (Some(plan), Some(status)) = (self.plan_id, plan_status)
-            && !status.is_terminal()
-        {
-            return refuse(format!(
-                "it belongs to plan `{plan}`, which is {status}; cancel the plan (or let it \
-                 finish) before deleting its tasks"
-            ));
-        }
-        if let (
-            Some(plan),
-            Some(status @ (crate::PlanStatus::Failed | crate::PlanStatus::Cancelled)),
-        ) = (self.plan_id, plan_status)
-            && self.status != TaskStatus::Completed
-        {
-            return refuse(format!(
-                "it is {} in plan `{plan}`, which is {status} and may be retried (which \
-                 runs it again); delete the whole plan with `hive plan prune` instead",
-                self.status
-            ));
-        }
-        if open_dependents > 0 {
-            return refuse(format!(
-                "{open_dependents} unfinished task(s) depend on it; cancel them first"
-            ));
-        }
-        Ok(())
-    }
-
     /// Queued, with every dependency completed and `run_at` (if any) reached at `now`.
     pub fn is_ready_at(&self, now: Timestamp) -> bool {
         self.status == TaskStatus::Queued
@@ -686,6 +640,9 @@ pub(crate) fn check_payload_size(payload: &Json, limit: usize) -> Result<()> {
     }
     Ok(())
 }
+
+mod deletable;
+pub use deletable::DependentsLeft;
 
 #[cfg(test)]
 mod tests;

@@ -215,12 +215,7 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         let plan_status = task.plan_id.and_then(|p| s.plans.get(&p)).map(|p| p.status);
-        let open_dependents = s.dependents.get(&id).map_or(0, |ds| {
-            ds.iter()
-                .filter(|d| s.task(**d).is_some_and(|t| !t.status.is_terminal()))
-                .count()
-        });
-        task.check_deletable(plan_status, open_dependents)?;
+        task.check_deletable(plan_status, s.dependents_left(id))?;
         Ok(s.remove_task(id, now()))
     }
 

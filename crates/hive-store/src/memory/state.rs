@@ -84,6 +84,21 @@ impl View for State {
 }
 
 impl State {
+    /// `id`'s dependents, as deleting it counts them.
+    pub(super) fn dependents_left(&self, id: TaskId) -> hive_models::DependentsLeft {
+        let count = |left: fn(TaskStatus) -> bool| {
+            self.dependents.get(&id).map_or(0, |ds| {
+                ds.iter()
+                    .filter(|d| self.task(**d).is_some_and(|t| left(t.status)))
+                    .count()
+            })
+        };
+        hive_models::DependentsLeft {
+            unfinished: count(|st| !st.is_terminal()),
+            not_completed: count(|st| st != TaskStatus::Completed),
+        }
+    }
+
     pub fn task(&self, id: TaskId) -> Option<&Task> {
         self.tasks.get(&id).map(|(t, _)| t)
     }

@@ -405,10 +405,11 @@ impl PostgresStore {
         let task = rows::task(&row)?;
         let check = sqlx::query(concat!(
             "SELECT (SELECT p.status FROM plans p WHERE p.id = $2) AS plan_status, \
-                    (SELECT count(*) FROM task_dependencies d JOIN tasks x ON x.id = d.task_id \
-                     WHERE d.depends_on = $1 AND x.status NOT IN ",
+                    count(*) FILTER (WHERE x.status NOT IN ",
             terminal_statuses!(),
-            ") AS open_dependents"
+            ") AS open_dependents, \
+                    count(*) FILTER (WHERE x.status <> 'completed') AS not_completed \
+             FROM task_dependencies d JOIN tasks x ON x.id = d.task_id WHERE d.depends_on = $1"
         ))
         .bind(id.0)
         .bind(task.plan_id.map(|p| p.0))
@@ -418,8 +419,15 @@ impl PostgresStore {
             .map(|s| s.parse())
             .transpose()
             .map_err(|e: hive_models::Error| rows::corrupt("plans", e.to_string()))?;
-        let open: i64 = rows::get(&check, "open_dependents", "tasks")?;
-        task.check_deletable(plan_status, usize::try_from(open).unwrap_or(usize::MAX))?;
+        let count = |col| -> R<usize> {
+            let n: i64 = rows::get(&check, col, "tasks")?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let dependents = hive_models::DependentsLeft {
+            unfinished: count("open_dependents")?,
+            not_completed: count("not_completed")?,
+        };
+        task.check_deletable(plan_status, dependents)?;
         let n: i64 = sqlx::query_scalar(concat!(
             "WITH gone AS (DELETE FROM tasks WHERE id = $1 RETURNING id, status), \
              unblocked AS ( \

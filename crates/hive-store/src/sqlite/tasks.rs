@@ -321,9 +321,10 @@ pub(super) async fn delete(c: &mut Conn, id: TaskId) -> R<bool> {
     };
     let row = sqlx::query(
         "SELECT (SELECT p.status FROM plans p WHERE p.id = ?2) AS plan_status, \
-                (SELECT COUNT(*) FROM task_dependencies d JOIN tasks x ON x.id = d.task_id \
-                 WHERE d.depends_on = ?1 \
-                   AND x.status NOT IN ('completed', 'failed', 'cancelled')) AS open_dependents",
+                COUNT(*) FILTER (WHERE x.status NOT IN ('completed', 'failed', 'cancelled')) \
+                    AS open_dependents, \
+                COUNT(*) FILTER (WHERE x.status <> 'completed') AS not_completed \
+         FROM task_dependencies d JOIN tasks x ON x.id = d.task_id WHERE d.depends_on = ?1",
     )
     .bind(id.to_string())
     .bind(task.plan_id.map(|p| p.to_string()))
@@ -331,8 +332,15 @@ pub(super) async fn delete(c: &mut Conn, id: TaskId) -> R<bool> {
     .await?;
     let cols = Cols::new(&row, "tasks");
     let plan_status: Option<PlanStatus> = cols.parse_opt("plan_status")?;
-    let open: i64 = cols.get("open_dependents")?;
-    task.check_deletable(plan_status, usize::try_from(open).unwrap_or(usize::MAX))?;
+    let count = |col| -> R<usize> {
+        let n: i64 = cols.get(col)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    };
+    let dependents = hive_models::DependentsLeft {
+        unfinished: count("open_dependents")?,
+        not_completed: count("not_completed")?,
+    };
+    task.check_deletable(plan_status, dependents)?;
     // A completed dependency was already counted off its dependents.
     if task.status != TaskStatus::Completed {
         decrement_dependents(c, &[id]).await?;

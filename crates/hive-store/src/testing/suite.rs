@@ -452,6 +452,15 @@ pub async fn delete_cascades_runs(s: S) {
         .unwrap();
     let (_, run2) = claim_one(&s, "w").await;
     assert_eq!(s.list_runs(id).await.unwrap().len(), 2);
+    // Not while a worker holds it: its handler would run on, its limits' room freed.
+    let refused = s.delete_task(id).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("a worker holds it (in_progress)"),
+        "{refused}"
+    );
+    s.finish_runs(&[success(run2)]).await.unwrap();
     assert!(s.delete_task(id).await.unwrap());
     assert!(s.get_task(id).await.unwrap().is_none());
     assert!(s.get_run(run).await.unwrap().is_none());
@@ -477,11 +486,31 @@ pub async fn delete_cascades_runs(s: S) {
     s.set_task_status(ids["b"], requeue).await.unwrap().unwrap();
     let refused = s.delete_task(ids["a"]).await.unwrap_err();
     assert!(
-        refused.to_string().contains("1 unfinished task"),
+        refused.to_string().contains("1 subtask(s) of plan"),
         "{refused}"
     );
-    // Once nothing waits for it, it goes, and its finished dependents forget it.
+    // Nor once `b` is cancelled: a retry of the plan would run it without `a`'s output.
     set_status(&*s, ids["b"], TaskStatus::Cancelled).await;
+    let refused = s.delete_task(ids["a"]).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("would run them without its output"),
+        "{refused}"
+    );
+    // Nor `b`, cancelled in the completed plan: the plan counts it, and a retry runs it.
+    let refused = s.delete_task(ids["b"]).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("it is cancelled in plan"),
+        "{refused}"
+    );
+    // Once `b` completed again, `a` goes, and `b` forgets it.
+    s.set_task_status(ids["b"], StatusChange::requeue())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, run) = claim_one(&s, "w").await;
+    s.finish_runs(&[success(run)]).await.unwrap();
     assert!(s.delete_task(ids["a"]).await.unwrap());
     let b = load(&s, ids["b"]).await;
     assert!(b.dependencies.is_empty());
