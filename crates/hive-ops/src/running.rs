@@ -20,23 +20,27 @@ pub use hive_store::Claim as Claimed;
 /// visibly replaced, as invalid UTF-8 in a command's output already is. A success whose
 /// output or spawned subtasks exceed the size limits becomes a permanent failure naming
 /// the problem: retrying would produce the same output.
-/// A batch cut before each spawn that follows a failure: a store checks a batch's spawns
-/// against its plans as they were before the batch, so a failure earlier in it that fails
-/// the spawner's plan would otherwise let the spawn grow a failed plan. In parts, each
-/// spawn meets the plan as the outcomes before it left it, as if sent one at a time. One
-/// part, the batch whole, when no spawn follows a failure (nearly always).
+/// A batch cut before each spawn that follows an outcome that may fail a plan: a store
+/// checks a batch's spawns against its plans as they were before the batch, so an earlier
+/// outcome failing the spawner's plan would otherwise let the spawn grow a failed plan. Such
+/// outcomes: a failure, a timeout, a snooze (past its limit it fails the task), and a spawn
+/// (one the plan refuses fails its spawner). In parts, each spawn meets the plan as the
+/// outcomes before it left it, as if sent one at a time. One part, the batch whole, when no
+/// spawn follows one (nearly always).
 fn in_spawn_order(outcomes: &[RunOutcome]) -> Vec<&[RunOutcome]> {
     let mut parts = Vec::new();
-    let (mut start, mut failed) = (0, false);
+    let (mut start, mut may_fail) = (0, false);
     for (i, o) in outcomes.iter().enumerate() {
-        match &o.outcome {
-            Outcome::Success { spawn, .. } if failed && !spawn.is_empty() => {
-                parts.push(&outcomes[start..i]);
-                (start, failed) = (i, false);
-            }
-            Outcome::Failure { .. } | Outcome::TimedOut { .. } => failed = true,
-            _ => {}
+        let spawns = matches!(&o.outcome, Outcome::Success { spawn, .. } if !spawn.is_empty());
+        if spawns && may_fail {
+            parts.push(&outcomes[start..i]);
+            (start, may_fail) = (i, false);
         }
+        may_fail |= spawns
+            || matches!(
+                o.outcome,
+                Outcome::Failure { .. } | Outcome::TimedOut { .. } | Outcome::Snooze { .. }
+            );
     }
     parts.push(&outcomes[start..]);
     parts
@@ -337,5 +341,63 @@ impl<S: Store + ?Sized> Ops<S> {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hive_models::{RunId, SubTask};
+    use hive_store::{Outcome, RunOutcome};
+
+    use super::in_spawn_order;
+
+    fn outcome(outcome: Outcome) -> RunOutcome {
+        RunOutcome {
+            run_id: RunId::new(),
+            outcome,
+            output_log: None,
+            waited: std::time::Duration::ZERO,
+        }
+    }
+
+    fn spawn() -> RunOutcome {
+        outcome(Outcome::Success {
+            result: None,
+            spawn: vec![SubTask::new("x", "X", "t")],
+        })
+    }
+
+    fn done() -> RunOutcome {
+        outcome(Outcome::success(None))
+    }
+
+    fn failed() -> RunOutcome {
+        outcome(Outcome::Failure {
+            error: "e".into(),
+            retry: None,
+        })
+    }
+
+    fn snoozed() -> RunOutcome {
+        outcome(Outcome::Snooze {
+            delay: std::time::Duration::from_secs(1),
+            limit: 0,
+        })
+    }
+
+    fn sizes(batch: &[RunOutcome]) -> Vec<usize> {
+        in_spawn_order(batch).iter().map(|p| p.len()).collect()
+    }
+
+    /// A spawn is cut from what came before it only when that may fail its plan: a
+    /// failure, a snooze (past its limit it fails), another spawn (refused, it fails).
+    #[test]
+    fn a_batch_is_cut_before_a_spawn_only_after_what_may_fail_a_plan() {
+        assert_eq!(sizes(&[done(), done(), spawn(), done()]), [4]);
+        assert_eq!(sizes(&[done(), failed(), done(), spawn(), done()]), [3, 2]);
+        assert_eq!(sizes(&[snoozed(), spawn()]), [1, 1]);
+        assert_eq!(sizes(&[spawn(), done(), spawn(), spawn()]), [2, 1, 1]);
+        assert_eq!(sizes(&[failed(), failed()]), [2]);
+        assert_eq!(sizes(&[]), [0]);
     }
 }
