@@ -19,6 +19,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     the_buffer_follows_the_handlers_pace,
     slow_handlers_hold_only_what_they_run,
     buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start,
+    buffered_claims_go_back_while_running_ones_use_their_grace,
     a_buffered_runs_start_is_when_its_handler_started,
 );
 
@@ -217,6 +218,58 @@ async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start
         assert_eq!(t.status, TaskStatus::Queued, "released or never claimed");
         assert_eq!(t.attempts, 0, "a released task keeps its retries");
     }
+}
+
+/// A worker stopping with an hour's grace for its running handler gives back the claims
+/// waiting for a handler at once: they are other workers' to run meanwhile.
+async fn buffered_claims_go_back_while_running_ones_use_their_grace(c: Client) {
+    warm_up(&c).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = started.clone();
+    let worker = one_handler(&c, "graceful").shutdown_grace(Duration::from_secs(3600));
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+        let ms = ctx.task.payload["ms"].as_u64().unwrap_or(0);
+        if ms > 0 {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                () = ctx.cancelled() => {}
+            }
+            Ok::<_, TaskError>(())
+        }
+    }));
+    until("the quick tasks", || completed(&c, 10)).await;
+    let long: Vec<NewTask> = (0..4)
+        .map(|i| {
+            NewTask::new(format!("long {i}"), "work").payload(serde_json::json!({"ms": 3_600_000}))
+        })
+        .collect();
+    c.create_tasks(long).await.unwrap();
+    until("one long task running, three waiting", || async {
+        started.load(Ordering::SeqCst) == 1 && in_progress(&c).await == 4
+    })
+    .await;
+    stop.shutdown();
+    until("the waiting three given back", || async {
+        let counts = c.count_tasks(None).await.unwrap();
+        counts.get(&TaskStatus::Queued).copied() == Some(3) && in_progress(&c).await == 1
+    })
+    .await;
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        1,
+        "nothing started after the stop"
+    );
+    stop.shutdown_now();
+    let report = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.released, 4, "{report:?}");
 }
 
 /// Ten quick tasks, run first by a worker so that it knows its handlers are quick and

@@ -416,7 +416,7 @@ async fn a_bulk_retry_keeps_its_limit_when_a_refused_task_leaves_the_filter() {
         ..Default::default()
     };
     let report = o.retry_tasks(&filter).await.unwrap();
-    assert_eq!((report.retried, report.skipped), (2, 1), "{report:?}");
+    assert_eq!((report.retried, report.refused), (2, 1), "{report:?}");
     assert_eq!(retried.lock().unwrap().len(), 2);
 }
 

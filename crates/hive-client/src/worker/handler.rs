@@ -369,6 +369,12 @@ pub(super) async fn run_one(
             return Handled::Unstarted;
         }
     };
+    // A turn handed over as the worker was told to stop (many waiting claims woken at
+    // once): nothing starts after the stop.
+    if free.is_some() && *gate.stop.borrow() {
+        limits.stops.remove(run_id);
+        return Handled::Unstarted;
+    }
     let Some(_handler) = free else {
         let outcome = match limits.stops.remove(run_id) {
             Some(reason) => Outcome::GiveBack { reason },

@@ -508,7 +508,17 @@ impl Runtime {
                 tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
             });
         let mut at_once = self.cfg.shutdown.subscribe_at_once();
+        // Given back while the others run out their grace (which may be hours): claims
+        // that never started are other workers' to run now.
+        let mut release_early = true;
         while !running.is_empty() {
+            unstarted.extend(running.take_unstarted());
+            if release_early && !unstarted.is_empty() {
+                if let Err(kept) = self.release(std::mem::take(&mut unstarted)).await {
+                    unstarted = kept;
+                    release_early = false;
+                }
+            }
             tokio::select! {
                 joined = running.join_one() => if !joined {
                     break;
@@ -556,6 +566,14 @@ impl Runtime {
         if runs.is_empty() {
             return;
         }
+        if let Err(runs) = self.release(runs).await {
+            tracing::warn!(worker = %self.id, tasks = runs.len(), "the leases of the tasks \
+                not given back will expire");
+        }
+    }
+
+    /// Gives `runs` back to the queue; the runs back when that failed or took too long.
+    async fn release(&self, runs: Vec<RunId>) -> std::result::Result<(), Vec<RunId>> {
         match self
             .at_shutdown("releasing held tasks", || {
                 self.cfg.client.release_runs(&runs)
@@ -565,14 +583,16 @@ impl Runtime {
             Some(Ok(released)) => {
                 self.held.finished(runs);
                 self.counters.add_released(released.len());
+                return Ok(());
             }
             Some(Err(e)) => {
-                tracing::warn!(worker = %self.id, error = %e, "release failed; the leases will expire")
+                tracing::warn!(worker = %self.id, error = %e, "release failed")
             }
             None => tracing::warn!(worker = %self.id, "release not done in time (no answer \
                 within {SHUTDOWN_RETRY_FOR:?}, or {AT_ONCE_STORE_WAIT:?} once told to stop at \
-                once); the leases will expire"),
+                once)"),
         }
+        Err(runs)
     }
 
     /// A task of this worker's types that is queued (ready, delayed or waiting on

@@ -198,6 +198,8 @@ type Joined = std::result::Result<(tokio::task::Id, Handled), tokio::task::JoinE
 pub(super) struct Running {
     set: JoinSet<Handled>,
     held: IdMap<tokio::task::Id, RunId>,
+    /// Held runs whose handler never started (the worker stopped first): to be released.
+    unstarted: Vec<RunId>,
 }
 
 impl Running {
@@ -257,14 +259,22 @@ impl Running {
 
     /// The runs still held: claimed, but no outcome sent for them.
     pub(super) fn into_held(self) -> impl Iterator<Item = RunId> {
-        self.held.into_values()
+        self.held.into_values().chain(self.unstarted)
+    }
+
+    /// The held runs whose handler never started, given to the caller to release now.
+    pub(super) fn take_unstarted(&mut self) -> Vec<RunId> {
+        std::mem::take(&mut self.unstarted)
     }
 
     /// A handler task ended having sent its outcome: its run is no longer ours to release.
-    /// One whose handler never started (the worker stopped first) stays held.
+    /// One whose handler never started (the worker stopped first) stays held, to release.
     fn finished(&mut self, j: Joined) {
         let id = match j {
-            Ok((_, Handled::Unstarted)) => return,
+            Ok((id, Handled::Unstarted)) => {
+                self.unstarted.extend(self.held.remove(&id));
+                return;
+            }
             Ok((id, Handled::Reported)) => id,
             Err(e) => e.id(),
         };

@@ -293,7 +293,10 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
     // neither the worker's exit status nor its report.
     let left = if a.exit_when_idle {
         match client.list_queues().await {
-            Ok(queues) => left_queued(&queues, &types, signalled.load(Ordering::SeqCst)),
+            Ok(queues) => {
+                let left = left_queued(&queues, &types, signalled.load(Ordering::SeqCst));
+                none_ready_left(&client, left).await
+            }
             Err(e) => {
                 tracing::warn!("could not read the queues the worker left: {e}");
                 Vec::new()
@@ -358,6 +361,24 @@ enum Why {
     NotReady,
     /// One of its types, left when a signal stopped the worker (ready or not).
     Stopped,
+}
+
+/// `left` with a type the worker was stopped before running said to be not ready when none
+/// of its queued tasks is (a read per such type; a failed one leaves it as it is).
+async fn none_ready_left(client: &hive_client::Client, mut left: Vec<Left>) -> Vec<Left> {
+    for l in left.iter_mut().filter(|l| matches!(l.why, Why::Stopped)) {
+        let ready = hive_client::store::TaskFilter {
+            status: Some(hive_client::TaskStatus::Queued),
+            task_type: Some(l.task_type.clone()),
+            ready_only: true,
+            limit: Some(1),
+            ..Default::default()
+        };
+        if client.list_tasks(&ready).await.is_ok_and(|r| r.is_empty()) {
+            l.why = Why::NotReady;
+        }
+    }
+    left
 }
 
 /// The queues with tasks left when a worker of `types` found nothing to run, or was
