@@ -37,11 +37,11 @@ impl AnswerWithin {
     }
 
     /// `call`, or a transient `Unavailable` once the limit passes without an answer.
-    pub(super) async fn call<T>(
+    pub(super) async fn call<T, E: From<hive_store::Error>>(
         &mut self,
         what: &str,
-        call: impl std::future::Future<Output = hive_ops::Result<T>>,
-    ) -> hive_ops::Result<T> {
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         match tokio::time::timeout(self.limit, call).await {
             Ok(answer) => {
                 self.limit = self.first;

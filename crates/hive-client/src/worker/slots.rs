@@ -303,6 +303,7 @@ impl Runtime {
         let mut running = Running::default();
         let mut backoff = Backoff::new("claiming");
         let mut answer = super::bounds::AnswerWithin::new(self.cfg.lease);
+        let mut answer_idle = super::bounds::AnswerWithin::new(self.cfg.lease);
         let mut look = true;
         // When an idle worker may next ask whether anything is left, and when it will
         // because tasks settled since it last asked (see [`IDLE_RECHECK_SHARE`]).
@@ -335,7 +336,20 @@ impl Runtime {
                     self.cfg.lease,
                 );
                 let claim = answer.call("a claim", claim);
-                let Some(claimed) = self.bounded_by_stop(claim).await else {
+                // What the completer claims meanwhile starts meanwhile: a claim that waits
+                // long for its answer must not leave its tasks idle under live leases.
+                let claimed = {
+                    let mut claim = std::pin::pin!(self.bounded_by_stop(claim));
+                    loop {
+                        tokio::select! {
+                            claimed = &mut claim => break claimed,
+                            Some(claims) = claimed_rx.recv() => {
+                                running.start(claims, self, &done_tx);
+                            }
+                        }
+                    }
+                };
+                let Some(claimed) = claimed else {
                     drop(recording);
                     self.slots.give_back(free);
                     break;
@@ -374,7 +388,8 @@ impl Runtime {
             if idle && recheck.is_none_or(|at| at <= Instant::now()) {
                 recheck = None;
                 let asked = Instant::now();
-                let Some(left) = self.bounded_by_stop(self.what_is_left()).await else {
+                let left = answer_idle.call("an idle check", self.what_is_left());
+                let Some(left) = self.bounded_by_stop(left).await else {
                     break;
                 };
                 let took = asked.elapsed() * IDLE_RECHECK_SHARE;
