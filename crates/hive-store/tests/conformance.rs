@@ -15,7 +15,8 @@ use hive_store::testing::workflows::*;
 
 hive_store::per_backend!(hive_store::testing::TestStore::run =>
     insert_and_get_round_trip, strings_stored_verbatim, queue_order_priority_then_age,
-    idempotency_key_returns_first_id, list_filters, list_as_of_a_moment,
+    idempotency_key_returns_first_id, keyed_batches_in_opposite_orders_agree, list_filters,
+    list_as_of_a_moment,
     list_filters_find_dependents,
     count_tasks_per_status,
     set_status_follows_transition_table, set_status_unknown_task_is_none,

@@ -58,7 +58,7 @@ SELECT ARRAY(SELECT id FROM ins) AS inserted, \
 );
 
 /// One task row to insert, in [`INSERT_TASKS`]'s column order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct TaskRows {
     id: Vec<Uuid>,
     title: Vec<String>,
@@ -198,50 +198,96 @@ impl PostgresStore {
             self.publish(note.into_iter().collect()).await;
             return Ok(done);
         }
-        let mut tx = self.pool.begin().await?;
-        let out: R<(TasksInserted, Option<String>)> = async {
-            let inserted: HashSet<Uuid> = batch.insert(&mut tx, None).await?.into_iter().collect();
-            let lost: Vec<(String, TaskId)> = keyed
-                .into_iter()
-                .filter(|(_, id)| !inserted.contains(&id.0))
-                .collect();
-            if !lost.is_empty() {
-                let keys: Vec<&str> = lost.iter().map(|(k, _)| k.as_str()).collect();
-                let found = sqlx::query(
-                    "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
-                )
-                .bind(&keys)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut existing = HashMap::with_capacity(found.len());
-                for row in &found {
-                    let key: String = rows::get(row, "idempotency_key", "tasks")?;
-                    existing.insert(key, TaskId(rows::get(row, "id", "tasks")?));
+        // A task holding a key may be deleted between our insert and our read of it (and a
+        // lock may still be lost, to a writer of those rows outside this path): tried
+        // again, a few times, as a plan's submission is.
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let out = (self.insert_keyed(&mut tx, batch.clone(), &keyed, ids.clone())).await;
+            let failed = match out {
+                Ok(Some(out)) => {
+                    let (done, note) = end(tx, Ok(out)).await?;
+                    self.publish(note.into_iter().collect()).await;
+                    return Ok(done);
                 }
-                for (key, generated) in lost {
-                    // The conflicting task was deleted after it blocked ours: try again.
-                    let Some(id) = existing.get(&key) else {
-                        return Err(Error::Contended(format!(
-                            "idempotency key `{key}` changed concurrently"
-                        ))
-                        .into());
-                    };
-                    for slot in ids.iter_mut().filter(|i| **i == generated) {
-                        *slot = *id;
-                    }
+                Ok(None) => {
+                    Error::Contended("an idempotency key's task changed concurrently".into()).into()
+                }
+                Err(f) => f,
+            };
+            if let Err(rollback) = tx.rollback().await {
+                tracing::debug!(error = %rollback, "rolling back a keyed insert");
+            }
+            let again = attempt < super::RETRIES
+                && (failed.is_retryable()
+                    || matches!(&failed, crate::sql::Fail::Store(Error::Contended(_))));
+            if !again {
+                return Err(failed);
+            }
+            attempt += 1;
+            let jitter = (Uuid::new_v4().as_u128() % 8) as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                4 * u64::from(attempt) + jitter,
+            ))
+            .await;
+        }
+    }
+
+    /// One try of a batch with idempotency keys in `tx`: `None` when a key's task was
+    /// deleted after it blocked ours (try again).
+    async fn insert_keyed(
+        &self,
+        tx: &mut PgConnection,
+        batch: TaskRows,
+        keyed: &[(String, TaskId)],
+        mut ids: Vec<TaskId>,
+    ) -> R<Option<(TasksInserted, Option<String>)>> {
+        // The keys taken in one order by every batch: inserted in each batch's own order,
+        // two batches holding each other's keys uncommitted would deadlock.
+        let names: Vec<String> = keyed.iter().map(|(k, _)| format!("hive.key.{k}")).collect();
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(h)) FROM ( \
+                 SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) n \
+                 ORDER BY 1 \
+             ) s",
+        )
+        .bind(names)
+        .execute(&mut *tx)
+        .await?;
+        let inserted: HashSet<Uuid> = batch.insert(tx, None).await?.into_iter().collect();
+        let lost: Vec<&(String, TaskId)> = keyed
+            .iter()
+            .filter(|(_, id)| !inserted.contains(&id.0))
+            .collect();
+        if !lost.is_empty() {
+            let keys: Vec<&str> = lost.iter().map(|(k, _)| k.as_str()).collect();
+            let found = sqlx::query(
+                "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1)",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut existing = HashMap::with_capacity(found.len());
+            for row in &found {
+                let key: String = rows::get(row, "idempotency_key", "tasks")?;
+                existing.insert(key, TaskId(rows::get(row, "id", "tasks")?));
+            }
+            for (key, generated) in lost {
+                let Some(id) = existing.get(key) else {
+                    return Ok(None);
+                };
+                for slot in ids.iter_mut().filter(|i| *i == generated) {
+                    *slot = *id;
                 }
             }
-            let done = TasksInserted {
-                ids: std::mem::take(&mut ids),
-                new_tasks: inserted.len() as u64,
-            };
-            let note = self.notifier.tasks_inserted(&done).map(|n| payload(&n));
-            Ok((done, note.transpose()?))
         }
-        .await;
-        let (done, note) = end(tx, out).await?;
-        self.publish(note.into_iter().collect()).await;
-        Ok(done)
+        let done = TasksInserted {
+            ids,
+            new_tasks: inserted.len() as u64,
+        };
+        let note = self.notifier.tasks_inserted(&done).map(|n| payload(&n));
+        Ok(Some((done, note.transpose()?)))
     }
 
     pub(super) async fn read_task(&self, id: TaskId) -> R<Option<Task>> {

@@ -159,6 +159,42 @@ pub async fn queue_order_priority_then_age(s: S) {
     assert_eq!(listed, ids);
 }
 
+/// Batches taking the same idempotency keys in opposite orders at once (a deadlock on
+/// Postgres, tried again) each get every key's one task.
+pub async fn keyed_batches_in_opposite_orders_agree(s: S) {
+    let keys: Vec<String> = (0..300).map(|i| format!("race-{i}")).collect();
+    let batch = |reversed: bool| {
+        let mut tasks: Vec<NewTask> = keys
+            .iter()
+            .map(|k| NewTask::new(k.clone(), "test").idempotency_key(k.clone()))
+            .collect();
+        if reversed {
+            tasks.reverse();
+        }
+        tasks
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (s, tasks) = (s.clone(), batch(i % 2 == 1));
+        calls.spawn(async move { (i % 2 == 1, s.insert_tasks(tasks).await) });
+    }
+    let mut by_key: HashMap<String, TaskId> = HashMap::new();
+    let mut created = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (reversed, inserted) = joined.unwrap();
+        let inserted = inserted.unwrap();
+        created += inserted.new_tasks;
+        let mut ids = inserted.ids;
+        if reversed {
+            ids.reverse();
+        }
+        for (key, id) in keys.iter().zip(ids) {
+            assert_eq!(*by_key.entry(key.clone()).or_insert(id), id, "{key}");
+        }
+    }
+    assert_eq!(created, 300, "one task a key");
+}
+
 pub async fn idempotency_key_returns_first_id(s: S) {
     let mut rx = s.subscribe().await.unwrap();
     let first = s
