@@ -518,6 +518,21 @@ impl NewTask {
         if let Some(workflow) = &self.workflow {
             check_json_storable("workflow", workflow)?;
         }
+        for (field, at) in [("run_at", self.run_at), ("due_date", self.due_date)] {
+            check_timestamp(field, at)?;
+        }
+        // Every list and claim carries them: each bounded as the payload is.
+        let text = |s: &str| Json::String(s.to_owned());
+        let tags = Json::from(self.tags.clone());
+        for (field, value) in [
+            ("title", &text(&self.title)),
+            ("description", &text(&self.description)),
+            ("tags", &tags),
+            ("metadata", &self.metadata),
+            ("workflow", self.workflow.as_ref().unwrap_or(&Json::Null)),
+        ] {
+            check_field_size(field, value, max_payload_bytes)?;
+        }
         check_payload_size(&self.payload, max_payload_bytes)
     }
 }
@@ -627,6 +642,30 @@ impl Task {
             (Some(s), Some(p)) => format!("subtask `{}` of plan {p}", s.escape_debug()),
             _ => format!("task {}", self.id),
         }
+    }
+}
+
+/// Refuses a time every backend cannot store alike (Postgres' range ends in 4713 BC):
+/// years 1 to 9999.
+pub fn check_timestamp(field: &str, at: Option<Timestamp>) -> Result<()> {
+    use chrono::Datelike;
+    match at {
+        Some(t) if !(1..=9999).contains(&t.year()) => Err(Error::InvalidField {
+            field: field.into(),
+            reason: format!("{t} is outside the years 1 to 9999"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `value` of `field` when its JSON is over `limit` bytes.
+fn check_field_size(field: &str, value: &Json, limit: usize) -> Result<()> {
+    match check_payload_size(value, limit) {
+        Err(Error::PayloadTooLarge { size, limit }) => Err(Error::InvalidField {
+            field: field.into(),
+            reason: format!("is {size} bytes, over the limit of {limit}"),
+        }),
+        other => other,
     }
 }
 

@@ -384,3 +384,44 @@ fn names_keys_and_timeouts_are_refused_where_a_backend_could_not_take_them() {
             .contains("over the limit of 200")
     );
 }
+
+/// A time every backend cannot store alike, and metadata, tags or text over the payload's
+/// limit, are refused naming the field.
+#[test]
+fn times_out_of_range_and_oversized_fields_are_refused_by_name() {
+    use chrono::TimeZone;
+    let ancient = chrono::Utc.with_ymd_and_hms(-5000, 1, 1, 0, 0, 0).unwrap();
+    let far = chrono::Utc.with_ymd_and_hms(12_000, 1, 1, 0, 0, 0).unwrap();
+    let mut t = NewTask::new("t", "x");
+    t.run_at = Some(ancient);
+    let e = t.validate(1024).unwrap_err().to_string();
+    assert!(e.contains("run_at") && e.contains("years 1 to 9999"), "{e}");
+    t.run_at = None;
+    t.due_date = Some(far);
+    assert!(
+        t.validate(1024)
+            .unwrap_err()
+            .to_string()
+            .contains("due_date")
+    );
+    t.due_date = Some(chrono::Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0).unwrap());
+    t.validate(1024).unwrap();
+    for (field, task) in [
+        (
+            "metadata",
+            NewTask::new("t", "x").metadata(serde_json::json!({"k": "v".repeat(2000)})),
+        ),
+        (
+            "description",
+            NewTask::new("t", "x").description("d".repeat(2000)),
+        ),
+        ("title", NewTask::new("t".repeat(2000), "x")),
+        ("tags", NewTask::new("t", "x").tags(vec!["g".repeat(2000)])),
+    ] {
+        let e = task.validate(1024).unwrap_err().to_string();
+        assert!(
+            e.contains(field) && e.contains("over the limit of 1024"),
+            "{field}: {e}"
+        );
+    }
+}
