@@ -97,7 +97,7 @@ fn ctrl_c_interrupts_the_demo() {
 #[test]
 fn ctrl_c_while_submitting_ends_the_demo() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = demo(dir.path())
+    let child = demo(dir.path())
         .args(["--subtasks", "1000000", "--workers", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hive_models::WorkerId;
+use hive_models::{RunId, TaskId, WorkerId};
 use hive_ops::Claimed;
 use hive_ops::store::{FinishReport, Outcome, RunOutcome};
 use tokio::sync::{mpsc, watch};
@@ -13,6 +13,9 @@ use super::bounds::AnswerWithin;
 use super::held::Held;
 use super::report::Counters;
 use super::slots::Slots;
+
+/// How long logging the outcomes a commit refused may wait to read their tasks' errors.
+const REFUSED_READ_WITHIN: Duration = Duration::from_secs(10);
 use crate::Client;
 use crate::backoff::{Backoff, Fatal};
 
@@ -187,10 +190,10 @@ impl Completer {
                     "committed a batch"
                 );
                 self.counters.add_finished(&reports);
-                self.log_refused(batch, &reports).await;
                 self.slots.give_back(slots - claims.len());
                 // Sent even when empty: the claim loop checks for idleness after commits.
                 let _ = self.claimed.send(claims);
+                self.log_refused(batch, &reports).await;
                 return true;
             }
             Err(e) if e.is_about_the_database() => self.stop_with(e),
@@ -203,26 +206,47 @@ impl Completer {
 
     /// Logs each success the store turned into a failure as it committed it (an output over
     /// its size limit, a spawn the plan cannot take), with the task's error: the handler
-    /// returned normally, so nothing else says why its task failed. Rare, so the error is
-    /// read back rather than carried on every report.
+    /// returned normally, so nothing else says why its task failed. Rare, so the errors are
+    /// read back (in one read, bounded) rather than carried on every report, once the
+    /// commit's slots and claims are handed on.
     async fn log_refused(&self, batch: &[RunOutcome], reports: &[FinishReport]) {
-        for (o, r) in batch.iter().zip(reports) {
-            let refused = matches!(o.outcome, Outcome::Success { .. })
-                && matches!(r.finished, hive_ops::store::Finished::Failed);
-            let Some(task) = r.task_id.filter(|_| refused) else {
-                continue;
+        let refused: Vec<(TaskId, RunId)> = batch
+            .iter()
+            .zip(reports)
+            .filter(|(o, r)| {
+                matches!(o.outcome, Outcome::Success { .. })
+                    && matches!(r.finished, hive_ops::store::Finished::Failed)
+            })
+            .filter_map(|(o, r)| Some((r.task_id?, o.run_id)))
+            .collect();
+        if refused.is_empty() {
+            return;
+        }
+        let (client, worker) = (&self.client, &self.spec.worker);
+        {
+            let ids: Vec<TaskId> = refused.iter().map(|(t, _)| *t).collect();
+            let read = tokio::time::timeout(REFUSED_READ_WITHIN, client.get_tasks(&ids)).await;
+            let errors: std::collections::HashMap<TaskId, String> = match read {
+                Ok(Ok(tasks)) => (tasks.into_iter())
+                    .map(|t| (t.id, t.last_error.unwrap_or_default()))
+                    .collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(worker = %worker, error = %e, "the refused outcomes' errors could not be read");
+                    Default::default()
+                }
+                Err(_) => Default::default(),
             };
-            let error = match self.client.get_task(task).await {
-                Ok(Some(t)) => t.last_error.unwrap_or_default(),
-                Ok(None) => "the task is gone".into(),
-                Err(e) => format!("its error could not be read: {e}"),
-            };
-            tracing::warn!(
-                worker = %self.spec.worker,
-                task = %task,
-                run = %o.run_id,
-                "task {task} failed as its outcome was committed: {error}"
-            );
+            for (task, run) in refused {
+                let error = errors
+                    .get(&task)
+                    .map_or("(its error was not read)", String::as_str);
+                tracing::warn!(
+                    worker = %worker,
+                    task = %task,
+                    run = %run,
+                    "task {task} failed as its outcome was committed: {error}"
+                );
+            }
         }
     }
 

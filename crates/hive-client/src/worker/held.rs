@@ -26,6 +26,24 @@ use crate::Client;
 pub(super) struct Held {
     runs: Arc<Mutex<IdMap<RunId, TaskId>>>,
     gate: Arc<RwLock<()>>,
+    /// When each call holding the gate shared began, by a number of its own.
+    calls: Arc<Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>>,
+}
+
+/// A claim or commit holding [`Held`]'s gate shared: its start noted until it drops.
+pub(super) struct Changing {
+    _gate: OwnedRwLockReadGuard<()>,
+    calls: Arc<Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>>,
+    call: u64,
+}
+
+impl Drop for Changing {
+    fn drop(&mut self) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.call);
+    }
 }
 
 /// What one check found.
@@ -50,8 +68,24 @@ impl Held {
 
     /// Taken around a store call that claims or finishes runs, and kept until
     /// [`Held::claimed`] / [`Held::finished`] record its result.
-    pub(super) async fn changing(&self) -> OwnedRwLockReadGuard<()> {
-        self.gate.clone().read_owned().await
+    pub(super) async fn changing(&self) -> Changing {
+        let gate = self.gate.clone().read_owned().await;
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let call = calls.last_key_value().map_or(0, |(n, _)| n.wrapping_add(1));
+        calls.insert(call, tokio::time::Instant::now());
+        Changing {
+            _gate: gate,
+            calls: self.calls.clone(),
+            call,
+        }
+    }
+
+    /// Whether a call holding the gate has run longer than the check would wait: one stuck
+    /// on a dead connection. Queueing for the gate behind it would hold every other claim
+    /// and commit back (the gate lets no reader past a waiting writer).
+    fn a_call_hangs(&self) -> bool {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.values().any(|began| began.elapsed() >= Self::WAIT)
     }
 
     pub(super) fn claimed(&self, claims: &[Claimed]) {
@@ -75,6 +109,9 @@ impl Held {
         worker: &WorkerId,
         stops: &Stops,
     ) -> crate::Result<Reconciled> {
+        if self.a_call_hangs() {
+            return Ok(Reconciled::default());
+        }
         let Ok(gate) = tokio::time::timeout(Self::WAIT, self.gate.write()).await else {
             return Ok(Reconciled::default());
         };
@@ -108,5 +145,27 @@ impl Held {
             );
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Held;
+
+    /// A claim or commit holding the gate longer than the check waits counts as hanging:
+    /// the check skips its round rather than queue behind it, which would hold back every
+    /// other claim and commit.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_the_checks_wait_counts_as_hanging() {
+        let held = Held::default();
+        assert!(!held.a_call_hangs());
+        let call = held.changing().await;
+        let other = held.changing().await;
+        assert!(!held.a_call_hangs());
+        drop(other);
+        tokio::time::advance(Held::WAIT).await;
+        assert!(held.a_call_hangs());
+        drop(call);
+        assert!(!held.a_call_hangs());
     }
 }

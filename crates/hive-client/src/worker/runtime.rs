@@ -513,11 +513,12 @@ impl Runtime {
         let mut release_early = true;
         while !running.is_empty() {
             unstarted.extend(running.take_unstarted());
-            if release_early && !unstarted.is_empty() {
-                if let Err(kept) = self.release(std::mem::take(&mut unstarted)).await {
-                    unstarted = kept;
-                    release_early = false;
-                }
+            if release_early
+                && !unstarted.is_empty()
+                && let Err(kept) = self.release(std::mem::take(&mut unstarted)).await
+            {
+                unstarted = kept;
+                release_early = false;
             }
             tokio::select! {
                 joined = running.join_one() => if !joined {
