@@ -145,6 +145,10 @@ pub struct Schedule {
     /// is work that was never created, not work about to be.
     #[serde(default)]
     pub last_manual_at: Option<Timestamp>,
+    /// When `last_fired` was claimed (a schedule that skips or queues overlaps), by the
+    /// store's clock: a slot is claimed when it starts, which may be long after its time.
+    #[serde(default)]
+    pub last_claimed_at: Option<Timestamp>,
     /// The first slot after `done_until`: when the schedule is next due (`None` when the
     /// expression has no future slot). While a schedule that queues overlaps waits for the
     /// previous slot's work, this is in the past: the schedule stays due.

@@ -13,13 +13,6 @@ use crate::{Error, Ops, OpsConfig, Result};
 /// A claimed task and the run opened for it; the run id is the lease token.
 pub use hive_store::Claim as Claimed;
 
-/// The outcomes as they may be stored. NUL characters in errors, logs and results are
-/// replaced by U+FFFD: Postgres cannot store NUL, and refusing a worker's report would
-/// leave its task running until the lease expired (and a worker that retries a failed
-/// commit stuck on it), so a report is stored on every backend alike with its NULs
-/// visibly replaced, as invalid UTF-8 in a command's output already is. A success whose
-/// output or spawned subtasks exceed the size limits becomes a permanent failure naming
-/// the problem: retrying would produce the same output.
 /// A batch cut before each spawn that follows an outcome that may fail a plan: a store
 /// checks a batch's spawns against its plans as they were before the batch, so an earlier
 /// outcome failing the spawner's plan would otherwise let the spawn grow a failed plan. Such
@@ -46,6 +39,13 @@ fn in_spawn_order(outcomes: &[RunOutcome]) -> Vec<&[RunOutcome]> {
     parts
 }
 
+/// The outcomes as they may be stored. NUL characters in errors, logs and results are
+/// replaced by U+FFFD: Postgres cannot store NUL, and refusing a worker's report would
+/// leave its task running until the lease expired (and a worker that retries a failed
+/// commit stuck on it), so a report is stored on every backend alike with its NULs
+/// visibly replaced, as invalid UTF-8 in a command's output already is. A success whose
+/// output or spawned subtasks exceed the size limits becomes a permanent failure naming
+/// the problem: retrying would produce the same output.
 fn storable<'a>(
     outcomes: &'a [RunOutcome],
     limits: &OpsConfig,
@@ -196,7 +196,10 @@ impl<S: Store + ?Sized> Ops<S> {
     }
 
     /// Finishes runs and claims up to `limit` ready tasks in one transaction: how a worker
-    /// refills the slots its finished tasks freed without a second round trip.
+    /// refills the slots its finished tasks freed without a second round trip. A batch
+    /// holding a spawn after an outcome that may fail its plan is cut there (see
+    /// `in_spawn_order`): the parts before commit first, each in its own transaction, so an
+    /// error may come after some committed (sent again, those report `Stale`).
     pub async fn finish_and_claim(
         &self,
         outcomes: &[RunOutcome],

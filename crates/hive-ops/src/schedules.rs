@@ -112,6 +112,7 @@ fn new_row(new: NewSchedule, timing: &Timing, now: Timestamp) -> Schedule {
         last_fired: None,
         last_manual: None,
         last_manual_at: None,
+        last_claimed_at: None,
         created_at: now,
         updated_at: now,
     }
@@ -472,7 +473,8 @@ impl<S: Store + ?Sized> Ops<S> {
                 // not started: a fix days later starts today's run, not the first day's.
                 Some(claimed)
                     if claimed > s.done_until
-                        && now - claimed <= claimed::CLAIMED_SLOT_STALLS_AT_MOST =>
+                        && now - s.last_claimed_at.unwrap_or(claimed)
+                            <= claimed::CLAIMED_SLOT_STALLS_AT_MOST =>
                 {
                     slots = vec![claimed];
                     to = claimed;
@@ -631,6 +633,7 @@ mod tests {
             last_fired: None,
             last_manual: None,
             last_manual_at: None,
+            last_claimed_at: None,
             next_slot: Some(at(1, 0)),
             created_at: at(0, 0),
             updated_at: at(0, 0),

@@ -330,6 +330,9 @@ async fn queued_tasks_in_order(o: O) {
 async fn delete_and_prune(o: O) {
     let id = o.create_task(NewTask::new("t", "x")).await.unwrap();
     let c = claim(&o, "w", LEASE).await;
+    // Not while a worker holds it; once its run ended, it goes with its runs.
+    assert!(o.delete_task(id).await.is_err());
+    o.complete_task(c.run.id, None).await.unwrap();
     assert!(o.delete_task(id).await.unwrap());
     assert!(o.get_run(c.run.id).await.unwrap().is_none());
     assert!(!o.delete_task(id).await.unwrap());
@@ -397,9 +400,6 @@ async fn failed_plan(o: &O, task_type: &str, n: usize) -> hive_models::PlanId {
     plan_id
 }
 
-/// Subtasks of a failed plan, which a bulk retry leaves to their plan, keep matching its
-/// filter: pages of three that start with four of them still reach the tasks after them,
-/// and each is counted once.
 /// Plan `a → b` and `c`: `a` cancelled alone (with `b`) while `c` runs on. A bulk retry
 /// of the cancelled `b` alone refuses it (it would wait for `a` for good) and says so,
 /// rather than calling it changed meanwhile.
@@ -432,6 +432,9 @@ async fn a_bulk_retry_counts_a_task_behind_a_dead_dependency_as_refused(o: O) {
     );
 }
 
+/// Subtasks of a failed plan, which a bulk retry leaves to their plan, keep matching its
+/// filter: pages of three that start with four of them still reach the tasks after them,
+/// and each is counted once.
 async fn a_bulk_retry_reads_past_the_tasks_it_refuses(o: O) {
     failed_plan(&o, "p", 4).await;
     let alone = failed_tasks(&o, "p", 2).await;

@@ -644,28 +644,27 @@ async fn a_manual_run_about_to_be_created_holds_back_its_schedule(o: O) {
 }
 
 async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
-    use chrono::{DurationRound, TimeDelta};
-    let now = o.store().now().await.unwrap();
-    // Claimed a minute or two ago: within what a stalled starter may still create.
-    let claimed = now.duration_trunc(TimeDelta::minutes(1)).unwrap() - TimeDelta::minutes(1);
+    use chrono::{Datelike, TimeZone};
     for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
-        let minutely = NewSchedule::new(name, "0 * * * * *", template()).overlap(overlap);
-        let s = o.add_schedule(minutely).await.unwrap();
-        let behind = hive_store::testing::fixtures::schedule_behind(&s, 600);
+        let yearly = NewSchedule::new(name, "0 0 0 1 1 *", template()).overlap(overlap);
+        let s = o.add_schedule(yearly).await.unwrap();
+        let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
         assert!(o.store().advance_schedule(&behind).await.unwrap());
-        // A scheduler claimed that slot, then stalled before creating its plan; a later
-        // slot is due too.
+        // A scheduler claimed last New Year's slot just now (long after its time, catching
+        // up), then stalled before creating its plan; this year's slot is due too.
+        let year = o.store().now().await.unwrap().year();
+        let claimed = chrono::Utc
+            .with_ymd_and_hms(year - 1, 1, 1, 0, 0, 0)
+            .unwrap();
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
     }
     let redo = o.fire_due_schedules().await.unwrap();
     assert_eq!(redo.slots, 2, "the claimed slots: {redo:?}");
-    assert_eq!(
-        plans_slots(&o).await,
-        [claimed, claimed],
-        "not a later one beside them"
-    );
-    // Next, the later slot finds the claimed slot's plan unfinished.
+    let years: Vec<i32> = plans_slots(&o).await.iter().map(|s| s.year()).collect();
+    let last_year = o.store().now().await.unwrap().year() - 1;
+    assert_eq!(years, [last_year, last_year], "not this year's beside them");
+    // Next, this year's slot finds the claimed slot's plan unfinished.
     let next = o.fire_due_schedules().await.unwrap();
     assert_eq!(
         (next.slots, next.waiting, next.skipped),
@@ -674,9 +673,21 @@ async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
     );
 }
 
+/// Moves the claim of schedule `name`'s last slot 20 minutes back: its starter stalled
+/// longer than one does.
+async fn claimed_long_ago(o: &O, name: &str) {
+    let mut s = o.get_schedule(name).await.unwrap().unwrap();
+    assert!(s.last_claimed_at.is_some(), "{s:?}");
+    s.last_claimed_at = s
+        .last_claimed_at
+        .map(|t| t - chrono::TimeDelta::minutes(20));
+    assert!(o.store().delete_schedule(name).await.unwrap());
+    o.store().insert_schedule(&s).await.unwrap();
+}
+
 /// A slot claimed longer ago than a starter stalls (its work kept failing for days) is
 /// not started once the fault is fixed: the missed-slot rule picks what starts, as for
-/// any slot not started.
+/// any slot not started. Measured from the claim, not the slot's time.
 async fn a_slot_claimed_long_ago_is_left_to_the_missed_slot_rule(o: O) {
     use chrono::{Datelike, TimeZone};
     for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
@@ -690,6 +701,7 @@ async fn a_slot_claimed_long_ago_is_left_to_the_missed_slot_rule(o: O) {
             .unwrap();
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
+        claimed_long_ago(&o, name).await;
     }
     let fired = o.fire_due_schedules().await.unwrap();
     assert_eq!(fired.slots, 2, "{fired:?}");
@@ -729,6 +741,10 @@ async fn a_slot_claimed_when_its_schedule_is_redefined_or_resumed_is_created_the
         // paused meanwhile (a paused schedule claims no slot).
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
+        if name == "resumed-late" {
+            // Its scheduler died long ago.
+            claimed_long_ago(&o, name).await;
+        }
         if !redefined {
             assert!(o.pause_schedule(name).await.unwrap());
             let paused = o.get_schedule(name).await.unwrap().unwrap();

@@ -265,8 +265,8 @@ impl Store for PostgresStore {
         if tasks.is_empty() {
             return Ok(TasksInserted::default());
         }
-        // One statement (or, with idempotency keys, one short transaction): no retry loop,
-        // which would have to keep a copy of the whole batch.
+        // One statement (or, with idempotency keys, one short transaction, tried again on
+        // a lost race: see `insert_tasks_once`).
         self.run(self.insert_tasks_once(tasks)).await
     }
 

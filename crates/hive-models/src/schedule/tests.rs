@@ -241,6 +241,7 @@ fn the_pending_slot_stays_on_the_first_slot_not_handled_and_is_overdue_after_a_g
         last_fired: Some(at(2026, 12, 1, 2, 0, 0)),
         last_manual: None,
         last_manual_at: None,
+        last_claimed_at: None,
         // Put off a minute at a time by a scheduler that could not create the work.
         next_slot: Some(at(2026, 12, 6, 23, 0, 0)),
         created_at: at(2026, 11, 1, 0, 0, 0),

@@ -45,7 +45,8 @@ impl<S: Store + ?Sized> Ops<S> {
         let Some(claimed) = s.last_fired else {
             return;
         };
-        let stale = now - claimed > CLAIMED_SLOT_STALLS_AT_MOST;
+        // Measured from the claim: a slot may be claimed long after its time.
+        let stale = now - s.last_claimed_at.unwrap_or(claimed) > CLAIMED_SLOT_STALLS_AT_MOST;
         if s.overlap == Overlap::Allow || claimed <= s.done_until || stale {
             return;
         }

@@ -79,6 +79,9 @@ impl State {
                         && s.last_fired == read.last_fired
                         && s.last_manual == read.last_manual) =>
             {
+                if s.last_fired != Some(slot) {
+                    s.last_claimed_at = Some(now());
+                }
                 s.last_fired = Some(slot);
                 s.updated_at = now();
                 true
@@ -117,6 +120,7 @@ impl State {
             last_fired: s.last_fired,
             last_manual: s.last_manual.take(),
             last_manual_at: s.last_manual_at.take(),
+            last_claimed_at: s.last_claimed_at.take(),
             created_at: s.created_at,
             updated_at: now(),
             ..with.clone()

@@ -26,6 +26,7 @@ fn from_row(row: &PgRow) -> R<Schedule> {
         last_fired: rows::get(row, "last_fired", T)?,
         last_manual: rows::get(row, "last_manual", T)?,
         last_manual_at: rows::get(row, "last_manual_at", T)?,
+        last_claimed_at: rows::get(row, "last_claimed_at", T)?,
         next_slot: rows::get(row, "next_slot", T)?,
         created_at: rows::get(row, "created_at", T)?,
         updated_at: rows::get(row, "updated_at", T)?,
@@ -64,8 +65,9 @@ impl PostgresStore {
     pub(super) async fn insert_schedule_once(&self, s: &Schedule) -> R<()> {
         let insert = sqlx::query(
             "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
-             enabled, last_fired, name, created_at, updated_at, last_manual, last_manual_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             enabled, last_fired, name, created_at, updated_at, last_manual, last_manual_at, \
+             last_claimed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (name) DO NOTHING",
         );
         let inserted = bind_row(insert, s)?
@@ -76,6 +78,7 @@ impl PostgresStore {
             .bind(s.updated_at)
             .bind(s.last_manual.as_deref())
             .bind(s.last_manual_at)
+            .bind(s.last_claimed_at)
             .execute(&self.pool)
             .await?;
         if inserted.rows_affected() == 0 {
@@ -153,7 +156,8 @@ impl PostgresStore {
 
     pub(super) async fn claim_slot_once(&self, read: &Schedule, slot: Timestamp) -> R<bool> {
         let done = sqlx::query(
-            "UPDATE schedules SET last_fired = $1, updated_at = now() \
+            "UPDATE schedules SET last_fired = $1, updated_at = now(), \
+                 last_claimed_at = CASE WHEN last_fired = $1 THEN last_claimed_at ELSE now() END \
              WHERE name = $2 AND (last_fired = $1 OR (enabled AND done_until = $5 \
                                                    AND last_fired IS NOT DISTINCT FROM $3 \
                                                    AND last_manual IS NOT DISTINCT FROM $4))",

@@ -58,7 +58,7 @@ SELECT ARRAY(SELECT id FROM ins) AS inserted, \
 );
 
 /// One task row to insert, in [`INSERT_TASKS`]'s column order.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(super) struct TaskRows {
     id: Vec<Uuid>,
     title: Vec<String>,
@@ -129,37 +129,42 @@ impl TaskRows {
     }
 
     /// Inserts the rows and returns the ids actually inserted.
-    pub async fn insert(self, conn: &mut PgConnection, note: Option<String>) -> R<Vec<Uuid>> {
+    pub async fn insert(&self, conn: &mut PgConnection, note: Option<String>) -> R<Vec<Uuid>> {
         let row = sqlx::query(INSERT_TASKS)
-            .bind(self.id)
-            .bind(self.title)
-            .bind(self.description)
-            .bind(self.task_type)
-            .bind(self.priority)
-            .bind(self.payload)
-            .bind(self.max_retries)
-            .bind(self.current_phase)
-            .bind(self.workflow)
-            .bind(self.due_date)
-            .bind(self.parent_task_id)
-            .bind(self.tags)
-            .bind(self.metadata)
-            .bind(self.run_at)
-            .bind(self.idempotency_key)
-            .bind(self.plan_id)
-            .bind(self.plan_subtask_id)
-            .bind(self.pending_deps)
-            .bind(self.timeout_secs)
-            .bind(self.delay_secs)
+            .bind(&self.id)
+            .bind(&self.title)
+            .bind(&self.description)
+            .bind(&self.task_type)
+            .bind(&self.priority)
+            .bind(&self.payload)
+            .bind(&self.max_retries)
+            .bind(&self.current_phase)
+            .bind(&self.workflow)
+            .bind(&self.due_date)
+            .bind(&self.parent_task_id)
+            .bind(&self.tags)
+            .bind(&self.metadata)
+            .bind(&self.run_at)
+            .bind(&self.idempotency_key)
+            .bind(&self.plan_id)
+            .bind(&self.plan_subtask_id)
+            .bind(&self.pending_deps)
+            .bind(&self.timeout_secs)
+            .bind(&self.delay_secs)
             .bind(note)
-            .bind(self.retry_policy)
-            .bind(self.concurrency_key)
-            .bind(self.concurrency_limit)
+            .bind(&self.retry_policy)
+            .bind(&self.concurrency_key)
+            .bind(&self.concurrency_limit)
             .fetch_one(conn)
             .await?;
         rows::get(&row, "inserted", "tasks")
     }
 }
+
+/// The advisory lock class of idempotency keys' buckets (`HIVE` in ASCII).
+const KEY_LOCK_CLASS: i32 = 0x4849_5645;
+/// How many buckets idempotency keys hash into for their locks.
+const KEY_LOCK_BUCKETS: i64 = 4096;
 
 impl PostgresStore {
     pub(super) async fn insert_tasks_once(&self, tasks: Vec<NewTask>) -> R<TasksInserted> {
@@ -204,7 +209,7 @@ impl PostgresStore {
         let mut attempt = 0;
         loop {
             let mut tx = self.pool.begin().await?;
-            let out = (self.insert_keyed(&mut tx, batch.clone(), &keyed, ids.clone())).await;
+            let out = (self.insert_keyed(&mut tx, &batch, &keyed, ids.clone())).await;
             let failed = match out {
                 Ok(Some(out)) => {
                     let (done, note) = end(tx, Ok(out)).await?;
@@ -239,20 +244,24 @@ impl PostgresStore {
     async fn insert_keyed(
         &self,
         tx: &mut PgConnection,
-        batch: TaskRows,
+        batch: &TaskRows,
         keyed: &[(String, TaskId)],
         mut ids: Vec<TaskId>,
     ) -> R<Option<(TasksInserted, Option<String>)>> {
         // The keys taken in one order by every batch: inserted in each batch's own order,
-        // two batches holding each other's keys uncommitted would deadlock.
-        let names: Vec<String> = keyed.iter().map(|(k, _)| format!("hive.key.{k}")).collect();
+        // two batches holding each other's keys uncommitted would deadlock. By bucket, at
+        // most KEY_LOCK_BUCKETS locks however large the batch (advisory locks share the
+        // server's lock table), in a class of their own (the two-key form).
+        let keys: Vec<&str> = keyed.iter().map(|(k, _)| k.as_str()).collect();
         sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(h)) FROM ( \
-                 SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) n \
-                 ORDER BY 1 \
+            "SELECT count(pg_advisory_xact_lock($2, b)) FROM ( \
+                 SELECT DISTINCT (hashtextextended(k, 0) & $3)::int AS b \
+                 FROM unnest($1::text[]) k ORDER BY 1 \
              ) s",
         )
-        .bind(names)
+        .bind(keys)
+        .bind(KEY_LOCK_CLASS)
+        .bind(KEY_LOCK_BUCKETS - 1)
         .execute(&mut *tx)
         .await?;
         let inserted: HashSet<Uuid> = batch.insert(tx, None).await?.into_iter().collect();

@@ -12,8 +12,8 @@ macro_rules! select {
     ($rest:literal) => {
         concat!(
             "SELECT name, cron, timezone, task, enabled, missed, overlap, done_until, \
-             last_fired, last_manual, last_manual_at, next_slot, created_at, updated_at \
-             FROM schedules ",
+             last_fired, last_manual, last_manual_at, last_claimed_at, next_slot, created_at, \
+             updated_at FROM schedules ",
             $rest
         )
     };
@@ -37,6 +37,7 @@ fn from_row(row: &SqliteRow) -> R<Schedule> {
         last_fired: c.ts_opt("last_fired")?,
         last_manual: c.get("last_manual")?,
         last_manual_at: c.ts_opt("last_manual_at")?,
+        last_claimed_at: c.ts_opt("last_claimed_at")?,
         next_slot: c.ts_opt("next_slot")?,
         created_at: c.ts("created_at")?,
         updated_at: c.ts("updated_at")?,
@@ -64,8 +65,9 @@ fn bind_row<'q>(q: Query<'q>, s: &'q Schedule) -> R<Query<'q>> {
 pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
     let insert = sqlx::query(
         "INSERT INTO schedules (cron, timezone, task, missed, overlap, done_until, next_slot, \
-         enabled, last_fired, name, created_at, updated_at, last_manual, last_manual_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+         enabled, last_fired, name, created_at, updated_at, last_manual, last_manual_at, \
+         last_claimed_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
          ON CONFLICT (name) DO NOTHING",
     );
     let inserted = bind_row(insert, s)?
@@ -76,6 +78,7 @@ pub(super) async fn insert(c: &mut Conn, s: &Schedule) -> R<()> {
         .bind(us(s.updated_at))
         .bind(s.last_manual.as_deref())
         .bind(s.last_manual_at.map(us))
+        .bind(s.last_claimed_at.map(us))
         .execute(&mut *c)
         .await?;
     if inserted.rows_affected() == 0 {
@@ -148,7 +151,8 @@ pub(super) async fn keyed_work(c: &mut Conn, keys: &[String]) -> R<HashMap<Strin
 pub(super) async fn claim_slot(c: &mut Conn, read: &Schedule, slot: Timestamp) -> R<bool> {
     let at = db::db_now(c).await?;
     let done = sqlx::query(
-        "UPDATE schedules SET last_fired = ?1, updated_at = ?2 \
+        "UPDATE schedules SET last_fired = ?1, updated_at = ?2, \
+             last_claimed_at = CASE WHEN last_fired = ?1 THEN last_claimed_at ELSE ?2 END \
          WHERE name = ?3 AND (last_fired = ?1 \
                               OR (enabled AND done_until = ?6 AND last_fired IS ?4 \
                                   AND last_manual IS ?5))",

@@ -32,6 +32,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         last_fired: None,
         last_manual: None,
         last_manual_at: None,
+        last_claimed_at: None,
         next_slot: Some(at(5)),
         created_at: now,
         updated_at: now,
@@ -175,6 +176,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
             last_fired: None,
             last_manual: None,
             last_manual_at: None,
+            last_claimed_at: None,
             created_at: at(-999),
             ..stored.clone()
         },
@@ -234,6 +236,13 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     );
     assert!(s.claim_slot(&read, at(30)).await.unwrap());
     assert_eq!(get(s.clone()).await.last_fired, Some(at(30)));
+    // The claim's time is noted (a slot may be claimed long after its time), and kept by
+    // a claim of the same slot again.
+    let claimed_at = get(s.clone()).await.last_claimed_at;
+    assert!(
+        claimed_at.is_some_and(|t| t < at(30)),
+        "claimed before the slot: {claimed_at:?}"
+    );
     assert!(
         !s.claim_slot(&read, at(31)).await.unwrap(),
         "a scheduler that picked another slot from the same read loses"
@@ -243,6 +252,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
         "one that picked the same slot goes on: its work is the same, by key"
     );
     assert_eq!(get(s.clone()).await.last_fired, Some(at(30)));
+    assert_eq!(get(s.clone()).await.last_claimed_at, claimed_at);
     let ghost = Schedule {
         name: "ghost".into(),
         ..read.clone()
@@ -297,6 +307,7 @@ pub async fn schedules_round_trip_and_move_compare_and_set(s: S) {
     let other_manual = Schedule {
         last_manual: None,
         last_manual_at: None,
+        last_claimed_at: None,
         ..moved.clone()
     };
     assert!(
