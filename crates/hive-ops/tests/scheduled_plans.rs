@@ -643,15 +643,16 @@ async fn a_manual_run_about_to_be_created_holds_back_its_schedule(o: O) {
     );
 }
 
-async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
+/// Yearly schedules `queued` and `skipping` (overlaps queued, skipped), years behind,
+/// whose last New Year's slot a scheduler claimed just now (long after its time, catching
+/// up) and stalled before creating its plan; this year's slot is due too.
+async fn last_new_years_slot_claimed(o: &O) {
     use chrono::{Datelike, TimeZone};
     for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
         let yearly = NewSchedule::new(name, "0 0 0 1 1 *", template()).overlap(overlap);
         let s = o.add_schedule(yearly).await.unwrap();
         let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
         assert!(o.store().advance_schedule(&behind).await.unwrap());
-        // A scheduler claimed last New Year's slot just now (long after its time, catching
-        // up), then stalled before creating its plan; this year's slot is due too.
         let year = o.store().now().await.unwrap().year();
         let claimed = chrono::Utc
             .with_ymd_and_hms(year - 1, 1, 1, 0, 0, 0)
@@ -659,6 +660,11 @@ async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
         let read = o.get_schedule(name).await.unwrap().unwrap();
         assert!(o.store().claim_slot(&read, claimed).await.unwrap());
     }
+}
+
+async fn a_slot_claimed_but_not_yet_created_starts_before_any_later_one(o: O) {
+    use chrono::Datelike;
+    last_new_years_slot_claimed(&o).await;
     let redo = o.fire_due_schedules().await.unwrap();
     assert_eq!(redo.slots, 2, "the claimed slots: {redo:?}");
     let years: Vec<i32> = plans_slots(&o).await.iter().map(|s| s.year()).collect();
@@ -689,18 +695,9 @@ async fn claimed_long_ago(o: &O, name: &str) {
 /// not started once the fault is fixed: the missed-slot rule picks what starts, as for
 /// any slot not started. Measured from the claim, not the slot's time.
 async fn a_slot_claimed_long_ago_is_left_to_the_missed_slot_rule(o: O) {
-    use chrono::{Datelike, TimeZone};
-    for (name, overlap) in [("queued", Overlap::Queue), ("skipping", Overlap::Skip)] {
-        let yearly = NewSchedule::new(name, "0 0 0 1 1 *", template()).overlap(overlap);
-        let s = o.add_schedule(yearly).await.unwrap();
-        let behind = hive_store::testing::fixtures::schedule_behind(&s, 10 * 366 * 86_400);
-        assert!(o.store().advance_schedule(&behind).await.unwrap());
-        let year = o.store().now().await.unwrap().year();
-        let claimed = chrono::Utc
-            .with_ymd_and_hms(year - 1, 1, 1, 0, 0, 0)
-            .unwrap();
-        let read = o.get_schedule(name).await.unwrap().unwrap();
-        assert!(o.store().claim_slot(&read, claimed).await.unwrap());
+    use chrono::Datelike;
+    last_new_years_slot_claimed(&o).await;
+    for name in ["queued", "skipping"] {
         claimed_long_ago(&o, name).await;
     }
     let fired = o.fire_due_schedules().await.unwrap();
