@@ -756,15 +756,8 @@ fn a_worker_stopped_while_its_database_is_down_stops_gracefully() {
     wait_for("the probes", || status("/healthz") == Some(200));
     assert_eq!(status("/readyz"), Some(503));
     assert_eq!(status("/metrics"), Some(503));
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    let out = worker.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let (stderr, report) = stopped_by_sigterm(worker);
     assert!(stderr.contains("stopped: 0 completed"), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["completed"], 0, "{report}");
     assert_eq!(report["left_queued"], serde_json::json!([]), "{report}");
 }
@@ -807,14 +800,7 @@ fn a_worker_stopped_with_ready_tasks_says_so() {
             .as_array()
             .is_some_and(|a| a.len() == 1)
     });
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    let out = worker.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}: {stderr}", out.status);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (stderr, report) = stopped_by_sigterm(worker);
     assert_eq!(
         report["left_queued"],
         serde_json::json!([{ "task_type": "sleep", "queued": 3, "why": "stopped" }]),
@@ -824,4 +810,18 @@ fn a_worker_stopped_with_ready_tasks_says_so() {
         stderr.contains("the worker was stopped before it ran them"),
         "{stderr}"
     );
+}
+
+/// Sends SIGTERM to a `hive --json worker run` and waits for it: it must exit 0; its
+/// stderr, and the report it printed on stdout.
+fn stopped_by_sigterm(worker: std::process::Child) -> (String, serde_json::Value) {
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (stderr, report)
 }
