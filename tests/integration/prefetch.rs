@@ -221,8 +221,15 @@ async fn buffered_claims_are_released_at_shutdown_and_cancelled_ones_never_start
 }
 
 /// A worker stopping with an hour's grace for its running handler gives back the claims
-/// waiting for a handler at once: they are other workers' to run meanwhile.
+/// waiting for a handler at once: they are other workers' to run meanwhile, also under a
+/// rate limit, whose window they leave again.
 async fn buffered_claims_go_back_while_running_ones_use_their_grace(c: Client) {
+    let fourteen_an_hour = hive_client::ops::Limits {
+        max_running: None,
+        rate: Some(hive_client::models::Rate::parse("14/1h").unwrap()),
+    };
+    let work = hive_client::models::Scope::Type("work".into());
+    c.set_limits(work, fourteen_an_hour, true).await.unwrap();
     warm_up(&c).await;
     let started = Arc::new(AtomicUsize::new(0));
     let seen = started.clone();
@@ -262,6 +269,18 @@ async fn buffered_claims_go_back_while_running_ones_use_their_grace(c: Client) {
         started.load(Ordering::SeqCst),
         1,
         "nothing started after the stop"
+    );
+    c.register_worker("other", "r", vec![]).await.unwrap();
+    let other = hive_client::WorkerId::parse("other").unwrap();
+    let work = ["work".to_owned()];
+    let taken = c
+        .claim_tasks(&other, &work, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.len(),
+        3,
+        "eleven starts in the window: the three given back left it"
     );
     stop.shutdown_now();
     let report = tokio::time::timeout(Duration::from_secs(20), run)

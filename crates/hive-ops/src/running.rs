@@ -322,6 +322,15 @@ impl<S: Store + ?Sized> Ops<S> {
         Ok(self.store.release_runs(run_ids).await?)
     }
 
+    /// Gives back claims whose handlers never started (a stopping worker's buffer), as
+    /// [`Ops::release_runs`]; their starts no longer count against rate limits.
+    pub async fn release_unstarted_runs(
+        &self,
+        run_ids: &[RunId],
+    ) -> Result<Vec<hive_models::TaskId>> {
+        Ok(self.store.release_unstarted(run_ids).await?)
+    }
+
     /// Takes back every task whose lease expired (the run is marked `timeout`; the task is
     /// requeued with backoff, or failed when out of retries) and marks workers with stale
     /// heartbeats offline. Safe to call from many workers at once.

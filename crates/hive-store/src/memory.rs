@@ -5,6 +5,7 @@
 mod dashboard;
 mod flow;
 mod plans;
+mod release;
 mod schedules;
 mod state;
 mod subtasks;
@@ -331,21 +332,11 @@ impl Store for MemoryStore {
     }
 
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
-        let (released, notes) = {
-            let mut s = self.lock();
-            let runs: Vec<(RunId, TaskId)> = run_ids
-                .iter()
-                .filter_map(|r| s.task_of(*r).map(|t| (*r, t)))
-                .collect();
-            self.replay(&mut s, |ch| {
-                runs.iter()
-                    .filter(|(r, t)| ch.release(*r, *t))
-                    .map(|(_, t)| *t)
-                    .collect::<Vec<_>>()
-            })
-        };
-        self.send(notes);
-        Ok(released)
+        Ok(self.release(run_ids, false))
+    }
+
+    async fn release_unstarted(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
+        Ok(self.release(run_ids, true))
     }
 
     async fn reap(&self, p: &ReapParams) -> Result<ReapReport> {
@@ -558,10 +549,8 @@ impl Store for MemoryStore {
             }
             let mine = s.runs_of(id);
             self.replay(&mut s, |ch| {
-                mine.iter()
-                    .filter(|(r, t)| ch.release(*r, *t))
-                    .map(|(_, t)| *t)
-                    .collect::<Vec<_>>()
+                let released = ch.release_all(&mine);
+                released.into_iter().map(|(_, t)| t).collect::<Vec<_>>()
             })
         };
         notes.push(self.notifier.worker(id.clone(), WorkerStatus::Offline));

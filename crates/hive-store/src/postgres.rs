@@ -30,6 +30,7 @@ mod listen;
 mod plans;
 mod progress;
 mod publish;
+mod release;
 mod replay;
 mod rows;
 mod runs;
@@ -362,7 +363,14 @@ impl Store for PostgresStore {
         if run_ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.retrying(|| self.release_once(run_ids)).await
+        self.retrying(|| self.release_once(run_ids, false)).await
+    }
+
+    async fn release_unstarted(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retrying(|| self.release_once(run_ids, true)).await
     }
 
     async fn reap(&self, params: &ReapParams) -> Result<ReapReport> {

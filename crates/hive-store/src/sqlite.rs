@@ -409,7 +409,14 @@ impl Store for SqliteStore {
         if run_ids.is_empty() {
             return Ok(Vec::new());
         }
-        write!(self, runs::release, run_ids)
+        write!(self, runs::release, run_ids, false)
+    }
+
+    async fn release_unstarted(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        write!(self, runs::release, run_ids, true)
     }
 
     async fn reap(&self, params: &ReapParams) -> Result<ReapReport> {

@@ -202,6 +202,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the tasks requeued.
     async fn release_runs(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>>;
 
+    /// [`Store::release_runs`] for runs whose handlers never started (a stopping worker's
+    /// buffered claims): the start each claim counted against its task's rate-limited
+    /// scopes is forgotten too, so giving work back does not use up a rate window.
+    async fn release_unstarted(&self, run_ids: &[RunId]) -> Result<Vec<TaskId>>;
+
     /// Closes as `timeout` up to `limit` running runs whose lease expired; each task is
     /// requeued with backoff while `attempts <= max_retries`, else failed (with the
     /// dependency and plan rules). Also marks active/idle workers whose heartbeat is older

@@ -143,6 +143,7 @@ blocking! {
         fn finish_runs(outcomes: Vec<RunOutcome>) -> Vec<FinishReport>;
         fn extend_lease(run_id: RunId, lease: Duration) -> Timestamp;
         fn release_runs(run_ids: &[RunId]) -> Vec<TaskId>;
+        fn release_unstarted_runs(run_ids: &[RunId]) -> Vec<TaskId>;
         fn record_progress(run_id: RunId, fraction: f64, message: Option<String>) -> ();
         fn running_runs(worker: &WorkerId) -> Vec<Run>;
         fn reap() -> ReapReport;

@@ -137,7 +137,8 @@ impl Held {
             }
         }
         if !unknown.is_empty() {
-            found.released = client.release_runs(&unknown).await?;
+            // Never handed to a handler here, so their starts leave the rate windows too.
+            found.released = client.release_unstarted_runs(&unknown).await?;
             tracing::warn!(
                 worker = %worker,
                 released = found.released.len(),

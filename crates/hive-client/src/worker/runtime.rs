@@ -515,7 +515,7 @@ impl Runtime {
             unstarted.extend(running.take_unstarted());
             if release_early
                 && !unstarted.is_empty()
-                && let Err(kept) = self.release(std::mem::take(&mut unstarted)).await
+                && let Err(kept) = self.release(std::mem::take(&mut unstarted), true).await
             {
                 unstarted = kept;
                 release_early = false;
@@ -563,21 +563,34 @@ impl Runtime {
         while let Ok(claims) = claimed_rx.try_recv() {
             unstarted.extend(claims.iter().map(|c| c.run.id));
         }
-        let runs: Vec<RunId> = running.into_held().chain(unstarted).collect();
-        if runs.is_empty() {
-            return;
-        }
-        if let Err(runs) = self.release(runs).await {
-            tracing::warn!(worker = %self.id, tasks = runs.len(), "the leases of the tasks \
+        unstarted.extend(running.take_unstarted());
+        let started: Vec<RunId> = running.into_held().collect();
+        let (a, b) = tokio::join!(self.release(unstarted, true), self.release(started, false));
+        let kept = a.err().unwrap_or_default().len() + b.err().unwrap_or_default().len();
+        if kept > 0 {
+            tracing::warn!(worker = %self.id, tasks = kept, "the leases of the tasks \
                 not given back will expire");
         }
     }
 
-    /// Gives `runs` back to the queue; the runs back when that failed or took too long.
-    async fn release(&self, runs: Vec<RunId>) -> std::result::Result<(), Vec<RunId>> {
+    /// Gives `runs` back to the queue (with `unstarted`, their handlers never started, so
+    /// their starts stop counting against rate limits); the runs back when that failed or
+    /// took too long.
+    async fn release(
+        &self,
+        runs: Vec<RunId>,
+        unstarted: bool,
+    ) -> std::result::Result<(), Vec<RunId>> {
+        if runs.is_empty() {
+            return Ok(());
+        }
         match self
-            .at_shutdown("releasing held tasks", || {
-                self.cfg.client.release_runs(&runs)
+            .at_shutdown("releasing held tasks", || async {
+                if unstarted {
+                    self.cfg.client.release_unstarted_runs(&runs).await
+                } else {
+                    self.cfg.client.release_runs(&runs).await
+                }
             })
             .await
         {

@@ -257,7 +257,8 @@ impl Running {
         }
     }
 
-    /// The runs still held: claimed, but no outcome sent for them.
+    /// The runs still held whose handlers started: claimed, but no outcome sent for them
+    /// (take the unstarted ones first, [`Running::take_unstarted`]).
     pub(super) fn into_held(self) -> impl Iterator<Item = RunId> {
         self.held.into_values().chain(self.unstarted)
     }

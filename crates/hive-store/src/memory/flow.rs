@@ -57,6 +57,26 @@ impl State {
         }
     }
 
+    /// Takes the start `run`'s claim counted out of its task's rate windows: its handler
+    /// never started.
+    pub(super) fn forget_start(&mut self, run: hive_models::RunId) {
+        let Some(run) = self.runs.get(&run) else {
+            return;
+        };
+        let at = run.started_at;
+        let Some(task) = self.task(run.task_id) else {
+            return;
+        };
+        let scopes: Vec<Scope> = candidate(task).scopes().collect();
+        for scope in scopes {
+            if let Some(starts) = self.flow_starts.get_mut(&scope)
+                && let Some(i) = starts.iter().rposition(|t| *t == at)
+            {
+                starts.remove(i);
+            }
+        }
+    }
+
     pub(super) fn put_flow_rule(&mut self, rule: &FlowRule) {
         self.flow_rules.insert(rule.scope.clone(), rule.clone());
     }

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hive_models::{FlowRule, Rate, Scope, TaskId, Usage};
+use hive_models::{FlowRule, Rate, RunId, Scope, TaskId, Usage};
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
@@ -492,6 +492,38 @@ pub(super) async fn record_starts(
     .bind(names(windows.iter().map(|(s, _)| s)))
     .bind(windows.iter().map(|(_, us)| *us).collect::<Vec<_>>())
     .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the start each of `runs` counted at its claim (one row per scope of its task, at
+/// the run's start) out of the rate windows: the runs were given back before their
+/// handlers started. Runs claimed together share a start time, so each scope loses as many
+/// rows of that time as runs were given back, no more.
+pub(super) async fn forget_starts(conn: &mut PgConnection, runs: &[RunId]) -> R<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.0).collect();
+    sqlx::query(
+        "WITH gone AS ( \
+             SELECT w.kind, w.name, r.started_at, count(*) AS n \
+             FROM runs r JOIN tasks t ON t.id = r.task_id \
+             CROSS JOIN LATERAL (VALUES ('type', t.task_type), ('key', t.concurrency_key)) \
+                 w(kind, name) \
+             WHERE r.id = ANY($1::uuid[]) AND w.name IS NOT NULL \
+             GROUP BY w.kind, w.name, r.started_at \
+         ) \
+         DELETE FROM flow_starts WHERE ctid IN ( \
+             SELECT f.ctid FROM gone g CROSS JOIN LATERAL ( \
+                 SELECT s.ctid FROM flow_starts s \
+                 WHERE s.kind = g.kind AND s.name = g.name AND s.started_at = g.started_at \
+                 LIMIT g.n \
+             ) f \
+         )",
+    )
+    .bind(&ids)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -1,6 +1,6 @@
 //! Runs on Postgres: finishing (one statement for a batch of successes outside plans, the
 //! rules' replay otherwise) and finishing-then-claiming (claims themselves are in
-//! [`super::claim`]), releasing, reaping expired leases, and extending leases.
+//! [`super::claim`]), reaping expired leases, and extending leases.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -209,7 +209,10 @@ const EXPIRED_RUNS: &str = concat!(
 
 /// Locks the runs and their tasks, in (task, run) order; in a transaction opened with
 /// [`begin_by_key`].
-async fn lock_runs(tx: &mut PgConnection, runs: &[RunId]) -> R<Vec<sqlx::postgres::PgRow>> {
+pub(super) async fn lock_runs(
+    tx: &mut PgConnection,
+    runs: &[RunId],
+) -> R<Vec<sqlx::postgres::PgRow>> {
     let ids: Vec<Uuid> = runs.iter().map(|r| r.0).collect();
     Ok(sqlx::query(LOCK_RUNS).bind(&ids).fetch_all(tx).await?)
 }
@@ -516,39 +519,6 @@ impl PostgresStore {
         self.fold_credits_later(std::mem::take(&mut done.credited));
         self.settle_reported(&mut done).await;
         Ok((done.reports, claims))
-    }
-
-    /// Releases live runs in the given order; returns their tasks.
-    pub(super) async fn release_once(&self, run_ids: &[RunId]) -> R<Vec<TaskId>> {
-        let mut tx = begin_by_key(&self.pool).await?;
-        let out: R<_> = async {
-            let locked = lock_runs(&mut tx, run_ids).await?;
-            let Some(first) = locked.first() else {
-                return Ok(None);
-            };
-            let at = server_now(first)?;
-            let mut view = Loaded::default();
-            let run_task = load_locked(&mut view, &locked)?;
-            let order: Vec<(RunId, TaskId)> = run_ids
-                .iter()
-                .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
-                .collect();
-            let replayed = replay::replay(&mut tx, &self.notifier, &mut view, at, true, |ch| {
-                order
-                    .iter()
-                    .filter(|(r, t)| ch.release(*r, *t))
-                    .map(|(_, t)| *t)
-                    .collect()
-            })
-            .await?;
-            Ok(Some(replayed))
-        }
-        .await;
-        let Some((released, written)) = end(tx, out).await? else {
-            return Ok(Vec::new());
-        };
-        self.after_commit(written).await?;
-        Ok(released)
     }
 
     pub(super) async fn reap_once(&self, p: &ReapParams) -> R<ReapReport> {

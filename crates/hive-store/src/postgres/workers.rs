@@ -172,11 +172,8 @@ impl PostgresStore {
             let mut order: Vec<(RunId, TaskId)> = run_task.into_iter().collect();
             order.sort_by_key(|(r, t)| (*t, *r));
             let replayed = replay::replay(&mut tx, &self.notifier, &mut view, at, true, |ch| {
-                let released: Vec<TaskId> = order
-                    .iter()
-                    .filter(|(r, t)| ch.release(*r, *t))
-                    .map(|(_, t)| *t)
-                    .collect();
+                let released: Vec<TaskId> =
+                    ch.release_all(&order).into_iter().map(|(_, t)| t).collect();
                 ch.note(self.notifier.worker(id.clone(), WorkerStatus::Offline));
                 released
             })

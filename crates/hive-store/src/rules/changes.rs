@@ -302,6 +302,14 @@ impl<'v, V: View + ?Sized> Changes<'v, V> {
         true
     }
 
+    /// [`Changes::release`] for each (run, task) in order; the pairs released.
+    pub fn release_all(&mut self, runs: &[(RunId, TaskId)]) -> Vec<(RunId, TaskId)> {
+        runs.iter()
+            .filter(|(r, t)| self.release(*r, *t))
+            .copied()
+            .collect()
+    }
+
     /// Closes a live run as `cancelled` (noted with `note`, if any) and queues its task
     /// again at once, its attempt given back.
     fn give_back(

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hive_models::{FlowRule, Rate, Scope, Usage};
+use hive_models::{FlowRule, Rate, RunId, Scope, Usage};
 use sqlx::sqlite::SqliteRow;
 
 use super::db::{self, Cols, Conn, R, json_list, to_json};
@@ -341,6 +341,40 @@ fn counted(row: &SqliteRow) -> R<(Scope, u64)> {
     let scope = Scope::from_parts(&kind, c.get::<String>("name")?)
         .map_err(|e| db::corrupt("flow_starts", e.to_string()))?;
     Ok((scope, c.get::<i64>("n")?.max(0).unsigned_abs()))
+}
+
+/// Takes the start each of `runs` counted at its claim (one row per scope of its task, at
+/// the run's start) out of the rate windows: the runs were given back before their
+/// handlers started. Runs claimed together share a start time, so each scope loses as many
+/// rows of that time as runs were given back, no more.
+pub(super) async fn forget_starts(c: &mut Conn, runs: &[RunId]) -> R<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH scoped AS ( \
+             SELECT 'type' AS kind, t.task_type AS name, r.started_at FROM jsonb_each(?1) j \
+             JOIN runs r ON r.id = j.value JOIN tasks t ON t.id = r.task_id \
+             UNION ALL SELECT 'key', t.concurrency_key, r.started_at FROM jsonb_each(?1) j \
+             JOIN runs r ON r.id = j.value JOIN tasks t ON t.id = r.task_id \
+             WHERE t.concurrency_key IS NOT NULL \
+         ), gone AS ( \
+             SELECT kind, name, started_at, count(*) AS n FROM scoped \
+             GROUP BY kind, name, started_at \
+         ) \
+         DELETE FROM flow_starts WHERE rowid IN ( \
+             SELECT id FROM ( \
+                 SELECT s.rowid AS id, g.n, row_number() OVER ( \
+                     PARTITION BY s.kind, s.name, s.started_at) AS k \
+                 FROM gone g JOIN flow_starts s ON s.kind = g.kind AND s.name = g.name \
+                  AND s.started_at = g.started_at \
+             ) WHERE k <= n \
+         )",
+    )
+    .bind(json_list(runs))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }
 
 /// Records the starts of the admitted tasks claimed at `at` (the runs' start, so windows

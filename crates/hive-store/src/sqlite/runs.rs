@@ -385,6 +385,7 @@ pub(super) async fn release(
     n: &Notifier,
     notes: &mut Vec<Notification>,
     run_ids: &[RunId],
+    unstarted: bool,
 ) -> R<Vec<TaskId>> {
     let mut view = Loaded::default();
     let (at, run_task) = replay::load_runs(c, &mut view, run_ids).await?;
@@ -395,16 +396,14 @@ pub(super) async fn release(
         .iter()
         .filter_map(|r| run_task.get(r).map(|t| (*r, *t)))
         .collect();
-    let (released, batch_notes) = replay::replay(c, n, &view, at, |ch| {
-        order
-            .iter()
-            .filter(|(r, t)| ch.release(*r, *t))
-            .map(|(_, t)| *t)
-            .collect::<Vec<_>>()
-    })
-    .await?;
+    let (released, batch_notes) =
+        replay::replay(c, n, &view, at, |ch| ch.release_all(&order)).await?;
     notes.extend(batch_notes);
-    Ok(released)
+    if unstarted {
+        let runs: Vec<RunId> = released.iter().map(|(r, _)| *r).collect();
+        flow::forget_starts(c, &runs).await?;
+    }
+    Ok(released.into_iter().map(|(_, t)| t).collect())
 }
 
 pub(super) async fn reap(

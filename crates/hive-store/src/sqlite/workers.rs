@@ -155,7 +155,7 @@ pub(super) async fn unregister(
                 .map_err(|e| db::corrupt("runs", e.to_string()))
         })
         .collect::<R<Vec<_>>>()?;
-    let released = runs::release(c, n, notes, &runs).await?;
+    let released = runs::release(c, n, notes, &runs, false).await?;
     notes.push(n.worker(id.clone(), WorkerStatus::Offline));
     Ok(Some(released))
 }

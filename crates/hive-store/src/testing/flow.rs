@@ -291,6 +291,56 @@ pub async fn a_rate_counts_starts_in_its_window(s: S) {
     assert_eq!(ids(&claim(&s, 10).await), [mail[4]]);
 }
 
+/// A claim given back before its handler started leaves its rate windows (type and key)
+/// again, one start per run given back, even among runs claimed at the same instant; a
+/// run given back after its handler started still counts, as does a run already given
+/// back.
+pub async fn a_claim_given_back_unstarted_leaves_its_rate_window(s: S) {
+    let hour = Rate {
+        max: 3,
+        per: Duration::from_secs(3600),
+    };
+    rule(&s, Scope::Type("mail".into()), |r| r.rate = Some(hour)).await;
+    rule(&s, Scope::Key("acct".into()), |r| {
+        r.rate = Some(hour);
+        r.max_running = Some(10);
+    })
+    .await;
+    let mail: Vec<NewTask> = (0..6)
+        .map(|i| NewTask::new(format!("mail-{i}"), "mail").concurrency_key("acct"))
+        .collect();
+    let mail = add(&s, mail).await;
+    let first = claim(&s, 10).await;
+    assert_eq!(ids(&first), mail[..3], "three starts fill both windows");
+    let runs: Vec<_> = first.iter().map(|c| c.run.id).collect();
+    assert_eq!(
+        s.release_unstarted(&runs[..2]).await.unwrap(),
+        mail[..2],
+        "given back in the order asked"
+    );
+    assert!(
+        s.release_unstarted(&runs[..2]).await.unwrap().is_empty(),
+        "a run given back is stale"
+    );
+    let again = claim(&s, 10).await;
+    assert_eq!(
+        ids(&again),
+        mail[..2],
+        "two starts left both windows, no more, and the queue's order holds"
+    );
+    let held = [runs[2], again[0].run.id];
+    assert_eq!(s.release_runs(&held).await.unwrap().len(), 2);
+    assert!(
+        claim(&s, 10).await.is_empty(),
+        "runs given back after their handlers started still count"
+    );
+    assert!(
+        s.release_unstarted(&held).await.unwrap().is_empty(),
+        "a stale run forgets no start"
+    );
+    assert!(claim(&s, 10).await.is_empty());
+}
+
 /// Resuming (a rule's change) is announced, so idle workers claim at once rather than at
 /// their next poll; deleting a rule that is not there is not.
 pub async fn a_paused_type_is_not_claimed_until_resumed(s: S) {
