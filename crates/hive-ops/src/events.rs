@@ -274,9 +274,12 @@ impl EventBus {
     fn publish(&self, events: Vec<Event>, origin: EventOrigin) {
         let listening = self.sender.receiver_count() > 0;
         for event in events {
-            // Cached plan statuses must never outlive a change this process has seen.
+            // Cached plan statuses must never outlive a change this process has seen; after
+            // one it was not told the details of, none is trusted.
             if let Some(plan_id) = event.plan_id() {
                 self.cache.invalidate(plan_id);
+            } else if event == Event::StoreChanged {
+                self.cache.clear();
             }
             if listening {
                 let _ = self.sender.send(Published { event, origin });
@@ -295,17 +298,11 @@ impl EventBus {
     }
 
     /// The forwarder skipped `n` notifications: cached plan statuses may be stale now, and a
-    /// worker may have missed work; a catch-up event wakes it.
+    /// worker may have missed work; a [`Event::StoreChanged`] wakes it (and clears the
+    /// cache).
     fn fell_behind(&self, n: u64) {
         self.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        self.cache.clear();
-        self.publish(
-            vec![Event::TaskCreated {
-                task_id: None,
-                count: 0,
-            }],
-            EventOrigin::Remote,
-        );
+        self.publish(vec![Event::StoreChanged], EventOrigin::Remote);
     }
 
     /// A subscription to what this process publishes. Crate-private: the store's changes
@@ -450,5 +447,25 @@ mod tests {
             [Event::StoreChanged, created(2), created(3)],
             "the two oldest were skipped"
         );
+    }
+
+    /// After a change it was not told the details of (another process's on SQLite, a
+    /// reconnect, a notification it fell behind on), no cached plan status is served.
+    #[tokio::test]
+    async fn a_change_without_details_drops_cached_plan_statuses() {
+        let cache = Arc::new(StatusCache::new(Duration::from_secs(60)));
+        let bus = EventBus::new(cache.clone());
+        let _listening = bus.subscribe();
+        let plan = hive_models::PlanId::new();
+        let cached = |status| {
+            cache.put(plan, status, cache.generation());
+            assert_eq!(cache.get(plan), Some(status));
+        };
+        cached(PlanStatus::Pending);
+        bus.publish(vec![Event::StoreChanged], EventOrigin::Remote);
+        assert_eq!(cache.get(plan), None);
+        cached(PlanStatus::Pending);
+        bus.fell_behind(3);
+        assert_eq!(cache.get(plan), None);
     }
 }

@@ -86,7 +86,7 @@ impl StatusCache {
         }
     }
 
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -100,7 +100,7 @@ impl StatusCache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, id: PlanId) -> Option<PlanStatus> {
+    pub(crate) fn get(&self, id: PlanId) -> Option<PlanStatus> {
         let entries = self.lock();
         let (status, at) = entries.by_plan.get(&id)?.status?;
         (at.elapsed() < self.ttl).then_some(status)
@@ -108,7 +108,7 @@ impl StatusCache {
 
     /// Stores a status read when the cache was at `read_at` (see [`StatusCache::generation`]),
     /// unless the plan changed since.
-    fn put(&self, id: PlanId, status: PlanStatus, read_at: u64) {
+    pub(crate) fn put(&self, id: PlanId, status: PlanStatus, read_at: u64) {
         let mut entries = self.lock();
         let changed_at = entries.by_plan.get(&id).map_or(0, |e| e.changed_at);
         if read_at < entries.floor || read_at < changed_at {

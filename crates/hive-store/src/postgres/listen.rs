@@ -165,26 +165,25 @@ async fn check(listener: &mut PgListener, timing: Timing) -> Result<(), sqlx::Er
     }
 }
 
-/// The synthetic wake-up after a reconnect. Its origin is the nil uuid, which no store has,
-/// so no consumer mistakes it for its own change and skips it.
+/// The synthetic wake-up after a reconnect: anything may have changed meanwhile, so every
+/// consumer re-reads (workers claim, cached plan statuses are dropped). Its origin is the
+/// nil uuid, which no store has, so no consumer mistakes it for its own change and skips it.
 pub(super) fn catch_up() -> Notification {
     Notification {
         origin: uuid::Uuid::nil(),
-        change: Change::TaskCreated {
-            task_id: None,
-            count: 0,
-        },
+        change: Change::StoreChanged,
     }
 }
 
 /// A NOTIFY payload: one change, a batch of a transaction's changes, or one change of
-/// many tasks in rows (`notify_task_rows!`).
+/// many tasks in rows (`notify_task_rows!`). A batch is read change by change, so one a
+/// newer version sends (a rolling upgrade) costs only itself.
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum Payload {
     Rows(TaskRows),
     One(Notification),
-    Many(Vec<Notification>),
+    Many(Vec<serde_json::Value>),
 }
 
 /// The same change of many tasks: `[task_id, run_id, plan_id]` rows under one header.
@@ -256,13 +255,28 @@ pub(super) fn encode(notes: &[Notification]) -> Vec<String> {
     payloads
 }
 
+/// Forwards what `payload` announces. A change this version cannot read (a newer
+/// version's, or someone else's message on our channel) is forwarded as
+/// [`Change::StoreChanged`], once per payload: something changed, re-read.
 fn forward(notifier: &Notifier, payload: &str) {
+    let mut unread = None;
     match serde_json::from_str::<Payload>(payload) {
         Ok(Payload::Rows(rows)) => rows.into_notifications().for_each(|n| notifier.forward(n)),
         Ok(Payload::One(n)) => notifier.forward(n),
-        Ok(Payload::Many(notes)) => notes.into_iter().for_each(|n| notifier.forward(n)),
-        // Someone else's message on our channel; not ours to interpret.
-        Err(e) => tracing::debug!(error = %e, "hive: ignoring a foreign notification payload"),
+        Ok(Payload::Many(items)) => {
+            for item in items {
+                match serde_json::from_value::<Notification>(item) {
+                    Ok(n) => notifier.forward(n),
+                    Err(e) => unread = Some(e),
+                }
+            }
+        }
+        Err(e) => unread = Some(e),
+    }
+    if let Some(e) = unread {
+        tracing::debug!(error = %e, "hive: a notification this version cannot read; \
+            announced as a change to re-read");
+        notifier.forward(catch_up());
     }
 }
 
@@ -287,7 +301,11 @@ mod tests {
         for p in &payloads {
             assert!(p.len() < MAX_PAYLOAD, "{} bytes", p.len());
             match serde_json::from_str::<Payload>(p).unwrap() {
-                Payload::Many(n) => decoded.extend(n),
+                Payload::Many(items) => decoded.extend(
+                    items
+                        .into_iter()
+                        .map(|i| serde_json::from_value::<Notification>(i).unwrap()),
+                ),
                 Payload::One(_) | Payload::Rows(_) => panic!("expected a batch"),
             }
         }
@@ -299,6 +317,26 @@ mod tests {
             serde_json::from_str::<Payload>(&one).unwrap(),
             Payload::One(_)
         ));
+    }
+
+    #[test]
+    fn a_change_this_version_cannot_read_costs_only_itself() {
+        let notifier = Notifier::new();
+        let mut heard = notifier.subscribe();
+        let known = notifier.task_ready(hive_models::TaskId::new());
+        let mut batch = serde_json::to_value([&known, &known]).unwrap();
+        batch[1]["kind"] = serde_json::json!("task_teleported");
+        forward(&notifier, &batch.to_string());
+        assert_eq!(heard.try_recv().unwrap(), known, "the change it can read");
+        assert_eq!(
+            heard.try_recv().unwrap(),
+            catch_up(),
+            "a re-read for the other"
+        );
+        assert!(heard.try_recv().is_err(), "once");
+        forward(&notifier, "not json at all");
+        assert_eq!(heard.try_recv().unwrap(), catch_up());
+        assert!(heard.try_recv().is_err());
     }
 
     #[test]
@@ -385,6 +423,47 @@ mod tests {
         assert_eq!(got, sent);
         assert!(handle.is_running());
         handle.stop().await;
+    }
+
+    /// Long schema names (two sharing their first 50 bytes, one of multi-byte characters)
+    /// get channels of their own that Postgres accepts.
+    #[tokio::test]
+    async fn every_schema_gets_a_channel_postgres_accepts() {
+        use sqlx::{AssertSqlSafe, Connection, Executor};
+        let Some(url) = server_url("every_schema_gets_a_channel_postgres_accepts") else {
+            return;
+        };
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let long = format!("hive_chan_{tag}_{}", "x".repeat(8));
+        let schemas = [format!("{long}_a"), format!("{long}_b"), "队列".repeat(10)];
+        let mut channels = Vec::new();
+        for schema in &schemas {
+            let quoted = format!("\"{schema}\"");
+            db.execute(AssertSqlSafe(format!("CREATE SCHEMA {quoted}")))
+                .await
+                .unwrap();
+            db.execute(AssertSqlSafe(format!("SET search_path TO {quoted}")))
+                .await
+                .unwrap();
+            let channel: String = sqlx::query_scalar(concat!("SELECT ", channel_sql!()))
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+            let sent = sqlx::query(concat!("SELECT pg_notify(", channel_sql!(), ", 'x')"))
+                .execute(&mut db)
+                .await;
+            db.execute(AssertSqlSafe(format!(
+                "RESET search_path; DROP SCHEMA {quoted}"
+            )))
+            .await
+            .unwrap();
+            sent.unwrap_or_else(|e| panic!("{schema}: {e}"));
+            assert!(channel.len() <= 63, "{channel}");
+            channels.push(channel);
+        }
+        channels.dedup();
+        assert_eq!(channels.len(), 3, "{channels:?}");
     }
 
     #[tokio::test]
