@@ -597,7 +597,8 @@ async fn progress_is_written_at_most_once_a_second_and_announced(c: Client) {
 
 /// `ctx.spawn` refuses at once what needs no store to know (a subtask's own fields, its id
 /// repeating the spawner's or an earlier spawn's), so the handler learns before doing its
-/// work; what it took is added with the spawner's success.
+/// work; what it took is added with the spawner's success. A clone of the context kept past
+/// the handler's return can spawn no more.
 async fn a_spawn_refuses_at_once_what_it_can_know(c: Client) {
     use hive_client::{NewPlan, SubTask};
     let plan = c
@@ -611,10 +612,12 @@ async fn a_spawn_refuses_at_once_what_it_can_know(c: Client) {
         .await
         .unwrap();
     let refusals = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::new(Mutex::new(None));
     let handler = {
-        let refusals = refusals.clone();
+        let (refusals, kept) = (refusals.clone(), kept.clone());
         move |ctx: TaskContext| {
             if ctx.task.task_type == "split" {
+                *kept.lock().unwrap() = Some(ctx.clone());
                 let mut seen = refusals.lock().unwrap();
                 for sub in [
                     SubTask::new("blank", "Blank type", " "),
@@ -650,6 +653,11 @@ async fn a_spawn_refuses_at_once_what_it_can_know(c: Client) {
     assert_eq!(seen[2], None, "a valid spawn is taken");
     refused(3, "one spawned before");
     refused(4, "payload");
+    let late = kept.lock().unwrap().take().unwrap();
+    let e = late
+        .spawn(SubTask::new("late", "Late", "chunk"))
+        .expect_err("a spawn after the handler returned would be lost");
+    assert!(e.message.contains("has ended"), "{}", e.message);
     let p = c.get_plan(plan).await.unwrap().unwrap();
     assert_eq!(p.total_subtasks, 3);
     assert_eq!(p.status, hive_client::PlanStatus::Completed);

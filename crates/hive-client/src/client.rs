@@ -100,8 +100,9 @@ impl Client {
 }
 
 /// How [`Client::connect_with_retry`] waits for a database that cannot be reached: the
-/// first retry after `first_delay`, each next wait doubled up to `max_delay`, until it
-/// connects or `give_up_after` has passed since the first attempt.
+/// first retry after `first_delay`, each next wait doubled up to `max_delay` (never under
+/// [`ConnectRetry::SHORTEST`]), until it connects or `give_up_after` has passed since the
+/// first attempt.
 ///
 /// The default (100 ms doubling to 5 s, never giving up) suits a worker process: started
 /// before its database, or during an outage, it starts working once the server is back,
@@ -128,6 +129,18 @@ impl Default for ConnectRetry {
 }
 
 impl ConnectRetry {
+    /// The shortest wait between two attempts, whatever the delays say.
+    pub const SHORTEST: Duration = Duration::from_millis(10);
+
+    /// The waits between attempts, for ever: a zero first delay would double to zero, and
+    /// retry without pause.
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        let most = self.max_delay.max(self.first_delay).max(Self::SHORTEST);
+        std::iter::successors(Some(self.first_delay.max(Self::SHORTEST)), move |d| {
+            Some(d.saturating_mul(2).min(most))
+        })
+    }
+
     /// This policy, giving up once `limit` has passed since the first attempt.
     pub fn give_up_after(mut self, limit: Duration) -> Self {
         self.give_up_after = Some(limit);
@@ -142,7 +155,7 @@ impl ConnectRetry {
         config: OpsConfig,
     ) -> Result<Client> {
         let started = tokio::time::Instant::now();
-        let mut delay = self.first_delay;
+        let mut delays = self.delays();
         let mut attempt: u32 = 1;
         loop {
             let error = match Client::connect_with(url, options, config.clone()).await {
@@ -155,6 +168,7 @@ impl ConnectRetry {
                 Err(e) if is_unreachable(&e) => e,
                 Err(e) => return Err(e),
             };
+            let delay = delays.next().unwrap_or(self.max_delay);
             let out_of_time = self
                 .give_up_after
                 .is_some_and(|limit| started.elapsed().saturating_add(delay) > limit);
@@ -165,9 +179,6 @@ impl ConnectRetry {
             // The error names `host:port` and the driver's reason, never the password.
             tracing::warn!(attempt, error = %error, retry_in = ?delay, "hive: cannot connect to the database; retrying");
             tokio::time::sleep(delay).await;
-            delay = delay
-                .saturating_mul(2)
-                .min(self.max_delay.max(self.first_delay));
             attempt = attempt.saturating_add(1);
         }
     }
@@ -207,5 +218,25 @@ mod tests {
             .await
             .expect_err("nothing listens on port 1");
         assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    }
+
+    /// Zero delays still pause between attempts, doubling from the shortest wait.
+    #[test]
+    fn zero_delays_still_pause_between_attempts() {
+        let ms = Duration::from_millis;
+        let zero = ConnectRetry {
+            first_delay: Duration::ZERO,
+            max_delay: ms(50),
+            give_up_after: None,
+        };
+        let waits: Vec<Duration> = zero.delays().take(5).collect();
+        assert_eq!(waits, [ms(10), ms(20), ms(40), ms(50), ms(50)]);
+        let flat = ConnectRetry {
+            max_delay: Duration::ZERO,
+            ..zero
+        };
+        assert!(flat.delays().take(3).all(|d| d == ConnectRetry::SHORTEST));
+        let default: Vec<Duration> = ConnectRetry::default().delays().take(2).collect();
+        assert_eq!(default, [ms(100), ms(200)], "the documented policy");
     }
 }

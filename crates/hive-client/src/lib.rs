@@ -47,5 +47,6 @@ pub use hive_store::{ConnectOptions, Inputs, Store};
 pub use worker::{
     DEFAULT_LEASE, DEFAULT_PREFETCH, DEFAULT_REAP_INTERVAL, Handler, HealthHandle, ShutdownHandle,
     TaskContext, TaskError, TaskOutput, WorkerBuilder, WorkerHealth, WorkerPhase, WorkerReport,
+    unique_worker_id,
 };
 pub use {hive_models as models, hive_ops as ops, hive_store as store};

@@ -16,6 +16,7 @@ mod handler;
 mod health;
 mod held;
 mod instance;
+mod naming;
 mod pace;
 mod progress;
 mod report;
@@ -28,4 +29,5 @@ pub use builder::{
 };
 pub use handler::{Handler, TaskContext, TaskError, TaskOutput};
 pub use health::{HealthHandle, WorkerHealth, WorkerPhase};
+pub use naming::unique_worker_id;
 pub use report::WorkerReport;

@@ -91,7 +91,9 @@ impl Metrics {
                     continue;
                 }
                 if let Err(e) = metrics.count_closed(&client, &closed).await {
-                    tracing::debug!("metrics: reading {} closed runs: {e}", closed.len());
+                    // Their counts are lost: said so where a scrape shows it.
+                    tracing::warn!("metrics: reading {} closed runs: {e}", closed.len());
+                    metrics.runs.missed.inc_by(closed.len() as u64);
                 }
                 closed.clear();
             }

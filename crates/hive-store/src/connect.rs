@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::{DatabaseUrl, Error, MemoryStore, Result, SchemaPolicy, Store};
 
 /// How to open a store. Pool settings may also come from the URL
-/// (`?max_connections=N&acquire_timeout_secs=S` on Postgres and SQLite URLs).
+/// (`?max_connections=N&acquire_timeout_secs=S` on Postgres and SQLite URLs); a setting
+/// given here wins over the URL's.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// What connecting may do to the schema (default: create or upgrade it).
@@ -27,6 +28,29 @@ impl Default for ConnectOptions {
     }
 }
 
+impl ConnectOptions {
+    /// Refuses settings no pool can work with: no connections, or no wait for one (every
+    /// call would fail `Unavailable`, which callers retry for ever).
+    pub fn check(&self) -> Result<()> {
+        let invalid = |field: &str, reason: &str| {
+            Err(Error::Invalid(hive_models::Error::InvalidField {
+                field: field.into(),
+                reason: reason.into(),
+            }))
+        };
+        if self.max_connections == Some(0) {
+            return invalid("max_connections", "a pool needs at least one connection");
+        }
+        if self.acquire_timeout == Some(Duration::ZERO) {
+            return invalid(
+                "acquire_timeout",
+                "a zero wait for a connection fails every call",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Opens `memory:`, `sqlite:PATH` (created if missing), `sqlite::memory:` or
 /// `postgres://…`, applying migrations (see [`ConnectOptions::schema`] for the others).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
@@ -35,6 +59,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
 
 /// [`connect`] with explicit options.
 pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Store>> {
+    options.check()?;
     let url = DatabaseUrl::new(url.trim());
     let text = url.expose();
     if text == "memory:" || text == "memory://" || text == "memory" {
@@ -52,4 +77,43 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Arc<dyn
     }
     let _ = options;
     Err(Error::UnsupportedUrl(url.redacted()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool without connections, or without a wait for one, is refused naming the
+    /// setting, on every backend, before anything is opened.
+    #[tokio::test]
+    async fn unworkable_pool_settings_are_refused() {
+        let none = ConnectOptions {
+            max_connections: Some(0),
+            ..ConnectOptions::default()
+        };
+        let no_wait = ConnectOptions {
+            acquire_timeout: Some(Duration::ZERO),
+            ..ConnectOptions::default()
+        };
+        for url in [
+            "memory:",
+            "sqlite::memory:",
+            "postgres://root@127.0.0.1:1/none",
+        ] {
+            for (options, field) in [(&none, "max_connections"), (&no_wait, "acquire_timeout")] {
+                let Err(e) = connect_with(url, options).await else {
+                    panic!("{url}: {field} accepted");
+                };
+                assert!(
+                    matches!(e, Error::Invalid(_)) && e.to_string().contains(field),
+                    "{url}: {e}"
+                );
+            }
+        }
+        assert!(
+            connect_with("memory:", &ConnectOptions::default())
+                .await
+                .is_ok()
+        );
+    }
 }

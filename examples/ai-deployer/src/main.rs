@@ -96,7 +96,7 @@ async fn main() -> std::process::ExitCode {
     let result = async {
         let client = Client::from_env().await?;
         let report = client
-            .worker(format!("deployer-{}", std::process::id()))
+            .worker(hive_client::unique_worker_id("deployer"))
             .role("deployer")
             .capabilities(["deployment"])
             .task_types(["deployment"])

@@ -130,7 +130,7 @@ pub async fn handle(ctx: TaskContext) -> Result<Value, TaskError> {
 /// Works until nothing of this app's types is left, then returns the plan's result.
 pub async fn work(client: &Client, plan: PlanId) -> Result<Value, hive_client::Error> {
     client
-        .worker("ai-planner")
+        .worker(hive_client::unique_worker_id("ai-planner"))
         .task_types(TASK_TYPES)
         .concurrency(4)
         .exit_when_idle(true)

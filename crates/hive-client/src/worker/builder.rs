@@ -111,6 +111,8 @@ pub const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Client {
     /// A worker named `id` on this client's store; configure it, then [`WorkerBuilder::run`].
+    /// No two live processes may share an id (the one registering later ends the runs the
+    /// id held): [`crate::unique_worker_id`] makes one per process.
     pub fn worker(&self, id: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             client: self.clone(),

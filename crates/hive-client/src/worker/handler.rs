@@ -32,7 +32,8 @@ pub struct TaskContext {
     /// none), keyed by subtask id (task id for a dependency outside any plan).
     pub inputs: Inputs,
     client: Client,
-    spawned: Arc<Mutex<Vec<SubTask>>>,
+    /// What this run spawned; `None` once its handler ended, when a spawn is refused.
+    spawned: Arc<Mutex<Option<Vec<SubTask>>>>,
     cancel: watch::Receiver<bool>,
     progress: Arc<ProgressCell>,
     stops: Stops,
@@ -87,7 +88,8 @@ impl TaskContext {
     /// What can be known here errors at once, before the handler does its work: this task
     /// belonging to no plan, the subtask's own fields (as
     /// [`hive_models::validate_subtask_fields`]), and its id repeating this subtask's or
-    /// one spawned before in this run. Its place in the plan (ids and dependencies of other
+    /// one spawned before in this run, and the handler having returned (a clone of the
+    /// context kept past it). Its place in the plan (ids and dependencies of other
     /// subtasks) is checked at the commit.
     pub fn spawn(&self, subtask: SubTask) -> std::result::Result<(), TaskError> {
         let refuse = |why: &dyn std::fmt::Display| {
@@ -105,6 +107,11 @@ impl TaskContext {
         let limit = self.client.ops().config().max_payload_bytes;
         hive_models::validate_subtask_fields(&subtask, limit).map_err(|e| refuse(&e))?;
         let mut spawned = self.spawned.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(spawned) = spawned.as_mut() else {
+            return Err(refuse(
+                &"this run's handler has ended: spawn before returning",
+            ));
+        };
         let own = self.task.plan_subtask_id.as_deref() == Some(subtask.id.as_str());
         if own || spawned.iter().any(|s| s.id == subtask.id) {
             let whose = if own {
@@ -402,9 +409,9 @@ pub(super) async fn run_one(
         run: claim.run,
         inputs: claim.inputs,
         client,
-        spawned: Arc::default(),
+        spawned: Arc::new(Mutex::new(Some(Vec::new()))),
         cancel,
-        progress: Arc::default(),
+        progress: Arc::new(ProgressCell::on(tokio::runtime::Handle::current())),
         stops: limits.stops.clone(),
     };
     let run_end = RunEnd {
@@ -456,6 +463,13 @@ pub(super) async fn run_one(
         }
     };
     gate.pace.record(began.elapsed());
+    // Taken now, whatever the outcome: a clone of the context kept by the handler can no
+    // longer add to it.
+    let spawn = spawned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default();
     let given_back = run_end.end().await;
     // A stopped handler is dropped here if it did not return (a `shell` command's process
     // group dies with it).
@@ -507,7 +521,6 @@ pub(super) async fn run_one(
                 .result
                 .as_ref()
                 .and_then(|r| hive_models::check_output_size(&owner, r, max_output).err());
-            let spawn = std::mem::take(&mut *spawned.lock().unwrap_or_else(|e| e.into_inner()));
             let outcome = match too_large {
                 // Retrying would produce the same output. The handler returned normally,
                 // so nothing else would say why its task failed.

@@ -22,9 +22,20 @@ pub(super) struct ProgressCell {
     /// Cuts short the writer's pause between two writes when the run ends.
     closed: Notify,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Where the writer runs: the worker's runtime, so a handler may report from a thread
+    /// of its own (a clone of its context moved to `std::thread` or rayon).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl ProgressCell {
+    /// A cell whose writer runs on `runtime`.
+    pub(super) fn on(runtime: tokio::runtime::Handle) -> ProgressCell {
+        ProgressCell {
+            runtime: Some(runtime),
+            ..ProgressCell::default()
+        }
+    }
+
     /// The shortest time between two writes of one run's progress while it runs.
     pub(super) const EVERY: Duration = Duration::from_secs(1);
 
@@ -50,11 +61,16 @@ impl ProgressCell {
         *lock(&self.latest) = Some((fraction, message));
         self.reported.notify_one();
         if writer.is_none() {
+            let Some(runtime) = self
+                .runtime
+                .clone()
+                .or_else(|| tokio::runtime::Handle::try_current().ok())
+            else {
+                return;
+            };
             let cell = self.clone();
             let client = client.clone();
-            *writer = Some(tokio::spawn(
-                async move { cell.write(client, run_id).await },
-            ));
+            *writer = Some(runtime.spawn(async move { cell.write(client, run_id).await }));
         }
     }
 
@@ -149,6 +165,23 @@ mod tests {
     async fn stored(client: &Client, run: RunId) -> Option<(f64, Option<String>)> {
         let run = client.get_run(run).await.unwrap().unwrap();
         run.progress.map(|p| (p.fraction, p.message))
+    }
+
+    /// A handler may report from a thread of its own, off the runtime: the writer runs
+    /// on the worker's runtime all the same.
+    #[tokio::test]
+    async fn a_report_from_a_plain_thread_is_written() {
+        let (client, run) = running().await;
+        let cell = Arc::new(ProgressCell::on(tokio::runtime::Handle::current()));
+        let (c, reporter) = (client.clone(), cell.clone());
+        std::thread::spawn(move || reporter.report(&c, run, 0.5, Some("from a thread".into())))
+            .join()
+            .expect("reporting off the runtime does not panic");
+        cell.close().await;
+        assert_eq!(
+            stored(&client, run).await,
+            Some((0.5, Some("from a thread".into())))
+        );
     }
 
     /// The report that waits for the writer's next turn when the run ends is written,

@@ -148,6 +148,7 @@ impl PostgresStore {
         options: &ConnectOptions,
         password: Option<&str>,
     ) -> Result<PostgresStore> {
+        options.check()?;
         let pg = if pg.get_application_name().is_none() {
             pg.application_name("hive")
         } else {

@@ -169,6 +169,7 @@ impl FileId {
 /// policy may create the schema, falling back to reading only when the file cannot be
 /// written, then migrating, using or refusing it as [`schema::decide`] says.
 pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<Opened> {
+    options.check()?;
     let parsed = ParsedUrl::parse(url)?;
     let target = parsed.path.clone();
     let creates = options.schema != SchemaPolicy::Existing;
@@ -251,13 +252,14 @@ async fn open_once(
         sqlx::Error::Configuration(_) => Error::UnsupportedUrl(url.redacted()),
         e => db::map_opening(&target, e),
     };
-    let acquire = parsed
+    // The options win over the URL, as on Postgres.
+    let acquire = options
         .acquire_timeout
-        .or(options.acquire_timeout)
+        .or(parsed.acquire_timeout)
         .unwrap_or(DEFAULT_ACQUIRE_TIMEOUT);
-    let readers = parsed
+    let readers = options
         .max_connections
-        .or(options.max_connections)
+        .or(parsed.max_connections)
         .unwrap_or(DEFAULT_READERS)
         .max(1);
     let base = SqliteConnectOptions::from_str(&parsed.sqlx_url)

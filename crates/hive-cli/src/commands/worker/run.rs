@@ -198,7 +198,8 @@ pub async fn run(ctx: &Context, a: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let exec_log = a.exec_log.as_deref().map(ExecLog::open).transpose()?;
-    let id = a.id.unwrap_or_else(|| default_id(&a.role));
+    let id =
+        a.id.unwrap_or_else(|| hive_client::unique_worker_id(&a.role));
     // Before waiting for the database: a bad --id or a --role too long for the default id
     // is known now.
     hive_client::models::WorkerId::parse(id.clone())
@@ -550,25 +551,6 @@ async fn logged(
     result
 }
 
-/// `ROLE-HOST-PID-XXXX`: host and PID say where the worker runs; the random suffix keeps
-/// apart processes that share both (containers on the host's network, each its own PID 1),
-/// which under one id would give back each other's runs.
-fn default_id(role: &str) -> String {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "{role}-{}-{}-{}",
-        hostname(),
-        std::process::id(),
-        &suffix[..4]
-    )
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into())
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -578,20 +560,5 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!(super::handler_grace(s(5)), s(8));
         assert_eq!(super::handler_grace(Duration::MAX), Duration::MAX);
-    }
-
-    #[test]
-    fn default_ids_say_where_and_differ_between_processes_that_share_host_and_pid() {
-        let ids: Vec<String> = (0..3).map(|_| super::default_id("etl")).collect();
-        let prefix = format!("etl-{}-{}-", super::hostname(), std::process::id());
-        for id in &ids {
-            let suffix = id.strip_prefix(&prefix).unwrap_or_else(|| panic!("{id}"));
-            assert!(
-                suffix.len() == 4 && suffix.chars().all(|c| c.is_ascii_hexdigit()),
-                "{id}"
-            );
-        }
-        // Three alike by chance: one in four billion.
-        assert!(ids[0] != ids[1] || ids[1] != ids[2], "{ids:?}");
     }
 }
