@@ -3,8 +3,7 @@
 //! changes whenever any other connection commits. A watcher polls it every few
 //! milliseconds (a read of the shared-memory WAL index, no disk access) and, when it moved
 //! while this store committed nothing, announces [`Change::StoreChanged`]: a wake-up for
-//! workers idle on the poll interval. A move seen while this store committed too may hide
-//! another process's commit: it is announced within [`MAYBE_EVERY`]. After a second with no other process's commit it
+//! workers idle on the poll interval. After a second with no other process's commit it
 //! looks less often (up to every [`IDLE_EVERY`]), so an idle worker costs next to no CPU;
 //! the first such commit seen brings it back to [`EVERY`].
 
@@ -175,10 +174,12 @@ async fn watch_on(
     conn: &mut sqlx::SqliteConnection,
     notifier: &Notifier,
 ) -> Result<(), sqlx::Error> {
-    let Some(local) = wanted(watch, notifier).map(|w| w.settled()) else {
+    // The version last read with no commit of this store around it (`None`: none such
+    // yet), and the commit count after that read.
+    let mut seen: Option<i64> = None;
+    let Some(mut local) = wanted(watch, notifier).map(|w| w.settled()) else {
         return Ok(());
     };
-    let mut looks = Looks::new(local);
     let mut pace = Pace::new();
     let mut wait = Duration::ZERO;
     loop {
@@ -192,141 +193,29 @@ async fn watch_on(
             .await?;
         let after = w.settled();
         drop(w);
-        let seen = looks.look(before, version, after, tokio::time::Instant::now());
-        if seen.announce {
+        // Only a change with no commit of this store since the last read, nor during this
+        // one, is another process's: this store's own are announced already (and a worker
+        // committing claims on its own anyway).
+        let quiet = before.is_some() && local == before && before == after;
+        let foreign = quiet && seen.is_some_and(|v| v != version);
+        if foreign {
             notifier.forward(Notification {
                 origin: uuid::Uuid::nil(),
                 change: Change::StoreChanged,
             });
         }
-        wait = pace.next(seen.foreign);
-    }
-}
-
-/// How often, at most, a change that may be another process's is announced: one seen
-/// while this store committed too (its own commits move `data_version` as well).
-const MAYBE_EVERY: Duration = Duration::from_millis(100);
-
-/// What the watcher made of its looks at `data_version`.
-#[derive(Debug)]
-struct Looks {
-    /// This store's commit count after the last look (`None`: one was under way).
-    local: Option<u64>,
-    /// The version last read with no commit of this store around it (`None`: none such
-    /// yet).
-    quiet_version: Option<i64>,
-    /// The version last read.
-    version: Option<i64>,
-    /// A change seen while this store committed, not announced yet.
-    owed: bool,
-    /// When such a change was last announced.
-    maybe_at: Option<tokio::time::Instant>,
-}
-
-/// One look's verdict.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    /// Wake this process's workers.
-    announce: bool,
-    /// Surely another process's commit: keeps the watcher's pace up.
-    foreign: bool,
-}
-
-impl Looks {
-    fn new(local: Option<u64>) -> Looks {
-        Looks {
-            local,
-            quiet_version: None,
-            version: None,
-            owed: false,
-            maybe_at: None,
-        }
-    }
-
-    /// Takes one look: this store's commit count `before` and `after` reading `version`.
-    /// A change with no commit of this store since the last look, nor during this one, is
-    /// another process's and is announced at once (this store's own are announced
-    /// already). A change seen while this store committed may hide another process's: it
-    /// is announced too, at most every [`MAYBE_EVERY`], so a busy store's own commits
-    /// cost a wake-up now and then, not one each.
-    fn look(
-        &mut self,
-        before: Option<u64>,
-        version: i64,
-        after: Option<u64>,
-        now: tokio::time::Instant,
-    ) -> Seen {
-        let quiet = before.is_some() && self.local == before && before == after;
-        let known = quiet && self.quiet_version.is_some();
-        let foreign = known && self.quiet_version != Some(version);
-        let moved = self.version.is_some_and(|v| v != version);
-        self.owed |= moved && !known;
-        let maybe_due = self
-            .maybe_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= MAYBE_EVERY);
-        let announce = foreign || (self.owed && maybe_due);
-        if announce {
-            self.owed = false;
-            if !foreign {
-                self.maybe_at = Some(now);
-            }
-        }
-        self.quiet_version = (before.is_some() && before == after).then_some(version);
-        self.version = Some(version);
-        self.local = after;
-        Seen { announce, foreign }
+        // Only another process's commit keeps the pace up: an idle worker's own heartbeats
+        // and empty claims commit every second or so, and a busy worker claims on its own
+        // without being told.
+        seen = (before.is_some() && before == after).then_some(version);
+        local = after;
+        wait = pace.next(foreign);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_change_seen_while_this_store_committed_is_announced_at_most_every_so_often() {
-        let t0 = tokio::time::Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        let mut looks = Looks::new(Some(0));
-        let quiet = |announce, foreign| Seen { announce, foreign };
-        assert_eq!(looks.look(Some(0), 1, Some(0), ms(0)), quiet(false, false));
-        assert_eq!(
-            looks.look(Some(0), 2, Some(0), ms(5)),
-            quiet(true, true),
-            "a change with no commit of ours is another process's"
-        );
-        // Our commit overlapped the next change: it may hide another process's.
-        assert_eq!(looks.look(Some(0), 3, Some(1), ms(10)), quiet(true, false));
-        assert_eq!(
-            looks.look(Some(1), 4, Some(2), ms(15)),
-            quiet(false, false),
-            "owed, not due yet"
-        );
-        assert_eq!(looks.look(Some(2), 4, Some(2), ms(60)), quiet(false, false));
-        assert_eq!(
-            looks.look(Some(2), 4, Some(2), ms(110)),
-            quiet(true, false),
-            "the owed change is announced once due, with nothing moving since"
-        );
-        assert_eq!(
-            looks.look(Some(2), 4, Some(2), ms(300)),
-            quiet(false, false)
-        );
-        assert_eq!(
-            looks.look(None, 5, Some(3), ms(305)),
-            quiet(true, false),
-            "a commit under way at the look"
-        );
-        assert_eq!(
-            looks.look(Some(3), 6, Some(3), ms(310)),
-            quiet(false, false),
-            "after a look that overlapped a commit, a change may be ours: owed"
-        );
-        assert_eq!(
-            looks.look(Some(3), 7, Some(3), ms(315)),
-            quiet(true, true),
-            "another process's commits are announced at once, however recent the last"
-        );
-    }
 
     #[test]
     fn the_watcher_slows_down_only_after_a_quiet_second_and_speeds_up_at_once() {
