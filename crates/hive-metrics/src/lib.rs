@@ -198,8 +198,7 @@ impl Metrics {
     }
 
     async fn read_gauges(&self, client: &Client) -> Result<()> {
-        let since = chrono::Utc::now();
-        let stats = client.queue_stats(since).await?;
+        let stats = client.queue_stats(None).await?;
         let workers = client.get_active_workers(None).await?;
         self.tasks.reset();
         for c in &stats.counts {

@@ -95,8 +95,7 @@ impl<S: Store + ?Sized> Ops<S> {
     /// Every task type with tasks queued or running, or with a rule: its counts, whether
     /// it is paused, and its limits.
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
-        let now = self.store.now().await?;
-        let stats = self.store.queue_stats(now).await?;
+        let stats = self.store.queue_stats(None).await?;
         let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
         let entry = |queues: &mut BTreeMap<String, QueueInfo>, t: &str| {
             queues
@@ -168,9 +167,8 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Types some task, worker capability or schedule names.
     async fn known_types(&self) -> Result<BTreeSet<String>> {
-        let now = self.store.now().await?;
         let mut known: BTreeSet<String> = self
-            .queue_stats(now)
+            .queue_stats(None)
             .await?
             .counts
             .into_iter()

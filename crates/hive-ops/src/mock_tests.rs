@@ -455,7 +455,7 @@ async fn finished_counts_are_reused_for_fifty_times_their_cost() {
     };
     let o = Ops::new(store(1));
     for _ in 0..2 {
-        let stats = o.queue_stats(chrono::Utc::now()).await.unwrap();
+        let stats = o.queue_stats(Some(chrono::Utc::now())).await.unwrap();
         let got: Vec<_> = (stats.counts.iter())
             .map(|c| (c.task_type.as_str(), c.status, c.count))
             .collect();
@@ -474,7 +474,7 @@ async fn finished_counts_are_reused_for_fifty_times_their_cost() {
     };
     let o = Ops::with_config(store(2), config);
     for _ in 0..2 {
-        o.queue_stats(chrono::Utc::now()).await.unwrap();
+        o.queue_stats(Some(chrono::Utc::now())).await.unwrap();
     }
 }
 

@@ -74,9 +74,9 @@ impl<S: Store + ?Sized> Ops<S> {
 
     /// Tasks per type and status (the finished ones as counted up to
     /// `OpsConfig::finished_counts_max_age` ago: a count is reused for 50 times as long
-    /// as it took), the oldest ready task per type, and runs closed per minute since
-    /// `since`.
-    pub async fn queue_stats(&self, since: hive_models::Timestamp) -> Result<QueueStats> {
+    /// as it took), the oldest ready task per type, and, with `since`, runs closed per
+    /// minute since then.
+    pub async fn queue_stats(&self, since: Option<hive_models::Timestamp>) -> Result<QueueStats> {
         let mut stats = self.store.queue_stats(since).await?;
         stats
             .counts

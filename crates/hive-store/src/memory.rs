@@ -155,7 +155,7 @@ impl Store for MemoryStore {
         Ok(dashboard::page(&self.lock(), params))
     }
 
-    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats> {
+    async fn queue_stats(&self, since: Option<Timestamp>) -> Result<QueueStats> {
         Ok(dashboard::stats(&self.lock(), now(), since))
     }
 

@@ -284,7 +284,7 @@ impl Store for PostgresStore {
         self.run(self.read_page(params)).await
     }
 
-    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats> {
+    async fn queue_stats(&self, since: Option<Timestamp>) -> Result<QueueStats> {
         self.run(self.read_stats(since)).await
     }
 

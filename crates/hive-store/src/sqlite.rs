@@ -66,6 +66,14 @@ macro_rules! plan_columns {
 /// A read on a connection of the reader pool: `read!(self, module::function, args…)`, the
 /// function taking the connection first.
 macro_rules! read {
+    // Several statements seen from one snapshot: a read transaction (WAL keeps it apart
+    // from commits meanwhile), rolled back also when the future is dropped.
+    ($self:ident, snapshot $f:path $(, $arg:expr)* $(,)?) => {{
+        let mut tx = $self.reader.begin().await.map_err(|e| $self.sql_error(e))?;
+        let out = $f(&mut tx $(, $arg)*).await;
+        let _ = tx.rollback().await;
+        $self.read(out)
+    }};
     ($self:ident, $f:path $(, $arg:expr)* $(,)?) => {{
         let mut c = $self.reader.acquire().await.map_err(|e| $self.sql_error(e))?;
         let out = $f(&mut c $(, $arg)*).await;
@@ -308,8 +316,8 @@ impl Store for SqliteStore {
         read!(self, dashboard::page, params)
     }
 
-    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats> {
-        read!(self, dashboard::stats, since)
+    async fn queue_stats(&self, since: Option<Timestamp>) -> Result<QueueStats> {
+        read!(self, snapshot dashboard::stats, since)
     }
 
     async fn count_finished_tasks(&self) -> Result<Vec<crate::TypeStatusCount>> {
@@ -579,7 +587,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Option<ExecutionPlan>> {
-        read!(self, plans::get, id)
+        read!(self, snapshot plans::get, id)
     }
 
     async fn get_plan_counters(&self, id: PlanId) -> Result<Option<PlanCounters>> {
@@ -595,7 +603,7 @@ impl Store for SqliteStore {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> Result<Vec<ExecutionPlan>> {
-        read!(self, plans::list, status, limit)
+        read!(self, snapshot plans::list, status, limit)
     }
 
     async fn list_plan_headers(

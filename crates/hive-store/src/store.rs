@@ -111,10 +111,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// limit outside 1..=[`TaskPageParams::MAX_LIMIT`] with `Rejected`.
     async fn page_tasks(&self, params: &TaskPageParams) -> Result<Vec<Task>>;
 
-    /// Unfinished tasks per type and status, the oldest ready task per type, and the runs
-    /// closed per minute since `since`: an operator's overview and the metrics gauges, in
-    /// one read whose cost follows the work in flight, not the history.
-    async fn queue_stats(&self, since: Timestamp) -> Result<QueueStats>;
+    /// Unfinished tasks per type and status, the oldest ready task per type, and, with
+    /// `since`, the runs closed per minute since then (of those claimed at most a day before
+    /// it): an operator's overview and the metrics gauges, in one read whose cost follows
+    /// the work in flight and the runs of the last day, not the history.
+    async fn queue_stats(&self, since: Option<Timestamp>) -> Result<QueueStats>;
 
     /// Finished tasks (completed, failed, cancelled) per type and status: reads every
     /// finished task (230 ms for 2,000,000 on Postgres), so callers cache it

@@ -501,6 +501,19 @@ impl TaskPageParams {
     }
 }
 
+/// How long before `since` a run counted by `queue_stats` may have started: runs are
+/// found through their time-ordered ids (UUIDv7, by the claiming worker's clock), so the
+/// per-minute counts read the runs of the last day, not the whole history.
+pub const RUNS_COUNTED_FROM: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// The smallest run id a run claimed at or after `since - RUNS_COUNTED_FROM` can have.
+pub fn first_run_id_for(since: hive_models::Timestamp) -> uuid::Uuid {
+    let from = since
+        .checked_sub_signed(RUNS_COUNTED_FROM)
+        .map_or(0, |t| t.timestamp_millis().max(0).unsigned_abs());
+    uuid::Builder::from_unix_timestamp_millis(from, &[0; 10]).into_uuid()
+}
+
 /// What an operator's overview and the metrics exporter read, in one call
 /// ([`crate::Store::queue_stats`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -514,7 +527,7 @@ pub struct QueueStats {
     /// claimable.
     pub oldest_ready: Vec<OldestReady>,
     /// Runs closed since the `since` asked for, per minute (minutes with none are absent),
-    /// oldest first.
+    /// oldest first; none when no `since` was asked for.
     pub finished: Vec<MinuteRuns>,
 }
 
@@ -595,5 +608,33 @@ impl KeyedWork {
                 found.entry(key).or_insert(self);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs claimed within a day before `since` are at or past the bound; older ones, and
+    /// the bound of a time before 1970, are handled without panicking.
+    #[test]
+    fn the_first_run_id_bounds_runs_claimed_within_a_day() {
+        let since = chrono::Utc::now();
+        let bound = first_run_id_for(since);
+        let made_at = |t: hive_models::Timestamp| {
+            let ms = t.timestamp_millis().unsigned_abs();
+            uuid::Builder::from_unix_timestamp_millis(ms, &[0xff; 10]).into_uuid()
+        };
+        let ms = chrono::TimeDelta::milliseconds;
+        assert!(made_at(since - RUNS_COUNTED_FROM + ms(1)) >= bound);
+        assert!(made_at(since) >= bound);
+        assert!(made_at(since - RUNS_COUNTED_FROM - ms(1)) < bound);
+        // Text order (SQLite keeps ids as text) agrees.
+        assert!(made_at(since).to_string() >= bound.to_string());
+        assert!(made_at(since - RUNS_COUNTED_FROM - ms(1)).to_string() < bound.to_string());
+        assert_eq!(
+            first_run_id_for(chrono::DateTime::UNIX_EPOCH).get_version_num(),
+            7
+        );
     }
 }

@@ -359,7 +359,7 @@ async fn schedules(State(s): State<AppState>) -> Response {
 
 async fn stats(State(s): State<AppState>) -> Response {
     let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
-    found(s.client.queue_stats(since).await.map(Some), "stats")
+    found(s.client.queue_stats(Some(since)).await.map(Some), "stats")
 }
 
 pub(crate) fn routes() -> axum::Router<AppState> {

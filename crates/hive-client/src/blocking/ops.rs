@@ -62,7 +62,7 @@ blocking! {
         fn count_tasks(plan_id: Option<PlanId>) -> StatusCounts;
         fn status_counts() -> StatusCounts;
         fn page_tasks(params: &TaskPageParams) -> Vec<Task>;
-        fn queue_stats(since: Timestamp) -> QueueStats;
+        fn queue_stats(since: Option<Timestamp>) -> QueueStats;
         fn requeue_failed(filter: &TaskPageParams, max: u32) -> Vec<TaskId>;
         fn delete_task(id: TaskId) -> bool;
         fn prune_tasks(older_than: Duration, statuses: &[TaskStatus]) -> u64;

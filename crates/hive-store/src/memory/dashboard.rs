@@ -69,7 +69,7 @@ pub(super) fn counts(s: &State, finished: bool) -> Vec<TypeStatusCount> {
         .collect()
 }
 
-pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
+pub(super) fn stats(s: &State, now: Timestamp, since: Option<Timestamp>) -> QueueStats {
     let mut oldest: BTreeMap<String, Timestamp> = BTreeMap::new();
     for (t, _) in s.tasks.values() {
         if t.is_ready_at(now) {
@@ -87,7 +87,11 @@ pub(super) fn stats(s: &State, now: Timestamp, since: Timestamp) -> QueueStats {
             .collect(),
         finished: Vec::new(),
     };
-    for run in s.runs.values() {
+    let Some(since) = since else {
+        return out;
+    };
+    let first = crate::types::first_run_id_for(since);
+    for run in s.runs.values().filter(|r| r.id.0 >= first) {
         let Some(at) = run.completed_at.filter(|at| *at >= since) else {
             continue;
         };

@@ -68,7 +68,7 @@ impl PostgresStore {
         Ok(out)
     }
 
-    pub(super) async fn read_stats(&self, since: Timestamp) -> R<QueueStats> {
+    pub(super) async fn read_stats(&self, since: Option<Timestamp>) -> R<QueueStats> {
         let now: Timestamp = sqlx::query_scalar("SELECT now()")
             .fetch_one(&self.pool)
             .await?;
@@ -92,14 +92,21 @@ impl PostgresStore {
                 since: rows::get(row, "since", "tasks")?,
             });
         }
+        let Some(since) = since else {
+            return Ok(out);
+        };
+        // Found by id (time-ordered, the primary key), not by `completed_at`, which no
+        // index keeps: closing a run in place stays a HOT update.
         let found = sqlx::query(
             "SELECT date_trunc('minute', completed_at) AS m, \
                     count(*) FILTER (WHERE status = 'success') AS ok, \
                     count(*) FILTER (WHERE status <> 'success') AS bad \
-             FROM runs WHERE completed_at >= $1 AND status IN ('success', 'failure', 'timeout') \
+             FROM runs WHERE id >= $2 AND completed_at >= $1 \
+               AND status IN ('success', 'failure', 'timeout') \
              GROUP BY m ORDER BY m",
         )
         .bind(since)
+        .bind(crate::types::first_run_id_for(since))
         .fetch_all(&self.pool)
         .await?;
         for row in &found {

@@ -128,7 +128,7 @@ pub async fn queue_stats_count_types_ready_age_and_finished_runs(s: S) {
     s.finish_runs(&[success(claims[0].run.id), failure(claims[1].run.id, None)])
         .await
         .unwrap();
-    let stats = s.queue_stats(before).await.unwrap();
+    let stats = s.queue_stats(Some(before)).await.unwrap();
     let finished = s.count_finished_tasks().await.unwrap();
     let of = |ty: &str, st: TaskStatus| {
         (stats.counts.iter().chain(&finished))
@@ -158,10 +158,17 @@ pub async fn queue_stats_count_types_ready_age_and_finished_runs(s: S) {
     let failed: u64 = stats.finished.iter().map(|m| m.failed).sum();
     assert_eq!((succeeded, failed), (1, 1));
     let later = s
-        .queue_stats(stats.now + chrono::TimeDelta::minutes(5))
+        .queue_stats(Some(stats.now + chrono::TimeDelta::minutes(5)))
         .await
         .unwrap();
     assert!(later.finished.is_empty(), "only runs closed since `since`");
+    let counts_only = s.queue_stats(None).await.unwrap();
+    assert!(
+        counts_only.finished.is_empty(),
+        "no runs read without a `since`"
+    );
+    assert_eq!(counts_only.counts, stats.counts);
+    assert_eq!(counts_only.oldest_ready, stats.oldest_ready);
 }
 
 /// The age of the oldest ready task counts from when it became ready — freed by its last
@@ -218,7 +225,7 @@ pub async fn a_task_is_ready_since_it_was_freed_or_requeued(s: S) {
         .await
         .unwrap();
     assert_eq!(took[0].task.task_type, "urgent");
-    let stats = s.queue_stats(mark).await.unwrap();
+    let stats = s.queue_stats(Some(mark)).await.unwrap();
     let since = |ty: &str| {
         let found = stats.oldest_ready.iter().find(|o| o.task_type == ty);
         found.unwrap_or_else(|| panic!("no ready {ty} task")).since

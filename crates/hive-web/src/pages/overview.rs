@@ -47,7 +47,7 @@ fn chart(stats: &QueueStats) -> Markup {
 
 pub async fn page(State(s): State<AppState>) -> Response {
     let since = chrono::Utc::now() - chrono::TimeDelta::minutes(60);
-    let stats = match s.client.queue_stats(since).await {
+    let stats = match s.client.queue_stats(Some(since)).await {
         Ok(st) => st,
         Err(e) => return op_error(&e),
     };
