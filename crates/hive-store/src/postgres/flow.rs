@@ -273,28 +273,9 @@ macro_rules! key_has_room {
 }
 
 /// The heads of the limited types' queues (`$2`), then of the keyed tasks when `$5`, not of
-/// blocked types (`$4`); `$3` heads per queue. The keyed heads are read in queue order
-/// past every task of a key with no room (a serial key's backlog): each key's use is read
-/// once (`key_use`: running tasks, a stored cap, a pause or a full rate window), not per
-/// task passed over, so a large backlog ahead costs an index walk, not three subqueries a
-/// task.
+/// blocked types (`$4`); `$3` heads per queue.
 const CANDIDATES: &str = concat!(
-    "WITH key_running AS MATERIALIZED ( \
-         SELECT concurrency_key AS k, count(*) AS n FROM tasks \
-         WHERE status = 'in_progress' AND concurrency_key IS NOT NULL AND $5 \
-         GROUP BY concurrency_key \
-     ), key_use AS MATERIALIZED ( \
-         SELECT coalesce(r.k, f.name) AS k, coalesce(r.n, 0) AS running, \
-                f.max_running AS rule_max, \
-                coalesce(f.paused OR (f.rate_max IS NOT NULL AND (SELECT count(*) \
-                    FROM flow_starts s WHERE s.kind = 'key' AND s.name = f.name \
-                     AND s.started_at > statement_timestamp() \
-                         - f.rate_per_us * interval '1 microsecond') >= f.rate_max), \
-                    false) AS blocked \
-         FROM key_running r FULL JOIN (SELECT * FROM flow_rules \
-             WHERE kind = 'key' AND $5) f ON f.name = r.k \
-     ) \
-     SELECT x.* FROM unnest($2::text[]) ty(name) CROSS JOIN LATERAL ( \
+    "SELECT x.* FROM unnest($2::text[]) ty(name) CROSS JOIN LATERAL ( \
          SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
          FROM tasks t WHERE t.task_type = ty.name AND ",
     ready!(),
@@ -302,13 +283,11 @@ const CANDIDATES: &str = concat!(
     key_has_room!(),
     " ORDER BY t.priority DESC, t.seq LIMIT $3) x \
      UNION ALL (SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
-         t.seq FROM tasks t LEFT JOIN key_use u ON u.k = t.concurrency_key \
-         WHERE $5 AND t.concurrency_key IS NOT NULL AND ",
+         t.seq FROM tasks t WHERE $5 AND t.concurrency_key IS NOT NULL AND ",
     ready!(),
-    " AND NOT (t.task_type = ANY($4::text[])) \
-       AND NOT coalesce(u.blocked, false) \
-       AND coalesce(u.running, 0) < coalesce(u.rule_max, t.concurrency_limit, 1) \
-     ORDER BY t.priority DESC, t.seq LIMIT $3)"
+    " AND NOT (t.task_type = ANY($4::text[])) AND ",
+    key_has_room!(),
+    " ORDER BY t.priority DESC, t.seq LIMIT $3)"
 );
 
 /// The first `$2` heads of the plain queue, as priority and seq: the ready tasks of the

@@ -85,7 +85,7 @@ pub(super) async fn stats(c: &mut Conn, since: Option<Timestamp>) -> R<QueueStat
     let rows = sqlx::query(
         // `Task::ready_since` (SQLite's MAX of several values is NULL if any is).
         "SELECT task_type, MIN(MAX(COALESCE(run_at, updated_at), updated_at)) AS since \
-         FROM tasks INDEXED BY tasks_ready_type \
+         FROM tasks INDEXED BY tasks_ready \
          WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= ?1) \
          GROUP BY task_type ORDER BY task_type",
     )

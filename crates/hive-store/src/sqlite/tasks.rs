@@ -209,11 +209,9 @@ pub(super) async fn insert(c: &mut Conn, new: Vec<NewTask>) -> R<TasksInserted> 
 
 pub(super) async fn list(c: &mut Conn, f: &TaskFilter) -> R<Vec<hive_models::Task>> {
     let mut b = QueryBuilder::<Sqlite>::new(concat!("SELECT ", task_columns!(), " FROM tasks t"));
-    if f.ready_only && f.plan_id.is_none() && f.task_type.is_some() {
-        // Walk the type's ready tasks in queue order instead of sorting them. (No index
-        // holds every ready task of every type in queue order: `tasks_ready`, which the
-        // claims walk, leaves keyed tasks out.)
-        b.push(" INDEXED BY tasks_ready_type");
+    if f.ready_only && f.plan_id.is_none() {
+        // As for claims: walk the ready index in queue order instead of sorting.
+        b.push(" INDEXED BY tasks_ready");
     }
     b.push(" WHERE 1 = 1");
     if let Some(st) = f.status {
