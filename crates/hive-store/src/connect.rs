@@ -110,6 +110,15 @@ mod tests {
                 );
             }
         }
+        // The same settings in a URL.
+        for url in [
+            "sqlite::memory:?max_connections=0",
+            "sqlite::memory:?acquire_timeout_secs=0",
+            "postgres://root@127.0.0.1:1/none?acquire_timeout_secs=0",
+        ] {
+            let refused = connect_with(url, &ConnectOptions::default()).await;
+            assert!(matches!(refused, Err(Error::Invalid(_))), "{url}");
+        }
         assert!(
             connect_with("memory:", &ConnectOptions::default())
                 .await

@@ -365,7 +365,7 @@ async fn listener_reconnects_after_its_connection_is_killed() {
         let started = Instant::now();
         // The listener announces its reconnection with a catch-up wake-up.
         next_matching(&mut rx, Duration::from_secs(10), |n| {
-            matches!(n.change, Change::TaskCreated { task_id: None, .. }) && n.origin.is_nil()
+            n.change == Change::StoreChanged && n.origin.is_nil()
         })
         .await
         .expect("a catch-up notification after reconnecting");

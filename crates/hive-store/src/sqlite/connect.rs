@@ -169,8 +169,14 @@ impl FileId {
 /// policy may create the schema, falling back to reading only when the file cannot be
 /// written, then migrating, using or refusing it as [`schema::decide`] says.
 pub(super) async fn open(url: &DatabaseUrl, options: &ConnectOptions) -> Result<Opened> {
-    options.check()?;
     let parsed = ParsedUrl::parse(url)?;
+    // The URL's settings are checked as the options' are.
+    ConnectOptions {
+        max_connections: options.max_connections.or(parsed.max_connections),
+        acquire_timeout: options.acquire_timeout.or(parsed.acquire_timeout),
+        ..options.clone()
+    }
+    .check()?;
     let target = parsed.path.clone();
     let creates = options.schema != SchemaPolicy::Existing;
     let misconfigured = |reason: &str| Error::Misconfigured {
