@@ -69,11 +69,24 @@ impl PostgresStore {
     }
 
     pub(super) async fn read_plan(&self, id: PlanId) -> R<Option<ExecutionPlan>> {
+        let mut tx = self.snapshot().await?;
         let found = sqlx::query("SELECT * FROM plans_counted WHERE id = $1")
             .bind(id.0)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
-        Ok(self.with_specs(&found).await?.pop())
+        let plans = with_specs(&mut tx, &found).await;
+        tx.rollback().await?;
+        Ok(plans?.pop())
+    }
+
+    /// A read-only transaction whose statements all see one snapshot: a plan's row and its
+    /// subtasks read apart could disagree (a spawn or a prune committing between them).
+    async fn snapshot(&self) -> R<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     pub(super) async fn read_plan_counters(&self, id: PlanId) -> R<Option<PlanCounters>> {
@@ -98,8 +111,14 @@ impl PostgresStore {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> R<Vec<ExecutionPlan>> {
-        let found = self.listed_plans(status, limit).await?;
-        self.with_specs(&found).await
+        let mut tx = self.snapshot().await?;
+        let found = listed_plans(&mut tx, status, limit).await;
+        let plans = match found {
+            Ok(found) => with_specs(&mut tx, &found).await,
+            Err(e) => Err(e),
+        };
+        tx.rollback().await?;
+        plans
     }
 
     /// The plans [`Self::read_plans`] reads, without their subtasks.
@@ -108,7 +127,8 @@ impl PostgresStore {
         status: Option<PlanStatus>,
         limit: Option<u32>,
     ) -> R<Vec<PlanHeader>> {
-        let found = self.listed_plans(status, limit).await?;
+        let mut conn = self.pool.acquire().await?;
+        let found = listed_plans(&mut conn, status, limit).await?;
         found.iter().map(rows::plan_header).collect()
     }
 
@@ -129,33 +149,6 @@ impl PostgresStore {
             }
         };
         Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    /// The rows of the plans a listing shows, newest first.
-    async fn listed_plans(&self, status: Option<PlanStatus>, limit: Option<u32>) -> R<Vec<PgRow>> {
-        Ok(sqlx::query(
-            "SELECT * FROM plans_counted WHERE ($1::text IS NULL OR status = $1::text) \
-             ORDER BY created_at DESC, id DESC LIMIT $2::bigint",
-        )
-        .bind(status.map(PlanStatus::as_str))
-        .bind(limit.map(i64::from))
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Plan rows with their subtasks (read after the rows: a plan only ever gains subtasks).
-    async fn with_specs(&self, found: &[PgRow]) -> R<Vec<ExecutionPlan>> {
-        let ids = found
-            .iter()
-            .map(|r| rows::get::<Uuid>(r, "id", "plans").map(PlanId))
-            .collect::<R<Vec<_>>>()?;
-        let mut conn = self.pool.acquire().await?;
-        let mut specs = specs(&mut conn, &ids).await?;
-        found
-            .iter()
-            .zip(&ids)
-            .map(|(row, id)| rows::plan(row, specs.remove(id).unwrap_or_default()))
-            .collect()
     }
 
     pub(super) async fn materialize_once(&self, id: PlanId) -> R<Option<u64>> {
@@ -649,4 +642,35 @@ pub(super) async fn grow(
     .execute(&mut *conn)
     .await?;
     Ok(Ok(()))
+}
+
+/// The plans [`PostgresStore::read_plans`] lists, newest first, as rows.
+async fn listed_plans(
+    conn: &mut PgConnection,
+    status: Option<PlanStatus>,
+    limit: Option<u32>,
+) -> R<Vec<PgRow>> {
+    Ok(sqlx::query(
+        "SELECT * FROM plans_counted WHERE ($1::text IS NULL OR status = $1::text) \
+         ORDER BY created_at DESC, id DESC LIMIT $2::bigint",
+    )
+    .bind(status.map(PlanStatus::as_str))
+    .bind(limit.map(i64::from))
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Plan rows with their subtasks, read on the same connection (in one snapshot when the
+/// caller opened one).
+async fn with_specs(conn: &mut PgConnection, found: &[PgRow]) -> R<Vec<ExecutionPlan>> {
+    let ids = found
+        .iter()
+        .map(|r| rows::get::<Uuid>(r, "id", "plans").map(PlanId))
+        .collect::<R<Vec<_>>>()?;
+    let mut specs = specs(conn, &ids).await?;
+    found
+        .iter()
+        .zip(&ids)
+        .map(|(row, id)| rows::plan(row, specs.remove(id).unwrap_or_default()))
+        .collect()
 }
