@@ -358,22 +358,7 @@ impl<'a> Admission<'a> {
     /// Whether the task fits now; if so its start is counted against its scopes.
     pub fn admit(&mut self, c: &Candidate<'_>) -> bool {
         let scopes: Vec<Scope> = c.scopes().collect();
-        let fits = scopes.iter().all(|s| {
-            let used = self.usage.get(s).copied().unwrap_or_default();
-            let rule = self.rules.get(s);
-            if rule.is_some_and(|r| r.paused) {
-                return false;
-            }
-            let cap = match s {
-                Scope::Type(_) => rule.and_then(|r| r.max_running),
-                Scope::Key(_) => rule.and_then(|r| r.max_running).or(c.key_limit).or(Some(1)),
-            };
-            let running_ok = cap.is_none_or(|n| used.running < u64::from(n));
-            let rate_ok = rule
-                .and_then(|r| r.rate)
-                .is_none_or(|r| used.recent_starts < u64::from(r.max));
-            running_ok && rate_ok
-        });
+        let fits = scopes.iter().all(|s| self.fits(s, c));
         if fits {
             for s in scopes {
                 let used = self.usage.entry(s).or_default();
@@ -382,6 +367,30 @@ impl<'a> Admission<'a> {
             }
         }
         fits
+    }
+
+    /// Whether the task's key, alone, has room for it now (true without a key): a task
+    /// refused while its key has room was refused by its type.
+    pub fn key_has_room(&self, c: &Candidate<'_>) -> bool {
+        c.key
+            .is_none_or(|k| self.fits(&Scope::Key(k.to_owned()), c))
+    }
+
+    fn fits(&self, s: &Scope, c: &Candidate<'_>) -> bool {
+        let used = self.usage.get(s).copied().unwrap_or_default();
+        let rule = self.rules.get(s);
+        if rule.is_some_and(|r| r.paused) {
+            return false;
+        }
+        let cap = match s {
+            Scope::Type(_) => rule.and_then(|r| r.max_running),
+            Scope::Key(_) => rule.and_then(|r| r.max_running).or(c.key_limit).or(Some(1)),
+        };
+        let running_ok = cap.is_none_or(|n| used.running < u64::from(n));
+        let rate_ok = rule
+            .and_then(|r| r.rate)
+            .is_none_or(|r| used.recent_starts < u64::from(r.max));
+        running_ok && rate_ok
     }
 }
 

@@ -175,3 +175,33 @@ pub fn keys_of(candidates: &[FlowCandidate]) -> Vec<String> {
 pub fn window(limit: u32) -> i64 {
     i64::from(limit).saturating_mul(2).saturating_add(16)
 }
+
+/// How many ready keyed tasks a claim reads in queue order, whatever their keys' room,
+/// before it gives up on that order: past this bound a busy key's backlog would cost every
+/// claim a walk through all of it. Written into the statements as [`keyed_scan`] text, not
+/// bound: Postgres' generic plan for an unknown limit sorted every ready keyed task.
+pub const KEYED_SCAN: i64 = 512;
+
+/// [`KEYED_SCAN`] as SQL text.
+macro_rules! keyed_scan {
+    () => {
+        "512"
+    };
+}
+pub(crate) use keyed_scan;
+
+/// Whether the keyed tasks read in queue order (`scanned` of them, `found` with room) may
+/// have missed tasks with room behind them: the read stopped at [`KEYED_SCAN`] short of a
+/// [`window`]. Then the claim reads each key's heads instead (one probe per key with ready
+/// tasks, through the index of ready tasks by key) and admits from both.
+pub fn walk_keys(limit: u32, scanned: i64, found: usize) -> bool {
+    scanned >= KEYED_SCAN && i64::try_from(found).unwrap_or(i64::MAX) < window(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_keyed_scan_is_written_as_its_constant() {
+        assert_eq!(keyed_scan!(), super::KEYED_SCAN.to_string());
+    }
+}

@@ -5,6 +5,7 @@
 mod dashboard;
 mod flow;
 mod plans;
+mod queue;
 mod release;
 mod schedules;
 mod state;

@@ -210,13 +210,15 @@ pub fn targets(results: &[BenchResult]) -> Vec<String> {
             let backlog = find("backlog", b).and_then(|p| p.per_s).map(|p| p / flat);
             check(format!("{b} backlog / flat drain"), backlog, 0.9, true);
         }
-        if let Some(d) = find("drain-large", b) {
-            check(
-                format!("{b} drain-large ratio_to_drain"),
-                d.ratio_to_drain,
-                0.9,
-                true,
-            );
+        for scenario in ["drain-large", "drain-keyed"] {
+            if let Some(d) = find(scenario, b) {
+                check(
+                    format!("{b} {scenario} ratio_to_drain"),
+                    d.ratio_to_drain,
+                    0.9,
+                    true,
+                );
+            }
         }
     }
     for b in ["memory", "sqlite", "postgres"] {

@@ -118,8 +118,8 @@ pub(super) fn list(s: &State, f: &TaskFilter, at: Timestamp) -> Vec<Task> {
     if f.ready_only {
         return s
             .ready
-            .iter()
-            .filter_map(|(_, _, id)| s.task(*id))
+            .walk()
+            .filter_map(|(_, id)| s.task(id))
             .filter(|t| matches(t))
             .take(limit)
             .cloned()

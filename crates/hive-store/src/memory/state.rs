@@ -2,7 +2,7 @@
 //! applying their [`Patches`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DurationRound, Utc};
@@ -11,18 +11,15 @@ use hive_models::{
     TaskStatus, Timestamp, Worker, WorkerId,
 };
 
+use super::queue::ReadyQueue;
 use crate::rules::{Patches, TaskState, View};
 use crate::{Claim, ClaimParams, Notification, Notifier};
-
-/// Ready-queue key: priority descending, then insertion order.
-type ReadyKey = (Reverse<i32>, u64, TaskId);
 
 #[derive(Debug, Default)]
 pub(super) struct State {
     next_seq: u64,
     pub tasks: IdMap<TaskId, (Task, u64)>,
-    /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
-    pub ready: BTreeSet<ReadyKey>,
+    pub ready: ReadyQueue,
     pub idempotency: std::collections::HashMap<String, TaskId>,
     pub dependents: IdMap<TaskId, Vec<TaskId>>,
     pub runs: IdMap<RunId, Run>,
@@ -126,11 +123,12 @@ impl State {
         let Some((t, seq)) = self.tasks.get(&id) else {
             return;
         };
-        let key = (Reverse(t.priority), *seq, id);
+        let at = (Reverse(t.priority), *seq, id);
+        let key = t.concurrency_key.as_deref();
         if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
-            self.ready.insert(key);
+            self.ready.insert(key, at);
         } else {
-            self.ready.remove(&key);
+            self.ready.remove(key, &at);
         }
         if t.status == TaskStatus::InProgress {
             self.in_progress.insert(id);
@@ -286,11 +284,12 @@ impl State {
         let lease_until = crate::rules::after(at, p.lease);
         let mut admission = None;
         let mut picked: Vec<(TaskId, bool)> = Vec::new();
-        for (_, _, id) in &self.ready {
+        let mut walk = self.ready.walk();
+        while let Some((key, id)) = walk.next() {
             if picked.len() >= p.limit as usize {
                 break;
             }
-            let Some(t) = self.task(*id) else { continue };
+            let Some(t) = self.task(id) else { continue };
             if t.run_at.is_some_and(|r| r > at)
                 || !(p.task_types.is_empty() || p.task_types.contains(&t.task_type))
             {
@@ -304,10 +303,14 @@ impl State {
                     hive_models::Admission::new(&self.flow_rules, usage)
                 });
                 if !admission.admit(&c) {
+                    // A full key's later tasks would all be refused too.
+                    if key.is_some() && !admission.key_has_room(&c) {
+                        walk.skip_key();
+                    }
                     continue;
                 }
             }
-            picked.push((*id, limited));
+            picked.push((id, limited));
         }
         let mut claims = Vec::with_capacity(picked.len());
         for (id, limited) in picked {
@@ -388,7 +391,10 @@ impl State {
         let Some((task, seq)) = self.tasks.remove(&id) else {
             return false;
         };
-        self.ready.remove(&(Reverse(task.priority), seq, id));
+        self.ready.remove(
+            task.concurrency_key.as_deref(),
+            &(Reverse(task.priority), seq, id),
+        );
         self.in_progress.remove(&id);
         if let Some(k) = &task.idempotency_key {
             self.idempotency.remove(k);

@@ -94,18 +94,31 @@ macro_rules! claim_statement {
 /// [`super::flow`] and claimed with [`CLAIM_ADMITTED`]), locked.
 macro_rules! plain_ready {
     () => {
-        "SELECT id, priority, seq FROM tasks \
+        concat!(
+            "SELECT id, priority, seq FROM tasks \
          WHERE status = 'queued' AND pending_deps = 0 \
            AND (run_at IS NULL OR run_at <= statement_timestamp()) \
            AND (cardinality($2::text[]) = 0 OR task_type = ANY($2::text[])) \
            AND concurrency_key IS NULL \
            AND NOT EXISTS (SELECT 1 FROM flow_rules f \
                WHERE f.kind = 'type' AND f.name = tasks.task_type) \
-         ORDER BY priority DESC, seq \
+         ORDER BY ",
+            plain_order!(),
+            " \
          LIMIT $3::bigint \
          FOR UPDATE SKIP LOCKED"
+        )
     };
 }
+
+/// Queue order (priority first, then age) as `tasks_ready_plain` holds it: naming its
+/// expression keeps the planner on that index (see migration 0021).
+macro_rules! plain_order {
+    () => {
+        "-priority::bigint, seq"
+    };
+}
+pub(super) use plain_order;
 
 /// The plain claim: [`plain_ready`] tasks.
 pub(super) const CLAIM: &str = claim_statement!(plain_ready!());

@@ -155,6 +155,64 @@ async fn delete(conn: &mut PgConnection, scope: &Scope) -> R<bool> {
     Ok(gone > 0)
 }
 
+/// Ready, not delayed, of the types asked for (`$1`).
+macro_rules! ready {
+    () => {
+        "t.status = 'queued' AND t.pending_deps = 0 \
+         AND (t.run_at IS NULL OR t.run_at <= statement_timestamp()) \
+         AND (cardinality($1::text[]) = 0 OR t.task_type = ANY($1::text[]))"
+    };
+}
+
+/// The task's key, if any, has room: not paused, under its running cap (a stored rule's,
+/// else the task's own) and under its rate. Read before the key's lock is held, so it only
+/// keeps full keys from filling the candidates; the admission decides.
+macro_rules! key_has_room {
+    () => {
+        "(t.concurrency_key IS NULL OR ( \
+           (SELECT count(*) FROM tasks r \
+            WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress') \
+           < coalesce((SELECT f.max_running FROM flow_rules f \
+                       WHERE f.kind = 'key' AND f.name = t.concurrency_key), \
+                      t.concurrency_limit, 1) \
+           AND NOT EXISTS (SELECT 1 FROM flow_rules f \
+               WHERE f.kind = 'key' AND f.name = t.concurrency_key AND (f.paused \
+                 OR (f.rate_max IS NOT NULL AND (SELECT count(*) FROM flow_starts s \
+                     WHERE s.kind = 'key' AND s.name = f.name AND s.started_at > \
+                       statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
+                     >= f.rate_max)))))"
+    };
+}
+
+/// The keys with ready tasks and room, found by a loose walk of `tasks_ready_by_key`: one
+/// probe per key, so a busy key's backlog costs one probe, not a row per task. A key's room
+/// is judged by its rule (paused, running cap, rate), else by its head task's own limit (the
+/// admission then judges each task's). Read without the keys' locks: room can only be
+/// underestimated.
+macro_rules! open_keys {
+    () => {
+        "WITH RECURSIVE keys(k) AS ( \
+             SELECT min(concurrency_key) FROM tasks \
+             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
+             UNION ALL SELECT (SELECT min(n.concurrency_key) FROM tasks n \
+                 WHERE n.status = 'queued' AND n.pending_deps = 0 \
+                   AND n.concurrency_key IS NOT NULL AND n.concurrency_key > keys.k) \
+             FROM keys WHERE keys.k IS NOT NULL \
+         ) \
+         SELECT keys.k FROM keys LEFT JOIN flow_rules f ON f.kind = 'key' AND f.name = keys.k \
+         WHERE keys.k IS NOT NULL AND NOT coalesce(f.paused, false) \
+           AND (SELECT count(*) FROM tasks r \
+                WHERE r.concurrency_key = keys.k AND r.status = 'in_progress') \
+             < coalesce(f.max_running, (SELECT h.concurrency_limit FROM tasks h \
+                 WHERE h.concurrency_key = keys.k AND h.status = 'queued' \
+                   AND h.pending_deps = 0 ORDER BY h.priority DESC, h.seq LIMIT 1), 1) \
+           AND (f.rate_max IS NULL OR (SELECT count(*) FROM flow_starts s \
+               WHERE s.kind = 'key' AND s.name = keys.k AND s.started_at > \
+                 statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
+             < f.rate_max)"
+    };
+}
+
 /// What a claim learned before choosing its path: the rules, the limited types worth
 /// locking, and whether keyed tasks are ready.
 pub(super) struct Probe {
@@ -164,15 +222,25 @@ pub(super) struct Probe {
 }
 
 /// The rules, and without any lock, which limited types have ready tasks and room and
-/// whether keyed tasks wait, in one round trip; `None` when no flow-controlled task this
-/// claim could take is ready. Room read without the lock can only be
-/// underestimated (only claims add to a scope's use), so a type passed over here merely
-/// waits for a later claim.
+/// whether keyed tasks of a key with room wait, in one round trip; `None` when no
+/// flow-controlled task this claim could take is ready. Room read without the lock can only
+/// be underestimated (only claims add to a scope's use), so a type or key passed over here
+/// merely waits for a later claim. A claim that finds every ready keyed task's key full (a
+/// busy key's backlog) so takes the plain path alone.
 pub(super) async fn probe(conn: &mut PgConnection, p: &ClaimParams) -> R<Option<Probe>> {
     let found = sqlx::query(concat!(
-        "SELECT f.*, EXISTS (SELECT 1 FROM tasks \
-             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL) \
-             AS keyed_ready \
+        "WITH head AS MATERIALIZED (SELECT concurrency_key, concurrency_limit FROM tasks \
+             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
+             ORDER BY priority DESC, seq LIMIT ",
+        flow::keyed_scan!(),
+        ") \
+         SELECT f.*, (EXISTS (SELECT 1 FROM (SELECT DISTINCT * FROM head) t WHERE ",
+        key_has_room!(),
+        ") OR ((SELECT count(*) FROM head) >= ",
+        flow::keyed_scan!(),
+        " AND EXISTS (",
+        open_keys!(),
+        "))) AS keyed_ready \
          FROM (SELECT 1) one LEFT JOIN (SELECT ",
         rule_columns!(),
         // A scalar `LIMIT 1`, not EXISTS: an EXISTS may be planned as one hashed pass over
@@ -243,51 +311,46 @@ impl Probe {
     }
 }
 
-/// Ready, not delayed, of the types asked for (`$1`).
-macro_rules! ready {
-    () => {
-        "t.status = 'queued' AND t.pending_deps = 0 \
-         AND (t.run_at IS NULL OR t.run_at <= statement_timestamp()) \
-         AND (cardinality($1::text[]) = 0 OR t.task_type = ANY($1::text[]))"
-    };
-}
-
-/// The task's key, if any, has room: not paused, under its running cap (a stored rule's,
-/// else the task's own) and under its rate. Read before the key's lock is held, so it only
-/// keeps full keys from filling the candidates; the admission decides.
-macro_rules! key_has_room {
-    () => {
-        "(t.concurrency_key IS NULL OR ( \
-           (SELECT count(*) FROM tasks r \
-            WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress') \
-           < coalesce((SELECT f.max_running FROM flow_rules f \
-                       WHERE f.kind = 'key' AND f.name = t.concurrency_key), \
-                      t.concurrency_limit, 1) \
-           AND NOT EXISTS (SELECT 1 FROM flow_rules f \
-               WHERE f.kind = 'key' AND f.name = t.concurrency_key AND (f.paused \
-                 OR (f.rate_max IS NOT NULL AND (SELECT count(*) FROM flow_starts s \
-                     WHERE s.kind = 'key' AND s.name = f.name AND s.started_at > \
-                       statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
-                     >= f.rate_max)))))"
-    };
-}
-
-/// The heads of the limited types' queues (`$2`), then of the keyed tasks when `$5`, not of
-/// blocked types (`$4`); `$3` heads per queue.
+/// The heads of the limited types' queues (`$2`), then, when `$5`, the keyed tasks with
+/// room among the first [`flow::KEYED_SCAN`] ready ones in queue order (`head`; room judged once a key,
+/// `roomy`), not of blocked types (`$4`, marked `keyed`); `$3` heads per queue. The last row (no `id`) counts the keyed
+/// tasks read, for [`flow::walk_keys`].
 const CANDIDATES: &str = concat!(
-    "SELECT x.* FROM unnest($2::text[]) ty(name) CROSS JOIN LATERAL ( \
+    "WITH head AS MATERIALIZED ( \
+         SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
+         FROM tasks t WHERE $5 AND t.concurrency_key IS NOT NULL AND ",
+    ready!(),
+    " AND NOT (t.task_type = ANY($4::text[])) ORDER BY t.priority DESC, t.seq LIMIT ",
+    flow::keyed_scan!(),
+    "), \
+     roomy AS MATERIALIZED (SELECT t.concurrency_key, t.concurrency_limit \
+         FROM (SELECT DISTINCT concurrency_key, concurrency_limit FROM head) t WHERE ",
+    key_has_room!(),
+    ") SELECT x.*, false AS keyed, NULL::bigint AS scanned FROM unnest($2::text[]) ty(name) CROSS JOIN LATERAL ( \
          SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
          FROM tasks t WHERE t.task_type = ty.name AND ",
     ready!(),
     " AND ",
     key_has_room!(),
     " ORDER BY t.priority DESC, t.seq LIMIT $3) x \
-     UNION ALL (SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
-         t.seq FROM tasks t WHERE $5 AND t.concurrency_key IS NOT NULL AND ",
+     UNION ALL (SELECT h.*, true, NULL FROM head h WHERE EXISTS (SELECT 1 FROM roomy r \
+         WHERE r.concurrency_key = h.concurrency_key \
+           AND r.concurrency_limit IS NOT DISTINCT FROM h.concurrency_limit) \
+         ORDER BY h.priority DESC, h.seq LIMIT $3) \
+     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM head"
+);
+
+/// The first `$3` keyed tasks in queue order whose keys have room ([`open_keys`]), of the
+/// types asked for (`$1`) and not blocked (`$2`), at most `$3` a key.
+const KEY_HEADS: &str = concat!(
+    "WITH open AS (",
+    open_keys!(),
+    ") SELECT x.* FROM open CROSS JOIN LATERAL ( \
+         SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
+         FROM tasks t WHERE t.concurrency_key = open.k AND ",
     ready!(),
-    " AND NOT (t.task_type = ANY($4::text[])) AND ",
-    key_has_room!(),
-    " ORDER BY t.priority DESC, t.seq LIMIT $3)"
+    " AND NOT (t.task_type = ANY($2::text[])) ORDER BY t.priority DESC, t.seq LIMIT $3) x \
+     ORDER BY x.priority DESC, x.seq LIMIT $3"
 );
 
 /// The first `$2` heads of the plain queue, as priority and seq: the ready tasks of the
@@ -304,7 +367,9 @@ const PLAIN_HEADS: &str = concat!(
     " AND t.concurrency_key IS NULL \
            AND NOT EXISTS (SELECT 1 FROM flow_rules f \
                WHERE f.kind = 'type' AND f.name = t.task_type) \
-         ORDER BY t.priority DESC, t.seq LIMIT $2 FOR UPDATE OF t SKIP LOCKED) \
+         ORDER BY ",
+    super::claim::plain_order!(),
+    " LIMIT $2 FOR UPDATE OF t SKIP LOCKED) \
      SELECT priority, seq FROM ( \
          SELECT priority, seq FROM ready \
          UNION ALL SELECT priority, seq FROM tasks WHERE id = ANY($3::uuid[]) \
@@ -350,17 +415,27 @@ pub(super) async fn admit(
         .fetch_all(&mut *conn)
         .await?;
     let mut candidates = Vec::with_capacity(found.len());
+    let mut scanned = 0;
+    let mut keyed = 0;
     for row in &found {
-        const T: &str = "tasks";
-        candidates.push(FlowCandidate {
-            id: TaskId(rows::get(row, "id", T)?),
-            task_type: rows::get(row, "task_type", T)?,
-            key: rows::get(row, "concurrency_key", T)?,
-            key_limit: rows::get::<Option<i32>>(row, "concurrency_limit", T)?
-                .map(|n| n.max(1).unsigned_abs()),
-            priority: rows::get(row, "priority", T)?,
-            seq: rows::get(row, "seq", T)?,
-        });
+        match rows::get::<Option<i64>>(row, "scanned", "tasks")? {
+            Some(n) => scanned = n,
+            None => {
+                keyed += usize::from(rows::get::<bool>(row, "keyed", "tasks")?);
+                candidates.push(candidate(row)?);
+            }
+        }
+    }
+    if flow::walk_keys(p.limit, scanned, keyed) {
+        let found = sqlx::query(KEY_HEADS)
+            .bind(&p.task_types)
+            .bind(&blocked)
+            .bind(flow::window(p.limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &found {
+            candidates.push(candidate(row)?);
+        }
     }
     let keys: Vec<Scope> = flow::keys_of(&candidates)
         .into_iter()
@@ -388,6 +463,19 @@ pub(super) async fn admit(
         ids: tasks.iter().map(|c| c.id.0).collect(),
         claim: fc,
         tasks,
+    })
+}
+
+fn candidate(row: &PgRow) -> R<FlowCandidate> {
+    const T: &str = "tasks";
+    Ok(FlowCandidate {
+        id: TaskId(rows::get(row, "id", T)?),
+        task_type: rows::get(row, "task_type", T)?,
+        key: rows::get(row, "concurrency_key", T)?,
+        key_limit: rows::get::<Option<i32>>(row, "concurrency_limit", T)?
+            .map(|n| n.max(1).unsigned_abs()),
+        priority: rows::get(row, "priority", T)?,
+        seq: rows::get(row, "seq", T)?,
     })
 }
 

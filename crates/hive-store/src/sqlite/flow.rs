@@ -145,6 +145,68 @@ macro_rules! key_has_room {
     };
 }
 
+/// The keyed tasks with room among the first [`flow::KEYED_SCAN`] ready ones in queue order (`head`; room
+/// judged once a key, `roomy`), of the types asked for (`?1`) and not blocked (`?2`), at most `?3`; the last row (no `id`)
+/// counts the keyed tasks read, for [`flow::walk_keys`].
+const KEYED_HEADS: &str = concat!(
+    "WITH head AS MATERIALIZED ( \
+         SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
+         FROM tasks t INDEXED BY tasks_ready_keyed WHERE t.concurrency_key IS NOT NULL AND ",
+    ready!(),
+    " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) \
+         ORDER BY t.priority DESC, t.seq",
+    " LIMIT ",
+    flow::keyed_scan!(),
+    "), roomy AS MATERIALIZED (SELECT t.concurrency_key, t.concurrency_limit \
+         FROM (SELECT DISTINCT concurrency_key, concurrency_limit FROM head) t WHERE ",
+    key_has_room!(),
+    ") SELECT * FROM (SELECT h.*, NULL AS scanned FROM head h WHERE EXISTS ( \
+         SELECT 1 FROM roomy r WHERE r.concurrency_key = h.concurrency_key \
+           AND r.concurrency_limit IS h.concurrency_limit) \
+         ORDER BY h.priority DESC, h.seq",
+    limit!("?3"),
+    ") UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM head"
+);
+
+/// The first `?3` keyed tasks in queue order whose keys have room, read key by key: a loose
+/// walk of `tasks_ready_by_key` finds each key with ready tasks in one probe, so a busy
+/// key's backlog costs one probe, not a row per task. A key's room is judged by its rule,
+/// else its head task's own limit (the admission then judges each task's); its heads are
+/// the first `?3` of the types asked for (`?1`) and not blocked (`?2`).
+const KEY_HEADS: &str = concat!(
+    "WITH RECURSIVE keys(k) AS ( \
+         SELECT min(concurrency_key) FROM tasks INDEXED BY tasks_ready_by_key \
+         WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
+         UNION ALL SELECT (SELECT min(n.concurrency_key) FROM tasks n \
+             INDEXED BY tasks_ready_by_key WHERE n.status = 'queued' AND n.pending_deps = 0 \
+               AND n.concurrency_key IS NOT NULL AND n.concurrency_key > keys.k) \
+         FROM keys WHERE keys.k IS NOT NULL \
+     ), open AS ( \
+         SELECT keys.k FROM keys LEFT JOIN flow_rules f ON f.kind = 'key' AND f.name = keys.k \
+         WHERE keys.k IS NOT NULL AND NOT coalesce(f.paused, 0) \
+           AND (SELECT count(*) FROM tasks r INDEXED BY tasks_running_key \
+                WHERE r.concurrency_key = keys.k AND r.status = 'in_progress') \
+             < coalesce(f.max_running, (SELECT h.concurrency_limit FROM tasks h \
+                 INDEXED BY tasks_ready_by_key WHERE h.concurrency_key = keys.k \
+                   AND h.status = 'queued' AND h.pending_deps = 0 \
+                 ORDER BY h.priority DESC, h.seq LIMIT 1), 1) \
+           AND (f.rate_max IS NULL OR (SELECT count(*) FROM flow_starts s \
+               WHERE s.kind = 'key' AND s.name = keys.k AND s.started_at > ",
+    now_us!(),
+    " - f.rate_per_us) < f.rate_max) \
+     ) \
+     SELECT x.id, x.task_type, x.concurrency_key, x.concurrency_limit, x.priority, x.seq \
+     FROM open JOIN tasks x ON x.id IN ( \
+         SELECT t.id FROM tasks t INDEXED BY tasks_ready_by_key \
+         WHERE t.concurrency_key = open.k AND ",
+    ready!(),
+    " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) \
+         ORDER BY t.priority DESC, t.seq",
+    limit!("?3"),
+    ") ORDER BY x.priority DESC, x.seq",
+    limit!("?3")
+);
+
 fn candidate(row: &SqliteRow) -> R<FlowCandidate> {
     let c = Cols::new(row, "tasks");
     Ok(FlowCandidate {
@@ -249,21 +311,28 @@ pub(super) async fn admitted(
         }
     }
     if keyed_ready {
-        let rows = sqlx::query(concat!(
-            "SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
-             t.seq FROM tasks t INDEXED BY tasks_ready_keyed \
-             WHERE t.concurrency_key IS NOT NULL AND ",
-            ready!(),
-            " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) AND ",
-            key_has_room!(),
-            " ORDER BY t.priority DESC, t.seq",
-            limit!("?3")
-        ))
-        .bind(&types)
-        .bind(json_list(&blocked))
-        .bind(window)
-        .fetch_all(&mut *c)
-        .await?;
+        let blocked = json_list(&blocked);
+        let mut rows = sqlx::query(KEYED_HEADS)
+            .bind(&types)
+            .bind(&blocked)
+            .bind(window)
+            .fetch_all(&mut *c)
+            .await?;
+        let scanned = rows
+            .pop()
+            .map(|r| Cols::new(&r, "tasks").get::<i64>("scanned"))
+            .transpose()?
+            .unwrap_or(0);
+        if flow::walk_keys(p.limit, scanned, rows.len()) {
+            rows.extend(
+                sqlx::query(KEY_HEADS)
+                    .bind(&types)
+                    .bind(&blocked)
+                    .bind(window)
+                    .fetch_all(&mut *c)
+                    .await?,
+            );
+        }
         for row in &rows {
             candidates.push(candidate(row)?);
         }

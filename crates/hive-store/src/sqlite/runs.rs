@@ -87,8 +87,9 @@ macro_rules! claim_select {
         concat!(
             claim_columns!(),
             // Without statistics the planner prefers the status index and sorts every
-            // queued task; the partial ready index yields them in queue order instead.
-            " FROM tasks t INDEXED BY tasks_ready \
+            // queued task; the partial index of unkeyed ready tasks yields them in queue
+            // order instead, without walking a busy key's backlog.
+            " FROM tasks t INDEXED BY tasks_ready_plain \
              WHERE t.status = 'queued' AND t.pending_deps = 0 \
                AND (t.run_at IS NULL OR t.run_at <= ",
             now_us!(),

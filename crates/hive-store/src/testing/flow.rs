@@ -186,6 +186,47 @@ pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
     );
 }
 
+/// A busy key's backlog longer than a claim reads in queue order hides no key behind it:
+/// the claim then walks the keys, judging each by its rule (paused, rate, running cap) or
+/// its head's own limit, and takes what has room in queue order, with the plain queue.
+pub async fn a_busy_keys_backlog_hides_no_key_behind_it(s: S) {
+    let busy: Vec<NewTask> = keyed("busy", 200, None)
+        .into_iter()
+        .map(|t| t.priority(5))
+        .collect();
+    let busy = add(&s, busy).await;
+    assert_eq!(
+        ids(&claim(&s, 1).await),
+        [busy[0]],
+        "the busy key's first task runs"
+    );
+    rule(&s, Scope::Key("paused".into()), |r| r.paused = true).await;
+    rule(&s, Scope::Key("metered".into()), |r| {
+        r.rate = Some(Rate::parse("1/1h").unwrap());
+        r.max_running = Some(5);
+    })
+    .await;
+    let paused = add(&s, keyed("paused", 2, None)).await;
+    let pair = add(&s, keyed("pair", 3, Some(2))).await;
+    let metered = add(&s, keyed("metered", 2, None)).await;
+    let solo = add(&s, keyed("solo", 2, None)).await;
+    let plain = add(&s, of_type("job", 1)).await;
+    let got = claim(&s, 10).await;
+    assert_eq!(
+        ids(&got),
+        [pair[0], pair[1], metered[0], solo[0], plain[0]],
+        "every key with room behind the backlog, in queue order (paused {paused:?})"
+    );
+    assert!(claim(&s, 10).await.is_empty(), "every key is full now");
+    let solo_run = got.iter().find(|c| c.task.id == solo[0]).unwrap().run.id;
+    s.finish_runs(&[success(solo_run)]).await.unwrap();
+    assert_eq!(
+        ids(&claim(&s, 10).await),
+        [solo[1]],
+        "the finish frees the key's next"
+    );
+}
+
 /// A plan's subtasks carry their concurrency key into their tasks: two subtasks of one key
 /// never run at once, the plan's other subtasks pass, and finishing one lets the next in.
 pub async fn a_plans_subtasks_share_their_concurrency_key(s: S) {
