@@ -71,10 +71,11 @@ impl Client {
             .await
     }
 
-    /// `HIVE_DATABASE_URL`, else `sqlite:hive.db` (created and migrated on first use).
+    /// `HIVE_DATABASE_URL`, else `sqlite:hive.db` (created and migrated on first use). A
+    /// value that is not UTF-8 is refused ([`hive_store::Error::Misconfigured`]), not
+    /// taken for unset: the process would work on another database than the one given.
     pub async fn from_env() -> Result<Client> {
-        let url =
-            std::env::var(DATABASE_URL_ENV).unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+        let url = database_url(std::env::var_os(DATABASE_URL_ENV))?;
         Self::connect(&url).await
     }
 
@@ -238,5 +239,38 @@ mod tests {
         assert!(flat.delays().take(3).all(|d| d == ConnectRetry::SHORTEST));
         let default: Vec<Duration> = ConnectRetry::default().delays().take(2).collect();
         assert_eq!(default, [ms(100), ms(200)], "the documented policy");
+    }
+}
+
+/// The database URL `HIVE_DATABASE_URL` gives (`value`), else the default.
+fn database_url(value: Option<std::ffi::OsString>) -> Result<String> {
+    match value.map(std::ffi::OsString::into_string) {
+        None => Ok(DEFAULT_DATABASE_URL.to_owned()),
+        Some(Ok(url)) => Ok(url),
+        Some(Err(_)) => Err(hive_ops::Error::from(hive_store::Error::Misconfigured {
+            target: DATABASE_URL_ENV.to_owned(),
+            reason: "the value is not valid UTF-8".to_owned(),
+        })
+        .into()),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod env_tests {
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn a_database_url_that_is_not_utf8_is_refused_not_taken_for_unset() {
+        assert_eq!(
+            super::database_url(None).unwrap(),
+            super::DEFAULT_DATABASE_URL
+        );
+        assert_eq!(
+            super::database_url(Some("postgres://db/hive".into())).unwrap(),
+            "postgres://db/hive"
+        );
+        let bad = std::ffi::OsString::from_vec(b"sqlite:/data/\xff.db".to_vec());
+        let err = super::database_url(Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("HIVE_DATABASE_URL"), "{err}");
     }
 }

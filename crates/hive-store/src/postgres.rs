@@ -160,16 +160,9 @@ impl PostgresStore {
         }
     }
 
-    /// Publishes a committed change's notifications (see `publish.rs`). When they cannot
-    /// go out, this process's own subscribers are told that something changed, so its
-    /// waits read again and its workers look for work, rather than missing them unawares.
+    /// Publishes a committed change's notifications (see `publish.rs`).
     async fn publish(&self, payloads: Vec<String>) {
-        if !publish::publish(&self.pool, payloads).await {
-            self.notifier.forward(Notification {
-                origin: uuid::Uuid::nil(),
-                change: crate::Change::StoreChanged,
-            });
-        }
+        publish::publish_or_wake(&self.pool, &self.notifier, payloads).await;
     }
 
     /// Announces a flow rule's change to every process: a pause lifted, a limit raised or

@@ -40,7 +40,7 @@ impl PostgresStore {
         if !due {
             return Ok(());
         }
-        folds::fold_credits(&self.pool, self.notifier.origin(), None).await?;
+        folds::fold_credits(&self.pool, &self.notifier, None).await?;
         let mut conn = self.pool.acquire().await?;
         replay::settle_stalled(&mut conn, &self.notifier, limit).await
     }

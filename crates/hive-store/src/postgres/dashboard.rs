@@ -3,7 +3,7 @@
 //! queue statistics (grouped counts, the ready index, runs closed per minute).
 
 use hive_models::{Task, TaskStatus, Timestamp};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::{PostgresStore, rows};
 use crate::sql::R;
@@ -46,80 +46,94 @@ impl PostgresStore {
     /// Tasks per type and status, those finished (`true`) or not: the unfinished ones by
     /// the status index, so they cost what is in flight, whatever the history.
     pub(super) async fn read_counts(&self, finished: bool) -> R<Vec<TypeStatusCount>> {
-        let found = sqlx::query(
-            "SELECT task_type, status, count(*) AS n FROM tasks WHERE status = ANY($1) \
-             GROUP BY task_type, status ORDER BY task_type, status",
-        )
-        .bind(TaskStatus::names_where_finished(finished))
-        // Planned for the statuses given: a generic plan, not knowing how few tasks are
-        // unfinished, scans the whole table (300 ms against 4 ms with 2,000,000 finished).
-        .persistent(false)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(found.len());
-        for row in &found {
-            let n: i64 = rows::get(row, "n", "tasks")?;
-            out.push(TypeStatusCount {
-                task_type: rows::get(row, "task_type", "tasks")?,
-                status: rows::task_status(row, "status")?,
-                count: n.unsigned_abs(),
-            });
-        }
-        Ok(out)
+        let mut conn = self.pool.acquire().await?;
+        counts(&mut conn, finished).await
     }
 
+    /// The queue's statistics, every statement in one snapshot (counts, ready ages and
+    /// per-minute runs read apart could disagree).
     pub(super) async fn read_stats(&self, since: Option<Timestamp>) -> R<QueueStats> {
-        let now: Timestamp = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?;
-        let mut out = QueueStats {
-            now,
-            ..QueueStats::default()
-        };
-        out.counts = self.read_counts(false).await?;
-        let found = sqlx::query(
-            // `Task::ready_since`.
-            "SELECT task_type, min(greatest(run_at, updated_at)) AS since FROM tasks \
+        let mut tx = self.snapshot().await?;
+        let out = stats(&mut tx, since).await;
+        tx.rollback().await?;
+        out
+    }
+}
+
+async fn counts(conn: &mut PgConnection, finished: bool) -> R<Vec<TypeStatusCount>> {
+    let found = sqlx::query(
+        "SELECT task_type, status, count(*) AS n FROM tasks WHERE status = ANY($1) \
+             GROUP BY task_type, status ORDER BY task_type, status",
+    )
+    .bind(TaskStatus::names_where_finished(finished))
+    // Planned for the statuses given: a generic plan, not knowing how few tasks are
+    // unfinished, scans the whole table (300 ms against 4 ms with 2,000,000 finished).
+    .persistent(false)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(found.len());
+    for row in &found {
+        let n: i64 = rows::get(row, "n", "tasks")?;
+        out.push(TypeStatusCount {
+            task_type: rows::get(row, "task_type", "tasks")?,
+            status: rows::task_status(row, "status")?,
+            count: n.unsigned_abs(),
+        });
+    }
+    Ok(out)
+}
+
+async fn stats(conn: &mut PgConnection, since: Option<Timestamp>) -> R<QueueStats> {
+    let now: Timestamp = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut out = QueueStats {
+        now,
+        ..QueueStats::default()
+    };
+    out.counts = counts(&mut *conn, false).await?;
+    let found = sqlx::query(
+        // `Task::ready_since`.
+        "SELECT task_type, min(greatest(run_at, updated_at)) AS since FROM tasks \
              WHERE status = 'queued' AND pending_deps = 0 AND (run_at IS NULL OR run_at <= $1) \
              GROUP BY task_type ORDER BY task_type",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &found {
-            out.oldest_ready.push(OldestReady {
-                task_type: rows::get(row, "task_type", "tasks")?,
-                since: rows::get(row, "since", "tasks")?,
-            });
-        }
-        let Some(since) = since else {
-            return Ok(out);
-        };
-        // Found by id (time-ordered, the primary key), not by `completed_at`, which no
-        // index keeps: closing a run in place stays a HOT update.
-        let found = sqlx::query(
-            "SELECT date_trunc('minute', completed_at) AS m, \
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &found {
+        out.oldest_ready.push(OldestReady {
+            task_type: rows::get(row, "task_type", "tasks")?,
+            since: rows::get(row, "since", "tasks")?,
+        });
+    }
+    let Some(since) = since else {
+        return Ok(out);
+    };
+    // Found by id (time-ordered, the primary key), not by `completed_at`, which no
+    // index keeps: closing a run in place stays a HOT update.
+    let found = sqlx::query(
+        "SELECT date_trunc('minute', completed_at) AS m, \
                     count(*) FILTER (WHERE status = 'success') AS ok, \
                     count(*) FILTER (WHERE status <> 'success') AS bad \
              FROM runs WHERE id >= $2 AND completed_at >= $1 \
                AND status IN ('success', 'failure', 'timeout') \
              GROUP BY m ORDER BY m",
-        )
-        .bind(since)
-        .bind(crate::types::first_run_id_for(since))
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &found {
-            let (ok, bad): (i64, i64) = (
-                rows::get(row, "ok", "runs")?,
-                rows::get(row, "bad", "runs")?,
-            );
-            out.finished.push(MinuteRuns {
-                minute: rows::get(row, "m", "runs")?,
-                succeeded: ok.unsigned_abs(),
-                failed: bad.unsigned_abs(),
-            });
-        }
-        Ok(out)
+    )
+    .bind(since)
+    .bind(crate::types::first_run_id_for(since))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &found {
+        let (ok, bad): (i64, i64) = (
+            rows::get(row, "ok", "runs")?,
+            rows::get(row, "bad", "runs")?,
+        );
+        out.finished.push(MinuteRuns {
+            minute: rows::get(row, "m", "runs")?,
+            succeeded: ok.unsigned_abs(),
+            failed: bad.unsigned_abs(),
+        });
     }
+    Ok(out)
 }

@@ -46,16 +46,15 @@ pub(super) const FOLD_CREDITS: &str = concat!(
 /// the dependents it frees.
 pub(super) async fn fold_credits(
     pool: &sqlx::PgPool,
-    origin: Uuid,
+    notifier: &crate::Notifier,
     tasks: Option<&[Uuid]>,
 ) -> R<()> {
     let row = sqlx::query(FOLD_CREDITS)
         .bind(tasks)
-        .bind(origin)
+        .bind(notifier.origin())
         .fetch_one(pool)
         .await?;
-    // Not published, the dependents it freed are found by the workers' polls.
-    super::publish::publish(pool, rows::get(&row, "notes", "tasks")?).await;
+    super::publish::publish_or_wake(pool, notifier, rows::get(&row, "notes", "tasks")?).await;
     Ok(())
 }
 
@@ -144,15 +143,12 @@ impl PostgresStore {
         if tasks.is_empty() || !self.folds.add(tasks) {
             return;
         }
-        let (pool, origin, folds) = (
-            self.pool.clone(),
-            self.notifier.origin(),
-            self.folds.clone(),
-        );
+        let (pool, notifier, folds) =
+            (self.pool.clone(), self.notifier.clone(), self.folds.clone());
         tokio::spawn(folds.run(move |tasks| {
-            let pool = pool.clone();
+            let (pool, notifier) = (pool.clone(), notifier.clone());
             async move {
-                if let Err(e) = fold_credits(&pool, origin, Some(&tasks)).await {
+                if let Err(e) = fold_credits(&pool, &notifier, Some(&tasks)).await {
                     tracing::warn!(error = ?e, "folding dependency credits failed; the reaper will");
                 }
             }

@@ -81,7 +81,7 @@ impl PostgresStore {
 
     /// A read-only transaction whose statements all see one snapshot: a plan's row and its
     /// subtasks read apart could disagree (a spawn or a prune committing between them).
-    async fn snapshot(&self) -> R<sqlx::Transaction<'static, sqlx::Postgres>> {
+    pub(super) async fn snapshot(&self) -> R<sqlx::Transaction<'static, sqlx::Postgres>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)

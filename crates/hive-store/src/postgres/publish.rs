@@ -33,6 +33,22 @@ const PUBLISH: &str = concat!(
 /// How long a failed publish waits before its one more try.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Publishes a committed change's notifications ([`publish`]). When they cannot go out,
+/// this process's own subscribers are told that something changed, so its waits read again
+/// and its workers look for work, rather than missing them unawares.
+pub(super) async fn publish_or_wake(
+    pool: &PgPool,
+    notifier: &crate::Notifier,
+    payloads: Vec<String>,
+) {
+    if !publish(pool, payloads).await {
+        notifier.forward(crate::Notification {
+            origin: uuid::Uuid::nil(),
+            change: crate::Change::StoreChanged,
+        });
+    }
+}
+
 /// Publishes a committed change's notifications, trying once more after a failure (a
 /// connection the pool handed out dead). Best effort: the change is committed, and failing
 /// its call now would make the caller do it again. False when they did not go out.
