@@ -34,6 +34,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run, client =>
     eight_workers_complete_each_task_once,
     shutdown_releases_held_tasks,
     shutdown_now_skips_the_grace_and_releases_held_tasks,
+    a_stopping_worker_tells_its_handlers_before_the_grace_ends,
     a_worker_told_to_stop_before_it_runs_stops_without_claiming,
     panicking_handler_fails_only_its_task,
     timeouts_stop_handlers_and_end_their_runs_timed_out,
@@ -346,6 +347,76 @@ async fn stop_releasing_held_tasks(c: Client, at_once: bool) {
         c.get_worker("sleepy").await.unwrap().is_none(),
         "unregistered"
     );
+}
+
+/// A graceful stop tells the handlers still running to stop `timeout_grace` before its
+/// grace ends: one that then returns a result commits it; one that returns an error, and
+/// one that never returns (dropped at the deadline), have their tasks given back, their
+/// attempts not counted.
+async fn a_stopping_worker_tells_its_handlers_before_the_grace_ends(c: Client) {
+    const TYPE: &str = "told-to-stop";
+    let mut ids = HashMap::new();
+    for title in ["saves", "gives up", "ignores"] {
+        ids.insert(
+            title,
+            c.create_task(NewTask::new(title, TYPE)).await.unwrap(),
+        );
+    }
+    let worker = c
+        .worker("told")
+        .concurrency(3)
+        .task_types([TYPE])
+        .handle_signals(false)
+        .shutdown_grace(Duration::from_secs(3))
+        .timeout_grace(Duration::from_secs(1));
+    let stop = worker.shutdown_handle();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokio::spawn(worker.run(move |ctx: TaskContext| {
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(());
+            match ctx.task.title.as_str() {
+                "saves" => {
+                    ctx.cancelled().await;
+                    Ok(serde_json::json!({"saved": "before the grace ended"}))
+                }
+                "gives up" => {
+                    ctx.cancelled().await;
+                    Err(TaskError::new("stopped half-way"))
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(serde_json::Value::Null)
+                }
+            }
+        }
+    }));
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .unwrap();
+    }
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let saved = c.get_task(ids["saves"]).await.unwrap().unwrap();
+    assert_eq!(saved.status, TaskStatus::Completed, "{saved:?}");
+    assert_eq!(
+        saved.result,
+        Some(serde_json::json!({"saved": "before the grace ended"}))
+    );
+    for title in ["gives up", "ignores"] {
+        let t = c.get_task(ids[title]).await.unwrap().unwrap();
+        assert_eq!(t.status, TaskStatus::Queued, "{title}: {t:?}");
+        assert_eq!(
+            t.attempts, 0,
+            "{title}: a task given back keeps its retries"
+        );
+    }
+    assert_eq!(report.completed, 1, "{report:?}");
 }
 
 async fn a_worker_told_to_stop_before_it_runs_stops_without_claiming(c: Client) {

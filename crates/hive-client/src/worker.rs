@@ -21,6 +21,7 @@ mod pace;
 mod progress;
 mod report;
 mod runtime;
+mod signals;
 mod slots;
 mod stops;
 

@@ -17,7 +17,7 @@ use super::completer::Done;
 use super::gate::{Gate, Turn};
 use super::progress::ProgressCell;
 use super::slots::Handled;
-use super::stops::Stops;
+use super::stops::{GiveBack, Stops};
 use crate::{Client, Result};
 
 /// What a handler gets: the claimed task, the run it executes as, and its dependencies'
@@ -319,7 +319,7 @@ impl RunEnd {
     /// Ends them now, the last progress report written before the run's outcome (which
     /// would make it stale); returns why the run is to be given back, if the worker stopped
     /// it for that.
-    async fn end(mut self) -> Option<String> {
+    async fn end(mut self) -> Option<GiveBack> {
         // Marked ended only once the wait is over: dropped during it (the worker stopping
         // at once), `Drop` still forgets the run's stop signal and stops the writer.
         self.progress.close().await;
@@ -384,7 +384,9 @@ pub(super) async fn run_one(
     }
     let Some(_handler) = free else {
         let outcome = match limits.stops.remove(run_id) {
-            Some(reason) => Outcome::GiveBack { reason },
+            Some(back) => Outcome::GiveBack {
+                reason: back.reason,
+            },
             // The store closed the run with the task: this report is stale, and only frees
             // the slot.
             None => Outcome::Failure {
@@ -452,6 +454,9 @@ pub(super) async fn run_one(
         _ = told.wait_for(|s| *s) => First::Cancelled,
     };
     let ended = match first {
+        // Told to stop as it returned (the select took its return first): it returned
+        // because of the stop, as when the stop is seen first.
+        First::Returned(r) if *told.borrow() => Ended::Cancelled(Some(r)),
         First::Returned(r) => Ended::Returned(r),
         First::Expired => {
             let _ = stop.send(true);
@@ -475,6 +480,13 @@ pub(super) async fn run_one(
     // group dies with it).
     let finished = match ended {
         Ended::Returned(r) => Ok(r),
+        // Told to stop as its worker shuts down, a handler that finished all the same keeps
+        // its result; any other return is the stop's, and the run goes back.
+        Ended::Cancelled(Some(Ok(Ok(out))))
+            if given_back.as_ref().is_some_and(|g| g.keeps_result) =>
+        {
+            Ok(Ok(Ok(out)))
+        }
         // A handler that returned once told to stop keeps the log it printed until then.
         Ended::TimedOut(limit, returned) => {
             Err((Some(limit), returned.is_some(), returned.and_then(log_of)))
@@ -497,10 +509,11 @@ pub(super) async fn run_one(
                     log,
                 ),
                 None => match given_back {
-                    // The worker lost the store: the run goes back to the queue.
-                    Some(reason) => (
+                    // The worker lost the store, or is stopping: the run goes back to the
+                    // queue.
+                    Some(back) => (
                         Outcome::GiveBack {
-                            reason: format!("{reason}; {how}"),
+                            reason: format!("{}; {how}", back.reason),
                         },
                         log,
                     ),

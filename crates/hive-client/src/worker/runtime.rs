@@ -29,6 +29,10 @@ use crate::backoff::{Backoff, Fatal};
 /// through transient faults, before it gives up on them (their leases bring them back).
 const LAST_COMMITS_FOR: Duration = Duration::from_secs(10);
 
+/// How long before a stopped handler's own grace would end the shutdown's deadline
+/// comes: its outcome is reported before the deadline drops whatever still runs.
+const NOTICE_MARGIN: Duration = Duration::from_millis(250);
+
 /// A started worker: its configuration, and the state its loops share.
 pub(super) struct Runtime {
     pub(super) cfg: WorkerBuilder,
@@ -172,9 +176,9 @@ impl Runtime {
         if self.cfg.handle_signals {
             let stop = self.cfg.shutdown.clone();
             background.spawn(async move {
-                shutdown_signal().await;
+                super::signals::shutdown_signal().await;
                 stop.shutdown();
-                shutdown_signal().await;
+                super::signals::shutdown_signal().await;
                 stop.shutdown_now();
             });
         }
@@ -507,6 +511,13 @@ impl Runtime {
             .unwrap_or_else(|| {
                 tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
             });
+        // Handlers still running this long before the deadline are told to stop, so the
+        // grace their own stop allows (`timeout_grace`) ends before it: one that returns a
+        // result commits it, the others' tasks are given back (see `Stops`).
+        let notice = deadline
+            .checked_sub(self.cfg.timeout_grace + NOTICE_MARGIN)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let mut noticed = false;
         let mut at_once = self.cfg.shutdown.subscribe_at_once();
         // Given back while the others run out their grace (which may be hours): claims
         // that never started are other workers' to run now.
@@ -526,6 +537,15 @@ impl Runtime {
                 },
                 Some(claims) = claimed_rx.recv() => {
                     unstarted.extend(claims.iter().map(|c| c.run.id));
+                }
+                () = tokio::time::sleep_until(notice), if !noticed => {
+                    noticed = true;
+                    let told = self.stops.stop_for_shutdown("its worker is shutting down");
+                    if told > 0 {
+                        tracing::info!(worker = %self.id, handlers = told, "told running \
+                            handlers to stop: the shutdown grace ends in {:?}",
+                            deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     running.abort().await;
@@ -640,28 +660,6 @@ impl Runtime {
             }
         }
         Ok(None)
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

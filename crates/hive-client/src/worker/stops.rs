@@ -10,12 +10,23 @@ use tokio::sync::watch;
 /// A running handler's stop signal.
 type Stop = Arc<watch::Sender<bool>>;
 
+/// Why the worker told a handler to stop, when its run is to go back to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct GiveBack {
+    pub reason: String,
+    /// The worker is stopping and its lease still holds: a handler that returns a result
+    /// all the same has done its task, and that result is committed. (A worker cut off
+    /// from its store gives the run back whatever the handler returns: another worker may
+    /// be running the task by now.)
+    pub keeps_result: bool,
+}
+
 #[derive(Debug, Default)]
 struct Running {
     stops: IdMap<RunId, Stop>,
     /// Runs told to stop because the worker lost the store, with why: their outcome is a
     /// give-back, not a failure.
-    given_back: IdMap<RunId, String>,
+    given_back: IdMap<RunId, GiveBack>,
     /// Leases longer than the worker's that handlers asked for
     /// ([`super::TaskContext::extend_lease`]): such a run stays its worker's for that long
     /// after the last heartbeat.
@@ -42,7 +53,7 @@ impl Stops {
 
     /// `run`'s handler has ended (or will not start): forgets its signal. Returns why the
     /// run is to be given back, if the worker stopped it for that.
-    pub(super) fn remove(&self, run: RunId) -> Option<String> {
+    pub(super) fn remove(&self, run: RunId) -> Option<GiveBack> {
         let mut running = self.running();
         running.stops.remove(&run);
         running.leases.remove(&run);
@@ -77,6 +88,26 @@ impl Stops {
         lease: Duration,
         reason: &str,
     ) -> usize {
+        self.stop_each(reason, false, |own| {
+            silent > own.map_or(lease, |l| lease.max(l))
+        })
+    }
+
+    /// Stops every handler not yet told to stop, the worker shutting down (`reason`): each
+    /// run is given back unless its handler returns a result (see [`GiveBack`]). How many
+    /// it stopped.
+    pub(super) fn stop_for_shutdown(&self, reason: &str) -> usize {
+        self.stop_each(reason, true, |_| true)
+    }
+
+    /// Stops the handlers not yet told to stop whose runs `pick` chooses (given the lease
+    /// their handlers asked for, if any), recording their runs as to be given back.
+    fn stop_each(
+        &self,
+        reason: &str,
+        keeps_result: bool,
+        pick: impl Fn(Option<Duration>) -> bool,
+    ) -> usize {
         let mut running = self.running();
         let Running {
             stops,
@@ -85,9 +116,14 @@ impl Stops {
         } = &mut *running;
         let mut stopped = 0;
         for (run, stop) in stops.iter() {
-            let lease = leases.get(run).map_or(lease, |own| lease.max(*own));
-            if silent > lease && !stop.send_replace(true) {
-                given_back.insert(*run, reason.to_owned());
+            if pick(leases.get(run).copied()) && !stop.send_replace(true) {
+                given_back.insert(
+                    *run,
+                    GiveBack {
+                        reason: reason.to_owned(),
+                        keeps_result,
+                    },
+                );
                 stopped += 1;
             }
         }
@@ -138,7 +174,11 @@ mod tests {
             "told once"
         );
         assert_eq!(stops.remove(cancelled), None);
-        assert_eq!(stops.remove(cut_off).as_deref(), Some("cut off"));
+        let back = stops.remove(cut_off).unwrap();
+        assert_eq!(
+            (back.reason.as_str(), back.keeps_result),
+            ("cut off", false)
+        );
         assert_eq!(stops.remove(cut_off), None);
     }
 
@@ -160,6 +200,23 @@ mod tests {
             "past its own lease too"
         );
         assert!(*long_rx.borrow());
-        assert_eq!(stops.remove(short).as_deref(), Some("cut off"));
+        assert_eq!(stops.remove(short).unwrap().reason, "cut off");
+    }
+
+    #[test]
+    fn a_shutdown_stops_the_handlers_not_told_yet_and_keeps_their_results() {
+        let stops = Stops::default();
+        let (cancelled, _) = running(&stops);
+        let (busy, busy_rx) = running(&stops);
+        assert!(stops.stop_run(cancelled));
+        assert_eq!(stops.stop_for_shutdown("stopping"), 1);
+        assert!(*busy_rx.borrow());
+        assert_eq!(stops.stop_for_shutdown("again"), 0, "told once");
+        assert_eq!(stops.remove(cancelled), None);
+        let back = stops.remove(busy).unwrap();
+        assert_eq!(
+            (back.reason.as_str(), back.keeps_result),
+            ("stopping", true)
+        );
     }
 }
