@@ -6,6 +6,7 @@
 
 mod db;
 mod hive;
+mod keys;
 mod plans;
 mod raw;
 pub(crate) mod report;
@@ -31,8 +32,6 @@ const LARGE_WIDTH: u64 = 100;
 const LIMITED_TASKS: u64 = 50;
 /// `plan-submit`: one plan of this many subtasks, submitted and materialized.
 const SUBMIT_SUBTASKS: u64 = 10_000;
-/// `drain-keyed`: the serial key whose backlog waits ahead of the drain.
-const BUSY_KEY: &str = "busy-tenant";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
@@ -58,6 +57,9 @@ pub enum Scenario {
     /// at a higher priority while the key runs a task: what a busy key's backlog costs the
     /// claims of everything else.
     DrainKeyed,
+    /// The drain with every task under a concurrency key of its own kind (2,000 keys, the
+    /// drain's tasks spread over them, a key's at most one at a time): what keys cost.
+    DrainKeys,
     Latency,
     /// 100 chains of 100 subtasks (20 with --quick).
     PlanChains,
@@ -80,6 +82,7 @@ impl Scenario {
                 | Scenario::DrainLimited
                 | Scenario::DrainLarge
                 | Scenario::DrainKeyed
+                | Scenario::DrainKeys
         )
     }
 }
@@ -178,7 +181,7 @@ impl Bench {
 
     fn record(&mut self, mut r: BenchResult) {
         if r.scenario.starts_with("plan-")
-            || ["drain-limited", "drain-large", "drain-keyed"].contains(&&*r.scenario)
+            || ["drain-limited", "drain-large", "drain-keyed", "drain-keys"].contains(&&*r.scenario)
         {
             let flat = self
                 .results
@@ -275,6 +278,9 @@ impl Bench {
         }
         if self.wants(Scenario::DrainKeyed) {
             self.drain_keyed(b, n).await?;
+        }
+        if self.wants(Scenario::DrainKeys) {
+            self.drain_keys(b, n).await?;
         }
         if self.wants(Scenario::Latency) {
             self.latency(b).await?;
@@ -424,68 +430,6 @@ impl Bench {
         drop(client);
         db.cleanup().await?;
         Ok(d.secs)
-    }
-
-    /// The drain of `n` tasks queued behind a busy serial key's backlog: its first task is
-    /// claimed and held, so the rest wait ahead of the drain's tasks in queue order.
-    async fn drain_keyed(&mut self, b: Backend, n: u64) -> Result<()> {
-        let keyed = self.sizes.keyed_backlog;
-        let (db, client) = self.fresh(b).await?;
-        let pb = hive::bar(keyed + n, format!("drain-keyed {} (loading)", b.name()));
-        let mut next = 0;
-        while next < keyed {
-            let k = (keyed - next).min(hive::BATCH as u64);
-            let tasks = (next..next + k)
-                .map(|i| NewTask {
-                    priority: 5,
-                    concurrency_key: Some(BUSY_KEY.into()),
-                    ..NewTask::new(format!("keyed {i}"), "keyed")
-                })
-                .collect();
-            client.create_tasks(tasks).await?;
-            next += k;
-            pb.inc(k);
-        }
-        client.register_worker("holder", "bench", vec![]).await?;
-        let holder = hive_client::WorkerId::parse("holder")?;
-        let held = client
-            .claim_tasks(
-                &holder,
-                &["keyed".to_owned()],
-                1,
-                std::time::Duration::from_secs(3600),
-            )
-            .await?;
-        if held.len() != 1 {
-            bail!(
-                "drain-keyed: the holder claimed {} tasks, expected 1",
-                held.len()
-            );
-        }
-        hive::load(&client, n, &pb).await?;
-        if b == Backend::Postgres
-            && let Some(pool) = db.raw_pool(1).await?
-        {
-            // Statistics, as autovacuum keeps them by the time such a backlog exists: a
-            // plan made without them may walk the backlog to find its keys.
-            pool.execute("ANALYZE tasks").await?;
-            pool.close().await;
-        }
-        pb.set_position(0);
-        pb.set_message(format!("drain-keyed {}", b.name()));
-        let d = hive::drain(
-            &client,
-            DRAIN_WORKERS,
-            DRAIN_CONCURRENCY,
-            Until::Handled(n),
-            &pb,
-        )
-        .await?;
-        pb.finish_and_clear();
-        drop(client);
-        db.cleanup().await?;
-        self.record(BenchResult::throughput("drain-keyed", b.name(), n, d.secs));
-        Ok(())
     }
 
     /// `n` queued no-op tasks on a fresh database, drained by `workers` × `concurrency`;

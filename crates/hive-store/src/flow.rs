@@ -151,6 +151,31 @@ impl FlowClaim {
         admitted
     }
 
+    /// How many of these keyed candidates one claim could take at most: per key, no more
+    /// than its running cap (its rule's, else its tasks' own limit). A key with room for
+    /// one and a deep backlog so fills one place, however many of its tasks were read.
+    pub fn places(&self, keyed: &[FlowCandidate]) -> usize {
+        let mut per_key: HashMap<&str, (usize, u32)> = HashMap::new();
+        for c in keyed {
+            let Some(key) = c.key.as_deref() else {
+                continue;
+            };
+            let cap = self
+                .rules
+                .get(&Scope::Key(key.to_owned()))
+                .and_then(|r| r.max_running)
+                .or(c.key_limit)
+                .unwrap_or(1);
+            let (n, most) = per_key.entry(key).or_insert((0, cap));
+            *n += 1;
+            *most = (*most).max(cap);
+        }
+        per_key
+            .values()
+            .map(|(n, cap)| (*n).min(usize::try_from(*cap).unwrap_or(usize::MAX)))
+            .sum()
+    }
+
     /// One (kind, name) per start to record: each admitted task's rate-limited scopes.
     pub fn starts(&self, admitted: &[FlowCandidate]) -> Vec<Scope> {
         admitted
@@ -190,16 +215,35 @@ macro_rules! keyed_scan {
 }
 pub(crate) use keyed_scan;
 
-/// Whether the keyed tasks read in queue order (`scanned` of them, `found` with room) may
-/// have missed tasks with room behind them: the read stopped at [`KEYED_SCAN`] short of a
-/// [`window`]. Then the claim reads each key's heads instead (one probe per key with ready
-/// tasks, through the index of ready tasks by key) and admits from both.
-pub fn walk_keys(limit: u32, scanned: i64, found: usize) -> bool {
-    scanned >= KEYED_SCAN && i64::try_from(found).unwrap_or(i64::MAX) < window(limit)
+/// Whether the keyed tasks read in queue order (`scanned` of them, their keys' room for
+/// `places` of those found: [`FlowClaim::places`]) may have missed tasks with room behind
+/// them: the read stopped at [`KEYED_SCAN`] short of a [`window`] (or of the whole read,
+/// for a claim whose window is larger: a read that full of places is enough). Then the
+/// claim reads each key's heads instead (one probe per key with ready tasks, through the
+/// index of ready tasks by key) and admits from both.
+pub fn walk_keys(limit: u32, scanned: i64, places: usize) -> bool {
+    scanned >= KEYED_SCAN
+        && i64::try_from(places).unwrap_or(i64::MAX) < window(limit).min(KEYED_SCAN)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_are_walked_only_when_the_bounded_read_was_short_of_places() {
+        use super::{KEYED_SCAN, walk_keys};
+        assert!(
+            !walk_keys(32, KEYED_SCAN - 1, 0),
+            "the read saw every ready keyed task"
+        );
+        assert!(walk_keys(32, KEYED_SCAN, 79), "short of the window of 80");
+        assert!(!walk_keys(32, KEYED_SCAN, 80));
+        assert!(
+            !walk_keys(288, KEYED_SCAN, 512),
+            "a large claim whose window exceeds the read is served by a full read"
+        );
+        assert!(walk_keys(288, KEYED_SCAN, 1));
+    }
+
     #[test]
     fn the_keyed_scan_is_written_as_its_constant() {
         assert_eq!(keyed_scan!(), super::KEYED_SCAN.to_string());

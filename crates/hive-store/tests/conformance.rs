@@ -69,6 +69,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_claim_marks_the_tasks_that_count_against_a_limit,
     a_concurrency_key_is_serial_unless_it_says_otherwise, a_rate_counts_starts_in_its_window,
     a_busy_keys_backlog_hides_no_key_behind_it,
+    a_key_with_room_for_one_hides_no_key_behind_its_backlog,
     a_claim_given_back_unstarted_leaves_its_rate_window,
     a_plans_subtasks_share_their_concurrency_key,
     a_keyed_dependent_is_claimed_in_the_step_that_frees_it,

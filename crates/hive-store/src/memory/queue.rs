@@ -1,50 +1,67 @@
 //! The memory store's ready queue: tasks without a concurrency key in one ordered set, each
-//! key's in a set of its own, read in queue order by merging them. A claim so passes over a
-//! full key's backlog in one step instead of task by task, as the SQL backends walk keys.
+//! key's in a set of its own (one per limit its tasks carry, as room depends on it), read
+//! in queue order by merging them. A claim so passes over a full key's backlog in one step
+//! instead of task by task, as the SQL backends walk keys, and a key costs the walk nothing
+//! until its first task's turn comes.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, btree_set};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, btree_map, btree_set};
+use std::iter::Peekable;
+use std::ops::Bound;
 
 use hive_models::TaskId;
 
 /// Ready-queue key: priority descending, then insertion order.
 pub(super) type ReadyKey = (Reverse<i32>, u64, TaskId);
 
+/// A concurrency key and the limit its tasks in one set carry.
+pub(super) type Keyed = (String, Option<u32>);
+
 /// Queued tasks with no pending dependency (their `run_at` is checked when claiming).
 #[derive(Debug, Default)]
 pub(super) struct ReadyQueue {
     plain: BTreeSet<ReadyKey>,
-    keyed: HashMap<String, BTreeSet<ReadyKey>>,
+    keyed: HashMap<Keyed, BTreeSet<ReadyKey>>,
+    /// Each set's first task, in queue order.
+    heads: BTreeMap<ReadyKey, Keyed>,
 }
 
 impl ReadyQueue {
-    pub fn insert(&mut self, key: Option<&str>, at: ReadyKey) {
-        match key {
-            None => {
-                self.plain.insert(at);
+    /// Adds a task: `key` is its concurrency key and limit, if it has a key.
+    pub fn insert(&mut self, key: Option<Keyed>, at: ReadyKey) {
+        let Some(k) = key else {
+            self.plain.insert(at);
+            return;
+        };
+        let set = self.keyed.entry(k.clone()).or_default();
+        let first = set.first().copied();
+        set.insert(at);
+        if first.is_none_or(|f| at < f) {
+            if let Some(f) = first {
+                self.heads.remove(&f);
             }
-            Some(k) => match self.keyed.get_mut(k) {
-                Some(set) => {
-                    set.insert(at);
-                }
-                None => {
-                    self.keyed.insert(k.to_owned(), BTreeSet::from([at]));
-                }
-            },
+            self.heads.insert(at, k);
         }
     }
 
-    pub fn remove(&mut self, key: Option<&str>, at: &ReadyKey) {
-        match key {
-            None => {
-                self.plain.remove(at);
-            }
-            Some(k) => {
-                if let Some(set) = self.keyed.get_mut(k) {
-                    set.remove(at);
-                    if set.is_empty() {
-                        self.keyed.remove(k);
-                    }
+    pub fn remove(&mut self, key: Option<Keyed>, at: &ReadyKey) {
+        let Some(k) = key else {
+            self.plain.remove(at);
+            return;
+        };
+        let Some(set) = self.keyed.get_mut(&k) else {
+            return;
+        };
+        let was_first = set.first() == Some(at);
+        set.remove(at);
+        if was_first {
+            self.heads.remove(at);
+            match set.first() {
+                Some(next) => {
+                    self.heads.insert(*next, k);
+                }
+                None => {
+                    self.keyed.remove(&k);
                 }
             }
         }
@@ -52,72 +69,87 @@ impl ReadyQueue {
 
     /// Every ready task in queue order, with its key.
     pub fn walk(&self) -> Walk<'_> {
-        let mut sources: Vec<(Option<&str>, btree_set::Iter<'_, ReadyKey>)> =
-            Vec::with_capacity(1 + self.keyed.len());
-        sources.push((None, self.plain.iter()));
-        sources.extend(
-            self.keyed
-                .iter()
-                .map(|(k, set)| (Some(k.as_str()), set.iter())),
-        );
-        let mut heads = BinaryHeap::with_capacity(sources.len());
-        // With no key, the unkeyed set is walked as it is (see `Walk::next`).
-        for (i, (_, tasks)) in sources
-            .iter_mut()
-            .enumerate()
-            .filter(|_| !self.keyed.is_empty())
-        {
-            if let Some(at) = tasks.next() {
-                heads.push(Reverse((*at, i)));
-            }
-        }
         Walk {
-            skipped: vec![false; sources.len()],
-            sources,
-            heads,
+            queue: self,
+            plain: self.plain.iter().peekable(),
+            heads: self.heads.iter().peekable(),
+            more: BinaryHeap::new(),
             last: None,
         }
     }
 }
 
-/// A walk of the ready queue in order (see [`ReadyQueue::walk`]).
+/// A walk of the ready queue in order (see [`ReadyQueue::walk`]): the unkeyed tasks, each
+/// key's first task in the order of the firsts, and the next task of each key the walk took
+/// one of (unless told to skip it), merged.
 pub(super) struct Walk<'a> {
-    sources: Vec<(Option<&'a str>, btree_set::Iter<'a, ReadyKey>)>,
-    heads: BinaryHeap<Reverse<(ReadyKey, usize)>>,
-    skipped: Vec<bool>,
-    last: Option<usize>,
+    queue: &'a ReadyQueue,
+    plain: Peekable<btree_set::Iter<'a, ReadyKey>>,
+    heads: Peekable<btree_map::Iter<'a, ReadyKey, Keyed>>,
+    more: BinaryHeap<Reverse<(ReadyKey, &'a Keyed)>>,
+    /// The last keyed task given, whose key's next task joins the walk at the next step
+    /// unless [`Walk::skip_key`] comes first.
+    last: Option<(&'a Keyed, ReadyKey)>,
+}
+
+/// Where the walk's next task comes from.
+enum Source {
+    Plain,
+    Head,
+    More,
 }
 
 impl<'a> Iterator for Walk<'a> {
     type Item = (Option<&'a str>, TaskId);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let [(None, plain)] = self.sources.as_mut_slice() {
-            return plain.next().map(|at| (None, at.2));
+        if let Some((key, at)) = self.last.take()
+            && let Some(next) = self
+                .queue
+                .keyed
+                .get(key)
+                .and_then(|set| set.range((Bound::Excluded(at), Bound::Unbounded)).next())
+        {
+            self.more.push(Reverse((*next, key)));
         }
-        loop {
-            let Reverse((at, i)) = self.heads.pop()?;
-            if self.skipped[i] {
-                continue;
+        let mut best: Option<(ReadyKey, Source)> =
+            self.plain.peek().map(|at| (**at, Source::Plain));
+        let mut consider = |at: ReadyKey, from: Source| {
+            if best.as_ref().is_none_or(|(b, _)| at < *b) {
+                best = Some((at, from));
             }
-            if let Some(next) = self.sources[i].1.next() {
-                self.heads.push(Reverse((*next, i)));
+        };
+        if let Some((at, _)) = self.heads.peek() {
+            consider(**at, Source::Head);
+        }
+        if let Some(Reverse((at, _))) = self.more.peek() {
+            consider(*at, Source::More);
+        }
+        let (at, from) = best?;
+        match from {
+            Source::Plain => {
+                self.plain.next();
+                Some((None, at.2))
             }
-            self.last = Some(i);
-            return Some((self.sources[i].0, at.2));
+            Source::Head => {
+                let (_, key) = self.heads.next()?;
+                self.last = Some((key, at));
+                Some((Some(key.0.as_str()), at.2))
+            }
+            Source::More => {
+                let Reverse((_, key)) = self.more.pop()?;
+                self.last = Some((key, at));
+                Some((Some(key.0.as_str()), at.2))
+            }
         }
     }
 }
 
 impl Walk<'_> {
-    /// Leaves the rest of the last task's key out of the walk (nothing for a task without
-    /// a key).
+    /// Leaves the rest of the last task's key (those of its limit) out of the walk (nothing
+    /// for a task without a key).
     pub fn skip_key(&mut self) {
-        if let Some(i) = self.last
-            && self.sources[i].0.is_some()
-        {
-            self.skipped[i] = true;
-        }
+        self.last = None;
     }
 }
 
@@ -134,14 +166,14 @@ mod tests {
         let mut q = ReadyQueue::default();
         let tasks = [
             (None, at(1, 1)),
-            (Some("a"), at(5, 2)),
-            (Some("a"), at(5, 3)),
-            (Some("b"), at(1, 4)),
+            (Some(("a".to_owned(), None)), at(5, 2)),
+            (Some(("a".to_owned(), None)), at(5, 3)),
+            (Some(("b".to_owned(), None)), at(1, 4)),
             (None, at(1, 5)),
-            (Some("a"), at(1, 6)),
+            (Some(("a".to_owned(), None)), at(1, 6)),
         ];
         for (k, t) in &tasks {
-            q.insert(*k, *t);
+            q.insert(k.clone(), *t);
         }
         let order: Vec<TaskId> = q.walk().map(|(_, id)| id).collect();
         let want: Vec<TaskId> = [1, 2, 0, 3, 4, 5].iter().map(|i| tasks[*i].1.2).collect();
@@ -154,13 +186,20 @@ mod tests {
         let want: Vec<TaskId> = [0, 3, 4].iter().map(|i| tasks[*i].1.2).collect();
         assert_eq!(rest, want, "the rest of key a is left out");
 
-        q.remove(Some("b"), &tasks[3].1);
-        assert!(!q.keyed.contains_key("b"), "an emptied key is forgotten");
+        q.remove(tasks[3].0.clone(), &tasks[3].1);
+        assert!(q.keyed.len() == 1, "an emptied key is forgotten");
+        q.remove(tasks[1].0.clone(), &tasks[1].1);
+        assert_eq!(
+            q.heads.get(&tasks[2].1),
+            tasks[2].0.as_ref(),
+            "a's next leads"
+        );
+        q.insert(tasks[1].0.clone(), tasks[1].1);
         assert_eq!(q.walk().count(), 5);
         for (k, t) in &tasks {
-            q.remove(*k, t);
+            q.remove(k.clone(), t);
         }
-        assert!(q.keyed.is_empty());
+        assert!(q.keyed.is_empty() && q.heads.is_empty());
         let plain = [at(1, 8), at(3, 9), at(1, 7)];
         for t in &plain {
             q.insert(None, *t);

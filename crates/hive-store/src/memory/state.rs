@@ -124,7 +124,7 @@ impl State {
             return;
         };
         let at = (Reverse(t.priority), *seq, id);
-        let key = t.concurrency_key.as_deref();
+        let key = t.concurrency_key.clone().map(|k| (k, t.concurrency_limit));
         if t.status == TaskStatus::Queued && t.pending_dependencies == 0 {
             self.ready.insert(key, at);
         } else {
@@ -303,7 +303,7 @@ impl State {
                     hive_models::Admission::new(&self.flow_rules, usage)
                 });
                 if !admission.admit(&c) {
-                    // A full key's later tasks would all be refused too.
+                    // A full key's later tasks (of its limit) would all be refused too.
                     if key.is_some() && !admission.key_has_room(&c) {
                         walk.skip_key();
                     }
@@ -392,7 +392,9 @@ impl State {
             return false;
         };
         self.ready.remove(
-            task.concurrency_key.as_deref(),
+            task.concurrency_key
+                .clone()
+                .map(|k| (k, task.concurrency_limit)),
             &(Reverse(task.priority), seq, id),
         );
         self.in_progress.remove(&id);

@@ -164,52 +164,78 @@ macro_rules! ready {
     };
 }
 
-/// The task's key, if any, has room: not paused, under its running cap (a stored rule's,
-/// else the task's own) and under its rate. Read before the key's lock is held, so it only
-/// keeps full keys from filling the candidates; the admission decides.
-macro_rules! key_has_room {
+/// How many more tasks of `t.concurrency_key` may start now, for a task of limit
+/// `t.concurrency_limit`: none when the key is paused, else what its running cap (a stored
+/// rule's, else the task's own) and its rate leave. Read before the key's lock is held, so
+/// it only keeps full keys from filling the candidates; the admission decides.
+macro_rules! key_room {
     () => {
-        "(t.concurrency_key IS NULL OR ( \
-           (SELECT count(*) FROM tasks r \
-            WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress') \
-           < coalesce((SELECT f.max_running FROM flow_rules f \
-                       WHERE f.kind = 'key' AND f.name = t.concurrency_key), \
-                      t.concurrency_limit, 1) \
-           AND NOT EXISTS (SELECT 1 FROM flow_rules f \
-               WHERE f.kind = 'key' AND f.name = t.concurrency_key AND (f.paused \
-                 OR (f.rate_max IS NOT NULL AND (SELECT count(*) FROM flow_starts s \
-                     WHERE s.kind = 'key' AND s.name = f.name AND s.started_at > \
-                       statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
-                     >= f.rate_max)))))"
+        concat!(
+            "(SELECT ",
+            room!(
+                "t.concurrency_limit",
+                "(SELECT count(*) FROM tasks r \
+                  WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress')",
+                "(SELECT count(*) FROM flow_starts s WHERE s.kind = 'key' \
+                  AND s.name = t.concurrency_key AND s.started_at > \
+                    statement_timestamp() - f.rate_per_us * interval '1 microsecond')"
+            ),
+            " FROM (SELECT 1) one LEFT JOIN flow_rules f \
+                 ON f.kind = 'key' AND f.name = t.concurrency_key)"
+        )
     };
 }
 
-/// The keys with ready tasks and room, found by a loose walk of `tasks_ready_by_key`: one
-/// probe per key, so a busy key's backlog costs one probe, not a row per task. A key's room
-/// is judged by its rule (paused, running cap, rate), else by its head task's own limit (the
-/// admission then judges each task's). Read without the keys' locks: room can only be
-/// underestimated.
+/// The rule of [`key_room`] for a key whose rule is `f` (absent: no rule), for a task of
+/// limit `$limit`, with `$running` of its tasks running and `$starts` starts in its rate
+/// window.
+macro_rules! room {
+    ($limit:literal, $running:literal, $starts:literal) => {
+        concat!(
+            "CASE WHEN coalesce(f.paused, false) THEN 0 ELSE greatest(0, least( \
+                 coalesce(f.max_running, ",
+            $limit,
+            ", 1) - ",
+            $running,
+            ", CASE WHEN f.rate_max IS NULL THEN 2147483647 ELSE f.rate_max - ",
+            $starts,
+            " END)) END"
+        )
+    };
+}
+
+/// The task's key, if any, has room ([`key_room`]).
+macro_rules! key_has_room {
+    () => {
+        concat!("(t.concurrency_key IS NULL OR ", key_room!(), " > 0)")
+    };
+}
+
+/// The keys with ready tasks and room (`k`, and how many more may start: `room`), found by
+/// a loose walk of `tasks_ready_by_key`: one probe per key, so a busy key's backlog costs
+/// one probe, not a row per task. A key whose tasks carry different limits is judged by its
+/// first task's (the admission then judges each task by its own). Read without the keys'
+/// locks: room can only be underestimated.
 macro_rules! open_keys {
     () => {
-        "WITH RECURSIVE keys(k) AS ( \
-             SELECT min(concurrency_key) FROM tasks \
-             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
-             UNION ALL SELECT (SELECT min(n.concurrency_key) FROM tasks n \
-                 WHERE n.status = 'queued' AND n.pending_deps = 0 \
-                   AND n.concurrency_key IS NOT NULL AND n.concurrency_key > keys.k) \
-             FROM keys WHERE keys.k IS NOT NULL \
-         ) \
-         SELECT keys.k FROM keys LEFT JOIN flow_rules f ON f.kind = 'key' AND f.name = keys.k \
-         WHERE keys.k IS NOT NULL AND NOT coalesce(f.paused, false) \
-           AND (SELECT count(*) FROM tasks r \
-                WHERE r.concurrency_key = keys.k AND r.status = 'in_progress') \
-             < coalesce(f.max_running, (SELECT h.concurrency_limit FROM tasks h \
+        concat!(
+            "WITH RECURSIVE keys(k) AS ( \
+                 SELECT min(concurrency_key) FROM tasks \
+                 WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
+                 UNION ALL SELECT (SELECT min(n.concurrency_key) FROM tasks n \
+                     WHERE n.status = 'queued' AND n.pending_deps = 0 \
+                       AND n.concurrency_key IS NOT NULL AND n.concurrency_key > keys.k) \
+                 FROM keys WHERE keys.k IS NOT NULL \
+             ) \
+             SELECT * FROM (SELECT t.concurrency_key AS k, ",
+            key_room!(),
+            " AS room FROM (SELECT keys.k AS concurrency_key, ( \
+                 SELECT h.concurrency_limit FROM tasks h \
                  WHERE h.concurrency_key = keys.k AND h.status = 'queued' \
-                   AND h.pending_deps = 0 ORDER BY h.priority DESC, h.seq LIMIT 1), 1) \
-           AND (f.rate_max IS NULL OR (SELECT count(*) FROM flow_starts s \
-               WHERE s.kind = 'key' AND s.name = keys.k AND s.started_at > \
-                 statement_timestamp() - f.rate_per_us * interval '1 microsecond') \
-             < f.rate_max)"
+                   AND h.pending_deps = 0 ORDER BY h.priority DESC, h.seq LIMIT 1 \
+                 ) AS concurrency_limit FROM keys WHERE keys.k IS NOT NULL) t) o \
+             WHERE o.room > 0"
+        )
     };
 }
 
@@ -226,7 +252,9 @@ pub(super) struct Probe {
 /// flow-controlled task this claim could take is ready. Room read without the lock can only
 /// be underestimated (only claims add to a scope's use), so a type or key passed over here
 /// merely waits for a later claim. A claim that finds every ready keyed task's key full (a
-/// busy key's backlog) so takes the plain path alone.
+/// busy key's backlog) so takes the plain path alone. The first keyed tasks are judged one
+/// by one (many keys with room: the first answers), then each key of the bounded head once
+/// (a busy key: one judgement, not one a task).
 pub(super) async fn probe(conn: &mut PgConnection, p: &ClaimParams) -> R<Option<Probe>> {
     let found = sqlx::query(concat!(
         "WITH head AS MATERIALIZED (SELECT concurrency_key, concurrency_limit FROM tasks \
@@ -234,7 +262,9 @@ pub(super) async fn probe(conn: &mut PgConnection, p: &ClaimParams) -> R<Option<
              ORDER BY priority DESC, seq LIMIT ",
         flow::keyed_scan!(),
         ") \
-         SELECT f.*, (EXISTS (SELECT 1 FROM (SELECT DISTINCT * FROM head) t WHERE ",
+         SELECT f.*, (EXISTS (SELECT 1 FROM (SELECT * FROM head LIMIT 16) t WHERE ",
+        key_has_room!(),
+        ") OR EXISTS (SELECT 1 FROM (SELECT DISTINCT * FROM head) t WHERE ",
         key_has_room!(),
         ") OR ((SELECT count(*) FROM head) >= ",
         flow::keyed_scan!(),
@@ -311,37 +341,52 @@ impl Probe {
     }
 }
 
-/// The heads of the limited types' queues (`$2`), then, when `$5`, the keyed tasks with
-/// room among the first [`flow::KEYED_SCAN`] ready ones in queue order (`head`; room judged once a key,
-/// `roomy`), not of blocked types (`$4`, marked `keyed`); `$3` heads per queue. The last row (no `id`) counts the keyed
-/// tasks read, for [`flow::walk_keys`].
+/// The first [`flow::KEYED_SCAN`] ready keyed tasks in queue order, of any type, delayed
+/// ones included, so that reading them stays bounded whatever a claim filters out.
+macro_rules! keyed_head {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM tasks t WHERE $5 AND t.status = 'queued' AND t.pending_deps = 0 \
+             AND t.concurrency_key IS NOT NULL ORDER BY t.priority DESC, t.seq LIMIT ",
+            flow::keyed_scan!()
+        )
+    };
+}
+
+/// The heads of the limited types' queues (`$2`), then, when `$5`, the first keyed tasks
+/// with room ([`key_has_room`]) among [`keyed_head`], of the types asked for (`$1`) and not
+/// blocked (`$4`), marked `keyed`; `$3` heads per queue. The keyed tasks are judged in
+/// queue order until `$3` pass, so a claim among many keys with room judges few. The last
+/// row (no `id`) counts the keyed tasks read, for [`flow::walk_keys`].
 const CANDIDATES: &str = concat!(
-    "WITH head AS MATERIALIZED ( \
-         SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
-         FROM tasks t WHERE $5 AND t.concurrency_key IS NOT NULL AND ",
-    ready!(),
-    " AND NOT (t.task_type = ANY($4::text[])) ORDER BY t.priority DESC, t.seq LIMIT ",
-    flow::keyed_scan!(),
-    "), \
-     roomy AS MATERIALIZED (SELECT t.concurrency_key, t.concurrency_limit \
-         FROM (SELECT DISTINCT concurrency_key, concurrency_limit FROM head) t WHERE ",
-    key_has_room!(),
-    ") SELECT x.*, false AS keyed, NULL::bigint AS scanned FROM unnest($2::text[]) ty(name) CROSS JOIN LATERAL ( \
+    "SELECT x.*, false AS keyed, NULL::bigint AS scanned FROM unnest($2::text[]) ty(name) \
+     CROSS JOIN LATERAL ( \
          SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
          FROM tasks t WHERE t.task_type = ty.name AND ",
     ready!(),
     " AND ",
     key_has_room!(),
     " ORDER BY t.priority DESC, t.seq LIMIT $3) x \
-     UNION ALL (SELECT h.*, true, NULL FROM head h WHERE EXISTS (SELECT 1 FROM roomy r \
-         WHERE r.concurrency_key = h.concurrency_key \
-           AND r.concurrency_limit IS NOT DISTINCT FROM h.concurrency_limit) \
-         ORDER BY h.priority DESC, h.seq LIMIT $3) \
-     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM head"
+     UNION ALL (SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, \
+         t.seq, true, NULL FROM (",
+    keyed_head!(
+        "t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq, \
+         t.run_at, t.status, t.pending_deps"
+    ),
+    ") t WHERE ",
+    ready!(),
+    " AND NOT (t.task_type = ANY($4::text[])) AND ",
+    key_has_room!(),
+    " ORDER BY t.priority DESC, t.seq LIMIT $3) \
+     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM (",
+    keyed_head!("1"),
+    ") h"
 );
 
 /// The first `$3` keyed tasks in queue order whose keys have room ([`open_keys`]), of the
-/// types asked for (`$1`) and not blocked (`$2`), at most `$3` a key.
+/// types asked for (`$1`) and not blocked (`$2`), at most as many a key as it has room for.
 const KEY_HEADS: &str = concat!(
     "WITH open AS (",
     open_keys!(),
@@ -349,7 +394,8 @@ const KEY_HEADS: &str = concat!(
          SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
          FROM tasks t WHERE t.concurrency_key = open.k AND ",
     ready!(),
-    " AND NOT (t.task_type = ANY($2::text[])) ORDER BY t.priority DESC, t.seq LIMIT $3) x \
+    " AND NOT (t.task_type = ANY($2::text[])) \
+         ORDER BY t.priority DESC, t.seq LIMIT least($3, open.room)) x \
      ORDER BY x.priority DESC, x.seq LIMIT $3"
 );
 
@@ -416,17 +462,17 @@ pub(super) async fn admit(
         .await?;
     let mut candidates = Vec::with_capacity(found.len());
     let mut scanned = 0;
-    let mut keyed = 0;
+    let mut keyed = Vec::new();
     for row in &found {
         match rows::get::<Option<i64>>(row, "scanned", "tasks")? {
             Some(n) => scanned = n,
-            None => {
-                keyed += usize::from(rows::get::<bool>(row, "keyed", "tasks")?);
-                candidates.push(candidate(row)?);
-            }
+            None if rows::get::<bool>(row, "keyed", "tasks")? => keyed.push(candidate(row)?),
+            None => candidates.push(candidate(row)?),
         }
     }
-    if flow::walk_keys(p.limit, scanned, keyed) {
+    let walk = flow::walk_keys(p.limit, scanned, fc.places(&keyed));
+    candidates.append(&mut keyed);
+    if walk {
         let found = sqlx::query(KEY_HEADS)
             .bind(&p.task_types)
             .bind(&blocked)
@@ -437,11 +483,14 @@ pub(super) async fn admit(
             candidates.push(candidate(row)?);
         }
     }
-    let keys: Vec<Scope> = flow::keys_of(&candidates)
-        .into_iter()
-        .map(Scope::Key)
-        .collect();
-    lock(conn, &keys).await?;
+    let keys = try_lock_keys(conn, flow::keys_of(&candidates)).await?;
+    // A key another claimer holds is its to admit from now: its tasks are left to it.
+    candidates.retain(|c| {
+        c.key
+            .as_ref()
+            .is_none_or(|k| keys.contains(&Scope::Key(k.clone())))
+    });
+    let keys: Vec<Scope> = keys.into_iter().collect();
     let mut all = type_usage;
     all.extend(usage(conn, &fc, &keys).await?);
     // Plain heads are read only when something is admitted: a claim with no room reads
@@ -477,6 +526,23 @@ fn candidate(row: &PgRow) -> R<FlowCandidate> {
         priority: rows::get(row, "priority", T)?,
         seq: rows::get(row, "seq", T)?,
     })
+}
+
+/// Takes the locks of those of `keys` no other claimer holds (held to the end of the
+/// transaction), without waiting: two claimers reading the same keys' heads would
+/// otherwise take turns on each, the second admitting nothing the first left.
+async fn try_lock_keys(conn: &mut PgConnection, keys: Vec<String>) -> R<HashSet<Scope>> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT n FROM unnest($1::text[]) n \
+         WHERE pg_try_advisory_xact_lock(hashtextextended('hive.flow.key:' || n, 0))",
+    )
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(held.into_iter().map(Scope::Key).collect())
 }
 
 /// Takes the scopes' advisory locks (held to the end of the transaction) in hash order.

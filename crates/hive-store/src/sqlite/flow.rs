@@ -123,87 +123,147 @@ macro_rules! ready {
     };
 }
 
-/// The task's key, if any, has room: not paused, under its running cap (a stored rule's,
-/// else the task's own) and under its rate.
-macro_rules! key_has_room {
+/// How many more tasks of `t.concurrency_key` may start now, for a task of limit
+/// `t.concurrency_limit`: none when the key is paused, else what its running cap (a stored
+/// rule's, else the task's own) and its rate leave.
+macro_rules! key_room {
     () => {
         concat!(
-            "(t.concurrency_key IS NULL OR ( \
-               (SELECT count(*) FROM tasks r INDEXED BY tasks_running_key \
-                WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress') \
-               < coalesce((SELECT f.max_running FROM flow_rules f \
-                           WHERE f.kind = 'key' AND f.name = t.concurrency_key), \
-                          t.concurrency_limit, 1) \
-               AND NOT EXISTS (SELECT 1 FROM flow_rules f \
-                   WHERE f.kind = 'key' AND f.name = t.concurrency_key AND (f.paused = 1 \
-                     OR (f.rate_max IS NOT NULL AND (SELECT count(*) FROM flow_starts s \
-                         WHERE s.kind = 'key' AND s.name = f.name \
-                           AND s.started_at > ",
-            now_us!(),
-            " - f.rate_per_us) >= f.rate_max)))))"
+            "(SELECT ",
+            room!(
+                "t.concurrency_limit",
+                "(SELECT count(*) FROM tasks r INDEXED BY tasks_running_key \
+                  WHERE r.concurrency_key = t.concurrency_key AND r.status = 'in_progress')",
+                concat!(
+                    "(SELECT count(*) FROM flow_starts s WHERE s.kind = 'key' \
+                      AND s.name = t.concurrency_key AND s.started_at > ",
+                    now_us!(),
+                    " - f.rate_per_us)"
+                )
+            ),
+            " FROM (SELECT 1) one LEFT JOIN flow_rules f \
+                 ON f.kind = 'key' AND f.name = t.concurrency_key)"
         )
     };
 }
 
-/// The keyed tasks with room among the first [`flow::KEYED_SCAN`] ready ones in queue order (`head`; room
-/// judged once a key, `roomy`), of the types asked for (`?1`) and not blocked (`?2`), at most `?3`; the last row (no `id`)
-/// counts the keyed tasks read, for [`flow::walk_keys`].
+/// The rule of [`key_room`] for a key whose rule is `f` (absent: no rule), for a task of
+/// limit `$limit`, with `$running` of its tasks running and `$starts` starts in its rate
+/// window.
+macro_rules! room {
+    ($limit:expr, $running:expr, $starts:expr) => {
+        concat!(
+            "CASE WHEN coalesce(f.paused, 0) THEN 0 ELSE max(0, min( \
+                 coalesce(f.max_running, ",
+            $limit,
+            ", 1) - ",
+            $running,
+            ", CASE WHEN f.rate_max IS NULL THEN 2147483647 ELSE f.rate_max - ",
+            $starts,
+            " END)) END"
+        )
+    };
+}
+
+/// The task's key, if any, has room ([`key_room`]).
+macro_rules! key_has_room {
+    () => {
+        concat!("(t.concurrency_key IS NULL OR ", key_room!(), " > 0)")
+    };
+}
+
+/// The first [`flow::KEYED_SCAN`] ready keyed tasks in queue order, of any type, delayed
+/// ones included, so that reading them stays bounded whatever a claim filters out.
+macro_rules! keyed_head {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM tasks t INDEXED BY tasks_ready_keyed WHERE t.status = 'queued' \
+             AND t.pending_deps = 0 AND t.concurrency_key IS NOT NULL \
+             ORDER BY t.priority DESC, t.seq LIMIT ",
+            crate::flow::keyed_scan!()
+        )
+    };
+}
+
+/// The first `?3` keyed tasks with room ([`key_has_room`]) among [`keyed_head`], of the
+/// types asked for (`?1`) and not blocked (`?2`), judged in queue order until `?3` pass
+/// (the head is a co-routine yielding in its order, so a claim among many keys with room
+/// judges few; the caller sorts what it admits); the last row (no `id`) counts the keyed
+/// tasks read, for [`flow::walk_keys`].
 const KEYED_HEADS: &str = concat!(
-    "WITH head AS MATERIALIZED ( \
-         SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq \
-         FROM tasks t INDEXED BY tasks_ready_keyed WHERE t.concurrency_key IS NOT NULL AND ",
+    "SELECT * FROM (SELECT t.id, t.task_type, t.concurrency_key, t.concurrency_limit, \
+         t.priority, t.seq, NULL AS scanned FROM (",
+    keyed_head!(
+        "t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq, \
+         t.run_at, t.status, t.pending_deps"
+    ),
+    ") t WHERE ",
     ready!(),
-    " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) \
-         ORDER BY t.priority DESC, t.seq",
-    " LIMIT ",
-    flow::keyed_scan!(),
-    "), roomy AS MATERIALIZED (SELECT t.concurrency_key, t.concurrency_limit \
-         FROM (SELECT DISTINCT concurrency_key, concurrency_limit FROM head) t WHERE ",
+    " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) AND ",
     key_has_room!(),
-    ") SELECT * FROM (SELECT h.*, NULL AS scanned FROM head h WHERE EXISTS ( \
-         SELECT 1 FROM roomy r WHERE r.concurrency_key = h.concurrency_key \
-           AND r.concurrency_limit IS h.concurrency_limit) \
-         ORDER BY h.priority DESC, h.seq",
     limit!("?3"),
-    ") UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM head"
+    ") UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM (",
+    keyed_head!("1"),
+    ")"
 );
 
-/// The first `?3` keyed tasks in queue order whose keys have room, read key by key: a loose
-/// walk of `tasks_ready_by_key` finds each key with ready tasks in one probe, so a busy
-/// key's backlog costs one probe, not a row per task. A key's room is judged by its rule,
-/// else its head task's own limit (the admission then judges each task's); its heads are
-/// the first `?3` of the types asked for (`?1`) and not blocked (`?2`).
+/// `keys(k)`, a recursive table of the keys with ready tasks: a loose walk of
+/// `tasks_ready_by_key` finds each in one probe, so a busy key's backlog costs one probe,
+/// not a row per task.
+macro_rules! key_walk {
+    () => {
+        "keys(k) AS ( \
+             SELECT min(concurrency_key) FROM tasks INDEXED BY tasks_ready_by_key \
+             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
+             UNION ALL SELECT (SELECT min(n.concurrency_key) FROM tasks n \
+                 INDEXED BY tasks_ready_by_key WHERE n.status = 'queued' \
+                   AND n.pending_deps = 0 AND n.concurrency_key IS NOT NULL \
+                   AND n.concurrency_key > keys.k) \
+             FROM keys WHERE keys.k IS NOT NULL)"
+    };
+}
+
+/// The keys of [`key_walk`] with room (`k`, and how many more may start: `room`). A key
+/// whose tasks carry different limits is judged by its first task's (the admission then
+/// judges each task by its own).
+macro_rules! open_keys {
+    () => {
+        concat!(
+            "SELECT * FROM (SELECT t.concurrency_key AS k, ",
+            key_room!(),
+            " AS room FROM (SELECT keys.k AS concurrency_key, ( \
+                 SELECT h.concurrency_limit FROM tasks h INDEXED BY tasks_ready_by_key \
+                 WHERE h.concurrency_key = keys.k AND h.status = 'queued' \
+                   AND h.pending_deps = 0 ORDER BY h.priority DESC, h.seq LIMIT 1 \
+                 ) AS concurrency_limit FROM keys WHERE keys.k IS NOT NULL) t) o \
+             WHERE o.room > 0"
+        )
+    };
+}
+
+/// The first `?3` keyed tasks in queue order whose keys have room ([`open_keys`]); each
+/// key's heads are the first of the types asked for (`?1`) and not blocked (`?2`), at most
+/// as many as it has room for.
 const KEY_HEADS: &str = concat!(
-    "WITH RECURSIVE keys(k) AS ( \
-         SELECT min(concurrency_key) FROM tasks INDEXED BY tasks_ready_by_key \
-         WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
-         UNION ALL SELECT (SELECT min(n.concurrency_key) FROM tasks n \
-             INDEXED BY tasks_ready_by_key WHERE n.status = 'queued' AND n.pending_deps = 0 \
-               AND n.concurrency_key IS NOT NULL AND n.concurrency_key > keys.k) \
-         FROM keys WHERE keys.k IS NOT NULL \
-     ), open AS ( \
-         SELECT keys.k FROM keys LEFT JOIN flow_rules f ON f.kind = 'key' AND f.name = keys.k \
-         WHERE keys.k IS NOT NULL AND NOT coalesce(f.paused, 0) \
-           AND (SELECT count(*) FROM tasks r INDEXED BY tasks_running_key \
-                WHERE r.concurrency_key = keys.k AND r.status = 'in_progress') \
-             < coalesce(f.max_running, (SELECT h.concurrency_limit FROM tasks h \
-                 INDEXED BY tasks_ready_by_key WHERE h.concurrency_key = keys.k \
-                   AND h.status = 'queued' AND h.pending_deps = 0 \
-                 ORDER BY h.priority DESC, h.seq LIMIT 1), 1) \
-           AND (f.rate_max IS NULL OR (SELECT count(*) FROM flow_starts s \
-               WHERE s.kind = 'key' AND s.name = keys.k AND s.started_at > ",
-    now_us!(),
-    " - f.rate_per_us) < f.rate_max) \
-     ) \
-     SELECT x.id, x.task_type, x.concurrency_key, x.concurrency_limit, x.priority, x.seq \
-     FROM open JOIN tasks x ON x.id IN ( \
-         SELECT t.id FROM tasks t INDEXED BY tasks_ready_by_key \
-         WHERE t.concurrency_key = open.k AND ",
+    "WITH RECURSIVE ",
+    key_walk!(),
+    ", open AS (",
+    open_keys!(),
+    ") \
+     SELECT id, task_type, concurrency_key, concurrency_limit, priority, seq FROM ( \
+         SELECT x.id, x.task_type, x.concurrency_key, x.concurrency_limit, x.priority, x.seq, \
+             open.room, row_number() OVER (PARTITION BY x.concurrency_key \
+                 ORDER BY x.priority DESC, x.seq) AS nth \
+         FROM open JOIN tasks x ON x.id IN ( \
+             SELECT t.id FROM tasks t INDEXED BY tasks_ready_by_key \
+             WHERE t.concurrency_key = open.k AND ",
     ready!(),
     " AND t.task_type NOT IN (SELECT value FROM json_each(?2)) \
-         ORDER BY t.priority DESC, t.seq",
+             ORDER BY t.priority DESC, t.seq",
     limit!("?3"),
-    ") ORDER BY x.priority DESC, x.seq",
+    ")) WHERE nth <= room ORDER BY priority DESC, seq",
     limit!("?3")
 );
 
@@ -229,18 +289,37 @@ pub(super) struct Admitted {
     pub tasks: Vec<FlowCandidate>,
 }
 
-/// Whether a keyed task is ready and whether any flow rule exists: a claim that sees
-/// neither takes no flow-controlled task. The claim appends it to its select, as the text's
-/// last row ([`Probe::from_last`]).
+/// Whether a keyed task of a key with room is ready (among the first
+/// [`flow::KEYED_SCAN`] in queue order, else by [`open_keys`]) and whether any flow rule
+/// exists: a claim that sees neither takes no flow-controlled task, so a claim behind a full
+/// key's backlog reads nothing more. The claim appends it to its select, as the text's last
+/// row ([`Probe::from_last`]).
 macro_rules! flow_probe {
     () => {
-        "SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_ready_keyed \
-             WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL) \
-             AS keyed_ready, \
-         EXISTS (SELECT 1 FROM flow_rules) AS has_rules"
+        concat!(
+            "WITH RECURSIVE head AS MATERIALIZED ( \
+                 SELECT concurrency_key, concurrency_limit FROM tasks INDEXED BY tasks_ready_keyed \
+                 WHERE status = 'queued' AND pending_deps = 0 AND concurrency_key IS NOT NULL \
+                 ORDER BY priority DESC, seq LIMIT ",
+            crate::flow::keyed_scan!(),
+            "), ",
+            key_walk!(),
+            " SELECT (EXISTS (SELECT 1 FROM (",
+            keyed_head!("t.concurrency_key, t.concurrency_limit"),
+            ") t WHERE ",
+            key_has_room!(),
+            " LIMIT 16) OR EXISTS (SELECT 1 FROM (SELECT DISTINCT * FROM head) t WHERE ",
+            key_has_room!(),
+            ") OR ((SELECT count(*) FROM head) >= ",
+            crate::flow::keyed_scan!(),
+            " AND EXISTS (",
+            open_keys!(),
+            "))) AS keyed_ready, EXISTS (SELECT 1 FROM flow_rules) AS has_rules"
+        )
     };
 }
-pub(super) use flow_probe;
+// The probe expands where the claim is written, so what it names is exported with it.
+pub(super) use {flow_probe, key_has_room, key_room, key_walk, keyed_head, open_keys, room};
 
 /// What [`flow_probe`] found.
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +402,8 @@ pub(super) async fn admitted(
             .map(|r| Cols::new(&r, "tasks").get::<i64>("scanned"))
             .transpose()?
             .unwrap_or(0);
-        if flow::walk_keys(p.limit, scanned, rows.len()) {
+        let keyed = rows.iter().map(candidate).collect::<R<Vec<_>>>()?;
+        if flow::walk_keys(p.limit, scanned, fc.places(&keyed)) {
             rows.extend(
                 sqlx::query(KEY_HEADS)
                     .bind(&types)

@@ -8,7 +8,7 @@ use hive_models::{PlanId, PlanStatus, Run, RunId, TaskId, TaskStatus, WorkerId};
 use serde_json::json;
 
 use super::db::{self, Cols, Conn, R, add_us, json_list, to_json};
-use super::flow;
+use super::flow::{self, key_has_room, key_room, key_walk, keyed_head, open_keys, room};
 use super::replay::{self, state_columns};
 use crate::rules::Loaded;
 use crate::{

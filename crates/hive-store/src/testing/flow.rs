@@ -186,11 +186,12 @@ pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
     );
 }
 
-/// A busy key's backlog longer than a claim reads in queue order hides no key behind it:
+/// A busy key's backlog longer than a claim reads in queue order (600 tasks, past the SQL
+/// backends' bound of 512) hides no key behind it:
 /// the claim then walks the keys, judging each by its rule (paused, rate, running cap) or
 /// its head's own limit, and takes what has room in queue order, with the plain queue.
 pub async fn a_busy_keys_backlog_hides_no_key_behind_it(s: S) {
-    let busy: Vec<NewTask> = keyed("busy", 200, None)
+    let busy: Vec<NewTask> = keyed("busy", 600, None)
         .into_iter()
         .map(|t| t.priority(5))
         .collect();
@@ -224,6 +225,24 @@ pub async fn a_busy_keys_backlog_hides_no_key_behind_it(s: S) {
         ids(&claim(&s, 10).await),
         [solo[1]],
         "the finish frees the key's next"
+    );
+}
+
+/// A key with room for one task and a backlog longer than a claim reads in queue order
+/// fills one place, not the claim's window: the keys behind it are reached in the same
+/// claim.
+pub async fn a_key_with_room_for_one_hides_no_key_behind_its_backlog(s: S) {
+    let deep: Vec<NewTask> = keyed("deep", 600, None)
+        .into_iter()
+        .map(|t| t.priority(5))
+        .collect();
+    let deep = add(&s, deep).await;
+    let other = add(&s, keyed("other", 2, None)).await;
+    let plain = add(&s, of_type("job", 1)).await;
+    assert_eq!(
+        ids(&claim(&s, 10).await),
+        [deep[0], other[0], plain[0]],
+        "one of each key, then the plain queue"
     );
 }
 
