@@ -188,7 +188,7 @@ impl WorkerBuilder {
         poll_interval: Duration,
         /// How long in-flight tasks may run after shutdown before they are released
         /// (default 10 s). Handlers still running [`WorkerBuilder::timeout_grace`] before it
-        /// ends are told to stop ([`super::TaskContext::cancelled`]): one that then returns
+        /// ends (and at least half-way through it) are told to stop ([`super::TaskContext::cancelled`]): one that then returns
         /// a result commits it; the others' tasks are given back, attempts not counted.
         shutdown_grace: Duration,
         /// How long a run may last when its task sets no `timeout_secs` (default: no limit).

@@ -512,11 +512,17 @@ impl Runtime {
                 tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
             });
         // Handlers still running this long before the deadline are told to stop, so the
-        // grace their own stop allows (`timeout_grace`) ends before it: one that returns a
+        // grace their own stop allows (`timeout_grace`) ends before it, but not before half
+        // the grace has passed (a `shell` command's grace is long): one that returns a
         // result commits it, the others' tasks are given back (see `Stops`).
+        let began = tokio::time::Instant::now();
+        let half_way = began
+            .checked_add(self.cfg.shutdown_grace / 2)
+            .unwrap_or(deadline);
         let notice = deadline
-            .checked_sub(self.cfg.timeout_grace + NOTICE_MARGIN)
-            .unwrap_or_else(tokio::time::Instant::now);
+            .checked_sub(self.cfg.timeout_grace.saturating_add(NOTICE_MARGIN))
+            .unwrap_or(began)
+            .max(half_way);
         let mut noticed = false;
         let mut at_once = self.cfg.shutdown.subscribe_at_once();
         // Given back while the others run out their grace (which may be hours): claims

@@ -483,14 +483,11 @@ pub(super) async fn admit(
             candidates.push(candidate(row)?);
         }
     }
-    let keys = try_lock_keys(conn, flow::keys_of(&candidates)).await?;
-    // A key another claimer holds is its to admit from now: its tasks are left to it.
-    candidates.retain(|c| {
-        c.key
-            .as_ref()
-            .is_none_or(|k| keys.contains(&Scope::Key(k.clone())))
-    });
-    let keys: Vec<Scope> = keys.into_iter().collect();
+    let keys: Vec<Scope> = flow::keys_of(&candidates)
+        .into_iter()
+        .map(Scope::Key)
+        .collect();
+    lock(conn, &keys).await?;
     let mut all = type_usage;
     all.extend(usage(conn, &fc, &keys).await?);
     // Plain heads are read only when something is admitted: a claim with no room reads
@@ -526,23 +523,6 @@ fn candidate(row: &PgRow) -> R<FlowCandidate> {
         priority: rows::get(row, "priority", T)?,
         seq: rows::get(row, "seq", T)?,
     })
-}
-
-/// Takes the locks of those of `keys` no other claimer holds (held to the end of the
-/// transaction), without waiting: two claimers reading the same keys' heads would
-/// otherwise take turns on each, the second admitting nothing the first left.
-async fn try_lock_keys(conn: &mut PgConnection, keys: Vec<String>) -> R<HashSet<Scope>> {
-    if keys.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let held: Vec<String> = sqlx::query_scalar(
-        "SELECT n FROM unnest($1::text[]) n \
-         WHERE pg_try_advisory_xact_lock(hashtextextended('hive.flow.key:' || n, 0))",
-    )
-    .bind(keys)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(held.into_iter().map(Scope::Key).collect())
 }
 
 /// Takes the scopes' advisory locks (held to the end of the transaction) in hash order.

@@ -82,7 +82,9 @@ pub struct Intervals {
     #[arg(long, value_name = "MS")]
     poll_ms: Option<u64>,
     /// After Ctrl-C or SIGTERM, how long running tasks may finish before they are stopped
-    /// (their commands killed) and given back to the queue (default 10).
+    /// (their commands killed) and given back to the queue (default 10). Commands still
+    /// running half-way through it, or `--timeout-grace` plus 3 s before it ends if that
+    /// is later, get SIGTERM then.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     shutdown_grace: Option<Duration>,
     /// How long a run may last when its task sets no timeout; past it the command is
