@@ -18,8 +18,10 @@
 //! for a reason: `subscribe` (events are received with `.await`) and the worker runtime
 //! (`worker`), which needs a runtime of its own; [`Client::block_on`] runs those.
 //!
-//! It owns a small Tokio runtime. Do not call it from inside an async context (blocking
-//! a runtime thread on another runtime panics); use the async [`crate::Client`] there.
+//! It owns a small Tokio runtime. Called from inside an async context (where blocking a
+//! runtime thread on another runtime would panic), a call runs on a thread of its own and
+//! blocks the caller's thread until it ends, as any blocking call there does; use the
+//! async [`crate::Client`] in async code.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,10 +82,10 @@ impl Client {
     /// Starts the runtime and connects on it.
     fn start<Fut>(connect: Fut) -> Result<Client>
     where
-        Fut: Future<Output = Result<crate::Client>>,
+        Fut: Future<Output = Result<crate::Client>> + Send,
     {
         let runtime = runtime()?;
-        let inner = runtime.block_on(connect)?;
+        let inner = on_thread_if_async(|| runtime.block_on(connect))?;
         Ok(Client {
             inner,
             runtime: Arc::new(Owned(Some(runtime))),
@@ -116,10 +118,12 @@ impl Client {
     /// not wrap: `client.block_on(|c| c.subscribe())`.
     pub fn block_on<'a, F, Fut>(&'a self, f: F) -> Fut::Output
     where
-        F: FnOnce(&'a crate::Client) -> Fut,
+        F: FnOnce(&'a crate::Client) -> Fut + Send,
         Fut: Future + 'a,
+        Fut::Output: Send,
     {
-        self.runtime.get().block_on(f(&self.inner))
+        let (runtime, inner) = (self.runtime.get(), &self.inner);
+        on_thread_if_async(move || runtime.block_on(f(inner)))
     }
 
     /// The async client this facade drives.
@@ -129,8 +133,20 @@ impl Client {
 
     /// [`crate::Client::close`]: ends the connections before the process exits.
     pub fn close(&self) {
-        self.runtime.get().block_on(self.inner.close());
+        self.block_on(|c| c.close());
     }
+}
+
+/// Runs `call`, which blocks on the facade's runtime, here, or on a thread of its own when
+/// this thread runs an async runtime's tasks (blocking it on another runtime would panic).
+fn on_thread_if_async<T: Send>(call: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return call();
+    }
+    std::thread::scope(|s| match s.spawn(call).join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 #[cfg(test)]

@@ -201,6 +201,13 @@ pub fn window(limit: u32) -> i64 {
     i64::from(limit).saturating_mul(2).saturating_add(16)
 }
 
+/// How many keyed tasks with room a claim of `limit` reads: what it could take and some
+/// slack, not a whole [`window`]. On Postgres the read takes each task's key as it goes,
+/// and other claimers read past those keys, so a claim holds few keys it will not take.
+pub fn keyed_window(limit: u32) -> i64 {
+    i64::from(limit).saturating_add(16)
+}
+
 /// How many ready keyed tasks a claim reads in queue order, whatever their keys' room,
 /// before it gives up on that order: past this bound a busy key's backlog would cost every
 /// claim a walk through all of it. Written into the statements as [`keyed_scan`] text, not
@@ -217,13 +224,13 @@ pub(crate) use keyed_scan;
 
 /// Whether the keyed tasks read in queue order (`scanned` of them, their keys' room for
 /// `places` of those found: [`FlowClaim::places`]) may have missed tasks with room behind
-/// them: the read stopped at [`KEYED_SCAN`] short of a [`window`] (or of the whole read,
-/// for a claim whose window is larger: a read that full of places is enough). Then the
-/// claim reads each key's heads instead (one probe per key with ready tasks, through the
-/// index of ready tasks by key) and admits from both.
+/// them: the read stopped at [`KEYED_SCAN`] with fewer places than the claim's `limit` (or
+/// than the whole read, for a claim larger than it: a read that full of places is enough).
+/// Then the claim reads each key's heads instead (one probe per key with ready tasks,
+/// through the index of ready tasks by key) and admits from both.
 pub fn walk_keys(limit: u32, scanned: i64, places: usize) -> bool {
     scanned >= KEYED_SCAN
-        && i64::try_from(places).unwrap_or(i64::MAX) < window(limit).min(KEYED_SCAN)
+        && i64::try_from(places).unwrap_or(i64::MAX) < i64::from(limit).min(KEYED_SCAN)
 }
 
 #[cfg(test)]
@@ -235,12 +242,13 @@ mod tests {
             !walk_keys(32, KEYED_SCAN - 1, 0),
             "the read saw every ready keyed task"
         );
-        assert!(walk_keys(32, KEYED_SCAN, 79), "short of the window of 80");
-        assert!(!walk_keys(32, KEYED_SCAN, 80));
+        assert!(walk_keys(32, KEYED_SCAN, 31), "short of the claim's 32");
+        assert!(!walk_keys(32, KEYED_SCAN, 32));
         assert!(
-            !walk_keys(288, KEYED_SCAN, 512),
-            "a large claim whose window exceeds the read is served by a full read"
+            !walk_keys(600, KEYED_SCAN, 512),
+            "a claim larger than the read is served by a full read"
         );
+        assert!(walk_keys(600, KEYED_SCAN, 511));
         assert!(walk_keys(288, KEYED_SCAN, 1));
     }
 

@@ -56,8 +56,8 @@ blocking! {
         fn retry_tasks(filter: &TaskFilter) -> hive_ops::RetryReport;
         fn cancel_task(id: TaskId, reason: Option<&str>) -> bool;
         fn get_tasks_by_status(status: TaskStatus) -> Vec<Task>;
-        fn get_queued_tasks(limit: impl Into<Option<u32>>, task_type: Option<&str>) -> Vec<Task>;
-        fn get_ready_tasks(limit: impl Into<Option<u32>>, task_type: Option<&str>) -> Vec<Task>;
+        fn get_queued_tasks(limit: impl Into<Option<u32>> + Send, task_type: Option<&str>) -> Vec<Task>;
+        fn get_ready_tasks(limit: impl Into<Option<u32>> + Send, task_type: Option<&str>) -> Vec<Task>;
         fn list_tasks(filter: &TaskFilter) -> Vec<Task>;
         fn count_tasks(plan_id: Option<PlanId>) -> StatusCounts;
         fn status_counts() -> StatusCounts;
@@ -139,7 +139,7 @@ blocking! {
             lease: Duration,
         ) -> (Vec<FinishReport>, Vec<Claimed>);
         fn complete_task(run_id: RunId, result: Option<Json>) -> ();
-        fn fail_task(run_id: RunId, error: impl Into<String>) -> Finished;
+        fn fail_task(run_id: RunId, error: impl Into<String> + Send) -> Finished;
         fn finish_runs(outcomes: Vec<RunOutcome>) -> Vec<FinishReport>;
         fn extend_lease(run_id: RunId, lease: Duration) -> Timestamp;
         fn release_runs(run_ids: &[RunId]) -> Vec<TaskId>;

@@ -55,6 +55,30 @@ async fn it_works_from_spawn_blocking() {
     assert!(found);
 }
 
+/// Called straight from async code (a mistake the type system does not catch), the facade
+/// works instead of panicking: on the caller's only runtime thread, and on one of many.
+#[tokio::test]
+async fn it_works_when_called_from_async_code() {
+    let client = Client::connect("memory:").unwrap();
+    let id = client.create_task(NewTask::new("t", "x")).unwrap();
+    assert!(client.get_task(id).unwrap().is_some());
+    let changes = client.block_on(|c| c.subscribe()).unwrap();
+    drop(changes);
+    client.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_works_when_called_from_a_multi_threaded_runtime() {
+    let found = tokio::spawn(async {
+        let client = Client::connect("memory:").unwrap();
+        let id = client.create_task(NewTask::new("t", "x")).unwrap();
+        client.get_task(id).unwrap().is_some()
+    })
+    .await
+    .unwrap();
+    assert!(found);
+}
+
 /// Async operations deliberately without a blocking method, each with the reason.
 const NOT_WRAPPED: &[(&str, &str)] = &[(
     "subscribe",

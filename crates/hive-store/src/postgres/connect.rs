@@ -192,12 +192,25 @@ impl PostgresStore {
         }
         // Closing politely is a courtesy; the connection is dropped either way.
         let _ = conn.close().await;
+        let jit_off = !pg.get_options().is_some_and(|o| o.contains("jit"));
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS))
             .acquire_timeout(options.acquire_timeout.unwrap_or(DEFAULT_ACQUIRE_TIMEOUT))
             // sqlx pings every connection it hands out by default: a round trip per
             // operation. Only a connection idle for a while is worth checking.
             .test_before_acquire(false)
+            // Hive's statements are short and prepared; the generic plan of a keyed claim's
+            // read over a large queue is costed above `jit_above_cost`, and compiling it
+            // took about 70 ms of a read that runs in 2. A URL whose `options` set `jit`
+            // keeps its own.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if jit_off {
+                        sqlx::Executor::execute(&mut *conn, "SET jit = off").await?;
+                    }
+                    Ok(())
+                })
+            })
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for > IDLE_PING_AFTER {

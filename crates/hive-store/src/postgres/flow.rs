@@ -1,9 +1,12 @@
 //! Flow control on Postgres: rules, and the claim's reads of flow-controlled tasks.
 //!
-//! Claimers of one scope take turns on a transaction-scoped advisory lock per scope
-//! (limited types first, then keys, each in hash order, so two claimers never wait on each
-//! other in a cycle), and read the scope's use only once they hold it: what they read
-//! stays true until they commit, since only claims add to it. Tasks no rule concerns are
+//! Claimers of one scope take turns on a transaction-scoped advisory lock per scope, and
+//! read the scope's use only once they hold it: what they read stays true until they
+//! commit, since only claims add to it. Limited types' locks are waited for, in hash
+//! order, first; keys' are taken as their tasks are read, without waiting (a claimer
+//! passes over keys another holds, so two claimers read disjoint keys rather than take
+//! turns on the same ones), and waited for only by a claimer that got none and so holds
+//! none: two claimers never wait on each other in a cycle. Tasks no rule concerns are
 //! only read here as the plain queue's heads, which the admitted tasks are merged with in
 //! queue order; their own claim skips flow-controlled tasks. Rule edits take turns on the
 //! same locks (a claim admits with the rules it read before taking them).
@@ -16,9 +19,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 
-use super::PostgresStore;
 use super::rows;
-use super::sql::end;
 use crate::ClaimParams;
 use crate::flow::{self, FlowCandidate, FlowClaim};
 use crate::sql::R;
@@ -54,106 +55,7 @@ fn rule(row: &PgRow) -> R<FlowRule> {
     })
 }
 
-impl PostgresStore {
-    pub(super) async fn list_flow_rules_once(&self) -> R<Vec<FlowRule>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            rule_columns!(),
-            " FROM flow_rules ORDER BY kind = 'key', name"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rule).collect()
-    }
-
-    pub(super) async fn put_flow_rule_once(&self, r: &FlowRule) -> R<()> {
-        let mut conn = self.pool.acquire().await?;
-        put(&mut conn, r).await
-    }
-
-    pub(super) async fn delete_flow_rule_once(&self, scope: &Scope) -> R<bool> {
-        let mut tx = self.pool.begin().await?;
-        let out = delete(&mut tx, scope).await;
-        end(tx, out).await
-    }
-
-    /// Applies `edit` under the scope's advisory lock, so two edits of one scope, rule or
-    /// no rule yet, take turns.
-    pub(super) async fn edit_flow_rule_once(
-        &self,
-        scope: &Scope,
-        edit: hive_models::FlowEdit,
-    ) -> R<(Option<FlowRule>, bool)> {
-        let mut tx = self.pool.begin().await?;
-        let out: R<(Option<FlowRule>, bool)> = async {
-            lock(&mut tx, std::slice::from_ref(scope)).await?;
-            let stored = sqlx::query(concat!(
-                "SELECT ",
-                rule_columns!(),
-                ", statement_timestamp() AS now FROM flow_rules WHERE kind = $1 AND name = $2 \
-                 UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-                     statement_timestamp() \
-                 ORDER BY kind NULLS LAST LIMIT 1"
-            ))
-            .bind(scope.kind())
-            .bind(scope.name())
-            .fetch_one(&mut *tx)
-            .await?;
-            let now = rows::get(&stored, "now", "flow_rules")?;
-            let stored = match stored.try_get::<Option<String>, _>("kind")? {
-                Some(_) => Some(rule(&stored)?),
-                None => None,
-            };
-            let (rule, changed) = edit.apply(scope, stored, now);
-            match &rule {
-                Some(r) => put(&mut tx, r).await?,
-                None => {
-                    delete(&mut tx, scope).await?;
-                }
-            }
-            Ok((rule, changed))
-        }
-        .await;
-        end(tx, out).await
-    }
-}
-
-/// Stores a rule, replacing the scope's, on the caller's connection.
-async fn put(conn: &mut PgConnection, r: &FlowRule) -> R<()> {
-    sqlx::query(
-        "INSERT INTO flow_rules (kind, name, max_running, rate_max, rate_per_us, paused, \
-         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (kind, name) DO UPDATE SET max_running = excluded.max_running, \
-         rate_max = excluded.rate_max, rate_per_us = excluded.rate_per_us, \
-         paused = excluded.paused, updated_at = excluded.updated_at",
-    )
-    .bind(r.scope.kind())
-    .bind(r.scope.name())
-    .bind(r.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-    .bind(r.rate.map(|x| i32::try_from(x.max).unwrap_or(i32::MAX)))
-    .bind(r.rate.map(|x| super::sql::micros(x.per)))
-    .bind(r.paused)
-    .bind(r.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Deletes a scope's rule and its recorded starts, in the caller's transaction.
-async fn delete(conn: &mut PgConnection, scope: &Scope) -> R<bool> {
-    let gone = sqlx::query("DELETE FROM flow_rules WHERE kind = $1 AND name = $2")
-        .bind(scope.kind())
-        .bind(scope.name())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    sqlx::query("DELETE FROM flow_starts WHERE kind = $1 AND name = $2")
-        .bind(scope.kind())
-        .bind(scope.name())
-        .execute(&mut *conn)
-        .await?;
-    Ok(gone > 0)
-}
+mod rules;
 
 /// Ready, not delayed, of the types asked for (`$1`).
 macro_rules! ready {
@@ -208,6 +110,16 @@ macro_rules! room {
 macro_rules! key_has_room {
     () => {
         concat!("(t.concurrency_key IS NULL OR ", key_room!(), " > 0)")
+    };
+}
+
+/// Takes the lock of `t.concurrency_key` if no other claimer holds it, without waiting.
+/// The claim's last judgement of a keyed task (inside a `CASE`, so nothing cheaper is
+/// judged after it): a key whose lock was taken and whose task then failed another test
+/// would be held for nothing.
+macro_rules! key_taken {
+    () => {
+        "pg_try_advisory_xact_lock(hashtextextended('hive.flow.key:' || t.concurrency_key, 0))"
     };
 }
 
@@ -355,11 +267,12 @@ macro_rules! keyed_head {
     };
 }
 
-/// The heads of the limited types' queues (`$2`), then, when `$5`, the first keyed tasks
-/// with room ([`key_has_room`]) among [`keyed_head`], of the types asked for (`$1`) and not
-/// blocked (`$4`), marked `keyed`; `$3` heads per queue. The keyed tasks are judged in
-/// queue order until `$3` pass, so a claim among many keys with room judges few. The last
-/// row (no `id`) counts the keyed tasks read, for [`flow::walk_keys`].
+/// The heads of the limited types' queues (`$2`), `$3` per queue, then, when `$5`, the first
+/// `$6` keyed tasks with room ([`key_has_room`]) among [`keyed_head`], of the types asked
+/// for (`$1`) and not blocked (`$4`), marked `keyed`. The keyed tasks are judged in queue
+/// order until `$6` pass, so a claim among many keys with room judges few; when `$7`, each
+/// passes only if its key's lock is free, and is taken then ([`key_taken`]). The last row
+/// (no `id`) counts the keyed tasks read, for [`flow::walk_keys`].
 const CANDIDATES: &str = concat!(
     "SELECT x.*, false AS keyed, NULL::bigint AS scanned FROM unnest($2::text[]) ty(name) \
      CROSS JOIN LATERAL ( \
@@ -375,11 +288,13 @@ const CANDIDATES: &str = concat!(
         "t.id, t.task_type, t.concurrency_key, t.concurrency_limit, t.priority, t.seq, \
          t.run_at, t.status, t.pending_deps"
     ),
-    ") t WHERE ",
+    ") t WHERE CASE WHEN ",
     ready!(),
     " AND NOT (t.task_type = ANY($4::text[])) AND ",
     key_has_room!(),
-    " ORDER BY t.priority DESC, t.seq LIMIT $3) \
+    " THEN NOT $7 OR ",
+    key_taken!(),
+    " ELSE false END ORDER BY t.priority DESC, t.seq LIMIT $6) \
      UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM (",
     keyed_head!("1"),
     ") h"
@@ -452,42 +367,35 @@ pub(super) async fn admit(
         .into_iter()
         .filter(|t| !open.contains(&t))
         .collect();
-    let found = sqlx::query(CANDIDATES)
-        .bind(&p.task_types)
-        .bind(open)
-        .bind(flow::window(p.limit))
-        .bind(&blocked)
-        .bind(probe.keyed_ready)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut candidates = Vec::with_capacity(found.len());
-    let mut scanned = 0;
-    let mut keyed = Vec::new();
-    for row in &found {
-        match rows::get::<Option<i64>>(row, "scanned", "tasks")? {
-            Some(n) => scanned = n,
-            None if rows::get::<bool>(row, "keyed", "tasks")? => keyed.push(candidate(row)?),
-            None => candidates.push(candidate(row)?),
-        }
-    }
-    let walk = flow::walk_keys(p.limit, scanned, fc.places(&keyed));
-    candidates.append(&mut keyed);
-    if walk {
-        let found = sqlx::query(KEY_HEADS)
-            .bind(&p.task_types)
-            .bind(&blocked)
-            .bind(flow::window(p.limit))
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in &found {
-            candidates.push(candidate(row)?);
-        }
-    }
-    let keys: Vec<Scope> = flow::keys_of(&candidates)
-        .into_iter()
-        .map(Scope::Key)
-        .collect();
-    lock(conn, &keys).await?;
+    let read = Read {
+        p,
+        fc: &fc,
+        open: &open,
+        blocked: &blocked,
+        keyed_ready: probe.keyed_ready,
+    };
+    let mut candidates = read.candidates(conn, true).await?;
+    let held = try_lock_keys(conn, flow::keys_of(&candidates)).await?;
+    let keys: Vec<Scope> = if held.is_empty() && probe.keyed_ready {
+        // Every key with room was another claimer's: wait for them (holding no key, so
+        // no two claimers wait on each other) rather than leave them until a later poll.
+        candidates = read.candidates(conn, false).await?;
+        let keys: Vec<Scope> = flow::keys_of(&candidates)
+            .into_iter()
+            .map(Scope::Key)
+            .collect();
+        lock(conn, &keys).await?;
+        keys
+    } else {
+        // A key another claimer holds is its to admit from now: its tasks are left to it,
+        // as the plain claim leaves it the tasks it holds.
+        candidates.retain(|c| {
+            c.key
+                .as_ref()
+                .is_none_or(|k| held.contains(&Scope::Key(k.clone())))
+        });
+        held.into_iter().collect()
+    };
     let mut all = type_usage;
     all.extend(usage(conn, &fc, &keys).await?);
     // Plain heads are read only when something is admitted: a claim with no room reads
@@ -512,6 +420,59 @@ pub(super) async fn admit(
     })
 }
 
+/// What [`admit`] reads candidates for.
+struct Read<'a> {
+    p: &'a ClaimParams,
+    fc: &'a FlowClaim,
+    open: &'a [&'a String],
+    blocked: &'a [String],
+    keyed_ready: bool,
+}
+
+impl Read<'_> {
+    /// The heads of the open limited types' queues and the first keyed tasks with room, or
+    /// each key's heads when those are behind a busy key's backlog ([`flow::walk_keys`]).
+    /// `take_keys`: the keyed tasks' keys are taken as they are read, passing over the keys
+    /// other claimers hold ([`key_taken`]).
+    async fn candidates(&self, conn: &mut PgConnection, take_keys: bool) -> R<Vec<FlowCandidate>> {
+        let p = self.p;
+        let found = sqlx::query(CANDIDATES)
+            .bind(&p.task_types)
+            .bind(self.open)
+            .bind(flow::window(p.limit))
+            .bind(self.blocked)
+            .bind(self.keyed_ready)
+            .bind(flow::keyed_window(p.limit))
+            .bind(take_keys)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut candidates = Vec::with_capacity(found.len());
+        let mut scanned = 0;
+        let mut keyed = Vec::new();
+        for row in &found {
+            match rows::get::<Option<i64>>(row, "scanned", "tasks")? {
+                Some(n) => scanned = n,
+                None if rows::get::<bool>(row, "keyed", "tasks")? => keyed.push(candidate(row)?),
+                None => candidates.push(candidate(row)?),
+            }
+        }
+        let walk = flow::walk_keys(p.limit, scanned, self.fc.places(&keyed));
+        candidates.append(&mut keyed);
+        if walk {
+            let found = sqlx::query(KEY_HEADS)
+                .bind(&p.task_types)
+                .bind(self.blocked)
+                .bind(flow::keyed_window(p.limit))
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in &found {
+                candidates.push(candidate(row)?);
+            }
+        }
+        Ok(candidates)
+    }
+}
+
 fn candidate(row: &PgRow) -> R<FlowCandidate> {
     const T: &str = "tasks";
     Ok(FlowCandidate {
@@ -523,6 +484,22 @@ fn candidate(row: &PgRow) -> R<FlowCandidate> {
         priority: rows::get(row, "priority", T)?,
         seq: rows::get(row, "seq", T)?,
     })
+}
+
+/// Takes the locks of those of `keys` no other claimer holds (held to the end of the
+/// transaction; those this one holds already, again), without waiting.
+async fn try_lock_keys(conn: &mut PgConnection, keys: Vec<String>) -> R<HashSet<Scope>> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let held: Vec<String> = sqlx::query_scalar(concat!(
+        "SELECT t.concurrency_key FROM unnest($1::text[]) t(concurrency_key) WHERE ",
+        key_taken!()
+    ))
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(held.into_iter().map(Scope::Key).collect())
 }
 
 /// Takes the scopes' advisory locks (held to the end of the transaction) in hash order.

@@ -391,6 +391,7 @@ pub(super) async fn admitted(
     }
     if keyed_ready {
         let blocked = json_list(&blocked);
+        let window = flow::keyed_window(p.limit);
         let mut rows = sqlx::query(KEYED_HEADS)
             .bind(&types)
             .bind(&blocked)
