@@ -243,7 +243,15 @@ impl Store for PostgresStore {
             return Err(map_sqlx(sqlx::Error::PoolClosed, &self.target));
         }
         if !listener.as_ref().is_some_and(listen::Handle::is_running) {
+            // The channel as the pool's connections name it in their NOTIFYs: a pool
+            // handed to `from_pool` may set its schema in a connect hook, which the
+            // listener's own connection does not run.
+            let channel: String = sqlx::query_scalar(concat!("SELECT ", channel_sql!()))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, &self.target))?;
             let handle = listen::start(
+                channel,
                 self.listen_options.clone(),
                 self.notifier.clone(),
                 listen::Timing::default(),

@@ -127,6 +127,54 @@ async fn sixteen_claimers_take_every_task_exactly_once() {
     .await;
 }
 
+/// A pool handed to `from_pool` may set its schema in a connect hook rather than in its
+/// options; its store's listener, on a connection of its own without the hook, listened on
+/// another schema's channel and heard nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_on_a_pool_whose_hook_sets_the_schema_hears_its_channel() {
+    let Some(ts) = fresh(
+        "postgres_connections::a_store_on_a_pool_whose_hook_sets_the_schema_hears_its_channel",
+    )
+    .await
+    else {
+        return;
+    };
+    let other = second_store(&ts, "").await;
+    ts.run(|_| async move {
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(other.pool())
+            .await
+            .unwrap();
+        let options: sqlx::postgres::PgConnectOptions = env_url().parse().unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                let set = format!("SET search_path TO \"{schema}\"");
+                Box::pin(async move {
+                    conn.execute(AssertSqlSafe(set)).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
+        let hooked = PostgresStore::from_pool(pool);
+        let mut rx = hooked.subscribe().await.unwrap();
+        let id = other
+            .insert_tasks(vec![NewTask::new("from b", "test")])
+            .await
+            .unwrap()
+            .ids[0];
+        next_matching(
+            &mut rx,
+            Duration::from_secs(10),
+            |n| matches!(n.change, Change::TaskCreated { task_id, .. } if task_id == Some(id)),
+        )
+        .await
+        .expect("the hooked store hears the other store's insert");
+        hooked.close().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_listener_sees_another_stores_changes() {
     let Some(ts) = fresh("postgres_connections::a_listener_sees_another_stores_changes").await

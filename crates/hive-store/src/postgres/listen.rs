@@ -59,20 +59,29 @@ impl Handle {
 
 /// Connects and LISTENs before returning, so that every notification committed after
 /// `subscribe()` returns reaches the subscriber; then forwards in the background.
+/// `channel`: the store's, as its pooled connections name it.
 pub(super) async fn start(
+    channel: String,
     options: PgConnectOptions,
     notifier: Notifier,
     timing: Timing,
 ) -> Result<Handle, sqlx::Error> {
-    let listener = open(&options, timing).await?;
+    let listening = Listening { channel, options };
+    let listener = open(&listening, timing).await?;
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(run(listener, options, notifier, timing, stopped));
+    let task = tokio::spawn(run(listener, listening, notifier, timing, stopped));
     Ok(Handle { _stop: stop, task })
 }
 
+/// What the listener connects to and listens on.
+struct Listening {
+    channel: String,
+    options: PgConnectOptions,
+}
+
 /// [`connect_and_listen`] within `timing.open`.
-async fn open(options: &PgConnectOptions, timing: Timing) -> Result<PgListener, sqlx::Error> {
-    tokio::time::timeout(timing.open, connect_and_listen(options))
+async fn open(listening: &Listening, timing: Timing) -> Result<PgListener, sqlx::Error> {
+    tokio::time::timeout(timing.open, connect_and_listen(listening))
         .await
         .unwrap_or_else(|_| Err(stalled("connecting and LISTENing", timing.open)))
 }
@@ -86,28 +95,25 @@ fn stalled(what: &str, after: Duration) -> sqlx::Error {
 
 /// A listener on a connection of its own (a one-connection pool the listener owns), so it
 /// never holds one of the store's pooled connections and dies with the listener.
-async fn connect_and_listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+async fn connect_and_listen(listening: &Listening) -> Result<PgListener, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
         .acquire_timeout(BACKOFF_MAX)
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_lazy_with(options.clone());
+        .connect_lazy_with(listening.options.clone());
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.ignore_pool_close_event(true);
     // Reconnecting is ours to do (with backoff and a catch-up wake-up), not the driver's.
     listener.eager_reconnect(false);
-    let channel: String = sqlx::query_scalar(concat!("SELECT ", channel_sql!()))
-        .fetch_one(&mut listener)
-        .await?;
-    listener.listen(&channel).await?;
+    listener.listen(&listening.channel).await?;
     Ok(listener)
 }
 
 async fn run(
     mut listener: PgListener,
-    options: PgConnectOptions,
+    listening: Listening,
     notifier: Notifier,
     timing: Timing,
     mut stopped: oneshot::Receiver<()>,
@@ -136,7 +142,7 @@ async fn run(
         listener = loop {
             tokio::select! {
                 _ = &mut stopped => return,
-                opened = open(&options, timing) => match opened {
+                opened = open(&listening, timing) => match opened {
                     Ok(l) => break l,
                     Err(e) => {
                         failures += 1;
@@ -392,7 +398,12 @@ mod tests {
         let proxy = Freezer::start(&url).await;
         let notifier = Notifier::new();
         let mut heard = notifier.subscribe();
-        let handle = start(proxy.options(&url), notifier.clone(), QUICK)
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let channel: String = sqlx::query_scalar(concat!("SELECT ", channel_sql!()))
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let handle = start(channel, proxy.options(&url), notifier.clone(), QUICK)
             .await
             .expect("the listener starts through the proxy");
 
@@ -410,7 +421,6 @@ mod tests {
 
         // The new connection listens on the channel.
         let sent = notifier.task_status(TaskId::new(), TaskStatus::Completed);
-        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query(concat!("SELECT pg_notify(", channel_sql!(), ", $1)"))
             .bind(serde_json::to_string(&sent).unwrap())
             .execute(&mut db)
@@ -477,7 +487,12 @@ mod tests {
         proxy.freeze_new_connections();
         let started = tokio::time::timeout(
             Duration::from_secs(10),
-            start(proxy.options(&url), Notifier::new(), QUICK),
+            start(
+                "hive_events:public".into(),
+                proxy.options(&url),
+                Notifier::new(),
+                QUICK,
+            ),
         )
         .await
         .expect("starting a listener is bounded");

@@ -4,7 +4,8 @@
 /// The channel a store NOTIFYs and LISTENs on, as an SQL expression: one per schema, so
 /// Hive deployments sharing a database in different schemas never wake each other. Every
 /// `pg_notify` names its channel with exactly this text (a test checks), and the listener
-/// asks its own connection for the value. A channel name has at most 63 bytes: a schema
+/// listens on the value a pooled connection gives (the pool's connect hooks may set the
+/// schema; the listener's own connection does not run them). A channel name has at most 63 bytes: a schema
 /// name longer than 50 bytes is replaced by its MD5 digest (so two long names sharing a
 /// beginning do not share a channel, and a name of multi-byte characters fits).
 macro_rules! channel_sql {
