@@ -84,11 +84,13 @@ impl Client {
     where
         Fut: Future<Output = Result<crate::Client>> + Send,
     {
-        let runtime = runtime()?;
-        let inner = on_thread_if_async(|| runtime.block_on(connect))?;
+        // Owned at once: a failed connect drops it, and it must not wait for its threads
+        // (a plain runtime dropped in async code panics).
+        let runtime = Owned(Some(runtime()?));
+        let inner = on_thread_if_async(|| runtime.get().block_on(connect))?;
         Ok(Client {
             inner,
-            runtime: Arc::new(Owned(Some(runtime))),
+            runtime: Arc::new(runtime),
         })
     }
 
@@ -137,16 +139,21 @@ impl Client {
     }
 }
 
-/// Runs `call`, which blocks on the facade's runtime, here, or on a thread of its own when
-/// this thread runs an async runtime's tasks (blocking it on another runtime would panic).
+/// Runs `call`, which blocks on the facade's runtime, where blocking is allowed: here on a
+/// plain thread; inside a multi-threaded runtime (the facade's own included, say a handler
+/// of a worker it runs) after handing this thread's other tasks to another thread
+/// (`block_in_place`); inside a single-threaded one, on a thread of its own (its only
+/// thread cannot hand its tasks off, and blocking it on another runtime would panic).
 fn on_thread_if_async<T: Send>(call: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return call();
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => call(),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        Ok(_) => std::thread::scope(|s| match s.spawn(call).join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
-    std::thread::scope(|s| match s.spawn(call).join() {
-        Ok(out) => out,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 #[cfg(test)]

@@ -246,15 +246,15 @@ impl Store for PostgresStore {
             // The channel as the pool's connections name it in their NOTIFYs: a pool
             // handed to `from_pool` may set its schema in a connect hook, which the
             // listener's own connection does not run.
-            let channel: String = sqlx::query_scalar(concat!("SELECT ", channel_sql!()))
-                .fetch_one(&self.pool)
+            let timing = listen::Timing::default();
+            let channel = listen::channel(&self.pool, timing)
                 .await
                 .map_err(|e| map_sqlx(e, &self.target))?;
             let handle = listen::start(
                 channel,
                 self.listen_options.clone(),
                 self.notifier.clone(),
-                listen::Timing::default(),
+                timing,
             )
             .await
             .map_err(|e| map_sqlx(e, &self.target))?;

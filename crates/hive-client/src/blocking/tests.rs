@@ -79,6 +79,32 @@ async fn it_works_when_called_from_a_multi_threaded_runtime() {
     assert!(found);
 }
 
+/// A connect that fails, called from async code, returns its error: the runtime it started
+/// is let go without waiting for its threads (which panics there).
+#[tokio::test]
+async fn a_failed_connect_from_async_code_returns_its_error() {
+    let e = Client::connect("nosuch://x").unwrap_err();
+    assert!(e.to_string().contains("nosuch"), "{e}");
+}
+
+/// A task on the facade's own runtime (a handler of a worker it runs, say) calling the
+/// blocking client neither panics nor blocks the runtime it needs.
+#[test]
+fn a_task_on_the_facades_own_runtime_can_call_it() {
+    let client = Client::connect("memory:").unwrap();
+    let same = client.clone();
+    let found = client
+        .block_on(|_| async move {
+            tokio::spawn(async move {
+                let id = same.create_task(NewTask::new("t", "x")).unwrap();
+                same.get_task(id).unwrap().is_some()
+            })
+            .await
+        })
+        .unwrap();
+    assert!(found);
+}
+
 /// Async operations deliberately without a blocking method, each with the reason.
 const NOT_WRAPPED: &[(&str, &str)] = &[(
     "subscribe",

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hive_models::{FlowRule, Rate, RunId, Scope, TaskId, Usage};
+use hive_models::{FlowRule, Rate, Scope, TaskId, Usage};
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
@@ -56,6 +56,8 @@ fn rule(row: &PgRow) -> R<FlowRule> {
 }
 
 mod rules;
+mod starts;
+pub(super) use starts::{forget_starts, record_starts};
 
 /// Ready, not delayed, of the types asked for (`$1`).
 macro_rules! ready {
@@ -375,8 +377,8 @@ pub(super) async fn admit(
         keyed_ready: probe.keyed_ready,
     };
     let mut candidates = read.candidates(conn, true).await?;
-    let held = try_lock_keys(conn, flow::keys_of(&candidates)).await?;
-    let keys: Vec<Scope> = if held.is_empty() && probe.keyed_ready {
+    let taken = take_keys(conn, p, &blocked, &candidates).await?;
+    let keys: Vec<Scope> = if !taken.any && probe.keyed_ready {
         // Every key with room was another claimer's: wait for them (holding no key, so
         // no two claimers wait on each other) rather than leave them until a later poll.
         candidates = read.candidates(conn, false).await?;
@@ -389,6 +391,7 @@ pub(super) async fn admit(
     } else {
         // A key another claimer holds is its to admit from now: its tasks are left to it,
         // as the plain claim leaves it the tasks it holds.
+        let held = taken.in_order;
         candidates.retain(|c| {
             c.key
                 .as_ref()
@@ -486,20 +489,72 @@ fn candidate(row: &PgRow) -> R<FlowCandidate> {
     })
 }
 
-/// Takes the locks of those of `keys` no other claimer holds (held to the end of the
-/// transaction; those this one holds already, again), without waiting.
-async fn try_lock_keys(conn: &mut PgConnection, keys: Vec<String>) -> R<HashSet<Scope>> {
-    if keys.is_empty() {
-        return Ok(HashSet::new());
+/// The keys a claim took ([`take_keys`]).
+struct Taken {
+    /// Whether it holds any key's lock (then it must not wait for another's).
+    any: bool,
+    /// The keys whose first candidate is the key's first ready task the claim could take.
+    in_order: HashSet<Scope>,
+}
+
+/// Takes the locks of the candidates' keys no other claimer holds (held to the end of the
+/// transaction; those this one holds already, again), without waiting. A key whose task
+/// was passed over while another claimer held it, and was then let go (that claimer
+/// committed without taking it), is not in order: it is left to a later claim rather than
+/// served out of order.
+async fn take_keys(
+    conn: &mut PgConnection,
+    p: &ClaimParams,
+    blocked: &[String],
+    candidates: &[FlowCandidate],
+) -> R<Taken> {
+    let mut first: HashMap<&str, (i32, i64)> = HashMap::new();
+    for c in candidates {
+        if let Some(k) = c.key.as_deref() {
+            let e = first.entry(k).or_insert((c.priority, c.seq));
+            if (-c.priority, c.seq) < (-e.0, e.1) {
+                *e = (c.priority, c.seq);
+            }
+        }
     }
-    let held: Vec<String> = sqlx::query_scalar(concat!(
-        "SELECT t.concurrency_key FROM unnest($1::text[]) t(concurrency_key) WHERE ",
+    if first.is_empty() {
+        return Ok(Taken {
+            any: false,
+            in_order: HashSet::new(),
+        });
+    }
+    let (mut keys, mut priorities, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, (priority, seq)) in first {
+        keys.push(k.to_owned());
+        priorities.push(priority);
+        seqs.push(seq);
+    }
+    let taken: Vec<(String, bool)> = sqlx::query_as(concat!(
+        "SELECT t.concurrency_key, NOT EXISTS (SELECT 1 FROM tasks h \
+             WHERE h.concurrency_key = t.concurrency_key AND h.status = 'queued' \
+               AND h.pending_deps = 0 \
+               AND (h.run_at IS NULL OR h.run_at <= statement_timestamp()) \
+               AND (cardinality($4::text[]) = 0 OR h.task_type = ANY($4::text[])) \
+               AND NOT (h.task_type = ANY($5::text[])) \
+               AND (h.priority > t.priority OR (h.priority = t.priority AND h.seq < t.seq))) \
+         FROM unnest($1::text[], $2::int[], $3::bigint[]) t(concurrency_key, priority, seq) \
+         WHERE ",
         key_taken!()
     ))
     .bind(keys)
+    .bind(priorities)
+    .bind(seqs)
+    .bind(&p.task_types)
+    .bind(blocked)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(held.into_iter().map(Scope::Key).collect())
+    Ok(Taken {
+        any: !taken.is_empty(),
+        in_order: taken
+            .into_iter()
+            .filter_map(|(k, in_order)| in_order.then_some(Scope::Key(k)))
+            .collect(),
+    })
 }
 
 /// Takes the scopes' advisory locks (held to the end of the transaction) in hash order.
@@ -566,85 +621,11 @@ async fn usage(
     Ok(out)
 }
 
-/// Records the starts of the admitted tasks actually `taken` at `at` (their runs' start, so
-/// windows are measured on the runs' own clock) against their rate-limited scopes, and
-/// forgets those scopes' starts that left their window.
-pub(super) async fn record_starts(
-    conn: &mut PgConnection,
-    admitted: &Admitted,
-    taken: &HashSet<TaskId>,
-    at: hive_models::Timestamp,
-) -> R<()> {
-    let claimed: Vec<FlowCandidate> = admitted
-        .tasks
-        .iter()
-        .filter(|c| taken.contains(&c.id))
-        .cloned()
-        .collect();
-    let starts = admitted.claim.starts(&claimed);
-    if starts.is_empty() {
-        return Ok(());
-    }
-    let windows = admitted.claim.rate_windows(&starts);
-    sqlx::query(
-        "WITH gone AS ( \
-             DELETE FROM flow_starts s USING unnest($3::text[], $4::text[], $5::bigint[]) \
-                 w(kind, name, us) \
-             WHERE s.kind = w.kind AND s.name = w.name \
-               AND s.started_at <= $6::timestamptz - w.us * interval '1 microsecond' \
-         ) \
-         INSERT INTO flow_starts (kind, name, started_at) \
-         SELECT kind, name, $6::timestamptz FROM unnest($1::text[], $2::text[]) \
-             x(kind, name)",
-    )
-    .bind(kinds(&starts))
-    .bind(names(&starts))
-    .bind(kinds(windows.iter().map(|(s, _)| s)))
-    .bind(names(windows.iter().map(|(s, _)| s)))
-    .bind(windows.iter().map(|(_, us)| *us).collect::<Vec<_>>())
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Takes the start each of `runs` counted at its claim (one row per scope of its task, at
-/// the run's start) out of the rate windows: the runs were given back before their
-/// handlers started. Runs claimed together share a start time, so each scope loses as many
-/// rows of that time as runs were given back, no more.
-pub(super) async fn forget_starts(conn: &mut PgConnection, runs: &[RunId]) -> R<()> {
-    if runs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = runs.iter().map(|r| r.0).collect();
-    sqlx::query(
-        "WITH gone AS ( \
-             SELECT w.kind, w.name, r.started_at, count(*) AS n \
-             FROM runs r JOIN tasks t ON t.id = r.task_id \
-             CROSS JOIN LATERAL (VALUES ('type', t.task_type), ('key', t.concurrency_key)) \
-                 w(kind, name) \
-             WHERE r.id = ANY($1::uuid[]) AND w.name IS NOT NULL \
-             GROUP BY w.kind, w.name, r.started_at \
-         ) \
-         DELETE FROM flow_starts WHERE ctid IN ( \
-             SELECT f.ctid FROM gone g CROSS JOIN LATERAL ( \
-                 SELECT s.ctid FROM flow_starts s \
-                 WHERE s.kind = g.kind AND s.name = g.name AND s.started_at = g.started_at \
-                 LIMIT g.n \
-             ) f \
-         )",
-    )
-    .bind(&ids)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// The scopes' kinds and names as the parallel arrays statements unnest.
-fn kinds<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Vec<&'static str> {
+pub(super) fn kinds<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Vec<&'static str> {
     scopes.into_iter().map(Scope::kind).collect()
 }
 
-fn names<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Vec<String> {
+pub(super) fn names<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Vec<String> {
     scopes.into_iter().map(|s| s.name().to_owned()).collect()
 }

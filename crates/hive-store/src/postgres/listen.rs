@@ -16,7 +16,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The listener's bounds on waiting for its connection.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
-    /// How long one (re)connect — connect, read the channel's name, LISTEN — and one idle
+    /// How long reading the channel's name, one (re)connect — connect, LISTEN — and one idle
     /// check may take. A connection that stalls partway must not keep the listener away: the
     /// attempt is dropped and made again.
     pub open: Duration,
@@ -71,6 +71,14 @@ pub(super) async fn start(
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(run(listener, listening, notifier, timing, stopped));
     Ok(Handle { _stop: stop, task })
+}
+
+/// The store's channel as `pool`'s connections name it, within `timing.open`.
+pub(super) async fn channel(pool: &sqlx::PgPool, timing: Timing) -> Result<String, sqlx::Error> {
+    let read = sqlx::query_scalar(concat!("SELECT ", channel_sql!())).fetch_one(pool);
+    tokio::time::timeout(timing.open, read)
+        .await
+        .unwrap_or_else(|_| Err(stalled("reading the channel's name", timing.open)))
 }
 
 /// What the listener connects to and listens on.
