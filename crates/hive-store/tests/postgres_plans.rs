@@ -147,3 +147,70 @@ async fn a_claim_passes_over_a_key_another_holds_and_waits_only_when_it_holds_th
     })
     .await;
 }
+
+/// Claims given back before their handlers started leave their rate windows: each run's
+/// start is forgotten once, also when many are given back at the same moment. Runs claimed
+/// together share a start time, and two transactions forgetting starts of one scope and
+/// time chose the same row, so one of them forgot none and the start stayed counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starts_given_back_at_once_are_each_forgotten() {
+    let Some(ts) = fresh("postgres_plans::starts_given_back_at_once_are_each_forgotten").await
+    else {
+        return;
+    };
+    let url = url(&ts);
+    ts.run(|_| async move {
+        let store = Arc::new(
+            PostgresStore::connect(
+                &DatabaseUrl::new(format!("{url}&max_connections=16")),
+                &ConnectOptions::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        sqlx::query(
+            "INSERT INTO flow_rules (kind, name, max_running, rate_max, rate_per_us, paused, \
+             updated_at) VALUES ('type', 'mail', NULL, 1000, 3600000000, false, now())",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        for round in 0..5 {
+            let tasks = (0..32)
+                .map(|i| NewTask::new(format!("mail-{round}-{i}"), "mail"))
+                .collect();
+            store.insert_tasks(tasks).await.unwrap();
+            let params = ClaimParams {
+                worker_id: WorkerId::parse("w").unwrap(),
+                task_types: vec![],
+                limit: 32,
+                lease: Duration::from_secs(60),
+            };
+            let claims = store.claim_tasks(&params).await.unwrap();
+            assert_eq!(claims.len(), 32);
+            let releases: Vec<_> = claims
+                .iter()
+                .map(|c| {
+                    let (store, run) = (store.clone(), c.run.id);
+                    tokio::spawn(async move { store.release_unstarted(&[run]).await })
+                })
+                .collect();
+            for r in releases {
+                assert_eq!(r.await.unwrap().unwrap().len(), 1);
+            }
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM flow_starts")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(
+                left, 0,
+                "round {round}: every start given back is forgotten"
+            );
+            sqlx::query("DELETE FROM tasks")
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+}

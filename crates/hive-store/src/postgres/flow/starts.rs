@@ -56,7 +56,9 @@ pub(in crate::postgres) async fn record_starts(
 /// Takes the start each of `runs` counted at its claim (one row per scope of its task, at
 /// the run's start) out of the rate windows: the runs were given back before their
 /// handlers started. Runs claimed together share a start time, so each scope loses as many
-/// rows of that time as runs were given back, no more.
+/// rows of that time as runs were given back, no more, and passes over the rows another
+/// transaction is forgetting at the same moment (both chose the same row, and one forgot
+/// nothing).
 pub(in crate::postgres) async fn forget_starts(conn: &mut PgConnection, runs: &[RunId]) -> R<()> {
     if runs.is_empty() {
         return Ok(());
@@ -75,7 +77,7 @@ pub(in crate::postgres) async fn forget_starts(conn: &mut PgConnection, runs: &[
              SELECT f.ctid FROM gone g CROSS JOIN LATERAL ( \
                  SELECT s.ctid FROM flow_starts s \
                  WHERE s.kind = g.kind AND s.name = g.name AND s.started_at = g.started_at \
-                 LIMIT g.n \
+                 LIMIT g.n FOR UPDATE SKIP LOCKED \
              ) f \
          )",
     )
