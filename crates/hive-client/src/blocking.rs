@@ -19,9 +19,10 @@
 //! (`worker`), which needs a runtime of its own; [`Client::block_on`] runs those.
 //!
 //! It owns a small Tokio runtime. Called from inside an async context (where blocking a
-//! runtime thread on another runtime would panic), a call runs on a thread of its own and
-//! blocks the caller's thread until it ends, as any blocking call there does; use the
-//! async [`crate::Client`] in async code.
+//! runtime thread on another runtime would panic), a call blocks the caller's thread until
+//! it ends, as any blocking call there does: on a multi-threaded runtime after handing the
+//! thread's other tasks to another (`block_in_place`), on a single-threaded one from a
+//! thread of its own. Use the async [`crate::Client`] in async code.
 
 use std::future::Future;
 use std::sync::Arc;

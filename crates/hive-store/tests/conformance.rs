@@ -68,6 +68,7 @@ hive_store::per_backend!(hive_store::testing::TestStore::run =>
     a_claim_takes_at_most_its_limit_of_ruled_and_other_tasks,
     a_claim_marks_the_tasks_that_count_against_a_limit,
     a_concurrency_key_is_serial_unless_it_says_otherwise, a_rate_counts_starts_in_its_window,
+    a_task_allowing_more_is_not_held_behind_a_serial_task_of_its_key,
     a_busy_keys_backlog_hides_no_key_behind_it,
     a_key_with_room_for_one_hides_no_key_behind_its_backlog,
     a_claim_given_back_unstarted_leaves_its_rate_window,

@@ -11,6 +11,7 @@
 //! queue order; their own claim skips flow-controlled tasks. Rule edits take turns on the
 //! same locks (a claim admits with the rules it read before taking them).
 
+use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -120,8 +121,12 @@ macro_rules! key_has_room {
 /// judged after it): a key whose lock was taken and whose task then failed another test
 /// would be held for nothing.
 macro_rules! key_taken {
-    () => {
-        "pg_try_advisory_xact_lock(hashtextextended('hive.flow.key:' || t.concurrency_key, 0))"
+    ($row:literal) => {
+        concat!(
+            "pg_try_advisory_xact_lock(hashtextextended('hive.flow.key:' || ",
+            $row,
+            ".concurrency_key, 0))"
+        )
     };
 }
 
@@ -295,7 +300,7 @@ const CANDIDATES: &str = concat!(
     " AND NOT (t.task_type = ANY($4::text[])) AND ",
     key_has_room!(),
     " THEN NOT $7 OR ",
-    key_taken!(),
+    key_taken!("t"),
     " ELSE false END ORDER BY t.priority DESC, t.seq LIMIT $6) \
      UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM (",
     keyed_head!("1"),
@@ -512,7 +517,7 @@ async fn take_keys(
     for c in candidates {
         if let Some(k) = c.key.as_deref() {
             let e = first.entry(k).or_insert((c.priority, c.seq));
-            if (-c.priority, c.seq) < (-e.0, e.1) {
+            if (Reverse(c.priority), c.seq) < (Reverse(e.0), e.1) {
                 *e = (c.priority, c.seq);
             }
         }
@@ -529,17 +534,22 @@ async fn take_keys(
         priorities.push(priority);
         seqs.push(seq);
     }
+    // An earlier task whose own limit leaves its key no room (a serial task behind a
+    // running one, before a task allowing five) was passed over by the read, not missed.
     let taken: Vec<(String, bool)> = sqlx::query_as(concat!(
-        "SELECT t.concurrency_key, NOT EXISTS (SELECT 1 FROM tasks h \
-             WHERE h.concurrency_key = t.concurrency_key AND h.status = 'queued' \
-               AND h.pending_deps = 0 \
-               AND (h.run_at IS NULL OR h.run_at <= statement_timestamp()) \
-               AND (cardinality($4::text[]) = 0 OR h.task_type = ANY($4::text[])) \
-               AND NOT (h.task_type = ANY($5::text[])) \
-               AND (h.priority > t.priority OR (h.priority = t.priority AND h.seq < t.seq))) \
-         FROM unnest($1::text[], $2::int[], $3::bigint[]) t(concurrency_key, priority, seq) \
+        "SELECT x.concurrency_key, NOT EXISTS (SELECT 1 FROM tasks t \
+             WHERE t.concurrency_key = x.concurrency_key AND t.status = 'queued' \
+               AND t.pending_deps = 0 \
+               AND (t.run_at IS NULL OR t.run_at <= statement_timestamp()) \
+               AND (cardinality($4::text[]) = 0 OR t.task_type = ANY($4::text[])) \
+               AND NOT (t.task_type = ANY($5::text[])) \
+               AND (t.priority > x.priority OR (t.priority = x.priority AND t.seq < x.seq)) \
+               AND ",
+        key_room!(),
+        " > 0) \
+         FROM unnest($1::text[], $2::int[], $3::bigint[]) x(concurrency_key, priority, seq) \
          WHERE ",
-        key_taken!()
+        key_taken!("x")
     ))
     .bind(keys)
     .bind(priorities)

@@ -186,6 +186,20 @@ pub async fn a_concurrency_key_is_serial_unless_it_says_otherwise(s: S) {
     );
 }
 
+/// Each task of a key is judged by its own limit: a task allowing five is claimed while a
+/// serial task ahead of it waits for the key's running task.
+pub async fn a_task_allowing_more_is_not_held_behind_a_serial_task_of_its_key(s: S) {
+    let first = add(&s, keyed("acct", 1, Some(5))).await;
+    assert_eq!(ids(&claim(&s, 10).await), first);
+    let serial = add(&s, keyed("acct", 1, None)).await;
+    let roomy = add(&s, keyed("acct", 1, Some(5))).await;
+    assert_eq!(
+        ids(&claim(&s, 10).await),
+        roomy,
+        "the serial task {serial:?} waits; the one allowing five runs"
+    );
+}
+
 /// A busy key's backlog longer than a claim reads in queue order (600 tasks, past the SQL
 /// backends' bound of 512) hides no key behind it:
 /// the claim then walks the keys, judging each by its rule (paused, rate, running cap) or
