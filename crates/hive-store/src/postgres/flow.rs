@@ -116,7 +116,7 @@ macro_rules! key_has_room {
     };
 }
 
-/// Takes the lock of `t.concurrency_key` if no other claimer holds it, without waiting.
+/// Takes the lock of `$row`'s `concurrency_key` if no other claimer holds it, without waiting.
 /// The claim's last judgement of a keyed task (inside a `CASE`, so nothing cheaper is
 /// judged after it): a key whose lock was taken and whose task then failed another test
 /// would be held for nothing.
